@@ -1,0 +1,42 @@
+# trusted-pool: see README.md.
+CARGO ?= cargo
+PORT ?= 9000
+WORKERS ?= workers.json
+MUSL := x86_64-unknown-linux-musl
+
+.PHONY: build test run lint release static demo bench clean
+
+build:
+	$(CARGO) build
+
+test:
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+run: build
+	$(CARGO) run --bin trusted-pool -- --port $(PORT) --workers $(WORKERS)
+
+release:
+	$(CARGO) build --release --bin trusted-pool
+	@ls -l target/release/trusted-pool
+
+static:
+	rustup target add $(MUSL) >/dev/null 2>&1 || true
+	$(CARGO) build --release --target $(MUSL) --bin trusted-pool
+	@ls -l target/$(MUSL)/release/trusted-pool
+	@file target/$(MUSL)/release/trusted-pool 2>/dev/null || true
+
+# Two local development workers (no sandbox, loopback only) and a coordinator on port $(PORT).
+demo: build
+	@bash src/bin/dev-worker/demo.sh $(PORT)
+
+bench:
+	$(CARGO) build --release --bins
+	$(CARGO) run --release --bin bench
+
+clean:
+	$(CARGO) clean
+	rm -rf demo

@@ -1,0 +1,194 @@
+//! Routing of the client API and the JSON views of the pool and of a job.
+
+use crate::clock::unix_now;
+use crate::context::Context;
+use crate::http_server::{error_reply, Reply};
+use crate::job::{Collection, Job, PoolStatus};
+use crate::outputs;
+use crate::pool_state::PoolState;
+use crate::upload;
+use serde_json::{json, Value};
+use std::time::Instant;
+use tiny_http::{Method, Request};
+
+/// The routes the coordinator serves.
+enum Route<'a> {
+    Health,
+    Pool,
+    Submit,
+    Status(&'a str),
+    Logs(&'a str),
+    OutputList(&'a str),
+    OutputFile(&'a str, &'a str),
+}
+
+impl Route<'_> {
+    fn method(&self) -> Method {
+        match self {
+            Route::Submit => Method::Post,
+            _ => Method::Get,
+        }
+    }
+}
+
+fn match_route(path: &str) -> Option<Route<'_>> {
+    let path = path.strip_prefix('/')?;
+    let (head, rest) = path.split_once('/').unwrap_or((path, ""));
+    match (head, rest) {
+        ("health", "") => Some(Route::Health),
+        ("pool", "") => Some(Route::Pool),
+        ("submit", "") => Some(Route::Submit),
+        ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
+        ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
+        ("outputs", rest) if !rest.is_empty() => match rest.split_once('/') {
+            None => Some(Route::OutputList(rest)),
+            Some((id, "")) => Some(Route::OutputList(id)),
+            Some((id, file)) => Some(Route::OutputFile(id, file)),
+        },
+        _ => None,
+    }
+}
+
+/// Answers one request.
+pub fn route(ctx: &Context, request: &mut Request) -> Reply {
+    let url = request.url().to_string();
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let Some(route) = match_route(path) else {
+        return error_reply(
+            404,
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /pool, /health)"),
+        );
+    };
+    if *request.method() != route.method() {
+        return error_reply(
+            405,
+            format!(
+                "{} is not allowed on {path}; use {}",
+                request.method(),
+                route.method()
+            ),
+        );
+    }
+    match route {
+        Route::Health => Reply::Json(
+            200,
+            json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
+        ),
+        Route::Pool => Reply::Json(200, pool_view(&ctx.lock(), Instant::now())),
+        Route::Submit => submit(ctx, request),
+        Route::Status(id) => match status_view(&ctx.lock(), id) {
+            Some(view) => Reply::Json(200, view),
+            None => unknown_job(id),
+        },
+        Route::Logs(id) => outputs::logs(ctx, id),
+        Route::OutputList(id) => outputs::listing(ctx, id),
+        Route::OutputFile(id, file) => outputs::file(ctx, id, file),
+    }
+}
+
+/// The 404 for a job id the coordinator does not know.
+pub fn unknown_job(id: &str) -> Reply {
+    error_reply(
+        404,
+        format!("no job {id:?} on this coordinator (job ids look like pool-<32 hex>)"),
+    )
+}
+
+fn submit(ctx: &Context, request: &mut Request) -> Reply {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_string());
+    let boundary = match upload::check_headers(ctx, content_type.as_deref(), request.body_length())
+    {
+        Ok(b) => b,
+        Err(e) => return error_reply(e.status(), e.to_string()),
+    };
+    match upload::accept(ctx, boundary, request.as_reader()) {
+        Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
+        Err(e) => {
+            if e.status() >= 500 {
+                log::error!("Submit failed: {e}");
+            }
+            error_reply(e.status(), e.to_string())
+        }
+    }
+}
+
+/// `GET /pool`: the worker table and job counts, all from one consistent snapshot.
+pub fn pool_view(st: &PoolState, now: Instant) -> Value {
+    let workers: Vec<Value> = st
+        .workers
+        .iter()
+        .map(|w| {
+            let throttle = w.throttle.as_ref().filter(|t| t.until > now);
+            json!({
+                "worker_id": w.spec.worker_id,
+                "endpoint": w.spec.endpoint,
+                "is_healthy": w.health.is_healthy,
+                "active_jobs": w.active_jobs,
+                "max_concurrent_jobs": w.spec.max_concurrent_jobs,
+                "last_health_check": w.health.last_health_check,
+                "last_error": w.health.last_error,
+                "consecutive_failures": w.health.consecutive_failures,
+                "state_since": w.health.since,
+                "throttled": throttle.is_some(),
+                "throttled_until": throttle.map(|t| t.until_unix),
+                "throttle_reason": throttle.map(|t| t.reason.as_str()),
+                "tracked_jobs": w.tracked.len(),
+                "jobs_accepted": w.counters.accepted,
+                "jobs_completed": w.counters.completed,
+                "jobs_failed": w.counters.failed,
+                "jobs_lost": w.counters.lost,
+                "submits_throttled": w.counters.throttled,
+            })
+        })
+        .collect();
+    let by_status: serde_json::Map<String, Value> = PoolStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(st.count(*s))))
+        .collect();
+    json!({
+        "total_workers": st.workers.len(),
+        "healthy_workers": st.workers.iter().filter(|w| w.health.is_healthy).count(),
+        "total_jobs": st.jobs.len(),
+        "queued_jobs": st.queue.len(),
+        "jobs_by_status": by_status,
+        "workers": workers,
+        "time": unix_now(),
+    })
+}
+
+fn collection_view(job: &Job) -> Value {
+    match &job.collection {
+        Collection::NotStarted => json!({"collected": false, "error": null}),
+        Collection::Pending(error) => json!({"collected": false, "error": error}),
+        Collection::Collected => json!({"collected": true, "error": null}),
+    }
+}
+
+/// `GET /status/{id}`: the job as the coordinator knows it, without asking any worker.
+pub fn status_view(st: &PoolState, id: &str) -> Option<Value> {
+    let job = st.jobs.get(id)?;
+    let mut view = json!({
+        "job_id": job.id,
+        "pool_status": job.status.as_str(),
+        "worker_id": job.worker_id,
+        "worker_status": job.worker_status,
+        "submitted_at": job.submitted_at,
+        "completed_at": job.completed_at,
+        "dispatched_at": job.dispatched_at,
+        "remote_job_id": job.remote_job_id,
+        "error": job.error,
+        "attempts": job.attempts,
+        "results": collection_view(job),
+        "files": job.inputs.iter().map(|i| json!({"filename": i.filename, "size": i.size})).collect::<Vec<_>>(),
+    });
+    if job.status == PoolStatus::Queued {
+        if let Some(position) = st.queue.position(job.queue_ticket) {
+            view["queue_position"] = json!(position);
+        }
+    }
+    Some(view)
+}

@@ -1,0 +1,262 @@
+//! Dispatch of one job to one worker, on a thread of its own so a worker that takes minutes to
+//! accept (sandrun holds its lock while a job runs) never stalls the scheduler or other workers.
+
+use crate::clock::unix_now;
+use crate::context::Context;
+use crate::health::mark_unreachable;
+use crate::identity::short_id;
+use crate::job::{Attempt, InputFile, PoolStatus};
+use crate::multipart_body::{MultipartBody, Part};
+use crate::pool_state::{PoolState, Throttle};
+use crate::sandrun_client::SubmitOutcome;
+use crate::tracker;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const DISPATCH_STACK: usize = 256 * 1024;
+
+/// A job the scheduler gave to a worker; its slot on the worker is already reserved.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The pool job id.
+    pub job_id: String,
+    /// Index of the worker in the table.
+    pub worker_index: usize,
+    /// The worker's id.
+    pub worker_id: String,
+    /// The worker's base URL.
+    pub endpoint: String,
+    /// The job's `files` parts.
+    pub inputs: Vec<InputFile>,
+    /// Whether a manifest part goes along.
+    pub has_manifest: bool,
+}
+
+/// Starts the dispatch thread for an assignment.
+pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
+    let thread_ctx = Arc::clone(ctx);
+    let job_id = assignment.job_id.clone();
+    let spawned = thread::Builder::new()
+        .name("dispatch".to_string())
+        .stack_size(DISPATCH_STACK)
+        .spawn(move || {
+            let outcome = send(&thread_ctx, &assignment);
+            settle(&thread_ctx, &assignment, outcome);
+        });
+    if let Err(e) = spawned {
+        log::error!("Could not start a dispatch thread for job {job_id}: {e}");
+        let mut st = ctx.lock();
+        if let Some(index) = st
+            .jobs
+            .get(&job_id)
+            .and_then(|j| j.worker_id.clone())
+            .and_then(|w| st.worker_index(&w))
+        {
+            st.workers[index].release_slot();
+        }
+        st.requeue_front(&job_id);
+    }
+}
+
+fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
+    let boundary = match ctx.spool.random_token() {
+        Ok(token) => format!("----trusted-pool-{token}"),
+        Err(e) => return SubmitOutcome::NotSent(format!("no random boundary: {e}")),
+    };
+    let mut parts: Vec<Part> = a
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(n, input)| Part {
+            name: "files",
+            filename: Some(input.filename.clone()),
+            content_type: Some(input.content_type.clone()),
+            source: ctx.spool.input_path(&a.job_id, n),
+            size: input.size,
+        })
+        .collect();
+    if a.has_manifest {
+        let source = ctx.spool.manifest_path(&a.job_id);
+        let size = match std::fs::metadata(&source) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                return SubmitOutcome::NotSent(format!("the spooled manifest is unreadable: {e}"))
+            }
+        };
+        parts.push(Part {
+            name: "manifest",
+            filename: None,
+            content_type: None,
+            source,
+            size,
+        });
+    }
+    ctx.client
+        .submit(&a.endpoint, MultipartBody::new(boundary, &parts))
+}
+
+/// The pause after a 429: by the worker's own words, doubling with each 429 in a row.
+fn throttle_pause(message: &str, strikes: u32) -> (Duration, bool) {
+    let doubling = 1u32 << strikes.saturating_sub(1).min(8);
+    if message.contains("per hour") {
+        return (
+            (Duration::from_secs(60) * doubling).min(Duration::from_secs(900)),
+            false,
+        );
+    }
+    if let Some(secs) = message
+        .split("wait ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return (Duration::from_secs(secs.clamp(1, 3600) + 1), false);
+    }
+    if message.contains("CPU") {
+        return (
+            (Duration::from_secs(15) * doubling).min(Duration::from_secs(300)),
+            false,
+        );
+    }
+    (
+        (Duration::from_secs(2) * doubling).min(Duration::from_secs(60)),
+        true,
+    )
+}
+
+fn throttle(
+    st: &mut PoolState,
+    index: usize,
+    message: String,
+    lifted_by_free_slot: bool,
+) -> Duration {
+    let w = &mut st.workers[index];
+    let strikes = w.throttle.as_ref().map_or(0, |t| t.strikes) + 1;
+    let (pause, by_slot) = throttle_pause(&message, strikes);
+    let lifted = lifted_by_free_slot && by_slot && w.active_jobs > 0;
+    let repeated = w.throttle.as_ref().is_some_and(|t| t.reason == message);
+    if !repeated {
+        log::warn!(
+            "Worker {}... is throttling: {message} (no dispatch to it for {:.0} s)",
+            short_id(&w.spec.worker_id),
+            pause.as_secs_f64()
+        );
+    }
+    w.throttle = Some(Throttle {
+        until: Instant::now() + pause,
+        until_unix: unix_now() + pause.as_secs_f64(),
+        reason: message,
+        strikes,
+        lifted_by_free_slot: lifted,
+    });
+    pause
+}
+
+fn finish(st: &mut PoolState, id: &str, status: PoolStatus, error: String) {
+    if let Some(job) = st.set_status(id, status) {
+        job.error = Some(error);
+        job.completed_at = Some(unix_now());
+    }
+}
+
+fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
+    let id = a.job_id.as_str();
+    let index = a.worker_index;
+    let short = short_id(&a.worker_id);
+    let mut st = ctx.lock();
+    if let SubmitOutcome::Accepted(remote) = outcome {
+        let w = &mut st.workers[index];
+        w.counters.accepted += 1;
+        w.throttle = None;
+        w.tracked.push(id.to_string());
+        let start_tracker = !w.tracker_running;
+        w.tracker_running = true;
+        if let Some(job) = st.jobs.get_mut(id) {
+            job.remote_job_id = Some(remote.clone());
+            job.dispatched_at = Some(unix_now());
+            job.last_contact = job.dispatched_at;
+        }
+        drop(st);
+        log::info!("Dispatched job {id} to {short}... (remote: {remote})");
+        ctx.spool.remove_inputs(id);
+        if start_tracker {
+            tracker::start(ctx, index);
+        }
+        return;
+    }
+    st.workers[index].release_slot();
+    match outcome {
+        SubmitOutcome::Accepted(_) => {}
+        SubmitOutcome::Throttled(message) => {
+            st.workers[index].counters.throttled += 1;
+            throttle(&mut st, index, message, true);
+            st.requeue_front(id);
+        }
+        SubmitOutcome::Rejected(code, message) => {
+            st.workers[index].counters.failed += 1;
+            let error = format!("worker {short}... rejected the job (HTTP {code}): {message}");
+            log::warn!("Job {id} failed: {error}");
+            finish(&mut st, id, PoolStatus::Failed, error);
+            drop(st);
+            ctx.spool.remove_inputs(id);
+        }
+        SubmitOutcome::ServerError(code, message) => {
+            let error = format!("worker {short}... answered HTTP {code}: {message}");
+            throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
+            if retry_or_fail(ctx, &mut st, a, error) {
+                drop(st);
+                ctx.spool.remove_inputs(id);
+            }
+        }
+        SubmitOutcome::NotSent(why) => {
+            let error = format!("worker {short}... {why}");
+            mark_unreachable(ctx, &mut st, index, why);
+            if retry_or_fail(ctx, &mut st, a, error) {
+                drop(st);
+                ctx.spool.remove_inputs(id);
+            }
+        }
+        SubmitOutcome::Unknown(why) => {
+            st.workers[index].counters.lost += 1;
+            let error = format!(
+                "dispatch to worker {short}... had an unknown outcome, the job may or may not run there, so it is not run again: {why}"
+            );
+            log::warn!("Job {id} is lost: {error}");
+            finish(&mut st, id, PoolStatus::Lost, error);
+            drop(st);
+            ctx.spool.remove_inputs(id);
+        }
+    }
+    ctx.wake_scheduler();
+}
+
+/// Records a failed attempt; puts the job back at the head of the queue, or fails it when it is out
+/// of attempts (then returns true).
+fn retry_or_fail(ctx: &Context, st: &mut PoolState, a: &Assignment, error: String) -> bool {
+    let id = a.job_id.as_str();
+    let max_attempts = ctx.config.max_attempts as usize;
+    let Some(job) = st.jobs.get_mut(id) else {
+        return false;
+    };
+    job.attempts.push(Attempt {
+        worker_id: a.worker_id.clone(),
+        error: error.clone(),
+    });
+    job.worker_id = None;
+    if job.attempts.len() >= max_attempts {
+        let reasons: Vec<String> = job.attempts.iter().map(|t| t.error.clone()).collect();
+        let error = format!(
+            "dispatch failed {} times: {}",
+            reasons.len(),
+            reasons.join("; ")
+        );
+        log::warn!("Job {id} failed: {error}");
+        finish(st, id, PoolStatus::Failed, error);
+        true
+    } else {
+        log::warn!("Job {id} goes back to the head of the queue: {error}");
+        st.requeue_front(id);
+        false
+    }
+}

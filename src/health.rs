@@ -1,0 +1,152 @@
+//! The health checker thread: probes every worker at start-up, then on its interval; failing
+//! workers are re-probed sooner with a backoff from 1 s up to the interval. One round's probes run
+//! concurrently, so a round takes about one health timeout however many workers hang.
+
+use crate::clock::unix_now;
+use crate::context::Context;
+use crate::identity::short_id;
+use crate::pool_state::PoolState;
+use crate::sandrun_client::ProbeFailure;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PROBE_STACK: usize = 128 * 1024;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the health checker until the signal channel closes.
+pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
+    loop {
+        let now = Instant::now();
+        let due: Vec<(usize, String, String)> = {
+            let st = ctx.lock();
+            st.workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.health.next_probe <= now)
+                .map(|(i, w)| (i, w.spec.endpoint.clone(), w.spec.worker_id.clone()))
+                .collect()
+        };
+        if !due.is_empty() {
+            let results = probe_round(&ctx, due);
+            apply_round(&ctx, results);
+        }
+        let next = ctx.lock().workers.iter().map(|w| w.health.next_probe).min();
+        let wait = next.map_or(ctx.config.health_interval, |n| {
+            n.saturating_duration_since(Instant::now())
+        });
+        match signal.recv_timeout(wait) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Probes the given workers concurrently, one short-lived thread each.
+fn probe_round(
+    ctx: &Context,
+    due: Vec<(usize, String, String)>,
+) -> Vec<(usize, Result<(), ProbeFailure>)> {
+    thread::scope(|scope| {
+        let probes: Vec<_> = due
+            .into_iter()
+            .map(|(index, endpoint, worker_id)| {
+                let spawned = thread::Builder::new()
+                    .name("health-probe".to_string())
+                    .stack_size(PROBE_STACK)
+                    .spawn_scoped(scope, move || ctx.client.probe(&endpoint, &worker_id));
+                (index, spawned)
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(index, spawned)| {
+                let result = match spawned {
+                    Ok(handle) => handle.join().unwrap_or_else(|_| {
+                        Err(ProbeFailure::Unreachable("the probe panicked".to_string()))
+                    }),
+                    Err(e) => Err(ProbeFailure::Unreachable(format!(
+                        "could not start a probe thread: {e}"
+                    ))),
+                };
+                (index, result)
+            })
+            .collect()
+    })
+}
+
+fn apply_round(ctx: &Context, results: Vec<(usize, Result<(), ProbeFailure>)>) {
+    let now = Instant::now();
+    let now_unix = unix_now();
+    let interval = ctx.config.health_interval;
+    let mut any_recovered = false;
+    let mut st = ctx.lock();
+    for (index, result) in results {
+        let Some(w) = st.workers.get_mut(index) else {
+            continue;
+        };
+        w.health.last_health_check = Some(now_unix);
+        match result {
+            Ok(()) => {
+                w.health.consecutive_failures = 0;
+                w.health.last_error = None;
+                w.health.next_probe = now + interval;
+                if !w.health.is_healthy {
+                    let again = if w.health.since.is_some() {
+                        " again"
+                    } else {
+                        ""
+                    };
+                    log::info!(
+                        "Worker {}... is healthy{again} at {}",
+                        short_id(&w.spec.worker_id),
+                        w.spec.endpoint
+                    );
+                    w.health.is_healthy = true;
+                    w.health.since = Some(now_unix);
+                    any_recovered = true;
+                }
+            }
+            Err(failure) => {
+                w.health.consecutive_failures += 1;
+                let backoff = FIRST_RETRY
+                    .saturating_mul(1 << (w.health.consecutive_failures - 1).min(16))
+                    .min(interval);
+                w.health.next_probe = now + backoff;
+                let first_check = w.health.since.is_none();
+                set_unhealthy(&mut st, index, failure.to_string(), first_check);
+            }
+        }
+    }
+    drop(st);
+    if any_recovered {
+        ctx.wake_scheduler();
+    }
+}
+
+/// Marks a worker unhealthy, logging the change once (or always, with `force_log`).
+fn set_unhealthy(st: &mut PoolState, index: usize, why: String, force_log: bool) {
+    let Some(w) = st.workers.get_mut(index) else {
+        return;
+    };
+    if w.health.is_healthy || force_log {
+        log::warn!(
+            "Worker {}... is now unhealthy: {why}",
+            short_id(&w.spec.worker_id)
+        );
+        w.health.since = Some(unix_now());
+    }
+    w.health.is_healthy = false;
+    w.health.last_error = Some(why);
+}
+
+/// Marks a worker unhealthy at once after a connection failure, and has it re-probed in about 1 s.
+pub fn mark_unreachable(ctx: &Context, st: &mut PoolState, index: usize, why: String) {
+    set_unhealthy(st, index, why, false);
+    if let Some(w) = st.workers.get_mut(index) {
+        w.health.consecutive_failures = w.health.consecutive_failures.max(1);
+        w.health.next_probe = Instant::now() + FIRST_RETRY;
+    }
+    ctx.wake_health();
+}

@@ -1,0 +1,141 @@
+//! The job record: everything the coordinator knows about one job, serializable as a whole.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a job is in its life, as `/status` reports it in `pool_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolStatus {
+    /// Waiting in the coordinator's queue.
+    Queued,
+    /// Sent (or being sent) to a worker; the worker has not started it yet.
+    Dispatched,
+    /// The worker reports it running.
+    Running,
+    /// The worker reports it finished with exit code 0.
+    Completed,
+    /// Refused by a worker, out of attempts, or finished with a non-zero exit code.
+    Failed,
+    /// Its fate on the worker is unknown or its results are gone.
+    Lost,
+}
+
+impl PoolStatus {
+    /// Every status, in life order.
+    pub const ALL: [PoolStatus; 6] = [
+        Self::Queued,
+        Self::Dispatched,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Lost,
+    ];
+
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Dispatched => "dispatched",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// True once nothing more will happen to the job on a worker.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Lost)
+    }
+}
+
+/// One uploaded `files` part, kept in the spool until a worker accepted the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputFile {
+    /// The filename the client gave, forwarded unchanged.
+    pub filename: String,
+    /// The part's content type, forwarded unchanged.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One failed dispatch attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The worker it was sent to.
+    pub worker_id: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Whether the job's results (status, logs, outputs) are safe in the spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "error")]
+pub enum Collection {
+    /// Nothing to collect yet (the job has not finished on a worker).
+    NotStarted,
+    /// The job finished; collection is under way or will be retried after this error.
+    Pending(Option<String>),
+    /// Everything is in the spool; the coordinator serves the results itself.
+    Collected,
+}
+
+/// Everything known about one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// `pool-<32 hex>`.
+    pub id: String,
+    /// Life stage.
+    pub status: PoolStatus,
+    /// The `files` parts, in upload order.
+    pub inputs: Vec<InputFile>,
+    /// Whether a `manifest` part was uploaded.
+    pub has_manifest: bool,
+    /// Unix seconds when the coordinator accepted it.
+    pub submitted_at: f64,
+    /// Unix seconds when a worker accepted it.
+    pub dispatched_at: Option<f64>,
+    /// Unix seconds when the coordinator saw it end.
+    pub completed_at: Option<f64>,
+    /// The worker it is (or was last) on.
+    pub worker_id: Option<String>,
+    /// The worker's own job id.
+    pub remote_job_id: Option<String>,
+    /// The worker's last `/status` answer, verbatim.
+    pub worker_status: Option<Value>,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+    /// Failed dispatch attempts so far.
+    pub attempts: Vec<Attempt>,
+    /// Result collection progress.
+    pub collection: Collection,
+    /// Unix seconds of the last answer from its worker about it.
+    pub last_contact: Option<f64>,
+    /// Order in the queue: lower runs sooner (a job put back at the head gets a lower one).
+    pub queue_ticket: i64,
+}
+
+impl Job {
+    /// A freshly accepted job.
+    pub fn new(id: String, inputs: Vec<InputFile>, has_manifest: bool, submitted_at: f64) -> Self {
+        Job {
+            id,
+            status: PoolStatus::Queued,
+            inputs,
+            has_manifest,
+            submitted_at,
+            dispatched_at: None,
+            completed_at: None,
+            worker_id: None,
+            remote_job_id: None,
+            worker_status: None,
+            error: None,
+            attempts: Vec::new(),
+            collection: Collection::NotStarted,
+            last_contact: None,
+            queue_ticket: 0,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `GET /outputs/{id}`, `GET /outputs/{id}/{path}` and `GET /logs/{id}`: served from the spool once
+//! collected, else streamed from the worker (`/download/{remote}/{path}`, never `/outputs`).
+
+use crate::api::unknown_job;
+use crate::collect::output_paths;
+use crate::context::Context;
+use crate::http_server::{error_reply, Reply};
+use crate::job::{Collection, PoolStatus};
+use crate::paths::{encode_path, percent_decode, safe_relative_path};
+use crate::sandrun_client::CallError;
+use serde_json::{json, Value};
+use std::fs::File;
+
+/// What serving a finished job's results needs, copied out of the table.
+struct Finished {
+    collected: bool,
+    remote: String,
+    endpoint: String,
+    status: PoolStatus,
+    worker_status: Value,
+}
+
+fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
+    let st = ctx.lock();
+    let Some(job) = st.jobs.get(id) else {
+        return Err(unknown_job(id));
+    };
+    let status = job.status;
+    if !status.is_final() {
+        let mut body = json!({
+            "error": format!("job {id} is {}; its results are available once it has finished", status.as_str()),
+            "pool_status": status.as_str(),
+        });
+        if status == PoolStatus::Queued {
+            body["queue_position"] = json!(st.queue.position(job.queue_ticket));
+        }
+        return Err(Reply::Json(409, body));
+    }
+    let error = job.error.clone().unwrap_or_default();
+    if status == PoolStatus::Lost {
+        return Err(Reply::Json(
+            410,
+            json!({"error": format!("job {id} is lost, it has no results: {error}"), "pool_status": "lost"}),
+        ));
+    }
+    let (Some(remote), Some(worker_status), Some(worker_id)) =
+        (&job.remote_job_id, &job.worker_status, &job.worker_id)
+    else {
+        return Err(Reply::Json(
+            404,
+            json!({"error": format!("job {id} never ran on a worker: {error}"), "pool_status": status.as_str()}),
+        ));
+    };
+    let endpoint = st
+        .worker_index(worker_id)
+        .map(|i| st.workers[i].spec.endpoint.clone())
+        .unwrap_or_default();
+    Ok(Finished {
+        collected: job.collection == Collection::Collected,
+        remote: remote.clone(),
+        endpoint,
+        status,
+        worker_status: worker_status.clone(),
+    })
+}
+
+/// `GET /outputs/{id}`: the output files with coordinator download URLs.
+pub fn listing(ctx: &Context, id: &str) -> Reply {
+    let job = match finished(ctx, id) {
+        Ok(j) => j,
+        Err(reply) => return reply,
+    };
+    let listed = job
+        .worker_status
+        .get("output_files")
+        .and_then(Value::as_object);
+    let files: Vec<Value> = output_paths(&job.worker_status)
+        .into_iter()
+        .map(|name| {
+            let meta = listed.and_then(|l| l.get(&name));
+            json!({
+                "name": name,
+                "size": meta.and_then(|m| m.get("size_bytes")),
+                "sha256": meta.and_then(|m| m.get("sha256")),
+                "type": content_type_of(&name),
+                "download_url": format!("/outputs/{id}/{}", encode_path(&name)),
+            })
+        })
+        .collect();
+    Reply::Json(
+        200,
+        json!({
+            "job_id": id,
+            "pool_status": job.status.as_str(),
+            "collected": job.collected,
+            "total_files": files.len(),
+            "files": files,
+        }),
+    )
+}
+
+/// `GET /outputs/{id}/{path}`: one output file's bytes.
+pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
+    let decoded = match percent_decode(raw_path) {
+        Ok(p) => p,
+        Err(e) => return error_reply(400, e.to_string()),
+    };
+    let path = match safe_relative_path(&decoded) {
+        Ok(p) => p,
+        Err(e) => return error_reply(400, e.to_string()),
+    };
+    let job = match finished(ctx, id) {
+        Ok(j) => j,
+        Err(reply) => return reply,
+    };
+    if !output_paths(&job.worker_status).iter().any(|p| p == path) {
+        return error_reply(
+            404,
+            format!("job {id} has no output file {path:?}; GET /outputs/{id} lists them"),
+        );
+    }
+    let content_type = content_type_of(path).to_string();
+    if job.collected {
+        let stored = ctx.spool.output_path(id, path);
+        return match File::open(&stored).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            Ok((len, file)) => Reply::Stream {
+                status: 200,
+                content_type,
+                length: usize::try_from(len).ok(),
+                body: Box::new(file),
+            },
+            Err(e) => {
+                log::error!("Collected output {} is unreadable: {e}", stored.display());
+                error_reply(
+                    500,
+                    format!("the collected output {path:?} cannot be read: {e}"),
+                )
+            }
+        };
+    }
+    match ctx.client.download(&job.endpoint, &job.remote, path) {
+        Ok(response) => {
+            let length = response
+                .header("Content-Length")
+                .and_then(|l| l.parse::<usize>().ok());
+            Reply::Stream {
+                status: 200,
+                content_type,
+                length,
+                body: Box::new(response.into_reader()),
+            }
+        }
+        Err(e) => worker_failure(id, &e),
+    }
+}
+
+/// `GET /logs/{id}`: the job's stdout and stderr.
+pub fn logs(ctx: &Context, id: &str) -> Reply {
+    let job = match finished(ctx, id) {
+        Ok(j) => j,
+        Err(reply) => return reply,
+    };
+    if job.collected {
+        return match ctx.spool.read_result(id, "logs.json") {
+            Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(logs) => Reply::Json(200, logs),
+                Err(e) => error_reply(500, format!("the collected logs of {id} are corrupt: {e}")),
+            },
+            Err(e) => error_reply(
+                500,
+                format!("the collected logs of {id} cannot be read: {e}"),
+            ),
+        };
+    }
+    match ctx.client.logs(&job.endpoint, &job.remote) {
+        Ok(logs) => Reply::Json(200, logs),
+        Err(e) => worker_failure(id, &e),
+    }
+}
+
+/// Maps a failed call to the job's worker: its 404 and its 500-for-a-missing-file become 404.
+fn worker_failure(id: &str, e: &CallError) -> Reply {
+    match e {
+        CallError::Status { code: 404 | 500, message } => error_reply(
+            404,
+            format!("the worker does not have this result of job {id}: {message}"),
+        ),
+        other => error_reply(
+            502,
+            format!("the results of job {id} are not collected yet and its worker failed to serve them ({other}); try again shortly"),
+        ),
+    }
+}
+
+/// A content type from a file name's extension.
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("txt" | "log" | "out" | "md" | "py" | "sh" | "js" | "c" | "rs") => "text/plain",
+        Some("json") => "application/json",
+        Some("csv") => "text/csv",
+        Some("html" | "htm") => "text/html",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("svg") => "image/svg+xml",
+        Some("pdf") => "application/pdf",
+        Some("gz" | "tgz") => "application/gzip",
+        Some("tar") => "application/x-tar",
+        Some("zip") => "application/zip",
+        _ => "application/octet-stream",
+    }
+}

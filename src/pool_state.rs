@@ -1,0 +1,249 @@
+//! The coordinator's shared table: workers, jobs and the queue, behind one mutex.
+//!
+//! Nothing does I/O while holding the lock, and a panic while holding it cannot wedge the
+//! coordinator: [`lock`] recovers a poisoned mutex (every update leaves the table consistent
+//! before anything that could panic runs).
+
+use crate::job::{Job, PoolStatus};
+use crate::workers_file::WorkerSpec;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// Takes a mutex, recovering it if a panicking thread poisoned it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the health checker last learned about a worker.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// True after a successful probe, until a failed probe or a connection failure.
+    pub is_healthy: bool,
+    /// Unix seconds of the last completed probe.
+    pub last_health_check: Option<f64>,
+    /// Why the worker is not healthy (None when healthy).
+    pub last_error: Option<String>,
+    /// Failed probes in a row.
+    pub consecutive_failures: u32,
+    /// Unix seconds since when the worker is in its current health state.
+    pub since: Option<f64>,
+    /// When the health checker probes it next.
+    pub next_probe: Instant,
+}
+
+/// A worker that answered 429: busy, not broken.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    /// No dispatch to the worker before this instant.
+    pub until: Instant,
+    /// The same instant in unix seconds, for `/pool`.
+    pub until_unix: f64,
+    /// The worker's own message.
+    pub reason: String,
+    /// 429s in a row; each one doubles the pause.
+    pub strikes: u32,
+    /// True when the pause is for the per-IP concurrency limit, which a finished job lifts.
+    pub lifted_by_free_slot: bool,
+}
+
+/// Running totals per worker, for operators.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCounters {
+    /// Jobs the worker accepted.
+    pub accepted: u64,
+    /// Jobs that ended completed.
+    pub completed: u64,
+    /// Jobs that ended failed on it.
+    pub failed: u64,
+    /// Jobs lost on it.
+    pub lost: u64,
+    /// Submits it answered 429.
+    pub throttled: u64,
+}
+
+/// One allowlisted worker and its live state.
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    /// The allowlist entry.
+    pub spec: WorkerSpec,
+    /// Health as last probed.
+    pub health: Health,
+    /// Jobs occupying a slot: dispatch in flight, queued or running on the worker.
+    pub active_jobs: u32,
+    /// Set while the worker asked to be left alone.
+    pub throttle: Option<Throttle>,
+    /// Jobs its tracker follows (running, or finished but not yet collected).
+    pub tracked: Vec<String>,
+    /// True while a tracker thread serves this worker.
+    pub tracker_running: bool,
+    /// Totals.
+    pub counters: WorkerCounters,
+}
+
+impl WorkerEntry {
+    /// A worker not yet probed: not healthy until its first probe succeeds.
+    pub fn new(spec: WorkerSpec, now: Instant) -> Self {
+        WorkerEntry {
+            spec,
+            health: Health {
+                is_healthy: false,
+                last_health_check: None,
+                last_error: Some("not checked yet".to_string()),
+                consecutive_failures: 0,
+                since: None,
+                next_probe: now,
+            },
+            active_jobs: 0,
+            throttle: None,
+            tracked: Vec::new(),
+            tracker_running: false,
+            counters: WorkerCounters::default(),
+        }
+    }
+
+    /// True when the throttle, if any, still holds at `now`.
+    pub fn is_throttled(&self, now: Instant) -> bool {
+        self.throttle.as_ref().is_some_and(|t| t.until > now)
+    }
+
+    /// True when a job may be dispatched to it now.
+    pub fn has_room(&self, now: Instant) -> bool {
+        self.health.is_healthy
+            && !self.is_throttled(now)
+            && self.active_jobs < self.spec.max_concurrent_jobs
+    }
+
+    /// Frees one slot; a concurrency throttle ends with it.
+    pub fn release_slot(&mut self) {
+        self.active_jobs = self.active_jobs.saturating_sub(1);
+        if self
+            .throttle
+            .as_ref()
+            .is_some_and(|t| t.lifted_by_free_slot)
+        {
+            self.throttle = None;
+        }
+    }
+}
+
+/// The FIFO of queued job ids. A job put back at the head keeps its place ahead of all others.
+#[derive(Debug, Default)]
+pub struct JobQueue {
+    entries: VecDeque<(i64, String)>,
+    next_back: i64,
+    next_front: i64,
+}
+
+impl JobQueue {
+    /// Appends a job; returns its ticket.
+    pub fn push_back(&mut self, id: String) -> i64 {
+        self.next_back += 1;
+        self.entries.push_back((self.next_back, id));
+        self.next_back
+    }
+
+    /// Puts a job back at the head; returns its ticket.
+    pub fn push_front(&mut self, id: String) -> i64 {
+        self.next_front -= 1;
+        self.entries.push_front((self.next_front, id));
+        self.next_front
+    }
+
+    /// The oldest job.
+    pub fn front(&self) -> Option<&str> {
+        self.entries.front().map(|(_, id)| id.as_str())
+    }
+
+    /// Removes the oldest job.
+    pub fn pop_front(&mut self) -> Option<String> {
+        self.entries.pop_front().map(|(_, id)| id)
+    }
+
+    /// Zero-based position of the job with this ticket, if queued.
+    pub fn position(&self, ticket: i64) -> Option<usize> {
+        self.entries.binary_search_by_key(&ticket, |(t, _)| *t).ok()
+    }
+
+    /// Number of queued jobs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Workers, jobs and the queue: the one table behind the one lock.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    /// Allowlisted workers, in file order.
+    pub workers: Vec<WorkerEntry>,
+    /// Every job by id.
+    pub jobs: HashMap<String, Job>,
+    /// Queued jobs, oldest first.
+    pub queue: JobQueue,
+    /// Jobs per status, kept in step with `jobs`.
+    status_counts: [usize; 6],
+    /// Where the next tie between equally loaded workers starts looking.
+    pub rotation: usize,
+}
+
+fn status_index(status: PoolStatus) -> usize {
+    PoolStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+impl PoolState {
+    /// A table for these workers, no jobs.
+    pub fn new(specs: Vec<WorkerSpec>, now: Instant) -> Self {
+        PoolState {
+            workers: specs
+                .into_iter()
+                .map(|s| WorkerEntry::new(s, now))
+                .collect(),
+            ..PoolState::default()
+        }
+    }
+
+    /// Adds a new queued job at the tail of the queue.
+    pub fn enqueue(&mut self, mut job: Job) {
+        job.status = PoolStatus::Queued;
+        job.queue_ticket = self.queue.push_back(job.id.clone());
+        self.status_counts[status_index(PoolStatus::Queued)] += 1;
+        self.jobs.insert(job.id.clone(), job);
+    }
+
+    /// Puts a job back at the head of the queue.
+    pub fn requeue_front(&mut self, id: &str) {
+        let ticket = self.queue.push_front(id.to_string());
+        if let Some(job) = self.set_status(id, PoolStatus::Queued) {
+            job.queue_ticket = ticket;
+        }
+    }
+
+    /// Moves a job to `status`, keeping the per-status counts exact.
+    pub fn set_status(&mut self, id: &str, status: PoolStatus) -> Option<&mut Job> {
+        let job = self.jobs.get_mut(id)?;
+        self.status_counts[status_index(job.status)] -= 1;
+        self.status_counts[status_index(status)] += 1;
+        job.status = status;
+        Some(job)
+    }
+
+    /// How many jobs are in `status`.
+    pub fn count(&self, status: PoolStatus) -> usize {
+        self.status_counts[status_index(status)]
+    }
+
+    /// Index of the worker with this id.
+    pub fn worker_index(&self, worker_id: &str) -> Option<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.spec.worker_id == worker_id)
+    }
+}

@@ -1,0 +1,279 @@
+//! Calls to a sandrun worker, in its dialect: exact-case `Content-Type`/`Content-Length`, bodies of
+//! known length (never chunked), one request per connection, explicit timeouts on every call.
+
+use crate::multipart_body::MultipartBody;
+use crate::paths::encode_path;
+use serde_json::Value;
+use std::fmt;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Largest JSON answer read from a worker (status, logs, health).
+const MAX_JSON_ANSWER: u64 = 64 * 1024 * 1024;
+
+/// The HTTP agents used towards workers, one per kind of call so each has its own timeouts.
+#[derive(Clone)]
+pub struct WorkerClient {
+    health: ureq::Agent,
+    submit: ureq::Agent,
+    follow: ureq::Agent,
+}
+
+/// Timeouts of a [`WorkerClient`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting to a worker, and a whole health probe.
+    pub health: Duration,
+    /// Waiting for a worker to answer a submit, status, logs or download (it may hold its lock
+    /// for a whole job run).
+    pub dispatch: Duration,
+}
+
+fn agent(
+    connect: Duration,
+    read: Duration,
+    write: Duration,
+    overall: Option<Duration>,
+) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(connect)
+        .timeout_read(read)
+        .timeout_write(write)
+        .max_idle_connections(0)
+        .redirects(0)
+        .user_agent(concat!("trusted-pool/", env!("CARGO_PKG_VERSION")));
+    if let Some(overall) = overall {
+        builder = builder.timeout(overall);
+    }
+    builder.build()
+}
+
+/// A failed call to a worker.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// No connection could be made: the request was not sent.
+    Unreachable(String),
+    /// The connection failed or timed out after it was made.
+    Transport(String),
+    /// The worker answered with an error status.
+    Status {
+        /// HTTP status.
+        code: u16,
+        /// The worker's `error` message, or the start of its body.
+        message: String,
+    },
+    /// The answer was not what sandrun sends.
+    BadAnswer(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "unreachable: {why}"),
+            Self::Transport(why) => write!(f, "connection failed: {why}"),
+            Self::Status { code, message } => write!(f, "HTTP {code}: {message}"),
+            Self::BadAnswer(why) => write!(f, "unexpected answer: {why}"),
+        }
+    }
+}
+
+/// What became of a submit.
+#[derive(Debug, Clone)]
+pub enum SubmitOutcome {
+    /// The worker took the job under this id.
+    Accepted(String),
+    /// 429: the worker is busy for a while; its message says why.
+    Throttled(String),
+    /// Another 4xx: the worker judged the job bad.
+    Rejected(u16, String),
+    /// 5xx: the worker failed; the job may go elsewhere.
+    ServerError(u16, String),
+    /// The connection failed before the whole request was sent: the worker cannot have it.
+    NotSent(String),
+    /// The request was sent but no answer came: the worker may have accepted it.
+    Unknown(String),
+}
+
+/// Why a health probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// No answer.
+    Unreachable(String),
+    /// An answer, but not a healthy one.
+    Unhealthy(String),
+    /// Healthy, but with another identity than the allowlisted one.
+    WrongIdentity {
+        /// What the allowlist says.
+        expected: String,
+        /// What the worker said (None for `null` or missing).
+        reported: Option<String>,
+    },
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "unreachable: {why}"),
+            Self::Unhealthy(why) => write!(f, "unhealthy answer: {why}"),
+            Self::WrongIdentity { expected, reported } => write!(
+                f,
+                "identity mismatch: allowlisted worker_id {expected}, worker reports {}",
+                reported.as_deref().unwrap_or("null")
+            ),
+        }
+    }
+}
+
+fn error_message(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) => match v.get("error").and_then(Value::as_str) {
+            Some(m) => m.to_string(),
+            None => v.to_string(),
+        },
+        Err(_) => body.chars().take(300).collect(),
+    }
+}
+
+fn read_json(response: ureq::Response) -> Result<Value, CallError> {
+    let mut text = String::new();
+    response
+        .into_reader()
+        .take(MAX_JSON_ANSWER)
+        .read_to_string(&mut text)
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| CallError::BadAnswer(format!("not JSON ({e})")))
+}
+
+fn classify(error: ureq::Error) -> CallError {
+    match error {
+        ureq::Error::Status(code, response) => {
+            let mut body = String::new();
+            let _ = response
+                .into_reader()
+                .take(64 * 1024)
+                .read_to_string(&mut body);
+            CallError::Status {
+                code,
+                message: error_message(&body),
+            }
+        }
+        ureq::Error::Transport(t) => match t.kind() {
+            ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => {
+                CallError::Unreachable(t.to_string())
+            }
+            _ => CallError::Transport(t.to_string()),
+        },
+    }
+}
+
+impl WorkerClient {
+    /// Agents with these timeouts.
+    pub fn new(t: Timeouts) -> Self {
+        WorkerClient {
+            health: agent(t.health, t.health, t.health, Some(t.health)),
+            submit: agent(t.health, t.dispatch, t.dispatch, None),
+            follow: agent(t.health, t.dispatch, t.health, None),
+        }
+    }
+
+    /// `GET /health`: Ok when the worker is healthy and reports `expected_id`.
+    pub fn probe(&self, endpoint: &str, expected_id: &str) -> Result<(), ProbeFailure> {
+        let response = self
+            .health
+            .get(&format!("{endpoint}/health"))
+            .call()
+            .map_err(|e| match classify(e) {
+                CallError::Status { code, message } => {
+                    ProbeFailure::Unhealthy(format!("HTTP {code}: {message}"))
+                }
+                other => ProbeFailure::Unreachable(other.to_string()),
+            })?;
+        let body = read_json(response).map_err(|e| ProbeFailure::Unhealthy(e.to_string()))?;
+        let status = body.get("status").and_then(Value::as_str);
+        if status != Some("healthy") {
+            return Err(ProbeFailure::Unhealthy(format!(
+                "status is {}",
+                body.get("status").unwrap_or(&Value::Null)
+            )));
+        }
+        let reported = body.get("worker_id").and_then(Value::as_str);
+        if reported != Some(expected_id) {
+            return Err(ProbeFailure::WrongIdentity {
+                expected: expected_id.to_string(),
+                reported: reported.map(str::to_string),
+            });
+        }
+        Ok(())
+    }
+
+    /// `POST /submit` with a streamed multipart body.
+    pub fn submit(&self, endpoint: &str, body: MultipartBody) -> SubmitOutcome {
+        let finished = body.finished_flag();
+        let content_type = format!("multipart/form-data; boundary={}", body.boundary);
+        let length = body.length.to_string();
+        let result = self
+            .submit
+            .post(&format!("{endpoint}/submit"))
+            .set("Content-Type", &content_type)
+            .set("Content-Length", &length)
+            .send(body.into_reader());
+        match result {
+            Ok(response) => match read_json(response) {
+                Ok(v) => match v.get("job_id").and_then(Value::as_str) {
+                    Some(id) if !id.is_empty() => SubmitOutcome::Accepted(id.to_string()),
+                    _ => SubmitOutcome::Unknown(format!(
+                        "the worker answered 200 without a job_id: {v}"
+                    )),
+                },
+                Err(e) => SubmitOutcome::Unknown(format!("the worker's answer was lost: {e}")),
+            },
+            Err(e) => match classify(e) {
+                CallError::Status { code: 429, message } => SubmitOutcome::Throttled(message),
+                CallError::Status { code, message } if code < 500 => {
+                    SubmitOutcome::Rejected(code, message)
+                }
+                CallError::Status { code, message } => SubmitOutcome::ServerError(code, message),
+                CallError::Unreachable(why) => SubmitOutcome::NotSent(why),
+                other if !finished.load(Ordering::SeqCst) => {
+                    SubmitOutcome::NotSent(other.to_string())
+                }
+                other => SubmitOutcome::Unknown(format!(
+                    "the request was sent but no answer came ({other})"
+                )),
+            },
+        }
+    }
+
+    /// `GET /status/{id}`: the worker's status JSON.
+    pub fn status(&self, endpoint: &str, remote_id: &str) -> Result<Value, CallError> {
+        self.get_json(&format!("{endpoint}/status/{}", encode_path(remote_id)))
+    }
+
+    /// `GET /logs/{id}`: `{"stdout","stderr"}`.
+    pub fn logs(&self, endpoint: &str, remote_id: &str) -> Result<Value, CallError> {
+        self.get_json(&format!("{endpoint}/logs/{}", encode_path(remote_id)))
+    }
+
+    /// `GET /download/{id}/{path}`: one file, as a streaming response. (Never `/download/{id}`
+    /// alone: that deletes the job on the worker.)
+    pub fn download(
+        &self,
+        endpoint: &str,
+        remote_id: &str,
+        path: &str,
+    ) -> Result<ureq::Response, CallError> {
+        self.follow
+            .get(&format!(
+                "{endpoint}/download/{}/{}",
+                encode_path(remote_id),
+                encode_path(path)
+            ))
+            .call()
+            .map_err(classify)
+    }
+
+    fn get_json(&self, url: &str) -> Result<Value, CallError> {
+        read_json(self.follow.get(url).call().map_err(classify)?)
+    }
+}

@@ -1,0 +1,86 @@
+//! The scheduler thread: hands the oldest queued job to the healthy, non-throttled worker with the
+//! fewest active jobs below its limit (ties rotate). When no worker has room it waits for a signal
+//! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
+
+use crate::context::Context;
+use crate::dispatch::{self, Assignment};
+use crate::job::PoolStatus;
+use crate::pool_state::PoolState;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs the scheduler until the signal channel closes.
+pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
+    loop {
+        let (assignments, next_expiry) = assign(&mut ctx.lock(), Instant::now());
+        for assignment in assignments {
+            dispatch::start(&ctx, assignment);
+        }
+        let woken = match next_expiry {
+            Some(at) => signal.recv_deadline(at),
+            None => signal.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        if let Err(RecvTimeoutError::Disconnected) = woken {
+            return;
+        }
+    }
+}
+
+/// Takes jobs off the head of the queue while a worker has room; reserves their slots.
+/// Returns the assignments and, when jobs still wait, the next instant a throttle ends.
+pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Instant>) {
+    let mut assignments = Vec::new();
+    while let Some(head) = st.queue.front() {
+        let Some(job) = st.jobs.get(head) else {
+            st.queue.pop_front();
+            continue;
+        };
+        let tried: Vec<&str> = job.attempts.iter().map(|a| a.worker_id.as_str()).collect();
+        let Some(index) = pick_worker(st, &tried, now) else {
+            break;
+        };
+        let Some(id) = st.queue.pop_front() else {
+            break;
+        };
+        let worker = &mut st.workers[index];
+        worker.active_jobs += 1;
+        let endpoint = worker.spec.endpoint.clone();
+        let worker_id = worker.spec.worker_id.clone();
+        st.rotation = index + 1;
+        if let Some(job) = st.set_status(&id, PoolStatus::Dispatched) {
+            job.worker_id = Some(worker_id.clone());
+            assignments.push(Assignment {
+                job_id: id,
+                worker_index: index,
+                worker_id,
+                endpoint,
+                inputs: job.inputs.clone(),
+                has_manifest: job.has_manifest,
+            });
+        }
+    }
+    let next_expiry = if st.queue.is_empty() {
+        None
+    } else {
+        st.workers
+            .iter()
+            .filter_map(|w| w.throttle.as_ref().map(|t| t.until))
+            .filter(|until| *until > now)
+            .min()
+    };
+    (assignments, next_expiry)
+}
+
+/// The worker for the next job: has room, not yet tried by this job if such a worker exists,
+/// fewest active jobs; ties go to the first one at or after the rotation point.
+fn pick_worker(st: &PoolState, tried: &[&str], now: Instant) -> Option<usize> {
+    let n = st.workers.len();
+    (0..n)
+        .map(|k| (st.rotation + k) % n)
+        .filter(|&i| st.workers[i].has_room(now))
+        .min_by_key(|&i| {
+            let w = &st.workers[i];
+            (tried.contains(&w.spec.worker_id.as_str()), w.active_jobs)
+        })
+}

@@ -1,0 +1,208 @@
+//! Trackers: one thread per worker that has jobs, following each of them with `/status` every
+//! track interval, freeing the slot the moment a job ends, then collecting its results. A worker
+//! that blocks (sandrun holds its lock while a job runs) only delays its own tracker.
+
+use crate::clock::unix_now;
+use crate::collect::{self, CollectError};
+use crate::context::Context;
+use crate::identity::short_id;
+use crate::job::{Collection, PoolStatus};
+use crate::pool_state::PoolState;
+use crate::sandrun_client::CallError;
+use serde_json::Value;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+const TRACKER_STACK: usize = 256 * 1024;
+
+/// A snapshot of one followed job.
+struct Followed {
+    id: String,
+    remote: String,
+    status: PoolStatus,
+    worker_status: Option<Value>,
+    last_contact: f64,
+}
+
+/// Starts the tracker thread of worker `index` (its `tracker_running` flag is already set).
+pub fn start(ctx: &Arc<Context>, index: usize) {
+    let thread_ctx = Arc::clone(ctx);
+    let spawned = thread::Builder::new()
+        .name(format!("tracker-{index}"))
+        .stack_size(TRACKER_STACK)
+        .spawn(move || run(&thread_ctx, index));
+    if let Err(e) = spawned {
+        log::error!(
+            "Could not start the tracker of worker {index}: {e}; retrying at the next dispatch"
+        );
+        ctx.lock().workers[index].tracker_running = false;
+    }
+}
+
+fn run(ctx: &Context, index: usize) {
+    loop {
+        let (endpoint, jobs) = {
+            let mut st = ctx.lock();
+            let w = &mut st.workers[index];
+            if w.tracked.is_empty() {
+                w.tracker_running = false;
+                return;
+            }
+            let endpoint = w.spec.endpoint.clone();
+            let ids = w.tracked.clone();
+            let jobs: Vec<Followed> = ids
+                .into_iter()
+                .filter_map(|id| {
+                    let job = st.jobs.get(&id)?;
+                    Some(Followed {
+                        remote: job.remote_job_id.clone()?,
+                        status: job.status,
+                        worker_status: job.worker_status.clone(),
+                        last_contact: job.last_contact.unwrap_or_else(unix_now),
+                        id,
+                    })
+                })
+                .collect();
+            (endpoint, jobs)
+        };
+        for job in jobs {
+            let followed = catch_unwind(AssertUnwindSafe(|| follow(ctx, index, &endpoint, &job)));
+            if followed.is_err() {
+                log::error!("Following job {} panicked; it will be retried", job.id);
+            }
+        }
+        thread::sleep(ctx.config.track_interval);
+    }
+}
+
+fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) {
+    if job.status.is_final() {
+        if let Some(status) = &job.worker_status {
+            collect_results(ctx, index, endpoint, job, status);
+        }
+        return;
+    }
+    match ctx.client.status(endpoint, &job.remote) {
+        Ok(status) => {
+            let now_status = match status.get("status").and_then(Value::as_str) {
+                Some("running") => PoolStatus::Running,
+                Some("completed") => PoolStatus::Completed,
+                Some("failed") => PoolStatus::Failed,
+                _ => PoolStatus::Dispatched,
+            };
+            let finished = record_status(ctx, index, &job.id, now_status, status.clone());
+            if finished {
+                collect_results(ctx, index, endpoint, job, &status);
+            }
+        }
+        Err(CallError::Status { code: 404, .. }) => lose(
+            ctx,
+            index,
+            &job.id,
+            "the worker no longer has the job (HTTP 404) and its results were not collected"
+                .to_string(),
+        ),
+        Err(e) => give_up_if_stale(ctx, index, job, &e.to_string()),
+    }
+}
+
+/// Stores a status answer; returns true when it says the job ended (its slot is then freed).
+fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answer: Value) -> bool {
+    let now = unix_now();
+    let mut st = ctx.lock();
+    let Some(job) = st.jobs.get_mut(id) else {
+        return false;
+    };
+    job.worker_status = Some(answer);
+    job.last_contact = Some(now);
+    let before = job.status;
+    if before == status {
+        return false;
+    }
+    let Some(job) = st.set_status(id, status) else {
+        return false;
+    };
+    if !status.is_final() {
+        return false;
+    }
+    job.completed_at = Some(now);
+    job.collection = Collection::Pending(None);
+    let w = &mut st.workers[index];
+    w.release_slot();
+    if status == PoolStatus::Completed {
+        w.counters.completed += 1;
+    } else {
+        w.counters.failed += 1;
+    }
+    let short = short_id(&w.spec.worker_id).to_string();
+    drop(st);
+    log::info!("Job {id} {} on {short}...", status.as_str());
+    ctx.wake_scheduler();
+    true
+}
+
+fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
+    match collect::collect(ctx, endpoint, &job.id, &job.remote, status) {
+        Ok(files) => {
+            let mut st = ctx.lock();
+            if let Some(j) = st.jobs.get_mut(&job.id) {
+                j.collection = Collection::Collected;
+            }
+            untrack(&mut st, index, &job.id);
+            drop(st);
+            log::info!("Collected results of job {} ({files} output files)", job.id);
+        }
+        Err(CollectError::Gone) => lose(ctx, index, &job.id, CollectError::Gone.to_string()),
+        Err(e) => {
+            let why = e.to_string();
+            if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
+                j.collection = Collection::Pending(Some(why.clone()));
+            }
+            log::warn!("Job {}: {why}; retrying", job.id);
+            give_up_if_stale(ctx, index, job, &why);
+        }
+    }
+}
+
+fn give_up_if_stale(ctx: &Context, index: usize, job: &Followed, why: &str) {
+    let silent_for = unix_now() - job.last_contact;
+    if silent_for > ctx.config.lost_after.as_secs_f64() {
+        lose(
+            ctx,
+            index,
+            &job.id,
+            format!("no answer from its worker for {silent_for:.0} s: {why}"),
+        );
+    } else {
+        log::debug!("Job {}: worker did not answer ({why}); will retry", job.id);
+    }
+}
+
+fn untrack(st: &mut PoolState, index: usize, id: &str) {
+    st.workers[index].tracked.retain(|t| t != id);
+}
+
+/// Marks a job lost, frees its slot if it still held one, and stops following it.
+fn lose(ctx: &Context, index: usize, id: &str, why: String) {
+    let mut st = ctx.lock();
+    let Some(job) = st.jobs.get(id) else {
+        return;
+    };
+    let held_slot = !job.status.is_final();
+    if let Some(job) = st.set_status(id, PoolStatus::Lost) {
+        job.error = Some(why.clone());
+        job.completed_at.get_or_insert_with(unix_now);
+    }
+    let w = &mut st.workers[index];
+    if held_slot {
+        w.release_slot();
+    }
+    w.counters.lost += 1;
+    untrack(&mut st, index, id);
+    drop(st);
+    log::warn!("Job {id} is lost: {why}");
+    if held_slot {
+        ctx.wake_scheduler();
+    }
+}

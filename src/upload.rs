@@ -1,0 +1,248 @@
+//! `POST /submit`: streams a multipart upload part by part into the spool (never whole into
+//! memory), validates it, and queues the job. A refused upload leaves nothing behind.
+
+use crate::clock::unix_now;
+use crate::context::Context;
+use crate::job::{InputFile, Job};
+use crate::paths::is_safe_component;
+use multipart::server::Multipart;
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+
+/// Largest accepted manifest part.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Why a submit was refused.
+#[derive(Debug)]
+pub enum UploadError {
+    /// No or another `Content-Type` than multipart/form-data.
+    NotMultipart(Option<String>),
+    /// multipart/form-data without a boundary.
+    NoBoundary,
+    /// The body is larger than `--max-upload-bytes`.
+    TooLarge(u64),
+    /// The body is not well-formed multipart (truncated, bad headers).
+    Malformed(String),
+    /// No `files` part.
+    NoFiles,
+    /// A `files` part without a filename.
+    MissingFilename,
+    /// A filename that cannot be a plain file name.
+    BadFilename(String),
+    /// Two `files` parts with the same filename.
+    DuplicateFilename(String),
+    /// The manifest is not a JSON object (or too large, or given twice).
+    BadManifest(String),
+    /// A part name other than `files` and `manifest`.
+    UnknownPart(String),
+    /// The spool could not be written.
+    Spool(io::Error),
+}
+
+impl UploadError {
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotMultipart(_) => 415,
+            Self::TooLarge(_) => 413,
+            Self::Spool(_) => 507,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for UploadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotMultipart(ct) => write!(
+                f,
+                "the body must be multipart/form-data (got Content-Type {}); send files with curl -F files=@main.py",
+                ct.as_deref().unwrap_or("none")
+            ),
+            Self::NoBoundary => write!(f, "the multipart/form-data Content-Type has no boundary parameter"),
+            Self::TooLarge(max) => write!(f, "the upload is larger than the limit of {max} bytes"),
+            Self::Malformed(why) => write!(f, "the multipart body is malformed or truncated: {why}"),
+            Self::NoFiles => write!(f, "no 'files' part: upload at least one file with -F files=@FILE"),
+            Self::MissingFilename => write!(f, "a 'files' part has no filename; send it as a file (-F files=@FILE)"),
+            Self::BadFilename(name) => write!(
+                f,
+                "the filename {name:?} is not allowed: it must be a plain name without '/', '\\\\', '\"', '..', NUL or control characters"
+            ),
+            Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
+            Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
+            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files' and 'manifest' are accepted"),
+            Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UploadError {}
+
+/// The boundary of a `multipart/form-data` content type.
+pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
+    let ct = content_type.ok_or(UploadError::NotMultipart(None))?;
+    let mut params = ct.split(';');
+    let kind = params.next().unwrap_or_default().trim();
+    if !kind.eq_ignore_ascii_case("multipart/form-data") {
+        return Err(UploadError::NotMultipart(Some(ct.to_string())));
+    }
+    params
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+        .ok_or(UploadError::NoBoundary)
+}
+
+/// Counts bytes and fails the read once the limit is crossed.
+struct Limited<'a, R> {
+    inner: R,
+    remaining: u64,
+    crossed: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Limited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.remaining {
+            self.crossed.set(true);
+            return Err(io::Error::other("upload limit crossed"));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn check_filename(name: &str) -> Result<(), UploadError> {
+    if is_safe_component(name) && !name.contains('"') && name.len() <= 255 {
+        Ok(())
+    } else {
+        Err(UploadError::BadFilename(name.to_string()))
+    }
+}
+
+/// Reads the upload of job `id` into the spool; returns its inputs and whether it had a manifest.
+fn read_parts(
+    ctx: &Context,
+    id: &str,
+    body: &mut dyn Read,
+    boundary: String,
+) -> Result<(Vec<InputFile>, bool), UploadError> {
+    let crossed = Cell::new(false);
+    let max = ctx.config.max_upload_bytes;
+    let io_error = |e: io::Error| {
+        if crossed.get() {
+            UploadError::TooLarge(max)
+        } else {
+            UploadError::Malformed(e.to_string())
+        }
+    };
+    let limited = Limited {
+        inner: body,
+        remaining: max,
+        crossed: &crossed,
+    };
+    let mut multipart = Multipart::with_body(limited, boundary);
+    let mut inputs: Vec<InputFile> = Vec::new();
+    let mut has_manifest = false;
+    while let Some(mut field) = multipart.read_entry().map_err(io_error)? {
+        match &*field.headers.name {
+            "files" => {
+                let filename = field
+                    .headers
+                    .filename
+                    .clone()
+                    .ok_or(UploadError::MissingFilename)?;
+                check_filename(&filename)?;
+                if inputs.iter().any(|i| i.filename == filename) {
+                    return Err(UploadError::DuplicateFilename(filename));
+                }
+                let content_type = field
+                    .headers
+                    .content_type
+                    .as_ref()
+                    .map_or_else(|| "application/octet-stream".to_string(), |m| m.to_string());
+                let mut file = File::create(ctx.spool.input_path(id, inputs.len()))
+                    .map_err(UploadError::Spool)?;
+                let size = io::copy(&mut field.data, &mut file).map_err(io_error)?;
+                inputs.push(InputFile {
+                    filename,
+                    content_type,
+                    size,
+                });
+            }
+            "manifest" => {
+                if has_manifest {
+                    return Err(UploadError::BadManifest("is given twice".to_string()));
+                }
+                let mut bytes = Vec::new();
+                (&mut field.data)
+                    .take(MAX_MANIFEST_BYTES + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(io_error)?;
+                if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+                    return Err(UploadError::BadManifest(format!(
+                        "is larger than {MAX_MANIFEST_BYTES} bytes"
+                    )));
+                }
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(v) if v.is_object() => {}
+                    Ok(_) => {
+                        return Err(UploadError::BadManifest(
+                            "must be a JSON object".to_string(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
+                    }
+                }
+                std::fs::write(ctx.spool.manifest_path(id), &bytes).map_err(UploadError::Spool)?;
+                has_manifest = true;
+            }
+            other => return Err(UploadError::UnknownPart(other.to_string())),
+        }
+    }
+    if inputs.is_empty() {
+        return Err(UploadError::NoFiles);
+    }
+    Ok((inputs, has_manifest))
+}
+
+/// Checks a submit's headers before its body is read; returns the multipart boundary.
+pub fn check_headers(
+    ctx: &Context,
+    content_type: Option<&str>,
+    content_length: Option<usize>,
+) -> Result<String, UploadError> {
+    let boundary = boundary_of(content_type)?;
+    let max = ctx.config.max_upload_bytes;
+    if content_length.is_some_and(|n| n as u64 > max) {
+        return Err(UploadError::TooLarge(max));
+    }
+    Ok(boundary)
+}
+
+/// Accepts a submit whose headers passed [`check_headers`]: spools the upload and queues the job;
+/// returns the new job id.
+pub fn accept(ctx: &Context, boundary: String, body: &mut dyn Read) -> Result<String, UploadError> {
+    let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
+    let read = ctx
+        .spool
+        .create_inputs(&id)
+        .map_err(UploadError::Spool)
+        .and_then(|_| read_parts(ctx, &id, body, boundary));
+    let (inputs, has_manifest) = match read {
+        Ok(parts) => parts,
+        Err(e) => {
+            ctx.spool.remove_job(&id);
+            return Err(e);
+        }
+    };
+    ctx.lock()
+        .enqueue(Job::new(id.clone(), inputs, has_manifest, unix_now()));
+    log::info!("Queued job {id}");
+    ctx.wake_scheduler();
+    Ok(id)
+}

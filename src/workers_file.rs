@@ -1,0 +1,239 @@
+//! The allowlist file (`workers.json`): loading and validation.
+
+use crate::identity::{parse_worker_id, short_id, IdentityError};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// Default `max_concurrent_jobs` when an entry does not set it.
+pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 4;
+
+/// One allowlisted worker, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Base64 Ed25519 public key the worker must report on `/health`.
+    pub worker_id: String,
+    /// Base URL, `http://host[:port][/prefix]`, without a trailing slash.
+    pub endpoint: String,
+    /// The most jobs the coordinator keeps on this worker at once.
+    pub max_concurrent_jobs: u32,
+}
+
+/// Why a workers file was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkersFileError {
+    /// The file could not be read.
+    Unreadable(String),
+    /// The file is not valid JSON.
+    NotJson(String),
+    /// The top level is not a JSON array.
+    NotAnArray,
+    /// The array is empty.
+    Empty,
+    /// One entry is wrong; `entry` names it (index and worker_id prefix).
+    Entry {
+        /// `entry 2 (worker_id He7P3kzyklbz...)`.
+        entry: String,
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl fmt::Display for WorkersFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable(why) => write!(f, "cannot read the workers file: {why}"),
+            Self::NotJson(why) => write!(f, "the workers file is not valid JSON: {why}"),
+            Self::NotAnArray => write!(
+                f,
+                "the workers file must be a JSON array of {{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"}} objects"
+            ),
+            Self::Empty => write!(f, "the workers file lists no workers"),
+            Self::Entry {
+                entry,
+                field,
+                problem,
+            } => write!(f, "{entry}: field \"{field}\" {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for WorkersFileError {}
+
+/// Reads and validates a workers file.
+pub fn load(path: &Path) -> Result<Vec<WorkerSpec>, WorkersFileError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| WorkersFileError::Unreadable(e.to_string()))?;
+    parse(&text)
+}
+
+/// Validates the text of a workers file.
+pub fn parse(text: &str) -> Result<Vec<WorkerSpec>, WorkersFileError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| WorkersFileError::NotJson(e.to_string()))?;
+    let Value::Array(entries) = value else {
+        return Err(WorkersFileError::NotAnArray);
+    };
+    if entries.is_empty() {
+        return Err(WorkersFileError::Empty);
+    }
+    let mut specs = Vec::with_capacity(entries.len());
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut endpoints: HashMap<String, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let spec = parse_entry(index, entry)?;
+        let label = entry_label(index, Some(&spec.worker_id));
+        if let Some(first) = ids.insert(spec.worker_id.clone(), index) {
+            return Err(entry_error(
+                label,
+                "worker_id",
+                format!("duplicates entry {first}"),
+            ));
+        }
+        if let Some(first) = endpoints.insert(endpoint_key(&spec.endpoint), index) {
+            return Err(entry_error(
+                label,
+                "endpoint",
+                format!("duplicates entry {first} ({})", spec.endpoint),
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn entry_label(index: usize, worker_id: Option<&str>) -> String {
+    match worker_id {
+        Some(id) if !id.is_empty() => format!("entry {index} (worker_id {}...)", short_id(id)),
+        _ => format!("entry {index}"),
+    }
+}
+
+fn entry_error(entry: String, field: &str, problem: impl Into<String>) -> WorkersFileError {
+    WorkersFileError::Entry {
+        entry,
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileError> {
+    let Value::Object(fields) = entry else {
+        return Err(WorkersFileError::Entry {
+            entry: entry_label(index, None),
+            field: "-".to_string(),
+            problem: "entry is not a JSON object".to_string(),
+        });
+    };
+    let id_text = fields.get("worker_id").and_then(Value::as_str);
+    let label = entry_label(index, id_text);
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "worker_id" | "endpoint" | "max_concurrent_jobs"))
+    {
+        return Err(entry_error(
+            label,
+            unknown,
+            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs)",
+        ));
+    }
+    let worker_id = required_string(fields, "worker_id", &label)?;
+    parse_worker_id(worker_id)
+        .map_err(|e: IdentityError| entry_error(label.clone(), "worker_id", e.to_string()))?;
+    let endpoint = required_string(fields, "endpoint", &label)?;
+    let endpoint =
+        normalize_endpoint(endpoint).map_err(|p| entry_error(label.clone(), "endpoint", p))?;
+    let max_concurrent_jobs = match fields.get("max_concurrent_jobs") {
+        None => DEFAULT_MAX_CONCURRENT_JOBS,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                entry_error(
+                    label.clone(),
+                    "max_concurrent_jobs",
+                    format!("must be a whole number of at least 1, got {v}"),
+                )
+            })?,
+    };
+    Ok(WorkerSpec {
+        worker_id: worker_id.to_string(),
+        endpoint,
+        max_concurrent_jobs,
+    })
+}
+
+fn required_string<'a>(
+    fields: &'a Map<String, Value>,
+    name: &str,
+    label: &str,
+) -> Result<&'a str, WorkersFileError> {
+    match fields.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(entry_error(
+            label.to_string(),
+            name,
+            format!("must be a string, got {other}"),
+        )),
+        None => Err(entry_error(label.to_string(), name, "is missing")),
+    }
+}
+
+/// Checks an endpoint is `http://host[:port][/prefix]` and returns it without a trailing slash.
+fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        if endpoint.starts_with("https://") {
+            return Err(format!(
+                "is {endpoint:?}: https is not supported, sandrun serves plain HTTP (use http://host:port on a private network or a tunnel)"
+            ));
+        }
+        return Err(format!(
+            "is {endpoint:?}: must be an http:// URL with a host, e.g. http://10.0.0.5:8443"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = split_host_port(authority);
+    if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+        return Err(format!("is {endpoint:?}: the URL has no usable host"));
+    }
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("is {endpoint:?}: the port must be 1-65535"));
+        }
+    }
+    if rest.contains(['?', '#']) {
+        return Err(format!("is {endpoint:?}: no query or fragment allowed"));
+    }
+    Ok(endpoint.trim_end_matches('/').to_string())
+}
+
+/// Splits `host[:port]` or `[v6]:port`.
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => ("", None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    }
+}
+
+/// The form two endpoints are compared in: lower-case host, explicit port.
+fn endpoint_key(endpoint: &str) -> String {
+    let rest = endpoint.trim_start_matches("http://");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = split_host_port(authority);
+    format!(
+        "{}:{}/{}",
+        host.to_ascii_lowercase(),
+        port.unwrap_or("80"),
+        path
+    )
+}
