@@ -84,3 +84,70 @@ fn pick_worker(st: &PoolState, tried: &[&str], now: Instant) -> Option<usize> {
             (tried.contains(&w.spec.worker_id.as_str()), w.active_jobs)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+    use crate::workers_file::WorkerSpec;
+
+    fn pool(workers: usize, max: u32) -> PoolState {
+        let specs = (0..workers)
+            .map(|i| WorkerSpec {
+                worker_id: format!("w{i}"),
+                endpoint: format!("http://127.0.0.1:{}", 1000 + i),
+                max_concurrent_jobs: max,
+            })
+            .collect();
+        let mut st = PoolState::new(specs, Instant::now());
+        for w in &mut st.workers {
+            w.health.is_healthy = true;
+        }
+        st
+    }
+
+    fn queue(st: &mut PoolState, n: usize) {
+        for i in 0..n {
+            st.enqueue(Job::new(format!("pool-{i}"), Vec::new(), false, 0.0));
+        }
+    }
+
+    #[test]
+    fn spreads_evenly_and_respects_limits() {
+        let mut st = pool(2, 2);
+        queue(&mut st, 5);
+        let (assigned, _) = assign(&mut st, Instant::now());
+        let per_worker: Vec<usize> = (0..2)
+            .map(|w| assigned.iter().filter(|a| a.worker_index == w).count())
+            .collect();
+        assert_eq!(per_worker, vec![2, 2]);
+        assert_eq!(st.queue.len(), 1);
+        assert_eq!(st.queue.front(), Some("pool-4"));
+        assert_eq!(st.count(PoolStatus::Dispatched), 4);
+        assert!(st.workers.iter().all(|w| w.active_jobs == 2));
+    }
+
+    #[test]
+    fn ties_rotate_between_equal_workers() {
+        let mut st = pool(3, 10);
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            queue(&mut st, 1);
+            let (assigned, _) = assign(&mut st, Instant::now());
+            order.push(assigned[0].worker_index);
+            st.workers[assigned[0].worker_index].release_slot();
+        }
+        assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn requeued_job_keeps_head_and_position_is_exact() {
+        let mut st = pool(0, 1);
+        queue(&mut st, 3);
+        st.queue.pop_front();
+        st.requeue_front("pool-0");
+        let ticket = |st: &PoolState, id: &str| st.jobs[id].queue_ticket;
+        assert_eq!(st.queue.position(ticket(&st, "pool-0")), Some(0));
+        assert_eq!(st.queue.position(ticket(&st, "pool-2")), Some(2));
+    }
+}

@@ -106,10 +106,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let specs = workers_file::load(&config.workers).map_err(ServeError::Workers)?;
     for w in &specs {
         log::info!(
-            "Added trusted worker: {}... at {} (max {} jobs)",
+            "Added trusted worker: {}... at {}",
             short_id(&w.worker_id),
-            w.endpoint,
-            w.max_concurrent_jobs
+            w.endpoint
         );
     }
     let spool = Spool::open(&config.state_dir)

@@ -1,0 +1,213 @@
+//! Knobs that change the emulator's behaviour at run time, and what it recorded for assertions.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// Locks a mutex, carrying on with its data if a thread panicked while holding it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every setting of the emulator. `Knobs::default()` is the real sandrun's behaviour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Knobs {
+    /// Simulated runner: how long a job runs.
+    pub job_duration: Duration,
+    /// Simulated runner: the exit code of a job whose entrypoint exists.
+    pub exit_code: i32,
+    /// Simulated runner: CPU seconds a job reports (they count against the per-minute CPU quota).
+    pub cpu_seconds: f64,
+    /// Real runner: a job is killed after this long (sandrun: 300 s).
+    pub timeout: Duration,
+    /// Jobs queued or running at once per client IP (sandrun: 2).
+    pub max_active_per_ip: usize,
+    /// Jobs accepted per client IP per hour (sandrun: 20).
+    pub max_jobs_per_hour: usize,
+    /// CPU seconds per client IP per minute (sandrun: 10).
+    pub cpu_seconds_per_minute: f64,
+    /// A job not running is deleted this long after its submission (sandrun: about 5 minutes).
+    pub delete_after: Duration,
+    /// The executor looks for the next job this often (sandrun: every second).
+    pub poll_interval: Duration,
+    /// Largest request accepted, headers included (sandrun: 100 MiB).
+    pub max_request_bytes: usize,
+    /// `/health` and results name another valid key's id (and results are signed with that key).
+    pub wrong_worker_id: bool,
+    /// The worker has no key, like sandrun started without `--worker-key`: `/health` and results
+    /// report `"worker_id": null` and results are unsigned.
+    pub anonymous: bool,
+    /// `/health` answers 503 `{"status":"unhealthy",...}`.
+    pub fail_health: bool,
+    /// Every request is read and never answered while this is on; the held connections are then
+    /// closed without an answer.
+    pub hang: bool,
+    /// Like `hang`, for `POST /submit` only.
+    pub hang_submit: bool,
+    /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
+    pub reject_submit: Option<(u16, String)>,
+}
+
+impl Default for Knobs {
+    fn default() -> Knobs {
+        Knobs {
+            job_duration: Duration::ZERO,
+            exit_code: 0,
+            cpu_seconds: 0.0,
+            timeout: Duration::from_secs(300),
+            max_active_per_ip: 2,
+            max_jobs_per_hour: 20,
+            cpu_seconds_per_minute: 10.0,
+            delete_after: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+            max_request_bytes: 100 * 1024 * 1024,
+            wrong_worker_id: false,
+            anonymous: false,
+            fail_health: false,
+            hang: false,
+            hang_submit: false,
+            reject_submit: None,
+        }
+    }
+}
+
+/// The live knobs, shared between the emulator and whoever steers it.
+#[derive(Debug, Default)]
+pub struct Control {
+    knobs: Mutex<Knobs>,
+}
+
+impl Control {
+    /// Control starting from the given knobs.
+    pub fn new(knobs: Knobs) -> Control {
+        Control {
+            knobs: Mutex::new(knobs),
+        }
+    }
+
+    /// A copy of the knobs now in force.
+    pub fn get(&self) -> Knobs {
+        lock(&self.knobs).clone()
+    }
+
+    /// Changes knobs, e.g. `control.set(|k| k.hang = true)`.
+    pub fn set(&self, change: impl FnOnce(&mut Knobs)) {
+        change(&mut lock(&self.knobs));
+    }
+}
+
+/// One `files` part (or other file part) of a received submit.
+#[derive(Clone, Debug)]
+pub struct ReceivedFile {
+    /// The part's name (`files` for real uploads).
+    pub part_name: String,
+    /// The filename the client gave.
+    pub filename: String,
+    /// The part's Content-Type, if any.
+    pub content_type: Option<String>,
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A submit that got past the rate limits and was parsed.
+#[derive(Clone, Debug)]
+pub struct ReceivedJob {
+    /// When the request had been read.
+    pub received_at: SystemTime,
+    /// The status answered.
+    pub status: u16,
+    /// The job id, when accepted.
+    pub job_id: Option<String>,
+    /// The parts that carried a filename.
+    pub files: Vec<ReceivedFile>,
+    /// The raw `manifest` part, if any.
+    pub manifest: Option<Vec<u8>>,
+}
+
+/// Everything recorded so far.
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    /// Requests received per (method, kind); kinds: `health`, `submit`, `status`, `logs`,
+    /// `outputs`, `download`, `stats`, `root`, `other`. Counted on receipt, so 429-answered
+    /// and never-answered requests count too.
+    pub requests: BTreeMap<(String, String), usize>,
+    /// Most jobs queued or running at once.
+    pub peak_active: usize,
+    /// Submits parsed, in order of answer.
+    pub jobs: Vec<ReceivedJob>,
+    /// Jobs as they started running: (job id, when).
+    pub started: Vec<(String, SystemTime)>,
+}
+
+impl Recording {
+    /// Requests received with this method and kind.
+    pub fn count(&self, method: &str, kind: &str) -> usize {
+        self.requests
+            .get(&(method.to_string(), kind.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The received job with this id.
+    pub fn job(&self, job_id: &str) -> Option<&ReceivedJob> {
+        self.jobs
+            .iter()
+            .find(|j| j.job_id.as_deref() == Some(job_id))
+    }
+
+    /// Whether the job with this id has started running.
+    pub fn has_started(&self, job_id: &str) -> bool {
+        self.started.iter().any(|(id, _)| id == job_id)
+    }
+
+    /// Ids of the accepted jobs, in order.
+    pub fn accepted_ids(&self) -> Vec<String> {
+        self.jobs.iter().filter_map(|j| j.job_id.clone()).collect()
+    }
+}
+
+/// Collects the recording; shared by every incarnation of one emulator.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    recording: Mutex<Recording>,
+}
+
+impl Recorder {
+    /// Counts one request.
+    pub fn request(&self, method: &str, kind: &str) {
+        *lock(&self.recording)
+            .requests
+            .entry((method.to_string(), kind.to_string()))
+            .or_insert(0) += 1;
+    }
+
+    /// Notes how many jobs are queued or running now.
+    pub fn active(&self, now_active: usize) {
+        let mut recording = lock(&self.recording);
+        recording.peak_active = recording.peak_active.max(now_active);
+    }
+
+    /// Adds a parsed submit.
+    pub fn job(&self, job: ReceivedJob) {
+        lock(&self.recording).jobs.push(job);
+    }
+
+    /// Notes that a job starts running.
+    pub fn started(&self, job_id: &str) {
+        lock(&self.recording)
+            .started
+            .push((job_id.to_string(), SystemTime::now()));
+    }
+
+    /// A copy of everything recorded.
+    pub fn snapshot(&self) -> Recording {
+        lock(&self.recording).clone()
+    }
+
+    /// Forgets everything recorded.
+    pub fn clear(&self) {
+        *lock(&self.recording) = Recording::default();
+    }
+}

@@ -1,0 +1,53 @@
+//! sandrun's executor thread: every poll interval it takes the next job and runs it while
+//! holding the jobs lock, then deletes old jobs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::control::lock;
+use super::runner::{sleep_while_alive, RunRequest};
+use super::state::{Incarnation, Shared};
+
+/// Runs queued jobs one at a time until the incarnation stops.
+pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
+    while run.is_alive() {
+        sleep_while_alive(shared.control.get().poll_interval, &run.alive);
+        if !run.is_alive() {
+            break;
+        }
+        let next = lock(&run.jobs).pop_next();
+        if let Some((id, ip)) = next {
+            run_one(&shared, &run, &id, &ip);
+        }
+        lock(&run.jobs).expire(shared.control.get().delete_after);
+    }
+}
+
+/// Runs one job holding the jobs lock, then frees its rate-limit slot.
+fn run_one(shared: &Shared, run: &Incarnation, id: &str, ip: &str) {
+    let mut table = lock(&run.jobs);
+    let mut cpu_seconds = 0.0;
+    if let Some(job) = table.jobs.get_mut(id) {
+        job.status = "running";
+        job.queue_position = 0;
+        shared.recorder.started(id);
+        let knobs = shared.control.get();
+        let started = Instant::now();
+        let request = RunRequest {
+            job_id: &job.id,
+            dir: &job.dir,
+            interpreter: &job.spec.interpreter,
+            entrypoint: &job.spec.entrypoint,
+            args: &job.spec.args,
+        };
+        let outcome = shared.runner.run(&request, &knobs, &run.alive);
+        if !run.is_alive() {
+            return;
+        }
+        let knobs = shared.control.get();
+        job.finish(outcome, started.elapsed(), shared.shown_key(&knobs));
+        cpu_seconds = job.cpu_seconds;
+    }
+    drop(table);
+    lock(&run.limiter).register_end(ip, id, cpu_seconds);
+}

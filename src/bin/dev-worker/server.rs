@@ -1,0 +1,72 @@
+//! Accepting connections and serving one request on each, in a thread per connection.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use super::http::{read_request, Incoming, Response};
+use super::routes;
+use super::state::{Incarnation, Shared};
+
+/// How often a held (hanging) request looks whether it may go.
+const HANG_TICK: Duration = Duration::from_millis(20);
+
+/// Accepts connections until the incarnation stops.
+pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>, run: Arc<Incarnation>) {
+    for stream in listener.incoming() {
+        if !run.is_alive() {
+            break;
+        }
+        match stream {
+            Ok(stream) => {
+                let shared = Arc::clone(&shared);
+                let run = Arc::clone(&run);
+                thread::spawn(move || serve(stream, &shared, &run));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Serves one connection: one request, one answer (or none while hanging), then close.
+fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
+    let Some(tracked) = run.track(&stream) else {
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    };
+    let ip = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let max_bytes = shared.control.get().max_request_bytes;
+    match read_request(&mut stream, max_bytes) {
+        Ok(Incoming::Request(request)) => {
+            let received_at = SystemTime::now();
+            let kind = routes::kind(&request);
+            shared.recorder.request(&request.method, kind);
+            if hangs(shared, kind) {
+                while run.is_alive() && hangs(shared, kind) {
+                    thread::sleep(HANG_TICK);
+                }
+            } else {
+                let response = routes::handle(shared, run, &request, &ip, received_at);
+                if run.is_alive() {
+                    let _ = response.write_to(&mut stream);
+                }
+            }
+        }
+        Ok(Incoming::TooLarge) => {
+            let _ = Response::error(413, "Request exceeds 100MB limit").write_to(&mut stream);
+        }
+        Ok(Incoming::Nothing) | Err(_) => {}
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    run.untrack(tracked);
+}
+
+/// Whether a request of this kind is to be held unanswered now.
+fn hangs(shared: &Shared, kind: &str) -> bool {
+    let knobs = shared.control.get();
+    knobs.hang || (knobs.hang_submit && kind == "submit")
+}

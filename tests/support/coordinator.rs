@@ -1,0 +1,217 @@
+//! The real coordinator binary, started on a free port and watched through its logs.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::util::{poll_until, temp_dir};
+
+/// How long the coordinator may take to say it listens.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// What the coordinator logs once it listens, followed by `IP:PORT`.
+const LISTENING: &str = "Listening on http://";
+
+/// Writes `<dir>/workers.json` from (worker_id, endpoint, max_concurrent_jobs) entries.
+pub fn write_workers_json(dir: &Path, workers: &[(String, String, u32)]) -> PathBuf {
+    let entries: Vec<_> = workers
+        .iter()
+        .map(|(worker_id, endpoint, max)| {
+            json!({"worker_id": worker_id, "endpoint": endpoint, "max_concurrent_jobs": max})
+        })
+        .collect();
+    let path = dir.join("workers.json");
+    let text = serde_json::to_string_pretty(&entries)
+        .unwrap_or_else(|e| panic!("cannot encode workers.json: {e}"));
+    fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// A new temp dir holding a workers.json of these entries (for `Coordinator::start_in`).
+pub fn workers_dir(workers: &[(String, String, u32)]) -> TempDir {
+    let dir = temp_dir();
+    write_workers_json(dir.path(), workers);
+    dir
+}
+
+type Log = Arc<Mutex<String>>;
+
+fn snapshot(log: &Log) -> String {
+    log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// Copies a child's output, line by line, into the shared log (and the test's stderr).
+fn pump(stream: impl Read + Send + 'static, log: Log) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("[coordinator] {text}");
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_str(&text);
+            line.clear();
+        }
+    });
+}
+
+/// The port in the first `Listening on http://IP:PORT` line of a log.
+fn listening_port(log: &str) -> Option<u16> {
+    let start = log.find(LISTENING)? + LISTENING.len();
+    let addr: String = log[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    addr.trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.port())
+}
+
+/// A running coordinator; killed when dropped.
+pub struct Coordinator {
+    child: Child,
+    port: u16,
+    log: Log,
+    dir: PathBuf,
+    _owned_dir: Option<TempDir>,
+}
+
+impl Coordinator {
+    /// Starts one in a new temp dir holding a workers.json of these entries.
+    pub fn start(workers: &[(String, String, u32)], extra_args: &[&str]) -> Coordinator {
+        let dir = workers_dir(workers);
+        let mut coordinator = Coordinator::start_in(dir.path(), extra_args);
+        coordinator._owned_dir = Some(dir);
+        coordinator
+    }
+
+    /// Starts one with `<dir>/workers.json` and `<dir>/state` (reuse `dir` to restart one).
+    pub fn start_in(dir: &Path, extra_args: &[&str]) -> Coordinator {
+        Coordinator::try_start_in(dir, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start_in`, but tells why it did not come up (exit status and logs).
+    pub fn try_start_in(dir: &Path, extra_args: &[&str]) -> Result<Coordinator, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+            .args(["--port", "0", "--bind", "127.0.0.1", "--workers"])
+            .arg(dir.join("workers.json"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the coordinator: {e}"))?;
+        let log: Log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            pump(stderr, Arc::clone(&log));
+        }
+        if let Some(stdout) = child.stdout.take() {
+            pump(stdout, Arc::clone(&log));
+        }
+        let mut exited = None;
+        let port = poll_until(START_DEADLINE, || {
+            if let Some(port) = listening_port(&snapshot(&log)) {
+                return Some(Some(port));
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    exited = Some(status);
+                    Some(None)
+                }
+                _ => None,
+            }
+        })
+        .flatten();
+        match port {
+            Some(port) => Ok(Coordinator {
+                child,
+                port,
+                log,
+                dir: dir.to_path_buf(),
+                _owned_dir: None,
+            }),
+            None => {
+                let _ = child.kill();
+                let status = exited.or_else(|| child.wait().ok());
+                thread::sleep(Duration::from_millis(200));
+                Err(format!(
+                    "the coordinator did not log `{LISTENING}...` (exit: {status:?}); logs:\n{}",
+                    snapshot(&log)
+                ))
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding workers.json and state/.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Everything it logged so far (stderr and stdout).
+    pub fn logs(&self) -> String {
+        snapshot(&self.log)
+    }
+
+    /// Waits until its logs contain `needle`; false when `deadline` passed first.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) -> bool {
+        poll_until(deadline, || self.logs().contains(needle).then_some(())).is_some()
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for it to exit.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

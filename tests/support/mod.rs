@@ -1,0 +1,28 @@
+//! Shared harness of the integration tests: an in-process fake sandrun worker, a black-hole
+//! endpoint, the coordinator binary under control, and small HTTP, multipart and polling helpers.
+
+// Each integration test uses its own subset of this harness.
+#![allow(dead_code)]
+
+#[path = "../../src/bin/dev-worker/sandrun.rs"]
+pub mod sandrun;
+
+mod black_hole;
+mod client;
+mod coordinator;
+mod fake_worker;
+mod form;
+mod util;
+
+// The flat API below is re-exported for every test; each test uses only some of it.
+#[allow(unused_imports)]
+pub use self::{
+    black_hole::BlackHole,
+    client::{get, get_bytes, get_json, post, post_json, post_multipart, send, Reply},
+    coordinator::{workers_dir, write_workers_json, Coordinator},
+    fake_worker::FakeWorker,
+    form::Form,
+    sandrun::control::{ReceivedFile, ReceivedJob},
+    sandrun::{Knobs, Recording, WorkerKey},
+    util::{poll_until, tar_gz, temp_dir},
+};
