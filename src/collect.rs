@@ -95,7 +95,6 @@ pub fn collect(
         let mut file = File::create(&partial)?;
         io::copy(&mut response.into_reader(), &mut file)
             .map_err(|e| CollectError::Worker(CallError::Transport(e.to_string())))?;
-        file.sync_all()?;
         std::fs::rename(&partial, &target)?;
         stored += 1;
     }

@@ -71,8 +71,11 @@ fn send(request: Request, reply: Reply) {
     }
 }
 
-fn serve_one(ctx: &Context, mut request: Request) {
-    let reply = catch_unwind(AssertUnwindSafe(|| api::route(ctx, &mut request)));
+/// A request handler: [`api::route`] in the coordinator.
+pub type Handler = fn(&Context, &mut Request) -> Reply;
+
+fn serve_one(ctx: &Context, handler: Handler, mut request: Request) {
+    let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
             "The handler of {} {} panicked; answered 500",
@@ -87,8 +90,13 @@ fn serve_one(ctx: &Context, mut request: Request) {
     send(request, reply);
 }
 
-/// Serves requests on `threads` handler threads until the server fails; blocks.
+/// Serves requests with [`api::route`] on `threads` handler threads until the server fails; blocks.
 pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize) {
+    run_with(ctx, server, threads, api::route);
+}
+
+/// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
+pub fn run_with(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
     let handlers: Vec<_> = (0..threads)
         .filter_map(|i| {
             let ctx = Arc::clone(&ctx);
@@ -97,7 +105,7 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize) {
                 .name(format!("http-{i}"))
                 .spawn(move || loop {
                     match server.recv() {
-                        Ok(request) => serve_one(&ctx, request),
+                        Ok(request) => serve_one(&ctx, handler, request),
                         Err(e) => {
                             log::error!("The HTTP server stopped accepting: {e}");
                             return;
@@ -110,5 +118,55 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize) {
         .collect();
     for handler in handlers {
         let _ = handler.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool_state::PoolState;
+    use crate::serve::ServeConfig;
+    use crate::spool::Spool;
+    use std::time::Instant;
+
+    fn panicky(ctx: &Context, request: &mut Request) -> Reply {
+        if request.url() == "/panic" {
+            let _held = ctx.lock();
+            panic!("handler failure on purpose");
+        }
+        Reply::Json(200, serde_json::json!({"jobs": ctx.lock().jobs.len()}))
+    }
+
+    #[test]
+    fn a_panicking_handler_is_answered_500_and_the_pool_keeps_serving() {
+        let dir = std::env::temp_dir().join(format!("tp-http-{}", std::process::id()));
+        let spool = Spool::open(&dir).expect("spool");
+        let (ctx, _signals) = Context::new(
+            ServeConfig::default(),
+            PoolState::new(Vec::new(), Instant::now()),
+            spool,
+        );
+        let server = Arc::new(Server::http("127.0.0.1:0").expect("bind"));
+        let addr = server.server_addr().to_ip().expect("ip address");
+        let ctx = Arc::new(ctx);
+        thread::spawn(move || run_with(ctx, server, 2, panicky));
+        let agent = ureq::AgentBuilder::new()
+            .timeout(std::time::Duration::from_secs(10))
+            .build();
+        for _ in 0..4 {
+            match agent.get(&format!("http://{addr}/panic")).call() {
+                Err(ureq::Error::Status(500, response)) => {
+                    let body = response.into_string().expect("body");
+                    assert!(body.contains("\"error\""), "{body}");
+                }
+                other => panic!("expected a 500, got {other:?}"),
+            }
+        }
+        let ok = agent
+            .get(&format!("http://{addr}/fine"))
+            .call()
+            .expect("served after panics (the lock was poisoned and recovered)");
+        assert_eq!(ok.status(), 200);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
