@@ -31,7 +31,7 @@ OPTIONS:
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
-    --log-level LEVEL        error, warn, info, debug or trace               [default: info]
+    --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     -h, --help               print this help
     -V, --version            print the version
 

@@ -199,14 +199,14 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             log::warn!("Job {id} failed: {error}");
             finish(&mut st, id, PoolStatus::Failed, error);
             drop(st);
-            ctx.spool.remove_inputs(id);
+            ctx.spool.remove_job(id);
         }
         SubmitOutcome::ServerError(code, message) => {
             let error = format!("worker {short}... answered HTTP {code}: {message}");
             throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
             if retry_or_fail(ctx, &mut st, a, error) {
                 drop(st);
-                ctx.spool.remove_inputs(id);
+                ctx.spool.remove_job(id);
             }
         }
         SubmitOutcome::NotSent(why) => {
@@ -214,7 +214,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             mark_unreachable(ctx, &mut st, index, why);
             if retry_or_fail(ctx, &mut st, a, error) {
                 drop(st);
-                ctx.spool.remove_inputs(id);
+                ctx.spool.remove_job(id);
             }
         }
         SubmitOutcome::Unknown(why) => {
@@ -225,7 +225,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             log::warn!("Job {id} is lost: {error}");
             finish(&mut st, id, PoolStatus::Lost, error);
             drop(st);
-            ctx.spool.remove_inputs(id);
+            ctx.spool.remove_job(id);
         }
     }
     ctx.wake_scheduler();

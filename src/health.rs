@@ -29,8 +29,7 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
                 .collect()
         };
         if !due.is_empty() {
-            let results = probe_round(&ctx, due);
-            apply_round(&ctx, results);
+            probe_round(&ctx, due);
         }
         let next = ctx.lock().workers.iter().map(|w| w.health.next_probe).min();
         let wait = next.map_or(ctx.config.health_interval, |n| {
@@ -43,85 +42,73 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     }
 }
 
-/// Probes the given workers concurrently, one short-lived thread each.
-fn probe_round(
-    ctx: &Context,
-    due: Vec<(usize, String, String)>,
-) -> Vec<(usize, Result<(), ProbeFailure>)> {
+/// Probes the given workers concurrently, one short-lived thread each, and applies each result
+/// the moment it arrives (a hanging worker delays nobody else's verdict).
+fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
+    let (results, arrivals) = crossbeam_channel::unbounded();
     thread::scope(|scope| {
-        let probes: Vec<_> = due
-            .into_iter()
-            .map(|(index, endpoint, worker_id)| {
-                let spawned = thread::Builder::new()
-                    .name("health-probe".to_string())
-                    .stack_size(PROBE_STACK)
-                    .spawn_scoped(scope, move || ctx.client.probe(&endpoint, &worker_id));
-                (index, spawned)
-            })
-            .collect();
-        probes
-            .into_iter()
-            .map(|(index, spawned)| {
-                let result = match spawned {
-                    Ok(handle) => handle.join().unwrap_or_else(|_| {
-                        Err(ProbeFailure::Unreachable("the probe panicked".to_string()))
-                    }),
-                    Err(e) => Err(ProbeFailure::Unreachable(format!(
-                        "could not start a probe thread: {e}"
-                    ))),
-                };
-                (index, result)
-            })
-            .collect()
-    })
+        for (index, endpoint, worker_id) in due {
+            let results = results.clone();
+            let spawned = thread::Builder::new()
+                .name("health-probe".to_string())
+                .stack_size(PROBE_STACK)
+                .spawn_scoped(scope, move || {
+                    let _ = results.send((index, ctx.client.probe(&endpoint, &worker_id)));
+                });
+            if let Err(e) = spawned {
+                let failure =
+                    ProbeFailure::Unreachable(format!("could not start a probe thread: {e}"));
+                apply(ctx, index, Err(failure));
+            }
+        }
+        drop(results);
+        for (index, result) in arrivals {
+            apply(ctx, index, result);
+        }
+    });
 }
 
-fn apply_round(ctx: &Context, results: Vec<(usize, Result<(), ProbeFailure>)>) {
+/// Records one probe result; a worker that turns healthy wakes the scheduler.
+fn apply(ctx: &Context, index: usize, result: Result<(), ProbeFailure>) {
     let now = Instant::now();
     let now_unix = unix_now();
     let interval = ctx.config.health_interval;
-    let mut any_recovered = false;
     let mut st = ctx.lock();
-    for (index, result) in results {
-        let Some(w) = st.workers.get_mut(index) else {
-            continue;
-        };
-        w.health.last_health_check = Some(now_unix);
-        match result {
-            Ok(()) => {
-                w.health.consecutive_failures = 0;
-                w.health.last_error = None;
-                w.health.next_probe = now + interval;
-                if !w.health.is_healthy {
-                    let again = if w.health.since.is_some() {
-                        " again"
-                    } else {
-                        ""
-                    };
-                    log::info!(
-                        "Worker {}... is healthy{again} at {}",
-                        short_id(&w.spec.worker_id),
-                        w.spec.endpoint
-                    );
-                    w.health.is_healthy = true;
-                    w.health.since = Some(now_unix);
-                    any_recovered = true;
-                }
-            }
-            Err(failure) => {
-                w.health.consecutive_failures += 1;
-                let backoff = FIRST_RETRY
-                    .saturating_mul(1 << (w.health.consecutive_failures - 1).min(16))
-                    .min(interval);
-                w.health.next_probe = now + backoff;
-                let first_check = w.health.since.is_none();
-                set_unhealthy(&mut st, index, failure.to_string(), first_check);
+    let Some(w) = st.workers.get_mut(index) else {
+        return;
+    };
+    w.health.last_health_check = Some(now_unix);
+    match result {
+        Ok(()) => {
+            w.health.consecutive_failures = 0;
+            w.health.last_error = None;
+            w.health.next_probe = now + interval;
+            if !w.health.is_healthy {
+                let again = if w.health.since.is_some() {
+                    " again"
+                } else {
+                    ""
+                };
+                log::info!(
+                    "Worker {}... is healthy{again} at {}",
+                    short_id(&w.spec.worker_id),
+                    w.spec.endpoint
+                );
+                w.health.is_healthy = true;
+                w.health.since = Some(now_unix);
+                drop(st);
+                ctx.wake_scheduler();
             }
         }
-    }
-    drop(st);
-    if any_recovered {
-        ctx.wake_scheduler();
+        Err(failure) => {
+            w.health.consecutive_failures += 1;
+            let backoff = FIRST_RETRY
+                .saturating_mul(1 << (w.health.consecutive_failures - 1).min(16))
+                .min(interval);
+            w.health.next_probe = now + backoff;
+            let first_check = w.health.since.is_none();
+            set_unhealthy(&mut st, index, failure.to_string(), first_check);
+        }
     }
 }
 

@@ -187,6 +187,7 @@ impl WorkerClient {
                 CallError::Status { code, message } => {
                     ProbeFailure::Unhealthy(format!("HTTP {code}: {message}"))
                 }
+                CallError::Unreachable(why) => ProbeFailure::Unreachable(why),
                 other => ProbeFailure::Unreachable(other.to_string()),
             })?;
         let body = read_json(response).map_err(|e| ProbeFailure::Unhealthy(e.to_string()))?;

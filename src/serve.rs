@@ -68,8 +68,8 @@ impl Default for ServeConfig {
 /// Why the coordinator could not start.
 #[derive(Debug)]
 pub enum ServeError {
-    /// The workers file is wrong.
-    Workers(WorkersFileError),
+    /// The workers file (at this path) is wrong.
+    Workers(PathBuf, WorkersFileError),
     /// The state directory is unusable.
     StateDir(PathBuf, std::io::Error),
     /// The HTTP port could not be bound.
@@ -81,7 +81,7 @@ pub enum ServeError {
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Workers(e) => write!(f, "{e}"),
+            Self::Workers(path, e) => write!(f, "{}: {e}", path.display()),
             Self::StateDir(dir, e) => write!(f, "state directory {}: {e}", dir.display()),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
@@ -103,7 +103,8 @@ fn init_logging(level: LevelFilter) {
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     init_logging(config.log_level);
-    let specs = workers_file::load(&config.workers).map_err(ServeError::Workers)?;
+    let specs = workers_file::load(&config.workers)
+        .map_err(|e| ServeError::Workers(config.workers.clone(), e))?;
     for w in &specs {
         log::info!(
             "Added trusted worker: {}... at {}",

@@ -94,7 +94,7 @@ impl Spool {
         }
     }
 
-    /// Removes everything of a job (used when a submit is refused).
+    /// Removes everything of a job (a refused submit, or a job that ended without running).
     pub fn remove_job(&self, id: &str) {
         if let Err(e) = std::fs::remove_dir_all(self.job_dir(id)) {
             if e.kind() != io::ErrorKind::NotFound {

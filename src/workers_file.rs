@@ -31,6 +31,8 @@ pub enum WorkersFileError {
     NotAnArray,
     /// The array is empty.
     Empty,
+    /// Entry at this index is not a JSON object.
+    NotAnObject(usize),
     /// One entry is wrong; `entry` names it (index and worker_id prefix).
     Entry {
         /// `entry 2 (worker_id He7P3kzyklbz...)`.
@@ -52,6 +54,10 @@ impl fmt::Display for WorkersFileError {
                 "the workers file must be a JSON array of {{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"}} objects"
             ),
             Self::Empty => write!(f, "the workers file lists no workers"),
+            Self::NotAnObject(index) => write!(
+                f,
+                "entry {index}: is not a JSON object like {{\"worker_id\": ..., \"endpoint\": ...}}"
+            ),
             Self::Entry {
                 entry,
                 field,
@@ -122,11 +128,7 @@ fn entry_error(entry: String, field: &str, problem: impl Into<String>) -> Worker
 
 fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileError> {
     let Value::Object(fields) = entry else {
-        return Err(WorkersFileError::Entry {
-            entry: entry_label(index, None),
-            field: "-".to_string(),
-            problem: "entry is not a JSON object".to_string(),
-        });
+        return Err(WorkersFileError::NotAnObject(index));
     };
     let id_text = fields.get("worker_id").and_then(Value::as_str);
     let label = entry_label(index, id_text);
@@ -197,11 +199,13 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
     };
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = split_host_port(authority);
-    if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+    let stray_colon = !authority.starts_with('[') && host.contains(':');
+    if host.is_empty() || host.contains(['@', '?', '#', ' ']) || stray_colon {
         return Err(format!("is {endpoint:?}: the URL has no usable host"));
     }
     if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
+        let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(format!("is {endpoint:?}: the port must be 1-65535"));
         }
     }
@@ -233,7 +237,7 @@ fn endpoint_key(endpoint: &str) -> String {
     format!(
         "{}:{}/{}",
         host.to_ascii_lowercase(),
-        port.unwrap_or("80"),
+        port.and_then(|p| p.parse::<u16>().ok()).unwrap_or(80),
         path
     )
 }

@@ -12,6 +12,8 @@ mod client;
 mod coordinator;
 mod fake_worker;
 mod form;
+pub mod health_only;
+pub mod lifecycle;
 mod util;
 
 // The flat API below is re-exported for every test; each test uses only some of it.

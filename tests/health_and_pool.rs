@@ -1,0 +1,394 @@
+//! The worker table and health checking through the real binary: `/pool`, the coordinator's own
+//! `/health`, routing errors, identity and reachability failures, recovery after a restart, and
+//! one concurrent probe round for 200 workers of which 20 never answer.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use support::health_only::HealthOnly;
+use support::{get_json, poll_until, send, BlackHole, Coordinator, FakeWorker, WorkerKey};
+
+/// Deadline for anything that should happen within a few health rounds.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn short(worker_id: &str) -> &str {
+    &worker_id[..12]
+}
+
+fn pool(coordinator: &Coordinator) -> Value {
+    let (status, body) = get_json(&coordinator.url("/pool"));
+    assert_eq!(status, 200, "/pool answered {body}");
+    body
+}
+
+/// The `/pool` row of this worker.
+fn row<'a>(pool: &'a Value, worker_id: &str) -> &'a Value {
+    pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker_id"] == worker_id)
+        .unwrap_or_else(|| panic!("{worker_id} is not in /pool: {pool}"))
+}
+
+fn failures(row: &Value) -> u64 {
+    row["consecutive_failures"].as_u64().unwrap_or(0)
+}
+
+/// How many lines of the log contain `needle`.
+fn count_lines(logs: &str, needle: &str) -> usize {
+    logs.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_healthy_pool_reports_every_worker_and_no_jobs() {
+    let a = FakeWorker::start();
+    let b = FakeWorker::start();
+    let started = unix_now();
+    let coordinator = Coordinator::start(&[a.entry(2), b.entry(3)], &["--health-interval", "1"]);
+    let logs = coordinator.logs();
+    for worker in [&a, &b] {
+        let added = format!(
+            "Added trusted worker: {}... at {}",
+            short(&worker.worker_id()),
+            worker.endpoint()
+        );
+        assert_eq!(count_lines(&logs, &added), 1, "no `{added}` in:\n{logs}");
+    }
+
+    let pool = poll_until(DEADLINE, || {
+        let pool = pool(&coordinator);
+        (pool["healthy_workers"] == 2).then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("the workers never became healthy:\n{}", coordinator.logs()));
+    assert_eq!(pool["total_workers"], 2);
+    assert_eq!(pool["total_jobs"], 0);
+    assert_eq!(pool["queued_jobs"], 0);
+    let rows = pool["workers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, (worker, max)) in rows.iter().zip([(&a, 2), (&b, 3)]) {
+        assert_eq!(row["worker_id"], worker.worker_id(), "{row}");
+        assert_eq!(row["endpoint"], worker.endpoint(), "{row}");
+        assert_eq!(row["is_healthy"], true, "{row}");
+        assert_eq!(row["active_jobs"], 0, "{row}");
+        assert_eq!(row["max_concurrent_jobs"], max, "{row}");
+        assert_eq!(row["last_error"], Value::Null, "{row}");
+        assert!(row["last_health_check"].is_f64(), "{row}");
+        let checked = row["last_health_check"].as_f64().unwrap();
+        assert!(
+            checked >= started - 1.0 && checked <= unix_now() + 1.0,
+            "last_health_check {checked} is not a unix time of this run (started {started}): {row}"
+        );
+        let healthy = format!(
+            "Worker {}... is healthy at {}",
+            short(&worker.worker_id()),
+            worker.endpoint()
+        );
+        assert!(
+            coordinator.wait_for_log(&healthy, DEADLINE),
+            "no `{healthy}` in:\n{}",
+            coordinator.logs()
+        );
+    }
+    assert!(a.recording().count("GET", "health") >= 1);
+    assert!(b.recording().count("GET", "health") >= 1);
+}
+
+#[test]
+fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let health = send("GET", &coordinator.url("/health"), None).unwrap();
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert!(health
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("application/json")));
+    assert_eq!(health.json()["status"], "healthy", "{}", health.text());
+
+    for path in ["/nope", "/", "/status/", "/pool/extra", "/status/a/b"] {
+        let reply = send("GET", &coordinator.url(path), None).unwrap();
+        assert_eq!(reply.status, 404, "GET {path}: {}", reply.text());
+        assert!(
+            reply.json()["error"].is_string(),
+            "GET {path}: {}",
+            reply.text()
+        );
+    }
+    let wrong_methods = [
+        ("GET", "/submit"),
+        ("POST", "/pool"),
+        ("POST", "/health"),
+        ("PUT", "/pool"),
+        ("DELETE", "/status/pool-0123"),
+        ("POST", "/outputs/pool-0123"),
+        ("DELETE", "/logs/pool-0123"),
+    ];
+    for (method, path) in wrong_methods {
+        let reply = send(method, &coordinator.url(path), None).unwrap();
+        assert_eq!(reply.status, 405, "{method} {path}: {}", reply.text());
+        assert!(
+            reply.json()["error"].is_string(),
+            "{method} {path}: {}",
+            reply.text()
+        );
+    }
+    let (status, body) = get_json(&coordinator.url("/pool"));
+    assert_eq!(status, 200, "the coordinator stopped serving: {body}");
+}
+
+#[test]
+fn failing_workers_are_never_healthy_and_each_failure_is_told_apart() {
+    let good = FakeWorker::start();
+    let impostor = FakeWorker::start_with(|k| k.wrong_worker_id = true);
+    let anonymous = FakeWorker::start_with(|k| k.anonymous = true);
+    let sick = FakeWorker::start_with(|k| k.fail_health = true);
+    let stopped = FakeWorker::start();
+    stopped.stop();
+    let hung = FakeWorker::start_with(|k| k.hang = true);
+    let failing = [&impostor, &anonymous, &sick, &stopped, &hung];
+    let entries: Vec<_> = [&good].iter().chain(&failing).map(|w| w.entry(2)).collect();
+    let coordinator = Coordinator::start(
+        &entries,
+        &["--health-interval", "1", "--health-timeout", "1"],
+    );
+
+    let pool = poll_until(DEADLINE, || {
+        let pool = pool(&coordinator);
+        for worker in failing {
+            let row = row(&pool, &worker.worker_id());
+            assert_eq!(row["is_healthy"], false, "{row}");
+        }
+        let probed_thrice = failing
+            .iter()
+            .all(|w| failures(row(&pool, &w.worker_id())) >= 3);
+        (probed_thrice && pool["healthy_workers"] == 1).then_some(pool)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no three failed probes of each failing worker:\n{}",
+            coordinator.logs()
+        )
+    });
+    assert_eq!(row(&pool, &good.worker_id())["is_healthy"], true);
+    let error = |worker: &FakeWorker| -> String {
+        let row = row(&pool, &worker.worker_id());
+        row["last_error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no last_error: {row}"))
+            .to_string()
+    };
+
+    let impostor_error = error(&impostor);
+    let expected = format!(
+        "identity mismatch: allowlisted worker_id {}, worker reports {}",
+        impostor.worker_id(),
+        impostor.impostor_id()
+    );
+    assert!(impostor_error.contains(&expected), "{impostor_error}");
+    let anonymous_error = error(&anonymous);
+    let expected_anonymous = format!(
+        "identity mismatch: allowlisted worker_id {}, worker reports null",
+        anonymous.worker_id()
+    );
+    assert!(
+        anonymous_error.contains(&expected_anonymous),
+        "{anonymous_error}"
+    );
+    let sick_error = error(&sick);
+    assert!(sick_error.contains("503"), "{sick_error}");
+    let stopped_error = error(&stopped);
+    assert!(stopped_error.starts_with("unreachable"), "{stopped_error}");
+    assert!(stopped_error.contains("refused"), "{stopped_error}");
+    let hung_error = error(&hung);
+    assert!(hung_error.starts_with("unreachable"), "{hung_error}");
+    for other in [&sick_error, &stopped_error, &hung_error] {
+        assert!(!other.contains("identity"), "{other}");
+    }
+    assert!(!sick_error.contains("unreachable"), "{sick_error}");
+    assert!(!impostor_error.contains("unreachable"), "{impostor_error}");
+
+    let logs = coordinator.logs();
+    for (worker, why) in [
+        (&impostor, expected.as_str()),
+        (&anonymous, expected_anonymous.as_str()),
+        (&sick, "503"),
+        (&stopped, "unreachable"),
+        (&hung, "unreachable"),
+    ] {
+        let id = short(&worker.worker_id()).to_string();
+        let unhealthy = format!("Worker {id}... is now unhealthy: ");
+        assert_eq!(
+            count_lines(&logs, &unhealthy),
+            1,
+            "`{unhealthy}` should be logged once over several failed probes:\n{logs}"
+        );
+        let line = logs.lines().find(|l| l.contains(&unhealthy)).unwrap();
+        assert!(line.contains(why), "`{line}` does not say {why}");
+        assert_eq!(
+            count_lines(&logs, &format!("Worker {id}... is healthy")),
+            0,
+            "{logs}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_worker_goes_unhealthy_and_is_back_soon_after_a_restart() {
+    let worker = FakeWorker::start();
+    let other = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2), other.entry(2)],
+        &["--health-interval", "1"],
+    );
+    let id = short(&worker.worker_id()).to_string();
+    let healthy = format!("Worker {id}... is healthy at {}", worker.endpoint());
+    assert!(
+        coordinator.wait_for_log(&healthy, DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+
+    worker.stop();
+    let down = poll_until(DEADLINE, || {
+        let pool = pool(&coordinator);
+        let row = row(&pool, &worker.worker_id()).clone();
+        (row["is_healthy"] == false && failures(&row) >= 3).then_some(row)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the stopped worker was not probed unhealthy three times:\n{}",
+            coordinator.logs()
+        )
+    });
+    assert!(
+        down["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unreachable")),
+        "{down}"
+    );
+    let unhealthy = format!("Worker {id}... is now unhealthy: unreachable");
+    assert_eq!(
+        count_lines(&coordinator.logs(), &unhealthy),
+        1,
+        "the change should be logged once:\n{}",
+        coordinator.logs()
+    );
+    assert_eq!(
+        row(&pool(&coordinator), &other.worker_id())["is_healthy"],
+        true
+    );
+
+    worker.restart();
+    let restarted = Instant::now();
+    let again = format!("Worker {id}... is healthy again at {}", worker.endpoint());
+    assert!(
+        coordinator.wait_for_log(&again, DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let back_after = restarted.elapsed();
+    assert!(
+        back_after < Duration::from_secs(10),
+        "the restarted worker took {back_after:?} to be healthy again"
+    );
+    let pool = pool(&coordinator);
+    let up = row(&pool, &worker.worker_id());
+    assert_eq!(up["is_healthy"], true, "{up}");
+    assert_eq!(up["last_error"], Value::Null, "{up}");
+    assert_eq!(up["consecutive_failures"], 0, "{up}");
+    assert_eq!(pool["healthy_workers"], 2);
+    let logs = coordinator.logs();
+    assert_eq!(count_lines(&logs, &unhealthy), 1, "{logs}");
+    assert_eq!(count_lines(&logs, &again), 1, "{logs}");
+}
+
+#[test]
+fn two_hundred_workers_with_twenty_black_holes_are_probed_in_about_one_timeout() {
+    const TIMEOUT: f64 = 2.0;
+    let healthy: Vec<HealthOnly> = (0..180).map(|_| HealthOnly::start()).collect();
+    let holes: Vec<BlackHole> = (0..20).map(|_| BlackHole::start()).collect();
+    let mut entries: Vec<(String, String, u32)> = healthy.iter().map(|w| w.entry(2)).collect();
+    let hole_ids: Vec<String> = (0..holes.len())
+        .map(|_| WorkerKey::generate().unwrap().worker_id())
+        .collect();
+    for (i, (hole, id)) in holes.iter().zip(&hole_ids).enumerate() {
+        entries.insert(i * 10, (id.clone(), hole.endpoint(), 2));
+    }
+    let started = unix_now();
+    let coordinator = Coordinator::start(
+        &entries,
+        &["--health-timeout", "2", "--health-interval", "600"],
+    );
+
+    let pool = poll_until(Duration::from_secs(60), || {
+        let pool = pool(&coordinator);
+        let holes_checked = hole_ids
+            .iter()
+            .all(|id| !row(&pool, id)["last_health_check"].is_null());
+        (pool["healthy_workers"] == 180 && holes_checked).then_some(pool)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the first probe round did not complete: {}",
+            pool(&coordinator)
+        )
+    });
+    assert_eq!(pool["total_workers"], 200);
+    for id in &hole_ids {
+        let row = row(&pool, id);
+        assert_eq!(row["is_healthy"], false, "{row}");
+        assert!(
+            row["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("unreachable")),
+            "{row}"
+        );
+    }
+    for hole in &holes {
+        assert!(hole.connections() >= 1, "a black hole was never probed");
+    }
+    for worker in &healthy {
+        assert_eq!(row(&pool, worker.worker_id())["is_healthy"], true);
+    }
+
+    // `state_since` is when the first probe of a worker completed (it turned healthy, or was
+    // found failing), and it stays put while the state does.
+    let first_results: Vec<f64> = pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row["state_since"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no state_since: {row}"))
+        })
+        .collect();
+    let earliest = first_results.iter().copied().fold(f64::INFINITY, f64::min);
+    let latest = first_results.iter().copied().fold(0.0, f64::max);
+    assert!(
+        latest - earliest < 1.5 * TIMEOUT + 2.0,
+        "first probe results spread over {:.2} s: probes did not run concurrently",
+        latest - earliest
+    );
+    assert!(
+        latest - started < 2.0 * TIMEOUT + 8.0,
+        "the first round ended {:.2} s after start (20 sequential timeouts would be {} s)",
+        latest - started,
+        20.0 * TIMEOUT
+    );
+    assert!(
+        latest - started >= TIMEOUT * 0.9,
+        "the black holes were given up on after {:.2} s, before the {TIMEOUT} s timeout",
+        latest - started
+    );
+}
