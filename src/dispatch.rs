@@ -168,7 +168,9 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     if let SubmitOutcome::Accepted(remote) = outcome {
         let w = &mut st.workers[index];
         w.counters.accepted += 1;
-        w.throttle = None;
+        if !w.is_throttled(Instant::now()) {
+            w.throttle = None;
+        }
         w.tracked.push(id.to_string());
         let start_tracker = !w.tracker_running;
         w.tracker_running = true;
@@ -185,7 +187,10 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         return;
     }
-    st.workers[index].release_slot();
+    // Only the reservation ends: no job of the worker ended, so a concurrency throttle stays
+    // (lifting it here would undo the pause a 429 just set, and its doubling).
+    let w = &mut st.workers[index];
+    w.active_jobs = w.active_jobs.saturating_sub(1);
     match outcome {
         SubmitOutcome::Accepted(_) => {}
         SubmitOutcome::Throttled(message) => {

@@ -123,6 +123,17 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
     }
 }
 
+/// The multipart parser reports a bad part header with an unhelpful text; say what it means.
+fn describe_parse_error(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("header") {
+        "a part's headers are invalid (control characters, NUL or bad encoding in a name or filename?)"
+            .to_string()
+    } else {
+        text
+    }
+}
+
 /// Reads the upload of job `id` into the spool; returns its inputs and whether it had a manifest.
 fn read_parts(
     ctx: &Context,
@@ -136,7 +147,7 @@ fn read_parts(
         if crossed.get() {
             UploadError::TooLarge(max)
         } else {
-            UploadError::Malformed(e.to_string())
+            UploadError::Malformed(describe_parse_error(&e))
         }
     };
     let limited = Limited {

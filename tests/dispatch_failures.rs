@@ -1,0 +1,356 @@
+//! What the coordinator does when a dispatch does not simply succeed: a busy worker (429) is
+//! paused instead of hammered, a 5xx sends the job elsewhere, another 4xx fails it at once, a
+//! worker that never answers holds up nothing else and its job is lost (never run twice), and
+//! a job whose worker dies is lost with its slot freed.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use support::lifecycle::{
+    assert_pool_consistent, job_status, pool_worker, submit, wait_collected, wait_healthy,
+    wait_status,
+};
+use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Short intervals keep these tests quick.
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
+
+fn job(source: &str) -> Form {
+    Form::new().file("main.py", "text/x-python", source.as_bytes())
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    FAST.iter().chain(extra).copied().collect()
+}
+
+/// Waits until the worker has answered `n` more health probes than `seen`: a way to let the
+/// coordinator run for a while before checking that something did NOT happen.
+fn wait_probes(worker: &FakeWorker, seen: usize, n: usize) {
+    let probed = poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "health") >= seen + n).then_some(())
+    });
+    assert!(probed.is_some(), "the coordinator stopped probing");
+}
+
+/// `GET` a results path of a job, expecting `code` and a JSON error.
+fn assert_results_refused(coordinator: &Coordinator, id: &str, code: u16) {
+    for path in [
+        format!("/outputs/{id}"),
+        format!("/outputs/{id}/result.txt"),
+        format!("/logs/{id}"),
+    ] {
+        let (status, body) = get_json(&coordinator.url(&path));
+        assert_eq!(status, code, "{path}: {body}");
+        assert!(body["error"].as_str().is_some(), "{path}: {body}");
+    }
+}
+
+#[test]
+fn a_throttling_worker_is_paused_not_hammered() {
+    const BLOCKING_JOB: Duration = Duration::from_secs(10);
+    const WINDOW: Duration = Duration::from_secs(7);
+    let worker = FakeWorker::start_with(|k| {
+        k.max_active_per_ip = 1;
+        k.job_duration = BLOCKING_JOB;
+    });
+    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let ids: Vec<String> = (0..4)
+        .map(|n| submit(&coordinator, &job(&format!("print({n})\n"))))
+        .collect();
+    let (blocking, started) = poll_until(DEADLINE, || worker.recording().started.first().cloned())
+        .unwrap_or_else(|| panic!("no job started on the worker"));
+    worker.set(|k| k.job_duration = Duration::from_millis(100));
+    assert!(
+        coordinator.wait_for_log("is throttling: ", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+
+    let mut throttled_seen = None;
+    let window_over = poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        let entry = pool_worker(&pool, &worker);
+        assert_eq!(
+            entry["is_healthy"], true,
+            "a busy worker is not down: {pool}"
+        );
+        if entry["throttled"] == true {
+            throttled_seen = Some(pool.clone());
+        }
+        let elapsed = SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default();
+        (elapsed >= WINDOW && throttled_seen.is_some()).then_some(())
+    });
+    assert!(
+        window_over.is_some(),
+        "/pool never showed the worker throttled"
+    );
+    let submits = worker.recording().count("POST", "submit");
+    assert_eq!(
+        worker.recording().started.len(),
+        1,
+        "the blocking job {blocking} ended within {WINDOW:?}"
+    );
+    assert!(
+        (2..=8).contains(&submits),
+        "{submits} submits in {WINDOW:?} to a worker busy with one job"
+    );
+    let pool = throttled_seen.unwrap_or_default();
+    let entry = pool_worker(&pool, &worker);
+    // sandrun's "Rate limit exceeded" is the same limit, hit by two submits checked at once.
+    let reason = text(&entry["throttle_reason"]);
+    assert!(
+        reason == "Max concurrent jobs reached (1)" || reason == "Rate limit exceeded",
+        "not sandrun's concurrency 429: {pool}"
+    );
+    assert!(
+        entry["throttled_until"].as_f64() > pool["time"].as_f64(),
+        "{pool}"
+    );
+    assert!(entry["submits_throttled"].as_u64() >= Some(1), "{pool}");
+    assert!(pool["queued_jobs"].as_u64() >= Some(1), "{pool}");
+
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    let recording = worker.recording();
+    assert_eq!(recording.accepted_ids().len(), 4, "a job ran twice");
+    let submits = recording.count("POST", "submit");
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+    assert_eq!(entry["jobs_completed"], 4, "{pool}");
+    assert_eq!(entry["jobs_accepted"], 4, "{pool}");
+    assert_eq!(
+        entry["submits_throttled"].as_u64(),
+        Some(submits as u64 - 4),
+        "{pool}"
+    );
+}
+
+#[test]
+fn a_server_error_sends_the_job_to_another_worker() {
+    let failing = FakeWorker::start_with(|k| k.reject_submit = Some((500, "disk full".into())));
+    let good = FakeWorker::start();
+    let coordinator = Coordinator::start(&[failing.entry(2), good.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&failing, &good], DEADLINE);
+
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["worker_id"], good.worker_id(), "{status}");
+    let attempts = status["attempts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no attempts in {status}"));
+    assert_eq!(attempts.len(), 1, "{status}");
+    assert_eq!(attempts[0]["worker_id"], failing.worker_id(), "{status}");
+    let error = text(&attempts[0]["error"]);
+    assert!(
+        error.contains("500") && error.contains("disk full"),
+        "{status}"
+    );
+    assert_eq!(status["error"], Value::Null, "{status}");
+    assert!(coordinator
+        .logs()
+        .contains(&format!("Job {id} goes back to the head of the queue")));
+
+    assert_eq!(failing.recording().count("POST", "submit"), 1);
+    assert_eq!(good.recording().accepted_ids().len(), 1);
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &failing);
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+    assert_eq!(entry["jobs_accepted"], 0, "{pool}");
+    assert_eq!(pool_worker(&pool, &good)["jobs_completed"], 1, "{pool}");
+}
+
+#[test]
+fn a_job_out_of_dispatch_attempts_fails_with_every_reason() {
+    let failing = FakeWorker::start_with(|k| k.reject_submit = Some((503, "overloaded".into())));
+    let coordinator = Coordinator::start(&[failing.entry(2)], &args(&["--max-attempts", "2"]));
+    wait_healthy(&coordinator, &[&failing], DEADLINE);
+
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let status = wait_status(&coordinator, &id, "failed", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(error.contains("dispatch failed 2 times"), "{status}");
+    assert_eq!(error.matches("overloaded").count(), 2, "{status}");
+    assert_eq!(status["attempts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(failing.recording().count("POST", "submit"), 2);
+    assert_results_refused(&coordinator, &id, 404);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["failed"], 1, "{pool}");
+    assert_eq!(pool_worker(&pool, &failing)["active_jobs"], 0, "{pool}");
+}
+
+#[test]
+fn a_rejected_job_fails_at_once_without_retry() {
+    let rejecting = FakeWorker::start_with(|k| {
+        k.reject_submit = Some((400, "No entrypoint specified".into()));
+    });
+    let other = FakeWorker::start();
+    let coordinator = Coordinator::start(&[rejecting.entry(2), other.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&rejecting, &other], DEADLINE);
+
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let status = wait_status(&coordinator, &id, "failed", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(
+        error.contains("No entrypoint specified") && error.contains("400"),
+        "{status}"
+    );
+    assert_eq!(status["remote_job_id"], Value::Null, "{status}");
+
+    let seen = other.recording().count("GET", "health");
+    wait_probes(&other, seen, 2);
+    assert_eq!(rejecting.recording().count("POST", "submit"), 1);
+    assert_eq!(
+        other.recording().count("POST", "submit"),
+        0,
+        "it was retried"
+    );
+    assert_eq!(job_status(&coordinator, &id)["pool_status"], "failed");
+    assert_results_refused(&coordinator, &id, 404);
+    let inputs = coordinator
+        .state_dir()
+        .join("jobs")
+        .join(&id)
+        .join("inputs");
+    assert!(
+        !inputs.exists(),
+        "the failed job's upload stayed in the spool"
+    );
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &rejecting)["jobs_failed"], 1, "{pool}");
+    assert_eq!(pool_worker(&pool, &rejecting)["active_jobs"], 0, "{pool}");
+}
+
+#[test]
+fn a_hung_submit_does_not_hold_up_the_other_worker() {
+    let hung = FakeWorker::start_with(|k| k.hang_submit = true);
+    let good = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[hung.entry(1), good.entry(2)],
+        &args(&["--dispatch-timeout", "60"]),
+    );
+    wait_healthy(&coordinator, &[&hung, &good], DEADLINE);
+
+    let ids: Vec<String> = (0..5)
+        .map(|n| submit(&coordinator, &job(&format!("print({n})\n"))))
+        .collect();
+    let stuck = poll_until(DEADLINE, || {
+        ids.iter()
+            .find(|id| job_status(&coordinator, id)["worker_id"] == hung.worker_id())
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no job went to the hanging worker"));
+    for id in ids.iter().filter(|id| **id != stuck) {
+        let status = wait_collected(&coordinator, id, DEADLINE);
+        assert_eq!(status["worker_id"], good.worker_id(), "{status}");
+    }
+    let status = job_status(&coordinator, &stuck);
+    assert_eq!(status["pool_status"], "dispatched", "{status}");
+    assert_eq!(status["remote_job_id"], Value::Null, "{status}");
+    assert_eq!(hung.recording().count("POST", "submit"), 1);
+    assert_eq!(good.recording().accepted_ids().len(), 4);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &hung)["active_jobs"], 1, "{pool}");
+    assert_eq!(pool_worker(&pool, &hung)["is_healthy"], true, "{pool}");
+    assert_eq!(pool_worker(&pool, &good)["active_jobs"], 0, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["completed"], 4, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["dispatched"], 1, "{pool}");
+}
+
+#[test]
+fn a_dispatch_without_answer_is_lost_and_never_run_again() {
+    let hung = FakeWorker::start_with(|k| k.hang_submit = true);
+    let good = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[hung.entry(1), good.entry(2)],
+        &args(&["--dispatch-timeout", "2"]),
+    );
+    wait_healthy(&coordinator, &[&hung, &good], DEADLINE);
+
+    let lost = submit(&coordinator, &job("print('first')\n"));
+    let status = wait_status(&coordinator, &lost, "lost", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(
+        error.contains("unknown outcome") && error.contains("not run again"),
+        "{status}"
+    );
+    assert_results_refused(&coordinator, &lost, 410);
+
+    let next = submit(&coordinator, &job("print('second')\n"));
+    let status = wait_collected(&coordinator, &next, DEADLINE);
+    assert_eq!(status["worker_id"], good.worker_id(), "{status}");
+    let seen = good.recording().count("GET", "health");
+    wait_probes(&good, seen, 2);
+    assert_eq!(hung.recording().count("POST", "submit"), 1);
+    let received = good.recording();
+    assert_eq!(received.jobs.len(), 1, "the lost job was sent again");
+    assert_eq!(received.jobs[0].files[0].bytes, b"print('second')\n");
+    assert_eq!(job_status(&coordinator, &lost)["pool_status"], "lost");
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &hung);
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+    assert_eq!(entry["jobs_lost"], 1, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
+}
+
+#[test]
+fn a_job_whose_worker_dies_is_lost_and_frees_its_slot() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(30));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args(&["--lost-after", "2"]));
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let started = poll_until(DEADLINE, || {
+        (!worker.recording().started.is_empty()).then_some(())
+    });
+    assert!(started.is_some(), "the job never started");
+    worker.stop();
+
+    let status = wait_status(&coordinator, &id, "lost", DEADLINE);
+    assert!(
+        text(&status["error"]).contains("no answer from its worker"),
+        "{status}"
+    );
+    assert!(status["completed_at"].as_f64().is_some(), "{status}");
+    assert_results_refused(&coordinator, &id, 410);
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["active_jobs"], 0, "the slot stayed taken: {pool}");
+    assert_eq!(entry["jobs_lost"], 1, "{pool}");
+    assert_eq!(entry["tracked_jobs"], 0, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
+
+    let short = &worker.worker_id()[..12];
+    assert!(
+        coordinator.wait_for_log(&format!("Worker {short}... is now unhealthy"), DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    worker.set(|k| k.job_duration = Duration::ZERO);
+    worker.restart();
+    assert!(
+        coordinator.wait_for_log(&format!("Worker {short}... is healthy again"), DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let next = submit(&coordinator, &job("print(2)\n"));
+    wait_collected(&coordinator, &next, DEADLINE);
+    assert_eq!(job_status(&coordinator, &id)["pool_status"], "lost");
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
+}

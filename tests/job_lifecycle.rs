@@ -1,0 +1,538 @@
+//! Jobs through the real coordinator and fake workers, from submit to collected results: uploads
+//! forwarded unchanged, least-loaded placement within each worker's limit, a queue that moves
+//! without client polling, results served by the coordinator (also after the worker deleted
+//! them), and the client API's answers for unknown, queued, unfinished and traversing requests.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use support::lifecycle::{
+    assert_pool_consistent, get_raw, job_status, pool_worker, submit, wait_collected, wait_healthy,
+    wait_status,
+};
+use support::{
+    get, get_bytes, get_json, poll_until, tar_gz, Coordinator, FakeWorker, Form, ReceivedFile,
+    Recording,
+};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Short intervals keep these tests quick.
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
+
+const MAIN_PY: &[u8] = b"print('hello')\n";
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .unwrap_or_else(|e| panic!("cannot read /dev/urandom: {e}"));
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn main_py_job() -> Form {
+    Form::new().file("main.py", "text/x-python", MAIN_PY)
+}
+
+/// The most jobs a worker certainly had queued or running at once, from its recording: when
+/// each accepted submit was read, the jobs accepted before it that had not started yet, or had
+/// started less than `job_duration` earlier (a job runs at least that long), plus itself. The
+/// coordinator counted each of them then, so this never exceeds its limit.
+///
+/// The worker's own `peak_active` can be one higher: like sandrun (`register_job_end` after
+/// the jobs lock is released), it frees a job's rate-limit slot a moment after `/status` can
+/// already report the job ended, and the coordinator may dispatch the next job in that moment.
+fn certain_peak(recording: &Recording, job_duration: Duration) -> usize {
+    let accepted: Vec<(SystemTime, Option<SystemTime>)> = recording
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let id = job.job_id.as_deref()?;
+            let started = recording
+                .started
+                .iter()
+                .find(|(started, _)| started == id)
+                .map(|(_, at)| *at);
+            Some((job.received_at, started))
+        })
+        .collect();
+    accepted
+        .iter()
+        .map(|(now, _)| {
+            let before = accepted.iter().filter(|(received, started)| {
+                received < now && started.is_none_or(|at| at + job_duration > *now)
+            });
+            before.count() + 1
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// `GET /outputs/{id}` as a map from file name to its listing entry, checking each
+/// `download_url` points at the coordinator.
+fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
+    let (status, body) = get_json(&coordinator.url(&format!("/outputs/{id}")));
+    assert_eq!(status, 200, "outputs of {id}: {body}");
+    assert_eq!(body["job_id"], id);
+    let files: BTreeMap<String, Value> = body["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no files in {body}"))
+        .iter()
+        .map(|f| (text(&f["name"]), f.clone()))
+        .collect();
+    assert_eq!(body["total_files"], files.len(), "{body}");
+    for (name, file) in &files {
+        assert_eq!(
+            file["download_url"],
+            format!("/outputs/{id}/{name}"),
+            "{body}"
+        );
+    }
+    files
+}
+
+/// Downloads an output through the coordinator, checking it against its listing entry.
+fn download(coordinator: &Coordinator, entry: &Value) -> Vec<u8> {
+    let url = coordinator.url(entry["download_url"].as_str().unwrap_or_default());
+    let (status, bytes) = get_bytes(&url);
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&bytes));
+    assert_eq!(entry["size"], bytes.len(), "{entry}");
+    assert_eq!(entry["sha256"], sha256_hex(&bytes), "{entry}");
+    bytes
+}
+
+#[test]
+fn tarball_and_single_file_jobs_complete_and_their_results_download() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let blob = random_bytes(256 * 1024);
+    let tarball = tar_gz(&[("main.py", MAIN_PY), ("data.bin", &blob)]);
+    let tar_job = Form::new()
+        .file("job.tar.gz", "application/gzip", &tarball)
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let tar_id = submit(&coordinator, &tar_job);
+    let single_id = submit(&coordinator, &main_py_job());
+
+    let status = wait_collected(&coordinator, &tar_id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    assert_eq!(status["worker_id"], worker.worker_id());
+    assert_eq!(status["worker_status"]["status"], "completed", "{status}");
+    assert_eq!(status["worker_status"]["job_id"], remote.as_str());
+    assert_eq!(status["error"], Value::Null);
+    assert_eq!(status["attempts"], serde_json::json!([]));
+    assert!(status["dispatched_at"].as_f64() >= status["submitted_at"].as_f64());
+    assert!(status["completed_at"].as_f64() >= status["dispatched_at"].as_f64());
+    assert_eq!(
+        status["files"],
+        serde_json::json!([{"filename": "job.tar.gz", "size": tarball.len()}])
+    );
+    let received = worker.recording();
+    let sent = received
+        .job(&remote)
+        .unwrap_or_else(|| panic!("the worker has no job {remote}"));
+    assert_eq!(sent.files.len(), 1);
+    assert_eq!(
+        sent.files[0].bytes, tarball,
+        "the tarball was not forwarded as is"
+    );
+
+    let files = listing(&coordinator, &tar_id);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["data.bin", "result.txt"]);
+    assert_eq!(download(&coordinator, &files["data.bin"]), blob);
+    assert_eq!(
+        download(&coordinator, &files["result.txt"]),
+        format!("result of {remote}\n").into_bytes()
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{tar_id}")));
+    assert_eq!(code, 200, "{logs}");
+    assert_eq!(logs["stdout"], "ran main.py\n");
+    let job_dir = coordinator.state_dir().join("jobs").join(&tar_id);
+    assert!(
+        !job_dir.join("inputs").exists(),
+        "the upload stayed in the spool after the worker took it"
+    );
+
+    let status = wait_collected(&coordinator, &single_id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    let files = listing(&coordinator, &single_id);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["main.py", "result.txt"]);
+    assert_eq!(download(&coordinator, &files["main.py"]), MAIN_PY);
+    let (code, result) = get(&coordinator.url(&format!("/outputs/{single_id}/result.txt")));
+    assert_eq!((code, result), (200, format!("result of {remote}\n")));
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{single_id}")));
+    assert_eq!(
+        (code, logs["stdout"].clone()),
+        (200, Value::from("ran main.py\n"))
+    );
+
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["completed"], 2, "{pool}");
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["jobs_accepted"], 2, "{pool}");
+    assert_eq!(entry["jobs_completed"], 2, "{pool}");
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+}
+
+#[test]
+fn several_files_parts_reach_the_worker_unchanged() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let blob = random_bytes(40_000);
+    let manifest = "{ \"entrypoint\" : \"main.py\",\n  \"args\": [\"--n\", \"3\"],\n  \
+                    \"environment\": \"default\", \"outputs\": [\"*.csv\"] }\n";
+    let uploads: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("main.py", "text/x-python", MAIN_PY.to_vec()),
+        ("data.csv", "text/csv", b"a,b\n1,2\n".to_vec()),
+        ("blob.bin", "application/octet-stream", blob),
+        (
+            "notes (draft) v2.txt",
+            "text/plain; charset=utf-8",
+            "caf\u{e9}\r\n--not a boundary\r\n".as_bytes().to_vec(),
+        ),
+        ("empty.dat", "application/x-empty", Vec::new()),
+    ];
+    let form = uploads
+        .iter()
+        .fold(Form::new(), |form, (name, content_type, bytes)| {
+            form.file(name, content_type, bytes)
+        })
+        .manifest(manifest);
+    let id = submit(&coordinator, &form);
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    let listed: Vec<(String, u64)> = status["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| (text(&f["filename"]), f["size"].as_u64().unwrap_or(0)))
+        .collect();
+    let expected: Vec<(String, u64)> = uploads
+        .iter()
+        .map(|(name, _, bytes)| (name.to_string(), bytes.len() as u64))
+        .collect();
+    assert_eq!(listed, expected);
+
+    let remote = text(&status["remote_job_id"]);
+    let recording = worker.recording();
+    let received = recording
+        .job(&remote)
+        .unwrap_or_else(|| panic!("the worker has no job {remote}"));
+    let got: Vec<(&str, &str, Option<&str>, &[u8])> = received
+        .files
+        .iter()
+        .map(|f: &ReceivedFile| {
+            (
+                f.part_name.as_str(),
+                f.filename.as_str(),
+                f.content_type.as_deref(),
+                f.bytes.as_slice(),
+            )
+        })
+        .collect();
+    let want: Vec<(&str, &str, Option<&str>, &[u8])> = uploads
+        .iter()
+        .map(|(name, content_type, bytes)| ("files", *name, Some(*content_type), bytes.as_slice()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(received.manifest.as_deref(), Some(manifest.as_bytes()));
+
+    let files = listing(&coordinator, &id);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["data.csv", "result.txt"]);
+    assert_eq!(download(&coordinator, &files["data.csv"]), b"a,b\n1,2\n");
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
+fn jobs_go_to_the_least_loaded_worker() {
+    let slow = |k: &mut support::Knobs| k.job_duration = Duration::from_secs(3);
+    let first = FakeWorker::start_with(slow);
+    let second = FakeWorker::start_with(slow);
+    let coordinator = Coordinator::start(&[first.entry(2), second.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&first, &second], DEADLINE);
+
+    let ids: Vec<String> = (0..4)
+        .map(|_| submit(&coordinator, &main_py_job()))
+        .collect();
+    let pool = poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        (pool["queued_jobs"] == 0).then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("jobs stayed queued"));
+    for worker in [&first, &second] {
+        assert_eq!(pool_worker(&pool, worker)["active_jobs"], 2, "{pool}");
+    }
+    let mut placed = BTreeMap::new();
+    for id in &ids {
+        let status = wait_status(&coordinator, id, "completed", DEADLINE);
+        *placed.entry(text(&status["worker_id"])).or_insert(0) += 1;
+    }
+    for worker in [&first, &second] {
+        assert_eq!(placed.get(&worker.worker_id()), Some(&2), "{placed:?}");
+        assert_eq!(worker.recording().accepted_ids().len(), 2);
+    }
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
+fn max_concurrent_jobs_is_never_exceeded() {
+    const JOB_DURATION: Duration = Duration::from_millis(100);
+    let quick = |k: &mut support::Knobs| {
+        k.job_duration = JOB_DURATION;
+        k.max_jobs_per_hour = 1000;
+        k.max_active_per_ip = 50;
+    };
+    let first = FakeWorker::start_with(quick);
+    let second = FakeWorker::start_with(quick);
+    let coordinator = Coordinator::start(&[first.entry(2), second.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&first, &second], DEADLINE);
+
+    let ids: Vec<String> = (0..20)
+        .map(|_| submit(&coordinator, &main_py_job()))
+        .collect();
+    let mut busiest = 0;
+    let done = poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        for worker in pool["workers"].as_array().into_iter().flatten() {
+            busiest = busiest.max(worker["active_jobs"].as_u64().unwrap_or(0));
+        }
+        (pool["jobs_by_status"]["completed"] == 20).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "not all 20 jobs completed: {}",
+        assert_pool_consistent(&coordinator)
+    );
+    assert!(
+        (1..=2).contains(&busiest),
+        "busiest worker had {busiest} jobs"
+    );
+    for id in &ids {
+        assert_eq!(job_status(&coordinator, id)["pool_status"], "completed");
+    }
+    let mut accepted = 0;
+    for worker in [&first, &second] {
+        let recording = worker.recording();
+        let peak = certain_peak(&recording, JOB_DURATION);
+        assert!(peak <= 2, "a worker had {peak} jobs at once");
+        assert!(
+            recording.peak_active <= 3,
+            "a worker counted {} jobs at once",
+            recording.peak_active
+        );
+        assert!(
+            !recording.accepted_ids().is_empty(),
+            "one worker got nothing"
+        );
+        accepted += recording.accepted_ids().len();
+    }
+    assert_eq!(accepted, 20, "a job ran twice or never");
+}
+
+#[test]
+fn queued_jobs_start_without_client_polling() {
+    const JOB_DURATION: Duration = Duration::from_millis(500);
+    let worker = FakeWorker::start_with(|k| k.job_duration = JOB_DURATION);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let ids: Vec<String> = (0..4)
+        .map(|_| submit(&coordinator, &main_py_job()))
+        .collect();
+    for id in &ids {
+        assert!(
+            coordinator.wait_for_log(&format!("Job {id} completed"), DEADLINE),
+            "job {id} never completed; logs:\n{}",
+            coordinator.logs()
+        );
+    }
+    let remotes: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let status = job_status(&coordinator, id);
+            assert_eq!(status["pool_status"], "completed", "{status}");
+            text(&status["remote_job_id"])
+        })
+        .collect();
+    let started: Vec<String> = worker
+        .recording()
+        .started
+        .into_iter()
+        .map(|(remote, _)| remote)
+        .collect();
+    assert_eq!(started, remotes, "the jobs did not run in submission order");
+    let recording = worker.recording();
+    assert_eq!(certain_peak(&recording, JOB_DURATION), 1);
+    assert!(recording.peak_active <= 2);
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
+fn outputs_still_download_after_the_worker_deleted_the_job() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let blob = random_bytes(100_000);
+    let form = main_py_job()
+        .file("data.bin", "application/octet-stream", &blob)
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let id = submit(&coordinator, &form);
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    let pool = poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        (pool_worker(&pool, &worker)["tracked_jobs"] == 0).then_some(pool)
+    });
+    assert!(pool.is_some(), "the collected job is still followed");
+
+    worker.set(|k| k.delete_after = Duration::from_millis(300));
+    let gone = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&worker.url(&format!("/status/{remote}")));
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "the worker never deleted {remote}");
+
+    let files = listing(&coordinator, &id);
+    assert_eq!(download(&coordinator, &files["data.bin"]), blob);
+    assert_eq!(
+        download(&coordinator, &files["result.txt"]),
+        format!("result of {remote}\n").into_bytes()
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(
+        (code, logs["stdout"].clone()),
+        (200, Value::from("ran main.py\n"))
+    );
+    let status = job_status(&coordinator, &id);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    assert_eq!(status["results"]["collected"], true, "{status}");
+    let downloads = worker.recording().count("GET", "download");
+    assert!(downloads >= 2, "outputs were not fetched from the worker");
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["lost"], 0, "{pool}");
+}
+
+#[test]
+fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let unknown = "pool-00000000000000000000000000000000";
+    for path in [
+        format!("/status/{unknown}"),
+        format!("/outputs/{unknown}"),
+        format!("/outputs/{unknown}/result.txt"),
+        format!("/logs/{unknown}"),
+    ] {
+        let (code, body) = get_json(&coordinator.url(&path));
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(text(&body["error"]).contains(unknown), "{path}: {body}");
+    }
+
+    let running = submit(&coordinator, &main_py_job());
+    let status = poll_until(DEADLINE, || {
+        let status = job_status(&coordinator, &running);
+        (status["pool_status"] != "queued").then_some(status)
+    })
+    .unwrap_or_else(|| panic!("job {running} was never dispatched"));
+    assert_eq!(status.get("queue_position"), None, "{status}");
+    let next = submit(&coordinator, &main_py_job());
+    let last = submit(&coordinator, &main_py_job());
+    for (id, position) in [(&next, 0), (&last, 1)] {
+        let status = job_status(&coordinator, id);
+        assert_eq!(status["pool_status"], "queued", "{status}");
+        assert_eq!(status["queue_position"], position, "{status}");
+        assert_eq!(status["worker_id"], Value::Null, "{status}");
+    }
+    for path in [
+        format!("/outputs/{next}"),
+        format!("/outputs/{next}/result.txt"),
+        format!("/logs/{next}"),
+    ] {
+        let (code, body) = get_json(&coordinator.url(&path));
+        assert_eq!(code, 409, "{path}: {body}");
+        assert_eq!(body["pool_status"], "queued", "{path}: {body}");
+        assert_eq!(body["queue_position"], 0, "{path}: {body}");
+        assert!(text(&body["error"]).contains("queued"), "{body}");
+    }
+    let (code, body) = get_json(&coordinator.url(&format!("/outputs/{running}")));
+    if code == 409 {
+        let state = text(&body["pool_status"]);
+        assert!(state == "dispatched" || state == "running", "{body}");
+    } else {
+        assert_eq!(code, 200, "outputs of a job just dispatched: {body}");
+        assert_eq!(body["pool_status"], "completed", "{body}");
+    }
+    worker.set(|k| k.job_duration = Duration::ZERO);
+
+    wait_collected(&coordinator, &running, DEADLINE);
+    let port = coordinator.port();
+    for bad in [
+        "../x",
+        "../../../../etc/passwd",
+        "/etc/passwd",
+        "%2e%2e/x",
+        "%2E%2E/x",
+        ".%2e/x",
+        "..%2Fx",
+        "%2e%2e%2fx",
+        "%2Fetc%2Fpasswd",
+        "%2fetc/passwd",
+        "a/%2e%2e/%2e%2e/x",
+        "%252e%252e/x",
+        "%252e%252e%252fx",
+        ".",
+        "..",
+        "result.txt/..",
+        "..%5Cx",
+        "result.txt%00",
+        "result.txt%0a",
+        "%zz",
+    ] {
+        let target = format!("/outputs/{running}/{bad}");
+        let reply = get_raw(port, &target);
+        assert_eq!(reply.status, 400, "{target}: {}", reply.text());
+        assert!(
+            reply.json()["error"].as_str().is_some(),
+            "{target}: {}",
+            reply.text()
+        );
+    }
+    let reply = get_raw(port, &format!("/outputs/{running}/result.txt"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for missing in ["nope.txt", "result.txt.bak", "sub/result.txt"] {
+        let (code, body) = get_json(&coordinator.url(&format!("/outputs/{running}/{missing}")));
+        assert_eq!(code, 404, "{missing}: {body}");
+        assert!(text(&body["error"]).contains("no output file"), "{body}");
+    }
+
+    wait_collected(&coordinator, &next, DEADLINE);
+    wait_collected(&coordinator, &last, DEADLINE);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["completed"], 3, "{pool}");
+}

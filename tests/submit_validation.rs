@@ -1,0 +1,388 @@
+//! `POST /submit` refuses every bad upload with a 4xx JSON error that says what to fix, and a
+//! refused upload leaves nothing behind in `<state_dir>/jobs`, queues nothing and reaches no worker.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use support::lifecycle::{
+    assert_pool_consistent, chunked, exchange, submit, wait_collected, wait_healthy,
+};
+use support::{poll_until, send, Coordinator, FakeWorker, Form, Reply};
+
+/// `--max-upload-bytes` of these tests: every good test body is smaller.
+const MAX_UPLOAD: usize = 1000;
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const MAIN_PY: &[u8] = b"print('hello')\n";
+const MANIFEST: &str = r#"{"entrypoint":"main.py","outputs":["*.txt"]}"#;
+
+/// A worker and a coordinator in front of it with a small upload limit.
+fn start() -> (FakeWorker, Coordinator) {
+    let worker = FakeWorker::start();
+    let limit = MAX_UPLOAD.to_string();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--max-upload-bytes",
+            &limit,
+            "--health-interval",
+            "1",
+            "--track-interval",
+            "0.1",
+        ],
+    );
+    (worker, coordinator)
+}
+
+fn good_form() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", MAIN_PY)
+        .manifest(MANIFEST)
+}
+
+/// Entries of `<state_dir>/jobs`.
+fn spool_entries(coordinator: &Coordinator) -> Vec<String> {
+    let jobs = coordinator.state_dir().join("jobs");
+    fs::read_dir(&jobs)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", jobs.display()))
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", jobs.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// `POST /submit` with this Content-Type (none when `None`) and body, through the test client.
+fn post_submit(coordinator: &Coordinator, content_type: Option<&str>, body: &[u8]) -> Reply {
+    let url = coordinator.url("/submit");
+    let reply = match content_type {
+        Some(content_type) => send("POST", &url, Some((content_type, body))),
+        None => send("POST", &url, None),
+    };
+    reply.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts a refusal: `status`, a JSON `{"error": ...}` containing `needle`, and an empty spool.
+fn assert_refused(coordinator: &Coordinator, case: &str, reply: &Reply, status: u16, needle: &str) {
+    let body = reply.json();
+    assert_eq!(reply.status, status, "{case}: {}", reply.text());
+    assert!(
+        reply
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{case}: not JSON: {:?}",
+        reply.headers
+    );
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{case}: no error message in {}", reply.text()));
+    assert!(
+        error.contains(needle),
+        "{case}: the message {error:?} does not say {needle:?}"
+    );
+    assert_eq!(
+        spool_entries(coordinator),
+        Vec::<String>::new(),
+        "{case}: the refused upload left files behind"
+    );
+}
+
+/// After the refusals: nothing was queued nor sent, `/pool` adds up, and a good job still runs.
+fn assert_nothing_queued_then_a_good_job_runs(coordinator: &Coordinator, worker: &FakeWorker) {
+    let pool = assert_pool_consistent(coordinator);
+    assert_eq!(pool["total_jobs"], 0, "a refused submit was queued: {pool}");
+    assert_eq!(worker.recording().count("POST", "submit"), 0);
+    wait_healthy(coordinator, &[worker], DEADLINE);
+    let id = submit(coordinator, &good_form());
+    let status = wait_collected(coordinator, &id, DEADLINE);
+    assert_eq!(status["files"][0]["filename"], "main.py", "{status}");
+    assert_eq!(spool_entries(coordinator), vec![id]);
+    let pool = assert_pool_consistent(coordinator);
+    assert_eq!(pool["total_jobs"], 1, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
+}
+
+#[test]
+fn a_body_that_is_not_a_complete_multipart_form_is_refused() {
+    let (worker, coordinator) = start();
+    let form = good_form();
+    let body = form.body();
+
+    let reply = post_submit(&coordinator, Some("text/plain"), b"print('hello')\n");
+    assert_refused(
+        &coordinator,
+        "text/plain",
+        &reply,
+        415,
+        "multipart/form-data",
+    );
+    let reply = post_submit(&coordinator, Some("application/json"), br#"{"a":1}"#);
+    assert_refused(&coordinator, "JSON body", &reply, 415, "application/json");
+    let reply = post_submit(&coordinator, None, b"");
+    assert_refused(&coordinator, "no Content-Type", &reply, 415, "none");
+
+    let reply = post_submit(&coordinator, Some("multipart/form-data"), &body);
+    assert_refused(&coordinator, "no boundary", &reply, 400, "no boundary");
+    let reply = post_submit(&coordinator, Some("multipart/form-data; boundary="), &body);
+    assert_refused(&coordinator, "empty boundary", &reply, 400, "no boundary");
+
+    let boundary = form
+        .content_type()
+        .split_once("boundary=")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let closing = format!("--{boundary}--\r\n");
+    assert!(body.ends_with(closing.as_bytes()));
+    let without_closing = &body[..body.len() - closing.len()];
+    let file_last = Form::new()
+        .manifest(MANIFEST)
+        .file("main.py", "text/x-python", &[b'#'; 300]);
+    let file_last_body = file_last.body();
+    let file_data_at = file_last_body.len() - closing.len() - 2 - 300;
+    let malformed = "malformed or truncated";
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("no closing boundary", without_closing, malformed),
+        ("cut in half", &body[..body.len() / 2], malformed),
+        (
+            "cut inside the manifest",
+            &body[..body.len() - closing.len() - 10],
+            "is not valid JSON: EOF",
+        ),
+        (
+            "cut inside the file data",
+            &file_last_body[..file_data_at + 150],
+            malformed,
+        ),
+        (
+            "cut after the file data",
+            &file_last_body[..file_data_at + 300],
+            malformed,
+        ),
+        ("empty body", b"", malformed),
+    ];
+    for (case, truncated, needle) in cases {
+        let reply = post_submit(&coordinator, Some(&form.content_type()), truncated);
+        assert_refused(&coordinator, case, &reply, 400, needle);
+    }
+    let reply = post_submit(
+        &coordinator,
+        Some(&form.content_type()),
+        b"this is not multipart at all\r\n",
+    );
+    assert_refused(&coordinator, "garbage", &reply, 400, "malformed");
+
+    assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
+#[test]
+fn bad_parts_are_refused_with_what_to_fix() {
+    let (worker, coordinator) = start();
+    let main_py = || Form::new().file("main.py", "text/x-python", MAIN_PY);
+    let cases: Vec<(&str, Form, &str)> = vec![
+        (
+            "only a manifest",
+            Form::new().manifest(MANIFEST),
+            "no 'files' part",
+        ),
+        (
+            "files part without filename",
+            Form::new().field("files", MAIN_PY),
+            "has no filename",
+        ),
+        (
+            "files part with an empty filename",
+            Form::new().file("", "text/x-python", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "filename with a slash",
+            Form::new().file("dir/main.py", "text/x-python", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "filename ..",
+            Form::new().file("..", "text/x-python", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "filename climbing up",
+            Form::new().file("../main.py", "text/x-python", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "absolute filename",
+            Form::new().file("/etc/passwd", "text/plain", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "filename with a backslash",
+            Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
+            "not allowed",
+        ),
+        (
+            "filename with NUL",
+            Form::new().raw_part(
+                "Content-Disposition: form-data; name=\"files\"; filename=\"main\0.py\"",
+                MAIN_PY,
+            ),
+            "headers are invalid",
+        ),
+        (
+            "filename with a control character",
+            Form::new().raw_part(
+                "Content-Disposition: form-data; name=\"files\"; filename=\"main\x01.py\"",
+                MAIN_PY,
+            ),
+            "headers are invalid",
+        ),
+        (
+            "filename with a tab",
+            Form::new().raw_part(
+                "Content-Disposition: form-data; name=\"files\"; filename=\"main\t.py\"",
+                MAIN_PY,
+            ),
+            "not allowed",
+        ),
+        (
+            "two files with one name",
+            main_py().file("main.py", "text/plain", b"x = 1\n"),
+            "two 'files' parts",
+        ),
+        (
+            "manifest not JSON",
+            main_py().manifest("{entrypoint: main.py"),
+            "not valid JSON",
+        ),
+        (
+            "manifest a JSON array",
+            main_py().manifest(r#"["main.py"]"#),
+            "must be a JSON object",
+        ),
+        (
+            "manifest a JSON string",
+            main_py().manifest(r#""main.py""#),
+            "must be a JSON object",
+        ),
+        (
+            "manifest twice",
+            main_py().manifest(MANIFEST).manifest(MANIFEST),
+            "given twice",
+        ),
+        (
+            "unknown part",
+            main_py().field("priority", b"high"),
+            "unknown part \"priority\"",
+        ),
+    ];
+    for (case, form, needle) in cases {
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(&coordinator, case, &reply, 400, needle);
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.len() > 20, "{case}: too terse a message: {error:?}");
+    }
+    assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused_with_413() {
+    let (worker, coordinator) = start();
+    let big = Form::new()
+        .file("main.py", "text/x-python", MAIN_PY)
+        .file(
+            "data.bin",
+            "application/octet-stream",
+            &[7u8; 4 * MAX_UPLOAD],
+        )
+        .manifest(MANIFEST);
+    let limit_text = format!("limit of {MAX_UPLOAD} bytes");
+
+    let reply = post_submit(&coordinator, Some(&big.content_type()), &big.body());
+    assert_refused(
+        &coordinator,
+        "Content-Length over",
+        &reply,
+        413,
+        &limit_text,
+    );
+
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        big.content_type(),
+        100 * MAX_UPLOAD
+    );
+    let reply = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(
+        &coordinator,
+        "Content-Length over, body never sent",
+        &reply,
+        413,
+        &limit_text,
+    );
+
+    let streamed = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n",
+        big.content_type()
+    );
+    let reply = exchange(coordinator.port(), &streamed, &chunked(&big.body(), 256))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(&coordinator, "streamed over", &reply, 413, &limit_text);
+
+    let small = good_form();
+    let reply = exchange(coordinator.port(), &streamed, &chunked(&small.body(), 64))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reply.status,
+        200,
+        "a small streamed upload: {}",
+        reply.text()
+    );
+    let id = reply.json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_collected(&coordinator, &id, DEADLINE);
+    let received = worker.recording();
+    let job = received
+        .jobs
+        .first()
+        .unwrap_or_else(|| panic!("the worker never got the streamed job"));
+    assert_eq!(job.files[0].bytes, MAIN_PY);
+    assert_eq!(job.manifest.as_deref(), Some(MANIFEST.as_bytes()));
+    assert_eq!(spool_entries(&coordinator), vec![id]);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["total_jobs"], 1, "{pool}");
+}
+
+/// Stock tiny_http 0.12 drains an unread request body on drop with `vec![0; remaining]`, sized by
+/// the client's `Content-Length` (on any route): a body that claims a terabyte aborted the
+/// coordinator. The vendored, patched tiny_http (vendor/tiny_http/PATCH.md) drains through a fixed
+/// buffer; this guards that fix.
+#[test]
+fn a_terabyte_content_length_is_refused_and_the_coordinator_lives_on() {
+    let (worker, mut coordinator) = start();
+    let form = good_form();
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nContent-Length: 1000000000000\r\n",
+        form.content_type()
+    );
+    let reply = exchange(coordinator.port(), &head, &form.body()).unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(&coordinator, "a terabyte", &reply, 413, "limit of");
+    let died = poll_until(Duration::from_secs(2), || {
+        (!coordinator.is_running()).then_some(())
+    });
+    assert!(
+        died.is_none(),
+        "the coordinator died: {}",
+        coordinator.logs()
+    );
+    assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}

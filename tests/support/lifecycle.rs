@@ -1,0 +1,212 @@
+//! Helpers of the job-lifecycle tests: submitting and following jobs on a coordinator, checking
+//! that `/pool` adds up, and raw HTTP/1.1 exchanges over a plain TCP stream (request targets go
+//! out exactly as written, where an HTTP library would normalize `..` and `%2e%2e` away; headers
+//! are hand-made; bodies may be chunked, short or longer than announced).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::client::{get_json, post_multipart, Reply};
+use super::coordinator::Coordinator;
+use super::fake_worker::FakeWorker;
+use super::form::Form;
+use super::util::poll_until;
+
+/// Submits a form to the coordinator, asserts it was queued, and returns the job id.
+pub fn submit(coordinator: &Coordinator, form: &Form) -> String {
+    let (status, body) = post_multipart(&coordinator.url("/submit"), form);
+    let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(status, 200, "submit answered {status}: {body}");
+    assert_eq!(answer["status"], "queued", "{body}");
+    let id = answer["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job_id in {body}"));
+    assert!(id.starts_with("pool-"), "job id {id}");
+    id.to_string()
+}
+
+/// `GET /status/{id}`, asserting 200.
+pub fn job_status(coordinator: &Coordinator, id: &str) -> Value {
+    let (status, body) = get_json(&coordinator.url(&format!("/status/{id}")));
+    assert_eq!(status, 200, "status of {id}: {body}");
+    body
+}
+
+/// Polls `/status/{id}` until its `pool_status` is `wanted`, and returns that answer; panics
+/// with the last answer when `deadline` passes first.
+pub fn wait_status(coordinator: &Coordinator, id: &str, wanted: &str, deadline: Duration) -> Value {
+    let mut last = Value::Null;
+    poll_until(deadline, || {
+        last = job_status(coordinator, id);
+        (last["pool_status"] == wanted).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("job {id} did not become {wanted} in {deadline:?}: {last}"))
+}
+
+/// Polls `/status/{id}` until the job is completed with its results collected.
+pub fn wait_collected(coordinator: &Coordinator, id: &str, deadline: Duration) -> Value {
+    let mut last = Value::Null;
+    poll_until(deadline, || {
+        last = job_status(coordinator, id);
+        (last["pool_status"] == "completed" && last["results"]["collected"] == true)
+            .then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("job {id} was not completed and collected in {deadline:?}: {last}"))
+}
+
+/// Waits until the coordinator logged that each of these workers is healthy.
+pub fn wait_healthy(coordinator: &Coordinator, workers: &[&FakeWorker], deadline: Duration) {
+    for worker in workers {
+        let id = worker.worker_id();
+        let needle = format!("Worker {}... is healthy", &id[..12]);
+        assert!(
+            coordinator.wait_for_log(&needle, deadline),
+            "worker {id} never became healthy; logs:\n{}",
+            coordinator.logs()
+        );
+    }
+}
+
+/// `GET /pool`: asserts it answers 200 with counts that add up (`total_jobs` is the sum of
+/// `jobs_by_status`, `queued_jobs` its `queued`, every worker within its limit), and returns it.
+pub fn assert_pool_consistent(coordinator: &Coordinator) -> Value {
+    let (status, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(status, 200, "/pool answered {status}: {pool}");
+    let by_status = pool["jobs_by_status"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no jobs_by_status in {pool}"));
+    let sum: u64 = by_status.values().filter_map(Value::as_u64).sum();
+    assert_eq!(pool["total_jobs"].as_u64(), Some(sum), "{pool}");
+    assert_eq!(pool["queued_jobs"], by_status["queued"], "{pool}");
+    for worker in pool["workers"].as_array().into_iter().flatten() {
+        let active = worker["active_jobs"].as_u64().unwrap_or(u64::MAX);
+        let max = worker["max_concurrent_jobs"].as_u64().unwrap_or(0);
+        assert!(active <= max, "a worker over its limit: {pool}");
+    }
+    pool
+}
+
+/// The `/pool` entry of this worker.
+pub fn pool_worker(pool: &Value, worker: &FakeWorker) -> Value {
+    let id = worker.worker_id();
+    pool["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["worker_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("worker {id} not in {pool}"))
+}
+
+/// How long a raw exchange may wait for its answer.
+const RAW_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends `head` (request line and header lines, each ending in CRLF, without the blank line;
+/// `Host` and `Connection: close` are added) and then `body` to 127.0.0.1:`port`, and reads the
+/// answer. The body is written from another thread while the answer is read, so an answer
+/// given before the whole body was read (an early 413) is still seen; write errors are
+/// ignored for the same reason. `Err` when no complete answer came.
+pub fn exchange(port: u16, head: &str, body: &[u8]) -> Result<Reply, String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .map_err(|e| format!("connect to port {port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(RAW_READ_TIMEOUT))
+        .map_err(|e| format!("read timeout: {e}"))?;
+    let mut request =
+        format!("{head}Host: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    let mut writer = stream
+        .try_clone()
+        .map_err(|e| format!("clone the stream: {e}"))?;
+    let sender = thread::spawn(move || {
+        for piece in request.chunks(4096) {
+            if writer.write_all(piece).is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush();
+    });
+    let reply = read_reply(&mut stream);
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = sender.join();
+    reply
+}
+
+/// `GET target` with the target sent verbatim.
+pub fn get_raw(port: u16, target: &str) -> Reply {
+    exchange(port, &format!("GET {target} HTTP/1.1\r\n"), b"")
+        .unwrap_or_else(|e| panic!("GET {target}: {e}"))
+}
+
+/// A body in HTTP/1.1 chunked transfer encoding, `size` bytes per chunk.
+pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / size.max(1) * 8 + 8);
+    for chunk in body.chunks(size.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one answer: status line, headers, and a body of `Content-Length` bytes (or up to EOF).
+fn read_reply(stream: &mut TcpStream) -> Result<Reply, String> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = find(&data, b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(format!("closed before a full answer: {data:?}")),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("reading the answer: {e}")),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|(_, value)| value.parse::<usize>().ok());
+    let mut body = data[head_end + 4..].to_vec();
+    loop {
+        if length.is_some_and(|n| body.len() >= n) {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("reading the body: {e}")),
+        }
+    }
+    if let Some(n) = length {
+        if body.len() < n {
+            return Err(format!("body cut at {} of {n} bytes", body.len()));
+        }
+        body.truncate(n);
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
