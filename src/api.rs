@@ -183,7 +183,7 @@ pub fn status_view(st: &PoolState, id: &str) -> Option<Value> {
         "error": job.error,
         "attempts": job.attempts,
         "results": collection_view(job),
-        "files": job.inputs.iter().map(|i| json!({"filename": i.filename, "size": i.size})).collect::<Vec<_>>(),
+        "files": job.inputs.iter().map(|i| json!({"filename": i.filename, "size": i.span.size})).collect::<Vec<_>>(),
     });
     if job.status == PoolStatus::Queued {
         if let Some(position) = st.queue.position(job.queue_ticket) {

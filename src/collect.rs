@@ -1,5 +1,6 @@
-//! Collecting a finished job's results from its worker into the spool: logs, every file listed in
-//! `output_files` (from `/download/{remote}/{path}`, streamed to disk) and the final status JSON.
+//! Collecting a finished job's results from its worker into the spool: every file listed in
+//! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs and the final
+//! status JSON in one file.
 
 use crate::context::Context;
 use crate::paths::safe_relative_path;
@@ -57,7 +58,8 @@ pub fn output_paths(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fetches everything into the spool; returns how many output files were stored.
+/// Fetches everything into the spool; returns how many output files were stored. The job counts
+/// as collected only after this returns, so nothing here needs to be atomic: a retry rewrites.
 pub fn collect(
     ctx: &Context,
     endpoint: &str,
@@ -65,13 +67,7 @@ pub fn collect(
     remote: &str,
     status: &Value,
 ) -> Result<usize, CollectError> {
-    let results = ctx.spool.results_dir(id);
-    std::fs::create_dir_all(results.join("outputs"))?;
     let logs = ctx.client.logs(endpoint, remote)?;
-    write_atomically(
-        &results.join("logs.json"),
-        &serde_json::to_vec(&logs).unwrap_or_default(),
-    )?;
     let mut stored = 0;
     for path in output_paths(status) {
         if safe_relative_path(&path).is_err() {
@@ -85,28 +81,15 @@ pub fn collect(
             std::fs::create_dir_all(parent)?;
         }
         let response = ctx.client.download(endpoint, remote, &path)?;
-        let partial = target.with_file_name(format!(
-            ".{}.part",
-            target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("output")
-        ));
-        let mut file = File::create(&partial)?;
+        let mut file = File::create(&target)?;
         io::copy(&mut response.into_reader(), &mut file)
             .map_err(|e| CollectError::Worker(CallError::Transport(e.to_string())))?;
-        std::fs::rename(&partial, &target)?;
         stored += 1;
     }
-    write_atomically(
-        &results.join("status.json"),
-        &serde_json::to_vec(status).unwrap_or_default(),
+    let results = serde_json::json!({"status": status, "logs": logs});
+    std::fs::write(
+        ctx.spool.results_file(id),
+        serde_json::to_vec(&results).unwrap_or_default(),
     )?;
     Ok(stored)
-}
-
-fn write_atomically(target: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
-    let partial = target.with_extension("part");
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(&partial, target)
 }

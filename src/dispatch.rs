@@ -5,7 +5,7 @@ use crate::clock::unix_now;
 use crate::context::Context;
 use crate::health::mark_unreachable;
 use crate::identity::short_id;
-use crate::job::{Attempt, InputFile, PoolStatus};
+use crate::job::{Attempt, InputFile, PoolStatus, Span};
 use crate::multipart_body::{MultipartBody, Part};
 use crate::pool_state::{PoolState, Throttle};
 use crate::sandrun_client::SubmitOutcome;
@@ -29,8 +29,8 @@ pub struct Assignment {
     pub endpoint: String,
     /// The job's `files` parts.
     pub inputs: Vec<InputFile>,
-    /// Whether a manifest part goes along.
-    pub has_manifest: bool,
+    /// Where the manifest part lies in the upload file, if there is one.
+    pub manifest: Option<Span>,
 }
 
 /// Starts the dispatch thread for an assignment.
@@ -60,36 +60,29 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
 }
 
 fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
-    let boundary = match ctx.spool.random_token() {
+    let boundary = match ctx.spool.random_hex() {
         Ok(token) => format!("----trusted-pool-{token}"),
         Err(e) => return SubmitOutcome::NotSent(format!("no random boundary: {e}")),
     };
+    let source = ctx.spool.upload_path(&a.job_id);
     let mut parts: Vec<Part> = a
         .inputs
         .iter()
-        .enumerate()
-        .map(|(n, input)| Part {
+        .map(|input| Part {
             name: "files",
             filename: Some(input.filename.clone()),
             content_type: Some(input.content_type.clone()),
-            source: ctx.spool.input_path(&a.job_id, n),
-            size: input.size,
+            source: source.clone(),
+            span: input.span,
         })
         .collect();
-    if a.has_manifest {
-        let source = ctx.spool.manifest_path(&a.job_id);
-        let size = match std::fs::metadata(&source) {
-            Ok(m) => m.len(),
-            Err(e) => {
-                return SubmitOutcome::NotSent(format!("the spooled manifest is unreadable: {e}"))
-            }
-        };
+    if let Some(span) = a.manifest {
         parts.push(Part {
             name: "manifest",
             filename: None,
             content_type: None,
             source,
-            size,
+            span,
         });
     }
     ctx.client
@@ -181,7 +174,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
-        ctx.spool.remove_inputs(id);
+        ctx.spool.remove_upload(id);
         if start_tracker {
             tracker::start(ctx, index);
         }
@@ -204,14 +197,14 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             log::warn!("Job {id} failed: {error}");
             finish(&mut st, id, PoolStatus::Failed, error);
             drop(st);
-            ctx.spool.remove_job(id);
+            ctx.spool.remove_upload(id);
         }
         SubmitOutcome::ServerError(code, message) => {
             let error = format!("worker {short}... answered HTTP {code}: {message}");
             throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
             if retry_or_fail(ctx, &mut st, a, error) {
                 drop(st);
-                ctx.spool.remove_job(id);
+                ctx.spool.remove_upload(id);
             }
         }
         SubmitOutcome::NotSent(why) => {
@@ -219,7 +212,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             mark_unreachable(ctx, &mut st, index, why);
             if retry_or_fail(ctx, &mut st, a, error) {
                 drop(st);
-                ctx.spool.remove_job(id);
+                ctx.spool.remove_upload(id);
             }
         }
         SubmitOutcome::Unknown(why) => {
@@ -230,7 +223,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             log::warn!("Job {id} is lost: {error}");
             finish(&mut st, id, PoolStatus::Lost, error);
             drop(st);
-            ctx.spool.remove_job(id);
+            ctx.spool.remove_upload(id);
         }
     }
     ctx.wake_scheduler();

@@ -50,6 +50,15 @@ impl PoolStatus {
     }
 }
 
+/// Where a part's bytes lie in the job's upload file in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Byte offset in the upload file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
 /// One uploaded `files` part, kept in the spool until a worker accepted the job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputFile {
@@ -57,8 +66,8 @@ pub struct InputFile {
     pub filename: String,
     /// The part's content type, forwarded unchanged.
     pub content_type: String,
-    /// Size in bytes.
-    pub size: u64,
+    /// Its bytes in the upload file.
+    pub span: Span,
 }
 
 /// One failed dispatch attempt.
@@ -91,8 +100,8 @@ pub struct Job {
     pub status: PoolStatus,
     /// The `files` parts, in upload order.
     pub inputs: Vec<InputFile>,
-    /// Whether a `manifest` part was uploaded.
-    pub has_manifest: bool,
+    /// The `manifest` part's bytes in the upload file, when there is one.
+    pub manifest: Option<Span>,
     /// Unix seconds when the coordinator accepted it.
     pub submitted_at: f64,
     /// Unix seconds when a worker accepted it.
@@ -119,12 +128,17 @@ pub struct Job {
 
 impl Job {
     /// A freshly accepted job.
-    pub fn new(id: String, inputs: Vec<InputFile>, has_manifest: bool, submitted_at: f64) -> Self {
+    pub fn new(
+        id: String,
+        inputs: Vec<InputFile>,
+        manifest: Option<Span>,
+        submitted_at: f64,
+    ) -> Self {
         Job {
             id,
             status: PoolStatus::Queued,
             inputs,
-            has_manifest,
+            manifest,
             submitted_at,
             dispatched_at: None,
             completed_at: None,

@@ -1,8 +1,9 @@
 //! The multipart/form-data body a dispatch sends to a worker: streamed from the spool, with an
 //! exact length known up front (sandrun needs `Content-Length`, it cannot read chunked bodies).
 
+use crate::job::Span;
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +19,8 @@ pub struct Part {
     pub content_type: Option<String>,
     /// Spool file holding the bytes.
     pub source: PathBuf,
-    /// Its size in bytes.
-    pub size: u64,
+    /// Where in that file.
+    pub span: Span,
 }
 
 /// A body ready to stream.
@@ -34,7 +35,7 @@ pub struct MultipartBody {
 
 enum Piece {
     Bytes(Cursor<Vec<u8>>),
-    File(PathBuf),
+    File(PathBuf, Span),
 }
 
 impl MultipartBody {
@@ -59,9 +60,9 @@ impl MultipartBody {
                 head.push_str(&format!("Content-Type: {ct}\r\n"));
             }
             head.push_str("\r\n");
-            length += head.len() as u64 + part.size;
+            length += head.len() as u64 + part.span.size;
             pieces.push(Piece::Bytes(Cursor::new(head.into_bytes())));
-            pieces.push(Piece::File(part.source.clone()));
+            pieces.push(Piece::File(part.source.clone(), part.span));
         }
         let tail = format!("\r\n--{boundary}--\r\n");
         length += tail.len() as u64;
@@ -89,7 +90,7 @@ impl MultipartBody {
     }
 }
 
-/// Reads the body piece by piece, opening spool files only when their turn comes.
+/// Reads the body piece by piece, opening the spool file only when a part's turn comes.
 pub struct BodyReader {
     pieces: std::vec::IntoIter<Piece>,
     current: Option<Box<dyn Read + Send>>,
@@ -108,7 +109,11 @@ impl Read for BodyReader {
             }
             match self.pieces.next() {
                 Some(Piece::Bytes(c)) => self.current = Some(Box::new(c)),
-                Some(Piece::File(path)) => self.current = Some(Box::new(File::open(path)?)),
+                Some(Piece::File(path, span)) => {
+                    let mut file = File::open(path)?;
+                    file.seek(SeekFrom::Start(span.offset))?;
+                    self.current = Some(Box::new(file.take(span.size)));
+                }
                 None => {
                     self.finished.store(true, Ordering::SeqCst);
                     return Ok(0);

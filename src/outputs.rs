@@ -161,11 +161,11 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
         Err(reply) => return reply,
     };
     if job.collected {
-        return match ctx.spool.read_result(id, "logs.json") {
-            Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                Ok(logs) => Reply::Json(200, logs),
-                Err(e) => error_reply(500, format!("the collected logs of {id} are corrupt: {e}")),
-            },
+        let stored = std::fs::read(ctx.spool.results_file(id))
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()));
+        return match stored {
+            Ok(mut results) => Reply::Json(200, results["logs"].take()),
             Err(e) => error_reply(
                 500,
                 format!("the collected logs of {id} cannot be read: {e}"),

@@ -56,7 +56,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
                 worker_id,
                 endpoint,
                 inputs: job.inputs.clone(),
-                has_manifest: job.has_manifest,
+                manifest: job.manifest,
             });
         }
     }
@@ -108,7 +108,7 @@ mod tests {
 
     fn queue(st: &mut PoolState, n: usize) {
         for i in 0..n {
-            st.enqueue(Job::new(format!("pool-{i}"), Vec::new(), false, 0.0));
+            st.enqueue(Job::new(format!("pool-{i}"), Vec::new(), None, 0.0));
         }
     }
 

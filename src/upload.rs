@@ -3,13 +3,13 @@
 
 use crate::clock::unix_now;
 use crate::context::Context;
-use crate::job::{InputFile, Job};
+use crate::job::{InputFile, Job, Span};
 use crate::paths::is_safe_component;
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufWriter, Read, Write};
 
 /// Largest accepted manifest part.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -134,16 +134,49 @@ fn describe_parse_error(e: &io::Error) -> String {
     }
 }
 
-/// Reads the upload of job `id` into the spool; returns its inputs and whether it had a manifest.
+/// The upload file of a job: parts are appended back to back.
+struct UploadFile {
+    out: BufWriter<File>,
+    written: u64,
+}
+
+impl UploadFile {
+    /// Appends everything `data` yields; returns where it lies. A failed read is the client's
+    /// fault (`read_error` says how), a failed write the spool's.
+    fn append(
+        &mut self,
+        data: &mut dyn Read,
+        read_error: &dyn Fn(io::Error) -> UploadError,
+    ) -> Result<Span, UploadError> {
+        let offset = self.written;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            self.out.write_all(&buf[..n]).map_err(UploadError::Spool)?;
+            self.written += n as u64;
+        }
+        Ok(Span {
+            offset,
+            size: self.written - offset,
+        })
+    }
+}
+
+/// Reads the upload into `file`; returns its inputs and its manifest's place, if any.
 fn read_parts(
     ctx: &Context,
-    id: &str,
+    file: &mut UploadFile,
     body: &mut dyn Read,
     boundary: String,
-) -> Result<(Vec<InputFile>, bool), UploadError> {
+) -> Result<(Vec<InputFile>, Option<Span>), UploadError> {
     let crossed = Cell::new(false);
     let max = ctx.config.max_upload_bytes;
-    let io_error = |e: io::Error| {
+    let read_error = |e: io::Error| {
         if crossed.get() {
             UploadError::TooLarge(max)
         } else {
@@ -157,8 +190,8 @@ fn read_parts(
     };
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();
-    let mut has_manifest = false;
-    while let Some(mut field) = multipart.read_entry().map_err(io_error)? {
+    let mut manifest = None;
+    while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
             "files" => {
                 let filename = field
@@ -175,24 +208,22 @@ fn read_parts(
                     .content_type
                     .as_ref()
                     .map_or_else(|| "application/octet-stream".to_string(), |m| m.to_string());
-                let mut file = File::create(ctx.spool.input_path(id, inputs.len()))
-                    .map_err(UploadError::Spool)?;
-                let size = io::copy(&mut field.data, &mut file).map_err(io_error)?;
+                let span = file.append(&mut field.data, &read_error)?;
                 inputs.push(InputFile {
                     filename,
                     content_type,
-                    size,
+                    span,
                 });
             }
             "manifest" => {
-                if has_manifest {
+                if manifest.is_some() {
                     return Err(UploadError::BadManifest("is given twice".to_string()));
                 }
                 let mut bytes = Vec::new();
                 (&mut field.data)
                     .take(MAX_MANIFEST_BYTES + 1)
                     .read_to_end(&mut bytes)
-                    .map_err(io_error)?;
+                    .map_err(read_error)?;
                 if bytes.len() as u64 > MAX_MANIFEST_BYTES {
                     return Err(UploadError::BadManifest(format!(
                         "is larger than {MAX_MANIFEST_BYTES} bytes"
@@ -209,8 +240,7 @@ fn read_parts(
                         return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
                     }
                 }
-                std::fs::write(ctx.spool.manifest_path(id), &bytes).map_err(UploadError::Spool)?;
-                has_manifest = true;
+                manifest = Some(file.append(&mut bytes.as_slice(), &read_error)?);
             }
             other => return Err(UploadError::UnknownPart(other.to_string())),
         }
@@ -218,7 +248,8 @@ fn read_parts(
     if inputs.is_empty() {
         return Err(UploadError::NoFiles);
     }
-    Ok((inputs, has_manifest))
+    file.out.flush().map_err(UploadError::Spool)?;
+    Ok((inputs, manifest))
 }
 
 /// Checks a submit's headers before its body is read; returns the multipart boundary.
@@ -239,20 +270,25 @@ pub fn check_headers(
 /// returns the new job id.
 pub fn accept(ctx: &Context, boundary: String, body: &mut dyn Read) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
-    let read = ctx
-        .spool
-        .create_inputs(&id)
+    let path = ctx.spool.upload_path(&id);
+    let read = File::create(&path)
         .map_err(UploadError::Spool)
-        .and_then(|_| read_parts(ctx, &id, body, boundary));
-    let (inputs, has_manifest) = match read {
+        .and_then(|f| {
+            let mut file = UploadFile {
+                out: BufWriter::with_capacity(64 * 1024, f),
+                written: 0,
+            };
+            read_parts(ctx, &mut file, body, boundary)
+        });
+    let (inputs, manifest) = match read {
         Ok(parts) => parts,
         Err(e) => {
-            ctx.spool.remove_job(&id);
+            ctx.spool.remove_upload(&id);
             return Err(e);
         }
     };
     ctx.lock()
-        .enqueue(Job::new(id.clone(), inputs, has_manifest, unix_now()));
+        .enqueue(Job::new(id.clone(), inputs, manifest, unix_now()));
     log::info!("Queued job {id}");
     ctx.wake_scheduler();
     Ok(id)

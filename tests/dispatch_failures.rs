@@ -221,13 +221,9 @@ fn a_rejected_job_fails_at_once_without_retry() {
     );
     assert_eq!(job_status(&coordinator, &id)["pool_status"], "failed");
     assert_results_refused(&coordinator, &id, 404);
-    let inputs = coordinator
-        .state_dir()
-        .join("jobs")
-        .join(&id)
-        .join("inputs");
+    let upload = coordinator.state_dir().join("uploads").join(&id);
     assert!(
-        !inputs.exists(),
+        !upload.exists(),
         "the failed job's upload stayed in the spool"
     );
     let pool = assert_pool_consistent(&coordinator);

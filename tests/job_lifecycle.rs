@@ -167,9 +167,9 @@ fn tarball_and_single_file_jobs_complete_and_their_results_download() {
     let (code, logs) = get_json(&coordinator.url(&format!("/logs/{tar_id}")));
     assert_eq!(code, 200, "{logs}");
     assert_eq!(logs["stdout"], "ran main.py\n");
-    let job_dir = coordinator.state_dir().join("jobs").join(&tar_id);
+    let upload = coordinator.state_dir().join("uploads").join(&tar_id);
     assert!(
-        !job_dir.join("inputs").exists(),
+        !upload.exists(),
         "the upload stayed in the spool after the worker took it"
     );
 

@@ -43,9 +43,9 @@ fn good_form() -> Form {
         .manifest(MANIFEST)
 }
 
-/// Entries of `<state_dir>/jobs`.
+/// Entries of `<state_dir>/uploads`.
 fn spool_entries(coordinator: &Coordinator) -> Vec<String> {
-    let jobs = coordinator.state_dir().join("jobs");
+    let jobs = coordinator.state_dir().join("uploads");
     fs::read_dir(&jobs)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", jobs.display()))
         .map(|entry| {
@@ -102,7 +102,20 @@ fn assert_nothing_queued_then_a_good_job_runs(coordinator: &Coordinator, worker:
     let id = submit(coordinator, &good_form());
     let status = wait_collected(coordinator, &id, DEADLINE);
     assert_eq!(status["files"][0]["filename"], "main.py", "{status}");
-    assert_eq!(spool_entries(coordinator), vec![id]);
+    assert_eq!(
+        spool_entries(coordinator),
+        Vec::<String>::new(),
+        "the upload stayed in the spool after the worker took it"
+    );
+    let results = coordinator
+        .state_dir()
+        .join("results")
+        .join(format!("{id}.json"));
+    assert!(
+        results.is_file(),
+        "no collected results at {}",
+        results.display()
+    );
     let pool = assert_pool_consistent(coordinator);
     assert_eq!(pool["total_jobs"], 1, "{pool}");
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
@@ -357,7 +370,20 @@ fn uploads_over_the_limit_are_refused_with_413() {
         .unwrap_or_else(|| panic!("the worker never got the streamed job"));
     assert_eq!(job.files[0].bytes, MAIN_PY);
     assert_eq!(job.manifest.as_deref(), Some(MANIFEST.as_bytes()));
-    assert_eq!(spool_entries(&coordinator), vec![id]);
+    assert_eq!(
+        spool_entries(&coordinator),
+        Vec::<String>::new(),
+        "the upload stayed in the spool after the worker took it"
+    );
+    let results = coordinator
+        .state_dir()
+        .join("results")
+        .join(format!("{id}.json"));
+    assert!(
+        results.is_file(),
+        "no collected results at {}",
+        results.display()
+    );
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["total_jobs"], 1, "{pool}");
 }
