@@ -10,7 +10,7 @@ build:
 	$(CARGO) build
 
 test:
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -34,8 +34,8 @@ demo: build
 	@bash src/bin/dev-worker/demo.sh $(PORT)
 
 bench:
-	$(CARGO) build --release --bins
-	$(CARGO) run --release --bin bench
+	$(CARGO) build --release --bin trusted-pool
+	$(CARGO) bench --bench pool
 
 clean:
 	$(CARGO) clean

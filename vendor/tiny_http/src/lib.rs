@@ -294,6 +294,11 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // Patched: headers and body go out in separate writes; without
+                        // TCP_NODELAY, Nagle's algorithm held the body back ~40 ms.
+                        if let connection::Connection::Tcp(ref tcp) = sock {
+                            let _ = tcp.set_nodelay(true);
+                        }
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]

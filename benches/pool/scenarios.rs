@@ -1,0 +1,971 @@
+//! The scenarios of issue 4, each run `RUNS` times, through the coordinator and direct.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::coord::{Coordinator, Entry};
+use crate::fake::{lock, BlackHole, Counts, FastWorker};
+use crate::load::{self, closed_loop, quantile_ms, submit, token, BigBody, JobBody, RunStats};
+use crate::report::{Budget, Row};
+
+/// Repetitions of every scenario.
+pub const RUNS: usize = 3;
+/// Load-generator clients.
+pub const CLIENTS: usize = 16;
+/// Unmeasured warm-up before each window.
+pub const WARMUP: Duration = Duration::from_secs(1);
+/// Measured window of the submit scenarios.
+pub const WINDOW: Duration = Duration::from_secs(5);
+/// Measured window of the full-job, dispatch-delay and status scenarios.
+pub const SHORT_WINDOW: Duration = Duration::from_secs(3);
+/// Pause between two status polls of one client waiting for its job.
+pub const POLL_PAUSE: Duration = Duration::from_millis(5);
+/// Pause of each client after a submit in the dispatch-delay scenario (keeps capacity free).
+pub const PACE: Duration = Duration::from_millis(20);
+/// `--track-interval` of every coordinator.
+pub const TRACK_INTERVAL: &str = "0.01";
+/// `--health-timeout` of the scale scenario.
+pub const HEALTH_TIMEOUT_SECS: f64 = 1.0;
+/// Slots per worker where capacity must stay free.
+const ROOMY: u32 = 1000;
+/// Connection-serving threads of each fake worker of a small pool.
+const WORKER_THREADS: usize = 4;
+/// Longest wait for a pool to settle (drain, health).
+const SETTLE: Duration = Duration::from_secs(30);
+/// Longest wait of a client for its job to complete.
+const JOB_DEADLINE: Duration = Duration::from_secs(20);
+/// Size of the big upload.
+const BIG_UPLOAD: u64 = 100 * 1024 * 1024;
+/// Jobs queued for the memory figure.
+const QUEUED_JOBS: u64 = 10_000;
+/// Workers of the scale scenario, and how many of them never answer.
+const SCALE_WORKERS: usize = 200;
+const SCALE_BLACK_HOLES: usize = 20;
+/// Slots per worker in the scale scenario.
+const SCALE_SLOTS: u32 = 4;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The fake workers and the coordinator in front of them (the coordinator stops first).
+struct Pool {
+    coord: Coordinator,
+    workers: Vec<FastWorker>,
+}
+
+fn start_pool(n: usize, max: u32, extra: &[&str]) -> Result<Pool, String> {
+    let workers = (0..n)
+        .map(|_| FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries: Vec<Entry> = workers
+        .iter()
+        .map(|w| (w.worker_id().to_string(), w.endpoint(), max))
+        .collect();
+    let coord = Coordinator::start(&entries, extra)?;
+    coord
+        .wait_pool(SETTLE, |p| num(p, "healthy_workers") == n as u64)
+        .filter(|p| num(p, "healthy_workers") == n as u64)
+        .ok_or("the fake workers did not all turn healthy")?;
+    Ok(Pool { coord, workers })
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Nothing queued, in flight or left to collect.
+fn drained(p: &Value) -> bool {
+    num(p, "queued_jobs") == 0
+        && p["workers"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .all(|w| num(w, "active_jobs") == 0 && num(w, "tracked_jobs") == 0)
+        })
+}
+
+/// Waits until the pool has drained: the drained `/pool`, or `None` when it did not in time.
+fn settle(coord: &Coordinator) -> Option<Value> {
+    coord.wait_pool(SETTLE, drained).filter(drained)
+}
+
+/// The error noted when a pool did not drain before a window.
+const UNSETTLED: &str = "the pool did not drain between warm-up and window";
+
+fn bad_jobs(p: &Value) -> u64 {
+    num(&p["jobs_by_status"], "failed") + num(&p["jobs_by_status"], "lost")
+}
+
+fn counts(workers: &[FastWorker]) -> Counts {
+    let mut all = Counts::default();
+    for w in workers {
+        all.add(&w.counts());
+    }
+    all
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Values of one figure over the runs.
+#[derive(Default)]
+struct Series(Vec<f64>);
+
+impl Series {
+    fn push(&mut self, v: f64) {
+        self.0.push(v);
+    }
+}
+
+/// Latency figures of one closed-loop run.
+#[derive(Default)]
+struct LoadSeries {
+    throughput: Series,
+    p50: Series,
+    p99: Series,
+    max: Series,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl LoadSeries {
+    fn push(&mut self, s: &RunStats) {
+        self.throughput.push(s.throughput());
+        self.p50.push(s.quantile_ms(0.50));
+        self.p99.push(s.quantile_ms(0.99));
+        self.max.push(s.quantile_ms(1.0));
+        self.add_errors(s.errors, s.first_error.clone());
+    }
+
+    fn add_errors(&mut self, n: u64, what: Option<String>) {
+        self.errors += n;
+        if n > 0 && self.first_error.is_none() {
+            self.first_error = what;
+        }
+    }
+}
+
+/// Everything the benchmark found, for the table.
+pub struct Findings {
+    /// The table rows.
+    pub rows: Vec<Row>,
+    /// Notes printed under the table (first errors, settings).
+    pub notes: Vec<String>,
+}
+
+impl Findings {
+    fn error_note(&mut self, scenario: &str, s: &LoadSeries) {
+        if let Some(e) = &s.first_error {
+            self.notes.push(format!(
+                "scenario {scenario}: {} errors, first: {e}",
+                s.errors
+            ));
+        }
+    }
+}
+
+/// A client operation: one submit of the small job to `url`.
+fn submit_op<'a>(
+    body: &'a JobBody,
+    url: &'a str,
+    client: usize,
+    prefix: &'a str,
+) -> impl FnMut(&ureq::Agent) -> Result<(), String> + Send + 'a {
+    let content_type = body.content_type();
+    let mut seq = 0;
+    move |agent| {
+        seq += 1;
+        let id = submit(
+            agent,
+            url,
+            &content_type,
+            &body.with_token(token(client, seq)),
+        )?;
+        if id.starts_with(prefix) {
+            Ok(())
+        } else {
+            Err(format!("unexpected job id {id}"))
+        }
+    }
+}
+
+/// Scenarios 1 and 7 (submit part): submit-only throughput and latency, queue drain, CPU per job.
+/// Returns the direct throughputs, which scenario 6 compares with.
+pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String> {
+    let (mut direct, mut pool) = (LoadSeries::default(), LoadSeries::default());
+    let (mut reached, mut drain, mut cpu_window, mut cpu_full, mut calls) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    for _ in 0..RUNS {
+        let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+        let url = format!("{}/submit", worker.endpoint());
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            WINDOW,
+            || {},
+            |i| submit_op(body, &url, i, "job_"),
+        );
+        direct.push(&stats);
+        let c = worker.counts();
+        direct.add_errors(c.dialect_errors, Some("dialect errors".to_string()));
+        drop(worker);
+
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        let url = p.coord.url("/submit");
+        let (mut cpu0, mut c0, mut jobs0) = (Duration::ZERO, Counts::default(), 0);
+        let mut unsettled = false;
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            WINDOW,
+            || {
+                let settled = settle(&p.coord);
+                unsettled = settled.is_none();
+                jobs0 = settled.as_ref().map_or(0, |s| num(s, "total_jobs"));
+                c0 = counts(&p.workers);
+                cpu0 = p.coord.cpu();
+            },
+            |i| submit_op(body, &url, i, "pool-"),
+        );
+        let cpu_end = p.coord.cpu();
+        let end = Instant::now();
+        let at_end = counts(&p.workers).accepted - c0.accepted;
+        let settled = settle(&p.coord);
+        let drained_after = end.elapsed();
+        let cpu_drained = p.coord.cpu();
+        pool.push(&stats);
+        pool.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
+        let jobs = settled
+            .as_ref()
+            .map_or(0, |s| num(s, "total_jobs"))
+            .saturating_sub(jobs0);
+        let c = counts(&p.workers);
+        pool.add_errors(c.dialect_errors, Some("dialect errors".to_string()));
+        pool.add_errors(
+            c.other - c0.other,
+            Some("requests a coordinator must not send".to_string()),
+        );
+        let job_calls = (c.submit + c.status + c.logs + c.download)
+            - (c0.submit + c0.status + c0.logs + c0.download);
+        calls.push(job_calls as f64 / jobs.max(1) as f64);
+        match &settled {
+            Some(s) => pool.add_errors(bad_jobs(s), Some("failed or lost jobs".to_string())),
+            None => pool.add_errors(1, Some("the queue did not drain".to_string())),
+        }
+        reached.push(100.0 * (at_end as f64 / stats.ops.max(1) as f64).min(1.0));
+        drain.push(drained_after.as_secs_f64());
+        cpu_window.push((cpu_end - cpu0).as_secs_f64() * 1e6 / stats.ops.max(1) as f64);
+        cpu_full.push((cpu_drained - cpu0).as_secs_f64() * 1e6 / jobs.max(1) as f64);
+    }
+    let s = "1 submit";
+    f.error_note("1 (direct)", &direct);
+    f.error_note("1", &pool);
+    let e = pool.errors + direct.errors;
+    let direct_throughput = direct.throughput.0.clone();
+    f.rows.extend([
+        Row::pool(s, "throughput", "jobs/s", pool.throughput.0)
+            .direct(direct.throughput.0)
+            .budget(Budget::RatioAtLeast(0.25))
+            .errors(e),
+        Row::pool(s, "latency p50", "ms", pool.p50.0)
+            .direct(direct.p50.0)
+            .budget(Budget::RatioAtMost(3.0))
+            .errors(e),
+        Row::pool(s, "latency p99", "ms", pool.p99.0)
+            .direct(direct.p99.0)
+            .errors(e),
+        Row::pool(s, "latency max", "ms", pool.max.0)
+            .direct(direct.max.0)
+            .errors(e),
+        Row::pool(s, "reached a worker by the window's end", "%", reached.0).errors(e),
+        Row::pool(s, "queue drained after the window in", "s", drain.0).errors(e),
+        Row::pool(
+            s,
+            "worker requests per job (all but /health)",
+            "req",
+            calls.0,
+        )
+        .errors(e),
+    ]);
+    f.rows.extend([
+        Row::pool(
+            "7 cpu",
+            "CPU per submitted job (submit..collected)",
+            "us",
+            cpu_full.0,
+        )
+        .budget(Budget::Under(50.0))
+        .errors(e),
+        Row::pool(
+            "7 cpu",
+            "CPU per submitted job (window only)",
+            "us",
+            cpu_window.0,
+        )
+        .errors(e),
+    ]);
+    Ok(direct_throughput)
+}
+
+/// Waits for a job to reach `done` by polling `url`; `field` names the status in the answer.
+fn wait_done(
+    agent: &ureq::Agent,
+    url: &str,
+    field: &str,
+    done: &str,
+    bad: &[&str],
+) -> Result<(), String> {
+    let deadline = Instant::now() + JOB_DEADLINE;
+    loop {
+        let v = load::get_json(agent, url)?;
+        let status = v.get(field).and_then(Value::as_str).unwrap_or_default();
+        if status == done {
+            return Ok(());
+        }
+        if bad.contains(&status) || Instant::now() > deadline {
+            return Err(format!("job {url} is {status}: {v}"));
+        }
+        thread::sleep(POLL_PAUSE);
+    }
+}
+
+fn check_result(bytes: &[u8]) -> Result<(), String> {
+    if bytes.starts_with(b"result of job_") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected output: {:?}",
+            String::from_utf8_lossy(bytes)
+        ))
+    }
+}
+
+/// Scenarios 2 and 7 (full-job part): submit, poll until completed, download one output.
+pub fn full_job(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut direct, mut pool, mut cpu) = (
+        LoadSeries::default(),
+        LoadSeries::default(),
+        Series::default(),
+    );
+    let content_type = body.content_type();
+    for _ in 0..RUNS {
+        let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+        let base = worker.endpoint();
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            SHORT_WINDOW,
+            || {},
+            |i| {
+                let (base, content_type) = (&base, &content_type);
+                let mut seq = 0;
+                move |agent: &ureq::Agent| {
+                    seq += 1;
+                    let body = body.with_token(token(i, seq));
+                    let rid = submit(agent, &format!("{base}/submit"), content_type, &body)?;
+                    wait_done(
+                        agent,
+                        &format!("{base}/status/{rid}"),
+                        "status",
+                        "completed",
+                        &["failed"],
+                    )?;
+                    check_result(&load::get_bytes(
+                        agent,
+                        &format!("{base}/download/{rid}/result.txt"),
+                    )?)
+                }
+            },
+        );
+        direct.push(&stats);
+        drop(worker);
+
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        let mut cpu0 = Duration::ZERO;
+        let mut unsettled = false;
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            SHORT_WINDOW,
+            || {
+                unsettled = settle(&p.coord).is_none();
+                cpu0 = p.coord.cpu();
+            },
+            |i| {
+                let (coord, content_type) = (&p.coord, &content_type);
+                let mut seq = 0;
+                move |agent: &ureq::Agent| {
+                    seq += 1;
+                    let body = body.with_token(token(i, seq));
+                    let id = submit(agent, &coord.url("/submit"), content_type, &body)?;
+                    wait_done(
+                        agent,
+                        &coord.url(&format!("/status/{id}")),
+                        "pool_status",
+                        "completed",
+                        &["failed", "lost"],
+                    )?;
+                    check_result(&load::get_bytes(
+                        agent,
+                        &coord.url(&format!("/outputs/{id}/result.txt")),
+                    )?)
+                }
+            },
+        );
+        cpu.push((p.coord.cpu() - cpu0).as_secs_f64() * 1e6 / stats.ops.max(1) as f64);
+        pool.push(&stats);
+        pool.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
+        pool.add_errors(
+            counts(&p.workers).dialect_errors,
+            Some("dialect errors".to_string()),
+        );
+    }
+    let s = "2 full job";
+    f.error_note("2 (direct)", &direct);
+    f.error_note("2", &pool);
+    let e = pool.errors + direct.errors;
+    f.rows.extend([
+        Row::pool(s, "throughput", "jobs/s", pool.throughput.0)
+            .direct(direct.throughput.0)
+            .budget(Budget::RatioAtLeast(0.15))
+            .errors(e),
+        Row::pool(s, "end-to-end p50", "ms", pool.p50.0)
+            .direct(direct.p50.0)
+            .errors(e),
+        Row::pool(s, "end-to-end p99", "ms", pool.p99.0)
+            .direct(direct.p99.0)
+            .errors(e),
+        Row::pool("7 cpu", "CPU per completed full job", "us", cpu.0).errors(e),
+    ]);
+    Ok(())
+}
+
+/// Scenario 3: from a submit's answer to the worker having the job, with free capacity.
+pub fn dispatch_delay(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut p50, mut p99, mut max, mut rate, mut early) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    let mut errors = 0;
+    let mut first_error = None;
+    for _ in 0..RUNS {
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        let url = p.coord.url("/submit");
+        let answered: Mutex<HashMap<u64, Instant>> = Mutex::new(HashMap::new());
+        let mut start = Instant::now();
+        let mut unsettled = false;
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            SHORT_WINDOW,
+            || {
+                unsettled = settle(&p.coord).is_none();
+                start = Instant::now();
+            },
+            |i| {
+                let (url, answered) = (&url, &answered);
+                let content_type = body.content_type();
+                let mut seq = 0;
+                move |agent: &ureq::Agent| {
+                    seq += 1;
+                    let t = token(i, seq);
+                    submit(agent, url, &content_type, &body.with_token(t))?;
+                    lock(answered).insert(t, Instant::now());
+                    thread::sleep(PACE);
+                    Ok(())
+                }
+            },
+        );
+        let end = start + SHORT_WINDOW;
+        let answered = answered.into_inner().unwrap_or_default();
+        let wanted: HashMap<u64, Instant> = answered
+            .into_iter()
+            .filter(|(_, at)| *at >= start && *at <= end)
+            .collect();
+        let settle_end = Instant::now() + SETTLE;
+        let received = loop {
+            let received: HashMap<u64, Instant> =
+                p.workers.iter().flat_map(FastWorker::tokens).collect();
+            if wanted.keys().all(|t| received.contains_key(t)) || Instant::now() > settle_end {
+                break received;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut delays = Vec::with_capacity(wanted.len());
+        let (mut before_answer, mut missing) = (0u64, 0u64);
+        for (t, answered_at) in &wanted {
+            match received.get(t) {
+                Some(at) => {
+                    if at < answered_at {
+                        before_answer += 1;
+                    }
+                    delays.push(at.saturating_duration_since(*answered_at).as_nanos() as u64);
+                }
+                None => missing += 1,
+            }
+        }
+        if missing > 0 {
+            errors += missing;
+            first_error
+                .get_or_insert_with(|| format!("{missing} answered jobs never reached a worker"));
+        }
+        if unsettled {
+            errors += 1;
+            first_error.get_or_insert_with(|| UNSETTLED.to_string());
+        }
+        errors += stats.errors;
+        if stats.errors > 0 {
+            first_error = first_error.or(stats.first_error.clone());
+        }
+        delays.sort_unstable();
+        p50.push(quantile_ms(&delays, 0.5));
+        p99.push(quantile_ms(&delays, 0.99));
+        max.push(quantile_ms(&delays, 1.0));
+        rate.push(stats.throughput());
+        early.push(100.0 * before_answer as f64 / wanted.len().max(1) as f64);
+    }
+    if let Some(e) = first_error {
+        f.notes
+            .push(format!("scenario 3: {errors} errors, first: {e}"));
+    }
+    let s = "3 dispatch";
+    f.rows.extend([
+        Row::pool(s, "delay p50", "ms", p50.0)
+            .budget(Budget::Under(1.0))
+            .errors(errors),
+        Row::pool(s, "delay p99", "ms", p99.0)
+            .budget(Budget::Under(10.0))
+            .errors(errors),
+        Row::pool(s, "delay max", "ms", max.0).errors(errors),
+        Row::pool(
+            s,
+            "on the worker before the client had the answer",
+            "%",
+            early.0,
+        )
+        .errors(errors),
+        Row::pool(s, "offered submits (paced)", "jobs/s", rate.0).errors(errors),
+    ]);
+    Ok(())
+}
+
+fn status_op<'a>(
+    ids: &'a [String],
+    url_of: impl Fn(&str) -> String + Send + 'a,
+    field: &'a str,
+    client: usize,
+) -> impl FnMut(&ureq::Agent) -> Result<(), String> + Send + 'a {
+    let mut n = client * 7;
+    move |agent| {
+        n += 1;
+        let v = load::get_json(agent, &url_of(&ids[n % ids.len()]))?;
+        if v.get(field).and_then(Value::as_str).is_some() {
+            Ok(())
+        } else {
+            Err(format!("no {field} in {v}"))
+        }
+    }
+}
+
+/// Scenario 4: `/status` latency with idle workers, then with one worker blocking every request.
+pub fn status_blocked(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut direct, mut idle, mut blocked) = (
+        LoadSeries::default(),
+        LoadSeries::default(),
+        LoadSeries::default(),
+    );
+    let mut held = Series::default();
+    let content_type = body.content_type();
+    let setup = load::agent();
+    for _ in 0..RUNS {
+        let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+        let base = worker.endpoint();
+        let rids = (0..63)
+            .map(|n| {
+                submit(
+                    &setup,
+                    &format!("{base}/submit"),
+                    &content_type,
+                    &body.with_token(token(99, n)),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = closed_loop(
+            CLIENTS,
+            Duration::from_millis(500),
+            SHORT_WINDOW,
+            || {},
+            |i| status_op(&rids, |id| format!("{base}/status/{id}"), "status", i),
+        );
+        direct.push(&stats);
+        drop(worker);
+
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        let submit_url = p.coord.url("/submit");
+        let mut ids = Vec::new();
+        for n in 0..48 {
+            ids.push(submit(
+                &setup,
+                &submit_url,
+                &content_type,
+                &body.with_token(token(98, n)),
+            )?);
+        }
+        settle(&p.coord).ok_or("the first 48 jobs did not complete")?;
+        for w in &p.workers {
+            w.set_job_time(Duration::from_secs(120));
+        }
+        for n in 0..15 {
+            ids.push(submit(
+                &setup,
+                &submit_url,
+                &content_type,
+                &body.with_token(token(97, n)),
+            )?);
+        }
+        p.coord
+            .wait_pool(SETTLE, |v| num(&v["jobs_by_status"], "running") == 15)
+            .filter(|v| num(&v["jobs_by_status"], "running") == 15)
+            .ok_or("the long jobs did not all run")?;
+        let coord = &p.coord;
+        let stats = closed_loop(
+            CLIENTS,
+            Duration::from_millis(500),
+            SHORT_WINDOW,
+            || {},
+            |i| {
+                status_op(
+                    &ids,
+                    |id| coord.url(&format!("/status/{id}")),
+                    "pool_status",
+                    i,
+                )
+            },
+        );
+        idle.push(&stats);
+
+        let busy = &p.workers[1];
+        let before = busy.counts();
+        busy.block_until(Instant::now() + Duration::from_secs(10));
+        for n in 0..6 {
+            submit(
+                &setup,
+                &submit_url,
+                &content_type,
+                &body.with_token(token(96, n)),
+            )?;
+        }
+        thread::sleep(Duration::from_millis(100));
+        let stats = closed_loop(
+            CLIENTS,
+            Duration::from_millis(500),
+            SHORT_WINDOW,
+            || {},
+            |i| {
+                status_op(
+                    &ids,
+                    |id| coord.url(&format!("/status/{id}")),
+                    "pool_status",
+                    i,
+                )
+            },
+        );
+        blocked.push(&stats);
+        let after = busy.counts();
+        let n_held = (after.status + after.submit) - (before.status + before.submit);
+        held.push(n_held as f64);
+        if n_held == 0 {
+            blocked.add_errors(
+                1,
+                Some("the blocked worker received nothing to hold".to_string()),
+            );
+        }
+    }
+    let s = "4 status";
+    f.error_note("4 (direct)", &direct);
+    f.error_note("4 (idle workers)", &idle);
+    f.error_note("4 (blocked worker)", &blocked);
+    let e = direct.errors + idle.errors + blocked.errors;
+    f.rows.extend([
+        Row::pool(s, "p99, one worker blocked", "ms", blocked.p99.0)
+            .direct(direct.p99.0.clone())
+            .budget(Budget::Under(2.0))
+            .errors(e),
+        Row::pool(s, "p50, one worker blocked", "ms", blocked.p50.0)
+            .direct(direct.p50.0)
+            .errors(e),
+        Row::pool(s, "p99, idle workers", "ms", idle.p99.0)
+            .direct(direct.p99.0)
+            .errors(e),
+        Row::pool(
+            s,
+            "throughput, one worker blocked",
+            "req/s",
+            blocked.throughput.0,
+        )
+        .direct(direct.throughput.0)
+        .errors(e),
+        Row::pool(s, "throughput, idle workers", "req/s", idle.throughput.0).errors(e),
+        Row::pool(s, "requests held by the blocked worker", "req", held.0).errors(e),
+    ]);
+    Ok(())
+}
+
+/// Uploads one streamed body of `BIG_UPLOAD` bytes with an explicit `Content-Length`.
+fn big_upload(coord: &Coordinator) -> Result<(), String> {
+    let big = BigBody::new(BIG_UPLOAD);
+    let total = big.total().to_string();
+    let text = load::agent()
+        .post(&coord.url("/submit"))
+        .set("Content-Type", &load::content_type())
+        .set("Content-Length", &total)
+        .send(big)
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())?;
+    if text.contains("\"job_id\"") {
+        Ok(())
+    } else {
+        Err(format!("unexpected answer: {text}"))
+    }
+}
+
+/// Scenario 5: resident memory idle, during a 100 MiB upload, after 10,000 queued jobs.
+pub fn memory(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut idle, mut upload_peak, mut upload_rate, mut queued, mut queue_rate) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    let mut errors = 0;
+    let mut notes = Vec::new();
+    for _ in 0..RUNS {
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        thread::sleep(Duration::from_secs(1));
+        idle.push(p.coord.rss() as f64 / MIB);
+
+        let baseline = p.coord.rss();
+        let hwm_before = p.coord.hwm();
+        let bytes0 = counts(&p.workers).body_bytes;
+        let stop = AtomicBool::new(false);
+        let peak = AtomicU64::new(baseline);
+        let started = Instant::now();
+        let outcome = thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    peak.fetch_max(p.coord.rss(), Ordering::SeqCst);
+                    thread::sleep(Duration::from_millis(2));
+                }
+            });
+            let answer = big_upload(&p.coord);
+            let uploaded = started.elapsed();
+            let delivered = p.coord.wait_pool(SETTLE, |v| {
+                drained(v) && counts(&p.workers).body_bytes >= bytes0 + BIG_UPLOAD
+            });
+            stop.store(true, Ordering::SeqCst);
+            (answer, uploaded, delivered)
+        });
+        let (answer, uploaded, delivered) = outcome;
+        if let Err(e) = &answer {
+            errors += 1;
+            notes.push(format!("scenario 5: the 100 MiB upload failed: {e}"));
+        }
+        if !delivered.as_ref().is_some_and(drained) {
+            errors += 1;
+            notes.push("scenario 5: the 100 MiB job did not reach its worker".to_string());
+        }
+        let hwm_after = p.coord.hwm();
+        let mut highest = peak.load(Ordering::SeqCst);
+        if hwm_after > hwm_before {
+            highest = highest.max(hwm_after);
+        }
+        upload_peak.push(highest.saturating_sub(baseline) as f64 / MIB);
+        upload_rate.push(BIG_UPLOAD as f64 / MIB / uploaded.as_secs_f64());
+
+        for w in &p.workers {
+            w.set_hourly_limit(true);
+        }
+        let url = p.coord.url("/submit");
+        let content_type = body.content_type();
+        let failures = AtomicU64::new(0);
+        let per_client = QUEUED_JOBS / CLIENTS as u64;
+        let started = Instant::now();
+        thread::scope(|scope| {
+            for i in 0..CLIENTS {
+                let (url, content_type, failures) = (&url, &content_type, &failures);
+                scope.spawn(move || {
+                    let agent = load::agent();
+                    for n in 0..per_client {
+                        let body = body.with_token(token(i, n));
+                        if submit(&agent, url, content_type, &body).is_err() {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        queue_rate.push((per_client * CLIENTS as u64) as f64 / started.elapsed().as_secs_f64());
+        errors += failures.load(Ordering::SeqCst);
+        let full = p
+            .coord
+            .wait_pool(SETTLE, |v| num(v, "queued_jobs") >= QUEUED_JOBS);
+        if full.is_none_or(|v| num(&v, "queued_jobs") < QUEUED_JOBS) {
+            errors += 1;
+            notes.push("scenario 5: the 10,000 jobs did not all queue".to_string());
+        }
+        queued.push(p.coord.rss() as f64 / MIB);
+    }
+    f.notes.extend(notes);
+    let s = "5 memory";
+    f.rows.extend([
+        Row::pool(s, "RSS idle, 3 workers", "MiB", idle.0)
+            .budget(Budget::Under(8.0))
+            .errors(errors),
+        Row::pool(s, "RSS after 10,000 queued jobs", "MiB", queued.0)
+            .budget(Budget::Under(24.0))
+            .errors(errors),
+        Row::pool(
+            s,
+            "RSS increase during a 100 MiB upload",
+            "MiB",
+            upload_peak.0,
+        )
+        .budget(Budget::Under(8.0))
+        .errors(errors),
+        Row::pool(s, "100 MiB upload rate", "MiB/s", upload_rate.0).errors(errors),
+        Row::pool(s, "submits into a throttled pool", "jobs/s", queue_rate.0).errors(errors),
+    ]);
+    Ok(())
+}
+
+/// Scenario 6: 200 workers, 20 of them black holes: one health round, and submit throughput.
+pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<(), String> {
+    let (mut round, mut tput, mut p50, mut cpu) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    let mut load_errors = LoadSeries::default();
+    let timeout = HEALTH_TIMEOUT_SECS.to_string();
+    for _ in 0..RUNS {
+        let workers = (0..SCALE_WORKERS - SCALE_BLACK_HOLES)
+            .map(|_| FastWorker::start(1).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let holes = (0..SCALE_BLACK_HOLES)
+            .map(|_| BlackHole::start().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let every = SCALE_WORKERS / SCALE_BLACK_HOLES;
+        let mut good = workers.iter();
+        let mut bad = holes.iter();
+        let entries: Vec<Entry> = (0..SCALE_WORKERS)
+            .filter_map(|i| {
+                if i % every == every - 1 {
+                    let h = bad.next()?;
+                    Some((crate::fake::new_worker_id(), h.endpoint(), SCALE_SLOTS))
+                } else {
+                    let w = good.next()?;
+                    Some((w.worker_id().to_string(), w.endpoint(), SCALE_SLOTS))
+                }
+            })
+            .collect();
+        let coord = Coordinator::start(
+            &entries,
+            &[
+                "--health-timeout",
+                &timeout,
+                "--track-interval",
+                TRACK_INTERVAL,
+            ],
+        )?;
+        let checked = |v: &Value| {
+            v["workers"].as_array().is_some_and(|ws| {
+                ws.len() == SCALE_WORKERS && ws.iter().all(|w| w["last_health_check"].is_f64())
+            })
+        };
+        let pool = coord
+            .wait_pool(SETTLE, checked)
+            .filter(checked)
+            .ok_or("the first health round did not finish")?;
+        let first_probe = workers
+            .iter()
+            .filter_map(FastWorker::first_health)
+            .chain(holes.iter().filter_map(BlackHole::first_connection))
+            .map(unix)
+            .fold(f64::INFINITY, f64::min);
+        let round_end = pool["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w["last_health_check"].as_f64())
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+            .unwrap_or(f64::NAN);
+        round.push(round_end - first_probe);
+        let healthy = num(&pool, "healthy_workers");
+        if healthy != (SCALE_WORKERS - SCALE_BLACK_HOLES) as u64 {
+            load_errors.add_errors(
+                1,
+                Some(format!("{healthy} healthy workers after the first round")),
+            );
+        }
+        let url = coord.url("/submit");
+        let mut cpu0 = Duration::ZERO;
+        let mut jobs0 = 0;
+        let mut unsettled = false;
+        let stats = closed_loop(
+            CLIENTS,
+            WARMUP,
+            WINDOW,
+            || {
+                let settled = settle(&coord);
+                unsettled = settled.is_none();
+                jobs0 = settled.as_ref().map_or(0, |s| num(s, "total_jobs"));
+                cpu0 = coord.cpu();
+            },
+            |i| submit_op(body, &url, i, "pool-"),
+        );
+        let settled = settle(&coord);
+        let jobs = settled
+            .as_ref()
+            .map_or(0, |s| num(s, "total_jobs"))
+            .saturating_sub(jobs0);
+        cpu.push((coord.cpu() - cpu0).as_secs_f64() * 1e6 / jobs.max(1) as f64);
+        load_errors.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
+        match &settled {
+            Some(s) => load_errors.add_errors(bad_jobs(s), Some("failed or lost jobs".to_string())),
+            None => load_errors.add_errors(1, Some("the queue did not drain".to_string())),
+        }
+        tput.push(stats.throughput());
+        p50.push(stats.quantile_ms(0.5));
+        load_errors.add_errors(stats.errors, stats.first_error.clone());
+        drop(coord);
+    }
+    f.error_note("6", &load_errors);
+    let s = "6 scale";
+    let e = load_errors.errors;
+    f.rows.extend([
+        Row::pool(s, "health round, 200 workers, 20 black holes", "s", round.0)
+            .budget(Budget::AtMost(1.5 * HEALTH_TIMEOUT_SECS)),
+        Row::pool(s, "submit throughput, 200 workers", "jobs/s", tput.0)
+            .direct(direct_submit.to_vec())
+            .errors(e),
+        Row::pool(s, "submit latency p50, 200 workers", "ms", p50.0).errors(e),
+        Row::pool(s, "CPU per submitted job, 200 workers", "us", cpu.0).errors(e),
+    ]);
+    Ok(())
+}
