@@ -66,22 +66,27 @@ fn run(ctx: &Context, index: usize) {
                 .collect();
             (endpoint, jobs)
         };
+        let mut any_ended = false;
         for job in jobs {
-            let followed = catch_unwind(AssertUnwindSafe(|| follow(ctx, index, &endpoint, &job)));
-            if followed.is_err() {
-                log::error!("Following job {} panicked; it will be retried", job.id);
+            match catch_unwind(AssertUnwindSafe(|| follow(ctx, index, &endpoint, &job))) {
+                Ok(ended) => any_ended |= ended,
+                Err(_) => log::error!("Following job {} panicked; it will be retried", job.id),
             }
         }
-        thread::sleep(ctx.config.track_interval);
+        if !any_ended {
+            thread::sleep(ctx.config.track_interval);
+        }
     }
 }
 
-fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) {
+/// Polls one job (or retries its collection); returns true when the job just ended on its worker,
+/// so the tracker goes round again at once: a fast worker's other jobs may have ended too.
+fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
     if job.status.is_final() {
         if let Some(status) = &job.worker_status {
             collect_results(ctx, index, endpoint, job, status);
         }
-        return;
+        return false;
     }
     match ctx.client.status(endpoint, &job.remote) {
         Ok(status) => {
@@ -95,15 +100,22 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) {
             if finished {
                 collect_results(ctx, index, endpoint, job, &status);
             }
+            finished
         }
-        Err(CallError::Status { code: 404, .. }) => lose(
-            ctx,
-            index,
-            &job.id,
-            "the worker no longer has the job (HTTP 404) and its results were not collected"
-                .to_string(),
-        ),
-        Err(e) => give_up_if_stale(ctx, index, job, &e.to_string()),
+        Err(CallError::Status { code: 404, .. }) => {
+            lose(
+                ctx,
+                index,
+                &job.id,
+                "the worker no longer has the job (HTTP 404) and its results were not collected"
+                    .to_string(),
+            );
+            true
+        }
+        Err(e) => {
+            give_up_if_stale(ctx, index, job, &e.to_string());
+            false
+        }
     }
 }
 
