@@ -10,7 +10,7 @@ build:
 	$(CARGO) build
 
 test:
-	$(CARGO) test
+	$(CARGO) test --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check
