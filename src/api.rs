@@ -8,6 +8,7 @@ use crate::outputs;
 use crate::pool_state::PoolState;
 use crate::upload;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::{Method, Request};
 
@@ -50,7 +51,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 }
 
 /// Answers one request.
-pub fn route(ctx: &Context, request: &mut Request) -> Reply {
+pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let url = request.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or_default();
     let Some(route) = match_route(path) else {
@@ -94,7 +95,7 @@ pub fn unknown_job(id: &str) -> Reply {
     )
 }
 
-fn submit(ctx: &Context, request: &mut Request) -> Reply {
+fn submit(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let content_type = request
         .headers()
         .iter()

@@ -72,9 +72,9 @@ fn send(request: Request, reply: Reply) {
 }
 
 /// A request handler: [`api::route`] in the coordinator.
-pub type Handler = fn(&Context, &mut Request) -> Reply;
+pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
-fn serve_one(ctx: &Context, handler: Handler, mut request: Request) {
+fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
@@ -129,7 +129,7 @@ mod tests {
     use crate::spool::Spool;
     use std::time::Instant;
 
-    fn panicky(ctx: &Context, request: &mut Request) -> Reply {
+    fn panicky(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         if request.url() == "/panic" {
             let _held = ctx.lock();
             panic!("handler failure on purpose");

@@ -5,11 +5,14 @@ use crate::clock::unix_now;
 use crate::context::Context;
 use crate::job::{InputFile, Job, Span};
 use crate::paths::is_safe_component;
+use crate::{dispatch, scheduler};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Largest accepted manifest part.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -267,8 +270,14 @@ pub fn check_headers(
 }
 
 /// Accepts a submit whose headers passed [`check_headers`]: spools the upload and queues the job;
-/// returns the new job id.
-pub fn accept(ctx: &Context, boundary: String, body: &mut dyn Read) -> Result<String, UploadError> {
+/// returns the new job id. When a worker has room the job is assigned and its dispatch started
+/// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
+/// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
+pub fn accept(
+    ctx: &Arc<Context>,
+    boundary: String,
+    body: &mut dyn Read,
+) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
     let path = ctx.spool.upload_path(&id);
     let read = File::create(&path)
@@ -287,9 +296,18 @@ pub fn accept(ctx: &Context, boundary: String, body: &mut dyn Read) -> Result<St
             return Err(e);
         }
     };
-    ctx.lock()
-        .enqueue(Job::new(id.clone(), inputs, manifest, unix_now()));
+    let (assignments, still_queued) = {
+        let mut st = ctx.lock();
+        st.enqueue(Job::new(id.clone(), inputs, manifest, unix_now()));
+        let (assignments, _) = scheduler::assign(&mut st, Instant::now());
+        (assignments, !st.queue.is_empty())
+    };
     log::info!("Queued job {id}");
-    ctx.wake_scheduler();
+    for assignment in assignments {
+        dispatch::start(ctx, assignment);
+    }
+    if still_queued {
+        ctx.wake_scheduler();
+    }
     Ok(id)
 }

@@ -299,7 +299,9 @@ fn hang_holds_requests_unanswered() {
 
 #[test]
 fn bad_input_is_answered_like_sandrun() {
-    let worker = FakeWorker::start();
+    // Room for every submit below: the emulator frees a job's rate-limit slot a moment after
+    // /status reports it finished (as sandrun does), which must not turn a 400 into a 429.
+    let worker = FakeWorker::start_with(|k| k.max_active_per_ip = 10);
     let (status, body) = submit(
         &worker,
         &Form::new().manifest(r#"{"entrypoint":"main.py"}"#),
