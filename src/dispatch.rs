@@ -167,6 +167,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         w.tracked.push(id.to_string());
         let start_tracker = !w.tracker_running;
         w.tracker_running = true;
+        let wake = w.tracker_wake.clone();
         if let Some(job) = st.jobs.get_mut(id) {
             job.remote_job_id = Some(remote.clone());
             job.dispatched_at = Some(unix_now());
@@ -177,6 +178,8 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         ctx.spool.remove_upload(id);
         if start_tracker {
             tracker::start(ctx, index);
+        } else {
+            wake.notify();
         }
         return;
     }

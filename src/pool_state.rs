@@ -6,9 +6,10 @@
 
 use crate::job::{Job, PoolStatus};
 use crate::workers_file::WorkerSpec;
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Takes a mutex, recovering it if a panicking thread poisoned it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,6 +63,38 @@ pub struct WorkerCounters {
     pub throttled: u64,
 }
 
+/// Wakes a worker's tracker before its interval is up (a job was just dispatched to the worker).
+/// Signals coalesce: one pending is enough.
+#[derive(Debug, Clone)]
+pub struct TrackerWake {
+    sender: Sender<()>,
+    receiver: Receiver<()>,
+}
+
+impl TrackerWake {
+    /// A fresh signal.
+    pub fn new() -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        TrackerWake { sender, receiver }
+    }
+
+    /// Wakes the tracker if it waits.
+    pub fn notify(&self) {
+        let _ = self.sender.try_send(());
+    }
+
+    /// Waits for a signal or `timeout`, whichever comes first.
+    pub fn wait(&self, timeout: Duration) {
+        let _ = self.receiver.recv_timeout(timeout);
+    }
+}
+
+impl Default for TrackerWake {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// One allowlisted worker and its live state.
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
@@ -77,6 +110,8 @@ pub struct WorkerEntry {
     pub tracked: Vec<String>,
     /// True while a tracker thread serves this worker.
     pub tracker_running: bool,
+    /// Wakes that tracker early.
+    pub tracker_wake: TrackerWake,
     /// Totals.
     pub counters: WorkerCounters,
 }
@@ -98,6 +133,7 @@ impl WorkerEntry {
             throttle: None,
             tracked: Vec::new(),
             tracker_running: false,
+            tracker_wake: TrackerWake::new(),
             counters: WorkerCounters::default(),
         }
     }

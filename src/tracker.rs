@@ -1,5 +1,6 @@
 //! Trackers: one thread per worker that has jobs, following each of them with `/status` every
-//! track interval, freeing the slot the moment a job ends, then collecting its results. A worker
+//! track interval (and at once after a dispatch to the worker or a job's end), freeing the slot
+//! the moment a job ends, then collecting its results. A worker
 //! that blocks (sandrun holds its lock while a job runs) only delays its own tracker.
 
 use crate::clock::unix_now;
@@ -41,6 +42,7 @@ pub fn start(ctx: &Arc<Context>, index: usize) {
 }
 
 fn run(ctx: &Context, index: usize) {
+    let wake = ctx.lock().workers[index].tracker_wake.clone();
     loop {
         let (endpoint, jobs) = {
             let mut st = ctx.lock();
@@ -74,7 +76,7 @@ fn run(ctx: &Context, index: usize) {
             }
         }
         if !any_ended {
-            thread::sleep(ctx.config.track_interval);
+            wake.wait(ctx.config.track_interval);
         }
     }
 }
