@@ -53,7 +53,7 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
             .and_then(|j| j.worker_id.clone())
             .and_then(|w| st.worker_index(&w))
         {
-            st.workers[index].release_slot();
+            st.workers[index].return_reservation();
         }
         st.requeue_front(&job_id);
     }
@@ -183,10 +183,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         return;
     }
-    // Only the reservation ends: no job of the worker ended, so a concurrency throttle stays
-    // (lifting it here would undo the pause a 429 just set, and its doubling).
-    let w = &mut st.workers[index];
-    w.active_jobs = w.active_jobs.saturating_sub(1);
+    st.workers[index].return_reservation();
     match outcome {
         SubmitOutcome::Accepted(_) => {}
         SubmitOutcome::Throttled(message) => {

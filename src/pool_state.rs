@@ -150,7 +150,13 @@ impl WorkerEntry {
             && self.active_jobs < self.spec.max_concurrent_jobs
     }
 
-    /// Frees one slot; a concurrency throttle ends with it.
+    /// Gives back a slot reserved for a dispatch the worker did not take. No job of the worker
+    /// ended, so a concurrency throttle stays (lifting it would undo the pause a 429 just set).
+    pub fn return_reservation(&mut self) {
+        self.active_jobs = self.active_jobs.saturating_sub(1);
+    }
+
+    /// Frees the slot of a job that ended; a concurrency throttle ends with it.
     pub fn release_slot(&mut self) {
         self.active_jobs = self.active_jobs.saturating_sub(1);
         if self
