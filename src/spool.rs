@@ -19,14 +19,6 @@ pub struct Spool {
     random: Mutex<BufReader<File>>,
 }
 
-fn remove_quietly(path: &Path, remove: fn(&Path) -> io::Result<()>) {
-    if let Err(e) = remove(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            log::warn!("Could not remove {}: {e}", path.display());
-        }
-    }
-}
-
 impl Spool {
     /// Opens (creating if missing) the spool under `state_dir`.
     pub fn open(state_dir: &Path) -> io::Result<Self> {
@@ -76,6 +68,11 @@ impl Spool {
 
     /// Removes a job's upload: a worker holds it now, or the job ended without running.
     pub fn remove_upload(&self, id: &str) {
-        remove_quietly(&self.upload_path(id), |p| std::fs::remove_file(p));
+        let path = self.upload_path(id);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("Could not remove {}: {e}", path.display());
+            }
+        }
     }
 }
