@@ -6,6 +6,7 @@ use crate::http_server::{error_reply, Reply};
 use crate::job::{Collection, Job, PoolStatus};
 use crate::outputs;
 use crate::pool_state::PoolState;
+use crate::spool::Spool;
 use crate::upload;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -75,7 +76,11 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             200,
             json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
         ),
-        Route::Pool => Reply::Json(200, pool_view(&ctx.lock(), Instant::now())),
+        Route::Pool => {
+            let mut view = pool_view(&ctx.lock(), Instant::now());
+            view["spool"] = spool_view(&ctx.spool);
+            Reply::Json(200, view)
+        }
         Route::Submit => submit(ctx, request),
         Route::Status(id) => match status_view(&ctx.lock(), id) {
             Some(view) => Reply::Json(200, view),
@@ -161,11 +166,21 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
     })
 }
 
+/// The `/pool` figures of the spool: uploads waiting in memory and the limit.
+pub fn spool_view(spool: &Spool) -> Value {
+    let (uploads, bytes) = spool.held_uploads();
+    json!({
+        "uploads_in_memory": uploads,
+        "upload_memory_bytes": bytes,
+        "upload_memory_limit": spool.memory_limit(),
+    })
+}
+
 fn collection_view(job: &Job) -> Value {
     match &job.collection {
         Collection::NotStarted => json!({"collected": false, "error": null}),
         Collection::Pending(error) => json!({"collected": false, "error": error}),
-        Collection::Collected => json!({"collected": true, "error": null}),
+        Collection::Collected(_) => json!({"collected": true, "error": null}),
     }
 }
 

@@ -27,6 +27,8 @@ OPTIONS:
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          spool for uploads and collected results         [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
+    --upload-memory-bytes N  waiting uploads of up to 64 KiB each are held in memory up to
+                             this total, the rest go to the state dir; 0 = all to disk [default: 4194304]
     --dispatch-timeout SECS  how long a worker may take to answer a submit   [default: 360]
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
@@ -121,6 +123,11 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<
     }
 }
 
+fn bytes(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| format!("expected a whole number of bytes (0 or more), got {text:?}"))
+}
+
 fn port(text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .map_err(|_| format!("expected a port number 0-65535, got {text:?}"))
@@ -193,6 +200,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             positive::<u64>,
             d.max_upload_bytes,
         )?,
+        upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
         track_interval: value(args, "--track-interval", seconds, d.track_interval)?,
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,

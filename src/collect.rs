@@ -1,13 +1,14 @@
 //! Collecting a finished job's results from its worker into the spool: every file listed in
-//! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs and the final
-//! status JSON in one file.
+//! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs, back to
+//! back in the job's one results file.
 
 use crate::context::Context;
+use crate::job::StoredResults;
 use crate::paths::safe_relative_path;
 use crate::sandrun_client::CallError;
+use crate::spool::CopyError;
 use serde_json::Value;
 use std::fmt;
-use std::fs::File;
 use std::io;
 
 /// Why collection did not finish.
@@ -43,6 +44,15 @@ impl From<CallError> for CollectError {
     }
 }
 
+impl From<CopyError> for CollectError {
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::Read(e) => CollectError::Worker(CallError::Transport(e.to_string())),
+            CopyError::Write(e) => CollectError::Disk(e),
+        }
+    }
+}
+
 impl From<io::Error> for CollectError {
     fn from(e: io::Error) -> Self {
         CollectError::Disk(e)
@@ -58,7 +68,7 @@ pub fn output_paths(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fetches everything into the spool; returns how many output files were stored. The job counts
+/// Fetches everything into a results segment; returns where each piece lies. The job counts
 /// as collected only after this returns, so nothing here needs to be atomic: a retry rewrites.
 pub fn collect(
     ctx: &Context,
@@ -66,9 +76,10 @@ pub fn collect(
     id: &str,
     remote: &str,
     status: &Value,
-) -> Result<usize, CollectError> {
+) -> Result<StoredResults, CollectError> {
     let logs = ctx.client.logs(endpoint, remote)?;
-    let mut stored = 0;
+    let mut writer = ctx.spool.results_writer()?;
+    let mut outputs = Vec::new();
     for path in output_paths(status) {
         if safe_relative_path(&path).is_err() {
             log::warn!(
@@ -76,20 +87,16 @@ pub fn collect(
             );
             continue;
         }
-        let target = ctx.spool.output_path(id, &path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         let response = ctx.client.download(endpoint, remote, &path)?;
-        let mut file = File::create(&target)?;
-        io::copy(&mut response.into_reader(), &mut file)
-            .map_err(|e| CollectError::Worker(CallError::Transport(e.to_string())))?;
-        stored += 1;
+        let span = writer.append(&mut response.into_reader())?;
+        outputs.push((path, span));
     }
-    let results = serde_json::json!({"status": status, "logs": logs});
-    std::fs::write(
-        ctx.spool.results_file(id),
-        serde_json::to_vec(&results).unwrap_or_default(),
-    )?;
-    Ok(stored)
+    let logs = serde_json::to_vec(&logs).unwrap_or_default();
+    let logs = writer.append(&mut logs.as_slice())?;
+    let segment = writer.finish()?;
+    Ok(StoredResults {
+        segment,
+        outputs,
+        logs,
+    })
 }

@@ -64,7 +64,7 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
         Ok(token) => format!("----trusted-pool-{token}"),
         Err(e) => return SubmitOutcome::NotSent(format!("no random boundary: {e}")),
     };
-    let source = ctx.spool.upload_path(&a.job_id);
+    let source = ctx.spool.upload_source(&a.job_id);
     let mut parts: Vec<Part> = a
         .inputs
         .iter()

@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn a_panicking_handler_is_answered_500_and_the_pool_keeps_serving() {
         let dir = std::env::temp_dir().join(format!("tp-http-{}", std::process::id()));
-        let spool = Spool::open(&dir).expect("spool");
+        let spool = Spool::open(&dir, 0).expect("spool");
         let (ctx, _signals) = Context::new(
             ServeConfig::default(),
             PoolState::new(Vec::new(), Instant::now()),

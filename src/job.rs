@@ -50,10 +50,10 @@ impl PoolStatus {
     }
 }
 
-/// Where a part's bytes lie in the job's upload file in the spool.
+/// Where bytes lie in a job's upload or results in the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Span {
-    /// Byte offset in the upload file.
+    /// Byte offset.
     pub offset: u64,
     /// Length in bytes.
     pub size: u64,
@@ -79,16 +79,27 @@ pub struct Attempt {
     pub error: String,
 }
 
+/// Where a collected job's results lie in the spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResults {
+    /// The results segment they were appended to.
+    pub segment: String,
+    /// Each collected output file: its path and its bytes.
+    pub outputs: Vec<(String, Span)>,
+    /// The worker's `/logs` answer, as JSON.
+    pub logs: Span,
+}
+
 /// Whether the job's results (status, logs, outputs) are safe in the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "error")]
+#[serde(rename_all = "snake_case")]
 pub enum Collection {
     /// Nothing to collect yet (the job has not finished on a worker).
     NotStarted,
     /// The job finished; collection is under way or will be retried after this error.
     Pending(Option<String>),
     /// Everything is in the spool; the coordinator serves the results itself.
-    Collected,
+    Collected(StoredResults),
 }
 
 /// Everything known about one job.

@@ -2,9 +2,8 @@
 //! exact length known up front (sandrun needs `Content-Length`, it cannot read chunked bodies).
 
 use crate::job::Span;
-use std::fs::File;
-use std::io::{self, Cursor, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use crate::spool::UploadSource;
+use std::io::{self, Cursor, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -17,9 +16,9 @@ pub struct Part {
     pub filename: Option<String>,
     /// Content type header of the part, if any.
     pub content_type: Option<String>,
-    /// Spool file holding the bytes.
-    pub source: PathBuf,
-    /// Where in that file.
+    /// The upload holding the bytes.
+    pub source: UploadSource,
+    /// Where in that upload.
     pub span: Span,
 }
 
@@ -35,7 +34,7 @@ pub struct MultipartBody {
 
 enum Piece {
     Bytes(Cursor<Vec<u8>>),
-    File(PathBuf, Span),
+    Upload(UploadSource, Span),
 }
 
 impl MultipartBody {
@@ -62,7 +61,7 @@ impl MultipartBody {
             head.push_str("\r\n");
             length += head.len() as u64 + part.span.size;
             pieces.push(Piece::Bytes(Cursor::new(head.into_bytes())));
-            pieces.push(Piece::File(part.source.clone(), part.span));
+            pieces.push(Piece::Upload(part.source.clone(), part.span));
         }
         let tail = format!("\r\n--{boundary}--\r\n");
         length += tail.len() as u64;
@@ -90,7 +89,7 @@ impl MultipartBody {
     }
 }
 
-/// Reads the body piece by piece, opening the spool file only when a part's turn comes.
+/// Reads the body piece by piece, opening a spooled part only when its turn comes.
 pub struct BodyReader {
     pieces: std::vec::IntoIter<Piece>,
     current: Option<Box<dyn Read + Send>>,
@@ -109,11 +108,7 @@ impl Read for BodyReader {
             }
             match self.pieces.next() {
                 Some(Piece::Bytes(c)) => self.current = Some(Box::new(c)),
-                Some(Piece::File(path, span)) => {
-                    let mut file = File::open(path)?;
-                    file.seek(SeekFrom::Start(span.offset))?;
-                    self.current = Some(Box::new(file.take(span.size)));
-                }
+                Some(Piece::Upload(source, span)) => self.current = Some(source.open(span)?),
                 None => {
                     self.finished.store(true, Ordering::SeqCst);
                     return Ok(0);

@@ -5,15 +5,16 @@ use crate::api::unknown_job;
 use crate::collect::output_paths;
 use crate::context::Context;
 use crate::http_server::{error_reply, Reply};
-use crate::job::{Collection, PoolStatus};
+use crate::job::{Collection, PoolStatus, StoredResults};
 use crate::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::sandrun_client::CallError;
+use crate::spool::open_span;
 use serde_json::{json, Value};
-use std::fs::File;
+use std::io::Read;
 
 /// What serving a finished job's results needs, copied out of the table.
 struct Finished {
-    collected: bool,
+    stored: Option<StoredResults>,
     remote: String,
     endpoint: String,
     status: PoolStatus,
@@ -56,7 +57,10 @@ fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
         .map(|i| st.workers[i].spec.endpoint.clone())
         .unwrap_or_default();
     Ok(Finished {
-        collected: job.collection == Collection::Collected,
+        stored: match &job.collection {
+            Collection::Collected(stored) => Some(stored.clone()),
+            _ => None,
+        },
         remote: remote.clone(),
         endpoint,
         status,
@@ -92,7 +96,7 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
         json!({
             "job_id": id,
             "pool_status": job.status.as_str(),
-            "collected": job.collected,
+            "collected": job.stored.is_some(),
             "total_files": files.len(),
             "files": files,
         }),
@@ -120,17 +124,22 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
         );
     }
     let content_type = content_type_of(path).to_string();
-    if job.collected {
-        let stored = ctx.spool.output_path(id, path);
-        return match File::open(&stored).and_then(|f| Ok((f.metadata()?.len(), f))) {
-            Ok((len, file)) => Reply::Stream {
+    if let Some(stored) = &job.stored {
+        let Some((_, span)) = stored.outputs.iter().find(|(p, _)| p == path) else {
+            return error_reply(
+                404,
+                format!("the output {path:?} of job {id} was not collected (its path is unsafe)"),
+            );
+        };
+        return match open_span(&ctx.spool.results_file(&stored.segment), *span) {
+            Ok(body) => Reply::Stream {
                 status: 200,
                 content_type,
-                length: usize::try_from(len).ok(),
-                body: Box::new(file),
+                length: usize::try_from(span.size).ok(),
+                body,
             },
             Err(e) => {
-                log::error!("Collected output {} is unreadable: {e}", stored.display());
+                log::error!("The collected results of job {id} are unreadable: {e}");
                 error_reply(
                     500,
                     format!("the collected output {path:?} cannot be read: {e}"),
@@ -160,12 +169,16 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
         Ok(j) => j,
         Err(reply) => return reply,
     };
-    if job.collected {
-        let stored = std::fs::read(ctx.spool.results_file(id))
+    if let Some(stored) = &job.stored {
+        let read = open_span(&ctx.spool.results_file(&stored.segment), stored.logs)
+            .and_then(|mut reader| {
+                let mut bytes = Vec::new();
+                reader.read_to_end(&mut bytes).map(|_| bytes)
+            })
             .map_err(|e| e.to_string())
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()));
-        return match stored {
-            Ok(mut results) => Reply::Json(200, results["logs"].take()),
+        return match read {
+            Ok(logs) => Reply::Json(200, logs),
             Err(e) => error_reply(
                 500,
                 format!("the collected logs of {id} cannot be read: {e}"),

@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Largest accepted submit body.
     pub max_upload_bytes: u64,
+    /// Total size of small waiting uploads held in memory instead of the state directory.
+    pub upload_memory_bytes: u64,
     /// How long a worker may take to answer a submit, status, logs or download.
     pub dispatch_timeout: Duration,
     /// Time between polls of a worker's running jobs.
@@ -56,6 +58,7 @@ impl Default for ServeConfig {
             health_timeout: Duration::from_secs(5),
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
+            upload_memory_bytes: 4 * 1024 * 1024,
             dispatch_timeout: Duration::from_secs(360),
             track_interval: Duration::from_secs(1),
             lost_after: Duration::from_secs(120),
@@ -112,7 +115,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             w.endpoint
         );
     }
-    let spool = Spool::open(&config.state_dir)
+    let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
     let addr = SocketAddr::new(config.bind, config.port);
     let server =

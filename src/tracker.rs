@@ -158,10 +158,11 @@ fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answ
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
     match collect::collect(ctx, endpoint, &job.id, &job.remote, status) {
-        Ok(files) => {
+        Ok(stored) => {
+            let files = stored.outputs.len();
             let mut st = ctx.lock();
             if let Some(j) = st.jobs.get_mut(&job.id) {
-                j.collection = Collection::Collected;
+                j.collection = Collection::Collected(stored);
             }
             untrack(&mut st, index, &job.id);
             drop(st);

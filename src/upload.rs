@@ -1,16 +1,16 @@
-//! `POST /submit`: streams a multipart upload part by part into the spool (never whole into
-//! memory), validates it, and queues the job. A refused upload leaves nothing behind.
+//! `POST /submit`: streams a multipart upload part by part into the spool (a large one never
+//! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
 use crate::clock::unix_now;
 use crate::context::Context;
 use crate::job::{InputFile, Job, Span};
 use crate::paths::is_safe_component;
+use crate::spool::{CopyError, UploadWriter};
 use crate::{dispatch, scheduler};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,43 +137,10 @@ fn describe_parse_error(e: &io::Error) -> String {
     }
 }
 
-/// The upload file of a job: parts are appended back to back.
-struct UploadFile {
-    out: BufWriter<File>,
-    written: u64,
-}
-
-impl UploadFile {
-    /// Appends everything `data` yields; returns where it lies. A failed read is the client's
-    /// fault (`read_error` says how), a failed write the spool's.
-    fn append(
-        &mut self,
-        data: &mut dyn Read,
-        read_error: &dyn Fn(io::Error) -> UploadError,
-    ) -> Result<Span, UploadError> {
-        let offset = self.written;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(e)),
-            };
-            self.out.write_all(&buf[..n]).map_err(UploadError::Spool)?;
-            self.written += n as u64;
-        }
-        Ok(Span {
-            offset,
-            size: self.written - offset,
-        })
-    }
-}
-
-/// Reads the upload into `file`; returns its inputs and its manifest's place, if any.
+/// Reads the upload into `writer`; returns its inputs and its manifest's place, if any.
 fn read_parts(
     ctx: &Context,
-    file: &mut UploadFile,
+    writer: &mut UploadWriter,
     body: &mut dyn Read,
     boundary: String,
 ) -> Result<(Vec<InputFile>, Option<Span>), UploadError> {
@@ -211,7 +178,9 @@ fn read_parts(
                     .content_type
                     .as_ref()
                     .map_or_else(|| "application/octet-stream".to_string(), |m| m.to_string());
-                let span = file.append(&mut field.data, &read_error)?;
+                let span = writer
+                    .append(&mut field.data)
+                    .map_err(|e| copy_error(e, &read_error))?;
                 inputs.push(InputFile {
                     filename,
                     content_type,
@@ -243,7 +212,11 @@ fn read_parts(
                         return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
                     }
                 }
-                manifest = Some(file.append(&mut bytes.as_slice(), &read_error)?);
+                manifest = Some(
+                    writer
+                        .append(&mut bytes.as_slice())
+                        .map_err(|e| copy_error(e, &read_error))?,
+                );
             }
             other => return Err(UploadError::UnknownPart(other.to_string())),
         }
@@ -251,8 +224,15 @@ fn read_parts(
     if inputs.is_empty() {
         return Err(UploadError::NoFiles);
     }
-    file.out.flush().map_err(UploadError::Spool)?;
     Ok((inputs, manifest))
+}
+
+/// A failed read is the client's fault (`read_error` says how), a failed write the spool's.
+fn copy_error(e: CopyError, read_error: &dyn Fn(io::Error) -> UploadError) -> UploadError {
+    match e {
+        CopyError::Read(e) => read_error(e),
+        CopyError::Write(e) => UploadError::Spool(e),
+    }
 }
 
 /// Checks a submit's headers before its body is read; returns the multipart boundary.
@@ -279,15 +259,14 @@ pub fn accept(
     body: &mut dyn Read,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
-    let path = ctx.spool.upload_path(&id);
-    let read = File::create(&path)
+    let read = ctx
+        .spool
+        .upload_writer(&id)
         .map_err(UploadError::Spool)
-        .and_then(|f| {
-            let mut file = UploadFile {
-                out: BufWriter::with_capacity(64 * 1024, f),
-                written: 0,
-            };
-            read_parts(ctx, &mut file, body, boundary)
+        .and_then(|mut writer| {
+            let parts = read_parts(ctx, &mut writer, body, boundary)?;
+            writer.finish().map_err(UploadError::Spool)?;
+            Ok(parts)
         });
     let (inputs, manifest) = match read {
         Ok(parts) => parts,

@@ -1,5 +1,5 @@
 //! `POST /submit` refuses every bad upload with a 4xx JSON error that says what to fix, and a
-//! refused upload leaves nothing behind in `<state_dir>/jobs`, queues nothing and reaches no worker.
+//! refused upload leaves nothing behind in the spool, queues nothing and reaches no worker.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::lifecycle::{
     assert_pool_consistent, chunked, exchange, submit, wait_collected, wait_healthy,
 };
-use support::{poll_until, send, Coordinator, FakeWorker, Form, Reply};
+use support::{get_json, poll_until, send, Coordinator, FakeWorker, Form, Reply};
 
 /// `--max-upload-bytes` of these tests: every good test body is smaller.
 const MAX_UPLOAD: usize = 1000;
@@ -43,9 +43,16 @@ fn good_form() -> Form {
         .manifest(MANIFEST)
 }
 
-/// Entries of `<state_dir>/uploads`.
+/// Entries of `<state_dir>/uploads`, and one `memory: N` entry when uploads are held in memory.
 fn spool_entries(coordinator: &Coordinator) -> Vec<String> {
+    let (status, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(status, 200, "{pool}");
+    let held = &pool["spool"]["uploads_in_memory"];
+    let held = held
+        .as_u64()
+        .unwrap_or_else(|| panic!("no spool.uploads_in_memory in {pool}"));
     let jobs = coordinator.state_dir().join("uploads");
+    let in_memory = (held > 0).then(|| format!("memory: {held}"));
     fs::read_dir(&jobs)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", jobs.display()))
         .map(|entry| {
@@ -55,6 +62,7 @@ fn spool_entries(coordinator: &Coordinator) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
+        .chain(in_memory)
         .collect()
 }
 
@@ -107,15 +115,8 @@ fn assert_nothing_queued_then_a_good_job_runs(coordinator: &Coordinator, worker:
         Vec::<String>::new(),
         "the upload stayed in the spool after the worker took it"
     );
-    let results = coordinator
-        .state_dir()
-        .join("results")
-        .join(format!("{id}.json"));
-    assert!(
-        results.is_file(),
-        "no collected results at {}",
-        results.display()
-    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(code, 200, "the collected logs cannot be read: {logs}");
     let pool = assert_pool_consistent(coordinator);
     assert_eq!(pool["total_jobs"], 1, "{pool}");
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
@@ -375,15 +376,8 @@ fn uploads_over_the_limit_are_refused_with_413() {
         Vec::<String>::new(),
         "the upload stayed in the spool after the worker took it"
     );
-    let results = coordinator
-        .state_dir()
-        .join("results")
-        .join(format!("{id}.json"));
-    assert!(
-        results.is_file(),
-        "no collected results at {}",
-        results.display()
-    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(code, 200, "the collected logs cannot be read: {logs}");
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["total_jobs"], 1, "{pool}");
 }

@@ -23,6 +23,16 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 /// Process ids of the coordinators running now.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Directories of stopped coordinators, removed only when the benchmark ends: removing tens of
+/// thousands of files makes creating files slower for a while on some file systems (ext4 without
+/// a journal skips every recently deleted inode), which would charge one run's cleanup to the next.
+static SPENT: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
+
+/// Removes the directories of the coordinators stopped so far.
+pub fn remove_spent() {
+    lock(&SPENT).clear();
+}
+
 /// Kills every coordinator this benchmark started and that still runs.
 pub fn kill_all() {
     for pid in lock(&CHILDREN).drain(..) {
@@ -54,7 +64,7 @@ pub struct Coordinator {
     child: Child,
     port: u16,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// A workers.json entry: (worker_id, endpoint, max_concurrent_jobs).
@@ -144,7 +154,7 @@ impl Coordinator {
             child,
             port: 0,
             log,
-            _dir: dir,
+            dir: Some(dir),
         };
         let deadline = Instant::now() + START_DEADLINE;
         coordinator.port = loop {
@@ -239,6 +249,7 @@ impl Drop for Coordinator {
         let _ = self.child.wait();
         let pid = self.child.id();
         lock(&CHILDREN).retain(|p| *p != pid);
+        lock(&SPENT).extend(self.dir.take());
     }
 }
 

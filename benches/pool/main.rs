@@ -318,5 +318,6 @@ fn main() -> ExitCode {
         Ok(()) => println!("results: {}", file.display()),
         Err(e) => eprintln!("bench: cannot write {}: {e}", file.display()),
     }
+    coord::remove_spent();
     ExitCode::SUCCESS
 }

@@ -1,0 +1,141 @@
+//! Where waiting uploads are kept: small ones in memory up to `--upload-memory-bytes`, large
+//! ones and the overflow in `<state_dir>/uploads`; either way they reach the worker unchanged
+//! and nothing stays behind once a worker has them.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::lifecycle::{assert_pool_consistent, submit, wait_collected, wait_healthy};
+use support::{get, Coordinator, FakeWorker, Form};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+const MANIFEST: &str = r#"{"entrypoint":"main.py"}"#;
+const KIB: usize = 1024;
+
+/// A job whose `main.py` is `size` bytes, all of them `fill`.
+fn job(size: usize, fill: u8) -> (Form, Vec<u8>) {
+    let bytes = vec![fill; size];
+    let form = Form::new()
+        .file("main.py", "text/x-python", &bytes)
+        .manifest(MANIFEST);
+    (form, bytes)
+}
+
+/// The names in `<state_dir>/uploads`.
+fn upload_files(coordinator: &Coordinator) -> BTreeSet<String> {
+    let dir = coordinator.state_dir().join("uploads");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// `/pool`'s spool figures.
+fn spool(coordinator: &Coordinator) -> Value {
+    assert_pool_consistent(coordinator)["spool"].clone()
+}
+
+/// Runs the queued jobs on `worker` (stopped until now) and checks each arrived byte for byte
+/// and left nothing in the spool.
+fn run_and_check(coordinator: &Coordinator, worker: &FakeWorker, jobs: &[(String, Vec<u8>)]) {
+    worker.restart();
+    wait_healthy(coordinator, &[worker], DEADLINE);
+    for (id, bytes) in jobs {
+        let status = wait_collected(coordinator, id, DEADLINE);
+        let remote = status["remote_job_id"].as_str().unwrap_or_default();
+        let sent = worker
+            .recording()
+            .job(remote)
+            .map(|j| j.files[0].bytes.clone())
+            .unwrap_or_else(|| panic!("the worker has no job {remote} ({status})"));
+        assert!(sent == *bytes, "job {id} arrived changed");
+        let (code, result) = get(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+        assert_eq!((code, result), (200, format!("result of {remote}\n")));
+    }
+    assert_eq!(upload_files(coordinator), BTreeSet::new());
+    let figures = spool(coordinator);
+    assert_eq!(figures["uploads_in_memory"], 0, "{figures}");
+    assert_eq!(figures["upload_memory_bytes"], 0, "{figures}");
+}
+
+#[test]
+fn small_uploads_wait_in_memory_within_the_limit_and_the_rest_on_disk() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let limit = 150 * KIB;
+    let coordinator = Coordinator::start(
+        &[worker.entry(4)],
+        &[
+            "--upload-memory-bytes",
+            &limit.to_string(),
+            "--health-interval",
+            "1",
+            "--track-interval",
+            "0.1",
+        ],
+    );
+    assert_eq!(spool(&coordinator)["upload_memory_limit"], limit);
+
+    let mut jobs = Vec::new();
+    let mut on_disk = BTreeSet::new();
+    let (big, big_bytes) = job(70 * KIB, b'a');
+    let id = submit(&coordinator, &big);
+    on_disk.insert(id.clone());
+    jobs.push((id, big_bytes));
+    let mut held_bytes = 0;
+    for fill in [b'b', b'c'] {
+        let (form, bytes) = job(60 * KIB, fill);
+        held_bytes += bytes.len() + MANIFEST.len();
+        jobs.push((submit(&coordinator, &form), bytes));
+    }
+    let (over, over_bytes) = job(60 * KIB, b'd');
+    let id = submit(&coordinator, &over);
+    on_disk.insert(id.clone());
+    jobs.push((id, over_bytes));
+
+    assert_eq!(
+        upload_files(&coordinator),
+        on_disk,
+        "the upload over 64 KiB and the one past the limit belong on disk, the others in memory"
+    );
+    let figures = spool(&coordinator);
+    assert_eq!(figures["uploads_in_memory"], 2, "{figures}");
+    assert_eq!(figures["upload_memory_bytes"], held_bytes, "{figures}");
+
+    run_and_check(&coordinator, &worker, &jobs);
+}
+
+#[test]
+fn with_no_upload_memory_every_upload_waits_on_disk() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--upload-memory-bytes",
+            "0",
+            "--health-interval",
+            "1",
+            "--track-interval",
+            "0.1",
+        ],
+    );
+    let (form, bytes) = job(100, b'x');
+    let id = submit(&coordinator, &form);
+    assert_eq!(upload_files(&coordinator), BTreeSet::from([id.clone()]));
+    assert_eq!(spool(&coordinator)["uploads_in_memory"], 0);
+
+    run_and_check(&coordinator, &worker, &[(id, bytes)]);
+}
