@@ -3,11 +3,12 @@
 use crate::clock::unix_now;
 use crate::context::Context;
 use crate::http_server::{error_reply, Reply};
-use crate::job::{Collection, Job, PoolStatus};
+use crate::job::{Attempt, Collection, InputFile, PoolStatus};
 use crate::outputs;
 use crate::pool_state::PoolState;
 use crate::spool::Spool;
 use crate::upload;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,8 +83,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Reply::Json(200, view)
         }
         Route::Submit => submit(ctx, request),
-        Route::Status(id) => match status_view(&ctx.lock(), id) {
-            Some(view) => Reply::Json(200, view),
+        Route::Status(id) => match status_json(&ctx.lock(), id) {
+            Some(bytes) => Reply::JsonBytes(200, bytes),
             None => unknown_job(id),
         },
         Route::Logs(id) => outputs::logs(ctx, id),
@@ -176,35 +177,91 @@ pub fn spool_view(spool: &Spool) -> Value {
     })
 }
 
-fn collection_view(job: &Job) -> Value {
-    match &job.collection {
-        Collection::NotStarted => json!({"collected": false, "error": null}),
-        Collection::Pending(error) => json!({"collected": false, "error": error}),
-        Collection::Collected(_) => json!({"collected": true, "error": null}),
+/// Whether a job's results are in the spool, as `/status` shows it.
+#[derive(Serialize)]
+struct CollectionView<'a> {
+    collected: bool,
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a Collection> for CollectionView<'a> {
+    fn from(collection: &'a Collection) -> Self {
+        match collection {
+            Collection::NotStarted => CollectionView {
+                collected: false,
+                error: None,
+            },
+            Collection::Pending(error) => CollectionView {
+                collected: false,
+                error: error.as_deref(),
+            },
+            Collection::Collected(_) => CollectionView {
+                collected: true,
+                error: None,
+            },
+        }
     }
 }
 
-/// `GET /status/{id}`: the job as the coordinator knows it, without asking any worker.
-pub fn status_view(st: &PoolState, id: &str) -> Option<Value> {
-    let job = st.jobs.get(id)?;
-    let mut view = json!({
-        "job_id": job.id,
-        "pool_status": job.status.as_str(),
-        "worker_id": job.worker_id,
-        "worker_status": job.worker_status,
-        "submitted_at": job.submitted_at,
-        "completed_at": job.completed_at,
-        "dispatched_at": job.dispatched_at,
-        "remote_job_id": job.remote_job_id,
-        "error": job.error,
-        "attempts": job.attempts,
-        "results": collection_view(job),
-        "files": job.inputs.iter().map(|i| json!({"filename": i.filename, "size": i.span.size})).collect::<Vec<_>>(),
-    });
-    if job.status == PoolStatus::Queued {
-        if let Some(position) = st.queue.position(job.queue_ticket) {
-            view["queue_position"] = json!(position);
+/// The uploaded files of a job, as `/status` lists them.
+struct FilesView<'a>(&'a [InputFile]);
+
+impl Serialize for FilesView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct File<'a> {
+            filename: &'a str,
+            size: u64,
         }
+        serializer.collect_seq(self.0.iter().map(|i| File {
+            filename: &i.filename,
+            size: i.span.size,
+        }))
     }
-    Some(view)
+}
+
+/// `GET /status/{id}`: a job as the coordinator knows it, borrowed from the table.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    job_id: &'a str,
+    pool_status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<usize>,
+    worker_id: &'a Option<String>,
+    worker_status: &'a Option<Value>,
+    submitted_at: f64,
+    dispatched_at: Option<f64>,
+    completed_at: Option<f64>,
+    remote_job_id: &'a Option<String>,
+    error: &'a Option<String>,
+    attempts: &'a [Attempt],
+    results: CollectionView<'a>,
+    files: FilesView<'a>,
+}
+
+/// `GET /status/{id}` as JSON, written while the table is locked so nothing is copied; `None`
+/// for an unknown job. It never asks a worker.
+pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
+    let job = st.jobs.get(id)?;
+    let queue_position = if job.status == PoolStatus::Queued {
+        st.queue.position(job.queue_ticket)
+    } else {
+        None
+    };
+    let view = StatusView {
+        job_id: &job.id,
+        pool_status: job.status.as_str(),
+        queue_position,
+        worker_id: &job.worker_id,
+        worker_status: &job.worker_status,
+        submitted_at: job.submitted_at,
+        dispatched_at: job.dispatched_at,
+        completed_at: job.completed_at,
+        remote_job_id: &job.remote_job_id,
+        error: &job.error,
+        attempts: &job.attempts,
+        results: CollectionView::from(&job.collection),
+        files: FilesView(&job.inputs),
+    };
+    serde_json::to_vec(&view).ok()
 }

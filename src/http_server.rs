@@ -14,6 +14,8 @@ use tiny_http::{Header, Request, Response, Server, StatusCode};
 pub enum Reply {
     /// A JSON body.
     Json(u16, Value),
+    /// A JSON body already serialized.
+    JsonBytes(u16, Vec<u8>),
     /// A streamed body (a file from the spool or a worker).
     Stream {
         /// HTTP status.
@@ -36,17 +38,23 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
+fn respond_json(request: Request, status: u16, mut bytes: Vec<u8>) -> std::io::Result<()> {
+    bytes.push(b'\n');
+    let mut response = Response::from_data(bytes).with_status_code(status);
+    if let Some(h) = header("Content-Type", "application/json") {
+        response.add_header(h);
+    }
+    request.respond(response)
+}
+
 fn send(request: Request, reply: Reply) {
     let result = match reply {
-        Reply::Json(status, body) => {
-            let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-            bytes.push(b'\n');
-            let mut response = Response::from_data(bytes).with_status_code(status);
-            if let Some(h) = header("Content-Type", "application/json") {
-                response.add_header(h);
-            }
-            request.respond(response)
-        }
+        Reply::Json(status, body) => respond_json(
+            request,
+            status,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        ),
+        Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes),
         Reply::Stream {
             status,
             content_type,
