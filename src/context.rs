@@ -1,12 +1,16 @@
 //! What every coordinator thread shares: configuration, the pool table, the spool, the worker
-//! client and the wake-up signals of the scheduler and the health checker.
+//! client, the dispatch threads and the wake-up signals of the scheduler and the health checker.
 
 use crate::pool_state::{lock, PoolState};
 use crate::sandrun_client::{Timeouts, WorkerClient};
 use crate::serve::ServeConfig;
 use crate::spool::Spool;
+use crate::thread_cache::ThreadCache;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
+
+/// Stack size of a dispatch thread.
+const DISPATCH_STACK: usize = 256 * 1024;
 
 /// Shared by the HTTP handlers, the scheduler, dispatches, trackers and the health checker.
 pub struct Context {
@@ -18,6 +22,8 @@ pub struct Context {
     pub spool: Spool,
     /// HTTP client towards workers.
     pub client: WorkerClient,
+    /// The threads that dispatch jobs, reused from one dispatch to the next.
+    pub dispatchers: ThreadCache,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -44,6 +50,7 @@ impl Context {
             state: Mutex::new(state),
             spool,
             client,
+            dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK),
             scheduler_signal,
             health_signal,
         };

@@ -1,5 +1,6 @@
-//! Dispatch of one job to one worker, on a thread of its own so a worker that takes minutes to
-//! accept (sandrun holds its lock while a job runs) never stalls the scheduler or other workers.
+//! Dispatch of one job to one worker, on a thread of its own (from a cache of reused threads) so
+//! a worker that takes minutes to accept (sandrun holds its lock while a job runs) never stalls
+//! the scheduler or other workers.
 
 use crate::clock::unix_now;
 use crate::context::Context;
@@ -11,10 +12,7 @@ use crate::pool_state::{PoolState, Throttle};
 use crate::sandrun_client::SubmitOutcome;
 use crate::tracker;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
-
-const DISPATCH_STACK: usize = 256 * 1024;
 
 /// A job the scheduler gave to a worker; its slot on the worker is already reserved.
 #[derive(Debug, Clone)]
@@ -33,18 +31,15 @@ pub struct Assignment {
     pub manifest: Option<Span>,
 }
 
-/// Starts the dispatch thread for an assignment.
+/// Starts the dispatch of an assignment on a dispatch thread of its own.
 pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
     let thread_ctx = Arc::clone(ctx);
     let job_id = assignment.job_id.clone();
-    let spawned = thread::Builder::new()
-        .name("dispatch".to_string())
-        .stack_size(DISPATCH_STACK)
-        .spawn(move || {
-            let outcome = send(&thread_ctx, &assignment);
-            settle(&thread_ctx, &assignment, outcome);
-        });
-    if let Err(e) = spawned {
+    let started = ctx.dispatchers.run(Box::new(move || {
+        let outcome = send(&thread_ctx, &assignment);
+        settle(&thread_ctx, &assignment, outcome);
+    }));
+    if let Err(e) = started {
         log::error!("Could not start a dispatch thread for job {job_id}: {e}");
         let mut st = ctx.lock();
         if let Some(index) = st

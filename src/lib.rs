@@ -20,6 +20,7 @@ pub mod sandrun_client;
 pub mod scheduler;
 pub mod serve;
 pub mod spool;
+pub mod thread_cache;
 pub mod tracker;
 pub mod upload;
 pub mod workers_file;

@@ -172,6 +172,13 @@ fn main() -> ExitCode {
             Err(e) => f.notes.push(format!("scenario 1 could not run: {e}")),
         }
     }
+    if wanted("1") || wanted("7") {
+        say("scenario 7 (CPU floor of a job's worker calls)");
+        if let Err(e) = scenarios::cpu_floor(&body, &mut f) {
+            f.notes
+                .push(format!("the CPU floor could not be measured: {e}"));
+        }
+    }
     type Scenario = fn(&load::JobBody, &mut Findings) -> Result<(), String>;
     let steps: [(&str, &str, Scenario); 4] = [
         ("2", "scenario 2 (full job)", scenarios::full_job),

@@ -316,6 +316,64 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
     Ok(direct_throughput)
 }
 
+/// Jobs the CPU floor is measured over, per run.
+const FLOOR_JOBS: u64 = 2000;
+
+/// CPU seconds this thread has used (user and system, including the network work the kernel
+/// does in its system calls).
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_THREAD is this thread.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// Scenario 7's floor: the CPU a bare client thread spends on the worker calls one job needs
+/// (submit, status, logs, one download), each on a fresh connection as sandrun requires. No
+/// coordinator can spend less per job than this.
+pub fn cpu_floor(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let mut floor = Series::default();
+    let content_type = body.content_type();
+    let agent = load::agent();
+    for _ in 0..RUNS {
+        let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+        let base = worker.endpoint();
+        let one_job = |seq: u64| -> Result<(), String> {
+            let rid = submit(
+                &agent,
+                &format!("{base}/submit"),
+                &content_type,
+                &body.with_token(token(CLIENTS, seq)),
+            )?;
+            load::get_json(&agent, &format!("{base}/status/{rid}"))?;
+            load::get_json(&agent, &format!("{base}/logs/{rid}"))?;
+            check_result(&load::get_bytes(
+                &agent,
+                &format!("{base}/download/{rid}/result.txt"),
+            )?)
+        };
+        for seq in 0..FLOOR_JOBS / 10 {
+            one_job(seq)?;
+        }
+        let before = thread_cpu();
+        for seq in 0..FLOOR_JOBS {
+            one_job(FLOOR_JOBS + seq)?;
+        }
+        floor.push((thread_cpu() - before).as_secs_f64() * 1e6 / FLOOR_JOBS as f64);
+    }
+    f.rows.push(Row::pool(
+        "7 cpu",
+        "floor: a bare client's CPU for one job's 4 worker calls",
+        "us",
+        floor.0,
+    ));
+    Ok(())
+}
+
 /// Waits for a job to reach `done` by polling `url`; `field` names the status in the answer.
 fn wait_done(
     agent: &ureq::Agent,
