@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 13] = [
+const FLAGS: [&str; 14] = [
     "--port",
     "--bind",
     "--workers",
@@ -30,6 +30,7 @@ const FLAGS: [&str; 13] = [
     "--health-timeout",
     "--state-dir",
     "--max-upload-bytes",
+    "--upload-memory-bytes",
     "--dispatch-timeout",
     "--track-interval",
     "--lost-after",
@@ -202,6 +203,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--health-timeout", "soon"], "--health-timeout"),
         (&["--max-upload-bytes", "0"], "--max-upload-bytes"),
         (&["--max-upload-bytes", "1e6"], "--max-upload-bytes"),
+        (&["--upload-memory-bytes", "-1"], "--upload-memory-bytes"),
+        (&["--upload-memory-bytes", "4MiB"], "--upload-memory-bytes"),
         (&["--dispatch-timeout", "NaN"], "--dispatch-timeout"),
         (&["--track-interval", "inf"], "--track-interval"),
         (&["--lost-after", ""], "--lost-after"),
