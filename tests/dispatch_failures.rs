@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use support::lifecycle::{
-    assert_pool_consistent, job_status, pool_worker, submit, wait_collected, wait_healthy,
-    wait_status,
+    assert_no_uploads, assert_pool_consistent, job_status, pool_worker, submit, wait_collected,
+    wait_healthy, wait_status,
 };
 use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
 
@@ -221,11 +221,7 @@ fn a_rejected_job_fails_at_once_without_retry() {
     );
     assert_eq!(job_status(&coordinator, &id)["pool_status"], "failed");
     assert_results_refused(&coordinator, &id, 404);
-    let upload = coordinator.state_dir().join("uploads").join(&id);
-    assert!(
-        !upload.exists(),
-        "the failed job's upload stayed in the spool"
-    );
+    assert_no_uploads(&coordinator, "the failed job's upload stayed in the spool");
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool_worker(&pool, &rejecting)["jobs_failed"], 1, "{pool}");
     assert_eq!(pool_worker(&pool, &rejecting)["active_jobs"], 0, "{pool}");

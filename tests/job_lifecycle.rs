@@ -14,8 +14,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use support::lifecycle::{
-    assert_pool_consistent, get_raw, job_status, pool_worker, submit, wait_collected, wait_healthy,
-    wait_status,
+    assert_no_uploads, assert_pool_consistent, get_raw, job_status, pool_worker, submit,
+    wait_collected, wait_healthy, wait_status,
 };
 use support::{
     get, get_bytes, get_json, poll_until, tar_gz, Coordinator, FakeWorker, Form, ReceivedFile,
@@ -167,11 +167,6 @@ fn tarball_and_single_file_jobs_complete_and_their_results_download() {
     let (code, logs) = get_json(&coordinator.url(&format!("/logs/{tar_id}")));
     assert_eq!(code, 200, "{logs}");
     assert_eq!(logs["stdout"], "ran main.py\n");
-    let upload = coordinator.state_dir().join("uploads").join(&tar_id);
-    assert!(
-        !upload.exists(),
-        "the upload stayed in the spool after the worker took it"
-    );
 
     let status = wait_collected(&coordinator, &single_id, DEADLINE);
     let remote = text(&status["remote_job_id"]);
@@ -185,6 +180,10 @@ fn tarball_and_single_file_jobs_complete_and_their_results_download() {
     assert_eq!(
         (code, logs["stdout"].clone()),
         (200, Value::from("ran main.py\n"))
+    );
+    assert_no_uploads(
+        &coordinator,
+        "an upload stayed in the spool after the worker took it",
     );
 
     let pool = assert_pool_consistent(&coordinator);

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::lifecycle::{assert_pool_consistent, submit, wait_collected, wait_healthy};
+use support::lifecycle::{
+    assert_no_uploads, assert_pool_consistent, submit, wait_collected, wait_healthy,
+};
 use support::{get, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -64,10 +66,7 @@ fn run_and_check(coordinator: &Coordinator, worker: &FakeWorker, jobs: &[(String
         let (code, result) = get(&coordinator.url(&format!("/outputs/{id}/result.txt")));
         assert_eq!((code, result), (200, format!("result of {remote}\n")));
     }
-    assert_eq!(upload_files(coordinator), BTreeSet::new());
-    let figures = spool(coordinator);
-    assert_eq!(figures["uploads_in_memory"], 0, "{figures}");
-    assert_eq!(figures["upload_memory_bytes"], 0, "{figures}");
+    assert_no_uploads(coordinator, "an upload stayed after its worker took it");
 }
 
 #[test]

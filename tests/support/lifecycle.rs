@@ -3,6 +3,7 @@
 //! out exactly as written, where an HTTP library would normalize `..` and `%2e%2e` away; headers
 //! are hand-made; bodies may be chunked, short or longer than announced).
 
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpStream};
 use std::thread;
@@ -15,6 +16,20 @@ use super::coordinator::Coordinator;
 use super::fake_worker::FakeWorker;
 use super::form::Form;
 use super::util::poll_until;
+
+/// Asserts the spool holds no upload: none in memory (`/pool`'s `spool`), no file in `uploads/`.
+pub fn assert_no_uploads(coordinator: &Coordinator, why: &str) {
+    let (status, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(status, 200, "{pool}");
+    assert_eq!(pool["spool"]["uploads_in_memory"], 0, "{why}: {pool}");
+    assert_eq!(pool["spool"]["upload_memory_bytes"], 0, "{why}: {pool}");
+    let dir = coordinator.state_dir().join("uploads");
+    let files: Vec<String> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(files.is_empty(), "{why}: {files:?} in {}", dir.display());
+}
 
 /// Submits a form to the coordinator, asserts it was queued, and returns the job id.
 pub fn submit(coordinator: &Coordinator, form: &Form) -> String {
