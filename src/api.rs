@@ -167,13 +167,15 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
     })
 }
 
-/// The `/pool` figures of the spool: uploads waiting in memory and the limit.
+/// The `/pool` figures of the spool: uploads waiting in memory (and the limit) and on disk.
 pub fn spool_view(spool: &Spool) -> Value {
-    let (uploads, bytes) = spool.held_uploads();
+    let counts = spool.upload_counts();
     json!({
-        "uploads_in_memory": uploads,
-        "upload_memory_bytes": bytes,
+        "uploads_in_memory": counts.in_memory,
+        "upload_memory_bytes": counts.memory_bytes,
         "upload_memory_limit": spool.memory_limit(),
+        "uploads_on_disk": counts.on_disk,
+        "upload_disk_bytes": counts.disk_bytes,
     })
 }
 

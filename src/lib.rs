@@ -19,6 +19,7 @@ pub mod pool_state;
 pub mod priority;
 pub mod sandrun_client;
 pub mod scheduler;
+pub mod segments;
 pub mod serve;
 pub mod spool;
 pub mod thread_cache;

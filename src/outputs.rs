@@ -8,7 +8,6 @@ use crate::http_server::{error_reply, Reply};
 use crate::job::{Collection, PoolStatus, StoredResults};
 use crate::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::sandrun_client::CallError;
-use crate::spool::open_span;
 use serde_json::{json, Value};
 use std::io::Read;
 
@@ -131,7 +130,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
                 format!("the output {path:?} of job {id} was not collected (its path is unsafe)"),
             );
         };
-        return match open_span(&ctx.spool.results_file(&stored.segment), *span) {
+        return match ctx.spool.results_reader(&stored.segment, *span) {
             Ok(body) => Reply::Stream {
                 status: 200,
                 content_type,
@@ -170,7 +169,9 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
         Err(reply) => return reply,
     };
     if let Some(stored) = &job.stored {
-        let read = open_span(&ctx.spool.results_file(&stored.segment), stored.logs)
+        let read = ctx
+            .spool
+            .results_reader(&stored.segment, stored.logs)
             .and_then(|mut reader| {
                 let mut bytes = Vec::new();
                 reader.read_to_end(&mut bytes).map(|_| bytes)

@@ -2,139 +2,104 @@
 //!
 //! An upload's parts are stored back to back (the job record says where each part lies): in
 //! memory when the upload is at most [`HELD_UPLOAD_MAX`] bytes and all held uploads stay within
-//! `--upload-memory-bytes`, else in `uploads/<id>` under the state directory, so memory stays
-//! bounded however many jobs wait. Collected results (output files, then logs, back to back) are
-//! appended to segment files `results/<start time>-<n>`: one per collection running at once,
-//! each closed at 64 MiB; the job record says which segment and where. In the common case a job
-//! thus creates and deletes no file at all: file creation and deletion were most of the
-//! coordinator's CPU per job.
+//! `--upload-memory-bytes`, else appended to a segment file in `uploads/`, so memory stays bounded
+//! however many jobs wait; an upload segment's file is removed once no waiting upload is in it.
+//! Collected results (output files, then logs, back to back) are appended to segment files in
+//! `results/`; the job record says which and where. No file is created or deleted per job: that
+//! was most of the coordinator's CPU per job.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::job::Span;
 use crate::pool_state::lock;
+use crate::segments::{OpenSegment, SegmentFile, Segments};
+
+pub use crate::segments::CopyError;
 
 /// Largest upload kept in memory; larger ones always go to disk.
 pub const HELD_UPLOAD_MAX: u64 = 64 * 1024;
-
-/// A results segment takes no more jobs once it is this large.
-const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
-
-/// Uploads kept in memory, and their total size.
-#[derive(Default)]
-struct Held {
-    bytes: u64,
-    by_job: HashMap<String, Arc<[u8]>>,
-}
-
-/// The spool under `--state-dir`, with its in-memory part.
-pub struct Spool {
-    uploads: PathBuf,
-    results: PathBuf,
-    random: Mutex<BufReader<File>>,
-    memory_limit: u64,
-    held: Mutex<Held>,
-    started: u64,
-    segments: Mutex<Segments>,
-}
-
-/// Results segments not being written to, and how many were made.
-#[derive(Default)]
-struct Segments {
-    free: Vec<Segment>,
-    created: u64,
-}
 
 /// Where a job's uploaded bytes are.
 #[derive(Debug, Clone)]
 pub enum UploadSource {
     /// Held in memory.
     Held(Arc<[u8]>),
-    /// In a file of the spool.
-    File(PathBuf),
+    /// In an upload segment, from `base` on.
+    OnDisk {
+        /// The segment.
+        file: Arc<SegmentFile>,
+        /// Where the upload starts in it.
+        base: u64,
+        /// The upload's size.
+        size: u64,
+    },
 }
 
 impl UploadSource {
-    /// A reader of the bytes at `span`.
+    /// A reader of the bytes at `span` of the upload.
     pub fn open(&self, span: Span) -> io::Result<Box<dyn Read + Send>> {
         match self {
             Self::Held(bytes) => {
                 let start = usize::try_from(span.offset).unwrap_or(usize::MAX);
                 let end = start.saturating_add(usize::try_from(span.size).unwrap_or(usize::MAX));
-                if end > bytes.len() {
-                    return Err(io::Error::other("a part lies outside its held upload"));
-                }
-                Ok(Box::new(HeldSlice {
-                    bytes: Arc::clone(bytes),
-                    at: start,
-                    end,
-                }))
+                let part = bytes
+                    .get(start..end)
+                    .ok_or_else(|| io::Error::other("a part lies outside its held upload"))?;
+                Ok(Box::new(io::Cursor::new(part.to_vec())))
             }
-            Self::File(path) => open_span(path, span),
+            Self::OnDisk { file, base, .. } => Ok(Box::new(file.reader(Span {
+                offset: base + span.offset,
+                size: span.size,
+            }))),
         }
     }
 }
 
-/// Reads a range of a held upload.
-struct HeldSlice {
-    bytes: Arc<[u8]>,
-    at: usize,
-    end: usize,
+/// The waiting uploads and their totals.
+#[derive(Default)]
+struct Waiting {
+    by_job: HashMap<String, UploadSource>,
+    held_bytes: u64,
+    held: usize,
+    disk_bytes: u64,
 }
 
-impl Read for HeldSlice {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.end - self.at);
-        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
+/// Waiting uploads as `/pool` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadCounts {
+    /// Uploads held in memory.
+    pub in_memory: usize,
+    /// Their bytes.
+    pub memory_bytes: u64,
+    /// Uploads in upload segments.
+    pub on_disk: usize,
+    /// Their bytes.
+    pub disk_bytes: u64,
 }
 
-/// Opens `path` positioned at `span`, reading no further than its end.
-pub fn open_span(path: &Path, span: Span) -> io::Result<Box<dyn Read + Send>> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(span.offset))?;
-    Ok(Box::new(file.take(span.size)))
-}
-
-/// A copy into the spool that failed.
-#[derive(Debug)]
-pub enum CopyError {
-    /// Reading the source failed (the client's or the worker's side).
-    Read(io::Error),
-    /// Writing the spool failed.
-    Write(io::Error),
-}
-
-/// Feeds everything `data` yields to `sink`.
-fn pump(
-    data: &mut dyn Read,
-    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
-) -> Result<(), CopyError> {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        sink(&buf[..n]).map_err(CopyError::Write)?;
-    }
+/// The spool under `--state-dir`, with its in-memory part.
+pub struct Spool {
+    results: PathBuf,
+    upload_segments: Segments,
+    result_segments: Segments,
+    random: Mutex<BufReader<File>>,
+    memory_limit: u64,
+    waiting: Mutex<Waiting>,
 }
 
 enum Sink {
     Memory(Vec<u8>),
-    File(BufWriter<File>),
+    Disk { segment: OpenSegment, base: u64 },
+    Failed,
 }
 
 /// Receives one upload as it streams in: in memory until it outgrows [`HELD_UPLOAD_MAX`], then in
-/// its spool file. A writer dropped unfinished leaves its file for [`Spool::remove_upload`].
+/// an upload segment.
 pub struct UploadWriter<'a> {
     spool: &'a Spool,
     id: &'a str,
@@ -143,10 +108,19 @@ pub struct UploadWriter<'a> {
 }
 
 impl UploadWriter<'_> {
-    /// Appends everything `data` yields; returns where it lies.
+    /// Appends everything `data` yields; returns where it lies in the upload.
     pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
         let offset = self.written;
-        pump(data, |chunk| self.write(chunk))?;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            self.write(&buf[..n]).map_err(CopyError::Write)?;
+        }
         Ok(Span {
             offset,
             size: self.written - offset,
@@ -160,84 +134,87 @@ impl UploadWriter<'_> {
                 self.written += bytes.len() as u64;
                 return Ok(());
             }
-            let mut file = self.spool.create_upload_file(self.id)?;
-            file.write_all(buffer)?;
-            self.sink = Sink::File(file);
+            let buffer = std::mem::take(buffer);
+            self.sink = self.spill(&buffer)?;
         }
-        if let Sink::File(file) = &mut self.sink {
-            file.write_all(bytes)?;
+        match &mut self.sink {
+            Sink::Disk { segment, .. } => {
+                if let Err(e) = segment.write_all(bytes) {
+                    self.sink = Sink::Failed;
+                    return Err(e);
+                }
+            }
+            _ => return Err(io::Error::other("the upload segment failed")),
         }
         self.written += bytes.len() as u64;
         Ok(())
     }
 
+    /// Starts writing to an upload segment with `buffer`.
+    fn spill(&self, buffer: &[u8]) -> io::Result<Sink> {
+        let mut segment = self.spool.upload_segments.take()?;
+        let base = segment.offset();
+        segment.write_all(buffer)?;
+        Ok(Sink::Disk { segment, base })
+    }
+
     /// Stores the complete upload: held in memory when the limit allows, else on disk.
-    pub fn finish(self) -> io::Result<()> {
-        match self.sink {
-            Sink::Memory(buffer) => {
-                let Some(buffer) = self.spool.hold(self.id, buffer) else {
-                    return Ok(());
-                };
-                let mut file = self.spool.create_upload_file(self.id)?;
-                file.write_all(&buffer)?;
-                file.flush()
+    pub fn finish(mut self) -> io::Result<()> {
+        let sink = std::mem::replace(&mut self.sink, Sink::Failed);
+        let sink = match sink {
+            Sink::Memory(buffer) => match self.spool.hold(self.id, buffer) {
+                None => return Ok(()),
+                Some(buffer) => self.spill(&buffer)?,
+            },
+            other => other,
+        };
+        let Sink::Disk { mut segment, base } = sink else {
+            return Err(io::Error::other("the upload segment failed"));
+        };
+        segment.flush()?;
+        let source = UploadSource::OnDisk {
+            file: Arc::clone(segment.file()),
+            base,
+            size: self.written,
+        };
+        self.spool.upload_segments.give_back(segment);
+        let mut waiting = lock(&self.spool.waiting);
+        waiting.disk_bytes += self.written;
+        waiting.by_job.insert(self.id.to_string(), source);
+        Ok(())
+    }
+}
+
+impl Drop for UploadWriter<'_> {
+    /// An unfinished upload (refused, cut off) gives its segment back for the next one.
+    fn drop(&mut self) {
+        if let Sink::Disk { mut segment, .. } = std::mem::replace(&mut self.sink, Sink::Failed) {
+            if segment.flush().is_ok() {
+                self.spool.upload_segments.give_back(segment);
             }
-            Sink::File(mut file) => file.flush(),
         }
     }
 }
 
-/// An open results segment: collected results are appended to it.
-struct Segment {
-    name: String,
-    file: BufWriter<File>,
-    len: u64,
-}
-
 /// Receives one job's results, appended to a results segment that no other job writes to
-/// meanwhile; the segment goes back for the next job when the writer is finished.
+/// meanwhile.
 pub struct ResultsWriter<'a> {
     spool: &'a Spool,
-    segment: Option<Segment>,
+    segment: OpenSegment,
 }
 
 impl ResultsWriter<'_> {
     /// Appends everything `data` yields; returns where it lies.
     pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
-        let segment = self
-            .segment
-            .as_mut()
-            .ok_or_else(|| CopyError::Write(io::Error::other("the results segment failed")))?;
-        let offset = segment.len;
-        let file = &mut segment.file;
-        let mut written = 0;
-        let copied = pump(data, |chunk| {
-            file.write_all(chunk)?;
-            written += chunk.len() as u64;
-            Ok(())
-        });
-        segment.len += written;
-        if let Err(e) = copied {
-            if let CopyError::Write(_) = e {
-                self.segment = None;
-            }
-            return Err(e);
-        }
-        Ok(Span {
-            offset,
-            size: written,
-        })
+        self.segment.append(data)
     }
 
     /// Writes out what is buffered; returns the segment's name, which the spans refer to.
+    /// A writer dropped unfinished (after a failure) closes its segment.
     pub fn finish(mut self) -> io::Result<String> {
-        let mut segment = self
-            .segment
-            .take()
-            .ok_or_else(|| io::Error::other("the results segment failed"))?;
-        segment.file.flush()?;
-        let name = segment.name.clone();
-        self.spool.return_segment(segment);
+        self.segment.flush()?;
+        let name = self.segment.file().name().to_string();
+        self.spool.result_segments.give_back(self.segment);
         Ok(name)
     }
 }
@@ -246,21 +223,21 @@ impl Spool {
     /// Opens (creating if missing) the spool under `state_dir`; at most `memory_limit` bytes of
     /// uploads are held in memory.
     pub fn open(state_dir: &Path, memory_limit: u64) -> io::Result<Self> {
-        let uploads = state_dir.join("uploads");
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
         let results = state_dir.join("results");
-        std::fs::create_dir_all(&uploads)?;
-        std::fs::create_dir_all(&results)?;
+        let upload_segments = Segments::open(state_dir.join("uploads"), started.clone(), true)?;
+        let result_segments = Segments::open(results.clone(), started, false)?;
         let random = BufReader::with_capacity(4096, File::open("/dev/urandom")?);
         Ok(Spool {
-            uploads,
             results,
+            upload_segments,
+            result_segments,
             random: Mutex::new(random),
             memory_limit,
-            held: Mutex::new(Held::default()),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            segments: Mutex::new(Segments::default()),
+            waiting: Mutex::new(Waiting::default()),
         })
     }
 
@@ -283,48 +260,51 @@ impl Spool {
 
     /// A writer for the upload of job `id`.
     pub fn upload_writer<'a>(&'a self, id: &'a str) -> io::Result<UploadWriter<'a>> {
-        let sink = if self.memory_limit == 0 {
-            Sink::File(self.create_upload_file(id)?)
-        } else {
-            Sink::Memory(Vec::new())
-        };
-        Ok(UploadWriter {
+        let mut writer = UploadWriter {
             spool: self,
             id,
-            sink,
+            sink: Sink::Memory(Vec::new()),
             written: 0,
-        })
-    }
-
-    fn create_upload_file(&self, id: &str) -> io::Result<BufWriter<File>> {
-        let file = File::create(self.uploads.join(id))?;
-        Ok(BufWriter::with_capacity(64 * 1024, file))
+        };
+        if self.memory_limit == 0 {
+            writer.sink = writer.spill(&[])?;
+        }
+        Ok(writer)
     }
 
     /// Keeps `buffer` in memory as the upload of `id` if the limit allows; else gives it back.
     fn hold(&self, id: &str, buffer: Vec<u8>) -> Option<Vec<u8>> {
         let size = buffer.len() as u64;
-        let mut held = lock(&self.held);
-        if held.bytes + size > self.memory_limit {
+        let mut waiting = lock(&self.waiting);
+        if waiting.held_bytes + size > self.memory_limit {
             return Some(buffer);
         }
-        held.bytes += size;
-        held.by_job.insert(id.to_string(), buffer.into());
+        waiting.held_bytes += size;
+        waiting.held += 1;
+        waiting
+            .by_job
+            .insert(id.to_string(), UploadSource::Held(buffer.into()));
         None
     }
 
     /// Where the upload of job `id` is.
-    pub fn upload_source(&self, id: &str) -> UploadSource {
-        match lock(&self.held).by_job.get(id) {
-            Some(bytes) => UploadSource::Held(Arc::clone(bytes)),
-            None => UploadSource::File(self.uploads.join(id)),
-        }
+    pub fn upload_source(&self, id: &str) -> io::Result<UploadSource> {
+        lock(&self.waiting)
+            .by_job
+            .get(id)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("the upload of job {id} is not in the spool")))
     }
 
-    /// Uploads held in memory: how many, and their total bytes.
-    pub fn held_uploads(&self) -> (usize, u64) {
-        let held = lock(&self.held);
-        (held.by_job.len(), held.bytes)
+    /// The waiting uploads, in memory and on disk.
+    pub fn upload_counts(&self) -> UploadCounts {
+        let waiting = lock(&self.waiting);
+        UploadCounts {
+            in_memory: waiting.held,
+            memory_bytes: waiting.held_bytes,
+            on_disk: waiting.by_job.len() - waiting.held,
+            disk_bytes: waiting.disk_bytes,
+        }
     }
 
     /// The most upload bytes held in memory (`--upload-memory-bytes`).
@@ -332,67 +312,102 @@ impl Spool {
         self.memory_limit
     }
 
-    /// Removes a job's upload: a worker holds it now, or the job ended without running.
+    /// Drops a job's upload: a worker holds it now, or the job ended without running.
     pub fn remove_upload(&self, id: &str) {
-        {
-            let mut held = lock(&self.held);
-            if let Some(bytes) = held.by_job.remove(id) {
-                held.bytes -= bytes.len() as u64;
-                return;
+        let removed = {
+            let mut waiting = lock(&self.waiting);
+            let removed = waiting.by_job.remove(id);
+            match &removed {
+                Some(UploadSource::Held(bytes)) => {
+                    waiting.held_bytes -= bytes.len() as u64;
+                    waiting.held -= 1;
+                }
+                Some(UploadSource::OnDisk { size, .. }) => waiting.disk_bytes -= size,
+                None => {}
             }
-        }
-        let path = self.uploads.join(id);
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("Could not remove {}: {e}", path.display());
-            }
+            removed
+        };
+        if let Some(UploadSource::OnDisk { .. }) = removed {
+            drop(removed);
+            self.upload_segments.sweep();
         }
     }
 
-    /// A writer for one job's results, on a free segment or a new one.
+    /// A writer for one job's results, on a free results segment or a new one.
     pub fn results_writer(&self) -> io::Result<ResultsWriter<'_>> {
-        let free = lock(&self.segments).free.pop();
-        let segment = match free {
-            Some(segment) => segment,
-            None => self.new_segment()?,
-        };
         Ok(ResultsWriter {
             spool: self,
-            segment: Some(segment),
+            segment: self.result_segments.take()?,
         })
     }
 
-    fn new_segment(&self) -> io::Result<Segment> {
-        loop {
-            let number = {
-                let mut segments = lock(&self.segments);
-                segments.created += 1;
-                segments.created
-            };
-            let name = format!("{}-{number:06}", self.started);
-            let path = self.results.join(&name);
-            match File::options().write(true).create_new(true).open(path) {
-                Ok(file) => {
-                    return Ok(Segment {
-                        name,
-                        file: BufWriter::with_capacity(64 * 1024, file),
-                        len: 0,
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
+    /// A reader of `span` in the results segment called `segment`.
+    pub fn results_reader(&self, segment: &str, span: Span) -> io::Result<Box<dyn Read + Send>> {
+        let mut file = File::open(self.results.join(segment))?;
+        file.seek(SeekFrom::Start(span.offset))?;
+        Ok(Box::new(file.take(span.size)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| entries.count())
     }
 
-    fn return_segment(&self, segment: Segment) {
-        if segment.len < SEGMENT_MAX {
-            lock(&self.segments).free.push(segment);
-        }
+    fn read_all(source: &UploadSource, span: Span) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        source
+            .open(span)
+            .and_then(|mut r| r.read_to_end(&mut bytes))
+            .expect("read");
+        bytes
     }
 
-    /// The results segment called `name`.
-    pub fn results_file(&self, name: &str) -> PathBuf {
-        self.results.join(name)
+    #[test]
+    fn uploads_on_disk_share_a_segment_that_goes_with_the_last_of_them() {
+        let dir = std::env::temp_dir().join(format!("tp-spool-{}", std::process::id()));
+        let spool = Spool::open(&dir, 0).expect("spool");
+        let uploads = dir.join("uploads");
+        for (id, text) in [("a", b"first upload".as_slice()), ("b", b"second")] {
+            let mut writer = spool.upload_writer(id).expect("writer");
+            let span = writer.append(&mut &text[..]).expect("append");
+            writer.finish().expect("finish");
+            assert_eq!(span.offset, 0);
+            let source = spool.upload_source(id).expect("source");
+            assert_eq!(read_all(&source, span), text);
+        }
+        let mut refused = spool.upload_writer("c").expect("writer");
+        refused.append(&mut &b"cut off"[..]).expect("append");
+        drop(refused);
+        assert_eq!(files_in(&uploads), 1, "one shared segment");
+        assert_eq!(spool.upload_counts().on_disk, 2);
+        assert_eq!(spool.upload_counts().disk_bytes, 18);
+
+        spool.remove_upload("a");
+        assert_eq!(files_in(&uploads), 1, "b still waits in it");
+        spool.remove_upload("b");
+        assert_eq!(files_in(&uploads), 0, "no upload left in it");
+        assert_eq!(spool.upload_counts().on_disk, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_held_upload_is_read_back_by_span_and_released() {
+        let dir = std::env::temp_dir().join(format!("tp-spool-held-{}", std::process::id()));
+        let spool = Spool::open(&dir, 1024).expect("spool");
+        let mut writer = spool.upload_writer("a").expect("writer");
+        writer.append(&mut &b"head-"[..]).expect("append");
+        let span = writer.append(&mut &b"part"[..]).expect("append");
+        writer.finish().expect("finish");
+        let source = spool.upload_source("a").expect("source");
+        assert_eq!(read_all(&source, span), b"part");
+        assert_eq!(spool.upload_counts().memory_bytes, 9);
+        spool.remove_upload("a");
+        assert_eq!(spool.upload_counts().in_memory, 0);
+        assert_eq!(files_in(&dir.join("uploads")), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

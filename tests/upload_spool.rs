@@ -1,6 +1,6 @@
 //! Where waiting uploads are kept: small ones in memory up to `--upload-memory-bytes`, large
-//! ones and the overflow in `<state_dir>/uploads`; either way they reach the worker unchanged
-//! and nothing stays behind once a worker has them.
+//! ones and the overflow in shared segment files in `<state_dir>/uploads`; either way they reach
+//! the worker unchanged and nothing stays behind once a worker has them.
 
 mod support;
 
@@ -88,30 +88,32 @@ fn small_uploads_wait_in_memory_within_the_limit_and_the_rest_on_disk() {
     assert_eq!(spool(&coordinator)["upload_memory_limit"], limit);
 
     let mut jobs = Vec::new();
-    let mut on_disk = BTreeSet::new();
+    let (mut held_bytes, mut disk_bytes) = (0, 0);
     let (big, big_bytes) = job(70 * KIB, b'a');
-    let id = submit(&coordinator, &big);
-    on_disk.insert(id.clone());
-    jobs.push((id, big_bytes));
-    let mut held_bytes = 0;
+    disk_bytes += big_bytes.len() + MANIFEST.len();
+    jobs.push((submit(&coordinator, &big), big_bytes));
     for fill in [b'b', b'c'] {
         let (form, bytes) = job(60 * KIB, fill);
         held_bytes += bytes.len() + MANIFEST.len();
         jobs.push((submit(&coordinator, &form), bytes));
     }
     let (over, over_bytes) = job(60 * KIB, b'd');
-    let id = submit(&coordinator, &over);
-    on_disk.insert(id.clone());
-    jobs.push((id, over_bytes));
+    disk_bytes += over_bytes.len() + MANIFEST.len();
+    jobs.push((submit(&coordinator, &over), over_bytes));
 
-    assert_eq!(
-        upload_files(&coordinator),
-        on_disk,
-        "the upload over 64 KiB and the one past the limit belong on disk, the others in memory"
-    );
     let figures = spool(&coordinator);
-    assert_eq!(figures["uploads_in_memory"], 2, "{figures}");
+    assert_eq!(
+        (&figures["uploads_in_memory"], &figures["uploads_on_disk"]),
+        (&Value::from(2), &Value::from(2)),
+        "the upload over 64 KiB and the one past the limit belong on disk, the others in memory: {figures}"
+    );
     assert_eq!(figures["upload_memory_bytes"], held_bytes, "{figures}");
+    assert_eq!(figures["upload_disk_bytes"], disk_bytes, "{figures}");
+    assert_eq!(
+        upload_files(&coordinator).len(),
+        1,
+        "the two uploads on disk share one segment file"
+    );
 
     run_and_check(&coordinator, &worker, &jobs);
 }
@@ -133,8 +135,10 @@ fn with_no_upload_memory_every_upload_waits_on_disk() {
     );
     let (form, bytes) = job(100, b'x');
     let id = submit(&coordinator, &form);
-    assert_eq!(upload_files(&coordinator), BTreeSet::from([id.clone()]));
-    assert_eq!(spool(&coordinator)["uploads_in_memory"], 0);
+    assert_eq!(upload_files(&coordinator).len(), 1);
+    let figures = spool(&coordinator);
+    assert_eq!(figures["uploads_in_memory"], 0, "{figures}");
+    assert_eq!(figures["uploads_on_disk"], 1, "{figures}");
 
     run_and_check(&coordinator, &worker, &[(id, bytes)]);
 }

@@ -1,0 +1,258 @@
+//! Append-only segment files shared by many jobs: the uploads that wait on disk, and collected
+//! results. A writer takes a segment that no one else writes to (or a new one), appends one job's
+//! bytes and gives it back; a segment takes no more once it is [`SEGMENT_MAX`] bytes. Reads go by
+//! offset on a shared handle. Many jobs per file means no file is created or deleted per job.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::job::Span;
+use crate::pool_state::lock;
+
+/// A segment takes no more writes once it is this large.
+pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+
+/// A copy into a segment that failed.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Reading the source failed (the client's or the worker's side).
+    Read(io::Error),
+    /// Writing the segment failed.
+    Write(io::Error),
+}
+
+/// One segment file. With `remove_when_unused`, the file is removed once nothing refers to it.
+#[derive(Debug)]
+pub struct SegmentFile {
+    path: PathBuf,
+    name: String,
+    file: File,
+    remove_when_unused: bool,
+}
+
+impl SegmentFile {
+    /// The file's name in its directory.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A reader of the bytes at `span`.
+    pub fn reader(self: &Arc<Self>, span: Span) -> SpanReader {
+        SpanReader {
+            file: Arc::clone(self),
+            at: span.offset,
+            end: span.offset.saturating_add(span.size),
+        }
+    }
+}
+
+impl Drop for SegmentFile {
+    fn drop(&mut self) {
+        if self.remove_when_unused {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("Could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Reads a range of a segment.
+pub struct SpanReader {
+    file: Arc<SegmentFile>,
+    at: u64,
+    end: u64,
+}
+
+impl Read for SpanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end - self.at).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before the data it should hold", self.file.name),
+            ));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes to a segment through its shared handle.
+struct SharedWrite(Arc<SegmentFile>);
+
+impl Write for SharedWrite {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.0.file).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A segment taken for writing: appends go to its end.
+pub struct OpenSegment {
+    file: Arc<SegmentFile>,
+    out: BufWriter<SharedWrite>,
+    len: u64,
+}
+
+impl OpenSegment {
+    /// The segment file.
+    pub fn file(&self) -> &Arc<SegmentFile> {
+        &self.file
+    }
+
+    /// Where the next byte goes.
+    pub fn offset(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `bytes`.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends everything `data` yields; returns where it lies.
+    pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
+        let offset = self.len;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            self.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        }
+        Ok(Span {
+            offset,
+            size: self.len - offset,
+        })
+    }
+
+    /// Writes out what is buffered, so readers see everything appended so far.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Segments free for the next writer, and how many were made.
+#[derive(Default)]
+struct Free {
+    segments: Vec<OpenSegment>,
+    created: u64,
+}
+
+/// The segments of one directory.
+pub struct Segments {
+    dir: PathBuf,
+    prefix: String,
+    remove_when_unused: bool,
+    free: Mutex<Free>,
+}
+
+impl Segments {
+    /// Segments in `dir` (created if missing), named `<prefix>-<n>`. With `remove_when_unused`,
+    /// a segment's file is removed as soon as no writer and no reader refer to it.
+    pub fn open(dir: PathBuf, prefix: String, remove_when_unused: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Segments {
+            dir,
+            prefix,
+            remove_when_unused,
+            free: Mutex::new(Free::default()),
+        })
+    }
+
+    /// A segment for one writer: a free one, or a new one.
+    pub fn take(&self) -> io::Result<OpenSegment> {
+        let (free, number) = {
+            let mut free = lock(&self.free);
+            match free.segments.pop() {
+                Some(segment) => (Some(segment), 0),
+                None => {
+                    free.created += 1;
+                    (None, free.created)
+                }
+            }
+        };
+        match free {
+            Some(segment) => Ok(segment),
+            None => self.create(number),
+        }
+    }
+
+    fn create(&self, mut number: u64) -> io::Result<OpenSegment> {
+        loop {
+            let name = format!("{}-{number:06}", self.prefix);
+            let path = self.dir.join(&name);
+            match File::options()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    let file = Arc::new(SegmentFile {
+                        path,
+                        name,
+                        file,
+                        remove_when_unused: self.remove_when_unused,
+                    });
+                    return Ok(OpenSegment {
+                        out: BufWriter::with_capacity(64 * 1024, SharedWrite(Arc::clone(&file))),
+                        file,
+                        len: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    number = {
+                        let mut free = lock(&self.free);
+                        free.created += 1;
+                        free.created
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives a segment back after a writer flushed it. A full one is closed; with
+    /// `remove_when_unused`, so is one that nothing refers to any more (its file goes).
+    pub fn give_back(&self, segment: OpenSegment) {
+        if segment.len >= SEGMENT_MAX || self.unused(&segment) {
+            return;
+        }
+        lock(&self.free).segments.push(segment);
+    }
+
+    /// Closes the free segments that nothing refers to any more (their files go).
+    pub fn sweep(&self) {
+        if self.remove_when_unused {
+            let unused: Vec<OpenSegment> = {
+                let mut free = lock(&self.free);
+                let (unused, used) = free.segments.drain(..).partition(|s| self.unused(s));
+                free.segments = used;
+                unused
+            };
+            drop(unused);
+        }
+    }
+
+    fn unused(&self, segment: &OpenSegment) -> bool {
+        // The segment itself holds two references: its own and its writer's.
+        self.remove_when_unused && Arc::strong_count(&segment.file) <= 2
+    }
+}
