@@ -16,7 +16,6 @@ pub mod multipart_body;
 pub mod outputs;
 pub mod paths;
 pub mod pool_state;
-pub mod priority;
 pub mod sandrun_client;
 pub mod scheduler;
 pub mod segments;

@@ -1,9 +1,8 @@
-//! A cache of background threads for blocking tasks that may take long (dispatches): a task goes
-//! to an idle thread when there is one, else to a new thread, so one slow task never waits for
-//! another. The threads run at background priority; one idle for [`IDLE_KEEP`] ends. Reusing threads saves the clone, stack mapping and
+//! A cache of threads for blocking tasks that may take long (dispatches): a task goes to an idle
+//! thread when there is one, else to a new thread, so one slow task never waits for another. A
+//! thread idle for [`IDLE_KEEP`] ends. Reusing threads saves the clone, stack mapping and
 //! unmapping that a thread per task costs on every job.
 
-use crate::priority;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -74,7 +73,6 @@ fn take_one(count: &AtomicUsize) -> bool {
 }
 
 fn serve(name: &str, first: Task, receiver: &Receiver<Task>, idle: &AtomicUsize) {
-    priority::lower_current_thread();
     let mut task = first;
     loop {
         if catch_unwind(AssertUnwindSafe(task)).is_err() {

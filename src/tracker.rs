@@ -9,7 +9,6 @@ use crate::context::Context;
 use crate::identity::short_id;
 use crate::job::{Collection, PoolStatus};
 use crate::pool_state::PoolState;
-use crate::priority;
 use crate::sandrun_client::CallError;
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -43,7 +42,6 @@ pub fn start(ctx: &Arc<Context>, index: usize) {
 }
 
 fn run(ctx: &Context, index: usize) {
-    priority::lower_current_thread();
     let wake = ctx.lock().workers[index].tracker_wake.clone();
     loop {
         let (endpoint, jobs) = {
