@@ -223,8 +223,8 @@ impl JobQueue {
 pub struct PoolState {
     /// Allowlisted workers, in file order.
     pub workers: Vec<WorkerEntry>,
-    /// Every job by id.
-    pub jobs: HashMap<String, Job>,
+    /// Every job by id (boxed: the table's spare slots then cost a pointer each, not a job).
+    pub jobs: HashMap<String, Box<Job>>,
     /// Queued jobs, oldest first.
     pub queue: JobQueue,
     /// Jobs per status, kept in step with `jobs`.
@@ -257,7 +257,7 @@ impl PoolState {
         job.status = PoolStatus::Queued;
         job.queue_ticket = self.queue.push_back(job.id.clone());
         self.status_counts[status_index(PoolStatus::Queued)] += 1;
-        self.jobs.insert(job.id.clone(), job);
+        self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
     /// Puts a job back at the head of the queue.

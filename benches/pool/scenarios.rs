@@ -36,7 +36,7 @@ const ROOMY: u32 = 1000;
 /// Connection-serving threads of each fake worker of a small pool.
 const WORKER_THREADS: usize = 4;
 /// Longest wait for a pool to settle (drain, health).
-const SETTLE: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(60);
 /// Longest wait of a client for its job to complete.
 const JOB_DEADLINE: Duration = Duration::from_secs(20);
 /// Size of the big upload.
