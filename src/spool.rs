@@ -219,6 +219,31 @@ impl ResultsWriter<'_> {
     }
 }
 
+/// Removes what an earlier run left in `uploads/`: job records live in memory only, so no job
+/// of this run can refer to it.
+fn clear_leftover_uploads(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log::warn!(
+            "Removed {removed} upload files left in {} by an earlier run (their jobs ended with it)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 impl Spool {
     /// Opens (creating if missing) the spool under `state_dir`; at most `memory_limit` bytes of
     /// uploads are held in memory.
@@ -228,7 +253,9 @@ impl Spool {
             .map_or(0, |d| d.as_secs())
             .to_string();
         let results = state_dir.join("results");
-        let upload_segments = Segments::open(state_dir.join("uploads"), started.clone(), true)?;
+        let uploads = state_dir.join("uploads");
+        clear_leftover_uploads(&uploads)?;
+        let upload_segments = Segments::open(uploads, started.clone(), true)?;
         let result_segments = Segments::open(results.clone(), started, false)?;
         let random = BufReader::with_capacity(4096, File::open("/dev/urandom")?);
         Ok(Spool {

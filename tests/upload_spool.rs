@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, submit, wait_collected, wait_healthy,
 };
-use support::{get, Coordinator, FakeWorker, Form};
+use support::{get, workers_dir, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -141,4 +141,24 @@ fn with_no_upload_memory_every_upload_waits_on_disk() {
     assert_eq!(figures["uploads_on_disk"], 1, "{figures}");
 
     run_and_check(&coordinator, &worker, &[(id, bytes)]);
+}
+
+#[test]
+fn uploads_left_by_an_earlier_run_are_removed_at_start() {
+    let worker = FakeWorker::start();
+    let dir = workers_dir(&[worker.entry(2)]);
+    let uploads = dir.path().join("state").join("uploads");
+    fs::create_dir_all(&uploads)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", uploads.display()));
+    for name in ["1795900000-000001", "1795900000-000002"] {
+        fs::write(uploads.join(name), b"an upload of a job that is gone")
+            .unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
+    }
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    assert_eq!(upload_files(&coordinator), BTreeSet::new());
+    assert!(
+        coordinator.logs().contains("Removed 2 upload files left"),
+        "{}",
+        coordinator.logs()
+    );
 }
