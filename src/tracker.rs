@@ -22,6 +22,7 @@ struct Followed {
     id: String,
     remote: String,
     status: PoolStatus,
+    /// The worker's last status answer, for a job that ended (its results still to collect).
     worker_status: Option<Value>,
     last_contact: f64,
 }
@@ -60,7 +61,11 @@ fn run(ctx: &Context, index: usize) {
                     Some(Followed {
                         remote: job.remote_job_id.clone()?,
                         status: job.status,
-                        worker_status: job.worker_status.clone(),
+                        worker_status: job
+                            .status
+                            .is_final()
+                            .then(|| job.worker_status.clone())
+                            .flatten(),
                         last_contact: job.last_contact.unwrap_or_else(unix_now),
                         id,
                     })
