@@ -1,6 +1,6 @@
 //! Collecting a finished job's results from its worker into the spool: every file listed in
 //! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs, back to
-//! back in the job's one results file.
+//! back in a results segment.
 
 use crate::context::Context;
 use crate::job::StoredResults;

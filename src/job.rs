@@ -90,7 +90,7 @@ pub struct StoredResults {
     pub logs: Span,
 }
 
-/// Whether the job's results (status, logs, outputs) are safe in the spool.
+/// Whether the job's results (logs, outputs) are safe in the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Collection {

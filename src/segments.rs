@@ -24,6 +24,23 @@ pub enum CopyError {
     Write(io::Error),
 }
 
+/// Feeds everything `data` yields to `sink`, chunk by chunk (never all of it in memory).
+pub fn copy_chunks(
+    data: &mut dyn Read,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), CopyError> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        sink(&buf[..n]).map_err(CopyError::Write)?;
+    }
+}
+
 /// One segment file. With `remove_when_unused`, the file is removed once nothing refers to it.
 #[derive(Debug)]
 pub struct SegmentFile {
@@ -126,16 +143,7 @@ impl OpenSegment {
     /// Appends everything `data` yields; returns where it lies.
     pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
         let offset = self.len;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Read(e)),
-            };
-            self.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        }
+        copy_chunks(data, |chunk| self.write_all(chunk))?;
         Ok(Span {
             offset,
             size: self.len - offset,

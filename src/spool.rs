@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::job::Span;
 use crate::pool_state::lock;
-use crate::segments::{OpenSegment, SegmentFile, Segments};
+use crate::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
 pub use crate::segments::CopyError;
 
@@ -111,16 +111,7 @@ impl UploadWriter<'_> {
     /// Appends everything `data` yields; returns where it lies in the upload.
     pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
         let offset = self.written;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Read(e)),
-            };
-            self.write(&buf[..n]).map_err(CopyError::Write)?;
-        }
+        copy_chunks(data, |chunk| self.write(chunk))?;
         Ok(Span {
             offset,
             size: self.written - offset,

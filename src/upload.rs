@@ -259,22 +259,11 @@ pub fn accept(
     body: &mut dyn Read,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
-    let read = ctx
-        .spool
-        .upload_writer(&id)
-        .map_err(UploadError::Spool)
-        .and_then(|mut writer| {
-            let parts = read_parts(ctx, &mut writer, body, boundary)?;
-            writer.finish().map_err(UploadError::Spool)?;
-            Ok(parts)
-        });
-    let (inputs, manifest) = match read {
-        Ok(parts) => parts,
-        Err(e) => {
-            ctx.spool.remove_upload(&id);
-            return Err(e);
-        }
-    };
+    // The spool registers the upload only when `finish` succeeds; a writer dropped before
+    // leaves nothing behind.
+    let mut writer = ctx.spool.upload_writer(&id).map_err(UploadError::Spool)?;
+    let (inputs, manifest) = read_parts(ctx, &mut writer, body, boundary)?;
+    writer.finish().map_err(UploadError::Spool)?;
     let (assignments, still_queued) = {
         let mut st = ctx.lock();
         st.enqueue(Job::new(id.clone(), inputs, manifest, unix_now()));
