@@ -1,8 +1,9 @@
 //! Command-line parsing and the three commands: serve (default), `worker-id`, `check`.
 
-use crate::identity::{short_id, worker_id_from_key_file};
-use crate::serve::{self, ServeConfig};
-use crate::workers_file;
+use crate::base::config::ServeConfig;
+use crate::serve;
+use crate::worker::identity::{short_id, worker_id_from_key_file};
+use crate::worker::workers_file;
 use log::LevelFilter;
 use std::ffi::OsString;
 use std::fmt;

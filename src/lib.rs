@@ -1,27 +1,14 @@
 //! trusted-pool: a job coordinator in front of allowlisted sandrun workers.
 //!
-//! See `ARCHITECTURE.md` for the map of modules, threads, the job state machine and the one lock.
+//! See `ARCHITECTURE.md` for the map of folders, threads, the job state machine and the locks.
+//! Layers, top to bottom (a module may import only its own folder and the folders below it):
+//! `cli` → `serve` → `http` → `pool` → `state` → `worker` → `store` → `base`.
 
-pub mod api;
+pub mod base;
 pub mod cli;
-pub mod clock;
-pub mod collect;
-pub mod context;
-pub mod dispatch;
-pub mod health;
-pub mod http_server;
-pub mod identity;
-pub mod job;
-pub mod multipart_body;
-pub mod outputs;
-pub mod paths;
-pub mod pool_state;
-pub mod sandrun_client;
-pub mod scheduler;
-pub mod segments;
+pub mod http;
+pub mod pool;
 pub mod serve;
-pub mod spool;
-pub mod thread_cache;
-pub mod tracker;
-pub mod upload;
-pub mod workers_file;
+pub mod state;
+pub mod store;
+pub mod worker;

@@ -1,38 +1,12 @@
 //! The HTTP front: a fixed pool of handler threads sharing one tiny_http server. A panic in a
 //! handler is caught and answered 500; the thread goes on serving.
 
-use crate::api;
-use crate::context::Context;
-use serde_json::Value;
-use std::io::Read;
+use crate::http::replies::{error_reply, Reply};
+use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 use tiny_http::{Header, Request, Response, Server, StatusCode};
-
-/// What a handler answers.
-pub enum Reply {
-    /// A JSON body.
-    Json(u16, Value),
-    /// A JSON body already serialized.
-    JsonBytes(u16, Vec<u8>),
-    /// A streamed body (a file from the spool or a worker).
-    Stream {
-        /// HTTP status.
-        status: u16,
-        /// Its content type.
-        content_type: String,
-        /// Length when known (sent as Content-Length).
-        length: Option<usize>,
-        /// The bytes.
-        body: Box<dyn Read + Send>,
-    },
-}
-
-/// Builds a JSON error reply `{"error": message}`.
-pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {
-    Reply::Json(status, serde_json::json!({ "error": message.into() }))
-}
 
 fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
@@ -79,7 +53,7 @@ fn send(request: Request, reply: Reply) {
     }
 }
 
-/// A request handler: [`api::route`] in the coordinator.
+/// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
 fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
@@ -98,13 +72,8 @@ fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
     send(request, reply);
 }
 
-/// Serves requests with [`api::route`] on `threads` handler threads until the server fails; blocks.
-pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize) {
-    run_with(ctx, server, threads, api::route);
-}
-
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
-pub fn run_with(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
+pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
     let handlers: Vec<_> = (0..threads)
         .filter_map(|i| {
             let ctx = Arc::clone(&ctx);
@@ -132,9 +101,9 @@ pub fn run_with(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool_state::PoolState;
-    use crate::serve::ServeConfig;
-    use crate::spool::Spool;
+    use crate::base::config::ServeConfig;
+    use crate::state::pool_state::PoolState;
+    use crate::store::spool::Spool;
     use std::time::Instant;
 
     fn panicky(ctx: &Arc<Context>, request: &mut Request) -> Reply {
@@ -157,7 +126,7 @@ mod tests {
         let server = Arc::new(Server::http("127.0.0.1:0").expect("bind"));
         let addr = server.server_addr().to_ip().expect("ip address");
         let ctx = Arc::new(ctx);
-        thread::spawn(move || run_with(ctx, server, 2, panicky));
+        thread::spawn(move || run(ctx, server, 2, panicky));
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(10))
             .build();

@@ -1,13 +1,13 @@
 //! `GET /outputs/{id}`, `GET /outputs/{id}/{path}` and `GET /logs/{id}`: served from the spool once
 //! collected, else streamed from the worker (`/download/{remote}/{path}`, never `/outputs`).
 
-use crate::api::unknown_job;
-use crate::collect::output_paths;
-use crate::context::Context;
-use crate::http_server::{error_reply, Reply};
-use crate::job::{Collection, PoolStatus, StoredResults};
-use crate::paths::{encode_path, percent_decode, safe_relative_path};
-use crate::sandrun_client::CallError;
+use crate::base::job::{Collection, PoolStatus, StoredResults};
+use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
+use crate::http::replies::unknown_job;
+use crate::http::replies::{error_reply, Reply};
+use crate::pool::collect::output_paths;
+use crate::state::context::Context;
+use crate::worker::client::CallError;
 use serde_json::{json, Value};
 use std::io::Read;
 

@@ -2,11 +2,11 @@
 //! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs, back to
 //! back in a results segment.
 
-use crate::context::Context;
-use crate::job::StoredResults;
-use crate::paths::safe_relative_path;
-use crate::sandrun_client::CallError;
-use crate::spool::CopyError;
+use crate::base::job::StoredResults;
+use crate::base::paths::safe_relative_path;
+use crate::state::context::Context;
+use crate::store::spool::CopyError;
+use crate::worker::client::CallError;
 use serde_json::Value;
 use std::fmt;
 use std::io;

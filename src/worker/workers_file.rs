@@ -1,6 +1,6 @@
 //! The allowlist file (`workers.json`): loading and validation.
 
-use crate::identity::{parse_worker_id, short_id, IdentityError};
+use crate::worker::identity::{parse_worker_id, short_id, IdentityError};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;

@@ -1,12 +1,12 @@
 //! `POST /submit`: streams a multipart upload part by part into the spool (a large one never
 //! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
-use crate::clock::unix_now;
-use crate::context::Context;
-use crate::job::{InputFile, Job, Span};
-use crate::paths::is_safe_component;
-use crate::spool::{CopyError, UploadWriter};
-use crate::{dispatch, scheduler};
+use crate::base::clock::unix_now;
+use crate::base::job::{InputFile, Job, Span};
+use crate::base::paths::is_safe_component;
+use crate::pool::{dispatch, scheduler};
+use crate::state::context::Context;
+use crate::store::spool::{CopyError, UploadWriter};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;

@@ -2,10 +2,10 @@
 //! fewest active jobs below its limit (ties rotate). When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
 
-use crate::context::Context;
-use crate::dispatch::{self, Assignment};
-use crate::job::PoolStatus;
-use crate::pool_state::PoolState;
+use crate::base::job::PoolStatus;
+use crate::pool::dispatch::{self, Assignment};
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,8 +88,8 @@ fn pick_worker(st: &PoolState, tried: &[&str], now: Instant) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Job;
-    use crate::workers_file::WorkerSpec;
+    use crate::base::job::Job;
+    use crate::worker::workers_file::WorkerSpec;
 
     fn pool(workers: usize, max: u32) -> PoolState {
         let specs = (0..workers)

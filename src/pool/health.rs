@@ -2,11 +2,11 @@
 //! workers are re-probed sooner with a backoff from 1 s up to the interval. One round's probes run
 //! concurrently, so a round takes about one health timeout however many workers hang.
 
-use crate::clock::unix_now;
-use crate::context::Context;
-use crate::identity::short_id;
-use crate::pool_state::PoolState;
-use crate::sandrun_client::ProbeFailure;
+use crate::base::clock::unix_now;
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
+use crate::worker::client::ProbeFailure;
+use crate::worker::identity::short_id;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::job::Span;
-use crate::pool_state::lock;
-use crate::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
+use crate::base::job::Span;
+use crate::base::sync::lock;
+use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
-pub use crate::segments::CopyError;
+pub use crate::store::segments::CopyError;
 
 /// Largest upload kept in memory; larger ones always go to disk.
 pub const HELD_UPLOAD_MAX: u64 = 64 * 1024;

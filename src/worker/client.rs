@@ -1,8 +1,8 @@
 //! Calls to a sandrun worker, in its dialect: exact-case `Content-Type`/`Content-Length`, bodies of
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
-use crate::multipart_body::MultipartBody;
-use crate::paths::encode_path;
+use crate::base::paths::encode_path;
+use crate::worker::multipart_body::MultipartBody;
 use serde_json::Value;
 use std::fmt;
 use std::io::Read;

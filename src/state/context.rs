@@ -1,11 +1,12 @@
 //! What every coordinator thread shares: configuration, the pool table, the spool, the worker
 //! client, the dispatch threads and the wake-up signals of the scheduler and the health checker.
 
-use crate::pool_state::{lock, PoolState};
-use crate::sandrun_client::{Timeouts, WorkerClient};
-use crate::serve::ServeConfig;
-use crate::spool::Spool;
-use crate::thread_cache::ThreadCache;
+use crate::base::config::ServeConfig;
+use crate::base::sync::lock;
+use crate::base::thread_cache::ThreadCache;
+use crate::state::pool_state::PoolState;
+use crate::store::spool::Spool;
+use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 

@@ -9,8 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::job::Span;
-use crate::pool_state::lock;
+use crate::base::job::Span;
+use crate::base::sync::lock;
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;

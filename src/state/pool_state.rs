@@ -1,20 +1,14 @@
 //! The coordinator's shared table: workers, jobs and the queue, behind one mutex.
 //!
 //! Nothing does I/O while holding the lock, and a panic while holding it cannot wedge the
-//! coordinator: [`lock`] recovers a poisoned mutex (every update leaves the table consistent
+//! coordinator: [`crate::base::sync::lock`] recovers a poisoned mutex (every update leaves the table consistent
 //! before anything that could panic runs).
 
-use crate::job::{Job, PoolStatus};
-use crate::workers_file::WorkerSpec;
+use crate::base::job::{Job, PoolStatus};
+use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// Takes a mutex, recovering it if a panicking thread poisoned it.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What the health checker last learned about a worker.
 #[derive(Debug, Clone)]

@@ -2,15 +2,15 @@
 //! a worker that takes minutes to accept (sandrun holds its lock while a job runs) never stalls
 //! the scheduler or other workers.
 
-use crate::clock::unix_now;
-use crate::context::Context;
-use crate::health::mark_unreachable;
-use crate::identity::short_id;
-use crate::job::{Attempt, InputFile, PoolStatus, Span};
-use crate::multipart_body::{MultipartBody, Part};
-use crate::pool_state::{PoolState, Throttle};
-use crate::sandrun_client::SubmitOutcome;
-use crate::tracker;
+use crate::base::clock::unix_now;
+use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
+use crate::pool::health::mark_unreachable;
+use crate::pool::tracker;
+use crate::state::context::Context;
+use crate::state::pool_state::{PoolState, Throttle};
+use crate::worker::client::SubmitOutcome;
+use crate::worker::identity::short_id;
+use crate::worker::multipart_body::{MultipartBody, Part};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
 //! The multipart/form-data body a dispatch sends to a worker: streamed from the spool, with an
 //! exact length known up front (sandrun needs `Content-Length`, it cannot read chunked bodies).
 
-use crate::job::Span;
-use crate::spool::UploadSource;
+use crate::base::job::Span;
+use crate::store::spool::UploadSource;
 use std::io::{self, Cursor, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

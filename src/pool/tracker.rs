@@ -3,13 +3,13 @@
 //! the moment a job ends, then collecting its results. A worker
 //! that blocks (sandrun holds its lock while a job runs) only delays its own tracker.
 
-use crate::clock::unix_now;
-use crate::collect::{self, CollectError};
-use crate::context::Context;
-use crate::identity::short_id;
-use crate::job::{Collection, PoolStatus};
-use crate::pool_state::PoolState;
-use crate::sandrun_client::CallError;
+use crate::base::clock::unix_now;
+use crate::base::job::{Collection, PoolStatus};
+use crate::pool::collect::{self, CollectError};
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
+use crate::worker::client::CallError;
+use crate::worker::identity::short_id;
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;

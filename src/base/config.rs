@@ -1,0 +1,60 @@
+//! The settings of a running coordinator, shared by every layer that reads them.
+
+use log::LevelFilter;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of a running coordinator (see `trusted-pool --help`).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// HTTP port (0: any free port).
+    pub port: u16,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// The allowlist file.
+    pub workers: PathBuf,
+    /// HTTP handler threads.
+    pub threads: usize,
+    /// Time between health probes of a healthy worker.
+    pub health_interval: Duration,
+    /// Timeout of a health probe, and of connecting to a worker.
+    pub health_timeout: Duration,
+    /// Spool and results directory.
+    pub state_dir: PathBuf,
+    /// Largest accepted submit body.
+    pub max_upload_bytes: u64,
+    /// Total size of small waiting uploads held in memory instead of the state directory.
+    pub upload_memory_bytes: u64,
+    /// How long a worker may take to answer a submit, status, logs or download.
+    pub dispatch_timeout: Duration,
+    /// Time between polls of a worker's running jobs.
+    pub track_interval: Duration,
+    /// Grace before a job whose worker does not answer is lost.
+    pub lost_after: Duration,
+    /// Dispatch attempts before a job fails.
+    pub max_attempts: u32,
+    /// Log verbosity.
+    pub log_level: LevelFilter,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            port: 9000,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            workers: PathBuf::from("workers.json"),
+            threads: 8,
+            health_interval: Duration::from_secs(30),
+            health_timeout: Duration::from_secs(5),
+            state_dir: PathBuf::from("trusted-pool-state"),
+            max_upload_bytes: 100 * 1024 * 1024,
+            upload_memory_bytes: 4 * 1024 * 1024,
+            dispatch_timeout: Duration::from_secs(360),
+            track_interval: Duration::from_secs(1),
+            lost_after: Duration::from_secs(120),
+            max_attempts: 3,
+            log_level: LevelFilter::Info,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The client-facing front: the handler pool over tiny_http, routing, replies and errors, the
+//! JSON views, the submit upload, outputs and logs. May import `pool`, `state`, `worker`,
+//! `store` and `base`.
+
+pub mod outputs;
+pub mod replies;
+pub mod routes;
+pub mod server;
+pub mod upload;
+pub mod views;

@@ -1,0 +1,36 @@
+//! What a handler answers: JSON, JSON errors, streamed bodies.
+
+use serde_json::Value;
+use std::io::Read;
+
+/// What a handler answers.
+pub enum Reply {
+    /// A JSON body.
+    Json(u16, Value),
+    /// A JSON body already serialized.
+    JsonBytes(u16, Vec<u8>),
+    /// A streamed body (a file from the spool or a worker).
+    Stream {
+        /// HTTP status.
+        status: u16,
+        /// Its content type.
+        content_type: String,
+        /// Length when known (sent as Content-Length).
+        length: Option<usize>,
+        /// The bytes.
+        body: Box<dyn Read + Send>,
+    },
+}
+
+/// Builds a JSON error reply `{"error": message}`.
+pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {
+    Reply::Json(status, serde_json::json!({ "error": message.into() }))
+}
+
+/// The 404 for a job id the coordinator does not know.
+pub fn unknown_job(id: &str) -> Reply {
+    error_reply(
+        404,
+        format!("no job {id:?} on this coordinator (job ids look like pool-<32 hex>)"),
+    )
+}

@@ -1,0 +1,6 @@
+//! The shared in-memory state every thread works on: the pool table (workers, jobs, queue)
+//! behind one mutex, and the `Context` that bundles it with the spool, the worker client and
+//! the wake-up signals. May import `worker`, `store` and `base`.
+
+pub mod context;
+pub mod pool_state;

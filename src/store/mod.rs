@@ -1,0 +1,5 @@
+//! What lives in `--state-dir`: the spool of waiting uploads and the append-only segment files
+//! that hold uploads and collected results. May import `base` only.
+
+pub mod segments;
+pub mod spool;

@@ -1,0 +1,8 @@
+//! Everything about talking to a sandrun worker: the HTTP client and its dialect, the outgoing
+//! multipart body, worker identities and the allowlist file. May import `store` (the outgoing
+//! body streams an upload from the spool) and `base`.
+
+pub mod client;
+pub mod identity;
+pub mod multipart_body;
+pub mod workers_file;
