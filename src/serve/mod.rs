@@ -1,4 +1,7 @@
-//! Starting the coordinator: logging, the allowlist, the spool, the threads, the HTTP server.
+//! Starting the coordinator: logging, the allowlist, the spool, the threads, the HTTP server,
+//! and what it does on a signal.
+
+pub mod signals;
 
 use crate::base::config::ServeConfig;
 use crate::http::{routes, server};
@@ -8,7 +11,9 @@ use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
 use crate::worker::identity::short_id;
 use crate::worker::workers_file::{self, WorkersFileError};
+use crossbeam_channel::Receiver;
 use log::LevelFilter;
+use signals::Signal;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +32,8 @@ pub enum ServeError {
     Bind(SocketAddr, String),
     /// A coordinator thread could not be started.
     Thread(std::io::Error),
+    /// The process signals could not be taken over.
+    Signals(std::io::Error),
 }
 
 impl fmt::Display for ServeError {
@@ -36,6 +43,7 @@ impl fmt::Display for ServeError {
             Self::StateDir(dir, e) => write!(f, "state directory {}: {e}", dir.display()),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
         }
     }
 }
@@ -53,6 +61,7 @@ fn init_logging(level: LevelFilter) {
 
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    signals::block().map_err(ServeError::Signals)?;
     init_logging(config.log_level);
     let specs = workers_file::load(&config.workers)
         .map_err(|e| ServeError::Workers(config.workers.clone(), e))?;
@@ -85,7 +94,25 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .server_addr()
         .to_ip()
         .map_or_else(|| addr.to_string(), |a| a.to_string());
+    let received = signals::listen().map_err(ServeError::Thread)?;
+    thread::Builder::new()
+        .name("control".to_string())
+        .spawn(move || control(received))
+        .map_err(ServeError::Thread)?;
     log::info!("Listening on http://{listening}");
     server::run(ctx, Arc::new(server), threads, routes::route);
     Ok(())
+}
+
+/// Acts on process signals for the life of the coordinator.
+fn control(received: Receiver<Signal>) {
+    for signal in received {
+        match signal {
+            Signal::Shutdown => {
+                log::info!("Shutting down on a signal");
+                std::process::exit(0);
+            }
+            Signal::Reload => log::info!("SIGHUP received; nothing is re-read yet"),
+        }
+    }
 }
