@@ -1,5 +1,6 @@
-//! Command-line parsing and the three commands: serve (default), `worker-id`, `check`.
+//! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
+use crate::base::api_keys::{self, hash_key, hex, is_valid_name, MAX_NAME_LEN};
 use crate::base::config::ServeConfig;
 use crate::serve;
 use crate::worker::identity::{short_id, worker_id_from_key_file};
@@ -18,6 +19,9 @@ USAGE:
     trusted-pool [OPTIONS]                 run the coordinator
     trusted-pool worker-id KEY.pem         print the worker_id of a sandrun key file
     trusted-pool check WORKERS.json        validate a workers file
+    trusted-pool check [WORKERS.json] --api-keys FILE
+                                           validate a keys file (and a workers file)
+    trusted-pool new-key NAME [--admin]    print a fresh client key and its --api-keys entry
 
 OPTIONS:
     --port N                 HTTP port to listen on (0 = any free port)      [default: 9000]
@@ -35,11 +39,13 @@ OPTIONS:
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
+    --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
+                             submit and read every job; re-read on SIGHUP    [default: none]
     -h, --help               print this help
     -V, --version            print the version
 
-Durations accept fractions (0.5). Exit codes: 0 ok, 1 bad workers file or runtime failure,
-2 bad command line.
+Durations accept fractions (0.5). Exit codes: 0 ok, 1 bad workers or keys file or runtime
+failure, 2 bad command line.
 ";
 
 /// What the command line asks for.
@@ -49,8 +55,20 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Print the worker_id of a key file.
     WorkerId(PathBuf),
-    /// Validate a workers file.
-    Check(PathBuf),
+    /// Validate a workers file, a keys file, or both.
+    Check {
+        /// The workers file, if given.
+        workers: Option<PathBuf>,
+        /// The keys file, if given.
+        api_keys: Option<PathBuf>,
+    },
+    /// Make a new client key.
+    NewKey {
+        /// Its name.
+        name: String,
+        /// True for an admin key.
+        admin: bool,
+    },
     /// Print usage.
     Help,
     /// Print the version.
@@ -148,6 +166,10 @@ fn path(text: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(text))
 }
 
+fn some_path(text: &str) -> Result<Option<PathBuf>, String> {
+    Ok(Some(PathBuf::from(text)))
+}
+
 /// Parses the arguments (without the program name).
 pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
     let mut args = pico_args::Arguments::from_vec(raw);
@@ -167,12 +189,31 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 .flatten()
                 .ok_or(CliError::MissingArgument("worker-id needs KEY.pem"))?,
         ),
-        Some("check") => Command::Check(
-            args.opt_free_from_str()
+        Some("check") => {
+            let api_keys = value(&mut args, "--api-keys", some_path, None)?;
+            let workers: Option<PathBuf> = args.opt_free_from_str().ok().flatten();
+            if workers.is_none() && api_keys.is_none() {
+                return Err(CliError::MissingArgument(
+                    "check needs WORKERS.json or --api-keys FILE",
+                ));
+            }
+            Command::Check { workers, api_keys }
+        }
+        Some("new-key") => {
+            let admin = args.contains("--admin");
+            let name: String = args
+                .opt_free_from_str()
                 .ok()
                 .flatten()
-                .ok_or(CliError::MissingArgument("check needs WORKERS.json"))?,
-        ),
+                .ok_or(CliError::MissingArgument("new-key needs NAME"))?;
+            if !is_valid_name(&name) {
+                return Err(bad(
+                    "new-key",
+                    format!("NAME must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-', got {name:?}"),
+                ));
+            }
+            Command::NewKey { name, admin }
+        }
         Some(other) => return Err(CliError::UnknownArgument(other.to_string())),
         None => Command::Serve(Box::new(parse_serve(&mut args)?)),
     };
@@ -207,6 +248,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
+        api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
     })
 }
 
@@ -238,7 +280,16 @@ pub fn run(raw: Vec<OsString>) -> i32 {
                 1
             }
         },
-        Command::Check(path) => check(&path),
+        Command::Check { workers, api_keys } => {
+            let workers_ok = workers.as_deref().is_none_or(|p| check(p) == 0);
+            let keys_ok = api_keys.as_deref().is_none_or(|p| check_keys(p) == 0);
+            if workers_ok && keys_ok {
+                0
+            } else {
+                1
+            }
+        }
+        Command::NewKey { name, admin } => new_key(&name, admin),
         Command::Serve(config) => match serve::run(*config) {
             Ok(()) => 0,
             Err(e) => {
@@ -268,4 +319,54 @@ fn check(path: &std::path::Path) -> i32 {
             1
         }
     }
+}
+
+fn check_keys(path: &std::path::Path) -> i32 {
+    match api_keys::load(path) {
+        Ok(keys) => {
+            for (i, k) in keys.keys().iter().enumerate() {
+                let limit = k.max_queued_jobs.map_or_else(
+                    || "no queue limit".to_string(),
+                    |n| format!("max_queued_jobs {n}"),
+                );
+                println!("key {i}: {} ({}, {limit})", k.name, k.role.as_str());
+            }
+            println!("{}: {} keys, OK", path.display(), keys.keys().len());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            1
+        }
+    }
+}
+
+/// Length of a new key's random part, in bytes.
+const NEW_KEY_BYTES: usize = 32;
+
+fn new_key(name: &str, admin: bool) -> i32 {
+    use base64::Engine;
+    use std::io::Read;
+    let mut random = [0u8; NEW_KEY_BYTES];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random))
+    {
+        eprintln!("error: cannot read /dev/urandom: {e}");
+        return 1;
+    }
+    let key = format!(
+        "tpk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    );
+    let role = if admin { "admin" } else { "submit" };
+    let entry = format!(
+        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{role}"}}"#,
+        hex(&hash_key(key.as_bytes()))
+    );
+    println!("key:   {key}");
+    println!("entry: {entry}");
+    eprintln!(
+        "Give the key to its holder now: it is not stored anywhere and cannot be shown again. \
+         Add the entry to the --api-keys file, then send the coordinator SIGHUP."
+    );
+    0
 }

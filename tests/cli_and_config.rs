@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 14] = [
+const FLAGS: [&str; 15] = [
     "--port",
     "--bind",
     "--workers",
@@ -36,6 +36,7 @@ const FLAGS: [&str; 14] = [
     "--lost-after",
     "--max-attempts",
     "--log-level",
+    "--api-keys",
 ];
 
 /// What one run of the binary did.
@@ -215,6 +216,10 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["worker-id"], "worker-id"),
         (&["check"], "check"),
         (&["check", "a.json", "b.json"], "b.json"),
+        (&["--api-keys"], "--api-keys"),
+        (&["check", "--api-keys"], "--api-keys"),
+        (&["new-key"], "new-key"),
+        (&["new-key", "a/b"], "new-key"),
     ];
     for (args, culprit) in cases {
         let result = run(args);

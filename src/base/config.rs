@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// Log verbosity.
     pub log_level: LevelFilter,
+    /// The client keys file (None: the coordinator is open to anyone who reaches it).
+    pub api_keys: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -55,6 +57,7 @@ impl Default for ServeConfig {
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
             log_level: LevelFilter::Info,
+            api_keys: None,
         }
     }
 }

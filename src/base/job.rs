@@ -135,6 +135,9 @@ pub struct Job {
     pub last_contact: Option<f64>,
     /// Order in the queue: lower runs sooner (a job put back at the head gets a lower one).
     pub queue_ticket: i64,
+    /// The name of the client key that submitted it (None: submitted without `--api-keys`).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl Job {
@@ -161,6 +164,7 @@ impl Job {
             collection: Collection::NotStarted,
             last_contact: None,
             queue_ticket: 0,
+            owner: None,
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum Reply {
         /// The bytes.
         body: Box<dyn Read + Send>,
     },
+    /// Another reply with extra headers (`WWW-Authenticate`, `Retry-After`).
+    WithHeaders(Vec<(&'static str, String)>, Box<Reply>),
 }
 
 /// Builds a JSON error reply `{"error": message}`.

@@ -1,13 +1,18 @@
 //! Routing of the client API: which handler answers which method and path.
 
+use crate::http::auth::{authorize, visible_job, Caller};
+use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::{pool_view, spool_view, status_json};
+use crate::http::views::{keys_view, pool_view, spool_view, status_json};
 use crate::http::{outputs, upload};
 use crate::state::context::Context;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::{Method, Request};
+
+/// `Retry-After` seconds of a submit refused because its key's queue is full.
+const QUEUE_FULL_RETRY_AFTER: u32 = 5;
 
 /// The routes the coordinator serves.
 enum Route<'a> {
@@ -67,28 +72,87 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             ),
         );
     }
+    if let Route::Health = route {
+        return health();
+    }
+    let caller = match authorize(ctx, request) {
+        Ok(caller) => caller,
+        Err(reply) => return reply,
+    };
     match route {
-        Route::Health => Reply::Json(
-            200,
-            json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
-        ),
-        Route::Pool => {
-            let mut view = pool_view(&ctx.lock(), Instant::now());
-            view["spool"] = spool_view(&ctx.spool);
-            Reply::Json(200, view)
+        Route::Health => health(),
+        Route::Pool => pool(ctx, &caller),
+        Route::Submit => submit(ctx, &caller, request),
+        Route::Status(id) => {
+            job_route(ctx, &caller, id, |ctx| match status_json(&ctx.lock(), id) {
+                Some(bytes) => Reply::JsonBytes(200, bytes),
+                None => unknown_job(id),
+            })
         }
-        Route::Submit => submit(ctx, request),
-        Route::Status(id) => match status_json(&ctx.lock(), id) {
-            Some(bytes) => Reply::JsonBytes(200, bytes),
-            None => unknown_job(id),
-        },
-        Route::Logs(id) => outputs::logs(ctx, id),
-        Route::OutputList(id) => outputs::listing(ctx, id),
-        Route::OutputFile(id, file) => outputs::file(ctx, id, file),
+        Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
+        Route::OutputList(id) => job_route(ctx, &caller, id, |ctx| outputs::listing(ctx, id)),
+        Route::OutputFile(id, file) => {
+            job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file))
+        }
     }
 }
 
-fn submit(ctx: &Arc<Context>, request: &mut Request) -> Reply {
+/// `GET /health`: open to anyone (load balancers), with or without `--api-keys`.
+fn health() -> Reply {
+    Reply::Json(
+        200,
+        json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
+    )
+}
+
+/// `GET /pool`: everything for an admin; for a submit key the counts and its own figures, not
+/// the workers (their endpoints take requests without any authentication).
+fn pool(ctx: &Context, caller: &Caller) -> Reply {
+    let keys = ctx.keys.get();
+    let mut view = {
+        let st = ctx.lock();
+        let mut view = pool_view(&st, Instant::now());
+        if keys.is_some() {
+            view["keys"] = keys_view(&st, keys.as_deref(), caller);
+        }
+        view
+    };
+    view["spool"] = spool_view(&ctx.spool);
+    if !caller.is_admin() {
+        if let Some(fields) = view.as_object_mut() {
+            fields.remove("workers");
+        }
+    }
+    Reply::Json(200, view)
+}
+
+/// A route about one job: another key's job is answered exactly like an unknown id, and a
+/// non-admin answer never shows the worker's own job id.
+fn job_route(
+    ctx: &Arc<Context>,
+    caller: &Caller,
+    id: &str,
+    handler: impl FnOnce(&Arc<Context>) -> Reply,
+) -> Reply {
+    if caller.is_admin() {
+        return handler(ctx);
+    }
+    if visible_job(&ctx.lock(), caller, id).is_none() {
+        return unknown_job(id);
+    }
+    let reply = handler(ctx);
+    let remote = ctx
+        .lock()
+        .jobs
+        .get(id)
+        .and_then(|job| job.remote_job_id.clone());
+    match remote {
+        Some(remote) => hide_remote_id(reply, &remote),
+        None => reply,
+    }
+}
+
+fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request) -> Reply {
     let content_type = request
         .headers()
         .iter()
@@ -99,13 +163,20 @@ fn submit(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Ok(b) => b,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
-    match upload::accept(ctx, boundary, request.as_reader()) {
+    let accepted = upload::check_queue_room(ctx, caller)
+        .and_then(|()| upload::accept(ctx, caller, boundary, request.as_reader()));
+    match accepted {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {
             if e.status() >= 500 {
                 log::error!("Submit failed: {e}");
             }
-            error_reply(e.status(), e.to_string())
+            let reply = error_reply(e.status(), e.to_string());
+            if e.status() == 429 {
+                let retry = vec![("Retry-After", QUEUE_FULL_RETRY_AFTER.to_string())];
+                return Reply::WithHeaders(retry, Box::new(reply));
+            }
+            reply
         }
     }
 }

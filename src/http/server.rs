@@ -12,23 +12,32 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
-fn respond_json(request: Request, status: u16, mut bytes: Vec<u8>) -> std::io::Result<()> {
+fn respond_json(
+    request: Request,
+    status: u16,
+    mut bytes: Vec<u8>,
+    extra: Vec<Header>,
+) -> std::io::Result<()> {
     bytes.push(b'\n');
     let mut response = Response::from_data(bytes).with_status_code(status);
-    if let Some(h) = header("Content-Type", "application/json") {
+    for h in header("Content-Type", "application/json")
+        .into_iter()
+        .chain(extra)
+    {
         response.add_header(h);
     }
     request.respond(response)
 }
 
-fn send(request: Request, reply: Reply) {
+fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
     let result = match reply {
         Reply::Json(status, body) => respond_json(
             request,
             status,
             serde_json::to_vec(&body).unwrap_or_default(),
+            extra,
         ),
-        Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes),
+        Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes, extra),
         Reply::Stream {
             status,
             content_type,
@@ -38,6 +47,7 @@ fn send(request: Request, reply: Reply) {
             let headers = header("Content-Type", &content_type)
                 .or_else(|| header("Content-Type", "application/octet-stream"))
                 .into_iter()
+                .chain(extra)
                 .collect();
             request.respond(Response::new(
                 StatusCode(status),
@@ -46,6 +56,10 @@ fn send(request: Request, reply: Reply) {
                 length,
                 None,
             ))
+        }
+        Reply::WithHeaders(headers, inner) => {
+            extra.extend(headers.iter().filter_map(|(n, v)| header(n, v)));
+            return send(request, *inner, extra);
         }
     };
     if let Err(e) = result {
@@ -69,7 +83,7 @@ fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
             "internal error while handling the request; see the coordinator log",
         )
     });
-    send(request, reply);
+    send(request, reply, Vec::new());
 }
 
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.

@@ -2,8 +2,9 @@
 //! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{InputFile, Job, Span};
+use crate::base::job::{InputFile, Job, PoolStatus, Span};
 use crate::base::paths::is_safe_component;
+use crate::http::auth::Caller;
 use crate::pool::{dispatch, scheduler};
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, UploadWriter};
@@ -40,6 +41,8 @@ pub enum UploadError {
     BadManifest(String),
     /// A part name other than `files` and `manifest`.
     UnknownPart(String),
+    /// The caller's key already has its `max_queued_jobs` waiting.
+    TooManyQueued(usize),
     /// The spool could not be written.
     Spool(io::Error),
 }
@@ -50,6 +53,7 @@ impl UploadError {
         match self {
             Self::NotMultipart(_) => 415,
             Self::TooLarge(_) => 413,
+            Self::TooManyQueued(_) => 429,
             Self::Spool(_) => 507,
             _ => 400,
         }
@@ -76,6 +80,10 @@ impl fmt::Display for UploadError {
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
             Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files' and 'manifest' are accepted"),
+            Self::TooManyQueued(limit) => write!(
+                f,
+                "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
+            ),
             Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
         }
     }
@@ -249,12 +257,28 @@ pub fn check_headers(
     Ok(boundary)
 }
 
+/// `Ok` while the caller's key may queue one more job (its `max_queued_jobs`), checked before
+/// the body is read and again when the job is queued.
+pub fn check_queue_room(ctx: &Context, caller: &Caller) -> Result<(), UploadError> {
+    room_in(&ctx.lock(), caller)
+}
+
+fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<(), UploadError> {
+    match (caller.name(), caller.max_queued_jobs()) {
+        (Some(name), Some(limit)) if st.owner_count(name, PoolStatus::Queued) >= limit => {
+            Err(UploadError::TooManyQueued(limit))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Accepts a submit whose headers passed [`check_headers`]: spools the upload and queues the job;
 /// returns the new job id. When a worker has room the job is assigned and its dispatch started
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
 /// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
 pub fn accept(
     ctx: &Arc<Context>,
+    caller: &Caller,
     boundary: String,
     body: &mut dyn Read,
 ) -> Result<String, UploadError> {
@@ -264,13 +288,20 @@ pub fn accept(
     let mut writer = ctx.spool.upload_writer(&id).map_err(UploadError::Spool)?;
     let (inputs, manifest) = read_parts(ctx, &mut writer, body, boundary)?;
     writer.finish().map_err(UploadError::Spool)?;
+    let mut job = Job::new(id.clone(), inputs, manifest, unix_now());
+    job.owner = caller.name().map(str::to_string);
     let (assignments, still_queued) = {
         let mut st = ctx.lock();
-        st.enqueue(Job::new(id.clone(), inputs, manifest, unix_now()));
+        if let Err(e) = room_in(&st, caller) {
+            drop(st);
+            ctx.spool.remove_upload(&id);
+            return Err(e);
+        }
+        st.enqueue(job);
         let (assignments, _) = scheduler::assign(&mut st, Instant::now());
         (assignments, !st.queue.is_empty())
     };
-    log::info!("Queued job {id}");
+    log::info!("Queued job {id}{}", caller.log_label());
     for assignment in assignments {
         dispatch::start(ctx, assignment);
     }

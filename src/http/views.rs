@@ -1,7 +1,9 @@
 //! The JSON views of the pool (`/pool`) and of one job (`/status`).
 
+use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
 use crate::base::job::{Attempt, Collection, InputFile, PoolStatus};
+use crate::http::auth::Caller;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
@@ -50,6 +52,37 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
         "workers": workers,
         "time": unix_now(),
     })
+}
+
+/// The `/pool` figures per client key: its role, limit and jobs per status. An admin sees
+/// every key (and names that own jobs but are no longer in the keys file); a submit key sees
+/// only its own.
+pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Value {
+    let figures = |name: &str| -> serde_json::Map<String, Value> {
+        PoolStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), json!(st.owner_count(name, *s))))
+            .collect()
+    };
+    let mut view = serde_json::Map::new();
+    for key in keys.map(KeySet::keys).unwrap_or_default() {
+        if caller.is_admin() || caller.name() == Some(key.name.as_str()) {
+            let mut entry = figures(&key.name);
+            entry.insert("role".to_string(), json!(key.role.as_str()));
+            entry.insert("max_queued_jobs".to_string(), json!(key.max_queued_jobs));
+            view.insert(key.name.clone(), Value::Object(entry));
+        }
+    }
+    if caller.is_admin() {
+        for (owner, _) in st.owners() {
+            if !view.contains_key(owner) {
+                let mut entry = figures(owner);
+                entry.insert("role".to_string(), Value::Null);
+                view.insert(owner.to_string(), Value::Object(entry));
+            }
+        }
+    }
+    Value::Object(view)
 }
 
 /// The `/pool` figures of the spool: uploads waiting in memory (and the limit) and on disk.

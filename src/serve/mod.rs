@@ -3,6 +3,7 @@
 
 pub mod signals;
 
+use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
 use crate::http::{routes, server};
 use crate::pool::{health, scheduler};
@@ -26,6 +27,8 @@ use std::time::Instant;
 pub enum ServeError {
     /// The workers file (at this path) is wrong.
     Workers(PathBuf, WorkersFileError),
+    /// The client keys file (at this path) is wrong.
+    ApiKeys(PathBuf, KeysFileError),
     /// The state directory is unusable.
     StateDir(PathBuf, std::io::Error),
     /// The HTTP port could not be bound.
@@ -40,6 +43,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Workers(path, e) => write!(f, "{}: {e}", path.display()),
+            Self::ApiKeys(path, e) => write!(f, "{}: {e}", path.display()),
             Self::StateDir(dir, e) => write!(f, "state directory {}: {e}", dir.display()),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
@@ -72,6 +76,19 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             w.endpoint
         );
     }
+    let keys = match &config.api_keys {
+        Some(path) => {
+            let keys = api_keys::load(path).map_err(|e| ServeError::ApiKeys(path.clone(), e))?;
+            log::info!(
+                "Client keys: {} from {} ({})",
+                keys.keys().len(),
+                path.display(),
+                key_names(&keys)
+            );
+            Some(keys)
+        }
+        None => None,
+    };
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
     let addr = SocketAddr::new(config.bind, config.port);
@@ -79,6 +96,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         tiny_http::Server::http(addr).map_err(|e| ServeError::Bind(addr, e.to_string()))?;
     let threads = config.threads;
     let (ctx, signals) = Context::new(config, PoolState::new(specs, Instant::now()), spool);
+    if let Some(keys) = keys {
+        ctx.keys.set(keys);
+    } else if !ctx.config.bind.is_loopback() {
+        log::warn!(
+            "No --api-keys: anyone who reaches {addr} can submit jobs and read every job's status, logs and outputs"
+        );
+    }
     let ctx = Arc::new(ctx);
     let health_ctx = Arc::clone(&ctx);
     thread::Builder::new()
@@ -95,9 +119,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .to_ip()
         .map_or_else(|| addr.to_string(), |a| a.to_string());
     let received = signals::listen().map_err(ServeError::Thread)?;
+    let control_ctx = Arc::clone(&ctx);
     thread::Builder::new()
         .name("control".to_string())
-        .spawn(move || control(received))
+        .spawn(move || control(&control_ctx, received))
         .map_err(ServeError::Thread)?;
     log::info!("Listening on http://{listening}");
     server::run(ctx, Arc::new(server), threads, routes::route);
@@ -105,14 +130,46 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
 }
 
 /// Acts on process signals for the life of the coordinator.
-fn control(received: Receiver<Signal>) {
+fn control(ctx: &Context, received: Receiver<Signal>) {
     for signal in received {
         match signal {
             Signal::Shutdown => {
                 log::info!("Shutting down on a signal");
                 std::process::exit(0);
             }
-            Signal::Reload => log::info!("SIGHUP received; nothing is re-read yet"),
+            Signal::Reload => {
+                log::info!("SIGHUP received: re-reading the coordinator's files");
+                reload_api_keys(ctx);
+            }
         }
+    }
+}
+
+/// The key names of a set, for the log (never the keys nor their hashes).
+fn key_names(keys: &api_keys::KeySet) -> String {
+    let names: Vec<&str> = keys.keys().iter().map(|k| k.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// Re-reads `--api-keys`: a valid file replaces the keys in force at once; a bad one is
+/// refused, logged, and the old keys stay.
+fn reload_api_keys(ctx: &Context) {
+    let Some(path) = &ctx.config.api_keys else {
+        return;
+    };
+    match api_keys::load(path) {
+        Ok(keys) => {
+            log::info!(
+                "Client keys reloaded: {} from {} ({})",
+                keys.keys().len(),
+                path.display(),
+                key_names(&keys)
+            );
+            ctx.keys.set(keys);
+        }
+        Err(e) => log::error!(
+            "Client keys NOT reloaded, the previous keys stay in force: {}: {e}",
+            path.display()
+        ),
     }
 }

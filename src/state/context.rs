@@ -1,6 +1,7 @@
 //! What every coordinator thread shares: configuration, the pool table, the spool, the worker
 //! client, the dispatch threads and the wake-up signals of the scheduler and the health checker.
 
+use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
@@ -25,6 +26,8 @@ pub struct Context {
     pub client: WorkerClient,
     /// The threads that dispatch jobs, reused from one dispatch to the next.
     pub dispatchers: ThreadCache,
+    /// The client keys in force (none: the coordinator is open); replaced on SIGHUP.
+    pub keys: LiveKeys,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -52,6 +55,7 @@ impl Context {
             spool,
             client,
             dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK),
+            keys: LiveKeys::default(),
             scheduler_signal,
             health_signal,
         };

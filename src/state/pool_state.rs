@@ -223,6 +223,8 @@ pub struct PoolState {
     pub queue: JobQueue,
     /// Jobs per status, kept in step with `jobs`.
     status_counts: [usize; 6],
+    /// Jobs per owner (client key name) and status, kept in step with `jobs`.
+    owner_counts: HashMap<String, [usize; 6]>,
     /// Where the next tie between equally loaded workers starts looking.
     pub rotation: usize,
 }
@@ -251,6 +253,10 @@ impl PoolState {
         job.status = PoolStatus::Queued;
         job.queue_ticket = self.queue.push_back(job.id.clone());
         self.status_counts[status_index(PoolStatus::Queued)] += 1;
+        if let Some(owner) = &job.owner {
+            self.owner_counts.entry(owner.clone()).or_default()
+                [status_index(PoolStatus::Queued)] += 1;
+        }
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
@@ -267,6 +273,14 @@ impl PoolState {
         let job = self.jobs.get_mut(id)?;
         self.status_counts[status_index(job.status)] -= 1;
         self.status_counts[status_index(status)] += 1;
+        if let Some(counts) = job
+            .owner
+            .as_ref()
+            .and_then(|o| self.owner_counts.get_mut(o))
+        {
+            counts[status_index(job.status)] -= 1;
+            counts[status_index(status)] += 1;
+        }
         job.status = status;
         Some(job)
     }
@@ -274,6 +288,18 @@ impl PoolState {
     /// How many jobs are in `status`.
     pub fn count(&self, status: PoolStatus) -> usize {
         self.status_counts[status_index(status)]
+    }
+
+    /// How many jobs of this owner (client key name) are in `status`.
+    pub fn owner_count(&self, owner: &str, status: PoolStatus) -> usize {
+        self.owner_counts
+            .get(owner)
+            .map_or(0, |counts| counts[status_index(status)])
+    }
+
+    /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
+    pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; 6])> {
+        self.owner_counts.iter().map(|(o, c)| (o.as_str(), c))
     }
 
     /// Index of the worker with this id.

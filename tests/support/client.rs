@@ -53,7 +53,21 @@ fn agent() -> ureq::Agent {
 
 /// Sends a request; `Err` only when no HTTP answer came (refused, reset, timeout...).
 pub fn send(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Result<Reply, String> {
-    let request = agent().request(method, url);
+    send_with(method, url, &[], body)
+}
+
+/// Like [`send`], with extra request headers (e.g. `Authorization`).
+pub fn send_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Result<Reply, String> {
+    let request = headers
+        .iter()
+        .fold(agent().request(method, url), |r, (name, value)| {
+            r.set(name, value)
+        });
     let result = match body {
         Some((content_type, bytes)) => request.set("Content-Type", content_type).send_bytes(bytes),
         None => request.call(),

@@ -163,6 +163,11 @@ impl Coordinator {
         self.port
     }
 
+    /// Its process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The directory holding workers.json and state/.
     pub fn dir(&self) -> &Path {
         &self.dir

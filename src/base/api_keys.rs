@@ -1,0 +1,511 @@
+//! Client keys (`--api-keys FILE`): the file format, its validation, and the lookup of a
+//! presented key by its SHA-256 in constant time. A key itself is never stored nor logged; only
+//! its hash is in the file and its name may appear in logs.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// Largest keys file read (a file this large is a mistake, not a key list).
+pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;
+/// Longest key name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Submits jobs and sees only its own.
+    Submit,
+    /// Sees and controls every job and the whole pool.
+    Admin,
+}
+
+impl Role {
+    /// The name used in the file and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submit => "submit",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// One client key, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Who holds it (shown in logs and `/pool`; owner of the jobs it submits).
+    pub name: String,
+    /// SHA-256 of the key.
+    pub key_sha256: [u8; 32],
+    /// What it may do.
+    pub role: Role,
+    /// The most jobs of this key waiting in the queue at once (None: no limit of its own).
+    pub max_queued_jobs: Option<usize>,
+}
+
+/// Why a keys file was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysFileError {
+    /// The file could not be read.
+    Unreadable(String),
+    /// The file is larger than [`MAX_KEYS_FILE_BYTES`].
+    TooLarge,
+    /// The file is not valid JSON.
+    NotJson(String),
+    /// The top level is not a JSON array.
+    NotAnArray,
+    /// The array is empty: nobody could use the coordinator.
+    Empty,
+    /// Entry at this index is not a JSON object.
+    NotAnObject(usize),
+    /// One entry is wrong.
+    Entry {
+        /// `entry 2 ("alice")`.
+        entry: String,
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl fmt::Display for KeysFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable(why) => write!(f, "cannot read the keys file: {why}"),
+            Self::TooLarge => write!(f, "the keys file is larger than {MAX_KEYS_FILE_BYTES} bytes"),
+            Self::NotJson(why) => write!(f, "the keys file is not valid JSON: {why}"),
+            Self::NotAnArray => write!(
+                f,
+                "the keys file must be a JSON array of {{\"name\", \"key_sha256\", \"role\"}} objects (trusted-pool new-key NAME prints one)"
+            ),
+            Self::Empty => write!(f, "the keys file lists no keys: nobody could use the coordinator"),
+            Self::NotAnObject(index) => write!(
+                f,
+                "entry {index}: is not a JSON object like {{\"name\": ..., \"key_sha256\": ..., \"role\": ...}}"
+            ),
+            Self::Entry {
+                entry,
+                field,
+                problem,
+            } => write!(f, "{entry}: field \"{field}\" {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for KeysFileError {}
+
+/// True for a name that may appear in logs and JSON as it is: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// SHA-256 of a presented key.
+pub fn hash_key(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Compares two hashes in time independent of where they differ.
+fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// A validated set of keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    keys: Vec<ApiKey>,
+}
+
+impl KeySet {
+    /// The keys, in file order.
+    pub fn keys(&self) -> &[ApiKey] {
+        &self.keys
+    }
+
+    /// The key whose hash is the hash of `presented`. Every entry is compared, in constant time
+    /// each, so the answer's timing does not depend on which entry (if any) matched, nor where.
+    pub fn find(&self, presented: &[u8]) -> Option<&ApiKey> {
+        let hash = hash_key(presented);
+        let mut found = None;
+        for key in &self.keys {
+            if same_hash(&key.key_sha256, &hash) && found.is_none() {
+                found = Some(key);
+            }
+        }
+        found
+    }
+
+    /// The key with this name.
+    pub fn by_name(&self, name: &str) -> Option<&ApiKey> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+}
+
+fn entry_error(entry: &str, field: &str, problem: impl Into<String>) -> KeysFileError {
+    KeysFileError::Entry {
+        entry: entry.to_string(),
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+const FIELDS: [&str; 4] = ["name", "key_sha256", "role", "max_queued_jobs"];
+
+fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, KeysFileError> {
+    let mut entry = format!("entry {index}");
+    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(entry_error(
+            &entry,
+            unknown,
+            format!("is not known (fields: {})", FIELDS.join(", ")),
+        ));
+    }
+    let name = match object.get("name") {
+        Some(Value::String(n)) if is_valid_name(n) => n.clone(),
+        Some(Value::String(_)) => {
+            return Err(entry_error(
+                &entry,
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'"),
+            ))
+        }
+        Some(_) => return Err(entry_error(&entry, "name", "must be a string")),
+        None => return Err(entry_error(&entry, "name", "is missing")),
+    };
+    entry = format!("entry {index} ({name:?})");
+    let key_sha256 = match object.get("key_sha256") {
+        Some(Value::String(h)) => parse_hex_32(h).ok_or_else(|| {
+            entry_error(
+                &entry,
+                "key_sha256",
+                "must be 64 hex digits (the SHA-256 of the key, as trusted-pool new-key prints it)",
+            )
+        })?,
+        Some(_) => return Err(entry_error(&entry, "key_sha256", "must be a string")),
+        None => return Err(entry_error(&entry, "key_sha256", "is missing")),
+    };
+    let role = match object.get("role").map(Value::as_str) {
+        Some(Some("submit")) => Role::Submit,
+        Some(Some("admin")) => Role::Admin,
+        Some(_) => {
+            return Err(entry_error(
+                &entry,
+                "role",
+                "must be \"submit\" or \"admin\"",
+            ))
+        }
+        None => return Err(entry_error(&entry, "role", "is missing")),
+    };
+    let max_queued_jobs = match object.get("max_queued_jobs") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(entry_error(
+                    &entry,
+                    "max_queued_jobs",
+                    "must be a whole number of at least 1 (leave it out for no limit)",
+                ))
+            }
+        },
+    };
+    Ok(ApiKey {
+        name,
+        key_sha256,
+        role,
+        max_queued_jobs,
+    })
+}
+
+/// Validates the bytes of a keys file: a non-empty array of entries with unique names and
+/// unique hashes, no unknown field.
+pub fn parse(bytes: &[u8]) -> Result<KeySet, KeysFileError> {
+    if bytes.len() as u64 > MAX_KEYS_FILE_BYTES {
+        return Err(KeysFileError::TooLarge);
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| KeysFileError::NotJson(e.to_string()))?;
+    let Value::Array(entries) = value else {
+        return Err(KeysFileError::NotAnArray);
+    };
+    if entries.is_empty() {
+        return Err(KeysFileError::Empty);
+    }
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Value::Object(object) = entry else {
+            return Err(KeysFileError::NotAnObject(index));
+        };
+        let key = parse_entry(index, object)?;
+        let label = format!("entry {index} ({:?})", key.name);
+        if !names.insert(key.name.clone()) {
+            return Err(entry_error(&label, "name", "is used by an earlier entry"));
+        }
+        if !hashes.insert(key.key_sha256) {
+            return Err(entry_error(
+                &label,
+                "key_sha256",
+                "is the same as an earlier entry's (one key, one entry)",
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(KeySet { keys })
+}
+
+/// Reads and validates a keys file.
+pub fn load(path: &Path) -> Result<KeySet, KeysFileError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| KeysFileError::Unreadable(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_KEYS_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| KeysFileError::Unreadable(e.to_string()))?;
+    parse(&bytes)
+}
+
+/// The keys a running coordinator checks, swapped whole on reload. `None` inside: no
+/// `--api-keys`, the coordinator is open.
+#[derive(Debug, Default)]
+pub struct LiveKeys {
+    current: RwLock<Option<Arc<KeySet>>>,
+}
+
+impl LiveKeys {
+    /// The keys in force now (`None`: open).
+    pub fn get(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts a new set in force.
+    pub fn set(&self, keys: KeySet) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(keys));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, key: &str, role: &str) -> String {
+        format!(
+            r#"{{"name": "{name}", "key_sha256": "{}", "role": "{role}"}}"#,
+            hex(&hash_key(key.as_bytes()))
+        )
+    }
+
+    fn valid_file() -> String {
+        format!(
+            "[{}, {}, {}]",
+            entry("alice", "key-a", "submit"),
+            entry("ops", "key-o", "admin"),
+            r#"{"name": "bob", "key_sha256": "00000000000000000000000000000000000000000000000000000000000000AA", "role": "submit", "max_queued_jobs": 3}"#
+        )
+    }
+
+    #[test]
+    fn a_valid_file_parses_and_keys_are_found_by_hash() {
+        let set = parse(valid_file().as_bytes()).expect("valid");
+        assert_eq!(set.keys().len(), 3);
+        assert_eq!(set.find(b"key-a").map(|k| k.name.as_str()), Some("alice"));
+        assert_eq!(set.find(b"key-o").map(|k| k.role), Some(Role::Admin));
+        assert!(set.find(b"key-b").is_none());
+        assert!(set.find(b"").is_none());
+        assert_eq!(set.by_name("bob").and_then(|k| k.max_queued_jobs), Some(3));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_field_at_fault() {
+        let h = hex(&hash_key(b"x"));
+        let cases: Vec<(String, &str)> = vec![
+            ("{}".into(), "must be a JSON array"),
+            ("[]".into(), "no keys"),
+            ("[1]".into(), "entry 0: is not a JSON object"),
+            ("nope".into(), "not valid JSON"),
+            (
+                format!(r#"[{{"key_sha256":"{h}","role":"submit"}}]"#),
+                "\"name\" is missing",
+            ),
+            (
+                format!(r#"[{{"name":"a b","key_sha256":"{h}","role":"submit"}}]"#),
+                "\"name\" must be",
+            ),
+            (
+                r#"[{"name":"a","key_sha256":"abc","role":"submit"}]"#.into(),
+                "64 hex",
+            ),
+            (
+                format!(r#"[{{"name":"a","key_sha256":"{h}","role":"root"}}]"#),
+                "\"role\" must be",
+            ),
+            (
+                format!(
+                    r#"[{{"name":"a","key_sha256":"{h}","role":"submit","max_queued_jobs":0}}]"#
+                ),
+                "at least 1",
+            ),
+            (
+                format!(r#"[{{"name":"a","key_sha256":"{h}","role":"submit","extra":1}}]"#),
+                "\"extra\" is not known",
+            ),
+            (
+                format!(
+                    "[{}, {}]",
+                    entry("a", "x", "submit"),
+                    entry("a", "y", "submit")
+                ),
+                "earlier entry",
+            ),
+            (
+                format!(
+                    "[{}, {}]",
+                    entry("a", "x", "submit"),
+                    entry("b", "x", "admin")
+                ),
+                "same as an earlier",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text.as_bytes()).expect_err(&text).to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn hash_comparison_is_exact() {
+        let a = hash_key(b"one");
+        let mut b = a;
+        assert!(same_hash(&a, &b));
+        b[31] ^= 1;
+        assert!(!same_hash(&a, &b));
+    }
+
+    /// A small seeded generator (xorshift64*), so a failing case can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    const TOKENS: [&[u8]; 14] = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"null",
+        b"-1",
+        b"1e400",
+        b"\"admin\"",
+        b"\"max_queued_jobs\"",
+        b"\\u0000",
+        b"\xff",
+    ];
+
+    fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(input.len() + 1);
+            match rng.below(6) {
+                0 if !input.is_empty() => {
+                    let i = rng.below(input.len());
+                    input[i] ^= 1 << rng.below(8);
+                }
+                1 if at < input.len() => {
+                    let end = (at + rng.below(16)).min(input.len());
+                    input.drain(at..end);
+                }
+                2 => {
+                    let token = TOKENS[rng.below(TOKENS.len())];
+                    input.splice(at..at, token.iter().copied());
+                }
+                3 => input.truncate(at),
+                4 if !input.is_empty() => {
+                    let from = rng.below(input.len());
+                    let end = (from + rng.below(32)).min(input.len());
+                    let piece = input[from..end].to_vec();
+                    input.splice(at..at, piece);
+                }
+                _ => input.insert(at.min(input.len()), rng.next() as u8),
+            }
+        }
+    }
+
+    /// Seeded, bounded mutation test: every mutated file parses or is refused with a message;
+    /// nothing panics. TP_FUZZ_ITERATIONS sets a longer run.
+    #[test]
+    fn mutated_key_files_never_panic_and_errors_say_something() {
+        let iterations: usize = std::env::var("TP_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let seed = valid_file().into_bytes();
+        let mut rng = Rng(0x5EED_0012_A11C_E5ED);
+        let (mut accepted, mut refused) = (0usize, 0usize);
+        let started = std::time::Instant::now();
+        for _ in 0..iterations {
+            let mut input = seed.clone();
+            mutate(&mut rng, &mut input);
+            match std::panic::catch_unwind(|| parse(&input)) {
+                Ok(Ok(set)) => {
+                    assert!(!set.keys().is_empty());
+                    accepted += 1;
+                }
+                Ok(Err(e)) => {
+                    assert!(!e.to_string().is_empty());
+                    refused += 1;
+                }
+                Err(_) => panic!("parse panicked on {:?}", String::from_utf8_lossy(&input)),
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                break;
+            }
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+}

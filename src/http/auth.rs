@@ -1,0 +1,188 @@
+//! Who is calling: the client key of a request (`Authorization: Bearer KEY`), checked against
+//! `--api-keys`, and what that caller may see. Every route except `/health` calls [`authorize`];
+//! routes for operators add [`admin_only`]; a route about one job looks it up with
+//! [`visible_job`], which answers "no such job" for another key's job exactly as for an unknown id.
+//!
+//! Without `--api-keys` the coordinator is open: every request is an anonymous admin.
+
+use crate::base::api_keys::{ApiKey, Role};
+use crate::base::job::Job;
+use crate::http::replies::{error_reply, Reply};
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
+use tiny_http::Request;
+
+/// The `WWW-Authenticate` challenge of a request without a key.
+const CHALLENGE: &str = "Bearer realm=\"trusted-pool\"";
+/// The challenge of a request whose key is not known.
+const CHALLENGE_INVALID: &str = "Bearer realm=\"trusted-pool\", error=\"invalid_token\"";
+
+/// The authorized sender of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    name: Option<String>,
+    role: Role,
+    max_queued_jobs: Option<usize>,
+}
+
+impl Caller {
+    /// The caller of an open coordinator (no `--api-keys`): anonymous, sees everything.
+    pub fn open() -> Self {
+        Caller {
+            name: None,
+            role: Role::Admin,
+            max_queued_jobs: None,
+        }
+    }
+
+    /// The caller holding this key.
+    pub fn from_key(key: &ApiKey) -> Self {
+        Caller {
+            name: Some(key.name.clone()),
+            role: key.role,
+            max_queued_jobs: key.max_queued_jobs,
+        }
+    }
+
+    /// The key's name (None on an open coordinator). Safe to log.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The key's role (`Admin` on an open coordinator).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True when the caller sees and controls every job and the whole pool.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The most jobs of this caller that may wait in the queue (None: no limit).
+    pub fn max_queued_jobs(&self) -> Option<usize> {
+        self.max_queued_jobs
+    }
+
+    /// True when the caller may see (and act on) this job: an admin, or the key that submitted it.
+    pub fn can_see(&self, job: &Job) -> bool {
+        self.is_admin() || (self.name.is_some() && job.owner == self.name)
+    }
+
+    /// "key NAME" for log lines, "" on an open coordinator.
+    pub fn log_label(&self) -> String {
+        self.name
+            .as_deref()
+            .map_or_else(String::new, |n| format!(" (key {n})"))
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))?
+        .value
+        .as_str()
+        .trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A 401 with its `WWW-Authenticate` challenge.
+fn unauthorized(challenge: &str, message: &str) -> Reply {
+    Reply::WithHeaders(
+        vec![("WWW-Authenticate", challenge.to_string())],
+        Box::new(error_reply(401, message)),
+    )
+}
+
+/// Who sent `request`: `Ok` with the caller, or the 401 to answer. Never logs the key.
+pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
+    let Some(keys) = ctx.keys.get() else {
+        return Ok(Caller::open());
+    };
+    let from = request
+        .remote_addr()
+        .map_or_else(|| "?".to_string(), |a| a.ip().to_string());
+    let Some(token) = bearer(request) else {
+        log::info!(
+            "Refused {} {}: no client key (from {from})",
+            request.method(),
+            path_of(request)
+        );
+        return Err(unauthorized(
+            CHALLENGE,
+            "this coordinator needs a client key: send Authorization: Bearer <key>",
+        ));
+    };
+    match keys.find(token.as_bytes()) {
+        Some(key) => Ok(Caller::from_key(key)),
+        None => {
+            log::warn!(
+                "Refused {} {}: unknown client key (from {from})",
+                request.method(),
+                path_of(request)
+            );
+            Err(unauthorized(
+                CHALLENGE_INVALID,
+                "the client key is not known to this coordinator",
+            ))
+        }
+    }
+}
+
+fn path_of(request: &Request) -> &str {
+    request.url().split(['?', '#']).next().unwrap_or_default()
+}
+
+/// `Ok` for an admin, else the 403 to answer.
+pub fn admin_only(caller: &Caller) -> Result<(), Reply> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(error_reply(403, "this needs an admin key"))
+    }
+}
+
+/// The job with this id if the caller may see it; `None` for an unknown id and for another
+/// key's job alike (answer both with [`crate::http::replies::unknown_job`]).
+pub fn visible_job<'a>(st: &'a PoolState, caller: &Caller, id: &str) -> Option<&'a Job> {
+    st.jobs
+        .get(id)
+        .map(|job| &**job)
+        .filter(|job| caller.can_see(job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, role: Role) -> ApiKey {
+        ApiKey {
+            name: name.to_string(),
+            key_sha256: [0; 32],
+            role,
+            max_queued_jobs: None,
+        }
+    }
+
+    #[test]
+    fn owners_see_their_jobs_admins_and_open_callers_see_all() {
+        let mut job = Job::new("pool-1".into(), Vec::new(), None, 0.0);
+        job.owner = Some("alice".into());
+        let mut unowned = job.clone();
+        unowned.owner = None;
+        let alice = Caller::from_key(&key("alice", Role::Submit));
+        let bob = Caller::from_key(&key("bob", Role::Submit));
+        let ops = Caller::from_key(&key("ops", Role::Admin));
+        assert!(alice.can_see(&job) && !bob.can_see(&job) && ops.can_see(&job));
+        assert!(Caller::open().can_see(&job) && Caller::open().can_see(&unowned));
+        assert!(!alice.can_see(&unowned) && ops.can_see(&unowned));
+        assert!(admin_only(&ops).is_ok() && admin_only(&alice).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! Keeping a worker's own job id out of answers to non-admin callers: sandrun has no
+//! authentication, so its job id is a key to the job's files on the worker. It may appear in
+//! `remote_job_id`, in the worker's raw status answer, in error messages (a worker's file-system
+//! error names the job directory) and in a job's logs; every occurrence in a JSON answer is
+//! replaced. Streamed file bytes (output files) are passed through unchanged.
+
+use crate::http::replies::Reply;
+
+/// What replaces a hidden worker job id.
+pub const HIDDEN: &str = "hidden";
+
+/// `reply` with every occurrence of `remote` in its JSON replaced by [`HIDDEN`].
+pub fn hide_remote_id(reply: Reply, remote: &str) -> Reply {
+    if remote.is_empty() {
+        return reply;
+    }
+    match reply {
+        Reply::Json(status, value) => Reply::JsonBytes(
+            status,
+            hide_in(serde_json::to_vec(&value).unwrap_or_default(), remote),
+        ),
+        Reply::JsonBytes(status, bytes) => Reply::JsonBytes(status, hide_in(bytes, remote)),
+        Reply::WithHeaders(headers, inner) => {
+            Reply::WithHeaders(headers, Box::new(hide_remote_id(*inner, remote)))
+        }
+        stream @ Reply::Stream { .. } => stream,
+    }
+}
+
+/// Replaces `remote`, as JSON escapes it inside a string, in serialized JSON.
+fn hide_in(bytes: Vec<u8>, remote: &str) -> Vec<u8> {
+    let quoted = serde_json::to_string(remote).unwrap_or_default();
+    let escaped = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default();
+    match String::from_utf8(bytes) {
+        Ok(text) if !escaped.is_empty() && text.contains(escaped) => {
+            text.replace(escaped, HIDDEN).into_bytes()
+        }
+        Ok(text) => text.into_bytes(),
+        Err(e) => e.into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(reply: Reply) -> String {
+        match reply {
+            Reply::JsonBytes(_, bytes) => String::from_utf8(bytes).expect("utf-8"),
+            _ => panic!("expected JSON bytes"),
+        }
+    }
+
+    #[test]
+    fn every_occurrence_is_hidden_also_inside_text_and_escaped() {
+        let reply = Reply::Json(
+            200,
+            json!({"remote_job_id": "job_1_2", "worker_status": {"job_id": "job_1_2"},
+                   "stdout": "cwd /tmp/sandrun_jobs/job_1_2/x"}),
+        );
+        let text = body(hide_remote_id(reply, "job_1_2"));
+        assert!(!text.contains("job_1_2"), "{text}");
+        assert_eq!(text.matches(HIDDEN).count(), 3, "{text}");
+        let odd = "job\"1\n";
+        let reply = Reply::Json(500, json!({"error": format!("no such dir {odd}")}));
+        let text = body(hide_remote_id(reply, odd));
+        let back: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+        assert_eq!(back["error"], "no such dir hidden");
+    }
+}

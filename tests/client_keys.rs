@@ -1,0 +1,582 @@
+//! Client keys (`--api-keys`) through the real coordinator: 401 without a known key (`/health`
+//! open), jobs owned by the key that submitted them (another submit key gets the unknown-id 404),
+//! admins see everything, non-admin answers never show the worker's own job id, per-key
+//! `max_queued_jobs` (429 + Retry-After), per-key figures in `/pool`, keys never in the log,
+//! SIGHUP reloads (good and bad files), the open-port warning, `new-key` and `check --api-keys`.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use support::lifecycle::wait_healthy;
+use support::{poll_until, send_with, workers_dir, Coordinator, FakeWorker, Form, Reply};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Short intervals keep these tests quick.
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A client key: its name, the secret and its role.
+struct Key {
+    name: &'static str,
+    secret: String,
+    role: &'static str,
+    max_queued_jobs: Option<u32>,
+}
+
+impl Key {
+    fn new(name: &'static str, role: &'static str) -> Key {
+        Key {
+            name,
+            secret: format!("tpk_test_{name}_{}", std::process::id()),
+            role,
+            max_queued_jobs: None,
+        }
+    }
+
+    fn limited(name: &'static str, max_queued_jobs: u32) -> Key {
+        Key {
+            max_queued_jobs: Some(max_queued_jobs),
+            ..Key::new(name, "submit")
+        }
+    }
+
+    fn entry(&self) -> Value {
+        let mut entry = serde_json::json!({
+            "name": self.name,
+            "key_sha256": sha256_hex(self.secret.as_bytes()),
+            "role": self.role,
+        });
+        if let Some(n) = self.max_queued_jobs {
+            entry["max_queued_jobs"] = n.into();
+        }
+        entry
+    }
+}
+
+fn write_keys(path: &Path, keys: &[&Key]) {
+    let entries: Vec<Value> = keys.iter().map(|k| k.entry()).collect();
+    fs::write(path, serde_json::to_vec_pretty(&entries).expect("json"))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// A request to the coordinator with this key (or none) and an optional body.
+fn request(
+    coordinator: &Coordinator,
+    method: &str,
+    path: &str,
+    key: Option<&Key>,
+    body: Option<(&str, &[u8])>,
+) -> Reply {
+    let auth = key.map(|k| format!("Bearer {}", k.secret));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    send_with(method, &coordinator.url(path), &headers, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A request without a body.
+fn call(coordinator: &Coordinator, method: &str, path: &str, key: Option<&Key>) -> Reply {
+    request(coordinator, method, path, key, None)
+}
+
+fn submit_as(coordinator: &Coordinator, key: Option<&Key>, form: &Form) -> Reply {
+    let body = form.body();
+    let content_type = form.content_type();
+    request(
+        coordinator,
+        "POST",
+        "/submit",
+        key,
+        Some((&content_type, &body)),
+    )
+}
+
+fn job_form() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#)
+}
+
+/// Submits as `key`, asserting 200; the new job id.
+fn submit_ok(coordinator: &Coordinator, key: &Key) -> String {
+    let reply = submit_as(coordinator, Some(key), &job_form());
+    assert_eq!(
+        reply.status,
+        200,
+        "submit as {}: {}",
+        key.name,
+        reply.text()
+    );
+    reply.json()["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job_id: {}", reply.text()))
+        .to_string()
+}
+
+/// Polls the job's status as `key` until it is completed with its results collected.
+fn wait_collected_as(coordinator: &Coordinator, key: &Key, id: &str) -> Value {
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        last = call(coordinator, "GET", &format!("/status/{id}"), Some(key)).json();
+        (last["pool_status"] == "completed" && last["results"]["collected"] == true)
+            .then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("job {id} not collected: {last}"))
+}
+
+fn assert_401(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 401, "{what}: {}", reply.text());
+    let challenge = reply.header("WWW-Authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer"),
+        "{what}: challenge {challenge:?}"
+    );
+    assert!(
+        reply.json()["error"].is_string(),
+        "{what}: {}",
+        reply.text()
+    );
+}
+
+/// A coordinator with these keys in `<dir>/keys.json`, on these workers.
+fn start_with_keys(
+    workers: &[(String, String, u32)],
+    keys: &[&Key],
+    extra: &[&str],
+) -> (Coordinator, tempfile::TempDir, PathBuf) {
+    let dir = workers_dir(workers);
+    let keys_path = dir.path().join("keys.json");
+    write_keys(&keys_path, keys);
+    let mut args = vec!["--api-keys", keys_path.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    (coordinator, dir, keys_path)
+}
+
+/// The whole matrix: no key, bad key, another scheme; own job, another key's job, admin;
+/// `/health` open; no worker job id in non-admin answers; `/pool` per key; nothing secret in
+/// the log.
+#[test]
+fn the_auth_matrix() {
+    let worker = FakeWorker::start();
+    let alice = Key::new("alice", "submit");
+    let bob = Key::new("bob", "submit");
+    let ops = Key::new("ops", "admin");
+    let stranger = Key::new("stranger", "submit");
+    let mut args = FAST.to_vec();
+    args.extend(["--log-level", "trace"]);
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &bob, &ops], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let health = call(&coordinator, "GET", "/health", None);
+    assert_eq!(health.status, 200, "{}", health.text());
+    for path in [
+        "/pool",
+        "/status/pool-00",
+        "/logs/pool-00",
+        "/outputs/pool-00",
+    ] {
+        assert_401(&call(&coordinator, "GET", path, None), path);
+        assert_401(&call(&coordinator, "GET", path, Some(&stranger)), path);
+    }
+    assert_401(
+        &submit_as(&coordinator, None, &job_form()),
+        "submit without a key",
+    );
+    let bad = submit_as(&coordinator, Some(&stranger), &job_form());
+    assert_401(&bad, "submit with an unknown key");
+    assert!(
+        bad.header("WWW-Authenticate")
+            .unwrap_or_default()
+            .contains("invalid_token"),
+        "{:?}",
+        bad.headers
+    );
+    let basic = send_with(
+        "GET",
+        &coordinator.url("/pool"),
+        &[("Authorization", &format!("Basic {}", alice.secret))],
+        None,
+    )
+    .expect("answer");
+    assert_401(&basic, "another scheme");
+
+    let a_job = submit_ok(&coordinator, &alice);
+    let b_job = submit_ok(&coordinator, &bob);
+    let a_status = wait_collected_as(&coordinator, &alice, &a_job);
+    wait_collected_as(&coordinator, &bob, &b_job);
+
+    // The admin sees both jobs, with the worker's own job id.
+    let admin_view = call(&coordinator, "GET", &format!("/status/{a_job}"), Some(&ops)).json();
+    let remote = admin_view["remote_job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("admin sees no remote id: {admin_view}"))
+        .to_string();
+    assert!(remote.starts_with("job_"), "{admin_view}");
+    assert_eq!(admin_view["worker_status"]["job_id"], remote.as_str());
+    let b_admin = call(&coordinator, "GET", &format!("/status/{b_job}"), Some(&ops));
+    assert_eq!(b_admin.status, 200, "{}", b_admin.text());
+
+    // The owner sees its job, never the worker's job id.
+    assert_eq!(a_status["job_id"], a_job.as_str());
+    assert_eq!(a_status["remote_job_id"], "hidden", "{a_status}");
+    assert_eq!(a_status["worker_status"]["job_id"], "hidden", "{a_status}");
+    for path in [
+        format!("/status/{a_job}"),
+        format!("/logs/{a_job}"),
+        format!("/outputs/{a_job}"),
+        format!("/outputs/{a_job}/absent.txt"),
+    ] {
+        let reply = call(&coordinator, "GET", &path, Some(&alice));
+        let expected = if path.ends_with("absent.txt") {
+            404
+        } else {
+            200
+        };
+        assert_eq!(reply.status, expected, "{path} as owner: {}", reply.text());
+        assert!(
+            !reply.text().contains(&remote),
+            "{path} shows {remote}: {}",
+            reply.text()
+        );
+    }
+    // An output file is the job's own bytes, passed through unchanged.
+    let file = format!("/outputs/{a_job}/result.txt");
+    let owner_file = call(&coordinator, "GET", &file, Some(&alice));
+    assert_eq!(owner_file.status, 200, "{}", owner_file.text());
+    assert_eq!(
+        owner_file.body,
+        call(&coordinator, "GET", &file, Some(&ops)).body
+    );
+
+    // Another submit key gets exactly the unknown-id 404, on every job route.
+    let unknown = "pool-0123456789abcdef0123456789abcdef";
+    for route in ["/status", "/logs", "/outputs"] {
+        for suffix in ["", "/result.txt"] {
+            if route != "/outputs" && !suffix.is_empty() {
+                continue;
+            }
+            let theirs = call(
+                &coordinator,
+                "GET",
+                &format!("{route}/{a_job}{suffix}"),
+                Some(&bob),
+            );
+            let none = call(
+                &coordinator,
+                "GET",
+                &format!("{route}/{unknown}{suffix}"),
+                Some(&bob),
+            );
+            assert_eq!(
+                theirs.status,
+                404,
+                "{route} of alice's job as bob: {}",
+                theirs.text()
+            );
+            assert_eq!(none.status, 404, "{}", none.text());
+            assert_eq!(
+                theirs.text().replace(&a_job, "ID"),
+                none.text().replace(unknown, "ID"),
+                "{route}{suffix}: another key's job must look unknown"
+            );
+        }
+    }
+    // The admin reads any job's logs and outputs.
+    for path in [
+        format!("/logs/{b_job}"),
+        format!("/outputs/{b_job}/result.txt"),
+    ] {
+        let reply = call(&coordinator, "GET", &path, Some(&ops));
+        assert_eq!(reply.status, 200, "{path} as admin: {}", reply.text());
+    }
+
+    // /pool: a submit key sees counts and its own figures, no workers; the admin everything.
+    let pool = call(&coordinator, "GET", "/pool", Some(&alice)).json();
+    assert!(pool.get("workers").is_none(), "{pool}");
+    assert_eq!(pool["total_workers"], 1, "{pool}");
+    let keys = pool["keys"].as_object().expect("keys");
+    assert_eq!(keys.keys().collect::<Vec<_>>(), ["alice"], "{pool}");
+    assert_eq!(keys["alice"]["completed"], 1, "{pool}");
+    assert_eq!(keys["alice"]["queued"], 0, "{pool}");
+    let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+    assert_eq!(pool["workers"].as_array().map(Vec::len), Some(1), "{pool}");
+    for (name, role, done) in [
+        ("alice", "submit", 1),
+        ("bob", "submit", 1),
+        ("ops", "admin", 0),
+    ] {
+        assert_eq!(pool["keys"][name]["role"], role, "{pool}");
+        assert_eq!(pool["keys"][name]["completed"], done, "{pool}");
+    }
+
+    // Names may be logged, keys and their hashes never.
+    let logs = coordinator.logs();
+    assert!(logs.contains("(key alice)"), "the log names no key");
+    assert!(
+        logs.contains("unknown client key"),
+        "refusals are not logged"
+    );
+    for key in [&alice, &bob, &ops, &stranger] {
+        assert!(
+            !logs.contains(&key.secret),
+            "the key of {} is in the log",
+            key.name
+        );
+        let hash = sha256_hex(key.secret.as_bytes());
+        assert!(
+            !logs.contains(&hash),
+            "the key hash of {} is in the log",
+            key.name
+        );
+    }
+}
+
+/// A key's `max_queued_jobs` caps its waiting jobs: 429 with Retry-After beyond it, nothing
+/// left in the spool, other keys unaffected; a job that starts frees a place.
+#[test]
+fn max_queued_jobs_caps_waiting_jobs_per_key() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let carol = Key::limited("carol", 2);
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(4)], &[&carol, &ops], &FAST);
+    submit_ok(&coordinator, &carol);
+    submit_ok(&coordinator, &carol);
+    let refused = submit_as(&coordinator, Some(&carol), &job_form());
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    let retry = refused.header("Retry-After").unwrap_or_default();
+    assert!(
+        retry.parse::<u32>().is_ok_and(|s| s >= 1),
+        "Retry-After {retry:?}"
+    );
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("max_queued_jobs"));
+    submit_ok(&coordinator, &ops);
+    let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+    assert_eq!(pool["keys"]["carol"]["queued"], 2, "{pool}");
+    assert_eq!(pool["keys"]["ops"]["queued"], 1, "{pool}");
+    assert_eq!(
+        pool["spool"]["uploads_in_memory"], 3,
+        "the refused upload stayed: {pool}"
+    );
+
+    worker.restart();
+    poll_until(DEADLINE, || {
+        let pool = call(&coordinator, "GET", "/pool", Some(&carol)).json();
+        (pool["keys"]["carol"]["queued"] == 0).then_some(())
+    })
+    .expect("carol's jobs never left the queue");
+    submit_ok(&coordinator, &carol);
+}
+
+fn hup(coordinator: &Coordinator) {
+    let status = Command::new("kill")
+        .args(["-HUP", &coordinator.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// SIGHUP re-reads the keys file: a good file takes effect at once, a bad one is refused and
+/// logged while the old keys stay.
+#[test]
+fn sighup_reloads_the_keys_and_a_bad_file_keeps_the_old_ones() {
+    let worker = FakeWorker::start();
+    let alice = Key::new("alice", "submit");
+    let dave = Key::new("dave", "admin");
+    let (coordinator, _dir, keys_path) = start_with_keys(&[worker.entry(2)], &[&alice], &FAST);
+    assert_eq!(call(&coordinator, "GET", "/pool", Some(&alice)).status, 200);
+    assert_401(
+        &call(&coordinator, "GET", "/pool", Some(&dave)),
+        "dave before the reload",
+    );
+
+    write_keys(&keys_path, &[&alice, &dave]);
+    hup(&coordinator);
+    assert!(
+        coordinator.wait_for_log("Client keys reloaded: 2", DEADLINE),
+        "no reload logged"
+    );
+    assert_eq!(call(&coordinator, "GET", "/pool", Some(&dave)).status, 200);
+
+    fs::write(
+        &keys_path,
+        r#"[{"name": "dave", "key_sha256": "nothex", "role": "admin"}]"#,
+    )
+    .expect("write");
+    hup(&coordinator);
+    assert!(
+        coordinator.wait_for_log("Client keys NOT reloaded", DEADLINE),
+        "no refusal logged"
+    );
+    assert!(
+        coordinator.logs().contains("64 hex digits"),
+        "the reason is not logged"
+    );
+    assert_eq!(call(&coordinator, "GET", "/pool", Some(&alice)).status, 200);
+    assert_eq!(call(&coordinator, "GET", "/pool", Some(&dave)).status, 200);
+
+    write_keys(&keys_path, &[&dave]);
+    hup(&coordinator);
+    assert!(coordinator.wait_for_log("Client keys reloaded: 1", DEADLINE));
+    assert_401(
+        &call(&coordinator, "GET", "/pool", Some(&alice)),
+        "a removed key",
+    );
+    let logs = coordinator.logs();
+    for key in [&alice, &dave] {
+        assert!(
+            !logs.contains(&key.secret),
+            "the key of {} is in the log",
+            key.name
+        );
+    }
+}
+
+fn trusted_pool(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run trusted-pool")
+}
+
+/// `new-key` prints a key and the entry that admits it; `check --api-keys` validates a keys
+/// file; the coordinator refuses to start on a bad one.
+#[test]
+fn new_key_check_and_a_bad_keys_file_at_start() {
+    let dir = support::temp_dir();
+    let mut entries = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, admin) in [("alice", false), ("ops", true)] {
+        let mut args = vec!["new-key", name];
+        if admin {
+            args.push("--admin");
+        }
+        let out = trusted_pool(&args);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let key = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("key:"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no key line: {stdout}"))
+            .to_string();
+        assert!(key.len() >= 40, "a short key: {key}");
+        let entry: Value = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("entry:"))
+            .and_then(|e| serde_json::from_str(e.trim()).ok())
+            .unwrap_or_else(|| panic!("no entry line: {stdout}"));
+        assert_eq!(entry["name"], name);
+        assert_eq!(entry["role"], if admin { "admin" } else { "submit" });
+        assert_eq!(entry["key_sha256"], sha256_hex(key.as_bytes()));
+        assert!(!secrets.contains(&key), "the same key twice");
+        secrets.push(key);
+        entries.push(entry);
+    }
+    assert_eq!(
+        trusted_pool(&["new-key", "bad name"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(trusted_pool(&["new-key"]).status.code(), Some(2));
+
+    let keys = dir.path().join("keys.json");
+    fs::write(&keys, serde_json::to_vec(&entries).expect("json")).expect("write");
+    let out = trusted_pool(&["check", "--api-keys", keys.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("key 0: alice (submit") && stdout.contains("2 keys, OK"),
+        "{stdout}"
+    );
+    for secret in &secrets {
+        assert!(!stdout.contains(secret.as_str()));
+    }
+
+    let bad = dir.path().join("bad.json");
+    fs::write(
+        &bad,
+        r#"[{"name": "x", "key_sha256": "00", "role": "submit"}]"#,
+    )
+    .expect("write");
+    let out = trusted_pool(&["check", "--api-keys", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key_sha256"),
+        "{out:?}"
+    );
+
+    let worker = FakeWorker::start();
+    let wdir = workers_dir(&[worker.entry(1)]);
+    let started =
+        Coordinator::try_start_in(wdir.path(), &["--api-keys", bad.to_str().expect("path")]);
+    let error = started.err().expect("started on a bad keys file");
+    assert!(error.contains("key_sha256"), "{error}");
+
+    let help = String::from_utf8_lossy(&trusted_pool(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("--api-keys") && help.contains("new-key"),
+        "{help}"
+    );
+}
+
+/// An open coordinator (no --api-keys) warns at start when it listens beyond loopback, and
+/// stays quiet on loopback or with keys.
+#[test]
+fn an_open_port_beyond_loopback_is_warned_about() {
+    let worker = FakeWorker::start();
+    let dir = workers_dir(&[worker.entry(1)]);
+    let warning = "No --api-keys: anyone who reaches";
+    let loopback = Coordinator::start_in(dir.path(), &[]);
+    assert!(!loopback.logs().contains(warning), "{}", loopback.logs());
+    drop(loopback);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .args(["--port", "0", "--bind", "0.0.0.0", "--workers"])
+        .arg(dir.path().join("workers.json"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(&mut stderr).lines() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("Listening on") {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = reader.join().expect("reader");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains(warning), "no warning on 0.0.0.0: {seen}");
+}
