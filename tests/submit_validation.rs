@@ -290,8 +290,20 @@ fn bad_parts_are_refused_with_what_to_fix() {
         ),
         (
             "unknown part",
-            main_py().field("priority", b"high"),
-            "unknown part \"priority\"",
+            main_py().field("colour", b"high"),
+            "unknown part \"colour\"",
+        ),
+        (
+            "unknown priority",
+            main_py().field("priority", b"urgent"),
+            "\"urgent\" is unknown",
+        ),
+        (
+            "priority twice",
+            main_py()
+                .field("priority", b"high")
+                .field("priority", b"low"),
+            "priority is given twice",
         ),
     ];
     for (case, form, needle) in cases {

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub lost_after: Duration,
     /// Dispatch attempts before a job fails.
     pub max_attempts: u32,
+    /// A job queued this long in its priority level moves up one level.
+    pub priority_aging: Duration,
     /// Log verbosity.
     pub log_level: LevelFilter,
     /// The client keys file (None: the coordinator is open to anyone who reaches it).
@@ -56,6 +58,7 @@ impl Default for ServeConfig {
             track_interval: Duration::from_secs(1),
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
+            priority_aging: Duration::from_secs(300),
             log_level: LevelFilter::Info,
             api_keys: None,
         }

@@ -19,17 +19,20 @@ pub enum PoolStatus {
     Failed,
     /// Its fate on the worker is unknown or its results are gone.
     Lost,
+    /// Cancelled by a client; if it was on a worker, its results are not collected.
+    Cancelled,
 }
 
 impl PoolStatus {
     /// Every status, in life order.
-    pub const ALL: [PoolStatus; 6] = [
+    pub const ALL: [PoolStatus; 7] = [
         Self::Queued,
         Self::Dispatched,
         Self::Running,
         Self::Completed,
         Self::Failed,
         Self::Lost,
+        Self::Cancelled,
     ];
 
     /// The name used in JSON.
@@ -41,12 +44,69 @@ impl PoolStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Lost => "lost",
+            Self::Cancelled => "cancelled",
         }
     }
 
-    /// True once nothing more will happen to the job on a worker.
+    /// True once the job's outcome is settled (a cancelled job may still end on its worker:
+    /// see [`Job::ending_on_worker`]).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Lost)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Lost | Self::Cancelled
+        )
+    }
+
+    /// The status named `name` in JSON.
+    pub fn parse(name: &str) -> Option<PoolStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// A job's priority: higher levels leave the queue first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Goes before every normal and low job.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Goes after every high and normal job (until it ages).
+    Low,
+}
+
+impl Priority {
+    /// Every level, highest first.
+    pub const ALL: [Priority; 3] = [Self::High, Self::Normal, Self::Low];
+
+    /// The name used in JSON and in requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// The level named `name` (`high`, `normal`, `low`).
+    pub fn parse(name: &str) -> Option<Priority> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Index in [`Priority::ALL`] (0 = high).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// One level up (high stays high).
+    pub fn raised(self) -> Priority {
+        match self {
+            Self::Low => Self::Normal,
+            _ => Self::High,
+        }
     }
 }
 
@@ -133,11 +193,16 @@ pub struct Job {
     pub collection: Collection,
     /// Unix seconds of the last answer from its worker about it.
     pub last_contact: Option<f64>,
-    /// Order in the queue: lower runs sooner (a job put back at the head gets a lower one).
-    pub queue_ticket: i64,
-    /// The name of the client key that submitted it (None: submitted without `--api-keys`).
+    /// The name of the client key that submitted it (None: the coordinator runs without keys).
     #[serde(default)]
     pub owner: Option<String>,
+    /// The priority it was submitted with.
+    #[serde(default)]
+    pub priority: Priority,
+    /// True for a job cancelled while on a worker, until the worker ends it: it still holds its
+    /// slot there, and is deleted on the worker once ended.
+    #[serde(default)]
+    pub ending_on_worker: bool,
 }
 
 impl Job {
@@ -163,8 +228,9 @@ impl Job {
             attempts: Vec::new(),
             collection: Collection::NotStarted,
             last_contact: None,
-            queue_ticket: 0,
             owner: None,
+            priority: Priority::Normal,
+            ending_on_worker: false,
         }
     }
 }

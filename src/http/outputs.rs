@@ -32,7 +32,7 @@ fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
             "pool_status": status.as_str(),
         });
         if status == PoolStatus::Queued {
-            body["queue_position"] = json!(st.queue.position(job.queue_ticket));
+            body["queue_position"] = json!(st.queue.position(id));
         }
         return Err(Reply::Json(409, body));
     }
@@ -41,6 +41,12 @@ fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
         return Err(Reply::Json(
             410,
             json!({"error": format!("job {id} is lost, it has no results: {error}"), "pool_status": "lost"}),
+        ));
+    }
+    if status == PoolStatus::Cancelled {
+        return Err(Reply::Json(
+            410,
+            json!({"error": format!("job {id} was cancelled, it has no results"), "pool_status": "cancelled"}),
         ));
     }
     let (Some(remote), Some(worker_status), Some(worker_id)) =

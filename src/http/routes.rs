@@ -1,10 +1,12 @@
 //! Routing of the client API: which handler answers which method and path.
 
-use crate::http::auth::{authorize, visible_job, Caller};
+use crate::base::paths::percent_decode;
+use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::{keys_view, pool_view, spool_view, status_json};
+use crate::http::views::{keys_view, pool_view, spool_view, status_json, worker_view};
 use crate::http::{outputs, upload};
+use crate::pool::control::{self, worker_id_from_url};
 use crate::state::context::Context;
 use serde_json::json;
 use std::sync::Arc;
@@ -23,12 +25,14 @@ enum Route<'a> {
     Logs(&'a str),
     OutputList(&'a str),
     OutputFile(&'a str, &'a str),
+    Cancel(&'a str),
+    Drain(&'a str, bool),
 }
 
 impl Route<'_> {
     fn method(&self) -> Method {
         match self {
-            Route::Submit => Method::Post,
+            Route::Submit | Route::Cancel(_) | Route::Drain(..) => Method::Post,
             _ => Method::Get,
         }
     }
@@ -43,6 +47,12 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("submit", "") => Some(Route::Submit),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
+        ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
+        ("workers", rest) => match rest.rsplit_once('/') {
+            Some((id, "drain")) if !id.is_empty() => Some(Route::Drain(id, true)),
+            Some((id, "undrain")) if !id.is_empty() => Some(Route::Drain(id, false)),
+            _ => None,
+        },
         ("outputs", rest) if !rest.is_empty() => match rest.split_once('/') {
             None => Some(Route::OutputList(rest)),
             Some((id, "")) => Some(Route::OutputList(id)),
@@ -59,7 +69,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /pool, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /cancel/ID, /pool, /health)"),
         );
     };
     if *request.method() != route.method() {
@@ -82,13 +92,24 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     match route {
         Route::Health => health(),
         Route::Pool => pool(ctx, &caller),
-        Route::Submit => submit(ctx, &caller, request),
-        Route::Status(id) => {
-            job_route(ctx, &caller, id, |ctx| match status_json(&ctx.lock(), id) {
+        Route::Submit => submit(ctx, &caller, request, &url),
+        Route::Status(id) => job_route(ctx, &caller, id, |ctx| {
+            match status_json(&promoted(ctx), id) {
                 Some(bytes) => Reply::JsonBytes(200, bytes),
                 None => unknown_job(id),
-            })
-        }
+            }
+        }),
+        Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| match control::cancel(ctx, id) {
+            Ok(()) => match status_json(&ctx.lock(), id) {
+                Some(bytes) => Reply::JsonBytes(200, bytes),
+                None => unknown_job(id),
+            },
+            Err(e) => error_reply(e.status(), e.to_string()),
+        }),
+        Route::Drain(raw, on) => match admin_only(&caller) {
+            Ok(()) => drain(ctx, raw, on),
+            Err(reply) => reply,
+        },
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
         Route::OutputList(id) => job_route(ctx, &caller, id, |ctx| outputs::listing(ctx, id)),
         Route::OutputFile(id, file) => {
@@ -110,8 +131,10 @@ fn health() -> Reply {
 fn pool(ctx: &Context, caller: &Caller) -> Reply {
     let keys = ctx.keys.get();
     let mut view = {
-        let st = ctx.lock();
-        let mut view = pool_view(&st, Instant::now());
+        let now = Instant::now();
+        let mut st = ctx.lock();
+        st.queue.promote(now);
+        let mut view = pool_view(&st, now);
         if keys.is_some() {
             view["keys"] = keys_view(&st, keys.as_deref(), caller);
         }
@@ -152,7 +175,42 @@ fn job_route(
     }
 }
 
-fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request) -> Reply {
+/// The locked table, with the queue's aging brought up to date.
+fn promoted(ctx: &Context) -> std::sync::MutexGuard<'_, crate::state::pool_state::PoolState> {
+    let mut st = ctx.lock();
+    st.queue.promote(Instant::now());
+    st
+}
+
+/// The percent-decoded value of query parameter `name` in `url`, if given.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(&v.replace('+', " ")).unwrap_or_default())
+}
+
+fn drain(ctx: &Context, raw: &str, on: bool) -> Reply {
+    let Some(worker_id) = worker_id_from_url(raw) else {
+        return error_reply(
+            400,
+            format!("the worker id {raw:?} is not validly percent-encoded"),
+        );
+    };
+    match control::set_drain(ctx, &worker_id, on) {
+        Ok(index) => Reply::Json(200, worker_view(&ctx.lock(), index, Instant::now())),
+        Err(e) => error_reply(e.status(), e.to_string()),
+    }
+}
+
+fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str) -> Reply {
+    let priority = match query_param(url, "priority").map(|p| upload::parse_priority(&p)) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return error_reply(e.status(), e.to_string()),
+    };
     let content_type = request
         .headers()
         .iter()
@@ -164,7 +222,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request) -> Reply {
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
     let accepted = upload::check_queue_room(ctx, caller)
-        .and_then(|()| upload::accept(ctx, caller, boundary, request.as_reader()));
+        .and_then(|()| upload::accept(ctx, caller, boundary, priority, request.as_reader()));
     match accepted {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {

@@ -2,7 +2,7 @@
 //! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{InputFile, Job, PoolStatus, Span};
+use crate::base::job::{InputFile, Job, PoolStatus, Priority, Span};
 use crate::base::paths::is_safe_component;
 use crate::http::auth::Caller;
 use crate::pool::{dispatch, scheduler};
@@ -39,10 +39,12 @@ pub enum UploadError {
     DuplicateFilename(String),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
-    /// A part name other than `files` and `manifest`.
+    /// A part name other than `files`, `manifest` and `priority`.
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
+    /// A priority that is not `high`, `normal` or `low`, or given twice.
+    BadPriority(String),
     /// The spool could not be written.
     Spool(io::Error),
 }
@@ -79,11 +81,12 @@ impl fmt::Display for UploadError {
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
-            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files' and 'manifest' are accepted"),
+            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest' and 'priority' are accepted"),
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
             ),
+            Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
             Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
         }
     }
@@ -145,13 +148,26 @@ fn describe_parse_error(e: &io::Error) -> String {
     }
 }
 
-/// Reads the upload into `writer`; returns its inputs and its manifest's place, if any.
+/// What an upload holds besides its bytes in the spool.
+struct Parts {
+    inputs: Vec<InputFile>,
+    manifest: Option<Span>,
+    priority: Option<Priority>,
+}
+
+/// Parses a priority given in a part or in the query.
+pub fn parse_priority(text: &str) -> Result<Priority, UploadError> {
+    Priority::parse(text.trim())
+        .ok_or_else(|| UploadError::BadPriority(format!("{text:?} is unknown")))
+}
+
+/// Reads the upload into `writer`; returns its inputs, its manifest's place and its priority.
 fn read_parts(
     ctx: &Context,
     writer: &mut UploadWriter,
     body: &mut dyn Read,
     boundary: String,
-) -> Result<(Vec<InputFile>, Option<Span>), UploadError> {
+) -> Result<Parts, UploadError> {
     let crossed = Cell::new(false);
     let max = ctx.config.max_upload_bytes;
     let read_error = |e: io::Error| {
@@ -169,6 +185,7 @@ fn read_parts(
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();
     let mut manifest = None;
+    let mut priority = None;
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
             "files" => {
@@ -226,13 +243,27 @@ fn read_parts(
                         .map_err(|e| copy_error(e, &read_error))?,
                 );
             }
+            "priority" => {
+                let mut text = String::new();
+                (&mut field.data)
+                    .take(16)
+                    .read_to_string(&mut text)
+                    .map_err(|_| UploadError::BadPriority("is not short text".to_string()))?;
+                if priority.replace(parse_priority(&text)?).is_some() {
+                    return Err(UploadError::BadPriority("is given twice".to_string()));
+                }
+            }
             other => return Err(UploadError::UnknownPart(other.to_string())),
         }
     }
     if inputs.is_empty() {
         return Err(UploadError::NoFiles);
     }
-    Ok((inputs, manifest))
+    Ok(Parts {
+        inputs,
+        manifest,
+        priority,
+    })
 }
 
 /// A failed read is the client's fault (`read_error` says how), a failed write the spool's.
@@ -276,20 +307,32 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
 /// returns the new job id. When a worker has room the job is assigned and its dispatch started
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
 /// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
+/// `query_priority` is the `?priority=` of the request, if any (the part and the query must not
+/// both give one).
 pub fn accept(
     ctx: &Arc<Context>,
     caller: &Caller,
     boundary: String,
+    query_priority: Option<Priority>,
     body: &mut dyn Read,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
     // The spool registers the upload only when `finish` succeeds; a writer dropped before
     // leaves nothing behind.
     let mut writer = ctx.spool.upload_writer(&id).map_err(UploadError::Spool)?;
-    let (inputs, manifest) = read_parts(ctx, &mut writer, body, boundary)?;
+    let parts = read_parts(ctx, &mut writer, body, boundary)?;
+    let priority = match (parts.priority, query_priority) {
+        (Some(_), Some(_)) => {
+            return Err(UploadError::BadPriority(
+                "is given both as a part and in the query".to_string(),
+            ))
+        }
+        (part, query) => part.or(query).unwrap_or_default(),
+    };
     writer.finish().map_err(UploadError::Spool)?;
-    let mut job = Job::new(id.clone(), inputs, manifest, unix_now());
+    let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
+    job.priority = priority;
     let (assignments, still_queued) = {
         let mut st = ctx.lock();
         if let Err(e) = room_in(&st, caller) {
@@ -297,7 +340,7 @@ pub fn accept(
             ctx.spool.remove_upload(&id);
             return Err(e);
         }
-        st.enqueue(job);
+        st.enqueue(job, Instant::now());
         let (assignments, _) = scheduler::assign(&mut st, Instant::now());
         (assignments, !st.queue.is_empty())
     };

@@ -2,7 +2,7 @@
 
 use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
-use crate::base::job::{Attempt, Collection, InputFile, PoolStatus};
+use crate::base::job::{Attempt, Collection, InputFile, PoolStatus, Priority};
 use crate::http::auth::Caller;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
@@ -10,34 +10,61 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 use std::time::Instant;
 
+/// One worker as `/pool` shows it.
+pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
+    let Some(w) = st.workers.get(index) else {
+        return Value::Null;
+    };
+    let throttle = w.throttle.as_ref().filter(|t| t.until > now);
+    json!({
+        "worker_id": w.spec.worker_id,
+        "endpoint": w.spec.endpoint,
+        "is_healthy": w.health.is_healthy,
+        "active_jobs": w.active_jobs,
+        "max_concurrent_jobs": w.spec.max_concurrent_jobs,
+        "last_health_check": w.health.last_health_check,
+        "last_error": w.health.last_error,
+        "consecutive_failures": w.health.consecutive_failures,
+        "state_since": w.health.since,
+        "throttled": throttle.is_some(),
+        "throttled_until": throttle.map(|t| t.until_unix),
+        "throttle_reason": throttle.map(|t| t.reason.as_str()),
+        "tracked_jobs": w.tracked.len(),
+        "jobs_accepted": w.counters.accepted,
+        "jobs_completed": w.counters.completed,
+        "jobs_failed": w.counters.failed,
+        "jobs_lost": w.counters.lost,
+        "submits_throttled": w.counters.throttled,
+        "draining": w.draining,
+        "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
+    })
+}
+
+/// The queue's depth per level and per owner, as `/pool` shows it.
+fn queue_view(st: &PoolState) -> Value {
+    let depths = st.queue.depths();
+    let mut by_priority: serde_json::Map<String, Value> = Priority::ALL
+        .iter()
+        .map(|p| (p.as_str().to_string(), json!(depths.levels[p.index()])))
+        .collect();
+    by_priority.insert("requeued".to_string(), json!(depths.requeued));
+    let mut owners: Vec<(Option<&str>, usize)> = st
+        .queue
+        .by_owner()
+        .map(|(o, n)| (o.as_deref(), n))
+        .collect();
+    owners.sort_unstable();
+    let by_owner: Vec<Value> = owners
+        .into_iter()
+        .map(|(owner, queued)| json!({"owner": owner, "queued": queued}))
+        .collect();
+    json!({"by_priority": by_priority, "by_owner": by_owner})
+}
+
 /// `GET /pool`: the worker table and job counts, all from one consistent snapshot.
 pub fn pool_view(st: &PoolState, now: Instant) -> Value {
-    let workers: Vec<Value> = st
-        .workers
-        .iter()
-        .map(|w| {
-            let throttle = w.throttle.as_ref().filter(|t| t.until > now);
-            json!({
-                "worker_id": w.spec.worker_id,
-                "endpoint": w.spec.endpoint,
-                "is_healthy": w.health.is_healthy,
-                "active_jobs": w.active_jobs,
-                "max_concurrent_jobs": w.spec.max_concurrent_jobs,
-                "last_health_check": w.health.last_health_check,
-                "last_error": w.health.last_error,
-                "consecutive_failures": w.health.consecutive_failures,
-                "state_since": w.health.since,
-                "throttled": throttle.is_some(),
-                "throttled_until": throttle.map(|t| t.until_unix),
-                "throttle_reason": throttle.map(|t| t.reason.as_str()),
-                "tracked_jobs": w.tracked.len(),
-                "jobs_accepted": w.counters.accepted,
-                "jobs_completed": w.counters.completed,
-                "jobs_failed": w.counters.failed,
-                "jobs_lost": w.counters.lost,
-                "submits_throttled": w.counters.throttled,
-            })
-        })
+    let workers: Vec<Value> = (0..st.workers.len())
+        .map(|i| worker_view(st, i, now))
         .collect();
     let by_status: serde_json::Map<String, Value> = PoolStatus::ALL
         .iter()
@@ -48,6 +75,7 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
         "healthy_workers": st.workers.iter().filter(|w| w.health.is_healthy).count(),
         "total_jobs": st.jobs.len(),
         "queued_jobs": st.queue.len(),
+        "queue": queue_view(st),
         "jobs_by_status": by_status,
         "workers": workers,
         "time": unix_now(),
@@ -145,8 +173,11 @@ impl Serialize for FilesView<'_> {
 struct StatusView<'a> {
     job_id: &'a str,
     pool_status: &'static str,
+    priority: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_position: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_level: Option<&'static str>,
     worker_id: &'a Option<String>,
     worker_status: &'a Option<Value>,
     submitted_at: f64,
@@ -163,15 +194,15 @@ struct StatusView<'a> {
 /// for an unknown job. It never asks a worker.
 pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     let job = st.jobs.get(id)?;
-    let queue_position = if job.status == PoolStatus::Queued {
-        st.queue.position(job.queue_ticket)
-    } else {
-        None
-    };
+    let queued = job.status == PoolStatus::Queued;
     let view = StatusView {
         job_id: &job.id,
         pool_status: job.status.as_str(),
-        queue_position,
+        priority: job.priority.as_str(),
+        queue_position: queued.then(|| st.queue.position(id)).flatten(),
+        queue_level: queued
+            .then(|| st.queue.level_of(id).map(Priority::as_str))
+            .flatten(),
         worker_id: &job.worker_id,
         worker_status: &job.worker_status,
         submitted_at: job.submitted_at,

@@ -50,7 +50,15 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
         {
             st.workers[index].return_reservation();
         }
-        st.requeue_front(&job_id);
+        if st.is_cancelled(&job_id) {
+            if let Some(job) = st.jobs.get_mut(&job_id) {
+                job.ending_on_worker = false;
+            }
+            drop(st);
+            ctx.spool.remove_upload(&job_id);
+        } else {
+            st.requeue_front(&job_id);
+        }
     }
 }
 
@@ -182,6 +190,10 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         return;
     }
     st.workers[index].return_reservation();
+    if st.is_cancelled(id) {
+        settle_cancelled(ctx, st, a, outcome);
+        return;
+    }
     match outcome {
         SubmitOutcome::Accepted(_) => {}
         SubmitOutcome::Throttled(message) => {
@@ -224,6 +236,26 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             ctx.spool.remove_upload(id);
         }
     }
+    ctx.wake_scheduler();
+}
+
+/// A dispatch the worker did not take, of a job cancelled meanwhile: it ends here (a 429 still
+/// pauses the worker).
+fn settle_cancelled(
+    ctx: &Context,
+    mut st: std::sync::MutexGuard<'_, PoolState>,
+    a: &Assignment,
+    outcome: SubmitOutcome,
+) {
+    if let SubmitOutcome::Throttled(message) = outcome {
+        st.workers[a.worker_index].counters.throttled += 1;
+        throttle(&mut st, a.worker_index, message, true);
+    }
+    if let Some(job) = st.jobs.get_mut(&a.job_id) {
+        job.ending_on_worker = false;
+    }
+    drop(st);
+    ctx.spool.remove_upload(&a.job_id);
     ctx.wake_scheduler();
 }
 

@@ -2,6 +2,7 @@
 //! checker and result collection. May import `state`, `worker`, `store` and `base`.
 
 pub mod collect;
+pub mod control;
 pub mod dispatch;
 pub mod health;
 pub mod scheduler;

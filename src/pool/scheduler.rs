@@ -1,5 +1,6 @@
-//! The scheduler thread: hands the oldest queued job to the healthy, non-throttled worker with the
-//! fewest active jobs below its limit (ties rotate). When no worker has room it waits for a signal
+//! The scheduler thread: hands the queue's next job (see `state::queue`: priority, aging, owners
+//! in turn) to the healthy, non-throttled, non-draining worker with the fewest active jobs below
+//! its limit (ties rotate). When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
 
 use crate::base::job::PoolStatus;
@@ -31,16 +32,17 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
 /// Returns the assignments and, when jobs still wait, the next instant a throttle ends.
 pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Instant>) {
     let mut assignments = Vec::new();
-    while let Some(head) = st.queue.front() {
+    st.queue.promote(now);
+    while let Some(head) = st.queue.peek() {
         let Some(job) = st.jobs.get(head) else {
-            st.queue.pop_front();
+            st.queue.pop();
             continue;
         };
         let tried: Vec<&str> = job.attempts.iter().map(|a| a.worker_id.as_str()).collect();
         let Some(index) = pick_worker(st, &tried, now) else {
             break;
         };
-        let Some(id) = st.queue.pop_front() else {
+        let Some(id) = st.queue.pop() else {
             break;
         };
         let worker = &mut st.workers[index];
@@ -97,6 +99,7 @@ mod tests {
                 worker_id: format!("w{i}"),
                 endpoint: format!("http://127.0.0.1:{}", 1000 + i),
                 max_concurrent_jobs: max,
+                drain: false,
             })
             .collect();
         let mut st = PoolState::new(specs, Instant::now());
@@ -108,7 +111,10 @@ mod tests {
 
     fn queue(st: &mut PoolState, n: usize) {
         for i in 0..n {
-            st.enqueue(Job::new(format!("pool-{i}"), Vec::new(), None, 0.0));
+            st.enqueue(
+                Job::new(format!("pool-{i}"), Vec::new(), None, 0.0),
+                Instant::now(),
+            );
         }
     }
 
@@ -122,7 +128,7 @@ mod tests {
             .collect();
         assert_eq!(per_worker, vec![2, 2]);
         assert_eq!(st.queue.len(), 1);
-        assert_eq!(st.queue.front(), Some("pool-4"));
+        assert_eq!(st.queue.peek(), Some("pool-4"));
         assert_eq!(st.count(PoolStatus::Dispatched), 4);
         assert!(st.workers.iter().all(|w| w.active_jobs == 2));
     }
@@ -144,10 +150,19 @@ mod tests {
     fn requeued_job_keeps_head_and_position_is_exact() {
         let mut st = pool(0, 1);
         queue(&mut st, 3);
-        st.queue.pop_front();
+        st.queue.pop();
         st.requeue_front("pool-0");
-        let ticket = |st: &PoolState, id: &str| st.jobs[id].queue_ticket;
-        assert_eq!(st.queue.position(ticket(&st, "pool-0")), Some(0));
-        assert_eq!(st.queue.position(ticket(&st, "pool-2")), Some(2));
+        assert_eq!(st.queue.position("pool-0"), Some(0));
+        assert_eq!(st.queue.position("pool-2"), Some(2));
+    }
+
+    #[test]
+    fn a_draining_worker_gets_nothing() {
+        let mut st = pool(2, 10);
+        st.workers[0].draining = true;
+        queue(&mut st, 4);
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 4);
+        assert!(assigned.iter().all(|a| a.worker_index == 1));
     }
 }

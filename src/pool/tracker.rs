@@ -25,6 +25,8 @@ struct Followed {
     /// The worker's last status answer, for a job that ended (its results still to collect).
     worker_status: Option<Value>,
     last_contact: f64,
+    /// A cancelled job still holding its slot: followed only until the worker ends it.
+    ending_on_worker: bool,
 }
 
 /// Starts the tracker thread of worker `index` (its `tracker_running` flag is already set).
@@ -67,6 +69,7 @@ fn run(ctx: &Context, index: usize) {
                             .then(|| job.worker_status.clone())
                             .flatten(),
                         last_contact: job.last_contact.unwrap_or_else(unix_now),
+                        ending_on_worker: job.ending_on_worker,
                         id,
                     })
                 })
@@ -89,6 +92,9 @@ fn run(ctx: &Context, index: usize) {
 /// Polls one job (or retries its collection); returns true when the job just ended on its worker,
 /// so the tracker goes round again at once: a fast worker's other jobs may have ended too.
 fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
+    if job.status == PoolStatus::Cancelled {
+        return follow_cancelled(ctx, index, endpoint, job);
+    }
     if job.status.is_final() {
         if let Some(status) = &job.worker_status {
             collect_results(ctx, index, endpoint, job, status);
@@ -136,6 +142,12 @@ fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answ
     job.worker_status = Some(answer);
     job.last_contact = Some(now);
     let before = job.status;
+    if before == PoolStatus::Cancelled {
+        if status.is_final() {
+            worker_ended_cancelled(ctx, &mut st, index, id);
+        }
+        return false;
+    }
     if before == status {
         return false;
     }
@@ -203,12 +215,91 @@ fn untrack(st: &mut PoolState, index: usize, id: &str) {
     st.workers[index].tracked.retain(|t| t != id);
 }
 
+/// A cancelled job: waits for its worker to end it (its slot is held until then), then deletes
+/// it there with `GET /download/{id}` (never earlier: deleting a job queued on sandrun crashes
+/// the worker). Returns true when it ended on its worker just now.
+fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
+    let mut ended = false;
+    if job.ending_on_worker {
+        match ctx.client.status(endpoint, &job.remote) {
+            Ok(status) => {
+                let finished = matches!(
+                    status.get("status").and_then(Value::as_str),
+                    Some("completed" | "failed")
+                );
+                let mut st = ctx.lock();
+                if let Some(j) = st.jobs.get_mut(&job.id) {
+                    j.last_contact = Some(unix_now());
+                }
+                if !finished {
+                    return false;
+                }
+                worker_ended_cancelled(ctx, &mut st, index, &job.id);
+                ended = true;
+            }
+            Err(CallError::Status { code: 404, .. }) => {
+                let mut st = ctx.lock();
+                worker_ended_cancelled(ctx, &mut st, index, &job.id);
+                untrack(&mut st, index, &job.id);
+                return true;
+            }
+            Err(e) => {
+                if unix_now() - job.last_contact > ctx.config.lost_after.as_secs_f64() {
+                    let mut st = ctx.lock();
+                    worker_ended_cancelled(ctx, &mut st, index, &job.id);
+                    untrack(&mut st, index, &job.id);
+                    log::warn!(
+                        "Cancelled job {}: its worker has not answered for a while ({e}); its slot is freed",
+                        job.id
+                    );
+                }
+                return false;
+            }
+        }
+    }
+    match ctx.client.delete_ended(endpoint, &job.remote) {
+        Ok(()) | Err(CallError::Status { code: 404, .. }) => {
+            untrack(&mut ctx.lock(), index, &job.id);
+            log::info!("Cancelled job {} deleted on its worker", job.id);
+        }
+        Err(e) => {
+            if unix_now() - job.last_contact > ctx.config.lost_after.as_secs_f64() {
+                untrack(&mut ctx.lock(), index, &job.id);
+                log::warn!(
+                    "Cancelled job {} could not be deleted on its worker: {e}",
+                    job.id
+                );
+            }
+        }
+    }
+    ended
+}
+
+/// A cancelled job ended on its worker (or the worker lost it): its slot is freed.
+fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &str) {
+    let Some(job) = st.jobs.get_mut(id) else {
+        return;
+    };
+    if !std::mem::take(&mut job.ending_on_worker) {
+        return;
+    }
+    job.last_contact = Some(unix_now());
+    st.workers[index].release_slot();
+    log::info!("Cancelled job {id} ended on its worker; its slot is free");
+    ctx.wake_scheduler();
+}
+
 /// Marks a job lost, frees its slot if it still held one, and stops following it.
 fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     let mut st = ctx.lock();
     let Some(job) = st.jobs.get(id) else {
         return;
     };
+    if job.status == PoolStatus::Cancelled {
+        worker_ended_cancelled(ctx, &mut st, index, id);
+        untrack(&mut st, index, id);
+        return;
+    }
     let held_slot = !job.status.is_final();
     if let Some(job) = st.set_status(id, PoolStatus::Lost) {
         job.error = Some(why.clone());

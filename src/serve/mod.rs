@@ -95,7 +95,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let server =
         tiny_http::Server::http(addr).map_err(|e| ServeError::Bind(addr, e.to_string()))?;
     let threads = config.threads;
-    let (ctx, signals) = Context::new(config, PoolState::new(specs, Instant::now()), spool);
+    let mut table = PoolState::new(specs, Instant::now());
+    table.queue.set_aging(Some(config.priority_aging));
+    let (ctx, signals) = Context::new(config, table, spool);
     if let Some(keys) = keys {
         ctx.keys.set(keys);
     } else if !ctx.config.bind.is_loopback() {

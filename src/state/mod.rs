@@ -4,3 +4,4 @@
 
 pub mod context;
 pub mod pool_state;
+pub mod queue;

@@ -5,9 +5,10 @@
 //! before anything that could panic runs).
 
 use crate::base::job::{Job, PoolStatus};
+use crate::state::queue::JobQueue;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// What the health checker last learned about a worker.
@@ -108,12 +109,15 @@ pub struct WorkerEntry {
     pub tracker_wake: TrackerWake,
     /// Totals.
     pub counters: WorkerCounters,
+    /// Set by a drain: the worker gets no new job; its jobs are followed to their end.
+    pub draining: bool,
 }
 
 impl WorkerEntry {
     /// A worker not yet probed: not healthy until its first probe succeeds.
     pub fn new(spec: WorkerSpec, now: Instant) -> Self {
         WorkerEntry {
+            draining: spec.drain,
             spec,
             health: Health {
                 is_healthy: false,
@@ -140,6 +144,7 @@ impl WorkerEntry {
     /// True when a job may be dispatched to it now.
     pub fn has_room(&self, now: Instant) -> bool {
         self.health.is_healthy
+            && !self.draining
             && !self.is_throttled(now)
             && self.active_jobs < self.spec.max_concurrent_jobs
     }
@@ -163,55 +168,6 @@ impl WorkerEntry {
     }
 }
 
-/// The FIFO of queued job ids. A job put back at the head keeps its place ahead of all others.
-#[derive(Debug, Default)]
-pub struct JobQueue {
-    entries: VecDeque<(i64, String)>,
-    next_back: i64,
-    next_front: i64,
-}
-
-impl JobQueue {
-    /// Appends a job; returns its ticket.
-    pub fn push_back(&mut self, id: String) -> i64 {
-        self.next_back += 1;
-        self.entries.push_back((self.next_back, id));
-        self.next_back
-    }
-
-    /// Puts a job back at the head; returns its ticket.
-    pub fn push_front(&mut self, id: String) -> i64 {
-        self.next_front -= 1;
-        self.entries.push_front((self.next_front, id));
-        self.next_front
-    }
-
-    /// The oldest job.
-    pub fn front(&self) -> Option<&str> {
-        self.entries.front().map(|(_, id)| id.as_str())
-    }
-
-    /// Removes the oldest job.
-    pub fn pop_front(&mut self) -> Option<String> {
-        self.entries.pop_front().map(|(_, id)| id)
-    }
-
-    /// Zero-based position of the job with this ticket, if queued.
-    pub fn position(&self, ticket: i64) -> Option<usize> {
-        self.entries.binary_search_by_key(&ticket, |(t, _)| *t).ok()
-    }
-
-    /// Number of queued jobs.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
 /// Workers, jobs and the queue: the one table behind the one lock.
 #[derive(Debug, Default)]
 pub struct PoolState {
@@ -219,12 +175,12 @@ pub struct PoolState {
     pub workers: Vec<WorkerEntry>,
     /// Every job by id (boxed: the table's spare slots then cost a pointer each, not a job).
     pub jobs: HashMap<String, Box<Job>>,
-    /// Queued jobs, oldest first.
+    /// Queued jobs, by priority and owner.
     pub queue: JobQueue,
     /// Jobs per status, kept in step with `jobs`.
-    status_counts: [usize; 6],
+    status_counts: [usize; PoolStatus::ALL.len()],
     /// Jobs per owner (client key name) and status, kept in step with `jobs`.
-    owner_counts: HashMap<String, [usize; 6]>,
+    owner_counts: HashMap<String, [usize; PoolStatus::ALL.len()]>,
     /// Where the next tie between equally loaded workers starts looking.
     pub rotation: usize,
 }
@@ -248,10 +204,11 @@ impl PoolState {
         }
     }
 
-    /// Adds a new queued job at the tail of the queue.
-    pub fn enqueue(&mut self, mut job: Job) {
+    /// Adds a new queued job at the tail of its owner's line in its priority level.
+    pub fn enqueue(&mut self, mut job: Job, now: Instant) {
         job.status = PoolStatus::Queued;
-        job.queue_ticket = self.queue.push_back(job.id.clone());
+        self.queue
+            .push(job.id.clone(), job.owner.clone(), job.priority, now);
         self.status_counts[status_index(PoolStatus::Queued)] += 1;
         if let Some(owner) = &job.owner {
             self.owner_counts.entry(owner.clone()).or_default()
@@ -262,10 +219,11 @@ impl PoolState {
 
     /// Puts a job back at the head of the queue.
     pub fn requeue_front(&mut self, id: &str) {
-        let ticket = self.queue.push_front(id.to_string());
-        if let Some(job) = self.set_status(id, PoolStatus::Queued) {
-            job.queue_ticket = ticket;
-        }
+        let Some(job) = self.set_status(id, PoolStatus::Queued) else {
+            return;
+        };
+        let owner = job.owner.clone();
+        self.queue.push_front(id.to_string(), owner);
     }
 
     /// Moves a job to `status`, keeping the per-status counts exact.
@@ -285,6 +243,13 @@ impl PoolState {
         Some(job)
     }
 
+    /// True when the job was cancelled.
+    pub fn is_cancelled(&self, id: &str) -> bool {
+        self.jobs
+            .get(id)
+            .is_some_and(|j| j.status == PoolStatus::Cancelled)
+    }
+
     /// How many jobs are in `status`.
     pub fn count(&self, status: PoolStatus) -> usize {
         self.status_counts[status_index(status)]
@@ -298,7 +263,7 @@ impl PoolState {
     }
 
     /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
-    pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; 6])> {
+    pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; PoolStatus::ALL.len()])> {
         self.owner_counts.iter().map(|(o, c)| (o.as_str(), c))
     }
 

@@ -274,6 +274,19 @@ impl WorkerClient {
             .map_err(classify)
     }
 
+    /// `GET /download/{id}`: deletes a job on the worker (its tarball is read and dropped). Only
+    /// for a job the worker reported `completed` or `failed`: deleting a job still queued there
+    /// crashes sandrun.
+    pub fn delete_ended(&self, endpoint: &str, remote_id: &str) -> Result<(), CallError> {
+        let response = self
+            .follow
+            .get(&format!("{endpoint}/download/{}", encode_path(remote_id)))
+            .call()
+            .map_err(classify)?;
+        let _ = std::io::copy(&mut response.into_reader(), &mut std::io::sink());
+        Ok(())
+    }
+
     fn get_json(&self, url: &str) -> Result<Value, CallError> {
         read_json(self.follow.get(url).call().map_err(classify)?)
     }

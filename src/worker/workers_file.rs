@@ -18,6 +18,8 @@ pub struct WorkerSpec {
     pub endpoint: String,
     /// The most jobs the coordinator keeps on this worker at once.
     pub max_concurrent_jobs: u32,
+    /// `"drain": true`: the worker gets no new job.
+    pub drain: bool,
 }
 
 /// Why a workers file was refused.
@@ -132,14 +134,16 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
     };
     let id_text = fields.get("worker_id").and_then(Value::as_str);
     let label = entry_label(index, id_text);
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !matches!(k.as_str(), "worker_id" | "endpoint" | "max_concurrent_jobs"))
-    {
+    if let Some(unknown) = fields.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "worker_id" | "endpoint" | "max_concurrent_jobs" | "drain"
+        )
+    }) {
         return Err(entry_error(
             label,
             unknown,
-            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs)",
+            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs, drain)",
         ));
     }
     let worker_id = required_string(fields, "worker_id", &label)?;
@@ -162,10 +166,22 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
                 )
             })?,
     };
+    let drain = match fields.get("drain") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(entry_error(
+                label,
+                "drain",
+                format!("must be true or false, got {v}"),
+            ))
+        }
+    };
     Ok(WorkerSpec {
         worker_id: worker_id.to_string(),
         endpoint,
         max_concurrent_jobs,
+        drain,
     })
 }
 

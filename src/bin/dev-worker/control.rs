@@ -139,6 +139,9 @@ pub struct Recording {
     pub jobs: Vec<ReceivedJob>,
     /// Jobs as they started running: (job id, when).
     pub started: Vec<(String, SystemTime)>,
+    /// What crashed the worker (sandrun dies when its executor takes a queued job that
+    /// `GET /download/{id}` deleted).
+    pub faults: Vec<String>,
 }
 
 impl Recording {
@@ -199,6 +202,11 @@ impl Recorder {
         lock(&self.recording)
             .started
             .push((job_id.to_string(), SystemTime::now()));
+    }
+
+    /// Notes what crashed the worker.
+    pub fn fault(&self, what: String) {
+        lock(&self.recording).faults.push(what);
     }
 
     /// A copy of everything recorded.

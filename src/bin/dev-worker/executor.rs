@@ -17,10 +17,23 @@ pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
         }
         let next = lock(&run.jobs).pop_next();
         if let Some((id, ip)) = next {
+            if !lock(&run.jobs).jobs.contains_key(&id) {
+                crash(&shared, &run, &id);
+                return;
+            }
             run_one(&shared, &run, &id, &ip);
         }
         lock(&run.jobs).expire(shared.control.get().delete_after);
     }
+}
+
+/// What sandrun does when its queue names a job that was deleted while queued: the executor
+/// finds nothing and the process dies (`/health` stops answering).
+fn crash(shared: &Shared, run: &Incarnation, id: &str) {
+    let what = format!("queued job {id} was deleted before it ran: the worker crashed");
+    eprintln!("dev-worker: {what}");
+    shared.recorder.fault(what);
+    run.kill();
 }
 
 /// Runs one job holding the jobs lock, then frees its rate-limit slot.

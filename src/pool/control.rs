@@ -1,0 +1,144 @@
+//! Operator and client controls on a running pool: cancelling a job, draining a worker.
+
+use crate::base::clock::unix_now;
+use crate::base::job::PoolStatus;
+use crate::state::context::Context;
+use crate::worker::identity::short_id;
+use std::fmt;
+
+/// Why a control was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// No job with this id.
+    UnknownJob(String),
+    /// The job already ended in this status.
+    Finished(String, PoolStatus),
+    /// No worker with this id in the allowlist.
+    UnknownWorker(String),
+}
+
+impl ControlError {
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
+            Self::Finished(..) => 409,
+        }
+    }
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownJob(id) => write!(
+                f,
+                "no job {id:?} on this coordinator (job ids look like pool-<32 hex>)"
+            ),
+            Self::Finished(id, status) => write!(
+                f,
+                "job {id} has already ended ({}); only a queued, dispatched or running job can be cancelled",
+                status.as_str()
+            ),
+            Self::UnknownWorker(id) => write!(
+                f,
+                "no worker {id:?} in the allowlist (give its worker_id percent-encoded, or in URL-safe base64 with - and _)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// Cancels a job. A queued one ends at once and its upload is dropped; a dispatched or running
+/// one is marked cancelled at once, its results are not collected, and its tracker follows it
+/// only until its worker ends it (the slot is freed then), then deletes it there.
+pub fn cancel(ctx: &Context, id: &str) -> Result<(), ControlError> {
+    let mut st = ctx.lock();
+    let status = st
+        .jobs
+        .get(id)
+        .map(|j| j.status)
+        .ok_or_else(|| ControlError::UnknownJob(id.to_string()))?;
+    let on_worker = match status {
+        PoolStatus::Queued => {
+            st.queue.remove(id);
+            false
+        }
+        PoolStatus::Dispatched | PoolStatus::Running => true,
+        ended => return Err(ControlError::Finished(id.to_string(), ended)),
+    };
+    if let Some(job) = st.set_status(id, PoolStatus::Cancelled) {
+        job.completed_at = Some(unix_now());
+        job.error = Some("cancelled".to_string());
+        job.ending_on_worker = on_worker;
+    }
+    drop(st);
+    if on_worker {
+        log::info!("Cancelled job {id}; its worker slot is freed when the job ends there");
+    } else {
+        ctx.spool.remove_upload(id);
+        log::info!("Cancelled queued job {id}");
+    }
+    Ok(())
+}
+
+/// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed
+/// to their end. Returns the index of the worker.
+pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, ControlError> {
+    let mut st = ctx.lock();
+    let index = st
+        .worker_index(worker_id)
+        .ok_or_else(|| ControlError::UnknownWorker(worker_id.to_string()))?;
+    let w = &mut st.workers[index];
+    let changed = w.draining != on;
+    w.draining = on;
+    let active = w.active_jobs;
+    drop(st);
+    if changed && on {
+        log::info!(
+            "Worker {}... is draining: no new job; {active} still active",
+            short_id(worker_id)
+        );
+    } else if changed {
+        log::info!("Worker {}... is back in service", short_id(worker_id));
+        ctx.wake_scheduler();
+    }
+    Ok(index)
+}
+
+/// A worker id as given in a URL: percent-encoded standard base64, or URL-safe base64 (`-`, `_`,
+/// padding optional).
+pub fn worker_id_from_url(raw: &str) -> Option<String> {
+    let decoded = crate::base::paths::percent_decode(raw).ok()?;
+    let mut id: String = decoded
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !id.len().is_multiple_of(4) {
+        id.push('=');
+    }
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_in_urls() {
+        let id = "He7P3kzyklbzEfhMTtht10tA8QYEU3JK+dKgggIJ1IY=";
+        let forms = [
+            "He7P3kzyklbzEfhMTtht10tA8QYEU3JK%2BdKgggIJ1IY%3D",
+            "He7P3kzyklbzEfhMTtht10tA8QYEU3JK-dKgggIJ1IY=",
+            "He7P3kzyklbzEfhMTtht10tA8QYEU3JK-dKgggIJ1IY",
+        ];
+        for form in forms {
+            assert_eq!(worker_id_from_url(form).as_deref(), Some(id), "{form}");
+        }
+        assert_eq!(worker_id_from_url("%zz"), None);
+    }
+}

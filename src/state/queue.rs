@@ -1,0 +1,383 @@
+//! The queue of jobs waiting for a worker: three priority levels (higher levels leave first),
+//! aging (a job that waited longer than the aging time in its level moves up one level), and,
+//! within a level, the owners (client keys) served in turn, FIFO within an owner. A job put back
+//! at the head (a dispatch the worker did not take) goes before everything else.
+//!
+//! Every operation costs O(1) or O(owners), except removing one job (O(jobs of its owner in
+//! its level)), which only a cancel does.
+
+use crate::base::job::Priority;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Who a queued job belongs to: a client key's name, or None without keys.
+pub type Owner = Option<String>;
+
+/// One waiting job in a level.
+#[derive(Debug)]
+struct Entry {
+    /// Increases with every insertion into any level: an owner's jobs are sorted by it.
+    seq: u64,
+    id: String,
+    /// When it entered this level (aging counts from here).
+    since: Instant,
+}
+
+/// One priority level: each owner's FIFO, and the order in which owners take their turn.
+#[derive(Debug, Default)]
+struct Level {
+    owners: HashMap<Owner, VecDeque<Entry>>,
+    /// Owners with waiting jobs; the front one is served next, then goes to the back.
+    turn: VecDeque<Owner>,
+    len: usize,
+}
+
+impl Level {
+    fn push(&mut self, owner: Owner, entry: Entry) {
+        let fifo = self.owners.entry(owner.clone()).or_default();
+        if fifo.is_empty() {
+            self.turn.push_back(owner);
+        }
+        fifo.push_back(entry);
+        self.len += 1;
+    }
+
+    fn peek(&self) -> Option<&Entry> {
+        self.owners.get(self.turn.front()?)?.front()
+    }
+
+    fn pop(&mut self) -> Option<(Owner, Entry)> {
+        let owner = self.turn.pop_front()?;
+        let fifo = self.owners.get_mut(&owner)?;
+        let entry = fifo.pop_front()?;
+        if fifo.is_empty() {
+            self.owners.remove(&owner);
+        } else {
+            self.turn.push_back(owner.clone());
+        }
+        self.len -= 1;
+        Some((owner, entry))
+    }
+
+    fn remove(&mut self, owner: &Owner, seq: u64) -> Option<Entry> {
+        let fifo = self.owners.get_mut(owner)?;
+        let at = fifo.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        let entry = fifo.remove(at)?;
+        if fifo.is_empty() {
+            self.owners.remove(owner);
+            self.turn.retain(|o| o != owner);
+        }
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// Jobs of this level that leave before the `k`-th job of `owner` (0-based).
+    fn ahead_of(&self, owner: &Owner, k: usize) -> usize {
+        let Some(mine) = self.turn.iter().position(|o| o == owner) else {
+            return k;
+        };
+        let others: usize = self
+            .turn
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != mine)
+            .map(|(i, o)| {
+                let len = self.owners.get(o).map_or(0, VecDeque::len);
+                len.min(k + usize::from(i < mine))
+            })
+            .sum();
+        k + others
+    }
+}
+
+/// Where a queued job is.
+#[derive(Debug, Clone)]
+enum Place {
+    /// Put back at the head.
+    Front,
+    /// In a level, under an owner.
+    Level {
+        level: usize,
+        owner: Owner,
+        seq: u64,
+    },
+}
+
+/// Queued job ids, in the order they will leave.
+#[derive(Debug, Default)]
+pub struct JobQueue {
+    front: VecDeque<String>,
+    levels: [Level; 3],
+    places: HashMap<String, Place>,
+    owner_counts: HashMap<Owner, usize>,
+    owners_of_front: HashMap<String, Owner>,
+    next_seq: u64,
+    aging: Option<Duration>,
+}
+
+/// Queue depth per level, as `/pool` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depths {
+    /// Jobs put back at the head.
+    pub requeued: usize,
+    /// Jobs waiting in each level, highest first (see [`Priority::ALL`]).
+    pub levels: [usize; 3],
+}
+
+impl JobQueue {
+    /// Sets the aging time (None or zero: jobs never move up).
+    pub fn set_aging(&mut self, aging: Option<Duration>) {
+        self.aging = aging.filter(|a| !a.is_zero());
+    }
+
+    /// Appends a job at the back of its owner's FIFO in its level.
+    pub fn push(&mut self, id: String, owner: Owner, priority: Priority, now: Instant) {
+        let level = priority.index();
+        *self.owner_counts.entry(owner.clone()).or_default() += 1;
+        self.insert(id, owner, level, now);
+    }
+
+    fn insert(&mut self, id: String, owner: Owner, level: usize, now: Instant) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.places.insert(
+            id.clone(),
+            Place::Level {
+                level,
+                owner: owner.clone(),
+                seq,
+            },
+        );
+        self.levels[level].push(
+            owner,
+            Entry {
+                seq,
+                id,
+                since: now,
+            },
+        );
+    }
+
+    /// Puts a job back at the head, before every other.
+    pub fn push_front(&mut self, id: String, owner: Owner) {
+        *self.owner_counts.entry(owner.clone()).or_default() += 1;
+        self.places.insert(id.clone(), Place::Front);
+        self.owners_of_front.insert(id.clone(), owner);
+        self.front.push_front(id);
+    }
+
+    /// The job that leaves next.
+    pub fn peek(&self) -> Option<&str> {
+        if let Some(id) = self.front.front() {
+            return Some(id);
+        }
+        self.levels
+            .iter()
+            .find_map(|l| l.peek())
+            .map(|e| e.id.as_str())
+    }
+
+    /// Removes and returns the job [`JobQueue::peek`] names.
+    pub fn pop(&mut self) -> Option<String> {
+        if let Some(id) = self.front.pop_front() {
+            let owner = self.owners_of_front.remove(&id).unwrap_or_default();
+            self.forget(&id, &owner);
+            return Some(id);
+        }
+        let (owner, entry) = self.levels.iter_mut().find_map(Level::pop)?;
+        self.forget(&entry.id, &owner);
+        Some(entry.id)
+    }
+
+    /// Removes a job wherever it waits; false when it is not queued.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Some(place) = self.places.get(id).cloned() else {
+            return false;
+        };
+        let owner = match place {
+            Place::Front => {
+                self.front.retain(|f| f != id);
+                self.owners_of_front.remove(id).unwrap_or_default()
+            }
+            Place::Level { level, owner, seq } => {
+                self.levels[level].remove(&owner, seq);
+                owner
+            }
+        };
+        self.forget(id, &owner);
+        true
+    }
+
+    fn forget(&mut self, id: &str, owner: &Owner) {
+        self.places.remove(id);
+        if let Some(count) = self.owner_counts.get_mut(owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.owner_counts.remove(owner);
+            }
+        }
+    }
+
+    /// Moves up one level every job that waited in its level longer than the aging time.
+    pub fn promote(&mut self, now: Instant) {
+        let Some(aging) = self.aging else {
+            return;
+        };
+        for level in 1..self.levels.len() {
+            let due: Vec<(Owner, u64)> = self.levels[level]
+                .owners
+                .iter()
+                .flat_map(|(owner, fifo)| {
+                    fifo.iter()
+                        .take_while(|e| now.saturating_duration_since(e.since) >= aging)
+                        .map(|e| (owner.clone(), e.seq))
+                })
+                .collect();
+            let mut moved: Vec<(u64, Owner, String)> = due
+                .into_iter()
+                .filter_map(|(owner, seq)| {
+                    let entry = self.levels[level].remove(&owner, seq)?;
+                    Some((seq, owner, entry.id))
+                })
+                .collect();
+            moved.sort_by_key(|(seq, _, _)| *seq);
+            for (_, owner, id) in moved {
+                self.insert(id, owner, level - 1, now);
+            }
+        }
+    }
+
+    /// Zero-based position of a queued job (0 = leaves next), if no other job arrives.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        match self.places.get(id)? {
+            Place::Front => self.front.iter().position(|f| f == id),
+            Place::Level { level, owner, seq } => {
+                let fifo = self.levels[*level].owners.get(owner)?;
+                let k = fifo.binary_search_by_key(seq, |e| e.seq).ok()?;
+                let higher: usize = self.levels[..*level].iter().map(|l| l.len).sum();
+                Some(self.front.len() + higher + self.levels[*level].ahead_of(owner, k))
+            }
+        }
+    }
+
+    /// The level a queued job waits in now (None when queued at the head or not queued).
+    pub fn level_of(&self, id: &str) -> Option<Priority> {
+        match self.places.get(id)? {
+            Place::Level { level, .. } => Priority::ALL.get(*level).copied(),
+            Place::Front => None,
+        }
+    }
+
+    /// Depth per level.
+    pub fn depths(&self) -> Depths {
+        Depths {
+            requeued: self.front.len(),
+            levels: [self.levels[0].len, self.levels[1].len, self.levels[2].len],
+        }
+    }
+
+    /// Queued jobs per owner.
+    pub fn by_owner(&self) -> impl Iterator<Item = (&Owner, usize)> {
+        self.owner_counts.iter().map(|(o, n)| (o, *n))
+    }
+
+    /// Queued jobs of one owner.
+    pub fn owner_depth(&self, owner: &Owner) -> usize {
+        self.owner_counts.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Whether this job is queued.
+    pub fn contains(&self, id: &str) -> bool {
+        self.places.contains_key(id)
+    }
+
+    /// Number of queued jobs.
+    pub fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut JobQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(peeked) = q.peek().map(str::to_string) {
+            let popped = q.pop();
+            assert_eq!(popped.as_deref(), Some(peeked.as_str()));
+            out.push(peeked);
+        }
+        out
+    }
+
+    fn owner(name: &str) -> Owner {
+        Some(name.to_string())
+    }
+
+    #[test]
+    fn higher_levels_first_fifo_within() {
+        let now = Instant::now();
+        let mut q = JobQueue::default();
+        q.push("n1".into(), None, Priority::Normal, now);
+        q.push("l1".into(), None, Priority::Low, now);
+        q.push("n2".into(), None, Priority::Normal, now);
+        q.push("h1".into(), None, Priority::High, now);
+        q.push_front("back".into(), None);
+        assert_eq!(q.position("back"), Some(0));
+        assert_eq!(q.position("h1"), Some(1));
+        assert_eq!(q.position("n2"), Some(3));
+        assert_eq!(q.position("l1"), Some(4));
+        assert_eq!(drain(&mut q), ["back", "h1", "n1", "n2", "l1"]);
+        assert!(q.is_empty());
+        assert_eq!(q.by_owner().count(), 0);
+    }
+
+    #[test]
+    fn owners_take_turns_and_positions_match_the_order() {
+        let now = Instant::now();
+        let mut q = JobQueue::default();
+        for i in 0..5 {
+            q.push(format!("a{i}"), owner("a"), Priority::Normal, now);
+        }
+        q.push("b0".into(), owner("b"), Priority::Normal, now);
+        q.push("b1".into(), owner("b"), Priority::Normal, now);
+        q.push("c0".into(), owner("c"), Priority::Normal, now);
+        let ids = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "c0"];
+        let positions: Vec<usize> = ids.iter().filter_map(|id| q.position(id)).collect();
+        assert_eq!(q.owner_depth(&owner("a")), 5);
+        let order = drain(&mut q);
+        assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]);
+        for (id, position) in ids.iter().zip(positions) {
+            assert_eq!(order[position], *id, "position of {id}");
+        }
+    }
+
+    #[test]
+    fn remove_and_aging() {
+        let start = Instant::now();
+        let mut q = JobQueue::default();
+        q.set_aging(Some(Duration::from_secs(10)));
+        q.push("l".into(), None, Priority::Low, start);
+        q.push(
+            "n".into(),
+            owner("x"),
+            Priority::Normal,
+            start + Duration::from_secs(5),
+        );
+        q.push("gone".into(), owner("x"), Priority::Normal, start);
+        assert!(q.remove("gone"));
+        assert!(!q.remove("gone"));
+        q.promote(start + Duration::from_secs(11));
+        assert_eq!(q.level_of("l"), Some(Priority::Normal));
+        assert_eq!(q.level_of("n"), Some(Priority::Normal));
+        q.promote(start + Duration::from_secs(16));
+        assert_eq!(q.level_of("n"), Some(Priority::High));
+        assert_eq!(drain(&mut q), ["n", "l"]);
+    }
+}

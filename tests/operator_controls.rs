@@ -1,0 +1,279 @@
+//! Operator controls through the real coordinator and fake workers: cancelling a job in each
+//! state (the worker's slot freed only when the worker ends the job, the job deleted there only
+//! after it ended), draining a worker under load, priorities with aging.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::lifecycle::{
+    assert_pool_consistent, job_status, pool_worker, submit, wait_healthy, wait_status,
+};
+use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Short intervals keep these tests quick.
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
+
+fn form() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"main.py"}"#)
+}
+
+fn cancel(coordinator: &Coordinator, id: &str) -> (u16, Value) {
+    let (status, body) = post(
+        &coordinator.url(&format!("/cancel/{id}")),
+        "text/plain",
+        b"",
+    );
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn active_jobs(coordinator: &Coordinator, worker: &FakeWorker) -> u64 {
+    let pool = assert_pool_consistent(coordinator);
+    pool_worker(&pool, worker)["active_jobs"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits until the job runs on the worker (the worker's `/status` blocks while a job runs, like
+/// sandrun's, so the coordinator may not see `running` before the end).
+fn wait_started(coordinator: &Coordinator, worker: &FakeWorker, id: &str) {
+    poll_until(DEADLINE, || {
+        let remote = job_status(coordinator, id)["remote_job_id"]
+            .as_str()?
+            .to_string();
+        worker.recording().has_started(&remote).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {id} never started: {}", coordinator.logs()));
+}
+
+/// A worker running jobs for `secs` each, with room for many jobs per hour.
+fn slow_worker(secs: f64) -> FakeWorker {
+    FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs_f64(secs);
+        k.max_jobs_per_hour = 10_000;
+        k.cpu_seconds_per_minute = 1e9;
+    })
+}
+
+#[test]
+fn cancel_in_every_state() {
+    let worker = slow_worker(1.5);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    // Running on the worker, and dispatched (queued on the worker behind it), then one queued
+    // in the coordinator.
+    let running = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &running);
+    let on_worker_queue = submit(&coordinator, &form());
+    let queued = submit(&coordinator, &form());
+    assert_eq!(job_status(&coordinator, &queued)["pool_status"], "queued");
+    let status = job_status(&coordinator, &on_worker_queue);
+    assert_eq!(status["pool_status"], "dispatched", "{status}");
+
+    let (code, answer) = cancel(&coordinator, &queued);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["pool_status"], "cancelled", "{answer}");
+    let (code, answer) = cancel(&coordinator, &on_worker_queue);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["pool_status"], "cancelled", "{answer}");
+    let (code, answer) = cancel(&coordinator, &running);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["pool_status"], "cancelled", "{answer}");
+    // The slots stay taken while the worker still has the jobs.
+    assert_eq!(active_jobs(&coordinator, &worker), 2);
+    let (code, answer) = get_json(&coordinator.url(&format!("/outputs/{running}")));
+    assert_eq!(code, 410, "{answer}");
+
+    // Both end on the worker, their slots are freed, and they are deleted there afterwards.
+    poll_until(DEADLINE, || {
+        (active_jobs(&coordinator, &worker) == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("slots never freed: {}", coordinator.logs()));
+    poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "download") == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("cancelled jobs not deleted: {}", coordinator.logs()));
+    let recording = worker.recording();
+    assert!(recording.faults.is_empty(), "{:?}", recording.faults);
+    assert_eq!(
+        recording.jobs.len(),
+        2,
+        "the queued job never reached the worker"
+    );
+    assert!(worker.is_running());
+    for id in [&running, &on_worker_queue, &queued] {
+        assert_eq!(job_status(&coordinator, id)["pool_status"], "cancelled");
+    }
+
+    // A finished job cannot be cancelled; an unknown one is 404.
+    let done = submit(&coordinator, &form());
+    wait_status(&coordinator, &done, "completed", DEADLINE);
+    let (code, answer) = cancel(&coordinator, &done);
+    assert_eq!(code, 409, "{answer}");
+    let (code, _) = cancel(&coordinator, &queued);
+    assert_eq!(code, 409);
+    let (code, _) = cancel(&coordinator, "pool-00000000000000000000000000000000");
+    assert_eq!(code, 404);
+    let (code, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200);
+    assert_eq!(pool["jobs_by_status"]["cancelled"], 3, "{pool}");
+}
+
+#[test]
+fn the_fake_worker_crashes_when_a_job_queued_on_it_is_deleted() {
+    let worker = slow_worker(1.0);
+    let client = support::send;
+    let first = client(
+        "POST",
+        &worker.url("/submit"),
+        Some((&form().content_type(), &form().body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let second = client(
+        "POST",
+        &worker.url("/submit"),
+        Some((&form().content_type(), &form().body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((first.status, second.status), (200, 200));
+    let id = second.json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deleted = client("GET", &worker.url(&format!("/download/{id}")), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(deleted.status, 200);
+    poll_until(DEADLINE, || {
+        (!worker.recording().faults.is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no fault recorded"));
+}
+
+fn drain_url(coordinator: &Coordinator, worker: &FakeWorker, action: &str) -> String {
+    let url_safe: String = worker
+        .worker_id()
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    coordinator.url(&format!("/workers/{url_safe}/{action}"))
+}
+
+#[test]
+fn drain_under_load_then_undrain() {
+    let a = slow_worker(0.3);
+    let b = slow_worker(0.3);
+    let coordinator = Coordinator::start(&[a.entry(2), b.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&a, &b], DEADLINE);
+    let before: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
+    let (code, body) = post(&drain_url(&coordinator, &a, "drain"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    let on = |id: &String| job_status(&coordinator, id)["worker_id"].clone();
+    let a_id = Value::from(a.worker_id());
+    let assigned_to_a = before.iter().filter(|id| on(id) == a_id).count();
+    let after: Vec<String> = (0..6).map(|_| submit(&coordinator, &form())).collect();
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &a)["draining"], true, "{pool}");
+    for id in before.iter().chain(&after) {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    assert!(
+        after.iter().all(|id| on(id) != a_id),
+        "a draining worker got a job"
+    );
+    assert_eq!(a.recording().jobs.len(), assigned_to_a);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &a)["drained"], true, "{pool}");
+
+    let (code, body) = post(&drain_url(&coordinator, &a, "undrain"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    let again: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
+    for id in &again {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    assert!(
+        again.iter().any(|id| on(id) == a_id),
+        "undrained worker unused"
+    );
+    let (code, _) = post(&coordinator.url("/workers/AAAA/drain"), "text/plain", b"");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_high_job_passes_a_hundred_normal_ones_and_low_jobs_age() {
+    let worker = slow_worker(1.0);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &first);
+    let normal: Vec<String> = (0..100).map(|_| submit(&coordinator, &form())).collect();
+    let high_form = form().field("priority", b"high");
+    let high = submit(&coordinator, &high_form);
+    let status = job_status(&coordinator, &high);
+    assert_eq!(status["priority"], "high", "{status}");
+    assert_eq!(status["queue_position"], 0, "{status}");
+    assert_eq!(job_status(&coordinator, &normal[0])["queue_position"], 1);
+    let (code, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200);
+    assert_eq!(pool["queue"]["by_priority"]["high"], 1, "{pool}");
+    assert_eq!(pool["queue"]["by_priority"]["normal"], 100, "{pool}");
+    wait_started(&coordinator, &worker, &high);
+    let status = job_status(&coordinator, &high);
+    let remote = status["remote_job_id"].as_str().unwrap_or_default();
+    assert_eq!(
+        worker.recording().accepted_ids()[1],
+        remote,
+        "high went second"
+    );
+    for id in &normal {
+        cancel(&coordinator, id);
+    }
+    let (code, body) = post(
+        &coordinator.url("/submit?priority=urgent"),
+        &form().content_type(),
+        &form().body(),
+    );
+    assert_eq!(code, 400, "{body}");
+}
+
+#[test]
+fn aging_moves_a_low_job_up() {
+    let worker = slow_worker(30.0);
+    let mut args = FAST.to_vec();
+    args.extend(["--priority-aging", "1"]);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let blocker = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &blocker);
+    let (code, body) = post(
+        &coordinator.url("/submit?priority=low"),
+        &form().content_type(),
+        &form().body(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let low = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let status = job_status(&coordinator, &low);
+    assert_eq!(status["priority"], "low", "{status}");
+    for level in ["normal", "high"] {
+        poll_until(DEADLINE, || {
+            (job_status(&coordinator, &low)["queue_level"] == level).then_some(())
+        })
+        .unwrap_or_else(|| panic!("never aged to {level}"));
+    }
+    cancel(&coordinator, &low);
+    cancel(&coordinator, &blocker);
+}
