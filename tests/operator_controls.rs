@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::Digest;
 
 use support::lifecycle::{
     assert_pool_consistent, job_status, pool_worker, submit, wait_healthy, wait_status,
@@ -276,4 +277,117 @@ fn aging_moves_a_low_job_up() {
     }
     cancel(&coordinator, &low);
     cancel(&coordinator, &blocker);
+}
+
+fn keyed(
+    coordinator: &Coordinator,
+    method: &str,
+    path: &str,
+    secret: &str,
+    form: Option<&Form>,
+) -> (u16, Value) {
+    let auth = format!("Bearer {secret}");
+    let body = form.map(|f| (f.content_type(), f.body()));
+    let reply = support::send_with(
+        method,
+        &coordinator.url(path),
+        &[("Authorization", &auth)],
+        body.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (reply.status, reply.json())
+}
+
+#[test]
+fn keys_take_turns_and_controls_respect_ownership() {
+    let worker = slow_worker(0.5);
+    let dir = support::workers_dir(&[worker.entry(1)]);
+    let keys: Vec<Value> = [("alice", "submit"), ("bob", "submit"), ("root", "admin")]
+        .iter()
+        .map(|(name, role)| {
+            let hash: String = sha2::Sha256::digest(format!("secret-{name}").as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            serde_json::json!({"name": name, "key_sha256": hash, "role": role})
+        })
+        .collect();
+    let keys_file = dir.path().join("keys.json");
+    std::fs::write(&keys_file, Value::from(keys).to_string()).expect("keys file");
+    let keys_arg = keys_file.to_string_lossy().to_string();
+    let mut args = FAST.to_vec();
+    args.extend(["--api-keys", keys_arg.as_str()]);
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let submit_as = |name: &str| {
+        let (code, body) = keyed(
+            &coordinator,
+            "POST",
+            "/submit",
+            &format!("secret-{name}"),
+            Some(&form()),
+        );
+        assert_eq!(code, 200, "{body}");
+        body["job_id"].as_str().unwrap_or_default().to_string()
+    };
+    let blocker = submit_as("root");
+    let alice: Vec<String> = (0..200).map(|_| submit_as("alice")).collect();
+    let bob = submit_as("bob");
+    let (_, status) = keyed(
+        &coordinator,
+        "GET",
+        &format!("/status/{bob}"),
+        "secret-bob",
+        None,
+    );
+    assert!(
+        status["queue_position"].as_u64().is_some_and(|p| p <= 1),
+        "{status}"
+    );
+    let (_, pool) = keyed(&coordinator, "GET", "/pool", "secret-root", None);
+    let owners = pool["queue"]["by_owner"].to_string();
+    assert!(owners.contains(r#"{"owner":"alice","queued":"#), "{pool}");
+
+    // Another key's job is unknown to bob; drains need an admin key.
+    let (code, _) = keyed(
+        &coordinator,
+        "POST",
+        &format!("/cancel/{}", alice[0]),
+        "secret-bob",
+        None,
+    );
+    assert_eq!(code, 404);
+    let drain = drain_url(&coordinator, &worker, "drain");
+    let path = drain.trim_start_matches(&coordinator.url(""));
+    let (code, _) = keyed(&coordinator, "POST", path, "secret-bob", None);
+    assert_eq!(code, 403);
+
+    poll_until(DEADLINE, || {
+        let (_, status) = keyed(
+            &coordinator,
+            "GET",
+            &format!("/status/{bob}"),
+            "secret-root",
+            None,
+        );
+        let remote = status["remote_job_id"].as_str()?.to_string();
+        let order = worker.recording().accepted_ids();
+        let at = order.iter().position(|r| *r == remote)?;
+        assert!(at <= 3, "bob's job was accepted {at}th: {order:?}");
+        Some(())
+    })
+    .unwrap_or_else(|| panic!("bob's job never dispatched: {}", coordinator.logs()));
+    for id in &alice {
+        keyed(
+            &coordinator,
+            "POST",
+            &format!("/cancel/{id}"),
+            "secret-alice",
+            None,
+        );
+    }
+    let (code, _) = keyed(&coordinator, "POST", path, "secret-root", None);
+    assert_eq!(code, 200);
+    let _ = blocker;
 }
