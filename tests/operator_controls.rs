@@ -391,3 +391,70 @@ fn keys_take_turns_and_controls_respect_ownership() {
     assert_eq!(code, 200);
     let _ = blocker;
 }
+
+fn hangup(coordinator: &Coordinator) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &coordinator.pid().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(status.success());
+}
+
+#[test]
+fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
+    let a = slow_worker(1.5);
+    let b = slow_worker(0.2);
+    let c = slow_worker(0.2);
+    let coordinator = Coordinator::start(&[a.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&a], DEADLINE);
+    let first = submit(&coordinator, &form());
+    wait_started(&coordinator, &a, &first);
+
+    // SIGHUP: a removed (with a running job), b and c added.
+    support::write_workers_json(coordinator.dir(), &[b.entry(1), c.entry(1)]);
+    hangup(&coordinator);
+    assert!(
+        coordinator.wait_for_log("Reloaded", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["total_workers"], 2, "{pool}");
+    assert_eq!(pool_worker(&pool, &a)["removed"], true, "{pool}");
+    assert_eq!(pool["last_reload"]["added"], 2, "{pool}");
+    wait_healthy(&coordinator, &[&b, &c], DEADLINE);
+    let later: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
+    wait_status(&coordinator, &first, "completed", DEADLINE);
+    for id in &later {
+        let status = wait_status(&coordinator, id, "completed", DEADLINE);
+        assert_ne!(status["worker_id"], Value::from(a.worker_id()), "{status}");
+    }
+    poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        let ids = pool["workers"].to_string();
+        (!ids.contains(&a.worker_id())).then_some(())
+    })
+    .unwrap_or_else(|| panic!("removed worker never forgotten"));
+    let runs = a.recording().jobs.len() + b.recording().jobs.len() + c.recording().jobs.len();
+    assert_eq!(runs, 5, "a job was lost or ran twice");
+
+    // POST /reload: a changed cap applies at once.
+    support::write_workers_json(coordinator.dir(), &[b.entry(3), c.entry(1)]);
+    let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &b)["max_concurrent_jobs"], 3, "{pool}");
+
+    // A bad file is refused whole, by either path.
+    std::fs::write(coordinator.dir().join("workers.json"), "[{").expect("write");
+    let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    hangup(&coordinator);
+    assert!(coordinator.wait_for_log("Reload (SIGHUP) refused", DEADLINE));
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["total_workers"], 2, "{pool}");
+    assert!(pool["last_reload"]["error"].is_string(), "{pool}");
+    let after = submit(&coordinator, &form());
+    wait_status(&coordinator, &after, "completed", DEADLINE);
+}

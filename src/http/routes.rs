@@ -7,6 +7,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, worker_view};
 use crate::http::{outputs, upload};
 use crate::pool::control::{self, worker_id_from_url};
+use crate::pool::reload;
 use crate::state::context::Context;
 use serde_json::json;
 use std::sync::Arc;
@@ -27,12 +28,13 @@ enum Route<'a> {
     OutputFile(&'a str, &'a str),
     Cancel(&'a str),
     Drain(&'a str, bool),
+    Reload,
 }
 
 impl Route<'_> {
     fn method(&self) -> Method {
         match self {
-            Route::Submit | Route::Cancel(_) | Route::Drain(..) => Method::Post,
+            Route::Submit | Route::Cancel(_) | Route::Drain(..) | Route::Reload => Method::Post,
             _ => Method::Get,
         }
     }
@@ -45,6 +47,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("health", "") => Some(Route::Health),
         ("pool", "") => Some(Route::Pool),
         ("submit", "") => Some(Route::Submit),
+        ("reload", "") => Some(Route::Reload),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
         ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
@@ -108,6 +111,14 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on),
+            Err(reply) => reply,
+        },
+        Route::Reload => match admin_only(&caller) {
+            Ok(()) => {
+                let outcome = reload::reload_workers(ctx, "POST /reload");
+                let status = if outcome.error.is_some() { 400 } else { 200 };
+                Reply::Json(status, json!(outcome))
+            }
             Err(reply) => reply,
         },
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),

@@ -37,6 +37,7 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "submits_throttled": w.counters.throttled,
         "draining": w.draining,
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
+        "removed": w.removed,
     })
 }
 
@@ -64,15 +65,18 @@ fn queue_view(st: &PoolState) -> Value {
 /// `GET /pool`: the worker table and job counts, all from one consistent snapshot.
 pub fn pool_view(st: &PoolState, now: Instant) -> Value {
     let workers: Vec<Value> = (0..st.workers.len())
+        .filter(|&i| !st.workers[i].is_forgotten())
         .map(|i| worker_view(st, i, now))
         .collect();
+    let listed = || st.workers.iter().filter(|w| !w.removed);
     let by_status: serde_json::Map<String, Value> = PoolStatus::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), json!(st.count(*s))))
         .collect();
     json!({
-        "total_workers": st.workers.len(),
-        "healthy_workers": st.workers.iter().filter(|w| w.health.is_healthy).count(),
+        "total_workers": listed().count(),
+        "healthy_workers": listed().filter(|w| w.health.is_healthy).count(),
+        "last_reload": st.last_reload,
         "total_jobs": st.jobs.len(),
         "queued_jobs": st.queue.len(),
         "queue": queue_view(st),

@@ -88,6 +88,7 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
     let mut st = ctx.lock();
     let index = st
         .worker_index(worker_id)
+        .filter(|&i| !st.workers[i].removed)
         .ok_or_else(|| ControlError::UnknownWorker(worker_id.to_string()))?;
     let w = &mut st.workers[index];
     let changed = w.draining != on;

@@ -35,6 +35,7 @@ pub struct Assignment {
 pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
     let thread_ctx = Arc::clone(ctx);
     let job_id = assignment.job_id.clone();
+    let index = assignment.worker_index;
     let started = ctx.dispatchers.run(Box::new(move || {
         let outcome = send(&thread_ctx, &assignment);
         settle(&thread_ctx, &assignment, outcome);
@@ -42,14 +43,7 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
     if let Err(e) = started {
         log::error!("Could not start a dispatch thread for job {job_id}: {e}");
         let mut st = ctx.lock();
-        if let Some(index) = st
-            .jobs
-            .get(&job_id)
-            .and_then(|j| j.worker_id.clone())
-            .and_then(|w| st.worker_index(&w))
-        {
-            st.workers[index].return_reservation();
-        }
+        st.workers[index].return_reservation();
         if st.is_cancelled(&job_id) {
             if let Some(job) = st.jobs.get_mut(&job_id) {
                 job.ending_on_worker = false;

@@ -24,14 +24,20 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
             st.workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.health.next_probe <= now)
+                .filter(|(_, w)| !w.removed && w.health.next_probe <= now)
                 .map(|(i, w)| (i, w.spec.endpoint.clone(), w.spec.worker_id.clone()))
                 .collect()
         };
         if !due.is_empty() {
             probe_round(&ctx, due);
         }
-        let next = ctx.lock().workers.iter().map(|w| w.health.next_probe).min();
+        let next = ctx
+            .lock()
+            .workers
+            .iter()
+            .filter(|w| !w.removed)
+            .map(|w| w.health.next_probe)
+            .min();
         let wait = next.map_or(ctx.config.health_interval, |n| {
             n.saturating_duration_since(Instant::now())
         });

@@ -5,5 +5,6 @@ pub mod collect;
 pub mod control;
 pub mod dispatch;
 pub mod health;
+pub mod reload;
 pub mod scheduler;
 pub mod tracker;

@@ -6,7 +6,7 @@ pub mod signals;
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
 use crate::http::{routes, server};
-use crate::pool::{health, scheduler};
+use crate::pool::{health, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
@@ -141,6 +141,7 @@ fn control(ctx: &Context, received: Receiver<Signal>) {
             }
             Signal::Reload => {
                 log::info!("SIGHUP received: re-reading the coordinator's files");
+                reload::reload_workers(ctx, "SIGHUP");
                 reload_api_keys(ctx);
             }
         }

@@ -111,6 +111,9 @@ pub struct WorkerEntry {
     pub counters: WorkerCounters,
     /// Set by a drain: the worker gets no new job; its jobs are followed to their end.
     pub draining: bool,
+    /// Removed from the allowlist by a reload: no new job; hidden once its jobs ended. (Entries
+    /// are never taken out of the table: threads hold their index.)
+    pub removed: bool,
 }
 
 impl WorkerEntry {
@@ -118,6 +121,7 @@ impl WorkerEntry {
     pub fn new(spec: WorkerSpec, now: Instant) -> Self {
         WorkerEntry {
             draining: spec.drain,
+            removed: false,
             spec,
             health: Health {
                 is_healthy: false,
@@ -134,6 +138,11 @@ impl WorkerEntry {
             tracker_wake: TrackerWake::new(),
             counters: WorkerCounters::default(),
         }
+    }
+
+    /// True for a removed worker whose jobs all ended: nothing refers to it any more.
+    pub fn is_forgotten(&self) -> bool {
+        self.removed && self.active_jobs == 0 && self.tracked.is_empty()
     }
 
     /// True when the throttle, if any, still holds at `now`.
@@ -168,6 +177,23 @@ impl WorkerEntry {
     }
 }
 
+/// The outcome of the last reload of workers.json, for `/pool`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LastReload {
+    /// Unix seconds.
+    pub at: f64,
+    /// `SIGHUP` or `POST /reload`.
+    pub source: String,
+    /// Why the file was refused (the table then stayed as it was).
+    pub error: Option<String>,
+    /// Workers added.
+    pub added: usize,
+    /// Workers removed.
+    pub removed: usize,
+    /// Changes of cap or drain flag.
+    pub changed: usize,
+}
+
 /// Workers, jobs and the queue: the one table behind the one lock.
 #[derive(Debug, Default)]
 pub struct PoolState {
@@ -183,6 +209,8 @@ pub struct PoolState {
     owner_counts: HashMap<String, [usize; PoolStatus::ALL.len()]>,
     /// Where the next tie between equally loaded workers starts looking.
     pub rotation: usize,
+    /// The last reload of workers.json, if any.
+    pub last_reload: Option<LastReload>,
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -267,10 +295,10 @@ impl PoolState {
         self.owner_counts.iter().map(|(o, c)| (o.as_str(), c))
     }
 
-    /// Index of the worker with this id.
+    /// Index of the allowlisted (not removed) worker with this id, else of a removed one.
     pub fn worker_index(&self, worker_id: &str) -> Option<usize> {
-        self.workers
-            .iter()
-            .position(|w| w.spec.worker_id == worker_id)
+        let with_id = |w: &&WorkerEntry| w.spec.worker_id == worker_id;
+        let listed = self.workers.iter().position(|w| !w.removed && with_id(&w));
+        listed.or_else(|| self.workers.iter().position(|w| with_id(&w)))
     }
 }

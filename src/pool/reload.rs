@@ -1,0 +1,96 @@
+//! Hot reload of the allowlist: re-reads workers.json and applies it to the running table
+//! without losing or repeating a job. A new worker is probed and then used; a removed one gets
+//! no new job and is forgotten once its jobs ended; a changed cap or drain flag applies at once;
+//! a changed endpoint or key is a new worker. A bad file is refused whole: the table stays.
+
+use crate::base::clock::unix_now;
+use crate::state::context::Context;
+use crate::state::pool_state::{LastReload, WorkerEntry};
+use crate::worker::identity::short_id;
+use crate::worker::workers_file;
+use std::time::Instant;
+
+/// Re-reads the workers file; `source` says who asked (`SIGHUP`, `POST /reload`). The outcome
+/// is logged and kept for `/pool` (`last_reload`).
+pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
+    let path = &ctx.config.workers;
+    let specs = match workers_file::load(path) {
+        Ok(specs) => specs,
+        Err(e) => {
+            let error = format!("{}: {e}", path.display());
+            log::error!("Reload ({source}) refused, the workers in use stay: {error}");
+            let outcome = LastReload {
+                at: unix_now(),
+                source: source.to_string(),
+                error: Some(error),
+                ..LastReload::default()
+            };
+            ctx.lock().last_reload = Some(outcome.clone());
+            return outcome;
+        }
+    };
+    let now = Instant::now();
+    let mut outcome = LastReload {
+        at: unix_now(),
+        source: source.to_string(),
+        ..LastReload::default()
+    };
+    let mut st = ctx.lock();
+    let mut wanted: Vec<Option<_>> = specs.into_iter().map(Some).collect();
+    for w in st.workers.iter_mut().filter(|w| !w.removed) {
+        let same = wanted.iter_mut().find(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.worker_id == w.spec.worker_id && s.endpoint == w.spec.endpoint)
+        });
+        match same.and_then(Option::take) {
+            Some(spec) => {
+                if spec.max_concurrent_jobs != w.spec.max_concurrent_jobs {
+                    log::info!(
+                        "Worker {}...: max_concurrent_jobs {} -> {}",
+                        short_id(&spec.worker_id),
+                        w.spec.max_concurrent_jobs,
+                        spec.max_concurrent_jobs
+                    );
+                    outcome.changed += 1;
+                }
+                if spec.drain != w.spec.drain {
+                    w.draining = spec.drain;
+                    outcome.changed += 1;
+                }
+                w.spec = spec;
+            }
+            None => {
+                w.removed = true;
+                w.draining = true;
+                outcome.removed += 1;
+                log::info!(
+                    "Removed worker {}... at {}: no new job; forgotten once its {} active jobs ended",
+                    short_id(&w.spec.worker_id),
+                    w.spec.endpoint,
+                    w.active_jobs
+                );
+            }
+        }
+    }
+    for spec in wanted.into_iter().flatten() {
+        log::info!(
+            "Added trusted worker: {}... at {}",
+            short_id(&spec.worker_id),
+            spec.endpoint
+        );
+        st.workers.push(WorkerEntry::new(spec, now));
+        outcome.added += 1;
+    }
+    st.last_reload = Some(outcome.clone());
+    drop(st);
+    log::info!(
+        "Reloaded {} ({source}): {} added, {} removed, {} changed",
+        path.display(),
+        outcome.added,
+        outcome.removed,
+        outcome.changed
+    );
+    ctx.wake_health();
+    ctx.wake_scheduler();
+    outcome
+}
