@@ -39,6 +39,7 @@ OPTIONS:
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
     --priority-aging SECS    a job queued this long in its priority level moves up one [default: 300]
+    --max-waiting N          most parked GET /status/ID?wait= requests; 503 beyond [default: 256]
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
                              submit and read every job; re-read on SIGHUP    [default: none]
@@ -249,6 +250,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,
         priority_aging: value(args, "--priority-aging", seconds, d.priority_aging)?,
+        max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
     })

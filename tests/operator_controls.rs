@@ -458,3 +458,66 @@ fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
     let after = submit(&coordinator, &form());
     wait_status(&coordinator, &after, "completed", DEADLINE);
 }
+
+#[test]
+fn waiting_status_parks_requests_without_holding_handlers() {
+    let worker = slow_worker(4.0);
+    let mut args = FAST.to_vec();
+    args.extend(["--threads", "4", "--max-waiting", "50"]);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &form());
+    let url = coordinator.url(&format!("/status/{id}?wait=30"));
+    let waiters: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let answer = support::get_json(&url);
+                (answer, std::time::SystemTime::now())
+            })
+        })
+        .collect();
+    // Every handler is still free while 50 requests wait.
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["jobs_by_status"]["completed"] == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let (code, _) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/pool took {:?}",
+        started.elapsed()
+    );
+    let (code, body) = get_json(&url);
+    assert_eq!(code, 503, "the 51st waiter: {body}");
+    assert!(body["error"].is_string());
+    let (code, _) = get_json(&coordinator.url(&format!("/status/{id}?wait=61")));
+    assert_eq!(code, 400);
+
+    for waiter in waiters {
+        let ((code, status), answered) = waiter.join().expect("waiter");
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        let completed = status["completed_at"].as_f64().unwrap_or_default();
+        let answered = answered
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        assert!(
+            answered - completed < 1.0,
+            "answered {:.3} s after the end",
+            answered - completed
+        );
+    }
+    // A short wait on a job that does not end answers with its current status.
+    let blocker = submit(&coordinator, &form());
+    let queued = submit(&coordinator, &form());
+    let started = std::time::Instant::now();
+    let (code, status) = get_json(&coordinator.url(&format!("/status/{queued}?wait=1")));
+    assert_eq!(code, 200);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let _ = blocker;
+}

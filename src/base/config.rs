@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// A job queued this long in its priority level moves up one level.
     pub priority_aging: Duration,
+    /// Most `GET /status/{id}?wait=` requests parked at once.
+    pub max_waiting: usize,
     /// Log verbosity.
     pub log_level: LevelFilter,
     /// The client keys file (None: the coordinator is open to anyone who reaches it).
@@ -59,6 +61,7 @@ impl Default for ServeConfig {
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
             priority_aging: Duration::from_secs(300),
+            max_waiting: 256,
             log_level: LevelFilter::Info,
             api_keys: None,
         }

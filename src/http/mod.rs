@@ -10,3 +10,4 @@ pub mod routes;
 pub mod server;
 pub mod upload;
 pub mod views;
+pub mod waiting;

@@ -22,6 +22,16 @@ pub enum Reply {
     },
     /// Another reply with extra headers (`WWW-Authenticate`, `Retry-After`).
     WithHeaders(Vec<(&'static str, String)>, Box<Reply>),
+    /// Park the request until the job ends or `until`, then answer its status (the job is
+    /// already watched in the table).
+    Wait {
+        /// The job waited on.
+        job_id: String,
+        /// When to answer anyway.
+        until: std::time::Instant,
+        /// Whether the caller may see the worker's own job id.
+        admin: bool,
+    },
 }
 
 /// Builds a JSON error reply `{"error": message}`.

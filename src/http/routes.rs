@@ -5,13 +5,13 @@ use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, worker_view};
-use crate::http::{outputs, upload};
+use crate::http::{outputs, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
 /// `Retry-After` seconds of a submit refused because its key's queue is full.
@@ -96,12 +96,19 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Health => health(),
         Route::Pool => pool(ctx, &caller),
         Route::Submit => submit(ctx, &caller, request, &url),
-        Route::Status(id) => job_route(ctx, &caller, id, |ctx| {
-            match status_json(&promoted(ctx), id) {
-                Some(bytes) => Reply::JsonBytes(200, bytes),
-                None => unknown_job(id),
+        Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
+            None => job_route(ctx, &caller, id, |ctx| {
+                match status_json(&promoted(ctx), id) {
+                    Some(bytes) => Reply::JsonBytes(200, bytes),
+                    None => unknown_job(id),
+                }
+            }),
+            Some(Ok(secs)) => {
+                let admin = caller.is_admin();
+                job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, admin))
             }
-        }),
+            Some(Err(reply)) => reply,
+        },
         Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| match control::cancel(ctx, id) {
             Ok(()) => match status_json(&ctx.lock(), id) {
                 Some(bytes) => Reply::JsonBytes(200, bytes),
@@ -191,6 +198,41 @@ fn promoted(ctx: &Context) -> std::sync::MutexGuard<'_, crate::state::pool_state
     let mut st = ctx.lock();
     st.queue.promote(Instant::now());
     st
+}
+
+/// The seconds of `?wait=`: 0 to 60.
+fn wait_secs(text: &str) -> Result<f64, Reply> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=waiting::MAX_WAIT_SECS).contains(&secs) => Ok(secs),
+        _ => Err(error_reply(
+            400,
+            format!(
+                "?wait= must be a number of seconds from 0 to {}, got {text:?}",
+                waiting::MAX_WAIT_SECS
+            ),
+        )),
+    }
+}
+
+/// `GET /status/{id}?wait=SECS`: the status at once when the job has ended (or SECS is 0),
+/// else the request is parked and answered when the job ends or SECS passed.
+fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
+    let mut st = promoted(ctx);
+    let Some(job) = st.jobs.get(id) else {
+        return unknown_job(id);
+    };
+    if job.status.is_final() || secs == 0.0 {
+        return match status_json(&st, id) {
+            Some(bytes) => Reply::JsonBytes(200, bytes),
+            None => unknown_job(id),
+        };
+    }
+    st.ends.watch(id);
+    Reply::Wait {
+        job_id: id.to_string(),
+        until: Instant::now() + Duration::from_secs_f64(secs),
+        admin,
+    }
 }
 
 /// The percent-decoded value of query parameter `name` in `url`, if given.

@@ -2,6 +2,7 @@
 //! handler is caught and answered 500; the thread goes on serving.
 
 use crate::http::replies::{error_reply, Reply};
+use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -61,6 +62,13 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             extra.extend(headers.iter().filter_map(|(n, v)| header(n, v)));
             return send(request, *inner, extra);
         }
+        Reply::Wait { job_id, .. } => respond_json(
+            request,
+            503,
+            format!("{{\"error\": \"cannot wait on job {job_id} now; poll without ?wait=\"}}")
+                .into_bytes(),
+            extra,
+        ),
     };
     if let Err(e) = result {
         log::debug!("Could not send a response: {e}");
@@ -70,7 +78,17 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
 /// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
-fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
+/// Writes `reply` to `request`.
+fn respond(request: Request, reply: Reply) {
+    send(request, reply, Vec::new());
+}
+
+fn serve_one(
+    ctx: &Arc<Context>,
+    handler: Handler,
+    waiting: Option<&Waiting>,
+    mut request: Request,
+) {
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
@@ -83,20 +101,38 @@ fn serve_one(ctx: &Arc<Context>, handler: Handler, mut request: Request) {
             "internal error while handling the request; see the coordinator log",
         )
     });
-    send(request, reply, Vec::new());
+    match (reply, waiting) {
+        (
+            Reply::Wait {
+                job_id,
+                until,
+                admin,
+            },
+            Some(waiting),
+        ) => waiting.park(ctx, request, job_id, until, admin),
+        (reply, _) => respond(request, reply),
+    }
 }
 
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
 pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
+    let waiting = match Waiting::start(Arc::clone(&ctx), respond) {
+        Ok(waiting) => Some(Arc::new(waiting)),
+        Err(e) => {
+            log::error!("Could not start the waiting thread ({e}): ?wait= answers 503");
+            None
+        }
+    };
     let handlers: Vec<_> = (0..threads)
         .filter_map(|i| {
             let ctx = Arc::clone(&ctx);
             let server = Arc::clone(&server);
+            let waiting = waiting.clone();
             thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || loop {
                     match server.recv() {
-                        Ok(request) => serve_one(&ctx, handler, request),
+                        Ok(request) => serve_one(&ctx, handler, waiting.as_deref(), request),
                         Err(e) => {
                             log::error!("The HTTP server stopped accepting: {e}");
                             return;

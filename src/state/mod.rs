@@ -5,3 +5,4 @@
 pub mod context;
 pub mod pool_state;
 pub mod queue;
+pub mod watch;

@@ -6,6 +6,7 @@
 
 use crate::base::job::{Job, PoolStatus};
 use crate::state::queue::JobQueue;
+use crate::state::watch::EndWatch;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -211,6 +212,8 @@ pub struct PoolState {
     pub rotation: usize,
     /// The last reload of workers.json, if any.
     pub last_reload: Option<LastReload>,
+    /// Jobs that parked status requests wait on.
+    pub ends: EndWatch,
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -268,6 +271,9 @@ impl PoolState {
             counts[status_index(status)] += 1;
         }
         job.status = status;
+        if status.is_final() {
+            self.ends.ended(id);
+        }
         Some(job)
     }
 

@@ -1,0 +1,177 @@
+//! `GET /status/{id}?wait=SECS`: requests parked until their job ends or their time is up,
+//! without holding a handler thread. One thread holds every parked request; the table tells it
+//! the moment a watched job ends (see `state::watch`), and it answers each with the job's
+//! status. At most `--max-waiting` requests are parked; beyond that the answer is 503.
+
+use crate::http::redact::hide_remote_id;
+use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::http::views::status_json;
+use crate::state::context::Context;
+use crossbeam_channel::{select, Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+/// Longest `?wait=` accepted, in seconds.
+pub const MAX_WAIT_SECS: f64 = 60.0;
+
+/// Writes a reply to a request (the server's own writer).
+pub type Respond = fn(Request, Reply);
+
+/// A request waiting for its job's end.
+struct Parked {
+    request: Request,
+    job_id: String,
+    until: Instant,
+    admin: bool,
+}
+
+/// The handle the handlers park requests with.
+pub struct Waiting {
+    parks: Sender<Parked>,
+    parked: Arc<AtomicUsize>,
+    limit: usize,
+    respond: Respond,
+}
+
+impl Waiting {
+    /// Starts the waiting thread and connects the table's end notices to it.
+    pub fn start(ctx: Arc<Context>, respond: Respond) -> std::io::Result<Waiting> {
+        let (parks, parked_rx) = crossbeam_channel::unbounded();
+        let (ends, ends_rx) = crossbeam_channel::unbounded();
+        ctx.lock().ends.connect(ends);
+        let parked = Arc::new(AtomicUsize::new(0));
+        let limit = ctx.config.max_waiting;
+        let count = Arc::clone(&parked);
+        thread::Builder::new()
+            .name("waiting".to_string())
+            .stack_size(256 * 1024)
+            .spawn(move || run(&ctx, &parked_rx, &ends_rx, &count, respond))?;
+        Ok(Waiting {
+            parks,
+            parked,
+            limit,
+            respond,
+        })
+    }
+
+    /// Parks `request` until job `job_id` ends or `until`; answers 503 at once when
+    /// `--max-waiting` requests are already parked.
+    pub fn park(
+        &self,
+        ctx: &Context,
+        request: Request,
+        job_id: String,
+        until: Instant,
+        admin: bool,
+    ) {
+        let taken = self
+            .parked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            ctx.lock().ends.unwatch(&job_id);
+            let reply = error_reply(
+                503,
+                format!(
+                    "{} status requests are already waiting (--max-waiting); poll without ?wait= or retry later",
+                    self.limit
+                ),
+            );
+            (self.respond)(
+                request,
+                Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
+            );
+            return;
+        }
+        let parked = Parked {
+            request,
+            job_id,
+            until,
+            admin,
+        };
+        if let Err(e) = self.parks.send(parked) {
+            let parked = e.into_inner();
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+            answer(ctx, parked, self.respond);
+        }
+    }
+}
+
+/// Builds the answer to a parked request: the job's status now.
+fn answer(ctx: &Context, parked: Parked, respond: Respond) {
+    let (reply, remote) = {
+        let mut st = ctx.lock();
+        st.ends.unwatch(&parked.job_id);
+        let remote = st
+            .jobs
+            .get(&parked.job_id)
+            .and_then(|j| j.remote_job_id.clone());
+        let reply = match status_json(&st, &parked.job_id) {
+            Some(bytes) => Reply::JsonBytes(200, bytes),
+            None => unknown_job(&parked.job_id),
+        };
+        (reply, remote)
+    };
+    let reply = match remote {
+        Some(remote) if !parked.admin => hide_remote_id(reply, &remote),
+        _ => reply,
+    };
+    respond(parked.request, reply);
+}
+
+fn is_final(ctx: &Context, id: &str) -> bool {
+    ctx.lock().jobs.get(id).is_none_or(|j| j.status.is_final())
+}
+
+fn run(
+    ctx: &Context,
+    parks: &Receiver<Parked>,
+    ends: &Receiver<String>,
+    count: &AtomicUsize,
+    respond: Respond,
+) {
+    let mut waiting: Vec<Parked> = Vec::new();
+    let done = |ctx: &Context, parked: Parked| {
+        answer(ctx, parked, respond);
+        count.fetch_sub(1, Ordering::SeqCst);
+    };
+    loop {
+        let next = waiting.iter().map(|p| p.until).min();
+        let timeout = next.map_or(Duration::from_secs(3600), |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        select! {
+            recv(parks) -> parked => match parked {
+                // A job that ended before its request got here is answered at once.
+                Ok(parked) if is_final(ctx, &parked.job_id) => done(ctx, parked),
+                Ok(parked) => waiting.push(parked),
+                Err(_) => return,
+            },
+            recv(ends) -> ended => {
+                if let Ok(id) = ended {
+                    let (now, rest): (Vec<Parked>, Vec<Parked>) =
+                        waiting.drain(..).partition(|p| p.job_id == id);
+                    waiting = rest;
+                    for parked in now {
+                        done(ctx, parked);
+                    }
+                }
+            },
+            default(timeout) => {},
+        }
+        let now = Instant::now();
+        if waiting.iter().any(|p| p.until <= now) {
+            let (due, rest): (Vec<Parked>, Vec<Parked>) =
+                waiting.drain(..).partition(|p| p.until <= now);
+            waiting = rest;
+            for parked in due {
+                done(ctx, parked);
+            }
+        }
+    }
+}
