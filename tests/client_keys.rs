@@ -267,36 +267,57 @@ fn the_auth_matrix() {
 
     // Another submit key gets exactly the unknown-id 404, on every job route.
     let unknown = "pool-0123456789abcdef0123456789abcdef";
-    for route in ["/status", "/logs", "/outputs"] {
-        for suffix in ["", "/result.txt"] {
-            if route != "/outputs" && !suffix.is_empty() {
-                continue;
-            }
-            let theirs = call(
-                &coordinator,
-                "GET",
-                &format!("{route}/{a_job}{suffix}"),
-                Some(&bob),
-            );
-            let none = call(
-                &coordinator,
-                "GET",
-                &format!("{route}/{unknown}{suffix}"),
-                Some(&bob),
-            );
-            assert_eq!(
-                theirs.status,
-                404,
-                "{route} of alice's job as bob: {}",
-                theirs.text()
-            );
-            assert_eq!(none.status, 404, "{}", none.text());
-            assert_eq!(
-                theirs.text().replace(&a_job, "ID"),
-                none.text().replace(unknown, "ID"),
-                "{route}{suffix}: another key's job must look unknown"
-            );
-        }
+    let job_routes = [
+        ("GET", "/status/ID"),
+        ("GET", "/logs/ID"),
+        ("GET", "/outputs/ID"),
+        ("GET", "/outputs/ID/result.txt"),
+        ("POST", "/cancel/ID"),
+    ];
+    for (method, route) in job_routes {
+        let theirs = call(
+            &coordinator,
+            method,
+            &route.replace("ID", &a_job),
+            Some(&bob),
+        );
+        let none = call(
+            &coordinator,
+            method,
+            &route.replace("ID", unknown),
+            Some(&bob),
+        );
+        assert_eq!(
+            theirs.status,
+            404,
+            "{method} {route} of alice's job as bob: {}",
+            theirs.text()
+        );
+        assert_eq!(none.status, 404, "{}", none.text());
+        assert_eq!(
+            theirs.text().replace(&a_job, "ID"),
+            none.text().replace(unknown, "ID"),
+            "{method} {route}: another key's job must look unknown"
+        );
+    }
+    // Neither bob's cancel touched alice's job, nor does the owner's or an admin's look unknown.
+    let a_after = call(
+        &coordinator,
+        "GET",
+        &format!("/status/{a_job}"),
+        Some(&alice),
+    )
+    .json();
+    assert_eq!(a_after["pool_status"], "completed", "{a_after}");
+    for key in [&alice, &ops] {
+        let reply = call(&coordinator, "POST", &format!("/cancel/{a_job}"), Some(key));
+        assert_eq!(
+            reply.status,
+            409,
+            "cancel of a finished job as {}: {}",
+            key.name,
+            reply.text()
+        );
     }
     // The admin reads any job's logs and outputs.
     for path in [
@@ -313,6 +334,8 @@ fn the_auth_matrix() {
     assert_eq!(pool["total_workers"], 1, "{pool}");
     let keys = pool["keys"].as_object().expect("keys");
     assert_eq!(keys.keys().collect::<Vec<_>>(), ["alice"], "{pool}");
+    let others = pool["queue"]["by_owner"].as_array().into_iter().flatten();
+    assert!(others.clone().all(|o| o["owner"] == "alice"), "{pool}");
     assert_eq!(keys["alice"]["completed"], 1, "{pool}");
     assert_eq!(keys["alice"]["queued"], 0, "{pool}");
     let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();

@@ -145,7 +145,7 @@ fn health() -> Reply {
 }
 
 /// `GET /pool`: everything for an admin; for a submit key the counts and its own figures, not
-/// the workers (their endpoints take requests without any authentication).
+/// the workers (their endpoints take requests without any authentication) nor other keys.
 fn pool(ctx: &Context, caller: &Caller) -> Reply {
     let keys = ctx.keys.get();
     let mut view = {
@@ -162,6 +162,9 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
+        }
+        if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
+            owners.retain(|o| o["owner"].as_str() == caller.name());
         }
     }
     Reply::Json(200, view)
