@@ -43,6 +43,11 @@ OPTIONS:
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
                              submit and read every job; re-read on SIGHUP    [default: none]
+    --max-followers N        clients following jobs at once (/logs/ID?follow=1,
+                             /stream/ID); more get 503                       [default: 256]
+    --require-verified       fail a job whose result signature or outputs do not
+                             verify (or stay unverifiable), and keep its worker
+                             unhealthy until SIGHUP or its undrain           [default: off]
     -h, --help               print this help
     -V, --version            print the version
 
@@ -253,6 +258,8 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
+        max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
+        require_verified: args.contains("--require-verified"),
     })
 }
 

@@ -42,6 +42,10 @@ pub struct ServeConfig {
     pub log_level: LevelFilter,
     /// The client keys file (None: the coordinator is open to anyone who reaches it).
     pub api_keys: Option<PathBuf>,
+    /// Most clients following jobs at once (`/logs/{id}?follow=1`, `/stream/{id}`).
+    pub max_followers: usize,
+    /// Fail jobs whose result does not verify, and distrust their worker.
+    pub require_verified: bool,
 }
 
 impl Default for ServeConfig {
@@ -64,6 +68,8 @@ impl Default for ServeConfig {
             max_waiting: 256,
             log_level: LevelFilter::Info,
             api_keys: None,
+            max_followers: 256,
+            require_verified: false,
         }
     }
 }

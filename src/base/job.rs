@@ -162,6 +162,52 @@ pub enum Collection {
     Collected(StoredResults),
 }
 
+/// The figures of a job's `[DONE] Job <status> (exit=N, CPU=X.XXXXXXs, Mem=NMB)` stream line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneFigures {
+    /// `completed` or `failed`.
+    pub status: String,
+    /// The exit code.
+    pub exit_code: i32,
+    /// CPU seconds as printed (6 decimals), kept as text: its digits matter.
+    pub cpu_seconds: String,
+    /// Peak memory in MiB.
+    pub memory_mb: u64,
+}
+
+/// What checking the result signature against the allowlisted key gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureVerdict {
+    /// The allowlisted key signed exactly this result.
+    Verified,
+    /// It did not (another key, an altered result, or no signature).
+    Failed,
+    /// The signed text could not be rebuilt (no `[DONE]` figures and no CPU candidate fitted).
+    Unverifiable,
+}
+
+/// Whether the collected outputs are the ones the worker signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputsVerdict {
+    /// Every collected file's sha256 equals the signed one.
+    Match,
+    /// At least one does not.
+    Mismatch,
+}
+
+/// A finished job's result verification, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The signature check.
+    pub signature: SignatureVerdict,
+    /// The outputs check (None until the outputs are collected).
+    pub outputs: Option<OutputsVerdict>,
+    /// Why, when something did not verify.
+    pub reason: Option<String>,
+}
+
 /// Everything known about one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
@@ -203,6 +249,12 @@ pub struct Job {
     /// slot there, and is deleted on the worker once ended.
     #[serde(default)]
     pub ending_on_worker: bool,
+    /// The figures of the worker's `[DONE]` stream line, when it was seen.
+    #[serde(default)]
+    pub done_figures: Option<DoneFigures>,
+    /// Result verification, once the job finished.
+    #[serde(default)]
+    pub verification: Option<Verification>,
 }
 
 impl Job {
@@ -231,6 +283,8 @@ impl Job {
             owner: None,
             priority: Priority::Normal,
             ending_on_worker: false,
+            done_figures: None,
+            verification: None,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and errors, the
-//! JSON views, the submit upload, outputs and logs. May import `pool`, `state`, `worker`,
-//! `store` and `base`.
+//! JSON views, the submit upload, outputs and logs, and job followers. May import `pool`, `state`,
+//! `worker`, `store` and `base`.
 
 pub mod auth;
+pub mod follow;
 pub mod outputs;
 pub mod redact;
 pub mod replies;

@@ -1,4 +1,4 @@
-//! What a handler answers: JSON, JSON errors, streamed bodies.
+//! What a handler answers: JSON, JSON errors, streamed bodies, or a hand-off of the connection.
 
 use serde_json::Value;
 use std::io::Read;
@@ -32,6 +32,8 @@ pub enum Reply {
         /// Whether the caller may see the worker's own job id.
         admin: bool,
     },
+    /// The connection is handed over (a follower writes its own answer on it).
+    Handoff(Box<dyn FnOnce(tiny_http::Request) + Send>),
 }
 
 /// Builds a JSON error reply `{"error": message}`.

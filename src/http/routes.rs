@@ -2,6 +2,7 @@
 
 use crate::base::paths::percent_decode;
 use crate::http::auth::{admin_only, authorize, visible_job, Caller};
+use crate::http::follow::{self, Wire};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, worker_view};
@@ -24,6 +25,7 @@ enum Route<'a> {
     Submit,
     Status(&'a str),
     Logs(&'a str),
+    Stream(&'a str),
     OutputList(&'a str),
     OutputFile(&'a str, &'a str),
     Cancel(&'a str),
@@ -56,6 +58,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
             Some((id, "undrain")) if !id.is_empty() => Some(Route::Drain(id, false)),
             _ => None,
         },
+        ("stream", id) if !id.is_empty() && !id.contains('/') => Some(Route::Stream(id)),
         ("outputs", rest) if !rest.is_empty() => match rest.split_once('/') {
             None => Some(Route::OutputList(rest)),
             Some((id, "")) => Some(Route::OutputList(id)),
@@ -72,7 +75,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /cancel/ID, /pool, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /cancel/ID, /pool, /health)"),
         );
     };
     if *request.method() != route.method() {
@@ -128,7 +131,16 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             }
             Err(reply) => reply,
         },
+        Route::Logs(id) if follow::wants_follow(&url) => {
+            job_route(ctx, &caller, id, |ctx| follow::start(ctx, id, Wire::Text))
+        }
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
+        Route::Stream(id) => match follow::websocket_key(request) {
+            Ok(key) => job_route(ctx, &caller, id, |ctx| {
+                follow::start(ctx, id, Wire::WebSocket(key))
+            }),
+            Err(reply) => reply,
+        },
         Route::OutputList(id) => job_route(ctx, &caller, id, |ctx| outputs::listing(ctx, id)),
         Route::OutputFile(id, file) => {
             job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file))

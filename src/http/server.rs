@@ -39,6 +39,10 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             extra,
         ),
         Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes, extra),
+        Reply::Handoff(take) => {
+            take(request);
+            Ok(())
+        }
         Reply::Stream {
             status,
             content_type,

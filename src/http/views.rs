@@ -2,7 +2,7 @@
 
 use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
-use crate::base::job::{Attempt, Collection, InputFile, PoolStatus, Priority};
+use crate::base::job::{Attempt, Collection, InputFile, PoolStatus, Priority, Verification};
 use crate::http::auth::Caller;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
@@ -30,6 +30,8 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "throttled_until": throttle.map(|t| t.until_unix),
         "throttle_reason": throttle.map(|t| t.reason.as_str()),
         "tracked_jobs": w.tracked.len(),
+        "jobs_streamed": w.streaming.len(),
+        "jobs_polled": w.tracked.len().saturating_sub(w.streaming.len()),
         "jobs_accepted": w.counters.accepted,
         "jobs_completed": w.counters.completed,
         "jobs_failed": w.counters.failed,
@@ -81,6 +83,8 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
         "queued_jobs": st.queue.len(),
         "queue": queue_view(st),
         "jobs_by_status": by_status,
+        "jobs_streamed": st.workers.iter().map(|w| w.streaming.len()).sum::<usize>(),
+        "jobs_polled": st.workers.iter().map(|w| w.tracked.len().saturating_sub(w.streaming.len())).sum::<usize>(),
         "workers": workers,
         "time": unix_now(),
     })
@@ -191,6 +195,7 @@ struct StatusView<'a> {
     error: &'a Option<String>,
     attempts: &'a [Attempt],
     results: CollectionView<'a>,
+    verification: &'a Option<Verification>,
     files: FilesView<'a>,
 }
 
@@ -216,6 +221,7 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
         error: &job.error,
         attempts: &job.attempts,
         results: CollectionView::from(&job.collection),
+        verification: &job.verification,
         files: FilesView(&job.inputs),
     };
     serde_json::to_vec(&view).ok()

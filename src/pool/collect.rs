@@ -8,8 +8,9 @@ use crate::state::context::Context;
 use crate::store::spool::CopyError;
 use crate::worker::client::CallError;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 
 /// Why collection did not finish.
 #[derive(Debug)]
@@ -68,6 +69,35 @@ pub fn output_paths(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What a collection gave: where the results lie, each collected file's sha256 (lowercase hex)
+/// and the logs.
+pub struct Collected {
+    /// Where the results lie in the spool.
+    pub stored: StoredResults,
+    /// Each collected output's path and sha256, in collection order.
+    pub hashes: Vec<(String, String)>,
+    /// The worker's `/logs` answer.
+    pub logs: Value,
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Fetches everything into a results segment; returns where each piece lies. The job counts
 /// as collected only after this returns, so nothing here needs to be atomic: a retry rewrites.
 pub fn collect(
@@ -76,10 +106,11 @@ pub fn collect(
     id: &str,
     remote: &str,
     status: &Value,
-) -> Result<StoredResults, CollectError> {
+) -> Result<Collected, CollectError> {
     let logs = ctx.client.logs(endpoint, remote)?;
     let mut writer = ctx.spool.results_writer()?;
     let mut outputs = Vec::new();
+    let mut hashes = Vec::new();
     for path in output_paths(status) {
         if safe_relative_path(&path).is_err() {
             log::warn!(
@@ -88,15 +119,24 @@ pub fn collect(
             continue;
         }
         let response = ctx.client.download(endpoint, remote, &path)?;
-        let span = writer.append(&mut response.into_reader())?;
+        let mut reader = Hashing {
+            inner: response.into_reader(),
+            sha: Sha256::new(),
+        };
+        let span = writer.append(&mut reader)?;
+        hashes.push((path.clone(), hex(&reader.sha.finalize())));
         outputs.push((path, span));
     }
-    let logs = serde_json::to_vec(&logs).unwrap_or_default();
-    let logs = writer.append(&mut logs.as_slice())?;
+    let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
+    let log_span = writer.append(&mut log_bytes.as_slice())?;
     let segment = writer.finish()?;
-    Ok(StoredResults {
-        segment,
-        outputs,
+    Ok(Collected {
+        stored: StoredResults {
+            segment,
+            outputs,
+            logs: log_span,
+        },
+        hashes,
         logs,
     })
 }

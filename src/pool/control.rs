@@ -2,6 +2,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::PoolStatus;
+use crate::pool::announce;
 use crate::state::context::Context;
 use crate::worker::identity::short_id;
 use std::fmt;
@@ -73,6 +74,7 @@ pub fn cancel(ctx: &Context, id: &str) -> Result<(), ControlError> {
         job.ending_on_worker = on_worker;
     }
     drop(st);
+    announce::ended(ctx, id, None);
     if on_worker {
         log::info!("Cancelled job {id}; its worker slot is freed when the job ends there");
     } else {
@@ -93,6 +95,10 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
     let w = &mut st.workers[index];
     let changed = w.draining != on;
     w.draining = on;
+    let trusted_again = if on { None } else { w.distrusted.take() };
+    if trusted_again.is_some() {
+        w.health.next_probe = std::time::Instant::now();
+    }
     let active = w.active_jobs;
     drop(st);
     if changed && on {
@@ -103,6 +109,13 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
     } else if changed {
         log::info!("Worker {}... is back in service", short_id(worker_id));
         ctx.wake_scheduler();
+    }
+    if let Some(why) = trusted_again {
+        log::info!(
+            "Worker {}... is trusted again (was: {why}); probing it",
+            short_id(worker_id)
+        );
+        ctx.wake_health();
     }
     Ok(index)
 }

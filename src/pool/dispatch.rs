@@ -5,7 +5,7 @@
 use crate::base::clock::unix_now;
 use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
 use crate::pool::health::mark_unreachable;
-use crate::pool::tracker;
+use crate::pool::{announce, stream, tracker};
 use crate::state::context::Context;
 use crate::state::pool_state::{PoolState, Throttle};
 use crate::worker::client::SubmitOutcome;
@@ -165,6 +165,8 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             w.throttle = None;
         }
         w.tracked.push(id.to_string());
+        w.streaming.push(id.to_string());
+        let endpoint = w.spec.endpoint.clone();
         let start_tracker = !w.tracker_running;
         w.tracker_running = true;
         let wake = w.tracker_wake.clone();
@@ -175,6 +177,8 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
+        announce::dispatched(ctx, id, &a.worker_id);
+        stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
         ctx.spool.remove_upload(id);
         if start_tracker {
             tracker::start(ctx, index);
@@ -188,36 +192,30 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         settle_cancelled(ctx, st, a, outcome);
         return;
     }
-    match outcome {
-        SubmitOutcome::Accepted(_) => {}
+    let over = match outcome {
+        SubmitOutcome::Accepted(_) => false,
         SubmitOutcome::Throttled(message) => {
             st.workers[index].counters.throttled += 1;
             throttle(&mut st, index, message, true);
             st.requeue_front(id);
+            false
         }
         SubmitOutcome::Rejected(code, message) => {
             st.workers[index].counters.failed += 1;
             let error = format!("worker {short}... rejected the job (HTTP {code}): {message}");
             log::warn!("Job {id} failed: {error}");
             finish(&mut st, id, PoolStatus::Failed, error);
-            drop(st);
-            ctx.spool.remove_upload(id);
+            true
         }
         SubmitOutcome::ServerError(code, message) => {
             let error = format!("worker {short}... answered HTTP {code}: {message}");
             throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
-            if retry_or_fail(ctx, &mut st, a, error) {
-                drop(st);
-                ctx.spool.remove_upload(id);
-            }
+            retry_or_fail(ctx, &mut st, a, error)
         }
         SubmitOutcome::NotSent(why) => {
             let error = format!("worker {short}... {why}");
             mark_unreachable(ctx, &mut st, index, why);
-            if retry_or_fail(ctx, &mut st, a, error) {
-                drop(st);
-                ctx.spool.remove_upload(id);
-            }
+            retry_or_fail(ctx, &mut st, a, error)
         }
         SubmitOutcome::Unknown(why) => {
             st.workers[index].counters.lost += 1;
@@ -226,9 +224,13 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             );
             log::warn!("Job {id} is lost: {error}");
             finish(&mut st, id, PoolStatus::Lost, error);
-            drop(st);
-            ctx.spool.remove_upload(id);
+            true
         }
+    };
+    drop(st);
+    if over {
+        ctx.spool.remove_upload(id);
+        announce::ended(ctx, id, None);
     }
     ctx.wake_scheduler();
 }

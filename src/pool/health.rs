@@ -85,6 +85,11 @@ fn apply(ctx: &Context, index: usize, result: Result<(), ProbeFailure>) {
     };
     w.health.last_health_check = Some(now_unix);
     match result {
+        Ok(()) if w.distrusted.is_some() => {
+            w.health.consecutive_failures = 0;
+            w.health.next_probe = now + interval;
+            w.health.last_error = w.distrusted.clone();
+        }
         Ok(()) => {
             w.health.consecutive_failures = 0;
             w.health.last_error = None;
@@ -132,6 +137,23 @@ fn set_unhealthy(st: &mut PoolState, index: usize, why: String, force_log: bool)
     }
     w.health.is_healthy = false;
     w.health.last_error = Some(why);
+}
+
+/// Trusts again every worker distrusted for a result that did not verify (an operator's SIGHUP);
+/// the health checker probes them at once.
+pub fn trust_again(ctx: &Context) {
+    let mut st = ctx.lock();
+    for w in st.workers.iter_mut() {
+        if let Some(why) = w.distrusted.take() {
+            log::info!(
+                "Worker {}... is trusted again (was: {why}); probing it",
+                short_id(&w.spec.worker_id)
+            );
+            w.health.next_probe = Instant::now();
+        }
+    }
+    drop(st);
+    ctx.wake_health();
 }
 
 /// Marks a worker unhealthy at once after a connection failure, and has it re-probed in about 1 s.

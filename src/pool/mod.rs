@@ -1,10 +1,12 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker and result collection. May import `state`, `worker`, `store` and `base`.
+//! checker, result collection, worker streams and job announcements. May import `state`, `worker`, `store` and `base`.
 
+pub mod announce;
 pub mod collect;
 pub mod control;
 pub mod dispatch;
 pub mod health;
 pub mod reload;
 pub mod scheduler;
+pub mod stream;
 pub mod tracker;

@@ -1,21 +1,36 @@
-//! Trackers: one thread per worker that has jobs, following each of them with `/status` every
-//! track interval (and at once after a dispatch to the worker or a job's end), freeing the slot
-//! the moment a job ends, then collecting its results. A worker
-//! that blocks (sandrun holds its lock while a job runs) only delays its own tracker.
+//! Trackers: one thread per worker that has jobs, following each of them with `/status`,
+//! freeing the slot the moment a job ends, verifying its result signature, then collecting and
+//! checking its results. A job whose worker stream is open (see [`crate::pool::stream`]) is
+//! polled only every [`STREAMED_POLL_FACTOR`] track intervals: the stream's `[DONE]` makes the
+//! tracker poll it at once. Other jobs are polled every track interval, and at once after a
+//! dispatch to the worker or a job's end. A worker that blocks (sandrun holds its lock while a
+//! job runs) only delays its own tracker.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{Collection, PoolStatus};
-use crate::pool::collect::{self, CollectError};
+use crate::base::job::{
+    Collection, DoneFigures, OutputsVerdict, PoolStatus, SignatureVerdict, Verification,
+};
+use crate::pool::announce;
+use crate::pool::collect::{self, CollectError, Collected};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use crate::worker::identity::short_id;
+use crate::worker::signature::{self, SignatureCheck};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 const TRACKER_STACK: usize = 256 * 1024;
+
+/// A job followed on its worker stream is polled this many track intervals apart.
+pub const STREAMED_POLL_FACTOR: u32 = 10;
+
+/// The error of a job refused under `--require-verified`, and the worker's health reason.
+pub const SIGNATURE_INVALID: &str = "result signature invalid";
 
 /// A snapshot of one followed job.
 struct Followed {
@@ -27,6 +42,9 @@ struct Followed {
     last_contact: f64,
     /// A cancelled job still holding its slot: followed only until the worker ends it.
     ending_on_worker: bool,
+    figures: Option<DoneFigures>,
+    streaming: bool,
+    urgent: bool,
 }
 
 /// Starts the tracker thread of worker `index` (its `tracker_running` flag is already set).
@@ -44,54 +62,90 @@ pub fn start(ctx: &Arc<Context>, index: usize) {
     }
 }
 
+fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed>)> {
+    let mut st = ctx.lock();
+    let w = &mut st.workers[index];
+    if w.tracked.is_empty() {
+        w.tracker_running = false;
+        return None;
+    }
+    let endpoint = w.spec.endpoint.clone();
+    let worker_id = w.spec.worker_id.clone();
+    let ids = w.tracked.clone();
+    let urgent = std::mem::take(&mut w.poll_now);
+    let streaming = w.streaming.clone();
+    let jobs = ids
+        .into_iter()
+        .filter_map(|id| {
+            let job = st.jobs.get(&id)?;
+            Some(Followed {
+                remote: job.remote_job_id.clone()?,
+                status: job.status,
+                worker_status: job
+                    .status
+                    .is_final()
+                    .then(|| job.worker_status.clone())
+                    .flatten(),
+                last_contact: job.last_contact.unwrap_or_else(unix_now),
+                ending_on_worker: job.ending_on_worker,
+                figures: job.done_figures.clone(),
+                streaming: streaming.contains(&id),
+                urgent: urgent.contains(&id),
+                id,
+            })
+        })
+        .collect();
+    Some((endpoint, worker_id, jobs))
+}
+
 fn run(ctx: &Context, index: usize) {
     let wake = ctx.lock().workers[index].tracker_wake.clone();
-    loop {
-        let (endpoint, jobs) = {
-            let mut st = ctx.lock();
-            let w = &mut st.workers[index];
-            if w.tracked.is_empty() {
-                w.tracker_running = false;
-                return;
-            }
-            let endpoint = w.spec.endpoint.clone();
-            let ids = w.tracked.clone();
-            let jobs: Vec<Followed> = ids
-                .into_iter()
-                .filter_map(|id| {
-                    let job = st.jobs.get(&id)?;
-                    Some(Followed {
-                        remote: job.remote_job_id.clone()?,
-                        status: job.status,
-                        worker_status: job
-                            .status
-                            .is_final()
-                            .then(|| job.worker_status.clone())
-                            .flatten(),
-                        last_contact: job.last_contact.unwrap_or_else(unix_now),
-                        ending_on_worker: job.ending_on_worker,
-                        id,
-                    })
-                })
-                .collect();
-            (endpoint, jobs)
-        };
+    let interval = ctx.config.track_interval;
+    let streamed_interval = interval * STREAMED_POLL_FACTOR;
+    let mut last_poll: HashMap<String, Instant> = HashMap::new();
+    while let Some((endpoint, worker_id, jobs)) = snapshot(ctx, index) {
         let mut any_ended = false;
+        let mut next_due = interval;
+        let now = Instant::now();
+        last_poll.retain(|id, _| jobs.iter().any(|j| &j.id == id));
         for job in jobs {
-            match catch_unwind(AssertUnwindSafe(|| follow(ctx, index, &endpoint, &job))) {
+            let every = if job.streaming {
+                streamed_interval
+            } else {
+                interval
+            };
+            // A new job is polled at once, or, when streamed, one slowed interval later.
+            let due_in = match last_poll.get(&job.id) {
+                Some(last) => (*last + every).saturating_duration_since(now),
+                None if job.streaming => {
+                    last_poll.insert(job.id.clone(), now);
+                    every
+                }
+                None => Duration::ZERO,
+            };
+            if !(job.urgent || job.status.is_final() || due_in.is_zero()) {
+                next_due = next_due.min(due_in);
+                continue;
+            }
+            last_poll.insert(job.id.clone(), Instant::now());
+            next_due = next_due.min(every);
+            let followed = catch_unwind(AssertUnwindSafe(|| {
+                follow(ctx, index, &endpoint, &worker_id, &job)
+            }));
+            match followed {
                 Ok(ended) => any_ended |= ended,
                 Err(_) => log::error!("Following job {} panicked; it will be retried", job.id),
             }
         }
         if !any_ended {
-            wake.wait(ctx.config.track_interval);
+            wake.wait(next_due.max(Duration::from_millis(1)));
         }
     }
 }
 
 /// Polls one job (or retries its collection); returns true when the job just ended on its worker,
 /// so the tracker goes round again at once: a fast worker's other jobs may have ended too.
-fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
+fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Followed) -> bool {
     if job.status == PoolStatus::Cancelled {
         return follow_cancelled(ctx, index, endpoint, job);
     }
@@ -109,7 +163,10 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
                 Some("failed") => PoolStatus::Failed,
                 _ => PoolStatus::Dispatched,
             };
-            let finished = record_status(ctx, index, &job.id, now_status, status.clone());
+            let check = now_status
+                .is_final()
+                .then(|| signature::verify(worker_id, &status, job.figures.as_ref()));
+            let finished = record_status(ctx, index, &job.id, now_status, status.clone(), check);
             if finished {
                 collect_results(ctx, index, endpoint, job, &status);
             }
@@ -132,8 +189,33 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, job: &Followed) -> bool {
     }
 }
 
+/// Keeps worker `index` unhealthy for `why` until an operator sends SIGHUP.
+fn distrust(st: &mut PoolState, index: usize, why: &str) {
+    let w = &mut st.workers[index];
+    let reason = format!("{SIGNATURE_INVALID}: {why}");
+    if w.distrusted.is_none() {
+        log::error!(
+            "Worker {}... is now unhealthy: {reason} (send SIGHUP to trust it again)",
+            short_id(&w.spec.worker_id)
+        );
+    }
+    w.health.is_healthy = false;
+    w.health.since = Some(unix_now());
+    w.health.last_error = Some(reason.clone());
+    w.distrusted = Some(reason);
+}
+
 /// Stores a status answer; returns true when it says the job ended (its slot is then freed).
-fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answer: Value) -> bool {
+/// A finished job's signature check is stored with it; under `--require-verified` a check that
+/// did not verify fails the job and distrusts the worker.
+fn record_status(
+    ctx: &Context,
+    index: usize,
+    id: &str,
+    mut status: PoolStatus,
+    answer: Value,
+    check: Option<SignatureCheck>,
+) -> bool {
     let now = unix_now();
     let mut st = ctx.lock();
     let Some(job) = st.jobs.get_mut(id) else {
@@ -151,14 +233,37 @@ fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answ
     if before == status {
         return false;
     }
+    let mut refused = None;
+    if let Some(check) = check {
+        if check.verdict != SignatureVerdict::Verified {
+            let why = check.reason.clone().unwrap_or_default();
+            log::warn!("Job {id}: {why}");
+            if ctx.config.require_verified {
+                status = PoolStatus::Failed;
+                refused = Some(why);
+            }
+        }
+        job.verification = Some(Verification {
+            signature: check.verdict,
+            outputs: None,
+            reason: check.reason,
+        });
+    }
     let Some(job) = st.set_status(id, status) else {
         return false;
     };
+    if status == PoolStatus::Running {
+        ctx.events.line(id, "[STATUS] Job started\n".to_string());
+    }
     if !status.is_final() {
         return false;
     }
     job.completed_at = Some(now);
     job.collection = Collection::Pending(None);
+    if let Some(why) = &refused {
+        job.error = Some(format!("{SIGNATURE_INVALID}: {why}"));
+        distrust(&mut st, index, why);
+    }
     let w = &mut st.workers[index];
     w.release_slot();
     if status == PoolStatus::Completed {
@@ -173,17 +278,72 @@ fn record_status(ctx: &Context, index: usize, id: &str, status: PoolStatus, answ
     true
 }
 
+/// Compares the collected outputs with the signed hashes.
+fn outputs_verdict(
+    status: &Value,
+    collected: &[(String, String)],
+) -> (OutputsVerdict, Option<String>) {
+    let signed = signature::signed_hashes(status);
+    let mut wrong = Vec::new();
+    for (path, sha) in &signed {
+        match collected.iter().find(|(p, _)| p == path) {
+            Some((_, got)) if got == sha => {}
+            Some(_) => wrong.push(format!("{path} differs from the signed sha256")),
+            None => wrong.push(format!("{path} was not collected")),
+        }
+    }
+    if wrong.is_empty() {
+        (OutputsVerdict::Match, None)
+    } else {
+        (
+            OutputsVerdict::Mismatch,
+            Some(format!("outputs mismatch: {}", wrong.join(", "))),
+        )
+    }
+}
+
+/// Stores a collection and its outputs check; under `--require-verified` a mismatch fails the
+/// job and distrusts the worker.
+fn record_collection(ctx: &Context, index: usize, id: &str, status: &Value, collected: &Collected) {
+    let (verdict, why) = outputs_verdict(status, &collected.hashes);
+    if let Some(why) = &why {
+        log::warn!("Job {id}: {why}");
+    }
+    let mut st = ctx.lock();
+    let Some(job) = st.jobs.get_mut(id) else {
+        return;
+    };
+    job.collection = Collection::Collected(collected.stored.clone());
+    let was_completed = job.status == PoolStatus::Completed;
+    if let Some(v) = job.verification.as_mut() {
+        v.outputs = Some(verdict);
+        if v.reason.is_none() {
+            v.reason = why.clone();
+        }
+    }
+    if let Some(why) = why.filter(|_| ctx.config.require_verified) {
+        if job.status != PoolStatus::Failed {
+            if let Some(job) = st.set_status(id, PoolStatus::Failed) {
+                job.error = Some(format!("{SIGNATURE_INVALID}: {why}"));
+            }
+            if was_completed {
+                let c = &mut st.workers[index].counters;
+                c.completed = c.completed.saturating_sub(1);
+                c.failed += 1;
+            }
+        }
+        distrust(&mut st, index, &why);
+    }
+    untrack(&mut st, index, id);
+}
+
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
     match collect::collect(ctx, endpoint, &job.id, &job.remote, status) {
-        Ok(stored) => {
-            let files = stored.outputs.len();
-            let mut st = ctx.lock();
-            if let Some(j) = st.jobs.get_mut(&job.id) {
-                j.collection = Collection::Collected(stored);
-            }
-            untrack(&mut st, index, &job.id);
-            drop(st);
+        Ok(collected) => {
+            let files = collected.stored.outputs.len();
+            record_collection(ctx, index, &job.id, status, &collected);
             log::info!("Collected results of job {} ({files} output files)", job.id);
+            announce::ended(ctx, &job.id, Some(&collected.logs));
         }
         Err(CollectError::Gone) => lose(ctx, index, &job.id, CollectError::Gone.to_string()),
         Err(e) => {
@@ -313,6 +473,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     untrack(&mut st, index, id);
     drop(st);
     log::warn!("Job {id} is lost: {why}");
+    announce::ended(ctx, id, None);
     if held_slot {
         ctx.wake_scheduler();
     }

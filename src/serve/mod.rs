@@ -143,6 +143,7 @@ fn control(ctx: &Context, received: Receiver<Signal>) {
                 log::info!("SIGHUP received: re-reading the coordinator's files");
                 reload::reload_workers(ctx, "SIGHUP");
                 reload_api_keys(ctx);
+                health::trust_again(ctx);
             }
         }
     }

@@ -5,6 +5,7 @@ use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
+use crate::state::events::JobEvents;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
@@ -13,6 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;
+/// Stack size of a thread following one job's worker stream.
+const STREAM_STACK: usize = 128 * 1024;
 
 /// Shared by the HTTP handlers, the scheduler, dispatches, trackers and the health checker.
 pub struct Context {
@@ -28,6 +31,10 @@ pub struct Context {
     pub dispatchers: ThreadCache,
     /// The client keys in force (none: the coordinator is open); replaced on SIGHUP.
     pub keys: LiveKeys,
+    /// The threads that follow jobs' worker streams, one busy per job in flight.
+    pub streams: ThreadCache,
+    /// Job events for followers.
+    pub events: JobEvents,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -49,6 +56,7 @@ impl Context {
             health: config.health_timeout,
             dispatch: config.dispatch_timeout,
         });
+        let events = JobEvents::new(config.max_followers);
         let context = Context {
             config,
             state: Mutex::new(state),
@@ -56,6 +64,8 @@ impl Context {
             client,
             dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK),
             keys: LiveKeys::default(),
+            streams: ThreadCache::new("stream", STREAM_STACK),
+            events,
             scheduler_signal,
             health_signal,
         };

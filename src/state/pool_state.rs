@@ -115,6 +115,13 @@ pub struct WorkerEntry {
     /// Removed from the allowlist by a reload: no new job; hidden once its jobs ended. (Entries
     /// are never taken out of the table: threads hold their index.)
     pub removed: bool,
+    /// Tracked jobs whose worker stream is open (they are polled far less often).
+    pub streaming: Vec<String>,
+    /// Tracked jobs to poll at once (their stream said `[DONE]`, or it closed).
+    pub poll_now: Vec<String>,
+    /// Set when a result of this worker failed verification under `--require-verified`: it
+    /// stays unhealthy, whatever its probes say, until an operator sends SIGHUP or undrains it.
+    pub distrusted: Option<String>,
 }
 
 impl WorkerEntry {
@@ -138,6 +145,9 @@ impl WorkerEntry {
             tracker_running: false,
             tracker_wake: TrackerWake::new(),
             counters: WorkerCounters::default(),
+            streaming: Vec::new(),
+            poll_now: Vec::new(),
+            distrusted: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Everything about talking to a sandrun worker: the HTTP client and its dialect, the outgoing
-//! multipart body, worker identities and the allowlist file. May import `store` (the outgoing
+//! multipart body, the WebSocket stream client, result signatures, worker identities and the allowlist file. May import `store` (the outgoing
 //! body streams an upload from the spool) and `base`.
 
 pub mod client;
 pub mod identity;
 pub mod multipart_body;
+pub mod signature;
+pub mod websocket;
 pub mod workers_file;

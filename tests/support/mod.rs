@@ -11,6 +11,7 @@ mod black_hole;
 mod client;
 mod coordinator;
 mod fake_worker;
+pub mod follow;
 mod form;
 pub mod health_only;
 pub mod lifecycle;
@@ -25,6 +26,6 @@ pub use self::{
     fake_worker::FakeWorker,
     form::Form,
     sandrun::control::{ReceivedFile, ReceivedJob},
-    sandrun::{Knobs, Recording, WorkerKey},
+    sandrun::{Knobs, Recording, StreamKnobs, WorkerKey},
     util::{poll_until, tar_gz, temp_dir},
 };

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+pub use super::stream::StreamKnobs;
+
 /// Locks a mutex, carrying on with its data if a thread panicked while holding it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -46,6 +48,8 @@ pub struct Knobs {
     pub hang_submit: bool,
     /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
     pub reject_submit: Option<(u16, String)>,
+    /// The live stream and result signature tampering.
+    pub stream: StreamKnobs,
 }
 
 impl Default for Knobs {
@@ -67,6 +71,7 @@ impl Default for Knobs {
             hang: false,
             hang_submit: false,
             reject_submit: None,
+            stream: StreamKnobs::default(),
         }
     }
 }

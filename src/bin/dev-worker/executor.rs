@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::control::lock;
 use super::runner::{sleep_while_alive, RunRequest};
 use super::state::{Incarnation, Shared};
+use super::stream;
 
 /// Runs queued jobs one at a time until the incarnation stops.
 pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
@@ -44,14 +45,17 @@ fn run_one(shared: &Shared, run: &Incarnation, id: &str, ip: &str) {
         job.status = "running";
         job.queue_position = 0;
         shared.recorder.started(id);
+        stream::started(shared, run, id);
         let knobs = shared.control.get();
         let started = Instant::now();
+        let live = |line: &str| run.broadcaster.broadcast(id, line);
         let request = RunRequest {
             job_id: &job.id,
             dir: &job.dir,
             interpreter: &job.spec.interpreter,
             entrypoint: &job.spec.entrypoint,
             args: &job.spec.args,
+            live: &live,
         };
         let outcome = shared.runner.run(&request, &knobs, &run.alive);
         if !run.is_alive() {
@@ -59,7 +63,16 @@ fn run_one(shared: &Shared, run: &Incarnation, id: &str, ip: &str) {
         }
         let knobs = shared.control.get();
         job.finish(outcome, started.elapsed(), shared.shown_key(&knobs));
+        stream::tamper(shared, job);
         cpu_seconds = job.cpu_seconds;
+        stream::finished(
+            shared,
+            run,
+            id,
+            (&job.stdout, &job.stderr),
+            job.status,
+            (job.exit_code, job.cpu_seconds, job.memory_mb),
+        );
     }
     drop(table);
     lock(&run.limiter).register_end(ip, id, cpu_seconds);

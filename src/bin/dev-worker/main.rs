@@ -2,7 +2,7 @@
 //! sandbox. It listens on loopback only.
 
 // The emulator also serves the tests and the benchmark; this binary uses only part of it.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod sandrun;
 
 use std::io::{self, Write};

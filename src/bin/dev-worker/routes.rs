@@ -28,6 +28,7 @@ pub fn kind(request: &Request) -> &'static str {
         ("GET", _) if route.starts_with("/logs/") => "logs",
         ("GET", _) if route.starts_with("/outputs/") => "outputs",
         ("GET", _) if route.starts_with("/download/") => "download",
+        ("GET", _) if route.starts_with("/stream/") => "stream",
         _ => "other",
     }
 }

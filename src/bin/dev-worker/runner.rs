@@ -40,6 +40,8 @@ pub struct RunRequest<'a> {
     pub entrypoint: &'a str,
     /// Further arguments.
     pub args: &'a [String],
+    /// Receives output while the job runs (the simulated runner's `live_lines` knob).
+    pub live: &'a dyn Fn(&str),
 }
 
 /// What a run gave.
@@ -91,7 +93,17 @@ fn missing_entrypoint(request: &RunRequest<'_>) -> Vec<u8> {
 }
 
 fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) -> RunOutcome {
-    sleep_while_alive(knobs.job_duration, alive);
+    let lines = knobs.stream.live_lines;
+    let mut printed = String::new();
+    if lines == 0 {
+        sleep_while_alive(knobs.job_duration, alive);
+    }
+    for i in 0..lines {
+        sleep_while_alive(knobs.job_duration / lines as u32, alive);
+        let line = format!("line {i}\n");
+        (request.live)(&line);
+        printed.push_str(&line);
+    }
     let _ = fs::write(
         request.dir.join("result.txt"),
         format!("result of {}\n", request.job_id),
@@ -103,7 +115,7 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
     };
     if request.dir.join(request.entrypoint).is_file() {
         outcome.exit_code = knobs.exit_code;
-        outcome.stdout = format!("ran {}\n", request.entrypoint).into_bytes();
+        outcome.stdout = format!("{printed}ran {}\n", request.entrypoint).into_bytes();
     } else {
         outcome.exit_code = 2;
         outcome.stderr = missing_entrypoint(request);

@@ -30,6 +30,8 @@ pub mod runner;
 mod server;
 #[path = "state.rs"]
 mod state;
+#[path = "stream.rs"]
+pub mod stream;
 #[path = "text.rs"]
 pub mod text;
 #[path = "upload.rs"]
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use control::{Control, Knobs, Recording};
+pub use control::{Control, Knobs, Recording, StreamKnobs};
 pub use keys::WorkerKey;
 pub use runner::Runner;
 

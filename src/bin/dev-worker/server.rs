@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::http::{read_request, Incoming, Response};
 use super::routes;
 use super::state::{Incarnation, Shared};
+use super::stream;
 
 /// How often a held (hanging) request looks whether it may go.
 const HANG_TICK: Duration = Duration::from_millis(20);
@@ -45,7 +46,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
             let received_at = SystemTime::now();
             let kind = routes::kind(&request);
             shared.recorder.request(&request.method, kind);
-            if hangs(shared, kind) {
+            if kind == "stream" {
+                stream::serve(shared, run, &mut stream, &request);
+            } else if hangs(shared, kind) {
                 while run.is_alive() && hangs(shared, kind) {
                     thread::sleep(HANG_TICK);
                 }

@@ -12,6 +12,7 @@ use super::jobs::JobTable;
 use super::keys::WorkerKey;
 use super::limits::{Limits, RateLimiter};
 use super::runner::Runner;
+use super::stream::Broadcaster;
 
 /// What one emulator keeps across stop and restart.
 pub struct Shared {
@@ -73,6 +74,8 @@ pub struct Incarnation {
     pub jobs: Mutex<JobTable>,
     /// Per-IP usage.
     pub limiter: Mutex<RateLimiter>,
+    /// Subscribers of `/stream/{id}`.
+    pub broadcaster: Broadcaster,
     connections: Mutex<HashMap<u64, TcpStream>>,
     next_connection: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl Incarnation {
             root,
             jobs: Mutex::new(JobTable::default()),
             limiter: Mutex::new(RateLimiter::default()),
+            broadcaster: Broadcaster::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
         }

@@ -1,0 +1,233 @@
+//! Following a job: `GET /logs/{id}?follow=1` (a chunked `text/plain` stream) and
+//! `GET /stream/{id}` (a WebSocket in sandrun's own message format). Both send the same pieces:
+//! `[STATUS] Job status: <status>`, then a line when the job is dispatched and started, its output
+//! as the worker delivers it, and the last lines (`[VERIFY] ...`, `[DONE] ...`) when it is over;
+//! then the stream ends. The handler thread only decides (404, 503 over `--max-followers`) and
+//! hands the connection to a follower thread of its own, so followers never hold handler threads.
+
+use crate::base::job::{Collection, PoolStatus};
+use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::pool::announce::{final_lines, output_lines};
+use crate::state::context::Context;
+use crate::state::events::{Event, Follower, Slot};
+use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tiny_http::Request;
+
+/// Stack size of a follower thread.
+const FOLLOWER_STACK: usize = 128 * 1024;
+/// A WebSocket follower is pinged after this much silence, so a vanished client is noticed.
+const PING_AFTER: Duration = Duration::from_secs(30);
+
+/// How the pieces travel.
+pub enum Wire {
+    /// Chunked `text/plain`.
+    Text,
+    /// WebSocket text frames, after a handshake answering this `Sec-WebSocket-Key`.
+    WebSocket(String),
+}
+
+/// What the follower sends.
+enum Plan {
+    /// The job is over: these pieces (the collected logs are read by the follower thread).
+    Replay {
+        first: String,
+        logs: Option<(String, crate::base::job::Span)>,
+        last: Vec<String>,
+        _slot: Slot,
+    },
+    /// The job is in flight: the first line, the feed's history, then live events.
+    Live { first: String, follower: Follower },
+}
+
+/// True when the query string asks to follow (`follow=1`, `follow=true`, `follow`).
+pub fn wants_follow(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|p| matches!(p, "follow" | "follow=1" | "follow=true"))
+    })
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request, or the 400 to answer.
+pub fn websocket_key(request: &Request) -> Result<String, Reply> {
+    let header = |name: &'static str| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_string())
+    };
+    let upgrade = header("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    match header("Sec-WebSocket-Key") {
+        Some(key) if upgrade && !key.trim().is_empty() => Ok(key),
+        _ => Err(error_reply(
+            400,
+            "GET /stream/ID is a WebSocket: send Upgrade: websocket and Sec-WebSocket-Key \
+             (for plain text, use GET /logs/ID?follow=1)",
+        )),
+    }
+}
+
+/// Decides how to follow job `id` and returns the hand-off (or the error to answer).
+pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire) -> Reply {
+    let slot = match ctx.events.reserve() {
+        Ok(slot) => slot,
+        Err(full) => {
+            return error_reply(
+                503,
+                format!(
+                    "{} clients already follow jobs (--max-followers); try again later",
+                    full.0
+                ),
+            )
+        }
+    };
+    let plan = {
+        let st = ctx.lock();
+        let Some(job) = st.jobs.get(id) else {
+            return unknown_job(id);
+        };
+        let first = format!("[STATUS] Job status: {}\n", job.status.as_str());
+        let over = job.status == PoolStatus::Lost
+            || (job.status.is_final() && !matches!(job.collection, Collection::Pending(_)));
+        if over {
+            let logs = match &job.collection {
+                Collection::Collected(stored) => Some((stored.segment.clone(), stored.logs)),
+                _ => None,
+            };
+            Plan::Replay {
+                first,
+                logs,
+                last: final_lines(job),
+                _slot: slot,
+            }
+        } else {
+            Plan::Live {
+                first,
+                follower: ctx.events.follow(id, slot),
+            }
+        }
+    };
+    let ctx = Arc::clone(ctx);
+    Reply::Handoff(Box::new(move |request: Request| {
+        let spawned = thread::Builder::new()
+            .name("follower".to_string())
+            .stack_size(FOLLOWER_STACK)
+            .spawn(move || serve(&ctx, request, wire, plan));
+        if let Err(e) = spawned {
+            log::error!("Cannot start a follower thread: {e}");
+        }
+    }))
+}
+
+/// Writes pieces on one wire.
+struct Out {
+    writer: Box<dyn Write + Send>,
+    websocket: bool,
+}
+
+impl Out {
+    fn open(request: Request, wire: &Wire) -> std::io::Result<Self> {
+        let (head, websocket) = match wire {
+            Wire::Text => (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+                    .to_string(),
+                false,
+            ),
+            Wire::WebSocket(key) => (
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    accept_key(key)
+                ),
+                true,
+            ),
+        };
+        let mut writer = request.into_writer();
+        writer.write_all(head.as_bytes())?;
+        writer.flush()?;
+        Ok(Out { writer, websocket })
+    }
+
+    fn piece(&mut self, text: &str) -> std::io::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if self.websocket {
+            self.writer.write_all(&frame(TEXT, text.as_bytes(), None))?;
+        } else {
+            write!(self.writer, "{:x}\r\n", text.len())?;
+            self.writer.write_all(text.as_bytes())?;
+            self.writer.write_all(b"\r\n")?;
+        }
+        self.writer.flush()
+    }
+
+    fn ping(&mut self) -> std::io::Result<()> {
+        if self.websocket {
+            self.writer.write_all(&frame(0x9, &[], None))?;
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) {
+        let end: Vec<u8> = if self.websocket {
+            frame(CLOSE, &[], None)
+        } else {
+            b"0\r\n\r\n".to_vec()
+        };
+        let _ = self.writer.write_all(&end);
+        let _ = self.writer.flush();
+    }
+}
+
+fn read_logs(ctx: &Context, segment: &str, span: crate::base::job::Span) -> Option<Value> {
+    let mut reader = ctx.spool.results_reader(segment, span).ok()?;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan) {
+    let Ok(mut out) = Out::open(request, &wire) else {
+        return;
+    };
+    let sent = match plan {
+        Plan::Replay {
+            first, logs, last, ..
+        } => {
+            let mut pieces = vec![first];
+            if let Some(logs) = logs.and_then(|(segment, span)| read_logs(ctx, &segment, span)) {
+                pieces.extend(output_lines(&logs));
+            }
+            pieces.extend(last);
+            pieces.iter().try_for_each(|p| out.piece(p))
+        }
+        Plan::Live { first, follower } => live(&mut out, &first, &follower),
+    };
+    if sent.is_ok() {
+        out.finish();
+    }
+}
+
+fn live(out: &mut Out, first: &str, follower: &Follower) -> std::io::Result<()> {
+    out.piece(first)?;
+    for piece in &follower.history {
+        out.piece(piece)?;
+    }
+    loop {
+        match follower.events.recv_timeout(PING_AFTER) {
+            Ok(Event::Text(text)) => out.piece(&text)?,
+            Ok(Event::End) => return Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => out.ping()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}

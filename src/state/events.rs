@@ -1,0 +1,202 @@
+//! Job events for followers (`GET /logs/{id}?follow=1`, `GET /stream/{id}`): each job in flight
+//! has a feed of text pieces (a status line, or output as its worker delivered it). A follower
+//! gets what the feed holds when it joins, then every new piece, and the feed ends with the job.
+//! The number of followers is bounded; the feed's history is bounded in bytes.
+//!
+//! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
+
+use crate::base::sync::lock;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Most bytes of history a feed keeps for followers that join later.
+const MAX_HISTORY: usize = 1024 * 1024;
+
+/// One piece for a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Text: a status line or output.
+    Text(Arc<str>),
+    /// The job ended; nothing follows.
+    End,
+}
+
+#[derive(Default)]
+struct Feed {
+    history: Vec<Arc<str>>,
+    history_bytes: usize,
+    output_seen: bool,
+    followers: Vec<Sender<Event>>,
+}
+
+impl Feed {
+    fn push(&mut self, text: Arc<str>) {
+        self.followers
+            .retain(|f| f.send(Event::Text(Arc::clone(&text))).is_ok());
+        if self.history_bytes + text.len() <= MAX_HISTORY {
+            self.history_bytes += text.len();
+            self.history.push(text);
+        }
+    }
+}
+
+/// The feeds of every followed or in-flight job, and the follower count.
+pub struct JobEvents {
+    feeds: Mutex<HashMap<String, Feed>>,
+    followers: Arc<AtomicUsize>,
+    max_followers: usize,
+}
+
+/// Refused: as many followers as allowed are already following.
+#[derive(Debug)]
+pub struct TooManyFollowers(pub usize);
+
+/// A follower's place: what the feed held when it joined, then live events. Dropping it frees
+/// its place.
+pub struct Follower {
+    /// The feed's history at the moment of joining.
+    pub history: Vec<Arc<str>>,
+    /// Every later piece, then [`Event::End`].
+    pub events: Receiver<Event>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A follower slot taken before the job's state decides between a live follow and a replay.
+pub struct Slot {
+    count: Arc<AtomicUsize>,
+    live: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.live {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl JobEvents {
+    /// No feeds; at most `max_followers` followers at once.
+    pub fn new(max_followers: usize) -> Self {
+        JobEvents {
+            feeds: Mutex::new(HashMap::new()),
+            followers: Arc::new(AtomicUsize::new(0)),
+            max_followers,
+        }
+    }
+
+    /// Followers now.
+    pub fn follower_count(&self) -> usize {
+        self.followers.load(Ordering::SeqCst)
+    }
+
+    /// The follower limit.
+    pub fn max_followers(&self) -> usize {
+        self.max_followers
+    }
+
+    /// Takes a follower slot, or refuses when all are taken.
+    pub fn reserve(&self) -> Result<Slot, TooManyFollowers> {
+        let taken = self
+            .followers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_followers).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Slot {
+                count: Arc::clone(&self.followers),
+                live: false,
+            }),
+            Err(_) => Err(TooManyFollowers(self.max_followers)),
+        }
+    }
+
+    /// Joins a job's feed (creating it) with a reserved slot. Call it while the job is known
+    /// not to have ended (under the pool lock), so its end is still to be published.
+    pub fn follow(&self, id: &str, mut slot: Slot) -> Follower {
+        slot.live = true;
+        let (sender, events) = crossbeam_channel::unbounded();
+        let mut feeds = lock(&self.feeds);
+        let feed = feeds.entry(id.to_string()).or_default();
+        feed.followers.push(sender);
+        Follower {
+            history: feed.history.clone(),
+            events,
+            count: Arc::clone(&slot.count),
+        }
+    }
+
+    /// Opens a job's feed with its first line (a job just dispatched).
+    pub fn open(&self, id: &str, line: String) {
+        lock(&self.feeds)
+            .entry(id.to_string())
+            .or_default()
+            .push(line.into());
+    }
+
+    /// Adds a status line to an open feed (none is created: the job may have ended).
+    pub fn line(&self, id: &str, line: String) {
+        if let Some(feed) = lock(&self.feeds).get_mut(id) {
+            feed.push(line.into());
+        }
+    }
+
+    /// Adds output as the worker delivered it to an open feed.
+    pub fn output(&self, id: &str, text: String) {
+        if let Some(feed) = lock(&self.feeds).get_mut(id) {
+            feed.output_seen = true;
+            feed.push(text.into());
+        }
+    }
+
+    /// True when output reached the job's feed (so the collected logs need not be replayed).
+    pub fn output_seen(&self, id: &str) -> bool {
+        lock(&self.feeds).get(id).is_some_and(|f| f.output_seen)
+    }
+
+    /// Ends a job's feed with its last pieces; its followers then stop.
+    pub fn end(&self, id: &str, last: Vec<String>) {
+        let Some(mut feed) = lock(&self.feeds).remove(id) else {
+            return;
+        };
+        for text in last {
+            feed.push(text.into());
+        }
+        for follower in feed.followers {
+            let _ = follower.send(Event::End);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_get_history_then_live_pieces_then_the_end() {
+        let events = JobEvents::new(1);
+        events.open("j", "dispatched\n".into());
+        let slot = events.reserve().expect("a slot");
+        assert!(events.reserve().is_err(), "the bound holds");
+        let follower = events.follow("j", slot);
+        assert_eq!(follower.history.len(), 1);
+        events.output("j", "out\n".into());
+        assert!(events.output_seen("j"));
+        events.end("j", vec!["done\n".into()]);
+        let got: Vec<Event> = follower.events.try_iter().collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], Event::End);
+        events.line("j", "after the end\n".into());
+        drop(follower);
+        assert_eq!(events.follower_count(), 0);
+        assert!(events.reserve().is_ok());
+    }
+}

@@ -1,0 +1,357 @@
+//! Verifying sandrun's result signature: rebuilding the signed text
+//! `<job_hash>|<exit_code>|<cpu>|<memory_mb>|<path>:<sha256>|...` from `/status` and the stream's
+//! `[DONE]` figures, and checking it against the allowlisted worker key.
+//!
+//! `<cpu>` is the CPU seconds as a C++ stream prints a double (`%g`, 6 significant digits).
+//! `/status` rounds it to 2 decimals and `[DONE]` prints 6, so the exact text is found among the
+//! `%g` strings whose value lies within half a unit of the last printed decimal, nearest first.
+
+use crate::base::job::{DoneFigures, SignatureVerdict};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Most CPU candidates tried for one job (each costs one signature check, ~50 us).
+pub const MAX_CANDIDATES: usize = 10_000;
+
+/// The signature check of one result, with its reason when it did not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCheck {
+    /// The verdict.
+    pub verdict: SignatureVerdict,
+    /// Why (None when verified).
+    pub reason: Option<String>,
+}
+
+impl SignatureCheck {
+    fn new(verdict: SignatureVerdict, reason: impl Into<String>) -> Self {
+        SignatureCheck {
+            verdict,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+/// Reads the figures of a `[DONE] Job completed (exit=0, CPU=0.154612s, Mem=13MB)` line; None
+/// for any other line, Some with no figures for a bare `[DONE] Job completed`.
+pub fn parse_done(line: &str) -> Option<Option<DoneFigures>> {
+    let rest = line.trim_end().strip_prefix("[DONE] Job ")?;
+    let Some((status, figures)) = rest.split_once(" (") else {
+        return Some(None);
+    };
+    let figures = figures.strip_suffix(')')?;
+    let mut exit_code = None;
+    let mut cpu = None;
+    let mut memory = None;
+    for part in figures.split(", ") {
+        match part.split_once('=') {
+            Some(("exit", v)) => exit_code = v.parse::<i32>().ok(),
+            Some(("CPU", v)) => cpu = v.strip_suffix('s').map(str::to_string),
+            Some(("Mem", v)) => memory = v.strip_suffix("MB").and_then(|m| m.parse::<u64>().ok()),
+            _ => {}
+        }
+    }
+    Some(Some(DoneFigures {
+        status: status.to_string(),
+        exit_code: exit_code?,
+        cpu_seconds: cpu.filter(|c| c.parse::<f64>().is_ok())?,
+        memory_mb: memory?,
+    }))
+}
+
+/// A number as a default C++ output stream prints it (`%g`, 6 significant digits).
+pub fn cpp_g(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return if value == 0.0 {
+            "0".into()
+        } else {
+            value.to_string()
+        };
+    }
+    let scientific = format!("{value:.5e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |t: &str| -> String {
+        if t.contains('.') {
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    if (-4..6).contains(&exponent) {
+        let decimals = usize::try_from(5 - exponent).unwrap_or(0);
+        trim(&format!("{value:.decimals$}"))
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exponent.unsigned_abs())
+    }
+}
+
+/// The `%g` texts a CPU figure printed with some decimals (`0.11`, `0.154612`) may stand for,
+/// nearest to it first, at most `limit`.
+pub fn cpu_candidates(printed: &str, limit: usize) -> Vec<String> {
+    let Ok(value) = printed.trim().parse::<f64>() else {
+        return Vec::new();
+    };
+    let decimals = printed.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+    let half = 0.5 * 10f64.powi(-decimals);
+    let (lo, hi) = ((value - half).max(0.0), value + half);
+    let mut found: Vec<(f64, String)> = Vec::new();
+    if lo == 0.0 {
+        found.push((value, "0".into()));
+    }
+    let top = hi.log10().floor() as i32;
+    let bottom = top - 12;
+    for e in (bottom..=top).rev() {
+        // Values of this decade printed with 6 significant digits: m * 10^(e-5), m in 1e5..1e6.
+        let scale = |m: i64| {
+            let shift = e - 5;
+            if shift < 0 {
+                m as f64 / 10f64.powi(-shift)
+            } else {
+                m as f64 * 10f64.powi(shift)
+            }
+        };
+        // The values of [lo, hi] in this decade, rounded to 6 significant digits as printed.
+        let step = 10f64.powi(e - 5);
+        let (x_lo, x_hi) = (lo.max(10f64.powi(e)), hi.min(10f64.powi(e + 1)));
+        if x_lo > x_hi {
+            continue;
+        }
+        let first = ((x_lo / step).round() as i64).max(100_000);
+        let last = ((x_hi / step).round() as i64).min(999_999);
+        if first > last {
+            continue;
+        }
+        let centre = ((value / step).round() as i64).clamp(first, last);
+        let (mut down, mut up) = (centre, centre + 1);
+        let mut taken = 0;
+        while taken < limit && (down >= first || up <= last) {
+            for m in [down, up] {
+                if (first..=last).contains(&m) {
+                    let v = scale(m);
+                    found.push(((v - value).abs(), cpp_g(v)));
+                    taken += 1;
+                }
+            }
+            down -= 1;
+            up += 1;
+        }
+        if found.len() >= 2 * limit {
+            break;
+        }
+    }
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut seen = std::collections::HashSet::new();
+    found
+        .into_iter()
+        .filter(|(_, text)| seen.insert(text.clone()))
+        .map(|(_, text)| text)
+        .take(limit)
+        .collect()
+}
+
+/// The parts of a `/status` answer that the worker signed.
+struct Signed {
+    job_hash: String,
+    exit_code: i64,
+    cpu_2dp: String,
+    memory_mb: u64,
+    files: BTreeMap<String, String>,
+    signature: Signature,
+}
+
+fn signed_parts(status: &Value) -> Result<Signed, String> {
+    let meta = status
+        .get("execution_metadata")
+        .ok_or("the status has no execution_metadata")?;
+    let signature = status
+        .pointer("/worker_metadata/signature")
+        .and_then(Value::as_str)
+        .ok_or("the worker sent no signature")?;
+    let bytes = STANDARD
+        .decode(signature)
+        .map_err(|_| "the signature is not base64")?;
+    let signature = Signature::from_slice(&bytes).map_err(|_| "the signature is not 64 bytes")?;
+    let files = status
+        .get("output_files")
+        .and_then(Value::as_object)
+        .map(|files| {
+            files
+                .iter()
+                .map(|(path, meta)| {
+                    let sha = meta.get("sha256").and_then(Value::as_str).unwrap_or("");
+                    (path.clone(), sha.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Signed {
+        job_hash: status
+            .get("job_hash")
+            .and_then(Value::as_str)
+            .ok_or("the status has no job_hash")?
+            .to_string(),
+        exit_code: meta
+            .get("exit_code")
+            .and_then(Value::as_i64)
+            .ok_or("the status has no exit_code")?,
+        cpu_2dp: format!(
+            "{:.2}",
+            meta.get("cpu_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+        ),
+        memory_mb: meta
+            .get("memory_peak_mb")
+            .and_then(Value::as_u64)
+            .ok_or("the status has no memory_peak_mb")?,
+        files,
+        signature,
+    })
+}
+
+/// The text sandrun signs, for one CPU text.
+pub fn signed_text(
+    job_hash: &str,
+    exit_code: i64,
+    cpu: &str,
+    memory_mb: u64,
+    files: &BTreeMap<String, String>,
+) -> String {
+    let mut text = format!("{job_hash}|{exit_code}|{cpu}|{memory_mb}|");
+    for (path, sha) in files {
+        text.push_str(path);
+        text.push(':');
+        text.push_str(sha);
+        text.push('|');
+    }
+    text
+}
+
+/// The sha256 per output path that the worker's status lists (and signed).
+pub fn signed_hashes(status: &Value) -> BTreeMap<String, String> {
+    signed_parts(status).map(|s| s.files).unwrap_or_default()
+}
+
+/// Checks a finished job's signature against the allowlisted `worker_id` (base64 public key),
+/// with the stream's `[DONE]` figures when they were seen.
+pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) -> SignatureCheck {
+    use SignatureVerdict::{Failed, Unverifiable, Verified};
+    let key = STANDARD
+        .decode(worker_id)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+    let Some(key) = key else {
+        return SignatureCheck::new(Failed, "the allowlisted worker_id is not a public key");
+    };
+    let signed = match signed_parts(status) {
+        Ok(s) => s,
+        Err(why) => return SignatureCheck::new(Failed, why),
+    };
+    let (printed, source) = match figures {
+        Some(f) => (f.cpu_seconds.as_str(), "the stream's [DONE] figures"),
+        None => (
+            signed.cpu_2dp.as_str(),
+            "/status (no [DONE] figures were seen)",
+        ),
+    };
+    let memory = figures.map_or(signed.memory_mb, |f| f.memory_mb);
+    let verifies = |cpu: &str| {
+        let text = signed_text(
+            &signed.job_hash,
+            signed.exit_code,
+            cpu,
+            memory,
+            &signed.files,
+        );
+        key.verify(text.as_bytes(), &signed.signature).is_ok()
+    };
+    // The figure itself, printed as sandrun prints it, is nearly always the one.
+    if printed.parse::<f64>().is_ok_and(|v| verifies(&cpp_g(v))) {
+        return SignatureCheck {
+            verdict: Verified,
+            reason: None,
+        };
+    }
+    let candidates = cpu_candidates(printed, MAX_CANDIDATES);
+    for cpu in &candidates {
+        if verifies(cpu) {
+            return SignatureCheck {
+                verdict: Verified,
+                reason: None,
+            };
+        }
+    }
+    match figures {
+        Some(_) => SignatureCheck::new(
+            Failed,
+            format!(
+                "result signature invalid: no CPU value that {source} allow ({} tried) makes the \
+                 result verify against the allowlisted key",
+                candidates.len()
+            ),
+        ),
+        None => SignatureCheck::new(
+            Unverifiable,
+            format!(
+                "result unverifiable: none of the {} CPU values that {source} allow verifies; \
+                 the signed text could not be rebuilt",
+                candidates.len()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpp_g_prints_like_a_cpp_stream() {
+        assert_eq!(cpp_g(0.0), "0");
+        assert_eq!(cpp_g(0.105819), "0.105819");
+        assert_eq!(cpp_g(0.1), "0.1");
+        assert_eq!(cpp_g(1.234567), "1.23457");
+        assert_eq!(cpp_g(0.0123456), "0.0123456");
+        assert_eq!(cpp_g(0.00005), "5e-05");
+        assert_eq!(cpp_g(1234567.0), "1.23457e+06");
+        assert_eq!(cpp_g(12.5), "12.5");
+    }
+
+    #[test]
+    fn candidates_hold_the_true_figure_nearest_first() {
+        assert_eq!(cpu_candidates("0.154612", 10)[0], "0.154612");
+        assert_eq!(cpu_candidates("1.234567", 10)[0], "1.23457");
+        assert_eq!(cpu_candidates("0.100000", 10)[0], "0.1");
+        assert_eq!(cpu_candidates("0.000000", 10)[0], "0");
+        let near_ms = cpu_candidates("0.000050", MAX_CANDIDATES);
+        assert!(near_ms.contains(&"5e-05".to_string()));
+        assert!(near_ms.contains(&"5.04321e-05".to_string()));
+        let from_status = cpu_candidates("0.11", MAX_CANDIDATES);
+        assert_eq!(from_status.len(), MAX_CANDIDATES);
+        assert!(from_status.contains(&"0.105819".to_string()));
+        assert!(cpu_candidates("0.00", 5).contains(&"0".to_string()));
+    }
+
+    #[test]
+    fn done_lines_give_their_figures() {
+        let f = parse_done("[DONE] Job completed (exit=0, CPU=0.154612s, Mem=13MB)\n")
+            .flatten()
+            .expect("figures");
+        assert_eq!(
+            (
+                f.status.as_str(),
+                f.exit_code,
+                f.cpu_seconds.as_str(),
+                f.memory_mb
+            ),
+            ("completed", 0, "0.154612", 13)
+        );
+        assert_eq!(parse_done("[DONE] Job completed\n"), Some(None));
+        assert_eq!(parse_done("line 0\n"), None);
+    }
+}

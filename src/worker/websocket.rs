@@ -1,0 +1,357 @@
+//! A small synchronous WebSocket (RFC 6455) client for sandrun's `/stream/{id}`, and the frame
+//! codec the coordinator's own `/stream/{id}` writes with. No async runtime: one blocking socket
+//! with explicit connect, handshake and idle (read) timeouts.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use sha1::{Digest, Sha1};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Largest message taken from a worker (sandrun keeps at most 10 MiB of each output stream).
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// Largest handshake answer.
+const MAX_HANDSHAKE: usize = 16 * 1024;
+/// RFC 6455's key suffix.
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Text frame opcode.
+pub const TEXT: u8 = 0x1;
+/// Close frame opcode.
+pub const CLOSE: u8 = 0x8;
+const CONTINUATION: u8 = 0x0;
+const BINARY: u8 = 0x2;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(GUID.as_bytes());
+    STANDARD.encode(sha.finalize())
+}
+
+/// One frame with FIN set; masked (as a client must send) when `mask` is given.
+pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n <= 125 => out.push(mask_bit | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A failed stream.
+#[derive(Debug)]
+pub enum WsError {
+    /// No connection could be made.
+    Connect(String),
+    /// The worker did not switch protocols (e.g. a worker without `/stream`).
+    Handshake(String),
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// The connection failed or the peer broke the protocol.
+    Broken(String),
+}
+
+impl fmt::Display for WsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(why) => write!(f, "cannot connect: {why}"),
+            Self::Handshake(why) => write!(f, "no WebSocket: {why}"),
+            Self::Idle => write!(f, "silent for too long"),
+            Self::Broken(why) => write!(f, "stream broken: {why}"),
+        }
+    }
+}
+
+fn broken(e: io::Error) -> WsError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => WsError::Idle,
+        _ => WsError::Broken(e.to_string()),
+    }
+}
+
+/// What a worker sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A text (or binary, taken as text) message.
+    Text(String),
+    /// The worker closed the stream.
+    Close,
+}
+
+/// Timeouts of a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamTimeouts {
+    /// Connecting, and the whole handshake.
+    pub connect: Duration,
+    /// Longest silence between two frames.
+    pub idle: Duration,
+}
+
+/// An open client stream.
+pub struct WsClient {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+/// 4 bytes that differ on every call (a mask need not be secret, only unpredictable to proxies).
+fn mask_key() -> [u8; 4] {
+    static SEQ: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = SEQ.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ nanos;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x as u32).to_le_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `host:port` of an `http://host[:port]` endpoint.
+fn authority(endpoint: &str) -> Result<String, WsError> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| WsError::Connect(format!("not an http:// endpoint: {endpoint}")))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(WsError::Connect(format!("no host in {endpoint}")));
+    }
+    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    Ok(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    })
+}
+
+impl WsClient {
+    /// Opens `ws://<endpoint host><path>`, speaking sandrun's dialect (exact-case headers).
+    pub fn connect(endpoint: &str, path: &str, timeouts: StreamTimeouts) -> Result<Self, WsError> {
+        let host = authority(endpoint)?;
+        let addrs = host
+            .to_socket_addrs()
+            .map_err(|e| WsError::Connect(format!("{host}: {e}")))?;
+        let mut last = WsError::Connect(format!("{host}: no address"));
+        let mut connected = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeouts.connect) {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = WsError::Connect(format!("{addr}: {e}")),
+            }
+        }
+        let stream = connected.ok_or(last)?;
+        let setup = |s: &TcpStream| -> io::Result<()> {
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(timeouts.connect))?;
+            s.set_write_timeout(Some(timeouts.connect))
+        };
+        setup(&stream).map_err(|e| WsError::Connect(e.to_string()))?;
+        let mut client = WsClient {
+            stream,
+            pending: Vec::new(),
+        };
+        client.handshake(&host, path)?;
+        client
+            .stream
+            .set_read_timeout(Some(timeouts.idle))
+            .map_err(broken)?;
+        Ok(client)
+    }
+
+    fn handshake(&mut self, host: &str, path: &str) -> Result<(), WsError> {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&mask_key());
+        raw[4..8].copy_from_slice(&mask_key());
+        raw[8..12].copy_from_slice(&mask_key());
+        raw[12..].copy_from_slice(&mask_key());
+        let key = STANDARD.encode(raw);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream
+            .write_all(request.as_bytes())
+            .map_err(|e| WsError::Handshake(e.to_string()))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        let end = loop {
+            if let Some(at) = find(&head, b"\r\n\r\n") {
+                break at;
+            }
+            if head.len() > MAX_HANDSHAKE {
+                return Err(WsError::Handshake("answer headers too long".into()));
+            }
+            let n = self.stream.read(&mut buf).map_err(|e| match broken(e) {
+                WsError::Idle => WsError::Handshake("no answer to the upgrade".into()),
+                other => WsError::Handshake(other.to_string()),
+            })?;
+            if n == 0 {
+                return Err(WsError::Handshake("closed before answering".into()));
+            }
+            head.extend_from_slice(&buf[..n]);
+        };
+        self.pending = head.split_off(end + 4);
+        let text = String::from_utf8_lossy(&head);
+        let status = text.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("101") {
+            return Err(WsError::Handshake(format!("answered {status:?}")));
+        }
+        let accept = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("Sec-WebSocket-Accept")
+                .then(|| value.trim().to_string())
+        });
+        if accept.as_deref() != Some(accept_key(&key).as_str()) {
+            return Err(WsError::Handshake(
+                "wrong or missing Sec-WebSocket-Accept".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, WsError> {
+        let mut out = Vec::with_capacity(n.min(64 * 1024));
+        let from_pending = n.min(self.pending.len());
+        out.extend(self.pending.drain(..from_pending));
+        let mut buf = [0u8; 8192];
+        while out.len() < n {
+            let want = (n - out.len()).min(buf.len());
+            let got = self.stream.read(&mut buf[..want]).map_err(broken)?;
+            if got == 0 {
+                return Err(WsError::Broken("closed by the worker".into()));
+            }
+            out.extend_from_slice(&buf[..got]);
+        }
+        Ok(out)
+    }
+
+    /// The next message: blocks up to the idle timeout for it; answers pings on the way.
+    pub fn read_message(&mut self) -> Result<Message, WsError> {
+        let mut message = Vec::new();
+        loop {
+            let head = self.read_exact(2)?;
+            let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0F);
+            let masked = head[1] & 0x80 != 0;
+            let length = match head[1] & 0x7F {
+                126 => {
+                    let b = self.read_exact(2)?;
+                    u64::from(u16::from_be_bytes([b[0], b[1]]))
+                }
+                127 => {
+                    let b = self.read_exact(8)?;
+                    let mut raw = [0u8; 8];
+                    raw.copy_from_slice(&b);
+                    u64::from_be_bytes(raw)
+                }
+                n => u64::from(n),
+            };
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            if message.len().saturating_add(length) > MAX_MESSAGE {
+                return Err(WsError::Broken(format!(
+                    "a message over {MAX_MESSAGE} bytes"
+                )));
+            }
+            let key = if masked {
+                Some(self.read_exact(4)?)
+            } else {
+                None
+            };
+            let mut payload = self.read_exact(length)?;
+            if let Some(key) = key {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= key[i % 4];
+                }
+            }
+            match opcode {
+                CLOSE => return Ok(Message::Close),
+                PING => {
+                    let pong = frame(PONG, &payload, Some(mask_key()));
+                    self.stream.write_all(&pong).map_err(broken)?;
+                }
+                PONG => {}
+                TEXT | BINARY | CONTINUATION => {
+                    message.extend_from_slice(&payload);
+                    if fin {
+                        return Ok(Message::Text(
+                            String::from_utf8_lossy(&message).into_owned(),
+                        ));
+                    }
+                }
+                other => return Err(WsError::Broken(format!("unknown opcode {other}"))),
+            }
+        }
+    }
+
+    /// Sends a close frame and closes the connection (sandrun leaves a stream open after
+    /// `[DONE]`, so the coordinator closes it).
+    pub fn close(mut self) {
+        let _ = self.stream.write_all(&frame(CLOSE, &[], Some(mask_key())));
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_is_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn frames_carry_their_length_and_mask() {
+        assert_eq!(frame(TEXT, b"hi", None), vec![0x81, 2, b'h', b'i']);
+        let long = frame(TEXT, &[0u8; 300], None);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        let masked = frame(TEXT, b"ab", Some([1, 2, 3, 4]));
+        assert_eq!(masked, vec![0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
+    }
+
+    #[test]
+    fn endpoints_become_host_and_port() {
+        assert_eq!(
+            authority("http://127.0.0.1:8443").ok(),
+            Some("127.0.0.1:8443".into())
+        );
+        assert_eq!(
+            authority("http://localhost").ok(),
+            Some("localhost:80".into())
+        );
+        assert_eq!(authority("http://[::1]:9").ok(), Some("[::1]:9".into()));
+        assert!(authority("https://x").is_err());
+    }
+}

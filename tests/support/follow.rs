@@ -1,0 +1,147 @@
+//! Followers for the job-stream tests: a raw `GET /logs/ID?follow=1` reader that timestamps each
+//! chunk, and WebSocket readers (of a worker's or the coordinator's `/stream/ID`) that timestamp
+//! each message.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use trusted_pool::worker::websocket::{Message, StreamTimeouts, WsClient};
+
+/// One piece a follower received, and when.
+pub type Piece = (Instant, String);
+
+/// A follower whose pieces arrive on a channel (read by a thread of its own).
+pub struct Followed {
+    /// The HTTP status of the answer (101 for WebSockets).
+    pub status: u16,
+    pieces: Receiver<Piece>,
+    got: Vec<Piece>,
+}
+
+impl Followed {
+    /// Waits until a piece containing `needle` arrived (or `deadline` passed); returns when.
+    pub fn wait_for(&mut self, needle: &str, deadline: Duration) -> Option<Instant> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some((at, _)) = self.got.iter().find(|(_, p)| p.contains(needle)) {
+                return Some(*at);
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.pieces.recv_timeout(left) {
+                Ok(piece) => self.got.push(piece),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits until the stream ended (or `deadline` passed); returns every piece.
+    pub fn all(&mut self, deadline: Duration) -> Vec<Piece> {
+        let end = Instant::now() + deadline;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.pieces.recv_timeout(left) {
+                Ok(piece) => self.got.push(piece),
+                Err(_) => break,
+            }
+        }
+        self.got.clone()
+    }
+
+    /// The pieces so far, concatenated.
+    pub fn text(&self) -> String {
+        self.got.iter().map(|(_, p)| p.as_str()).collect()
+    }
+}
+
+/// `GET /logs/{id}?follow=1` on the coordinator at `port`, read chunk by chunk.
+pub fn follow_logs(port: u16, id: &str) -> Followed {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap_or_else(|e| panic!("read timeout: {e}"));
+    write!(
+        stream,
+        "GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send: {e}"));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut chunked = false;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        chunked |= header
+            .to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked");
+    }
+    let (sender, pieces) = mpsc::channel();
+    thread::spawn(move || {
+        if !chunked {
+            let mut body = String::new();
+            let _ = reader.read_to_string(&mut body);
+            let _ = sender.send((Instant::now(), body));
+            return;
+        }
+        loop {
+            let mut size = String::new();
+            if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                return;
+            }
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            let mut data = vec![0u8; n + 2];
+            if reader.read_exact(&mut data).is_err() {
+                return;
+            }
+            data.truncate(n);
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if sender.send((Instant::now(), text)).is_err() {
+                return;
+            }
+        }
+    });
+    Followed {
+        status,
+        pieces,
+        got: Vec::new(),
+    }
+}
+
+/// A WebSocket `/stream/{id}` at `endpoint` (a worker's or the coordinator's), read message by
+/// message until it closes.
+pub fn follow_websocket(endpoint: &str, id: &str) -> Followed {
+    let timeouts = StreamTimeouts {
+        connect: Duration::from_secs(10),
+        idle: Duration::from_secs(120),
+    };
+    let mut client = WsClient::connect(endpoint, &format!("/stream/{id}"), timeouts)
+        .unwrap_or_else(|e| panic!("WebSocket {endpoint}/stream/{id}: {e}"));
+    let (sender, pieces) = mpsc::channel();
+    thread::spawn(move || {
+        while let Ok(Message::Text(text)) = client.read_message() {
+            if sender.send((Instant::now(), text)).is_err() {
+                return;
+            }
+        }
+    });
+    Followed {
+        status: 101,
+        pieces,
+        got: Vec::new(),
+    }
+}
