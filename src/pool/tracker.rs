@@ -189,10 +189,19 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
     }
 }
 
+/// The error of a job refused under `--require-verified`.
+fn refusal(why: &str) -> String {
+    if why.starts_with(SIGNATURE_INVALID) {
+        why.to_string()
+    } else {
+        format!("{SIGNATURE_INVALID}: {why}")
+    }
+}
+
 /// Keeps worker `index` unhealthy for `why` until an operator sends SIGHUP.
 fn distrust(st: &mut PoolState, index: usize, why: &str) {
     let w = &mut st.workers[index];
-    let reason = format!("{SIGNATURE_INVALID}: {why}");
+    let reason = refusal(why);
     if w.distrusted.is_none() {
         log::error!(
             "Worker {}... is now unhealthy: {reason} (send SIGHUP to trust it again)",
@@ -261,7 +270,7 @@ fn record_status(
     job.completed_at = Some(now);
     job.collection = Collection::Pending(None);
     if let Some(why) = &refused {
-        job.error = Some(format!("{SIGNATURE_INVALID}: {why}"));
+        job.error = Some(refusal(why));
         distrust(&mut st, index, why);
     }
     let w = &mut st.workers[index];
@@ -324,7 +333,7 @@ fn record_collection(ctx: &Context, index: usize, id: &str, status: &Value, coll
     if let Some(why) = why.filter(|_| ctx.config.require_verified) {
         if job.status != PoolStatus::Failed {
             if let Some(job) = st.set_status(id, PoolStatus::Failed) {
-                job.error = Some(format!("{SIGNATURE_INVALID}: {why}"));
+                job.error = Some(refusal(&why));
             }
             if was_completed {
                 let c = &mut st.workers[index].counters;

@@ -1,0 +1,206 @@
+//! Result verification against the allowlisted worker key: verified, failed (another key),
+//! mismatch (an output altered after signing), unverifiable (no `[DONE]` figures and no CPU
+//! candidate fits), CPU figures across C++'s `%g` edge cases, and `--require-verified` failing
+//! such jobs and keeping their worker unhealthy until an operator acts.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::lifecycle::{pool_worker, submit, wait_healthy};
+use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form, Knobs};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#)
+}
+
+/// A worker whose jobs run long enough for the coordinator to subscribe to their stream first
+/// (a job that ends before that leaves no `[DONE]` figures, as on sandrun).
+fn worker() -> FakeWorker {
+    FakeWorker::start_with(|k| k.job_duration = Duration::from_millis(300))
+}
+
+fn start(worker: &FakeWorker, extra: &[&str]) -> Coordinator {
+    let mut args = vec!["--health-interval", "1", "--track-interval", "0.2"];
+    args.extend_from_slice(extra);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[worker], DEADLINE);
+    coordinator
+}
+
+/// Runs one job with these knobs and returns its final `/status`.
+fn run_job(
+    coordinator: &Coordinator,
+    worker: &FakeWorker,
+    change: impl FnOnce(&mut Knobs),
+) -> Value {
+    worker.set(change);
+    let id = submit(coordinator, &job());
+    poll_until(DEADLINE, || {
+        let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+        (status["results"]["collected"] == true).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("job {id} was not collected in time"))
+}
+
+fn verdict(status: &Value) -> (String, String) {
+    let v = &status["verification"];
+    let text = |x: &Value| x.as_str().unwrap_or("null").to_string();
+    (text(&v["signature"]), text(&v["outputs"]))
+}
+
+#[test]
+fn results_are_verified_failed_mismatched_or_unverifiable_and_reported() {
+    let worker = worker();
+    let coordinator = start(&worker, &[]);
+    let good = run_job(&coordinator, &worker, |_| {});
+    assert_eq!(
+        verdict(&good),
+        ("verified".into(), "match".into()),
+        "{good}"
+    );
+
+    let other_key = run_job(&coordinator, &worker, |k| {
+        k.stream.sign_with_other_key = true
+    });
+    assert_eq!(verdict(&other_key).0, "failed", "{other_key}");
+    assert_eq!(
+        other_key["pool_status"], "completed",
+        "the default only reports"
+    );
+    assert!(other_key["verification"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("result signature invalid")));
+
+    let altered = run_job(&coordinator, &worker, |k| {
+        k.stream.sign_with_other_key = false;
+        k.stream.alter_output_after_signing = true;
+    });
+    assert_eq!(
+        verdict(&altered),
+        ("verified".into(), "mismatch".into()),
+        "{altered}"
+    );
+    assert!(altered["verification"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("result.txt")));
+
+    // No [DONE]: the 2-decimal /status figure (0.01) allows far more than 10,000 values.
+    let unverifiable = run_job(&coordinator, &worker, |k| {
+        k.stream.alter_output_after_signing = false;
+        k.stream.never_done = true;
+        k.cpu_seconds = 0.0123456;
+    });
+    assert_eq!(verdict(&unverifiable).0, "unverifiable", "{unverifiable}");
+    assert_eq!(unverifiable["pool_status"], "completed");
+
+    // No [DONE], but few candidates: found among those /status's 1.23 allows.
+    let searched = run_job(&coordinator, &worker, |k| k.cpu_seconds = 1.234567);
+    assert_eq!(verdict(&searched).0, "verified", "{searched}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+}
+
+#[test]
+fn cpu_figures_verify_across_the_g_format_edge_cases() {
+    let worker = worker();
+    let coordinator = start(&worker, &[]);
+    for cpu in [0.0, 0.005, 0.00005, 0.1, 0.105819, 1.234567, 12.5] {
+        let status = run_job(&coordinator, &worker, |k| k.cpu_seconds = cpu);
+        assert_eq!(
+            verdict(&status),
+            ("verified".into(), "match".into()),
+            "CPU {cpu}: {status}"
+        );
+    }
+}
+
+/// Waits until the worker's `/pool` entry has `is_healthy` == `healthy`; returns the entry.
+fn wait_health(coordinator: &Coordinator, worker: &FakeWorker, healthy: bool) -> Value {
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let entry = pool_worker(&pool, worker);
+        (entry["is_healthy"] == healthy).then_some(entry)
+    })
+    .unwrap_or_else(|| panic!("the worker never became healthy={healthy}"))
+}
+
+/// `/workers/{id}/undrain` with the worker id percent-encoded.
+fn undrain_url(coordinator: &Coordinator, worker: &FakeWorker) -> String {
+    let encoded = worker
+        .worker_id()
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    coordinator.url(&format!("/workers/{encoded}/undrain"))
+}
+
+/// A way to make a result not verify.
+type Tamper = fn(&mut Knobs);
+
+#[test]
+fn require_verified_fails_bad_results_and_distrusts_the_worker_until_an_operator_acts() {
+    let worker = worker();
+    let coordinator = start(&worker, &["--require-verified"]);
+    let cases: [(&str, Tamper); 3] = [
+        ("another key", |k| k.stream.sign_with_other_key = true),
+        ("an altered output", |k| {
+            k.stream.alter_output_after_signing = true
+        }),
+        ("no figures", |k| {
+            k.stream.never_done = true;
+            k.cpu_seconds = 0.0123456;
+        }),
+    ];
+    for (n, (case, tamper)) in cases.into_iter().enumerate() {
+        worker.set(|k| k.stream = Default::default());
+        let status = run_job(&coordinator, &worker, tamper);
+        assert_eq!(status["pool_status"], "failed", "{case}: {status}");
+        assert!(
+            status["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("result signature invalid")),
+            "{case}: {status}"
+        );
+        let entry = wait_health(&coordinator, &worker, false);
+        assert!(
+            entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("result signature invalid")),
+            "{case}: {entry}"
+        );
+        // Probes succeed, yet the worker stays out of service.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            wait_health(&coordinator, &worker, false)["is_healthy"],
+            false
+        );
+        let (code, body) = get_json(&coordinator.url("/pool"));
+        assert_eq!(code, 200, "{body}");
+        if n % 2 == 0 {
+            let (code, body) = post(&undrain_url(&coordinator, &worker), "text/plain", b"");
+            assert_eq!(code, 200, "{body}");
+        } else {
+            let sent = Command::new("kill")
+                .args(["-HUP", &coordinator.pid().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(sent, "kill -HUP");
+        }
+        wait_health(&coordinator, &worker, true);
+    }
+    worker.set(|k| {
+        k.stream = Default::default();
+        k.cpu_seconds = 0.0;
+    });
+    let good = run_job(&coordinator, &worker, |_| {});
+    assert_eq!(good["pool_status"], "completed", "{good}");
+}
