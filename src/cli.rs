@@ -315,11 +315,15 @@ fn check(path: &std::path::Path) -> i32 {
     match workers_file::load(path) {
         Ok(specs) => {
             for (i, w) in specs.iter().enumerate() {
+                let cap = if w.auto_cap {
+                    "auto".to_string()
+                } else {
+                    w.max_concurrent_jobs.to_string()
+                };
                 println!(
-                    "worker {i}: {}... at {} (max_concurrent_jobs {})",
+                    "worker {i}: {}... at {} (max_concurrent_jobs {cap})",
                     short_id(&w.worker_id),
                     w.endpoint,
-                    w.max_concurrent_jobs
                 );
             }
             println!("{}: {} workers, OK", path.display(), specs.len());

@@ -521,3 +521,34 @@ fn waiting_status_parks_requests_without_holding_handlers() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     let _ = blocker;
 }
+
+/// Runs 6 jobs on one worker that allows 2 per client, with this `max_concurrent_jobs` in
+/// workers.json; returns its `/pool` entry afterwards.
+fn capacity_run(cap: Value) -> Value {
+    let worker = slow_worker(0.5);
+    let dir = support::temp_dir();
+    let entry = serde_json::json!([{"worker_id": worker.worker_id(), "endpoint": worker.endpoint(), "max_concurrent_jobs": cap}]);
+    std::fs::write(dir.path().join("workers.json"), entry.to_string()).expect("workers.json");
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let ids: Vec<String> = (0..6).map(|_| submit(&coordinator, &form())).collect();
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    let pool = assert_pool_consistent(&coordinator);
+    pool_worker(&pool, &worker)
+}
+
+#[test]
+fn capacity_is_learned_with_at_most_one_429() {
+    for cap in [Value::from("auto"), Value::from(4)] {
+        let worker = capacity_run(cap.clone());
+        assert!(
+            worker["submits_throttled"].as_u64() <= Some(1),
+            "{cap}: {worker}"
+        );
+        assert_eq!(worker["configured_max_concurrent_jobs"], cap, "{worker}");
+        assert_eq!(worker["max_concurrent_jobs"], 2, "{worker}");
+        assert_eq!(worker["learned_max_concurrent_jobs"], 2, "{worker}");
+    }
+}

@@ -44,6 +44,7 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
         log::error!("Could not start a dispatch thread for job {job_id}: {e}");
         let mut st = ctx.lock();
         st.workers[index].return_reservation();
+        st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
         if st.is_cancelled(&job_id) {
             if let Some(job) = st.jobs.get_mut(&job_id) {
                 job.ending_on_worker = false;
@@ -118,6 +119,33 @@ fn throttle_pause(message: &str, strikes: u32) -> (Duration, bool) {
     )
 }
 
+/// The limit a concurrency 429 names: `Max concurrent jobs reached (2)`.
+fn named_limit(message: &str) -> Option<u32> {
+    let rest = message.split("Max concurrent jobs reached (").nth(1)?;
+    rest.split(')')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+}
+
+/// Takes the limit a 429 names as the worker's cap (see `WorkerEntry::cap`).
+fn learn_cap(st: &mut PoolState, index: usize, message: &str) {
+    let Some(limit) = named_limit(message) else {
+        return;
+    };
+    let w = &mut st.workers[index];
+    if w.learned_cap != Some(limit) {
+        w.learned_cap = Some(limit);
+        log::info!(
+            "Worker {}... allows {limit} concurrent jobs per client (learned from its 429); its cap is now {}",
+            short_id(&w.spec.worker_id),
+            w.cap()
+        );
+    }
+}
+
 fn throttle(
     st: &mut PoolState,
     index: usize,
@@ -158,9 +186,11 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     let index = a.worker_index;
     let short = short_id(&a.worker_id);
     let mut st = ctx.lock();
+    st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
     if let SubmitOutcome::Accepted(remote) = outcome {
         let w = &mut st.workers[index];
         w.counters.accepted += 1;
+        w.known_ok = w.known_ok.max(w.active_jobs.saturating_sub(w.in_flight));
         if !w.is_throttled(Instant::now()) {
             w.throttle = None;
         }
@@ -196,6 +226,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         SubmitOutcome::Accepted(_) => false,
         SubmitOutcome::Throttled(message) => {
             st.workers[index].counters.throttled += 1;
+            learn_cap(&mut st, index, &message);
             throttle(&mut st, index, message, true);
             st.requeue_front(id);
             false
@@ -245,6 +276,7 @@ fn settle_cancelled(
 ) {
     if let SubmitOutcome::Throttled(message) = outcome {
         st.workers[a.worker_index].counters.throttled += 1;
+        learn_cap(&mut st, a.worker_index, &message);
         throttle(&mut st, a.worker_index, message, true);
     }
     if let Some(job) = st.jobs.get_mut(&a.job_id) {

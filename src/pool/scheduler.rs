@@ -47,6 +47,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         };
         let worker = &mut st.workers[index];
         worker.active_jobs += 1;
+        worker.in_flight += 1;
         let endpoint = worker.spec.endpoint.clone();
         let worker_id = worker.spec.worker_id.clone();
         st.rotation = index + 1;
@@ -67,7 +68,8 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
     } else {
         st.workers
             .iter()
-            .filter_map(|w| w.throttle.as_ref().map(|t| t.until))
+            .flat_map(|w| [w.throttle.as_ref().map(|t| t.until), w.settle_until])
+            .flatten()
             .filter(|until| *until > now)
             .min()
     };
@@ -99,6 +101,7 @@ mod tests {
                 worker_id: format!("w{i}"),
                 endpoint: format!("http://127.0.0.1:{}", 1000 + i),
                 max_concurrent_jobs: max,
+                auto_cap: false,
                 drain: false,
             })
             .collect();

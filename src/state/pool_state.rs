@@ -12,6 +12,12 @@ use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// sandrun's per-client limit of jobs queued or running, unless its operator changed it.
+const SANDRUN_USUAL_LIMIT: u32 = 2;
+
+/// How long a slot freed on a worker at its named limit rests before the next dispatch.
+const SLOT_SETTLE: Duration = Duration::from_millis(250);
+
 /// What the health checker last learned about a worker.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -112,6 +118,15 @@ pub struct WorkerEntry {
     pub counters: WorkerCounters,
     /// Set by a drain: the worker gets no new job; its jobs are followed to their end.
     pub draining: bool,
+    /// The per-client limit the worker named in a 429 (`Max concurrent jobs reached (N)`).
+    pub learned_cap: Option<u32>,
+    /// The most jobs the worker was seen to hold from us at once without a 429.
+    pub known_ok: u32,
+    /// Submits to it in flight.
+    pub in_flight: u32,
+    /// No dispatch before this instant: a job just ended on a worker that was at the limit it
+    /// named, and the worker frees its per-client count a moment after it reports the end.
+    pub settle_until: Option<Instant>,
     /// Removed from the allowlist by a reload: no new job; hidden once its jobs ended. (Entries
     /// are never taken out of the table: threads hold their index.)
     pub removed: bool,
@@ -130,6 +145,10 @@ impl WorkerEntry {
         WorkerEntry {
             draining: spec.drain,
             removed: false,
+            learned_cap: None,
+            known_ok: 0,
+            in_flight: 0,
+            settle_until: None,
             spec,
             health: Health {
                 is_healthy: false,
@@ -161,12 +180,39 @@ impl WorkerEntry {
         self.throttle.as_ref().is_some_and(|t| t.until > now)
     }
 
-    /// True when a job may be dispatched to it now.
+    /// The cap in force: the configured one, or the limit the worker named if that is lower
+    /// (for `auto`, the limit it named).
+    pub fn cap(&self) -> u32 {
+        match self.learned_cap {
+            Some(learned) if self.spec.auto_cap => learned,
+            Some(learned) => learned.min(self.spec.max_concurrent_jobs),
+            None => self.spec.max_concurrent_jobs,
+        }
+    }
+
+    /// Where [`WorkerEntry::cap`] comes from, for `/pool`.
+    pub fn cap_source(&self) -> &'static str {
+        match (self.learned_cap, self.spec.auto_cap) {
+            (Some(learned), false) if learned >= self.spec.max_concurrent_jobs => "configured",
+            (Some(_), _) => "learned from the worker's 429",
+            (None, true) => "auto, not learned yet",
+            (None, false) => "configured",
+        }
+    }
+
+    /// True when a job may be dispatched to it now. Until the worker named its limit, a submit
+    /// beyond what it was seen to hold (and beyond sandrun's usual 2) goes alone, so finding
+    /// the limit costs at most one 429.
     pub fn has_room(&self, now: Instant) -> bool {
+        let probing = self.learned_cap.is_none()
+            && self.active_jobs >= self.known_ok.max(SANDRUN_USUAL_LIMIT)
+            && self.in_flight > 0;
         self.health.is_healthy
             && !self.draining
             && !self.is_throttled(now)
-            && self.active_jobs < self.spec.max_concurrent_jobs
+            && !probing
+            && self.settle_until.is_none_or(|at| at <= now)
+            && self.active_jobs < self.cap()
     }
 
     /// Gives back a slot reserved for a dispatch the worker did not take. No job of the worker
@@ -177,6 +223,9 @@ impl WorkerEntry {
 
     /// Frees the slot of a job that ended; a concurrency throttle ends with it.
     pub fn release_slot(&mut self) {
+        if self.learned_cap.is_some_and(|cap| self.active_jobs >= cap) {
+            self.settle_until = Some(Instant::now() + SLOT_SETTLE);
+        }
         self.active_jobs = self.active_jobs.saturating_sub(1);
         if self
             .throttle

@@ -9,6 +9,9 @@ use std::path::Path;
 /// Default `max_concurrent_jobs` when an entry does not set it.
 pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 4;
 
+/// The most jobs a `"max_concurrent_jobs": "auto"` worker gets before it told its limit.
+pub const AUTO_CEILING: u32 = 64;
+
 /// One allowlisted worker, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpec {
@@ -16,8 +19,10 @@ pub struct WorkerSpec {
     pub worker_id: String,
     /// Base URL, `http://host[:port][/prefix]`, without a trailing slash.
     pub endpoint: String,
-    /// The most jobs the coordinator keeps on this worker at once.
+    /// The most jobs the coordinator keeps on this worker at once ([`AUTO_CEILING`] for `auto`).
     pub max_concurrent_jobs: u32,
+    /// `"max_concurrent_jobs": "auto"`: the worker's own limit (learned from its 429) is the cap.
+    pub auto_cap: bool,
     /// `"drain": true`: the worker gets no new job.
     pub drain: bool,
 }
@@ -152,8 +157,10 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
     let endpoint = required_string(fields, "endpoint", &label)?;
     let endpoint =
         normalize_endpoint(endpoint).map_err(|p| entry_error(label.clone(), "endpoint", p))?;
+    let auto_cap = fields.get("max_concurrent_jobs").and_then(Value::as_str) == Some("auto");
     let max_concurrent_jobs = match fields.get("max_concurrent_jobs") {
         None => DEFAULT_MAX_CONCURRENT_JOBS,
+        Some(_) if auto_cap => AUTO_CEILING,
         Some(v) => v
             .as_u64()
             .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
@@ -162,7 +169,7 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
                 entry_error(
                     label.clone(),
                     "max_concurrent_jobs",
-                    format!("must be a whole number of at least 1, got {v}"),
+                    format!("must be a whole number of at least 1 or \"auto\", got {v}"),
                 )
             })?,
     };
@@ -181,6 +188,7 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
         worker_id: worker_id.to_string(),
         endpoint,
         max_concurrent_jobs,
+        auto_cap,
         drain,
     })
 }
