@@ -108,6 +108,7 @@ mod tests {
         let mut st = PoolState::new(specs, Instant::now());
         for w in &mut st.workers {
             w.health.is_healthy = true;
+            w.known_ok = max;
         }
         st
     }
@@ -157,6 +158,22 @@ mod tests {
         st.requeue_front("pool-0");
         assert_eq!(st.queue.position("pool-0"), Some(0));
         assert_eq!(st.queue.position("pool-2"), Some(2));
+    }
+
+    #[test]
+    fn beyond_what_a_worker_was_seen_to_hold_submits_go_one_at_a_time() {
+        let mut st = pool(1, 10);
+        st.workers[0].known_ok = 0;
+        queue(&mut st, 5);
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 2);
+        st.workers[0].in_flight = 0;
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 1);
+        st.workers[0].learned_cap = Some(4);
+        st.workers[0].in_flight = 0;
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 1, "the learned cap of 4 is reached");
     }
 
     #[test]
