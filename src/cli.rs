@@ -1,7 +1,7 @@
 //! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
 use crate::base::api_keys::{self, hash_key, hex, is_valid_name, MAX_NAME_LEN};
-use crate::base::config::ServeConfig;
+use crate::base::config::{FsyncMode, ServeConfig};
 use crate::serve;
 use crate::worker::identity::{short_id, worker_id_from_key_file};
 use crate::worker::workers_file;
@@ -30,7 +30,7 @@ OPTIONS:
     --threads N              HTTP handler threads                            [default: 8]
     --health-interval SECS   seconds between health probes of a worker       [default: 30]
     --health-timeout SECS    timeout of one health probe                     [default: 5]
-    --state-dir DIR          spool for uploads and collected results         [default: ./trusted-pool-state]
+    --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
     --upload-memory-bytes N  waiting uploads of up to 64 KiB each are held in memory up to
                              this total, the rest go to the state dir; 0 = all to disk [default: 4194304]
@@ -48,6 +48,15 @@ OPTIONS:
     --require-verified       fail a job whose result signature or outputs do not
                              verify (or stay unverifiable), and keep its worker
                              unhealthy until SIGHUP or its undrain           [default: off]
+    --fsync MODE             what a 200 from /submit waits for: batch (a group commit and
+                             sync shared by concurrent submits), always (a sync per state
+                             change) or off (commit without sync: survives a crash of the
+                             process, not a power cut)                    [default: batch]
+    --retain-jobs N          finished jobs kept in the job store             [default: 10000]
+    --retain-for SECS        how long a finished job is kept                 [default: 604800]
+    --max-queued-jobs N      beyond this many queued jobs /submit answers 503 [default: 10000]
+    --shutdown-grace SECS    on SIGTERM/SIGINT, how long to wait for requests and dispatches
+                             in flight before exiting                     [default: 30]
     -h, --help               print this help
     -V, --version            print the version
 
@@ -169,6 +178,24 @@ fn level(text: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("expected one of off, error, warn, info, debug, trace; got {text:?}"))
 }
 
+fn fsync_mode(text: &str) -> Result<FsyncMode, String> {
+    match text {
+        "batch" => Ok(FsyncMode::Batch),
+        "always" => Ok(FsyncMode::Always),
+        "off" => Ok(FsyncMode::Off),
+        _ => Err(format!("expected batch, always or off; got {text:?}")),
+    }
+}
+
+fn grace(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=1e6).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "expected a number of seconds (0 or more), got {text:?}"
+        )),
+    }
+}
+
 fn path(text: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(text))
 }
@@ -260,6 +287,16 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
         max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
         require_verified: args.contains("--require-verified"),
+        fsync: value(args, "--fsync", fsync_mode, d.fsync)?,
+        retain_jobs: value(args, "--retain-jobs", positive::<u64>, d.retain_jobs)?,
+        retain_for: value(args, "--retain-for", seconds, d.retain_for)?,
+        max_queued_jobs: value(
+            args,
+            "--max-queued-jobs",
+            positive::<usize>,
+            d.max_queued_jobs,
+        )?,
+        shutdown_grace: value(args, "--shutdown-grace", grace, d.shutdown_grace)?,
     })
 }
 

@@ -5,6 +5,28 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What a 200 from `/submit` (and every recorded state change) waits for (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// One group commit and sync shared by everything that arrived meanwhile.
+    Batch,
+    /// One transaction and sync per state change.
+    Always,
+    /// Committed without syncing: survives a crash of the process, not of the machine.
+    Off,
+}
+
+impl FsyncMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::Always => "always",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// Settings of a running coordinator (see `trusted-pool --help`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -46,6 +68,16 @@ pub struct ServeConfig {
     pub max_followers: usize,
     /// Fail jobs whose result does not verify, and distrust their worker.
     pub require_verified: bool,
+    /// What a commit of the job store waits for.
+    pub fsync: FsyncMode,
+    /// Finished jobs kept in the store, newest first.
+    pub retain_jobs: u64,
+    /// How long a finished job is kept.
+    pub retain_for: Duration,
+    /// Queued jobs beyond which `/submit` answers 503.
+    pub max_queued_jobs: usize,
+    /// How long a graceful shutdown waits for requests and dispatches in flight.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +102,11 @@ impl Default for ServeConfig {
             api_keys: None,
             max_followers: 256,
             require_verified: false,
+            fsync: FsyncMode::Batch,
+            retain_jobs: 10_000,
+            retain_for: Duration::from_secs(7 * 24 * 3600),
+            max_queued_jobs: 10_000,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -130,6 +130,17 @@ pub struct InputFile {
     pub span: Span,
 }
 
+/// Where a waiting upload lies in an upload segment (`uploads/<segment>`, from `base` on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAt {
+    /// The upload segment's file name.
+    pub segment: String,
+    /// Where the upload starts in it.
+    pub base: u64,
+    /// The upload's size.
+    pub size: u64,
+}
+
 /// One failed dispatch attempt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
@@ -255,6 +266,9 @@ pub struct Job {
     /// Result verification, once the job finished.
     #[serde(default)]
     pub verification: Option<Verification>,
+    /// Where its upload waits on disk; `None` when it is held in memory (and in the job store).
+    #[serde(default)]
+    pub upload_at: Option<UploadAt>,
 }
 
 impl Job {
@@ -285,6 +299,22 @@ impl Job {
             ending_on_worker: false,
             done_figures: None,
             verification: None,
+            upload_at: None,
         }
+    }
+
+    /// True once nothing more will happen to the job: it ended and, unless it is lost, its
+    /// results are collected (or there were none to collect). A settled job lives in the job
+    /// store only.
+    pub fn is_settled(&self) -> bool {
+        self.status.is_final()
+            && !self.ending_on_worker
+            && (matches!(self.status, PoolStatus::Lost | PoolStatus::Cancelled)
+                || !matches!(self.collection, Collection::Pending(_)))
+    }
+
+    /// True while its upload is still needed: it has not reached a worker and has not ended.
+    pub fn needs_upload(&self) -> bool {
+        self.remote_job_id.is_none() && !self.status.is_final()
     }
 }

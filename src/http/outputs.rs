@@ -1,12 +1,13 @@
 //! `GET /outputs/{id}`, `GET /outputs/{id}/{path}` and `GET /logs/{id}`: served from the spool once
 //! collected, else streamed from the worker (`/download/{remote}/{path}`, never `/outputs`).
 
-use crate::base::job::{Collection, PoolStatus, StoredResults};
+use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, Reply};
 use crate::pool::collect::output_paths;
 use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -22,9 +23,29 @@ struct Finished {
 
 fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
     let st = ctx.lock();
-    let Some(job) = st.jobs.get(id) else {
-        return Err(unknown_job(id));
+    let stored_job;
+    let job = match st.jobs.get(id) {
+        Some(job) => job.as_ref(),
+        None => {
+            drop(st);
+            stored_job = match ctx.store.load(id) {
+                Ok(Some(job)) => job,
+                Ok(None) => return Err(unknown_job(id)),
+                Err(e) => {
+                    return Err(error_reply(
+                        500,
+                        format!("the job store cannot be read: {e}"),
+                    ))
+                }
+            };
+            return finished_of(&ctx.lock(), &stored_job);
+        }
     };
+    finished_of(&st, job)
+}
+
+fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
+    let id = job.id.as_str();
     let status = job.status;
     if !status.is_final() {
         let mut body = json!({

@@ -45,6 +45,6 @@ pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {
 pub fn unknown_job(id: &str) -> Reply {
     error_reply(
         404,
-        format!("no job {id:?} on this coordinator (job ids look like pool-<32 hex>)"),
+        format!("no job {id:?} on this coordinator: it never existed here, or it finished long enough ago to have expired (see --retain-jobs and --retain-for; job ids look like pool-<32 hex>)"),
     )
 }

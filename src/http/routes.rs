@@ -1,16 +1,20 @@
 //! Routing of the client API: which handler answers which method and path.
 
+use crate::base::job::PoolStatus;
 use crate::base::paths::percent_decode;
 use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::{keys_view, pool_view, spool_view, status_json, worker_view};
+use crate::http::views::{
+    keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
+};
 use crate::http::{outputs, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
@@ -100,12 +104,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Pool => pool(ctx, &caller),
         Route::Submit => submit(ctx, &caller, request, &url),
         Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
-            None => job_route(ctx, &caller, id, |ctx| {
-                match status_json(&promoted(ctx), id) {
-                    Some(bytes) => Reply::JsonBytes(200, bytes),
-                    None => unknown_job(id),
-                }
-            }),
+            None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
                 let admin = caller.is_admin();
                 job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, admin))
@@ -113,11 +112,17 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Some(Err(reply)) => reply,
         },
         Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| match control::cancel(ctx, id) {
-            Ok(()) => match status_json(&ctx.lock(), id) {
-                Some(bytes) => Reply::JsonBytes(200, bytes),
-                None => unknown_job(id),
+            Ok(()) => status(ctx, id),
+            Err(e) => match ctx.store.load(id) {
+                Ok(Some(job)) => error_reply(
+                    409,
+                    format!(
+                        "job {id} has already ended ({}); it cannot be cancelled",
+                        job.status.as_str()
+                    ),
+                ),
+                _ => error_reply(e.status(), e.to_string()),
             },
-            Err(e) => error_reply(e.status(), e.to_string()),
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on),
@@ -164,13 +169,19 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         let now = Instant::now();
         let mut st = ctx.lock();
         st.queue.promote(now);
-        let mut view = pool_view(&st, now);
+        let settled = PoolStatus::ALL.map(|s| ctx.store.settled_count(s));
+        let mut view = pool_view(&st, settled, now);
         if keys.is_some() {
             view["keys"] = keys_view(&st, keys.as_deref(), caller);
         }
         view
     };
     view["spool"] = spool_view(&ctx.spool);
+    view["store"] = store_view(
+        &ctx.store,
+        ctx.config.retain_jobs,
+        ctx.config.retain_for.as_secs_f64(),
+    );
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
@@ -193,15 +204,22 @@ fn job_route(
     if caller.is_admin() {
         return handler(ctx);
     }
-    if visible_job(&ctx.lock(), caller, id).is_none() {
-        return unknown_job(id);
-    }
+    let live = visible_job(&ctx.lock(), caller, id).map(|job| job.remote_job_id.clone());
+    let stored = match live {
+        Some(_) => None,
+        // A settled job lives in the job store only.
+        None => match ctx.store.load(id) {
+            Ok(Some(job)) if caller.can_see(&job) => Some(job.remote_job_id),
+            _ => return unknown_job(id),
+        },
+    };
     let reply = handler(ctx);
     let remote = ctx
         .lock()
         .jobs
         .get(id)
-        .and_then(|job| job.remote_job_id.clone());
+        .and_then(|job| job.remote_job_id.clone())
+        .or(stored.flatten());
     match remote {
         Some(remote) => hide_remote_id(reply, &remote),
         None => reply,
@@ -234,7 +252,9 @@ fn wait_secs(text: &str) -> Result<f64, Reply> {
 fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
     let mut st = promoted(ctx);
     let Some(job) = st.jobs.get(id) else {
-        return unknown_job(id);
+        drop(st);
+        // Not in the table: settled (in the job store) or unknown.
+        return status(ctx, id);
     };
     if job.status.is_final() || secs == 0.0 {
         return match status_json(&st, id) {
@@ -274,6 +294,24 @@ fn drain(ctx: &Context, raw: &str, on: bool) -> Reply {
 }
 
 fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str) -> Reply {
+    if ctx.stopping.load(Ordering::SeqCst) {
+        return error_reply(
+            503,
+            "the coordinator is shutting down; submit again once it is back",
+        );
+    }
+    let queued = ctx.lock().queue.len();
+    if queued >= ctx.config.max_queued_jobs {
+        let reply = error_reply(
+            503,
+            format!(
+                "the queue is full ({queued} jobs wait, the limit is --max-queued-jobs {}); retry in {QUEUE_FULL_RETRY_AFTER} s",
+                ctx.config.max_queued_jobs
+            ),
+        );
+        let retry = vec![("Retry-After", QUEUE_FULL_RETRY_AFTER.to_string())];
+        return Reply::WithHeaders(retry, Box::new(reply));
+    }
     let priority = match query_param(url, "priority").map(|p| upload::parse_priority(&p)) {
         None => None,
         Some(Ok(p)) => Some(p),
@@ -304,5 +342,20 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             }
             reply
         }
+    }
+}
+
+/// `GET /status/{id}`: from the table while the job is live, else from the job store.
+fn status(ctx: &Context, id: &str) -> Reply {
+    if let Some(bytes) = status_json(&promoted(ctx), id) {
+        return Reply::JsonBytes(200, bytes);
+    }
+    match ctx.store.load(id) {
+        Ok(Some(job)) => match stored_status_json(&job) {
+            Some(bytes) => Reply::JsonBytes(200, bytes),
+            None => error_reply(500, format!("the record of job {id} cannot be shown")),
+        },
+        Ok(None) => unknown_job(id),
+        Err(e) => error_reply(500, format!("the job store cannot be read: {e}")),
     }
 }

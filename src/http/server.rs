@@ -5,6 +5,7 @@ use crate::http::replies::{error_reply, Reply};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use tiny_http::{Header, Request, Response, Server, StatusCode};
@@ -93,6 +94,7 @@ fn serve_one(
     waiting: Option<&Waiting>,
     mut request: Request,
 ) {
+    ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
@@ -116,6 +118,7 @@ fn serve_one(
         ) => waiting.park(ctx, request, job_id, until, admin),
         (reply, _) => respond(request, reply),
     }
+    ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
@@ -155,8 +158,9 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::config::ServeConfig;
+    use crate::base::config::{FsyncMode, ServeConfig};
     use crate::state::pool_state::PoolState;
+    use crate::store::jobs_db::{JobStore, Retention};
     use crate::store::spool::Spool;
     use std::time::Instant;
 
@@ -172,14 +176,24 @@ mod tests {
     fn a_panicking_handler_is_answered_500_and_the_pool_keeps_serving() {
         let dir = std::env::temp_dir().join(format!("tp-http-{}", std::process::id()));
         let spool = Spool::open(&dir, 0).expect("spool");
+        let (results_dir, open_segments) = spool.results_segments();
+        let retention = Retention {
+            jobs: 10,
+            for_secs: 60.0,
+            results_dir,
+            open_segments,
+        };
+        let (store, _) = JobStore::open(&dir, FsyncMode::Off, retention).expect("store");
         let (ctx, _signals) = Context::new(
             ServeConfig::default(),
             PoolState::new(Vec::new(), Instant::now()),
             spool,
+            store,
         );
         let server = Arc::new(Server::http("127.0.0.1:0").expect("bind"));
         let addr = server.server_addr().to_ip().expect("ip address");
         let ctx = Arc::new(ctx);
+        ctx.attach();
         thread::spawn(move || run(ctx, server, 2, panicky));
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(10))

@@ -7,7 +7,8 @@ use crate::base::paths::is_safe_component;
 use crate::http::auth::Caller;
 use crate::pool::{dispatch, scheduler};
 use crate::state::context::Context;
-use crate::store::spool::{CopyError, UploadWriter};
+use crate::store::jobs_db::{Record, StoreError};
+use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;
@@ -47,6 +48,8 @@ pub enum UploadError {
     BadPriority(String),
     /// The spool could not be written.
     Spool(io::Error),
+    /// The job store could not record the job.
+    Store(StoreError),
 }
 
 impl UploadError {
@@ -56,7 +59,11 @@ impl UploadError {
             Self::NotMultipart(_) => 415,
             Self::TooLarge(_) => 413,
             Self::TooManyQueued(_) => 429,
-            Self::Spool(_) => 507,
+            Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
+            Self::Spool(_) => 500,
+            Self::Store(e) if e.is_full() => 507,
+            Self::Store(StoreError::Closed) => 503,
+            Self::Store(_) => 500,
             _ => 400,
         }
     }
@@ -87,7 +94,16 @@ impl fmt::Display for UploadError {
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
             ),
             Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
+            Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => write!(
+                f,
+                "the coordinator's state directory is full, the job was not accepted (nothing was kept); try again later: {e}"
+            ),
             Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
+            Self::Store(e) if e.is_full() => write!(
+                f,
+                "the coordinator's state directory is full, the job was not accepted (nothing was kept); try again later: {e}"
+            ),
+            Self::Store(e) => write!(f, "the coordinator could not record the job, it was not accepted: {e}"),
         }
     }
 }
@@ -329,17 +345,34 @@ pub fn accept(
         }
         (part, query) => part.or(query).unwrap_or_default(),
     };
-    writer.finish().map_err(UploadError::Spool)?;
+    // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
+    // same key may pass too, overshooting its limit by at most the handler threads).
+    room_in(&ctx.lock(), caller)?;
+    let stored = writer.finish().map_err(UploadError::Spool)?;
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
     job.priority = priority;
+    let (upload, sync) = match stored {
+        StoredUpload::Held(bytes) => (Some(bytes), None),
+        StoredUpload::OnDisk { at, file } => {
+            job.upload_at = Some(at);
+            (None, Some(file))
+        }
+    };
+    // The answer promises the job: its record (and its upload) must be on disk first.
+    let recorded = ctx.store.send_and_wait(Record {
+        job: Box::new(job.clone()),
+        insert: true,
+        upload,
+        sync,
+        done: None,
+    });
+    if let Err(e) = recorded {
+        ctx.spool.remove_upload(&id);
+        return Err(UploadError::Store(e));
+    }
     let (assignments, still_queued) = {
         let mut st = ctx.lock();
-        if let Err(e) = room_in(&st, caller) {
-            drop(st);
-            ctx.spool.remove_upload(&id);
-            return Err(e);
-        }
         st.enqueue(job, Instant::now());
         let (assignments, _) = scheduler::assign(&mut st, Instant::now());
         (assignments, !st.queue.is_empty())

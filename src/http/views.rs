@@ -2,9 +2,10 @@
 
 use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
-use crate::base::job::{Attempt, Collection, InputFile, PoolStatus, Priority, Verification};
+use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
 use crate::http::auth::Caller;
 use crate::state::pool_state::PoolState;
+use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
@@ -67,8 +68,10 @@ fn queue_view(st: &PoolState) -> Value {
     json!({"by_priority": by_priority, "by_owner": by_owner})
 }
 
-/// `GET /pool`: the worker table and job counts, all from one consistent snapshot.
-pub fn pool_view(st: &PoolState, now: Instant) -> Value {
+/// `GET /pool`: the worker table and job counts, all from one consistent snapshot; `settled`
+/// are the finished jobs that live in the job store only (per status, in [`PoolStatus::ALL`]
+/// order).
+pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Instant) -> Value {
     let workers: Vec<Value> = (0..st.workers.len())
         .filter(|&i| !st.workers[i].is_forgotten())
         .map(|i| worker_view(st, i, now))
@@ -76,13 +79,14 @@ pub fn pool_view(st: &PoolState, now: Instant) -> Value {
     let listed = || st.workers.iter().filter(|w| !w.removed);
     let by_status: serde_json::Map<String, Value> = PoolStatus::ALL
         .iter()
-        .map(|s| (s.as_str().to_string(), json!(st.count(*s))))
+        .zip(settled)
+        .map(|(s, stored)| (s.as_str().to_string(), json!(st.count(*s) as u64 + stored)))
         .collect();
     json!({
         "total_workers": listed().count(),
         "healthy_workers": listed().filter(|w| w.health.is_healthy).count(),
         "last_reload": st.last_reload,
-        "total_jobs": st.jobs.len(),
+        "total_jobs": st.jobs.len() as u64 + settled.iter().sum::<u64>(),
         "queued_jobs": st.queue.len(),
         "queue": queue_view(st),
         "jobs_by_status": by_status,
@@ -133,6 +137,26 @@ pub fn spool_view(spool: &Spool) -> Value {
         "upload_memory_limit": spool.memory_limit(),
         "uploads_on_disk": counts.on_disk,
         "upload_disk_bytes": counts.disk_bytes,
+    })
+}
+
+/// The `/pool` figures of the job store and of retention.
+pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value {
+    let f = store.figures();
+    json!({
+        "path": f.path,
+        "size_bytes": f.size_bytes,
+        "rows": f.rows,
+        "finished_jobs": f.settled.iter().sum::<u64>(),
+        "commits": f.commits,
+        "last_commit_batch": f.last_batch,
+        "seconds_since_checkpoint": f.since_checkpoint,
+        "retention": {
+            "retain_jobs": retain_jobs,
+            "retain_for": retain_for,
+            "forgotten_jobs": f.forgotten,
+            "results_segments_deleted": f.segments_deleted,
+        },
     })
 }
 
@@ -207,14 +231,30 @@ struct StatusView<'a> {
 pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     let job = st.jobs.get(id)?;
     let queued = job.status == PoolStatus::Queued;
+    let place = queued.then(|| {
+        (
+            st.queue.position(id),
+            st.queue.level_of(id).map(Priority::as_str),
+        )
+    });
+    job_json(job, place.unwrap_or_default())
+}
+
+/// `GET /status/{id}` of a job read back from the job store (a finished one).
+pub fn stored_status_json(job: &Job) -> Option<Vec<u8>> {
+    job_json(job, (None, None))
+}
+
+fn job_json(
+    job: &Job,
+    (queue_position, queue_level): (Option<usize>, Option<&'static str>),
+) -> Option<Vec<u8>> {
     let view = StatusView {
         job_id: &job.id,
         pool_status: job.status.as_str(),
         priority: job.priority.as_str(),
-        queue_position: queued.then(|| st.queue.position(id)).flatten(),
-        queue_level: queued
-            .then(|| st.queue.level_of(id).map(Priority::as_str))
-            .flatten(),
+        queue_position,
+        queue_level,
         worker_id: &job.worker_id,
         worker_status: &job.worker_status,
         submitted_at: job.submitted_at,

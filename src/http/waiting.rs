@@ -5,7 +5,7 @@
 
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::status_json;
+use crate::http::views::{status_json, stored_status_json};
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,11 +111,19 @@ fn answer(ctx: &Context, parked: Parked, respond: Respond) {
             .jobs
             .get(&parked.job_id)
             .and_then(|j| j.remote_job_id.clone());
-        let reply = match status_json(&st, &parked.job_id) {
-            Some(bytes) => Reply::JsonBytes(200, bytes),
-            None => unknown_job(&parked.job_id),
-        };
+        let reply = status_json(&st, &parked.job_id).map(|bytes| Reply::JsonBytes(200, bytes));
         (reply, remote)
+    };
+    // A job that settled meanwhile lives in the job store only.
+    let (reply, remote) = match reply {
+        Some(reply) => (reply, remote),
+        None => match ctx.store.load(&parked.job_id) {
+            Ok(Some(job)) => match stored_status_json(&job) {
+                Some(bytes) => (Reply::JsonBytes(200, bytes), job.remote_job_id),
+                None => (unknown_job(&parked.job_id), None),
+            },
+            _ => (unknown_job(&parked.job_id), None),
+        },
     };
     let reply = match remote {
         Some(remote) if !parked.admin => hide_remote_id(reply, &remote),

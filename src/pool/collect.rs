@@ -5,7 +5,7 @@
 use crate::base::job::StoredResults;
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
-use crate::store::spool::CopyError;
+use crate::store::spool::{CopyError, PinnedSegment};
 use crate::worker::client::CallError;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -78,6 +78,8 @@ pub struct Collected {
     pub hashes: Vec<(String, String)>,
     /// The worker's `/logs` answer.
     pub logs: Value,
+    /// The results segment, pinned until the job's record committed.
+    pub pinned: Option<PinnedSegment>,
 }
 
 /// A reader that hashes what passes through it.
@@ -129,8 +131,9 @@ pub fn collect(
     }
     let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
     let log_span = writer.append(&mut log_bytes.as_slice())?;
-    let segment = writer.finish()?;
+    let (segment, pinned) = writer.finish()?;
     Ok(Collected {
+        pinned: Some(pinned),
         stored: StoredResults {
             segment,
             outputs,

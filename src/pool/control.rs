@@ -6,6 +6,7 @@ use crate::pool::announce;
 use crate::state::context::Context;
 use crate::worker::identity::short_id;
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a control was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +54,7 @@ impl std::error::Error for ControlError {}
 /// Cancels a job. A queued one ends at once and its upload is dropped; a dispatched or running
 /// one is marked cancelled at once, its results are not collected, and its tracker follows it
 /// only until its worker ends it (the slot is freed then), then deletes it there.
-pub fn cancel(ctx: &Context, id: &str) -> Result<(), ControlError> {
+pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     let mut st = ctx.lock();
     let status = st
         .jobs
@@ -73,6 +74,7 @@ pub fn cancel(ctx: &Context, id: &str) -> Result<(), ControlError> {
         job.error = Some("cancelled".to_string());
         job.ending_on_worker = on_worker;
     }
+    ctx.record(&st, id);
     drop(st);
     announce::ended(ctx, id, None);
     if on_worker {

@@ -37,6 +37,12 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
     let job_id = assignment.job_id.clone();
     let index = assignment.worker_index;
     let started = ctx.dispatchers.run(Box::new(move || {
+        // At most once: the store must say the submit may have been sent before it is, so
+        // that a crash in between makes the job lost after the restart, never sent twice.
+        if let Err(e) = thread_ctx.record_and_wait(&assignment.job_id) {
+            unrecorded(&thread_ctx, &assignment, &e.to_string());
+            return;
+        }
         let outcome = send(&thread_ctx, &assignment);
         settle(&thread_ctx, &assignment, outcome);
     }));
@@ -49,12 +55,37 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
             if let Some(job) = st.jobs.get_mut(&job_id) {
                 job.ending_on_worker = false;
             }
+            ctx.record(&st, &job_id);
             drop(st);
             ctx.spool.remove_upload(&job_id);
         } else {
             st.requeue_front(&job_id);
+            ctx.record(&st, &job_id);
         }
     }
+}
+
+/// The dispatch could not be recorded, so it was not sent: an attempt that failed without the
+/// worker's fault.
+fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
+    let mut st = ctx.lock();
+    st.workers[a.worker_index].return_reservation();
+    if st.is_cancelled(&a.job_id) {
+        settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
+        return;
+    }
+    let error = format!(
+        "the dispatch to worker {}... could not be recorded, so it was not sent: {why}",
+        short_id(&a.worker_id)
+    );
+    let over = retry_or_fail(ctx, &mut st, a, error);
+    ctx.record(&st, &a.job_id);
+    drop(st);
+    if over {
+        ctx.spool.remove_upload(&a.job_id);
+        announce::ended(ctx, &a.job_id, None);
+    }
+    ctx.wake_scheduler();
 }
 
 fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
@@ -205,6 +236,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             job.dispatched_at = Some(unix_now());
             job.last_contact = job.dispatched_at;
         }
+        ctx.record(&st, id);
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
         announce::dispatched(ctx, id, &a.worker_id);
@@ -258,6 +290,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             true
         }
     };
+    ctx.record(&st, id);
     drop(st);
     if over {
         ctx.spool.remove_upload(id);
@@ -282,6 +315,7 @@ fn settle_cancelled(
     if let Some(job) = st.jobs.get_mut(&a.job_id) {
         job.ending_on_worker = false;
     }
+    ctx.record(&st, &a.job_id);
     drop(st);
     ctx.spool.remove_upload(&a.job_id);
     ctx.wake_scheduler();

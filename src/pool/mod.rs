@@ -1,11 +1,13 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker, result collection, worker streams and job announcements. May import `state`, `worker`, `store` and `base`.
+//! checker, result collection, worker streams, job announcements and recovery at start. May
+//! import `state`, `worker`, `store` and `base`.
 
 pub mod announce;
 pub mod collect;
 pub mod control;
 pub mod dispatch;
 pub mod health;
+pub mod recovery;
 pub mod reload;
 pub mod scheduler;
 pub mod stream;

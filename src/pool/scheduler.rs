@@ -32,6 +32,9 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
 /// Returns the assignments and, when jobs still wait, the next instant a throttle ends.
 pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Instant>) {
     let mut assignments = Vec::new();
+    if st.stopping {
+        return (assignments, None);
+    }
     st.queue.promote(now);
     while let Some(head) = st.queue.peek() {
         let Some(job) = st.jobs.get(head) else {

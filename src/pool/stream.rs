@@ -77,6 +77,7 @@ fn mark_started(ctx: &Context, id: &str) {
     let mut st = ctx.lock();
     if st.jobs.get(id).map(|j| j.status) == Some(PoolStatus::Dispatched) {
         st.set_status(id, PoolStatus::Running);
+        ctx.record(&st, id);
         drop(st);
         ctx.events.line(id, "[STATUS] Job started\n".to_string());
     }

@@ -14,6 +14,7 @@ use crate::pool::announce;
 use crate::pool::collect::{self, CollectError, Collected};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::spool::PinnedSegment;
 use crate::worker::client::CallError;
 use crate::worker::identity::short_id;
 use crate::worker::signature::{self, SignatureCheck};
@@ -64,6 +65,8 @@ pub fn start(ctx: &Arc<Context>, index: usize) {
 
 fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed>)> {
     let mut st = ctx.lock();
+    let PoolState { workers, jobs, .. } = &mut *st;
+    workers[index].tracked.retain(|id| jobs.contains_key(id));
     let w = &mut st.workers[index];
     if w.tracked.is_empty() {
         w.tracker_running = false;
@@ -265,6 +268,7 @@ fn record_status(
         ctx.events.line(id, "[STATUS] Job started\n".to_string());
     }
     if !status.is_final() {
+        ctx.record(&st, id);
         return false;
     }
     job.completed_at = Some(now);
@@ -273,6 +277,7 @@ fn record_status(
         job.error = Some(refusal(why));
         distrust(&mut st, index, why);
     }
+    ctx.record(&st, id);
     let w = &mut st.workers[index];
     w.release_slot();
     if status == PoolStatus::Completed {
@@ -313,13 +318,23 @@ fn outputs_verdict(
 
 /// Stores a collection and its outputs check; under `--require-verified` a mismatch fails the
 /// job and distrusts the worker.
-fn record_collection(ctx: &Context, index: usize, id: &str, status: &Value, collected: &Collected) {
+fn record_collection(
+    ctx: &Context,
+    index: usize,
+    id: &str,
+    status: &Value,
+    collected: &Collected,
+    pinned: Option<PinnedSegment>,
+) {
     let (verdict, why) = outputs_verdict(status, &collected.hashes);
     if let Some(why) = &why {
         log::warn!("Job {id}: {why}");
     }
     let mut st = ctx.lock();
     let Some(job) = st.jobs.get_mut(id) else {
+        if let Some(pinned) = pinned {
+            ctx.spool.give_back_results(pinned);
+        }
         return;
     };
     job.collection = Collection::Collected(collected.stored.clone());
@@ -344,13 +359,18 @@ fn record_collection(ctx: &Context, index: usize, id: &str, status: &Value, coll
         distrust(&mut st, index, &why);
     }
     untrack(&mut st, index, id);
+    match pinned {
+        Some(pinned) => ctx.record_collected(&st, id, pinned),
+        None => ctx.record(&st, id),
+    }
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
     match collect::collect(ctx, endpoint, &job.id, &job.remote, status) {
-        Ok(collected) => {
+        Ok(mut collected) => {
             let files = collected.stored.outputs.len();
-            record_collection(ctx, index, &job.id, status, &collected);
+            let pinned = collected.pinned.take();
+            record_collection(ctx, index, &job.id, status, &collected, pinned);
             log::info!("Collected results of job {} ({files} output files)", job.id);
             announce::ended(ctx, &job.id, Some(&collected.logs));
         }
@@ -410,6 +430,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                 let mut st = ctx.lock();
                 worker_ended_cancelled(ctx, &mut st, index, &job.id);
                 untrack(&mut st, index, &job.id);
+                ctx.record(&st, &job.id);
                 return true;
             }
             Err(e) => {
@@ -417,6 +438,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                     let mut st = ctx.lock();
                     worker_ended_cancelled(ctx, &mut st, index, &job.id);
                     untrack(&mut st, index, &job.id);
+                    ctx.record(&st, &job.id);
                     log::warn!(
                         "Cancelled job {}: its worker has not answered for a while ({e}); its slot is freed",
                         job.id
@@ -428,12 +450,12 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
     }
     match ctx.client.delete_ended(endpoint, &job.remote) {
         Ok(()) | Err(CallError::Status { code: 404, .. }) => {
-            untrack(&mut ctx.lock(), index, &job.id);
+            untrack_and_record(ctx, index, &job.id);
             log::info!("Cancelled job {} deleted on its worker", job.id);
         }
         Err(e) => {
             if unix_now() - job.last_contact > ctx.config.lost_after.as_secs_f64() {
-                untrack(&mut ctx.lock(), index, &job.id);
+                untrack_and_record(ctx, index, &job.id);
                 log::warn!(
                     "Cancelled job {} could not be deleted on its worker: {e}",
                     job.id
@@ -442,6 +464,13 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
         }
     }
     ended
+}
+
+/// Stops following a job and records it (settled: it then leaves the table).
+fn untrack_and_record(ctx: &Context, index: usize, id: &str) {
+    let mut st = ctx.lock();
+    untrack(&mut st, index, id);
+    ctx.record(&st, id);
 }
 
 /// A cancelled job ended on its worker (or the worker lost it): its slot is freed.
@@ -467,6 +496,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     if job.status == PoolStatus::Cancelled {
         worker_ended_cancelled(ctx, &mut st, index, id);
         untrack(&mut st, index, id);
+        ctx.record(&st, id);
         return;
     }
     let held_slot = !job.status.is_final();
@@ -480,6 +510,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     }
     w.counters.lost += 1;
     untrack(&mut st, index, id);
+    ctx.record(&st, id);
     drop(st);
     log::warn!("Job {id} is lost: {why}");
     announce::ended(ctx, id, None);

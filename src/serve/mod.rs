@@ -1,14 +1,16 @@
 //! Starting the coordinator: logging, the allowlist, the spool, the threads, the HTTP server,
 //! and what it does on a signal.
 
+pub mod shutdown;
 pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
 use crate::http::{routes, server};
-use crate::pool::{health, reload, scheduler};
+use crate::pool::{health, recovery, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::jobs_db::{JobStore, Retention, StoreError};
 use crate::store::spool::Spool;
 use crate::worker::identity::short_id;
 use crate::worker::workers_file::{self, WorkersFileError};
@@ -37,6 +39,8 @@ pub enum ServeError {
     Thread(std::io::Error),
     /// The process signals could not be taken over.
     Signals(std::io::Error),
+    /// The job store cannot be opened (or is refused).
+    Store(StoreError),
 }
 
 impl fmt::Display for ServeError {
@@ -48,6 +52,7 @@ impl fmt::Display for ServeError {
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
             Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
+            Self::Store(e) => write!(f, "job store: {e}"),
         }
     }
 }
@@ -91,13 +96,24 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     };
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
+    let (results_dir, open_segments) = spool.results_segments();
+    let retention = Retention {
+        jobs: config.retain_jobs,
+        for_secs: config.retain_for.as_secs_f64(),
+        results_dir,
+        open_segments,
+    };
+    let opened = Instant::now();
+    let (store, unsettled) =
+        JobStore::open(&config.state_dir, config.fsync, retention).map_err(ServeError::Store)?;
     let addr = SocketAddr::new(config.bind, config.port);
     let server =
         tiny_http::Server::http(addr).map_err(|e| ServeError::Bind(addr, e.to_string()))?;
+    let server = Arc::new(server);
     let threads = config.threads;
     let mut table = PoolState::new(specs, Instant::now());
     table.queue.set_aging(Some(config.priority_aging));
-    let (ctx, signals) = Context::new(config, table, spool);
+    let (ctx, signals) = Context::new(config, table, spool, store);
     if let Some(keys) = keys {
         ctx.keys.set(keys);
     } else if !ctx.config.bind.is_loopback() {
@@ -106,6 +122,18 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let ctx = Arc::new(ctx);
+    ctx.attach();
+    let recovered = recovery::recover(&ctx, unsettled);
+    log::info!(
+        "Job store {}: {} jobs; recovered {} queued, {} followed on workers, {} to collect, {} ended ({:.0} ms)",
+        ctx.store.figures().path.display(),
+        ctx.store.figures().rows,
+        recovered.queued,
+        recovered.followed,
+        recovered.to_collect,
+        recovered.ended,
+        opened.elapsed().as_secs_f64() * 1000.0
+    );
     let health_ctx = Arc::clone(&ctx);
     thread::Builder::new()
         .name("health".to_string())
@@ -122,28 +150,42 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .map_or_else(|| addr.to_string(), |a| a.to_string());
     let received = signals::listen().map_err(ServeError::Thread)?;
     let control_ctx = Arc::clone(&ctx);
+    let control_server = Arc::clone(&server);
     thread::Builder::new()
         .name("control".to_string())
-        .spawn(move || control(&control_ctx, received))
+        .spawn(move || control(control_ctx, control_server, received))
         .map_err(ServeError::Thread)?;
     log::info!("Listening on http://{listening}");
-    server::run(ctx, Arc::new(server), threads, routes::route);
+    server::run(ctx, server, threads, routes::route);
     Ok(())
 }
 
 /// Acts on process signals for the life of the coordinator.
-fn control(ctx: &Context, received: Receiver<Signal>) {
+fn control(ctx: Arc<Context>, server: Arc<tiny_http::Server>, received: Receiver<Signal>) {
+    let mut stopping = false;
     for signal in received {
         match signal {
+            Signal::Shutdown if stopping => {
+                log::warn!("A second stop signal: exiting at once (the job store is consistent at every instant)");
+                std::process::exit(1);
+            }
             Signal::Shutdown => {
-                log::info!("Shutting down on a signal");
-                std::process::exit(0);
+                stopping = true;
+                let ctx = Arc::clone(&ctx);
+                let server = Arc::clone(&server);
+                let started = thread::Builder::new()
+                    .name("shutdown".to_string())
+                    .spawn(move || shutdown::run(&ctx, &server));
+                if let Err(e) = started {
+                    log::error!("Cannot start the graceful shutdown ({e}); exiting at once");
+                    std::process::exit(1);
+                }
             }
             Signal::Reload => {
                 log::info!("SIGHUP received: re-reading the coordinator's files");
-                reload::reload_workers(ctx, "SIGHUP");
-                reload_api_keys(ctx);
-                health::trust_again(ctx);
+                reload::reload_workers(&ctx, "SIGHUP");
+                reload_api_keys(&ctx);
+                health::trust_again(&ctx);
             }
         }
     }

@@ -7,10 +7,13 @@ use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
 use crate::state::pool_state::PoolState;
-use crate::store::spool::Spool;
+use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
+use crate::store::segments::SegmentFile;
+use crate::store::spool::{PinnedSegment, Spool};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;
@@ -25,6 +28,14 @@ pub struct Context {
     pub state: Mutex<PoolState>,
     /// Uploads and results on disk.
     pub spool: Spool,
+    /// Every job's record (SQLite).
+    pub store: JobStore,
+    /// Requests being handled right now (a graceful shutdown waits for them).
+    pub requests_in_flight: AtomicUsize,
+    /// Set once a shutdown began: submits are refused.
+    pub stopping: AtomicBool,
+    /// The context's own shared handle (see [`Context::attach`]).
+    me: OnceLock<Weak<Context>>,
     /// HTTP client towards workers.
     pub client: WorkerClient,
     /// The threads that dispatch jobs, reused from one dispatch to the next.
@@ -49,7 +60,12 @@ pub struct Signals {
 
 impl Context {
     /// Builds the context and its signal receivers.
-    pub fn new(config: ServeConfig, state: PoolState, spool: Spool) -> (Self, Signals) {
+    pub fn new(
+        config: ServeConfig,
+        state: PoolState,
+        spool: Spool,
+        store: JobStore,
+    ) -> (Self, Signals) {
         let (scheduler_signal, scheduler) = crossbeam_channel::bounded(1);
         let (health_signal, health) = crossbeam_channel::bounded(1);
         let client = WorkerClient::new(Timeouts {
@@ -61,6 +77,10 @@ impl Context {
             config,
             state: Mutex::new(state),
             spool,
+            store,
+            requests_in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            me: OnceLock::new(),
             client,
             dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK),
             keys: LiveKeys::default(),
@@ -85,5 +105,83 @@ impl Context {
     /// Tells the health checker to look at probe times again.
     pub fn wake_health(&self) {
         let _ = self.health_signal.try_send(());
+    }
+
+    /// Lets the context hand itself to the job store's commit callbacks (a settled job leaves
+    /// the table once its record committed). Called once, right after it was put in an `Arc`.
+    pub fn attach(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Records job `id` as the table `st` holds it now in the job store, without waiting for
+    /// the commit. Called with the table locked, so the records of one job reach the store in
+    /// the order of its changes. A settled job leaves the table once its record committed.
+    pub fn record(&self, st: &PoolState, id: &str) {
+        if let Some(record) = self.record_of(st, id, None, None) {
+            self.store.send(record);
+        }
+    }
+
+    /// Like [`Context::record`] for a job whose results were just collected into `pinned`: the
+    /// segment is synced before the record commits and given back after.
+    pub fn record_collected(&self, st: &PoolState, id: &str, pinned: PinnedSegment) {
+        let sync = Arc::clone(pinned.file());
+        let Some(spool_ctx) = self.me.get().and_then(Weak::upgrade) else {
+            self.spool.give_back_results(pinned);
+            self.record(st, id);
+            return;
+        };
+        let give_back: crate::store::jobs_db::Done =
+            Box::new(move |_| spool_ctx.spool.give_back_results(pinned));
+        if let Some(record) = self.record_of(st, id, Some(sync), Some(give_back)) {
+            self.store.send(record);
+        }
+    }
+
+    /// Records job `id` (sent with the table locked) and waits for the commit (unlocked): what
+    /// must be on disk before the coordinator acts on it, such as a dispatch about to be sent.
+    pub fn record_and_wait(&self, id: &str) -> Result<(), StoreError> {
+        let ticket = {
+            let st = self.lock();
+            let Some(mut record) = self.record_of(&st, id, None, None) else {
+                return Ok(());
+            };
+            let ticket = Ticket::attach(&mut record);
+            self.store.send(record);
+            ticket
+        };
+        ticket.wait()
+    }
+
+    fn record_of(
+        &self,
+        st: &PoolState,
+        id: &str,
+        sync: Option<Arc<SegmentFile>>,
+        then: Option<crate::store::jobs_db::Done>,
+    ) -> Option<Record> {
+        let job = st.jobs.get(id)?;
+        let shared = self.me.get().and_then(Weak::upgrade);
+        let done: Option<crate::store::jobs_db::Done> =
+            if let Some(ctx) = shared.filter(|_| job.is_settled()) {
+                let id = id.to_string();
+                Some(Box::new(move |result| {
+                    if result.is_ok() {
+                        ctx.lock().forget_settled(&id);
+                    }
+                    if let Some(then) = then {
+                        then(result);
+                    }
+                }))
+            } else {
+                then
+            };
+        Some(Record {
+            job: job.clone(),
+            insert: false,
+            upload: None,
+            sync,
+            done,
+        })
     }
 }

@@ -259,7 +259,8 @@ pub struct LastReload {
 pub struct PoolState {
     /// Allowlisted workers, in file order.
     pub workers: Vec<WorkerEntry>,
-    /// Every job by id (boxed: the table's spare slots then cost a pointer each, not a job).
+    /// Every job that is not settled, by id (boxed: the table's spare slots then cost a pointer
+    /// each, not a job). Settled jobs live in the job store only.
     pub jobs: HashMap<String, Box<Job>>,
     /// Queued jobs, by priority and owner.
     pub queue: JobQueue,
@@ -273,6 +274,8 @@ pub struct PoolState {
     pub last_reload: Option<LastReload>,
     /// Jobs that parked status requests wait on.
     pub ends: EndWatch,
+    /// Set when the coordinator stops: no more jobs are assigned.
+    pub stopping: bool,
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -303,6 +306,15 @@ impl PoolState {
         if let Some(owner) = &job.owner {
             self.owner_counts.entry(owner.clone()).or_default()
                 [status_index(PoolStatus::Queued)] += 1;
+        }
+        self.jobs.insert(job.id.clone(), Box::new(job));
+    }
+
+    /// Puts a recovered job that is not queued back into the table, as it is.
+    pub fn restore(&mut self, job: Job) {
+        self.status_counts[status_index(job.status)] += 1;
+        if let Some(owner) = &job.owner {
+            self.owner_counts.entry(owner.clone()).or_default()[status_index(job.status)] += 1;
         }
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
@@ -358,6 +370,16 @@ impl PoolState {
     /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
     pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; PoolStatus::ALL.len()])> {
         self.owner_counts.iter().map(|(o, c)| (o.as_str(), c))
+    }
+
+    /// Drops a settled job from the table once its record committed: it lives in the job store
+    /// from then on.
+    pub fn forget_settled(&mut self, id: &str) {
+        if self.jobs.get(id).is_some_and(|job| job.is_settled()) {
+            if let Some(job) = self.jobs.remove(id) {
+                self.status_counts[status_index(job.status)] -= 1;
+            }
+        }
     }
 
     /// Index of the allowlisted (not removed) worker with this id, else of a removed one.

@@ -1,5 +1,6 @@
-//! What lives in `--state-dir`: the spool of waiting uploads and the append-only segment files
-//! that hold uploads and collected results. May import `base` only.
+//! What lives in `--state-dir`: the job store (SQLite), the spool of waiting uploads and the
+//! append-only segment files that hold uploads and collected results. May import `base` only.
 
+pub mod jobs_db;
 pub mod segments;
 pub mod spool;

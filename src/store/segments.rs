@@ -3,10 +3,12 @@
 //! bytes and gives it back; a segment takes no more once it is [`SEGMENT_MAX`] bytes. Reads go by
 //! offset on a shared handle. Many jobs per file means no file is created or deleted per job.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::base::job::Span;
@@ -14,6 +16,10 @@ use crate::base::sync::lock;
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+
+/// A segment takes no more jobs once it holds this many, so that the files of forgotten jobs
+/// can go soon (a results segment is deleted when no retained job refers to it).
+pub const SEGMENT_MAX_JOBS: u32 = 256;
 
 /// A copy into a segment that failed.
 #[derive(Debug)]
@@ -48,12 +54,46 @@ pub struct SegmentFile {
     name: String,
     file: File,
     remove_when_unused: bool,
+    dir_synced: AtomicBool,
 }
 
 impl SegmentFile {
+    /// Opens an existing segment `name` in `dir` for reading (an upload segment an earlier run
+    /// left, which its waiting jobs still need). With `remove_when_unused`, the file is removed
+    /// once nothing refers to it.
+    pub fn open_existing(dir: &Path, name: &str, remove_when_unused: bool) -> io::Result<Self> {
+        let path = dir.join(name);
+        let file = File::open(&path)?;
+        Ok(SegmentFile {
+            path,
+            name: name.to_string(),
+            file,
+            remove_when_unused,
+            dir_synced: AtomicBool::new(true),
+        })
+    }
+
     /// The file's name in its directory.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The file's length on disk.
+    pub fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Syncs what was written to the file to the disk (and, the first time, its directory
+    /// entry), so that a record pointing into it may commit.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        if !self.dir_synced.load(Ordering::Acquire) {
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            self.dir_synced.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// A reader of the bytes at `span`.
@@ -120,6 +160,7 @@ pub struct OpenSegment {
     file: Arc<SegmentFile>,
     out: BufWriter<SharedWrite>,
     len: u64,
+    jobs: u32,
 }
 
 impl OpenSegment {
@@ -154,6 +195,11 @@ impl OpenSegment {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    /// Counts one more job written to it.
+    pub fn count_job(&mut self) {
+        self.jobs += 1;
+    }
 }
 
 /// Segments free for the next writer, and how many were made.
@@ -169,6 +215,7 @@ pub struct Segments {
     prefix: String,
     remove_when_unused: bool,
     free: Mutex<Free>,
+    open: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Segments {
@@ -181,7 +228,19 @@ impl Segments {
             prefix,
             remove_when_unused,
             free: Mutex::new(Free::default()),
+            open: Arc::default(),
         })
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The names of the segments still open for writing (taken by a writer or free for the
+    /// next one): a segment in this set may get more data and must not be deleted.
+    pub fn open_names(&self) -> Arc<Mutex<HashSet<String>>> {
+        Arc::clone(&self.open)
     }
 
     /// A segment for one writer: a free one, or a new one.
@@ -213,16 +272,19 @@ impl Segments {
                 .open(&path)
             {
                 Ok(file) => {
+                    lock(&self.open).insert(name.clone());
                     let file = Arc::new(SegmentFile {
                         path,
                         name,
                         file,
                         remove_when_unused: self.remove_when_unused,
+                        dir_synced: AtomicBool::new(false),
                     });
                     return Ok(OpenSegment {
                         out: BufWriter::with_capacity(64 * 1024, SharedWrite(Arc::clone(&file))),
                         file,
                         len: 0,
+                        jobs: 0,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -240,10 +302,21 @@ impl Segments {
     /// Gives a segment back after a writer flushed it. A full one is closed; with
     /// `remove_when_unused`, so is one that nothing refers to any more (its file goes).
     pub fn give_back(&self, segment: OpenSegment) {
-        if segment.len >= SEGMENT_MAX || self.unused(&segment) {
+        if segment.len >= SEGMENT_MAX || segment.jobs >= SEGMENT_MAX_JOBS || self.unused(&segment) {
+            self.close(segment);
             return;
         }
         lock(&self.free).segments.push(segment);
+    }
+
+    /// Closes a segment for writing.
+    fn close(&self, segment: OpenSegment) {
+        lock(&self.open).remove(segment.file.name());
+    }
+
+    /// Closes a segment that failed while written (its writer was dropped).
+    pub fn discard(&self, segment: OpenSegment) {
+        self.close(segment);
     }
 
     /// Closes the free segments that nothing refers to any more (their files go).
@@ -255,7 +328,9 @@ impl Segments {
                 free.segments = used;
                 unused
             };
-            drop(unused);
+            for segment in unused {
+                self.close(segment);
+            }
         }
     }
 

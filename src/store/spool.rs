@@ -8,14 +8,14 @@
 //! `results/`; the job record says which and where. No file is created or deleted per job: that
 //! was most of the coordinator's CPU per job.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::base::job::Span;
+use crate::base::job::{Span, UploadAt};
 use crate::base::sync::lock;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
@@ -149,13 +149,14 @@ impl UploadWriter<'_> {
         Ok(Sink::Disk { segment, base })
     }
 
-    /// Stores the complete upload: held in memory when the limit allows, else on disk.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Stores the complete upload: held in memory when the limit allows, else on disk (written
+    /// out, not yet synced: the job store syncs the segment before the job's record commits).
+    pub fn finish(mut self) -> io::Result<StoredUpload> {
         let sink = std::mem::replace(&mut self.sink, Sink::Failed);
         let sink = match sink {
             Sink::Memory(buffer) => match self.spool.hold(self.id, buffer) {
-                None => return Ok(()),
-                Some(buffer) => self.spill(&buffer)?,
+                Ok(held) => return Ok(StoredUpload::Held(held)),
+                Err(buffer) => self.spill(&buffer)?,
             },
             other => other,
         };
@@ -163,8 +164,14 @@ impl UploadWriter<'_> {
             return Err(io::Error::other("the upload segment failed"));
         };
         segment.flush()?;
+        let file = Arc::clone(segment.file());
+        let at = UploadAt {
+            segment: file.name().to_string(),
+            base,
+            size: self.written,
+        };
         let source = UploadSource::OnDisk {
-            file: Arc::clone(segment.file()),
+            file: Arc::clone(&file),
             base,
             size: self.written,
         };
@@ -172,8 +179,21 @@ impl UploadWriter<'_> {
         let mut waiting = lock(&self.spool.waiting);
         waiting.disk_bytes += self.written;
         waiting.by_job.insert(self.id.to_string(), source);
-        Ok(())
+        Ok(StoredUpload::OnDisk { at, file })
     }
+}
+
+/// Where a finished upload was stored.
+pub enum StoredUpload {
+    /// Held in memory (the job store keeps a copy in the job's row).
+    Held(Arc<[u8]>),
+    /// In an upload segment, which must be synced before the job's record commits.
+    OnDisk {
+        /// Where, as the job record keeps it.
+        at: UploadAt,
+        /// The segment.
+        file: Arc<SegmentFile>,
+    },
 }
 
 impl Drop for UploadWriter<'_> {
@@ -191,28 +211,60 @@ impl Drop for UploadWriter<'_> {
 /// meanwhile.
 pub struct ResultsWriter<'a> {
     spool: &'a Spool,
-    segment: OpenSegment,
+    segment: Option<OpenSegment>,
+}
+
+/// A results segment that holds a job's freshly collected results: kept out of other writers'
+/// reach (and from deletion) until the job's record committed; then given back with
+/// [`Spool::give_back_results`].
+pub struct PinnedSegment(OpenSegment);
+
+impl PinnedSegment {
+    /// The segment file (to sync before the record commits).
+    pub fn file(&self) -> &Arc<SegmentFile> {
+        self.0.file()
+    }
 }
 
 impl ResultsWriter<'_> {
     /// Appends everything `data` yields; returns where it lies.
     pub fn append(&mut self, data: &mut dyn Read) -> Result<Span, CopyError> {
-        self.segment.append(data)
+        match &mut self.segment {
+            Some(segment) => segment.append(data),
+            None => Err(CopyError::Write(io::Error::other(
+                "the results segment failed",
+            ))),
+        }
     }
 
-    /// Writes out what is buffered; returns the segment's name, which the spans refer to.
-    /// A writer dropped unfinished (after a failure) closes its segment.
-    pub fn finish(mut self) -> io::Result<String> {
-        self.segment.flush()?;
-        let name = self.segment.file().name().to_string();
-        self.spool.result_segments.give_back(self.segment);
-        Ok(name)
+    /// Writes out what is buffered; returns the segment's name, which the spans refer to, and
+    /// the segment, pinned until the job's record commits. A writer dropped unfinished (after
+    /// a failure) closes its segment.
+    pub fn finish(mut self) -> io::Result<(String, PinnedSegment)> {
+        let mut segment = self
+            .segment
+            .take()
+            .ok_or_else(|| io::Error::other("the results segment failed"))?;
+        if let Err(e) = segment.flush() {
+            self.spool.result_segments.discard(segment);
+            return Err(e);
+        }
+        segment.count_job();
+        let name = segment.file().name().to_string();
+        Ok((name, PinnedSegment(segment)))
     }
 }
 
-/// Removes what an earlier run left in `uploads/`: job records live in memory only, so no job
-/// of this run can refer to it.
-fn clear_leftover_uploads(dir: &Path) -> io::Result<()> {
+impl Drop for ResultsWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(segment) = self.segment.take() {
+            self.spool.result_segments.discard(segment);
+        }
+    }
+}
+
+/// Removes what an earlier run left in `uploads/` that no recovered job needs (`kept`).
+fn clear_leftover_uploads(dir: &Path, kept: &HashSet<String>) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -220,15 +272,16 @@ fn clear_leftover_uploads(dir: &Path) -> io::Result<()> {
     };
     let mut removed = 0;
     for entry in entries {
-        let path = entry?.path();
-        if path.is_file() {
+        let entry = entry?;
+        let path = entry.path();
+        if path.is_file() && !kept.contains(entry.file_name().to_string_lossy().as_ref()) {
             std::fs::remove_file(&path)?;
             removed += 1;
         }
     }
     if removed > 0 {
         log::warn!(
-            "Removed {removed} upload files left in {} by an earlier run (their jobs ended with it)",
+            "Removed {removed} upload files left in {} by an earlier run that no waiting job needs",
             dir.display()
         );
     }
@@ -245,7 +298,6 @@ impl Spool {
             .to_string();
         let results = state_dir.join("results");
         let uploads = state_dir.join("uploads");
-        clear_leftover_uploads(&uploads)?;
         let upload_segments = Segments::open(uploads, started.clone(), true)?;
         let result_segments = Segments::open(results.clone(), started, false)?;
         let random = BufReader::with_capacity(4096, File::open("/dev/urandom")?);
@@ -291,18 +343,19 @@ impl Spool {
     }
 
     /// Keeps `buffer` in memory as the upload of `id` if the limit allows; else gives it back.
-    fn hold(&self, id: &str, buffer: Vec<u8>) -> Option<Vec<u8>> {
+    fn hold(&self, id: &str, buffer: Vec<u8>) -> Result<Arc<[u8]>, Vec<u8>> {
         let size = buffer.len() as u64;
         let mut waiting = lock(&self.waiting);
         if waiting.held_bytes + size > self.memory_limit {
-            return Some(buffer);
+            return Err(buffer);
         }
         waiting.held_bytes += size;
         waiting.held += 1;
+        let held: Arc<[u8]> = buffer.into();
         waiting
             .by_job
-            .insert(id.to_string(), UploadSource::Held(buffer.into()));
-        None
+            .insert(id.to_string(), UploadSource::Held(Arc::clone(&held)));
+        Ok(held)
     }
 
     /// Where the upload of job `id` is.
@@ -355,8 +408,85 @@ impl Spool {
     pub fn results_writer(&self) -> io::Result<ResultsWriter<'_>> {
         Ok(ResultsWriter {
             spool: self,
-            segment: self.result_segments.take()?,
+            segment: Some(self.result_segments.take()?),
         })
+    }
+
+    /// Gives a results segment back once the record of the job it holds committed.
+    pub fn give_back_results(&self, pinned: PinnedSegment) {
+        self.result_segments.give_back(pinned.0);
+    }
+
+    /// The results directory and the names of its segments still open for writing (which a
+    /// retention sweep must not delete).
+    pub fn results_segments(&self) -> (PathBuf, Arc<Mutex<HashSet<String>>>) {
+        (self.results.clone(), self.result_segments.open_names())
+    }
+
+    /// Takes back the waiting uploads of recovered jobs: those held in the job store (`Ok`
+    /// bytes) and those in upload segments an earlier run wrote. Returns the jobs whose upload
+    /// is gone or cut short, with the reason. Upload files that no recovered job needs are
+    /// removed.
+    pub fn adopt_uploads(
+        &self,
+        uploads: Vec<(String, Result<Vec<u8>, UploadAt>)>,
+    ) -> Vec<(String, String)> {
+        let dir = self.upload_segments.dir().to_path_buf();
+        let mut files: HashMap<String, io::Result<Arc<SegmentFile>>> = HashMap::new();
+        let mut failed = Vec::new();
+        let mut waiting = lock(&self.waiting);
+        for (id, upload) in uploads {
+            let at = match upload {
+                Ok(bytes) => {
+                    waiting.held_bytes += bytes.len() as u64;
+                    waiting.held += 1;
+                    waiting.by_job.insert(id, UploadSource::Held(bytes.into()));
+                    continue;
+                }
+                Err(at) => at,
+            };
+            let file = files.entry(at.segment.clone()).or_insert_with(|| {
+                SegmentFile::open_existing(&dir, &at.segment, true).map(Arc::new)
+            });
+            let checked = match file {
+                Ok(file) => match file.file_len() {
+                    Ok(len) if len >= at.base + at.size => Ok(Arc::clone(file)),
+                    Ok(len) => Err(format!(
+                        "its upload segment {} ends at byte {len}, before the upload's end at {}",
+                        at.segment,
+                        at.base + at.size
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(format!(
+                    "its upload segment {} cannot be opened: {e}",
+                    at.segment
+                )),
+            };
+            match checked {
+                Ok(file) => {
+                    waiting.disk_bytes += at.size;
+                    waiting.by_job.insert(
+                        id,
+                        UploadSource::OnDisk {
+                            file,
+                            base: at.base,
+                            size: at.size,
+                        },
+                    );
+                }
+                Err(why) => failed.push((id, why)),
+            }
+        }
+        drop(waiting);
+        let kept: HashSet<String> = files
+            .into_iter()
+            .filter_map(|(name, file)| file.ok().map(|_| name))
+            .collect();
+        if let Err(e) = clear_leftover_uploads(&dir, &kept) {
+            log::warn!("Could not clear {}: {e}", dir.display());
+        }
+        failed
     }
 
     /// A reader of `span` in the results segment called `segment`.

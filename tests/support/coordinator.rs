@@ -158,6 +158,18 @@ impl Coordinator {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Waits up to `deadline` for it to exit on its own.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port

@@ -423,6 +423,19 @@ impl Iterator for IncomingRequests<'_> {
     }
 }
 
+impl Server {
+    /// Patched: closes the listening socket (the accept thread ends) while requests on
+    /// connections already accepted are still served; for a graceful shutdown.
+    pub fn stop_accepting(&self) {
+        self.close.store(true, Relaxed);
+        if let ListenAddr::IP(addr) = &self.listening_addr {
+            if let Ok(stream) = TcpStream::connect(addr) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.close.store(true, Relaxed);

@@ -1,0 +1,153 @@
+//! Recovery at start: the jobs the store holds that had not settled when the coordinator last
+//! stopped. Queued jobs wait again in submission order with their uploads; jobs a worker
+//! accepted are followed again (and hold their worker's slot from the start); a job whose
+//! submit was sent but whose answer was never recorded is lost (never sent twice); finished
+//! jobs whose results were not collected yet are collected.
+
+use crate::base::clock::unix_now;
+use crate::base::job::{Job, PoolStatus, UploadAt};
+use crate::pool::tracker;
+use crate::state::context::Context;
+use crate::store::jobs_db::StoredJob;
+use std::sync::Arc;
+
+/// What recovery found, for the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs queued again.
+    pub queued: usize,
+    /// Jobs followed again on their workers.
+    pub followed: usize,
+    /// Finished jobs whose results are collected again.
+    pub to_collect: usize,
+    /// Jobs that ended as lost or failed at recovery.
+    pub ended: usize,
+}
+
+fn end(job: &mut Job, status: PoolStatus, why: String) {
+    job.status = status;
+    job.error = Some(why);
+    job.completed_at.get_or_insert_with(unix_now);
+}
+
+/// Puts the unsettled jobs `stored` back into the table and starts following them.
+pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
+    let mut counts = Recovered::default();
+    let mut uploads: Vec<(String, Result<Vec<u8>, UploadAt>)> = Vec::new();
+    let mut jobs = Vec::new();
+    for StoredJob { job, upload } in stored {
+        if job.status == PoolStatus::Queued {
+            match (upload, &job.upload_at) {
+                (Some(bytes), _) => uploads.push((job.id.clone(), Ok(bytes))),
+                (None, Some(at)) => uploads.push((job.id.clone(), Err(at.clone()))),
+                (None, None) => {}
+            }
+        }
+        jobs.push(job);
+    }
+    let lost_uploads = ctx.spool.adopt_uploads(uploads);
+    let now = unix_now();
+    let mut st = ctx.lock();
+    let mut settle = Vec::new();
+    let mut trackers = Vec::new();
+    for mut job in jobs {
+        let id = job.id.clone();
+        let worker = job.worker_id.as_deref().and_then(|w| st.worker_index(w));
+        match job.status {
+            PoolStatus::Queued => {
+                let missing = lost_uploads
+                    .iter()
+                    .find(|(lost, _)| *lost == id)
+                    .map(|(_, why)| why.clone())
+                    .or_else(|| {
+                        (job.upload_at.is_none() && ctx.spool.upload_source(&id).is_err())
+                            .then(|| "its upload is not in the job store".to_string())
+                    });
+                if let Some(why) = missing {
+                    end(
+                        &mut job,
+                        PoolStatus::Failed,
+                        format!(
+                            "the upload of this job could not be read back after a restart: {why}"
+                        ),
+                    );
+                    settle.push(id);
+                    st.restore(job);
+                } else {
+                    counts.queued += 1;
+                    st.enqueue(job, std::time::Instant::now());
+                }
+            }
+            PoolStatus::Dispatched | PoolStatus::Running => match (&job.remote_job_id, worker) {
+                (None, _) => {
+                    let on = job.worker_id.clone().unwrap_or_default();
+                    end(
+                        &mut job,
+                        PoolStatus::Lost,
+                        format!("the coordinator stopped while this job's submit to worker {on} was in flight and its answer was never recorded; it may or may not run there, so it is not sent again"),
+                    );
+                    settle.push(id);
+                    st.restore(job);
+                }
+                (Some(_), None) => {
+                    end(
+                        &mut job,
+                        PoolStatus::Lost,
+                        "its worker is no longer in the workers file, so it cannot be followed after the restart".to_string(),
+                    );
+                    settle.push(id);
+                    st.restore(job);
+                }
+                (Some(_), Some(index)) => {
+                    counts.followed += 1;
+                    job.last_contact = Some(now);
+                    let w = &mut st.workers[index];
+                    w.active_jobs += 1;
+                    w.tracked.push(id);
+                    trackers.push(index);
+                    st.restore(job);
+                }
+            },
+            _ if !job.is_settled() => match worker {
+                Some(index) => {
+                    counts.to_collect += 1;
+                    job.last_contact = Some(now);
+                    st.workers[index].tracked.push(id);
+                    trackers.push(index);
+                    st.restore(job);
+                }
+                None => {
+                    end(
+                        &mut job,
+                        PoolStatus::Lost,
+                        "its worker is no longer in the workers file, so its results cannot be collected".to_string(),
+                    );
+                    settle.push(id);
+                    st.restore(job);
+                }
+            },
+            _ => {
+                settle.push(id);
+                st.restore(job);
+            }
+        }
+    }
+    counts.ended = settle.len();
+    for id in &settle {
+        ctx.record(&st, id);
+    }
+    trackers.sort_unstable();
+    trackers.dedup();
+    for index in &trackers {
+        st.workers[*index].tracker_running = true;
+    }
+    drop(st);
+    for index in trackers {
+        tracker::start(ctx, index);
+    }
+    for id in &settle {
+        ctx.spool.remove_upload(id);
+    }
+    ctx.wake_scheduler();
+    counts
+}

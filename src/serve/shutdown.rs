@@ -1,0 +1,50 @@
+//! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
+//! requests in progress, let dispatches in flight settle (up to `--shutdown-grace`), commit and
+//! close the job store, exit 0. Jobs running on workers keep running there and are followed
+//! again after the restart.
+
+use crate::base::job::PoolStatus;
+use crate::state::context::Context;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Submits whose answer has not been recorded yet (assigned or sent to a worker).
+fn dispatches_in_flight(ctx: &Context) -> usize {
+    ctx.lock()
+        .jobs
+        .values()
+        .filter(|j| j.status == PoolStatus::Dispatched && j.remote_job_id.is_none())
+        .count()
+}
+
+/// Runs the shutdown; never returns (the process exits 0).
+pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
+    log::info!(
+        "Shutting down: no new connections or submits; waiting up to {:.0} s for requests and dispatches in flight",
+        ctx.config.shutdown_grace.as_secs_f64()
+    );
+    ctx.stopping.store(true, Ordering::SeqCst);
+    ctx.lock().stopping = true;
+    server.stop_accepting();
+    let deadline = Instant::now() + ctx.config.shutdown_grace;
+    loop {
+        let requests = ctx.requests_in_flight.load(Ordering::SeqCst);
+        let dispatches = dispatches_in_flight(ctx);
+        if requests == 0 && dispatches == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "Shutdown grace over with {requests} requests and {dispatches} dispatches in flight; \
+                 those dispatches will be lost after the restart if their worker took them"
+            );
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    ctx.store.close();
+    log::info!("Job store closed; stopped");
+    std::process::exit(0);
+}

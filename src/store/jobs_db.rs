@@ -1,0 +1,729 @@
+//! The job store: every job's record in SQLite (`jobs.db` in `--state-dir`, WAL mode).
+//!
+//! One writer thread owns the writing connection. Every state change of a job is sent to it as
+//! the job's whole record (JSON) beside the indexed columns that are queried; the writer takes
+//! everything that arrived meanwhile into one transaction and one sync (group commit; one per
+//! change with `--fsync always`, no sync with `--fsync off`), after syncing the segment files
+//! the records point into. A sender that needs the promise (an acknowledged submit, a dispatch
+//! about to be sent) waits for the commit. Reads (`/status` of a finished job) use connections
+//! of their own, concurrent with the writer. The writer also forgets finished jobs past the
+//! retention limits and deletes results segments no retained job refers to.
+
+use crate::base::clock::unix_now;
+use crate::base::config::FsyncMode;
+use crate::base::job::{Collection, Job, PoolStatus};
+use crate::base::sync::lock;
+use crate::store::segments::SegmentFile;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The database's file name in the state directory.
+pub const DB_FILE: &str = "jobs.db";
+
+/// Version 1: one row per job. `record` is the whole job as JSON (new fields need no schema
+/// change); the other columns are what queries select on. `finished_at` is set once the job is
+/// settled (ended, results collected or none to collect); `upload` holds a small waiting upload
+/// until a worker accepted the job; `results_segment` names the results file it refers to.
+const SCHEMA: &str = "
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    owner TEXT,
+    results_segment TEXT,
+    upload BLOB,
+    record TEXT NOT NULL
+);
+CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;
+CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_results_segment ON jobs(results_segment) WHERE results_segment IS NOT NULL;
+CREATE INDEX jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
+PRAGMA user_version = 1;
+";
+
+/// Most records in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Most finished jobs forgotten in one transaction.
+const MAX_FORGET: i64 = 5000;
+/// Time between retention sweeps.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
+const CHECKPOINT_COMMITS: u64 = 500;
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
+
+/// What went wrong with the job store.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database was written by a newer trusted-pool.
+    Newer(PathBuf, i64),
+    /// The database fails SQLite's integrity check (or is not a database).
+    Corrupt(PathBuf, String),
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
+    /// Syncing a segment file failed.
+    Io(io::Error),
+    /// The store was closed (the coordinator is stopping).
+    Closed,
+    /// A commit failed, as the writer reported it.
+    Failed(String),
+}
+
+impl StoreError {
+    /// True when the disk under the state directory is full.
+    pub fn is_full(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => e.sqlite_error_code() == Some(ErrorCode::DiskFull),
+            Self::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            Self::Failed(why) => why.starts_with("the state directory is full"),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Newer(path, version) => write!(
+                f,
+                "{}: the job store has schema version {version}, newer than this trusted-pool's {SCHEMA_VERSION}; run the newer trusted-pool on it, or move the file (with its -wal file) away to start with an empty job history",
+                path.display()
+            ),
+            Self::Corrupt(path, why) => write!(
+                f,
+                "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db` and put recovered.db in its place, or move it (with its -wal file) away to start with an empty job history",
+                path.display()
+            ),
+            Self::Sqlite(e) if self.is_full() => {
+                write!(f, "the state directory is full: {e}")
+            }
+            Self::Sqlite(e) => write!(f, "the job store failed: {e}"),
+            Self::Io(e) if self.is_full() => write!(f, "the state directory is full: {e}"),
+            Self::Io(e) => write!(f, "syncing the state directory failed: {e}"),
+            Self::Closed => write!(f, "the job store is closed: the coordinator is stopping"),
+            Self::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// Called by the writer once a record committed (or failed to).
+pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// One job state change for the writer.
+pub struct Record {
+    /// The job's whole record after the change.
+    pub job: Box<Job>,
+    /// A new job (insert) rather than a change of a stored one.
+    pub insert: bool,
+    /// A small upload held in memory, stored in the row until a worker accepted the job.
+    pub upload: Option<Arc<[u8]>>,
+    /// Segment files to sync before the record commits (its upload, its results).
+    pub sync: Option<Arc<SegmentFile>>,
+    /// Runs after the commit.
+    pub done: Option<Done>,
+}
+
+/// Lets a sender wait for the commit of one record.
+pub struct Ticket(Receiver<Result<(), String>>);
+
+impl Ticket {
+    /// Makes `record` report its commit to the returned ticket (after its own `done`).
+    pub fn attach(record: &mut Record) -> Ticket {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let after = record.done.take();
+        record.done = Some(Box::new(move |result: Result<(), &StoreError>| {
+            let answer = result.map_err(|e| e.to_string());
+            if let Some(after) = after {
+                after(result);
+            }
+            let _ = sender.send(answer);
+        }));
+        Ticket(receiver)
+    }
+
+    /// Waits until the record committed; the error says why it did not.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StoreError::Failed(why)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+enum Op {
+    Record(Record),
+    Close(Sender<()>),
+}
+
+/// A job as recovery reads it: unsettled, with its upload if the store holds it.
+pub struct StoredJob {
+    /// The record.
+    pub job: Job,
+    /// A small upload kept in the row.
+    pub upload: Option<Vec<u8>>,
+}
+
+/// Live figures of the store, for `/pool`.
+#[derive(Default)]
+struct Figures {
+    rows: AtomicU64,
+    settled: [AtomicU64; PoolStatus::ALL.len()],
+    commits: AtomicU64,
+    last_batch: AtomicU64,
+    last_checkpoint_ms: AtomicU64,
+    forgotten: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
+/// What the store shows in `/pool`.
+#[derive(Debug, Clone)]
+pub struct StoreFigures {
+    /// The database file.
+    pub path: PathBuf,
+    /// Bytes of the database and its WAL file.
+    pub size_bytes: u64,
+    /// Rows (jobs) in it.
+    pub rows: u64,
+    /// Settled (finished) jobs per status, in [`PoolStatus::ALL`] order.
+    pub settled: [u64; PoolStatus::ALL.len()],
+    /// Transactions committed by this run.
+    pub commits: u64,
+    /// Records in the last transaction.
+    pub last_batch: u64,
+    /// Seconds since the last WAL checkpoint.
+    pub since_checkpoint: Option<f64>,
+    /// Finished jobs forgotten by retention in this run.
+    pub forgotten: u64,
+    /// Results segments deleted by retention in this run.
+    pub segments_deleted: u64,
+}
+
+/// How long finished jobs are kept, and where their results lie.
+pub struct Retention {
+    /// Finished jobs kept, newest first (`--retain-jobs`).
+    pub jobs: u64,
+    /// Seconds a finished job is kept (`--retain-for`).
+    pub for_secs: f64,
+    /// The results directory.
+    pub results_dir: PathBuf,
+    /// Results segments still open for writing (never deleted).
+    pub open_segments: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The job store.
+pub struct JobStore {
+    path: PathBuf,
+    ops: Sender<Op>,
+    readers: Mutex<Vec<Connection>>,
+    figures: Arc<Figures>,
+}
+
+fn status_index(status: PoolStatus) -> usize {
+    PoolStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+fn status_of(name: &str) -> Option<PoolStatus> {
+    PoolStatus::ALL.into_iter().find(|s| s.as_str() == name)
+}
+
+fn corrupt(path: &Path, e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(path.to_path_buf(), e.to_string())
+        }
+        _ => StoreError::Sqlite(clone_error(e)),
+    }
+}
+
+fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::InvalidParameterName(other.to_string()),
+    }
+}
+
+impl JobStore {
+    /// Opens (creating if missing) the store in `state_dir`: refuses a newer schema or a
+    /// database that fails SQLite's integrity check, never empties one. Returns the store and
+    /// the jobs that were not settled, in submission order, for recovery.
+    pub fn open(
+        state_dir: &Path,
+        mode: FsyncMode,
+        retention: Retention,
+    ) -> Result<(JobStore, Vec<StoredJob>), StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(StoreError::Io)?;
+        let path = state_dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| corrupt(&path, &e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer(path, version));
+        }
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| corrupt(&path, &e))?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| corrupt(&path, &e))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(path, check));
+        }
+        let synchronous = match mode {
+            FsyncMode::Off => "OFF",
+            FsyncMode::Batch | FsyncMode::Always => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 8388608; PRAGMA busy_timeout = 10000;"
+        ))?;
+        if version == 0 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
+            if mode != FsyncMode::Off {
+                std::fs::File::open(state_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(StoreError::Io)?;
+            }
+        }
+        let figures = Arc::new(Figures::default());
+        let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
+        figures.rows.store(rows as u64, Ordering::Relaxed);
+        {
+            let mut statement = conn.prepare(
+                "SELECT status, count(*) FROM jobs WHERE finished_at IS NOT NULL GROUP BY status",
+            )?;
+            let counts =
+                statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for count in counts {
+                let (status, n) = count?;
+                if let Some(status) = status_of(&status) {
+                    figures.settled[status_index(status)].store(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let unsettled = read_unsettled(&conn, &path)?;
+        let (ops, received) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            conn,
+            mode,
+            retention,
+            figures: Arc::clone(&figures),
+            commits_since_checkpoint: 1,
+            last_commit: Instant::now(),
+            last_sweep: None,
+            orphans_checked: false,
+        };
+        thread::Builder::new()
+            .name("store-writer".to_string())
+            .spawn(move || writer.run(received))
+            .map_err(StoreError::Io)?;
+        figures
+            .last_checkpoint_ms
+            .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+        let store = JobStore {
+            path,
+            ops,
+            readers: Mutex::new(Vec::new()),
+            figures,
+        };
+        Ok((store, unsettled))
+    }
+
+    /// Sends a record to the writer; its `done` runs after the commit.
+    pub fn send(&self, record: Record) {
+        if let Err(e) = self.ops.send(Op::Record(record)) {
+            if let Op::Record(Record {
+                done: Some(done), ..
+            }) = e.0
+            {
+                done(Err(&StoreError::Closed));
+            }
+        }
+    }
+
+    /// Sends a record and waits until it committed.
+    pub fn send_and_wait(&self, mut record: Record) -> Result<(), StoreError> {
+        let ticket = Ticket::attach(&mut record);
+        self.send(record);
+        ticket.wait()
+    }
+
+    /// The stored record of job `id`, if the store has it.
+    pub fn load(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let conn = match lock(&self.readers).pop() {
+            Some(conn) => conn,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let record: Option<String> = conn
+            .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        lock(&self.readers).push(conn);
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        serde_json::from_str(&record)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(self.path.clone(), format!("job {id}: {e}")))
+    }
+
+    /// The store's figures for `/pool`.
+    pub fn figures(&self) -> StoreFigures {
+        let f = &self.figures;
+        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let checkpoint = f.last_checkpoint_ms.load(Ordering::Relaxed);
+        StoreFigures {
+            path: self.path.clone(),
+            size_bytes: size(self.path.clone()) + size(PathBuf::from(wal)),
+            rows: f.rows.load(Ordering::Relaxed),
+            settled: std::array::from_fn(|i| f.settled[i].load(Ordering::Relaxed)),
+            commits: f.commits.load(Ordering::Relaxed),
+            last_batch: f.last_batch.load(Ordering::Relaxed),
+            since_checkpoint: (checkpoint > 0)
+                .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
+            forgotten: f.forgotten.load(Ordering::Relaxed),
+            segments_deleted: f.segments_deleted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Settled jobs in `status` (they live in the store only).
+    pub fn settled_count(&self, status: PoolStatus) -> u64 {
+        self.figures.settled[status_index(status)].load(Ordering::Relaxed)
+    }
+
+    /// Commits what was sent, checkpoints the WAL into the database and stops the writer.
+    pub fn close(&self) {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        if self.ops.send(Op::Close(sender)).is_ok() {
+            let _ = receiver.recv();
+        }
+        lock(&self.readers).clear();
+    }
+}
+
+fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
+    let mut statement =
+        conn.prepare("SELECT id, record, upload FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
+    let rows = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<Vec<u8>>>(2)?,
+        ))
+    })?;
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (id, record, upload) = row?;
+        let job: Job = serde_json::from_str(&record).map_err(|e| {
+            StoreError::Corrupt(path.to_path_buf(), format!("the record of job {id}: {e}"))
+        })?;
+        jobs.push(StoredJob { job, upload });
+    }
+    Ok(jobs)
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    mode: FsyncMode,
+    retention: Retention,
+    figures: Arc<Figures>,
+    commits_since_checkpoint: u64,
+    last_commit: Instant,
+    last_sweep: Option<Instant>,
+    orphans_checked: bool,
+}
+
+impl Writer {
+    fn run(mut self, received: Receiver<Op>) {
+        loop {
+            let first = match received.recv_timeout(SWEEP_EVERY) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maintain(true);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = Vec::new();
+            let mut close = None;
+            match first {
+                Op::Record(r) => batch.push(r),
+                Op::Close(reply) => close = Some(reply),
+            }
+            while close.is_none() && self.mode != FsyncMode::Always && batch.len() < MAX_BATCH {
+                match received.try_recv() {
+                    Ok(Op::Record(r)) => batch.push(r),
+                    Ok(Op::Close(reply)) => close = Some(reply),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+            if let Some(reply) = close {
+                self.checkpoint("TRUNCATE");
+                let _ = reply.send(());
+                return;
+            }
+            self.maintain(false);
+        }
+    }
+
+    /// Syncs the segment files the batch points into, then writes it in one transaction.
+    fn commit(&mut self, mut batch: Vec<Record>) {
+        let result = self.sync_files(&batch).and_then(|()| self.write(&batch));
+        self.last_commit = Instant::now();
+        match &result {
+            Ok(settled) => {
+                let f = &self.figures;
+                f.commits.fetch_add(1, Ordering::Relaxed);
+                f.last_batch.store(batch.len() as u64, Ordering::Relaxed);
+                for status in settled {
+                    f.settled[status_index(*status)].fetch_add(1, Ordering::Relaxed);
+                }
+                self.commits_since_checkpoint += 1;
+            }
+            Err(e) => log::error!(
+                "The job store could not commit {} records: {e}",
+                batch.len()
+            ),
+        }
+        for record in &mut batch {
+            if let Some(done) = record.done.take() {
+                done(result.as_ref().map(|_| ()));
+            }
+        }
+    }
+
+    fn sync_files(&self, batch: &[Record]) -> Result<(), StoreError> {
+        if self.mode == FsyncMode::Off {
+            return Ok(());
+        }
+        let mut synced: Vec<*const SegmentFile> = Vec::new();
+        for file in batch.iter().filter_map(|r| r.sync.as_ref()) {
+            let key = Arc::as_ptr(file);
+            if !synced.contains(&key) {
+                file.sync().map_err(StoreError::Io)?;
+                synced.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the batch; returns the statuses of the jobs it settled.
+    fn write(&mut self, batch: &[Record]) -> Result<Vec<PoolStatus>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut settled = Vec::new();
+        let mut inserted = 0u64;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record) \
+                 VALUES (?1, ?2, ?3, ?4, json_extract(?5, '$.owner'), ?6, ?7, ?5)",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET status = ?2, finished_at = ?3, owner = json_extract(?4, '$.owner'), \
+                 results_segment = ?5, upload = CASE WHEN ?6 THEN NULL ELSE upload END, record = ?4 \
+                 WHERE id = ?1 AND finished_at IS NULL",
+            )?;
+            for r in batch {
+                let job = &r.job;
+                let text =
+                    serde_json::to_string(job).map_err(|e| StoreError::Io(io::Error::other(e)))?;
+                let finished_at = job
+                    .is_settled()
+                    .then(|| job.completed_at.unwrap_or_else(unix_now));
+                let segment = match &job.collection {
+                    Collection::Collected(stored) => Some(stored.segment.as_str()),
+                    _ => None,
+                };
+                if r.insert {
+                    insert.execute(params![
+                        job.id,
+                        job.status.as_str(),
+                        job.submitted_at,
+                        finished_at,
+                        text,
+                        segment,
+                        r.upload.as_deref(),
+                    ])?;
+                    inserted += 1;
+                } else {
+                    let changed = update.execute(params![
+                        job.id,
+                        job.status.as_str(),
+                        finished_at,
+                        text,
+                        segment,
+                        !job.needs_upload(),
+                    ])?;
+                    if changed == 0 {
+                        continue;
+                    }
+                }
+                if finished_at.is_some() {
+                    settled.push(job.status);
+                }
+            }
+        }
+        tx.commit()?;
+        self.figures.rows.fetch_add(inserted, Ordering::Relaxed);
+        Ok(settled)
+    }
+
+    /// Checkpoints when due; sweeps retention once a second (`idle`: nothing arrived for a
+    /// while).
+    fn maintain(&mut self, idle: bool) {
+        let due = self.commits_since_checkpoint >= CHECKPOINT_COMMITS
+            || (self.commits_since_checkpoint > 0
+                && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
+        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            self.last_sweep = Some(Instant::now());
+            if let Err(e) = self.sweep() {
+                log::error!("The retention sweep of the job store failed: {e}");
+            }
+        }
+        if due && (idle || self.commits_since_checkpoint >= CHECKPOINT_COMMITS) {
+            self.checkpoint("PASSIVE");
+        }
+    }
+
+    fn checkpoint(&mut self, kind: &str) {
+        let result: rusqlite::Result<(i64, i64, i64)> =
+            self.conn
+                .query_row(&format!("PRAGMA wal_checkpoint({kind})"), [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        match result {
+            Ok(_) => {
+                self.commits_since_checkpoint = 0;
+                self.figures
+                    .last_checkpoint_ms
+                    .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+            }
+            Err(e) => log::warn!("WAL checkpoint of the job store failed: {e}"),
+        }
+    }
+
+    /// Forgets settled jobs past the retention limits (oldest first), then deletes the
+    /// results segments that no retained job refers to and no writer has open.
+    fn sweep(&mut self) -> Result<(), StoreError> {
+        let settled: u64 = self
+            .figures
+            .settled
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        let excess = settled
+            .saturating_sub(self.retention.jobs)
+            .min(MAX_FORGET as u64) as i64;
+        let cutoff = unix_now() - self.retention.for_secs;
+        let tx = self.conn.transaction()?;
+        let mut forgotten: Vec<(String, Option<String>)> = Vec::new();
+        {
+            let mut by_count = tx.prepare_cached(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL \
+                 ORDER BY finished_at, seq LIMIT ?1) RETURNING status, results_segment",
+            )?;
+            let mut by_age = tx.prepare_cached(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL \
+                 AND finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING status, results_segment",
+            )?;
+            let row = |r: &rusqlite::Row| Ok((r.get(0)?, r.get(1)?));
+            if excess > 0 {
+                for deleted in by_count.query_map([excess], row)? {
+                    forgotten.push(deleted?);
+                }
+            }
+            for deleted in by_age.query_map(params![cutoff, MAX_FORGET], row)? {
+                forgotten.push(deleted?);
+            }
+        }
+        let first_sweep = !self.orphans_checked;
+        self.orphans_checked = true;
+        if forgotten.is_empty() && !first_sweep {
+            return Ok(());
+        }
+        tx.commit()?;
+        let f = &self.figures;
+        for (status, _) in &forgotten {
+            if let Some(status) = status_of(status) {
+                f.settled[status_index(status)].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        f.rows.fetch_sub(forgotten.len() as u64, Ordering::Relaxed);
+        f.forgotten
+            .fetch_add(forgotten.len() as u64, Ordering::Relaxed);
+        if !forgotten.is_empty() {
+            self.commits_since_checkpoint += 1;
+            log::debug!("Forgot {} finished jobs", forgotten.len());
+        }
+        let candidates: HashSet<String> = if first_sweep {
+            std::fs::read_dir(&self.retention.results_dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            forgotten.into_iter().filter_map(|(_, s)| s).collect()
+        };
+        self.delete_unused_segments(candidates)
+    }
+
+    fn delete_unused_segments(&self, candidates: HashSet<String>) -> Result<(), StoreError> {
+        let mut referenced = self
+            .conn
+            .prepare_cached("SELECT 1 FROM jobs WHERE results_segment = ?1 LIMIT 1")?;
+        for name in candidates {
+            if lock(&self.retention.open_segments).contains(&name) || referenced.exists([&name])? {
+                continue;
+            }
+            let path = self.retention.results_dir.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.figures
+                        .segments_deleted
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::debug!("Deleted results segment {name}: no retained job refers to it");
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("Could not delete {}: {e}", path.display()),
+            }
+        }
+        Ok(())
+    }
+}
