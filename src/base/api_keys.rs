@@ -445,6 +445,57 @@ mod tests {
         b"\xff",
     ];
 
+    /// One character over the longest name.
+    const LONG_NAME: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+    /// A random JSON value of the kinds a keys file might wrongly hold.
+    fn random_value(rng: &mut Rng) -> Value {
+        match rng.below(9) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.below(2) == 0),
+            2 => serde_json::json!(rng.next() as i64),
+            3 => serde_json::json!(-(rng.below(5) as i64)),
+            4 => serde_json::json!(rng.below(4) as f64 + 0.5),
+            5 => serde_json::json!(hex(&hash_key(&rng.next().to_le_bytes()))),
+            6 => serde_json::json!(
+                ["submit", "admin", "ADMIN", "", "a b", "é", LONG_NAME][rng.below(7)]
+            ),
+            7 => serde_json::json!([random_scalar(rng)]),
+            _ => serde_json::json!({"k": random_scalar(rng)}),
+        }
+    }
+
+    fn random_scalar(rng: &mut Rng) -> Value {
+        serde_json::json!(rng.below(3))
+    }
+
+    /// Changes the file as JSON: a field set to a random value, removed, added or an entry
+    /// duplicated, so the validation itself (not only the JSON parser) meets odd input.
+    fn mutate_structure(rng: &mut Rng, input: &mut Vec<u8>) {
+        let Ok(Value::Array(mut entries)) = serde_json::from_slice::<Value>(input) else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let at = rng.below(entries.len());
+        match rng.below(5) {
+            0 => entries.push(entries[at].clone()),
+            1 => entries[at] = random_value(rng),
+            _ => {
+                if let Value::Object(object) = &mut entries[at] {
+                    let field = FIELDS.get(rng.below(FIELDS.len() + 1)).unwrap_or(&"extra");
+                    if rng.below(4) == 0 {
+                        object.remove(*field);
+                    } else {
+                        object.insert(field.to_string(), random_value(rng));
+                    }
+                }
+            }
+        }
+        *input = serde_json::to_vec(&entries).unwrap_or_default();
+    }
+
     fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
         for _ in 0..=rng.below(4) {
             let at = rng.below(input.len() + 1);
@@ -474,23 +525,31 @@ mod tests {
     }
 
     /// Seeded, bounded mutation test: every mutated file parses or is refused with a message;
-    /// nothing panics. TP_FUZZ_ITERATIONS sets a longer run.
+    /// nothing panics. Byte-level and JSON-level mutations of a valid file, half each.
+    /// TP_FUZZ_ITERATIONS sets a longer run (then without the 20 s bound of the default run).
     #[test]
     fn mutated_key_files_never_panic_and_errors_say_something() {
-        let iterations: usize = std::env::var("TP_FUZZ_ITERATIONS")
+        let long_run: Option<usize> = std::env::var("TP_FUZZ_ITERATIONS")
             .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000);
+            .and_then(|v| v.parse().ok());
+        let iterations = long_run.unwrap_or(20_000);
+        assert_eq!(LONG_NAME.len(), MAX_NAME_LEN + 1);
         let seed = valid_file().into_bytes();
         let mut rng = Rng(0x5EED_0012_A11C_E5ED);
         let (mut accepted, mut refused) = (0usize, 0usize);
         let started = std::time::Instant::now();
         for _ in 0..iterations {
             let mut input = seed.clone();
-            mutate(&mut rng, &mut input);
+            if rng.below(2) == 0 {
+                mutate_structure(&mut rng, &mut input);
+                mutate_structure(&mut rng, &mut input);
+            } else {
+                mutate(&mut rng, &mut input);
+            }
             match std::panic::catch_unwind(|| parse(&input)) {
                 Ok(Ok(set)) => {
                     assert!(!set.keys().is_empty());
+                    assert!(set.keys().iter().all(|k| is_valid_name(&k.name)));
                     accepted += 1;
                 }
                 Ok(Err(e)) => {
@@ -499,10 +558,15 @@ mod tests {
                 }
                 Err(_) => panic!("parse panicked on {:?}", String::from_utf8_lossy(&input)),
             }
-            if started.elapsed() > std::time::Duration::from_secs(20) {
+            if long_run.is_none() && started.elapsed() > std::time::Duration::from_secs(20) {
                 break;
             }
         }
+        eprintln!(
+            "keys-file mutations: {} parsed in {:?}: {accepted} accepted, {refused} refused",
+            accepted + refused,
+            started.elapsed()
+        );
         assert!(
             accepted > 0 && refused > 0,
             "{accepted} accepted, {refused} refused"
