@@ -371,6 +371,81 @@ fn the_auth_matrix() {
     }
 }
 
+/// A worker's job id in a job's own output (here the interpreter's error naming the job
+/// directory, as python prints it) is hidden from the owner in `/logs`, in `/logs?follow=1` and
+/// in `/status`, and shown to an admin.
+#[test]
+fn the_worker_job_id_is_hidden_in_logs_and_followed_streams() {
+    let worker = FakeWorker::start();
+    let alice = Key::new("alice", "submit");
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &ops], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"absent.py"}"#);
+    let reply = submit_as(&coordinator, Some(&alice), &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let id = reply.json()["job_id"].as_str().expect("job_id").to_string();
+    let status = poll_until(DEADLINE, || {
+        let status = call(&coordinator, "GET", &format!("/status/{id}"), Some(&ops)).json();
+        (status["pool_status"] == "failed" && status["results"]["collected"] == true)
+            .then_some(status)
+    })
+    .unwrap_or_else(|| panic!("job {id} did not fail and get collected"));
+    let remote = status["remote_job_id"]
+        .as_str()
+        .expect("remote id")
+        .to_string();
+    let admin_logs = call(&coordinator, "GET", &format!("/logs/{id}"), Some(&ops));
+    assert!(admin_logs.text().contains(&remote), "{}", admin_logs.text());
+    for path in [
+        format!("/logs/{id}"),
+        format!("/logs/{id}?follow=1"),
+        format!("/status/{id}"),
+    ] {
+        let reply = call(&coordinator, "GET", &path, Some(&alice));
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert!(
+            !reply.text().contains(&remote),
+            "{path} shows {remote}: {}",
+            reply.text()
+        );
+        assert!(reply.text().contains("hidden"), "{path}: {}", reply.text());
+    }
+    let followed = call(
+        &coordinator,
+        "GET",
+        &format!("/logs/{id}?follow=1"),
+        Some(&ops),
+    );
+    assert!(followed.text().contains(&remote), "{}", followed.text());
+
+    // Followed live from before the worker accepted it: the id is looked up once it exists.
+    worker.set(|k| k.job_duration = Duration::from_millis(800));
+    let reply = submit_as(&coordinator, Some(&alice), &form);
+    let id = reply.json()["job_id"].as_str().expect("job_id").to_string();
+    let live = call(
+        &coordinator,
+        "GET",
+        &format!("/logs/{id}?follow=1"),
+        Some(&alice),
+    );
+    let status = call(&coordinator, "GET", &format!("/status/{id}"), Some(&ops)).json();
+    let remote = status["remote_job_id"]
+        .as_str()
+        .expect("remote id")
+        .to_string();
+    assert_eq!(live.status, 200, "{}", live.text());
+    assert!(live.text().contains("[DONE]"), "{}", live.text());
+    assert!(
+        !live.text().contains(&remote),
+        "shows {remote}: {}",
+        live.text()
+    );
+    assert!(live.text().contains("hidden"), "{}", live.text());
+}
+
 /// A key's `max_queued_jobs` caps its waiting jobs: 429 with Retry-After beyond it, nothing
 /// left in the spool, other keys unaffected; a job that starts frees a place.
 #[test]

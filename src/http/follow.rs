@@ -5,7 +5,8 @@
 //! then the stream ends. The handler thread only decides (404, 503 over `--max-followers`) and
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
-use crate::base::job::{Collection, PoolStatus};
+use crate::base::job::{Collection, Job, PoolStatus};
+use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
@@ -73,8 +74,9 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
     }
 }
 
-/// Decides how to follow job `id` and returns the hand-off (or the error to answer).
-pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire) -> Reply {
+/// Decides how to follow job `id` and returns the hand-off (or the error to answer). A follower
+/// that is not an admin never receives the worker's own job id.
+pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
     let slot = match ctx.events.reserve() {
         Ok(slot) => slot,
         Err(full) => {
@@ -87,52 +89,71 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire) -> Reply {
             )
         }
     };
-    let plan = {
+    let in_table = {
         let st = ctx.lock();
-        let Some(job) = st.jobs.get(id) else {
-            return unknown_job(id);
-        };
-        let first = format!("[STATUS] Job status: {}\n", job.status.as_str());
-        let over = job.status == PoolStatus::Lost
-            || (job.status.is_final() && !matches!(job.collection, Collection::Pending(_)));
-        if over {
-            let logs = match &job.collection {
-                Collection::Collected(stored) => Some((stored.segment.clone(), stored.logs)),
-                _ => None,
-            };
-            Plan::Replay {
-                first,
-                logs,
-                last: final_lines(job),
-                _slot: slot,
-            }
-        } else {
-            Plan::Live {
-                first,
+        match st.jobs.get(id) {
+            Some(job) if !is_over(job) => Ok(Plan::Live {
+                first: first_line(job),
                 follower: ctx.events.follow(id, slot),
-            }
+            }),
+            Some(job) => Ok(replay(job, slot)),
+            None => Err(slot),
         }
     };
+    let plan = match in_table {
+        Ok(plan) => plan,
+        // A settled job lives in the job store only.
+        Err(slot) => match ctx.store.load(id) {
+            Ok(Some(job)) => replay(&job, slot),
+            _ => return unknown_job(id),
+        },
+    };
+    let hider = (!admin).then(|| TextHider::new(Arc::clone(ctx), id));
     let ctx = Arc::clone(ctx);
     Reply::Handoff(Box::new(move |request: Request| {
         let spawned = thread::Builder::new()
             .name("follower".to_string())
             .stack_size(FOLLOWER_STACK)
-            .spawn(move || serve(&ctx, request, wire, plan));
+            .spawn(move || serve(&ctx, request, wire, plan, hider));
         if let Err(e) = spawned {
             log::error!("Cannot start a follower thread: {e}");
         }
     }))
 }
 
+/// True when nothing more will come for the job's followers.
+fn is_over(job: &Job) -> bool {
+    job.status == PoolStatus::Lost
+        || (job.status.is_final() && !matches!(job.collection, Collection::Pending(_)))
+}
+
+fn first_line(job: &Job) -> String {
+    format!("[STATUS] Job status: {}\n", job.status.as_str())
+}
+
+/// The pieces of a job that is over.
+fn replay(job: &Job, slot: Slot) -> Plan {
+    let logs = match &job.collection {
+        Collection::Collected(stored) => Some((stored.segment.clone(), stored.logs)),
+        _ => None,
+    };
+    Plan::Replay {
+        first: first_line(job),
+        logs,
+        last: final_lines(job),
+        _slot: slot,
+    }
+}
+
 /// Writes pieces on one wire.
 struct Out {
     writer: Box<dyn Write + Send>,
     websocket: bool,
+    hider: Option<TextHider>,
 }
 
 impl Out {
-    fn open(request: Request, wire: &Wire) -> std::io::Result<Self> {
+    fn open(request: Request, wire: &Wire, hider: Option<TextHider>) -> std::io::Result<Self> {
         let (head, websocket) = match wire {
             Wire::Text => (
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -152,13 +173,21 @@ impl Out {
         let mut writer = request.into_writer();
         writer.write_all(head.as_bytes())?;
         writer.flush()?;
-        Ok(Out { writer, websocket })
+        Ok(Out {
+            writer,
+            websocket,
+            hider,
+        })
     }
 
     fn piece(&mut self, text: &str) -> std::io::Result<()> {
         if text.is_empty() {
             return Ok(());
         }
+        let text = match &mut self.hider {
+            Some(hider) => hider.hide(text),
+            None => std::borrow::Cow::Borrowed(text),
+        };
         if self.websocket {
             self.writer.write_all(&frame(TEXT, text.as_bytes(), None))?;
         } else {
@@ -195,8 +224,8 @@ fn read_logs(ctx: &Context, segment: &str, span: crate::base::job::Span) -> Opti
     serde_json::from_slice(&bytes).ok()
 }
 
-fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan) {
-    let Ok(mut out) = Out::open(request, &wire) else {
+fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan, hider: Option<TextHider>) {
+    let Ok(mut out) = Out::open(request, &wire, hider) else {
         return;
     };
     let sent = match plan {

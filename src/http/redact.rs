@@ -1,10 +1,12 @@
 //! Keeping a worker's own job id out of answers to non-admin callers: sandrun has no
 //! authentication, so its job id is a key to the job's files on the worker. It may appear in
 //! `remote_job_id`, in the worker's raw status answer, in error messages (a worker's file-system
-//! error names the job directory) and in a job's logs; every occurrence in a JSON answer is
-//! replaced. Streamed file bytes (output files) are passed through unchanged.
+//! error names the job directory) and in a job's logs; every occurrence in a JSON answer and in
+//! a followed job's text stream is replaced. Streamed file bytes (output files) are passed
+//! through unchanged.
 
 use crate::http::replies::Reply;
+use crate::state::context::Context;
 
 /// What replaces a hidden worker job id.
 pub const HIDDEN: &str = "hidden";
@@ -24,6 +26,47 @@ pub fn hide_remote_id(reply: Reply, remote: &str) -> Reply {
             Reply::WithHeaders(headers, Box::new(hide_remote_id(*inner, remote)))
         }
         other @ (Reply::Stream { .. } | Reply::Wait { .. } | Reply::Handoff(_)) => other,
+    }
+}
+
+/// The worker's own id of job `id`, from the table or, for a settled job, the job store.
+pub fn remote_id_of(ctx: &Context, id: &str) -> Option<String> {
+    let live = ctx.lock().jobs.get(id).map(|job| job.remote_job_id.clone());
+    match live {
+        Some(remote) => remote,
+        None => ctx.store.load(id).ok().flatten()?.remote_job_id,
+    }
+}
+
+/// Hides job `id`'s worker job id from the pieces of text a non-admin follower receives; the
+/// id is looked up until the job has one (a queued job gets it when a worker accepts it).
+pub struct TextHider {
+    ctx: std::sync::Arc<Context>,
+    id: String,
+    remote: Option<String>,
+}
+
+impl TextHider {
+    /// A hider for job `id`.
+    pub fn new(ctx: std::sync::Arc<Context>, id: &str) -> Self {
+        TextHider {
+            ctx,
+            id: id.to_string(),
+            remote: None,
+        }
+    }
+
+    /// `text` with the worker's job id replaced by [`HIDDEN`].
+    pub fn hide<'a>(&mut self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.remote.is_none() {
+            self.remote = remote_id_of(&self.ctx, &self.id);
+        }
+        match &self.remote {
+            Some(remote) if !remote.is_empty() && text.contains(remote.as_str()) => {
+                std::borrow::Cow::Owned(text.replace(remote.as_str(), HIDDEN))
+            }
+            _ => std::borrow::Cow::Borrowed(text),
+        }
     }
 }
 

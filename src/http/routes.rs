@@ -137,12 +137,15 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Err(reply) => reply,
         },
         Route::Logs(id) if follow::wants_follow(&url) => {
-            job_route(ctx, &caller, id, |ctx| follow::start(ctx, id, Wire::Text))
+            let admin = caller.is_admin();
+            job_route(ctx, &caller, id, |ctx| {
+                follow::start(ctx, id, Wire::Text, admin)
+            })
         }
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
         Route::Stream(id) => match follow::websocket_key(request) {
             Ok(key) => job_route(ctx, &caller, id, |ctx| {
-                follow::start(ctx, id, Wire::WebSocket(key))
+                follow::start(ctx, id, Wire::WebSocket(key), caller.is_admin())
             }),
             Err(reply) => reply,
         },
