@@ -4,7 +4,9 @@
 pub mod api_keys;
 pub mod clock;
 pub mod config;
+pub mod file_kinds;
 pub mod job;
 pub mod paths;
 pub mod sync;
+pub mod targz;
 pub mod thread_cache;
