@@ -57,6 +57,8 @@ OPTIONS:
     --max-queued-jobs N      beyond this many queued jobs /submit answers 503 [default: 10000]
     --shutdown-grace SECS    on SIGTERM/SIGINT, how long to wait for requests and dispatches
                              in flight before exiting                     [default: 30]
+    --cors-origin ORIGIN     a web origin (http://host:port) whose pages may call the API
+                             from a browser; repeatable; * allows any       [default: none]
     -h, --help               print this help
     -V, --version            print the version
 
@@ -297,7 +299,40 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             d.max_queued_jobs,
         )?,
         shutdown_grace: value(args, "--shutdown-grace", grace, d.shutdown_grace)?,
+        cors_origins: cors_origins(args)?,
     })
+}
+
+/// Checks one `--cors-origin`: `*`, or `scheme://host[:port]` as a browser sends it in `Origin`.
+fn origin(text: &str) -> Result<String, String> {
+    if text == "*" {
+        return Ok(text.to_string());
+    }
+    let problem = || {
+        format!(
+            "expected * or an origin such as https://app.example.org or http://127.0.0.1:8080 \
+             (scheme, host and port only, no path or trailing slash), got {text:?}"
+        )
+    };
+    let (scheme, host) = text.split_once("://").ok_or_else(problem)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
+    if !matches!(scheme, "http" | "https") || !host_ok {
+        return Err(problem());
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+fn cors_origins(args: &mut pico_args::Arguments) -> Result<Vec<String>, CliError> {
+    let given: Vec<String> = args
+        .values_from_str("--cors-origin")
+        .map_err(|e| bad("--cors-origin", e.to_string()))?;
+    given
+        .iter()
+        .map(|text| origin(text).map_err(|p| bad("--cors-origin", p)))
+        .collect()
 }
 
 /// Runs the command line; returns the process exit code.

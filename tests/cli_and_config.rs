@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 15] = [
+const FLAGS: [&str; 16] = [
     "--port",
     "--bind",
     "--workers",
@@ -37,6 +37,7 @@ const FLAGS: [&str; 15] = [
     "--max-attempts",
     "--log-level",
     "--api-keys",
+    "--cors-origin",
 ];
 
 /// What one run of the binary did.
@@ -218,6 +219,11 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["check", "a.json", "b.json"], "b.json"),
         (&["--api-keys"], "--api-keys"),
         (&["check", "--api-keys"], "--api-keys"),
+        (&["--cors-origin"], "--cors-origin"),
+        (
+            &["--cors-origin", "https://app.example.org/"],
+            "--cors-origin",
+        ),
         (&["new-key"], "new-key"),
         (&["new-key", "a/b"], "new-key"),
     ];

@@ -115,7 +115,14 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
         .is_some_and(|t| t.starts_with("application/json")));
     assert_eq!(health.json()["status"], "healthy", "{}", health.text());
 
-    for path in ["/nope", "/", "/status/", "/pool/extra", "/status/a/b"] {
+    for path in [
+        "/nope",
+        "/status/",
+        "/pool/extra",
+        "/status/a/b",
+        "/stats/x",
+        "/download/",
+    ] {
         let reply = send("GET", &coordinator.url(path), None).unwrap();
         assert_eq!(reply.status, 404, "GET {path}: {}", reply.text());
         assert!(
@@ -132,6 +139,8 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
         ("DELETE", "/status/pool-0123"),
         ("POST", "/outputs/pool-0123"),
         ("DELETE", "/logs/pool-0123"),
+        ("POST", "/"),
+        ("POST", "/download/pool-0123"),
     ];
     for (method, path) in wrong_methods {
         let reply = send(method, &coordinator.url(path), None).unwrap();

@@ -87,7 +87,7 @@ fn text(value: &Value) -> String {
 }
 
 /// `GET /outputs/{id}` as a map from file name to its listing entry, checking each
-/// `download_url` points at the coordinator.
+/// `download_url` points at the coordinator's `/download` (sandrun's path).
 fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
     let (status, body) = get_json(&coordinator.url(&format!("/outputs/{id}")));
     assert_eq!(status, 200, "outputs of {id}: {body}");
@@ -102,7 +102,7 @@ fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
     for (name, file) in &files {
         assert_eq!(
             file["download_url"],
-            format!("/outputs/{id}/{name}"),
+            format!("/download/{id}/{name}"),
             "{body}"
         );
     }
@@ -459,10 +459,10 @@ fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
         (status["pool_status"] != "queued").then_some(status)
     })
     .unwrap_or_else(|| panic!("job {running} was never dispatched"));
-    assert_eq!(status.get("queue_position"), None, "{status}");
+    assert!(status["queue_position"].is_u64(), "{status}");
     let next = submit(&coordinator, &main_py_job());
     let last = submit(&coordinator, &main_py_job());
-    for (id, position) in [(&next, 0), (&last, 1)] {
+    for (id, position) in [(&next, 1), (&last, 2)] {
         let status = job_status(&coordinator, id);
         assert_eq!(status["pool_status"], "queued", "{status}");
         assert_eq!(status["queue_position"], position, "{status}");
@@ -476,7 +476,7 @@ fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
         let (code, body) = get_json(&coordinator.url(&path));
         assert_eq!(code, 409, "{path}: {body}");
         assert_eq!(body["pool_status"], "queued", "{path}: {body}");
-        assert_eq!(body["queue_position"], 0, "{path}: {body}");
+        assert_eq!(body["queue_position"], 1, "{path}: {body}");
         assert!(text(&body["error"]).contains("queued"), "{body}");
     }
     let (code, body) = get_json(&coordinator.url(&format!("/outputs/{running}")));

@@ -78,6 +78,8 @@ pub struct ServeConfig {
     pub max_queued_jobs: usize,
     /// How long a graceful shutdown waits for requests and dispatches in flight.
     pub shutdown_grace: Duration,
+    /// Origins whose pages may call the API from a browser (`*`: any); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -107,6 +109,7 @@ impl Default for ServeConfig {
             retain_for: Duration::from_secs(7 * 24 * 3600),
             max_queued_jobs: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }

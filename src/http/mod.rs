@@ -1,13 +1,15 @@
-//! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and errors, the
-//! JSON views, the submit upload, outputs and logs, and job followers. May import `pool`, `state`,
-//! `worker`, `store` and `base`.
+//! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and
+//! errors, the JSON views, the submit upload, outputs and logs, job followers, sandrun's own
+//! client API and CORS. May import `pool`, `state`, `worker`, `store` and `base`.
 
 pub mod auth;
+pub mod cors;
 pub mod follow;
 pub mod outputs;
 pub mod redact;
 pub mod replies;
 pub mod routes;
+pub mod sandrun;
 pub mod server;
 pub mod upload;
 pub mod views;

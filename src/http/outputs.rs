@@ -1,16 +1,22 @@
-//! `GET /outputs/{id}`, `GET /outputs/{id}/{path}` and `GET /logs/{id}`: served from the spool once
-//! collected, else streamed from the worker (`/download/{remote}/{path}`, never `/outputs`).
+//! `GET /outputs/{id}`, `GET /outputs/{id}/{path}` (also as `/download/{id}/{path}`),
+//! `GET /download/{id}` and `GET /logs/{id}`: served from the spool once collected, else streamed
+//! from the worker (`/download/{remote}/{path}`, never `/outputs` nor the deleting
+//! `/download/{remote}`).
 
+use crate::base::file_kinds::{file_type, format_size, mime_type};
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
+use crate::base::targz::{Entry, TarGz};
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, Reply};
+use crate::http::sandrun::sandrun_status;
 use crate::pool::collect::output_paths;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde_json::{json, Value};
 use std::io::Read;
+use std::sync::Arc;
 
 /// What serving a finished job's results needs, copied out of the table.
 struct Finished {
@@ -18,6 +24,9 @@ struct Finished {
     remote: String,
     endpoint: String,
     status: PoolStatus,
+    /// The job's `status` as a sandrun client reads it.
+    sandrun_status: &'static str,
+    completed_at: f64,
     worker_status: Value,
 }
 
@@ -53,7 +62,7 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
             "pool_status": status.as_str(),
         });
         if status == PoolStatus::Queued {
-            body["queue_position"] = json!(st.queue.position(id));
+            body["queue_position"] = json!(st.queue.position(id).map(|p| p + 1));
         }
         return Err(Reply::Json(409, body));
     }
@@ -90,11 +99,14 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
         remote: remote.clone(),
         endpoint,
         status,
+        sandrun_status: sandrun_status(status, &job.collection),
+        completed_at: job.completed_at.unwrap_or_default(),
         worker_status: worker_status.clone(),
     })
 }
 
-/// `GET /outputs/{id}`: the output files with coordinator download URLs.
+/// `GET /outputs/{id}`: the output files in sandrun's listing shape (`name`, `size`,
+/// `size_formatted`, `type`, `mime_type`, `download_url`) plus their `sha256`.
 pub fn listing(ctx: &Context, id: &str) -> Reply {
     let job = match finished(ctx, id) {
         Ok(j) => j,
@@ -108,12 +120,15 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
         .into_iter()
         .map(|name| {
             let meta = listed.and_then(|l| l.get(&name));
+            let size = meta.and_then(|m| m.get("size_bytes"));
             json!({
                 "name": name,
-                "size": meta.and_then(|m| m.get("size_bytes")),
+                "size": size,
+                "size_formatted": format_size(size.and_then(Value::as_u64).unwrap_or(0)),
+                "type": file_type(&name),
+                "mime_type": mime_type(&name),
                 "sha256": meta.and_then(|m| m.get("sha256")),
-                "type": content_type_of(&name),
-                "download_url": format!("/outputs/{id}/{}", encode_path(&name)),
+                "download_url": format!("/download/{id}/{}", encode_path(&name)),
             })
         })
         .collect();
@@ -121,6 +136,7 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
         200,
         json!({
             "job_id": id,
+            "status": job.sandrun_status,
             "pool_status": job.status.as_str(),
             "collected": job.stored.is_some(),
             "total_files": files.len(),
@@ -129,8 +145,9 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
     )
 }
 
-/// `GET /outputs/{id}/{path}`: one output file's bytes.
-pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
+/// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
+/// `attachment` (sandrun's `Content-Disposition`) for `/download`.
+pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Reply {
     let decoded = match percent_decode(raw_path) {
         Ok(p) => p,
         Err(e) => return error_reply(400, e.to_string()),
@@ -149,7 +166,8 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
             format!("job {id} has no output file {path:?}; GET /outputs/{id} lists them"),
         );
     }
-    let content_type = content_type_of(path).to_string();
+    let content_type = mime_type(path).to_string();
+    let attachment = as_attachment.then(|| path.rsplit('/').next().unwrap_or(path).to_string());
     if let Some(stored) = &job.stored {
         let Some((_, span)) = stored.outputs.iter().find(|(p, _)| p == path) else {
             return error_reply(
@@ -162,6 +180,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
                 status: 200,
                 content_type,
                 length: usize::try_from(span.size).ok(),
+                attachment,
                 body,
             },
             Err(e) => {
@@ -182,10 +201,59 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str) -> Reply {
                 status: 200,
                 content_type,
                 length,
+                attachment,
                 body: Box::new(response.into_reader()),
             }
         }
         Err(e) => worker_failure(id, &e),
+    }
+}
+
+/// `GET /download/{id}`: a `.tar.gz` of the job's collected output files, streamed with its
+/// exact length. Unlike sandrun, the job is not deleted: its results stay on the coordinator.
+pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
+    let job = match finished(ctx, id) {
+        Ok(j) => j,
+        Err(reply) => return reply,
+    };
+    let Some(stored) = job.stored else {
+        return Reply::Json(
+            409,
+            json!({
+                "error": format!("the results of job {id} are being copied from its worker; try again in a few seconds"),
+                "pool_status": job.status.as_str(),
+            }),
+        );
+    };
+    let mtime = job.completed_at.max(0.0) as u64;
+    let entries = stored
+        .outputs
+        .iter()
+        .map(|(path, span)| {
+            let ctx = Arc::clone(ctx);
+            let segment = stored.segment.clone();
+            let span = *span;
+            Entry {
+                path: path.clone(),
+                size: span.size,
+                mtime,
+                open: Box::new(move || ctx.spool.results_reader(&segment, span)),
+            }
+        })
+        .collect();
+    let archive = TarGz::new(entries);
+    let Ok(length) = usize::try_from(archive.len()) else {
+        return error_reply(
+            500,
+            format!("the archive of job {id} is too large to serve"),
+        );
+    };
+    Reply::Stream {
+        status: 200,
+        content_type: "application/gzip".to_string(),
+        length: Some(length),
+        attachment: Some(format!("{id}.tar.gz")),
+        body: Box::new(archive),
     }
 }
 
@@ -230,25 +298,5 @@ fn worker_failure(id: &str, e: &CallError) -> Reply {
             502,
             format!("the results of job {id} are not collected yet and its worker failed to serve them ({other}); try again shortly"),
         ),
-    }
-}
-
-/// A content type from a file name's extension.
-pub fn content_type_of(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("txt" | "log" | "out" | "md" | "py" | "sh" | "js" | "c" | "rs") => "text/plain",
-        Some("json") => "application/json",
-        Some("csv") => "text/csv",
-        Some("html" | "htm") => "text/html",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("svg") => "image/svg+xml",
-        Some("pdf") => "application/pdf",
-        Some("gz" | "tgz") => "application/gzip",
-        Some("tar") => "application/x-tar",
-        Some("zip") => "application/zip",
-        _ => "application/octet-stream",
     }
 }

@@ -25,7 +25,10 @@ pub fn hide_remote_id(reply: Reply, remote: &str) -> Reply {
         Reply::WithHeaders(headers, inner) => {
             Reply::WithHeaders(headers, Box::new(hide_remote_id(*inner, remote)))
         }
-        other @ (Reply::Stream { .. } | Reply::Wait { .. } | Reply::Handoff(_)) => other,
+        other @ (Reply::Stream { .. }
+        | Reply::Wait { .. }
+        | Reply::Handoff(_)
+        | Reply::Empty(_)) => other,
     }
 }
 

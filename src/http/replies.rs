@@ -17,6 +17,9 @@ pub enum Reply {
         content_type: String,
         /// Length when known (sent as Content-Length).
         length: Option<usize>,
+        /// A file name to save it as (`Content-Disposition: attachment`), as sandrun's
+        /// `/download` sends it.
+        attachment: Option<String>,
         /// The bytes.
         body: Box<dyn Read + Send>,
     },
@@ -34,6 +37,8 @@ pub enum Reply {
     },
     /// The connection is handed over (a follower writes its own answer on it).
     Handoff(Box<dyn FnOnce(tiny_http::Request) + Send>),
+    /// A status without a body (a redirect's `Location` goes in `WithHeaders`).
+    Empty(u16),
 }
 
 /// Builds a JSON error reply `{"error": message}`.

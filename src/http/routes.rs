@@ -9,7 +9,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{
     keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
 };
-use crate::http::{outputs, upload, waiting};
+use crate::http::{cors, outputs, sandrun, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
@@ -21,9 +21,13 @@ use tiny_http::{Method, Request};
 
 /// `Retry-After` seconds of a submit refused because its key's queue is full.
 const QUEUE_FULL_RETRY_AFTER: u32 = 5;
+/// Where `GET /` sends a browser, once that page is served.
+const DASHBOARD: &str = "/dashboard";
 
 /// The routes the coordinator serves.
 enum Route<'a> {
+    Root,
+    Stats,
     Health,
     Pool,
     Submit,
@@ -35,6 +39,8 @@ enum Route<'a> {
     Cancel(&'a str),
     Drain(&'a str, bool),
     Reload,
+    Download(&'a str),
+    DownloadFile(&'a str, &'a str),
 }
 
 impl Route<'_> {
@@ -50,6 +56,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
     let path = path.strip_prefix('/')?;
     let (head, rest) = path.split_once('/').unwrap_or((path, ""));
     match (head, rest) {
+        ("", "") => Some(Route::Root),
+        ("stats", "") => Some(Route::Stats),
         ("health", "") => Some(Route::Health),
         ("pool", "") => Some(Route::Pool),
         ("submit", "") => Some(Route::Submit),
@@ -68,6 +76,10 @@ fn match_route(path: &str) -> Option<Route<'_>> {
             Some((id, "")) => Some(Route::OutputList(id)),
             Some((id, file)) => Some(Route::OutputFile(id, file)),
         },
+        ("download", rest) if !rest.is_empty() => match rest.split_once('/') {
+            None | Some((_, "")) => Some(Route::Download(rest.trim_end_matches('/'))),
+            Some((id, file)) => Some(Route::DownloadFile(id, file)),
+        },
         _ => None,
     }
 }
@@ -79,9 +91,15 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /cancel/ID, /pool, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /health)"),
         );
     };
+    if *request.method() == Method::Options {
+        return match cors::preflight(&ctx.config.cors_origins, cors::origin(request)) {
+            Ok(granted) => Reply::WithHeaders(granted, Box::new(Reply::Empty(204))),
+            Err(why) => error_reply(403, why),
+        };
+    }
     if *request.method() != route.method() {
         return error_reply(
             405,
@@ -92,8 +110,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             ),
         );
     }
-    if let Route::Health = route {
-        return health();
+    match route {
+        Route::Health => return health(),
+        Route::Root => return root(ctx, request),
+        _ => {}
     }
     let caller = match authorize(ctx, request) {
         Ok(caller) => caller,
@@ -101,6 +121,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     };
     match route {
         Route::Health => health(),
+        Route::Root => root(ctx, request),
+        Route::Stats => Reply::Json(200, sandrun::stats(&ctx.lock(), &caller)),
         Route::Pool => pool(ctx, &caller),
         Route::Submit => submit(ctx, &caller, request, &url),
         Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
@@ -151,9 +173,30 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         },
         Route::OutputList(id) => job_route(ctx, &caller, id, |ctx| outputs::listing(ctx, id)),
         Route::OutputFile(id, file) => {
-            job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file))
+            job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file, false))
+        }
+        Route::Download(id) => job_route(ctx, &caller, id, |ctx| outputs::tarball(ctx, id)),
+        Route::DownloadFile(id, file) => {
+            job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file, true))
         }
     }
+}
+
+/// `GET /`: sandrun's service description, open to anyone like `/health` (sandrun's clients
+/// test their connection with it); a browser goes to the dashboard when there is one.
+fn root(ctx: &Arc<Context>, request: &Request) -> Reply {
+    let accept = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Accept"))
+        .map(|h| h.value.as_str());
+    if sandrun::prefers_html(accept) && match_route(DASHBOARD).is_some() {
+        return Reply::WithHeaders(
+            vec![("Location", DASHBOARD.to_string())],
+            Box::new(Reply::Empty(303)),
+        );
+    }
+    Reply::Json(200, sandrun::service_description(&ctx.lock()))
 }
 
 /// `GET /health`: open to anyone (load balancers), with or without `--api-keys`.

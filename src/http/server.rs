@@ -1,6 +1,7 @@
 //! The HTTP front: a fixed pool of handler threads sharing one tiny_http server. A panic in a
 //! handler is caught and answered 500; the thread goes on serving.
 
+use crate::http::cors;
 use crate::http::replies::{error_reply, Reply};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
@@ -12,6 +13,10 @@ use tiny_http::{Header, Request, Response, Server, StatusCode};
 
 fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn headers_of(pairs: &[(&str, String)]) -> Vec<Header> {
+    pairs.iter().filter_map(|(n, v)| header(n, v)).collect()
 }
 
 fn respond_json(
@@ -48,8 +53,16 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             status,
             content_type,
             length,
+            attachment,
             body,
         } => {
+            if let Some(name) = attachment {
+                let name = name.replace(['"', '\\'], "_");
+                extra.extend(header(
+                    "Content-Disposition",
+                    &format!("attachment; filename=\"{name}\""),
+                ));
+            }
             let headers = header("Content-Type", &content_type)
                 .or_else(|| header("Content-Type", "application/octet-stream"))
                 .into_iter()
@@ -63,8 +76,15 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
                 None,
             ))
         }
+        Reply::Empty(status) => {
+            let mut response = Response::empty(StatusCode(status));
+            for h in extra {
+                response.add_header(h);
+            }
+            request.respond(response)
+        }
         Reply::WithHeaders(headers, inner) => {
-            extra.extend(headers.iter().filter_map(|(n, v)| header(n, v)));
+            extra.extend(headers_of(&headers));
             return send(request, *inner, extra);
         }
         Reply::Wait { job_id, .. } => respond_json(
@@ -83,9 +103,11 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
 /// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
-/// Writes `reply` to `request`.
-fn respond(request: Request, reply: Reply) {
-    send(request, reply, Vec::new());
+/// Writes `reply` to `request`, with the CORS headers its origin gets.
+fn respond(ctx: &Context, request: Request, reply: Reply) {
+    let allowed = cors::headers(&ctx.config.cors_origins, cors::origin(&request));
+    let allowed = headers_of(&allowed);
+    send(request, reply, allowed);
 }
 
 fn serve_one(
@@ -116,7 +138,7 @@ fn serve_one(
             },
             Some(waiting),
         ) => waiting.park(ctx, request, job_id, until, admin),
-        (reply, _) => respond(request, reply),
+        (reply, _) => respond(ctx, request, reply),
     }
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
 }

@@ -4,11 +4,13 @@ use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
 use crate::http::auth::Caller;
+use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// One worker as `/pool` shows it.
@@ -203,14 +205,16 @@ impl Serialize for FilesView<'_> {
     }
 }
 
-/// `GET /status/{id}`: a job as the coordinator knows it, borrowed from the table.
+/// `GET /status/{id}`: a job as the coordinator knows it, borrowed from the table, with
+/// sandrun's own fields at the top level (`status`, `queue_position`, `execution_metadata`,
+/// `job_hash`, `output_files`, `worker_metadata`) as a sandrun client reads them.
 #[derive(Serialize)]
 struct StatusView<'a> {
     job_id: &'a str,
+    status: &'static str,
     pool_status: &'static str,
     priority: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue_position: Option<usize>,
+    queue_position: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_level: Option<&'static str>,
     worker_id: &'a Option<String>,
@@ -219,11 +223,24 @@ struct StatusView<'a> {
     dispatched_at: Option<f64>,
     completed_at: Option<f64>,
     remote_job_id: &'a Option<String>,
-    error: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
     attempts: &'a [Attempt],
     results: CollectionView<'a>,
     verification: &'a Option<Verification>,
     files: FilesView<'a>,
+    execution_metadata: Cow<'a, Value>,
+    job_hash: Cow<'a, Value>,
+    output_files: Cow<'a, Value>,
+    worker_metadata: Cow<'a, Value>,
+}
+
+/// A sandrun field of the worker's last `/status`, or what sandrun shows before it has one.
+fn from_worker<'a>(worker_status: Option<&'a Value>, field: &str, before: Value) -> Cow<'a, Value> {
+    match worker_status.and_then(|w| w.get(field)) {
+        Some(value) => Cow::Borrowed(value),
+        None => Cow::Owned(before),
+    }
 }
 
 /// `GET /status/{id}` as JSON, written while the table is locked so nothing is copied; `None`
@@ -249,8 +266,18 @@ fn job_json(
     job: &Job,
     (queue_position, queue_level): (Option<usize>, Option<&'static str>),
 ) -> Option<Vec<u8>> {
+    let worker = job.worker_status.as_ref();
+    // sandrun counts from 1; once the job left the queue, the worker's own figure.
+    let queue_position = match queue_position {
+        Some(p) => p as u64 + 1,
+        None => worker
+            .and_then(|w| w.get("queue_position"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
     let view = StatusView {
         job_id: &job.id,
+        status: sandrun_status(job.status, &job.collection),
         pool_status: job.status.as_str(),
         priority: job.priority.as_str(),
         queue_position,
@@ -261,11 +288,24 @@ fn job_json(
         dispatched_at: job.dispatched_at,
         completed_at: job.completed_at,
         remote_job_id: &job.remote_job_id,
-        error: &job.error,
+        error: job.error.as_deref(),
         attempts: &job.attempts,
         results: CollectionView::from(&job.collection),
         verification: &job.verification,
         files: FilesView(&job.inputs),
+        execution_metadata: from_worker(
+            worker,
+            "execution_metadata",
+            json!({"cpu_seconds": 0.0, "memory_peak_bytes": 0, "memory_peak_mb": 0,
+                   "wall_time_ms": 0, "exit_code": 0, "environment": "", "interpreter": ""}),
+        ),
+        job_hash: from_worker(worker, "job_hash", json!("")),
+        output_files: from_worker(worker, "output_files", json!({})),
+        worker_metadata: from_worker(
+            worker,
+            "worker_metadata",
+            json!({"worker_id": job.worker_id, "signature": null}),
+        ),
     };
     serde_json::to_vec(&view).ok()
 }

@@ -18,7 +18,7 @@ use tiny_http::Request;
 pub const MAX_WAIT_SECS: f64 = 60.0;
 
 /// Writes a reply to a request (the server's own writer).
-pub type Respond = fn(Request, Reply);
+pub type Respond = fn(&Context, Request, Reply);
 
 /// A request waiting for its job's end.
 struct Parked {
@@ -83,6 +83,7 @@ impl Waiting {
                 ),
             );
             (self.respond)(
+                ctx,
                 request,
                 Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
             );
@@ -129,7 +130,7 @@ fn answer(ctx: &Context, parked: Parked, respond: Respond) {
         Some(remote) if !parked.admin => hide_remote_id(reply, &remote),
         _ => reply,
     };
-    respond(parked.request, reply);
+    respond(ctx, parked.request, reply);
 }
 
 fn is_final(ctx: &Context, id: &str) -> bool {

@@ -3,6 +3,7 @@
 //! the wake-up signals. May import `worker`, `store` and `base`.
 
 pub mod context;
+pub mod cpu_window;
 pub mod events;
 pub mod pool_state;
 pub mod queue;

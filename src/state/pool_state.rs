@@ -4,7 +4,9 @@
 //! coordinator: [`crate::base::sync::lock`] recovers a poisoned mutex (every update leaves the table consistent
 //! before anything that could panic runs).
 
+use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus};
+use crate::state::cpu_window::CpuWindow;
 use crate::state::queue::JobQueue;
 use crate::state::watch::EndWatch;
 use crate::worker::workers_file::WorkerSpec;
@@ -276,6 +278,8 @@ pub struct PoolState {
     pub ends: EndWatch,
     /// Set when the coordinator stops: no more jobs are assigned.
     pub stopping: bool,
+    /// CPU seconds of the jobs that left the table in the last minute (for `/stats`).
+    pub cpu_window: CpuWindow,
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -378,6 +382,7 @@ impl PoolState {
         if self.jobs.get(id).is_some_and(|job| job.is_settled()) {
             if let Some(job) = self.jobs.remove(id) {
                 self.status_counts[status_index(job.status)] -= 1;
+                self.cpu_window.record(&job, unix_now());
             }
         }
     }

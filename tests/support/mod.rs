@@ -15,6 +15,8 @@ pub mod follow;
 mod form;
 pub mod health_only;
 pub mod lifecycle;
+pub mod page_server;
+pub mod sandrun_client;
 mod util;
 
 // The flat API below is re-exported for every test; each test uses only some of it.
