@@ -23,9 +23,12 @@ release:
 	$(CARGO) build --release --bin trusted-pool
 	@ls -l target/release/trusted-pool
 
+# SQLite (rusqlite, bundled) is C: the musl build needs a musl C compiler (Debian: musl-tools).
 static:
 	rustup target add $(MUSL) >/dev/null 2>&1 || true
-	$(CARGO) build --release --target $(MUSL) --bin trusted-pool
+	@command -v musl-gcc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq musl-tools; } \
+		|| { echo "make static needs musl-gcc (Debian package musl-tools)" >&2; exit 1; }
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --target $(MUSL) --bin trusted-pool
 	@ls -l target/$(MUSL)/release/trusted-pool
 	@file target/$(MUSL)/release/trusted-pool 2>/dev/null || true
 

@@ -160,6 +160,24 @@ fn stored_remote_ids(dir: &Path) -> usize {
         .map_or(0, |n| n as usize)
 }
 
+/// The results segments the jobs in the store refer to.
+fn stored_segments(dir: &Path) -> BTreeSet<String> {
+    let db = dir.join("state").join("jobs.db");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, flags) else {
+        return BTreeSet::new();
+    };
+    let Ok(mut statement) =
+        conn.prepare("SELECT DISTINCT results_segment FROM jobs WHERE results_segment IS NOT NULL")
+    else {
+        return BTreeSet::new();
+    };
+    statement
+        .query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
 /// The numbers of the recovery log line: queued, followed, to collect, ended.
 fn recovery_counts(logs: &str) -> [usize; 4] {
     let line = logs
@@ -407,4 +425,347 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         "the refused store was changed"
     );
     let _ = id;
+}
+
+/// Submits `n` jobs, 4 at a time, and waits until the pool counts `total` completed jobs.
+fn run_jobs(coordinator: &Coordinator, n: usize, total: u64, tag: &str) -> Vec<String> {
+    let url = coordinator.url("/submit");
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let url = url.clone();
+            let ids = Arc::clone(&ids);
+            let tag = tag.to_string();
+            thread::spawn(move || {
+                for i in (c..n).step_by(4) {
+                    let form = job(&format!("{tag} {i}"));
+                    let reply = send("POST", &url, Some((&form.content_type(), &form.body())))
+                        .unwrap_or_else(|e| panic!("submit failed: {e}"));
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                    let id = reply.json()["job_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap_or_else(|_| panic!("a client failed"));
+    }
+    poll_until(Duration::from_secs(120), || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let done = pool["jobs_by_status"]["completed"].as_u64().unwrap_or(0)
+            + pool["store"]["retention"]["forgotten_jobs"]
+                .as_u64()
+                .unwrap_or(0);
+        (done == total && pool["jobs_by_status"]["dispatched"] == 0 && pool["queued_jobs"] == 0)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{total} jobs did not complete"));
+    let ids = ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    ids
+}
+
+fn files_in(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results() {
+    let workers = [
+        FakeWorker::start_with(roomy(Duration::ZERO)),
+        FakeWorker::start_with(roomy(Duration::ZERO)),
+    ];
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[workers[0].entry(4), workers[1].entry(4)]);
+    let args = [
+        "--retain-jobs",
+        "20",
+        "--track-interval",
+        "0.02",
+        "--health-interval",
+        "1",
+    ];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&workers[0], &workers[1]], DEADLINE);
+    let ids = run_jobs(&coordinator, 300, 300, "retained");
+    let (_, pool) = poll_until(DEADLINE, || {
+        let (code, pool) = get_json(&coordinator.url("/pool"));
+        (pool["store"]["rows"].as_u64() <= Some(20)).then_some((code, pool))
+    })
+    .unwrap_or_else(|| panic!("retention by count did not run"));
+    assert!(
+        pool["store"]["retention"]["forgotten_jobs"].as_u64() >= Some(280),
+        "{pool}"
+    );
+    assert!(
+        pool["store"]["retention"]["results_segments_deleted"].as_u64() >= Some(1),
+        "{pool}"
+    );
+    // Every results segment left is one a retained job refers to.
+    let results = dir.path().join("state").join("results");
+    let referenced = stored_segments(dir.path());
+    let left: BTreeSet<String> = fs::read_dir(&results)
+        .map(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_subset(&referenced),
+        "{left:?} left, {referenced:?} referenced"
+    );
+    let forgotten = ids
+        .iter()
+        .find(|id| get(&coordinator.url(&format!("/status/{id}"))).0 == 404)
+        .unwrap_or_else(|| panic!("no job was forgotten"));
+    let (_, body) = get(&coordinator.url(&format!("/status/{forgotten}")));
+    assert!(body.contains("expired"), "{body}");
+    let kept = ids
+        .iter()
+        .filter(|id| get(&coordinator.url(&format!("/status/{id}"))).0 == 200)
+        .count();
+    assert!((1..=20).contains(&kept), "{kept} jobs kept");
+    drop(coordinator);
+    // By age: a restart with --retain-for 1 forgets every finished job within seconds.
+    let coordinator = Coordinator::start_in(dir.path(), &["--retain-for", "1"]);
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["store"]["rows"] == 0 && files_in(&results) == 0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "retention by age did not forget every job and results segment ({} files left)",
+            files_in(&results)
+        )
+    });
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["jobs_by_status"]["completed"], 0, "{pool}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The short version of the 50,000-job run (the bench has the long one): with a small
+/// retention, memory and disk after 4,500 jobs stay within 10% of the figures after 1,500.
+#[test]
+fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
+    let workers = [
+        FakeWorker::start_with(roomy(Duration::ZERO)),
+        FakeWorker::start_with(roomy(Duration::ZERO)),
+    ];
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[workers[0].entry(4), workers[1].entry(4)]);
+    let args = ["--retain-jobs", "200", "--track-interval", "0.02"];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&workers[0], &workers[1]], DEADLINE);
+    let state = dir.path().join("state");
+    // Retention caught up, and the idle store checkpointed its WAL back to zero bytes.
+    let settle = || {
+        poll_until(DEADLINE, || {
+            let (_, pool) = get_json(&coordinator.url("/pool"));
+            let wal = fs::metadata(state.join("jobs.db-wal")).map_or(0, |m| m.len());
+            (pool["store"]["rows"].as_u64() <= Some(200) && wal == 0).then_some(())
+        })
+        .unwrap_or_else(|| panic!("retention did not catch up"));
+    };
+    run_jobs(&coordinator, 1500, 1500, "flat a");
+    settle();
+    let (rss_first, disk_first) = (rss_kib(coordinator.pid()), dir_bytes(&state));
+    run_jobs(&coordinator, 3000, 4500, "flat b");
+    settle();
+    let (rss_last, disk_last) = (rss_kib(coordinator.pid()), dir_bytes(&state));
+    eprintln!("RSS {rss_first} -> {rss_last} KiB, state dir {disk_first} -> {disk_last} bytes");
+    assert!(
+        rss_last as f64 <= rss_first as f64 * 1.1,
+        "RSS grew: {rss_first} -> {rss_last} KiB"
+    );
+    assert!(
+        disk_last as f64 <= disk_first as f64 * 1.1,
+        "state dir grew: {disk_first} -> {disk_last} bytes"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let args = ["--max-queued-jobs", "3", "--upload-memory-bytes", "0"];
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args);
+    for i in 0..3 {
+        submit(&coordinator, &job(&format!("queued {i}")));
+    }
+    let (_, before) = get_json(&coordinator.url("/pool"));
+    let uploads = coordinator.state_dir().join("uploads");
+    let files_before = files_in(&uploads);
+    let form = job("one too many");
+    let reply = send(
+        "POST",
+        &coordinator.url("/submit"),
+        Some((&form.content_type(), &form.body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("Retry-After"), Some("5"));
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("queue is full"));
+    let (_, after) = get_json(&coordinator.url("/pool"));
+    assert_eq!(after["spool"], before["spool"], "the spool changed");
+    assert_eq!(
+        after["store"]["rows"], before["store"]["rows"],
+        "a row was written"
+    );
+    assert_eq!(after["queued_jobs"], 3);
+    assert_eq!(files_in(&uploads), files_before);
+}
+
+/// A small tmpfs mounted at a path, unmounted when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
+    let dir = support::temp_dir();
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&state)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED: cannot mount a small tmpfs here (needs root); the full-disk test did not run"
+        );
+        return;
+    }
+    let _mount = Mount(state.clone());
+    let worker = FakeWorker::start();
+    worker.stop();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--upload-memory-bytes", "0"]);
+    let kept = submit(&coordinator, &job("fits"));
+    let big = vec![b'x'; 3 * 1024 * 1024];
+    let form = Form::new().file("main.py", "text/x-python", &big);
+    let reply = send(
+        "POST",
+        &coordinator.url("/submit"),
+        Some((&form.content_type(), &form.body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("full"), "{}", reply.text());
+    assert_eq!(
+        files_in(&state.join("uploads")),
+        1,
+        "only the kept job's upload stays"
+    );
+    assert_eq!(get(&coordinator.url(&format!("/status/{kept}"))).0, 200);
+    let (code, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200, "{pool}");
+    assert_eq!(pool["queued_jobs"], 1, "{pool}");
+}
+
+#[test]
+fn sigterm_lets_dispatches_in_flight_settle_exits_0_and_the_restart_follows_the_jobs() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_secs(2)));
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &job("sigterm first"));
+    poll_until(DEADLINE, || {
+        (!job_status(&coordinator, &first)["remote_job_id"].is_null()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first job never reached the worker"));
+    // The worker holds its lock while the first job runs: this submit stays in flight.
+    let second = submit(&coordinator, &job("sigterm second"));
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &second)["pool_status"] == "dispatched").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the second job was not dispatched"));
+    let started = Instant::now();
+    let status = coordinator.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    let logs = coordinator.logs();
+    assert!(logs.contains("Job store closed"), "{logs}");
+    eprintln!(
+        "graceful shutdown took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let dir = coordinator.dir().to_path_buf();
+    assert_eq!(
+        stored_remote_ids(&dir),
+        2,
+        "the dispatch in flight settled before the exit"
+    );
+    let restarted = Coordinator::start_in(&dir, &FAST);
+    for id in [&first, &second] {
+        let status = wait_final(&restarted, id, DEADLINE);
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        assert_outputs(&restarted, id, &status);
+    }
+    let seen = received_tokens(&[&worker]);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_secs(5)));
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &job("second signal first"));
+    poll_until(DEADLINE, || {
+        (!job_status(&coordinator, &first)["remote_job_id"].is_null()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first job never reached the worker"));
+    let second = submit(&coordinator, &job("second signal second"));
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &second)["pool_status"] == "dispatched").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the second job was not dispatched"));
+    let pid = coordinator.pid().to_string();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+    };
+    let _ = kill("-TERM");
+    assert!(coordinator.wait_for_log("Shutting down", DEADLINE));
+    let started = Instant::now();
+    let _ = kill("-INT");
+    let status = coordinator.wait_exit(Duration::from_secs(3));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

@@ -104,6 +104,15 @@ impl Coordinator {
     /// waits until it answers `/health`. It is killed if the benchmark dies (from the main
     /// thread, which starts every coordinator).
     pub fn start(workers: &[Entry], extra: &[&str]) -> Result<Coordinator, String> {
+        Coordinator::start_on(workers, None, extra)
+    }
+
+    /// Like `start`, on the state directory `state` when given (else a fresh one).
+    pub fn start_on(
+        workers: &[Entry],
+        state: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Coordinator, String> {
         let dir = tempfile::Builder::new()
             .prefix("trusted-pool-bench-")
             .tempdir()
@@ -132,7 +141,7 @@ impl Coordinator {
             .arg("--workers")
             .arg(&file)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(state.map_or_else(|| dir.path().join("state"), Path::to_path_buf))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

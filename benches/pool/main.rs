@@ -202,6 +202,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    if wanted("9") {
+        say("scenario 9 (durability: --fsync modes, restart with 100,000 stored jobs)");
+        if let Err(e) = scenarios::durability(&body, &mut f) {
+            f.notes.push(format!("scenario 9 could not run: {e}"));
+        }
+    }
     if wanted("6") {
         say("scenario 6 (scale)");
         if let Err(e) = scenarios::scale(&body, &direct_submit, &mut f) {

@@ -1027,3 +1027,149 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
     ]);
     Ok(())
 }
+
+/// Finished jobs in the store the restart is measured with.
+const STORED_JOBS: u64 = 100_000;
+
+/// Writes `STORED_JOBS` finished jobs into a job store in `dir`, as the coordinator records them.
+fn fill_store(dir: &std::path::Path) -> Result<(), String> {
+    use trusted_pool::base::config::FsyncMode;
+    use trusted_pool::base::job::{Collection, Job, PoolStatus, Span, StoredResults};
+    use trusted_pool::store::jobs_db::{JobStore, Record, Retention};
+    use trusted_pool::store::segments::Segments;
+    let retention = Retention {
+        jobs: u64::MAX,
+        for_secs: 1e12,
+        results_dir: dir.join("results"),
+        segments: std::sync::Arc::new(
+            Segments::open(dir.join("results"), "bench".to_string(), false)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let (store, _) = JobStore::open(dir, FsyncMode::Off, retention).map_err(|e| e.to_string())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let status = serde_json::json!({"job_id": "job_1_1", "status": "completed",
+        "output_files": {"result.txt": {"size_bytes": 30, "sha256": "0".repeat(64), "type": "file"}}});
+    for n in 0..STORED_JOBS {
+        let mut job = Job::new(format!("pool-{n:032x}"), Vec::new(), None, now);
+        job.status = PoolStatus::Completed;
+        job.worker_id = Some("He7P3kzyklbzEfhMTtht10tA8QYEU3JK+dKgggIJ1IY=".to_string());
+        job.remote_job_id = Some(format!("job_1_{n}"));
+        job.worker_status = Some(status.clone());
+        job.completed_at = Some(now);
+        job.collection = Collection::Collected(StoredResults {
+            segment: "none".to_string(),
+            outputs: vec![(
+                "result.txt".to_string(),
+                Span {
+                    offset: 0,
+                    size: 30,
+                },
+            )],
+            logs: Span {
+                offset: 30,
+                size: 40,
+            },
+        });
+        let record = Record {
+            job: Box::new(job),
+            insert: true,
+            upload: None,
+            sync: None,
+            done: None,
+        };
+        if n + 1 == STORED_JOBS {
+            store.send_and_wait(record).map_err(|e| e.to_string())?;
+        } else {
+            store.send(record);
+        }
+    }
+    store.close();
+    Ok(())
+}
+
+/// Scenario 9: durability. Submit throughput with `--fsync batch` against `--fsync off` (and
+/// `always`), side by side in one run; restart on a store holding 100,000 finished jobs: time
+/// until it serves again and its memory.
+pub fn durability(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let modes = ["off", "batch", "always"];
+    let mut by_mode: Vec<LoadSeries> = (0..modes.len()).map(|_| LoadSeries::default()).collect();
+    for _ in 0..RUNS {
+        for (k, mode) in modes.iter().enumerate() {
+            let p = start_pool(
+                3,
+                ROOMY,
+                &["--track-interval", TRACK_INTERVAL, "--fsync", mode],
+            )?;
+            let url = p.coord.url("/submit");
+            let stats = closed_loop(
+                CLIENTS,
+                WARMUP,
+                WINDOW,
+                || {},
+                |i| submit_op(body, &url, i, "pool-"),
+            );
+            by_mode[k].push(&stats);
+        }
+    }
+    let (mut restart, mut rss) = (Series::default(), Series::default());
+    for _ in 0..RUNS {
+        let dir = tempfile::Builder::new()
+            .prefix("trusted-pool-bench-store-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let state = dir.path().join("state");
+        fill_store(&state)?;
+        let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+        let entry = (worker.worker_id().to_string(), worker.endpoint(), ROOMY);
+        let started = Instant::now();
+        let coord = Coordinator::start_on(&[entry], Some(&state), &["--retain-jobs", "100000"])?;
+        restart.push(started.elapsed().as_secs_f64());
+        let pool = coord.pool()?;
+        if num(&pool["jobs_by_status"], "completed") != STORED_JOBS {
+            return Err(format!("the restarted coordinator lost jobs: {pool}"));
+        }
+        rss.push(coord.rss() as f64 / MIB);
+    }
+    let s = "9 durability";
+    let off = by_mode[0].throughput.0.clone();
+    let e = by_mode.iter().map(|m| m.errors).sum();
+    f.rows.extend([
+        Row::pool(
+            s,
+            "submit throughput, --fsync batch (direct: off)",
+            "jobs/s",
+            by_mode[1].throughput.0.clone(),
+        )
+        .direct(off.clone())
+        .budget(Budget::RatioAtLeast(0.7))
+        .errors(e),
+        Row::pool(
+            s,
+            "submit throughput, --fsync always (direct: off)",
+            "jobs/s",
+            by_mode[2].throughput.0.clone(),
+        )
+        .direct(off)
+        .errors(e),
+        Row::pool(
+            s,
+            "submit latency p50, --fsync batch (direct: off)",
+            "ms",
+            by_mode[1].p50.0.clone(),
+        )
+        .direct(by_mode[0].p50.0.clone())
+        .errors(e),
+        Row::pool(
+            s,
+            "restart with 100,000 finished jobs: serving after",
+            "s",
+            restart.0,
+        )
+        .budget(Budget::Under(1.0)),
+        Row::pool(s, "RSS after that restart", "MiB", rss.0).budget(Budget::Under(24.0)),
+    ]);
+    Ok(())
+}

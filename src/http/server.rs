@@ -198,12 +198,12 @@ mod tests {
     fn a_panicking_handler_is_answered_500_and_the_pool_keeps_serving() {
         let dir = std::env::temp_dir().join(format!("tp-http-{}", std::process::id()));
         let spool = Spool::open(&dir, 0).expect("spool");
-        let (results_dir, open_segments) = spool.results_segments();
+        let (results_dir, segments) = spool.results_segments();
         let retention = Retention {
             jobs: 10,
             for_secs: 60.0,
             results_dir,
-            open_segments,
+            segments,
         };
         let (store, _) = JobStore::open(&dir, FsyncMode::Off, retention).expect("store");
         let (ctx, _signals) = Context::new(

@@ -96,12 +96,12 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     };
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
-    let (results_dir, open_segments) = spool.results_segments();
+    let (results_dir, segments) = spool.results_segments();
     let retention = Retention {
         jobs: config.retain_jobs,
         for_secs: config.retain_for.as_secs_f64(),
         results_dir,
-        open_segments,
+        segments,
     };
     let opened = Instant::now();
     let (store, unsettled) =

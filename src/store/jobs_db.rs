@@ -13,7 +13,7 @@ use crate::base::clock::unix_now;
 use crate::base::config::FsyncMode;
 use crate::base::job::{Collection, Job, PoolStatus};
 use crate::base::sync::lock;
-use crate::store::segments::SegmentFile;
+use crate::store::segments::{SegmentFile, Segments};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ const MAX_FORGET: i64 = 5000;
 /// Time between retention sweeps.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
-const CHECKPOINT_COMMITS: u64 = 500;
+const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
 
 /// What went wrong with the job store.
@@ -227,8 +227,8 @@ pub struct Retention {
     pub for_secs: f64,
     /// The results directory.
     pub results_dir: PathBuf,
-    /// Results segments still open for writing (never deleted).
-    pub open_segments: Arc<Mutex<HashSet<String>>>,
+    /// The results segments (one still open for writing is never deleted).
+    pub segments: Arc<Segments>,
 }
 
 /// The job store.
@@ -301,7 +301,7 @@ impl JobStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 8388608; PRAGMA busy_timeout = 10000;"
+             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -1024; PRAGMA busy_timeout = 10000;"
         ))?;
         if version == 0 {
             conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
@@ -378,10 +378,15 @@ impl JobStore {
     pub fn load(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let conn = match lock(&self.readers).pop() {
             Some(conn) => conn,
-            None => Connection::open_with_flags(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                // A read touches a handful of pages: a small cache keeps memory flat.
+                conn.execute_batch("PRAGMA cache_size = -128")?;
+                conn
+            }
         };
         let record: Option<String> = conn
             .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
@@ -614,7 +619,10 @@ impl Writer {
                 log::error!("The retention sweep of the job store failed: {e}");
             }
         }
-        if due && (idle || self.commits_since_checkpoint >= CHECKPOINT_COMMITS) {
+        if due && idle {
+            // Nothing is being written: the WAL goes back to zero bytes.
+            self.checkpoint("TRUNCATE");
+        } else if due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS {
             self.checkpoint("PASSIVE");
         }
     }
@@ -709,7 +717,7 @@ impl Writer {
             .conn
             .prepare_cached("SELECT 1 FROM jobs WHERE results_segment = ?1 LIMIT 1")?;
         for name in candidates {
-            if lock(&self.retention.open_segments).contains(&name) || referenced.exists([&name])? {
+            if referenced.exists([&name])? || !self.retention.segments.retire(&name) {
                 continue;
             }
             let path = self.retention.results_dir.join(&name);

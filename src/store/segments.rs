@@ -19,7 +19,7 @@ pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 
 /// A segment takes no more jobs once it holds this many, so that the files of forgotten jobs
 /// can go soon (a results segment is deleted when no retained job refers to it).
-pub const SEGMENT_MAX_JOBS: u32 = 256;
+pub const SEGMENT_MAX_JOBS: u32 = 64;
 
 /// A copy into a segment that failed.
 #[derive(Debug)]
@@ -215,7 +215,7 @@ pub struct Segments {
     prefix: String,
     remove_when_unused: bool,
     free: Mutex<Free>,
-    open: Arc<Mutex<HashSet<String>>>,
+    open: Mutex<HashSet<String>>,
 }
 
 impl Segments {
@@ -228,19 +228,13 @@ impl Segments {
             prefix,
             remove_when_unused,
             free: Mutex::new(Free::default()),
-            open: Arc::default(),
+            open: Mutex::default(),
         })
     }
 
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The names of the segments still open for writing (taken by a writer or free for the
-    /// next one): a segment in this set may get more data and must not be deleted.
-    pub fn open_names(&self) -> Arc<Mutex<HashSet<String>>> {
-        Arc::clone(&self.open)
     }
 
     /// A segment for one writer: a free one, or a new one.
@@ -312,6 +306,24 @@ impl Segments {
     /// Closes a segment for writing.
     fn close(&self, segment: OpenSegment) {
         lock(&self.open).remove(segment.file.name());
+    }
+
+    /// Takes a segment no retained job refers to out of use so that its file may be deleted:
+    /// true when it is closed now (it was free, or is not open at all), false while a writer
+    /// holds it.
+    pub fn retire(&self, name: &str) -> bool {
+        let retired = {
+            let mut free = lock(&self.free);
+            let at = free.segments.iter().position(|s| s.file.name() == name);
+            at.map(|at| free.segments.swap_remove(at))
+        };
+        match retired {
+            Some(segment) => {
+                self.close(segment);
+                true
+            }
+            None => !lock(&self.open).contains(name),
+        }
     }
 
     /// Closes a segment that failed while written (its writer was dropped).

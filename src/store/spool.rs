@@ -86,7 +86,7 @@ pub struct UploadCounts {
 pub struct Spool {
     results: PathBuf,
     upload_segments: Segments,
-    result_segments: Segments,
+    result_segments: Arc<Segments>,
     random: Mutex<BufReader<File>>,
     memory_limit: u64,
     waiting: Mutex<Waiting>,
@@ -299,7 +299,7 @@ impl Spool {
         let results = state_dir.join("results");
         let uploads = state_dir.join("uploads");
         let upload_segments = Segments::open(uploads, started.clone(), true)?;
-        let result_segments = Segments::open(results.clone(), started, false)?;
+        let result_segments = Arc::new(Segments::open(results.clone(), started, false)?);
         let random = BufReader::with_capacity(4096, File::open("/dev/urandom")?);
         Ok(Spool {
             results,
@@ -417,10 +417,10 @@ impl Spool {
         self.result_segments.give_back(pinned.0);
     }
 
-    /// The results directory and the names of its segments still open for writing (which a
-    /// retention sweep must not delete).
-    pub fn results_segments(&self) -> (PathBuf, Arc<Mutex<HashSet<String>>>) {
-        (self.results.clone(), self.result_segments.open_names())
+    /// The results directory and its segments (a retention sweep retires those no retained job
+    /// refers to before deleting them).
+    pub fn results_segments(&self) -> (PathBuf, Arc<Segments>) {
+        (self.results.clone(), Arc::clone(&self.result_segments))
     }
 
     /// Takes back the waiting uploads of recovered jobs: those held in the job store (`Ok`
