@@ -59,6 +59,8 @@ OPTIONS:
                              in flight before exiting                     [default: 30]
     --cors-origin ORIGIN     a web origin (http://host:port) whose pages may call the API
                              from a browser; repeatable; * allows any       [default: none]
+    --metrics-open           serve GET /metrics without a key even with --api-keys (for a
+                             Prometheus that cannot send one); otherwise it needs an admin key
     -h, --help               print this help
     -V, --version            print the version
 
@@ -300,6 +302,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         )?,
         shutdown_grace: value(args, "--shutdown-grace", grace, d.shutdown_grace)?,
         cors_origins: cors_origins(args)?,
+        metrics_open: args.contains("--metrics-open") || d.metrics_open,
     })
 }
 

@@ -48,6 +48,8 @@ const SCALE_WORKERS: usize = 200;
 const SCALE_BLACK_HOLES: usize = 20;
 /// Slots per worker in the scale scenario.
 const SCALE_SLOTS: u32 = 4;
+/// `/metrics` scrapes timed in the scale scenario.
+const SCRAPES: usize = 200;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -910,7 +912,28 @@ pub fn memory(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     Ok(())
 }
 
-/// Scenario 6: 200 workers, 20 of them black holes: one health round, and submit throughput.
+/// Times `SCRAPES` sequential `GET /metrics`: (p50 ms, p99 ms, coordinator CPU us per scrape).
+fn scrape_cost(coord: &Coordinator) -> Result<(f64, f64, f64), String> {
+    let agent = load::agent();
+    let url = coord.url("/metrics");
+    load::get_bytes(&agent, &url)?;
+    let cpu0 = coord.cpu();
+    let mut times = Vec::with_capacity(SCRAPES);
+    for _ in 0..SCRAPES {
+        let started = Instant::now();
+        let text = load::get_bytes(&agent, &url)?;
+        times.push(started.elapsed().as_nanos() as u64);
+        if !text.starts_with(b"# HELP") {
+            return Err("/metrics did not answer the text format".to_string());
+        }
+    }
+    let cpu = (coord.cpu() - cpu0).as_secs_f64() * 1e6 / SCRAPES as f64;
+    times.sort_unstable();
+    Ok((quantile_ms(&times, 0.5), quantile_ms(&times, 0.99), cpu))
+}
+
+/// Scenario 6: 200 workers, 20 of them black holes: one health round, submit throughput, and
+/// the cost of a `/metrics` scrape.
 pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<(), String> {
     let (mut round, mut tput, mut p50, mut cpu) = (
         Series::default(),
@@ -918,6 +941,8 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
         Series::default(),
         Series::default(),
     );
+    let (mut scrape_p50, mut scrape_p99, mut scrape_cpu) =
+        (Series::default(), Series::default(), Series::default());
     let mut load_errors = LoadSeries::default();
     let timeout = HEALTH_TIMEOUT_SECS.to_string();
     for _ in 0..RUNS {
@@ -1011,6 +1036,14 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
         tput.push(stats.throughput());
         p50.push(stats.quantile_ms(0.5));
         load_errors.add_errors(stats.errors, stats.first_error.clone());
+        match scrape_cost(&coord) {
+            Ok((p50, p99, cpu)) => {
+                scrape_p50.push(p50);
+                scrape_p99.push(p99);
+                scrape_cpu.push(cpu);
+            }
+            Err(e) => load_errors.add_errors(1, Some(format!("/metrics: {e}"))),
+        }
         drop(coord);
     }
     f.error_note("6", &load_errors);
@@ -1024,6 +1057,17 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
             .errors(e),
         Row::pool(s, "submit latency p50, 200 workers", "ms", p50.0).errors(e),
         Row::pool(s, "CPU per submitted job, 200 workers", "us", cpu.0).errors(e),
+        Row::pool(s, "/metrics scrape p50, 200 workers", "ms", scrape_p50.0)
+            .budget(Budget::Under(1.0))
+            .errors(e),
+        Row::pool(s, "/metrics scrape p99, 200 workers", "ms", scrape_p99.0).errors(e),
+        Row::pool(
+            s,
+            "CPU per /metrics scrape, 200 workers",
+            "us",
+            scrape_cpu.0,
+        )
+        .errors(e),
     ]);
     Ok(())
 }

@@ -80,6 +80,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Origins whose pages may call the API from a browser (`*`: any); empty: none.
     pub cors_origins: Vec<String>,
+    /// `GET /metrics` answers without a client key even when `api_keys` is set.
+    pub metrics_open: bool,
 }
 
 impl Default for ServeConfig {
@@ -110,6 +112,7 @@ impl Default for ServeConfig {
             max_queued_jobs: 10_000,
             shutdown_grace: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            metrics_open: false,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Leaf types and helpers: the job record, the settings, the client keys, time, path handling, locking and
-//! the reusable thread cache. Imports nothing of the crate outside `base`.
+//! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
+//! locking, the reusable thread cache and the process's own figures. Imports nothing of the
+//! crate outside `base`.
 
 pub mod api_keys;
 pub mod clock;
@@ -7,6 +8,7 @@ pub mod config;
 pub mod file_kinds;
 pub mod job;
 pub mod paths;
+pub mod process;
 pub mod sync;
 pub mod targz;
 pub mod thread_cache;

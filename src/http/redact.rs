@@ -2,8 +2,8 @@
 //! authentication, so its job id is a key to the job's files on the worker. It may appear in
 //! `remote_job_id`, in the worker's raw status answer, in error messages (a worker's file-system
 //! error names the job directory) and in a job's logs; every occurrence in a JSON answer and in
-//! a followed job's text stream is replaced. Streamed file bytes (output files) are passed
-//! through unchanged.
+//! a followed job's text stream is replaced. Streamed file bytes (output files) and text pages
+//! are passed through unchanged.
 
 use crate::http::replies::Reply;
 use crate::state::context::Context;
@@ -28,7 +28,8 @@ pub fn hide_remote_id(reply: Reply, remote: &str) -> Reply {
         other @ (Reply::Stream { .. }
         | Reply::Wait { .. }
         | Reply::Handoff(_)
-        | Reply::Empty(_)) => other,
+        | Reply::Empty(_)
+        | Reply::Text { .. }) => other,
     }
 }
 

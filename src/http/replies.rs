@@ -1,6 +1,7 @@
 //! What a handler answers: JSON, JSON errors, streamed bodies, or a hand-off of the connection.
 
 use serde_json::Value;
+use std::borrow::Cow;
 use std::io::Read;
 
 /// What a handler answers.
@@ -9,6 +10,17 @@ pub enum Reply {
     Json(u16, Value),
     /// A JSON body already serialized.
     JsonBytes(u16, Vec<u8>),
+    /// A body held in memory with its content type and extra headers (a page, the metrics).
+    Text {
+        /// HTTP status.
+        status: u16,
+        /// Its content type.
+        content_type: &'static str,
+        /// Further response headers.
+        headers: &'static [(&'static str, &'static str)],
+        /// The bytes.
+        body: Cow<'static, [u8]>,
+    },
     /// A streamed body (a file from the spool or a worker).
     Stream {
         /// HTTP status.

@@ -9,7 +9,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{
     keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
 };
-use crate::http::{cors, outputs, sandrun, upload, waiting};
+use crate::http::{cors, metrics, outputs, sandrun, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
@@ -30,6 +30,7 @@ enum Route<'a> {
     Stats,
     Health,
     Pool,
+    Metrics,
     Submit,
     Status(&'a str),
     Logs(&'a str),
@@ -60,6 +61,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("stats", "") => Some(Route::Stats),
         ("health", "") => Some(Route::Health),
         ("pool", "") => Some(Route::Pool),
+        ("metrics", "") => Some(Route::Metrics),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
@@ -91,7 +93,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /metrics, /health)"),
         );
     };
     if *request.method() == Method::Options {
@@ -113,6 +115,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     match route {
         Route::Health => return health(),
         Route::Root => return root(ctx, request),
+        Route::Metrics if ctx.config.metrics_open => return metrics_reply(ctx),
         _ => {}
     }
     let caller = match authorize(ctx, request) {
@@ -124,7 +127,14 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Root => root(ctx, request),
         Route::Stats => Reply::Json(200, sandrun::stats(&ctx.lock(), &caller)),
         Route::Pool => pool(ctx, &caller),
-        Route::Submit => submit(ctx, &caller, request, &url),
+        Route::Submit => {
+            let started = Instant::now();
+            let reply = submit(ctx, &caller, request, &url);
+            ctx.metrics
+                .submit_request
+                .observe(started.elapsed().as_secs_f64());
+            reply
+        }
         Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
@@ -179,6 +189,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::DownloadFile(id, file) => {
             job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file, true))
         }
+        Route::Metrics => match admin_only(&caller) {
+            Ok(()) => metrics_reply(ctx),
+            Err(refused) => refused,
+        },
     }
 }
 
@@ -205,6 +219,17 @@ fn health() -> Reply {
         200,
         json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
     )
+}
+
+/// `GET /metrics`: for an admin key, or for anyone with `--metrics-open` (or without
+/// `--api-keys`).
+fn metrics_reply(ctx: &Context) -> Reply {
+    Reply::Text {
+        status: 200,
+        content_type: metrics::CONTENT_TYPE,
+        headers: &[("Cache-Control", "no-store")],
+        body: metrics::render(ctx).into_bytes().into(),
+    }
 }
 
 /// `GET /pool`: everything for an admin; for a submit key the counts and its own figures, not

@@ -49,6 +49,22 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             take(request);
             Ok(())
         }
+        Reply::Text {
+            status,
+            content_type,
+            headers,
+            body,
+        } => {
+            let mut response = Response::from_data(body).with_status_code(status);
+            let own = [("Content-Type", content_type)]
+                .into_iter()
+                .chain(headers.iter().copied())
+                .filter_map(|(name, value)| header(name, value));
+            for h in own.chain(extra) {
+                response.add_header(h);
+            }
+            request.respond(response)
+        }
         Reply::Stream {
             status,
             content_type,

@@ -374,6 +374,7 @@ pub fn accept(
     let (assignments, still_queued) = {
         let mut st = ctx.lock();
         st.enqueue(job, Instant::now());
+        ctx.metrics.job_submitted();
         let (assignments, _) = scheduler::assign(&mut st, Instant::now());
         (assignments, !st.queue.is_empty())
     };

@@ -7,6 +7,7 @@ use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
 use crate::pool::health::mark_unreachable;
 use crate::pool::{announce, stream, tracker};
 use crate::state::context::Context;
+use crate::state::metrics::DispatchOutcome;
 use crate::state::pool_state::{PoolState, Throttle};
 use crate::worker::client::SubmitOutcome;
 use crate::worker::identity::short_id;
@@ -43,7 +44,12 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
             unrecorded(&thread_ctx, &assignment, &e.to_string());
             return;
         }
+        let started = Instant::now();
         let outcome = send(&thread_ctx, &assignment);
+        thread_ctx
+            .metrics
+            .dispatch
+            .observe(started.elapsed().as_secs_f64());
         settle(&thread_ctx, &assignment, outcome);
     }));
     if let Err(e) = started {
@@ -222,6 +228,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         let w = &mut st.workers[index];
         w.counters.accepted += 1;
         w.known_ok = w.known_ok.max(w.active_jobs.saturating_sub(w.in_flight));
+        w.counters.dispatched(DispatchOutcome::Accepted);
         if !w.is_throttled(Instant::now()) {
             w.throttle = None;
         }
@@ -232,9 +239,11 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         w.tracker_running = true;
         let wake = w.tracker_wake.clone();
         if let Some(job) = st.jobs.get_mut(id) {
+            let now = unix_now();
             job.remote_job_id = Some(remote.clone());
-            job.dispatched_at = Some(unix_now());
+            job.dispatched_at = Some(now);
             job.last_contact = job.dispatched_at;
+            ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
         ctx.record(&st, id);
         drop(st);
@@ -259,29 +268,42 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         SubmitOutcome::Throttled(message) => {
             st.workers[index].counters.throttled += 1;
             learn_cap(&mut st, index, &message);
+            st.workers[index]
+                .counters
+                .dispatched(DispatchOutcome::Throttled);
             throttle(&mut st, index, message, true);
             st.requeue_front(id);
             false
         }
         SubmitOutcome::Rejected(code, message) => {
             st.workers[index].counters.failed += 1;
+            st.workers[index]
+                .counters
+                .dispatched(DispatchOutcome::Rejected);
             let error = format!("worker {short}... rejected the job (HTTP {code}): {message}");
             log::warn!("Job {id} failed: {error}");
             finish(&mut st, id, PoolStatus::Failed, error);
             true
         }
         SubmitOutcome::ServerError(code, message) => {
+            st.workers[index]
+                .counters
+                .dispatched(DispatchOutcome::ServerError);
             let error = format!("worker {short}... answered HTTP {code}: {message}");
             throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
             retry_or_fail(ctx, &mut st, a, error)
         }
         SubmitOutcome::NotSent(why) => {
+            st.workers[index]
+                .counters
+                .dispatched(DispatchOutcome::Unreachable);
             let error = format!("worker {short}... {why}");
             mark_unreachable(ctx, &mut st, index, why);
             retry_or_fail(ctx, &mut st, a, error)
         }
         SubmitOutcome::Unknown(why) => {
             st.workers[index].counters.lost += 1;
+            st.workers[index].counters.dispatched(DispatchOutcome::Lost);
             let error = format!(
                 "dispatch to worker {short}... had an unknown outcome, the job may or may not run there, so it is not run again: {why}"
             );

@@ -4,6 +4,7 @@
 
 use crate::base::clock::unix_now;
 use crate::state::context::Context;
+use crate::state::metrics::ProbeResult;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::ProbeFailure;
 use crate::worker::identity::short_id;
@@ -76,6 +77,12 @@ fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
 
 /// Records one probe result; a worker that turns healthy wakes the scheduler.
 fn apply(ctx: &Context, index: usize, result: Result<(), ProbeFailure>) {
+    ctx.metrics.probe(match &result {
+        Ok(()) => ProbeResult::Healthy,
+        Err(ProbeFailure::Unhealthy(_)) => ProbeResult::Unhealthy,
+        Err(ProbeFailure::WrongIdentity { .. }) => ProbeResult::WrongIdentity,
+        Err(ProbeFailure::Unreachable(_)) => ProbeResult::Unreachable,
+    });
     let now = Instant::now();
     let now_unix = unix_now();
     let interval = ctx.config.health_interval;

@@ -6,6 +6,7 @@ use crate::base::config::ServeConfig;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
+use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
@@ -46,6 +47,8 @@ pub struct Context {
     pub streams: ThreadCache,
     /// Job events for followers.
     pub events: JobEvents,
+    /// The coordinator-wide figures (the same ones the pool table records into).
+    pub metrics: Arc<Metrics>,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -73,8 +76,10 @@ impl Context {
             dispatch: config.dispatch_timeout,
         });
         let events = JobEvents::new(config.max_followers);
+        let metrics = Arc::clone(&state.metrics);
         let context = Context {
             config,
+            metrics,
             state: Mutex::new(state),
             spool,
             store,

@@ -7,11 +7,13 @@
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus};
 use crate::state::cpu_window::CpuWindow;
+use crate::state::metrics::{DispatchOutcome, Metrics};
 use crate::state::queue::JobQueue;
 use crate::state::watch::EndWatch;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// sandrun's per-client limit of jobs queued or running, unless its operator changed it.
@@ -65,6 +67,17 @@ pub struct WorkerCounters {
     pub lost: u64,
     /// Submits it answered 429.
     pub throttled: u64,
+    /// Dispatches to it by outcome, in [`DispatchOutcome::ALL`] order.
+    pub dispatches: [u64; DispatchOutcome::ALL.len()],
+}
+
+impl WorkerCounters {
+    /// Counts one dispatch to the worker.
+    pub fn dispatched(&mut self, outcome: DispatchOutcome) {
+        if let Some(i) = DispatchOutcome::ALL.iter().position(|o| *o == outcome) {
+            self.dispatches[i] += 1;
+        }
+    }
 }
 
 /// Wakes a worker's tracker before its interval is up (a job was just dispatched to the worker).
@@ -280,6 +293,42 @@ pub struct PoolState {
     pub stopping: bool,
     /// CPU seconds of the jobs that left the table in the last minute (for `/stats`).
     pub cpu_window: CpuWindow,
+    /// The coordinator-wide figures; jobs' first final statuses are counted here.
+    pub metrics: Arc<Metrics>,
+    /// The ids of the last jobs submitted, for the dashboard.
+    pub recent: RecentJobs,
+}
+
+/// How many recent job ids the table remembers for the dashboard.
+pub const RECENT_JOBS: usize = 20;
+
+/// A ring of the last [`RECENT_JOBS`] job ids submitted. Its strings are reused, so remembering
+/// a job allocates nothing once the ring is full.
+#[derive(Debug, Default)]
+pub struct RecentJobs {
+    ids: Vec<String>,
+    next: usize,
+}
+
+impl RecentJobs {
+    /// Remembers a job id, forgetting the oldest when full.
+    pub fn push(&mut self, id: &str) {
+        if self.ids.len() < RECENT_JOBS {
+            self.ids.push(id.to_string());
+        } else {
+            let slot = &mut self.ids[self.next];
+            slot.clear();
+            slot.push_str(id);
+        }
+        self.next = (self.next + 1) % RECENT_JOBS;
+    }
+
+    /// The remembered ids, newest first.
+    pub fn newest_first(&self) -> impl Iterator<Item = &str> {
+        let n = self.ids.len();
+        let newest = (self.next + RECENT_JOBS - 1) % RECENT_JOBS;
+        (0..n).map(move |k| self.ids[(newest + RECENT_JOBS - k) % RECENT_JOBS].as_str())
+    }
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -311,6 +360,7 @@ impl PoolState {
             self.owner_counts.entry(owner.clone()).or_default()
                 [status_index(PoolStatus::Queued)] += 1;
         }
+        self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
@@ -344,6 +394,10 @@ impl PoolState {
         {
             counts[status_index(job.status)] -= 1;
             counts[status_index(status)] += 1;
+        }
+        if status.is_final() && !job.status.is_final() {
+            self.metrics
+                .job_finished(status, job.submitted_at, job.dispatched_at);
         }
         job.status = status;
         if status.is_final() {
@@ -392,5 +446,28 @@ impl PoolState {
         let with_id = |w: &&WorkerEntry| w.spec.worker_id == worker_id;
         let listed = self.workers.iter().position(|w| !w.removed && with_id(&w));
         listed.or_else(|| self.workers.iter().position(|w| with_id(&w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_jobs_keep_the_last_ones_newest_first() {
+        let mut recent = RecentJobs::default();
+        assert_eq!(recent.newest_first().count(), 0);
+        for i in 0..3 {
+            recent.push(&format!("job-{i}"));
+        }
+        let ids: Vec<&str> = recent.newest_first().collect();
+        assert_eq!(ids, ["job-2", "job-1", "job-0"]);
+        for i in 3..(RECENT_JOBS + 5) {
+            recent.push(&format!("job-{i}"));
+        }
+        let ids: Vec<&str> = recent.newest_first().collect();
+        assert_eq!(ids.len(), RECENT_JOBS);
+        assert_eq!(ids[0], format!("job-{}", RECENT_JOBS + 4));
+        assert_eq!(ids[RECENT_JOBS - 1], "job-5");
     }
 }

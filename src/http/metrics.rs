@@ -1,0 +1,457 @@
+//! `GET /metrics`: the Prometheus text exposition format, version 0.0.4.
+//!
+//! The pool table is locked only to copy a few numbers per worker; the text is written after the
+//! lock is released, into one buffer.
+
+use crate::base::job::{PoolStatus, Priority};
+use crate::base::process;
+use crate::state::context::Context;
+use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
+use crate::state::pool_state::{PoolState, WorkerCounters};
+use std::fmt::Write;
+use std::time::Instant;
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One worker's figures, copied under the lock.
+struct WorkerSample {
+    worker_id: String,
+    endpoint: String,
+    healthy: bool,
+    throttled: bool,
+    draining: bool,
+    active_jobs: u32,
+    max_concurrent_jobs: u32,
+    tracked_jobs: usize,
+    counters: WorkerCounters,
+}
+
+/// The table's figures, copied under the lock.
+struct TableSample {
+    /// Queued jobs put back at the head, then per priority level (see [`Priority::ALL`]).
+    requeued: usize,
+    levels: [usize; Priority::ALL.len()],
+    jobs: [usize; PoolStatus::ALL.len()],
+    workers: Vec<WorkerSample>,
+}
+
+fn sample_table(st: &PoolState, now: Instant) -> TableSample {
+    let mut jobs = [0; PoolStatus::ALL.len()];
+    for (count, status) in jobs.iter_mut().zip(PoolStatus::ALL) {
+        *count = st.count(status);
+    }
+    let depths = st.queue.depths();
+    TableSample {
+        requeued: depths.requeued,
+        levels: depths.levels,
+        jobs,
+        workers: st
+            .workers
+            .iter()
+            .map(|w| WorkerSample {
+                worker_id: w.spec.worker_id.clone(),
+                endpoint: w.spec.endpoint.clone(),
+                healthy: w.health.is_healthy,
+                throttled: w.is_throttled(now),
+                draining: w.draining,
+                active_jobs: w.active_jobs,
+                max_concurrent_jobs: w.spec.max_concurrent_jobs,
+                tracked_jobs: w.tracked.len(),
+                counters: w.counters.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Writes the metrics text; the table is locked only while its figures are copied.
+pub fn render(ctx: &Context) -> String {
+    let table = sample_table(&ctx.lock(), Instant::now());
+    let mut out = Text(String::with_capacity(4096 + table.workers.len() * 1600));
+    write_jobs(&mut out, &ctx.metrics, &table);
+    write_workers(&mut out, &table);
+    write_histograms(&mut out, &ctx.metrics);
+    let spool = ctx.spool.upload_counts();
+    out.family(
+        "trusted_pool_uploads_waiting",
+        "gauge",
+        "Uploads waiting for dispatch, by where they are held.",
+    );
+    out.sample(
+        "trusted_pool_uploads_waiting",
+        &[("place", "memory")],
+        spool.in_memory as u64,
+    );
+    out.sample(
+        "trusted_pool_uploads_waiting",
+        &[("place", "disk")],
+        spool.on_disk as u64,
+    );
+    out.family(
+        "trusted_pool_upload_bytes_waiting",
+        "gauge",
+        "Bytes of uploads waiting for dispatch, by where they are held.",
+    );
+    out.sample(
+        "trusted_pool_upload_bytes_waiting",
+        &[("place", "memory")],
+        spool.memory_bytes,
+    );
+    out.sample(
+        "trusted_pool_upload_bytes_waiting",
+        &[("place", "disk")],
+        spool.disk_bytes,
+    );
+    write_process(&mut out, ctx.metrics.started_at);
+    out.0
+}
+
+fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
+    out.family(
+        "trusted_pool_build_info",
+        "gauge",
+        "The running coordinator's version (always 1).",
+    );
+    out.sample(
+        "trusted_pool_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out.family(
+        "trusted_pool_jobs_submitted_total",
+        "counter",
+        "Jobs accepted by POST /submit.",
+    );
+    out.sample(
+        "trusted_pool_jobs_submitted_total",
+        &[],
+        metrics.submitted(),
+    );
+    out.family(
+        "trusted_pool_jobs_finished_total",
+        "counter",
+        "Jobs that ended, by their first final status.",
+    );
+    for status in PoolStatus::ALL.into_iter().filter(|s| s.is_final()) {
+        out.sample(
+            "trusted_pool_jobs_finished_total",
+            &[("status", status.as_str())],
+            metrics.finished(status),
+        );
+    }
+    out.family(
+        "trusted_pool_jobs",
+        "gauge",
+        "Jobs the coordinator holds, by status.",
+    );
+    for (status, count) in PoolStatus::ALL.into_iter().zip(table.jobs) {
+        out.sample(
+            "trusted_pool_jobs",
+            &[("status", status.as_str())],
+            count as u64,
+        );
+    }
+    out.family(
+        "trusted_pool_queue_depth",
+        "gauge",
+        "Jobs waiting in the coordinator's queue, by priority (requeued: put back at the head).",
+    );
+    for (priority, depth) in Priority::ALL.iter().zip(table.levels) {
+        out.sample(
+            "trusted_pool_queue_depth",
+            &[("priority", priority.as_str())],
+            depth as u64,
+        );
+    }
+    out.sample(
+        "trusted_pool_queue_depth",
+        &[("priority", "requeued")],
+        table.requeued as u64,
+    );
+    out.family(
+        "trusted_pool_health_probes_total",
+        "counter",
+        "Health probes of workers, by result.",
+    );
+    for result in ProbeResult::ALL {
+        out.sample(
+            "trusted_pool_health_probes_total",
+            &[("result", result.label())],
+            metrics.probes(result),
+        );
+    }
+}
+
+fn write_workers(out: &mut Text, table: &TableSample) {
+    let healthy = table.workers.iter().filter(|w| w.healthy).count() as u64;
+    let throttled = table.workers.iter().filter(|w| w.throttled).count() as u64;
+    out.family(
+        "trusted_pool_workers",
+        "gauge",
+        "Allowlisted workers, by state (throttled and draining workers are also healthy or unhealthy).",
+    );
+    out.sample("trusted_pool_workers", &[("state", "healthy")], healthy);
+    out.sample(
+        "trusted_pool_workers",
+        &[("state", "unhealthy")],
+        table.workers.len() as u64 - healthy,
+    );
+    out.sample("trusted_pool_workers", &[("state", "throttled")], throttled);
+    let draining = table.workers.iter().filter(|w| w.draining).count() as u64;
+    out.sample("trusted_pool_workers", &[("state", "draining")], draining);
+    type Field = fn(&WorkerSample) -> u64;
+    let gauges: [(&str, &str, Field); 6] = [
+        (
+            "trusted_pool_worker_healthy",
+            "1 when the worker's last health probe succeeded.",
+            |w| w.healthy as u64,
+        ),
+        (
+            "trusted_pool_worker_throttled",
+            "1 while the worker is paused after a 429.",
+            |w| w.throttled as u64,
+        ),
+        (
+            "trusted_pool_worker_draining",
+            "1 while the worker is drained (no new job).",
+            |w| w.draining as u64,
+        ),
+        (
+            "trusted_pool_worker_active_jobs",
+            "Jobs holding a slot on the worker.",
+            |w| w.active_jobs as u64,
+        ),
+        (
+            "trusted_pool_worker_max_concurrent_jobs",
+            "The worker's cap on active jobs.",
+            |w| w.max_concurrent_jobs as u64,
+        ),
+        (
+            "trusted_pool_worker_tracked_jobs",
+            "Jobs the worker's tracker follows (running, or results not yet collected).",
+            |w| w.tracked_jobs as u64,
+        ),
+    ];
+    out.family(
+        "trusted_pool_worker_info",
+        "gauge",
+        "Each allowlisted worker's endpoint (always 1).",
+    );
+    for w in &table.workers {
+        out.sample(
+            "trusted_pool_worker_info",
+            &[("worker_id", &w.worker_id), ("endpoint", &w.endpoint)],
+            1,
+        );
+    }
+    for (name, help, field) in gauges {
+        out.family(name, "gauge", help);
+        for w in &table.workers {
+            out.sample(name, &[("worker_id", &w.worker_id)], field(w));
+        }
+    }
+    out.family(
+        "trusted_pool_dispatches_total",
+        "counter",
+        "Submits sent to workers, by worker and outcome.",
+    );
+    for w in &table.workers {
+        for (outcome, count) in DispatchOutcome::ALL.iter().zip(w.counters.dispatches) {
+            out.sample(
+                "trusted_pool_dispatches_total",
+                &[("worker_id", &w.worker_id), ("outcome", outcome.label())],
+                count,
+            );
+        }
+    }
+    out.family(
+        "trusted_pool_worker_jobs_finished_total",
+        "counter",
+        "Jobs that ended on a worker, by worker and status.",
+    );
+    for w in &table.workers {
+        let ends = [
+            ("completed", w.counters.completed),
+            ("failed", w.counters.failed),
+            ("lost", w.counters.lost),
+        ];
+        for (status, count) in ends {
+            out.sample(
+                "trusted_pool_worker_jobs_finished_total",
+                &[("worker_id", &w.worker_id), ("status", status)],
+                count,
+            );
+        }
+    }
+}
+
+fn write_histograms(out: &mut Text, metrics: &Metrics) {
+    let histograms = [
+        (
+            "trusted_pool_queue_wait_seconds",
+            "Time from submit until a worker accepted the job.",
+            &metrics.queue_wait,
+        ),
+        (
+            "trusted_pool_job_run_seconds",
+            "Time from a worker's acceptance until the job ended on it.",
+            &metrics.run_time,
+        ),
+        (
+            "trusted_pool_job_duration_seconds",
+            "Time from submit until the job ended, whatever the end.",
+            &metrics.end_to_end,
+        ),
+        (
+            "trusted_pool_submit_request_duration_seconds",
+            "Time to answer a POST /submit, upload included.",
+            &metrics.submit_request,
+        ),
+        (
+            "trusted_pool_dispatch_duration_seconds",
+            "Time a worker took to answer a dispatch.",
+            &metrics.dispatch,
+        ),
+    ];
+    for (name, help, histogram) in histograms {
+        out.family(name, "histogram", help);
+        out.histogram(name, &histogram.snapshot());
+    }
+}
+
+fn write_process(out: &mut Text, started_at: f64) {
+    let stats = process::stats();
+    let figures: [(&str, &str, &str, Option<f64>); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            stats.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            stats.resident_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            stats.virtual_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            stats.open_fds.map(|n| n as f64),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            stats.max_fds.map(|n| n as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            Some(started_at),
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        if let Some(value) = value {
+            out.family(name, kind, help);
+            out.sample_f64(name, &[], value);
+        }
+    }
+}
+
+/// The text being written. Writing to a `String` cannot fail, so the `fmt::Result`s are dropped.
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)]) {
+        if labels.is_empty() {
+            return;
+        }
+        self.0.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            self.0.push_str(key);
+            self.0.push_str("=\"");
+            escape_into(&mut self.0, value);
+            self.0.push('"');
+        }
+        self.0.push('}');
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        self.labels(labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        self.labels(labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, h: &HistogramSnapshot) {
+        for (bound, count) in &h.buckets {
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(self.0, "{name}_sum {}", h.sum);
+        let _ = writeln!(self.0, "{name}_count {}", h.count);
+    }
+}
+
+/// Appends a label value with `\`, `"` and newlines escaped as the text format wants.
+fn escape_into(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape_into(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn a_histogram_ends_with_inf_sum_and_count() {
+        let h = crate::state::metrics::Histogram::new(&[0.5, 1.0]);
+        h.observe(0.25);
+        h.observe(2.0);
+        let mut text = Text(String::new());
+        text.histogram("x_seconds", &h.snapshot());
+        assert_eq!(
+            text.0,
+            "x_seconds_bucket{le=\"0.5\"} 1\nx_seconds_bucket{le=\"1\"} 1\n\
+             x_seconds_bucket{le=\"+Inf\"} 2\nx_seconds_sum 2.25\nx_seconds_count 2\n"
+        );
+    }
+}
