@@ -257,13 +257,17 @@ fn download_root_and_stats_answer_as_sandrun_does() {
     assert_eq!(root["service"], "sandrun");
     assert_eq!(root["coordinator"], "trusted-pool");
     assert_eq!(root["version"], env!("CARGO_PKG_VERSION"));
-    // No dashboard is served yet: a browser gets the same JSON.
+    // A browser is sent on to the dashboard (the client follows the 303).
     let browser = send_with_accept(
         &coordinator.url("/"),
         "text/html,application/xhtml+xml,*/*;q=0.8",
     );
     assert_eq!(browser.status, 200, "{}", browser.text());
-    assert_eq!(browser.json()["service"], "sandrun");
+    assert!(
+        browser.text().contains("<title>trusted-pool</title>"),
+        "{}",
+        browser.text()
+    );
 
     let (code, stats) = get_json(&coordinator.url("/stats"));
     assert_eq!(code, 200, "{stats}");

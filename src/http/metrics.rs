@@ -142,7 +142,7 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
     out.family(
         "trusted_pool_jobs",
         "gauge",
-        "Jobs the coordinator holds, by status.",
+        "Jobs in the coordinator's table (queued, in flight, or finished and not yet settled in the job store), by status.",
     );
     for (status, count) in PoolStatus::ALL.into_iter().zip(table.jobs) {
         out.sample(

@@ -9,7 +9,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{
     keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
 };
-use crate::http::{cors, metrics, outputs, sandrun, upload, waiting};
+use crate::http::{cors, dashboard, metrics, outputs, sandrun, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
@@ -31,6 +31,8 @@ enum Route<'a> {
     Health,
     Pool,
     Metrics,
+    Dashboard,
+    Activity,
     Submit,
     Status(&'a str),
     Logs(&'a str),
@@ -62,6 +64,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("health", "") => Some(Route::Health),
         ("pool", "") => Some(Route::Pool),
         ("metrics", "") => Some(Route::Metrics),
+        ("dashboard", "") => Some(Route::Dashboard),
+        ("activity", "") => Some(Route::Activity),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
@@ -93,7 +97,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /metrics, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /health)"),
         );
     };
     if *request.method() == Method::Options {
@@ -116,6 +120,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Health => return health(),
         Route::Root => return root(ctx, request),
         Route::Metrics if ctx.config.metrics_open => return metrics_reply(ctx),
+        Route::Dashboard => return dashboard_page(),
         _ => {}
     }
     let caller = match authorize(ctx, request) {
@@ -127,6 +132,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Root => root(ctx, request),
         Route::Stats => Reply::Json(200, sandrun::stats(&ctx.lock(), &caller)),
         Route::Pool => pool(ctx, &caller),
+        Route::Dashboard => dashboard_page(),
+        Route::Activity => Reply::Json(200, dashboard::activity_view(ctx, &caller)),
         Route::Submit => {
             let started = Instant::now();
             let reply = submit(ctx, &caller, request, &url);
@@ -219,6 +226,17 @@ fn health() -> Reply {
         200,
         json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
     )
+}
+
+/// `GET /dashboard`: the page holds no data (its script reads `/pool` and `/activity` with the
+/// key the user gives it), so it needs no key itself.
+fn dashboard_page() -> Reply {
+    Reply::Text {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        headers: dashboard::page_headers(),
+        body: dashboard::PAGE.as_bytes().into(),
+    }
 }
 
 /// `GET /metrics`: for an admin key, or for anyone with `--metrics-open` (or without
