@@ -1,6 +1,7 @@
 //! Starting the coordinator: logging, the allowlist, the spool, the threads, the HTTP server,
 //! and what it does on a signal.
 
+pub mod notify;
 pub mod shutdown;
 pub mod signals;
 
@@ -16,6 +17,7 @@ use crate::worker::identity::short_id;
 use crate::worker::workers_file::{self, WorkersFileError};
 use crossbeam_channel::Receiver;
 use log::LevelFilter;
+use notify::Notifier;
 use signals::Signal;
 use std::fmt;
 use std::net::SocketAddr;
@@ -149,19 +151,28 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .to_ip()
         .map_or_else(|| addr.to_string(), |a| a.to_string());
     let received = signals::listen().map_err(ServeError::Thread)?;
+    let notifier = Arc::new(Notifier::from_env());
     let control_ctx = Arc::clone(&ctx);
     let control_server = Arc::clone(&server);
+    let control_notifier = Arc::clone(&notifier);
     thread::Builder::new()
         .name("control".to_string())
-        .spawn(move || control(control_ctx, control_server, received))
+        .spawn(move || control(control_ctx, control_server, received, &control_notifier))
         .map_err(ServeError::Thread)?;
+    notify::start_watchdog(&notifier, &ctx).map_err(ServeError::Thread)?;
     log::info!("Listening on http://{listening}");
+    notifier.notify(&format!("READY=1\nSTATUS=serving on http://{listening}"));
     server::run(ctx, server, threads, routes::route);
     Ok(())
 }
 
 /// Acts on process signals for the life of the coordinator.
-fn control(ctx: Arc<Context>, server: Arc<tiny_http::Server>, received: Receiver<Signal>) {
+fn control(
+    ctx: Arc<Context>,
+    server: Arc<tiny_http::Server>,
+    received: Receiver<Signal>,
+    notifier: &Notifier,
+) {
     let mut stopping = false;
     for signal in received {
         match signal {
@@ -171,6 +182,7 @@ fn control(ctx: Arc<Context>, server: Arc<tiny_http::Server>, received: Receiver
             }
             Signal::Shutdown => {
                 stopping = true;
+                notifier.notify("STOPPING=1\nSTATUS=stopping");
                 let ctx = Arc::clone(&ctx);
                 let server = Arc::clone(&server);
                 let started = thread::Builder::new()

@@ -101,7 +101,17 @@ impl Coordinator {
 
     /// Like `start_in`, but tells why it did not come up (exit status and logs).
     pub fn try_start_in(dir: &Path, extra_args: &[&str]) -> Result<Coordinator, String> {
+        Coordinator::try_start_in_env(dir, extra_args, &[])
+    }
+
+    /// Like `try_start_in`, with these environment variables set for the process.
+    pub fn try_start_in_env(
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Coordinator, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+            .envs(env.iter().copied())
             .args(["--port", "0", "--bind", "127.0.0.1", "--workers"])
             .arg(dir.join("workers.json"))
             .arg("--state-dir")
