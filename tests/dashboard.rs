@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
-use support::{get, get_json, poll_until, send, temp_dir, Coordinator, FakeWorker, Form};
+use support::{get, get_json, poll_until, post, send, temp_dir, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -117,6 +117,14 @@ fn tags<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
     dom.match_indices(&open)
         .filter_map(|(at, _)| dom[at..].find('>').map(|len| &dom[at..at + len]))
         .collect()
+}
+
+/// A worker id in URL-safe base64 without padding, as the page puts it in a path.
+fn url_safe(worker_id: &str) -> String {
+    worker_id
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
 }
 
 fn screenshot_path(name: &str) -> PathBuf {
@@ -242,6 +250,14 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
             .unwrap_or_else(|| panic!("job {id} not in the list:\n{dom}"));
         assert_eq!(attribute(row, "data-status"), Some(wanted), "{row}");
     }
+    let buttons = tags(&dom, "button");
+    let drain = format!("/workers/{}/drain", url_safe(&a.worker_id()));
+    assert!(
+        buttons
+            .iter()
+            .any(|t| attribute(t, "data-path") == Some(drain.as_str())),
+        "no drain button for {drain}:\n{dom}"
+    );
     let href = format!("/outputs/{}/result.txt", done[0]);
     let link = tags(&dom, "a")
         .into_iter()
@@ -251,6 +267,25 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     let (code, content) = get(&coordinator.url(&href));
     assert_eq!(code, 200, "{content}");
     assert!(content.starts_with("result of "), "{content}");
+
+    // The drain button's request, as the page sends it: the row then offers undrain.
+    let (code, answer) = post(&coordinator.url(&drain), "application/json", b"");
+    assert_eq!(code, 200, "{answer}");
+    let (dom, _) = run_chromium(
+        browser,
+        &[
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=8000".to_string(),
+            url.clone(),
+        ],
+    );
+    let undrain = format!("/workers/{}/undrain", url_safe(&a.worker_id()));
+    assert!(
+        tags(&dom, "button")
+            .iter()
+            .any(|t| attribute(t, "data-path") == Some(undrain.as_str())),
+        "no undrain button after the drain:\n{dom}"
+    );
 
     for (name, size) in [
         ("dashboard.png", "1280,900"),
@@ -277,4 +312,61 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         );
         eprintln!("screenshot: {}", path.display());
     }
+}
+
+#[test]
+fn with_client_keys_the_page_is_served_and_its_data_needs_a_key() {
+    let worker = FakeWorker::start();
+    let dir = temp_dir();
+    let keys = dir.path().join("keys.json");
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"tpk_dashboard_admin")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let entry = serde_json::json!([{"name": "ops", "key_sha256": hash, "role": "admin"}]);
+    std::fs::write(&keys, entry.to_string()).expect("keys file");
+    let keys_arg = keys.to_string_lossy().into_owned();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--api-keys", &keys_arg]);
+    let (code, page) = get(&coordinator.url("/dashboard"));
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"keybox\""), "the page has no key box");
+    let (code, body) = get(&coordinator.url("/activity"));
+    assert_eq!(code, 401, "{body}");
+    let reply = support::send_with(
+        "GET",
+        &coordinator.url("/activity"),
+        &[("Authorization", "Bearer tpk_dashboard_admin")],
+        None,
+    )
+    .expect("/activity");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let (dom, _) = run_chromium(
+        browser,
+        &[
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=5000".to_string(),
+            coordinator.url("/dashboard"),
+        ],
+    );
+    let keybox = tags(&dom, "div")
+        .into_iter()
+        .find(|t| attribute(t, "id") == Some("keybox"))
+        .unwrap_or_else(|| panic!("no key box:\n{dom}"));
+    assert!(
+        !keybox.contains(" hidden"),
+        "the key box is not shown: {keybox}"
+    );
+    assert!(dom.contains("needs a client key"), "{dom}");
+    let body = tags(&dom, "body");
+    assert_eq!(
+        attribute(body[0], "data-errors"),
+        Some("0"),
+        "page errors:\n{dom}"
+    );
 }
