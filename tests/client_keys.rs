@@ -446,6 +446,48 @@ fn the_worker_job_id_is_hidden_in_logs_and_followed_streams() {
     assert!(live.text().contains("hidden"), "{}", live.text());
 }
 
+/// A lost job's error names the worker's URL for the job (a transport error); a submit key
+/// reads it with the worker's job id hidden in `/status` and `/activity`, an admin reads it whole.
+#[test]
+fn a_lost_jobs_error_hides_the_worker_job_id() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(30));
+    let alice = Key::new("alice", "submit");
+    let ops = Key::new("ops", "admin");
+    let mut args = FAST.to_vec();
+    args.extend(["--lost-after", "1"]);
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &ops], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit_ok(&coordinator, &alice);
+    let remote = poll_until(DEADLINE, || {
+        let status = call(&coordinator, "GET", &format!("/status/{id}"), Some(&ops)).json();
+        status["remote_job_id"].as_str().map(str::to_string)
+    })
+    .expect("never dispatched");
+    worker.stop();
+    let admin = poll_until(DEADLINE, || {
+        let status = call(&coordinator, "GET", &format!("/status/{id}"), Some(&ops)).json();
+        (status["pool_status"] == "lost").then_some(status)
+    })
+    .expect("never lost");
+    let error = admin["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains(&remote),
+        "the admin's error does not name {remote}: {admin}"
+    );
+    for path in [format!("/status/{id}"), "/activity".to_string()] {
+        let reply = call(&coordinator, "GET", &path, Some(&alice));
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert!(reply.text().contains(&id), "{path}: {}", reply.text());
+        assert!(
+            !reply.text().contains(&remote),
+            "{path} shows {remote}: {}",
+            reply.text()
+        );
+    }
+    let activity = call(&coordinator, "GET", "/activity", Some(&ops));
+    assert!(activity.text().contains(&remote), "{}", activity.text());
+}
+
 /// A key's `max_queued_jobs` caps its waiting jobs: 429 with Retry-After beyond it, nothing
 /// left in the spool, other keys unaffected; a job that starts frees a place.
 #[test]

@@ -6,6 +6,7 @@
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job};
 use crate::http::auth::Caller;
+use crate::http::redact::hide_in_text;
 use crate::state::context::Context;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -63,7 +64,11 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
         "submitted_at": job.submitted_at,
         "completed_at": job.completed_at,
         "duration": (end - job.submitted_at).max(0.0),
-        "error": job.error,
+        "error": job.error.as_deref().map(|e| if caller.is_admin() {
+            e.into()
+        } else {
+            hide_in_text(e, job.remote_job_id.as_deref())
+        }),
         "collected": matches!(job.collection, Collection::Collected(_)),
         "outputs": outputs,
     })

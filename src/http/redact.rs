@@ -65,12 +65,17 @@ impl TextHider {
         if self.remote.is_none() {
             self.remote = remote_id_of(&self.ctx, &self.id);
         }
-        match &self.remote {
-            Some(remote) if !remote.is_empty() && text.contains(remote.as_str()) => {
-                std::borrow::Cow::Owned(text.replace(remote.as_str(), HIDDEN))
-            }
-            _ => std::borrow::Cow::Borrowed(text),
+        hide_in_text(text, self.remote.as_deref())
+    }
+}
+
+/// `text` with the worker's job id `remote` (when there is one) replaced by [`HIDDEN`].
+pub fn hide_in_text<'a>(text: &'a str, remote: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match remote {
+        Some(remote) if !remote.is_empty() && text.contains(remote) => {
+            std::borrow::Cow::Owned(text.replace(remote, HIDDEN))
         }
+        _ => std::borrow::Cow::Borrowed(text),
     }
 }
 
