@@ -16,7 +16,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// One worker's figures, copied under the lock.
 struct WorkerSample {
-    worker_id: String,
+    /// `worker_id="..."`, escaped once per scrape.
+    label: String,
     endpoint: String,
     healthy: bool,
     throttled: bool,
@@ -36,6 +37,15 @@ struct TableSample {
     workers: Vec<WorkerSample>,
 }
 
+/// `worker_id="<id>"`, escaped.
+fn worker_label(worker_id: &str) -> String {
+    let mut label = String::with_capacity(worker_id.len() + 12);
+    label.push_str("worker_id=\"");
+    escape_into(&mut label, worker_id);
+    label.push('"');
+    label
+}
+
 fn sample_table(st: &PoolState, now: Instant) -> TableSample {
     let mut jobs = [0; PoolStatus::ALL.len()];
     for (count, status) in jobs.iter_mut().zip(PoolStatus::ALL) {
@@ -50,7 +60,7 @@ fn sample_table(st: &PoolState, now: Instant) -> TableSample {
             .workers
             .iter()
             .map(|w| WorkerSample {
-                worker_id: w.spec.worker_id.clone(),
+                label: worker_label(&w.spec.worker_id),
                 endpoint: w.spec.endpoint.clone(),
                 healthy: w.health.is_healthy,
                 throttled: w.is_throttled(now),
@@ -238,16 +248,17 @@ fn write_workers(out: &mut Text, table: &TableSample) {
         "Each allowlisted worker's endpoint (always 1).",
     );
     for w in &table.workers {
-        out.sample(
+        out.worker_sample(
             "trusted_pool_worker_info",
-            &[("worker_id", &w.worker_id), ("endpoint", &w.endpoint)],
+            &w.label,
+            Some(("endpoint", &w.endpoint)),
             1,
         );
     }
     for (name, help, field) in gauges {
         out.family(name, "gauge", help);
         for w in &table.workers {
-            out.sample(name, &[("worker_id", &w.worker_id)], field(w));
+            out.worker_sample(name, &w.label, None, field(w));
         }
     }
     out.family(
@@ -257,9 +268,10 @@ fn write_workers(out: &mut Text, table: &TableSample) {
     );
     for w in &table.workers {
         for (outcome, count) in DispatchOutcome::ALL.iter().zip(w.counters.dispatches) {
-            out.sample(
+            out.worker_sample(
                 "trusted_pool_dispatches_total",
-                &[("worker_id", &w.worker_id), ("outcome", outcome.label())],
+                &w.label,
+                Some(("outcome", outcome.label())),
                 count,
             );
         }
@@ -276,9 +288,10 @@ fn write_workers(out: &mut Text, table: &TableSample) {
             ("lost", w.counters.lost),
         ];
         for (status, count) in ends {
-            out.sample(
+            out.worker_sample(
                 "trusted_pool_worker_jobs_finished_total",
-                &[("worker_id", &w.worker_id), ("status", status)],
+                &w.label,
+                Some(("status", status)),
                 count,
             );
         }
@@ -395,7 +408,32 @@ impl Text {
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.0.push_str(name);
         self.labels(labels);
-        let _ = writeln!(self.0, " {value}");
+        self.0.push(' ');
+        push_u64(&mut self.0, value);
+        self.0.push('\n');
+    }
+
+    /// One per-worker series: its prepared `worker_id` label, maybe one more label.
+    fn worker_sample(
+        &mut self,
+        name: &str,
+        worker_label: &str,
+        extra: Option<(&str, &str)>,
+        value: u64,
+    ) {
+        self.0.push_str(name);
+        self.0.push('{');
+        self.0.push_str(worker_label);
+        if let Some((key, label_value)) = extra {
+            self.0.push(',');
+            self.0.push_str(key);
+            self.0.push_str("=\"");
+            escape_into(&mut self.0, label_value);
+            self.0.push('"');
+        }
+        self.0.push_str("} ");
+        push_u64(&mut self.0, value);
+        self.0.push('\n');
     }
 
     fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -412,6 +450,21 @@ impl Text {
         let _ = writeln!(self.0, "{name}_sum {}", h.sum);
         let _ = writeln!(self.0, "{name}_count {}", h.count);
     }
+}
+
+/// Appends a number in decimal without going through `fmt` (most of a scrape is numbers).
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or("0"));
 }
 
 /// Appends a label value with `\`, `"` and newlines escaped as the text format wants.
@@ -433,6 +486,15 @@ fn escape_into(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {
