@@ -382,6 +382,14 @@ fn keys_take_turns_and_controls_respect_ownership() {
         Some(())
     })
     .unwrap_or_else(|| panic!("bob's job never dispatched: {}", coordinator.logs()));
+    let (code, listed) = keyed(&coordinator, "GET", "/jobs?limit=1000", "secret-bob", None);
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(
+        listed["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "bob sees only his job"
+    );
+    assert_eq!(listed["jobs"][0]["remote_job_id"], "hidden", "{listed}");
     for id in &alice {
         keyed(
             &coordinator,
@@ -529,7 +537,7 @@ fn waiting_status_parks_requests_without_holding_handlers() {
 /// Runs 6 jobs on one worker that allows 2 per client, with this `max_concurrent_jobs` in
 /// workers.json; returns its `/pool` entry afterwards.
 fn capacity_run(cap: Value) -> Value {
-    let worker = slow_worker(0.5);
+    let worker = slow_worker(1.5);
     let dir = support::temp_dir();
     let entry = serde_json::json!([{"worker_id": worker.worker_id(), "endpoint": worker.endpoint(), "max_concurrent_jobs": cap}]);
     std::fs::write(dir.path().join("workers.json"), entry.to_string()).expect("workers.json");
@@ -554,5 +562,77 @@ fn capacity_is_learned_with_at_most_one_429() {
         assert_eq!(worker["configured_max_concurrent_jobs"], cap, "{worker}");
         assert_eq!(worker["max_concurrent_jobs"], 2, "{worker}");
         assert_eq!(worker["learned_max_concurrent_jobs"], 2, "{worker}");
+    }
+}
+
+#[test]
+fn job_listing_newest_first_paginated_and_filtered() {
+    let worker = slow_worker(30.0);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let ids: Vec<String> = (0..7).map(|_| submit(&coordinator, &form())).collect();
+    cancel(&coordinator, &ids[2]);
+    cancel(&coordinator, &ids[5]);
+    let list = |query: &str| {
+        let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
+        assert_eq!(code, 200, "{query}: {body}");
+        let listed: Vec<String> = body["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| j["job_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (listed, body)
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let (all, body) = list("");
+    assert_eq!(all, newest_first);
+    assert!(body["jobs"][0].get("worker_status").is_none(), "{body}");
+    assert_eq!(body["jobs"][0]["pool_status"], "queued", "{body}");
+    assert_eq!(body["next_before"], Value::Null);
+
+    let mut pages = Vec::new();
+    let mut query = "?limit=3".to_string();
+    loop {
+        let (page, body) = list(&query);
+        pages.extend(page);
+        match body["next_before"].as_str() {
+            Some(next) => query = format!("?limit=3&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, newest_first);
+
+    let (cancelled, _) = list("?status=cancelled");
+    assert_eq!(cancelled, [ids[5].clone(), ids[2].clone()]);
+    let (some, _) = list("?status=queued,cancelled&limit=2");
+    assert_eq!(some, [ids[6].clone(), ids[5].clone()]);
+    for bad in [
+        "?status=done",
+        "?limit=0",
+        "?limit=1001",
+        "?before=pool-nope",
+    ] {
+        let (code, body) = get_json(&coordinator.url(&format!("/jobs{bad}")));
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    // The listing and the cancellations survive a restart.
+    let mut coordinator = coordinator;
+    coordinator.kill();
+    let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
+    let (code, body) = get_json(&restarted.url("/jobs?status=cancelled"));
+    assert_eq!(code, 200, "{body}");
+    let cancelled: Vec<&str> = body["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    assert_eq!(cancelled, [ids[5].as_str(), ids[2].as_str()], "{body}");
+    let (_, body) = get_json(&restarted.url("/jobs"));
+    assert_eq!(body["jobs"].as_array().map(Vec::len), Some(7), "{body}");
+    for id in &ids {
+        post(&restarted.url(&format!("/cancel/{id}")), "text/plain", b"");
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cors;
 pub mod dashboard;
 pub mod follow;
+pub mod listing;
 pub mod metrics;
 pub mod outputs;
 pub mod redact;

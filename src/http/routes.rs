@@ -9,7 +9,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views::{
     keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
 };
-use crate::http::{cors, dashboard, metrics, outputs, sandrun, upload, waiting};
+use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url};
 use crate::pool::reload;
 use crate::state::context::Context;
@@ -44,6 +44,7 @@ enum Route<'a> {
     Reload,
     Download(&'a str),
     DownloadFile(&'a str, &'a str),
+    Jobs,
 }
 
 impl Route<'_> {
@@ -68,6 +69,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("activity", "") => Some(Route::Activity),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
+        ("jobs", "") => Some(Route::Jobs),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
         ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
@@ -167,6 +169,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Ok(()) => drain(ctx, raw, on),
             Err(reply) => reply,
         },
+        Route::Jobs => listing::jobs(ctx, &caller, &|name| query_param(&url, name)),
         Route::Reload => match admin_only(&caller) {
             Ok(()) => {
                 let outcome = reload::reload_workers(ctx, "POST /reload");

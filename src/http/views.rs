@@ -218,7 +218,8 @@ struct StatusView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_level: Option<&'static str>,
     worker_id: &'a Option<String>,
-    worker_status: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_status: Option<&'a Option<Value>>,
     submitted_at: f64,
     dispatched_at: Option<f64>,
     completed_at: Option<f64>,
@@ -247,6 +248,18 @@ fn from_worker<'a>(worker_status: Option<&'a Value>, field: &str, before: Value)
 /// for an unknown job. It never asks a worker.
 pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     let job = st.jobs.get(id)?;
+    job_json(job, place(st, job), true)
+}
+
+/// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer
+/// (its queue place from `st` when it is queued there).
+pub fn listed_json(st: &PoolState, job: &Job) -> Option<Vec<u8>> {
+    job_json(job, place(st, job), false)
+}
+
+/// A queued job's position and level.
+fn place(st: &PoolState, job: &Job) -> (Option<usize>, Option<&'static str>) {
+    let id = job.id.as_str();
     let queued = job.status == PoolStatus::Queued;
     let place = queued.then(|| {
         (
@@ -254,17 +267,18 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
             st.queue.level_of(id).map(Priority::as_str),
         )
     });
-    job_json(job, place.unwrap_or_default())
+    place.unwrap_or_default()
 }
 
 /// `GET /status/{id}` of a job read back from the job store (a finished one).
 pub fn stored_status_json(job: &Job) -> Option<Vec<u8>> {
-    job_json(job, (None, None))
+    job_json(job, (None, None), true)
 }
 
 fn job_json(
     job: &Job,
     (queue_position, queue_level): (Option<usize>, Option<&'static str>),
+    with_worker_status: bool,
 ) -> Option<Vec<u8>> {
     let worker = job.worker_status.as_ref();
     // sandrun counts from 1; once the job left the queue, the worker's own figure.
@@ -283,7 +297,7 @@ fn job_json(
         queue_position,
         queue_level,
         worker_id: &job.worker_id,
-        worker_status: &job.worker_status,
+        worker_status: with_worker_status.then_some(&job.worker_status),
         submitted_at: job.submitted_at,
         dispatched_at: job.dispatched_at,
         completed_at: job.completed_at,

@@ -401,6 +401,70 @@ impl JobStore {
             .map_err(|e| StoreError::Corrupt(self.path.clone(), format!("job {id}: {e}")))
     }
 
+    /// Up to `limit` stored jobs, newest first (by submission time, then id), submitted before
+    /// `before` (a submission time and id) when given, of `owner` when given, in one of
+    /// `statuses` when given (as last recorded).
+    pub fn list(
+        &self,
+        statuses: Option<&[PoolStatus]>,
+        owner: Option<&str>,
+        before: Option<(f64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let conn = match lock(&self.readers).pop() {
+            Some(conn) => conn,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let names: Vec<&str> = statuses
+            .unwrap_or(&PoolStatus::ALL)
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        let placeholders = vec!["?"; names.len()].join(",");
+        let sql = format!(
+            "SELECT id, record FROM jobs WHERE status IN ({placeholders}) \
+             AND (?{o} IS NULL OR owner = ?{o}) \
+             AND (?{t} IS NULL OR submitted_at < ?{t} OR (submitted_at = ?{t} AND id < ?{i})) \
+             ORDER BY submitted_at DESC, id DESC LIMIT ?{l}",
+            o = names.len() + 1,
+            t = names.len() + 2,
+            i = names.len() + 3,
+            l = names.len() + 4,
+        );
+        let mut params: Vec<rusqlite::types::Value> = names
+            .iter()
+            .map(|n| rusqlite::types::Value::Text(n.to_string()))
+            .collect();
+        let text = |v: Option<&str>| {
+            v.map_or(rusqlite::types::Value::Null, |v| {
+                rusqlite::types::Value::Text(v.to_string())
+            })
+        };
+        params.push(text(owner));
+        params.push(before.map_or(rusqlite::types::Value::Null, |(t, _)| {
+            rusqlite::types::Value::Real(t)
+        }));
+        params.push(text(before.map(|(_, id)| id)));
+        params.push(rusqlite::types::Value::Integer(limit as i64));
+        let rows: Result<Vec<(String, String)>, rusqlite::Error> = conn
+            .prepare(&sql)?
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect();
+        lock(&self.readers).push(conn);
+        rows?
+            .into_iter()
+            .map(|(id, record)| {
+                serde_json::from_str(&record)
+                    .map_err(|e| StoreError::Corrupt(self.path.clone(), format!("job {id}: {e}")))
+            })
+            .collect()
+    }
+
     /// The store's figures for `/pool`.
     pub fn figures(&self) -> StoreFigures {
         let f = &self.figures;

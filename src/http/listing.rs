@@ -1,0 +1,139 @@
+//! `GET /jobs?status=...&limit=...&before=...`: jobs newest first, paginated, with the fields of
+//! `/status` without the worker's raw answer. A submit key sees only its own jobs.
+
+use crate::base::job::PoolStatus;
+use crate::http::auth::Caller;
+use crate::http::redact::hide_remote_id;
+use crate::http::replies::{error_reply, Reply};
+use crate::http::views::listed_json;
+use crate::state::context::Context;
+
+/// Jobs per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Most jobs per page.
+pub const MAX_LIMIT: usize = 1000;
+
+/// What a listing asks for.
+struct Query {
+    statuses: Option<Vec<PoolStatus>>,
+    limit: usize,
+    before: Option<String>,
+}
+
+fn parse(param: &dyn Fn(&str) -> Option<String>) -> Result<Query, Reply> {
+    let statuses = match param("status") {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|name| {
+                    PoolStatus::parse(name.trim()).ok_or_else(|| {
+                        let known: Vec<&str> = PoolStatus::ALL.iter().map(|s| s.as_str()).collect();
+                        error_reply(
+                            400,
+                            format!(
+                                "unknown status {name:?} (use one or more of {}, comma-separated)",
+                                known.join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let limit = match param("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                error_reply(400, format!("limit must be 1 to {MAX_LIMIT}, got {text:?}"))
+            })?,
+    };
+    Ok(Query {
+        statuses,
+        limit,
+        before: param("before"),
+    })
+}
+
+/// Answers `GET /jobs`; `param` reads a query parameter. Jobs come from the job store (every
+/// accepted job is there), each shown as the table holds it when it is still in memory.
+pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<String>) -> Reply {
+    let query = match parse(param) {
+        Ok(q) => q,
+        Err(reply) => return reply,
+    };
+    let cursor = match &query.before {
+        None => None,
+        Some(id) => {
+            let live = ctx.lock().jobs.get(id.as_str()).map(|j| (**j).clone());
+            let job = live.or_else(|| ctx.store.load(id).ok().flatten());
+            match job.filter(|j| caller.can_see(j)) {
+                Some(job) => Some((job.submitted_at, job.id)),
+                None => {
+                    return error_reply(
+                        400,
+                        format!("before={id:?} is not a job of yours on this coordinator; use the next_before of the previous page"),
+                    )
+                }
+            }
+        }
+    };
+    let owner = if caller.is_admin() {
+        None
+    } else {
+        caller.name()
+    };
+    let stored = ctx.store.list(
+        query.statuses.as_deref(),
+        owner,
+        cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
+        query.limit + 1,
+    );
+    let mut stored = match stored {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            log::error!("Listing jobs failed: {e}");
+            return error_reply(500, format!("the job store could not be read: {e}"));
+        }
+    };
+    let more = stored.len() > query.limit;
+    stored.truncate(query.limit);
+    let st = ctx.lock();
+    let mut body = b"{\"jobs\":[".to_vec();
+    let mut first = true;
+    for stored_job in &stored {
+        let job = st.jobs.get(&stored_job.id).map_or(stored_job, |j| &**j);
+        let wanted = query
+            .statuses
+            .as_ref()
+            .is_none_or(|s| s.contains(&job.status));
+        if !caller.can_see(job) || !wanted {
+            continue;
+        }
+        let Some(bytes) = listed_json(&st, job) else {
+            continue;
+        };
+        let bytes = match job.remote_job_id.as_deref() {
+            Some(remote) if !caller.is_admin() => {
+                match hide_remote_id(Reply::JsonBytes(200, bytes), remote) {
+                    Reply::JsonBytes(_, bytes) => bytes,
+                    _ => continue,
+                }
+            }
+            _ => bytes,
+        };
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(&bytes);
+    }
+    drop(st);
+    let next = more.then(|| stored.last().map(|j| j.id.as_str())).flatten();
+    body.extend_from_slice(b"],\"next_before\":");
+    body.extend_from_slice(serde_json::to_string(&next).unwrap_or_default().as_bytes());
+    body.push(b'}');
+    Reply::JsonBytes(200, body)
+}
