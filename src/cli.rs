@@ -2,6 +2,7 @@
 
 use crate::base::api_keys::{self, hash_key, hex, is_valid_name, MAX_NAME_LEN};
 use crate::base::config::{FsyncMode, ServeConfig};
+use crate::base::tls::WorkerTls;
 use crate::serve;
 use crate::worker::identity::{short_id, worker_id_from_key_file};
 use crate::worker::workers_file;
@@ -61,6 +62,16 @@ OPTIONS:
                              from a browser; repeatable; * allows any       [default: none]
     --metrics-open           serve GET /metrics without a key even with --api-keys (for a
                              Prometheus that cannot send one); otherwise it needs an admin key
+    --client-timeout SECS    a client silent this long (or whose request line and headers
+                             take longer) is disconnected                    [default: 30]
+    --max-connections N      client connections at once; more are refused (503) [default: 1024]
+    --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
+    --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
+                             both files are re-read on SIGHUP
+    --tls-key PEM            the private key of --tls-cert
+    --worker-ca PEM          CA certificates trusted for https:// workers   [default: system roots]
+    --worker-tls-cert PEM    client certificate presented to https:// workers (with --worker-tls-key)
+    --worker-tls-key PEM     the private key of --worker-tls-cert
     -h, --help               print this help
     -V, --version            print the version
 
@@ -264,6 +275,22 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
     Ok(command)
 }
 
+/// Two flags that go together: both or neither.
+fn pair(
+    args: &mut pico_args::Arguments,
+    first: &'static str,
+    second: &'static str,
+) -> Result<Option<(PathBuf, PathBuf)>, CliError> {
+    let a = value(args, first, some_path, None)?;
+    let b = value(args, second, some_path, None)?;
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad(first, format!("needs {second} too"))),
+        (None, Some(_)) => Err(bad(second, format!("needs {first} too"))),
+    }
+}
+
 fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError> {
     let d = ServeConfig::default();
     Ok(ServeConfig {
@@ -303,6 +330,19 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         shutdown_grace: value(args, "--shutdown-grace", grace, d.shutdown_grace)?,
         cors_origins: cors_origins(args)?,
         metrics_open: args.contains("--metrics-open") || d.metrics_open,
+        client_timeout: value(args, "--client-timeout", seconds, d.client_timeout)?,
+        max_connections: value(
+            args,
+            "--max-connections",
+            positive::<usize>,
+            d.max_connections,
+        )?,
+        max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
+        tls: pair(args, "--tls-cert", "--tls-key")?,
+        worker_tls: WorkerTls {
+            ca: value(args, "--worker-ca", some_path, None)?,
+            client_cert: pair(args, "--worker-tls-cert", "--worker-tls-key")?,
+        },
     })
 }
 

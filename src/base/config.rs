@@ -1,5 +1,6 @@
 //! The settings of a running coordinator, shared by every layer that reads them.
 
+use crate::base::tls::WorkerTls;
 use log::LevelFilter;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -82,6 +83,16 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// `GET /metrics` answers without a client key even when `api_keys` is set.
     pub metrics_open: bool,
+    /// Longest silence of a client, and the longest time a request's line and headers may take.
+    pub client_timeout: Duration,
+    /// Client connections served at once; beyond it new ones are refused.
+    pub max_connections: usize,
+    /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
+    pub max_uploads: usize,
+    /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Trust and client certificate for `https://` workers.
+    pub worker_tls: WorkerTls,
 }
 
 impl Default for ServeConfig {
@@ -113,6 +124,11 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(30),
             cors_origins: Vec::new(),
             metrics_open: false,
+            client_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_uploads: 128,
+            tls: None,
+            worker_tls: WorkerTls::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
-//! locking, the reusable thread cache and the process's own figures. Imports nothing of the
-//! crate outside `base`.
+//! locking, the reusable thread cache, the process's own figures and TLS settings from PEM files.
+//! Imports nothing of the crate outside `base`.
 
 pub mod api_keys;
 pub mod clock;
@@ -12,3 +12,4 @@ pub mod process;
 pub mod sync;
 pub mod targz;
 pub mod thread_cache;
+pub mod tls;

@@ -1,15 +1,28 @@
 //! The HTTP front: a fixed pool of handler threads sharing one tiny_http server. A panic in a
 //! handler is caught and answered 500; the thread goes on serving.
+//!
+//! A request with a body to stream (an upload) can keep its thread for as long as its client
+//! dawdles (up to `--client-timeout` per silence), so uploads are gated: at most
+//! `--max-uploads` at once (503 beyond), and at most half the handler threads read one; the
+//! others run on upload threads. The remaining handlers stay free for short requests.
 
+use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
 use crate::http::replies::{error_reply, Reply};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use tiny_http::{Header, Request, Response, Server, StatusCode};
+
+/// Bodies up to this size arrive with the headers (tiny_http reads them on the connection's
+/// thread); larger or chunked ones are read by whoever handles the request.
+const INLINE_BODY: usize = 1024;
+
+/// Stack of an upload thread (the handler's work: multipart parsing into the spool).
+const UPLOAD_STACK: usize = 256 * 1024;
 
 fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
@@ -133,6 +146,7 @@ fn serve_one(
     mut request: Request,
 ) {
     ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+    let streams = streams_body(&request);
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
@@ -145,6 +159,10 @@ fn serve_one(
             "internal error while handling the request; see the coordinator log",
         )
     });
+    if streams && reply_status(&reply) >= 400 {
+        // The body may be unread: do not wait for a slow client to send the rest.
+        request.close_after_response();
+    }
     match (reply, waiting) {
         (
             Reply::Wait {
@@ -159,6 +177,103 @@ fn serve_one(
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
+fn reply_status(reply: &Reply) -> u16 {
+    match reply {
+        Reply::Json(status, _) | Reply::JsonBytes(status, _) => *status,
+        Reply::Stream { status, .. } | Reply::Text { status, .. } => *status,
+        Reply::Empty(status) => *status,
+        Reply::WithHeaders(_, inner) => reply_status(inner),
+        Reply::Wait { .. } | Reply::Handoff(_) => 200,
+    }
+}
+
+/// True when the handler will read the request's body from the client's socket.
+fn streams_body(request: &Request) -> bool {
+    match request.body_length() {
+        Some(length) => length > INLINE_BODY,
+        None => request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding")),
+    }
+}
+
+/// One of a limited number of slots, given back when dropped (wherever the upload ends).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes one of `limit` slots of `count`; None when all are taken.
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The uploads being read, and the threads that read those the handlers leave.
+struct Uploads {
+    /// Uploads being read, at most `max`.
+    active: Arc<AtomicUsize>,
+    max: usize,
+    /// Uploads read on handler threads, at most `on_handlers`.
+    on_handlers: Arc<AtomicUsize>,
+    max_on_handlers: usize,
+    threads: ThreadCache,
+}
+
+impl Uploads {
+    fn new(max: usize, handlers: usize) -> Self {
+        Uploads {
+            active: Arc::new(AtomicUsize::new(0)),
+            max,
+            on_handlers: Arc::new(AtomicUsize::new(0)),
+            max_on_handlers: handlers / 2,
+            threads: ThreadCache::new("upload", UPLOAD_STACK),
+        }
+    }
+
+    /// Serves an upload here, on an upload thread, or answers 503 when too many are read.
+    fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
+        let Some(slot) = Slot::take(&self.active, self.max) else {
+            request.close_after_response();
+            let reply = Reply::WithHeaders(
+                vec![("Retry-After", "1".to_string())],
+                Box::new(error_reply(
+                    503,
+                    format!(
+                        "{} uploads are being received (--max-uploads); retry shortly",
+                        self.max
+                    ),
+                )),
+            );
+            respond(ctx, request, reply);
+            return;
+        };
+        if let Some(_here) = Slot::take(&self.on_handlers, self.max_on_handlers) {
+            serve_one(ctx, handler, None, request);
+            drop(slot);
+            return;
+        }
+        let task_ctx = Arc::clone(ctx);
+        let task = Box::new(move || {
+            let _slot = slot;
+            serve_one(&task_ctx, handler, None, request);
+        });
+        if let Err(e) = self.threads.run(task) {
+            log::error!("Could not start an upload thread: {e}");
+        }
+    }
+}
+
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
 pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
     let waiting = match Waiting::start(Arc::clone(&ctx), respond) {
@@ -168,15 +283,20 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
             None
         }
     };
+    let uploads = Arc::new(Uploads::new(ctx.config.max_uploads, threads));
     let handlers: Vec<_> = (0..threads)
         .filter_map(|i| {
             let ctx = Arc::clone(&ctx);
             let server = Arc::clone(&server);
             let waiting = waiting.clone();
+            let uploads = Arc::clone(&uploads);
             thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || loop {
                     match server.recv() {
+                        Ok(request) if streams_body(&request) => {
+                            uploads.serve(&ctx, handler, request)
+                        }
                         Ok(request) => serve_one(&ctx, handler, waiting.as_deref(), request),
                         Err(e) => {
                             log::error!("The HTTP server stopped accepting: {e}");

@@ -7,12 +7,14 @@ pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
+use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
 use crate::pool::{health, recovery, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::{JobStore, Retention, StoreError};
 use crate::store::spool::Spool;
+use crate::worker::client::{Timeouts, WorkerClient};
 use crate::worker::identity::short_id;
 use crate::worker::workers_file::{self, WorkersFileError};
 use crossbeam_channel::Receiver;
@@ -43,6 +45,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     /// The job store cannot be opened (or is refused).
     Store(StoreError),
+    /// A TLS certificate, key or CA file is unusable.
+    Tls(TlsError),
 }
 
 impl fmt::Display for ServeError {
@@ -55,6 +59,7 @@ impl fmt::Display for ServeError {
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
             Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
             Self::Store(e) => write!(f, "job store: {e}"),
+            Self::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -109,13 +114,35 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (store, unsettled) =
         JobStore::open(&config.state_dir, config.fsync, retention).map_err(ServeError::Store)?;
     let addr = SocketAddr::new(config.bind, config.port);
-    let server =
-        tiny_http::Server::http(addr).map_err(|e| ServeError::Bind(addr, e.to_string()))?;
+    let worker_tls = (specs.iter().any(|w| w.endpoint.starts_with("https://"))
+        || config.worker_tls.ca.is_some()
+        || config.worker_tls.client_cert.is_some())
+    .then(|| tls::client_config(&config.worker_tls))
+    .transpose()
+    .map_err(ServeError::Tls)?;
+    let acceptor = match &config.tls {
+        Some((cert, key)) => Some(Arc::new(tiny_http::TlsAcceptor::new(
+            tls::server_config(cert, key).map_err(ServeError::Tls)?,
+        ))),
+        None => None,
+    };
+    let limits = tiny_http::Limits {
+        max_connections: config.max_connections,
+        client_timeout: Some(config.client_timeout),
+    };
+    let server = tiny_http::Server::with_limits(addr, limits, acceptor.clone())
+        .map_err(|e| ServeError::Bind(addr, e.to_string()))?;
     let server = Arc::new(server);
     let threads = config.threads;
+    let listener_tls = config.tls.clone();
+    let timeouts = Timeouts {
+        health: config.health_timeout,
+        dispatch: config.dispatch_timeout,
+    };
     let mut table = PoolState::new(specs, Instant::now());
     table.queue.set_aging(Some(config.priority_aging));
-    let (ctx, signals) = Context::new(config, table, spool, store);
+    let (mut ctx, signals) = Context::new(config, table, spool, store);
+    ctx.client = WorkerClient::with_tls(timeouts, worker_tls);
     if let Some(keys) = keys {
         ctx.keys.set(keys);
     } else if !ctx.config.bind.is_loopback() {
@@ -154,16 +181,40 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let notifier = Arc::new(Notifier::from_env());
     let control_ctx = Arc::clone(&ctx);
     let control_server = Arc::clone(&server);
+    let scheme = if listener_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let reload = Reload {
+        listener_tls: listener_tls.zip(acceptor),
+    };
     let control_notifier = Arc::clone(&notifier);
     thread::Builder::new()
         .name("control".to_string())
-        .spawn(move || control(control_ctx, control_server, received, &control_notifier))
+        .spawn(move || {
+            control(
+                control_ctx,
+                control_server,
+                received,
+                &control_notifier,
+                &reload,
+            )
+        })
         .map_err(ServeError::Thread)?;
     notify::start_watchdog(&notifier, &ctx).map_err(ServeError::Thread)?;
-    log::info!("Listening on http://{listening}");
-    notifier.notify(&format!("READY=1\nSTATUS=serving on http://{listening}"));
+    log::info!("Listening on {scheme}://{listening}");
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=serving on {scheme}://{listening}"
+    ));
     server::run(ctx, server, threads, routes::route);
     Ok(())
+}
+
+/// What SIGHUP re-reads.
+struct Reload {
+    /// The listener's certificate and key files, and where the new settings go.
+    listener_tls: Option<((PathBuf, PathBuf), Arc<tiny_http::TlsAcceptor>)>,
 }
 
 /// Acts on process signals for the life of the coordinator.
@@ -172,6 +223,7 @@ fn control(
     server: Arc<tiny_http::Server>,
     received: Receiver<Signal>,
     notifier: &Notifier,
+    reload: &Reload,
 ) {
     let mut stopping = false;
     for signal in received {
@@ -198,6 +250,7 @@ fn control(
                 reload::reload_workers(&ctx, "SIGHUP");
                 reload_api_keys(&ctx);
                 health::trust_again(&ctx);
+                reload_listener_tls(reload);
             }
         }
     }
@@ -229,5 +282,20 @@ fn reload_api_keys(ctx: &Context) {
             "Client keys NOT reloaded, the previous keys stay in force: {}: {e}",
             path.display()
         ),
+    }
+}
+
+/// Re-reads the listener's certificate and key; new connections use them. A bad pair is
+/// refused and logged, and the old one stays.
+fn reload_listener_tls(reload: &Reload) {
+    let Some(((cert, key), acceptor)) = &reload.listener_tls else {
+        return;
+    };
+    match tls::server_config(cert, key) {
+        Ok(config) => {
+            acceptor.replace(config);
+            log::info!("TLS certificate reloaded from {}", cert.display());
+        }
+        Err(e) => log::error!("TLS certificate not reloaded, the old one stays: {e}"),
     }
 }

@@ -3,10 +3,13 @@
 
 use crate::base::paths::encode_path;
 use crate::worker::multipart_body::MultipartBody;
+use crate::worker::tls::Connector;
+use rustls::ClientConfig;
 use serde_json::Value;
 use std::fmt;
 use std::io::Read;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest JSON answer read from a worker (status, logs, health).
@@ -35,6 +38,7 @@ fn agent(
     read: Duration,
     write: Duration,
     overall: Option<Duration>,
+    tls: Option<&Arc<Connector>>,
 ) -> ureq::Agent {
     let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(connect)
@@ -45,6 +49,9 @@ fn agent(
         .user_agent(concat!("trusted-pool/", env!("CARGO_PKG_VERSION")));
     if let Some(overall) = overall {
         builder = builder.timeout(overall);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls_connector(Arc::clone(tls));
     }
     builder.build()
 }
@@ -168,12 +175,19 @@ fn classify(error: ureq::Error) -> CallError {
 }
 
 impl WorkerClient {
-    /// Agents with these timeouts.
+    /// Agents with these timeouts, for `http://` workers only.
     pub fn new(t: Timeouts) -> Self {
+        Self::with_tls(t, None)
+    }
+
+    /// Agents with these timeouts; `https://` workers with these TLS settings.
+    pub fn with_tls(t: Timeouts, tls: Option<Arc<ClientConfig>>) -> Self {
+        let tls = tls.map(|config| Arc::new(Connector(config)));
+        let tls = tls.as_ref();
         WorkerClient {
-            health: agent(t.health, t.health, t.health, Some(t.health)),
-            submit: agent(t.health, t.dispatch, t.dispatch, None),
-            follow: agent(t.health, t.dispatch, t.health, None),
+            health: agent(t.health, t.health, t.health, Some(t.health), tls),
+            submit: agent(t.health, t.dispatch, t.dispatch, None, tls),
+            follow: agent(t.health, t.dispatch, t.health, None, tls),
         }
     }
 

@@ -6,5 +6,6 @@ pub mod client;
 pub mod identity;
 pub mod multipart_body;
 pub mod signature;
+pub mod tls;
 pub mod websocket;
 pub mod workers_file;

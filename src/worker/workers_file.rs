@@ -209,16 +209,15 @@ fn required_string<'a>(
     }
 }
 
-/// Checks an endpoint is `http://host[:port][/prefix]` and returns it without a trailing slash.
+/// Checks an endpoint is `http[s]://host[:port][/prefix]` and returns it without a trailing
+/// slash (`https://` reaches sandrun through a TLS proxy in front of it).
 fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
-    let Some(rest) = endpoint.strip_prefix("http://") else {
-        if endpoint.starts_with("https://") {
-            return Err(format!(
-                "is {endpoint:?}: https is not supported, sandrun serves plain HTTP (use http://host:port on a private network or a tunnel)"
-            ));
-        }
+    let Some(rest) = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+    else {
         return Err(format!(
-            "is {endpoint:?}: must be an http:// URL with a host, e.g. http://10.0.0.5:8443"
+            "is {endpoint:?}: must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:8443"
         ));
     };
     let authority = rest.split('/').next().unwrap_or_default();
@@ -255,13 +254,17 @@ fn split_host_port(authority: &str) -> (&str, Option<&str>) {
 
 /// The form two endpoints are compared in: lower-case host, explicit port.
 fn endpoint_key(endpoint: &str) -> String {
-    let rest = endpoint.trim_start_matches("http://");
+    let (rest, default_port) = match endpoint.strip_prefix("https://") {
+        Some(rest) => (rest, 443),
+        None => (endpoint.trim_start_matches("http://"), 80),
+    };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = split_host_port(authority);
     format!(
         "{}:{}/{}",
         host.to_ascii_lowercase(),
-        port.and_then(|p| p.parse::<u16>().ok()).unwrap_or(80),
+        port.and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(default_port),
         path
     )
 }

@@ -16,8 +16,8 @@ use super::util::{poll_until, temp_dir};
 
 /// How long the coordinator may take to say it listens.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// What the coordinator logs once it listens, followed by `IP:PORT`.
-const LISTENING: &str = "Listening on http://";
+/// What the coordinator logs once it listens, followed by `http://IP:PORT` or `https://IP:PORT`.
+const LISTENING: &str = "Listening on ";
 
 /// Writes `<dir>/workers.json` from (worker_id, endpoint, max_concurrent_jobs) entries.
 pub fn write_workers_json(dir: &Path, workers: &[(String, String, u32)]) -> PathBuf {
@@ -66,10 +66,11 @@ fn pump(stream: impl Read + Send + 'static, log: Log) {
 /// The port in the first `Listening on http://IP:PORT` line of a log.
 fn listening_port(log: &str) -> Option<u16> {
     let start = log.find(LISTENING)? + LISTENING.len();
-    let addr: String = log[start..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
+    let rest = &log[start..];
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
+    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
     addr.trim_end_matches(|c: char| !c.is_ascii_digit())
         .parse::<SocketAddr>()
         .ok()
@@ -178,6 +179,13 @@ impl Coordinator {
             thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Sends SIGHUP (re-read files).
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
     }
 
     /// Its port.

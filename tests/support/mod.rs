@@ -17,6 +17,7 @@ pub mod health_only;
 pub mod lifecycle;
 pub mod page_server;
 pub mod sandrun_client;
+pub mod tls;
 mod util;
 
 // The flat API below is re-exported for every test; each test uses only some of it.

@@ -6,6 +6,10 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::connection::Connection;
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
@@ -34,11 +38,32 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // Patched: the raw socket, to set the read timeout of the header phase and to let a request
+    // close its connection without draining an unread body
+    control: Arc<Connection>,
+
+    // Patched: the longest silence, and the longest time a request line and headers may take
+    client_timeout: Option<Duration>,
 }
+
+/// Patched: longest request line (414 beyond).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Patched: largest header block (431 beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Patched: most header fields (431 beyond).
+pub const MAX_HEADER_FIELDS: usize = 100;
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
+    /// Patched: the line and headers did not arrive within the client timeout; true when part
+    /// of a request had arrived (then it is answered 408, else the idle connection just closes).
+    TimedOut(bool),
+    /// Patched: the request line is longer than `MAX_REQUEST_LINE`.
+    RequestLineTooLong,
+    /// Patched: the headers exceed `MAX_HEADER_BYTES` or `MAX_HEADER_FIELDS`.
+    HeadersTooLarge(HTTPVersion),
     WrongRequestLine,
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
@@ -51,6 +76,8 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        control: Arc<Connection>,
+        client_timeout: Option<Duration>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +92,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            control,
+            client_timeout,
         }
     }
 
@@ -77,9 +106,24 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// Patched: reads one line of at most `limit` bytes (`Ok(None)` when longer), before
+    /// `deadline`; `started` becomes true once any byte arrived.
+    fn read_next_line(
+        &mut self,
+        limit: usize,
+        deadline: Option<Instant>,
+        started: &mut bool,
+    ) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
+
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
+            }
+            self.control.set_read_timeout(Some(left))?;
+        }
 
         loop {
             let byte = self.next_header_source.by_ref().bytes().next();
@@ -88,26 +132,59 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            *started = true;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf)
+                    .map(Some)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
+            if buf.len() > limit + 1 {
+                return Ok(None);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
+            }
         }
     }
 
-    /// Reads a request from the stream.
-    /// Blocks until the header has been read.
+    /// Patched: a read error of the header phase, with timeouts told apart.
+    fn header_error(err: IoError, started: bool) -> ReadError {
+        match err.kind() {
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => ReadError::TimedOut(started),
+            _ => ReadError::ReadIoError(err),
+        }
+    }
+
+    /// Patched: answers a request that cannot be read with a JSON error and `Connection: close`.
+    fn refuse(&mut self, status: u16, message: &str, version: HTTPVersion) {
+        use crate::{Header, Response, StatusCode};
+        let writer = self.sink.next().unwrap();
+        let body = format!("{{\"error\":\"{}\"}}\n", message);
+        let mut response = Response::from_string(body).with_status_code(StatusCode(status));
+        for (name, value) in [("Content-Type", "application/json"), ("Connection", "close")] {
+            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                response.add_header(h);
+            }
+        }
+        response.raw_print(writer, version, &[], false, None).ok();
+    }
+
     fn read(&mut self) -> Result<Request, ReadError> {
+        let deadline = self.client_timeout.map(|t| Instant::now() + t);
+        let mut started = false;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(MAX_REQUEST_LINE, deadline, &mut started)
+                    .map_err(|e| Self::header_error(e, started))?
+                    .ok_or(ReadError::RequestLineTooLong)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,12 +194,21 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                let mut header_bytes = 0;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let left = MAX_HEADER_BYTES.saturating_sub(header_bytes);
+                    let line = self
+                        .read_next_line(left, deadline, &mut started)
+                        .map_err(|e| Self::header_error(e, started))?
+                        .ok_or_else(|| ReadError::HeadersTooLarge(version.clone()))?;
 
                     if line.is_empty() {
                         break;
                     };
+                    header_bytes += line.len() + 2;
+                    if header_bytes > MAX_HEADER_BYTES || headers.len() >= MAX_HEADER_FIELDS {
+                        return Err(ReadError::HeadersTooLarge(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -135,6 +221,12 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+        // Patched: the body may be as slow as any other silence, not bound by the header deadline
+        if deadline.is_some() {
+            self.control
+                .set_read_timeout(self.client_timeout)
+                .map_err(ReadError::ReadIoError)?;
+        }
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -153,6 +245,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            Some(Arc::clone(&self.control)),
         )
         .map_err(|e| {
             use crate::request;
@@ -185,6 +278,25 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
+                Err(ReadError::TimedOut(started)) => {
+                    if started {
+                        self.refuse(408, "the request did not arrive in time", HTTPVersion(1, 1));
+                    }
+                    return None;
+                }
+
+                Err(ReadError::RequestLineTooLong) => {
+                    let message = "request line longer than 8 KiB";
+                    self.refuse(414, message, HTTPVersion(1, 1));
+                    return None;
+                }
+
+                Err(ReadError::HeadersTooLarge(ver)) => {
+                    let message = "request headers larger than 32 KiB or more than 100 fields";
+                    self.refuse(431, message, ver);
+                    return None;
+                }
+
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
@@ -201,16 +313,6 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {

@@ -91,8 +91,6 @@
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
 
 use std::error::Error;
 use std::io::Error as IoError;
@@ -100,7 +98,8 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -174,18 +173,63 @@ pub struct IncomingRequests<'a> {
 pub struct ServerConfig {
     /// The addresses to try to listen to.
     pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
-    pub ssl: Option<SslConfig>,
 }
 
-/// Configuration of the server for SSL.
+/// Patched: the TLS settings of a listener (replaceable while it runs), without the feature.
+#[cfg(not(feature = "ssl-rustls"))]
+pub enum TlsAcceptor {}
+#[cfg(feature = "ssl-rustls")]
+pub use ssl::TlsAcceptor;
+
+/// Patched: limits on every connection of a server (see `Server::http_with_limits`).
 #[derive(Debug, Clone)]
-pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
-    pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
-    pub private_key: Vec<u8>,
+pub struct Limits {
+    /// Connections read at once; beyond it a new connection gets a short 503 and is closed.
+    pub max_connections: usize,
+    /// Longest silence of a client (socket read and write timeouts); a request's line and
+    /// headers must also arrive within it. `None`: wait forever.
+    pub client_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: usize::MAX,
+            client_timeout: None,
+        }
+    }
+}
+
+/// Patched: counts a connection while a pool thread reads it.
+struct LiveConnection(Arc<AtomicUsize>);
+
+impl LiveConnection {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, AcqRel);
+        LiveConnection(Arc::clone(live))
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AcqRel);
+    }
+}
+
+/// Patched: closes a connection beyond the limit, with a 503 when it speaks plain HTTP (one
+/// non-blocking write into the fresh socket's empty buffer, so the accept loop never waits).
+fn refuse(sock: Connection, secure: bool) {
+    use std::io::Write;
+    if !secure && sock.set_nonblocking(true).is_ok() {
+        let body = "{\"error\":\"too many connections; retry shortly\"}\n";
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut sock = sock;
+        let _ = sock.write(answer.as_bytes());
+        let _ = sock.shutdown(Shutdown::Write);
+    }
 }
 
 impl Server {
@@ -197,23 +241,6 @@ impl Server {
     {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-        })
-    }
-
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
         })
     }
 
@@ -225,14 +252,13 @@ impl Server {
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
+        Self::from_listener(listener)
     }
 
     /// Builds a new server using the specified TCP listener.
@@ -241,7 +267,28 @@ impl Server {
     /// such as from systemd. For other cases, you probably want the `new()` function.
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
-        ssl_config: Option<SslConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener, None, Limits::default())
+    }
+
+    /// Patched: a server on `addr` with these connection [`Limits`], speaking TLS with the
+    /// settings of `tls` when it is given (they may be replaced while the server runs).
+    pub fn with_limits<A>(
+        addr: A,
+        limits: Limits,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        let listener = ConfigListenAddr::from_socket_addrs(addr)?.bind()?;
+        Self::from_listener_with(listener, tls, limits)
+    }
+
+    fn from_listener_with<L: Into<Listener>>(
+        listener: L,
+        ssl: Option<Arc<TlsAcceptor>>,
+        limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -254,31 +301,6 @@ impl Server {
             (listener, local_addr)
         };
 
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
-
         // creating a task where server.accept() is continuously called
         // and ClientConnection objects are pushed in the messages queue
         let messages = MessagesQueue::with_capacity(8);
@@ -288,20 +310,34 @@ impl Server {
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // Patched: connections being read by a pool thread, at most `limits.max_connections`.
+            let live = Arc::new(AtomicUsize::new(0));
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // Patched: beyond the limit a connection is refused, not given a thread.
+                        if live.load(Acquire) >= limits.max_connections {
+                            refuse(sock, ssl.is_some());
+                            continue;
+                        }
                         // Patched: headers and body go out in separate writes; without
                         // TCP_NODELAY, Nagle's algorithm held the body back ~40 ms.
                         if let connection::Connection::Tcp(ref tcp) = sock {
                             let _ = tcp.set_nodelay(true);
                         }
+                        // Patched: a silent client is dropped after `client_timeout`.
+                        let _ = sock.set_read_timeout(limits.client_timeout);
+                        let _ = sock.set_write_timeout(limits.client_timeout);
+                        let control = match sock.try_clone() {
+                            Ok(c) => Arc::new(c),
+                            Err(_) => continue,
+                        };
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                            #[cfg(feature = "ssl-rustls")]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
                                 // if an error occurs, we just close the socket and resume listening
@@ -312,11 +348,16 @@ impl Server {
 
                                 RefinedTcpStream::new(sock)
                             }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
+                            #[cfg(not(feature = "ssl-rustls"))]
+                            Some(ref never) => match **never {},
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            control,
+                            limits.client_timeout,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -325,7 +366,9 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        let mut counted = Some(LiveConnection::new(&live));
                         tasks_pool.spawn(Box::new(move || {
+                            let _counted = counted.take();
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {

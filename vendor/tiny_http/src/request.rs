@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use crate::connection::Connection;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +77,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // Patched: the raw socket of the connection, and whether to stop reading it once answered
+    control: Option<Arc<Connection>>,
+    close_after_response: bool,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +142,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    control: Option<Arc<Connection>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -238,6 +246,8 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        control,
+        close_after_response: false,
     })
 }
 
@@ -427,6 +437,13 @@ impl Request {
         reader.unwrap()
     }
 
+    /// Patched: once answered, the connection stops reading: the unread rest of the body is
+    /// not drained (a stalled or hostile upload would hold the answering thread until the
+    /// client timeout) and the connection closes.
+    pub fn close_after_response(&mut self) {
+        self.close_after_response = true;
+    }
+
     /// Sends a response to this request.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
@@ -434,6 +451,11 @@ impl Request {
         R: Read,
     {
         let res = self.respond_impl(response);
+        if self.close_after_response {
+            if let Some(control) = &self.control {
+                let _ = control.shutdown(std::net::Shutdown::Read);
+            }
+        }
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
         }

@@ -1,0 +1,118 @@
+//! TLS settings from PEM files (rustls 0.23, ring): the listener's certificate and key, and what
+//! the coordinator trusts and presents when it calls `https://` workers.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a TLS setting could not be built.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    Pem(PathBuf, String),
+    /// rustls refused the certificates or key.
+    Rejected(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pem(path, e) => write!(f, "{}: {e}", path.display()),
+            Self::Rejected(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem(
+            path.to_path_buf(),
+            "no CERTIFICATE block in the file".to_string(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        TlsError::Pem(
+            path.to_path_buf(),
+            format!("no usable private key (PKCS#8, RSA or EC PEM): {e}"),
+        )
+    })
+}
+
+/// The listener's settings: this certificate chain and key, no client certificates.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| {
+            TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// Where the coordinator's calls to `https://` workers find trust and identity.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerTls {
+    /// CA certificates (PEM) to trust instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) presented to workers.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The client settings for `https://` workers: `--worker-ca` or the system roots, and the
+/// optional client certificate.
+pub fn client_config(settings: &WorkerTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match &settings.ca {
+        Some(ca) => {
+            for cert in load_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Pem(ca.clone(), e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                log::warn!("System CA certificates: {e}");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                log::warn!("No system CA certificates found; https:// workers need --worker-ca");
+            }
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &settings.client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| {
+                TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

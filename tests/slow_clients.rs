@@ -1,0 +1,230 @@
+//! Slow and hostile clients against the real binary: stalled uploads and stalled headers do not
+//! hold the coordinator, and each connection limit answers its status code.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::lifecycle::submit;
+use support::{get_json, post_multipart, Coordinator, FakeWorker, Form};
+
+/// What "answers at once" allows on a loaded 2-core machine.
+const AT_ONCE: Duration = Duration::from_secs(5);
+/// Deadline for anything the coordinator should do within a few client timeouts.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A connection to the coordinator that sent `bytes` and then nothing.
+fn stalled(coordinator: &Coordinator, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", coordinator.port())).expect("connect");
+    stream.write_all(bytes).expect("send");
+    stream
+}
+
+/// Headers of a 1 MB upload followed by its first 10 bytes.
+fn stalled_upload_start() -> Vec<u8> {
+    let mut head = b"POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    head.extend_from_slice(b"--XyZ\r\nCon");
+    head
+}
+
+/// Everything the server sends until it closes, within `deadline`; `None` if it stays open.
+fn read_to_close(stream: &mut TcpStream, deadline: Duration) -> Option<String> {
+    stream
+        .set_read_timeout(Some(deadline))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some(String::from_utf8_lossy(&answer).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
+/// The status code of a raw HTTP answer (0 when there is none).
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+fn small_job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .manifest(r#"{"entrypoint": "main.py"}"#)
+}
+
+/// Times a call and checks it answered 200 within [`AT_ONCE`].
+fn answers_at_once(what: &str, call: impl FnOnce() -> u16) {
+    let started = Instant::now();
+    let status = call();
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{what} answered {status}");
+    assert!(took < AT_ONCE, "{what} took {took:?}");
+}
+
+#[test]
+fn stalled_uploads_and_stalled_headers_do_not_hold_the_coordinator() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let id = submit(&coordinator, &small_job());
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(stalled(&coordinator, &stalled_upload_start()));
+        held.push(stalled(
+            &coordinator,
+            b"GET /pool HTTP/1.1\r\nHost: pool\r\nX-Slow: ",
+        ));
+    }
+    // Let every stalled connection reach the coordinator and be taken up.
+    thread::sleep(Duration::from_millis(500));
+    answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
+    answers_at_once("/pool", || {
+        let (status, pool) = get_json(&coordinator.url("/pool"));
+        assert!(pool["workers"].is_array(), "{pool}");
+        status
+    });
+    answers_at_once("/status", || {
+        get_json(&coordinator.url(&format!("/status/{id}"))).0
+    });
+    answers_at_once("a new submit", || {
+        post_multipart(&coordinator.url("/submit"), &small_job()).0
+    });
+    drop(held);
+}
+
+#[test]
+fn each_limit_answers_its_status_code() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--client-timeout", "2", "--max-uploads", "2"],
+    );
+
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: pool\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let mut s = stalled(&coordinator, long_line.as_bytes());
+    let answer = read_to_close(&mut s, DEADLINE).expect("closed after 414");
+    assert_eq!(status_of(&answer), 414, "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+
+    let big_header = format!(
+        "GET /health HTTP/1.1\r\nHost: pool\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(33 * 1024)
+    );
+    let mut s = stalled(&coordinator, big_header.as_bytes());
+    let answer = read_to_close(&mut s, DEADLINE).expect("closed after 431");
+    assert_eq!(status_of(&answer), 431, "{answer}");
+
+    let many: String = (0..101).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let many = format!("GET /health HTTP/1.1\r\nHost: pool\r\n{many}\r\n");
+    let mut s = stalled(&coordinator, many.as_bytes());
+    let answer = read_to_close(&mut s, DEADLINE).expect("closed after 431");
+    assert_eq!(status_of(&answer), 431, "{answer}");
+
+    // 100 fields are fine.
+    let fine: String = (0..98).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let fine = format!("GET /health HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n{fine}\r\n");
+    let mut s = stalled(&coordinator, fine.as_bytes());
+    let answer = read_to_close(&mut s, DEADLINE).expect("answered");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    // Two stalled uploads take both upload slots: a third is answered 503 at once.
+    let first = stalled(&coordinator, &stalled_upload_start());
+    let second = stalled(&coordinator, &stalled_upload_start());
+    thread::sleep(Duration::from_millis(300));
+    let mut third = stalled(&coordinator, &stalled_upload_start());
+    let started = Instant::now();
+    let answer = read_to_close(&mut third, DEADLINE).expect("answered");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("--max-uploads"), "{answer}");
+    assert!(
+        started.elapsed() < AT_ONCE,
+        "503 took {:?}",
+        started.elapsed()
+    );
+
+    // The stalled uploads are dropped after the client timeout; then a submit goes through.
+    let status = support::poll_until(DEADLINE, || {
+        let (status, _) = post_multipart(&coordinator.url("/submit"), &small_job());
+        (status == 200).then_some(status)
+    });
+    assert_eq!(
+        status,
+        Some(200),
+        "no submit went through after the timeout"
+    );
+    drop((first, second));
+
+    // A silent connection is closed without an answer; a dribbling one gets 408.
+    let mut silent = stalled(&coordinator, b"");
+    let started = Instant::now();
+    let answer = read_to_close(&mut silent, DEADLINE).expect("silent connection closed");
+    assert!(answer.is_empty(), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let mut dribbling = stalled(&coordinator, b"G");
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"ET /health HTTP/1.1\r\nX-Slow: ".iter().cycle().take(60) {
+        thread::sleep(Duration::from_millis(250));
+        if dribbling.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let answer = read_to_close(&mut dribbling, DEADLINE).unwrap_or_default();
+    assert!(
+        closed || status_of(&answer) == 408,
+        "a client dribbling its headers was not cut off: {answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "headers were allowed {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-connections", "8"]);
+    let held: Vec<_> = (0..8)
+        .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let mut ninth = stalled(&coordinator, b"");
+    let answer = read_to_close(&mut ninth, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    let pid = coordinator.pid();
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|n| n.trim().parse::<usize>())
+            })
+        })
+        .and_then(Result::ok);
+    drop(held);
+    // The freed slots serve new connections again.
+    let back = support::poll_until(DEADLINE, || {
+        let (status, _) = get_json(&coordinator.url("/health"));
+        (status == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "never served again after the held connections closed"
+    );
+    if let Some(threads) = threads {
+        assert!(threads < 60, "{threads} threads for 8 connections");
+    }
+}

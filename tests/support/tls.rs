@@ -1,0 +1,247 @@
+//! TLS for the tests: certificates made on the spot (a CA, server and client certificates), an
+//! HTTPS client for the coordinator's listener, and a TLS proxy in front of a fake worker (the
+//! setup README describes for sandrun), optionally demanding a client certificate.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Timeout of every test-side TLS socket.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A test CA that signs certificates into PEM files of a directory.
+pub struct TestCa {
+    cert: Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA whose certificate is `<dir>/<name>.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write the CA");
+        TestCa {
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Its certificate file.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    /// Signs a certificate for 127.0.0.1 and localhost (server or client use), written to
+    /// `<dir>/<name>.crt` and `<dir>/<name>.key`; returns (certificate, key) paths.
+    pub fn issue(&self, name: &str, client: bool) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("certificate");
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        );
+        fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (cert_path, key_path)
+    }
+}
+
+fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates")
+}
+
+fn roots(ca: &Path) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca) {
+        roots.add(cert).expect("CA certificate");
+    }
+    roots
+}
+
+/// What an HTTPS request to 127.0.0.1 got.
+pub struct HttpsAnswer {
+    /// Status code.
+    pub status: u16,
+    /// The whole answer as text.
+    pub text: String,
+    /// The server's certificate.
+    pub server_cert: Vec<u8>,
+}
+
+/// `GET path` over TLS to 127.0.0.1:`port`, trusting only `ca`; Err when TLS or HTTP failed.
+pub fn https_get(port: u16, ca: &Path, path: &str) -> Result<HttpsAnswer, String> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots(ca))
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let session = rustls::ClientConnection::new(Arc::new(config), name.to_owned())
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let mut tls = rustls::StreamOwned::new(session, tcp);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .map_err(|e| format!("TLS write: {e}"))?;
+    let mut answer = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut answer) {
+        if answer.is_empty() {
+            return Err(format!("TLS read: {e}"));
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+    let server_cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    Ok(HttpsAnswer {
+        status,
+        text,
+        server_cert,
+    })
+}
+
+/// The DER of the first certificate of a PEM file.
+pub fn cert_der(path: &Path) -> Vec<u8> {
+    certs(path).first().map(|c| c.to_vec()).unwrap_or_default()
+}
+
+/// A TLS proxy on 127.0.0.1 in front of a plain-HTTP backend (sandrun's dialect: one request
+/// per connection, bodies with `Content-Length`).
+pub struct TlsProxy {
+    addr: SocketAddr,
+    sessions: Arc<AtomicUsize>,
+}
+
+impl TlsProxy {
+    /// Starts one with this certificate, demanding a client certificate signed by `client_ca`
+    /// when given.
+    pub fn start(backend: SocketAddr, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)), provider())
+                    .build()
+                    .expect("client verifier"),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_file(key).expect("proxy key");
+        let config = Arc::new(builder.with_single_cert(certs(cert), key).expect("proxy"));
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sessions);
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let config = Arc::clone(&config);
+                let counted = Arc::clone(&counted);
+                thread::spawn(move || {
+                    if proxy_one(client, config, backend).is_ok() {
+                        counted.fetch_add(1, Ordering::AcqRel);
+                    }
+                });
+            }
+        });
+        TlsProxy { addr, sessions }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Requests passed to the backend so far.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+}
+
+/// One TLS connection: its request to the backend, the backend's answer back.
+fn proxy_one(
+    client: TcpStream,
+    config: Arc<ServerConfig>,
+    backend: SocketAddr,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(IO_TIMEOUT))?;
+    let session = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(session, client);
+    let mut reader = BufReader::new(&mut tls);
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let text = String::from_utf8_lossy(&line).to_string();
+        if let Some(value) = text.strip_prefix("Content-Length: ") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let mut upstream = TcpStream::connect(backend)?;
+    upstream.set_read_timeout(Some(IO_TIMEOUT))?;
+    upstream.write_all(&head)?;
+    upstream.write_all(&body)?;
+    let mut answer = Vec::new();
+    upstream.read_to_end(&mut answer)?;
+    tls.write_all(&answer)?;
+    tls.flush()?;
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! TLS on both sides through the real binary: the HTTPS listener (a client trusting the test
+//! CA, plain HTTP refused cleanly, certificate rotation on SIGHUP) and `https://` workers behind
+//! a TLS proxy, with and without a client certificate.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::lifecycle::{submit, wait_status};
+use support::tls::{cert_der, https_get, TestCa, TlsProxy};
+use support::{get_json, poll_until, send, temp_dir, Coordinator, FakeWorker, Form};
+
+/// Deadline for anything that should happen within a few seconds.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn small_job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .manifest(r#"{"entrypoint": "main.py"}"#)
+}
+
+fn path_arg(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn the_listener_serves_https_refuses_plain_http_and_rotates_its_certificate_on_sighup() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let (cert, key) = ca.issue("listener", false);
+    let worker = FakeWorker::start();
+    let (cert_arg, key_arg) = (path_arg(&cert), path_arg(&key));
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--tls-cert", &cert_arg, "--tls-key", &key_arg],
+    );
+    assert!(coordinator.logs().contains("Listening on https://"));
+    let port = coordinator.port();
+
+    let answer = https_get(port, &ca.path("ca"), "/health").expect("HTTPS with the CA");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.server_cert, cert_der(&cert));
+    let pool = https_get(port, &ca.path("ca"), "/pool").expect("HTTPS /pool");
+    assert_eq!(pool.status, 200, "{}", pool.text);
+
+    assert!(
+        https_get(port, &other_ca.path("other-ca"), "/health").is_err(),
+        "a client that does not trust the certificate must fail"
+    );
+    let plain = send("GET", &coordinator.url("/health"), None);
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status != 200),
+        "plain HTTP on the TLS port answered {plain:?}"
+    );
+
+    // Rotation: a new certificate in the same files, then SIGHUP.
+    let (new_cert, new_key) = ca.issue("listener-next", false);
+    fs::copy(&new_cert, &cert).expect("replace the certificate");
+    fs::copy(&new_key, &key).expect("replace the key");
+    coordinator.hangup();
+    assert!(coordinator.wait_for_log("TLS certificate reloaded", DEADLINE));
+    let rotated = https_get(port, &ca.path("ca"), "/health").expect("HTTPS after rotation");
+    assert_eq!(rotated.status, 200);
+    assert_eq!(
+        rotated.server_cert,
+        cert_der(&new_cert),
+        "the new certificate is served"
+    );
+
+    // A bad file is refused; the current certificate stays.
+    fs::write(&key, "not a key").expect("spoil the key");
+    coordinator.hangup();
+    assert!(coordinator.wait_for_log("TLS certificate not reloaded", DEADLINE));
+    let kept = https_get(port, &ca.path("ca"), "/health").expect("HTTPS after a bad reload");
+    assert_eq!(kept.server_cert, cert_der(&new_cert));
+}
+
+/// The first worker's row of `/pool`.
+fn pool_row(coordinator: &Coordinator) -> Value {
+    get_json(&coordinator.url("/pool")).1["workers"][0].clone()
+}
+
+#[test]
+fn https_workers_behind_a_tls_proxy_with_and_without_a_client_certificate() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (proxy_cert, proxy_key) = ca.issue("proxy", false);
+    let (client_cert, client_key) = ca.issue("coordinator", true);
+    let ca_arg = path_arg(&ca.path("ca"));
+
+    // A proxy that takes any client: a job runs through it.
+    let worker = FakeWorker::start();
+    let proxy = TlsProxy::start(worker.addr(), &proxy_cert, &proxy_key, None);
+    let entry = (worker.worker_id(), proxy.endpoint(), 2);
+    let coordinator = Coordinator::start(
+        &[entry],
+        &["--worker-ca", &ca_arg, "--health-interval", "1"],
+    );
+    let id = submit(&coordinator, &small_job());
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert!(proxy.sessions() > 0, "nothing went through the proxy");
+    drop(coordinator);
+
+    // A proxy that demands a client certificate: refused without one, served with one.
+    let strict = TlsProxy::start(worker.addr(), &proxy_cert, &proxy_key, Some(&ca.path("ca")));
+    let entry = (worker.worker_id(), strict.endpoint(), 2);
+    let refused = Coordinator::start(
+        std::slice::from_ref(&entry),
+        &["--worker-ca", &ca_arg, "--health-interval", "1"],
+    );
+    let unhealthy = poll_until(DEADLINE, || {
+        let row = pool_row(&refused);
+        (row["is_healthy"] == false && row["consecutive_failures"].as_u64().unwrap_or(0) > 0)
+            .then_some(row)
+    });
+    assert!(unhealthy.is_some(), "{}", pool_row(&refused));
+    assert_eq!(strict.sessions(), 0);
+    drop(refused);
+
+    let (cert_arg, key_arg) = (path_arg(&client_cert), path_arg(&client_key));
+    let admitted = Coordinator::start(
+        &[entry],
+        &[
+            "--worker-ca",
+            &ca_arg,
+            "--worker-tls-cert",
+            &cert_arg,
+            "--worker-tls-key",
+            &key_arg,
+            "--health-interval",
+            "1",
+        ],
+    );
+    let id = submit(&admitted, &small_job());
+    wait_status(&admitted, &id, "completed", DEADLINE);
+    assert!(strict.sessions() > 0);
+}
+
+#[test]
+fn an_https_worker_without_a_trusted_ca_is_unhealthy() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other = TestCa::new(dir.path(), "other");
+    let (proxy_cert, proxy_key) = ca.issue("proxy", false);
+    let worker = FakeWorker::start();
+    let proxy = TlsProxy::start(worker.addr(), &proxy_cert, &proxy_key, None);
+    let other_arg = path_arg(&other.path("other"));
+    let coordinator = Coordinator::start(
+        &[(worker.worker_id(), proxy.endpoint(), 2)],
+        &["--worker-ca", &other_arg, "--health-interval", "1"],
+    );
+    let failing = poll_until(DEADLINE, || {
+        let row = pool_row(&coordinator);
+        (row["consecutive_failures"].as_u64().unwrap_or(0) > 0).then_some(row)
+    });
+    assert!(failing.is_some(), "{}", pool_row(&coordinator));
+    assert_eq!(proxy.sessions(), 0);
+}
