@@ -4,7 +4,7 @@ PORT ?= 9000
 WORKERS ?= workers.json
 MUSL := x86_64-unknown-linux-musl
 
-.PHONY: build test run lint release static demo bench clean
+.PHONY: build test run lint release static demo bench fuzz clean
 
 build:
 	$(CARGO) build
@@ -35,6 +35,12 @@ static:
 # Two local development workers (no sandbox, loopback only) and a coordinator on port $(PORT).
 demo: build
 	@bash src/bin/dev-worker/demo.sh $(PORT)
+
+# The fuzz loops of `make test`, long: each loop runs up to FUZZ_SECONDS (default 300).
+FUZZ_SECONDS ?= 300
+fuzz:
+	TP_FUZZ_ITERATIONS=1000000000 TP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --test fuzz_parsers -- --nocapture
+	TP_FUZZ_ITERATIONS=1000000000 $(CARGO) test --release --lib mutated -- --nocapture
 
 bench:
 	$(CARGO) build --release --bin trusted-pool

@@ -31,6 +31,10 @@ pub fn percent_decode(raw: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+            // Two hex digits exactly: `from_str_radix` alone also takes a sign (`%+1`).
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(PathError::BadEncoding);
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| PathError::BadEncoding)?);
             i += 3;

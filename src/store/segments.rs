@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::base::job::Span;
+use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 
 /// A segment takes no more writes once it is this large.
@@ -62,6 +63,13 @@ impl SegmentFile {
     /// left, which its waiting jobs still need). With `remove_when_unused`, the file is removed
     /// once nothing refers to it.
     pub fn open_existing(dir: &Path, name: &str, remove_when_unused: bool) -> io::Result<Self> {
+        // A name from a damaged record must not reach (and later remove) a file elsewhere.
+        if !is_safe_component(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a segment name"),
+            ));
+        }
         let path = dir.join(name);
         let file = File::open(&path)?;
         Ok(SegmentFile {

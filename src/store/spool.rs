@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::base::job::{Span, UploadAt};
+use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
@@ -489,8 +490,15 @@ impl Spool {
         failed
     }
 
-    /// A reader of `span` in the results segment called `segment`.
+    /// A reader of `span` in the results segment called `segment` (a plain file name: a
+    /// damaged record naming a path elsewhere is refused).
     pub fn results_reader(&self, segment: &str, span: Span) -> io::Result<Box<dyn Read + Send>> {
+        if !is_safe_component(segment) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{segment:?} is not a results segment name"),
+            ));
+        }
         let mut file = File::open(self.results.join(segment))?;
         file.seek(SeekFrom::Start(span.offset))?;
         Ok(Box::new(file.take(span.size)))

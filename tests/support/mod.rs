@@ -13,6 +13,7 @@ mod coordinator;
 mod fake_worker;
 pub mod follow;
 mod form;
+pub mod fuzz;
 pub mod health_only;
 pub mod lifecycle;
 pub mod page_server;

@@ -322,6 +322,12 @@ impl Iterator for ClientConnection {
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
+                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::InvalidInput => {
+                    // Patched: a request line or header that is not ASCII gets a 400, not silence
+                    self.refuse(400, "request line and headers must be ASCII", HTTPVersion(1, 1));
+                    return None;
+                }
+
                 Err(ReadError::ReadIoError(_)) => return None,
 
                 Ok(rq) => rq,

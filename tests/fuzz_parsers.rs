@@ -1,0 +1,320 @@
+//! Seeded, bounded fuzz loops over every parser a stranger or a damaged disk can feed: the
+//! upload path (multipart parser and the submit checks), path decoding, workers.json, the
+//! readers of the state directory, and the HTTP front of the real binary (request line, headers,
+//! routes). No panic, no hang, every bad input a 4xx or a clean error. `make fuzz` runs them
+//! longer (TP_FUZZ_ITERATIONS, TP_FUZZ_SECONDS).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trusted_pool::base::config::{FsyncMode, ServeConfig};
+use trusted_pool::base::job::Span;
+use trusted_pool::base::paths::{encode_path, percent_decode, safe_relative_path};
+use trusted_pool::http::auth::Caller;
+use trusted_pool::http::upload;
+use trusted_pool::state::context::Context;
+use trusted_pool::state::pool_state::PoolState;
+use trusted_pool::store::jobs_db::{JobStore, Retention};
+use trusted_pool::store::spool::Spool;
+use trusted_pool::worker::workers_file;
+
+use support::fuzz::{mutate, run, Rng};
+use support::{temp_dir, Coordinator, FakeWorker, Form};
+
+const PATH_TOKENS: [&[u8]; 12] = [
+    b"%", b"%2e", b"%2F", b"%2f", b"..", b"/", b"%00", b"%+1", b"\\", b"%C3%A9", b"\xff", b"%%",
+];
+
+/// True when every `%` starts an escape of two hex digits.
+fn escapes_well_formed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
+#[test]
+fn path_decoding_never_panics_and_never_lets_a_traversal_through() {
+    run("paths", 0x5EED_0001, 50_000, 10, |rng| {
+        let mut input = b"out/sub/result.txt".to_vec();
+        mutate(rng, &mut input, &PATH_TOKENS);
+        let text = String::from_utf8_lossy(&input).into_owned();
+        let decoded = percent_decode(&text);
+        assert!(
+            decoded.is_err() || escapes_well_formed(&text),
+            "{text:?} decoded as {decoded:?}"
+        );
+        if let Ok(decoded) = decoded {
+            if let Ok(safe) = safe_relative_path(&decoded) {
+                assert!(!safe.starts_with('/'), "{safe:?}");
+                for part in safe.split('/') {
+                    assert!(!matches!(part, "" | "." | ".."), "{safe:?} from {text:?}");
+                    assert!(!part.contains('\\') && !part.chars().any(char::is_control));
+                }
+            }
+            assert_eq!(
+                percent_decode(&encode_path(&decoded)).as_deref(),
+                Ok(decoded.as_str()),
+                "encode then decode changes {decoded:?}"
+            );
+        }
+    });
+}
+
+const JSON_TOKENS: [&[u8]; 16] = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"\"",
+    b"null",
+    b"-1",
+    b"1e400",
+    b"0",
+    b"\"https://[::1]:0\"",
+    b"\"http://a:99999\"",
+    b"\"max_concurrent_jobs\"",
+    b"\\u0000",
+    b"\xff",
+];
+
+#[test]
+fn mutated_workers_files_parse_or_are_refused_with_a_message() {
+    let worker = "He7P3kzyklbzEfhMTtht10tA8QYEU3JK+dKgggIJ1IY=";
+    let seed = format!(
+        r#"[{{"worker_id": "{worker}", "endpoint": "http://127.0.0.1:9001", "max_concurrent_jobs": 2}},
+            {{"worker_id": "{worker}", "endpoint": "https://localhost:9443/x"}}]"#
+    );
+    let (mut accepted, mut refused) = (0, 0);
+    run("workers.json", 0x5EED_0002, 30_000, 10, |rng| {
+        let mut input = seed.clone().into_bytes();
+        mutate(rng, &mut input, &JSON_TOKENS);
+        match workers_file::parse(&String::from_utf8_lossy(&input)) {
+            Ok(specs) => {
+                for spec in specs {
+                    assert!(
+                        spec.endpoint.starts_with("http://")
+                            || spec.endpoint.starts_with("https://")
+                    );
+                    assert!(spec.max_concurrent_jobs >= 1);
+                }
+                accepted += 1;
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    });
+    assert!(refused > 0, "{accepted} accepted, {refused} refused");
+}
+
+const MULTIPART_TOKENS: [&[u8]; 14] = [
+    b"\r\n",
+    b"--",
+    b"--XyZ",
+    b"--XyZ--",
+    b"Content-Disposition: form-data; name=\"files\"; filename=\"",
+    b"name=\"manifest\"",
+    b"filename=\"../x\"",
+    b"Content-Type: ",
+    b"\"",
+    b";",
+    b"\r\n\r\n",
+    b"{\"entrypoint\": 1}",
+    b"\0",
+    b"\xff",
+];
+
+fn retention(spool: &Spool) -> Retention {
+    let (results_dir, segments) = spool.results_segments();
+    Retention {
+        jobs: 1000,
+        for_secs: 3600.0,
+        results_dir,
+        segments,
+    }
+}
+
+fn upload_context(dir: &std::path::Path) -> Arc<Context> {
+    let config = ServeConfig {
+        state_dir: dir.to_path_buf(),
+        max_upload_bytes: 64 * 1024,
+        ..ServeConfig::default()
+    };
+    let spool = Spool::open(dir, 1024 * 1024).expect("spool");
+    let (store, _) = JobStore::open(dir, FsyncMode::Off, retention(&spool)).expect("store");
+    let (ctx, _signals) = Context::new(
+        config,
+        PoolState::new(Vec::new(), Instant::now()),
+        spool,
+        store,
+    );
+    let ctx = Arc::new(ctx);
+    ctx.attach();
+    ctx
+}
+
+#[test]
+fn mutated_uploads_are_queued_or_refused_with_a_4xx() {
+    let dir = temp_dir();
+    let ctx = upload_context(dir.path());
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .file("data.txt", "text/plain", b"some data\n")
+        .manifest(r#"{"entrypoint": "main.py", "args": ["-v"]}"#);
+    let body = form.body();
+    let content_type = form.content_type();
+    let boundary = upload::boundary_of(Some(&content_type)).expect("the seed's boundary");
+    let body = String::from_utf8_lossy(&body).replace(&boundary, "XyZ");
+    let caller = Caller::open();
+    let (mut queued, mut refused) = (0, 0);
+    run("upload", 0x5EED_0003, 20_000, 15, |rng| {
+        let mut input = body.clone().into_bytes();
+        mutate(rng, &mut input, &MULTIPART_TOKENS);
+        let mut content_type = b"multipart/form-data; boundary=XyZ".to_vec();
+        if rng.below(8) == 0 {
+            mutate(rng, &mut content_type, &[b";", b"boundary=", b"\"", b" "]);
+        }
+        let content_type = String::from_utf8_lossy(&content_type).into_owned();
+        let checked = upload::check_headers(&ctx, Some(&content_type), Some(input.len()));
+        let outcome = checked.and_then(|boundary| {
+            upload::accept(&ctx, &caller, boundary, None, &mut input.as_slice())
+        });
+        match outcome {
+            Ok(id) => {
+                assert!(id.starts_with("pool-"), "{id}");
+                queued += 1;
+            }
+            Err(e) => {
+                assert!(
+                    (400..500).contains(&e.status()),
+                    "{} for {:?}: {e}",
+                    e.status(),
+                    String::from_utf8_lossy(&input)
+                );
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    });
+    assert!(
+        queued > 0 && refused > 0,
+        "{queued} queued, {refused} refused"
+    );
+}
+
+#[test]
+fn state_directory_readers_refuse_damaged_or_foreign_files_cleanly() {
+    let dir = temp_dir();
+    let names: [&str; 8] = [
+        "1700000000-0",
+        "../workers.json",
+        "",
+        ".",
+        "..",
+        "a/b",
+        "1700000000-0\0",
+        "/etc/passwd",
+    ];
+    run("state dir", 0x5EED_0004, 300, 10, |rng| {
+        // Junk where the spool keeps its segments, then the spool opens over it.
+        for sub in ["uploads", "results"] {
+            let folder = dir.path().join(sub);
+            let _ = std::fs::create_dir_all(&folder);
+            let mut junk = vec![0u8; rng.below(4096)];
+            junk.iter_mut().for_each(|b| *b = rng.next() as u8);
+            let _ = std::fs::write(folder.join(*rng.pick(&names[..1])), &junk);
+        }
+        let spool = Spool::open(dir.path(), rng.below(1 << 20) as u64).expect("spool opens");
+        let name = *rng.pick(&names);
+        let span = Span {
+            offset: rng.next() % 8192,
+            size: rng.next() % 8192,
+        };
+        if let Ok(mut reader) = spool.results_reader(name, span) {
+            assert!(
+                !name.contains('/') && !matches!(name, "" | "." | ".."),
+                "{name:?} was opened"
+            );
+            let mut bytes = Vec::new();
+            let _ = reader.read_to_end(&mut bytes);
+            assert!(bytes.len() as u64 <= span.size);
+        }
+    });
+}
+
+const HTTP_TOKENS: [&[u8]; 16] = [
+    b"\r\n",
+    b"\n",
+    b" ",
+    b":",
+    b"%",
+    b"%2e%2e/",
+    b"/../",
+    b"Content-Length: 99999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+    b"HTTP/2.0",
+    b"POST",
+    b"\0",
+    b"\xff",
+    b"?a=%zz",
+];
+
+/// Sends raw bytes and reads what comes back within a few seconds (status 0: none).
+fn exchange(port: u16, request: &[u8]) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn mutated_requests_to_the_real_binary_get_an_answer_and_never_a_5xx() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "2"]);
+    let port = coordinator.port();
+    let seeds: [&[u8]; 4] = [
+        b"GET /status/pool-0123456789abcdef HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n",
+        b"GET /outputs/pool-0123/out%2Fresult.txt HTTP/1.1\r\nHost: pool\r\n\r\n",
+        b"GET /pool HTTP/1.1\r\nHost: pool\r\nAccept: */*\r\n\r\n",
+        b"POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 8\r\n\r\n--XyZ--\r\n",
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    run("http front", 0x5EED_0005, 3000, 30, |rng: &mut Rng| {
+        let mut request = rng.pick(&seeds).to_vec();
+        mutate(rng, &mut request, &HTTP_TOKENS);
+        let (status, answer) = exchange(port, &request);
+        assert!(
+            !(500..600).contains(&status) || status == 503,
+            "{status} for {:?}: {answer}",
+            String::from_utf8_lossy(&request)
+        );
+        *statuses.entry(status).or_insert(0) += 1;
+    });
+    eprintln!("fuzz http front: statuses {statuses:?}");
+    let (status, _) = exchange(port, b"GET /health HTTP/1.1\r\nHost: pool\r\n\r\n");
+    assert_eq!(status, 200, "the coordinator stopped answering");
+}
