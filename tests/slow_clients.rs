@@ -228,3 +228,42 @@ fn connections_beyond_the_limit_are_refused() {
         assert!(threads < 60, "{threads} threads for 8 connections");
     }
 }
+
+#[test]
+fn a_keep_alive_request_after_a_long_slow_upload_gets_its_full_timeout() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "2"]);
+    let form = small_job();
+    let body = form.body();
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form.content_type(),
+        body.len()
+    );
+    let mut s = stalled(&coordinator, head.as_bytes());
+    // The body arrives in pieces, each silence under the timeout, longer than it in all.
+    let pieces = body.chunks(body.len().div_ceil(5)).collect::<Vec<_>>();
+    for piece in pieces {
+        thread::sleep(Duration::from_millis(900));
+        s.write_all(piece).expect("send a piece");
+    }
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    while !String::from_utf8_lossy(&answer).contains("\"queued\"") {
+        match s.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            other => panic!(
+                "no submit answer: {other:?} after {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 200);
+    thread::sleep(Duration::from_millis(1000));
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n")
+        .expect("second request");
+    let rest = read_to_close(&mut s, DEADLINE).expect("second answer");
+    let second = rest.trim_start_matches(|c: char| c != 'H');
+    assert_eq!(status_of(second), 200, "{rest:?}");
+}

@@ -106,18 +106,19 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    /// Patched: reads one line of at most `limit` bytes (`Ok(None)` when longer), before
-    /// `deadline`; `started` becomes true once any byte arrived.
+    /// Patched: reads one line of at most `limit` bytes (`Ok(None)` when longer). The request's
+    /// `deadline` starts with its first byte (waiting for a request is bounded by the socket's
+    /// read timeout alone); `started` becomes true then.
     fn read_next_line(
         &mut self,
         limit: usize,
-        deadline: Option<Instant>,
+        deadline: &mut Option<Instant>,
         started: &mut bool,
     ) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
-        if let Some(deadline) = deadline {
+        if let Some(deadline) = *deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
@@ -132,7 +133,10 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
-            *started = true;
+            if !*started {
+                *started = true;
+                *deadline = self.client_timeout.map(|t| Instant::now() + t);
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -176,13 +180,13 @@ impl ClientConnection {
     }
 
     fn read(&mut self) -> Result<Request, ReadError> {
-        let deadline = self.client_timeout.map(|t| Instant::now() + t);
+        let mut deadline = None;
         let mut started = false;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
                 let line = self
-                    .read_next_line(MAX_REQUEST_LINE, deadline, &mut started)
+                    .read_next_line(MAX_REQUEST_LINE, &mut deadline, &mut started)
                     .map_err(|e| Self::header_error(e, started))?
                     .ok_or(ReadError::RequestLineTooLong)?;
 
@@ -198,7 +202,7 @@ impl ClientConnection {
                 loop {
                     let left = MAX_HEADER_BYTES.saturating_sub(header_bytes);
                     let line = self
-                        .read_next_line(left, deadline, &mut started)
+                        .read_next_line(left, &mut deadline, &mut started)
                         .map_err(|e| Self::header_error(e, started))?
                         .ok_or_else(|| ReadError::HeadersTooLarge(version.clone()))?;
 
