@@ -45,6 +45,9 @@ pub struct ClientConnection {
 
     // Patched: the longest silence, and the longest time a request line and headers may take
     client_timeout: Option<Duration>,
+
+    // Patched: the socket's read timeout is below `client_timeout` (a slow request's headers)
+    timeout_lowered: bool,
 }
 
 /// Patched: longest request line (414 beyond).
@@ -94,6 +97,7 @@ impl ClientConnection {
             secure,
             control,
             client_timeout,
+            timeout_lowered: false,
         }
     }
 
@@ -118,12 +122,17 @@ impl ClientConnection {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
-        if let Some(deadline) = *deadline {
+        if let (Some(deadline), Some(timeout)) = (*deadline, self.client_timeout) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
             }
-            self.control.set_read_timeout(Some(left))?;
+            // A request that is not slow never pays the system call: its first second goes by
+            // with the socket's usual timeout (so a read may end at most a second late).
+            if left + Duration::from_secs(1) < timeout {
+                self.control.set_read_timeout(Some(left))?;
+                self.timeout_lowered = true;
+            }
         }
 
         loop {
@@ -226,7 +235,7 @@ impl ClientConnection {
             (method, path, version, headers)
         };
         // Patched: the body may be as slow as any other silence, not bound by the header deadline
-        if deadline.is_some() {
+        if std::mem::take(&mut self.timeout_lowered) {
             self.control
                 .set_read_timeout(self.client_timeout)
                 .map_err(ReadError::ReadIoError)?;
