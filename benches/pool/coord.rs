@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::fake::lock;
 
 /// What the coordinator logs once it listens.
-const LISTENING: &str = "Listening on http://";
+const LISTENING: &str = "Listening on ";
 /// How long it may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -63,6 +63,8 @@ pub fn built_binary() -> PathBuf {
 pub struct Coordinator {
     child: Child,
     port: u16,
+    /// `https` when started with `--tls-cert`.
+    scheme: &'static str,
     log: Arc<Mutex<Vec<String>>>,
     dir: Option<tempfile::TempDir>,
 }
@@ -94,6 +96,7 @@ fn listening_port_from_proc(pid: u32) -> Option<u16> {
 fn port_from_log(lines: &[String]) -> Option<u16> {
     lines.iter().find_map(|line| {
         let rest = &line[line.find(LISTENING)? + LISTENING.len()..];
+        let rest = rest.split_once("://").map_or(rest, |(_, addr)| addr);
         let addr = rest.split_whitespace().next()?;
         addr.parse::<SocketAddr>().ok().map(|a| a.port())
     })
@@ -162,6 +165,11 @@ impl Coordinator {
         let mut coordinator = Coordinator {
             child,
             port: 0,
+            scheme: if extra.contains(&"--tls-cert") {
+                "https"
+            } else {
+                "http"
+            },
             log,
             dir: Some(dir),
         };
@@ -184,9 +192,7 @@ impl Coordinator {
             }
             thread::sleep(Duration::from_millis(5));
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(2))
-            .build();
+        let agent = crate::load::agent();
         while agent.get(&coordinator.url("/health")).call().is_err() {
             if Instant::now() > deadline {
                 return Err("the coordinator does not answer /health".to_string());
@@ -196,9 +202,14 @@ impl Coordinator {
         Ok(coordinator)
     }
 
-    /// `http://127.0.0.1:PORT` + `path`.
+    /// `http[s]://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Its process id.
@@ -213,9 +224,7 @@ impl Coordinator {
 
     /// `GET /pool`.
     pub fn pool(&self) -> Result<Value, String> {
-        let text = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build()
+        let text = crate::load::agent()
             .get(&self.url("/pool"))
             .call()
             .map_err(|e| e.to_string())?

@@ -2,8 +2,9 @@
 
 use std::fs;
 use std::io::Read;
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Barrier, Mutex, OnceLock};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -181,12 +182,29 @@ impl ureq::Middleware for CloseEach {
     }
 }
 
+/// The TLS settings of every agent once [`trust`] was called (for `https://` coordinators).
+static TLS: OnceLock<Arc<trusted_pool::worker::tls::Connector>> = OnceLock::new();
+
+/// From now on, agents trust the CA certificates of this PEM file for `https://` URLs.
+pub fn trust(ca: &Path) -> Result<(), String> {
+    let settings = trusted_pool::base::tls::WorkerTls {
+        ca: Some(ca.to_path_buf()),
+        client_cert: None,
+    };
+    let config = trusted_pool::base::tls::client_config(&settings).map_err(|e| e.to_string())?;
+    let _ = TLS.set(Arc::new(trusted_pool::worker::tls::Connector(config)));
+    Ok(())
+}
+
 /// A client's HTTP agent: keep-alive (unless `BENCH_CONNECTION_CLOSE`), explicit timeouts.
 pub fn agent() -> ureq::Agent {
-    let builder = ureq::AgentBuilder::new()
+    let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(CLIENT_TIMEOUT)
         .timeout_read(CLIENT_TIMEOUT)
         .timeout_write(CLIENT_TIMEOUT);
+    if let Some(tls) = TLS.get() {
+        builder = builder.tls_connector(Arc::clone(tls));
+    }
     if closing() {
         builder
             .middleware(CloseEach)

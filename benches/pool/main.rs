@@ -180,7 +180,7 @@ fn main() -> ExitCode {
         }
     }
     type Scenario = fn(&load::JobBody, &mut Findings) -> Result<(), String>;
-    let steps: [(&str, &str, Scenario); 4] = [
+    let steps: [(&str, &str, Scenario); 6] = [
         ("2", "scenario 2 (full job)", scenarios::full_job),
         (
             "3",
@@ -193,6 +193,12 @@ fn main() -> ExitCode {
             scenarios::status_blocked,
         ),
         ("5", "scenario 5 (memory)", scenarios::memory),
+        (
+            "11",
+            "scenario 11 (stalled clients)",
+            scenarios::stalled_clients,
+        ),
+        ("12", "scenario 12 (TLS)", scenarios::tls),
     ];
     for (n, name, run) in steps {
         if wanted(n) {

@@ -1217,3 +1217,248 @@ pub fn durability(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     ]);
     Ok(())
 }
+
+/// Connections of each kind the slow-client scenario holds open.
+const STALLED: usize = 64;
+
+/// Opens `STALLED` uploads that stop after their headers and 10 body bytes and `STALLED`
+/// connections that stop inside their headers; they stay open while the result lives.
+fn stall(coord: &Coordinator) -> Result<Vec<std::net::TcpStream>, String> {
+    use std::io::Write;
+    let upload = format!(
+        "POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: {}\r\nContent-Length: 1000000\r\n\r\n--{}",
+        load::content_type(),
+        "x".repeat(8)
+    );
+    let mut held = Vec::with_capacity(2 * STALLED);
+    for _ in 0..STALLED {
+        for start in [
+            upload.as_bytes(),
+            b"GET /pool HTTP/1.1\r\nHost: pool\r\nX-Slow: ",
+        ] {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", coord.port()))
+                .map_err(|e| format!("stalled connection: {e}"))?;
+            s.write_all(start).map_err(|e| e.to_string())?;
+            held.push(s);
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    Ok(held)
+}
+
+/// Scenario 11: `/status` latency and submit throughput with 64 stalled uploads and 64
+/// connections stalled in their headers, side by side with none (the "direct" column).
+pub fn stalled_clients(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut status_none, mut status_stalled) = (LoadSeries::default(), LoadSeries::default());
+    let (mut submit_none, mut submit_stalled) = (LoadSeries::default(), LoadSeries::default());
+    let content_type = body.content_type();
+    let setup = load::agent();
+    for _ in 0..RUNS {
+        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        let submit_url = p.coord.url("/submit");
+        let ids = (0..48)
+            .map(|n| {
+                submit(
+                    &setup,
+                    &submit_url,
+                    &content_type,
+                    &body.with_token(token(95, n)),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        settle(&p.coord).ok_or("the first 48 jobs did not complete")?;
+        let coord = &p.coord;
+        let measure = |status: &mut LoadSeries, submits: &mut LoadSeries, tag: usize| {
+            let stats = closed_loop(
+                CLIENTS,
+                Duration::from_millis(500),
+                SHORT_WINDOW,
+                || {},
+                |i| {
+                    status_op(
+                        &ids,
+                        |id| coord.url(&format!("/status/{id}")),
+                        "pool_status",
+                        i,
+                    )
+                },
+            );
+            status.push(&stats);
+            let stats = closed_loop(
+                CLIENTS,
+                Duration::from_millis(500),
+                SHORT_WINDOW,
+                || {},
+                |i| submit_op(body, &submit_url, i + tag, "pool-"),
+            );
+            submits.push(&stats);
+            if settle(coord).is_none() {
+                submits.add_errors(1, Some("the queue did not drain".to_string()));
+            }
+        };
+        measure(&mut status_none, &mut submit_none, 0);
+        let held = stall(coord)?;
+        measure(&mut status_stalled, &mut submit_stalled, CLIENTS);
+        drop(held);
+    }
+    let s = "11 stalled";
+    f.error_note("11 (none stalled)", &status_none);
+    f.error_note("11 (none stalled, submit)", &submit_none);
+    f.error_note("11 (stalled)", &status_stalled);
+    f.error_note("11 (stalled, submit)", &submit_stalled);
+    let e = status_none.errors + status_stalled.errors + submit_none.errors + submit_stalled.errors;
+    f.rows.extend([
+        Row::pool(
+            s,
+            "status p99, 64+64 stalled (direct: none)",
+            "ms",
+            status_stalled.p99.0,
+        )
+        .direct(status_none.p99.0)
+        .budget(Budget::RatioAtMost(1.5))
+        .errors(e),
+        Row::pool(
+            s,
+            "status p50, 64+64 stalled (direct: none)",
+            "ms",
+            status_stalled.p50.0,
+        )
+        .direct(status_none.p50.0)
+        .errors(e),
+        Row::pool(
+            s,
+            "submit throughput, 64+64 stalled (direct: none)",
+            "jobs/s",
+            submit_stalled.throughput.0,
+        )
+        .direct(submit_none.throughput.0)
+        .budget(Budget::RatioAtLeast(1.0 / 1.5))
+        .errors(e),
+    ]);
+    Ok(())
+}
+
+/// One whole job through the coordinator: submit, poll until completed, fetch one output.
+fn pool_job_op<'a>(
+    coord: &'a Coordinator,
+    body: &'a JobBody,
+    content_type: &'a str,
+    client: usize,
+) -> impl FnMut(&ureq::Agent) -> Result<(), String> + Send + 'a {
+    let mut seq = 0;
+    move |agent| {
+        seq += 1;
+        let job = body.with_token(token(client, seq));
+        let id = submit(agent, &coord.url("/submit"), content_type, &job)?;
+        wait_done(
+            agent,
+            &coord.url(&format!("/status/{id}")),
+            "pool_status",
+            "completed",
+            &["failed", "lost"],
+        )?;
+        check_result(&load::get_bytes(
+            agent,
+            &coord.url(&format!("/outputs/{id}/result.txt")),
+        )?)
+    }
+}
+
+/// A CA and a listener certificate for 127.0.0.1 in `dir`: (CA, certificate, key) paths.
+fn test_certificates(dir: &std::path::Path) -> Result<[std::path::PathBuf; 3], String> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let fail = |e: rcgen::Error| e.to_string();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .map_err(fail)?
+        .signed_by(&key, &ca_cert, &ca_key)
+        .map_err(fail)?;
+    let paths = [
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    ];
+    for (path, text) in paths
+        .iter()
+        .zip([ca_cert.pem(), cert.pem(), key.serialize_pem()])
+    {
+        std::fs::write(path, text).map_err(|e| e.to_string())?;
+    }
+    Ok(paths)
+}
+
+/// Scenario 12: submit and full-job throughput over TLS (`--tls-cert`), side by side with plain
+/// HTTP (the "direct" column); every client keeps its connection (one handshake per client).
+pub fn tls(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let [ca, cert, key] = test_certificates(dir.path())?;
+    load::trust(&ca)?;
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let content_type = body.content_type();
+    let mut series: [(LoadSeries, LoadSeries); 2] = Default::default();
+    for _ in 0..RUNS {
+        for (tls, (submits, jobs)) in [false, true].into_iter().zip(series.iter_mut()) {
+            let mut extra = vec!["--track-interval", TRACK_INTERVAL];
+            if tls {
+                extra.extend(["--tls-cert", &cert, "--tls-key", &key]);
+            }
+            let p = start_pool(3, ROOMY, &extra)?;
+            let url = p.coord.url("/submit");
+            let stats = closed_loop(
+                CLIENTS,
+                WARMUP,
+                WINDOW,
+                || {},
+                |i| submit_op(body, &url, i, "pool-"),
+            );
+            submits.push(&stats);
+            let mut unsettled = false;
+            let stats = closed_loop(
+                CLIENTS,
+                WARMUP,
+                SHORT_WINDOW,
+                || unsettled = settle(&p.coord).is_none(),
+                |i| pool_job_op(&p.coord, body, &content_type, i + CLIENTS),
+            );
+            jobs.push(&stats);
+            jobs.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
+        }
+    }
+    let [(plain_submit, plain_job), (tls_submit, tls_job)] = series;
+    let s = "12 tls";
+    for (name, series) in [
+        ("12 (plain submit)", &plain_submit),
+        ("12 (plain full job)", &plain_job),
+        ("12 (TLS submit)", &tls_submit),
+        ("12 (TLS full job)", &tls_job),
+    ] {
+        f.error_note(name, series);
+    }
+    let e = plain_submit.errors + plain_job.errors + tls_submit.errors + tls_job.errors;
+    f.rows.extend([
+        Row::pool(
+            s,
+            "submit throughput, TLS (direct: plain)",
+            "jobs/s",
+            tls_submit.throughput.0,
+        )
+        .direct(plain_submit.throughput.0)
+        .errors(e),
+        Row::pool(s, "submit p99, TLS (direct: plain)", "ms", tls_submit.p99.0)
+            .direct(plain_submit.p99.0)
+            .errors(e),
+        Row::pool(
+            s,
+            "full-job throughput, TLS (direct: plain)",
+            "jobs/s",
+            tls_job.throughput.0,
+        )
+        .direct(plain_job.throughput.0)
+        .errors(e),
+    ]);
+    Ok(())
+}
