@@ -4,7 +4,7 @@ PORT ?= 9000
 WORKERS ?= workers.json
 MUSL := x86_64-unknown-linux-musl
 
-.PHONY: build test run lint release static demo bench fuzz clean
+.PHONY: build test run lint release static dist demo bench fuzz clean
 
 build:
 	$(CARGO) build
@@ -31,6 +31,11 @@ static:
 	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --target $(MUSL) --bin trusted-pool
 	@ls -l target/$(MUSL)/release/trusted-pool
 	@file target/$(MUSL)/release/trusted-pool 2>/dev/null || true
+
+# Static musl releases for x86_64 and aarch64 with checksums, tarballs under target/dist/
+# (cargo-zigbuild and ziglang from PyPI are installed when missing); see deploy/dist.sh.
+dist:
+	bash deploy/dist.sh
 
 # Two local development workers (no sandbox, loopback only) and a coordinator on port $(PORT).
 demo: build
