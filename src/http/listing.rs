@@ -1,7 +1,7 @@
 //! `GET /jobs?status=...&limit=...&before=...`: jobs newest first, paginated, with the fields of
 //! `/status` without the worker's raw answer. A submit key sees only its own jobs.
 
-use crate::base::job::PoolStatus;
+use crate::base::job::{Job, PoolStatus};
 use crate::http::auth::Caller;
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, Reply};
@@ -85,33 +85,56 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
     } else {
         caller.name()
     };
-    let stored = ctx.store.list(
-        query.statuses.as_deref(),
-        owner,
-        cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
-        query.limit + 1,
-    );
-    let mut stored = match stored {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            log::error!("Listing jobs failed: {e}");
-            return error_reply(500, format!("the job store could not be read: {e}"));
-        }
+    let wanted = |job: &Job| {
+        caller.can_see(job)
+            && query
+                .statuses
+                .as_ref()
+                .is_none_or(|s| s.contains(&job.status))
     };
-    let more = stored.len() > query.limit;
-    stored.truncate(query.limit);
+    // Rows not yet settled match any status in the store (their record may lag the table), so
+    // pages are read until enough jobs match as the table holds them now.
+    let mut picked: Vec<Job> = Vec::new();
+    let mut after = cursor;
+    let mut more = false;
+    loop {
+        let chunk = ctx.store.list(
+            query.statuses.as_deref(),
+            owner,
+            after.as_ref().map(|(t, id)| (*t, id.as_str())),
+            query.limit + 1,
+        );
+        let chunk = match chunk {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                log::error!("Listing jobs failed: {e}");
+                return error_reply(500, format!("the job store could not be read: {e}"));
+            }
+        };
+        let exhausted = chunk.len() <= query.limit;
+        after = chunk.last().map(|j| (j.submitted_at, j.id.clone()));
+        {
+            let st = ctx.lock();
+            for stored in chunk {
+                let job = st.jobs.get(&stored.id).map_or(stored, |j| (**j).clone());
+                if wanted(&job) {
+                    picked.push(job);
+                }
+            }
+        }
+        if picked.len() > query.limit {
+            more = true;
+            picked.truncate(query.limit);
+            break;
+        }
+        if exhausted {
+            break;
+        }
+    }
     let st = ctx.lock();
     let mut body = b"{\"jobs\":[".to_vec();
     let mut first = true;
-    for stored_job in &stored {
-        let job = st.jobs.get(&stored_job.id).map_or(stored_job, |j| &**j);
-        let wanted = query
-            .statuses
-            .as_ref()
-            .is_none_or(|s| s.contains(&job.status));
-        if !caller.can_see(job) || !wanted {
-            continue;
-        }
+    for job in &picked {
         let Some(bytes) = listed_json(&st, job) else {
             continue;
         };
@@ -131,7 +154,7 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         body.extend_from_slice(&bytes);
     }
     drop(st);
-    let next = more.then(|| stored.last().map(|j| j.id.as_str())).flatten();
+    let next = more.then(|| picked.last().map(|j| j.id.as_str())).flatten();
     body.extend_from_slice(b"],\"next_before\":");
     body.extend_from_slice(serde_json::to_string(&next).unwrap_or_default().as_bytes());
     body.push(b'}');

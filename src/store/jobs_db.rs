@@ -410,7 +410,7 @@ impl JobStore {
 
     /// Up to `limit` stored jobs, newest first (by submission time, then id), submitted before
     /// `before` (a submission time and id) when given, of `owner` when given, in one of
-    /// `statuses` when given (as last recorded).
+    /// `statuses` when given (as last recorded) or not yet settled (whose record may lag).
     pub fn list(
         &self,
         statuses: Option<&[PoolStatus]>,
@@ -432,7 +432,7 @@ impl JobStore {
             .collect();
         let placeholders = vec!["?"; names.len()].join(",");
         let sql = format!(
-            "SELECT id, record FROM jobs WHERE status IN ({placeholders}) \
+            "SELECT id, record FROM jobs WHERE (status IN ({placeholders}) OR finished_at IS NULL) \
              AND (?{o} IS NULL OR owner = ?{o}) \
              AND (?{t} IS NULL OR submitted_at < ?{t} OR (submitted_at = ?{t} AND id < ?{i})) \
              ORDER BY submitted_at DESC, id DESC LIMIT ?{l}",
