@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
+use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, hex, is_valid_name, MAX_NAME_LEN};
 use crate::base::config::{FsyncMode, ServeConfig};
 use crate::base::tls::WorkerTls;
@@ -19,7 +20,8 @@ trusted-pool: a job coordinator in front of allowlisted sandrun workers
 USAGE:
     trusted-pool [OPTIONS]                 run the coordinator
     trusted-pool worker-id KEY.pem         print the worker_id of a sandrun key file
-    trusted-pool check WORKERS.json        validate a workers file
+    trusted-pool check WORKERS.json [--source-addresses LIST]
+                                           validate a workers file and the source addresses
     trusted-pool check [WORKERS.json] --api-keys FILE
                                            validate a keys file (and a workers file)
     trusted-pool new-key NAME [--admin]    print a fresh client key and its --api-keys entry
@@ -72,6 +74,10 @@ OPTIONS:
     --worker-ca PEM          CA certificates trusted for https:// workers   [default: system roots]
     --worker-tls-cert PEM    client certificate presented to https:// workers (with --worker-tls-key)
     --worker-tls-key PEM     the private key of --worker-tls-cert
+    --source-addresses LIST  local addresses submits leave from, comma-separated IPv4/IPv6
+                             addresses or CIDR blocks (10.0.0.16/29); each is one client to
+                             sandrun's per-client limits; a worker's own source_addresses
+                             overrides it                                    [default: none]
     -h, --help               print this help
     -V, --version            print the version
 
@@ -92,6 +98,8 @@ pub enum Command {
         workers: Option<PathBuf>,
         /// The keys file, if given.
         api_keys: Option<PathBuf>,
+        /// Source addresses to check on this host.
+        sources: Vec<IpAddr>,
     },
     /// Make a new client key.
     NewKey {
@@ -211,6 +219,10 @@ fn grace(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn source_list(text: &str) -> Result<Vec<IpAddr>, String> {
+    addresses::parse_list(text)
+}
+
 fn path(text: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(text))
 }
@@ -240,13 +252,18 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
         ),
         Some("check") => {
             let api_keys = value(&mut args, "--api-keys", some_path, None)?;
+            let sources = value(&mut args, "--source-addresses", source_list, Vec::new())?;
             let workers: Option<PathBuf> = args.opt_free_from_str().ok().flatten();
             if workers.is_none() && api_keys.is_none() {
                 return Err(CliError::MissingArgument(
                     "check needs WORKERS.json or --api-keys FILE",
                 ));
             }
-            Command::Check { workers, api_keys }
+            Command::Check {
+                workers,
+                api_keys,
+                sources,
+            }
         }
         Some("new-key") => {
             let admin = args.contains("--admin");
@@ -343,6 +360,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             ca: value(args, "--worker-ca", some_path, None)?,
             client_cert: pair(args, "--worker-tls-cert", "--worker-tls-key")?,
         },
+        source_addresses: value(args, "--source-addresses", source_list, d.source_addresses)?,
     })
 }
 
@@ -406,8 +424,12 @@ pub fn run(raw: Vec<OsString>) -> i32 {
                 1
             }
         },
-        Command::Check { workers, api_keys } => {
-            let workers_ok = workers.as_deref().is_none_or(|p| check(p) == 0);
+        Command::Check {
+            workers,
+            api_keys,
+            sources,
+        } => {
+            let workers_ok = workers.as_deref().is_none_or(|p| check(p, &sources) == 0);
             let keys_ok = api_keys.as_deref().is_none_or(|p| check_keys(p) == 0);
             if workers_ok && keys_ok {
                 0
@@ -426,29 +448,42 @@ pub fn run(raw: Vec<OsString>) -> i32 {
     }
 }
 
-fn check(path: &std::path::Path) -> i32 {
-    match workers_file::load(path) {
-        Ok(specs) => {
-            for (i, w) in specs.iter().enumerate() {
-                let cap = if w.auto_cap {
-                    "auto".to_string()
-                } else {
-                    w.max_concurrent_jobs.to_string()
-                };
-                println!(
-                    "worker {i}: {}... at {} (max_concurrent_jobs {cap})",
-                    short_id(&w.worker_id),
-                    w.endpoint,
-                );
-            }
-            println!("{}: {} workers, OK", path.display(), specs.len());
-            0
-        }
+fn check(path: &std::path::Path, flag: &[IpAddr]) -> i32 {
+    let specs = match workers_file::load(path) {
+        Ok(specs) => specs,
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
-            1
+            return 1;
         }
+    };
+    for (i, w) in specs.iter().enumerate() {
+        let sources = match w.source_addresses.as_deref().unwrap_or(flag) {
+            [] => String::new(),
+            list => format!(
+                " from {}",
+                list.iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let cap = if w.auto_cap {
+            "auto".to_string()
+        } else {
+            w.max_concurrent_jobs.to_string()
+        };
+        println!(
+            "worker {i}: {}... at {} (max_concurrent_jobs {cap}){sources}",
+            short_id(&w.worker_id),
+            w.endpoint,
+        );
     }
+    if let Err(e) = workers_file::check_source_addresses(&specs, flag) {
+        eprintln!("error: {}: {e}", path.display());
+        return 1;
+    }
+    println!("{}: {} workers, OK", path.display(), specs.len());
+    0
 }
 
 fn check_keys(path: &std::path::Path) -> i32 {

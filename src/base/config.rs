@@ -93,6 +93,9 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Trust and client certificate for `https://` workers.
     pub worker_tls: WorkerTls,
+    /// Local addresses submits to a worker go out from (empty: the system's choice), unless
+    /// the worker's own entry names others.
+    pub source_addresses: Vec<IpAddr>,
 }
 
 impl Default for ServeConfig {
@@ -129,6 +132,7 @@ impl Default for ServeConfig {
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),
+            source_addresses: Vec::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::net::IpAddr;
 
 /// Where a job is in its life, as `/status` reports it in `pool_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -240,6 +241,10 @@ pub struct Job {
     pub worker_id: Option<String>,
     /// The worker's own job id.
     pub remote_job_id: Option<String>,
+    /// The local address its submit left from, when the worker has source addresses (sandrun
+    /// counts the job against that client address until it ends).
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
     /// The worker's last `/status` answer, verbatim.
     pub worker_status: Option<Value>,
     /// What went wrong, when something did.
@@ -289,6 +294,7 @@ impl Job {
             completed_at: None,
             worker_id: None,
             remote_job_id: None,
+            source_address: None,
             worker_status: None,
             error: None,
             attempts: Vec::new(),

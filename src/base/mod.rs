@@ -2,6 +2,7 @@
 //! locking, the reusable thread cache, the process's own figures and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
+pub mod addresses;
 pub mod api_keys;
 pub mod clock;
 pub mod config;

@@ -6,11 +6,13 @@ use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::PoolState;
+use crate::state::sources::Source;
 use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// One worker as `/pool` shows it.
@@ -18,8 +20,20 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
     let Some(w) = st.workers.get(index) else {
         return Value::Null;
     };
-    let throttle = w.throttle.as_ref().filter(|t| t.until > now);
-    json!({
+    let every_source = (!w.sources.is_empty() && w.sources.iter().all(|s| s.is_throttled(now)))
+        .then(|| {
+            w.sources
+                .iter()
+                .filter_map(|s| s.throttle.as_ref())
+                .min_by_key(|t| t.until)
+        })
+        .flatten();
+    let throttle = w
+        .throttle
+        .as_ref()
+        .filter(|t| t.until > now)
+        .or(every_source);
+    let mut view = json!({
         "worker_id": w.spec.worker_id,
         "endpoint": w.spec.endpoint,
         "is_healthy": w.health.is_healthy,
@@ -46,7 +60,24 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "draining": w.draining,
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
         "removed": w.removed,
-    })
+    });
+    if !w.sources.is_empty() {
+        view["capacity"] = json!(w.capacity());
+        view["max_concurrent_jobs"] = json!(w.capacity());
+        view["cap_source"] = json!(format!(
+            "{} per source address times {} addresses, at most {}",
+            w.client_limits.max_active,
+            w.sources.len(),
+            w.spec.max_concurrent_jobs
+        ));
+        view["client_limits"] = json!({
+            "max_active": w.client_limits.max_active,
+            "jobs_per_hour": w.client_limits.per_hour,
+            "cpu_seconds_per_minute": w.client_limits.cpu_per_minute,
+        });
+        view["source_addresses"] = w.sources.iter().map(|s| source_view(s, now)).collect();
+    }
+    view
 }
 
 /// The queue's depth per level and per owner, as `/pool` shows it.
@@ -128,6 +159,22 @@ pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Valu
         }
     }
     Value::Object(view)
+}
+
+/// One source address of a worker, as `/pool` shows it.
+fn source_view(s: &Source, now: Instant) -> Value {
+    let throttle = s.throttle.as_ref().filter(|t| t.until > now);
+    json!({
+        "address": s.address.to_string(),
+        "jobs_in_flight": s.in_flight,
+        "accepted_last_hour": s.accepted_last_hour(now),
+        "cpu_seconds_last_minute": s.cpu_last_minute(now),
+        "throttled": throttle.is_some(),
+        "throttled_until": throttle.map(|t| t.until_unix),
+        "throttle_reason": throttle.map(|t| t.reason.as_str()),
+        "jobs_accepted": s.accepted_total,
+        "submits_throttled": s.throttled_total,
+    })
 }
 
 /// The `/pool` figures of the spool: uploads waiting in memory (and the limit) and on disk.
@@ -225,6 +272,8 @@ struct StatusView<'a> {
     completed_at: Option<f64>,
     remote_job_id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    source_address: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     attempts: &'a [Attempt],
     results: CollectionView<'a>,
@@ -302,6 +351,7 @@ fn job_json(
         dispatched_at: job.dispatched_at,
         completed_at: job.completed_at,
         remote_job_id: &job.remote_job_id,
+        source_address: job.source_address,
         error: job.error.as_deref(),
         attempts: &job.attempts,
         results: CollectionView::from(&job.collection),

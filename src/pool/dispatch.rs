@@ -8,12 +8,17 @@ use crate::pool::health::mark_unreachable;
 use crate::pool::{announce, stream, tracker};
 use crate::state::context::Context;
 use crate::state::metrics::DispatchOutcome;
-use crate::state::pool_state::{PoolState, Throttle};
+use crate::state::pool_state::{PoolState, Throttle, WorkerEntry};
+use crate::state::sources::limit_named;
 use crate::worker::client::SubmitOutcome;
 use crate::worker::identity::short_id;
 use crate::worker::multipart_body::{MultipartBody, Part};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a source address that could not be bound is left unused.
+const UNUSABLE_SOURCE_REST: Duration = Duration::from_secs(60);
 
 /// A job the scheduler gave to a worker; its slot on the worker is already reserved.
 #[derive(Debug, Clone)]
@@ -26,6 +31,8 @@ pub struct Assignment {
     pub worker_id: String,
     /// The worker's base URL.
     pub endpoint: String,
+    /// The local address the submit leaves from (None: the system's choice).
+    pub source: Option<IpAddr>,
     /// The job's `files` parts.
     pub inputs: Vec<InputFile>,
     /// Where the manifest part lies in the upload file, if there is one.
@@ -55,7 +62,8 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
     if let Err(e) = started {
         log::error!("Could not start a dispatch thread for job {job_id}: {e}");
         let mut st = ctx.lock();
-        st.workers[index].return_reservation();
+        let source = st.jobs.get(&job_id).and_then(|j| j.source_address);
+        st.workers[index].return_reservation(source);
         st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
         if st.is_cancelled(&job_id) {
             if let Some(job) = st.jobs.get_mut(&job_id) {
@@ -75,7 +83,9 @@ pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
 /// worker's fault.
 fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     let mut st = ctx.lock();
-    st.workers[a.worker_index].return_reservation();
+    let w = &mut st.workers[a.worker_index];
+    w.return_reservation(a.source);
+    w.in_flight = w.in_flight.saturating_sub(1);
     if st.is_cancelled(&a.job_id) {
         settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
         return;
@@ -124,7 +134,7 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
         });
     }
     ctx.client
-        .submit(&a.endpoint, MultipartBody::new(boundary, &parts))
+        .submit(&a.endpoint, a.source, MultipartBody::new(boundary, &parts))
 }
 
 /// The pause after a 429: by the worker's own words, doubling with each 429 in a row.
@@ -173,6 +183,7 @@ fn learn_cap(st: &mut PoolState, index: usize, message: &str) {
         return;
     };
     let w = &mut st.workers[index];
+    w.client_limits.max_active = limit;
     if w.learned_cap != Some(limit) {
         w.learned_cap = Some(limit);
         log::info!(
@@ -183,32 +194,119 @@ fn learn_cap(st: &mut PoolState, index: usize, message: &str) {
     }
 }
 
-fn throttle(
-    st: &mut PoolState,
-    index: usize,
+/// The throttle a 429 or 5xx sets over `current`, and whether it repeats the same message.
+/// `exact` replaces the guessed pause when the end is known.
+fn next_throttle(
+    current: Option<&Throttle>,
     message: String,
     lifted_by_free_slot: bool,
-) -> Duration {
-    let w = &mut st.workers[index];
-    let strikes = w.throttle.as_ref().map_or(0, |t| t.strikes) + 1;
-    let (pause, by_slot) = throttle_pause(&message, strikes);
-    let lifted = lifted_by_free_slot && by_slot && w.active_jobs > 0;
-    let repeated = w.throttle.as_ref().is_some_and(|t| t.reason == message);
-    if !repeated {
-        log::warn!(
-            "Worker {}... is throttling: {message} (no dispatch to it for {:.0} s)",
-            short_id(&w.spec.worker_id),
-            pause.as_secs_f64()
-        );
-    }
-    w.throttle = Some(Throttle {
+    has_jobs: bool,
+    exact: Option<Duration>,
+) -> (Throttle, bool) {
+    let strikes = current.map_or(0, |t| t.strikes) + 1;
+    let (guessed, by_slot) = throttle_pause(&message, strikes);
+    let pause = exact.unwrap_or(guessed);
+    let repeated = current.is_some_and(|t| t.reason == message);
+    let throttle = Throttle {
         until: Instant::now() + pause,
         until_unix: unix_now() + pause.as_secs_f64(),
         reason: message,
         strikes,
-        lifted_by_free_slot: lifted,
+        lifted_by_free_slot: lifted_by_free_slot && by_slot && has_jobs,
+    };
+    (throttle, repeated)
+}
+
+fn throttle(st: &mut PoolState, index: usize, message: String, lifted_by_free_slot: bool) {
+    let w = &mut st.workers[index];
+    let (throttle, repeated) = next_throttle(
+        w.throttle.as_ref(),
+        message,
+        lifted_by_free_slot,
+        w.active_jobs > 0,
+        None,
+    );
+    if !repeated {
+        log::warn!(
+            "Worker {}... is throttling: {} (no dispatch to it for {:.0} s)",
+            short_id(&w.spec.worker_id),
+            throttle.reason,
+            throttle
+                .until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+        );
+    }
+    w.throttle = Some(throttle);
+}
+
+/// A 429 to a submit from one of the worker's source addresses: only that address waits. An
+/// hourly limit the message names becomes the worker's per-address one (the concurrency limit
+/// is learned by `learn_cap`, and applies per address).
+fn throttle_source(w: &mut WorkerEntry, address: IpAddr, message: String) {
+    if message.contains("per hour") {
+        w.client_limits.per_hour = limit_named(&message).unwrap_or(w.client_limits.per_hour);
+    }
+    let per_hour = w.client_limits.per_hour;
+    let short = short_id(&w.spec.worker_id).to_string();
+    let Some(source) = w.source_mut(Some(address)) else {
+        return;
+    };
+    let now = Instant::now();
+    let exact = message
+        .contains("per hour")
+        .then(|| source.hour_frees_at(now, per_hour))
+        .flatten()
+        .map(|at| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_secs(1))
+        });
+    let (throttle, repeated) = next_throttle(
+        source.throttle.as_ref(),
+        message,
+        true,
+        source.in_flight > 0,
+        exact,
+    );
+    source.throttled_total += 1;
+    if !repeated {
+        log::warn!(
+            "Worker {short}... is throttling source address {address}: {} (no dispatch from it for {:.0} s)",
+            throttle.reason,
+            throttle.until.saturating_duration_since(now).as_secs_f64()
+        );
+    }
+    source.throttle = Some(throttle);
+}
+
+/// A source address that cannot be bound any more: it rests, the worker is not to blame.
+fn rest_source(w: &mut WorkerEntry, address: IpAddr, why: String) {
+    let Some(source) = w.source_mut(Some(address)) else {
+        return;
+    };
+    if source.throttle.as_ref().is_none_or(|t| t.reason != why) {
+        log::warn!(
+            "{why} (source address unused for {} s)",
+            UNUSABLE_SOURCE_REST.as_secs()
+        );
+    }
+    source.throttle = Some(Throttle {
+        until: Instant::now() + UNUSABLE_SOURCE_REST,
+        until_unix: unix_now() + UNUSABLE_SOURCE_REST.as_secs_f64(),
+        reason: why,
+        strikes: 1,
+        lifted_by_free_slot: false,
     });
-    pause
+}
+
+/// A 429: pauses the source address the submit left from, or the whole worker without one.
+fn throttled(st: &mut PoolState, a: &Assignment, message: String) {
+    st.workers[a.worker_index].counters.throttled += 1;
+    learn_cap(st, a.worker_index, &message);
+    match a.source {
+        Some(address) => throttle_source(&mut st.workers[a.worker_index], address, message),
+        None => throttle(st, a.worker_index, message, true),
+    }
 }
 
 fn finish(st: &mut PoolState, id: &str, status: PoolStatus, error: String) {
@@ -226,11 +324,18 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
     if let SubmitOutcome::Accepted(remote) = outcome {
         let w = &mut st.workers[index];
+        let now = Instant::now();
         w.counters.accepted += 1;
         w.known_ok = w.known_ok.max(w.active_jobs.saturating_sub(w.in_flight));
         w.counters.dispatched(DispatchOutcome::Accepted);
-        if !w.is_throttled(Instant::now()) {
+        if !w.is_throttled(now) {
             w.throttle = None;
+        }
+        if let Some(source) = w.source_mut(a.source) {
+            source.note_accepted(now);
+            if !source.is_throttled(now) {
+                source.throttle = None;
+            }
         }
         w.tracked.push(id.to_string());
         w.streaming.push(id.to_string());
@@ -258,7 +363,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         return;
     }
-    st.workers[index].return_reservation();
+    st.workers[index].return_reservation(a.source);
     if st.is_cancelled(id) {
         settle_cancelled(ctx, st, a, outcome);
         return;
@@ -266,12 +371,20 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     let over = match outcome {
         SubmitOutcome::Accepted(_) => false,
         SubmitOutcome::Throttled(message) => {
-            st.workers[index].counters.throttled += 1;
-            learn_cap(&mut st, index, &message);
             st.workers[index]
                 .counters
                 .dispatched(DispatchOutcome::Throttled);
-            throttle(&mut st, index, message, true);
+            throttled(&mut st, a, message);
+            st.requeue_front(id);
+            false
+        }
+        SubmitOutcome::SourceUnusable(why) => {
+            st.workers[index]
+                .counters
+                .dispatched(DispatchOutcome::Unreachable);
+            if let Some(address) = a.source {
+                rest_source(&mut st.workers[index], address, why);
+            }
             st.requeue_front(id);
             false
         }
@@ -330,9 +443,7 @@ fn settle_cancelled(
     outcome: SubmitOutcome,
 ) {
     if let SubmitOutcome::Throttled(message) = outcome {
-        st.workers[a.worker_index].counters.throttled += 1;
-        learn_cap(&mut st, a.worker_index, &message);
-        throttle(&mut st, a.worker_index, message, true);
+        throttled(&mut st, a, message);
     }
     if let Some(job) = st.jobs.get_mut(&a.job_id) {
         job.ending_on_worker = false;

@@ -103,6 +103,9 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     job.last_contact = Some(now);
                     let w = &mut st.workers[index];
                     w.active_jobs += 1;
+                    if let Some(source) = w.source_mut(job.source_address) {
+                        source.in_flight += 1;
+                    }
                     w.tracked.push(id);
                     trackers.push(index);
                     st.restore(job);

@@ -14,7 +14,14 @@ use std::time::Instant;
 /// is logged and kept for `/pool` (`last_reload`).
 pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
     let path = &ctx.config.workers;
-    let specs = match workers_file::load(path) {
+    let sources = &ctx.config.source_addresses;
+    let loaded = workers_file::load(path).map_err(|e| e.to_string());
+    let checked = loaded.and_then(|mut specs| {
+        workers_file::check_source_addresses(&specs, sources).map_err(|e| e.to_string())?;
+        workers_file::apply_default_sources(&mut specs, sources);
+        Ok(specs)
+    });
+    let specs = match checked {
         Ok(specs) => specs,
         Err(e) => {
             let error = format!("{}: {e}", path.display());
@@ -55,6 +62,10 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
                 }
                 if spec.drain != w.spec.drain {
                     w.draining = spec.drain;
+                    outcome.changed += 1;
+                }
+                if spec.source_addresses != w.spec.source_addresses {
+                    w.set_sources(spec.source_addresses.as_deref().unwrap_or_default());
                     outcome.changed += 1;
                 }
                 w.spec = spec;

@@ -1,6 +1,7 @@
 //! The scheduler thread: hands the queue's next job (see `state::queue`: priority, aging, owners
 //! in turn) to the healthy, non-throttled, non-draining worker with the fewest active jobs below
-//! its limit (ties rotate). When no worker has room it waits for a signal
+//! its limit (ties rotate), and, when the worker has source addresses, to the address with the
+//! most room. When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
 
 use crate::base::job::PoolStatus;
@@ -51,16 +52,23 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         let worker = &mut st.workers[index];
         worker.active_jobs += 1;
         worker.in_flight += 1;
+        let source = worker.pick_source(now).map(|i| {
+            let s = &mut worker.sources[i];
+            s.in_flight += 1;
+            s.address
+        });
         let endpoint = worker.spec.endpoint.clone();
         let worker_id = worker.spec.worker_id.clone();
         st.rotation = index + 1;
         if let Some(job) = st.set_status(&id, PoolStatus::Dispatched) {
             job.worker_id = Some(worker_id.clone());
+            job.source_address = source;
             assignments.push(Assignment {
                 job_id: id,
                 worker_index: index,
                 worker_id,
                 endpoint,
+                source,
                 inputs: job.inputs.clone(),
                 manifest: job.manifest,
             });
@@ -71,7 +79,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
     } else {
         st.workers
             .iter()
-            .flat_map(|w| [w.throttle.as_ref().map(|t| t.until), w.settle_until])
+            .flat_map(|w| [w.frees_at(now), w.settle_until])
             .flatten()
             .filter(|until| *until > now)
             .min()
@@ -106,6 +114,7 @@ mod tests {
                 max_concurrent_jobs: max,
                 auto_cap: false,
                 drain: false,
+                source_addresses: None,
             })
             .collect();
         let mut st = PoolState::new(specs, Instant::now());
@@ -148,7 +157,7 @@ mod tests {
             queue(&mut st, 1);
             let (assigned, _) = assign(&mut st, Instant::now());
             order.push(assigned[0].worker_index);
-            st.workers[assigned[0].worker_index].release_slot();
+            st.workers[assigned[0].worker_index].release_slot(None, None);
         }
         assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
     }

@@ -233,8 +233,13 @@ fn record_status(
     let Some(job) = st.jobs.get_mut(id) else {
         return false;
     };
+    let cpu_seconds = answer
+        .get("execution_metadata")
+        .and_then(|m| m.get("cpu_seconds"))
+        .and_then(Value::as_f64);
     job.worker_status = Some(answer);
     job.last_contact = Some(now);
+    let source = job.source_address;
     let before = job.status;
     if before == PoolStatus::Cancelled {
         if status.is_final() {
@@ -279,7 +284,7 @@ fn record_status(
     }
     ctx.record(&st, id);
     let w = &mut st.workers[index];
-    w.release_slot();
+    w.release_slot(source, cpu_seconds);
     if status == PoolStatus::Completed {
         w.counters.completed += 1;
     } else {
@@ -482,7 +487,8 @@ fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &
         return;
     }
     job.last_contact = Some(unix_now());
-    st.workers[index].release_slot();
+    let source = job.source_address;
+    st.workers[index].release_slot(source, None);
     log::info!("Cancelled job {id} ended on its worker; its slot is free");
     ctx.wake_scheduler();
 }
@@ -500,13 +506,14 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
         return;
     }
     let held_slot = !job.status.is_final();
+    let source = job.source_address;
     if let Some(job) = st.set_status(id, PoolStatus::Lost) {
         job.error = Some(why.clone());
         job.completed_at.get_or_insert_with(unix_now);
     }
     let w = &mut st.workers[index];
     if held_slot {
-        w.release_slot();
+        w.release_slot(source, None);
     }
     w.counters.lost += 1;
     untrack(&mut st, index, id);

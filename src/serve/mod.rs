@@ -16,7 +16,7 @@ use crate::store::jobs_db::{JobStore, Retention, StoreError};
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
 use crate::worker::identity::short_id;
-use crate::worker::workers_file::{self, WorkersFileError};
+use crate::worker::workers_file::{self, SourceAddressError, WorkersFileError};
 use crossbeam_channel::Receiver;
 use log::LevelFilter;
 use notify::Notifier;
@@ -47,6 +47,8 @@ pub enum ServeError {
     Store(StoreError),
     /// A TLS certificate, key or CA file is unusable.
     Tls(TlsError),
+    /// A source address cannot be used.
+    SourceAddress(SourceAddressError),
 }
 
 impl fmt::Display for ServeError {
@@ -60,6 +62,7 @@ impl fmt::Display for ServeError {
             Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
             Self::Store(e) => write!(f, "job store: {e}"),
             Self::Tls(e) => write!(f, "TLS: {e}"),
+            Self::SourceAddress(e) => write!(f, "{e}"),
         }
     }
 }
@@ -79,13 +82,22 @@ fn init_logging(level: LevelFilter) {
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     signals::block().map_err(ServeError::Signals)?;
     init_logging(config.log_level);
-    let specs = workers_file::load(&config.workers)
+    let mut specs = workers_file::load(&config.workers)
         .map_err(|e| ServeError::Workers(config.workers.clone(), e))?;
+    workers_file::check_source_addresses(&specs, &config.source_addresses)
+        .map_err(ServeError::SourceAddress)?;
+    workers_file::apply_default_sources(&mut specs, &config.source_addresses);
     for w in &specs {
+        let sources = w.source_addresses.as_deref().unwrap_or_default();
         log::info!(
-            "Added trusted worker: {}... at {}",
+            "Added trusted worker: {}... at {}{}",
             short_id(&w.worker_id),
-            w.endpoint
+            w.endpoint,
+            if sources.is_empty() {
+                String::new()
+            } else {
+                format!(" (submits from {} source addresses)", sources.len())
+            }
         );
     }
     let keys = match &config.api_keys {

@@ -8,4 +8,5 @@ pub mod events;
 pub mod metrics;
 pub mod pool_state;
 pub mod queue;
+pub mod sources;
 pub mod watch;

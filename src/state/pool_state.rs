@@ -9,10 +9,12 @@ use crate::base::job::{Job, PoolStatus};
 use crate::state::cpu_window::CpuWindow;
 use crate::state::metrics::{DispatchOutcome, Metrics};
 use crate::state::queue::JobQueue;
+use crate::state::sources::{self, ClientLimits, Source};
 use crate::state::watch::EndWatch;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ const SANDRUN_USUAL_LIMIT: u32 = 2;
 
 /// How long a slot freed on a worker at its named limit rests before the next dispatch.
 const SLOT_SETTLE: Duration = Duration::from_millis(250);
+
+pub use crate::state::sources::Throttle;
 
 /// What the health checker last learned about a worker.
 #[derive(Debug, Clone)]
@@ -37,21 +41,6 @@ pub struct Health {
     pub since: Option<f64>,
     /// When the health checker probes it next.
     pub next_probe: Instant,
-}
-
-/// A worker that answered 429: busy, not broken.
-#[derive(Debug, Clone)]
-pub struct Throttle {
-    /// No dispatch to the worker before this instant.
-    pub until: Instant,
-    /// The same instant in unix seconds, for `/pool`.
-    pub until_unix: f64,
-    /// The worker's own message.
-    pub reason: String,
-    /// 429s in a row; each one doubles the pause.
-    pub strikes: u32,
-    /// True when the pause is for the per-IP concurrency limit, which a finished job lifts.
-    pub lifted_by_free_slot: bool,
 }
 
 /// Running totals per worker, for operators.
@@ -152,11 +141,22 @@ pub struct WorkerEntry {
     /// Set when a result of this worker failed verification under `--require-verified`: it
     /// stays unhealthy, whatever its probes say, until an operator sends SIGHUP or undrains it.
     pub distrusted: Option<String>,
+    /// Its source addresses and their quota state (empty: submits leave from the system's
+    /// choice and a 429 throttles the whole worker).
+    pub sources: Vec<Source>,
+    /// The worker's per-client limits, as learned so far (used with `sources`).
+    pub client_limits: ClientLimits,
 }
 
 impl WorkerEntry {
     /// A worker not yet probed: not healthy until its first probe succeeds.
     pub fn new(spec: WorkerSpec, now: Instant) -> Self {
+        let sources = spec
+            .source_addresses
+            .iter()
+            .flatten()
+            .map(|a| Source::new(*a))
+            .collect();
         WorkerEntry {
             draining: spec.drain,
             removed: false,
@@ -182,12 +182,52 @@ impl WorkerEntry {
             streaming: Vec::new(),
             poll_now: Vec::new(),
             distrusted: None,
+            sources,
+            client_limits: ClientLimits::default(),
         }
     }
 
     /// True for a removed worker whose jobs all ended: nothing refers to it any more.
     pub fn is_forgotten(&self) -> bool {
         self.removed && self.active_jobs == 0 && self.tracked.is_empty()
+    }
+
+    /// Slots: [`WorkerEntry::cap`]; with source addresses, the per-address limit (sandrun's 2,
+    /// or the one its 429 named) times their number, capped by `max_concurrent_jobs`.
+    pub fn capacity(&self) -> u32 {
+        if self.sources.is_empty() {
+            return self.cap();
+        }
+        let n = u32::try_from(self.sources.len()).unwrap_or(u32::MAX);
+        self.client_limits
+            .max_active
+            .saturating_mul(n)
+            .min(self.spec.max_concurrent_jobs)
+    }
+
+    /// The source address the next submit should leave from (None: the worker has none, or
+    /// every one is full or throttled).
+    pub fn pick_source(&self, now: Instant) -> Option<usize> {
+        sources::pick(&self.sources, now, &self.client_limits)
+    }
+
+    /// Changes its source addresses (a reload): an address kept keeps its figures; jobs in
+    /// flight from a dropped one end without being counted anywhere.
+    pub fn set_sources(&mut self, addresses: &[IpAddr]) {
+        let mut old = std::mem::take(&mut self.sources);
+        self.sources = addresses
+            .iter()
+            .map(|a| match old.iter().position(|s| s.address == *a) {
+                Some(i) => old.swap_remove(i),
+                None => Source::new(*a),
+            })
+            .collect();
+    }
+
+    /// The source with this address.
+    pub fn source_mut(&mut self, address: Option<IpAddr>) -> Option<&mut Source> {
+        let address = address?;
+        self.sources.iter_mut().find(|s| s.address == address)
     }
 
     /// True when the throttle, if any, still holds at `now`.
@@ -219,7 +259,8 @@ impl WorkerEntry {
     /// beyond what it was seen to hold (and beyond sandrun's usual 2) goes alone, so finding
     /// the limit costs at most one 429.
     pub fn has_room(&self, now: Instant) -> bool {
-        let probing = self.learned_cap.is_none()
+        let probing = self.sources.is_empty()
+            && self.learned_cap.is_none()
             && self.active_jobs >= self.known_ok.max(SANDRUN_USUAL_LIMIT)
             && self.in_flight > 0;
         self.health.is_healthy
@@ -227,21 +268,42 @@ impl WorkerEntry {
             && !self.is_throttled(now)
             && !probing
             && self.settle_until.is_none_or(|at| at <= now)
-            && self.active_jobs < self.cap()
+            && self.active_jobs < self.capacity()
+            && (self.sources.is_empty() || self.pick_source(now).is_some())
+    }
+
+    /// When a throttle or quota window that keeps it from taking a job now ends.
+    pub fn frees_at(&self, now: Instant) -> Option<Instant> {
+        let own = self.throttle.as_ref().map(|t| t.until).filter(|u| *u > now);
+        if own.is_some() || self.sources.is_empty() {
+            return own;
+        }
+        self.sources
+            .iter()
+            .filter_map(|s| s.frees_at(now, &self.client_limits))
+            .min()
     }
 
     /// Gives back a slot reserved for a dispatch the worker did not take. No job of the worker
     /// ended, so a concurrency throttle stays (lifting it would undo the pause a 429 just set).
-    pub fn return_reservation(&mut self) {
+    pub fn return_reservation(&mut self, source: Option<IpAddr>) {
         self.active_jobs = self.active_jobs.saturating_sub(1);
+        if let Some(s) = self.source_mut(source) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
     }
 
-    /// Frees the slot of a job that ended; a concurrency throttle ends with it.
-    pub fn release_slot(&mut self) {
-        if self.learned_cap.is_some_and(|cap| self.active_jobs >= cap) {
+    /// Frees the slot of a job that ended (and its place on its source address, booking the CPU
+    /// seconds the worker reported); a concurrency throttle ends with it.
+    pub fn release_slot(&mut self, source: Option<IpAddr>, cpu_seconds: Option<f64>) {
+        if self.sources.is_empty() && self.learned_cap.is_some_and(|cap| self.active_jobs >= cap) {
             self.settle_until = Some(Instant::now() + SLOT_SETTLE);
         }
         self.active_jobs = self.active_jobs.saturating_sub(1);
+        let max_active = self.client_limits.max_active;
+        if let Some(s) = self.source_mut(source) {
+            s.note_ended(Instant::now(), cpu_seconds, max_active);
+        }
         if self
             .throttle
             .as_ref()

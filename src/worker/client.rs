@@ -2,12 +2,14 @@
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
 use crate::base::paths::encode_path;
+use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
 use crate::worker::tls::Connector;
 use rustls::ClientConfig;
 use serde_json::Value;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ pub struct WorkerClient {
     health: ureq::Agent,
     submit: ureq::Agent,
     follow: ureq::Agent,
+    timeouts: Timeouts,
 }
 
 /// Timeouts of a [`WorkerClient`].
@@ -100,6 +103,9 @@ pub enum SubmitOutcome {
     NotSent(String),
     /// The request was sent but no answer came: the worker may have accepted it.
     Unknown(String),
+    /// The source address could not be bound (gone from the host?): nothing was sent, and it
+    /// says nothing about the worker.
+    SourceUnusable(String),
 }
 
 /// Why a health probe failed.
@@ -174,6 +180,25 @@ fn classify(error: ureq::Error) -> CallError {
     }
 }
 
+/// A 200 answer to a submit: accepted under its `job_id`.
+fn accepted(answer: &Value) -> SubmitOutcome {
+    match answer.get("job_id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => SubmitOutcome::Accepted(id.to_string()),
+        _ => SubmitOutcome::Unknown(format!(
+            "the worker answered 200 without a job_id: {answer}"
+        )),
+    }
+}
+
+/// An error status answered to a submit.
+fn refused(code: u16, message: String) -> SubmitOutcome {
+    match code {
+        429 => SubmitOutcome::Throttled(message),
+        c if c < 500 => SubmitOutcome::Rejected(code, message),
+        _ => SubmitOutcome::ServerError(code, message),
+    }
+}
+
 impl WorkerClient {
     /// Agents with these timeouts, for `http://` workers only.
     pub fn new(t: Timeouts) -> Self {
@@ -188,6 +213,7 @@ impl WorkerClient {
             health: agent(t.health, t.health, t.health, Some(t.health), tls),
             submit: agent(t.health, t.dispatch, t.dispatch, None, tls),
             follow: agent(t.health, t.dispatch, t.health, None, tls),
+            timeouts: t,
         }
     }
 
@@ -222,10 +248,21 @@ impl WorkerClient {
         Ok(())
     }
 
-    /// `POST /submit` with a streamed multipart body.
-    pub fn submit(&self, endpoint: &str, body: MultipartBody) -> SubmitOutcome {
-        let finished = body.finished_flag();
+    /// `POST /submit` with a streamed multipart body, from `source` when given (the worker's
+    /// per-client limits then count it against that address), else from the system's choice.
+    pub fn submit(
+        &self,
+        endpoint: &str,
+        source: Option<IpAddr>,
+        body: MultipartBody,
+    ) -> SubmitOutcome {
         let content_type = format!("multipart/form-data; boundary={}", body.boundary);
+        // The bound connection speaks plain HTTP only; an https:// worker's submits leave
+        // from the system's choice.
+        if let Some(local) = source.filter(|_| endpoint.starts_with("http://")) {
+            return self.submit_from(local, endpoint, content_type, body);
+        }
+        let finished = body.finished_flag();
         let length = body.length.to_string();
         let result = self
             .submit
@@ -235,20 +272,11 @@ impl WorkerClient {
             .send(body.into_reader());
         match result {
             Ok(response) => match read_json(response) {
-                Ok(v) => match v.get("job_id").and_then(Value::as_str) {
-                    Some(id) if !id.is_empty() => SubmitOutcome::Accepted(id.to_string()),
-                    _ => SubmitOutcome::Unknown(format!(
-                        "the worker answered 200 without a job_id: {v}"
-                    )),
-                },
+                Ok(v) => accepted(&v),
                 Err(e) => SubmitOutcome::Unknown(format!("the worker's answer was lost: {e}")),
             },
             Err(e) => match classify(e) {
-                CallError::Status { code: 429, message } => SubmitOutcome::Throttled(message),
-                CallError::Status { code, message } if code < 500 => {
-                    SubmitOutcome::Rejected(code, message)
-                }
-                CallError::Status { code, message } => SubmitOutcome::ServerError(code, message),
+                CallError::Status { code, message } => refused(code, message),
                 CallError::Unreachable(why) => SubmitOutcome::NotSent(why),
                 other if !finished.load(Ordering::SeqCst) => {
                     SubmitOutcome::NotSent(other.to_string())
@@ -257,6 +285,70 @@ impl WorkerClient {
                     "the request was sent but no answer came ({other})"
                 )),
             },
+        }
+    }
+
+    fn submit_from(
+        &self,
+        local: IpAddr,
+        endpoint: &str,
+        content_type: String,
+        body: MultipartBody,
+    ) -> SubmitOutcome {
+        let body = Body {
+            content_type,
+            length: body.length,
+            reader: body.into_reader(),
+        };
+        match bound_request::send(local, endpoint, "POST", "/submit", Some(body), self.bound()) {
+            Ok(answer) if answer.status == 200 => {
+                match serde_json::from_str::<Value>(&answer.body) {
+                    Ok(v) => accepted(&v),
+                    Err(e) => SubmitOutcome::Unknown(format!(
+                        "the worker's answer was lost: not JSON ({e})"
+                    )),
+                }
+            }
+            Ok(answer) => refused(answer.status, error_message(&answer.body)),
+            Err(RequestError::Bind(why)) => SubmitOutcome::SourceUnusable(why),
+            Err(RequestError::Unreachable(why) | RequestError::NotSent(why)) => {
+                SubmitOutcome::NotSent(why)
+            }
+            Err(RequestError::NoAnswer(why)) => SubmitOutcome::Unknown(why),
+        }
+    }
+
+    /// `GET /stats` from `source`: the worker's view of that address's quota (`your_quota`).
+    pub fn stats_from(&self, source: IpAddr, endpoint: &str) -> Result<Value, CallError> {
+        let answer = bound_request::send::<io::Empty>(
+            source,
+            endpoint,
+            "GET",
+            "/stats",
+            None,
+            RequestTimeouts {
+                connect: self.timeouts.health,
+                io: self.timeouts.health,
+            },
+        )
+        .map_err(|e| match e {
+            RequestError::Bind(why) | RequestError::Unreachable(why) => CallError::Unreachable(why),
+            RequestError::NotSent(why) | RequestError::NoAnswer(why) => CallError::Transport(why),
+        })?;
+        if answer.status != 200 {
+            return Err(CallError::Status {
+                code: answer.status,
+                message: error_message(&answer.body),
+            });
+        }
+        serde_json::from_str(&answer.body)
+            .map_err(|e| CallError::BadAnswer(format!("not JSON ({e})")))
+    }
+
+    fn bound(&self) -> RequestTimeouts {
+        RequestTimeouts {
+            connect: self.timeouts.health,
+            io: self.timeouts.dispatch,
         }
     }
 

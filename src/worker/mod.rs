@@ -2,6 +2,8 @@
 //! multipart body, the WebSocket stream client, result signatures, worker identities and the allowlist file. May import `store` (the outgoing
 //! body streams an upload from the spool) and `base`.
 
+pub mod bound_request;
+pub mod bound_socket;
 pub mod client;
 pub mod identity;
 pub mod multipart_body;

@@ -1,9 +1,12 @@
 //! The allowlist file (`workers.json`): loading and validation.
 
+use crate::base::addresses;
+use crate::worker::bound_socket::check_bindable;
 use crate::worker::identity::{parse_worker_id, short_id, IdentityError};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// Default `max_concurrent_jobs` when an entry does not set it.
@@ -25,6 +28,8 @@ pub struct WorkerSpec {
     pub auto_cap: bool,
     /// `"drain": true`: the worker gets no new job.
     pub drain: bool,
+    /// Local addresses its submits go out from; `None`: those of `--source-addresses`.
+    pub source_addresses: Option<Vec<IpAddr>>,
 }
 
 /// Why a workers file was refused.
@@ -142,13 +147,13 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
     if let Some(unknown) = fields.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "worker_id" | "endpoint" | "max_concurrent_jobs" | "drain"
+            "worker_id" | "endpoint" | "max_concurrent_jobs" | "drain" | "source_addresses"
         )
     }) {
         return Err(entry_error(
             label,
             unknown,
-            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs, drain)",
+            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs, drain, source_addresses)",
         ));
     }
     let worker_id = required_string(fields, "worker_id", &label)?;
@@ -178,19 +183,126 @@ fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileErr
         Some(Value::Bool(b)) => *b,
         Some(v) => {
             return Err(entry_error(
-                label,
+                label.clone(),
                 "drain",
                 format!("must be true or false, got {v}"),
             ))
         }
     };
+    let source_addresses = fields
+        .get("source_addresses")
+        .map(source_addresses)
+        .transpose()
+        .map_err(|p| entry_error(label.clone(), "source_addresses", p))?;
     Ok(WorkerSpec {
         worker_id: worker_id.to_string(),
         endpoint,
         max_concurrent_jobs,
         auto_cap,
         drain,
+        source_addresses,
     })
+}
+
+/// A worker's own `"source_addresses"`: a list of addresses or CIDR blocks, or one string of
+/// them separated by commas; an empty list means the system's choice for this worker.
+fn source_addresses(value: &Value) -> Result<Vec<IpAddr>, String> {
+    let parsed = match value {
+        Value::String(text) => addresses::parse_list(text),
+        Value::Array(items) => {
+            let texts: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+            let texts =
+                texts.ok_or_else(|| format!("must list addresses as strings, got {value}"))?;
+            addresses::parse_items(texts)
+        }
+        other => {
+            return Err(format!(
+                "must be a list of addresses or CIDR blocks such as [\"10.0.0.16/29\"], got {other}"
+            ))
+        }
+    };
+    parsed.map_err(|e| format!("is wrong: {e}"))
+}
+
+/// A source address the coordinator cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceAddressError {
+    /// The address.
+    pub address: IpAddr,
+    /// Where it was given: `--source-addresses` or a workers.json entry.
+    pub given_by: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for SourceAddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "source address {} (from {}) {}",
+            self.address, self.given_by, self.problem
+        )
+    }
+}
+
+impl std::error::Error for SourceAddressError {}
+
+/// Checks that every source address is configured on this host (binding to it must work) and
+/// that a worker whose endpoint is a literal IP is reached from addresses of its family.
+pub fn check_source_addresses(
+    specs: &[WorkerSpec],
+    flag: &[IpAddr],
+) -> Result<(), SourceAddressError> {
+    let mut named: Vec<(IpAddr, String)> = flag
+        .iter()
+        .map(|a| (*a, "--source-addresses".to_string()))
+        .collect();
+    for (index, spec) in specs.iter().enumerate() {
+        let label = format!("workers.json {}", entry_label(index, Some(&spec.worker_id)));
+        for address in spec.source_addresses.iter().flatten() {
+            named.push((*address, label.clone()));
+        }
+        let rest = spec.endpoint.trim_start_matches("http://");
+        let host = split_host_port(rest.split('/').next().unwrap_or_default()).0;
+        let Ok(target) = host.parse::<IpAddr>() else {
+            continue;
+        };
+        let own = spec.source_addresses.as_deref();
+        if let Some(address) = own
+            .unwrap_or(flag)
+            .iter()
+            .find(|a| a.is_ipv4() != target.is_ipv4())
+        {
+            return Err(SourceAddressError {
+                address: *address,
+                given_by: if own.is_some() { label.clone() } else { "--source-addresses".to_string() },
+                problem: format!(
+                    "cannot reach {} (of {label}): one is IPv4, the other IPv6; give the worker \"source_addresses\" of its own family",
+                    spec.endpoint
+                ),
+            });
+        }
+    }
+    for (address, given_by) in named {
+        if let Err(e) = check_bindable(address) {
+            return Err(SourceAddressError {
+                address,
+                given_by,
+                problem: format!(
+                    "is not configured on this host ({e}); add it to an interface first (e.g. `ip addr add {address} dev lo` for a local worker) or leave it out"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives every worker without addresses of its own those of `--source-addresses`.
+pub fn apply_default_sources(specs: &mut [WorkerSpec], defaults: &[IpAddr]) {
+    for spec in specs {
+        spec.source_addresses
+            .get_or_insert_with(|| defaults.to_vec());
+    }
 }
 
 fn required_string<'a>(
@@ -239,7 +351,7 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
 }
 
 /// Splits `host[:port]` or `[v6]:port`.
-fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     if let Some(v6) = authority.strip_prefix('[') {
         return match v6.split_once(']') {
             Some((host, rest)) => (host, rest.strip_prefix(':')),

@@ -121,6 +121,8 @@ pub struct ReceivedFile {
 pub struct ReceivedJob {
     /// When the request had been read.
     pub received_at: SystemTime,
+    /// The client IP it came from (what the rate limits count).
+    pub client_ip: String,
     /// The status answered.
     pub status: u16,
     /// The job id, when accepted.
@@ -147,6 +149,8 @@ pub struct Recording {
     /// What crashed the worker (sandrun dies when its executor takes a queued job that
     /// `GET /download/{id}` deleted).
     pub faults: Vec<String>,
+    /// Submits answered 429 by the rate limits: (client IP, message).
+    pub throttled: Vec<(String, String)>,
 }
 
 impl Recording {
@@ -168,6 +172,19 @@ impl Recording {
     /// Whether the job with this id has started running.
     pub fn has_started(&self, job_id: &str) -> bool {
         self.started.iter().any(|(id, _)| id == job_id)
+    }
+
+    /// Jobs accepted from this client IP.
+    pub fn accepted_from(&self, ip: &str) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| j.job_id.is_some() && j.client_ip == ip)
+            .count()
+    }
+
+    /// Submits from this client IP answered 429.
+    pub fn throttled_from(&self, ip: &str) -> usize {
+        self.throttled.iter().filter(|(from, _)| from == ip).count()
     }
 
     /// Ids of the accepted jobs, in order.
@@ -200,6 +217,13 @@ impl Recorder {
     /// Adds a parsed submit.
     pub fn job(&self, job: ReceivedJob) {
         lock(&self.recording).jobs.push(job);
+    }
+
+    /// Notes a submit the rate limits refused.
+    pub fn throttled(&self, ip: &str, message: &str) {
+        lock(&self.recording)
+            .throttled
+            .push((ip.to_string(), message.to_string()));
     }
 
     /// Notes that a job starts running.

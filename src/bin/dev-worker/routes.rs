@@ -101,9 +101,15 @@ fn with_job(run: &Incarnation, id: &str, render: fn(&Job) -> String) -> Response
     }
 }
 
-fn received(parts: &[Part], received_at: SystemTime, status: u16, id: Option<&str>) -> ReceivedJob {
+fn received(
+    parts: &[Part],
+    (ip, received_at): (&str, SystemTime),
+    status: u16,
+    id: Option<&str>,
+) -> ReceivedJob {
     ReceivedJob {
         received_at,
+        client_ip: ip.to_string(),
         status,
         job_id: id.map(str::to_string),
         files: parts
@@ -136,6 +142,7 @@ fn submit(
     let knobs = shared.control.get();
     let quota = lock(&run.limiter).check(ip, limits(&knobs));
     if !quota.can_submit {
+        shared.recorder.throttled(ip, &quota.reason);
         return Response::new(
             429,
             format!(
@@ -153,7 +160,7 @@ fn submit(
     if parts.is_empty() {
         shared
             .recorder
-            .job(received(&parts, received_at, 400, None));
+            .job(received(&parts, (ip, received_at), 400, None));
         return Response::error(400, "No files uploaded");
     }
     let id = shared.next_job_id();
@@ -164,7 +171,7 @@ fn submit(
         let _ = fs::remove_dir_all(&dir);
         shared
             .recorder
-            .job(received(&parts, received_at, 400, None));
+            .job(received(&parts, (ip, received_at), 400, None));
         return Response::error(400, "No entrypoint specified");
     }
     let hash = upload::job_hash(&dir, &spec);
@@ -175,16 +182,17 @@ fn submit(
         ok
     };
     if !registered {
+        shared.recorder.throttled(ip, "Rate limit exceeded");
         let _ = fs::remove_dir_all(&dir);
         shared
             .recorder
-            .job(received(&parts, received_at, 429, None));
+            .job(received(&parts, (ip, received_at), 429, None));
         return Response::error(429, "Rate limit exceeded");
     }
     lock(&run.jobs).enqueue(Job::new(id.clone(), ip.to_string(), spec, dir, hash));
     shared
         .recorder
-        .job(received(&parts, received_at, 200, Some(&id)));
+        .job(received(&parts, (ip, received_at), 200, Some(&id)));
     Response::new(
         200,
         format!("{{\"job_id\":\"{id}\",\"status\":\"queued\"}}"),

@@ -1,0 +1,269 @@
+//! Per-(worker, source address) quota state. sandrun limits every client IP: jobs queued or
+//! running, jobs accepted per hour, CPU seconds per minute. A worker given several source
+//! addresses is several clients to it, each with its own share; the next submit goes out from
+//! the address with the most room.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// sandrun's hard-coded per-client limits, assumed until a worker's 429 or `/stats` names others.
+pub const SANDRUN_MAX_ACTIVE: u32 = 2;
+/// Jobs accepted per client per hour.
+pub const SANDRUN_JOBS_PER_HOUR: u32 = 20;
+/// CPU seconds per client per minute.
+pub const SANDRUN_CPU_PER_MINUTE: f64 = 10.0;
+
+/// How long an address whose job just ended at its concurrency limit rests: sandrun frees its
+/// per-client count a moment after it reports the end.
+const SETTLE: Duration = Duration::from_millis(250);
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A worker (or one of its source addresses) that answered 429: busy, not broken.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    /// No dispatch before this instant.
+    pub until: Instant,
+    /// The same instant in unix seconds, for `/pool`.
+    pub until_unix: f64,
+    /// The worker's own message.
+    pub reason: String,
+    /// 429s in a row; each one doubles the pause.
+    pub strikes: u32,
+    /// True when the pause is for the per-IP concurrency limit, which a finished job lifts.
+    pub lifted_by_free_slot: bool,
+}
+
+/// A worker's per-client limits, as the coordinator knows them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// Jobs queued or running at once per address.
+    pub max_active: u32,
+    /// Jobs accepted per address per hour.
+    pub per_hour: u32,
+    /// CPU seconds per address per minute.
+    pub cpu_per_minute: f64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_active: SANDRUN_MAX_ACTIVE,
+            per_hour: SANDRUN_JOBS_PER_HOUR,
+            cpu_per_minute: SANDRUN_CPU_PER_MINUTE,
+        }
+    }
+}
+
+/// One source address of one worker and what the worker counts against it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The local address.
+    pub address: IpAddr,
+    /// Jobs sent from it that the worker still counts: submit in flight, queued or running.
+    pub in_flight: u32,
+    /// When the worker accepted each of its jobs in the last hour.
+    accepted: VecDeque<Instant>,
+    /// CPU seconds of its jobs that ended in the last minute, as the worker books them.
+    cpu: VecDeque<(Instant, f64)>,
+    /// Set while the worker asked this address to wait.
+    pub throttle: Option<Throttle>,
+    /// No submit from it before this instant (see `SETTLE`).
+    settle_until: Option<Instant>,
+    /// Jobs accepted from it, in all.
+    pub accepted_total: u64,
+    /// Submits from it answered 429, in all.
+    pub throttled_total: u64,
+}
+
+impl Source {
+    /// A fresh source with nothing counted.
+    pub fn new(address: IpAddr) -> Self {
+        Source {
+            address,
+            in_flight: 0,
+            accepted: VecDeque::new(),
+            cpu: VecDeque::new(),
+            throttle: None,
+            settle_until: None,
+            accepted_total: 0,
+            throttled_total: 0,
+        }
+    }
+
+    /// Jobs accepted in the hour before `now`.
+    pub fn accepted_last_hour(&self, now: Instant) -> usize {
+        self.accepted
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) < HOUR)
+            .count()
+    }
+
+    /// CPU seconds booked in the minute before `now`.
+    pub fn cpu_last_minute(&self, now: Instant) -> f64 {
+        self.cpu
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < MINUTE)
+            .fold(0.0, |total, (_, cpu)| total + cpu)
+    }
+
+    /// True when its throttle, if any, still holds at `now`.
+    pub fn is_throttled(&self, now: Instant) -> bool {
+        self.throttle.as_ref().is_some_and(|t| t.until > now)
+    }
+
+    /// True when a submit from it should pass the worker's limits now.
+    pub fn has_room(&self, now: Instant, limits: &ClientLimits) -> bool {
+        !self.is_throttled(now)
+            && self.settle_until.is_none_or(|at| at <= now)
+            && self.in_flight < limits.max_active
+            && self.accepted_last_hour(now) < limits.per_hour as usize
+            && self.cpu_last_minute(now) < limits.cpu_per_minute
+    }
+
+    /// When a window or throttle that now keeps it full ends (`None`: only a job's end frees it).
+    pub fn frees_at(&self, now: Instant, limits: &ClientLimits) -> Option<Instant> {
+        let mut at = self.throttle.as_ref().map(|t| t.until).filter(|u| *u > now);
+        at = at.max(self.settle_until.filter(|u| *u > now));
+        if self.accepted_last_hour(now) >= limits.per_hour as usize {
+            at = at.max(self.accepted.front().map(|t| *t + HOUR));
+        }
+        if self.cpu_last_minute(now) >= limits.cpu_per_minute {
+            at = at.max(self.cpu.front().map(|(t, _)| *t + MINUTE));
+        }
+        at
+    }
+
+    /// When its hourly window lets another job in, if the worker's count is full.
+    pub fn hour_frees_at(&self, now: Instant, per_hour: u32) -> Option<Instant> {
+        (self.accepted_last_hour(now) >= per_hour as usize)
+            .then(|| self.accepted.front().map(|t| *t + HOUR))
+            .flatten()
+    }
+
+    /// Counts a job the worker accepted from it.
+    pub fn note_accepted(&mut self, now: Instant) {
+        self.forget_old(now);
+        self.accepted.push_back(now);
+        self.accepted_total += 1;
+    }
+
+    /// Frees the place of one of its jobs that ended, booking its CPU seconds; a concurrency
+    /// throttle ends with it. At the concurrency limit `max_active`, the place rests a moment.
+    pub fn note_ended(&mut self, now: Instant, cpu_seconds: Option<f64>, max_active: u32) {
+        if self.in_flight >= max_active {
+            self.settle_until = Some(now + SETTLE);
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.forget_old(now);
+        if let Some(cpu) = cpu_seconds.filter(|c| c.is_finite() && *c > 0.0) {
+            self.cpu.push_back((now, cpu));
+        }
+        if self
+            .throttle
+            .as_ref()
+            .is_some_and(|t| t.lifted_by_free_slot)
+        {
+            self.throttle = None;
+        }
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .accepted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= HOUR)
+        {
+            self.accepted.pop_front();
+        }
+        while self
+            .cpu
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            self.cpu.pop_front();
+        }
+    }
+}
+
+/// The source with the most room at `now`: fewest jobs in flight, then fewest accepted this
+/// hour, then least CPU this minute; `None` when every one is full or throttled.
+pub fn pick(sources: &[Source], now: Instant, limits: &ClientLimits) -> Option<usize> {
+    sources
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.has_room(now, limits))
+        .min_by(|(_, a), (_, b)| {
+            (a.in_flight, a.accepted_last_hour(now))
+                .cmp(&(b.in_flight, b.accepted_last_hour(now)))
+                .then(a.cpu_last_minute(now).total_cmp(&b.cpu_last_minute(now)))
+        })
+        .map(|(i, _)| i)
+}
+
+/// The number in parentheses of a sandrun 429 message, e.g. 2 in "Max concurrent jobs reached (2)".
+pub fn limit_named(message: &str) -> Option<u32> {
+    let inside = message.rsplit_once('(')?.1.split_once(')')?.0;
+    inside.trim().parse::<u32>().ok().filter(|n| *n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(n: u8) -> Vec<Source> {
+        (0..n)
+            .map(|i| Source::new(IpAddr::from([127, 0, 0, 2 + i])))
+            .collect()
+    }
+
+    #[test]
+    fn picks_the_address_with_most_room_and_respects_each_limit() {
+        let limits = ClientLimits::default();
+        let now = Instant::now();
+        let mut s = sources(3);
+        s[0].in_flight = 1;
+        s[1].note_accepted(now);
+        assert_eq!(pick(&s, now, &limits), Some(2));
+        s[2].in_flight = 2;
+        assert_eq!(pick(&s, now, &limits), Some(1));
+        s[1].in_flight = 1;
+        s[1].note_ended(now, Some(10.0), limits.max_active);
+        assert!(!s[1].has_room(now, &limits), "its CPU minute is used up");
+        assert_eq!(
+            s[1].frees_at(now, &limits),
+            Some(now + MINUTE),
+            "the CPU minute ends"
+        );
+        assert_eq!(pick(&s, now, &limits), Some(0));
+        s[0].in_flight = 2;
+        assert_eq!(pick(&s, now, &limits), None);
+        assert_eq!(pick(&s, now + MINUTE, &limits), Some(1));
+    }
+
+    #[test]
+    fn the_hourly_window_fills_and_frees() {
+        let limits = ClientLimits {
+            per_hour: 3,
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        let mut s = sources(1);
+        for k in 0..3 {
+            s[0].note_accepted(now + Duration::from_secs(k));
+        }
+        let later = now + Duration::from_secs(10);
+        assert!(!s[0].has_room(later, &limits));
+        assert_eq!(s[0].hour_frees_at(later, 3), Some(now + HOUR));
+        assert!(s[0].has_room(now + HOUR, &limits));
+    }
+
+    #[test]
+    fn reads_the_limit_a_429_names() {
+        assert_eq!(limit_named("Max concurrent jobs reached (2)"), Some(2));
+        assert_eq!(limit_named("Max jobs per hour reached (20)"), Some(20));
+        assert_eq!(limit_named("CPU quota exhausted, wait 4 seconds"), None);
+    }
+}
