@@ -55,6 +55,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         let source = worker.pick_source(now).map(|i| {
             let s = &mut worker.sources[i];
             s.in_flight += 1;
+            s.submitting += 1;
             s.address
         });
         let endpoint = worker.spec.endpoint.clone();

@@ -289,7 +289,7 @@ impl WorkerEntry {
     pub fn return_reservation(&mut self, source: Option<IpAddr>) {
         self.active_jobs = self.active_jobs.saturating_sub(1);
         if let Some(s) = self.source_mut(source) {
-            s.in_flight = s.in_flight.saturating_sub(1);
+            s.note_not_accepted();
         }
     }
 

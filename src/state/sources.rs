@@ -64,6 +64,8 @@ pub struct Source {
     pub address: IpAddr,
     /// Jobs sent from it that the worker still counts: submit in flight, queued or running.
     pub in_flight: u32,
+    /// Its submits not answered yet (each may become one more acceptance this hour).
+    pub submitting: u32,
     /// When the worker accepted each of its jobs in the last hour.
     accepted: VecDeque<Instant>,
     /// CPU seconds of its jobs that ended in the last minute, as the worker books them.
@@ -84,6 +86,7 @@ impl Source {
         Source {
             address,
             in_flight: 0,
+            submitting: 0,
             accepted: VecDeque::new(),
             cpu: VecDeque::new(),
             throttle: None,
@@ -119,7 +122,7 @@ impl Source {
         !self.is_throttled(now)
             && self.settle_until.is_none_or(|at| at <= now)
             && self.in_flight < limits.max_active
-            && self.accepted_last_hour(now) < limits.per_hour as usize
+            && self.accepted_last_hour(now) + (self.submitting as usize) < limits.per_hour as usize
             && self.cpu_last_minute(now) < limits.cpu_per_minute
     }
 
@@ -145,9 +148,16 @@ impl Source {
 
     /// Counts a job the worker accepted from it.
     pub fn note_accepted(&mut self, now: Instant) {
+        self.submitting = self.submitting.saturating_sub(1);
         self.forget_old(now);
         self.accepted.push_back(now);
         self.accepted_total += 1;
+    }
+
+    /// Takes a submit from it that the worker did not accept off the counts.
+    pub fn note_not_accepted(&mut self) {
+        self.submitting = self.submitting.saturating_sub(1);
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     /// Frees the place of one of its jobs that ended, booking its CPU seconds; a concurrency
