@@ -267,14 +267,23 @@ impl Segments {
         loop {
             let name = format!("{}-{number:06}", self.prefix);
             let path = self.dir.join(&name);
-            match File::options()
-                .read(true)
-                .append(true)
-                .create_new(true)
-                .open(&path)
-            {
+            // Registered as open before the file exists: a retention sweep that lists the
+            // directory must never find a new segment it may retire and delete.
+            let reserved = lock(&self.open).insert(name.clone());
+            let created = if reserved {
+                File::options()
+                    .read(true)
+                    .append(true)
+                    .create_new(true)
+                    .open(&path)
+            } else {
+                Err(io::ErrorKind::AlreadyExists.into())
+            };
+            if created.is_err() && reserved {
+                lock(&self.open).remove(&name);
+            }
+            match created {
                 Ok(file) => {
-                    lock(&self.open).insert(name.clone());
                     let file = Arc::new(SegmentFile {
                         path,
                         name,
@@ -357,5 +366,46 @@ impl Segments {
     fn unused(&self, segment: &OpenSegment) -> bool {
         // The segment itself holds two references: its own and its writer's.
         self.remove_when_unused && Arc::strong_count(&segment.file) <= 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A retention sweep lists the directory while writers create segments: a segment being
+    /// created is never retired (and deleted) under its writer.
+    #[test]
+    fn a_sweep_never_retires_a_segment_while_it_is_created() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segments = Arc::new(
+            Segments::open(dir.path().to_path_buf(), "1".to_string(), false).expect("segments"),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let sweeper = {
+            let (segments, done) = (Arc::clone(&segments), Arc::clone(&done));
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    for entry in std::fs::read_dir(segments.dir()).into_iter().flatten() {
+                        let name = entry.map(|e| e.file_name().to_string_lossy().into_owned());
+                        if let Some(name) = name.ok().filter(|n| segments.retire(n)) {
+                            let _ = std::fs::remove_file(segments.dir().join(name));
+                        }
+                    }
+                }
+            })
+        };
+        let mut deleted = 0;
+        for _ in 0..3000 {
+            let segment = segments.take().expect("take");
+            if !segments.dir().join(segment.file().name()).exists() {
+                deleted += 1;
+            }
+            segments.discard(segment);
+        }
+        done.store(true, Ordering::SeqCst);
+        sweeper.join().expect("sweeper");
+        assert_eq!(deleted, 0, "segments deleted while their writer held them");
     }
 }
