@@ -130,11 +130,15 @@ impl Source {
     pub fn frees_at(&self, now: Instant, limits: &ClientLimits) -> Option<Instant> {
         let mut at = self.throttle.as_ref().map(|t| t.until).filter(|u| *u > now);
         at = at.max(self.settle_until.filter(|u| *u > now));
-        if self.accepted_last_hour(now) >= limits.per_hour as usize {
-            at = at.max(self.accepted.front().map(|t| *t + HOUR));
-        }
+        at = at.max(self.hour_frees_at(now, limits.per_hour));
         if self.cpu_last_minute(now) >= limits.cpu_per_minute {
-            at = at.max(self.cpu.front().map(|(t, _)| *t + MINUTE));
+            // The oldest entry still inside the minute (older ones may not be dropped yet).
+            at = at.max(
+                self.cpu
+                    .iter()
+                    .map(|(t, _)| *t + MINUTE)
+                    .find(|end| *end > now),
+            );
         }
         at
     }
@@ -142,7 +146,12 @@ impl Source {
     /// When its hourly window lets another job in, if the worker's count is full.
     pub fn hour_frees_at(&self, now: Instant, per_hour: u32) -> Option<Instant> {
         (self.accepted_last_hour(now) >= per_hour as usize)
-            .then(|| self.accepted.front().map(|t| *t + HOUR))
+            .then(|| {
+                self.accepted
+                    .iter()
+                    .map(|t| *t + HOUR)
+                    .find(|end| *end > now)
+            })
             .flatten()
     }
 
@@ -251,6 +260,20 @@ mod tests {
         s[0].in_flight = 2;
         assert_eq!(pick(&s, now, &limits), None);
         assert_eq!(pick(&s, now + MINUTE, &limits), Some(1));
+    }
+
+    #[test]
+    fn a_stale_entry_does_not_hide_when_the_cpu_minute_frees() {
+        let limits = ClientLimits::default();
+        let start = Instant::now();
+        let mut s = sources(1);
+        s[0].in_flight = 11;
+        s[0].note_ended(start, Some(1.0), limits.max_active);
+        let later = start + Duration::from_secs(30);
+        s[0].note_ended(later, Some(10.0), limits.max_active);
+        let now = start + Duration::from_secs(61);
+        assert!(!s[0].has_room(now, &limits));
+        assert_eq!(s[0].frees_at(now, &limits), Some(later + MINUTE));
     }
 
     #[test]
