@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::fake_stream;
+
 /// Largest request head read.
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes kept of each end of a body, for the checks and the token.
@@ -49,6 +51,8 @@ pub struct Counters {
     pub logs: AtomicU64,
     /// `GET /download/{id}/{path}`.
     pub download: AtomicU64,
+    /// `GET /stream/{id}` (WebSocket subscriptions).
+    pub stream: AtomicU64,
     /// Anything else, such as the deleting `GET /download/{id}` (a coordinator sends none).
     pub other: AtomicU64,
     /// Requests that broke sandrun's dialect (no exact-case `Content-Length`, chunked body,
@@ -73,6 +77,8 @@ pub struct Counts {
     pub logs: u64,
     /// `GET /download/{id}/{path}`.
     pub download: u64,
+    /// `GET /stream/{id}`.
+    pub stream: u64,
     /// Anything else.
     pub other: u64,
     /// Dialect violations.
@@ -90,6 +96,7 @@ impl Counts {
         self.status += o.status;
         self.logs += o.logs;
         self.download += o.download;
+        self.stream += o.stream;
         self.other += o.other;
         self.dialect_errors += o.dialect_errors;
         self.body_bytes += o.body_bytes;
@@ -100,10 +107,12 @@ struct FakeJob {
     done_at: Instant,
     result: String,
     sha256: String,
+    signature: String,
 }
 
 struct State {
     worker_id: String,
+    key: ed25519_dalek::SigningKey,
     alive: AtomicBool,
     job_time: Mutex<Duration>,
     blocked_until: Mutex<Option<Instant>>,
@@ -124,6 +133,11 @@ pub struct FastWorker {
 
 /// A fresh valid worker_id (base64 of an Ed25519 public key), different on every call.
 pub fn new_worker_id() -> String {
+    new_worker_key().1
+}
+
+/// A fresh worker key and its worker_id, different on every call.
+pub fn new_worker_key() -> (ed25519_dalek::SigningKey, String) {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,10 +148,9 @@ pub fn new_worker_id() -> String {
         .chain_update(SEQ.fetch_add(1, Ordering::SeqCst).to_le_bytes())
         .finalize()
         .into();
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
-        .verifying_key()
-        .to_bytes();
-    base64::engine::general_purpose::STANDARD.encode(public)
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let id = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    (key, id)
 }
 
 impl FastWorker {
@@ -145,8 +158,10 @@ impl FastWorker {
     pub fn start(threads: usize) -> io::Result<FastWorker> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
+        let (key, worker_id) = new_worker_key();
         let state = Arc::new(State {
-            worker_id: new_worker_id(),
+            worker_id,
+            key,
             alive: AtomicBool::new(true),
             job_time: Mutex::new(Duration::ZERO),
             blocked_until: Mutex::new(None),
@@ -207,6 +222,7 @@ impl FastWorker {
             status: get(&c.status),
             logs: get(&c.logs),
             download: get(&c.download),
+            stream: get(&c.stream),
             other: get(&c.other),
             dialect_errors: get(&c.dialect_errors),
             body_bytes: get(&c.body_bytes),
@@ -265,6 +281,11 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                     answer(&mut stream, &state, &request);
                 });
             }
+            _ if kind == Kind::Stream => {
+                let id = request.path["/stream/".len()..].to_string();
+                let done_at = lock(&state.jobs).get(&id).map(|j| j.done_at);
+                fake_stream::serve(stream, request.ws_key, done_at, id);
+            }
             _ => answer(&mut stream, state, &request),
         }
     }
@@ -278,6 +299,7 @@ struct Request {
     boundary: Option<String>,
     body_head: Vec<u8>,
     body_tail: Vec<u8>,
+    ws_key: Option<String>,
 }
 
 /// The value of a header found by its exact, case-sensitive name, as sandrun finds it.
@@ -342,6 +364,7 @@ fn read_request(stream: &mut TcpStream, counters: &Counters) -> io::Result<Optio
         boundary,
         body_head,
         body_tail,
+        ws_key: exact_header(&head, "Sec-WebSocket-Key").map(str::to_string),
     }))
 }
 
@@ -374,6 +397,7 @@ enum Kind {
     Status,
     Logs,
     Download,
+    Stream,
     Other,
 }
 
@@ -384,6 +408,7 @@ fn kind(request: &Request) -> Kind {
         "POST" if path == "/submit" => Kind::Submit,
         "GET" if path.starts_with("/status/") => Kind::Status,
         "GET" if path.starts_with("/logs/") => Kind::Logs,
+        "GET" if path.starts_with("/stream/") => Kind::Stream,
         "GET"
             if path
                 .strip_prefix("/download/")
@@ -404,6 +429,7 @@ fn count_receipt(state: &State, kind: Kind) {
         Kind::Status => &c.status,
         Kind::Logs => &c.logs,
         Kind::Download => &c.download,
+        Kind::Stream => &c.stream,
         Kind::Other => &c.other,
     });
     if kind == Kind::Health {
@@ -427,7 +453,7 @@ fn answer(stream: &mut TcpStream, state: &State, request: &Request) {
             "{\"stdout\":\"ran main.py\\n\",\"stderr\":\"\"}".to_string()
         }),
         Kind::Download => download(stream, state, &path[10..]),
-        Kind::Other => respond(stream, 404, "{\"error\":\"Not found\"}"),
+        Kind::Stream | Kind::Other => respond(stream, 404, "{\"error\":\"Not found\"}"),
     }
 }
 
@@ -472,17 +498,19 @@ fn submit(stream: &mut TcpStream, state: &State, request: &Request) {
         state.next_id.fetch_add(1, Ordering::SeqCst) + 1
     );
     let result = format!("result of {id}\n");
-    let sha256 = Sha256::digest(result.as_bytes())
+    let sha256: String = Sha256::digest(result.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let done_at = received_at + *lock(&state.job_time);
+    let signature = fake_stream::sign(&state.key, &sha256, &sha256);
     lock(&state.jobs).insert(
         id.clone(),
         FakeJob {
             done_at,
             result,
             sha256,
+            signature,
         },
     );
     if let Some(t) = token(&request.body_tail) {
@@ -530,8 +558,13 @@ fn status_json(id: &str, job: &FakeJob, worker_id: &str) -> String {
          {{\"cpu_seconds\":0.00,\"memory_peak_bytes\":0,\"memory_peak_mb\":0,\"wall_time_ms\":0,\
          \"exit_code\":0,\"environment\":\"\",\"interpreter\":\"python3\"}},\"job_hash\":\"{}\",\
          \"output_files\":{outputs},\"worker_metadata\":{{\"worker_id\":\"{worker_id}\",\
-         \"signature\":null}}}}",
-        job.sha256
+         \"signature\":{signature}}}}}",
+        job.sha256,
+        signature = if done {
+            format!("\"{}\"", job.signature)
+        } else {
+            "null".to_string()
+        }
     )
 }
 

@@ -7,6 +7,7 @@
 
 mod coord;
 mod fake;
+mod fake_stream;
 mod load;
 mod report;
 mod scenarios;
@@ -214,6 +215,12 @@ fn main() -> ExitCode {
             f.notes.push(format!("scenario 9 could not run: {e}"));
         }
     }
+    if wanted("10") {
+        say("scenario 10 (end to end, 200 workers, 200 ms jobs, default flags)");
+        if let Err(e) = scenarios::e2e_jobs(&body, &mut f) {
+            f.notes.push(format!("scenario 10 could not run: {e}"));
+        }
+    }
     if wanted("6") {
         say("scenario 6 (scale)");
         if let Err(e) = scenarios::scale(&body, &direct_submit, &mut f) {
@@ -287,7 +294,9 @@ fn main() -> ExitCode {
          then downloads result.txt; 3 paces each client {:?} after each submit (free capacity) and \
          times the worker's receipt from the client's answer; 4 blocks one of 3 workers (every \
          request but /health held for 10 s) while 63 existing jobs are polled; 6 compares with \
-         scenario 1's direct figure, --health-timeout {}",
+         scenario 1's direct figure, --health-timeout {}; 10 runs 64 clients against 200 fake \
+         workers (2 slots each) whose jobs take 200 ms, with the coordinator at its default flags \
+         (--track-interval 1): submit, wait with /status/ID?wait=, download the output",
         scenarios::POLL_PAUSE,
         scenarios::PACE,
         scenarios::HEALTH_TIMEOUT_SECS

@@ -1462,3 +1462,99 @@ pub fn tls(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     ]);
     Ok(())
 }
+
+/// Workers, clients and the job's own time of the end-to-end scenario (issue 14's figures).
+const E2E_WORKERS: usize = 200;
+const E2E_CLIENTS: usize = 64;
+const E2E_JOB: Duration = Duration::from_millis(200);
+/// Slots per worker in the end-to-end scenario (sandrun's own per-IP limit).
+const E2E_SLOTS: u32 = 2;
+/// Measured window of the end-to-end scenario.
+const E2E_WINDOW: Duration = Duration::from_secs(6);
+/// How long one `/status/{id}?wait=` may park.
+const E2E_WAIT: &str = "30";
+
+/// Waits for a job's end with `GET /status/{id}?wait=`; Ok when it completed.
+fn wait_end(agent: &ureq::Agent, coord: &Coordinator, id: &str) -> Result<(), String> {
+    let deadline = Instant::now() + JOB_DEADLINE;
+    let url = coord.url(&format!("/status/{id}?wait={E2E_WAIT}"));
+    loop {
+        let v = load::get_json(agent, &url)?;
+        match v["pool_status"].as_str().unwrap_or_default() {
+            "completed" => return Ok(()),
+            "failed" | "lost" | "cancelled" => return Err(format!("job {id} ended: {v}")),
+            _ if Instant::now() > deadline => return Err(format!("job {id} is stuck: {v}")),
+            _ => {}
+        }
+    }
+}
+
+/// Scenario 10: 200 workers whose jobs take 200 ms, 64 clients, the coordinator at its default
+/// flags. Each client submits, waits for the end with `/status/{id}?wait=` (so client polling
+/// costs nothing) and downloads the output. Also: the worker `/status` polls per job and the
+/// coordinator's CPU per job.
+pub fn e2e_jobs(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let (mut pool, mut cpu, mut polls) =
+        (LoadSeries::default(), Series::default(), Series::default());
+    let content_type = body.content_type();
+    for _ in 0..RUNS {
+        let workers = (0..E2E_WORKERS)
+            .map(|_| FastWorker::start(1).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for w in &workers {
+            w.set_job_time(E2E_JOB);
+        }
+        let entries: Vec<Entry> = workers
+            .iter()
+            .map(|w| (w.worker_id().to_string(), w.endpoint(), E2E_SLOTS))
+            .collect();
+        let coord = Coordinator::start(&entries, &[])?;
+        coord
+            .wait_pool(SETTLE, |p| num(p, "healthy_workers") == E2E_WORKERS as u64)
+            .ok_or("the fake workers did not all turn healthy")?;
+        let p = Pool { coord, workers };
+        let (mut cpu0, mut counts0) = (Duration::ZERO, Counts::default());
+        let stats = closed_loop(
+            E2E_CLIENTS,
+            WARMUP,
+            E2E_WINDOW,
+            || {
+                cpu0 = p.coord.cpu();
+                counts0 = counts(&p.workers);
+            },
+            |i| {
+                let (coord, content_type) = (&p.coord, &content_type);
+                let mut seq = 0;
+                move |agent: &ureq::Agent| {
+                    seq += 1;
+                    let body = body.with_token(token(i, seq));
+                    let id = submit(agent, &coord.url("/submit"), content_type, &body)?;
+                    wait_end(agent, coord, &id)?;
+                    check_result(&load::get_bytes(
+                        agent,
+                        &coord.url(&format!("/outputs/{id}/result.txt")),
+                    )?)
+                }
+            },
+        );
+        let (cpu1, counts1) = (p.coord.cpu(), counts(&p.workers));
+        let jobs = stats.ops.max(1) as f64;
+        cpu.push((cpu1 - cpu0).as_secs_f64() * 1e6 / jobs);
+        polls.push((counts1.status - counts0.status) as f64 / jobs);
+        pool.push(&stats);
+        pool.add_errors(counts1.dialect_errors, Some("dialect errors".to_string()));
+    }
+    let s = "10 e2e 200 ms";
+    f.error_note("10", &pool);
+    let budget = E2E_JOB.as_secs_f64() * 1e3 * 1.2;
+    f.rows.extend([
+        Row::pool(s, "end-to-end p50", "ms", pool.p50.0)
+            .budget(Budget::AtMost(budget))
+            .errors(pool.errors),
+        Row::pool(s, "end-to-end p99", "ms", pool.p99.0).errors(pool.errors),
+        Row::pool(s, "throughput", "jobs/s", pool.throughput.0).errors(pool.errors),
+        Row::pool(s, "worker /status polls per job", "polls", polls.0).errors(pool.errors),
+        Row::pool(s, "coordinator CPU per job", "us", cpu.0).errors(pool.errors),
+    ]);
+    Ok(())
+}

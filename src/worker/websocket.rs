@@ -239,20 +239,19 @@ impl WsClient {
         Ok(())
     }
 
+    /// Takes `n` bytes, reading as much as the socket has at each read (a burst of frames
+    /// costs one system call, not two per frame).
     fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, WsError> {
-        let mut out = Vec::with_capacity(n.min(64 * 1024));
-        let from_pending = n.min(self.pending.len());
-        out.extend(self.pending.drain(..from_pending));
         let mut buf = [0u8; 8192];
-        while out.len() < n {
-            let want = (n - out.len()).min(buf.len());
-            let got = self.stream.read(&mut buf[..want]).map_err(broken)?;
+        while self.pending.len() < n {
+            let got = self.stream.read(&mut buf).map_err(broken)?;
             if got == 0 {
                 return Err(WsError::Broken("closed by the worker".into()));
             }
-            out.extend_from_slice(&buf[..got]);
+            self.pending.extend_from_slice(&buf[..got]);
         }
-        Ok(out)
+        let rest = self.pending.split_off(n);
+        Ok(std::mem::replace(&mut self.pending, rest))
     }
 
     /// The next message: blocks up to the idle timeout for it; answers pings on the way.
