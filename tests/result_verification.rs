@@ -1,6 +1,7 @@
 //! Result verification against the allowlisted worker key: verified, failed (another key),
 //! mismatch (an output altered after signing), unverifiable (no `[DONE]` figures and no CPU
-//! candidate fits), CPU figures across C++'s `%g` edge cases, and `--require-verified` failing
+//! candidate fits), CPU figures across C++'s `%g` edge cases, short jobs with tiny CPU figures
+//! with and without `[DONE]` figures, and `--require-verified` failing
 //! such jobs and keeping their worker unhealthy until an operator acts.
 
 mod support;
@@ -93,7 +94,8 @@ fn results_are_verified_failed_mismatched_or_unverifiable_and_reported() {
         .as_str()
         .is_some_and(|r| r.contains("result.txt")));
 
-    // No [DONE]: the 2-decimal /status figure (0.01) allows far more than 10,000 values.
+    // No [DONE], and a figure finer than sandrun's microseconds: of the values /status's 0.01
+    // allows, the microseconds are tried (and fail), and then too few of the rest to find it.
     let unverifiable = run_job(&coordinator, &worker, |k| {
         k.stream.alter_output_after_signing = false;
         k.stream.never_done = true;
@@ -120,6 +122,37 @@ fn cpu_figures_verify_across_the_g_format_edge_cases() {
             ("verified".into(), "match".into()),
             "CPU {cpu}: {status}"
         );
+    }
+}
+
+/// Short jobs with tiny CPU figures (sandrun's are whole microseconds, from `getrusage`): with
+/// the `[DONE]` figures of a stream opened before the end, and without them (a worker without
+/// `/stream`, as for a job that ended before the coordinator subscribed), where only
+/// `/status`'s `0.00` or `0.01` is known and the microseconds it allows are searched.
+#[test]
+fn short_jobs_with_tiny_cpu_figures_verify_with_and_without_done_figures() {
+    let worker = FakeWorker::start_with(|k| {
+        k.max_jobs_per_hour = 1_000;
+        k.job_duration = Duration::from_millis(300);
+    });
+    let coordinator = start(&worker, &[]);
+    for no_stream in [false, true] {
+        for cpu in [0.0, 0.000007, 0.00005, 0.003456, 0.005, 0.0099, 0.01] {
+            let status = run_job(&coordinator, &worker, |k| {
+                k.cpu_seconds = cpu;
+                k.stream.disabled = no_stream;
+                k.job_duration = if no_stream {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(300)
+                };
+            });
+            assert_eq!(
+                verdict(&status),
+                ("verified".into(), "match".into()),
+                "CPU {cpu}, no stream: {no_stream}: {status}"
+            );
+        }
     }
 }
 

@@ -1,12 +1,13 @@
 //! Recovery at start: the jobs the store holds that had not settled when the coordinator last
 //! stopped. Queued jobs wait again in submission order with their uploads; jobs a worker
-//! accepted are followed again (and hold their worker's slot from the start); a job whose
+//! accepted are followed again, on the worker's stream as at dispatch and by polling (and hold
+//! their worker's slot from the start); a job whose
 //! submit was sent but whose answer was never recorded is lost (never sent twice); finished
 //! jobs whose results were not collected yet are collected.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
-use crate::pool::tracker;
+use crate::pool::{stream, tracker};
 use crate::state::context::Context;
 use crate::store::jobs_db::StoredJob;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut st = ctx.lock();
     let mut settle = Vec::new();
     let mut trackers = Vec::new();
+    let mut streams = Vec::new();
     for mut job in jobs {
         let id = job.id.clone();
         let worker = job.worker_id.as_deref().and_then(|w| st.worker_index(w));
@@ -98,7 +100,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     settle.push(id);
                     st.restore(job);
                 }
-                (Some(_), Some(index)) => {
+                (Some(remote), Some(index)) => {
                     counts.followed += 1;
                     job.last_contact = Some(now);
                     let w = &mut st.workers[index];
@@ -106,7 +108,9 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     if let Some(source) = w.source_mut(job.source_address) {
                         source.in_flight += 1;
                     }
-                    w.tracked.push(id);
+                    w.tracked.push(id.clone());
+                    w.streaming.push(id.clone());
+                    streams.push((index, id, w.spec.endpoint.clone(), remote.clone()));
                     trackers.push(index);
                     st.restore(job);
                 }
@@ -145,6 +149,11 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         st.workers[*index].tracker_running = true;
     }
     drop(st);
+    // Jobs a worker runs are followed on its stream again, as at dispatch: sandrun replays
+    // nothing from before, but what comes now still tells the end (and its figures).
+    for (index, id, endpoint, remote) in streams {
+        stream::subscribe(ctx, index, id, endpoint, remote);
+    }
     for index in trackers {
         tracker::start(ctx, index);
     }

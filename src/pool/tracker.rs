@@ -166,9 +166,11 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
                 Some("failed") => PoolStatus::Failed,
                 _ => PoolStatus::Dispatched,
             };
-            let check = now_status
-                .is_final()
-                .then(|| signature::verify(worker_id, &status, job.figures.as_ref()));
+            let check = now_status.is_final().then(|| {
+                // The stream's [DONE] may have arrived while this poll was on its way.
+                let figures = latest_figures(ctx, job);
+                signature::verify(worker_id, &status, figures.as_ref())
+            });
             let finished = record_status(ctx, index, &job.id, now_status, status.clone(), check);
             if finished {
                 collect_results(ctx, index, endpoint, job, &status);
@@ -190,6 +192,16 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
             false
         }
     }
+}
+
+/// The job's `[DONE]` figures as the table holds them now (the snapshot's may be older).
+fn latest_figures(ctx: &Context, job: &Followed) -> Option<DoneFigures> {
+    let now = ctx
+        .lock()
+        .jobs
+        .get(&job.id)
+        .and_then(|j| j.done_figures.clone());
+    now.or_else(|| job.figures.clone())
 }
 
 /// The error of a job refused under `--require-verified`.

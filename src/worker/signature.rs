@@ -13,8 +13,9 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Most CPU candidates tried for one job (each costs one signature check, ~50 us).
-pub const MAX_CANDIDATES: usize = 10_000;
+/// Most CPU candidates tried for one job (each costs one signature check, ~50 us): every
+/// microsecond that `/status`'s 2-decimal figure allows, both ends included.
+pub const MAX_CANDIDATES: usize = 10_001;
 
 /// The signature check of one result, with its reason when it did not verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,16 +92,77 @@ pub fn cpp_g(value: f64) -> String {
 
 /// The `%g` texts a CPU figure printed with some decimals (`0.11`, `0.154612`) may stand for,
 /// nearest to it first, at most `limit`.
+///
+/// sandrun's figure is whole microseconds (`getrusage`'s `ru_utime` + `ru_stime`), so the
+/// microseconds within half a unit of the last printed decimal come first: 10,001 of them for
+/// `/status`'s 2 decimals, one for `[DONE]`'s 6. Above 1 s, where `%g`'s 6 digits are coarser
+/// than a microsecond, a value ending in 5 may print either way (its double can fall on either
+/// side), so both are tried. Then, for a worker whose figure is not whole microseconds, every
+/// 6-significant-digit text in that range, decade by decade, while the limit allows.
 pub fn cpu_candidates(printed: &str, limit: usize) -> Vec<String> {
     let Ok(value) = printed.trim().parse::<f64>() else {
         return Vec::new();
     };
+    if !value.is_finite() || value < 0.0 {
+        return Vec::new();
+    }
     let decimals = printed.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
     let half = 0.5 * 10f64.powi(-decimals);
     let (lo, hi) = ((value - half).max(0.0), value + half);
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    let mut push = |text: String, found: &mut Vec<String>| {
+        if found.len() < limit && seen.insert(text.clone()) {
+            found.push(text);
+        }
+    };
+    for micros in microseconds_nearest_first(value, lo, hi, limit) {
+        if found.len() >= limit {
+            return found;
+        }
+        if micros == 0 {
+            push("0".into(), &mut found);
+            continue;
+        }
+        let v = micros as f64 / 1e6;
+        push(cpp_g(v * (1.0 - 1e-9)), &mut found);
+        push(cpp_g(v * (1.0 + 1e-9)), &mut found);
+    }
+    for text in six_digit_texts(value, lo, hi, limit) {
+        push(text, &mut found);
+    }
+    found
+}
+
+/// The whole microseconds in `[lo, hi]` (seconds), nearest to `value` first, at most about
+/// `2 * limit` of them (the nearest).
+fn microseconds_nearest_first(value: f64, lo: f64, hi: f64, limit: usize) -> Vec<u64> {
+    // A thousandth of a microsecond absorbs the decimal-to-binary error of the bounds.
+    let first = (lo * 1e6 - 1e-3).ceil().max(0.0) as u64;
+    let last = (hi * 1e6 + 1e-3).floor().max(0.0) as u64;
+    if first > last {
+        return Vec::new();
+    }
+    let target = value * 1e6;
+    let centre = (target.round().max(0.0) as u64).clamp(first, last);
+    let reach = limit as u64;
+    let mut all: Vec<u64> = (centre.saturating_sub(reach).max(first)
+        ..=centre.saturating_add(reach).min(last))
+        .collect();
+    all.sort_by(|a, b| {
+        (*a as f64 - target)
+            .abs()
+            .total_cmp(&(*b as f64 - target).abs())
+    });
+    all
+}
+
+/// Every 6-significant-digit value in `[lo, hi]`, printed as `%g`, nearest to `value` first
+/// within each decade, at most `limit` per decade, from the top decade down.
+fn six_digit_texts(value: f64, lo: f64, hi: f64, limit: usize) -> Vec<String> {
     let mut found: Vec<(f64, String)> = Vec::new();
-    if lo == 0.0 {
-        found.push((value, "0".into()));
+    if hi <= 0.0 {
+        return Vec::new();
     }
     let top = hi.log10().floor() as i32;
     let bottom = top - 12;
@@ -114,7 +176,6 @@ pub fn cpu_candidates(printed: &str, limit: usize) -> Vec<String> {
                 m as f64 * 10f64.powi(shift)
             }
         };
-        // The values of [lo, hi] in this decade, rounded to 6 significant digits as printed.
         let step = 10f64.powi(e - 5);
         let (x_lo, x_hi) = (lo.max(10f64.powi(e)), hi.min(10f64.powi(e + 1)));
         if x_lo > x_hi {
@@ -144,13 +205,7 @@ pub fn cpu_candidates(printed: &str, limit: usize) -> Vec<String> {
         }
     }
     found.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut seen = std::collections::HashSet::new();
-    found
-        .into_iter()
-        .filter(|(_, text)| seen.insert(text.clone()))
-        .map(|(_, text)| text)
-        .take(limit)
-        .collect()
+    found.into_iter().map(|(_, text)| text).collect()
 }
 
 /// The parts of a `/status` answer that the worker signed.
@@ -335,6 +390,90 @@ mod tests {
         assert_eq!(from_status.len(), MAX_CANDIDATES);
         assert!(from_status.contains(&"0.105819".to_string()));
         assert!(cpu_candidates("0.00", 5).contains(&"0".to_string()));
+        let tiny = cpu_candidates("0.00", MAX_CANDIDATES);
+        for t in ["0", "1e-06", "7e-06", "0.003456", "0.005"] {
+            assert!(tiny.contains(&t.to_string()), "{t}");
+        }
+        // Above 1 s a microsecond ending in 5 may print either way.
+        let tie = cpu_candidates("1.234565", 10);
+        assert!(tie.contains(&"1.23456".to_string()) && tie.contains(&"1.23457".to_string()));
+        assert!(cpu_candidates("5", MAX_CANDIDATES).len() <= MAX_CANDIDATES);
+    }
+
+    /// A finished job's `/status` and `[DONE]` CPU text as sandrun makes them, for a CPU time
+    /// of `micros` microseconds (split between user and system time as `getrusage` reports it).
+    fn sandrun_result(key: &ed25519_dalek::SigningKey, micros: u64) -> (Value, String) {
+        use ed25519_dalek::Signer;
+        let (user, system) = (micros * 2 / 3, micros - micros * 2 / 3);
+        let cpu = (user / 1_000_000) as f64
+            + (user % 1_000_000) as f64 / 1e6
+            + (system / 1_000_000) as f64
+            + (system % 1_000_000) as f64 / 1e6;
+        let files = BTreeMap::from([("result.txt".to_string(), "ab".repeat(32))]);
+        let text = signed_text(&"cd".repeat(32), 0, &cpp_g(cpu), 13, &files);
+        let signature = STANDARD.encode(key.sign(text.as_bytes()).to_bytes());
+        let status = serde_json::json!({
+            "job_hash": "cd".repeat(32),
+            "execution_metadata": {"cpu_seconds": format!("{cpu:.2}").parse::<f64>().unwrap_or(0.0),
+                "memory_peak_mb": 13, "exit_code": 0},
+            "output_files": {"result.txt": {"sha256": "ab".repeat(32)}},
+            "worker_metadata": {"signature": signature},
+        });
+        (status, format!("{cpu:.6}"))
+    }
+
+    #[test]
+    fn short_jobs_verify_with_and_without_done_figures() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let worker_id = STANDARD.encode(key.verifying_key().to_bytes());
+        let micros = [
+            0, 1, 7, 12, 50, 99, 100, 999, 1_000, 3_456, 4_999, 5_000, 5_001, 9_999, 10_000,
+            12_345, 14_999, 99_999, 100_000, 105_819, 1_234_565, 12_500_000,
+        ];
+        for m in micros {
+            let (status, cpu) = sandrun_result(&key, m);
+            let figures = DoneFigures {
+                status: "completed".into(),
+                exit_code: 0,
+                cpu_seconds: cpu.clone(),
+                memory_mb: 13,
+            };
+            let with = verify(&worker_id, &status, Some(&figures));
+            assert_eq!(
+                with.verdict,
+                SignatureVerdict::Verified,
+                "{m} us, [DONE] {cpu}"
+            );
+            let without = verify(&worker_id, &status, None);
+            assert_eq!(
+                without.verdict,
+                SignatureVerdict::Verified,
+                "{m} us, no [DONE]"
+            );
+        }
+    }
+
+    #[test]
+    fn a_figure_finer_than_a_microsecond_without_done_figures_stays_unverifiable() {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let worker_id = STANDARD.encode(key.verifying_key().to_bytes());
+        let text = signed_text("h", 0, "0.0123456", 0, &BTreeMap::new());
+        let status = serde_json::json!({
+            "job_hash": "h",
+            "execution_metadata": {"cpu_seconds": 0.01, "memory_peak_mb": 0, "exit_code": 0},
+            "worker_metadata": {"signature": STANDARD.encode(key.sign(text.as_bytes()).to_bytes())},
+        });
+        let check = verify(&worker_id, &status, None);
+        assert_eq!(check.verdict, SignatureVerdict::Unverifiable, "{check:?}");
+        let figures = DoneFigures {
+            status: "completed".into(),
+            exit_code: 0,
+            cpu_seconds: "0.012346".into(),
+            memory_mb: 0,
+        };
+        let check = verify(&worker_id, &status, Some(&figures));
+        assert_eq!(check.verdict, SignatureVerdict::Verified, "{check:?}");
     }
 
     #[test]

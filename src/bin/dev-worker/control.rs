@@ -146,6 +146,8 @@ pub struct Recording {
     pub jobs: Vec<ReceivedJob>,
     /// Jobs as they started running: (job id, when).
     pub started: Vec<(String, SystemTime)>,
+    /// Jobs whose `[DONE]` frame went to their stream's subscribers: (job id, when it was sent).
+    pub done: Vec<(String, SystemTime)>,
     /// What crashed the worker (sandrun dies when its executor takes a queued job that
     /// `GET /download/{id}` deleted).
     pub faults: Vec<String>,
@@ -230,6 +232,13 @@ impl Recorder {
     pub fn started(&self, job_id: &str) {
         lock(&self.recording)
             .started
+            .push((job_id.to_string(), SystemTime::now()));
+    }
+
+    /// Notes that a job's `[DONE]` frame is sent now.
+    pub fn done(&self, job_id: &str) {
+        lock(&self.recording)
+            .done
             .push((job_id.to_string(), SystemTime::now()));
     }
 

@@ -160,6 +160,7 @@ pub fn finished(
     }
     if !knobs.never_done {
         let (exit, cpu, mem) = figures;
+        shared.recorder.done(id);
         b.broadcast(
             id,
             &format!("[DONE] Job {status} (exit={exit}, CPU={cpu:.6}s, Mem={mem}MB)\n"),
