@@ -1,6 +1,7 @@
 //! Following a job on its worker's WebSocket stream (`/stream/{remote id}`), one reused thread
 //! per job in flight. The stream tells the job's start and end at once: `[STATUS] Job started`
-//! moves the job to `running`, output frames go to the job's followers, and `[DONE]` (its CPU,
+//! (or `[STATUS] Job status: running` for a stream opened while the job ran, as after a
+//! restart) moves the job to `running`, output frames go to the job's followers, and `[DONE]` (its CPU,
 //! exit and memory figures kept for the signature check) makes the tracker poll the job at once.
 //! The coordinator then closes the stream (sandrun leaves it open). A stream that cannot be
 //! opened, drops or stays silent just ends: the tracker's polling, slowed while the stream is
@@ -52,7 +53,9 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
                     stream_ended(ctx, index, id, true);
                     return;
                 }
-                if text.starts_with("[STATUS] Job started") {
+                if text.starts_with("[STATUS] Job started")
+                    || text.starts_with("[STATUS] Job status: running")
+                {
                     mark_started(ctx, id);
                 } else if text.starts_with("[ERROR]") {
                     log::debug!("Job {id}: the worker stream says {}", text.trim_end());
