@@ -212,6 +212,61 @@ fn drain_under_load_then_undrain() {
 }
 
 #[test]
+fn an_api_drain_survives_a_restart_and_is_dropped_with_its_worker() {
+    let a = slow_worker(0.1);
+    let b = slow_worker(0.1);
+    let dir = support::temp_dir();
+    support::write_workers_json(dir.path(), &[a.entry(2), b.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&a, &b], DEADLINE);
+    let (code, body) = post(&drain_url(&coordinator, &a, "drain"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    drop(coordinator);
+    // Killed and restarted: still draining, and it gets no job.
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&a, &b], DEADLINE);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &a)["draining"], true, "{pool}");
+    assert_eq!(pool_worker(&pool, &b)["draining"], false, "{pool}");
+    assert!(
+        coordinator
+            .logs()
+            .contains("drained through the API before the restart"),
+        "{}",
+        coordinator.logs()
+    );
+    let ids: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    assert!(a.recording().jobs.is_empty(), "a drained worker got a job");
+    // An undrain is recorded too.
+    let (code, body) = post(&drain_url(&coordinator, &a, "undrain"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    drop(coordinator);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &a)["draining"], false, "{pool}");
+    // Drained again, then gone from workers.json: the record is dropped at start, so the
+    // worker comes back undrained once it is in the file again.
+    let (code, body) = post(&drain_url(&coordinator, &a, "drain"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+    drop(coordinator);
+    support::write_workers_json(dir.path(), &[b.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    assert!(
+        coordinator.logs().contains("Dropped the recorded drain"),
+        "{}",
+        coordinator.logs()
+    );
+    drop(coordinator);
+    support::write_workers_json(dir.path(), &[a.entry(2), b.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &a)["draining"], false, "{pool}");
+}
+
+#[test]
 fn a_high_job_passes_a_hundred_normal_ones_and_low_jobs_age() {
     let worker = slow_worker(1.0);
     let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);

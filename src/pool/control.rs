@@ -17,6 +17,8 @@ pub enum ControlError {
     Finished(String, PoolStatus),
     /// No worker with this id in the allowlist.
     UnknownWorker(String),
+    /// The drain applies now but could not be recorded in the job store.
+    NotRecorded(String),
 }
 
 impl ControlError {
@@ -25,6 +27,7 @@ impl ControlError {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
             Self::Finished(..) => 409,
+            Self::NotRecorded(_) => 500,
         }
     }
 }
@@ -44,6 +47,10 @@ impl fmt::Display for ControlError {
             Self::UnknownWorker(id) => write!(
                 f,
                 "no worker {id:?} in the allowlist (give its worker_id percent-encoded, or in URL-safe base64 with - and _)"
+            ),
+            Self::NotRecorded(why) => write!(
+                f,
+                "the change applies now but could not be recorded in the job store, so a restart will not keep it: {why}"
             ),
         }
     }
@@ -87,8 +94,10 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
 }
 
 /// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed
-/// to their end. Returns the index of the worker.
+/// to their end. The change is recorded in the job store (a restart keeps it) before this
+/// returns. Returns the index of the worker.
 pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, ControlError> {
+    let mut drains = ctx.store.drains.writer();
     let mut st = ctx.lock();
     let index = st
         .worker_index(worker_id)
@@ -102,7 +111,10 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
         w.health.next_probe = std::time::Instant::now();
     }
     let active = w.active_jobs;
+    let endpoint = w.spec.endpoint.clone();
     drop(st);
+    let recorded = drains.record(worker_id, &endpoint, on);
+    drop(drains);
     if changed && on {
         log::info!(
             "Worker {}... is draining: no new job; {active} still active",
@@ -119,7 +131,51 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
         );
         ctx.wake_health();
     }
+    recorded.map_err(|e| {
+        log::error!(
+            "Could not record the drain of worker {}... in the job store: {e}",
+            short_id(worker_id)
+        );
+        ControlError::NotRecorded(e.to_string())
+    })?;
     Ok(index)
+}
+
+/// Drains again, at start, the workers drained through the API before the restart; a record
+/// of a worker no longer in the workers file (or at another endpoint) is dropped.
+pub fn restore_drains(ctx: &Context) {
+    let recorded = match ctx.store.drains.list() {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            log::error!("Could not read the recorded drains from the job store: {e}");
+            return;
+        }
+    };
+    let mut writer = ctx.store.drains.writer();
+    for drain in recorded {
+        let mut st = ctx.lock();
+        let found = st.workers.iter_mut().find(|w| {
+            !w.removed && w.spec.worker_id == drain.worker_id && w.spec.endpoint == drain.endpoint
+        });
+        if let Some(w) = found {
+            w.draining = true;
+            drop(st);
+            log::info!(
+                "Worker {}... is draining (drained through the API before the restart; undrain it with POST /workers/{{id}}/undrain)",
+                short_id(&drain.worker_id)
+            );
+            continue;
+        }
+        drop(st);
+        log::info!(
+            "Dropped the recorded drain of worker {}... at {}: it is no longer in the workers file",
+            short_id(&drain.worker_id),
+            drain.endpoint
+        );
+        if let Err(e) = writer.record(&drain.worker_id, &drain.endpoint, false) {
+            log::warn!("Could not drop a recorded drain: {e}");
+        }
+    }
 }
 
 /// A worker id as given in a URL: percent-encoded standard base64, or URL-safe base64 (`-`, `_`,

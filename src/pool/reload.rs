@@ -43,6 +43,7 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
         ..LastReload::default()
     };
     let mut st = ctx.lock();
+    let mut drain_changed = Vec::new();
     let mut wanted: Vec<Option<_>> = specs.into_iter().map(Some).collect();
     for w in st.workers.iter_mut().filter(|w| !w.removed) {
         let same = wanted.iter_mut().find(|s| {
@@ -61,7 +62,9 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
                     outcome.changed += 1;
                 }
                 if spec.drain != w.spec.drain {
+                    // The file's change wins over a drain made through the API.
                     w.draining = spec.drain;
+                    drain_changed.push((spec.worker_id.clone(), spec.endpoint.clone()));
                     outcome.changed += 1;
                 }
                 if spec.source_addresses != w.spec.source_addresses {
@@ -94,6 +97,13 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
     }
     st.last_reload = Some(outcome.clone());
     drop(st);
+    let mut drains = ctx.store.drains.writer();
+    for (worker_id, endpoint) in drain_changed {
+        if let Err(e) = drains.record(&worker_id, &endpoint, false) {
+            log::warn!("Could not drop the recorded drain of a worker: {e}");
+        }
+    }
+    drop(drains);
     log::info!(
         "Reloaded {} ({source}): {} added, {} removed, {} changed",
         path.display(),

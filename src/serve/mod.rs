@@ -9,7 +9,7 @@ use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
-use crate::pool::{health, recovery, reload, scheduler};
+use crate::pool::{control, health, recovery, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::{JobStore, Retention, StoreError};
@@ -164,6 +164,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     let ctx = Arc::new(ctx);
     ctx.attach();
+    control::restore_drains(&ctx);
     let recovered = recovery::recover(&ctx, unsettled);
     log::info!(
         "Job store {}: {} jobs; recovered {} queued, {} followed on workers, {} to collect, {} ended ({:.0} ms)",

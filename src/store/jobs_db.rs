@@ -13,6 +13,7 @@ use crate::base::clock::unix_now;
 use crate::base::config::FsyncMode;
 use crate::base::job::{Collection, Job, PoolStatus};
 use crate::base::sync::lock;
+use crate::store::drains::{Drains, DRAINS_SCHEMA};
 use crate::store::segments::{SegmentFile, Segments};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -26,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -53,6 +54,13 @@ CREATE INDEX jobs_results_segment ON jobs(results_segment) WHERE results_segment
 CREATE INDEX jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
 PRAGMA user_version = 1;
 ";
+
+/// The changes from one schema version to the next: (version reached, SQL), in order. A
+/// store of an older version takes every later step at open, each in its own transaction.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // Version 2: drains made through the API survive a restart.
+    (2, DRAINS_SCHEMA),
+];
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -237,6 +245,8 @@ pub struct JobStore {
     ops: Sender<Op>,
     readers: Mutex<Vec<Connection>>,
     figures: Arc<Figures>,
+    /// Drains made through the API.
+    pub drains: Drains,
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -311,6 +321,15 @@ impl JobStore {
                     .map_err(StoreError::Io)?;
             }
         }
+        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
+            conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+            if version > 0 {
+                log::info!(
+                    "{}: job store schema upgraded to version {to}",
+                    path.display()
+                );
+            }
+        }
         let figures = Arc::new(Figures::default());
         {
             let mut statement = conn.prepare(
@@ -354,6 +373,7 @@ impl JobStore {
             .last_checkpoint_ms
             .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
         let store = JobStore {
+            drains: Drains::new(&path, synchronous),
             path,
             ops,
             readers: Mutex::new(Vec::new()),
