@@ -679,6 +679,103 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
     );
 }
 
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 2,000 queued jobs whose small uploads the job store holds (a first run with a large
+/// `--upload-memory-bytes`) come back after `kill -9` within the restart's 1 MiB: the rest is
+/// written to upload segments, one upload at a time, never all of them in memory.
+#[test]
+fn recovered_uploads_stay_within_the_upload_memory_limit() {
+    const JOBS: usize = 2000;
+    const PAD: usize = 12 * 1024;
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    worker.stop();
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(16)]);
+    let mut first = Coordinator::start_in(dir.path(), &["--upload-memory-bytes", "256000000"]);
+    let url = first.url("/submit");
+    let submitters: Vec<_> = (0..4)
+        .map(|c| {
+            let url = url.clone();
+            thread::spawn(move || {
+                for i in (c..JOBS).step_by(4) {
+                    let token = format!("recovered upload {i}");
+                    let padding = vec![b'#'; PAD];
+                    let form = job(&token).file("pad.txt", "text/plain", &padding);
+                    let reply = send("POST", &url, Some((&form.content_type(), &form.body())))
+                        .unwrap_or_else(|e| panic!("submit failed: {e}"));
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                }
+            })
+        })
+        .collect();
+    for submitter in submitters {
+        submitter
+            .join()
+            .unwrap_or_else(|_| panic!("a submitter failed"));
+    }
+    let (_, pool) = get_json(&first.url("/pool"));
+    assert_eq!(pool["spool"]["uploads_in_memory"], JOBS, "{pool}");
+    let held_mib = pool["spool"]["upload_memory_bytes"].as_u64().unwrap_or(0) >> 20;
+    let rss_first = status_kib(first.pid(), "VmRSS:");
+    first.kill();
+    let args = [FAST.as_slice(), &["--upload-memory-bytes", "1048576"]].concat();
+    let restarted = Coordinator::start_in(dir.path(), &args);
+    let pid = restarted.pid();
+    let (peak, rss) = (status_kib(pid, "VmHWM:"), status_kib(pid, "VmRSS:"));
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    eprintln!(
+        "{JOBS} queued uploads ({held_mib} MiB held before the kill, RSS {rss_first} KiB) recovered: peak RSS {peak} KiB, RSS {rss} KiB; spool {}",
+        pool["spool"]
+    );
+    assert_eq!(pool["queued_jobs"], JOBS, "{pool}");
+    let memory = pool["spool"]["upload_memory_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(memory <= 1024 * 1024, "{pool}");
+    assert_eq!(
+        pool["spool"]["uploads_in_memory"].as_u64().unwrap_or(0)
+            + pool["spool"]["uploads_on_disk"].as_u64().unwrap_or(0),
+        JOBS as u64,
+        "{pool}"
+    );
+    // The first run held about 24 MiB of uploads: the restart's peak stays well below its RSS
+    // (reading them all back would bring it to about the same).
+    assert!(
+        peak + 12 * 1024 < rss_first,
+        "peak RSS {peak} KiB at recovery, {rss_first} KiB before: the uploads were read into memory"
+    );
+    // The uploads are intact, those held and those written out: the first 300 jobs (in queue
+    // order, so both kinds) reach the worker whole, once each, and complete.
+    worker.restart();
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&restarted.url("/pool"));
+        (pool["jobs_by_status"]["completed"].as_u64() >= Some(300)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the recovered jobs did not complete"));
+    for received in worker.recording().jobs {
+        assert_eq!(received.files.len(), 2, "{received:?}");
+        let padding = &received.files[1].bytes;
+        assert!(
+            padding.len() == PAD && padding.iter().all(|b| *b == b'#'),
+            "an upload came back damaged"
+        );
+    }
+    let seen = received_tokens(&[&worker]);
+    assert!(seen
+        .iter()
+        .filter(|(t, _)| t.starts_with("print("))
+        .all(|(_, n)| *n == 1));
+}
+
 #[test]
 fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() {
     let worker = FakeWorker::start();

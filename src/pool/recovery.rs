@@ -34,19 +34,25 @@ fn end(job: &mut Job, status: PoolStatus, why: String) {
 /// Puts the unsettled jobs `stored` back into the table and starts following them.
 pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut counts = Recovered::default();
-    let mut uploads: Vec<(String, Result<Vec<u8>, UploadAt>)> = Vec::new();
+    let mut uploads: Vec<(String, UploadAt)> = Vec::new();
     let mut jobs = Vec::new();
-    for StoredJob { job, upload } in stored {
-        if job.status == PoolStatus::Queued {
-            match (upload, &job.upload_at) {
-                (Some(bytes), _) => uploads.push((job.id.clone(), Ok(bytes))),
-                (None, Some(at)) => uploads.push((job.id.clone(), Err(at.clone()))),
-                (None, None) => {}
-            }
+    for StoredJob { job } in stored {
+        if let (PoolStatus::Queued, Some(at)) = (job.status, &job.upload_at) {
+            uploads.push((job.id.clone(), at.clone()));
         }
         jobs.push(job);
     }
-    let lost_uploads = ctx.spool.adopt_uploads(uploads);
+    let mut lost_uploads = ctx.spool.adopt_uploads(uploads);
+    // Small uploads kept in the rows, read one at a time: held within --upload-memory-bytes,
+    // the rest written to an upload segment, so memory stays bounded however many jobs wait.
+    let read = ctx.store.held_uploads(|id, bytes| {
+        if let Err(why) = ctx.spool.adopt_held(&id, &bytes) {
+            lost_uploads.push((id, why));
+        }
+    });
+    if let Err(e) = read {
+        log::error!("Could not read the uploads the job store holds: {e}");
+    }
     let now = unix_now();
     let mut st = ctx.lock();
     let mut settle = Vec::new();

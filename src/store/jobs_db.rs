@@ -184,12 +184,11 @@ enum Op {
     Close(Sender<()>),
 }
 
-/// A job as recovery reads it: unsettled, with its upload if the store holds it.
+/// A job as recovery reads it: unsettled (a small upload kept in its row is read separately,
+/// one at a time, with [`JobStore::held_uploads`]).
 pub struct StoredJob {
     /// The record.
     pub job: Job,
-    /// A small upload kept in the row.
-    pub upload: Option<Vec<u8>>,
 }
 
 /// Live figures of the store, for `/pool`.
@@ -526,25 +525,35 @@ impl JobStore {
         }
         lock(&self.readers).clear();
     }
+
+    /// Calls `each` with the id and bytes of every small upload the store holds for a queued
+    /// job, in submission order, one row at a time (recovery: never all of them in memory).
+    pub fn held_uploads(&self, mut each: impl FnMut(String, Vec<u8>)) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.execute_batch("PRAGMA cache_size = -128")?;
+        let mut statement = conn.prepare(
+            "SELECT id, upload FROM jobs WHERE finished_at IS NULL AND status = 'queued' \
+             AND upload IS NOT NULL ORDER BY seq",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            each(row.get(0)?, row.get(1)?);
+        }
+        Ok(())
+    }
 }
 
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
     let mut statement =
-        conn.prepare("SELECT id, record, upload FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
-    let rows = statement.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<Vec<u8>>>(2)?,
-        ))
-    })?;
+        conn.prepare("SELECT id, record FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
+    let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut jobs = Vec::new();
     for row in rows {
-        let (id, record, upload) = row?;
+        let (id, record) = row?;
         let job: Job = serde_json::from_str(&record).map_err(|e| {
             StoreError::Corrupt(path.to_path_buf(), format!("the record of job {id}: {e}"))
         })?;
-        jobs.push(StoredJob { job, upload });
+        jobs.push(StoredJob { job });
     }
     Ok(jobs)
 }

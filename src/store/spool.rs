@@ -424,28 +424,15 @@ impl Spool {
         (self.results.clone(), Arc::clone(&self.result_segments))
     }
 
-    /// Takes back the waiting uploads of recovered jobs: those held in the job store (`Ok`
-    /// bytes) and those in upload segments an earlier run wrote. Returns the jobs whose upload
-    /// is gone or cut short, with the reason. Upload files that no recovered job needs are
-    /// removed.
-    pub fn adopt_uploads(
-        &self,
-        uploads: Vec<(String, Result<Vec<u8>, UploadAt>)>,
-    ) -> Vec<(String, String)> {
+    /// Takes back the waiting uploads of recovered jobs that lie in upload segments an earlier
+    /// run wrote. Returns the jobs whose upload is gone or cut short, with the reason. Upload
+    /// files that no recovered job needs are removed (so call this before [`Spool::adopt_held`]).
+    pub fn adopt_uploads(&self, uploads: Vec<(String, UploadAt)>) -> Vec<(String, String)> {
         let dir = self.upload_segments.dir().to_path_buf();
         let mut files: HashMap<String, io::Result<Arc<SegmentFile>>> = HashMap::new();
         let mut failed = Vec::new();
         let mut waiting = lock(&self.waiting);
-        for (id, upload) in uploads {
-            let at = match upload {
-                Ok(bytes) => {
-                    waiting.held_bytes += bytes.len() as u64;
-                    waiting.held += 1;
-                    waiting.by_job.insert(id, UploadSource::Held(bytes.into()));
-                    continue;
-                }
-                Err(at) => at,
-            };
+        for (id, at) in uploads {
             let file = files.entry(at.segment.clone()).or_insert_with(|| {
                 SegmentFile::open_existing(&dir, &at.segment, true).map(Arc::new)
             });
@@ -488,6 +475,18 @@ impl Spool {
             log::warn!("Could not clear {}: {e}", dir.display());
         }
         failed
+    }
+
+    /// Takes back the upload of a recovered job that the job store held in its row: held in
+    /// memory within `--upload-memory-bytes` like a fresh upload, else written to an upload
+    /// segment (not synced: the row keeps its copy until a worker accepted the job).
+    pub fn adopt_held(&self, id: &str, bytes: &[u8]) -> Result<(), String> {
+        let mut writer = self.upload_writer(id).map_err(|e| e.to_string())?;
+        writer.append(&mut &bytes[..]).map_err(|e| match e {
+            CopyError::Read(e) | CopyError::Write(e) => e.to_string(),
+        })?;
+        writer.finish().map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// A reader of `span` in the results segment called `segment` (a plain file name: a
