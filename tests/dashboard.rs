@@ -3,6 +3,12 @@
 //! worker with its health, the job list shows the submitted jobs, and a finished job's output
 //! link downloads its file. Screenshots (desktop and phone width) are saved under `target/tmp/`
 //! for a person to look at. Also `/activity`, the JSON the page reads besides `/pool`.
+//!
+//! The operator buttons are clicked in Chromium driven over the DevTools protocol
+//! (`support::devtools`): drain and undrain a worker, cancel a queued job, each confirmed in its
+//! dialog, seen in `/pool` or `/status` and then on the page. With client keys the page asks for
+//! a key; a submit key's page has no worker and no drain button (the route answers it 403), only
+//! the cancel button of its own job. No script error reaches the console meanwhile.
 
 mod support;
 
@@ -13,8 +19,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use support::devtools::DevTools;
 use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
-use support::{get, get_json, poll_until, post, send, temp_dir, Coordinator, FakeWorker, Form};
+use support::page_server::headless_chromium;
+use support::{
+    get, get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form, Reply,
+};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -54,22 +64,8 @@ fn run_chromium(binary: &str, args: &[String]) -> (String, String) {
     let out_dir = temp_dir();
     let stdout_path = out_dir.path().join("stdout");
     let stderr_path = out_dir.path().join("stderr");
-    let mut child = Command::new(binary)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let mut child = headless_chromium(binary, profile.path())
+        .args(["--hide-scrollbars", "--enable-logging=stderr", "--v=0"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
@@ -268,25 +264,6 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     assert_eq!(code, 200, "{content}");
     assert!(content.starts_with("result of "), "{content}");
 
-    // The drain button's request, as the page sends it: the row then offers undrain.
-    let (code, answer) = post(&coordinator.url(&drain), "application/json", b"");
-    assert_eq!(code, 200, "{answer}");
-    let (dom, _) = run_chromium(
-        browser,
-        &[
-            "--dump-dom".to_string(),
-            "--virtual-time-budget=8000".to_string(),
-            url.clone(),
-        ],
-    );
-    let undrain = format!("/workers/{}/undrain", url_safe(&a.worker_id()));
-    assert!(
-        tags(&dom, "button")
-            .iter()
-            .any(|t| attribute(t, "data-path") == Some(undrain.as_str())),
-        "no undrain button after the drain:\n{dom}"
-    );
-
     for (name, size) in [
         ("dashboard.png", "1280,900"),
         ("dashboard-phone.png", "390,844"),
@@ -314,20 +291,217 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     }
 }
 
+/// A CSS string (for an attribute selector) holding `text`.
+fn css(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+/// Script: the actions (`data-action` of its buttons) and badges of the table row whose
+/// `attr` is `value`, or null while there is no such row.
+fn row_state(attr: &str, value: &str) -> String {
+    format!(
+        "(() => {{ const row = document.querySelector('tr[{attr}=' + {value} + ']');
+           if (!row) return null;
+           return {{ actions: [...row.querySelectorAll('button[data-action]')].map(b => b.dataset.action),
+                     badges: [...row.querySelectorAll('.badge')].map(b => b.textContent),
+                     status: row.getAttribute('data-status') }}; }})()",
+        value = css(&css(value)),
+    )
+}
+
+/// Waits until the page's row (`attr` = `value`) satisfies `wanted`; its last state on failure.
+fn wait_row(
+    page: &mut DevTools,
+    attr: &str,
+    value: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let script = row_state(attr, value);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let state = page.eval(&script);
+        if wanted(&state) {
+            return state;
+        }
+        assert!(
+            Instant::now() < end,
+            "the page's row {attr}={value} stayed {state}; errors: {:?}",
+            page.errors()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Clicks the button `action` in the row (`attr` = `value`), as a person would: the page asks
+/// to confirm (accepted) and sends the request.
+fn click(page: &mut DevTools, attr: &str, value: &str, action: &str) {
+    let dialogs = page.dialogs().len();
+    let script = format!(
+        "(() => {{ const b = document.querySelector('tr[{attr}=' + {value} + '] button[data-action={action}]');
+           if (!b) return false; b.click(); return true; }})()",
+        value = css(&css(value)),
+        action = css(action),
+    );
+    assert_eq!(
+        page.eval(&script),
+        Value::Bool(true),
+        "no {action} button in the row {attr}={value}"
+    );
+    assert_eq!(
+        page.dialogs().len(),
+        dialogs + 1,
+        "{action} did not ask to confirm"
+    );
+}
+
+fn has_action(state: &Value, action: &str) -> bool {
+    state["actions"]
+        .as_array()
+        .is_some_and(|a| a.contains(&Value::from(action)))
+}
+
+/// Waits for the page to have rendered (its first refresh done); asserts it reported no error.
+fn wait_ready(page: &mut DevTools) {
+    let ready = page.wait_for("document.body.getAttribute('data-ready') === '1'", DEADLINE);
+    assert!(
+        ready.is_some(),
+        "the page did not render: {}",
+        page.eval("document.body.innerText")
+    );
+}
+
+/// The page's own error count and the console's errors are both nothing.
+fn assert_no_page_errors(page: &mut DevTools) {
+    let shown = page.eval("document.body.getAttribute('data-errors')");
+    assert_eq!(
+        shown,
+        Value::from("0"),
+        "page errors: {}",
+        page.eval("document.getElementById('errors').innerText")
+    );
+    assert_eq!(page.errors(), &[] as &[String], "console errors");
+}
+
+/// Requests of the page that failed, but the browser's own try at `/favicon.ico` (the page
+/// has no icon; the coordinator answers it 404).
+fn page_request_failures(page: &DevTools) -> Vec<&str> {
+    page.network_errors()
+        .iter()
+        .map(String::as_str)
+        .filter(|e| !e.contains("/favicon.ico"))
+        .collect()
+}
+
+fn pool_worker_draining(coordinator: &Coordinator, worker: &FakeWorker) -> Option<bool> {
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    pool["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["worker_id"] == worker.worker_id().as_str())?["draining"]
+        .as_bool()
+}
+
 #[test]
-fn with_client_keys_the_page_is_served_and_its_data_needs_a_key() {
+fn the_dashboard_buttons_drain_undrain_and_cancel_in_chromium() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(120));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // The first job takes the worker's only slot at once, so the second waits in the queue.
+    submit(&coordinator, &job());
+    let queued = submit(&coordinator, &job());
+    wait_status(&coordinator, &queued, "queued", DEADLINE);
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let mut page = DevTools::open(browser, &coordinator.url("/dashboard"));
+    wait_ready(&mut page);
+    let id = worker.worker_id();
+    wait_row(&mut page, "data-worker-id", &id, |s| has_action(s, "drain"));
+
+    click(&mut page, "data-worker-id", &id, "drain");
+    let draining = poll_until(DEADLINE, || {
+        pool_worker_draining(&coordinator, &worker).filter(|d| *d)
+    });
+    assert!(
+        draining.is_some(),
+        "/pool does not report the worker draining"
+    );
+    let state = wait_row(&mut page, "data-worker-id", &id, |s| {
+        has_action(s, "undrain") && s["badges"].to_string().contains("draining")
+    });
+    assert!(!has_action(&state, "drain"), "{state}");
+
+    click(&mut page, "data-worker-id", &id, "undrain");
+    let undrained = poll_until(DEADLINE, || {
+        pool_worker_draining(&coordinator, &worker).filter(|d| !*d)
+    });
+    assert!(
+        undrained.is_some(),
+        "/pool still reports the worker draining"
+    );
+    let state = wait_row(&mut page, "data-worker-id", &id, |s| has_action(s, "drain"));
+    assert!(
+        !state["badges"].to_string().contains("drain"),
+        "still shown draining: {state}"
+    );
+
+    // The job waiting behind the running one: cancelled from its row.
+    wait_row(&mut page, "data-job-id", &queued, |s| {
+        has_action(s, "cancel")
+    });
+    click(&mut page, "data-job-id", &queued, "cancel");
+    wait_status(&coordinator, &queued, "cancelled", DEADLINE);
+    let state = wait_row(&mut page, "data-job-id", &queued, |s| {
+        s["status"] == "cancelled"
+    });
+    assert!(!has_action(&state, "cancel"), "{state}");
+    let conn = page.eval("document.getElementById('conn').textContent");
+    assert!(
+        conn.as_str().is_some_and(|c| !c.contains("refused")),
+        "{conn}"
+    );
+
+    assert_no_page_errors(&mut page);
+    assert_eq!(page_request_failures(&page), Vec::<&str>::new());
+}
+
+fn key_hash(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const ADMIN_KEY: &str = "tpk_dashboard_admin";
+const SUBMIT_KEY: &str = "tpk_dashboard_alice";
+
+fn as_key(method: &str, url: &str, key: &str, body: Option<(&str, &[u8])>) -> Reply {
+    let bearer = format!("Bearer {key}");
+    send_with(method, url, &[("Authorization", bearer.as_str())], body)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Types `key` into the page's key box and uses it.
+fn use_key(page: &mut DevTools, key: &str) {
+    let script = format!(
+        "(() => {{ document.getElementById('key').value = {key};
+           document.getElementById('usekey').click(); return true; }})()",
+        key = css(key),
+    );
+    page.eval(&script);
+}
+
+#[test]
+fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     let worker = FakeWorker::start();
     let dir = temp_dir();
     let keys = dir.path().join("keys.json");
-    let hash: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(b"tpk_dashboard_admin")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let entry = serde_json::json!([{"name": "ops", "key_sha256": hash, "role": "admin"}]);
-    std::fs::write(&keys, entry.to_string()).expect("keys file");
+    let entries = serde_json::json!([
+        {"name": "ops", "key_sha256": key_hash(ADMIN_KEY), "role": "admin"},
+        {"name": "alice", "key_sha256": key_hash(SUBMIT_KEY), "role": "submit"},
+    ]);
+    std::fs::write(&keys, entries.to_string()).expect("keys file");
     let keys_arg = keys.to_string_lossy().into_owned();
     let coordinator = Coordinator::start(&[worker.entry(2)], &["--api-keys", &keys_arg]);
     let (code, page) = get(&coordinator.url("/dashboard"));
@@ -335,38 +509,96 @@ fn with_client_keys_the_page_is_served_and_its_data_needs_a_key() {
     assert!(page.contains("id=\"keybox\""), "the page has no key box");
     let (code, body) = get(&coordinator.url("/activity"));
     assert_eq!(code, 401, "{body}");
-    let reply = support::send_with(
-        "GET",
-        &coordinator.url("/activity"),
-        &[("Authorization", "Bearer tpk_dashboard_admin")],
-        None,
-    )
-    .expect("/activity");
+    let reply = as_key("GET", &coordinator.url("/activity"), ADMIN_KEY, None);
     assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // A drained worker keeps alice's job queued, so the page offers to cancel it.
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let drain = format!("/workers/{}/drain", url_safe(&worker.worker_id()));
+    let reply = as_key("POST", &coordinator.url(&drain), SUBMIT_KEY, None);
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{}",
+        reply.text()
+    );
+    let reply = as_key("POST", &coordinator.url(&drain), ADMIN_KEY, None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let form = job();
+    let reply = as_key(
+        "POST",
+        &coordinator.url("/submit"),
+        SUBMIT_KEY,
+        Some((&form.content_type(), &form.body())),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mine = reply.json()["job_id"].as_str().expect("job_id").to_string();
+
     let Some(browser) = chromium() else {
         return;
     };
-    let (dom, _) = run_chromium(
-        browser,
-        &[
-            "--dump-dom".to_string(),
-            "--virtual-time-budget=5000".to_string(),
-            coordinator.url("/dashboard"),
-        ],
+    let mut page = DevTools::open(browser, &coordinator.url("/dashboard"));
+    let asked = page.wait_for(
+        "!document.getElementById('keybox').hidden && document.getElementById('conn').textContent",
+        DEADLINE,
     );
-    let keybox = tags(&dom, "div")
-        .into_iter()
-        .find(|t| attribute(t, "id") == Some("keybox"))
-        .unwrap_or_else(|| panic!("no key box:\n{dom}"));
     assert!(
-        !keybox.contains(" hidden"),
-        "the key box is not shown: {keybox}"
+        asked
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.contains("needs a client key")),
+        "the page does not ask for a key: {asked:?}"
     );
-    assert!(dom.contains("needs a client key"), "{dom}");
-    let body = tags(&dom, "body");
+
+    // A submit key: no worker is shown, so no drain or undrain; its own job can be cancelled.
+    use_key(&mut page, SUBMIT_KEY);
+    wait_ready(&mut page);
+    wait_row(&mut page, "data-job-id", &mine, |s| has_action(s, "cancel"));
+    let actions = page
+        .eval("[...document.querySelectorAll('button[data-action]')].map(b => b.dataset.action)");
     assert_eq!(
-        attribute(body[0], "data-errors"),
-        Some("0"),
-        "page errors:\n{dom}"
+        actions,
+        serde_json::json!(["cancel"]),
+        "a submit key's buttons"
     );
+    let workers = page.eval("document.querySelector('#workers tbody').innerText");
+    assert!(
+        workers
+            .as_str()
+            .is_some_and(|t| t.contains("shown to admin keys")),
+        "{workers}"
+    );
+    click(&mut page, "data-job-id", &mine, "cancel");
+    wait_status_as(&coordinator, &mine, "cancelled");
+    let state = wait_row(&mut page, "data-job-id", &mine, |s| {
+        s["status"] == "cancelled"
+    });
+    assert!(!has_action(&state, "cancel"), "{state}");
+
+    // The admin key sees the worker and its undrain button.
+    page.eval("document.getElementById('forgetkey').click()");
+    use_key(&mut page, ADMIN_KEY);
+    let state = wait_row(&mut page, "data-worker-id", &worker.worker_id(), |s| {
+        has_action(s, "undrain")
+    });
+    assert!(state["badges"].to_string().contains("drain"), "{state}");
+    assert_no_page_errors(&mut page);
+    // Only the two 401s of the first refresh, before a key was given.
+    let failures = page_request_failures(&page);
+    assert!(
+        failures.len() == 2 && failures.iter().all(|e| e.contains("status of 401")),
+        "{failures:?}"
+    );
+}
+
+/// Waits for alice's job to reach `wanted` (read with the admin key).
+fn wait_status_as(coordinator: &Coordinator, id: &str, wanted: &str) {
+    let url = coordinator.url(&format!("/status/{id}"));
+    let reached = poll_until(DEADLINE, || {
+        let reply = as_key("GET", &url, ADMIN_KEY, None);
+        (reply.json()["pool_status"] == wanted).then_some(())
+    });
+    assert!(reached.is_some(), "job {id} never became {wanted}");
 }

@@ -10,6 +10,7 @@ pub mod sandrun;
 mod black_hole;
 mod client;
 mod coordinator;
+pub mod devtools;
 mod fake_worker;
 pub mod follow;
 mod form;

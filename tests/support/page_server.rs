@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -116,6 +117,26 @@ impl PageServer {
     }
 }
 
+/// `binary` (Chromium) with the flags headless Chromium needs on this machine and the profile
+/// directory `profile` (fresh and empty: the network is closed).
+pub fn headless_chromium(binary: &str, profile: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
 /// Headless Chromium on one URL, with a fresh profile; killed (its whole process group) when
 /// dropped.
 pub struct Browser {
@@ -127,19 +148,7 @@ impl Browser {
     /// Opens `url` in headless Chromium (Debian's `chromium`).
     pub fn open(url: &str) -> Browser {
         let profile = temp_dir();
-        let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+        let child = headless_chromium("chromium", profile.path())
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -151,6 +160,11 @@ impl Browser {
                     "cannot start chromium (Debian package `chromium`; .ci/run installs it): {e}"
                 )
             });
+        Browser::adopt(child, profile)
+    }
+
+    /// Takes charge of a Chromium started in its own process group with `profile`.
+    pub(super) fn adopt(child: Child, profile: TempDir) -> Browser {
         Browser {
             child,
             _profile: profile,
