@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::fake_quota::{Quota, QuotaMode};
 use crate::fake_stream;
 
 /// Largest request head read.
@@ -105,6 +106,7 @@ impl Counts {
 
 struct FakeJob {
     done_at: Instant,
+    cpu: f64,
     result: String,
     sha256: String,
     signature: String,
@@ -122,6 +124,7 @@ struct State {
     counters: Counters,
     tokens: Mutex<Vec<(u64, Instant)>>,
     first_health: Mutex<Option<SystemTime>>,
+    quota: Mutex<Option<Quota>>,
 }
 
 /// A running fast fake worker on 127.0.0.1; stopped when dropped.
@@ -171,6 +174,7 @@ impl FastWorker {
             counters: Counters::default(),
             tokens: Mutex::new(Vec::new()),
             first_health: Mutex::new(None),
+            quota: Mutex::new(None),
         });
         let mut acceptors = Vec::new();
         for _ in 0..threads.max(1) {
@@ -209,6 +213,19 @@ impl FastWorker {
     /// Answers every submit 429 "Max jobs per hour reached", as sandrun does past its hourly limit.
     pub fn set_hourly_limit(&self, on: bool) {
         self.state.hourly_limit.store(on, Ordering::SeqCst);
+    }
+
+    /// Limits every client IP as sandrun does, with this mode's (scaled) figures; its jobs then
+    /// run one at a time for their CPU seconds.
+    pub fn limit_clients(&self, mode: QuotaMode) {
+        *lock(&self.state.quota) = Some(Quota::new(mode));
+    }
+
+    /// Under `limit_clients`: when each accepted job ends, and how many submits got 429.
+    pub fn quota_figures(&self) -> (Vec<Instant>, u64) {
+        lock(&self.state.quota)
+            .as_ref()
+            .map_or((Vec::new(), 0), |q| (q.ends.clone(), q.refused))
     }
 
     /// What it received so far.
@@ -258,7 +275,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
         if !state.alive.load(Ordering::SeqCst) {
             return;
         }
-        let Ok((mut stream, _)) = accepted else {
+        let Ok((mut stream, peer)) = accepted else {
             thread::sleep(Duration::from_millis(5));
             continue;
         };
@@ -278,7 +295,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                     while state.alive.load(Ordering::SeqCst) && Instant::now() < until {
                         thread::sleep(Duration::from_millis(10));
                     }
-                    answer(&mut stream, &state, &request);
+                    answer(&mut stream, &state, &request, peer.ip());
                 });
             }
             _ if kind == Kind::Stream => {
@@ -286,7 +303,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                 let done_at = lock(&state.jobs).get(&id).map(|j| j.done_at);
                 fake_stream::serve(stream, request.ws_key, done_at, id);
             }
-            _ => answer(&mut stream, state, &request),
+            _ => answer(&mut stream, state, &request, peer.ip()),
         }
     }
 }
@@ -437,7 +454,7 @@ fn count_receipt(state: &State, kind: Kind) {
     }
 }
 
-fn answer(stream: &mut TcpStream, state: &State, request: &Request) {
+fn answer(stream: &mut TcpStream, state: &State, request: &Request, ip: IpAddr) {
     let path = request.path.as_str();
     match kind(request) {
         Kind::Health => {
@@ -447,12 +464,19 @@ fn answer(stream: &mut TcpStream, state: &State, request: &Request) {
             );
             respond(stream, 200, &body);
         }
-        Kind::Submit => submit(stream, state, request),
+        Kind::Submit => submit(stream, state, request, ip),
         Kind::Status => with_job(stream, state, &path[8..], status_json),
         Kind::Logs => with_job(stream, state, &path[6..], |_, _, _| {
             "{\"stdout\":\"ran main.py\\n\",\"stderr\":\"\"}".to_string()
         }),
         Kind::Download => download(stream, state, &path[10..]),
+        Kind::Other if path == "/stats" && lock(&state.quota).is_some() => {
+            let body = lock(&state.quota)
+                .as_mut()
+                .map(|q| q.stats(ip, Instant::now()))
+                .unwrap_or_default();
+            respond(stream, 200, &body);
+        }
         Kind::Stream | Kind::Other => respond(stream, 404, "{\"error\":\"Not found\"}"),
     }
 }
@@ -475,7 +499,7 @@ fn token(tail: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn submit(stream: &mut TcpStream, state: &State, request: &Request) {
+fn submit(stream: &mut TcpStream, state: &State, request: &Request, ip: IpAddr) {
     let received_at = Instant::now();
     if !well_formed(request) {
         count(&state.counters.dialect_errors);
@@ -490,6 +514,18 @@ fn submit(stream: &mut TcpStream, state: &State, request: &Request) {
         );
         return;
     }
+    let admitted = lock(&state.quota)
+        .as_mut()
+        .map(|q| (q.admit(ip, received_at), q.job_cpu()));
+    let (done_at, cpu) = match admitted {
+        Some((Ok(end), cpu)) => (end, cpu),
+        Some((Err(why), _)) => {
+            let body = format!("{{\"error\":\"{why}\",\"cpu_available\":0,\"active_jobs\":0}}");
+            respond(stream, 429, &body);
+            return;
+        }
+        None => (received_at + *lock(&state.job_time), 0.0),
+    };
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -502,12 +538,12 @@ fn submit(stream: &mut TcpStream, state: &State, request: &Request) {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let done_at = received_at + *lock(&state.job_time);
     let signature = fake_stream::sign(&state.key, &sha256, &sha256);
     lock(&state.jobs).insert(
         id.clone(),
         FakeJob {
             done_at,
+            cpu,
             result,
             sha256,
             signature,
@@ -555,11 +591,12 @@ fn status_json(id: &str, job: &FakeJob, worker_id: &str) -> String {
     };
     format!(
         "{{\"job_id\":\"{id}\",\"status\":\"{status}\",\"queue_position\":0,\"execution_metadata\":\
-         {{\"cpu_seconds\":0.00,\"memory_peak_bytes\":0,\"memory_peak_mb\":0,\"wall_time_ms\":0,\
+         {{\"cpu_seconds\":{cpu:.2},\"memory_peak_bytes\":0,\"memory_peak_mb\":0,\"wall_time_ms\":0,\
          \"exit_code\":0,\"environment\":\"\",\"interpreter\":\"python3\"}},\"job_hash\":\"{}\",\
          \"output_files\":{outputs},\"worker_metadata\":{{\"worker_id\":\"{worker_id}\",\
          \"signature\":{signature}}}}}",
         job.sha256,
+        cpu = if done { job.cpu } else { 0.0 },
         signature = if done {
             format!("\"{}\"", job.signature)
         } else {

@@ -7,6 +7,7 @@
 
 mod coord;
 mod fake;
+mod fake_quota;
 mod fake_stream;
 mod load;
 mod report;
@@ -181,7 +182,7 @@ fn main() -> ExitCode {
         }
     }
     type Scenario = fn(&load::JobBody, &mut Findings) -> Result<(), String>;
-    let steps: [(&str, &str, Scenario); 6] = [
+    let steps: [(&str, &str, Scenario); 7] = [
         ("2", "scenario 2 (full job)", scenarios::full_job),
         (
             "3",
@@ -200,6 +201,11 @@ fn main() -> ExitCode {
             scenarios::stalled_clients,
         ),
         ("12", "scenario 12 (TLS)", scenarios::tls),
+        (
+            "13",
+            "scenario 13 (source addresses under sandrun's per-client limits)",
+            scenarios::source_addresses,
+        ),
     ];
     for (n, name, run) in steps {
         if wanted(n) {
@@ -296,10 +302,17 @@ fn main() -> ExitCode {
          request but /health held for 10 s) while 63 existing jobs are polled; 6 compares with \
          scenario 1's direct figure, --health-timeout {}; 10 runs 64 clients against 200 fake \
          workers (2 slots each) whose jobs take 200 ms, with the coordinator at its default flags \
-         (--track-interval 1): submit, wait with /status/ID?wait=, download the output",
+         (--track-interval 1): submit, wait with /status/ID?wait=, download the output; 13 \
+         submits 20 jobs per source address to one fake worker that limits each client IP as \
+         sandrun does (2 at once, 20 per hour, 10 CPU seconds per minute, one job at a time), \
+         every duration divided by {} (a 6 s CPU minute, jobs that burn and report {} CPU s, \
+         its /stats `used` in that window and sandrun's `limit` of 10), and counts the jobs per \
+         minute at sandrun's scale once each address's first CPU minute is used up",
         scenarios::POLL_PAUSE,
         scenarios::PACE,
-        scenarios::HEALTH_TIMEOUT_SECS
+        scenarios::HEALTH_TIMEOUT_SECS,
+        scenarios::QUOTA_SCALE,
+        scenarios::QUOTA_JOB_CPU / scenarios::QUOTA_SCALE,
     );
     let errors: u64 = f.rows.iter().map(|r| r.errors).max().unwrap_or(0);
     if errors > 0 {

@@ -1558,3 +1558,99 @@ pub fn e2e_jobs(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     ]);
     Ok(())
 }
+
+/// Scenario 13's time scale: sandrun's windows (and the jobs' CPU seconds) run this much faster.
+pub const QUOTA_SCALE: f64 = 10.0;
+/// CPU seconds every job of scenario 13 burns, at sandrun's scale.
+pub const QUOTA_JOB_CPU: f64 = 1.0;
+/// Jobs per source address in one run of scenario 13: sandrun's hourly limit.
+const QUOTA_JOBS_PER_ADDRESS: usize = 20;
+/// The source addresses of scenario 13's two sides.
+const QUOTA_SIDES: [&str; 2] = ["127.0.0.2", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"];
+
+/// One side of scenario 13: `jobs per address` CPU-heavy jobs through one rate-limited worker
+/// from the addresses `list`. Returns the jobs per minute at sandrun's scale, measured once
+/// the first CPU minute of every address is used up (from the end of the first half of the
+/// jobs to the end of the last, on the worker), and the 429s the worker answered.
+fn quota_side(body: &JobBody, list: &str) -> Result<(f64, f64), String> {
+    let addresses = list.split(',').count();
+    let worker = FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string())?;
+    worker.limit_clients(crate::fake_quota::QuotaMode::sandrun_scaled(
+        QUOTA_SCALE,
+        QUOTA_JOB_CPU,
+    ));
+    let slots = 2 * addresses as u32;
+    let entry = (worker.worker_id().to_string(), worker.endpoint(), slots);
+    let extra = [
+        "--track-interval",
+        TRACK_INTERVAL,
+        "--source-addresses",
+        list,
+    ];
+    let coord = Coordinator::start(&[entry], &extra)?;
+    coord
+        .wait_pool(SETTLE, |p| num(p, "healthy_workers") == 1)
+        .ok_or("the fake worker did not turn healthy")?;
+    let jobs = QUOTA_JOBS_PER_ADDRESS * addresses;
+    let agent = load::agent();
+    let content_type = body.content_type();
+    for seq in 0..jobs as u64 {
+        submit(
+            &agent,
+            &coord.url("/submit"),
+            &content_type,
+            &body.with_token(token(0, seq)),
+        )?;
+    }
+    let done =
+        |p: &Value| num(&p["jobs_by_status"], "completed") as usize + bad_jobs(p) as usize >= jobs;
+    let p = coord
+        .wait_pool(Duration::from_secs(120), done)
+        .filter(done)
+        .ok_or("the jobs did not all end within 120 s")?;
+    if bad_jobs(&p) > 0 {
+        return Err(format!("{} jobs failed or were lost", bad_jobs(&p)));
+    }
+    let (mut ends, refused) = worker.quota_figures();
+    ends.sort();
+    let first = jobs / 2 - 1;
+    let span = ends[jobs - 1].duration_since(ends[first]).as_secs_f64();
+    let per_second = (jobs - 1 - first) as f64 / span.max(1e-3);
+    Ok((per_second * 60.0 / QUOTA_SCALE, refused as f64))
+}
+
+/// Scenario 13: CPU-heavy short jobs through one fake worker that limits every client IP as
+/// sandrun does (2 at once, 20 per hour, 10 CPU seconds per minute, one job at a time; scaled
+/// in time by `QUOTA_SCALE`), with 1 source address against 4, side by side.
+pub fn source_addresses(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let mut rates = [Series::default(), Series::default()];
+    let mut refusals = [Series::default(), Series::default()];
+    for _ in 0..RUNS {
+        for (k, list) in QUOTA_SIDES.iter().enumerate() {
+            let (rate, refused) = quota_side(body, list)?;
+            rates[k].push(rate);
+            refusals[k].push(refused);
+        }
+    }
+    let [one, four] = rates;
+    let [one_refused, four_refused] = refusals;
+    let s = "13 source addresses";
+    f.rows.extend([
+        Row::pool(
+            s,
+            "CPU-heavy jobs per minute, 4 addresses (direct: 1)",
+            "jobs/min",
+            four.0,
+        )
+        .direct(one.0)
+        .budget(Budget::RatioAtLeast(3.0)),
+        Row::pool(
+            s,
+            "429 answers per run, 4 addresses (direct: 1)",
+            "429s",
+            four_refused.0,
+        )
+        .direct(one_refused.0),
+    ]);
+    Ok(())
+}
