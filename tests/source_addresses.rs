@@ -203,14 +203,45 @@ fn use_up_cpu_quota(worker: &FakeWorker, from: IpAddr) {
     worker.set(|k| k.cpu_seconds = 0.1);
 }
 
+/// Waits until the coordinator has asked `/stats` from every source address of `worker`.
+fn wait_stats_asked(coordinator: &Coordinator, worker: &FakeWorker) -> Value {
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        sources_of(&pool, worker)
+            .values()
+            .all(|s| s["worker_stats"].is_object())
+            .then_some(pool)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "/stats was not asked from every address: {}",
+            coordinator.logs()
+        )
+    })
+}
+
+/// The coordinator logged that 127.0.0.2 pauses for its CPU quota.
+fn assert_logged_cpu_pause(coordinator: &Coordinator) {
+    assert!(
+        coordinator
+            .logs()
+            .contains("is throttling source address 127.0.0.2: CPU quota exhausted"),
+        "{}",
+        coordinator.logs()
+    );
+}
+
 #[test]
 fn a_cpu_quota_429_on_one_address_leaves_the_others_dispatching() {
     let worker = FakeWorker::start();
     let spent: IpAddr = "127.0.0.2".parse().unwrap_or_else(|e| panic!("{e}"));
-    use_up_cpu_quota(&worker, spent);
-    worker.clear_recording();
     let coordinator = Coordinator::start(&[worker.entry(4)], &args("127.0.0.2,127.0.0.3"));
     wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // The quota is used up behind the coordinator's back, after its first /stats: its next
+    // submit from that address meets a 429.
+    wait_stats_asked(&coordinator, &worker);
+    use_up_cpu_quota(&worker, spent);
+    worker.clear_recording();
 
     let ids: Vec<String> = (0..6).map(|n| submit(&coordinator, &job(n))).collect();
     for id in &ids {
@@ -256,12 +287,132 @@ fn a_cpu_quota_429_on_one_address_leaves_the_others_dispatching() {
         "{pool}"
     );
     assert_eq!(by_address["127.0.0.3"]["jobs_accepted"], 6, "{pool}");
+    assert_logged_cpu_pause(&coordinator);
+}
+
+#[test]
+fn quota_used_by_another_client_is_read_from_stats_and_avoided_without_a_429() {
+    let worker = FakeWorker::start();
+    let spent: IpAddr = "127.0.0.2".parse().unwrap_or_else(|e| panic!("{e}"));
+    use_up_cpu_quota(&worker, spent);
+    worker.clear_recording();
+    let coordinator = Coordinator::start(&[worker.entry(4)], &args("127.0.0.2,127.0.0.3"));
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let ids: Vec<String> = (0..4).map(|n| submit(&coordinator, &job(n))).collect();
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    let recording = worker.recording();
+    assert!(recording.throttled.is_empty(), "{:?}", recording.throttled);
+    assert_eq!(recording.accepted_from("127.0.0.2"), 0);
+    assert_eq!(recording.accepted_from("127.0.0.3"), 4);
+    let pool = assert_pool_consistent(&coordinator);
+    let by_address = sources_of(&pool, &worker);
+    let spent_entry = &by_address["127.0.0.2"];
+    let said = &spent_entry["worker_stats"];
+    assert_eq!(said["can_submit"], false, "{pool}");
     assert!(
-        coordinator
-            .logs()
-            .contains("is throttling source address 127.0.0.2: CPU quota exhausted"),
+        said["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("CPU quota exhausted, wait ")),
+        "{pool}"
+    );
+    assert!(said["cpu_used"].as_f64() >= Some(10.0), "{pool}");
+    assert_eq!(said["cpu_limit"].as_f64(), Some(10.0), "{pool}");
+    assert!(
+        spent_entry["other_clients_cpu_seconds"].as_f64() >= Some(10.0),
+        "{pool}"
+    );
+    assert_eq!(spent_entry["throttled"], true, "{pool}");
+    assert_eq!(spent_entry["submits_throttled"], 0, "{pool}");
+    assert_eq!(
+        by_address["127.0.0.3"]["worker_stats"]["can_submit"], true,
+        "{pool}"
+    );
+    // Bounded: the first use of each address, and at most one more per address every 3 s.
+    let asked: u64 = by_address
+        .values()
+        .map(|s| s["worker_stats_asked"].as_u64().unwrap_or(0))
+        .sum();
+    let received = recording.count("GET", "stats") as u64;
+    assert!(
+        asked >= 2 && received <= asked,
+        "{asked} asked, {received} received: {pool}"
+    );
+    assert!(asked <= 2 + 2 * 25, "{asked} /stats asks: {pool}");
+    assert_logged_cpu_pause(&coordinator);
+}
+
+#[test]
+fn an_https_worker_with_source_addresses_is_refused() {
+    let worker = FakeWorker::start();
+    let dir = temp_dir();
+    let file = dir.path().join("workers.json");
+    let workers = file.to_str().unwrap_or_default();
+    let https = |own: Option<Value>| {
+        let mut entry = json!({"worker_id": worker.worker_id(), "endpoint": "https://127.0.0.1:9"});
+        if let Some(own) = own {
+            entry["source_addresses"] = own;
+        }
+        fs::write(&file, json!([entry]).to_string()).unwrap_or_else(|e| panic!("{e}"));
+    };
+    https(None);
+    let (code, stdout, stderr) = run_binary(&["check", workers, "--source-addresses", "127.0.0.2"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("source address 127.0.0.2 (from --source-addresses) cannot be used for https://127.0.0.1:9")
+            && stderr.contains("\"source_addresses\": []"),
+        "{stderr}"
+    );
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap_or_default();
+    let mut serve = vec!["--port", "0", "--bind", "127.0.0.1", "--workers", workers];
+    serve.extend(["--state-dir", state, "--source-addresses", "127.0.0.2"]);
+    let (code, _, stderr) = run_binary(&serve);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be used for https://"), "{stderr}");
+
+    https(Some(json!(["127.0.0.3"])));
+    let (code, _, stderr) = run_binary(&["check", workers]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.3 (from workers.json entry 0"),
+        "{stderr}"
+    );
+    https(Some(json!([])));
+    let (code, stdout, stderr) = run_binary(&["check", workers, "--source-addresses", "127.0.0.2"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "an empty list opts the worker out: {stdout}{stderr}"
+    );
+}
+
+#[test]
+fn an_ipv6_source_address_dispatches_to_a_worker_on_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("skipped: this host has no IPv6 loopback (cannot bind [::1])");
+        return;
+    }
+    let worker = FakeWorker::start_on("[::1]:0".parse().unwrap_or_else(|e| panic!("{e}")), |_| {});
+    assert!(
+        worker.endpoint().starts_with("http://[::1]:"),
         "{}",
-        coordinator.logs()
+        worker.endpoint()
+    );
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args("::1"));
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job(6));
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["source_address"], "::1", "{status}");
+    assert_eq!(worker.recording().accepted_from("::1"), 1);
+    let pool = assert_pool_consistent(&coordinator);
+    let by_address = sources_of(&pool, &worker);
+    assert_eq!(by_address["::1"]["jobs_accepted"], 1, "{pool}");
+    assert_eq!(
+        by_address["::1"]["worker_stats"]["can_submit"], true,
+        "{pool}"
     );
 }
 

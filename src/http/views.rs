@@ -174,6 +174,11 @@ fn source_view(s: &Source, now: Instant) -> Value {
         "throttle_reason": throttle.map(|t| t.reason.as_str()),
         "jobs_accepted": s.accepted_total,
         "submits_throttled": s.throttled_total,
+        "worker_stats": s.stats.report,
+        "worker_stats_error": s.stats.error,
+        "worker_stats_asked": s.stats.asked_total,
+        "other_clients_jobs": s.stats.others_active,
+        "other_clients_cpu_seconds": s.others_cpu(now),
     })
 }
 

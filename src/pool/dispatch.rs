@@ -177,8 +177,9 @@ fn named_limit(message: &str) -> Option<u32> {
         .filter(|n| *n >= 1)
 }
 
-/// Takes the limit a 429 names as the worker's cap (see `WorkerEntry::cap`).
-fn learn_cap(st: &mut PoolState, index: usize, message: &str) {
+/// Takes the limit a 429 (or a `/stats` reason) names as the worker's cap (see
+/// `WorkerEntry::cap`).
+pub(crate) fn learn_cap(st: &mut PoolState, index: usize, message: &str) {
     let Some(limit) = named_limit(message) else {
         return;
     };
@@ -240,10 +241,16 @@ fn throttle(st: &mut PoolState, index: usize, message: String, lifted_by_free_sl
     w.throttle = Some(throttle);
 }
 
-/// A 429 to a submit from one of the worker's source addresses: only that address waits. An
-/// hourly limit the message names becomes the worker's per-address one (the concurrency limit
-/// is learned by `learn_cap`, and applies per address).
-fn throttle_source(w: &mut WorkerEntry, address: IpAddr, message: String) {
+/// A 429 to a submit from one of the worker's source addresses (`refused`), or a `/stats` from
+/// it saying it may not submit: only that address waits. An hourly limit the message names
+/// becomes the worker's per-address one (the concurrency limit is learned by `learn_cap`, and
+/// applies per address). After a 429 the address asks `/stats` again.
+pub(crate) fn throttle_source(
+    w: &mut WorkerEntry,
+    address: IpAddr,
+    message: String,
+    refused: bool,
+) {
     if message.contains("per hour") {
         w.client_limits.per_hour = limit_named(&message).unwrap_or(w.client_limits.per_hour);
     }
@@ -268,11 +275,15 @@ fn throttle_source(w: &mut WorkerEntry, address: IpAddr, message: String) {
         source.in_flight > 0,
         exact,
     );
-    source.throttled_total += 1;
+    if refused {
+        source.throttled_total += 1;
+        source.want_stats();
+    }
     if !repeated {
         log::warn!(
-            "Worker {short}... is throttling source address {address}: {} (no dispatch from it for {:.0} s)",
+            "Worker {short}... is throttling source address {address}: {} ({}no dispatch from it for {:.0} s)",
             throttle.reason,
+            if refused { "" } else { "as its /stats says; " },
             throttle.until.saturating_duration_since(now).as_secs_f64()
         );
     }
@@ -304,7 +315,7 @@ fn throttled(st: &mut PoolState, a: &Assignment, message: String) {
     st.workers[a.worker_index].counters.throttled += 1;
     learn_cap(st, a.worker_index, &message);
     match a.source {
-        Some(address) => throttle_source(&mut st.workers[a.worker_index], address, message),
+        Some(address) => throttle_source(&mut st.workers[a.worker_index], address, message, true),
         None => throttle(st, a.worker_index, message, true),
     }
 }

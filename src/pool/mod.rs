@@ -7,6 +7,7 @@ pub mod collect;
 pub mod control;
 pub mod dispatch;
 pub mod health;
+pub mod quota_stats;
 pub mod recovery;
 pub mod reload;
 pub mod scheduler;

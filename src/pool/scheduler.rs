@@ -3,9 +3,11 @@
 //! its limit (ties rotate), and, when the worker has source addresses, to the address with the
 //! most room. When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
+//! Each round also sends the `GET /stats` that source addresses want (`pool::quota_stats`).
 
 use crate::base::job::PoolStatus;
 use crate::pool::dispatch::{self, Assignment};
+use crate::pool::quota_stats;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -15,7 +17,14 @@ use std::time::Instant;
 /// Runs the scheduler until the signal channel closes.
 pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     loop {
-        let (assignments, next_expiry) = assign(&mut ctx.lock(), Instant::now());
+        let (asks, (assignments, next_expiry)) = {
+            let mut st = ctx.lock();
+            let now = Instant::now();
+            (quota_stats::due(&mut st, now), assign(&mut st, now))
+        };
+        for ask in asks {
+            quota_stats::start(&ctx, ask);
+        }
         for assignment in assignments {
             dispatch::start(&ctx, assignment);
         }

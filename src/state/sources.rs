@@ -1,8 +1,11 @@
 //! Per-(worker, source address) quota state. sandrun limits every client IP: jobs queued or
 //! running, jobs accepted per hour, CPU seconds per minute. A worker given several source
 //! addresses is several clients to it, each with its own share; the next submit goes out from
-//! the address with the most room.
+//! the address with the most room. What the worker itself reports of an address (`GET /stats`
+//! from it: asked when the address is first used, after a 429, when a throttle ends, and while
+//! others' use keeps it full; never more often than every [`STATS_INTERVAL`]) is folded in.
 
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +23,70 @@ const SETTLE: Duration = Duration::from_millis(250);
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// Least time between two `GET /stats` from one address.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(3);
+
+/// CPU seconds of difference between the worker's count and ours taken as others' use.
+const CPU_TOLERANCE: f64 = 0.05;
+
+/// What `GET /stats` from an address last said: sandrun's `your_quota` for that client IP.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuotaReport {
+    /// Unix seconds of the answer.
+    pub at: f64,
+    /// CPU seconds the worker booked to the address in the last minute (`used`).
+    pub cpu_used: f64,
+    /// CPU seconds it allows per minute (`limit`).
+    pub cpu_limit: f64,
+    /// Jobs of the address queued or running on it (`active_jobs`).
+    pub active_jobs: u32,
+    /// Whether a submit from the address would pass its limits now.
+    pub can_submit: bool,
+    /// Why not, in the worker's words (empty when it would).
+    pub reason: String,
+}
+
+impl QuotaReport {
+    /// Reads a `/stats` answer (`{"your_quota":{...},"system":{...}}`) received at `at`.
+    pub fn parse(answer: &Value, at: f64) -> Option<QuotaReport> {
+        let q = answer.get("your_quota")?;
+        let number = |key: &str| q.get(key).and_then(Value::as_f64);
+        Some(QuotaReport {
+            at,
+            cpu_used: number("used").filter(|v| v.is_finite() && *v >= 0.0)?,
+            cpu_limit: number("limit").filter(|v| v.is_finite() && *v >= 0.0)?,
+            active_jobs: u32::try_from(q.get("active_jobs").and_then(Value::as_u64)?).ok()?,
+            can_submit: q.get("can_submit").and_then(Value::as_bool)?,
+            reason: q
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+}
+
+/// `GET /stats` from one address: the last answer, what it says of others' use, when to ask.
+#[derive(Debug, Clone, Default)]
+pub struct StatsState {
+    /// The last answer.
+    pub report: Option<QuotaReport>,
+    /// Why the last ask failed (the address is then used on the coordinator's own counts).
+    pub error: Option<String>,
+    /// When it was last asked (`None`: never; the address takes no submit before).
+    asked_at: Option<Instant>,
+    /// An ask is in flight: the address takes no submit until it is answered.
+    pub awaiting: bool,
+    /// A 429 asked for it: ask again once the interval allows.
+    wanted: bool,
+    /// Jobs the worker counts on the address beyond ours (another client on it).
+    pub others_active: u32,
+    /// CPU seconds the worker booked to the address beyond ours, and when it said so.
+    others_cpu: Option<(Instant, f64)>,
+    /// Asks, in all.
+    pub asked_total: u64,
+}
 
 /// A worker (or one of its source addresses) that answered 429: busy, not broken.
 #[derive(Debug, Clone)]
@@ -78,6 +145,8 @@ pub struct Source {
     pub accepted_total: u64,
     /// Submits from it answered 429, in all.
     pub throttled_total: u64,
+    /// What `GET /stats` from it said.
+    pub stats: StatsState,
 }
 
 impl Source {
@@ -93,6 +162,7 @@ impl Source {
             settle_until: None,
             accepted_total: 0,
             throttled_total: 0,
+            stats: StatsState::default(),
         }
     }
 
@@ -104,12 +174,30 @@ impl Source {
             .count()
     }
 
-    /// CPU seconds booked in the minute before `now`.
+    /// CPU seconds booked in the minute before `now`: its own jobs' and others' (as `/stats`
+    /// last reported them).
     pub fn cpu_last_minute(&self, now: Instant) -> f64 {
+        self.own_cpu_last_minute(now) + self.others_cpu(now)
+    }
+
+    fn own_cpu_last_minute(&self, now: Instant) -> f64 {
         self.cpu
             .iter()
             .filter(|(at, _)| now.saturating_duration_since(*at) < MINUTE)
             .fold(0.0, |total, (_, cpu)| total + cpu)
+    }
+
+    /// CPU seconds of other clients on the address, as `/stats` reported them in the last minute.
+    pub fn others_cpu(&self, now: Instant) -> f64 {
+        self.stats
+            .others_cpu
+            .filter(|(at, _)| now.saturating_duration_since(*at) < MINUTE)
+            .map_or(0.0, |(_, cpu)| cpu)
+    }
+
+    /// Jobs counted against it: ours (submit in flight, queued or running) and others'.
+    fn active(&self) -> u32 {
+        self.in_flight.saturating_add(self.stats.others_active)
     }
 
     /// True when its throttle, if any, still holds at `now`.
@@ -120,8 +208,10 @@ impl Source {
     /// True when a submit from it should pass the worker's limits now.
     pub fn has_room(&self, now: Instant, limits: &ClientLimits) -> bool {
         !self.is_throttled(now)
+            && self.stats.asked_at.is_some()
+            && !self.stats.awaiting
             && self.settle_until.is_none_or(|at| at <= now)
-            && self.in_flight < limits.max_active
+            && self.active() < limits.max_active
             && self.accepted_last_hour(now) + (self.submitting as usize) < limits.per_hour as usize
             && self.cpu_last_minute(now) < limits.cpu_per_minute
     }
@@ -133,14 +223,91 @@ impl Source {
         at = at.max(self.hour_frees_at(now, limits.per_hour));
         if self.cpu_last_minute(now) >= limits.cpu_per_minute {
             // The oldest entry still inside the minute (older ones may not be dropped yet).
-            at = at.max(
-                self.cpu
-                    .iter()
-                    .map(|(t, _)| *t + MINUTE)
-                    .find(|end| *end > now),
-            );
+            let others = self.stats.others_cpu.map(|(t, _)| t + MINUTE);
+            let own = self.cpu.iter().map(|(t, _)| *t + MINUTE);
+            at = at.max(own.chain(others).filter(|end| *end > now).min());
         }
-        at
+        at.max(self.stats_due_at(now, limits))
+    }
+
+    /// True when a `GET /stats` from it is due at `now`: never asked, or (at most every
+    /// [`STATS_INTERVAL`]) after a 429, once a throttle ended, or while others' use, as the last
+    /// answer gave it, keeps it full.
+    pub fn wants_stats(&self, now: Instant, limits: &ClientLimits) -> bool {
+        let st = &self.stats;
+        match st.asked_at {
+            _ if st.awaiting => false,
+            None => true,
+            Some(asked) if now < asked + STATS_INTERVAL => false,
+            Some(asked) => {
+                let throttle_ended = self
+                    .throttle
+                    .as_ref()
+                    .is_some_and(|t| t.until <= now && asked < t.until);
+                st.wanted || throttle_ended || self.held_by_others(now, limits)
+            }
+        }
+    }
+
+    /// When a `/stats` it wants (after a 429, or while others hold it full) may be asked.
+    fn stats_due_at(&self, now: Instant, limits: &ClientLimits) -> Option<Instant> {
+        let asked = self.stats.asked_at?;
+        (self.stats.wanted || self.held_by_others(now, limits))
+            .then_some(asked + STATS_INTERVAL)
+            .filter(|at| *at > now)
+    }
+
+    /// True when others' use of the address is what keeps it full.
+    fn held_by_others(&self, now: Instant, limits: &ClientLimits) -> bool {
+        let by_jobs = self.stats.others_active > 0 && self.active() >= limits.max_active;
+        let by_cpu =
+            self.others_cpu(now) > 0.0 && self.cpu_last_minute(now) >= limits.cpu_per_minute;
+        by_jobs || by_cpu
+    }
+
+    /// Marks a `GET /stats` from it as sent at `now`.
+    pub fn asking_stats(&mut self, now: Instant) {
+        let st = &mut self.stats;
+        st.awaiting = true;
+        st.wanted = false;
+        st.asked_at = Some(now);
+        st.asked_total += 1;
+    }
+
+    /// Asks for a `GET /stats` from it as soon as the interval allows (after a 429).
+    pub fn want_stats(&mut self) {
+        self.stats.wanted = true;
+    }
+
+    /// Folds in the answer to a `GET /stats` from it: the worker's CPU limit, and the jobs and
+    /// CPU seconds it counts on the address beyond ours. A report that it may submit lifts a
+    /// throttle. (One that it may not is a 429 without a submit: the caller throttles it.)
+    pub fn note_stats(
+        &mut self,
+        now: Instant,
+        answer: Result<QuotaReport, String>,
+        limits: &mut ClientLimits,
+    ) {
+        self.stats.awaiting = false;
+        let report = match answer {
+            Ok(report) => report,
+            Err(why) => {
+                self.stats.error = Some(why);
+                return;
+            }
+        };
+        if report.cpu_limit > 0.0 {
+            limits.cpu_per_minute = report.cpu_limit;
+        }
+        let ours = self.in_flight.saturating_sub(self.submitting);
+        self.stats.others_active = report.active_jobs.saturating_sub(ours);
+        let others = report.cpu_used - self.own_cpu_last_minute(now);
+        self.stats.others_cpu = (others > CPU_TOLERANCE).then_some((now, others));
+        if report.can_submit {
+            self.throttle = None;
+        }
+        self.stats.error = None;
+        self.stats.report = Some(report);
     }
 
     /// When its hourly window lets another job in, if the worker's count is full.
@@ -207,16 +374,16 @@ impl Source {
     }
 }
 
-/// The source with the most room at `now`: fewest jobs in flight, then fewest accepted this
-/// hour, then least CPU this minute; `None` when every one is full or throttled.
+/// The source with the most room at `now`: fewest jobs in flight (others' included), then
+/// fewest accepted this hour, then least CPU this minute (others' included); `None` when every one is full or throttled.
 pub fn pick(sources: &[Source], now: Instant, limits: &ClientLimits) -> Option<usize> {
     sources
         .iter()
         .enumerate()
         .filter(|(_, s)| s.has_room(now, limits))
         .min_by(|(_, a), (_, b)| {
-            (a.in_flight, a.accepted_last_hour(now))
-                .cmp(&(b.in_flight, b.accepted_last_hour(now)))
+            (a.active(), a.accepted_last_hour(now))
+                .cmp(&(b.active(), b.accepted_last_hour(now)))
                 .then(a.cpu_last_minute(now).total_cmp(&b.cpu_last_minute(now)))
         })
         .map(|(i, _)| i)
@@ -234,8 +401,88 @@ mod tests {
 
     fn sources(n: u8) -> Vec<Source> {
         (0..n)
-            .map(|i| Source::new(IpAddr::from([127, 0, 0, 2 + i])))
+            .map(|i| {
+                let mut s = Source::new(IpAddr::from([127, 0, 0, 2 + i]));
+                s.stats.asked_at = Some(Instant::now() - STATS_INTERVAL);
+                s
+            })
             .collect()
+    }
+
+    fn report(cpu_used: f64, active_jobs: u32, reason: &str) -> QuotaReport {
+        QuotaReport {
+            at: 0.0,
+            cpu_used,
+            cpu_limit: 10.0,
+            active_jobs,
+            can_submit: reason.is_empty(),
+            reason: reason.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_address_waits_for_its_first_stats_and_counts_what_others_use() {
+        let mut limits = ClientLimits::default();
+        let now = Instant::now();
+        let mut fresh = Source::new(IpAddr::from([127, 0, 0, 2]));
+        assert!(fresh.wants_stats(now, &limits));
+        assert!(!fresh.has_room(now, &limits), "not before its first /stats");
+        fresh.asking_stats(now);
+        assert!(!fresh.wants_stats(now, &limits));
+        assert!(!fresh.has_room(now, &limits), "not while it is asked");
+        fresh.note_stats(now, Ok(report(9.0, 1, "")), &mut limits);
+        assert!(fresh.has_room(now, &limits));
+        assert_eq!(fresh.stats.others_active, 1);
+        assert!((fresh.cpu_last_minute(now) - 9.0).abs() < 1e-9);
+        let mut s = sources(2);
+        s[0] = fresh;
+        assert_eq!(
+            pick(&s, now, &limits),
+            Some(1),
+            "the other one has more room"
+        );
+        s[0].in_flight = 1;
+        assert!(
+            !s[0].has_room(now, &limits),
+            "one of ours and one of another client"
+        );
+        let later = now + STATS_INTERVAL;
+        assert!(
+            s[0].wants_stats(later, &limits),
+            "others hold it full: ask again"
+        );
+        assert_eq!(s[0].frees_at(now, &limits), Some(later));
+        s[0].asking_stats(later);
+        s[0].note_stats(later, Ok(report(0.0, 1, "")), &mut limits);
+        assert!(
+            s[0].has_room(later, &limits),
+            "the other client's job ended"
+        );
+        assert!(!s[0].wants_stats(later + STATS_INTERVAL, &limits));
+    }
+
+    #[test]
+    fn stats_are_asked_after_a_429_and_when_a_throttle_ends_at_most_every_interval() {
+        let limits = ClientLimits::default();
+        let now = Instant::now();
+        let mut s = sources(1);
+        s[0].asking_stats(now);
+        s[0].stats.awaiting = false;
+        s[0].want_stats();
+        assert!(!s[0].wants_stats(now, &limits), "asked a moment ago");
+        assert!(s[0].wants_stats(now + STATS_INTERVAL, &limits));
+        s[0].asking_stats(now + STATS_INTERVAL);
+        s[0].stats.awaiting = false;
+        let until = now + STATS_INTERVAL * 3;
+        s[0].throttle = Some(Throttle {
+            until,
+            until_unix: 0.0,
+            reason: "CPU quota exhausted, wait 5 seconds".to_string(),
+            strikes: 1,
+            lifted_by_free_slot: false,
+        });
+        assert!(!s[0].wants_stats(until - Duration::from_millis(1), &limits));
+        assert!(s[0].wants_stats(until, &limits), "its throttle ended");
     }
 
     #[test]

@@ -257,8 +257,8 @@ impl WorkerClient {
         body: MultipartBody,
     ) -> SubmitOutcome {
         let content_type = format!("multipart/form-data; boundary={}", body.boundary);
-        // The bound connection speaks plain HTTP only; an https:// worker's submits leave
-        // from the system's choice.
+        // The bound connection speaks plain HTTP only; an https:// worker with source
+        // addresses is refused at start and on reload (`check_source_addresses`).
         if let Some(local) = source.filter(|_| endpoint.starts_with("http://")) {
             return self.submit_from(local, endpoint, content_type, body);
         }

@@ -247,8 +247,9 @@ impl fmt::Display for SourceAddressError {
 
 impl std::error::Error for SourceAddressError {}
 
-/// Checks that every source address is configured on this host (binding to it must work) and
-/// that a worker whose endpoint is a literal IP is reached from addresses of its family.
+/// Checks that every source address is configured on this host (binding to it must work), that
+/// a worker whose endpoint is a literal IP is reached from addresses of its family, and that no
+/// `https://` worker has any (its submits cannot be bound).
 pub fn check_source_addresses(
     specs: &[WorkerSpec],
     flag: &[IpAddr],
@@ -262,12 +263,32 @@ pub fn check_source_addresses(
         for address in spec.source_addresses.iter().flatten() {
             named.push((*address, label.clone()));
         }
+        let own = spec.source_addresses.as_deref();
+        let given_by = || {
+            if own.is_some() {
+                label.clone()
+            } else {
+                "--source-addresses".to_string()
+            }
+        };
+        if spec.endpoint.starts_with("https://") {
+            if let Some(address) = own.unwrap_or(flag).first() {
+                return Err(SourceAddressError {
+                    address: *address,
+                    given_by: given_by(),
+                    problem: format!(
+                        "cannot be used for {} (of {label}): submits to an https:// worker cannot leave from a chosen source address; give this worker \"source_addresses\": [] (the system's choice) or reach it over http://",
+                        spec.endpoint
+                    ),
+                });
+            }
+            continue;
+        }
         let rest = spec.endpoint.trim_start_matches("http://");
         let host = split_host_port(rest.split('/').next().unwrap_or_default()).0;
         let Ok(target) = host.parse::<IpAddr>() else {
             continue;
         };
-        let own = spec.source_addresses.as_deref();
         if let Some(address) = own
             .unwrap_or(flag)
             .iter()
@@ -275,7 +296,7 @@ pub fn check_source_addresses(
         {
             return Err(SourceAddressError {
                 address: *address,
-                given_by: if own.is_some() { label.clone() } else { "--source-addresses".to_string() },
+                given_by: given_by(),
                 problem: format!(
                     "cannot reach {} (of {label}): one is IPv4, the other IPv6; give the worker \"source_addresses\" of its own family",
                     spec.endpoint

@@ -28,13 +28,23 @@ impl FakeWorker {
 
     /// Starts one with this key and changed knobs.
     pub fn start_with_key(key: WorkerKey, change: impl FnOnce(&mut Knobs)) -> FakeWorker {
+        FakeWorker::start_at(key, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), change)
+    }
+
+    /// Starts one listening on `bind` (e.g. `[::1]:0`) with changed knobs.
+    pub fn start_on(bind: SocketAddr, change: impl FnOnce(&mut Knobs)) -> FakeWorker {
+        let key = WorkerKey::generate().unwrap_or_else(|e| panic!("cannot generate a key: {e}"));
+        FakeWorker::start_at(key, bind, change)
+    }
+
+    fn start_at(key: WorkerKey, bind: SocketAddr, change: impl FnOnce(&mut Knobs)) -> FakeWorker {
         let mut knobs = Knobs {
             poll_interval: FAKE_POLL_INTERVAL,
             ..Knobs::default()
         };
         change(&mut knobs);
         let config = Config {
-            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            bind,
             runner: Runner::Simulated,
             knobs,
             key,
