@@ -119,6 +119,7 @@ struct State {
     job_time: Mutex<Duration>,
     blocked_until: Mutex<Option<Instant>>,
     hourly_limit: AtomicBool,
+    streams: AtomicBool,
     next_id: AtomicU64,
     jobs: Mutex<HashMap<String, FakeJob>>,
     counters: Counters,
@@ -169,6 +170,7 @@ impl FastWorker {
             job_time: Mutex::new(Duration::ZERO),
             blocked_until: Mutex::new(None),
             hourly_limit: AtomicBool::new(false),
+            streams: AtomicBool::new(true),
             next_id: AtomicU64::new(0),
             jobs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -226,6 +228,11 @@ impl FastWorker {
         lock(&self.state.quota)
             .as_ref()
             .map_or((Vec::new(), 0), |q| (q.ends.clone(), q.refused))
+    }
+
+    /// Serves `/stream/{id}` (on: the default) or answers it 404, as a worker without it does.
+    pub fn set_streams(&self, on: bool) {
+        self.state.streams.store(on, Ordering::SeqCst);
     }
 
     /// What it received so far.
@@ -298,7 +305,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                     answer(&mut stream, &state, &request, peer.ip());
                 });
             }
-            _ if kind == Kind::Stream => {
+            _ if kind == Kind::Stream && state.streams.load(Ordering::SeqCst) => {
                 let id = request.path["/stream/".len()..].to_string();
                 let done_at = lock(&state.jobs).get(&id).map(|j| j.done_at);
                 fake_stream::serve(stream, request.ws_key, done_at, id);

@@ -1489,72 +1489,128 @@ fn wait_end(agent: &ureq::Agent, coord: &Coordinator, id: &str) -> Result<(), St
     }
 }
 
+/// The figures of scenario 10 for one kind of worker (serving `/stream` or not).
+#[derive(Default)]
+struct E2eSeries {
+    pool: LoadSeries,
+    cpu: Series,
+    polls: Series,
+}
+
+/// One run of scenario 10 against workers that serve `/stream` (`streams`) or answer it 404.
+fn e2e_run(body: &JobBody, streams: bool, into: &mut E2eSeries) -> Result<(), String> {
+    let content_type = body.content_type();
+    let workers = (0..E2E_WORKERS)
+        .map(|_| FastWorker::start(1).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for w in &workers {
+        w.set_job_time(E2E_JOB);
+        w.set_streams(streams);
+    }
+    let entries: Vec<Entry> = workers
+        .iter()
+        .map(|w| (w.worker_id().to_string(), w.endpoint(), E2E_SLOTS))
+        .collect();
+    let coord = Coordinator::start(&entries, &[])?;
+    coord
+        .wait_pool(SETTLE, |p| num(p, "healthy_workers") == E2E_WORKERS as u64)
+        .ok_or("the fake workers did not all turn healthy")?;
+    let p = Pool { coord, workers };
+    let (mut cpu0, mut counts0) = (Duration::ZERO, Counts::default());
+    let stats = closed_loop(
+        E2E_CLIENTS,
+        WARMUP,
+        E2E_WINDOW,
+        || {
+            cpu0 = p.coord.cpu();
+            counts0 = counts(&p.workers);
+        },
+        |i| {
+            let (coord, content_type) = (&p.coord, &content_type);
+            let mut seq = 0;
+            move |agent: &ureq::Agent| {
+                seq += 1;
+                let body = body.with_token(token(i, seq));
+                let id = submit(agent, &coord.url("/submit"), content_type, &body)?;
+                wait_end(agent, coord, &id)?;
+                check_result(&load::get_bytes(
+                    agent,
+                    &coord.url(&format!("/outputs/{id}/result.txt")),
+                )?)
+            }
+        },
+    );
+    let (cpu1, counts1) = (p.coord.cpu(), counts(&p.workers));
+    let jobs = stats.ops.max(1) as f64;
+    into.cpu.push((cpu1 - cpu0).as_secs_f64() * 1e6 / jobs);
+    into.polls
+        .push((counts1.status - counts0.status) as f64 / jobs);
+    into.pool.push(&stats);
+    into.pool
+        .add_errors(counts1.dialect_errors, Some("dialect errors".to_string()));
+    Ok(())
+}
+
 /// Scenario 10: 200 workers whose jobs take 200 ms, 64 clients, the coordinator at its default
 /// flags. Each client submits, waits for the end with `/status/{id}?wait=` (so client polling
 /// costs nothing) and downloads the output. Also: the worker `/status` polls per job and the
-/// coordinator's CPU per job.
+/// coordinator's CPU per job. Each run is made twice, side by side: workers that serve
+/// sandrun's `/stream` (the figures) and workers that answer it 404, so the coordinator follows
+/// jobs by polling alone (the "direct" column).
 pub fn e2e_jobs(body: &JobBody, f: &mut Findings) -> Result<(), String> {
-    let (mut pool, mut cpu, mut polls) =
-        (LoadSeries::default(), Series::default(), Series::default());
-    let content_type = body.content_type();
+    let (mut streamed, mut polled) = (E2eSeries::default(), E2eSeries::default());
     for _ in 0..RUNS {
-        let workers = (0..E2E_WORKERS)
-            .map(|_| FastWorker::start(1).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        for w in &workers {
-            w.set_job_time(E2E_JOB);
-        }
-        let entries: Vec<Entry> = workers
-            .iter()
-            .map(|w| (w.worker_id().to_string(), w.endpoint(), E2E_SLOTS))
-            .collect();
-        let coord = Coordinator::start(&entries, &[])?;
-        coord
-            .wait_pool(SETTLE, |p| num(p, "healthy_workers") == E2E_WORKERS as u64)
-            .ok_or("the fake workers did not all turn healthy")?;
-        let p = Pool { coord, workers };
-        let (mut cpu0, mut counts0) = (Duration::ZERO, Counts::default());
-        let stats = closed_loop(
-            E2E_CLIENTS,
-            WARMUP,
-            E2E_WINDOW,
-            || {
-                cpu0 = p.coord.cpu();
-                counts0 = counts(&p.workers);
-            },
-            |i| {
-                let (coord, content_type) = (&p.coord, &content_type);
-                let mut seq = 0;
-                move |agent: &ureq::Agent| {
-                    seq += 1;
-                    let body = body.with_token(token(i, seq));
-                    let id = submit(agent, &coord.url("/submit"), content_type, &body)?;
-                    wait_end(agent, coord, &id)?;
-                    check_result(&load::get_bytes(
-                        agent,
-                        &coord.url(&format!("/outputs/{id}/result.txt")),
-                    )?)
-                }
-            },
-        );
-        let (cpu1, counts1) = (p.coord.cpu(), counts(&p.workers));
-        let jobs = stats.ops.max(1) as f64;
-        cpu.push((cpu1 - cpu0).as_secs_f64() * 1e6 / jobs);
-        polls.push((counts1.status - counts0.status) as f64 / jobs);
-        pool.push(&stats);
-        pool.add_errors(counts1.dialect_errors, Some("dialect errors".to_string()));
+        e2e_run(body, true, &mut streamed)?;
+        e2e_run(body, false, &mut polled)?;
     }
     let s = "10 e2e 200 ms";
-    f.error_note("10", &pool);
+    f.error_note("10 (streams)", &streamed.pool);
+    f.error_note("10 (polling only)", &polled.pool);
+    let e = streamed.pool.errors + polled.pool.errors;
     let budget = E2E_JOB.as_secs_f64() * 1e3 * 1.2;
+    let (sp, pp) = (&streamed.pool, &polled.pool);
     f.rows.extend([
-        Row::pool(s, "end-to-end p50", "ms", pool.p50.0)
-            .budget(Budget::AtMost(budget))
-            .errors(pool.errors),
-        Row::pool(s, "end-to-end p99", "ms", pool.p99.0).errors(pool.errors),
-        Row::pool(s, "throughput", "jobs/s", pool.throughput.0).errors(pool.errors),
-        Row::pool(s, "worker /status polls per job", "polls", polls.0).errors(pool.errors),
-        Row::pool(s, "coordinator CPU per job", "us", cpu.0).errors(pool.errors),
+        Row::pool(
+            s,
+            "end-to-end p50 (direct: polling only)",
+            "ms",
+            sp.p50.0.clone(),
+        )
+        .direct(pp.p50.0.clone())
+        .budget(Budget::AtMost(budget))
+        .errors(e),
+        Row::pool(
+            s,
+            "end-to-end p99 (direct: polling only)",
+            "ms",
+            sp.p99.0.clone(),
+        )
+        .direct(pp.p99.0.clone())
+        .errors(e),
+        Row::pool(
+            s,
+            "throughput (direct: polling only)",
+            "jobs/s",
+            sp.throughput.0.clone(),
+        )
+        .direct(pp.throughput.0.clone())
+        .errors(e),
+        Row::pool(
+            s,
+            "worker /status polls per job (direct: polling only)",
+            "polls",
+            streamed.polls.0,
+        )
+        .direct(polled.polls.0)
+        .errors(e),
+        Row::pool(
+            s,
+            "coordinator CPU per job (direct: polling only)",
+            "us",
+            streamed.cpu.0,
+        )
+        .direct(polled.cpu.0)
+        .errors(e),
     ]);
     Ok(())
 }
