@@ -610,16 +610,6 @@ fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results
     assert_eq!(pool["jobs_by_status"]["completed"], 0, "{pool}");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|entries| {
@@ -635,10 +625,16 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The short version of the 50,000-job run (the bench has the long one): with a small
-/// retention, memory and disk after 4,500 jobs stay within 10% of the figures after 1,500.
+/// The short version of the 50,000-job run (bench scenario 9 has the long one): with
+/// `--retain-jobs 200`, anonymous RSS (`RssAnon`: the binary's own pages, paged in as more of
+/// its code runs, are left out) and the state directory after 4,500 jobs stay within 10% of
+/// the figures after the first 1,500 (`MALLOC_ARENA_MAX` is passed on to the coordinator, to
+/// compare allocator settings). Both are taken at comparable moments: the pool drained,
+/// retention swept down to its limit, the idle store truncated its WAL to zero bytes, and no
+/// dispatch, stream, upload or tracker thread left (idle ones end after 10 s, unmapping their
+/// stacks; measured while they live, RSS moved with how many the last burst happened to need).
 #[test]
-#[ignore = "flaky at this short scale (RSS and disk move 10-25% with interleaving); run with --ignored"]
+#[ignore = "anonymous RSS grows about 250 bytes per job (bench scenario 9's flatness row: 15 -> 27 MiB over 45,000 jobs), cause not found yet; run with --ignored"]
 fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
     let workers = [
         FakeWorker::start_with(roomy(Duration::ZERO)),
@@ -647,36 +643,53 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
     let dir = support::temp_dir();
     write_workers_json(dir.path(), &[workers[0].entry(4), workers[1].entry(4)]);
     let args = ["--retain-jobs", "200", "--track-interval", "0.02"];
-    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k == "MALLOC_ARENA_MAX")
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let coordinator =
+        Coordinator::try_start_in_env(dir.path(), &args, &env).unwrap_or_else(|e| panic!("{e}"));
     wait_healthy(&coordinator, &[&workers[0], &workers[1]], DEADLINE);
+    let pid = coordinator.pid();
     let state = dir.path().join("state");
-    // Retention caught up, and the idle store checkpointed its WAL back to zero bytes.
     let settle = || {
         poll_until(DEADLINE, || {
             let (_, pool) = get_json(&coordinator.url("/pool"));
             let wal = fs::metadata(state.join("jobs.db-wal")).map_or(0, |m| m.len());
-            (pool["store"]["rows"].as_u64() <= Some(200) && wal == 0).then_some(())
+            (pool["store"]["rows"].as_u64() <= Some(200) && wal == 0 && busy_threads(pid) == 0)
+                .then_some(())
         })
-        .unwrap_or_else(|| panic!("retention did not catch up"));
+        .unwrap_or_else(|| panic!("the pool did not settle"));
+        (status_kib(pid, "RssAnon:"), dir_bytes(&state))
     };
     run_jobs(&coordinator, 1500, 1500, "flat a");
-    settle();
-    let (rss_first, disk_first) = (rss_kib(coordinator.pid()), dir_bytes(&state));
+    let (rss_first, disk_first) = settle();
     run_jobs(&coordinator, 3000, 4500, "flat b");
-    settle();
-    let (rss_last, disk_last) = (rss_kib(coordinator.pid()), dir_bytes(&state));
+    let (rss_last, disk_last) = settle();
     eprintln!("RSS {rss_first} -> {rss_last} KiB, state dir {disk_first} -> {disk_last} bytes");
     assert!(
         rss_last as f64 <= rss_first as f64 * 1.1,
         "RSS grew: {rss_first} -> {rss_last} KiB"
     );
-    // Disk is checked more loosely than memory at this short scale: results segments hold up
-    // to 64 jobs each and go only once all of their jobs are forgotten, and the database file
-    // keeps its high-water mark, so a few hundred KiB move with how the jobs interleaved.
     assert!(
-        disk_last as f64 <= disk_first as f64 * 1.25,
+        disk_last as f64 <= disk_first as f64 * 1.1,
         "state dir grew: {disk_first} -> {disk_last} bytes"
     );
+}
+
+/// Threads of the coordinator that come and go with the load: dispatch, stream, upload and
+/// tracker threads.
+fn busy_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+            .filter(|name| {
+                let name = name.trim_end();
+                ["dispatch", "stream", "upload"].contains(&name) || name.starts_with("tracker")
+            })
+            .count()
+    })
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -250,6 +250,12 @@ impl Coordinator {
         proc_status_kib(self.pid(), "VmRSS:") * 1024
     }
 
+    /// Anonymous resident memory in bytes (`RssAnon`: the heap and stacks, not the binary's
+    /// pages).
+    pub fn rss_anon(&self) -> u64 {
+        proc_status_kib(self.pid(), "RssAnon:") * 1024
+    }
+
     /// Peak resident memory in bytes (`VmHWM`).
     pub fn hwm(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:") * 1024

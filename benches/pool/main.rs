@@ -220,6 +220,11 @@ fn main() -> ExitCode {
         if let Err(e) = scenarios::durability(&body, &mut f) {
             f.notes.push(format!("scenario 9 could not run: {e}"));
         }
+        say("scenario 9 (flatness: 50,000 jobs with --retain-jobs 1000)");
+        if let Err(e) = scenarios::flat_run(&body, &mut f) {
+            f.notes
+                .push(format!("scenario 9 flatness could not run: {e}"));
+        }
     }
     if wanted("10") {
         say("scenario 10 (end to end, 200 workers, 200 ms jobs, default flags)");

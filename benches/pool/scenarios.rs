@@ -1712,3 +1712,163 @@ pub fn source_addresses(body: &JobBody, f: &mut Findings) -> Result<(), String> 
     ]);
     Ok(())
 }
+
+/// Jobs of the flatness run of scenario 9, the point of its first figures, and its retention.
+const FLAT_JOBS: u64 = 50_000;
+const FLAT_EARLY: u64 = 5_000;
+const FLAT_RETAIN: u64 = 1_000;
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// Threads of process `pid` that come and go with the load: dispatch, stream, upload and
+/// tracker threads (idle ones end after 10 s, unmapping their stacks).
+fn busy_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .filter(|name| {
+                let name = name.trim_end();
+                ["dispatch", "stream", "upload"].contains(&name) || name.starts_with("tracker")
+            })
+            .count()
+    })
+}
+
+/// Submits jobs from `CLIENTS` clients until `until` were submitted in all (a full queue's 503
+/// is waited out), then waits until every one completed, retention swept down to its limit,
+/// the idle store truncated its WAL and no busy thread is left: the state is comparable from
+/// one call to the next. Returns (RSS MiB, anonymous RSS MiB, state directory MiB, submit
+/// errors).
+fn flat_phase(
+    body: &JobBody,
+    coord: &Coordinator,
+    state: &std::path::Path,
+    submitted: &AtomicU64,
+    until: u64,
+) -> Result<(f64, f64, f64, u64), String> {
+    let url = coord.url("/submit");
+    let content_type = body.content_type();
+    let errors = AtomicU64::new(0);
+    thread::scope(|scope| {
+        for i in 0..CLIENTS {
+            let (url, content_type, errors) = (&url, &content_type, &errors);
+            scope.spawn(move || {
+                let agent = load::agent();
+                loop {
+                    let n = submitted.fetch_add(1, Ordering::SeqCst);
+                    if n >= until {
+                        submitted.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let body = body.with_token(token(i, n));
+                    while let Err(e) = submit(&agent, url, content_type, &body) {
+                        if !e.contains("503") {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+    });
+    let wal = state.join("jobs.db-wal");
+    let settled = coord.wait_pool(Duration::from_secs(300), |p| {
+        let done = num(&p["jobs_by_status"], "completed")
+            + num(&p["store"]["retention"], "forgotten_jobs");
+        drained(p)
+            && done == until
+            && num(&p["store"], "rows") <= FLAT_RETAIN
+            && std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0
+            && busy_threads(coord.pid()) == 0
+    });
+    let settled = settled.is_some_and(|p| {
+        num(&p["jobs_by_status"], "completed") + num(&p["store"]["retention"], "forgotten_jobs")
+            == until
+            && num(&p["store"], "rows") <= FLAT_RETAIN
+    });
+    if !settled {
+        return Err(format!(
+            "the flatness run did not settle after {until} jobs"
+        ));
+    }
+    Ok((
+        coord.rss() as f64 / MIB,
+        coord.rss_anon() as f64 / MIB,
+        dir_bytes(state) as f64 / MIB,
+        errors.load(Ordering::SeqCst),
+    ))
+}
+
+/// Scenario 9, flatness: 50,000 fast jobs with `--retain-jobs 1000`; RSS and the state
+/// directory's size after the first 5,000 ("direct" column) and at the end, both measured once
+/// the pool drained, retention swept and the idle store truncated its WAL.
+pub fn flat_run(body: &JobBody, f: &mut Findings) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("trusted-pool-bench-flat-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let state = dir.path().join("state");
+    let workers = (0..3)
+        .map(|_| FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries: Vec<Entry> = workers
+        .iter()
+        .map(|w| (w.worker_id().to_string(), w.endpoint(), ROOMY))
+        .collect();
+    let retain = FLAT_RETAIN.to_string();
+    let coord = Coordinator::start_on(
+        &entries,
+        Some(&state),
+        &["--track-interval", TRACK_INTERVAL, "--retain-jobs", &retain],
+    )?;
+    coord
+        .wait_pool(SETTLE, |p| num(p, "healthy_workers") == 3)
+        .ok_or("the fake workers did not all turn healthy")?;
+    let submitted = AtomicU64::new(0);
+    let started = Instant::now();
+    let (rss_early, anon_early, disk_early, e1) =
+        flat_phase(body, &coord, &state, &submitted, FLAT_EARLY)?;
+    let (rss_end, anon_end, disk_end, e2) =
+        flat_phase(body, &coord, &state, &submitted, FLAT_JOBS)?;
+    f.notes.push(format!(
+        "scenario 9 flatness: {FLAT_JOBS} jobs with --retain-jobs {FLAT_RETAIN} in {:.0} s; after \
+         {FLAT_EARLY}: RSS {rss_early:.2} MiB (anonymous {anon_early:.2}), state dir \
+         {disk_early:.2} MiB; at the end: RSS {rss_end:.2} MiB (anonymous {anon_end:.2}), state \
+         dir {disk_end:.2} MiB; measured with the pool drained, retention swept, the WAL \
+         truncated and no dispatch, stream, upload or tracker thread left",
+        started.elapsed().as_secs_f64()
+    ));
+    let row = |what: &str, end: f64, early: f64| {
+        Row::pool("9 durability", what, "MiB", vec![end])
+            .direct(vec![early])
+            .budget(Budget::RatioAtMost(1.1))
+            .errors(e1 + e2)
+    };
+    f.rows.extend([
+        row(
+            "flatness: RSS after 50,000 jobs, --retain-jobs 1000 (direct: after 5,000)",
+            rss_end,
+            rss_early,
+        ),
+        row(
+            "flatness: state dir after 50,000 jobs (direct: after 5,000)",
+            disk_end,
+            disk_early,
+        ),
+    ]);
+    Ok(())
+}

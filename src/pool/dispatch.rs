@@ -362,9 +362,11 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
         ctx.record(&st, id);
+        // Opened under the table lock: once the lock is released the tracker may see the job
+        // end and close its feed, and a feed opened after that would never be closed.
+        announce::dispatched(ctx, id, &a.worker_id);
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
-        announce::dispatched(ctx, id, &a.worker_id);
         stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
         ctx.spool.remove_upload(id);
         if start_tracker {
