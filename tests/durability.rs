@@ -442,8 +442,8 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let _ = id;
 }
 
-/// A store of schema version 1 (no `drains` table) is upgraded in place at start: its jobs stay,
-/// and drains are recorded from then on.
+/// A store of schema version 1 (no `drains` table, no listing indexes) is upgraded in place at
+/// start: its jobs stay, and drains are recorded from then on.
 #[test]
 fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
@@ -461,16 +461,23 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 2);
-        conn.execute_batch("DROP TABLE drains; PRAGMA user_version = 1;")
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version(&conn), 3);
+        conn.execute_batch(
+            "DROP TABLE drains; DROP INDEX jobs_status_submitted; \
+             DROP INDEX jobs_unsettled_submitted; PRAGMA user_version = 1;",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
-    assert!(
-        upgraded.logs().contains("schema upgraded to version 2"),
-        "{}",
-        upgraded.logs()
-    );
+    for step in ["version 2", "version 3"] {
+        assert!(
+            upgraded
+                .logs()
+                .contains(&format!("schema upgraded to {step}")),
+            "{}",
+            upgraded.logs()
+        );
+    }
     let status = job_status(&upgraded, &id);
     assert_eq!(status["pool_status"], "completed", "{status}");
     assert_outputs(&upgraded, &id, &status);
@@ -484,7 +491,16 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 2);
+    assert_eq!(version(&conn), 3);
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
+             AND name IN ('jobs_status_submitted', 'jobs_unsettled_submitted')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(indexes, 2);
     let drained: i64 = conn
         .query_row("SELECT count(*) FROM drains", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -12,7 +12,7 @@ use crate::http::{routes, server};
 use crate::pool::{control, health, recovery, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
-use crate::store::jobs_db::{JobStore, Retention, StoreError};
+use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
 use crate::worker::identity::short_id;
@@ -220,8 +220,33 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     notifier.notify(&format!(
         "READY=1\nSTATUS=serving on {scheme}://{listening}"
     ));
+    if let Some(check) = ctx.store.deferred_check() {
+        thread::Builder::new()
+            .name("store-check".to_string())
+            .spawn(move || check_store_late(check))
+            .map_err(ServeError::Thread)?;
+    }
     server::run(ctx, server, threads, routes::route);
     Ok(())
+}
+
+/// SQLite's integrity check of a store too large to check before serving: a store that fails
+/// it stops the coordinator with exit 1 and the same message a check at start gives.
+fn check_store_late(check: DeferredCheck) {
+    let started = Instant::now();
+    let path = check.path().display().to_string();
+    match check.run() {
+        Ok(()) => log::info!(
+            "Job store {path}: integrity check passed ({:.1} s, while serving)",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e @ StoreError::Corrupt(..)) => {
+            log::error!("{e}");
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => log::warn!("Job store {path}: the integrity check could not run: {e}"),
+    }
 }
 
 /// What SIGHUP re-reads.

@@ -4,7 +4,8 @@
 //! the job's whole record (JSON) beside the indexed columns that are queried; the writer takes
 //! everything that arrived meanwhile into one transaction and one sync (group commit; one per
 //! change with `--fsync always`, no sync with `--fsync off`), after syncing the segment files
-//! the records point into. A sender that needs the promise (an acknowledged submit, a dispatch
+//! the records point into (with `--fsync batch` while the previous transaction commits, so a
+//! transaction costs the WAL's one sync). A sender that needs the promise (an acknowledged submit, a dispatch
 //! about to be sent) waits for the commit. Reads (`/status` of a finished job) use connections
 //! of their own, concurrent with the writer. The writer also forgets finished jobs past the
 //! retention limits and deletes results segments no retained job refers to.
@@ -27,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -60,7 +61,21 @@ PRAGMA user_version = 1;
 const MIGRATIONS: &[(i64, &str)] = &[
     // Version 2: drains made through the API survive a restart.
     (2, DRAINS_SCHEMA),
+    // Version 3: `GET /jobs` pages newest first through indexes instead of sorting the table:
+    // per status by submission time, and the unsettled rows (whose status may lag) likewise.
+    (3, LISTING_INDEXES),
 ];
+
+/// The indexes of schema version 3.
+const LISTING_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS jobs_status_submitted ON jobs(status, submitted_at, id);
+CREATE INDEX IF NOT EXISTS jobs_unsettled_submitted ON jobs(submitted_at, id) WHERE finished_at IS NULL;
+";
+
+/// A store up to this size (database and WAL) gets SQLite's `quick_check` before the
+/// coordinator serves; a larger one is checked right after, in the background (the check
+/// reads every page: about a second per 100 MB on a slow disk).
+pub const CHECK_AT_START_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -246,6 +261,50 @@ pub struct JobStore {
     figures: Arc<Figures>,
     /// Drains made through the API.
     pub drains: Drains,
+    deferred_check: Mutex<Option<DeferredCheck>>,
+}
+
+/// SQLite's `quick_check` of a store that was too large to check before serving.
+pub struct DeferredCheck {
+    path: PathBuf,
+}
+
+impl DeferredCheck {
+    /// Runs the check on a read-only connection of its own (the writer goes on meanwhile).
+    pub fn run(self) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| corrupt(&self.path, &e))?;
+        conn.execute_batch("PRAGMA cache_size = -256")?;
+        quick_check(&conn, &self.path)
+    }
+
+    /// The database file it checks.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let check: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, &e))?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt(path.to_path_buf(), check));
+    }
+    Ok(())
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.to_path_buf().into_os_string();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 fn status_index(status: PoolStatus) -> usize {
@@ -298,12 +357,13 @@ impl JobStore {
         let _: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| corrupt(&path, &e))?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-            .map_err(|e| corrupt(&path, &e))?;
-        if check != "ok" {
-            return Err(StoreError::Corrupt(path, check));
-        }
+        let size = file_size(&path) + file_size(&wal_path(&path));
+        let deferred_check = if size <= CHECK_AT_START_BYTES {
+            quick_check(&conn, &path)?;
+            None
+        } else {
+            Some(DeferredCheck { path: path.clone() })
+        };
         let synchronous = match mode {
             FsyncMode::Off => "OFF",
             FsyncMode::Batch | FsyncMode::Always => "FULL",
@@ -332,7 +392,7 @@ impl JobStore {
         let figures = Arc::new(Figures::default());
         {
             let mut statement = conn.prepare(
-                "SELECT status, count(*) FROM jobs WHERE finished_at IS NOT NULL GROUP BY status",
+                "SELECT status, count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at IS NOT NULL GROUP BY status",
             )?;
             let counts =
                 statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -363,6 +423,7 @@ impl JobStore {
             last_commit: Instant::now(),
             last_sweep: None,
             orphans_checked: false,
+            ready: Vec::new(),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -377,8 +438,15 @@ impl JobStore {
             ops,
             readers: Mutex::new(Vec::new()),
             figures,
+            deferred_check: Mutex::new(deferred_check),
         };
         Ok((store, unsettled))
+    }
+
+    /// The integrity check left for after the start (a store larger than
+    /// [`CHECK_AT_START_BYTES`]), taken once; `None` when the start checked it.
+    pub fn deferred_check(&self) -> Option<DeferredCheck> {
+        lock(&self.deferred_check).take()
     }
 
     /// Sends a record to the writer; its `done` runs after the commit.
@@ -444,45 +512,9 @@ impl JobStore {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?,
         };
-        let names: Vec<&str> = statuses
-            .unwrap_or(&PoolStatus::ALL)
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
-        let placeholders = vec!["?"; names.len()].join(",");
-        let sql = format!(
-            "SELECT id, record FROM jobs WHERE (status IN ({placeholders}) OR finished_at IS NULL) \
-             AND (?{o} IS NULL OR owner = ?{o}) \
-             AND (?{t} IS NULL OR submitted_at < ?{t} OR (submitted_at = ?{t} AND id < ?{i})) \
-             ORDER BY submitted_at DESC, id DESC LIMIT ?{l}",
-            o = names.len() + 1,
-            t = names.len() + 2,
-            i = names.len() + 3,
-            l = names.len() + 4,
-        );
-        let mut params: Vec<rusqlite::types::Value> = names
-            .iter()
-            .map(|n| rusqlite::types::Value::Text(n.to_string()))
-            .collect();
-        let text = |v: Option<&str>| {
-            v.map_or(rusqlite::types::Value::Null, |v| {
-                rusqlite::types::Value::Text(v.to_string())
-            })
-        };
-        params.push(text(owner));
-        params.push(before.map_or(rusqlite::types::Value::Null, |(t, _)| {
-            rusqlite::types::Value::Real(t)
-        }));
-        params.push(text(before.map(|(_, id)| id)));
-        params.push(rusqlite::types::Value::Integer(limit as i64));
-        let rows: Result<Vec<(String, String)>, rusqlite::Error> = conn
-            .prepare(&sql)?
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect();
+        let result = list_on(&conn, statuses, owner, before, limit);
         lock(&self.readers).push(conn);
-        rows?
+        result?
             .into_iter()
             .map(|(id, record)| {
                 serde_json::from_str(&record)
@@ -494,13 +526,10 @@ impl JobStore {
     /// The store's figures for `/pool`.
     pub fn figures(&self) -> StoreFigures {
         let f = &self.figures;
-        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
         let checkpoint = f.last_checkpoint_ms.load(Ordering::Relaxed);
         StoreFigures {
             path: self.path.clone(),
-            size_bytes: size(self.path.clone()) + size(PathBuf::from(wal)),
+            size_bytes: file_size(&self.path) + file_size(&wal_path(&self.path)),
             rows: f.rows.load(Ordering::Relaxed),
             settled: std::array::from_fn(|i| f.settled[i].load(Ordering::Relaxed)),
             commits: f.commits.load(Ordering::Relaxed),
@@ -543,6 +572,62 @@ impl JobStore {
     }
 }
 
+/// One page of one status, newest first, walking back from a cursor along the index.
+const LIST_BY_STATUS: &str = "SELECT submitted_at, id FROM jobs INDEXED BY jobs_status_submitted \
+     WHERE status = ?1 AND (?2 IS NULL OR owner = ?2) AND (submitted_at, id) < (?3, ?4) \
+     ORDER BY submitted_at DESC, id DESC LIMIT ?5";
+
+/// One page of the unsettled jobs (whatever their recorded status), newest first.
+const LIST_UNSETTLED: &str =
+    "SELECT submitted_at, id FROM jobs INDEXED BY jobs_unsettled_submitted \
+     WHERE finished_at IS NULL AND (?1 IS NULL OR owner = ?1) AND (submitted_at, id) < (?2, ?3) \
+     ORDER BY submitted_at DESC, id DESC LIMIT ?4";
+
+/// The listing's rows (id, record), newest first: one walk back along an index per status
+/// (`jobs_status_submitted`) and one along the unsettled rows (`jobs_unsettled_submitted`,
+/// their status may lag), each stopping after `limit` rows; merged, then the records of the
+/// first `limit` read by id. Never a scan or a sort of the whole table.
+fn list_on(
+    conn: &Connection,
+    statuses: Option<&[PoolStatus]>,
+    owner: Option<&str>,
+    before: Option<(f64, &str)>,
+    limit: usize,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let (before_at, before_id) = before.unwrap_or((f64::MAX, ""));
+    let limit = limit as i64;
+    let mut found: Vec<(f64, String)> = Vec::new();
+    let row = |r: &rusqlite::Row| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?));
+    let mut by_status = conn.prepare_cached(LIST_BY_STATUS)?;
+    for status in statuses.unwrap_or(&PoolStatus::ALL) {
+        let rows = by_status.query_map(
+            params![status.as_str(), owner, before_at, before_id, limit],
+            row,
+        )?;
+        for r in rows {
+            found.push(r?);
+        }
+    }
+    let mut unsettled = conn.prepare_cached(LIST_UNSETTLED)?;
+    for r in unsettled.query_map(params![owner, before_at, before_id, limit], row)? {
+        found.push(r?);
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    found.dedup_by(|a, b| a.1 == b.1);
+    found.truncate(limit.max(0) as usize);
+    let mut record = conn.prepare_cached("SELECT record FROM jobs WHERE id = ?1")?;
+    let mut rows = Vec::with_capacity(found.len());
+    for (_, id) in found {
+        if let Some(text) = record
+            .query_row([&id], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            rows.push((id, text));
+        }
+    }
+    Ok(rows)
+}
+
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
     let mut statement =
         conn.prepare("SELECT id, record FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
@@ -558,6 +643,32 @@ fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, Stor
     Ok(jobs)
 }
 
+/// The distinct segment files the records point into.
+fn files_of(records: &[Record]) -> Vec<Arc<SegmentFile>> {
+    let mut files: Vec<Arc<SegmentFile>> = Vec::new();
+    for file in records.iter().filter_map(|r| r.sync.as_ref()) {
+        if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
+            files.push(Arc::clone(file));
+        }
+    }
+    files
+}
+
+/// Syncs the files, several at once (their syncs share the disk's flushes).
+fn sync_files(files: &[Arc<SegmentFile>]) -> io::Result<()> {
+    match files {
+        [] => Ok(()),
+        [one] => one.sync(),
+        many => thread::scope(|scope| {
+            let syncs: Vec<_> = many.iter().map(|f| scope.spawn(|| f.sync())).collect();
+            syncs.into_iter().try_for_each(|s| {
+                s.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")))
+            })
+        }),
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
@@ -568,24 +679,32 @@ struct Writer {
     last_commit: Instant,
     last_sweep: Option<Instant>,
     orphans_checked: bool,
+    /// Records whose files were synced while the last transaction committed.
+    ready: Vec<Record>,
 }
 
 impl Writer {
     fn run(mut self, received: Receiver<Op>) {
         loop {
-            let first = match received.recv_timeout(SWEEP_EVERY) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.maintain(true);
-                    continue;
+            // Records whose files were synced meanwhile are committed without waiting for more.
+            let first = if self.ready.is_empty() {
+                match received.recv_timeout(SWEEP_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.maintain(true);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+            } else {
+                received.try_recv().ok()
             };
             let mut batch = Vec::new();
             let mut close = None;
             match first {
-                Op::Record(r) => batch.push(r),
-                Op::Close(reply) => close = Some(reply),
+                Some(Op::Record(r)) => batch.push(r),
+                Some(Op::Close(reply)) => close = Some(reply),
+                None => {}
             }
             while close.is_none() && self.mode != FsyncMode::Always && batch.len() < MAX_BATCH {
                 match received.try_recv() {
@@ -594,9 +713,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.commit(batch);
-            }
+            self.commit(batch, close.is_some());
             if let Some(reply) = close {
                 self.checkpoint("TRUNCATE");
                 let _ = reply.send(());
@@ -606,15 +723,71 @@ impl Writer {
         }
     }
 
-    /// Syncs the segment files the batch points into, then writes it in one transaction.
-    fn commit(&mut self, mut batch: Vec<Record>) {
-        let result = self.sync_files(&batch).and_then(|()| self.write(&batch));
+    /// Commits the batch in one transaction, after syncing the segment files its records point
+    /// into. With `--fsync batch` (unless `flush`), records that need a file synced (and the
+    /// later records of their jobs) wait for the next transaction instead: their files are
+    /// synced while this one commits, so a commit costs one sync (the WAL's), not one per file
+    /// plus the WAL's. The records synced last time go first.
+    fn commit(&mut self, batch: Vec<Record>, flush: bool) {
+        let mut now = std::mem::take(&mut self.ready);
+        let mut later = Vec::new();
+        if self.mode == FsyncMode::Batch && !flush {
+            let mut held: HashSet<String> = HashSet::new();
+            for r in batch {
+                if r.sync.is_some() || held.contains(&r.job.id) {
+                    held.insert(r.job.id.clone());
+                    later.push(r);
+                } else {
+                    now.push(r);
+                }
+            }
+        } else {
+            now.extend(batch);
+        }
+        let (written, synced) = if later.is_empty() {
+            let synced = if self.mode == FsyncMode::Off {
+                Ok(())
+            } else {
+                sync_files(&files_of(&now))
+            };
+            let written = match synced {
+                Ok(()) if now.is_empty() => Ok(Vec::new()),
+                Ok(()) => self.write(&now),
+                Err(e) => Err(StoreError::Io(e)),
+            };
+            (written, Ok(()))
+        } else {
+            let files = files_of(&later);
+            thread::scope(|scope| {
+                let syncing = scope.spawn(move || sync_files(&files));
+                let written = if now.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.write(&now)
+                };
+                let synced = syncing
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
+                (written, synced)
+            })
+        };
+        if !now.is_empty() {
+            self.finish(now, written);
+        }
+        match synced {
+            Ok(()) => self.ready = later,
+            Err(e) => self.finish(later, Err(StoreError::Io(e))),
+        }
+    }
+
+    /// Counts a transaction and runs its records' callbacks.
+    fn finish(&mut self, mut records: Vec<Record>, result: Result<Vec<PoolStatus>, StoreError>) {
         self.last_commit = Instant::now();
         match &result {
             Ok(settled) => {
                 let f = &self.figures;
                 f.commits.fetch_add(1, Ordering::Relaxed);
-                f.last_batch.store(batch.len() as u64, Ordering::Relaxed);
+                f.last_batch.store(records.len() as u64, Ordering::Relaxed);
                 for status in settled {
                     f.settled[status_index(*status)].fetch_add(1, Ordering::Relaxed);
                 }
@@ -622,29 +795,14 @@ impl Writer {
             }
             Err(e) => log::error!(
                 "The job store could not commit {} records: {e}",
-                batch.len()
+                records.len()
             ),
         }
-        for record in &mut batch {
+        for record in &mut records {
             if let Some(done) = record.done.take() {
                 done(result.as_ref().map(|_| ()));
             }
         }
-    }
-
-    fn sync_files(&self, batch: &[Record]) -> Result<(), StoreError> {
-        if self.mode == FsyncMode::Off {
-            return Ok(());
-        }
-        let mut synced: Vec<*const SegmentFile> = Vec::new();
-        for file in batch.iter().filter_map(|r| r.sync.as_ref()) {
-            let key = Arc::as_ptr(file);
-            if !synced.contains(&key) {
-                file.sync().map_err(StoreError::Io)?;
-                synced.push(key);
-            }
-        }
-        Ok(())
     }
 
     /// Writes the batch; returns the statuses of the jobs it settled.
@@ -833,5 +991,116 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retention(dir: &Path) -> Retention {
+        let results = dir.join("results");
+        Retention {
+            jobs: u64::MAX,
+            for_secs: 1e12,
+            results_dir: results.clone(),
+            segments: Arc::new(
+                Segments::open(results, "t".to_string(), false).unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
+    }
+
+    fn job(n: u32, status: PoolStatus) -> Job {
+        let mut job = Job::new(
+            format!("pool-{n:032x}"),
+            Vec::new(),
+            None,
+            1000.0 + f64::from(n),
+        );
+        job.status = status;
+        job
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_and_pages_newest_first_through_indexes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(SCHEMA).unwrap_or_else(|e| panic!("{e}"));
+            for n in 0..30 {
+                let status = if n % 3 == 0 {
+                    PoolStatus::Failed
+                } else {
+                    PoolStatus::Completed
+                };
+                let j = job(n, status);
+                let record = serde_json::to_string(&j).unwrap_or_else(|e| panic!("{e}"));
+                conn.execute(
+                    "INSERT INTO jobs (id, status, submitted_at, finished_at, record) VALUES (?1, ?2, ?3, ?3, ?4)",
+                    params![j.id, status.as_str(), j.submitted_at, record],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let queued = job(30, PoolStatus::Queued);
+            let record = serde_json::to_string(&queued).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute(
+                "INSERT INTO jobs (id, status, submitted_at, record) VALUES (?1, 'queued', ?2, ?3)",
+                params![queued.id, queued.submitted_at, record],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (store, unsettled) = JobStore::open(dir.path(), FsyncMode::Off, retention(dir.path()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(unsettled.len(), 1);
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version, SCHEMA_VERSION);
+        for (sql, params) in [(LIST_BY_STATUS, 5), (LIST_UNSETTLED, 4)] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .and_then(|mut st| {
+                    st.query_map(
+                        rusqlite::params_from_iter(vec![rusqlite::types::Value::Null; params]),
+                        |r| r.get(3),
+                    )?
+                    .collect()
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let plan = plan.join("; ");
+            assert!(plan.contains("SEARCH jobs USING"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+        let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        let first = ids(store
+            .list(None, None, None, 4)
+            .unwrap_or_else(|e| panic!("{e}")));
+        let want: Vec<String> = (27..=30)
+            .rev()
+            .map(|n| job(n, PoolStatus::Queued).id)
+            .collect();
+        assert_eq!(first, want);
+        let older = store
+            .list(None, None, Some((1027.0, &want[3])), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ids(older),
+            [
+                job(26, PoolStatus::Queued).id,
+                job(25, PoolStatus::Queued).id
+            ]
+        );
+        let failed = store
+            .list(Some(&[PoolStatus::Failed]), None, None, 3)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The unsettled job matches any status (the table has the last word).
+        let expected: Vec<String> = [30, 27, 24]
+            .iter()
+            .map(|n| job(*n, PoolStatus::Queued).id)
+            .collect();
+        assert_eq!(ids(failed), expected);
+        store.close();
     }
 }
