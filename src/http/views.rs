@@ -126,6 +126,7 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
         "jobs_streamed": st.workers.iter().map(|w| w.streaming.len()).sum::<usize>(),
         "jobs_polled": st.workers.iter().map(|w| w.tracked.len().saturating_sub(w.streaming.len())).sum::<usize>(),
         "workers": workers,
+        "worker_table_slots": st.workers.len(),
         "time": unix_now(),
     })
 }

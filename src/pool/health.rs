@@ -56,27 +56,34 @@ fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
     thread::scope(|scope| {
         for (index, endpoint, worker_id) in due {
             let results = results.clone();
+            let probed = (index, endpoint.clone(), worker_id.clone());
             let spawned = thread::Builder::new()
                 .name("health-probe".to_string())
                 .stack_size(PROBE_STACK)
                 .spawn_scoped(scope, move || {
-                    let _ = results.send((index, ctx.client.probe(&endpoint, &worker_id)));
+                    let result = ctx.client.probe(&endpoint, &worker_id);
+                    let _ = results.send(((index, endpoint, worker_id), result));
                 });
             if let Err(e) = spawned {
                 let failure =
                     ProbeFailure::Unreachable(format!("could not start a probe thread: {e}"));
-                apply(ctx, index, Err(failure));
+                apply(ctx, probed, Err(failure));
             }
         }
         drop(results);
-        for (index, result) in arrivals {
-            apply(ctx, index, result);
+        for (probed, result) in arrivals {
+            apply(ctx, probed, result);
         }
     });
 }
 
-/// Records one probe result; a worker that turns healthy wakes the scheduler.
-fn apply(ctx: &Context, index: usize, result: Result<(), ProbeFailure>) {
+/// Records one probe result of the worker `(index, endpoint, worker_id)`; a worker that turns
+/// healthy wakes the scheduler.
+fn apply(
+    ctx: &Context,
+    (index, endpoint, worker_id): (usize, String, String),
+    result: Result<(), ProbeFailure>,
+) {
     ctx.metrics.probe(match &result {
         Ok(()) => ProbeResult::Healthy,
         Err(ProbeFailure::Unhealthy(_)) => ProbeResult::Unhealthy,
@@ -87,7 +94,12 @@ fn apply(ctx: &Context, index: usize, result: Result<(), ProbeFailure>) {
     let now_unix = unix_now();
     let interval = ctx.config.health_interval;
     let mut st = ctx.lock();
-    let Some(w) = st.workers.get_mut(index) else {
+    // A reload may have given the place of a forgotten worker to another one meanwhile.
+    let Some(w) = st
+        .workers
+        .get_mut(index)
+        .filter(|w| w.spec.worker_id == worker_id && w.spec.endpoint == endpoint)
+    else {
         return;
     };
     w.health.last_health_check = Some(now_unix);

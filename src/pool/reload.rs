@@ -5,7 +5,7 @@
 
 use crate::base::clock::unix_now;
 use crate::state::context::Context;
-use crate::state::pool_state::{LastReload, WorkerEntry};
+use crate::state::pool_state::LastReload;
 use crate::worker::identity::short_id;
 use crate::worker::workers_file;
 use std::time::Instant;
@@ -92,7 +92,7 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
             short_id(&spec.worker_id),
             spec.endpoint
         );
-        st.workers.push(WorkerEntry::new(spec, now));
+        st.add_worker(spec, now);
         outcome.added += 1;
     }
     st.last_reload = Some(outcome.clone());

@@ -90,7 +90,12 @@ fn mark_started(ctx: &Context, id: &str) {
 /// its normal pace from now on.
 fn stream_ended(ctx: &Context, index: usize, id: &str, done: bool) {
     let mut st = ctx.lock();
-    let Some(w) = st.workers.get_mut(index) else {
+    // The job's own entry only: a forgotten worker's place may hold another worker by now.
+    let Some(w) = st
+        .workers
+        .get_mut(index)
+        .filter(|w| w.streaming.iter().chain(&w.tracked).any(|s| s == id))
+    else {
         return;
     };
     w.streaming.retain(|s| s != id);

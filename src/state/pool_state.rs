@@ -131,8 +131,9 @@ pub struct WorkerEntry {
     /// No dispatch before this instant: a job just ended on a worker that was at the limit it
     /// named, and the worker frees its per-client count a moment after it reports the end.
     pub settle_until: Option<Instant>,
-    /// Removed from the allowlist by a reload: no new job; hidden once its jobs ended. (Entries
-    /// are never taken out of the table: threads hold their index.)
+    /// Removed from the allowlist by a reload: no new job; hidden once its jobs ended, and its
+    /// place in the table then goes to the next worker a reload adds (see
+    /// [`PoolState::add_worker`]).
     pub removed: bool,
     /// Tracked jobs whose worker stream is open (they are polled far less often).
     pub streaming: Vec<String>,
@@ -190,6 +191,19 @@ impl WorkerEntry {
     /// True for a removed worker whose jobs all ended: nothing refers to it any more.
     pub fn is_forgotten(&self) -> bool {
         self.removed && self.active_jobs == 0 && self.tracked.is_empty()
+    }
+
+    /// True when its place in the table may hold another worker: forgotten, and no thread
+    /// holds its index any more (no tracker, no submit or `/stats` in flight, no stream left).
+    /// Threads that may still act on an index later (health probes, `/stats` answers, stream
+    /// ends) check that the entry is still theirs: its worker_id and endpoint, or its job.
+    pub fn is_free_slot(&self) -> bool {
+        self.is_forgotten()
+            && !self.tracker_running
+            && self.in_flight == 0
+            && self.streaming.is_empty()
+            && self.poll_now.is_empty()
+            && self.sources.iter().all(|s| !s.stats.awaiting)
     }
 
     /// Slots: [`WorkerEntry::cap`]; with source addresses, the per-address limit (sandrun's 2,
@@ -503,6 +517,23 @@ impl PoolState {
         }
     }
 
+    /// Adds a worker (a reload): in the place of a forgotten one when there is one, so the
+    /// table stays as large as the most workers listed at once plus those still ending jobs.
+    /// Returns its index.
+    pub fn add_worker(&mut self, spec: WorkerSpec, now: Instant) -> usize {
+        let entry = WorkerEntry::new(spec, now);
+        match self.workers.iter().position(WorkerEntry::is_free_slot) {
+            Some(index) => {
+                self.workers[index] = entry;
+                index
+            }
+            None => {
+                self.workers.push(entry);
+                self.workers.len() - 1
+            }
+        }
+    }
+
     /// Index of the allowlisted (not removed) worker with this id, else of a removed one.
     pub fn worker_index(&self, worker_id: &str) -> Option<usize> {
         let with_id = |w: &&WorkerEntry| w.spec.worker_id == worker_id;
@@ -514,6 +545,38 @@ impl PoolState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(n: usize) -> WorkerSpec {
+        WorkerSpec {
+            worker_id: format!("w{n}"),
+            endpoint: format!("http://127.0.0.1:{}", 1000 + n),
+            max_concurrent_jobs: 2,
+            auto_cap: false,
+            drain: false,
+            source_addresses: None,
+        }
+    }
+
+    #[test]
+    fn an_added_worker_takes_the_place_of_a_forgotten_one_only() {
+        let now = Instant::now();
+        let mut st = PoolState::new(vec![spec(0), spec(1)], now);
+        st.workers[0].removed = true;
+        st.workers[0].active_jobs = 1;
+        assert_eq!(st.add_worker(spec(2), now), 2, "worker 0 still has a job");
+        st.workers[0].active_jobs = 0;
+        st.workers[0].tracker_running = true;
+        assert_eq!(
+            st.add_worker(spec(3), now),
+            3,
+            "its tracker still holds its index"
+        );
+        st.workers[0].tracker_running = false;
+        assert_eq!(st.add_worker(spec(4), now), 0);
+        assert_eq!(st.workers[0].spec.worker_id, "w4");
+        assert!(!st.workers[0].removed);
+        assert_eq!(st.workers.len(), 4);
+    }
 
     #[test]
     fn recent_jobs_keep_the_last_ones_newest_first() {

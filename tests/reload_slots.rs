@@ -1,0 +1,90 @@
+//! The worker table stays bounded across reloads: a worker a reload removed is forgotten once
+//! its jobs ended, and its place in the table goes to the next worker a reload adds. Two fake
+//! workers take turns: every reload replaces the one in use (running a job) by the other (a new
+//! entry, since the old one of that worker is removed).
+
+mod support;
+
+use std::time::Duration;
+
+use support::lifecycle::{assert_pool_consistent, submit, wait_healthy, wait_status};
+use support::{
+    get_json, poll_until, post, write_workers_json, Coordinator, FakeWorker, Form, Knobs,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.05"];
+const RELOADS: usize = 50;
+
+fn job(n: usize) -> Form {
+    Form::new().file(
+        "main.py",
+        "text/x-python",
+        format!("print({n})\n").as_bytes(),
+    )
+}
+
+#[test]
+fn fifty_reloads_that_replace_a_busy_worker_keep_the_table_bounded_and_lose_no_job() {
+    let quick = |k: &mut Knobs| {
+        k.job_duration = Duration::from_millis(100);
+        k.max_jobs_per_hour = 1000;
+    };
+    let pair = [FakeWorker::start_with(quick), FakeWorker::start_with(quick)];
+    let dir = support::workers_dir(&[pair[0].entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&pair[0]], DEADLINE);
+
+    let mut ids = Vec::new();
+    let mut most_slots = 0;
+    for n in 0..RELOADS {
+        let (current, next) = (&pair[n % 2], &pair[(n + 1) % 2]);
+        let id = submit(&coordinator, &job(n));
+        let on_worker = poll_until(DEADLINE, || {
+            let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+            let placed = status["worker_id"] == current.worker_id().as_str()
+                && matches!(
+                    status["pool_status"].as_str(),
+                    Some("dispatched" | "running")
+                );
+            placed.then_some(())
+        });
+        assert!(on_worker.is_some(), "job {n} never reached its worker");
+        ids.push(id);
+        write_workers_json(dir.path(), &[next.entry(2)]);
+        let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+        assert_eq!(code, 200, "reload {n}: {body}");
+        let pool = assert_pool_consistent(&coordinator);
+        let slots = pool["worker_table_slots"].as_u64().unwrap_or(u64::MAX);
+        most_slots = most_slots.max(slots);
+        // The worker listed now, the one just removed (its job runs), the one removed before
+        // (forgotten, its tracker or stream thread maybe not yet gone) and one free place.
+        assert!(slots <= 4, "reload {n}: the table grows: {pool}");
+        wait_healthy(&coordinator, &[next], DEADLINE);
+        // Older removed workers are forgotten once their jobs ended, freeing their place.
+        let settled = poll_until(DEADLINE, || {
+            let pool = assert_pool_consistent(&coordinator);
+            (pool["workers"].as_array().map_or(0, Vec::len) <= 2).then_some(())
+        });
+        assert!(settled.is_some(), "reload {n}: removed workers stay listed");
+    }
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    let accepted: usize = pair
+        .iter()
+        .map(|w| w.recording().accepted_ids().len())
+        .sum();
+    assert_eq!(accepted, RELOADS, "every job ran exactly once");
+    let forgotten = poll_until(DEADLINE, || {
+        let pool = assert_pool_consistent(&coordinator);
+        let listed = pool["workers"].as_array().map_or(0, Vec::len);
+        (listed == 1 && pool["worker_table_slots"].as_u64() <= Some(4)).then_some(pool)
+    });
+    assert!(
+        forgotten.is_some(),
+        "the removed workers were not forgotten: {}",
+        assert_pool_consistent(&coordinator)
+    );
+    println!("most worker table slots across {RELOADS} reloads: {most_slots}");
+}
