@@ -44,7 +44,7 @@ demo: build
 # The fuzz loops of `make test`, long: each loop runs up to FUZZ_SECONDS (default 300).
 FUZZ_SECONDS ?= 300
 fuzz:
-	TP_FUZZ_ITERATIONS=1000000000 TP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --test fuzz_parsers -- --nocapture
+	TP_FUZZ_ITERATIONS=1000000000 TP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --test fuzz_parsers --test fuzz_state_dir -- --nocapture
 	TP_FUZZ_ITERATIONS=1000000000 $(CARGO) test --release --lib mutated -- --nocapture
 
 bench:

@@ -100,6 +100,35 @@ fn stalled_uploads_and_stalled_headers_do_not_hold_the_coordinator() {
 }
 
 #[test]
+fn small_bodies_arrive_with_their_headers_and_take_no_handler_nor_upload_slot() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--threads", "2", "--max-uploads", "1"],
+    );
+    let id = submit(&coordinator, &small_job());
+    // One stalled 1 MB upload takes the only upload slot; 16 submits stall inside a 4 KB body.
+    let mut held = vec![stalled(&coordinator, &stalled_upload_start())];
+    for _ in 0..16 {
+        held.push(stalled(
+            &coordinator,
+            b"POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 4000\r\n\r\n--XyZ\r\nCon",
+        ));
+    }
+    thread::sleep(Duration::from_millis(500));
+    answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
+    answers_at_once("/status", || {
+        get_json(&coordinator.url(&format!("/status/{id}"))).0
+    });
+    // A 6 KB submit is read with its headers: neither a handler nor an upload slot waits on it.
+    let padded = small_job().file("data.bin", "application/octet-stream", &[b'p'; 6000]);
+    answers_at_once("a 6 KB submit", || {
+        post_multipart(&coordinator.url("/submit"), &padded).0
+    });
+    drop(held);
+}
+
+#[test]
 fn each_limit_answers_its_status_code() {
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(
@@ -204,16 +233,7 @@ fn connections_beyond_the_limit_are_refused() {
     let answer = read_to_close(&mut ninth, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&answer), 503, "{answer}");
     assert!(answer.contains("too many connections"), "{answer}");
-    let pid = coordinator.pid();
-    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Threads:")
-                    .map(|n| n.trim().parse::<usize>())
-            })
-        })
-        .and_then(Result::ok);
+    let threads = coordinator.threads();
     drop(held);
     // The freed slots serve new connections again.
     let back = support::poll_until(DEADLINE, || {

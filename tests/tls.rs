@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use support::lifecycle::{submit, wait_status};
 use support::tls::{cert_der, https_get, TestCa, TlsProxy};
-use support::{get_json, poll_until, send, temp_dir, Coordinator, FakeWorker, Form};
+use support::{
+    get_json, poll_until, send, temp_dir, write_workers_json, Coordinator, FakeWorker, Form,
+};
 
 /// Deadline for anything that should happen within a few seconds.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -159,4 +161,116 @@ fn an_https_worker_without_a_trusted_ca_is_unhealthy() {
     });
     assert!(failing.is_some(), "{}", pool_row(&coordinator));
     assert_eq!(proxy.sessions(), 0);
+}
+
+/// The `/pool` row of the worker at `endpoint`.
+fn row_of(coordinator: &Coordinator, endpoint: &str) -> Value {
+    let pool = get_json(&coordinator.url("/pool")).1;
+    pool["workers"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["endpoint"] == endpoint).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (proxy_cert, proxy_key) = ca.issue("proxy", false);
+    let (client_cert, client_key) = ca.issue("coordinator", true);
+    let plain = FakeWorker::start();
+    let behind = FakeWorker::start();
+    // The proxy admits only clients with a certificate of the CA.
+    let strict = TlsProxy::start(behind.addr(), &proxy_cert, &proxy_key, Some(&ca.path("ca")));
+    let (ca_arg, cert_arg, key_arg) = (
+        path_arg(&ca.path("ca")),
+        path_arg(&client_cert),
+        path_arg(&client_key),
+    );
+    let coordinator = Coordinator::start(
+        &[plain.entry(2)],
+        &[
+            "--worker-ca",
+            &ca_arg,
+            "--worker-tls-cert",
+            &cert_arg,
+            "--worker-tls-key",
+            &key_arg,
+            "--health-interval",
+            "1",
+        ],
+    );
+    let https = (behind.worker_id(), strict.endpoint(), 2);
+
+    // SIGHUP adds the https worker: it is probed through the proxy with the client certificate.
+    write_workers_json(coordinator.dir(), &[plain.entry(2), https.clone()]);
+    coordinator.hangup();
+    let healthy = poll_until(DEADLINE, || {
+        let row = row_of(&coordinator, &strict.endpoint());
+        (row["is_healthy"] == true).then_some(row)
+    });
+    assert!(
+        healthy.is_some(),
+        "{}",
+        row_of(&coordinator, &strict.endpoint())
+    );
+    assert!(strict.sessions() > 0, "nothing went through the proxy");
+
+    // POST /reload leaves only the https worker: a job runs behind the proxy.
+    write_workers_json(coordinator.dir(), std::slice::from_ref(&https));
+    let reloaded = send("POST", &coordinator.url("/reload"), None).expect("POST /reload");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let id = submit(&coordinator, &small_job());
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["worker_id"], behind.worker_id(), "{status}");
+}
+
+#[test]
+fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.issue("listener", false);
+    let worker = FakeWorker::start();
+    let (cert_arg, key_arg) = (path_arg(&cert), path_arg(&key));
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--max-connections",
+            "8",
+        ],
+    );
+    let port = coordinator.port();
+    // Eight connections that never start their handshake hold every connection slot.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let refused = https_get(port, &ca.path("ca"), "/health");
+        assert!(refused.is_err(), "a ninth TLS client was served");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusing took {:?}",
+            started.elapsed()
+        );
+    }
+    let threads = coordinator.threads();
+    if let Some(threads) = threads {
+        assert!(threads < 60, "{threads} threads for 8 connections");
+    }
+    drop(held);
+    let back = poll_until(DEADLINE, || {
+        https_get(port, &ca.path("ca"), "/health")
+            .ok()
+            .filter(|a| a.status == 200)
+    });
+    assert!(
+        back.is_some(),
+        "not served again after the held connections closed"
+    );
 }

@@ -225,6 +225,18 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
             }),
         );
     };
+    // A damaged segment is answered 500 here, not found out in the middle of the archive.
+    let unreadable = stored
+        .outputs
+        .iter()
+        .find_map(|(_, span)| ctx.spool.results_reader(&stored.segment, *span).err());
+    if let Some(e) = unreadable {
+        log::error!("The collected results of job {id} are unreadable: {e}");
+        return error_reply(
+            500,
+            format!("the collected outputs of job {id} cannot be read: {e}"),
+        );
+    }
     let mtime = job.completed_at.max(0.0) as u64;
     let entries = stored
         .outputs

@@ -1,10 +1,14 @@
 //! The HTTP front: a fixed pool of handler threads sharing one tiny_http server. A panic in a
 //! handler is caught and answered 500; the thread goes on serving.
 //!
-//! A request with a body to stream (an upload) can keep its thread for as long as its client
-//! dawdles (up to `--client-timeout` per silence), so uploads are gated: at most
-//! `--max-uploads` at once (503 beyond), and at most half the handler threads read one; the
-//! others run on upload threads. The remaining handlers stay free for short requests.
+//! A body of at most [`MAX_INLINE_BODY`] bytes arrives with its headers (read on the
+//! connection's own thread), so such a request never waits on its client here. A larger or
+//! chunked body (an upload) can keep its reader for as long as its client dawdles (up to
+//! `--client-timeout` per silence), so uploads are read on upload threads, never on a handler,
+//! at most `--max-uploads` at once (503 beyond): stalled uploads cannot take the handlers that
+//! short requests need. A request whose body already arrived (a small submit) is served on a
+//! handler while at most half of them serve one, else on an upload thread: a submit waits for
+//! its job's commit, and more submits waiting together make bigger group commits.
 
 use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
@@ -15,11 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use tiny_http::{Header, Request, Response, Server, StatusCode};
-
-/// Bodies up to this size arrive with the headers (tiny_http reads them on the connection's
-/// thread); larger or chunked ones are read by whoever handles the request.
-const INLINE_BODY: usize = 1024;
+use tiny_http::{Header, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
 
 /// Stack of an upload thread (the handler's work: multipart parsing into the spool).
 const UPLOAD_STACK: usize = 256 * 1024;
@@ -187,10 +187,17 @@ fn reply_status(reply: &Reply) -> u16 {
     }
 }
 
+/// True when the request has a body (arrived or still to read).
+fn has_body(request: &Request) -> bool {
+    request
+        .body_length()
+        .map_or_else(|| streams_body(request), |n| n > 0)
+}
+
 /// True when the handler will read the request's body from the client's socket.
 fn streams_body(request: &Request) -> bool {
     match request.body_length() {
-        Some(length) => length > INLINE_BODY,
+        Some(length) => length > MAX_INLINE_BODY,
         None => request
             .headers()
             .iter()
@@ -219,14 +226,16 @@ impl Drop for Slot {
     }
 }
 
-/// The uploads being read, and the threads that read those the handlers leave.
+/// The uploads being read, and the threads that serve requests with a body.
 struct Uploads {
-    /// Uploads being read, at most `max`.
+    /// Uploads being read from their clients, at most `max`.
     active: Arc<AtomicUsize>,
     max: usize,
-    /// Uploads read on handler threads, at most `on_handlers`.
+    /// Requests with an arrived body served on handler threads, at most `max_on_handlers`.
     on_handlers: Arc<AtomicUsize>,
     max_on_handlers: usize,
+    /// Requests with an arrived body served on upload threads, at most `max`.
+    spilled: Arc<AtomicUsize>,
     threads: ThreadCache,
 }
 
@@ -237,12 +246,23 @@ impl Uploads {
             max,
             on_handlers: Arc::new(AtomicUsize::new(0)),
             max_on_handlers: handlers / 2,
+            spilled: Arc::new(AtomicUsize::new(0)),
             threads: ThreadCache::new("upload", UPLOAD_STACK),
         }
     }
 
-    /// Serves an upload here, on an upload thread, or answers 503 when too many are read.
+    /// Serves a request with a body: one whose body arrived here or on an upload thread; an
+    /// upload still to be read on an upload thread, or 503 when too many are read.
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
+        if !streams_body(&request) {
+            if let Some(_here) = Slot::take(&self.on_handlers, self.max_on_handlers) {
+                return serve_one(ctx, handler, None, request);
+            }
+            match Slot::take(&self.spilled, self.max) {
+                Some(slot) => return self.run(ctx, handler, request, slot),
+                None => return serve_one(ctx, handler, None, request),
+            }
+        }
         let Some(slot) = Slot::take(&self.active, self.max) else {
             request.close_after_response();
             let reply = Reply::WithHeaders(
@@ -258,11 +278,11 @@ impl Uploads {
             respond(ctx, request, reply);
             return;
         };
-        if let Some(_here) = Slot::take(&self.on_handlers, self.max_on_handlers) {
-            serve_one(ctx, handler, None, request);
-            drop(slot);
-            return;
-        }
+        self.run(ctx, handler, request, slot);
+    }
+
+    /// Serves `request` on an upload thread, holding `slot` until it is answered.
+    fn run(&self, ctx: &Arc<Context>, handler: Handler, request: Request, slot: Slot) {
         let task_ctx = Arc::clone(ctx);
         let task = Box::new(move || {
             let _slot = slot;
@@ -294,9 +314,7 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
                 .name(format!("http-{i}"))
                 .spawn(move || loop {
                     match server.recv() {
-                        Ok(request) if streams_body(&request) => {
-                            uploads.serve(&ctx, handler, request)
-                        }
+                        Ok(request) if has_body(&request) => uploads.serve(&ctx, handler, request),
                         Ok(request) => serve_one(&ctx, handler, waiting.as_deref(), request),
                         Err(e) => {
                             log::error!("The HTTP server stopped accepting: {e}");

@@ -17,6 +17,7 @@ use crate::base::sync::lock;
 use crate::store::drains::{Drains, DRAINS_SCHEMA};
 use crate::store::segments::{SegmentFile, Segments};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::collections::HashSet;
 use std::fmt;
@@ -94,6 +95,9 @@ pub enum StoreError {
     Newer(PathBuf, i64),
     /// The database fails SQLite's integrity check (or is not a database).
     Corrupt(PathBuf, String),
+    /// The database is a sound SQLite file but not a job store this build can read (tables or
+    /// columns missing or of another shape).
+    Foreign(PathBuf, String),
     /// SQLite failed.
     Sqlite(rusqlite::Error),
     /// Syncing a segment file failed.
@@ -127,6 +131,11 @@ impl fmt::Display for StoreError {
             Self::Corrupt(path, why) => write!(
                 f,
                 "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db` and put recovered.db in its place, or move it (with its -wal file) away to start with an empty job history",
+                path.display()
+            ),
+            Self::Foreign(path, why) => write!(
+                f,
+                "{}: not a job store this trusted-pool can read ({why}); nothing was changed. Move it (with its -wal file) away to start with an empty job history",
                 path.display()
             ),
             Self::Sqlite(e) if self.is_full() => {
@@ -347,63 +356,8 @@ impl JobStore {
     ) -> Result<(JobStore, Vec<StoredJob>), StoreError> {
         std::fs::create_dir_all(state_dir).map_err(StoreError::Io)?;
         let path = state_dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| corrupt(&path, &e))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Newer(path, version));
-        }
-        let _: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| corrupt(&path, &e))?;
-        let size = file_size(&path) + file_size(&wal_path(&path));
-        let deferred_check = if size <= CHECK_AT_START_BYTES {
-            quick_check(&conn, &path)?;
-            None
-        } else {
-            Some(DeferredCheck { path: path.clone() })
-        };
-        let synchronous = match mode {
-            FsyncMode::Off => "OFF",
-            FsyncMode::Batch | FsyncMode::Always => "FULL",
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -1024; PRAGMA busy_timeout = 10000;"
-        ))?;
-        if version == 0 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
-            if mode != FsyncMode::Off {
-                std::fs::File::open(state_dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(StoreError::Io)?;
-            }
-        }
-        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
-            conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
-            if version > 0 {
-                log::info!(
-                    "{}: job store schema upgraded to version {to}",
-                    path.display()
-                );
-            }
-        }
-        let figures = Arc::new(Figures::default());
-        {
-            let mut statement = conn.prepare(
-                "SELECT status, count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at IS NOT NULL GROUP BY status",
-            )?;
-            let counts =
-                statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for count in counts {
-                let (status, n) = count?;
-                if let Some(status) = status_of(&status) {
-                    figures.settled[status_index(status)].store(n as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        let unsettled = read_unsettled(&conn, &path)?;
+        let (conn, figures, unsettled, deferred_check) =
+            open_checked(&path, mode).map_err(|e| name_the_file(&path, e))?;
         // Counted from the two partial indexes (a count over the whole table reads it all).
         let settled: u64 = figures
             .settled
@@ -433,7 +387,7 @@ impl JobStore {
             .last_checkpoint_ms
             .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
         let store = JobStore {
-            drains: Drains::new(&path, synchronous),
+            drains: Drains::new(&path, synchronous_of(mode)),
             path,
             ops,
             readers: Mutex::new(Vec::new()),
@@ -482,17 +436,14 @@ impl JobStore {
                 conn
             }
         };
-        let record: Option<String> = conn
+        let job = conn
             .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
+            .query_row([id], |r| Ok(parse_record(id, r.get_ref(0)?)))
             .optional()?;
         lock(&self.readers).push(conn);
-        let Some(record) = record else {
-            return Ok(None);
-        };
-        serde_json::from_str(&record)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(self.path.clone(), format!("job {id}: {e}")))
+        job.transpose().map_err(|why| {
+            StoreError::Corrupt(self.path.clone(), format!("the record of job {id}: {why}"))
+        })
     }
 
     /// Up to `limit` stored jobs, newest first (by submission time, then id), submitted before
@@ -514,13 +465,20 @@ impl JobStore {
         };
         let result = list_on(&conn, statuses, owner, before, limit);
         lock(&self.readers).push(conn);
-        result?
+        // A damaged row is left out of listings (and logged); its own routes answer 500.
+        Ok(result?
             .into_iter()
-            .map(|(id, record)| {
-                serde_json::from_str(&record)
-                    .map_err(|e| StoreError::Corrupt(self.path.clone(), format!("job {id}: {e}")))
+            .filter_map(|(id, record)| {
+                parse_record(&id, ValueRef::Text(record.as_bytes()))
+                    .map_err(|why| {
+                        log::warn!(
+                            "{}: job {id:?} left out of a listing: its record cannot be read ({why})",
+                            self.path.display()
+                        )
+                    })
+                    .ok()
             })
-            .collect()
+            .collect())
     }
 
     /// The store's figures for `/pool`.
@@ -566,7 +524,16 @@ impl JobStore {
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
-            each(row.get(0)?, row.get(1)?);
+            // A damaged row is passed over (logged): the others' uploads are still read.
+            match (text_column(row.get_ref(0)?), row.get_ref(1)?) {
+                (Ok(id), ValueRef::Blob(bytes)) => each(id, bytes.to_vec()),
+                (id, upload) => log::error!(
+                    "{}: the held upload of job {:?} cannot be read back (it is {:?})",
+                    self.path.display(),
+                    id.unwrap_or_default(),
+                    upload.data_type()
+                ),
+            }
         }
         Ok(())
     }
@@ -618,27 +585,180 @@ fn list_on(
     let mut record = conn.prepare_cached("SELECT record FROM jobs WHERE id = ?1")?;
     let mut rows = Vec::with_capacity(found.len());
     for (_, id) in found {
-        if let Some(text) = record
-            .query_row([&id], |r| r.get::<_, String>(0))
+        match record
+            .query_row([&id], |r| Ok(text_column(r.get_ref(0)?)))
             .optional()?
         {
-            rows.push((id, text));
+            Some(Ok(text)) => rows.push((id, text)),
+            Some(Err(why)) => log::warn!("job {id:?} left out of a listing: its record {why}"),
+            None => {}
         }
     }
     Ok(rows)
 }
 
+/// What opening the store gives: the writer's connection, the settled counts, the unsettled
+/// jobs and the integrity check left for after the start (a large store).
+type Opened = (
+    Connection,
+    Arc<Figures>,
+    Vec<StoredJob>,
+    Option<DeferredCheck>,
+);
+
+/// SQLite's `synchronous` setting for a `--fsync` mode.
+fn synchronous_of(mode: FsyncMode) -> &'static str {
+    match mode {
+        FsyncMode::Off => "OFF",
+        FsyncMode::Batch | FsyncMode::Always => "FULL",
+    }
+}
+
+/// Opens the database at `path` and checks it: schema version, SQLite's quick check, the
+/// schema created when new. Returns the connection, the settled counts and the unsettled jobs.
+fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
+    let conn = Connection::open(path)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, &e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Newer(path.to_path_buf(), version));
+    }
+    if version < 0 {
+        return Err(StoreError::Foreign(
+            path.to_path_buf(),
+            format!("schema version {version}"),
+        ));
+    }
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| corrupt(path, &e))?;
+        if tables > 0 {
+            return Err(StoreError::Foreign(
+                path.to_path_buf(),
+                "schema version 0, yet it holds tables".to_string(),
+            ));
+        }
+    }
+    let _: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, &e))?;
+    let size = file_size(path) + file_size(&wal_path(path));
+    let deferred_check = if size <= CHECK_AT_START_BYTES {
+        quick_check(&conn, path)?;
+        None
+    } else {
+        Some(DeferredCheck {
+            path: path.to_path_buf(),
+        })
+    };
+    let synchronous = synchronous_of(mode);
+    conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -1024; PRAGMA busy_timeout = 10000;"
+        ))?;
+    if version == 0 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
+        if mode != FsyncMode::Off {
+            std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::Io)?;
+        }
+    }
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
+        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+        if version > 0 {
+            log::info!(
+                "{}: job store schema upgraded to version {to}",
+                path.display()
+            );
+        }
+    }
+    let figures = Arc::new(Figures::default());
+    {
+        let mut statement = conn.prepare(
+            "SELECT status, count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at IS NOT NULL GROUP BY status",
+        )?;
+        let counts = statement.query_map([], |r| {
+            Ok((
+                text_column(r.get_ref(0)?).unwrap_or_default(),
+                r.get::<_, i64>(1)?,
+            ))
+        })?;
+        for count in counts {
+            let (status, n) = count?;
+            if let Some(status) = status_of(&status) {
+                figures.settled[status_index(status)].store(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    let unsettled = read_unsettled(&conn, path)?;
+    Ok((conn, figures, unsettled, deferred_check))
+}
+
+/// An error met while opening the store, with the file named: SQLite's own errors there mean
+/// a file this build cannot read (a full disk stays a full disk).
+fn name_the_file(path: &Path, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
+            StoreError::Sqlite(e)
+        }
+        StoreError::Sqlite(e) => match corrupt(path, &e) {
+            StoreError::Sqlite(e) => StoreError::Foreign(path.to_path_buf(), e.to_string()),
+            named => named,
+        },
+        other => other,
+    }
+}
+
+/// A column's text; `Err` says why a damaged row's column is not text.
+fn text_column(value: ValueRef<'_>) -> Result<String, String> {
+    match value {
+        ValueRef::Text(bytes) => {
+            String::from_utf8(bytes.to_vec()).map_err(|_| "it is not UTF-8".to_string())
+        }
+        other => Err(format!("it is {:?}, not text", other.data_type())),
+    }
+}
+
+/// A job's record column parsed; `Err` says why a damaged one cannot be read.
+fn parse_record(id: &str, record: ValueRef<'_>) -> Result<Job, String> {
+    let job: Job = serde_json::from_str(&text_column(record)?).map_err(|e| e.to_string())?;
+    if job.id != id {
+        return Err(format!("it is the record of {:?}", job.id));
+    }
+    Ok(job)
+}
+
+/// A row that cannot be read: its job id (as far as known) and why.
+type BadRow = (String, String);
+
+/// One unsettled row for recovery, or why it cannot be read.
+fn stored_job(row: &rusqlite::Row<'_>) -> Result<StoredJob, BadRow> {
+    let id = text_column(row.get_ref(0).map_err(|e| (String::new(), e.to_string()))?)
+        .map_err(|why| (String::new(), format!("its id column: {why}")))?;
+    let fail = |why: String| (id.clone(), why);
+    let job = parse_record(&id, row.get_ref(1).map_err(|e| fail(e.to_string()))?)
+        .map_err(|why| fail(format!("its record: {why}")))?;
+    Ok(StoredJob { job })
+}
+
+/// The unsettled jobs in submission order. A row that cannot be read (damaged on disk) is left
+/// as it is and logged: recovery goes on with the others, and the job's routes answer 500.
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
     let mut statement =
         conn.prepare("SELECT id, record FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
-    let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut rows = statement.query([]).map_err(|e| corrupt(path, &e))?;
     let mut jobs = Vec::new();
-    for row in rows {
-        let (id, record) = row?;
-        let job: Job = serde_json::from_str(&record).map_err(|e| {
-            StoreError::Corrupt(path.to_path_buf(), format!("the record of job {id}: {e}"))
-        })?;
-        jobs.push(StoredJob { job });
+    while let Some(row) = rows.next().map_err(|e| corrupt(path, &e))? {
+        match stored_job(row) {
+            Ok(job) => jobs.push(job),
+            Err((id, why)) => log::error!(
+                "{}: unsettled job {id:?} cannot be read back ({why}); it is left out of recovery",
+                path.display()
+            ),
+        }
     }
     Ok(jobs)
 }

@@ -53,10 +53,19 @@ impl UploadSource {
                     .ok_or_else(|| io::Error::other("a part lies outside its held upload"))?;
                 Ok(Box::new(io::Cursor::new(part.to_vec())))
             }
-            Self::OnDisk { file, base, .. } => Ok(Box::new(file.reader(Span {
-                offset: base + span.offset,
-                size: span.size,
-            }))),
+            Self::OnDisk { file, base, size } => {
+                let inside = span
+                    .offset
+                    .checked_add(span.size)
+                    .is_some_and(|end| end <= *size);
+                if !inside {
+                    return Err(io::Error::other("a part lies outside its upload"));
+                }
+                Ok(Box::new(file.reader(Span {
+                    offset: base + span.offset,
+                    size: span.size,
+                })))
+            }
         }
     }
 }
@@ -438,11 +447,12 @@ impl Spool {
             });
             let checked = match file {
                 Ok(file) => match file.file_len() {
-                    Ok(len) if len >= at.base + at.size => Ok(Arc::clone(file)),
+                    Ok(len) if at.base.checked_add(at.size).is_some_and(|end| end <= len) => {
+                        Ok(Arc::clone(file))
+                    }
                     Ok(len) => Err(format!(
-                        "its upload segment {} ends at byte {len}, before the upload's end at {}",
-                        at.segment,
-                        at.base + at.size
+                        "its upload segment {} ends at byte {len}, before the upload's end at {} (+{} bytes)",
+                        at.segment, at.base, at.size
                     )),
                     Err(e) => Err(e.to_string()),
                 },
@@ -499,6 +509,19 @@ impl Spool {
             ));
         }
         let mut file = File::open(self.results.join(segment))?;
+        let len = file.metadata()?.len();
+        match span.offset.checked_add(span.size) {
+            Some(end) if end <= len => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "results segment {segment} ends at byte {len}, before the data at {} (+{} bytes)",
+                        span.offset, span.size
+                    ),
+                ))
+            }
+        }
         file.seek(SeekFrom::Start(span.offset))?;
         Ok(Box::new(file.take(span.size)))
     }

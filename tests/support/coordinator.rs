@@ -198,6 +198,13 @@ impl Coordinator {
         self.child.id()
     }
 
+    /// Its thread count (`Threads:` of `/proc/PID/status`), when readable.
+    pub fn threads(&self) -> Option<usize> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Threads:"))?;
+        line.trim().parse().ok()
+    }
+
     /// The directory holding workers.json and state/.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -123,6 +123,11 @@ impl From<IoError> for RequestCreationError {
     }
 }
 
+/// Patched: bodies of at most this many bytes (with a `Content-Length` and no
+/// `Expect: 100-continue`) are read on the connection's thread before the request is handed
+/// to the server's `recv()` (0.12.0: 1024).
+pub const MAX_INLINE_BODY: usize = 16 * 1024;
+
 /// Builds a new request.
 ///
 /// After the request line and headers have been read from the socket, a new `Request` object
@@ -155,7 +160,7 @@ where
         .map(|h| h.value.clone());
 
     // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
+    let content_length: Option<usize> = if transfer_encoding.is_some() {
         // if transfer-encoding is specified, the Content-Length
         // header must be ignored (RFC2616 #4.4)
         None
@@ -199,23 +204,20 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+        } else if content_length <= MAX_INLINE_BODY && !expects_continue {
+            // Patched: a small body is read here, on the connection's thread, so a client that
+            // stalls inside it holds its own connection thread only, never a handler. The
+            // buffer grows with what arrives (a declared length costs nothing until sent).
+            let mut buffer = Vec::with_capacity(content_length.min(4096));
+            (&mut source_data)
+                .take(content_length as u64)
+                .read_to_end(&mut buffer)?;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
