@@ -36,7 +36,7 @@ OPTIONS:
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
     --upload-memory-bytes N  waiting uploads of up to 64 KiB each are held in memory up to
-                             this total, the rest go to the state dir; 0 = all to disk [default: 4194304]
+                             this total, the rest go to the state dir; 0 = all to disk [default: 1048576]
     --dispatch-timeout SECS  how long a worker may take to answer a submit   [default: 360]
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]

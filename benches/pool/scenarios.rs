@@ -1103,7 +1103,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
         job.remote_job_id = Some(format!("job_1_{n}"));
         job.worker_status = Some(status.clone());
         job.completed_at = Some(now);
-        job.collection = Collection::Collected(StoredResults {
+        job.collection = Collection::Collected(Box::new(StoredResults {
             segment: "none".to_string(),
             outputs: vec![(
                 "result.txt".to_string(),
@@ -1116,7 +1116,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
                 offset: 30,
                 size: 40,
             },
-        });
+        }));
         let record = Record {
             job: Box::new(job),
             insert: true,

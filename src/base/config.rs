@@ -109,7 +109,7 @@ impl Default for ServeConfig {
             health_timeout: Duration::from_secs(5),
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
-            upload_memory_bytes: 4 * 1024 * 1024,
+            upload_memory_bytes: 1024 * 1024,
             dispatch_timeout: Duration::from_secs(360),
             track_interval: Duration::from_secs(1),
             lost_after: Duration::from_secs(120),

@@ -170,8 +170,9 @@ pub enum Collection {
     NotStarted,
     /// The job finished; collection is under way or will be retried after this error.
     Pending(Option<String>),
-    /// Everything is in the spool; the coordinator serves the results itself.
-    Collected(StoredResults),
+    /// Everything is in the spool; the coordinator serves the results itself (boxed: a queued
+    /// job's record stays small).
+    Collected(Box<StoredResults>),
 }
 
 /// The figures of a job's `[DONE] Job <status> (exit=N, CPU=X.XXXXXXs, Mem=NMB)` stream line.
@@ -265,12 +266,13 @@ pub struct Job {
     /// slot there, and is deleted on the worker once ended.
     #[serde(default)]
     pub ending_on_worker: bool,
-    /// The figures of the worker's `[DONE]` stream line, when it was seen.
+    /// The figures of the worker's `[DONE]` stream line, when it was seen (boxed, like the
+    /// other fields a queued job leaves empty, so that 10,000 queued records stay small).
     #[serde(default)]
-    pub done_figures: Option<DoneFigures>,
+    pub done_figures: Option<Box<DoneFigures>>,
     /// Result verification, once the job finished.
     #[serde(default)]
-    pub verification: Option<Verification>,
+    pub verification: Option<Box<Verification>>,
     /// Where its upload waits on disk; `None` when it is held in memory (and in the job store).
     #[serde(default)]
     pub upload_at: Option<UploadAt>,

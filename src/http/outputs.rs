@@ -93,7 +93,7 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
         .unwrap_or_default();
     Ok(Finished {
         stored: match &job.collection {
-            Collection::Collected(stored) => Some(stored.clone()),
+            Collection::Collected(stored) => Some(StoredResults::clone(stored)),
             _ => None,
         },
         remote: remote.clone(),

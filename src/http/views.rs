@@ -283,7 +283,7 @@ struct StatusView<'a> {
     error: Option<&'a str>,
     attempts: &'a [Attempt],
     results: CollectionView<'a>,
-    verification: &'a Option<Verification>,
+    verification: &'a Option<Box<Verification>>,
     files: FilesView<'a>,
     execution_metadata: Cow<'a, Value>,
     job_hash: Cow<'a, Value>,

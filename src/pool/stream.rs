@@ -46,7 +46,7 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
                 if let Some(figures) = parse_done(&text) {
                     if let Some(job) = ctx.lock().jobs.get_mut(id) {
                         if figures.is_some() {
-                            job.done_figures = figures;
+                            job.done_figures = figures.map(Box::new);
                         }
                     }
                     client.close();

@@ -91,7 +91,7 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed
                     .flatten(),
                 last_contact: job.last_contact.unwrap_or_else(unix_now),
                 ending_on_worker: job.ending_on_worker,
-                figures: job.done_figures.clone(),
+                figures: job.done_figures.as_deref().cloned(),
                 streaming: streaming.contains(&id),
                 urgent: urgent.contains(&id),
                 id,
@@ -200,7 +200,7 @@ fn latest_figures(ctx: &Context, job: &Followed) -> Option<DoneFigures> {
         .lock()
         .jobs
         .get(&job.id)
-        .and_then(|j| j.done_figures.clone());
+        .and_then(|j| j.done_figures.as_deref().cloned());
     now.or_else(|| job.figures.clone())
 }
 
@@ -272,11 +272,11 @@ fn record_status(
                 refused = Some(why);
             }
         }
-        job.verification = Some(Verification {
+        job.verification = Some(Box::new(Verification {
             signature: check.verdict,
             outputs: None,
             reason: check.reason,
-        });
+        }));
     }
     // A job seen only once it ended (its start fell between two looks) still started: its
     // followers hear that before they hear the end.
@@ -362,7 +362,7 @@ fn record_collection(
         }
         return;
     };
-    job.collection = Collection::Collected(collected.stored.clone());
+    job.collection = Collection::Collected(Box::new(collected.stored.clone()));
     let was_completed = job.status == PoolStatus::Completed;
     if let Some(v) = job.verification.as_mut() {
         v.outputs = Some(verdict);

@@ -8,6 +8,7 @@
 
 use crate::base::job::Priority;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Who a queued job belongs to: a client key's name, or None without keys.
@@ -18,7 +19,8 @@ pub type Owner = Option<String>;
 struct Entry {
     /// Increases with every insertion into any level: an owner's jobs are sorted by it.
     seq: u64,
-    id: String,
+    /// Shared with the job's key in `JobQueue::places` (one allocation per queued job).
+    id: Arc<str>,
     /// When it entered this level (aging counts from here).
     since: Instant,
 }
@@ -108,7 +110,7 @@ enum Place {
 pub struct JobQueue {
     front: VecDeque<String>,
     levels: [Level; 3],
-    places: HashMap<String, Place>,
+    places: HashMap<Arc<str>, Place>,
     owner_counts: HashMap<Owner, usize>,
     owners_of_front: HashMap<String, Owner>,
     next_seq: u64,
@@ -134,14 +136,14 @@ impl JobQueue {
     pub fn push(&mut self, id: String, owner: Owner, priority: Priority, now: Instant) {
         let level = priority.index();
         *self.owner_counts.entry(owner.clone()).or_default() += 1;
-        self.insert(id, owner, level, now);
+        self.insert(Arc::from(id), owner, level, now);
     }
 
-    fn insert(&mut self, id: String, owner: Owner, level: usize, now: Instant) {
+    fn insert(&mut self, id: Arc<str>, owner: Owner, level: usize, now: Instant) {
         self.next_seq += 1;
         let seq = self.next_seq;
         self.places.insert(
-            id.clone(),
+            Arc::clone(&id),
             Place::Level {
                 level,
                 owner: owner.clone(),
@@ -161,7 +163,7 @@ impl JobQueue {
     /// Puts a job back at the head, before every other.
     pub fn push_front(&mut self, id: String, owner: Owner) {
         *self.owner_counts.entry(owner.clone()).or_default() += 1;
-        self.places.insert(id.clone(), Place::Front);
+        self.places.insert(Arc::from(id.as_str()), Place::Front);
         self.owners_of_front.insert(id.clone(), owner);
         self.front.push_front(id);
     }
@@ -171,10 +173,7 @@ impl JobQueue {
         if let Some(id) = self.front.front() {
             return Some(id);
         }
-        self.levels
-            .iter()
-            .find_map(|l| l.peek())
-            .map(|e| e.id.as_str())
+        self.levels.iter().find_map(|l| l.peek()).map(|e| &*e.id)
     }
 
     /// Removes and returns the job [`JobQueue::peek`] names.
@@ -186,7 +185,7 @@ impl JobQueue {
         }
         let (owner, entry) = self.levels.iter_mut().find_map(Level::pop)?;
         self.forget(&entry.id, &owner);
-        Some(entry.id)
+        Some(entry.id.to_string())
     }
 
     /// Removes a job wherever it waits; false when it is not queued.
@@ -233,7 +232,7 @@ impl JobQueue {
                         .map(|e| (owner.clone(), e.seq))
                 })
                 .collect();
-            let mut moved: Vec<(u64, Owner, String)> = due
+            let mut moved: Vec<(u64, Owner, Arc<str>)> = due
                 .into_iter()
                 .filter_map(|(owner, seq)| {
                     let entry = self.levels[level].remove(&owner, seq)?;

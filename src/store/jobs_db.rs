@@ -656,7 +656,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     let synchronous = synchronous_of(mode);
     conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -1024; PRAGMA busy_timeout = 10000;"
+             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -256; PRAGMA busy_timeout = 10000;"
         ))?;
     if version == 0 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
