@@ -279,13 +279,15 @@ pub struct Job {
 }
 
 impl Job {
-    /// A freshly accepted job.
+    /// A freshly accepted job. `inputs` is trimmed to its length: a one-file job would keep room
+    /// for four (192 bytes more per queued job).
     pub fn new(
         id: String,
-        inputs: Vec<InputFile>,
+        mut inputs: Vec<InputFile>,
         manifest: Option<Span>,
         submitted_at: f64,
     ) -> Self {
+        inputs.shrink_to_fit();
         Job {
             id,
             status: PoolStatus::Queued,
