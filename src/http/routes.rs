@@ -10,7 +10,7 @@ use crate::http::views::{
     keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, waiting};
-use crate::pool::control::{self, worker_id_from_url};
+use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::reload;
 use crate::state::context::Context;
 use serde_json::json;
@@ -154,7 +154,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         },
         Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| match control::cancel(ctx, id) {
             Ok(()) => status(ctx, id),
-            Err(e) => match ctx.store.load(id) {
+            Err(e @ ControlError::UnknownJob(_)) => match ctx.store.load(id) {
                 Ok(Some(job)) => error_reply(
                     409,
                     format!(
@@ -164,6 +164,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
                 ),
                 _ => error_reply(e.status(), e.to_string()),
             },
+            Err(e) => error_reply(e.status(), e.to_string()),
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on),

@@ -60,7 +60,8 @@ impl std::error::Error for ControlError {}
 
 /// Cancels a job. A queued one ends at once and its upload is dropped; a dispatched or running
 /// one is marked cancelled at once, its results are not collected, and its tracker follows it
-/// only until its worker ends it (the slot is freed then), then deletes it there.
+/// only until its worker ends it (the slot is freed then), then deletes it there. Returns once
+/// the cancellation is committed to the job store, so a restart keeps it.
 pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     let mut st = ctx.lock();
     let status = st
@@ -81,7 +82,7 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
         job.error = Some("cancelled".to_string());
         job.ending_on_worker = on_worker;
     }
-    ctx.record(&st, id);
+    let committed = ctx.record_with_ticket(&st, id);
     drop(st);
     announce::ended(ctx, id, None);
     if on_worker {
@@ -90,7 +91,11 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
         ctx.spool.remove_upload(id);
         log::info!("Cancelled queued job {id}");
     }
-    Ok(())
+    committed.map_or(Ok(()), |ticket| {
+        ticket
+            .wait()
+            .map_err(|e| ControlError::NotRecorded(e.to_string()))
+    })
 }
 
 /// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed

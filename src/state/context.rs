@@ -146,16 +146,17 @@ impl Context {
     /// Records job `id` (sent with the table locked) and waits for the commit (unlocked): what
     /// must be on disk before the coordinator acts on it, such as a dispatch about to be sent.
     pub fn record_and_wait(&self, id: &str) -> Result<(), StoreError> {
-        let ticket = {
-            let st = self.lock();
-            let Some(mut record) = self.record_of(&st, id, None, None) else {
-                return Ok(());
-            };
-            let ticket = Ticket::attach(&mut record);
-            self.store.send(record);
-            ticket
-        };
-        ticket.wait()
+        let ticket = self.record_with_ticket(&self.lock(), id);
+        ticket.map_or(Ok(()), Ticket::wait)
+    }
+
+    /// Records job `id` with the table locked and gives the ticket to wait on for its commit
+    /// once the table is unlocked (None when the job is not in the table).
+    pub fn record_with_ticket(&self, st: &PoolState, id: &str) -> Option<Ticket> {
+        let mut record = self.record_of(st, id, None, None)?;
+        let ticket = Ticket::attach(&mut record);
+        self.store.send(record);
+        Some(ticket)
     }
 
     fn record_of(
