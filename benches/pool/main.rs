@@ -28,7 +28,7 @@ use scenarios::Findings;
 const ONLY: &str = "BENCH_SCENARIOS";
 
 /// The whole benchmark is stopped after this long, whatever it is doing.
-const TIME_LIMIT: Duration = Duration::from_secs(15 * 60);
+const TIME_LIMIT: Duration = Duration::from_secs(25 * 60);
 
 fn target_dir() -> PathBuf {
     let binary = coord::built_binary();
