@@ -639,6 +639,24 @@ fn status_op<'a>(
     }
 }
 
+/// One short closed-loop window of `GET /status/{id}` on the coordinator over `ids`.
+fn pool_status_window(coord: &Coordinator, ids: &[String]) -> RunStats {
+    closed_loop(
+        CLIENTS,
+        Duration::from_millis(500),
+        SHORT_WINDOW,
+        || {},
+        |i| {
+            status_op(
+                ids,
+                |id| coord.url(&format!("/status/{id}")),
+                "pool_status",
+                i,
+            )
+        },
+    )
+}
+
 /// Scenario 4: `/status` latency with idle workers, then with one worker blocking every request.
 pub fn status_blocked(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     let (mut direct, mut idle, mut blocked) = (
@@ -700,20 +718,7 @@ pub fn status_blocked(body: &JobBody, f: &mut Findings) -> Result<(), String> {
             .filter(|v| num(&v["jobs_by_status"], "running") == 15)
             .ok_or("the long jobs did not all run")?;
         let coord = &p.coord;
-        let stats = closed_loop(
-            CLIENTS,
-            Duration::from_millis(500),
-            SHORT_WINDOW,
-            || {},
-            |i| {
-                status_op(
-                    &ids,
-                    |id| coord.url(&format!("/status/{id}")),
-                    "pool_status",
-                    i,
-                )
-            },
-        );
+        let stats = pool_status_window(coord, &ids);
         idle.push(&stats);
 
         let busy = &p.workers[1];
@@ -728,20 +733,7 @@ pub fn status_blocked(body: &JobBody, f: &mut Findings) -> Result<(), String> {
             )?;
         }
         thread::sleep(Duration::from_millis(100));
-        let stats = closed_loop(
-            CLIENTS,
-            Duration::from_millis(500),
-            SHORT_WINDOW,
-            || {},
-            |i| {
-                status_op(
-                    &ids,
-                    |id| coord.url(&format!("/status/{id}")),
-                    "pool_status",
-                    i,
-                )
-            },
-        );
+        let stats = pool_status_window(coord, &ids);
         blocked.push(&stats);
         let after = busy.counts();
         let n_held = (after.status + after.submit) - (before.status + before.submit);
@@ -1269,20 +1261,7 @@ pub fn stalled_clients(body: &JobBody, f: &mut Findings) -> Result<(), String> {
         settle(&p.coord).ok_or("the first 48 jobs did not complete")?;
         let coord = &p.coord;
         let measure = |status: &mut LoadSeries, submits: &mut LoadSeries, tag: usize| {
-            let stats = closed_loop(
-                CLIENTS,
-                Duration::from_millis(500),
-                SHORT_WINDOW,
-                || {},
-                |i| {
-                    status_op(
-                        &ids,
-                        |id| coord.url(&format!("/status/{id}")),
-                        "pool_status",
-                        i,
-                    )
-                },
-            );
+            let stats = pool_status_window(coord, &ids);
             status.push(&stats);
             let stats = closed_loop(
                 CLIENTS,
