@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
-use support::{poll_until, send, send_with, Coordinator, FakeWorker, Form};
+use support::{
+    get_json, poll_until, post, send, send_with, write_workers_json, Coordinator, FakeWorker, Form,
+};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -38,6 +40,12 @@ impl Scrape {
             "{content_type}"
         );
         let text = reply.text();
+        // One body of known length (not chunked), as the scrape-cost figure assumes.
+        assert_eq!(
+            reply.header("Content-Length"),
+            Some(text.len().to_string().as_str()),
+            "/metrics without an exact Content-Length"
+        );
         let series = check_format(&text);
         Scrape { text, series }
     }
@@ -304,6 +312,71 @@ fn every_worker_has_its_series_and_the_text_passes_the_official_parser() {
     if !official_parser_accepts(&s.text) && std::env::var_os("CI").is_some() {
         panic!("CI must install promtool or prometheus_client for the parser check");
     }
+}
+
+#[test]
+fn the_worker_series_follow_a_reload_that_replaces_a_worker() {
+    let [a, b, c] = [(); 3].map(|_| FakeWorker::start());
+    let dir = support::workers_dir(&[a.entry(2), b.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    wait_healthy(&coordinator, &[&a, &b], DEADLINE);
+    let info = |w: &FakeWorker| {
+        format!(
+            "trusted_pool_worker_info{{worker_id=\"{}\",endpoint=\"{}\"}}",
+            w.worker_id(),
+            w.endpoint()
+        )
+    };
+    let before = Scrape::take(&coordinator);
+    assert_eq!(before.value(&info(&a)), 1.0);
+    assert_eq!(before.value(&info(&b)), 1.0);
+
+    // The reload removes a (idle: forgotten at once, its place goes to c) and adds c.
+    write_workers_json(dir.path(), &[b.entry(2), c.entry(3)]);
+    let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+    assert_eq!(code, 200, "reload: {body}");
+    wait_healthy(&coordinator, &[&b, &c], DEADLINE);
+    let after = Scrape::take(&coordinator);
+    assert_eq!(after.value(&info(&b)), 1.0);
+    assert_eq!(after.value(&info(&c)), 1.0);
+    let cap = |w: &FakeWorker| {
+        format!(
+            "trusted_pool_worker_max_concurrent_jobs{{worker_id=\"{}\"}}",
+            w.worker_id()
+        )
+    };
+    assert_eq!(after.value(&cap(&c)), 3.0);
+    assert_eq!(after.value(&cap(&b)), 2.0);
+    // Every worker the metrics name is one /pool lists (no label left from a replaced worker).
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let listed: HashSet<String> = pool["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["worker_id"].as_str().map(str::to_string))
+        .collect();
+    let named: HashSet<&str> = after
+        .series
+        .keys()
+        .filter_map(|k| k.split_once("worker_id=\"")?.1.split_once('"'))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(named.contains(c.worker_id().as_str()), "{}", after.text);
+    for id in named {
+        assert!(
+            listed.contains(id),
+            "{id} is in /metrics, not in /pool: {pool}"
+        );
+    }
+    if !pool["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .any(|w| w["worker_id"] == a.worker_id().as_str())
+    {
+        assert!(!after.text.contains(&a.worker_id()), "{}", after.text);
+    }
+    official_parser_accepts(&after.text);
 }
 
 /// Writes a keys file with an admin key and a submit key; returns their secrets.

@@ -48,8 +48,9 @@ const SCALE_WORKERS: usize = 200;
 const SCALE_BLACK_HOLES: usize = 20;
 /// Slots per worker in the scale scenario.
 const SCALE_SLOTS: u32 = 4;
-/// `/metrics` scrapes timed in the scale scenario.
-const SCRAPES: usize = 200;
+/// `/metrics` scrapes timed in the scale scenario (enough for a p99 that is not the one worst
+/// scrape, and for a CPU figure of many 10 ms ticks).
+const SCRAPES: usize = 1000;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -1050,9 +1051,11 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
         Row::pool(s, "submit latency p50, 200 workers", "ms", p50.0).errors(e),
         Row::pool(s, "CPU per submitted job, 200 workers", "us", cpu.0).errors(e),
         Row::pool(s, "/metrics scrape p50, 200 workers", "ms", scrape_p50.0)
+            .budget(Budget::Under(0.5))
+            .errors(e),
+        Row::pool(s, "/metrics scrape p99, 200 workers", "ms", scrape_p99.0)
             .budget(Budget::Under(1.0))
             .errors(e),
-        Row::pool(s, "/metrics scrape p99, 200 workers", "ms", scrape_p99.0).errors(e),
         Row::pool(
             s,
             "CPU per /metrics scrape, 200 workers",

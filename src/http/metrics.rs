@@ -1,24 +1,25 @@
 //! `GET /metrics`: the Prometheus text exposition format, version 0.0.4.
 //!
 //! The pool table is locked only to copy a few numbers per worker; the text is written after the
-//! lock is released, into one buffer.
+//! lock is released, into one buffer sized from the previous scrape. Each worker's label text is
+//! kept between scrapes ([`RenderCache`]) and rebuilt only when the worker at that place in the
+//! table changes (a reload), so a scrape allocates nothing per worker.
 
 use crate::base::job::{PoolStatus, Priority};
 use crate::base::process;
+use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
-use crate::state::pool_state::{PoolState, WorkerCounters};
+use crate::state::pool_state::{PoolState, WorkerCounters, WorkerEntry};
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// One worker's figures, copied under the lock.
+/// One worker's figures, copied under the lock (numbers only: its labels are in the cache).
 struct WorkerSample {
-    /// `worker_id="..."`, escaped once per scrape.
-    label: String,
-    endpoint: String,
     healthy: bool,
     throttled: bool,
     draining: bool,
@@ -28,58 +29,109 @@ struct WorkerSample {
     counters: WorkerCounters,
 }
 
+/// The label text of the worker at one place in the table.
+struct WorkerLabels {
+    worker_id: String,
+    endpoint: String,
+    /// `{worker_id="..."`, escaped: every per-worker series starts with it.
+    open: String,
+    /// `,endpoint="..."} 1`, escaped: the rest of its `trusted_pool_worker_info` line.
+    info: String,
+}
+
+impl WorkerLabels {
+    fn new(w: &WorkerEntry) -> Self {
+        let (worker_id, endpoint) = (&w.spec.worker_id, &w.spec.endpoint);
+        let mut open = String::with_capacity(worker_id.len() + 13);
+        open.push_str("{worker_id=\"");
+        escape_into(&mut open, worker_id);
+        open.push('"');
+        let mut info = String::with_capacity(endpoint.len() + 16);
+        info.push_str(",endpoint=\"");
+        escape_into(&mut info, endpoint);
+        info.push_str("\"} 1");
+        WorkerLabels {
+            worker_id: worker_id.clone(),
+            endpoint: endpoint.clone(),
+            open,
+            info,
+        }
+    }
+
+    fn is_for(&self, w: &WorkerEntry) -> bool {
+        self.worker_id == w.spec.worker_id && self.endpoint == w.spec.endpoint
+    }
+}
+
+/// What scrapes keep between them. Taken before the pool lock (which is taken inside it only
+/// to copy the figures), never under it; concurrent scrapes take turns.
+struct RenderCache {
+    /// Per place in the table, the labels of the worker there at the last scrape.
+    labels: Vec<WorkerLabels>,
+    /// This scrape's per-worker figures (the vector is reused).
+    samples: Vec<WorkerSample>,
+    /// Length of the last text, to size the next one's buffer.
+    last_len: usize,
+}
+
+static CACHE: Mutex<RenderCache> = Mutex::new(RenderCache {
+    labels: Vec::new(),
+    samples: Vec::new(),
+    last_len: 0,
+});
+
 /// The table's figures, copied under the lock.
 struct TableSample {
     /// Queued jobs put back at the head, then per priority level (see [`Priority::ALL`]).
     requeued: usize,
     levels: [usize; Priority::ALL.len()],
     jobs: [usize; PoolStatus::ALL.len()],
-    workers: Vec<WorkerSample>,
 }
 
-/// `worker_id="<id>"`, escaped.
-fn worker_label(worker_id: &str) -> String {
-    let mut label = String::with_capacity(worker_id.len() + 12);
-    label.push_str("worker_id=\"");
-    escape_into(&mut label, worker_id);
-    label.push('"');
-    label
-}
-
-fn sample_table(st: &PoolState, now: Instant) -> TableSample {
+/// Copies the table's figures into `cache.samples`, refreshing the labels of workers that
+/// changed place (added, removed, re-addressed).
+fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableSample {
     let mut jobs = [0; PoolStatus::ALL.len()];
     for (count, status) in jobs.iter_mut().zip(PoolStatus::ALL) {
         *count = st.count(status);
     }
     let depths = st.queue.depths();
+    cache.labels.truncate(st.workers.len());
+    cache.samples.clear();
+    for (i, w) in st.workers.iter().enumerate() {
+        match cache.labels.get_mut(i) {
+            Some(labels) if labels.is_for(w) => {}
+            Some(labels) => *labels = WorkerLabels::new(w),
+            None => cache.labels.push(WorkerLabels::new(w)),
+        }
+        cache.samples.push(WorkerSample {
+            healthy: w.health.is_healthy,
+            throttled: w.is_throttled(now),
+            draining: w.draining,
+            active_jobs: w.active_jobs,
+            max_concurrent_jobs: w.spec.max_concurrent_jobs,
+            tracked_jobs: w.tracked.len(),
+            counters: w.counters.clone(),
+        });
+    }
     TableSample {
         requeued: depths.requeued,
         levels: depths.levels,
         jobs,
-        workers: st
-            .workers
-            .iter()
-            .map(|w| WorkerSample {
-                label: worker_label(&w.spec.worker_id),
-                endpoint: w.spec.endpoint.clone(),
-                healthy: w.health.is_healthy,
-                throttled: w.is_throttled(now),
-                draining: w.draining,
-                active_jobs: w.active_jobs,
-                max_concurrent_jobs: w.spec.max_concurrent_jobs,
-                tracked_jobs: w.tracked.len(),
-                counters: w.counters.clone(),
-            })
-            .collect(),
     }
 }
 
 /// Writes the metrics text; the table is locked only while its figures are copied.
 pub fn render(ctx: &Context) -> String {
-    let table = sample_table(&ctx.lock(), Instant::now());
-    let mut out = Text(String::with_capacity(4096 + table.workers.len() * 1600));
+    let mut cache = lock(&CACHE);
+    let table = sample_table(&ctx.lock(), Instant::now(), &mut cache);
+    let size = match cache.last_len {
+        0 => 8192 + cache.samples.len() * 2048,
+        last => last + last / 16,
+    };
+    let mut out = Text(String::with_capacity(size));
     write_jobs(&mut out, &ctx.metrics, &table);
-    write_workers(&mut out, &table);
+    write_workers(&mut out, &cache.labels, &cache.samples);
     write_histograms(&mut out, &ctx.metrics);
     let spool = ctx.spool.upload_counts();
     out.family(
@@ -113,6 +165,7 @@ pub fn render(ctx: &Context) -> String {
         spool.disk_bytes,
     );
     write_process(&mut out, ctx.metrics.started_at);
+    cache.last_len = out.0.len();
     out.0
 }
 
@@ -192,9 +245,9 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
     }
 }
 
-fn write_workers(out: &mut Text, table: &TableSample) {
-    let healthy = table.workers.iter().filter(|w| w.healthy).count() as u64;
-    let throttled = table.workers.iter().filter(|w| w.throttled).count() as u64;
+fn write_workers(out: &mut Text, labels: &[WorkerLabels], samples: &[WorkerSample]) {
+    let count = |f: fn(&WorkerSample) -> bool| samples.iter().filter(|w| f(w)).count() as u64;
+    let healthy = count(|w| w.healthy);
     out.family(
         "trusted_pool_workers",
         "gauge",
@@ -204,11 +257,18 @@ fn write_workers(out: &mut Text, table: &TableSample) {
     out.sample(
         "trusted_pool_workers",
         &[("state", "unhealthy")],
-        table.workers.len() as u64 - healthy,
+        samples.len() as u64 - healthy,
     );
-    out.sample("trusted_pool_workers", &[("state", "throttled")], throttled);
-    let draining = table.workers.iter().filter(|w| w.draining).count() as u64;
-    out.sample("trusted_pool_workers", &[("state", "draining")], draining);
+    out.sample(
+        "trusted_pool_workers",
+        &[("state", "throttled")],
+        count(|w| w.throttled),
+    );
+    out.sample(
+        "trusted_pool_workers",
+        &[("state", "draining")],
+        count(|w| w.draining),
+    );
     type Field = fn(&WorkerSample) -> u64;
     let gauges: [(&str, &str, Field); 6] = [
         (
@@ -247,18 +307,17 @@ fn write_workers(out: &mut Text, table: &TableSample) {
         "gauge",
         "Each allowlisted worker's endpoint (always 1).",
     );
-    for w in &table.workers {
-        out.worker_sample(
-            "trusted_pool_worker_info",
-            &w.label,
-            Some(("endpoint", &w.endpoint)),
-            1,
-        );
+    for label in labels {
+        out.0.push_str("trusted_pool_worker_info");
+        out.0.push_str(&label.open);
+        out.0.push_str(&label.info);
+        out.0.push('\n');
     }
+    let workers = || labels.iter().zip(samples);
     for (name, help, field) in gauges {
         out.family(name, "gauge", help);
-        for w in &table.workers {
-            out.worker_sample(name, &w.label, None, field(w));
+        for (label, w) in workers() {
+            out.worker_sample(name, label, "} ", field(w));
         }
     }
     out.family(
@@ -266,12 +325,12 @@ fn write_workers(out: &mut Text, table: &TableSample) {
         "counter",
         "Submits sent to workers, by worker and outcome.",
     );
-    for w in &table.workers {
+    for (label, w) in workers() {
         for (outcome, count) in DispatchOutcome::ALL.iter().zip(w.counters.dispatches) {
             out.worker_sample(
                 "trusted_pool_dispatches_total",
-                &w.label,
-                Some(("outcome", outcome.label())),
+                label,
+                outcome_labels(*outcome),
                 count,
             );
         }
@@ -281,20 +340,32 @@ fn write_workers(out: &mut Text, table: &TableSample) {
         "counter",
         "Jobs that ended on a worker, by worker and status.",
     );
-    for w in &table.workers {
+    for (label, w) in workers() {
         let ends = [
-            ("completed", w.counters.completed),
-            ("failed", w.counters.failed),
-            ("lost", w.counters.lost),
+            (",status=\"completed\"} ", w.counters.completed),
+            (",status=\"failed\"} ", w.counters.failed),
+            (",status=\"lost\"} ", w.counters.lost),
         ];
-        for (status, count) in ends {
+        for (rest, count) in ends {
             out.worker_sample(
                 "trusted_pool_worker_jobs_finished_total",
-                &w.label,
-                Some(("status", status)),
+                label,
+                rest,
                 count,
             );
         }
+    }
+}
+
+/// The end of a dispatch series' labels: `,outcome="..."} `.
+fn outcome_labels(outcome: DispatchOutcome) -> &'static str {
+    match outcome {
+        DispatchOutcome::Accepted => ",outcome=\"accepted\"} ",
+        DispatchOutcome::Throttled => ",outcome=\"429\"} ",
+        DispatchOutcome::Rejected => ",outcome=\"4xx\"} ",
+        DispatchOutcome::ServerError => ",outcome=\"5xx\"} ",
+        DispatchOutcome::Unreachable => ",outcome=\"unreachable\"} ",
+        DispatchOutcome::Lost => ",outcome=\"lost\"} ",
     }
 }
 
@@ -413,25 +484,12 @@ impl Text {
         self.0.push('\n');
     }
 
-    /// One per-worker series: its prepared `worker_id` label, maybe one more label.
-    fn worker_sample(
-        &mut self,
-        name: &str,
-        worker_label: &str,
-        extra: Option<(&str, &str)>,
-        value: u64,
-    ) {
+    /// One per-worker series: its name, the worker's cached labels, the rest of the labels
+    /// up to the value (`} ` or `,key="value"} `).
+    fn worker_sample(&mut self, name: &str, labels: &WorkerLabels, rest: &str, value: u64) {
         self.0.push_str(name);
-        self.0.push('{');
-        self.0.push_str(worker_label);
-        if let Some((key, label_value)) = extra {
-            self.0.push(',');
-            self.0.push_str(key);
-            self.0.push_str("=\"");
-            escape_into(&mut self.0, label_value);
-            self.0.push('"');
-        }
-        self.0.push_str("} ");
+        self.0.push_str(&labels.open);
+        self.0.push_str(rest);
         push_u64(&mut self.0, value);
         self.0.push('\n');
     }
@@ -493,6 +551,14 @@ mod tests {
             let mut out = String::new();
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string());
+        }
+    }
+
+    #[test]
+    fn outcome_label_texts_match_the_outcome_labels() {
+        for outcome in DispatchOutcome::ALL {
+            let expected = format!(",outcome=\"{}\"}} ", outcome.label());
+            assert_eq!(outcome_labels(outcome), expected);
         }
     }
 

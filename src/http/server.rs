@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::thread;
 use tiny_http::{Header, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
 
+/// Largest write of a body held in memory ([`Reply::Text`]: a page, the metrics).
+const TEXT_WRITE_BLOCK: usize = 64 * 1024;
+
 /// Stack of an upload thread (the handler's work: multipart parsing into the spool).
 const UPLOAD_STACK: usize = 256 * 1024;
 
@@ -68,7 +71,12 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             headers,
             body,
         } => {
-            let mut response = Response::from_data(body).with_status_code(status);
+            // One Content-Length body in 64 KiB writes (a 340 KB scrape of 200 workers: 6
+            // writes instead of 44 chunks of 8 KiB).
+            let mut response = Response::from_data(body)
+                .with_status_code(status)
+                .with_chunked_threshold(usize::MAX)
+                .with_write_block(TEXT_WRITE_BLOCK);
             let own = [("Content-Type", content_type)]
                 .into_iter()
                 .chain(headers.iter().copied())
