@@ -45,7 +45,6 @@ demo: build
 FUZZ_SECONDS ?= 300
 fuzz:
 	TP_FUZZ_ITERATIONS=1000000000 TP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --test fuzz_parsers --test fuzz_state_dir -- --nocapture
-	TP_FUZZ_ITERATIONS=1000000000 $(CARGO) test --release --lib mutated -- --nocapture
 
 bench:
 	$(CARGO) build --release --bin trusted-pool

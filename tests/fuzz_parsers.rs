@@ -1,6 +1,6 @@
 //! Seeded, bounded fuzz loops over every parser a stranger or a damaged disk can feed: the
-//! upload path (multipart parser and the submit checks), path decoding, workers.json, the
-//! readers of the state directory, and the HTTP front of the real binary (request line, headers,
+//! upload path (multipart parser and the submit checks), path decoding, workers.json, the keys
+//! file, the readers of the state directory, and the HTTP front of the real binary (request line, headers,
 //! routes). No panic, no hang, every bad input a 4xx or a clean error. `make fuzz` runs them
 //! longer (TP_FUZZ_ITERATIONS, TP_FUZZ_SECONDS).
 
@@ -11,6 +11,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
+use trusted_pool::base::api_keys;
 use trusted_pool::base::config::{FsyncMode, ServeConfig};
 use trusted_pool::base::job::Span;
 use trusted_pool::base::paths::{encode_path, percent_decode, safe_relative_path};
@@ -116,6 +119,97 @@ fn mutated_workers_files_parse_or_are_refused_with_a_message() {
         }
     });
     assert!(refused > 0, "{accepted} accepted, {refused} refused");
+}
+
+/// Added to [`JSON_TOKENS`] for the keys file.
+const KEY_TOKENS: [&[u8]; 2] = [b"\"admin\"", b"\"max_queued_jobs\""];
+
+const KEY_FIELDS: [&str; 5] = ["name", "key_sha256", "role", "max_queued_jobs", "extra"];
+
+/// A random JSON value of the kinds a keys file might wrongly hold.
+fn random_key_value(rng: &mut Rng) -> Value {
+    let long_name = "x".repeat(api_keys::MAX_NAME_LEN + 1);
+    match rng.below(9) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.below(2) == 0),
+        2 => json!(rng.next() as i64),
+        3 => json!(-(rng.below(5) as i64)),
+        4 => json!(rng.below(4) as f64 + 0.5),
+        5 => json!(api_keys::hex(&api_keys::hash_key(
+            &rng.next().to_le_bytes()
+        ))),
+        6 => json!(*rng.pick(&["submit", "admin", "ADMIN", "", "a b", "é", &long_name])),
+        7 => json!([rng.below(3)]),
+        _ => json!({"k": rng.below(3)}),
+    }
+}
+
+/// Changes a keys file as JSON: a field set to a random value, removed or added, or an entry
+/// duplicated, so the validation itself (not only the JSON parser) meets odd input.
+fn mutate_key_entries(rng: &mut Rng, input: &mut Vec<u8>) {
+    let Ok(Value::Array(mut entries)) = serde_json::from_slice::<Value>(input) else {
+        return;
+    };
+    if entries.is_empty() {
+        return;
+    }
+    let at = rng.below(entries.len());
+    match rng.below(5) {
+        0 => entries.push(entries[at].clone()),
+        1 => entries[at] = random_key_value(rng),
+        _ => {
+            let field = *rng.pick(&KEY_FIELDS);
+            let value = random_key_value(rng);
+            let remove = rng.below(4) == 0;
+            if let Value::Object(object) = &mut entries[at] {
+                if remove {
+                    object.remove(field);
+                } else {
+                    object.insert(field.to_string(), value);
+                }
+            }
+        }
+    }
+    *input = serde_json::to_vec(&entries).unwrap_or_default();
+}
+
+#[test]
+fn mutated_key_files_parse_or_are_refused_with_a_message() {
+    let entry = |name: &str, key: &str, role: &str| json!({"name": name, "key_sha256": api_keys::hex(&api_keys::hash_key(key.as_bytes())), "role": role});
+    let bob = json!({"name": "bob", "role": "submit", "max_queued_jobs": 3,
+        "key_sha256": "00000000000000000000000000000000000000000000000000000000000000AA"});
+    let seed = json!([
+        entry("alice", "key-a", "submit"),
+        entry("ops", "key-o", "admin"),
+        bob
+    ]);
+    let seed = serde_json::to_vec(&seed).unwrap_or_default();
+    let tokens = [&JSON_TOKENS[..], &KEY_TOKENS[..]].concat();
+    let (mut accepted, mut refused) = (0, 0);
+    run("keys file", 0x5EED_0012, 20_000, 10, |rng| {
+        let mut input = seed.clone();
+        if rng.below(2) == 0 {
+            mutate_key_entries(rng, &mut input);
+            mutate_key_entries(rng, &mut input);
+        } else {
+            mutate(rng, &mut input, &tokens);
+        }
+        match api_keys::parse(&input) {
+            Ok(set) => {
+                assert!(!set.keys().is_empty());
+                assert!(set.keys().iter().all(|k| api_keys::is_valid_name(&k.name)));
+                accepted += 1;
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    });
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 const MULTIPART_TOKENS: [&[u8]; 14] = [

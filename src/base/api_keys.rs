@@ -2,10 +2,10 @@
 //! presented key by its SHA-256 in constant time. A key itself is never stored nor logged; only
 //! its hash is in the file and its name may appear in logs.
 
+use crate::base::json_list::{ListFileError, ListKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -47,56 +47,16 @@ pub struct ApiKey {
 }
 
 /// Why a keys file was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeysFileError {
-    /// The file could not be read.
-    Unreadable(String),
-    /// The file is larger than [`MAX_KEYS_FILE_BYTES`].
-    TooLarge,
-    /// The file is not valid JSON.
-    NotJson(String),
-    /// The top level is not a JSON array.
-    NotAnArray,
-    /// The array is empty: nobody could use the coordinator.
-    Empty,
-    /// Entry at this index is not a JSON object.
-    NotAnObject(usize),
-    /// One entry is wrong.
-    Entry {
-        /// `entry 2 ("alice")`.
-        entry: String,
-        /// The field at fault.
-        field: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-}
+pub type KeysFileError = ListFileError;
 
-impl fmt::Display for KeysFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unreadable(why) => write!(f, "cannot read the keys file: {why}"),
-            Self::TooLarge => write!(f, "the keys file is larger than {MAX_KEYS_FILE_BYTES} bytes"),
-            Self::NotJson(why) => write!(f, "the keys file is not valid JSON: {why}"),
-            Self::NotAnArray => write!(
-                f,
-                "the keys file must be a JSON array of {{\"name\", \"key_sha256\", \"role\"}} objects (trusted-pool new-key NAME prints one)"
-            ),
-            Self::Empty => write!(f, "the keys file lists no keys: nobody could use the coordinator"),
-            Self::NotAnObject(index) => write!(
-                f,
-                "entry {index}: is not a JSON object like {{\"name\": ..., \"key_sha256\": ..., \"role\": ...}}"
-            ),
-            Self::Entry {
-                entry,
-                field,
-                problem,
-            } => write!(f, "{entry}: field \"{field}\" {problem}"),
-        }
-    }
-}
-
-impl std::error::Error for KeysFileError {}
+/// The keys file, as its messages name it.
+pub static KEYS_FILE: ListKind = ListKind {
+    name: "keys file",
+    holds: "{\"name\", \"key_sha256\", \"role\"} objects (trusted-pool new-key NAME prints one)",
+    entry: "{\"name\": ..., \"key_sha256\": ..., \"role\": ...}",
+    empty: "lists no keys: nobody could use the coordinator",
+    max_bytes: Some(MAX_KEYS_FILE_BYTES),
+};
 
 /// True for a name that may appear in logs and JSON as it is: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 pub fn is_valid_name(name: &str) -> bool {
@@ -169,11 +129,7 @@ impl KeySet {
 }
 
 fn entry_error(entry: &str, field: &str, problem: impl Into<String>) -> KeysFileError {
-    KeysFileError::Entry {
-        entry: entry.to_string(),
-        field: field.to_string(),
-        problem: problem.into(),
-    }
+    KEYS_FILE.entry_error(entry, field, problem)
 }
 
 const FIELDS: [&str; 4] = ["name", "key_sha256", "role", "max_queued_jobs"];
@@ -247,24 +203,11 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
 /// Validates the bytes of a keys file: a non-empty array of entries with unique names and
 /// unique hashes, no unknown field.
 pub fn parse(bytes: &[u8]) -> Result<KeySet, KeysFileError> {
-    if bytes.len() as u64 > MAX_KEYS_FILE_BYTES {
-        return Err(KeysFileError::TooLarge);
-    }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| KeysFileError::NotJson(e.to_string()))?;
-    let Value::Array(entries) = value else {
-        return Err(KeysFileError::NotAnArray);
-    };
-    if entries.is_empty() {
-        return Err(KeysFileError::Empty);
-    }
+    let entries = KEYS_FILE.objects(bytes)?;
     let mut keys = Vec::with_capacity(entries.len());
     let mut names = HashSet::new();
     let mut hashes = HashSet::new();
-    for (index, entry) in entries.iter().enumerate() {
-        let Value::Object(object) = entry else {
-            return Err(KeysFileError::NotAnObject(index));
-        };
+    for (index, object) in entries.iter().enumerate() {
         let key = parse_entry(index, object)?;
         let label = format!("entry {index} ({:?})", key.name);
         if !names.insert(key.name.clone()) {
@@ -284,13 +227,7 @@ pub fn parse(bytes: &[u8]) -> Result<KeySet, KeysFileError> {
 
 /// Reads and validates a keys file.
 pub fn load(path: &Path) -> Result<KeySet, KeysFileError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| KeysFileError::Unreadable(e.to_string()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_KEYS_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| KeysFileError::Unreadable(e.to_string()))?;
-    parse(&bytes)
+    parse(&KEYS_FILE.read(path)?)
 }
 
 /// The keys a running coordinator checks, swapped whole on reload. `None` inside: no
@@ -410,166 +347,5 @@ mod tests {
         assert!(same_hash(&a, &b));
         b[31] ^= 1;
         assert!(!same_hash(&a, &b));
-    }
-
-    /// A small seeded generator (xorshift64*), so a failing case can be replayed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
-    const TOKENS: [&[u8]; 14] = [
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b",",
-        b":",
-        b"\"",
-        b"null",
-        b"-1",
-        b"1e400",
-        b"\"admin\"",
-        b"\"max_queued_jobs\"",
-        b"\\u0000",
-        b"\xff",
-    ];
-
-    /// One character over the longest name.
-    const LONG_NAME: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-
-    /// A random JSON value of the kinds a keys file might wrongly hold.
-    fn random_value(rng: &mut Rng) -> Value {
-        match rng.below(9) {
-            0 => Value::Null,
-            1 => Value::Bool(rng.below(2) == 0),
-            2 => serde_json::json!(rng.next() as i64),
-            3 => serde_json::json!(-(rng.below(5) as i64)),
-            4 => serde_json::json!(rng.below(4) as f64 + 0.5),
-            5 => serde_json::json!(hex(&hash_key(&rng.next().to_le_bytes()))),
-            6 => serde_json::json!(
-                ["submit", "admin", "ADMIN", "", "a b", "é", LONG_NAME][rng.below(7)]
-            ),
-            7 => serde_json::json!([random_scalar(rng)]),
-            _ => serde_json::json!({"k": random_scalar(rng)}),
-        }
-    }
-
-    fn random_scalar(rng: &mut Rng) -> Value {
-        serde_json::json!(rng.below(3))
-    }
-
-    /// Changes the file as JSON: a field set to a random value, removed, added or an entry
-    /// duplicated, so the validation itself (not only the JSON parser) meets odd input.
-    fn mutate_structure(rng: &mut Rng, input: &mut Vec<u8>) {
-        let Ok(Value::Array(mut entries)) = serde_json::from_slice::<Value>(input) else {
-            return;
-        };
-        if entries.is_empty() {
-            return;
-        }
-        let at = rng.below(entries.len());
-        match rng.below(5) {
-            0 => entries.push(entries[at].clone()),
-            1 => entries[at] = random_value(rng),
-            _ => {
-                if let Value::Object(object) = &mut entries[at] {
-                    let field = FIELDS.get(rng.below(FIELDS.len() + 1)).unwrap_or(&"extra");
-                    if rng.below(4) == 0 {
-                        object.remove(*field);
-                    } else {
-                        object.insert(field.to_string(), random_value(rng));
-                    }
-                }
-            }
-        }
-        *input = serde_json::to_vec(&entries).unwrap_or_default();
-    }
-
-    fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
-        for _ in 0..=rng.below(4) {
-            let at = rng.below(input.len() + 1);
-            match rng.below(6) {
-                0 if !input.is_empty() => {
-                    let i = rng.below(input.len());
-                    input[i] ^= 1 << rng.below(8);
-                }
-                1 if at < input.len() => {
-                    let end = (at + rng.below(16)).min(input.len());
-                    input.drain(at..end);
-                }
-                2 => {
-                    let token = TOKENS[rng.below(TOKENS.len())];
-                    input.splice(at..at, token.iter().copied());
-                }
-                3 => input.truncate(at),
-                4 if !input.is_empty() => {
-                    let from = rng.below(input.len());
-                    let end = (from + rng.below(32)).min(input.len());
-                    let piece = input[from..end].to_vec();
-                    input.splice(at..at, piece);
-                }
-                _ => input.insert(at.min(input.len()), rng.next() as u8),
-            }
-        }
-    }
-
-    /// Seeded, bounded mutation test: every mutated file parses or is refused with a message;
-    /// nothing panics. Byte-level and JSON-level mutations of a valid file, half each.
-    /// TP_FUZZ_ITERATIONS sets a longer run (then without the 20 s bound of the default run).
-    #[test]
-    fn mutated_key_files_never_panic_and_errors_say_something() {
-        let long_run: Option<usize> = std::env::var("TP_FUZZ_ITERATIONS")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        let iterations = long_run.unwrap_or(20_000);
-        assert_eq!(LONG_NAME.len(), MAX_NAME_LEN + 1);
-        let seed = valid_file().into_bytes();
-        let mut rng = Rng(0x5EED_0012_A11C_E5ED);
-        let (mut accepted, mut refused) = (0usize, 0usize);
-        let started = std::time::Instant::now();
-        for _ in 0..iterations {
-            let mut input = seed.clone();
-            if rng.below(2) == 0 {
-                mutate_structure(&mut rng, &mut input);
-                mutate_structure(&mut rng, &mut input);
-            } else {
-                mutate(&mut rng, &mut input);
-            }
-            match std::panic::catch_unwind(|| parse(&input)) {
-                Ok(Ok(set)) => {
-                    assert!(!set.keys().is_empty());
-                    assert!(set.keys().iter().all(|k| is_valid_name(&k.name)));
-                    accepted += 1;
-                }
-                Ok(Err(e)) => {
-                    assert!(!e.to_string().is_empty());
-                    refused += 1;
-                }
-                Err(_) => panic!("parse panicked on {:?}", String::from_utf8_lossy(&input)),
-            }
-            if long_run.is_none() && started.elapsed() > std::time::Duration::from_secs(20) {
-                break;
-            }
-        }
-        eprintln!(
-            "keys-file mutations: {} parsed in {:?}: {accepted} accepted, {refused} refused",
-            accepted + refused,
-            started.elapsed()
-        );
-        assert!(
-            accepted > 0 && refused > 0,
-            "{accepted} accepted, {refused} refused"
-        );
     }
 }

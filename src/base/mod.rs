@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod file_kinds;
 pub mod job;
+pub mod json_list;
 pub mod paths;
 pub mod process;
 pub mod sync;

@@ -1,6 +1,7 @@
 //! The allowlist file (`workers.json`): loading and validation.
 
 use crate::base::addresses;
+use crate::base::json_list::{ListFileError, ListKind, Problem};
 use crate::worker::bound_socket::check_bindable;
 use crate::worker::identity::{parse_worker_id, short_id, IdentityError};
 use serde_json::{Map, Value};
@@ -33,71 +34,28 @@ pub struct WorkerSpec {
 }
 
 /// Why a workers file was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkersFileError {
-    /// The file could not be read.
-    Unreadable(String),
-    /// The file is not valid JSON.
-    NotJson(String),
-    /// The top level is not a JSON array.
-    NotAnArray,
-    /// The array is empty.
-    Empty,
-    /// Entry at this index is not a JSON object.
-    NotAnObject(usize),
-    /// One entry is wrong; `entry` names it (index and worker_id prefix).
-    Entry {
-        /// `entry 2 (worker_id He7P3kzyklbz...)`.
-        entry: String,
-        /// The field at fault.
-        field: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-}
+pub type WorkersFileError = ListFileError;
 
-impl fmt::Display for WorkersFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unreadable(why) => write!(f, "cannot read the workers file: {why}"),
-            Self::NotJson(why) => write!(f, "the workers file is not valid JSON: {why}"),
-            Self::NotAnArray => write!(
-                f,
-                "the workers file must be a JSON array of {{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"}} objects"
-            ),
-            Self::Empty => write!(f, "the workers file lists no workers"),
-            Self::NotAnObject(index) => write!(
-                f,
-                "entry {index}: is not a JSON object like {{\"worker_id\": ..., \"endpoint\": ...}}"
-            ),
-            Self::Entry {
-                entry,
-                field,
-                problem,
-            } => write!(f, "{entry}: field \"{field}\" {problem}"),
-        }
-    }
-}
-
-impl std::error::Error for WorkersFileError {}
+/// The workers file, as its messages name it.
+pub static WORKERS_FILE: ListKind = ListKind {
+    name: "workers file",
+    holds: "{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"} objects",
+    entry: "{\"worker_id\": ..., \"endpoint\": ...}",
+    empty: "lists no workers",
+    max_bytes: None,
+};
 
 /// Reads and validates a workers file.
 pub fn load(path: &Path) -> Result<Vec<WorkerSpec>, WorkersFileError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| WorkersFileError::Unreadable(e.to_string()))?;
+    let bytes = WORKERS_FILE.read(path)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| WORKERS_FILE.error(Problem::NotJson(e.to_string())))?;
     parse(&text)
 }
 
 /// Validates the text of a workers file.
 pub fn parse(text: &str) -> Result<Vec<WorkerSpec>, WorkersFileError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| WorkersFileError::NotJson(e.to_string()))?;
-    let Value::Array(entries) = value else {
-        return Err(WorkersFileError::NotAnArray);
-    };
-    if entries.is_empty() {
-        return Err(WorkersFileError::Empty);
-    }
+    let entries = WORKERS_FILE.objects(text.as_bytes())?;
     let mut specs = Vec::with_capacity(entries.len());
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut endpoints: HashMap<String, usize> = HashMap::new();
@@ -131,17 +89,10 @@ fn entry_label(index: usize, worker_id: Option<&str>) -> String {
 }
 
 fn entry_error(entry: String, field: &str, problem: impl Into<String>) -> WorkersFileError {
-    WorkersFileError::Entry {
-        entry,
-        field: field.to_string(),
-        problem: problem.into(),
-    }
+    WORKERS_FILE.entry_error(entry, field, problem)
 }
 
-fn parse_entry(index: usize, entry: &Value) -> Result<WorkerSpec, WorkersFileError> {
-    let Value::Object(fields) = entry else {
-        return Err(WorkersFileError::NotAnObject(index));
-    };
+fn parse_entry(index: usize, fields: &Map<String, Value>) -> Result<WorkerSpec, WorkersFileError> {
     let id_text = fields.get("worker_id").and_then(Value::as_str);
     let label = entry_label(index, id_text);
     if let Some(unknown) = fields.keys().find(|k| {
