@@ -43,7 +43,6 @@ fn fill_big_store(state: &Path) {
                 job: Box::new(job),
                 insert: true,
                 upload: Some(Arc::clone(&blob)),
-                sync: None,
                 done: None,
             })
             .unwrap_or_else(|e| panic!("{e}"));

@@ -215,11 +215,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    if wanted("9") {
+    // `9d` runs only the durability half of scenario 9, `9f` only its long flatness run.
+    if wanted("9") || wanted("9d") {
         say("scenario 9 (durability: --fsync modes, restart with 100,000 stored jobs)");
         if let Err(e) = scenarios::durability(&body, &mut f) {
             f.notes.push(format!("scenario 9 could not run: {e}"));
         }
+    }
+    if wanted("9") || wanted("9f") {
         say("scenario 9 (flatness: 50,000 jobs with --retain-jobs 1000)");
         if let Err(e) = scenarios::flat_run(&body, &mut f) {
             f.notes

@@ -1116,7 +1116,6 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             job: Box::new(job),
             insert: true,
             upload: None,
-            sync: None,
             done: None,
         };
         if n + 1 == STORED_JOBS {

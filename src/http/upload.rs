@@ -352,20 +352,21 @@ pub fn accept(
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
     job.priority = priority;
-    let (upload, sync) = match stored {
-        StoredUpload::Held(bytes) => (Some(bytes), None),
+    // The answer promises the job: its upload and then its record must be on disk first.
+    let upload = match stored {
+        StoredUpload::Held(bytes) => Ok(Some(bytes)),
         StoredUpload::OnDisk { at, file } => {
             job.upload_at = Some(at);
-            (None, Some(file))
+            ctx.store.sync_segment(&file).map(|()| None)
         }
     };
-    // The answer promises the job: its record (and its upload) must be on disk first.
-    let recorded = ctx.store.send_and_wait(Record {
-        job: Box::new(job.clone()),
-        insert: true,
-        upload,
-        sync,
-        done: None,
+    let recorded = upload.and_then(|upload| {
+        ctx.store.send_and_wait(Record {
+            job: Box::new(job.clone()),
+            insert: true,
+            upload,
+            done: None,
+        })
     });
     if let Err(e) = recorded {
         ctx.spool.remove_upload(&id);

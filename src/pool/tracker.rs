@@ -395,20 +395,30 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
         Ok(mut collected) => {
             let files = collected.stored.outputs.len();
             let pinned = collected.pinned.take();
+            // The results go to disk before the record that points to them.
+            if let Some(Err(e)) = pinned.as_ref().map(|p| ctx.store.sync_segment(p.file())) {
+                if let Some(pinned) = pinned {
+                    ctx.spool.give_back_results(pinned);
+                }
+                let why = format!("could not sync its collected results to disk: {e}");
+                return retry_collection(ctx, index, job, &why);
+            }
             record_collection(ctx, index, &job.id, status, &collected, pinned);
             log::info!("Collected results of job {} ({files} output files)", job.id);
             announce::ended(ctx, &job.id, Some(&collected.logs));
         }
         Err(CollectError::Gone) => lose(ctx, index, &job.id, CollectError::Gone.to_string()),
-        Err(e) => {
-            let why = e.to_string();
-            if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
-                j.collection = Collection::Pending(Some(why.clone()));
-            }
-            log::warn!("Job {}: {why}; retrying", job.id);
-            give_up_if_stale(ctx, index, job, &why);
-        }
+        Err(e) => retry_collection(ctx, index, job, &e.to_string()),
     }
+}
+
+/// Leaves a job's collection pending with the reason, for the next poll to try again.
+fn retry_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
+    if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
+        j.collection = Collection::Pending(Some(why.to_string()));
+    }
+    log::warn!("Job {}: {why}; retrying", job.id);
+    give_up_if_stale(ctx, index, job, why);
 }
 
 fn give_up_if_stale(ctx: &Context, index: usize, job: &Followed, why: &str) {

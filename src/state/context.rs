@@ -9,7 +9,6 @@ use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
-use crate::store::segments::SegmentFile;
 use crate::store::spool::{PinnedSegment, Spool};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
@@ -122,15 +121,15 @@ impl Context {
     /// the commit. Called with the table locked, so the records of one job reach the store in
     /// the order of its changes. A settled job leaves the table once its record committed.
     pub fn record(&self, st: &PoolState, id: &str) {
-        if let Some(record) = self.record_of(st, id, None, None) {
+        if let Some(record) = self.record_of(st, id, None) {
             self.store.send(record);
         }
     }
 
-    /// Like [`Context::record`] for a job whose results were just collected into `pinned`: the
-    /// segment is synced before the record commits and given back after.
+    /// Like [`Context::record`] for a job whose results were just collected into `pinned` (and
+    /// synced, see [`JobStore::sync_segment`]): the segment is given back once the record
+    /// committed.
     pub fn record_collected(&self, st: &PoolState, id: &str, pinned: PinnedSegment) {
-        let sync = Arc::clone(pinned.file());
         let Some(spool_ctx) = self.me.get().and_then(Weak::upgrade) else {
             self.spool.give_back_results(pinned);
             self.record(st, id);
@@ -138,7 +137,7 @@ impl Context {
         };
         let give_back: crate::store::jobs_db::Done =
             Box::new(move |_| spool_ctx.spool.give_back_results(pinned));
-        if let Some(record) = self.record_of(st, id, Some(sync), Some(give_back)) {
+        if let Some(record) = self.record_of(st, id, Some(give_back)) {
             self.store.send(record);
         }
     }
@@ -153,7 +152,7 @@ impl Context {
     /// Records job `id` with the table locked and gives the ticket to wait on for its commit
     /// once the table is unlocked (None when the job is not in the table).
     pub fn record_with_ticket(&self, st: &PoolState, id: &str) -> Option<Ticket> {
-        let mut record = self.record_of(st, id, None, None)?;
+        let mut record = self.record_of(st, id, None)?;
         let ticket = Ticket::attach(&mut record);
         self.store.send(record);
         Some(ticket)
@@ -163,7 +162,6 @@ impl Context {
         &self,
         st: &PoolState,
         id: &str,
-        sync: Option<Arc<SegmentFile>>,
         then: Option<crate::store::jobs_db::Done>,
     ) -> Option<Record> {
         let job = st.jobs.get(id)?;
@@ -186,7 +184,6 @@ impl Context {
             job: job.clone(),
             insert: false,
             upload: None,
-            sync,
             done,
         })
     }

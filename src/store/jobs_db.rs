@@ -2,11 +2,13 @@
 //!
 //! One writer thread owns the writing connection. Every state change of a job is sent to it as
 //! the job's whole record (JSON) beside the indexed columns that are queried; the writer takes
-//! everything that arrived meanwhile into one transaction and one sync (group commit; one per
-//! change with `--fsync always`, no sync with `--fsync off`), after syncing the segment files
-//! the records point into (with `--fsync batch` while the previous transaction commits, so a
-//! transaction costs the WAL's one sync). A sender that needs the promise (an acknowledged submit, a dispatch
-//! about to be sent) waits for the commit. Reads (`/status` of a finished job) use connections
+//! everything that arrived meanwhile into one transaction (group commit; one per change with
+//! `--fsync always`). With `--fsync batch` the transaction commits unsynced and its sync runs on
+//! a sync thread while the writer commits the next one (see `wal_sync`); with `--fsync always`
+//! the commit syncs; with `--fsync off` nothing does. A segment file a record points into is
+//! synced by the record's sender before it sends it ([`JobStore::sync_segment`]). A sender that
+//! needs the promise (an acknowledged submit, a dispatch about to be sent) waits for the commit
+//! and its sync. Reads (`/status` of a finished job) use connections
 //! of their own, concurrent with the writer. The writer also forgets finished jobs past the
 //! retention limits and deletes results segments no retained job refers to.
 
@@ -16,6 +18,7 @@ use crate::base::job::{Collection, Job, PoolStatus};
 use crate::base::sync::lock;
 use crate::store::drains::{Drains, DRAINS_SCHEMA};
 use crate::store::segments::{SegmentFile, Segments};
+use crate::store::wal_sync::WalSync;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -169,8 +172,6 @@ pub struct Record {
     pub insert: bool,
     /// A small upload held in memory, stored in the row until a worker accepted the job.
     pub upload: Option<Arc<[u8]>>,
-    /// Segment files to sync before the record commits (its upload, its results).
-    pub sync: Option<Arc<SegmentFile>>,
     /// Runs after the commit.
     pub done: Option<Done>,
 }
@@ -265,6 +266,7 @@ pub struct Retention {
 /// The job store.
 pub struct JobStore {
     path: PathBuf,
+    mode: FsyncMode,
     ops: Sender<Op>,
     readers: Mutex<Vec<Connection>>,
     figures: Arc<Figures>,
@@ -367,17 +369,22 @@ impl JobStore {
         figures
             .rows
             .store(settled + unsettled.len() as u64, Ordering::Relaxed);
+        let wal = match mode {
+            FsyncMode::Batch => Some(WalSync::start(&wal_path(&path)).map_err(StoreError::Io)?),
+            FsyncMode::Off | FsyncMode::Always => None,
+        };
         let (ops, received) = crossbeam_channel::unbounded();
         let writer = Writer {
             conn,
             mode,
+            wal,
+            synced_until_write: false,
             retention,
             figures: Arc::clone(&figures),
             commits_since_checkpoint: 1,
             last_commit: Instant::now(),
             last_sweep: None,
             orphans_checked: false,
-            ready: Vec::new(),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -389,6 +396,7 @@ impl JobStore {
         let store = JobStore {
             drains: Drains::new(&path, synchronous_of(mode)),
             path,
+            mode,
             ops,
             readers: Mutex::new(Vec::new()),
             figures,
@@ -412,6 +420,15 @@ impl JobStore {
             {
                 done(Err(&StoreError::Closed));
             }
+        }
+    }
+
+    /// Syncs a segment file that a record about to be sent points into (an upload, results),
+    /// as the `--fsync` mode asks: its bytes must be on disk before the row that points to them.
+    pub fn sync_segment(&self, file: &SegmentFile) -> Result<(), StoreError> {
+        match self.mode {
+            FsyncMode::Off => Ok(()),
+            FsyncMode::Batch | FsyncMode::Always => file.sync().map_err(StoreError::Io),
         }
     }
 
@@ -606,7 +623,7 @@ type Opened = (
     Option<DeferredCheck>,
 );
 
-/// SQLite's `synchronous` setting for a `--fsync` mode.
+/// SQLite's `synchronous` setting for a `--fsync` mode, on every connection but the writer's.
 fn synchronous_of(mode: FsyncMode) -> &'static str {
     match mode {
         FsyncMode::Off => "OFF",
@@ -653,7 +670,11 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
             path: path.to_path_buf(),
         })
     };
-    let synchronous = synchronous_of(mode);
+    // The writer's commits with `--fsync batch` are synced by `wal_sync`, not by SQLite.
+    let synchronous = match mode {
+        FsyncMode::Batch => "OFF",
+        other => synchronous_of(other),
+    };
     conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
              PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -256; PRAGMA busy_timeout = 10000;"
@@ -763,29 +784,20 @@ fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, Stor
     Ok(jobs)
 }
 
-/// The distinct segment files the records point into.
-fn files_of(records: &[Record]) -> Vec<Arc<SegmentFile>> {
-    let mut files: Vec<Arc<SegmentFile>> = Vec::new();
-    for file in records.iter().filter_map(|r| r.sync.as_ref()) {
-        if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
-            files.push(Arc::clone(file));
-        }
+/// Runs the callbacks of a durable (or failed) transaction, after counting the jobs it settled:
+/// `/pool` adds the store's settled counts to the table's, and a callback takes a settled job
+/// out of the table.
+fn release(
+    figures: &Figures,
+    settled: &[PoolStatus],
+    done: Vec<Done>,
+    result: Result<(), StoreError>,
+) {
+    for status in settled {
+        figures.settled[status_index(*status)].fetch_add(1, Ordering::Relaxed);
     }
-    files
-}
-
-/// Syncs the files, several at once (their syncs share the disk's flushes).
-fn sync_files(files: &[Arc<SegmentFile>]) -> io::Result<()> {
-    match files {
-        [] => Ok(()),
-        [one] => one.sync(),
-        many => thread::scope(|scope| {
-            let syncs: Vec<_> = many.iter().map(|f| scope.spawn(|| f.sync())).collect();
-            syncs.into_iter().try_for_each(|s| {
-                s.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")))
-            })
-        }),
+    for done in done {
+        done(result.as_ref().map(|_| ()));
     }
 }
 
@@ -793,38 +805,36 @@ fn sync_files(files: &[Arc<SegmentFile>]) -> io::Result<()> {
 struct Writer {
     conn: Connection,
     mode: FsyncMode,
+    /// The WAL's sync threads (`--fsync batch`).
+    wal: Option<WalSync>,
+    /// `synchronous` is FULL until the next write transaction commits (`--fsync batch`, after
+    /// a checkpoint): that transaction may restart the WAL from its start, and SQLite then
+    /// syncs the new WAL header before the frames behind it, as a power cut requires.
+    synced_until_write: bool,
     retention: Retention,
     figures: Arc<Figures>,
     commits_since_checkpoint: u64,
     last_commit: Instant,
     last_sweep: Option<Instant>,
     orphans_checked: bool,
-    /// Records whose files were synced while the last transaction committed.
-    ready: Vec<Record>,
 }
 
 impl Writer {
     fn run(mut self, received: Receiver<Op>) {
         loop {
-            // Records whose files were synced meanwhile are committed without waiting for more.
-            let first = if self.ready.is_empty() {
-                match received.recv_timeout(SWEEP_EVERY) {
-                    Ok(op) => Some(op),
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.maintain(true);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
+            let first = match received.recv_timeout(SWEEP_EVERY) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maintain(true);
+                    continue;
                 }
-            } else {
-                received.try_recv().ok()
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = Vec::new();
             let mut close = None;
             match first {
-                Some(Op::Record(r)) => batch.push(r),
-                Some(Op::Close(reply)) => close = Some(reply),
-                None => {}
+                Op::Record(r) => batch.push(r),
+                Op::Close(reply) => close = Some(reply),
             }
             while close.is_none() && self.mode != FsyncMode::Always && batch.len() < MAX_BATCH {
                 match received.try_recv() {
@@ -833,94 +843,70 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch, close.is_some());
+            self.commit(batch);
             if let Some(reply) = close {
-                self.checkpoint("TRUNCATE");
+                self.stop();
                 let _ = reply.send(());
                 return;
             }
             self.maintain(false);
         }
+        self.stop();
     }
 
-    /// Commits the batch in one transaction, after syncing the segment files its records point
-    /// into. With `--fsync batch` (unless `flush`), records that need a file synced (and the
-    /// later records of their jobs) wait for the next transaction instead: their files are
-    /// synced while this one commits, so a commit costs one sync (the WAL's), not one per file
-    /// plus the WAL's. The records synced last time go first.
-    fn commit(&mut self, batch: Vec<Record>, flush: bool) {
-        let mut now = std::mem::take(&mut self.ready);
-        let mut later = Vec::new();
-        if self.mode == FsyncMode::Batch && !flush {
-            let mut held: HashSet<String> = HashSet::new();
-            for r in batch {
-                if r.sync.is_some() || held.contains(&r.job.id) {
-                    held.insert(r.job.id.clone());
-                    later.push(r);
-                } else {
-                    now.push(r);
-                }
+    /// Waits for the syncs in flight, then checkpoints the WAL into the database with syncs
+    /// (the connection's close would otherwise checkpoint without them).
+    fn stop(&mut self) {
+        if let Some(wal) = &self.wal {
+            wal.settle();
+        }
+        self.checkpoint("TRUNCATE");
+    }
+
+    /// Commits the batch in one transaction and runs its records' callbacks once it is
+    /// durable: at once when the commit synced (or nothing syncs), else after the WAL's sync.
+    fn commit(&mut self, mut batch: Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
+        let written = self.write(&batch);
+        self.count(batch.len(), &written);
+        let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
+        let figures = Arc::clone(&self.figures);
+        match (&self.wal, written) {
+            (Some(wal), Ok(settled)) if !synced_by_commit => {
+                wal.committed(Box::new(move |synced| {
+                    let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
+                    release(&figures, &settled, done, result);
+                }));
             }
-        } else {
-            now.extend(batch);
-        }
-        let (written, synced) = if later.is_empty() {
-            let synced = if self.mode == FsyncMode::Off {
-                Ok(())
-            } else {
-                sync_files(&files_of(&now))
-            };
-            let written = match synced {
-                Ok(()) if now.is_empty() => Ok(Vec::new()),
-                Ok(()) => self.write(&now),
-                Err(e) => Err(StoreError::Io(e)),
-            };
-            (written, Ok(()))
-        } else {
-            let files = files_of(&later);
-            thread::scope(|scope| {
-                let syncing = scope.spawn(move || sync_files(&files));
-                let written = if now.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    self.write(&now)
-                };
-                let synced = syncing
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
-                (written, synced)
-            })
-        };
-        if !now.is_empty() {
-            self.finish(now, written);
-        }
-        match synced {
-            Ok(()) => self.ready = later,
-            Err(e) => self.finish(later, Err(StoreError::Io(e))),
+            (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
+            (_, Err(e)) => release(&figures, &[], done, Err(e)),
         }
     }
 
-    /// Counts a transaction and runs its records' callbacks.
-    fn finish(&mut self, mut records: Vec<Record>, result: Result<Vec<PoolStatus>, StoreError>) {
+    /// Counts a transaction in the store's figures.
+    fn count(&mut self, records: usize, result: &Result<Vec<PoolStatus>, StoreError>) {
         self.last_commit = Instant::now();
-        match &result {
-            Ok(settled) => {
+        match result {
+            Ok(_) => {
                 let f = &self.figures;
                 f.commits.fetch_add(1, Ordering::Relaxed);
-                f.last_batch.store(records.len() as u64, Ordering::Relaxed);
-                for status in settled {
-                    f.settled[status_index(*status)].fetch_add(1, Ordering::Relaxed);
-                }
+                f.last_batch.store(records as u64, Ordering::Relaxed);
                 self.commits_since_checkpoint += 1;
             }
-            Err(e) => log::error!(
-                "The job store could not commit {} records: {e}",
-                records.len()
-            ),
+            Err(e) => log::error!("The job store could not commit {records} records: {e}"),
         }
-        for record in &mut records {
-            if let Some(done) = record.done.take() {
-                done(result.as_ref().map(|_| ()));
+    }
+
+    /// After a write transaction committed: back to unsynced commits when a checkpoint had
+    /// made them synced.
+    fn wrote(&mut self) {
+        if self.synced_until_write {
+            match self.conn.execute_batch("PRAGMA synchronous = OFF") {
+                Ok(()) => self.synced_until_write = false,
+                Err(e) => log::warn!("The job store could not return to unsynced commits: {e}"),
             }
         }
     }
@@ -981,6 +967,7 @@ impl Writer {
             }
         }
         tx.commit()?;
+        self.wrote();
         self.figures.rows.fetch_add(inserted, Ordering::Relaxed);
         Ok(settled)
     }
@@ -1006,6 +993,17 @@ impl Writer {
     }
 
     fn checkpoint(&mut self, kind: &str) {
+        // With `--fsync batch` the checkpoint syncs the WAL before it copies it and the
+        // database after: the WAL may be overwritten from its start after this.
+        if self.wal.is_some() && !self.synced_until_write {
+            match self.conn.execute_batch("PRAGMA synchronous = FULL") {
+                Ok(()) => self.synced_until_write = true,
+                Err(e) => {
+                    log::warn!("WAL checkpoint of the job store skipped: {e}");
+                    return;
+                }
+            }
+        }
         let result: rusqlite::Result<(i64, i64, i64)> =
             self.conn
                 .query_row(&format!("PRAGMA wal_checkpoint({kind})"), [], |r| {
@@ -1025,6 +1023,10 @@ impl Writer {
     /// Forgets settled jobs past the retention limits (oldest first), then deletes the
     /// results segments that no retained job refers to and no writer has open.
     fn sweep(&mut self) -> Result<(), StoreError> {
+        // Every settled row committed so far is counted first (the counts choose what to forget).
+        if let Some(wal) = &self.wal {
+            wal.settle();
+        }
         let settled: u64 = self
             .figures
             .settled
@@ -1062,6 +1064,8 @@ impl Writer {
             return Ok(());
         }
         tx.commit()?;
+        let synced = self.synced_until_write;
+        self.wrote();
         let f = &self.figures;
         for (status, _) in &forgotten {
             if let Some(status) = status_of(status) {
@@ -1087,6 +1091,11 @@ impl Writer {
         } else {
             forgotten.into_iter().filter_map(|(_, s)| s).collect()
         };
+        // The rows go before their results files: a power cut must not leave a retained row
+        // pointing to a deleted file.
+        if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
+            wal.sync_now().map_err(StoreError::Io)?;
+        }
         self.delete_unused_segments(candidates)
     }
 

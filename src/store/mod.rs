@@ -5,3 +5,4 @@ pub mod drains;
 pub mod jobs_db;
 pub mod segments;
 pub mod spool;
+pub mod wal_sync;

@@ -230,7 +230,7 @@ pub struct ResultsWriter<'a> {
 pub struct PinnedSegment(OpenSegment);
 
 impl PinnedSegment {
-    /// The segment file (to sync before the record commits).
+    /// The segment file (synced before the record that points into it is sent).
     pub fn file(&self) -> &Arc<SegmentFile> {
         self.0.file()
     }
