@@ -5,9 +5,11 @@ use crate::base::clock::unix_now;
 use crate::base::job::{InputFile, Job, PoolStatus, Priority, Span};
 use crate::base::paths::is_safe_component;
 use crate::http::auth::Caller;
-use crate::pool::{dispatch, scheduler};
+use crate::pool::dispatch::{self, Assignment};
+use crate::pool::scheduler;
 use crate::state::context::Context;
-use crate::store::jobs_db::{Record, StoreError};
+use crate::state::pool_state::PoolState;
+use crate::store::jobs_db::{Record, StoreError, Ticket};
 use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
 use multipart::server::Multipart;
 use std::cell::Cell;
@@ -360,31 +362,98 @@ pub fn accept(
             ctx.store.sync_segment(&file).map(|()| None)
         }
     };
-    let recorded = upload.and_then(|upload| {
-        ctx.store.send_and_wait(Record {
-            job: Box::new(job.clone()),
-            insert: true,
-            upload,
-            done: None,
-        })
-    });
-    if let Err(e) = recorded {
+    let upload = upload.map_err(|e| {
         ctx.spool.remove_upload(&id);
-        return Err(UploadError::Store(e));
-    }
-    let (assignments, still_queued) = {
-        let mut st = ctx.lock();
-        st.enqueue(job, Instant::now());
-        ctx.metrics.job_submitted();
-        let (assignments, _) = scheduler::assign(&mut st, Instant::now());
-        (assignments, !st.queue.is_empty())
+        UploadError::Store(e)
+    })?;
+    let (assignments, still_queued, recorded) = match direct(ctx, &job, &upload) {
+        Some((ticket, assignments)) => {
+            if let Err(e) = ticket.wait() {
+                take_back(&mut ctx.lock(), &id, &assignments);
+                ctx.spool.remove_upload(&id);
+                return Err(UploadError::Store(e));
+            }
+            ctx.metrics.job_submitted();
+            (assignments, false, true)
+        }
+        None => {
+            let recorded = ctx.store.send_and_wait(Record {
+                job: Box::new(job.clone()),
+                insert: true,
+                upload,
+                done: None,
+            });
+            if let Err(e) = recorded {
+                ctx.spool.remove_upload(&id);
+                return Err(UploadError::Store(e));
+            }
+            let mut st = ctx.lock();
+            st.enqueue(job, Instant::now());
+            ctx.metrics.job_submitted();
+            let (assignments, _) = scheduler::assign(&mut st, Instant::now());
+            (assignments, !st.queue.is_empty(), false)
+        }
     };
     log::info!("Queued job {id}{}", caller.log_label());
     for assignment in assignments {
-        dispatch::start(ctx, assignment);
+        if recorded && assignment.job_id == id {
+            dispatch::start_recorded(ctx, assignment);
+        } else {
+            dispatch::start(ctx, assignment);
+        }
     }
     if still_queued {
         ctx.wake_scheduler();
     }
     Ok(id)
+}
+
+/// A job that a worker can take at once (nothing queued, a worker with room) goes to it without
+/// waiting in the queue, and its first record already says so: one commit before the worker has
+/// it, not two (at most once holds: a crash after that commit makes it lost, never sent twice).
+/// Returns the ticket of that record, sent with the table locked so that the job's later
+/// records follow it, and the assignments (the job's own among them); `None` leaves the job to
+/// the usual way (recorded, then queued).
+fn direct(
+    ctx: &Context,
+    job: &Job,
+    upload: &Option<Arc<[u8]>>,
+) -> Option<(Ticket, Vec<Assignment>)> {
+    let mut st = ctx.lock();
+    if !scheduler::room_now(&st, Instant::now()) {
+        return None;
+    }
+    st.enqueue(job.clone(), Instant::now());
+    let (assignments, _) = scheduler::assign(&mut st, Instant::now());
+    let Some(assigned) = st
+        .jobs
+        .get(&job.id)
+        .filter(|j| j.status == PoolStatus::Dispatched)
+    else {
+        take_back(&mut st, &job.id, &assignments);
+        return None;
+    };
+    let mut record = Record {
+        job: assigned.clone(),
+        insert: true,
+        upload: upload.clone(),
+        done: None,
+    };
+    let ticket = Ticket::attach(&mut record);
+    ctx.store.send(record);
+    Some((ticket, assignments))
+}
+
+/// Undoes [`direct`]: the job leaves the table and every assignment made with it gives its
+/// worker slot back (the other jobs among them go back to the head of the queue).
+fn take_back(st: &mut PoolState, id: &str, assignments: &[Assignment]) {
+    for a in assignments {
+        let worker = &mut st.workers[a.worker_index];
+        worker.return_reservation(a.source);
+        worker.in_flight = worker.in_flight.saturating_sub(1);
+        if a.job_id != id {
+            st.requeue_front(&a.job_id);
+        }
+    }
+    st.discard(id);
 }

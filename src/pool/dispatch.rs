@@ -41,13 +41,28 @@ pub struct Assignment {
 
 /// Starts the dispatch of an assignment on a dispatch thread of its own.
 pub fn start(ctx: &Arc<Context>, assignment: Assignment) {
+    start_as(ctx, assignment, false);
+}
+
+/// Like [`start`] for a job whose record already says it is dispatched (a submit that went
+/// to a worker at once, recorded so in its first commit).
+pub fn start_recorded(ctx: &Arc<Context>, assignment: Assignment) {
+    start_as(ctx, assignment, true);
+}
+
+fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
     let thread_ctx = Arc::clone(ctx);
     let job_id = assignment.job_id.clone();
     let index = assignment.worker_index;
     let started = ctx.dispatchers.run(Box::new(move || {
         // At most once: the store must say the submit may have been sent before it is, so
         // that a crash in between makes the job lost after the restart, never sent twice.
-        if let Err(e) = thread_ctx.record_and_wait(&assignment.job_id) {
+        let recorded = if recorded {
+            Ok(())
+        } else {
+            thread_ctx.record_and_wait(&assignment.job_id)
+        };
+        if let Err(e) = recorded {
             unrecorded(&thread_ctx, &assignment, &e.to_string());
             return;
         }

@@ -97,6 +97,11 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
     (assignments, next_expiry)
 }
 
+/// Whether a job submitted now could go to a worker at once (nothing queued ahead of it).
+pub fn room_now(st: &PoolState, now: Instant) -> bool {
+    !st.stopping && st.queue.is_empty() && pick_worker(st, &[], now).is_some()
+}
+
 /// The worker for the next job: has room, not yet tried by this job if such a worker exists,
 /// fewest active jobs; ties go to the first one at or after the rotation point.
 fn pick_worker(st: &PoolState, tried: &[&str], now: Instant) -> Option<usize> {

@@ -399,6 +399,18 @@ impl RecentJobs {
         self.next = (self.next + 1) % RECENT_JOBS;
     }
 
+    /// Forgets an id (a submit taken back).
+    pub fn remove(&mut self, id: &str) {
+        let mut kept: Vec<String> = self
+            .newest_first()
+            .filter(|k| *k != id)
+            .map(str::to_string)
+            .collect();
+        kept.reverse();
+        self.next = kept.len() % RECENT_JOBS;
+        self.ids = kept;
+    }
+
     /// The remembered ids, newest first.
     pub fn newest_first(&self) -> impl Iterator<Item = &str> {
         let n = self.ids.len();
@@ -438,6 +450,24 @@ impl PoolState {
         }
         self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
+    }
+
+    /// Takes back a job enqueued (and perhaps assigned) whose first record could not be
+    /// committed: its submit is refused, as if it had never come. The caller returns the
+    /// worker slot of an assignment.
+    pub fn discard(&mut self, id: &str) {
+        self.queue.remove(id);
+        self.recent.remove(id);
+        if let Some(job) = self.jobs.remove(id) {
+            self.status_counts[status_index(job.status)] -= 1;
+            if let Some(counts) = job
+                .owner
+                .as_ref()
+                .and_then(|o| self.owner_counts.get_mut(o))
+            {
+                counts[status_index(job.status)] -= 1;
+            }
+        }
     }
 
     /// Puts a recovered job that is not queued back into the table, as it is.
@@ -594,5 +624,14 @@ mod tests {
         assert_eq!(ids.len(), RECENT_JOBS);
         assert_eq!(ids[0], format!("job-{}", RECENT_JOBS + 4));
         assert_eq!(ids[RECENT_JOBS - 1], "job-5");
+        recent.remove(&format!("job-{}", RECENT_JOBS + 4));
+        recent.remove("job-9");
+        recent.push("job-new");
+        let ids: Vec<&str> = recent.newest_first().collect();
+        assert_eq!(ids.len(), RECENT_JOBS - 1);
+        assert_eq!(ids[0], "job-new");
+        assert_eq!(ids[1], format!("job-{}", RECENT_JOBS + 3));
+        assert!(!ids.contains(&"job-9"));
+        assert_eq!(ids[RECENT_JOBS - 2], "job-5");
     }
 }
