@@ -127,7 +127,8 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
         "jobs_polled": st.workers.iter().map(|w| w.tracked.len().saturating_sub(w.streaming.len())).sum::<usize>(),
         "workers": workers,
         "worker_table_slots": st.workers.len(),
-        "time": unix_now(),
+        // The snapshot's instant (what `throttled` was judged at), in wall-clock seconds.
+        "time": unix_now() - now.elapsed().as_secs_f64(),
     })
 }
 
