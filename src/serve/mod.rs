@@ -1,6 +1,7 @@
 //! Starting the coordinator: logging, the allowlist, the spool, the threads, the HTTP server,
 //! and what it does on a signal.
 
+pub mod allocator;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;
@@ -80,8 +81,12 @@ fn init_logging(level: LevelFilter) {
 
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let tuned = allocator::tune();
     signals::block().map_err(ServeError::Signals)?;
     init_logging(config.log_level);
+    if let Err(why) = tuned {
+        log::warn!("{why}");
+    }
     let mut specs = workers_file::load(&config.workers)
         .map_err(|e| ServeError::Workers(config.workers.clone(), e))?;
     workers_file::check_source_addresses(&specs, &config.source_addresses)

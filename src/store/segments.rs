@@ -163,10 +163,16 @@ impl Write for SharedWrite {
     }
 }
 
-/// A segment taken for writing: appends go to its end.
+/// Bytes a segment's writer buffers before writing them out.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// A segment taken for writing: appends go to its end. Its write buffer exists only between a
+/// first append and the next flush, so the segments that wait for a writer (free ones, and
+/// those pinned until a record commits) hold none: how many there are follows the most writers
+/// seen at once.
 pub struct OpenSegment {
     file: Arc<SegmentFile>,
-    out: BufWriter<SharedWrite>,
+    out: Option<BufWriter<SharedWrite>>,
     len: u64,
     jobs: u32,
 }
@@ -184,7 +190,12 @@ impl OpenSegment {
 
     /// Appends `bytes`.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)?;
+        let file = &self.file;
+        self.out
+            .get_or_insert_with(|| {
+                BufWriter::with_capacity(WRITE_BUFFER, SharedWrite(Arc::clone(file)))
+            })
+            .write_all(bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -199,9 +210,14 @@ impl OpenSegment {
         })
     }
 
-    /// Writes out what is buffered, so readers see everything appended so far.
+    /// Writes out what is buffered, so readers see everything appended so far, and frees the
+    /// buffer.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        if let Some(out) = &mut self.out {
+            out.flush()?;
+        }
+        self.out = None;
+        Ok(())
     }
 
     /// Counts one more job written to it.
@@ -292,7 +308,7 @@ impl Segments {
                         dir_synced: AtomicBool::new(false),
                     });
                     return Ok(OpenSegment {
-                        out: BufWriter::with_capacity(64 * 1024, SharedWrite(Arc::clone(&file))),
+                        out: None,
                         file,
                         len: 0,
                         jobs: 0,
@@ -364,8 +380,9 @@ impl Segments {
     }
 
     fn unused(&self, segment: &OpenSegment) -> bool {
-        // The segment itself holds two references: its own and its writer's.
-        self.remove_when_unused && Arc::strong_count(&segment.file) <= 2
+        // The segment itself holds one reference, and one more while it has a write buffer.
+        let own = 1 + usize::from(segment.out.is_some());
+        self.remove_when_unused && Arc::strong_count(&segment.file) <= own
     }
 }
 
