@@ -1728,8 +1728,8 @@ fn busy_threads(pid: u32) -> usize {
     })
 }
 
-/// Submits jobs from `CLIENTS` clients until `until` were submitted in all (a full queue's 503
-/// is waited out), then waits until every one completed, retention swept down to its limit,
+/// Submits jobs from `CLIENTS` clients, each waiting for its job's end before the next, until
+/// `until` were submitted in all (a full queue's 503 is waited out), then waits until every one completed, retention swept down to its limit,
 /// the idle store truncated its WAL and no busy thread is left: the state is comparable from
 /// one call to the next. Returns (RSS MiB, anonymous RSS MiB, state directory MiB, submit
 /// errors).
@@ -1755,12 +1755,24 @@ fn flat_phase(
                         return;
                     }
                     let body = body.with_token(token(i, n));
-                    while let Err(e) = submit(&agent, url, content_type, &body) {
-                        if !e.contains("503") {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            break;
+                    // Each client waits for its job's end: at most one job per client is in
+                    // the pool, so the figures measure the history, not a backlog.
+                    loop {
+                        match submit(&agent, url, content_type, &body) {
+                            Ok(id) => {
+                                if wait_end(&agent, coord, &id).is_err() {
+                                    errors.fetch_add(1, Ordering::SeqCst);
+                                }
+                                break;
+                            }
+                            Err(e) if e.contains("503") => {
+                                thread::sleep(Duration::from_millis(20));
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
                         }
-                        thread::sleep(Duration::from_millis(20));
                     }
                 }
             });
