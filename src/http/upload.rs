@@ -366,41 +366,41 @@ pub fn accept(
         ctx.spool.remove_upload(&id);
         UploadError::Store(e)
     })?;
-    let (assignments, still_queued, recorded) = match direct(ctx, &job, &upload) {
-        Some((ticket, assignments)) => {
-            if let Err(e) = ticket.wait() {
-                take_back(&mut ctx.lock(), &id, &assignments);
-                ctx.spool.remove_upload(&id);
-                return Err(UploadError::Store(e));
-            }
-            ctx.metrics.job_submitted();
-            (assignments, false, true)
-        }
+    let (recorded, direct) = match direct(ctx, &job, &upload) {
+        Some((ticket, assignment)) => (ticket.wait(), Some(assignment)),
         None => {
-            let recorded = ctx.store.send_and_wait(Record {
+            let record = Record {
                 job: Box::new(job.clone()),
                 insert: true,
                 upload,
                 done: None,
-            });
-            if let Err(e) = recorded {
-                ctx.spool.remove_upload(&id);
-                return Err(UploadError::Store(e));
-            }
-            let mut st = ctx.lock();
-            st.enqueue(job, Instant::now());
-            ctx.metrics.job_submitted();
-            let (assignments, _) = scheduler::assign(&mut st, Instant::now());
-            (assignments, !st.queue.is_empty(), false)
+            };
+            (ctx.store.send_and_wait(record), None)
         }
     };
-    log::info!("Queued job {id}{}", caller.log_label());
-    for assignment in assignments {
-        if recorded && assignment.job_id == id {
-            dispatch::start_recorded(ctx, assignment);
-        } else {
-            dispatch::start(ctx, assignment);
+    if let Err(e) = recorded {
+        if let Some(assignment) = &direct {
+            take_back(&mut ctx.lock(), assignment);
         }
+        ctx.spool.remove_upload(&id);
+        return Err(UploadError::Store(e));
+    }
+    let (assignments, still_queued) = if direct.is_some() {
+        ctx.metrics.job_submitted();
+        (Vec::new(), false)
+    } else {
+        let mut st = ctx.lock();
+        st.enqueue(job, Instant::now());
+        ctx.metrics.job_submitted();
+        let (assignments, _) = scheduler::assign(&mut st, Instant::now());
+        (assignments, !st.queue.is_empty())
+    };
+    log::info!("Queued job {id}{}", caller.log_label());
+    if let Some(assignment) = direct {
+        dispatch::start_recorded(ctx, assignment);
+    }
+    for assignment in assignments {
+        dispatch::start(ctx, assignment);
     }
     if still_queued {
         ctx.wake_scheduler();
@@ -412,48 +412,40 @@ pub fn accept(
 /// waiting in the queue, and its first record already says so: one commit before the worker has
 /// it, not two (at most once holds: a crash after that commit makes it lost, never sent twice).
 /// Returns the ticket of that record, sent with the table locked so that the job's later
-/// records follow it, and the assignments (the job's own among them); `None` leaves the job to
-/// the usual way (recorded, then queued).
-fn direct(
-    ctx: &Context,
-    job: &Job,
-    upload: &Option<Arc<[u8]>>,
-) -> Option<(Ticket, Vec<Assignment>)> {
+/// records follow it, and the job's assignment; `None` leaves the job to the usual way
+/// (recorded, then queued).
+fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticket, Assignment)> {
     let mut st = ctx.lock();
-    if !scheduler::room_now(&st, Instant::now()) {
+    let now = Instant::now();
+    if !scheduler::room_now(&st, now) {
         return None;
     }
-    st.enqueue(job.clone(), Instant::now());
-    let (assignments, _) = scheduler::assign(&mut st, Instant::now());
-    let Some(assigned) = st
-        .jobs
-        .get(&job.id)
-        .filter(|j| j.status == PoolStatus::Dispatched)
+    st.enqueue(job.clone(), now);
+    // Nothing else was queued, so the job's own assignment is the only one there can be.
+    let (mut assignments, _) = scheduler::assign(&mut st, now);
+    let Some((assignment, assigned)) = assignments
+        .pop()
+        .and_then(|a| Some((a, st.jobs.get(&job.id)?.clone())))
     else {
-        take_back(&mut st, &job.id, &assignments);
+        st.discard(&job.id);
         return None;
     };
     let mut record = Record {
-        job: assigned.clone(),
+        job: assigned,
         insert: true,
         upload: upload.clone(),
         done: None,
     };
     let ticket = Ticket::attach(&mut record);
     ctx.store.send(record);
-    Some((ticket, assignments))
+    Some((ticket, assignment))
 }
 
-/// Undoes [`direct`]: the job leaves the table and every assignment made with it gives its
-/// worker slot back (the other jobs among them go back to the head of the queue).
-fn take_back(st: &mut PoolState, id: &str, assignments: &[Assignment]) {
-    for a in assignments {
-        let worker = &mut st.workers[a.worker_index];
-        worker.return_reservation(a.source);
-        worker.in_flight = worker.in_flight.saturating_sub(1);
-        if a.job_id != id {
-            st.requeue_front(&a.job_id);
-        }
-    }
-    st.discard(id);
+/// Undoes [`direct`] when its record could not be committed: the worker slot is given back and
+/// the job leaves the table.
+fn take_back(st: &mut PoolState, a: &Assignment) {
+    let worker = &mut st.workers[a.worker_index];
+    worker.return_reservation(a.source);
+    worker.in_flight = worker.in_flight.saturating_sub(1);
+    st.discard(&a.job_id);
 }
