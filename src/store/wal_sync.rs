@@ -164,7 +164,7 @@ impl Shared {
             }
         }
         let mut p = lock(&self.progress);
-        p.released = p.released.max(seq.min(p.committed));
+        p.released = p.released.max(seq);
         drop(p);
         self.released.notify_all();
     }
