@@ -667,18 +667,16 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// The short version of the 50,000-job run (bench scenario 9 has the long one): four clients,
 /// each waiting for its job's end before its next submit (a backlog would be measured as
-/// history otherwise), with `--retain-jobs 200`; anonymous RSS (`RssAnon`: the binary's own pages, paged in as more of
-/// its code runs, are left out) and the state directory after 4,500 jobs stay within 10% of
-/// the figures after the first 1,500 (`MALLOC_ARENA_MAX` is passed on to the coordinator, to
-/// compare allocator settings; see `src/serve/allocator.rs` for the ones it runs with: under
-/// glibc's defaults RSS grew by about 250 bytes per job over bench scenario 9's 50,000 jobs, and
-/// with only one arena and a bounded stack cache anonymous RSS still grew by 10-20% here).
-/// Both are taken at comparable moments: the pool drained, retention swept down to its limit,
-/// the idle store truncated its WAL to zero bytes, and no dispatch, stream, upload or tracker
-/// thread left (idle ones end after 10 s, unmapping their
-/// stacks; measured while they live, RSS moved with how many the last burst happened to need).
+/// history otherwise), with `--retain-jobs 200`; anonymous RSS (`RssAnon`: the binary's own
+/// pages, paged in as more of its code runs, are left out) and the state directory after 4,500
+/// jobs stay within 10% of the figures after the first 1,500 (`MALLOC_ARENA_MAX` is passed on
+/// to the coordinator, to compare allocator settings; see `src/serve/allocator.rs` for the
+/// ones it runs with). Both are taken at comparable moments: the pool drained, retention swept
+/// down to its limit, the idle store truncated its WAL to zero bytes and gave back its caches,
+/// and no dispatch, stream, upload or tracker thread left (idle ones end after 10 s, unmapping
+/// their stacks; measured while they live, RSS moved with how many the last burst happened to
+/// need).
 #[test]
-#[ignore = "RSS is flat now (2,396 -> 2,496 and 2,464 -> 2,512 KiB), but the state directory moved by 4% in one run and 11% in the next (the database's high-water after only 1,500 jobs); run with --ignored"]
 fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
     let workers = [
         FakeWorker::start_with(roomy(Duration::ZERO)),

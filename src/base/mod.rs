@@ -1,5 +1,5 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
-//! locking, the reusable thread cache, the process's own figures and TLS settings from PEM files.
+//! locking, a sleeping queue between threads, the reusable thread cache, the process's own figures and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -7,8 +7,10 @@ pub mod api_keys;
 pub mod clock;
 pub mod config;
 pub mod file_kinds;
+pub mod heap;
 pub mod job;
 pub mod json_list;
+pub mod mailbox;
 pub mod paths;
 pub mod process;
 pub mod sync;

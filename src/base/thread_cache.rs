@@ -1,9 +1,9 @@
 //! A cache of threads for blocking tasks that may take long (dispatches): a task goes to an idle
 //! thread when there is one, else to a new thread, so one slow task never waits for another. A
 //! thread idle for [`IDLE_KEEP`] ends. Reusing threads saves the clone, stack mapping and
-//! unmapping that a thread per task costs on every job.
+//! unmapping that a thread per task costs on every job. Idle threads sleep on a [`Mailbox`].
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::base::mailbox::{Empty, Mailbox};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +21,7 @@ pub type Task = Box<dyn FnOnce() + Send>;
 pub struct ThreadCache {
     name: &'static str,
     stack_size: usize,
-    sender: Sender<Task>,
-    receiver: Receiver<Task>,
+    tasks: Arc<Mailbox<Task>>,
     /// Threads waiting for a task, less the tasks already promised to them.
     idle: Arc<AtomicUsize>,
 }
@@ -30,12 +29,10 @@ pub struct ThreadCache {
 impl ThreadCache {
     /// A cache whose threads are called `name` and have `stack_size` bytes of stack.
     pub fn new(name: &'static str, stack_size: usize) -> Self {
-        let (sender, receiver) = crossbeam_channel::unbounded();
         ThreadCache {
             name,
             stack_size,
-            sender,
-            receiver,
+            tasks: Arc::new(Mailbox::default()),
             idle: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -43,18 +40,16 @@ impl ThreadCache {
     /// Runs `task` on an idle thread, or on a new one when none is idle.
     pub fn run(&self, task: Task) -> io::Result<()> {
         if take_one(&self.idle) {
-            return self
-                .sender
-                .send(task)
-                .map_err(|_| io::Error::other("the thread cache is closed"));
+            self.tasks.send(task);
+            return Ok(());
         }
-        let receiver = self.receiver.clone();
+        let tasks = Arc::clone(&self.tasks);
         let idle = Arc::clone(&self.idle);
         let name = self.name;
         thread::Builder::new()
             .name(name.to_string())
             .stack_size(self.stack_size)
-            .spawn(move || serve(name, task, &receiver, &idle))
+            .spawn(move || serve(name, task, &tasks, &idle))
             .map(|_| ())
     }
 
@@ -72,18 +67,26 @@ fn take_one(count: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-fn serve(name: &str, first: Task, receiver: &Receiver<Task>, idle: &AtomicUsize) {
+impl Drop for ThreadCache {
+    /// Idle threads end; busy ones end after their task.
+    fn drop(&mut self) {
+        self.tasks.close();
+    }
+}
+
+fn serve(name: &str, first: Task, tasks: &Mailbox<Task>, idle: &AtomicUsize) {
     let mut task = first;
     loop {
         if catch_unwind(AssertUnwindSafe(task)).is_err() {
             log::error!("A {name} task panicked; its thread goes on");
         }
         idle.fetch_add(1, Ordering::AcqRel);
-        task = match receiver.recv_timeout(IDLE_KEEP) {
+        task = match tasks.recv_timeout(IDLE_KEEP) {
             Ok(next) => next,
+            Err(Empty::Closed) => return,
             // Leave, unless every idle thread was promised a task meanwhile: then one is coming.
-            Err(_) if take_one(idle) => return,
-            Err(_) => match receiver.recv() {
+            Err(Empty::Timeout) if take_one(idle) => return,
+            Err(Empty::Timeout) => match tasks.recv() {
                 Ok(next) => next,
                 Err(_) => return,
             },

@@ -14,7 +14,9 @@
 
 use crate::base::clock::unix_now;
 use crate::base::config::FsyncMode;
+use crate::base::heap::release_free_pages;
 use crate::base::job::{Collection, Job, PoolStatus};
+use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
 use crate::store::drains::{Drains, DRAINS_SCHEMA};
 use crate::store::segments::{SegmentFile, Segments};
@@ -87,9 +89,15 @@ const MAX_BATCH: usize = 2048;
 const MAX_FORGET: i64 = 5000;
 /// Time between retention sweeps.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A sweep runs at once when this many finished jobs are past `--retain-jobs` (or 1/32 of it,
+/// if more): the database's size follows the retained jobs, not how many finish in a second.
+const SWEEP_OVER_AT_LEAST: u64 = 32;
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
 const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
+/// While no record comes, the store's caches and the heap's free pages go back to the system
+/// this often.
+const RELEASE_IDLE_EVERY: Duration = Duration::from_secs(5);
 
 /// What went wrong with the job store.
 #[derive(Debug)]
@@ -177,21 +185,21 @@ pub struct Record {
 }
 
 /// Lets a sender wait for the commit of one record.
-pub struct Ticket(Receiver<Result<(), String>>);
+pub struct Ticket(Arc<Mailbox<Result<(), String>>>);
 
 impl Ticket {
     /// Makes `record` report its commit to the returned ticket (after its own `done`).
     pub fn attach(record: &mut Record) -> Ticket {
-        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let (answer, answered) = Answer::pair();
         let after = record.done.take();
         record.done = Some(Box::new(move |result: Result<(), &StoreError>| {
-            let answer = result.map_err(|e| e.to_string());
+            let outcome = result.map_err(|e| e.to_string());
             if let Some(after) = after {
                 after(result);
             }
-            let _ = sender.send(answer);
+            answer.send(outcome);
         }));
-        Ticket(receiver)
+        Ticket(answered)
     }
 
     /// Waits until the record committed; the error says why it did not.
@@ -268,7 +276,8 @@ pub struct JobStore {
     path: PathBuf,
     mode: FsyncMode,
     ops: Sender<Op>,
-    readers: Mutex<Vec<Connection>>,
+    /// Read-only connections not in use (closed by the writer whenever the store is idle).
+    readers: Arc<Mutex<Vec<Connection>>>,
     figures: Arc<Figures>,
     /// Drains made through the API.
     pub drains: Drains,
@@ -374,8 +383,10 @@ impl JobStore {
             FsyncMode::Off | FsyncMode::Always => None,
         };
         let (ops, received) = crossbeam_channel::unbounded();
+        let readers = Arc::new(Mutex::new(Vec::new()));
         let writer = Writer {
             conn,
+            idle_readers: Arc::clone(&readers),
             mode,
             wal,
             synced_until_write: false,
@@ -384,6 +395,7 @@ impl JobStore {
             commits_since_checkpoint: 1,
             last_commit: Instant::now(),
             last_sweep: None,
+            last_release: None,
             orphans_checked: false,
         };
         thread::Builder::new()
@@ -398,7 +410,7 @@ impl JobStore {
             path,
             mode,
             ops,
-            readers: Mutex::new(Vec::new()),
+            readers,
             figures,
             deferred_check: Mutex::new(deferred_check),
         };
@@ -804,6 +816,8 @@ fn release(
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// The store's idle read-only connections.
+    idle_readers: Arc<Mutex<Vec<Connection>>>,
     mode: FsyncMode,
     /// The WAL's sync threads (`--fsync batch`).
     wal: Option<WalSync>,
@@ -816,6 +830,7 @@ struct Writer {
     commits_since_checkpoint: u64,
     last_commit: Instant,
     last_sweep: Option<Instant>,
+    last_release: Option<Instant>,
     orphans_checked: bool,
 }
 
@@ -972,13 +987,13 @@ impl Writer {
         Ok(settled)
     }
 
-    /// Checkpoints when due; sweeps retention once a second (`idle`: nothing arrived for a
-    /// while).
+    /// Checkpoints when due; sweeps retention once a second, or at once when enough finished
+    /// jobs are past the limit (`idle`: nothing arrived for a while).
     fn maintain(&mut self, idle: bool) {
         let due = self.commits_since_checkpoint >= CHECKPOINT_COMMITS
             || (self.commits_since_checkpoint > 0
                 && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
-        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) || self.over_retention() {
             self.last_sweep = Some(Instant::now());
             if let Err(e) = self.sweep() {
                 log::error!("The retention sweep of the job store failed: {e}");
@@ -990,6 +1005,40 @@ impl Writer {
         } else if due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS {
             self.checkpoint("PASSIVE");
         }
+        if idle
+            && self
+                .last_release
+                .is_none_or(|at| at.elapsed() >= RELEASE_IDLE_EVERY)
+        {
+            self.last_release = Some(Instant::now());
+            self.release_memory();
+        }
+    }
+
+    /// Whether so many finished jobs are past `--retain-jobs` that a sweep should not wait.
+    fn over_retention(&self) -> bool {
+        let limit = self.retention.jobs;
+        self.settled_total().saturating_sub(limit) >= SWEEP_OVER_AT_LEAST.max(limit / 32)
+    }
+
+    /// Settled jobs in the store.
+    fn settled_total(&self) -> u64 {
+        self.figures
+            .settled
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Gives back what the busy store grew: the idle read-only connections are closed (each
+    /// held its page cache and parsed schema), the writer's page cache is emptied, and the
+    /// heap's free pages go back to the system. The next read opens a connection again.
+    fn release_memory(&mut self) {
+        lock(&self.idle_readers).clear();
+        if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+            log::debug!("The job store's cache was not shrunk: {e}");
+        }
+        release_free_pages();
     }
 
     fn checkpoint(&mut self, kind: &str) {
@@ -1027,12 +1076,7 @@ impl Writer {
         if let Some(wal) = &self.wal {
             wal.settle();
         }
-        let settled: u64 = self
-            .figures
-            .settled
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum();
+        let settled = self.settled_total();
         let excess = settled
             .saturating_sub(self.retention.jobs)
             .min(MAX_FORGET as u64) as i64;

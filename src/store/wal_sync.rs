@@ -7,8 +7,8 @@
 //! previous one plus its own. Records are released (their callbacks run) in commit order, once
 //! a sync that began after their commit has returned.
 
+use crate::base::mailbox::Mailbox;
 use crate::base::sync::lock;
-use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -56,7 +56,7 @@ struct Shared {
 /// The WAL syncer: its threads end when it is dropped.
 pub struct WalSync {
     shared: Arc<Shared>,
-    starts: Sender<u64>,
+    starts: Arc<Mailbox<u64>>,
 }
 
 impl WalSync {
@@ -75,16 +75,17 @@ impl WalSync {
             released: Condvar::new(),
             releasing: Mutex::new(()),
         });
-        let (starts, received) = crossbeam_channel::unbounded();
+        let starts = Arc::new(Mailbox::default());
+        let syncer = WalSync { shared, starts };
         for n in 0..SYNC_THREADS {
-            let shared = Arc::clone(&shared);
-            let received: Receiver<u64> = received.clone();
+            let shared = Arc::clone(&syncer.shared);
+            let starts = Arc::clone(&syncer.starts);
             thread::Builder::new()
                 .name(format!("store-sync-{n}"))
                 .stack_size(64 * 1024)
-                .spawn(move || shared.run(&received))?;
+                .spawn(move || shared.run(&starts))?;
         }
-        Ok(WalSync { shared, starts })
+        Ok(syncer)
     }
 
     /// Takes what to do once the transaction just committed (unsynced) is synced: it runs
@@ -98,7 +99,7 @@ impl WalSync {
             p.in_flight += 1;
             p.started = seq;
             drop(p);
-            let _ = self.starts.send(seq);
+            self.starts.send(seq);
         }
     }
 
@@ -120,10 +121,17 @@ impl WalSync {
     }
 }
 
+impl Drop for WalSync {
+    /// The sync threads end once they synced what was started.
+    fn drop(&mut self) {
+        self.starts.close();
+    }
+}
+
 impl Shared {
     /// A sync thread: syncs for each start it is given, then for whatever was committed
     /// meanwhile with no sync started for it.
-    fn run(&self, starts: &Receiver<u64>) {
+    fn run(&self, starts: &Mailbox<u64>) {
         while let Ok(mut seq) = starts.recv() {
             loop {
                 let synced = self.wal.sync_data();
