@@ -266,8 +266,9 @@ fn main() -> ExitCode {
         "settings: {} clients (closed loop, keep-alive, one ureq agent each), {} runs per scenario \
          (median [min-max]), {:?} warm-up excluded, {:?} windows ({:?} for scenarios 2, 3 and 4); \
          coordinator: {}, --log-level warn, --track-interval {} (small so jobs finish fast), \
-         default limits otherwise; fake workers answer at once (jobs take 0 s), speak sandrun's \
-         dialect and close every connection, as sandrun does; a request unanswered for {:?} is \
+         --max-queued-jobs {} (submit floods outrun dispatch: their backlog is queued, not \
+         refused), default limits otherwise; fake workers answer at once (jobs take 0 s), speak \
+         sandrun's dialect and close every connection, as sandrun does; a request unanswered for {:?} is \
          an error, and errors count in warm-ups too",
         scenarios::CLIENTS,
         scenarios::RUNS,
@@ -276,6 +277,7 @@ fn main() -> ExitCode {
         scenarios::SHORT_WINDOW,
         binary.display(),
         scenarios::TRACK_INTERVAL,
+        scenarios::FLOOD_QUEUE,
         load::CLIENT_TIMEOUT,
     );
     if load::closing() {
@@ -343,6 +345,7 @@ fn main() -> ExitCode {
             "window_seconds": scenarios::WINDOW.as_secs_f64(),
             "short_window_seconds": scenarios::SHORT_WINDOW.as_secs_f64(),
             "track_interval": scenarios::TRACK_INTERVAL,
+            "max_queued_jobs": scenarios::FLOOD_QUEUE,
             "log_level": "warn",
             "coordinator": binary.display().to_string(),
             "release_build": release,

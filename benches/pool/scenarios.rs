@@ -60,6 +60,10 @@ struct Pool {
     workers: Vec<FastWorker>,
 }
 
+/// `--max-queued-jobs` of the pools `start_pool` starts: a submit flood outruns dispatch, and its
+/// backlog must be queued, not refused (scenario 5 measures what a backlog costs).
+pub const FLOOD_QUEUE: &str = "1000000";
+
 fn start_pool(n: usize, max: u32, extra: &[&str]) -> Result<Pool, String> {
     let workers = (0..n)
         .map(|_| FastWorker::start(WORKER_THREADS).map_err(|e| e.to_string()))
@@ -68,7 +72,11 @@ fn start_pool(n: usize, max: u32, extra: &[&str]) -> Result<Pool, String> {
         .iter()
         .map(|w| (w.worker_id().to_string(), w.endpoint(), max))
         .collect();
-    let coord = Coordinator::start(&entries, extra)?;
+    let args: Vec<&str> = ["--max-queued-jobs", FLOOD_QUEUE]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let coord = Coordinator::start(&entries, &args)?;
     coord
         .wait_pool(SETTLE, |p| num(p, "healthy_workers") == n as u64)
         .filter(|p| num(p, "healthy_workers") == n as u64)
