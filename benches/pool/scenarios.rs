@@ -88,6 +88,12 @@ fn num(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Jobs a coordinator has taken so far: those it knows, and those retention forgot (a flood
+/// of more than `--retain-jobs` jobs has them forgotten before the run ends).
+fn jobs_seen(pool: &Value) -> u64 {
+    num(pool, "total_jobs") + num(&pool["store"]["retention"], "forgotten_jobs")
+}
+
 /// Nothing queued, in flight or left to collect.
 fn drained(p: &Value) -> bool {
     num(p, "queued_jobs") == 0
@@ -241,7 +247,7 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
             || {
                 let settled = settle(&p.coord);
                 unsettled = settled.is_none();
-                jobs0 = settled.as_ref().map_or(0, |s| num(s, "total_jobs"));
+                jobs0 = settled.as_ref().map_or(0, jobs_seen);
                 c0 = counts(&p.workers);
                 cpu0 = p.coord.cpu();
             },
@@ -257,7 +263,7 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
         pool.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
         let jobs = settled
             .as_ref()
-            .map_or(0, |s| num(s, "total_jobs"))
+            .map_or(0, jobs_seen)
             .saturating_sub(jobs0);
         let c = counts(&p.workers);
         pool.add_errors(c.dialect_errors, Some("dialect errors".to_string()));
@@ -1018,7 +1024,7 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
             || {
                 let settled = settle(&coord);
                 unsettled = settled.is_none();
-                jobs0 = settled.as_ref().map_or(0, |s| num(s, "total_jobs"));
+                jobs0 = settled.as_ref().map_or(0, jobs_seen);
                 cpu0 = coord.cpu();
             },
             |i| submit_op(body, &url, i, "pool-"),
@@ -1026,7 +1032,7 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
         let settled = settle(&coord);
         let jobs = settled
             .as_ref()
-            .map_or(0, |s| num(s, "total_jobs"))
+            .map_or(0, jobs_seen)
             .saturating_sub(jobs0);
         cpu.push((coord.cpu() - cpu0).as_secs_f64() * 1e6 / jobs.max(1) as f64);
         load_errors.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));

@@ -453,18 +453,7 @@ impl JobStore {
 
     /// The stored record of job `id`, if the store has it.
     pub fn load(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let conn = match lock(&self.readers).pop() {
-            Some(conn) => conn,
-            None => {
-                let conn = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                // A read touches a handful of pages: a small cache keeps memory flat.
-                conn.execute_batch("PRAGMA cache_size = -128")?;
-                conn
-            }
-        };
+        let conn = self.reader()?;
         let job = conn
             .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
             .query_row([id], |r| Ok(parse_record(id, r.get_ref(0)?)))
@@ -485,13 +474,7 @@ impl JobStore {
         before: Option<(f64, &str)>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let conn = match lock(&self.readers).pop() {
-            Some(conn) => conn,
-            None => Connection::open_with_flags(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?,
-        };
+        let conn = self.reader()?;
         let result = list_on(&conn, statuses, owner, before, limit);
         lock(&self.readers).push(conn);
         // A damaged row is left out of listings (and logged); its own routes answer 500.
@@ -508,6 +491,21 @@ impl JobStore {
                     .ok()
             })
             .collect())
+    }
+
+    /// An idle read-only connection, or a new one (give it back to `readers` after use).
+    fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = lock(&self.readers).pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // A read touches a handful of pages (a listing page a few dozen): a small cache keeps
+        // memory flat.
+        conn.execute_batch("PRAGMA cache_size = -128")?;
+        Ok(conn)
     }
 
     /// The store's figures for `/pool`.
