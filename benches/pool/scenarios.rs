@@ -261,10 +261,7 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
         let cpu_drained = p.coord.cpu();
         pool.push(&stats);
         pool.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
-        let jobs = settled
-            .as_ref()
-            .map_or(0, jobs_seen)
-            .saturating_sub(jobs0);
+        let jobs = settled.as_ref().map_or(0, jobs_seen).saturating_sub(jobs0);
         let c = counts(&p.workers);
         pool.add_errors(c.dialect_errors, Some("dialect errors".to_string()));
         pool.add_errors(
@@ -1030,10 +1027,7 @@ pub fn scale(body: &JobBody, direct_submit: &[f64], f: &mut Findings) -> Result<
             |i| submit_op(body, &url, i, "pool-"),
         );
         let settled = settle(&coord);
-        let jobs = settled
-            .as_ref()
-            .map_or(0, jobs_seen)
-            .saturating_sub(jobs0);
+        let jobs = settled.as_ref().map_or(0, jobs_seen).saturating_sub(jobs0);
         cpu.push((coord.cpu() - cpu0).as_secs_f64() * 1e6 / jobs.max(1) as f64);
         load_errors.add_errors(u64::from(unsettled), Some(UNSETTLED.to_string()));
         match &settled {
