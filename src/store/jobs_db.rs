@@ -932,10 +932,10 @@ impl Writer {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record) \
-                 VALUES (?1, ?2, ?3, ?4, json_extract(?5, '$.owner'), ?6, ?7, ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?8, ?6, ?7, ?5)",
             )?;
             let mut update = tx.prepare_cached(
-                "UPDATE jobs SET status = ?2, finished_at = ?3, owner = json_extract(?4, '$.owner'), \
+                "UPDATE jobs SET status = ?2, finished_at = ?3, owner = ?7, \
                  results_segment = ?5, upload = CASE WHEN ?6 THEN NULL ELSE upload END, record = ?4 \
                  WHERE id = ?1 AND finished_at IS NULL",
             )?;
@@ -959,6 +959,7 @@ impl Writer {
                         text,
                         segment,
                         r.upload.as_deref(),
+                        job.owner,
                     ])?;
                     inserted += 1;
                 } else {
@@ -969,6 +970,7 @@ impl Writer {
                         text,
                         segment,
                         !job.needs_upload(),
+                        job.owner,
                     ])?;
                     if changed == 0 {
                         continue;
