@@ -36,6 +36,14 @@ impl PoolStatus {
         Self::Cancelled,
     ];
 
+    /// Its place in [`PoolStatus::ALL`] (for tables of per-status counts).
+    pub fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or_default()
+    }
+
     /// The name used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {

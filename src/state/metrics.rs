@@ -220,13 +220,6 @@ impl Default for Metrics {
     }
 }
 
-fn status_index(status: PoolStatus) -> usize {
-    PoolStatus::ALL
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or_default()
-}
-
 impl Metrics {
     /// The ring slot of the minute `now` falls in, reset when it last held an older minute.
     fn slot(&self, now: f64) -> &MinuteSlot {
@@ -251,7 +244,7 @@ impl Metrics {
     /// A job reached its first final status; times are unix seconds.
     pub fn job_finished(&self, status: PoolStatus, submitted_at: f64, dispatched_at: Option<f64>) {
         let now = unix_now();
-        self.finished[status_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.finished[status.index()].fetch_add(1, Ordering::Relaxed);
         self.end_to_end.observe(now - submitted_at);
         if let (Some(at), PoolStatus::Completed | PoolStatus::Failed) = (dispatched_at, status) {
             self.run_time.observe(now - at);
@@ -281,7 +274,7 @@ impl Metrics {
 
     /// Jobs that reached `status` as their first final status.
     pub fn finished(&self, status: PoolStatus) -> u64 {
-        self.finished[status_index(status)].load(Ordering::Relaxed)
+        self.finished[status.index()].load(Ordering::Relaxed)
     }
 
     /// Health probes that ended with `result`.

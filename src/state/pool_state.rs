@@ -419,13 +419,6 @@ impl RecentJobs {
     }
 }
 
-fn status_index(status: PoolStatus) -> usize {
-    PoolStatus::ALL
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or_default()
-}
-
 impl PoolState {
     /// A table for these workers, no jobs.
     pub fn new(specs: Vec<WorkerSpec>, now: Instant) -> Self {
@@ -443,10 +436,9 @@ impl PoolState {
         job.status = PoolStatus::Queued;
         self.queue
             .push(job.id.clone(), job.owner.clone(), job.priority, now);
-        self.status_counts[status_index(PoolStatus::Queued)] += 1;
+        self.status_counts[PoolStatus::Queued.index()] += 1;
         if let Some(owner) = &job.owner {
-            self.owner_counts.entry(owner.clone()).or_default()
-                [status_index(PoolStatus::Queued)] += 1;
+            self.owner_counts.entry(owner.clone()).or_default()[PoolStatus::Queued.index()] += 1;
         }
         self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
@@ -459,22 +451,22 @@ impl PoolState {
         self.queue.remove(id);
         self.recent.remove(id);
         if let Some(job) = self.jobs.remove(id) {
-            self.status_counts[status_index(job.status)] -= 1;
+            self.status_counts[job.status.index()] -= 1;
             if let Some(counts) = job
                 .owner
                 .as_ref()
                 .and_then(|o| self.owner_counts.get_mut(o))
             {
-                counts[status_index(job.status)] -= 1;
+                counts[job.status.index()] -= 1;
             }
         }
     }
 
     /// Puts a recovered job that is not queued back into the table, as it is.
     pub fn restore(&mut self, job: Job) {
-        self.status_counts[status_index(job.status)] += 1;
+        self.status_counts[job.status.index()] += 1;
         if let Some(owner) = &job.owner {
-            self.owner_counts.entry(owner.clone()).or_default()[status_index(job.status)] += 1;
+            self.owner_counts.entry(owner.clone()).or_default()[job.status.index()] += 1;
         }
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
@@ -491,15 +483,15 @@ impl PoolState {
     /// Moves a job to `status`, keeping the per-status counts exact.
     pub fn set_status(&mut self, id: &str, status: PoolStatus) -> Option<&mut Job> {
         let job = self.jobs.get_mut(id)?;
-        self.status_counts[status_index(job.status)] -= 1;
-        self.status_counts[status_index(status)] += 1;
+        self.status_counts[job.status.index()] -= 1;
+        self.status_counts[status.index()] += 1;
         if let Some(counts) = job
             .owner
             .as_ref()
             .and_then(|o| self.owner_counts.get_mut(o))
         {
-            counts[status_index(job.status)] -= 1;
-            counts[status_index(status)] += 1;
+            counts[job.status.index()] -= 1;
+            counts[status.index()] += 1;
         }
         if status.is_final() && !job.status.is_final() {
             self.metrics
@@ -521,14 +513,14 @@ impl PoolState {
 
     /// How many jobs are in `status`.
     pub fn count(&self, status: PoolStatus) -> usize {
-        self.status_counts[status_index(status)]
+        self.status_counts[status.index()]
     }
 
     /// How many jobs of this owner (client key name) are in `status`.
     pub fn owner_count(&self, owner: &str, status: PoolStatus) -> usize {
         self.owner_counts
             .get(owner)
-            .map_or(0, |counts| counts[status_index(status)])
+            .map_or(0, |counts| counts[status.index()])
     }
 
     /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
@@ -541,7 +533,7 @@ impl PoolState {
     pub fn forget_settled(&mut self, id: &str) {
         if self.jobs.get(id).is_some_and(|job| job.is_settled()) {
             if let Some(job) = self.jobs.remove(id) {
-                self.status_counts[status_index(job.status)] -= 1;
+                self.status_counts[job.status.index()] -= 1;
                 self.cpu_window.record(&job, unix_now());
             }
         }

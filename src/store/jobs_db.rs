@@ -327,13 +327,6 @@ fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(wal)
 }
 
-fn status_index(status: PoolStatus) -> usize {
-    PoolStatus::ALL
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or_default()
-}
-
 fn status_of(name: &str) -> Option<PoolStatus> {
     PoolStatus::ALL.into_iter().find(|s| s.as_str() == name)
 }
@@ -528,7 +521,7 @@ impl JobStore {
 
     /// Settled jobs in `status` (they live in the store only).
     pub fn settled_count(&self, status: PoolStatus) -> u64 {
-        self.figures.settled[status_index(status)].load(Ordering::Relaxed)
+        self.figures.settled[status.index()].load(Ordering::Relaxed)
     }
 
     /// Commits what was sent, checkpoints the WAL into the database and stops the writer.
@@ -720,7 +713,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
         for count in counts {
             let (status, n) = count?;
             if let Some(status) = status_of(&status) {
-                figures.settled[status_index(status)].store(n as u64, Ordering::Relaxed);
+                figures.settled[status.index()].store(n as u64, Ordering::Relaxed);
             }
         }
     }
@@ -804,7 +797,7 @@ fn release(
     result: Result<(), StoreError>,
 ) {
     for status in settled {
-        figures.settled[status_index(*status)].fetch_add(1, Ordering::Relaxed);
+        figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
     }
     for done in done {
         done(result.as_ref().map(|_| ()));
@@ -1113,7 +1106,7 @@ impl Writer {
         let f = &self.figures;
         for (status, _) in &forgotten {
             if let Some(status) = status_of(status) {
-                f.settled[status_index(status)].fetch_sub(1, Ordering::Relaxed);
+                f.settled[status.index()].fetch_sub(1, Ordering::Relaxed);
             }
         }
         f.rows.fetch_sub(forgotten.len() as u64, Ordering::Relaxed);
