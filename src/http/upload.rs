@@ -444,8 +444,6 @@ fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticke
 /// Undoes [`direct`] when its record could not be committed: the worker slot is given back and
 /// the job leaves the table.
 fn take_back(st: &mut PoolState, a: &Assignment) {
-    let worker = &mut st.workers[a.worker_index];
-    worker.return_reservation(a.source);
-    worker.in_flight = worker.in_flight.saturating_sub(1);
+    st.workers[a.worker_index].undo_assignment(a.source);
     st.discard(&a.job_id);
 }

@@ -78,8 +78,7 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
         log::error!("Could not start a dispatch thread for job {job_id}: {e}");
         let mut st = ctx.lock();
         let source = st.jobs.get(&job_id).and_then(|j| j.source_address);
-        st.workers[index].return_reservation(source);
-        st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
+        st.workers[index].undo_assignment(source);
         if st.is_cancelled(&job_id) {
             if let Some(job) = st.jobs.get_mut(&job_id) {
                 job.ending_on_worker = false;
@@ -98,9 +97,7 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
 /// worker's fault.
 fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     let mut st = ctx.lock();
-    let w = &mut st.workers[a.worker_index];
-    w.return_reservation(a.source);
-    w.in_flight = w.in_flight.saturating_sub(1);
+    st.workers[a.worker_index].undo_assignment(a.source);
     if st.is_cancelled(&a.job_id) {
         settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
         return;

@@ -307,6 +307,13 @@ impl WorkerEntry {
         }
     }
 
+    /// Undoes an assignment whose submit never went out (its dispatch could not start, or could
+    /// not be recorded): the reserved slot is given back and no dispatch is in flight for it.
+    pub fn undo_assignment(&mut self, source: Option<IpAddr>) {
+        self.return_reservation(source);
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
     /// Frees the slot of a job that ended (and its place on its source address, booking the CPU
     /// seconds the worker reported); a concurrency throttle ends with it.
     pub fn release_slot(&mut self, source: Option<IpAddr>, cpu_seconds: Option<f64>) {
