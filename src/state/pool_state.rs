@@ -352,6 +352,38 @@ pub struct LastReload {
     pub changed: usize,
 }
 
+/// Jobs per status: overall, kept in step with the table, and per owner (client key name).
+#[derive(Debug, Default)]
+struct JobCounts {
+    all: [usize; PoolStatus::ALL.len()],
+    by_owner: HashMap<String, [usize; PoolStatus::ALL.len()]>,
+}
+
+impl JobCounts {
+    /// Counts a job of `owner` in `status`.
+    fn add(&mut self, owner: Option<&String>, status: PoolStatus) {
+        self.all[status.index()] += 1;
+        if let Some(owner) = owner {
+            match self.by_owner.get_mut(owner) {
+                Some(counts) => counts[status.index()] += 1,
+                None => {
+                    let mut counts = [0; PoolStatus::ALL.len()];
+                    counts[status.index()] = 1;
+                    self.by_owner.insert(owner.clone(), counts);
+                }
+            }
+        }
+    }
+
+    /// Stops counting a job of `owner` in `status`.
+    fn remove(&mut self, owner: Option<&String>, status: PoolStatus) {
+        self.all[status.index()] -= 1;
+        if let Some(counts) = owner.and_then(|o| self.by_owner.get_mut(o)) {
+            counts[status.index()] -= 1;
+        }
+    }
+}
+
 /// Workers, jobs and the queue: the one table behind the one lock.
 #[derive(Debug, Default)]
 pub struct PoolState {
@@ -362,10 +394,8 @@ pub struct PoolState {
     pub jobs: HashMap<String, Box<Job>>,
     /// Queued jobs, by priority and owner.
     pub queue: JobQueue,
-    /// Jobs per status, kept in step with `jobs`.
-    status_counts: [usize; PoolStatus::ALL.len()],
-    /// Jobs per owner (client key name) and status, kept in step with `jobs`.
-    owner_counts: HashMap<String, [usize; PoolStatus::ALL.len()]>,
+    /// Jobs per status, overall and per owner.
+    counts: JobCounts,
     /// Where the next tie between equally loaded workers starts looking.
     pub rotation: usize,
     /// The last reload of workers.json, if any.
@@ -443,10 +473,7 @@ impl PoolState {
         job.status = PoolStatus::Queued;
         self.queue
             .push(job.id.clone(), job.owner.clone(), job.priority, now);
-        self.status_counts[PoolStatus::Queued.index()] += 1;
-        if let Some(owner) = &job.owner {
-            self.owner_counts.entry(owner.clone()).or_default()[PoolStatus::Queued.index()] += 1;
-        }
+        self.counts.add(job.owner.as_ref(), PoolStatus::Queued);
         self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
@@ -458,23 +485,13 @@ impl PoolState {
         self.queue.remove(id);
         self.recent.remove(id);
         if let Some(job) = self.jobs.remove(id) {
-            self.status_counts[job.status.index()] -= 1;
-            if let Some(counts) = job
-                .owner
-                .as_ref()
-                .and_then(|o| self.owner_counts.get_mut(o))
-            {
-                counts[job.status.index()] -= 1;
-            }
+            self.counts.remove(job.owner.as_ref(), job.status);
         }
     }
 
     /// Puts a recovered job that is not queued back into the table, as it is.
     pub fn restore(&mut self, job: Job) {
-        self.status_counts[job.status.index()] += 1;
-        if let Some(owner) = &job.owner {
-            self.owner_counts.entry(owner.clone()).or_default()[job.status.index()] += 1;
-        }
+        self.counts.add(job.owner.as_ref(), job.status);
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
@@ -490,16 +507,8 @@ impl PoolState {
     /// Moves a job to `status`, keeping the per-status counts exact.
     pub fn set_status(&mut self, id: &str, status: PoolStatus) -> Option<&mut Job> {
         let job = self.jobs.get_mut(id)?;
-        self.status_counts[job.status.index()] -= 1;
-        self.status_counts[status.index()] += 1;
-        if let Some(counts) = job
-            .owner
-            .as_ref()
-            .and_then(|o| self.owner_counts.get_mut(o))
-        {
-            counts[job.status.index()] -= 1;
-            counts[status.index()] += 1;
-        }
+        self.counts.remove(job.owner.as_ref(), job.status);
+        self.counts.add(job.owner.as_ref(), status);
         if status.is_final() && !job.status.is_final() {
             self.metrics
                 .job_finished(status, job.submitted_at, job.dispatched_at);
@@ -520,19 +529,20 @@ impl PoolState {
 
     /// How many jobs are in `status`.
     pub fn count(&self, status: PoolStatus) -> usize {
-        self.status_counts[status.index()]
+        self.counts.all[status.index()]
     }
 
     /// How many jobs of this owner (client key name) are in `status`.
     pub fn owner_count(&self, owner: &str, status: PoolStatus) -> usize {
-        self.owner_counts
+        self.counts
+            .by_owner
             .get(owner)
             .map_or(0, |counts| counts[status.index()])
     }
 
     /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
     pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; PoolStatus::ALL.len()])> {
-        self.owner_counts.iter().map(|(o, c)| (o.as_str(), c))
+        self.counts.by_owner.iter().map(|(o, c)| (o.as_str(), c))
     }
 
     /// Drops a settled job from the table once its record committed: it lives in the job store
@@ -540,7 +550,9 @@ impl PoolState {
     pub fn forget_settled(&mut self, id: &str) {
         if self.jobs.get(id).is_some_and(|job| job.is_settled()) {
             if let Some(job) = self.jobs.remove(id) {
-                self.status_counts[job.status.index()] -= 1;
+                // Its owner's counts keep it: an owner's settled jobs stay counted (`/pool`
+                // shows them per key).
+                self.counts.all[job.status.index()] -= 1;
                 self.cpu_window.record(&job, unix_now());
             }
         }
