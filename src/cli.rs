@@ -37,6 +37,9 @@ OPTIONS:
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
     --upload-memory-bytes N  waiting uploads of up to 64 KiB each are held in memory up to
                              this total, the rest go to the state dir; 0 = all to disk [default: 1048576]
+    --row-results-max N      a finished job's results (logs and outputs) up to this many bytes
+                             are kept in its job store row, larger ones in a results segment;
+                             0 = all to segments, at most 1048576      [default: 32768]
     --dispatch-timeout SECS  how long a worker may take to answer a submit   [default: 360]
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
@@ -186,6 +189,18 @@ fn bytes(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("expected a whole number of bytes (0 or more), got {text:?}"))
 }
 
+/// The largest `--row-results-max`: bigger results belong in a segment, not in a row.
+const ROW_RESULTS_LIMIT: u64 = 1024 * 1024;
+
+fn row_bytes(text: &str) -> Result<u64, String> {
+    match bytes(text)? {
+        n if n <= ROW_RESULTS_LIMIT => Ok(n),
+        n => Err(format!(
+            "{n} bytes is more than a row should hold; use at most {ROW_RESULTS_LIMIT}"
+        )),
+    }
+}
+
 fn port(text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .map_err(|_| format!("expected a port number 0-65535, got {text:?}"))
@@ -325,6 +340,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             d.max_upload_bytes,
         )?,
         upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,
+        row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
         track_interval: value(args, "--track-interval", seconds, d.track_interval)?,
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,

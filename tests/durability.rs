@@ -91,6 +91,64 @@ fn assert_outputs(coordinator: &Coordinator, id: &str, status: &Value) {
     assert_eq!(logs["stdout"], "ran main.py\n", "job {id}");
 }
 
+/// Where the store keeps job `id`'s results: (bytes in its row, its results segment).
+fn results_home(dir: &Path, id: &str) -> (Option<usize>, Option<String>) {
+    let db = dir.join("state").join("jobs.db");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(db, flags).unwrap_or_else(|e| panic!("{e}"));
+    conn.query_row(
+        "SELECT length(results), results_segment FROM jobs WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap_or_else(|e| panic!("job {id}: {e}"))
+}
+
+/// Results up to `--row-results-max` bytes live in the job's row, larger ones in a results
+/// segment; both are served byte for byte before and after a `kill -9` and restart.
+#[test]
+fn small_results_live_in_the_job_row_and_large_ones_in_a_segment() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let small = submit(&coordinator, &job("small results"));
+    let data: Vec<u8> = (0..40 * 1024).map(|i| (i % 251) as u8).collect();
+    let large = submit(
+        &coordinator,
+        &job("large results")
+            .file("data.bin", "application/octet-stream", &data)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#),
+    );
+    let check = |coordinator: &Coordinator| {
+        for id in [&small, &large] {
+            let status = wait_collected(coordinator, id, DEADLINE);
+            assert_outputs(coordinator, id, &status);
+        }
+        let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{large}/data.bin")));
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+        assert!(bytes == data, "data.bin differs ({} bytes)", bytes.len());
+        let (code, tarball) = get_bytes(&coordinator.url(&format!("/download/{small}")));
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&tarball));
+        assert_eq!(&tarball[..2], &[0x1f, 0x8b], "not a gzip stream");
+    };
+    check(&coordinator);
+    let (in_row, segment) = results_home(dir.path(), &small);
+    assert!(
+        in_row.is_some_and(|n| n > 0) && segment.is_none(),
+        "{in_row:?} {segment:?}"
+    );
+    let (in_row, segment) = results_home(dir.path(), &large);
+    assert!(
+        in_row.is_none() && segment.is_some(),
+        "{in_row:?} {segment:?}"
+    );
+    coordinator.kill();
+    let restarted = Coordinator::start_in(dir.path(), &FAST);
+    check(&restarted);
+}
+
 #[test]
 fn acknowledged_jobs_survive_kill_9_and_running_ones_are_followed_to_the_end() {
     // One slot per worker: no dispatch is in flight at the kill (those would be lost).
@@ -447,7 +505,11 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
 #[test]
 fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
-    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    // Results in a segment, as version 1 kept them.
+    let mut coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[&FAST[..], &["--row-results-max", "0"]].concat(),
+    );
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("before the upgrade"));
     wait_collected(&coordinator, &id, DEADLINE);
@@ -461,15 +523,16 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 3);
+        assert_eq!(version(&conn), 4);
         conn.execute_batch(
             "DROP TABLE drains; DROP INDEX jobs_status_submitted; \
-             DROP INDEX jobs_unsettled_submitted; PRAGMA user_version = 1;",
+             DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
+             PRAGMA user_version = 1;",
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
-    for step in ["version 2", "version 3"] {
+    for step in ["version 2", "version 3", "version 4"] {
         assert!(
             upgraded
                 .logs()
@@ -491,7 +554,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 3);
+    assert_eq!(version(&conn), 4);
     let indexes: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
@@ -585,6 +648,8 @@ fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results
     // collections at once, every segment may still hold one of the 20 retained jobs.
     write_workers_json(dir.path(), &[workers[0].entry(1), workers[1].entry(1)]);
     let args = [
+        "--row-results-max",
+        "0",
         "--retain-jobs",
         "20",
         "--track-interval",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use trusted_pool::base::config::{FsyncMode, ServeConfig};
-use trusted_pool::base::job::{Collection, Job};
+use trusted_pool::base::job::{Collection, Job, StoredResults};
 use trusted_pool::pool::recovery;
 use trusted_pool::state::context::Context;
 use trusted_pool::state::pool_state::PoolState;
@@ -75,15 +75,21 @@ fn make_seed() -> Seed {
     });
     workers_json(dir.path(), &worker, false);
     let fast = ["--health-interval", "1", "--track-interval", "0.05"];
-    let mut first = Coordinator::start_in(dir.path(), &fast);
-    wait_healthy(&first, &[&worker], DEADLINE);
-    let collected: Vec<String> = (0..4)
-        .map(|i| submit(&first, &job(&format!("seed {i}"), 10)))
-        .collect();
-    for id in &collected {
-        wait_collected(&first, id, DEADLINE);
+    // Two jobs' results held in their rows, then two in a results segment.
+    let segments = ["--row-results-max", "0"];
+    let mut collected = Vec::new();
+    for flags in [&fast[..], &[&fast[..], &segments[..]].concat()] {
+        let mut first = Coordinator::start_in(dir.path(), flags);
+        wait_healthy(&first, &[&worker], DEADLINE);
+        let ids: Vec<String> = (0..2)
+            .map(|i| submit(&first, &job(&format!("seed {} {i}", collected.len()), 10)))
+            .collect();
+        for id in &ids {
+            wait_collected(&first, id, DEADLINE);
+        }
+        first.terminate(DEADLINE);
+        collected.extend(ids);
     }
-    first.terminate(DEADLINE);
     // A drained worker takes nothing: the next jobs stay queued, one upload in a segment.
     workers_json(dir.path(), &worker, true);
     let mut second = Coordinator::start_in(dir.path(), &fast);
@@ -278,13 +284,20 @@ fn retention(spool: &Spool) -> Retention {
 }
 
 /// Reads every span a stored job points to: an error, or exactly the bytes it says.
-fn read_results(spool: &Spool, job: &Job) {
+fn read_results(spool: &Spool, store: &JobStore, job: &Job) {
     let Collection::Collected(stored) = &job.collection else {
         return;
     };
+    let mut stored = StoredResults::clone(stored);
+    if stored.in_row {
+        match store.row_results(&job.id) {
+            Ok(bytes) => stored.row_bytes = bytes,
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
     let spans = stored.outputs.iter().map(|(_, span)| *span);
     for span in spans.chain([stored.logs]) {
-        if let Ok(mut reader) = spool.results_reader(&stored.segment, span) {
+        if let Ok(mut reader) = spool.open_results(&stored, span) {
             let mut bytes = Vec::new();
             if reader.read_to_end(&mut bytes).is_ok() {
                 assert_eq!(bytes.len() as u64, span.size, "a short read was served");
@@ -309,7 +322,7 @@ fn open_and_read(state: &Path, ids: &[String]) -> Result<usize, String> {
     };
     for id in ids {
         match store.load(id) {
-            Ok(Some(job)) => read_results(&spool, &job),
+            Ok(Some(job)) => read_results(&spool, &store, &job),
             Ok(None) => {}
             Err(e) => assert!(e.to_string().contains(id.as_str()), "{e}"),
         }

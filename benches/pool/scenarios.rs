@@ -1119,6 +1119,8 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
                 offset: 30,
                 size: 40,
             },
+            in_row: false,
+            row_bytes: None,
         }));
         let record = Record {
             job: Box::new(job),

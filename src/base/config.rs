@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// Total size of small waiting uploads held in memory instead of the state directory.
     pub upload_memory_bytes: u64,
+    /// A finished job's results up to this many bytes are held in its job store row (committed
+    /// and synced with its record) instead of a results segment; 0 = always a segment.
+    pub row_results_max: u64,
     /// How long a worker may take to answer a submit, status, logs or download.
     pub dispatch_timeout: Duration,
     /// Time between polls of a worker's running jobs.
@@ -110,6 +113,7 @@ impl Default for ServeConfig {
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
             upload_memory_bytes: 1024 * 1024,
+            row_results_max: 32 * 1024,
             dispatch_timeout: Duration::from_secs(360),
             track_interval: Duration::from_secs(1),
             lost_after: Duration::from_secs(120),

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Where a job is in its life, as `/status` reports it in `pool_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -159,15 +160,28 @@ pub struct Attempt {
     pub error: String,
 }
 
-/// Where a collected job's results lie in the spool.
+/// Where a collected job's results lie: in a results segment of the spool, or (small
+/// results) in the job's own row of the job store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResults {
-    /// The results segment they were appended to.
+    /// The results segment they were appended to (empty when they are held in the row).
     pub segment: String,
     /// Each collected output file: its path and its bytes.
     pub outputs: Vec<(String, Span)>,
     /// The worker's `/logs` answer, as JSON.
     pub logs: Span,
+    /// The results are held in the job's row of the job store, the spans counting from the
+    /// start of the row's results bytes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_row: bool,
+    /// The row's results bytes, while they are in memory: from the collection until the job's
+    /// record committed, or loaded from the store for a read.
+    #[serde(skip)]
+    pub row_bytes: Option<Arc<[u8]>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// Whether the job's results (logs, outputs) are safe in the spool.

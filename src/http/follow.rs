@@ -5,7 +5,7 @@
 //! then the stream ends. The handler thread only decides (404, 503 over `--max-followers`) and
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
-use crate::base::job::{Collection, Job, PoolStatus};
+use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::pool::announce::{final_lines, output_lines};
@@ -37,7 +37,7 @@ enum Plan {
     /// The job is over: these pieces (the collected logs are read by the follower thread).
     Replay {
         first: String,
-        logs: Option<(String, crate::base::job::Span)>,
+        logs: Option<(String, StoredResults)>,
         last: Vec<String>,
         _slot: Slot,
     },
@@ -134,7 +134,7 @@ fn first_line(job: &Job) -> String {
 /// The pieces of a job that is over.
 fn replay(job: &Job, slot: Slot) -> Plan {
     let logs = match &job.collection {
-        Collection::Collected(stored) => Some((stored.segment.clone(), stored.logs)),
+        Collection::Collected(stored) => Some((job.id.clone(), StoredResults::clone(stored))),
         _ => None,
     };
     Plan::Replay {
@@ -217,8 +217,9 @@ impl Out {
     }
 }
 
-fn read_logs(ctx: &Context, segment: &str, span: crate::base::job::Span) -> Option<Value> {
-    let mut reader = ctx.spool.results_reader(segment, span).ok()?;
+fn read_logs(ctx: &Context, id: &str, mut stored: StoredResults) -> Option<Value> {
+    ctx.load_row_results(id, &mut stored).ok()?;
+    let mut reader = ctx.spool.open_results(&stored, stored.logs).ok()?;
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -233,7 +234,7 @@ fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan, hider: Option<
             first, logs, last, ..
         } => {
             let mut pieces = vec![first];
-            if let Some(logs) = logs.and_then(|(segment, span)| read_logs(ctx, &segment, span)) {
+            if let Some(logs) = logs.and_then(|(id, stored)| read_logs(ctx, &id, stored)) {
                 pieces.extend(output_lines(&logs));
             }
             pieces.extend(last);

@@ -53,6 +53,21 @@ fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
     finished_of(&st, job)
 }
 
+/// Like [`finished`], with the results a store row holds read into memory.
+fn finished_with_results(ctx: &Context, id: &str) -> Result<Finished, Reply> {
+    let mut job = finished(ctx, id)?;
+    if let Some(stored) = job.stored.as_mut() {
+        if let Err(e) = ctx.load_row_results(id, stored) {
+            log::error!("The collected results of job {id} are unreadable: {e}");
+            return Err(error_reply(
+                500,
+                format!("the collected results of job {id} cannot be read: {e}"),
+            ));
+        }
+    }
+    Ok(job)
+}
+
 fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
     let id = job.id.as_str();
     let status = job.status;
@@ -156,7 +171,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
         Ok(p) => p,
         Err(e) => return error_reply(400, e.to_string()),
     };
-    let job = match finished(ctx, id) {
+    let job = match finished_with_results(ctx, id) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
@@ -175,7 +190,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 format!("the output {path:?} of job {id} was not collected (its path is unsafe)"),
             );
         };
-        return match ctx.spool.results_reader(&stored.segment, *span) {
+        return match ctx.spool.open_results(stored, *span) {
             Ok(body) => Reply::Stream {
                 status: 200,
                 content_type,
@@ -212,7 +227,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
 /// `GET /download/{id}`: a `.tar.gz` of the job's collected output files, streamed with its
 /// exact length. Unlike sandrun, the job is not deleted: its results stay on the coordinator.
 pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
-    let job = match finished(ctx, id) {
+    let job = match finished_with_results(ctx, id) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
@@ -229,7 +244,7 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
     let unreadable = stored
         .outputs
         .iter()
-        .find_map(|(_, span)| ctx.spool.results_reader(&stored.segment, *span).err());
+        .find_map(|(_, span)| ctx.spool.open_results(&stored, *span).err());
     if let Some(e) = unreadable {
         log::error!("The collected results of job {id} are unreadable: {e}");
         return error_reply(
@@ -243,13 +258,13 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
         .iter()
         .map(|(path, span)| {
             let ctx = Arc::clone(ctx);
-            let segment = stored.segment.clone();
+            let results = stored.clone();
             let span = *span;
             Entry {
                 path: path.clone(),
                 size: span.size,
                 mtime,
-                open: Box::new(move || ctx.spool.results_reader(&segment, span)),
+                open: Box::new(move || ctx.spool.open_results(&results, span)),
             }
         })
         .collect();
@@ -271,14 +286,14 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
 
 /// `GET /logs/{id}`: the job's stdout and stderr.
 pub fn logs(ctx: &Context, id: &str) -> Reply {
-    let job = match finished(ctx, id) {
+    let job = match finished_with_results(ctx, id) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
     if let Some(stored) = &job.stored {
         let read = ctx
             .spool
-            .results_reader(&stored.segment, stored.logs)
+            .open_results(stored, stored.logs)
             .and_then(|mut reader| {
                 let mut bytes = Vec::new();
                 reader.read_to_end(&mut bytes).map(|_| bytes)

@@ -206,6 +206,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "finished_jobs": f.settled.iter().sum::<u64>(),
         "commits": f.commits,
         "last_commit_batch": f.last_batch,
+        "records_coalesced": f.coalesced,
         "seconds_since_checkpoint": f.since_checkpoint,
         "retention": {
             "retain_jobs": retain_jobs,

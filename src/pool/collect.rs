@@ -1,8 +1,8 @@
-//! Collecting a finished job's results from its worker into the spool: every file listed in
-//! `output_files` (from `/download/{remote}/{path}`, streamed to disk), then the logs, back to
-//! back in a results segment.
+//! Collecting a finished job's results from its worker: every file listed in `output_files`
+//! (from `/download/{remote}/{path}`), then the logs, back to back: in memory for the job's
+//! store row when small (`--row-results-max`), else streamed to disk in a results segment.
 
-use crate::base::job::StoredResults;
+use crate::base::job::{Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
@@ -72,13 +72,13 @@ pub fn output_paths(status: &Value) -> Vec<String> {
 /// What a collection gave: where the results lie, each collected file's sha256 (lowercase hex)
 /// and the logs.
 pub struct Collected {
-    /// Where the results lie in the spool.
+    /// Where the results lie (with the bytes, when they are for the job's row).
     pub stored: StoredResults,
     /// Each collected output's path and sha256, in collection order.
     pub hashes: Vec<(String, String)>,
     /// The worker's `/logs` answer.
     pub logs: Value,
-    /// The results segment, pinned until the job's record committed.
+    /// The results segment, pinned until the job's record committed (None for a row).
     pub pinned: Option<PinnedSegment>,
 }
 
@@ -100,8 +100,35 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Fetches everything into a results segment; returns where each piece lies. The job counts
-/// as collected only after this returns, so nothing here needs to be atomic: a retry rewrites.
+/// The outputs to collect: the paths a worker status lists, without the unsafe ones.
+fn safe_output_paths(id: &str, status: &Value) -> Vec<String> {
+    output_paths(status)
+        .into_iter()
+        .filter(|path| {
+            let safe = safe_relative_path(path).is_ok();
+            if !safe {
+                log::warn!(
+                    "Job {id}: the worker lists an unsafe output path {path:?}; it is not collected"
+                );
+            }
+            safe
+        })
+        .collect()
+}
+
+/// The total size the worker status declares for `paths` (None when one is not declared).
+fn declared_size(status: &Value, paths: &[String]) -> Option<u64> {
+    let files = status.get("output_files")?;
+    paths.iter().try_fold(0u64, |total, path| {
+        total.checked_add(files.get(path)?.get("size_bytes")?.as_u64()?)
+    })
+}
+
+/// Fetches the logs and every output. Results up to `--row-results-max` bytes (as the worker
+/// status declares them) are kept in memory, to be held in the job's row and committed with
+/// its record; larger ones, or outputs that turn out larger than declared, go to a results
+/// segment. The job counts as collected only after this returns, so nothing here needs to be
+/// atomic: a retry rewrites.
 pub fn collect(
     ctx: &Context,
     endpoint: &str,
@@ -110,36 +137,116 @@ pub fn collect(
     status: &Value,
 ) -> Result<Collected, CollectError> {
     let logs = ctx.client.logs(endpoint, remote)?;
+    let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
+    let paths = safe_output_paths(id, status);
+    let limit = ctx.config.row_results_max;
+    let fits = declared_size(status, &paths)
+        .and_then(|n| n.checked_add(log_bytes.len() as u64))
+        .is_some_and(|n| n <= limit);
+    if fits {
+        if let Some(Gathered { stored, hashes }) =
+            into_row(ctx, endpoint, remote, &paths, &log_bytes, limit)?
+        {
+            return Ok(Collected {
+                stored,
+                hashes,
+                logs,
+                pinned: None,
+            });
+        }
+        log::debug!("Job {id}: its outputs are larger than declared; collecting into a segment");
+    }
+    let (Gathered { stored, hashes }, pinned) =
+        into_segment(ctx, endpoint, remote, &paths, &log_bytes)?;
+    Ok(Collected {
+        stored,
+        hashes,
+        logs,
+        pinned: Some(pinned),
+    })
+}
+
+/// Where collected results lie, and each output's sha256.
+struct Gathered {
+    stored: StoredResults,
+    hashes: Vec<(String, String)>,
+}
+
+/// Outputs and logs back to back in memory, for the job's row; None when more than `limit`
+/// bytes came.
+fn into_row(
+    ctx: &Context,
+    endpoint: &str,
+    remote: &str,
+    paths: &[String],
+    log_bytes: &[u8],
+    limit: u64,
+) -> Result<Option<Gathered>, CollectError> {
+    let mut bytes = Vec::new();
+    let mut outputs = Vec::new();
+    let mut hashes = Vec::new();
+    for path in paths {
+        let response = ctx.client.download(endpoint, remote, path)?;
+        let offset = bytes.len() as u64;
+        let room = limit.saturating_sub(offset + log_bytes.len() as u64);
+        let mut reader = Hashing {
+            inner: response.into_reader().take(room + 1),
+            sha: Sha256::new(),
+        };
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| CollectError::Worker(CallError::Transport(e.to_string())))?;
+        let size = bytes.len() as u64 - offset;
+        if size > room {
+            return Ok(None);
+        }
+        hashes.push((path.clone(), hex(&reader.sha.finalize())));
+        outputs.push((path.clone(), Span { offset, size }));
+    }
+    let logs = Span {
+        offset: bytes.len() as u64,
+        size: log_bytes.len() as u64,
+    };
+    bytes.extend_from_slice(log_bytes);
+    let stored = StoredResults {
+        segment: String::new(),
+        outputs,
+        logs,
+        in_row: true,
+        row_bytes: Some(bytes.into()),
+    };
+    Ok(Some(Gathered { stored, hashes }))
+}
+
+/// Outputs and logs back to back in a results segment, pinned until the record commits.
+fn into_segment(
+    ctx: &Context,
+    endpoint: &str,
+    remote: &str,
+    paths: &[String],
+    log_bytes: &[u8],
+) -> Result<(Gathered, PinnedSegment), CollectError> {
     let mut writer = ctx.spool.results_writer()?;
     let mut outputs = Vec::new();
     let mut hashes = Vec::new();
-    for path in output_paths(status) {
-        if safe_relative_path(&path).is_err() {
-            log::warn!(
-                "Job {id}: the worker lists an unsafe output path {path:?}; it is not collected"
-            );
-            continue;
-        }
-        let response = ctx.client.download(endpoint, remote, &path)?;
+    for path in paths {
+        let response = ctx.client.download(endpoint, remote, path)?;
         let mut reader = Hashing {
             inner: response.into_reader(),
             sha: Sha256::new(),
         };
         let span = writer.append(&mut reader)?;
         hashes.push((path.clone(), hex(&reader.sha.finalize())));
-        outputs.push((path, span));
+        outputs.push((path.clone(), span));
     }
-    let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
-    let log_span = writer.append(&mut log_bytes.as_slice())?;
+    let log_span = writer.append(&mut &log_bytes[..])?;
     let (segment, pinned) = writer.finish()?;
-    Ok(Collected {
-        pinned: Some(pinned),
-        stored: StoredResults {
-            segment,
-            outputs,
-            logs: log_span,
-        },
-        hashes,
-        logs,
-    })
+    let stored = StoredResults {
+        segment,
+        outputs,
+        logs: log_span,
+        in_row: false,
+        row_bytes: None,
+    };
+    Ok((Gathered { stored, hashes }, pinned))
 }

@@ -3,6 +3,7 @@
 
 use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
+use crate::base::job::StoredResults;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
@@ -12,6 +13,7 @@ use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
 use crate::store::spool::{PinnedSegment, Spool};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -139,6 +141,25 @@ impl Context {
             Box::new(move |_| spool_ctx.spool.give_back_results(pinned));
         if let Some(record) = self.record_of(st, id, Some(give_back)) {
             self.store.send(record);
+        }
+    }
+
+    /// Reads the results that job `id`'s store row holds into `stored`, for
+    /// [`Spool::open_results`] (nothing to do for results in a segment or already in memory).
+    pub fn load_row_results(&self, id: &str, stored: &mut StoredResults) -> io::Result<()> {
+        if !stored.in_row || stored.row_bytes.is_some() {
+            return Ok(());
+        }
+        match self.store.row_results(id) {
+            Ok(Some(bytes)) => {
+                stored.row_bytes = Some(bytes);
+                Ok(())
+            }
+            Ok(None) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the job store holds no results for job {id} (it may have expired)"),
+            )),
+            Err(e) => Err(io::Error::other(e.to_string())),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::store::wal_sync::WalSync;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -70,6 +70,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // Version 3: `GET /jobs` pages newest first through indexes instead of sorting the table:
     // per status by submission time, and the unsettled rows (whose status may lag) likewise.
     (3, LISTING_INDEXES),
+    // Version 4: small collected results are held in the job's row (`results`), committed and
+    // synced with its record, instead of in a results segment synced on its own.
+    (4, "ALTER TABLE jobs ADD COLUMN results BLOB;"),
 ];
 
 /// The indexes of schema version 3.
@@ -231,6 +234,7 @@ struct Figures {
     settled: [AtomicU64; PoolStatus::ALL.len()],
     commits: AtomicU64,
     last_batch: AtomicU64,
+    coalesced: AtomicU64,
     last_checkpoint_ms: AtomicU64,
     forgotten: AtomicU64,
     segments_deleted: AtomicU64,
@@ -251,6 +255,9 @@ pub struct StoreFigures {
     pub commits: u64,
     /// Records in the last transaction.
     pub last_batch: u64,
+    /// Records of this run not written on their own: a later change of the same job in the
+    /// same transaction was written instead.
+    pub coalesced: u64,
     /// Seconds since the last WAL checkpoint.
     pub since_checkpoint: Option<f64>,
     /// Finished jobs forgotten by retention in this run.
@@ -457,6 +464,18 @@ impl JobStore {
         })
     }
 
+    /// The results bytes held in job `id`'s row (see [`crate::base::job::StoredResults`]), if the store
+    /// has the job and its row holds results.
+    pub fn row_results(&self, id: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
+        let conn = self.reader()?;
+        let bytes: Option<Option<Vec<u8>>> = conn
+            .prepare_cached("SELECT results FROM jobs WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        lock(&self.readers).push(conn);
+        Ok(bytes.flatten().map(Arc::from))
+    }
+
     /// Up to `limit` stored jobs, newest first (by submission time, then id), submitted before
     /// `before` (a submission time and id) when given, of `owner` when given, in one of
     /// `statuses` when given (as last recorded) or not yet settled (whose record may lag).
@@ -512,6 +531,7 @@ impl JobStore {
             settled: std::array::from_fn(|i| f.settled[i].load(Ordering::Relaxed)),
             commits: f.commits.load(Ordering::Relaxed),
             last_batch: f.last_batch.load(Ordering::Relaxed),
+            coalesced: f.coalesced.load(Ordering::Relaxed),
             since_checkpoint: (checkpoint > 0)
                 .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
             forgotten: f.forgotten.load(Ordering::Relaxed),
@@ -929,19 +949,34 @@ impl Writer {
             )?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET status = ?2, finished_at = ?3, owner = ?7, \
-                 results_segment = ?5, upload = CASE WHEN ?6 THEN NULL ELSE upload END, record = ?4 \
+                 results_segment = ?5, upload = CASE WHEN ?6 THEN NULL ELSE upload END, record = ?4, \
+                 results = COALESCE(?8, results) \
                  WHERE id = ?1 AND finished_at IS NULL",
             )?;
-            for r in batch {
+            // A job's changes that meet in one transaction are written once, as the last of
+            // them says: the transaction commits whole or not at all, so no reader could ever
+            // see the earlier ones. An insert is always written (later changes update it).
+            let mut last_change: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+            for (i, r) in batch.iter().enumerate() {
+                last_change.insert(r.job.id.as_str(), i);
+            }
+            for (i, r) in batch.iter().enumerate() {
+                if !r.insert && last_change.get(r.job.id.as_str()) != Some(&i) {
+                    self.figures.coalesced.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let job = &r.job;
                 let text =
                     serde_json::to_string(job).map_err(|e| StoreError::Io(io::Error::other(e)))?;
                 let finished_at = job
                     .is_settled()
                     .then(|| job.completed_at.unwrap_or_else(unix_now));
-                let segment = match &job.collection {
-                    Collection::Collected(stored) => Some(stored.segment.as_str()),
-                    _ => None,
+                let (segment, row_results) = match &job.collection {
+                    Collection::Collected(stored) if stored.in_row => {
+                        (None, stored.row_bytes.as_deref())
+                    }
+                    Collection::Collected(stored) => (Some(stored.segment.as_str()), None),
+                    _ => (None, None),
                 };
                 if r.insert {
                     insert.execute(params![
@@ -964,6 +999,7 @@ impl Writer {
                         segment,
                         !job.needs_upload(),
                         job.owner,
+                        row_results,
                     ])?;
                     if changed == 0 {
                         continue;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::base::job::{Span, UploadAt};
+use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
@@ -190,6 +190,18 @@ impl UploadWriter<'_> {
         waiting.disk_bytes += self.written;
         waiting.by_job.insert(self.id.to_string(), source);
         Ok(StoredUpload::OnDisk { at, file })
+    }
+}
+
+/// A span of a job's row results bytes, readable through a cursor.
+struct RowSpan {
+    bytes: Arc<[u8]>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for RowSpan {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[self.range.clone()]
     }
 }
 
@@ -497,6 +509,37 @@ impl Spool {
         })?;
         writer.finish().map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// A reader of `span` of a job's collected results: in the row bytes loaded into `stored`
+    /// (see [`StoredResults::in_row`]) or in its results segment.
+    pub fn open_results(
+        &self,
+        stored: &StoredResults,
+        span: Span,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        if !stored.in_row {
+            return self.results_reader(&stored.segment, span);
+        }
+        let bytes = stored.row_bytes.clone().ok_or_else(|| {
+            io::Error::other("the results held in the job's store row were not read")
+        })?;
+        let len = bytes.len();
+        let range = usize::try_from(span.offset)
+            .ok()
+            .zip(usize::try_from(span.size).ok())
+            .and_then(|(at, size)| Some(at..at.checked_add(size)?))
+            .filter(|range| range.end <= len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the results held in the job's store row end at byte {len}, before the data at {} (+{} bytes)",
+                        span.offset, span.size
+                    ),
+                )
+            })?;
+        Ok(Box::new(io::Cursor::new(RowSpan { bytes, range })))
     }
 
     /// A reader of `span` in the results segment called `segment` (a plain file name: a
