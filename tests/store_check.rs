@@ -44,6 +44,7 @@ fn fill_big_store(state: &Path) {
                 insert: true,
                 upload: Some(Arc::clone(&blob)),
                 done: None,
+                awaited: false,
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }

@@ -1127,6 +1127,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             insert: true,
             upload: None,
             done: None,
+            awaited: false,
         };
         if n + 1 == STORED_JOBS {
             store.send_and_wait(record).map_err(|e| e.to_string())?;

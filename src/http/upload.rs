@@ -374,6 +374,7 @@ pub fn accept(
                 insert: true,
                 upload,
                 done: None,
+                awaited: false,
             };
             (ctx.store.send_and_wait(record), None)
         }
@@ -435,6 +436,7 @@ fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticke
         insert: true,
         upload: upload.clone(),
         done: None,
+        awaited: false,
     };
     let ticket = Ticket::attach(&mut record);
     ctx.store.send(record);

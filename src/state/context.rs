@@ -206,6 +206,7 @@ impl Context {
             insert: false,
             upload: None,
             done,
+            awaited: false,
         })
     }
 }

@@ -185,6 +185,11 @@ pub struct Record {
     pub upload: Option<Arc<[u8]>>,
     /// Runs after the commit.
     pub done: Option<Done>,
+    /// Someone waits on this record (see [`Ticket`]): with `--fsync batch` its transaction gets
+    /// a sync at once. Other records' transactions are synced by the next sync started, at the
+    /// latest [`crate::store::wal_sync::UNAWAITED_SYNC_LAG`] later. Either way `done` runs
+    /// after that sync.
+    pub awaited: bool,
 }
 
 /// Lets a sender wait for the commit of one record.
@@ -194,6 +199,7 @@ impl Ticket {
     /// Makes `record` report its commit to the returned ticket (after its own `done`).
     pub fn attach(record: &mut Record) -> Ticket {
         let (answer, answered) = Answer::pair();
+        record.awaited = true;
         let after = record.done.take();
         record.done = Some(Box::new(move |result: Result<(), &StoreError>| {
             let outcome = result.map_err(|e| e.to_string());
@@ -848,10 +854,14 @@ struct Writer {
 impl Writer {
     fn run(mut self, received: Receiver<Op>) {
         loop {
-            let first = match received.recv_timeout(SWEEP_EVERY) {
+            // A commit that nobody waits on gets its sync at the latest this much later.
+            let sync_due = self.wal.as_ref().and_then(WalSync::sync_if_due);
+            let first = match received.recv_timeout(sync_due.unwrap_or(SWEEP_EVERY)) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.maintain(true);
+                    if sync_due.is_none() {
+                        self.maintain(true);
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -896,16 +906,18 @@ impl Writer {
             return;
         }
         let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
+        let awaited = batch.iter().any(|r| r.awaited);
         let written = self.write(&batch);
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
         let figures = Arc::clone(&self.figures);
         match (&self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
-                wal.committed(Box::new(move |synced| {
+                let release = Box::new(move |synced: Result<(), &io::Error>| {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
                     release(&figures, &settled, done, result);
-                }));
+                });
+                wal.committed(release, awaited);
             }
             (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
             (_, Err(e)) => release(&figures, &[], done, Err(e)),

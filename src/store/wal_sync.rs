@@ -1,11 +1,14 @@
 //! Overlapped syncs of the job store's WAL file (`--fsync batch`).
 //!
 //! The writer commits each transaction without a sync (`PRAGMA synchronous = OFF`) and hands
-//! its records here. A sync started after a commit covers that commit and every earlier one, so
-//! each transaction gets a sync of its own as soon as a sync thread is free, while the writer
-//! already commits the next one: a record waits for one sync instead of the rest of the
-//! previous one plus its own. Records are released (their callbacks run) in commit order, once
-//! a sync that began after their commit has returned.
+//! it here. A sync started after a commit covers that commit and every earlier one. A
+//! transaction that someone waits on (an acknowledged submit, a dispatch about to be sent)
+//! gets a sync of its own as soon as a sync thread is free, while the writer already commits
+//! the next one: a record waits for one sync instead of the rest of the previous one plus its
+//! own. A transaction nobody waits on (a job's later status changes) starts no sync: the next
+//! one started covers it, and the writer starts one for it at the latest
+//! [`UNAWAITED_SYNC_LAG`] after its commit. Transactions are released (their callbacks run) in
+//! commit order, once a sync that began after their commit has returned.
 
 use crate::base::mailbox::Mailbox;
 use crate::base::sync::lock;
@@ -16,9 +19,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// Syncs in flight at once (this disk's syncs overlap: several finish in the time of one).
 const SYNC_THREADS: usize = 4;
+
+/// The longest a committed transaction that nobody waits on goes without a sync started for it.
+pub const UNAWAITED_SYNC_LAG: Duration = Duration::from_millis(20);
 
 /// What to do once a committed transaction is synced (or its sync failed).
 pub type Release = Box<dyn FnOnce(Result<(), &io::Error>) + Send>;
@@ -34,6 +41,11 @@ struct Committed {
 struct Progress {
     /// Transactions committed so far.
     committed: u64,
+    /// The last transaction that someone waits on.
+    awaited: u64,
+    /// When the oldest commit that no started sync covers happened (None: every commit is
+    /// covered by a sync started).
+    uncovered_since: Option<Instant>,
     /// The last transaction covered by a sync already started.
     started: u64,
     /// Syncs running.
@@ -89,17 +101,49 @@ impl WalSync {
     }
 
     /// Takes what to do once the transaction just committed (unsynced) is synced: it runs
-    /// once a sync that began after now has returned.
-    pub fn committed(&self, release: Release) {
+    /// once a sync that began after now has returned. An `awaited` transaction (someone waits
+    /// on it) gets that sync at once; any other is covered by the next sync started, at the
+    /// latest once [`WalSync::sync_if_due`] finds it older than [`UNAWAITED_SYNC_LAG`].
+    pub fn committed(&self, release: Release, awaited: bool) {
         let mut p = lock(&self.shared.progress);
         p.committed += 1;
         let seq = p.committed;
         p.waiting.push_back(Committed { seq, release });
+        if awaited {
+            p.awaited = seq;
+            self.start_if_free(p);
+        } else {
+            p.uncovered_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Starts a sync when a commit that nobody waits on has gone [`UNAWAITED_SYNC_LAG`] without
+    /// one. Returns how long until that is due, when a commit is still uncovered.
+    pub fn sync_if_due(&self) -> Option<Duration> {
+        let p = lock(&self.shared.progress);
+        let since = p.uncovered_since?;
+        let left = UNAWAITED_SYNC_LAG.saturating_sub(since.elapsed());
+        if !left.is_zero() {
+            return Some(left);
+        }
+        self.start_if_free(p);
+        // With every sync thread busy, the first to finish covers it.
+        None
+    }
+
+    /// Starts a sync of everything committed when a sync thread is free; else the sync
+    /// threads go on syncing once theirs returned (see `Shared::run`).
+    fn start_if_free(&self, mut p: std::sync::MutexGuard<'_, Progress>) {
         if p.in_flight < SYNC_THREADS {
             p.in_flight += 1;
-            p.started = seq;
+            p.started = p.committed;
+            p.uncovered_since = None;
+            let seq = p.started;
             drop(p);
             self.starts.send(seq);
+        } else {
+            // The first sync thread to finish starts the next sync (it covers this commit).
+            p.awaited = p.committed;
         }
     }
 
@@ -109,9 +153,14 @@ impl WalSync {
         self.shared.wal.sync_data()
     }
 
-    /// Waits until every committed transaction has been released.
+    /// Syncs everything committed and waits until every committed transaction has been
+    /// released.
     pub fn settle(&self) {
         let mut p = lock(&self.shared.progress);
+        if p.started < p.committed {
+            self.start_if_free(p);
+            p = lock(&self.shared.progress);
+        }
         while p.released < p.committed {
             p = match self.shared.released.wait(p) {
                 Ok(p) => p,
@@ -137,8 +186,9 @@ impl Shared {
                 let synced = self.wal.sync_data();
                 self.release(seq, synced);
                 let mut p = lock(&self.progress);
-                if p.started < p.committed {
+                if p.started < p.awaited {
                     p.started = p.committed;
+                    p.uncovered_since = None;
                     seq = p.committed;
                 } else {
                     p.in_flight -= 1;
@@ -182,24 +232,56 @@ impl Shared {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_transaction_is_released_once_in_commit_order_after_a_sync() {
+    /// A syncer on a WAL file in a temporary directory, and the list its releases go to.
+    fn syncer() -> (tempfile::TempDir, WalSync, Arc<Mutex<Vec<u32>>>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("jobs.db-wal");
         std::fs::write(&path, b"wal").expect("wal file");
         let wal = WalSync::start(&path).expect("sync threads");
-        let released = Arc::new(Mutex::new(Vec::new()));
+        (dir, wal, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// A release that appends `n` to `released`.
+    fn release_to(released: &Arc<Mutex<Vec<u32>>>, n: u32) -> Release {
+        let released = Arc::clone(released);
+        Box::new(move |synced| {
+            assert!(synced.is_ok());
+            lock(&released).push(n);
+        })
+    }
+
+    #[test]
+    fn every_transaction_is_released_once_in_commit_order_after_a_sync() {
+        let (_dir, wal, released) = syncer();
         for n in 0..500u32 {
-            let released = Arc::clone(&released);
-            wal.committed(Box::new(move |synced| {
-                assert!(synced.is_ok());
-                lock(&released).push(n);
-            }));
+            wal.committed(release_to(&released, n), true);
         }
         wal.settle();
         let released = lock(&released).clone();
         assert_eq!(released, (0..500).collect::<Vec<_>>());
         let p = lock(&wal.shared.progress);
         assert!(p.waiting.is_empty() && p.started == 500);
+    }
+
+    #[test]
+    fn an_unawaited_commit_starts_no_sync_until_its_lag_passed_or_one_is_awaited() {
+        let (_dir, wal, released) = syncer();
+        let release = |n: u32| release_to(&released, n);
+        wal.committed(release(1), false);
+        assert!(wal.sync_if_due().is_some(), "due at once");
+        assert_eq!(lock(&wal.shared.progress).started, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while wal.sync_if_due().is_some() {
+            assert!(Instant::now() < deadline, "the lag never passed");
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(lock(&wal.shared.progress).started, 1);
+        // An awaited commit's sync covers the unawaited ones before it, released in order.
+        wal.committed(release(2), false);
+        wal.committed(release(3), true);
+        wal.settle();
+        assert_eq!(*lock(&released), vec![1, 2, 3]);
+        let p = lock(&wal.shared.progress);
+        assert!(p.started == 3 && p.released == 3 && p.uncovered_since.is_none());
     }
 }
