@@ -240,6 +240,8 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
             }),
         );
     };
+    // Shared by the archive's entries, each opening its own reader.
+    let stored = Arc::new(stored);
     // A damaged segment is answered 500 here, not found out in the middle of the archive.
     let unreadable = stored
         .outputs
@@ -258,7 +260,7 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
         .iter()
         .map(|(path, span)| {
             let ctx = Arc::clone(ctx);
-            let results = stored.clone();
+            let results = Arc::clone(&stored);
             let span = *span;
             Entry {
                 path: path.clone(),

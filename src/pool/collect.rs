@@ -193,9 +193,7 @@ fn into_row(
             inner: response.into_reader().take(room + 1),
             sha: Sha256::new(),
         };
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|e| CollectError::Worker(CallError::Transport(e.to_string())))?;
+        reader.read_to_end(&mut bytes).map_err(CopyError::Read)?;
         let size = bytes.len() as u64 - offset;
         if size > room {
             return Ok(None);

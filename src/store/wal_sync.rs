@@ -41,8 +41,9 @@ struct Committed {
 struct Progress {
     /// Transactions committed so far.
     committed: u64,
-    /// The last transaction that someone waits on.
-    awaited: u64,
+    /// The last transaction a sync is wanted for: someone waits on it, its lag passed, or
+    /// the store is settling.
+    wanted: u64,
     /// When the oldest commit that no started sync covers happened (None: every commit is
     /// covered by a sync started).
     uncovered_since: Option<Instant>,
@@ -110,7 +111,7 @@ impl WalSync {
         let seq = p.committed;
         p.waiting.push_back(Committed { seq, release });
         if awaited {
-            p.awaited = seq;
+            p.wanted = seq;
             self.start_if_free(p);
         } else {
             p.uncovered_since.get_or_insert_with(Instant::now);
@@ -143,7 +144,7 @@ impl WalSync {
             self.starts.send(seq);
         } else {
             // The first sync thread to finish starts the next sync (it covers this commit).
-            p.awaited = p.committed;
+            p.wanted = p.committed;
         }
     }
 
@@ -186,7 +187,7 @@ impl Shared {
                 let synced = self.wal.sync_data();
                 self.release(seq, synced);
                 let mut p = lock(&self.progress);
-                if p.started < p.awaited {
+                if p.started < p.wanted {
                     p.started = p.committed;
                     p.uncovered_since = None;
                     seq = p.committed;
