@@ -715,6 +715,42 @@ fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results
     assert_eq!(pool["jobs_by_status"]["completed"], 0, "{pool}");
 }
 
+/// A settled job's `/status` is answered from memory once read (`/pool`'s
+/// `settled_views_kept`), and that answer goes with the job when retention forgets it: the
+/// id answers 404 again, never a kept 200.
+#[test]
+fn a_kept_status_answer_goes_when_retention_forgets_its_job() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let args = ["--retain-jobs", "3", "--track-interval", "0.02"];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = run_jobs(&coordinator, 1, 1, "kept").pop();
+    let first = first.unwrap_or_else(|| panic!("no job ran"));
+    let status = coordinator.url(&format!("/status/{first}"));
+    // The job leaves the table once its last record committed; its next reads come from the
+    // store, then from memory.
+    let kept = poll_until(DEADLINE, || {
+        let (code, view) = get_json(&status);
+        assert_eq!(code, 200, "{view}");
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["store"]["settled_views_kept"].as_u64() >= Some(1)).then_some(view)
+    })
+    .unwrap_or_else(|| panic!("the answer of a settled job was not kept"));
+    assert_eq!(kept["pool_status"], "completed", "{kept}");
+    let (code, again) = get_json(&status);
+    assert_eq!((code, &again), (200, &kept));
+    run_jobs(&coordinator, 8, 9, "after");
+    let (code, body) = poll_until(DEADLINE, || {
+        let (code, body) = get(&status);
+        (code == 404).then_some((code, body))
+    })
+    .unwrap_or_else(|| panic!("job {first} is still answered after retention forgot it"));
+    assert_eq!(code, 404);
+    assert!(body.contains("expired"), "{body}");
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|entries| {

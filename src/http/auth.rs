@@ -66,7 +66,12 @@ impl Caller {
 
     /// True when the caller may see (and act on) this job: an admin, or the key that submitted it.
     pub fn can_see(&self, job: &Job) -> bool {
-        self.is_admin() || (self.name.is_some() && job.owner == self.name)
+        self.can_see_owned_by(job.owner.as_deref())
+    }
+
+    /// Whether this caller may see a job submitted by `owner` (`can_see` by the owner alone).
+    pub fn can_see_owned_by(&self, owner: Option<&str>) -> bool {
+        self.is_admin() || (self.name.is_some() && owner == self.name.as_deref())
     }
 
     /// "key NAME" for log lines, "" on an open coordinator.

@@ -15,6 +15,7 @@ pub mod replies;
 pub mod routes;
 pub mod sandrun;
 pub mod server;
+pub mod stored_view;
 pub mod upload;
 pub mod views;
 pub mod waiting;

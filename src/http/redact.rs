@@ -6,6 +6,7 @@
 //! are passed through unchanged.
 
 use crate::http::replies::Reply;
+use crate::http::stored_view::stored_view;
 use crate::state::context::Context;
 
 /// What replaces a hidden worker job id.
@@ -38,7 +39,7 @@ pub fn remote_id_of(ctx: &Context, id: &str) -> Option<String> {
     let live = ctx.lock().jobs.get(id).map(|job| job.remote_job_id.clone());
     match live {
         Some(remote) => remote,
-        None => ctx.store.load(id).ok().flatten()?.remote_job_id,
+        None => stored_view(ctx, id).ok().flatten()?.remote_job_id.clone(),
     }
 }
 

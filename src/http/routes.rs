@@ -6,9 +6,8 @@ use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::{
-    keys_view, pool_view, spool_view, status_json, store_view, stored_status_json, worker_view,
-};
+use crate::http::stored_view::stored_view;
+use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::reload;
@@ -275,6 +274,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         ctx.config.retain_jobs,
         ctx.config.retain_for.as_secs_f64(),
     );
+    view["store"]["settled_views_kept"] = ctx.settled_views.count().into();
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
@@ -301,8 +301,10 @@ fn job_route(
     let stored = match live {
         Some(_) => None,
         // A settled job lives in the job store only.
-        None => match ctx.store.load(id) {
-            Ok(Some(job)) if caller.can_see(&job) => Some(job.remote_job_id),
+        None => match stored_view(ctx, id) {
+            Ok(Some(view)) if caller.can_see_owned_by(view.owner.as_deref()) => {
+                Some(view.remote_job_id.clone())
+            }
             _ => return unknown_job(id),
         },
     };
@@ -443,12 +445,9 @@ fn status(ctx: &Context, id: &str) -> Reply {
     if let Some(bytes) = status_json(&promoted(ctx), id) {
         return Reply::JsonBytes(200, bytes);
     }
-    match ctx.store.load(id) {
-        Ok(Some(job)) => match stored_status_json(&job) {
-            Some(bytes) => Reply::JsonBytes(200, bytes),
-            None => error_reply(500, format!("the record of job {id} cannot be shown")),
-        },
+    match stored_view(ctx, id) {
+        Ok(Some(view)) => Reply::JsonBytes(200, view.status_json.clone()),
         Ok(None) => unknown_job(id),
-        Err(e) => error_reply(500, format!("the job store cannot be read: {e}")),
+        Err(e) => error_reply(500, e.to_string()),
     }
 }

@@ -5,7 +5,8 @@
 
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
-use crate::http::views::{status_json, stored_status_json};
+use crate::http::stored_view::stored_view;
+use crate::http::views::status_json;
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,11 +119,11 @@ fn answer(ctx: &Context, parked: Parked, respond: Respond) {
     // A job that settled meanwhile lives in the job store only.
     let (reply, remote) = match reply {
         Some(reply) => (reply, remote),
-        None => match ctx.store.load(&parked.job_id) {
-            Ok(Some(job)) => match stored_status_json(&job) {
-                Some(bytes) => (Reply::JsonBytes(200, bytes), job.remote_job_id),
-                None => (unknown_job(&parked.job_id), None),
-            },
+        None => match stored_view(ctx, &parked.job_id) {
+            Ok(Some(view)) => (
+                Reply::JsonBytes(200, view.status_json.clone()),
+                view.remote_job_id.clone(),
+            ),
             _ => (unknown_job(&parked.job_id), None),
         },
     };

@@ -9,6 +9,7 @@ use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
+use crate::state::settled_views::SettledViews;
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
 use crate::store::spool::{PinnedSegment, Spool};
 use crate::worker::client::{Timeouts, WorkerClient};
@@ -50,6 +51,8 @@ pub struct Context {
     pub events: JobEvents,
     /// The coordinator-wide figures (the same ones the pool table records into).
     pub metrics: Arc<Metrics>,
+    /// The `/status` answers of recently read settled jobs.
+    pub settled_views: SettledViews,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -81,6 +84,7 @@ impl Context {
         let context = Context {
             config,
             metrics,
+            settled_views: SettledViews::default(),
             state: Mutex::new(state),
             spool,
             store,

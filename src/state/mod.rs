@@ -8,5 +8,6 @@ pub mod events;
 pub mod metrics;
 pub mod pool_state;
 pub mod queue;
+pub mod settled_views;
 pub mod sources;
 pub mod watch;

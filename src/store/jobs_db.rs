@@ -526,6 +526,12 @@ impl JobStore {
         Ok(conn)
     }
 
+    /// How many finished jobs retention forgot in this run; it grows only after the forgetting
+    /// committed. A settled job read while it stayed the same was not forgotten meanwhile.
+    pub fn forgotten_total(&self) -> u64 {
+        self.figures.forgotten.load(Ordering::Acquire)
+    }
+
     /// The store's figures for `/pool`.
     pub fn figures(&self) -> StoreFigures {
         let f = &self.figures;
@@ -1158,8 +1164,9 @@ impl Writer {
             }
         }
         f.rows.fetch_sub(forgotten.len() as u64, Ordering::Relaxed);
+        // After the commit, with release: whoever sees the new count reads without those rows.
         f.forgotten
-            .fetch_add(forgotten.len() as u64, Ordering::Relaxed);
+            .fetch_add(forgotten.len() as u64, Ordering::Release);
         if !forgotten.is_empty() {
             self.commits_since_checkpoint += 1;
             log::debug!("Forgot {} finished jobs", forgotten.len());
