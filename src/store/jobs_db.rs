@@ -3,8 +3,8 @@
 //! One writer thread owns the writing connection. Every state change of a job is sent to it as
 //! the job's whole record (JSON) beside the indexed columns that are queried; the writer takes
 //! everything that arrived meanwhile into one transaction (group commit; one per change with
-//! `--fsync always`). With `--fsync batch` the transaction commits unsynced and its sync runs on
-//! a sync thread while the writer commits the next one (see `wal_sync`); with `--fsync always`
+//! `--fsync always`). With `--fsync batch` the transaction commits unsynced and the writer syncs
+//! the WAL after it when someone waits on it (see `wal_sync`); with `--fsync always`
 //! the commit syncs; with `--fsync off` nothing does. A segment file a record points into is
 //! synced by the record's sender before it sends it ([`JobStore::sync_segment`]). A sender that
 //! needs the promise (an acknowledged submit, a dispatch about to be sent) waits for the commit
@@ -385,7 +385,7 @@ impl JobStore {
             .rows
             .store(settled + unsettled.len() as u64, Ordering::Relaxed);
         let wal = match mode {
-            FsyncMode::Batch => Some(WalSync::start(&wal_path(&path)).map_err(StoreError::Io)?),
+            FsyncMode::Batch => Some(WalSync::open(&wal_path(&path)).map_err(StoreError::Io)?),
             FsyncMode::Off | FsyncMode::Always => None,
         };
         let (ops, received) = crossbeam_channel::unbounded();
@@ -842,7 +842,7 @@ struct Writer {
     /// The store's idle read-only connections.
     idle_readers: Arc<Mutex<Vec<Connection>>>,
     mode: FsyncMode,
-    /// The WAL's sync threads (`--fsync batch`).
+    /// The WAL's syncs (`--fsync batch`).
     wal: Option<WalSync>,
     /// `synchronous` is FULL until the next write transaction commits (`--fsync batch`, after
     /// a checkpoint): that transaction may restart the WAL from its start, and SQLite then
@@ -861,7 +861,7 @@ impl Writer {
     fn run(mut self, received: Receiver<Op>) {
         loop {
             // A commit that nobody waits on gets its sync at the latest this much later.
-            let sync_due = self.wal.as_ref().and_then(WalSync::sync_if_due);
+            let sync_due = self.wal.as_mut().and_then(WalSync::sync_if_due);
             let first = match received.recv_timeout(sync_due.unwrap_or(SWEEP_EVERY)) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
@@ -896,10 +896,10 @@ impl Writer {
         self.stop();
     }
 
-    /// Waits for the syncs in flight, then checkpoints the WAL into the database with syncs
+    /// Syncs what is committed and not yet synced, then checkpoints the WAL into the database with syncs
     /// (the connection's close would otherwise checkpoint without them).
     fn stop(&mut self) {
-        if let Some(wal) = &self.wal {
+        if let Some(wal) = &mut self.wal {
             wal.settle();
         }
         self.checkpoint("TRUNCATE");
@@ -917,7 +917,7 @@ impl Writer {
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
         let figures = Arc::clone(&self.figures);
-        match (&self.wal, written) {
+        match (&mut self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
                 let release = Box::new(move |synced: Result<(), &io::Error>| {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
@@ -1120,7 +1120,7 @@ impl Writer {
     /// results segments that no retained job refers to and no writer has open.
     fn sweep(&mut self) -> Result<(), StoreError> {
         // Every settled row committed so far is counted first (the counts choose what to forget).
-        if let Some(wal) = &self.wal {
+        if let Some(wal) = &mut self.wal {
             wal.settle();
         }
         let settled = self.settled_total();
@@ -1185,8 +1185,8 @@ impl Writer {
         };
         // The rows go before their results files: a power cut must not leave a retained row
         // pointing to a deleted file.
-        if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
-            wal.sync_now().map_err(StoreError::Io)?;
+        if let (Some(wal), false) = (&mut self.wal, synced || candidates.is_empty()) {
+            wal.sync().map_err(StoreError::Io)?;
         }
         self.delete_unused_segments(candidates)
     }
