@@ -2,8 +2,8 @@
 //!
 //! The channels' receivers spin and then yield the processor a few times before they sleep.
 //! On a busy machine every yield is a switch to another thread and back; the threads that wait
-//! most (idle dispatch and upload threads, submits waiting for their commit, the WAL syncers)
-//! spent about a tenth of the coordinator's CPU that way under a submit flood. These waits are
+//! most (idle dispatch and upload threads, submits waiting for their commit, and the WAL sync
+//! threads the store had then) spent about a tenth of the coordinator's CPU that way under a submit flood. These waits are
 //! long compared with a spin, so they sleep on a condition variable instead.
 
 use crate::base::sync::lock;

@@ -186,7 +186,7 @@ pub struct Record {
     /// Runs after the commit.
     pub done: Option<Done>,
     /// Someone waits on this record (see [`Ticket`]): with `--fsync batch` its transaction gets
-    /// a sync at once. Other records' transactions are synced by the next sync started, at the
+    /// a sync at once. Other records' transactions are synced by the next sync, at the
     /// latest [`crate::store::wal_sync::UNAWAITED_SYNC_LAG`] later. Either way `done` runs
     /// after that sync.
     pub awaited: bool,
@@ -896,8 +896,8 @@ impl Writer {
         self.stop();
     }
 
-    /// Syncs what is committed and not yet synced, then checkpoints the WAL into the database with syncs
-    /// (the connection's close would otherwise checkpoint without them).
+    /// Syncs what is committed and not yet synced, then checkpoints the WAL into the database
+    /// with syncs (the connection's close would otherwise checkpoint without them).
     fn stop(&mut self) {
         if let Some(wal) = &mut self.wal {
             wal.settle();

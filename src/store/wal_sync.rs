@@ -99,6 +99,7 @@ impl WalSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::sync::lock;
     use std::sync::{Arc, Mutex};
     use std::thread;
 
@@ -116,7 +117,7 @@ mod tests {
         let released = Arc::clone(released);
         Box::new(move |synced| {
             assert!(synced.is_ok());
-            released.lock().expect("not poisoned").push(n);
+            lock(&released).push(n);
         })
     }
 
@@ -126,12 +127,9 @@ mod tests {
         for n in 0..5u32 {
             wal.committed(release_to(&released, n), false);
         }
-        assert!(released.lock().expect("not poisoned").is_empty());
+        assert!(lock(&released).is_empty());
         wal.committed(release_to(&released, 5), true);
-        assert_eq!(
-            *released.lock().expect("not poisoned"),
-            vec![0, 1, 2, 3, 4, 5]
-        );
+        assert_eq!(*lock(&released), vec![0, 1, 2, 3, 4, 5]);
         assert!(wal.unsynced.is_empty() && wal.since.is_none());
     }
 
@@ -140,16 +138,16 @@ mod tests {
         let (_dir, mut wal, released) = syncer();
         wal.committed(release_to(&released, 1), false);
         assert!(wal.sync_if_due().is_some(), "not due at once");
-        assert!(released.lock().expect("not poisoned").is_empty());
+        assert!(lock(&released).is_empty());
         let deadline = Instant::now() + Duration::from_secs(30);
         while wal.sync_if_due().is_some() {
             assert!(Instant::now() < deadline, "the lag never passed");
             thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(*released.lock().expect("not poisoned"), vec![1]);
+        assert_eq!(*lock(&released), vec![1]);
         assert_eq!(wal.sync_if_due(), None, "nothing left to sync");
         wal.committed(release_to(&released, 2), false);
         wal.settle();
-        assert_eq!(*released.lock().expect("not poisoned"), vec![1, 2]);
+        assert_eq!(*lock(&released), vec![1, 2]);
     }
 }
