@@ -92,16 +92,23 @@ fn assert_outputs(coordinator: &Coordinator, id: &str, status: &Value) {
 }
 
 /// Where the store keeps job `id`'s results: (bytes in its row, its results segment).
+/// Waits until the store's row says so (a record nobody waits on may be committed up to
+/// `store::handoff::DEFERRAL` after the change that `/status` shows).
 fn results_home(dir: &Path, id: &str) -> (Option<usize>, Option<String>) {
     let db = dir.join("state").join("jobs.db");
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
     let conn = rusqlite::Connection::open_with_flags(db, flags).unwrap_or_else(|e| panic!("{e}"));
-    conn.query_row(
-        "SELECT length(results), results_segment FROM jobs WHERE id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .unwrap_or_else(|e| panic!("job {id}: {e}"))
+    poll_until(DEADLINE, || {
+        let home: (Option<usize>, Option<String>) = conn
+            .query_row(
+                "SELECT length(results), results_segment FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or_else(|e| panic!("job {id}: {e}"));
+        (home.0.is_some() || home.1.is_some()).then_some(home)
+    })
+    .unwrap_or_else(|| panic!("job {id}: the store never held its results"))
 }
 
 /// Results up to `--row-results-max` bytes live in the job's row, larger ones in a results

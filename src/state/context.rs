@@ -132,6 +132,16 @@ impl Context {
         }
     }
 
+    /// Like [`Context::record`] for a change that a crash must not take back although nobody
+    /// waits on it (a worker's job id: without it a restart cannot follow the job and must call
+    /// it lost): it wakes the store writer, and its transaction is synced at once.
+    pub fn record_at_once(&self, st: &PoolState, id: &str) {
+        if let Some(mut record) = self.record_of(st, id, None) {
+            record.awaited = true;
+            self.store.send(record);
+        }
+    }
+
     /// Like [`Context::record`] for a job whose results were just collected into `pinned` (and
     /// synced, see [`JobStore::sync_segment`]): the segment is given back once the record
     /// committed.

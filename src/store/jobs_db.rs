@@ -1,10 +1,12 @@
 //! The job store: every job's record in SQLite (`jobs.db` in `--state-dir`, WAL mode).
 //!
 //! One writer thread owns the writing connection. Every state change of a job is sent to it as
-//! the job's whole record (JSON) beside the indexed columns that are queried; the writer takes
-//! everything that arrived meanwhile into one transaction (group commit; one per change with
-//! `--fsync always`). With `--fsync batch` the transaction commits unsynced and the writer syncs
-//! the WAL after it when someone waits on it (see `wal_sync`); with `--fsync always`
+//! the job's whole record (JSON) beside the indexed columns that are queried, through the
+//! hand-off queue (`handoff`): a record someone waits on wakes the writer, which takes everything
+//! that arrived before it into one transaction (group commit; one per change with
+//! `--fsync always`); the others ride along, or go at the latest `handoff::DEFERRAL` after they
+//! were sent. With `--fsync batch` the transaction commits unsynced and the writer syncs
+//! the WAL right after it (see `wal_sync`); with `--fsync always`
 //! the commit syncs; with `--fsync off` nothing does. A segment file a record points into is
 //! synced by the record's sender before it sends it ([`JobStore::sync_segment`]). A sender that
 //! needs the promise (an acknowledged submit, a dispatch about to be sent) waits for the commit
@@ -19,9 +21,10 @@ use crate::base::job::{Collection, Job, PoolStatus};
 use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
 use crate::store::drains::{Drains, DRAINS_SCHEMA};
+use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::wal_sync::WalSync;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, HashSet};
@@ -95,6 +98,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A sweep runs at once when this many finished jobs are past `--retain-jobs` (or 1/32 of it,
 /// if more): the database's size follows the retained jobs, not how many finish in a second.
 const SWEEP_OVER_AT_LEAST: u64 = 32;
+/// The WAL keeps up to this many bytes when a checkpoint lets it start over: its next commits
+/// overwrite blocks the file already has, and a sync of those skips the file's metadata (half
+/// the cost of a sync that grows the file, on ext4). An idle store's WAL goes back to zero.
+const WAL_KEPT_BYTES: u64 = 16 * 1024 * 1024;
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
 const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
@@ -185,10 +192,11 @@ pub struct Record {
     pub upload: Option<Arc<[u8]>>,
     /// Runs after the commit.
     pub done: Option<Done>,
-    /// Someone waits on this record (see [`Ticket`]): with `--fsync batch` its transaction gets
-    /// a sync at once. Other records' transactions are synced by the next sync, at the
-    /// latest [`crate::store::wal_sync::UNAWAITED_SYNC_LAG`] later. Either way `done` runs
-    /// after that sync.
+    /// Someone waits on this record (see [`Ticket`]), or a crash must not take it back: it
+    /// wakes the writer at once, and with `--fsync batch` its transaction is synced right
+    /// after its commit. Any other record
+    /// waits for the next such one, at the latest [`crate::store::handoff::DEFERRAL`] (then
+    /// its own transaction is synced as well). Either way `done` runs after that sync.
     pub awaited: bool,
 }
 
@@ -288,7 +296,7 @@ pub struct Retention {
 pub struct JobStore {
     path: PathBuf,
     mode: FsyncMode,
-    ops: Sender<Op>,
+    ops: HandoffSender<Op>,
     /// Read-only connections not in use (closed by the writer whenever the store is idle).
     readers: Arc<Mutex<Vec<Connection>>>,
     figures: Arc<Figures>,
@@ -388,7 +396,12 @@ impl JobStore {
             FsyncMode::Batch => Some(WalSync::open(&wal_path(&path)).map_err(StoreError::Io)?),
             FsyncMode::Off | FsyncMode::Always => None,
         };
-        let (ops, received) = crossbeam_channel::unbounded();
+        let max_batch = if mode == FsyncMode::Always {
+            1
+        } else {
+            MAX_BATCH
+        };
+        let (ops, received) = handoff(max_batch);
         let readers = Arc::new(Mutex::new(Vec::new()));
         let writer = Writer {
             conn,
@@ -431,13 +444,12 @@ impl JobStore {
 
     /// Sends a record to the writer; its `done` runs after the commit.
     pub fn send(&self, record: Record) {
-        if let Err(e) = self.ops.send(Op::Record(record)) {
-            if let Op::Record(Record {
-                done: Some(done), ..
-            }) = e.0
-            {
-                done(Err(&StoreError::Closed));
-            }
+        let urgent = record.awaited || self.mode == FsyncMode::Always;
+        if let Err(Op::Record(Record {
+            done: Some(done), ..
+        })) = self.ops.send(Op::Record(record), urgent)
+        {
+            done(Err(&StoreError::Closed));
         }
     }
 
@@ -559,7 +571,7 @@ impl JobStore {
     /// Commits what was sent, checkpoints the WAL into the database and stops the writer.
     pub fn close(&self) {
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        if self.ops.send(Op::Close(sender)).is_ok() {
+        if self.ops.send(Op::Close(sender), true).is_ok() {
             let _ = receiver.recv();
         }
         lock(&self.readers).clear();
@@ -712,7 +724,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     };
     conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 1048576; PRAGMA cache_size = -256; PRAGMA busy_timeout = 10000;"
+             PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; PRAGMA cache_size = -256; PRAGMA busy_timeout = 10000;"
         ))?;
     if version == 0 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
@@ -858,34 +870,28 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, received: Receiver<Op>) {
+    fn run(mut self, received: HandoffReceiver<Op>) {
         loop {
-            // A commit that nobody waits on gets its sync at the latest this much later.
-            let sync_due = self.wal.as_mut().and_then(WalSync::sync_if_due);
-            let first = match received.recv_timeout(sync_due.unwrap_or(SWEEP_EVERY)) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => {
-                    if sync_due.is_none() {
-                        self.maintain(true);
-                    }
+            let (ops, due) = match received.take(Instant::now() + SWEEP_EVERY) {
+                Taken::Items { items, due } => (items, due),
+                Taken::Timeout => {
+                    self.maintain(true);
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Taken::Closed => break,
             };
-            let mut batch = Vec::new();
+            let mut batch = Vec::with_capacity(ops.len());
             let mut close = None;
-            match first {
-                Op::Record(r) => batch.push(r),
-                Op::Close(reply) => close = Some(reply),
-            }
-            while close.is_none() && self.mode != FsyncMode::Always && batch.len() < MAX_BATCH {
-                match received.try_recv() {
-                    Ok(Op::Record(r)) => batch.push(r),
-                    Ok(Op::Close(reply)) => close = Some(reply),
-                    Err(_) => break,
+            for op in ops {
+                match op {
+                    Op::Record(r) => batch.push(r),
+                    Op::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
                 }
             }
-            self.commit(batch);
+            self.commit(batch, due);
             if let Some(reply) = close {
                 self.stop();
                 let _ = reply.send(());
@@ -907,12 +913,15 @@ impl Writer {
 
     /// Commits the batch in one transaction and runs its records' callbacks once it is
     /// durable: at once when the commit synced (or nothing syncs), else after the WAL's sync.
-    fn commit(&mut self, mut batch: Vec<Record>) {
+    /// That sync comes right after the commit when someone waits on a record or the batch is
+    /// `due` (see [`Taken::Items`]), which is every batch but the last ones before the store
+    /// closes (synced by [`Writer::stop`]).
+    fn commit(&mut self, mut batch: Vec<Record>, due: bool) {
         if batch.is_empty() {
             return;
         }
         let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
-        let awaited = batch.iter().any(|r| r.awaited);
+        let sync_now = due || batch.iter().any(|r| r.awaited);
         let written = self.write(&batch);
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
@@ -923,7 +932,7 @@ impl Writer {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
                     release(&figures, &settled, done, result);
                 });
-                wal.committed(release, awaited);
+                wal.committed(release, sync_now);
             }
             (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
             (_, Err(e)) => release(&figures, &[], done, Err(e)),

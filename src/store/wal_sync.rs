@@ -1,23 +1,18 @@
 //! Syncs of the job store's WAL file (`--fsync batch`), on the writer's own thread.
 //!
 //! The writer commits each transaction without a sync (`PRAGMA synchronous = OFF`) and hands
-//! its release here. A transaction that someone waits on (an acknowledged submit, a dispatch
-//! about to be sent) is synced right after its commit, together with every transaction
-//! committed before it; the records that arrive meanwhile wait in the writer's channel and make
-//! its next transaction (a group commit: under load one sync covers everything that arrived
-//! during the last one). A transaction nobody waits on (a job's later status changes) starts no
-//! sync: the next sync covers it, and the writer syncs for it at the latest
-//! [`UNAWAITED_SYNC_LAG`] after its commit. Transactions are released (their callbacks run) in
-//! commit order, once a sync that began after their commit has returned.
+//! its release here. A transaction is synced right after its commit when someone waits on one
+//! of its records (an acknowledged submit, a dispatch about to be sent) or its records waited
+//! their deferral in the hand-off queue (`store::handoff`): that is every transaction but the
+//! last ones before the store closes, which [`WalSync::settle`] syncs. Records that arrive
+//! during a commit and its sync make the writer's next transaction (a group commit: under load
+//! one sync covers everything that arrived during the last one). Transactions are released
+//! (their callbacks run) in commit order, once a sync that began after their commit returned.
 
 use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// The longest a committed transaction that nobody waits on goes without a sync.
-pub const UNAWAITED_SYNC_LAG: Duration = Duration::from_millis(20);
 
 /// What to do once a committed transaction is synced (or its sync failed).
 pub type Release = Box<dyn FnOnce(Result<(), &io::Error>) + Send>;
@@ -27,8 +22,6 @@ pub struct WalSync {
     wal: File,
     /// Releases of the transactions committed since the last sync, oldest first.
     unsynced: Vec<Release>,
-    /// When the oldest of them committed.
-    since: Option<Instant>,
 }
 
 impl WalSync {
@@ -43,31 +36,17 @@ impl WalSync {
         Ok(WalSync {
             wal,
             unsynced: Vec::new(),
-            since: None,
         })
     }
 
-    /// Takes what to do once the transaction just committed (unsynced) is synced. An
-    /// `awaited` transaction (someone waits on it) is synced at once, with every earlier one;
-    /// any other waits for the next sync, at the latest once [`WalSync::sync_if_due`] finds it
-    /// older than [`UNAWAITED_SYNC_LAG`].
-    pub fn committed(&mut self, release: Release, awaited: bool) {
+    /// Takes what to do once the transaction just committed (unsynced) is synced: with
+    /// `sync_now`, syncs at once and releases it with every earlier one; else it waits for the
+    /// next sync.
+    pub fn committed(&mut self, release: Release, sync_now: bool) {
         self.unsynced.push(release);
-        self.since.get_or_insert_with(Instant::now);
-        if awaited {
+        if sync_now {
             let _ = self.sync();
         }
-    }
-
-    /// Syncs when a commit that nobody waits on has gone [`UNAWAITED_SYNC_LAG`] without a
-    /// sync. Returns how long until that is due, when a commit is still unsynced.
-    pub fn sync_if_due(&mut self) -> Option<Duration> {
-        let left = UNAWAITED_SYNC_LAG.saturating_sub(self.since?.elapsed());
-        if !left.is_zero() {
-            return Some(left);
-        }
-        let _ = self.sync();
-        None
     }
 
     /// Syncs the WAL file, then releases every transaction committed before, in commit order.
@@ -78,7 +57,6 @@ impl WalSync {
         if let Err(e) = &synced {
             log::error!("The job store's WAL could not be synced: {e}");
         }
-        self.since = None;
         for release in self.unsynced.drain(..) {
             let result = synced.as_ref().map(|_| ());
             if catch_unwind(AssertUnwindSafe(|| release(result))).is_err() {
@@ -101,7 +79,6 @@ mod tests {
     use super::*;
     use crate::base::sync::lock;
     use std::sync::{Arc, Mutex};
-    use std::thread;
 
     /// A syncer on a WAL file in a temporary directory, and the list its releases go to.
     fn syncer() -> (tempfile::TempDir, WalSync, Arc<Mutex<Vec<u32>>>) {
@@ -130,24 +107,18 @@ mod tests {
         assert!(lock(&released).is_empty());
         wal.committed(release_to(&released, 5), true);
         assert_eq!(*lock(&released), vec![0, 1, 2, 3, 4, 5]);
-        assert!(wal.unsynced.is_empty() && wal.since.is_none());
+        assert!(wal.unsynced.is_empty());
     }
 
     #[test]
-    fn an_unawaited_commit_is_synced_once_its_lag_passed() {
+    fn a_commit_that_need_not_sync_now_waits_for_the_next_sync_or_the_settle() {
         let (_dir, mut wal, released) = syncer();
         wal.committed(release_to(&released, 1), false);
-        assert!(wal.sync_if_due().is_some(), "not due at once");
         assert!(lock(&released).is_empty());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while wal.sync_if_due().is_some() {
-            assert!(Instant::now() < deadline, "the lag never passed");
-            thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(*lock(&released), vec![1]);
-        assert_eq!(wal.sync_if_due(), None, "nothing left to sync");
         wal.committed(release_to(&released, 2), false);
         wal.settle();
         assert_eq!(*lock(&released), vec![1, 2]);
+        wal.settle();
+        assert_eq!(*lock(&released), vec![1, 2], "nothing left to release");
     }
 }
