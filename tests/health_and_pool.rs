@@ -165,7 +165,20 @@ fn failing_workers_are_never_healthy_and_each_failure_is_told_apart() {
     stopped.stop();
     let hung = FakeWorker::start_with(|k| k.hang = true);
     let failing = [&impostor, &anonymous, &sick, &stopped, &hung];
-    let entries: Vec<_> = [&good].iter().chain(&failing).map(|w| w.entry(2)).collect();
+    // The stopped worker is listed on port 1: a port the system never hands out for port 0,
+    // so no fake worker started meanwhile (here or by another test) answers there, as one did
+    // once on the stopped worker's freed port.
+    let entries: Vec<_> = [&good]
+        .iter()
+        .chain(&failing)
+        .map(|w| {
+            if std::ptr::eq(*w, &stopped) {
+                (w.worker_id(), "http://127.0.0.1:1".to_string(), 2)
+            } else {
+                w.entry(2)
+            }
+        })
+        .collect();
     let coordinator = Coordinator::start(
         &entries,
         &["--health-interval", "1", "--health-timeout", "1"],
