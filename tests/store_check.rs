@@ -13,6 +13,7 @@ use std::time::Duration;
 use support::{get_json, write_workers_json, Coordinator, FakeWorker};
 use trusted_pool::base::config::FsyncMode;
 use trusted_pool::base::job::{Job, PoolStatus};
+use trusted_pool::store::handoff::DEFERRAL;
 use trusted_pool::store::jobs_db::{JobStore, Record, Retention, CHECK_AT_START_BYTES};
 use trusted_pool::store::segments::Segments;
 
@@ -44,7 +45,7 @@ fn fill_big_store(state: &Path) {
                 insert: true,
                 upload: Some(Arc::clone(&blob)),
                 done: None,
-                awaited: false,
+                within: DEFERRAL,
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }

@@ -1082,6 +1082,7 @@ const STORED_JOBS: u64 = 100_000;
 fn fill_store(dir: &std::path::Path) -> Result<(), String> {
     use trusted_pool::base::config::FsyncMode;
     use trusted_pool::base::job::{Collection, Job, PoolStatus, Span, StoredResults};
+    use trusted_pool::store::handoff::DEFERRAL;
     use trusted_pool::store::jobs_db::{JobStore, Record, Retention};
     use trusted_pool::store::segments::Segments;
     let retention = Retention {
@@ -1127,7 +1128,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             insert: true,
             upload: None,
             done: None,
-            awaited: false,
+            within: DEFERRAL,
         };
         if n + 1 == STORED_JOBS {
             store.send_and_wait(record).map_err(|e| e.to_string())?;

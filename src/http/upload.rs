@@ -9,6 +9,7 @@ use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{Record, StoreError, Ticket};
 use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
 use multipart::server::Multipart;
@@ -374,7 +375,7 @@ pub fn accept(
                 insert: true,
                 upload,
                 done: None,
-                awaited: false,
+                within: DEFERRAL,
             };
             (ctx.store.send_and_wait(record), None)
         }
@@ -436,7 +437,7 @@ fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticke
         insert: true,
         upload: upload.clone(),
         done: None,
-        awaited: false,
+        within: DEFERRAL,
     };
     let ticket = Ticket::attach(&mut record);
     ctx.store.send(record);

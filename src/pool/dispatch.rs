@@ -373,7 +373,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             job.last_contact = job.dispatched_at;
             ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
-        ctx.record_at_once(&st, id);
+        ctx.record_soon(&st, id);
         // Opened under the table lock: once the lock is released the tracker may see the job
         // end and close its feed, and a feed opened after that would never be closed.
         announce::dispatched(ctx, id, &a.worker_id);

@@ -10,6 +10,7 @@ use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
 use crate::state::settled_views::SettledViews;
+use crate::store::handoff::{DEFERRAL, SOON};
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
 use crate::store::spool::{PinnedSegment, Spool};
 use crate::worker::client::{Timeouts, WorkerClient};
@@ -132,12 +133,12 @@ impl Context {
         }
     }
 
-    /// Like [`Context::record`] for a change that a crash must not take back although nobody
-    /// waits on it (a worker's job id: without it a restart cannot follow the job and must call
-    /// it lost): it wakes the store writer, and its transaction is synced at once.
-    pub fn record_at_once(&self, st: &PoolState, id: &str) {
+    /// Like [`Context::record`] for a change that a crash must not take back for long although
+    /// nobody waits on it (a worker's job id: without it a restart cannot follow the job and
+    /// must call it lost): committed and synced within [`SOON`], with whatever came before it.
+    pub fn record_soon(&self, st: &PoolState, id: &str) {
         if let Some(mut record) = self.record_of(st, id, None) {
-            record.awaited = true;
+            record.within = SOON;
             self.store.send(record);
         }
     }
@@ -220,7 +221,7 @@ impl Context {
             insert: false,
             upload: None,
             done,
-            awaited: false,
+            within: DEFERRAL,
         })
     }
 }

@@ -1,24 +1,29 @@
 //! The hand-off of records from the coordinator's threads to the store writer: one queue, in
-//! the order they were sent. An urgent item (a record someone waits on, a close) wakes the
-//! writer at once; any other waits until an urgent one comes, or until it has waited
-//! [`DEFERRAL`]. So the writer wakes about once per awaited record, not once per job state
-//! change, and the changes nobody waits on ride along in the transaction of the next one.
+//! the order they were sent. Each item says how long it may wait before the writer takes it:
+//! an urgent one (zero: a record someone waits on, a close) wakes the writer at once; any other
+//! waits until an urgent one comes, or until its time is up ([`SOON`] for a change a crash must
+//! not take back for long, [`DEFERRAL`] for a job's later changes). So the writer wakes about
+//! once per awaited record, not once per job state change, and the other changes ride along in
+//! the transaction of the next one.
 
 use crate::base::sync::lock;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The longest an item that is not urgent waits in the queue before the writer takes it.
+/// The longest a job's later change (running, ended, collected) waits in the queue.
 pub const DEFERRAL: Duration = Duration::from_millis(20);
+/// The longest a change that a crash must not take back for long waits in the queue (a
+/// worker's job id: without it a restart cannot follow the job).
+pub const SOON: Duration = Duration::from_millis(2);
 
 /// The queue and what the writer knows of it.
 struct Queue<T> {
     items: VecDeque<T>,
     /// How many items from the front must go at once (up to and including the last urgent).
     urgent: usize,
-    /// When the oldest item in the queue was sent.
-    oldest: Option<Instant>,
+    /// When the writer must take the items (the earliest any of them may wait until).
+    due: Option<Instant>,
     /// Until when the writer sleeps, while it does.
     sleeping_until: Option<Instant>,
     /// The sending side was dropped.
@@ -42,8 +47,8 @@ pub struct HandoffReceiver<T>(Arc<Shared<T>>);
 
 /// What [`HandoffReceiver::take`] found.
 pub enum Taken<T> {
-    /// Items, oldest first; `due` when they were taken because the oldest had waited
-    /// [`DEFERRAL`] or a full batch waited: whoever may wait on them should not wait longer.
+    /// Items, oldest first; `due` when they were taken because one of them had waited its
+    /// time or a full batch waited: whoever may wait on them should not wait longer.
     Items { items: Vec<T>, due: bool },
     /// Nothing to take before the deadline.
     Timeout,
@@ -57,7 +62,7 @@ pub fn handoff<T>(max: usize) -> (HandoffSender<T>, HandoffReceiver<T>) {
         queue: Mutex::new(Queue {
             items: VecDeque::new(),
             urgent: 0,
-            oldest: None,
+            due: None,
             sleeping_until: None,
             sender_gone: false,
             receiver_gone: false,
@@ -69,23 +74,24 @@ pub fn handoff<T>(max: usize) -> (HandoffSender<T>, HandoffReceiver<T>) {
 }
 
 impl<T> HandoffSender<T> {
-    /// Queues `item`; wakes the writer when it is urgent, when the writer sleeps past the
-    /// item's [`DEFERRAL`], or when a full batch waits. Gives the item back when the writer
-    /// is gone.
-    pub fn send(&self, item: T, urgent: bool) -> Result<(), T> {
+    /// Queues `item`, to be taken at the latest `within` from now (zero: urgent); wakes the
+    /// writer when it is urgent, when the writer sleeps past the item's time, or when a full
+    /// batch waits. Gives the item back when the writer is gone.
+    pub fn send(&self, item: T, within: Duration) -> Result<(), T> {
         let mut q = lock(&self.0.queue);
         if q.receiver_gone {
             return Err(item);
         }
         q.items.push_back(item);
-        if urgent {
+        let wake = if within.is_zero() {
             q.urgent = q.items.len();
-        }
-        let now = Instant::now();
-        let due = *q.oldest.get_or_insert(now) + DEFERRAL;
-        let wake = urgent
-            || q.items.len() >= self.0.max
-            || q.sleeping_until.is_some_and(|until| until > due);
+            true
+        } else {
+            let at = Instant::now() + within;
+            let due = q.due.map_or(at, |due| due.min(at));
+            q.due = Some(due);
+            q.items.len() >= self.0.max || q.sleeping_until.is_some_and(|until| until > due)
+        };
         drop(q);
         if wake {
             self.0.ready.notify_one();
@@ -102,21 +108,21 @@ impl<T> Drop for HandoffSender<T> {
 }
 
 impl<T> HandoffReceiver<T> {
-    /// Waits until items are to be taken (an urgent one, a full batch, one that has waited
-    /// [`DEFERRAL`], or the sender gone) and takes up to the batch size, oldest first; or
-    /// until `deadline`.
+    /// Waits until items are to be taken (an urgent one, a full batch, one that has waited its
+    /// time, or the sender gone) and takes up to the batch size, oldest first; or until
+    /// `deadline`.
     pub fn take(&self, deadline: Instant) -> Taken<T> {
         let mut q = lock(&self.0.queue);
         loop {
             let now = Instant::now();
-            let due = q.oldest.map(|at| at + DEFERRAL);
+            let due = q.due;
             let overdue = due.is_some_and(|at| at <= now) || q.items.len() >= self.0.max;
             if !q.items.is_empty() && (overdue || q.urgent > 0 || q.sender_gone) {
                 let n = q.items.len().min(self.0.max);
                 let items: Vec<T> = q.items.drain(..n).collect();
                 q.urgent = q.urgent.saturating_sub(n);
                 if q.items.is_empty() {
-                    q.oldest = None;
+                    q.due = None;
                 }
                 return Taken::Items {
                     items,
@@ -150,7 +156,7 @@ impl<T> Drop for HandoffReceiver<T> {
             let mut q = lock(&self.0.queue);
             q.receiver_gone = true;
             q.urgent = 0;
-            q.oldest = None;
+            q.due = None;
             q.items.drain(..).collect()
         };
         drop(left);
@@ -174,9 +180,9 @@ mod tests {
     fn an_urgent_item_takes_everything_sent_before_it_at_once() {
         let (sender, receiver) = handoff(16);
         for n in 0..3 {
-            assert!(sender.send(n, false).is_ok());
+            assert!(sender.send(n, DEFERRAL).is_ok());
         }
-        assert!(sender.send(3, true).is_ok());
+        assert!(sender.send(3, Duration::ZERO).is_ok());
         let started = Instant::now();
         let (taken, due) = items(receiver.take(started + Duration::from_secs(10)));
         assert_eq!(taken, vec![0, 1, 2, 3]);
@@ -185,14 +191,25 @@ mod tests {
     }
 
     #[test]
-    fn an_item_nobody_waits_on_is_taken_once_it_waited_its_deferral() {
+    fn an_item_nobody_waits_on_is_taken_once_it_waited_its_time() {
         let (sender, receiver) = handoff(16);
         let sent = Instant::now();
-        assert!(sender.send(7, false).is_ok());
+        assert!(sender.send(7, DEFERRAL).is_ok());
         let (taken, due) = items(receiver.take(sent + Duration::from_secs(10)));
         assert_eq!(taken, vec![7]);
         assert!(due);
         assert!(sent.elapsed() >= DEFERRAL);
+        let sent = Instant::now();
+        assert!(sender.send(8, DEFERRAL).is_ok());
+        assert!(sender.send(9, SOON).is_ok());
+        let (taken, due) = items(receiver.take(sent + Duration::from_secs(10)));
+        assert_eq!(
+            taken,
+            vec![8, 9],
+            "the sooner one takes the earlier one along"
+        );
+        assert!(due);
+        assert!(sent.elapsed() < DEFERRAL, "{:?}", sent.elapsed());
         assert!(matches!(
             receiver.take(Instant::now() + Duration::from_millis(1)),
             Taken::Timeout
@@ -209,7 +226,8 @@ mod tests {
         });
         thread::sleep(Duration::from_millis(50));
         for n in 0..3 {
-            assert!(sender.send(n, n == 2).is_ok());
+            let within = if n == 2 { Duration::ZERO } else { DEFERRAL };
+            assert!(sender.send(n, within).is_ok());
         }
         let (first, second, receiver) = writer.join().unwrap_or_else(|_| panic!("writer"));
         assert_eq!(first, (vec![0, 1], true), "a full batch is due");
@@ -224,8 +242,8 @@ mod tests {
     #[test]
     fn once_the_writer_is_gone_a_send_gives_the_item_back() {
         let (sender, receiver) = handoff(4);
-        assert!(sender.send(1, false).is_ok());
+        assert!(sender.send(1, DEFERRAL).is_ok());
         drop(receiver);
-        assert_eq!(sender.send(2, true).err(), Some(2));
+        assert_eq!(sender.send(2, Duration::ZERO).err(), Some(2));
     }
 }

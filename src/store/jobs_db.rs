@@ -192,12 +192,12 @@ pub struct Record {
     pub upload: Option<Arc<[u8]>>,
     /// Runs after the commit.
     pub done: Option<Done>,
-    /// Someone waits on this record (see [`Ticket`]), or a crash must not take it back: it
-    /// wakes the writer at once, and with `--fsync batch` its transaction is synced right
-    /// after its commit. Any other record
-    /// waits for the next such one, at the latest [`crate::store::handoff::DEFERRAL`] (then
-    /// its own transaction is synced as well). Either way `done` runs after that sync.
-    pub awaited: bool,
+    /// The longest the record may wait in the hand-off queue (`store::handoff`) before the
+    /// writer takes it: [`crate::store::handoff::DEFERRAL`] for a job's later changes,
+    /// [`crate::store::handoff::SOON`] for one a crash must not take back for long, zero when
+    /// someone waits on it (see [`Ticket`]). With `--fsync batch` a transaction is synced
+    /// right after its commit; `done` runs after that sync.
+    pub within: Duration,
 }
 
 /// Lets a sender wait for the commit of one record.
@@ -207,7 +207,7 @@ impl Ticket {
     /// Makes `record` report its commit to the returned ticket (after its own `done`).
     pub fn attach(record: &mut Record) -> Ticket {
         let (answer, answered) = Answer::pair();
-        record.awaited = true;
+        record.within = Duration::ZERO;
         let after = record.done.take();
         record.done = Some(Box::new(move |result: Result<(), &StoreError>| {
             let outcome = result.map_err(|e| e.to_string());
@@ -444,10 +444,13 @@ impl JobStore {
 
     /// Sends a record to the writer; its `done` runs after the commit.
     pub fn send(&self, record: Record) {
-        let urgent = record.awaited || self.mode == FsyncMode::Always;
+        let within = match self.mode {
+            FsyncMode::Always => Duration::ZERO,
+            FsyncMode::Batch | FsyncMode::Off => record.within,
+        };
         if let Err(Op::Record(Record {
             done: Some(done), ..
-        })) = self.ops.send(Op::Record(record), urgent)
+        })) = self.ops.send(Op::Record(record), within)
         {
             done(Err(&StoreError::Closed));
         }
@@ -571,7 +574,7 @@ impl JobStore {
     /// Commits what was sent, checkpoints the WAL into the database and stops the writer.
     pub fn close(&self) {
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        if self.ops.send(Op::Close(sender), true).is_ok() {
+        if self.ops.send(Op::Close(sender), Duration::ZERO).is_ok() {
             let _ = receiver.recv();
         }
         lock(&self.readers).clear();
@@ -921,7 +924,7 @@ impl Writer {
             return;
         }
         let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
-        let sync_now = due || batch.iter().any(|r| r.awaited);
+        let sync_now = due || batch.iter().any(|r| r.within.is_zero());
         let written = self.write(&batch);
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
