@@ -143,7 +143,7 @@ fn a_running_job_is_followed_on_its_stream_again_after_kill_9() {
     // Killed once the store holds the worker's job id (the job is then on its worker).
     poll_until(DEADLINE, || stored_remote_id(&dir, &id))
         .unwrap_or_else(|| panic!("job {id} never reached the store as dispatched"));
-    // The record commits before the stream thread's request reaches the worker; the restart's
+    // The record may commit before the stream thread's request reaches the worker; the restart's
     // stream is told apart from this one by count, so this one must be in first.
     poll_until(DEADLINE, || {
         (worker.recording().count("GET", "stream") >= 1).then_some(())

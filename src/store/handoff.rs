@@ -47,9 +47,8 @@ pub struct HandoffReceiver<T>(Arc<Shared<T>>);
 
 /// What [`HandoffReceiver::take`] found.
 pub enum Taken<T> {
-    /// Items, oldest first; `due` when they were taken because one of them had waited its
-    /// time or a full batch waited: whoever may wait on them should not wait longer.
-    Items { items: Vec<T>, due: bool },
+    /// Items, oldest first.
+    Items(Vec<T>),
     /// Nothing to take before the deadline.
     Timeout,
     /// The sender is gone and the queue is empty.
@@ -124,10 +123,7 @@ impl<T> HandoffReceiver<T> {
                 if q.items.is_empty() {
                     q.due = None;
                 }
-                return Taken::Items {
-                    items,
-                    due: overdue,
-                };
+                return Taken::Items(items);
             }
             if q.sender_gone {
                 return Taken::Closed;
@@ -168,9 +164,9 @@ mod tests {
     use super::*;
     use std::thread;
 
-    fn items(taken: Taken<u32>) -> (Vec<u32>, bool) {
+    fn items(taken: Taken<u32>) -> Vec<u32> {
         match taken {
-            Taken::Items { items, due } => (items, due),
+            Taken::Items(items) => items,
             Taken::Timeout => panic!("timed out"),
             Taken::Closed => panic!("closed"),
         }
@@ -184,9 +180,8 @@ mod tests {
         }
         assert!(sender.send(3, Duration::ZERO).is_ok());
         let started = Instant::now();
-        let (taken, due) = items(receiver.take(started + Duration::from_secs(10)));
+        let taken = items(receiver.take(started + Duration::from_secs(10)));
         assert_eq!(taken, vec![0, 1, 2, 3]);
-        assert!(!due);
         assert!(started.elapsed() < DEFERRAL, "{:?}", started.elapsed());
     }
 
@@ -195,20 +190,18 @@ mod tests {
         let (sender, receiver) = handoff(16);
         let sent = Instant::now();
         assert!(sender.send(7, DEFERRAL).is_ok());
-        let (taken, due) = items(receiver.take(sent + Duration::from_secs(10)));
+        let taken = items(receiver.take(sent + Duration::from_secs(10)));
         assert_eq!(taken, vec![7]);
-        assert!(due);
         assert!(sent.elapsed() >= DEFERRAL);
         let sent = Instant::now();
         assert!(sender.send(8, DEFERRAL).is_ok());
         assert!(sender.send(9, SOON).is_ok());
-        let (taken, due) = items(receiver.take(sent + Duration::from_secs(10)));
+        let taken = items(receiver.take(sent + Duration::from_secs(10)));
         assert_eq!(
             taken,
             vec![8, 9],
             "the sooner one takes the earlier one along"
         );
-        assert!(due);
         assert!(sent.elapsed() < DEFERRAL, "{:?}", sent.elapsed());
         assert!(matches!(
             receiver.take(Instant::now() + Duration::from_millis(1)),
@@ -230,8 +223,8 @@ mod tests {
             assert!(sender.send(n, within).is_ok());
         }
         let (first, second, receiver) = writer.join().unwrap_or_else(|_| panic!("writer"));
-        assert_eq!(first, (vec![0, 1], true), "a full batch is due");
-        assert_eq!(second, (vec![2], false));
+        assert_eq!(first, vec![0, 1], "a full batch goes at once");
+        assert_eq!(second, vec![2]);
         drop(sender);
         assert!(matches!(
             receiver.take(Instant::now() + Duration::from_secs(10)),

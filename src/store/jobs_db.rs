@@ -195,8 +195,9 @@ pub struct Record {
     /// The longest the record may wait in the hand-off queue (`store::handoff`) before the
     /// writer takes it: [`crate::store::handoff::DEFERRAL`] for a job's later changes,
     /// [`crate::store::handoff::SOON`] for one a crash must not take back for long, zero when
-    /// someone waits on it (see [`Ticket`]). With `--fsync batch` a transaction is synced
-    /// right after its commit; `done` runs after that sync.
+    /// someone waits on it (see [`Ticket`]). With `--fsync always` the writer takes every
+    /// record alone, at once. With `--fsync batch` a transaction is synced right after its
+    /// commit; `done` runs after that sync.
     pub within: Duration,
 }
 
@@ -396,6 +397,7 @@ impl JobStore {
             FsyncMode::Batch => Some(WalSync::open(&wal_path(&path)).map_err(StoreError::Io)?),
             FsyncMode::Off | FsyncMode::Always => None,
         };
+        // `--fsync always`: one record per transaction, and a full batch is taken at once.
         let max_batch = if mode == FsyncMode::Always {
             1
         } else {
@@ -444,10 +446,7 @@ impl JobStore {
 
     /// Sends a record to the writer; its `done` runs after the commit.
     pub fn send(&self, record: Record) {
-        let within = match self.mode {
-            FsyncMode::Always => Duration::ZERO,
-            FsyncMode::Batch | FsyncMode::Off => record.within,
-        };
+        let within = record.within;
         if let Err(Op::Record(Record {
             done: Some(done), ..
         })) = self.ops.send(Op::Record(record), within)
@@ -875,8 +874,8 @@ struct Writer {
 impl Writer {
     fn run(mut self, received: HandoffReceiver<Op>) {
         loop {
-            let (ops, due) = match received.take(Instant::now() + SWEEP_EVERY) {
-                Taken::Items { items, due } => (items, due),
+            let ops = match received.take(Instant::now() + SWEEP_EVERY) {
+                Taken::Items(items) => items,
                 Taken::Timeout => {
                     self.maintain(true);
                     continue;
@@ -894,7 +893,7 @@ impl Writer {
                     }
                 }
             }
-            self.commit(batch, due);
+            self.commit(batch);
             if let Some(reply) = close {
                 self.stop();
                 let _ = reply.send(());
@@ -905,37 +904,31 @@ impl Writer {
         self.stop();
     }
 
-    /// Syncs what is committed and not yet synced, then checkpoints the WAL into the database
-    /// with syncs (the connection's close would otherwise checkpoint without them).
+    /// Checkpoints the WAL into the database with syncs (the connection's close would
+    /// otherwise checkpoint without them).
     fn stop(&mut self) {
-        if let Some(wal) = &mut self.wal {
-            wal.settle();
-        }
         self.checkpoint("TRUNCATE");
     }
 
     /// Commits the batch in one transaction and runs its records' callbacks once it is
-    /// durable: at once when the commit synced (or nothing syncs), else after the WAL's sync.
-    /// That sync comes right after the commit when someone waits on a record or the batch is
-    /// `due` (see [`Taken::Items`]), which is every batch but the last ones before the store
-    /// closes (synced by [`Writer::stop`]).
-    fn commit(&mut self, mut batch: Vec<Record>, due: bool) {
+    /// durable: at once when the commit synced (or nothing syncs), else after the WAL's sync
+    /// right after the commit.
+    fn commit(&mut self, mut batch: Vec<Record>) {
         if batch.is_empty() {
             return;
         }
         let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
-        let sync_now = due || batch.iter().any(|r| r.within.is_zero());
         let written = self.write(&batch);
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
         let figures = Arc::clone(&self.figures);
-        match (&mut self.wal, written) {
+        match (&self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
                 let release = Box::new(move |synced: Result<(), &io::Error>| {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
                     release(&figures, &settled, done, result);
                 });
-                wal.committed(release, sync_now);
+                wal.committed(release);
             }
             (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
             (_, Err(e)) => release(&figures, &[], done, Err(e)),
@@ -1131,10 +1124,8 @@ impl Writer {
     /// Forgets settled jobs past the retention limits (oldest first), then deletes the
     /// results segments that no retained job refers to and no writer has open.
     fn sweep(&mut self) -> Result<(), StoreError> {
-        // Every settled row committed so far is counted first (the counts choose what to forget).
-        if let Some(wal) = &mut self.wal {
-            wal.settle();
-        }
+        // Every settled row committed so far was counted when its commit was synced (the counts
+        // choose what to forget).
         let settled = self.settled_total();
         let excess = settled
             .saturating_sub(self.retention.jobs)
@@ -1197,7 +1188,7 @@ impl Writer {
         };
         // The rows go before their results files: a power cut must not leave a retained row
         // pointing to a deleted file.
-        if let (Some(wal), false) = (&mut self.wal, synced || candidates.is_empty()) {
+        if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
             wal.sync().map_err(StoreError::Io)?;
         }
         self.delete_unused_segments(candidates)
