@@ -853,8 +853,9 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// 2,000 queued jobs whose small uploads the job store holds (a first run with a large
-/// `--upload-memory-bytes`) come back after `kill -9` within the restart's 1 MiB: the rest is
-/// written to upload segments, one upload at a time, never all of them in memory.
+/// `--upload-memory-bytes`) come back after `kill -9` within the restart's 1 MiB: the rest wait
+/// in their rows (read one at a time at the restart, never all of them in memory), and are read
+/// from there when dispatched.
 #[test]
 fn recovered_uploads_stay_within_the_upload_memory_limit() {
     const JOBS: usize = 2000;
@@ -916,7 +917,7 @@ fn recovered_uploads_stay_within_the_upload_memory_limit() {
         peak + 12 * 1024 < rss_first,
         "peak RSS {peak} KiB at recovery, {rss_first} KiB before: the uploads were read into memory"
     );
-    // The uploads are intact, those held and those written out: the first 300 jobs (in queue
+    // The uploads are intact, those held and those read from their rows: the first 300 jobs (in queue
     // order, so both kinds) reach the worker whole, once each, and complete.
     worker.restart();
     poll_until(DEADLINE, || {
@@ -1004,7 +1005,12 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     worker.stop();
     write_workers_json(dir.path(), &[worker.entry(1)]);
     let coordinator = Coordinator::start_in(dir.path(), &["--upload-memory-bytes", "0"]);
-    let kept = submit(&coordinator, &job("fits"));
+    // Over 64 KiB, so its upload waits in an upload segment, not in its row.
+    let padding = vec![b'#'; 100 * 1024];
+    let kept = submit(
+        &coordinator,
+        &job("fits").file("pad.txt", "text/plain", &padding),
+    );
     let big = vec![b'x'; 3 * 1024 * 1024];
     let form = Form::new().file("main.py", "text/x-python", &big);
     let reply = send(

@@ -45,6 +45,7 @@ fn fill_big_store(state: &Path) {
                 insert: true,
                 upload: Some(Arc::clone(&blob)),
                 done: None,
+                sync_first: None,
                 within: DEFERRAL,
             })
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,6 @@
-//! Where waiting uploads are kept: small ones in memory up to `--upload-memory-bytes`, large
-//! ones and the overflow in shared segment files in `<state_dir>/uploads`; either way they reach
-//! the worker unchanged and nothing stays behind once a worker has them.
+//! Where waiting uploads are kept: small ones in their job's store row, and in memory up to
+//! `--upload-memory-bytes`; large ones in shared segment files in `<state_dir>/uploads`; either
+//! way they reach the worker unchanged and nothing stays behind once a worker has them.
 
 mod support;
 
@@ -112,14 +112,14 @@ fn small_uploads_wait_in_memory_within_the_limit_and_the_rest_on_disk() {
     assert_eq!(
         upload_files(&coordinator).len(),
         1,
-        "the two uploads on disk share one segment file"
+        "the upload over 64 KiB is in a segment file, the one past the limit only in its row"
     );
 
     run_and_check(&coordinator, &worker, &jobs);
 }
 
 #[test]
-fn with_no_upload_memory_every_upload_waits_on_disk() {
+fn with_no_upload_memory_small_uploads_wait_in_their_rows_and_large_ones_in_a_segment() {
     let worker = FakeWorker::start();
     worker.stop();
     let coordinator = Coordinator::start(
@@ -133,14 +133,30 @@ fn with_no_upload_memory_every_upload_waits_on_disk() {
             "0.1",
         ],
     );
-    let (form, bytes) = job(100, b'x');
-    let id = submit(&coordinator, &form);
+    let (small, small_bytes) = job(100, b'x');
+    let small_id = submit(&coordinator, &small);
+    assert_eq!(
+        upload_files(&coordinator).len(),
+        0,
+        "a small upload needs no segment"
+    );
+    let (big, big_bytes) = job(70 * KIB, b'y');
+    let big_id = submit(&coordinator, &big);
     assert_eq!(upload_files(&coordinator).len(), 1);
     let figures = spool(&coordinator);
     assert_eq!(figures["uploads_in_memory"], 0, "{figures}");
-    assert_eq!(figures["uploads_on_disk"], 1, "{figures}");
+    assert_eq!(figures["uploads_on_disk"], 2, "{figures}");
+    assert_eq!(
+        figures["upload_disk_bytes"],
+        small_bytes.len() + big_bytes.len() + 2 * MANIFEST.len(),
+        "{figures}"
+    );
 
-    run_and_check(&coordinator, &worker, &[(id, bytes)]);
+    run_and_check(
+        &coordinator,
+        &worker,
+        &[(small_id, small_bytes), (big_id, big_bytes)],
+    );
 }
 
 #[test]

@@ -1128,6 +1128,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             insert: true,
             upload: None,
             done: None,
+            sync_first: None,
             within: DEFERRAL,
         };
         if n + 1 == STORED_JOBS {

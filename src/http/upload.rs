@@ -11,6 +11,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{Record, StoreError, Ticket};
+use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
 use multipart::server::Multipart;
 use std::cell::Cell;
@@ -338,7 +339,7 @@ pub fn accept(
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
     // The spool registers the upload only when `finish` succeeds; a writer dropped before
     // leaves nothing behind.
-    let mut writer = ctx.spool.upload_writer(&id).map_err(UploadError::Spool)?;
+    let mut writer = ctx.spool.upload_writer(&id);
     let parts = read_parts(ctx, &mut writer, body, boundary)?;
     let priority = match (parts.priority, query_priority) {
         (Some(_), Some(_)) => {
@@ -355,26 +356,30 @@ pub fn accept(
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
     job.priority = priority;
-    // The answer promises the job: its upload and then its record must be on disk first.
-    let upload = match stored {
-        StoredUpload::Held(bytes) => Ok(Some(bytes)),
+    // The answer promises the job: its upload and then its record must be on disk first (an
+    // upload in a segment is synced by the store's writer, once for the whole transaction).
+    let stored = match stored {
+        StoredUpload::InRow(bytes) => StoredBytes {
+            held: Some(bytes),
+            segment: None,
+        },
         StoredUpload::OnDisk { at, file } => {
             job.upload_at = Some(at);
-            ctx.store.sync_segment(&file).map(|()| None)
+            StoredBytes {
+                held: None,
+                segment: Some(file),
+            }
         }
     };
-    let upload = upload.map_err(|e| {
-        ctx.spool.remove_upload(&id);
-        UploadError::Store(e)
-    })?;
-    let (recorded, direct) = match direct(ctx, &job, &upload) {
+    let (recorded, direct) = match direct(ctx, &job, &stored) {
         Some((ticket, assignment)) => (ticket.wait(), Some(assignment)),
         None => {
             let record = Record {
                 job: Box::new(job.clone()),
                 insert: true,
-                upload,
+                upload: stored.held,
                 done: None,
+                sync_first: stored.segment,
                 within: DEFERRAL,
             };
             (ctx.store.send_and_wait(record), None)
@@ -410,13 +415,20 @@ pub fn accept(
     Ok(id)
 }
 
+/// Where an accepted upload's bytes are, for its job's first record: held in memory (stored in
+/// the row) or in an upload segment (synced before the row commits).
+struct StoredBytes {
+    held: Option<Arc<[u8]>>,
+    segment: Option<Arc<SegmentFile>>,
+}
+
 /// A job that a worker can take at once (nothing queued, a worker with room) goes to it without
 /// waiting in the queue, and its first record already says so: one commit before the worker has
 /// it, not two (at most once holds: a crash after that commit makes it lost, never sent twice).
 /// Returns the ticket of that record, sent with the table locked so that the job's later
 /// records follow it, and the job's assignment; `None` leaves the job to the usual way
 /// (recorded, then queued).
-fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticket, Assignment)> {
+fn direct(ctx: &Context, job: &Job, stored: &StoredBytes) -> Option<(Ticket, Assignment)> {
     let mut st = ctx.lock();
     let now = Instant::now();
     if !scheduler::room_now(&st, now) {
@@ -435,8 +447,9 @@ fn direct(ctx: &Context, job: &Job, upload: &Option<Arc<[u8]>>) -> Option<(Ticke
     let mut record = Record {
         job: assigned,
         insert: true,
-        upload: upload.clone(),
+        upload: stored.held.clone(),
         done: None,
+        sync_first: stored.segment.clone(),
         within: DEFERRAL,
     };
     let ticket = Ticket::attach(&mut record);

@@ -121,7 +121,7 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
         Ok(token) => format!("----trusted-pool-{token}"),
         Err(e) => return SubmitOutcome::NotSent(format!("no random boundary: {e}")),
     };
-    let source = match ctx.spool.upload_source(&a.job_id) {
+    let source = match ctx.upload_source(&a.job_id) {
         Ok(source) => source,
         Err(e) => return SubmitOutcome::NotSent(e.to_string()),
     };

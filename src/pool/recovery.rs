@@ -42,14 +42,12 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         }
         jobs.push(job);
     }
-    let mut lost_uploads = ctx.spool.adopt_uploads(uploads);
+    let lost_uploads = ctx.spool.adopt_uploads(uploads);
     // Small uploads kept in the rows, read one at a time: held within --upload-memory-bytes,
-    // the rest written to an upload segment, so memory stays bounded however many jobs wait.
-    let read = ctx.store.held_uploads(|id, bytes| {
-        if let Err(why) = ctx.spool.adopt_held(&id, &bytes) {
-            lost_uploads.push((id, why));
-        }
-    });
+    // the rest left in their rows, so memory stays bounded however many jobs wait.
+    let read = ctx
+        .store
+        .held_uploads(|id, bytes| ctx.spool.adopt_from_row(&id, bytes));
     if let Err(e) = read {
         log::error!("Could not read the uploads the job store holds: {e}");
     }

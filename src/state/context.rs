@@ -12,7 +12,7 @@ use crate::state::pool_state::PoolState;
 use crate::state::settled_views::SettledViews;
 use crate::store::handoff::{DEFERRAL, SOON};
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
-use crate::store::spool::{PinnedSegment, Spool};
+use crate::store::spool::{PinnedSegment, Spool, UploadSource};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -159,6 +159,22 @@ impl Context {
         }
     }
 
+    /// Where the upload of job `id` is, to read it for a dispatch: an upload that waits only in
+    /// the job's store row is read from there first.
+    pub fn upload_source(&self, id: &str) -> io::Result<UploadSource> {
+        match self.spool.upload_source(id)? {
+            UploadSource::InRow { .. } => match self.store.row_upload(id) {
+                Ok(Some(bytes)) => Ok(UploadSource::Held(bytes)),
+                Ok(None) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the job store holds no upload for job {id}"),
+                )),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            },
+            source => Ok(source),
+        }
+    }
+
     /// Reads the results that job `id`'s store row holds into `stored`, for
     /// [`Spool::open_results`] (nothing to do for results in a segment or already in memory).
     pub fn load_row_results(&self, id: &str, stored: &mut StoredResults) -> io::Result<()> {
@@ -221,6 +237,7 @@ impl Context {
             insert: false,
             upload: None,
             done,
+            sync_first: None,
             within: DEFERRAL,
         })
     }

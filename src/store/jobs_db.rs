@@ -8,7 +8,9 @@
 //! were sent. With `--fsync batch` the transaction commits unsynced and the writer syncs
 //! the WAL right after it (see `wal_sync`); with `--fsync always`
 //! the commit syncs; with `--fsync off` nothing does. A segment file a record points into is
-//! synced by the record's sender before it sends it ([`JobStore::sync_segment`]). A sender that
+//! synced before the record commits: by the writer, once per transaction, for the file a record
+//! names in `sync_first` (a waiting upload), else by the record's sender before it sends it
+//! ([`JobStore::sync_segment`]: collected results, whose sync failure the sender handles). A sender that
 //! needs the promise (an acknowledged submit, a dispatch about to be sent) waits for the commit
 //! and its sync. Reads (`/status` of a finished job) use connections
 //! of their own, concurrent with the writer. The writer also forgets finished jobs past the
@@ -192,6 +194,10 @@ pub struct Record {
     pub upload: Option<Arc<[u8]>>,
     /// Runs after the commit.
     pub done: Option<Done>,
+    /// A segment file the record points into (a waiting upload): the writer syncs it, as the
+    /// `--fsync` mode asks, before the transaction that holds the record commits, once for all
+    /// the records of that transaction that point into it.
+    pub sync_first: Option<Arc<SegmentFile>>,
     /// The longest the record may wait in the hand-off queue (`store::handoff`) before the
     /// writer takes it: [`crate::store::handoff::DEFERRAL`] for a job's later changes,
     /// [`crate::store::handoff::SOON`] for one a crash must not take back for long, zero when
@@ -487,9 +493,20 @@ impl JobStore {
     /// The results bytes held in job `id`'s row (see [`crate::base::job::StoredResults`]), if the store
     /// has the job and its row holds results.
     pub fn row_results(&self, id: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
+        self.row_bytes(id, "SELECT results FROM jobs WHERE id = ?1")
+    }
+
+    /// The small upload held in job `id`'s row (until a worker accepted the job), if the store
+    /// has the job and its row holds one.
+    pub fn row_upload(&self, id: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
+        self.row_bytes(id, "SELECT upload FROM jobs WHERE id = ?1")
+    }
+
+    /// The bytes that `query` (one column of job `id`'s row, the id as `?1`) selects, if any.
+    fn row_bytes(&self, id: &str, query: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
         let conn = self.reader()?;
         let bytes: Option<Option<Vec<u8>>> = conn
-            .prepare_cached("SELECT results FROM jobs WHERE id = ?1")?
+            .prepare_cached(query)?
             .query_row([id], |r| r.get(0))
             .optional()?;
         lock(&self.readers).push(conn);
@@ -833,6 +850,14 @@ fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, Stor
     Ok(jobs)
 }
 
+/// The same error again (`io::Error` is not `Clone`): its OS error code, else its kind and text.
+fn copy_io_error(e: &io::Error) -> io::Error {
+    e.raw_os_error().map_or_else(
+        || io::Error::new(e.kind(), e.to_string()),
+        io::Error::from_raw_os_error,
+    )
+}
+
 /// Runs the callbacks of a durable (or failed) transaction, after counting the jobs it settled:
 /// `/pool` adds the store's settled counts to the table's, and a callback takes a settled job
 /// out of the table.
@@ -913,7 +938,8 @@ impl Writer {
     /// Commits the batch in one transaction and runs its records' callbacks once it is
     /// durable: at once when the commit synced (or nothing syncs), else after the WAL's sync
     /// right after the commit.
-    fn commit(&mut self, mut batch: Vec<Record>) {
+    fn commit(&mut self, batch: Vec<Record>) {
+        let mut batch = self.sync_segments(batch);
         if batch.is_empty() {
             return;
         }
@@ -933,6 +959,49 @@ impl Writer {
             (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
             (_, Err(e)) => release(&figures, &[], done, Err(e)),
         }
+    }
+
+    /// Syncs the segment files the batch's records name in `sync_first`, each once (not with
+    /// `--fsync off`); returns the records that may commit. A record whose file failed to sync
+    /// is left out, and its callback hears why.
+    fn sync_segments(&self, batch: Vec<Record>) -> Vec<Record> {
+        if self.mode == FsyncMode::Off {
+            return batch;
+        }
+        let mut failed: Vec<(Arc<SegmentFile>, io::Error)> = Vec::new();
+        let mut synced: Vec<&Arc<SegmentFile>> = Vec::new();
+        for file in batch.iter().filter_map(|r| r.sync_first.as_ref()) {
+            let seen = |f: &&Arc<SegmentFile>| Arc::ptr_eq(f, file);
+            if synced.iter().any(seen) || failed.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
+                continue;
+            }
+            match file.sync() {
+                Ok(()) => synced.push(file),
+                Err(e) => {
+                    log::error!("The job store could not sync {}: {e}", file.name());
+                    failed.push((Arc::clone(file), e));
+                }
+            }
+        }
+        if failed.is_empty() {
+            return batch;
+        }
+        let mut kept = Vec::with_capacity(batch.len());
+        for mut record in batch {
+            let why = record
+                .sync_first
+                .as_ref()
+                .and_then(|file| failed.iter().find(|(f, _)| Arc::ptr_eq(f, file)));
+            match (why, record.done.take()) {
+                (Some((_, e)), Some(done)) => done(Err(&StoreError::Io(copy_io_error(e)))),
+                (Some(_), None) => {}
+                (None, done) => {
+                    record.done = done;
+                    kept.push(record);
+                }
+            }
+        }
+        kept
     }
 
     /// Counts a transaction in the store's figures.

@@ -1,9 +1,11 @@
 //! The spool: uploads waiting for dispatch and collected results.
 //!
-//! An upload's parts are stored back to back (the job record says where each part lies): in
-//! memory when the upload is at most [`HELD_UPLOAD_MAX`] bytes and all held uploads stay within
-//! `--upload-memory-bytes`, else appended to a segment file in `uploads/`, so memory stays bounded
-//! however many jobs wait; an upload segment's file is removed once no waiting upload is in it.
+//! An upload's parts are stored back to back (the job record says where each part lies). One of
+//! at most [`HELD_UPLOAD_MAX`] bytes is stored in its job's row in the job store; the spool holds
+//! a copy in memory while all held uploads stay within `--upload-memory-bytes`, else it is read
+//! back from the row at dispatch, so memory stays bounded however many jobs wait. A larger upload
+//! is appended to a segment file in `uploads/`; an upload segment's file is removed once no
+//! waiting upload is in it.
 //! Collected results (output files, then logs, back to back) are appended to segment files in
 //! `results/`; the job record says which and where. No file is created or deleted per job: that
 //! was most of the coordinator's CPU per job.
@@ -22,7 +24,8 @@ use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
 pub use crate::store::segments::CopyError;
 
-/// Largest upload kept in memory; larger ones always go to disk.
+/// Largest upload stored in its job's row (and held in memory within the limit); larger ones go
+/// to an upload segment.
 pub const HELD_UPLOAD_MAX: u64 = 64 * 1024;
 
 /// Where a job's uploaded bytes are.
@@ -30,6 +33,12 @@ pub const HELD_UPLOAD_MAX: u64 = 64 * 1024;
 pub enum UploadSource {
     /// Held in memory.
     Held(Arc<[u8]>),
+    /// Only in the job's row in the job store (past `--upload-memory-bytes`): read it from
+    /// there, then read that.
+    InRow {
+        /// The upload's size.
+        size: u64,
+    },
     /// In an upload segment, from `base` on.
     OnDisk {
         /// The segment.
@@ -53,6 +62,9 @@ impl UploadSource {
                     .ok_or_else(|| io::Error::other("a part lies outside its held upload"))?;
                 Ok(Box::new(io::Cursor::new(part.to_vec())))
             }
+            Self::InRow { .. } => Err(io::Error::other(
+                "the upload waits in the job's store row and was not read from there",
+            )),
             Self::OnDisk { file, base, size } => {
                 let inside = span
                     .offset
@@ -77,16 +89,17 @@ struct Waiting {
     held_bytes: u64,
     held: usize,
     disk_bytes: u64,
+    row_bytes: u64,
 }
 
 /// Waiting uploads as `/pool` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UploadCounts {
     /// Uploads held in memory.
     pub in_memory: usize,
     /// Their bytes.
     pub memory_bytes: u64,
-    /// Uploads in upload segments.
+    /// Uploads on disk: in upload segments, or only in their job's row.
     pub on_disk: usize,
     /// Their bytes.
     pub disk_bytes: u64,
@@ -159,19 +172,16 @@ impl UploadWriter<'_> {
         Ok(Sink::Disk { segment, base })
     }
 
-    /// Stores the complete upload: held in memory when the limit allows, else on disk (written
-    /// out, not yet synced: the job store syncs the segment before the job's record commits).
+    /// Stores the complete upload: a small one for the job's row (held in memory too when the
+    /// limit allows), else on disk (written out, not yet synced: the job store syncs the
+    /// segment before the job's record commits).
     pub fn finish(mut self) -> io::Result<StoredUpload> {
-        let sink = std::mem::replace(&mut self.sink, Sink::Failed);
-        let sink = match sink {
-            Sink::Memory(buffer) => match self.spool.hold(self.id, buffer) {
-                Ok(held) => return Ok(StoredUpload::Held(held)),
-                Err(buffer) => self.spill(&buffer)?,
-            },
-            other => other,
-        };
-        let Sink::Disk { mut segment, base } = sink else {
-            return Err(io::Error::other("the upload segment failed"));
+        let (mut segment, base) = match std::mem::replace(&mut self.sink, Sink::Failed) {
+            Sink::Memory(buffer) => {
+                return Ok(StoredUpload::InRow(self.spool.keep_small(self.id, buffer)))
+            }
+            Sink::Disk { segment, base } => (segment, base),
+            Sink::Failed => return Err(io::Error::other("the upload segment failed")),
         };
         segment.flush()?;
         let file = Arc::clone(segment.file());
@@ -207,8 +217,9 @@ impl AsRef<[u8]> for RowSpan {
 
 /// Where a finished upload was stored.
 pub enum StoredUpload {
-    /// Held in memory (the job store keeps a copy in the job's row).
-    Held(Arc<[u8]>),
+    /// A small upload, for the job's row (the spool holds a copy in memory when
+    /// `--upload-memory-bytes` allows, else reads it back from the row at dispatch).
+    InRow(Arc<[u8]>),
     /// In an upload segment, which must be synced before the job's record commits.
     OnDisk {
         /// Where, as the job record keeps it.
@@ -351,33 +362,31 @@ impl Spool {
     }
 
     /// A writer for the upload of job `id`.
-    pub fn upload_writer<'a>(&'a self, id: &'a str) -> io::Result<UploadWriter<'a>> {
-        let mut writer = UploadWriter {
+    pub fn upload_writer<'a>(&'a self, id: &'a str) -> UploadWriter<'a> {
+        UploadWriter {
             spool: self,
             id,
             sink: Sink::Memory(Vec::new()),
             written: 0,
-        };
-        if self.memory_limit == 0 {
-            writer.sink = writer.spill(&[])?;
         }
-        Ok(writer)
     }
 
-    /// Keeps `buffer` in memory as the upload of `id` if the limit allows; else gives it back.
-    fn hold(&self, id: &str, buffer: Vec<u8>) -> Result<Arc<[u8]>, Vec<u8>> {
+    /// Registers the small upload of `id`, whose bytes go in its job's row: held in memory too
+    /// if the limit allows, else left to the row.
+    fn keep_small(&self, id: &str, buffer: Vec<u8>) -> Arc<[u8]> {
         let size = buffer.len() as u64;
+        let bytes: Arc<[u8]> = buffer.into();
         let mut waiting = lock(&self.waiting);
-        if waiting.held_bytes + size > self.memory_limit {
-            return Err(buffer);
-        }
-        waiting.held_bytes += size;
-        waiting.held += 1;
-        let held: Arc<[u8]> = buffer.into();
-        waiting
-            .by_job
-            .insert(id.to_string(), UploadSource::Held(Arc::clone(&held)));
-        Ok(held)
+        let source = if waiting.held_bytes + size <= self.memory_limit {
+            waiting.held_bytes += size;
+            waiting.held += 1;
+            UploadSource::Held(Arc::clone(&bytes))
+        } else {
+            waiting.row_bytes += size;
+            UploadSource::InRow { size }
+        };
+        waiting.by_job.insert(id.to_string(), source);
+        bytes
     }
 
     /// Where the upload of job `id` is.
@@ -396,7 +405,7 @@ impl Spool {
             in_memory: waiting.held,
             memory_bytes: waiting.held_bytes,
             on_disk: waiting.by_job.len() - waiting.held,
-            disk_bytes: waiting.disk_bytes,
+            disk_bytes: waiting.disk_bytes + waiting.row_bytes,
         }
     }
 
@@ -415,6 +424,7 @@ impl Spool {
                     waiting.held_bytes -= bytes.len() as u64;
                     waiting.held -= 1;
                 }
+                Some(UploadSource::InRow { size }) => waiting.row_bytes -= size,
                 Some(UploadSource::OnDisk { size, .. }) => waiting.disk_bytes -= size,
                 None => {}
             }
@@ -447,7 +457,7 @@ impl Spool {
 
     /// Takes back the waiting uploads of recovered jobs that lie in upload segments an earlier
     /// run wrote. Returns the jobs whose upload is gone or cut short, with the reason. Upload
-    /// files that no recovered job needs are removed (so call this before [`Spool::adopt_held`]).
+    /// files that no recovered job needs are removed.
     pub fn adopt_uploads(&self, uploads: Vec<(String, UploadAt)>) -> Vec<(String, String)> {
         let dir = self.upload_segments.dir().to_path_buf();
         let mut files: HashMap<String, io::Result<Arc<SegmentFile>>> = HashMap::new();
@@ -499,16 +509,10 @@ impl Spool {
         failed
     }
 
-    /// Takes back the upload of a recovered job that the job store held in its row: held in
-    /// memory within `--upload-memory-bytes` like a fresh upload, else written to an upload
-    /// segment (not synced: the row keeps its copy until a worker accepted the job).
-    pub fn adopt_held(&self, id: &str, bytes: &[u8]) -> Result<(), String> {
-        let mut writer = self.upload_writer(id).map_err(|e| e.to_string())?;
-        writer.append(&mut &bytes[..]).map_err(|e| match e {
-            CopyError::Read(e) | CopyError::Write(e) => e.to_string(),
-        })?;
-        writer.finish().map_err(|e| e.to_string())?;
-        Ok(())
+    /// Takes back the upload of a recovered job that the job store holds in its row: held in
+    /// memory within `--upload-memory-bytes` like a fresh upload, else left in the row.
+    pub fn adopt_from_row(&self, id: &str, bytes: Vec<u8>) {
+        self.keep_small(id, bytes);
     }
 
     /// A reader of `span` of a job's collected results: in the row bytes loaded into `stored`
@@ -592,20 +596,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tp-spool-{}", std::process::id()));
         let spool = Spool::open(&dir, 0).expect("spool");
         let uploads = dir.join("uploads");
-        for (id, text) in [("a", b"first upload".as_slice()), ("b", b"second")] {
-            let mut writer = spool.upload_writer(id).expect("writer");
+        let big = HELD_UPLOAD_MAX as usize + 1;
+        for (id, fill) in [("a", b'a'), ("b", b'b')] {
+            let text = vec![fill; big];
+            let mut writer = spool.upload_writer(id);
             let span = writer.append(&mut &text[..]).expect("append");
-            writer.finish().expect("finish");
+            assert!(matches!(writer.finish(), Ok(StoredUpload::OnDisk { .. })));
             assert_eq!(span.offset, 0);
             let source = spool.upload_source(id).expect("source");
             assert_eq!(read_all(&source, span), text);
         }
-        let mut refused = spool.upload_writer("c").expect("writer");
-        refused.append(&mut &b"cut off"[..]).expect("append");
+        let mut refused = spool.upload_writer("c");
+        refused.append(&mut &vec![b'c'; big][..]).expect("append");
         drop(refused);
         assert_eq!(files_in(&uploads), 1, "one shared segment");
         assert_eq!(spool.upload_counts().on_disk, 2);
-        assert_eq!(spool.upload_counts().disk_bytes, 18);
+        assert_eq!(spool.upload_counts().disk_bytes, 2 * big as u64);
 
         spool.remove_upload("a");
         assert_eq!(files_in(&uploads), 1, "b still waits in it");
@@ -616,13 +622,37 @@ mod tests {
     }
 
     #[test]
+    fn a_small_upload_past_the_memory_limit_waits_in_its_row_only() {
+        let dir = std::env::temp_dir().join(format!("tp-spool-row-{}", std::process::id()));
+        let spool = Spool::open(&dir, 8).expect("spool");
+        let mut writer = spool.upload_writer("a");
+        writer.append(&mut &b"0123456789"[..]).expect("append");
+        let Ok(StoredUpload::InRow(bytes)) = writer.finish() else {
+            panic!("a small upload is stored for its row");
+        };
+        assert_eq!(&bytes[..], b"0123456789");
+        let source = spool.upload_source("a").expect("source");
+        assert!(matches!(source, UploadSource::InRow { size: 10 }));
+        assert!(source.open(Span { offset: 0, size: 1 }).is_err());
+        let counts = spool.upload_counts();
+        assert_eq!(
+            (counts.in_memory, counts.on_disk, counts.disk_bytes),
+            (0, 1, 10)
+        );
+        assert_eq!(files_in(&dir.join("uploads")), 0, "no segment for it");
+        spool.remove_upload("a");
+        assert_eq!(spool.upload_counts(), UploadCounts::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_held_upload_is_read_back_by_span_and_released() {
         let dir = std::env::temp_dir().join(format!("tp-spool-held-{}", std::process::id()));
         let spool = Spool::open(&dir, 1024).expect("spool");
-        let mut writer = spool.upload_writer("a").expect("writer");
+        let mut writer = spool.upload_writer("a");
         writer.append(&mut &b"head-"[..]).expect("append");
         let span = writer.append(&mut &b"part"[..]).expect("append");
-        writer.finish().expect("finish");
+        assert!(matches!(writer.finish(), Ok(StoredUpload::InRow(_))));
         let source = spool.upload_source("a").expect("source");
         assert_eq!(read_all(&source, span), b"part");
         assert_eq!(spool.upload_counts().memory_bytes, 9);
