@@ -374,14 +374,7 @@ pub fn accept(
     let (recorded, direct) = match direct(ctx, &job, &stored) {
         Some((ticket, assignment)) => (ticket.wait(), Some(assignment)),
         None => {
-            let record = Record {
-                job: Box::new(job.clone()),
-                insert: true,
-                upload: stored.held,
-                done: None,
-                sync_first: stored.segment,
-                within: DEFERRAL,
-            };
+            let record = stored.first_record(Box::new(job.clone()));
             (ctx.store.send_and_wait(record), None)
         }
     };
@@ -422,6 +415,21 @@ struct StoredBytes {
     segment: Option<Arc<SegmentFile>>,
 }
 
+impl StoredBytes {
+    /// The record that inserts `job` with its upload. Its sender waits for its commit, which
+    /// takes it at once (`within` is set to zero by the wait).
+    fn first_record(&self, job: Box<Job>) -> Record {
+        Record {
+            job,
+            insert: true,
+            upload: self.held.clone(),
+            done: None,
+            sync_first: self.segment.clone(),
+            within: DEFERRAL,
+        }
+    }
+}
+
 /// A job that a worker can take at once (nothing queued, a worker with room) goes to it without
 /// waiting in the queue, and its first record already says so: one commit before the worker has
 /// it, not two (at most once holds: a crash after that commit makes it lost, never sent twice).
@@ -444,14 +452,7 @@ fn direct(ctx: &Context, job: &Job, stored: &StoredBytes) -> Option<(Ticket, Ass
         st.discard(&job.id);
         return None;
     };
-    let mut record = Record {
-        job: assigned,
-        insert: true,
-        upload: stored.held.clone(),
-        done: None,
-        sync_first: stored.segment.clone(),
-        within: DEFERRAL,
-    };
+    let mut record = stored.first_record(assigned);
     let ticket = Ticket::attach(&mut record);
     ctx.store.send(record);
     Some((ticket, assignment))

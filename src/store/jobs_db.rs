@@ -10,10 +10,10 @@
 //! the commit syncs; with `--fsync off` nothing does. A segment file a record points into is
 //! synced before the record commits: by the writer, once per transaction, for the file a record
 //! names in `sync_first` (a waiting upload), else by the record's sender before it sends it
-//! ([`JobStore::sync_segment`]: collected results, whose sync failure the sender handles). A sender that
-//! needs the promise (an acknowledged submit, a dispatch about to be sent) waits for the commit
-//! and its sync. Reads (`/status` of a finished job) use connections
-//! of their own, concurrent with the writer. The writer also forgets finished jobs past the
+//! ([`JobStore::sync_segment`]: collected results, whose sync failure the sender handles). A
+//! sender that needs the promise (an acknowledged submit, a dispatch about to be sent) waits for
+//! the commit and its sync. Reads (`/status` of a finished job) use connections of their own,
+//! concurrent with the writer. The writer also forgets finished jobs past the
 //! retention limits and deletes results segments no retained job refers to.
 
 use crate::base::clock::unix_now;
@@ -971,8 +971,9 @@ impl Writer {
         let mut failed: Vec<(Arc<SegmentFile>, io::Error)> = Vec::new();
         let mut synced: Vec<&Arc<SegmentFile>> = Vec::new();
         for file in batch.iter().filter_map(|r| r.sync_first.as_ref()) {
-            let seen = |f: &&Arc<SegmentFile>| Arc::ptr_eq(f, file);
-            if synced.iter().any(seen) || failed.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
+            if synced.iter().any(|f| Arc::ptr_eq(f, file))
+                || failed.iter().any(|(f, _)| Arc::ptr_eq(f, file))
+            {
                 continue;
             }
             match file.sync() {

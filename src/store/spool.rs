@@ -33,8 +33,8 @@ pub const HELD_UPLOAD_MAX: u64 = 64 * 1024;
 pub enum UploadSource {
     /// Held in memory.
     Held(Arc<[u8]>),
-    /// Only in the job's row in the job store (past `--upload-memory-bytes`): read it from
-    /// there, then read that.
+    /// Only in the job's row in the job store (past `--upload-memory-bytes`): read the bytes
+    /// from the row (`Context::upload_source`) before opening a span.
     InRow {
         /// The upload's size.
         size: u64,
