@@ -214,6 +214,7 @@ fn submit_op<'a>(
 /// Returns the direct throughputs, which scenario 6 compares with.
 pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String> {
     let (mut direct, mut pool) = (LoadSeries::default(), LoadSeries::default());
+    let (mut alone, mut cpu_alone) = (LoadSeries::default(), Series::default());
     let (mut reached, mut drain, mut cpu_window, mut cpu_full, mut calls) = (
         Series::default(),
         Series::default(),
@@ -279,12 +280,18 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
         drain.push(drained_after.as_secs_f64());
         cpu_window.push((cpu_end - cpu0).as_secs_f64() * 1e6 / stats.ops.max(1) as f64);
         cpu_full.push((cpu_drained - cpu0).as_secs_f64() * 1e6 / jobs.max(1) as f64);
+        drop(p);
+        let (stats, cpu) = submit_path_alone(body)?;
+        alone.push(&stats);
+        cpu_alone.push(cpu);
     }
     let s = "1 submit";
+    f.error_note("1 (workers drained)", &alone);
     f.error_note("1 (direct)", &direct);
     f.error_note("1", &pool);
     let e = pool.errors + direct.errors;
     let direct_throughput = direct.throughput.0.clone();
+    let direct_p50 = direct.p50.0.clone();
     f.rows.extend([
         Row::pool(s, "throughput", "jobs/s", pool.throughput.0)
             .direct(direct.throughput.0)
@@ -300,6 +307,22 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
         Row::pool(s, "latency max", "ms", pool.max.0)
             .direct(direct.max.0)
             .errors(e),
+        Row::pool(
+            s,
+            "throughput, submit path alone (workers drained)",
+            "jobs/s",
+            alone.throughput.0,
+        )
+        .direct(direct_throughput.clone())
+        .errors(alone.errors),
+        Row::pool(
+            s,
+            "latency p50, submit path alone (workers drained)",
+            "ms",
+            alone.p50.0,
+        )
+        .direct(direct_p50)
+        .errors(alone.errors),
         Row::pool(s, "reached a worker by the window's end", "%", reached.0).errors(e),
         Row::pool(s, "queue drained after the window in", "s", drain.0).errors(e),
         Row::pool(
@@ -326,8 +349,42 @@ pub fn submit_only(body: &JobBody, f: &mut Findings) -> Result<Vec<f64>, String>
             cpu_window.0,
         )
         .errors(e),
+        Row::pool(
+            "7 cpu",
+            "CPU per submit, submit path alone (workers drained)",
+            "us",
+            cpu_alone.0,
+        )
+        .errors(alone.errors),
     ]);
     Ok(direct_throughput)
+}
+
+/// Scenario 1's submits with every worker drained (`POST /workers/{id}/drain`) once healthy:
+/// nothing is dispatched, so the window measures the submit path alone (the answer, the upload,
+/// the job store's commit) without the dispatches and collections that share the cores in the
+/// full run. Returns the window's figures and the coordinator's CPU per submit.
+fn submit_path_alone(body: &JobBody) -> Result<(RunStats, f64), String> {
+    let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+    let agent = load::agent();
+    for w in &p.workers {
+        let id = w.worker_id().replace('+', "-").replace('/', "_");
+        agent
+            .post(&p.coord.url(&format!("/workers/{id}/drain")))
+            .call()
+            .map_err(|e| format!("drain {id}: {e}"))?;
+    }
+    let url = p.coord.url("/submit");
+    let mut cpu0 = Duration::ZERO;
+    let stats = closed_loop(
+        CLIENTS,
+        WARMUP,
+        WINDOW,
+        || cpu0 = p.coord.cpu(),
+        |i| submit_op(body, &url, i, "pool-"),
+    );
+    let cpu = (p.coord.cpu() - cpu0).as_secs_f64() * 1e6 / stats.ops.max(1) as f64;
+    Ok((stats, cpu))
 }
 
 /// Jobs the CPU floor is measured over, per run.
