@@ -306,7 +306,7 @@ fn main() -> ExitCode {
         println!("note: {note}");
     }
     println!(
-        "scenario notes: 1 compares with one fake worker's /submit (its submit path alone: every worker drained, nothing dispatched); 2 polls /status every {:?} \
+        "scenario notes: 1 compares with one fake worker's /submit, and runs again with every worker drained (nothing dispatched: the submit path alone); 2 polls /status every {:?} \
          then downloads result.txt; 3 paces each client {:?} after each submit (free capacity) and \
          times the worker's receipt from the client's answer; 4 blocks one of 3 workers (every \
          request but /health held for 10 s) while 63 existing jobs are polled; 6 compares with \
