@@ -1318,7 +1318,18 @@ pub fn stalled_clients(body: &JobBody, f: &mut Findings) -> Result<(), String> {
     let content_type = body.content_type();
     let setup = load::agent();
     for _ in 0..RUNS {
-        let p = start_pool(3, ROOMY, &["--track-interval", TRACK_INTERVAL])?;
+        // The 48 jobs polled must outlive the submit windows: a window can finish more than
+        // the default 10,000 jobs, and retention would then forget the oldest (404s).
+        let p = start_pool(
+            3,
+            ROOMY,
+            &[
+                "--track-interval",
+                TRACK_INTERVAL,
+                "--retain-jobs",
+                "1000000",
+            ],
+        )?;
         let submit_url = p.coord.url("/submit");
         let ids = (0..48)
             .map(|n| {

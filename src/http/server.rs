@@ -6,9 +6,10 @@
 //! chunked body (an upload) can keep its reader for as long as its client dawdles (up to
 //! `--client-timeout` per silence), so uploads are read on upload threads, never on a handler,
 //! at most `--max-uploads` at once (503 beyond): stalled uploads cannot take the handlers that
-//! short requests need. A request whose body already arrived (a small submit) is served on a
-//! handler while at most half of them serve one, else on an upload thread: a submit waits for
-//! its job's commit, and more submits waiting together make bigger group commits.
+//! short requests need. A request whose body already arrived (a small submit) is served on its
+//! connection's own thread, which has nothing else to do until it is answered: no hand-over to
+//! another thread, and a submit waiting for its job's commit holds no handler (more submits
+//! waiting together make bigger group commits).
 
 use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
@@ -234,43 +235,26 @@ impl Drop for Slot {
     }
 }
 
-/// The uploads being read, and the threads that serve requests with a body.
+/// The uploads being read, on upload threads.
 struct Uploads {
     /// Uploads being read from their clients, at most `max`.
     active: Arc<AtomicUsize>,
     max: usize,
-    /// Requests with an arrived body served on handler threads, at most `max_on_handlers`.
-    on_handlers: Arc<AtomicUsize>,
-    max_on_handlers: usize,
-    /// Requests with an arrived body served on upload threads, at most `max`.
-    spilled: Arc<AtomicUsize>,
     threads: ThreadCache,
 }
 
 impl Uploads {
-    fn new(max: usize, handlers: usize) -> Self {
+    fn new(max: usize) -> Self {
         Uploads {
             active: Arc::new(AtomicUsize::new(0)),
             max,
-            on_handlers: Arc::new(AtomicUsize::new(0)),
-            max_on_handlers: handlers / 2,
-            spilled: Arc::new(AtomicUsize::new(0)),
             threads: ThreadCache::new("upload", UPLOAD_STACK),
         }
     }
 
-    /// Serves a request with a body: one whose body arrived here or on an upload thread; an
-    /// upload still to be read on an upload thread, or 503 when too many are read.
+    /// Serves a request whose body is still to be read: on an upload thread, or 503 when too
+    /// many are read.
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
-        if !streams_body(&request) {
-            if let Some(_here) = Slot::take(&self.on_handlers, self.max_on_handlers) {
-                return serve_one(ctx, handler, None, request);
-            }
-            match Slot::take(&self.spilled, self.max) {
-                Some(slot) => return self.run(ctx, handler, request, slot),
-                None => return serve_one(ctx, handler, None, request),
-            }
-        }
         let Some(slot) = Slot::take(&self.active, self.max) else {
             request.close_after_response();
             let reply = Reply::WithHeaders(
@@ -311,7 +295,15 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
             None
         }
     };
-    let uploads = Arc::new(Uploads::new(ctx.config.max_uploads, threads));
+    let uploads = Arc::new(Uploads::new(ctx.config.max_uploads));
+    let inline_ctx = Arc::clone(&ctx);
+    server.serve_inline(Box::new(move |request| {
+        if !has_body(&request) || streams_body(&request) {
+            return Some(request);
+        }
+        serve_one(&inline_ctx, handler, None, request);
+        None
+    }));
     let handlers: Vec<_> = (0..threads)
         .filter_map(|i| {
             let ctx = Arc::clone(&ctx);
@@ -322,7 +314,9 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
                 .name(format!("http-{i}"))
                 .spawn(move || loop {
                     match server.recv() {
-                        Ok(request) if has_body(&request) => uploads.serve(&ctx, handler, request),
+                        Ok(request) if streams_body(&request) => {
+                            uploads.serve(&ctx, handler, request)
+                        }
                         Ok(request) => serve_one(&ctx, handler, waiting.as_deref(), request),
                         Err(e) => {
                             log::error!("The HTTP server stopped accepting: {e}");

@@ -101,7 +101,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -139,7 +139,15 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // Patched: serves requests on their connection's thread (see `serve_inline`).
+    inline: Arc<OnceLock<InlineHandler>>,
 }
+
+/// Patched: a function the connection's own thread calls with each request it read, before
+/// the request is queued for `recv()`. It serves the request (and returns `None`) or gives it
+/// back to be queued.
+pub type InlineHandler = Box<dyn Fn(Request) -> Option<Request> + Send + Sync>;
 
 enum Message {
     Error(IoError),
@@ -307,6 +315,8 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inline: Arc<OnceLock<InlineHandler>> = Arc::new(OnceLock::new());
+        let inside_inline = Arc::clone(&inline);
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
@@ -365,21 +375,36 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let inline = Arc::clone(&inside_inline);
                         let mut client = Some(client);
                         let mut counted = Some(LiveConnection::new(&live));
                         tasks_pool.spawn(Box::new(move || {
                             let _counted = counted.take();
+                            // Patched: a request the inline handler serves is not queued.
+                            let queue = |rq: Request| {
+                                let rq = match inline.get() {
+                                    Some(serve) => serve(rq),
+                                    None => Some(rq),
+                                };
+                                if let Some(rq) = rq {
+                                    messages.push(rq.into());
+                                }
+                            };
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
+                                        queue(rq.with_notify_sender(sender.clone()));
+                                        // Patched: no unwrap (the request sends when answered
+                                        // or dropped; a closed channel ends the connection).
+                                        if receiver.recv().is_err() {
+                                            break;
+                                        }
                                     }
                                 } else {
                                     for rq in client {
-                                        messages.push(rq.into());
+                                        queue(rq);
                                     }
                                 }
                             }
@@ -401,7 +426,15 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            inline,
         })
+    }
+
+    /// Patched: has every connection's own thread call `handler` with each request it read,
+    /// before queueing it for `recv()`: a request the handler serves skips the hand-over to
+    /// another thread. Set once; a later call changes nothing and returns false.
+    pub fn serve_inline(&self, handler: InlineHandler) -> bool {
+        self.inline.set(handler).is_ok()
     }
 
     /// Returns an iterator for all the incoming requests.
