@@ -806,7 +806,9 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
         poll_until(DEADLINE, || {
             let (_, pool) = get_json(&coordinator.url("/pool"));
             let wal = fs::metadata(state.join("jobs.db-wal")).map_or(0, |m| m.len());
-            (pool["store"]["rows"].as_u64() <= Some(200) && wal == 0 && busy_threads(pid) == 0)
+            (pool["store"]["rows"].as_u64() <= Some(200)
+                && wal == 0
+                && busy_threads(&coordinator) == 0)
                 .then_some(())
         })
         .unwrap_or_else(|| panic!("the pool did not settle"));
@@ -829,14 +831,13 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
 
 /// Threads of the coordinator that come and go with the load: dispatch, stream, upload and
 /// tracker threads.
-fn busy_threads(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+fn busy_threads(coordinator: &Coordinator) -> usize {
+    coordinator.thread_names().map_or(0, |names| {
+        names
+            .iter()
             .filter(|name| {
-                let name = name.trim_end();
-                ["dispatch", "stream", "upload"].contains(&name) || name.starts_with("tracker")
+                ["dispatch", "stream", "upload"].contains(&name.as_str())
+                    || name.starts_with("tracker")
             })
             .count()
     })

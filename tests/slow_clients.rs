@@ -128,15 +128,6 @@ fn small_bodies_arrive_with_their_headers_and_take_no_handler_nor_upload_slot() 
     drop(held);
 }
 
-/// The names of the coordinator's threads (`/proc/PID/task/*/comm`).
-fn thread_names(coordinator: &Coordinator) -> Vec<String> {
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", coordinator.pid())).expect("tasks");
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .collect()
-}
-
 #[test]
 fn a_submit_whose_body_arrived_is_served_on_its_connection_thread() {
     let worker = FakeWorker::start();
@@ -157,12 +148,12 @@ fn a_submit_whose_body_arrived_is_served_on_its_connection_thread() {
         let statuses = client.join().expect("client thread");
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
-    let names = thread_names(&coordinator);
+    let names = coordinator.thread_names().expect("thread names");
     assert!(!names.iter().any(|n| n == "upload"), "{names:?}");
     // A body over 16 KiB is still read on an upload thread (idle ones stay for 10 s).
     let large = small_job().file("data.bin", "application/octet-stream", &[b'u'; 100_000]);
     assert_eq!(post_multipart(&coordinator.url("/submit"), &large).0, 200);
-    let names = thread_names(&coordinator);
+    let names = coordinator.thread_names().expect("thread names");
     assert!(names.iter().any(|n| n == "upload"), "{names:?}");
 }
 

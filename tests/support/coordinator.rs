@@ -205,6 +205,17 @@ impl Coordinator {
         line.trim().parse().ok()
     }
 
+    /// Its threads' names (`/proc/PID/task/*/comm`), when readable.
+    pub fn thread_names(&self) -> Option<Vec<String>> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        Some(
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim_end().to_string())
+                .collect(),
+        )
+    }
+
     /// The directory holding workers.json and state/.
     pub fn dir(&self) -> &Path {
         &self.dir
