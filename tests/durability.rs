@@ -1085,11 +1085,18 @@ fn a_second_signal_exits_at_once() {
         (!job_status(&coordinator, &first)["remote_job_id"].is_null()).then_some(())
     })
     .unwrap_or_else(|| panic!("the first job never reached the worker"));
+    // The worker now holds every submit unanswered: the second job's dispatch stays in flight
+    // until the signals, so the graceful shutdown has something to wait for.
+    worker.set(|k| k.hang_submit = true);
     let second = submit(&coordinator, &job("second signal second"));
     poll_until(DEADLINE, || {
-        (job_status(&coordinator, &second)["pool_status"] == "dispatched").then_some(())
+        let status = job_status(&coordinator, &second);
+        let in_flight = status["pool_status"] == "dispatched"
+            && status["remote_job_id"].is_null()
+            && worker.recording().count("POST", "submit") == 2;
+        in_flight.then_some(())
     })
-    .unwrap_or_else(|| panic!("the second job was not dispatched"));
+    .unwrap_or_else(|| panic!("the second job's dispatch never reached the worker"));
     let pid = coordinator.pid().to_string();
     let kill = |sig: &str| {
         std::process::Command::new("kill")
