@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::lifecycle::submit;
-use support::{get_json, post_multipart, Coordinator, FakeWorker, Form};
+use support::{get, get_json, post_multipart, Coordinator, FakeWorker, Form};
 
 /// What "answers at once" allows on a loaded 2-core machine.
 const AT_ONCE: Duration = Duration::from_secs(5);
@@ -155,6 +155,35 @@ fn a_submit_whose_body_arrived_is_served_on_its_connection_thread() {
     assert_eq!(post_multipart(&coordinator.url("/submit"), &large).0, 200);
     let names = coordinator.thread_names().expect("thread names");
     assert!(names.iter().any(|n| n == "upload"), "{names:?}");
+}
+
+#[test]
+fn a_status_poll_is_served_on_its_connection_thread() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--threads", "2"]);
+    let id = submit(&coordinator, &small_job());
+    let handler_wakeups = || coordinator.thread_wakeups("http-").expect("thread wakeups");
+    // A handler sleeps until a request is handed to it: every request it serves wakes it.
+    let before = handler_wakeups();
+    for _ in 0..200 {
+        assert_eq!(get(&coordinator.url(&format!("/status/{id}"))).0, 200);
+        assert_eq!(get(&coordinator.url("/health")).0, 200);
+    }
+    let polls = handler_wakeups() - before;
+    let before = handler_wakeups();
+    for _ in 0..200 {
+        assert_eq!(get(&coordinator.url("/pool")).0, 200);
+    }
+    let handed = handler_wakeups() - before;
+    assert!(
+        polls < 20,
+        "400 polls woke the handlers {polls} times (200 /pool requests: {handed})"
+    );
+    // The count sees requests served by handlers.
+    assert!(
+        handed >= 100,
+        "200 /pool requests woke the handlers {handed} times"
+    );
 }
 
 #[test]

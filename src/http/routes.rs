@@ -91,6 +91,23 @@ fn match_route(path: &str) -> Option<Route<'_>> {
     }
 }
 
+/// Whether `request` is answered at once from the table or the job store, never waiting on a
+/// worker, a client or a job: `GET /health`, and `GET /status/{id}` without `?wait=`. Such
+/// requests are served on their connection's own thread (`http/server.rs`), without a hand-over
+/// to a handler thread.
+pub fn is_quick(request: &Request) -> bool {
+    if *request.method() != Method::Get {
+        return false;
+    }
+    let url = request.url();
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    match match_route(path) {
+        Some(Route::Health) => true,
+        Some(Route::Status(_)) => query_param(url, "wait").is_none(),
+        _ => false,
+    }
+}
+
 /// Answers one request.
 pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let url = request.url().to_string();

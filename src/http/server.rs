@@ -141,6 +141,11 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
 /// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
+/// Whether a request without a body is answered at once, never waiting on a worker or a client
+/// ([`crate::http::routes::is_quick`] in the coordinator): such a request is served on its
+/// connection's own thread, like one whose body arrived.
+pub type QuickTest = fn(&Request) -> bool;
+
 /// Writes `reply` to `request`, with the CORS headers its origin gets.
 fn respond(ctx: &Context, request: Request, reply: Reply) {
     let allowed = cors::headers(&ctx.config.cors_origins, cors::origin(&request));
@@ -287,7 +292,15 @@ impl Uploads {
 }
 
 /// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
-pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Handler) {
+/// A request whose body arrived with its headers, or a quick one (`quick`), is served on its
+/// connection's own thread instead.
+pub fn run(
+    ctx: Arc<Context>,
+    server: Arc<Server>,
+    threads: usize,
+    handler: Handler,
+    quick: QuickTest,
+) {
     let waiting = match Waiting::start(Arc::clone(&ctx), respond) {
         Ok(waiting) => Some(Arc::new(waiting)),
         Err(e) => {
@@ -298,7 +311,8 @@ pub fn run(ctx: Arc<Context>, server: Arc<Server>, threads: usize, handler: Hand
     let uploads = Arc::new(Uploads::new(ctx.config.max_uploads));
     let inline_ctx = Arc::clone(&ctx);
     server.serve_inline(Box::new(move |request| {
-        if !has_body(&request) || streams_body(&request) {
+        let arrived = has_body(&request) && !streams_body(&request);
+        if !arrived && (has_body(&request) || !quick(&request)) {
             return Some(request);
         }
         serve_one(&inline_ctx, handler, None, request);
@@ -372,7 +386,7 @@ mod tests {
         let addr = server.server_addr().to_ip().expect("ip address");
         let ctx = Arc::new(ctx);
         ctx.attach();
-        thread::spawn(move || run(ctx, server, 2, panicky));
+        thread::spawn(move || run(ctx, server, 2, panicky, |_| false));
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(10))
             .build();

@@ -231,7 +231,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             .spawn(move || check_store_late(check))
             .map_err(ServeError::Thread)?;
     }
-    server::run(ctx, server, threads, routes::route);
+    server::run(ctx, server, threads, routes::route, routes::is_quick);
     Ok(())
 }
 

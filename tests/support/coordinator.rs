@@ -216,6 +216,31 @@ impl Coordinator {
         )
     }
 
+    /// How often its threads whose names start with `prefix` went to sleep and were woken
+    /// (the sum of their `voluntary_ctxt_switches` in `/proc/PID/task/*/status`), when
+    /// readable.
+    pub fn thread_wakeups(&self, prefix: &str) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        let mut total = 0;
+        for task in tasks {
+            let path = task.ok()?.path();
+            let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+                continue;
+            };
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())?;
+        }
+        Some(total)
+    }
+
     /// The directory holding workers.json and state/.
     pub fn dir(&self) -> &Path {
         &self.dir
