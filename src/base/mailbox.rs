@@ -23,6 +23,9 @@ pub enum Empty {
 struct Slots<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// Receivers asleep on the condition variable: a send or close wakes someone only when
+    /// there is someone to wake (each wake is a system call).
+    sleepers: usize,
 }
 
 /// A queue with any number of senders and receivers; receivers sleep while it is empty.
@@ -37,6 +40,7 @@ impl<T> Default for Mailbox<T> {
             slots: Mutex::new(Slots {
                 items: VecDeque::new(),
                 closed: false,
+                sleepers: 0,
             }),
             ready: Condvar::new(),
         }
@@ -51,16 +55,32 @@ impl<T> Mailbox<T> {
             return false;
         }
         slots.items.push_back(item);
+        let wake = slots.sleepers > 0;
         drop(slots);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         true
     }
 
     /// Closes the mailbox: sends fail from now on, and receivers get [`Empty::Closed`] once
     /// they took what was sent before.
     pub fn close(&self) {
-        lock(&self.slots).closed = true;
-        self.ready.notify_all();
+        self.close_after(None);
+    }
+
+    /// Queues `item` (unless closed) and closes the mailbox, waking its receivers once.
+    fn close_after(&self, item: Option<T>) {
+        let mut slots = lock(&self.slots);
+        if !slots.closed {
+            slots.items.extend(item);
+        }
+        slots.closed = true;
+        let wake = slots.sleepers > 0;
+        drop(slots);
+        if wake {
+            self.ready.notify_all();
+        }
     }
 
     /// Takes the oldest item, waiting for one until it is closed.
@@ -82,46 +102,55 @@ impl<T> Mailbox<T> {
             if slots.closed {
                 return Err(Empty::Closed);
             }
-            slots = match deadline {
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return Err(Empty::Timeout),
+                    left => Some(left),
+                },
+            };
+            slots.sleepers += 1;
+            slots = match left {
                 None => self
                     .ready
                     .wait(slots)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Empty::Timeout);
-                    }
+                Some(left) => {
                     self.ready
                         .wait_timeout(slots, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
             };
+            slots.sleepers -= 1;
         }
     }
 }
 
 /// The sending half of a one-answer mailbox: dropping it unanswered closes the mailbox, so
 /// the receiver learns that no answer will come.
-pub struct Answer<T>(Arc<Mailbox<T>>);
+pub struct Answer<T>(Option<Arc<Mailbox<T>>>);
 
 impl<T> Answer<T> {
     /// A mailbox for one answer: its sending half and its receiving half.
     pub fn pair() -> (Answer<T>, Arc<Mailbox<T>>) {
         let mailbox = Arc::new(Mailbox::default());
-        (Answer(Arc::clone(&mailbox)), mailbox)
+        (Answer(Some(Arc::clone(&mailbox))), mailbox)
     }
 
-    /// Delivers the answer.
-    pub fn send(self, answer: T) {
-        self.0.send(answer);
+    /// Delivers the answer and closes the mailbox (one wake-up of the receiver).
+    pub fn send(mut self, answer: T) {
+        if let Some(mailbox) = self.0.take() {
+            mailbox.close_after(Some(answer));
+        }
     }
 }
 
 impl<T> Drop for Answer<T> {
     fn drop(&mut self) {
-        self.0.close();
+        if let Some(mailbox) = self.0.take() {
+            mailbox.close();
+        }
     }
 }
 
@@ -167,5 +196,40 @@ mod tests {
         let (answer, unanswered) = Answer::<u8>::pair();
         drop(answer);
         assert_eq!(unanswered.recv(), Err(Empty::Closed));
+    }
+
+    /// Waits until `n` receivers sleep on `mailbox`.
+    fn until_asleep<T>(mailbox: &Mailbox<T>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&mailbox.slots).sleepers < n {
+            assert!(Instant::now() < deadline, "the receivers never slept");
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn sleeping_receivers_are_woken_by_an_answer_and_by_a_close() {
+        let (answer, answered) = Answer::<u8>::pair();
+        let waiter = {
+            let answered = Arc::clone(&answered);
+            thread::spawn(move || answered.recv())
+        };
+        until_asleep(&answered, 1);
+        answer.send(9);
+        assert_eq!(waiter.join().ok(), Some(Ok(9)));
+        assert_eq!(answered.recv(), Err(Empty::Closed));
+
+        let mailbox: Arc<Mailbox<u8>> = Arc::default();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let mailbox = Arc::clone(&mailbox);
+                thread::spawn(move || mailbox.recv())
+            })
+            .collect();
+        until_asleep(&mailbox, 4);
+        mailbox.close();
+        for waiter in waiters {
+            assert_eq!(waiter.join().ok(), Some(Err(Empty::Closed)));
+        }
     }
 }

@@ -311,8 +311,12 @@ pub fn run(
     let uploads = Arc::new(Uploads::new(ctx.config.max_uploads));
     let inline_ctx = Arc::clone(&ctx);
     server.serve_inline(Box::new(move |request| {
-        let arrived = has_body(&request) && !streams_body(&request);
-        if !arrived && (has_body(&request) || !quick(&request)) {
+        let here = if has_body(&request) {
+            !streams_body(&request)
+        } else {
+            quick(&request)
+        };
+        if !here {
             return Some(request);
         }
         serve_one(&inline_ctx, handler, None, request);

@@ -74,15 +74,17 @@ pub fn handoff<T>(max: usize) -> (HandoffSender<T>, HandoffReceiver<T>) {
 
 impl<T> HandoffSender<T> {
     /// Queues `item`, to be taken at the latest `within` from now (zero: urgent); wakes the
-    /// writer when it is urgent, when the writer sleeps past the item's time, or when a full
-    /// batch waits. Gives the item back when the writer is gone.
+    /// writer, when it sleeps, if the item is urgent, if the writer would sleep past the item's
+    /// time, or if a full batch waits. Gives the item back when the writer is gone.
     pub fn send(&self, item: T, within: Duration) -> Result<(), T> {
         let mut q = lock(&self.0.queue);
         if q.receiver_gone {
             return Err(item);
         }
         q.items.push_back(item);
-        let wake = if within.is_zero() {
+        // A writer that is not asleep looks at the queue before it sleeps again: only a
+        // sleeping one is woken (each wake is a system call).
+        let now = if within.is_zero() {
             q.urgent = q.items.len();
             true
         } else {
@@ -91,6 +93,7 @@ impl<T> HandoffSender<T> {
             q.due = Some(due);
             q.items.len() >= self.0.max || q.sleeping_until.is_some_and(|until| until > due)
         };
+        let wake = now && q.sleeping_until.is_some();
         drop(q);
         if wake {
             self.0.ready.notify_one();
