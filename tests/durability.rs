@@ -800,7 +800,6 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
     let coordinator =
         Coordinator::try_start_in_env(dir.path(), &args, &env).unwrap_or_else(|e| panic!("{e}"));
     wait_healthy(&coordinator, &[&workers[0], &workers[1]], DEADLINE);
-    let pid = coordinator.pid();
     let state = dir.path().join("state");
     let settle = || {
         poll_until(DEADLINE, || {
@@ -812,7 +811,10 @@ fn memory_and_disk_stay_flat_over_a_run_of_fast_jobs() {
                 .then_some(())
         })
         .unwrap_or_else(|| panic!("the pool did not settle"));
-        (status_kib(pid, "RssAnon:"), dir_bytes(&state))
+        (
+            coordinator.status_number("RssAnon").unwrap_or(0),
+            dir_bytes(&state),
+        )
     };
     run_jobs_paced(&coordinator, 1500, 1500, "flat a", true);
     let (rss_first, disk_first) = settle();
@@ -841,16 +843,6 @@ fn busy_threads(coordinator: &Coordinator) -> usize {
             })
             .count()
     })
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// 2,000 queued jobs whose small uploads the job store holds (a first run with a large
@@ -890,12 +882,14 @@ fn recovered_uploads_stay_within_the_upload_memory_limit() {
     let (_, pool) = get_json(&first.url("/pool"));
     assert_eq!(pool["spool"]["uploads_in_memory"], JOBS, "{pool}");
     let held_mib = pool["spool"]["upload_memory_bytes"].as_u64().unwrap_or(0) >> 20;
-    let rss_first = status_kib(first.pid(), "VmRSS:");
+    let rss_first = first.status_number("VmRSS").unwrap_or(0);
     first.kill();
     let args = [FAST.as_slice(), &["--upload-memory-bytes", "1048576"]].concat();
     let restarted = Coordinator::start_in(dir.path(), &args);
-    let pid = restarted.pid();
-    let (peak, rss) = (status_kib(pid, "VmHWM:"), status_kib(pid, "VmRSS:"));
+    let (peak, rss) = (
+        restarted.status_number("VmHWM").unwrap_or(0),
+        restarted.status_number("VmRSS").unwrap_or(0),
+    );
     let (_, pool) = get_json(&restarted.url("/pool"));
     eprintln!(
         "{JOBS} queued uploads ({held_mib} MiB held before the kill, RSS {rss_first} KiB) recovered: peak RSS {peak} KiB, RSS {rss} KiB; spool {}",

@@ -84,7 +84,7 @@ impl<T> HandoffSender<T> {
         q.items.push_back(item);
         // A writer that is not asleep looks at the queue before it sleeps again: only a
         // sleeping one is woken (each wake is a system call).
-        let now = if within.is_zero() {
+        let take_now = if within.is_zero() {
             q.urgent = q.items.len();
             true
         } else {
@@ -93,7 +93,7 @@ impl<T> HandoffSender<T> {
             q.due = Some(due);
             q.items.len() >= self.0.max || q.sleeping_until.is_some_and(|until| until > due)
         };
-        let wake = now && q.sleeping_until.is_some();
+        let wake = take_now && q.sleeping_until.is_some();
         drop(q);
         if wake {
             self.0.ready.notify_one();

@@ -198,45 +198,51 @@ impl Coordinator {
         self.child.id()
     }
 
+    /// The number after `field:` in its `/proc/PID/status` (`Threads`; `VmRSS` in KiB), when
+    /// readable.
+    pub fn status_number(&self, field: &str) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status_number(&status, field)
+    }
+
     /// Its thread count (`Threads:` of `/proc/PID/status`), when readable.
     pub fn threads(&self) -> Option<usize> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find_map(|l| l.strip_prefix("Threads:"))?;
-        line.trim().parse().ok()
+        usize::try_from(self.status_number("Threads")?).ok()
+    }
+
+    /// Its threads: the name (`comm`) and `/proc/PID/task/TID` directory of each one whose
+    /// name could be read (a thread may end meanwhile), when the task list is readable.
+    fn tasks(&self) -> Option<Vec<(String, PathBuf)>> {
+        let tasks = fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        Some(
+            tasks
+                .filter_map(|task| {
+                    let path = task.ok()?.path();
+                    let name = fs::read_to_string(path.join("comm")).ok()?;
+                    Some((name.trim_end().to_string(), path))
+                })
+                .collect(),
+        )
     }
 
     /// Its threads' names (`/proc/PID/task/*/comm`), when readable.
     pub fn thread_names(&self) -> Option<Vec<String>> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
-        Some(
-            tasks
-                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-                .map(|name| name.trim_end().to_string())
-                .collect(),
-        )
+        Some(self.tasks()?.into_iter().map(|(name, _)| name).collect())
     }
 
     /// How often its threads whose names start with `prefix` went to sleep and were woken
     /// (the sum of their `voluntary_ctxt_switches` in `/proc/PID/task/*/status`), when
     /// readable.
     pub fn thread_wakeups(&self, prefix: &str) -> Option<u64> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
         let mut total = 0;
-        for task in tasks {
-            let path = task.ok()?.path();
-            let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
-                continue;
-            };
+        for (name, path) in self.tasks()? {
             if !name.starts_with(prefix) {
                 continue;
             }
-            let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            let Ok(status) = fs::read_to_string(path.join("status")) else {
                 continue;
             };
-            total += status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())?;
+            total += status_number(&status, "voluntary_ctxt_switches")?;
         }
         Some(total)
     }
@@ -292,4 +298,12 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The number after `name:` in the text of a `/proc` status file (before any unit).
+fn status_number(status: &str, name: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    line.split_whitespace().next()?.parse().ok()
 }
