@@ -1,8 +1,9 @@
 //! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
 use crate::base::addresses;
-use crate::base::api_keys::{self, hash_key, hex, is_valid_name, MAX_NAME_LEN};
+use crate::base::api_keys::{self, hash_key, is_valid_name, MAX_NAME_LEN};
 use crate::base::config::{FsyncMode, ServeConfig};
+use crate::base::hex::hex;
 use crate::base::tls::WorkerTls;
 use crate::serve;
 use crate::worker::identity::{short_id, worker_id_from_key_file};

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use trusted_pool::base::api_keys;
 use trusted_pool::base::config::{FsyncMode, ServeConfig};
+use trusted_pool::base::hex;
 use trusted_pool::base::job::Span;
 use trusted_pool::base::paths::{encode_path, percent_decode, safe_relative_path};
 use trusted_pool::http::auth::Caller;
@@ -135,9 +136,7 @@ fn random_key_value(rng: &mut Rng) -> Value {
         2 => json!(rng.next() as i64),
         3 => json!(-(rng.below(5) as i64)),
         4 => json!(rng.below(4) as f64 + 0.5),
-        5 => json!(api_keys::hex(&api_keys::hash_key(
-            &rng.next().to_le_bytes()
-        ))),
+        5 => json!(hex::hex(&api_keys::hash_key(&rng.next().to_le_bytes()))),
         6 => json!(*rng.pick(&["submit", "admin", "ADMIN", "", "a b", "é", &long_name])),
         7 => json!([rng.below(3)]),
         _ => json!({"k": rng.below(3)}),
@@ -175,7 +174,7 @@ fn mutate_key_entries(rng: &mut Rng, input: &mut Vec<u8>) {
 
 #[test]
 fn mutated_key_files_parse_or_are_refused_with_a_message() {
-    let entry = |name: &str, key: &str, role: &str| json!({"name": name, "key_sha256": api_keys::hex(&api_keys::hash_key(key.as_bytes())), "role": role});
+    let entry = |name: &str, key: &str, role: &str| json!({"name": name, "key_sha256": hex::hex(&api_keys::hash_key(key.as_bytes())), "role": role});
     let bob = json!({"name": "bob", "role": "submit", "max_queued_jobs": 3,
         "key_sha256": "00000000000000000000000000000000000000000000000000000000000000AA"});
     let seed = json!([

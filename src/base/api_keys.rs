@@ -72,11 +72,6 @@ pub fn hash_key(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
-/// Lowercase hex of a hash.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
@@ -255,6 +250,7 @@ impl LiveKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::hex::hex;
 
     fn entry(name: &str, key: &str, role: &str) -> String {
         format!(

@@ -1,6 +1,6 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
 //! locking, a sleeping queue between threads, the reusable thread cache, the process's own
-//! figures, giving free heap pages back, and TLS settings from PEM files.
+//! figures, giving free heap pages back, hex digits, and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod file_kinds;
 pub mod heap;
+pub mod hex;
 pub mod job;
 pub mod json_list;
 pub mod mailbox;

@@ -2,6 +2,7 @@
 //! (from `/download/{remote}/{path}`), then the logs, back to back: in memory for the job's
 //! store row when small (`--row-results-max`), else streamed to disk in a results segment.
 
+use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
@@ -94,10 +95,6 @@ impl<R: Read> Read for Hashing<R> {
         self.sha.update(&buf[..n]);
         Ok(n)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The outputs to collect: the paths a worker status lists, without the unsafe ones.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
@@ -296,16 +297,6 @@ impl Drop for ResultsWriter<'_> {
     }
 }
 
-/// Lower-case hex digits of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
-        .map(char::from)
-        .collect()
-}
-
 /// Removes what an earlier run left in `uploads/` that no recovered job needs (`kept`).
 fn clear_leftover_uploads(dir: &Path, kept: &HashSet<String>) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -356,17 +347,21 @@ impl Spool {
 
     /// 16 random bytes as 32 hex digits.
     pub fn random_hex(&self) -> io::Result<String> {
-        let mut bytes = [0u8; 16];
+        Ok(hex(&self.random_bytes::<16>()?))
+    }
+
+    /// `N` bytes from `/dev/urandom`.
+    fn random_bytes<const N: usize>(&self) -> io::Result<[u8; N]> {
+        let mut bytes = [0u8; N];
         lock(&self.random).read_exact(&mut bytes)?;
-        Ok(hex(&bytes))
+        Ok(bytes)
     }
 
     /// A fresh job id: `pool-`, the time in milliseconds (12 hex digits), then 80 random bits
     /// (20 hex digits). Ids made later sort later, so the store's id index grows at its end,
     /// where the jobs of one commit share pages, instead of touching a page per job.
     pub fn new_job_id(&self) -> io::Result<String> {
-        let mut random = [0u8; 10];
-        lock(&self.random).read_exact(&mut random)?;
+        let random = self.random_bytes::<10>()?;
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())

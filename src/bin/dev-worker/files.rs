@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::text::hex;
+use trusted_pool::base::hex::hex;
 
 pub use trusted_pool::base::file_kinds::{file_type, format_size, mime_type};
 

@@ -66,12 +66,3 @@ fn trim_fraction(text: &str) -> &str {
         text
     }
 }
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
-}

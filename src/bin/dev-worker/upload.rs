@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::text::hex;
+use trusted_pool::base::hex::hex;
 
 /// One part of a multipart body.
 #[derive(Clone, Debug)]
