@@ -530,16 +530,17 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 4);
+        assert_eq!(version(&conn), 5);
         conn.execute_batch(
-            "DROP TABLE drains; DROP INDEX jobs_status_submitted; \
+            "DROP TABLE drains; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
+             CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL; \
              PRAGMA user_version = 1;",
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
-    for step in ["version 2", "version 3", "version 4"] {
+    for step in ["version 2", "version 3", "version 4", "version 5"] {
         assert!(
             upgraded
                 .logs()
@@ -561,16 +562,23 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 4);
-    let indexes: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
-             AND name IN ('jobs_status_submitted', 'jobs_unsettled_submitted')",
-            [],
-            |r| r.get(0),
+    assert_eq!(version(&conn), 5);
+    let indexes: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'jobs_%' ORDER BY name",
         )
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(indexes, 2);
+    assert_eq!(
+        indexes,
+        [
+            "jobs_finished",
+            "jobs_owner",
+            "jobs_results_segment",
+            "jobs_settled_status",
+            "jobs_unsettled_submitted"
+        ]
+    );
     let drained: i64 = conn
         .query_row("SELECT count(*) FROM drains", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -39,7 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -78,7 +78,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // Version 4: small collected results are held in the job's row (`results`), committed and
     // synced with its record, instead of in a results segment synced on its own.
     (4, "ALTER TABLE jobs ADD COLUMN results BLOB;"),
+    // Version 5: fewer index entries to change per job. Recovery finds the unsettled rows
+    // through `jobs_unsettled_submitted` (and sorts that bounded set by `seq`), and the
+    // per-status index holds settled rows only (a settled row's status never changes again),
+    // as `GET /jobs` walks the unsettled rows, whatever their status, on their own index.
+    (5, SLIMMER_INDEXES),
 ];
+
+/// The index changes of schema version 5.
+const SLIMMER_INDEXES: &str = "
+DROP INDEX IF EXISTS jobs_unsettled;
+DROP INDEX IF EXISTS jobs_status_submitted;
+CREATE INDEX jobs_settled_status ON jobs(status, submitted_at, id) WHERE finished_at IS NOT NULL;
+";
 
 /// The indexes of schema version 3.
 const LISTING_INDEXES: &str = "
@@ -601,12 +613,24 @@ impl JobStore {
     pub fn held_uploads(&self, mut each: impl FnMut(String, Vec<u8>)) -> Result<(), StoreError> {
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.execute_batch("PRAGMA cache_size = -128")?;
+        // The rows' places first (through the unsettled rows' index), then each upload by its
+        // place in submission order: a sort by `seq` in SQLite would hold every upload at once.
+        let mut seqs = conn
+            .prepare(
+                "SELECT seq FROM jobs INDEXED BY jobs_unsettled_submitted \
+                 WHERE finished_at IS NULL AND status = 'queued' AND upload IS NOT NULL",
+            )?
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
+        seqs.sort_unstable();
         let mut statement = conn.prepare(
-            "SELECT id, upload FROM jobs WHERE finished_at IS NULL AND status = 'queued' \
-             AND upload IS NOT NULL ORDER BY seq",
+            "SELECT id, upload FROM jobs WHERE seq = ?1 AND finished_at IS NULL AND upload IS NOT NULL",
         )?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
+        for seq in seqs {
+            let mut rows = statement.query([seq])?;
+            let Some(row) = rows.next()? else {
+                continue;
+            };
             // A damaged row is passed over (logged): the others' uploads are still read.
             match (text_column(row.get_ref(0)?), row.get_ref(1)?) {
                 (Ok(id), ValueRef::Blob(bytes)) => each(id, bytes.to_vec()),
@@ -622,9 +646,11 @@ impl JobStore {
     }
 }
 
-/// One page of one status, newest first, walking back from a cursor along the index.
-const LIST_BY_STATUS: &str = "SELECT submitted_at, id FROM jobs INDEXED BY jobs_status_submitted \
-     WHERE status = ?1 AND (?2 IS NULL OR owner = ?2) AND (submitted_at, id) < (?3, ?4) \
+/// One page of the settled jobs of one status, newest first, walking back from a cursor along
+/// the index.
+const LIST_BY_STATUS: &str = "SELECT submitted_at, id FROM jobs INDEXED BY jobs_settled_status \
+     WHERE status = ?1 AND finished_at IS NOT NULL AND (?2 IS NULL OR owner = ?2) \
+     AND (submitted_at, id) < (?3, ?4) \
      ORDER BY submitted_at DESC, id DESC LIMIT ?5";
 
 /// One page of the unsettled jobs (whatever their recorded status), newest first.
@@ -633,10 +659,11 @@ const LIST_UNSETTLED: &str =
      WHERE finished_at IS NULL AND (?1 IS NULL OR owner = ?1) AND (submitted_at, id) < (?2, ?3) \
      ORDER BY submitted_at DESC, id DESC LIMIT ?4";
 
-/// The listing's rows (id, record), newest first: one walk back along an index per status
-/// (`jobs_status_submitted`) and one along the unsettled rows (`jobs_unsettled_submitted`,
-/// their status may lag), each stopping after `limit` rows; merged, then the records of the
-/// first `limit` read by id. Never a scan or a sort of the whole table.
+/// The listing's rows (id, record), newest first: one walk back along the settled rows of each
+/// final status asked for (`jobs_settled_status`) and one along the unsettled rows
+/// (`jobs_unsettled_submitted`, whatever their status: it may lag), each stopping after `limit`
+/// rows; merged, then the records of the first `limit` read by id. Never a scan or a sort of
+/// the whole table.
 fn list_on(
     conn: &Connection,
     statuses: Option<&[PoolStatus]>,
@@ -649,7 +676,11 @@ fn list_on(
     let mut found: Vec<(f64, String)> = Vec::new();
     let row = |r: &rusqlite::Row| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?));
     let mut by_status = conn.prepare_cached(LIST_BY_STATUS)?;
-    for status in statuses.unwrap_or(&PoolStatus::ALL) {
+    let settled_statuses = statuses
+        .unwrap_or(&PoolStatus::ALL)
+        .iter()
+        .filter(|s| s.is_final());
+    for status in settled_statuses {
         let rows = by_status.query_map(
             params![status.as_str(), owner, before_at, before_id, limit],
             row,
@@ -835,7 +866,9 @@ fn stored_job(row: &rusqlite::Row<'_>) -> Result<StoredJob, BadRow> {
 /// as it is and logged: recovery goes on with the others, and the job's routes answer 500.
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
     let mut statement =
-        conn.prepare("SELECT id, record FROM jobs WHERE finished_at IS NULL ORDER BY seq")?;
+        conn.prepare(
+        "SELECT id, record FROM jobs INDEXED BY jobs_unsettled_submitted WHERE finished_at IS NULL ORDER BY seq",
+    )?;
     let mut rows = statement.query([]).map_err(|e| corrupt(path, &e))?;
     let mut jobs = Vec::new();
     while let Some(row) = rows.next().map_err(|e| corrupt(path, &e))? {
