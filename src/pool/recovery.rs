@@ -43,13 +43,21 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         jobs.push(job);
     }
     let lost_uploads = ctx.spool.adopt_uploads(uploads);
-    // Small uploads kept in the rows, read one at a time: held within --upload-memory-bytes,
-    // the rest left in their rows, so memory stays bounded however many jobs wait.
-    let read = ctx
-        .store
-        .held_uploads(|id, bytes| ctx.spool.adopt_from_row(&id, bytes));
-    if let Err(e) = read {
-        log::error!("Could not read the uploads the job store holds: {e}");
+    // Small uploads kept in the rows, read one at a time in submission order: held within
+    // --upload-memory-bytes, the rest left in their rows, so memory stays bounded however many
+    // jobs wait. A row that cannot be read is passed over (logged); its job fails below.
+    let in_rows = jobs
+        .iter()
+        .filter(|job| job.status == PoolStatus::Queued && job.upload_at.is_none());
+    for job in in_rows {
+        match ctx.store.row_upload(&job.id) {
+            Ok(Some(bytes)) => ctx.spool.adopt_from_row(&job.id, bytes.to_vec()),
+            Ok(None) => {}
+            Err(e) => log::error!(
+                "Could not read the upload of job {} that the job store holds: {e}",
+                job.id
+            ),
+        }
     }
     let now = unix_now();
     let mut st = ctx.lock();

@@ -254,7 +254,7 @@ enum Op {
 }
 
 /// A job as recovery reads it: unsettled (a small upload kept in its row is read separately,
-/// one at a time, with [`JobStore::held_uploads`]).
+/// one at a time, with [`JobStore::row_upload`]).
 pub struct StoredJob {
     /// The record.
     pub job: Job,
@@ -607,43 +607,6 @@ impl JobStore {
         }
         lock(&self.readers).clear();
     }
-
-    /// Calls `each` with the id and bytes of every small upload the store holds for a queued
-    /// job, in submission order, one row at a time (recovery: never all of them in memory).
-    pub fn held_uploads(&self, mut each: impl FnMut(String, Vec<u8>)) -> Result<(), StoreError> {
-        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.execute_batch("PRAGMA cache_size = -128")?;
-        // The rows' places first (through the unsettled rows' index), then each upload by its
-        // place in submission order: a sort by `seq` in SQLite would hold every upload at once.
-        let mut seqs = conn
-            .prepare(
-                "SELECT seq FROM jobs INDEXED BY jobs_unsettled_submitted \
-                 WHERE finished_at IS NULL AND status = 'queued' AND upload IS NOT NULL",
-            )?
-            .query_map([], |r| r.get::<_, i64>(0))?
-            .collect::<Result<Vec<i64>, _>>()?;
-        seqs.sort_unstable();
-        let mut statement = conn.prepare(
-            "SELECT id, upload FROM jobs WHERE seq = ?1 AND finished_at IS NULL AND upload IS NOT NULL",
-        )?;
-        for seq in seqs {
-            let mut rows = statement.query([seq])?;
-            let Some(row) = rows.next()? else {
-                continue;
-            };
-            // A damaged row is passed over (logged): the others' uploads are still read.
-            match (text_column(row.get_ref(0)?), row.get_ref(1)?) {
-                (Ok(id), ValueRef::Blob(bytes)) => each(id, bytes.to_vec()),
-                (id, upload) => log::error!(
-                    "{}: the held upload of job {:?} cannot be read back (it is {:?})",
-                    self.path.display(),
-                    id.unwrap_or_default(),
-                    upload.data_type()
-                ),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// One page of the settled jobs of one status, newest first, walking back from a cursor along
@@ -865,9 +828,9 @@ fn stored_job(row: &rusqlite::Row<'_>) -> Result<StoredJob, BadRow> {
 /// The unsettled jobs in submission order. A row that cannot be read (damaged on disk) is left
 /// as it is and logged: recovery goes on with the others, and the job's routes answer 500.
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
-    let mut statement =
-        conn.prepare(
-        "SELECT id, record FROM jobs INDEXED BY jobs_unsettled_submitted WHERE finished_at IS NULL ORDER BY seq",
+    let mut statement = conn.prepare(
+        "SELECT id, record FROM jobs INDEXED BY jobs_unsettled_submitted \
+         WHERE finished_at IS NULL ORDER BY seq",
     )?;
     let mut rows = statement.query([]).map_err(|e| corrupt(path, &e))?;
     let mut jobs = Vec::new();
