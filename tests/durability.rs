@@ -507,8 +507,9 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let _ = id;
 }
 
-/// A store of schema version 1 (no `drains` table, no listing indexes) is upgraded in place at
-/// start: its jobs stay, and drains are recorded from then on.
+/// A store of schema version 1 (no `drains` table, no listing indexes, `seq` AUTOINCREMENT) is
+/// upgraded in place at start: its jobs stay, drains are recorded from then on, and new jobs
+/// follow the old ones in `seq` without `sqlite_sequence`.
 #[test]
 fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
@@ -530,17 +531,36 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 5);
+        assert_eq!(version(&conn), 6);
         conn.execute_batch(
             "DROP TABLE drains; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
-             CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL; \
-             PRAGMA user_version = 1;",
+             CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;",
         )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Version 1's `seq` was AUTOINCREMENT, its largest value kept in `sqlite_sequence`.
+        let cookie: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        conn.execute_batch(&format!(
+            "PRAGMA writable_schema = ON; \
+             UPDATE sqlite_master SET sql = replace(sql, 'seq INTEGER PRIMARY KEY,', \
+             'seq INTEGER PRIMARY KEY AUTOINCREMENT,') WHERE type = 'table' AND name = 'jobs'; \
+             PRAGMA schema_version = {}; PRAGMA writable_schema = OFF; \
+             INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', max(seq) FROM jobs; \
+             PRAGMA user_version = 1;",
+            cookie + 1
+        ))
         .unwrap_or_else(|e| panic!("{e}"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
-    for step in ["version 2", "version 3", "version 4", "version 5"] {
+    for step in [
+        "version 2",
+        "version 3",
+        "version 4",
+        "version 5",
+        "version 6",
+    ] {
         assert!(
             upgraded
                 .logs()
@@ -552,6 +572,8 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let status = job_status(&upgraded, &id);
     assert_eq!(status["pool_status"], "completed", "{status}");
     assert_outputs(&upgraded, &id, &status);
+    let after = submit(&upgraded, &job("after the upgrade"));
+    wait_collected(&upgraded, &after, DEADLINE);
     let worker_id = worker.worker_id().replace('+', "%2B").replace('/', "%2F");
     let (code, body) = support::post(
         &upgraded.url(&format!("/workers/{worker_id}/drain")),
@@ -562,7 +584,30 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 5);
+    assert_eq!(version(&conn), 6);
+    let text = |sql: &str| -> String {
+        conn.query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let definition = text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'");
+    assert!(!definition.contains("AUTOINCREMENT"), "{definition}");
+    assert_eq!(text("PRAGMA integrity_check"), "ok");
+    let sequence: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_sequence WHERE name = 'jobs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sequence, 0,
+        "a job inserted after the upgrade wrote sqlite_sequence"
+    );
+    let seq = |id: &str| -> i64 {
+        conn.query_row("SELECT seq FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{id}: {e}"))
+    };
+    assert!(seq(&after) > seq(&id), "submission order lost");
     let indexes: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'jobs_%' ORDER BY name",

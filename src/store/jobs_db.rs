@@ -39,7 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -67,23 +67,61 @@ CREATE INDEX jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
 PRAGMA user_version = 1;
 ";
 
-/// The changes from one schema version to the next: (version reached, SQL), in order. A
+/// One step from a schema version to the next, run inside the transaction that records the
+/// version it reaches.
+type Migration = fn(&Connection) -> rusqlite::Result<()>;
+
+/// The changes from one schema version to the next: (version reached, step), in order. A
 /// store of an older version takes every later step at open, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[
+const MIGRATIONS: &[(i64, Migration)] = &[
     // Version 2: drains made through the API survive a restart.
-    (2, DRAINS_SCHEMA),
+    (2, |c| c.execute_batch(DRAINS_SCHEMA)),
     // Version 3: `GET /jobs` pages newest first through indexes instead of sorting the table:
     // per status by submission time, and the unsettled rows (whose status may lag) likewise.
-    (3, LISTING_INDEXES),
+    (3, |c| c.execute_batch(LISTING_INDEXES)),
     // Version 4: small collected results are held in the job's row (`results`), committed and
     // synced with its record, instead of in a results segment synced on its own.
-    (4, "ALTER TABLE jobs ADD COLUMN results BLOB;"),
+    (4, |c| {
+        c.execute_batch("ALTER TABLE jobs ADD COLUMN results BLOB;")
+    }),
     // Version 5: fewer index entries to change per job. Recovery finds the unsettled rows
     // through `jobs_unsettled_submitted` (and sorts that bounded set by `seq`), and the
     // per-status index holds settled rows only (a settled row's status never changes again),
     // as `GET /jobs` walks the unsettled rows, whatever their status, on their own index.
-    (5, SLIMMER_INDEXES),
+    (5, |c| c.execute_batch(SLIMMER_INDEXES)),
+    // Version 6: `seq` without `AUTOINCREMENT`.
+    (6, plain_seq),
 ];
+
+/// Schema version 6: `seq` loses `AUTOINCREMENT`, whose `sqlite_sequence` row every
+/// transaction that inserts a job rewrote (one more page in the WAL per commit). New rows
+/// still take one more than the largest `seq`, so submission order holds; only the `seq` of
+/// the newest jobs, once all forgotten, may be given again, and nothing refers to a `seq`.
+///
+/// A rowid table is stored the same with and without the keyword, so only the table's
+/// definition changes, in place (SQLite's documented procedure for a schema change that does
+/// not change what is stored: `writable_schema`, then a new `schema_version`). Copying the
+/// table instead would take seconds and twice its size on disk for a large store, and leave
+/// the file that large.
+fn plain_seq(conn: &Connection) -> rusqlite::Result<()> {
+    let cookie: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    let sequence: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sequence > 0 {
+        conn.execute_batch("DELETE FROM sqlite_sequence WHERE name = 'jobs';")?;
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA writable_schema = ON;
+         UPDATE sqlite_master SET sql = replace(sql, 'PRIMARY KEY AUTOINCREMENT', 'PRIMARY KEY')
+             WHERE type = 'table' AND name = 'jobs';
+         PRAGMA schema_version = {};
+         PRAGMA writable_schema = OFF;",
+        cookie + 1
+    ))
+}
 
 /// The index changes of schema version 5.
 const SLIMMER_INDEXES: &str = "
@@ -747,8 +785,10 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
                 .map_err(StoreError::Io)?;
         }
     }
-    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
-        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+    for (to, step) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
+        conn.execute_batch("BEGIN;")?;
+        step(&conn)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT;"))?;
         if version > 0 {
             log::info!(
                 "{}: job store schema upgraded to version {to}",
