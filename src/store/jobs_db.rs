@@ -105,12 +105,12 @@ const MIGRATIONS: &[(i64, Migration)] = &[
 /// the file that large.
 fn plain_seq(conn: &Connection) -> rusqlite::Result<()> {
     let cookie: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-    let sequence: i64 = conn.query_row(
+    let sequence_tables: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
         [],
         |r| r.get(0),
     )?;
-    if sequence > 0 {
+    if sequence_tables > 0 {
         conn.execute_batch("DELETE FROM sqlite_sequence WHERE name = 'jobs';")?;
     }
     conn.execute_batch(&format!(
