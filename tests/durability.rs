@@ -532,6 +532,16 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version(&conn), 6);
+        let definition = |conn: &rusqlite::Connection| -> String {
+            conn.query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // A new store is made at version 6 too.
+        assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
             "DROP TABLE drains; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
@@ -552,6 +562,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
             cookie + 1
         ))
         .unwrap_or_else(|e| panic!("{e}"));
+        assert!(definition(&conn).contains("seq INTEGER PRIMARY KEY AUTOINCREMENT,"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
     for step in [
