@@ -529,17 +529,17 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .unwrap_or_else(|e| panic!("{e}"))
     };
+    let definition = |conn: &rusqlite::Connection| -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version(&conn), 6);
-        let definition = |conn: &rusqlite::Connection| -> String {
-            conn.query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or_else(|e| panic!("{e}"))
-        };
         // A new store is made at version 6 too.
         assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
@@ -596,13 +596,15 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(version(&conn), 6);
-    let text = |sql: &str| -> String {
-        conn.query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    };
-    let definition = text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'");
-    assert!(!definition.contains("AUTOINCREMENT"), "{definition}");
-    assert_eq!(text("PRAGMA integrity_check"), "ok");
+    let upgraded_definition = definition(&conn);
+    assert!(
+        !upgraded_definition.contains("AUTOINCREMENT"),
+        "{upgraded_definition}"
+    );
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(integrity, "ok");
     let sequence: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_sequence WHERE name = 'jobs'",
