@@ -435,6 +435,74 @@ fn outputs_still_download_after_the_worker_deleted_the_job() {
     assert_eq!(pool["jobs_by_status"]["lost"], 0, "{pool}");
 }
 
+/// How long the fake worker takes to answer a download while a small collection is awaited. A
+/// job of [`main_py_job`] has two output files (the fake lists its input too), so its collection
+/// takes twice this: less than the coordinator's wait for a small collection (2 s).
+const SHORT_DOWNLOAD_DELAY: Duration = Duration::from_millis(600);
+
+/// The downloads that collect a job of [`main_py_job`]: its two output files.
+const COLLECTION_DOWNLOADS: usize = 2;
+
+/// Starts a coordinator (with `extra` arguments) and a worker whose downloads take `delay`,
+/// submits a job, and once its status says completed while its results are
+/// still being collected, fetches its `result.txt` through the coordinator and checks the
+/// bytes. Returns the worker, the coordinator and the job id.
+fn result_fetched_while_collecting(
+    delay: Duration,
+    extra: &[&str],
+) -> (FakeWorker, Coordinator, String) {
+    let worker = FakeWorker::start_with(|k| k.download_delay = delay);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[&FAST[..], extra].concat());
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &main_py_job());
+    let status = poll_until(DEADLINE, || {
+        let status = job_status(&coordinator, &id);
+        (status["pool_status"] == "completed").then_some(status)
+    });
+    let status = status.unwrap_or_else(|| panic!("job {id} never completed"));
+    assert_eq!(status["results"]["collected"], false, "{status}");
+    let remote = text(&status["remote_job_id"]);
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+    assert_eq!(
+        (code, bytes),
+        (200, format!("result of {remote}\n").into_bytes())
+    );
+    (worker, coordinator, id)
+}
+
+#[test]
+fn small_results_being_collected_are_served_once_collected_not_fetched_twice() {
+    let (worker, coordinator, id) = result_fetched_while_collecting(SHORT_DOWNLOAD_DELAY, &[]);
+    let status = job_status(&coordinator, &id);
+    assert_eq!(status["results"]["collected"], true, "{status}");
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        COLLECTION_DOWNLOADS,
+        "the output was fetched from the worker again instead of served once collected"
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(
+        (code, logs["stdout"].clone()),
+        (200, Value::from("ran main.py\n"))
+    );
+    assert_eq!(worker.recording().count("GET", "logs"), 1);
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
+fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
+    // A long collection: the request certainly comes while it is under way.
+    let (worker, coordinator, id) =
+        result_fetched_while_collecting(Duration::from_secs(3), &["--row-results-max", "0"]);
+    wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        COLLECTION_DOWNLOADS + 1,
+        "the output was not fetched from the worker while its collection was under way"
+    );
+    assert_pool_consistent(&coordinator);
+}
+
 #[test]
 fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));

@@ -349,4 +349,29 @@ impl Job {
     pub fn needs_upload(&self) -> bool {
         self.remote_job_id.is_none() && !self.status.is_final()
     }
+
+    /// True while the first collection of its results is under way (it completed or failed
+    /// on its worker, and no attempt ended yet) and its worker declares at most `limit` bytes
+    /// of outputs: such a collection is soon done.
+    pub fn collecting_at_most(&self, limit: u64) -> bool {
+        matches!(self.status, PoolStatus::Completed | PoolStatus::Failed)
+            && matches!(self.collection, Collection::Pending(None))
+            && self
+                .worker_status
+                .as_ref()
+                .and_then(declared_output_bytes)
+                .is_some_and(|bytes| bytes <= limit)
+    }
+}
+
+/// The total size of the output files a worker's `/status` answer declares (None when one
+/// size is missing).
+fn declared_output_bytes(status: &Value) -> Option<u64> {
+    status
+        .get("output_files")?
+        .as_object()?
+        .values()
+        .try_fold(0u64, |total, file| {
+            total.checked_add(file.get("size_bytes")?.as_u64()?)
+        })
 }

@@ -17,6 +17,7 @@ use crate::worker::client::CallError;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What serving a finished job's results needs, copied out of the table.
 struct Finished {
@@ -30,8 +31,14 @@ struct Finished {
     worker_status: Value,
 }
 
-fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
-    let st = ctx.lock();
+/// Longest a request for a finished job's results waits for their collection (only a small
+/// collection under way: see [`Context::lock_collected`]).
+const COLLECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// The finished job `id`, once a small collection of its results under way ended (up to
+/// `wait`).
+fn finished(ctx: &Context, id: &str, wait: Duration) -> Result<Finished, Reply> {
+    let st = ctx.lock_collected(id, wait);
     let stored_job;
     let job = match st.jobs.get(id) {
         Some(job) => job.as_ref(),
@@ -53,9 +60,10 @@ fn finished(ctx: &Context, id: &str) -> Result<Finished, Reply> {
     finished_of(&st, job)
 }
 
-/// Like [`finished`], with the results a store row holds read into memory.
+/// Like [`finished`] (waiting up to [`COLLECTION_WAIT`]), with the results a store row holds
+/// read into memory.
 fn finished_with_results(ctx: &Context, id: &str) -> Result<Finished, Reply> {
-    let mut job = finished(ctx, id)?;
+    let mut job = finished(ctx, id, COLLECTION_WAIT)?;
     if let Some(stored) = job.stored.as_mut() {
         if let Err(e) = ctx.load_row_results(id, stored) {
             log::error!("The collected results of job {id} are unreadable: {e}");
@@ -123,7 +131,7 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
 /// `GET /outputs/{id}`: the output files in sandrun's listing shape (`name`, `size`,
 /// `size_formatted`, `type`, `mime_type`, `download_url`) plus their `sha256`.
 pub fn listing(ctx: &Context, id: &str) -> Reply {
-    let job = match finished(ctx, id) {
+    let job = match finished(ctx, id, Duration::ZERO) {
         Ok(j) => j,
         Err(reply) => return reply,
     };

@@ -388,6 +388,8 @@ fn record_collection(
         Some(pinned) => ctx.record_collected(&st, id, pinned),
         None => ctx.record(&st, id),
     }
+    drop(st);
+    ctx.collection_ended();
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
@@ -417,6 +419,7 @@ fn retry_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
     if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
         j.collection = Collection::Pending(Some(why.to_string()));
     }
+    ctx.collection_ended();
     log::warn!("Job {}: {why}; retrying", job.id);
     give_up_if_stale(ctx, index, job, why);
 }
@@ -549,6 +552,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     untrack(&mut st, index, id);
     ctx.record(&st, id);
     drop(st);
+    ctx.collection_ended();
     log::warn!("Job {id} is lost: {why}");
     announce::ended(ctx, id, None);
     if held_slot {

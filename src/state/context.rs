@@ -16,13 +16,16 @@ use crate::store::spool::{PinnedSegment, Spool, UploadSource};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;
 /// Stack size of a thread following one job's worker stream.
 const STREAM_STACK: usize = 128 * 1024;
+/// A request waiting for a collection looks at the table again at least this often.
+const COLLECTION_RECHECK: Duration = Duration::from_millis(100);
 
 /// Shared by the HTTP handlers, the scheduler, dispatches, trackers and the health checker.
 pub struct Context {
@@ -54,6 +57,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The `/status` answers of recently read settled jobs.
     pub settled_views: SettledViews,
+    /// Requests waiting in [`Context::lock_collected`].
+    collection_waiters: AtomicUsize,
+    /// Signalled with the pool lock when a collection attempt ends.
+    collection_ended: Condvar,
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
 }
@@ -86,6 +93,8 @@ impl Context {
             config,
             metrics,
             settled_views: SettledViews::default(),
+            collection_waiters: AtomicUsize::new(0),
+            collection_ended: Condvar::new(),
             state: Mutex::new(state),
             spool,
             store,
@@ -106,6 +115,40 @@ impl Context {
     /// Locks the pool table (recovering it if a panicking thread poisoned it).
     pub fn lock(&self) -> MutexGuard<'_, PoolState> {
         lock(&self.state)
+    }
+
+    /// Locks the pool table once job `id` is not in a small collection under way
+    /// ([`crate::base::job::Job::collecting_at_most`] `--row-results-max` bytes), waiting for it
+    /// at most `limit`: a request for such a job's results is then served from the coordinator,
+    /// checked against the signed hashes, instead of fetched from the worker a second time.
+    pub fn lock_collected(&self, id: &str, limit: Duration) -> MutexGuard<'_, PoolState> {
+        let deadline = Instant::now() + limit;
+        let mut st = self.lock();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let collecting = st
+                .jobs
+                .get(id)
+                .is_some_and(|job| job.collecting_at_most(self.config.row_results_max));
+            if !collecting || left.is_zero() {
+                return st;
+            }
+            self.collection_waiters.fetch_add(1, Ordering::SeqCst);
+            st = self
+                .collection_ended
+                .wait_timeout(st, left.min(COLLECTION_RECHECK))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            self.collection_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes the requests waiting in [`Context::lock_collected`]: a collection attempt ended
+    /// (collected, failed for now, or the job lost). Call it after changing the job.
+    pub fn collection_ended(&self) {
+        if self.collection_waiters.load(Ordering::SeqCst) > 0 {
+            self.collection_ended.notify_all();
+        }
     }
 
     /// Tells the scheduler to look at the queue again. Signals coalesce: one pending is enough.

@@ -46,6 +46,8 @@ pub struct Knobs {
     pub hang: bool,
     /// Like `hang`, for `POST /submit` only.
     pub hang_submit: bool,
+    /// `GET /download/...` answers this much later (a slow link to the worker).
+    pub download_delay: Duration,
     /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
     pub reject_submit: Option<(u16, String)>,
     /// The live stream and result signature tampering.
@@ -70,6 +72,7 @@ impl Default for Knobs {
             fail_health: false,
             hang: false,
             hang_submit: false,
+            download_delay: Duration::ZERO,
             reject_submit: None,
             stream: StreamKnobs::default(),
         }

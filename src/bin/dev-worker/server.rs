@@ -53,6 +53,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                     thread::sleep(HANG_TICK);
                 }
             } else {
+                if kind == "download" {
+                    thread::sleep(shared.control.get().download_delay);
+                }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
                 if run.is_alive() {
                     let _ = response.write_to(&mut stream);
