@@ -4,6 +4,7 @@ use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, MAX_NAME_LEN};
 use crate::base::config::{FsyncMode, ServeConfig};
 use crate::base::hex::hex;
+use crate::base::niceness;
 use crate::base::tls::WorkerTls;
 use crate::serve;
 use crate::worker::identity::{short_id, worker_id_from_key_file};
@@ -43,6 +44,9 @@ OPTIONS:
                              0 = all to segments, at most 1048576      [default: 32768]
     --dispatch-timeout SECS  how long a worker may take to answer a submit   [default: 360]
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
+    --follow-nice N          nice steps (0-19) the threads that dispatch and follow jobs run
+                             below the rest: under a CPU shortage clients are answered first
+                             and jobs move on a little later; 0 = off       [default: 5]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
     --priority-aging SECS    a job queued this long in its priority level moves up one [default: 300]
@@ -202,6 +206,15 @@ fn row_bytes(text: &str) -> Result<u64, String> {
     }
 }
 
+fn nice_steps(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(n) if n <= niceness::LOWEST => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 0 to 19, got {text:?}"
+        )),
+    }
+}
+
 fn port(text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .map_err(|_| format!("expected a port number 0-65535, got {text:?}"))
@@ -344,6 +357,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
         track_interval: value(args, "--track-interval", seconds, d.track_interval)?,
+        follow_nice: value(args, "--follow-nice", nice_steps, d.follow_nice)?,
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,
         priority_aging: value(args, "--priority-aging", seconds, d.priority_aging)?,

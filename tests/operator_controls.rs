@@ -694,3 +694,56 @@ fn job_listing_newest_first_paginated_and_filtered() {
         post(&restarted.url(&format!("/cancel/{id}")), "text/plain", b"");
     }
 }
+
+/// The nice values of the coordinator's threads whose names start with `prefix`.
+fn nice_of(threads: &[(String, i64)], prefix: &str) -> Vec<i64> {
+    threads
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, nice)| *nice)
+        .collect()
+}
+
+#[test]
+fn the_threads_that_dispatch_and_follow_jobs_run_below_the_rest() {
+    for (extra, steps) in [(None, 5), (Some("9"), 9), (Some("0"), 0)] {
+        let worker = slow_worker(30.0);
+        let mut args = FAST.to_vec();
+        if let Some(steps) = extra {
+            args.extend(["--follow-nice", steps]);
+        }
+        let coordinator = Coordinator::start(&[worker.entry(1)], &args);
+        wait_healthy(&coordinator, &[&worker], DEADLINE);
+        let id = submit(&coordinator, &form());
+        wait_started(&coordinator, &worker, &id);
+        let threads = poll_until(DEADLINE, || {
+            let threads = coordinator.thread_nice_values()?;
+            ["dispatch", "stream", "tracker-0", "http-", "store-writer"]
+                .iter()
+                .all(|prefix| !nice_of(&threads, prefix).is_empty())
+                .then_some(threads)
+        });
+        let threads = threads.unwrap_or_else(|| panic!("the threads were not all found"));
+        let base = nice_of(&threads, "store-writer")[0];
+        let lowered = (base + steps).min(19);
+        for prefix in ["dispatch", "stream", "tracker-"] {
+            assert!(
+                nice_of(&threads, prefix).iter().all(|&n| n == lowered),
+                "--follow-nice {steps}: {prefix} threads at {:?}, not {lowered}: {threads:?}",
+                nice_of(&threads, prefix)
+            );
+        }
+        for prefix in ["http-", "health", "waiting", "scheduler"] {
+            assert!(
+                nice_of(&threads, prefix).iter().all(|&n| n == base),
+                "--follow-nice {steps}: {prefix} threads at {:?}, not {base}",
+                nice_of(&threads, prefix)
+            );
+        }
+        assert_eq!(
+            cancel(&coordinator, &id).0,
+            200,
+            "the running job could not be cancelled"
+        );
+    }
+}

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub dispatch_timeout: Duration,
     /// Time between polls of a worker's running jobs.
     pub track_interval: Duration,
+    /// Nice steps the threads that dispatch and follow jobs run below the rest (0-19).
+    pub follow_nice: u8,
     /// Grace before a job whose worker does not answer is lost.
     pub lost_after: Duration,
     /// Dispatch attempts before a job fails.
@@ -116,6 +118,7 @@ impl Default for ServeConfig {
             row_results_max: 32 * 1024,
             dispatch_timeout: Duration::from_secs(360),
             track_interval: Duration::from_secs(1),
+            follow_nice: 5,
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
             priority_aging: Duration::from_secs(300),

@@ -13,6 +13,7 @@ pub mod hex;
 pub mod job;
 pub mod json_list;
 pub mod mailbox;
+pub mod niceness;
 pub mod paths;
 pub mod process;
 pub mod sync;

@@ -4,6 +4,7 @@
 //! unmapping that a thread per task costs on every job. Idle threads sleep on a [`Mailbox`].
 
 use crate::base::mailbox::{Empty, Mailbox};
+use crate::base::niceness;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,17 +22,21 @@ pub type Task = Box<dyn FnOnce() + Send>;
 pub struct ThreadCache {
     name: &'static str,
     stack_size: usize,
+    /// Nice steps its threads run below the process (see [`niceness`]).
+    nice: u8,
     tasks: Arc<Mailbox<Task>>,
     /// Threads waiting for a task, less the tasks already promised to them.
     idle: Arc<AtomicUsize>,
 }
 
 impl ThreadCache {
-    /// A cache whose threads are called `name` and have `stack_size` bytes of stack.
-    pub fn new(name: &'static str, stack_size: usize) -> Self {
+    /// A cache whose threads are called `name`, have `stack_size` bytes of stack and run
+    /// `nice` steps below the process.
+    pub fn new(name: &'static str, stack_size: usize, nice: u8) -> Self {
         ThreadCache {
             name,
             stack_size,
+            nice,
             tasks: Arc::new(Mailbox::default()),
             idle: Arc::new(AtomicUsize::new(0)),
         }
@@ -45,11 +50,16 @@ impl ThreadCache {
         }
         let tasks = Arc::clone(&self.tasks);
         let idle = Arc::clone(&self.idle);
-        let name = self.name;
+        let (name, nice) = (self.name, self.nice);
         thread::Builder::new()
             .name(name.to_string())
             .stack_size(self.stack_size)
-            .spawn(move || serve(name, task, &tasks, &idle))
+            .spawn(move || {
+                if let Err(e) = niceness::lower_this_thread(nice) {
+                    log::debug!("A {name} thread keeps its priority: {e}");
+                }
+                serve(name, task, &tasks, &idle)
+            })
             .map(|_| ())
     }
 
@@ -109,7 +119,7 @@ mod tests {
 
     #[test]
     fn an_idle_thread_is_reused_and_survives_a_panicking_task() {
-        let cache = ThreadCache::new("test", 64 * 1024);
+        let cache = ThreadCache::new("test", 64 * 1024, 0);
         let (done, finished) = crossbeam_channel::unbounded();
         for round in 0..20 {
             let done = done.clone();
@@ -132,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_busy_thread_does_not_hold_up_the_next_task() {
-        let cache = ThreadCache::new("test", 64 * 1024);
+        let cache = ThreadCache::new("test", 64 * 1024, 0);
         let (release, blocked) = crossbeam_channel::bounded::<()>(0);
         let (done, finished) = crossbeam_channel::unbounded();
         cache

@@ -253,7 +253,7 @@ impl Uploads {
         Uploads {
             active: Arc::new(AtomicUsize::new(0)),
             max,
-            threads: ThreadCache::new("upload", UPLOAD_STACK),
+            threads: ThreadCache::new("upload", UPLOAD_STACK, 0),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::{
     Collection, DoneFigures, OutputsVerdict, PoolStatus, SignatureVerdict, Verification,
 };
+use crate::base::niceness;
 use crate::pool::announce;
 use crate::pool::collect::{self, CollectError, Collected};
 use crate::state::context::Context;
@@ -102,6 +103,9 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed
 }
 
 fn run(ctx: &Context, index: usize) {
+    if let Err(e) = niceness::lower_this_thread(ctx.config.follow_nice) {
+        log::debug!("The tracker of worker {index} keeps its priority: {e}");
+    }
     let wake = ctx.lock().workers[index].tracker_wake.clone();
     let interval = ctx.config.track_interval;
     let streamed_interval = interval * STREAMED_POLL_FACTOR;

@@ -8,6 +8,7 @@ pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
+use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
 use crate::pool::{control, health, recovery, reload, scheduler};
@@ -82,6 +83,7 @@ fn init_logging(level: LevelFilter) {
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let tuned = allocator::tune();
+    niceness::note_base();
     signals::block().map_err(ServeError::Signals)?;
     init_logging(config.log_level);
     if let Err(why) = tuned {

@@ -89,6 +89,7 @@ impl Context {
         });
         let events = JobEvents::new(config.max_followers);
         let metrics = Arc::clone(&state.metrics);
+        let nice = config.follow_nice;
         let context = Context {
             config,
             metrics,
@@ -102,9 +103,9 @@ impl Context {
             stopping: AtomicBool::new(false),
             me: OnceLock::new(),
             client,
-            dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK),
+            dispatchers: ThreadCache::new("dispatch", DISPATCH_STACK, nice),
             keys: LiveKeys::default(),
-            streams: ThreadCache::new("stream", STREAM_STACK),
+            streams: ThreadCache::new("stream", STREAM_STACK, nice),
             events,
             scheduler_signal,
             health_signal,

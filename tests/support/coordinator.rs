@@ -225,6 +225,23 @@ impl Coordinator {
         )
     }
 
+    /// Its threads' names and nice values (field 19 of `/proc/PID/task/*/stat`), when readable.
+    pub fn thread_nice_values(&self) -> Option<Vec<(String, i64)>> {
+        Some(
+            self.tasks()?
+                .into_iter()
+                .filter_map(|(name, path)| {
+                    let stat = fs::read_to_string(path.join("stat")).ok()?;
+                    // The fields after the name (which may hold spaces) start with the state,
+                    // field 3; the nice value is field 19.
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    let nice = after_name.split_whitespace().nth(16)?.parse().ok()?;
+                    Some((name, nice))
+                })
+                .collect(),
+        )
+    }
+
     /// Its threads' names (`/proc/PID/task/*/comm`), when readable.
     pub fn thread_names(&self) -> Option<Vec<String>> {
         Some(self.tasks()?.into_iter().map(|(name, _)| name).collect())
