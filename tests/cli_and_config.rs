@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 19] = [
+const FLAGS: [&str; 20] = [
     "--port",
     "--bind",
     "--workers",
@@ -33,6 +33,7 @@ const FLAGS: [&str; 19] = [
     "--upload-memory-bytes",
     "--dispatch-timeout",
     "--track-interval",
+    "--follow-nice",
     "--lost-after",
     "--max-attempts",
     "--log-level",
@@ -212,6 +213,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--upload-memory-bytes", "4MiB"], "--upload-memory-bytes"),
         (&["--dispatch-timeout", "NaN"], "--dispatch-timeout"),
         (&["--track-interval", "inf"], "--track-interval"),
+        (&["--follow-nice", "20"], "--follow-nice"),
+        (&["--follow-nice", "-1"], "--follow-nice"),
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--log-level", "loud"], "--log-level"),
