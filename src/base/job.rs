@@ -359,19 +359,21 @@ impl Job {
             && self
                 .worker_status
                 .as_ref()
-                .and_then(declared_output_bytes)
+                .and_then(|status| declared_output_bytes(status, |_| true))
                 .is_some_and(|bytes| bytes <= limit)
     }
 }
 
-/// The total size of the output files a worker's `/status` answer declares (None when one
-/// size is missing).
-fn declared_output_bytes(status: &Value) -> Option<u64> {
-    status
-        .get("output_files")?
-        .as_object()?
-        .values()
-        .try_fold(0u64, |total, file| {
+/// The total size a worker's `/status` answer declares for the output files whose paths `keep`
+/// takes (None without `output_files`, or when one of those sizes is missing).
+pub fn declared_output_bytes(status: &Value, keep: impl Fn(&str) -> bool) -> Option<u64> {
+    let files = status.get("output_files")?;
+    files
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(path, _)| keep(path))
+        .try_fold(0u64, |total, (_, file)| {
             total.checked_add(file.get("size_bytes")?.as_u64()?)
         })
 }

@@ -3,7 +3,7 @@
 //! store row when small (`--row-results-max`), else streamed to disk in a results segment.
 
 use crate::base::hex::hex;
-use crate::base::job::{Span, StoredResults};
+use crate::base::job::{declared_output_bytes, Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
@@ -113,14 +113,6 @@ fn safe_output_paths(id: &str, status: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The total size the worker status declares for `paths` (None when one is not declared).
-fn declared_size(status: &Value, paths: &[String]) -> Option<u64> {
-    let files = status.get("output_files")?;
-    paths.iter().try_fold(0u64, |total, path| {
-        total.checked_add(files.get(path)?.get("size_bytes")?.as_u64()?)
-    })
-}
-
 /// Fetches the logs and every output. Results up to `--row-results-max` bytes (as the worker
 /// status declares them) are kept in memory, to be held in the job's row and committed with
 /// its record; larger ones, or outputs that turn out larger than declared, go to a results
@@ -137,7 +129,8 @@ pub fn collect(
     let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
     let paths = safe_output_paths(id, status);
     let limit = ctx.config.row_results_max;
-    let fits = declared_size(status, &paths)
+    // The paths collected are the safe ones the status lists.
+    let fits = declared_output_bytes(status, |path| safe_relative_path(path).is_ok())
         .and_then(|n| n.checked_add(log_bytes.len() as u64))
         .is_some_and(|n| n <= limit);
     if fits {
