@@ -503,6 +503,49 @@ fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
     assert_pool_consistent(&coordinator);
 }
 
+/// How long the fake worker takes to answer a download in the test of two jobs' ends: one
+/// collection (two downloads) then lasts at least 6 s.
+const SLOW_DOWNLOAD_DELAY: Duration = Duration::from_secs(3);
+
+#[test]
+fn a_slow_collection_does_not_hold_up_the_end_of_another_job_on_the_same_worker() {
+    let worker = FakeWorker::start_with(|k| k.download_delay = SLOW_DOWNLOAD_DELAY);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &main_py_job());
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &first)["pool_status"] == "completed").then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {first} never completed"));
+    // The first job's results are being collected now, for 6 s or more. The second job ends at
+    // once on the same worker: its end is followed up on its own stream's thread.
+    let second = submit(&coordinator, &main_py_job());
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &second)["pool_status"] == "completed").then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {second} never completed"));
+    let status = job_status(&coordinator, &first);
+    assert_eq!(
+        status["results"]["collected"], false,
+        "the second job's end waited for the first job's collection: {status}"
+    );
+    for id in [&first, &second] {
+        let status = wait_collected(&coordinator, id, DEADLINE);
+        let remote = text(&status["remote_job_id"]);
+        let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+        assert_eq!(
+            (code, bytes),
+            (200, format!("result of {remote}\n").into_bytes())
+        );
+    }
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        2 * COLLECTION_DOWNLOADS,
+        "a job's results were collected twice"
+    );
+    assert_pool_consistent(&coordinator);
+}
+
 #[test]
 fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));

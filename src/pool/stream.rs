@@ -1,14 +1,16 @@
 //! Following a job on its worker's WebSocket stream (`/stream/{remote id}`), one reused thread
 //! per job in flight. The stream tells the job's start and end at once: `[STATUS] Job started`
 //! (or `[STATUS] Job status: running` for a stream opened while the job ran, as after a
-//! restart) moves the job to `running`, output frames go to the job's followers, and `[DONE]` (its CPU,
-//! exit and memory figures kept for the signature check) makes the tracker poll the job at once.
-//! The coordinator then closes the stream (sandrun leaves it open). A stream that cannot be
+//! restart) moves the job to `running`, output frames go to the job's followers, and at `[DONE]`
+//! (its CPU, exit and memory figures kept for the signature check) the coordinator closes the
+//! stream (sandrun leaves it open) and the same thread follows the job's end up at once: status,
+//! signature check, collection ([`tracker::follow_now`]). A stream that cannot be
 //! opened, drops or stays silent just ends: the tracker's polling, slowed while the stream is
 //! open, takes over at its normal pace.
 
 use crate::base::job::PoolStatus;
 use crate::base::paths::encode_path;
+use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::worker::signature::parse_done;
 use crate::worker::websocket::{Message, StreamTimeouts, WsClient};
@@ -50,7 +52,9 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
                         }
                     }
                     client.close();
-                    stream_ended(ctx, index, id, true);
+                    if !tracker::follow_now(ctx, index, id) {
+                        stream_ended(ctx, index, id, true);
+                    }
                     return;
                 }
                 if text.starts_with("[STATUS] Job started")

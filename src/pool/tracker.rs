@@ -1,10 +1,11 @@
 //! Trackers: one thread per worker that has jobs, following each of them with `/status`,
 //! freeing the slot the moment a job ends, verifying its result signature, then collecting and
 //! checking its results. A job whose worker stream is open (see [`crate::pool::stream`]) is
-//! polled only every [`STREAMED_POLL_FACTOR`] track intervals: the stream's `[DONE]` makes the
-//! tracker poll it at once. Other jobs are polled every track interval, and at once after a
-//! dispatch to the worker or a job's end. A worker that blocks (sandrun holds its lock while a
-//! job runs) only delays its own tracker.
+//! polled only every [`STREAMED_POLL_FACTOR`] track intervals: when the stream says `[DONE]`,
+//! its own thread follows the job's end up at once ([`follow_now`]), so one job's collection
+//! never holds up the end of another on the same worker. Other jobs are polled every track
+//! interval, and at once after a dispatch to the worker or a job's end. A worker that blocks
+//! (sandrun holds its lock while a job runs) only delays its own tracker.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{
@@ -81,25 +82,113 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed
     let jobs = ids
         .into_iter()
         .filter_map(|id| {
-            let job = st.jobs.get(&id)?;
-            Some(Followed {
-                remote: job.remote_job_id.clone()?,
-                status: job.status,
-                worker_status: job
-                    .status
-                    .is_final()
-                    .then(|| job.worker_status.clone())
-                    .flatten(),
-                last_contact: job.last_contact.unwrap_or_else(unix_now),
-                ending_on_worker: job.ending_on_worker,
-                figures: job.done_figures.as_deref().cloned(),
-                streaming: streaming.contains(&id),
-                urgent: urgent.contains(&id),
-                id,
-            })
+            let is_streamed = streaming.contains(&id);
+            let is_urgent = urgent.contains(&id);
+            followed(&st, id, is_streamed, is_urgent)
         })
         .collect();
     Some((endpoint, worker_id, jobs))
+}
+
+/// What a follow-up of job `id` needs, as the table holds it now.
+fn followed(st: &PoolState, id: String, streaming: bool, urgent: bool) -> Option<Followed> {
+    let job = st.jobs.get(&id)?;
+    Some(Followed {
+        remote: job.remote_job_id.clone()?,
+        status: job.status,
+        worker_status: job
+            .status
+            .is_final()
+            .then(|| job.worker_status.clone())
+            .flatten(),
+        last_contact: job.last_contact.unwrap_or_else(unix_now),
+        ending_on_worker: job.ending_on_worker,
+        figures: job.done_figures.as_deref().cloned(),
+        streaming,
+        urgent,
+        id,
+    })
+}
+
+/// Claims job `id` of worker `index` for a follow-up on the calling thread (`following_up`),
+/// and returns it as the table holds it now: `None` when the job is not this worker's to follow
+/// (any more) or another thread follows it up right now. A claimed job must be released with
+/// [`release`].
+fn claim(
+    st: &mut PoolState,
+    index: usize,
+    id: &str,
+    streaming: bool,
+    urgent: bool,
+) -> Option<Followed> {
+    // The job's own entry only: a forgotten worker's place may hold another worker by now.
+    let w = st.workers.get(index)?;
+    if !w.tracked.iter().any(|t| t == id) || w.following_up.iter().any(|t| t == id) {
+        return None;
+    }
+    let job = followed(st, id.to_string(), streaming, urgent)?;
+    st.workers[index].following_up.push(id.to_string());
+    Some(job)
+}
+
+/// Ends a follow-up of job `id` claimed with [`claim`] (the place is not reused meanwhile).
+fn release(st: &mut PoolState, index: usize, id: &str) {
+    if let Some(w) = st.workers.get_mut(index) {
+        w.following_up.retain(|t| t != id);
+    }
+}
+
+/// Follows up one job claimed by the calling thread, then releases it. A panic is caught and
+/// logged: the job stays tracked and is followed again.
+fn follow_claimed(
+    ctx: &Context,
+    index: usize,
+    endpoint: &str,
+    worker_id: &str,
+    job: &Followed,
+) -> bool {
+    let followed = catch_unwind(AssertUnwindSafe(|| {
+        follow(ctx, index, endpoint, worker_id, job)
+    }));
+    release(&mut ctx.lock(), index, &job.id);
+    followed.unwrap_or_else(|_| {
+        log::error!("Following job {} panicked; it will be retried", job.id);
+        false
+    })
+}
+
+/// Follows up the end of job `id` of worker `index` on the calling thread (its stream's, which
+/// just read `[DONE]`): polls its status, checks the signature and collects its results, so
+/// jobs that end together on one worker are followed up side by side. Whatever is left to do
+/// (a collection to retry, a status not final yet) goes back to the tracker, which polls the
+/// job at once. Returns false, doing nothing, when the job is not this worker's to follow (any
+/// more) or the tracker follows it up right now.
+pub fn follow_now(ctx: &Context, index: usize, id: &str) -> bool {
+    let (endpoint, worker_id, job) = {
+        let mut st = ctx.lock();
+        let Some(job) = claim(&mut st, index, id, false, true) else {
+            return false;
+        };
+        let w = &mut st.workers[index];
+        w.streaming.retain(|s| s != id);
+        (w.spec.endpoint.clone(), w.spec.worker_id.clone(), job)
+    };
+    follow_claimed(ctx, index, &endpoint, &worker_id, &job);
+    // The tracker polls the job at once if it is still tracked, and ends at once if it has
+    // nothing left to follow (so a forgotten worker's place is soon free).
+    let mut st = ctx.lock();
+    if let Some(w) = st.workers.get_mut(index) {
+        let still_tracked = w.tracked.iter().any(|t| t == id);
+        if still_tracked {
+            w.poll_now.push(id.to_string());
+        }
+        if still_tracked || w.tracked.is_empty() {
+            let wake = w.tracker_wake.clone();
+            drop(st);
+            wake.notify();
+        }
+    }
+    true
 }
 
 fn run(ctx: &Context, index: usize) {
@@ -136,12 +225,11 @@ fn run(ctx: &Context, index: usize) {
             }
             last_poll.insert(job.id.clone(), Instant::now());
             next_due = next_due.min(every);
-            let followed = catch_unwind(AssertUnwindSafe(|| {
-                follow(ctx, index, &endpoint, &worker_id, &job)
-            }));
-            match followed {
-                Ok(ended) => any_ended |= ended,
-                Err(_) => log::error!("Following job {} panicked; it will be retried", job.id),
+            // Followed as the table holds it now; not while its stream's thread follows its end
+            // up (that thread hands back what is left).
+            let claimed = claim(&mut ctx.lock(), index, &job.id, job.streaming, job.urgent);
+            if let Some(job) = claimed {
+                any_ended |= follow_claimed(ctx, index, &endpoint, &worker_id, &job);
             }
         }
         if !any_ended {

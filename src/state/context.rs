@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;
-/// Stack size of a thread following one job's worker stream.
-const STREAM_STACK: usize = 128 * 1024;
+/// Stack size of a thread following one job's worker stream (and, at its end, collecting it).
+const STREAM_STACK: usize = 256 * 1024;
 /// A request waiting for a collection looks at the table again at least this often.
 const COLLECTION_RECHECK: Duration = Duration::from_millis(100);
 

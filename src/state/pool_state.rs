@@ -139,6 +139,10 @@ pub struct WorkerEntry {
     pub streaming: Vec<String>,
     /// Tracked jobs to poll at once (their stream said `[DONE]`, or it closed).
     pub poll_now: Vec<String>,
+    /// Tracked jobs one thread is following up right now (status, signature check, collection,
+    /// a cancelled job's deletion): the tracker, or the job's stream thread after `[DONE]`.
+    /// Nobody else touches them meanwhile.
+    pub following_up: Vec<String>,
     /// Set when a result of this worker failed verification under `--require-verified`: it
     /// stays unhealthy, whatever its probes say, until an operator sends SIGHUP or undrains it.
     pub distrusted: Option<String>,
@@ -182,6 +186,7 @@ impl WorkerEntry {
             counters: WorkerCounters::default(),
             streaming: Vec::new(),
             poll_now: Vec::new(),
+            following_up: Vec::new(),
             distrusted: None,
             sources,
             client_limits: ClientLimits::default(),
@@ -203,6 +208,7 @@ impl WorkerEntry {
             && self.in_flight == 0
             && self.streaming.is_empty()
             && self.poll_now.is_empty()
+            && self.following_up.is_empty()
             && self.sources.iter().all(|s| !s.stats.awaiting)
     }
 
