@@ -547,6 +547,45 @@ fn a_slow_collection_does_not_hold_up_the_end_of_another_job_on_the_same_worker(
 }
 
 #[test]
+fn at_most_two_follow_ups_of_one_workers_jobs_run_at_once() {
+    let worker = FakeWorker::start_with(|k| k.download_delay = SLOW_DOWNLOAD_DELAY);
+    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let completed = |id: &str| {
+        poll_until(DEADLINE, || {
+            (job_status(&coordinator, id)["pool_status"] == "completed").then_some(())
+        })
+        .unwrap_or_else(|| panic!("job {id} never completed"));
+    };
+    // Three jobs end one after another, each collected for 6 s or more: the first two on their
+    // stream threads, the third by the tracker.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = submit(&coordinator, &main_py_job());
+        completed(&id);
+        ids.push(id);
+    }
+    // The fourth job's end waits for the tracker, busy with the third job's collection.
+    let fourth = submit(&coordinator, &main_py_job());
+    completed(&fourth);
+    let status = job_status(&coordinator, &ids[2]);
+    assert_eq!(
+        status["results"]["collected"], true,
+        "a third follow-up ran beside two others: {status}"
+    );
+    ids.push(fourth);
+    for id in &ids {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        ids.len() * COLLECTION_DOWNLOADS,
+        "a job's results were collected twice"
+    );
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
 fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
     let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);

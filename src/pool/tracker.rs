@@ -2,8 +2,9 @@
 //! freeing the slot the moment a job ends, verifying its result signature, then collecting and
 //! checking its results. A job whose worker stream is open (see [`crate::pool::stream`]) is
 //! polled only every [`STREAMED_POLL_FACTOR`] track intervals: when the stream says `[DONE]`,
-//! its own thread follows the job's end up at once ([`follow_now`]), so one job's collection
-//! never holds up the end of another on the same worker. Other jobs are polled every track
+//! its own thread follows the job's end up at once ([`follow_now`], up to
+//! [`STREAM_FOLLOW_UPS`] at once per worker), so one job's collection does not hold up the end
+//! of another on the same worker. Other jobs are polled every track
 //! interval, and at once after a dispatch to the worker or a job's end. A worker that blocks
 //! (sandrun holds its lock while a job runs) only delays its own tracker.
 
@@ -31,6 +32,12 @@ const TRACKER_STACK: usize = 256 * 1024;
 
 /// A job followed on its worker stream is polled this many track intervals apart.
 pub const STREAMED_POLL_FACTOR: u32 = 10;
+
+/// A stream thread follows its job's end up itself only while fewer follow-ups of its worker's
+/// jobs than this are under way (its tracker's included); else it hands the job to the tracker.
+/// One slow collection then holds up no other job, and a flood of short jobs cannot put a
+/// follow-up thread per job on the cores that submits need.
+pub const STREAM_FOLLOW_UPS: usize = 2;
 
 /// The error of a job refused under `--require-verified`, and the worker's health reason.
 pub const SIGNATURE_INVALID: &str = "result signature invalid";
@@ -162,10 +169,15 @@ fn follow_claimed(
 /// jobs that end together on one worker are followed up side by side. Whatever is left to do
 /// (a collection to retry, a status not final yet) goes back to the tracker, which polls the
 /// job at once. Returns false, doing nothing, when the job is not this worker's to follow (any
-/// more) or the tracker follows it up right now.
+/// more), another thread follows it up right now, or [`STREAM_FOLLOW_UPS`] follow-ups of the
+/// worker's jobs are under way.
 pub fn follow_now(ctx: &Context, index: usize, id: &str) -> bool {
     let (endpoint, worker_id, job) = {
         let mut st = ctx.lock();
+        let busy = st.workers.get(index).map_or(0, |w| w.following_up.len());
+        if busy >= STREAM_FOLLOW_UPS {
+            return false;
+        }
         let Some(job) = claim(&mut st, index, id, false, true) else {
             return false;
         };
