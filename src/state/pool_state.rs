@@ -199,9 +199,10 @@ impl WorkerEntry {
     }
 
     /// True when its place in the table may hold another worker: forgotten, and no thread
-    /// holds its index any more (no tracker, no submit or `/stats` in flight, no stream left).
-    /// Threads that may still act on an index later (health probes, `/stats` answers, stream
-    /// ends) check that the entry is still theirs: its worker_id and endpoint, or its job.
+    /// holds its index any more (no tracker, no submit or `/stats` in flight, no stream left,
+    /// no job's follow-up under way). Threads that may still act on an index later (health
+    /// probes, `/stats` answers, stream ends) check that the entry is still theirs: its
+    /// worker_id and endpoint, or its job.
     pub fn is_free_slot(&self) -> bool {
         self.is_forgotten()
             && !self.tracker_running
