@@ -455,11 +455,7 @@ fn result_fetched_while_collecting(
     let coordinator = Coordinator::start(&[worker.entry(2)], &[&FAST[..], extra].concat());
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &main_py_job());
-    let status = poll_until(DEADLINE, || {
-        let status = job_status(&coordinator, &id);
-        (status["pool_status"] == "completed").then_some(status)
-    });
-    let status = status.unwrap_or_else(|| panic!("job {id} never completed"));
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
     assert_eq!(status["results"]["collected"], false, "{status}");
     let remote = text(&status["remote_job_id"]);
     let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
@@ -513,17 +509,11 @@ fn a_slow_collection_does_not_hold_up_the_end_of_another_job_on_the_same_worker(
     let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let first = submit(&coordinator, &main_py_job());
-    poll_until(DEADLINE, || {
-        (job_status(&coordinator, &first)["pool_status"] == "completed").then_some(())
-    })
-    .unwrap_or_else(|| panic!("job {first} never completed"));
+    wait_status(&coordinator, &first, "completed", DEADLINE);
     // The first job's results are being collected now, for 6 s or more. The second job ends at
     // once on the same worker: its end is followed up on its own stream's thread.
     let second = submit(&coordinator, &main_py_job());
-    poll_until(DEADLINE, || {
-        (job_status(&coordinator, &second)["pool_status"] == "completed").then_some(())
-    })
-    .unwrap_or_else(|| panic!("job {second} never completed"));
+    wait_status(&coordinator, &second, "completed", DEADLINE);
     let status = job_status(&coordinator, &first);
     assert_eq!(
         status["results"]["collected"], false,
@@ -551,23 +541,17 @@ fn at_most_two_follow_ups_of_one_workers_jobs_run_at_once() {
     let worker = FakeWorker::start_with(|k| k.download_delay = SLOW_DOWNLOAD_DELAY);
     let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let completed = |id: &str| {
-        poll_until(DEADLINE, || {
-            (job_status(&coordinator, id)["pool_status"] == "completed").then_some(())
-        })
-        .unwrap_or_else(|| panic!("job {id} never completed"));
-    };
     // Three jobs end one after another, each collected for 6 s or more: the first two on their
     // stream threads, the third by the tracker.
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = submit(&coordinator, &main_py_job());
-        completed(&id);
+        wait_status(&coordinator, &id, "completed", DEADLINE);
         ids.push(id);
     }
     // The fourth job's end waits for the tracker, busy with the third job's collection.
     let fourth = submit(&coordinator, &main_py_job());
-    completed(&fourth);
+    wait_status(&coordinator, &fourth, "completed", DEADLINE);
     let status = job_status(&coordinator, &ids[2]);
     assert_eq!(
         status["results"]["collected"], true,

@@ -42,7 +42,18 @@ pub const STREAM_FOLLOW_UPS: usize = 2;
 /// The error of a job refused under `--require-verified`, and the worker's health reason.
 pub const SIGNATURE_INVALID: &str = "result signature invalid";
 
-/// A snapshot of one followed job.
+/// A tracked job as a tracker round sees it: enough to tell whether it is due.
+struct Tracked {
+    id: String,
+    /// It ended (its results may still be to collect): followed every round.
+    ended: bool,
+    /// Its worker stream is open: polled far less often.
+    streaming: bool,
+    /// To poll at once (its stream closed or handed its end back).
+    urgent: bool,
+}
+
+/// One job as a follow-up needs it, read from the table when the follow-up claims it.
 struct Followed {
     id: String,
     remote: String,
@@ -53,8 +64,6 @@ struct Followed {
     /// A cancelled job still holding its slot: followed only until the worker ends it.
     ending_on_worker: bool,
     figures: Option<DoneFigures>,
-    streaming: bool,
-    urgent: bool,
 }
 
 /// Starts the tracker thread of worker `index` (its `tracker_running` flag is already set).
@@ -72,7 +81,7 @@ pub fn start(ctx: &Arc<Context>, index: usize) {
     }
 }
 
-fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed>)> {
+fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>)> {
     let mut st = ctx.lock();
     let PoolState { workers, jobs, .. } = &mut *st;
     workers[index].tracked.retain(|id| jobs.contains_key(id));
@@ -89,16 +98,20 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Followed
     let jobs = ids
         .into_iter()
         .filter_map(|id| {
-            let is_streamed = streaming.contains(&id);
-            let is_urgent = urgent.contains(&id);
-            followed(&st, id, is_streamed, is_urgent)
+            let job = st.jobs.get(&id).filter(|j| j.remote_job_id.is_some())?;
+            Some(Tracked {
+                ended: job.status.is_final(),
+                streaming: streaming.contains(&id),
+                urgent: urgent.contains(&id),
+                id,
+            })
         })
         .collect();
     Some((endpoint, worker_id, jobs))
 }
 
 /// What a follow-up of job `id` needs, as the table holds it now.
-fn followed(st: &PoolState, id: String, streaming: bool, urgent: bool) -> Option<Followed> {
+fn followed(st: &PoolState, id: String) -> Option<Followed> {
     let job = st.jobs.get(&id)?;
     Some(Followed {
         remote: job.remote_job_id.clone()?,
@@ -111,8 +124,6 @@ fn followed(st: &PoolState, id: String, streaming: bool, urgent: bool) -> Option
         last_contact: job.last_contact.unwrap_or_else(unix_now),
         ending_on_worker: job.ending_on_worker,
         figures: job.done_figures.as_deref().cloned(),
-        streaming,
-        urgent,
         id,
     })
 }
@@ -121,19 +132,13 @@ fn followed(st: &PoolState, id: String, streaming: bool, urgent: bool) -> Option
 /// and returns it as the table holds it now: `None` when the job is not this worker's to follow
 /// (any more) or another thread follows it up right now. A claimed job must be released with
 /// [`release`].
-fn claim(
-    st: &mut PoolState,
-    index: usize,
-    id: &str,
-    streaming: bool,
-    urgent: bool,
-) -> Option<Followed> {
+fn claim(st: &mut PoolState, index: usize, id: &str) -> Option<Followed> {
     // The job's own entry only: a forgotten worker's place may hold another worker by now.
     let w = st.workers.get(index)?;
     if !w.tracked.iter().any(|t| t == id) || w.following_up.iter().any(|t| t == id) {
         return None;
     }
-    let job = followed(st, id.to_string(), streaming, urgent)?;
+    let job = followed(st, id.to_string())?;
     st.workers[index].following_up.push(id.to_string());
     Some(job)
 }
@@ -178,7 +183,7 @@ pub fn follow_now(ctx: &Context, index: usize, id: &str) -> bool {
         if busy >= STREAM_FOLLOW_UPS {
             return false;
         }
-        let Some(job) = claim(&mut st, index, id, false, true) else {
+        let Some(job) = claim(&mut st, index, id) else {
             return false;
         };
         let w = &mut st.workers[index];
@@ -231,7 +236,7 @@ fn run(ctx: &Context, index: usize) {
                 }
                 None => Duration::ZERO,
             };
-            if !(job.urgent || job.status.is_final() || due_in.is_zero()) {
+            if !(job.urgent || job.ended || due_in.is_zero()) {
                 next_due = next_due.min(due_in);
                 continue;
             }
@@ -239,7 +244,7 @@ fn run(ctx: &Context, index: usize) {
             next_due = next_due.min(every);
             // Followed as the table holds it now; not while its stream's thread follows its end
             // up (that thread hands back what is left).
-            let claimed = claim(&mut ctx.lock(), index, &job.id, job.streaming, job.urgent);
+            let claimed = claim(&mut ctx.lock(), index, &job.id);
             if let Some(job) = claimed {
                 any_ended |= follow_claimed(ctx, index, &endpoint, &worker_id, &job);
             }
