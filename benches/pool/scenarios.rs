@@ -1478,12 +1478,14 @@ pub fn tls(body: &JobBody, f: &mut Findings) -> Result<(), String> {
                 |i| submit_op(body, &url, i, "pool-"),
             );
             submits.push(&stats);
-            let mut unsettled = false;
+            // The flood's backlog drains before the full jobs' warm-up starts: a job queued
+            // behind it would outlast its deadline.
+            let mut unsettled = settle(&p.coord).is_none();
             let stats = closed_loop(
                 CLIENTS,
                 WARMUP,
                 SHORT_WINDOW,
-                || unsettled = settle(&p.coord).is_none(),
+                || unsettled |= settle(&p.coord).is_none(),
                 |i| pool_job_op(&p.coord, body, &content_type, i + CLIENTS),
             );
             jobs.push(&stats);
