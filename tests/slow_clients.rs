@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::lifecycle::submit;
-use support::{get, get_json, post_multipart, Coordinator, FakeWorker, Form};
+use support::lifecycle::{submit, wait_collected, wait_status};
+use support::{get, get_bytes, get_json, post_multipart, Coordinator, FakeWorker, Form};
 
 /// What "answers at once" allows on a loaded 2-core machine.
 const AT_ONCE: Duration = Duration::from_secs(5);
@@ -184,6 +184,43 @@ fn a_status_poll_is_served_on_its_connection_thread() {
         handed >= 100,
         "200 /pool requests woke the handlers {handed} times"
     );
+}
+
+#[test]
+fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
+    // Downloads from the worker take 3 s, so the job's collection (two files) lasts 6 s or more;
+    // with `--row-results-max 0` a request meanwhile is fetched from the worker, on a handler.
+    let worker = FakeWorker::start_with(|k| k.download_delay = Duration::from_secs(3));
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--threads", "2", "--row-results-max", "0"],
+    );
+    let id = submit(&coordinator, &small_job());
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["results"]["collected"], false, "{status}");
+    let expected = format!(
+        "result of {}\n",
+        status["remote_job_id"].as_str().unwrap_or("?")
+    );
+    let handler_wakeups = || coordinator.thread_wakeups("http-").expect("thread wakeups");
+    let output = |route: &str| get_bytes(&coordinator.url(&format!("/{route}/{id}/result.txt")));
+    let before = handler_wakeups();
+    assert_eq!(output("outputs"), (200, expected.clone().into_bytes()));
+    let fetched = handler_wakeups() - before;
+    wait_collected(&coordinator, &id, DEADLINE);
+    let before = handler_wakeups();
+    for _ in 0..100 {
+        assert_eq!(output("outputs"), (200, expected.clone().into_bytes()));
+        assert_eq!(output("download"), (200, expected.clone().into_bytes()));
+    }
+    let served = handler_wakeups() - before;
+    assert!(
+        served < 20,
+        "200 requests for a collected output woke the handlers {served} times"
+    );
+    // The count sees a request served by a handler: the one fetched from the worker.
+    assert!(fetched >= 1, "the fetch from the worker woke no handler");
+    assert_eq!(worker.recording().count("GET", "download"), 3);
 }
 
 #[test]

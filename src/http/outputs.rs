@@ -168,6 +168,20 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
     )
 }
 
+/// Whether a request for a file of job `id` is answered from the coordinator's own state: the
+/// job is unknown to the table (settled in the job store, or unknown), has not finished, has no
+/// results (lost, cancelled), or its results are collected or being collected in a small
+/// collection (which [`file`] waits for, up to [`COLLECTION_WAIT`]). Otherwise the file is
+/// fetched from the job's worker, and [`file`] runs on a handler thread.
+pub fn held_here(ctx: &Context, id: &str) -> bool {
+    let st = ctx.lock();
+    st.jobs.get(id).is_none_or(|job| {
+        !matches!(job.status, PoolStatus::Completed | PoolStatus::Failed)
+            || matches!(job.collection, Collection::Collected(_))
+            || job.collecting_at_most(ctx.config.row_results_max)
+    })
+}
+
 /// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
 /// `attachment` (sandrun's `Content-Disposition`) for `/download`.
 pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Reply {

@@ -91,11 +91,13 @@ fn match_route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-/// Whether `request` is answered at once from the table or the job store, never waiting on a
-/// worker, a client or a job: `GET /health`, and `GET /status/{id}` without `?wait=`. Such
-/// requests are served on their connection's own thread (`http/server.rs`), without a hand-over
-/// to a handler thread.
-pub fn is_quick(request: &Request) -> bool {
+/// Whether `request` is answered from the table, the job store or the collected results,
+/// never waiting on a worker or a client: `GET /health`, `GET /status/{id}` without `?wait=`,
+/// and a file of a job whose results the coordinator holds or is collecting (see
+/// [`outputs::held_here`]; `/outputs/{id}/{path}`, `/download/{id}/{path}`). Such requests are
+/// served on their connection's own thread (`http/server.rs`), without a hand-over to a handler
+/// thread.
+pub fn is_quick(ctx: &Context, request: &Request) -> bool {
     if *request.method() != Method::Get {
         return false;
     }
@@ -104,6 +106,7 @@ pub fn is_quick(request: &Request) -> bool {
     match match_route(path) {
         Some(Route::Health) => true,
         Some(Route::Status(_)) => query_param(url, "wait").is_none(),
+        Some(Route::OutputFile(id, _) | Route::DownloadFile(id, _)) => outputs::held_here(ctx, id),
         _ => false,
     }
 }

@@ -141,10 +141,10 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
 /// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
-/// Whether a request without a body is answered at once, never waiting on a worker or a client
-/// ([`crate::http::routes::is_quick`] in the coordinator): such a request is served on its
-/// connection's own thread, like one whose body arrived.
-pub type QuickTest = fn(&Request) -> bool;
+/// Whether a request without a body is answered from the coordinator's own state, never
+/// waiting on a worker or a client ([`crate::http::routes::is_quick`] in the coordinator): such
+/// a request is served on its connection's own thread, like one whose body arrived.
+pub type QuickTest = fn(&Context, &Request) -> bool;
 
 /// Writes `reply` to `request`, with the CORS headers its origin gets.
 fn respond(ctx: &Context, request: Request, reply: Reply) {
@@ -314,7 +314,7 @@ pub fn run(
         let here = if has_body(&request) {
             !streams_body(&request)
         } else {
-            quick(&request)
+            quick(&inline_ctx, &request)
         };
         if !here {
             return Some(request);
@@ -390,7 +390,7 @@ mod tests {
         let addr = server.server_addr().to_ip().expect("ip address");
         let ctx = Arc::new(ctx);
         ctx.attach();
-        thread::spawn(move || run(ctx, server, 2, panicky, |_| false));
+        thread::spawn(move || run(ctx, server, 2, panicky, |_, _| false));
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(10))
             .build();

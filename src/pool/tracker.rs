@@ -498,7 +498,7 @@ fn record_collection(
         None => ctx.record(&st, id),
     }
     drop(st);
-    ctx.collection_ended();
+    ctx.collection_ended(id);
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
@@ -528,7 +528,7 @@ fn retry_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
     if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
         j.collection = Collection::Pending(Some(why.to_string()));
     }
-    ctx.collection_ended();
+    ctx.collection_ended(&job.id);
     log::warn!("Job {}: {why}; retrying", job.id);
     give_up_if_stale(ctx, index, job, why);
 }
@@ -661,7 +661,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     untrack(&mut st, index, id);
     ctx.record(&st, id);
     drop(st);
-    ctx.collection_ended();
+    ctx.collection_ended(id);
     log::warn!("Job {id} is lost: {why}");
     announce::ended(ctx, id, None);
     if held_slot {

@@ -26,6 +26,9 @@ const DISPATCH_STACK: usize = 256 * 1024;
 const STREAM_STACK: usize = 256 * 1024;
 /// A request waiting for a collection looks at the table again at least this often.
 const COLLECTION_RECHECK: Duration = Duration::from_millis(100);
+/// The requests waiting for collections sleep on this many condition variables, one chosen by
+/// the job id: a collection's end wakes the requests of its own stripe, not every waiting one.
+const COLLECTION_STRIPES: usize = 16;
 
 /// Shared by the HTTP handlers, the scheduler, dispatches, trackers and the health checker.
 pub struct Context {
@@ -57,12 +60,19 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The `/status` answers of recently read settled jobs.
     pub settled_views: SettledViews,
-    /// Requests waiting in [`Context::lock_collected`].
-    collection_waiters: AtomicUsize,
-    /// Signalled with the pool lock when a collection attempt ends.
-    collection_ended: Condvar,
+    /// Requests waiting in [`Context::lock_collected`], per stripe (see [`stripe`]).
+    collection_waiters: [AtomicUsize; COLLECTION_STRIPES],
+    /// Signalled with the pool lock when a collection attempt of a job of the stripe ends.
+    collection_ended: [Condvar; COLLECTION_STRIPES],
     scheduler_signal: Sender<()>,
     health_signal: Sender<()>,
+}
+
+/// The stripe of [`Context::collection_ended`] that the requests for job `id` wait on.
+fn stripe(id: &str) -> usize {
+    id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % COLLECTION_STRIPES
 }
 
 /// The receiving ends of the wake-up signals, handed to the threads that wait on them.
@@ -94,8 +104,8 @@ impl Context {
             config,
             metrics,
             settled_views: SettledViews::default(),
-            collection_waiters: AtomicUsize::new(0),
-            collection_ended: Condvar::new(),
+            collection_waiters: std::array::from_fn(|_| AtomicUsize::new(0)),
+            collection_ended: std::array::from_fn(|_| Condvar::new()),
             state: Mutex::new(state),
             spool,
             store,
@@ -124,6 +134,7 @@ impl Context {
     /// checked against the signed hashes, instead of fetched from the worker a second time.
     pub fn lock_collected(&self, id: &str, limit: Duration) -> MutexGuard<'_, PoolState> {
         let deadline = Instant::now() + limit;
+        let stripe = stripe(id);
         let mut st = self.lock();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -134,21 +145,22 @@ impl Context {
             if !collecting || left.is_zero() {
                 return st;
             }
-            self.collection_waiters.fetch_add(1, Ordering::SeqCst);
-            st = self
-                .collection_ended
+            self.collection_waiters[stripe].fetch_add(1, Ordering::SeqCst);
+            st = self.collection_ended[stripe]
                 .wait_timeout(st, left.min(COLLECTION_RECHECK))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
-            self.collection_waiters.fetch_sub(1, Ordering::SeqCst);
+            self.collection_waiters[stripe].fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// Wakes the requests waiting in [`Context::lock_collected`]: a collection attempt ended
-    /// (collected, failed for now, or the job lost). Call it after changing the job.
-    pub fn collection_ended(&self) {
-        if self.collection_waiters.load(Ordering::SeqCst) > 0 {
-            self.collection_ended.notify_all();
+    /// Wakes the requests waiting in [`Context::lock_collected`] for job `id` (and those of
+    /// its stripe): a collection attempt of the job ended (collected, failed for now, or the
+    /// job lost). Call it after changing the job.
+    pub fn collection_ended(&self, id: &str) {
+        let stripe = stripe(id);
+        if self.collection_waiters[stripe].load(Ordering::SeqCst) > 0 {
+            self.collection_ended[stripe].notify_all();
         }
     }
 
