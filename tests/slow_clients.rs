@@ -201,17 +201,18 @@ fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
     let expected = format!(
         "result of {}\n",
         status["remote_job_id"].as_str().unwrap_or("?")
-    );
+    )
+    .into_bytes();
     let handler_wakeups = || coordinator.thread_wakeups("http-").expect("thread wakeups");
     let output = |route: &str| get_bytes(&coordinator.url(&format!("/{route}/{id}/result.txt")));
     let before = handler_wakeups();
-    assert_eq!(output("outputs"), (200, expected.clone().into_bytes()));
+    assert_eq!(output("outputs"), (200, expected.clone()));
     let fetched = handler_wakeups() - before;
     wait_collected(&coordinator, &id, DEADLINE);
     let before = handler_wakeups();
     for _ in 0..100 {
-        assert_eq!(output("outputs"), (200, expected.clone().into_bytes()));
-        assert_eq!(output("download"), (200, expected.clone().into_bytes()));
+        assert_eq!(output("outputs"), (200, expected.clone()));
+        assert_eq!(output("download"), (200, expected.clone()));
     }
     let served = handler_wakeups() - before;
     assert!(
