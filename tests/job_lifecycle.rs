@@ -536,37 +536,86 @@ fn a_slow_collection_does_not_hold_up_the_end_of_another_job_on_the_same_worker(
     assert_pool_consistent(&coordinator);
 }
 
-#[test]
-fn at_most_two_follow_ups_of_one_workers_jobs_run_at_once() {
-    let worker = FakeWorker::start_with(|k| k.download_delay = SLOW_DOWNLOAD_DELAY);
+/// Job `id` as `GET /jobs` lists it, once its `pool_status` is `wanted`: watched without asking
+/// for its status (which would mark it as a job a client waits on).
+fn wait_listed(coordinator: &Coordinator, id: &str, wanted: &str) -> Value {
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        let (code, body) = get_json(&coordinator.url("/jobs?limit=100"));
+        assert_eq!(code, 200, "{body}");
+        last = body["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["job_id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null);
+        (last["pool_status"] == wanted).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("job {id} was not listed {wanted} in {DEADLINE:?}: {last}"))
+}
+
+/// Three jobs that nobody asks about end one after another on a worker whose downloads are
+/// slow, each then collected for 6 s or more: the first two on their stream threads, the third
+/// by the tracker. Each job runs for a second, so a client that asks for the status of the next
+/// one right after its submit certainly asks before it ends. Returns the coordinator, the
+/// worker and the three ids.
+fn three_long_follow_ups() -> (Coordinator, FakeWorker, Vec<String>) {
+    let worker = FakeWorker::start_with(|k| {
+        k.download_delay = SLOW_DOWNLOAD_DELAY;
+        k.job_duration = Duration::from_secs(1);
+    });
     let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    // Three jobs end one after another, each collected for 6 s or more: the first two on their
-    // stream threads, the third by the tracker.
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = submit(&coordinator, &main_py_job());
-        wait_status(&coordinator, &id, "completed", DEADLINE);
+        wait_listed(&coordinator, &id, "completed");
         ids.push(id);
     }
-    // The fourth job's end waits for the tracker, busy with the third job's collection.
-    let fourth = submit(&coordinator, &main_py_job());
-    wait_status(&coordinator, &fourth, "completed", DEADLINE);
-    let status = job_status(&coordinator, &ids[2]);
-    assert_eq!(
-        status["results"]["collected"], true,
-        "a third follow-up ran beside two others: {status}"
-    );
-    ids.push(fourth);
-    for id in &ids {
-        wait_collected(&coordinator, id, DEADLINE);
+    (coordinator, worker, ids)
+}
+
+/// Waits for every job's collection and checks that each was collected once.
+fn all_collected_once(coordinator: &Coordinator, worker: &FakeWorker, ids: &[String]) {
+    for id in ids {
+        wait_collected(coordinator, id, DEADLINE);
     }
     assert_eq!(
         worker.recording().count("GET", "download"),
         ids.len() * COLLECTION_DOWNLOADS,
         "a job's results were collected twice"
     );
-    assert_pool_consistent(&coordinator);
+    assert_pool_consistent(coordinator);
+}
+
+#[test]
+fn at_most_two_follow_ups_of_one_workers_jobs_run_at_once() {
+    let (coordinator, worker, mut ids) = three_long_follow_ups();
+    // The fourth job's end waits for the tracker, busy with the third job's collection.
+    let fourth = submit(&coordinator, &main_py_job());
+    wait_listed(&coordinator, &fourth, "completed");
+    let third = wait_listed(&coordinator, &ids[2], "completed");
+    assert_eq!(
+        third["results"]["collected"], true,
+        "a third follow-up ran beside two others: {third}"
+    );
+    ids.push(fourth);
+    all_collected_once(&coordinator, &worker, &ids);
+}
+
+#[test]
+fn the_end_of_a_job_a_client_waits_on_is_followed_up_beside_two_others() {
+    let (coordinator, worker, mut ids) = three_long_follow_ups();
+    // The client asks for the fourth job's status: its end is followed up at once on its own
+    // stream's thread, while the tracker is still collecting the third job's results.
+    let fourth = submit(&coordinator, &main_py_job());
+    wait_status(&coordinator, &fourth, "completed", DEADLINE);
+    let third = wait_listed(&coordinator, &ids[2], "completed");
+    assert_eq!(
+        third["results"]["collected"], false,
+        "the end of a job a client waits on waited for the tracker: {third}"
+    );
+    ids.push(fourth);
+    all_collected_once(&coordinator, &worker, &ids);
 }
 
 #[test]

@@ -288,6 +288,10 @@ pub struct Job {
     /// slot there, and is deleted on the worker once ended.
     #[serde(default)]
     pub ending_on_worker: bool,
+    /// A client asked for its status, waits for its end or follows it (not stored): its end
+    /// is followed up at once, even beside the worker's other follow-ups.
+    #[serde(skip)]
+    pub watched: bool,
     /// The figures of the worker's `[DONE]` stream line, when it was seen (boxed, like the
     /// other fields a queued job leaves empty, so that 10,000 queued records stay small).
     #[serde(default)]
@@ -329,6 +333,7 @@ impl Job {
             owner: None,
             priority: Priority::Normal,
             ending_on_worker: false,
+            watched: false,
             done_figures: None,
             verification: None,
             upload_at: None,

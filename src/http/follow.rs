@@ -90,12 +90,16 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
         }
     };
     let in_table = {
-        let st = ctx.lock();
+        let mut st = ctx.lock();
         match st.jobs.get(id) {
-            Some(job) if !is_over(job) => Ok(Plan::Live {
-                first: first_line(job),
-                follower: ctx.events.follow(id, slot),
-            }),
+            Some(job) if !is_over(job) => {
+                let first = first_line(job);
+                st.watch(id);
+                Ok(Plan::Live {
+                    first,
+                    follower: ctx.events.follow(id, slot),
+                })
+            }
             Some(job) => Ok(replay(job, slot)),
             None => Err(slot),
         }

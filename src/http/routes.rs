@@ -378,6 +378,7 @@ fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
         };
     }
     st.ends.watch(id);
+    st.watch(id);
     Reply::Wait {
         job_id: id.to_string(),
         until: Instant::now() + Duration::from_secs_f64(secs),
@@ -460,11 +461,15 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     }
 }
 
-/// `GET /status/{id}`: from the table while the job is live, else from the job store.
+/// `GET /status/{id}`: from the table while the job is live (the job is then watched, see
+/// `Job::watched`), else from the job store.
 fn status(ctx: &Context, id: &str) -> Reply {
-    if let Some(bytes) = status_json(&promoted(ctx), id) {
+    let mut st = promoted(ctx);
+    if let Some(bytes) = status_json(&st, id) {
+        st.watch(id);
         return Reply::JsonBytes(200, bytes);
     }
+    drop(st);
     match stored_view(ctx, id) {
         Ok(Some(view)) => Reply::JsonBytes(200, view.status_json.clone()),
         Ok(None) => unknown_job(id),

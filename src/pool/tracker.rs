@@ -3,10 +3,10 @@
 //! checking its results. A job whose worker stream is open (see [`crate::pool::stream`]) is
 //! polled only every [`STREAMED_POLL_FACTOR`] track intervals: when the stream says `[DONE]`,
 //! its own thread follows the job's end up at once ([`follow_now`], up to
-//! [`STREAM_FOLLOW_UPS`] at once per worker), so one job's collection does not hold up the end
-//! of another on the same worker. Other jobs are polled every track
-//! interval, and at once after a dispatch to the worker or a job's end. A worker that blocks
-//! (sandrun holds its lock while a job runs) only delays its own tracker.
+//! [`STREAM_FOLLOW_UPS`] at once per worker, beyond that only for a job a client waits on), so
+//! one job's collection does not hold up the end of another on the same worker. Other jobs are
+//! polled every track interval, and at once after a dispatch to the worker or a job's end. A
+//! worker that blocks (sandrun holds its lock while a job runs) only delays its own tracker.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{
@@ -34,9 +34,11 @@ const TRACKER_STACK: usize = 256 * 1024;
 pub const STREAMED_POLL_FACTOR: u32 = 10;
 
 /// A stream thread follows its job's end up itself only while fewer follow-ups of its worker's
-/// jobs than this are under way (its tracker's included); else it hands the job to the tracker.
-/// One slow collection then holds up no other job, and a flood of short jobs cannot put a
-/// follow-up thread per job on the cores that submits need.
+/// jobs than this are under way (its tracker's included), or when a client waits on the job
+/// (`Job::watched`); else it hands the job to the tracker. One slow collection then holds up no
+/// other job, and a flood of short jobs that nobody asks about cannot put a follow-up thread
+/// per job on the cores that submits need, while a client waiting for its job's end does not
+/// wait behind the tracker's turn too.
 pub const STREAM_FOLLOW_UPS: usize = 2;
 
 /// The error of a job refused under `--require-verified`, and the worker's health reason.
@@ -175,12 +177,13 @@ fn follow_claimed(
 /// (a collection to retry, a status not final yet) goes back to the tracker, which polls the
 /// job at once. Returns false, doing nothing, when the job is not this worker's to follow (any
 /// more), another thread follows it up right now, or [`STREAM_FOLLOW_UPS`] follow-ups of the
-/// worker's jobs are under way.
+/// worker's jobs are under way and no client waits on this one.
 pub fn follow_now(ctx: &Context, index: usize, id: &str) -> bool {
     let (endpoint, worker_id, job) = {
         let mut st = ctx.lock();
         let busy = st.workers.get(index).map_or(0, |w| w.following_up.len());
-        if busy >= STREAM_FOLLOW_UPS {
+        let watched = st.jobs.get(id).is_some_and(|j| j.watched);
+        if busy >= STREAM_FOLLOW_UPS && !watched {
             return false;
         }
         let Some(job) = claim(&mut st, index, id) else {

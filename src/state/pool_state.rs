@@ -502,6 +502,13 @@ impl PoolState {
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
+    /// Notes that a client waits on job `id` (see [`Job::watched`]).
+    pub fn watch(&mut self, id: &str) {
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.watched = true;
+        }
+    }
+
     /// Puts a job back at the head of the queue.
     pub fn requeue_front(&mut self, id: &str) {
         let Some(job) = self.set_status(id, PoolStatus::Queued) else {
