@@ -555,14 +555,10 @@ fn wait_listed(coordinator: &Coordinator, id: &str, wanted: &str) -> Value {
 
 /// Three jobs that nobody asks about end one after another on a worker whose downloads are
 /// slow, each then collected for 6 s or more: the first two on their stream threads, the third
-/// by the tracker. Each job runs for a second, so a client that asks for the status of the next
-/// one right after its submit certainly asks before it ends. Returns the coordinator, the
-/// worker and the three ids.
+/// by the tracker. They end at once, so their streams tell their ends before any tracker poll
+/// could. Returns the coordinator, the worker and the three ids.
 fn three_long_follow_ups() -> (Coordinator, FakeWorker, Vec<String>) {
-    let worker = FakeWorker::start_with(|k| {
-        k.download_delay = SLOW_DOWNLOAD_DELAY;
-        k.job_duration = Duration::from_secs(1);
-    });
+    let worker = FakeWorker::start_with(|k| k.download_delay = SLOW_DOWNLOAD_DELAY);
     let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let mut ids = Vec::new();
@@ -606,7 +602,10 @@ fn at_most_two_follow_ups_of_one_workers_jobs_run_at_once() {
 fn the_end_of_a_job_a_client_waits_on_is_followed_up_beside_two_others() {
     let (coordinator, worker, mut ids) = three_long_follow_ups();
     // The client asks for the fourth job's status: its end is followed up at once on its own
-    // stream's thread, while the tracker is still collecting the third job's results.
+    // stream's thread, while the tracker is still collecting the third job's results. The job
+    // runs for a second, so the client certainly asks before it ends (and the tracker, busy,
+    // cannot see its end first).
+    worker.set(|k| k.job_duration = Duration::from_secs(1));
     let fourth = submit(&coordinator, &main_py_job());
     wait_status(&coordinator, &fourth, "completed", DEADLINE);
     let third = wait_listed(&coordinator, &ids[2], "completed");
