@@ -536,8 +536,8 @@ fn a_slow_collection_does_not_hold_up_the_end_of_another_job_on_the_same_worker(
     assert_pool_consistent(&coordinator);
 }
 
-/// Job `id` as `GET /jobs` lists it, once its `pool_status` is `wanted`: watched without asking
-/// for its status (which would mark it as a job a client waits on).
+/// Job `id` as `GET /jobs` lists it, once its `pool_status` is `wanted`. The listing, unlike
+/// `/status/{id}`, does not mark the job as one a client waits on.
 fn wait_listed(coordinator: &Coordinator, id: &str, wanted: &str) -> Value {
     let mut last = Value::Null;
     poll_until(DEADLINE, || {

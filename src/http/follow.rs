@@ -94,7 +94,7 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
         match st.jobs.get(id) {
             Some(job) if !is_over(job) => {
                 let first = first_line(job);
-                st.watch(id);
+                st.mark_watched(id);
                 Ok(Plan::Live {
                     first,
                     follower: ctx.events.follow(id, slot),

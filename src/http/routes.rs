@@ -378,7 +378,7 @@ fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
         };
     }
     st.ends.watch(id);
-    st.watch(id);
+    st.mark_watched(id);
     Reply::Wait {
         job_id: id.to_string(),
         until: Instant::now() + Duration::from_secs_f64(secs),
@@ -466,7 +466,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
 fn status(ctx: &Context, id: &str) -> Reply {
     let mut st = promoted(ctx);
     if let Some(bytes) = status_json(&st, id) {
-        st.watch(id);
+        st.mark_watched(id);
         return Reply::JsonBytes(200, bytes);
     }
     drop(st);

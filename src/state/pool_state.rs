@@ -503,7 +503,7 @@ impl PoolState {
     }
 
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
-    pub fn watch(&mut self, id: &str) {
+    pub fn mark_watched(&mut self, id: &str) {
         if let Some(job) = self.jobs.get_mut(id) {
             job.watched = true;
         }
