@@ -1171,3 +1171,50 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn pool_counts_each_job_once_while_the_store_settles_them() {
+    const JOBS: u64 = 300;
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    worker.stop();
+    let coordinator = Coordinator::start(&[worker.entry(16)], &FAST);
+    for i in 0..JOBS {
+        submit(&coordinator, &job(&format!("counted {i}")));
+    }
+    worker.restart();
+    // Two clients read `/pool` as fast as they can while the jobs run and settle (each settled
+    // job moves from the table's counts to the store's): every snapshot counts every job once.
+    let url = coordinator.url("/pool");
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + DEADLINE;
+                let mut snapshots = 0u64;
+                loop {
+                    let (status, pool) = get_json(&url);
+                    assert_eq!(status, 200, "{pool}");
+                    let by_status: u64 = pool["jobs_by_status"]
+                        .as_object()
+                        .map_or(0, |counts| counts.values().filter_map(Value::as_u64).sum());
+                    assert_eq!(pool["total_jobs"], JOBS, "snapshot {snapshots}: {pool}");
+                    assert_eq!(by_status, JOBS, "snapshot {snapshots}: {pool}");
+                    snapshots += 1;
+                    if pool["jobs_by_status"]["completed"] == JOBS {
+                        return snapshots;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the jobs did not complete: {pool}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        let snapshots = reader
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert!(snapshots > 1, "/pool was read only once");
+    }
+}

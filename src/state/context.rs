@@ -174,10 +174,23 @@ impl Context {
         let _ = self.health_signal.try_send(());
     }
 
-    /// Lets the context hand itself to the job store's commit callbacks (a settled job leaves
-    /// the table once its record committed). Called once, right after it was put in an `Arc`.
+    /// Lets the context hand itself to the job store's commit callbacks: a settled job leaves
+    /// the table once its record committed, in the same critical section that counts it in the
+    /// store's figures. Called once, right after it was put in an `Arc`.
     pub fn attach(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
+        let me = Arc::downgrade(self);
+        self.store.on_settled(Box::new(move |settled, count| {
+            let Some(ctx) = me.upgrade() else {
+                count();
+                return;
+            };
+            let mut st = ctx.lock();
+            for (id, _) in settled {
+                st.forget_settled(id);
+            }
+            count();
+        }));
     }
 
     /// Records job `id` as the table `st` holds it now in the job store, without waiting for
@@ -273,26 +286,11 @@ impl Context {
         then: Option<crate::store::jobs_db::Done>,
     ) -> Option<Record> {
         let job = st.jobs.get(id)?;
-        let shared = self.me.get().and_then(Weak::upgrade);
-        let done: Option<crate::store::jobs_db::Done> =
-            if let Some(ctx) = shared.filter(|_| job.is_settled()) {
-                let id = id.to_string();
-                Some(Box::new(move |result| {
-                    if result.is_ok() {
-                        ctx.lock().forget_settled(&id);
-                    }
-                    if let Some(then) = then {
-                        then(result);
-                    }
-                }))
-            } else {
-                then
-            };
         Some(Record {
             job: job.clone(),
             insert: false,
             upload: None,
-            done,
+            done: then,
             sync_first: None,
             within: DEFERRAL,
         })

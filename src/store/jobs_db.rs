@@ -34,7 +34,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -234,6 +234,12 @@ impl From<rusqlite::Error> for StoreError {
 /// Called by the writer once a record committed (or failed to).
 pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
+/// What to do once a committed transaction settled jobs (their ids and final statuses), given
+/// `count`, which adds them to the store's settled counts: the coordinator takes them out of its
+/// table and calls `count` in the same critical section, so that `/pool` (which reads both with
+/// the table locked) counts each job once. Runs before the transaction's [`Done`] callbacks.
+pub type SettleHook = Box<dyn Fn(&[(String, PoolStatus)], &dyn Fn()) + Send + Sync>;
+
 /// One job state change for the writer.
 pub struct Record {
     /// The job's whole record after the change.
@@ -357,6 +363,7 @@ pub struct JobStore {
     /// Read-only connections not in use (closed by the writer whenever the store is idle).
     readers: Arc<Mutex<Vec<Connection>>>,
     figures: Arc<Figures>,
+    settle_hook: Arc<OnceLock<SettleHook>>,
     /// Drains made through the API.
     pub drains: Drains,
     deferred_check: Mutex<Option<DeferredCheck>>,
@@ -461,6 +468,7 @@ impl JobStore {
         };
         let (ops, received) = handoff(max_batch);
         let readers = Arc::new(Mutex::new(Vec::new()));
+        let settle_hook = Arc::new(OnceLock::new());
         let writer = Writer {
             conn,
             idle_readers: Arc::clone(&readers),
@@ -469,6 +477,7 @@ impl JobStore {
             synced_until_write: false,
             retention,
             figures: Arc::clone(&figures),
+            settle_hook: Arc::clone(&settle_hook),
             commits_since_checkpoint: 1,
             last_commit: Instant::now(),
             last_sweep: None,
@@ -489,9 +498,16 @@ impl JobStore {
             ops,
             readers,
             figures,
+            settle_hook,
             deferred_check: Mutex::new(deferred_check),
         };
         Ok((store, unsettled))
+    }
+
+    /// Sets what to do when commits settle jobs (once; a later hook is ignored). Without one,
+    /// the store counts them on its own.
+    pub fn on_settled(&self, hook: SettleHook) {
+        let _ = self.settle_hook.set(hook);
     }
 
     /// The integrity check left for after the start (a store larger than
@@ -894,17 +910,24 @@ fn copy_io_error(e: &io::Error) -> io::Error {
     )
 }
 
-/// Runs the callbacks of a durable (or failed) transaction, after counting the jobs it settled:
-/// `/pool` adds the store's settled counts to the table's, and a callback takes a settled job
-/// out of the table.
+/// Runs the callbacks of a durable (or failed) transaction, after counting the jobs it settled
+/// (through the settle hook when there is one: see [`SettleHook`]). A committed transaction's
+/// settled jobs are counted even when its sync failed: readers of the store see its rows.
 fn release(
     figures: &Figures,
-    settled: &[PoolStatus],
+    hook: Option<&SettleHook>,
+    settled: &[(String, PoolStatus)],
     done: Vec<Done>,
     result: Result<(), StoreError>,
 ) {
-    for status in settled {
-        figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
+    let count = || {
+        for (_, status) in settled {
+            figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    match hook {
+        Some(hook) if !settled.is_empty() => hook(settled, &count),
+        _ => count(),
     }
     for done in done {
         done(result.as_ref().map(|_| ()));
@@ -925,6 +948,7 @@ struct Writer {
     synced_until_write: bool,
     retention: Retention,
     figures: Arc<Figures>,
+    settle_hook: Arc<OnceLock<SettleHook>>,
     commits_since_checkpoint: u64,
     last_commit: Instant,
     last_sweep: Option<Instant>,
@@ -984,16 +1008,17 @@ impl Writer {
         self.count(batch.len(), &written);
         let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
         let figures = Arc::clone(&self.figures);
+        let hook = Arc::clone(&self.settle_hook);
         match (&self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
                 let release = Box::new(move |synced: Result<(), &io::Error>| {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
-                    release(&figures, &settled, done, result);
+                    release(&figures, hook.get(), &settled, done, result);
                 });
                 wal.committed(release);
             }
-            (_, Ok(settled)) => release(&figures, &settled, done, Ok(())),
-            (_, Err(e)) => release(&figures, &[], done, Err(e)),
+            (_, Ok(settled)) => release(&figures, hook.get(), &settled, done, Ok(())),
+            (_, Err(e)) => release(&figures, None, &[], done, Err(e)),
         }
     }
 
@@ -1042,7 +1067,7 @@ impl Writer {
     }
 
     /// Counts a transaction in the store's figures.
-    fn count(&mut self, records: usize, result: &Result<Vec<PoolStatus>, StoreError>) {
+    fn count(&mut self, records: usize, result: &Result<Vec<(String, PoolStatus)>, StoreError>) {
         self.last_commit = Instant::now();
         match result {
             Ok(_) => {
@@ -1066,8 +1091,8 @@ impl Writer {
         }
     }
 
-    /// Writes the batch; returns the statuses of the jobs it settled.
-    fn write(&mut self, batch: &[Record]) -> Result<Vec<PoolStatus>, StoreError> {
+    /// Writes the batch; returns the ids and statuses of the jobs it settled.
+    fn write(&mut self, batch: &[Record]) -> Result<Vec<(String, PoolStatus)>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut settled = Vec::new();
         let mut inserted = 0u64;
@@ -1135,7 +1160,7 @@ impl Writer {
                     }
                 }
                 if finished_at.is_some() {
-                    settled.push(job.status);
+                    settled.push((job.id.clone(), job.status));
                 }
             }
         }
