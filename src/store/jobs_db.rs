@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -925,12 +926,23 @@ fn release(
             figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
         }
     };
+    // A callback that panics is logged and the others still run: the writer thread goes on.
+    let guarded = |what: &str, call: &mut dyn FnMut()| {
+        if catch_unwind(AssertUnwindSafe(call)).is_err() {
+            log::error!("A job store {what} panicked");
+        }
+    };
     match hook {
-        Some(hook) if !settled.is_empty() => hook(settled, &count),
+        Some(hook) if !settled.is_empty() => guarded("settle hook", &mut || hook(settled, &count)),
         _ => count(),
     }
     for done in done {
-        done(result.as_ref().map(|_| ()));
+        let mut done = Some(done);
+        guarded("callback", &mut || {
+            if let Some(done) = done.take() {
+                done(result.as_ref().map(|_| ()));
+            }
+        });
     }
 }
 
@@ -1457,5 +1469,59 @@ mod tests {
             .collect();
         assert_eq!(ids(failed), expected);
         store.close();
+    }
+
+    fn record(job: Job, insert: bool) -> Record {
+        Record {
+            job: Box::new(job),
+            insert,
+            upload: None,
+            done: None,
+            sync_first: None,
+            within: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_settle_hook_counts_what_settled_and_a_panic_in_it_stops_nothing() {
+        for mode in [FsyncMode::Off, FsyncMode::Batch] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let (store, _) = JobStore::open(dir.path(), mode, retention(dir.path()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let hook_seen = Arc::clone(&seen);
+            store.on_settled(Box::new(move |settled, count| {
+                count();
+                lock(&hook_seen).extend(settled.iter().map(|(id, _)| id.clone()));
+                assert!(
+                    settled.len() > 1,
+                    "the hook's panic must not stop the writer"
+                );
+            }));
+            let queued = job(1, PoolStatus::Queued);
+            store
+                .send_and_wait(record(queued.clone(), true))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(lock(&seen).is_empty(), "a queued job settled nothing");
+            let mut panics = record(job(1, PoolStatus::Completed), false);
+            panics.done = Some(Box::new(|_| panic!("a callback panics")));
+            // Its ticket is never answered: the panic left the callback before it.
+            assert!(store.send_and_wait(panics).is_err(), "{mode:?}");
+            store
+                .send_and_wait(record(job(2, PoolStatus::Failed), true))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                *lock(&seen),
+                [queued.id.clone(), job(2, PoolStatus::Failed).id],
+                "{mode:?}"
+            );
+            assert_eq!(store.settled_count(PoolStatus::Completed), 1, "{mode:?}");
+            assert_eq!(store.settled_count(PoolStatus::Failed), 1, "{mode:?}");
+            store
+                .send_and_wait(record(job(1, PoolStatus::Failed), false))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(store.settled_count(PoolStatus::Failed), 1, "settled twice");
+            store.close();
+        }
     }
 }

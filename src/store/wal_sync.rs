@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 /// What to do once a committed transaction is synced (or its sync failed).
@@ -34,9 +33,7 @@ impl WalSync {
     /// Syncs the transaction just committed (unsynced), then runs its release.
     pub fn committed(&self, release: Release) {
         let synced = self.sync();
-        if catch_unwind(AssertUnwindSafe(|| release(synced.as_ref().map(|_| ())))).is_err() {
-            log::error!("A job store callback panicked");
-        }
+        release(synced.as_ref().map(|_| ()));
     }
 
     /// Syncs the WAL file. Also for an act that must follow durable rows (deleting the results
