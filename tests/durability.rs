@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::lifecycle::{job_status, submit, wait_collected, wait_healthy};
+use support::lifecycle::{
+    assert_pool_consistent, job_status, submit, wait_collected, wait_healthy,
+};
 use support::{
     get, get_bytes, get_json, poll_until, send, write_workers_json, Coordinator, FakeWorker, Form,
     Knobs,
@@ -1183,38 +1185,34 @@ fn pool_counts_each_job_once_while_the_store_settles_them() {
     }
     worker.restart();
     // Two clients read `/pool` as fast as they can while the jobs run and settle (each settled
-    // job moves from the table's counts to the store's): every snapshot counts every job once.
-    let url = coordinator.url("/pool");
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + DEADLINE;
-                let mut snapshots = 0u64;
-                loop {
-                    let (status, pool) = get_json(&url);
-                    assert_eq!(status, 200, "{pool}");
-                    let by_status: u64 = pool["jobs_by_status"]
-                        .as_object()
-                        .map_or(0, |counts| counts.values().filter_map(Value::as_u64).sum());
-                    assert_eq!(pool["total_jobs"], JOBS, "snapshot {snapshots}: {pool}");
-                    assert_eq!(by_status, JOBS, "snapshot {snapshots}: {pool}");
-                    snapshots += 1;
-                    if pool["jobs_by_status"]["completed"] == JOBS {
-                        return snapshots;
+    // job moves from the table's counts to the store's): every snapshot counts every job once
+    // (its counts add up to `total_jobs`, and that is every job).
+    thread::scope(|scope| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let deadline = Instant::now() + DEADLINE;
+                    let mut snapshots = 0u64;
+                    loop {
+                        let pool = assert_pool_consistent(&coordinator);
+                        assert_eq!(pool["total_jobs"], JOBS, "snapshot {snapshots}: {pool}");
+                        snapshots += 1;
+                        if pool["jobs_by_status"]["completed"] == JOBS {
+                            return snapshots;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "the jobs did not complete: {pool}"
+                        );
                     }
-                    assert!(
-                        Instant::now() < deadline,
-                        "the jobs did not complete: {pool}"
-                    );
-                }
+                })
             })
-        })
-        .collect();
-    for reader in readers {
-        let snapshots = reader
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        assert!(snapshots > 1, "/pool was read only once");
-    }
+            .collect();
+        for reader in readers {
+            let snapshots = reader
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            assert!(snapshots > 1, "/pool was read only once");
+        }
+    });
 }

@@ -197,7 +197,7 @@ impl Context {
     /// the commit. Called with the table locked, so the records of one job reach the store in
     /// the order of its changes. A settled job leaves the table once its record committed.
     pub fn record(&self, st: &PoolState, id: &str) {
-        if let Some(record) = self.record_of(st, id, None) {
+        if let Some(record) = self.record_of(st, id) {
             self.store.send(record);
         }
     }
@@ -206,7 +206,7 @@ impl Context {
     /// nobody waits on it (a worker's job id: without it a restart cannot follow the job and
     /// must call it lost): committed and synced within [`SOON`], with whatever came before it.
     pub fn record_soon(&self, st: &PoolState, id: &str) {
-        if let Some(mut record) = self.record_of(st, id, None) {
+        if let Some(mut record) = self.record_of(st, id) {
             record.within = SOON;
             self.store.send(record);
         }
@@ -221,9 +221,8 @@ impl Context {
             self.record(st, id);
             return;
         };
-        let give_back: crate::store::jobs_db::Done =
-            Box::new(move |_| spool_ctx.spool.give_back_results(pinned));
-        if let Some(record) = self.record_of(st, id, Some(give_back)) {
+        if let Some(mut record) = self.record_of(st, id) {
+            record.done = Some(Box::new(move |_| spool_ctx.spool.give_back_results(pinned)));
             self.store.send(record);
         }
     }
@@ -273,24 +272,19 @@ impl Context {
     /// Records job `id` with the table locked and gives the ticket to wait on for its commit
     /// once the table is unlocked (None when the job is not in the table).
     pub fn record_with_ticket(&self, st: &PoolState, id: &str) -> Option<Ticket> {
-        let mut record = self.record_of(st, id, None)?;
+        let mut record = self.record_of(st, id)?;
         let ticket = Ticket::attach(&mut record);
         self.store.send(record);
         Some(ticket)
     }
 
-    fn record_of(
-        &self,
-        st: &PoolState,
-        id: &str,
-        then: Option<crate::store::jobs_db::Done>,
-    ) -> Option<Record> {
+    fn record_of(&self, st: &PoolState, id: &str) -> Option<Record> {
         let job = st.jobs.get(id)?;
         Some(Record {
             job: job.clone(),
             insert: false,
             upload: None,
-            done: then,
+            done: None,
             sync_first: None,
             within: DEFERRAL,
         })

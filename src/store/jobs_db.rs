@@ -926,23 +926,19 @@ fn release(
             figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
         }
     };
-    // A callback that panics is logged and the others still run: the writer thread goes on.
-    let guarded = |what: &str, call: &mut dyn FnMut()| {
-        if catch_unwind(AssertUnwindSafe(call)).is_err() {
-            log::error!("A job store {what} panicked");
-        }
-    };
     match hook {
-        Some(hook) if !settled.is_empty() => guarded("settle hook", &mut || hook(settled, &count)),
+        Some(hook) if !settled.is_empty() => guarded("settle hook", || hook(settled, &count)),
         _ => count(),
     }
     for done in done {
-        let mut done = Some(done);
-        guarded("callback", &mut || {
-            if let Some(done) = done.take() {
-                done(result.as_ref().map(|_| ()));
-            }
-        });
+        guarded("callback", || done(result.as_ref().map(|_| ())));
+    }
+}
+
+/// Runs `call`; a panic in it is logged, so the writer thread and the callbacks after it go on.
+fn guarded(what: &str, call: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(call)).is_err() {
+        log::error!("A job store {what} panicked");
     }
 }
 
