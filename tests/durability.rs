@@ -1174,45 +1174,95 @@ fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[test]
-fn pool_counts_each_job_once_while_the_store_settles_them() {
-    const JOBS: u64 = 300;
+/// `jobs` jobs queued while the worker was away, then set free all at once: the coordinator and
+/// the worker, which runs them as fast as the coordinator dispatches them.
+fn a_burst_of_jobs(jobs: u64, tag: &str) -> (Coordinator, FakeWorker) {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
     worker.stop();
     let coordinator = Coordinator::start(&[worker.entry(16)], &FAST);
-    for i in 0..JOBS {
-        submit(&coordinator, &job(&format!("counted {i}")));
+    for i in 0..jobs {
+        submit(&coordinator, &job(&format!("{tag} {i}")));
     }
     worker.restart();
+    (coordinator, worker)
+}
+
+/// Runs `read` on `clients` threads at once; each returns how many reads it made, and each must
+/// have made more than one.
+fn read_side_by_side(clients: usize, what: &str, read: impl Fn() -> u64 + Sync) {
+    thread::scope(|scope| {
+        let readers: Vec<_> = (0..clients).map(|_| scope.spawn(&read)).collect();
+        for reader in readers {
+            let reads = reader
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            assert!(reads > 1, "{what} was read only once");
+        }
+    });
+}
+
+#[test]
+fn pool_counts_each_job_once_while_the_store_settles_them() {
+    const JOBS: u64 = 300;
+    let (coordinator, _worker) = a_burst_of_jobs(JOBS, "counted");
     // Two clients read `/pool` as fast as they can while the jobs run and settle (each settled
     // job moves from the table's counts to the store's): every snapshot counts every job once
     // (its counts add up to `total_jobs`, and that is every job).
-    thread::scope(|scope| {
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(|| {
-                    let deadline = Instant::now() + DEADLINE;
-                    let mut snapshots = 0u64;
-                    loop {
-                        let pool = assert_pool_consistent(&coordinator);
-                        assert_eq!(pool["total_jobs"], JOBS, "snapshot {snapshots}: {pool}");
-                        snapshots += 1;
-                        if pool["jobs_by_status"]["completed"] == JOBS {
-                            return snapshots;
-                        }
-                        assert!(
-                            Instant::now() < deadline,
-                            "the jobs did not complete: {pool}"
-                        );
-                    }
-                })
-            })
-            .collect();
-        for reader in readers {
-            let snapshots = reader
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            assert!(snapshots > 1, "/pool was read only once");
+    read_side_by_side(2, "/pool", || {
+        let deadline = Instant::now() + DEADLINE;
+        let mut snapshots = 0u64;
+        loop {
+            let pool = assert_pool_consistent(&coordinator);
+            assert_eq!(pool["total_jobs"], JOBS, "snapshot {snapshots}: {pool}");
+            snapshots += 1;
+            if pool["jobs_by_status"]["completed"] == JOBS {
+                return snapshots;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the jobs did not complete: {pool}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_listing_never_shows_a_job_behind_what_an_earlier_listing_showed() {
+    const JOBS: u64 = 300;
+    let (coordinator, _worker) = a_burst_of_jobs(JOBS, "listed");
+    // Four clients list every job as fast as they can while the jobs run and settle (each
+    // settled job leaves the table for the store): every listing holds every job, and once a
+    // listing showed a job ended, no later listing shows it still under way.
+    read_side_by_side(4, "/jobs", || {
+        let deadline = Instant::now() + 2 * DEADLINE;
+        let mut ended: BTreeMap<String, String> = BTreeMap::new();
+        let mut listings = 0u64;
+        loop {
+            let (code, body) = get_json(&coordinator.url("/jobs?limit=1000"));
+            assert_eq!(code, 200, "{body}");
+            let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+            assert_eq!(jobs.len() as u64, JOBS, "listing {listings}: {body}");
+            for listed in &jobs {
+                let id = listed["job_id"].as_str().unwrap_or_default().to_string();
+                let now = listed["pool_status"].as_str().unwrap_or_default();
+                if let Some(before) = ended.get(&id) {
+                    assert_eq!(
+                        now, before,
+                        "listing {listings} shows job {id} {now} after an earlier listing \
+                         showed it {before}"
+                    );
+                } else if matches!(now, "completed" | "failed" | "lost") {
+                    ended.insert(id, now.to_string());
+                }
+            }
+            listings += 1;
+            if jobs.iter().all(|j| j["pool_status"] == "completed") {
+                return listings;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the jobs did not complete: {body}"
+            );
         }
     });
 }

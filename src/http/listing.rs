@@ -7,6 +7,7 @@ use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, Reply};
 use crate::http::views::listed_json;
 use crate::state::context::Context;
+use crate::store::jobs_db::StoreError;
 
 /// Jobs per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -55,6 +56,39 @@ fn parse(param: &dyn Fn(&str) -> Option<String>) -> Result<Query, Reply> {
         limit,
         before: param("before"),
     })
+}
+
+/// Each stored job as it is now: the table's version while the job is in the table, else the
+/// stored one. A row read while its job was under way, whose job has left the table since, is
+/// read again: the job settled meanwhile (it leaves the table only once its settled row
+/// committed). A job forgotten by retention meanwhile is left out.
+fn as_table_holds(ctx: &Context, stored: Vec<Job>) -> Result<Vec<Job>, StoreError> {
+    let mut current = Vec::with_capacity(stored.len());
+    let mut behind = Vec::new();
+    {
+        let st = ctx.lock();
+        for job in stored {
+            match st.jobs.get(&job.id) {
+                Some(live) => current.push((**live).clone()),
+                None => {
+                    if !job.is_settled() {
+                        behind.push(current.len());
+                    }
+                    current.push(job);
+                }
+            }
+        }
+    }
+    // From the last, so that leaving a job out moves none still to read again.
+    for place in behind.into_iter().rev() {
+        match ctx.store.load(&current[place].id)? {
+            Some(settled) => current[place] = settled,
+            None => {
+                current.remove(place);
+            }
+        }
+    }
+    Ok(current)
 }
 
 /// Answers `GET /jobs`; `param` reads a query parameter. Jobs come from the job store (every
@@ -113,15 +147,14 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         };
         let exhausted = chunk.len() <= query.limit;
         after = chunk.last().map(|j| (j.submitted_at, j.id.clone()));
-        {
-            let st = ctx.lock();
-            for stored in chunk {
-                let job = st.jobs.get(&stored.id).map_or(stored, |j| (**j).clone());
-                if wanted(&job) {
-                    picked.push(job);
-                }
+        let current = match as_table_holds(ctx, chunk) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                log::error!("Listing jobs failed: {e}");
+                return error_reply(500, format!("the job store could not be read: {e}"));
             }
-        }
+        };
+        picked.extend(current.into_iter().filter(|job| wanted(job)));
         if picked.len() > query.limit {
             more = true;
             picked.truncate(query.limit);

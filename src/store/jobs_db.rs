@@ -691,6 +691,9 @@ fn list_on(
 ) -> Result<Vec<(String, String)>, StoreError> {
     let (before_at, before_id) = before.unwrap_or((f64::MAX, ""));
     let limit = limit as i64;
+    // One read transaction: every query sees the same snapshot, so a job that settles meanwhile
+    // is found once, by the walk its row is on in that snapshot (never missed between two).
+    let snapshot = conn.unchecked_transaction()?;
     let mut found: Vec<(f64, String)> = Vec::new();
     let row = |r: &rusqlite::Row| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?));
     let mut by_status = conn.prepare_cached(LIST_BY_STATUS)?;
@@ -726,6 +729,7 @@ fn list_on(
             None => {}
         }
     }
+    snapshot.finish()?;
     Ok(rows)
 }
 
