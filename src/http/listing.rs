@@ -132,28 +132,27 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
     let mut after = cursor;
     let mut more = false;
     loop {
-        let chunk = ctx.store.list(
-            query.statuses.as_deref(),
-            owner,
-            after.as_ref().map(|(t, id)| (*t, id.as_str())),
-            query.limit + 1,
-        );
-        let chunk = match chunk {
-            Ok(jobs) => jobs,
+        let read = ctx
+            .store
+            .list(
+                query.statuses.as_deref(),
+                owner,
+                after.as_ref().map(|(t, id)| (*t, id.as_str())),
+                query.limit + 1,
+            )
+            .and_then(|chunk| {
+                let exhausted = chunk.len() <= query.limit;
+                let last = chunk.last().map(|j| (j.submitted_at, j.id.clone()));
+                Ok((exhausted, last, as_table_holds(ctx, chunk)?))
+            });
+        let (exhausted, last, current) = match read {
+            Ok(read) => read,
             Err(e) => {
                 log::error!("Listing jobs failed: {e}");
                 return error_reply(500, format!("the job store could not be read: {e}"));
             }
         };
-        let exhausted = chunk.len() <= query.limit;
-        after = chunk.last().map(|j| (j.submitted_at, j.id.clone()));
-        let current = match as_table_holds(ctx, chunk) {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                log::error!("Listing jobs failed: {e}");
-                return error_reply(500, format!("the job store could not be read: {e}"));
-            }
-        };
+        after = last;
         picked.extend(current.into_iter().filter(|job| wanted(job)));
         if picked.len() > query.limit {
             more = true;
