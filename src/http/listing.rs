@@ -63,32 +63,30 @@ fn parse(param: &dyn Fn(&str) -> Option<String>) -> Result<Query, Reply> {
 /// read again: the job settled meanwhile (it leaves the table only once its settled row
 /// committed). A job forgotten by retention meanwhile is left out.
 fn as_table_holds(ctx: &Context, stored: Vec<Job>) -> Result<Vec<Job>, StoreError> {
-    let mut current = Vec::with_capacity(stored.len());
-    let mut behind = Vec::new();
-    {
+    // Each job with whether its row is to be read again (once the table is unlocked).
+    let looked: Vec<(Job, bool)> = {
         let st = ctx.lock();
-        for job in stored {
-            match st.jobs.get(&job.id) {
-                Some(live) => current.push((**live).clone()),
+        stored
+            .into_iter()
+            .map(|job| match st.jobs.get(&job.id) {
+                Some(live) => ((**live).clone(), false),
                 None => {
-                    if !job.is_settled() {
-                        behind.push(current.len());
-                    }
-                    current.push(job);
+                    let behind = !job.is_settled();
+                    (job, behind)
                 }
+            })
+            .collect()
+    };
+    looked
+        .into_iter()
+        .filter_map(|(job, behind)| {
+            if behind {
+                ctx.store.load(&job.id).transpose()
+            } else {
+                Some(Ok(job))
             }
-        }
-    }
-    // From the last, so that leaving a job out moves none still to read again.
-    for place in behind.into_iter().rev() {
-        match ctx.store.load(&current[place].id)? {
-            Some(settled) => current[place] = settled,
-            None => {
-                current.remove(place);
-            }
-        }
-    }
-    Ok(current)
+        })
+        .collect()
 }
 
 /// Answers `GET /jobs`; `param` reads a query parameter. Jobs come from the job store (every
