@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -824,6 +825,140 @@ fn a_kept_status_answer_goes_when_retention_forgets_its_job() {
     .unwrap_or_else(|| panic!("job {first} is still answered after retention forgot it"));
     assert_eq!(code, 404);
     assert!(body.contains("expired"), "{body}");
+}
+
+/// Two outputs, each larger than what the sockets between the coordinator and a client can
+/// buffer: a download of both stalls inside the first while its client does not read.
+fn two_large_outputs() -> Vec<(&'static str, Vec<u8>)> {
+    [("a.bin", 251), ("b.bin", 241)]
+        .into_iter()
+        .map(|(name, modulus)| (name, (0..12 << 20).map(|i| (i % modulus) as u8).collect()))
+        .collect()
+}
+
+/// Runs a job with `outputs` on a coordinator started in `dir` with `args` (and its results
+/// in a segment), then begins `GET /download/{id}` of it without reading the body.
+fn a_stalled_download(
+    dir: &Path,
+    args: &[&str],
+    outputs: &[(&str, Vec<u8>)],
+) -> (Coordinator, FakeWorker, String, ureq::Response) {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    write_workers_json(dir, &[worker.entry(1)]);
+    let args = [
+        &["--row-results-max", "0", "--track-interval", "0.02"],
+        args,
+    ]
+    .concat();
+    let coordinator = Coordinator::start_in(dir, &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let form = outputs
+        .iter()
+        .fold(job("large results"), |form, (name, bytes)| {
+            form.file(name, "application/octet-stream", bytes)
+        })
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let id = submit(&coordinator, &form);
+    wait_collected(&coordinator, &id, DEADLINE);
+    let download = begin_download(&coordinator, &format!("/download/{id}"));
+    (coordinator, worker, id, download)
+}
+
+/// `GET path`, its body not read yet.
+fn begin_download(coordinator: &Coordinator, path: &str) -> ureq::Response {
+    let agent = ureq::AgentBuilder::new().timeout_read(DEADLINE).build();
+    agent
+        .get(&coordinator.url(path))
+        .call()
+        .unwrap_or_else(|e| panic!("the download of {path} did not start: {e}"))
+}
+
+/// A download under way keeps its results when retention forgets its job meanwhile: the
+/// archive's entries come from the results segment opened when it began. A client that
+/// reads slowly gets every byte, though the job and its segment are gone before it ends.
+#[test]
+fn a_download_under_way_survives_retention_forgetting_its_job() {
+    let dir = support::temp_dir();
+    let outputs = two_large_outputs();
+    let (coordinator, _worker, id, download) =
+        a_stalled_download(dir.path(), &["--retain-jobs", "1"], &outputs);
+    // 64 more jobs close the results segment that the large job's results are in, and
+    // retention forgets every job but the last.
+    run_jobs(&coordinator, 70, 71, "after");
+    let results = coordinator.state_dir().join("results");
+    poll_until(DEADLINE, || {
+        let (code, _) = get(&coordinator.url(&format!("/status/{id}")));
+        (code == 404 && files_in(&results) == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("retention did not forget job {id} and delete its results"));
+    let length = download.header("Content-Length").map(str::to_string);
+    let mut archive = Vec::new();
+    if let Err(e) = download.into_reader().read_to_end(&mut archive) {
+        panic!("the download broke off after {} bytes: {e}", archive.len());
+    }
+    assert_eq!(length, Some(archive.len().to_string()), "its exact length");
+    let files = support::untar_gz(&archive);
+    for (name, bytes) in &outputs {
+        assert!(
+            files.get(*name) == Some(bytes),
+            "{name} differs in the archive"
+        );
+    }
+}
+
+/// A download whose results cannot be read to the end (the segment lost its tail under it)
+/// closes its connection at once: its client sees a cut body now (shorter than its
+/// `Content-Length`), not after waiting out `--client-timeout` for bytes that never come, and
+/// the log says which answer broke off. Both the archive and a single output are checked.
+#[test]
+fn a_download_that_breaks_off_closes_its_connection_at_once() {
+    let dir = support::temp_dir();
+    let outputs = two_large_outputs();
+    let (coordinator, _worker, id, archive) =
+        a_stalled_download(dir.path(), &["--client-timeout", "600"], &outputs);
+    let single = begin_download(&coordinator, &format!("/outputs/{id}/b.bin"));
+    let results = coordinator.state_dir().join("results");
+    let segments: Vec<_> = fs::read_dir(&results)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", results.display()))
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(segments.len(), 1, "one results segment");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(segments[0].path())
+        .and_then(|segment| segment.set_len(1 << 20))
+        .unwrap_or_else(|e| panic!("cannot cut the results segment: {e}"));
+    for (path, download) in [
+        (format!("/download/{id}"), archive),
+        (format!("/outputs/{id}/b.bin"), single),
+    ] {
+        let length: Option<usize> = download
+            .header("Content-Length")
+            .and_then(|l| l.parse().ok());
+        assert!(
+            length >= Some(12 << 20),
+            "{path}: Content-Length {length:?}"
+        );
+        let mut body = Vec::new();
+        // The agent's read timeout (60 s) is far shorter than the coordinator's client timeout.
+        let read = download.into_reader().read_to_end(&mut body);
+        let e = read
+            .err()
+            .unwrap_or_else(|| panic!("{path}: a cut body of {} bytes read as whole", body.len()));
+        assert!(
+            !matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+            "{path}: the cut download was left open: {e}"
+        );
+        assert!(
+            Some(body.len()) < length,
+            "{path}: {} bytes came",
+            body.len()
+        );
+        assert!(
+            coordinator.wait_for_log(&format!("GET {path} broke off part-way"), DEADLINE),
+            "the log does not say that {path} broke off"
+        );
+    }
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use trusted_pool::base::api_keys;
 use trusted_pool::base::config::{FsyncMode, ServeConfig};
 use trusted_pool::base::hex;
-use trusted_pool::base::job::Span;
+use trusted_pool::base::job::{Span, StoredResults};
 use trusted_pool::base::paths::{encode_path, percent_decode, safe_relative_path};
 use trusted_pool::http::auth::Caller;
 use trusted_pool::http::upload;
@@ -334,7 +334,14 @@ fn state_directory_readers_refuse_damaged_or_foreign_files_cleanly() {
             offset: rng.next() % 8192,
             size: rng.next() % 8192,
         };
-        if let Ok(mut reader) = spool.results_reader(name, span) {
+        let stored = StoredResults {
+            segment: name.to_string(),
+            outputs: Vec::new(),
+            logs: span,
+            in_row: false,
+            row_bytes: None,
+        };
+        if let Ok(mut reader) = spool.open_results(&stored, span) {
             assert!(
                 !name.contains('/') && !matches!(name, "" | "." | ".."),
                 "{name:?} was opened"

@@ -299,24 +299,11 @@ fn download_root_and_stats_answer_as_sandrun_does() {
         reply.header("Content-Length"),
         Some(reply.body.len().to_string().as_str())
     );
-    let dir = temp_dir();
-    fs::write(dir.path().join("all.tar.gz"), &reply.body).expect("write");
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(dir.path().join("all.tar.gz"))
-        .arg("-C")
-        .arg(dir.path())
-        .status()
-        .expect("tar");
-    assert!(status.success());
+    let files = support::untar_gz(&reply.body);
     for name in ["main.py", "result.txt"] {
         let (code, one) = support::get_bytes(&coordinator.url(&format!("/download/{id}/{name}")));
         assert_eq!(code, 200);
-        assert_eq!(
-            fs::read(dir.path().join(name)).expect("extracted"),
-            one,
-            "{name}"
-        );
+        assert_eq!(files.get(name), Some(&one), "{name}");
     }
     // Unlike sandrun, the coordinator keeps the job after a whole download.
     let again = send("GET", &coordinator.url(&format!("/download/{id}")), None).expect("again");

@@ -15,6 +15,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde_json::{json, Value};
+use std::fmt::Display;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,14 +67,26 @@ fn finished_with_results(ctx: &Context, id: &str) -> Result<Finished, Reply> {
     let mut job = finished(ctx, id, COLLECTION_WAIT)?;
     if let Some(stored) = job.stored.as_mut() {
         if let Err(e) = ctx.load_row_results(id, stored) {
-            log::error!("The collected results of job {id} are unreadable: {e}");
-            return Err(error_reply(
-                500,
-                format!("the collected results of job {id} cannot be read: {e}"),
+            return Err(unreadable(
+                ctx,
+                id,
+                &format!("the collected results of job {id}"),
+                &e,
             ));
         }
     }
     Ok(job)
+}
+
+/// Answers a failed read of job `id`'s collected results (`what`): 404 when retention forgot
+/// the job since its row was read (its results went with it), else 500.
+fn unreadable(ctx: &Context, id: &str, what: &str, e: &dyn Display) -> Reply {
+    let forgotten = !ctx.lock().jobs.contains_key(id) && matches!(ctx.store.load(id), Ok(None));
+    if forgotten {
+        return unknown_job(id);
+    }
+    log::error!("The collected results of job {id} are unreadable: {e}");
+    error_reply(500, format!("{what} cannot be read: {e}"))
 }
 
 fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
@@ -220,13 +233,12 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 attachment,
                 body,
             },
-            Err(e) => {
-                log::error!("The collected results of job {id} are unreadable: {e}");
-                error_reply(
-                    500,
-                    format!("the collected output {path:?} cannot be read: {e}"),
-                )
-            }
+            Err(e) => unreadable(
+                ctx,
+                id,
+                &format!("the collected output {path:?} of job {id}"),
+                &e,
+            ),
         };
     }
     match ctx.client.download(&job.endpoint, &job.remote, path) {
@@ -262,33 +274,31 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
             }),
         );
     };
-    // Shared by the archive's entries, each opening its own reader.
-    let stored = Arc::new(stored);
-    // A damaged segment is answered 500 here, not found out in the middle of the archive.
-    let unreadable = stored
-        .outputs
-        .iter()
-        .find_map(|(_, span)| ctx.spool.open_results(&stored, *span).err());
-    if let Some(e) = unreadable {
-        log::error!("The collected results of job {id} are unreadable: {e}");
-        return error_reply(
-            500,
-            format!("the collected outputs of job {id} cannot be read: {e}"),
-        );
-    }
+    // The results are opened once for every entry: an archive under way is read whole even
+    // when retention forgets the job (and deletes its results segment) meanwhile. A damaged
+    // segment is answered 500 here, not found out in the middle of the archive.
+    let source = ctx.spool.results_source(&stored).and_then(|source| {
+        for (_, span) in &stored.outputs {
+            source.open(*span)?;
+        }
+        Ok(Arc::new(source))
+    });
+    let source = match source {
+        Ok(source) => source,
+        Err(e) => return unreadable(ctx, id, &format!("the collected outputs of job {id}"), &e),
+    };
     let mtime = job.completed_at.max(0.0) as u64;
     let entries = stored
         .outputs
         .iter()
         .map(|(path, span)| {
-            let ctx = Arc::clone(ctx);
-            let results = Arc::clone(&stored);
+            let source = Arc::clone(&source);
             let span = *span;
             Entry {
                 path: path.clone(),
                 size: span.size,
                 mtime,
-                open: Box::new(move || ctx.spool.open_results(&results, span)),
+                open: Box::new(move || source.open(span)),
             }
         })
         .collect();
@@ -326,10 +336,7 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()));
         return match read {
             Ok(logs) => Reply::Json(200, logs),
-            Err(e) => error_reply(
-                500,
-                format!("the collected logs of {id} cannot be read: {e}"),
-            ),
+            Err(e) => unreadable(ctx, id, &format!("the collected logs of job {id}"), &e),
         };
     }
     match ctx.client.logs(&job.endpoint, &job.remote) {

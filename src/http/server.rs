@@ -106,13 +106,18 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
                 .into_iter()
                 .chain(extra)
                 .collect();
-            request.respond(Response::new(
-                StatusCode(status),
-                headers,
-                body,
-                length,
-                None,
-            ))
+            // Said here, with what was asked: the answer's status line is already out, so the
+            // log is the only place that tells why its client got a cut body.
+            let asked = format!("{} {}", request.method(), request.url());
+            // A known length goes out as `Content-Length` (a client sees a cut body as one),
+            // an unknown one in the chunked encoding.
+            let response = Response::new(StatusCode(status), headers, body, length, None)
+                .with_chunked_threshold(usize::MAX);
+            let sent = request.respond(response);
+            if let Err(e) = sent {
+                log::warn!("The answer to {asked} broke off part-way (connection closed): {e}");
+            }
+            Ok(())
         }
         Reply::Empty(status) => {
             let mut response = Response::empty(StatusCode(status));

@@ -12,14 +12,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
-use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
@@ -530,55 +529,66 @@ impl Spool {
         stored: &StoredResults,
         span: Span,
     ) -> io::Result<Box<dyn Read + Send>> {
-        if !stored.in_row {
-            return self.results_reader(&stored.segment, span);
-        }
-        let bytes = stored.row_bytes.clone().ok_or_else(|| {
-            io::Error::other("the results held in the job's store row were not read")
-        })?;
-        let len = bytes.len();
-        let range = usize::try_from(span.offset)
-            .ok()
-            .zip(usize::try_from(span.size).ok())
-            .and_then(|(at, size)| Some(at..at.checked_add(size)?))
-            .filter(|range| range.end <= len)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the results held in the job's store row end at byte {len}, before the data at {} (+{} bytes)",
-                        span.offset, span.size
-                    ),
-                )
-            })?;
-        Ok(Box::new(io::Cursor::new(RowSpan { bytes, range })))
+        self.results_source(stored)?.open(span)
     }
 
-    /// A reader of `span` in the results segment called `segment` (a plain file name: a
-    /// damaged record naming a path elsewhere is refused).
-    pub fn results_reader(&self, segment: &str, span: Span) -> io::Result<Box<dyn Read + Send>> {
-        if !is_safe_component(segment) {
+    /// Where a job's collected results are, for several reads: the row bytes loaded into
+    /// `stored`, or its results segment, opened now. Reads from it keep working when
+    /// retention deletes the segment meanwhile.
+    pub fn results_source(&self, stored: &StoredResults) -> io::Result<ResultsSource> {
+        if stored.in_row {
+            let bytes = stored.row_bytes.clone().ok_or_else(|| {
+                io::Error::other("the results held in the job's store row were not read")
+            })?;
+            return Ok(ResultsSource::Row(bytes));
+        }
+        let file = SegmentFile::open_existing(&self.results, &stored.segment, false)?;
+        let len = file.file_len()?;
+        Ok(ResultsSource::Segment(Arc::new(file), len))
+    }
+}
+
+/// A job's collected results, ready to be read span by span ([`Spool::results_source`]).
+pub enum ResultsSource {
+    /// The bytes of the job's store row.
+    Row(Arc<[u8]>),
+    /// Its results segment, open, and the segment's length when it was opened.
+    Segment(Arc<SegmentFile>, u64),
+}
+
+impl ResultsSource {
+    /// A reader of `span`; an error when the span lies past the end of the bytes.
+    pub fn open(&self, span: Span) -> io::Result<Box<dyn Read + Send>> {
+        let (len, place) = match self {
+            Self::Row(bytes) => (
+                bytes.len() as u64,
+                "the results held in the job's store row end".to_string(),
+            ),
+            Self::Segment(file, len) => (*len, format!("results segment {} ends", file.name())),
+        };
+        if span
+            .offset
+            .checked_add(span.size)
+            .is_none_or(|end| end > len)
+        {
             return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{segment:?} is not a results segment name"),
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{place} at byte {len}, before the data at {} (+{} bytes)",
+                    span.offset, span.size
+                ),
             ));
         }
-        let mut file = File::open(self.results.join(segment))?;
-        let len = file.metadata()?.len();
-        match span.offset.checked_add(span.size) {
-            Some(end) if end <= len => {}
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "results segment {segment} ends at byte {len}, before the data at {} (+{} bytes)",
-                        span.offset, span.size
-                    ),
-                ))
+        match self {
+            Self::Row(bytes) => {
+                let range = (span.offset as usize)..((span.offset + span.size) as usize);
+                Ok(Box::new(io::Cursor::new(RowSpan {
+                    bytes: Arc::clone(bytes),
+                    range,
+                })))
             }
+            Self::Segment(file, _) => Ok(Box::new(file.reader(span))),
         }
-        file.seek(SeekFrom::Start(span.offset))?;
-        Ok(Box::new(file.take(span.size)))
     }
 }
 

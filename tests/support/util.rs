@@ -1,5 +1,6 @@
 //! Polling, temporary directories and tarballs.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -55,4 +56,39 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("cannot run tar: {e}"));
     assert!(status.success(), "tar -czf failed: {status}");
     fs::read(&archive).unwrap_or_else(|e| panic!("cannot read {}: {e}", archive.display()))
+}
+
+/// The files of a `.tar.gz`, unpacked by the system `tar -xzf`: relative path to content.
+pub fn untar_gz(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let dir = temp_dir();
+    let file = dir.path().join("archive.tar.gz");
+    fs::write(&file, archive).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap_or_else(|e| panic!("cannot create {}: {e}", tree.display()));
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&file)
+        .arg("-C")
+        .arg(&tree)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run tar: {e}"));
+    assert!(status.success(), "tar -xzf failed: {status}");
+    let mut files = BTreeMap::new();
+    let mut dirs = vec![tree.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries =
+            fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(&tree).unwrap_or(&path);
+            let bytes =
+                fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            files.insert(name.to_string_lossy().into_owned(), bytes);
+        }
+    }
+    files
 }

@@ -453,10 +453,16 @@ impl Request {
         R: Read,
     {
         let res = self.respond_impl(response);
-        if self.close_after_response {
-            if let Some(control) = &self.control {
-                let _ = control.shutdown(std::net::Shutdown::Read);
-            }
+        // Patched: an answer that failed part-way (its body could not be read, or its client
+        // stopped reading) leaves the connection mid-message: it is closed at once, so the
+        // client sees the cut now, not after waiting for bytes that never come.
+        let shut = if res.is_err() {
+            Some(std::net::Shutdown::Both)
+        } else {
+            self.close_after_response.then_some(std::net::Shutdown::Read)
+        };
+        if let (Some(how), Some(control)) = (shut, &self.control) {
+            let _ = control.shutdown(how);
         }
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
