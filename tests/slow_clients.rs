@@ -224,6 +224,37 @@ fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
     assert_eq!(worker.recording().count("GET", "download"), 3);
 }
 
+/// Clients that stop reading a large archive (`GET /download/{id}`) hold their own
+/// connection threads only: with more of them than handler threads, each download starts at
+/// once, and `/pool` (served by a handler) still answers at once.
+#[test]
+fn stalled_archive_downloads_hold_no_handler() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--threads", "2"]);
+    // Larger than what the sockets of one connection can buffer.
+    let data: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    let job = Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .file("data.bin", "application/octet-stream", &data)
+        .manifest(r#"{"entrypoint": "main.py", "outputs": ["*.bin"]}"#);
+    let id = submit(&coordinator, &job);
+    wait_collected(&coordinator, &id, DEADLINE);
+    let request = format!("GET /download/{id} HTTP/1.1\r\nHost: pool\r\n\r\n");
+    let downloads: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            let stream = stalled(&coordinator, request.as_bytes());
+            stream
+                .set_read_timeout(Some(AT_ONCE))
+                .expect("read timeout");
+            let started = stream.peek(&mut [0]);
+            assert!(started.is_ok(), "download {i} did not start at once");
+            stream
+        })
+        .collect();
+    answers_at_once("/pool", || get_json(&coordinator.url("/pool")).0);
+    drop(downloads);
+}
+
 #[test]
 fn each_limit_answers_its_status_code() {
     let worker = FakeWorker::start();

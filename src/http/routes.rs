@@ -92,11 +92,12 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 }
 
 /// Whether `request` is answered from the table, the job store or the collected results,
-/// never waiting on a worker or a client: `GET /health`, `GET /status/{id}` without `?wait=`,
-/// and a file of a job whose results the coordinator holds or is collecting (see
-/// [`outputs::held_here`]; `/outputs/{id}/{path}`, `/download/{id}/{path}`). Such requests are
-/// served on their connection's own thread (`http/server.rs`), without a hand-over to a handler
-/// thread.
+/// never waiting on a worker: `GET /health`, `GET /status/{id}` without `?wait=`, a file of a
+/// job whose results the coordinator holds or is collecting (see [`outputs::held_here`];
+/// `/outputs/{id}/{path}`, `/download/{id}/{path}`), and a job's archive (`/download/{id}`,
+/// never fetched from a worker). Such requests are served on their connection's own thread
+/// (`http/server.rs`), without a hand-over to a handler thread: a client that reads a large
+/// answer slowly holds its own thread only.
 pub fn is_quick(ctx: &Context, request: &Request) -> bool {
     if *request.method() != Method::Get {
         return false;
@@ -107,6 +108,7 @@ pub fn is_quick(ctx: &Context, request: &Request) -> bool {
         Some(Route::Health) => true,
         Some(Route::Status(_)) => query_param(url, "wait").is_none(),
         Some(Route::OutputFile(id, _) | Route::DownloadFile(id, _)) => outputs::held_here(ctx, id),
+        Some(Route::Download(_)) => true,
         _ => false,
     }
 }
