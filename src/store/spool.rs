@@ -559,18 +559,19 @@ pub enum ResultsSource {
 impl ResultsSource {
     /// A reader of `span`; an error when the span lies past the end of the bytes.
     pub fn open(&self, span: Span) -> io::Result<Box<dyn Read + Send>> {
-        let (len, place) = match self {
-            Self::Row(bytes) => (
-                bytes.len() as u64,
-                "the results held in the job's store row end".to_string(),
-            ),
-            Self::Segment(file, len) => (*len, format!("results segment {} ends", file.name())),
+        let len = match self {
+            Self::Row(bytes) => bytes.len() as u64,
+            Self::Segment(_, len) => *len,
         };
         if span
             .offset
             .checked_add(span.size)
             .is_none_or(|end| end > len)
         {
+            let place = match self {
+                Self::Row(_) => "the results held in the job's store row end".to_string(),
+                Self::Segment(file, _) => format!("results segment {} ends", file.name()),
+            };
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
