@@ -8,8 +8,11 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::lifecycle::{submit, wait_collected, wait_status};
-use support::{get, get_bytes, get_json, post_multipart, Coordinator, FakeWorker, Form};
+use support::{
+    get, get_bytes, get_json, poll_until, post_multipart, send, Coordinator, FakeWorker, Form,
+};
 
 /// What "answers at once" allows on a loaded 2-core machine.
 const AT_ONCE: Duration = Duration::from_secs(5);
@@ -58,6 +61,36 @@ fn small_job() -> Form {
     Form::new()
         .file("main.py", "text/x-python", b"print('hello')\n")
         .manifest(r#"{"entrypoint": "main.py"}"#)
+}
+
+/// A job with an output larger than what the sockets of one connection can buffer
+/// (`data.bin`, 16 MiB): a client that does not read it stalls its download.
+fn large_output_job() -> Form {
+    let data: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .file("data.bin", "application/octet-stream", &data)
+        .manifest(r#"{"entrypoint": "main.py", "outputs": ["*.bin"]}"#)
+}
+
+/// A coordinator with `threads` handlers whose one job (`job`) has completed while its results
+/// are still being collected: its worker answers each download after `delay`, and with
+/// `--row-results-max 0` a request meanwhile is fetched from the worker. Returns the job's id
+/// and `/status`.
+fn still_collecting(
+    delay: Duration,
+    threads: &str,
+    job: &Form,
+) -> (FakeWorker, Coordinator, String, Value) {
+    let worker = FakeWorker::start_with(|k| k.download_delay = delay);
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--threads", threads, "--row-results-max", "0"],
+    );
+    let id = submit(&coordinator, job);
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["results"]["collected"], false, "{status}");
+    (worker, coordinator, id, status)
 }
 
 /// Times a call and checks it answered 200 within [`AT_ONCE`].
@@ -186,18 +219,13 @@ fn a_status_poll_is_served_on_its_connection_thread() {
     );
 }
 
+/// Output files are served on their connection's own thread: one the coordinator holds, and
+/// one it fetches from the worker while the job's results are still being collected.
 #[test]
-fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
-    // Downloads from the worker take 3 s, so the job's collection (two files) lasts 6 s or more;
-    // with `--row-results-max 0` a request meanwhile is fetched from the worker, on a handler.
-    let worker = FakeWorker::start_with(|k| k.download_delay = Duration::from_secs(3));
-    let coordinator = Coordinator::start(
-        &[worker.entry(2)],
-        &["--threads", "2", "--row-results-max", "0"],
-    );
-    let id = submit(&coordinator, &small_job());
-    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
-    assert_eq!(status["results"]["collected"], false, "{status}");
+fn output_files_are_served_on_their_connection_thread() {
+    // The job's collection (two files, 3 s each) lasts 6 s or more.
+    let (worker, coordinator, id, status) =
+        still_collecting(Duration::from_secs(3), "2", &small_job());
     let expected = format!(
         "result of {}\n",
         status["remote_job_id"].as_str().unwrap_or("?")
@@ -219,9 +247,50 @@ fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
         served < 20,
         "200 requests for a collected output woke the handlers {served} times"
     );
-    // The count sees a request served by a handler: the one fetched from the worker.
-    assert!(fetched >= 1, "the fetch from the worker woke no handler");
+    assert!(
+        fetched < 2,
+        "the fetch from the worker woke the handlers {fetched} times"
+    );
+    // The count sees requests served by handlers.
+    let before = handler_wakeups();
+    for _ in 0..20 {
+        assert_eq!(get_json(&coordinator.url("/pool")).0, 200);
+    }
+    let handed = handler_wakeups() - before;
+    assert!(
+        handed >= 10,
+        "20 /pool requests woke the handlers {handed} times"
+    );
     assert_eq!(worker.recording().count("GET", "download"), 3);
+}
+
+/// A file fetched from its worker (its job's results are still being collected) holds a slot
+/// of `--threads` until its download ends, not a handler: with one handler and a client that
+/// stops reading such a file, `/pool` still answers at once, another file from a worker is 503
+/// with `Retry-After`, and the slot comes back once that client goes.
+#[test]
+fn files_fetched_from_workers_hold_no_handler_and_are_bounded() {
+    // The collection (two files, 5 s each) lasts 10 s or more.
+    let (_worker, coordinator, id, _) =
+        still_collecting(Duration::from_secs(5), "1", &large_output_job());
+    let from_workers = || get_json(&coordinator.url("/pool")).1["files_from_workers"].as_u64();
+    let request = format!("GET /outputs/{id}/data.bin HTTP/1.1\r\nHost: pool\r\n\r\n");
+    let stalled_download = stalled(&coordinator, request.as_bytes());
+    poll_until(DEADLINE, || (from_workers() == Some(1)).then_some(()))
+        .expect("the file is not being fetched from the worker");
+    answers_at_once("/pool", || get_json(&coordinator.url("/pool")).0);
+    let refused = send(
+        "GET",
+        &coordinator.url(&format!("/outputs/{id}/result.txt")),
+        None,
+    )
+    .expect("an answer");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("Retry-After"), Some("2"));
+    assert!(refused.text().contains("--threads"), "{}", refused.text());
+    drop(stalled_download);
+    poll_until(DEADLINE, || (from_workers() == Some(0)).then_some(()))
+        .expect("the slot of the stalled download did not come back");
 }
 
 /// Clients that stop reading a large archive (`GET /download/{id}`) hold their own
@@ -231,13 +300,7 @@ fn an_output_the_coordinator_holds_is_served_on_its_connection_thread() {
 fn stalled_archive_downloads_hold_no_handler() {
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(&[worker.entry(2)], &["--threads", "2"]);
-    // Larger than what the sockets of one connection can buffer.
-    let data: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
-    let job = Form::new()
-        .file("main.py", "text/x-python", b"print('hello')\n")
-        .file("data.bin", "application/octet-stream", &data)
-        .manifest(r#"{"entrypoint": "main.py", "outputs": ["*.bin"]}"#);
-    let id = submit(&coordinator, &job);
+    let id = submit(&coordinator, &large_output_job());
     wait_collected(&coordinator, &id, DEADLINE);
     let request = format!("GET /download/{id} HTTP/1.1\r\nHost: pool\r\n\r\n");
     let downloads: Vec<TcpStream> = (0..4)

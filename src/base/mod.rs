@@ -1,6 +1,7 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
-//! locking, a sleeping queue between threads, the reusable thread cache, the process's own
-//! figures, giving free heap pages back, hex digits, and TLS settings from PEM files.
+//! locking and slots, a sleeping queue between threads, the reusable thread cache, the
+//! process's own figures, giving free heap pages back, hex digits, and TLS settings from PEM
+//! files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;

@@ -6,9 +6,10 @@
 use crate::base::file_kinds::{file_type, format_size, mime_type};
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
+use crate::base::sync::Slot;
 use crate::base::targz::{Entry, TarGz};
 use crate::http::replies::unknown_job;
-use crate::http::replies::{error_reply, Reply};
+use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
 use crate::pool::collect::output_paths;
 use crate::state::context::Context;
@@ -16,7 +17,7 @@ use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde_json::{json, Value};
 use std::fmt::Display;
-use std::io::Read;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,18 +182,22 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
     )
 }
 
-/// Whether a request for a file of job `id` is answered from the coordinator's own state: the
-/// job is unknown to the table (settled in the job store, or unknown), has not finished, has no
-/// results (lost, cancelled), or its results are collected or being collected in a small
-/// collection (which [`file`] waits for, up to [`COLLECTION_WAIT`]). Otherwise the file is
-/// fetched from the job's worker, and [`file`] runs on a handler thread.
-pub fn held_here(ctx: &Context, id: &str) -> bool {
-    let st = ctx.lock();
-    st.jobs.get(id).is_none_or(|job| {
-        !matches!(job.status, PoolStatus::Completed | PoolStatus::Failed)
-            || matches!(job.collection, Collection::Collected(_))
-            || job.collecting_at_most(ctx.config.row_results_max)
-    })
+/// `Retry-After` seconds of a file refused because `--threads` files stream from workers.
+const FETCHES_FULL_RETRY_AFTER: u32 = 2;
+
+/// An output file streamed from a worker, holding one of the `--threads` slots for such
+/// streams (`Context::worker_fetches`) until the stream ends. The slots bound the connections
+/// that clients can make the coordinator hold open to workers, since such a file is served on
+/// its client's connection thread, not on a handler.
+struct FromWorker {
+    body: Box<dyn Read + Send>,
+    _slot: Slot,
+}
+
+impl Read for FromWorker {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
+    }
 }
 
 /// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
@@ -241,6 +246,18 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
             ),
         };
     }
+    let Some(slot) = Slot::take(&ctx.worker_fetches, ctx.config.threads.max(1)) else {
+        return retry_after(
+            FETCHES_FULL_RETRY_AFTER,
+            error_reply(
+                503,
+                format!(
+                    "the results of job {id} are still being collected and {} files are being fetched from workers already (--threads); retry in {FETCHES_FULL_RETRY_AFTER} s",
+                    ctx.config.threads
+                ),
+            ),
+        );
+    };
     match ctx.client.download(&job.endpoint, &job.remote, path) {
         Ok(response) => {
             let length = response
@@ -251,7 +268,10 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 content_type,
                 length,
                 attachment,
-                body: Box::new(response.into_reader()),
+                body: Box::new(FromWorker {
+                    body: Box::new(response.into_reader()),
+                    _slot: slot,
+                }),
             }
         }
         Err(e) => worker_failure(id, &e),

@@ -58,6 +58,11 @@ pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {
     Reply::Json(status, serde_json::json!({ "error": message.into() }))
 }
 
+/// `reply` (a 503 or a 429) with `Retry-After: secs`.
+pub fn retry_after(secs: u32, reply: Reply) -> Reply {
+    Reply::WithHeaders(vec![("Retry-After", secs.to_string())], Box::new(reply))
+}
+
 /// The 404 for a job id the coordinator does not know.
 pub fn unknown_job(id: &str) -> Reply {
     error_reply(

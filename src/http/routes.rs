@@ -5,7 +5,7 @@ use crate::base::paths::percent_decode;
 use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::hide_remote_id;
-use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, waiting};
@@ -91,14 +91,13 @@ fn match_route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-/// Whether `request` is answered from the table, the job store or the collected results,
-/// never waiting on a worker: `GET /health`, `GET /status/{id}` without `?wait=`, a file of a
-/// job whose results the coordinator holds or is collecting (see [`outputs::held_here`];
-/// `/outputs/{id}/{path}`, `/download/{id}/{path}`), and a job's archive (`/download/{id}`,
-/// never fetched from a worker). Such requests are served on their connection's own thread
-/// (`http/server.rs`), without a hand-over to a handler thread: a client that reads a large
-/// answer slowly holds its own thread only.
-pub fn is_quick(ctx: &Context, request: &Request) -> bool {
+/// Whether `request` is served on its connection's own thread (`http/server.rs`), without a
+/// hand-over to a handler thread: `GET /health`, `GET /status/{id}` without `?wait=`, and
+/// downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`; read from the
+/// collected results, or streamed from the worker within `--threads` at once) and a job's
+/// archive (`/download/{id}`). A client that reads a large answer slowly holds its own thread
+/// only.
+pub fn is_quick(request: &Request) -> bool {
     if *request.method() != Method::Get {
         return false;
     }
@@ -107,8 +106,7 @@ pub fn is_quick(ctx: &Context, request: &Request) -> bool {
     match match_route(path) {
         Some(Route::Health) => true,
         Some(Route::Status(_)) => query_param(url, "wait").is_none(),
-        Some(Route::OutputFile(id, _) | Route::DownloadFile(id, _)) => outputs::held_here(ctx, id),
-        Some(Route::Download(_)) => true,
+        Some(Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_)) => true,
         _ => false,
     }
 }
@@ -291,6 +289,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         view
     };
     view["spool"] = spool_view(&ctx.spool);
+    view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
     view["store"] = store_view(
         &ctx.store,
         ctx.config.retain_jobs,
@@ -427,8 +426,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
                 ctx.config.max_queued_jobs
             ),
         );
-        let retry = vec![("Retry-After", QUEUE_FULL_RETRY_AFTER.to_string())];
-        return Reply::WithHeaders(retry, Box::new(reply));
+        return retry_after(QUEUE_FULL_RETRY_AFTER, reply);
     }
     let priority = match query_param(url, "priority").map(|p| upload::parse_priority(&p)) {
         None => None,
@@ -455,8 +453,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             }
             let reply = error_reply(e.status(), e.to_string());
             if e.status() == 429 {
-                let retry = vec![("Retry-After", QUEUE_FULL_RETRY_AFTER.to_string())];
-                return Reply::WithHeaders(retry, Box::new(reply));
+                return retry_after(QUEUE_FULL_RETRY_AFTER, reply);
             }
             reply
         }

@@ -11,9 +11,10 @@
 //! another thread, and a submit waiting for its job's commit holds no handler (more submits
 //! waiting together make bigger group commits).
 
+use crate::base::sync::Slot;
 use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
-use crate::http::replies::{error_reply, Reply};
+use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -146,10 +147,10 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
 /// A request handler: [`crate::http::routes::route`] in the coordinator.
 pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
 
-/// Whether a request without a body is answered from the coordinator's own state, never
-/// waiting on a worker or a client ([`crate::http::routes::is_quick`] in the coordinator): such
-/// a request is served on its connection's own thread, like one whose body arrived.
-pub type QuickTest = fn(&Context, &Request) -> bool;
+/// Whether a request without a body is served on its connection's own thread, like one whose
+/// body arrived ([`crate::http::routes::is_quick`] in the coordinator): it is answered from
+/// the coordinator's own state, or it is a download that only its own client can slow down.
+pub type QuickTest = fn(&Request) -> bool;
 
 /// Writes `reply` to `request`, with the CORS headers its origin gets.
 fn respond(ctx: &Context, request: Request, reply: Reply) {
@@ -224,27 +225,6 @@ fn streams_body(request: &Request) -> bool {
     }
 }
 
-/// One of a limited number of slots, given back when dropped (wherever the upload ends).
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// Takes one of `limit` slots of `count`; None when all are taken.
-    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(count)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The uploads being read, on upload threads.
 struct Uploads {
     /// Uploads being read from their clients, at most `max`.
@@ -267,15 +247,15 @@ impl Uploads {
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
         let Some(slot) = Slot::take(&self.active, self.max) else {
             request.close_after_response();
-            let reply = Reply::WithHeaders(
-                vec![("Retry-After", "1".to_string())],
-                Box::new(error_reply(
+            let reply = retry_after(
+                1,
+                error_reply(
                     503,
                     format!(
                         "{} uploads are being received (--max-uploads); retry shortly",
                         self.max
                     ),
-                )),
+                ),
             );
             respond(ctx, request, reply);
             return;
@@ -319,7 +299,7 @@ pub fn run(
         let here = if has_body(&request) {
             !streams_body(&request)
         } else {
-            quick(&inline_ctx, &request)
+            quick(&request)
         };
         if !here {
             return Some(request);
@@ -395,7 +375,7 @@ mod tests {
         let addr = server.server_addr().to_ip().expect("ip address");
         let ctx = Arc::new(ctx);
         ctx.attach();
-        thread::spawn(move || run(ctx, server, 2, panicky, |_, _| false));
+        thread::spawn(move || run(ctx, server, 2, panicky, |_| false));
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(10))
             .build();

@@ -42,6 +42,9 @@ pub struct Context {
     pub store: JobStore,
     /// Requests being handled right now (a graceful shutdown waits for them).
     pub requests_in_flight: AtomicUsize,
+    /// Output files being streamed from workers (asked for before their collection ended):
+    /// at most `--threads` at once (`http/outputs.rs`).
+    pub worker_fetches: Arc<AtomicUsize>,
     /// Set once a shutdown began: submits are refused.
     pub stopping: AtomicBool,
     /// The context's own shared handle (see [`Context::attach`]).
@@ -110,6 +113,7 @@ impl Context {
             spool,
             store,
             requests_in_flight: AtomicUsize::new(0),
+            worker_fetches: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             me: OnceLock::new(),
             client,
