@@ -836,22 +836,28 @@ fn two_large_outputs() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
-/// Runs a job with `outputs` on a coordinator started in `dir` with `args` (and its results
-/// in a segment), then begins `GET /download/{id}` of it without reading the body.
-fn a_stalled_download(
-    dir: &Path,
-    args: &[&str],
-    outputs: &[(&str, Vec<u8>)],
-) -> (Coordinator, FakeWorker, String, ureq::Response) {
+/// A coordinator whose one job's archive download has begun, its body not read yet.
+struct StalledDownload {
+    coordinator: Coordinator,
+    _worker: FakeWorker,
+    id: String,
+    download: ureq::Response,
+    /// The job's outputs ([`two_large_outputs`]), to check the download against.
+    outputs: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Runs a job with [`two_large_outputs`] on a coordinator started with `args` (its results in a
+/// segment), then begins `GET /download/{id}` of it without reading the body.
+fn a_stalled_download(args: &[&str]) -> StalledDownload {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
-    write_workers_json(dir, &[worker.entry(1)]);
     let args = [
         &["--row-results-max", "0", "--track-interval", "0.02"],
         args,
     ]
     .concat();
-    let coordinator = Coordinator::start_in(dir, &args);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let outputs = two_large_outputs();
     let form = outputs
         .iter()
         .fold(job("large results"), |form, (name, bytes)| {
@@ -861,7 +867,13 @@ fn a_stalled_download(
     let id = submit(&coordinator, &form);
     wait_collected(&coordinator, &id, DEADLINE);
     let download = begin_download(&coordinator, &format!("/download/{id}"));
-    (coordinator, worker, id, download)
+    StalledDownload {
+        coordinator,
+        _worker: worker,
+        id,
+        download,
+        outputs,
+    }
 }
 
 /// `GET path`, its body not read yet.
@@ -878,10 +890,13 @@ fn begin_download(coordinator: &Coordinator, path: &str) -> ureq::Response {
 /// reads slowly gets every byte, though the job and its segment are gone before it ends.
 #[test]
 fn a_download_under_way_survives_retention_forgetting_its_job() {
-    let dir = support::temp_dir();
-    let outputs = two_large_outputs();
-    let (coordinator, _worker, id, download) =
-        a_stalled_download(dir.path(), &["--retain-jobs", "1"], &outputs);
+    let StalledDownload {
+        coordinator,
+        _worker,
+        id,
+        download,
+        outputs,
+    } = a_stalled_download(&["--retain-jobs", "1"]);
     // 64 more jobs close the results segment that the large job's results are in, and
     // retention forgets every job but the last.
     run_jobs(&coordinator, 70, 71, "after");
@@ -912,10 +927,13 @@ fn a_download_under_way_survives_retention_forgetting_its_job() {
 /// the log says which answer broke off. Both the archive and a single output are checked.
 #[test]
 fn a_download_that_breaks_off_closes_its_connection_at_once() {
-    let dir = support::temp_dir();
-    let outputs = two_large_outputs();
-    let (coordinator, _worker, id, archive) =
-        a_stalled_download(dir.path(), &["--client-timeout", "600"], &outputs);
+    let StalledDownload {
+        coordinator,
+        _worker,
+        id,
+        download: archive,
+        ..
+    } = a_stalled_download(&["--client-timeout", "600"]);
     let single = begin_download(&coordinator, &format!("/outputs/{id}/b.bin"));
     let results = coordinator.state_dir().join("results");
     let segments: Vec<_> = fs::read_dir(&results)
