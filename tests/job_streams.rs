@@ -5,6 +5,9 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -382,4 +385,84 @@ fn fifty_followers_hold_no_handler_thread_and_the_bound_answers_503() {
             .expect("every follower hears the end");
     }
     wait_status(&coordinator, &id, "completed", DEADLINE);
+}
+
+/// Keeps every core busy until dropped, so that the coordinator's threads are preempted often.
+struct CpuHogs(Arc<AtomicBool>, Vec<thread::JoinHandle<()>>);
+
+impl CpuHogs {
+    fn start(n: usize) -> CpuHogs {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hogs = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        CpuHogs(stop, hogs)
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for hog in self.1.drain(..) {
+            let _ = hog.join();
+        }
+    }
+}
+
+#[test]
+fn every_follower_hears_the_end_even_when_its_job_settles_first() {
+    // Each job's collection thread runs at the lowest priority, and its record commits at
+    // once, so a settled job often leaves the table before that thread announces its end.
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_millis(100);
+        k.max_active_per_ip = 100;
+        k.max_jobs_per_hour = 100_000;
+        k.poll_interval = Duration::from_millis(10);
+    });
+    let coordinator = Coordinator::start(
+        &[worker.entry(20)],
+        &[
+            "--health-interval",
+            "1",
+            "--track-interval",
+            "0.05",
+            "--follow-nice",
+            "19",
+            "--fsync",
+            "always",
+            "--max-followers",
+            "400",
+        ],
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let _hogs = CpuHogs::start(4);
+    let mut followers = Vec::new();
+    for _ in 0..300 {
+        let id = submit(&coordinator, &job());
+        let follower = follow_logs(coordinator.port(), &id);
+        assert_eq!(follower.status, 200);
+        followers.push((id, follower));
+    }
+    let deaf: Vec<String> = followers
+        .into_iter()
+        .filter_map(|(id, mut f)| f.wait_for("[DONE]", DEADLINE).is_none().then_some(id))
+        .collect();
+    assert!(deaf.is_empty(), "followers never heard the end of {deaf:?}");
+    let no_feeds = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["followers"]["feeds"] == 0).then_some(())
+    });
+    assert!(
+        no_feeds.is_some(),
+        "feeds left: {}",
+        get_json(&coordinator.url("/pool")).1["followers"]
+    );
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use support::lifecycle::{
-    assert_pool_consistent, job_status, pool_worker, submit, wait_healthy, wait_status,
+    assert_pool_consistent, drain_url, job_status, pool_worker, submit, wait_healthy, wait_status,
 };
 use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form};
 
@@ -125,6 +125,9 @@ fn cancel_in_every_state() {
     let (code, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(code, 200);
     assert_eq!(pool["jobs_by_status"]["cancelled"], 3, "{pool}");
+    // No job keeps a feed of events for followers once it is over, not even the one cancelled
+    // while its submit waited on the worker (its feed would have opened after its end).
+    assert_eq!(pool["followers"]["feeds"], 0, "{pool}");
 }
 
 #[test]
@@ -155,20 +158,6 @@ fn the_fake_worker_crashes_when_a_job_queued_on_it_is_deleted() {
         (!worker.recording().faults.is_empty()).then_some(())
     })
     .unwrap_or_else(|| panic!("no fault recorded"));
-}
-
-fn drain_url(coordinator: &Coordinator, worker: &FakeWorker, action: &str) -> String {
-    let url_safe: String = worker
-        .worker_id()
-        .chars()
-        .filter(|c| *c != '=')
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    coordinator.url(&format!("/workers/{url_safe}/{action}"))
 }
 
 #[test]

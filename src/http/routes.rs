@@ -290,6 +290,11 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     };
     view["spool"] = spool_view(&ctx.spool);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
+    view["followers"] = json!({
+        "following": ctx.events.follower_count(),
+        "max": ctx.events.max_followers(),
+        "feeds": ctx.events.feed_count(),
+    });
     view["store"] = store_view(
         &ctx.store,
         ctx.config.retain_jobs,

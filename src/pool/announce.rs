@@ -3,6 +3,7 @@
 
 use crate::base::job::{Job, PoolStatus, SignatureVerdict};
 use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use crate::worker::identity::short_id;
 use serde_json::Value;
 
@@ -74,12 +75,19 @@ pub fn final_lines(job: &Job) -> Vec<String> {
     lines
 }
 
+/// The last lines of job `id` as the table holds it now (none when it is not there). Take them
+/// under the same lock as the job's final record: once that record commits, a settled job
+/// leaves the table, possibly before [`ended`] runs.
+pub fn last_lines(st: &PoolState, id: &str) -> Vec<String> {
+    st.jobs
+        .get(id)
+        .map(|job| final_lines(job))
+        .unwrap_or_default()
+}
+
 /// The job is over for its followers: ends its feed with the output (when none came through the
-/// stream, from `logs`) and its last lines.
-pub fn ended(ctx: &Context, id: &str, logs: Option<&Value>) {
-    let Some(last) = ctx.lock().jobs.get(id).map(|job| final_lines(job)) else {
-        return;
-    };
+/// stream, from `logs`) and `last` (its [`last_lines`]).
+pub fn ended(ctx: &Context, id: &str, last: Vec<String>, logs: Option<&Value>) {
     let mut pieces = Vec::new();
     if let Some(logs) = logs.filter(|_| !ctx.events.output_seen(id)) {
         pieces.extend(output_lines(logs));

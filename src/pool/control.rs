@@ -83,8 +83,9 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
         job.ending_on_worker = on_worker;
     }
     let committed = ctx.record_with_ticket(&st, id);
+    let last = announce::last_lines(&st, id);
     drop(st);
-    announce::ended(ctx, id, None);
+    announce::ended(ctx, id, last, None);
     if on_worker {
         log::info!("Cancelled job {id}; its worker slot is freed when the job ends there");
     } else {

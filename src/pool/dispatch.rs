@@ -108,10 +108,11 @@ fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     );
     let over = retry_or_fail(ctx, &mut st, a, error);
     ctx.record(&st, &a.job_id);
+    let last = announce::last_lines(&st, &a.job_id);
     drop(st);
     if over {
         ctx.spool.remove_upload(&a.job_id);
-        announce::ended(ctx, &a.job_id, None);
+        announce::ended(ctx, &a.job_id, last, None);
     }
     ctx.wake_scheduler();
 }
@@ -375,8 +376,11 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         ctx.record_soon(&st, id);
         // Opened under the table lock: once the lock is released the tracker may see the job
-        // end and close its feed, and a feed opened after that would never be closed.
-        announce::dispatched(ctx, id, &a.worker_id);
+        // end and close its feed, and a feed opened after that would never be closed. A job
+        // cancelled while its submit was on its way is over for followers already.
+        if !st.is_cancelled(id) {
+            announce::dispatched(ctx, id, &a.worker_id);
+        }
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
         stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
@@ -451,10 +455,11 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
     };
     ctx.record(&st, id);
+    let last = announce::last_lines(&st, id);
     drop(st);
     if over {
         ctx.spool.remove_upload(id);
-        announce::ended(ctx, id, None);
+        announce::ended(ctx, id, last, None);
     }
     ctx.wake_scheduler();
 }

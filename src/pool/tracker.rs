@@ -454,7 +454,7 @@ fn outputs_verdict(
 }
 
 /// Stores a collection and its outputs check; under `--require-verified` a mismatch fails the
-/// job and distrusts the worker.
+/// job and distrusts the worker. Returns the job's last lines for its followers.
 fn record_collection(
     ctx: &Context,
     index: usize,
@@ -462,7 +462,7 @@ fn record_collection(
     status: &Value,
     collected: &Collected,
     pinned: Option<PinnedSegment>,
-) {
+) -> Vec<String> {
     let (verdict, why) = outputs_verdict(status, &collected.hashes);
     if let Some(why) = &why {
         log::warn!("Job {id}: {why}");
@@ -472,7 +472,7 @@ fn record_collection(
         if let Some(pinned) = pinned {
             ctx.spool.give_back_results(pinned);
         }
-        return;
+        return Vec::new();
     };
     job.collection = Collection::Collected(Box::new(collected.stored.clone()));
     let was_completed = job.status == PoolStatus::Completed;
@@ -500,8 +500,10 @@ fn record_collection(
         Some(pinned) => ctx.record_collected(&st, id, pinned),
         None => ctx.record(&st, id),
     }
+    let last = announce::last_lines(&st, id);
     drop(st);
     ctx.collection_ended(id);
+    last
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
@@ -517,9 +519,9 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
                 let why = format!("could not sync its collected results to disk: {e}");
                 return retry_collection(ctx, index, job, &why);
             }
-            record_collection(ctx, index, &job.id, status, &collected, pinned);
+            let last = record_collection(ctx, index, &job.id, status, &collected, pinned);
             log::info!("Collected results of job {} ({files} output files)", job.id);
-            announce::ended(ctx, &job.id, Some(&collected.logs));
+            announce::ended(ctx, &job.id, last, Some(&collected.logs));
         }
         Err(CollectError::Gone) => lose(ctx, index, &job.id, CollectError::Gone.to_string()),
         Err(e) => retry_collection(ctx, index, job, &e.to_string()),
@@ -663,10 +665,11 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     w.counters.lost += 1;
     untrack(&mut st, index, id);
     ctx.record(&st, id);
+    let last = announce::last_lines(&st, id);
     drop(st);
     ctx.collection_ended(id);
     log::warn!("Job {id} is lost: {why}");
-    announce::ended(ctx, id, None);
+    announce::ended(ctx, id, last, None);
     if held_slot {
         ctx.wake_scheduler();
     }

@@ -103,6 +103,11 @@ impl JobEvents {
         self.max_followers
     }
 
+    /// Feeds open now: one per job in flight on a worker or followed, dropped when it is over.
+    pub fn feed_count(&self) -> usize {
+        lock(&self.feeds).len()
+    }
+
     /// Takes a follower slot, or refuses when all are taken.
     pub fn reserve(&self) -> Result<Slot, TooManyFollowers> {
         let taken = self

@@ -86,6 +86,22 @@ pub fn wait_healthy(coordinator: &Coordinator, workers: &[&FakeWorker], deadline
     }
 }
 
+/// The URL of a worker's `/workers/{id}/{action}` (`drain`, `undrain`) on the coordinator,
+/// its id in URL-safe base64.
+pub fn drain_url(coordinator: &Coordinator, worker: &FakeWorker, action: &str) -> String {
+    let url_safe: String = worker
+        .worker_id()
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    coordinator.url(&format!("/workers/{url_safe}/{action}"))
+}
+
 /// `GET /pool`: asserts it answers 200 with counts that add up (`total_jobs` is the sum of
 /// `jobs_by_status`, `queued_jobs` its `queued`, every worker within its limit), and returns it.
 pub fn assert_pool_consistent(coordinator: &Coordinator) -> Value {
