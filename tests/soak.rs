@@ -183,9 +183,10 @@ fn cancelling_client(c: &Coordinator, stop: &AtomicBool, seq: &AtomicU64) {
     }
 }
 
-/// Leaves in the middle: of an upload, of an archive download, of a followed log, and of a
-/// request's headers.
-fn leaving_client(c: &Coordinator, stop: &AtomicBool) {
+/// Leaves in the middle: of an upload; of following its own job in flight (as text, as a
+/// WebSocket) and of waiting for its end (`?wait=`); of an archive download and a followed log
+/// of a finished job; and of a request's headers.
+fn leaving_client(c: &Coordinator, stop: &AtomicBool, seq: &AtomicU64) {
     let port = c.port();
     let upload = format!(
         "POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
@@ -195,6 +196,20 @@ fn leaving_client(c: &Coordinator, stop: &AtomicBool) {
     );
     while !stop.load(Ordering::SeqCst) {
         walk_away(port, upload.as_bytes(), false);
+        if let Some(id) = submit(c, seq.fetch_add(1, Ordering::SeqCst)) {
+            let requests = [
+                format!("GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+                format!(
+                    "GET /stream/{id} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     Sec-WebSocket-Version: 13\r\n\r\n"
+                ),
+                format!("GET /status/{id}?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ];
+            for (n, request) in requests.iter().enumerate() {
+                walk_away(port, request.as_bytes(), n < 2);
+            }
+        }
         let (_, listed) = get_json(&c.url("/jobs?status=completed&limit=1"));
         if let Some(id) = listed["jobs"][0]["job_id"].as_str() {
             let download = format!("GET /download/{id} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -332,7 +347,7 @@ fn a_long_mixed_run_leaves_nothing_behind() {
             s.spawn(|| finishing_client(c, &stop, &seq, &last));
         }
         s.spawn(|| cancelling_client(c, &stop, &seq));
-        s.spawn(|| leaving_client(c, &stop));
+        s.spawn(|| leaving_client(c, &stop, &seq));
         s.spawn(|| operator(c, &flaky, &stop));
         s.spawn(|| faults(&flaky, &stop));
     });
