@@ -108,9 +108,9 @@ fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     );
     let over = retry_or_fail(ctx, &mut st, a, error);
     ctx.record(&st, &a.job_id);
-    let last = announce::last_lines(&st, &a.job_id);
+    let last = over.then(|| announce::last_lines(&st, &a.job_id));
     drop(st);
-    if over {
+    if let Some(last) = last {
         ctx.spool.remove_upload(&a.job_id);
         announce::ended(ctx, &a.job_id, last, None);
     }
@@ -455,9 +455,9 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
     };
     ctx.record(&st, id);
-    let last = announce::last_lines(&st, id);
+    let last = over.then(|| announce::last_lines(&st, id));
     drop(st);
-    if over {
+    if let Some(last) = last {
         ctx.spool.remove_upload(id);
         announce::ended(ctx, id, last, None);
     }
