@@ -6,11 +6,12 @@
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
+use crate::base::sync::Slot;
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
-use crate::state::events::{Event, Follower, Slot};
+use crate::state::events::{Event, Follower};
 use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
 use serde_json::Value;
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 //!
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
-use crate::base::sync::lock;
+use crate::base::sync::{lock, Slot};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,27 +60,7 @@ pub struct Follower {
     pub history: Vec<Arc<str>>,
     /// Every later piece, then [`Event::End`].
     pub events: Receiver<Event>,
-    count: Arc<AtomicUsize>,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A follower slot taken before the job's state decides between a live follow and a replay.
-pub struct Slot {
-    count: Arc<AtomicUsize>,
-    live: bool,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if !self.live {
-            self.count.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
+    _slot: Slot,
 }
 
 impl JobEvents {
@@ -108,26 +88,15 @@ impl JobEvents {
         lock(&self.feeds).len()
     }
 
-    /// Takes a follower slot, or refuses when all are taken.
+    /// Takes a follower slot (taken before the job's state decides between a live follow and
+    /// a replay, held until that ends), or refuses when all are taken.
     pub fn reserve(&self) -> Result<Slot, TooManyFollowers> {
-        let taken = self
-            .followers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_followers).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(Slot {
-                count: Arc::clone(&self.followers),
-                live: false,
-            }),
-            Err(_) => Err(TooManyFollowers(self.max_followers)),
-        }
+        Slot::take(&self.followers, self.max_followers).ok_or(TooManyFollowers(self.max_followers))
     }
 
     /// Joins a job's feed (creating it) with a reserved slot. Call it while the job is known
     /// not to have ended (under the pool lock), so its end is still to be published.
-    pub fn follow(&self, id: &str, mut slot: Slot) -> Follower {
-        slot.live = true;
+    pub fn follow(&self, id: &str, slot: Slot) -> Follower {
         let (sender, events) = crossbeam_channel::unbounded();
         let mut feeds = lock(&self.feeds);
         let feed = feeds.entry(id.to_string()).or_default();
@@ -135,7 +104,7 @@ impl JobEvents {
         Follower {
             history: feed.history.clone(),
             events,
-            count: Arc::clone(&slot.count),
+            _slot: slot,
         }
     }
 
