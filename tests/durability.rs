@@ -1200,13 +1200,14 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
+/// A temporary directory whose `state` folder is a tmpfs of `size` (as `mount -o size=` takes
+/// it); `None`, with the reason printed, where the machine does not allow it (not root).
+fn state_on_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf, Mount)> {
     let dir = support::temp_dir();
     let state = dir.path().join("state");
     fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&state)
         .stderr(std::process::Stdio::null())
         .status();
@@ -1214,9 +1215,26 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
         eprintln!(
             "SKIPPED: cannot mount a small tmpfs here (needs root); the full-disk test did not run"
         );
-        return;
+        return None;
     }
-    let _mount = Mount(state.clone());
+    let mount = Mount(state.clone());
+    Some((dir, state, mount))
+}
+
+/// Fills the filesystem under `dir` with one file, to the last byte; returns its path.
+fn fill_disk(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("filler");
+    let mut file = fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+    let chunk = vec![0u8; 64 * 1024];
+    while matches!(std::io::Write::write(&mut file, &chunk), Ok(n) if n > 0) {}
+    path
+}
+
+#[test]
+fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
+    let Some((dir, state, _mount)) = state_on_tmpfs("2m") else {
+        return;
+    };
     let worker = FakeWorker::start();
     worker.stop();
     write_workers_json(dir.path(), &[worker.entry(1)]);
@@ -1246,6 +1264,161 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let (code, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(code, 200, "{pool}");
     assert_eq!(pool["queued_jobs"], 1, "{pool}");
+}
+
+/// How many rows of the store at `db` have each status.
+fn stored_statuses(db: &Path) -> BTreeMap<String, u64> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(db, flags).unwrap_or_else(|e| panic!("{e}"));
+    let mut query = conn
+        .prepare("SELECT status, count(*) FROM jobs GROUP BY status")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows = query
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    rows.map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect()
+}
+
+/// A disk that fills up while jobs run costs no job: dispatches that cannot be recorded wait
+/// in the queue (dispatching is held, no attempt counted), results that find no room are
+/// collected again later (never `lost`, however long past `--lost-after`), a cancel applies at
+/// once and is recorded later, and once the disk has room everything goes on, in the store
+/// too (a `kill -9` and a restart show every job as it ended).
+#[test]
+fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_room() {
+    let Some((dir, state, _mount)) = state_on_tmpfs("8m") else {
+        return;
+    };
+    let worker = FakeWorker::start_with(roomy(Duration::from_millis(1500)));
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    let args = [
+        "--health-interval",
+        "1",
+        "--track-interval",
+        "0.05",
+        "--lost-after",
+        "2",
+        "--upload-memory-bytes",
+        "0",
+    ];
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..600 * 1024).map(|i| (i % 251) as u8).collect();
+    let ids: Vec<String> = (0..6)
+        .map(|n| {
+            let form = job(&format!("full disk {n}"))
+                .file("data.bin", "application/octet-stream", &data)
+                .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+            submit(&coordinator, &form)
+        })
+        .collect();
+    let filler = fill_disk(&state);
+    // Two jobs run. When they end their results find no room, and the next dispatches cannot
+    // be recorded, so they are not sent.
+    let held = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        pool["dispatch_held"].is_object().then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("dispatching was never held:\n{}", coordinator.logs()));
+    let why = held["dispatch_held"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("full"), "{held}");
+    poll_until(DEADLINE, || {
+        ids.iter().find(|id| {
+            let status = job_status(&coordinator, id);
+            let error = status["results"]["error"].as_str().unwrap_or_default();
+            status["pool_status"] == "completed" && error.contains("No space")
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no job waited to store its results:\n{}",
+            coordinator.logs()
+        )
+    });
+    let cancelled = ids
+        .iter()
+        .rev()
+        .find(|id| job_status(&coordinator, id)["pool_status"] == "queued")
+        .unwrap_or_else(|| panic!("no job waits in the queue"))
+        .clone();
+    let reply = send(
+        "POST",
+        &coordinator.url(&format!("/cancel/{cancelled}")),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("as soon as"), "{}", reply.text());
+    assert_eq!(
+        job_status(&coordinator, &cancelled)["pool_status"],
+        "cancelled"
+    );
+    // Longer than --lost-after: a worker that answers is not silent, however long the disk
+    // stays full.
+    thread::sleep(Duration::from_secs(3));
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["jobs_by_status"]["failed"], 0, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 0, "{pool}");
+    assert!(pool["queued_jobs"].as_u64() >= Some(1), "{pool}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.contains("\ntrusted_pool_dispatch_held 1\n"),
+        "{metrics}"
+    );
+
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    let finished: Vec<&String> = ids.iter().filter(|id| **id != cancelled).collect();
+    let check = |coordinator: &Coordinator| {
+        for id in &finished {
+            let status = wait_final(coordinator, id, DEADLINE);
+            assert_eq!(status["pool_status"], "completed", "{status}");
+            assert_outputs(coordinator, id, &status);
+            let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/data.bin")));
+            assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+            assert!(
+                bytes == data,
+                "data.bin of {id} differs ({} bytes)",
+                bytes.len()
+            );
+        }
+        let status = job_status(coordinator, &cancelled);
+        assert_eq!(status["pool_status"], "cancelled", "{status}");
+    };
+    check(&coordinator);
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(pool["dispatch_held"].is_null(), "{pool}");
+    // Each job reached the worker once; the cancelled one never did.
+    let sent = |worker: &FakeWorker| -> BTreeMap<String, usize> {
+        received_tokens(&[worker])
+            .into_iter()
+            .filter(|(text, _)| text.starts_with("print("))
+            .collect()
+    };
+    let seen = sent(&worker);
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    let n = ids
+        .iter()
+        .position(|id| *id == cancelled)
+        .unwrap_or_default();
+    let token = format!("print('full disk {n}')\n");
+    assert!(
+        !seen.contains_key(&token),
+        "the cancelled job ran: {seen:?}"
+    );
+    // The store caught up with every change it could not write while the disk was full.
+    let db = state.join("jobs.db");
+    let wanted = BTreeMap::from([("cancelled".to_string(), 1), ("completed".to_string(), 5)]);
+    poll_until(DEADLINE, || (stored_statuses(&db) == wanted).then_some(()))
+        .unwrap_or_else(|| panic!("the store holds {:?}", stored_statuses(&db)));
+    coordinator.kill();
+    let restarted = Coordinator::start_in(dir.path(), &args);
+    check(&restarted);
+    assert_eq!(
+        sent(&worker),
+        seen,
+        "a job was sent again after the restart"
+    );
 }
 
 #[test]

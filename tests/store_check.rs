@@ -46,6 +46,7 @@ fn fill_big_store(state: &Path) {
                 upload: Some(Arc::clone(&blob)),
                 done: None,
                 sync_first: None,
+                retry: false,
                 within: DEFERRAL,
             })
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1186,6 +1186,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             upload: None,
             done: None,
             sync_first: None,
+            retry: false,
             within: DEFERRAL,
         };
         if n + 1 == STORED_JOBS {

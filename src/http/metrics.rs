@@ -10,7 +10,7 @@ use crate::base::process;
 use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
-use crate::state::pool_state::{PoolState, WorkerCounters, WorkerEntry};
+use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -86,6 +86,8 @@ struct TableSample {
     requeued: usize,
     levels: [usize; Priority::ALL.len()],
     jobs: [usize; PoolStatus::ALL.len()],
+    /// Dispatching is held: the job store could not record a dispatch.
+    dispatch_held: bool,
 }
 
 /// Copies the table's figures into `cache.samples`, refreshing the labels of workers that
@@ -118,6 +120,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
         requeued: depths.requeued,
         levels: depths.levels,
         jobs,
+        dispatch_held: DispatchHold::active(&st.dispatch_hold, now).is_some(),
     }
 }
 
@@ -230,6 +233,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         "trusted_pool_queue_depth",
         &[("priority", "requeued")],
         table.requeued as u64,
+    );
+    out.family(
+        "trusted_pool_dispatch_held",
+        "gauge",
+        "1 while dispatching is held because the job store cannot record dispatches (a full disk).",
+    );
+    out.sample(
+        "trusted_pool_dispatch_held",
+        &[],
+        u64::from(table.dispatch_held),
     );
     out.family(
         "trusted_pool_health_probes_total",

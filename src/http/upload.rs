@@ -425,6 +425,7 @@ impl StoredBytes {
             upload: self.held.clone(),
             done: None,
             sync_first: self.segment.clone(),
+            retry: false,
             within: DEFERRAL,
         }
     }

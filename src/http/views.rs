@@ -5,7 +5,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
-use crate::state::pool_state::PoolState;
+use crate::state::pool_state::{DispatchHold, PoolState};
 use crate::state::sources::Source;
 use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
@@ -122,6 +122,11 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
         "total_jobs": st.jobs.len() as u64 + settled.iter().sum::<u64>(),
         "queued_jobs": st.queue.len(),
         "queue": queue_view(st),
+        "dispatch_held": DispatchHold::active(&st.dispatch_hold, now).map(|h| json!({
+            "why": h.why,
+            "retry_in_seconds": h.until.saturating_duration_since(now).as_secs_f64(),
+            "pauses_in_a_row": h.strikes,
+        })),
         "jobs_by_status": by_status,
         "jobs_streamed": st.workers.iter().map(|w| w.streaming.len()).sum::<usize>(),
         "jobs_polled": st.workers.iter().map(|w| w.tracked.len().saturating_sub(w.streaming.len())).sum::<usize>(),

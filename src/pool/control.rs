@@ -19,6 +19,9 @@ pub enum ControlError {
     UnknownWorker(String),
     /// The drain applies now but could not be recorded in the job store.
     NotRecorded(String),
+    /// The cancel applies now but is not in the job store yet: written once the store can
+    /// write again (true when the disk is full).
+    CancelNotRecordedYet(String, bool),
 }
 
 impl ControlError {
@@ -27,7 +30,8 @@ impl ControlError {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
             Self::Finished(..) => 409,
-            Self::NotRecorded(_) => 500,
+            Self::NotRecorded(_) | Self::CancelNotRecordedYet(_, false) => 500,
+            Self::CancelNotRecordedYet(_, true) => 507,
         }
     }
 }
@@ -52,6 +56,12 @@ impl fmt::Display for ControlError {
                 f,
                 "the change applies now but could not be recorded in the job store, so a restart will not keep it: {why}"
             ),
+            Self::CancelNotRecordedYet(why, _) => write!(
+                f,
+                "the job is cancelled now, but the job store cannot record it yet ({why}); it is \
+                 written as soon as the store can write again, and a restart before then would \
+                 not keep it"
+            ),
         }
     }
 }
@@ -61,7 +71,8 @@ impl std::error::Error for ControlError {}
 /// Cancels a job. A queued one ends at once and its upload is dropped; a dispatched or running
 /// one is marked cancelled at once, its results are not collected, and its tracker follows it
 /// only until its worker ends it (the slot is freed then), then deletes it there. Returns once
-/// the cancellation is committed to the job store, so a restart keeps it.
+/// the cancellation is committed to the job store, so a restart keeps it; when the store cannot
+/// write (a full disk) the cancel still applies, and its record is written once it can.
 pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     let mut st = ctx.lock();
     let status = st
@@ -95,7 +106,7 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     committed.map_or(Ok(()), |ticket| {
         ticket
             .wait()
-            .map_err(|e| ControlError::NotRecorded(e.to_string()))
+            .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.is_full()))
     })
 }
 

@@ -57,14 +57,11 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
     let started = ctx.dispatchers.run(Box::new(move || {
         // At most once: the store must say the submit may have been sent before it is, so
         // that a crash in between makes the job lost after the restart, never sent twice.
-        let recorded = if recorded {
-            Ok(())
-        } else {
-            thread_ctx.record_and_wait(&assignment.job_id)
-        };
-        if let Err(e) = recorded {
-            unrecorded(&thread_ctx, &assignment, &e.to_string());
-            return;
+        if !recorded {
+            if let Err(e) = thread_ctx.record_and_wait(&assignment.job_id) {
+                unrecorded(&thread_ctx, &assignment, &e.to_string());
+                return;
+            }
         }
         let started = Instant::now();
         let outcome = send(&thread_ctx, &assignment);
@@ -93,8 +90,9 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
     }
 }
 
-/// The dispatch could not be recorded, so it was not sent: an attempt that failed without the
-/// worker's fault.
+/// The dispatch could not be recorded, so it was not sent (the job store failed: a full disk).
+/// Neither the worker's fault nor the job's: the job goes back to the head of the queue without
+/// an attempt counted, and dispatching is held until the store may write again.
 fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     let mut st = ctx.lock();
     st.workers[a.worker_index].undo_assignment(a.source);
@@ -102,17 +100,22 @@ fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
         settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
         return;
     }
-    let error = format!(
-        "the dispatch to worker {}... could not be recorded, so it was not sent: {why}",
-        short_id(&a.worker_id)
-    );
-    let over = retry_or_fail(ctx, &mut st, a, error);
+    if let Some(job) = st.jobs.get_mut(&a.job_id) {
+        job.worker_id = None;
+        job.source_address = None;
+    }
+    st.requeue_front(&a.job_id);
     ctx.record(&st, &a.job_id);
-    let last = over.then(|| announce::last_lines(&st, &a.job_id));
+    let paused = st.hold_dispatching(why.to_string(), Instant::now());
     drop(st);
-    if let Some(last) = last {
-        ctx.spool.remove_upload(&a.job_id);
-        announce::ended(ctx, &a.job_id, last, None);
+    match paused {
+        Some(pause) => log::warn!(
+            "Dispatching is held for {} s: job {} could not be recorded as dispatched, so it was \
+             not sent ({why}); queued jobs keep their places",
+            pause.as_secs(),
+            a.job_id
+        ),
+        None => log::debug!("Job {} goes back to the head of the queue: {why}", a.job_id),
     }
     ctx.wake_scheduler();
 }
@@ -346,6 +349,10 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     let short = short_id(&a.worker_id);
     let mut st = ctx.lock();
     st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
+    // The dispatch was recorded: a hold on dispatching (the store failed before) is over.
+    if st.dispatch_hold.take().is_some() {
+        log::info!("Dispatching resumes: the job store records dispatches again");
+    }
     if let SubmitOutcome::Accepted(remote) = outcome {
         let w = &mut st.workers[index];
         let now = Instant::now();

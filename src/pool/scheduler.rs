@@ -3,13 +3,15 @@
 //! its limit (ties rotate), and, when the worker has source addresses, to the address with the
 //! most room. When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
+//! While the job store cannot record dispatches (`PoolState::dispatch_hold`) nothing is assigned
+//! until the hold's next try.
 //! Each round also sends the `GET /stats` that source addresses want (`pool::quota_stats`).
 
 use crate::base::job::PoolStatus;
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::quota_stats;
 use crate::state::context::Context;
-use crate::state::pool_state::PoolState;
+use crate::state::pool_state::{DispatchHold, PoolState};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +46,9 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
     let mut assignments = Vec::new();
     if st.stopping {
         return (assignments, None);
+    }
+    if let Some(hold) = DispatchHold::active(&st.dispatch_hold, now) {
+        return (assignments, (!st.queue.is_empty()).then_some(hold.until));
     }
     st.queue.promote(now);
     while let Some(head) = st.queue.peek() {
@@ -99,7 +104,10 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
 
 /// Whether a job submitted now could go to a worker at once (nothing queued ahead of it).
 pub fn room_now(st: &PoolState, now: Instant) -> bool {
-    !st.stopping && st.queue.is_empty() && pick_worker(st, &[], now).is_some()
+    !st.stopping
+        && st.queue.is_empty()
+        && DispatchHold::active(&st.dispatch_hold, now).is_none()
+        && pick_worker(st, &[], now).is_some()
 }
 
 /// The worker for the next job: has room, not yet tried by this job if such a worker exists,
@@ -201,6 +209,25 @@ mod tests {
         st.workers[0].in_flight = 0;
         let (assigned, _) = assign(&mut st, Instant::now());
         assert_eq!(assigned.len(), 1, "the learned cap of 4 is reached");
+    }
+
+    #[test]
+    fn nothing_is_assigned_while_dispatching_is_held_and_the_pause_doubles() {
+        let mut st = pool(1, 10);
+        queue(&mut st, 2);
+        let now = Instant::now();
+        let first = st.hold_dispatching("disk full".to_string(), now);
+        assert_eq!(first, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(st.hold_dispatching("again".to_string(), now), None);
+        let (assigned, next) = assign(&mut st, now);
+        assert!(assigned.is_empty());
+        assert_eq!(next, Some(now + std::time::Duration::from_secs(1)));
+        assert!(!room_now(&st, now));
+        let later = now + std::time::Duration::from_secs(2);
+        let (assigned, _) = assign(&mut st, later);
+        assert_eq!(assigned.len(), 2, "the hold is over");
+        let second = st.hold_dispatching("still full".to_string(), later);
+        assert_eq!(second, Some(std::time::Duration::from_secs(2)));
     }
 
     #[test]

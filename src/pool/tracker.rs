@@ -53,6 +53,8 @@ struct Tracked {
     streaming: bool,
     /// To poll at once (its stream closed or handed its end back).
     urgent: bool,
+    /// Its results could not be stored (a full disk): tried again after this pause.
+    paused_for: Option<Duration>,
 }
 
 /// One job as a follow-up needs it, read from the table when the follow-up claims it.
@@ -92,11 +94,13 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>
         w.tracker_running = false;
         return None;
     }
+    w.collect_pauses.retain(|p| w.tracked.contains(&p.id));
     let endpoint = w.spec.endpoint.clone();
     let worker_id = w.spec.worker_id.clone();
     let ids = w.tracked.clone();
     let urgent = std::mem::take(&mut w.poll_now);
     let streaming = w.streaming.clone();
+    let now = Instant::now();
     let jobs = ids
         .into_iter()
         .filter_map(|id| {
@@ -105,6 +109,7 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>
                 ended: job.status.is_final(),
                 streaming: streaming.contains(&id),
                 urgent: urgent.contains(&id),
+                paused_for: st.workers[index].collect_paused_for(&id, now),
                 id,
             })
         })
@@ -225,6 +230,10 @@ fn run(ctx: &Context, index: usize) {
         let now = Instant::now();
         last_poll.retain(|id, _| jobs.iter().any(|j| &j.id == id));
         for job in jobs {
+            if let Some(wait) = job.paused_for {
+                next_due = next_due.min(wait);
+                continue;
+            }
             let every = if job.streaming {
                 streamed_interval
             } else {
@@ -517,14 +526,50 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
                     ctx.spool.give_back_results(pinned);
                 }
                 let why = format!("could not sync its collected results to disk: {e}");
-                return retry_collection(ctx, index, job, &why);
+                return pause_collection(ctx, index, job, &why);
             }
             let last = record_collection(ctx, index, &job.id, status, &collected, pinned);
             log::info!("Collected results of job {} ({files} output files)", job.id);
             announce::ended(ctx, &job.id, last, Some(&collected.logs));
         }
-        Err(CollectError::Gone) => lose(ctx, index, &job.id, CollectError::Gone.to_string()),
+        Err(CollectError::Gone) => lose(ctx, index, &job.id, gone_why(ctx, &job.id)),
+        Err(e @ CollectError::Disk(_)) => pause_collection(ctx, index, job, &e.to_string()),
         Err(e) => retry_collection(ctx, index, job, &e.to_string()),
+    }
+}
+
+/// Why a job whose results the worker deleted is lost, with the last failure to store them
+/// when there was one (the disk was full until the worker gave up on the job).
+fn gone_why(ctx: &Context, id: &str) -> String {
+    let gone = CollectError::Gone.to_string();
+    match ctx.lock().jobs.get(id).map(|j| &j.collection) {
+        Some(Collection::Pending(Some(last))) => format!("{gone} (the last try: {last})"),
+        _ => gone,
+    }
+}
+
+/// Leaves a job's collection pending after its results could not be stored (a full disk, a
+/// failed sync). The worker answered, so this never counts towards `--lost-after`: the job is
+/// tried again after a pause (see [`WorkerEntry::pause_collection`]) until the disk takes its
+/// results or the worker deletes the job.
+fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
+    let pause = {
+        let mut st = ctx.lock();
+        if let Some(j) = st.jobs.get_mut(&job.id) {
+            j.collection = Collection::Pending(Some(why.to_string()));
+            j.last_contact = Some(unix_now());
+        }
+        st.workers
+            .get_mut(index)
+            .map(|w| w.pause_collection(&job.id, Instant::now()))
+    };
+    ctx.collection_ended(&job.id);
+    if let Some(pause) = pause {
+        log::warn!(
+            "Job {}: {why}; trying again in {} s",
+            job.id,
+            pause.as_secs()
+        );
     }
 }
 

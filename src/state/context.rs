@@ -268,15 +268,22 @@ impl Context {
 
     /// Records job `id` (sent with the table locked) and waits for the commit (unlocked): what
     /// must be on disk before the coordinator acts on it, such as a dispatch about to be sent.
+    /// A failed commit is not tried again: the caller undoes the change.
     pub fn record_and_wait(&self, id: &str) -> Result<(), StoreError> {
-        let ticket = self.record_with_ticket(&self.lock(), id);
+        let ticket = self.ticketed(&self.lock(), id, false);
         ticket.map_or(Ok(()), Ticket::wait)
     }
 
     /// Records job `id` with the table locked and gives the ticket to wait on for its commit
-    /// once the table is unlocked (None when the job is not in the table).
+    /// once the table is unlocked (None when the job is not in the table). The change applies
+    /// whatever the ticket says: a failed commit is tried again until the record is written.
     pub fn record_with_ticket(&self, st: &PoolState, id: &str) -> Option<Ticket> {
+        self.ticketed(st, id, true)
+    }
+
+    fn ticketed(&self, st: &PoolState, id: &str, retry: bool) -> Option<Ticket> {
         let mut record = self.record_of(st, id)?;
+        record.retry = retry;
         let ticket = Ticket::attach(&mut record);
         self.store.send(record);
         Some(ticket)
@@ -290,6 +297,7 @@ impl Context {
             upload: None,
             done: None,
             sync_first: None,
+            retry: true,
             within: DEFERRAL,
         })
     }

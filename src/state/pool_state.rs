@@ -143,6 +143,9 @@ pub struct WorkerEntry {
     /// a cancelled job's deletion): the tracker, or the job's stream thread after `[DONE]`.
     /// Nobody else touches them meanwhile.
     pub following_up: Vec<String>,
+    /// Ended jobs whose results could not be stored (a full disk): collected again once their
+    /// pause is over, not at every tracker round.
+    pub collect_pauses: Vec<CollectPause>,
     /// Set when a result of this worker failed verification under `--require-verified`: it
     /// stays unhealthy, whatever its probes say, until an operator sends SIGHUP or undrains it.
     pub distrusted: Option<String>,
@@ -187,6 +190,7 @@ impl WorkerEntry {
             streaming: Vec::new(),
             poll_now: Vec::new(),
             following_up: Vec::new(),
+            collect_pauses: Vec::new(),
             distrusted: None,
             sources,
             client_limits: ClientLimits::default(),
@@ -321,6 +325,37 @@ impl WorkerEntry {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
+    /// Pauses the collection of job `id`, whose results could not be stored: 1 s after the
+    /// first failure, doubling with each one after it up to [`COLLECT_PAUSE_MAX`]. Returns the
+    /// pause.
+    pub fn pause_collection(&mut self, id: &str, now: Instant) -> Duration {
+        let at = match self.collect_pauses.iter().position(|p| p.id == id) {
+            Some(at) => at,
+            None => {
+                self.collect_pauses.push(CollectPause {
+                    id: id.to_string(),
+                    until: now,
+                    failures: 0,
+                });
+                self.collect_pauses.len() - 1
+            }
+        };
+        let pause = &mut self.collect_pauses[at];
+        pause.failures += 1;
+        let wait = (Duration::from_secs(1) * 2u32.saturating_pow(pause.failures - 1))
+            .min(COLLECT_PAUSE_MAX);
+        pause.until = now + wait;
+        wait
+    }
+
+    /// How long job `id`'s collection still waits after a failure to store its results.
+    pub fn collect_paused_for(&self, id: &str, now: Instant) -> Option<Duration> {
+        self.collect_pauses
+            .iter()
+            .find(|p| p.id == id && p.until > now)
+            .map(|p| p.until - now)
+    }
+
     /// Frees the slot of a job that ended (and its place on its source address, booking the CPU
     /// seconds the worker reported); a concurrency throttle ends with it.
     pub fn release_slot(&mut self, source: Option<IpAddr>, cpu_seconds: Option<f64>) {
@@ -411,12 +446,53 @@ pub struct PoolState {
     pub ends: EndWatch,
     /// Set when the coordinator stops: no more jobs are assigned.
     pub stopping: bool,
+    /// Set while the job store could not record a dispatch (a full disk): no job is assigned
+    /// until it ends.
+    pub dispatch_hold: Option<DispatchHold>,
     /// CPU seconds of the jobs that left the table in the last minute (for `/stats`).
     pub cpu_window: CpuWindow,
     /// The coordinator-wide figures; jobs' first final statuses are counted here.
     pub metrics: Arc<Metrics>,
     /// The ids of the last jobs submitted, for the dashboard.
     pub recent: RecentJobs,
+}
+
+/// The longest pause between two tries to store a job's results while the disk is full.
+pub const COLLECT_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// A job whose results could not be stored, and when its collection is tried again.
+#[derive(Debug, Clone)]
+pub struct CollectPause {
+    /// The pool job id.
+    pub id: String,
+    /// When the next try is due.
+    pub until: Instant,
+    /// Failures in a row so far.
+    pub failures: u32,
+}
+
+/// The longest pause between two tries to record a dispatch while the job store fails.
+pub const DISPATCH_HOLD_MAX: Duration = Duration::from_secs(8);
+
+/// Dispatching held back because the job store could not record a dispatch (the record must
+/// commit before the worker is called: at most once). Queued jobs keep their places; once
+/// `until` has passed the scheduler tries again, and the pause doubles with every try that
+/// fails, up to [`DISPATCH_HOLD_MAX`].
+#[derive(Debug, Clone)]
+pub struct DispatchHold {
+    /// When the next try is due.
+    pub until: Instant,
+    /// Pauses in a row so far.
+    pub strikes: u32,
+    /// Why the last try failed.
+    pub why: String,
+}
+
+impl DispatchHold {
+    /// The hold still in force at `now`, if any.
+    pub fn active(hold: &Option<DispatchHold>, now: Instant) -> Option<&DispatchHold> {
+        hold.as_ref().filter(|h| h.until > now)
+    }
 }
 
 /// How many recent job ids the table remembers for the dashboard.
@@ -534,6 +610,30 @@ impl PoolState {
         Some(job)
     }
 
+    /// Holds dispatching back after a dispatch could not be recorded (`why`). Dispatches that
+    /// fail together make one pause; returns its length when this failure starts a new one.
+    pub fn hold_dispatching(&mut self, why: String, now: Instant) -> Option<Duration> {
+        if let Some(hold) = self.dispatch_hold.as_mut().filter(|h| h.until > now) {
+            hold.why = why;
+            return None;
+        }
+        // Tries that fail in a row (the last pause ended a moment ago) pause longer each time.
+        let strikes = self
+            .dispatch_hold
+            .as_ref()
+            .filter(|h| now < h.until + DISPATCH_HOLD_MAX)
+            .map_or(0, |h| h.strikes)
+            + 1;
+        let pause =
+            (Duration::from_secs(1) * 2u32.saturating_pow(strikes - 1)).min(DISPATCH_HOLD_MAX);
+        self.dispatch_hold = Some(DispatchHold {
+            until: now + pause,
+            strikes,
+            why,
+        });
+        Some(pause)
+    }
+
     /// True when the job was cancelled.
     pub fn is_cancelled(&self, id: &str) -> bool {
         self.jobs
@@ -610,6 +710,23 @@ mod tests {
             drain: false,
             source_addresses: None,
         }
+    }
+
+    #[test]
+    fn a_collection_that_finds_no_room_waits_longer_each_time_up_to_the_most() {
+        let now = Instant::now();
+        let mut st = PoolState::new(vec![spec(0)], now);
+        let w = &mut st.workers[0];
+        let waits: Vec<u64> = (0..7)
+            .map(|_| w.pause_collection("pool-1", now).as_secs())
+            .collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(w.collect_paused_for("pool-1", now), Some(COLLECT_PAUSE_MAX));
+        assert_eq!(
+            w.collect_paused_for("pool-1", now + COLLECT_PAUSE_MAX),
+            None
+        );
+        assert_eq!(w.collect_paused_for("pool-2", now), None);
     }
 
     #[test]

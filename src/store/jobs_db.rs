@@ -251,6 +251,11 @@ pub struct Record {
     pub upload: Option<Arc<[u8]>>,
     /// Runs after the commit.
     pub done: Option<Done>,
+    /// When its transaction fails (a full disk), written again with the next one until it
+    /// commits: a change the coordinator already acts on (a job's progress, a cancel). False
+    /// for one whose sender undoes the change when told it failed (a dispatch about to be
+    /// sent); a new job's insert is never written again (its submit was refused).
+    pub retry: bool,
     /// A segment file the record points into (a waiting upload): the writer syncs it, as the
     /// `--fsync` mode asks, before the transaction that holds the record commits, once for all
     /// the records of that transaction that point into it.
@@ -484,6 +489,7 @@ impl JobStore {
             last_sweep: None,
             last_release: None,
             orphans_checked: false,
+            unwritten: Vec::new(),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -966,6 +972,10 @@ struct Writer {
     last_sweep: Option<Instant>,
     last_release: Option<Instant>,
     orphans_checked: bool,
+    /// Changes of a transaction that failed (a full disk) that no sender waits on: written
+    /// again, before anything newer, with the next transaction and at least once a second,
+    /// until they commit. At most one per job (the newest; see [`keep_unwritten`]).
+    unwritten: Vec<Record>,
 }
 
 impl Writer {
@@ -974,6 +984,9 @@ impl Writer {
             let ops = match received.take(Instant::now() + SWEEP_EVERY) {
                 Taken::Items(items) => items,
                 Taken::Timeout => {
+                    if !self.unwritten.is_empty() {
+                        self.commit(Vec::new());
+                    }
                     self.maintain(true);
                     continue;
                 }
@@ -1004,6 +1017,19 @@ impl Writer {
     /// Checkpoints the WAL into the database with syncs (the connection's close would
     /// otherwise checkpoint without them).
     fn stop(&mut self) {
+        if !self.unwritten.is_empty() {
+            self.commit(Vec::new());
+        }
+        let lost = std::mem::take(&mut self.unwritten);
+        if !lost.is_empty() {
+            log::error!(
+                "{} job changes could not be written before the job store closed; a restart \
+                 follows those jobs from their last stored state",
+                lost.len()
+            );
+            let dones = lost.into_iter().filter_map(|r| r.done).collect();
+            release(&self.figures, None, &[], dones, Err(StoreError::Closed));
+        }
         self.checkpoint("TRUNCATE");
     }
 
@@ -1012,13 +1038,29 @@ impl Writer {
     /// right after the commit.
     fn commit(&mut self, batch: Vec<Record>) {
         let mut batch = self.sync_segments(batch);
+        if !self.unwritten.is_empty() {
+            let newer = std::mem::replace(&mut batch, std::mem::take(&mut self.unwritten));
+            batch.extend(newer);
+        }
         if batch.is_empty() {
             return;
         }
         let synced_by_commit = self.mode != FsyncMode::Batch || self.synced_until_write;
         let written = self.write(&batch);
         self.count(batch.len(), &written);
-        let done: Vec<Done> = batch.iter_mut().filter_map(|r| r.done.take()).collect();
+        let done: Vec<Done> = match &written {
+            Ok(_) => batch.iter_mut().filter_map(|r| r.done.take()).collect(),
+            Err(e) => {
+                let records = batch.len();
+                let done = self.keep_unwritten(batch);
+                log::error!(
+                    "The job store could not commit {records} records: {e}; {} job changes \
+                     are kept to be written again",
+                    self.unwritten.len()
+                );
+                done
+            }
+        };
         let figures = Arc::clone(&self.figures);
         let hook = Arc::clone(&self.settle_hook);
         match (&self.wal, written) {
@@ -1032,6 +1074,42 @@ impl Writer {
             (_, Ok(settled)) => release(&figures, hook.get(), &settled, done, Ok(())),
             (_, Err(e)) => release(&figures, None, &[], done, Err(e)),
         }
+    }
+
+    /// Splits a batch whose transaction failed: an insert or a record without `retry` fails for
+    /// good, its sender hears why and acts on it (a 507, a dispatch not sent); every other
+    /// change is kept to be written again, so that a full disk never leaves a job's row behind
+    /// what the coordinator did. A sender waiting on a kept record (a cancel) hears now that it
+    /// is not recorded yet; other callbacks run once it commits. Returns the callbacks to run
+    /// now, with the error.
+    fn keep_unwritten(&mut self, batch: Vec<Record>) -> Vec<Done> {
+        let mut now = Vec::new();
+        for mut record in batch {
+            if record.insert || !record.retry || record.within.is_zero() {
+                now.extend(record.done.take());
+            }
+            if record.insert || !record.retry {
+                continue;
+            }
+            // A job's newest change says everything its older ones said: one is kept, and it
+            // runs their callbacks too once it commits.
+            if let Some(at) = self
+                .unwritten
+                .iter()
+                .position(|r| r.job.id == record.job.id)
+            {
+                let older = self.unwritten.remove(at);
+                record.done = match (older.done, record.done.take()) {
+                    (Some(first), Some(then)) => Some(Box::new(move |result| {
+                        first(result);
+                        then(result);
+                    })),
+                    (first, then) => first.or(then),
+                };
+            }
+            self.unwritten.push(record);
+        }
+        now
     }
 
     /// Syncs the segment files the batch's records name in `sync_first`, each once (not with
@@ -1081,14 +1159,11 @@ impl Writer {
     /// Counts a transaction in the store's figures.
     fn count(&mut self, records: usize, result: &Result<Vec<(String, PoolStatus)>, StoreError>) {
         self.last_commit = Instant::now();
-        match result {
-            Ok(_) => {
-                let f = &self.figures;
-                f.commits.fetch_add(1, Ordering::Relaxed);
-                f.last_batch.store(records as u64, Ordering::Relaxed);
-                self.commits_since_checkpoint += 1;
-            }
-            Err(e) => log::error!("The job store could not commit {records} records: {e}"),
+        if result.is_ok() {
+            let f = &self.figures;
+            f.commits.fetch_add(1, Ordering::Relaxed);
+            f.last_batch.store(records as u64, Ordering::Relaxed);
+            self.commits_since_checkpoint += 1;
         }
     }
 
@@ -1478,6 +1553,7 @@ mod tests {
             upload: None,
             done: None,
             sync_first: None,
+            retry: false,
             within: Duration::ZERO,
         }
     }
