@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::lifecycle::{
-    assert_pool_consistent, job_status, submit, wait_collected, wait_healthy,
+    assert_pool_consistent, drain_url, job_status, submit, wait_collected, wait_healthy,
 };
 use support::{
     get, get_bytes, get_json, poll_until, send, write_workers_json, Coordinator, FakeWorker, Form,
@@ -1353,6 +1353,16 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
         job_status(&coordinator, &cancelled)["pool_status"],
         "cancelled"
     );
+    // A drain applies at once too, and says a restart would not keep it. Its undrain has no
+    // record to delete.
+    let drain = |action: &str| {
+        send("POST", &drain_url(&coordinator, &worker, action), None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let reply = drain("drain");
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("restart"), "{}", reply.text());
+    assert_eq!(drain("undrain").status, 200);
     // Longer than --lost-after: a worker that answers is not silent, however long the disk
     // stays full.
     thread::sleep(Duration::from_secs(3));

@@ -4,6 +4,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::PoolStatus;
 use crate::pool::announce;
 use crate::state::context::Context;
+use crate::store::jobs_db::StoreError;
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ pub enum ControlError {
     Finished(String, PoolStatus),
     /// No worker with this id in the allowlist.
     UnknownWorker(String),
-    /// The drain applies now but could not be recorded in the job store.
-    NotRecorded(String),
+    /// The drain applies now but could not be recorded in the job store (true when the disk
+    /// is full).
+    NotRecorded(String, bool),
     /// The cancel applies now but is not in the job store yet: written once the store can
     /// write again (true when the disk is full).
     CancelNotRecordedYet(String, bool),
@@ -30,8 +32,8 @@ impl ControlError {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
             Self::Finished(..) => 409,
-            Self::NotRecorded(_) | Self::CancelNotRecordedYet(_, false) => 500,
-            Self::CancelNotRecordedYet(_, true) => 507,
+            Self::NotRecorded(_, false) | Self::CancelNotRecordedYet(_, false) => 500,
+            Self::NotRecorded(_, true) | Self::CancelNotRecordedYet(_, true) => 507,
         }
     }
 }
@@ -52,7 +54,7 @@ impl fmt::Display for ControlError {
                 f,
                 "no worker {id:?} in the allowlist (give its worker_id percent-encoded, or in URL-safe base64 with - and _)"
             ),
-            Self::NotRecorded(why) => write!(
+            Self::NotRecorded(why, _) => write!(
                 f,
                 "the change applies now but could not be recorded in the job store, so a restart will not keep it: {why}"
             ),
@@ -153,7 +155,8 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
             "Could not record the drain of worker {}... in the job store: {e}",
             short_id(worker_id)
         );
-        ControlError::NotRecorded(e.to_string())
+        let e = StoreError::from(e);
+        ControlError::NotRecorded(e.to_string(), e.is_full())
     })?;
     Ok(index)
 }
