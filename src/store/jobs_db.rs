@@ -490,6 +490,7 @@ impl JobStore {
             last_release: None,
             orphans_checked: false,
             unwritten: Vec::new(),
+            unwritten_done: Vec::new(),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -972,10 +973,12 @@ struct Writer {
     last_sweep: Option<Instant>,
     last_release: Option<Instant>,
     orphans_checked: bool,
-    /// Changes of a transaction that failed (a full disk) that no sender waits on: written
-    /// again, before anything newer, with the next transaction and at least once a second,
-    /// until they commit. At most one per job (the newest; see [`keep_unwritten`]).
+    /// Changes of a failed transaction (a full disk) that nobody undoes: written again, before
+    /// anything newer, with the next transaction and at least once a second, until they
+    /// commit. One per job, its newest (see `keep_unwritten`).
     unwritten: Vec<Record>,
+    /// The callbacks of those changes, run once they commit.
+    unwritten_done: Vec<Done>,
 }
 
 impl Writer {
@@ -1027,7 +1030,7 @@ impl Writer {
                  follows those jobs from their last stored state",
                 lost.len()
             );
-            let dones = lost.into_iter().filter_map(|r| r.done).collect();
+            let dones = std::mem::take(&mut self.unwritten_done);
             release(&self.figures, None, &[], dones, Err(StoreError::Closed));
         }
         self.checkpoint("TRUNCATE");
@@ -1049,7 +1052,10 @@ impl Writer {
         let written = self.write(&batch);
         self.count(batch.len(), &written);
         let done: Vec<Done> = match &written {
-            Ok(_) => batch.iter_mut().filter_map(|r| r.done.take()).collect(),
+            Ok(_) => std::mem::take(&mut self.unwritten_done)
+                .into_iter()
+                .chain(batch.iter_mut().filter_map(|r| r.done.take()))
+                .collect(),
             Err(e) => {
                 let records = batch.len();
                 let done = self.keep_unwritten(batch);
@@ -1079,36 +1085,37 @@ impl Writer {
     /// Splits a batch whose transaction failed: an insert or a record without `retry` fails for
     /// good, its sender hears why and acts on it (a 507, a dispatch not sent); every other
     /// change is kept to be written again, so that a full disk never leaves a job's row behind
-    /// what the coordinator did. A sender waiting on a kept record (a cancel) hears now that it
-    /// is not recorded yet; other callbacks run once it commits. Returns the callbacks to run
-    /// now, with the error.
+    /// what the coordinator did. One change per job is kept, its newest (it says everything
+    /// the older ones said). A sender waiting on a kept record (a cancel) hears now that it is
+    /// not recorded yet; the kept records' other callbacks run once they commit (all of them
+    /// go into the same transaction). Returns the callbacks to run now, with the error.
     fn keep_unwritten(&mut self, batch: Vec<Record>) -> Vec<Done> {
         let mut now = Vec::new();
+        let mut kept = Vec::with_capacity(batch.len());
         for mut record in batch {
-            if record.insert || !record.retry || record.within.is_zero() {
-                now.extend(record.done.take());
-            }
             if record.insert || !record.retry {
+                now.extend(record.done.take());
                 continue;
             }
-            // A job's newest change says everything its older ones said: one is kept, and it
-            // runs their callbacks too once it commits.
-            if let Some(at) = self
-                .unwritten
-                .iter()
-                .position(|r| r.job.id == record.job.id)
-            {
-                let older = self.unwritten.remove(at);
-                record.done = match (older.done, record.done.take()) {
-                    (Some(first), Some(then)) => Some(Box::new(move |result| {
-                        first(result);
-                        then(result);
-                    })),
-                    (first, then) => first.or(then),
-                };
+            match record.done.take() {
+                Some(done) if record.within.is_zero() => now.push(done),
+                Some(done) => self.unwritten_done.push(done),
+                None => {}
             }
-            self.unwritten.push(record);
+            kept.push(record);
         }
+        let mut newest: HashMap<&str, usize> = HashMap::with_capacity(kept.len());
+        for (i, r) in kept.iter().enumerate() {
+            newest.insert(r.job.id.as_str(), i);
+        }
+        let newest: Vec<bool> = (0..kept.len())
+            .map(|i| newest.get(kept[i].job.id.as_str()) == Some(&i))
+            .collect();
+        self.unwritten = kept
+            .into_iter()
+            .zip(newest)
+            .filter_map(|(r, newest)| newest.then_some(r))
+            .collect();
         now
     }
 
@@ -1599,5 +1606,67 @@ mod tests {
             assert_eq!(store.settled_count(PoolStatus::Failed), 1, "settled twice");
             store.close();
         }
+    }
+
+    #[test]
+    fn changes_of_a_failed_transaction_are_written_again_once_the_store_can_write() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, _) = JobStore::open(dir.path(), FsyncMode::Batch, retention(dir.path()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for n in 1..=2 {
+            store
+                .send_and_wait(record(job(n, PoolStatus::Queued), true))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // Every update fails, as on a full disk, until the trigger goes.
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute_batch(
+                "CREATE TRIGGER no_room BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'no room'); END;",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let change = |n: u32, status: PoolStatus, retry: bool, tag: &'static str| {
+            let mut r = record(job(n, status), false);
+            r.retry = retry;
+            r.within = Duration::from_millis(1);
+            let heard = Arc::clone(&heard);
+            r.done = Some(Box::new(move |result: Result<(), &StoreError>| {
+                lock(&heard).push((tag, result.is_ok()));
+            }));
+            r
+        };
+        // Job 1: two changes nobody waits on, kept (one row write, both callbacks later).
+        store.send(change(1, PoolStatus::Dispatched, true, "dispatched"));
+        store.send(change(1, PoolStatus::Running, true, "running"));
+        // Job 2: a change its sender undoes (not kept), then one someone waits on (kept; the
+        // waiter hears at once that it is not written yet).
+        store.send(change(2, PoolStatus::Dispatched, false, "undone"));
+        let mut waited = record(job(2, PoolStatus::Cancelled), false);
+        waited.retry = true;
+        assert!(store.send_and_wait(waited).is_err(), "the commit failed");
+        let status = |n: u32| {
+            store
+                .load(&job(n, PoolStatus::Queued).id)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|j| j.status)
+        };
+        assert_eq!(status(1), Some(PoolStatus::Queued));
+        assert_eq!(*lock(&heard), [("undone", false)]);
+        other
+            .execute_batch("DROP TRIGGER no_room;")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(2) != Some(PoolStatus::Cancelled) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(status(1), Some(PoolStatus::Running));
+        assert_eq!(status(2), Some(PoolStatus::Cancelled));
+        assert_eq!(store.settled_count(PoolStatus::Cancelled), 1);
+        assert_eq!(
+            *lock(&heard),
+            [("undone", false), ("dispatched", true), ("running", true)]
+        );
+        store.close();
     }
 }
