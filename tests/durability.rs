@@ -1397,6 +1397,11 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
     check(&coordinator);
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert!(pool["dispatch_held"].is_null(), "{pool}");
+    assert!(
+        coordinator.wait_for_log("Dispatching resumes", DEADLINE),
+        "the hold never ended:\n{}",
+        coordinator.logs()
+    );
     // Each job reached the worker once; the cancelled one never did.
     let sent = |worker: &FakeWorker| -> BTreeMap<String, usize> {
         received_tokens(&[worker])

@@ -37,6 +37,8 @@ pub struct Assignment {
     pub inputs: Vec<InputFile>,
     /// Where the manifest part lies in the upload file, if there is one.
     pub manifest: Option<Span>,
+    /// When the scheduler made it.
+    pub assigned_at: Instant,
 }
 
 /// Starts the dispatch of an assignment on a dispatch thread of its own.
@@ -349,8 +351,13 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     let short = short_id(&a.worker_id);
     let mut st = ctx.lock();
     st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
-    // The dispatch was recorded: a hold on dispatching (the store failed before) is over.
-    if st.dispatch_hold.take().is_some() {
+    // A dispatch assigned since dispatching was held was recorded: the hold is over.
+    if st
+        .dispatch_hold
+        .as_ref()
+        .is_some_and(|h| a.assigned_at >= h.since)
+    {
+        st.dispatch_hold = None;
         log::info!("Dispatching resumes: the job store records dispatches again");
     }
     if let SubmitOutcome::Accepted(remote) = outcome {

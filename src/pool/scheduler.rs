@@ -86,6 +86,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
                 source,
                 inputs: job.inputs.clone(),
                 manifest: job.manifest,
+                assigned_at: now,
             });
         }
     }

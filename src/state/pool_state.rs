@@ -480,6 +480,8 @@ pub const DISPATCH_HOLD_MAX: Duration = Duration::from_secs(8);
 /// fails, up to [`DISPATCH_HOLD_MAX`].
 #[derive(Debug, Clone)]
 pub struct DispatchHold {
+    /// When this pause began (a dispatch assigned before it ends nothing when it settles).
+    pub since: Instant,
     /// When the next try is due.
     pub until: Instant,
     /// Pauses in a row so far.
@@ -627,6 +629,7 @@ impl PoolState {
         let pause =
             (Duration::from_secs(1) * 2u32.saturating_pow(strikes - 1)).min(DISPATCH_HOLD_MAX);
         self.dispatch_hold = Some(DispatchHold {
+            since: now,
             until: now + pause,
             strikes,
             why,
