@@ -1322,6 +1322,8 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
     .unwrap_or_else(|| panic!("dispatching was never held:\n{}", coordinator.logs()));
     let why = held["dispatch_held"]["why"].as_str().unwrap_or_default();
     assert!(why.contains("full"), "{held}");
+    let failing = held["store"]["failing"].as_str().unwrap_or_default();
+    assert!(failing.contains("full"), "{held}");
     poll_until(DEADLINE, || {
         ids.iter().find(|id| {
             let status = job_status(&coordinator, id);
@@ -1402,6 +1404,11 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
         "the hold never ended:\n{}",
         coordinator.logs()
     );
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        pool["store"]["failing"].is_null().then_some(())
+    })
+    .unwrap_or_else(|| panic!("the store still says it fails"));
     // Each job reached the worker once; the cancelled one never did.
     let sent = |worker: &FakeWorker| -> BTreeMap<String, usize> {
         received_tokens(&[worker])

@@ -213,6 +213,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "last_commit_batch": f.last_batch,
         "records_coalesced": f.coalesced,
         "seconds_since_checkpoint": f.since_checkpoint,
+        "failing": f.failing,
         "retention": {
             "retain_jobs": retain_jobs,
             "retain_for": retain_for,

@@ -34,7 +34,7 @@ use std::fmt;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -321,6 +321,10 @@ struct Figures {
     last_checkpoint_ms: AtomicU64,
     forgotten: AtomicU64,
     segments_deleted: AtomicU64,
+    /// Set while commits fail: the last one's error.
+    failing: Mutex<Option<String>>,
+    /// Whether `failing` is set (read without its lock after every commit).
+    is_failing: AtomicBool,
 }
 
 /// What the store shows in `/pool`.
@@ -347,6 +351,8 @@ pub struct StoreFigures {
     pub forgotten: u64,
     /// Results segments deleted by retention in this run.
     pub segments_deleted: u64,
+    /// While commits fail (a full disk): the last one's error.
+    pub failing: Option<String>,
 }
 
 /// How long finished jobs are kept, and where their results lie.
@@ -653,6 +659,7 @@ impl JobStore {
                 .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
             forgotten: f.forgotten.load(Ordering::Relaxed),
             segments_deleted: f.segments_deleted.load(Ordering::Relaxed),
+            failing: lock(&f.failing).clone(),
         }
     }
 
@@ -1166,11 +1173,21 @@ impl Writer {
     /// Counts a transaction in the store's figures.
     fn count(&mut self, records: usize, result: &Result<Vec<(String, PoolStatus)>, StoreError>) {
         self.last_commit = Instant::now();
-        if result.is_ok() {
-            let f = &self.figures;
-            f.commits.fetch_add(1, Ordering::Relaxed);
-            f.last_batch.store(records as u64, Ordering::Relaxed);
-            self.commits_since_checkpoint += 1;
+        let f = &self.figures;
+        match result {
+            Ok(_) => {
+                f.commits.fetch_add(1, Ordering::Relaxed);
+                f.last_batch.store(records as u64, Ordering::Relaxed);
+                self.commits_since_checkpoint += 1;
+                if f.is_failing.swap(false, Ordering::Relaxed) {
+                    *lock(&f.failing) = None;
+                    log::info!("The job store commits again");
+                }
+            }
+            Err(e) => {
+                *lock(&f.failing) = Some(e.to_string());
+                f.is_failing.store(true, Ordering::Relaxed);
+            }
         }
     }
 
