@@ -2,7 +2,7 @@
 //! a worker that takes minutes to accept (sandrun holds its lock while a job runs) never stalls
 //! the scheduler or other workers.
 
-use crate::base::clock::unix_now;
+use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
 use crate::pool::health::mark_unreachable;
 use crate::pool::{announce, stream, tracker};
@@ -157,12 +157,15 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
 
 /// The pause after a 429: by the worker's own words, doubling with each 429 in a row.
 fn throttle_pause(message: &str, strikes: u32) -> (Duration, bool) {
-    let doubling = 1u32 << strikes.saturating_sub(1).min(8);
+    let doubling = |first: u64, most: u64| {
+        doubling_pause(
+            Duration::from_secs(first),
+            strikes,
+            Duration::from_secs(most),
+        )
+    };
     if message.contains("per hour") {
-        return (
-            (Duration::from_secs(60) * doubling).min(Duration::from_secs(900)),
-            false,
-        );
+        return (doubling(60, 900), false);
     }
     if let Some(secs) = message
         .split("wait ")
@@ -173,15 +176,9 @@ fn throttle_pause(message: &str, strikes: u32) -> (Duration, bool) {
         return (Duration::from_secs(secs.clamp(1, 3600) + 1), false);
     }
     if message.contains("CPU") {
-        return (
-            (Duration::from_secs(15) * doubling).min(Duration::from_secs(300)),
-            false,
-        );
+        return (doubling(15, 300), false);
     }
-    (
-        (Duration::from_secs(2) * doubling).min(Duration::from_secs(60)),
-        true,
-    )
+    (doubling(2, 60), true)
 }
 
 /// The limit a concurrency 429 names: `Max concurrent jobs reached (2)`.

@@ -4,7 +4,7 @@
 //! coordinator: [`crate::base::sync::lock`] recovers a poisoned mutex (every update leaves the table consistent
 //! before anything that could panic runs).
 
-use crate::base::clock::unix_now;
+use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Job, PoolStatus};
 use crate::state::cpu_window::CpuWindow;
 use crate::state::metrics::{DispatchOutcome, Metrics};
@@ -342,8 +342,7 @@ impl WorkerEntry {
         };
         let pause = &mut self.collect_pauses[at];
         pause.failures += 1;
-        let wait = (Duration::from_secs(1) * 2u32.saturating_pow(pause.failures - 1))
-            .min(COLLECT_PAUSE_MAX);
+        let wait = doubling_pause(Duration::from_secs(1), pause.failures, COLLECT_PAUSE_MAX);
         pause.until = now + wait;
         wait
     }
@@ -626,8 +625,7 @@ impl PoolState {
             .filter(|h| now < h.until + DISPATCH_HOLD_MAX)
             .map_or(0, |h| h.strikes)
             + 1;
-        let pause =
-            (Duration::from_secs(1) * 2u32.saturating_pow(strikes - 1)).min(DISPATCH_HOLD_MAX);
+        let pause = doubling_pause(Duration::from_secs(1), strikes, DISPATCH_HOLD_MAX);
         self.dispatch_hold = Some(DispatchHold {
             since: now,
             until: now + pause,
