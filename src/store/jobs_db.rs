@@ -953,6 +953,15 @@ fn release(
     }
 }
 
+/// Where each job's last change is in `records`: its index, by job id.
+fn last_changes(records: &[Record]) -> HashMap<&str, usize> {
+    let mut last = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        last.insert(r.job.id.as_str(), i);
+    }
+    last
+}
+
 /// Runs `call`; a panic in it is logged, so the writer thread and the callbacks after it go on.
 fn guarded(what: &str, call: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(call)).is_err() {
@@ -1111,12 +1120,9 @@ impl Writer {
             }
             kept.push(record);
         }
-        let mut newest: HashMap<&str, usize> = HashMap::with_capacity(kept.len());
-        for (i, r) in kept.iter().enumerate() {
-            newest.insert(r.job.id.as_str(), i);
-        }
+        let last = last_changes(&kept);
         let newest: Vec<bool> = (0..kept.len())
-            .map(|i| newest.get(kept[i].job.id.as_str()) == Some(&i))
+            .map(|i| last.get(kept[i].job.id.as_str()) == Some(&i))
             .collect();
         self.unwritten = kept
             .into_iter()
@@ -1221,10 +1227,7 @@ impl Writer {
             // A job's changes that meet in one transaction are written once, as the last of
             // them says: the transaction commits whole or not at all, so no reader could ever
             // see the earlier ones. An insert is always written (later changes update it).
-            let mut last_change: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-            for (i, r) in batch.iter().enumerate() {
-                last_change.insert(r.job.id.as_str(), i);
-            }
+            let last_change = last_changes(batch);
             for (i, r) in batch.iter().enumerate() {
                 if !r.insert && last_change.get(r.job.id.as_str()) != Some(&i) {
                     self.figures.coalesced.fetch_add(1, Ordering::Relaxed);
