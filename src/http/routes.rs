@@ -4,7 +4,7 @@ use crate::base::job::PoolStatus;
 use crate::base::paths::percent_decode;
 use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::follow::{self, Wire};
-use crate::http::redact::hide_remote_id;
+use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
@@ -335,12 +335,9 @@ fn job_route(
         },
     };
     let reply = handler(ctx);
-    let remote = ctx
-        .lock()
-        .jobs
-        .get(id)
-        .and_then(|job| job.remote_job_id.clone())
-        .or(stored.flatten());
+    // Looked up again after the answer: the job may have been dispatched meanwhile, or have
+    // settled and left the table (its answer then came from the job store).
+    let remote = remote_id_of(ctx, id).or(stored.flatten());
     match remote {
         Some(remote) => hide_remote_id(reply, &remote),
         None => reply,
