@@ -19,8 +19,8 @@ use support::lifecycle::{
     assert_pool_consistent, drain_url, job_status, submit, wait_collected, wait_healthy,
 };
 use support::{
-    get, get_bytes, get_json, poll_until, send, write_workers_json, Coordinator, FakeWorker, Form,
-    Knobs,
+    get, get_bytes, get_json, poll_until, post, send, write_workers_json, Coordinator, FakeWorker,
+    Form, Knobs,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -508,6 +508,169 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         "the refused store was changed"
     );
     let _ = id;
+}
+
+/// Two coordinators on one state directory would both send its queued jobs: the second is
+/// refused at start, before it touches anything, naming the first's process. The lock goes
+/// with its holder, even by `kill -9`.
+#[test]
+fn a_second_coordinator_on_a_state_directory_in_use_is_refused() {
+    let dir = support::temp_dir();
+    let worker = FakeWorker::start_with(roomy(Duration::from_millis(500)));
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let mut first = Coordinator::start_in(dir.path(), &FAST);
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit(&first, &job(&format!("once {i}"))))
+        .collect();
+    let refused = Coordinator::try_start_in(dir.path(), &FAST)
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("unix_wait_status(256)"), "{refused}");
+    assert!(
+        refused.contains(&format!(
+            "is in use by another trusted-pool (process {})",
+            first.pid()
+        )),
+        "{refused}"
+    );
+    for id in &ids {
+        let (code, body) = get(&first.url(&format!("/status/{id}")));
+        assert_eq!(code, 200, "the first coordinator after the refusal: {body}");
+    }
+    first.kill();
+    let second = Coordinator::start_in(dir.path(), &FAST);
+    for id in &ids {
+        wait_collected(&second, id, DEADLINE);
+    }
+    let seen = received_tokens(&[&worker]);
+    assert_eq!(seen.len(), ids.len(), "{seen:?}");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a job was sent twice: {seen:?}"
+    );
+}
+
+/// The job store's figures in `/pool`.
+fn store_figures(coordinator: &Coordinator) -> Value {
+    get_json(&coordinator.url("/pool")).1["store"].clone()
+}
+
+/// Submits `form` and times the answer.
+fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Duration) {
+    let started = Instant::now();
+    let reply = send(
+        "POST",
+        &coordinator.url("/submit"),
+        Some((&form.content_type(), &form.body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (reply, started.elapsed())
+}
+
+/// README invites operators to read the job store with `sqlite3`. A session that keeps a read
+/// transaction open blocks the WAL's checkpoints: they must not hold the submits behind them
+/// (each took 9 s before), and `/pool` must say that the WAL grows. A session holding the
+/// write lock makes submits answer 503 with `Retry-After`, drains 503, and both work again
+/// once it lets go.
+#[test]
+fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_503() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &job("before the reader"));
+    wait_collected(&coordinator, &first, DEADLINE);
+    let db = coordinator.state_dir().join("jobs.db");
+    let open = || rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
+
+    let reader = open();
+    reader
+        .execute_batch("BEGIN")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rows >= 1, "{rows}");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        // Idle time for the writer to try a checkpoint, which the reader blocks.
+        thread::sleep(Duration::from_millis(2500));
+        let (reply, took) = timed_submit(&coordinator, &job(&format!("reader {i}")));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            took < Duration::from_secs(4),
+            "a submit waited {took:?} behind a checkpoint"
+        );
+        ids.push(
+            reply.json()["job_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    let held = store_figures(&coordinator);
+    assert!(held["wal_bytes"].as_u64().unwrap_or(0) > 0, "{held}");
+    assert!(
+        held["seconds_since_checkpoint"].as_f64().unwrap_or(0.0) >= 5.0,
+        "a blocked checkpoint was counted: {held}"
+    );
+    drop(reader);
+    let checkpointed = poll_until(DEADLINE, || {
+        let f = store_figures(&coordinator);
+        (f["wal_bytes"].as_u64() == Some(0)
+            && f["seconds_since_checkpoint"].as_f64().unwrap_or(99.0) < 5.0)
+            .then_some(f)
+    });
+    assert!(checkpointed.is_some(), "{}", store_figures(&coordinator));
+
+    let writer = open();
+    writer
+        .execute_batch("BEGIN IMMEDIATE")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (reply, _) = timed_submit(&coordinator, &job("while locked"));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("Retry-After"), Some("5"));
+    let error = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("locked by another program") && error.contains("try again"),
+        "{error}"
+    );
+    let failing = store_figures(&coordinator)["failing"].clone();
+    assert!(
+        failing.as_str().unwrap_or_default().contains("locked"),
+        "{failing}"
+    );
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.contains("trusted_pool_store_failing 1\n"),
+        "{metrics}"
+    );
+    let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
+    assert_eq!(code, 503, "{body}");
+    for id in ids.iter().chain([&first]) {
+        let (code, body) = get(&coordinator.url(&format!("/status/{id}")));
+        assert_eq!(code, 200, "while locked: {body}");
+    }
+    writer
+        .execute_batch("ROLLBACK")
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(writer);
+    let (code, body) = post(&drain_url(&coordinator, &worker, "undrain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let after = submit(&coordinator, &job("after the lock"));
+    wait_collected(&coordinator, &after, DEADLINE);
+    assert!(store_figures(&coordinator)["failing"].is_null());
+    let seen = received_tokens(&[&worker]);
+    assert!(
+        !seen.keys().any(|t| t.contains("while locked")),
+        "a refused submit reached the worker: {seen:?}"
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
 /// A store of schema version 1 (no `drains` table, no listing indexes, `seq` AUTOINCREMENT) is

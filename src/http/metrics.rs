@@ -11,6 +11,7 @@ use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
 use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
+use crate::store::jobs_db::StoreFigures;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -124,6 +125,36 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     }
 }
 
+/// The job store's health: failing commits, the WAL's size and its last full checkpoint.
+fn write_store(out: &mut Text, store: &StoreFigures) {
+    out.family(
+        "trusted_pool_store_failing",
+        "gauge",
+        "1 while the job store's commits fail (a full disk, another program holding its lock).",
+    );
+    out.sample(
+        "trusted_pool_store_failing",
+        &[],
+        u64::from(store.failing.is_some()),
+    );
+    out.family(
+        "trusted_pool_store_wal_bytes",
+        "gauge",
+        "Bytes of the job store's WAL file (it grows while another connection keeps an old snapshot open).",
+    );
+    out.sample("trusted_pool_store_wal_bytes", &[], store.wal_bytes);
+    out.family(
+        "trusted_pool_store_seconds_since_checkpoint",
+        "gauge",
+        "Seconds since the job store's WAL was last checkpointed in full.",
+    );
+    out.sample_f64(
+        "trusted_pool_store_seconds_since_checkpoint",
+        &[],
+        store.since_checkpoint.unwrap_or(0.0),
+    );
+}
+
 /// Writes the metrics text; the table is locked only while its figures are copied.
 pub fn render(ctx: &Context) -> String {
     let mut cache = lock(&CACHE);
@@ -136,6 +167,7 @@ pub fn render(ctx: &Context) -> String {
     write_jobs(&mut out, &ctx.metrics, &table);
     write_workers(&mut out, &cache.labels, &cache.samples);
     write_histograms(&mut out, &ctx.metrics);
+    write_store(&mut out, &ctx.store.figures());
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
-/// `Retry-After` seconds of a submit refused because its key's queue is full.
-const QUEUE_FULL_RETRY_AFTER: u32 = 5;
+/// `Retry-After` seconds of a submit refused for now: a queue is full, or another program holds
+/// the job store locked.
+const SUBMIT_RETRY_AFTER: u32 = 5;
 /// Where `GET /` sends a browser, once that page is served.
 const DASHBOARD: &str = "/dashboard";
 
@@ -424,11 +425,11 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         let reply = error_reply(
             503,
             format!(
-                "the queue is full ({queued} jobs wait, the limit is --max-queued-jobs {}); retry in {QUEUE_FULL_RETRY_AFTER} s",
+                "the queue is full ({queued} jobs wait, the limit is --max-queued-jobs {}); retry in {SUBMIT_RETRY_AFTER} s",
                 ctx.config.max_queued_jobs
             ),
         );
-        return retry_after(QUEUE_FULL_RETRY_AFTER, reply);
+        return retry_after(SUBMIT_RETRY_AFTER, reply);
     }
     let priority = match query_param(url, "priority").map(|p| upload::parse_priority(&p)) {
         None => None,
@@ -454,8 +455,8 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
                 log::error!("Submit failed: {e}");
             }
             let reply = error_reply(e.status(), e.to_string());
-            if e.status() == 429 {
-                return retry_after(QUEUE_FULL_RETRY_AFTER, reply);
+            if matches!(e.status(), 429 | 503) {
+                return retry_after(SUBMIT_RETRY_AFTER, reply);
             }
             reply
         }

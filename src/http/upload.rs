@@ -67,6 +67,7 @@ impl UploadError {
             Self::Spool(_) => 500,
             Self::Store(e) if e.is_full() => 507,
             Self::Store(StoreError::Closed) => 503,
+            Self::Store(e) if e.is_locked() => 503,
             Self::Store(_) => 500,
             _ => 400,
         }
@@ -106,6 +107,10 @@ impl fmt::Display for UploadError {
             Self::Store(e) if e.is_full() => write!(
                 f,
                 "the coordinator's state directory is full, the job was not accepted (nothing was kept); try again later: {e}"
+            ),
+            Self::Store(e) if e.is_locked() => write!(
+                f,
+                "the coordinator could not record the job, it was not accepted (nothing was kept); try again in a few seconds: {e}"
             ),
             Self::Store(e) => write!(f, "the coordinator could not record the job, it was not accepted: {e}"),
         }

@@ -207,6 +207,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
     json!({
         "path": f.path,
         "size_bytes": f.size_bytes,
+        "wal_bytes": f.wal_bytes,
         "rows": f.rows,
         "finished_jobs": f.settled.iter().sum::<u64>(),
         "commits": f.commits,

@@ -4,7 +4,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::PoolStatus;
 use crate::pool::announce;
 use crate::state::context::Context;
-use crate::store::jobs_db::StoreError;
+use crate::store::jobs_db::{StoreError, StoreFault};
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
@@ -18,12 +18,11 @@ pub enum ControlError {
     Finished(String, PoolStatus),
     /// No worker with this id in the allowlist.
     UnknownWorker(String),
-    /// The drain applies now but could not be recorded in the job store (true when the disk
-    /// is full).
-    NotRecorded(String, bool),
+    /// The drain applies now but could not be recorded in the job store (and why not).
+    NotRecorded(String, StoreFault),
     /// The cancel applies now but is not in the job store yet: written once the store can
-    /// write again (true when the disk is full).
-    CancelNotRecordedYet(String, bool),
+    /// write again.
+    CancelNotRecordedYet(String, StoreFault),
 }
 
 impl ControlError {
@@ -32,8 +31,9 @@ impl ControlError {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
             Self::Finished(..) => 409,
-            Self::NotRecorded(_, false) | Self::CancelNotRecordedYet(_, false) => 500,
-            Self::NotRecorded(_, true) | Self::CancelNotRecordedYet(_, true) => 507,
+            Self::NotRecorded(_, fault) | Self::CancelNotRecordedYet(_, fault) => {
+                fault.http_status()
+            }
         }
     }
 }
@@ -108,7 +108,7 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     committed.map_or(Ok(()), |ticket| {
         ticket
             .wait()
-            .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.is_full()))
+            .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
     })
 }
 
@@ -156,7 +156,7 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
             short_id(worker_id)
         );
         let e = StoreError::from(e);
-        ControlError::NotRecorded(e.to_string(), e.is_full())
+        ControlError::NotRecorded(e.to_string(), e.fault())
     })?;
     Ok(index)
 }

@@ -14,6 +14,7 @@ use crate::http::{routes, server};
 use crate::pool::{control, health, recovery, reload, scheduler};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::dir_lock::{DirLock, DirLockError};
 use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
@@ -39,6 +40,8 @@ pub enum ServeError {
     ApiKeys(PathBuf, KeysFileError),
     /// The state directory is unusable.
     StateDir(PathBuf, std::io::Error),
+    /// The state directory is in use by another coordinator, or cannot be locked.
+    StateDirLock(DirLockError),
     /// The HTTP port could not be bound.
     Bind(SocketAddr, String),
     /// A coordinator thread could not be started.
@@ -59,6 +62,7 @@ impl fmt::Display for ServeError {
             Self::Workers(path, e) => write!(f, "{}: {e}", path.display()),
             Self::ApiKeys(path, e) => write!(f, "{}: {e}", path.display()),
             Self::StateDir(dir, e) => write!(f, "state directory {}: {e}", dir.display()),
+            Self::StateDirLock(e) => write!(f, "{e}"),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
             Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
@@ -120,6 +124,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
+    let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
     let (results_dir, segments) = spool.results_segments();

@@ -9,6 +9,7 @@ use crate::base::sync::lock;
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The table, created by the job store's migration to schema version 2.
 pub const DRAINS_SCHEMA: &str = "
@@ -35,6 +36,7 @@ pub struct RecordedDrain {
 pub struct Drains {
     path: PathBuf,
     synchronous: &'static str,
+    lock_wait: Duration,
     conn: Mutex<Option<Connection>>,
 }
 
@@ -47,11 +49,13 @@ pub struct DrainWriter<'a> {
 
 impl Drains {
     /// The drains of the database at `path` (`synchronous`: the job store's `PRAGMA
-    /// synchronous` value). The connection opens on first use.
-    pub fn new(path: &Path, synchronous: &'static str) -> Drains {
+    /// synchronous` value; `lock_wait`: how long a change waits for another program's write
+    /// lock). The connection opens on first use.
+    pub fn new(path: &Path, synchronous: &'static str, lock_wait: Duration) -> Drains {
         Drains {
             path: path.to_path_buf(),
             synchronous,
+            lock_wait,
             conn: Mutex::new(None),
         }
     }
@@ -86,8 +90,9 @@ impl DrainWriter<'_> {
         if self.conn.is_none() {
             let conn = Connection::open(&self.drains.path)?;
             conn.execute_batch(&format!(
-                "PRAGMA synchronous = {}; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -64;",
-                self.drains.synchronous
+                "PRAGMA synchronous = {}; PRAGMA busy_timeout = {}; PRAGMA cache_size = -64;",
+                self.drains.synchronous,
+                self.drains.lock_wait.as_millis()
             ))?;
             *self.conn = Some(conn);
         }

@@ -158,6 +158,15 @@ const WAL_KEPT_BYTES: u64 = 16 * 1024 * 1024;
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
 const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
+/// A checkpoint that cannot complete this long (another connection keeps reading an old
+/// snapshot, so the WAL cannot start over and grows) is logged as a warning.
+const CHECKPOINT_BLOCKED_WARN: Duration = Duration::from_secs(60);
+/// How long a commit waits for another program's write lock on the store (a `sqlite3`
+/// session inside a write transaction) before it fails. Checkpoints and retention sweeps do
+/// not wait: they are tried again later.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How an error of a store locked by another program begins (kept through [`Ticket`]s).
+const LOCKED: &str = "the job store is locked by another program";
 /// While no record comes, the store's caches and the heap's free pages go back to the system
 /// this often.
 const RELEASE_IDLE_EVERY: Duration = Duration::from_secs(5);
@@ -182,6 +191,28 @@ pub enum StoreError {
     Failed(String),
 }
 
+/// The kinds of store failure a client's answer tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// The disk under the state directory is full (507).
+    Full,
+    /// Another program holds the store's write lock (503: try again).
+    Locked,
+    /// Anything else (500).
+    Other,
+}
+
+impl StoreFault {
+    /// The HTTP status of a request refused for this.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Full => 507,
+            Self::Locked => 503,
+            Self::Other => 500,
+        }
+    }
+}
+
 impl StoreError {
     /// True when the disk under the state directory is full.
     pub fn is_full(&self) -> bool {
@@ -189,6 +220,29 @@ impl StoreError {
             Self::Sqlite(e) => e.sqlite_error_code() == Some(ErrorCode::DiskFull),
             Self::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
             Self::Failed(why) => why.starts_with("the state directory is full"),
+            _ => false,
+        }
+    }
+
+    /// What kind of failure this is, for the answer a client gets.
+    pub fn fault(&self) -> StoreFault {
+        if self.is_full() {
+            StoreFault::Full
+        } else if self.is_locked() {
+            StoreFault::Locked
+        } else {
+            StoreFault::Other
+        }
+    }
+
+    /// True when another program holds the store's write lock (SQLite's busy or locked).
+    pub fn is_locked(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            ),
+            Self::Failed(why) => why.starts_with(LOCKED),
             _ => false,
         }
     }
@@ -215,6 +269,12 @@ impl fmt::Display for StoreError {
             Self::Sqlite(e) if self.is_full() => {
                 write!(f, "the state directory is full: {e}")
             }
+            Self::Sqlite(e) if self.is_locked() => write!(
+                f,
+                "{LOCKED} (a sqlite3 session inside a write transaction?) and it did not let go \
+                 within {} s; only read the job store from outside: {e}",
+                LOCK_WAIT.as_secs()
+            ),
             Self::Sqlite(e) => write!(f, "the job store failed: {e}"),
             Self::Io(e) if self.is_full() => write!(f, "the state directory is full: {e}"),
             Self::Io(e) => write!(f, "syncing the state directory failed: {e}"),
@@ -334,6 +394,8 @@ pub struct StoreFigures {
     pub path: PathBuf,
     /// Bytes of the database and its WAL file.
     pub size_bytes: u64,
+    /// Bytes of the WAL file (it grows while another connection keeps an old snapshot open).
+    pub wal_bytes: u64,
     /// Rows (jobs) in it.
     pub rows: u64,
     /// Settled (finished) jobs per status, in [`PoolStatus::ALL`] order.
@@ -345,7 +407,7 @@ pub struct StoreFigures {
     /// Records of this run not written on their own: a later change of the same job in the
     /// same transaction was written instead.
     pub coalesced: u64,
-    /// Seconds since the last WAL checkpoint.
+    /// Seconds since the last complete WAL checkpoint (every frame copied into the database).
     pub since_checkpoint: Option<f64>,
     /// Finished jobs forgotten by retention in this run.
     pub forgotten: u64,
@@ -491,6 +553,7 @@ impl JobStore {
             figures: Arc::clone(&figures),
             settle_hook: Arc::clone(&settle_hook),
             commits_since_checkpoint: 1,
+            checkpoint_blocked: None,
             last_commit: Instant::now(),
             last_sweep: None,
             last_release: None,
@@ -506,7 +569,7 @@ impl JobStore {
             .last_checkpoint_ms
             .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
         let store = JobStore {
-            drains: Drains::new(&path, synchronous_of(mode)),
+            drains: Drains::new(&path, synchronous_of(mode), LOCK_WAIT),
             path,
             mode,
             ops,
@@ -647,9 +710,11 @@ impl JobStore {
     pub fn figures(&self) -> StoreFigures {
         let f = &self.figures;
         let checkpoint = f.last_checkpoint_ms.load(Ordering::Relaxed);
+        let wal_bytes = file_size(&wal_path(&self.path));
         StoreFigures {
             path: self.path.clone(),
-            size_bytes: file_size(&self.path) + file_size(&wal_path(&self.path)),
+            size_bytes: file_size(&self.path) + wal_bytes,
+            wal_bytes,
             rows: f.rows.load(Ordering::Relaxed),
             settled: std::array::from_fn(|i| f.settled[i].load(Ordering::Relaxed)),
             commits: f.commits.load(Ordering::Relaxed),
@@ -810,7 +875,8 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     };
     conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; PRAGMA cache_size = -256; PRAGMA busy_timeout = 10000;"
+             PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; PRAGMA cache_size = -256; PRAGMA busy_timeout = {};",
+            LOCK_WAIT.as_millis()
         ))?;
     if version == 0 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
@@ -985,6 +1051,9 @@ struct Writer {
     figures: Arc<Figures>,
     settle_hook: Arc<OnceLock<SettleHook>>,
     commits_since_checkpoint: u64,
+    /// Since when checkpoints have not completed (another connection keeps reading an old
+    /// snapshot, or writes), and whether that was logged; tried again at every idle moment.
+    checkpoint_blocked: Option<(Instant, bool)>,
     last_commit: Instant,
     last_sweep: Option<Instant>,
     last_release: Option<Instant>,
@@ -1288,12 +1357,15 @@ impl Writer {
     /// jobs are past the limit (`idle`: nothing arrived for a while).
     fn maintain(&mut self, idle: bool) {
         let due = self.commits_since_checkpoint >= CHECKPOINT_COMMITS
-            || (self.commits_since_checkpoint > 0
+            || ((self.commits_since_checkpoint > 0 || self.checkpoint_blocked.is_some())
                 && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
         if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) || self.over_retention() {
             self.last_sweep = Some(Instant::now());
-            if let Err(e) = self.sweep() {
-                log::error!("The retention sweep of the job store failed: {e}");
+            // A sweep waits for no other program's lock: the next one comes within a second.
+            match self.without_lock_wait(Self::sweep) {
+                Err(e) if e.is_locked() => log::debug!("Retention sweep skipped: {e}"),
+                Err(e) => log::error!("The retention sweep of the job store failed: {e}"),
+                Ok(()) => {}
             }
         }
         if due && idle {
@@ -1350,20 +1422,65 @@ impl Writer {
                 }
             }
         }
-        let result: rusqlite::Result<(i64, i64, i64)> =
-            self.conn
+        // A checkpoint waits for no reader and no other writer: a `sqlite3` session inside a
+        // transaction would otherwise hold every commit behind it for the lock wait.
+        let result: rusqlite::Result<(i64, i64, i64)> = self.without_lock_wait(|w| {
+            w.conn
                 .query_row(&format!("PRAGMA wal_checkpoint({kind})"), [], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
-        match result {
-            Ok(_) => {
-                self.commits_since_checkpoint = 0;
-                self.figures
-                    .last_checkpoint_ms
-                    .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+                })
+        });
+        self.commits_since_checkpoint = 0;
+        // Complete: nothing blocked it, and every frame of the WAL is in the database.
+        let complete = match result {
+            Ok((blocked, frames, copied)) => blocked == 0 && frames == copied,
+            Err(e) => {
+                let e = StoreError::Sqlite(e);
+                if !e.is_locked() {
+                    log::warn!("WAL checkpoint of the job store failed: {e}");
+                }
+                false
             }
-            Err(e) => log::warn!("WAL checkpoint of the job store failed: {e}"),
+        };
+        if complete {
+            self.figures
+                .last_checkpoint_ms
+                .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+            if let Some((_, true)) = self.checkpoint_blocked {
+                log::info!("The job store's WAL is checkpointed again");
+            }
+            self.checkpoint_blocked = None;
+            return;
         }
+        let (since, logged) = self
+            .checkpoint_blocked
+            .get_or_insert_with(|| (Instant::now(), false));
+        // Under load a checkpoint may find one of the coordinator's own reads under way; only
+        // a blocked checkpoint of an idle store (nothing of ours reads for long) is told.
+        if !*logged && kind == "TRUNCATE" && since.elapsed() >= CHECKPOINT_BLOCKED_WARN {
+            *logged = true;
+            log::warn!(
+                "The job store's WAL could not be checkpointed for {} s: another connection \
+                 keeps reading an old snapshot (a sqlite3 session inside BEGIN, a backup?) or \
+                 holds the write lock. The WAL file ({} bytes) grows until it lets go",
+                CHECKPOINT_BLOCKED_WARN.as_secs(),
+                self.conn
+                    .path()
+                    .map_or(0, |db| file_size(&wal_path(Path::new(db))))
+            );
+        }
+    }
+
+    /// Runs `call` with the writer's connection not waiting for other programs' locks.
+    fn without_lock_wait<T>(&mut self, call: impl FnOnce(&mut Self) -> T) -> T {
+        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
+            log::warn!("The job store's lock wait could not be changed: {e}");
+        }
+        let out = call(self);
+        if let Err(e) = self.conn.busy_timeout(LOCK_WAIT) {
+            log::warn!("The job store's lock wait could not be changed: {e}");
+        }
+        out
     }
 
     /// Forgets settled jobs past the retention limits (oldest first), then deletes the

@@ -1,6 +1,7 @@
 //! What lives in `--state-dir`: the job store (SQLite), the spool of waiting uploads and the
 //! append-only segment files that hold uploads and collected results. May import `base` only.
 
+pub mod dir_lock;
 pub mod drains;
 pub mod handoff;
 pub mod jobs_db;
