@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where a job is in its life, as `/status` reports it in `pool_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -276,8 +277,14 @@ pub struct Job {
     pub attempts: Vec<Attempt>,
     /// Result collection progress.
     pub collection: Collection,
-    /// Unix seconds of the last answer from its worker about it.
+    /// Unix seconds of the last answer from its worker about it (shown; see `heard_at`).
     pub last_contact: Option<f64>,
+    /// When its worker last answered about it, on the monotonic clock: `--lost-after` counts
+    /// from here, so a wall clock set forward or back (an NTP sync on a board without a
+    /// real-time clock) neither loses a job at once nor keeps a dead worker's job for good.
+    /// Not stored: recovery sets it.
+    #[serde(skip)]
+    pub heard_at: Option<Instant>,
     /// The name of the client key that submitted it (None: the coordinator runs without keys).
     #[serde(default)]
     pub owner: Option<String>,
@@ -305,6 +312,12 @@ pub struct Job {
 }
 
 impl Job {
+    /// Notes an answer from its worker about it, at unix time `now`.
+    pub fn heard_from_worker(&mut self, now: f64) {
+        self.last_contact = Some(now);
+        self.heard_at = Some(Instant::now());
+    }
+
     /// A freshly accepted job. `inputs` is trimmed to its length: a one-file job would keep room
     /// for four (192 bytes more per queued job).
     pub fn new(
@@ -330,6 +343,7 @@ impl Job {
             attempts: Vec::new(),
             collection: Collection::NotStarted,
             last_contact: None,
+            heard_at: None,
             owner: None,
             priority: Priority::Normal,
             ending_on_worker: false,

@@ -382,7 +382,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             let now = unix_now();
             job.remote_job_id = Some(remote.clone());
             job.dispatched_at = Some(now);
-            job.last_contact = job.dispatched_at;
+            job.heard_from_worker(now);
             ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
         ctx.record_soon(&st, id);

@@ -64,7 +64,8 @@ struct Followed {
     status: PoolStatus,
     /// The worker's last status answer, for a job that ended (its results still to collect).
     worker_status: Option<Value>,
-    last_contact: f64,
+    /// When its worker last answered about it (monotonic).
+    heard_at: Instant,
     /// A cancelled job still holding its slot: followed only until the worker ends it.
     ending_on_worker: bool,
     figures: Option<DoneFigures>,
@@ -128,7 +129,7 @@ fn followed(st: &PoolState, id: String) -> Option<Followed> {
             .is_final()
             .then(|| job.worker_status.clone())
             .flatten(),
-        last_contact: job.last_contact.unwrap_or_else(unix_now),
+        heard_at: job.heard_at.unwrap_or_else(Instant::now),
         ending_on_worker: job.ending_on_worker,
         figures: job.done_figures.as_deref().cloned(),
         id,
@@ -371,7 +372,7 @@ fn record_status(
         .and_then(|m| m.get("cpu_seconds"))
         .and_then(Value::as_f64);
     job.worker_status = Some(answer);
-    job.last_contact = Some(now);
+    job.heard_from_worker(now);
     let source = job.source_address;
     let before = job.status;
     if before == PoolStatus::Cancelled {
@@ -557,7 +558,7 @@ fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
         let mut st = ctx.lock();
         if let Some(j) = st.jobs.get_mut(&job.id) {
             j.collection = Collection::Pending(Some(why.to_string()));
-            j.last_contact = Some(unix_now());
+            j.heard_from_worker(unix_now());
         }
         st.workers
             .get_mut(index)
@@ -584,7 +585,7 @@ fn retry_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
 }
 
 fn give_up_if_stale(ctx: &Context, index: usize, job: &Followed, why: &str) {
-    let silent_for = unix_now() - job.last_contact;
+    let silent_for = job.heard_at.elapsed().as_secs_f64();
     if silent_for > ctx.config.lost_after.as_secs_f64() {
         lose(
             ctx,
@@ -615,7 +616,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                 );
                 let mut st = ctx.lock();
                 if let Some(j) = st.jobs.get_mut(&job.id) {
-                    j.last_contact = Some(unix_now());
+                    j.heard_from_worker(unix_now());
                 }
                 if !finished {
                     return false;
@@ -631,7 +632,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                 return true;
             }
             Err(e) => {
-                if unix_now() - job.last_contact > ctx.config.lost_after.as_secs_f64() {
+                if job.heard_at.elapsed() > ctx.config.lost_after {
                     let mut st = ctx.lock();
                     worker_ended_cancelled(ctx, &mut st, index, &job.id);
                     untrack(&mut st, index, &job.id);
@@ -651,7 +652,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
             log::info!("Cancelled job {} deleted on its worker", job.id);
         }
         Err(e) => {
-            if unix_now() - job.last_contact > ctx.config.lost_after.as_secs_f64() {
+            if job.heard_at.elapsed() > ctx.config.lost_after {
                 untrack_and_record(ctx, index, &job.id);
                 log::warn!(
                     "Cancelled job {} could not be deleted on its worker: {e}",
@@ -678,7 +679,7 @@ fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &
     if !std::mem::take(&mut job.ending_on_worker) {
         return;
     }
-    job.last_contact = Some(unix_now());
+    job.heard_from_worker(unix_now());
     let source = job.source_address;
     st.workers[index].release_slot(source, None);
     log::info!("Cancelled job {id} ended on its worker; its slot is free");
