@@ -1572,6 +1572,15 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
         pool["store"]["failing"].is_null().then_some(())
     })
     .unwrap_or_else(|| panic!("the store still says it fails"));
+    // A failure that lasts is logged once a minute, not at every try (once a second): once per
+    // spell of failing commits here.
+    let logs = coordinator.logs();
+    let failed = logs.matches("The job store could not commit").count();
+    let recovered = logs.matches("The job store commits again").count();
+    assert!(
+        (1..=recovered).contains(&failed),
+        "{failed} commit failures logged for {recovered} spells:\n{logs}"
+    );
     // Each job reached the worker once; the cancelled one never did.
     let sent = |worker: &FakeWorker| -> BTreeMap<String, usize> {
         received_tokens(&[worker])

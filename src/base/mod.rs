@@ -1,7 +1,7 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
-//! locking and slots, a sleeping queue between threads, the reusable thread cache, the
-//! process's own figures, giving free heap pages back, hex digits, and TLS settings from PEM
-//! files.
+//! locking and slots, log lines of lasting failures held to one a minute, a sleeping queue
+//! between threads, the reusable thread cache, the process's own figures, giving free heap
+//! pages back, hex digits, and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -13,6 +13,7 @@ pub mod heap;
 pub mod hex;
 pub mod job;
 pub mod json_list;
+pub mod log_repeats;
 pub mod mailbox;
 pub mod niceness;
 pub mod paths;

@@ -20,6 +20,7 @@ use crate::base::clock::unix_now;
 use crate::base::config::FsyncMode;
 use crate::base::heap::release_free_pages;
 use crate::base::job::{Collection, Job, PoolStatus};
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
 use crate::store::drains::{Drains, DRAINS_SCHEMA};
@@ -554,6 +555,7 @@ impl JobStore {
             settle_hook: Arc::clone(&settle_hook),
             commits_since_checkpoint: 1,
             checkpoint_blocked: None,
+            failures: FailureLogs::default(),
             last_commit: Instant::now(),
             last_sweep: None,
             last_release: None,
@@ -1035,6 +1037,23 @@ fn guarded(what: &str, call: impl FnOnce()) {
     }
 }
 
+/// The writer's failure messages, each let through at most once a minute while it repeats.
+struct FailureLogs {
+    commit: Repeats,
+    sweep: Repeats,
+    checkpoint: Repeats,
+}
+
+impl Default for FailureLogs {
+    fn default() -> FailureLogs {
+        FailureLogs {
+            commit: Repeats::new(REPEAT_PERIOD),
+            sweep: Repeats::new(REPEAT_PERIOD),
+            checkpoint: Repeats::new(REPEAT_PERIOD),
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
@@ -1054,6 +1073,8 @@ struct Writer {
     /// Since when checkpoints have not completed (another connection keeps reading an old
     /// snapshot, or writes), and whether that was logged; tried again at every idle moment.
     checkpoint_blocked: Option<(Instant, bool)>,
+    /// The repeats of failures that last (a full disk, a locked store) held back in the log.
+    failures: FailureLogs,
     last_commit: Instant,
     last_sweep: Option<Instant>,
     last_release: Option<Instant>,
@@ -1144,11 +1165,14 @@ impl Writer {
             Err(e) => {
                 let records = batch.len();
                 let done = self.keep_unwritten(batch);
-                log::error!(
-                    "The job store could not commit {records} records: {e}; {} job changes \
-                     are kept to be written again",
-                    self.unwritten.len()
-                );
+                if let Some(held) = self.failures.commit.check(Instant::now()) {
+                    log::error!(
+                        "The job store could not commit {records} records: {e}; {} job changes \
+                         are kept to be written again{}",
+                        self.unwritten.len(),
+                        Repeats::suffix(held)
+                    );
+                }
                 done
             }
         };
@@ -1256,6 +1280,7 @@ impl Writer {
                 self.commits_since_checkpoint += 1;
                 if f.is_failing.swap(false, Ordering::Relaxed) {
                     *lock(&f.failing) = None;
+                    self.failures.commit.reset();
                     log::info!("The job store commits again");
                 }
             }
@@ -1364,8 +1389,15 @@ impl Writer {
             // A sweep waits for no other program's lock: the next one comes within a second.
             match self.without_lock_wait(Self::sweep) {
                 Err(e) if e.is_locked() => log::debug!("Retention sweep skipped: {e}"),
-                Err(e) => log::error!("The retention sweep of the job store failed: {e}"),
-                Ok(()) => {}
+                Err(e) => {
+                    if let Some(held) = self.failures.sweep.check(Instant::now()) {
+                        log::error!(
+                            "The retention sweep of the job store failed: {e}{}",
+                            Repeats::suffix(held)
+                        );
+                    }
+                }
+                Ok(()) => self.failures.sweep.reset(),
             }
         }
         if due && idle {
@@ -1437,12 +1469,18 @@ impl Writer {
             Err(e) => {
                 let e = StoreError::Sqlite(e);
                 if !e.is_locked() {
-                    log::warn!("WAL checkpoint of the job store failed: {e}");
+                    if let Some(held) = self.failures.checkpoint.check(Instant::now()) {
+                        log::warn!(
+                            "WAL checkpoint of the job store failed: {e}{}",
+                            Repeats::suffix(held)
+                        );
+                    }
                 }
                 false
             }
         };
         if complete {
+            self.failures.checkpoint.reset();
             self.figures
                 .last_checkpoint_ms
                 .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);

@@ -1,0 +1,77 @@
+//! `Repeats`: one log message that a lasting condition (a full disk, a store locked by another
+//! program) would repeat every second, let through at most once a period, with a count of the
+//! repeats held back. A disk that stays full for a weekend then costs the log a line a minute,
+//! not one a second.
+
+use std::time::{Duration, Instant};
+
+/// How often a repeated message is let through.
+pub const REPEAT_PERIOD: Duration = Duration::from_secs(60);
+
+/// The repeats of one message.
+#[derive(Debug)]
+pub struct Repeats {
+    period: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Repeats {
+    /// Lets the message through at most once per `period`.
+    pub fn new(period: Duration) -> Repeats {
+        Repeats {
+            period,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// Whether to log the message now: `Some(n)` with the `n` repeats held back since it last
+    /// went through, or `None` to hold this one back too.
+    pub fn check(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.period)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// The condition ended: the next message goes through at once.
+    pub fn reset(&mut self) {
+        self.last = None;
+        self.held = 0;
+    }
+
+    /// The text to append to a message let through after `held` repeats.
+    pub fn suffix(held: u64) -> String {
+        match held {
+            0 => String::new(),
+            n => format!(" ({n} more like it since the last one)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_message_goes_through_once_a_period_with_the_count_held_back() {
+        let start = Instant::now();
+        let mut repeats = Repeats::new(Duration::from_secs(60));
+        assert_eq!(repeats.check(start), Some(0));
+        for s in 1..60 {
+            assert_eq!(repeats.check(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(repeats.check(start + Duration::from_secs(60)), Some(59));
+        assert_eq!(repeats.check(start + Duration::from_secs(61)), None);
+        repeats.reset();
+        assert_eq!(repeats.check(start + Duration::from_secs(62)), Some(0));
+        assert_eq!(Repeats::suffix(0), "");
+        assert_eq!(Repeats::suffix(59), " (59 more like it since the last one)");
+    }
+}
