@@ -186,6 +186,8 @@ fn the_auth_matrix() {
 
     let health = call(&coordinator, "GET", "/health", None);
     assert_eq!(health.status, 200, "{}", health.text());
+    let ready = call(&coordinator, "GET", "/ready", None);
+    assert_eq!(ready.status, 200, "/ready is open: {}", ready.text());
     for path in [
         "/pool",
         "/status/pool-00",

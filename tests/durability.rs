@@ -650,6 +650,14 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
         metrics.contains("trusted_pool_store_failing 1\n"),
         "{metrics}"
     );
+    let (code, ready) = get_json(&coordinator.url("/ready"));
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the job store cannot commit")),
+        "{ready}"
+    );
     let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
     assert_eq!(code, 503, "{body}");
     for id in ids.iter().chain([&first]) {

@@ -414,3 +414,65 @@ fn two_hundred_workers_with_twenty_black_holes_are_probed_in_about_one_timeout()
         latest - started
     );
 }
+
+/// `/ready` as a load balancer polls it: the reasons a submit now would not be taken and run.
+fn ready(coordinator: &Coordinator) -> (u16, Value) {
+    get_json(&coordinator.url("/ready"))
+}
+
+/// Polls `/ready` until its answer has this status and, for a 503, names `reason`.
+fn wait_ready(coordinator: &Coordinator, status: u16, reason: &str) -> Value {
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        let (code, body) = ready(coordinator);
+        last = body.clone();
+        let named = body["reasons"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r.as_str().is_some_and(|r| r.contains(reason)))
+        });
+        (code == status && (status == 200 || named)).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("/ready never answered {status} naming {reason:?}: {last}"))
+}
+
+/// `GET /ready` answers 200 while a submit would be taken and run, and 503 with every reason
+/// while not: no worker healthy and in service (here: drained), the queue full. Without a key,
+/// like `/health`.
+#[test]
+fn ready_answers_503_with_its_reasons_while_a_submit_would_not_be_taken_and_run() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(1)],
+        &["--health-interval", "1", "--max-queued-jobs", "2"],
+    );
+    let fine = wait_ready(&coordinator, 200, "");
+    assert_eq!(fine, serde_json::json!({"ready": true}));
+
+    let drain = |action: &str| {
+        let url = coordinator.url(&format!(
+            "/workers/{}/{action}",
+            worker.worker_id().replace('+', "-").replace('/', "_")
+        ));
+        let reply = send("POST", &url, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    };
+    drain("drain");
+    let drained = wait_ready(&coordinator, 503, "no worker is healthy and in service");
+    assert!(
+        drained["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("not ready: ")),
+        "{drained}"
+    );
+    let form = support::Form::new().file("main.py", "text/x-python", b"print(1)\n");
+    for _ in 0..2 {
+        support::lifecycle::submit(&coordinator, &form);
+    }
+    let full = wait_ready(&coordinator, 503, "the queue is full");
+    assert_eq!(full["reasons"].as_array().map(Vec::len), Some(2), "{full}");
+
+    drain("undrain");
+    wait_ready(&coordinator, 200, "");
+    worker.stop();
+    wait_ready(&coordinator, 503, "no worker is healthy and in service");
+}

@@ -12,6 +12,7 @@ use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, w
 use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::reload;
 use crate::state::context::Context;
+use crate::state::pool_state::DispatchHold;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ enum Route<'a> {
     Root,
     Stats,
     Health,
+    Ready,
     Pool,
     Metrics,
     Dashboard,
@@ -63,6 +65,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("", "") => Some(Route::Root),
         ("stats", "") => Some(Route::Stats),
         ("health", "") => Some(Route::Health),
+        ("ready", "") => Some(Route::Ready),
         ("pool", "") => Some(Route::Pool),
         ("metrics", "") => Some(Route::Metrics),
         ("dashboard", "") => Some(Route::Dashboard),
@@ -93,7 +96,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 }
 
 /// Whether `request` is served on its connection's own thread (`http/server.rs`), without a
-/// hand-over to a handler thread: `GET /health`, `GET /status/{id}` without `?wait=`, and
+/// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
+/// `?wait=`, and
 /// downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`; read from the
 /// collected results, or streamed from the worker within `--threads` at once) and a job's
 /// archive (`/download/{id}`). A client that reads a large answer slowly holds its own thread
@@ -105,7 +109,7 @@ pub fn is_quick(request: &Request) -> bool {
     let url = request.url();
     let path = url.split(['?', '#']).next().unwrap_or_default();
     match match_route(path) {
-        Some(Route::Health) => true,
+        Some(Route::Health | Route::Ready) => true,
         Some(Route::Status(_)) => query_param(url, "wait").is_none(),
         Some(Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_)) => true,
         _ => false,
@@ -119,7 +123,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /health)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /health, /ready)"),
         );
     };
     if *request.method() == Method::Options {
@@ -140,6 +144,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     }
     match route {
         Route::Health => return health(),
+        Route::Ready => return ready(ctx),
         Route::Root => return root(ctx, request),
         Route::Metrics if ctx.config.metrics_open => return metrics_reply(ctx),
         Route::Dashboard => return dashboard_page(),
@@ -151,6 +156,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     };
     match route {
         Route::Health => health(),
+        Route::Ready => ready(ctx),
         Route::Root => root(ctx, request),
         Route::Stats => Reply::Json(200, sandrun::stats(&ctx.lock(), &caller)),
         Route::Pool => pool(ctx, &caller),
@@ -249,6 +255,42 @@ fn health() -> Reply {
     Reply::Json(
         200,
         json!({"status": "healthy", "service": "trusted-pool", "version": env!("CARGO_PKG_VERSION")}),
+    )
+}
+
+/// `GET /ready`: whether a submit now would be taken and run (for a load balancer's check):
+/// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`; the
+/// reasons name no detail beyond what `/pool` shows to whom may see it.
+fn ready(ctx: &Context) -> Reply {
+    let mut reasons: Vec<&str> = Vec::new();
+    if ctx.stopping.load(Ordering::SeqCst) {
+        reasons.push("the coordinator is shutting down");
+    }
+    if ctx.store.is_failing() {
+        reasons.push("the job store cannot commit (see store.failing in /pool)");
+    }
+    {
+        let st = ctx.lock();
+        if st.queue.len() >= ctx.config.max_queued_jobs {
+            reasons.push("the queue is full (--max-queued-jobs)");
+        }
+        if DispatchHold::active(&st.dispatch_hold, Instant::now()).is_some() {
+            reasons.push("dispatching is held (see dispatch_held in /pool)");
+        }
+        if !st
+            .workers
+            .iter()
+            .any(|w| w.health.is_healthy && !w.draining && !w.removed)
+        {
+            reasons.push("no worker is healthy and in service: jobs would wait in the queue");
+        }
+    }
+    if reasons.is_empty() {
+        return Reply::Json(200, json!({"ready": true}));
+    }
+    Reply::Json(
+        503,
+        json!({"ready": false, "reasons": reasons, "error": format!("not ready: {}", reasons.join("; "))}),
     )
 }
 

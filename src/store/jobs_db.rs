@@ -730,6 +730,11 @@ impl JobStore {
         }
     }
 
+    /// Whether the store's commits fail now (a full disk, another program's lock).
+    pub fn is_failing(&self) -> bool {
+        self.figures.is_failing.load(Ordering::Relaxed)
+    }
+
     /// Settled jobs in `status` (they live in the store only).
     pub fn settled_count(&self, status: PoolStatus) -> u64 {
         self.figures.settled[status.index()].load(Ordering::Relaxed)
