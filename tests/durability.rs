@@ -681,6 +681,39 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
     assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
+/// A store another program holds locked at start (a new one, which needs its schema written)
+/// is refused with exit 1 and a message that says so. It is not called unreadable (that
+/// message tells the operator to move the job history away), and it starts once the lock is
+/// let go.
+#[test]
+fn a_store_locked_by_another_program_at_start_is_refused_and_not_called_unreadable() {
+    let dir = support::temp_dir();
+    let worker = FakeWorker::start();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let other = rusqlite::Connection::open(state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
+    other
+        .execute_batch("PRAGMA journal_mode = WAL; BEGIN IMMEDIATE; CREATE TABLE notes (x);")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = Coordinator::try_start_in(dir.path(), &[])
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("unix_wait_status(256)"), "{refused}");
+    assert!(
+        refused.contains("locked by another program") && refused.contains("nothing was changed"),
+        "{refused}"
+    );
+    assert!(!refused.contains("not a job store"), "{refused}");
+    other
+        .execute_batch("ROLLBACK")
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(other);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let id = submit(&coordinator, &job("after the lock"));
+    wait_collected(&coordinator, &id, DEADLINE);
+}
+
 /// A store of schema version 1 (no `drains` table, no listing indexes, `seq` AUTOINCREMENT) is
 /// upgraded in place at start: its jobs stay, drains are recorded from then on, and new jobs
 /// follow the old ones in `seq` without `sqlite_sequence`.

@@ -239,14 +239,19 @@ impl StoreError {
     /// True when another program holds the store's write lock (SQLite's busy or locked).
     pub fn is_locked(&self) -> bool {
         match self {
-            Self::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-            ),
+            Self::Sqlite(e) => is_lock_error(e),
             Self::Failed(why) => why.starts_with(LOCKED),
             _ => false,
         }
     }
+}
+
+/// SQLite's busy or locked: another connection holds the lock this one waited for.
+fn is_lock_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 impl fmt::Display for StoreError {
@@ -927,12 +932,19 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
 }
 
 /// An error met while opening the store, with the file named: SQLite's own errors there mean
-/// a file this build cannot read (a full disk stays a full disk).
+/// a file this build cannot read (a full disk stays a full disk, and a store another program
+/// holds locked is not called unreadable: it is fine once that program lets go).
 fn name_the_file(path: &Path, e: StoreError) -> StoreError {
     match e {
         StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
             StoreError::Sqlite(e)
         }
+        StoreError::Sqlite(e) if is_lock_error(&e) => StoreError::Failed(format!(
+            "{LOCKED} ({}: a sqlite3 session inside a write transaction?) and it did not let go \
+             within {} s; nothing was changed. Let it commit or quit, then start again: {e}",
+            path.display(),
+            LOCK_WAIT.as_secs()
+        )),
         StoreError::Sqlite(e) => match corrupt(path, &e) {
             StoreError::Sqlite(e) => StoreError::Foreign(path.to_path_buf(), e.to_string()),
             named => named,
