@@ -97,10 +97,9 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 
 /// Whether `request` is served on its connection's own thread (`http/server.rs`), without a
 /// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
-/// `?wait=`, and
-/// downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`; read from the
-/// collected results, or streamed from the worker within `--threads` at once) and a job's
-/// archive (`/download/{id}`). A client that reads a large answer slowly holds its own thread
+/// `?wait=`, and downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`;
+/// read from the collected results, or streamed from the worker within `--threads` at once)
+/// and a job's archive (`/download/{id}`). A client that reads a large answer slowly holds its own thread
 /// only.
 pub fn is_quick(request: &Request) -> bool {
     if *request.method() != Method::Get {
@@ -259,8 +258,8 @@ fn health() -> Reply {
 }
 
 /// `GET /ready`: whether a submit now would be taken and run (for a load balancer's check):
-/// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`; the
-/// reasons name no detail beyond what `/pool` shows to whom may see it.
+/// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`: the
+/// reasons name no job, worker or error detail.
 fn ready(ctx: &Context) -> Reply {
     let mut reasons: Vec<&str> = Vec::new();
     if ctx.stopping.load(Ordering::SeqCst) {

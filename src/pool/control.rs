@@ -18,7 +18,8 @@ pub enum ControlError {
     Finished(String, PoolStatus),
     /// No worker with this id in the allowlist.
     UnknownWorker(String),
-    /// The drain applies now but could not be recorded in the job store (and why not).
+    /// The drain applies now but is not in the job store yet: written once the store can write
+    /// again.
     NotRecorded(String, StoreFault),
     /// The cancel applies now but is not in the job store yet: written once the store can
     /// write again.
@@ -56,7 +57,9 @@ impl fmt::Display for ControlError {
             ),
             Self::NotRecorded(why, _) => write!(
                 f,
-                "the change applies now but could not be recorded in the job store, so a restart will not keep it: {why}"
+                "the change applies now, but the job store cannot record it yet ({why}); it is \
+                 written as soon as the store can write again, and a restart before then would \
+                 not keep it"
             ),
             Self::CancelNotRecordedYet(why, _) => write!(
                 f,
@@ -152,7 +155,8 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
     }
     recorded.map_err(|e| {
         log::error!(
-            "Could not record the drain of worker {}... in the job store: {e}",
+            "Could not record the drain of worker {}... in the job store yet (it is written as \
+             soon as the store can): {e}",
             short_id(worker_id)
         );
         let e = StoreError::from(e);

@@ -2,7 +2,9 @@
 //! table so that a restart keeps the worker draining. One row per draining worker, keyed by
 //! its worker id and endpoint (a changed endpoint is a new worker); an undrain deletes it.
 //! Written on a connection of its own (drains are rare; the job writer's batches are not
-//! involved), synced like a job record unless `--fsync off`.
+//! involved), synced like a job record unless `--fsync off`. A change that cannot be written
+//! (a full disk, another program's lock) is kept, the newest per worker, and written again by
+//! the store writer once a second until it commits.
 
 use crate::base::clock::unix_now;
 use crate::base::sync::lock;
@@ -37,14 +39,30 @@ pub struct Drains {
     path: PathBuf,
     synchronous: &'static str,
     lock_wait: Duration,
-    conn: Mutex<Option<Connection>>,
+    writing: Mutex<Writing>,
+}
+
+/// The drains' connection (opened on first use) and the changes it could not write yet.
+#[derive(Default)]
+struct Writing {
+    conn: Option<Connection>,
+    unwritten: Vec<Change>,
+}
+
+/// One drain change.
+#[derive(Debug, Clone, PartialEq)]
+struct Change {
+    worker_id: String,
+    endpoint: String,
+    on: bool,
+    since: f64,
 }
 
 /// Holds the drains' connection from an in-memory drain change to its record, so that two
 /// changes of one worker are recorded in the order they were made.
 pub struct DrainWriter<'a> {
     drains: &'a Drains,
-    conn: MutexGuard<'a, Option<Connection>>,
+    writing: MutexGuard<'a, Writing>,
 }
 
 impl Drains {
@@ -56,7 +74,7 @@ impl Drains {
             path: path.to_path_buf(),
             synchronous,
             lock_wait,
-            conn: Mutex::new(None),
+            writing: Mutex::default(),
         }
     }
 
@@ -64,8 +82,32 @@ impl Drains {
     pub fn writer(&self) -> DrainWriter<'_> {
         DrainWriter {
             drains: self,
-            conn: lock(&self.conn),
+            writing: lock(&self.writing),
         }
+    }
+
+    /// Writes the kept changes, oldest first, until one fails; returns how many are still
+    /// kept.
+    pub fn write_unwritten(&self) -> usize {
+        let mut writer = self.writer();
+        let kept = std::mem::take(&mut writer.writing.unwritten);
+        let mut left = kept.into_iter();
+        for change in left.by_ref() {
+            match writer.write(&change) {
+                Ok(()) => log::info!(
+                    "The {} of worker {}... is recorded in the job store now",
+                    if change.on { "drain" } else { "undrain" },
+                    change.worker_id.get(..12).unwrap_or(&change.worker_id)
+                ),
+                Err(e) => {
+                    log::debug!("A kept drain change is still not written: {e}");
+                    writer.writing.unwritten.push(change);
+                    break;
+                }
+            }
+        }
+        writer.writing.unwritten.extend(left);
+        writer.writing.unwritten.len()
     }
 
     /// Every recorded drain.
@@ -87,33 +129,52 @@ impl Drains {
 
 impl DrainWriter<'_> {
     fn conn(&mut self) -> rusqlite::Result<&Connection> {
-        if self.conn.is_none() {
+        if self.writing.conn.is_none() {
             let conn = Connection::open(&self.drains.path)?;
             conn.execute_batch(&format!(
                 "PRAGMA synchronous = {}; PRAGMA busy_timeout = {}; PRAGMA cache_size = -64;",
                 self.drains.synchronous,
                 self.drains.lock_wait.as_millis()
             ))?;
-            *self.conn = Some(conn);
+            self.writing.conn = Some(conn);
         }
-        match self.conn.as_ref() {
+        match self.writing.conn.as_ref() {
             Some(conn) => Ok(conn),
             None => Err(rusqlite::Error::InvalidQuery),
         }
     }
 
     /// Records that the worker is draining (`on`) or no longer is; committed when this returns.
+    /// A change that fails is kept in place of any older one of the worker, and written again
+    /// later ([`Drains::write_unwritten`]); one that commits ends any older one kept.
     pub fn record(&mut self, worker_id: &str, endpoint: &str, on: bool) -> rusqlite::Result<()> {
+        let change = Change {
+            worker_id: worker_id.to_string(),
+            endpoint: endpoint.to_string(),
+            on,
+            since: unix_now(),
+        };
+        self.writing
+            .unwritten
+            .retain(|c| c.worker_id != worker_id || c.endpoint != endpoint);
+        let written = self.write(&change);
+        if written.is_err() {
+            self.writing.unwritten.push(change);
+        }
+        written
+    }
+
+    fn write(&mut self, change: &Change) -> rusqlite::Result<()> {
         let conn = self.conn()?;
-        if on {
+        if change.on {
             conn.execute(
                 "INSERT OR IGNORE INTO drains (worker_id, endpoint, since) VALUES (?1, ?2, ?3)",
-                params![worker_id, endpoint, unix_now()],
+                params![change.worker_id, change.endpoint, change.since],
             )?;
         } else {
             conn.execute(
                 "DELETE FROM drains WHERE worker_id = ?1 AND endpoint = ?2",
-                params![worker_id, endpoint],
+                params![change.worker_id, change.endpoint],
             )?;
         }
         Ok(())

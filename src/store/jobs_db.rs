@@ -165,7 +165,7 @@ const CHECKPOINT_BLOCKED_WARN: Duration = Duration::from_secs(60);
 /// How long a commit waits for another program's write lock on the store (a `sqlite3`
 /// session inside a write transaction) before it fails. Checkpoints and retention sweeps do
 /// not wait: they are tried again later.
-pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How an error of a store locked by another program begins (kept through [`Ticket`]s).
 const LOCKED: &str = "the job store is locked by another program";
 /// While no record comes, the store's caches and the heap's free pages go back to the system
@@ -445,7 +445,7 @@ pub struct JobStore {
     figures: Arc<Figures>,
     settle_hook: Arc<OnceLock<SettleHook>>,
     /// Drains made through the API.
-    pub drains: Drains,
+    pub drains: Arc<Drains>,
     deferred_check: Mutex<Option<DeferredCheck>>,
 }
 
@@ -549,8 +549,10 @@ impl JobStore {
         let (ops, received) = handoff(max_batch);
         let readers = Arc::new(Mutex::new(Vec::new()));
         let settle_hook = Arc::new(OnceLock::new());
+        let drains = Arc::new(Drains::new(&path, synchronous_of(mode), LOCK_WAIT));
         let writer = Writer {
             conn,
+            drains: Arc::clone(&drains),
             idle_readers: Arc::clone(&readers),
             mode,
             wal,
@@ -576,7 +578,7 @@ impl JobStore {
             .last_checkpoint_ms
             .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
         let store = JobStore {
-            drains: Drains::new(&path, synchronous_of(mode), LOCK_WAIT),
+            drains,
             path,
             mode,
             ops,
@@ -1074,6 +1076,8 @@ impl Default for FailureLogs {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// The drains, whose changes that could not be written it writes again once a second.
+    drains: Arc<Drains>,
     /// The store's idle read-only connections.
     idle_readers: Arc<Mutex<Vec<Connection>>>,
     mode: FsyncMode,
@@ -1155,6 +1159,13 @@ impl Writer {
             );
             let dones = std::mem::take(&mut self.unwritten_done);
             release(&self.figures, None, &[], dones, Err(StoreError::Closed));
+        }
+        let drains = self.drains.write_unwritten();
+        if drains > 0 {
+            log::error!(
+                "{drains} drain changes could not be written before the job store closed; a \
+                 restart does not keep them"
+            );
         }
         self.checkpoint("TRUNCATE");
     }
@@ -1403,6 +1414,7 @@ impl Writer {
                 && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
         if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) || self.over_retention() {
             self.last_sweep = Some(Instant::now());
+            self.drains.write_unwritten();
             // A sweep waits for no other program's lock: the next one comes within a second.
             match self.without_lock_wait(Self::sweep) {
                 Err(e) if e.is_locked() => log::debug!("Retention sweep skipped: {e}"),
