@@ -631,12 +631,33 @@ impl JobStore {
 
     /// The stored record of job `id`, if the store has it.
     pub fn load(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let conn = self.reader()?;
-        let job = conn
-            .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
-            .query_row([id], |r| Ok(parse_record(id, r.get_ref(0)?)))
-            .optional()?;
-        lock(&self.readers).push(conn);
+        let read = || -> Result<_, StoreError> {
+            let conn = self.reader()?;
+            let job = conn
+                .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
+                .query_row([id], |r| Ok(parse_record(id, r.get_ref(0)?)))
+                .optional()?;
+            lock(&self.readers).push(conn);
+            Ok(job)
+        };
+        // A failed read names the job, as a record that cannot be parsed does.
+        let job = read().map_err(|e| match e {
+            StoreError::Sqlite(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+                ) =>
+            {
+                StoreError::Corrupt(
+                    self.path.clone(),
+                    format!("the record of job {id} cannot be read: {e}"),
+                )
+            }
+            StoreError::Sqlite(e) => {
+                StoreError::Failed(format!("reading job {id} from the job store failed: {e}"))
+            }
+            other => other,
+        })?;
         job.transpose().map_err(|why| {
             StoreError::Corrupt(self.path.clone(), format!("the record of job {id}: {why}"))
         })
