@@ -1881,8 +1881,14 @@ mod tests {
         other
             .execute_batch("DROP TRIGGER no_room;")
             .unwrap_or_else(|e| panic!("{e}"));
+        // The row commits before the WAL's sync; the settled count and the callbacks follow the
+        // sync.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while status(2) != Some(PoolStatus::Cancelled) && Instant::now() < deadline {
+        while (status(2) != Some(PoolStatus::Cancelled)
+            || store.settled_count(PoolStatus::Cancelled) == 0
+            || lock(&heard).len() < 3)
+            && Instant::now() < deadline
+        {
             thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(status(1), Some(PoolStatus::Running));
