@@ -18,7 +18,7 @@ pub struct Repeats {
 
 impl Repeats {
     /// Lets the message through at most once per `period`.
-    pub fn new(period: Duration) -> Repeats {
+    pub const fn new(period: Duration) -> Repeats {
         Repeats {
             period,
             last: None,

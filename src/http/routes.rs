@@ -1,7 +1,9 @@
 //! Routing of the client API: which handler answers which method and path.
 
 use crate::base::job::PoolStatus;
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::paths::percent_decode;
+use crate::base::sync::lock;
 use crate::http::auth::{admin_only, authorize, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
@@ -15,13 +17,15 @@ use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
 /// `Retry-After` seconds of a submit refused for now: a queue is full, or another program holds
 /// the job store locked.
 const SUBMIT_RETRY_AFTER: u32 = 5;
+/// Submits refused for the coordinator's own trouble (5xx), logged at most once a minute.
+static SUBMIT_FAILURES: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 /// Where `GET /` sends a browser, once that page is served.
 const DASHBOARD: &str = "/dashboard";
 
@@ -493,7 +497,10 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {
             if e.status() >= 500 {
-                log::error!("Submit failed: {e}");
+                // A client that retries against a full disk would otherwise fill the log.
+                if let Some(held) = lock(&SUBMIT_FAILURES).check(Instant::now()) {
+                    log::error!("Submit failed: {e}{}", Repeats::suffix(held));
+                }
             }
             let reply = error_reply(e.status(), e.to_string());
             if matches!(e.status(), 429 | 503) {
