@@ -87,9 +87,14 @@ impl Drains {
     }
 
     /// Writes the kept changes, oldest first, until one fails; returns how many are still
-    /// kept.
+    /// kept. Called by the store writer: it waits for no other program's lock (the next try
+    /// comes within a second), so a lock held elsewhere never holds up the job store's commits.
     pub fn write_unwritten(&self) -> usize {
         let mut writer = self.writer();
+        if writer.writing.unwritten.is_empty() {
+            return 0;
+        }
+        writer.set_lock_wait(Duration::ZERO);
         let kept = std::mem::take(&mut writer.writing.unwritten);
         let mut left = kept.into_iter();
         for change in left.by_ref() {
@@ -107,6 +112,7 @@ impl Drains {
             }
         }
         writer.writing.unwritten.extend(left);
+        writer.set_lock_wait(self.lock_wait);
         writer.writing.unwritten.len()
     }
 
@@ -128,6 +134,14 @@ impl Drains {
 }
 
 impl DrainWriter<'_> {
+    /// How long the connection, once open, waits for another program's write lock.
+    fn set_lock_wait(&mut self, wait: Duration) {
+        let set = self.conn().and_then(|conn| conn.busy_timeout(wait));
+        if let Err(e) = set {
+            log::debug!("The drains' lock wait could not be changed: {e}");
+        }
+    }
+
     fn conn(&mut self) -> rusqlite::Result<&Connection> {
         if self.writing.conn.is_none() {
             let conn = Connection::open(&self.drains.path)?;
