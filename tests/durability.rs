@@ -555,15 +555,20 @@ fn store_figures(coordinator: &Coordinator) -> Value {
     get_json(&coordinator.url("/pool")).1["store"].clone()
 }
 
-/// Submits `form` and times the answer.
-fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Duration) {
-    let started = Instant::now();
-    let reply = send(
+/// Submits `form`, whatever the answer.
+fn submit_reply(coordinator: &Coordinator, form: &Form) -> support::Reply {
+    send(
         "POST",
         &coordinator.url("/submit"),
         Some((&form.content_type(), &form.body())),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Submits `form` and times the answer.
+fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Duration) {
+    let started = Instant::now();
+    let reply = submit_reply(coordinator, form);
     (reply, started.elapsed())
 }
 
@@ -1386,13 +1391,7 @@ fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() 
     let (_, before) = get_json(&coordinator.url("/pool"));
     let uploads = coordinator.state_dir().join("uploads");
     let files_before = files_in(&uploads);
-    let form = job("one too many");
-    let reply = send(
-        "POST",
-        &coordinator.url("/submit"),
-        Some((&form.content_type(), &form.body())),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let reply = submit_reply(&coordinator, &job("one too many"));
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert_eq!(reply.header("Retry-After"), Some("5"));
     assert!(reply.json()["error"]
@@ -1467,12 +1466,7 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let form = Form::new().file("main.py", "text/x-python", &big);
     // A client that retries against the full disk: each gets its 507, the log one line.
     for _ in 0..3 {
-        let reply = send(
-            "POST",
-            &coordinator.url("/submit"),
-            Some((&form.content_type(), &form.body())),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let reply = submit_reply(&coordinator, &form);
         assert_eq!(reply.status, 507, "{}", reply.text());
         assert!(reply.text().contains("full"), "{}", reply.text());
     }

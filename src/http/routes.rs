@@ -103,8 +103,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 /// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
 /// `?wait=`, and downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`;
 /// read from the collected results, or streamed from the worker within `--threads` at once)
-/// and a job's archive (`/download/{id}`). A client that reads a large answer slowly holds its own thread
-/// only.
+/// and a job's archive (`/download/{id}`). A client that reads a large answer slowly holds its
+/// own thread only.
 pub fn is_quick(request: &Request) -> bool {
     if *request.method() != Method::Get {
         return false;

@@ -92,43 +92,42 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.enqueue(job, std::time::Instant::now());
                 }
             }
-            PoolStatus::Dispatched | PoolStatus::Running => {
-                match (job.remote_job_id.clone(), worker) {
-                    (None, _) => {
-                        let on = job.worker_id.clone().unwrap_or_default();
-                        end(
+            PoolStatus::Dispatched | PoolStatus::Running => match (&job.remote_job_id, worker) {
+                (None, _) => {
+                    let on = job.worker_id.clone().unwrap_or_default();
+                    end(
                         &mut job,
                         PoolStatus::Lost,
                         format!("the coordinator stopped while this job's submit to worker {on} was in flight and its answer was never recorded; it may or may not run there, so it is not sent again"),
                     );
-                        settle.push(id);
-                        st.restore(job);
-                    }
-                    (Some(_), None) => {
-                        end(
+                    settle.push(id);
+                    st.restore(job);
+                }
+                (Some(_), None) => {
+                    end(
                         &mut job,
                         PoolStatus::Lost,
                         "its worker is no longer in the workers file, so it cannot be followed after the restart".to_string(),
                     );
-                        settle.push(id);
-                        st.restore(job);
-                    }
-                    (Some(remote), Some(index)) => {
-                        counts.followed += 1;
-                        job.heard_from_worker(now);
-                        let w = &mut st.workers[index];
-                        w.active_jobs += 1;
-                        if let Some(source) = w.source_mut(job.source_address) {
-                            source.in_flight += 1;
-                        }
-                        w.tracked.push(id.clone());
-                        w.streaming.push(id.clone());
-                        streams.push((index, id, w.spec.endpoint.clone(), remote));
-                        trackers.push(index);
-                        st.restore(job);
-                    }
+                    settle.push(id);
+                    st.restore(job);
                 }
-            }
+                (Some(remote), Some(index)) => {
+                    let remote = remote.clone();
+                    counts.followed += 1;
+                    job.heard_from_worker(now);
+                    let w = &mut st.workers[index];
+                    w.active_jobs += 1;
+                    if let Some(source) = w.source_mut(job.source_address) {
+                        source.in_flight += 1;
+                    }
+                    w.tracked.push(id.clone());
+                    w.streaming.push(id.clone());
+                    streams.push((index, id, w.spec.endpoint.clone(), remote));
+                    trackers.push(index);
+                    st.restore(job);
+                }
+            },
             _ if !job.is_settled() => match worker {
                 Some(index) => {
                     counts.to_collect += 1;

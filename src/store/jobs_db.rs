@@ -497,12 +497,19 @@ fn status_of(name: &str) -> Option<PoolStatus> {
 }
 
 fn corrupt(path: &Path, e: &rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupt(path.to_path_buf(), e.to_string())
-        }
-        _ => StoreError::Sqlite(clone_error(e)),
+    if is_corruption(e) {
+        StoreError::Corrupt(path.to_path_buf(), e.to_string())
+    } else {
+        StoreError::Sqlite(clone_error(e))
     }
+}
+
+/// SQLite found a damaged page, or a file that is no database.
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
 }
 
 fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
@@ -642,17 +649,10 @@ impl JobStore {
         };
         // A failed read names the job, as a record that cannot be parsed does.
         let job = read().map_err(|e| match e {
-            StoreError::Sqlite(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
-                ) =>
-            {
-                StoreError::Corrupt(
-                    self.path.clone(),
-                    format!("the record of job {id} cannot be read: {e}"),
-                )
-            }
+            StoreError::Sqlite(e) if is_corruption(&e) => StoreError::Corrupt(
+                self.path.clone(),
+                format!("the record of job {id} cannot be read: {e}"),
+            ),
             StoreError::Sqlite(e) => {
                 StoreError::Failed(format!("reading job {id} from the job store failed: {e}"))
             }
@@ -1516,15 +1516,14 @@ impl Writer {
         // Complete: nothing blocked it, and every frame of the WAL is in the database.
         let complete = match result {
             Ok((blocked, frames, copied)) => blocked == 0 && frames == copied,
+            Err(e) if is_lock_error(&e) => false,
             Err(e) => {
-                let e = StoreError::Sqlite(e);
-                if !e.is_locked() {
-                    if let Some(held) = self.failures.checkpoint.check(Instant::now()) {
-                        log::warn!(
-                            "WAL checkpoint of the job store failed: {e}{}",
-                            Repeats::suffix(held)
-                        );
-                    }
+                if let Some(held) = self.failures.checkpoint.check(Instant::now()) {
+                    log::warn!(
+                        "WAL checkpoint of the job store failed: {}{}",
+                        StoreError::Sqlite(e),
+                        Repeats::suffix(held)
+                    );
                 }
                 false
             }
