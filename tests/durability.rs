@@ -1478,6 +1478,16 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
         1,
         "only the kept job's upload stays"
     );
+    // The refused uploads' bytes are cut from the segment they shared with the kept one.
+    let segment_bytes: u64 = fs::read_dir(state.join("uploads"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(
+        segment_bytes < 200 << 10,
+        "{segment_bytes} bytes in upload segments for one 100 KiB upload"
+    );
     assert_eq!(get(&coordinator.url(&format!("/status/{kept}"))).0, 200);
     let (code, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(code, 200, "{pool}");

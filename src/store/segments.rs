@@ -220,6 +220,19 @@ impl OpenSegment {
         Ok(())
     }
 
+    /// Cuts the segment back to `len` bytes, dropping what was appended after it (an upload
+    /// that was refused or failed) unwritten: its disk space is free again at once. Only its
+    /// writer appends, so no one else's bytes lie past `len`.
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        if let Some(out) = self.out.take() {
+            // Dropping the buffer unwritten (a plain drop would write it out).
+            let _ = out.into_parts();
+        }
+        self.file.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+
     /// Counts one more job written to it.
     pub fn count_job(&mut self) {
         self.jobs += 1;

@@ -154,7 +154,7 @@ impl UploadWriter<'_> {
         match &mut self.sink {
             Sink::Disk { segment, .. } => {
                 if let Err(e) = segment.write_all(bytes) {
-                    self.sink = Sink::Failed;
+                    self.abandon();
                     return Err(e);
                 }
             }
@@ -168,8 +168,18 @@ impl UploadWriter<'_> {
     fn spill(&self, buffer: &[u8]) -> io::Result<Sink> {
         let mut segment = self.spool.upload_segments.take()?;
         let base = segment.offset();
-        segment.write_all(buffer)?;
+        if let Err(e) = segment.write_all(buffer) {
+            self.spool.cut_back(segment, base);
+            return Err(e);
+        }
         Ok(Sink::Disk { segment, base })
+    }
+
+    /// Drops the upload's bytes from its segment, if it has one: it will not be finished.
+    fn abandon(&mut self) {
+        if let Sink::Disk { segment, base } = std::mem::replace(&mut self.sink, Sink::Failed) {
+            self.spool.cut_back(segment, base);
+        }
     }
 
     /// Stores the complete upload: a small one for the job's row (held in memory too when the
@@ -183,7 +193,10 @@ impl UploadWriter<'_> {
             Sink::Disk { segment, base } => (segment, base),
             Sink::Failed => return Err(io::Error::other("the upload segment failed")),
         };
-        segment.flush()?;
+        if let Err(e) = segment.flush() {
+            self.spool.cut_back(segment, base);
+            return Err(e);
+        }
         let file = Arc::clone(segment.file());
         let at = UploadAt {
             segment: file.name().to_string(),
@@ -230,13 +243,9 @@ pub enum StoredUpload {
 }
 
 impl Drop for UploadWriter<'_> {
-    /// An unfinished upload (refused, cut off) gives its segment back for the next one.
+    /// An unfinished upload (refused, cut off, failed) leaves none of its bytes behind.
     fn drop(&mut self) {
-        if let Sink::Disk { mut segment, .. } = std::mem::replace(&mut self.sink, Sink::Failed) {
-            if segment.flush().is_ok() {
-                self.spool.upload_segments.give_back(segment);
-            }
-        }
+        self.abandon();
     }
 }
 
@@ -456,6 +465,21 @@ impl Spool {
         self.result_segments.give_back(pinned.0);
     }
 
+    /// Cuts an upload segment back to `base`, where an unfinished upload began, and gives it
+    /// to the next upload (one that then holds nothing goes); one that cannot be cut is closed.
+    fn cut_back(&self, mut segment: OpenSegment, base: u64) {
+        match segment.truncate(base) {
+            Ok(()) => self.upload_segments.give_back(segment),
+            Err(e) => {
+                log::warn!(
+                    "Could not cut upload segment {} back to {base} bytes after an unfinished upload: {e}",
+                    segment.file().name()
+                );
+                self.upload_segments.discard(segment);
+            }
+        }
+    }
+
     /// The results directory and its segments (a retention sweep retires those no retained job
     /// refers to before deleting them).
     pub fn results_segments(&self) -> (PathBuf, Arc<Segments>) {
@@ -661,6 +685,20 @@ mod tests {
         refused.append(&mut &vec![b'c'; big][..]).expect("append");
         drop(refused);
         assert_eq!(files_in(&uploads), 1, "one shared segment");
+        let segment_len = || {
+            let entry = std::fs::read_dir(&uploads).expect("uploads").next();
+            entry
+                .expect("a segment")
+                .expect("entry")
+                .metadata()
+                .expect("meta")
+                .len()
+        };
+        assert_eq!(
+            segment_len(),
+            2 * big as u64,
+            "the refused upload's bytes are cut"
+        );
         assert_eq!(spool.upload_counts().on_disk, 2);
         assert_eq!(spool.upload_counts().disk_bytes, 2 * big as u64);
 
