@@ -351,6 +351,15 @@ fn the_auth_matrix() {
         assert_eq!(pool["keys"][name]["completed"], done, "{pool}");
     }
 
+    // A snapshot of the state directory holds every job and upload: admin keys only.
+    assert_401(&call(&coordinator, "GET", "/snapshot", None), "/snapshot");
+    let refused = call(&coordinator, "GET", "/snapshot", Some(&alice));
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(refused.text().contains("admin key"), "{}", refused.text());
+    let snapshot = call(&coordinator, "GET", "/snapshot", Some(&ops));
+    assert_eq!(snapshot.status, 200, "{}", snapshot.text());
+    assert_eq!(snapshot.header("Content-Type"), Some("application/gzip"));
+
     // Names may be logged, keys and their hashes never.
     let logs = coordinator.logs();
     assert!(logs.contains("(key alice)"), "the log names no key");

@@ -869,6 +869,17 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     assert_eq!(drained, 1);
 }
 
+/// Submits `form` to the `/submit` URL `url` from a client thread; returns the job id.
+fn submit_to(url: &str, form: &Form) -> String {
+    let reply = send("POST", url, Some((&form.content_type(), &form.body())))
+        .unwrap_or_else(|e| panic!("submit failed: {e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Submits `n` jobs, 4 at a time, and waits until the pool counts `total` completed jobs.
 fn run_jobs(coordinator: &Coordinator, n: usize, total: u64, tag: &str) -> Vec<String> {
     run_jobs_paced(coordinator, n, total, tag, false)
@@ -893,14 +904,7 @@ fn run_jobs_paced(
             let tag = tag.to_string();
             thread::spawn(move || {
                 for i in (c..n).step_by(4) {
-                    let form = job(&format!("{tag} {i}"));
-                    let reply = send("POST", &url, Some((&form.content_type(), &form.body())))
-                        .unwrap_or_else(|e| panic!("submit failed: {e}"));
-                    assert_eq!(reply.status, 200, "{}", reply.text());
-                    let id = reply.json()["job_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
+                    let id = submit_to(&url, &job(&format!("{tag} {i}")));
                     if one_at_a_time {
                         let status = format!("{base}/status/{id}?wait=30");
                         poll_until(Duration::from_secs(120), || {
@@ -1059,6 +1063,16 @@ fn two_large_outputs() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
+/// A job that uploads `outputs` and declares them its outputs (the fake worker gives them back).
+fn large_results_job(outputs: &[(&'static str, Vec<u8>)]) -> Form {
+    outputs
+        .iter()
+        .fold(job("large results"), |form, (name, bytes)| {
+            form.file(name, "application/octet-stream", bytes)
+        })
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#)
+}
+
 /// A coordinator whose one job's archive download has begun, its body not read yet.
 struct StalledDownload {
     coordinator: Coordinator,
@@ -1081,13 +1095,7 @@ fn a_stalled_download(args: &[&str]) -> StalledDownload {
     let coordinator = Coordinator::start(&[worker.entry(1)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let outputs = two_large_outputs();
-    let form = outputs
-        .iter()
-        .fold(job("large results"), |form, (name, bytes)| {
-            form.file(name, "application/octet-stream", bytes)
-        })
-        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
-    let id = submit(&coordinator, &form);
+    let id = submit(&coordinator, &large_results_job(&outputs));
     wait_collected(&coordinator, &id, DEADLINE);
     let download = begin_download(&coordinator, &format!("/download/{id}"));
     StalledDownload {
@@ -1492,6 +1500,26 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let (code, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(code, 200, "{pool}");
     assert_eq!(pool["queued_jobs"], 1, "{pool}");
+    // A snapshot needs room for a copy of the job store: 507, and no part of a copy left.
+    let filler = fill_disk(&state);
+    let reply = send("GET", &coordinator.url("/snapshot"), None)
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(
+        reply.text().contains("no room for a copy"),
+        "{}",
+        reply.text()
+    );
+    let copies = fs::read_dir(&state)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+        .count();
+    assert_eq!(copies, 0, "a store copy was left on the full disk");
+    fs::remove_file(filler).unwrap_or_else(|e| panic!("{e}"));
+    let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
+    assert!(support::untar_gz(&archive).contains_key("jobs.db"));
 }
 
 /// How many rows of the store at `db` have each status.
@@ -1850,4 +1878,258 @@ fn a_listing_never_shows_a_job_behind_what_an_earlier_listing_showed() {
             );
         }
     });
+}
+
+/// `GET /snapshot` while jobs run: one at a time (503 with `Retry-After` while one is sent),
+/// and its archive, unpacked into a new state directory, starts a coordinator that serves every
+/// finished job byte for byte, runs the jobs that were queued (each sent once) and knows
+/// nothing submitted after the snapshot. A store copy a crash left behind is removed at start.
+#[test]
+fn a_snapshot_taken_while_jobs_run_restores_every_job_in_a_new_state_directory() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let args = [&FAST[..], &["--row-results-max", "0"]].concat();
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // Finished jobs with their results in segments; one with 24 MiB of them, so that a
+    // snapshot's archive outgrows the socket's buffers and its sending can be held up.
+    let outputs = two_large_outputs();
+    let large_id = submit(&coordinator, &large_results_job(&outputs));
+    let finished: Vec<String> = (0..4)
+        .map(|i| submit(&coordinator, &job(&format!("finished {i}"))))
+        .collect();
+    wait_collected(&coordinator, &large_id, DEADLINE);
+    for id in &finished {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    // Queued jobs whose uploads (over 64 KiB) wait in upload segments: the worker is drained.
+    let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let queued: Vec<String> = (0..3u8)
+        .map(|i| {
+            let padding: Vec<u8> = (0..100 << 10).map(|n| (n % 241) as u8 ^ i).collect();
+            let form =
+                job(&format!("queued {i}")).file("data.bin", "application/octet-stream", &padding);
+            submit(&coordinator, &form)
+        })
+        .collect();
+
+    let stalled = begin_download(&coordinator, "/snapshot");
+    assert_eq!(stalled.header("Content-Type"), Some("application/gzip"));
+    let busy = send("GET", &coordinator.url("/snapshot"), None)
+        .unwrap_or_else(|e| panic!("second snapshot: {e}"));
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert_eq!(busy.header("Retry-After"), Some("10"));
+    assert!(busy.text().contains("another snapshot"), "{}", busy.text());
+    let after = submit(&coordinator, &job("after the snapshot"));
+    let length = stalled.header("Content-Length").map(str::to_string);
+    let mut archive = Vec::new();
+    if let Err(e) = stalled.into_reader().read_to_end(&mut archive) {
+        panic!("the snapshot broke off after {} bytes: {e}", archive.len());
+    }
+    assert_eq!(length, Some(archive.len().to_string()), "its exact length");
+    assert!(
+        coordinator.wait_for_log("Snapshot taken in", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let (code, _) = get_bytes(&coordinator.url("/snapshot"));
+    assert_eq!(code, 200, "the slot was let go once the first was sent");
+    let left: Vec<String> = fs::read_dir(coordinator.state_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snapshot-"))
+        .collect();
+    assert!(left.is_empty(), "store copies left behind: {left:?}");
+    coordinator.kill();
+
+    let restored = support::temp_dir();
+    support::untar_gz_into(&archive, &restored.path().join("state"));
+    let segments = |dir: &str| files_in(&restored.path().join("state").join(dir));
+    assert!(segments("results") >= 1 && segments("uploads") >= 1);
+    let crash_copy = restored.path().join("state").join("snapshot-4242.db.tmp");
+    fs::write(&crash_copy, b"cut short").unwrap_or_else(|e| panic!("{e}"));
+    write_workers_json(restored.path(), &[worker.entry(2)]);
+    let again = Coordinator::start_in(restored.path(), &args);
+    assert!(!crash_copy.exists(), "{}", again.logs());
+    assert!(again
+        .logs()
+        .contains("left by a snapshot that a crash cut short"));
+    assert_eq!(recovery_counts(&again.logs())[0], 3, "{}", again.logs());
+    wait_healthy(&again, &[&worker], DEADLINE);
+    for id in &finished {
+        let status = job_status(&again, id);
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        assert_outputs(&again, id, &status);
+    }
+    let (code, bytes) = get_bytes(&again.url(&format!("/download/{large_id}")));
+    assert_eq!(code, 200);
+    let files = support::untar_gz(&bytes);
+    for (name, bytes) in &outputs {
+        assert!(files.get(*name) == Some(bytes), "{name} differs");
+    }
+    let (code, _) = get(&again.url(&format!("/status/{after}")));
+    assert_eq!(code, 404, "a job submitted after the snapshot");
+    // The drain is in the snapshot too; undrained, the queued jobs run, each sent once.
+    assert_eq!(job_status(&again, &queued[0])["pool_status"], "queued");
+    let (code, body) = post(&drain_url(&again, &worker, "undrain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    for id in &queued {
+        let status = wait_final(&again, id, DEADLINE);
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        assert_outputs(&again, id, &status);
+    }
+    let seen = received_tokens(&[&worker]);
+    for i in 0..3 {
+        assert_eq!(
+            seen.get(&format!("print('queued {i}')\n")),
+            Some(&1),
+            "{seen:?}"
+        );
+    }
+    assert!(
+        !seen.contains_key("print('after the snapshot')\n"),
+        "{seen:?}"
+    );
+}
+
+/// The end of the furthest byte each segment file must hold for the records of a snapshot's
+/// job store to be recovered: (folder, file) -> end.
+fn segment_ends(db: &Path) -> BTreeMap<(String, String), u64> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(db, flags).unwrap_or_else(|e| panic!("{e}"));
+    let mut rows = conn
+        .prepare("SELECT record FROM jobs")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<String> = rows
+        .query_map([], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let mut ends = BTreeMap::new();
+    let mut need = |dir: &str, segment: &Value, end: u64| {
+        let key = (
+            dir.to_string(),
+            segment.as_str().unwrap_or_default().to_string(),
+        );
+        let at = ends.entry(key).or_insert(0);
+        *at = end.max(*at);
+    };
+    let end =
+        |span: &Value| span["offset"].as_u64().unwrap_or(0) + span["size"].as_u64().unwrap_or(0);
+    for record in records {
+        let job: Value = serde_json::from_str(&record).unwrap_or_else(|e| panic!("{e}"));
+        // A job assigned to a worker no longer needs its upload: recovery ends it as lost
+        // unless its worker's answer was recorded.
+        let upload = &job["upload_at"];
+        if job["status"] == "queued" && !upload.is_null() {
+            let end = upload["base"].as_u64().unwrap_or(0) + upload["size"].as_u64().unwrap_or(0);
+            need("uploads", &upload["segment"], end);
+        }
+        let stored = &job["collection"]["collected"];
+        if stored.is_object() && stored["in_row"] != true {
+            let outputs = stored["outputs"].as_array().cloned().unwrap_or_default();
+            let furthest = outputs
+                .iter()
+                .map(|o| end(&o[1]))
+                .fold(end(&stored["logs"]), u64::max);
+            need("results", &stored["segment"], furthest);
+        }
+    }
+    ends
+}
+
+/// Snapshots taken while jobs run, retention forgets them and dispatch frees upload segments:
+/// every segment byte each snapshot's job store points to is in its archive (segment
+/// deletions wait while the store is copied and the segments opened).
+#[test]
+fn snapshots_under_load_hold_every_segment_byte_their_store_points_to() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_millis(20)));
+    let args = [
+        &FAST[..],
+        &[
+            "--row-results-max",
+            "0",
+            "--retain-jobs",
+            "5",
+            "--upload-memory-bytes",
+            "0",
+        ],
+    ]
+    .concat();
+    let coordinator = Coordinator::start(&[worker.entry(4)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // 32 MiB of ballast in a table of its own: each copy of the store takes as long as a large
+    // store's does, and upload segments are freed while it is made.
+    let db = coordinator.state_dir().join("jobs.db");
+    let ballast = rusqlite::Connection::open(db).unwrap_or_else(|e| panic!("{e}"));
+    ballast
+        .execute_batch(
+            "CREATE TABLE ballast AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2048) SELECT randomblob(16384) AS b FROM n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(ballast);
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = coordinator.url("/submit");
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (url, base, stop) = (url.clone(), coordinator.url(""), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    let padding = vec![c as u8; 70 << 10];
+                    let form = job(&format!("load {c} {n}")).file(
+                        "data.bin",
+                        "application/octet-stream",
+                        &padding,
+                    );
+                    let id = submit_to(&url, &form);
+                    let (code, _) = get(&format!("{base}/status/{id}?wait=30"));
+                    assert_eq!(code, 200, "job {id}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut checked = 0;
+    for round in 0..12 {
+        let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
+        assert_eq!(
+            code,
+            200,
+            "snapshot {round}: {}",
+            String::from_utf8_lossy(&archive)
+        );
+        let dir = support::temp_dir();
+        support::untar_gz_into(&archive, &dir.path().join("state"));
+        let state = dir.path().join("state");
+        for ((folder, segment), end) in segment_ends(&state.join("jobs.db")) {
+            let path = state.join(&folder).join(&segment);
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            assert!(
+                len >= end,
+                "snapshot {round}: {folder}/{segment} holds {len} bytes, its records need {end}"
+            );
+            checked += 1;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let submitted: u32 = clients
+        .into_iter()
+        .map(|c| c.join().unwrap_or_else(|_| panic!("a client failed")))
+        .sum();
+    assert!(
+        checked > 12 && submitted > 100,
+        "{checked} segments checked, {submitted} jobs"
+    );
+    let forgotten = store_figures(&coordinator)["retention"]["forgotten_jobs"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        forgotten > 0,
+        "retention forgot nothing: {}",
+        store_figures(&coordinator)
+    );
 }

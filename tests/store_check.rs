@@ -24,8 +24,8 @@ const BIG_JOBS: u64 = CHECK_AT_START_BYTES / (1024 * 1024) + 4;
 /// Writes `BIG_JOBS` cancelled jobs with a 1 MiB upload each into `state`'s job store.
 fn fill_big_store(state: &Path) {
     let results = state.join("results");
-    let segments =
-        Segments::open(results.clone(), "t".to_string(), false).unwrap_or_else(|e| panic!("{e}"));
+    let segments = Segments::open(results.clone(), "t".to_string(), false, Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let retention = Retention {
         jobs: u64::MAX,
         for_secs: 1e12,

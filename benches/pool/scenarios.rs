@@ -1147,8 +1147,13 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
         for_secs: 1e12,
         results_dir: dir.join("results"),
         segments: std::sync::Arc::new(
-            Segments::open(dir.join("results"), "bench".to_string(), false)
-                .map_err(|e| e.to_string())?,
+            Segments::open(
+                dir.join("results"),
+                "bench".to_string(),
+                false,
+                std::sync::Arc::default(),
+            )
+            .map_err(|e| e.to_string())?,
         ),
     };
     let (store, _) = JobStore::open(dir, FsyncMode::Off, retention).map_err(|e| e.to_string())?;

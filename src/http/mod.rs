@@ -1,6 +1,6 @@
 //! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and
 //! errors, the JSON views, the submit upload, outputs and logs, job followers, sandrun's own
-//! client API and CORS, the Prometheus metrics, the dashboard. May import `pool`, `state`,
+//! client API and CORS, the Prometheus metrics, the dashboard, the state directory's snapshot. May import `pool`, `state`,
 //! `worker`, `store` and `base`.
 
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod replies;
 pub mod routes;
 pub mod sandrun;
 pub mod server;
+pub mod snapshot;
 pub mod stored_view;
 pub mod upload;
 pub mod views;

@@ -10,7 +10,7 @@ use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
-use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, upload, waiting};
+use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::reload;
 use crate::state::context::Context;
@@ -48,6 +48,7 @@ enum Route<'a> {
     Cancel(&'a str),
     Drain(&'a str, bool),
     Reload,
+    Snapshot,
     Download(&'a str),
     DownloadFile(&'a str, &'a str),
     Jobs,
@@ -76,6 +77,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("activity", "") => Some(Route::Activity),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
+        ("snapshot", "") => Some(Route::Snapshot),
         ("jobs", "") => Some(Route::Jobs),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
@@ -103,8 +105,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 /// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
 /// `?wait=`, and downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`;
 /// read from the collected results, or streamed from the worker within `--threads` at once)
-/// and a job's archive (`/download/{id}`). A client that reads a large answer slowly holds its
-/// own thread only.
+/// a job's archive (`/download/{id}`) and the state directory's snapshot (`/snapshot`). A client
+/// that reads a large answer slowly holds its own thread only.
 pub fn is_quick(request: &Request) -> bool {
     if *request.method() != Method::Get {
         return false;
@@ -114,7 +116,9 @@ pub fn is_quick(request: &Request) -> bool {
     match match_route(path) {
         Some(Route::Health | Route::Ready) => true,
         Some(Route::Status(_)) => query_param(url, "wait").is_none(),
-        Some(Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_)) => true,
+        Some(
+            Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_) | Route::Snapshot,
+        ) => true,
         _ => false,
     }
 }
@@ -126,7 +130,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /health, /ready)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
         );
     };
     if *request.method() == Method::Options {
@@ -231,6 +235,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         }
         Route::Metrics => match admin_only(&caller) {
             Ok(()) => metrics_reply(ctx),
+            Err(refused) => refused,
+        },
+        Route::Snapshot => match admin_only(&caller) {
+            Ok(()) => snapshot::snapshot(ctx),
             Err(refused) => refused,
         },
     }

@@ -16,6 +16,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::dir_lock::{DirLock, DirLockError};
 use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
+use crate::store::snapshot;
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
 use crate::worker::identity::short_id;
@@ -126,6 +127,8 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     };
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
+        .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
+    snapshot::clear_leftovers(&config.state_dir)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
     let (results_dir, segments) = spool.results_segments();
     let retention = Retention {

@@ -715,6 +715,25 @@ impl JobStore {
             .collect())
     }
 
+    /// Writes a copy of the store as of its last commit to `target`, a new file (SQLite's
+    /// `VACUUM INTO`), on a read-only connection of its own: the writer goes on meanwhile.
+    pub fn copy_into(&self, target: &Path) -> Result<(), StoreError> {
+        let target = target.to_str().ok_or_else(|| {
+            StoreError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a UTF-8 path", target.display()),
+            ))
+        })?;
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(LOCK_WAIT)?;
+        conn.execute_batch("PRAGMA cache_size = -256")?;
+        conn.execute("VACUUM INTO ?1", [target])?;
+        Ok(())
+    }
+
     /// An idle read-only connection, or a new one (give it back to `readers` after use).
     fn reader(&self) -> Result<Connection, StoreError> {
         if let Some(conn) = lock(&self.readers).pop() {
@@ -1651,16 +1670,17 @@ impl Writer {
             if referenced.exists([&name])? || !self.retention.segments.retire(&name) {
                 continue;
             }
-            let path = self.retention.results_dir.join(&name);
-            match std::fs::remove_file(&path) {
+            match self.retention.segments.delete(&name) {
                 Ok(()) => {
                     self.figures
                         .segments_deleted
                         .fetch_add(1, Ordering::Relaxed);
                     log::debug!("Deleted results segment {name}: no retained job refers to it");
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("Could not delete {}: {e}", path.display()),
+                Err(e) => log::warn!(
+                    "Could not delete {}: {e}",
+                    self.retention.results_dir.join(&name).display()
+                ),
             }
         }
         Ok(())
@@ -1678,7 +1698,8 @@ mod tests {
             for_secs: 1e12,
             results_dir: results.clone(),
             segments: Arc::new(
-                Segments::open(results, "t".to_string(), false).unwrap_or_else(|e| panic!("{e}")),
+                Segments::open(results, "t".to_string(), false, Arc::default())
+                    .unwrap_or_else(|e| panic!("{e}")),
             ),
         }
     }

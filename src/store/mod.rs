@@ -5,6 +5,8 @@ pub mod dir_lock;
 pub mod drains;
 pub mod handoff;
 pub mod jobs_db;
+pub mod removals;
 pub mod segments;
+pub mod snapshot;
 pub mod spool;
 pub mod wal_sync;

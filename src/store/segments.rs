@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
+use crate::store::removals::Removals;
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
@@ -48,21 +49,26 @@ pub fn copy_chunks(
     }
 }
 
-/// One segment file. With `remove_when_unused`, the file is removed once nothing refers to it.
+/// One segment file. With `remove_when_unused`, the file is removed (through its directory's
+/// [`Removals`]) once nothing refers to it.
 #[derive(Debug)]
 pub struct SegmentFile {
     path: PathBuf,
     name: String,
     file: File,
-    remove_when_unused: bool,
+    remove_when_unused: Option<Arc<Removals>>,
     dir_synced: AtomicBool,
 }
 
 impl SegmentFile {
     /// Opens an existing segment `name` in `dir` for reading (an upload segment an earlier run
     /// left, which its waiting jobs still need). With `remove_when_unused`, the file is removed
-    /// once nothing refers to it.
-    pub fn open_existing(dir: &Path, name: &str, remove_when_unused: bool) -> io::Result<Self> {
+    /// through it once nothing refers to it.
+    pub fn open_existing(
+        dir: &Path,
+        name: &str,
+        remove_when_unused: Option<Arc<Removals>>,
+    ) -> io::Result<Self> {
         // A name from a damaged record must not reach (and later remove) a file elsewhere.
         if !is_safe_component(name) {
             return Err(io::Error::new(
@@ -116,8 +122,8 @@ impl SegmentFile {
 
 impl Drop for SegmentFile {
     fn drop(&mut self) {
-        if self.remove_when_unused {
-            if let Err(e) = std::fs::remove_file(&self.path) {
+        if let Some(removals) = &self.remove_when_unused {
+            if let Err(e) = removals.remove(&self.path) {
                 log::warn!("Could not remove {}: {e}", self.path.display());
             }
         }
@@ -251,19 +257,27 @@ pub struct Segments {
     dir: PathBuf,
     prefix: String,
     remove_when_unused: bool,
+    removals: Arc<Removals>,
     free: Mutex<Free>,
     open: Mutex<HashSet<String>>,
 }
 
 impl Segments {
     /// Segments in `dir` (created if missing), named `<prefix>-<n>`. With `remove_when_unused`,
-    /// a segment's file is removed as soon as no writer and no reader refer to it.
-    pub fn open(dir: PathBuf, prefix: String, remove_when_unused: bool) -> io::Result<Self> {
+    /// a segment's file is removed as soon as no writer and no reader refer to it. Files are
+    /// deleted through `removals`.
+    pub fn open(
+        dir: PathBuf,
+        prefix: String,
+        remove_when_unused: bool,
+        removals: Arc<Removals>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Segments {
             dir,
             prefix,
             remove_when_unused,
+            removals,
             free: Mutex::new(Free::default()),
             open: Mutex::default(),
         })
@@ -317,7 +331,9 @@ impl Segments {
                         path,
                         name,
                         file,
-                        remove_when_unused: self.remove_when_unused,
+                        remove_when_unused: self
+                            .remove_when_unused
+                            .then(|| Arc::clone(&self.removals)),
                         dir_synced: AtomicBool::new(false),
                     });
                     return Ok(OpenSegment {
@@ -372,6 +388,11 @@ impl Segments {
         }
     }
 
+    /// Deletes the file of segment `name`, retired first (see [`Segments::retire`]).
+    pub fn delete(&self, name: &str) -> io::Result<()> {
+        self.removals.remove(&self.dir.join(name))
+    }
+
     /// Closes a segment that failed while written (its writer was dropped).
     pub fn discard(&self, segment: OpenSegment) {
         self.close(segment);
@@ -410,7 +431,13 @@ mod tests {
     fn a_sweep_never_retires_a_segment_while_it_is_created() {
         let dir = tempfile::tempdir().expect("temp dir");
         let segments = Arc::new(
-            Segments::open(dir.path().to_path_buf(), "1".to_string(), false).expect("segments"),
+            Segments::open(
+                dir.path().to_path_buf(),
+                "1".to_string(),
+                false,
+                Arc::default(),
+            )
+            .expect("segments"),
         );
         let done = Arc::new(AtomicBool::new(false));
         let sweeper = {

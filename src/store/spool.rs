@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
+use crate::store::removals::Removals;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
 pub use crate::store::segments::CopyError;
@@ -110,6 +111,7 @@ pub struct Spool {
     results: PathBuf,
     upload_segments: Segments,
     result_segments: Arc<Segments>,
+    removals: Arc<Removals>,
     random: Mutex<BufReader<File>>,
     memory_limit: u64,
     waiting: Mutex<Waiting>,
@@ -340,13 +342,21 @@ impl Spool {
             .to_string();
         let results = state_dir.join("results");
         let uploads = state_dir.join("uploads");
-        let upload_segments = Segments::open(uploads, started.clone(), true)?;
-        let result_segments = Arc::new(Segments::open(results.clone(), started, false)?);
+        let removals = Arc::new(Removals::default());
+        let upload_segments =
+            Segments::open(uploads, started.clone(), true, Arc::clone(&removals))?;
+        let result_segments = Arc::new(Segments::open(
+            results.clone(),
+            started,
+            false,
+            Arc::clone(&removals),
+        )?);
         let random = BufReader::with_capacity(4096, File::open("/dev/urandom")?);
         Ok(Spool {
             results,
             upload_segments,
             result_segments,
+            removals,
             random: Mutex::new(random),
             memory_limit,
             waiting: Mutex::new(Waiting::default()),
@@ -480,6 +490,11 @@ impl Spool {
         }
     }
 
+    /// The segment deletions of the state directory (held while a snapshot is taken).
+    pub fn removals(&self) -> &Arc<Removals> {
+        &self.removals
+    }
+
     /// The results directory and its segments (a retention sweep retires those no retained job
     /// refers to before deleting them).
     pub fn results_segments(&self) -> (PathBuf, Arc<Segments>) {
@@ -496,7 +511,8 @@ impl Spool {
         let mut waiting = lock(&self.waiting);
         for (id, at) in uploads {
             let file = files.entry(at.segment.clone()).or_insert_with(|| {
-                SegmentFile::open_existing(&dir, &at.segment, true).map(Arc::new)
+                let removals = Some(Arc::clone(&self.removals));
+                SegmentFile::open_existing(&dir, &at.segment, removals).map(Arc::new)
             });
             let checked = match file {
                 Ok(file) => match file.file_len() {
@@ -566,7 +582,7 @@ impl Spool {
             })?;
             return Ok(ResultsSource::Row(bytes));
         }
-        let file = SegmentFile::open_existing(&self.results, &stored.segment, false)?;
+        let file = SegmentFile::open_existing(&self.results, &stored.segment, None)?;
         let len = file.file_len()?;
         Ok(ResultsSource::Segment(Arc::new(file), len))
     }

@@ -32,5 +32,5 @@ pub use self::{
     form::Form,
     sandrun::control::{ReceivedFile, ReceivedJob},
     sandrun::{Knobs, Recording, StreamKnobs, WorkerKey},
-    util::{poll_until, tar_gz, temp_dir, untar_gz},
+    util::{poll_until, tar_gz, temp_dir, untar_gz, untar_gz_into},
 };

@@ -58,21 +58,27 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     fs::read(&archive).unwrap_or_else(|e| panic!("cannot read {}: {e}", archive.display()))
 }
 
-/// The files of a `.tar.gz`, unpacked by the system `tar -xzf`: relative path to content.
-pub fn untar_gz(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+/// Unpacks a `.tar.gz` into `tree` (created if missing) with the system `tar -xzf`.
+pub fn untar_gz_into(archive: &[u8], tree: &Path) {
     let dir = temp_dir();
     let file = dir.path().join("archive.tar.gz");
     fs::write(&file, archive).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-    let tree = dir.path().join("tree");
-    fs::create_dir(&tree).unwrap_or_else(|e| panic!("cannot create {}: {e}", tree.display()));
+    fs::create_dir_all(tree).unwrap_or_else(|e| panic!("cannot create {}: {e}", tree.display()));
     let status = Command::new("tar")
         .arg("-xzf")
         .arg(&file)
         .arg("-C")
-        .arg(&tree)
+        .arg(tree)
         .status()
         .unwrap_or_else(|e| panic!("cannot run tar: {e}"));
     assert!(status.success(), "tar -xzf failed: {status}");
+}
+
+/// The files of a `.tar.gz`, unpacked by the system `tar -xzf`: relative path to content.
+pub fn untar_gz(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let dir = temp_dir();
+    let tree = dir.path().join("tree");
+    untar_gz_into(archive, &tree);
     let mut files = BTreeMap::new();
     let mut dirs = vec![tree.clone()];
     while let Some(dir) = dirs.pop() {

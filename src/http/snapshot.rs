@@ -1,0 +1,82 @@
+//! `GET /snapshot` (admin): the state directory as a `.tar.gz` taken while the coordinator
+//! runs, to be unpacked into an empty `--state-dir` and started there (see `store/snapshot.rs`).
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::base::clock::unix_now;
+use crate::base::targz::{Entry, TarGz};
+use crate::http::replies::{error_reply, retry_after, Reply};
+use crate::state::context::Context;
+use crate::store::removals::SnapshotSlot;
+use crate::store::snapshot::{self, SnapshotError};
+
+/// Seconds a client refused for another snapshot under way is asked to wait.
+const BUSY_RETRY_AFTER: u32 = 10;
+
+/// The archive being sent, with the snapshot slot it holds until it is dropped.
+struct SnapshotBody {
+    archive: TarGz,
+    _slot: SnapshotSlot,
+}
+
+impl Read for SnapshotBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.archive.read(buf)
+    }
+}
+
+/// `GET /snapshot`: the job store as of its last commit and the segment files it points into.
+pub fn snapshot(ctx: &Arc<Context>) -> Reply {
+    let started = std::time::Instant::now();
+    let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals());
+    let snapshot = match taken {
+        Ok(snapshot) => snapshot,
+        Err(e @ SnapshotError::Busy) => {
+            return retry_after(
+                BUSY_RETRY_AFTER,
+                error_reply(e.http_status(), e.to_string()),
+            )
+        }
+        Err(e) => {
+            log::error!("Snapshot failed: {e}");
+            return error_reply(e.http_status(), e.to_string());
+        }
+    };
+    let count = snapshot.files.len();
+    let entries: Vec<Entry> = snapshot
+        .files
+        .into_iter()
+        .map(|f| {
+            let (file, size) = (f.file, f.size);
+            Entry {
+                path: f.path,
+                size,
+                mtime: f.mtime,
+                open: Box::new(move || Ok(Box::new(file.take(size)) as Box<dyn Read + Send>)),
+            }
+        })
+        .collect();
+    let archive = TarGz::new(entries);
+    let Ok(length) = usize::try_from(archive.len()) else {
+        return error_reply(500, "the snapshot is too large to serve on this platform");
+    };
+    log::info!(
+        "Snapshot taken in {:.2} s: the job store and {} segment files, {length} bytes to send",
+        started.elapsed().as_secs_f64(),
+        count - 1
+    );
+    Reply::Stream {
+        status: 200,
+        content_type: "application/gzip".to_string(),
+        length: Some(length),
+        attachment: Some(format!(
+            "trusted-pool-snapshot-{}.tar.gz",
+            unix_now() as u64
+        )),
+        body: Box::new(SnapshotBody {
+            archive,
+            _slot: snapshot.slot,
+        }),
+    }
+}
