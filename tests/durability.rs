@@ -1674,6 +1674,15 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
         (1..=recovered).contains(&failed),
         "{failed} commit failures logged for {recovered} spells:\n{logs}"
     );
+    // So is a spell of held dispatching (a line at each pause before), and the paused
+    // collections (a line per job and pause before).
+    let holds = logs.matches("Dispatching is held").count();
+    let resumed = logs.matches("Dispatching resumes").count();
+    assert!(
+        (1..=resumed).contains(&holds),
+        "{holds} holds logged for {resumed} spells:\n{logs}"
+    );
+    assert_eq!(logs.matches("; trying again in").count(), 1, "{logs}");
     // Each job reached the worker once; the cancelled one never did.
     let sent = |worker: &FakeWorker| -> BTreeMap<String, usize> {
         received_tokens(&[worker])

@@ -4,6 +4,8 @@
 
 use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
+use crate::base::sync::lock;
 use crate::pool::health::mark_unreachable;
 use crate::pool::{announce, stream, tracker};
 use crate::state::context::Context;
@@ -14,11 +16,13 @@ use crate::worker::client::SubmitOutcome;
 use crate::worker::identity::short_id;
 use crate::worker::multipart_body::{MultipartBody, Part};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a source address that could not be bound is left unused.
 const UNUSABLE_SOURCE_REST: Duration = Duration::from_secs(60);
+/// The pauses of one spell of held dispatching (at most 8 s apart), logged at most once a minute.
+static HOLD_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// A job the scheduler gave to a worker; its slot on the worker is already reserved.
 #[derive(Debug, Clone)]
@@ -110,12 +114,14 @@ fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     ctx.record(&st, &a.job_id);
     let paused = st.hold_dispatching(why.to_string(), Instant::now());
     drop(st);
-    match paused {
-        Some(pause) => log::warn!(
+    let held = paused.and_then(|pause| Some((pause, lock(&HOLD_LOGS).check(Instant::now())?)));
+    match held {
+        Some((pause, held)) => log::warn!(
             "Dispatching is held for {} s: job {} could not be recorded as dispatched, so it was \
-             not sent ({why}); queued jobs keep their places",
+             not sent ({why}); queued jobs keep their places{}",
             pause.as_secs(),
-            a.job_id
+            a.job_id,
+            Repeats::suffix(held)
         ),
         None => log::debug!("Job {} goes back to the head of the queue: {why}", a.job_id),
     }
@@ -355,6 +361,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         .is_some_and(|h| a.assigned_at >= h.since)
     {
         st.dispatch_hold = None;
+        lock(&HOLD_LOGS).reset();
         log::info!("Dispatching resumes: the job store records dispatches again");
     }
     if let SubmitOutcome::Accepted(remote) = outcome {

@@ -12,7 +12,9 @@ use crate::base::clock::unix_now;
 use crate::base::job::{
     Collection, DoneFigures, OutputsVerdict, PoolStatus, SignatureVerdict, Verification,
 };
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::niceness;
+use crate::base::sync::lock;
 use crate::pool::announce;
 use crate::pool::collect::{self, CollectError, Collected};
 use crate::state::context::Context;
@@ -24,11 +26,14 @@ use crate::worker::signature::{self, SignatureCheck};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const TRACKER_STACK: usize = 256 * 1024;
+/// Collections paused because results found no room (every job's, every 30 s at most while the
+/// disk stays full), logged at most once a minute.
+static PAUSE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// A job followed on its worker stream is polled this many track intervals apart.
 pub const STREAMED_POLL_FACTOR: u32 = 10;
@@ -565,11 +570,13 @@ fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
             .map(|w| w.pause_collection(&job.id, Instant::now()))
     };
     ctx.collection_ended(&job.id);
-    if let Some(pause) = pause {
+    let logged = pause.and_then(|pause| Some((pause, lock(&PAUSE_LOGS).check(Instant::now())?)));
+    if let Some((pause, held)) = logged {
         log::warn!(
-            "Job {}: {why}; trying again in {} s",
+            "Job {}: {why}; trying again in {} s{}",
             job.id,
-            pause.as_secs()
+            pause.as_secs(),
+            Repeats::suffix(held)
         );
     }
 }
