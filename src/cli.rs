@@ -7,6 +7,8 @@ use crate::base::hex::hex;
 use crate::base::niceness;
 use crate::base::tls::WorkerTls;
 use crate::serve;
+use crate::store::jobs_db::DB_FILE;
+use crate::store::state_check::check_state_dir;
 use crate::worker::identity::{short_id, worker_id_from_key_file};
 use crate::worker::workers_file;
 use log::LevelFilter;
@@ -26,6 +28,8 @@ USAGE:
                                            validate a workers file and the source addresses
     trusted-pool check [WORKERS.json] --api-keys FILE
                                            validate a keys file (and a workers file)
+    trusted-pool check --state-dir DIR     check a stopped coordinator's state directory or an
+                                           unpacked snapshot, changing nothing
     trusted-pool new-key NAME [--admin]    print a fresh client key and its --api-keys entry
 
 OPTIONS:
@@ -100,12 +104,14 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Print the worker_id of a key file.
     WorkerId(PathBuf),
-    /// Validate a workers file, a keys file, or both.
+    /// Validate a workers file, a keys file, a state directory, or several.
     Check {
         /// The workers file, if given.
         workers: Option<PathBuf>,
         /// The keys file, if given.
         api_keys: Option<PathBuf>,
+        /// The state directory, if given.
+        state_dir: Option<PathBuf>,
         /// Source addresses to check on this host.
         sources: Vec<IpAddr>,
     },
@@ -281,16 +287,18 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
         ),
         Some("check") => {
             let api_keys = value(&mut args, "--api-keys", some_path, None)?;
+            let state_dir = value(&mut args, "--state-dir", some_path, None)?;
             let sources = value(&mut args, "--source-addresses", source_list, Vec::new())?;
             let workers: Option<PathBuf> = args.opt_free_from_str().ok().flatten();
-            if workers.is_none() && api_keys.is_none() {
+            if workers.is_none() && api_keys.is_none() && state_dir.is_none() {
                 return Err(CliError::MissingArgument(
-                    "check needs WORKERS.json or --api-keys FILE",
+                    "check needs WORKERS.json, --api-keys FILE or --state-dir DIR",
                 ));
             }
             Command::Check {
                 workers,
                 api_keys,
+                state_dir,
                 sources,
             }
         }
@@ -458,11 +466,13 @@ pub fn run(raw: Vec<OsString>) -> i32 {
         Command::Check {
             workers,
             api_keys,
+            state_dir,
             sources,
         } => {
             let workers_ok = workers.as_deref().is_none_or(|p| check(p, &sources) == 0);
             let keys_ok = api_keys.as_deref().is_none_or(|p| check_keys(p) == 0);
-            if workers_ok && keys_ok {
+            let state_ok = state_dir.as_deref().is_none_or(|p| check_state(p) == 0);
+            if workers_ok && keys_ok && state_ok {
                 0
             } else {
                 1
@@ -535,6 +545,59 @@ fn check_keys(path: &std::path::Path) -> i32 {
             1
         }
     }
+}
+
+fn check_state(dir: &std::path::Path) -> i32 {
+    let report = match check_state_dir(dir) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let jobs: Vec<String> = report
+        .jobs
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    println!(
+        "{}: job store version {}, SQLite's quick check ok",
+        dir.join(DB_FILE).display(),
+        report.version
+    );
+    println!(
+        "jobs: {} in all{}{}",
+        report.jobs.values().sum::<u64>(),
+        if jobs.is_empty() { "" } else { ": " },
+        jobs.join(", ")
+    );
+    println!(
+        "segments: records point into {} results and {} upload segment files",
+        report.segments.0, report.segments.1
+    );
+    for problem in &report.problems {
+        eprintln!("error: {}: {problem}", dir.display());
+    }
+    if report.problem_count > 0 {
+        let listed = report.problems.len();
+        let more = report.problem_count - listed;
+        eprintln!(
+            "error: {}: {} jobs cannot be served or run from it as their records say{}",
+            dir.display(),
+            report.problem_count,
+            if more > 0 {
+                format!(" ({more} more not listed)")
+            } else {
+                String::new()
+            }
+        );
+        return 1;
+    }
+    println!(
+        "{}: every byte the job store points to is there, OK",
+        dir.display()
+    );
+    0
 }
 
 /// Length of a new key's random part, in bytes.

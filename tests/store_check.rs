@@ -1,7 +1,7 @@
 //! The job store's integrity check on a store too large to check before serving: the
 //! coordinator serves at once, checks it in the background, and stops with exit 1 and the
 //! integrity-check message when it fails (a small store is checked before serving: see
-//! tests/durability.rs).
+//! tests/durability.rs). And `trusted-pool check --state-dir`, on an unpacked snapshot.
 
 mod support;
 
@@ -10,7 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{get_json, write_workers_json, Coordinator, FakeWorker};
+use support::lifecycle::{drain_url, submit, wait_collected, wait_healthy};
+use support::{
+    get_bytes, get_json, post, temp_dir, untar_gz_into, write_workers_json, Coordinator,
+    FakeWorker, Form,
+};
 use trusted_pool::base::config::FsyncMode;
 use trusted_pool::base::job::{Job, PoolStatus};
 use trusted_pool::store::handoff::DEFERRAL;
@@ -99,4 +103,134 @@ fn a_large_store_is_checked_while_serving_and_a_corrupted_one_stops_the_coordina
     };
     assert!(logs.contains("integrity check"), "{logs}");
     assert!(logs.contains("jobs.db"), "{logs}");
+}
+
+/// Runs `trusted-pool check --state-dir DIR`: its exit code, stdout and stderr.
+fn check_state(dir: &Path) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .arg("check")
+        .arg("--state-dir")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the check: {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The names and sizes of the files under `dir`.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(at) = dirs.pop() {
+        for entry in fs::read_dir(&at).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let len = entry.metadata().map_or(0, |m| m.len());
+                files.push((path.display().to_string(), len));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `check --state-dir` refuses a directory a coordinator runs on, passes an unpacked snapshot
+/// without changing a file of it, and names every job whose results or upload a damaged copy
+/// lost: the jobs a restore could not serve or run.
+#[test]
+fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--row-results-max", "0", "--health-interval", "1"],
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let small = |n: usize| {
+        Form::new().file(
+            "main.py",
+            "text/x-python",
+            format!("print({n})\n").as_bytes(),
+        )
+    };
+    let finished: Vec<String> = (0..3).map(|n| submit(&coordinator, &small(n))).collect();
+    for id in &finished {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let padded =
+        |n: u8| small(usize::from(n)).file("data.bin", "application/octet-stream", &[n; 100 << 10]);
+    let on_disk: Vec<String> = (7..9).map(|n| submit(&coordinator, &padded(n))).collect();
+    let in_row = submit(&coordinator, &small(9));
+
+    let (code, _, err) = check_state(&coordinator.state_dir());
+    assert_eq!(code, Some(1), "{err}");
+    let pid = coordinator.pid();
+    assert!(
+        err.contains(&format!("in use by a running trusted-pool (process {pid})")),
+        "{err}"
+    );
+
+    let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
+    assert_eq!(code, 200);
+    let dir = temp_dir();
+    let state = dir.path().join("state");
+    untar_gz_into(&archive, &state);
+    let before = listing(&state);
+    let (code, out, err) = check_state(&state);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("jobs: 6 in all: 3 completed, 3 queued"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 results and 1 upload segment files"),
+        "{out}"
+    );
+    assert!(out.contains("OK"), "{out}");
+    assert_eq!(listing(&state), before, "the check changed the directory");
+
+    // A results segment cut short and an upload segment lost: each of their jobs is named.
+    for (folder, damage) in [("results", Some(10)), ("uploads", None)] {
+        for entry in fs::read_dir(state.join(folder))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            match damage {
+                Some(len) => fs::OpenOptions::new()
+                    .write(true)
+                    .open(entry.path())
+                    .and_then(|f| f.set_len(len))
+                    .unwrap_or_else(|e| panic!("{e}")),
+                None => fs::remove_file(entry.path()).unwrap_or_else(|e| panic!("{e}")),
+            }
+        }
+    }
+    let (code, out, err) = check_state(&state);
+    assert_eq!(code, Some(1), "{out}{err}");
+    for id in &finished {
+        assert!(
+            err.contains(&format!("job {id} (completed): results/")),
+            "{id}: {err}"
+        );
+    }
+    for id in &on_disk {
+        assert!(
+            err.contains(&format!("job {id} (queued): uploads/")),
+            "{id}: {err}"
+        );
+        assert!(err.contains("is missing"), "{err}");
+    }
+    assert!(
+        !err.contains(&in_row),
+        "the upload in its row is there: {err}"
+    );
+    assert!(err.contains("5 jobs cannot be served or run"), "{err}");
 }

@@ -80,6 +80,26 @@ impl DirLock {
     }
 }
 
+/// Whether a running coordinator holds `dir`'s lock, without taking it or writing anything:
+/// `Some` with the holder's process id (when the file names one) while it is held.
+pub fn holder_of(dir: &Path) -> io::Result<Option<Option<u32>>> {
+    let mut file = match File::open(dir.join(LOCK_FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on a file descriptor this function owns; no memory is passed. A shared
+    // lock is refused while the coordinator holds its exclusive one, and let go on close.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return Ok(None);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(Some(holder(&mut file)));
+    }
+    Err(e)
+}
+
 /// The process id a lock file names, if it names one.
 fn holder(file: &mut File) -> Option<u32> {
     let mut text = String::new();
@@ -100,7 +120,12 @@ mod tests {
             Err(DirLockError::InUse(_, pid)) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("a second lock was not refused: {other:?}"),
         }
+        assert_eq!(
+            holder_of(&dir).expect("probe"),
+            Some(Some(std::process::id()))
+        );
         drop(first);
+        assert_eq!(holder_of(&dir).expect("probe"), None, "held after drop");
         assert!(DirLock::take(&dir).is_ok(), "the lock was not let go");
         let _ = std::fs::remove_dir_all(&dir);
     }

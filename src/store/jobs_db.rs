@@ -472,7 +472,8 @@ impl DeferredCheck {
     }
 }
 
-fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// SQLite's `quick_check` of the store at `path` on `conn`: `Corrupt` when it finds damage.
+pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let check: String = conn
         .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
         .map_err(|e| corrupt(path, &e))?;
@@ -496,7 +497,8 @@ fn status_of(name: &str) -> Option<PoolStatus> {
     PoolStatus::ALL.into_iter().find(|s| s.as_str() == name)
 }
 
-fn corrupt(path: &Path, e: &rusqlite::Error) -> StoreError {
+/// A SQLite error met while checking the store at `path`: `Corrupt` for a damaged file.
+pub fn corrupt(path: &Path, e: &rusqlite::Error) -> StoreError {
     if is_corruption(e) {
         StoreError::Corrupt(path.to_path_buf(), e.to_string())
     } else {
@@ -1006,7 +1008,7 @@ fn text_column(value: ValueRef<'_>) -> Result<String, String> {
 }
 
 /// A job's record column parsed; `Err` says why a damaged one cannot be read.
-fn parse_record(id: &str, record: ValueRef<'_>) -> Result<Job, String> {
+pub fn parse_record(id: &str, record: ValueRef<'_>) -> Result<Job, String> {
     let job: Job = serde_json::from_str(&text_column(record)?).map_err(|e| e.to_string())?;
     if job.id != id {
         return Err(format!("it is the record of {:?}", job.id));

@@ -9,4 +9,5 @@ pub mod removals;
 pub mod segments;
 pub mod snapshot;
 pub mod spool;
+pub mod state_check;
 pub mod wal_sync;

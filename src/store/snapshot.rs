@@ -115,7 +115,7 @@ pub fn take(
         for name in names {
             match File::open(state_dir.join(dir).join(&name)) {
                 Ok(file) => files.push(snapshot_file(format!("{dir}/{name}"), file)?),
-                // Deleted between the listing and now: then no record of the copy needs it.
+                // Deleted by hand meanwhile (the coordinator's own deletions wait).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(SnapshotError::Io(e)),
             }
