@@ -789,6 +789,9 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(definition(&conn).contains("seq INTEGER PRIMARY KEY AUTOINCREMENT,"));
+        // Stores made before freed pages were given back kept them (no auto_vacuum).
+        conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let upgraded = Coordinator::start_in(&dir, &FAST);
     for step in [
@@ -822,6 +825,15 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(version(&conn), 6);
+    let auto_vacuum: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(auto_vacuum, 2, "freed pages are given back now");
+    assert!(
+        upgraded.logs().contains("the job store was rewritten once"),
+        "{}",
+        upgraded.logs()
+    );
     let upgraded_definition = definition(&conn);
     assert!(
         !upgraded_definition.contains("AUTOINCREMENT"),
@@ -831,13 +843,24 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(integrity, "ok");
-    let sequence: i64 = conn
+    // The rewrite that gives freed pages back drops sqlite_sequence once no table needs it.
+    let has_sequence: bool = conn
         .query_row(
-            "SELECT count(*) FROM sqlite_sequence WHERE name = 'jobs'",
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'",
             [],
             |r| r.get(0),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+    let sequence: i64 = if has_sequence {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_sequence WHERE name = 'jobs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    } else {
+        0
+    };
     assert_eq!(
         sequence, 0,
         "a job inserted after the upgrade wrote sqlite_sequence"
@@ -937,6 +960,63 @@ fn run_jobs_paced(
 
 fn files_in(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+/// A burst of queued jobs whose 60 KiB uploads wait in their rows grows the job store; once
+/// they are gone (cancelled here, dispatched alike) the idle store gives the space back to the
+/// filesystem a step at a time, and `/pool` counts what is still free.
+#[test]
+fn the_space_of_a_burst_of_queued_uploads_goes_back_to_the_filesystem() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let submitters: Vec<_> = (0..4u32)
+        .map(|c| {
+            let url = coordinator.url("/submit");
+            thread::spawn(move || {
+                (0..40u32)
+                    .map(|n| {
+                        let padding = vec![(c * 40 + n) as u8; 60 << 10];
+                        let form = job(&format!("burst {c} {n}")).file(
+                            "data.bin",
+                            "application/octet-stream",
+                            &padding,
+                        );
+                        submit_to(&url, &form)
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let ids: Vec<String> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap_or_else(|_| panic!("a submitter failed")))
+        .collect();
+    let db = coordinator.state_dir().join("jobs.db");
+    let store_bytes = || {
+        let size = |path: &Path| fs::metadata(path).map_or(0, |m| m.len());
+        size(&db) + size(&coordinator.state_dir().join("jobs.db-wal"))
+    };
+    let peak = store_bytes();
+    assert!(peak > 9 << 20, "the burst took {peak} bytes");
+    for id in &ids {
+        let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
+        assert_eq!(code, 200, "{body}");
+    }
+    poll_until(Duration::from_secs(120), || {
+        let free = store_figures(&coordinator)["free_bytes"].as_u64();
+        (store_bytes() < 2 << 20 && free.is_some_and(|f| f < 1 << 20)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the store still takes {} bytes ({} after the burst): {}",
+            store_bytes(),
+            peak,
+            store_figures(&coordinator)
+        )
+    });
 }
 
 #[test]

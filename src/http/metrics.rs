@@ -125,7 +125,8 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     }
 }
 
-/// The job store's health: failing commits, the WAL's size and its last full checkpoint.
+/// The job store's health: failing commits, the WAL's size, its free pages and its last full
+/// checkpoint.
 fn write_store(out: &mut Text, store: &StoreFigures) {
     out.family(
         "trusted_pool_store_failing",
@@ -143,6 +144,12 @@ fn write_store(out: &mut Text, store: &StoreFigures) {
         "Bytes of the job store's WAL file (it grows while another connection keeps an old snapshot open).",
     );
     out.sample("trusted_pool_store_wal_bytes", &[], store.wal_bytes);
+    out.family(
+        "trusted_pool_store_free_bytes",
+        "gauge",
+        "Bytes of free pages in the job store's file, given back to the filesystem while it is idle.",
+    );
+    out.sample("trusted_pool_store_free_bytes", &[], store.free_bytes);
     out.family(
         "trusted_pool_store_seconds_since_checkpoint",
         "gauge",

@@ -208,6 +208,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "path": f.path,
         "size_bytes": f.size_bytes,
         "wal_bytes": f.wal_bytes,
+        "free_bytes": f.free_bytes,
         "rows": f.rows,
         "finished_jobs": f.settled.iter().sum::<u64>(),
         "commits": f.commits,

@@ -171,6 +171,15 @@ const LOCKED: &str = "the job store is locked by another program";
 /// While no record comes, the store's caches and the heap's free pages go back to the system
 /// this often.
 const RELEASE_IDLE_EVERY: Duration = Duration::from_secs(5);
+/// While the store is idle, this often its free pages are counted and, from
+/// [`GIVE_BACK_AT_LEAST`] on, up to [`GIVE_BACK_STEP`] of them given back to the filesystem
+/// (`PRAGMA incremental_vacuum`: the file shrinks at the next checkpoint).
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
+/// Free pages (4 KiB each) worth a step of giving back: 1 MiB.
+const GIVE_BACK_AT_LEAST: u64 = 256;
+/// Pages given back in one step (4 MiB: about 30 ms of the writer's time on an SD-card class
+/// disk, so a submit that arrives meanwhile waits little).
+const GIVE_BACK_STEP: u64 = 1024;
 
 /// What went wrong with the job store.
 #[derive(Debug)]
@@ -385,6 +394,7 @@ struct Figures {
     last_batch: AtomicU64,
     coalesced: AtomicU64,
     last_checkpoint_ms: AtomicU64,
+    free_bytes: AtomicU64,
     forgotten: AtomicU64,
     segments_deleted: AtomicU64,
     /// Set while commits fail: the last one's error.
@@ -415,6 +425,9 @@ pub struct StoreFigures {
     pub coalesced: u64,
     /// Seconds since the last complete WAL checkpoint (every frame copied into the database).
     pub since_checkpoint: Option<f64>,
+    /// Bytes of free pages in the database file, as last counted while idle (a burst of large
+    /// queued uploads leaves them; they are given back to the filesystem a step at a time).
+    pub free_bytes: u64,
     /// Finished jobs forgotten by retention in this run.
     pub forgotten: u64,
     /// Results segments deleted by retention in this run.
@@ -575,6 +588,7 @@ impl JobStore {
             last_commit: Instant::now(),
             last_sweep: None,
             last_release: None,
+            last_give_back: None,
             orphans_checked: false,
             unwritten: Vec::new(),
             unwritten_done: Vec::new(),
@@ -773,6 +787,7 @@ impl JobStore {
             coalesced: f.coalesced.load(Ordering::Relaxed),
             since_checkpoint: (checkpoint > 0)
                 .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
+            free_bytes: f.free_bytes.load(Ordering::Relaxed),
             forgotten: f.forgotten.load(Ordering::Relaxed),
             segments_deleted: f.segments_deleted.load(Ordering::Relaxed),
             failing: lock(&f.failing).clone(),
@@ -912,6 +927,11 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
             ));
         }
     }
+    if version == 0 {
+        // Before anything is written (WAL mode too): freed pages can then be given back to the
+        // filesystem.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+    }
     let _: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| corrupt(path, &e))?;
@@ -953,6 +973,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
             );
         }
     }
+    give_back_freed_pages(&conn, path);
     let figures = Arc::new(Figures::default());
     {
         let mut statement = conn.prepare(
@@ -974,6 +995,45 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     let unsettled = read_unsettled(&conn, path)?;
     Ok((conn, figures, unsettled, deferred_check))
 }
+
+/// Makes a store written before freed pages were given back give them back from now on: its
+/// file is rewritten once (`VACUUM`; logged). A store that cannot be rewritten now (no room
+/// for a second copy) keeps reusing its freed pages, as before, and is tried at the next start.
+fn give_back_freed_pages(conn: &Connection, path: &Path) {
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap_or(INCREMENTAL_VACUUM);
+    if mode == INCREMENTAL_VACUUM {
+        return;
+    }
+    let started = Instant::now();
+    let before = file_size(path) + file_size(&wal_path(path));
+    match conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;") {
+        Ok(()) => log::info!(
+            "{}: the job store was rewritten once ({before} bytes, {:.2} s) so that the space \
+             of forgotten jobs and dispatched uploads goes back to the filesystem",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => log::warn!(
+            "{}: the job store could not be rewritten to give freed space back ({e}); it keeps \
+             reusing it, and is tried again at the next start",
+            path.display()
+        ),
+    }
+}
+
+/// Whether `period` has passed since `last` (or it never was); if so, `last` becomes now.
+fn due_every(last: &mut Option<Instant>, period: Duration) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= period);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
+
+/// `PRAGMA auto_vacuum`'s value for incremental vacuum.
+const INCREMENTAL_VACUUM: i64 = 2;
 
 /// An error met while opening the store, with the file named: SQLite's own errors there mean
 /// a file this build cannot read (a full disk stays a full disk, and a store another program
@@ -1141,6 +1201,7 @@ struct Writer {
     last_commit: Instant,
     last_sweep: Option<Instant>,
     last_release: Option<Instant>,
+    last_give_back: Option<Instant>,
     orphans_checked: bool,
     /// Changes of a failed transaction (a full disk) that nobody undoes: written again, before
     /// anything newer, with the next transaction and at least once a second, until they
@@ -1471,19 +1532,59 @@ impl Writer {
                 Ok(()) => self.failures.sweep.reset(),
             }
         }
+        if idle && due_every(&mut self.last_give_back, GIVE_BACK_EVERY) {
+            self.give_back_free_pages();
+        }
+        let due = due || (idle && self.commits_since_checkpoint > 0);
         if due && idle {
             // Nothing is being written: the WAL goes back to zero bytes.
             self.checkpoint("TRUNCATE");
         } else if due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS {
             self.checkpoint("PASSIVE");
         }
-        if idle
-            && self
-                .last_release
-                .is_none_or(|at| at.elapsed() >= RELEASE_IDLE_EVERY)
-        {
-            self.last_release = Some(Instant::now());
+        if idle && due_every(&mut self.last_release, RELEASE_IDLE_EVERY) {
             self.release_memory();
+        }
+    }
+
+    /// Counts the database's free pages and gives a step of them back to the filesystem when
+    /// there are enough: the file shrinks by them at the next checkpoint. Waits for no other
+    /// program's lock.
+    fn give_back_free_pages(&mut self) {
+        let counted: rusqlite::Result<(u64, u64)> = self.conn.query_row(
+            "SELECT freelist_count, page_size FROM pragma_freelist_count(), pragma_page_size()",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        );
+        let Ok((free, page)) = counted else {
+            return;
+        };
+        self.figures
+            .free_bytes
+            .store(free * page, Ordering::Relaxed);
+        if free < GIVE_BACK_AT_LEAST {
+            return;
+        }
+        self.wrote();
+        // The pragma frees one page per step of its statement: stepped to its end.
+        let give_back = |w: &mut Self| -> rusqlite::Result<()> {
+            let mut statement = w
+                .conn
+                .prepare(&format!("PRAGMA incremental_vacuum({GIVE_BACK_STEP})"))?;
+            let mut rows = statement.query([])?;
+            while rows.next()?.is_some() {}
+            Ok(())
+        };
+        match self.without_lock_wait(give_back) {
+            Ok(()) => {
+                self.commits_since_checkpoint += 1;
+                let left = free.saturating_sub(GIVE_BACK_STEP);
+                self.figures
+                    .free_bytes
+                    .store(left * page, Ordering::Relaxed);
+                log::debug!("Gave {} free pages of the job store back", free - left);
+            }
+            Err(e) => log::debug!("The job store's free pages were not given back now: {e}"),
         }
     }
 
