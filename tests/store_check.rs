@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use support::lifecycle::{drain_url, submit, wait_collected, wait_healthy};
 use support::{
-    get_bytes, get_json, post, temp_dir, untar_gz_into, write_workers_json, Coordinator,
-    FakeWorker, Form,
+    check_state_dir, get_bytes, get_json, post, temp_dir, untar_gz_into, write_workers_json,
+    Coordinator, FakeWorker, Form,
 };
 use trusted_pool::base::config::FsyncMode;
 use trusted_pool::base::job::{Job, PoolStatus};
@@ -105,22 +105,6 @@ fn a_large_store_is_checked_while_serving_and_a_corrupted_one_stops_the_coordina
     assert!(logs.contains("jobs.db"), "{logs}");
 }
 
-/// Runs `trusted-pool check --state-dir DIR`: its exit code, stdout and stderr.
-fn check_state(dir: &Path) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
-        .arg("check")
-        .arg("--state-dir")
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the check: {e}"));
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr),
-    )
-}
-
 /// The names and sizes of the files under `dir`.
 fn listing(dir: &Path) -> Vec<(String, u64)> {
     let mut files = Vec::new();
@@ -169,7 +153,7 @@ fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
     let on_disk: Vec<String> = (7..9).map(|n| submit(&coordinator, &padded(n))).collect();
     let in_row = submit(&coordinator, &small(9));
 
-    let (code, _, err) = check_state(&coordinator.state_dir());
+    let (code, _, err) = check_state_dir(&coordinator.state_dir());
     assert_eq!(code, Some(1), "{err}");
     let pid = coordinator.pid();
     assert!(
@@ -183,7 +167,7 @@ fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
     let state = dir.path().join("state");
     untar_gz_into(&archive, &state);
     let before = listing(&state);
-    let (code, out, err) = check_state(&state);
+    let (code, out, err) = check_state_dir(&state);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("jobs: 6 in all: 3 completed, 3 queued"),
@@ -213,7 +197,7 @@ fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
             }
         }
     }
-    let (code, out, err) = check_state(&state);
+    let (code, out, err) = check_state_dir(&state);
     assert_eq!(code, Some(1), "{out}{err}");
     for id in &finished {
         assert!(

@@ -1,7 +1,6 @@
 //! Who is calling: the client key of a request (`Authorization: Bearer KEY`), checked against
 //! `--api-keys`, and what that caller may see. Every route except `/health` and `/ready` calls
-//! [`authorize`];
-//! routes for operators add [`admin_only`]; a route about one job looks it up with
+//! [`authorize`]; routes for operators add [`admin_only`]; a route about one job looks it up with
 //! [`visible_job`], which answers "no such job" for another key's job exactly as for an unknown id.
 //!
 //! Without `--api-keys` the coordinator is open: every request is an anonymous admin.

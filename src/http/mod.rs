@@ -1,7 +1,7 @@
 //! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and
 //! errors, the JSON views, the submit upload, outputs and logs, job followers, sandrun's own
-//! client API and CORS, the Prometheus metrics, the dashboard, the state directory's snapshot. May import `pool`, `state`,
-//! `worker`, `store` and `base`.
+//! client API and CORS, the Prometheus metrics, the dashboard, the state directory's snapshot.
+//! May import `pool`, `state`, `worker`, `store` and `base`.
 
 pub mod auth;
 pub mod cors;

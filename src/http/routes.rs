@@ -104,7 +104,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 /// Whether `request` is served on its connection's own thread (`http/server.rs`), without a
 /// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
 /// `?wait=`, and downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`;
-/// read from the collected results, or streamed from the worker within `--threads` at once)
+/// read from the collected results, or streamed from the worker within `--threads` at once),
 /// a job's archive (`/download/{id}`) and the state directory's snapshot (`/snapshot`). A client
 /// that reads a large answer slowly holds its own thread only.
 pub fn is_quick(request: &Request) -> bool {

@@ -63,14 +63,8 @@ impl DirLock {
             .truncate(false)
             .open(dir.join(LOCK_FILE))
             .map_err(io_error)?;
-        // SAFETY: flock on a file descriptor this function owns; no memory is passed.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(DirLockError::InUse(dir.to_path_buf(), holder(&mut file)));
-            }
-            return Err(io_error(e));
+        if !try_flock(&file, libc::LOCK_EX).map_err(io_error)? {
+            return Err(DirLockError::InUse(dir.to_path_buf(), holder(&mut file)));
         }
         file.set_len(0)
             .and_then(|()| file.rewind())
@@ -88,14 +82,20 @@ pub fn holder_of(dir: &Path) -> io::Result<Option<Option<u32>>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    // SAFETY: flock on a file descriptor this function owns; no memory is passed. A shared
-    // lock is refused while the coordinator holds its exclusive one, and let go on close.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-        return Ok(None);
+    // A shared lock is refused while the coordinator holds its exclusive one; let go on close.
+    Ok((!try_flock(&file, libc::LOCK_SH)?).then(|| holder(&mut file)))
+}
+
+/// Takes `file`'s `flock` of kind `operation` without waiting: false while another process
+/// holds a lock that conflicts.
+fn try_flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
+    // SAFETY: flock on a file descriptor `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
+        return Ok(true);
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(Some(holder(&mut file)));
+        return Ok(false);
     }
     Err(e)
 }

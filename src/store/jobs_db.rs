@@ -470,11 +470,7 @@ pub struct DeferredCheck {
 impl DeferredCheck {
     /// Runs the check on a read-only connection of its own (the writer goes on meanwhile).
     pub fn run(self) -> Result<(), StoreError> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| corrupt(&self.path, &e))?;
+        let conn = open_read_only(&self.path).map_err(|e| corrupt(&self.path, &e))?;
         conn.execute_batch("PRAGMA cache_size = -256")?;
         quick_check(&conn, &self.path)
     }
@@ -483,6 +479,33 @@ impl DeferredCheck {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A read-only connection of its own to the store at `path` (readers, checks, copies: the
+/// writer goes on meanwhile).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// The schema version of the store at `path` on `conn`: `Newer` when a later build wrote it,
+/// `Foreign` when it is negative (0 is a store not made yet).
+pub fn stored_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, &e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Newer(path.to_path_buf(), version));
+    }
+    if version < 0 {
+        return Err(StoreError::Foreign(
+            path.to_path_buf(),
+            format!("schema version {version}"),
+        ));
+    }
+    Ok(version)
 }
 
 /// SQLite's `quick_check` of the store at `path` on `conn`: `Corrupt` when it finds damage.
@@ -740,10 +763,7 @@ impl JobStore {
                 format!("{} is not a UTF-8 path", target.display()),
             ))
         })?;
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open_read_only(&self.path)?;
         conn.busy_timeout(LOCK_WAIT)?;
         conn.execute_batch("PRAGMA cache_size = -256")?;
         conn.execute("VACUUM INTO ?1", [target])?;
@@ -755,10 +775,7 @@ impl JobStore {
         if let Some(conn) = lock(&self.readers).pop() {
             return Ok(conn);
         }
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open_read_only(&self.path)?;
         // A read touches a handful of pages (a listing page a few dozen): a small cache keeps
         // memory flat.
         conn.execute_batch("PRAGMA cache_size = -128")?;
@@ -904,18 +921,7 @@ fn synchronous_of(mode: FsyncMode) -> &'static str {
 /// schema created when new. Returns the connection, the settled counts and the unsettled jobs.
 fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     let conn = Connection::open(path)?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| corrupt(path, &e))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Newer(path.to_path_buf(), version));
-    }
-    if version < 0 {
-        return Err(StoreError::Foreign(
-            path.to_path_buf(),
-            format!("schema version {version}"),
-        ));
-    }
+    let version = stored_version(&conn, path)?;
     if version == 0 {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))

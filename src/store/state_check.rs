@@ -10,13 +10,11 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
-
 use crate::base::job::{Collection, PoolStatus, Span};
 use crate::base::paths::is_safe_component;
 use crate::store::dir_lock::holder_of;
 use crate::store::jobs_db::{
-    corrupt, parse_record, quick_check, StoreError, DB_FILE, SCHEMA_VERSION,
+    corrupt, open_read_only, parse_record, quick_check, stored_version, StoreError, DB_FILE,
 };
 
 /// The problems a report names one by one; the rest are counted.
@@ -138,19 +136,10 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
     if !path.is_file() {
         return Err(StateCheckError::NoStore(dir.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| corrupt(&path, &e))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| corrupt(&path, &e))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Newer(path, version).into());
-    }
-    if version < 1 {
-        let why = format!("schema version {version}");
+    let conn = open_read_only(&path).map_err(|e| corrupt(&path, &e))?;
+    let version = stored_version(&conn, &path)?;
+    if version == 0 {
+        let why = "schema version 0".to_string();
         return Err(StoreError::Foreign(path, why).into());
     }
     quick_check(&conn, &path)?;

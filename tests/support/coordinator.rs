@@ -324,3 +324,19 @@ fn status_number(status: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
     line.split_whitespace().next()?.parse().ok()
 }
+
+/// Runs `trusted-pool check --state-dir DIR`: its exit code, stdout and stderr.
+pub fn check_state_dir(dir: &Path) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .arg("check")
+        .arg("--state-dir")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the check: {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}

@@ -27,7 +27,7 @@ mod util;
 pub use self::{
     black_hole::BlackHole,
     client::{get, get_bytes, get_json, post, post_json, post_multipart, send, send_with, Reply},
-    coordinator::{workers_dir, write_workers_json, Coordinator},
+    coordinator::{check_state_dir, workers_dir, write_workers_json, Coordinator},
     fake_worker::FakeWorker,
     form::Form,
     sandrun::control::{ReceivedFile, ReceivedJob},
