@@ -1,5 +1,6 @@
 //! Slow and hostile clients against the real binary: stalled uploads and stalled headers do not
-//! hold the coordinator, and each connection limit answers its status code.
+//! hold the coordinator, each connection limit answers its status code, and running out of
+//! descriptors or threads refuses connections with 503 until they free up.
 
 mod support;
 
@@ -476,4 +477,240 @@ fn a_keep_alive_request_after_a_long_slow_upload_gets_its_full_timeout() {
     let rest = read_to_close(&mut s, DEADLINE).expect("second answer");
     let second = rest.trim_start_matches(|c: char| c != 'H');
     assert_eq!(status_of(second), 200, "{rest:?}");
+}
+
+/// A coordinator started with an open-file limit of `soft` (hard limit `hard`), as under a
+/// shell's `ulimit -n`; with the temp dir it runs in.
+fn start_with_open_files(
+    worker: &FakeWorker,
+    soft: u64,
+    hard: u64,
+) -> (tempfile::TempDir, Coordinator) {
+    use std::os::unix::process::CommandExt;
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let coordinator = Coordinator::try_start_in_with(dir.path(), &[], |command| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: the child only calls setrlimit, which is async-signal-safe, before exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    (dir, coordinator)
+}
+
+/// `GET /health` succeeds within `deadline` (connections may be refused meanwhile).
+fn healthy_again(coordinator: &Coordinator, deadline: Duration) -> bool {
+    poll_until(deadline, || {
+        let reply = send("GET", &coordinator.url("/health"), None).ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .is_some()
+}
+
+/// How often the coordinator logged `needle`.
+fn logged(coordinator: &Coordinator, needle: &str) -> usize {
+    coordinator.logs().matches(needle).count()
+}
+
+/// A new connection is answered `503 too many connections` at once.
+fn refused_at_once(coordinator: &Coordinator) {
+    let mut late = stalled(coordinator, b"GET /health HTTP/1.1\r\nHost: pool\r\n\r\n");
+    let started = Instant::now();
+    let answer = read_to_close(&mut late, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    assert!(started.elapsed() < AT_ONCE, "{:?}", started.elapsed());
+}
+
+/// Once the spell is over, the coordinator serves again and runs a job with an upload; it
+/// logged the spell of `error` once or a few times, not once per refused connection.
+/// Returns the job's id.
+fn serves_again_after_one_spell(coordinator: &Coordinator, error: &str) -> String {
+    assert!(
+        healthy_again(coordinator, DEADLINE),
+        "never served again after the spell:\n{}",
+        coordinator.logs()
+    );
+    let id = submit(coordinator, &upload_job());
+    wait_collected(coordinator, &id, DEADLINE);
+    let spells = logged(coordinator, &format!("Cannot serve a connection: {error}"));
+    assert!((1..=3).contains(&spells), "{}", coordinator.logs());
+    assert!(
+        logged(coordinator, "Serving connections again") >= 1,
+        "{}",
+        coordinator.logs()
+    );
+    id
+}
+
+/// A job whose 100 KiB upload is read on an upload thread (not with its headers).
+fn upload_job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hello')\n")
+        .file("pad.bin", "application/octet-stream", &[7u8; 100 << 10])
+        .manifest(r#"{"entrypoint": "main.py"}"#)
+}
+
+#[test]
+fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
+    let worker = FakeWorker::start();
+    let (_dir, coordinator) = start_with_open_files(&worker, 96, 96);
+    assert!(
+        coordinator
+            .logs()
+            .contains("The open-file limit (96) leaves room for about"),
+        "{}",
+        coordinator.logs()
+    );
+    // Idle connections use the descriptors up; the later ones are refused with 503.
+    let held: Vec<_> = (0..80).map(|_| stalled(&coordinator, b"")).collect();
+    thread::sleep(Duration::from_millis(300));
+    refused_at_once(&coordinator);
+    drop(held);
+    // 0.12.0's accept loop ended at the first EMFILE: the server never answered again.
+    serves_again_after_one_spell(&coordinator, "Too many open files");
+}
+
+#[test]
+fn a_low_open_file_limit_is_raised_to_its_hard_limit() {
+    // A hard limit above the test's own would need privileges; 4096 or the test's own.
+    // SAFETY: getrlimit writes into the zeroed struct we own.
+    let mut own: libc::rlimit = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    let hard = own.rlim_max.min(4096);
+    if hard < 1024 {
+        eprintln!("SKIPPED: this process may not open 1024 files (hard limit {hard})");
+        return;
+    }
+    let worker = FakeWorker::start();
+    let (_dir, coordinator) = start_with_open_files(&worker, 64, hard);
+    let logs = coordinator.logs();
+    assert!(
+        logs.contains(&format!("Open-file limit raised from 64 to {hard}")),
+        "{logs}"
+    );
+    let (status, metrics) = get(&coordinator.url("/metrics"));
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("process_max_fds {hard}")),
+        "{metrics}"
+    );
+    // 100 idle connections fit now; under 64 descriptors they would not.
+    let held: Vec<_> = (0..100).map(|_| stalled(&coordinator, b"")).collect();
+    thread::sleep(Duration::from_millis(300));
+    answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
+    drop(held);
+    assert_eq!(logged(&coordinator, "Cannot serve a connection"), 0);
+}
+
+/// A pids cgroup (v1 or v2) holding one process, so that the threads it may start can be
+/// capped; the process is moved back and the cgroup removed when dropped.
+struct ThreadLimit {
+    dir: std::path::PathBuf,
+    parent_procs: std::path::PathBuf,
+}
+
+impl ThreadLimit {
+    /// Moves `pid` into a new pids cgroup; `None` (with why) where that cannot be done here.
+    fn around(pid: u32) -> Result<ThreadLimit, String> {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1
+        } else {
+            let controllers = std::fs::read_to_string(v2.join("cgroup.controllers"))
+                .map_err(|e| format!("no pids cgroup controller: {e}"))?;
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                return Err("no pids cgroup controller".to_string());
+            }
+            std::fs::write(v2.join("cgroup.subtree_control"), "+pids")
+                .map_err(|e| format!("cannot enable the pids controller: {e}"))?;
+            v2
+        };
+        let dir = base.join(format!("trusted-pool-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot make a cgroup: {e}"))?;
+        let limit = ThreadLimit {
+            dir,
+            parent_procs: base.join("cgroup.procs"),
+        };
+        std::fs::write(limit.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("cannot move the coordinator into a cgroup: {e}"))?;
+        Ok(limit)
+    }
+
+    /// The threads of the processes in it now.
+    fn threads(&self) -> u64 {
+        let current = std::fs::read_to_string(self.dir.join("pids.current")).unwrap_or_default();
+        current.trim().parse().expect("pids.current")
+    }
+
+    /// Caps the threads at `max` (`None`: no cap).
+    fn cap(&self, max: Option<u64>) {
+        let max = max.map_or("max".to_string(), |m| m.to_string());
+        std::fs::write(self.dir.join("pids.max"), max).expect("pids.max");
+    }
+}
+
+impl Drop for ThreadLimit {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(&self.parent_procs, pid);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn without_threads_to_start_requests_are_refused_with_503_and_serving_resumes() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let done = submit(&coordinator, &small_job());
+    wait_collected(&coordinator, &done, DEADLINE);
+    let limit = match ThreadLimit::around(coordinator.pid()) {
+        Ok(limit) => limit,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}; the thread-exhaustion test did not run");
+            return;
+        }
+    };
+    // Not one more thread: the idle connection threads still serve quick requests.
+    limit.cap(Some(limit.threads()));
+    assert!(
+        healthy_again(&coordinator, DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    // An upload needs an upload thread, a follower its own thread: each is refused with 503.
+    let (status, body) = post_multipart(&coordinator.url("/submit"), &upload_job());
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no thread to read the upload"), "{body}");
+    let (status, body) = get(&coordinator.url(&format!("/logs/{done}?follow=1")));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no thread to follow the job"), "{body}");
+    // Connections beyond the idle connection threads are refused with 503.
+    let held: Vec<_> = (0..40)
+        .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    refused_at_once(&coordinator);
+
+    limit.cap(None);
+    drop(held);
+    // 0.12.0's accept loop panicked when it could not start a thread: never served again.
+    let id = serves_again_after_one_spell(&coordinator, "Resource temporarily unavailable");
+    let (status, body) = get(&coordinator.url(&format!("/logs/{id}?follow=1")));
+    assert_eq!(status, 200, "{body}");
 }

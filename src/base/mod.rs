@@ -1,13 +1,14 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
 //! locking and slots, log lines of lasting failures held to one a minute, a sleeping queue
-//! between threads, the reusable thread cache, the process's own figures, giving free heap
-//! pages back, hex digits, and TLS settings from PEM files.
+//! between threads, the reusable thread cache, the process's own figures and open-file limit,
+//! giving free heap pages back, hex digits, and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
 pub mod api_keys;
 pub mod clock;
 pub mod config;
+pub mod fd_limit;
 pub mod file_kinds;
 pub mod heap;
 pub mod hex;

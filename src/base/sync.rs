@@ -1,5 +1,6 @@
-//! Locking that survives a panic (every shared table recovers a poisoned mutex), and slots:
-//! a limited number of things at once, counted without a lock.
+//! Locking that survives a panic (every shared table recovers a poisoned mutex), slots: a
+//! limited number of things at once, counted without a lock, and parcels: a value handed to a
+//! thread that may never start.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,5 +29,26 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A value handed to a task on another thread, that its sender can take back when the thread
+/// could not be started (a request to answer with an error instead).
+pub struct Parcel<T>(Arc<Mutex<Option<T>>>);
+
+impl<T> Parcel<T> {
+    /// Wraps `value`; [`Parcel::share`] gives the task its own handle.
+    pub fn new(value: T) -> Self {
+        Parcel(Arc::new(Mutex::new(Some(value))))
+    }
+
+    /// Another handle on the same value.
+    pub fn share(&self) -> Self {
+        Parcel(Arc::clone(&self.0))
+    }
+
+    /// The value, to whichever handle takes it first.
+    pub fn take(&self) -> Option<T> {
+        lock(&self.0).take()
     }
 }

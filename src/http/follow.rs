@@ -6,7 +6,7 @@
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
-use crate::base::sync::Slot;
+use crate::base::sync::{Parcel, Slot};
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::pool::announce::{final_lines, output_lines};
@@ -116,12 +116,26 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
     let hider = (!admin).then(|| TextHider::new(Arc::clone(ctx), id));
     let ctx = Arc::clone(ctx);
     Reply::Handoff(Box::new(move |request: Request| {
+        let parcel = Parcel::new(request);
+        let thread_parcel = parcel.share();
         let spawned = thread::Builder::new()
             .name("follower".to_string())
             .stack_size(FOLLOWER_STACK)
-            .spawn(move || serve(&ctx, request, wire, plan, hider));
-        if let Err(e) = spawned {
-            log::error!("Cannot start a follower thread: {e}");
+            .spawn(move || {
+                if let Some(request) = thread_parcel.take() {
+                    serve(&ctx, request, wire, plan, hider);
+                }
+            });
+        let Err(e) = spawned else {
+            return Ok(());
+        };
+        log::error!("Cannot start a follower thread: {e}");
+        match parcel.take() {
+            Some(request) => Err(Box::new((
+                request,
+                format!("no thread to follow the job ({e}); retry shortly"),
+            ))),
+            None => Ok(()),
         }
     }))
 }

@@ -47,11 +47,15 @@ pub enum Reply {
         /// Whether the caller may see the worker's own job id.
         admin: bool,
     },
-    /// The connection is handed over (a follower writes its own answer on it).
-    Handoff(Box<dyn FnOnce(tiny_http::Request) + Send>),
+    /// The connection is handed over (a follower writes its own answer on it). A hand-off that
+    /// cannot take it gives the request back with why, and it is answered 503.
+    Handoff(Box<dyn FnOnce(tiny_http::Request) -> Result<(), HandoffRefused> + Send>),
     /// A status without a body (a redirect's `Location` goes in `WithHeaders`).
     Empty(u16),
 }
+
+/// A request a hand-off gave back, and why it could not take it.
+pub type HandoffRefused = Box<(tiny_http::Request, String)>;
 
 /// Builds a JSON error reply `{"error": message}`.
 pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {

@@ -11,7 +11,7 @@
 //! another thread, and a submit waiting for its job's commit holds no handler (more submits
 //! waiting together make bigger group commits).
 
-use crate::base::sync::Slot;
+use crate::base::sync::{Parcel, Slot};
 use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
 use crate::http::replies::{error_reply, retry_after, Reply};
@@ -63,10 +63,20 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             extra,
         ),
         Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes, extra),
-        Reply::Handoff(take) => {
-            take(request);
-            Ok(())
-        }
+        Reply::Handoff(take) => match take(request) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let (request, why) = *refused;
+                extra.extend(header("Retry-After", "1"));
+                let body = serde_json::json!({ "error": why });
+                respond_json(
+                    request,
+                    503,
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                    extra,
+                )
+            }
+        },
         Reply::Text {
             status,
             content_type,
@@ -266,12 +276,21 @@ impl Uploads {
     /// Serves `request` on an upload thread, holding `slot` until it is answered.
     fn run(&self, ctx: &Arc<Context>, handler: Handler, request: Request, slot: Slot) {
         let task_ctx = Arc::clone(ctx);
+        let parcel = Parcel::new(request);
+        let task_parcel = parcel.share();
         let task = Box::new(move || {
             let _slot = slot;
-            serve_one(&task_ctx, handler, None, request);
+            if let Some(request) = task_parcel.take() {
+                serve_one(&task_ctx, handler, None, request);
+            }
         });
         if let Err(e) = self.threads.run(task) {
             log::error!("Could not start an upload thread: {e}");
+            if let Some(mut request) = parcel.take() {
+                request.close_after_response();
+                let why = format!("no thread to read the upload ({e}); retry shortly");
+                respond(ctx, request, retry_after(1, error_reply(503, why)));
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::ServeConfig;
+use crate::base::fd_limit;
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
@@ -79,6 +80,7 @@ impl std::error::Error for ServeError {}
 fn init_logging(level: LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .add_filter_allow_str("trusted_pool")
+        .add_filter_allow_str("tiny_http")
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .build();
@@ -125,6 +127,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
+    check_open_file_limit(config.max_connections);
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
@@ -310,6 +313,32 @@ fn control(
 }
 
 /// The key names of a set, for the log (never the keys nor their hashes).
+/// Raises the open-file limit to its hard limit, and warns when fewer client connections than
+/// `max_connections` fit under it (beyond that, new connections are refused with 503).
+fn check_open_file_limit(max_connections: usize) {
+    let limit = match fd_limit::raise() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("Cannot read or raise the open-file limit: {e}");
+            return;
+        }
+    };
+    if limit.now > limit.was {
+        log::info!(
+            "Open-file limit raised from {} to {} (its hard limit)",
+            limit.was,
+            limit.now
+        );
+    }
+    if limit.connections() < max_connections as u64 {
+        log::warn!(
+            "The open-file limit ({}) leaves room for about {} client connections, fewer than --max-connections {max_connections}: beyond that, new connections are refused with 503. Raise the limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower --max-connections",
+            limit.now,
+            limit.connections()
+        );
+    }
+}
+
 fn key_names(keys: &api_keys::KeySet) -> String {
     let names: Vec<&str> = keys.keys().iter().map(|k| k.name.as_str()).collect();
     names.join(", ")

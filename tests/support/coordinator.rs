@@ -111,8 +111,21 @@ impl Coordinator {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Coordinator, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
-            .envs(env.iter().copied())
+        Coordinator::try_start_in_with(dir, extra_args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// Like `try_start_in`, with the command set up by `setup` first (its environment, or what
+    /// the process does before it starts).
+    pub fn try_start_in_with(
+        dir: &Path,
+        extra_args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Coordinator, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trusted-pool"));
+        setup(&mut command);
+        let mut child = command
             .args(["--port", "0", "--bind", "127.0.0.1", "--workers"])
             .arg(dir.join("workers.json"))
             .arg("--state-dir")

@@ -122,6 +122,22 @@ impl Connection {
         }
     }
 
+    /// Patched: one write on the raw connection (the answer to a refused connection).
+    pub(crate) fn write_once(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write;
+        match self {
+            Self::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.write(bytes)
+            }
+            #[cfg(unix)]
+            Self::Unix(s) => {
+                let mut s: &unix_net::UnixStream = s;
+                s.write(bytes)
+            }
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -224,20 +224,19 @@ impl Drop for LiveConnection {
     }
 }
 
-/// Patched: closes a connection beyond the limit, with a 503 when it speaks plain HTTP (one
-/// non-blocking write into the fresh socket's empty buffer, so the accept loop never waits).
-fn refuse(sock: Connection, secure: bool) {
-    use std::io::Write;
+/// Patched: closes a connection it cannot serve (beyond the limit, or without a descriptor or a
+/// thread for it), with a 503 when it speaks plain HTTP (one non-blocking write into the fresh
+/// socket's empty buffer, so the accept loop never waits).
+fn refuse(sock: &Connection, secure: bool) {
     if !secure && sock.set_nonblocking(true).is_ok() {
         let body = "{\"error\":\"too many connections; retry shortly\"}\n";
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let mut sock = sock;
-        let _ = sock.write(answer.as_bytes());
-        let _ = sock.shutdown(Shutdown::Write);
+        let _ = sock.write_once(answer.as_bytes());
     }
+    let _ = sock.shutdown(Shutdown::Write);
 }
 
 impl Server {
@@ -323,14 +322,16 @@ impl Server {
             // Patched: connections being read by a pool thread, at most `limits.max_connections`.
             let live = Arc::new(AtomicUsize::new(0));
 
+            // Patched: a failed accept is waited out, never the end of the loop.
+            let mut trouble = util::AcceptTrouble::new();
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
+                let (client, refusal) = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         // Patched: beyond the limit a connection is refused, not given a thread.
                         if live.load(Acquire) >= limits.max_connections {
-                            refuse(sock, ssl.is_some());
+                            refuse(&sock, ssl.is_some());
                             continue;
                         }
                         // Patched: headers and body go out in separate writes; without
@@ -341,11 +342,16 @@ impl Server {
                         // Patched: a silent client is dropped after `client_timeout`.
                         let _ = sock.set_read_timeout(limits.client_timeout);
                         let _ = sock.set_write_timeout(limits.client_timeout);
+                        // Patched: out of descriptors here, the connection is refused.
                         let control = match sock.try_clone() {
                             Ok(c) => Arc::new(c),
-                            Err(_) => continue,
+                            Err(e) => {
+                                refuse(&sock, ssl.is_some());
+                                trouble.refused(&e);
+                                continue;
+                            }
                         };
-                        let (read_closable, write_closable) = match ssl {
+                        let split = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(feature = "ssl-rustls")]
                             Some(ref ssl) => {
@@ -361,60 +367,75 @@ impl Server {
                             #[cfg(not(feature = "ssl-rustls"))]
                             Some(ref never) => match **never {},
                         };
+                        let (read_closable, write_closable) = match split {
+                            Ok(halves) => halves,
+                            Err(e) => {
+                                refuse(&control, ssl.is_some());
+                                trouble.refused(&e);
+                                continue;
+                            }
+                        };
 
-                        Ok(ClientConnection::new(
+                        let refusal = Arc::clone(&control);
+                        let client = ClientConnection::new(
                             write_closable,
                             read_closable,
                             control,
                             limits.client_timeout,
-                        ))
+                        );
+                        (client, refusal)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        trouble.failed(&e, &server, |sock| refuse(&sock, ssl.is_some()));
+                        continue;
+                    }
                 };
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let inline = Arc::clone(&inside_inline);
-                        let mut client = Some(client);
-                        let mut counted = Some(LiveConnection::new(&live));
-                        tasks_pool.spawn(Box::new(move || {
-                            let _counted = counted.take();
-                            // Patched: a request the inline handler serves is not queued.
-                            let queue = |rq: Request| {
-                                let rq = match inline.get() {
-                                    Some(serve) => serve(rq),
-                                    None => Some(rq),
-                                };
-                                if let Some(rq) = rq {
-                                    messages.push(rq.into());
-                                }
-                            };
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        queue(rq.with_notify_sender(sender.clone()));
-                                        // Patched: no unwrap (the request sends when answered
-                                        // or dropped; a closed channel ends the connection).
-                                        if receiver.recv().is_err() {
-                                            break;
-                                        }
-                                    }
-                                } else {
-                                    for rq in client {
-                                        queue(rq);
-                                    }
+                let messages = inside_messages.clone();
+                let inline = Arc::clone(&inside_inline);
+                let mut client = Some(client);
+                let mut counted = Some(LiveConnection::new(&live));
+                // Patched: without a thread for it, the connection is refused.
+                let spawned = tasks_pool.spawn(Box::new(move || {
+                    let _counted = counted.take();
+                    // Patched: a request the inline handler serves is not queued.
+                    let queue = |rq: Request| {
+                        let rq = match inline.get() {
+                            Some(serve) => serve(rq),
+                            None => Some(rq),
+                        };
+                        if let Some(rq) = rq {
+                            messages.push(rq.into());
+                        }
+                    };
+                    if let Some(client) = client.take() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        if client.secure() {
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                queue(rq.with_notify_sender(sender.clone()));
+                                // Patched: no unwrap (the request sends when answered
+                                // or dropped; a closed channel ends the connection).
+                                if receiver.recv().is_err() {
+                                    break;
                                 }
                             }
-                        }));
+                        } else {
+                            for rq in client {
+                                queue(rq);
+                            }
+                        }
                     }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                }));
+                match spawned {
+                    Ok(()) => trouble.served(),
+                    Err((e, task)) => {
+                        refuse(&refusal, ssl.is_some());
+                        drop(task);
+                        trouble.refused(&e);
                     }
                 }
             }

@@ -1,8 +1,12 @@
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
+
+/// A connection's work, run on a pool thread.
+pub type Task = Box<dyn FnMut() + Send>;
 
 /// Manages a collection of threads.
 ///
@@ -14,7 +18,7 @@ pub struct TaskPool {
 
 struct Sharing {
     // list of the tasks to be done by worker threads
-    todo: Mutex<VecDeque<Box<dyn FnMut() + Send>>>,
+    todo: Mutex<VecDeque<Task>>,
 
     // condvar that will be notified whenever a task is added to `todo`
     condvar: Condvar,
@@ -58,7 +62,9 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            if let Err(e) = pool.add_thread() {
+                log::error!("Cannot start a connection thread: {e}");
+            }
         }
 
         pool
@@ -66,34 +72,42 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
+    ///
+    /// Patched: when no thread can be started (the process or its cgroup is at its thread
+    /// limit, or out of memory), gives the function back with the error instead of panicking,
+    /// so that its caller can answer the connection it holds before dropping it.
+    pub fn spawn(&self, code: Task) -> Result<(), (io::Error, Task)> {
+        let mut queue = self
+            .sharing
+            .todo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
 
         // Patched: a waiting thread only stops counting as waiting once it wakes, so compare with
         // the tasks already queued for the waiting threads; the original compared with zero and
         // left connections queued behind long-lived keep-alive connections.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
-        } else {
-            queue.push_back(code);
-            self.sharing.condvar.notify_one();
+            if let Err(e) = self.add_thread() {
+                return Err((e, code));
+            }
         }
+        queue.push_back(code);
+        self.sharing.condvar.notify_one();
+        Ok(())
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    /// Starts a thread that runs queued tasks (patched: it no longer gets a first task of its
+    /// own; `spawn` queues that task before starting it).
+    fn add_thread(&self) -> io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
-            if let Some(mut f) = initial_fn {
-                f();
-            }
-
             loop {
-                let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                let mut task: Task = {
+                    let mut todo = sharing.todo.lock().unwrap_or_else(PoisonError::into_inner);
 
                     let task;
                     loop {
@@ -105,13 +119,16 @@ impl TaskPool {
 
                         let received =
                             if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 true
                             } else {
                                 let (new_lock, waitres) = sharing
                                     .condvar
                                     .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 todo = new_lock;
                                 !waitres.timed_out()
                             };
@@ -127,6 +144,7 @@ impl TaskPool {
                 task();
             }
         });
+        spawned.map(|_| ())
     }
 }
 
