@@ -1602,6 +1602,168 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     assert!(support::untar_gz(&archive).contains_key("jobs.db"));
 }
 
+/// A loop-mounted ext4 image that goes read-only at its first error (`errors=remount-ro`), as
+/// a board's SD card does; unmounted when dropped.
+struct Ext4Disk {
+    image: std::path::PathBuf,
+    mount: Option<Mount>,
+    at: std::path::PathBuf,
+}
+
+impl Ext4Disk {
+    /// A 32 MiB ext4 image in `dir`, mounted at `at`; `None`, with the reason printed, where
+    /// the machine does not allow it (not root, no loop devices, no `mkfs.ext4`).
+    fn mounted(dir: &Path, at: &Path) -> Option<Ext4Disk> {
+        let image = dir.join("disk.img");
+        let file = fs::File::create(&image).unwrap_or_else(|e| panic!("{e}"));
+        file.set_len(32 << 20).unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir_all(at).unwrap_or_else(|e| panic!("{e}"));
+        let made = quiet("mkfs.ext4", &["-q", "-F"], &image);
+        let mut disk = Ext4Disk {
+            image,
+            mount: None,
+            at: at.to_path_buf(),
+        };
+        if !made || !disk.mount() {
+            eprintln!(
+                "SKIPPED: cannot make and loop-mount an ext4 image here (needs root, loop devices \
+                 and mkfs.ext4); the read-only disk test did not run"
+            );
+            return None;
+        }
+        Some(disk)
+    }
+
+    fn mount(&mut self) -> bool {
+        let mounted = std::process::Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(&self.at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            self.mount = Some(Mount(self.at.clone()));
+        }
+        mounted
+    }
+
+    /// Makes ext4 record an error, which remounts it read-only; false where the kernel has no
+    /// `trigger_fs_error`.
+    fn fail(&self) -> bool {
+        let source = std::process::Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.at)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let Some(device) = source.strip_prefix("/dev/") else {
+            return false;
+        };
+        fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "test").is_ok()
+    }
+
+    /// Unmounts it, repairs it with `e2fsck` and mounts it again.
+    fn repair(&mut self) {
+        drop(self.mount.take());
+        assert!(
+            quiet("e2fsck", &["-f", "-y"], &self.image),
+            "e2fsck could not repair the image"
+        );
+        assert!(self.mount(), "the repaired image did not mount");
+    }
+}
+
+/// Runs `program args path` silently; true when it succeeded (`e2fsck` exits 1 after fixing).
+fn quiet(program: &str, args: &[&str], path: &Path) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| {
+            s.code()
+                .is_some_and(|c| c == 0 || (program == "e2fsck" && c == 1))
+        })
+}
+
+/// The state directory's disk goes read-only under a running coordinator (ext4 after an I/O
+/// error, as a failing SD card): a submit, small or large, is refused with 503 and a message
+/// that says why, nothing is acknowledged that could be lost, what is stored keeps being
+/// served, and after a repair and a restart every acknowledged job is there.
+#[test]
+fn a_state_directory_that_goes_read_only_refuses_submits_with_503_and_keeps_serving() {
+    let dir = support::temp_dir();
+    let state = dir.path().join("state");
+    let Some(mut disk) = Ext4Disk::mounted(dir.path(), &state) else {
+        return;
+    };
+    let worker = FakeWorker::start();
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    let args = ["--upload-memory-bytes", "0"];
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
+    let done = submit(&coordinator, &job("before"));
+    let before = wait_collected(&coordinator, &done, DEADLINE);
+    let (code, output) = get_bytes(&coordinator.url(&format!("/outputs/{done}/result.txt")));
+    assert_eq!(code, 200);
+    if !disk.fail() {
+        eprintln!("SKIPPED: no ext4 trigger_fs_error here; the read-only disk test did not run");
+        return;
+    }
+    let padding = vec![b'#'; 100 * 1024];
+    let large = job("large").file("pad.txt", "text/plain", &padding);
+    for form in [job("small"), large] {
+        let reply = submit_reply(&coordinator, &form);
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(reply.text().contains("read-only"), "{}", reply.text());
+        assert!(reply.text().contains("not accepted"), "{}", reply.text());
+        assert!(
+            reply
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("Retry-After")),
+            "{:?}",
+            reply.headers
+        );
+    }
+    let (code, status) = get_json(&coordinator.url(&format!("/status/{done}")));
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["pool_status"], before["pool_status"], "{status}");
+    let again = get_bytes(&coordinator.url(&format!("/outputs/{done}/result.txt")));
+    assert_eq!(again, (200, output.clone()));
+    let (code, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200, "{pool}");
+    let failing = pool["store"]["failing"].as_str().unwrap_or_default();
+    assert!(failing.contains("cannot be written"), "{pool}");
+    assert_eq!(get(&coordinator.url("/ready")).0, 503);
+    assert!(
+        coordinator.terminate(DEADLINE).is_some(),
+        "did not stop on SIGTERM"
+    );
+    drop(coordinator);
+
+    disk.repair();
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let (code, status) = get_json(&coordinator.url(&format!("/status/{done}")));
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    assert_eq!(
+        get_bytes(&coordinator.url(&format!("/outputs/{done}/result.txt"))),
+        (200, output)
+    );
+    let (_, listing) = get_json(&coordinator.url("/jobs"));
+    assert_eq!(
+        listing["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "only the acknowledged job: {listing}"
+    );
+    let ready = poll_until(DEADLINE, || {
+        (get(&coordinator.url("/ready")).0 == 200).then_some(())
+    });
+    assert!(ready.is_some(), "{}", coordinator.logs());
+}
+
 /// How many rows of the store at `db` have each status.
 fn stored_statuses(db: &Path) -> BTreeMap<String, u64> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;

@@ -10,7 +10,7 @@ use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::handoff::DEFERRAL;
-use crate::store::jobs_db::{Record, StoreError, Ticket};
+use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
 use multipart::server::Multipart;
@@ -64,10 +64,11 @@ impl UploadError {
             Self::TooLarge(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
+            Self::Spool(e) if is_unwritable_disk(e) => 503,
             Self::Spool(_) => 500,
             Self::Store(e) if e.is_full() => 507,
             Self::Store(StoreError::Closed) => 503,
-            Self::Store(e) if e.is_locked() => 503,
+            Self::Store(e) if e.is_locked() || e.is_unwritable() => 503,
             Self::Store(_) => 500,
             _ => 400,
         }
@@ -103,6 +104,10 @@ impl fmt::Display for UploadError {
                 f,
                 "the coordinator's state directory is full, the job was not accepted (nothing was kept); try again later: {e}"
             ),
+            Self::Spool(e) if is_unwritable_disk(e) => write!(
+                f,
+                "the coordinator's state directory cannot be written ({e}), the job was not accepted (nothing was kept); its disk fails or went read-only: submit elsewhere, or once the operator repaired it"
+            ),
             Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
             Self::Store(e) if e.is_full() => write!(
                 f,
@@ -111,6 +116,10 @@ impl fmt::Display for UploadError {
             Self::Store(e) if e.is_locked() => write!(
                 f,
                 "the coordinator could not record the job, it was not accepted (nothing was kept); try again in a few seconds: {e}"
+            ),
+            Self::Store(e) if e.is_unwritable() => write!(
+                f,
+                "the coordinator could not record the job, it was not accepted (nothing was kept); submit elsewhere, or once the operator repaired its disk: {e}"
             ),
             Self::Store(e) => write!(f, "the coordinator could not record the job, it was not accepted: {e}"),
         }

@@ -168,6 +168,8 @@ const CHECKPOINT_BLOCKED_WARN: Duration = Duration::from_secs(60);
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How an error of a store locked by another program begins (kept through [`Ticket`]s).
 const LOCKED: &str = "the job store is locked by another program";
+/// How an error of a disk that fails to write or went read-only begins.
+const UNWRITABLE: &str = "the state directory cannot be written";
 /// While no record comes, the store's caches and the heap's free pages go back to the system
 /// this often.
 const RELEASE_IDLE_EVERY: Duration = Duration::from_secs(5);
@@ -208,6 +210,8 @@ pub enum StoreFault {
     Full,
     /// Another program holds the store's write lock (503: try again).
     Locked,
+    /// The state directory's disk fails to write or went read-only (503: not here, not now).
+    Unwritable,
     /// Anything else (500).
     Other,
 }
@@ -217,7 +221,7 @@ impl StoreFault {
     pub fn http_status(self) -> u16 {
         match self {
             Self::Full => 507,
-            Self::Locked => 503,
+            Self::Locked | Self::Unwritable => 503,
             Self::Other => 500,
         }
     }
@@ -240,6 +244,8 @@ impl StoreError {
             StoreFault::Full
         } else if self.is_locked() {
             StoreFault::Locked
+        } else if self.is_unwritable() {
+            StoreFault::Unwritable
         } else {
             StoreFault::Other
         }
@@ -253,6 +259,28 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+impl StoreError {
+    /// True when the state directory's disk fails to write or went read-only (SQLite's I/O
+    /// error or read-only database, `EIO` or `EROFS`): a failing SD card, or a filesystem
+    /// remounted read-only after errors.
+    pub fn is_unwritable(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::SystemIoFailure | ErrorCode::ReadOnly)
+            ),
+            Self::Io(e) => is_unwritable_disk(e),
+            Self::Failed(why) => why.starts_with(UNWRITABLE),
+            _ => false,
+        }
+    }
+}
+
+/// True for the errors of a disk that fails to write or went read-only (`EIO`, `EROFS`).
+pub fn is_unwritable_disk(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EROFS))
 }
 
 /// SQLite's busy or locked: another connection holds the lock this one waited for.
@@ -290,6 +318,8 @@ impl fmt::Display for StoreError {
                  within {} s; only read the job store from outside: {e}",
                 LOCK_WAIT.as_secs()
             ),
+            Self::Sqlite(e) if self.is_unwritable() => write_unwritable(f, e),
+            Self::Io(e) if self.is_unwritable() => write_unwritable(f, e),
             Self::Sqlite(e) => write!(f, "the job store failed: {e}"),
             Self::Io(e) if self.is_full() => write!(f, "the state directory is full: {e}"),
             Self::Io(e) => write!(f, "syncing the state directory failed: {e}"),
@@ -297,6 +327,15 @@ impl fmt::Display for StoreError {
             Self::Failed(why) => write!(f, "{why}"),
         }
     }
+}
+
+/// The message of a disk that fails to write or went read-only, with what to do.
+fn write_unwritable(f: &mut fmt::Formatter<'_>, e: &dyn fmt::Display) -> fmt::Result {
+    write!(
+        f,
+        "{UNWRITABLE} ({e}): its disk fails or went read-only; see the system log (dmesg), \
+         repair the filesystem and restart the coordinator"
+    )
 }
 
 impl std::error::Error for StoreError {}
@@ -1917,6 +1956,23 @@ mod tests {
             retry: false,
             within: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn a_disk_that_fails_or_went_read_only_is_told_apart_from_a_full_or_locked_one() {
+        for errno in [libc::EIO, libc::EROFS] {
+            let e = StoreError::Io(io::Error::from_raw_os_error(errno));
+            assert_eq!(e.fault(), StoreFault::Unwritable, "{e}");
+            assert_eq!(e.fault().http_status(), 503);
+            assert!(e.to_string().contains("went read-only"), "{e}");
+            // As the writer's callbacks hear it.
+            let told = StoreError::Failed(e.to_string());
+            assert_eq!(told.fault(), StoreFault::Unwritable, "{told}");
+        }
+        let full = StoreError::Io(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.fault(), StoreFault::Full);
+        let other = StoreError::Io(io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(other.fault(), StoreFault::Other);
     }
 
     #[test]
