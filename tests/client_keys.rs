@@ -360,6 +360,29 @@ fn the_auth_matrix() {
     assert_eq!(snapshot.status, 200, "{}", snapshot.text());
     assert_eq!(snapshot.header("Content-Type"), Some("application/gzip"));
 
+    // Pausing submits is for admin keys; a submit key's submit is refused meanwhile.
+    for route in ["/submits/pause", "/submits/resume"] {
+        assert_401(&call(&coordinator, "POST", route, None), route);
+        let refused = call(&coordinator, "POST", route, Some(&alice));
+        assert_eq!(refused.status, 403, "{route}: {}", refused.text());
+    }
+    let paused = call(&coordinator, "POST", "/submits/pause", Some(&ops));
+    assert_eq!(paused.status, 200, "{}", paused.text());
+    assert_eq!(paused.json()["pause"]["by"], "ops", "{}", paused.text());
+    let refused = submit_as(&coordinator, Some(&alice), &job_form());
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let resumed = call(&coordinator, "POST", "/submits/resume", Some(&ops));
+    assert_eq!(
+        resumed.json()["pause_ended"]["refused_submits"],
+        1,
+        "{}",
+        resumed.text()
+    );
+    assert_eq!(
+        submit_as(&coordinator, Some(&alice), &job_form()).status,
+        200
+    );
+
     // Names may be logged, keys and their hashes never.
     let logs = coordinator.logs();
     assert!(logs.contains("(key alice)"), "the log names no key");

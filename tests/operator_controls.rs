@@ -736,3 +736,80 @@ fn the_threads_that_dispatch_and_follow_jobs_run_below_the_rest() {
         );
     }
 }
+
+/// Pausing submits refuses new ones with 503 and `Retry-After` while queued and running jobs
+/// go on; `/ready`, `/pool` and `/metrics` say so; resuming takes submits again.
+#[test]
+fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
+    let worker = slow_worker(1.0);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let running = submit(&coordinator, &form());
+    let queued = submit(&coordinator, &form());
+    let pause = |action: &str| {
+        let (status, body) = post(
+            &coordinator.url(&format!("/submits/{action}")),
+            "text/plain",
+            b"",
+        );
+        assert_eq!(status, 200, "{action}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+    };
+    let paused = pause("pause");
+    assert_eq!(paused["submits"], "paused", "{paused}");
+    // Pausing again keeps the first pause.
+    let again = pause("pause");
+    assert_eq!(again["pause"]["since"], paused["pause"]["since"], "{again}");
+
+    let refused = support::send(
+        "POST",
+        &coordinator.url("/submit"),
+        Some((&form().content_type(), &form().body())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("paused by an operator"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    let (code, ready) = get_json(&coordinator.url("/ready"));
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.to_string().contains("submits are paused"), "{ready}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["submits_paused"]["refused_submits"], 1, "{pool}");
+    let (_, metrics) = support::get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_submits_paused 1"),
+        "{metrics}"
+    );
+
+    // The jobs taken before the pause run to the end.
+    wait_status(&coordinator, &running, "completed", DEADLINE);
+    wait_status(&coordinator, &queued, "completed", DEADLINE);
+
+    let resumed = pause("resume");
+    assert_eq!(resumed["submits"], "taken", "{resumed}");
+    assert_eq!(resumed["pause_ended"]["refused_submits"], 1, "{resumed}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(pool["submits_paused"].is_null(), "{pool}");
+    let after = submit(&coordinator, &form());
+    wait_status(&coordinator, &after, "completed", DEADLINE);
+    let ready = poll_until(DEADLINE, || {
+        (get_json(&coordinator.url("/ready")).0 == 200).then_some(())
+    });
+    assert!(ready.is_some(), "{}", coordinator.logs());
+    let logs = coordinator.logs();
+    assert_eq!(
+        logs.matches("Submits paused by an operator").count(),
+        1,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("Submits taken again after a pause of"),
+        "{logs}"
+    );
+}

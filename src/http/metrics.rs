@@ -89,6 +89,8 @@ struct TableSample {
     jobs: [usize; PoolStatus::ALL.len()],
     /// Dispatching is held: the job store could not record a dispatch.
     dispatch_held: bool,
+    /// An operator pauses submits.
+    submits_paused: bool,
 }
 
 /// Copies the table's figures into `cache.samples`, refreshing the labels of workers that
@@ -122,6 +124,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
         levels: depths.levels,
         jobs,
         dispatch_held: DispatchHold::active(&st.dispatch_hold, now).is_some(),
+        submits_paused: st.submits_paused.is_some(),
     }
 }
 
@@ -282,6 +285,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         "trusted_pool_dispatch_held",
         &[],
         u64::from(table.dispatch_held),
+    );
+    out.family(
+        "trusted_pool_submits_paused",
+        "gauge",
+        "1 while an operator pauses submits (POST /submits/pause).",
+    );
+    out.sample(
+        "trusted_pool_submits_paused",
+        &[],
+        u64::from(table.submits_paused),
     );
     out.family(
         "trusted_pool_health_probes_total",

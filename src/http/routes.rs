@@ -15,6 +15,7 @@ use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::reload;
 use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
+use crate::state::submits_pause::SubmitsPause;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ use tiny_http::{Method, Request};
 /// `Retry-After` seconds of a submit refused for now: a queue is full, or another program holds
 /// the job store locked.
 const SUBMIT_RETRY_AFTER: u32 = 5;
+/// `Retry-After` seconds of a submit refused while an operator pauses submits.
+const PAUSED_RETRY_AFTER: u32 = 30;
 /// Submits refused for the coordinator's own trouble (5xx), logged at most once a minute.
 static SUBMIT_FAILURES: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 /// Where `GET /` sends a browser, once that page is served.
@@ -47,6 +50,7 @@ enum Route<'a> {
     OutputFile(&'a str, &'a str),
     Cancel(&'a str),
     Drain(&'a str, bool),
+    SubmitsPause(bool),
     Reload,
     Snapshot,
     Download(&'a str),
@@ -57,7 +61,11 @@ enum Route<'a> {
 impl Route<'_> {
     fn method(&self) -> Method {
         match self {
-            Route::Submit | Route::Cancel(_) | Route::Drain(..) | Route::Reload => Method::Post,
+            Route::Submit
+            | Route::Cancel(_)
+            | Route::Drain(..)
+            | Route::SubmitsPause(_)
+            | Route::Reload => Method::Post,
             _ => Method::Get,
         }
     }
@@ -77,6 +85,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("activity", "") => Some(Route::Activity),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
+        ("submits", "pause") => Some(Route::SubmitsPause(true)),
+        ("submits", "resume") => Some(Route::SubmitsPause(false)),
         ("snapshot", "") => Some(Route::Snapshot),
         ("jobs", "") => Some(Route::Jobs),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
@@ -203,6 +213,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Ok(()) => drain(ctx, raw, on),
             Err(reply) => reply,
         },
+        Route::SubmitsPause(pause) => match admin_only(&caller) {
+            Ok(()) => submits_pause(ctx, &caller, pause),
+            Err(reply) => reply,
+        },
         Route::Jobs => listing::jobs(ctx, &caller, &|name| query_param(&url, name)),
         Route::Reload => match admin_only(&caller) {
             Ok(()) => {
@@ -242,6 +256,46 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Err(refused) => refused,
         },
     }
+}
+
+/// `POST /submits/pause` and `POST /submits/resume` (admin): stops taking submits, or takes them
+/// again; queued and running jobs go on either way. Pausing again keeps the first pause.
+fn submits_pause(ctx: &Context, caller: &Caller, pause: bool) -> Reply {
+    let (began, ended) = {
+        let mut st = ctx.lock();
+        if pause {
+            let began = st.submits_paused.is_none();
+            let current = st
+                .submits_paused
+                .get_or_insert_with(|| SubmitsPause::new(caller.name().map(str::to_string)));
+            (began.then(|| current.clone()), None)
+        } else {
+            (None, st.submits_paused.take())
+        }
+    };
+    if began.is_some() {
+        log::warn!(
+            "Submits paused by an operator{}: new submits are refused with 503 until POST /submits/resume",
+            caller.log_label()
+        );
+    }
+    if let Some(ended) = &ended {
+        log::info!(
+            "Submits taken again{} after a pause of {:.0} s ({} refused meanwhile)",
+            caller.log_label(),
+            ended.began.elapsed().as_secs_f64(),
+            ended.refused
+        );
+    }
+    let st = ctx.lock();
+    Reply::Json(
+        200,
+        json!({
+            "submits": if st.submits_paused.is_some() { "paused" } else { "taken" },
+            "pause": st.submits_paused.as_ref().map(SubmitsPause::view),
+            "pause_ended": ended.as_ref().map(SubmitsPause::view),
+        }),
+    )
 }
 
 /// `GET /`: sandrun's service description, open to anyone like `/health` (sandrun's clients
@@ -284,6 +338,9 @@ fn ready(ctx: &Context) -> Reply {
         let st = ctx.lock();
         if st.queue.len() >= ctx.config.max_queued_jobs {
             reasons.push("the queue is full (--max-queued-jobs)");
+        }
+        if st.submits_paused.is_some() {
+            reasons.push("submits are paused by an operator (POST /submits/resume)");
         }
         if DispatchHold::active(&st.dispatch_hold, Instant::now()).is_some() {
             reasons.push("dispatching is held (see dispatch_held in /pool)");
@@ -473,7 +530,21 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             "the coordinator is shutting down; submit again once it is back",
         );
     }
-    let queued = ctx.lock().queue.len();
+    let queued = {
+        let mut st = ctx.lock();
+        if let Some(pause) = st.submits_paused.as_mut() {
+            pause.refused += 1;
+            let reply = error_reply(
+                503,
+                format!(
+                    "submits are paused by an operator (for {:.0} s now); queued and running jobs go on. Submit again later, or to another coordinator",
+                    pause.began.elapsed().as_secs_f64()
+                ),
+            );
+            return retry_after(PAUSED_RETRY_AFTER, reply);
+        }
+        st.queue.len()
+    };
     if queued >= ctx.config.max_queued_jobs {
         let reply = error_reply(
             503,

@@ -7,6 +7,7 @@ use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::{DispatchHold, PoolState};
 use crate::state::sources::Source;
+use crate::state::submits_pause::SubmitsPause;
 use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
@@ -127,6 +128,7 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
             "retry_in_seconds": h.until.saturating_duration_since(now).as_secs_f64(),
             "pauses_in_a_row": h.strikes,
         })),
+        "submits_paused": st.submits_paused.as_ref().map(SubmitsPause::view),
         "jobs_by_status": by_status,
         "jobs_streamed": st.workers.iter().map(|w| w.streaming.len()).sum::<usize>(),
         "jobs_polled": st.workers.iter().map(|w| w.tracked.len().saturating_sub(w.streaming.len())).sum::<usize>(),

@@ -10,4 +10,5 @@ pub mod pool_state;
 pub mod queue;
 pub mod settled_views;
 pub mod sources;
+pub mod submits_pause;
 pub mod watch;

@@ -10,6 +10,7 @@ use crate::state::cpu_window::CpuWindow;
 use crate::state::metrics::{DispatchOutcome, Metrics};
 use crate::state::queue::JobQueue;
 use crate::state::sources::{self, ClientLimits, Source};
+use crate::state::submits_pause::SubmitsPause;
 use crate::state::watch::EndWatch;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
@@ -448,6 +449,8 @@ pub struct PoolState {
     /// Set while the job store could not record a dispatch (a full disk): no job is assigned
     /// until it ends.
     pub dispatch_hold: Option<DispatchHold>,
+    /// Set while an operator pauses submits (`POST /submits/pause`).
+    pub submits_paused: Option<SubmitsPause>,
     /// CPU seconds of the jobs that left the table in the last minute (for `/stats`).
     pub cpu_window: CpuWindow,
     /// The coordinator-wide figures; jobs' first final statuses are counted here.

@@ -1,0 +1,42 @@
+//! Submits paused by an operator (`POST /submits/pause`) before maintenance or a move: new
+//! submits are refused with 503 while queued and running jobs go on. Kept in memory only (a
+//! restart takes submits again), like HAProxy's runtime `disable frontend`.
+
+use crate::base::clock::unix_now;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// A pause of submits in force.
+#[derive(Debug, Clone)]
+pub struct SubmitsPause {
+    /// Unix time it began.
+    pub since: f64,
+    /// When it began (how long it lasted, whatever the wall clock does).
+    pub began: Instant,
+    /// The client key that paused (`None` on a coordinator without `--api-keys`).
+    pub by: Option<String>,
+    /// Submits refused since it began.
+    pub refused: u64,
+}
+
+impl SubmitsPause {
+    /// A pause beginning now, made by the key `by`.
+    pub fn new(by: Option<String>) -> Self {
+        SubmitsPause {
+            since: unix_now(),
+            began: Instant::now(),
+            by,
+            refused: 0,
+        }
+    }
+
+    /// Its figures, for `/pool` and the pause routes' answers.
+    pub fn view(&self) -> Value {
+        json!({
+            "since": self.since,
+            "seconds": self.began.elapsed().as_secs_f64(),
+            "by": self.by,
+            "refused_submits": self.refused,
+        })
+    }
+}
