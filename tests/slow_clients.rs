@@ -573,7 +573,7 @@ fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
         coordinator.logs()
     );
     // Idle connections use the descriptors up; the later ones are refused with 503.
-    let held: Vec<_> = (0..80).map(|_| stalled(&coordinator, b"")).collect();
+    let held: Vec<_> = (0..150).map(|_| stalled(&coordinator, b"")).collect();
     thread::sleep(Duration::from_millis(300));
     refused_at_once(&coordinator);
     drop(held);

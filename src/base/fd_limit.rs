@@ -3,9 +3,9 @@
 
 use std::io;
 
-/// Descriptors one plain-HTTP client connection holds: its socket and the two duplicates the
-/// HTTP server reads it and shuts it down through.
-pub const FDS_PER_CONNECTION: u64 = 3;
+/// Descriptors one client connection holds: its socket (the HTTP server's reader, writer and
+/// control handle share it).
+pub const FDS_PER_CONNECTION: u64 = 1;
 
 /// Descriptors kept for everything but client connections: the job store, segment files being
 /// written and read, connections to workers, a snapshot's open segments.

@@ -122,7 +122,8 @@ impl Connection {
         }
     }
 
-    /// Patched: one write on the raw connection (the answer to a refused connection).
+    /// Patched: one write on the raw connection (a refused connection's answer, and every write
+    /// of a [`SharedConnection`]).
     pub(crate) fn write_once(&self, bytes: &[u8]) -> std::io::Result<usize> {
         use std::io::Write;
         match self {
@@ -146,6 +147,53 @@ impl Connection {
         }
     }
 }
+/// Patched: one accepted socket shared by the connection's read half, its write half and its
+/// control handle. 0.12.0 duplicated it twice (`try_clone`): three descriptors a connection, and a
+/// panic in the accept loop when the second duplicate found none left.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedConnection(pub(crate) std::sync::Arc<Connection>);
+
+impl SharedConnection {
+    /// Gets the peer's address. Some for TCP, None for Unix sockets.
+    pub(crate) fn peer_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        match &*self.0 {
+            Connection::Tcp(s) => s.peer_addr().map(Some),
+            #[cfg(unix)]
+            Connection::Unix(_) => Ok(None),
+        }
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        self.0.shutdown(how)
+    }
+}
+
+impl std::io::Read for SharedConnection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &*self.0 {
+            Connection::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.read(buf)
+            }
+            #[cfg(unix)]
+            Connection::Unix(s) => {
+                let mut s: &unix_net::UnixStream = s;
+                s.read(buf)
+            }
+        }
+    }
+}
+
+impl std::io::Write for SharedConnection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_once(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl From<TcpStream> for Connection {
     fn from(s: TcpStream) -> Self {
         Self::Tcp(s)

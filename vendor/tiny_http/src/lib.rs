@@ -342,22 +342,16 @@ impl Server {
                         // Patched: a silent client is dropped after `client_timeout`.
                         let _ = sock.set_read_timeout(limits.client_timeout);
                         let _ = sock.set_write_timeout(limits.client_timeout);
-                        // Patched: out of descriptors here, the connection is refused.
-                        let control = match sock.try_clone() {
-                            Ok(c) => Arc::new(c),
-                            Err(e) => {
-                                refuse(&sock, ssl.is_some());
-                                trouble.refused(&e);
-                                continue;
-                            }
-                        };
-                        let split = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                        // Patched: the halves and the control handle share one socket.
+                        let control = Arc::new(sock);
+                        let shared = connection::SharedConnection(Arc::clone(&control));
+                        let (read_closable, write_closable) = match ssl {
+                            None => RefinedTcpStream::new(shared),
                             #[cfg(feature = "ssl-rustls")]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
                                 // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
+                                let sock = match ssl.accept(shared) {
                                     Ok(s) => s,
                                     Err(_) => continue,
                                 };
@@ -366,14 +360,6 @@ impl Server {
                             }
                             #[cfg(not(feature = "ssl-rustls"))]
                             Some(ref never) => match **never {},
-                        };
-                        let (read_closable, write_closable) = match split {
-                            Ok(halves) => halves,
-                            Err(e) => {
-                                refuse(&control, ssl.is_some());
-                                trouble.refused(&e);
-                                continue;
-                            }
                         };
 
                         let refusal = Arc::clone(&control);

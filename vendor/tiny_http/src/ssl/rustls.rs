@@ -2,13 +2,13 @@
 //! replaced while the server runs (certificate rotation); each accepted connection takes the
 //! configuration current at its accept.
 
-use crate::connection::Connection;
+use crate::connection::SharedConnection;
 use crate::util::refined_tcp_stream::Stream as RefinedStream;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-type Inner = rustls::StreamOwned<rustls::ServerConnection, Connection>;
+type Inner = rustls::StreamOwned<rustls::ServerConnection, SharedConnection>;
 
 /// A wrapper around an owned Rustls connection and corresponding stream.
 ///
@@ -67,7 +67,7 @@ impl TlsAcceptor {
 
     pub(crate) fn accept(
         &self,
-        stream: Connection,
+        stream: SharedConnection,
     ) -> Result<RustlsStream, Box<dyn std::error::Error + Send + Sync + 'static>> {
         let config = Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner));
         let connection = rustls::ServerConnection::new(config)?;

@@ -2,30 +2,19 @@ use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
-use crate::connection::Connection;
+use crate::connection::SharedConnection;
 #[cfg(feature = "ssl-rustls")]
 use crate::ssl::SslStream;
 
+#[derive(Clone)]
 pub(crate) enum Stream {
-    Http(Connection),
+    Http(SharedConnection),
     #[cfg(feature = "ssl-rustls")]
     Https(SslStream),
 }
 
-impl Stream {
-    /// Patched: a second handle on the stream; fails (instead of panicking) when the process is
-    /// out of file descriptors.
-    fn try_clone(&self) -> IoResult<Self> {
-        match self {
-            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
-            #[cfg(feature = "ssl-rustls")]
-            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
-        }
-    }
-}
-
-impl From<Connection> for Stream {
-    fn from(tcp_stream: Connection) -> Self {
+impl From<SharedConnection> for Stream {
+    fn from(tcp_stream: SharedConnection) -> Self {
         Stream::Http(tcp_stream)
     }
 }
@@ -91,13 +80,14 @@ pub struct RefinedTcpStream {
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
+    /// Patched: both halves share the stream's one socket (see [`SharedConnection`]).
+    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.try_clone()?, stream);
+        let (read, write) = (stream.clone(), stream);
 
         let read = RefinedTcpStream {
             stream: read,
@@ -111,7 +101,7 @@ impl RefinedTcpStream {
             close_write: true,
         };
 
-        Ok((read, write))
+        (read, write)
     }
 
     /// Returns true if this struct wraps around a secure connection.
