@@ -265,15 +265,15 @@ fn submits_pause(ctx: &Context, caller: &Caller, pause: bool) -> Reply {
         let mut st = ctx.lock();
         if pause {
             let began = st.submits_paused.is_none();
-            let current = st
-                .submits_paused
-                .get_or_insert_with(|| SubmitsPause::new(caller.name().map(str::to_string)));
-            (began.then(|| current.clone()), None)
+            if began {
+                st.submits_paused = Some(SubmitsPause::new(caller.name().map(str::to_string)));
+            }
+            (began, None)
         } else {
-            (None, st.submits_paused.take())
+            (false, st.submits_paused.take())
         }
     };
-    if began.is_some() {
+    if began {
         log::warn!(
             "Submits paused by an operator{}: new submits are refused with 503 until POST /submits/resume",
             caller.log_label()

@@ -312,7 +312,6 @@ fn control(
     }
 }
 
-/// The key names of a set, for the log (never the keys nor their hashes).
 /// Raises the open-file limit to its hard limit, and warns when fewer client connections than
 /// `max_connections` fit under it (beyond that, new connections are refused with 503).
 fn check_open_file_limit(max_connections: usize) {
@@ -339,6 +338,7 @@ fn check_open_file_limit(max_connections: usize) {
     }
 }
 
+/// The key names of a set, for the log (never the keys nor their hashes).
 fn key_names(keys: &api_keys::KeySet) -> String {
     let names: Vec<&str> = keys.keys().iter().map(|k| k.name.as_str()).collect();
     names.join(", ")
