@@ -30,11 +30,7 @@ impl OpenFileLimit {
 /// Raises the soft limit on open files to the hard limit, as Go programs do at start: systemd
 /// and most shells start processes at a soft limit of 1024 whatever the hard limit allows.
 pub fn raise() -> io::Result<OpenFileLimit> {
-    // SAFETY: getrlimit writes into the zeroed struct we own.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let limit = current()?;
     let was = limit.rlim_cur as u64;
     if limit.rlim_cur >= limit.rlim_max {
         return Ok(OpenFileLimit { was, now: was });
@@ -51,6 +47,21 @@ pub fn raise() -> io::Result<OpenFileLimit> {
         was,
         now: raised.rlim_cur as u64,
     })
+}
+
+/// The soft limit on open files now (`process_max_fds`).
+pub fn soft() -> Option<u64> {
+    current().ok().map(|limit| limit.rlim_cur)
+}
+
+/// The process's open-file limits, soft and hard.
+fn current() -> io::Result<libc::rlimit> {
+    // SAFETY: getrlimit writes into the zeroed struct we own.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 #[cfg(test)]
@@ -74,8 +85,7 @@ mod tests {
     #[test]
     fn the_soft_limit_ends_at_the_hard_one() {
         let limit = raise().expect("the limit is read");
-        let mut now: libc::rlimit = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        let now = current().expect("the limit is read again");
         assert_eq!(limit.now, now.rlim_cur as u64);
         assert_eq!(now.rlim_cur, now.rlim_max);
         assert!(limit.now >= limit.was);

@@ -1,6 +1,7 @@
 //! The process's own figures (Prometheus' standard `process_*` metrics), read from `/proc` and
 //! `getrusage`/`getrlimit`. Linux only; a figure that cannot be read is `None`.
 
+use crate::base::fd_limit;
 use std::fs;
 
 /// What the process uses right now.
@@ -45,15 +46,6 @@ fn cpu_seconds() -> Option<f64> {
     Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
-fn max_fds() -> Option<u64> {
-    // SAFETY: getrlimit writes into the zeroed struct we own.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return None;
-    }
-    Some(limit.rlim_cur as u64)
-}
-
 /// Reads the process's figures now.
 pub fn stats() -> ProcessStats {
     let (resident_bytes, virtual_bytes) = memory();
@@ -65,7 +57,7 @@ pub fn stats() -> ProcessStats {
         virtual_bytes,
         cpu_seconds: cpu_seconds(),
         open_fds,
-        max_fds: max_fds(),
+        max_fds: fd_limit::soft(),
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 /// A pause of submits in force.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SubmitsPause {
     /// Unix time it began.
     pub since: f64,

@@ -259,9 +259,7 @@ impl StoreError {
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// True when the state directory's disk fails to write or went read-only (SQLite's I/O
     /// error or read-only database, `EIO` or `EROFS`): a failing SD card, or a filesystem
     /// remounted read-only after errors.

@@ -51,35 +51,10 @@ pub(crate) enum Connection {
     #[cfg(unix)]
     Unix(unix_net::UnixStream),
 }
-impl std::io::Read for Connection {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.read(buf),
-            #[cfg(unix)]
-            Self::Unix(s) => s.read(buf),
-        }
-    }
-}
-impl std::io::Write for Connection {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.write(buf),
-            #[cfg(unix)]
-            Self::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::Tcp(s) => s.flush(),
-            #[cfg(unix)]
-            Self::Unix(s) => s.flush(),
-        }
-    }
-}
+// Patched: read and written only through a `SharedConnection` (below), or once to refuse it.
 impl Connection {
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
-    pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
+    pub(crate) fn peer_addr(&self) -> std::io::Result<Option<SocketAddr>> {
         match self {
             Self::Tcp(s) => s.peer_addr().map(Some),
             #[cfg(unix)]
@@ -138,14 +113,6 @@ impl Connection {
             }
         }
     }
-
-    pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
-        match self {
-            Self::Tcp(s) => s.try_clone().map(Self::from),
-            #[cfg(unix)]
-            Self::Unix(s) => s.try_clone().map(Self::from),
-        }
-    }
 }
 /// Patched: one accepted socket shared by the connection's read half, its write half and its
 /// control handle. 0.12.0 duplicated it twice (`try_clone`): three descriptors a connection, and a
@@ -156,11 +123,7 @@ pub(crate) struct SharedConnection(pub(crate) std::sync::Arc<Connection>);
 impl SharedConnection {
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&self) -> std::io::Result<Option<SocketAddr>> {
-        match &*self.0 {
-            Connection::Tcp(s) => s.peer_addr().map(Some),
-            #[cfg(unix)]
-            Connection::Unix(_) => Ok(None),
-        }
+        self.0.peer_addr()
     }
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
