@@ -1,6 +1,7 @@
 //! Slow and hostile clients against the real binary: stalled uploads and stalled headers do not
 //! hold the coordinator, each connection limit answers its status code, and running out of
-//! descriptors or threads refuses connections with 503 until they free up.
+//! descriptors or threads refuses connections with 503 until they free up, without blaming the
+//! workers or losing their jobs.
 
 mod support;
 
@@ -10,9 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::lifecycle::{submit, wait_collected, wait_status};
+use support::lifecycle::{drain_url, job_status, pool_worker, submit, wait_collected, wait_status};
 use support::{
-    get, get_bytes, get_json, poll_until, post_multipart, send, Coordinator, FakeWorker, Form,
+    get, get_bytes, get_json, poll_until, post, post_multipart, send, Coordinator, FakeWorker, Form,
 };
 
 /// What "answers at once" allows on a loaded 2-core machine.
@@ -485,10 +486,11 @@ fn start_with_open_files(
     worker: &FakeWorker,
     soft: u64,
     hard: u64,
+    args: &[&str],
 ) -> (tempfile::TempDir, Coordinator) {
     use std::os::unix::process::CommandExt;
     let dir = support::workers_dir(&[worker.entry(2)]);
-    let coordinator = Coordinator::try_start_in_with(dir.path(), &[], |command| {
+    let coordinator = Coordinator::try_start_in_with(dir.path(), args, |command| {
         let limit = libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
@@ -564,7 +566,7 @@ fn upload_job() -> Form {
 #[test]
 fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
     let worker = FakeWorker::start();
-    let (_dir, coordinator) = start_with_open_files(&worker, 96, 96);
+    let (_dir, coordinator) = start_with_open_files(&worker, 96, 96, &[]);
     assert!(
         coordinator
             .logs()
@@ -581,6 +583,108 @@ fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
     serves_again_after_one_spell(&coordinator, "Too many open files");
 }
 
+/// Sends `method path` on a kept-alive connection and reads its answer: status and body.
+fn ask_on(stream: &mut TcpStream, method: &str, path: &str) -> (u16, String) {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: pool\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("an answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("the body");
+    (status_of(&head), String::from_utf8_lossy(&body).to_string())
+}
+
+#[test]
+fn running_out_of_descriptors_neither_blames_the_worker_nor_loses_its_jobs() {
+    // Polled, not streamed: each poll needs a new connection to the worker.
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(4);
+        k.stream.disabled = true;
+    });
+    let args = ["--lost-after", "1", "--health-interval", "1"];
+    let (_dir, coordinator) = start_with_open_files(&worker, 96, 96, &args);
+    let running = submit(&coordinator, &small_job());
+    let on_worker = poll_until(DEADLINE, || {
+        job_status(&coordinator, &running)["remote_job_id"]
+            .is_string()
+            .then_some(())
+    });
+    assert!(on_worker.is_some(), "{}", coordinator.logs());
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let queued = submit(&coordinator, &small_job());
+    let mut kept = stalled(&coordinator, b"");
+    assert_eq!(ask_on(&mut kept, "GET", "/health").0, 200);
+
+    let held: Vec<_> = (0..150).map(|_| stalled(&coordinator, b"")).collect();
+    refused_at_once(&coordinator);
+    let undrain = drain_url(&coordinator, &worker, "undrain");
+    let undrain = undrain.trim_start_matches(&coordinator.url(""));
+    let (code, body) = ask_on(&mut kept, "POST", undrain);
+    assert_eq!(code, 200, "{body}");
+    // The probes, the running job's polls and the queued job's dispatch all fail for want of
+    // a descriptor; each is told apart from a worker's fault.
+    let excused = [
+        "Could not probe worker",
+        "Could not ask the worker of job",
+        "could not be sent: the coordinator is short of resources",
+    ];
+    let seen = poll_until(DEADLINE, || {
+        let logs = coordinator.logs();
+        excused.iter().all(|line| logs.contains(line)).then_some(())
+    });
+    assert!(seen.is_some(), "{}", coordinator.logs());
+    // The queued job waits at the head of the queue, held back, while the worker stays healthy.
+    let pool = poll_until(DEADLINE, || {
+        let (code, pool) = ask_on(&mut kept, "GET", "/pool");
+        assert_eq!(code, 200, "{pool}");
+        let pool: Value = serde_json::from_str(&pool).expect("JSON");
+        pool["dispatch_held"]["why"].is_string().then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("dispatching was never held:\n{}", coordinator.logs()));
+    assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 0, "{pool}");
+    drop(kept);
+    drop(held);
+
+    assert!(
+        healthy_again(&coordinator, DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    for id in [&running, &queued] {
+        let status = wait_collected(&coordinator, id, DEADLINE);
+        assert_eq!(status["status"], "completed", "{status}");
+        assert_eq!(status["attempts"], serde_json::json!([]), "{status}");
+    }
+    let logs = coordinator.logs();
+    assert!(!logs.contains("is now unhealthy"), "{logs}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    let shortages = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted_pool_health_probes_total{result=\"shortage\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(shortages.is_some_and(|n| n >= 1), "{metrics}");
+}
+
 #[test]
 fn a_low_open_file_limit_is_raised_to_its_hard_limit() {
     // A hard limit above the test's own would need privileges; 4096 or the test's own.
@@ -593,7 +697,7 @@ fn a_low_open_file_limit_is_raised_to_its_hard_limit() {
         return;
     }
     let worker = FakeWorker::start();
-    let (_dir, coordinator) = start_with_open_files(&worker, 64, hard);
+    let (_dir, coordinator) = start_with_open_files(&worker, 64, hard, &[]);
     let logs = coordinator.logs();
     assert!(
         logs.contains(&format!("Open-file limit raised from 64 to {hard}")),

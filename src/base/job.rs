@@ -318,6 +318,12 @@ impl Job {
         self.heard_at = Some(Instant::now());
     }
 
+    /// The coordinator could not ask its worker about it, short of descriptors or memory: the
+    /// worker's silence (`--lost-after`) is counted from now, not from its last answer.
+    pub fn excuse_silence(&mut self) {
+        self.heard_at = Some(Instant::now());
+    }
+
     /// A freshly accepted job. `inputs` is trimmed to its length: a one-file job would keep room
     /// for four (192 bytes more per queued job).
     pub fn new(

@@ -1,7 +1,8 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
 //! locking and slots, log lines of lasting failures held to one a minute, a sleeping queue
 //! between threads, the reusable thread cache, the process's own figures and open-file limit,
-//! giving free heap pages back, hex digits, and TLS settings from PEM files.
+//! telling the coordinator's own shortages from a worker's faults, giving free heap pages back,
+//! hex digits, and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -19,6 +20,7 @@ pub mod mailbox;
 pub mod niceness;
 pub mod paths;
 pub mod process;
+pub mod shortage;
 pub mod sync;
 pub mod targz;
 pub mod thread_cache;

@@ -87,7 +87,8 @@ struct TableSample {
     requeued: usize,
     levels: [usize; Priority::ALL.len()],
     jobs: [usize; PoolStatus::ALL.len()],
-    /// Dispatching is held: the job store could not record a dispatch.
+    /// Dispatching is held: the job store could not record a dispatch, or the coordinator was
+    /// too short of resources to send one.
     dispatch_held: bool,
     /// An operator pauses submits.
     submits_paused: bool,

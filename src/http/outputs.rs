@@ -184,6 +184,9 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
 
 /// `Retry-After` seconds of a file refused because `--threads` files stream from workers.
 const FETCHES_FULL_RETRY_AFTER: u32 = 2;
+/// `Retry-After` seconds of a fetch from a worker that the coordinator was short of resources
+/// to make (out of descriptors or memory).
+const SHORTAGE_RETRY_AFTER: u32 = 5;
 
 /// An output file streamed from a worker, holding one of the `--threads` slots for such
 /// streams (`Context::worker_fetches`) until the stream ends. The slots bound the connections
@@ -371,6 +374,13 @@ fn worker_failure(id: &str, e: &CallError) -> Reply {
         CallError::Status { code: 404 | 500, message } => error_reply(
             404,
             format!("the worker does not have this result of job {id}: {message}"),
+        ),
+        CallError::Shortage(why) => retry_after(
+            SHORTAGE_RETRY_AFTER,
+            error_reply(
+                503,
+                format!("the results of job {id} are not collected yet, and the coordinator is short of resources to fetch them from its worker ({why}); try again shortly"),
+            ),
         ),
         other => error_reply(
             502,

@@ -5,6 +5,7 @@
 use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Attempt, InputFile, PoolStatus, Span};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
+use crate::base::shortage::is_shortage;
 use crate::base::sync::lock;
 use crate::pool::health::mark_unreachable;
 use crate::pool::{announce, stream, tracker};
@@ -16,7 +17,7 @@ use crate::worker::client::SubmitOutcome;
 use crate::worker::identity::short_id;
 use crate::worker::multipart_body::{MultipartBody, Part};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a source address that could not be bound is left unused.
@@ -65,7 +66,10 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
         // that a crash in between makes the job lost after the restart, never sent twice.
         if !recorded {
             if let Err(e) = thread_ctx.record_and_wait(&assignment.job_id) {
-                unrecorded(&thread_ctx, &assignment, &e.to_string());
+                let mut st = thread_ctx.lock();
+                st.workers[assignment.worker_index].undo_assignment(assignment.source);
+                let why = e.to_string();
+                held_back(&thread_ctx, st, &assignment, NotSent::Unrecorded, &why);
                 return;
             }
         }
@@ -96,12 +100,25 @@ fn start_as(ctx: &Arc<Context>, assignment: Assignment, recorded: bool) {
     }
 }
 
-/// The dispatch could not be recorded, so it was not sent (the job store failed: a full disk).
-/// Neither the worker's fault nor the job's: the job goes back to the head of the queue without
-/// an attempt counted, and dispatching is held until the store may write again.
-fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
-    let mut st = ctx.lock();
-    st.workers[a.worker_index].undo_assignment(a.source);
+/// Why a dispatch was not sent, through no fault of the worker's or the job's.
+#[derive(Debug, Clone, Copy)]
+enum NotSent {
+    /// The job store could not record it (a full disk).
+    Unrecorded,
+    /// The coordinator was short of descriptors, memory or socket buffers to make the call.
+    Shortage,
+}
+
+/// A dispatch that was not sent for the coordinator's own trouble (`cause`, `why`), its slot
+/// on the worker already given back: the job goes back to the head of the queue without an
+/// attempt counted, the worker keeps its health, and dispatching is held until the next try.
+fn held_back(
+    ctx: &Arc<Context>,
+    mut st: MutexGuard<'_, PoolState>,
+    a: &Assignment,
+    cause: NotSent,
+    why: &str,
+) {
     if st.is_cancelled(&a.job_id) {
         settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
         return;
@@ -115,10 +132,15 @@ fn unrecorded(ctx: &Arc<Context>, a: &Assignment, why: &str) {
     let paused = st.hold_dispatching(why.to_string(), Instant::now());
     drop(st);
     let held = paused.and_then(|pause| Some((pause, lock(&HOLD_LOGS).check(Instant::now())?)));
+    let what = match cause {
+        NotSent::Unrecorded => "could not be recorded as dispatched, so it was not sent",
+        NotSent::Shortage => {
+            "could not be sent: the coordinator is short of resources, not the worker"
+        }
+    };
     match held {
         Some((pause, held)) => log::warn!(
-            "Dispatching is held for {} s: job {} could not be recorded as dispatched, so it was \
-             not sent ({why}); queued jobs keep their places{}",
+            "Dispatching is held for {} s: job {} {what} ({why}); queued jobs keep their places{}",
             pause.as_secs(),
             a.job_id,
             Repeats::suffix(held)
@@ -135,6 +157,9 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
     };
     let source = match ctx.upload_source(&a.job_id) {
         Ok(source) => source,
+        Err(e) if is_shortage(&e) => {
+            return SubmitOutcome::Shortage(format!("cannot open the job's upload: {e}"))
+        }
         Err(e) => return SubmitOutcome::NotSent(e.to_string()),
     };
     let mut parts: Vec<Part> = a
@@ -354,15 +379,14 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
     let short = short_id(&a.worker_id);
     let mut st = ctx.lock();
     st.workers[index].in_flight = st.workers[index].in_flight.saturating_sub(1);
-    // A dispatch assigned since dispatching was held was recorded: the hold is over.
-    if st
+    // A dispatch assigned since dispatching was held was recorded and sent: the hold is over.
+    let sent = !matches!(outcome, SubmitOutcome::Shortage(_));
+    if let Some(hold) = st
         .dispatch_hold
-        .as_ref()
-        .is_some_and(|h| a.assigned_at >= h.since)
+        .take_if(|h| sent && a.assigned_at >= h.since)
     {
-        st.dispatch_hold = None;
         lock(&HOLD_LOGS).reset();
-        log::info!("Dispatching resumes: the job store records dispatches again");
+        log::info!("Dispatching resumes (it was held: {})", hold.why);
     }
     if let SubmitOutcome::Accepted(remote) = outcome {
         let w = &mut st.workers[index];
@@ -453,6 +477,9 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             throttle(&mut st, index, format!("HTTP {code}: {message}"), false);
             retry_or_fail(ctx, &mut st, a, error)
         }
+        SubmitOutcome::Shortage(why) => {
+            return held_back(ctx, st, a, NotSent::Shortage, &why);
+        }
         SubmitOutcome::NotSent(why) => {
             st.workers[index]
                 .counters
@@ -486,7 +513,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
 /// pauses the worker).
 fn settle_cancelled(
     ctx: &Context,
-    mut st: std::sync::MutexGuard<'_, PoolState>,
+    mut st: MutexGuard<'_, PoolState>,
     a: &Assignment,
     outcome: SubmitOutcome,
 ) {

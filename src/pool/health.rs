@@ -3,18 +3,22 @@
 //! concurrently, so a round takes about one health timeout however many workers hang.
 
 use crate::base::clock::unix_now;
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
+use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::ProbeResult;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::ProbeFailure;
 use crate::worker::identity::short_id;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const PROBE_STACK: usize = 128 * 1024;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Probes the coordinator could not make for its own shortage, logged at most once a minute.
+static SHORTAGE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// Runs the health checker until the signal channel closes.
 pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
@@ -66,7 +70,7 @@ fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
                 });
             if let Err(e) = spawned {
                 let failure =
-                    ProbeFailure::Unreachable(format!("could not start a probe thread: {e}"));
+                    ProbeFailure::Shortage(format!("could not start a probe thread: {e}"));
                 apply(ctx, probed, Err(failure));
             }
         }
@@ -89,6 +93,7 @@ fn apply(
         Err(ProbeFailure::Unhealthy(_)) => ProbeResult::Unhealthy,
         Err(ProbeFailure::WrongIdentity { .. }) => ProbeResult::WrongIdentity,
         Err(ProbeFailure::Unreachable(_)) => ProbeResult::Unreachable,
+        Err(ProbeFailure::Shortage(_)) => ProbeResult::Shortage,
     });
     let now = Instant::now();
     let now_unix = unix_now();
@@ -102,6 +107,20 @@ fn apply(
     else {
         return;
     };
+    if let Err(ProbeFailure::Shortage(why)) = &result {
+        // Not the worker's fault: its health stays as it was until a probe can be made.
+        w.health.next_probe = now + FIRST_RETRY;
+        let short = short_id(&w.spec.worker_id).to_string();
+        drop(st);
+        if let Some(held) = lock(&SHORTAGE_LOGS).check(now) {
+            log::warn!(
+                "Could not probe worker {short}...: {why}; the coordinator is short of \
+                 resources, not the worker, so its health stays as it was{}",
+                Repeats::suffix(held)
+            );
+        }
+        return;
+    }
     w.health.last_health_check = Some(now_unix);
     match result {
         Ok(()) if w.distrusted.is_some() => {

@@ -3,8 +3,9 @@
 //! its limit (ties rotate), and, when the worker has source addresses, to the address with the
 //! most room. When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
-//! While the job store cannot record dispatches (`PoolState::dispatch_hold`) nothing is assigned
-//! until the hold's next try.
+//! While the job store cannot record dispatches, or the coordinator is too short of descriptors
+//! or memory to send them (`PoolState::dispatch_hold`), nothing is assigned until the hold's
+//! next try.
 //! Each round also sends the `GET /stats` that source addresses want (`pool::quota_stats`).
 
 use crate::base::job::PoolStatus;

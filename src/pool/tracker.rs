@@ -34,6 +34,9 @@ const TRACKER_STACK: usize = 256 * 1024;
 /// Collections paused because results found no room (every job's, every 30 s at most while the
 /// disk stays full), logged at most once a minute.
 static PAUSE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
+/// Calls about jobs the coordinator could not make, short of resources, logged at most once a
+/// minute.
+static SHORTAGE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// A job followed on its worker stream is polled this many track intervals apart.
 pub const STREAMED_POLL_FACTOR: u32 = 10;
@@ -314,10 +317,29 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
             );
             true
         }
+        Err(CallError::Shortage(why)) => {
+            excuse_silence(ctx, &job.id, &why);
+            false
+        }
         Err(e) => {
             give_up_if_stale(ctx, index, job, &e.to_string());
             false
         }
+    }
+}
+
+/// A call about job `id` that the coordinator could not make, short of resources (`why`): the
+/// worker is not counted silent meanwhile, and the job is asked about again at its next poll.
+fn excuse_silence(ctx: &Context, id: &str, why: &str) {
+    if let Some(job) = ctx.lock().jobs.get_mut(id) {
+        job.excuse_silence();
+    }
+    if let Some(held) = lock(&SHORTAGE_LOGS).check(Instant::now()) {
+        log::warn!(
+            "Could not ask the worker of job {id} about it: {why}; the coordinator is short of \
+             resources, not the worker, so the job is not counted lost meanwhile{}",
+            Repeats::suffix(held)
+        );
     }
 }
 
@@ -532,14 +554,17 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
                     ctx.spool.give_back_results(pinned);
                 }
                 let why = format!("could not sync its collected results to disk: {e}");
-                return pause_collection(ctx, index, job, &why);
+                return pause_collection(ctx, index, job, &why, true);
             }
             let last = record_collection(ctx, index, &job.id, status, &collected, pinned);
             log::info!("Collected results of job {} ({files} output files)", job.id);
             announce::ended(ctx, &job.id, last, Some(&collected.logs));
         }
         Err(CollectError::Gone) => lose(ctx, index, &job.id, gone_why(ctx, &job.id)),
-        Err(e @ CollectError::Disk(_)) => pause_collection(ctx, index, job, &e.to_string()),
+        Err(e @ CollectError::Disk(_)) => pause_collection(ctx, index, job, &e.to_string(), true),
+        Err(e @ CollectError::Worker(CallError::Shortage(_))) => {
+            pause_collection(ctx, index, job, &e.to_string(), false)
+        }
         Err(e) => retry_collection(ctx, index, job, &e.to_string()),
     }
 }
@@ -555,15 +580,20 @@ fn gone_why(ctx: &Context, id: &str) -> String {
 }
 
 /// Leaves a job's collection pending after its results could not be stored (a full disk, a
-/// failed sync). The worker answered, so this never counts towards `--lost-after`: the job is
-/// tried again after a pause (see [`WorkerEntry::pause_collection`]) until the disk takes its
-/// results or the worker deletes the job.
-fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
+/// failed sync; `worker_answered`) or fetched for the coordinator's own shortage. Neither counts
+/// towards `--lost-after`: the job is tried again after a pause (see
+/// [`WorkerEntry::pause_collection`]) until the disk takes its results or the worker deletes
+/// the job.
+fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str, worker_answered: bool) {
     let pause = {
         let mut st = ctx.lock();
         if let Some(j) = st.jobs.get_mut(&job.id) {
             j.collection = Collection::Pending(Some(why.to_string()));
-            j.heard_from_worker(unix_now());
+            if worker_answered {
+                j.heard_from_worker(unix_now());
+            } else {
+                j.excuse_silence();
+            }
         }
         st.workers
             .get_mut(index)
@@ -638,6 +668,10 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                 ctx.record(&st, &job.id);
                 return true;
             }
+            Err(CallError::Shortage(why)) => {
+                excuse_silence(ctx, &job.id, &why);
+                return false;
+            }
             Err(e) => {
                 if job.heard_at.elapsed() > ctx.config.lost_after {
                     let mut st = ctx.lock();
@@ -658,6 +692,7 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
             untrack_and_record(ctx, index, &job.id);
             log::info!("Cancelled job {} deleted on its worker", job.id);
         }
+        Err(CallError::Shortage(why)) => excuse_silence(ctx, &job.id, &why),
         Err(e) => {
             if job.heard_at.elapsed() > ctx.config.lost_after {
                 untrack_and_record(ctx, index, &job.id);

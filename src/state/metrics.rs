@@ -136,15 +136,18 @@ pub enum ProbeResult {
     WrongIdentity,
     /// No answer.
     Unreachable,
+    /// Not made: the coordinator was short of descriptors, memory or threads.
+    Shortage,
 }
 
 impl ProbeResult {
     /// Every result, in label order.
-    pub const ALL: [ProbeResult; 4] = [
+    pub const ALL: [ProbeResult; 5] = [
         Self::Healthy,
         Self::Unhealthy,
         Self::WrongIdentity,
         Self::Unreachable,
+        Self::Shortage,
     ];
 
     /// The `result` label.
@@ -154,6 +157,7 @@ impl ProbeResult {
             Self::Unhealthy => "unhealthy",
             Self::WrongIdentity => "wrong_identity",
             Self::Unreachable => "unreachable",
+            Self::Shortage => "shortage",
         }
     }
 }

@@ -446,8 +446,8 @@ pub struct PoolState {
     pub ends: EndWatch,
     /// Set when the coordinator stops: no more jobs are assigned.
     pub stopping: bool,
-    /// Set while the job store could not record a dispatch (a full disk): no job is assigned
-    /// until it ends.
+    /// Set while the job store could not record a dispatch (a full disk), or the coordinator
+    /// could not send one for its own shortage: no job is assigned until it ends.
     pub dispatch_hold: Option<DispatchHold>,
     /// Set while an operator pauses submits (`POST /submits/pause`).
     pub submits_paused: Option<SubmitsPause>,
@@ -473,11 +473,13 @@ pub struct CollectPause {
     pub failures: u32,
 }
 
-/// The longest pause between two tries to record a dispatch while the job store fails.
+/// The longest pause between two tries to dispatch while the job store fails or the coordinator
+/// is short of resources.
 pub const DISPATCH_HOLD_MAX: Duration = Duration::from_secs(8);
 
 /// Dispatching held back because the job store could not record a dispatch (the record must
-/// commit before the worker is called: at most once). Queued jobs keep their places; once
+/// commit before the worker is called: at most once), or the coordinator was short of
+/// descriptors or memory to send one. Queued jobs keep their places; once
 /// `until` has passed the scheduler tries again, and the pause doubles with every try that
 /// fails, up to [`DISPATCH_HOLD_MAX`].
 #[derive(Debug, Clone)]
@@ -614,8 +616,8 @@ impl PoolState {
         Some(job)
     }
 
-    /// Holds dispatching back after a dispatch could not be recorded (`why`). Dispatches that
-    /// fail together make one pause; returns its length when this failure starts a new one.
+    /// Holds dispatching back after a dispatch could not be recorded or sent (`why`). Dispatches
+    /// that fail together make one pause; returns its length when this failure starts a new one.
     pub fn hold_dispatching(&mut self, why: String, now: Instant) -> Option<Duration> {
         if let Some(hold) = self.dispatch_hold.as_mut().filter(|h| h.until > now) {
             hold.why = why;

@@ -3,6 +3,7 @@
 //! `Content-Length`, a body of known length (never chunked), explicit timeouts. ureq 2 cannot bind
 //! a local address, so the submits that must leave from one come through here.
 
+use crate::base::shortage::is_shortage;
 use crate::worker::bound_socket::{connect_from, ConnectError};
 use crate::worker::workers_file::split_host_port;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -56,6 +57,9 @@ pub enum RequestError {
     NotSent(String),
     /// The whole request was sent but no answer came: the worker may have acted on it.
     NoAnswer(String),
+    /// The coordinator was short of descriptors, memory or socket buffers to connect: nothing
+    /// was sent, and it says nothing about the worker or the source address.
+    Shortage(String),
 }
 
 /// The worker's address of the family of `local`, from an endpoint `http://host[:port][/prefix]`;
@@ -144,6 +148,9 @@ pub fn send<R: Read>(
 ) -> Result<Answer, RequestError> {
     let (remote, host, prefix) = resolve(endpoint, local).map_err(RequestError::Unreachable)?;
     let stream = connect_from(local, remote, timeouts.connect).map_err(|e| match e {
+        ConnectError::Bind(e) | ConnectError::Connect(e) if is_shortage(&e) => {
+            RequestError::Shortage(format!("cannot connect to {remote} from {local}: {e}"))
+        }
         ConnectError::Bind(e) => {
             RequestError::Bind(format!("cannot use source address {local}: {e}"))
         }

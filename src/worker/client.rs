@@ -2,6 +2,7 @@
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
 use crate::base::paths::encode_path;
+use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
 use crate::worker::tls::Connector;
@@ -75,6 +76,9 @@ pub enum CallError {
     },
     /// The answer was not what sandrun sends.
     BadAnswer(String),
+    /// The coordinator was short of descriptors, memory or socket buffers: no connection was
+    /// made, and it says nothing about the worker.
+    Shortage(String),
 }
 
 impl fmt::Display for CallError {
@@ -84,6 +88,7 @@ impl fmt::Display for CallError {
             Self::Transport(why) => write!(f, "connection failed: {why}"),
             Self::Status { code, message } => write!(f, "HTTP {code}: {message}"),
             Self::BadAnswer(why) => write!(f, "unexpected answer: {why}"),
+            Self::Shortage(why) => write!(f, "the coordinator is short of resources: {why}"),
         }
     }
 }
@@ -106,6 +111,9 @@ pub enum SubmitOutcome {
     /// The source address could not be bound (gone from the host?): nothing was sent, and it
     /// says nothing about the worker.
     SourceUnusable(String),
+    /// The coordinator was short of descriptors, memory or socket buffers before the whole
+    /// request was sent: the worker cannot have it, and it says nothing about the worker.
+    Shortage(String),
 }
 
 /// Why a health probe failed.
@@ -122,6 +130,9 @@ pub enum ProbeFailure {
         /// What the worker said (None for `null` or missing).
         reported: Option<String>,
     },
+    /// The coordinator could not probe (short of descriptors, memory or threads): it says
+    /// nothing about the worker.
+    Shortage(String),
 }
 
 impl fmt::Display for ProbeFailure {
@@ -134,6 +145,7 @@ impl fmt::Display for ProbeFailure {
                 "identity mismatch: allowlisted worker_id {expected}, worker reports {}",
                 reported.as_deref().unwrap_or("null")
             ),
+            Self::Shortage(why) => write!(f, "the coordinator is short of resources: {why}"),
         }
     }
 }
@@ -171,6 +183,7 @@ fn classify(error: ureq::Error) -> CallError {
                 message: error_message(&body),
             }
         }
+        ureq::Error::Transport(t) if shortage_in(&t) => CallError::Shortage(t.to_string()),
         ureq::Error::Transport(t) => match t.kind() {
             ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => {
                 CallError::Unreachable(t.to_string())
@@ -228,6 +241,7 @@ impl WorkerClient {
                     ProbeFailure::Unhealthy(format!("HTTP {code}: {message}"))
                 }
                 CallError::Unreachable(why) => ProbeFailure::Unreachable(why),
+                CallError::Shortage(why) => ProbeFailure::Shortage(why),
                 other => ProbeFailure::Unreachable(other.to_string()),
             })?;
         let body = read_json(response).map_err(|e| ProbeFailure::Unhealthy(e.to_string()))?;
@@ -278,6 +292,9 @@ impl WorkerClient {
             Err(e) => match classify(e) {
                 CallError::Status { code, message } => refused(code, message),
                 CallError::Unreachable(why) => SubmitOutcome::NotSent(why),
+                CallError::Shortage(why) if !finished.load(Ordering::SeqCst) => {
+                    SubmitOutcome::Shortage(why)
+                }
                 other if !finished.load(Ordering::SeqCst) => {
                     SubmitOutcome::NotSent(other.to_string())
                 }
@@ -311,6 +328,7 @@ impl WorkerClient {
             }
             Ok(answer) => refused(answer.status, error_message(&answer.body)),
             Err(RequestError::Bind(why)) => SubmitOutcome::SourceUnusable(why),
+            Err(RequestError::Shortage(why)) => SubmitOutcome::Shortage(why),
             Err(RequestError::Unreachable(why) | RequestError::NotSent(why)) => {
                 SubmitOutcome::NotSent(why)
             }
@@ -333,6 +351,7 @@ impl WorkerClient {
         )
         .map_err(|e| match e {
             RequestError::Bind(why) | RequestError::Unreachable(why) => CallError::Unreachable(why),
+            RequestError::Shortage(why) => CallError::Shortage(why),
             RequestError::NotSent(why) | RequestError::NoAnswer(why) => CallError::Transport(why),
         })?;
         if answer.status != 200 {
