@@ -275,6 +275,7 @@ fn the_auth_matrix() {
         ("GET", "/outputs/ID"),
         ("GET", "/outputs/ID/result.txt"),
         ("POST", "/cancel/ID"),
+        ("DELETE", "/jobs/ID"),
     ];
     for (method, route) in job_routes {
         let theirs = call(
@@ -359,6 +360,17 @@ fn the_auth_matrix() {
     let snapshot = call(&coordinator, "GET", "/snapshot", Some(&ops));
     assert_eq!(snapshot.status, 200, "{}", snapshot.text());
     assert_eq!(snapshot.header("Content-Type"), Some("application/gzip"));
+
+    // The owner deletes her own finished job; then it is unknown to everyone.
+    let deleted = call(
+        &coordinator,
+        "DELETE",
+        &format!("/jobs/{a_job}"),
+        Some(&alice),
+    );
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let gone = call(&coordinator, "GET", &format!("/status/{a_job}"), Some(&ops));
+    assert_eq!(gone.status, 404, "{}", gone.text());
 
     // Pausing submits is for admin keys; a submit key's submit is refused meanwhile.
     for route in ["/submits/pause", "/submits/resume"] {

@@ -1,6 +1,7 @@
 //! Operator controls through the real coordinator and fake workers: cancelling a job in each
 //! state (the worker's slot freed only when the worker ends the job, the job deleted there only
-//! after it ended), draining a worker under load, priorities with aging.
+//! after it ended), deleting a finished job, draining a worker under load, priorities with
+//! aging.
 
 mod support;
 
@@ -10,9 +11,10 @@ use serde_json::Value;
 use sha2::Digest;
 
 use support::lifecycle::{
-    assert_pool_consistent, drain_url, job_status, pool_worker, submit, wait_healthy, wait_status,
+    assert_pool_consistent, drain_url, job_status, pool_worker, submit, wait_collected,
+    wait_healthy, wait_status,
 };
-use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form};
+use support::{get_bytes, get_json, poll_until, post, send, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -812,4 +814,89 @@ fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
         logs.contains("Submits taken again after a pause of"),
         "{logs}"
     );
+}
+
+fn delete_job(coordinator: &Coordinator, id: &str) -> (u16, Value) {
+    let reply = send("DELETE", &coordinator.url(&format!("/jobs/{id}")), None)
+        .unwrap_or_else(|e| panic!("DELETE /jobs/{id}: {e}"));
+    (reply.status, reply.json())
+}
+
+#[test]
+fn deleting_a_finished_job_forgets_it_and_its_results_now() {
+    let worker = slow_worker(1.0);
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    // Every job's results in a results segment, not in its row.
+    let mut args = FAST.to_vec();
+    args.extend(["--row-results-max", "0"]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let kept = submit(&coordinator, &form());
+    let deleted = submit(&coordinator, &form());
+
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancel it first")),
+        "{body}"
+    );
+    for id in [&kept, &deleted] {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    let before = assert_pool_consistent(&coordinator);
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"job_id": deleted, "deleted": true, "status": "completed"})
+    );
+
+    // Gone from every route, the counts and the listing; the other job is untouched.
+    for path in [
+        format!("/status/{deleted}"),
+        format!("/outputs/{deleted}"),
+        format!("/outputs/{deleted}/result.txt"),
+        format!("/logs/{deleted}"),
+        format!("/download/{deleted}"),
+    ] {
+        let (code, body) = get_json(&coordinator.url(&path));
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("deleted")),
+            "{path}: {body}"
+        );
+    }
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 404, "{body}");
+    let after = assert_pool_consistent(&coordinator);
+    assert_eq!(after["store"]["deleted_jobs"], 1, "{after}");
+    assert_eq!(
+        after["total_jobs"].as_u64(),
+        before["total_jobs"].as_u64().map(|n| n - 1),
+        "{after}"
+    );
+    let (_, listed) = get_json(&coordinator.url("/jobs?limit=100"));
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    assert_eq!(ids, [kept.as_str()], "{listed}");
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
+    assert_eq!(code, 200);
+    assert!(!bytes.is_empty());
+
+    // A restart keeps it deleted.
+    assert!(coordinator.terminate(DEADLINE).is_some());
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    assert_eq!(job_status(&coordinator, &kept)["pool_status"], "completed");
+    let (code, body) = get_json(&coordinator.url(&format!("/status/{deleted}")));
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = delete_job(&coordinator, &kept);
+    assert_eq!(code, 200, "{body}");
 }

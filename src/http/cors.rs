@@ -4,7 +4,7 @@
 use tiny_http::Request;
 
 /// The methods the API serves.
-const METHODS: &str = "GET, POST, OPTIONS";
+const METHODS: &str = "GET, POST, DELETE, OPTIONS";
 /// The request headers a page may send (`Authorization` for client keys).
 const HEADERS: &str = "Authorization, Content-Type, Accept, Accept-Language, Content-Language";
 /// How long a browser may cache a preflight answer, in seconds.

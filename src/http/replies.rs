@@ -71,6 +71,6 @@ pub fn retry_after(secs: u32, reply: Reply) -> Reply {
 pub fn unknown_job(id: &str) -> Reply {
     error_reply(
         404,
-        format!("no job {id:?} on this coordinator: it never existed here, or it finished long enough ago to have expired (see --retain-jobs and --retain-for; job ids look like pool-<32 hex>)"),
+        format!("no job {id:?} on this coordinator: it never existed here, it finished long enough ago to have expired (see --retain-jobs and --retain-for), or it was deleted (job ids look like pool-<32 hex>)"),
     )
 }

@@ -25,6 +25,8 @@ use tiny_http::{Method, Request};
 /// `Retry-After` seconds of a submit refused for now: a queue is full, or another program holds
 /// the job store locked.
 const SUBMIT_RETRY_AFTER: u32 = 5;
+/// `Retry-After` seconds of a deletion of a job whose end is still being settled.
+const SETTLING_RETRY_AFTER: u32 = 2;
 /// `Retry-After` seconds of a submit refused while an operator pauses submits.
 const PAUSED_RETRY_AFTER: u32 = 30;
 /// Submits refused for the coordinator's own trouble (5xx), logged at most once a minute.
@@ -49,6 +51,7 @@ enum Route<'a> {
     OutputList(&'a str),
     OutputFile(&'a str, &'a str),
     Cancel(&'a str),
+    DeleteJob(&'a str),
     Drain(&'a str, bool),
     SubmitsPause(bool),
     Reload,
@@ -66,6 +69,7 @@ impl Route<'_> {
             | Route::Drain(..)
             | Route::SubmitsPause(_)
             | Route::Reload => Method::Post,
+            Route::DeleteJob(_) => Method::Delete,
             _ => Method::Get,
         }
     }
@@ -89,6 +93,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("submits", "resume") => Some(Route::SubmitsPause(false)),
         ("snapshot", "") => Some(Route::Snapshot),
         ("jobs", "") => Some(Route::Jobs),
+        ("jobs", id) if !id.contains('/') => Some(Route::DeleteJob(id)),
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
         ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
@@ -140,7 +145,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, DELETE /jobs/ID, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
         );
     };
     if *request.method() == Method::Options {
@@ -208,6 +213,19 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
                 _ => error_reply(e.status(), e.to_string()),
             },
             Err(e) => error_reply(e.status(), e.to_string()),
+        }),
+        Route::DeleteJob(id) => job_route(ctx, &caller, id, |ctx| {
+            match control::delete(ctx, id, caller.name()) {
+                Ok(status) => Reply::Json(
+                    200,
+                    json!({"job_id": id, "deleted": true, "status": status}),
+                ),
+                Err(ControlError::UnknownJob(_)) => unknown_job(id),
+                Err(e @ ControlError::Settling(_)) => {
+                    retry_after(SETTLING_RETRY_AFTER, error_reply(e.status(), e.to_string()))
+                }
+                Err(e) => error_reply(e.status(), e.to_string()),
+            }
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on),

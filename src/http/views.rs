@@ -224,6 +224,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
             "forgotten_jobs": f.forgotten,
             "results_segments_deleted": f.segments_deleted,
         },
+        "deleted_jobs": f.deleted,
     })
 }
 

@@ -1,4 +1,5 @@
-//! Operator and client controls on a running pool: cancelling a job, draining a worker.
+//! Operator and client controls on a running pool: cancelling a job, deleting a finished one,
+//! draining a worker.
 
 use crate::base::clock::unix_now;
 use crate::base::job::PoolStatus;
@@ -8,6 +9,10 @@ use crate::store::jobs_db::{StoreError, StoreFault};
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a deletion waits for the job store's writer (behind another program's lock, say).
+const DELETE_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a control was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +29,13 @@ pub enum ControlError {
     /// The cancel applies now but is not in the job store yet: written once the store can
     /// write again.
     CancelNotRecordedYet(String, StoreFault),
+    /// The job has not ended (in this status): it cannot be deleted.
+    NotEnded(String, PoolStatus),
+    /// The job ended, but its results are still being collected, its worker is still ending
+    /// it, or its end is not recorded yet: it can be deleted shortly.
+    Settling(String),
+    /// The job store could not delete the job.
+    NotDeleted(String, StoreFault),
 }
 
 impl ControlError {
@@ -31,7 +43,8 @@ impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
-            Self::Finished(..) => 409,
+            Self::Finished(..) | Self::NotEnded(..) | Self::Settling(_) => 409,
+            Self::NotDeleted(_, fault) => fault.http_status(),
             Self::NotRecorded(_, fault) | Self::CancelNotRecordedYet(_, fault) => {
                 fault.http_status()
             }
@@ -67,6 +80,18 @@ impl fmt::Display for ControlError {
                  written as soon as the store can write again, and a restart before then would \
                  not keep it"
             ),
+            Self::NotEnded(id, status) => write!(
+                f,
+                "job {id} is {}: only a job that ended can be deleted; cancel it first \
+                 (POST /cancel/{id}) and delete it once it ended",
+                status.as_str()
+            ),
+            Self::Settling(id) => write!(
+                f,
+                "job {id} has ended, but its results are still being collected, its worker is \
+                 still ending it, or its end is not recorded yet; delete it again shortly"
+            ),
+            Self::NotDeleted(why, _) => write!(f, "the job was not deleted: {why}"),
         }
     }
 }
@@ -113,6 +138,35 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
             .wait()
             .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
     })
+}
+
+/// Deletes a job that ended, now, as retention would later: its record in the job store with
+/// its collected results (a results segment goes once no retained job refers to it), committed
+/// and synced as `--fsync` asks before this returns. `by` names the client key, for the log.
+/// Returns the status the job had.
+pub fn delete(ctx: &Context, id: &str, by: Option<&str>) -> Result<String, ControlError> {
+    let live = ctx.lock().jobs.get(id).map(|j| (j.status, j.is_settled()));
+    match live {
+        Some((status, _)) if !status.is_final() => {
+            return Err(ControlError::NotEnded(id.to_string(), status))
+        }
+        Some((_, false)) => return Err(ControlError::Settling(id.to_string())),
+        _ => {}
+    }
+    // A settled job still in the table has its last record on its way to the store, ahead of
+    // the deletion.
+    match ctx.store.delete_settled(id, DELETE_WAIT) {
+        Ok(Some(status)) => {
+            let by = by
+                .map(|name| format!(" by key {name:?}"))
+                .unwrap_or_default();
+            log::info!("Deleted job {id} ({status}){by}");
+            Ok(status)
+        }
+        Ok(None) if live.is_some() => Err(ControlError::Settling(id.to_string())),
+        Ok(None) => Err(ControlError::UnknownJob(id.to_string())),
+        Err(e) => Err(ControlError::NotDeleted(e.to_string(), e.fault())),
+    }
 }
 
 /// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed

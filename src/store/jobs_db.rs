@@ -413,6 +413,9 @@ impl Ticket {
 enum Op {
     Record(Record),
     Close(Sender<()>),
+    /// Delete a settled job now: its answer says which status it had (`None`: no settled job
+    /// of that id).
+    Delete(String, Sender<Result<Option<String>, StoreError>>),
 }
 
 /// A job as recovery reads it: unsettled (a small upload kept in its row is read separately,
@@ -433,6 +436,7 @@ struct Figures {
     last_checkpoint_ms: AtomicU64,
     free_bytes: AtomicU64,
     forgotten: AtomicU64,
+    deleted: AtomicU64,
     segments_deleted: AtomicU64,
     /// Set while commits fail: the last one's error.
     failing: Mutex<Option<String>>,
@@ -467,6 +471,8 @@ pub struct StoreFigures {
     pub free_bytes: u64,
     /// Finished jobs forgotten by retention in this run.
     pub forgotten: u64,
+    /// Finished jobs deleted through the API (`DELETE /jobs/{id}`) in this run.
+    pub deleted: u64,
     /// Results segments deleted by retention in this run.
     pub segments_deleted: u64,
     /// While commits fail (a full disk): the last one's error.
@@ -819,10 +825,35 @@ impl JobStore {
         Ok(conn)
     }
 
-    /// How many finished jobs retention forgot in this run; it grows only after the forgetting
-    /// committed. A settled job read while it stayed the same was not forgotten meanwhile.
+    /// How many finished jobs retention forgot or a client deleted in this run; it grows only
+    /// after the deletion committed. A settled job read while it stayed the same was not
+    /// forgotten meanwhile.
     pub fn forgotten_total(&self) -> u64 {
         self.figures.forgotten.load(Ordering::Acquire)
+            + self.figures.deleted.load(Ordering::Acquire)
+    }
+
+    /// Deletes settled job `id` now, row and results (its results segment goes once no other
+    /// job refers to it), after every record sent before; synced as the `--fsync` mode asks.
+    /// Returns the status it had, or `None` when no settled job has that id. Waits at most
+    /// `wait` for the writer.
+    pub fn delete_settled(&self, id: &str, wait: Duration) -> Result<Option<String>, StoreError> {
+        let (answer, answered) = crossbeam_channel::bounded(1);
+        if self
+            .ops
+            .send(Op::Delete(id.to_string(), answer), Duration::ZERO)
+            .is_err()
+        {
+            return Err(StoreError::Closed);
+        }
+        match answered.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(StoreError::Failed(format!(
+                "{LOCKED} or slow: it did not delete the job within {} s, and may still do so",
+                wait.as_secs()
+            ))),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(StoreError::Closed),
+        }
     }
 
     /// The store's figures for `/pool`.
@@ -843,6 +874,7 @@ impl JobStore {
                 .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
             free_bytes: f.free_bytes.load(Ordering::Relaxed),
             forgotten: f.forgotten.load(Ordering::Relaxed),
+            deleted: f.deleted.load(Ordering::Relaxed),
             segments_deleted: f.segments_deleted.load(Ordering::Relaxed),
             failing: lock(&f.failing).clone(),
         }
@@ -1269,10 +1301,12 @@ impl Writer {
                 Taken::Closed => break,
             };
             let mut batch = Vec::with_capacity(ops.len());
+            let mut deletes = Vec::new();
             let mut close = None;
             for op in ops {
                 match op {
                     Op::Record(r) => batch.push(r),
+                    Op::Delete(id, reply) => deletes.push((id, reply)),
                     Op::Close(reply) => {
                         close = Some(reply);
                         break;
@@ -1280,6 +1314,9 @@ impl Writer {
                 }
             }
             self.commit(batch);
+            for (id, reply) in deletes {
+                let _ = reply.send(self.delete_settled(&id));
+            }
             if let Some(reply) = close {
                 self.stop();
                 let _ = reply.send(());
@@ -1808,6 +1845,36 @@ impl Writer {
         self.delete_unused_segments(candidates)
     }
 
+    /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
+    fn delete_settled(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let synced = self.synced_until_write;
+        let deleted: Option<(String, Option<String>)> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
+                 RETURNING status, results_segment",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((status, segment)) = deleted else {
+            return Ok(None);
+        };
+        self.wrote();
+        self.commits_since_checkpoint += 1;
+        let f = &self.figures;
+        if let Some(settled) = status_of(&status) {
+            f.settled[settled.index()].fetch_sub(1, Ordering::Relaxed);
+        }
+        f.rows.fetch_sub(1, Ordering::Relaxed);
+        f.deleted.fetch_add(1, Ordering::Release);
+        // Synced before the answer and before its results file goes (as in `sweep`).
+        if let (Some(wal), false) = (&self.wal, synced) {
+            wal.sync().map_err(StoreError::Io)?;
+        }
+        self.delete_unused_segments(segment.into_iter().collect())?;
+        Ok(Some(status))
+    }
+
     fn delete_unused_segments(&self, candidates: HashSet<String>) -> Result<(), StoreError> {
         let mut referenced = self
             .conn
@@ -2012,6 +2079,44 @@ mod tests {
                 .send_and_wait(record(job(1, PoolStatus::Failed), false))
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(store.settled_count(PoolStatus::Failed), 1, "settled twice");
+            store.close();
+        }
+    }
+
+    #[test]
+    fn a_settled_job_is_deleted_after_the_records_sent_before_and_counted() {
+        for mode in [FsyncMode::Off, FsyncMode::Batch, FsyncMode::Always] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let (store, _) = JobStore::open(dir.path(), mode, retention(dir.path()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            store.on_settled(Box::new(|_, count| count()));
+            let wait = Duration::from_secs(30);
+            for n in [1, 2] {
+                store
+                    .send_and_wait(record(job(n, PoolStatus::Running), true))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            // Its end rides in the queue ahead of the deletion, which waits for nothing else.
+            let mut ended = record(job(1, PoolStatus::Completed), false);
+            ended.within = Duration::from_secs(60);
+            store.send(ended);
+            let deleted = store.delete_settled(&job(1, PoolStatus::Completed).id, wait);
+            assert_eq!(
+                deleted.ok().flatten().as_deref(),
+                Some("completed"),
+                "{mode:?}"
+            );
+            let running = store.delete_settled(&job(2, PoolStatus::Running).id, wait);
+            assert_eq!(running.ok().flatten(), None, "a job not settled stays");
+            let again = store.delete_settled(&job(1, PoolStatus::Completed).id, wait);
+            assert_eq!(again.ok().flatten(), None, "{mode:?}");
+            let figures = store.figures();
+            assert_eq!((figures.rows, figures.deleted), (1, 1), "{mode:?}");
+            assert_eq!(store.settled_count(PoolStatus::Completed), 0, "{mode:?}");
+            assert_eq!(store.forgotten_total(), 1, "{mode:?}");
+            assert!(store
+                .load(&job(1, PoolStatus::Completed).id)
+                .is_ok_and(|j| j.is_none()));
             store.close();
         }
     }
