@@ -1,6 +1,6 @@
 //! TLS on both sides through the real binary: the HTTPS listener (a client trusting the test
 //! CA, plain HTTP refused cleanly, certificate rotation on SIGHUP) and `https://` workers behind
-//! a TLS proxy, with and without a client certificate.
+//! a TLS proxy, with and without a client certificate, which SIGHUP rotates too.
 
 mod support;
 
@@ -26,6 +26,21 @@ fn small_job() -> Form {
 
 fn path_arg(path: &std::path::Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// Arguments that trust `ca`, present the client certificate `cert` with `key`, and probe every
+/// second.
+fn client_cert_args<'a>(ca: &'a str, cert: &'a str, key: &'a str) -> [&'a str; 8] {
+    [
+        "--worker-ca",
+        ca,
+        "--worker-tls-cert",
+        cert,
+        "--worker-tls-key",
+        key,
+        "--health-interval",
+        "1",
+    ]
 }
 
 #[test]
@@ -124,19 +139,7 @@ fn https_workers_behind_a_tls_proxy_with_and_without_a_client_certificate() {
     drop(refused);
 
     let (cert_arg, key_arg) = (path_arg(&client_cert), path_arg(&client_key));
-    let admitted = Coordinator::start(
-        &[entry],
-        &[
-            "--worker-ca",
-            &ca_arg,
-            "--worker-tls-cert",
-            &cert_arg,
-            "--worker-tls-key",
-            &key_arg,
-            "--health-interval",
-            "1",
-        ],
-    );
+    let admitted = Coordinator::start(&[entry], &client_cert_args(&ca_arg, &cert_arg, &key_arg));
     let id = submit(&admitted, &small_job());
     wait_status(&admitted, &id, "completed", DEADLINE);
     assert!(strict.sessions() > 0);
@@ -189,16 +192,7 @@ fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
     );
     let coordinator = Coordinator::start(
         &[plain.entry(2)],
-        &[
-            "--worker-ca",
-            &ca_arg,
-            "--worker-tls-cert",
-            &cert_arg,
-            "--worker-tls-key",
-            &key_arg,
-            "--health-interval",
-            "1",
-        ],
+        &client_cert_args(&ca_arg, &cert_arg, &key_arg),
     );
     let https = (behind.worker_id(), strict.endpoint(), 2);
 
@@ -223,6 +217,58 @@ fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
     let id = submit(&coordinator, &small_job());
     let status = wait_status(&coordinator, &id, "completed", DEADLINE);
     assert_eq!(status["worker_id"], behind.worker_id(), "{status}");
+}
+
+#[test]
+fn a_rotated_worker_client_certificate_is_used_after_sighup() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let rogue = TestCa::new(dir.path(), "rogue");
+    let (proxy_cert, proxy_key) = ca.issue("proxy", false);
+    // The certificate the coordinator starts with is one the proxy does not admit (as an
+    // expired one would not be).
+    let (client_cert, client_key) = rogue.issue("coordinator", true);
+    let worker = FakeWorker::start();
+    let strict = TlsProxy::start(worker.addr(), &proxy_cert, &proxy_key, Some(&ca.path("ca")));
+    let (ca_arg, cert_arg, key_arg) = (
+        path_arg(&ca.path("ca")),
+        path_arg(&client_cert),
+        path_arg(&client_key),
+    );
+    let coordinator = Coordinator::start(
+        &[(worker.worker_id(), strict.endpoint(), 2)],
+        &client_cert_args(&ca_arg, &cert_arg, &key_arg),
+    );
+    let refused = poll_until(DEADLINE, || {
+        let row = pool_row(&coordinator);
+        (row["consecutive_failures"].as_u64().unwrap_or(0) > 0).then_some(row)
+    });
+    assert!(refused.is_some(), "{}", pool_row(&coordinator));
+    assert_eq!(strict.sessions(), 0);
+
+    // The operator puts a certificate of the right CA in place and sends SIGHUP.
+    ca.issue("coordinator", true);
+    coordinator.hangup();
+    assert!(
+        coordinator.wait_for_log("Worker TLS settings reloaded", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let id = submit(&coordinator, &small_job());
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert!(strict.sessions() > 0, "nothing went through the proxy");
+
+    // A broken file is refused and the settings in use stay.
+    fs::write(&client_cert, "not a certificate").expect("break the certificate");
+    coordinator.hangup();
+    assert!(
+        coordinator.wait_for_log("Worker TLS settings not reloaded", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let id = submit(&coordinator, &small_job());
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(pool_row(&coordinator)["is_healthy"], true);
 }
 
 #[test]

@@ -192,7 +192,9 @@ pub fn trust(ca: &Path) -> Result<(), String> {
         client_cert: None,
     };
     let config = trusted_pool::base::tls::client_config(&settings).map_err(|e| e.to_string())?;
-    let _ = TLS.set(Arc::new(trusted_pool::worker::tls::Connector(config)));
+    let _ = TLS.set(Arc::new(trusted_pool::worker::tls::Connector::new(Some(
+        config,
+    ))));
     Ok(())
 }
 

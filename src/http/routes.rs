@@ -12,7 +12,7 @@ use crate::http::stored_view::stored_view;
 use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
-use crate::pool::reload;
+use crate::pool::{reload, worker_tls};
 use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
 use crate::state::submits_pause::SubmitsPause;
@@ -239,6 +239,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Reload => match admin_only(&caller) {
             Ok(()) => {
                 let outcome = reload::reload_workers(ctx, "POST /reload");
+                worker_tls::reload(ctx);
                 let status = if outcome.error.is_some() { 400 } else { 200 };
                 Reply::Json(status, json!(outcome))
             }

@@ -1,5 +1,6 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker, result collection, worker streams, job announcements and recovery at start. May
+//! checker, result collection, worker streams, job announcements and recovery at start; the
+//! controls and reloads that change them while they run. May
 //! import `state`, `worker`, `store` and `base`.
 
 pub mod announce;
@@ -13,3 +14,4 @@ pub mod reload;
 pub mod scheduler;
 pub mod stream;
 pub mod tracker;
+pub mod worker_tls;

@@ -12,7 +12,7 @@ use crate::base::fd_limit;
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
-use crate::pool::{control, health, recovery, reload, scheduler};
+use crate::pool::{control, health, recovery, reload, scheduler, worker_tls};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::dir_lock::{DirLock, DirLockError};
@@ -304,6 +304,7 @@ fn control(
             Signal::Reload => {
                 log::info!("SIGHUP received: re-reading the coordinator's files");
                 reload::reload_workers(&ctx, "SIGHUP");
+                worker_tls::reload(&ctx);
                 reload_api_keys(&ctx);
                 health::trust_again(&ctx);
                 reload_listener_tls(reload);

@@ -25,6 +25,8 @@ pub struct WorkerClient {
     submit: ureq::Agent,
     follow: ureq::Agent,
     timeouts: Timeouts,
+    /// The TLS settings of `https://` workers, shared by the agents.
+    tls: Arc<Connector>,
 }
 
 /// Timeouts of a [`WorkerClient`].
@@ -42,7 +44,7 @@ fn agent(
     read: Duration,
     write: Duration,
     overall: Option<Duration>,
-    tls: Option<&Arc<Connector>>,
+    tls: &Arc<Connector>,
 ) -> ureq::Agent {
     let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(connect)
@@ -54,10 +56,7 @@ fn agent(
     if let Some(overall) = overall {
         builder = builder.timeout(overall);
     }
-    if let Some(tls) = tls {
-        builder = builder.tls_connector(Arc::clone(tls));
-    }
-    builder.build()
+    builder.tls_connector(Arc::clone(tls)).build()
 }
 
 /// A failed call to a worker.
@@ -220,14 +219,19 @@ impl WorkerClient {
 
     /// Agents with these timeouts; `https://` workers with these TLS settings.
     pub fn with_tls(t: Timeouts, tls: Option<Arc<ClientConfig>>) -> Self {
-        let tls = tls.map(|config| Arc::new(Connector(config)));
-        let tls = tls.as_ref();
+        let tls = Arc::new(Connector::new(tls));
         WorkerClient {
-            health: agent(t.health, t.health, t.health, Some(t.health), tls),
-            submit: agent(t.health, t.dispatch, t.dispatch, None, tls),
-            follow: agent(t.health, t.dispatch, t.health, None, tls),
+            health: agent(t.health, t.health, t.health, Some(t.health), &tls),
+            submit: agent(t.health, t.dispatch, t.dispatch, None, &tls),
+            follow: agent(t.health, t.dispatch, t.health, None, &tls),
             timeouts: t,
+            tls,
         }
+    }
+
+    /// Calls to `https://` workers from now on use `config` (calls under way keep theirs).
+    pub fn replace_tls(&self, config: Arc<ClientConfig>) {
+        self.tls.replace(config);
     }
 
     /// `GET /health`: Ok when the worker is healthy and reports `expected_id`.

@@ -6,11 +6,27 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use ureq::ReadWrite;
 
-/// Opens TLS sessions to workers with one rustls client configuration.
-pub struct Connector(pub Arc<ClientConfig>);
+use crate::base::sync::lock;
+
+/// Opens TLS sessions to workers with a rustls client configuration, which a reload may set
+/// or replace (sessions already open keep theirs).
+pub struct Connector(Mutex<Option<Arc<ClientConfig>>>);
+
+impl Connector {
+    /// Opens sessions with `config`; without one, every session is refused until
+    /// [`Connector::replace`] gives one.
+    pub fn new(config: Option<Arc<ClientConfig>>) -> Self {
+        Connector(Mutex::new(config))
+    }
+
+    /// Opens the sessions from now on with `config`.
+    pub fn replace(&self, config: Arc<ClientConfig>) {
+        *lock(&self.0) = Some(config);
+    }
+}
 
 impl ureq::TlsConnector for Connector {
     fn connect(
@@ -25,7 +41,13 @@ impl ureq::TlsConnector for Connector {
                 format!("{dns_name:?} is no TLS server name: {e}"),
             )
         })?;
-        let session = ClientConnection::new(Arc::clone(&self.0), name)
+        let config = lock(&self.0).clone().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no TLS settings for https:// workers yet (they are read at start and on SIGHUP)",
+            )
+        })?;
+        let session = ClientConnection::new(config, name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Box::new(TlsStream(StreamOwned::new(session, io))))
     }

@@ -1,0 +1,36 @@
+//! Re-reading the TLS settings of `https://` workers on SIGHUP or `POST /reload`, so that a
+//! rotated client certificate or CA takes effect without a restart.
+
+use crate::base::tls;
+use crate::state::context::Context;
+
+/// Re-reads the TLS settings of `https://` workers: `--worker-ca` (or the system's CA
+/// certificates) and `--worker-tls-cert`/`--worker-tls-key`, when they are given or an
+/// `https://` worker is listed. Calls made from then on use them; a file that does not parse,
+/// or a key that does not match, is refused and logged, and the old settings stay.
+pub fn reload(ctx: &Context) {
+    let settings = &ctx.config.worker_tls;
+    let https = ctx
+        .lock()
+        .workers
+        .iter()
+        .any(|w| !w.removed && w.spec.endpoint.starts_with("https://"));
+    if !https && settings.ca.is_none() && settings.client_cert.is_none() {
+        return;
+    }
+    let trusted = match &settings.ca {
+        Some(ca) => format!("CA certificates from {}", ca.display()),
+        None => "the system's CA certificates".to_string(),
+    };
+    let presented = match &settings.client_cert {
+        Some((cert, _)) => format!("client certificate from {}", cert.display()),
+        None => "no client certificate".to_string(),
+    };
+    match tls::client_config(settings) {
+        Ok(config) => {
+            ctx.client.replace_tls(config);
+            log::info!("Worker TLS settings reloaded: {trusted}, {presented}");
+        }
+        Err(e) => log::error!("Worker TLS settings not reloaded, the old ones stay: {e}"),
+    }
+}
