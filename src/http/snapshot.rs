@@ -9,9 +9,10 @@ use crate::base::targz::{Entry, TarGz};
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::state::context::Context;
 use crate::store::removals::SnapshotSlot;
-use crate::store::snapshot::{self, SnapshotError};
+use crate::store::snapshot;
 
-/// Seconds a client refused for another snapshot under way is asked to wait.
+/// Seconds a client refused for now (another snapshot under way, a locked store, no descriptor
+/// left) is asked to wait.
 const BUSY_RETRY_AFTER: u32 = 10;
 
 /// The archive being sent, with the snapshot slot it holds until it is dropped.
@@ -32,7 +33,8 @@ pub fn snapshot(ctx: &Arc<Context>) -> Reply {
     let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals());
     let snapshot = match taken {
         Ok(snapshot) => snapshot,
-        Err(e @ SnapshotError::Busy) => {
+        // Another snapshot under way, a locked store, no descriptor left: later may do.
+        Err(e) if e.http_status() == 503 => {
             return retry_after(
                 BUSY_RETRY_AFTER,
                 error_reply(e.http_status(), e.to_string()),

@@ -4,6 +4,7 @@
 use crate::base::clock::unix_now;
 use crate::base::job::{InputFile, Job, PoolStatus, Priority, Span};
 use crate::base::paths::is_safe_component;
+use crate::base::shortage::is_shortage;
 use crate::http::auth::Caller;
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
@@ -64,7 +65,7 @@ impl UploadError {
             Self::TooLarge(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
-            Self::Spool(e) if is_unwritable_disk(e) => 503,
+            Self::Spool(e) if is_unwritable_disk(e) || is_shortage(e) => 503,
             Self::Spool(_) => 500,
             Self::Store(e) if e.is_full() => 507,
             Self::Store(StoreError::Closed) => 503,
@@ -107,6 +108,10 @@ impl fmt::Display for UploadError {
             Self::Spool(e) if is_unwritable_disk(e) => write!(
                 f,
                 "the coordinator's state directory cannot be written ({e}), the job was not accepted (nothing was kept); its disk fails or went read-only: submit elsewhere, or once the operator repaired it"
+            ),
+            Self::Spool(e) if is_shortage(e) => write!(
+                f,
+                "the coordinator is short of descriptors or memory to store the upload ({e}), the job was not accepted (nothing was kept); try again shortly"
             ),
             Self::Spool(e) => write!(f, "the coordinator could not store the upload: {e}"),
             Self::Store(e) if e.is_full() => write!(

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use crate::base::shortage::is_shortage;
 use crate::store::jobs_db::{JobStore, StoreError, StoreFault, DB_FILE};
 use crate::store::removals::{remove_if_present, Removals, SnapshotSlot};
 
@@ -59,6 +60,7 @@ impl SnapshotError {
         match self {
             SnapshotError::Busy => 503,
             SnapshotError::Store(e) => e.fault().http_status(),
+            SnapshotError::Io(e) if is_shortage(e) => 503,
             SnapshotError::Io(_) => 500,
         }
     }
@@ -76,6 +78,10 @@ impl fmt::Display for SnapshotError {
                 "the state directory has no room for a copy of the job store (about the size of jobs.db); free some space and try again"
             ),
             SnapshotError::Store(e) => write!(f, "the job store could not be copied: {e}"),
+            SnapshotError::Io(e) if is_shortage(e) => write!(
+                f,
+                "the coordinator is short of descriptors or memory to open the state directory's files ({e}); a snapshot holds one per segment file: raise the open-file limit, or try again when fewer connections are open"
+            ),
             SnapshotError::Io(e) => write!(f, "the state directory could not be read: {e}"),
         }
     }
