@@ -371,6 +371,9 @@ fn the_auth_matrix() {
     assert_eq!(deleted.status, 200, "{}", deleted.text());
     let gone = call(&coordinator, "GET", &format!("/status/{a_job}"), Some(&ops));
     assert_eq!(gone.status, 404, "{}", gone.text());
+    // The log says which key did it, as for every other control.
+    let deletion = format!("Deleted job {a_job} (key alice); it was completed");
+    assert!(coordinator.logs().contains(&deletion), "{}", coordinator.logs());
 
     // Pausing submits is for admin keys; a submit key's submit is refused meanwhile.
     for route in ["/submits/pause", "/submits/resume"] {

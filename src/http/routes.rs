@@ -200,22 +200,24 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             }
             Some(Err(reply)) => reply,
         },
-        Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| match control::cancel(ctx, id) {
-            Ok(()) => status(ctx, id),
-            Err(e @ ControlError::UnknownJob(_)) => match ctx.store.load(id) {
-                Ok(Some(job)) => error_reply(
-                    409,
-                    format!(
-                        "job {id} has already ended ({}); it cannot be cancelled",
-                        job.status.as_str()
+        Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| {
+            match control::cancel(ctx, id, &caller.log_label()) {
+                Ok(()) => status(ctx, id),
+                Err(e @ ControlError::UnknownJob(_)) => match ctx.store.load(id) {
+                    Ok(Some(job)) => error_reply(
+                        409,
+                        format!(
+                            "job {id} has already ended ({}); it cannot be cancelled",
+                            job.status.as_str()
+                        ),
                     ),
-                ),
-                _ => error_reply(e.status(), e.to_string()),
-            },
-            Err(e) => error_reply(e.status(), e.to_string()),
+                    _ => error_reply(e.status(), e.to_string()),
+                },
+                Err(e) => error_reply(e.status(), e.to_string()),
+            }
         }),
         Route::DeleteJob(id) => job_route(ctx, &caller, id, |ctx| {
-            match control::delete(ctx, id, caller.name()) {
+            match control::delete(ctx, id, &caller.log_label()) {
                 Ok(status) => Reply::Json(
                     200,
                     json!({"job_id": id, "deleted": true, "status": status}),
@@ -228,7 +230,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             }
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
-            Ok(()) => drain(ctx, raw, on),
+            Ok(()) => drain(ctx, raw, on, &caller.log_label()),
             Err(reply) => reply,
         },
         Route::SubmitsPause(pause) => match admin_only(&caller) {
@@ -238,7 +240,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Jobs => listing::jobs(ctx, &caller, &|name| query_param(&url, name)),
         Route::Reload => match admin_only(&caller) {
             Ok(()) => {
-                let outcome = reload::reload_workers(ctx, "POST /reload");
+                let source = format!("POST /reload{}", caller.log_label());
+                let outcome = reload::reload_workers(ctx, &source);
                 worker_tls::reload(ctx);
                 let status = if outcome.error.is_some() { 400 } else { 200 };
                 Reply::Json(status, json!(outcome))
@@ -271,7 +274,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Err(refused) => refused,
         },
         Route::Snapshot => match admin_only(&caller) {
-            Ok(()) => snapshot::snapshot(ctx),
+            Ok(()) => snapshot::snapshot(ctx, &caller.log_label()),
             Err(refused) => refused,
         },
     }
@@ -529,14 +532,14 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(&v.replace('+', " ")).unwrap_or_default())
 }
 
-fn drain(ctx: &Context, raw: &str, on: bool) -> Reply {
+fn drain(ctx: &Context, raw: &str, on: bool, by: &str) -> Reply {
     let Some(worker_id) = worker_id_from_url(raw) else {
         return error_reply(
             400,
             format!("the worker id {raw:?} is not validly percent-encoded"),
         );
     };
-    match control::set_drain(ctx, &worker_id, on) {
+    match control::set_drain(ctx, &worker_id, on, by) {
         Ok(index) => Reply::Json(200, worker_view(&ctx.lock(), index, Instant::now())),
         Err(e) => error_reply(e.status(), e.to_string()),
     }

@@ -27,8 +27,9 @@ impl Read for SnapshotBody {
     }
 }
 
-/// `GET /snapshot`: the job store as of its last commit and the segment files it points into.
-pub fn snapshot(ctx: &Arc<Context>) -> Reply {
+/// `GET /snapshot`: the job store as of its last commit and the segment files it points into;
+/// `by` says who asked, for the log (` (key NAME)`, or empty).
+pub fn snapshot(ctx: &Arc<Context>, by: &str) -> Reply {
     let started = std::time::Instant::now();
     let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals());
     let snapshot = match taken {
@@ -64,7 +65,7 @@ pub fn snapshot(ctx: &Arc<Context>) -> Reply {
         return error_reply(500, "the snapshot is too large to serve on this platform");
     };
     log::info!(
-        "Snapshot taken in {:.2} s: the job store and {} segment files, {length} bytes to send",
+        "Snapshot taken{by} in {:.2} s: the job store and {} segment files, {length} bytes to send",
         started.elapsed().as_secs_f64(),
         count - 1
     );

@@ -102,8 +102,9 @@ impl std::error::Error for ControlError {}
 /// one is marked cancelled at once, its results are not collected, and its tracker follows it
 /// only until its worker ends it (the slot is freed then), then deletes it there. Returns once
 /// the cancellation is committed to the job store, so a restart keeps it; when the store cannot
-/// write (a full disk) the cancel still applies, and its record is written once it can.
-pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
+/// write (a full disk) the cancel still applies, and its record is written once it can. `by`
+/// says who asked, for the log (` (key NAME)`, or empty).
+pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError> {
     let mut st = ctx.lock();
     let status = st
         .jobs
@@ -128,10 +129,10 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
     drop(st);
     announce::ended(ctx, id, last, None);
     if on_worker {
-        log::info!("Cancelled job {id}; its worker slot is freed when the job ends there");
+        log::info!("Cancelled job {id}{by}; its worker slot is freed when the job ends there");
     } else {
         ctx.spool.remove_upload(id);
-        log::info!("Cancelled queued job {id}");
+        log::info!("Cancelled queued job {id}{by}");
     }
     committed.map_or(Ok(()), |ticket| {
         ticket
@@ -142,9 +143,9 @@ pub fn cancel(ctx: &Arc<Context>, id: &str) -> Result<(), ControlError> {
 
 /// Deletes a job that ended, now, as retention would later: its record in the job store with
 /// its collected results (a results segment goes once no retained job refers to it), committed
-/// and synced as `--fsync` asks before this returns. `by` names the client key, for the log.
-/// Returns the status the job had.
-pub fn delete(ctx: &Context, id: &str, by: Option<&str>) -> Result<String, ControlError> {
+/// and synced as `--fsync` asks before this returns. `by` says who asked, for the log (as for
+/// [`cancel`]). Returns the status the job had.
+pub fn delete(ctx: &Context, id: &str, by: &str) -> Result<String, ControlError> {
     let live = ctx.lock().jobs.get(id).map(|j| (j.status, j.is_settled()));
     match live {
         Some((status, _)) if !status.is_final() => {
@@ -157,10 +158,7 @@ pub fn delete(ctx: &Context, id: &str, by: Option<&str>) -> Result<String, Contr
     // the deletion.
     match ctx.store.delete_settled(id, DELETE_WAIT) {
         Ok(Some(status)) => {
-            let by = by
-                .map(|name| format!(" by key {name:?}"))
-                .unwrap_or_default();
-            log::info!("Deleted job {id} ({status}){by}");
+            log::info!("Deleted job {id}{by}; it was {status}");
             Ok(status)
         }
         Ok(None) if live.is_some() => Err(ControlError::Settling(id.to_string())),
@@ -171,8 +169,13 @@ pub fn delete(ctx: &Context, id: &str, by: Option<&str>) -> Result<String, Contr
 
 /// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed
 /// to their end. The change is recorded in the job store (a restart keeps it) before this
-/// returns. Returns the index of the worker.
-pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, ControlError> {
+/// returns. `by` says who asked, for the log (as for [`cancel`]). Returns the index of the worker.
+pub fn set_drain(
+    ctx: &Context,
+    worker_id: &str,
+    on: bool,
+    by: &str,
+) -> Result<usize, ControlError> {
     let mut drains = ctx.store.drains.writer();
     let mut st = ctx.lock();
     let index = st
@@ -193,11 +196,11 @@ pub fn set_drain(ctx: &Context, worker_id: &str, on: bool) -> Result<usize, Cont
     drop(drains);
     if changed && on {
         log::info!(
-            "Worker {}... is draining: no new job; {active} still active",
+            "Worker {}... is draining{by}: no new job; {active} still active",
             short_id(worker_id)
         );
     } else if changed {
-        log::info!("Worker {}... is back in service", short_id(worker_id));
+        log::info!("Worker {}... is back in service{by}", short_id(worker_id));
         ctx.wake_scheduler();
     }
     if let Some(why) = trusted_again {
