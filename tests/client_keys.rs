@@ -373,7 +373,11 @@ fn the_auth_matrix() {
     assert_eq!(gone.status, 404, "{}", gone.text());
     // The log says which key did it, as for every other control.
     let deletion = format!("Deleted job {a_job} (key alice); it was completed");
-    assert!(coordinator.logs().contains(&deletion), "{}", coordinator.logs());
+    assert!(
+        coordinator.logs().contains(&deletion),
+        "{}",
+        coordinator.logs()
+    );
 
     // Pausing submits is for admin keys; a submit key's submit is refused meanwhile.
     for route in ["/submits/pause", "/submits/resume"] {

@@ -1,6 +1,7 @@
-//! A long mixed run through the real coordinator: clients that finish jobs, cancel them, walk
-//! away from uploads, downloads and followed logs, or connect and say nothing; an operator who
-//! drains, undrains, reloads and scrapes; and a worker that hangs, fails its health checks,
+//! A long mixed run through the real coordinator: clients that finish jobs, cancel or delete
+//! them (deleting one while its archive is read), walk away from uploads, downloads and
+//! followed logs, or connect and say nothing; an operator who drains, undrains, reloads and
+//! scrapes; and a worker that hangs, fails its health checks,
 //! refuses submits and restarts. Afterwards every job has settled, every output read was whole,
 //! nothing the run opened is still open (connections, uploads, files of forgotten jobs), the
 //! threads are back to their number before the run, and a graceful stop and a restart keep the
@@ -183,6 +184,63 @@ fn cancelling_client(c: &Coordinator, stop: &AtomicBool, seq: &AtomicU64) {
     }
 }
 
+/// Submits, waits for the end, starts reading the job's archive, deletes the job meanwhile
+/// (again while it is still settling), and reads the archive to its end: whole, although the
+/// job is gone. A job retention forgot first is left alone.
+fn deleting_client(c: &Coordinator, stop: &AtomicBool, seq: &AtomicU64) {
+    while !stop.load(Ordering::SeqCst) {
+        let Some(id) = submit(c, seq.fetch_add(1, Ordering::SeqCst)) else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let collected = poll_until(DEADLINE, || {
+            let (code, status) = get_json(&c.url(&format!("/status/{id}")));
+            let ended = ["failed", "lost"].contains(&status["pool_status"].as_str()?);
+            (code == 404 || ended || status["results"]["collected"] == true).then_some(code)
+        });
+        let Some(200) = collected else {
+            continue;
+        };
+        let Ok(mut download) = TcpStream::connect((Ipv4Addr::LOCALHOST, c.port())) else {
+            continue;
+        };
+        let _ = download.set_read_timeout(Some(DEADLINE));
+        let request =
+            format!("GET /download/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        download
+            .write_all(request.as_bytes())
+            .expect("ask for the archive");
+        let mut answer = vec![0u8; 1024];
+        let first = download.read(&mut answer).unwrap_or(0);
+        answer.truncate(first);
+        let deleted = poll_until(DEADLINE, || {
+            let reply = support::send("DELETE", &c.url(&format!("/jobs/{id}")), None).ok()?;
+            (reply.status != 409).then_some(reply)
+        })
+        .unwrap_or_else(|| panic!("job {id} stayed undeletable"));
+        assert!(
+            deleted.status == 200 || deleted.status == 404,
+            "DELETE {id}: {} {}",
+            deleted.status,
+            deleted.text()
+        );
+        let (code, _) = get_json(&c.url(&format!("/status/{id}")));
+        assert_eq!(code, 404, "job {id} after its deletion");
+        let _ = download.read_to_end(&mut answer);
+        let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            panic!("no answer to the download of {id}");
+        };
+        let head = String::from_utf8_lossy(&answer[..at]).to_string();
+        if head.starts_with("HTTP/1.1 200") {
+            let files = untar_gz(&answer[at + 4..]);
+            assert!(
+                files.get("data.bin").is_some_and(|b| *b == DATA),
+                "the archive of {id}, deleted while it was read: {head}"
+            );
+        }
+    }
+}
+
 /// Leaves in the middle: of an upload; of following its own job in flight (as text, as a
 /// WebSocket) and of waiting for its end (`?wait=`); of an archive download and a followed log
 /// of a finished job; and of a request's headers.
@@ -347,6 +405,7 @@ fn a_long_mixed_run_leaves_nothing_behind() {
             s.spawn(|| finishing_client(c, &stop, &seq, &last));
         }
         s.spawn(|| cancelling_client(c, &stop, &seq));
+        s.spawn(|| deleting_client(c, &stop, &seq));
         s.spawn(|| leaving_client(c, &stop, &seq));
         s.spawn(|| operator(c, &flaky, &stop));
         s.spawn(|| faults(&flaky, &stop));
@@ -372,6 +431,7 @@ fn a_long_mixed_run_leaves_nothing_behind() {
         store["retention"]["forgotten_jobs"].as_u64() > Some(0),
         "{pool}"
     );
+    assert!(store["deleted_jobs"].as_u64() > Some(0), "{pool}");
     let state_dir = coordinator.state_dir();
     let mut why = None;
     let back = poll_until(DEADLINE, || {
