@@ -5,8 +5,8 @@
 //! for a person to look at. Also `/activity`, the JSON the page reads besides `/pool`.
 //!
 //! The operator buttons are clicked in Chromium driven over the DevTools protocol
-//! (`support::devtools`): drain and undrain a worker, cancel a queued job, each confirmed in its
-//! dialog, seen in `/pool` or `/status` and then on the page. With client keys the page asks for
+//! (`support::devtools`): drain and undrain a worker, cancel a queued job and then delete it,
+//! each confirmed in its dialog, seen in `/pool` or `/status` and then on the page. With client keys the page asks for
 //! a key; a submit key's page has no worker and no drain button (the route answers it 403), only
 //! the cancel button of its own job. No script error reaches the console meanwhile.
 
@@ -402,7 +402,7 @@ fn pool_worker_draining(coordinator: &Coordinator, worker: &FakeWorker) -> Optio
 }
 
 #[test]
-fn the_dashboard_buttons_drain_undrain_and_cancel_in_chromium() {
+fn the_dashboard_buttons_drain_undrain_cancel_and_delete_in_chromium() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(120));
     let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
@@ -460,6 +460,16 @@ fn the_dashboard_buttons_drain_undrain_and_cancel_in_chromium() {
         conn.as_str().is_some_and(|c| !c.contains("refused")),
         "{conn}"
     );
+
+    // Ended, it can be deleted from its row: then it is gone, from the page too.
+    assert!(has_action(&state, "delete"), "{state}");
+    click(&mut page, "data-job-id", &queued, "delete");
+    let gone = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&coordinator.url(&format!("/status/{queued}")));
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "job {queued} was not deleted");
+    wait_row(&mut page, "data-job-id", &queued, Value::is_null);
 
     assert_no_page_errors(&mut page);
     assert_eq!(page_request_failures(&page), Vec::<&str>::new());
