@@ -379,12 +379,25 @@ fn the_auth_matrix() {
         coordinator.logs()
     );
 
-    // Pausing submits is for admin keys; a submit key's submit is refused meanwhile.
-    for route in ["/submits/pause", "/submits/resume"] {
+    // Pausing submits and changing the log level are for admin keys; a submit key's submit is
+    // refused meanwhile.
+    for route in [
+        "/submits/pause",
+        "/submits/resume",
+        "/log-level?level=debug&for=1",
+    ] {
         assert_401(&call(&coordinator, "POST", route, None), route);
         let refused = call(&coordinator, "POST", route, Some(&alice));
         assert_eq!(refused.status, 403, "{route}: {}", refused.text());
     }
+    let louder = call(
+        &coordinator,
+        "POST",
+        "/log-level?level=warn&for=0",
+        Some(&ops),
+    );
+    assert_eq!(louder.status, 200, "{}", louder.text());
+    assert_eq!(louder.json()["changed"]["by"], "ops", "{}", louder.text());
     let paused = call(&coordinator, "POST", "/submits/pause", Some(&ops));
     assert_eq!(paused.status, 200, "{}", paused.text());
     assert_eq!(paused.json()["pause"]["by"], "ops", "{}", paused.text());

@@ -900,3 +900,61 @@ fn deleting_a_finished_job_forgets_it_and_its_results_now() {
     let (code, body) = delete_job(&coordinator, &kept);
     assert_eq!(code, 200, "{body}");
 }
+
+#[test]
+fn the_log_level_is_raised_for_a_while_and_goes_back_on_its_own() {
+    // Without a stream each dispatch logs at debug that the job is polled instead.
+    let worker = FakeWorker::start_with(|k| k.stream.disabled = true);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let debug_line = |id: &str| format!("Job {id}: the worker stream did not open");
+    let quiet = submit(&coordinator, &form());
+    wait_status(&coordinator, &quiet, "completed", DEADLINE);
+
+    for (query, why) in [
+        ("", "say which level"),
+        ("?level=loud", "unknown log level"),
+        ("?level=debug&for=soon", "whole seconds"),
+    ] {
+        let (code, body) = post(
+            &coordinator.url(&format!("/log-level{query}")),
+            "text/plain",
+            b"",
+        );
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(why), "{query}: {body}");
+    }
+    let (code, body) = post(
+        &coordinator.url("/log-level?level=debug&for=5"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let set: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(set["level"], "debug", "{set}");
+    assert_eq!(set["configured"], "info", "{set}");
+    assert!(
+        set["changed"]["back_in_seconds"].as_f64() > Some(0.0),
+        "{set}"
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["log_level"]["level"], "debug", "{pool}");
+
+    let loud = submit(&coordinator, &form());
+    wait_status(&coordinator, &loud, "completed", DEADLINE);
+    assert!(
+        coordinator.wait_for_log("Log level back to info", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let after = submit(&coordinator, &form());
+    wait_status(&coordinator, &after, "completed", DEADLINE);
+    let logs = coordinator.logs();
+    assert!(logs.contains("Log level set to debug for 5 s"), "{logs}");
+    assert!(logs.contains(&debug_line(&loud)), "{logs}");
+    assert!(!logs.contains(&debug_line(&quiet)), "{logs}");
+    assert!(!logs.contains(&debug_line(&after)), "{logs}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["log_level"]["level"], "info", "{pool}");
+    assert_eq!(pool["log_level"]["changed"], Value::Null, "{pool}");
+}

@@ -1,8 +1,8 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
-//! locking and slots, log lines of lasting failures held to one a minute, a sleeping queue
-//! between threads, the reusable thread cache, the process's own figures and open-file limit,
-//! telling the coordinator's own shortages from a worker's faults, giving free heap pages back,
-//! hex digits, and TLS settings from PEM files.
+//! locking and slots, the log level an operator changes for a while, log lines of lasting
+//! failures held to one a minute, a sleeping queue between threads, the reusable thread cache,
+//! the process's own figures and open-file limit, telling the coordinator's own shortages from
+//! a worker's faults, giving free heap pages back, hex digits, and TLS settings from PEM files.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -15,6 +15,7 @@ pub mod heap;
 pub mod hex;
 pub mod job;
 pub mod json_list;
+pub mod log_level;
 pub mod log_repeats;
 pub mod mailbox;
 pub mod niceness;

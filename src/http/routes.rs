@@ -31,6 +31,10 @@ const SETTLING_RETRY_AFTER: u32 = 2;
 const PAUSED_RETRY_AFTER: u32 = 30;
 /// Submits refused for the coordinator's own trouble (5xx), logged at most once a minute.
 static SUBMIT_FAILURES: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
+/// How long `POST /log-level` changes the level when it does not say (`for=SECS`).
+const LOG_LEVEL_FOR: u64 = 600;
+/// The longest a change of the log level may last, short of "until changed again".
+const LOG_LEVEL_FOR_MAX: u64 = 7 * 24 * 3600;
 /// Where `GET /` sends a browser, once that page is served.
 const DASHBOARD: &str = "/dashboard";
 
@@ -54,6 +58,7 @@ enum Route<'a> {
     DeleteJob(&'a str),
     Drain(&'a str, bool),
     SubmitsPause(bool),
+    LogLevel,
     Reload,
     Snapshot,
     Download(&'a str),
@@ -68,6 +73,7 @@ impl Route<'_> {
             | Route::Cancel(_)
             | Route::Drain(..)
             | Route::SubmitsPause(_)
+            | Route::LogLevel
             | Route::Reload => Method::Post,
             Route::DeleteJob(_) => Method::Delete,
             _ => Method::Get,
@@ -89,6 +95,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("activity", "") => Some(Route::Activity),
         ("submit", "") => Some(Route::Submit),
         ("reload", "") => Some(Route::Reload),
+        ("log-level", "") => Some(Route::LogLevel),
         ("submits", "pause") => Some(Route::SubmitsPause(true)),
         ("submits", "resume") => Some(Route::SubmitsPause(false)),
         ("snapshot", "") => Some(Route::Snapshot),
@@ -269,6 +276,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::DownloadFile(id, file) => {
             job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file, true))
         }
+        Route::LogLevel => match admin_only(&caller) {
+            Ok(()) => set_log_level(ctx, &caller, &url),
+            Err(refused) => refused,
+        },
         Route::Metrics => match admin_only(&caller) {
             Ok(()) => metrics_reply(ctx),
             Err(refused) => refused,
@@ -434,6 +445,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         ctx.config.retain_for.as_secs_f64(),
     );
     view["store"]["settled_views_kept"] = ctx.settled_views.count().into();
+    view["log_level"] = ctx.log_level.view();
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
@@ -530,6 +542,57 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| percent_decode(&v.replace('+', " ")).unwrap_or_default())
+}
+
+/// `POST /log-level?level=LEVEL&for=SECS` (admin): the log level for `SECS` seconds (default
+/// [`LOG_LEVEL_FOR`]; 0: until changed again or a restart), then `--log-level` again.
+fn set_log_level(ctx: &Context, caller: &Caller, url: &str) -> Reply {
+    let levels = "off, error, warn, info, debug or trace";
+    let Some(given) = query_param(url, "level") else {
+        return error_reply(
+            400,
+            format!("say which level: POST /log-level?level=debug ({levels}), and for how long: &for=SECS (default {LOG_LEVEL_FOR}; 0: until changed again)"),
+        );
+    };
+    let Ok(level) = given.parse::<log::LevelFilter>() else {
+        return error_reply(400, format!("unknown log level {given:?}: use {levels}"));
+    };
+    let lasting = match query_param(url, "for").map(|secs| secs.parse::<u64>()) {
+        None => Some(Duration::from_secs(LOG_LEVEL_FOR)),
+        Some(Ok(0)) => None,
+        Some(Ok(secs)) if secs <= LOG_LEVEL_FOR_MAX => Some(Duration::from_secs(secs)),
+        Some(_) => {
+            return error_reply(
+                400,
+                format!(
+                    "for must be whole seconds from 0 (until changed again) to {LOG_LEVEL_FOR_MAX}"
+                ),
+            )
+        }
+    };
+    if let Err(e) = ctx
+        .log_level
+        .set(level, lasting, caller.name().map(str::to_string))
+    {
+        return retry_after(
+            SUBMIT_RETRY_AFTER,
+            error_reply(
+                503,
+                format!("no thread to put the log level back later ({e}); nothing changed, retry shortly"),
+            ),
+        );
+    }
+    let back = lasting.map_or_else(
+        || "until changed again".to_string(),
+        |l| format!("for {} s", l.as_secs()),
+    );
+    log::warn!(
+        "Log level set to {}{} {back}; --log-level is {}",
+        given.to_lowercase(),
+        caller.log_label(),
+        ctx.log_level.configured().as_str().to_lowercase()
+    );
+    Reply::Json(200, ctx.log_level.view())
 }
 
 fn drain(ctx: &Context, raw: &str, on: bool, by: &str) -> Reply {

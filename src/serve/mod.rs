@@ -84,7 +84,10 @@ fn init_logging(level: LevelFilter) {
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+    // The logger lets everything through; the level in force is the `log` crate's maximum,
+    // which `POST /log-level` changes while the coordinator runs.
+    let _ = simplelog::WriteLogger::init(LevelFilter::Trace, config, std::io::stderr());
+    log::set_max_level(level);
 }
 
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.

@@ -4,6 +4,7 @@
 use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
 use crate::base::job::StoredResults;
+use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
@@ -63,6 +64,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The `/status` answers of recently read settled jobs.
     pub settled_views: SettledViews,
+    /// The log level in force (`--log-level`, or an operator's change for a while).
+    pub log_level: Arc<LogLevel>,
     /// Requests waiting in [`Context::lock_collected`], per stripe (see [`stripe`]).
     collection_waiters: [AtomicUsize; COLLECTION_STRIPES],
     /// Signalled with the pool lock when a collection attempt of a job of the stripe ends.
@@ -103,10 +106,12 @@ impl Context {
         let events = JobEvents::new(config.max_followers);
         let metrics = Arc::clone(&state.metrics);
         let nice = config.follow_nice;
+        let log_level = Arc::new(LogLevel::new(config.log_level));
         let context = Context {
             config,
             metrics,
             settled_views: SettledViews::default(),
+            log_level,
             collection_waiters: std::array::from_fn(|_| AtomicUsize::new(0)),
             collection_ended: std::array::from_fn(|_| Condvar::new()),
             state: Mutex::new(state),
