@@ -334,6 +334,7 @@ fn the_auth_matrix() {
     // /pool: a submit key sees counts and its own figures, no workers; the admin everything.
     let pool = call(&coordinator, "GET", "/pool", Some(&alice)).json();
     assert!(pool.get("workers").is_none(), "{pool}");
+    assert!(pool.get("log_level").is_none(), "{pool}");
     assert_eq!(pool["total_workers"], 1, "{pool}");
     let keys = pool["keys"].as_object().expect("keys");
     assert_eq!(keys.keys().collect::<Vec<_>>(), ["alice"], "{pool}");

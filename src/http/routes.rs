@@ -449,6 +449,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
+            fields.remove("log_level");
         }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());
