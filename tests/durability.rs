@@ -287,9 +287,82 @@ fn with_fsync_off_acknowledged_jobs_survive_kill_9_too() {
     crash_injection(&args, 8, 0x2545_f491_4f6c_dd1du64);
 }
 
+/// Deletions tried by [`deleter`] during the crash rounds.
+#[derive(Default)]
+struct Deletions {
+    /// Answered 200: the job must stay deleted.
+    done: BTreeSet<String>,
+    /// Sent without an answer (a kill): either way is fine.
+    unanswered: BTreeSet<String>,
+    /// Ended otherwise than completed: not deleted.
+    skipped: BTreeSet<String>,
+    /// Answered 404 before any deletion was tried: an acknowledged job unknown.
+    unknown: Vec<String>,
+}
+
+impl Deletions {
+    /// The jobs it is done with.
+    fn visited(&self) -> usize {
+        self.done.len() + self.unanswered.len() + self.skipped.len()
+    }
+}
+
+/// A client that deletes every third acknowledged job once it completed, until `stop`.
+fn deleter(
+    base: String,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<(String, String)>>>,
+    deletions: Arc<Mutex<Deletions>>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let visited = deletions.lock().map_or(0, |d| d.visited());
+        let next = acknowledged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .step_by(3)
+            .nth(visited)
+            .map(|(id, _)| id.clone());
+        let Some(id) = next else {
+            thread::sleep(Duration::from_millis(30));
+            continue;
+        };
+        let Ok(status) = send("GET", &format!("{base}/status/{id}"), None) else {
+            thread::sleep(Duration::from_millis(30));
+            continue;
+        };
+        let answer = status.json();
+        let pool_status = answer["pool_status"].as_str().unwrap_or_default();
+        if status.status == 404 || ["failed", "lost", "cancelled"].contains(&pool_status) {
+            let mut d = deletions.lock().unwrap_or_else(|e| e.into_inner());
+            if status.status == 404 {
+                d.unknown.push(format!("{id}: {}", status.text()));
+            }
+            d.skipped.insert(id);
+            continue;
+        }
+        if pool_status != "completed" || answer["results"]["collected"] != true {
+            thread::sleep(Duration::from_millis(30));
+            continue;
+        }
+        let deleted = send("DELETE", &format!("{base}/jobs/{id}"), None);
+        let mut d = deletions.lock().unwrap_or_else(|e| e.into_inner());
+        match deleted {
+            Ok(reply) if reply.status == 200 => {
+                d.done.insert(id);
+            }
+            Ok(reply) if reply.status == 409 => {}
+            _ => {
+                d.unanswered.insert(id);
+            }
+        }
+    }
+}
+
 /// Rounds of submits under load, each ended by `kill -9` at a random moment and restarted on
 /// the same state directory with `args`; then every acknowledged job must be known and end
 /// `completed` (or `lost`, only when its submit was in flight at a kill), none sent twice.
+/// Meanwhile every third completed job is deleted: one answered 200 must stay deleted.
 fn crash_injection(args: &[&str], rounds: usize, default_seed: u64) {
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -304,6 +377,7 @@ fn crash_injection(args: &[&str], rounds: usize, default_seed: u64) {
     let dir = support::temp_dir();
     write_workers_json(dir.path(), &[workers[0].entry(4), workers[1].entry(4)]);
     let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let deletions: Arc<Mutex<Deletions>> = Arc::default();
     let mut sent = 0usize;
     let started = Instant::now();
     for round in 0..rounds {
@@ -337,6 +411,11 @@ fn crash_injection(args: &[&str], rounds: usize, default_seed: u64) {
                 })
             })
             .collect();
+        let deleting = {
+            let (base, stop) = (coordinator.url(""), Arc::clone(&stop));
+            let (acknowledged, deletions) = (Arc::clone(&acknowledged), Arc::clone(&deletions));
+            thread::spawn(move || deleter(base, stop, acknowledged, deletions))
+        };
         thread::sleep(Duration::from_millis(150 + rng.below(600)));
         let mut coordinator = coordinator;
         coordinator.kill();
@@ -344,6 +423,7 @@ fn crash_injection(args: &[&str], rounds: usize, default_seed: u64) {
         for client in clients {
             sent += client.join().unwrap_or(0);
         }
+        let _ = deleting.join();
     }
     let coordinator = Coordinator::start_in(dir.path(), args);
     let acknowledged = acknowledged
@@ -357,8 +437,24 @@ fn crash_injection(args: &[&str], rounds: usize, default_seed: u64) {
         started.elapsed().as_secs_f64()
     );
     assert!(acknowledged.len() >= 20, "too few jobs were acknowledged");
+    let deletions = std::mem::take(&mut *deletions.lock().unwrap_or_else(|e| e.into_inner()));
+    assert_eq!(
+        deletions.unknown,
+        Vec::<String>::new(),
+        "acknowledged jobs unknown"
+    );
+    eprintln!(
+        "{} deletions answered 200, {} unanswered at a kill",
+        deletions.done.len(),
+        deletions.unanswered.len()
+    );
     let mut lost = 0;
     for (id, token) in &acknowledged {
+        let (code, body) = get(&coordinator.url(&format!("/status/{id}")));
+        if deletions.done.contains(id) || (code == 404 && deletions.unanswered.contains(id)) {
+            assert_eq!(code, 404, "job {id} came back after its deletion: {body}");
+            continue;
+        }
         let status = wait_final(&coordinator, id, DEADLINE);
         match status["pool_status"].as_str() {
             Some("completed") => {
