@@ -220,6 +220,41 @@ fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
 }
 
 #[test]
+fn an_https_worker_added_to_a_coordinator_started_without_tls_settings_is_reached() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (proxy_cert, proxy_key) = ca.issue("proxy", false);
+    let plain = FakeWorker::start();
+    let behind = FakeWorker::start();
+    let proxy = TlsProxy::start(behind.addr(), &proxy_cert, &proxy_key, None);
+    // No https:// worker and no TLS option at start: the system's CA certificates, which
+    // SSL_CERT_FILE names here, are read only once one is listed.
+    let workers_dir = temp_dir();
+    write_workers_json(workers_dir.path(), &[plain.entry(2)]);
+    let ca_file = path_arg(&ca.path("ca"));
+    let coordinator = Coordinator::try_start_in_env(
+        workers_dir.path(),
+        &["--health-interval", "1"],
+        &[("SSL_CERT_FILE", &ca_file)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let https = (behind.worker_id(), proxy.endpoint(), 2);
+    write_workers_json(coordinator.dir(), &[plain.entry(2), https]);
+    coordinator.hangup();
+    let healthy = poll_until(DEADLINE, || {
+        let row = row_of(&coordinator, &proxy.endpoint());
+        (row["is_healthy"] == true).then_some(row)
+    });
+    assert!(
+        healthy.is_some(),
+        "{}\n{}",
+        row_of(&coordinator, &proxy.endpoint()),
+        coordinator.logs()
+    );
+    assert!(proxy.sessions() > 0, "nothing went through the proxy");
+}
+
+#[test]
 fn a_rotated_worker_client_certificate_is_used_after_sighup() {
     let dir = temp_dir();
     let ca = TestCa::new(dir.path(), "ca");
