@@ -175,6 +175,20 @@ fn row_of(coordinator: &Coordinator, endpoint: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Waits until the worker at `endpoint` is healthy in `/pool`; fails with its row and the log.
+fn assert_turns_healthy(coordinator: &Coordinator, endpoint: &str) {
+    let healthy = poll_until(DEADLINE, || {
+        let row = row_of(coordinator, endpoint);
+        (row["is_healthy"] == true).then_some(row)
+    });
+    assert!(
+        healthy.is_some(),
+        "{}\n{}",
+        row_of(coordinator, endpoint),
+        coordinator.logs()
+    );
+}
+
 #[test]
 fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
     let dir = temp_dir();
@@ -199,15 +213,7 @@ fn an_https_worker_added_by_a_reload_gets_the_same_worker_tls_settings() {
     // SIGHUP adds the https worker: it is probed through the proxy with the client certificate.
     write_workers_json(coordinator.dir(), &[plain.entry(2), https.clone()]);
     coordinator.hangup();
-    let healthy = poll_until(DEADLINE, || {
-        let row = row_of(&coordinator, &strict.endpoint());
-        (row["is_healthy"] == true).then_some(row)
-    });
-    assert!(
-        healthy.is_some(),
-        "{}",
-        row_of(&coordinator, &strict.endpoint())
-    );
+    assert_turns_healthy(&coordinator, &strict.endpoint());
     assert!(strict.sessions() > 0, "nothing went through the proxy");
 
     // POST /reload leaves only the https worker: a job runs behind the proxy.
@@ -241,16 +247,7 @@ fn an_https_worker_added_to_a_coordinator_started_without_tls_settings_is_reache
     let https = (behind.worker_id(), proxy.endpoint(), 2);
     write_workers_json(coordinator.dir(), &[plain.entry(2), https]);
     coordinator.hangup();
-    let healthy = poll_until(DEADLINE, || {
-        let row = row_of(&coordinator, &proxy.endpoint());
-        (row["is_healthy"] == true).then_some(row)
-    });
-    assert!(
-        healthy.is_some(),
-        "{}\n{}",
-        row_of(&coordinator, &proxy.endpoint()),
-        coordinator.logs()
-    );
+    assert_turns_healthy(&coordinator, &proxy.endpoint());
     assert!(proxy.sessions() > 0, "nothing went through the proxy");
 }
 

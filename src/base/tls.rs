@@ -79,6 +79,14 @@ pub struct WorkerTls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
+impl WorkerTls {
+    /// Whether TLS settings are to be read: some were given, or an `https://` worker is listed
+    /// (`https_listed`). Otherwise the system's CA certificates are not read at all.
+    pub fn wanted(&self, https_listed: bool) -> bool {
+        https_listed || self.ca.is_some() || self.client_cert.is_some()
+    }
+}
+
 /// The client settings for `https://` workers: `--worker-ca` or the system roots, and the
 /// optional client certificate.
 pub fn client_config(settings: &WorkerTls) -> Result<Arc<ClientConfig>, TlsError> {

@@ -44,10 +44,9 @@ impl ControlError {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
             Self::Finished(..) | Self::NotEnded(..) | Self::Settling(_) => 409,
-            Self::NotDeleted(_, fault) => fault.http_status(),
-            Self::NotRecorded(_, fault) | Self::CancelNotRecordedYet(_, fault) => {
-                fault.http_status()
-            }
+            Self::NotRecorded(_, fault)
+            | Self::CancelNotRecordedYet(_, fault)
+            | Self::NotDeleted(_, fault) => fault.http_status(),
         }
     }
 }

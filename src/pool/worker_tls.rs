@@ -10,12 +10,12 @@ use crate::state::context::Context;
 /// or a key that does not match, is refused and logged, and the old settings stay.
 pub fn reload(ctx: &Context) {
     let settings = &ctx.config.worker_tls;
-    let https = ctx
+    let https_listed = ctx
         .lock()
         .workers
         .iter()
         .any(|w| !w.removed && w.spec.endpoint.starts_with("https://"));
-    if !https && settings.ca.is_none() && settings.client_cert.is_none() {
+    if !settings.wanted(https_listed) {
         return;
     }
     let trusted = match &settings.ca {

@@ -147,12 +147,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (store, unsettled) =
         JobStore::open(&config.state_dir, config.fsync, retention).map_err(ServeError::Store)?;
     let addr = SocketAddr::new(config.bind, config.port);
-    let worker_tls = (specs.iter().any(|w| w.endpoint.starts_with("https://"))
-        || config.worker_tls.ca.is_some()
-        || config.worker_tls.client_cert.is_some())
-    .then(|| tls::client_config(&config.worker_tls))
-    .transpose()
-    .map_err(ServeError::Tls)?;
+    let https_listed = specs.iter().any(|w| w.endpoint.starts_with("https://"));
+    let worker_tls = config
+        .worker_tls
+        .wanted(https_listed)
+        .then(|| tls::client_config(&config.worker_tls))
+        .transpose()
+        .map_err(ServeError::Tls)?;
     let acceptor = match &config.tls {
         Some((cert, key)) => Some(Arc::new(tiny_http::TlsAcceptor::new(
             tls::server_config(cert, key).map_err(ServeError::Tls)?,

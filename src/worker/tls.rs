@@ -44,7 +44,7 @@ impl ureq::TlsConnector for Connector {
         let config = lock(&self.0).clone().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
-                "no TLS settings for https:// workers yet (they are read at start and on SIGHUP)",
+                "no TLS settings for https:// workers yet (they are read at start, on SIGHUP and on POST /reload)",
             )
         })?;
         let session = ClientConnection::new(config, name)
