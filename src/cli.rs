@@ -54,6 +54,8 @@ OPTIONS:
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
     --priority-aging SECS    a job queued this long in its priority level moves up one [default: 300]
+    --queue-timeout SECS     a job queued this long fails unstarted; also the most a submit's
+                             queue_timeout may ask for; 0 = wait as long as it takes [default: 0]
     --max-waiting N          most parked GET /status/ID?wait= requests; 503 beyond [default: 256]
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
@@ -184,6 +186,16 @@ fn seconds(text: &str) -> Result<Duration, String> {
             "expected a positive number of seconds, got {text:?}"
         )),
     }
+}
+
+/// Seconds, or 0 for none.
+fn seconds_or_zero(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(None);
+    }
+    seconds(text)
+        .map(Some)
+        .map_err(|_| format!("expected a number of seconds (0 for no limit), got {text:?}"))
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
@@ -369,6 +381,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,
         priority_aging: value(args, "--priority-aging", seconds, d.priority_aging)?,
+        queue_timeout: value(args, "--queue-timeout", seconds_or_zero, d.queue_timeout)?,
         max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,

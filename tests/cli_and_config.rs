@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 20] = [
+const FLAGS: [&str; 21] = [
     "--port",
     "--bind",
     "--workers",
@@ -42,6 +42,7 @@ const FLAGS: [&str; 20] = [
     "--client-timeout",
     "--max-connections",
     "--max-uploads",
+    "--queue-timeout",
 ];
 
 /// What one run of the binary did.
@@ -217,6 +218,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--follow-nice", "-1"], "--follow-nice"),
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
+        (&["--queue-timeout", "-5"], "--queue-timeout"),
+        (&["--queue-timeout", "an hour"], "--queue-timeout"),
         (&["--log-level", "loud"], "--log-level"),
         (&["--log-level"], "--log-level"),
         (&["--client-timeout", "0"], "--client-timeout"),

@@ -276,6 +276,7 @@ fn the_auth_matrix() {
         ("GET", "/outputs/ID/result.txt"),
         ("POST", "/cancel/ID"),
         ("DELETE", "/jobs/ID"),
+        ("POST", "/jobs/ID/priority?priority=high"),
     ];
     for (method, route) in job_routes {
         let theirs = call(
@@ -321,6 +322,16 @@ fn the_auth_matrix() {
             key.name,
             reply.text()
         );
+        let path = format!("/jobs/{a_job}/priority?priority=low");
+        let reply = call(&coordinator, "POST", &path, Some(key));
+        assert_eq!(
+            reply.status,
+            409,
+            "{path} as {}: {}",
+            key.name,
+            reply.text()
+        );
+        assert!(reply.text().contains("left it"), "{}", reply.text());
     }
     // The admin reads any job's logs and outputs.
     for path in [

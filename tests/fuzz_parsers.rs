@@ -281,7 +281,13 @@ fn mutated_uploads_are_queued_or_refused_with_a_4xx() {
         let content_type = String::from_utf8_lossy(&content_type).into_owned();
         let checked = upload::check_headers(&ctx, Some(&content_type), Some(input.len()));
         let outcome = checked.and_then(|boundary| {
-            upload::accept(&ctx, &caller, boundary, None, &mut input.as_slice())
+            upload::accept(
+                &ctx,
+                &caller,
+                boundary,
+                upload::SubmitOptions::default(),
+                &mut input.as_slice(),
+            )
         });
         match outcome {
             Ok(id) => {

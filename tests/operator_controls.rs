@@ -303,16 +303,7 @@ fn aging_moves_a_low_job_up() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let blocker = submit(&coordinator, &form());
     wait_started(&coordinator, &worker, &blocker);
-    let (code, body) = post(
-        &coordinator.url("/submit?priority=low"),
-        &form().content_type(),
-        &form().body(),
-    );
-    assert_eq!(code, 200, "{body}");
-    let low = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["job_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let low = submit_to(&coordinator, "/submit?priority=low", &form());
     let status = job_status(&coordinator, &low);
     assert_eq!(status["priority"], "low", "{status}");
     for level in ["normal", "high"] {
@@ -957,4 +948,200 @@ fn the_log_level_is_raised_for_a_while_and_goes_back_on_its_own() {
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool["log_level"]["level"], "info", "{pool}");
     assert_eq!(pool["log_level"]["changed"], Value::Null, "{pool}");
+}
+
+/// Submits `form` to `path` (`/submit?...`), asserting 200; returns the job id.
+fn submit_to(coordinator: &Coordinator, path: &str, form: &Form) -> String {
+    let (code, body) = post(&coordinator.url(path), &form.content_type(), &form.body());
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A coordinator (started with `args`, its directory to restart it in) whose one worker, with
+/// one slot, runs a 30 s job (its id comes last): the jobs submitted next wait in the queue.
+fn busy_worker(args: &[&str]) -> (FakeWorker, tempfile::TempDir, Coordinator, String) {
+    let worker = slow_worker(30.0);
+    let dir = support::temp_dir();
+    support::write_workers_json(dir.path(), &[worker.entry(1)]);
+    let coordinator = Coordinator::start_in(dir.path(), args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let blocker = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &blocker);
+    (worker, dir, coordinator, blocker)
+}
+
+/// A job still queued when its queue timeout ends fails unstarted, with what the workers were
+/// doing, and its upload goes; its time before a restart counts; the others keep their place.
+#[test]
+fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
+    let mut args = FAST.to_vec();
+    args.extend(["--queue-timeout", "600"]);
+    let (worker, dir, mut coordinator, blocker) = busy_worker(&args);
+    // Longer than the coordinator allows: refused, nothing kept.
+    let (code, body) = post(
+        &coordinator.url("/submit?queue_timeout=601"),
+        &form().content_type(),
+        &form().body(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("--queue-timeout 600"), "{body}");
+    let (code, body) = post(
+        &coordinator.url("/submit?queue_timeout=5"),
+        &form().field("queue_timeout", b"5").content_type(),
+        &form().field("queue_timeout", b"5").body(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("both as a part and in the query"), "{body}");
+    let soon = submit_to(&coordinator, "/submit?queue_timeout=1", &form());
+    let part = submit(&coordinator, &form().field("queue_timeout", b"2"));
+    let patient = submit(&coordinator, &form());
+    assert_eq!(job_status(&coordinator, &part)["queue_timeout"], 2.0);
+    assert_eq!(job_status(&coordinator, &patient)["queue_timeout"], 600.0);
+    for id in [&soon, &part] {
+        let status = wait_status(&coordinator, id, "failed", DEADLINE);
+        let error = status["error"].as_str().unwrap_or_default();
+        assert!(error.contains("within its queue timeout of"), "{status}");
+        assert!(
+            error.contains("1 of 1 workers healthy and in service, 0 with room"),
+            "{status}"
+        );
+        assert_eq!(status["dispatched_at"], Value::Null, "{status}");
+        assert_eq!(status["remote_job_id"], Value::Null, "{status}");
+    }
+    let waited = job_status(&coordinator, &soon)["completed_at"]
+        .as_f64()
+        .unwrap_or(0.0)
+        - job_status(&coordinator, &soon)["submitted_at"]
+            .as_f64()
+            .unwrap_or(0.0);
+    assert!((1.0..30.0).contains(&waited), "failed after {waited} s");
+    let status = job_status(&coordinator, &patient);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert_eq!(status["queue_position"], 1, "{status}");
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["queue"]["timed_out"], 2, "{pool}");
+    assert_eq!(
+        pool["spool"]["uploads_in_memory"], 1,
+        "only the patient job's: {pool}"
+    );
+    let (_, metrics) = support::get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.contains("trusted_pool_queue_timeouts_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        coordinator.wait_for_log(
+            "failed unstarted: its queue timeout ended before a worker took it",
+            DEADLINE
+        ),
+        "{}",
+        coordinator.logs()
+    );
+    // A job whose timeout ends while the coordinator is down fails at the restart, unstarted.
+    let downtime = submit_to(&coordinator, "/submit?queue_timeout=2", &form());
+    let submitted_at = job_status(&coordinator, &downtime)["submitted_at"]
+        .as_f64()
+        .unwrap_or(0.0);
+    coordinator.kill();
+    poll_until(DEADLINE, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        (now > submitted_at + 2.5).then_some(())
+    });
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let status = wait_status(&coordinator, &downtime, "failed", DEADLINE);
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("queue timeout of 2 s"),
+        "{status}"
+    );
+    assert_eq!(job_status(&coordinator, &patient)["pool_status"], "queued");
+    assert_eq!(job_status(&coordinator, &soon)["queue_timeout"], 1.0);
+    let accepted = worker.recording().accepted_ids().len();
+    assert_eq!(accepted, 1, "only the blocker reached the worker");
+    cancel(&coordinator, &patient);
+    cancel(&coordinator, &blocker);
+}
+
+/// A queued job's priority is changed by `POST /jobs/{id}/priority`: it moves in the queue, the
+/// change survives `kill -9`, and a job that left the queue or a bad request is refused.
+#[test]
+fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
+    let (_worker, dir, mut coordinator, blocker) = busy_worker(&FAST);
+    let queued: Vec<String> = (0..3).map(|_| submit(&coordinator, &form())).collect();
+    let change = |coordinator: &Coordinator, id: &str, query: &str| {
+        let (code, body) = post(
+            &coordinator.url(&format!("/jobs/{id}/priority{query}")),
+            "text/plain",
+            b"",
+        );
+        (
+            code,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    let (code, answer) = change(&coordinator, &queued[2], "?priority=high");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["priority"], "high", "{answer}");
+    assert_eq!(answer["was"], "normal", "{answer}");
+    assert_eq!(answer["queue_position"], 1, "{answer}");
+    let (code, answer) = change(&coordinator, &queued[0], "?priority=low");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["queue_position"], 3, "{answer}");
+    let refusals = [
+        (&queued[1], "", 400, "give the new priority"),
+        (&queued[1], "?priority=urgent", 400, "\"urgent\" is unknown"),
+        (&blocker, "?priority=high", 409, "this one left it"),
+        (
+            &"pool-0123456789abcdef0123456789abcdef".to_string(),
+            "?priority=high",
+            404,
+            "no job",
+        ),
+    ];
+    for (id, query, status, needle) in refusals {
+        let (code, answer) = change(&coordinator, id, query);
+        assert_eq!(code, status, "{query}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "{query}: {answer}");
+    }
+    let (code, _) = support::get(&coordinator.url(&format!("/jobs/{}/priority", queued[1])));
+    assert_eq!(code, 405);
+    assert!(
+        coordinator.wait_for_log(
+            &format!("Job {} has priority high now, was normal", queued[2]),
+            DEADLINE
+        ),
+        "{}",
+        coordinator.logs()
+    );
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let order: Vec<(Value, Value)> = queued
+        .iter()
+        .map(|id| {
+            let status = job_status(&coordinator, id);
+            (status["priority"].clone(), status["queue_position"].clone())
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (Value::from("low"), Value::from(3)),
+            (Value::from("normal"), Value::from(2)),
+            (Value::from("high"), Value::from(1)),
+        ],
+        "{}",
+        coordinator.logs()
+    );
+    for id in queued.iter().chain([&blocker]) {
+        cancel(&coordinator, id);
+    }
 }

@@ -305,6 +305,23 @@ fn bad_parts_are_refused_with_what_to_fix() {
                 .field("priority", b"low"),
             "priority is given twice",
         ),
+        (
+            "queue timeout of zero",
+            main_py().field("queue_timeout", b"0"),
+            "\"0\" is not a number of seconds above 0",
+        ),
+        (
+            "queue timeout not a number",
+            main_py().field("queue_timeout", b"soon"),
+            "e.g. queue_timeout=600",
+        ),
+        (
+            "queue timeout twice",
+            main_py()
+                .field("queue_timeout", b"5")
+                .field("queue_timeout", b"6"),
+            "queue_timeout is given twice",
+        ),
     ];
     for (case, form, needle) in cases {
         let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());

@@ -64,6 +64,9 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// A job queued this long in its priority level moves up one level.
     pub priority_aging: Duration,
+    /// The longest a job may wait in the queue before it fails unstarted, and the longest a
+    /// submit may ask for (None: as long as it takes).
+    pub queue_timeout: Option<Duration>,
     /// Most `GET /status/{id}?wait=` requests parked at once.
     pub max_waiting: usize,
     /// Log verbosity.
@@ -122,6 +125,7 @@ impl Default for ServeConfig {
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
             priority_aging: Duration::from_secs(300),
+            queue_timeout: None,
             max_waiting: 256,
             log_level: LevelFilter::Info,
             api_keys: None,

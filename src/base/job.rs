@@ -309,6 +309,14 @@ pub struct Job {
     /// Where its upload waits on disk; `None` when it is held in memory (and in the job store).
     #[serde(default)]
     pub upload_at: Option<UploadAt>,
+    /// Seconds it may wait in the queue, counted from its submission (its `queue_timeout`, or
+    /// `--queue-timeout`); past that it fails unstarted. None: it waits as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<f64>,
+    /// When its queue timeout ends, on the monotonic clock (not stored: set when it is queued,
+    /// from `submitted_at`).
+    #[serde(skip)]
+    pub queue_deadline: Option<Instant>,
 }
 
 impl Job {
@@ -357,6 +365,8 @@ impl Job {
             done_figures: None,
             verification: None,
             upload_at: None,
+            queue_timeout: None,
+            queue_deadline: None,
         }
     }
 

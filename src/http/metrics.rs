@@ -249,6 +249,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         );
     }
     out.family(
+        "trusted_pool_queue_timeouts_total",
+        "counter",
+        "Jobs that failed unstarted: their queue timeout passed before a worker took them (counted in jobs_finished_total{status=\"failed\"} too).",
+    );
+    out.sample(
+        "trusted_pool_queue_timeouts_total",
+        &[],
+        metrics.queue_timeouts(),
+    );
+    out.family(
         "trusted_pool_jobs",
         "gauge",
         "Jobs in the coordinator's table (queued, in flight, or finished and not yet settled in the job store), by status.",

@@ -64,6 +64,7 @@ enum Route<'a> {
     Download(&'a str),
     DownloadFile(&'a str, &'a str),
     Jobs,
+    JobPriority(&'a str),
 }
 
 impl Route<'_> {
@@ -74,6 +75,7 @@ impl Route<'_> {
             | Route::Drain(..)
             | Route::SubmitsPause(_)
             | Route::LogLevel
+            | Route::JobPriority(_)
             | Route::Reload => Method::Post,
             Route::DeleteJob(_) => Method::Delete,
             _ => Method::Get,
@@ -101,6 +103,10 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ("snapshot", "") => Some(Route::Snapshot),
         ("jobs", "") => Some(Route::Jobs),
         ("jobs", id) if !id.contains('/') => Some(Route::DeleteJob(id)),
+        ("jobs", rest) => match rest.split_once('/') {
+            Some((id, "priority")) if !id.is_empty() => Some(Route::JobPriority(id)),
+            _ => None,
+        },
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
         ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
@@ -152,7 +158,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, DELETE /jobs/ID, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, DELETE /jobs/ID, /jobs/ID/priority, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
         );
     };
     if *request.method() == Method::Options {
@@ -236,6 +242,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
                 Err(e) => error_reply(e.status(), e.to_string()),
             }
         }),
+        Route::JobPriority(id) => job_route(ctx, &caller, id, |ctx| {
+            set_priority(ctx, id, &url, &caller.log_label())
+        }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on, &caller.log_label()),
             Err(reply) => reply,
@@ -288,6 +297,40 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Ok(()) => snapshot::snapshot(ctx, &caller.log_label()),
             Err(refused) => refused,
         },
+    }
+}
+
+/// `POST /jobs/{id}/priority?priority=LEVEL` (the job's owner or an admin): a queued job's
+/// new priority.
+fn set_priority(ctx: &Context, id: &str, url: &str, by: &str) -> Reply {
+    let Some(asked) = query_param(url, "priority") else {
+        return error_reply(
+            400,
+            "give the new priority in the query: POST /jobs/ID/priority?priority=high (or normal, or low)",
+        );
+    };
+    let priority = match upload::parse_priority(&asked) {
+        Ok(p) => p,
+        Err(e) => return error_reply(e.status(), e.to_string()),
+    };
+    match control::set_priority(ctx, id, priority, by) {
+        Ok(change) => Reply::Json(
+            200,
+            json!({
+                "job_id": id,
+                "priority": priority.as_str(),
+                "was": change.was.as_str(),
+                "queue_position": change.position.map_or(0, |p| p + 1),
+            }),
+        ),
+        Err(ControlError::UnknownJob(_)) => match ctx.store.load(id) {
+            Ok(Some(job)) => {
+                let e = ControlError::NotQueued(id.to_string(), job.status);
+                error_reply(e.status(), e.to_string())
+            }
+            _ => unknown_job(id),
+        },
+        Err(e) => error_reply(e.status(), e.to_string()),
     }
 }
 
@@ -641,10 +684,9 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         );
         return retry_after(SUBMIT_RETRY_AFTER, reply);
     }
-    let priority = match query_param(url, "priority").map(|p| upload::parse_priority(&p)) {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => return error_reply(e.status(), e.to_string()),
+    let options = match upload::SubmitOptions::from_query(|name| query_param(url, name)) {
+        Ok(options) => options,
+        Err(e) => return error_reply(e.status(), e.to_string()),
     };
     let content_type = request
         .headers()
@@ -657,7 +699,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
     let accepted = upload::check_queue_room(ctx, caller)
-        .and_then(|()| upload::accept(ctx, caller, boundary, priority, request.as_reader()));
+        .and_then(|()| upload::accept(ctx, caller, boundary, options, request.as_reader()));
     match accepted {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {

@@ -45,12 +45,15 @@ pub enum UploadError {
     DuplicateFilename(String),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
-    /// A part name other than `files`, `manifest` and `priority`.
+    /// A part name other than `files`, `manifest`, `priority` and `queue_timeout`.
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
     /// A priority that is not `high`, `normal` or `low`, or given twice.
     BadPriority(String),
+    /// A queue timeout that is not a positive number of seconds, is longer than
+    /// `--queue-timeout`, or is given twice.
+    BadQueueTimeout(String),
     /// The spool could not be written.
     Spool(io::Error),
     /// The job store could not record the job.
@@ -95,12 +98,16 @@ impl fmt::Display for UploadError {
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
-            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest' and 'priority' are accepted"),
+            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority' and 'queue_timeout' are accepted"),
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
             ),
             Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
+            Self::BadQueueTimeout(why) => write!(
+                f,
+                "the queue_timeout {why}; give the seconds the job may wait for a worker, e.g. queue_timeout=600"
+            ),
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => write!(
                 f,
                 "the coordinator's state directory is full, the job was not accepted (nothing was kept); try again later: {e}"
@@ -191,13 +198,81 @@ fn describe_parse_error(e: &io::Error) -> String {
 struct Parts {
     inputs: Vec<InputFile>,
     manifest: Option<Span>,
-    priority: Option<Priority>,
+    options: SubmitOptions,
+}
+
+/// A submit's options, given as parts or in the query (`?priority=`, `?queue_timeout=`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SubmitOptions {
+    /// Its priority.
+    pub priority: Option<Priority>,
+    /// Seconds it may wait in the queue.
+    pub queue_timeout: Option<f64>,
+}
+
+impl SubmitOptions {
+    /// Parses the options of a query (`name` to its value, when given).
+    pub fn from_query(param: impl Fn(&str) -> Option<String>) -> Result<Self, UploadError> {
+        Ok(SubmitOptions {
+            priority: param("priority").map(|p| parse_priority(&p)).transpose()?,
+            queue_timeout: param("queue_timeout")
+                .map(|t| parse_queue_timeout(&t))
+                .transpose()?,
+        })
+    }
+
+    /// These options with those of the parts; an option given in both is refused.
+    fn merged(self, parts: SubmitOptions) -> Result<SubmitOptions, UploadError> {
+        if self.priority.is_some() && parts.priority.is_some() {
+            return Err(UploadError::BadPriority(
+                "is given both as a part and in the query".to_string(),
+            ));
+        }
+        if self.queue_timeout.is_some() && parts.queue_timeout.is_some() {
+            return Err(UploadError::BadQueueTimeout(
+                "is given both as a part and in the query".to_string(),
+            ));
+        }
+        Ok(SubmitOptions {
+            priority: self.priority.or(parts.priority),
+            queue_timeout: self.queue_timeout.or(parts.queue_timeout),
+        })
+    }
 }
 
 /// Parses a priority given in a part or in the query.
 pub fn parse_priority(text: &str) -> Result<Priority, UploadError> {
     Priority::parse(text.trim())
         .ok_or_else(|| UploadError::BadPriority(format!("{text:?} is unknown")))
+}
+
+/// Parses a queue timeout given in a part or in the query: seconds, above 0.
+fn parse_queue_timeout(text: &str) -> Result<f64, UploadError> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => Ok(secs),
+        _ => Err(UploadError::BadQueueTimeout(format!(
+            "{text:?} is not a number of seconds above 0"
+        ))),
+    }
+}
+
+/// The queue timeout a job gets: the one it asked for, at most `--queue-timeout`, or else
+/// `--queue-timeout`'s.
+fn queue_timeout_of(ctx: &Context, asked: Option<f64>) -> Result<Option<f64>, UploadError> {
+    let limit = ctx.config.queue_timeout.map(|d| d.as_secs_f64());
+    match (asked, limit) {
+        (Some(secs), Some(max)) if secs > max => Err(UploadError::BadQueueTimeout(format!(
+            "of {secs} s is longer than this coordinator allows (--queue-timeout {max})"
+        ))),
+        (asked, limit) => Ok(asked.or(limit)),
+    }
+}
+
+/// Reads a short text part (an option), at most `max` bytes.
+fn short_text(field: &mut dyn Read, max: u64) -> Option<String> {
+    let mut text = String::new();
+    field.take(max).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Reads the upload into `writer`; returns its inputs, its manifest's place and its priority.
@@ -224,7 +299,7 @@ fn read_parts(
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();
     let mut manifest = None;
-    let mut priority = None;
+    let mut options = SubmitOptions::default();
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
             "files" => {
@@ -283,13 +358,21 @@ fn read_parts(
                 );
             }
             "priority" => {
-                let mut text = String::new();
-                (&mut field.data)
-                    .take(16)
-                    .read_to_string(&mut text)
-                    .map_err(|_| UploadError::BadPriority("is not short text".to_string()))?;
-                if priority.replace(parse_priority(&text)?).is_some() {
+                let text = short_text(&mut field.data, 16)
+                    .ok_or_else(|| UploadError::BadPriority("is not short text".to_string()))?;
+                if options.priority.replace(parse_priority(&text)?).is_some() {
                     return Err(UploadError::BadPriority("is given twice".to_string()));
+                }
+            }
+            "queue_timeout" => {
+                let text = short_text(&mut field.data, 32)
+                    .ok_or_else(|| UploadError::BadQueueTimeout("is not short text".to_string()))?;
+                if options
+                    .queue_timeout
+                    .replace(parse_queue_timeout(&text)?)
+                    .is_some()
+                {
+                    return Err(UploadError::BadQueueTimeout("is given twice".to_string()));
                 }
             }
             other => return Err(UploadError::UnknownPart(other.to_string())),
@@ -301,7 +384,7 @@ fn read_parts(
     Ok(Parts {
         inputs,
         manifest,
-        priority,
+        options,
     })
 }
 
@@ -346,13 +429,13 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
 /// returns the new job id. When a worker has room the job is assigned and its dispatch started
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
 /// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
-/// `query_priority` is the `?priority=` of the request, if any (the part and the query must not
-/// both give one).
+/// `query` holds the options given in the request's query (a part and the query must not both
+/// give one).
 pub fn accept(
     ctx: &Arc<Context>,
     caller: &Caller,
     boundary: String,
-    query_priority: Option<Priority>,
+    query: SubmitOptions,
     body: &mut dyn Read,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
@@ -360,21 +443,16 @@ pub fn accept(
     // leaves nothing behind.
     let mut writer = ctx.spool.upload_writer(&id);
     let parts = read_parts(ctx, &mut writer, body, boundary)?;
-    let priority = match (parts.priority, query_priority) {
-        (Some(_), Some(_)) => {
-            return Err(UploadError::BadPriority(
-                "is given both as a part and in the query".to_string(),
-            ))
-        }
-        (part, query) => part.or(query).unwrap_or_default(),
-    };
+    let options = query.merged(parts.options)?;
+    let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads).
     room_in(&ctx.lock(), caller)?;
     let stored = writer.finish().map_err(UploadError::Spool)?;
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
-    job.priority = priority;
+    job.priority = options.priority.unwrap_or_default();
+    job.queue_timeout = queue_timeout;
     // The answer promises the job: its upload and then its record must be on disk first (an
     // upload in a segment is synced by the store's writer, once for the whole transaction).
     let stored = match stored {

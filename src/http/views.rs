@@ -99,7 +99,11 @@ fn queue_view(st: &PoolState) -> Value {
         .into_iter()
         .map(|(owner, queued)| json!({"owner": owner, "queued": queued}))
         .collect();
-    json!({"by_priority": by_priority, "by_owner": by_owner})
+    json!({
+        "by_priority": by_priority,
+        "by_owner": by_owner,
+        "timed_out": st.metrics.queue_timeouts(),
+    })
 }
 
 /// `GET /pool`: the worker table and job counts, all from one consistent snapshot; `settled`
@@ -283,6 +287,8 @@ struct StatusView<'a> {
     queue_position: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_level: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_timeout: Option<f64>,
     worker_id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_status: Option<&'a Option<Value>>,
@@ -364,6 +370,7 @@ fn job_json(
         priority: job.priority.as_str(),
         queue_position,
         queue_level,
+        queue_timeout: job.queue_timeout,
         worker_id: &job.worker_id,
         worker_status: with_worker_status.then_some(&job.worker_status),
         submitted_at: job.submitted_at,

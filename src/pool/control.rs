@@ -1,15 +1,15 @@
-//! Operator and client controls on a running pool: cancelling a job, deleting a finished one,
-//! draining a worker.
+//! Operator and client controls on a running pool: cancelling a job, changing a queued job's
+//! priority, deleting a finished one, draining a worker.
 
 use crate::base::clock::unix_now;
-use crate::base::job::PoolStatus;
+use crate::base::job::{PoolStatus, Priority};
 use crate::pool::announce;
 use crate::state::context::Context;
 use crate::store::jobs_db::{StoreError, StoreFault};
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a deletion waits for the job store's writer (behind another program's lock, say).
 const DELETE_WAIT: Duration = Duration::from_secs(30);
@@ -29,6 +29,8 @@ pub enum ControlError {
     /// The cancel applies now but is not in the job store yet: written once the store can
     /// write again.
     CancelNotRecordedYet(String, StoreFault),
+    /// The job is no longer queued (it is in this status): its priority no longer matters.
+    NotQueued(String, PoolStatus),
     /// The job has not ended (in this status): it cannot be deleted.
     NotEnded(String, PoolStatus),
     /// The job ended, but its results are still being collected, its worker is still ending
@@ -43,7 +45,9 @@ impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
-            Self::Finished(..) | Self::NotEnded(..) | Self::Settling(_) => 409,
+            Self::Finished(..) | Self::NotQueued(..) | Self::NotEnded(..) | Self::Settling(_) => {
+                409
+            }
             Self::NotRecorded(_, fault)
             | Self::CancelNotRecordedYet(_, fault)
             | Self::NotDeleted(_, fault) => fault.http_status(),
@@ -78,6 +82,12 @@ impl fmt::Display for ControlError {
                 "the job is cancelled now, but the job store cannot record it yet ({why}); it is \
                  written as soon as the store can write again, and a restart before then would \
                  not keep it"
+            ),
+            Self::NotQueued(id, status) => write!(
+                f,
+                "job {id} is {}: a priority only orders the jobs waiting in the queue, and this \
+                 one left it",
+                status.as_str()
             ),
             Self::NotEnded(id, status) => write!(
                 f,
@@ -138,6 +148,53 @@ pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError
             .wait()
             .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
     })
+}
+
+/// What a priority change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityChange {
+    /// The priority the job had.
+    pub was: Priority,
+    /// Its place in the queue now (0 = next).
+    pub position: Option<usize>,
+}
+
+/// Gives a queued job another priority: it moves to the back of its owner's line in that
+/// level (a job put back at the head after a failed dispatch stays there), and its aging
+/// starts again. Returns once the change is committed to the job store, so a restart keeps
+/// it; when the store cannot write, the change applies and is written once it can. `by` says
+/// who asked, for the log.
+pub fn set_priority(
+    ctx: &Context,
+    id: &str,
+    priority: Priority,
+    by: &str,
+) -> Result<PriorityChange, ControlError> {
+    let mut st = ctx.lock();
+    let job = st
+        .jobs
+        .get_mut(id)
+        .ok_or_else(|| ControlError::UnknownJob(id.to_string()))?;
+    if job.status != PoolStatus::Queued {
+        return Err(ControlError::NotQueued(id.to_string(), job.status));
+    }
+    let was = std::mem::replace(&mut job.priority, priority);
+    st.queue.set_priority(id, priority, Instant::now());
+    let position = st.queue.position(id);
+    let committed = ctx.record_with_ticket(&st, id);
+    drop(st);
+    log::info!(
+        "Job {id} has priority {} now, was {}{by}; it is number {} in the queue",
+        priority.as_str(),
+        was.as_str(),
+        position.map_or(0, |p| p + 1)
+    );
+    if let Some(ticket) = committed {
+        ticket
+            .wait()
+            .map_err(|e| ControlError::NotRecorded(e.to_string(), e.fault()))?;
+    }
+    Ok(PriorityChange { was, position })
 }
 
 /// Deletes a job that ended, now, as retention would later: its record in the job store with

@@ -1,5 +1,5 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker, result collection, worker streams, job announcements and recovery at start; the
+//! checker, queue timeouts, result collection, worker streams, job announcements and recovery at start; the
 //! controls and reloads that change them while they run. May
 //! import `state`, `worker`, `store` and `base`.
 
@@ -8,6 +8,7 @@ pub mod collect;
 pub mod control;
 pub mod dispatch;
 pub mod health;
+pub mod queue_timeout;
 pub mod quota_stats;
 pub mod recovery;
 pub mod reload;

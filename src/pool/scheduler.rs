@@ -6,10 +6,13 @@
 //! While the job store cannot record dispatches, or the coordinator is too short of descriptors
 //! or memory to send them (`PoolState::dispatch_hold`), nothing is assigned until the hold's
 //! next try.
-//! Each round also sends the `GET /stats` that source addresses want (`pool::quota_stats`).
+//! Each round also sends the `GET /stats` that source addresses want (`pool::quota_stats`)
+//! and fails the queued jobs whose queue timeout ended (`pool::queue_timeout`), waking for the
+//! next such deadline.
 
 use crate::base::job::PoolStatus;
 use crate::pool::dispatch::{self, Assignment};
+use crate::pool::queue_timeout;
 use crate::pool::quota_stats;
 use crate::state::context::Context;
 use crate::state::pool_state::{DispatchHold, PoolState};
@@ -20,18 +23,28 @@ use std::time::Instant;
 /// Runs the scheduler until the signal channel closes.
 pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     loop {
-        let (asks, (assignments, next_expiry)) = {
+        let (asks, expired, (assignments, next_expiry), next_deadline) = {
             let mut st = ctx.lock();
             let now = Instant::now();
-            (quota_stats::due(&mut st, now), assign(&mut st, now))
+            // While stopping, queued jobs stay for the restart, deadlines and all.
+            let (expired, next_deadline) = if st.stopping {
+                (Vec::new(), None)
+            } else {
+                let expired = queue_timeout::take_expired(&ctx, &mut st, now);
+                (expired, st.queue.next_deadline())
+            };
+            let asks = quota_stats::due(&mut st, now);
+            (asks, expired, assign(&mut st, now), next_deadline)
         };
+        queue_timeout::finish(&ctx, expired);
         for ask in asks {
             quota_stats::start(&ctx, ask);
         }
         for assignment in assignments {
             dispatch::start(&ctx, assignment);
         }
-        let woken = match next_expiry {
+        let wake_at = next_expiry.into_iter().chain(next_deadline).min();
+        let woken = match wake_at {
             Some(at) => signal.recv_deadline(at),
             None => signal.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };

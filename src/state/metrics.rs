@@ -193,6 +193,7 @@ pub struct Metrics {
     pub started_at: f64,
     submitted: AtomicU64,
     finished: [AtomicU64; STATUSES],
+    queue_timeouts: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     /// From submit until a worker accepted the job.
     pub queue_wait: Histogram,
@@ -213,6 +214,7 @@ impl Default for Metrics {
             started_at: unix_now(),
             submitted: AtomicU64::new(0),
             finished: Default::default(),
+            queue_timeouts: AtomicU64::new(0),
             probes: Default::default(),
             queue_wait: Histogram::new(JOB_BUCKETS),
             run_time: Histogram::new(JOB_BUCKETS),
@@ -260,6 +262,16 @@ impl Metrics {
             &slot.failed
         };
         column.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A job's queue timeout passed before a worker took it.
+    pub fn queue_timed_out(&self) {
+        self.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Jobs whose queue timeout passed before a worker took them.
+    pub fn queue_timeouts(&self) -> u64 {
+        self.queue_timeouts.load(Ordering::Relaxed)
     }
 
     /// A health probe ended with `result`.

@@ -558,10 +558,19 @@ impl PoolState {
     }
 
     /// Adds a new queued job at the tail of its owner's line in its priority level.
+    /// A job with a queue timeout gets its deadline, counted from its submission (a recovered
+    /// job's time in the queue before the restart counts).
     pub fn enqueue(&mut self, mut job: Job, now: Instant) {
         job.status = PoolStatus::Queued;
         self.queue
             .push(job.id.clone(), job.owner.clone(), job.priority, now);
+        if let Some(timeout) = job.queue_timeout {
+            let waited = (unix_now() - job.submitted_at).max(0.0);
+            let left = Duration::try_from_secs_f64(timeout - waited).unwrap_or_default();
+            let at = now + left;
+            job.queue_deadline = Some(at);
+            self.queue.set_deadline(&job.id, at);
+        }
         self.counts.add(job.owner.as_ref(), PoolStatus::Queued);
         self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
@@ -597,7 +606,11 @@ impl PoolState {
             return;
         };
         let owner = job.owner.clone();
+        let deadline = job.queue_deadline;
         self.queue.push_front(id.to_string(), owner);
+        if let Some(at) = deadline {
+            self.queue.set_deadline(id, at);
+        }
     }
 
     /// Moves a job to `status`, keeping the per-status counts exact.

@@ -1,13 +1,16 @@
 //! The queue of jobs waiting for a worker: three priority levels (higher levels leave first),
 //! aging (a job that waited longer than the aging time in its level moves up one level), and,
 //! within a level, the owners (client keys) served in turn, FIFO within an owner. A job put back
-//! at the head (a dispatch the worker did not take) goes before everything else.
+//! at the head (a dispatch the worker did not take) goes before everything else. A job may
+//! have a deadline (its queue timeout): [`JobQueue::take_expired`] takes out the jobs whose
+//! deadline passed.
 //!
 //! Every operation costs O(1) or O(owners), except removing one job (O(jobs of its owner in
-//! its level)), which only a cancel does.
+//! its level)), which a cancel or an expiry does; a job with a deadline costs O(log n) more
+//! to enter and leave.
 
 use crate::base::job::Priority;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +118,9 @@ pub struct JobQueue {
     owners_of_front: HashMap<String, Owner>,
     next_seq: u64,
     aging: Option<Duration>,
+    /// Queued jobs with a deadline, soonest first, and each one's deadline.
+    deadlines: BTreeSet<(Instant, Arc<str>)>,
+    deadline_of: HashMap<Arc<str>, Instant>,
 }
 
 /// Queue depth per level, as `/pool` shows it.
@@ -209,12 +215,69 @@ impl JobQueue {
 
     fn forget(&mut self, id: &str, owner: &Owner) {
         self.places.remove(id);
+        if !self.deadline_of.is_empty() {
+            if let Some((key, at)) = self.deadline_of.remove_entry(id) {
+                self.deadlines.remove(&(at, key));
+            }
+        }
         if let Some(count) = self.owner_counts.get_mut(owner) {
             *count -= 1;
             if *count == 0 {
                 self.owner_counts.remove(owner);
             }
         }
+    }
+
+    /// Moves a queued job to the back of its owner's line in the level of `priority`, where
+    /// its aging starts again (a job put back at the head stays there). Its deadline stays.
+    /// False when it is not queued.
+    pub fn set_priority(&mut self, id: &str, priority: Priority, now: Instant) -> bool {
+        let Some((key, place)) = self.places.get_key_value(id) else {
+            return false;
+        };
+        let Place::Level { level, owner, seq } = place.clone() else {
+            return true;
+        };
+        let key = Arc::clone(key);
+        self.levels[level].remove(&owner, seq);
+        self.insert(key, owner, priority.index(), now);
+        true
+    }
+
+    /// Gives a queued job a deadline: [`JobQueue::take_expired`] takes it out once it passed.
+    /// The deadline is forgotten when the job leaves the queue (a job put back at the head is
+    /// given it again).
+    pub fn set_deadline(&mut self, id: &str, at: Instant) {
+        let Some((key, _)) = self.places.get_key_value(id) else {
+            return;
+        };
+        let key = Arc::clone(key);
+        if let Some(old) = self.deadline_of.insert(Arc::clone(&key), at) {
+            self.deadlines.remove(&(old, Arc::clone(&key)));
+        }
+        self.deadlines.insert((at, key));
+    }
+
+    /// The soonest deadline of a queued job.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Takes out of the queue every job whose deadline is `now` or earlier, soonest first.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            if self.remove(&id) {
+                expired.push(id.to_string());
+            } else {
+                self.deadlines.remove(&(at, Arc::clone(&id)));
+                self.deadline_of.remove(&id);
+            }
+        }
+        expired
     }
 
     /// Moves up one level every job that waited in its level longer than the aging time.
@@ -378,5 +441,55 @@ mod tests {
         q.promote(start + Duration::from_secs(16));
         assert_eq!(q.level_of("n"), Some(Priority::High));
         assert_eq!(drain(&mut q), ["n", "l"]);
+    }
+
+    #[test]
+    fn a_new_priority_moves_a_job_to_the_back_of_its_new_level() {
+        let now = Instant::now();
+        let mut q = JobQueue::default();
+        q.push("h".into(), None, Priority::High, now);
+        q.push("n1".into(), None, Priority::Normal, now);
+        q.push("n2".into(), None, Priority::Normal, now);
+        q.push("l".into(), None, Priority::Low, now);
+        q.push_front("front".into(), None);
+        q.set_deadline("l", now + Duration::from_secs(5));
+        assert!(q.set_priority("l", Priority::High, now));
+        assert!(q.set_priority("h", Priority::Low, now));
+        assert!(q.set_priority("front", Priority::Low, now));
+        assert!(!q.set_priority("gone", Priority::High, now));
+        assert_eq!(q.level_of("l"), Some(Priority::High));
+        assert_eq!(q.position("l"), Some(1));
+        assert_eq!(q.next_deadline(), Some(now + Duration::from_secs(5)));
+        assert_eq!(q.owner_depth(&None), 5);
+        assert_eq!(drain(&mut q), ["front", "l", "n1", "n2", "h"]);
+        assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn jobs_past_their_deadline_are_taken_out_and_the_others_keep_their_place() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut q = JobQueue::default();
+        for id in ["a", "b", "c", "d"] {
+            q.push(id.into(), owner("x"), Priority::Normal, start);
+        }
+        q.push_front("front".into(), None);
+        q.set_deadline("c", at(5));
+        q.set_deadline("a", at(10));
+        q.set_deadline("front", at(3));
+        q.set_deadline("a", at(2));
+        q.set_deadline("not queued", at(1));
+        q.set_deadline("d", at(20));
+        assert_eq!(q.next_deadline(), Some(at(2)));
+        assert!(q.take_expired(at(1)).is_empty());
+        assert_eq!(q.take_expired(at(5)), ["a", "front", "c"]);
+        assert_eq!(q.next_deadline(), Some(at(20)));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.position("b"), Some(0));
+        assert_eq!(q.pop().as_deref(), Some("b"));
+        assert!(q.remove("d"));
+        assert_eq!(q.next_deadline(), None);
+        assert!(q.take_expired(at(30)).is_empty());
+        assert_eq!(q.by_owner().count(), 0);
     }
 }

@@ -1,0 +1,97 @@
+//! Queue timeouts (HAProxy's `timeout queue`): a job still queued when its queue timeout (its
+//! `queue_timeout`, or `--queue-timeout`) ends fails unstarted, with a message that says what
+//! the workers were doing, and its upload is dropped, as a cancel of a queued job does. The
+//! scheduler takes such jobs out each round, under the table's lock, and wakes for the next
+//! deadline.
+
+use crate::base::clock::unix_now;
+use crate::base::job::PoolStatus;
+use crate::pool::announce;
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
+use std::time::Instant;
+
+/// Jobs logged by name in one line; more are counted.
+const NAMED_IN_LOG: usize = 5;
+
+/// A job that just failed for its queue timeout, with what its followers still need.
+pub struct Expired {
+    id: String,
+    last: Vec<String>,
+}
+
+/// Fails every queued job whose queue timeout ended by `now` and sends its record; the rest
+/// ([`finish`]) is done once the table is unlocked.
+pub fn take_expired(ctx: &Context, st: &mut PoolState, now: Instant) -> Vec<Expired> {
+    let ids = st.queue.take_expired(now);
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let workers = workers_summary(st, now);
+    let wall = unix_now();
+    ids.into_iter()
+        .filter_map(|id| {
+            let job = st.set_status(&id, PoolStatus::Failed)?;
+            let timeout = job.queue_timeout.unwrap_or_default();
+            job.completed_at = Some(wall);
+            job.error = Some(format!(
+                "not started: no worker took it within its queue timeout of {timeout} s \
+                 ({workers}); it was never sent to a worker. Submit it again, perhaps with a \
+                 longer queue_timeout"
+            ));
+            st.metrics.queue_timed_out();
+            // Committed with whatever comes next; a failed commit is tried again.
+            drop(ctx.record_with_ticket(st, &id));
+            let last = announce::last_lines(st, &id);
+            Some(Expired { id, last })
+        })
+        .collect()
+}
+
+/// Ends the feeds of the expired jobs, drops their uploads and logs them.
+pub fn finish(ctx: &Context, expired: Vec<Expired>) {
+    if expired.is_empty() {
+        return;
+    }
+    let count = expired.len();
+    let mut named = Vec::with_capacity(NAMED_IN_LOG);
+    for Expired { id, last } in expired {
+        announce::ended(ctx, &id, last, None);
+        ctx.spool.remove_upload(&id);
+        if named.len() < NAMED_IN_LOG {
+            named.push(id);
+        }
+    }
+    let names = named.join(", ");
+    match count - named.len() {
+        0 if count == 1 => log::warn!(
+            "Job {names} failed unstarted: its queue timeout ended before a worker took it"
+        ),
+        more => {
+            let rest = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "{count} jobs failed unstarted ({names}{rest}): their queue timeout ended before a worker took them"
+            );
+        }
+    }
+}
+
+/// What the workers were doing, for the message of a job that no worker took in time.
+fn workers_summary(st: &PoolState, now: Instant) -> String {
+    let listed = st.workers.iter().filter(|w| !w.removed).count();
+    let in_service: Vec<_> = st
+        .workers
+        .iter()
+        .filter(|w| !w.removed && w.health.is_healthy && !w.draining)
+        .collect();
+    let with_room = in_service.iter().filter(|w| w.has_room(now)).count();
+    format!(
+        "{} of {listed} workers healthy and in service, {with_room} with room; {} jobs queued",
+        in_service.len(),
+        st.queue.len()
+    )
+}
