@@ -2,7 +2,7 @@
 
 use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, MAX_NAME_LEN};
-use crate::base::config::{FsyncMode, ServeConfig};
+use crate::base::config::{DiskReserveSetting, FsyncMode, ServeConfig};
 use crate::base::hex::hex;
 use crate::base::niceness;
 use crate::base::tls::WorkerTls;
@@ -41,6 +41,9 @@ OPTIONS:
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
+    --disk-reserve N|P%      refuse submits (507) while they would leave less than this room
+                             on the state directory's filesystem, kept for the results of
+                             accepted jobs; bytes, or percent of its size; 0 = none [default: 1%]
     --upload-memory-bytes N  waiting uploads of up to 64 KiB each are held in memory up to
                              this total, the rest go to the state dir; 0 = all to disk [default: 1048576]
     --row-results-max N      a finished job's results (logs and outputs) up to this many bytes
@@ -204,6 +207,23 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<
         _ => Err(format!(
             "expected a whole number of at least 1, got {text:?}"
         )),
+    }
+}
+
+fn disk_reserve(text: &str) -> Result<DiskReserveSetting, String> {
+    let wrong = || {
+        format!("expected bytes (e.g. 1073741824) or a percent of the filesystem's size from 0% to 50% (e.g. 2%), got {text:?}")
+    };
+    match text.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(p) if (0.0..=50.0).contains(&p) => Ok(DiskReserveSetting::Percent(p)),
+            _ => Err(wrong()),
+        },
+        None => text
+            .trim()
+            .parse::<u64>()
+            .map(DiskReserveSetting::Bytes)
+            .map_err(|_| wrong()),
     }
 }
 
@@ -374,6 +394,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             d.max_upload_bytes,
         )?,
         upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,
+        disk_reserve: value(args, "--disk-reserve", disk_reserve, d.disk_reserve)?,
         row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
         track_interval: value(args, "--track-interval", seconds, d.track_interval)?,

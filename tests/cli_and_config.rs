@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 21] = [
+const FLAGS: [&str; 22] = [
     "--port",
     "--bind",
     "--workers",
@@ -43,6 +43,7 @@ const FLAGS: [&str; 21] = [
     "--max-connections",
     "--max-uploads",
     "--queue-timeout",
+    "--disk-reserve",
 ];
 
 /// What one run of the binary did.
@@ -220,6 +221,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),
+        (&["--disk-reserve", "60%"], "--disk-reserve"),
+        (&["--disk-reserve", "1GB"], "--disk-reserve"),
         (&["--log-level", "loud"], "--log-level"),
         (&["--log-level"], "--log-level"),
         (&["--client-timeout", "0"], "--client-timeout"),

@@ -5,10 +5,11 @@
 //! for a person to look at. Also `/activity`, the JSON the page reads besides `/pool`.
 //!
 //! The operator buttons are clicked in Chromium driven over the DevTools protocol
-//! (`support::devtools`): drain and undrain a worker, cancel a queued job and then delete it,
-//! each confirmed in its dialog, seen in `/pool` or `/status` and then on the page. With client keys the page asks for
-//! a key; a submit key's page has no worker and no drain button (the route answers it 403), only
-//! the cancel button of its own job. No script error reaches the console meanwhile.
+//! (`support::devtools`): drain and undrain a worker, raise a queued job's priority, cancel it
+//! and then delete it, each confirmed in its dialog, seen in `/pool` or `/status` and then on
+//! the page. With client keys the page asks for a key; a submit key's page has no worker and no
+//! drain button (the route answers it 403), only the raise and cancel buttons of its own
+//! queued job. No script error reaches the console meanwhile.
 
 mod support;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::devtools::DevTools;
-use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
+use support::lifecycle::{job_status, submit, wait_collected, wait_healthy, wait_status};
 use support::page_server::headless_chromium;
 use support::{
     get, get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form, Reply,
@@ -402,7 +403,7 @@ fn pool_worker_draining(coordinator: &Coordinator, worker: &FakeWorker) -> Optio
 }
 
 #[test]
-fn the_dashboard_buttons_drain_undrain_cancel_and_delete_in_chromium() {
+fn the_dashboard_buttons_drain_undrain_raise_cancel_and_delete_in_chromium() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(120));
     let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
@@ -445,9 +446,18 @@ fn the_dashboard_buttons_drain_undrain_cancel_and_delete_in_chromium() {
         "still shown draining: {state}"
     );
 
-    // The job waiting behind the running one: cancelled from its row.
+    // The job waiting behind the running one: raised to priority high, then cancelled from its
+    // row.
     wait_row(&mut page, "data-job-id", &queued, |s| {
-        has_action(s, "cancel")
+        has_action(s, "raise") && has_action(s, "cancel")
+    });
+    click(&mut page, "data-job-id", &queued, "raise");
+    let raised = poll_until(DEADLINE, || {
+        (job_status(&coordinator, &queued)["priority"] == "high").then_some(())
+    });
+    assert!(raised.is_some(), "job {queued} was not raised");
+    wait_row(&mut page, "data-job-id", &queued, |s| {
+        !has_action(s, "raise") && has_action(s, "cancel")
     });
     click(&mut page, "data-job-id", &queued, "cancel");
     wait_status(&coordinator, &queued, "cancelled", DEADLINE);
@@ -570,7 +580,7 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
         .eval("[...document.querySelectorAll('button[data-action]')].map(b => b.dataset.action)");
     assert_eq!(
         actions,
-        serde_json::json!(["cancel"]),
+        serde_json::json!(["raise", "cancel"]),
         "a submit key's buttons"
     );
     let workers = page.eval("document.querySelector('#workers tbody').innerText");

@@ -1639,7 +1639,9 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let worker = FakeWorker::start();
     worker.stop();
     write_workers_json(dir.path(), &[worker.entry(1)]);
-    let coordinator = Coordinator::start_in(dir.path(), &["--upload-memory-bytes", "0"]);
+    // No disk reserve: this test is about a write that finds the disk full.
+    let args = ["--upload-memory-bytes", "0", "--disk-reserve", "0"];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
     // Over 64 KiB, so its upload waits in an upload segment, not in its row.
     let padding = vec![b'#'; 100 * 1024];
     let kept = submit(
@@ -1696,6 +1698,88 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
     assert!(support::untar_gz(&archive).contains_key("jobs.db"));
+}
+
+/// `--disk-reserve`: a submit whose upload would leave less room than the reserve is refused
+/// with 507 before its body is read, `/ready` and `/pool` say so, and a job accepted before
+/// still has its results collected in the reserve; once there is room, submits are taken again.
+#[test]
+fn submits_that_would_cut_into_the_disk_reserve_are_refused_and_accepted_jobs_finish() {
+    let Some((dir, state, _mount)) = state_on_tmpfs("8m") else {
+        return;
+    };
+    let worker = FakeWorker::start_with(roomy(Duration::from_millis(1500)));
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let args = ["--disk-reserve", "50%", "--upload-memory-bytes", "0"];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..600 * 1024).map(|i| (i % 251) as u8).collect();
+    let accepted = submit(
+        &coordinator,
+        &job("accepted")
+            .file("data.bin", "application/octet-stream", &data)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#),
+    );
+    let disk = |coordinator: &Coordinator| get_json(&coordinator.url("/pool")).1["disk"].clone();
+    let before = disk(&coordinator);
+    let total = before["total_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(before["reserve"], "50%", "{before}");
+    assert_eq!(before["reserve_bytes"], total / 2, "{before}");
+    assert_eq!(before["refusing_submits"], false, "{before}");
+    // An upload that would cut into the reserve: 507 on its Content-Length, the body unread.
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        job("big").content_type(),
+        5 << 20
+    );
+    let reply = support::lifecycle::exchange(coordinator.port(), &head, b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("nearly full"), "{}", reply.text());
+    // Another program fills the disk down to below the reserve: even a small submit is refused.
+    let available = before["available_bytes"].as_u64().unwrap_or(0);
+    let filler = state.join("filler");
+    fs::write(&filler, vec![0u8; (available - (3 << 20)) as usize])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = submit_reply(&coordinator, &job("small"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    let (code, ready) = get_json(&coordinator.url("/ready"));
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reserve"),
+        "{ready}"
+    );
+    // A snapshot's copy of the job store would cut into the reserve too.
+    let reply = send("GET", &coordinator.url("/snapshot"), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("--disk-reserve"), "{}", reply.text());
+    let now = disk(&coordinator);
+    assert_eq!(now["refusing_submits"], true, "{now}");
+    assert_eq!(now["refused_submits"], 2, "{now}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.contains("trusted_pool_submits_refused_for_disk_total 2"),
+        "{metrics}"
+    );
+    // The job accepted before runs, and its results are collected in the reserve.
+    wait_collected(&coordinator, &accepted, DEADLINE);
+    let (code, output) = get_bytes(&coordinator.url(&format!("/outputs/{accepted}/data.bin")));
+    assert_eq!(code, 200);
+    assert!(output == data, "the collected output differs");
+    assert_eq!(
+        files_in(&state.join("uploads")),
+        0,
+        "no refused upload kept"
+    );
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    submit(&coordinator, &job("room again"));
+    let logs = coordinator.logs();
+    assert_eq!(logs.matches("Refusing submits").count(), 1, "{logs}");
+    assert!(logs.contains("Taking submits again"), "{logs}");
+    assert_eq!(get(&coordinator.url("/ready")).0, 200);
 }
 
 /// A loop-mounted ext4 image that goes read-only at its first error (`errors=remount-ro`), as
@@ -1797,7 +1881,7 @@ fn a_state_directory_that_goes_read_only_refuses_submits_with_503_and_keeps_serv
     };
     let worker = FakeWorker::start();
     write_workers_json(dir.path(), &[worker.entry(2)]);
-    let args = ["--upload-memory-bytes", "0"];
+    let args = ["--upload-memory-bytes", "0", "--disk-reserve", "0"];
     let mut coordinator = Coordinator::start_in(dir.path(), &args);
     let done = submit(&coordinator, &job("before"));
     let before = wait_collected(&coordinator, &done, DEADLINE);
@@ -1893,6 +1977,9 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
         "--lost-after",
         "2",
         "--upload-memory-bytes",
+        "0",
+        // Writes that find the disk full, not submits refused before it is.
+        "--disk-reserve",
         "0",
     ];
     let mut coordinator = Coordinator::start_in(dir.path(), &args);

@@ -28,6 +28,41 @@ impl FsyncMode {
     }
 }
 
+/// How much room new uploads must leave on the state directory's filesystem (`--disk-reserve`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskReserveSetting {
+    /// This many bytes (0: no reserve).
+    Bytes(u64),
+    /// This share of the filesystem's size, in percent.
+    Percent(f64),
+}
+
+impl DiskReserveSetting {
+    /// The reserve in bytes on a filesystem of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            Self::Bytes(n) => n,
+            Self::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+
+    /// Whether there is no reserve to keep.
+    pub fn is_none(self) -> bool {
+        match self {
+            Self::Bytes(n) => n == 0,
+            Self::Percent(p) => p <= 0.0,
+        }
+    }
+
+    /// As the flag takes it: `N` bytes or `N%`.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Bytes(n) => n.to_string(),
+            Self::Percent(p) => format!("{p}%"),
+        }
+    }
+}
+
 /// Settings of a running coordinator (see `trusted-pool --help`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -64,6 +99,8 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// A job queued this long in its priority level moves up one level.
     pub priority_aging: Duration,
+    /// Room that new uploads must leave on the state directory's filesystem.
+    pub disk_reserve: DiskReserveSetting,
     /// The longest a job may wait in the queue before it fails unstarted, and the longest a
     /// submit may ask for (None: as long as it takes).
     pub queue_timeout: Option<Duration>,
@@ -126,6 +163,7 @@ impl Default for ServeConfig {
             max_attempts: 3,
             priority_aging: Duration::from_secs(300),
             queue_timeout: None,
+            disk_reserve: DiskReserveSetting::Percent(1.0),
             max_waiting: 256,
             log_level: LevelFilter::Info,
             api_keys: None,

@@ -59,6 +59,7 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
     json!({
         "job_id": job.id,
         "pool_status": job.status.as_str(),
+        "priority": job.priority.as_str(),
         "finished": job.status.is_final(),
         "worker_id": if caller.is_admin() { job.worker_id.as_deref() } else { None },
         "submitted_at": job.submitted_at,

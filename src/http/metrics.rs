@@ -11,6 +11,7 @@ use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
 use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
+use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::StoreFigures;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -129,6 +130,38 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     }
 }
 
+/// The state directory's filesystem: its room, the reserve and the submits refused for it.
+fn write_disk(out: &mut Text, reserve: &DiskReserve) {
+    if let Ok(room) = reserve.room() {
+        out.family(
+            "trusted_pool_state_disk_available_bytes",
+            "gauge",
+            "Bytes the coordinator may still write on the state directory's filesystem.",
+        );
+        out.sample(
+            "trusted_pool_state_disk_available_bytes",
+            &[],
+            room.available,
+        );
+        out.family(
+            "trusted_pool_state_disk_reserve_bytes",
+            "gauge",
+            "Room that submits must leave on the state directory's filesystem (--disk-reserve).",
+        );
+        out.sample("trusted_pool_state_disk_reserve_bytes", &[], room.reserve);
+    }
+    out.family(
+        "trusted_pool_submits_refused_for_disk_total",
+        "counter",
+        "Submits refused with 507 because their upload would cut into the disk reserve.",
+    );
+    out.sample(
+        "trusted_pool_submits_refused_for_disk_total",
+        &[],
+        reserve.refused(),
+    );
+}
+
 /// The job store's health: failing commits, the WAL's size, its free pages and its last full
 /// checkpoint.
 fn write_store(out: &mut Text, store: &StoreFigures) {
@@ -179,6 +212,7 @@ pub fn render(ctx: &Context) -> String {
     write_workers(&mut out, &cache.labels, &cache.samples);
     write_histograms(&mut out, &ctx.metrics);
     write_store(&mut out, &ctx.store.figures());
+    write_disk(&mut out, &ctx.disk_reserve);
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

@@ -9,7 +9,9 @@ use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
-use crate::http::views::{keys_view, pool_view, spool_view, status_json, store_view, worker_view};
+use crate::http::views::{
+    disk_view, keys_view, pool_view, spool_view, status_json, store_view, worker_view,
+};
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
 use crate::pool::{reload, worker_tls};
@@ -410,6 +412,9 @@ fn ready(ctx: &Context) -> Reply {
     if ctx.store.is_failing() {
         reasons.push("the job store cannot commit (see store.failing in /pool)");
     }
+    if ctx.disk_reserve.shortfall(0).is_some() {
+        reasons.push("the state directory's disk is down to its reserve (see disk in /pool)");
+    }
     {
         let st = ctx.lock();
         if st.queue.len() >= ctx.config.max_queued_jobs {
@@ -476,6 +481,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         view
     };
     view["spool"] = spool_view(&ctx.spool);
+    view["disk"] = disk_view(&ctx.disk_reserve);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
     view["followers"] = json!({
         "following": ctx.events.follower_count(),

@@ -31,6 +31,21 @@ impl Read for SnapshotBody {
 /// `by` says who asked, for the log (` (key NAME)`, or empty).
 pub fn snapshot(ctx: &Arc<Context>, by: &str) -> Reply {
     let started = std::time::Instant::now();
+    // The copy of the job store (about the size of jobs.db and its WAL) must not use the room
+    // kept for the results of accepted jobs.
+    let figures = ctx.store.figures();
+    let copy = figures.size_bytes + figures.wal_bytes;
+    if let Some(room) = ctx.disk_reserve.shortfall(copy) {
+        return error_reply(
+            507,
+            format!(
+                "the state directory's disk has {} bytes free, and a copy of the job store \
+                 ({copy} bytes) would cut into the {} bytes kept for the results of accepted \
+                 jobs (--disk-reserve); free some space and try again",
+                room.available, room.reserve
+            ),
+        );
+    }
     let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals());
     let snapshot = match taken {
         Ok(snapshot) => snapshot,

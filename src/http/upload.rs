@@ -10,6 +10,7 @@ use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::disk_reserve::Room;
 use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
@@ -54,6 +55,8 @@ pub enum UploadError {
     /// A queue timeout that is not a positive number of seconds, is longer than
     /// `--queue-timeout`, or is given twice.
     BadQueueTimeout(String),
+    /// The upload would cut into the room kept on the state directory's filesystem.
+    DiskReserve(Room),
     /// The spool could not be written.
     Spool(io::Error),
     /// The job store could not record the job.
@@ -67,6 +70,7 @@ impl UploadError {
             Self::NotMultipart(_) => 415,
             Self::TooLarge(_) => 413,
             Self::TooManyQueued(_) => 429,
+            Self::DiskReserve(_) => 507,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             Self::Spool(e) if is_unwritable_disk(e) || is_shortage(e) => 503,
             Self::Spool(_) => 500,
@@ -107,6 +111,11 @@ impl fmt::Display for UploadError {
             Self::BadQueueTimeout(why) => write!(
                 f,
                 "the queue_timeout {why}; give the seconds the job may wait for a worker, e.g. queue_timeout=600"
+            ),
+            Self::DiskReserve(room) => write!(
+                f,
+                "the coordinator's state directory is nearly full ({} bytes free, {} kept for the results of jobs already accepted); the job was not accepted (nothing was read); try again later, or submit to another coordinator",
+                room.available, room.reserve
             ),
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => write!(
                 f,
@@ -396,7 +405,8 @@ fn copy_error(e: CopyError, read_error: &dyn Fn(io::Error) -> UploadError) -> Up
     }
 }
 
-/// Checks a submit's headers before its body is read; returns the multipart boundary.
+/// Checks a submit's headers before its body is read (and that its upload leaves the disk
+/// reserve); returns the multipart boundary.
 pub fn check_headers(
     ctx: &Context,
     content_type: Option<&str>,
@@ -407,6 +417,11 @@ pub fn check_headers(
     if content_length.is_some_and(|n| n as u64 > max) {
         return Err(UploadError::TooLarge(max));
     }
+    // A body without a length is checked for none: it may cut into the reserve by at most
+    // --max-upload-bytes per upload under way.
+    ctx.disk_reserve
+        .admit(content_length.map_or(0, |n| n as u64))
+        .map_err(UploadError::DiskReserve)?;
     Ok(boundary)
 }
 

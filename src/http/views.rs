@@ -8,6 +8,7 @@ use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::{DispatchHold, PoolState};
 use crate::state::sources::Source;
 use crate::state::submits_pause::SubmitsPause;
+use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::JobStore;
 use crate::store::spool::Spool;
 use serde::{Serialize, Serializer};
@@ -204,6 +205,19 @@ pub fn spool_view(spool: &Spool) -> Value {
         "upload_memory_limit": spool.memory_limit(),
         "uploads_on_disk": counts.on_disk,
         "upload_disk_bytes": counts.disk_bytes,
+    })
+}
+
+/// The `/pool` figures of the state directory's filesystem and its reserve (`--disk-reserve`).
+pub fn disk_view(reserve: &DiskReserve) -> Value {
+    let room = reserve.room().ok();
+    json!({
+        "available_bytes": room.map(|r| r.available),
+        "total_bytes": room.map(|r| r.total),
+        "reserve": reserve.setting().describe(),
+        "reserve_bytes": room.map(|r| r.reserve),
+        "refusing_submits": reserve.shortfall(0).is_some(),
+        "refused_submits": reserve.refused(),
     })
 }
 

@@ -11,6 +11,7 @@ use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
 use crate::state::settled_views::SettledViews;
+use crate::store::disk_reserve::DiskReserve;
 use crate::store::handoff::{DEFERRAL, SOON};
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
 use crate::store::spool::{PinnedSegment, Spool, UploadSource};
@@ -41,6 +42,8 @@ pub struct Context {
     pub spool: Spool,
     /// Every job's record (SQLite).
     pub store: JobStore,
+    /// The room new uploads must leave on the state directory's filesystem.
+    pub disk_reserve: DiskReserve,
     /// Requests being handled right now (a graceful shutdown waits for them).
     pub requests_in_flight: AtomicUsize,
     /// Output files being streamed from workers (asked for before their collection ended):
@@ -107,7 +110,9 @@ impl Context {
         let metrics = Arc::clone(&state.metrics);
         let nice = config.follow_nice;
         let log_level = Arc::new(LogLevel::new(config.log_level));
+        let disk_reserve = DiskReserve::new(&config.state_dir, config.disk_reserve);
         let context = Context {
+            disk_reserve,
             config,
             metrics,
             settled_views: SettledViews::default(),

@@ -229,8 +229,8 @@ impl JobQueue {
     }
 
     /// Moves a queued job to the back of its owner's line in the level of `priority`, where
-    /// its aging starts again (a job put back at the head stays there). Its deadline stays.
-    /// False when it is not queued.
+    /// its aging starts again (a job put back at the head, or already in that level, stays
+    /// where it is). Its deadline stays. False when it is not queued.
     pub fn set_priority(&mut self, id: &str, priority: Priority, now: Instant) -> bool {
         let Some((key, place)) = self.places.get_key_value(id) else {
             return false;
@@ -238,6 +238,9 @@ impl JobQueue {
         let Place::Level { level, owner, seq } = place.clone() else {
             return true;
         };
+        if level == priority.index() {
+            return true;
+        }
         let key = Arc::clone(key);
         self.levels[level].remove(&owner, seq);
         self.insert(key, owner, priority.index(), now);
@@ -456,6 +459,7 @@ mod tests {
         assert!(q.set_priority("l", Priority::High, now));
         assert!(q.set_priority("h", Priority::Low, now));
         assert!(q.set_priority("front", Priority::Low, now));
+        assert!(q.set_priority("n1", Priority::Normal, now));
         assert!(!q.set_priority("gone", Priority::High, now));
         assert_eq!(q.level_of("l"), Some(Priority::High));
         assert_eq!(q.position("l"), Some(1));
