@@ -980,14 +980,19 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
     let mut args = FAST.to_vec();
     args.extend(["--queue-timeout", "600"]);
     let (worker, dir, mut coordinator, blocker) = busy_worker(&args);
-    // Longer than the coordinator allows: refused, nothing kept.
-    let (code, body) = post(
-        &coordinator.url("/submit?queue_timeout=601"),
-        &form().content_type(),
-        &form().body(),
+    // Longer than the coordinator allows: refused before the body is read.
+    let head = format!(
+        "POST /submit?queue_timeout=601 HTTP/1.1\r\nContent-Type: {}\r\nContent-Length: 1048576\r\n",
+        form().content_type()
     );
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("--queue-timeout 600"), "{body}");
+    let reply = support::lifecycle::exchange(coordinator.port(), &head, b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.text().contains("--queue-timeout 600"),
+        "{}",
+        reply.text()
+    );
     let (code, body) = post(
         &coordinator.url("/submit?queue_timeout=5"),
         &form().field("queue_timeout", b"5").content_type(),

@@ -266,8 +266,9 @@ fn parse_queue_timeout(text: &str) -> Result<f64, UploadError> {
 }
 
 /// The queue timeout a job gets: the one it asked for, at most `--queue-timeout`, or else
-/// `--queue-timeout`'s.
-fn queue_timeout_of(ctx: &Context, asked: Option<f64>) -> Result<Option<f64>, UploadError> {
+/// `--queue-timeout`'s (checked for the query before the body is read, and again with the
+/// parts).
+pub fn queue_timeout_of(ctx: &Context, asked: Option<f64>) -> Result<Option<f64>, UploadError> {
     let limit = ctx.config.queue_timeout.map(|d| d.as_secs_f64());
     match (asked, limit) {
         (Some(secs), Some(max)) if secs > max => Err(UploadError::BadQueueTimeout(format!(
