@@ -74,6 +74,8 @@ OPTIONS:
                              process, not a power cut)                    [default: batch]
     --retain-jobs N          finished jobs kept in the job store             [default: 10000]
     --retain-for SECS        how long a finished job is kept                 [default: 604800]
+    --retain-bytes N         results kept on disk: past this, the oldest finished jobs' results
+                             segments are forgotten, whole; 0 = no limit     [default: 0]
     --max-queued-jobs N      beyond this many queued jobs /submit answers 503 [default: 10000]
     --shutdown-grace SECS    on SIGTERM/SIGINT, how long to wait for requests and dispatches
                              in flight before exiting                     [default: 30]
@@ -411,6 +413,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         fsync: value(args, "--fsync", fsync_mode, d.fsync)?,
         retain_jobs: value(args, "--retain-jobs", positive::<u64>, d.retain_jobs)?,
         retain_for: value(args, "--retain-for", seconds, d.retain_for)?,
+        retain_bytes: value(args, "--retain-bytes", bytes, d.retain_bytes)?,
         max_queued_jobs: value(
             args,
             "--max-queued-jobs",

@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 22] = [
+const FLAGS: [&str; 23] = [
     "--port",
     "--bind",
     "--workers",
@@ -44,6 +44,7 @@ const FLAGS: [&str; 22] = [
     "--max-uploads",
     "--queue-timeout",
     "--disk-reserve",
+    "--retain-bytes",
 ];
 
 /// What one run of the binary did.
@@ -223,6 +224,7 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--queue-timeout", "an hour"], "--queue-timeout"),
         (&["--disk-reserve", "60%"], "--disk-reserve"),
         (&["--disk-reserve", "1GB"], "--disk-reserve"),
+        (&["--retain-bytes", "2GiB"], "--retain-bytes"),
         (&["--log-level", "loud"], "--log-level"),
         (&["--log-level"], "--log-level"),
         (&["--client-timeout", "0"], "--client-timeout"),

@@ -1700,6 +1700,76 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     assert!(support::untar_gz(&archive).contains_key("jobs.db"));
 }
 
+/// `--retain-bytes`: once the results segments hold more than the limit, the oldest finished
+/// jobs are forgotten with their segment, never the newest; the disk use comes back under the
+/// limit, and every retained job's output is whole.
+#[test]
+fn results_past_retain_bytes_forget_the_oldest_jobs_first() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_millis(300)));
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let limit: u64 = 2_000_000;
+    let limit_arg = limit.to_string();
+    let args = [
+        "--retain-bytes",
+        limit_arg.as_str(),
+        "--track-interval",
+        "0.05",
+    ];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..600 * 1024).map(|i| (i % 251) as u8).collect();
+    let ids: Vec<String> = (0..9)
+        .map(|n| {
+            let form = job(&format!("bytes {n}"))
+                .file("data.bin", "application/octet-stream", &data)
+                .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+            let id = submit(&coordinator, &form);
+            wait_collected(&coordinator, &id, DEADLINE);
+            id
+        })
+        .collect();
+    let results = coordinator.state_dir().join("results");
+    let settled = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let retention = pool["store"]["retention"].clone();
+        let under = retention["results_bytes"]
+            .as_u64()
+            .is_some_and(|b| b <= limit);
+        (under && dir_bytes(&results) <= limit).then_some(retention)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the results stayed over {limit} bytes: {} on disk\n{}",
+            dir_bytes(&results),
+            coordinator.logs()
+        )
+    });
+    assert_eq!(settled["retain_bytes"], limit, "{settled}");
+    let kept: Vec<bool> = ids
+        .iter()
+        .map(|id| get(&coordinator.url(&format!("/status/{id}"))).0 == 200)
+        .collect();
+    let first_kept = kept.iter().position(|k| *k).unwrap_or(ids.len());
+    assert!(first_kept > 0, "nothing was forgotten: {kept:?}");
+    assert!(
+        kept[first_kept..].iter().all(|k| *k),
+        "not the oldest first: {kept:?}"
+    );
+    assert_eq!(kept.last(), Some(&true), "the newest job was forgotten");
+    assert!(
+        settled["forgotten_jobs"].as_u64() >= Some(first_kept as u64),
+        "{settled}"
+    );
+    for id in &ids[first_kept..] {
+        let (code, output) = get_bytes(&coordinator.url(&format!("/outputs/{id}/data.bin")));
+        assert_eq!(code, 200, "{id}");
+        assert!(output == data, "the output of {id} differs");
+    }
+    let (code, gone) = get_json(&coordinator.url(&format!("/status/{}", ids[0])));
+    assert_eq!(code, 404, "{gone}");
+}
+
 /// `--disk-reserve`: a submit whose upload would leave less room than the reserve is refused
 /// with 507 before its body is read, `/ready` and `/pool` say so, and a job accepted before
 /// still has its results collected in the reserve; once there is room, submits are taken again.

@@ -233,6 +233,7 @@ fn retention(spool: &Spool) -> Retention {
     Retention {
         jobs: 1000,
         for_secs: 3600.0,
+        bytes: 0,
         results_dir,
         segments,
     }

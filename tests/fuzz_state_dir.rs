@@ -278,6 +278,7 @@ fn retention(spool: &Spool) -> Retention {
     Retention {
         jobs: 1000,
         for_secs: 1e9,
+        bytes: 0,
         results_dir,
         segments,
     }

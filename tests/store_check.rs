@@ -33,6 +33,7 @@ fn fill_big_store(state: &Path) {
     let retention = Retention {
         jobs: u64::MAX,
         for_secs: 1e12,
+        bytes: 0,
         results_dir: results,
         segments: Arc::new(segments),
     };

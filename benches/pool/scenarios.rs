@@ -1145,6 +1145,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
     let retention = Retention {
         jobs: u64::MAX,
         for_secs: 1e12,
+        bytes: 0,
         results_dir: dir.join("results"),
         segments: std::sync::Arc::new(
             Segments::open(

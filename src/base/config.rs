@@ -120,6 +120,8 @@ pub struct ServeConfig {
     pub retain_jobs: u64,
     /// How long a finished job is kept.
     pub retain_for: Duration,
+    /// Bytes of results segments kept (0: no limit).
+    pub retain_bytes: u64,
     /// Queued jobs beyond which `/submit` answers 503.
     pub max_queued_jobs: usize,
     /// How long a graceful shutdown waits for requests and dispatches in flight.
@@ -172,6 +174,7 @@ impl Default for ServeConfig {
             fsync: FsyncMode::Batch,
             retain_jobs: 10_000,
             retain_for: Duration::from_secs(7 * 24 * 3600),
+            retain_bytes: 0,
             max_queued_jobs: 10_000,
             shutdown_grace: Duration::from_secs(30),
             cors_origins: Vec::new(),

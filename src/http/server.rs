@@ -380,6 +380,7 @@ mod tests {
         let retention = Retention {
             jobs: 10,
             for_secs: 60.0,
+            bytes: 0,
             results_dir,
             segments,
         };

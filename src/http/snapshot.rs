@@ -34,7 +34,7 @@ pub fn snapshot(ctx: &Arc<Context>, by: &str) -> Reply {
     // The copy of the job store (about the size of jobs.db and its WAL) must not use the room
     // kept for the results of accepted jobs.
     let figures = ctx.store.figures();
-    let copy = figures.size_bytes + figures.wal_bytes;
+    let copy = figures.size_bytes;
     if let Some(room) = ctx.disk_reserve.shortfall(copy) {
         return error_reply(
             507,

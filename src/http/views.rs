@@ -239,6 +239,8 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "retention": {
             "retain_jobs": retain_jobs,
             "retain_for": retain_for,
+            "retain_bytes": f.retain_bytes,
+            "results_bytes": f.results_bytes,
             "forgotten_jobs": f.forgotten,
             "results_segments_deleted": f.segments_deleted,
         },

@@ -140,6 +140,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let retention = Retention {
         jobs: config.retain_jobs,
         for_secs: config.retain_for.as_secs_f64(),
+        bytes: config.retain_bytes,
         results_dir,
         segments,
     };

@@ -147,6 +147,8 @@ pub const CHECK_AT_START_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_BATCH: usize = 2048;
 /// Most finished jobs forgotten in one transaction.
 const MAX_FORGET: i64 = 5000;
+/// Most results segments freed by one sweep for `--retain-bytes` (the next sweep goes on).
+const MAX_SEGMENTS_FREED: usize = 8;
 /// Time between retention sweeps.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A sweep runs at once when this many finished jobs are past `--retain-jobs` (or 1/32 of it,
@@ -438,6 +440,8 @@ struct Figures {
     forgotten: AtomicU64,
     deleted: AtomicU64,
     segments_deleted: AtomicU64,
+    /// Bytes of the results segments at the last sweep (measured only under `--retain-bytes`).
+    results_bytes: AtomicU64,
     /// Set while commits fail: the last one's error.
     failing: Mutex<Option<String>>,
     /// Whether `failing` is set (read without its lock after every commit).
@@ -475,6 +479,10 @@ pub struct StoreFigures {
     pub deleted: u64,
     /// Results segments deleted by retention in this run.
     pub segments_deleted: u64,
+    /// Bytes of the results segments at the last sweep (None without `--retain-bytes`).
+    pub results_bytes: Option<u64>,
+    /// `--retain-bytes` (0: no limit).
+    pub retain_bytes: u64,
     /// While commits fail (a full disk): the last one's error.
     pub failing: Option<String>,
 }
@@ -485,10 +493,78 @@ pub struct Retention {
     pub jobs: u64,
     /// Seconds a finished job is kept (`--retain-for`).
     pub for_secs: f64,
+    /// Bytes of results segments kept (`--retain-bytes`; 0: no limit).
+    pub bytes: u64,
     /// The results directory.
     pub results_dir: PathBuf,
     /// The results segments (one still open for writing is never deleted).
     pub segments: Arc<Segments>,
+}
+
+/// Under `--retain-bytes`: while the results segments hold more than the limit, forgets every
+/// settled job of the results segment that holds the oldest finished job, oldest segment
+/// first (at most [`MAX_SEGMENTS_FREED`] per sweep). A segment goes whole, so the limit is
+/// kept to within one segment (up to 64 jobs or 64 MiB); the segment that holds the newest
+/// finished job is never freed (it is closed for writing instead, so that the next results
+/// start a new one), and neither is one a writer holds. Returns the forgotten rows (status,
+/// segment) and notes the bytes left in the figures.
+fn forget_for_bytes(
+    tx: &rusqlite::Transaction,
+    retention: &Retention,
+    figures: &Figures,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let sizes: HashMap<String, u64> = std::fs::read_dir(&retention.results_dir)
+        .map_err(StoreError::Io)?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect();
+    let mut total: u64 = sizes.values().sum();
+    let mut forgotten = Vec::new();
+    figures.results_bytes.store(total, Ordering::Relaxed);
+    if total <= retention.bytes {
+        return Ok(forgotten);
+    }
+    let mut oldest = tx.prepare_cached(
+        "SELECT results_segment FROM jobs WHERE finished_at IS NOT NULL \
+         AND results_segment IS NOT NULL ORDER BY finished_at, seq LIMIT 1",
+    )?;
+    let newest: Option<String> = tx
+        .prepare_cached(
+            "SELECT results_segment FROM jobs WHERE finished_at IS NOT NULL \
+             AND results_segment IS NOT NULL ORDER BY finished_at DESC, seq DESC LIMIT 1",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let mut of_segment = tx.prepare_cached(
+        "DELETE FROM jobs WHERE results_segment = ?1 AND finished_at IS NOT NULL \
+         RETURNING status, results_segment",
+    )?;
+    for _ in 0..MAX_SEGMENTS_FREED {
+        if total <= retention.bytes {
+            break;
+        }
+        let Some(segment) = oldest.query_row([], |r| r.get::<_, String>(0)).optional()? else {
+            break;
+        };
+        if newest.as_deref() == Some(segment.as_str()) {
+            retention.segments.retire(&segment);
+            break;
+        }
+        if !retention.segments.retire(&segment) {
+            break;
+        }
+        for deleted in of_segment.query_map([&segment], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            forgotten.push(deleted?);
+        }
+        total = total.saturating_sub(sizes.get(&segment).copied().unwrap_or(0));
+    }
+    figures.results_bytes.store(total, Ordering::Relaxed);
+    Ok(forgotten)
 }
 
 /// The job store.
@@ -503,6 +579,8 @@ pub struct JobStore {
     /// Drains made through the API.
     pub drains: Arc<Drains>,
     deferred_check: Mutex<Option<DeferredCheck>>,
+    /// `--retain-bytes` (0: no limit).
+    retain_bytes: u64,
 }
 
 /// SQLite's `quick_check` of a store that was too large to check before serving.
@@ -638,6 +716,7 @@ impl JobStore {
         let readers = Arc::new(Mutex::new(Vec::new()));
         let settle_hook = Arc::new(OnceLock::new());
         let drains = Arc::new(Drains::new(&path, synchronous_of(mode), LOCK_WAIT));
+        let retain_bytes = retention.bytes;
         let writer = Writer {
             conn,
             drains: Arc::clone(&drains),
@@ -675,6 +754,7 @@ impl JobStore {
             figures,
             settle_hook,
             deferred_check: Mutex::new(deferred_check),
+            retain_bytes,
         };
         Ok((store, unsettled))
     }
@@ -876,6 +956,8 @@ impl JobStore {
             forgotten: f.forgotten.load(Ordering::Relaxed),
             deleted: f.deleted.load(Ordering::Relaxed),
             segments_deleted: f.segments_deleted.load(Ordering::Relaxed),
+            results_bytes: (self.retain_bytes > 0).then(|| f.results_bytes.load(Ordering::Relaxed)),
+            retain_bytes: self.retain_bytes,
             failing: lock(&f.failing).clone(),
         }
     }
@@ -1803,6 +1885,9 @@ impl Writer {
                 forgotten.push(deleted?);
             }
         }
+        if self.retention.bytes > 0 {
+            forgotten.extend(forget_for_bytes(&tx, &self.retention, &self.figures)?);
+        }
         let first_sweep = !self.orphans_checked;
         self.orphans_checked = true;
         if forgotten.is_empty() && !first_sweep {
@@ -1909,6 +1994,7 @@ mod tests {
         Retention {
             jobs: u64::MAX,
             for_secs: 1e12,
+            bytes: 0,
             results_dir: results.clone(),
             segments: Arc::new(
                 Segments::open(results, "t".to_string(), false, Arc::default())
