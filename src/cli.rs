@@ -86,6 +86,9 @@ OPTIONS:
     --client-timeout SECS    a client silent this long (or whose request line and headers
                              take longer) is disconnected                    [default: 30]
     --max-connections N      client connections at once; more are refused (503) [default: 1024]
+    --max-connections-per-ip N  client connections at once from one address (an IPv6
+                             /64); more from it are refused (503); behind a proxy, raise
+                             it to --max-connections                         [default: 256]
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP
@@ -429,6 +432,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             "--max-connections",
             positive::<usize>,
             d.max_connections,
+        )?,
+        max_connections_per_ip: value(
+            args,
+            "--max-connections-per-ip",
+            positive::<usize>,
+            d.max_connections_per_ip,
         )?,
         max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
         tls: pair(args, "--tls-cert", "--tls-key")?,

@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 23] = [
+const FLAGS: [&str; 24] = [
     "--port",
     "--bind",
     "--workers",
@@ -45,6 +45,7 @@ const FLAGS: [&str; 23] = [
     "--queue-timeout",
     "--disk-reserve",
     "--retain-bytes",
+    "--max-connections-per-ip",
 ];
 
 /// What one run of the binary did.
@@ -229,6 +230,10 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--log-level"], "--log-level"),
         (&["--client-timeout", "0"], "--client-timeout"),
         (&["--max-connections", "0"], "--max-connections"),
+        (
+            &["--max-connections-per-ip", "0"],
+            "--max-connections-per-ip",
+        ),
         (&["--max-uploads", "many"], "--max-uploads"),
         (&["--port", "0", "stray"], "stray"),
         (&["worker-id"], "worker-id"),

@@ -441,6 +441,44 @@ fn connections_beyond_the_limit_are_refused() {
     }
 }
 
+/// One client address cannot take every connection: beyond `--max-connections-per-ip` a new
+/// connection from it gets 503 at once, while another address is served, and a freed
+/// connection lets the first address in again.
+#[test]
+fn connections_beyond_one_addresses_share_are_refused_and_others_are_served() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-connections-per-ip", "4"]);
+    let mut held: Vec<_> = (0..4)
+        .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let mut fifth = stalled(&coordinator, b"");
+    let answer = read_to_close(&mut fifth, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    // Another address on this host is served meanwhile.
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut stream = trusted_pool::worker::bound_socket::connect_from(other, remote, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect from {other}: {e:?}"));
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    // A closed connection frees its address's slot.
+    held.pop();
+    let back = support::poll_until(DEADLINE, || {
+        let (status, _) = get_json(&coordinator.url("/health"));
+        (status == 200).then_some(())
+    });
+    assert!(back.is_some(), "the address was never served again");
+    drop(held);
+}
+
 #[test]
 fn a_keep_alive_request_after_a_long_slow_upload_gets_its_full_timeout() {
     let worker = FakeWorker::start();

@@ -134,6 +134,8 @@ pub struct ServeConfig {
     pub client_timeout: Duration,
     /// Client connections served at once; beyond it new ones are refused.
     pub max_connections: usize,
+    /// Client connections served at once from one address (IPv4, or IPv6 /64).
+    pub max_connections_per_ip: usize,
     /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
     pub max_uploads: usize,
     /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
@@ -181,6 +183,7 @@ impl Default for ServeConfig {
             metrics_open: false,
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_ip: 256,
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),

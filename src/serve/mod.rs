@@ -163,6 +163,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     };
     let limits = tiny_http::Limits {
         max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_ip,
         client_timeout: Some(config.client_timeout),
     };
     let server = tiny_http::Server::with_limits(addr, limits, acceptor.clone())

@@ -96,12 +96,13 @@ use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::{IpAddr, Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -194,6 +195,9 @@ pub use ssl::TlsAcceptor;
 pub struct Limits {
     /// Connections read at once; beyond it a new connection gets a short 503 and is closed.
     pub max_connections: usize,
+    /// Connections read at once from one client address (IPv4, or an IPv6 /64); beyond it a
+    /// new connection from that address gets a short 503 and is closed.
+    pub max_connections_per_address: usize,
     /// Longest silence of a client (socket read and write timeouts); a request's line and
     /// headers must also arrive within it. `None`: wait forever.
     pub client_timeout: Option<Duration>,
@@ -203,6 +207,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: usize::MAX,
+            max_connections_per_address: usize::MAX,
             client_timeout: None,
         }
     }
@@ -224,12 +229,79 @@ impl Drop for LiveConnection {
     }
 }
 
+/// Patched: the connections read at once per client address, each counted while its
+/// [`AddressSlot`] lives.
+struct PerAddress {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    limit: usize,
+}
+
+/// Patched: one connection counted against its client address.
+struct AddressSlot {
+    owner: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    /// The client address a connection counts against: an IPv4 address, or the /64 of an IPv6
+    /// one (a host is usually given a whole /64).
+    fn key(addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mut segments = v6.segments();
+                    segments[4..].fill(0);
+                    IpAddr::V6(segments.into())
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    /// A slot for a new connection from `addr`, or `None` when its address has the limit.
+    fn take(owner: &Arc<PerAddress>, addr: IpAddr) -> Option<AddressSlot> {
+        let address = Self::key(addr);
+        let mut counts = owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(address).or_insert(0);
+        if *count >= owner.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            owner: Arc::clone(owner),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .owner
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Patched: closes a connection it cannot serve (beyond the limit, or without a descriptor or a
 /// thread for it), with a 503 when it speaks plain HTTP (one non-blocking write into the fresh
 /// socket's empty buffer, so the accept loop never waits).
 fn refuse(sock: &Connection, secure: bool) {
+    refuse_with(sock, secure, "too many connections; retry shortly");
+}
+
+/// Patched: like [`refuse`], with `why` as the answer's error.
+fn refuse_with(sock: &Connection, secure: bool, why: &str) {
     if !secure && sock.set_nonblocking(true).is_ok() {
-        let body = "{\"error\":\"too many connections; retry shortly\"}\n";
+        let body = format!("{{\"error\":\"{why}\"}}\n");
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -321,19 +393,41 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
             // Patched: connections being read by a pool thread, at most `limits.max_connections`.
             let live = Arc::new(AtomicUsize::new(0));
+            // Patched: and at most `limits.max_connections_per_address` per client address.
+            let per_address = Arc::new(PerAddress {
+                counts: Mutex::new(HashMap::new()),
+                limit: limits.max_connections_per_address,
+            });
 
             // Patched: a failed accept is waited out, never the end of the loop.
             let mut trouble = util::AcceptTrouble::new();
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let (client, refusal) = match server.accept() {
-                    Ok((sock, _)) => {
+                let (client, refusal, address_slot) = match server.accept() {
+                    Ok((sock, peer)) => {
                         use util::RefinedTcpStream;
                         // Patched: beyond the limit a connection is refused, not given a thread.
                         if live.load(Acquire) >= limits.max_connections {
                             refuse(&sock, ssl.is_some());
                             continue;
                         }
+                        // Patched: so is one beyond its client address's share.
+                        let address_slot = match peer {
+                            Some(peer) if per_address.limit < usize::MAX => {
+                                match PerAddress::take(&per_address, peer.ip()) {
+                                    Some(slot) => Some(slot),
+                                    None => {
+                                        refuse_with(
+                                            &sock,
+                                            ssl.is_some(),
+                                            "too many connections from your address; close some, or retry shortly",
+                                        );
+                                        continue;
+                                    }
+                                }
+                            }
+                            _ => None,
+                        };
                         // Patched: headers and body go out in separate writes; without
                         // TCP_NODELAY, Nagle's algorithm held the body back ~40 ms.
                         if let connection::Connection::Tcp(ref tcp) = sock {
@@ -369,7 +463,7 @@ impl Server {
                             control,
                             limits.client_timeout,
                         );
-                        (client, refusal)
+                        (client, refusal, address_slot)
                     }
                     Err(e) => {
                         if inside_close_trigger.load(Relaxed) {
@@ -383,7 +477,7 @@ impl Server {
                 let messages = inside_messages.clone();
                 let inline = Arc::clone(&inside_inline);
                 let mut client = Some(client);
-                let mut counted = Some(LiveConnection::new(&live));
+                let mut counted = Some((LiveConnection::new(&live), address_slot));
                 // Patched: without a thread for it, the connection is refused.
                 let spawned = tasks_pool.spawn(Box::new(move || {
                     let _counted = counted.take();
