@@ -88,7 +88,7 @@ OPTIONS:
     --max-connections N      client connections at once; more are refused (503) [default: 1024]
     --max-connections-per-ip N  client connections at once from one address (an IPv6
                              /64); more from it are refused (503); behind a proxy, raise
-                             it to --max-connections                         [default: 256]
+                             it to --max-connections                         [default: 512]
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP

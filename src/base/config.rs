@@ -183,7 +183,7 @@ impl Default for ServeConfig {
             metrics_open: false,
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 512,
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),
