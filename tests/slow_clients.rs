@@ -436,6 +436,7 @@ fn connections_beyond_the_limit_are_refused() {
         back.is_some(),
         "never served again after the held connections closed"
     );
+    assert!(refused_for(&coordinator, "limit") >= 1);
     if let Some(threads) = threads {
         assert!(threads < 60, "{threads} threads for 8 connections");
     }
@@ -477,6 +478,8 @@ fn connections_beyond_one_addresses_share_are_refused_and_others_are_served() {
     });
     assert!(back.is_some(), "the address was never served again");
     drop(held);
+    assert!(refused_for(&coordinator, "address") >= 1);
+    assert_eq!(refused_for(&coordinator, "limit"), 0);
 }
 
 #[test]
@@ -619,6 +622,25 @@ fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
     drop(held);
     // 0.12.0's accept loop ended at the first EMFILE: the server never answered again.
     serves_again_after_one_spell(&coordinator, "Too many open files");
+    assert!(refused_for(&coordinator, "shortage") > 0);
+}
+
+/// Connections refused for `reason` so far, as `/metrics` counts them (and `/pool` the same).
+fn refused_for(coordinator: &Coordinator, reason: &str) -> u64 {
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    let line = format!("trusted_pool_connections_refused_total{{reason=\"{reason}\"}} ");
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str())?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {line} in /metrics:\n{metrics}"));
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let field = match reason {
+        "limit" => "refused_over_limit",
+        "address" => "refused_for_address",
+        _ => "refused_for_shortage",
+    };
+    assert_eq!(pool["connections"][field], counted, "{pool}");
+    counted
 }
 
 /// Sends `method path` on a kept-alive connection and reads its answer: status and body.

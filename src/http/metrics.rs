@@ -14,8 +14,10 @@ use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEn
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::StoreFigures;
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
+use tiny_http::ConnectionCounts;
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -130,6 +132,36 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     }
 }
 
+/// The client connections open now, and those refused since the start by reason.
+fn write_connections(out: &mut Text, counts: &ConnectionCounts) {
+    out.family(
+        "trusted_pool_connections_open",
+        "gauge",
+        "Client connections being read now.",
+    );
+    out.sample(
+        "trusted_pool_connections_open",
+        &[],
+        counts.open.load(Ordering::Relaxed) as u64,
+    );
+    out.family(
+        "trusted_pool_connections_refused_total",
+        "counter",
+        "Client connections refused with 503 at once: beyond --max-connections (limit), beyond --max-connections-per-ip (address), or for want of a descriptor or a thread (shortage).",
+    );
+    for (reason, count) in [
+        ("limit", &counts.refused_over_limit),
+        ("address", &counts.refused_for_address),
+        ("shortage", &counts.refused_for_shortage),
+    ] {
+        out.sample(
+            "trusted_pool_connections_refused_total",
+            &[("reason", reason)],
+            count.load(Ordering::Relaxed),
+        );
+    }
+}
+
 /// The state directory's filesystem: its room, the reserve and the submits refused for it.
 fn write_disk(out: &mut Text, reserve: &DiskReserve) {
     if let Ok(room) = reserve.room() {
@@ -213,6 +245,7 @@ pub fn render(ctx: &Context) -> String {
     write_histograms(&mut out, &ctx.metrics);
     write_store(&mut out, &ctx.store.figures());
     write_disk(&mut out, &ctx.disk_reserve);
+    write_connections(&mut out, &ctx.connections);
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

@@ -10,7 +10,8 @@ use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
 use crate::http::views::{
-    disk_view, keys_view, pool_view, spool_view, status_json, store_view, worker_view,
+    connections_view, disk_view, keys_view, pool_view, spool_view, status_json, store_view,
+    worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
@@ -483,6 +484,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["spool"] = spool_view(&ctx.spool);
     view["disk"] = disk_view(&ctx.disk_reserve);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
+    view["connections"] = connections_view(&ctx.connections, &ctx.config);
     view["followers"] = json!({
         "following": ctx.events.follower_count(),
         "max": ctx.events.max_followers(),

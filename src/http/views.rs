@@ -2,6 +2,7 @@
 
 use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
+use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
@@ -15,7 +16,9 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
+use tiny_http::ConnectionCounts;
 
 /// One worker as `/pool` shows it.
 pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
@@ -205,6 +208,20 @@ pub fn spool_view(spool: &Spool) -> Value {
         "upload_memory_limit": spool.memory_limit(),
         "uploads_on_disk": counts.on_disk,
         "upload_disk_bytes": counts.disk_bytes,
+    })
+}
+
+/// The `/pool` figures of the client connections: open now, the limits, and those refused
+/// since the start (beyond `--max-connections`, beyond `--max-connections-per-ip`, or for want
+/// of a descriptor or a thread).
+pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Value {
+    json!({
+        "open": counts.open.load(Ordering::Relaxed),
+        "max": config.max_connections,
+        "max_per_ip": config.max_connections_per_ip,
+        "refused_over_limit": counts.refused_over_limit.load(Ordering::Relaxed),
+        "refused_for_address": counts.refused_for_address.load(Ordering::Relaxed),
+        "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
     })
 }
 

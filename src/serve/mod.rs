@@ -179,6 +179,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     table.queue.set_aging(Some(config.priority_aging));
     let (mut ctx, signals) = Context::new(config, table, spool, store);
     ctx.client = WorkerClient::with_tls(timeouts, worker_tls);
+    ctx.connections = server.connection_counts();
     if let Some(keys) = keys {
         ctx.keys.set(keys);
     } else if !ctx.config.bind.is_loopback() {

@@ -21,6 +21,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
+use tiny_http::ConnectionCounts;
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;
@@ -44,6 +45,8 @@ pub struct Context {
     pub store: JobStore,
     /// The room new uploads must leave on the state directory's filesystem.
     pub disk_reserve: DiskReserve,
+    /// The HTTP server's connections, open and refused (set once the server listens).
+    pub connections: Arc<ConnectionCounts>,
     /// Requests being handled right now (a graceful shutdown waits for them).
     pub requests_in_flight: AtomicUsize,
     /// Output files being streamed from workers (asked for before their collection ended):
@@ -113,6 +116,7 @@ impl Context {
         let disk_reserve = DiskReserve::new(&config.state_dir, config.disk_reserve);
         let context = Context {
             disk_reserve,
+            connections: Arc::default(),
             config,
             metrics,
             settled_views: SettledViews::default(),

@@ -99,7 +99,7 @@ use std::io::Result as IoResult;
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -143,6 +143,22 @@ pub struct Server {
 
     // Patched: serves requests on their connection's thread (see `serve_inline`).
     inline: Arc<OnceLock<InlineHandler>>,
+
+    // Patched: the connections open and refused (see `connection_counts`).
+    counts: Arc<ConnectionCounts>,
+}
+
+/// Patched: the connections a server reads now, and those it refused since it started.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    /// Connections being read by a pool thread now.
+    pub open: AtomicUsize,
+    /// Refused beyond `Limits::max_connections`.
+    pub refused_over_limit: AtomicU64,
+    /// Refused beyond `Limits::max_connections_per_address`.
+    pub refused_for_address: AtomicU64,
+    /// Refused for want of a descriptor or a thread.
+    pub refused_for_shortage: AtomicU64,
 }
 
 /// Patched: a function the connection's own thread calls with each request it read, before
@@ -214,18 +230,18 @@ impl Default for Limits {
 }
 
 /// Patched: counts a connection while a pool thread reads it.
-struct LiveConnection(Arc<AtomicUsize>);
+struct LiveConnection(Arc<ConnectionCounts>);
 
 impl LiveConnection {
-    fn new(live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, AcqRel);
-        LiveConnection(Arc::clone(live))
+    fn new(counts: &Arc<ConnectionCounts>) -> Self {
+        counts.open.fetch_add(1, AcqRel);
+        LiveConnection(Arc::clone(counts))
     }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, AcqRel);
+        self.0.open.fetch_sub(1, AcqRel);
     }
 }
 
@@ -388,11 +404,13 @@ impl Server {
         let inside_messages = messages.clone();
         let inline: Arc<OnceLock<InlineHandler>> = Arc::new(OnceLock::new());
         let inside_inline = Arc::clone(&inline);
+        let counts = Arc::new(ConnectionCounts::default());
+        let inside_counts = Arc::clone(&counts);
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
             // Patched: connections being read by a pool thread, at most `limits.max_connections`.
-            let live = Arc::new(AtomicUsize::new(0));
+            let live = inside_counts;
             // Patched: and at most `limits.max_connections_per_address` per client address.
             let per_address = Arc::new(PerAddress {
                 counts: Mutex::new(HashMap::new()),
@@ -407,7 +425,8 @@ impl Server {
                     Ok((sock, peer)) => {
                         use util::RefinedTcpStream;
                         // Patched: beyond the limit a connection is refused, not given a thread.
-                        if live.load(Acquire) >= limits.max_connections {
+                        if live.open.load(Acquire) >= limits.max_connections {
+                            live.refused_over_limit.fetch_add(1, Relaxed);
                             refuse(&sock, ssl.is_some());
                             continue;
                         }
@@ -417,6 +436,7 @@ impl Server {
                                 match PerAddress::take(&per_address, peer.ip()) {
                                     Some(slot) => Some(slot),
                                     None => {
+                                        live.refused_for_address.fetch_add(1, Relaxed);
                                         refuse_with(
                                             &sock,
                                             ssl.is_some(),
@@ -469,7 +489,10 @@ impl Server {
                         if inside_close_trigger.load(Relaxed) {
                             break;
                         }
-                        trouble.failed(&e, &server, |sock| refuse(&sock, ssl.is_some()));
+                        trouble.failed(&e, &server, |sock| {
+                            live.refused_for_shortage.fetch_add(1, Relaxed);
+                            refuse(&sock, ssl.is_some())
+                        });
                         continue;
                     }
                 };
@@ -513,6 +536,7 @@ impl Server {
                 match spawned {
                     Ok(()) => trouble.served(),
                     Err((e, task)) => {
+                        live.refused_for_shortage.fetch_add(1, Relaxed);
                         refuse(&refusal, ssl.is_some());
                         drop(task);
                         trouble.refused(&e);
@@ -528,6 +552,7 @@ impl Server {
             close: close_trigger,
             listening_addr: local_addr,
             inline,
+            counts,
         })
     }
 
@@ -536,6 +561,11 @@ impl Server {
     /// another thread. Set once; a later call changes nothing and returns false.
     pub fn serve_inline(&self, handler: InlineHandler) -> bool {
         self.inline.set(handler).is_ok()
+    }
+
+    /// Patched: the connections it reads now and those it refused, updated as they come.
+    pub fn connection_counts(&self) -> Arc<ConnectionCounts> {
+        Arc::clone(&self.counts)
     }
 
     /// Returns an iterator for all the incoming requests.
