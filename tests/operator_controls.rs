@@ -1045,6 +1045,9 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
         "{}",
         coordinator.logs()
     );
+    // The second expiry came within the minute: held back from the log, counted later.
+    let logs = coordinator.logs();
+    assert_eq!(logs.matches("failed unstarted").count(), 1, "{logs}");
     // A job whose timeout ends while the coordinator is down fails at the restart, unstarted.
     let downtime = submit_to(&coordinator, "/submit?queue_timeout=2", &form());
     let submitted_at = job_status(&coordinator, &downtime)["submitted_at"]

@@ -1,18 +1,28 @@
 //! Queue timeouts (HAProxy's `timeout queue`): a job still queued when its queue timeout (its
 //! `queue_timeout`, or `--queue-timeout`) ends fails unstarted, with a message that says what
 //! the workers were doing, and its upload is dropped, as a cancel of a queued job does. The
-//! scheduler takes such jobs out each round, under the table's lock, and wakes for the next
-//! deadline.
+//! scheduler takes such jobs out each round, under the table's lock, and wakes [`SLACK`] after
+//! the next deadline, so that the deadlines of a burst of submits end in a few rounds, not one
+//! round each. The log has a line for a round, then at most one a minute while more follow.
 
 use crate::base::clock::unix_now;
 use crate::base::job::PoolStatus;
+use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
+use crate::base::sync::lock;
 use crate::pool::announce;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long after a deadline the scheduler wakes to end it (with the others due by then).
+pub const SLACK: Duration = Duration::from_millis(100);
 
 /// Jobs logged by name in one line; more are counted.
 const NAMED_IN_LOG: usize = 5;
+
+/// The log lines of expiries: each job counts as one repeat.
+static EXPIRY_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// A job that just failed for its queue timeout, with what its followers still need.
 pub struct Expired {
@@ -62,10 +72,23 @@ pub fn finish(ctx: &Context, expired: Vec<Expired>) {
             named.push(id);
         }
     }
+    let held = {
+        let mut logs = lock(&EXPIRY_LOGS);
+        let now = Instant::now();
+        let through: Vec<u64> = (0..count).filter_map(|_| logs.check(now)).collect();
+        match through.first() {
+            Some(held) => *held,
+            None => return,
+        }
+    };
+    let earlier = match held {
+        0 => String::new(),
+        n => format!(" ({n} more jobs failed so since the last such line)"),
+    };
     let names = named.join(", ");
     match count - named.len() {
         0 if count == 1 => log::warn!(
-            "Job {names} failed unstarted: its queue timeout ended before a worker took it"
+            "Job {names} failed unstarted: its queue timeout ended before a worker took it{earlier}"
         ),
         more => {
             let rest = if more > 0 {
@@ -74,7 +97,7 @@ pub fn finish(ctx: &Context, expired: Vec<Expired>) {
                 String::new()
             };
             log::warn!(
-                "{count} jobs failed unstarted ({names}{rest}): their queue timeout ended before a worker took them"
+                "{count} jobs failed unstarted ({names}{rest}): their queue timeout ended before a worker took them{earlier}"
             );
         }
     }

@@ -31,7 +31,10 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
                 (Vec::new(), None)
             } else {
                 let expired = queue_timeout::take_expired(&ctx, &mut st, now);
-                (expired, st.queue.next_deadline())
+                (
+                    expired,
+                    st.queue.next_deadline().map(|at| at + queue_timeout::SLACK),
+                )
             };
             let asks = quota_stats::due(&mut st, now);
             (asks, expired, assign(&mut st, now), next_deadline)
