@@ -40,6 +40,12 @@ impl Repeats {
         Some(std::mem::take(&mut self.held))
     }
 
+    /// Counts `n` more repeats held back: those that came together with the message just
+    /// checked, and go into the count of the next one let through.
+    pub fn hold(&mut self, n: u64) {
+        self.held += n;
+    }
+
     /// The condition ended: the next message goes through at once.
     pub fn reset(&mut self) {
         self.last = None;
@@ -69,6 +75,8 @@ mod tests {
         }
         assert_eq!(repeats.check(start + Duration::from_secs(60)), Some(59));
         assert_eq!(repeats.check(start + Duration::from_secs(61)), None);
+        repeats.hold(5);
+        assert_eq!(repeats.check(start + Duration::from_secs(120)), Some(6));
         repeats.reset();
         assert_eq!(repeats.check(start + Duration::from_secs(62)), Some(0));
         assert_eq!(Repeats::suffix(0), "");

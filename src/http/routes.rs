@@ -219,16 +219,11 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| {
             match control::cancel(ctx, id, &caller.log_label()) {
                 Ok(()) => status(ctx, id),
-                Err(e @ ControlError::UnknownJob(_)) => match ctx.store.load(id) {
-                    Ok(Some(job)) => error_reply(
-                        409,
-                        format!(
-                            "job {id} has already ended ({}); it cannot be cancelled",
-                            job.status.as_str()
-                        ),
-                    ),
-                    _ => error_reply(e.status(), e.to_string()),
-                },
+                Err(e @ ControlError::UnknownJob(_)) => {
+                    ended_or(ctx, id, ControlError::Finished, || {
+                        error_reply(e.status(), e.to_string())
+                    })
+                }
                 Err(e) => error_reply(e.status(), e.to_string()),
             }
         }),
@@ -326,14 +321,27 @@ fn set_priority(ctx: &Context, id: &str, url: &str, by: &str) -> Reply {
                 "queue_position": change.position.map_or(0, |p| p + 1),
             }),
         ),
-        Err(ControlError::UnknownJob(_)) => match ctx.store.load(id) {
-            Ok(Some(job)) => {
-                let e = ControlError::NotQueued(id.to_string(), job.status);
-                error_reply(e.status(), e.to_string())
-            }
-            _ => unknown_job(id),
-        },
+        Err(ControlError::UnknownJob(_)) => {
+            ended_or(ctx, id, ControlError::NotQueued, || unknown_job(id))
+        }
         Err(e) => error_reply(e.status(), e.to_string()),
+    }
+}
+
+/// The answer to a control on job `id`, which is no longer in the table: the refusal `ended`
+/// makes of its status when the job store holds it (it ended), else `unknown`.
+fn ended_or(
+    ctx: &Context,
+    id: &str,
+    ended: fn(String, PoolStatus) -> ControlError,
+    unknown: impl FnOnce() -> Reply,
+) -> Reply {
+    match ctx.store.load(id) {
+        Ok(Some(job)) => {
+            let e = ended(id.to_string(), job.status);
+            error_reply(e.status(), e.to_string())
+        }
+        _ => unknown(),
     }
 }
 

@@ -233,7 +233,7 @@ pub fn disk_view(reserve: &DiskReserve) -> Value {
         "total_bytes": room.map(|r| r.total),
         "reserve": reserve.setting().describe(),
         "reserve_bytes": room.map(|r| r.reserve),
-        "refusing_submits": reserve.shortfall(0).is_some(),
+        "refusing_submits": room.is_some_and(|r| r.is_short_for(0)),
         "refused_submits": reserve.refused(),
     })
 }

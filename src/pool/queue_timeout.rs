@@ -74,12 +74,12 @@ pub fn finish(ctx: &Context, expired: Vec<Expired>) {
     }
     let held = {
         let mut logs = lock(&EXPIRY_LOGS);
-        let now = Instant::now();
-        let through: Vec<u64> = (0..count).filter_map(|_| logs.check(now)).collect();
-        match through.first() {
-            Some(held) => *held,
-            None => return,
-        }
+        let through = logs.check(Instant::now());
+        logs.hold(count as u64 - 1);
+        through
+    };
+    let Some(held) = held else {
+        return;
     };
     let earlier = match held {
         0 => String::new(),

@@ -448,6 +448,23 @@ struct Figures {
     is_failing: AtomicBool,
 }
 
+impl Figures {
+    /// Counts committed deletions of settled rows of these statuses, by retention or a client
+    /// (`counter`): out of the settled and row counts, into `counter`, with release, so that
+    /// whoever sees the new count reads without those rows.
+    fn count_deleted<'a>(&self, statuses: impl IntoIterator<Item = &'a str>, counter: &AtomicU64) {
+        let mut deleted = 0;
+        for status in statuses {
+            deleted += 1;
+            if let Some(status) = status_of(status) {
+                self.settled[status.index()].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.rows.fetch_sub(deleted, Ordering::Relaxed);
+        counter.fetch_add(deleted, Ordering::Release);
+    }
+}
+
 /// What the store shows in `/pool`.
 #[derive(Debug, Clone)]
 pub struct StoreFigures {
@@ -1896,16 +1913,10 @@ impl Writer {
         tx.commit()?;
         let synced = self.synced_until_write;
         self.wrote();
-        let f = &self.figures;
-        for (status, _) in &forgotten {
-            if let Some(status) = status_of(status) {
-                f.settled[status.index()].fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        f.rows.fetch_sub(forgotten.len() as u64, Ordering::Relaxed);
-        // After the commit, with release: whoever sees the new count reads without those rows.
-        f.forgotten
-            .fetch_add(forgotten.len() as u64, Ordering::Release);
+        self.figures.count_deleted(
+            forgotten.iter().map(|(status, _)| status.as_str()),
+            &self.figures.forgotten,
+        );
         if !forgotten.is_empty() {
             self.commits_since_checkpoint += 1;
             log::debug!("Forgot {} finished jobs", forgotten.len());
@@ -1946,12 +1957,8 @@ impl Writer {
         };
         self.wrote();
         self.commits_since_checkpoint += 1;
-        let f = &self.figures;
-        if let Some(settled) = status_of(&status) {
-            f.settled[settled.index()].fetch_sub(1, Ordering::Relaxed);
-        }
-        f.rows.fetch_sub(1, Ordering::Relaxed);
-        f.deleted.fetch_add(1, Ordering::Release);
+        self.figures
+            .count_deleted([status.as_str()], &self.figures.deleted);
         // Synced before the answer and before its results file goes (as in `sweep`).
         if let (Some(wal), false) = (&self.wal, synced) {
             wal.sync().map_err(StoreError::Io)?;
