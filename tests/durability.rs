@@ -567,12 +567,12 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let db = dir.path().join("state").join("jobs.db");
     let conn_ok = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("PRAGMA user_version = 7;")
+        .arg("PRAGMA user_version = 8;")
         .status();
     if !conn_ok.is_ok_and(|s| s.success()) {
         // Without the sqlite3 tool, write the header field directly (bytes 60..64).
         let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
-        bytes[60..64].copy_from_slice(&7u32.to_be_bytes());
+        bytes[60..64].copy_from_slice(&8u32.to_be_bytes());
         fs::write(&db, bytes).unwrap_or_else(|e| panic!("{e}"));
     }
     let refused = Coordinator::try_start_in(dir.path(), &[])
@@ -582,7 +582,7 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         refused.contains("exit: Some(ExitStatus(unix_wait_status(256)))"),
         "{refused}"
     );
-    assert!(refused.contains("schema version 7, newer"), "{refused}");
+    assert!(refused.contains("schema version 8, newer"), "{refused}");
     assert!(refused.contains("jobs.db"), "{refused}");
 
     let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
@@ -671,8 +671,8 @@ fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Dura
 /// README invites operators to read the job store with `sqlite3`. A session that keeps a read
 /// transaction open blocks the WAL's checkpoints: they must not hold the submits behind them
 /// (each took 9 s before), and `/pool` must say that the WAL grows. A session holding the
-/// write lock makes submits answer 503 with `Retry-After`, drains 503, and both work again
-/// once it lets go.
+/// write lock makes submits answer 503 with `Retry-After`, drains and pauses of submits 503
+/// (applied all the same, and recorded once it lets go), and all work again once it lets go.
 #[test]
 fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_503() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
@@ -761,6 +761,11 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
     );
     let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
     assert_eq!(code, 503, "{body}");
+    let (code, body) = post(&coordinator.url("/submits/pause"), "", b"");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the change applies now"), "{body}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(pool["submits_paused"]["since"].is_number(), "{pool}");
     for id in ids.iter().chain([&first]) {
         let (code, body) = get(&coordinator.url(&format!("/status/{id}")));
         assert_eq!(code, 200, "while locked: {body}");
@@ -769,14 +774,24 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
         .execute_batch("ROLLBACK")
         .unwrap_or_else(|e| panic!("{e}"));
     drop(writer);
-    // The drain that could not be recorded is written once the store can write again.
-    let drains = |conn: &rusqlite::Connection| -> i64 {
-        conn.query_row("SELECT count(*) FROM drains", [], |r| r.get(0))
+    // The drain and the pause that could not be recorded are written once the store can write
+    // again.
+    let count = |conn: &rusqlite::Connection, table: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap_or(-1)
     };
+    let drains = |conn: &rusqlite::Connection| count(conn, "drains");
     let reader = open();
-    let recorded = poll_until(DEADLINE, || (drains(&reader) == 1).then_some(()));
-    assert!(recorded.is_some(), "the kept drain was never written");
+    let recorded = poll_until(DEADLINE, || {
+        (drains(&reader) == 1 && count(&reader, "submits_pause") == 1).then_some(())
+    });
+    assert!(
+        recorded.is_some(),
+        "the kept drain or pause was never written"
+    );
+    let (code, body) = post(&coordinator.url("/submits/resume"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(count(&reader, "submits_pause"), 0);
     assert!(
         coordinator.wait_for_log("is recorded in the job store now", DEADLINE),
         "{}",
@@ -829,9 +844,9 @@ fn a_store_locked_by_another_program_at_start_is_refused_and_not_called_unreadab
     wait_collected(&coordinator, &id, DEADLINE);
 }
 
-/// A store of schema version 1 (no `drains` table, no listing indexes, `seq` AUTOINCREMENT) is
-/// upgraded in place at start: its jobs stay, drains are recorded from then on, and new jobs
-/// follow the old ones in `seq` without `sqlite_sequence`.
+/// A store of schema version 1 (no `drains` or `submits_pause` table, no listing indexes, `seq`
+/// AUTOINCREMENT) is upgraded in place at start: its jobs stay, drains and pauses are recorded
+/// from then on, and new jobs follow the old ones in `seq` without `sqlite_sequence`.
 #[test]
 fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
@@ -861,11 +876,11 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 6);
-        // A new store is made at version 6 too.
+        assert_eq!(version(&conn), 7);
+        // A new store is made at version 7 too.
         assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
-            "DROP TABLE drains; DROP INDEX jobs_settled_status; \
+            "DROP TABLE drains; DROP TABLE submits_pause; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
              CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;",
         )
@@ -896,6 +911,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         "version 4",
         "version 5",
         "version 6",
+        "version 7",
     ] {
         assert!(
             upgraded
@@ -917,10 +933,12 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         b"",
     );
     assert_eq!(code, 200, "{body}");
+    let (code, body) = support::post(&upgraded.url("/submits/pause"), "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 6);
+    assert_eq!(version(&conn), 7);
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -986,6 +1004,10 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         .query_row("SELECT count(*) FROM drains", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(drained, 1);
+    let paused: i64 = conn
+        .query_row("SELECT count(*) FROM submits_pause", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(paused, 1);
 }
 
 /// Submits `form` to the `/submit` URL `url` from a client thread; returns the job id.

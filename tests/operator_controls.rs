@@ -730,30 +730,19 @@ fn the_threads_that_dispatch_and_follow_jobs_run_below_the_rest() {
     }
 }
 
-/// Pausing submits refuses new ones with 503 and `Retry-After` while queued and running jobs
-/// go on; `/ready`, `/pool` and `/metrics` say so; resuming takes submits again.
-#[test]
-fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
-    let worker = slow_worker(1.0);
-    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let running = submit(&coordinator, &form());
-    let queued = submit(&coordinator, &form());
-    let pause = |action: &str| {
-        let (status, body) = post(
-            &coordinator.url(&format!("/submits/{action}")),
-            "text/plain",
-            b"",
-        );
-        assert_eq!(status, 200, "{action}: {body}");
-        serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
-    };
-    let paused = pause("pause");
-    assert_eq!(paused["submits"], "paused", "{paused}");
-    // Pausing again keeps the first pause.
-    let again = pause("pause");
-    assert_eq!(again["pause"]["since"], paused["pause"]["since"], "{again}");
+/// `POST /submits/{action}` (`pause` or `resume`); its answer, which must be a 200.
+fn pause_action(coordinator: &Coordinator, action: &str) -> Value {
+    let (status, body) = post(
+        &coordinator.url(&format!("/submits/{action}")),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(status, 200, "{action}: {body}");
+    serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+}
 
+/// A submit that must be refused because submits are paused.
+fn assert_submit_paused(coordinator: &Coordinator) {
     let refused = support::send(
         "POST",
         &coordinator.url("/submit"),
@@ -767,6 +756,25 @@ fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
         refused.text()
     );
     assert_eq!(refused.header("Retry-After"), Some("30"));
+}
+
+/// Pausing submits refuses new ones with 503 and `Retry-After` while queued and running jobs
+/// go on; `/ready`, `/pool` and `/metrics` say so; a restart (after `kill -9`) keeps the pause;
+/// resuming takes submits again, and a restart then takes them too.
+#[test]
+fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
+    let worker = slow_worker(1.0);
+    let mut coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let running = submit(&coordinator, &form());
+    let queued = submit(&coordinator, &form());
+    let paused = pause_action(&coordinator, "pause");
+    assert_eq!(paused["submits"], "paused", "{paused}");
+    // Pausing again keeps the first pause.
+    let again = pause_action(&coordinator, "pause");
+    assert_eq!(again["pause"]["since"], paused["pause"]["since"], "{again}");
+
+    assert_submit_paused(&coordinator);
     let (code, ready) = get_json(&coordinator.url("/ready"));
     assert_eq!(code, 503, "{ready}");
     assert!(ready.to_string().contains("submits are paused"), "{ready}");
@@ -780,22 +788,44 @@ fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
         "{metrics}"
     );
 
-    // The jobs taken before the pause run to the end.
-    wait_status(&coordinator, &running, "completed", DEADLINE);
-    wait_status(&coordinator, &queued, "completed", DEADLINE);
+    // Killed and restarted: still paused since the same moment, and the jobs taken before the
+    // pause run to the end.
+    coordinator.kill();
+    let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    assert_eq!(
+        pool["submits_paused"]["since"], paused["pause"]["since"],
+        "{pool}"
+    );
+    assert!(
+        pool["submits_paused"]["seconds"].as_f64() >= paused["pause"]["seconds"].as_f64(),
+        "{pool}"
+    );
+    assert_submit_paused(&restarted);
+    assert_eq!(get_json(&restarted.url("/ready")).0, 503);
+    assert!(
+        restarted
+            .logs()
+            .contains("Submits are paused (paused by an operator"),
+        "{}",
+        restarted.logs()
+    );
+    wait_status(&restarted, &running, "completed", DEADLINE);
+    wait_status(&restarted, &queued, "completed", DEADLINE);
 
-    let resumed = pause("resume");
+    let resumed = pause_action(&restarted, "resume");
     assert_eq!(resumed["submits"], "taken", "{resumed}");
+    // The refusals count from the restart.
     assert_eq!(resumed["pause_ended"]["refused_submits"], 1, "{resumed}");
-    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let (_, pool) = get_json(&restarted.url("/pool"));
     assert!(pool["submits_paused"].is_null(), "{pool}");
-    let after = submit(&coordinator, &form());
-    wait_status(&coordinator, &after, "completed", DEADLINE);
+    let after = submit(&restarted, &form());
+    wait_status(&restarted, &after, "completed", DEADLINE);
     let ready = poll_until(DEADLINE, || {
-        (get_json(&coordinator.url("/ready")).0 == 200).then_some(())
+        (get_json(&restarted.url("/ready")).0 == 200).then_some(())
     });
-    assert!(ready.is_some(), "{}", coordinator.logs());
-    let logs = coordinator.logs();
+    assert!(ready.is_some(), "{}", restarted.logs());
+    let logs = format!("{}{}", coordinator.logs(), restarted.logs());
     assert_eq!(
         logs.matches("Submits paused by an operator").count(),
         1,
@@ -805,6 +835,15 @@ fn paused_submits_are_refused_while_queued_and_running_jobs_go_on() {
         logs.contains("Submits taken again after a pause of"),
         "{logs}"
     );
+
+    // A resume survives a restart too.
+    let mut restarted = restarted;
+    restarted.kill();
+    let again = Coordinator::start_in(coordinator.dir(), &FAST);
+    let (_, pool) = get_json(&again.url("/pool"));
+    assert!(pool["submits_paused"].is_null(), "{pool}");
+    let last = submit(&again, &form());
+    wait_status(&again, &last, "completed", DEADLINE);
 }
 
 fn delete_job(coordinator: &Coordinator, id: &str) -> (u16, Value) {

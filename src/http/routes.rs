@@ -348,41 +348,20 @@ fn ended_or(
 /// `POST /submits/pause` and `POST /submits/resume` (admin): stops taking submits, or takes them
 /// again; queued and running jobs go on either way. Pausing again keeps the first pause.
 fn submits_pause(ctx: &Context, caller: &Caller, pause: bool) -> Reply {
-    let (began, ended) = {
-        let mut st = ctx.lock();
-        if pause {
-            let began = st.submits_paused.is_none();
-            if began {
-                st.submits_paused = Some(SubmitsPause::new(caller.name().map(str::to_string)));
-            }
-            (began, None)
-        } else {
-            (false, st.submits_paused.take())
+    match control::set_submits_pause(ctx, pause, caller.name(), &caller.log_label()) {
+        Ok(change) => {
+            let st = ctx.lock();
+            Reply::Json(
+                200,
+                json!({
+                    "submits": if st.submits_paused.is_some() { "paused" } else { "taken" },
+                    "pause": st.submits_paused.as_ref().map(SubmitsPause::view),
+                    "pause_ended": change.ended.as_ref().map(SubmitsPause::view),
+                }),
+            )
         }
-    };
-    if began {
-        log::warn!(
-            "Submits paused by an operator{}: new submits are refused with 503 until POST /submits/resume",
-            caller.log_label()
-        );
+        Err(e) => error_reply(e.status(), e.to_string()),
     }
-    if let Some(ended) = &ended {
-        log::info!(
-            "Submits taken again{} after a pause of {:.0} s ({} refused meanwhile)",
-            caller.log_label(),
-            ended.began.elapsed().as_secs_f64(),
-            ended.refused
-        );
-    }
-    let st = ctx.lock();
-    Reply::Json(
-        200,
-        json!({
-            "submits": if st.submits_paused.is_some() { "paused" } else { "taken" },
-            "pause": st.submits_paused.as_ref().map(SubmitsPause::view),
-            "pause_ended": ended.as_ref().map(SubmitsPause::view),
-        }),
-    )
 }
 
 /// `GET /`: sandrun's service description, open to anyone like `/health` (sandrun's clients

@@ -1,10 +1,12 @@
 //! Operator and client controls on a running pool: cancelling a job, changing a queued job's
-//! priority, deleting a finished one, draining a worker.
+//! priority, deleting a finished one, draining a worker, pausing submits.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{PoolStatus, Priority};
 use crate::pool::announce;
 use crate::state::context::Context;
+use crate::state::submits_pause::SubmitsPause;
+use crate::store::controls::RecordedPause;
 use crate::store::jobs_db::{StoreError, StoreFault};
 use crate::worker::identity::short_id;
 use std::fmt;
@@ -232,7 +234,7 @@ pub fn set_drain(
     on: bool,
     by: &str,
 ) -> Result<usize, ControlError> {
-    let mut drains = ctx.store.drains.writer();
+    let mut controls = ctx.store.controls.writer();
     let mut st = ctx.lock();
     let index = st
         .worker_index(worker_id)
@@ -248,8 +250,8 @@ pub fn set_drain(
     let active = w.active_jobs;
     let endpoint = w.spec.endpoint.clone();
     drop(st);
-    let recorded = drains.record(worker_id, &endpoint, on);
-    drop(drains);
+    let recorded = controls.record_drain(worker_id, &endpoint, on);
+    drop(controls);
     if changed && on {
         log::info!(
             "Worker {}... is draining{by}: no new job; {active} still active",
@@ -267,13 +269,10 @@ pub fn set_drain(
         ctx.wake_health();
     }
     recorded.map_err(|e| {
-        log::error!(
-            "Could not record the drain of worker {}... in the job store yet (it is written as \
-             soon as the store can): {e}",
-            short_id(worker_id)
-        );
-        let e = StoreError::from(e);
-        ControlError::NotRecorded(e.to_string(), e.fault())
+        not_recorded(
+            &format!("the drain of worker {}...", short_id(worker_id)),
+            e,
+        )
     })?;
     Ok(index)
 }
@@ -281,14 +280,14 @@ pub fn set_drain(
 /// Drains again, at start, the workers drained through the API before the restart; a record
 /// of a worker no longer in the workers file (or at another endpoint) is dropped.
 pub fn restore_drains(ctx: &Context) {
-    let recorded = match ctx.store.drains.list() {
+    let recorded = match ctx.store.controls.drains() {
         Ok(recorded) => recorded,
         Err(e) => {
             log::error!("Could not read the recorded drains from the job store: {e}");
             return;
         }
     };
-    let mut writer = ctx.store.drains.writer();
+    let mut writer = ctx.store.controls.writer();
     for drain in recorded {
         let mut st = ctx.lock();
         let found = st.workers.iter_mut().find(|w| {
@@ -309,10 +308,100 @@ pub fn restore_drains(ctx: &Context) {
             short_id(&drain.worker_id),
             drain.endpoint
         );
-        if let Err(e) = writer.record(&drain.worker_id, &drain.endpoint, false) {
+        if let Err(e) = writer.record_drain(&drain.worker_id, &drain.endpoint, false) {
             log::warn!("Could not drop a recorded drain: {e}");
         }
     }
+}
+
+/// What a pause or resume of submits changed.
+#[derive(Debug)]
+pub struct PauseChange {
+    /// Whether a pause began (`false` when submits were paused already, or for a resume).
+    pub began: bool,
+    /// The pause a resume ended, if submits were paused.
+    pub ended: Option<SubmitsPause>,
+}
+
+/// Pauses (`on`) or resumes submits: while paused, `/submit` is refused with 503 and queued and
+/// running jobs go on. Pausing again keeps the first pause. The change is recorded in the job
+/// store (a restart keeps a pause) before this returns; one that cannot be recorded applies all
+/// the same and is written once the store can. `key` is the caller's key name, `by` says who
+/// asked, for the log (as for [`cancel`]).
+pub fn set_submits_pause(
+    ctx: &Context,
+    on: bool,
+    key: Option<&str>,
+    by: &str,
+) -> Result<PauseChange, ControlError> {
+    let mut controls = ctx.store.controls.writer();
+    let mut st = ctx.lock();
+    let change = if on {
+        let began = st.submits_paused.is_none();
+        if began {
+            st.submits_paused = Some(SubmitsPause::new(key.map(str::to_string)));
+        }
+        PauseChange { began, ended: None }
+    } else {
+        PauseChange {
+            began: false,
+            ended: st.submits_paused.take(),
+        }
+    };
+    let record = st.submits_paused.as_ref().map(|pause| RecordedPause {
+        since: pause.since,
+        by: pause.by.clone(),
+    });
+    drop(st);
+    let recorded = controls.record_pause(record);
+    drop(controls);
+    if change.began {
+        log::warn!(
+            "Submits paused by an operator{by}: new submits are refused with 503 until POST /submits/resume"
+        );
+    }
+    if let Some(ended) = &change.ended {
+        log::info!(
+            "Submits taken again{by} after a pause of {:.0} s ({} refused meanwhile)",
+            ended.began.elapsed().as_secs_f64(),
+            ended.refused
+        );
+    }
+    let what = if on { "pause" } else { "resume" };
+    recorded.map_err(|e| not_recorded(&format!("the {what} of submits"), e))?;
+    Ok(change)
+}
+
+/// Logs that a control change (`what`) could not be recorded yet, and the refusal that says so.
+fn not_recorded(what: &str, e: rusqlite::Error) -> ControlError {
+    log::error!(
+        "Could not record {what} in the job store yet (it is written as soon as the store can): {e}"
+    );
+    let e = StoreError::from(e);
+    ControlError::NotRecorded(e.to_string(), e.fault())
+}
+
+/// Pauses submits again, at start, when they were paused through the API before the restart.
+pub fn restore_submits_pause(ctx: &Context) {
+    let recorded = match ctx.store.controls.pause() {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => return,
+        Err(e) => {
+            log::error!("Could not read the recorded pause of submits from the job store: {e}");
+            return;
+        }
+    };
+    let pause = SubmitsPause::restored(recorded.since, recorded.by);
+    log::warn!(
+        "Submits are paused (paused by an operator{} {:.0} s ago, before the restart): new \
+         submits are refused with 503 until POST /submits/resume",
+        pause
+            .by
+            .as_deref()
+            .map_or_else(String::new, |n| format!(" (key {n})")),
+        pause.began.elapsed().as_secs_f64()
+    );
+    ctx.lock().submits_paused = Some(pause);
 }
 
 /// A worker id as given in a URL: percent-encoded standard base64, or URL-safe base64 (`-`, `_`,

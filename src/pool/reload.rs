@@ -97,13 +97,13 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
     }
     st.last_reload = Some(outcome.clone());
     drop(st);
-    let mut drains = ctx.store.drains.writer();
+    let mut controls = ctx.store.controls.writer();
     for (worker_id, endpoint) in drain_changed {
-        if let Err(e) = drains.record(&worker_id, &endpoint, false) {
+        if let Err(e) = controls.record_drain(&worker_id, &endpoint, false) {
             log::warn!("Could not drop the recorded drain of a worker: {e}");
         }
     }
-    drop(drains);
+    drop(controls);
     log::info!(
         "Reloaded {} ({source}): {} added, {} removed, {} changed",
         path.display(),

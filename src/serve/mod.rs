@@ -190,6 +190,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let ctx = Arc::new(ctx);
     ctx.attach();
     control::restore_drains(&ctx);
+    control::restore_submits_pause(&ctx);
     let recovered = recovery::recover(&ctx, unsettled);
     log::info!(
         "Job store {}: {} jobs; recovered {} queued, {} followed on workers, {} to collect, {} ended ({:.0} ms)",

@@ -1,10 +1,10 @@
 //! Submits paused by an operator (`POST /submits/pause`) before maintenance or a move: new
-//! submits are refused with 503 while queued and running jobs go on. Kept in memory only (a
-//! restart takes submits again), like HAProxy's runtime `disable frontend`.
+//! submits are refused with 503 while queued and running jobs go on, like HAProxy's runtime
+//! `disable frontend`. The job store records it, so a restart keeps it (`pool/control.rs`).
 
 use crate::base::clock::unix_now;
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A pause of submits in force.
 #[derive(Debug)]
@@ -25,6 +25,20 @@ impl SubmitsPause {
         SubmitsPause {
             since: unix_now(),
             began: Instant::now(),
+            by,
+            refused: 0,
+        }
+    }
+
+    /// A pause recorded before a restart: it began at Unix time `since` (its length counts from
+    /// then, or from now if the wall clock is behind it), by the key `by`. Its refused submits
+    /// count from the restart.
+    pub fn restored(since: f64, by: Option<String>) -> Self {
+        let ago = Duration::try_from_secs_f64(unix_now() - since).unwrap_or_default();
+        let now = Instant::now();
+        SubmitsPause {
+            since,
+            began: now.checked_sub(ago).unwrap_or(now),
             by,
             refused: 0,
         }

@@ -23,7 +23,7 @@ use crate::base::job::{Collection, Job, PoolStatus};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
-use crate::store::drains::{Drains, DRAINS_SCHEMA};
+use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::wal_sync::WalSync;
@@ -41,7 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -93,6 +93,8 @@ const MIGRATIONS: &[(i64, Migration)] = &[
     (5, |c| c.execute_batch(SLIMMER_INDEXES)),
     // Version 6: `seq` without `AUTOINCREMENT`.
     (6, plain_seq),
+    // Version 7: a pause of submits survives a restart.
+    (7, |c| c.execute_batch(PAUSE_SCHEMA)),
 ];
 
 /// Schema version 6: `seq` loses `AUTOINCREMENT`, whose `sqlite_sequence` row every
@@ -593,8 +595,8 @@ pub struct JobStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     figures: Arc<Figures>,
     settle_hook: Arc<OnceLock<SettleHook>>,
-    /// Drains made through the API.
-    pub drains: Arc<Drains>,
+    /// Drains and the pause of submits made through the API.
+    pub controls: Arc<Controls>,
     deferred_check: Mutex<Option<DeferredCheck>>,
     /// `--retain-bytes` (0: no limit).
     retain_bytes: u64,
@@ -732,11 +734,11 @@ impl JobStore {
         let (ops, received) = handoff(max_batch);
         let readers = Arc::new(Mutex::new(Vec::new()));
         let settle_hook = Arc::new(OnceLock::new());
-        let drains = Arc::new(Drains::new(&path, synchronous_of(mode), LOCK_WAIT));
+        let controls = Arc::new(Controls::new(&path, synchronous_of(mode), LOCK_WAIT));
         let retain_bytes = retention.bytes;
         let writer = Writer {
             conn,
-            drains: Arc::clone(&drains),
+            controls: Arc::clone(&controls),
             idle_readers: Arc::clone(&readers),
             mode,
             wal,
@@ -763,7 +765,7 @@ impl JobStore {
             .last_checkpoint_ms
             .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
         let store = JobStore {
-            drains,
+            controls,
             path,
             mode,
             ops,
@@ -1352,8 +1354,9 @@ impl Default for FailureLogs {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    /// The drains, whose changes that could not be written it writes again once a second.
-    drains: Arc<Drains>,
+    /// The recorded controls, whose changes that could not be written it writes again once a
+    /// second.
+    controls: Arc<Controls>,
     /// The store's idle read-only connections.
     idle_readers: Arc<Mutex<Vec<Connection>>>,
     mode: FsyncMode,
@@ -1442,11 +1445,11 @@ impl Writer {
             let dones = std::mem::take(&mut self.unwritten_done);
             release(&self.figures, None, &[], dones, Err(StoreError::Closed));
         }
-        let drains = self.drains.write_unwritten();
-        if drains > 0 {
+        let controls = self.controls.write_unwritten();
+        if controls > 0 {
             log::error!(
-                "{drains} drain changes could not be written before the job store closed; a \
-                 restart does not keep them"
+                "{controls} drain or pause changes could not be written before the job store \
+                 closed; a restart does not keep them"
             );
         }
         self.checkpoint("TRUNCATE");
@@ -1696,7 +1699,7 @@ impl Writer {
                 && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
         if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) || self.over_retention() {
             self.last_sweep = Some(Instant::now());
-            self.drains.write_unwritten();
+            self.controls.write_unwritten();
             // A sweep waits for no other program's lock: the next one comes within a second.
             match self.without_lock_wait(Self::sweep) {
                 Err(e) if e.is_locked() => log::debug!("Retention sweep skipped: {e}"),

@@ -1,9 +1,9 @@
 //! What lives in `--state-dir`: the job store (SQLite), the spool of waiting uploads and the
 //! append-only segment files that hold uploads and collected results. May import `base` only.
 
+pub mod controls;
 pub mod dir_lock;
 pub mod disk_reserve;
-pub mod drains;
 pub mod handoff;
 pub mod jobs_db;
 pub mod removals;
