@@ -403,7 +403,7 @@ fn pool_worker_draining(coordinator: &Coordinator, worker: &FakeWorker) -> Optio
 }
 
 #[test]
-fn the_dashboard_buttons_drain_undrain_raise_cancel_and_delete_in_chromium() {
+fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_chromium() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(120));
     let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
@@ -445,6 +445,38 @@ fn the_dashboard_buttons_drain_undrain_raise_cancel_and_delete_in_chromium() {
         !state["badges"].to_string().contains("drain"),
         "still shown draining: {state}"
     );
+
+    // Submits paused and taken again from the coordinator's table; its other parts are shown.
+    let state = wait_row(&mut page, "data-part", "submits", |s| {
+        has_action(s, "pause")
+    });
+    assert!(state["badges"].to_string().contains("taken"), "{state}");
+    click(&mut page, "data-part", "submits", "pause");
+    let paused = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        pool["submits_paused"].is_object().then_some(())
+    });
+    assert!(paused.is_some(), "/pool does not report submits paused");
+    let state = wait_row(&mut page, "data-part", "submits", |s| {
+        has_action(s, "resume") && s["badges"].to_string().contains("paused")
+    });
+    assert!(!has_action(&state, "pause"), "{state}");
+    click(&mut page, "data-part", "submits", "resume");
+    let taken = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        pool["submits_paused"].is_null().then_some(())
+    });
+    assert!(taken.is_some(), "/pool still reports submits paused");
+    wait_row(&mut page, "data-part", "submits", |s| {
+        has_action(s, "pause")
+    });
+    let parts = page.eval("document.querySelector('#coordinator tbody').innerText");
+    for shown in ["free of", "kept for accepted jobs", "jobs, ", "open of"] {
+        assert!(
+            parts.as_str().is_some_and(|t| t.contains(shown)),
+            "no {shown:?} in {parts}"
+        );
+    }
 
     // The job waiting behind the running one: raised to priority high, then cancelled from its
     // row.
