@@ -56,6 +56,8 @@ OPTIONS:
                              and jobs move on a little later; 0 = off       [default: 5]
     --lost-after SECS        grace before a job on an unreachable worker is lost [default: 120]
     --max-attempts N         dispatch attempts before a job fails            [default: 3]
+    --max-reruns N           the most reruns a submit may ask for (reruns=N): a job lost on
+                             its worker runs again, elsewhere if it can; 0 = none [default: 3]
     --priority-aging SECS    a job queued this long in its priority level moves up one [default: 300]
     --queue-timeout SECS     a job queued this long fails unstarted; also the most a submit's
                              queue_timeout may ask for; 0 = wait as long as it takes [default: 0]
@@ -211,6 +213,16 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!(
             "expected a whole number of at least 1, got {text:?}"
+        )),
+    }
+}
+
+/// The most reruns a submit may ask for: 0 to 100.
+fn reruns_limit(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 0 to 100, got {text:?}"
         )),
     }
 }
@@ -406,6 +418,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         follow_nice: value(args, "--follow-nice", nice_steps, d.follow_nice)?,
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,
+        max_reruns: value(args, "--max-reruns", reruns_limit, d.max_reruns)?,
         priority_aging: value(args, "--priority-aging", seconds, d.priority_aging)?,
         queue_timeout: value(args, "--queue-timeout", seconds_or_zero, d.queue_timeout)?,
         max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,

@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 24] = [
+const FLAGS: [&str; 25] = [
     "--port",
     "--bind",
     "--workers",
@@ -36,6 +36,7 @@ const FLAGS: [&str; 24] = [
     "--follow-nice",
     "--lost-after",
     "--max-attempts",
+    "--max-reruns",
     "--log-level",
     "--api-keys",
     "--cors-origin",
@@ -221,6 +222,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--follow-nice", "-1"], "--follow-nice"),
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
+        (&["--max-reruns", "101"], "--max-reruns"),
+        (&["--max-reruns", "-1"], "--max-reruns"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),
         (&["--disk-reserve", "60%"], "--disk-reserve"),

@@ -1,7 +1,8 @@
 //! What the coordinator does when a dispatch does not simply succeed: a busy worker (429) is
 //! paused instead of hammered, a 5xx sends the job elsewhere, another 4xx fails it at once, a
-//! worker that never answers holds up nothing else and its job is lost (never run twice), and
-//! a job whose worker dies is lost with its slot freed.
+//! worker that never answers holds up nothing else and its job is lost (never run twice), a
+//! job whose worker dies is lost with its slot freed, and a job that asked for reruns runs
+//! again on another worker instead.
 
 mod support;
 
@@ -297,6 +298,26 @@ fn a_dispatch_without_answer_is_lost_and_never_run_again() {
     assert_eq!(entry["active_jobs"], 0, "{pool}");
     assert_eq!(entry["jobs_lost"], 1, "{pool}");
     assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
+
+    // A job that asked for a rerun is sent again after such a dispatch, to the other worker.
+    set_drain(&coordinator, &good, "drain");
+    let form = job("print('third')\n").field("reruns", b"1");
+    let rerun = submit(&coordinator, &form);
+    let sent = poll_until(DEADLINE, || {
+        (hung.recording().count("POST", "submit") == 2).then_some(())
+    });
+    assert!(sent.is_some(), "the job did not go to the hanging worker");
+    set_drain(&coordinator, &good, "undrain");
+    let status = wait_collected(&coordinator, &rerun, DEADLINE);
+    assert_eq!(status["worker_id"], good.worker_id(), "{status}");
+    let runs = status["reruns"]["lost_runs"].clone();
+    assert_eq!(runs[0]["worker_id"], hung.worker_id(), "{status}");
+    assert!(
+        text(&runs[0]["error"]).contains("unknown outcome"),
+        "{status}"
+    );
+    assert_eq!(hung.recording().count("POST", "submit"), 2);
+    assert_eq!(good.recording().jobs.len(), 2);
 }
 
 #[test]
@@ -451,4 +472,156 @@ fn a_wall_clock_set_forward_or_back_neither_loses_a_job_nor_keeps_a_dead_workers
         text(&status["error"]).contains("no answer from its worker"),
         "{status}"
     );
+}
+
+/// `POST /workers/{id}/{action}` (`drain` or `undrain`), which must answer 200.
+fn set_drain(coordinator: &Coordinator, worker: &FakeWorker, action: &str) {
+    let id = worker
+        .worker_id()
+        .replace('+', "-")
+        .replace('/', "_")
+        .replace('=', "");
+    let (code, body) = support::post(
+        &coordinator.url(&format!("/workers/{id}/{action}")),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{action}: {body}");
+}
+
+/// A job submitted with `reruns` runs again after its run is lost, on another worker, with its
+/// upload byte for byte (kept on disk meanwhile, also across a `kill -9` of the coordinator);
+/// a job without reruns on the same worker is lost, as ever. Asking for more reruns than
+/// `--max-reruns`, or for a non-number, is refused before anything is kept.
+#[test]
+fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
+    let doomed = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(60);
+        k.max_active_per_ip = 3;
+    });
+    let spare = FakeWorker::start();
+    let dir = support::workers_dir(&[doomed.entry(3), spare.entry(2)]);
+    let extra = args(&["--lost-after", "2", "--max-reruns", "2"]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &extra);
+    wait_healthy(&coordinator, &[&doomed, &spare], DEADLINE);
+    set_drain(&coordinator, &spare, "drain");
+
+    for (query, part, wanted) in [
+        (
+            "?reruns=3",
+            None,
+            "more than this coordinator allows (--max-reruns 2)",
+        ),
+        ("?reruns=two", None, "is not a whole number"),
+        ("", Some("-1"), "is not a whole number"),
+        ("?reruns=1", Some("1"), "both as a part and in the query"),
+    ] {
+        let mut form = job("print(1)\n");
+        if let Some(value) = part {
+            form = form.field("reruns", value.as_bytes());
+        }
+        let (code, body) =
+            support::post_multipart(&coordinator.url(&format!("/submit{query}")), &form);
+        assert_eq!(code, 400, "{query} {part:?}: {body}");
+        assert!(body.contains(wanted), "{query} {part:?}: {body}");
+    }
+
+    // Over 64 KiB, so the upload waits on disk, not in the job's row.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let rerun_form = job("print(open('data.bin','rb').read()[:4])\n").file(
+        "data.bin",
+        "application/octet-stream",
+        &data,
+    );
+    let (code, body) = support::post_multipart(&coordinator.url("/submit?reruns=1"), &rerun_form);
+    assert_eq!(code, 200, "{body}");
+    let rerun: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let rerun = text(&rerun["job_id"]);
+    let once = submit(&coordinator, &job("print(2)\n"));
+    // A small upload, held in memory and in the job's row; the reruns given as a part.
+    let small = submit(&coordinator, &job("print(3)\n").field("reruns", b"2"));
+    // The worker runs one job at a time (as sandrun does); all three are on it.
+    let taken = poll_until(DEADLINE, || {
+        let recording = doomed.recording();
+        let accepted = recording.jobs.iter().filter(|j| j.job_id.is_some()).count();
+        (accepted == 3 && !recording.started.is_empty()).then_some(())
+    });
+    assert!(taken.is_some(), "the jobs never reached the first worker");
+    let status = job_status(&coordinator, &rerun);
+    assert_eq!(status["reruns"]["allowed"], 1, "{status}");
+    assert_eq!(status["reruns"]["left"], 1, "{status}");
+    assert!(job_status(&coordinator, &once)["reruns"].is_null());
+
+    // Killed and restarted while all three are on the worker: the uploads of the jobs that
+    // may run again are still kept.
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &extra);
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["spool"]["uploads_on_disk"], 1, "{pool}");
+    assert_eq!(pool["spool"]["uploads_in_memory"], 1, "{pool}");
+    set_drain(&coordinator, &spare, "undrain");
+    doomed.stop();
+
+    let lost = wait_status(&coordinator, &once, "lost", DEADLINE);
+    assert!(
+        text(&lost["error"]).contains("no answer from its worker"),
+        "{lost}"
+    );
+    let done = wait_collected(&coordinator, &rerun, DEADLINE);
+    assert_eq!(done["pool_status"], "completed", "{done}");
+    assert_eq!(done["worker_id"], spare.worker_id().as_str(), "{done}");
+    assert_eq!(done["reruns"]["left"], 0, "{done}");
+    let runs = done["reruns"]["lost_runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(runs.len(), 1, "{done}");
+    assert_eq!(runs[0]["worker_id"], doomed.worker_id().as_str(), "{done}");
+    assert!(
+        text(&runs[0]["error"]).contains("no answer from its worker"),
+        "{done}"
+    );
+    let small_done = wait_collected(&coordinator, &small, DEADLINE);
+    assert_eq!(small_done["pool_status"], "completed", "{small_done}");
+    assert_eq!(small_done["reruns"]["allowed"], 2, "{small_done}");
+    assert_eq!(small_done["reruns"]["left"], 1, "{small_done}");
+    let received = spare.recording();
+    let sent = received
+        .jobs
+        .iter()
+        .find_map(|j| j.files.iter().find(|f| f.filename == "data.bin"))
+        .unwrap_or_else(|| panic!("the rerun never reached the spare worker"));
+    assert!(sent.bytes == data, "the rerun's upload differs");
+    assert_eq!(received.jobs.len(), 2, "the spare got more than the reruns");
+    assert!(
+        received
+            .jobs
+            .iter()
+            .any(|j| j.files.iter().any(|f| f.bytes == b"print(3)\n")),
+        "the small rerun's upload differs"
+    );
+
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["queue"]["reruns"], 2, "{pool}");
+    assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
+    let (_, metrics) = support::get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_job_reruns_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        coordinator.logs().contains("queued again for rerun 1 of 1")
+            && coordinator.logs().contains("queued again for rerun 1 of 2"),
+        "{}",
+        coordinator.logs()
+    );
+    let settled = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["spool"]["uploads_on_disk"] == 0 && pool["spool"]["uploads_in_memory"] == 0)
+            .then_some(())
+    });
+    assert!(settled.is_some(), "the rerun jobs' uploads stayed");
+    assert_no_uploads(&coordinator, "after the rerun settled");
 }

@@ -97,6 +97,8 @@ pub struct ServeConfig {
     pub lost_after: Duration,
     /// Dispatch attempts before a job fails.
     pub max_attempts: u32,
+    /// The most reruns after a lost run a submit may ask for (0: none).
+    pub max_reruns: u32,
     /// A job queued this long in its priority level moves up one level.
     pub priority_aging: Duration,
     /// Room that new uploads must leave on the state directory's filesystem.
@@ -165,6 +167,7 @@ impl Default for ServeConfig {
             follow_nice: 5,
             lost_after: Duration::from_secs(120),
             max_attempts: 3,
+            max_reruns: 3,
             priority_aging: Duration::from_secs(300),
             queue_timeout: None,
             disk_reserve: DiskReserveSetting::Percent(1.0),

@@ -161,6 +161,31 @@ pub struct Attempt {
     pub error: String,
 }
 
+/// The reruns a job asked for (`reruns` at submit): how many times it may run again after it
+/// was lost, and the runs lost so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reruns {
+    /// Reruns it may have after a lost run.
+    pub allowed: u32,
+    /// Its lost runs, oldest first (each one used a rerun).
+    #[serde(default)]
+    pub lost: Vec<LostRun>,
+}
+
+/// One run of a job that was lost (its worker died, forgot it or never answered the submit),
+/// after which the job was queued again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostRun {
+    /// The worker it ran on, or was sent to.
+    pub worker_id: Option<String>,
+    /// The worker's job id, when the worker had taken it.
+    pub remote_job_id: Option<String>,
+    /// Why it was lost.
+    pub error: String,
+    /// Unix time it was lost (and queued again).
+    pub at: f64,
+}
+
 /// Where a collected job's results lie: in a results segment of the spool, or (small
 /// results) in the job's own row of the job store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +342,9 @@ pub struct Job {
     /// from `submitted_at`).
     #[serde(skip)]
     pub queue_deadline: Option<Instant>,
+    /// Its reruns after a lost run, when it asked for any (boxed: most jobs have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reruns: Option<Box<Reruns>>,
 }
 
 impl Job {
@@ -367,6 +395,7 @@ impl Job {
             upload_at: None,
             queue_timeout: None,
             queue_deadline: None,
+            reruns: None,
         }
     }
 
@@ -380,9 +409,57 @@ impl Job {
                 || !matches!(self.collection, Collection::Pending(_)))
     }
 
-    /// True while its upload is still needed: it has not reached a worker and has not ended.
+    /// True while its upload is still needed: it has not ended, and it has not reached a
+    /// worker or may run again if that run is lost.
     pub fn needs_upload(&self) -> bool {
-        self.remote_job_id.is_none() && !self.status.is_final()
+        !self.status.is_final() && (self.remote_job_id.is_none() || self.reruns_left() > 0)
+    }
+
+    /// How many more times it may run again after a lost run.
+    pub fn reruns_left(&self) -> u32 {
+        self.reruns.as_ref().map_or(0, |r| {
+            r.allowed
+                .saturating_sub(u32::try_from(r.lost.len()).unwrap_or(u32::MAX))
+        })
+    }
+
+    /// The workers it was sent to without success: failed dispatch attempts and lost runs. A
+    /// worker it has not tried is preferred.
+    pub fn tried_workers(&self) -> impl Iterator<Item = &str> {
+        let lost = self.reruns.iter().flat_map(|r| r.lost.iter());
+        self.attempts
+            .iter()
+            .map(|a| a.worker_id.as_str())
+            .chain(lost.filter_map(|run| run.worker_id.as_deref()))
+    }
+
+    /// Takes back a run that was lost (`run` says where and why), so that the job can wait in
+    /// the queue again: what that run left is cleared, the run is kept in its `reruns`. The
+    /// caller moves it to `queued` and puts it back in the queue.
+    pub fn forget_lost_run(&mut self, run: LostRun) {
+        self.reruns.get_or_insert_with(Box::default).lost.push(run);
+        self.worker_id = None;
+        self.remote_job_id = None;
+        self.source_address = None;
+        self.dispatched_at = None;
+        self.completed_at = None;
+        self.worker_status = None;
+        self.error = None;
+        self.collection = Collection::NotStarted;
+        self.last_contact = None;
+        self.heard_at = None;
+        self.ending_on_worker = false;
+        self.done_figures = None;
+        self.verification = None;
+    }
+
+    /// Unix time its current wait in the queue began (its queue timeout counts from here): its
+    /// submission, or its last lost run.
+    pub fn queued_since(&self) -> f64 {
+        self.reruns
+            .as_ref()
+            .and_then(|r| r.lost.last())
+            .map_or(self.submitted_at, |run| run.at)
     }
 
     /// True while the first collection of its results is under way (it completed or failed

@@ -326,6 +326,12 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         metrics.queue_timeouts(),
     );
     out.family(
+        "trusted_pool_job_reruns_total",
+        "counter",
+        "Lost runs after which the job, submitted with reruns, was queued again to run once more.",
+    );
+    out.sample("trusted_pool_job_reruns_total", &[], metrics.reruns());
+    out.family(
         "trusted_pool_jobs",
         "gauge",
         "Jobs in the coordinator's table (queued, in flight, or finished and not yet settled in the job store), by status.",

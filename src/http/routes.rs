@@ -680,7 +680,8 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         return retry_after(SUBMIT_RETRY_AFTER, reply);
     }
     let options = upload::SubmitOptions::from_query(|name| query_param(url, name))
-        .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o));
+        .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o))
+        .and_then(|o| upload::reruns_of(ctx, o.reruns).map(|_| o));
     let options = match options {
         Ok(options) => options,
         Err(e) => return error_reply(e.status(), e.to_string()),

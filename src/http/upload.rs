@@ -2,7 +2,7 @@
 //! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{InputFile, Job, PoolStatus, Priority, Span};
+use crate::base::job::{InputFile, Job, PoolStatus, Priority, Reruns, Span};
 use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
 use crate::http::auth::Caller;
@@ -46,7 +46,7 @@ pub enum UploadError {
     DuplicateFilename(String),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
-    /// A part name other than `files`, `manifest`, `priority` and `queue_timeout`.
+    /// A part name other than `files`, `manifest`, `priority`, `queue_timeout` and `reruns`.
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
@@ -55,6 +55,9 @@ pub enum UploadError {
     /// A queue timeout that is not a positive number of seconds, is longer than
     /// `--queue-timeout`, or is given twice.
     BadQueueTimeout(String),
+    /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
+    /// twice.
+    BadReruns(String),
     /// The upload would cut into the room kept on the state directory's filesystem.
     DiskReserve(Room),
     /// The spool could not be written.
@@ -102,7 +105,7 @@ impl fmt::Display for UploadError {
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
-            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority' and 'queue_timeout' are accepted"),
+            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout' and 'reruns' are accepted"),
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
@@ -111,6 +114,12 @@ impl fmt::Display for UploadError {
             Self::BadQueueTimeout(why) => write!(
                 f,
                 "the queue_timeout {why}; give the seconds the job may wait for a worker, e.g. queue_timeout=600"
+            ),
+            Self::BadReruns(why) => write!(
+                f,
+                "reruns {why}; give how many times the job may run again if its run is lost \
+                 (its worker dies or forgets it), e.g. reruns=2, only for a job that does no \
+                 harm when it runs twice"
             ),
             Self::DiskReserve(room) => write!(
                 f,
@@ -210,13 +219,16 @@ struct Parts {
     options: SubmitOptions,
 }
 
-/// A submit's options, given as parts or in the query (`?priority=`, `?queue_timeout=`).
+/// A submit's options, given as parts or in the query (`?priority=`, `?queue_timeout=`,
+/// `?reruns=`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SubmitOptions {
     /// Its priority.
     pub priority: Option<Priority>,
     /// Seconds it may wait in the queue.
     pub queue_timeout: Option<f64>,
+    /// Reruns after a lost run.
+    pub reruns: Option<u32>,
 }
 
 impl SubmitOptions {
@@ -227,6 +239,7 @@ impl SubmitOptions {
             queue_timeout: param("queue_timeout")
                 .map(|t| parse_queue_timeout(&t))
                 .transpose()?,
+            reruns: param("reruns").map(|n| parse_reruns(&n)).transpose()?,
         })
     }
 
@@ -242,9 +255,15 @@ impl SubmitOptions {
                 "is given both as a part and in the query".to_string(),
             ));
         }
+        if self.reruns.is_some() && parts.reruns.is_some() {
+            return Err(UploadError::BadReruns(
+                "is given both as a part and in the query".to_string(),
+            ));
+        }
         Ok(SubmitOptions {
             priority: self.priority.or(parts.priority),
             queue_timeout: self.queue_timeout.or(parts.queue_timeout),
+            reruns: self.reruns.or(parts.reruns),
         })
     }
 }
@@ -262,6 +281,25 @@ fn parse_queue_timeout(text: &str) -> Result<f64, UploadError> {
         _ => Err(UploadError::BadQueueTimeout(format!(
             "{text:?} is not a number of seconds above 0"
         ))),
+    }
+}
+
+/// Parses a number of reruns given in a part or in the query: a whole number, 0 or more.
+fn parse_reruns(text: &str) -> Result<u32, UploadError> {
+    text.trim()
+        .parse::<u32>()
+        .map_err(|_| UploadError::BadReruns(format!("{text:?} is not a whole number")))
+}
+
+/// The reruns a job gets: those it asked for (none unless it asks), at most `--max-reruns`
+/// (checked for the query before the body is read, and again with the parts).
+pub fn reruns_of(ctx: &Context, asked: Option<u32>) -> Result<u32, UploadError> {
+    let limit = ctx.config.max_reruns;
+    match asked {
+        Some(n) if n > limit => Err(UploadError::BadReruns(format!(
+            "of {n} is more than this coordinator allows (--max-reruns {limit})"
+        ))),
+        asked => Ok(asked.unwrap_or(0)),
     }
 }
 
@@ -385,6 +423,13 @@ fn read_parts(
                     return Err(UploadError::BadQueueTimeout("is given twice".to_string()));
                 }
             }
+            "reruns" => {
+                let text = short_text(&mut field.data, 16)
+                    .ok_or_else(|| UploadError::BadReruns("is not short text".to_string()))?;
+                if options.reruns.replace(parse_reruns(&text)?).is_some() {
+                    return Err(UploadError::BadReruns("is given twice".to_string()));
+                }
+            }
             other => return Err(UploadError::UnknownPart(other.to_string())),
         }
     }
@@ -461,6 +506,7 @@ pub fn accept(
     let parts = read_parts(ctx, &mut writer, body, boundary)?;
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
+    let reruns = reruns_of(ctx, options.reruns)?;
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads).
     room_in(&ctx.lock(), caller)?;
@@ -469,6 +515,12 @@ pub fn accept(
     job.owner = caller.name().map(str::to_string);
     job.priority = options.priority.unwrap_or_default();
     job.queue_timeout = queue_timeout;
+    job.reruns = (reruns > 0).then(|| {
+        Box::new(Reruns {
+            allowed: reruns,
+            lost: Vec::new(),
+        })
+    });
     // The answer promises the job: its upload and then its record must be on disk first (an
     // upload in a segment is synced by the store's writer, once for the whole transaction).
     let stored = match stored {

@@ -107,6 +107,7 @@ fn queue_view(st: &PoolState) -> Value {
         "by_priority": by_priority,
         "by_owner": by_owner,
         "timed_out": st.metrics.queue_timeouts(),
+        "reruns": st.metrics.reruns(),
     })
 }
 
@@ -334,6 +335,8 @@ struct StatusView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     attempts: &'a [Attempt],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reruns: Option<RerunsView<'a>>,
     results: CollectionView<'a>,
     verification: &'a Option<Box<Verification>>,
     files: FilesView<'a>,
@@ -341,6 +344,42 @@ struct StatusView<'a> {
     job_hash: Cow<'a, Value>,
     output_files: Cow<'a, Value>,
     worker_metadata: Cow<'a, Value>,
+}
+
+/// A job's reruns as `/status` shows them: asked for, left, and the lost runs (without the
+/// worker's job id of each, which the job store record keeps).
+#[derive(Serialize)]
+struct RerunsView<'a> {
+    allowed: u32,
+    left: u32,
+    lost_runs: Vec<LostRunView<'a>>,
+}
+
+/// One lost run in [`RerunsView`].
+#[derive(Serialize)]
+struct LostRunView<'a> {
+    worker_id: &'a Option<String>,
+    error: &'a str,
+    at: f64,
+}
+
+impl<'a> RerunsView<'a> {
+    fn of(job: &'a Job) -> Option<Self> {
+        let reruns = job.reruns.as_ref()?;
+        Some(RerunsView {
+            allowed: reruns.allowed,
+            left: job.reruns_left(),
+            lost_runs: reruns
+                .lost
+                .iter()
+                .map(|run| LostRunView {
+                    worker_id: &run.worker_id,
+                    error: &run.error,
+                    at: run.at,
+                })
+                .collect(),
+        })
+    }
 }
 
 /// A sandrun field of the worker's last `/status`, or what sandrun shows before it has one.
@@ -413,6 +452,7 @@ fn job_json(
         source_address: job.source_address,
         error: job.error.as_deref(),
         attempts: &job.attempts,
+        reruns: RerunsView::of(job),
         results: CollectionView::from(&job.collection),
         verification: &job.verification,
         files: FilesView(&job.inputs),

@@ -8,7 +8,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::shortage::is_shortage;
 use crate::base::sync::lock;
 use crate::pool::health::mark_unreachable;
-use crate::pool::{announce, stream, tracker};
+use crate::pool::{announce, rerun, stream, tracker};
 use crate::state::context::Context;
 use crate::state::metrics::DispatchOutcome;
 use crate::state::pool_state::{PoolState, Throttle, WorkerEntry};
@@ -423,10 +423,14 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         if !st.is_cancelled(id) {
             announce::dispatched(ctx, id, &a.worker_id);
         }
+        // A job that may run again after a lost run keeps its upload until it ends.
+        let keep_upload = st.jobs.get(id).is_some_and(|job| job.reruns_left() > 0);
         drop(st);
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
         stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
-        ctx.spool.remove_upload(id);
+        if !keep_upload {
+            ctx.spool.remove_upload(id);
+        }
         if start_tracker {
             tracker::start(ctx, index);
         } else {
@@ -491,12 +495,17 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         SubmitOutcome::Unknown(why) => {
             st.workers[index].counters.lost += 1;
             st.workers[index].counters.dispatched(DispatchOutcome::Lost);
-            let error = format!(
-                "dispatch to worker {short}... had an unknown outcome, the job may or may not run there, so it is not run again: {why}"
-            );
-            log::warn!("Job {id} is lost: {error}");
-            finish(&mut st, id, PoolStatus::Lost, error);
-            true
+            let unknown = format!("its dispatch had an unknown outcome: {why}");
+            if rerun::requeue_if_allowed(ctx, &mut st, id, &unknown) {
+                false
+            } else {
+                let error = format!(
+                    "dispatch to worker {short}... had an unknown outcome, the job may or may not run there, so it is not run again: {why}"
+                );
+                log::warn!("Job {id} is lost: {error}");
+                finish(&mut st, id, PoolStatus::Lost, error);
+                true
+            }
         }
     };
     ctx.record(&st, id);

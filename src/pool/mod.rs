@@ -1,5 +1,5 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker, queue timeouts, result collection, worker streams, job announcements and recovery at start; the
+//! checker, queue timeouts, result collection, worker streams, job announcements, reruns of lost jobs and recovery at start; the
 //! controls and reloads that change them while they run. May
 //! import `state`, `worker`, `store` and `base`.
 
@@ -12,6 +12,7 @@ pub mod queue_timeout;
 pub mod quota_stats;
 pub mod recovery;
 pub mod reload;
+pub mod rerun;
 pub mod scheduler;
 pub mod stream;
 pub mod tracker;

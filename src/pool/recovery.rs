@@ -2,13 +2,15 @@
 //! stopped. Queued jobs wait again in submission order with their uploads; jobs a worker
 //! accepted are followed again, on the worker's stream as at dispatch and by polling (and hold
 //! their worker's slot from the start); a job whose
-//! submit was sent but whose answer was never recorded is lost (never sent twice); finished
-//! jobs whose results were not collected yet are collected.
+//! submit was sent but whose answer was never recorded is lost (never sent twice), or queued
+//! again when it asked for reruns; finished jobs whose results were not collected yet are
+//! collected.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
-use crate::pool::{stream, tracker};
+use crate::pool::{rerun, stream, tracker};
 use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use crate::store::jobs_db::StoredJob;
 use std::sync::Arc;
 
@@ -31,13 +33,41 @@ fn end(job: &mut Job, status: PoolStatus, why: String) {
     job.completed_at.get_or_insert_with(unix_now);
 }
 
+/// A job whose run was lost while the coordinator was down (`why`): queued again when it has
+/// reruns left (see [`rerun::requeue_if_allowed`]), else lost, `lost_tail` completing the
+/// error.
+fn lose_or_rerun(
+    ctx: &Context,
+    st: &mut PoolState,
+    mut job: Job,
+    why: String,
+    lost_tail: &str,
+    settle: &mut Vec<String>,
+    counts: &mut Recovered,
+) {
+    let id = job.id.clone();
+    if job.reruns_left() > 0 && ctx.spool.upload_source(&id).is_ok() {
+        // Back in the table as it was (counted in its status), then moved to the queue.
+        st.restore(job);
+        if rerun::requeue_if_allowed(ctx, st, &id, &why) {
+            counts.queued += 1;
+            ctx.record(st, &id);
+        }
+        return;
+    }
+    end(&mut job, PoolStatus::Lost, format!("{why}{lost_tail}"));
+    settle.push(id);
+    st.restore(job);
+}
+
 /// Puts the unsettled jobs `stored` back into the table and starts following them.
 pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut counts = Recovered::default();
     let mut uploads: Vec<(String, UploadAt)> = Vec::new();
     let mut jobs = Vec::new();
     for StoredJob { job } in stored {
-        if let (PoolStatus::Queued, Some(at)) = (job.status, &job.upload_at) {
+        // A job on a worker that may run again after a lost run keeps its upload too.
+        if let (true, Some(at)) = (job.needs_upload(), &job.upload_at) {
             uploads.push((job.id.clone(), at.clone()));
         }
         jobs.push(job);
@@ -48,7 +78,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     // jobs wait. A row that cannot be read is passed over (logged); its job fails below.
     let in_rows = jobs
         .iter()
-        .filter(|job| job.status == PoolStatus::Queued && job.upload_at.is_none());
+        .filter(|job| job.needs_upload() && job.upload_at.is_none());
     for job in in_rows {
         match ctx.store.row_upload(&job.id) {
             Ok(Some(bytes)) => ctx.spool.adopt_from_row(&job.id, bytes.to_vec()),
@@ -95,22 +125,20 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
             PoolStatus::Dispatched | PoolStatus::Running => match (&job.remote_job_id, worker) {
                 (None, _) => {
                     let on = job.worker_id.clone().unwrap_or_default();
-                    end(
-                        &mut job,
-                        PoolStatus::Lost,
-                        format!("the coordinator stopped while this job's submit to worker {on} was in flight and its answer was never recorded; it may or may not run there, so it is not sent again"),
+                    let why = format!("the coordinator stopped while this job's submit to worker {on} was in flight and its answer was never recorded; it may or may not run there");
+                    lose_or_rerun(
+                        ctx,
+                        &mut st,
+                        job,
+                        why,
+                        ", so it is not sent again",
+                        &mut settle,
+                        &mut counts,
                     );
-                    settle.push(id);
-                    st.restore(job);
                 }
                 (Some(_), None) => {
-                    end(
-                        &mut job,
-                        PoolStatus::Lost,
-                        "its worker is no longer in the workers file, so it cannot be followed after the restart".to_string(),
-                    );
-                    settle.push(id);
-                    st.restore(job);
+                    let why = "its worker is no longer in the workers file, so it cannot be followed after the restart".to_string();
+                    lose_or_rerun(ctx, &mut st, job, why, "", &mut settle, &mut counts);
                 }
                 (Some(remote), Some(index)) => {
                     let remote = remote.clone();
@@ -137,13 +165,8 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.restore(job);
                 }
                 None => {
-                    end(
-                        &mut job,
-                        PoolStatus::Lost,
-                        "its worker is no longer in the workers file, so its results cannot be collected".to_string(),
-                    );
-                    settle.push(id);
-                    st.restore(job);
+                    let why = "its worker is no longer in the workers file, so its results cannot be collected".to_string();
+                    lose_or_rerun(ctx, &mut st, job, why, "", &mut settle, &mut counts);
                 }
             },
             _ => {

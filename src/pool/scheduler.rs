@@ -73,7 +73,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
             st.queue.pop();
             continue;
         };
-        let tried: Vec<&str> = job.attempts.iter().map(|a| a.worker_id.as_str()).collect();
+        let tried: Vec<&str> = job.tried_workers().collect();
         let Some(index) = pick_worker(st, &tried, now) else {
             break;
         };

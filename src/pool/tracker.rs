@@ -15,8 +15,8 @@ use crate::base::job::{
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::niceness;
 use crate::base::sync::lock;
-use crate::pool::announce;
 use crate::pool::collect::{self, CollectError, Collected};
+use crate::pool::{announce, rerun};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::spool::PinnedSegment;
@@ -742,6 +742,19 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     }
     let held_slot = !job.status.is_final();
     let source = job.source_address;
+    if rerun::requeue_if_allowed(ctx, &mut st, id, &why) {
+        let w = &mut st.workers[index];
+        if held_slot {
+            w.release_slot(source, None);
+        }
+        w.counters.lost += 1;
+        w.streaming.retain(|s| s != id);
+        untrack(&mut st, index, id);
+        ctx.record(&st, id);
+        drop(st);
+        ctx.collection_ended(id);
+        return;
+    }
     if let Some(job) = st.set_status(id, PoolStatus::Lost) {
         job.error = Some(why.clone());
         job.completed_at.get_or_insert_with(unix_now);

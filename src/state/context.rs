@@ -194,7 +194,8 @@ impl Context {
 
     /// Lets the context hand itself to the job store's commit callbacks: a settled job leaves
     /// the table once its record committed, in the same critical section that counts it in the
-    /// store's figures. Called once, right after it was put in an `Arc`.
+    /// store's figures, and its upload, if still kept, goes. Called once, right after it was
+    /// put in an `Arc`.
     pub fn attach(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
         let me = Arc::downgrade(self);
@@ -208,6 +209,11 @@ impl Context {
                 st.forget_settled(id);
             }
             count();
+            drop(st);
+            // A job that could run again after a lost run kept its upload until now.
+            for (id, _) in settled {
+                ctx.spool.remove_upload(id);
+            }
         }));
     }
 

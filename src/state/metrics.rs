@@ -194,6 +194,7 @@ pub struct Metrics {
     submitted: AtomicU64,
     finished: [AtomicU64; STATUSES],
     queue_timeouts: AtomicU64,
+    reruns: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     /// From submit until a worker accepted the job.
     pub queue_wait: Histogram,
@@ -215,6 +216,7 @@ impl Default for Metrics {
             submitted: AtomicU64::new(0),
             finished: Default::default(),
             queue_timeouts: AtomicU64::new(0),
+            reruns: AtomicU64::new(0),
             probes: Default::default(),
             queue_wait: Histogram::new(JOB_BUCKETS),
             run_time: Histogram::new(JOB_BUCKETS),
@@ -272,6 +274,16 @@ impl Metrics {
     /// Jobs whose queue timeout passed before a worker took them.
     pub fn queue_timeouts(&self) -> u64 {
         self.queue_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// A job's run was lost and the job queued again for a rerun.
+    pub fn job_rerun(&self) {
+        self.reruns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lost runs after which the job was queued again.
+    pub fn reruns(&self) -> u64 {
+        self.reruns.load(Ordering::Relaxed)
     }
 
     /// A health probe ended with `result`.

@@ -5,7 +5,7 @@
 //! before anything that could panic runs).
 
 use crate::base::clock::{doubling_pause, unix_now};
-use crate::base::job::{Job, PoolStatus};
+use crate::base::job::{Job, LostRun, PoolStatus};
 use crate::state::cpu_window::CpuWindow;
 use crate::state::metrics::{DispatchOutcome, Metrics};
 use crate::state::queue::JobQueue;
@@ -558,14 +558,14 @@ impl PoolState {
     }
 
     /// Adds a new queued job at the tail of its owner's line in its priority level.
-    /// A job with a queue timeout gets its deadline, counted from its submission (a recovered
-    /// job's time in the queue before the restart counts).
+    /// A job with a queue timeout gets its deadline, counted from its submission or its last
+    /// lost run (a recovered job's time in the queue before the restart counts).
     pub fn enqueue(&mut self, mut job: Job, now: Instant) {
         job.status = PoolStatus::Queued;
         self.queue
             .push(job.id.clone(), job.owner.clone(), job.priority, now);
         if let Some(timeout) = job.queue_timeout {
-            let waited = (unix_now() - job.submitted_at).max(0.0);
+            let waited = (unix_now() - job.queued_since()).max(0.0);
             let left = Duration::try_from_secs_f64(timeout - waited).unwrap_or_default();
             let at = now + left;
             job.queue_deadline = Some(at);
@@ -611,6 +611,20 @@ impl PoolState {
         if let Some(at) = deadline {
             self.queue.set_deadline(id, at);
         }
+    }
+
+    /// Puts a job whose run was lost back at the head of the queue, its run forgotten (see
+    /// [`Job::forget_lost_run`]); its queue timeout counts again from now.
+    pub fn requeue_lost_run(&mut self, id: &str, run: LostRun, now: Instant) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        job.forget_lost_run(run);
+        job.queue_deadline = job
+            .queue_timeout
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .map(|t| now + t);
+        self.requeue_front(id);
     }
 
     /// Moves a job to `status`, keeping the per-status counts exact.

@@ -1,16 +1,16 @@
 //! `trusted-pool check --state-dir DIR`: a state directory checked without changing anything
 //! in it (a backup unpacked from `GET /snapshot`, or a stopped coordinator's directory). The job
 //! store opens read-only, is of a version this build reads and passes SQLite's quick check;
-//! every record parses; and every byte a record needs is there: the upload of each queued job
-//! (in its row or in an upload segment) and the collected results (in the row or in a results
-//! segment).
+//! every record parses; and every byte a record needs is there: the upload of each job that
+//! still needs it (queued, or on a worker with reruns left; in its row or in an upload segment)
+//! and the collected results (in the row or in a results segment).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::base::job::{Collection, PoolStatus, Span};
+use crate::base::job::{Collection, Span};
 use crate::base::paths::is_safe_component;
 use crate::store::dir_lock::holder_of;
 use crate::store::jobs_db::{
@@ -174,7 +174,7 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
         };
         let upload_in_row: bool = row.get(3).unwrap_or(false);
         let results_in_row: Option<u64> = row.get(4).unwrap_or(None);
-        if job.status == PoolStatus::Queued {
+        if job.needs_upload() {
             let short = match &job.upload_at {
                 Some(at) => {
                     lengths.short_of("uploads", &at.segment, at.base.saturating_add(at.size))
@@ -182,7 +182,7 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
                 None => (!upload_in_row).then(|| "its upload is not in its row".to_string()),
             };
             if let Some(why) = short {
-                report.problem(format!("job {id} (queued): {why}"));
+                report.problem(format!("job {id} ({}): {why}", job.status.as_str()));
             }
         }
         if let Collection::Collected(stored) = &job.collection {
