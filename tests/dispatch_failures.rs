@@ -264,6 +264,38 @@ fn a_hung_submit_does_not_hold_up_the_other_worker() {
     assert_eq!(pool["jobs_by_status"]["dispatched"], 1, "{pool}");
 }
 
+/// A worker whose slots beyond sandrun's usual limit of 2 are not known yet is sent a third job
+/// only once the dispatches in flight to it are answered: that job goes out as soon as they are
+/// accepted, not when one of the jobs on it ends (it waited for that before: nothing woke the
+/// scheduler when a dispatch was accepted).
+#[test]
+fn a_job_queued_behind_slow_dispatches_goes_out_once_they_are_accepted() {
+    // Its jobs never start, so they never end (and never hold its lock against a submit).
+    let worker = FakeWorker::start_with(|k| {
+        k.poll_interval = Duration::from_secs(3600);
+        k.submit_delay = Duration::from_secs(3);
+        k.max_active_per_ip = 4;
+    });
+    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let ids: Vec<String> = (0..3)
+        .map(|n| submit(&coordinator, &job(&format!("print({n})\n"))))
+        .collect();
+    // The third waits while the first two are in flight (each answered after 3 s).
+    assert_eq!(job_status(&coordinator, &ids[2])["pool_status"], "queued");
+    let sent = poll_until(DEADLINE, || {
+        ids.iter()
+            .all(|id| job_status(&coordinator, id)["pool_status"] != "queued")
+            .then_some(())
+    });
+    assert!(
+        sent.is_some(),
+        "{}",
+        get_json(&coordinator.url("/pool")).1["workers"]
+    );
+    assert_eq!(worker.recording().accepted_ids().len(), 2);
+}
+
 #[test]
 fn a_dispatch_without_answer_is_lost_and_never_run_again() {
     let hung = FakeWorker::start_with(|k| k.hang_submit = true);
@@ -495,8 +527,10 @@ fn set_drain(coordinator: &Coordinator, worker: &FakeWorker, action: &str) {
 /// `--max-reruns`, or for a non-number, is refused before anything is kept.
 #[test]
 fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
+    // Its jobs never start (sandrun runs one at a time and holds its lock meanwhile, which
+    // would hold up the third submit): they wait in its queue until it dies.
     let doomed = FakeWorker::start_with(|k| {
-        k.job_duration = Duration::from_secs(60);
+        k.poll_interval = Duration::from_secs(3600);
         k.max_active_per_ip = 3;
     });
     let spare = FakeWorker::start();
@@ -540,11 +574,8 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
     let once = submit(&coordinator, &job("print(2)\n"));
     // A small upload, held in memory and in the job's row; the reruns given as a part.
     let small = submit(&coordinator, &job("print(3)\n").field("reruns", b"2"));
-    // The worker runs one job at a time (as sandrun does); all three are on it.
     let taken = poll_until(DEADLINE, || {
-        let recording = doomed.recording();
-        let accepted = recording.jobs.iter().filter(|j| j.job_id.is_some()).count();
-        (accepted == 3 && !recording.started.is_empty()).then_some(())
+        (doomed.recording().accepted_ids().len() == 3).then_some(())
     });
     assert!(taken.is_some(), "the jobs never reached the first worker");
     let status = job_status(&coordinator, &rerun);
@@ -560,6 +591,8 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
     assert_eq!(pool["spool"]["uploads_on_disk"], 1, "{pool}");
     assert_eq!(pool["spool"]["uploads_in_memory"], 1, "{pool}");
     set_drain(&coordinator, &spare, "undrain");
+    let mut follower = support::follow::follow_logs(coordinator.port(), &small);
+    assert_eq!(follower.status, 200);
     doomed.stop();
 
     let lost = wait_status(&coordinator, &once, "lost", DEADLINE);
@@ -581,6 +614,16 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
         text(&runs[0]["error"]).contains("no answer from its worker"),
         "{done}"
     );
+    // Its follower stays on it through the rerun, to its end.
+    let heard = follower.wait_for("[DONE] Job completed", DEADLINE);
+    let told = follower.text();
+    assert!(heard.is_some(), "{told}");
+    let again = told.find("queued again (rerun 1 of 2)");
+    let dispatched = told.find(&format!(
+        "dispatched to worker {}",
+        &spare.worker_id()[..12]
+    ));
+    assert!(again.is_some() && dispatched > again, "{told}");
     let small_done = wait_collected(&coordinator, &small, DEADLINE);
     assert_eq!(small_done["pool_status"], "completed", "{small_done}");
     assert_eq!(small_done["reruns"]["allowed"], 2, "{small_done}");

@@ -425,7 +425,13 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         }
         // A job that may run again after a lost run keeps its upload until it ends.
         let keep_upload = st.jobs.get(id).is_some_and(|job| job.reruns_left() > 0);
+        // A worker whose slots beyond sandrun's usual limit are being probed takes no more
+        // while a dispatch is in flight: jobs that wait for that end look again now.
+        let waiting = !st.queue.is_empty();
         drop(st);
+        if waiting {
+            ctx.wake_scheduler();
+        }
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
         stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
         if !keep_upload {

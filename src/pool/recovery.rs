@@ -165,8 +165,13 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.restore(job);
                 }
                 None => {
-                    let why = "its worker is no longer in the workers file, so its results cannot be collected".to_string();
-                    lose_or_rerun(ctx, &mut st, job, why, "", &mut settle, &mut counts);
+                    end(
+                        &mut job,
+                        PoolStatus::Lost,
+                        "its worker is no longer in the workers file, so its results cannot be collected".to_string(),
+                    );
+                    settle.push(id);
+                    st.restore(job);
                 }
             },
             _ => {

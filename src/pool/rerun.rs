@@ -12,7 +12,9 @@ use crate::worker::identity::short_id;
 use std::time::Instant;
 
 /// Puts job `id`, whose run was just lost (`why`), back at the head of the queue when it has
-/// reruns left and its upload is still at hand; returns whether it did. The caller frees the
+/// not ended on its worker, has reruns left and its upload is still at hand; returns whether it
+/// did. (A job that completed or failed there and whose results were then lost did run: it
+/// stays lost.) The caller frees the
 /// run's slot and stops following the run either way, ends the job when this returns false,
 /// and records it.
 pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str) -> bool {
@@ -20,7 +22,7 @@ pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str
         return false;
     };
     let left = job.reruns_left();
-    if left == 0 {
+    if left == 0 || job.status.is_final() {
         return false;
     }
     if let Err(e) = ctx.spool.upload_source(id) {
@@ -48,7 +50,7 @@ pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str
     let rerun = allowed - left + 1;
     st.requeue_lost_run(id, run, Instant::now());
     st.metrics.job_rerun();
-    ctx.events.line(
+    ctx.events.run_again(
         id,
         format!("[STATUS] Job lost{on}: {shown}; queued again (rerun {rerun} of {allowed})\n"),
     );

@@ -123,6 +123,16 @@ impl JobEvents {
         }
     }
 
+    /// Adds a status line to an open feed saying that the job's run was lost and the job runs
+    /// again: the output seen so far was that run's, so the next run's collected logs are told
+    /// at its end unless its own output comes through.
+    pub fn run_again(&self, id: &str, line: String) {
+        if let Some(feed) = lock(&self.feeds).get_mut(id) {
+            feed.output_seen = false;
+            feed.push(line.into());
+        }
+    }
+
     /// Adds output as the worker delivered it to an open feed.
     pub fn output(&self, id: &str, text: String) {
         if let Some(feed) = lock(&self.feeds).get_mut(id) {

@@ -48,6 +48,9 @@ pub struct Knobs {
     pub hang_submit: bool,
     /// `GET /download/...` answers this much later (a slow link to the worker).
     pub download_delay: Duration,
+    /// `POST /submit` answers this much later (sandrun takes its lock for a submit, and holds
+    /// it while a job runs, so a submit to a busy worker waits).
+    pub submit_delay: Duration,
     /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
     pub reject_submit: Option<(u16, String)>,
     /// The live stream and result signature tampering.
@@ -73,6 +76,7 @@ impl Default for Knobs {
             hang: false,
             hang_submit: false,
             download_delay: Duration::ZERO,
+            submit_delay: Duration::ZERO,
             reject_submit: None,
             stream: StreamKnobs::default(),
         }

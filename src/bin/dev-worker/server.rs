@@ -56,6 +56,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                 if kind == "download" {
                     thread::sleep(shared.control.get().download_delay);
                 }
+                if kind == "submit" {
+                    thread::sleep(shared.control.get().submit_delay);
+                }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
                 if run.is_alive() {
                     let _ = response.write_to(&mut stream);
