@@ -408,7 +408,8 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     // The first job takes the worker's only slot at once, so the second waits in the queue.
-    submit(&coordinator, &job());
+    // The first may run again if its run is lost.
+    let first = submit(&coordinator, &job().field("reruns", b"1"));
     let queued = submit(&coordinator, &job());
     wait_status(&coordinator, &queued, "queued", DEADLINE);
     let Some(browser) = chromium() else {
@@ -512,6 +513,17 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     });
     assert!(gone.is_some(), "job {queued} was not deleted");
     wait_row(&mut page, "data-job-id", &queued, Value::is_null);
+
+    // The worker restarts and forgets the first job: its run is lost, it runs again, and its
+    // row says which run it is on.
+    worker.stop();
+    worker.set(|k| k.job_duration = Duration::ZERO);
+    worker.restart();
+    wait_status(&coordinator, &first, "completed", DEADLINE);
+    let state = wait_row(&mut page, "data-job-id", &first, |s| {
+        s["status"] == "completed" && s["badges"].to_string().contains("run 2")
+    });
+    assert!(has_action(&state, "delete"), "{state}");
 
     assert_no_page_errors(&mut page);
     assert_eq!(page_request_failures(&page), Vec::<&str>::new());
