@@ -1828,6 +1828,25 @@ fn submits_that_would_cut_into_the_disk_reserve_are_refused_and_accepted_jobs_fi
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 507, "{}", reply.text());
     assert!(reply.text().contains("nearly full"), "{}", reply.text());
+    // The same upload without a length (chunked): refused once it reaches the reserve, and
+    // what it wrote is dropped.
+    let big: Vec<u8> = (0..5 << 20).map(|i| (i % 253) as u8).collect();
+    let streamed = job("big chunked").file("big.bin", "application/octet-stream", &big);
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n",
+        streamed.content_type()
+    );
+    let reply = support::lifecycle::exchange(
+        coordinator.port(),
+        &head,
+        &support::lifecycle::chunked(&streamed.body(), 64 << 10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("nearly full"), "{}", reply.text());
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["spool"]["upload_disk_bytes"], 0, "{pool}");
+    assert_eq!(pool["disk"]["refused_submits"], 2, "{pool}");
     // Another program fills the disk down to below the reserve: even a small submit is refused.
     let available = before["available_bytes"].as_u64().unwrap_or(0);
     let filler = state.join("filler");
@@ -1850,10 +1869,10 @@ fn submits_that_would_cut_into_the_disk_reserve_are_refused_and_accepted_jobs_fi
     assert!(reply.text().contains("--disk-reserve"), "{}", reply.text());
     let now = disk(&coordinator);
     assert_eq!(now["refusing_submits"], true, "{now}");
-    assert_eq!(now["refused_submits"], 2, "{now}");
+    assert_eq!(now["refused_submits"], 3, "{now}");
     let (_, metrics) = get(&coordinator.url("/metrics"));
     assert!(
-        metrics.contains("trusted_pool_submits_refused_for_disk_total 2"),
+        metrics.contains("trusted_pool_submits_refused_for_disk_total 3"),
         "{metrics}"
     );
     // The job accepted before runs, and its results are collected in the reserve.
@@ -1868,9 +1887,11 @@ fn submits_that_would_cut_into_the_disk_reserve_are_refused_and_accepted_jobs_fi
     );
     fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
     submit(&coordinator, &job("room again"));
+    // One spell for the declared length; the chunked upload was let in (a line saying so), and
+    // its refusal began the second spell, which the filler kept going.
     let logs = coordinator.logs();
-    assert_eq!(logs.matches("Refusing submits").count(), 1, "{logs}");
-    assert!(logs.contains("Taking submits again"), "{logs}");
+    assert_eq!(logs.matches("Refusing submits").count(), 2, "{logs}");
+    assert_eq!(logs.matches("Taking submits again").count(), 2, "{logs}");
     assert_eq!(get(&coordinator.url("/ready")).0, 200);
 }
 

@@ -288,6 +288,7 @@ fn mutated_uploads_are_queued_or_refused_with_a_4xx() {
                 boundary,
                 upload::SubmitOptions::default(),
                 &mut input.as_slice(),
+                Some(input.len()),
             )
         });
         match outcome {

@@ -696,8 +696,9 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         Ok(b) => b,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
+    let length = request.body_length();
     let accepted = upload::check_queue_room(ctx, caller)
-        .and_then(|()| upload::accept(ctx, caller, boundary, options, request.as_reader()));
+        .and_then(|()| upload::accept(ctx, caller, boundary, options, request.as_reader(), length));
     match accepted {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {

@@ -10,7 +10,7 @@ use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
-use crate::store::disk_reserve::Room;
+use crate::store::disk_reserve::{DiskReserve, Room};
 use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
@@ -123,7 +123,7 @@ impl fmt::Display for UploadError {
             ),
             Self::DiskReserve(room) => write!(
                 f,
-                "the coordinator's state directory is nearly full ({} bytes free, {} kept for the results of jobs already accepted); the job was not accepted (nothing was read); try again later, or submit to another coordinator",
+                "the coordinator's state directory is nearly full ({} bytes free, {} kept for the results of jobs already accepted); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
                 room.available, room.reserve
             ),
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => write!(
@@ -175,10 +175,19 @@ pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
 }
 
 /// Counts bytes and fails the read once the limit is crossed.
+/// How often a body of unknown length checks the disk reserve as it streams in.
+const RESERVE_CHECK_BYTES: u64 = 1 << 20;
+
+/// The body of a submit: at most `--max-upload-bytes` (`crossed` once past it), and for a body
+/// whose length was not declared (chunked), which the headers could not check against the
+/// disk reserve, the reserve checked every [`RESERVE_CHECK_BYTES`] (`short` once cut into).
 struct Limited<'a, R> {
     inner: R,
     remaining: u64,
     crossed: &'a Cell<bool>,
+    reserve: Option<&'a DiskReserve>,
+    unchecked: u64,
+    short: &'a Cell<Option<Room>>,
 }
 
 impl<R: Read> Read for Limited<'_, R> {
@@ -189,6 +198,16 @@ impl<R: Read> Read for Limited<'_, R> {
             return Err(io::Error::other("upload limit crossed"));
         }
         self.remaining -= n as u64;
+        if let Some(reserve) = self.reserve {
+            self.unchecked += n as u64;
+            if self.unchecked >= RESERVE_CHECK_BYTES {
+                self.unchecked = 0;
+                if let Err(room) = reserve.admit(0) {
+                    self.short.set(Some(room));
+                    return Err(io::Error::other("the disk reserve was reached"));
+                }
+            }
+        }
         Ok(n)
     }
 }
@@ -323,18 +342,23 @@ fn short_text(field: &mut dyn Read, max: u64) -> Option<String> {
     Some(text)
 }
 
-/// Reads the upload into `writer`; returns its inputs, its manifest's place and its priority.
+/// Reads the upload (`length`: its declared length, if any) into `writer`; returns its inputs,
+/// its manifest's place and its options.
 fn read_parts(
     ctx: &Context,
     writer: &mut UploadWriter,
     body: &mut dyn Read,
+    length: Option<usize>,
     boundary: String,
 ) -> Result<Parts, UploadError> {
     let crossed = Cell::new(false);
+    let short = Cell::new(None);
     let max = ctx.config.max_upload_bytes;
     let read_error = |e: io::Error| {
         if crossed.get() {
             UploadError::TooLarge(max)
+        } else if let Some(room) = short.get() {
+            UploadError::DiskReserve(room)
         } else {
             UploadError::Malformed(describe_parse_error(&e))
         }
@@ -343,6 +367,9 @@ fn read_parts(
         inner: body,
         remaining: max,
         crossed: &crossed,
+        reserve: length.is_none().then_some(&ctx.disk_reserve),
+        unchecked: 0,
+        short: &short,
     };
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();
@@ -491,19 +518,21 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
 /// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
 /// `query` holds the options given in the request's query (a part and the query must not both
-/// give one).
+/// give one); `length` is the body's declared length (`None`: chunked, so the disk reserve is
+/// checked as it streams in).
 pub fn accept(
     ctx: &Arc<Context>,
     caller: &Caller,
     boundary: String,
     query: SubmitOptions,
     body: &mut dyn Read,
+    length: Option<usize>,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
     // The spool registers the upload only when `finish` succeeds; a writer dropped before
     // leaves nothing behind.
     let mut writer = ctx.spool.upload_writer(&id);
-    let parts = read_parts(ctx, &mut writer, body, boundary)?;
+    let parts = read_parts(ctx, &mut writer, body, length, boundary)?;
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
