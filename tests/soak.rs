@@ -1,5 +1,5 @@
-//! A long mixed run through the real coordinator: clients that finish jobs, cancel or delete
-//! them (deleting one while its archive is read), walk away from uploads, downloads and
+//! A long mixed run through the real coordinator: clients that finish jobs (half of them with
+//! a rerun after a lost run), cancel or delete them (deleting one while its archive is read), walk away from uploads, downloads and
 //! followed logs, or connect and say nothing; an operator who drains, undrains, reloads and
 //! scrapes; and a worker that hangs, fails its health checks,
 //! refuses submits and restarts. Afterwards every job has settled, every output read was whole,
@@ -96,8 +96,15 @@ fn leaked(before: &[String], now: &[String], state_dir: &Path) -> Option<String>
         .map(|file| format!("{file} is open"))
 }
 
+/// Submits job `n`; every other job may run again if its run is lost (`reruns=1`), so its
+/// upload stays until it settles.
 fn submit(c: &Coordinator, n: u64) -> Option<String> {
-    let (status, body) = post_multipart(&c.url("/submit"), &form(n));
+    let path = if n % 2 == 1 {
+        "/submit?reruns=1"
+    } else {
+        "/submit"
+    };
+    let (status, body) = post_multipart(&c.url(path), &form(n));
     let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     match status {
         200 => answer["job_id"].as_str().map(str::to_string),
@@ -432,6 +439,10 @@ fn a_long_mixed_run_leaves_nothing_behind() {
         "{pool}"
     );
     assert!(store["deleted_jobs"].as_u64() > Some(0), "{pool}");
+    eprintln!(
+        "jobs run again after a lost run: {}; lost: {}",
+        pool["queue"]["reruns"], pool["jobs_by_status"]["lost"]
+    );
     let state_dir = coordinator.state_dir();
     let mut why = None;
     let back = poll_until(DEADLINE, || {
