@@ -91,6 +91,8 @@ OPTIONS:
     --max-connections-per-ip N  client connections at once from one address (an IPv6
                              /64); more from it are refused (503); behind a proxy, raise
                              it to --max-connections                         [default: 512]
+    --max-requests-per-ip N  requests a second one address may make (bursts of N); more
+                             are answered 429; 0 = no limit                  [default: 0]
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP
@@ -215,6 +217,13 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<
             "expected a whole number of at least 1, got {text:?}"
         )),
     }
+}
+
+/// A whole number, 0 or more.
+fn count_or_zero(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("expected a whole number (0 for no limit), got {text:?}"))
 }
 
 /// The most reruns a submit may ask for: 0 to 100.
@@ -451,6 +460,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             "--max-connections-per-ip",
             positive::<usize>,
             d.max_connections_per_ip,
+        )?,
+        max_requests_per_ip: value(
+            args,
+            "--max-requests-per-ip",
+            count_or_zero,
+            d.max_requests_per_ip,
         )?,
         max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
         tls: pair(args, "--tls-cert", "--tls-key")?,

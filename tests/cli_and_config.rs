@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 25] = [
+const FLAGS: [&str; 26] = [
     "--port",
     "--bind",
     "--workers",
@@ -47,6 +47,7 @@ const FLAGS: [&str; 25] = [
     "--disk-reserve",
     "--retain-bytes",
     "--max-connections-per-ip",
+    "--max-requests-per-ip",
 ];
 
 /// What one run of the binary did.
@@ -223,6 +224,7 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--max-reruns", "101"], "--max-reruns"),
+        (&["--max-requests-per-ip", "many"], "--max-requests-per-ip"),
         (&["--max-reruns", "-1"], "--max-reruns"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),

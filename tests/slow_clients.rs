@@ -891,3 +891,77 @@ fn without_threads_to_start_requests_are_refused_with_503_and_serving_resumes() 
     let (status, body) = get(&coordinator.url(&format!("/logs/{id}?follow=1")));
     assert_eq!(status, 200, "{body}");
 }
+
+/// `GET path` from 127.0.0.2 (another client address on this host): its status.
+fn status_from_other_address(coordinator: &Coordinator, path: &str) -> u16 {
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut stream = trusted_pool::worker::bound_socket::connect_from(other, remote, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect from {other}: {e:?}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
+    status_of(&answer)
+}
+
+/// Under `--max-requests-per-ip`, an address that asks faster than its rate gets 429 with
+/// `Retry-After` (its burst first), while another address, and `/health` from it, are served;
+/// once its bucket refilled it is served again, and `/pool` and `/metrics` count the refusals.
+#[test]
+fn requests_beyond_one_addresses_rate_are_answered_429_and_others_are_served() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-requests-per-ip", "5"]);
+    // Its burst of 5 is served, then it is refused (well before 200 requests, however slow
+    // this machine).
+    let mut served = 0;
+    let refused = (0..200)
+        .map(|_| {
+            support::send("GET", &coordinator.url("/jobs"), None).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .find(|reply| {
+            served += usize::from(reply.status == 200);
+            reply.status != 200
+        })
+        .unwrap_or_else(|| panic!("never refused"));
+    assert!(served >= 5, "{served} served before the first refusal");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(
+        refused.text().contains("--max-requests-per-ip"),
+        "{}",
+        refused.text()
+    );
+    let retry: u64 = refused
+        .header("Retry-After")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Load balancers' probes are never counted; another address has its own rate.
+    assert_eq!(get_json(&coordinator.url("/health")).0, 200);
+    assert_eq!(status_from_other_address(&coordinator, "/pool"), 200);
+    // Its bucket refills: served again (a request now and then).
+    let served_again = |path: &str| {
+        support::poll_until(DEADLINE, || {
+            thread::sleep(Duration::from_millis(300));
+            let (status, body) = support::get(&coordinator.url(path));
+            (status == 200).then_some(body)
+        })
+    };
+    let pool = served_again("/pool").unwrap_or_else(|| panic!("never served again"));
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap_or_default();
+    let counted = pool["requests"]["refused_for_rate"].as_u64().unwrap_or(0);
+    assert!(counted >= 1, "{pool}");
+    assert_eq!(pool["requests"]["max_per_ip_per_second"], 5, "{pool}");
+    let metrics = served_again("/metrics").unwrap_or_default();
+    let in_metrics = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted_pool_requests_refused_for_rate_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(in_metrics >= Some(counted), "{metrics}");
+    assert!(
+        coordinator
+            .logs()
+            .contains("Refusing requests from 127.0.0.1: more than --max-requests-per-ip 5"),
+        "{}",
+        coordinator.logs()
+    );
+}

@@ -138,6 +138,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Client connections served at once from one address (IPv4, or IPv6 /64).
     pub max_connections_per_ip: usize,
+    /// Requests a second one address may make on average (0: no limit).
+    pub max_requests_per_ip: u32,
     /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
     pub max_uploads: usize,
     /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
@@ -187,6 +189,7 @@ impl Default for ServeConfig {
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_connections_per_ip: 512,
+            max_requests_per_ip: 0,
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),

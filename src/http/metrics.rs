@@ -11,6 +11,7 @@ use crate::base::sync::lock;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
 use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
+use crate::state::request_rate::RequestRate;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::StoreFigures;
 use std::fmt::Write;
@@ -162,6 +163,20 @@ fn write_connections(out: &mut Text, counts: &ConnectionCounts) {
     }
 }
 
+/// The requests refused beyond `--max-requests-per-ip`.
+fn write_request_rate(out: &mut Text, rate: &RequestRate) {
+    out.family(
+        "trusted_pool_requests_refused_for_rate_total",
+        "counter",
+        "Requests answered 429 because their client address was over --max-requests-per-ip.",
+    );
+    out.sample(
+        "trusted_pool_requests_refused_for_rate_total",
+        &[],
+        rate.refused(),
+    );
+}
+
 /// The state directory's filesystem: its room, the reserve and the submits refused for it.
 fn write_disk(out: &mut Text, reserve: &DiskReserve) {
     if let Ok(room) = reserve.room() {
@@ -246,6 +261,7 @@ pub fn render(ctx: &Context) -> String {
     write_store(&mut out, &ctx.store.figures());
     write_disk(&mut out, &ctx.disk_reserve);
     write_connections(&mut out, &ctx.connections);
+    write_request_rate(&mut out, &ctx.request_rate);
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

@@ -10,8 +10,8 @@ use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
 use crate::http::views::{
-    connections_view, disk_view, keys_view, pool_view, spool_view, status_json, store_view,
-    worker_view,
+    connections_view, disk_view, keys_view, pool_view, request_rate_view, spool_view, status_json,
+    store_view, worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError};
@@ -154,10 +154,31 @@ pub fn is_quick(request: &Request) -> bool {
     }
 }
 
+/// The 429 for a request over its address's rate, to retry after `wait`.
+fn over_rate(ctx: &Context, wait: Duration) -> Reply {
+    let secs = wait.as_secs().saturating_add(1);
+    let secs = u32::try_from(secs).unwrap_or(u32::MAX);
+    retry_after(
+        secs,
+        error_reply(
+            429,
+            format!(
+                "too many requests from your address: more than {} a second \
+                 (--max-requests-per-ip); retry in {secs} s",
+                ctx.request_rate.per_second()
+            ),
+        ),
+    )
+}
+
 /// Answers one request.
 pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
     let url = request.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or_default();
+    let from = request.remote_addr().map(|a| a.ip());
+    if let Err(wait) = ctx.request_rate.admit(from, path, Instant::now()) {
+        return over_rate(ctx, wait);
+    }
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
@@ -472,6 +493,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["disk"] = disk_view(&ctx.disk_reserve);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
     view["connections"] = connections_view(&ctx.connections, &ctx.config);
+    view["requests"] = request_rate_view(&ctx.request_rate);
     view["followers"] = json!({
         "following": ctx.events.follower_count(),
         "max": ctx.events.max_followers(),

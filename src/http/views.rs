@@ -7,6 +7,7 @@ use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::{DispatchHold, PoolState};
+use crate::state::request_rate::RequestRate;
 use crate::state::sources::Source;
 use crate::state::submits_pause::SubmitsPause;
 use crate::store::disk_reserve::DiskReserve;
@@ -223,6 +224,15 @@ pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Valu
         "refused_over_limit": counts.refused_over_limit.load(Ordering::Relaxed),
         "refused_for_address": counts.refused_for_address.load(Ordering::Relaxed),
         "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
+    })
+}
+
+/// The `/pool` figures of the request rate per client address (`--max-requests-per-ip`).
+pub fn request_rate_view(rate: &RequestRate) -> Value {
+    json!({
+        "max_per_ip_per_second": rate.per_second(),
+        "addresses_followed": rate.followed(),
+        "refused_for_rate": rate.refused(),
     })
 }
 

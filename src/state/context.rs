@@ -10,6 +10,7 @@ use crate::base::thread_cache::ThreadCache;
 use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
+use crate::state::request_rate::RequestRate;
 use crate::state::settled_views::SettledViews;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::handoff::{DEFERRAL, SOON};
@@ -47,6 +48,8 @@ pub struct Context {
     pub disk_reserve: DiskReserve,
     /// The HTTP server's connections, open and refused (set once the server listens).
     pub connections: Arc<ConnectionCounts>,
+    /// Each client address's request rate (`--max-requests-per-ip`).
+    pub request_rate: RequestRate,
     /// Requests being handled right now (a graceful shutdown waits for them).
     pub requests_in_flight: AtomicUsize,
     /// Output files being streamed from workers (asked for before their collection ended):
@@ -114,8 +117,10 @@ impl Context {
         let nice = config.follow_nice;
         let log_level = Arc::new(LogLevel::new(config.log_level));
         let disk_reserve = DiskReserve::new(&config.state_dir, config.disk_reserve);
+        let request_rate = RequestRate::new(config.max_requests_per_ip);
         let context = Context {
             disk_reserve,
+            request_rate,
             connections: Arc::default(),
             config,
             metrics,

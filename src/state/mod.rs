@@ -8,6 +8,7 @@ pub mod events;
 pub mod metrics;
 pub mod pool_state;
 pub mod queue;
+pub mod request_rate;
 pub mod settled_views;
 pub mod sources;
 pub mod submits_pause;

@@ -258,26 +258,27 @@ struct AddressSlot {
     address: IpAddr,
 }
 
-impl PerAddress {
-    /// The client address a connection counts against: an IPv4 address, or the /64 of an IPv6
-    /// one (a host is usually given a whole /64).
-    fn key(addr: IpAddr) -> IpAddr {
-        match addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let mut segments = v6.segments();
-                    segments[4..].fill(0);
-                    IpAddr::V6(segments.into())
-                }
-            },
-            v4 => v4,
-        }
+/// Patched: the client address a connection or request counts against: an IPv4 address
+/// (an IPv4-mapped IPv6 address counts as its IPv4 one), or the /64 of an IPv6 one (a host is
+/// usually given a whole /64).
+pub fn client_address_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
     }
+}
 
+impl PerAddress {
     /// A slot for a new connection from `addr`, or `None` when its address has the limit.
     fn take(owner: &Arc<PerAddress>, addr: IpAddr) -> Option<AddressSlot> {
-        let address = Self::key(addr);
+        let address = client_address_key(addr);
         let mut counts = owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(address).or_insert(0);
         if *count >= owner.limit {
