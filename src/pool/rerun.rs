@@ -14,9 +14,8 @@ use std::time::Instant;
 /// Puts job `id`, whose run was just lost (`why`), back at the head of the queue when it has
 /// not ended on its worker, has reruns left and its upload is still at hand; returns whether it
 /// did. (A job that completed or failed there and whose results were then lost did run: it
-/// stays lost.) The caller frees the
-/// run's slot and stops following the run either way, ends the job when this returns false,
-/// and records it.
+/// stays lost.) The caller frees the run's slot and stops following the run either way, ends
+/// the job when this returns false, and records it.
 pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str) -> bool {
     let Some(job) = st.jobs.get(id) else {
         return false;
