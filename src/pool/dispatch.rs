@@ -423,8 +423,9 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
         if !st.is_cancelled(id) {
             announce::dispatched(ctx, id, &a.worker_id);
         }
-        // A job that may run again after a lost run keeps its upload until it ends.
-        let keep_upload = st.jobs.get(id).is_some_and(|job| job.reruns_left() > 0);
+        // A job that may run again after a lost run keeps its upload until it ends (one
+        // cancelled meanwhile does not).
+        let keep_upload = st.jobs.get(id).is_some_and(|job| job.needs_upload());
         // A worker whose slots beyond sandrun's usual limit are being probed takes no more
         // while a dispatch is in flight: jobs that wait for that end look again now.
         let waiting = !st.queue.is_empty();

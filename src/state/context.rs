@@ -209,16 +209,16 @@ impl Context {
                 count();
                 return;
             };
+            // A job that could run again after a lost run kept its upload until now: it goes
+            // before the job leaves the table.
+            for (id, _) in settled {
+                ctx.spool.remove_upload(id);
+            }
             let mut st = ctx.lock();
             for (id, _) in settled {
                 st.forget_settled(id);
             }
             count();
-            drop(st);
-            // A job that could run again after a lost run kept its upload until now.
-            for (id, _) in settled {
-                ctx.spool.remove_upload(id);
-            }
         }));
     }
 

@@ -260,6 +260,8 @@ pub struct Segments {
     removals: Arc<Removals>,
     free: Mutex<Free>,
     open: Mutex<HashSet<String>>,
+    /// Segments retired while a writer held them: closed when given back.
+    retiring: Mutex<HashSet<String>>,
 }
 
 impl Segments {
@@ -280,6 +282,7 @@ impl Segments {
             removals,
             free: Mutex::new(Free::default()),
             open: Mutex::default(),
+            retiring: Mutex::default(),
         })
     }
 
@@ -355,10 +358,16 @@ impl Segments {
         }
     }
 
-    /// Gives a segment back after a writer flushed it. A full one is closed; with
-    /// `remove_when_unused`, so is one that nothing refers to any more (its file goes).
+    /// Gives a segment back after a writer flushed it. A full one is closed, and so is one
+    /// retired meanwhile; with `remove_when_unused`, so is one that nothing refers to any more
+    /// (its file goes).
     pub fn give_back(&self, segment: OpenSegment) {
-        if segment.len >= SEGMENT_MAX || segment.jobs >= SEGMENT_MAX_JOBS || self.unused(&segment) {
+        let retired = lock(&self.retiring).contains(segment.file.name());
+        if segment.len >= SEGMENT_MAX
+            || segment.jobs >= SEGMENT_MAX_JOBS
+            || retired
+            || self.unused(&segment)
+        {
             self.close(segment);
             return;
         }
@@ -367,12 +376,15 @@ impl Segments {
 
     /// Closes a segment for writing.
     fn close(&self, segment: OpenSegment) {
+        // Not open first: a retire that saw it open has marked it by then.
         lock(&self.open).remove(segment.file.name());
+        lock(&self.retiring).remove(segment.file.name());
     }
 
-    /// Takes a segment no retained job refers to out of use so that its file may be deleted:
-    /// true when it is closed now (it was free, or is not open at all), false while a writer
-    /// holds it.
+    /// Takes a segment out of use for writing (so that its file may be deleted once no
+    /// retained job refers to it, or so that the next results start a new one): true when it
+    /// is closed now (it was free, or is not open at all), false while a writer holds it; the
+    /// writer's [`Segments::give_back`] then closes it.
     pub fn retire(&self, name: &str) -> bool {
         let retired = {
             let mut free = lock(&self.free);
@@ -384,7 +396,13 @@ impl Segments {
                 self.close(segment);
                 true
             }
-            None => !lock(&self.open).contains(name),
+            None => {
+                let open = lock(&self.open);
+                if open.contains(name) {
+                    lock(&self.retiring).insert(name.to_string());
+                }
+                !open.contains(name)
+            }
         }
     }
 
@@ -464,5 +482,32 @@ mod tests {
         done.store(true, Ordering::SeqCst);
         sweeper.join().expect("sweeper");
         assert_eq!(deleted, 0, "segments deleted while their writer held them");
+    }
+
+    /// A segment retired while a writer holds it is closed when the writer gives it back: the
+    /// next writer starts a new one, and the retired one can go.
+    #[test]
+    fn a_segment_retired_under_its_writer_is_closed_when_given_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segments = Segments::open(
+            dir.path().to_path_buf(),
+            "1".to_string(),
+            false,
+            Arc::default(),
+        )
+        .expect("segments");
+        let mut held = segments.take().expect("take");
+        let name = held.file().name().to_string();
+        held.write_all(b"results").expect("write");
+        assert!(!segments.retire(&name), "retired under its writer");
+        segments.give_back(held);
+        let next = segments.take().expect("take");
+        assert_ne!(
+            next.file().name(),
+            name,
+            "the retired segment was written again"
+        );
+        assert!(segments.retire(&name), "still open once given back");
+        segments.give_back(next);
     }
 }
