@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use support::lifecycle::{
-    assert_no_uploads, assert_pool_consistent, job_status, pool_worker, submit, wait_collected,
-    wait_healthy, wait_status,
+    assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
+    wait_collected, wait_healthy, wait_status,
 };
 use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
 
@@ -508,16 +508,7 @@ fn a_wall_clock_set_forward_or_back_neither_loses_a_job_nor_keeps_a_dead_workers
 
 /// `POST /workers/{id}/{action}` (`drain` or `undrain`), which must answer 200.
 fn set_drain(coordinator: &Coordinator, worker: &FakeWorker, action: &str) {
-    let id = worker
-        .worker_id()
-        .replace('+', "-")
-        .replace('/', "_")
-        .replace('=', "");
-    let (code, body) = support::post(
-        &coordinator.url(&format!("/workers/{id}/{action}")),
-        "text/plain",
-        b"",
-    );
+    let (code, body) = support::post(&drain_url(coordinator, worker, action), "text/plain", b"");
     assert_eq!(code, 200, "{action}: {body}");
 }
 

@@ -33,9 +33,8 @@ fn end(job: &mut Job, status: PoolStatus, why: String) {
     job.completed_at.get_or_insert_with(unix_now);
 }
 
-/// A job whose run was lost while the coordinator was down (`why`): queued again when it has
-/// reruns left (see [`rerun::requeue_if_allowed`]), else lost, `lost_tail` completing the
-/// error.
+/// A job whose run was lost while the coordinator was down (`why`): queued again when it may
+/// run again (see [`rerun::may_run_again`]), else lost, `lost_tail` completing the error.
 fn lose_or_rerun(
     ctx: &Context,
     st: &mut PoolState,
@@ -46,7 +45,7 @@ fn lose_or_rerun(
     counts: &mut Recovered,
 ) {
     let id = job.id.clone();
-    if job.reruns_left() > 0 && ctx.spool.upload_source(&id).is_ok() {
+    if rerun::may_run_again(ctx, &job) {
         // Back in the table as it was (counted in its status), then moved to the queue.
         st.restore(job);
         if rerun::requeue_if_allowed(ctx, st, &id, &why) {

@@ -5,11 +5,26 @@
 //! (Nomad's `reschedule` is the model). Its upload is kept until it ends for that.
 
 use crate::base::clock::unix_now;
-use crate::base::job::LostRun;
+use crate::base::job::{Job, LostRun};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::identity::short_id;
 use std::time::Instant;
+
+/// Whether `job`, whose run was just lost, may run again: it has reruns left, it did not end on
+/// its worker, and its upload is still at hand.
+pub fn may_run_again(ctx: &Context, job: &Job) -> bool {
+    if job.reruns_left() == 0 || job.status.is_final() {
+        return false;
+    }
+    match ctx.spool.upload_source(&job.id) {
+        Ok(_) => true,
+        Err(e) => {
+            log::warn!("Job {} cannot run again: {e}", job.id);
+            false
+        }
+    }
+}
 
 /// Puts job `id`, whose run was just lost (`why`), back at the head of the queue when it has
 /// not ended on its worker, has reruns left and its upload is still at hand; returns whether it
@@ -17,17 +32,10 @@ use std::time::Instant;
 /// stays lost.) The caller frees the run's slot and stops following the run either way, ends
 /// the job when this returns false, and records it.
 pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str) -> bool {
-    let Some(job) = st.jobs.get(id) else {
+    let Some(job) = st.jobs.get(id).filter(|job| may_run_again(ctx, job)) else {
         return false;
     };
     let left = job.reruns_left();
-    if left == 0 || job.status.is_final() {
-        return false;
-    }
-    if let Err(e) = ctx.spool.upload_source(id) {
-        log::warn!("Job {id} cannot run again: {e}");
-        return false;
-    }
     // The worker's job id is a key to the job's files there: kept in the record, never in
     // the text that clients see (only the current run's id is hidden from them).
     let shown = match job.remote_job_id.as_deref() {

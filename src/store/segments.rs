@@ -398,10 +398,11 @@ impl Segments {
             }
             None => {
                 let open = lock(&self.open);
-                if open.contains(name) {
+                let held = open.contains(name);
+                if held {
                     lock(&self.retiring).insert(name.to_string());
                 }
-                !open.contains(name)
+                !held
             }
         }
     }
