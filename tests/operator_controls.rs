@@ -931,6 +931,177 @@ fn deleting_a_finished_job_forgets_it_and_its_results_now() {
     assert_eq!(code, 200, "{body}");
 }
 
+/// Whether `needle` lies anywhere in one of the files at `paths`.
+fn files_hold(paths: impl IntoIterator<Item = std::path::PathBuf>, needle: &[u8]) -> bool {
+    paths.into_iter().any(|path| {
+        std::fs::read(path)
+            .unwrap_or_default()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    })
+}
+
+/// Whether `needle` lies anywhere in the job store's database or WAL file.
+fn store_files_hold(state: &std::path::Path, needle: &[u8]) -> bool {
+    files_hold([state.join("jobs.db"), state.join("jobs.db-wal")], needle)
+}
+
+#[test]
+fn a_dispatched_upload_and_a_deleted_jobs_results_leave_no_trace_in_the_store_files() {
+    let worker = FakeWorker::start();
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // A queued job's upload is held in its row until a worker takes the job.
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let secret = b"# upload 5f0c2a91d7e4b3\nprint('hi')\n";
+    let kept = submit(
+        &coordinator,
+        &Form::new()
+            .file("main.py", "text/x-python", secret)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#),
+    );
+    let deleted = submit(&coordinator, &form());
+    let state = dir.path().join("state");
+    assert!(store_files_hold(&state, secret));
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "undrain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let mut results = Vec::new();
+    for id in [&kept, &deleted] {
+        wait_collected(&coordinator, id, DEADLINE);
+        let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+        assert!(bytes.starts_with(b"result of job_"), "{bytes:?}");
+        results.push(bytes);
+    }
+    // Committed with the jobs' records (a record nobody waits on may take a moment).
+    for bytes in &results {
+        assert!(
+            poll_until(DEADLINE, || store_files_hold(&state, bytes).then_some(())).is_some(),
+            "{:?} is not in the store's files",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 200, "{body}");
+    // Zeroed where it lay, and gone from the WAL once the idle store truncated it.
+    let gone = poll_until(DEADLINE, || {
+        (!store_files_hold(&state, &results[1])).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the deleted job's results are still in the store's files"
+    );
+    assert!(store_files_hold(&state, &results[0]));
+    // The kept job's upload went with its dispatch.
+    assert!(!store_files_hold(&state, secret));
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
+    assert_eq!((code, &bytes), (200, &results[0]));
+}
+
+/// Whether any results segment in `state` holds `needle`.
+fn results_segments_hold(state: &std::path::Path, needle: &[u8]) -> bool {
+    let segments = std::fs::read_dir(state.join("results"))
+        .into_iter()
+        .flatten();
+    files_hold(segments.flatten().map(|entry| entry.path()), needle)
+}
+
+#[test]
+fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended() {
+    use std::io::{Read, Write};
+    let worker = FakeWorker::start();
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let mut args = FAST.to_vec();
+    args.extend(["--row-results-max", "0"]);
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // Without an outputs list the worker returns every file of the job, the upload too: 24 MiB,
+    // more than the sockets between the coordinator and a client that stops reading hold.
+    let marker = b"wiped-5c81e07d3a";
+    let data: Vec<u8> = marker.iter().copied().cycle().take(24 << 20).collect();
+    // One after the other, so that both go into the same results segment.
+    let kept = submit(&coordinator, &form());
+    wait_collected(&coordinator, &kept, DEADLINE);
+    let deleted = submit(
+        &coordinator,
+        &form().file("data.bin", "application/octet-stream", &data),
+    );
+    wait_collected(&coordinator, &deleted, DEADLINE);
+    let (code, kept_result) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
+    assert_eq!(code, 200);
+    let state = dir.path().join("state");
+    assert!(results_segments_hold(&state, marker));
+    let segments = std::fs::read_dir(state.join("results")).map_or(0, |d| d.count());
+    assert_eq!(segments, 1, "both jobs' results in one segment");
+
+    // A download of the job's data under way: it reads its first bytes, then stops.
+    let mut download = std::net::TcpStream::connect(("127.0.0.1", coordinator.port()))
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    download
+        .set_read_timeout(Some(DEADLINE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    write!(
+        download,
+        "GET /outputs/{deleted}/data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("request: {e}"));
+    let mut first = vec![0u8; 64 * 1024];
+    download
+        .read_exact(&mut first)
+        .unwrap_or_else(|e| panic!("first bytes: {e}"));
+
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = get_json(&coordinator.url(&format!("/outputs/{deleted}/data.bin")));
+    assert_eq!(code, 404, "{body}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["store"]["wipes_waiting"], 1, "{pool}");
+    // The download goes on to its end with the job's bytes, not the wipe's zeros.
+    let mut rest = Vec::new();
+    download
+        .read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("the rest: {e}"));
+    first.extend(rest);
+    let head_end = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers"));
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        first[head_end + 4..] == data[..],
+        "the download under way did not get the job's bytes"
+    );
+
+    // Then the bytes are wiped; the other job in the segment keeps its results.
+    assert!(
+        poll_until(DEADLINE, || (!results_segments_hold(&state, marker))
+            .then_some(()))
+        .is_some(),
+        "the deleted job's results are still in its results segment"
+    );
+    assert!(results_segments_hold(&state, &kept_result));
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["store"]["wipes_waiting"], 0, "{pool}");
+    assert!(
+        coordinator.wait_for_log("bytes of a deleted job's results in", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
+    assert_eq!((code, bytes), (200, kept_result));
+}
+
 #[test]
 fn the_log_level_is_raised_for_a_while_and_goes_back_on_its_own() {
     // Without a stream each dispatch logs at debug that the job is polled instead.

@@ -206,6 +206,23 @@ pub struct StoredResults {
     pub row_bytes: Option<Arc<[u8]>>,
 }
 
+impl StoredResults {
+    /// The bytes its outputs and logs take, from the first to the end of the last (they are
+    /// written back to back).
+    pub fn extent(&self) -> Span {
+        let spans = self.outputs.iter().map(|(_, s)| s).chain([&self.logs]);
+        let start = spans.clone().map(|s| s.offset).min().unwrap_or(0);
+        let end = spans
+            .map(|s| s.offset.saturating_add(s.size))
+            .max()
+            .unwrap_or(0);
+        Span {
+            offset: start,
+            size: end.saturating_sub(start),
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !b
 }

@@ -238,7 +238,7 @@ impl Out {
 
 fn read_logs(ctx: &Context, id: &str, mut stored: StoredResults) -> Option<Value> {
     ctx.load_row_results(id, &mut stored).ok()?;
-    let mut reader = ctx.spool.open_results(&stored, stored.logs).ok()?;
+    let mut reader = ctx.open_results(id, &stored, stored.logs).ok()?;
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).ok()?;
     serde_json::from_slice(&bytes).ok()

@@ -233,7 +233,7 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 format!("the output {path:?} of job {id} was not collected (its path is unsafe)"),
             );
         };
-        return match ctx.spool.open_results(stored, *span) {
+        return match ctx.open_results(id, stored, *span) {
             Ok(body) => Reply::Stream {
                 status: 200,
                 content_type,
@@ -300,7 +300,7 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
     // The results are opened once for every entry: an archive under way is read whole even
     // when retention forgets the job (and deletes its results segment) meanwhile. A damaged
     // segment is answered 500 here, not found out in the middle of the archive.
-    let source = ctx.spool.results_source(&stored).and_then(|source| {
+    let source = ctx.results_source(id, &stored).and_then(|source| {
         for (_, span) in &stored.outputs {
             source.open(*span)?;
         }
@@ -349,8 +349,7 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
     };
     if let Some(stored) = &job.stored {
         let read = ctx
-            .spool
-            .open_results(stored, stored.logs)
+            .open_results(id, stored, stored.logs)
             .and_then(|mut reader| {
                 let mut bytes = Vec::new();
                 reader.read_to_end(&mut bytes).map(|_| bytes)

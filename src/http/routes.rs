@@ -505,6 +505,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         ctx.config.retain_for.as_secs_f64(),
     );
     view["store"]["settled_views_kept"] = ctx.settled_views.count().into();
+    view["store"]["wipes_waiting"] = ctx.spool.removals().pending_wipes().into();
     view["log_level"] = ctx.log_level.view();
     if !caller.is_admin() {
         if let Some(fields) = view.as_object_mut() {

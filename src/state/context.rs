@@ -3,7 +3,7 @@
 
 use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
-use crate::base::job::StoredResults;
+use crate::base::job::{Span, StoredResults};
 use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
@@ -15,10 +15,10 @@ use crate::state::settled_views::SettledViews;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::handoff::{DEFERRAL, SOON};
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
-use crate::store::spool::{PinnedSegment, Spool, UploadSource};
+use crate::store::spool::{PinnedSegment, ResultsSource, Spool, UploadSource};
 use crate::worker::client::{Timeouts, WorkerClient};
 use crossbeam_channel::{Receiver, Sender};
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -272,8 +272,35 @@ impl Context {
         }
     }
 
+    /// Job `id`'s collected results (`stored`, as its record said), opened for several reads
+    /// ([`Spool::results_source`]). NotFound when the job was deleted or forgotten since its
+    /// record was read: a deletion wipes results in a segment once nobody reads it, so a reader
+    /// that opened the segment after the deletion must not read them.
+    pub fn results_source(&self, id: &str, stored: &StoredResults) -> io::Result<ResultsSource> {
+        let source = self.spool.results_source(stored)?;
+        if !stored.in_row && !self.lock().jobs.contains_key(id) {
+            if let Ok(false) = self.store.contains(id) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("job {id} was deleted or forgotten while its results were opened"),
+                ));
+            }
+        }
+        Ok(source)
+    }
+
+    /// A reader of `span` of job `id`'s collected results ([`Context::results_source`]).
+    pub fn open_results(
+        &self,
+        id: &str,
+        stored: &StoredResults,
+        span: Span,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        self.results_source(id, stored)?.open(span)
+    }
+
     /// Reads the results that job `id`'s store row holds into `stored`, for
-    /// [`Spool::open_results`] (nothing to do for results in a segment or already in memory).
+    /// [`Context::open_results`] (nothing to do for results in a segment or already in memory).
     pub fn load_row_results(&self, id: &str, stored: &mut StoredResults) -> io::Result<()> {
         if !stored.in_row || stored.row_bytes.is_some() {
             return Ok(());

@@ -19,7 +19,7 @@
 use crate::base::clock::unix_now;
 use crate::base::config::FsyncMode;
 use crate::base::heap::release_free_pages;
-use crate::base::job::{Collection, Job, PoolStatus};
+use crate::base::job::{Collection, Job, PoolStatus, Span};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
@@ -844,6 +844,16 @@ impl JobStore {
         })
     }
 
+    /// Whether the store has a row for job `id`.
+    pub fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.reader()?;
+        let found = conn
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+            .exists([id])?;
+        lock(&self.readers).push(conn);
+        Ok(found)
+    }
+
     /// The results bytes held in job `id`'s row (see [`crate::base::job::StoredResults`]), if the store
     /// has the job and its row holds results.
     pub fn row_results(&self, id: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
@@ -1121,12 +1131,15 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
         })
     };
     // The writer's commits with `--fsync batch` are synced by `wal_sync`, not by SQLite.
+    // `secure_delete`: what a change frees (an older version of a record, a dispatched job's
+    // upload, a forgotten or deleted job's row and results) is overwritten with zeros, not left
+    // in the file's free space.
     let synchronous = match mode {
         FsyncMode::Batch => "OFF",
         other => synchronous_of(other),
     };
     conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
+            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; PRAGMA secure_delete = ON; \
              PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; PRAGMA cache_size = -256; PRAGMA busy_timeout = {};",
             LOCK_WAIT.as_millis()
         ))?;
@@ -1947,15 +1960,25 @@ impl Writer {
     /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
     fn delete_settled(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         let synced = self.synced_until_write;
-        let deleted: Option<(String, Option<String>)> = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
-                 RETURNING status, results_segment",
-            )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((status, segment)) = deleted else {
+        let deleted: Option<(String, Option<String>, Option<Span>)> =
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
+                 RETURNING status, results_segment, record",
+                )?
+                .query_row([id], |r| {
+                    let in_segment = parse_record(id, r.get_ref(2)?)
+                        .ok()
+                        .and_then(|job| match job.collection {
+                            Collection::Collected(stored) if !stored.in_row => {
+                                Some(stored.extent())
+                            }
+                            _ => None,
+                        });
+                    Ok((r.get(0)?, r.get(1)?, in_segment))
+                })
+                .optional()?;
+        let Some((status, segment, in_segment)) = deleted else {
             return Ok(None);
         };
         self.wrote();
@@ -1966,7 +1989,12 @@ impl Writer {
         if let (Some(wal), false) = (&self.wal, synced) {
             wal.sync().map_err(StoreError::Io)?;
         }
-        self.delete_unused_segments(segment.into_iter().collect())?;
+        self.delete_unused_segments(segment.iter().cloned().collect())?;
+        // Its results in a segment other jobs still refer to are zeroed (a hole punched) once
+        // no download reads that segment; results in its row were zeroed by the delete.
+        if let (Some(name), Some(span)) = (segment, in_segment) {
+            self.retention.segments.wipe(&name, span);
+        }
         Ok(Some(status))
     }
 

@@ -1,13 +1,23 @@
-//! Deletions of segment files, put off while a snapshot of the state directory is taken: the
-//! snapshot's copy of the job store may point into a segment that retention or a dispatch would
-//! delete a moment later, before the snapshot opened it.
+//! Deletions of segment files, and wipes of a deleted job's bytes in them, put off while a
+//! snapshot of the state directory is taken: the snapshot's copy of the job store may point into
+//! a segment that retention or a dispatch would delete a moment later, before the snapshot
+//! opened it, and it copies the segments it opened to their end. A wipe also waits for every
+//! reader of its segment (a download under way).
 
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::base::job::Span;
 use crate::base::sync::lock;
+
+/// The most wipes that wait for readers or a snapshot; past it the oldest is given up (logged).
+const PENDING_WIPES_MAX: usize = 65_536;
 
 /// The segment deletions of one state directory, and whether a snapshot is under way.
 #[derive(Debug, Default)]
@@ -16,6 +26,15 @@ pub struct Removals {
     deferred: Mutex<Option<Vec<PathBuf>>>,
     /// Set while a snapshot is taken or sent (one at a time).
     snapshot: AtomicBool,
+    /// Wipes waiting, and the readers of each segment file.
+    wipes: Mutex<Wipes>,
+}
+
+/// Wipes put off, and how many readers each segment file has.
+#[derive(Debug, Default)]
+struct Wipes {
+    readers: HashMap<PathBuf, usize>,
+    pending: Vec<(PathBuf, Span)>,
 }
 
 impl Removals {
@@ -36,6 +55,147 @@ impl Removals {
             .is_ok()
             .then(|| SnapshotSlot(Arc::clone(self)))
     }
+
+    /// Overwrites `span` of the segment file at `path` (the results of a job deleted from the
+    /// job store) with zeros: now, or once no reader has the file open and no snapshot is under
+    /// way. The caller's deletion is committed, so no new reader looks for those bytes.
+    pub fn wipe(&self, path: &Path, span: Span) {
+        let due = {
+            let mut wipes = lock(&self.wipes);
+            if wipes.pending.len() >= PENDING_WIPES_MAX {
+                let (given_up, _) = wipes.pending.remove(0);
+                log::warn!(
+                    "{PENDING_WIPES_MAX} wipes of deleted results wait for readers; the oldest, \
+                     in {}, is given up (its bytes stay until the segment is deleted)",
+                    given_up.display()
+                );
+            }
+            wipes.pending.push((path.to_path_buf(), span));
+            self.take_due(&mut wipes)
+        };
+        run_wipes(due);
+    }
+
+    /// Counts a reader of the segment file at `path` until the returned guard is dropped: wipes
+    /// of that file wait for it.
+    pub fn reading(self: &Arc<Self>, path: &Path) -> Reading {
+        *lock(&self.wipes)
+            .readers
+            .entry(path.to_path_buf())
+            .or_default() += 1;
+        Reading {
+            removals: Arc::clone(self),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// How many wipes wait for readers or a snapshot.
+    pub fn pending_wipes(&self) -> usize {
+        lock(&self.wipes).pending.len()
+    }
+
+    /// Takes the waiting wipes that may run now.
+    fn take_due(&self, wipes: &mut Wipes) -> Vec<(PathBuf, Span)> {
+        if wipes.pending.is_empty() || self.snapshot.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let Wipes { readers, pending } = wipes;
+        let (due, waiting) = pending
+            .drain(..)
+            .partition(|(path, _)| !readers.contains_key(path));
+        *pending = waiting;
+        due
+    }
+
+    /// Runs the waiting wipes that may run now.
+    fn run_due(&self) {
+        let due = self.take_due(&mut lock(&self.wipes));
+        run_wipes(due);
+    }
+}
+
+/// A reader of a segment file, counted until dropped ([`Removals::reading`]).
+#[derive(Debug)]
+pub struct Reading {
+    removals: Arc<Removals>,
+    path: PathBuf,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        {
+            let mut wipes = lock(&self.removals.wipes);
+            if let Some(n) = wipes.readers.get_mut(&self.path) {
+                *n -= 1;
+                if *n == 0 {
+                    wipes.readers.remove(&self.path);
+                }
+            }
+        }
+        self.removals.run_due();
+    }
+}
+
+fn run_wipes(due: Vec<(PathBuf, Span)>) {
+    for (path, span) in due {
+        match zero_span(&path, span) {
+            Ok(()) => log::info!(
+                "Wiped {} bytes of a deleted job's results in {}",
+                span.size,
+                path.display()
+            ),
+            // Deleted meanwhile: nothing is left to wipe.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!(
+                "Could not wipe the deleted results at {}+{} in {}: {e}; they stay until the \
+                 segment is deleted",
+                span.offset,
+                span.size,
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Zeroes `span` of the file at `path` (within its length) and syncs it: a hole punched where
+/// the filesystem can (the blocks go back to it), else zeros written.
+fn zero_span(path: &Path, span: Span) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    let end = span
+        .offset
+        .saturating_add(span.size)
+        .min(file.metadata()?.len());
+    if end <= span.offset {
+        return Ok(());
+    }
+    if !punch_hole(&file, span.offset, end - span.offset) {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = span.offset;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+    }
+    file.sync_data()
+}
+
+/// Punches a hole of `len` bytes at `offset`, keeping the file's length; false where the
+/// filesystem cannot.
+fn punch_hole(file: &File, offset: u64, len: u64) -> bool {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: fallocate reads no memory of ours; the descriptor is open for writing.
+    let punched = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    punched == 0
 }
 
 /// Deletes the file at `path`; one already gone is no error.
@@ -61,6 +221,7 @@ impl SnapshotSlot {
 impl Drop for SnapshotSlot {
     fn drop(&mut self) {
         self.0.snapshot.store(false, Ordering::Release);
+        self.0.run_due();
     }
 }
 
@@ -105,5 +266,52 @@ mod tests {
         assert!(!later.exists(), "not deleted once the hold ended");
         drop(slot);
         assert!(removals.start_snapshot().is_some(), "the slot was let go");
+    }
+
+    #[test]
+    fn a_wipe_waits_for_the_readers_of_its_file_and_for_a_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, other) = (dir.path().join("segment"), dir.path().join("other"));
+        std::fs::write(&path, b"keep-gone-keep").expect("write");
+        std::fs::write(&other, b"x").expect("write");
+        let removals = Arc::new(Removals::default());
+        let gone = Span { offset: 5, size: 4 };
+        let read = || std::fs::read(&path).expect("read");
+
+        let reader = removals.reading(&path);
+        let elsewhere = removals.reading(&other);
+        removals.wipe(&path, gone);
+        assert_eq!(read(), b"keep-gone-keep", "wiped under a reader");
+        assert_eq!(removals.pending_wipes(), 1);
+        drop(reader);
+        assert_eq!(
+            read(),
+            b"keep-\0\0\0\0-keep",
+            "not wiped once its reader went"
+        );
+        assert_eq!(removals.pending_wipes(), 0);
+        drop(elsewhere);
+
+        std::fs::write(&path, b"keep-gone-keep").expect("write");
+        let slot = removals.start_snapshot().expect("snapshot");
+        removals.wipe(&path, gone);
+        // A span past the file's end is cut at it; a file gone is nothing to wipe.
+        removals.wipe(
+            &path,
+            Span {
+                offset: 12,
+                size: 100,
+            },
+        );
+        removals.wipe(&dir.path().join("gone"), gone);
+        assert_eq!(read(), b"keep-gone-keep", "wiped during a snapshot");
+        drop(slot);
+        assert_eq!(
+            read(),
+            b"keep-\0\0\0\0-ke\0\0",
+            "not wiped once the snapshot ended"
+        );
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 14);
+        assert_eq!(removals.pending_wipes(), 0);
     }
 }

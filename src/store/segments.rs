@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
-use crate::store::removals::Removals;
+use crate::store::removals::{Reading, Removals};
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
@@ -58,6 +58,8 @@ pub struct SegmentFile {
     file: File,
     remove_when_unused: Option<Arc<Removals>>,
     dir_synced: AtomicBool,
+    /// Counts it as a reader of its file while it is open (wipes of the file wait).
+    _reading: Option<Reading>,
 }
 
 impl SegmentFile {
@@ -84,7 +86,16 @@ impl SegmentFile {
             file,
             remove_when_unused,
             dir_synced: AtomicBool::new(true),
+            _reading: None,
         })
+    }
+
+    /// Opens an existing segment `name` in `dir` to read results from, counted as a reader of
+    /// it in `removals` while it is open (a wipe of deleted results in it waits).
+    pub fn open_to_read(dir: &Path, name: &str, removals: &Arc<Removals>) -> io::Result<Self> {
+        let mut file = SegmentFile::open_existing(dir, name, None)?;
+        file._reading = Some(removals.reading(&file.path));
+        Ok(file)
     }
 
     /// The file's name in its directory.
@@ -338,6 +349,7 @@ impl Segments {
                             .remove_when_unused
                             .then(|| Arc::clone(&self.removals)),
                         dir_synced: AtomicBool::new(false),
+                        _reading: None,
                     });
                     return Ok(OpenSegment {
                         out: None,
@@ -410,6 +422,12 @@ impl Segments {
     /// Deletes the file of segment `name`, retired first (see [`Segments::retire`]).
     pub fn delete(&self, name: &str) -> io::Result<()> {
         self.removals.remove(&self.dir.join(name))
+    }
+
+    /// Zeroes `span` of segment `name` (a deleted job's results) once no reader has it open
+    /// ([`Removals::wipe`]).
+    pub fn wipe(&self, name: &str, span: Span) {
+        self.removals.wipe(&self.dir.join(name), span);
     }
 
     /// Closes a segment that failed while written (its writer was dropped).

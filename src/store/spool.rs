@@ -574,7 +574,9 @@ impl Spool {
 
     /// Where a job's collected results are, for several reads: the row bytes loaded into
     /// `stored`, or its results segment, opened now. Reads from it keep working when
-    /// retention deletes the segment meanwhile.
+    /// retention deletes the segment meanwhile, and a wipe of a deleted job's results in the
+    /// segment waits until they are done. A caller that read `stored` before opening must check
+    /// that the job was not deleted in between (its results may have been wiped then).
     pub fn results_source(&self, stored: &StoredResults) -> io::Result<ResultsSource> {
         if stored.in_row {
             let bytes = stored.row_bytes.clone().ok_or_else(|| {
@@ -582,7 +584,7 @@ impl Spool {
             })?;
             return Ok(ResultsSource::Row(bytes));
         }
-        let file = SegmentFile::open_existing(&self.results, &stored.segment, None)?;
+        let file = SegmentFile::open_to_read(&self.results, &stored.segment, &self.removals)?;
         let len = file.file_len()?;
         Ok(ResultsSource::Segment(Arc::new(file), len))
     }
