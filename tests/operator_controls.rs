@@ -863,15 +863,6 @@ fn deleting_a_finished_job_forgets_it_and_its_results_now() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let kept = submit(&coordinator, &form());
     let deleted = submit(&coordinator, &form());
-
-    let (code, body) = delete_job(&coordinator, &deleted);
-    assert_eq!(code, 409, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancel it first")),
-        "{body}"
-    );
     for id in [&kept, &deleted] {
         wait_collected(&coordinator, id, DEADLINE);
     }
@@ -929,6 +920,70 @@ fn deleting_a_finished_job_forgets_it_and_its_results_now() {
     assert_eq!(code, 404, "{body}");
     let (code, body) = delete_job(&coordinator, &kept);
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn deleting_a_job_before_it_settled_cancels_it_and_deletes_it_as_it_settles() {
+    let worker = slow_worker(3.0);
+    let dir = support::workers_dir(&[worker.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // Running on the worker, and queued in the coordinator behind it.
+    let running = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &running);
+    let queued = submit(&coordinator, &form());
+    assert_eq!(job_status(&coordinator, &queued)["pool_status"], "queued");
+
+    // A queued job is cancelled and deleted at once.
+    let (code, body) = delete_job(&coordinator, &queued);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"job_id": queued, "deleted": true, "status": "cancelled"})
+    );
+    let (code, body) = get_json(&coordinator.url(&format!("/status/{queued}")));
+    assert_eq!(code, 404, "{body}");
+
+    // A running one is cancelled now and deleted once its worker ended it.
+    let (code, body) = delete_job(&coordinator, &running);
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"job_id": running, "deleted": false, "deleting": true, "status": "cancelled"})
+    );
+    let status = job_status(&coordinator, &running);
+    assert_eq!(status["pool_status"], "cancelled", "{status}");
+    assert_eq!(status["deleting"], true, "{status}");
+    assert!(coordinator.logs().contains(&format!(
+        "Job {running} is deleted as soon as it settles; it is cancelled now"
+    )));
+
+    // The mark survives a crash: the restart follows the job to its end, then deletes it.
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    assert_eq!(job_status(&coordinator, &running)["deleting"], true);
+    let gone = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&coordinator.url(&format!("/status/{running}")));
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "{}", coordinator.logs());
+    assert!(coordinator
+        .logs()
+        .contains(&format!("Deleted job {running} as it settled")));
+    // Deleted on the worker too (after it ended there), and never collected.
+    assert!(worker.recording().faults.is_empty());
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["store"]["deleted_jobs"], 1, "{pool}");
+
+    // A job that settled is deleted at once, as before.
+    let done = submit(&coordinator, &form());
+    wait_collected(&coordinator, &done, DEADLINE);
+    let (code, body) = delete_job(&coordinator, &done);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["store"]["deleted_jobs"], 2, "{pool}");
+    assert_eq!(pool["total_jobs"], 0, "{pool}");
 }
 
 /// Whether `needle` lies anywhere in one of the files at `paths`.

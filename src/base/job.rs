@@ -337,6 +337,10 @@ pub struct Job {
     /// slot there, and is deleted on the worker once ended.
     #[serde(default)]
     pub ending_on_worker: bool,
+    /// A client deleted it before it was settled (`DELETE /jobs/{id}`): the store deletes its
+    /// row in the transaction that settles it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete_when_settled: bool,
     /// A client asked for its status, waits for its end or follows it (not stored): its end
     /// is followed up at once, even beside the worker's other follow-ups.
     #[serde(skip)]
@@ -406,6 +410,7 @@ impl Job {
             owner: None,
             priority: Priority::Normal,
             ending_on_worker: false,
+            delete_when_settled: false,
             watched: false,
             done_figures: None,
             verification: None,

@@ -14,7 +14,7 @@ use crate::http::views::{
     store_view, worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
-use crate::pool::control::{self, worker_id_from_url, ControlError};
+use crate::pool::control::{self, worker_id_from_url, ControlError, Deletion};
 use crate::pool::{reload, worker_tls};
 use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
@@ -250,9 +250,18 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         }),
         Route::DeleteJob(id) => job_route(ctx, &caller, id, |ctx| {
             match control::delete(ctx, id, &caller.log_label()) {
-                Ok(status) => Reply::Json(
+                Ok(Deletion::Now(status)) => Reply::Json(
                     200,
                     json!({"job_id": id, "deleted": true, "status": status}),
+                ),
+                Ok(Deletion::WhenSettled(status)) => Reply::Json(
+                    202,
+                    json!({
+                        "job_id": id,
+                        "deleted": false,
+                        "deleting": true,
+                        "status": status.as_str(),
+                    }),
                 ),
                 Err(ControlError::UnknownJob(_)) => unknown_job(id),
                 Err(e @ ControlError::Settling(_)) => {

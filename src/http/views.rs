@@ -347,6 +347,9 @@ struct StatusView<'a> {
     attempts: &'a [Attempt],
     #[serde(skip_serializing_if = "Option::is_none")]
     reruns: Option<RerunsView<'a>>,
+    /// Deleted as soon as it settles (`DELETE /jobs/{id}` came before).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleting: bool,
     results: CollectionView<'a>,
     verification: &'a Option<Box<Verification>>,
     files: FilesView<'a>,
@@ -463,6 +466,7 @@ fn job_json(
         error: job.error.as_deref(),
         attempts: &job.attempts,
         reruns: RerunsView::of(job),
+        deleting: job.delete_when_settled,
         results: CollectionView::from(&job.collection),
         verification: &job.verification,
         files: FilesView(&job.inputs),

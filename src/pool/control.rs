@@ -33,8 +33,6 @@ pub enum ControlError {
     CancelNotRecordedYet(String, StoreFault),
     /// The job is no longer queued (it is in this status): its priority no longer matters.
     NotQueued(String, PoolStatus),
-    /// The job has not ended (in this status): it cannot be deleted.
-    NotEnded(String, PoolStatus),
     /// The job ended, but its results are still being collected, its worker is still ending
     /// it, or its end is not recorded yet: it can be deleted shortly.
     Settling(String),
@@ -47,9 +45,7 @@ impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             Self::UnknownJob(_) | Self::UnknownWorker(_) => 404,
-            Self::Finished(..) | Self::NotQueued(..) | Self::NotEnded(..) | Self::Settling(_) => {
-                409
-            }
+            Self::Finished(..) | Self::NotQueued(..) | Self::Settling(_) => 409,
             Self::NotRecorded(_, fault)
             | Self::CancelNotRecordedYet(_, fault)
             | Self::NotDeleted(_, fault) => fault.http_status(),
@@ -89,12 +85,6 @@ impl fmt::Display for ControlError {
                 f,
                 "job {id} is {}: a priority only orders the jobs waiting in the queue, and this \
                  one left it",
-                status.as_str()
-            ),
-            Self::NotEnded(id, status) => write!(
-                f,
-                "job {id} is {}: only a job that ended can be deleted; cancel it first \
-                 (POST /cancel/{id}) and delete it once it ended",
                 status.as_str()
             ),
             Self::Settling(id) => write!(
@@ -199,29 +189,95 @@ pub fn set_priority(
     Ok(PriorityChange { was, position })
 }
 
-/// Deletes a job that ended, now, as retention would later: its record in the job store with
-/// its collected results (a results segment goes once no retained job refers to it), committed
-/// and synced as `--fsync` asks before this returns. `by` says who asked, for the log (as for
-/// [`cancel`]). Returns the status the job had.
-pub fn delete(ctx: &Context, id: &str, by: &str) -> Result<String, ControlError> {
-    let live = ctx.lock().jobs.get(id).map(|j| (j.status, j.is_settled()));
-    match live {
-        Some((status, _)) if !status.is_final() => {
-            return Err(ControlError::NotEnded(id.to_string(), status))
+/// What a deletion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// The job is deleted; it was in this status.
+    Now(String),
+    /// The job is not settled yet (in this status now: cancelled if it had not ended): it is
+    /// deleted in the same transaction that records it settled, also after a restart.
+    WhenSettled(PoolStatus),
+}
+
+/// Deletes a job, as retention would later: its record in the job store with its collected
+/// results (a results segment goes once no retained job refers to it, the job's bytes in one
+/// that stays are wiped). A settled job is deleted now, committed and synced as `--fsync` asks
+/// before this returns. A job not settled yet is cancelled if it has not ended, and marked to
+/// be deleted as it settles (its worker ends it, its results are collected); the mark is
+/// committed before this returns. `by` says who asked, for the log (as for [`cancel`]).
+pub fn delete(ctx: &Arc<Context>, id: &str, by: &str) -> Result<Deletion, ControlError> {
+    let unsettled = {
+        let mut st = ctx.lock();
+        match st.jobs.get_mut(id) {
+            Some(job) if !job.is_settled() => {
+                job.delete_when_settled = true;
+                Some(job.status)
+            }
+            Some(_) => None,
+            None => None,
         }
-        Some((_, false)) => return Err(ControlError::Settling(id.to_string())),
-        _ => {}
+    };
+    if let Some(status) = unsettled {
+        return delete_when_settled(ctx, id, status, by);
     }
     // A settled job still in the table has its last record on its way to the store, ahead of
     // the deletion.
+    let live = ctx.lock().jobs.contains_key(id);
     match ctx.store.delete_settled(id, DELETE_WAIT) {
         Ok(Some(status)) => {
             log::info!("Deleted job {id}{by}; it was {status}");
-            Ok(status)
+            Ok(Deletion::Now(status))
         }
-        Ok(None) if live.is_some() => Err(ControlError::Settling(id.to_string())),
+        Ok(None) if live => Err(ControlError::Settling(id.to_string())),
         Ok(None) => Err(ControlError::UnknownJob(id.to_string())),
         Err(e) => Err(ControlError::NotDeleted(e.to_string(), e.fault())),
+    }
+}
+
+/// Cancels job `id` (in `status`, marked to be deleted as it settles) unless it ended, and
+/// waits until the mark is committed.
+fn delete_when_settled(
+    ctx: &Arc<Context>,
+    id: &str,
+    status: PoolStatus,
+    by: &str,
+) -> Result<Deletion, ControlError> {
+    if !status.is_final() {
+        match cancel(ctx, id, by) {
+            // The cancel's record carries the mark; a queued job settled with it.
+            Ok(()) => return Ok(deleted_or_marked(ctx, id, PoolStatus::Cancelled, by)),
+            Err(ControlError::Finished(..)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (status, committed) = {
+        let st = ctx.lock();
+        match st.jobs.get(id) {
+            Some(job) => (job.status, ctx.record_with_ticket(&st, id)),
+            // Settled and deleted meanwhile: its settling record carried the mark.
+            None => return Ok(Deletion::WhenSettled(status)),
+        }
+    };
+    if let Some(ticket) = committed {
+        ticket
+            .wait()
+            .map_err(|e| ControlError::NotRecorded(e.to_string(), e.fault()))?;
+    }
+    Ok(deleted_or_marked(ctx, id, status, by))
+}
+
+/// Whether job `id` (in `status`), marked and committed, is gone already (it settled, and
+/// the settling transaction deleted it) or waits to settle.
+fn deleted_or_marked(ctx: &Context, id: &str, status: PoolStatus, by: &str) -> Deletion {
+    if ctx.lock().jobs.contains_key(id) {
+        log::info!(
+            "Job {id} is deleted as soon as it settles{by}; it is {} now",
+            status.as_str()
+        );
+        Deletion::WhenSettled(status)
+    } else {
+        log::info!("Deleted job {id}{by}; it was {}", status.as_str());
+        Deletion::Now(status.as_str().to_string())
     }
 }
 

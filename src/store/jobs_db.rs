@@ -357,6 +357,23 @@ pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// the table locked) counts each job once. Runs before the transaction's [`Done`] callbacks.
 pub type SettleHook = Box<dyn Fn(&[(String, PoolStatus)], &dyn Fn()) + Send + Sync>;
 
+/// What a committed transaction settled.
+#[derive(Debug, Default)]
+struct Settled {
+    /// The jobs it settled: their ids and final statuses.
+    jobs: Vec<(String, PoolStatus)>,
+    /// Those of them it deleted in the same transaction, as a client asked before they were
+    /// settled ([`Job::delete_when_settled`]), with the results segment and the bytes their
+    /// results take in it, if any.
+    deleted: Vec<(String, Option<(String, Span)>)>,
+}
+
+impl Settled {
+    fn was_deleted(&self, id: &str) -> bool {
+        self.deleted.iter().any(|(d, _)| d == id)
+    }
+}
+
 /// One job state change for the writer.
 pub struct Record {
     /// The job's whole record after the change.
@@ -1313,17 +1330,24 @@ fn copy_io_error(e: &io::Error) -> io::Error {
 fn release(
     figures: &Figures,
     hook: Option<&SettleHook>,
-    settled: &[(String, PoolStatus)],
+    settled: &Settled,
     done: Vec<Done>,
     result: Result<(), StoreError>,
 ) {
     let count = || {
-        for (_, status) in settled {
-            figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
+        for (id, status) in &settled.jobs {
+            if settled.was_deleted(id) {
+                figures.rows.fetch_sub(1, Ordering::Relaxed);
+                figures.deleted.fetch_add(1, Ordering::Release);
+            } else {
+                figures.settled[status.index()].fetch_add(1, Ordering::Relaxed);
+            }
         }
     };
     match hook {
-        Some(hook) if !settled.is_empty() => guarded("settle hook", || hook(settled, &count)),
+        Some(hook) if !settled.jobs.is_empty() => {
+            guarded("settle hook", || hook(&settled.jobs, &count))
+        }
         _ => count(),
     }
     for done in done {
@@ -1456,7 +1480,13 @@ impl Writer {
                 lost.len()
             );
             let dones = std::mem::take(&mut self.unwritten_done);
-            release(&self.figures, None, &[], dones, Err(StoreError::Closed));
+            release(
+                &self.figures,
+                None,
+                &Settled::default(),
+                dones,
+                Err(StoreError::Closed),
+            );
         }
         let controls = self.controls.write_unwritten();
         if controls > 0 {
@@ -1504,6 +1534,10 @@ impl Writer {
         };
         let figures = Arc::clone(&self.figures);
         let hook = Arc::clone(&self.settle_hook);
+        let deleted = match &written {
+            Ok(settled) => settled.deleted.clone(),
+            Err(_) => Vec::new(),
+        };
         match (&self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
                 let release = Box::new(move |synced: Result<(), &io::Error>| {
@@ -1513,8 +1547,34 @@ impl Writer {
                 wal.committed(release);
             }
             (_, Ok(settled)) => release(&figures, hook.get(), &settled, done, Ok(())),
-            (_, Err(e)) => release(&figures, None, &[], done, Err(e)),
+            (_, Err(e)) => release(&figures, None, &Settled::default(), done, Err(e)),
         }
+        if !deleted.is_empty() {
+            self.deleted_when_settled(deleted);
+        }
+    }
+
+    /// After jobs deleted as they settled committed (and were synced): logs them, then deletes
+    /// or wipes their results in segments, as a deletion of a settled job does.
+    fn deleted_when_settled(&self, deleted: Vec<(String, Option<(String, Span)>)>) {
+        let mut results = Vec::new();
+        for (id, at) in deleted {
+            log::info!("Deleted job {id} as it settled, as its deletion asked");
+            results.extend(at);
+        }
+        if let Err(e) = self.remove_results(results) {
+            log::warn!("Could not remove the results of jobs deleted as they settled: {e}");
+        }
+    }
+
+    /// Deletes the results segments of deleted jobs that no retained job refers to any more, and
+    /// wipes those jobs' bytes in the others (once no download reads them).
+    fn remove_results(&self, results: Vec<(String, Span)>) -> Result<(), StoreError> {
+        self.delete_unused_segments(results.iter().map(|(name, _)| name.clone()).collect())?;
+        for (name, span) in results {
+            self.retention.segments.wipe(&name, span);
+        }
+        Ok(())
     }
 
     /// Splits a batch whose transaction failed: an insert or a record without `retry` fails for
@@ -1596,7 +1656,7 @@ impl Writer {
     }
 
     /// Counts a transaction in the store's figures.
-    fn count(&mut self, records: usize, result: &Result<Vec<(String, PoolStatus)>, StoreError>) {
+    fn count(&mut self, records: usize, result: &Result<Settled, StoreError>) {
         self.last_commit = Instant::now();
         let f = &self.figures;
         match result {
@@ -1628,10 +1688,10 @@ impl Writer {
         }
     }
 
-    /// Writes the batch; returns the ids and statuses of the jobs it settled.
-    fn write(&mut self, batch: &[Record]) -> Result<Vec<(String, PoolStatus)>, StoreError> {
+    /// Writes the batch; returns the jobs it settled (and deleted).
+    fn write(&mut self, batch: &[Record]) -> Result<Settled, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut settled = Vec::new();
+        let mut settled = Settled::default();
         let mut inserted = 0u64;
         {
             let mut insert = tx.prepare_cached(
@@ -1644,6 +1704,7 @@ impl Writer {
                  results = COALESCE(?8, results) \
                  WHERE id = ?1 AND finished_at IS NULL",
             )?;
+            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
             // A job's changes that meet in one transaction are written once, as the last of
             // them says: the transaction commits whole or not at all, so no reader could ever
             // see the earlier ones. An insert is always written (later changes update it).
@@ -1693,8 +1754,19 @@ impl Writer {
                         continue;
                     }
                 }
-                if finished_at.is_some() {
-                    settled.push((job.id.clone(), job.status));
+                if finished_at.is_none() {
+                    continue;
+                }
+                settled.jobs.push((job.id.clone(), job.status));
+                if job.delete_when_settled {
+                    delete.execute([&job.id])?;
+                    let results = match &job.collection {
+                        Collection::Collected(stored) if !stored.in_row => {
+                            Some((stored.segment.clone(), stored.extent()))
+                        }
+                        _ => None,
+                    };
+                    settled.deleted.push((job.id.clone(), results));
                 }
             }
         }
@@ -1989,11 +2061,11 @@ impl Writer {
         if let (Some(wal), false) = (&self.wal, synced) {
             wal.sync().map_err(StoreError::Io)?;
         }
-        self.delete_unused_segments(segment.iter().cloned().collect())?;
-        // Its results in a segment other jobs still refer to are zeroed (a hole punched) once
-        // no download reads that segment; results in its row were zeroed by the delete.
-        if let (Some(name), Some(span)) = (segment, in_segment) {
-            self.retention.segments.wipe(&name, span);
+        // Results in its row were zeroed by the delete; those in a segment other jobs still
+        // refer to are zeroed (a hole punched) once no download reads that segment.
+        match (segment, in_segment) {
+            (Some(name), Some(span)) => self.remove_results(vec![(name, span)])?,
+            (segment, _) => self.delete_unused_segments(segment.into_iter().collect())?,
         }
         Ok(Some(status))
     }
