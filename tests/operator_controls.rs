@@ -1146,8 +1146,11 @@ fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended
         "the deleted job's results are still in its results segment"
     );
     assert!(results_segments_hold(&state, &kept_result));
-    let (_, pool) = get_json(&coordinator.url("/pool"));
-    assert_eq!(pool["store"]["wipes_waiting"], 0, "{pool}");
+    let waiting = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["store"]["wipes_waiting"] == 0).then_some(())
+    });
+    assert!(waiting.is_some(), "a wipe still waits");
     assert!(
         coordinator.wait_for_log("bytes of a deleted job's results in", DEADLINE),
         "{}",

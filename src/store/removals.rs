@@ -9,9 +9,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
 
 use crate::base::job::Span;
 use crate::base::sync::lock;
@@ -30,11 +32,19 @@ pub struct Removals {
     wipes: Mutex<Wipes>,
 }
 
-/// Wipes put off, and how many readers each segment file has.
+/// Wipes put off, how many readers each segment file has, and the wipes handed to the wiper
+/// thread.
 #[derive(Debug, Default)]
 struct Wipes {
     readers: HashMap<PathBuf, usize>,
+    /// Waiting for readers or a snapshot.
     pending: Vec<(PathBuf, Span)>,
+    /// Due, for the wiper thread.
+    ready: Vec<(PathBuf, Span)>,
+    /// How many of them the wiper thread is making now.
+    in_hand: usize,
+    /// A wiper thread runs.
+    wiper: bool,
 }
 
 impl Removals {
@@ -57,10 +67,11 @@ impl Removals {
     }
 
     /// Overwrites `span` of the segment file at `path` (the results of a job deleted from the
-    /// job store) with zeros: now, or once no reader has the file open and no snapshot is under
-    /// way. The caller's deletion is committed, so no new reader looks for those bytes.
-    pub fn wipe(&self, path: &Path, span: Span) {
-        let due = {
+    /// job store) with zeros, on a thread of its own (a large wipe writes and syncs for a
+    /// while): at once, or once no reader has the file open and no snapshot is under way. The
+    /// caller's deletion is committed, so no new reader looks for those bytes.
+    pub fn wipe(self: &Arc<Self>, path: &Path, span: Span) {
+        {
             let mut wipes = lock(&self.wipes);
             if wipes.pending.len() >= PENDING_WIPES_MAX {
                 let (given_up, _) = wipes.pending.remove(0);
@@ -71,9 +82,8 @@ impl Removals {
                 );
             }
             wipes.pending.push((path.to_path_buf(), span));
-            self.take_due(&mut wipes)
-        };
-        run_wipes(due);
+        }
+        self.start_due();
     }
 
     /// Counts a reader of the segment file at `path` until the returned guard is dropped: wipes
@@ -89,28 +99,67 @@ impl Removals {
         }
     }
 
-    /// How many wipes wait for readers or a snapshot.
+    /// How many wipes are not made yet: waiting for readers or a snapshot, or under way.
     pub fn pending_wipes(&self) -> usize {
-        lock(&self.wipes).pending.len()
+        let wipes = lock(&self.wipes);
+        wipes.pending.len() + wipes.ready.len() + wipes.in_hand
     }
 
-    /// Takes the waiting wipes that may run now.
-    fn take_due(&self, wipes: &mut Wipes) -> Vec<(PathBuf, Span)> {
-        if wipes.pending.is_empty() || self.snapshot.load(Ordering::Acquire) {
-            return Vec::new();
+    /// Hands the waiting wipes that may run now to the wiper thread, started if none runs.
+    fn start_due(self: &Arc<Self>) {
+        let start = {
+            let mut wipes = lock(&self.wipes);
+            if wipes.pending.is_empty() || self.snapshot.load(Ordering::Acquire) {
+                return;
+            }
+            let Wipes {
+                readers,
+                pending,
+                ready,
+                ..
+            } = &mut *wipes;
+            let (due, waiting): (Vec<_>, Vec<_>) = pending
+                .drain(..)
+                .partition(|(path, _)| !readers.contains_key(path));
+            *pending = waiting;
+            ready.extend(due);
+            let start = !wipes.ready.is_empty() && !wipes.wiper;
+            wipes.wiper |= start;
+            start
+        };
+        if start {
+            let removals = Arc::clone(self);
+            let spawned = thread::Builder::new()
+                .name("wiper".to_string())
+                .spawn(move || removals.wipe_ready());
+            if let Err(e) = spawned {
+                log::warn!("No thread to wipe deleted results on ({e}); wiping them here");
+                self.wipe_ready();
+            }
         }
-        let Wipes { readers, pending } = wipes;
-        let (due, waiting) = pending
-            .drain(..)
-            .partition(|(path, _)| !readers.contains_key(path));
-        *pending = waiting;
-        due
     }
 
-    /// Runs the waiting wipes that may run now.
-    fn run_due(&self) {
-        let due = self.take_due(&mut lock(&self.wipes));
-        run_wipes(due);
+    /// Makes the wipes handed over until none is left (the wiper thread's loop).
+    fn wipe_ready(&self) {
+        loop {
+            let batch = {
+                let mut wipes = lock(&self.wipes);
+                wipes.in_hand = 0;
+                if wipes.ready.is_empty() {
+                    wipes.wiper = false;
+                    return;
+                }
+                let batch = std::mem::take(&mut wipes.ready);
+                wipes.in_hand = batch.len();
+                batch
+            };
+            // A panic in a wipe must not leave the wiper marked as running for good.
+            if catch_unwind(AssertUnwindSafe(|| run_wipes(batch))).is_err() {
+                log::error!(
+                    "Wiping deleted results panicked; the rest of those wipes are given up"
+                );
+            }
+        }
     }
 }
 
@@ -132,7 +181,7 @@ impl Drop for Reading {
                 }
             }
         }
-        self.removals.run_due();
+        self.removals.start_due();
     }
 }
 
@@ -221,7 +270,7 @@ impl SnapshotSlot {
 impl Drop for SnapshotSlot {
     fn drop(&mut self) {
         self.0.snapshot.store(false, Ordering::Release);
-        self.0.run_due();
+        self.0.start_due();
     }
 }
 
@@ -278,12 +327,21 @@ mod tests {
         let gone = Span { offset: 5, size: 4 };
         let read = || std::fs::read(&path).expect("read");
 
+        // The wiper thread makes them: wait for it.
+        let settled = |removals: &Removals| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while removals.pending_wipes() > 0 && std::time::Instant::now() < deadline {
+                thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+
         let reader = removals.reading(&path);
         let elsewhere = removals.reading(&other);
         removals.wipe(&path, gone);
         assert_eq!(read(), b"keep-gone-keep", "wiped under a reader");
         assert_eq!(removals.pending_wipes(), 1);
         drop(reader);
+        settled(&removals);
         assert_eq!(
             read(),
             b"keep-\0\0\0\0-keep",
@@ -306,6 +364,7 @@ mod tests {
         removals.wipe(&dir.path().join("gone"), gone);
         assert_eq!(read(), b"keep-gone-keep", "wiped during a snapshot");
         drop(slot);
+        settled(&removals);
         assert_eq!(
             read(),
             b"keep-\0\0\0\0-ke\0\0",
