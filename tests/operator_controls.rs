@@ -1072,92 +1072,161 @@ fn results_segments_hold(state: &std::path::Path, needle: &[u8]) -> bool {
     files_hold(segments.flatten().map(|entry| entry.path()), needle)
 }
 
+/// Two jobs' results in one results segment (the second job's with 24 MiB of data) and a
+/// download of that data under way, which read its first bytes and then stopped.
+struct DownloadUnderWay {
+    _worker: FakeWorker,
+    dir: tempfile::TempDir,
+    coordinator: Coordinator,
+    kept: String,
+    kept_result: Vec<u8>,
+    deleted: String,
+    marker: &'static [u8],
+    data: Vec<u8>,
+    download: std::net::TcpStream,
+    received: Vec<u8>,
+}
+
+impl DownloadUnderWay {
+    fn start() -> DownloadUnderWay {
+        use std::io::{Read, Write};
+        let worker = FakeWorker::start();
+        let dir = support::workers_dir(&[worker.entry(2)]);
+        let mut args = FAST.to_vec();
+        args.extend(["--row-results-max", "0"]);
+        let coordinator = Coordinator::start_in(dir.path(), &args);
+        wait_healthy(&coordinator, &[&worker], DEADLINE);
+        // Without an outputs list the worker returns every file of the job, the upload too:
+        // 24 MiB, more than the sockets between the coordinator and a client that stops
+        // reading hold.
+        let marker: &'static [u8] = b"wiped-5c81e07d3a";
+        let data: Vec<u8> = marker.iter().copied().cycle().take(24 << 20).collect();
+        // One after the other, so that both go into the same results segment.
+        let kept = submit(&coordinator, &form());
+        wait_collected(&coordinator, &kept, DEADLINE);
+        let deleted = submit(
+            &coordinator,
+            &form().file("data.bin", "application/octet-stream", &data),
+        );
+        wait_collected(&coordinator, &deleted, DEADLINE);
+        let (code, kept_result) =
+            get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
+        assert_eq!(code, 200);
+        let state = dir.path().join("state");
+        assert!(results_segments_hold(&state, marker));
+        let segments = std::fs::read_dir(state.join("results")).map_or(0, |d| d.count());
+        assert_eq!(segments, 1, "both jobs' results in one segment");
+
+        let mut download = std::net::TcpStream::connect(("127.0.0.1", coordinator.port()))
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        download
+            .set_read_timeout(Some(DEADLINE))
+            .unwrap_or_else(|e| panic!("{e}"));
+        write!(
+            download,
+            "GET /outputs/{deleted}/data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap_or_else(|e| panic!("request: {e}"));
+        let mut received = vec![0u8; 64 * 1024];
+        download
+            .read_exact(&mut received)
+            .unwrap_or_else(|e| panic!("first bytes: {e}"));
+        DownloadUnderWay {
+            _worker: worker,
+            dir,
+            coordinator,
+            kept,
+            kept_result,
+            deleted,
+            marker,
+            data,
+            download,
+            received,
+        }
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Reads the download to its end: it got the job's bytes, not the wipe's zeros.
+    fn finish_download(&mut self) {
+        use std::io::Read;
+        self.download
+            .read_to_end(&mut self.received)
+            .unwrap_or_else(|e| panic!("the rest: {e}"));
+        let head_end = self
+            .received
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers"));
+        assert!(self.received.starts_with(b"HTTP/1.1 200"));
+        assert!(
+            self.received[head_end + 4..] == self.data[..],
+            "the download under way did not get the job's bytes"
+        );
+    }
+
+    /// The deleted job's bytes are wiped; the other job in the segment keeps its results.
+    fn assert_wiped(&self) {
+        let state = self.state();
+        assert!(
+            poll_until(DEADLINE, || (!results_segments_hold(&state, self.marker))
+                .then_some(()))
+            .is_some(),
+            "the deleted job's results are still in its results segment"
+        );
+        assert!(results_segments_hold(&state, &self.kept_result));
+        assert!(
+            self.coordinator
+                .wait_for_log("bytes of a deleted job's results in", DEADLINE),
+            "{}",
+            self.coordinator.logs()
+        );
+    }
+}
+
 #[test]
 fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended() {
-    use std::io::{Read, Write};
-    let worker = FakeWorker::start();
-    let dir = support::workers_dir(&[worker.entry(2)]);
-    let mut args = FAST.to_vec();
-    args.extend(["--row-results-max", "0"]);
-    let coordinator = Coordinator::start_in(dir.path(), &args);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
-    // Without an outputs list the worker returns every file of the job, the upload too: 24 MiB,
-    // more than the sockets between the coordinator and a client that stops reading hold.
-    let marker = b"wiped-5c81e07d3a";
-    let data: Vec<u8> = marker.iter().copied().cycle().take(24 << 20).collect();
-    // One after the other, so that both go into the same results segment.
-    let kept = submit(&coordinator, &form());
-    wait_collected(&coordinator, &kept, DEADLINE);
-    let deleted = submit(
-        &coordinator,
-        &form().file("data.bin", "application/octet-stream", &data),
-    );
-    wait_collected(&coordinator, &deleted, DEADLINE);
-    let (code, kept_result) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
-    assert_eq!(code, 200);
-    let state = dir.path().join("state");
-    assert!(results_segments_hold(&state, marker));
-    let segments = std::fs::read_dir(state.join("results")).map_or(0, |d| d.count());
-    assert_eq!(segments, 1, "both jobs' results in one segment");
-
-    // A download of the job's data under way: it reads its first bytes, then stops.
-    let mut download = std::net::TcpStream::connect(("127.0.0.1", coordinator.port()))
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    download
-        .set_read_timeout(Some(DEADLINE))
-        .unwrap_or_else(|e| panic!("{e}"));
-    write!(
-        download,
-        "GET /outputs/{deleted}/data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap_or_else(|e| panic!("request: {e}"));
-    let mut first = vec![0u8; 64 * 1024];
-    download
-        .read_exact(&mut first)
-        .unwrap_or_else(|e| panic!("first bytes: {e}"));
-
-    let (code, body) = delete_job(&coordinator, &deleted);
+    let mut under_way = DownloadUnderWay::start();
+    let (coordinator, deleted) = (&under_way.coordinator, under_way.deleted.clone());
+    let (code, body) = delete_job(coordinator, &deleted);
     assert_eq!(code, 200, "{body}");
     let (code, body) = get_json(&coordinator.url(&format!("/outputs/{deleted}/data.bin")));
     assert_eq!(code, 404, "{body}");
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool["store"]["wipes_waiting"], 1, "{pool}");
-    // The download goes on to its end with the job's bytes, not the wipe's zeros.
-    let mut rest = Vec::new();
-    download
-        .read_to_end(&mut rest)
-        .unwrap_or_else(|e| panic!("the rest: {e}"));
-    first.extend(rest);
-    let head_end = first
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of headers"));
-    assert!(first.starts_with(b"HTTP/1.1 200"));
-    assert!(
-        first[head_end + 4..] == data[..],
-        "the download under way did not get the job's bytes"
-    );
-
-    // Then the bytes are wiped; the other job in the segment keeps its results.
-    assert!(
-        poll_until(DEADLINE, || (!results_segments_hold(&state, marker))
-            .then_some(()))
-        .is_some(),
-        "the deleted job's results are still in its results segment"
-    );
-    assert!(results_segments_hold(&state, &kept_result));
+    under_way.finish_download();
+    under_way.assert_wiped();
+    let coordinator = &under_way.coordinator;
     let waiting = poll_until(DEADLINE, || {
         let (_, pool) = get_json(&coordinator.url("/pool"));
         (pool["store"]["wipes_waiting"] == 0).then_some(())
     });
     assert!(waiting.is_some(), "a wipe still waits");
-    assert!(
-        coordinator.wait_for_log("bytes of a deleted job's results in", DEADLINE),
-        "{}",
-        coordinator.logs()
-    );
+    let kept = &under_way.kept;
     let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
-    assert_eq!((code, bytes), (200, kept_result));
+    assert_eq!((code, bytes), (200, under_way.kept_result.clone()));
+}
+
+#[test]
+fn a_graceful_shutdown_lets_a_download_end_and_makes_the_wipe_that_waited_for_it() {
+    let mut under_way = DownloadUnderWay::start();
+    let deleted = under_way.deleted.clone();
+    let (code, body) = delete_job(&under_way.coordinator, &deleted);
+    assert_eq!(code, 200, "{body}");
+    let pid = under_way.coordinator.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    assert!(under_way
+        .coordinator
+        .wait_for_log("Shutting down", DEADLINE));
+    under_way.finish_download();
+    let exit = under_way.coordinator.wait_exit(DEADLINE);
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    under_way.assert_wiped();
 }
 
 #[test]

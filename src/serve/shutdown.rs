@@ -1,5 +1,6 @@
 //! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
-//! requests in progress, let dispatches in flight settle (up to `--shutdown-grace`), commit and
+//! requests in progress, let dispatches in flight settle and the wipes of deleted jobs' results
+//! that waited for those requests be made (up to `--shutdown-grace`), commit and
 //! close the job store, exit 0. Jobs running on workers keep running there and are followed
 //! again after the restart.
 
@@ -32,13 +33,17 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     loop {
         let requests = ctx.requests_in_flight.load(Ordering::SeqCst);
         let dispatches = dispatches_in_flight(ctx);
-        if requests == 0 && dispatches == 0 {
+        // A deleted job's results wait to be wiped until the downloads reading them end.
+        let wipes = ctx.spool.removals().pending_wipes();
+        if requests == 0 && dispatches == 0 && wipes == 0 {
             break;
         }
         if Instant::now() >= deadline {
             log::warn!(
                 "Shutdown grace over with {requests} requests and {dispatches} dispatches in flight; \
-                 those dispatches will be lost after the restart if their worker took them"
+                 those dispatches will be lost after the restart if their worker took them; \
+                 {wipes} wipes of deleted jobs' results not made (those bytes stay until their \
+                 segment is deleted)"
             );
             break;
         }
