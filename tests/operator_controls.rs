@@ -996,6 +996,22 @@ fn files_hold(paths: impl IntoIterator<Item = std::path::PathBuf>, needle: &[u8]
     })
 }
 
+/// A coordinator (state in the returned directory) with one healthy worker, drained: the jobs
+/// submitted wait in the queue.
+fn drained_pool() -> (FakeWorker, tempfile::TempDir, Coordinator) {
+    let worker = FakeWorker::start();
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    (worker, dir, coordinator)
+}
+
 /// Whether `needle` lies anywhere in the job store's database or WAL file.
 fn store_files_hold(state: &std::path::Path, needle: &[u8]) -> bool {
     files_hold([state.join("jobs.db"), state.join("jobs.db-wal")], needle)
@@ -1003,17 +1019,8 @@ fn store_files_hold(state: &std::path::Path, needle: &[u8]) -> bool {
 
 #[test]
 fn a_dispatched_upload_and_a_deleted_jobs_results_leave_no_trace_in_the_store_files() {
-    let worker = FakeWorker::start();
-    let dir = support::workers_dir(&[worker.entry(2)]);
-    let coordinator = Coordinator::start_in(dir.path(), &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
     // A queued job's upload is held in its row until a worker takes the job.
-    let (code, body) = post(
-        &drain_url(&coordinator, &worker, "drain"),
-        "text/plain",
-        b"",
-    );
-    assert_eq!(code, 200, "{body}");
+    let (worker, dir, coordinator) = drained_pool();
     let secret = b"# upload 5f0c2a91d7e4b3\nprint('hi')\n";
     let kept = submit(
         &coordinator,
@@ -1070,6 +1077,63 @@ fn results_segments_hold(state: &std::path::Path, needle: &[u8]) -> bool {
         .into_iter()
         .flatten();
     files_hold(segments.flatten().map(|entry| entry.path()), needle)
+}
+
+#[test]
+fn deleting_a_queued_job_wipes_its_upload_in_a_segment_another_waiting_upload_keeps() {
+    let (worker, dir, coordinator) = drained_pool();
+    // Over 64 KiB each: both go to an upload segment, one after the other.
+    let upload =
+        |marker: &[u8]| -> Vec<u8> { marker.iter().copied().cycle().take(200_000).collect() };
+    let (gone, waits) = (
+        b"deleted-upload-3f9a".as_slice(),
+        b"waiting-upload-c21e".as_slice(),
+    );
+    let deleted = submit(
+        &coordinator,
+        &form().file("data.bin", "application/octet-stream", &upload(gone)),
+    );
+    let waiting = submit(
+        &coordinator,
+        &form().file("data.bin", "application/octet-stream", &upload(waits)),
+    );
+    let uploads = || -> Vec<std::path::PathBuf> {
+        let dir = std::fs::read_dir(dir.path().join("state").join("uploads"));
+        dir.into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    assert_eq!(uploads().len(), 1, "both uploads in one segment");
+    assert!(files_hold(uploads(), gone));
+
+    let (code, body) = delete_job(&coordinator, &deleted);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "cancelled", "{body}");
+    let wiped = poll_until(DEADLINE, || (!files_hold(uploads(), gone)).then_some(()));
+    assert!(
+        wiped.is_some(),
+        "the deleted job's upload is still in the upload segment"
+    );
+    assert!(files_hold(uploads(), waits), "the waiting upload went too");
+
+    // The job that waits runs with its upload intact.
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "undrain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_status(&coordinator, &waiting, "completed", DEADLINE);
+    let received = worker.recording();
+    let job = received
+        .jobs
+        .first()
+        .unwrap_or_else(|| panic!("no job reached the worker"));
+    let data = job.files.iter().find(|f| f.filename == "data.bin");
+    assert!(data.is_some_and(|f| f.bytes == upload(waits)));
+    assert_eq!(received.jobs.len(), 1);
 }
 
 /// Two jobs' results in one results segment (the second job's with 24 MiB of data) and a

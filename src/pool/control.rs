@@ -120,10 +120,12 @@ pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError
         PoolStatus::Dispatched | PoolStatus::Running => true,
         ended => return Err(ControlError::Finished(id.to_string(), ended)),
     };
+    let mut deleting = false;
     if let Some(job) = st.set_status(id, PoolStatus::Cancelled) {
         job.completed_at = Some(unix_now());
         job.error = Some("cancelled".to_string());
         job.ending_on_worker = on_worker;
+        deleting = job.delete_when_settled;
     }
     let committed = ctx.record_with_ticket(&st, id);
     let last = announce::last_lines(&st, id);
@@ -132,7 +134,11 @@ pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError
     if on_worker {
         log::info!("Cancelled job {id}{by}; its worker slot is freed when the job ends there");
     } else {
-        ctx.spool.remove_upload(id);
+        if deleting {
+            ctx.spool.wipe_upload(id);
+        } else {
+            ctx.spool.remove_upload(id);
+        }
         log::info!("Cancelled queued job {id}{by}");
     }
     committed.map_or(Ok(()), |ticket| {

@@ -98,6 +98,11 @@ impl SegmentFile {
         Ok(file)
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The file's name in its directory.
     pub fn name(&self) -> &str {
         &self.name

@@ -442,6 +442,17 @@ impl Spool {
 
     /// Drops a job's upload: a worker holds it now, or the job ended without running.
     pub fn remove_upload(&self, id: &str) {
+        self.drop_upload(id, false);
+    }
+
+    /// Drops the upload of a job a client deleted, as [`Spool::remove_upload`] does, and wipes
+    /// its bytes in an upload segment that other waiting uploads keep (its row's copy goes
+    /// with the row).
+    pub fn wipe_upload(&self, id: &str) {
+        self.drop_upload(id, true);
+    }
+
+    fn drop_upload(&self, id: &str, wipe: bool) {
         let removed = {
             let mut waiting = lock(&self.waiting);
             let removed = waiting.by_job.remove(id);
@@ -456,8 +467,11 @@ impl Spool {
             }
             removed
         };
-        if let Some(UploadSource::OnDisk { .. }) = removed {
-            drop(removed);
+        if let Some(UploadSource::OnDisk { file, base, size }) = removed {
+            if wipe {
+                self.removals.wipe(file.path(), Span { offset: base, size });
+            }
+            drop(file);
             self.upload_segments.sweep();
         }
     }
