@@ -1170,6 +1170,16 @@ fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results
         pool["store"]["retention"]["forgotten_jobs"].as_u64() >= Some(280),
         "{pool}"
     );
+    let (_, metrics) = support::get_bytes(&coordinator.url("/metrics"));
+    let counted = String::from_utf8_lossy(&metrics).lines().find_map(|l| {
+        l.strip_prefix("trusted_pool_jobs_forgotten_total ")?
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(
+        counted >= pool["store"]["retention"]["forgotten_jobs"].as_u64(),
+        "{counted:?}"
+    );
     assert!(
         pool["store"]["retention"]["results_segments_deleted"].as_u64() >= Some(1),
         "{pool}"

@@ -1243,7 +1243,7 @@ impl DownloadUnderWay {
         assert!(results_segments_hold(&state, &self.kept_result));
         assert!(
             self.coordinator
-                .wait_for_log("bytes of a deleted job's results in", DEADLINE),
+                .wait_for_log("bytes of a deleted job in", DEADLINE),
             "{}",
             self.coordinator.logs()
         );
@@ -1260,6 +1260,14 @@ fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended
     assert_eq!(code, 404, "{body}");
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool["store"]["wipes_waiting"], 1, "{pool}");
+    let (_, metrics) = get_bytes(&coordinator.url("/metrics"));
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        "trusted_pool_jobs_deleted_total 1",
+        "trusted_pool_store_wipes_waiting 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
     under_way.finish_download();
     under_way.assert_wiped();
     let coordinator = &under_way.coordinator;

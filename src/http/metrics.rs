@@ -210,8 +210,31 @@ fn write_disk(out: &mut Text, reserve: &DiskReserve) {
 }
 
 /// The job store's health: failing commits, the WAL's size, its free pages and its last full
-/// checkpoint.
-fn write_store(out: &mut Text, store: &StoreFigures) {
+/// checkpoint; the jobs retention forgot and clients deleted, and the wipes of deleted jobs'
+/// bytes not made yet (`wipes_waiting`).
+fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
+    out.family(
+        "trusted_pool_jobs_forgotten_total",
+        "counter",
+        "Finished jobs retention forgot (--retain-jobs, --retain-for, --retain-bytes) since the start.",
+    );
+    out.sample("trusted_pool_jobs_forgotten_total", &[], store.forgotten);
+    out.family(
+        "trusted_pool_jobs_deleted_total",
+        "counter",
+        "Jobs clients deleted (DELETE /jobs/{id}) since the start.",
+    );
+    out.sample("trusted_pool_jobs_deleted_total", &[], store.deleted);
+    out.family(
+        "trusted_pool_store_wipes_waiting",
+        "gauge",
+        "Wipes of deleted jobs' bytes in segment files not made yet (waiting for downloads that read the segment, or under way).",
+    );
+    out.sample(
+        "trusted_pool_store_wipes_waiting",
+        &[],
+        wipes_waiting as u64,
+    );
     out.family(
         "trusted_pool_store_failing",
         "gauge",
@@ -258,7 +281,11 @@ pub fn render(ctx: &Context) -> String {
     write_jobs(&mut out, &ctx.metrics, &table);
     write_workers(&mut out, &cache.labels, &cache.samples);
     write_histograms(&mut out, &ctx.metrics);
-    write_store(&mut out, &ctx.store.figures());
+    write_store(
+        &mut out,
+        &ctx.store.figures(),
+        ctx.spool.removals().pending_wipes(),
+    );
     write_disk(&mut out, &ctx.disk_reserve);
     write_connections(&mut out, &ctx.connections);
     write_request_rate(&mut out, &ctx.request_rate);

@@ -189,14 +189,14 @@ fn run_wipes(due: Vec<(PathBuf, Span)>) {
     for (path, span) in due {
         match zero_span(&path, span) {
             Ok(()) => log::info!(
-                "Wiped {} bytes of a deleted job's results in {}",
+                "Wiped {} bytes of a deleted job in {}",
                 span.size,
                 path.display()
             ),
             // Deleted meanwhile: nothing is left to wipe.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => log::warn!(
-                "Could not wipe the deleted results at {}+{} in {}: {e}; they stay until the \
+                "Could not wipe the deleted job's bytes at {}+{} in {}: {e}; they stay until the \
                  segment is deleted",
                 span.offset,
                 span.size,
