@@ -1538,19 +1538,33 @@ impl Writer {
             Ok(settled) => settled.deleted.clone(),
             Err(_) => Vec::new(),
         };
-        match (&self.wal, written) {
+        let durable = match (&self.wal, written) {
             (Some(wal), Ok(settled)) if !synced_by_commit => {
                 let release = Box::new(move |synced: Result<(), &io::Error>| {
                     let result = synced.map_err(|e| StoreError::Failed(e.to_string()));
                     release(&figures, hook.get(), &settled, done, result);
                 });
-                wal.committed(release);
+                wal.committed(release)
             }
-            (_, Ok(settled)) => release(&figures, hook.get(), &settled, done, Ok(())),
-            (_, Err(e)) => release(&figures, None, &Settled::default(), done, Err(e)),
-        }
-        if !deleted.is_empty() {
+            (_, Ok(settled)) => {
+                release(&figures, hook.get(), &settled, done, Ok(()));
+                true
+            }
+            (_, Err(e)) => {
+                release(&figures, None, &Settled::default(), done, Err(e));
+                false
+            }
+        };
+        // Results go only once the deletions that free them are on disk: a power cut must not
+        // bring back a row pointing at wiped bytes.
+        if durable && !deleted.is_empty() {
             self.deleted_when_settled(deleted);
+        } else if !deleted.is_empty() {
+            log::warn!(
+                "{} jobs were deleted as they settled, but the deletion could not be synced; \
+                 their results stay on disk",
+                deleted.len()
+            );
         }
     }
 

@@ -30,10 +30,13 @@ impl WalSync {
         Ok(WalSync { wal })
     }
 
-    /// Syncs the transaction just committed (unsynced), then runs its release.
-    pub fn committed(&self, release: Release) {
+    /// Syncs the transaction just committed (unsynced), then runs its release. Returns whether
+    /// the sync succeeded.
+    pub fn committed(&self, release: Release) -> bool {
         let synced = self.sync();
+        let ok = synced.is_ok();
         release(synced.as_ref().map(|_| ()));
+        ok
     }
 
     /// Syncs the WAL file. Also for an act that must follow durable rows (deleting the results
@@ -62,10 +65,11 @@ mod tests {
         let released = Arc::new(Mutex::new(Vec::new()));
         for n in 0..2u32 {
             let released = Arc::clone(&released);
-            wal.committed(Box::new(move |synced| {
+            let synced = wal.committed(Box::new(move |synced| {
                 assert!(synced.is_ok());
                 lock(&released).push(n);
             }));
+            assert!(synced);
         }
         assert_eq!(*lock(&released), vec![0, 1]);
     }
