@@ -82,8 +82,7 @@ fn finished_with_results(ctx: &Context, id: &str) -> Result<Finished, Reply> {
 /// Answers a failed read of job `id`'s collected results (`what`): 404 when retention forgot
 /// the job since its row was read (its results went with it), else 500.
 fn unreadable(ctx: &Context, id: &str, what: &str, e: &dyn Display) -> Reply {
-    let forgotten = !ctx.lock().jobs.contains_key(id) && matches!(ctx.store.load(id), Ok(None));
-    if forgotten {
+    if ctx.is_gone(id) {
         return unknown_job(id);
     }
     log::error!("The collected results of job {id} are unreadable: {e}");

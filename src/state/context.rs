@@ -278,15 +278,19 @@ impl Context {
     /// that opened the segment after the deletion must not read them.
     pub fn results_source(&self, id: &str, stored: &StoredResults) -> io::Result<ResultsSource> {
         let source = self.spool.results_source(stored)?;
-        if !stored.in_row && !self.lock().jobs.contains_key(id) {
-            if let Ok(false) = self.store.contains(id) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("job {id} was deleted or forgotten while its results were opened"),
-                ));
-            }
+        if !stored.in_row && self.is_gone(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("job {id} was deleted or forgotten while its results were opened"),
+            ));
         }
         Ok(source)
+    }
+
+    /// Whether job `id` is known no more: neither in the table nor in the job store (deleted,
+    /// or forgotten by retention). False when the store cannot tell.
+    pub fn is_gone(&self, id: &str) -> bool {
+        !self.lock().jobs.contains_key(id) && matches!(self.store.contains(id), Ok(false))
     }
 
     /// A reader of `span` of job `id`'s collected results ([`Context::results_source`]).

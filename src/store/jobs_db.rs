@@ -1584,9 +1584,12 @@ impl Writer {
     /// Deletes the results segments of deleted jobs that no retained job refers to any more, and
     /// wipes those jobs' bytes in the others (once no download reads them).
     fn remove_results(&self, results: Vec<(String, Span)>) -> Result<(), StoreError> {
-        self.delete_unused_segments(results.iter().map(|(name, _)| name.clone()).collect())?;
+        let deleted =
+            self.delete_unused_segments(results.iter().map(|(name, _)| name.clone()).collect())?;
         for (name, span) in results {
-            self.retention.segments.wipe(&name, span);
+            if !deleted.contains(&name) {
+                self.retention.segments.wipe(&name, span);
+            }
         }
         Ok(())
     }
@@ -2040,7 +2043,8 @@ impl Writer {
         if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
             wal.sync().map_err(StoreError::Io)?;
         }
-        self.delete_unused_segments(candidates)
+        self.delete_unused_segments(candidates)?;
+        Ok(())
     }
 
     /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
@@ -2079,15 +2083,23 @@ impl Writer {
         // refer to are zeroed (a hole punched) once no download reads that segment.
         match (segment, in_segment) {
             (Some(name), Some(span)) => self.remove_results(vec![(name, span)])?,
-            (segment, _) => self.delete_unused_segments(segment.into_iter().collect())?,
+            (segment, _) => {
+                self.delete_unused_segments(segment.into_iter().collect())?;
+            }
         }
         Ok(Some(status))
     }
 
-    fn delete_unused_segments(&self, candidates: HashSet<String>) -> Result<(), StoreError> {
+    /// Deletes those of the `candidates` results segments that no retained job refers to;
+    /// returns the names of those it deleted.
+    fn delete_unused_segments(
+        &self,
+        candidates: HashSet<String>,
+    ) -> Result<HashSet<String>, StoreError> {
         let mut referenced = self
             .conn
             .prepare_cached("SELECT 1 FROM jobs WHERE results_segment = ?1 LIMIT 1")?;
+        let mut deleted = HashSet::new();
         for name in candidates {
             if referenced.exists([&name])? || !self.retention.segments.retire(&name) {
                 continue;
@@ -2098,6 +2110,7 @@ impl Writer {
                         .segments_deleted
                         .fetch_add(1, Ordering::Relaxed);
                     log::debug!("Deleted results segment {name}: no retained job refers to it");
+                    deleted.insert(name);
                 }
                 Err(e) => log::warn!(
                     "Could not delete {}: {e}",
@@ -2105,7 +2118,7 @@ impl Writer {
                 ),
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 }
 
