@@ -1,6 +1,6 @@
 //! Seeded, bounded fuzz loops over every parser a stranger or a damaged disk can feed: the
 //! upload path (multipart parser and the submit checks), path decoding, workers.json, the keys
-//! file, the readers of the state directory, and the HTTP front of the real binary (request line, headers,
+//! file, a worker's JSON answers, the readers of the state directory, and the HTTP front of the real binary (request line, headers,
 //! routes). No panic, no hang, every bad input a 4xx or a clean error. `make fuzz` runs them
 //! longer (TP_FUZZ_ITERATIONS, TP_FUZZ_SECONDS).
 
@@ -24,6 +24,7 @@ use trusted_pool::state::context::Context;
 use trusted_pool::state::pool_state::PoolState;
 use trusted_pool::store::jobs_db::{JobStore, Retention};
 use trusted_pool::store::spool::Spool;
+use trusted_pool::worker::sandrun_json;
 use trusted_pool::worker::workers_file;
 
 use support::fuzz::{mutate, run, Rng};
@@ -68,6 +69,57 @@ fn path_decoding_never_panics_and_never_lets_a_traversal_through() {
                 Ok(decoded.as_str()),
                 "encode then decode changes {decoded:?}"
             );
+        }
+    });
+}
+
+/// Bytes as sandrun's `json_escape` writes them where `char` is signed (x86): each byte at or
+/// above 0x80 and each control byte as its own `\u00XX`, `signed` false writes those raw (arm64).
+fn sandrun_escaped(bytes: &[u8], signed: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &byte in bytes {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            0..=0x1f => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+            0x80.. if signed => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+            _ => out.push(byte),
+        }
+    }
+    out
+}
+
+#[test]
+fn worker_json_reads_back_the_bytes_sandrun_escaped_and_never_panics() {
+    const TOKENS: [&[u8]; 8] = [
+        b"\\u00",
+        b"\\u00c3",
+        b"\\",
+        b"\"",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\\u00e9",
+        b"\xe2\x9c\x93",
+    ];
+    run("worker-json", 0x5EED_0007, 50_000, 10, |rng| {
+        let mut text = "h\u{e9}llo \u{2713} \\ \"q\"\n".as_bytes().to_vec();
+        mutate(rng, &mut text, &TOKENS);
+        for signed in [true, false] {
+            let mut body = b"{\"stdout\":\"".to_vec();
+            body.extend(sandrun_escaped(&text, signed));
+            body.extend_from_slice(b"\"}");
+            let value = sandrun_json::parse(&body).unwrap_or_else(|e| {
+                panic!("{:?} does not parse: {e}", String::from_utf8_lossy(&body))
+            });
+            assert_eq!(
+                value["stdout"].as_str(),
+                Some(String::from_utf8_lossy(&text).as_ref()),
+                "escaped with a signed char: {signed}"
+            );
+            let mut damaged = body.clone();
+            mutate(rng, &mut damaged, &TOKENS);
+            let _ = sandrun_json::parse(&damaged);
         }
     });
 }

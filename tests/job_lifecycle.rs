@@ -86,6 +86,18 @@ fn text(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_string()
 }
 
+/// A file name as a URL path carries it: every byte but `A-Za-z0-9-_.~/` as `%XX`.
+fn url_path(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `GET /outputs/{id}` as a map from file name to its listing entry, checking each
 /// `download_url` points at the coordinator's `/download` (sandrun's path).
 fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
@@ -102,7 +114,7 @@ fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
     for (name, file) in &files {
         assert_eq!(
             file["download_url"],
-            format!("/download/{id}/{name}"),
+            format!("/download/{id}/{}", url_path(name)),
             "{body}"
         );
     }
@@ -496,6 +508,79 @@ fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
         COLLECTION_DOWNLOADS + 1,
         "the output was not fetched from the worker while its collection was under way"
     );
+    assert_pool_consistent(&coordinator);
+}
+
+#[test]
+fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_back_whole() {
+    // sandrun decodes no `%XX` and escapes each non-ASCII byte of its JSON on its own; the slow
+    // downloads leave time to fetch a file from the worker while the collection is under way.
+    let worker = FakeWorker::start_with(|k| k.download_delay = Duration::from_millis(700));
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[&FAST[..], &["--row-results-max", "0"]].concat(),
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let blob = random_bytes(3000);
+    let files: [(&str, &[u8]); 6] = [
+        ("q#x.txt", b"hash\n"),
+        ("r?y.txt", b"question\n"),
+        ("p%41.txt", b"percent\n"),
+        ("\u{fc}ber\u{2713}.bin", &blob),
+        ("a b.txt", b"space\n"),
+        ("\u{e9}t\u{e9}.txt", "\u{e9}t\u{e9}\n".as_bytes()),
+    ];
+    let mut form = Form::new()
+        .file("caf\u{e9}.py", "text/x-python", MAIN_PY)
+        .manifest(r#"{"entrypoint":"caf\u00e9.py"}"#);
+    for (name, bytes) in files {
+        form = form.file(name, "application/octet-stream", bytes);
+    }
+    let id = submit(&coordinator, &form);
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["results"]["collected"], false, "{status}");
+
+    // From the worker, while the collection is under way: sent as its bytes.
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/q%23x.txt")));
+    assert_eq!((code, bytes), (200, b"hash\n".to_vec()));
+    let (code, body) = get_json(&coordinator.url(&format!("/outputs/{id}/a%20b.txt")));
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        text(&body["error"]).contains("cannot serve a file whose name holds a space"),
+        "{body}"
+    );
+
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    assert_eq!(status["verification"]["signature"], "verified", "{status}");
+    assert_eq!(status["verification"]["outputs"], "mismatch", "{status}");
+    assert!(
+        text(&status["verification"]["reason"])
+            .contains("a b.txt was not collected (sandrun cannot serve"),
+        "{status}"
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(
+        (code, logs["stdout"].clone()),
+        (200, Value::from("ran caf\u{e9}.py\n"))
+    );
+    let listed = listing(&coordinator, &id);
+    let result = format!("result of {remote}\n").into_bytes();
+    let expected: Vec<(&str, &[u8])> = files
+        .iter()
+        .copied()
+        .chain([("caf\u{e9}.py", MAIN_PY), ("result.txt", &result[..])])
+        .collect();
+    assert_eq!(listed.len(), expected.len(), "{listed:?}");
+    for (name, bytes) in expected {
+        let url = format!("/download/{id}/{}", url_path(name));
+        let (code, got) = get_bytes(&coordinator.url(&url));
+        if name == "a b.txt" {
+            assert_eq!(code, 404, "{name}: {}", String::from_utf8_lossy(&got));
+        } else {
+            assert_eq!((code, got), (200, bytes.to_vec()), "{name}");
+        }
+    }
     assert_pool_consistent(&coordinator);
 }
 

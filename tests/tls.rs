@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::lifecycle::{submit, wait_status};
+use support::lifecycle::{submit, wait_collected, wait_status};
 use support::tls::{cert_der, https_get, TestCa, TlsProxy};
 use support::{
-    get_json, poll_until, send, temp_dir, write_workers_json, Coordinator, FakeWorker, Form,
+    get_bytes, get_json, poll_until, send, temp_dir, write_workers_json, Coordinator, FakeWorker,
+    Form,
 };
 
 /// Deadline for anything that should happen within a few seconds.
@@ -117,8 +118,12 @@ fn https_workers_behind_a_tls_proxy_with_and_without_a_client_certificate() {
         &[entry],
         &["--worker-ca", &ca_arg, "--health-interval", "1"],
     );
-    let id = submit(&coordinator, &small_job());
-    wait_status(&coordinator, &id, "completed", DEADLINE);
+    // A name sandrun must get as its own bytes is fetched through the same TLS settings.
+    let job = small_job().file("\u{e9}#1.txt", "text/plain", b"accent\n");
+    let id = submit(&coordinator, &job);
+    wait_collected(&coordinator, &id, DEADLINE);
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/%C3%A9%231.txt")));
+    assert_eq!((code, bytes), (200, b"accent\n".to_vec()));
     assert!(proxy.sessions() > 0, "nothing went through the proxy");
     drop(coordinator);
 

@@ -11,7 +11,7 @@ use crate::base::targz::{Entry, TarGz};
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
-use crate::pool::collect::output_paths;
+use crate::pool::collect::{output_paths, uncollectable};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
@@ -227,9 +227,10 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
     let attachment = as_attachment.then(|| path.rsplit('/').next().unwrap_or(path).to_string());
     if let Some(stored) = &job.stored {
         let Some((_, span)) = stored.outputs.iter().find(|(p, _)| p == path) else {
+            let why = uncollectable(path).unwrap_or("the worker did not list it then");
             return error_reply(
                 404,
-                format!("the output {path:?} of job {id} was not collected (its path is unsafe)"),
+                format!("the output {path:?} of job {id} was not collected: {why}"),
             );
         };
         return match ctx.open_results(id, stored, *span) {
@@ -262,16 +263,14 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
     };
     match ctx.client.download(&job.endpoint, &job.remote, path) {
         Ok(response) => {
-            let length = response
-                .header("Content-Length")
-                .and_then(|l| l.parse::<usize>().ok());
+            let length = response.length.and_then(|l| usize::try_from(l).ok());
             Reply::Stream {
                 status: 200,
                 content_type,
                 length,
                 attachment,
                 body: Box::new(FromWorker {
-                    body: Box::new(response.into_reader()),
+                    body: response.reader,
                     _slot: slot,
                 }),
             }
@@ -373,6 +372,9 @@ fn worker_failure(id: &str, e: &CallError) -> Reply {
             404,
             format!("the worker does not have this result of job {id}: {message}"),
         ),
+        CallError::Unfetchable(why) => {
+            error_reply(404, format!("this output of job {id} cannot be fetched: {why}"))
+        }
         CallError::Shortage(why) => retry_after(
             SHORTAGE_RETRY_AFTER,
             error_reply(

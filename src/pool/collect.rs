@@ -7,7 +7,7 @@ use crate::base::job::{declared_output_bytes, Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
-use crate::worker::client::CallError;
+use crate::worker::client::{fetchable_name, CallError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -97,18 +97,25 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// The outputs to collect: the paths a worker status lists, without the unsafe ones.
-fn safe_output_paths(id: &str, status: &Value) -> Vec<String> {
+/// Why an output a worker lists is not collected, if it is not: a path that leaves the job's
+/// directory, or a name sandrun cannot serve.
+pub fn uncollectable(path: &str) -> Option<&'static str> {
+    if safe_relative_path(path).is_err() {
+        return Some("its path is unsafe (absolute, or with `..`, `.` or empty parts)");
+    }
+    fetchable_name(path).err()
+}
+
+/// The outputs to collect: the paths a worker status lists, without those [`uncollectable`].
+fn collectable_output_paths(id: &str, status: &Value) -> Vec<String> {
     output_paths(status)
         .into_iter()
-        .filter(|path| {
-            let safe = safe_relative_path(path).is_ok();
-            if !safe {
-                log::warn!(
-                    "Job {id}: the worker lists an unsafe output path {path:?}; it is not collected"
-                );
+        .filter(|path| match uncollectable(path) {
+            Some(why) => {
+                log::warn!("Job {id}: its output {path:?} is not collected: {why}");
+                false
             }
-            safe
+            None => true,
         })
         .collect()
 }
@@ -127,10 +134,10 @@ pub fn collect(
 ) -> Result<Collected, CollectError> {
     let logs = ctx.client.logs(endpoint, remote)?;
     let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
-    let paths = safe_output_paths(id, status);
+    let paths = collectable_output_paths(id, status);
     let limit = ctx.config.row_results_max;
-    // The paths collected are the safe ones the status lists.
-    let fits = declared_output_bytes(status, |path| safe_relative_path(path).is_ok())
+    // The paths collected are the collectable ones the status lists.
+    let fits = declared_output_bytes(status, |path| uncollectable(path).is_none())
         .and_then(|n| n.checked_add(log_bytes.len() as u64))
         .is_some_and(|n| n <= limit);
     if fits {
@@ -180,7 +187,7 @@ fn into_row(
         let offset = bytes.len() as u64;
         let room = limit.saturating_sub(offset + log_bytes.len() as u64);
         let mut reader = Hashing {
-            inner: response.into_reader().take(room + 1),
+            inner: response.reader.take(room + 1),
             sha: Sha256::new(),
         };
         reader.read_to_end(&mut bytes).map_err(CopyError::Read)?;
@@ -220,7 +227,7 @@ fn into_segment(
     for path in paths {
         let response = ctx.client.download(endpoint, remote, path)?;
         let mut reader = Hashing {
-            inner: response.into_reader(),
+            inner: response.reader,
             sha: Sha256::new(),
         };
         let span = writer.append(&mut reader)?;

@@ -15,7 +15,7 @@ use crate::base::job::{
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::niceness;
 use crate::base::sync::lock;
-use crate::pool::collect::{self, CollectError, Collected};
+use crate::pool::collect::{self, uncollectable, CollectError, Collected};
 use crate::pool::{announce, rerun};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
@@ -477,7 +477,10 @@ fn outputs_verdict(
         match collected.iter().find(|(p, _)| p == path) {
             Some((_, got)) if got == sha => {}
             Some(_) => wrong.push(format!("{path} differs from the signed sha256")),
-            None => wrong.push(format!("{path} was not collected")),
+            None => match uncollectable(path) {
+                Some(why) => wrong.push(format!("{path} was not collected ({why})")),
+                None => wrong.push(format!("{path} was not collected")),
+            },
         }
     }
     if wrong.is_empty() {

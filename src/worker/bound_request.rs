@@ -4,16 +4,15 @@
 //! a local address, so the submits that must leave from one come through here.
 
 use crate::base::shortage::is_shortage;
+use crate::worker::answer_head::{read_head, Head};
 use crate::worker::bound_socket::{connect_from, ConnectError};
 use crate::worker::workers_file::split_host_port;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// Largest answer read (sandrun's answers to a submit or `/stats` are a few hundred bytes).
 const MAX_ANSWER: u64 = 1024 * 1024;
-/// Longest status or header line read.
-const MAX_LINE: u64 = 16 * 1024;
 /// How long an answer is awaited after the worker cut the upload short (it answers a 429
 /// before reading the body, then closes).
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -83,45 +82,10 @@ fn resolve(endpoint: &str, local: IpAddr) -> Result<(SocketAddr, String, String)
     Ok((found, authority.to_string(), prefix.to_string()))
 }
 
-fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
-    let mut line = Vec::new();
-    reader.take(MAX_LINE).read_until(b'\n', &mut line)?;
-    if !line.ends_with(b"\n") {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the answer ended inside its head",
-        ));
-    }
-    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
-}
-
 /// Reads the status line, headers and body of the answer.
 fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
     let mut reader = BufReader::new(stream);
-    let status_line = read_line(&mut reader)?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/"))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an HTTP status line: {status_line:?}"),
-            )
-        })?;
-    let mut length = None;
-    loop {
-        let line = read_line(&mut reader)?;
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<u64>().ok();
-            }
-        }
-    }
+    let Head { status, length } = read_head(&mut reader)?;
     let mut bytes = Vec::new();
     let limit = length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
     reader.take(limit).read_to_end(&mut bytes)?;

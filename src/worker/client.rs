@@ -5,6 +5,8 @@ use crate::base::paths::encode_path;
 use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
+use crate::worker::raw_get::{self, Download, GetError};
+use crate::worker::sandrun_json;
 use crate::worker::tls::Connector;
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -78,6 +80,8 @@ pub enum CallError {
     /// The coordinator was short of descriptors, memory or socket buffers: no connection was
     /// made, and it says nothing about the worker.
     Shortage(String),
+    /// No worker can serve this file: its name cannot be asked for (why). Not worth retrying.
+    Unfetchable(String),
 }
 
 impl fmt::Display for CallError {
@@ -88,8 +92,24 @@ impl fmt::Display for CallError {
             Self::Status { code, message } => write!(f, "HTTP {code}: {message}"),
             Self::BadAnswer(why) => write!(f, "unexpected answer: {why}"),
             Self::Shortage(why) => write!(f, "the coordinator is short of resources: {why}"),
+            Self::Unfetchable(why) => f.write_str(why),
         }
     }
+}
+
+/// A byte that goes through a URL's path unchanged (ureq parses every URL it sends).
+fn url_safe(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/')
+}
+
+/// Whether sandrun can serve a file of this name: it splits its request line at spaces and
+/// reads it up to a line feed, so a name with a space or a control character can never be
+/// asked for (the worker's `/download/{id}` tarball has it, but deletes the job).
+pub fn fetchable_name(path: &str) -> Result<(), &'static str> {
+    if path.bytes().any(|b| b == b' ' || b.is_ascii_control()) {
+        return Err("sandrun cannot serve a file whose name holds a space or a control character; name the job's outputs without them");
+    }
+    Ok(())
 }
 
 /// What became of a submit.
@@ -149,34 +169,35 @@ impl fmt::Display for ProbeFailure {
     }
 }
 
-fn error_message(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
+/// The `error` message of a worker's error answer, or the start of its body.
+pub fn error_message(body: &[u8]) -> String {
+    match sandrun_json::parse(body) {
         Ok(v) => match v.get("error").and_then(Value::as_str) {
             Some(m) => m.to_string(),
             None => v.to_string(),
         },
-        Err(_) => body.chars().take(300).collect(),
+        Err(_) => String::from_utf8_lossy(body).chars().take(300).collect(),
     }
 }
 
 fn read_json(response: ureq::Response) -> Result<Value, CallError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     response
         .into_reader()
         .take(MAX_JSON_ANSWER)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| CallError::Transport(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| CallError::BadAnswer(format!("not JSON ({e})")))
+    sandrun_json::parse(&bytes).map_err(|e| CallError::BadAnswer(format!("not JSON ({e})")))
 }
 
 fn classify(error: ureq::Error) -> CallError {
     match error {
         ureq::Error::Status(code, response) => {
-            let mut body = String::new();
+            let mut body = Vec::new();
             let _ = response
                 .into_reader()
                 .take(64 * 1024)
-                .read_to_string(&mut body);
+                .read_to_end(&mut body);
             CallError::Status {
                 code,
                 message: error_message(&body),
@@ -330,7 +351,7 @@ impl WorkerClient {
                     )),
                 }
             }
-            Ok(answer) => refused(answer.status, error_message(&answer.body)),
+            Ok(answer) => refused(answer.status, error_message(answer.body.as_bytes())),
             Err(RequestError::Bind(why)) => SubmitOutcome::SourceUnusable(why),
             Err(RequestError::Shortage(why)) => SubmitOutcome::Shortage(why),
             Err(RequestError::Unreachable(why) | RequestError::NotSent(why)) => {
@@ -361,7 +382,7 @@ impl WorkerClient {
         if answer.status != 200 {
             return Err(CallError::Status {
                 code: answer.status,
-                message: error_message(&answer.body),
+                message: error_message(answer.body.as_bytes()),
             });
         }
         serde_json::from_str(&answer.body)
@@ -385,22 +406,51 @@ impl WorkerClient {
         self.get_json(&format!("{endpoint}/logs/{}", encode_path(remote_id)))
     }
 
-    /// `GET /download/{id}/{path}`: one file, as a streaming response. (Never `/download/{id}`
-    /// alone: that deletes the job on the worker.)
+    /// `GET /download/{id}/{path}`: one file, streamed. (Never `/download/{id}` alone: that
+    /// deletes the job on the worker.) sandrun takes the path as it comes, decoding nothing,
+    /// so a name that a URL would have to percent-encode is sent as its own bytes (see
+    /// [`raw_get`]); a name sandrun's request line cannot carry (see [`fetchable_name`]) is
+    /// refused without a call.
     pub fn download(
         &self,
         endpoint: &str,
         remote_id: &str,
         path: &str,
-    ) -> Result<ureq::Response, CallError> {
-        self.follow
-            .get(&format!(
-                "{endpoint}/download/{}/{}",
-                encode_path(remote_id),
-                encode_path(path)
-            ))
-            .call()
-            .map_err(classify)
+    ) -> Result<Download, CallError> {
+        if let Err(why) = fetchable_name(path) {
+            return Err(CallError::Unfetchable(why.to_string()));
+        }
+        if path.bytes().all(url_safe) {
+            let response = self
+                .follow
+                .get(&format!(
+                    "{endpoint}/download/{}/{path}",
+                    encode_path(remote_id)
+                ))
+                .call()
+                .map_err(classify)?;
+            let length = response
+                .header("Content-Length")
+                .and_then(|l| l.parse::<u64>().ok());
+            return Ok(Download {
+                length,
+                reader: Box::new(response.into_reader()),
+            });
+        }
+        let target = [
+            format!("/download/{}/", encode_path(remote_id)).as_bytes(),
+            path.as_bytes(),
+        ]
+        .concat();
+        raw_get::get(endpoint, &target, self.bound(), &self.tls).map_err(|e| match e {
+            GetError::Unreachable(why) => CallError::Unreachable(why),
+            GetError::Shortage(why) => CallError::Shortage(why),
+            GetError::Transport(why) => CallError::Transport(why),
+            GetError::Status { code, body } => CallError::Status {
+                code,
+                message: error_message(&body),
+            },
+        })
     }
 
     /// `GET /download/{id}`: deletes a job on the worker (its tarball is read and dropped). Only

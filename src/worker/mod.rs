@@ -2,11 +2,14 @@
 //! multipart body, the WebSocket stream client, result signatures, worker identities and the allowlist file. May import `store` (the outgoing
 //! body streams an upload from the spool) and `base`.
 
+pub mod answer_head;
 pub mod bound_request;
 pub mod bound_socket;
 pub mod client;
 pub mod identity;
 pub mod multipart_body;
+pub mod raw_get;
+pub mod sandrun_json;
 pub mod signature;
 pub mod tls;
 pub mod websocket;
