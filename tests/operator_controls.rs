@@ -1156,9 +1156,7 @@ impl DownloadUnderWay {
         use std::io::{Read, Write};
         let worker = FakeWorker::start();
         let dir = support::workers_dir(&[worker.entry(2)]);
-        let mut args = FAST.to_vec();
-        args.extend(["--row-results-max", "0"]);
-        let coordinator = Coordinator::start_in(dir.path(), &args);
+        let coordinator = Coordinator::start_in(dir.path(), &Self::args());
         wait_healthy(&coordinator, &[&worker], DEADLINE);
         // Without an outputs list the worker returns every file of the job, the upload too:
         // 24 MiB, more than the sockets between the coordinator and a client that stops
@@ -1207,6 +1205,13 @@ impl DownloadUnderWay {
             download,
             received,
         }
+    }
+
+    /// Results in segments only.
+    fn args() -> Vec<&'static str> {
+        let mut args = FAST.to_vec();
+        args.extend(["--row-results-max", "0"]);
+        args
     }
 
     fn state(&self) -> std::path::PathBuf {
@@ -1279,6 +1284,44 @@ fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended
     let kept = &under_way.kept;
     let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{kept}/result.txt")));
     assert_eq!((code, bytes), (200, under_way.kept_result.clone()));
+}
+
+#[test]
+fn a_wipe_that_a_kill_cut_short_is_made_by_the_scrub_at_the_next_start() {
+    let mut under_way = DownloadUnderWay::start();
+    let (code, body) = delete_job(&under_way.coordinator, &under_way.deleted);
+    assert_eq!(code, 200, "{body}");
+    let (_, pool) = get_json(&under_way.coordinator.url("/pool"));
+    assert_eq!(pool["store"]["wipes_waiting"], 1, "{pool}");
+    under_way.coordinator.kill();
+    let state = under_way.state();
+    assert!(
+        results_segments_hold(&state, under_way.marker),
+        "the wipe was made before the kill"
+    );
+
+    let restarted = Coordinator::start_in(under_way.dir.path(), &DownloadUnderWay::args());
+    let scrubbed = poll_until(DEADLINE, || {
+        (!results_segments_hold(&state, under_way.marker)).then_some(())
+    });
+    assert!(
+        scrubbed.is_some(),
+        "the deleted job's results are still in its results segment: {}",
+        restarted.logs()
+    );
+    assert!(
+        restarted.wait_for_log(
+            "bytes no job refers to in 1 segments are punched out",
+            DEADLINE
+        ),
+        "{}",
+        restarted.logs()
+    );
+    let kept = &under_way.kept;
+    let (code, bytes) = get_bytes(&restarted.url(&format!("/outputs/{kept}/result.txt")));
+    assert_eq!((code, bytes), (200, under_way.kept_result.clone()));
+    let (code, body) = get_json(&restarted.url(&format!("/status/{}", under_way.deleted)));
+    assert_eq!(code, 404, "{body}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::dir_lock::{DirLock, DirLockError};
 use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
+use crate::store::scrub;
 use crate::store::snapshot;
 use crate::store::spool::Spool;
 use crate::worker::client::{Timeouts, WorkerClient};
@@ -28,7 +29,7 @@ use notify::Notifier;
 use signals::Signal;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
@@ -191,6 +192,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     ctx.attach();
     control::restore_drains(&ctx);
     control::restore_submits_pause(&ctx);
+    // Listed before recovery restarts any collection: every one of them is an earlier run's.
+    let (results_dir, _) = ctx.spool.results_segments();
+    let earlier_segments = scrub::earlier_segments(&results_dir);
     let recovered = recovery::recover(&ctx, unsettled);
     log::info!(
         "Job store {}: {} jobs; recovered {} queued, {} followed on workers, {} to collect, {} ended ({:.0} ms)",
@@ -246,32 +250,58 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     notifier.notify(&format!(
         "READY=1\nSTATUS=serving on {scheme}://{listening}"
     ));
-    if let Some(check) = ctx.store.deferred_check() {
-        thread::Builder::new()
-            .name("store-check".to_string())
-            .spawn(move || check_store_late(check))
-            .map_err(ServeError::Thread)?;
-    }
+    let check = ctx.store.deferred_check();
+    let tidy_ctx = Arc::clone(&ctx);
+    thread::Builder::new()
+        .name("store-check".to_string())
+        .spawn(move || {
+            let sound = check.is_none_or(check_store_late);
+            if sound {
+                scrub_earlier_segments(&tidy_ctx, &results_dir, &earlier_segments);
+            }
+        })
+        .map_err(ServeError::Thread)?;
     server::run(ctx, server, threads, routes::route, routes::is_quick);
     Ok(())
 }
 
 /// SQLite's integrity check of a store too large to check before serving: a store that fails
-/// it stops the coordinator with exit 1 and the same message a check at start gives.
-fn check_store_late(check: DeferredCheck) {
+/// it stops the coordinator with exit 1 and the same message a check at start gives. Returns
+/// whether it passed.
+fn check_store_late(check: DeferredCheck) -> bool {
     let started = Instant::now();
     let path = check.path().display().to_string();
     match check.run() {
-        Ok(()) => log::info!(
-            "Job store {path}: integrity check passed ({:.1} s, while serving)",
-            started.elapsed().as_secs_f64()
-        ),
+        Ok(()) => {
+            log::info!(
+                "Job store {path}: integrity check passed ({:.1} s, while serving)",
+                started.elapsed().as_secs_f64()
+            );
+            true
+        }
         Err(e @ StoreError::Corrupt(..)) => {
             log::error!("{e}");
             eprintln!("error: {e}");
             std::process::exit(1);
         }
-        Err(e) => log::warn!("Job store {path}: the integrity check could not run: {e}"),
+        Err(e) => {
+            log::warn!("Job store {path}: the integrity check could not run: {e}");
+            false
+        }
+    }
+}
+
+/// Punches out what no job refers to in the results segments of earlier runs (see
+/// [`scrub`]), once the job store passed its integrity check.
+fn scrub_earlier_segments(ctx: &Context, dir: &Path, names: &[String]) {
+    let scrubbed = scrub::scrub(&ctx.store, dir, names, ctx.spool.removals());
+    if scrubbed.bytes > 0 || scrubbed.skipped > 0 {
+        log::info!(
+            "Results segments of earlier runs: {} bytes no job refers to in {} segments are punched out; {} segments left whole",
+            scrubbed.bytes,
+            scrubbed.segments,
+            scrubbed.skipped
+        );
     }
 }
 

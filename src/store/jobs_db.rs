@@ -940,6 +940,39 @@ impl JobStore {
     }
 
     /// An idle read-only connection, or a new one (give it back to `readers` after use).
+    /// The extent of the results of every job that refers to results segment `segment`;
+    /// `None` when one of those jobs' records cannot be read or says something else.
+    pub fn results_extents(&self, segment: &str) -> Result<Option<Vec<Span>>, StoreError> {
+        let conn = self.reader()?;
+        let extents = (|| -> rusqlite::Result<Option<Vec<Span>>> {
+            let mut select =
+                conn.prepare_cached("SELECT id, record FROM jobs WHERE results_segment = ?1")?;
+            let mut rows = select.query([segment])?;
+            let mut extents = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                match parse_record(&id, row.get_ref(1)?) {
+                    Ok(Job {
+                        collection: Collection::Collected(stored),
+                        ..
+                    }) if !stored.in_row && stored.segment == segment => {
+                        extents.push(stored.extent());
+                    }
+                    _ => {
+                        log::warn!(
+                            "Results segment {segment} is not scrubbed: the record of job {id}, \
+                             which refers to it, cannot be read or names no results in it"
+                        );
+                        return Ok(None);
+                    }
+                }
+            }
+            Ok(Some(extents))
+        })();
+        lock(&self.readers).push(conn);
+        Ok(extents?)
+    }
+
     fn reader(&self) -> Result<Connection, StoreError> {
         if let Some(conn) = lock(&self.readers).pop() {
             return Ok(conn);

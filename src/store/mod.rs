@@ -7,6 +7,7 @@ pub mod disk_reserve;
 pub mod handoff;
 pub mod jobs_db;
 pub mod removals;
+pub mod scrub;
 pub mod segments;
 pub mod snapshot;
 pub mod spool;

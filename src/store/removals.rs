@@ -38,13 +38,24 @@ pub struct Removals {
 struct Wipes {
     readers: HashMap<PathBuf, usize>,
     /// Waiting for readers or a snapshot.
-    pending: Vec<(PathBuf, Span)>,
+    pending: Vec<Wipe>,
     /// Due, for the wiper thread.
-    ready: Vec<(PathBuf, Span)>,
+    ready: Vec<Wipe>,
     /// How many of them the wiper thread is making now.
     in_hand: usize,
     /// A wiper thread runs.
     wiper: bool,
+}
+
+/// One span of a segment file to zero.
+#[derive(Debug)]
+struct Wipe {
+    path: PathBuf,
+    span: Span,
+    /// Bytes no job refers to, found by a scrub: a hole is punched or nothing is done (they
+    /// are not worth writing zeros over at every start). Otherwise a deleted job's bytes:
+    /// punched, else overwritten.
+    unreferenced: bool,
 }
 
 impl Removals {
@@ -71,17 +82,35 @@ impl Removals {
     /// while): at once, or once no reader has the file open and no snapshot is under way. The
     /// caller's deletion is committed, so no new reader looks for those bytes.
     pub fn wipe(self: &Arc<Self>, path: &Path, span: Span) {
+        self.put_off(Wipe {
+            path: path.to_path_buf(),
+            span,
+            unreferenced: false,
+        });
+    }
+
+    /// Punches a hole over `span` of the segment file at `path`, bytes that no job refers to
+    /// (found by [`crate::store::scrub`]), when the filesystem can; waits like [`Removals::wipe`].
+    pub fn punch_unreferenced(self: &Arc<Self>, path: &Path, span: Span) {
+        self.put_off(Wipe {
+            path: path.to_path_buf(),
+            span,
+            unreferenced: true,
+        });
+    }
+
+    fn put_off(self: &Arc<Self>, wipe: Wipe) {
         {
             let mut wipes = lock(&self.wipes);
             if wipes.pending.len() >= PENDING_WIPES_MAX {
-                let (given_up, _) = wipes.pending.remove(0);
+                let given_up = wipes.pending.remove(0);
                 log::warn!(
                     "{PENDING_WIPES_MAX} wipes of deleted results wait for readers; the oldest, \
                      in {}, is given up (its bytes stay until the segment is deleted)",
-                    given_up.display()
+                    given_up.path.display()
                 );
             }
-            wipes.pending.push((path.to_path_buf(), span));
+            wipes.pending.push(wipe);
         }
         self.start_due();
     }
@@ -120,7 +149,7 @@ impl Removals {
             } = &mut *wipes;
             let (due, waiting): (Vec<_>, Vec<_>) = pending
                 .drain(..)
-                .partition(|(path, _)| !readers.contains_key(path));
+                .partition(|wipe| !readers.contains_key(&wipe.path));
             *pending = waiting;
             ready.extend(due);
             let start = !wipes.ready.is_empty() && !wipes.wiper;
@@ -185,8 +214,17 @@ impl Drop for Reading {
     }
 }
 
-fn run_wipes(due: Vec<(PathBuf, Span)>) {
-    for (path, span) in due {
+fn run_wipes(due: Vec<Wipe>) {
+    for Wipe {
+        path,
+        span,
+        unreferenced,
+    } in due
+    {
+        if unreferenced {
+            punch_unreferenced(&path, span);
+            continue;
+        }
         match zero_span(&path, span) {
             Ok(()) => log::info!(
                 "Wiped {} bytes of a deleted job in {}",
@@ -203,6 +241,45 @@ fn run_wipes(due: Vec<(PathBuf, Span)>) {
                 path.display()
             ),
         }
+    }
+}
+
+/// Punches a hole over `span` of the file at `path` (within its length) and syncs it; the
+/// first filesystem that cannot is named once in the log.
+fn punch_unreferenced(path: &Path, span: Span) {
+    static CANNOT_PUNCH_TOLD: AtomicBool = AtomicBool::new(false);
+    let punched = OpenOptions::new().write(true).open(path).and_then(|file| {
+        let end = span
+            .offset
+            .saturating_add(span.size)
+            .min(file.metadata()?.len());
+        if end <= span.offset {
+            return Ok(true);
+        }
+        if !punch_hole(&file, span.offset, end - span.offset) {
+            return Ok(false);
+        }
+        file.sync_data().map(|()| true)
+    });
+    match punched {
+        Ok(true) => log::debug!(
+            "Punched {} bytes no job refers to out of {}",
+            span.size,
+            path.display()
+        ),
+        Ok(false) if !CANNOT_PUNCH_TOLD.swap(true, Ordering::Relaxed) => log::warn!(
+            "The filesystem of {} cannot punch holes: bytes no job refers to any more stay in \
+             its results segments until each segment is deleted",
+            path.display()
+        ),
+        Ok(false) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!(
+            "Could not punch out the bytes no job refers to at {}+{} in {}: {e}",
+            span.offset,
+            span.size,
+            path.display()
+        ),
     }
 }
 
@@ -231,7 +308,7 @@ fn zero_span(path: &Path, span: Span) -> io::Result<()> {
 
 /// Punches a hole of `len` bytes at `offset`, keeping the file's length; false where the
 /// filesystem cannot.
-fn punch_hole(file: &File, offset: u64, len: u64) -> bool {
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> bool {
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return false;
     };
