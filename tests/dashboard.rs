@@ -525,6 +525,29 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     });
     assert!(has_action(&state, "delete"), "{state}");
 
+    // A job still running can be deleted from its row too: cancelled, shown deleting while its
+    // worker ends it, then gone.
+    worker.set(|k| k.job_duration = Duration::from_secs(8));
+    let doomed = submit(&coordinator, &job());
+    wait_status(&coordinator, &doomed, "running", DEADLINE);
+    wait_row(&mut page, "data-job-id", &doomed, |s| {
+        has_action(s, "cancel") && has_action(s, "delete")
+    });
+    click(&mut page, "data-job-id", &doomed, "delete");
+    let state = wait_row(&mut page, "data-job-id", &doomed, |s| {
+        s["badges"].to_string().contains("deleting")
+    });
+    assert!(
+        !has_action(&state, "cancel") && !has_action(&state, "delete"),
+        "{state}"
+    );
+    let gone = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&coordinator.url(&format!("/status/{doomed}")));
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "job {doomed} was not deleted");
+    wait_row(&mut page, "data-job-id", &doomed, Value::is_null);
+
     assert_no_page_errors(&mut page);
     assert_eq!(page_request_failures(&page), Vec::<&str>::new());
 }
@@ -616,7 +639,8 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
         "the page does not ask for a key: {asked:?}"
     );
 
-    // A submit key: no worker is shown, so no drain or undrain; its own job can be cancelled.
+    // A submit key: no worker is shown, so no drain or undrain; its own job can be cancelled
+    // (or deleted).
     use_key(&mut page, SUBMIT_KEY);
     wait_ready(&mut page);
     wait_row(&mut page, "data-job-id", &mine, |s| has_action(s, "cancel"));
@@ -624,7 +648,7 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
         .eval("[...document.querySelectorAll('button[data-action]')].map(b => b.dataset.action)");
     assert_eq!(
         actions,
-        serde_json::json!(["raise", "cancel"]),
+        serde_json::json!(["raise", "cancel", "delete"]),
         "a submit key's buttons"
     );
     let workers = page.eval("document.querySelector('#workers tbody').innerText");

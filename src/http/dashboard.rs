@@ -73,6 +73,7 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
         "collected": matches!(job.collection, Collection::Collected(_)),
         "outputs": outputs,
         "lost_runs": job.reruns.as_ref().map_or(0, |r| r.lost.len()),
+        "deleting": job.delete_when_settled,
     })
 }
 
