@@ -18,8 +18,8 @@ use support::lifecycle::{
     wait_collected, wait_healthy, wait_status,
 };
 use support::{
-    get, get_bytes, get_json, poll_until, tar_gz, Coordinator, FakeWorker, Form, ReceivedFile,
-    Recording,
+    get, get_bytes, get_json, poll_until, send, tar_gz, Coordinator, FakeWorker, Form,
+    ReceivedFile, Recording,
 };
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -572,6 +572,17 @@ fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_b
         .chain([("caf\u{e9}.py", MAIN_PY), ("result.txt", &result[..])])
         .collect();
     assert_eq!(listed.len(), expected.len(), "{listed:?}");
+    // Saved under its own name: a header value is ASCII, so RFC 6266's `filename*` carries it.
+    let reply = send(
+        "GET",
+        &coordinator.url(&format!("/download/{id}/%C3%A9t%C3%A9.txt")),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reply.header("Content-Disposition"),
+        Some("attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt")
+    );
     for (name, bytes) in expected {
         let url = format!("/download/{id}/{}", url_path(name));
         let (code, got) = get_bytes(&coordinator.url(&url));

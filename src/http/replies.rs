@@ -1,5 +1,6 @@
 //! What a handler answers: JSON, JSON errors, streamed bodies, or a hand-off of the connection.
 
+use crate::base::paths::encode_path;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::io::Read;
@@ -57,6 +58,28 @@ pub enum Reply {
 /// A request a hand-off gave back, and why it could not take it.
 pub type HandoffRefused = Box<(tiny_http::Request, String)>;
 
+/// `Content-Disposition` for a file saved as `name`: sandrun's `attachment; filename="..."`,
+/// and, when the name is not plain ASCII (a header value must be) or holds a quote or a
+/// backslash, RFC 6266's `filename*=UTF-8''...` with the exact name; the quoted name then has
+/// `_` for each of those characters.
+pub fn attachment_disposition(name: &str) -> String {
+    let plain: String = name
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '_',
+            c if c.is_ascii() && !c.is_ascii_control() => c,
+            _ => '_',
+        })
+        .collect();
+    if plain == name {
+        return format!("attachment; filename=\"{plain}\"");
+    }
+    format!(
+        "attachment; filename=\"{plain}\"; filename*=UTF-8''{}",
+        encode_path(name)
+    )
+}
+
 /// Builds a JSON error reply `{"error": message}`.
 pub fn error_reply(status: u16, message: impl Into<String>) -> Reply {
     Reply::Json(status, serde_json::json!({ "error": message.into() }))
@@ -73,4 +96,25 @@ pub fn unknown_job(id: &str) -> Reply {
         404,
         format!("no job {id:?} on this coordinator: it never existed here, it finished long enough ago to have expired (see --retain-jobs and --retain-for), or it was deleted (job ids look like pool-<32 hex>)"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_is_not_plain_ascii_is_carried_whole_in_filename_star() {
+        assert_eq!(
+            attachment_disposition("result.txt"),
+            "attachment; filename=\"result.txt\""
+        );
+        assert_eq!(
+            attachment_disposition("a\"b\\c.txt"),
+            "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a%22b%5Cc.txt"
+        );
+        assert_eq!(
+            attachment_disposition("\u{fc}ber \u{2713}.bin"),
+            "attachment; filename=\"_ber _.bin\"; filename*=UTF-8''%C3%BCber%20%E2%9C%93.bin"
+        );
+    }
 }

@@ -14,7 +14,7 @@
 use crate::base::sync::{Parcel, Slot};
 use crate::base::thread_cache::ThreadCache;
 use crate::http::cors;
-use crate::http::replies::{error_reply, retry_after, Reply};
+use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -106,10 +106,9 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             body,
         } => {
             if let Some(name) = attachment {
-                let name = name.replace(['"', '\\'], "_");
                 extra.extend(header(
                     "Content-Disposition",
-                    &format!("attachment; filename=\"{name}\""),
+                    &attachment_disposition(&name),
                 ));
             }
             let headers = header("Content-Type", &content_type)
