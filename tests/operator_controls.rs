@@ -1287,6 +1287,52 @@ fn a_deleted_jobs_results_in_a_segment_are_wiped_once_a_download_under_way_ended
 }
 
 #[test]
+fn a_job_retention_forgets_has_its_results_wiped_in_the_segment_another_job_keeps() {
+    let worker = FakeWorker::start();
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let mut args = DownloadUnderWay::args();
+    args.extend(["--retain-jobs", "1"]);
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let state = dir.path().join("state");
+    let data =
+        |marker: &[u8]| -> Vec<u8> { marker.iter().copied().cycle().take(100_000).collect() };
+    let (old, new) = (
+        b"forgotten-results-77c1".as_slice(),
+        b"retained-results-e20b".as_slice(),
+    );
+    // One after the other, so that both go into the same results segment.
+    let first = submit(
+        &coordinator,
+        &form().file("data.bin", "application/octet-stream", &data(old)),
+    );
+    wait_collected(&coordinator, &first, DEADLINE);
+    assert!(results_segments_hold(&state, old));
+    let second = submit(
+        &coordinator,
+        &form().file("data.bin", "application/octet-stream", &data(new)),
+    );
+    wait_collected(&coordinator, &second, DEADLINE);
+    let segments = std::fs::read_dir(state.join("results")).map_or(0, |d| d.count());
+    assert_eq!(segments, 1, "both jobs' results in one segment");
+
+    let forgotten = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&coordinator.url(&format!("/status/{first}")));
+        (code == 404).then_some(())
+    });
+    assert!(forgotten.is_some(), "retention kept job {first}");
+    let wiped = poll_until(DEADLINE, || {
+        (!results_segments_hold(&state, old)).then_some(())
+    });
+    assert!(
+        wiped.is_some(),
+        "the forgotten job's results are still in the segment"
+    );
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{second}/data.bin")));
+    assert_eq!((code, bytes), (200, data(new)));
+}
+
+#[test]
 fn a_wipe_that_a_kill_cut_short_is_made_by_the_scrub_at_the_next_start() {
     let mut under_way = DownloadUnderWay::start();
     let (code, body) = delete_job(&under_way.coordinator, &under_way.deleted);

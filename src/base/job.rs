@@ -437,6 +437,15 @@ impl Job {
         !self.status.is_final() && (self.remote_job_id.is_none() || self.reruns_left() > 0)
     }
 
+    /// True when a restart would need its upload: it waits in the queue, or it may run again
+    /// after a lost run. A job whose submit was in flight (dispatched, no worker job id yet)
+    /// is lost at a restart unless it may run again, and its upload may be gone already: it
+    /// is dropped as soon as the worker took the job, a moment before the record that says so
+    /// commits.
+    pub fn upload_needed_after_restart(&self) -> bool {
+        !self.status.is_final() && (self.status == PoolStatus::Queued || self.reruns_left() > 0)
+    }
+
     /// How many more times it may run again after a lost run.
     pub fn reruns_left(&self) -> u32 {
         self.reruns.as_ref().map_or(0, |r| {

@@ -66,7 +66,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut jobs = Vec::new();
     for StoredJob { job } in stored {
         // A job on a worker that may run again after a lost run keeps its upload too.
-        if let (true, Some(at)) = (job.needs_upload(), &job.upload_at) {
+        if let (true, Some(at)) = (job.upload_needed_after_restart(), &job.upload_at) {
             uploads.push((job.id.clone(), at.clone()));
         }
         jobs.push(job);
@@ -77,7 +77,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     // jobs wait. A row that cannot be read is passed over (logged); its job fails below.
     let in_rows = jobs
         .iter()
-        .filter(|job| job.needs_upload() && job.upload_at.is_none());
+        .filter(|job| job.upload_needed_after_restart() && job.upload_at.is_none());
     for job in in_rows {
         match ctx.store.row_upload(&job.id) {
             Ok(Some(bytes)) => ctx.spool.adopt_from_row(&job.id, bytes.to_vec()),

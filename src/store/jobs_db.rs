@@ -25,6 +25,7 @@ use crate::base::mailbox::{Answer, Mailbox};
 use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
+use crate::store::removals::WipeOf;
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::wal_sync::WalSync;
 use crossbeam_channel::Sender;
@@ -544,11 +545,47 @@ pub struct Retention {
 /// finished job is never freed (it is closed for writing instead, so that the next results
 /// start a new one), and neither is one a writer holds. Returns the forgotten rows (status,
 /// segment) and notes the bytes left in the figures.
+/// The end of a retention `DELETE`: each forgotten row's id, status and results segment, and
+/// its record when it has results in a segment (to find the bytes to wipe).
+const RETURNING_FORGOTTEN: &str = "RETURNING id, status, results_segment, \
+     CASE WHEN results_segment IS NOT NULL THEN record END";
+
+/// A job retention forgot.
+struct Forgotten {
+    status: String,
+    segment: Option<String>,
+    /// Where its results lie in `segment`.
+    extent: Option<Span>,
+}
+
+/// A row of [`RETURNING_FORGOTTEN`].
+fn forgotten_row(r: &rusqlite::Row) -> rusqlite::Result<Forgotten> {
+    let id: String = r.get(0)?;
+    let extent = match r.get_ref(3)? {
+        ValueRef::Null => None,
+        record => segment_extent(&id, record),
+    };
+    Ok(Forgotten {
+        status: r.get(1)?,
+        segment: r.get(2)?,
+        extent,
+    })
+}
+
+/// Where the results of the job whose record this is lie in its results segment (none when
+/// they are in its row, or the record cannot be read).
+fn segment_extent(id: &str, record: ValueRef<'_>) -> Option<Span> {
+    match parse_record(id, record).ok()?.collection {
+        Collection::Collected(stored) if !stored.in_row => Some(stored.extent()),
+        _ => None,
+    }
+}
+
 fn forget_for_bytes(
     tx: &rusqlite::Transaction,
     retention: &Retention,
     figures: &Figures,
-) -> Result<Vec<(String, Option<String>)>, StoreError> {
+) -> Result<Vec<Forgotten>, StoreError> {
     let sizes: HashMap<String, u64> = std::fs::read_dir(&retention.results_dir)
         .map_err(StoreError::Io)?
         .filter_map(|e| {
@@ -594,7 +631,15 @@ fn forget_for_bytes(
         if !retention.segments.retire(&segment) {
             break;
         }
-        for deleted in of_segment.query_map([&segment], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        // The whole segment goes: no bytes of it to wipe.
+        let rows = of_segment.query_map([&segment], |r| {
+            Ok(Forgotten {
+                status: r.get(0)?,
+                segment: r.get(1)?,
+                extent: None,
+            })
+        })?;
+        for deleted in rows {
             forgotten.push(deleted?);
         }
         total = total.saturating_sub(sizes.get(&segment).copied().unwrap_or(0));
@@ -1621,7 +1666,9 @@ impl Writer {
             self.delete_unused_segments(results.iter().map(|(name, _)| name.clone()).collect())?;
         for (name, span) in results {
             if !deleted.contains(&name) {
-                self.retention.segments.wipe(&name, span);
+                self.retention
+                    .segments
+                    .wipe(&name, span, WipeOf::DeletedJob);
             }
         }
         Ok(())
@@ -2020,17 +2067,17 @@ impl Writer {
             .min(MAX_FORGET as u64) as i64;
         let cutoff = unix_now() - self.retention.for_secs;
         let tx = self.conn.transaction()?;
-        let mut forgotten: Vec<(String, Option<String>)> = Vec::new();
+        let mut forgotten: Vec<Forgotten> = Vec::new();
         {
-            let mut by_count = tx.prepare_cached(
+            let mut by_count = tx.prepare_cached(&format!(
                 "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL \
-                 ORDER BY finished_at, seq LIMIT ?1) RETURNING status, results_segment",
-            )?;
-            let mut by_age = tx.prepare_cached(
+                 ORDER BY finished_at, seq LIMIT ?1) {RETURNING_FORGOTTEN}"
+            ))?;
+            let mut by_age = tx.prepare_cached(&format!(
                 "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL \
-                 AND finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING status, results_segment",
-            )?;
-            let row = |r: &rusqlite::Row| Ok((r.get(0)?, r.get(1)?));
+                 AND finished_at < ?1 ORDER BY finished_at LIMIT ?2) {RETURNING_FORGOTTEN}"
+            ))?;
+            let row = forgotten_row;
             if excess > 0 {
                 for deleted in by_count.query_map([excess], row)? {
                     forgotten.push(deleted?);
@@ -2052,14 +2099,14 @@ impl Writer {
         let synced = self.synced_until_write;
         self.wrote();
         self.figures.count_deleted(
-            forgotten.iter().map(|(status, _)| status.as_str()),
+            forgotten.iter().map(|f| f.status.as_str()),
             &self.figures.forgotten,
         );
         if !forgotten.is_empty() {
             self.commits_since_checkpoint += 1;
             log::debug!("Forgot {} finished jobs", forgotten.len());
         }
-        let candidates: HashSet<String> = if first_sweep {
+        let mut candidates: HashSet<String> = if first_sweep {
             std::fs::read_dir(&self.retention.results_dir)
                 .map(|entries| {
                     entries
@@ -2069,38 +2116,47 @@ impl Writer {
                 })
                 .unwrap_or_default()
         } else {
-            forgotten.into_iter().filter_map(|(_, s)| s).collect()
+            HashSet::new()
         };
+        let mut results = Vec::new();
+        for Forgotten {
+            segment, extent, ..
+        } in forgotten
+        {
+            if let Some(segment) = segment {
+                results.extend(extent.map(|span| (segment.clone(), span)));
+                candidates.insert(segment);
+            }
+        }
         // The rows go before their results files: a power cut must not leave a retained row
-        // pointing to a deleted file.
+        // pointing to a deleted file, or to wiped bytes.
         if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
             wal.sync().map_err(StoreError::Io)?;
         }
-        self.delete_unused_segments(candidates)?;
+        let deleted = self.delete_unused_segments(candidates)?;
+        for (name, span) in results {
+            if !deleted.contains(&name) {
+                self.retention
+                    .segments
+                    .wipe(&name, span, WipeOf::ForgottenJob);
+            }
+        }
         Ok(())
     }
 
     /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
     fn delete_settled(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         let synced = self.synced_until_write;
-        let deleted: Option<(String, Option<String>, Option<Span>)> =
-            self.conn
-                .prepare_cached(
-                    "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
+        let deleted: Option<(String, Option<String>, Option<Span>)> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
                  RETURNING status, results_segment, record",
-                )?
-                .query_row([id], |r| {
-                    let in_segment = parse_record(id, r.get_ref(2)?)
-                        .ok()
-                        .and_then(|job| match job.collection {
-                            Collection::Collected(stored) if !stored.in_row => {
-                                Some(stored.extent())
-                            }
-                            _ => None,
-                        });
-                    Ok((r.get(0)?, r.get(1)?, in_segment))
-                })
-                .optional()?;
+            )?
+            .query_row([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, segment_extent(id, r.get_ref(2)?)))
+            })
+            .optional()?;
         let Some((status, segment, in_segment)) = deleted else {
             return Ok(None);
         };

@@ -47,15 +47,24 @@ struct Wipes {
     wiper: bool,
 }
 
+/// Whose bytes a wipe zeroes: it says how the wipe is made and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WipeOf {
+    /// A job a client deleted: a hole punched, else zeros written; logged.
+    DeletedJob,
+    /// A job retention forgot: the same, logged at debug level.
+    ForgottenJob,
+    /// Bytes no job refers to, found by the scrub at start: a hole punched, or nothing done
+    /// (they are not worth writing zeros over at every start).
+    Unreferenced,
+}
+
 /// One span of a segment file to zero.
 #[derive(Debug)]
 struct Wipe {
     path: PathBuf,
     span: Span,
-    /// Bytes no job refers to, found by a scrub: a hole is punched or nothing is done (they
-    /// are not worth writing zeros over at every start). Otherwise a deleted job's bytes:
-    /// punched, else overwritten.
-    unreferenced: bool,
+    of: WipeOf,
 }
 
 impl Removals {
@@ -78,28 +87,15 @@ impl Removals {
     }
 
     /// Overwrites `span` of the segment file at `path` (the results of a job deleted from the
-    /// job store) with zeros, on a thread of its own (a large wipe writes and syncs for a
-    /// while): at once, or once no reader has the file open and no snapshot is under way. The
-    /// caller's deletion is committed, so no new reader looks for those bytes.
-    pub fn wipe(self: &Arc<Self>, path: &Path, span: Span) {
-        self.put_off(Wipe {
+    /// job store, see [`WipeOf`]) with zeros, on a thread of its own (a large wipe writes and
+    /// syncs for a while): at once, or once no reader has the file open and no snapshot is
+    /// under way. The caller's deletion is committed, so no new reader looks for those bytes.
+    pub fn wipe(self: &Arc<Self>, path: &Path, span: Span, of: WipeOf) {
+        let wipe = Wipe {
             path: path.to_path_buf(),
             span,
-            unreferenced: false,
-        });
-    }
-
-    /// Punches a hole over `span` of the segment file at `path`, bytes that no job refers to
-    /// (found by [`crate::store::scrub`]), when the filesystem can; waits like [`Removals::wipe`].
-    pub fn punch_unreferenced(self: &Arc<Self>, path: &Path, span: Span) {
-        self.put_off(Wipe {
-            path: path.to_path_buf(),
-            span,
-            unreferenced: true,
-        });
-    }
-
-    fn put_off(self: &Arc<Self>, wipe: Wipe) {
+            of,
+        };
         {
             let mut wipes = lock(&self.wipes);
             if wipes.pending.len() >= PENDING_WIPES_MAX {
@@ -215,17 +211,21 @@ impl Drop for Reading {
 }
 
 fn run_wipes(due: Vec<Wipe>) {
-    for Wipe {
-        path,
-        span,
-        unreferenced,
-    } in due
-    {
-        if unreferenced {
+    for Wipe { path, span, of } in due {
+        if of == WipeOf::Unreferenced {
             punch_unreferenced(&path, span);
             continue;
         }
+        let whose = match of {
+            WipeOf::ForgottenJob => "forgotten",
+            _ => "deleted",
+        };
         match zero_span(&path, span) {
+            Ok(()) if of == WipeOf::ForgottenJob => log::debug!(
+                "Wiped {} bytes of a forgotten job in {}",
+                span.size,
+                path.display()
+            ),
             Ok(()) => log::info!(
                 "Wiped {} bytes of a deleted job in {}",
                 span.size,
@@ -234,7 +234,7 @@ fn run_wipes(due: Vec<Wipe>) {
             // Deleted meanwhile: nothing is left to wipe.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => log::warn!(
-                "Could not wipe the deleted job's bytes at {}+{} in {}: {e}; they stay until the \
+                "Could not wipe the {whose} job's bytes at {}+{} in {}: {e}; they stay until the \
                  segment is deleted",
                 span.offset,
                 span.size,
@@ -414,7 +414,7 @@ mod tests {
 
         let reader = removals.reading(&path);
         let elsewhere = removals.reading(&other);
-        removals.wipe(&path, gone);
+        removals.wipe(&path, gone, WipeOf::DeletedJob);
         assert_eq!(read(), b"keep-gone-keep", "wiped under a reader");
         assert_eq!(removals.pending_wipes(), 1);
         drop(reader);
@@ -429,7 +429,7 @@ mod tests {
 
         std::fs::write(&path, b"keep-gone-keep").expect("write");
         let slot = removals.start_snapshot().expect("snapshot");
-        removals.wipe(&path, gone);
+        removals.wipe(&path, gone, WipeOf::DeletedJob);
         // A span past the file's end is cut at it; a file gone is nothing to wipe.
         removals.wipe(
             &path,
@@ -437,8 +437,9 @@ mod tests {
                 offset: 12,
                 size: 100,
             },
+            WipeOf::DeletedJob,
         );
-        removals.wipe(&dir.path().join("gone"), gone);
+        removals.wipe(&dir.path().join("gone"), gone, WipeOf::DeletedJob);
         assert_eq!(read(), b"keep-gone-keep", "wiped during a snapshot");
         drop(slot);
         settled(&removals);

@@ -1,7 +1,6 @@
 //! The results segments of earlier runs, scrubbed once the job store is known sound: every
-//! byte of them that no job in the store refers to has its blocks punched out. Those are the
-//! results of jobs deleted or forgotten while other jobs kept their segment, a deleted job's
-//! wipe that a `kill -9` cut short, and a collection cut short. Segments this run writes are
+//! byte of them that no job in the store refers to has its blocks punched out: the bytes of a
+//! deleted or forgotten job whose wipe a `kill -9` cut short, and a collection cut short. Segments this run writes are
 //! never touched (a collection may be appending to them): the scrub takes only the segments
 //! listed before the coordinator starts following jobs. No job of an earlier run's segment can
 //! come to refer to more of it, so a gap found stays a gap; the holes are punched as wipes are
@@ -17,7 +16,7 @@ use std::sync::Arc;
 use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::store::jobs_db::JobStore;
-use crate::store::removals::Removals;
+use crate::store::removals::{Removals, WipeOf};
 
 /// What a scrub found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +73,7 @@ pub fn scrub(store: &JobStore, dir: &Path, names: &[String], removals: &Arc<Remo
         scrubbed.segments += 1;
         for span in unreferenced {
             scrubbed.bytes += span.size;
-            removals.punch_unreferenced(&path, span);
+            removals.wipe(&path, span, WipeOf::Unreferenced);
         }
     }
     scrubbed

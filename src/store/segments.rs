@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
-use crate::store::removals::{Reading, Removals};
+use crate::store::removals::{Reading, Removals, WipeOf};
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
@@ -429,10 +429,10 @@ impl Segments {
         self.removals.remove(&self.dir.join(name))
     }
 
-    /// Zeroes `span` of segment `name` (a deleted job's results) once no reader has it open
-    /// ([`Removals::wipe`]).
-    pub fn wipe(&self, name: &str, span: Span) {
-        self.removals.wipe(&self.dir.join(name), span);
+    /// Zeroes `span` of segment `name` (a deleted or forgotten job's results) once no reader
+    /// has it open ([`Removals::wipe`]).
+    pub fn wipe(&self, name: &str, span: Span, of: WipeOf) {
+        self.removals.wipe(&self.dir.join(name), span, of);
     }
 
     /// Closes a segment that failed while written (its writer was dropped).

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
-use crate::store::removals::Removals;
+use crate::store::removals::{Removals, WipeOf};
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
 pub use crate::store::segments::CopyError;
@@ -469,7 +469,8 @@ impl Spool {
         };
         if let Some(UploadSource::OnDisk { file, base, size }) = removed {
             if wipe {
-                self.removals.wipe(file.path(), Span { offset: base, size });
+                self.removals
+                    .wipe(file.path(), Span { offset: base, size }, WipeOf::DeletedJob);
             }
             drop(file);
             self.upload_segments.sweep();

@@ -174,7 +174,7 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
         };
         let upload_in_row: bool = row.get(3).unwrap_or(false);
         let results_in_row: Option<u64> = row.get(4).unwrap_or(None);
-        if job.needs_upload() {
+        if job.upload_needed_after_restart() {
             let short = match &job.upload_at {
                 Some(at) => {
                     lengths.short_of("uploads", &at.segment, at.base.saturating_add(at.size))
