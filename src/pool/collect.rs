@@ -101,7 +101,9 @@ impl<R: Read> Read for Hashing<R> {
 /// directory, or a name sandrun cannot serve.
 pub fn uncollectable(path: &str) -> Option<&'static str> {
     if safe_relative_path(path).is_err() {
-        return Some("its path is unsafe (absolute, or with `..`, `.` or empty parts)");
+        return Some(
+            "its path is unsafe (absolute, or with an empty, `.` or `..` part, a backslash or a control character, also once percent-decoded)",
+        );
     }
     fetchable_name(path).err()
 }

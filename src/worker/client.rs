@@ -170,7 +170,7 @@ impl fmt::Display for ProbeFailure {
 }
 
 /// The `error` message of a worker's error answer, or the start of its body.
-pub fn error_message(body: &[u8]) -> String {
+fn error_message(body: &[u8]) -> String {
     match sandrun_json::parse(body) {
         Ok(v) => match v.get("error").and_then(Value::as_str) {
             Some(m) => m.to_string(),
