@@ -9,6 +9,8 @@ targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 max_bytes=$((6 * 1024 * 1024))
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 out=target/dist
+# SQLite without the optional extensions the job store never uses (as the Makefile builds it).
+export LIBSQLITE3_FLAGS="${LIBSQLITE3_FLAGS:-$(cat deploy/sqlite-flags)}"
 
 # Exit status 3: the cross toolchain cannot be installed here (the caller may skip the release).
 no_toolchain() {
