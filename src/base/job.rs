@@ -240,6 +240,19 @@ pub enum Collection {
     Collected(Box<StoredResults>),
 }
 
+impl Collection {
+    /// The results segment the collected results lie in, and the bytes they take there (none
+    /// when they are in the job's row, or not collected).
+    pub fn in_segment(&self) -> Option<(&str, Span)> {
+        match self {
+            Collection::Collected(stored) if !stored.in_row => {
+                Some((stored.segment.as_str(), stored.extent()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The figures of a job's `[DONE] Job <status> (exit=N, CPU=X.XXXXXXs, Mem=NMB)` stream line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneFigures {

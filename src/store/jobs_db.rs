@@ -538,13 +538,6 @@ pub struct Retention {
     pub segments: Arc<Segments>,
 }
 
-/// Under `--retain-bytes`: while the results segments hold more than the limit, forgets every
-/// settled job of the results segment that holds the oldest finished job, oldest segment
-/// first (at most [`MAX_SEGMENTS_FREED`] per sweep). A segment goes whole, so the limit is
-/// kept to within one segment (up to 64 jobs or 64 MiB); the segment that holds the newest
-/// finished job is never freed (it is closed for writing instead, so that the next results
-/// start a new one), and neither is one a writer holds. Returns the forgotten rows (status,
-/// segment) and notes the bytes left in the figures.
 /// The end of a retention `DELETE`: each forgotten row's id, status and results segment, and
 /// its record when it has results in a segment (to find the bytes to wipe).
 const RETURNING_FORGOTTEN: &str = "RETURNING id, status, results_segment, \
@@ -575,12 +568,17 @@ fn forgotten_row(r: &rusqlite::Row) -> rusqlite::Result<Forgotten> {
 /// Where the results of the job whose record this is lie in its results segment (none when
 /// they are in its row, or the record cannot be read).
 fn segment_extent(id: &str, record: ValueRef<'_>) -> Option<Span> {
-    match parse_record(id, record).ok()?.collection {
-        Collection::Collected(stored) if !stored.in_row => Some(stored.extent()),
-        _ => None,
-    }
+    let job = parse_record(id, record).ok()?;
+    job.collection.in_segment().map(|(_, extent)| extent)
 }
 
+/// Under `--retain-bytes`: while the results segments hold more than the limit, forgets every
+/// settled job of the results segment that holds the oldest finished job, oldest segment
+/// first (at most [`MAX_SEGMENTS_FREED`] per sweep). A segment goes whole, so the limit is
+/// kept to within one segment (up to 64 jobs or 64 MiB); the segment that holds the newest
+/// finished job is never freed (it is closed for writing instead, so that the next results
+/// start a new one), and neither is one a writer holds. Returns the forgotten rows (without
+/// an extent: their segment goes whole) and notes the bytes left in the figures.
 fn forget_for_bytes(
     tx: &rusqlite::Transaction,
     retention: &Retention,
@@ -984,7 +982,6 @@ impl JobStore {
         Ok(())
     }
 
-    /// An idle read-only connection, or a new one (give it back to `readers` after use).
     /// The extent of the results of every job that refers to results segment `segment`;
     /// `None` when one of those jobs' records cannot be read or says something else.
     pub fn results_extents(&self, segment: &str) -> Result<Option<Vec<Span>>, StoreError> {
@@ -996,13 +993,13 @@ impl JobStore {
             let mut extents = Vec::new();
             while let Some(row) = rows.next()? {
                 let id: String = row.get(0)?;
-                match parse_record(&id, row.get_ref(1)?) {
-                    Ok(Job {
-                        collection: Collection::Collected(stored),
-                        ..
-                    }) if !stored.in_row && stored.segment == segment => {
-                        extents.push(stored.extent());
-                    }
+                let job = parse_record(&id, row.get_ref(1)?);
+                match job
+                    .as_ref()
+                    .ok()
+                    .and_then(|job| job.collection.in_segment())
+                {
+                    Some((name, extent)) if name == segment => extents.push(extent),
                     _ => {
                         log::warn!(
                             "Results segment {segment} is not scrubbed: the record of job {id}, \
@@ -1018,6 +1015,7 @@ impl JobStore {
         Ok(extents?)
     }
 
+    /// An idle read-only connection, or a new one (give it back to `readers` after use).
     fn reader(&self) -> Result<Connection, StoreError> {
         if let Some(conn) = lock(&self.readers).pop() {
             return Ok(conn);
@@ -1654,21 +1652,26 @@ impl Writer {
             log::info!("Deleted job {id} as it settled, as its deletion asked");
             results.extend(at);
         }
-        if let Err(e) = self.remove_results(results) {
+        if let Err(e) = self.remove_results(HashSet::new(), results, WipeOf::DeletedJob) {
             log::warn!("Could not remove the results of jobs deleted as they settled: {e}");
         }
     }
 
-    /// Deletes the results segments of deleted jobs that no retained job refers to any more, and
-    /// wipes those jobs' bytes in the others (once no download reads them).
-    fn remove_results(&self, results: Vec<(String, Span)>) -> Result<(), StoreError> {
-        let deleted =
-            self.delete_unused_segments(results.iter().map(|(name, _)| name.clone()).collect())?;
+    /// After jobs left the store (deleted or forgotten, as `of` says, and synced): deletes the
+    /// results segments among `candidates` and those of `results` that no retained job refers
+    /// to any more, and wipes the jobs' `results` in the segments that stay (once no download
+    /// reads them).
+    fn remove_results(
+        &self,
+        mut candidates: HashSet<String>,
+        results: Vec<(String, Span)>,
+        of: WipeOf,
+    ) -> Result<(), StoreError> {
+        candidates.extend(results.iter().map(|(name, _)| name.clone()));
+        let deleted = self.delete_unused_segments(candidates)?;
         for (name, span) in results {
             if !deleted.contains(&name) {
-                self.retention
-                    .segments
-                    .wipe(&name, span, WipeOf::DeletedJob);
+                self.retention.segments.wipe(&name, span, of);
             }
         }
         Ok(())
@@ -1857,12 +1860,10 @@ impl Writer {
                 settled.jobs.push((job.id.clone(), job.status));
                 if job.delete_when_settled {
                     delete.execute([&job.id])?;
-                    let results = match &job.collection {
-                        Collection::Collected(stored) if !stored.in_row => {
-                            Some((stored.segment.clone(), stored.extent()))
-                        }
-                        _ => None,
-                    };
+                    let results = job
+                        .collection
+                        .in_segment()
+                        .map(|(segment, extent)| (segment.to_string(), extent));
                     settled.deleted.push((job.id.clone(), results));
                 }
             }
@@ -2133,15 +2134,7 @@ impl Writer {
         if let (Some(wal), false) = (&self.wal, synced || candidates.is_empty()) {
             wal.sync().map_err(StoreError::Io)?;
         }
-        let deleted = self.delete_unused_segments(candidates)?;
-        for (name, span) in results {
-            if !deleted.contains(&name) {
-                self.retention
-                    .segments
-                    .wipe(&name, span, WipeOf::ForgottenJob);
-            }
-        }
-        Ok(())
+        self.remove_results(candidates, results, WipeOf::ForgottenJob)
     }
 
     /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
@@ -2170,12 +2163,8 @@ impl Writer {
         }
         // Results in its row were zeroed by the delete; those in a segment other jobs still
         // refer to are zeroed (a hole punched) once no download reads that segment.
-        match (segment, in_segment) {
-            (Some(name), Some(span)) => self.remove_results(vec![(name, span)])?,
-            (segment, _) => {
-                self.delete_unused_segments(segment.into_iter().collect())?;
-            }
-        }
+        let results = segment.clone().zip(in_segment).into_iter().collect();
+        self.remove_results(segment.into_iter().collect(), results, WipeOf::DeletedJob)?;
         Ok(Some(status))
     }
 

@@ -59,6 +59,17 @@ pub enum WipeOf {
     Unreferenced,
 }
 
+impl WipeOf {
+    /// The bytes a wipe of this kind zeroes, for the log.
+    fn what(self) -> &'static str {
+        match self {
+            WipeOf::DeletedJob => "the deleted job's bytes",
+            WipeOf::ForgottenJob => "the forgotten job's bytes",
+            WipeOf::Unreferenced => "the bytes no job refers to",
+        }
+    }
+}
+
 /// One span of a segment file to zero.
 #[derive(Debug)]
 struct Wipe {
@@ -211,31 +222,37 @@ impl Drop for Reading {
 }
 
 fn run_wipes(due: Vec<Wipe>) {
+    static CANNOT_PUNCH_TOLD: AtomicBool = AtomicBool::new(false);
     for Wipe { path, span, of } in due {
-        if of == WipeOf::Unreferenced {
-            punch_unreferenced(&path, span);
-            continue;
-        }
-        let whose = match of {
-            WipeOf::ForgottenJob => "forgotten",
-            _ => "deleted",
-        };
-        match zero_span(&path, span) {
-            Ok(()) if of == WipeOf::ForgottenJob => log::debug!(
-                "Wiped {} bytes of a forgotten job in {}",
-                span.size,
-                path.display()
-            ),
-            Ok(()) => log::info!(
+        // Bytes no job refers to are not worth writing zeros over at every start.
+        let zeroed = zero_span(&path, span, of != WipeOf::Unreferenced);
+        match (zeroed, of) {
+            (Ok(true), WipeOf::DeletedJob) => log::info!(
                 "Wiped {} bytes of a deleted job in {}",
                 span.size,
                 path.display()
             ),
+            (Ok(true), WipeOf::ForgottenJob) => log::debug!(
+                "Wiped {} bytes of a forgotten job in {}",
+                span.size,
+                path.display()
+            ),
+            (Ok(true), WipeOf::Unreferenced) => log::debug!(
+                "Punched {} bytes no job refers to out of {}",
+                span.size,
+                path.display()
+            ),
+            (Ok(false), _) if !CANNOT_PUNCH_TOLD.swap(true, Ordering::Relaxed) => log::warn!(
+                "The filesystem of {} cannot punch holes: bytes no job refers to any more stay \
+                 in its results segments until each segment is deleted",
+                path.display()
+            ),
+            (Ok(false), _) => {}
             // Deleted meanwhile: nothing is left to wipe.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!(
-                "Could not wipe the {whose} job's bytes at {}+{} in {}: {e}; they stay until the \
-                 segment is deleted",
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {}
+            (Err(e), of) => log::warn!(
+                "Could not wipe {} at {}+{} in {}: {e}; they stay until the segment is deleted",
+                of.what(),
                 span.offset,
                 span.size,
                 path.display()
@@ -244,57 +261,22 @@ fn run_wipes(due: Vec<Wipe>) {
     }
 }
 
-/// Punches a hole over `span` of the file at `path` (within its length) and syncs it; the
-/// first filesystem that cannot is named once in the log.
-fn punch_unreferenced(path: &Path, span: Span) {
-    static CANNOT_PUNCH_TOLD: AtomicBool = AtomicBool::new(false);
-    let punched = OpenOptions::new().write(true).open(path).and_then(|file| {
-        let end = span
-            .offset
-            .saturating_add(span.size)
-            .min(file.metadata()?.len());
-        if end <= span.offset {
-            return Ok(true);
-        }
-        if !punch_hole(&file, span.offset, end - span.offset) {
-            return Ok(false);
-        }
-        file.sync_data().map(|()| true)
-    });
-    match punched {
-        Ok(true) => log::debug!(
-            "Punched {} bytes no job refers to out of {}",
-            span.size,
-            path.display()
-        ),
-        Ok(false) if !CANNOT_PUNCH_TOLD.swap(true, Ordering::Relaxed) => log::warn!(
-            "The filesystem of {} cannot punch holes: bytes no job refers to any more stay in \
-             its results segments until each segment is deleted",
-            path.display()
-        ),
-        Ok(false) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!(
-            "Could not punch out the bytes no job refers to at {}+{} in {}: {e}",
-            span.offset,
-            span.size,
-            path.display()
-        ),
-    }
-}
-
 /// Zeroes `span` of the file at `path` (within its length) and syncs it: a hole punched where
-/// the filesystem can (the blocks go back to it), else zeros written.
-fn zero_span(path: &Path, span: Span) -> io::Result<()> {
+/// the filesystem can (the blocks go back to it), else zeros written if `or_write` (returns
+/// false when it did neither).
+fn zero_span(path: &Path, span: Span, or_write: bool) -> io::Result<bool> {
     let file = OpenOptions::new().write(true).open(path)?;
     let end = span
         .offset
         .saturating_add(span.size)
         .min(file.metadata()?.len());
     if end <= span.offset {
-        return Ok(());
+        return Ok(true);
     }
     if !punch_hole(&file, span.offset, end - span.offset) {
+        if !or_write {
+            return Ok(false);
+        }
         let zeros = vec![0u8; 64 * 1024];
         let mut at = span.offset;
         while at < end {
@@ -303,7 +285,7 @@ fn zero_span(path: &Path, span: Span) -> io::Result<()> {
             at += n as u64;
         }
     }
-    file.sync_data()
+    file.sync_data().map(|()| true)
 }
 
 /// Punches a hole of `len` bytes at `offset`, keeping the file's length; false where the
