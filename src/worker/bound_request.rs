@@ -6,7 +6,7 @@
 use crate::base::shortage::is_shortage;
 use crate::worker::answer_head::{read_head, Head};
 use crate::worker::bound_socket::{connect_from, ConnectError};
-use crate::worker::workers_file::split_host_port;
+use crate::worker::workers_file::{endpoint_parts, EndpointParts};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -64,13 +64,13 @@ pub enum RequestError {
 /// The worker's address of the family of `local`, from an endpoint `http://host[:port][/prefix]`;
 /// also the `Host` header and the path prefix.
 fn resolve(endpoint: &str, local: IpAddr) -> Result<(SocketAddr, String, String), String> {
-    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let (host, port) = split_host_port(authority);
-    let port = port.and_then(|p| p.parse::<u16>().ok()).unwrap_or(80);
+    let EndpointParts {
+        authority,
+        host,
+        port,
+        prefix,
+        ..
+    } = endpoint_parts(endpoint);
     let found = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?

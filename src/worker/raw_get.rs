@@ -8,7 +8,7 @@ use crate::base::shortage::is_shortage;
 use crate::worker::answer_head::{read_head, Head};
 use crate::worker::bound_request::RequestTimeouts;
 use crate::worker::tls::Connector;
-use crate::worker::workers_file::split_host_port;
+use crate::worker::workers_file::{endpoint_parts, EndpointParts};
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -61,22 +61,13 @@ pub fn get(
     timeouts: RequestTimeouts,
     tls: &Connector,
 ) -> Result<Download, GetError> {
-    let (tls_wanted, rest) = match endpoint.strip_prefix("https://") {
-        Some(rest) => (true, rest),
-        None => (false, endpoint.strip_prefix("http://").unwrap_or(endpoint)),
-    };
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let (host, port) = split_host_port(authority);
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| GetError::Unreachable(format!("bad port in {endpoint}")))?,
-        None if tls_wanted => 443,
-        None => 80,
-    };
+    let EndpointParts {
+        tls: tls_wanted,
+        authority,
+        host,
+        port,
+        prefix,
+    } = endpoint_parts(endpoint);
     let tcp = connect(host, port, timeouts)?;
     let transport = |e: io::Error| GetError::Transport(e.to_string());
     tcp.set_read_timeout(Some(timeouts.io)).map_err(transport)?;

@@ -336,19 +336,79 @@ pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The parts of a worker endpoint `http[s]://host[:port][/prefix]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointParts<'a> {
+    /// `https://`.
+    pub tls: bool,
+    /// `host[:port]` as written (the `Host` header).
+    pub authority: &'a str,
+    /// The host (an IPv6 address without its brackets).
+    pub host: &'a str,
+    /// The port; 80 (443 for `https://`) when none is written or it is no port number (the
+    /// workers file refuses those).
+    pub port: u16,
+    /// The path prefix, from its `/`, without trailing slashes; empty for none.
+    pub prefix: &'a str,
+}
+
+/// Splits an endpoint into its parts.
+pub fn endpoint_parts(endpoint: &str) -> EndpointParts<'_> {
+    let (tls, rest) = match endpoint.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, endpoint.strip_prefix("http://").unwrap_or(endpoint)),
+    };
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let (host, port) = split_host_port(authority);
+    let port = port
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(if tls { 443 } else { 80 });
+    EndpointParts {
+        tls,
+        authority,
+        host,
+        port,
+        prefix,
+    }
+}
+
 /// The form two endpoints are compared in: lower-case host, explicit port.
 fn endpoint_key(endpoint: &str) -> String {
-    let (rest, default_port) = match endpoint.strip_prefix("https://") {
-        Some(rest) => (rest, 443),
-        None => (endpoint.trim_start_matches("http://"), 80),
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (host, port) = split_host_port(authority);
+    let parts = endpoint_parts(endpoint);
     format!(
         "{}:{}/{}",
-        host.to_ascii_lowercase(),
-        port.and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(default_port),
-        path
+        parts.host.to_ascii_lowercase(),
+        parts.port,
+        parts.prefix.strip_prefix('/').unwrap_or(parts.prefix)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_splits_into_its_parts_with_the_default_port_of_its_scheme() {
+        for (endpoint, parts) in [
+            (
+                "https://[::1]/sandrun/",
+                (true, "[::1]", "::1", 443, "/sandrun"),
+            ),
+            (
+                "http://Worker-1:8443",
+                (false, "Worker-1:8443", "Worker-1", 8443, ""),
+            ),
+        ] {
+            let p = endpoint_parts(endpoint);
+            assert_eq!((p.tls, p.authority, p.host, p.port, p.prefix), parts);
+        }
+        assert_eq!(endpoint_key("http://Worker-1:80/a"), "worker-1:80/a");
+        assert_eq!(
+            endpoint_key("http://worker-1/a"),
+            endpoint_key("http://Worker-1:80/a")
+        );
+    }
 }
