@@ -987,6 +987,12 @@ fn deleting_a_job_before_it_settled_cancels_it_and_deletes_it_as_it_settles() {
 }
 
 /// Whether `needle` lies anywhere in one of the files at `paths`.
+/// `len` bytes of `marker` over and over: a file whose bytes a search of the state
+/// directory finds.
+fn filled(marker: &[u8], len: usize) -> Vec<u8> {
+    marker.iter().copied().cycle().take(len).collect()
+}
+
 fn files_hold(paths: impl IntoIterator<Item = std::path::PathBuf>, needle: &[u8]) -> bool {
     paths.into_iter().any(|path| {
         std::fs::read(path)
@@ -1083,8 +1089,7 @@ fn results_segments_hold(state: &std::path::Path, needle: &[u8]) -> bool {
 fn deleting_a_queued_job_wipes_its_upload_in_a_segment_another_waiting_upload_keeps() {
     let (worker, dir, coordinator) = drained_pool();
     // Over 64 KiB each: both go to an upload segment, one after the other.
-    let upload =
-        |marker: &[u8]| -> Vec<u8> { marker.iter().copied().cycle().take(200_000).collect() };
+    let upload = |marker: &[u8]| filled(marker, 200_000);
     let (gone, waits) = (
         b"deleted-upload-3f9a".as_slice(),
         b"waiting-upload-c21e".as_slice(),
@@ -1162,7 +1167,7 @@ impl DownloadUnderWay {
         // 24 MiB, more than the sockets between the coordinator and a client that stops
         // reading hold.
         let marker: &'static [u8] = b"wiped-5c81e07d3a";
-        let data: Vec<u8> = marker.iter().copied().cycle().take(24 << 20).collect();
+        let data = filled(marker, 24 << 20);
         // One after the other, so that both go into the same results segment.
         let kept = submit(&coordinator, &form());
         wait_collected(&coordinator, &kept, DEADLINE);
@@ -1295,8 +1300,7 @@ fn a_job_retention_forgets_has_its_results_wiped_in_the_segment_another_job_keep
     let coordinator = Coordinator::start_in(dir.path(), &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let state = dir.path().join("state");
-    let data =
-        |marker: &[u8]| -> Vec<u8> { marker.iter().copied().cycle().take(100_000).collect() };
+    let data = |marker: &[u8]| filled(marker, 100_000);
     let (old, new) = (
         b"forgotten-results-77c1".as_slice(),
         b"retained-results-e20b".as_slice(),

@@ -210,8 +210,8 @@ fn write_disk(out: &mut Text, reserve: &DiskReserve) {
 }
 
 /// The job store's health: failing commits, the WAL's size, its free pages and its last full
-/// checkpoint; the jobs retention forgot and clients deleted, and the wipes of deleted jobs'
-/// bytes not made yet (`wipes_waiting`).
+/// checkpoint; the jobs retention forgot and clients deleted, and the wipes in segment files
+/// not made yet (`wipes_waiting`).
 fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
     out.family(
         "trusted_pool_jobs_forgotten_total",
@@ -228,7 +228,7 @@ fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
     out.family(
         "trusted_pool_store_wipes_waiting",
         "gauge",
-        "Wipes of deleted jobs' bytes in segment files not made yet (waiting for downloads that read the segment, or under way).",
+        "Wipes in segment files not made yet: a deleted or forgotten job's bytes, or bytes no job refers to (waiting for downloads that read the segment, or under way).",
     );
     out.sample(
         "trusted_pool_store_wipes_waiting",

@@ -219,8 +219,7 @@ pub fn delete(ctx: &Arc<Context>, id: &str, by: &str) -> Result<Deletion, Contro
                 job.delete_when_settled = true;
                 Some(job.status)
             }
-            Some(_) => None,
-            None => None,
+            _ => None,
         }
     };
     if let Some(status) = unsettled {

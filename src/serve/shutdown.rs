@@ -1,6 +1,6 @@
 //! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
-//! requests in progress, let dispatches in flight settle and the wipes of deleted jobs' results
-//! that waited for those requests be made (up to `--shutdown-grace`), commit and
+//! requests in progress, let dispatches in flight settle and the wipes of deleted or forgotten
+//! jobs' results that waited for those requests be made (up to `--shutdown-grace`), commit and
 //! close the job store, exit 0. Jobs running on workers keep running there and are followed
 //! again after the restart.
 
@@ -33,7 +33,8 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     loop {
         let requests = ctx.requests_in_flight.load(Ordering::SeqCst);
         let dispatches = dispatches_in_flight(ctx);
-        // A deleted job's results wait to be wiped until the downloads reading them end.
+        // A deleted or forgotten job's results wait to be wiped until the downloads reading
+        // them end.
         let wipes = ctx.spool.removals().pending_wipes();
         if requests == 0 && dispatches == 0 && wipes == 0 {
             break;
@@ -42,8 +43,8 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
             log::warn!(
                 "Shutdown grace over with {requests} requests and {dispatches} dispatches in flight; \
                  those dispatches will be lost after the restart if their worker took them; \
-                 {wipes} wipes of deleted jobs' results not made (those bytes stay until their \
-                 segment is deleted)"
+                 {wipes} wipes of deleted or forgotten jobs' results not made (the next start's \
+                 scrub punches those bytes out)"
             );
             break;
         }
