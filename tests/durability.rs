@@ -1624,6 +1624,27 @@ fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() 
     assert_eq!(files_in(&uploads), files_before);
 }
 
+/// A client that sends its whole upload before it reads (as most HTTP libraries do) gets the
+/// refusal that was answered before the body was read, not a reset connection: the coordinator
+/// reads and drops the rest of the body (more than the sockets' buffers hold) before it closes.
+#[test]
+fn a_client_still_sending_a_refused_upload_reads_its_answer_instead_of_a_reset() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let args = ["--max-queued-jobs", "1", "--upload-memory-bytes", "0"];
+    let coordinator = Coordinator::start(&[worker.entry(1)], &args);
+    submit(&coordinator, &job("queued"));
+    let big = job("refused").file("pad.bin", "application/octet-stream", &[b'#'; 24 << 20]);
+    for _ in 0..3 {
+        let reply = submit_reply(&coordinator, &big);
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert_eq!(reply.header("Connection"), Some("close"));
+        assert!(reply.text().contains("queue is full"), "{}", reply.text());
+    }
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["queued_jobs"], 1, "{pool}");
+}
+
 /// A small tmpfs mounted at a path, unmounted when dropped.
 struct Mount(std::path::PathBuf);
 

@@ -6,10 +6,11 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, RequestControl};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
@@ -48,7 +49,19 @@ pub struct ClientConnection {
 
     // Patched: the socket's read timeout is below `client_timeout` (a slow request's headers)
     timeout_lowered: bool,
+
+    // Patched: set by a request answered before its body was read: the connection lingers and
+    // closes instead of reading a next request
+    closing: Arc<AtomicBool>,
 }
+
+/// Patched: the longest a connection lingers after an answer given before its request's body
+/// was read (`Request::close_after_response`).
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// Patched: a lingering connection closes after this long without a byte from its client.
+pub const LINGER_SILENCE: Duration = Duration::from_secs(2);
+/// Patched: the most a lingering connection reads (and drops) before it closes.
+pub const LINGER_BYTES: usize = 64 << 20;
 
 /// Patched: longest request line (414 beyond).
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -98,6 +111,32 @@ impl ClientConnection {
             control,
             client_timeout,
             timeout_lowered: false,
+            closing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Patched: after an answer given before its request's body was read, shuts the write side
+    /// (the answer ends there for the client), then reads and drops what the client still sends
+    /// until it closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`], ending after
+    /// [`LINGER_SILENCE`] without a byte. Closing with unread bytes would reset the connection,
+    /// and a client still sending its body (most send it whole before they read) would get the
+    /// reset instead of its answer.
+    fn linger(&mut self) {
+        let socket = &self.control;
+        let _ = socket.set_nonblocking(false);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
+        let end = Instant::now() + LINGER_TIME;
+        let mut left = LINGER_BYTES;
+        let mut buf = [0u8; 8192];
+        while left > 0 {
+            let wait = end.saturating_duration_since(Instant::now()).min(LINGER_SILENCE);
+            if wait.is_zero() || socket.set_read_timeout(Some(wait)).is_err() {
+                break;
+            }
+            match socket.read_once(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
         }
     }
 
@@ -258,7 +297,10 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
-            Some(Arc::clone(&self.control)),
+            Some(RequestControl {
+                socket: Arc::clone(&self.control),
+                closing: Arc::clone(&self.closing),
+            }),
         )
         .map_err(|e| {
             use crate::request;
@@ -290,6 +332,13 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            // Patched: once the request before is done with the socket, an answer it got before
+            // its body was read ends the connection.
+            self.next_header_source.wait_turn();
+            if self.closing.load(Ordering::Acquire) {
+                self.linger();
+                return None;
+            }
             let rq = match self.read() {
                 Err(ReadError::TimedOut(started)) => {
                     if started {

@@ -97,6 +97,22 @@ impl Connection {
         }
     }
 
+    /// Patched: one read on the raw connection (what a lingering connection drops).
+    pub(crate) fn read_once(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        match self {
+            Self::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.read(buf)
+            }
+            #[cfg(unix)]
+            Self::Unix(s) => {
+                let mut s: &unix_net::UnixStream = s;
+                s.read(buf)
+            }
+        }
+    }
+
     /// Patched: one write on the raw connection (a refused connection's answer, and every write
     /// of a [`SharedConnection`]).
     pub(crate) fn write_once(&self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -114,6 +130,15 @@ impl Connection {
         }
     }
 }
+/// Patched: what a request holds of its connection: the socket, and the flag by which an
+/// answer given before the request's body was read (`Request::close_after_response`) asks the
+/// connection's thread to linger and close instead of reading a next request.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestControl {
+    pub(crate) socket: std::sync::Arc<Connection>,
+    pub(crate) closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Patched: one accepted socket shared by the connection's read half, its write half and its
 /// control handle. 0.12.0 duplicated it twice (`try_clone`): three descriptors a connection, and a
 /// panic in the accept loop when the second duplicate found none left.

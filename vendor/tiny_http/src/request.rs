@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use crate::connection::Connection;
+use crate::connection::RequestControl;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -79,7 +79,7 @@ pub struct Request {
     notify_when_responded: Option<Sender<()>>,
 
     // Patched: the raw socket of the connection, and whether to stop reading it once answered
-    control: Option<Arc<Connection>>,
+    control: Option<RequestControl>,
     close_after_response: bool,
 }
 
@@ -147,7 +147,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
-    control: Option<Arc<Connection>>,
+    control: Option<RequestControl>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -439,9 +439,13 @@ impl Request {
         reader.unwrap()
     }
 
-    /// Patched: once answered, the connection stops reading: the unread rest of the body is
-    /// not drained (a stalled or hostile upload would hold the answering thread until the
-    /// client timeout) and the connection closes.
+    /// Patched: the answer says `Connection: close`, and the connection ends after it. The
+    /// answering thread drops only the part of an unread body that already arrived (a stalled
+    /// or hostile upload would hold it until the client timeout); the connection's own thread
+    /// then shuts the write side and reads and drops what the client still sends, for a
+    /// bounded time, before it closes (`ClientConnection::linger`): closing a socket with
+    /// unread bytes resets the connection, and a client still sending its body would see the
+    /// reset instead of its answer.
     pub fn close_after_response(&mut self) {
         self.close_after_response = true;
     }
@@ -456,13 +460,15 @@ impl Request {
         // Patched: an answer that failed part-way (its body could not be read, or its client
         // stopped reading) leaves the connection mid-message: it is closed at once, so the
         // client sees the cut now, not after waiting for bytes that never come.
-        let shut = if res.is_err() {
-            Some(std::net::Shutdown::Both)
-        } else {
-            self.close_after_response.then_some(std::net::Shutdown::Read)
-        };
-        if let (Some(how), Some(control)) = (shut, &self.control) {
-            let _ = control.shutdown(how);
+        if let Some(control) = &self.control {
+            if res.is_err() {
+                let _ = control.socket.shutdown(std::net::Shutdown::Both);
+            } else if self.close_after_response {
+                // Dropping the body below reads only what already arrived; the connection's
+                // thread lingers for the rest.
+                control.closing.store(true, Ordering::Release);
+                let _ = control.socket.set_nonblocking(true);
+            }
         }
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
@@ -475,6 +481,10 @@ impl Request {
         R: Read,
     {
         let mut writer = self.extract_writer_impl();
+        let mut response = response;
+        if self.close_after_response {
+            response.close_connection();
+        }
 
         let do_not_send_body = self.method == Method::Head;
 

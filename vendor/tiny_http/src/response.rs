@@ -333,6 +333,13 @@ where
         self
     }
 
+    /// Patched: the answer says `Connection: close` (a header `add_header` refuses).
+    pub(crate) fn close_connection(&mut self) {
+        if let Ok(h) = Header::from_bytes(&b"Connection"[..], &b"close"[..]) {
+            self.headers.push(h);
+        }
+    }
+
     /// Returns the same request, but with a different status code.
     #[inline]
     pub fn with_status_code<S>(mut self, code: S) -> Response<R>
