@@ -1675,6 +1675,134 @@ fn state_on_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf, 
     Some((dir, state, mount))
 }
 
+/// Runs a command quietly: whether it succeeded.
+fn quietly(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A temporary directory whose `state` folder is a small ext4 filesystem on a loop device
+/// (one that can be frozen); `None`, with the reason printed, where the machine does not allow
+/// it (not root, no loop devices, no mkfs.ext4).
+fn state_on_ext4() -> Option<(tempfile::TempDir, std::path::PathBuf, Mount)> {
+    let dir = support::temp_dir();
+    let state = dir.path().join("state");
+    let image = dir.path().join("state.img");
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let (image, mount_at) = (image.to_string_lossy(), state.to_string_lossy());
+    let made = quietly("truncate", &["-s", "64M", &image])
+        && quietly("mkfs.ext4", &["-q", "-F", &image])
+        && quietly("mount", &["-o", "loop", &image, &mount_at]);
+    if !made {
+        eprintln!(
+            "SKIPPED: cannot mount an ext4 image here (needs root, a loop device and mkfs.ext4); the stalled-disk test did not run"
+        );
+        return None;
+    }
+    Some((dir, state.clone(), Mount(state)))
+}
+
+/// A filesystem frozen (`fsfreeze`): every write to it blocks until it is thawed, here when
+/// dropped.
+struct Frozen(std::path::PathBuf);
+
+impl Frozen {
+    fn freeze(path: &Path) -> Frozen {
+        let at = path.to_string_lossy();
+        assert!(quietly("fsfreeze", &["-f", &at]), "fsfreeze -f {at}");
+        Frozen(path.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        quietly("fsfreeze", &["-u", &self.0.to_string_lossy()]);
+    }
+}
+
+/// A disk that stops answering (frozen: writes block, no error ever comes back) stalls the job
+/// store: after 10 s `/ready` says so, a submit is refused at once with 503 and nothing kept, a
+/// cancel answers that it applies but is not recorded yet, and `/pool` and `/metrics` show how
+/// long. The submit that was waiting for its commit meanwhile gets its 200 once the disk is
+/// back, and submits are taken again.
+#[test]
+fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_until_it_is_back() {
+    let Some((dir, state, _mount)) = state_on_ext4() else {
+        return;
+    };
+    let worker = FakeWorker::start();
+    worker.stop();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    let queued = submit(&coordinator, &job("queued before"));
+    // Thawed before the coordinator is stopped (a process blocked on a frozen disk cannot be).
+    let frozen = Frozen::freeze(&state);
+    let waiting = {
+        let url = coordinator.url("/submit");
+        let form = job("waits for its commit");
+        thread::spawn(move || {
+            send("POST", &url, Some((&form.content_type(), &form.body())))
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    };
+    let stalled = poll_until(DEADLINE, || {
+        let (status, ready) = get_json(&coordinator.url("/ready"));
+        let said = ready["error"].as_str().unwrap_or_default().to_string();
+        (status == 503 && said.contains("the job store has written nothing for")).then_some(said)
+    });
+    assert!(stalled.is_some(), "{}", coordinator.logs());
+    assert!(!waiting.is_finished(), "the waiting submit was answered");
+
+    let started = Instant::now();
+    let refused = submit_reply(&coordinator, &job("refused"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(refused.header("Retry-After"), Some("5"));
+    assert!(
+        refused.text().contains("does not answer")
+            && refused.text().contains("the job was not accepted"),
+        "{}",
+        refused.text()
+    );
+    let (status, cancel) = post(&coordinator.url(&format!("/cancel/{queued}")), "", b"");
+    assert_eq!(status, 503, "{cancel}");
+    assert!(
+        cancel.contains("the job is cancelled now, but the job store cannot record it yet"),
+        "{cancel}"
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let seconds = pool["store"]["stalled_for_seconds"].as_f64().unwrap_or(0.0);
+    assert!(seconds >= 10.0, "{pool}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted_pool_store_stalled_seconds "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(gauge >= Some(10), "{metrics}");
+    assert!(coordinator.wait_for_log("The job store has written nothing for", DEADLINE));
+
+    drop(frozen);
+    let answered = waiting
+        .join()
+        .unwrap_or_else(|_| panic!("the waiting submit panicked"));
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert!(coordinator.wait_for_log("The job store writes again", DEADLINE));
+    let (_, ready) = get_json(&coordinator.url("/ready"));
+    assert!(!ready.to_string().contains("written nothing"), "{ready}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(pool["store"]["stalled_for_seconds"].is_null(), "{pool}");
+    assert_eq!(
+        job_status(&coordinator, &queued)["pool_status"],
+        "cancelled"
+    );
+    let after = submit_reply(&coordinator, &job("after"));
+    assert_eq!(after.status, 200, "{}", after.text());
+}
+
 /// Fills the filesystem under `dir` with one file, to the last byte; returns its path.
 fn fill_disk(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("filler");

@@ -209,7 +209,7 @@ fn write_disk(out: &mut Text, reserve: &DiskReserve) {
     );
 }
 
-/// The job store's health: failing commits, the WAL's size, its free pages and its last full
+/// The job store's health: failing or stalled commits, the WAL's size, its free pages and its last full
 /// checkpoint; the jobs retention forgot and clients deleted, and the wipes in segment files
 /// not made yet (`wipes_waiting`).
 fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
@@ -244,6 +244,16 @@ fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
         "trusted_pool_store_failing",
         &[],
         u64::from(store.failing.is_some()),
+    );
+    out.family(
+        "trusted_pool_store_stalled_seconds",
+        "gauge",
+        "Seconds the job store has written nothing while it had work, once that is 10 s or more (the disk under the state directory does not answer); 0 otherwise.",
+    );
+    out.sample(
+        "trusted_pool_store_stalled_seconds",
+        &[],
+        store.stalled_for.unwrap_or(0.0) as u64,
     );
     out.family(
         "trusted_pool_store_wal_bytes",

@@ -423,33 +423,37 @@ fn health() -> Reply {
 /// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`: the
 /// reasons name no job, worker or error detail.
 fn ready(ctx: &Context) -> Reply {
-    let mut reasons: Vec<&str> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    let mut reason = |why: &str| reasons.push(why.to_string());
     if ctx.stopping.load(Ordering::SeqCst) {
-        reasons.push("the coordinator is shutting down");
+        reason("the coordinator is shutting down");
     }
     if ctx.store.is_failing() {
-        reasons.push("the job store cannot commit (see store.failing in /pool)");
+        reason("the job store cannot commit (see store.failing in /pool)");
+    }
+    if let Some(stalled) = ctx.store.stalled_for() {
+        reason(&stalled_store(stalled));
     }
     if ctx.disk_reserve.shortfall(0).is_some() {
-        reasons.push("the state directory's disk is down to its reserve (see disk in /pool)");
+        reason("the state directory's disk is down to its reserve (see disk in /pool)");
     }
     {
         let st = ctx.lock();
         if st.queue.len() >= ctx.config.max_queued_jobs {
-            reasons.push("the queue is full (--max-queued-jobs)");
+            reason("the queue is full (--max-queued-jobs)");
         }
         if st.submits_paused.is_some() {
-            reasons.push("submits are paused by an operator (POST /submits/resume)");
+            reason("submits are paused by an operator (POST /submits/resume)");
         }
         if DispatchHold::active(&st.dispatch_hold, Instant::now()).is_some() {
-            reasons.push("dispatching is held (see dispatch_held in /pool)");
+            reason("dispatching is held (see dispatch_held in /pool)");
         }
         if !st
             .workers
             .iter()
             .any(|w| w.health.is_healthy && !w.draining && !w.removed)
         {
-            reasons.push("no worker is healthy and in service: jobs would wait in the queue");
+            reason("no worker is healthy and in service: jobs would wait in the queue");
         }
     }
     if reasons.is_empty() {
@@ -458,6 +462,14 @@ fn ready(ctx: &Context) -> Reply {
     Reply::Json(
         503,
         json!({"ready": false, "reasons": reasons, "error": format!("not ready: {}", reasons.join("; "))}),
+    )
+}
+
+/// What a stalled job store means, for `/ready` and a refused submit.
+fn stalled_store(stalled: Duration) -> String {
+    format!(
+        "the job store has written nothing for {:.0} s (the disk under the state directory does not answer)",
+        stalled.as_secs_f64()
     )
 }
 
@@ -685,6 +697,13 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             503,
             "the coordinator is shutting down; submit again once it is back",
         );
+    }
+    if let Some(stalled) = ctx.store.stalled_for() {
+        let why = format!(
+            "{}; the job was not accepted (nothing was kept): submit again later, or to another coordinator",
+            stalled_store(stalled)
+        );
+        return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
     }
     let queued = {
         let mut st = ctx.lock();

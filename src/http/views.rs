@@ -264,6 +264,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "records_coalesced": f.coalesced,
         "seconds_since_checkpoint": f.since_checkpoint,
         "failing": f.failing,
+        "stalled_for_seconds": f.stalled_for,
         "retention": {
             "retain_jobs": retain_jobs,
             "retain_for": retain_for,

@@ -143,7 +143,7 @@ pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError
     }
     committed.map_or(Ok(()), |ticket| {
         ticket
-            .wait()
+            .wait_unless_stalled(&ctx.store)
             .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
     })
 }
@@ -189,7 +189,7 @@ pub fn set_priority(
     );
     if let Some(ticket) = committed {
         ticket
-            .wait()
+            .wait_unless_stalled(&ctx.store)
             .map_err(|e| ControlError::NotRecorded(e.to_string(), e.fault()))?;
     }
     Ok(PriorityChange { was, position })
@@ -265,7 +265,7 @@ fn delete_when_settled(
     };
     if let Some(ticket) = committed {
         ticket
-            .wait()
+            .wait_unless_stalled(&ctx.store)
             .map_err(|e| ControlError::NotRecorded(e.to_string(), e.fault()))?;
     }
     Ok(deleted_or_marked(ctx, id, status, by))

@@ -21,13 +21,14 @@ use crate::base::config::FsyncMode;
 use crate::base::heap::release_free_pages;
 use crate::base::job::{Collection, Job, PoolStatus, Span};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
-use crate::base::mailbox::{Answer, Mailbox};
+use crate::base::mailbox::{Answer, Empty, Mailbox};
 use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::wal_sync::WalSync;
+use crate::store::writer_watch::WriterWatch;
 use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -206,6 +207,9 @@ pub enum StoreError {
     Closed,
     /// A commit failed, as the writer reported it.
     Failed(String),
+    /// The writer has made no progress for this long (the disk does not answer): a record
+    /// waited for is still to be written.
+    Stalled(Duration),
 }
 
 /// The kinds of store failure a client's answer tells apart.
@@ -276,6 +280,7 @@ impl StoreError {
             ),
             Self::Io(e) => is_unwritable_disk(e),
             Self::Failed(why) => why.starts_with(UNWRITABLE),
+            Self::Stalled(_) => true,
             _ => false,
         }
     }
@@ -328,6 +333,12 @@ impl fmt::Display for StoreError {
             Self::Io(e) => write!(f, "syncing the state directory failed: {e}"),
             Self::Closed => write!(f, "the job store is closed: the coordinator is stopping"),
             Self::Failed(why) => write!(f, "{why}"),
+            Self::Stalled(stalled) => write!(
+                f,
+                "the job store has written nothing for {:.0} s (the disk under the state \
+                 directory does not answer)",
+                stalled.as_secs_f64()
+            ),
         }
     }
 }
@@ -403,6 +414,9 @@ pub struct Record {
     pub within: Duration,
 }
 
+/// How often a wait that gives up on a stalled store looks at it.
+const STALL_CHECK: Duration = Duration::from_millis(500);
+
 /// Lets a sender wait for the commit of one record.
 pub struct Ticket(Arc<Mailbox<Result<(), String>>>);
 
@@ -424,7 +438,28 @@ impl Ticket {
 
     /// Waits until the record committed; the error says why it did not.
     pub fn wait(self) -> Result<(), StoreError> {
-        match self.0.recv() {
+        Self::outcome(self.0.recv())
+    }
+
+    /// Like [`Ticket::wait`], but gives up once `store` has made no progress for
+    /// [`crate::store::writer_watch::STALL_AFTER`] ([`StoreError::Stalled`]): the record is
+    /// then written when the disk answers again. For a change that applies whether or not it
+    /// is recorded yet (a cancel), never for a promise that needs the record (a submit).
+    pub fn wait_unless_stalled(self, store: &JobStore) -> Result<(), StoreError> {
+        loop {
+            match self.0.recv_timeout(STALL_CHECK) {
+                Err(Empty::Timeout) => {
+                    if let Some(stalled) = store.stalled_for() {
+                        return Err(StoreError::Stalled(stalled));
+                    }
+                }
+                received => return Self::outcome(received),
+            }
+        }
+    }
+
+    fn outcome(received: Result<Result<(), String>, Empty>) -> Result<(), StoreError> {
+        match received {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(StoreError::Failed(why)),
             Err(_) => Err(StoreError::Closed),
@@ -466,6 +501,8 @@ struct Figures {
     failing: Mutex<Option<String>>,
     /// Whether `failing` is set (read without its lock after every commit).
     is_failing: AtomicBool,
+    /// The writer's current round (a disk that stopped answering).
+    watch: WriterWatch,
 }
 
 impl Figures {
@@ -522,6 +559,9 @@ pub struct StoreFigures {
     pub retain_bytes: u64,
     /// While commits fail (a full disk): the last one's error.
     pub failing: Option<String>,
+    /// Seconds the writer has made no progress, once that is
+    /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
+    pub stalled_for: Option<f64>,
 }
 
 /// How long finished jobs are kept, and where their results lie.
@@ -1048,13 +1088,25 @@ impl JobStore {
         {
             return Err(StoreError::Closed);
         }
-        match answered.recv_timeout(wait) {
-            Ok(result) => result,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(StoreError::Failed(format!(
-                "{LOCKED} or slow: it did not delete the job within {} s, and may still do so",
-                wait.as_secs()
-            ))),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(StoreError::Closed),
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match answered.recv_timeout(left.min(STALL_CHECK)) {
+                Ok(result) => return result,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(StoreError::Closed)
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(stalled) = self.stalled_for() {
+                return Err(StoreError::Stalled(stalled));
+            }
+            if left.is_zero() {
+                return Err(StoreError::Failed(format!(
+                    "{LOCKED} or slow: it did not delete the job within {} s, and may still do so",
+                    wait.as_secs()
+                )));
+            }
         }
     }
 
@@ -1081,12 +1133,19 @@ impl JobStore {
             results_bytes: (self.retain_bytes > 0).then(|| f.results_bytes.load(Ordering::Relaxed)),
             retain_bytes: self.retain_bytes,
             failing: lock(&f.failing).clone(),
+            stalled_for: f.watch.stalled_for().map(|d| d.as_secs_f64()),
         }
     }
 
     /// Whether the store's commits fail now (a full disk, another program's lock).
     pub fn is_failing(&self) -> bool {
         self.figures.is_failing.load(Ordering::Relaxed)
+    }
+
+    /// How long the writer has made no progress, once that is
+    /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.figures.watch.stalled_for()
     }
 
     /// Settled jobs in `status` (they live in the store only).
@@ -1504,13 +1563,16 @@ struct Writer {
 impl Writer {
     fn run(mut self, received: HandoffReceiver<Op>) {
         loop {
-            let ops = match received.take(Instant::now() + SWEEP_EVERY) {
+            let taken = received.take(Instant::now() + SWEEP_EVERY);
+            self.figures.watch.begin();
+            let ops = match taken {
                 Taken::Items(items) => items,
                 Taken::Timeout => {
                     if !self.unwritten.is_empty() {
                         self.commit(Vec::new());
                     }
                     self.maintain(true);
+                    self.figures.watch.end();
                     continue;
                 }
                 Taken::Closed => break,
@@ -1538,6 +1600,7 @@ impl Writer {
                 return;
             }
             self.maintain(false);
+            self.figures.watch.end();
         }
         self.stop();
     }

@@ -13,3 +13,4 @@ pub mod snapshot;
 pub mod spool;
 pub mod state_check;
 pub mod wal_sync;
+pub mod writer_watch;
