@@ -1727,8 +1727,9 @@ impl Drop for Frozen {
 /// A disk that stops answering (frozen: writes block, no error ever comes back) stalls the job
 /// store: after 10 s `/ready` says so, a submit is refused at once with 503 and nothing kept, a
 /// cancel answers that it applies but is not recorded yet, and `/pool` and `/metrics` show how
-/// long. The submit that was waiting for its commit meanwhile gets its 200 once the disk is
-/// back, and submits are taken again.
+/// long. A stop meanwhile says what it waits for. Once the disk is back, the submit that was
+/// waiting for its commit gets its 200 and the coordinator stops cleanly; after the restart
+/// both jobs are known, the cancel is kept, and submits are taken again.
 #[test]
 fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_until_it_is_back() {
     let Some((dir, state, _mount)) = state_on_ext4() else {
@@ -1737,7 +1738,7 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     let worker = FakeWorker::start();
     worker.stop();
     write_workers_json(dir.path(), &[worker.entry(1)]);
-    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
     let queued = submit(&coordinator, &job("queued before"));
     // Thawed before the coordinator is stopped (a process blocked on a frozen disk cannot be).
     let frozen = Frozen::freeze(&state);
@@ -1785,20 +1786,36 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert!(gauge >= Some(10), "{metrics}");
     assert!(coordinator.wait_for_log("The job store has written nothing for", DEADLINE));
 
+    // A stop meanwhile says what it waits for, and ends cleanly once the disk is back.
+    let stop = std::process::Command::new("kill")
+        .args(["-TERM", &coordinator.pid().to_string()])
+        .status();
+    assert!(stop.is_ok_and(|s| s.success()));
+    assert!(coordinator.wait_for_log(
+        "the stop is waiting for it to write its last changes",
+        DEADLINE
+    ));
     drop(frozen);
     let answered = waiting
         .join()
         .unwrap_or_else(|_| panic!("the waiting submit panicked"));
     assert_eq!(answered.status, 200, "{}", answered.text());
-    assert!(coordinator.wait_for_log("The job store writes again", DEADLINE));
-    let (_, ready) = get_json(&coordinator.url("/ready"));
-    assert!(!ready.to_string().contains("written nothing"), "{ready}");
+    let exit = coordinator.wait_exit(DEADLINE);
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    assert!(coordinator.logs().contains("The job store writes again"));
+
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert!(pool["store"]["stalled_for_seconds"].is_null(), "{pool}");
     assert_eq!(
         job_status(&coordinator, &queued)["pool_status"],
         "cancelled"
     );
+    let id = answered.json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(job_status(&coordinator, &id)["pool_status"], "queued");
     let after = submit_reply(&coordinator, &job("after"));
     assert_eq!(after.status, 200, "{}", after.text());
 }

@@ -20,6 +20,23 @@ fn dispatches_in_flight(ctx: &Context) -> usize {
         .count()
 }
 
+/// Says once (`told`) that the stop waits on a job store that writes nothing (the disk does
+/// not answer): requests and dispatches waiting on it, and its close, end only once it writes.
+fn told_stall(ctx: &Context, told: &mut bool) {
+    if *told {
+        return;
+    }
+    if let Some(stalled) = ctx.store.stalled_for() {
+        *told = true;
+        log::error!(
+            "The job store has written nothing for {:.0} s (the disk under the state directory \
+             does not answer); the stop is waiting for it to write its last changes. A second \
+             signal stops at once: every committed change is kept",
+            stalled.as_secs_f64()
+        );
+    }
+}
+
 /// Runs the shutdown; never returns (the process exits 0).
 pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     log::info!(
@@ -30,7 +47,9 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     ctx.lock().stopping = true;
     server.stop_accepting();
     let deadline = Instant::now() + ctx.config.shutdown_grace;
+    let mut told = false;
     loop {
+        told_stall(ctx, &mut told);
         let requests = ctx.requests_in_flight.load(Ordering::SeqCst);
         let dispatches = dispatches_in_flight(ctx);
         // A deleted or forgotten job's results wait to be wiped until the downloads reading
@@ -50,6 +69,7 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
         }
         thread::sleep(Duration::from_millis(20));
     }
+    told_stall(ctx, &mut told);
     ctx.store.close();
     log::info!("Job store closed; stopped");
     std::process::exit(0);
