@@ -156,6 +156,8 @@ pub enum CliError {
     },
     /// A subcommand is missing its argument.
     MissingArgument(&'static str),
+    /// A flag given more than once (only `--cors-origin` may be).
+    Repeated(String),
 }
 
 impl fmt::Display for CliError {
@@ -164,6 +166,10 @@ impl fmt::Display for CliError {
             Self::UnknownArgument(a) => write!(f, "unknown argument {a:?}"),
             Self::BadValue { flag, problem } => write!(f, "{flag}: {problem}"),
             Self::MissingArgument(what) => write!(f, "missing argument: {what}"),
+            Self::Repeated(flag) => write!(
+                f,
+                "{flag} is given more than once; give it once (which one should win is not guessed)"
+            ),
         }
     }
 }
@@ -326,6 +332,7 @@ fn some_path(text: &str) -> Result<Option<PathBuf>, String> {
 
 /// Parses the arguments (without the program name).
 pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
+    let flags: Vec<String> = raw.iter().filter_map(flag_name).collect();
     let mut args = pico_args::Arguments::from_vec(raw);
     if args.contains(["-h", "--help"]) {
         return Ok(Command::Help);
@@ -380,11 +387,26 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
+        // A flag that was taken once and is still there was given again.
+        if let Some(flag) = flag_name(first) {
+            let given = flags.iter().filter(|f| **f == flag).count();
+            let left = rest.iter().filter(|a| a.to_str() == Some(flag.as_str()));
+            if given > left.count() {
+                return Err(CliError::Repeated(flag));
+            }
+        }
         return Err(CliError::UnknownArgument(
             first.to_string_lossy().into_owned(),
         ));
     }
     Ok(command)
+}
+
+/// The argument, when it is a flag (`--state-dir`).
+fn flag_name(arg: &OsString) -> Option<String> {
+    arg.to_str()
+        .filter(|a| a.starts_with("--"))
+        .map(str::to_string)
 }
 
 /// Two flags that go together: both or neither.

@@ -284,6 +284,29 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
     );
     let bad = run(&["--threads", "0"]);
     assert!(bad.stderr.contains("\"0\""), "{}", bad.describe());
+    // A flag given twice (a unit file and an override, say) is named as such, not as unknown.
+    for twice in [
+        &["--state-dir", "a", "--state-dir", "b"][..],
+        &["--port", "0", "--state-dir", "a", "--port", "1"],
+        &["--metrics-open", "--metrics-open"],
+    ] {
+        let result = run(twice);
+        assert_eq!(result.code, Some(2), "{}", result.describe());
+        assert!(
+            result.stderr.contains("is given more than once") && !result.stderr.contains("unknown"),
+            "`trusted-pool {}`: {}",
+            twice.join(" "),
+            result.describe()
+        );
+    }
+    let unknown = run(&["--no-such-flag", "--no-such-flag"]);
+    assert!(
+        unknown
+            .stderr
+            .contains("unknown argument \"--no-such-flag\""),
+        "{}",
+        unknown.describe()
+    );
 }
 
 /// A workers file that must be refused, and what the refusal must say.
