@@ -1820,6 +1820,61 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert_eq!(after.status, 200, "{}", after.text());
 }
 
+/// A state directory deleted (here: moved away) or replaced under the running coordinator
+/// would leave it acknowledging jobs into a file no restart reads: submits are refused with 503
+/// saying why, `/ready`, `/pool`, `/metrics` and the log say so, and once the same files are
+/// back, submits are taken again.
+#[test]
+fn a_state_directory_deleted_or_replaced_under_the_coordinator_refuses_submits_until_it_is_back() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--health-interval", "1"]);
+    let done = submit(&coordinator, &job("before"));
+    wait_collected(&coordinator, &done, DEADLINE);
+    let state = coordinator.state_dir();
+    let aside = state.with_extension("aside");
+    fs::rename(&state, &aside).unwrap_or_else(|e| panic!("{e}"));
+    let refused = submit_reply(&coordinator, &job("while gone"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("was removed while the coordinator runs")
+            && refused.text().contains("the job was not accepted"),
+        "{}",
+        refused.text()
+    );
+    let (status, ready) = get_json(&coordinator.url("/ready"));
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.to_string().contains("was removed"), "{ready}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(pool["store"]["file_lost"].is_string(), "{pool}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.lines().any(|l| l == "trusted_pool_store_failing 1"),
+        "{metrics}"
+    );
+    assert!(coordinator.wait_for_log("nothing written from now on would be read", DEADLINE));
+
+    // A copy put in its place is another file: still refused.
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    fs::copy(aside.join("jobs.db"), state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
+    let refused = submit_reply(&coordinator, &job("into a copy"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("was replaced"),
+        "{}",
+        refused.text()
+    );
+
+    fs::remove_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    fs::rename(&aside, &state).unwrap_or_else(|e| panic!("{e}"));
+    let taken = submit(&coordinator, &job("after"));
+    wait_collected(&coordinator, &taken, DEADLINE);
+    assert!(coordinator.wait_for_log("is the file this coordinator opened again", DEADLINE));
+    let (status, _) = get_json(&coordinator.url(&format!("/status/{done}")));
+    assert_eq!(status, 200);
+}
+
 /// Fills the filesystem under `dir` with one file, to the last byte; returns its path.
 fn fill_disk(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("filler");

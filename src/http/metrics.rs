@@ -238,12 +238,12 @@ fn write_store(out: &mut Text, store: &StoreFigures, wipes_waiting: usize) {
     out.family(
         "trusted_pool_store_failing",
         "gauge",
-        "1 while the job store's commits fail (a full disk, another program holding its lock).",
+        "1 while the job store's commits fail (a full disk, another program holding its lock), or while its file is no longer the one opened (the state directory was deleted or replaced).",
     );
     out.sample(
         "trusted_pool_store_failing",
         &[],
-        u64::from(store.failing.is_some()),
+        u64::from(store.failing.is_some() || store.file_lost.is_some()),
     );
     out.family(
         "trusted_pool_store_stalled_seconds",

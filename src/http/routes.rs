@@ -434,6 +434,9 @@ fn ready(ctx: &Context) -> Reply {
     if let Some(stalled) = ctx.store.stalled_for() {
         reason(&stalled_store(stalled));
     }
+    if let Some(lost) = ctx.store.file_lost() {
+        reason(&lost);
+    }
     if ctx.disk_reserve.shortfall(0).is_some() {
         reason("the state directory's disk is down to its reserve (see disk in /pool)");
     }
@@ -702,6 +705,12 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         let why = format!(
             "{}; the job was not accepted (nothing was kept): submit again later, or to another coordinator",
             stalled_store(stalled)
+        );
+        return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
+    }
+    if let Some(lost) = ctx.store.file_lost() {
+        let why = format!(
+            "{lost}; the job was not accepted (nothing was kept): submit to another coordinator, or once the operator put the state directory back or restarted"
         );
         return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
     }

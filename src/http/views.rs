@@ -265,6 +265,7 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
         "seconds_since_checkpoint": f.since_checkpoint,
         "failing": f.failing,
         "stalled_for_seconds": f.stalled_for,
+        "file_lost": f.file_lost,
         "retention": {
             "retain_jobs": retain_jobs,
             "retain_for": retain_for,

@@ -1,8 +1,8 @@
 //! The health checker thread: probes every worker at start-up, then on its interval; failing
 //! workers are re-probed sooner with a backoff from 1 s up to the interval. One round's probes run
 //! concurrently, so a round takes about one health timeout however many workers hang. On the
-//! same beat it looks at the job store, so that a store that stopped writing is logged even
-//! when no request asks about it.
+//! same beat it looks at the job store, so that a store that stopped writing, or whose file
+//! was deleted or replaced, is logged even when no request asks about it.
 
 use crate::base::clock::unix_now;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
@@ -39,6 +39,7 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
             probe_round(&ctx, due);
         }
         ctx.store.stalled_for();
+        ctx.store.file_lost();
         let next = ctx
             .lock()
             .workers

@@ -24,6 +24,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Empty, Mailbox};
 use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
+use crate::store::file_identity::FileIdentity;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
 use crate::store::segments::{SegmentFile, Segments};
@@ -562,6 +563,8 @@ pub struct StoreFigures {
     /// Seconds the writer has made no progress, once that is
     /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
     pub stalled_for: Option<f64>,
+    /// What became of the store's file, once it is no longer the one opened.
+    pub file_lost: Option<String>,
 }
 
 /// How long finished jobs are kept, and where their results lie.
@@ -698,6 +701,8 @@ pub struct JobStore {
     /// Drains and the pause of submits made through the API.
     pub controls: Arc<Controls>,
     deferred_check: Mutex<Option<DeferredCheck>>,
+    /// The file opened, to tell when the state directory is deleted or replaced under it.
+    identity: FileIdentity,
     /// `--retain-bytes` (0: no limit).
     retain_bytes: u64,
 }
@@ -812,6 +817,7 @@ impl JobStore {
         let path = state_dir.join(DB_FILE);
         let (conn, figures, unsettled, deferred_check) =
             open_checked(&path, mode).map_err(|e| name_the_file(&path, e))?;
+        let identity = FileIdentity::of(&path).map_err(StoreError::Io)?;
         // Counted from the two partial indexes (a count over the whole table reads it all).
         let settled: u64 = figures
             .settled
@@ -873,6 +879,7 @@ impl JobStore {
             figures,
             settle_hook,
             deferred_check: Mutex::new(deferred_check),
+            identity,
             retain_bytes,
         };
         Ok((store, unsettled))
@@ -1134,12 +1141,20 @@ impl JobStore {
             retain_bytes: self.retain_bytes,
             failing: lock(&f.failing).clone(),
             stalled_for: f.watch.stalled_for().map(|d| d.as_secs_f64()),
+            file_lost: self.identity.lost(),
         }
     }
 
     /// Whether the store's commits fail now (a full disk, another program's lock).
     pub fn is_failing(&self) -> bool {
         self.figures.is_failing.load(Ordering::Relaxed)
+    }
+
+    /// `None` while the store's file is the one opened; else what became of it (the state
+    /// directory was deleted, or another file put in its place): nothing written from then on
+    /// would be read by the next start.
+    pub fn file_lost(&self) -> Option<String> {
+        self.identity.lost()
     }
 
     /// How long the writer has made no progress, once that is
