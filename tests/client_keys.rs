@@ -758,8 +758,8 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
     );
 }
 
-/// An open coordinator (no --api-keys) warns at start when it listens beyond loopback, and
-/// stays quiet on loopback or with keys.
+/// An open coordinator (no --api-keys) warns at start when it listens beyond loopback, naming
+/// the address it bound, and stays quiet on loopback or with keys.
 #[test]
 fn an_open_port_beyond_loopback_is_warned_about() {
     let worker = FakeWorker::start();
@@ -797,4 +797,13 @@ fn an_open_port_beyond_loopback_is_warned_about() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen.contains(warning), "no warning on 0.0.0.0: {seen}");
+    // It names the port the system chose for --port 0, the one "Listening on" gives.
+    let bound = seen
+        .lines()
+        .find_map(|l| l.split("Listening on http://").nth(1))
+        .unwrap_or_else(|| panic!("no listening line: {seen}"));
+    assert!(
+        seen.contains(&format!("anyone who reaches {bound} ")),
+        "{seen}"
+    );
 }

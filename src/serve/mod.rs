@@ -181,11 +181,16 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (mut ctx, signals) = Context::new(config, table, spool, store);
     ctx.client = WorkerClient::with_tls(timeouts, worker_tls);
     ctx.connections = server.connection_counts();
+    // The address bound (with `--port 0`, the port the system chose).
+    let listening = server
+        .server_addr()
+        .to_ip()
+        .map_or_else(|| addr.to_string(), |a| a.to_string());
     if let Some(keys) = keys {
         ctx.keys.set(keys);
     } else if !ctx.config.bind.is_loopback() {
         log::warn!(
-            "No --api-keys: anyone who reaches {addr} can submit jobs and read every job's status, logs and outputs"
+            "No --api-keys: anyone who reaches {listening} can submit jobs and read every job's status, logs and outputs"
         );
     }
     let ctx = Arc::new(ctx);
@@ -216,10 +221,6 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .name("scheduler".to_string())
         .spawn(move || scheduler::run(scheduler_ctx, signals.scheduler))
         .map_err(ServeError::Thread)?;
-    let listening = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| addr.to_string(), |a| a.to_string());
     let received = signals::listen().map_err(ServeError::Thread)?;
     let notifier = Arc::new(Notifier::from_env());
     let control_ctx = Arc::clone(&ctx);
