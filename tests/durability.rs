@@ -1726,8 +1726,8 @@ impl Drop for Frozen {
 
 /// A disk that stops answering (frozen: writes block, no error ever comes back) stalls the job
 /// store: after 10 s `/ready` says so, a submit is refused at once with 503 and nothing kept, a
-/// cancel answers that it applies but is not recorded yet, and `/pool` and `/metrics` show how
-/// long. A stop meanwhile says what it waits for. Once the disk is back, the submit that was
+/// cancel answers that it applies but is not recorded yet, a deletion that it waits, and
+/// `/pool` and `/metrics` show how long. A stop meanwhile says what it waits for. Once the disk is back, the submit that was
 /// waiting for its commit gets its 200 and the coordinator stops cleanly; after the restart
 /// both jobs are known, the cancel is kept, and submits are taken again.
 #[test]
@@ -1740,6 +1740,9 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     write_workers_json(dir.path(), &[worker.entry(1)]);
     let mut coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
     let queued = submit(&coordinator, &job("queued before"));
+    let ended = submit(&coordinator, &job("ended before"));
+    let (status, body) = post(&coordinator.url(&format!("/cancel/{ended}")), "", b"");
+    assert_eq!(status, 200, "{body}");
     // Thawed before the coordinator is stopped (a process blocked on a frozen disk cannot be).
     let frozen = Frozen::freeze(&state);
     let waiting = {
@@ -1774,6 +1777,14 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert!(
         cancel.contains("the job is cancelled now, but the job store cannot record it yet"),
         "{cancel}"
+    );
+    let delete = send("DELETE", &coordinator.url(&format!("/jobs/{ended}")), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(delete.status, 503, "{}", delete.text());
+    assert!(
+        delete.text().contains("the deletion waits"),
+        "{}",
+        delete.text()
     );
     let (_, pool) = get_json(&coordinator.url("/pool"));
     let seconds = pool["store"]["stalled_for_seconds"].as_f64().unwrap_or(0.0);
@@ -1811,6 +1822,8 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
         job_status(&coordinator, &queued)["pool_status"],
         "cancelled"
     );
+    let (status, _) = get_json(&coordinator.url(&format!("/status/{ended}")));
+    assert_eq!(status, 404, "the deletion asked during the stall was made");
     let id = answered.json()["job_id"]
         .as_str()
         .unwrap_or_default()

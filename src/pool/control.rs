@@ -38,6 +38,9 @@ pub enum ControlError {
     Settling(String),
     /// The job store could not delete the job.
     NotDeleted(String, StoreFault),
+    /// The job store has written nothing for a while: the deletion waits in its queue, and is
+    /// made once it writes again.
+    DeleteWaiting(String),
 }
 
 impl ControlError {
@@ -49,6 +52,7 @@ impl ControlError {
             Self::NotRecorded(_, fault)
             | Self::CancelNotRecordedYet(_, fault)
             | Self::NotDeleted(_, fault) => fault.http_status(),
+            Self::DeleteWaiting(_) => 503,
         }
     }
 }
@@ -93,6 +97,11 @@ impl fmt::Display for ControlError {
                  still ending it, or its end is not recorded yet; delete it again shortly"
             ),
             Self::NotDeleted(why, _) => write!(f, "the job was not deleted: {why}"),
+            Self::DeleteWaiting(why) => write!(
+                f,
+                "the job is not deleted yet: {why}; the deletion waits and is made once the store \
+                 writes again (its status answers 404 then)"
+            ),
         }
     }
 }
@@ -235,6 +244,7 @@ pub fn delete(ctx: &Arc<Context>, id: &str, by: &str) -> Result<Deletion, Contro
         }
         Ok(None) if live => Err(ControlError::Settling(id.to_string())),
         Ok(None) => Err(ControlError::UnknownJob(id.to_string())),
+        Err(e @ StoreError::Stalled(_)) => Err(ControlError::DeleteWaiting(e.to_string())),
         Err(e) => Err(ControlError::NotDeleted(e.to_string(), e.fault())),
     }
 }
