@@ -626,7 +626,7 @@ fn a_second_coordinator_on_a_state_directory_in_use_is_refused() {
         refused.contains(&format!(
             "is in use by another trusted-pool (process {})",
             first.pid()
-        )),
+        )) && refused.contains("The lock is never stale"),
         "{refused}"
     );
     for id in &ids {

@@ -29,7 +29,9 @@ impl fmt::Display for DirLockError {
                 f,
                 "state directory {} is in use by another trusted-pool{}; stop that one first, or \
                  give this one a --state-dir of its own (two coordinators on one state directory \
-                 would send the same jobs twice)",
+                 would send the same jobs twice). The lock is never stale: the system lets go of \
+                 it when its holder ends, however it ends; deleting the lock file stops nothing \
+                 and lets two coordinators in",
                 dir.display(),
                 pid.map(|p| format!(" (process {p})")).unwrap_or_default()
             ),
