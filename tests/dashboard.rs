@@ -290,6 +290,31 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         );
         eprintln!("screenshot: {}", path.display());
     }
+
+    // The state directory moved away under the running coordinator: the job store part says
+    // `lost` and why.
+    let state = coordinator.state_dir();
+    let aside = state.with_extension("aside");
+    std::fs::rename(&state, &aside).unwrap_or_else(|e| panic!("{e}"));
+    let (dom, stderr) = run_chromium(
+        browser,
+        &[
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=8000".to_string(),
+            url,
+        ],
+    );
+    std::fs::rename(&aside, &state).unwrap_or_else(|e| panic!("{e}"));
+    let store = tags(&dom, "tr")
+        .into_iter()
+        .find(|t| attribute(t, "data-part") == Some("job store"))
+        .unwrap_or_else(|| panic!("no job store part; stderr:\n{stderr}\n{dom}"));
+    let at = dom.find(store).unwrap_or_default();
+    let part = &dom[at..dom[at..].find("</tr>").map_or(dom.len(), |end| at + end)];
+    assert!(
+        part.contains(">lost<") && part.contains("was removed while the coordinator runs"),
+        "{part}"
+    );
 }
 
 /// A CSS string (for an attribute selector) holding `text`.
