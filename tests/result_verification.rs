@@ -237,3 +237,38 @@ fn require_verified_fails_bad_results_and_distrusts_the_worker_until_an_operator
     let good = run_job(&coordinator, &worker, |_| {});
     assert_eq!(good["pool_status"], "completed", "{good}");
 }
+
+/// An output the coordinator cannot collect for a reason of its own (a name with a space,
+/// which sandrun cannot serve) fails the job under `--require-verified`, saying why, but is no
+/// fault of the worker: any submitter could otherwise take every worker out of service. The
+/// worker stays in service and runs the next job.
+#[test]
+fn require_verified_does_not_distrust_a_worker_for_an_output_the_coordinator_cannot_collect() {
+    let worker = worker();
+    let coordinator = start(&worker, &["--require-verified"]);
+    // Without an outputs list the fake worker lists every file of the job as an output.
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .file("a b.txt", "text/plain", b"space\n")
+        .manifest(r#"{"entrypoint":"main.py"}"#);
+    let id = submit(&coordinator, &form);
+    let status = poll_until(DEADLINE, || {
+        let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+        (status["results"]["collected"] == true).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("job {id} was not collected in time"));
+    assert_eq!(status["pool_status"], "failed", "{status}");
+    assert!(
+        status["error"].as_str().is_some_and(|e| e
+            .starts_with("results not verified (--require-verified)")
+            && e.contains("a b.txt was not collected (sandrun cannot serve")),
+        "{status}"
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["is_healthy"], true, "{entry}");
+    let good = run_job(&coordinator, &worker, |_| {});
+    assert_eq!(good["pool_status"], "completed", "{good}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+}

@@ -466,35 +466,55 @@ fn record_status(
     true
 }
 
+/// The outputs check of a collection: the verdict, why it is not a match, and whether the
+/// worker is to blame (an output that differs from its signed hash, or one it listed but did
+/// not serve). An output the coordinator does not collect by its own rule ([`uncollectable`])
+/// is a mismatch too, but no fault of the worker.
+struct OutputsCheck {
+    verdict: OutputsVerdict,
+    why: Option<String>,
+    worker_at_fault: bool,
+}
+
 /// Compares the collected outputs with the signed hashes.
-fn outputs_verdict(
-    status: &Value,
-    collected: &[(String, String)],
-) -> (OutputsVerdict, Option<String>) {
+fn outputs_verdict(status: &Value, collected: &[(String, String)]) -> OutputsCheck {
     let signed = signature::signed_hashes(status);
     let mut wrong = Vec::new();
+    let mut worker_at_fault = false;
     for (path, sha) in &signed {
         match collected.iter().find(|(p, _)| p == path) {
             Some((_, got)) if got == sha => {}
-            Some(_) => wrong.push(format!("{path} differs from the signed sha256")),
+            Some(_) => {
+                worker_at_fault = true;
+                wrong.push(format!("{path} differs from the signed sha256"));
+            }
             None => match uncollectable(path) {
                 Some(why) => wrong.push(format!("{path} was not collected ({why})")),
-                None => wrong.push(format!("{path} was not collected")),
+                None => {
+                    worker_at_fault = true;
+                    wrong.push(format!("{path} was not collected"));
+                }
             },
         }
     }
     if wrong.is_empty() {
-        (OutputsVerdict::Match, None)
-    } else {
-        (
-            OutputsVerdict::Mismatch,
-            Some(format!("outputs mismatch: {}", wrong.join(", "))),
-        )
+        return OutputsCheck {
+            verdict: OutputsVerdict::Match,
+            why: None,
+            worker_at_fault,
+        };
+    }
+    OutputsCheck {
+        verdict: OutputsVerdict::Mismatch,
+        why: Some(format!("outputs mismatch: {}", wrong.join(", "))),
+        worker_at_fault,
     }
 }
 
 /// Stores a collection and its outputs check; under `--require-verified` a mismatch fails the
-/// job and distrusts the worker. Returns the job's last lines for its followers.
+/// job, and distrusts the worker when the worker is to blame (not for an output the
+/// coordinator does not collect by its own rule). Returns the job's last lines for its
+/// followers.
 fn record_collection(
     ctx: &Context,
     index: usize,
@@ -503,7 +523,11 @@ fn record_collection(
     collected: &Collected,
     pinned: Option<PinnedSegment>,
 ) -> Vec<String> {
-    let (verdict, why) = outputs_verdict(status, &collected.hashes);
+    let OutputsCheck {
+        verdict,
+        why,
+        worker_at_fault,
+    } = outputs_verdict(status, &collected.hashes);
     if let Some(why) = &why {
         log::warn!("Job {id}: {why}");
     }
@@ -525,7 +549,11 @@ fn record_collection(
     if let Some(why) = why.filter(|_| ctx.config.require_verified) {
         if job.status != PoolStatus::Failed {
             if let Some(job) = st.set_status(id, PoolStatus::Failed) {
-                job.error = Some(refusal(&why));
+                job.error = Some(if worker_at_fault {
+                    refusal(&why)
+                } else {
+                    format!("results not verified (--require-verified): {why}")
+                });
             }
             if was_completed {
                 let c = &mut st.workers[index].counters;
@@ -533,7 +561,9 @@ fn record_collection(
                 c.failed += 1;
             }
         }
-        distrust(&mut st, index, &why);
+        if worker_at_fault {
+            distrust(&mut st, index, &why);
+        }
     }
     untrack(&mut st, index, id);
     match pinned {
