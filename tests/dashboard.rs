@@ -552,7 +552,13 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
 
     // A job still running can be deleted from its row too: cancelled, shown deleting while its
     // worker ends it, then gone.
-    worker.set(|k| k.job_duration = Duration::from_secs(8));
+    // A running sandrun job holds the worker's job table, so only the job's stream tells that
+    // it started: the worker's executor waits a second (sandrun's own poll interval) before it
+    // takes the job, time for the stream to be open however loaded this machine is.
+    worker.set(|k| {
+        k.job_duration = Duration::from_secs(8);
+        k.poll_interval = Duration::from_secs(1);
+    });
     let doomed = submit(&coordinator, &job());
     wait_status(&coordinator, &doomed, "running", DEADLINE);
     wait_row(&mut page, "data-job-id", &doomed, |s| {
