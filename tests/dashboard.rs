@@ -552,15 +552,24 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
 
     // A job still running can be deleted from its row too: cancelled, shown deleting while its
     // worker ends it, then gone.
-    // A running sandrun job holds the worker's job table, so only the job's stream tells that
-    // it started: the worker's executor waits a second (sandrun's own poll interval) before it
-    // takes the job, time for the stream to be open however loaded this machine is.
-    worker.set(|k| {
-        k.job_duration = Duration::from_secs(8);
-        k.poll_interval = Duration::from_secs(1);
-    });
+    worker.set(|k| k.job_duration = Duration::from_secs(8));
     let doomed = submit(&coordinator, &job());
-    wait_status(&coordinator, &doomed, "running", DEADLINE);
+    // Running on its worker. The coordinator may still say `dispatched`: a running sandrun job
+    // holds the worker's job table, so only a stream opened before the start tells of it.
+    let started = poll_until(DEADLINE, || {
+        let (_, status) = get_json(&coordinator.url(&format!("/status/{doomed}")));
+        let remote = status["remote_job_id"].as_str()?.to_string();
+        let recording = worker.recording();
+        recording
+            .started
+            .iter()
+            .any(|(id, _)| *id == remote)
+            .then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "job {doomed} never started on its worker"
+    );
     wait_row(&mut page, "data-job-id", &doomed, |s| {
         has_action(s, "cancel") && has_action(s, "delete")
     });
