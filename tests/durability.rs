@@ -1660,12 +1660,9 @@ fn state_on_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf, 
     let dir = support::temp_dir();
     let state = dir.path().join("state");
     fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(&state)
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    let size = format!("size={size}");
+    let mount_at = state.to_string_lossy();
+    if !quietly("mount", &["-t", "tmpfs", "-o", &size, "tmpfs", &mount_at]) {
         eprintln!(
             "SKIPPED: cannot mount a small tmpfs here (needs root); the full-disk test did not run"
         );

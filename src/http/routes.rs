@@ -19,6 +19,7 @@ use crate::pool::{reload, worker_tls};
 use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
 use crate::state::submits_pause::SubmitsPause;
+use crate::store::jobs_db::StoreError;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -432,7 +433,7 @@ fn ready(ctx: &Context) -> Reply {
         reason("the job store cannot commit (see store.failing in /pool)");
     }
     if let Some(stalled) = ctx.store.stalled_for() {
-        reason(&stalled_store(stalled));
+        reason(&StoreError::Stalled(stalled).to_string());
     }
     if let Some(lost) = ctx.store.file_lost() {
         reason(&lost);
@@ -465,14 +466,6 @@ fn ready(ctx: &Context) -> Reply {
     Reply::Json(
         503,
         json!({"ready": false, "reasons": reasons, "error": format!("not ready: {}", reasons.join("; "))}),
-    )
-}
-
-/// What a stalled job store means, for `/ready` and a refused submit.
-fn stalled_store(stalled: Duration) -> String {
-    format!(
-        "the job store has written nothing for {:.0} s (the disk under the state directory does not answer)",
-        stalled.as_secs_f64()
     )
 }
 
@@ -704,7 +697,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     if let Some(stalled) = ctx.store.stalled_for() {
         let why = format!(
             "{}; the job was not accepted (nothing was kept): submit again later, or to another coordinator",
-            stalled_store(stalled)
+            StoreError::Stalled(stalled)
         );
         return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
     }
