@@ -629,11 +629,23 @@ fn a_second_coordinator_on_a_state_directory_in_use_is_refused() {
         )) && refused.contains("The lock is never stale"),
         "{refused}"
     );
+    // The directory itself is locked: deleting the lock file by hand lets no second one in.
+    std::fs::remove_file(first.state_dir().join("lock")).expect("the lock file removed");
+    let refused = Coordinator::try_start_in(dir.path(), &FAST)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        refused.contains("unix_wait_status(256)")
+            && refused.contains("is in use by another trusted-pool"),
+        "a second coordinator started once the lock file was deleted: {refused}"
+    );
     for id in &ids {
         let (code, body) = get(&first.url(&format!("/status/{id}")));
         assert_eq!(code, 200, "the first coordinator after the refusal: {body}");
     }
-    first.kill();
+    // A stop, not a kill: a kill while a submit is in flight would leave that job lost.
+    let stopped = first.terminate(DEADLINE);
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
     let second = Coordinator::start_in(dir.path(), &FAST);
     for id in &ids {
         wait_collected(&second, id, DEADLINE);

@@ -1,8 +1,10 @@
 //! The state directory's `lock` file: one coordinator at a time on a `--state-dir`. Two would
 //! both recover and send the same queued jobs, remove each other's waiting uploads at start and
 //! append to the same segment files. The lock is an exclusive `flock` held for the process's
-//! life; the kernel lets go of it when the process ends, however it ends, so a `kill -9` never
-//! leaves a stale lock behind. The file holds the holder's process id, for the refusal.
+//! life, on the directory itself and on its `lock` file; the kernel lets go of it when the
+//! process ends, however it ends, so a `kill -9` never leaves a stale lock behind. Since the
+//! directory is locked too, deleting the lock file by hand lets no second coordinator in. The
+//! file holds the holder's process id, for the refusal.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -30,8 +32,8 @@ impl fmt::Display for DirLockError {
                 "state directory {} is in use by another trusted-pool{}; stop that one first, or \
                  give this one a --state-dir of its own (two coordinators on one state directory \
                  would send the same jobs twice). The lock is never stale: the system lets go of \
-                 it when its holder ends, however it ends; deleting the lock file stops nothing \
-                 and lets two coordinators in",
+                 it when its holder ends, however it ends; it is held on the directory itself, so \
+                 deleting the lock file changes nothing",
                 dir.display(),
                 pid.map(|p| format!(" (process {p})")).unwrap_or_default()
             ),
@@ -49,6 +51,7 @@ impl std::error::Error for DirLockError {}
 /// The held lock of a state directory; it is let go when this is dropped or the process ends.
 #[derive(Debug)]
 pub struct DirLock {
+    _dir: File,
     _file: File,
 }
 
@@ -58,6 +61,13 @@ impl DirLock {
     pub fn take(dir: &Path) -> Result<DirLock, DirLockError> {
         let io_error = |e| DirLockError::Io(dir.to_path_buf(), e);
         std::fs::create_dir_all(dir).map_err(io_error)?;
+        let directory = File::open(dir).map_err(io_error)?;
+        if !try_flock(&directory, libc::LOCK_EX).map_err(io_error)? {
+            let pid = File::open(dir.join(LOCK_FILE))
+                .ok()
+                .and_then(|mut file| holder(&mut file));
+            return Err(DirLockError::InUse(dir.to_path_buf(), pid));
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -72,20 +82,33 @@ impl DirLock {
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()))
             .map_err(io_error)?;
-        Ok(DirLock { _file: file })
+        Ok(DirLock {
+            _dir: directory,
+            _file: file,
+        })
     }
 }
 
 /// Whether a running coordinator holds `dir`'s lock, without taking it or writing anything:
 /// `Some` with the holder's process id (when the file names one) while it is held.
 pub fn holder_of(dir: &Path) -> io::Result<Option<Option<u32>>> {
-    let mut file = match File::open(dir.join(LOCK_FILE)) {
-        Ok(file) => file,
+    // A shared lock is refused while the coordinator holds its exclusive one; let go on close.
+    let directory = match File::open(dir) {
+        Ok(directory) => directory,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    // A shared lock is refused while the coordinator holds its exclusive one; let go on close.
-    Ok((!try_flock(&file, libc::LOCK_SH)?).then(|| holder(&mut file)))
+    let mut file = match File::open(dir.join(LOCK_FILE)) {
+        Ok(file) => Some(file),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let held = !try_flock(&directory, libc::LOCK_SH)?
+        || match &file {
+            Some(file) => !try_flock(file, libc::LOCK_SH)?,
+            None => false,
+        };
+    Ok(held.then(|| file.as_mut().and_then(holder)))
 }
 
 /// Takes `file`'s `flock` of kind `operation` without waiting: false while another process
@@ -126,6 +149,12 @@ mod tests {
             holder_of(&dir).expect("probe"),
             Some(Some(std::process::id()))
         );
+        std::fs::remove_file(dir.join(LOCK_FILE)).expect("the lock file removed");
+        match DirLock::take(&dir) {
+            Err(DirLockError::InUse(_, None)) => {}
+            other => panic!("a lock without its file was not refused: {other:?}"),
+        }
+        assert_eq!(holder_of(&dir).expect("probe"), Some(None));
         drop(first);
         assert_eq!(holder_of(&dir).expect("probe"), None, "held after drop");
         assert!(DirLock::take(&dir).is_ok(), "the lock was not let go");
