@@ -37,7 +37,7 @@ OPTIONS:
     --bind ADDR              address to listen on                            [default: 0.0.0.0]
     --workers FILE           allowlist of workers                            [default: workers.json]
     --threads N              HTTP handler threads                            [default: 8]
-    --health-interval SECS   seconds between health probes of a worker       [default: 30]
+    --health-interval SECS   seconds between health probes of a worker, at least 0.1 [default: 30]
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
@@ -49,6 +49,9 @@ OPTIONS:
     --row-results-max N      a finished job's results (logs and outputs) up to this many bytes
                              are kept in its job store row, larger ones in a results segment;
                              0 = all to segments, at most 1048576      [default: 32768]
+    --max-results-bytes N    the most bytes of one job's outputs collected into the state dir;
+                             outputs past it stay on the worker, served from there while it
+                             keeps them (about 5 minutes); 0 = no limit [default: 1073741824]
     --dispatch-timeout SECS  how long a worker may take to answer a submit   [default: 360]
     --track-interval SECS    how often running jobs are polled on workers    [default: 1]
     --follow-nice N          nice steps (0-19) the threads that dispatch and follow jobs run
@@ -202,6 +205,19 @@ fn seconds(text: &str) -> Result<Duration, String> {
         Ok(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
             "expected a positive number of seconds, got {text:?}"
+        )),
+    }
+}
+
+/// The shortest `--health-interval`: probes any closer would be a load on the workers, not a
+/// watch over them.
+const HEALTH_INTERVAL_MIN: f64 = 0.1;
+
+fn health_interval(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        d if d.as_secs_f64() >= HEALTH_INTERVAL_MIN => Ok(d),
+        _ => Err(format!(
+            "{text} s would probe every worker without a pause; use at least {HEALTH_INTERVAL_MIN}"
         )),
     }
 }
@@ -432,7 +448,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         bind: value(args, "--bind", address, d.bind)?,
         workers: value(args, "--workers", path, d.workers)?,
         threads: value(args, "--threads", positive::<usize>, d.threads)?,
-        health_interval: value(args, "--health-interval", seconds, d.health_interval)?,
+        health_interval: value(
+            args,
+            "--health-interval",
+            health_interval,
+            d.health_interval,
+        )?,
         health_timeout: value(args, "--health-timeout", seconds, d.health_timeout)?,
         state_dir: value(args, "--state-dir", path, d.state_dir)?,
         max_upload_bytes: value(
@@ -444,6 +465,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,
         disk_reserve: value(args, "--disk-reserve", disk_reserve, d.disk_reserve)?,
         row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,
+        max_results_bytes: value(args, "--max-results-bytes", bytes, d.max_results_bytes)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
         track_interval: value(args, "--track-interval", seconds, d.track_interval)?,
         follow_nice: value(args, "--follow-nice", nice_steps, d.follow_nice)?,

@@ -399,6 +399,7 @@ fn state_directory_readers_refuse_damaged_or_foreign_files_cleanly() {
             outputs: Vec::new(),
             logs: span,
             in_row: false,
+            left_on_worker: Vec::new(),
             row_bytes: None,
         };
         if let Ok(mut reader) = spool.open_results(&stored, span) {

@@ -18,7 +18,7 @@ use support::lifecycle::{
     wait_collected, wait_healthy, wait_status,
 };
 use support::{
-    get, get_bytes, get_json, poll_until, send, tar_gz, Coordinator, FakeWorker, Form,
+    get, get_bytes, get_json, poll_until, send, tar_gz, untar_gz, Coordinator, FakeWorker, Form,
     ReceivedFile, Recording,
 };
 
@@ -445,6 +445,82 @@ fn outputs_still_download_after_the_worker_deleted_the_job() {
     assert!(downloads >= 2, "outputs were not fetched from the worker");
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["jobs_by_status"]["lost"], 0, "{pool}");
+}
+
+/// `--max-results-bytes`: an output past a job's room stays on its worker, where it is served
+/// from while the worker keeps the job; once the worker deleted it, a 404 says why. The outputs
+/// that fit are collected and outlive the worker's copy.
+#[test]
+fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there() {
+    let worker = FakeWorker::start();
+    let mut args = FAST.to_vec();
+    args.extend(["--max-results-bytes", "150000"]);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+
+    let small = random_bytes(100_000);
+    let big = random_bytes(200_000);
+    // Collected in the worker's (sorted) order: a-small.bin fits, b-big.bin would not, and
+    // result.txt (a few bytes) still fits after it.
+    let form = main_py_job()
+        .file("a-small.bin", "application/octet-stream", &small)
+        .file("b-big.bin", "application/octet-stream", &big)
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let id = submit(&coordinator, &form);
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(
+        status["results"]["left_on_worker"],
+        serde_json::json!(["b-big.bin"]),
+        "{status}"
+    );
+    assert_eq!(status["verification"]["outputs"], "mismatch", "{status}");
+    assert!(
+        text(&status["verification"]["reason"]).contains("b-big.bin was not collected (it would take the job's collected outputs past --max-results-bytes"),
+        "{status}"
+    );
+    let remote = text(&status["remote_job_id"]);
+    let files = listing(&coordinator, &id);
+    assert_eq!(files["a-small.bin"]["collected"], true, "{files:?}");
+    assert_eq!(files["b-big.bin"]["collected"], false, "{files:?}");
+    assert_eq!(files["result.txt"]["collected"], true, "{files:?}");
+    let fetched_before = worker.recording().count("GET", "download");
+    assert_eq!(download(&coordinator, &files["b-big.bin"]), big);
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        fetched_before + 1,
+        "b-big.bin was not served from the worker"
+    );
+    assert_eq!(download(&coordinator, &files["a-small.bin"]), small);
+    assert_eq!(
+        worker.recording().count("GET", "download"),
+        fetched_before + 1,
+        "a-small.bin was not served from the coordinator's copy"
+    );
+
+    worker.set(|k| k.delete_after = Duration::from_millis(300));
+    let gone = poll_until(DEADLINE, || {
+        let (code, _) = get_json(&worker.url(&format!("/status/{remote}")));
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "the worker never deleted {remote}");
+    let (code, body) = get_json(&coordinator.url(&format!("/download/{id}/b-big.bin")));
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        text(&body["error"]).contains("--max-results-bytes")
+            && text(&body["error"]).contains("its worker no longer has it"),
+        "{body}"
+    );
+    assert_eq!(download(&coordinator, &files["a-small.bin"]), small);
+    let (code, archive) = get_bytes(&coordinator.url(&format!("/download/{id}")));
+    assert_eq!(code, 200);
+    let names: Vec<String> = untar_gz(&archive).into_keys().collect();
+    assert_eq!(
+        names,
+        ["a-small.bin", "result.txt"],
+        "the archive holds the collected outputs"
+    );
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A

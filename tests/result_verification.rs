@@ -238,18 +238,22 @@ fn require_verified_fails_bad_results_and_distrusts_the_worker_until_an_operator
     assert_eq!(good["pool_status"], "completed", "{good}");
 }
 
-/// An output the coordinator cannot collect for a reason of its own (a name with a space,
-/// which sandrun cannot serve) fails the job under `--require-verified`, saying why, but is no
-/// fault of the worker: any submitter could otherwise take every worker out of service. The
+/// An output the coordinator does not collect for a reason of its own (a name with a space,
+/// which sandrun cannot serve; one past `--max-results-bytes`) fails the job under
+/// `--require-verified`, saying why, but is no fault of the worker: any submitter could otherwise take every worker out of service. The
 /// worker stays in service and runs the next job.
 #[test]
-fn require_verified_does_not_distrust_a_worker_for_an_output_the_coordinator_cannot_collect() {
+fn require_verified_does_not_distrust_a_worker_for_outputs_the_coordinator_does_not_collect() {
     let worker = worker();
-    let coordinator = start(&worker, &["--require-verified"]);
+    let coordinator = start(
+        &worker,
+        &["--require-verified", "--max-results-bytes", "1000"],
+    );
     // Without an outputs list the fake worker lists every file of the job as an output.
     let form = Form::new()
         .file("main.py", "text/x-python", b"print('hi')\n")
         .file("a b.txt", "text/plain", b"space\n")
+        .file("big.bin", "application/octet-stream", &[7u8; 5000])
         .manifest(r#"{"entrypoint":"main.py"}"#);
     let id = submit(&coordinator, &form);
     let status = poll_until(DEADLINE, || {
@@ -261,7 +265,8 @@ fn require_verified_does_not_distrust_a_worker_for_an_output_the_coordinator_can
     assert!(
         status["error"].as_str().is_some_and(|e| e
             .starts_with("results not verified (--require-verified)")
-            && e.contains("a b.txt was not collected (sandrun cannot serve")),
+            && e.contains("a b.txt was not collected (sandrun cannot serve")
+            && e.contains("big.bin was not collected (it would take the job's collected outputs past --max-results-bytes")),
         "{status}"
     );
     let (_, pool) = get_json(&coordinator.url("/pool"));

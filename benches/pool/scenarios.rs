@@ -1184,6 +1184,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
                 size: 40,
             },
             in_row: false,
+            left_on_worker: Vec::new(),
             row_bytes: None,
         }));
         let record = Record {

@@ -87,6 +87,9 @@ pub struct ServeConfig {
     /// A finished job's results up to this many bytes are held in its job store row (committed
     /// and synced with its record) instead of a results segment; 0 = always a segment.
     pub row_results_max: u64,
+    /// The most bytes of one job's outputs collected into the state directory; outputs past it
+    /// stay on the worker (served from there while it keeps them); 0 = no limit.
+    pub max_results_bytes: u64,
     /// How long a worker may take to answer a submit, status, logs or download.
     pub dispatch_timeout: Duration,
     /// Time between polls of a worker's running jobs.
@@ -164,6 +167,7 @@ impl Default for ServeConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             upload_memory_bytes: 1024 * 1024,
             row_results_max: 32 * 1024,
+            max_results_bytes: 1024 * 1024 * 1024,
             dispatch_timeout: Duration::from_secs(360),
             track_interval: Duration::from_secs(1),
             follow_nice: 5,

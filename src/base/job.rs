@@ -200,6 +200,10 @@ pub struct StoredResults {
     /// start of the row's results bytes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_row: bool,
+    /// The outputs left on the worker because they would take the job's collected bytes past
+    /// `--max-results-bytes`, in the worker's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_on_worker: Vec<String>,
     /// The row's results bytes, while they are in memory: from the collection until the job's
     /// record committed, or loaded from the store for a read.
     #[serde(skip)]

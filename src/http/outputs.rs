@@ -11,11 +11,12 @@ use crate::base::targz::{Entry, TarGz};
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
-use crate::pool::collect::{output_paths, uncollectable};
+use crate::pool::collect::{output_paths, uncollectable, LEFT_ON_WORKER};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -152,12 +153,17 @@ pub fn listing(ctx: &Context, id: &str) -> Reply {
         .worker_status
         .get("output_files")
         .and_then(Value::as_object);
+    let collected: Option<HashSet<&str>> = job
+        .stored
+        .as_ref()
+        .map(|stored| stored.outputs.iter().map(|(p, _)| p.as_str()).collect());
     let files: Vec<Value> = output_paths(&job.worker_status)
         .into_iter()
         .map(|name| {
             let meta = listed.and_then(|l| l.get(&name));
             let size = meta.and_then(|m| m.get("size_bytes"));
             json!({
+                "collected": collected.as_ref().map(|c| c.contains(name.as_str())),
                 "name": name,
                 "size": size,
                 "size_formatted": format_size(size.and_then(Value::as_u64).unwrap_or(0)),
@@ -225,7 +231,11 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
     }
     let content_type = mime_type(path).to_string();
     let attachment = as_attachment.then(|| path.rsplit('/').next().unwrap_or(path).to_string());
-    if let Some(stored) = &job.stored {
+    let left_on_worker = job
+        .stored
+        .as_ref()
+        .is_some_and(|stored| stored.left_on_worker.iter().any(|p| p == path));
+    if let Some(stored) = job.stored.as_ref().filter(|_| !left_on_worker) {
         let Some((_, span)) = stored.outputs.iter().find(|(p, _)| p == path) else {
             let why = uncollectable(path).unwrap_or("the worker did not list it then");
             return error_reply(
@@ -255,7 +265,12 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
             error_reply(
                 503,
                 format!(
-                    "the results of job {id} are still being collected and {} files are being fetched from workers already (--threads); retry in {FETCHES_FULL_RETRY_AFTER} s",
+                    "{} and {} files are being fetched from workers already (--threads); retry in {FETCHES_FULL_RETRY_AFTER} s",
+                    if left_on_worker {
+                        format!("the output {path:?} of job {id} is served from its worker (--max-results-bytes)")
+                    } else {
+                        format!("the results of job {id} are still being collected")
+                    },
                     ctx.config.threads
                 ),
             ),
@@ -275,6 +290,10 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 }),
             }
         }
+        Err(CallError::Status { code: 404 | 500, .. }) if left_on_worker => error_reply(
+            404,
+            format!("the output {path:?} of job {id} was not collected ({LEFT_ON_WORKER}), and its worker no longer has it"),
+        ),
         Err(e) => worker_failure(id, &e),
     }
 }

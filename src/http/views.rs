@@ -283,6 +283,9 @@ pub fn store_view(store: &JobStore, retain_jobs: u64, retain_for: f64) -> Value 
 struct CollectionView<'a> {
     collected: bool,
     error: Option<&'a str>,
+    /// Outputs `--max-results-bytes` left on the worker.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    left_on_worker: &'a [String],
 }
 
 impl<'a> From<&'a Collection> for CollectionView<'a> {
@@ -291,14 +294,17 @@ impl<'a> From<&'a Collection> for CollectionView<'a> {
             Collection::NotStarted => CollectionView {
                 collected: false,
                 error: None,
+                left_on_worker: &[],
             },
             Collection::Pending(error) => CollectionView {
                 collected: false,
                 error: error.as_deref(),
+                left_on_worker: &[],
             },
-            Collection::Collected(_) => CollectionView {
+            Collection::Collected(stored) => CollectionView {
                 collected: true,
                 error: None,
+                left_on_worker: &stored.left_on_worker,
             },
         }
     }

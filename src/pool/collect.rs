@@ -3,7 +3,7 @@
 //! store row when small (`--row-results-max`), else streamed to disk in a results segment.
 
 use crate::base::hex::hex;
-use crate::base::job::{declared_output_bytes, Span, StoredResults};
+use crate::base::job::{Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
@@ -122,11 +122,47 @@ fn collectable_output_paths(id: &str, status: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Fetches the logs and every output. Results up to `--row-results-max` bytes (as the worker
-/// status declares them) are kept in memory, to be held in the job's row and committed with
-/// its record; larger ones, or outputs that turn out larger than declared, go to a results
-/// segment. The job counts as collected only after this returns, so nothing here needs to be
-/// atomic: a retry rewrites.
+/// Why an output left on its worker by `--max-results-bytes` was not collected.
+pub const LEFT_ON_WORKER: &str = "it would take the job's collected outputs past --max-results-bytes; it stays on its worker, served from there until the worker deletes the job";
+
+/// The size the worker status declares for output `path`.
+fn declared_size(status: &Value, path: &str) -> Option<u64> {
+    status
+        .get("output_files")?
+        .get(path)?
+        .get("size_bytes")?
+        .as_u64()
+}
+
+/// What is left of a job's `--max-results-bytes` (`u64::MAX` for no limit).
+fn results_room(ctx: &Context) -> u64 {
+    match ctx.config.max_results_bytes {
+        0 => u64::MAX,
+        cap => cap,
+    }
+}
+
+/// Splits the outputs to collect by the job's room: in the worker's order, an output is
+/// collected when its declared size fits in what the ones before it left (an output without a
+/// declared size counts as 0 here; its bytes are bounded as they come). Returns the outputs to
+/// collect and those left on the worker.
+fn within_room(status: &Value, paths: Vec<String>, room: u64) -> (Vec<String>, Vec<String>) {
+    let mut left_room = room;
+    paths.into_iter().partition(|path| {
+        let size = declared_size(status, path).unwrap_or(0);
+        let fits = size <= left_room;
+        if fits {
+            left_room -= size;
+        }
+        fits
+    })
+}
+
+/// Fetches the logs and every output, up to `--max-results-bytes` of outputs (the rest stay on
+/// the worker). Results up to `--row-results-max` bytes (as the worker status declares them)
+/// are kept in memory, to be held in the job's row and committed with its record; larger ones,
+/// or outputs that turn out larger than declared, go to a results segment. The job counts as
+/// collected only after this returns, so nothing here needs to be atomic: a retry rewrites.
 pub fn collect(
     ctx: &Context,
     endpoint: &str,
@@ -136,32 +172,52 @@ pub fn collect(
 ) -> Result<Collected, CollectError> {
     let logs = ctx.client.logs(endpoint, remote)?;
     let log_bytes = serde_json::to_vec(&logs).unwrap_or_default();
-    let paths = collectable_output_paths(id, status);
+    let room = results_room(ctx);
+    let (paths, planned_left) = within_room(status, collectable_output_paths(id, status), room);
     let limit = ctx.config.row_results_max;
-    // The paths collected are the collectable ones the status lists.
-    let fits = declared_output_bytes(status, |path| uncollectable(path).is_none())
-        .and_then(|n| n.checked_add(log_bytes.len() as u64))
+    let fits = paths
+        .iter()
+        .try_fold(log_bytes.len() as u64, |total, path| {
+            total.checked_add(declared_size(status, path)?)
+        })
         .is_some_and(|n| n <= limit);
-    if fits {
-        if let Some(Gathered { stored, hashes }) =
-            into_row(ctx, endpoint, remote, &paths, &log_bytes, limit)?
-        {
-            return Ok(Collected {
-                stored,
-                hashes,
-                logs,
-                pinned: None,
-            });
+    let fetching = Fetching {
+        ctx,
+        endpoint,
+        remote,
+        room,
+    };
+    let (mut stored, hashes, pinned) = match fits
+        .then(|| fetching.gather_in_row(&paths, &log_bytes, limit))
+        .transpose()?
+        .flatten()
+    {
+        Some(Gathered { stored, hashes }) => (stored, hashes, None),
+        None => {
+            if fits {
+                log::debug!(
+                    "Job {id}: its outputs are larger than declared; collecting into a segment"
+                );
+            }
+            let (Gathered { stored, hashes }, pinned) =
+                fetching.gather_in_segment(id, &paths, &log_bytes)?;
+            (stored, hashes, Some(pinned))
         }
-        log::debug!("Job {id}: its outputs are larger than declared; collecting into a segment");
+    };
+    stored.left_on_worker.splice(0..0, planned_left);
+    if !stored.left_on_worker.is_empty() {
+        log::warn!(
+            "Job {id}: {} of its outputs left on its worker, past --max-results-bytes ({} bytes): {}",
+            stored.left_on_worker.len(),
+            ctx.config.max_results_bytes,
+            stored.left_on_worker.join(", ")
+        );
     }
-    let (Gathered { stored, hashes }, pinned) =
-        into_segment(ctx, endpoint, remote, &paths, &log_bytes)?;
     Ok(Collected {
         stored,
         hashes,
         logs,
-        pinned: Some(pinned),
+        pinned,
     })
 }
 
@@ -171,79 +227,103 @@ struct Gathered {
     hashes: Vec<(String, String)>,
 }
 
-/// Outputs and logs back to back in memory, for the job's row; None when more than `limit`
-/// bytes came.
-fn into_row(
-    ctx: &Context,
-    endpoint: &str,
-    remote: &str,
-    paths: &[String],
-    log_bytes: &[u8],
-    limit: u64,
-) -> Result<Option<Gathered>, CollectError> {
-    let mut bytes = Vec::new();
-    let mut outputs = Vec::new();
-    let mut hashes = Vec::new();
-    for path in paths {
-        let response = ctx.client.download(endpoint, remote, path)?;
-        let offset = bytes.len() as u64;
-        let room = limit.saturating_sub(offset + log_bytes.len() as u64);
-        let mut reader = Hashing {
-            inner: response.reader.take(room + 1),
-            sha: Sha256::new(),
-        };
-        reader.read_to_end(&mut bytes).map_err(CopyError::Read)?;
-        let size = bytes.len() as u64 - offset;
-        if size > room {
-            return Ok(None);
-        }
-        hashes.push((path.clone(), hex(&reader.sha.finalize())));
-        outputs.push((path.clone(), Span { offset, size }));
-    }
-    let logs = Span {
-        offset: bytes.len() as u64,
-        size: log_bytes.len() as u64,
-    };
-    bytes.extend_from_slice(log_bytes);
-    let stored = StoredResults {
-        segment: String::new(),
-        outputs,
-        logs,
-        in_row: true,
-        row_bytes: Some(bytes.into()),
-    };
-    Ok(Some(Gathered { stored, hashes }))
+/// One job's collection from its worker, with the room its outputs have.
+struct Fetching<'a> {
+    ctx: &'a Context,
+    endpoint: &'a str,
+    remote: &'a str,
+    room: u64,
 }
 
-/// Outputs and logs back to back in a results segment, pinned until the record commits.
-fn into_segment(
-    ctx: &Context,
-    endpoint: &str,
-    remote: &str,
-    paths: &[String],
-    log_bytes: &[u8],
-) -> Result<(Gathered, PinnedSegment), CollectError> {
-    let mut writer = ctx.spool.results_writer()?;
-    let mut outputs = Vec::new();
-    let mut hashes = Vec::new();
-    for path in paths {
-        let response = ctx.client.download(endpoint, remote, path)?;
-        let mut reader = Hashing {
-            inner: response.reader,
-            sha: Sha256::new(),
+impl Fetching<'_> {
+    /// Outputs and logs back to back in memory, for the job's row; None when more than `limit`
+    /// bytes, or more outputs than the job's room, came.
+    fn gather_in_row(
+        &self,
+        paths: &[String],
+        log_bytes: &[u8],
+        limit: u64,
+    ) -> Result<Option<Gathered>, CollectError> {
+        let mut bytes = Vec::new();
+        let mut outputs = Vec::new();
+        let mut hashes = Vec::new();
+        for path in paths {
+            let response = self.ctx.client.download(self.endpoint, self.remote, path)?;
+            let offset = bytes.len() as u64;
+            let room = limit
+                .saturating_sub(offset + log_bytes.len() as u64)
+                .min(self.room.saturating_sub(offset));
+            let mut reader = Hashing {
+                inner: response.reader.take(room + 1),
+                sha: Sha256::new(),
+            };
+            reader.read_to_end(&mut bytes).map_err(CopyError::Read)?;
+            let size = bytes.len() as u64 - offset;
+            if size > room {
+                return Ok(None);
+            }
+            hashes.push((path.clone(), hex(&reader.sha.finalize())));
+            outputs.push((path.clone(), Span { offset, size }));
+        }
+        let logs = Span {
+            offset: bytes.len() as u64,
+            size: log_bytes.len() as u64,
         };
-        let span = writer.append(&mut reader)?;
-        hashes.push((path.clone(), hex(&reader.sha.finalize())));
-        outputs.push((path.clone(), span));
+        bytes.extend_from_slice(log_bytes);
+        let stored = StoredResults {
+            segment: String::new(),
+            outputs,
+            logs,
+            in_row: true,
+            left_on_worker: Vec::new(),
+            row_bytes: Some(bytes.into()),
+        };
+        Ok(Some(Gathered { stored, hashes }))
     }
-    let log_span = writer.append(&mut &log_bytes[..])?;
-    let (segment, pinned) = writer.finish()?;
-    let stored = StoredResults {
-        segment,
-        outputs,
-        logs: log_span,
-        in_row: false,
-        row_bytes: None,
-    };
-    Ok((Gathered { stored, hashes }, pinned))
+
+    /// Outputs and logs back to back in a results segment, pinned until the record commits.
+    /// An output that turns out larger than what the job's room has left is cut from the
+    /// segment and left on the worker.
+    fn gather_in_segment(
+        &self,
+        id: &str,
+        paths: &[String],
+        log_bytes: &[u8],
+    ) -> Result<(Gathered, PinnedSegment), CollectError> {
+        let mut writer = self.ctx.spool.results_writer()?;
+        let mut outputs = Vec::new();
+        let mut hashes = Vec::new();
+        let mut left_on_worker = Vec::new();
+        let mut room = self.room;
+        for path in paths {
+            let response = self.ctx.client.download(self.endpoint, self.remote, path)?;
+            let mut reader = Hashing {
+                inner: response.reader.take(room.saturating_add(1)),
+                sha: Sha256::new(),
+            };
+            let span = writer.append(&mut reader)?;
+            if span.size > room {
+                writer.cut_back(span.offset)?;
+                log::warn!(
+                    "Job {id}: its output {path:?} came larger than its worker declared and than the room left under --max-results-bytes"
+                );
+                left_on_worker.push(path.clone());
+                continue;
+            }
+            room -= span.size;
+            hashes.push((path.clone(), hex(&reader.sha.finalize())));
+            outputs.push((path.clone(), span));
+        }
+        let log_span = writer.append(&mut &log_bytes[..])?;
+        let (segment, pinned) = writer.finish()?;
+        let stored = StoredResults {
+            segment,
+            outputs,
+            logs: log_span,
+            in_row: false,
+            left_on_worker,
+            row_bytes: None,
+        };
+        Ok((Gathered { stored, hashes }, pinned))
+    }
 }

@@ -15,7 +15,7 @@ use crate::base::job::{
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::niceness;
 use crate::base::sync::lock;
-use crate::pool::collect::{self, uncollectable, CollectError, Collected};
+use crate::pool::collect::{self, uncollectable, CollectError, Collected, LEFT_ON_WORKER};
 use crate::pool::{announce, rerun};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
@@ -468,16 +468,21 @@ fn record_status(
 
 /// The outputs check of a collection: the verdict, why it is not a match, and whether the
 /// worker is to blame (an output that differs from its signed hash, or one it listed but did
-/// not serve). An output the coordinator does not collect by its own rule ([`uncollectable`])
-/// is a mismatch too, but no fault of the worker.
+/// not serve). An output the coordinator does not collect by its own rule ([`uncollectable`],
+/// or past `--max-results-bytes`) is a mismatch too, but no fault of the worker.
 struct OutputsCheck {
     verdict: OutputsVerdict,
     why: Option<String>,
     worker_at_fault: bool,
 }
 
-/// Compares the collected outputs with the signed hashes.
-fn outputs_verdict(status: &Value, collected: &[(String, String)]) -> OutputsCheck {
+/// Compares the collected outputs with the signed hashes; `left_on_worker`: the outputs
+/// `--max-results-bytes` left uncollected.
+fn outputs_verdict(
+    status: &Value,
+    collected: &[(String, String)],
+    left_on_worker: &[String],
+) -> OutputsCheck {
     let signed = signature::signed_hashes(status);
     let mut wrong = Vec::new();
     let mut worker_at_fault = false;
@@ -488,7 +493,12 @@ fn outputs_verdict(status: &Value, collected: &[(String, String)]) -> OutputsChe
                 worker_at_fault = true;
                 wrong.push(format!("{path} differs from the signed sha256"));
             }
-            None => match uncollectable(path) {
+            None => match uncollectable(path).or_else(|| {
+                left_on_worker
+                    .iter()
+                    .any(|p| p == path)
+                    .then_some(LEFT_ON_WORKER)
+            }) {
                 Some(why) => wrong.push(format!("{path} was not collected ({why})")),
                 None => {
                     worker_at_fault = true;
@@ -527,7 +537,7 @@ fn record_collection(
         verdict,
         why,
         worker_at_fault,
-    } = outputs_verdict(status, &collected.hashes);
+    } = outputs_verdict(status, &collected.hashes, &collected.stored.left_on_worker);
     if let Some(why) = &why {
         log::warn!("Job {id}: {why}");
     }

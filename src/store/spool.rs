@@ -281,6 +281,19 @@ impl ResultsWriter<'_> {
         }
     }
 
+    /// Cuts the segment back to `offset`, where an output that turned out too large began:
+    /// what was appended before it is written out, what came after is dropped.
+    pub fn cut_back(&mut self, offset: u64) -> Result<(), CopyError> {
+        let segment = self
+            .segment
+            .as_mut()
+            .ok_or_else(|| CopyError::Write(io::Error::other("the results segment failed")))?;
+        segment
+            .flush()
+            .and_then(|()| segment.truncate(offset))
+            .map_err(CopyError::Write)
+    }
+
     /// Writes out what is buffered; returns the segment's name, which the spans refer to, and
     /// the segment, pinned until the job's record commits. A writer dropped unfinished (after
     /// a failure) closes its segment.
