@@ -521,6 +521,13 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
     );
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_outputs_left_on_worker_total 1"),
+        "{metrics}"
+    );
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A

@@ -385,6 +385,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
     );
     out.sample("trusted_pool_job_reruns_total", &[], metrics.reruns());
     out.family(
+        "trusted_pool_outputs_left_on_worker_total",
+        "counter",
+        "Output files of collected jobs left on their workers, past --max-results-bytes.",
+    );
+    out.sample(
+        "trusted_pool_outputs_left_on_worker_total",
+        &[],
+        metrics.outputs_left(),
+    );
+    out.family(
         "trusted_pool_jobs",
         "gauge",
         "Jobs in the coordinator's table (queued, in flight, or finished and not yet settled in the job store), by status.",

@@ -549,6 +549,7 @@ fn record_collection(
         return Vec::new();
     };
     job.collection = Collection::Collected(Box::new(collected.stored.clone()));
+    let left = collected.stored.left_on_worker.len();
     let was_completed = job.status == PoolStatus::Completed;
     if let Some(v) = job.verification.as_mut() {
         v.outputs = Some(verdict);
@@ -575,6 +576,7 @@ fn record_collection(
             distrust(&mut st, index, &why);
         }
     }
+    st.metrics.outputs_left_on_worker(left);
     untrack(&mut st, index, id);
     match pinned {
         Some(pinned) => ctx.record_collected(&st, id, pinned),

@@ -195,6 +195,7 @@ pub struct Metrics {
     finished: [AtomicU64; STATUSES],
     queue_timeouts: AtomicU64,
     reruns: AtomicU64,
+    outputs_left: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     /// From submit until a worker accepted the job.
     pub queue_wait: Histogram,
@@ -217,6 +218,7 @@ impl Default for Metrics {
             finished: Default::default(),
             queue_timeouts: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
+            outputs_left: AtomicU64::new(0),
             probes: Default::default(),
             queue_wait: Histogram::new(JOB_BUCKETS),
             run_time: Histogram::new(JOB_BUCKETS),
@@ -284,6 +286,16 @@ impl Metrics {
     /// Lost runs after which the job was queued again.
     pub fn reruns(&self) -> u64 {
         self.reruns.load(Ordering::Relaxed)
+    }
+
+    /// `n` outputs of a collected job were left on its worker (`--max-results-bytes`).
+    pub fn outputs_left_on_worker(&self, n: usize) {
+        self.outputs_left.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Outputs left on their workers by `--max-results-bytes`.
+    pub fn outputs_left(&self) -> u64 {
+        self.outputs_left.load(Ordering::Relaxed)
     }
 
     /// A health probe ended with `result`.

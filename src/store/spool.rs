@@ -682,6 +682,47 @@ mod tests {
     }
 
     #[test]
+    fn an_output_cut_back_leaves_the_ones_before_it_and_takes_no_room() {
+        let dir = std::env::temp_dir().join(format!("tp-spool-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir, 0).expect("spool");
+        let mut writer = spool.results_writer().expect("writer");
+        let kept = writer.append(&mut &[1u8; 3000][..]).expect("kept");
+        let cut = writer.append(&mut &[2u8; 5000][..]).expect("cut");
+        writer.cut_back(cut.offset).expect("cut back");
+        let logs = writer.append(&mut &b"{}"[..]).expect("logs");
+        assert_eq!(
+            logs.offset, cut.offset,
+            "the logs go where the cut output began"
+        );
+        let (segment, pinned) = writer.finish().expect("finish");
+        assert_eq!(
+            pinned.file().file_len().expect("length"),
+            logs.offset + logs.size
+        );
+        let stored = StoredResults {
+            segment,
+            outputs: vec![("kept".to_string(), kept)],
+            logs,
+            in_row: false,
+            left_on_worker: vec!["cut".to_string()],
+            row_bytes: None,
+        };
+        let mut bytes = Vec::new();
+        spool
+            .open_results(&stored, kept)
+            .and_then(|mut r| r.read_to_end(&mut bytes))
+            .expect("read");
+        assert!(
+            bytes.len() == 3000 && bytes.iter().all(|&b| b == 1),
+            "the output before the cut came back as {} bytes, not 3000 ones",
+            bytes.len()
+        );
+        spool.give_back_results(pinned);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn job_ids_sort_in_the_order_they_were_made_and_differ_within_a_millisecond() {
         let dir = std::env::temp_dir().join(format!("tp-spool-ids-{}", std::process::id()));
         let spool = Spool::open(&dir, 0).expect("spool");
