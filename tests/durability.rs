@@ -1733,6 +1733,28 @@ impl Drop for Frozen {
     }
 }
 
+/// Submits `form` on a thread of its own (its answer may wait for a frozen disk).
+fn submit_in_background(
+    coordinator: &Coordinator,
+    form: Form,
+) -> thread::JoinHandle<support::Reply> {
+    let url = coordinator.url("/submit");
+    thread::spawn(move || {
+        send("POST", &url, Some((&form.content_type(), &form.body())))
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Waits until `/ready` says the job store stalled.
+fn wait_stalled(coordinator: &Coordinator) {
+    let stalled = poll_until(DEADLINE, || {
+        let (status, ready) = get_json(&coordinator.url("/ready"));
+        let said = ready["error"].as_str().unwrap_or_default().to_string();
+        (status == 503 && said.contains("the job store has written nothing for")).then_some(said)
+    });
+    assert!(stalled.is_some(), "{}", coordinator.logs());
+}
+
 /// A disk that stops answering (frozen: writes block, no error ever comes back) stalls the job
 /// store: after 10 s `/ready` says so, a submit is refused at once with 503 and nothing kept, a
 /// cancel answers that it applies but is not recorded yet, a deletion that it waits, and
@@ -1754,20 +1776,8 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert_eq!(status, 200, "{body}");
     // Thawed before the coordinator is stopped (a process blocked on a frozen disk cannot be).
     let frozen = Frozen::freeze(&state);
-    let waiting = {
-        let url = coordinator.url("/submit");
-        let form = job("waits for its commit");
-        thread::spawn(move || {
-            send("POST", &url, Some((&form.content_type(), &form.body())))
-                .unwrap_or_else(|e| panic!("{e}"))
-        })
-    };
-    let stalled = poll_until(DEADLINE, || {
-        let (status, ready) = get_json(&coordinator.url("/ready"));
-        let said = ready["error"].as_str().unwrap_or_default().to_string();
-        (status == 503 && said.contains("the job store has written nothing for")).then_some(said)
-    });
-    assert!(stalled.is_some(), "{}", coordinator.logs());
+    let waiting = submit_in_background(&coordinator, job("waits for its commit"));
+    wait_stalled(&coordinator);
     assert!(!waiting.is_finished(), "the waiting submit was answered");
 
     let started = Instant::now();
@@ -1838,6 +1848,61 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
         .unwrap_or_default()
         .to_string();
     assert_eq!(job_status(&coordinator, &id)["pool_status"], "queued");
+    let after = submit_reply(&coordinator, &job("after"));
+    assert_eq!(after.status, 200, "{}", after.text());
+}
+
+/// A disk that stops answering while the coordinator is otherwise idle: a large upload blocks
+/// in its write to an upload segment, before any record reaches the job store's writer. That is
+/// a stall too: `/ready` and the next submit say so, and the log; once the disk is back the
+/// upload is accepted and submits are taken again.
+#[test]
+fn an_upload_blocked_by_a_disk_that_stops_answering_is_seen_as_a_stall() {
+    let Some((dir, state, _mount)) = state_on_ext4() else {
+        return;
+    };
+    let worker = FakeWorker::start();
+    worker.stop();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    let frozen = Frozen::freeze(&state);
+    let large = job("large").file("data.bin", "application/octet-stream", &[7u8; 1 << 20]);
+    let blocked = submit_in_background(&coordinator, large);
+    wait_stalled(&coordinator);
+    assert!(!blocked.is_finished(), "the blocked upload was answered");
+    let refused = submit_reply(&coordinator, &job("refused"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("does not answer"),
+        "{}",
+        refused.text()
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert!(
+        pool["store"]["stalled_for_seconds"].as_f64() >= Some(10.0),
+        "{pool}"
+    );
+    assert!(
+        coordinator.wait_for_log(
+            "Writes to the state directory's segment files (uploads, collected results) have made no progress",
+            DEADLINE
+        ),
+        "{}",
+        coordinator.logs()
+    );
+
+    drop(frozen);
+    let answered = blocked
+        .join()
+        .unwrap_or_else(|_| panic!("the blocked upload panicked"));
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert!(coordinator.wait_for_log("segment files go on again", DEADLINE));
+    let ready = poll_until(DEADLINE, || {
+        let (_, ready) = get_json(&coordinator.url("/ready"));
+        let said = ready["error"].as_str().unwrap_or_default().to_string();
+        (!said.contains("written nothing")).then_some(())
+    });
+    assert!(ready.is_some(), "still stalled after the thaw");
     let after = submit_reply(&coordinator, &job("after"));
     assert_eq!(after.status, 200, "{}", after.text());
 }

@@ -27,6 +27,7 @@ use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::file_identity::FileIdentity;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
+use crate::store::segment_watch::SegmentWatch;
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::wal_sync::WalSync;
 use crate::store::writer_watch::WriterWatch;
@@ -705,6 +706,8 @@ pub struct JobStore {
     identity: FileIdentity,
     /// `--retain-bytes` (0: no limit).
     retain_bytes: u64,
+    /// The writes to the state directory's segment files ([`JobStore::watch_segments`]).
+    segment_watches: OnceLock<[Arc<SegmentWatch>; 2]>,
 }
 
 /// SQLite's `quick_check` of a store that was too large to check before serving.
@@ -881,6 +884,7 @@ impl JobStore {
             deferred_check: Mutex::new(deferred_check),
             identity,
             retain_bytes,
+            segment_watches: OnceLock::new(),
         };
         Ok((store, unsettled))
     }
@@ -1140,7 +1144,7 @@ impl JobStore {
             results_bytes: (self.retain_bytes > 0).then(|| f.results_bytes.load(Ordering::Relaxed)),
             retain_bytes: self.retain_bytes,
             failing: lock(&f.failing).clone(),
-            stalled_for: f.watch.stalled_for().map(|d| d.as_secs_f64()),
+            stalled_for: self.stalled_for().map(|d| d.as_secs_f64()),
             file_lost: self.identity.lost(),
         }
     }
@@ -1160,7 +1164,18 @@ impl JobStore {
     /// How long the writer has made no progress, once that is
     /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
     pub fn stalled_for(&self) -> Option<Duration> {
-        self.figures.watch.stalled_for()
+        let segments = self.segment_watches.get().into_iter().flatten();
+        segments
+            .filter_map(|w| w.stalled_for())
+            .chain(self.figures.watch.stalled_for())
+            .max()
+    }
+
+    /// Counts a lack of progress of the writes to the spool's segment files (uploads, collected
+    /// results: on threads of their own, before any record reaches the writer) as a stall of
+    /// the store too. Set once, at start.
+    pub fn watch_segments(&self, watches: [Arc<SegmentWatch>; 2]) {
+        let _ = self.segment_watches.set(watches);
     }
 
     /// Settled jobs in `status` (they live in the store only).

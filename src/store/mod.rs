@@ -9,6 +9,7 @@ pub mod handoff;
 pub mod jobs_db;
 pub mod removals;
 pub mod scrub;
+pub mod segment_watch;
 pub mod segments;
 pub mod snapshot;
 pub mod spool;

@@ -15,6 +15,7 @@ use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 use crate::store::removals::{Reading, Removals, WipeOf};
+use crate::store::segment_watch::SegmentWatch;
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
@@ -58,6 +59,8 @@ pub struct SegmentFile {
     file: File,
     remove_when_unused: Option<Arc<Removals>>,
     dir_synced: AtomicBool,
+    /// Times its writes and syncs (a file opened to write; None for one opened to read).
+    watch: Option<Arc<SegmentWatch>>,
     /// Counts it as a reader of its file while it is open (wipes of the file wait).
     _reading: Option<Reading>,
 }
@@ -86,6 +89,7 @@ impl SegmentFile {
             file,
             remove_when_unused,
             dir_synced: AtomicBool::new(true),
+            watch: None,
             _reading: None,
         })
     }
@@ -116,6 +120,7 @@ impl SegmentFile {
     /// Syncs what was written to the file to the disk (and, the first time, its directory
     /// entry), so that a record pointing into it may commit.
     pub fn sync(&self) -> io::Result<()> {
+        let _writing = self.watch.as_ref().map(|w| w.writing());
         self.file.sync_data()?;
         if !self.dir_synced.load(Ordering::Acquire) {
             if let Some(dir) = self.path.parent() {
@@ -177,6 +182,7 @@ struct SharedWrite(Arc<SegmentFile>);
 
 impl Write for SharedWrite {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _writing = self.0.watch.as_ref().map(|w| w.writing());
         (&self.0.file).write(buf)
     }
 
@@ -250,6 +256,7 @@ impl OpenSegment {
             // Dropping the buffer unwritten (a plain drop would write it out).
             let _ = out.into_parts();
         }
+        let _writing = self.file.watch.as_ref().map(|w| w.writing());
         self.file.file.set_len(len)?;
         self.len = len;
         Ok(())
@@ -278,6 +285,8 @@ pub struct Segments {
     open: Mutex<HashSet<String>>,
     /// Segments retired while a writer held them: closed when given back.
     retiring: Mutex<HashSet<String>>,
+    /// Times the writes to its segments.
+    watch: Arc<SegmentWatch>,
 }
 
 impl Segments {
@@ -299,7 +308,13 @@ impl Segments {
             free: Mutex::new(Free::default()),
             open: Mutex::default(),
             retiring: Mutex::default(),
+            watch: Arc::default(),
         })
+    }
+
+    /// What times the writes to its segments (a disk that stops answering blocks them).
+    pub fn watch(&self) -> &Arc<SegmentWatch> {
+        &self.watch
     }
 
     /// Its directory.
@@ -333,6 +348,7 @@ impl Segments {
             // directory must never find a new segment it may retire and delete.
             let reserved = lock(&self.open).insert(name.clone());
             let created = if reserved {
+                let _writing = self.watch.writing();
                 File::options()
                     .read(true)
                     .append(true)
@@ -354,6 +370,7 @@ impl Segments {
                             .remove_when_unused
                             .then(|| Arc::clone(&self.removals)),
                         dir_synced: AtomicBool::new(false),
+                        watch: Some(Arc::clone(&self.watch)),
                         _reading: None,
                     });
                     return Ok(OpenSegment {

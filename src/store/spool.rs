@@ -21,6 +21,7 @@ use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
 use crate::store::removals::{Removals, WipeOf};
+use crate::store::segment_watch::SegmentWatch;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 
 pub use crate::store::segments::CopyError;
@@ -516,6 +517,15 @@ impl Spool {
                 self.upload_segments.discard(segment);
             }
         }
+    }
+
+    /// What times the writes to its upload and results segments (see
+    /// [`JobStore::watch_segments`](crate::store::jobs_db::JobStore::watch_segments)).
+    pub fn segment_watches(&self) -> [Arc<SegmentWatch>; 2] {
+        [
+            Arc::clone(self.upload_segments.watch()),
+            Arc::clone(self.result_segments.watch()),
+        ]
     }
 
     /// The segment deletions of the state directory (held while a snapshot is taken).
