@@ -1,7 +1,7 @@
 //! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
 use crate::base::addresses;
-use crate::base::api_keys::{self, hash_key, is_valid_name, MAX_NAME_LEN};
+use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
 use crate::base::config::{DiskReserveSetting, FsyncMode, ServeConfig};
 use crate::base::hex::hex;
 use crate::base::niceness;
@@ -30,7 +30,10 @@ USAGE:
                                            validate a keys file (and a workers file)
     trusted-pool check --state-dir DIR     check a stopped coordinator's state directory or an
                                            unpacked snapshot, changing nothing
-    trusted-pool new-key NAME [--admin]    print a fresh client key and its --api-keys entry
+    trusted-pool new-key NAME [--admin|--read]
+                                           print a fresh client key and its --api-keys entry
+                                           (a submit key; --admin: an operator's; --read: sees
+                                           everything, changes nothing)
 
 OPTIONS:
     --port N                 HTTP port to listen on (0 = any free port)      [default: 9000]
@@ -136,8 +139,8 @@ pub enum Command {
     NewKey {
         /// Its name.
         name: String,
-        /// True for an admin key.
-        admin: bool,
+        /// The new key's role.
+        role: Role,
     },
     /// Print usage.
     Help,
@@ -384,7 +387,14 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
             }
         }
         Some("new-key") => {
-            let admin = args.contains("--admin");
+            let role = match (args.contains("--admin"), args.contains("--read")) {
+                (true, true) => {
+                    return Err(bad("new-key", "give --admin or --read, not both"));
+                }
+                (true, false) => Role::Admin,
+                (false, true) => Role::Read,
+                (false, false) => Role::Submit,
+            };
             let name: String = args
                 .opt_free_from_str()
                 .ok()
@@ -396,7 +406,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                     format!("NAME must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-', got {name:?}"),
                 ));
             }
-            Command::NewKey { name, admin }
+            Command::NewKey { name, role }
         }
         Some(other) => return Err(CliError::UnknownArgument(other.to_string())),
         None => Command::Serve(Box::new(parse_serve(&mut args)?)),
@@ -596,7 +606,7 @@ pub fn run(raw: Vec<OsString>) -> i32 {
                 1
             }
         }
-        Command::NewKey { name, admin } => new_key(&name, admin),
+        Command::NewKey { name, role } => new_key(&name, role),
         Command::Serve(config) => match serve::run(*config) {
             Ok(()) => 0,
             Err(e) => {
@@ -721,7 +731,7 @@ fn check_state(dir: &std::path::Path) -> i32 {
 /// Length of a new key's random part, in bytes.
 const NEW_KEY_BYTES: usize = 32;
 
-fn new_key(name: &str, admin: bool) -> i32 {
+fn new_key(name: &str, role: Role) -> i32 {
     use base64::Engine;
     use std::io::Read;
     let mut random = [0u8; NEW_KEY_BYTES];
@@ -734,10 +744,10 @@ fn new_key(name: &str, admin: bool) -> i32 {
         "tpk_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
     );
-    let role = if admin { "admin" } else { "submit" };
     let entry = format!(
-        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{role}"}}"#,
-        hex(&hash_key(key.as_bytes()))
+        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{}"}}"#,
+        hex(&hash_key(key.as_bytes())),
+        role.as_str()
     );
     println!("key:   {key}");
     println!("entry: {entry}");

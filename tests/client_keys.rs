@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use support::lifecycle::wait_healthy;
+use support::lifecycle::{drain_url, wait_healthy};
 use support::{poll_until, send_with, workers_dir, Coordinator, FakeWorker, Form, Reply};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -452,6 +452,97 @@ fn the_auth_matrix() {
 /// A worker's job id in a job's own output (here the interpreter's error naming the job
 /// directory, as python prints it) is hidden from the owner in `/logs`, in `/logs?follow=1` and
 /// in `/status`, and shown to an admin.
+/// A read key (`"role": "read"`) sees what an admin sees (every job, with the worker's job id,
+/// the workers in `/pool`, `/metrics`) and changes nothing: submits, job controls and operator
+/// routes answer 403 saying so, and nothing changed.
+#[test]
+fn a_read_key_sees_everything_and_changes_nothing() {
+    let worker = FakeWorker::start();
+    let alice = Key::new("alice", "submit");
+    let wall = Key::new("wall", "read");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &wall], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let a_job = submit_ok(&coordinator, &alice);
+    wait_collected_as(&coordinator, &alice, &a_job);
+
+    let seen = call(
+        &coordinator,
+        "GET",
+        &format!("/status/{a_job}"),
+        Some(&wall),
+    );
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    assert!(
+        seen.json()["remote_job_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("job_")),
+        "{}",
+        seen.text()
+    );
+    for path in [
+        format!("/logs/{a_job}"),
+        format!("/outputs/{a_job}"),
+        format!("/outputs/{a_job}/result.txt"),
+        "/metrics".to_string(),
+        "/activity".to_string(),
+    ] {
+        let reply = call(&coordinator, "GET", &path, Some(&wall));
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    let listed = call(&coordinator, "GET", "/jobs", Some(&wall)).json();
+    assert_eq!(listed["jobs"][0]["job_id"], a_job.as_str(), "{listed}");
+    let pool = call(&coordinator, "GET", "/pool", Some(&wall)).json();
+    assert_eq!(pool["workers"].as_array().map(Vec::len), Some(1), "{pool}");
+    assert_eq!(pool["caller"]["role"], "read", "{pool}");
+    assert_eq!(pool["caller"]["key"], "wall", "{pool}");
+    assert!(pool["keys"]["alice"].is_object(), "{pool}");
+
+    let refused = submit_as(&coordinator, Some(&wall), &job_form());
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read key") && e.contains("changes nothing")),
+        "{}",
+        refused.text()
+    );
+    let drain = drain_url(&coordinator, &worker, "drain")
+        .trim_start_matches(&coordinator.url(""))
+        .to_string();
+    for (method, path) in [
+        ("POST", format!("/cancel/{a_job}")),
+        ("DELETE", format!("/jobs/{a_job}")),
+        ("POST", format!("/jobs/{a_job}/priority?priority=high")),
+        ("POST", drain),
+        ("POST", "/submits/pause".to_string()),
+        ("POST", "/reload".to_string()),
+        ("POST", "/log-level?level=debug".to_string()),
+        ("GET", "/snapshot".to_string()),
+    ] {
+        let reply = call(&coordinator, method, &path, Some(&wall));
+        assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text());
+        assert!(
+            reply.text().contains("read key"),
+            "{method} {path}: {}",
+            reply.text()
+        );
+    }
+    let after = call(&coordinator, "GET", "/pool", Some(&wall)).json();
+    assert_eq!(after["total_jobs"], 1, "{after}");
+    assert!(after["submits_paused"].is_null(), "{after}");
+    assert_eq!(after["workers"][0]["draining"], false, "{after}");
+    let kept = call(
+        &coordinator,
+        "GET",
+        &format!("/status/{a_job}"),
+        Some(&alice),
+    );
+    assert_eq!(kept.status, 200, "the job is still there: {}", kept.text());
+    assert_eq!(kept.json()["pool_status"], "completed");
+    let metrics = call(&coordinator, "GET", "/metrics", Some(&alice));
+    assert_eq!(metrics.status, 403, "{}", metrics.text());
+}
+
 #[test]
 fn the_worker_job_id_is_hidden_in_logs_and_followed_streams() {
     let worker = FakeWorker::start();
@@ -685,10 +776,12 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
     let dir = support::temp_dir();
     let mut entries = Vec::new();
     let mut secrets = Vec::new();
-    for (name, admin) in [("alice", false), ("ops", true)] {
+    for (name, role) in [("alice", "submit"), ("ops", "admin"), ("wall", "read")] {
         let mut args = vec!["new-key", name];
-        if admin {
-            args.push("--admin");
+        match role {
+            "admin" => args.push("--admin"),
+            "read" => args.push("--read"),
+            _ => {}
         }
         let out = trusted_pool(&args);
         assert!(out.status.success(), "{out:?}");
@@ -706,7 +799,7 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
             .and_then(|e| serde_json::from_str(e.trim()).ok())
             .unwrap_or_else(|| panic!("no entry line: {stdout}"));
         assert_eq!(entry["name"], name);
-        assert_eq!(entry["role"], if admin { "admin" } else { "submit" });
+        assert_eq!(entry["role"], role);
         assert_eq!(entry["key_sha256"], sha256_hex(key.as_bytes()));
         assert!(!secrets.contains(&key), "the same key twice");
         secrets.push(key);
@@ -717,6 +810,12 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
         Some(2)
     );
     assert_eq!(trusted_pool(&["new-key"]).status.code(), Some(2));
+    assert_eq!(
+        trusted_pool(&["new-key", "both", "--admin", "--read"])
+            .status
+            .code(),
+        Some(2)
+    );
 
     let keys = dir.path().join("keys.json");
     fs::write(&keys, serde_json::to_vec(&entries).expect("json")).expect("write");
@@ -724,7 +823,9 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.contains("key 0: alice (submit") && stdout.contains("2 keys, OK"),
+        stdout.contains("key 0: alice (submit")
+            && stdout.contains("key 2: wall (read")
+            && stdout.contains("3 keys, OK"),
         "{stdout}"
     );
     for secret in &secrets {

@@ -9,7 +9,8 @@
 //! and then delete it, each confirmed in its dialog, seen in `/pool` or `/status` and then on
 //! the page. With client keys the page asks for a key; a submit key's page has no worker and no
 //! drain button (the route answers it 403), only the raise and cancel buttons of its own
-//! queued job. No script error reaches the console meanwhile.
+//! queued job; a read key's page shows the worker and the jobs, and no button at all. No
+//! script error reaches the console meanwhile.
 
 mod support;
 
@@ -602,6 +603,7 @@ fn key_hash(key: &str) -> String {
 
 const ADMIN_KEY: &str = "tpk_dashboard_admin";
 const SUBMIT_KEY: &str = "tpk_dashboard_alice";
+const READ_KEY: &str = "tpk_dashboard_wall";
 
 fn as_key(method: &str, url: &str, key: &str, body: Option<(&str, &[u8])>) -> Reply {
     let bearer = format!("Bearer {key}");
@@ -627,6 +629,7 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     let entries = serde_json::json!([
         {"name": "ops", "key_sha256": key_hash(ADMIN_KEY), "role": "admin"},
         {"name": "alice", "key_sha256": key_hash(SUBMIT_KEY), "role": "submit"},
+        {"name": "wall", "key_sha256": key_hash(READ_KEY), "role": "read"},
     ]);
     std::fs::write(&keys, entries.to_string()).expect("keys file");
     let keys_arg = keys.to_string_lossy().into_owned();
@@ -695,7 +698,7 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     assert!(
         workers
             .as_str()
-            .is_some_and(|t| t.contains("shown to admin keys")),
+            .is_some_and(|t| t.contains("shown to admin and read keys")),
         "{workers}"
     );
     click(&mut page, "data-job-id", &mine, "cancel");
@@ -712,6 +715,16 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
         has_action(s, "undrain")
     });
     assert!(state["badges"].to_string().contains("drain"), "{state}");
+
+    // A read key sees the worker and every job, and is offered no button at all.
+    page.eval("document.getElementById('forgetkey').click()");
+    use_key(&mut page, READ_KEY);
+    wait_row(&mut page, "data-worker-id", &worker.worker_id(), |s| {
+        s.is_object() && !has_action(s, "undrain")
+    });
+    wait_row(&mut page, "data-job-id", &mine, Value::is_object);
+    let buttons = page.eval("document.querySelectorAll('button[data-action]').length");
+    assert_eq!(buttons, 0, "a read key's page offers buttons");
     assert_no_page_errors(&mut page);
     // Only the two 401s of the first refresh, before a key was given.
     let failures = page_request_failures(&page);

@@ -21,6 +21,9 @@ pub enum Role {
     Submit,
     /// Sees and controls every job and the whole pool.
     Admin,
+    /// Sees every job and the whole pool, as an admin does, and changes nothing: a dashboard on
+    /// a wall, a monitoring script, a Prometheus scrape.
+    Read,
 }
 
 impl Role {
@@ -29,6 +32,7 @@ impl Role {
         match self {
             Self::Submit => "submit",
             Self::Admin => "admin",
+            Self::Read => "read",
         }
     }
 }
@@ -165,11 +169,12 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
     let role = match object.get("role").map(Value::as_str) {
         Some(Some("submit")) => Role::Submit,
         Some(Some("admin")) => Role::Admin,
+        Some(Some("read")) => Role::Read,
         Some(_) => {
             return Err(entry_error(
                 &entry,
                 "role",
-                "must be \"submit\" or \"admin\"",
+                "must be \"submit\", \"admin\" or \"read\"",
             ))
         }
         None => return Err(entry_error(&entry, "role", "is missing")),

@@ -1,7 +1,9 @@
 //! Who is calling: the client key of a request (`Authorization: Bearer KEY`), checked against
 //! `--api-keys`, and what that caller may see. Every route except `/health` and `/ready` calls
-//! [`authorize`]; routes for operators add [`admin_only`]; a route about one job looks it up with
-//! [`visible_job`], which answers "no such job" for another key's job exactly as for an unknown id.
+//! [`authorize`]; routes for operators add [`admin_only`] (or [`sees_all_only`] for what a read
+//! key may watch); a route about one job looks it up with [`visible_job`], which answers "no such
+//! job" for another key's job exactly as for an unknown id, and a route that changes a job or
+//! submits one adds [`may_change`] (a read key changes nothing).
 //!
 //! Without `--api-keys` the coordinator is open: every request is an anonymous admin.
 
@@ -59,19 +61,25 @@ impl Caller {
         self.role == Role::Admin
     }
 
+    /// True when the caller sees every job and the whole pool: an admin or a read key.
+    pub fn sees_all(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Read)
+    }
+
     /// The most jobs of this caller that may wait in the queue (None: no limit).
     pub fn max_queued_jobs(&self) -> Option<usize> {
         self.max_queued_jobs
     }
 
-    /// True when the caller may see (and act on) this job: an admin, or the key that submitted it.
+    /// True when the caller may see this job: an admin or a read key, or the key that submitted
+    /// it (which may also act on it, as an admin may: see [`may_change`]).
     pub fn can_see(&self, job: &Job) -> bool {
         self.can_see_owned_by(job.owner.as_deref())
     }
 
     /// Whether this caller may see a job submitted by `owner` (`can_see` by the owner alone).
     pub fn can_see_owned_by(&self, owner: Option<&str>) -> bool {
-        self.is_admin() || (self.name.is_some() && owner == self.name.as_deref())
+        self.sees_all() || (self.name.is_some() && owner == self.name.as_deref())
     }
 
     /// "key NAME" for log lines, "" on an open coordinator.
@@ -150,7 +158,36 @@ pub fn admin_only(caller: &Caller) -> Result<(), Reply> {
     if caller.is_admin() {
         Ok(())
     } else {
-        Err(error_reply(403, "this needs an admin key"))
+        Err(error_reply(
+            403,
+            if caller.role() == Role::Read {
+                "this needs an admin key (a read key sees, and changes nothing)"
+            } else {
+                "this needs an admin key"
+            },
+        ))
+    }
+}
+
+/// `Ok` for a caller that sees everything (an admin or a read key), else the 403 to answer.
+pub fn sees_all_only(caller: &Caller) -> Result<(), Reply> {
+    if caller.sees_all() {
+        Ok(())
+    } else {
+        Err(error_reply(403, "this needs an admin or read key"))
+    }
+}
+
+/// `Ok` unless the caller holds a read key, which changes nothing (no submit, cancel, priority
+/// or deletion); else the 403 to answer.
+pub fn may_change(caller: &Caller) -> Result<(), Reply> {
+    if caller.role() == Role::Read {
+        Err(error_reply(
+            403,
+            "this is a read key: it sees every job and the pool, and changes nothing; submit or act with a submit or admin key",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -177,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_see_their_jobs_admins_and_open_callers_see_all() {
+    fn owners_see_their_jobs_admins_read_keys_and_open_callers_see_all() {
         let mut job = Job::new("pool-1".into(), Vec::new(), None, 0.0);
         job.owner = Some("alice".into());
         let mut unowned = job.clone();
@@ -189,5 +226,10 @@ mod tests {
         assert!(Caller::open().can_see(&job) && Caller::open().can_see(&unowned));
         assert!(!alice.can_see(&unowned) && ops.can_see(&unowned));
         assert!(admin_only(&ops).is_ok() && admin_only(&alice).is_err());
+        let watcher = Caller::from_key(&key("wall", Role::Read));
+        assert!(watcher.can_see(&job) && watcher.can_see(&unowned));
+        assert!(admin_only(&watcher).is_err() && may_change(&watcher).is_err());
+        assert!(sees_all_only(&watcher).is_ok() && sees_all_only(&alice).is_err());
+        assert!(may_change(&alice).is_ok() && may_change(&ops).is_ok());
     }
 }

@@ -61,11 +61,11 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
         "pool_status": job.status.as_str(),
         "priority": job.priority.as_str(),
         "finished": job.status.is_final(),
-        "worker_id": if caller.is_admin() { job.worker_id.as_deref() } else { None },
+        "worker_id": if caller.sees_all() { job.worker_id.as_deref() } else { None },
         "submitted_at": job.submitted_at,
         "completed_at": job.completed_at,
         "duration": (end - job.submitted_at).max(0.0),
-        "error": job.error.as_deref().map(|e| if caller.is_admin() {
+        "error": job.error.as_deref().map(|e| if caller.sees_all() {
             e.into()
         } else {
             hide_in_text(e, job.remote_job_id.as_deref())

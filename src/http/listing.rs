@@ -112,7 +112,7 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
             }
         }
     };
-    let owner = if caller.is_admin() {
+    let owner = if caller.sees_all() {
         None
     } else {
         caller.name()
@@ -169,7 +169,7 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
             continue;
         };
         let bytes = match job.remote_job_id.as_deref() {
-            Some(remote) if !caller.is_admin() => {
+            Some(remote) if !caller.sees_all() => {
                 match hide_remote_id(Reply::JsonBytes(200, bytes), remote) {
                     Reply::JsonBytes(_, bytes) => bytes,
                     _ => continue,

@@ -4,7 +4,7 @@ use crate::base::job::PoolStatus;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::paths::percent_decode;
 use crate::base::sync::lock;
-use crate::http::auth::{admin_only, authorize, visible_job, Caller};
+use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
@@ -222,57 +222,63 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Pool => pool(ctx, &caller),
         Route::Dashboard => dashboard_page(),
         Route::Activity => Reply::Json(200, dashboard::activity_view(ctx, &caller)),
-        Route::Submit => {
+        Route::Submit => changing(&caller, || {
             let started = Instant::now();
             let reply = submit(ctx, &caller, request, &url);
             ctx.metrics
                 .submit_request
                 .observe(started.elapsed().as_secs_f64());
             reply
-        }
+        }),
         Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
-                let admin = caller.is_admin();
+                let admin = caller.sees_all();
                 job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, admin))
             }
             Some(Err(reply)) => reply,
         },
-        Route::Cancel(id) => job_route(ctx, &caller, id, |ctx| {
-            match control::cancel(ctx, id, &caller.log_label()) {
-                Ok(()) => status(ctx, id),
-                Err(e @ ControlError::UnknownJob(_)) => {
-                    ended_or(ctx, id, ControlError::Finished, || {
-                        error_reply(e.status(), e.to_string())
-                    })
+        Route::Cancel(id) => changing(&caller, || {
+            job_route(ctx, &caller, id, |ctx| {
+                match control::cancel(ctx, id, &caller.log_label()) {
+                    Ok(()) => status(ctx, id),
+                    Err(e @ ControlError::UnknownJob(_)) => {
+                        ended_or(ctx, id, ControlError::Finished, || {
+                            error_reply(e.status(), e.to_string())
+                        })
+                    }
+                    Err(e) => error_reply(e.status(), e.to_string()),
                 }
-                Err(e) => error_reply(e.status(), e.to_string()),
-            }
+            })
         }),
-        Route::DeleteJob(id) => job_route(ctx, &caller, id, |ctx| {
-            match control::delete(ctx, id, &caller.log_label()) {
-                Ok(Deletion::Now(status)) => Reply::Json(
-                    200,
-                    json!({"job_id": id, "deleted": true, "status": status}),
-                ),
-                Ok(Deletion::WhenSettled(status)) => Reply::Json(
-                    202,
-                    json!({
-                        "job_id": id,
-                        "deleted": false,
-                        "deleting": true,
-                        "status": status.as_str(),
-                    }),
-                ),
-                Err(ControlError::UnknownJob(_)) => unknown_job(id),
-                Err(e @ ControlError::Settling(_)) => {
-                    retry_after(SETTLING_RETRY_AFTER, error_reply(e.status(), e.to_string()))
+        Route::DeleteJob(id) => changing(&caller, || {
+            job_route(ctx, &caller, id, |ctx| {
+                match control::delete(ctx, id, &caller.log_label()) {
+                    Ok(Deletion::Now(status)) => Reply::Json(
+                        200,
+                        json!({"job_id": id, "deleted": true, "status": status}),
+                    ),
+                    Ok(Deletion::WhenSettled(status)) => Reply::Json(
+                        202,
+                        json!({
+                            "job_id": id,
+                            "deleted": false,
+                            "deleting": true,
+                            "status": status.as_str(),
+                        }),
+                    ),
+                    Err(ControlError::UnknownJob(_)) => unknown_job(id),
+                    Err(e @ ControlError::Settling(_)) => {
+                        retry_after(SETTLING_RETRY_AFTER, error_reply(e.status(), e.to_string()))
+                    }
+                    Err(e) => error_reply(e.status(), e.to_string()),
                 }
-                Err(e) => error_reply(e.status(), e.to_string()),
-            }
+            })
         }),
-        Route::JobPriority(id) => job_route(ctx, &caller, id, |ctx| {
-            set_priority(ctx, id, &url, &caller.log_label())
+        Route::JobPriority(id) => changing(&caller, || {
+            job_route(ctx, &caller, id, |ctx| {
+                set_priority(ctx, id, &url, &caller.log_label())
+            })
         }),
         Route::Drain(raw, on) => match admin_only(&caller) {
             Ok(()) => drain(ctx, raw, on, &caller.log_label()),
@@ -294,7 +300,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Err(reply) => reply,
         },
         Route::Logs(id) if follow::wants_follow(&url) => {
-            let admin = caller.is_admin();
+            let admin = caller.sees_all();
             job_route(ctx, &caller, id, |ctx| {
                 follow::start(ctx, id, Wire::Text, admin)
             })
@@ -302,7 +308,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
         Route::Stream(id) => match follow::websocket_key(request) {
             Ok(key) => job_route(ctx, &caller, id, |ctx| {
-                follow::start(ctx, id, Wire::WebSocket(key), caller.is_admin())
+                follow::start(ctx, id, Wire::WebSocket(key), caller.sees_all())
             }),
             Err(reply) => reply,
         },
@@ -318,7 +324,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Ok(()) => set_log_level(ctx, &caller, &url),
             Err(refused) => refused,
         },
-        Route::Metrics => match admin_only(&caller) {
+        Route::Metrics => match sees_all_only(&caller) {
             Ok(()) => metrics_reply(ctx),
             Err(refused) => refused,
         },
@@ -326,6 +332,14 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Ok(()) => snapshot::snapshot(ctx, &caller.log_label()),
             Err(refused) => refused,
         },
+    }
+}
+
+/// The answer of a route that submits or changes a job: a read key is refused with 403.
+fn changing(caller: &Caller, answer: impl FnOnce() -> Reply) -> Reply {
+    match may_change(caller) {
+        Ok(()) => answer(),
+        Err(refused) => refused,
     }
 }
 
@@ -480,7 +494,7 @@ fn dashboard_page() -> Reply {
     }
 }
 
-/// `GET /metrics`: for an admin key, or for anyone with `--metrics-open` (or without
+/// `GET /metrics`: for an admin or read key, or for anyone with `--metrics-open` (or without
 /// `--api-keys`).
 fn metrics_reply(ctx: &Context) -> Reply {
     Reply::Text {
@@ -524,7 +538,8 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["store"]["settled_views_kept"] = ctx.settled_views.count().into();
     view["store"]["wipes_waiting"] = ctx.spool.removals().pending_wipes().into();
     view["log_level"] = ctx.log_level.view();
-    if !caller.is_admin() {
+    view["caller"] = json!({"key": caller.name(), "role": caller.role().as_str()});
+    if !caller.sees_all() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
             fields.remove("log_level");
@@ -544,7 +559,7 @@ fn job_route(
     id: &str,
     handler: impl FnOnce(&Arc<Context>) -> Reply,
 ) -> Reply {
-    if caller.is_admin() {
+    if caller.sees_all() {
         return handler(ctx);
     }
     let live = visible_job(&ctx.lock(), caller, id).map(|job| job.remote_job_id.clone());

@@ -161,14 +161,14 @@ pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Valu
     };
     let mut view = serde_json::Map::new();
     for key in keys.map(KeySet::keys).unwrap_or_default() {
-        if caller.is_admin() || caller.name() == Some(key.name.as_str()) {
+        if caller.sees_all() || caller.name() == Some(key.name.as_str()) {
             let mut entry = figures(&key.name);
             entry.insert("role".to_string(), json!(key.role.as_str()));
             entry.insert("max_queued_jobs".to_string(), json!(key.max_queued_jobs));
             view.insert(key.name.clone(), Value::Object(entry));
         }
     }
-    if caller.is_admin() {
+    if caller.sees_all() {
         for (owner, _) in st.owners() {
             if !view.contains_key(owner) {
                 let mut entry = figures(owner);
