@@ -18,8 +18,8 @@ use support::lifecycle::{
     wait_collected, wait_healthy, wait_status,
 };
 use support::{
-    get, get_bytes, get_json, poll_until, send, tar_gz, untar_gz, Coordinator, FakeWorker, Form,
-    ReceivedFile, Recording,
+    get, get_bytes, get_json, poll_until, send, tar_gz, untar_gz, workers_dir, Coordinator,
+    FakeWorker, Form, ReceivedFile, Recording,
 };
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -448,14 +448,15 @@ fn outputs_still_download_after_the_worker_deleted_the_job() {
 }
 
 /// `--max-results-bytes`: an output past a job's room stays on its worker, where it is served
-/// from while the worker keeps the job; once the worker deleted it, a 404 says why. The outputs
-/// that fit are collected and outlive the worker's copy.
+/// from while the worker keeps the job (also after a restart); once the worker deleted it, a
+/// 404 says why. The outputs that fit are collected and outlive the worker's copy.
 #[test]
 fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there() {
     let worker = FakeWorker::start();
     let mut args = FAST.to_vec();
     args.extend(["--max-results-bytes", "150000"]);
-    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    let dir = workers_dir(&[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
 
     let small = random_bytes(100_000);
@@ -483,6 +484,13 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
     assert_eq!(files["a-small.bin"]["collected"], true, "{files:?}");
     assert_eq!(files["b-big.bin"]["collected"], false, "{files:?}");
     assert_eq!(files["result.txt"]["collected"], true, "{files:?}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_outputs_left_on_worker_total 1"),
+        "{metrics}"
+    );
     let fetched_before = worker.recording().count("GET", "download");
     assert_eq!(download(&coordinator, &files["b-big.bin"]), big);
     assert_eq!(
@@ -496,6 +504,18 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
         fetched_before + 1,
         "a-small.bin was not served from the coordinator's copy"
     );
+
+    // A restart keeps the list of what was left on the worker.
+    let stopped = coordinator.terminate(DEADLINE);
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let status = job_status(&coordinator, &id);
+    assert_eq!(
+        status["results"]["left_on_worker"],
+        serde_json::json!(["b-big.bin"]),
+        "{status}"
+    );
+    assert_eq!(download(&coordinator, &files["b-big.bin"]), big);
 
     worker.set(|k| k.delete_after = Duration::from_millis(300));
     let gone = poll_until(DEADLINE, || {
@@ -521,13 +541,6 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
     );
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
-    let (_, metrics) = get(&coordinator.url("/metrics"));
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "trusted_pool_outputs_left_on_worker_total 1"),
-        "{metrics}"
-    );
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A
