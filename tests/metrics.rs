@@ -312,6 +312,59 @@ fn every_worker_has_its_series_and_the_text_passes_the_official_parser() {
     if !official_parser_accepts(&s.text) && std::env::var_os("CI").is_some() {
         panic!("CI must install promtool or prometheus_client for the parser check");
     }
+    check_alert_rules(&s.text);
+}
+
+/// `deploy/alerts.yml` names only metrics this coordinator exports (as `text` shows them), and
+/// passes `promtool check rules` and its unit tests (`deploy/alerts.test.yml`).
+fn check_alert_rules(text: &str) {
+    let families: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let rules = std::fs::read_to_string(deploy.join("alerts.yml")).expect("deploy/alerts.yml");
+    let named: HashSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("trusted_pool_"))
+        .collect();
+    assert!(named.len() >= 10, "the rules name few metrics: {named:?}");
+    let unknown: Vec<&&str> = named.iter().filter(|n| !families.contains(**n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/alerts.yml names metrics the coordinator does not export: {unknown:?}"
+    );
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = match Command::new("promtool")
+            .args(args)
+            .current_dir(&deploy)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must install promtool (Debian: prometheus) for the alert rules: {e}"
+                );
+                eprintln!(
+                    "SKIPPED promtool {}: promtool is not installed ({e})",
+                    args.join(" ")
+                );
+                return;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
