@@ -2,7 +2,7 @@
 
 use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
-use crate::base::config::{DiskReserveSetting, FsyncMode, ServeConfig};
+use crate::base::config::{DiskReserveSetting, FsyncMode, LogFormat, ServeConfig};
 use crate::base::hex::hex;
 use crate::base::niceness;
 use crate::base::tls::WorkerTls;
@@ -69,6 +69,8 @@ OPTIONS:
                              queue_timeout may ask for; 0 = wait as long as it takes [default: 0]
     --max-waiting N          most parked GET /status/ID?wait= requests; 503 beyond [default: 256]
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
+    --log-format FORMAT      text, or json (one object per line: time, level, target,
+                             message; for log shippers)                      [default: text]
     --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
                              submit and read every job; re-read on SIGHUP    [default: none]
     --max-followers N        clients following jobs at once (/logs/ID?follow=1,
@@ -319,6 +321,14 @@ fn level(text: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("expected one of off, error, warn, info, debug, trace; got {text:?}"))
 }
 
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("expected text or json; got {text:?}")),
+    }
+}
+
 fn fsync_mode(text: &str) -> Result<FsyncMode, String> {
     match text {
         "batch" => Ok(FsyncMode::Batch),
@@ -486,6 +496,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         queue_timeout: value(args, "--queue-timeout", seconds_or_zero, d.queue_timeout)?,
         max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
+        log_format: value(args, "--log-format", log_format, d.log_format)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
         max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
         require_verified: args.contains("--require-verified"),

@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 26] = [
+const FLAGS: [&str; 28] = [
     "--port",
     "--bind",
     "--workers",
@@ -48,6 +48,8 @@ const FLAGS: [&str; 26] = [
     "--retain-bytes",
     "--max-connections-per-ip",
     "--max-requests-per-ip",
+    "--max-results-bytes",
+    "--log-format",
 ];
 
 /// What one run of the binary did.
@@ -214,6 +216,7 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--health-interval", "0.0001"], "at least 0.1"),
         (&["--max-results-bytes", "-1"], "--max-results-bytes"),
         (&["--max-results-bytes", "1GiB"], "--max-results-bytes"),
+        (&["--log-format", "yaml"], "--log-format"),
         (&["--health-interval"], "--health-interval"),
         (&["--health-timeout", "soon"], "--health-timeout"),
         (&["--max-upload-bytes", "0"], "--max-upload-bytes"),

@@ -1655,3 +1655,50 @@ fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
         cancel(&coordinator, id);
     }
 }
+
+/// `--log-format json`: every line the coordinator logs is one JSON object with its UTC time,
+/// level, target and message (in that order), a job's lines included.
+#[test]
+fn logs_can_be_json_lines_for_log_shippers() {
+    let worker = FakeWorker::start();
+    let mut args = FAST.to_vec();
+    args.extend(["--log-format", "json"]);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &form());
+    wait_collected(&coordinator, &id, DEADLINE);
+    let wanted = format!("Collected results of job {id}");
+    assert!(coordinator.wait_for_log(&wanted, DEADLINE));
+    let logs = coordinator.logs();
+    assert!(logs.starts_with("{\"time\":"), "{logs}");
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect();
+    for line in &lines {
+        let time = line["time"].as_str().unwrap_or_default();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        let level = line["level"].as_str().unwrap_or_default();
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+            "{line}"
+        );
+        let target = line["target"].as_str().unwrap_or_default();
+        assert!(target.starts_with("trusted_pool"), "{line}");
+    }
+    let collected = lines.iter().find(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&wanted))
+    });
+    assert_eq!(
+        collected.map(|l| &l["level"]),
+        Some(&Value::from("INFO")),
+        "{logs}"
+    );
+}

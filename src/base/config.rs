@@ -28,6 +28,15 @@ impl FsyncMode {
     }
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `HH:MM:SS [LEVEL] message`.
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `message`.
+    Json,
+}
+
 /// How much room new uploads must leave on the state directory's filesystem (`--disk-reserve`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DiskReserveSetting {
@@ -113,6 +122,8 @@ pub struct ServeConfig {
     pub max_waiting: usize,
     /// Log verbosity.
     pub log_level: LevelFilter,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// The client keys file (None: the coordinator is open to anyone who reaches it).
     pub api_keys: Option<PathBuf>,
     /// Most clients following jobs at once (`/logs/{id}?follow=1`, `/stream/{id}`).
@@ -179,6 +190,7 @@ impl Default for ServeConfig {
             disk_reserve: DiskReserveSetting::Percent(1.0),
             max_waiting: 256,
             log_level: LevelFilter::Info,
+            log_format: LogFormat::Text,
             api_keys: None,
             max_followers: 256,
             require_verified: false,

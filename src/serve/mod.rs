@@ -2,12 +2,13 @@
 //! and what it does on a signal.
 
 pub mod allocator;
+pub mod json_log;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
-use crate::base::config::ServeConfig;
+use crate::base::config::{LogFormat, ServeConfig};
 use crate::base::fd_limit;
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
@@ -78,7 +79,13 @@ impl fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-fn init_logging(level: LevelFilter) {
+fn init_logging(level: LevelFilter, format: LogFormat) {
+    if format == LogFormat::Json {
+        // Like the text logger, it lets everything through (see below).
+        let _ = log::set_boxed_logger(Box::new(json_log::JsonLog));
+        log::set_max_level(level);
+        return;
+    }
     let config = simplelog::ConfigBuilder::new()
         .add_filter_allow_str("trusted_pool")
         .add_filter_allow_str("tiny_http")
@@ -96,7 +103,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let tuned = allocator::tune();
     niceness::note_base();
     signals::block().map_err(ServeError::Signals)?;
-    init_logging(config.log_level);
+    init_logging(config.log_level, config.log_format);
     if let Err(why) = tuned {
         log::warn!("{why}");
     }

@@ -70,7 +70,11 @@ fn listening_port(log: &str) -> Option<u16> {
     let rest = rest
         .strip_prefix("http://")
         .or_else(|| rest.strip_prefix("https://"))?;
-    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    // Up to the end of the word, or of the JSON string (`--log-format json`).
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
     addr.trim_end_matches(|c: char| !c.is_ascii_digit())
         .parse::<SocketAddr>()
         .ok()
