@@ -79,7 +79,7 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
 
 /// `GET /activity`: finished jobs per minute over the last hour (oldest first) and the most
 /// recent jobs (newest first) with their status, duration and collected output files. A
-/// non-admin caller sees only its own jobs among the recent ones, without their workers. Jobs
+/// submit key sees only its own jobs among the recent ones, without their workers. Jobs
 /// that already left the table are read back from the job store, after the lock is released.
 pub fn activity_view(ctx: &Context, caller: &Caller) -> Value {
     let now = unix_now();

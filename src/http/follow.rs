@@ -76,8 +76,9 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
 }
 
 /// Decides how to follow job `id` and returns the hand-off (or the error to answer). A follower
-/// that is not an admin never receives the worker's own job id.
-pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
+/// that does not see everything (`sees_all`: an admin or read key) never receives the worker's
+/// own job id.
+pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, sees_all: bool) -> Reply {
     let slot = match ctx.events.reserve() {
         Ok(slot) => slot,
         Err(full) => {
@@ -113,7 +114,7 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, admin: bool) -> Reply {
             _ => return unknown_job(id),
         },
     };
-    let hider = (!admin).then(|| TextHider::new(Arc::clone(ctx), id));
+    let hider = (!sees_all).then(|| TextHider::new(Arc::clone(ctx), id));
     let ctx = Arc::clone(ctx);
     Reply::Handoff(Box::new(move |request: Request| {
         let parcel = Parcel::new(request);

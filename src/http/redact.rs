@@ -1,9 +1,9 @@
-//! Keeping a worker's own job id out of answers to non-admin callers: sandrun has no
-//! authentication, so its job id is a key to the job's files on the worker. It may appear in
-//! `remote_job_id`, in the worker's raw status answer, in error messages (a worker's file-system
-//! error names the job directory) and in a job's logs; every occurrence in a JSON answer and in
-//! a followed job's text stream is replaced. Streamed file bytes (output files) and text pages
-//! are passed through unchanged.
+//! Keeping a worker's own job id out of answers to submit keys (admin and read keys see it):
+//! sandrun has no authentication, so its job id is a key to the job's files on the worker. It
+//! may appear in `remote_job_id`, in the worker's raw status answer, in error messages (a
+//! worker's file-system error names the job directory) and in a job's logs; every occurrence
+//! in a JSON answer and in a followed job's text stream is replaced. Streamed file bytes
+//! (output files) and text pages are passed through unchanged.
 
 use crate::http::replies::Reply;
 use crate::http::stored_view::stored_view;
@@ -43,7 +43,7 @@ pub fn remote_id_of(ctx: &Context, id: &str) -> Option<String> {
     }
 }
 
-/// Hides job `id`'s worker job id from the pieces of text a non-admin follower receives; the
+/// Hides job `id`'s worker job id from the pieces of text a submit key's follower receives; the
 /// id is looked up until the job has one (a queued job gets it when a worker accepts it).
 pub struct TextHider {
     ctx: std::sync::Arc<Context>,

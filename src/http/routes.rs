@@ -233,8 +233,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
-                let admin = caller.sees_all();
-                job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, admin))
+                let sees_all = caller.sees_all();
+                job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, sees_all))
             }
             Some(Err(reply)) => reply,
         },
@@ -300,9 +300,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             Err(reply) => reply,
         },
         Route::Logs(id) if follow::wants_follow(&url) => {
-            let admin = caller.sees_all();
+            let sees_all = caller.sees_all();
             job_route(ctx, &caller, id, |ctx| {
-                follow::start(ctx, id, Wire::Text, admin)
+                follow::start(ctx, id, Wire::Text, sees_all)
             })
         }
         Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),

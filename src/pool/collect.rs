@@ -1,6 +1,7 @@
 //! Collecting a finished job's results from its worker: every file listed in `output_files`
-//! (from `/download/{remote}/{path}`), then the logs, back to back: in memory for the job's
-//! store row when small (`--row-results-max`), else streamed to disk in a results segment.
+//! (from `/download/{remote}/{path}`) up to `--max-results-bytes` (the rest stay on the
+//! worker), then the logs, back to back: in memory for the job's store row when small
+//! (`--row-results-max`), else streamed to disk in a results segment.
 
 use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults};
@@ -134,7 +135,7 @@ fn declared_size(status: &Value, path: &str) -> Option<u64> {
         .as_u64()
 }
 
-/// What is left of a job's `--max-results-bytes` (`u64::MAX` for no limit).
+/// A job's room for outputs: `--max-results-bytes` (`u64::MAX` for no limit).
 fn results_room(ctx: &Context) -> u64 {
     match ctx.config.max_results_bytes {
         0 => u64::MAX,

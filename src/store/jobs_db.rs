@@ -1161,8 +1161,8 @@ impl JobStore {
         self.identity.lost()
     }
 
-    /// How long the writer has made no progress, once that is
-    /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
+    /// How long the writer, or the writes to the segment files, have made no progress, once
+    /// that is [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
     pub fn stalled_for(&self) -> Option<Duration> {
         let segments = self.segment_watches.get().into_iter().flatten();
         segments
