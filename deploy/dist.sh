@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make dist: static musl binaries for x86_64 and aarch64, each in a tarball with README.md,
-# workers.json.example and the systemd unit, plus SHA256SUMS, under target/dist/.
+# workers.json.example, the systemd unit and the alerting rules, plus SHA256SUMS, under
+# target/dist/.
 # The C inside (ring, SQLite) is compiled by zig through cargo-zigbuild (both from PyPI), so
 # no musl cross gcc is needed.
 set -euo pipefail
@@ -36,7 +37,7 @@ for target in "${targets[@]}"; do
     name="trusted-pool-$version-$arch-linux-musl"
     mkdir -p "$out/$name"
     cp "target/$target/release/trusted-pool" "$out/$name/trusted-pool"
-    cp README.md workers.json.example deploy/trusted-pool.service "$out/$name/"
+    cp README.md workers.json.example deploy/trusted-pool.service deploy/alerts.yml "$out/$name/"
     size=$(stat -c %s "$out/$name/trusted-pool")
     if [ "$size" -gt "$max_bytes" ]; then
         echo "$name/trusted-pool is $size bytes, over the 6 MiB budget" >&2

@@ -1,7 +1,8 @@
 //! The release artifacts of `make dist` (target/dist/): for x86_64 and aarch64, a static
-//! binary under 6 MiB in a tarball with README.md, workers.json.example and the systemd unit,
-//! and SHA256SUMS that match. The aarch64 binary runs under `qemu-aarch64` (Debian `qemu-user`):
-//! `--version`, `check workers.json.example`, and serving `/health` on loopback.
+//! binary under 6 MiB in a tarball with README.md, workers.json.example, the systemd unit and
+//! the alerting rules, and SHA256SUMS that match. The aarch64 binary runs under
+//! `qemu-aarch64` (Debian `qemu-user`): `--version`, `check workers.json.example`, and serving
+//! `/health` on loopback.
 //!
 //! `make dist` is not run here (two release builds); .ci/run runs it before `make test`. Without
 //! target/dist these tests print why they skip, and fail under CI.
@@ -95,6 +96,7 @@ fn each_release_is_a_small_static_binary_in_a_tarball_with_its_files_and_checksu
             "README.md",
             "workers.json.example",
             "trusted-pool.service",
+            "alerts.yml",
         ] {
             assert!(
                 listing.lines().any(|l| l == format!("{name}/{file}")),
