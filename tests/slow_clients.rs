@@ -618,14 +618,24 @@ fn running_out_of_file_descriptors_refuses_connections_and_serving_resumes() {
 }
 
 /// Connections refused for `reason` so far, as `/metrics` counts them (and `/pool` the same).
+/// Each is asked until it is answered: connections a test just closed may still count against
+/// its address for a moment, and the ask would be refused too.
 fn refused_for(coordinator: &Coordinator, reason: &str) -> u64 {
-    let (_, metrics) = get(&coordinator.url("/metrics"));
+    let answered = |path: &str| {
+        support::poll_until(DEADLINE, || {
+            let (status, body) = get(&coordinator.url(path));
+            (status == 200).then_some(body)
+        })
+        .unwrap_or_else(|| panic!("{path} was never answered 200"))
+    };
+    let metrics = answered("/metrics");
     let line = format!("trusted_pool_connections_refused_total{{reason=\"{reason}\"}} ");
     let counted = metrics
         .lines()
         .find_map(|l| l.strip_prefix(line.as_str())?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no {line} in /metrics:\n{metrics}"));
-    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let pool: Value = serde_json::from_str(&answered("/pool"))
+        .unwrap_or_else(|e| panic!("/pool is not JSON: {e}"));
     let field = match reason {
         "limit" => "refused_over_limit",
         "address" => "refused_for_address",

@@ -201,7 +201,7 @@ pub struct StoredResults {
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_row: bool,
     /// The outputs left on the worker because they would take the job's collected bytes past
-    /// `--max-results-bytes`, in the worker's order.
+    /// `--max-results-bytes`: those whose declared size did not fit, then any cut as it came.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_on_worker: Vec<String>,
     /// The row's results bytes, while they are in memory: from the collection until the job's
