@@ -222,7 +222,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::Pool => pool(ctx, &caller),
         Route::Dashboard => dashboard_page(),
         Route::Activity => Reply::Json(200, dashboard::activity_view(ctx, &caller)),
-        Route::Submit => changing(&caller, || {
+        Route::Submit => allowed(may_change(&caller), || {
             let started = Instant::now();
             let reply = submit(ctx, &caller, request, &url);
             ctx.metrics
@@ -238,7 +238,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
             }
             Some(Err(reply)) => reply,
         },
-        Route::Cancel(id) => changing(&caller, || {
+        Route::Cancel(id) => allowed(may_change(&caller), || {
             job_route(ctx, &caller, id, |ctx| {
                 match control::cancel(ctx, id, &caller.log_label()) {
                     Ok(()) => status(ctx, id),
@@ -251,7 +251,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
                 }
             })
         }),
-        Route::DeleteJob(id) => changing(&caller, || {
+        Route::DeleteJob(id) => allowed(may_change(&caller), || {
             job_route(ctx, &caller, id, |ctx| {
                 match control::delete(ctx, id, &caller.log_label()) {
                     Ok(Deletion::Now(status)) => Reply::Json(
@@ -275,30 +275,25 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
                 }
             })
         }),
-        Route::JobPriority(id) => changing(&caller, || {
+        Route::JobPriority(id) => allowed(may_change(&caller), || {
             job_route(ctx, &caller, id, |ctx| {
                 set_priority(ctx, id, &url, &caller.log_label())
             })
         }),
-        Route::Drain(raw, on) => match admin_only(&caller) {
-            Ok(()) => drain(ctx, raw, on, &caller.log_label()),
-            Err(reply) => reply,
-        },
-        Route::SubmitsPause(pause) => match admin_only(&caller) {
-            Ok(()) => submits_pause(ctx, &caller, pause),
-            Err(reply) => reply,
-        },
+        Route::Drain(raw, on) => allowed(admin_only(&caller), || {
+            drain(ctx, raw, on, &caller.log_label())
+        }),
+        Route::SubmitsPause(pause) => {
+            allowed(admin_only(&caller), || submits_pause(ctx, &caller, pause))
+        }
         Route::Jobs => listing::jobs(ctx, &caller, &|name| query_param(&url, name)),
-        Route::Reload => match admin_only(&caller) {
-            Ok(()) => {
-                let source = format!("POST /reload{}", caller.log_label());
-                let outcome = reload::reload_workers(ctx, &source);
-                worker_tls::reload(ctx);
-                let status = if outcome.error.is_some() { 400 } else { 200 };
-                Reply::Json(status, json!(outcome))
-            }
-            Err(reply) => reply,
-        },
+        Route::Reload => allowed(admin_only(&caller), || {
+            let source = format!("POST /reload{}", caller.log_label());
+            let outcome = reload::reload_workers(ctx, &source);
+            worker_tls::reload(ctx);
+            let status = if outcome.error.is_some() { 400 } else { 200 };
+            Reply::Json(status, json!(outcome))
+        }),
         Route::Logs(id) if follow::wants_follow(&url) => {
             let sees_all = caller.sees_all();
             job_route(ctx, &caller, id, |ctx| {
@@ -320,24 +315,18 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Route::DownloadFile(id, file) => {
             job_route(ctx, &caller, id, |ctx| outputs::file(ctx, id, file, true))
         }
-        Route::LogLevel => match admin_only(&caller) {
-            Ok(()) => set_log_level(ctx, &caller, &url),
-            Err(refused) => refused,
-        },
-        Route::Metrics => match sees_all_only(&caller) {
-            Ok(()) => metrics_reply(ctx),
-            Err(refused) => refused,
-        },
-        Route::Snapshot => match admin_only(&caller) {
-            Ok(()) => snapshot::snapshot(ctx, &caller.log_label()),
-            Err(refused) => refused,
-        },
+        Route::LogLevel => allowed(admin_only(&caller), || set_log_level(ctx, &caller, &url)),
+        Route::Metrics => allowed(sees_all_only(&caller), || metrics_reply(ctx)),
+        Route::Snapshot => allowed(admin_only(&caller), || {
+            snapshot::snapshot(ctx, &caller.log_label())
+        }),
     }
 }
 
-/// The answer of a route that submits or changes a job: a read key is refused with 403.
-fn changing(caller: &Caller, answer: impl FnOnce() -> Reply) -> Reply {
-    match may_change(caller) {
+/// The answer of a route that `check` allows (one of `http/auth.rs`'s: `admin_only`,
+/// `sees_all_only`, `may_change`), else `check`'s refusal.
+fn allowed(check: Result<(), Reply>, answer: impl FnOnce() -> Reply) -> Reply {
+    match check {
         Ok(()) => answer(),
         Err(refused) => refused,
     }
