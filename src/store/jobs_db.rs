@@ -27,10 +27,9 @@ use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::file_identity::FileIdentity;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
-use crate::store::segment_watch::SegmentWatch;
 use crate::store::segments::{SegmentFile, Segments};
+use crate::store::stall_watch::StallWatch;
 use crate::store::wal_sync::WalSync;
-use crate::store::writer_watch::WriterWatch;
 use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -444,7 +443,7 @@ impl Ticket {
     }
 
     /// Like [`Ticket::wait`], but gives up once `store` has made no progress for
-    /// [`crate::store::writer_watch::STALL_AFTER`] ([`StoreError::Stalled`]): the record is
+    /// [`crate::store::stall_watch::STALL_AFTER`] ([`StoreError::Stalled`]): the record is
     /// then written when the disk answers again. For a change that applies whether or not it
     /// is recorded yet (a cancel), never for a promise that needs the record (a submit).
     pub fn wait_unless_stalled(self, store: &JobStore) -> Result<(), StoreError> {
@@ -504,7 +503,7 @@ struct Figures {
     /// Whether `failing` is set (read without its lock after every commit).
     is_failing: AtomicBool,
     /// The writer's current round (a disk that stopped answering).
-    watch: WriterWatch,
+    watch: StallWatch,
 }
 
 impl Figures {
@@ -562,7 +561,7 @@ pub struct StoreFigures {
     /// While commits fail (a full disk): the last one's error.
     pub failing: Option<String>,
     /// Seconds the writer has made no progress, once that is
-    /// [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
+    /// [`crate::store::stall_watch::STALL_AFTER`] or more (the disk does not answer).
     pub stalled_for: Option<f64>,
     /// What became of the store's file, once it is no longer the one opened.
     pub file_lost: Option<String>,
@@ -707,7 +706,7 @@ pub struct JobStore {
     /// `--retain-bytes` (0: no limit).
     retain_bytes: u64,
     /// The writes to the state directory's segment files ([`JobStore::watch_segments`]).
-    segment_watches: OnceLock<[Arc<SegmentWatch>; 2]>,
+    segment_watches: OnceLock<[Arc<StallWatch>; 2]>,
 }
 
 /// SQLite's `quick_check` of a store that was too large to check before serving.
@@ -1162,7 +1161,7 @@ impl JobStore {
     }
 
     /// How long the writer, or the writes to the segment files, have made no progress, once
-    /// that is [`crate::store::writer_watch::STALL_AFTER`] or more (the disk does not answer).
+    /// that is [`crate::store::stall_watch::STALL_AFTER`] or more (the disk does not answer).
     pub fn stalled_for(&self) -> Option<Duration> {
         let segments = self.segment_watches.get().into_iter().flatten();
         segments
@@ -1174,7 +1173,7 @@ impl JobStore {
     /// Counts a lack of progress of the writes to the spool's segment files (uploads, collected
     /// results: on threads of their own, before any record reaches the writer) as a stall of
     /// the store too. Set once, at start.
-    pub fn watch_segments(&self, watches: [Arc<SegmentWatch>; 2]) {
+    pub fn watch_segments(&self, watches: [Arc<StallWatch>; 2]) {
         let _ = self.segment_watches.set(watches);
     }
 

@@ -15,7 +15,7 @@ use crate::base::job::Span;
 use crate::base::paths::is_safe_component;
 use crate::base::sync::lock;
 use crate::store::removals::{Reading, Removals, WipeOf};
-use crate::store::segment_watch::SegmentWatch;
+use crate::store::stall_watch::{StallWatch, Watched};
 
 /// A segment takes no more writes once it is this large.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
@@ -60,7 +60,7 @@ pub struct SegmentFile {
     remove_when_unused: Option<Arc<Removals>>,
     dir_synced: AtomicBool,
     /// Times its writes and syncs (a file opened to write; None for one opened to read).
-    watch: Option<Arc<SegmentWatch>>,
+    watch: Option<Arc<StallWatch>>,
     /// Counts it as a reader of its file while it is open (wipes of the file wait).
     _reading: Option<Reading>,
 }
@@ -286,7 +286,7 @@ pub struct Segments {
     /// Segments retired while a writer held them: closed when given back.
     retiring: Mutex<HashSet<String>>,
     /// Times the writes to its segments.
-    watch: Arc<SegmentWatch>,
+    watch: Arc<StallWatch>,
 }
 
 impl Segments {
@@ -308,12 +308,12 @@ impl Segments {
             free: Mutex::new(Free::default()),
             open: Mutex::default(),
             retiring: Mutex::default(),
-            watch: Arc::default(),
+            watch: Arc::new(StallWatch::new(Watched::Segments)),
         })
     }
 
     /// What times the writes to its segments (a disk that stops answering blocks them).
-    pub fn watch(&self) -> &Arc<SegmentWatch> {
+    pub fn watch(&self) -> &Arc<StallWatch> {
         &self.watch
     }
 

@@ -21,8 +21,8 @@ use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
 use crate::store::removals::{Removals, WipeOf};
-use crate::store::segment_watch::SegmentWatch;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
+use crate::store::stall_watch::StallWatch;
 
 pub use crate::store::segments::CopyError;
 
@@ -521,7 +521,7 @@ impl Spool {
 
     /// What times the writes to its upload and results segments (see
     /// [`JobStore::watch_segments`](crate::store::jobs_db::JobStore::watch_segments)).
-    pub fn segment_watches(&self) -> [Arc<SegmentWatch>; 2] {
+    pub fn segment_watches(&self) -> [Arc<StallWatch>; 2] {
         [
             Arc::clone(self.upload_segments.watch()),
             Arc::clone(self.result_segments.watch()),
