@@ -6,8 +6,8 @@ use log::{Log, Metadata, Record};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The crates whose messages are logged.
-const TARGETS: [&str; 2] = ["trusted_pool", "tiny_http"];
+/// The crates whose messages are logged, in either format.
+pub const LOGGED_CRATES: [&str; 2] = ["trusted_pool", "tiny_http"];
 
 /// The JSON-lines logger.
 pub struct JsonLog;
@@ -15,7 +15,7 @@ pub struct JsonLog;
 impl Log for JsonLog {
     fn enabled(&self, metadata: &Metadata) -> bool {
         let target = metadata.target();
-        TARGETS.iter().any(|t| {
+        LOGGED_CRATES.iter().any(|t| {
             target == *t
                 || target
                     .strip_prefix(t)

@@ -80,21 +80,22 @@ impl fmt::Display for ServeError {
 impl std::error::Error for ServeError {}
 
 fn init_logging(level: LevelFilter, format: LogFormat) {
-    if format == LogFormat::Json {
-        // Like the text logger, it lets everything through (see below).
-        let _ = log::set_boxed_logger(Box::new(json_log::JsonLog));
-        log::set_max_level(level);
-        return;
-    }
-    let config = simplelog::ConfigBuilder::new()
-        .add_filter_allow_str("trusted_pool")
-        .add_filter_allow_str("tiny_http")
-        .set_thread_level(LevelFilter::Off)
-        .set_target_level(LevelFilter::Off)
-        .build();
-    // The logger lets everything through; the level in force is the `log` crate's maximum,
+    // Either logger lets everything through; the level in force is the `log` crate's maximum,
     // which `POST /log-level` changes while the coordinator runs.
-    let _ = simplelog::WriteLogger::init(LevelFilter::Trace, config, std::io::stderr());
+    let _ = match format {
+        LogFormat::Json => log::set_boxed_logger(Box::new(json_log::JsonLog)),
+        LogFormat::Text => {
+            let mut config = simplelog::ConfigBuilder::new();
+            for target in json_log::LOGGED_CRATES {
+                config.add_filter_allow_str(target);
+            }
+            let config = config
+                .set_thread_level(LevelFilter::Off)
+                .set_target_level(LevelFilter::Off)
+                .build();
+            simplelog::WriteLogger::init(LevelFilter::Trace, config, std::io::stderr())
+        }
+    };
     log::set_max_level(level);
 }
 
