@@ -519,21 +519,30 @@ impl Job {
             && self
                 .worker_status
                 .as_ref()
-                .and_then(|status| declared_output_bytes(status, |_| true))
+                .and_then(declared_output_bytes)
                 .is_some_and(|bytes| bytes <= limit)
     }
 }
 
-/// The total size a worker's `/status` answer declares for the output files whose paths `keep`
-/// takes (None without `output_files`, or when one of those sizes is missing).
-pub fn declared_output_bytes(status: &Value, keep: impl Fn(&str) -> bool) -> Option<u64> {
+/// The total size a worker's `/status` answer declares for its output files (None without
+/// `output_files`, or when one of the sizes is missing).
+pub fn declared_output_bytes(status: &Value) -> Option<u64> {
     let files = status.get("output_files")?;
     files
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(path, _)| keep(path))
         .try_fold(0u64, |total, (_, file)| {
-            total.checked_add(file.get("size_bytes")?.as_u64()?)
+            total.checked_add(size_bytes(file)?)
         })
+}
+
+/// The size a worker's `/status` answer declares for its output `path`.
+pub fn declared_size(status: &Value, path: &str) -> Option<u64> {
+    size_bytes(status.get("output_files")?.get(path)?)
+}
+
+/// The `size_bytes` of one entry of a worker's `output_files`.
+fn size_bytes(file: &Value) -> Option<u64> {
+    file.get("size_bytes")?.as_u64()
 }

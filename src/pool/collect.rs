@@ -4,7 +4,7 @@
 //! (`--row-results-max`), else streamed to disk in a results segment.
 
 use crate::base::hex::hex;
-use crate::base::job::{Span, StoredResults};
+use crate::base::job::{declared_size, Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
@@ -125,15 +125,6 @@ fn collectable_output_paths(id: &str, status: &Value) -> Vec<String> {
 
 /// Why an output left on its worker by `--max-results-bytes` was not collected.
 pub const LEFT_ON_WORKER: &str = "it would take the job's collected outputs past --max-results-bytes; it stays on its worker, served from there until the worker deletes the job";
-
-/// The size the worker status declares for output `path`.
-fn declared_size(status: &Value, path: &str) -> Option<u64> {
-    status
-        .get("output_files")?
-        .get(path)?
-        .get("size_bytes")?
-        .as_u64()
-}
 
 /// A job's room for outputs: `--max-results-bytes` (`u64::MAX` for no limit).
 fn results_room(ctx: &Context) -> u64 {
