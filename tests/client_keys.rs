@@ -2,7 +2,8 @@
 //! open), jobs owned by the key that submitted them (another submit key gets the unknown-id 404),
 //! admins see everything, non-admin answers never show the worker's own job id, per-key
 //! `max_queued_jobs` (429 + Retry-After), per-key figures in `/pool`, keys never in the log,
-//! SIGHUP reloads (good and bad files), the open-port warning, `new-key` and `check --api-keys`.
+//! SIGHUP reloads (good and bad files), the open-port warning, `new-key` and `check --api-keys`,
+//! and `Idempotency-Key`s scoped to the key that gave them.
 
 mod support;
 
@@ -695,6 +696,56 @@ fn max_queued_jobs_caps_waiting_jobs_per_key() {
     })
     .expect("carol's jobs never left the queue");
     submit_ok(&coordinator, &carol);
+}
+
+/// An `Idempotency-Key` is the submitting key's own: another key's submit with the same one
+/// makes its own job, and a repeat is answered its job even past the key's `max_queued_jobs`.
+#[test]
+fn an_idempotency_key_belongs_to_the_key_that_gave_it() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let carol = Key::limited("carol", 1);
+    let dave = Key::new("dave", "submit");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(4)], &[&carol, &dave], &FAST);
+    let keyed = |key: &Key| {
+        let form = job_form();
+        let auth = format!("Bearer {}", key.secret);
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Idempotency-Key", "nightly-7"),
+        ];
+        let reply = send_with(
+            "POST",
+            &coordinator.url("/submit"),
+            &headers,
+            Some((&form.content_type(), &form.body())),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 200, "{}: {}", key.name, reply.text());
+        let replayed = reply.header("Idempotent-Replayed").is_some();
+        (
+            reply.json()["job_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            replayed,
+        )
+    };
+    let (carols, replayed) = keyed(&carol);
+    assert!(!replayed);
+    // Carol's one queued job is her max_queued_jobs: a new job is refused, her repeat is not.
+    let refused = submit_as(&coordinator, Some(&carol), &job_form());
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(keyed(&carol), (carols.clone(), true));
+    let (daves, replayed) = keyed(&dave);
+    assert!(!replayed && daves != carols, "{daves} {carols}");
+    let hidden = call(
+        &coordinator,
+        "GET",
+        &format!("/status/{carols}"),
+        Some(&dave),
+    );
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
 }
 
 fn hup(coordinator: &Coordinator) {

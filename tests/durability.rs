@@ -567,12 +567,12 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let db = dir.path().join("state").join("jobs.db");
     let conn_ok = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("PRAGMA user_version = 8;")
+        .arg("PRAGMA user_version = 9;")
         .status();
     if !conn_ok.is_ok_and(|s| s.success()) {
         // Without the sqlite3 tool, write the header field directly (bytes 60..64).
         let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
-        bytes[60..64].copy_from_slice(&8u32.to_be_bytes());
+        bytes[60..64].copy_from_slice(&9u32.to_be_bytes());
         fs::write(&db, bytes).unwrap_or_else(|e| panic!("{e}"));
     }
     let refused = Coordinator::try_start_in(dir.path(), &[])
@@ -582,7 +582,7 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         refused.contains("exit: Some(ExitStatus(unix_wait_status(256)))"),
         "{refused}"
     );
-    assert!(refused.contains("schema version 8, newer"), "{refused}");
+    assert!(refused.contains("schema version 9, newer"), "{refused}");
     assert!(refused.contains("jobs.db"), "{refused}");
 
     let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
@@ -888,11 +888,12 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 7);
-        // A new store is made at version 7 too.
+        assert_eq!(version(&conn), 8);
+        // A new store is made at version 8 too.
         assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
             "DROP TABLE drains; DROP TABLE submits_pause; DROP INDEX jobs_settled_status; \
+             DROP INDEX jobs_submit_key; ALTER TABLE jobs DROP COLUMN submit_key; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
              CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;",
         )
@@ -924,6 +925,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         "version 5",
         "version 6",
         "version 7",
+        "version 8",
     ] {
         assert!(
             upgraded
@@ -938,6 +940,20 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     assert_outputs(&upgraded, &id, &status);
     let after = submit(&upgraded, &job("after the upgrade"));
     wait_collected(&upgraded, &after, DEADLINE);
+    // Version 8's submit keys work on the upgraded store: a repeat answers the same job.
+    let keyed = || {
+        let form = job("keyed after the upgrade");
+        let reply = support::send_with(
+            "POST",
+            &upgraded.url("/submit"),
+            &[("Idempotency-Key", "upgraded-1")],
+            Some((&form.content_type(), &form.body())),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["job_id"].clone()
+    };
+    assert_eq!(keyed(), keyed());
     let worker_id = worker.worker_id().replace('+', "%2B").replace('/', "%2F");
     let (code, body) = support::post(
         &upgraded.url(&format!("/workers/{worker_id}/drain")),
@@ -950,7 +966,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 7);
+    assert_eq!(version(&conn), 8);
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1009,6 +1025,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
             "jobs_owner",
             "jobs_results_segment",
             "jobs_settled_status",
+            "jobs_submit_key",
             "jobs_unsettled_submitted"
         ]
     );

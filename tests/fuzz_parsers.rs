@@ -334,14 +334,13 @@ fn mutated_uploads_are_queued_or_refused_with_a_4xx() {
         let content_type = String::from_utf8_lossy(&content_type).into_owned();
         let checked = upload::check_headers(&ctx, Some(&content_type), Some(input.len()));
         let outcome = checked.and_then(|boundary| {
-            upload::accept(
-                &ctx,
-                &caller,
+            let length = Some(input.len());
+            let body = upload::UploadBody {
                 boundary,
-                upload::SubmitOptions::default(),
-                &mut input.as_slice(),
-                Some(input.len()),
-            )
+                reader: &mut input.as_slice(),
+                length,
+            };
+            upload::accept(&ctx, &caller, upload::SubmitOptions::default(), body, None)
         });
         match outcome {
             Ok(id) => {

@@ -172,6 +172,17 @@ pub struct Reruns {
     pub lost: Vec<LostRun>,
 }
 
+/// The `Idempotency-Key` a job was submitted with, and the digest of what that submit held
+/// (files, manifest, options): a submit that repeats the key is answered this job when it holds
+/// the same, and refused when it holds something else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitKey {
+    /// The key, as the client gave it.
+    pub key: String,
+    /// SHA-256 of the submit's parts, in hex.
+    pub digest: String,
+}
+
 /// One run of a job that was lost (its worker died, forgot it or never answered the submit),
 /// after which the job was queued again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +394,9 @@ pub struct Job {
     /// Its reruns after a lost run, when it asked for any (boxed: most jobs have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reruns: Option<Box<Reruns>>,
+    /// The `Idempotency-Key` it was submitted with, if any (boxed: most jobs have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_key: Option<Box<SubmitKey>>,
 }
 
 impl Job {
@@ -435,6 +449,7 @@ impl Job {
             queue_timeout: None,
             queue_deadline: None,
             reruns: None,
+            submit_key: None,
         }
     }
 

@@ -357,6 +357,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         metrics.submitted(),
     );
     out.family(
+        "trusted_pool_submits_repeated_total",
+        "counter",
+        "Submits that repeated the Idempotency-Key of a job, answered that job (no new job).",
+    );
+    out.sample(
+        "trusted_pool_submits_repeated_total",
+        &[],
+        metrics.submits_repeated(),
+    );
+    out.family(
         "trusted_pool_jobs_finished_total",
         "counter",
         "Jobs that ended, by their first final status.",

@@ -17,6 +17,7 @@ pub mod sandrun;
 pub mod server;
 pub mod snapshot;
 pub mod stored_view;
+pub mod submit_key;
 pub mod upload;
 pub mod views;
 pub mod waiting;

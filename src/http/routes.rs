@@ -1,5 +1,6 @@
 //! Routing of the client API: which handler answers which method and path.
 
+use crate::base::job::Job;
 use crate::base::job::PoolStatus;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::paths::percent_decode;
@@ -9,6 +10,8 @@ use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
+use crate::http::submit_key::{self, HEADER};
+use crate::http::upload::UploadBody;
 use crate::http::views::{
     connections_view, disk_view, keys_view, pool_view, request_rate_view, spool_view, status_json,
     store_view, worker_view,
@@ -31,6 +34,8 @@ use tiny_http::{Method, Request};
 const SUBMIT_RETRY_AFTER: u32 = 5;
 /// `Retry-After` seconds of a deletion of a job whose end is still being settled.
 const SETTLING_RETRY_AFTER: u32 = 2;
+/// `Retry-After` seconds of a submit whose `Idempotency-Key` another submit holds.
+const SUBMIT_KEY_RETRY_AFTER: u32 = 1;
 /// `Retry-After` seconds of a submit refused while an operator pauses submits.
 const PAUSED_RETRY_AFTER: u32 = 30;
 /// Submits refused for the coordinator's own trouble (5xx), logged at most once a minute.
@@ -711,6 +716,35 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         );
         return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
     }
+    let keys = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv(HEADER))
+        .map(|h| h.value.as_str());
+    let submit_key = match submit_key::key_of(keys) {
+        Ok(key) => key,
+        Err(why) => return error_reply(400, why),
+    };
+    // Held until this submit is answered: a retry that overtakes it waits, and then finds the
+    // job it made (a paused or full coordinator still answers a repeat with its job).
+    let _held = match &submit_key {
+        Some(key) => match ctx.submit_keys.hold(caller.name(), key) {
+            Some(held) => Some(held),
+            None => {
+                let busy = upload::UploadError::SubmitKeyBusy(key.clone());
+                let reply = error_reply(busy.status(), busy.to_string());
+                return retry_after(SUBMIT_KEY_RETRY_AFTER, reply);
+            }
+        },
+        None => None,
+    };
+    if let Some(key) = &submit_key {
+        match ctx.store.find_submitted(caller.name(), key) {
+            Ok(Some(job)) => return repeated_submit(ctx, caller, request, url, &job),
+            Ok(None) => {}
+            Err(e) => return error_reply(500, e.to_string()),
+        }
+    }
     let queued = {
         let mut st = ctx.lock();
         if let Some(pause) = st.submits_paused.as_mut() {
@@ -743,19 +777,19 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         Ok(options) => options,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str().to_string());
-    let boundary = match upload::check_headers(ctx, content_type.as_deref(), request.body_length())
-    {
+    let boundary = match upload::check_headers(ctx, content_type(request), request.body_length()) {
         Ok(b) => b,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
     let length = request.body_length();
-    let accepted = upload::check_queue_room(ctx, caller)
-        .and_then(|()| upload::accept(ctx, caller, boundary, options, request.as_reader(), length));
+    let accepted = upload::check_queue_room(ctx, caller).and_then(|()| {
+        let body = UploadBody {
+            boundary,
+            reader: request.as_reader(),
+            length,
+        };
+        upload::accept(ctx, caller, options, body, submit_key)
+    });
     match accepted {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {
@@ -772,6 +806,57 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             reply
         }
     }
+}
+
+/// A request's `Content-Type`, if it has one.
+fn content_type(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str())
+}
+
+/// A submit that repeats the `Idempotency-Key` of `job`: once its body holds the same as the
+/// first submit's, answered that job as the first submit was (`Idempotent-Replayed: true`, and
+/// the job's status now), with no new job; a body that holds something else is refused (422).
+fn repeated_submit(
+    ctx: &Context,
+    caller: &Caller,
+    request: &mut Request,
+    url: &str,
+    job: &Job,
+) -> Reply {
+    let checked = upload::SubmitOptions::from_query(|name| query_param(url, name)).and_then(|o| {
+        let boundary = upload::boundary_of(content_type(request))?;
+        let length = request.body_length();
+        let body = UploadBody {
+            boundary,
+            reader: request.as_reader(),
+            length,
+        };
+        upload::check_repeat(ctx, o, body, job)
+    });
+    if let Err(e) = checked {
+        return error_reply(e.status(), e.to_string());
+    }
+    ctx.metrics.submit_repeated();
+    log::info!(
+        "A submit repeated the {HEADER} of job {}: answered that job{}",
+        job.id,
+        caller.log_label()
+    );
+    let status = match ctx.lock().jobs.get(&job.id) {
+        Some(live) => sandrun::sandrun_status(live.status, &live.collection),
+        None => sandrun::sandrun_status(job.status, &job.collection),
+    };
+    Reply::WithHeaders(
+        vec![("Idempotent-Replayed", "true".to_string())],
+        Box::new(Reply::Json(
+            200,
+            json!({"job_id": job.id, "status": status}),
+        )),
+    )
 }
 
 /// `GET /status/{id}`: from the table while the job is live (the job is then watched, see

@@ -2,10 +2,11 @@
 //! whole into memory), validates it, and queues the job. A refused upload leaves nothing behind.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{InputFile, Job, PoolStatus, Priority, Reruns, Span};
+use crate::base::job::{InputFile, Job, PoolStatus, Priority, Reruns, Span, SubmitKey};
 use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
 use crate::http::auth::Caller;
+use crate::http::submit_key::{Hashing, PartsDigest, HEADER};
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
@@ -14,7 +15,7 @@ use crate::store::disk_reserve::{DiskReserve, Room};
 use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
-use crate::store::spool::{CopyError, StoredUpload, UploadWriter};
+use crate::store::spool::{CopyError, StoredUpload};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::fmt;
@@ -58,6 +59,17 @@ pub enum UploadError {
     /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
     /// twice.
     BadReruns(String),
+    /// The `Idempotency-Key` header is malformed or given twice.
+    BadSubmitKey(String),
+    /// Another submit with the same `Idempotency-Key` is being received or recorded.
+    SubmitKeyBusy(String),
+    /// The `Idempotency-Key` made job `job_id` from a submit that held something else.
+    SubmitKeyReused {
+        /// The key.
+        key: String,
+        /// The job it made.
+        job_id: String,
+    },
     /// The upload would cut into the room kept on the state directory's filesystem.
     DiskReserve(Room),
     /// The spool could not be written.
@@ -73,6 +85,8 @@ impl UploadError {
             Self::NotMultipart(_) => 415,
             Self::TooLarge(_) => 413,
             Self::TooManyQueued(_) => 429,
+            Self::SubmitKeyBusy(_) => 409,
+            Self::SubmitKeyReused { .. } => 422,
             Self::DiskReserve(_) => 507,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             Self::Spool(e) if is_unwritable_disk(e) || is_shortage(e) => 503,
@@ -109,6 +123,15 @@ impl fmt::Display for UploadError {
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
+            ),
+            Self::BadSubmitKey(why) => f.write_str(why),
+            Self::SubmitKeyBusy(key) => write!(
+                f,
+                "another submit with {HEADER} {key:?} is being received right now; ask again once it is answered, and this one is answered the job it made (or makes the job, if it failed)"
+            ),
+            Self::SubmitKeyReused { key, job_id } => write!(
+                f,
+                "{HEADER} {key:?} was already used for job {job_id}, submitted with other files, manifest or options; use a new key for a new job (a key names one submit, and can be used again once its job is deleted or forgotten)"
             ),
             Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
             Self::BadQueueTimeout(why) => write!(
@@ -262,6 +285,18 @@ impl SubmitOptions {
         })
     }
 
+    /// Feeds the options as given (not as defaulted) into a submit's digest.
+    fn feed(&self, digest: &mut PartsDigest) {
+        digest.field(b"options");
+        let given = format!(
+            "{:?} {:?} {:?}",
+            self.priority.map(Priority::as_str),
+            self.queue_timeout,
+            self.reruns
+        );
+        digest.field(given.as_bytes());
+    }
+
     /// These options with those of the parts; an option given in both is refused.
     fn merged(self, parts: SubmitOptions) -> Result<SubmitOptions, UploadError> {
         if self.priority.is_some() && parts.priority.is_some() {
@@ -342,15 +377,33 @@ fn short_text(field: &mut dyn Read, max: u64) -> Option<String> {
     Some(text)
 }
 
-/// Reads the upload (`length`: its declared length, if any) into `writer`; returns its inputs,
-/// its manifest's place and its options.
+/// A submit's body, as its headers announced it.
+pub struct UploadBody<'a> {
+    /// The multipart boundary (see [`check_headers`], [`boundary_of`]).
+    pub boundary: String,
+    /// The body's bytes.
+    pub reader: &'a mut dyn Read,
+    /// Its declared length (`None`: chunked, so the disk reserve is checked as it streams in).
+    pub length: Option<usize>,
+}
+
+/// Where [`read_parts`] puts each file and the manifest: appends what the reader yields, and
+/// returns where it lies.
+type Sink<'a> = dyn FnMut(&mut dyn Read) -> Result<Span, CopyError> + 'a;
+
+/// Reads the upload into `append`; returns its inputs, its manifest's place and its options.
+/// `digest`, when given, takes in every file (name, content type, bytes) and the manifest.
 fn read_parts(
     ctx: &Context,
-    writer: &mut UploadWriter,
-    body: &mut dyn Read,
-    length: Option<usize>,
-    boundary: String,
+    append: &mut Sink<'_>,
+    body: UploadBody<'_>,
+    mut digest: Option<&mut PartsDigest>,
 ) -> Result<Parts, UploadError> {
+    let UploadBody {
+        boundary,
+        reader,
+        length,
+    } = body;
     let crossed = Cell::new(false);
     let short = Cell::new(None);
     let max = ctx.config.max_upload_bytes;
@@ -364,7 +417,7 @@ fn read_parts(
         }
     };
     let limited = Limited {
-        inner: body,
+        inner: reader,
         remaining: max,
         crossed: &crossed,
         reserve: length.is_none().then_some(&ctx.disk_reserve),
@@ -392,9 +445,19 @@ fn read_parts(
                     .content_type
                     .as_ref()
                     .map_or_else(|| "application/octet-stream".to_string(), |m| m.to_string());
-                let span = writer
-                    .append(&mut field.data)
-                    .map_err(|e| copy_error(e, &read_error))?;
+                let span = match digest.as_deref_mut() {
+                    Some(digest) => {
+                        let mut hashing = Hashing::new(&mut field.data);
+                        let span = append(&mut hashing);
+                        for part in [b"files", filename.as_bytes(), content_type.as_bytes()] {
+                            digest.field(part);
+                        }
+                        digest.field(&hashing.finish());
+                        span
+                    }
+                    None => append(&mut field.data),
+                }
+                .map_err(|e| copy_error(e, &read_error))?;
                 inputs.push(InputFile {
                     filename,
                     content_type,
@@ -426,11 +489,12 @@ fn read_parts(
                         return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
                     }
                 }
-                manifest = Some(
-                    writer
-                        .append(&mut bytes.as_slice())
-                        .map_err(|e| copy_error(e, &read_error))?,
-                );
+                if let Some(digest) = digest.as_deref_mut() {
+                    digest.field(b"manifest");
+                    digest.field(&bytes);
+                }
+                manifest =
+                    Some(append(&mut bytes.as_slice()).map_err(|e| copy_error(e, &read_error))?);
             }
             "priority" => {
                 let text = short_text(&mut field.data, 16)
@@ -518,21 +582,21 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
 /// busy machine is most of a millisecond. The scheduler is woken only when jobs still wait.
 /// `query` holds the options given in the request's query (a part and the query must not both
-/// give one); `length` is the body's declared length (`None`: chunked, so the disk reserve is
-/// checked as it streams in).
+/// give one); `submit_key` is the submit's `Idempotency-Key`, if any, held by this submit and
+/// new to the store.
 pub fn accept(
     ctx: &Arc<Context>,
     caller: &Caller,
-    boundary: String,
     query: SubmitOptions,
-    body: &mut dyn Read,
-    length: Option<usize>,
+    body: UploadBody<'_>,
+    submit_key: Option<String>,
 ) -> Result<String, UploadError> {
     let id = ctx.spool.new_job_id().map_err(UploadError::Spool)?;
     // The spool registers the upload only when `finish` succeeds; a writer dropped before
     // leaves nothing behind.
     let mut writer = ctx.spool.upload_writer(&id);
-    let parts = read_parts(ctx, &mut writer, body, length, boundary)?;
+    let mut digest = submit_key.as_ref().map(|_| PartsDigest::default());
+    let parts = read_parts(ctx, &mut |data| writer.append(data), body, digest.as_mut())?;
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
@@ -542,6 +606,13 @@ pub fn accept(
     let stored = writer.finish().map_err(UploadError::Spool)?;
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
+    job.submit_key = submit_key.zip(digest).map(|(key, mut digest)| {
+        options.feed(&mut digest);
+        Box::new(SubmitKey {
+            key,
+            digest: digest.finish(),
+        })
+    });
     job.priority = options.priority.unwrap_or_default();
     job.queue_timeout = queue_timeout;
     job.reruns = (reruns > 0).then(|| {
@@ -600,6 +671,37 @@ pub fn accept(
         ctx.wake_scheduler();
     }
     Ok(id)
+}
+
+/// Checks a submit that repeats the `Idempotency-Key` of `job` (its first submit's): the body is
+/// read, kept nowhere, and its parts (with the query's options) compared with what the first
+/// submit held. `Ok` when they are the same: the job answers this submit too.
+pub fn check_repeat(
+    ctx: &Context,
+    query: SubmitOptions,
+    body: UploadBody<'_>,
+    job: &Job,
+) -> Result<(), UploadError> {
+    let mut digest = PartsDigest::default();
+    let mut read = 0;
+    let mut discard = |data: &mut dyn Read| {
+        let size = io::copy(data, &mut io::sink()).map_err(CopyError::Read)?;
+        read += size;
+        Ok(Span {
+            offset: read - size,
+            size,
+        })
+    };
+    let parts = read_parts(ctx, &mut discard, body, Some(&mut digest))?;
+    query.merged(parts.options)?.feed(&mut digest);
+    let digest = digest.finish();
+    match &job.submit_key {
+        Some(first) if first.digest == digest => Ok(()),
+        first => Err(UploadError::SubmitKeyReused {
+            key: first.as_ref().map(|k| k.key.clone()).unwrap_or_default(),
+            job_id: job.id.clone(),
+        }),
+    }
 }
 
 /// Where an accepted upload's bytes are, for its job's first record: held in memory (stored in

@@ -355,6 +355,9 @@ struct StatusView<'a> {
     attempts: &'a [Attempt],
     #[serde(skip_serializing_if = "Option::is_none")]
     reruns: Option<RerunsView<'a>>,
+    /// The `Idempotency-Key` it was submitted with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
     /// Deleted as soon as it settles (`DELETE /jobs/{id}` came before).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleting: bool,
@@ -474,6 +477,7 @@ fn job_json(
         error: job.error.as_deref(),
         attempts: &job.attempts,
         reruns: RerunsView::of(job),
+        idempotency_key: job.submit_key.as_ref().map(|k| k.key.as_str()),
         deleting: job.delete_when_settled,
         results: CollectionView::from(&job.collection),
         verification: &job.verification,

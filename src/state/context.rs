@@ -12,6 +12,7 @@ use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
 use crate::state::request_rate::RequestRate;
 use crate::state::settled_views::SettledViews;
+use crate::state::submit_keys::SubmitKeys;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::handoff::{DEFERRAL, SOON};
 use crate::store::jobs_db::{JobStore, Record, StoreError, Ticket};
@@ -73,6 +74,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The `/status` answers of recently read settled jobs.
     pub settled_views: SettledViews,
+    /// The `Idempotency-Key`s of submits in progress.
+    pub submit_keys: SubmitKeys,
     /// The log level in force (`--log-level`, or an operator's change for a while).
     pub log_level: Arc<LogLevel>,
     /// Requests waiting in [`Context::lock_collected`], per stripe (see [`stripe`]).
@@ -125,6 +128,7 @@ impl Context {
             config,
             metrics,
             settled_views: SettledViews::default(),
+            submit_keys: SubmitKeys::default(),
             log_level,
             collection_waiters: std::array::from_fn(|_| AtomicUsize::new(0)),
             collection_ended: std::array::from_fn(|_| Condvar::new()),

@@ -196,6 +196,7 @@ pub struct Metrics {
     queue_timeouts: AtomicU64,
     reruns: AtomicU64,
     outputs_left: AtomicU64,
+    submits_repeated: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     /// From submit until a worker accepted the job.
     pub queue_wait: Histogram,
@@ -219,6 +220,7 @@ impl Default for Metrics {
             queue_timeouts: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
             outputs_left: AtomicU64::new(0),
+            submits_repeated: AtomicU64::new(0),
             probes: Default::default(),
             queue_wait: Histogram::new(JOB_BUCKETS),
             run_time: Histogram::new(JOB_BUCKETS),
@@ -305,6 +307,16 @@ impl Metrics {
             .position(|r| *r == result)
             .unwrap_or_default();
         self.probes[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A submit repeated the `Idempotency-Key` of a job, and was answered that job.
+    pub fn submit_repeated(&self) {
+        self.submits_repeated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Submits answered the job their `Idempotency-Key` had made, so far.
+    pub fn submits_repeated(&self) -> u64 {
+        self.submits_repeated.load(Ordering::Relaxed)
     }
 
     /// Jobs accepted by `/submit` so far.

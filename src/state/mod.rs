@@ -11,5 +11,6 @@ pub mod queue;
 pub mod request_rate;
 pub mod settled_views;
 pub mod sources;
+pub mod submit_keys;
 pub mod submits_pause;
 pub mod watch;

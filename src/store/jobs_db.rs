@@ -44,7 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -98,7 +98,15 @@ const MIGRATIONS: &[(i64, Migration)] = &[
     (6, plain_seq),
     // Version 7: a pause of submits survives a restart.
     (7, |c| c.execute_batch(PAUSE_SCHEMA)),
+    // Version 8: a submit's `Idempotency-Key`, found by its index when a submit repeats it.
+    (8, |c| c.execute_batch(SUBMIT_KEY_SCHEMA)),
 ];
+
+/// The column and index of schema version 8. Only jobs submitted with a key have an entry.
+const SUBMIT_KEY_SCHEMA: &str = "
+ALTER TABLE jobs ADD COLUMN submit_key TEXT;
+CREATE INDEX jobs_submit_key ON jobs(submit_key) WHERE submit_key IS NOT NULL;
+";
 
 /// Schema version 6: `seq` loses `AUTOINCREMENT`, whose `sqlite_sequence` row every
 /// transaction that inserts a job rewrote (one more page in the WAL per commit). New rows
@@ -952,6 +960,25 @@ impl JobStore {
         job.transpose().map_err(|why| {
             StoreError::Corrupt(self.path.clone(), format!("the record of job {id}: {why}"))
         })
+    }
+
+    /// The stored job that `owner` (None: the coordinator runs without keys) submitted with
+    /// `Idempotency-Key` `key`, if the store still has it.
+    pub fn find_submitted(
+        &self,
+        owner: Option<&str>,
+        key: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        let conn = self.reader()?;
+        let found: Option<String> = conn
+            .prepare_cached("SELECT id FROM jobs WHERE submit_key = ?1 AND owner IS ?2")?
+            .query_row(params![key, owner], |r| r.get(0))
+            .optional()?;
+        lock(&self.readers).push(conn);
+        match found {
+            Some(id) => self.load(&id),
+            None => Ok(None),
+        }
     }
 
     /// Whether the store has a row for job `id`.
@@ -1887,8 +1914,8 @@ impl Writer {
         let mut inserted = 0u64;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record) \
-                 VALUES (?1, ?2, ?3, ?4, ?8, ?6, ?7, ?5)",
+                "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record, submit_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?8, ?6, ?7, ?5, ?9)",
             )?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET status = ?2, finished_at = ?3, owner = ?7, \
@@ -1929,6 +1956,7 @@ impl Writer {
                         segment,
                         r.upload.as_deref(),
                         job.owner,
+                        job.submit_key.as_ref().map(|k| k.key.as_str()),
                     ])?;
                     inserted += 1;
                 } else {

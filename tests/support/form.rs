@@ -22,6 +22,14 @@ impl Form {
         }
     }
 
+    /// An empty form with another boundary (a client draws one for every request).
+    pub fn with_boundary(boundary: &str) -> Form {
+        Form {
+            boundary: boundary.to_string(),
+            body: Vec::new(),
+        }
+    }
+
     /// Adds a `files` part with a filename and Content-Type.
     pub fn file(self, filename: &str, content_type: &str, bytes: &[u8]) -> Form {
         let headers = format!(

@@ -209,7 +209,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads one answer: status line, headers, and a body of `Content-Length` bytes (or up to EOF).
-fn read_reply(stream: &mut TcpStream) -> Result<Reply, String> {
+pub fn read_reply(stream: &mut TcpStream) -> Result<Reply, String> {
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
     let head_end = loop {
