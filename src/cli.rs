@@ -4,6 +4,7 @@ use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
 use crate::base::config::{DiskReserveSetting, FsyncMode, LogFormat, ServeConfig};
 use crate::base::hex::hex;
+use crate::base::line_file::LineTarget;
 use crate::base::niceness;
 use crate::base::tls::WorkerTls;
 use crate::serve;
@@ -71,6 +72,10 @@ OPTIONS:
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     --log-format FORMAT      text, or json (one object per line: time, level, target,
                              message; for log shippers)                      [default: text]
+    --access-log PATH        one line per answered request (time, client address, key name,
+                             method, target, status, bytes, milliseconds; JSON with
+                             --log-format json), appended to PATH or - for stdout; reopened
+                             on SIGHUP                                       [default: none]
     --api-keys FILE          client keys (JSON); without it anyone who reaches the port may
                              submit and read every job; re-read on SIGHUP    [default: none]
     --max-followers N        clients following jobs at once (/logs/ID?follow=1,
@@ -359,6 +364,15 @@ fn some_path(text: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(PathBuf::from(text)))
 }
 
+/// A file to append lines to, or `-` for stdout.
+fn line_target(text: &str) -> Result<Option<LineTarget>, String> {
+    match text {
+        "" => Err("expected a file path, or - for stdout".to_string()),
+        "-" => Ok(Some(LineTarget::Stdout)),
+        path => Ok(Some(LineTarget::File(PathBuf::from(path)))),
+    }
+}
+
 /// Parses the arguments (without the program name).
 pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
     let flags: Vec<String> = raw.iter().filter_map(flag_name).collect();
@@ -497,6 +511,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
         log_level: value(args, "--log-level", level, d.log_level)?,
         log_format: value(args, "--log-format", log_format, d.log_format)?,
+        access_log: value(args, "--access-log", line_target, d.access_log)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
         max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
         require_verified: args.contains("--require-verified"),

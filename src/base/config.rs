@@ -1,5 +1,6 @@
 //! The settings of a running coordinator, shared by every layer that reads them.
 
+use crate::base::line_file::LineTarget;
 use crate::base::tls::WorkerTls;
 use log::LevelFilter;
 use std::net::{IpAddr, Ipv4Addr};
@@ -124,6 +125,8 @@ pub struct ServeConfig {
     pub log_level: LevelFilter,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where a line per answered request goes (None: nowhere).
+    pub access_log: Option<LineTarget>,
     /// The client keys file (None: the coordinator is open to anyone who reaches it).
     pub api_keys: Option<PathBuf>,
     /// Most clients following jobs at once (`/logs/{id}?follow=1`, `/stream/{id}`).
@@ -191,6 +194,7 @@ impl Default for ServeConfig {
             max_waiting: 256,
             log_level: LevelFilter::Info,
             log_format: LogFormat::Text,
+            access_log: None,
             api_keys: None,
             max_followers: 256,
             require_verified: false,

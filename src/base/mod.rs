@@ -15,6 +15,7 @@ pub mod heap;
 pub mod hex;
 pub mod job;
 pub mod json_list;
+pub mod line_file;
 pub mod log_level;
 pub mod log_repeats;
 pub mod mailbox;

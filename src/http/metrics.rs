@@ -6,6 +6,7 @@
 //! table changes (a reload), so a scrape allocates nothing per worker.
 
 use crate::base::job::{PoolStatus, Priority};
+use crate::base::line_file::LineFigures;
 use crate::base::process;
 use crate::base::sync::lock;
 use crate::state::context::Context;
@@ -177,6 +178,26 @@ fn write_request_rate(out: &mut Text, rate: &RequestRate) {
     );
 }
 
+/// The access log's lines (`--access-log`), by what became of them.
+fn write_access_log(out: &mut Text, figures: &LineFigures) {
+    out.family(
+        "trusted_pool_access_log_lines_total",
+        "counter",
+        "Access log lines: written, dropped (they came faster than the file took them) or failed (a write error).",
+    );
+    for (outcome, count) in [
+        ("written", &figures.written),
+        ("dropped", &figures.dropped),
+        ("failed", &figures.failed),
+    ] {
+        out.sample(
+            "trusted_pool_access_log_lines_total",
+            &[("outcome", outcome)],
+            count.load(Ordering::Relaxed),
+        );
+    }
+}
+
 /// The state directory's filesystem: its room, the reserve and the submits refused for it.
 fn write_disk(out: &mut Text, reserve: &DiskReserve) {
     if let Ok(room) = reserve.room() {
@@ -299,6 +320,9 @@ pub fn render(ctx: &Context) -> String {
     write_disk(&mut out, &ctx.disk_reserve);
     write_connections(&mut out, &ctx.connections);
     write_request_rate(&mut out, &ctx.request_rate);
+    if let Some(log) = &ctx.access_log {
+        write_access_log(&mut out, log.figures());
+    }
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

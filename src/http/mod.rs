@@ -3,6 +3,7 @@
 //! client API and CORS, the Prometheus metrics, the dashboard, the state directory's snapshot.
 //! May import `pool`, `state`, `worker`, `store` and `base`.
 
+pub mod access_log;
 pub mod auth;
 pub mod cors;
 pub mod dashboard;

@@ -55,6 +55,19 @@ pub enum Reply {
     Empty(u16),
 }
 
+impl Reply {
+    /// Its HTTP status (200 for a parked or handed-over request, whose own answer comes later).
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Json(status, _) | Reply::JsonBytes(status, _) => *status,
+            Reply::Stream { status, .. } | Reply::Text { status, .. } => *status,
+            Reply::Empty(status) => *status,
+            Reply::WithHeaders(_, inner) => inner.status(),
+            Reply::Wait { .. } | Reply::Handoff(_) => 200,
+        }
+    }
+}
+
 /// A request a hand-off gave back, and why it could not take it.
 pub type HandoffRefused = Box<(tiny_http::Request, String)>;
 

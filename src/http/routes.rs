@@ -5,6 +5,7 @@ use crate::base::job::PoolStatus;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::paths::percent_decode;
 use crate::base::sync::lock;
+use crate::http::access_log::Access;
 use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visible_job, Caller};
 use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
@@ -13,8 +14,8 @@ use crate::http::stored_view::stored_view;
 use crate::http::submit_key::{self, HEADER};
 use crate::http::upload::UploadBody;
 use crate::http::views::{
-    connections_view, disk_view, keys_view, pool_view, request_rate_view, spool_view, status_json,
-    store_view, worker_view,
+    access_log_view, connections_view, disk_view, keys_view, pool_view, request_rate_view,
+    spool_view, status_json, store_view, worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError, Deletion};
@@ -177,8 +178,9 @@ fn over_rate(ctx: &Context, wait: Duration) -> Reply {
     )
 }
 
-/// Answers one request.
-pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
+/// Answers one request; its access log entry (`access`), when kept, takes the name of the key
+/// it carried.
+pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Access>) -> Reply {
     let url = request.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or_default();
     let from = request.remote_addr().map(|a| a.ip());
@@ -219,6 +221,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request) -> Reply {
         Ok(caller) => caller,
         Err(reply) => return reply,
     };
+    if let Some(access) = access {
+        access.key = caller.name().map(str::to_string);
+    }
     match route {
         Route::Health => health(),
         Route::Ready => ready(ctx),
@@ -532,11 +537,13 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["store"]["settled_views_kept"] = ctx.settled_views.count().into();
     view["store"]["wipes_waiting"] = ctx.spool.removals().pending_wipes().into();
     view["log_level"] = ctx.log_level.view();
+    view["access_log"] = access_log_view(ctx.access_log.as_ref());
     view["caller"] = json!({"key": caller.name(), "role": caller.role().as_str()});
     if !caller.sees_all() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
             fields.remove("log_level");
+            fields.remove("access_log");
         }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());

@@ -13,6 +13,7 @@
 
 use crate::base::sync::{Parcel, Slot};
 use crate::base::thread_cache::ThreadCache;
+use crate::http::access_log::Access;
 use crate::http::cors;
 use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply};
 use crate::http::waiting::Waiting;
@@ -37,13 +38,15 @@ fn headers_of(pairs: &[(&str, String)]) -> Vec<Header> {
     pairs.iter().filter_map(|(n, v)| header(n, v)).collect()
 }
 
+/// Answers JSON `bytes` (a newline added); returns the body's length.
 fn respond_json(
     request: Request,
     status: u16,
     mut bytes: Vec<u8>,
     extra: Vec<Header>,
-) -> std::io::Result<()> {
+) -> (std::io::Result<()>, Option<u64>) {
     bytes.push(b'\n');
+    let length = bytes.len() as u64;
     let mut response = Response::from_data(bytes).with_status_code(status);
     for h in header("Content-Type", "application/json")
         .into_iter()
@@ -51,11 +54,12 @@ fn respond_json(
     {
         response.add_header(h);
     }
-    request.respond(response)
+    (request.respond(response), Some(length))
 }
 
-fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
-    let result = match reply {
+/// Writes `reply` with `extra` headers; returns the body's length when it is known.
+fn send(request: Request, reply: Reply, mut extra: Vec<Header>) -> Option<u64> {
+    let (result, length) = match reply {
         Reply::Json(status, body) => respond_json(
             request,
             status,
@@ -64,7 +68,7 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
         ),
         Reply::JsonBytes(status, bytes) => respond_json(request, status, bytes, extra),
         Reply::Handoff(take) => match take(request) {
-            Ok(()) => Ok(()),
+            Ok(()) => (Ok(()), None),
             Err(refused) => {
                 let (request, why) = *refused;
                 extra.extend(header("Retry-After", "1"));
@@ -85,6 +89,7 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
         } => {
             // One Content-Length body in 64 KiB writes (a 340 KB scrape of 200 workers: 6
             // writes instead of 44 chunks of 8 KiB).
+            let length = body.len() as u64;
             let mut response = Response::from_data(body)
                 .with_status_code(status)
                 .with_chunked_threshold(usize::MAX)
@@ -96,7 +101,7 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             for h in own.chain(extra) {
                 response.add_header(h);
             }
-            request.respond(response)
+            (request.respond(response), Some(length))
         }
         Reply::Stream {
             status,
@@ -127,14 +132,14 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
             if let Err(e) = sent {
                 log::warn!("The answer to {asked} broke off part-way (connection closed): {e}");
             }
-            Ok(())
+            (Ok(()), length.map(|n| n as u64))
         }
         Reply::Empty(status) => {
             let mut response = Response::empty(StatusCode(status));
             for h in extra {
                 response.add_header(h);
             }
-            request.respond(response)
+            (request.respond(response), Some(0))
         }
         Reply::WithHeaders(headers, inner) => {
             extra.extend(headers_of(&headers));
@@ -151,21 +156,33 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) {
     if let Err(e) = result {
         log::debug!("Could not send a response: {e}");
     }
+    length
 }
 
-/// A request handler: [`crate::http::routes::route`] in the coordinator.
-pub type Handler = fn(&Arc<Context>, &mut Request) -> Reply;
+/// A request handler: [`crate::http::routes::route`] in the coordinator. The request's access
+/// log entry, when the coordinator keeps one, takes the name of the key it carried.
+pub type Handler = fn(&Arc<Context>, &mut Request, &mut Option<Access>) -> Reply;
 
 /// Whether a request without a body is served on its connection's own thread, like one whose
 /// body arrived ([`crate::http::routes::is_quick`] in the coordinator): it is answered from
 /// the coordinator's own state, or it is a download that only its own client can slow down.
 pub type QuickTest = fn(&Request) -> bool;
 
-/// Writes `reply` to `request`, with the CORS headers its origin gets.
-fn respond(ctx: &Context, request: Request, reply: Reply) {
+/// Writes `reply` to `request`, with the CORS headers its origin gets; returns the body's
+/// length when it is known.
+fn respond(ctx: &Context, request: Request, reply: Reply) -> Option<u64> {
     let allowed = cors::headers(&ctx.config.cors_origins, cors::origin(&request));
     let allowed = headers_of(&allowed);
-    send(request, reply, allowed);
+    send(request, reply, allowed)
+}
+
+/// Answers `request` with `reply`, and logs it in the access log (`access`).
+fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>) {
+    let status = reply.status();
+    let bytes = respond(ctx, request, reply);
+    if let Some(access) = access {
+        access.end(ctx, status, bytes);
+    }
 }
 
 fn serve_one(
@@ -176,7 +193,8 @@ fn serve_one(
 ) {
     ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
     let streams = streams_body(&request);
-    let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request)));
+    let mut access = Access::begin(ctx, &request);
+    let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request, &mut access)));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
             "The handler of {} {} panicked; answered 500",
@@ -188,7 +206,7 @@ fn serve_one(
             "internal error while handling the request; see the coordinator log",
         )
     });
-    if streams && reply_status(&reply) >= 400 {
+    if streams && reply.status() >= 400 {
         // The body may be unread: do not wait for a slow client to send the rest.
         request.close_after_response();
     }
@@ -200,20 +218,10 @@ fn serve_one(
                 admin,
             },
             Some(waiting),
-        ) => waiting.park(ctx, request, job_id, until, admin),
-        (reply, _) => respond(ctx, request, reply),
+        ) => waiting.park(ctx, request, job_id, until, admin, access),
+        (reply, _) => answer(ctx, request, reply, access),
     }
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
-}
-
-fn reply_status(reply: &Reply) -> u16 {
-    match reply {
-        Reply::Json(status, _) | Reply::JsonBytes(status, _) => *status,
-        Reply::Stream { status, .. } | Reply::Text { status, .. } => *status,
-        Reply::Empty(status) => *status,
-        Reply::WithHeaders(_, inner) => reply_status(inner),
-        Reply::Wait { .. } | Reply::Handoff(_) => 200,
-    }
 }
 
 /// True when the request has a body (arrived or still to read).
@@ -255,6 +263,7 @@ impl Uploads {
     /// many are read.
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
         let Some(slot) = Slot::take(&self.active, self.max) else {
+            let access = Access::begin(ctx, &request);
             request.close_after_response();
             let reply = retry_after(
                 1,
@@ -266,7 +275,7 @@ impl Uploads {
                     ),
                 ),
             );
-            respond(ctx, request, reply);
+            answer(ctx, request, reply, access);
             return;
         };
         self.run(ctx, handler, request, slot);
@@ -286,9 +295,10 @@ impl Uploads {
         if let Err(e) = self.threads.run(task) {
             log::error!("Could not start an upload thread: {e}");
             if let Some(mut request) = parcel.take() {
+                let access = Access::begin(ctx, &request);
                 request.close_after_response();
                 let why = format!("no thread to read the upload ({e}); retry shortly");
-                respond(ctx, request, retry_after(1, error_reply(503, why)));
+                answer(ctx, request, retry_after(1, error_reply(503, why)), access);
             }
         }
     }
@@ -304,7 +314,7 @@ pub fn run(
     handler: Handler,
     quick: QuickTest,
 ) {
-    let waiting = match Waiting::start(Arc::clone(&ctx), respond) {
+    let waiting = match Waiting::start(Arc::clone(&ctx), answer) {
         Ok(waiting) => Some(Arc::new(waiting)),
         Err(e) => {
             log::error!("Could not start the waiting thread ({e}): ?wait= answers 503");
@@ -363,7 +373,7 @@ mod tests {
     use crate::store::spool::Spool;
     use std::time::Instant;
 
-    fn panicky(ctx: &Arc<Context>, request: &mut Request) -> Reply {
+    fn panicky(ctx: &Arc<Context>, request: &mut Request, _: &mut Option<Access>) -> Reply {
         if request.url() == "/panic" {
             let _held = ctx.lock();
             panic!("handler failure on purpose");

@@ -4,6 +4,7 @@ use crate::base::api_keys::KeySet;
 use crate::base::clock::unix_now;
 use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
+use crate::base::line_file::LineFile;
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
 use crate::state::pool_state::{DispatchHold, PoolState};
@@ -224,6 +225,20 @@ pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Valu
         "refused_over_limit": counts.refused_over_limit.load(Ordering::Relaxed),
         "refused_for_address": counts.refused_for_address.load(Ordering::Relaxed),
         "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
+    })
+}
+
+/// The `/pool` figures of the access log (`--access-log`), or null without one.
+pub fn access_log_view(log: Option<&LineFile>) -> Value {
+    let Some(log) = log else {
+        return Value::Null;
+    };
+    let figures = log.figures();
+    json!({
+        "to": log.target().to_string(),
+        "lines_written": figures.written.load(Ordering::Relaxed),
+        "lines_dropped": figures.dropped.load(Ordering::Relaxed),
+        "lines_failed": figures.failed.load(Ordering::Relaxed),
     })
 }
 

@@ -3,6 +3,7 @@
 //! the moment a watched job ends (see `state::watch`), and it answers each with the job's
 //! status. At most `--max-waiting` requests are parked; beyond that the answer is 503.
 
+use crate::http::access_log::Access;
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::stored_view::stored_view;
@@ -18,8 +19,8 @@ use tiny_http::Request;
 /// Longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
 
-/// Writes a reply to a request (the server's own writer).
-pub type Respond = fn(&Context, Request, Reply);
+/// Writes a reply to a request (the server's own writer), and logs it in the access log.
+pub type Respond = fn(&Context, Request, Reply, Option<Access>);
 
 /// A request waiting for its job's end.
 struct Parked {
@@ -27,6 +28,7 @@ struct Parked {
     job_id: String,
     until: Instant,
     admin: bool,
+    access: Option<Access>,
 }
 
 /// The handle the handlers park requests with.
@@ -67,6 +69,7 @@ impl Waiting {
         job_id: String,
         until: Instant,
         admin: bool,
+        access: Option<Access>,
     ) {
         let taken = self
             .parked
@@ -87,6 +90,7 @@ impl Waiting {
                 ctx,
                 request,
                 Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
+                access,
             );
             return;
         }
@@ -95,6 +99,7 @@ impl Waiting {
             job_id,
             until,
             admin,
+            access,
         };
         if let Err(e) = self.parks.send(parked) {
             let parked = e.into_inner();
@@ -131,7 +136,7 @@ fn answer(ctx: &Context, parked: Parked, respond: Respond) {
         Some(remote) if !parked.admin => hide_remote_id(reply, &remote),
         _ => reply,
     };
-    respond(ctx, parked.request, reply);
+    respond(ctx, parked.request, reply, parked.access);
 }
 
 fn is_final(ctx: &Context, id: &str) -> bool {

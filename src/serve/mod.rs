@@ -10,6 +10,7 @@ pub mod signals;
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::config::{LogFormat, ServeConfig};
 use crate::base::fd_limit;
+use crate::base::line_file::{LineFile, LineTarget};
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
@@ -58,6 +59,8 @@ pub enum ServeError {
     Tls(TlsError),
     /// A source address cannot be used.
     SourceAddress(SourceAddressError),
+    /// The access log (`--access-log`) cannot be opened.
+    AccessLog(LineTarget, std::io::Error),
 }
 
 impl fmt::Display for ServeError {
@@ -73,6 +76,10 @@ impl fmt::Display for ServeError {
             Self::Store(e) => write!(f, "job store: {e}"),
             Self::Tls(e) => write!(f, "TLS: {e}"),
             Self::SourceAddress(e) => write!(f, "{e}"),
+            Self::AccessLog(target, e) => write!(
+                f,
+                "cannot open the access log {target}: {e} (give a file the coordinator may create or append to, or - for stdout)"
+            ),
         }
     }
 }
@@ -126,6 +133,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             }
         );
     }
+    let access_log = match &config.access_log {
+        Some(target) => Some(
+            LineFile::open(target.clone(), "access-log")
+                .map_err(|e| ServeError::AccessLog(target.clone(), e))?,
+        ),
+        None => None,
+    };
     let keys = match &config.api_keys {
         Some(path) => {
             let keys = api_keys::load(path).map_err(|e| ServeError::ApiKeys(path.clone(), e))?;
@@ -190,6 +204,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (mut ctx, signals) = Context::new(config, table, spool, store);
     ctx.client = WorkerClient::with_tls(timeouts, worker_tls);
     ctx.connections = server.connection_counts();
+    ctx.access_log = access_log;
     // The address bound (with `--port 0`, the port the system chose).
     let listening = server
         .server_addr()
@@ -356,6 +371,9 @@ fn control(
                 reload_api_keys(&ctx);
                 health::trust_again(&ctx);
                 reload_listener_tls(reload);
+                if let Some(access_log) = &ctx.access_log {
+                    access_log.reopen();
+                }
             }
         }
     }

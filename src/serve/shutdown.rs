@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// How long a shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// Submits whose answer has not been recorded yet (assigned or sent to a worker).
 fn dispatches_in_flight(ctx: &Context) -> usize {
     ctx.lock()
@@ -71,6 +74,11 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     }
     told_stall(ctx, &mut told);
     ctx.store.close();
+    if let Some(access_log) = &ctx.access_log {
+        if !access_log.flush(ACCESS_LOG_FLUSH) {
+            log::warn!("The access log's last lines were not written within {ACCESS_LOG_FLUSH:?}");
+        }
+    }
     log::info!("Job store closed; stopped");
     std::process::exit(0);
 }

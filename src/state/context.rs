@@ -4,6 +4,7 @@
 use crate::base::api_keys::LiveKeys;
 use crate::base::config::ServeConfig;
 use crate::base::job::{Span, StoredResults};
+use crate::base::line_file::LineFile;
 use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
@@ -76,6 +77,8 @@ pub struct Context {
     pub settled_views: SettledViews,
     /// The `Idempotency-Key`s of submits in progress.
     pub submit_keys: SubmitKeys,
+    /// A line per answered request (`--access-log`), when asked for.
+    pub access_log: Option<LineFile>,
     /// The log level in force (`--log-level`, or an operator's change for a while).
     pub log_level: Arc<LogLevel>,
     /// Requests waiting in [`Context::lock_collected`], per stripe (see [`stripe`]).
@@ -129,6 +132,7 @@ impl Context {
             metrics,
             settled_views: SettledViews::default(),
             submit_keys: SubmitKeys::default(),
+            access_log: None,
             log_level,
             collection_waiters: std::array::from_fn(|_| AtomicUsize::new(0)),
             collection_ended: std::array::from_fn(|_| Condvar::new()),
