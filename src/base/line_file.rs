@@ -4,7 +4,7 @@
 //! counted and logged at most once a minute.
 
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 pub const QUEUED_LINES: usize = 2048;
 /// Bytes the writer gathers before a write.
 const WRITE_BUFFER: usize = 64 * 1024;
-/// How often an idle writer looks for a reopen request.
-const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// Stack size of the writer thread.
+const WRITER_STACK: usize = 256 * 1024;
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,7 @@ impl LineFile {
         };
         thread::Builder::new()
             .name(name.to_string())
+            .stack_size(WRITER_STACK)
             .spawn(move || writer.run(&receiver))?;
         Ok(LineFile {
             target,
@@ -125,15 +126,14 @@ impl LineFile {
 
     /// Queues `line` (with its newline); drops it when the queue is full.
     pub fn push(&self, line: String) {
-        match self.sender.try_send(Message::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.figures.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.sender.try_send(Message::Line(line)).is_err() {
+            self.figures.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Reopens the target before the next line (a rotation moved the file away).
+    /// Reopens the target before the next line (a rotation moved the file away). The writer
+    /// is woken for it; when the queue is full, it is busy and sees the request after its
+    /// round.
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::SeqCst);
         let _ = self.sender.try_send(Message::Wake);
@@ -178,14 +178,10 @@ struct Writer {
 impl Writer {
     fn run(mut self, receiver: &Receiver<Message>) {
         let mut unflushed = 0u64;
-        loop {
-            let message = match receiver.recv_timeout(IDLE_CHECK) {
-                Ok(message) => Some(message),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        while let Ok(first) = receiver.recv() {
             let mut waiting = Vec::new();
-            for message in message.into_iter().chain(receiver.try_iter()) {
+            let round = std::iter::once(first).chain(receiver.try_iter().take(QUEUED_LINES));
+            for message in round {
                 match message {
                     Message::Line(line) => {
                         unflushed += 1;

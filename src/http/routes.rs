@@ -1,7 +1,6 @@
 //! Routing of the client API: which handler answers which method and path.
 
-use crate::base::job::Job;
-use crate::base::job::PoolStatus;
+use crate::base::job::{Job, PoolStatus};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::paths::percent_decode;
 use crate::base::sync::lock;

@@ -59,8 +59,6 @@ pub enum UploadError {
     /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
     /// twice.
     BadReruns(String),
-    /// The `Idempotency-Key` header is malformed or given twice.
-    BadSubmitKey(String),
     /// Another submit with the same `Idempotency-Key` is being received or recorded.
     SubmitKeyBusy(String),
     /// The `Idempotency-Key` made job `job_id` from a submit that held something else.
@@ -124,7 +122,6 @@ impl fmt::Display for UploadError {
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
             ),
-            Self::BadSubmitKey(why) => f.write_str(why),
             Self::SubmitKeyBusy(key) => write!(
                 f,
                 "another submit with {HEADER} {key:?} is being received right now; ask again once it is answered, and this one is answered the job it made (or makes the job, if it failed)"
