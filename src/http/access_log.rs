@@ -154,6 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn no_target_can_break_a_text_line() {
+        let every_char: String = (0u32..0x100)
+            .chain([0x2028, 0x1b, 0xfeff, 0x1f600])
+            .filter_map(char::from_u32)
+            .collect();
+        for target in [every_char.as_str(), "\"\\\"\r\n\t", "/a b"] {
+            let line = access(target).text(UNIX_EPOCH, &ANSWERED, 0.0);
+            let (body, end) = line.split_at(line.len() - 1);
+            assert_eq!(end, "\n");
+            assert!(body.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+            let quoted = body
+                .split_once(" \"")
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            let target_text = quoted
+                .rsplit_once("\" ")
+                .map(|(t, _)| t)
+                .unwrap_or_default();
+            assert!(!target_text.contains('"'), "{line:?}");
+        }
+    }
+
+    #[test]
     fn a_json_line_is_one_object() {
         let line = access("/status/pool-1?wait=5").json(UNIX_EPOCH, &ANSWERED, 1.23456);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);

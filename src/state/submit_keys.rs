@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 /// A key, scoped by the client key that gave it (None: the coordinator runs without keys).
 type Scoped = (Option<String>, String);
 
-/// The keys held by submits in progress. At most one per submit being handled, so it is
-/// bounded by the handler threads.
+/// The keys held by submits in progress: at most one per submit being handled, so at most
+/// as many as the connections served at once (`--max-connections`).
 #[derive(Default)]
 pub struct SubmitKeys {
     held: Arc<Mutex<HashSet<Scoped>>>,
