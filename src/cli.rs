@@ -2,6 +2,7 @@
 
 use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
+use crate::base::clock::{parse_utc, unix_now, utc_text};
 use crate::base::config::{DiskReserveSetting, FsyncMode, LogFormat, ServeConfig};
 use crate::base::hex::hex;
 use crate::base::line_file::LineTarget;
@@ -31,10 +32,12 @@ USAGE:
                                            validate a keys file (and a workers file)
     trusted-pool check --state-dir DIR     check a stopped coordinator's state directory or an
                                            unpacked snapshot, changing nothing
-    trusted-pool new-key NAME [--admin|--read]
+    trusted-pool new-key NAME [--admin|--read] [--expires DATE]
                                            print a fresh client key and its --api-keys entry
                                            (a submit key; --admin: an operator's; --read: sees
-                                           everything, changes nothing)
+                                           everything, changes nothing; --expires: refused
+                                           from this UTC date or time on, 2027-01-31 or
+                                           2027-01-31T12:00:00Z)
 
 OPTIONS:
     --port N                 HTTP port to listen on (0 = any free port)      [default: 9000]
@@ -148,6 +151,8 @@ pub enum Command {
         name: String,
         /// The new key's role.
         role: Role,
+        /// When it expires (unix seconds), if it does.
+        expires: Option<u64>,
     },
     /// Print usage.
     Help,
@@ -419,6 +424,16 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 (false, true) => Role::Read,
                 (false, false) => Role::Submit,
             };
+            let expires = match args.opt_value_from_str::<_, String>("--expires") {
+                Ok(None) => None,
+                Ok(Some(text)) => Some(parse_utc(&text).ok_or_else(|| {
+                    bad(
+                        "new-key",
+                        format!("--expires must be a UTC date (2027-01-31) or time (2027-01-31T12:00:00Z), got {text:?}"),
+                    )
+                })?),
+                Err(e) => return Err(bad("new-key", e.to_string())),
+            };
             let name: String = args
                 .opt_free_from_str()
                 .ok()
@@ -430,7 +445,11 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                     format!("NAME must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-', got {name:?}"),
                 ));
             }
-            Command::NewKey { name, role }
+            Command::NewKey {
+                name,
+                role,
+                expires,
+            }
         }
         Some(other) => return Err(CliError::UnknownArgument(other.to_string())),
         None => Command::Serve(Box::new(parse_serve(&mut args)?)),
@@ -632,7 +651,11 @@ pub fn run(raw: Vec<OsString>) -> i32 {
                 1
             }
         }
-        Command::NewKey { name, role } => new_key(&name, role),
+        Command::NewKey {
+            name,
+            role,
+            expires,
+        } => new_key(&name, role, expires),
         Command::Serve(config) => match serve::run(*config) {
             Ok(()) => 0,
             Err(e) => {
@@ -689,7 +712,14 @@ fn check_keys(path: &std::path::Path) -> i32 {
                     || "no queue limit".to_string(),
                     |n| format!("max_queued_jobs {n}"),
                 );
-                println!("key {i}: {} ({}, {limit})", k.name, k.role.as_str());
+                let expiry = match k.expires {
+                    Some(at) if k.expired(unix_now() as u64) => {
+                        format!(", EXPIRED at {} (refused)", utc_text(at))
+                    }
+                    Some(at) => format!(", expires {}", utc_text(at)),
+                    None => String::new(),
+                };
+                println!("key {i}: {} ({}, {limit}{expiry})", k.name, k.role.as_str());
             }
             println!("{}: {} keys, OK", path.display(), keys.keys().len());
             0
@@ -757,7 +787,7 @@ fn check_state(dir: &std::path::Path) -> i32 {
 /// Length of a new key's random part, in bytes.
 const NEW_KEY_BYTES: usize = 32;
 
-fn new_key(name: &str, role: Role) -> i32 {
+fn new_key(name: &str, role: Role, expires: Option<u64>) -> i32 {
     use base64::Engine;
     use std::io::Read;
     let mut random = [0u8; NEW_KEY_BYTES];
@@ -770,8 +800,11 @@ fn new_key(name: &str, role: Role) -> i32 {
         "tpk_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
     );
+    let expiry = expires.map_or_else(String::new, |at| {
+        format!(r#", "expires": "{}""#, utc_text(at))
+    });
     let entry = format!(
-        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{}"}}"#,
+        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{}"{expiry}}}"#,
         hex(&hash_key(key.as_bytes())),
         role.as_str()
     );

@@ -36,6 +36,7 @@ struct Key {
     secret: String,
     role: &'static str,
     max_queued_jobs: Option<u32>,
+    expires: Option<String>,
 }
 
 impl Key {
@@ -45,6 +46,15 @@ impl Key {
             secret: format!("tpk_test_{name}_{}", std::process::id()),
             role,
             max_queued_jobs: None,
+            expires: None,
+        }
+    }
+
+    /// A submit key that expires at `at` (a UTC date or time).
+    fn expiring(name: &'static str, at: &str) -> Key {
+        Key {
+            expires: Some(at.to_string()),
+            ..Key::new(name, "submit")
         }
     }
 
@@ -63,6 +73,9 @@ impl Key {
         });
         if let Some(n) = self.max_queued_jobs {
             entry["max_queued_jobs"] = n.into();
+        }
+        if let Some(at) = &self.expires {
+            entry["expires"] = at.as_str().into();
         }
         entry
     }
@@ -905,9 +918,113 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
 
     let help = String::from_utf8_lossy(&trusted_pool(&["--help"]).stdout).into_owned();
     assert!(
-        help.contains("--api-keys") && help.contains("new-key"),
+        help.contains("--api-keys") && help.contains("new-key") && help.contains("--expires"),
         "{help}"
     );
+
+    // An expiring key: its entry says when, and check lists it (expired or not).
+    let out = trusted_pool(&["new-key", "--expires", "2027-01-31", "temp"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(r#""role": "submit", "expires": "2027-01-31T00:00:00Z"}"#),
+        "{stdout}"
+    );
+    for bad in ["2027-02-30", "tomorrow", "2027-01-31T12:00:00+01:00"] {
+        let out = trusted_pool(&["new-key", "temp", "--expires", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+    }
+    let dated = dir.path().join("dated.json");
+    let with_expiry = |at: &str| {
+        format!(
+            r#"[{{"name": "old", "key_sha256": "{}", "role": "submit", "expires": "{at}"}}]"#,
+            sha256_hex(b"old")
+        )
+    };
+    fs::write(&dated, with_expiry("2020-01-01")).expect("write");
+    let out = trusted_pool(&["check", "--api-keys", dated.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("key 0: old (submit, no queue limit, EXPIRED at 2020-01-01T00:00:00Z"),
+        "{stdout}"
+    );
+    fs::write(&dated, with_expiry("2020-01-01T25:00:00Z")).expect("write");
+    let out = trusted_pool(&["check", "--api-keys", dated.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expires"),
+        "{out:?}"
+    );
+}
+
+/// A key past its `expires` is refused with 401 (named in the answer and the log); one that
+/// expires within a week is warned of when the keys are read; a reload with a later date lets
+/// the key in again, and `/pool` shows each key's expiry to an admin.
+#[test]
+fn an_expired_key_is_refused_and_one_about_to_expire_is_warned_of() {
+    let worker = FakeWorker::start();
+    let soon = in_two_days();
+    let carol = Key::expiring("carol", "2020-01-01");
+    let dave = Key::expiring("dave", &soon);
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, keys_path) =
+        start_with_keys(&[worker.entry(2)], &[&carol, &dave, &ops], &FAST);
+    assert!(coordinator.wait_for_log(
+        "Client key carol expired at 2020-01-01T00:00:00Z: it is refused",
+        DEADLINE
+    ));
+    assert!(coordinator.wait_for_log(
+        &format!("Client key dave expires at {soon}T00:00:00Z"),
+        DEADLINE
+    ));
+
+    let refused = call(&coordinator, "GET", "/pool", Some(&carol));
+    assert_401(&refused, "an expired key");
+    assert!(
+        refused
+            .text()
+            .contains("(carol) expired at 2020-01-01T00:00:00Z"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused
+            .header("WWW-Authenticate")
+            .is_some_and(|h| h.contains("invalid_token")),
+        "{:?}",
+        refused.headers
+    );
+    assert!(coordinator.wait_for_log("the client key carol expired at", DEADLINE));
+    submit_ok(&coordinator, &dave);
+    let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+    assert_eq!(
+        pool["keys"]["carol"]["expires"], "2020-01-01T00:00:00Z",
+        "{pool}"
+    );
+    assert_eq!(
+        pool["keys"]["dave"]["expires"],
+        format!("{soon}T00:00:00Z"),
+        "{pool}"
+    );
+    assert_eq!(pool["keys"]["ops"]["expires"], Value::Null, "{pool}");
+
+    let renewed = Key::expiring("carol", "2099-12-31T23:59:59Z");
+    write_keys(&keys_path, &[&renewed, &dave, &ops]);
+    hup(&coordinator);
+    poll_until(DEADLINE, || {
+        (call(&coordinator, "GET", "/pool", Some(&carol)).status == 200).then_some(())
+    })
+    .expect("the renewed key was still refused");
+}
+
+/// The UTC date (`YYYY-MM-DD`) two days from now.
+fn in_two_days() -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", "+2 days", "+%F"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// An open coordinator (no --api-keys) warns at start when it listens beyond loopback, naming

@@ -2,6 +2,7 @@
 //! presented key by its SHA-256 in constant time. A key itself is never stored nor logged; only
 //! its hash is in the file and its name may appear in logs.
 
+use crate::base::clock::{parse_utc, utc_text};
 use crate::base::json_list::{ListFileError, ListKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -48,6 +49,45 @@ pub struct ApiKey {
     pub role: Role,
     /// The most jobs of this key waiting in the queue at once (None: no limit of its own).
     pub max_queued_jobs: Option<usize>,
+    /// When it stops being accepted, in unix seconds (None: never).
+    pub expires: Option<u64>,
+}
+
+impl ApiKey {
+    /// Whether it has expired at unix time `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|at| now >= at)
+    }
+}
+
+/// A key expiring within this many seconds is warned about when the keys are read.
+pub const EXPIRY_WARNING: u64 = 7 * 24 * 3600;
+
+/// What to warn an operator about the keys' expiry at unix time `now`: each key already
+/// expired (refused from then on), and each expiring within [`EXPIRY_WARNING`].
+pub fn expiry_warnings(keys: &KeySet, now: u64) -> Vec<String> {
+    keys.keys()
+        .iter()
+        .filter_map(|key| {
+            let at = key.expires?;
+            if now >= at {
+                Some(format!(
+                    "Client key {} expired at {}: it is refused (401); give its holder a new key, or take its entry out",
+                    key.name,
+                    utc_text(at)
+                ))
+            } else if at - now <= EXPIRY_WARNING {
+                Some(format!(
+                    "Client key {} expires at {} (in {:.1} days); give its holder a new key before then",
+                    key.name,
+                    utc_text(at),
+                    (at - now) as f64 / 86_400.0
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Why a keys file was refused.
@@ -131,7 +171,7 @@ fn entry_error(entry: &str, field: &str, problem: impl Into<String>) -> KeysFile
     KEYS_FILE.entry_error(entry, field, problem)
 }
 
-const FIELDS: [&str; 4] = ["name", "key_sha256", "role", "max_queued_jobs"];
+const FIELDS: [&str; 5] = ["name", "key_sha256", "role", "max_queued_jobs", "expires"];
 
 fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, KeysFileError> {
     let mut entry = format!("entry {index}");
@@ -192,11 +232,23 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
             }
         },
     };
+    let expires = match object.get("expires") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if parse_utc(text).is_some() => parse_utc(text),
+        Some(_) => {
+            return Err(entry_error(
+                &entry,
+                "expires",
+                "must be a UTC date (\"2027-01-31\", its midnight) or time (\"2027-01-31T12:00:00Z\"); leave it out for a key that does not expire",
+            ))
+        }
+    };
     Ok(ApiKey {
         name,
         key_sha256,
         role,
         max_queued_jobs,
+        expires,
     })
 }
 
@@ -282,6 +334,40 @@ mod tests {
         assert!(set.find(b"key-b").is_none());
         assert!(set.find(b"").is_none());
         assert_eq!(set.by_name("bob").and_then(|k| k.max_queued_jobs), Some(3));
+    }
+
+    #[test]
+    fn a_key_expires_and_is_warned_of_a_week_before() {
+        let file = format!(
+            r#"[{{"name": "old", "key_sha256": "{}", "role": "submit", "expires": "2027-01-31"}},
+               {{"name": "new", "key_sha256": "{}", "role": "read", "expires": "2027-01-31T12:00:00Z"}}]"#,
+            hex(&hash_key(b"o")),
+            hex(&hash_key(b"n"))
+        );
+        let set = parse(file.as_bytes()).expect("valid");
+        let old = set.by_name("old").expect("old");
+        let at = 1_801_353_600; // 2027-01-31T00:00:00Z
+        assert_eq!(old.expires, Some(at));
+        assert!(!old.expired(at - 1) && old.expired(at));
+        assert!(expiry_warnings(&set, at - EXPIRY_WARNING - 1).is_empty());
+        let warned = expiry_warnings(&set, at);
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(
+            warned[0].contains("old expired at 2027-01-31T00:00:00Z"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[1].contains("new expires at 2027-01-31T12:00:00Z (in 0.5 days)"),
+            "{warned:?}"
+        );
+        for bad in [r#""2027-02-30""#, r#""soon""#, "1801353600"] {
+            let file = format!(
+                r#"[{{"name": "x", "key_sha256": "{}", "role": "submit", "expires": {bad}}}]"#,
+                hex(&hash_key(b"x"))
+            );
+            let e = parse(file.as_bytes()).expect_err(bad).to_string();
+            assert!(e.contains("\"expires\" must be a UTC date"), "{e}");
+        }
     }
 
     #[test]

@@ -48,9 +48,114 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Unix seconds `secs` as `YYYY-MM-DDTHH:MM:SSZ` (UTC), as [`parse_utc`] reads it.
+pub fn utc_text(secs: u64) -> String {
+    let text = rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+    text.replace(".000Z", "Z")
+}
+
+/// Days after 1970-01-01 of the proleptic Gregorian date (the inverse of [`civil_from_days`]).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = year - u64::from(month <= 2);
+    let era = year / 400;
+    let yoe = year % 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds of a UTC date (`2027-01-31`, its midnight) or time (`2027-01-31T12:00:00Z`),
+/// from 1970 to 9999; `None` for anything else (another zone, a date that does not exist).
+pub fn parse_utc(text: &str) -> Option<u64> {
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let number = |part: &str, digits: usize| -> Option<u64> {
+        (part.len() == digits && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let mut fields = date.split('-');
+    let year = number(fields.next()?, 4)?;
+    let month = number(fields.next()?, 2)?;
+    let day = number(fields.next()?, 2)?;
+    if fields.next().is_some() || year < 1970 || !(1..=12).contains(&month) || day < 1 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if day > month_days[usize::try_from(month - 1).ok()?] {
+        return None;
+    }
+    let of_day = match time {
+        None => 0,
+        Some(time) => {
+            let mut fields = time.split(':');
+            let hour = number(fields.next()?, 2)?;
+            let minute = number(fields.next()?, 2)?;
+            let second = number(fields.next()?, 2)?;
+            if fields.next().is_some() || hour > 23 || minute > 59 || second > 59 {
+                return None;
+            }
+            hour * 3600 + minute * 60 + second
+        }
+    };
+    Some(days_from_civil(year, month, day) * 86_400 + of_day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates_and_times_are_read_back_as_they_are_written() {
+        for secs in [
+            0,
+            951_782_400,
+            1_796_476_445,
+            4_107_542_399,
+            253_402_300_799,
+        ] {
+            let text = rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+            let whole = text.replace(".000Z", "Z");
+            assert_eq!(whole, utc_text(secs));
+            assert_eq!(parse_utc(&whole), Some(secs), "{whole}");
+        }
+        assert_eq!(parse_utc("2027-01-31"), parse_utc("2027-01-31T00:00:00Z"));
+        assert_eq!(parse_utc("2024-02-29"), Some(1_709_164_800));
+        for bad in [
+            "",
+            "2027-1-31",
+            "2027-01-32",
+            "2023-02-29",
+            "1969-12-31",
+            "2027-13-01",
+            "2027-01-31T24:00:00Z",
+            "2027-01-31T12:00:00",
+            "2027-01-31T12:00:00+01:00",
+            "2027-01-31T12:00Z",
+            "2027-01-31 12:00:00Z",
+            "+027-01-31",
+            "2027-01-31T12:00:00.5Z",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn times_are_utc_rfc3339_with_milliseconds() {

@@ -8,6 +8,7 @@
 //! Without `--api-keys` the coordinator is open: every request is an anonymous admin.
 
 use crate::base::api_keys::{ApiKey, Role};
+use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
@@ -134,6 +135,22 @@ pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
         ));
     };
     match keys.find(token.as_bytes()) {
+        Some(key) if key.expired(unix_now() as u64) => {
+            let at = key.expires.map(utc_text).unwrap_or_default();
+            log::warn!(
+                "Refused {} {}: the client key {} expired at {at} (from {from})",
+                request.method(),
+                path_of(request),
+                key.name
+            );
+            Err(unauthorized(
+                CHALLENGE_INVALID,
+                &format!(
+                    "this client key ({}) expired at {at}; ask the coordinator's operator for a new one",
+                    key.name
+                ),
+            ))
+        }
         Some(key) => Ok(Caller::from_key(key)),
         None => {
             log::warn!(
@@ -210,6 +227,7 @@ mod tests {
             key_sha256: [0; 32],
             role,
             max_queued_jobs: None,
+            expires: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The JSON views of the pool (`/pool`) and of one job (`/status`).
 
 use crate::base::api_keys::KeySet;
-use crate::base::clock::unix_now;
+use crate::base::clock::{unix_now, utc_text};
 use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
 use crate::base::line_file::LineFile;
@@ -166,6 +166,7 @@ pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Valu
             let mut entry = figures(&key.name);
             entry.insert("role".to_string(), json!(key.role.as_str()));
             entry.insert("max_queued_jobs".to_string(), json!(key.max_queued_jobs));
+            entry.insert("expires".to_string(), json!(key.expires.map(utc_text)));
             view.insert(key.name.clone(), Value::Object(entry));
         }
     }

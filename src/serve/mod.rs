@@ -8,6 +8,7 @@ pub mod shutdown;
 pub mod signals;
 
 use crate::base::api_keys::{self, KeysFileError};
+use crate::base::clock::unix_now;
 use crate::base::config::{LogFormat, ServeConfig};
 use crate::base::fd_limit;
 use crate::base::line_file::{LineFile, LineTarget};
@@ -149,6 +150,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
                 path.display(),
                 key_names(&keys)
             );
+            warn_of_expiry(&keys);
             Some(keys)
         }
         None => None,
@@ -411,6 +413,13 @@ fn key_names(keys: &api_keys::KeySet) -> String {
     names.join(", ")
 }
 
+/// Warns of keys that expired or expire within a week.
+fn warn_of_expiry(keys: &api_keys::KeySet) {
+    for warning in api_keys::expiry_warnings(keys, unix_now() as u64) {
+        log::warn!("{warning}");
+    }
+}
+
 /// Re-reads `--api-keys`: a valid file replaces the keys in force at once; a bad one is
 /// refused, logged, and the old keys stay.
 fn reload_api_keys(ctx: &Context) {
@@ -425,6 +434,7 @@ fn reload_api_keys(ctx: &Context) {
                 path.display(),
                 key_names(&keys)
             );
+            warn_of_expiry(&keys);
             ctx.keys.set(keys);
         }
         Err(e) => log::error!(
