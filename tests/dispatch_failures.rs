@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
-    wait_collected, wait_healthy, wait_status,
+    wait_collected, wait_committed, wait_healthy, wait_status,
 };
 use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
 
@@ -579,24 +579,9 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
     // of each: the worker may accept a job a moment before its answer is committed, and a
     // job whose answer was never recorded is lost at the restart instead (and queued again
     // at once, before anyone could follow it).
-    let db = dir.path().join("state").join("jobs.db");
-    let recorded = poll_until(DEADLINE, || {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .ok()?;
-        let dispatched: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM jobs WHERE json_extract(record, '$.remote_job_id') IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
-            .ok()?;
-        (dispatched == 3).then_some(())
-    });
-    assert!(
-        recorded.is_some(),
-        "the worker's job ids were never recorded"
-    );
+    let dispatched =
+        "SELECT count(*) FROM jobs WHERE json_extract(record, '$.remote_job_id') IS NOT NULL";
+    wait_committed(&coordinator, dispatched, 3, DEADLINE);
     coordinator.kill();
     let coordinator = Coordinator::start_in(dir.path(), &extra);
     let (_, pool) = get_json(&coordinator.url("/pool"));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::lifecycle::{job_status, wait_collected, wait_healthy};
+use support::lifecycle::{job_status, wait_collected, wait_committed, wait_healthy};
 use support::{
     get, get_json, poll_until, send, send_with, write_workers_json, Coordinator, FakeWorker, Form,
     Knobs, Reply,
@@ -150,13 +150,16 @@ fn a_repeated_key_is_answered_the_first_job_and_never_makes_a_second() {
     );
     assert!(coordinator.wait_for_log("A submit repeated the Idempotency-Key of job", DEADLINE));
 
-    // The key is in the job store: it holds across a kill -9 and a restart.
+    // The key is in the job store: it holds across a kill -9 and a restart (once both jobs'
+    // ends are committed: a job whose worker answer was never recorded is lost at a restart).
+    wait_collected(&coordinator, &other, DEADLINE);
+    let settled = "SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL";
+    wait_committed(&coordinator, settled, 2, DEADLINE);
     coordinator.kill();
     let mut restarted = Coordinator::start_in(dir.path(), &FAST);
     let after = submit_with(&restarted, "", &[(KEY, "order-1")], &job("b9", "one"));
     assert_eq!(job_id(&after), id);
     assert_eq!(after.header("Idempotent-Replayed"), Some("true"));
-    wait_collected(&restarted, &other, DEADLINE);
     assert_eq!(
         received(&worker),
         BTreeMap::from([

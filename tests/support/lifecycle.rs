@@ -63,6 +63,25 @@ pub fn submit(coordinator: &Coordinator, form: &Form) -> String {
     id.to_string()
 }
 
+/// Waits until `count` (an SQL query of one count over the job store) is `wanted` in the
+/// coordinator's job store, read-only: what is committed, which a `kill -9` keeps, where the
+/// table (and so `/status`) may be a moment ahead. Panics after `deadline`.
+pub fn wait_committed(coordinator: &Coordinator, count: &str, wanted: i64, deadline: Duration) {
+    let db = coordinator.state_dir().join("jobs.db");
+    let mut last = None;
+    let reached = poll_until(deadline, || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        last = conn.query_row(count, [], |r| r.get::<_, i64>(0)).ok();
+        (last == Some(wanted)).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{count} was {last:?}, not {wanted}, after {deadline:?}"
+    );
+}
+
 /// `GET /status/{id}`, asserting 200.
 pub fn job_status(coordinator: &Coordinator, id: &str) -> Value {
     let (status, body) = get_json(&coordinator.url(&format!("/status/{id}")));
