@@ -45,8 +45,8 @@ pub enum Reply {
         job_id: String,
         /// When to answer anyway.
         until: std::time::Instant,
-        /// Whether the caller may see the worker's own job id.
-        admin: bool,
+        /// Whether the caller sees the worker's own job id (an admin or read key).
+        sees_all: bool,
     },
     /// The connection is handed over (a follower writes its own answer on it). A hand-off that
     /// cannot take it gives the request back with why, and it is answered 503.

@@ -606,7 +606,7 @@ fn wait_secs(text: &str) -> Result<f64, Reply> {
 
 /// `GET /status/{id}?wait=SECS`: the status at once when the job has ended (or SECS is 0),
 /// else the request is parked and answered when the job ends or SECS passed.
-fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
+fn wait_status(ctx: &Context, id: &str, secs: f64, sees_all: bool) -> Reply {
     let mut st = promoted(ctx);
     let Some(job) = st.jobs.get(id) else {
         drop(st);
@@ -624,7 +624,7 @@ fn wait_status(ctx: &Context, id: &str, secs: f64, admin: bool) -> Reply {
     Reply::Wait {
         job_id: id.to_string(),
         until: Instant::now() + Duration::from_secs_f64(secs),
-        admin,
+        sees_all,
     }
 }
 

@@ -215,10 +215,10 @@ fn serve_one(
             Reply::Wait {
                 job_id,
                 until,
-                admin,
+                sees_all,
             },
             Some(waiting),
-        ) => waiting.park(ctx, request, job_id, until, admin, access),
+        ) => waiting.park(ctx, request, job_id, until, sees_all, access),
         (reply, _) => answer(ctx, request, reply, access),
     }
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -27,7 +27,7 @@ struct Parked {
     request: Request,
     job_id: String,
     until: Instant,
-    admin: bool,
+    sees_all: bool,
     access: Option<Access>,
 }
 
@@ -68,7 +68,7 @@ impl Waiting {
         request: Request,
         job_id: String,
         until: Instant,
-        admin: bool,
+        sees_all: bool,
         access: Option<Access>,
     ) {
         let taken = self
@@ -98,7 +98,7 @@ impl Waiting {
             request,
             job_id,
             until,
-            admin,
+            sees_all,
             access,
         };
         if let Err(e) = self.parks.send(parked) {
@@ -133,7 +133,7 @@ fn answer(ctx: &Context, parked: Parked, respond: Respond) {
         },
     };
     let reply = match remote {
-        Some(remote) if !parked.admin => hide_remote_id(reply, &remote),
+        Some(remote) if !parked.sees_all => hide_remote_id(reply, &remote),
         _ => reply,
     };
     respond(ctx, parked.request, reply, parked.access);
