@@ -234,14 +234,13 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
     };
     let expires = match object.get("expires") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) if parse_utc(text).is_some() => parse_utc(text),
-        Some(_) => {
-            return Err(entry_error(
+        Some(value) => Some(value.as_str().and_then(parse_utc).ok_or_else(|| {
+            entry_error(
                 &entry,
                 "expires",
                 "must be a UTC date (\"2027-01-31\", its midnight) or time (\"2027-01-31T12:00:00Z\"); leave it out for a key that does not expire",
-            ))
-        }
+            )
+        })?),
     };
     Ok(ApiKey {
         name,

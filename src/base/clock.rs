@@ -22,15 +22,27 @@ pub fn doubling_pause(first: Duration, strikes: u32, most: Duration) -> Duration
 /// `at` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
 pub fn rfc3339(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+    format!(
+        "{}.{:03}Z",
+        civil_time(since.as_secs()),
+        since.subsec_millis()
+    )
+}
+
+/// Unix seconds `secs` as `YYYY-MM-DDTHH:MM:SSZ` (UTC), as [`parse_utc`] reads it.
+pub fn utc_text(secs: u64) -> String {
+    format!("{}Z", civil_time(secs))
+}
+
+/// Unix seconds `secs` as `YYYY-MM-DDTHH:MM:SS` (UTC, no zone).
+fn civil_time(secs: u64) -> String {
     let (days, of_day) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         of_day / 3600,
         of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_millis()
+        of_day % 60
     )
 }
 
@@ -46,12 +58,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     (year, month, day)
-}
-
-/// Unix seconds `secs` as `YYYY-MM-DDTHH:MM:SSZ` (UTC), as [`parse_utc`] reads it.
-pub fn utc_text(secs: u64) -> String {
-    let text = rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
-    text.replace(".000Z", "Z")
 }
 
 /// Days after 1970-01-01 of the proleptic Gregorian date (the inverse of [`civil_from_days`]).
