@@ -190,31 +190,33 @@ impl Writer {
                         }
                     }
                     Message::Flush(done) => waiting.push(done),
-                    Message::Wake => {
-                        if self.reopen.swap(false, Ordering::SeqCst) {
-                            self.reopen_target(&mut unflushed);
-                        }
-                    }
+                    Message::Wake => self.reopen_if_asked(&mut unflushed),
                 }
             }
-            if unflushed > 0 {
-                match self.out.flush() {
-                    Ok(()) => {
-                        self.figures.written.fetch_add(unflushed, Ordering::Relaxed);
-                        unflushed = 0;
-                    }
-                    Err(e) => self.failed(&e, &mut unflushed),
-                }
-            }
+            self.write_out(&mut unflushed);
             for done in waiting {
                 let _ = done.send(());
             }
             self.note_drops();
-            if self.reopen.swap(false, Ordering::SeqCst) {
-                self.reopen_target(&mut unflushed);
-            }
+            // A request whose wake-up found the queue full.
+            self.reopen_if_asked(&mut unflushed);
         }
         let _ = self.out.flush();
+    }
+
+    /// Writes out the `unflushed` lines buffered, and counts them written or failed.
+    fn write_out(&mut self, unflushed: &mut u64) {
+        if *unflushed == 0 {
+            return;
+        }
+        match self.out.flush() {
+            Ok(()) => {
+                self.figures
+                    .written
+                    .fetch_add(std::mem::take(unflushed), Ordering::Relaxed);
+            }
+            Err(e) => self.failed(&e, unflushed),
+        }
     }
 
     /// A write failed: the lines not written out since the last flush are lost.
@@ -252,17 +254,13 @@ impl Writer {
         }
     }
 
-    /// Opens the target again, after writing out what the old one is owed; on failure the old
-    /// file stays in use.
-    fn reopen_target(&mut self, unflushed: &mut u64) {
-        match self.out.flush() {
-            Ok(()) => {
-                self.figures
-                    .written
-                    .fetch_add(std::mem::take(unflushed), Ordering::Relaxed);
-            }
-            Err(e) => self.failed(&e, unflushed),
+    /// When a reopen was asked for: opens the target again, after writing out what the old
+    /// one is owed; on failure the old file stays in use.
+    fn reopen_if_asked(&mut self, unflushed: &mut u64) {
+        if !self.reopen.swap(false, Ordering::SeqCst) {
+            return;
         }
+        self.write_out(unflushed);
         match self.target.open() {
             Ok(out) => {
                 self.out = BufWriter::with_capacity(WRITE_BUFFER, out);
