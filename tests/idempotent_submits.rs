@@ -211,20 +211,27 @@ fn a_retry_that_overtakes_its_first_attempt_waits_for_it() {
         .write_all(head.as_bytes())
         .and_then(|()| first.write_all(half))
         .unwrap_or_else(|e| panic!("{e}"));
-    // A retry with the same key, while the first is received, is told to ask again. (A
-    // retry that comes before the first holds its key is not multipart, so it is refused
-    // and leaves the key to the first.)
-    let busy = poll_until(DEADLINE, || {
-        let retry = send_with(
-            "POST",
-            &coordinator.url("/submit"),
-            &[(KEY, "slow-1")],
-            Some(("text/plain", b"not yet")),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        (retry.status == 409).then_some(retry)
-    })
-    .unwrap_or_else(|| panic!("no 409 while the first attempt held its key"));
+    // The first attempt holds its key before it reads its body; once that body spilled to an
+    // upload segment (past 64 KiB), it is being received. (Retrying before that would race
+    // the first for the key.)
+    let uploads = coordinator.state_dir().join("uploads");
+    let receiving = poll_until(DEADLINE, || {
+        let segments = std::fs::read_dir(&uploads).ok()?.count();
+        (segments > 0).then_some(())
+    });
+    assert!(
+        receiving.is_some(),
+        "the first attempt's body never reached the spool"
+    );
+    // A retry with the same key, while the first is received, is told to ask again.
+    let busy = send_with(
+        "POST",
+        &coordinator.url("/submit"),
+        &[(KEY, "slow-1")],
+        Some(("text/plain", b"not yet")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(busy.status, 409, "{}", busy.text());
     assert_eq!(busy.header("Retry-After"), Some("1"));
     assert!(busy.text().contains("being received"), "{}", busy.text());
 
