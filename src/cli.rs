@@ -7,7 +7,7 @@ use crate::base::config::{DiskReserveSetting, FsyncMode, LogFormat, ServeConfig}
 use crate::base::hex::hex;
 use crate::base::line_file::LineTarget;
 use crate::base::niceness;
-use crate::base::tls::WorkerTls;
+use crate::base::tls::{self, WorkerTls};
 use crate::serve;
 use crate::store::jobs_db::DB_FILE;
 use crate::store::state_check::check_state_dir;
@@ -32,6 +32,10 @@ USAGE:
                                            validate a keys file (and a workers file)
     trusted-pool check --state-dir DIR     check a stopped coordinator's state directory or an
                                            unpacked snapshot, changing nothing
+    trusted-pool check --tls-cert PEM --tls-key PEM
+    trusted-pool check --worker-tls-cert PEM --worker-tls-key PEM
+                                           check a certificate and its key before a SIGHUP:
+                                           they load and match, and when the chain expires
     trusted-pool new-key NAME [--admin|--read] [--expires DATE]
                                            print a fresh client key and its --api-keys entry
                                            (a submit key; --admin: an operator's; --read: sees
@@ -144,6 +148,8 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         /// Source addresses to check on this host.
         sources: Vec<IpAddr>,
+        /// Certificate and key pairs to check (`--tls-cert`, `--worker-tls-cert`).
+        certificates: Vec<(PathBuf, PathBuf)>,
     },
     /// Make a new client key.
     NewKey {
@@ -402,10 +408,21 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
             let api_keys = value(&mut args, "--api-keys", some_path, None)?;
             let state_dir = value(&mut args, "--state-dir", some_path, None)?;
             let sources = value(&mut args, "--source-addresses", source_list, Vec::new())?;
+            let certificates: Vec<(PathBuf, PathBuf)> = [
+                pair(&mut args, "--tls-cert", "--tls-key")?,
+                pair(&mut args, "--worker-tls-cert", "--worker-tls-key")?,
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             let workers: Option<PathBuf> = args.opt_free_from_str().ok().flatten();
-            if workers.is_none() && api_keys.is_none() && state_dir.is_none() {
+            if workers.is_none()
+                && api_keys.is_none()
+                && state_dir.is_none()
+                && certificates.is_empty()
+            {
                 return Err(CliError::MissingArgument(
-                    "check needs WORKERS.json, --api-keys FILE or --state-dir DIR",
+                    "check needs WORKERS.json, --api-keys FILE, --state-dir DIR or --tls-cert PEM --tls-key PEM",
                 ));
             }
             Command::Check {
@@ -413,6 +430,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 api_keys,
                 state_dir,
                 sources,
+                certificates,
             }
         }
         Some("new-key") => {
@@ -641,11 +659,15 @@ pub fn run(raw: Vec<OsString>) -> i32 {
             api_keys,
             state_dir,
             sources,
+            certificates,
         } => {
             let workers_ok = workers.as_deref().is_none_or(|p| check(p, &sources) == 0);
             let keys_ok = api_keys.as_deref().is_none_or(|p| check_keys(p) == 0);
             let state_ok = state_dir.as_deref().is_none_or(|p| check_state(p) == 0);
-            if workers_ok && keys_ok && state_ok {
+            let certificates_ok = certificates.iter().fold(true, |ok, (cert, key)| {
+                check_certificate(cert, key) == 0 && ok
+            });
+            if workers_ok && keys_ok && state_ok && certificates_ok {
                 0
             } else {
                 1
@@ -727,6 +749,48 @@ fn check_keys(path: &std::path::Path) -> i32 {
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
             1
+        }
+    }
+}
+
+/// Loads a certificate chain and its key as the coordinator would, and tells when the chain
+/// expires: 1 when they do not load or match, or the chain has expired.
+fn check_certificate(cert: &std::path::Path, key: &std::path::Path) -> i32 {
+    let loaded = match tls::server_config(cert, key) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let now = unix_now() as u64;
+    let Some(expiry) = loaded.expiry else {
+        println!(
+            "{}: loads with {}; its expiry could not be read, OK",
+            cert.display(),
+            key.display()
+        );
+        return 0;
+    };
+    match expiry.warning("The certificate chain", now) {
+        Some((true, line)) => {
+            eprintln!("error: {line}");
+            1
+        }
+        Some((false, line)) => {
+            println!("warning: {line}");
+            println!("{}: loads with {}, OK", cert.display(), key.display());
+            0
+        }
+        None => {
+            println!(
+                "{}: loads with {}; expires at {} (in {:.0} days), OK",
+                cert.display(),
+                key.display(),
+                utc_text(expiry.not_after),
+                (expiry.not_after - now) as f64 / 86_400.0
+            );
+            0
         }
     }
 }

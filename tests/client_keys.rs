@@ -960,7 +960,7 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
 
 /// A key past its `expires` is refused with 401 (named in the answer and the log); one that
 /// expires within a week is warned of when the keys are read; a reload with a later date lets
-/// the key in again, and `/pool` shows each key's expiry to an admin.
+/// the key in again, and `/pool` and `/metrics` show each key's expiry to an admin.
 #[test]
 fn an_expired_key_is_refused_and_one_about_to_expire_is_warned_of() {
     let worker = FakeWorker::start();
@@ -1008,6 +1008,21 @@ fn an_expired_key_is_refused_and_one_about_to_expire_is_warned_of() {
         "{pool}"
     );
     assert_eq!(pool["keys"]["ops"]["expires"], Value::Null, "{pool}");
+    let expiry_of = |name: &str| {
+        let metrics = call(&coordinator, "GET", "/metrics", Some(&ops)).text();
+        let series = format!("trusted_pool_client_key_expiry_timestamp_seconds{{key=\"{name}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map(str::to_string)
+    };
+    assert_eq!(expiry_of("carol").as_deref(), Some("1577836800"));
+    assert!(expiry_of("dave").is_some());
+    assert_eq!(
+        expiry_of("ops"),
+        None,
+        "a key that never expires has no series"
+    );
 
     let renewed = Key::expiring("carol", "2099-12-31T23:59:59Z");
     write_keys(&keys_path, &[&renewed, &dave, &ops]);
@@ -1016,6 +1031,7 @@ fn an_expired_key_is_refused_and_one_about_to_expire_is_warned_of() {
         (call(&coordinator, "GET", "/pool", Some(&carol)).status == 200).then_some(())
     })
     .expect("the renewed key was still refused");
+    assert_eq!(expiry_of("carol").as_deref(), Some("4102444799"));
 }
 
 /// The UTC date (`YYYY-MM-DD`) two days from now.

@@ -357,3 +357,134 @@ fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() 
         "not served again after the held connections closed"
     );
 }
+
+/// The UTC date `days` from now, as (year, month, day) and as `YYYY-MM-DD`.
+fn days_from_now(days: u32) -> ((i32, u8, u8), String) {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("+{days} days"), "+%F"])
+        .output()
+        .expect("date");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<u32> = text.split('-').filter_map(|p| p.parse().ok()).collect();
+    let [year, month, day] = parts[..] else {
+        panic!("date printed {text:?}");
+    };
+    ((year as i32, month as u8, day as u8), text)
+}
+
+/// `trusted-pool check ARGS`: its exit code and its stdout and stderr together.
+fn check(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A certificate that expires soon, or did, is warned of at start (and by `check` before a
+/// SIGHUP); `/pool` and `/metrics` show when each certificate presented expires, and a renewed
+/// one replaces it there on SIGHUP.
+#[test]
+fn certificates_about_to_expire_are_warned_of_shown_and_exported() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (soon, soon_text) = days_from_now(3);
+    let (cert, key) = ca.issue_until("listener", false, Some(soon));
+    let (client_cert, client_key) = ca.issue_until("coordinator", true, Some((2020, 1, 1)));
+    let worker = FakeWorker::start();
+    let args = [&cert, &key, &ca.path("ca"), &client_cert, &client_key].map(|p| path_arg(p));
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--tls-cert",
+            &args[0],
+            "--tls-key",
+            &args[1],
+            "--worker-ca",
+            &args[2],
+            "--worker-tls-cert",
+            &args[3],
+            "--worker-tls-key",
+            &args[4],
+        ],
+    );
+    assert!(coordinator.wait_for_log("Listening on https://", DEADLINE));
+    let logs = coordinator.logs();
+    assert!(
+        logs.contains(&format!(
+            "The listener's TLS certificate ({}) expires at {soon_text}T00:00:00Z (in 2.",
+            args[0]
+        )),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!(
+            "The client certificate presented to https:// workers ({}) expired at 2020-01-01T00:00:00Z: TLS clients refuse it",
+            args[3]
+        )),
+        "{logs}"
+    );
+
+    let port = coordinator.port();
+    let pool = https_get(port, &ca.path("ca"), "/pool").expect("HTTPS /pool");
+    let body = &pool.text[pool.text.find("\r\n\r\n").expect("a body") + 4..];
+    let view: Value = serde_json::from_str(body).expect("JSON");
+    let listener = &view["certificates"]["listener"];
+    assert_eq!(listener["file"], args[0], "{view}");
+    assert_eq!(listener["expires"], format!("{soon_text}T00:00:00Z"));
+    let left = listener["days_left"].as_f64().expect("days_left");
+    assert!((2.0..=3.0).contains(&left), "{listener}");
+    assert_eq!(listener["earliest_in_chain"], "1 of 1");
+    let client = &view["certificates"]["worker_client"];
+    assert_eq!(client["expires"], "2020-01-01T00:00:00Z", "{view}");
+    assert!(client["days_left"].as_f64().is_some_and(|d| d < -2000.0));
+
+    let expiry_of = |certificate: &str| {
+        let answer = https_get(port, &ca.path("ca"), "/metrics").expect("HTTPS /metrics");
+        let series = format!(
+            "trusted_pool_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} "
+        );
+        answer
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(expiry_of("worker_client"), Some(1_577_836_800));
+    let first = expiry_of("listener").expect("the listener's series");
+
+    // `check` tells of both before a SIGHUP would: a warning for the one due, a failure for
+    // the one past.
+    let (code, text) = check(&["--tls-cert", &args[0], "--tls-key", &args[1]]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning: The certificate chain ("), "{text}");
+    let (code, text) = check(&["--worker-tls-cert", &args[3], "--worker-tls-key", &args[4]]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("expired at 2020-01-01T00:00:00Z"), "{text}");
+    let (code, text) = check(&["--tls-cert", &args[0], "--tls-key", &args[4]]);
+    assert_eq!(code, Some(1), "a certificate with another's key: {text}");
+
+    // The operator renews the listener's certificate (rcgen's far future) and sends SIGHUP.
+    let (renewed, renewed_key) = ca.issue("listener-renewed", false);
+    fs::copy(&renewed, &cert).expect("replace the certificate");
+    fs::copy(&renewed_key, &key).expect("replace the key");
+    let (code, text) = check(&["--tls-cert", &args[0], "--tls-key", &args[1]]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("expires at 4096-01-01T00:00:00Z"), "{text}");
+    coordinator.hangup();
+    assert!(coordinator.wait_for_log("TLS certificate reloaded", DEADLINE));
+    let renewed_at = poll_until(DEADLINE, || expiry_of("listener").filter(|&at| at != first))
+        .expect("the renewed certificate's expiry");
+    assert_eq!(renewed_at, 67_090_118_400, "4096-01-01");
+    let warned = coordinator
+        .logs()
+        .matches("The listener's TLS certificate (")
+        .count();
+    assert_eq!(warned, 1, "a renewed certificate is not warned of");
+}

@@ -191,9 +191,9 @@ pub fn trust(ca: &Path) -> Result<(), String> {
         ca: Some(ca.to_path_buf()),
         client_cert: None,
     };
-    let config = trusted_pool::base::tls::client_config(&settings).map_err(|e| e.to_string())?;
+    let loaded = trusted_pool::base::tls::client_config(&settings).map_err(|e| e.to_string())?;
     let _ = TLS.set(Arc::new(trusted_pool::worker::tls::Connector::new(Some(
-        config,
+        loaded.config,
     ))));
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! locking and slots, the log level an operator changes for a while, log lines of lasting
 //! failures held to one a minute, a sleeping queue between threads, the reusable thread cache,
 //! the process's own figures and open-file limit, telling the coordinator's own shortages from
-//! a worker's faults, giving free heap pages back, hex digits, and TLS settings from PEM files.
+//! a worker's faults, giving free heap pages back, hex digits, TLS settings from PEM files
+//! and when their certificates expire.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
 pub mod api_keys;
+pub mod cert_expiry;
 pub mod clock;
 pub mod config;
 pub mod fd_limit;

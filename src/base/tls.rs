@@ -1,6 +1,7 @@
 //! TLS settings from PEM files (rustls 0.23, ring): the listener's certificate and key, and what
 //! the coordinator trusts and presents when it calls `https://` workers.
 
+use crate::base::cert_expiry::ChainExpiry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -57,17 +58,39 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// TLS settings, and when the certificate chain they present expires (`None`: they present
+/// none, or its validity could not be read).
+pub struct Loaded<T> {
+    /// The settings.
+    pub config: Arc<T>,
+    /// The earliest expiry of the chain presented.
+    pub expiry: Option<ChainExpiry>,
+}
+
+/// The chain of `path` and its expiry.
+fn chain_with_expiry(
+    path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, Option<ChainExpiry>), TlsError> {
+    let chain = load_certs(path)?;
+    let expiry = ChainExpiry::of_chain(path, chain.iter().map(|c| c.as_ref()));
+    Ok((chain, expiry))
+}
+
 /// The listener's settings: this certificate chain and key, no client certificates.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Loaded<ServerConfig>, TlsError> {
+    let (chain, expiry) = chain_with_expiry(cert)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rejected(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_single_cert(chain, load_key(key)?)
         .map_err(|e| {
             TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
         })?;
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        expiry,
+    })
 }
 
 /// Where the coordinator's calls to `https://` workers find trust and identity.
@@ -88,8 +111,8 @@ impl WorkerTls {
 }
 
 /// The client settings for `https://` workers: `--worker-ca` or the system roots, and the
-/// optional client certificate.
-pub fn client_config(settings: &WorkerTls) -> Result<Arc<ClientConfig>, TlsError> {
+/// optional client certificate (whose expiry comes with them).
+pub fn client_config(settings: &WorkerTls) -> Result<Loaded<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match &settings.ca {
         Some(ca) => {
@@ -114,13 +137,20 @@ pub fn client_config(settings: &WorkerTls) -> Result<Arc<ClientConfig>, TlsError
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rejected(e.to_string()))?
         .with_root_certificates(roots);
-    let config = match &settings.client_cert {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| {
-                TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
-            })?,
-        None => builder.with_no_client_auth(),
+    let (config, expiry) = match &settings.client_cert {
+        Some((cert, key)) => {
+            let (chain, expiry) = chain_with_expiry(cert)?;
+            let config = builder
+                .with_client_auth_cert(chain, load_key(key)?)
+                .map_err(|e| {
+                    TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
+                })?;
+            (config, expiry)
+        }
+        None => (builder.with_no_client_auth(), None),
     };
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        expiry,
+    })
 }

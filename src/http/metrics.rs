@@ -9,6 +9,7 @@ use crate::base::job::{PoolStatus, Priority};
 use crate::base::line_file::LineFigures;
 use crate::base::process;
 use crate::base::sync::lock;
+use crate::state::certificates::Presented;
 use crate::state::context::Context;
 use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
 use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
@@ -198,6 +199,41 @@ fn write_access_log(out: &mut Text, figures: &LineFigures) {
     }
 }
 
+/// When the certificates presented and the client keys expire (a family without samples when
+/// none is in use or none expires, so alert rules can name it all the same).
+fn write_expiries(out: &mut Text, ctx: &Context) {
+    out.family(
+        "trusted_pool_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When a certificate the coordinator presents expires (the earliest notAfter of its chain), in unix seconds: the listener's (--tls-cert) and the one shown to https:// workers (--worker-tls-cert).",
+    );
+    for what in Presented::ALL {
+        if let Some(expiry) = ctx.certificates.get(what) {
+            out.sample(
+                "trusted_pool_certificate_expiry_timestamp_seconds",
+                &[("certificate", what.as_str())],
+                expiry.not_after,
+            );
+        }
+    }
+    out.family(
+        "trusted_pool_client_key_expiry_timestamp_seconds",
+        "gauge",
+        "When a client key with an expires field stops being accepted, in unix seconds.",
+    );
+    if let Some(keys) = ctx.keys.get() {
+        for key in keys.keys() {
+            if let Some(at) = key.expires {
+                out.sample(
+                    "trusted_pool_client_key_expiry_timestamp_seconds",
+                    &[("key", &key.name)],
+                    at,
+                );
+            }
+        }
+    }
+}
+
 /// The state directory's filesystem: its room, the reserve and the submits refused for it.
 fn write_disk(out: &mut Text, reserve: &DiskReserve) {
     if let Ok(room) = reserve.room() {
@@ -323,6 +359,7 @@ pub fn render(ctx: &Context) -> String {
     if let Some(log) = &ctx.access_log {
         write_access_log(&mut out, log.figures());
     }
+    write_expiries(&mut out, ctx);
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

@@ -13,8 +13,8 @@ use crate::http::stored_view::stored_view;
 use crate::http::submit_key::{self, HEADER};
 use crate::http::upload::UploadBody;
 use crate::http::views::{
-    access_log_view, connections_view, disk_view, keys_view, pool_view, request_rate_view,
-    spool_view, status_json, store_view, worker_view,
+    access_log_view, certificates_view, connections_view, disk_view, keys_view, pool_view,
+    request_rate_view, spool_view, status_json, store_view, worker_view,
 };
 use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
 use crate::pool::control::{self, worker_id_from_url, ControlError, Deletion};
@@ -537,12 +537,14 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["store"]["wipes_waiting"] = ctx.spool.removals().pending_wipes().into();
     view["log_level"] = ctx.log_level.view();
     view["access_log"] = access_log_view(ctx.access_log.as_ref());
+    view["certificates"] = certificates_view(&ctx.certificates);
     view["caller"] = json!({"key": caller.name(), "role": caller.role().as_str()});
     if !caller.sees_all() {
         if let Some(fields) = view.as_object_mut() {
             fields.remove("workers");
             fields.remove("log_level");
             fields.remove("access_log");
+            fields.remove("certificates");
         }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());

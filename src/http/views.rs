@@ -7,6 +7,7 @@ use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority
 use crate::base::line_file::LineFile;
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
+use crate::state::certificates::{Certificates, Presented};
 use crate::state::pool_state::{DispatchHold, PoolState};
 use crate::state::request_rate::RequestRate;
 use crate::state::sources::Source;
@@ -241,6 +242,25 @@ pub fn access_log_view(log: Option<&LineFile>) -> Value {
         "lines_dropped": figures.dropped.load(Ordering::Relaxed),
         "lines_failed": figures.failed.load(Ordering::Relaxed),
     })
+}
+
+/// The `/pool` view of the certificates the coordinator presents: for each in use, its file,
+/// when it expires and how many days are left (negative once past); null for one not in use.
+pub fn certificates_view(certificates: &Certificates) -> Value {
+    let now = unix_now();
+    let mut view = serde_json::Map::new();
+    for what in Presented::ALL {
+        let entry = certificates.get(what).map(|e| {
+            json!({
+                "file": e.file.display().to_string(),
+                "expires": utc_text(e.not_after),
+                "days_left": ((e.not_after as f64 - now) / 864.0).round() / 100.0,
+                "earliest_in_chain": format!("{} of {}", e.position, e.chain),
+            })
+        });
+        view.insert(what.as_str().to_string(), entry.into());
+    }
+    Value::Object(view)
 }
 
 /// The `/pool` figures of the request rate per client address (`--max-requests-per-ip`).

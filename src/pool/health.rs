@@ -7,6 +7,7 @@
 use crate::base::clock::unix_now;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::sync::lock;
+use crate::pool::expiry;
 use crate::state::context::Context;
 use crate::state::metrics::ProbeResult;
 use crate::state::pool_state::PoolState;
@@ -40,6 +41,7 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
         }
         ctx.store.stalled_for();
         ctx.store.file_lost();
+        expiry::remind_daily(&ctx);
         let next = ctx
             .lock()
             .workers

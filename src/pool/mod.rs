@@ -1,12 +1,14 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker, queue timeouts, result collection, worker streams, job announcements, reruns of lost jobs and recovery at start; the
-//! controls and reloads that change them while they run. May
-//! import `state`, `worker`, `store` and `base`.
+//! checker (and its daily reminder of expiring keys and certificates), queue timeouts, result
+//! collection, worker streams, job announcements, reruns of lost jobs and recovery at start;
+//! the controls and reloads that change them while they run. May import `state`, `worker`,
+//! `store` and `base`.
 
 pub mod announce;
 pub mod collect;
 pub mod control;
 pub mod dispatch;
+pub mod expiry;
 pub mod health;
 pub mod queue_timeout;
 pub mod quota_stats;

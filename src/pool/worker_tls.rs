@@ -2,6 +2,8 @@
 //! rotated client certificate or CA takes effect without a restart.
 
 use crate::base::tls;
+use crate::pool::expiry;
+use crate::state::certificates::Presented;
 use crate::state::context::Context;
 
 /// Re-reads the TLS settings of `https://` workers: `--worker-ca` (or the system's CA
@@ -27,9 +29,10 @@ pub fn reload(ctx: &Context) {
         None => "no client certificate".to_string(),
     };
     match tls::client_config(settings) {
-        Ok(config) => {
-            ctx.client.replace_tls(config);
+        Ok(loaded) => {
+            ctx.client.replace_tls(loaded.config);
             log::info!("Worker TLS settings reloaded: {trusted}, {presented}");
+            expiry::use_certificate(ctx, Presented::WorkerClient, loaded.expiry);
         }
         Err(e) => log::error!("Worker TLS settings not reloaded, the old ones stay: {e}"),
     }

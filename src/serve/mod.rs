@@ -15,7 +15,8 @@ use crate::base::line_file::{LineFile, LineTarget};
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
-use crate::pool::{control, health, recovery, reload, scheduler, worker_tls};
+use crate::pool::{control, expiry, health, recovery, reload, scheduler, worker_tls};
+use crate::state::certificates::Presented;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::dir_lock::{DirLock, DirLockError};
@@ -150,7 +151,6 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
                 path.display(),
                 key_names(&keys)
             );
-            warn_of_expiry(&keys);
             Some(keys)
         }
         None => None,
@@ -181,11 +181,16 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .then(|| tls::client_config(&config.worker_tls))
         .transpose()
         .map_err(ServeError::Tls)?;
-    let acceptor = match &config.tls {
-        Some((cert, key)) => Some(Arc::new(tiny_http::TlsAcceptor::new(
-            tls::server_config(cert, key).map_err(ServeError::Tls)?,
-        ))),
-        None => None,
+    let worker_client_expiry = worker_tls.as_ref().and_then(|t| t.expiry.clone());
+    let (acceptor, listener_expiry) = match &config.tls {
+        Some((cert, key)) => {
+            let loaded = tls::server_config(cert, key).map_err(ServeError::Tls)?;
+            (
+                Some(Arc::new(tiny_http::TlsAcceptor::new(loaded.config))),
+                loaded.expiry,
+            )
+        }
+        None => (None, None),
     };
     let limits = tiny_http::Limits {
         max_connections: config.max_connections,
@@ -204,7 +209,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let mut table = PoolState::new(specs, Instant::now());
     table.queue.set_aging(Some(config.priority_aging));
     let (mut ctx, signals) = Context::new(config, table, spool, store);
-    ctx.client = WorkerClient::with_tls(timeouts, worker_tls);
+    ctx.client = WorkerClient::with_tls(timeouts, worker_tls.map(|t| t.config));
+    ctx.certificates.set(Presented::Listener, listener_expiry);
+    ctx.certificates
+        .set(Presented::WorkerClient, worker_client_expiry);
     ctx.connections = server.connection_counts();
     ctx.access_log = access_log;
     // The address bound (with `--port 0`, the port the system chose).
@@ -221,6 +229,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     let ctx = Arc::new(ctx);
     ctx.attach();
+    expiry::remind_daily(&ctx);
     control::restore_drains(&ctx);
     control::restore_submits_pause(&ctx);
     // Listed before recovery restarts any collection: every one of them is an earlier run's.
@@ -372,7 +381,7 @@ fn control(
                 worker_tls::reload(&ctx);
                 reload_api_keys(&ctx);
                 health::trust_again(&ctx);
-                reload_listener_tls(reload);
+                reload_listener_tls(&ctx, reload);
                 if let Some(access_log) = &ctx.access_log {
                     access_log.reopen();
                 }
@@ -413,13 +422,6 @@ fn key_names(keys: &api_keys::KeySet) -> String {
     names.join(", ")
 }
 
-/// Warns of keys that expired or expire within a week.
-fn warn_of_expiry(keys: &api_keys::KeySet) {
-    for warning in api_keys::expiry_warnings(keys, unix_now() as u64) {
-        log::warn!("{warning}");
-    }
-}
-
 /// Re-reads `--api-keys`: a valid file replaces the keys in force at once; a bad one is
 /// refused, logged, and the old keys stay.
 fn reload_api_keys(ctx: &Context) {
@@ -434,7 +436,7 @@ fn reload_api_keys(ctx: &Context) {
                 path.display(),
                 key_names(&keys)
             );
-            warn_of_expiry(&keys);
+            expiry::warn_of_keys(&keys, unix_now() as u64);
             ctx.keys.set(keys);
         }
         Err(e) => log::error!(
@@ -446,14 +448,15 @@ fn reload_api_keys(ctx: &Context) {
 
 /// Re-reads the listener's certificate and key; new connections use them. A bad pair is
 /// refused and logged, and the old one stays.
-fn reload_listener_tls(reload: &Reload) {
+fn reload_listener_tls(ctx: &Context, reload: &Reload) {
     let Some(((cert, key), acceptor)) = &reload.listener_tls else {
         return;
     };
     match tls::server_config(cert, key) {
-        Ok(config) => {
-            acceptor.replace(config);
+        Ok(loaded) => {
+            acceptor.replace(loaded.config);
             log::info!("TLS certificate reloaded from {}", cert.display());
+            expiry::use_certificate(ctx, Presented::Listener, loaded.expiry);
         }
         Err(e) => log::error!("TLS certificate not reloaded, the old one stays: {e}"),
     }

@@ -8,6 +8,7 @@ use crate::base::line_file::LineFile;
 use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
+use crate::state::certificates::Certificates;
 use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::PoolState;
@@ -81,6 +82,8 @@ pub struct Context {
     pub access_log: Option<LineFile>,
     /// The log level in force (`--log-level`, or an operator's change for a while).
     pub log_level: Arc<LogLevel>,
+    /// The certificates presented and when they expire.
+    pub certificates: Certificates,
     /// Requests waiting in [`Context::lock_collected`], per stripe (see [`stripe`]).
     collection_waiters: [AtomicUsize; COLLECTION_STRIPES],
     /// Signalled with the pool lock when a collection attempt of a job of the stripe ends.
@@ -134,6 +137,7 @@ impl Context {
             submit_keys: SubmitKeys::default(),
             access_log: None,
             log_level,
+            certificates: Certificates::default(),
             collection_waiters: std::array::from_fn(|_| AtomicUsize::new(0)),
             collection_ended: std::array::from_fn(|_| Condvar::new()),
             state: Mutex::new(state),

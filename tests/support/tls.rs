@@ -58,10 +58,24 @@ impl TestCa {
     /// Signs a certificate for 127.0.0.1 and localhost (server or client use), written to
     /// `<dir>/<name>.crt` and `<dir>/<name>.key`; returns (certificate, key) paths.
     pub fn issue(&self, name: &str, client: bool) -> (PathBuf, PathBuf) {
+        self.issue_until(name, client, None)
+    }
+
+    /// As [`TestCa::issue`], valid until midnight (UTC) of `until` (year, month, day) when
+    /// given (rcgen's far future otherwise).
+    pub fn issue_until(
+        &self,
+        name: &str,
+        client: bool,
+        until: Option<(i32, u8, u8)>,
+    ) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
                 .expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
+        if let Some((year, month, day)) = until {
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
         params.extended_key_usages = vec![if client {
             ExtendedKeyUsagePurpose::ClientAuth
         } else {
