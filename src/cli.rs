@@ -113,6 +113,8 @@ OPTIONS:
                              it to --max-connections                         [default: 512]
     --max-requests-per-ip N  requests a second one address may make (bursts of N); more
                              are answered 429; 0 = no limit                  [default: 0]
+    --trusted-proxies LIST   reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For
+                             names the client, for the request rate and the logs [default: none]
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP
@@ -583,6 +585,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             "--max-requests-per-ip",
             count_or_zero,
             d.max_requests_per_ip,
+        )?,
+        trusted_proxies: value(
+            args,
+            "--trusted-proxies",
+            addresses::parse_blocks,
+            Vec::new(),
         )?,
         max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
         tls: pair(args, "--tls-cert", "--tls-key")?,

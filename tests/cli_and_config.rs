@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 28] = [
+const FLAGS: [&str; 29] = [
     "--port",
     "--bind",
     "--workers",
@@ -48,6 +48,7 @@ const FLAGS: [&str; 28] = [
     "--retain-bytes",
     "--max-connections-per-ip",
     "--max-requests-per-ip",
+    "--trusted-proxies",
     "--max-results-bytes",
     "--log-format",
 ];
@@ -231,6 +232,9 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--max-reruns", "101"], "--max-reruns"),
         (&["--max-requests-per-ip", "many"], "--max-requests-per-ip"),
+        (&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
+        (&["--trusted-proxies", "proxy.lan"], "--trusted-proxies"),
+        (&["--trusted-proxies", "10.0.0.1,"], "--trusted-proxies"),
         (&["--max-reruns", "-1"], "--max-reruns"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),

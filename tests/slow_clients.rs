@@ -896,14 +896,12 @@ fn without_threads_to_start_requests_are_refused_with_503_and_serving_resumes() 
 
 /// `GET path` from 127.0.0.2 (another client address on this host): its status.
 fn status_from_other_address(coordinator: &Coordinator, path: &str) -> u16 {
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
-    let other = std::net::IpAddr::from([127, 0, 0, 2]);
-    let mut stream = trusted_pool::worker::bound_socket::connect_from(other, remote, DEADLINE)
-        .unwrap_or_else(|e| panic!("connect from {other}: {e:?}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send");
-    let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
-    status_of(&answer)
+    status_from_with(
+        coordinator,
+        std::net::IpAddr::from([127, 0, 0, 2]),
+        path,
+        "",
+    )
 }
 
 /// Under `--max-requests-per-ip`, an address that asks faster than its rate gets 429 with
@@ -965,5 +963,105 @@ fn requests_beyond_one_addresses_rate_are_answered_429_and_others_are_served() {
             .contains("Refusing requests from 127.0.0.1: more than --max-requests-per-ip 5"),
         "{}",
         coordinator.logs()
+    );
+}
+
+/// `GET path` from `from` with the extra header lines `headers` (each ending in CRLF): its
+/// status.
+fn status_from_with(
+    coordinator: &Coordinator,
+    from: std::net::IpAddr,
+    path: &str,
+    headers: &str,
+) -> u16 {
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
+    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: pool\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
+    status_of(&answer)
+}
+
+/// Behind a reverse proxy listed in `--trusted-proxies`, each client its `X-Forwarded-For`
+/// names has a request rate of its own, and is the address the access log and the log name
+/// (a client's own `X-Forwarded-For` entries, left of the proxy's, change nothing); the header
+/// from an address that is not a trusted proxy is ignored.
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() {
+    let worker = FakeWorker::start();
+    let dir = support::temp_dir();
+    let access = dir.path().join("access.log");
+    let access_arg = access.to_string_lossy().into_owned();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--max-requests-per-ip",
+            "5",
+            "--trusted-proxies",
+            "127.0.0.1,10.0.0.0/8",
+            "--access-log",
+            &access_arg,
+        ],
+    );
+    assert!(coordinator.wait_for_log(
+        "Client addresses of requests from 127.0.0.1/32, 10.0.0.0/8 are read from their X-Forwarded-For",
+        DEADLINE
+    ));
+    let forwarded = |chain: &str| {
+        support::send_with(
+            "GET",
+            &coordinator.url("/jobs"),
+            &[("X-Forwarded-For", chain)],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // The client 198.51.100.7, which sent an X-Forwarded-For of its own, through two proxies.
+    let refused = (0..200)
+        .map(|_| forwarded("6.6.6.6, 198.51.100.7, 10.1.1.1"))
+        .find(|reply| reply.status != 200)
+        .unwrap_or_else(|| panic!("never refused"));
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    // Another client behind the same proxy, and the proxy's own requests, are served.
+    assert_eq!(forwarded("198.51.100.8").status, 200);
+    assert_eq!(support::get(&coordinator.url("/jobs")).0, 200);
+    assert!(coordinator.wait_for_log(
+        "Refusing requests from 198.51.100.7: more than --max-requests-per-ip 5",
+        DEADLINE
+    ));
+    // 127.0.0.2 is no trusted proxy: what it says it forwards for is not believed.
+    let stranger = std::net::IpAddr::from([127, 0, 0, 2]);
+    let status = status_from_with(
+        &coordinator,
+        stranger,
+        "/pool",
+        "X-Forwarded-For: 198.51.100.9\r\n",
+    );
+    assert_eq!(status, 200);
+    let lines = support::poll_until(DEADLINE, || {
+        let text = std::fs::read_to_string(&access).ok()?;
+        text.lines()
+            .any(|l| l.contains(" 127.0.0.2 - GET \"/pool\" 200 "))
+            .then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no line of 127.0.0.2's request"));
+    for line in [
+        " 198.51.100.7 - GET \"/jobs\" 200 ",
+        " 198.51.100.7 - GET \"/jobs\" 429 ",
+        " 198.51.100.8 - GET \"/jobs\" 200 ",
+        " 127.0.0.1 - GET \"/jobs\" 200 ",
+    ] {
+        assert!(lines.contains(line), "no {line:?} in\n{lines}");
+    }
+    for never in ["6.6.6.6", "10.1.1.1", "198.51.100.9"] {
+        assert!(!lines.contains(never), "{never} in\n{lines}");
+    }
+    let pool = get_json(&coordinator.url("/pool")).1;
+    assert_eq!(
+        pool["requests"]["trusted_proxies"],
+        serde_json::json!(["127.0.0.1/32", "10.0.0.0/8"]),
+        "{pool}"
     );
 }

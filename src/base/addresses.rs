@@ -1,6 +1,8 @@
 //! Lists of source addresses (`--source-addresses`, a worker's `"source_addresses"`): IPv4 and
-//! IPv6 addresses and CIDR blocks, expanded to single addresses.
+//! IPv6 addresses and CIDR blocks, expanded to single addresses; and blocks of addresses kept
+//! whole and asked whether they hold an address (`--trusted-proxies`).
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Most addresses one list may expand to (a CIDR block past this is refused, not truncated).
@@ -81,6 +83,76 @@ fn usable(addr: IpAddr) -> Result<IpAddr, String> {
     Ok(addr)
 }
 
+/// An address block (`10.0.0.0/8`, `fd00::/8`; a single address is its own block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressBlock {
+    network: IpAddr,
+    prefix: u32,
+}
+
+impl AddressBlock {
+    /// Whether `addr` is in the block (an IPv4-mapped IPv6 address as its IPv4 address).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        if addr.is_ipv4() != self.network.is_ipv4() {
+            return false;
+        }
+        let host_bits = if addr.is_ipv4() { 32 } else { 128 } - self.prefix;
+        host_bits >= 128 || to_number(addr) >> host_bits == to_number(self.network) >> host_bits
+    }
+
+    /// Whether the block holds every address of its family (`0.0.0.0/0`, `::/0`).
+    pub fn is_everything(&self) -> bool {
+        self.prefix == 0
+    }
+}
+
+impl fmt::Display for AddressBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Parses a comma-separated list of addresses and CIDR blocks, such as
+/// `127.0.0.1,10.0.0.0/8,fd00::/8`, into blocks (a block's host bits are cleared).
+pub fn parse_blocks(text: &str) -> Result<Vec<AddressBlock>, String> {
+    let mut blocks = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(
+                "an empty entry (an empty list, two commas in a row, or a trailing comma)"
+                    .to_string(),
+            );
+        }
+        let (address, prefix) = item.split_once('/').unwrap_or((item, ""));
+        let network = address
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{item:?}: {address:?} is not an IPv4 or IPv6 address"))?
+            .to_canonical();
+        let width: u32 = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() && !item.contains('/') {
+            width
+        } else {
+            prefix
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("{item:?}: the prefix length must be 0-{width}"))?
+        };
+        let host_bits = width - prefix;
+        let number = if host_bits >= 128 {
+            0
+        } else {
+            to_number(network) >> host_bits << host_bits
+        };
+        blocks.push(AddressBlock {
+            network: from_number(number, network.is_ipv4()),
+            prefix,
+        });
+    }
+    Ok(blocks)
+}
+
 fn to_number(addr: IpAddr) -> u128 {
     match addr {
         IpAddr::V4(a) => u128::from(u32::from(a)),
@@ -130,6 +202,53 @@ mod tests {
         );
         assert_eq!(parse_list("fd00::/120").map(|l| l.len()), Ok(256));
         assert_eq!(list("127.0.0.2,127.0.0.2/32,::1"), ["127.0.0.2", "::1"]);
+    }
+
+    #[test]
+    fn blocks_hold_their_addresses_and_no_others() {
+        let blocks = parse_blocks("127.0.0.1, 10.1.2.3/8,fd00::/8, ::1").expect("blocks");
+        let shown: Vec<String> = blocks.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8", "::1/128"]);
+        let held = |text: &str| {
+            let addr: IpAddr = text.parse().expect("address");
+            blocks.iter().any(|b| b.contains(addr))
+        };
+        for inside in [
+            "127.0.0.1",
+            "10.0.0.0",
+            "10.255.255.255",
+            "fd12::7",
+            "::1",
+            "::ffff:10.9.9.9",
+        ] {
+            assert!(held(inside), "{inside}");
+        }
+        for outside in [
+            "127.0.0.2",
+            "11.0.0.0",
+            "9.255.255.255",
+            "fe00::1",
+            "::2",
+            "::ffff:127.0.0.2",
+        ] {
+            assert!(!held(outside), "{outside}");
+        }
+        let everything = parse_blocks("0.0.0.0/0,::/0").expect("blocks");
+        assert!(everything.iter().all(AddressBlock::is_everything));
+        assert!(everything[0].contains("203.0.113.9".parse().expect("v4")));
+        assert!(!everything[0].contains("2001:db8::1".parse().expect("v6")));
+        assert!(everything[1].contains("2001:db8::1".parse().expect("v6")));
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "proxy",
+            "10.0.0.1,",
+            "10.0.0.0/-1",
+        ] {
+            assert!(parse_blocks(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The settings of a running coordinator, shared by every layer that reads them.
 
+use crate::base::addresses::AddressBlock;
 use crate::base::line_file::LineTarget;
 use crate::base::tls::WorkerTls;
 use log::LevelFilter;
@@ -157,6 +158,8 @@ pub struct ServeConfig {
     pub max_connections_per_ip: usize,
     /// Requests a second one address may make on average (0: no limit).
     pub max_requests_per_ip: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: Vec<AddressBlock>,
     /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
     pub max_uploads: usize,
     /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
@@ -210,6 +213,7 @@ impl Default for ServeConfig {
             max_connections: 1024,
             max_connections_per_ip: 512,
             max_requests_per_ip: 0,
+            trusted_proxies: Vec::new(),
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),

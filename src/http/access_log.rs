@@ -6,6 +6,7 @@
 
 use crate::base::clock::rfc3339;
 use crate::base::config::LogFormat;
+use crate::http::client_address::client_address;
 use crate::state::context::Context;
 use serde_json::json;
 use std::fmt::Write;
@@ -38,7 +39,7 @@ impl Access {
         ctx.access_log.as_ref()?;
         Some(Access {
             started: Instant::now(),
-            client: request.remote_addr().map(|a| a.ip()),
+            client: client_address(&ctx.config.trusted_proxies, request),
             method: request.method().to_string(),
             target: cut(request.url()),
             key: None,

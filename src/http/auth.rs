@@ -10,6 +10,7 @@
 use crate::base::api_keys::{ApiKey, Role};
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
+use crate::http::client_address::client_address;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
@@ -120,9 +121,8 @@ pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
     let Some(keys) = ctx.keys.get() else {
         return Ok(Caller::open());
     };
-    let from = request
-        .remote_addr()
-        .map_or_else(|| "?".to_string(), |a| a.ip().to_string());
+    let from = client_address(&ctx.config.trusted_proxies, request)
+        .map_or_else(|| "?".to_string(), |a| a.to_string());
     let Some(token) = bearer(request) else {
         log::info!(
             "Refused {} {}: no client key (from {from})",

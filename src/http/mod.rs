@@ -1,10 +1,12 @@
-//! The client-facing front: the handler pool over tiny_http, routing, client keys, replies and
+//! The client-facing front: the handler pool over tiny_http, routing, client keys and client
+//! addresses (through trusted proxies), replies and
 //! errors, the JSON views, the submit upload, outputs and logs, job followers, sandrun's own
 //! client API and CORS, the Prometheus metrics, the dashboard, the state directory's snapshot.
 //! May import `pool`, `state`, `worker`, `store` and `base`.
 
 pub mod access_log;
 pub mod auth;
+pub mod client_address;
 pub mod cors;
 pub mod dashboard;
 pub mod follow;

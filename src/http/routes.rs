@@ -6,6 +6,7 @@ use crate::base::paths::percent_decode;
 use crate::base::sync::lock;
 use crate::http::access_log::Access;
 use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visible_job, Caller};
+use crate::http::client_address::client_address;
 use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
@@ -182,7 +183,7 @@ fn over_rate(ctx: &Context, wait: Duration) -> Reply {
 pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Access>) -> Reply {
     let url = request.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or_default();
-    let from = request.remote_addr().map(|a| a.ip());
+    let from = client_address(&ctx.config.trusted_proxies, request);
     if let Err(wait) = ctx.request_rate.admit(from, path, Instant::now()) {
         return over_rate(ctx, wait);
     }
@@ -523,6 +524,13 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
     view["connections"] = connections_view(&ctx.connections, &ctx.config);
     view["requests"] = request_rate_view(&ctx.request_rate);
+    view["requests"]["trusted_proxies"] = ctx
+        .config
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .into();
     view["followers"] = json!({
         "following": ctx.events.follower_count(),
         "max": ctx.events.max_followers(),
@@ -545,6 +553,9 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
             fields.remove("log_level");
             fields.remove("access_log");
             fields.remove("certificates");
+        }
+        if let Some(fields) = view["requests"].as_object_mut() {
+            fields.remove("trusted_proxies");
         }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());

@@ -7,6 +7,7 @@ pub mod notify;
 pub mod shutdown;
 pub mod signals;
 
+use crate::base::addresses::AddressBlock;
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::clock::unix_now;
 use crate::base::config::{LogFormat, ServeConfig};
@@ -156,6 +157,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         None => None,
     };
     check_open_file_limit(config.max_connections);
+    log_trusted_proxies(&config.trusted_proxies);
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
@@ -412,6 +414,23 @@ fn check_open_file_limit(max_connections: usize) {
             "The open-file limit ({}) leaves room for about {} client connections, fewer than --max-connections {max_connections}: beyond that, new connections are refused with 503. Raise the limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower --max-connections",
             limit.now,
             limit.connections()
+        );
+    }
+}
+
+/// Says whose `X-Forwarded-For` is believed, and warns when that is anybody's.
+fn log_trusted_proxies(proxies: &[AddressBlock]) {
+    if proxies.is_empty() {
+        return;
+    }
+    let list: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+    log::info!(
+        "Client addresses of requests from {} are read from their X-Forwarded-For (--trusted-proxies)",
+        list.join(", ")
+    );
+    if let Some(all) = proxies.iter().find(|b| b.is_everything()) {
+        log::warn!(
+            "--trusted-proxies holds {all}: any client can name any address in X-Forwarded-For, and so escape --max-requests-per-ip and stand as another in the logs; list only the proxies' addresses"
         );
     }
 }
