@@ -437,6 +437,10 @@ fn connections_beyond_the_limit_are_refused() {
         "never served again after the held connections closed"
     );
     assert!(refused_for(&coordinator, "limit") >= 1);
+    assert!(coordinator.wait_for_log(
+        "Refusing new connections: 8 are open, the most served at once; 1 refused since the last such line",
+        DEADLINE
+    ));
     if let Some(threads) = threads {
         assert!(threads < 60, "{threads} threads for 8 connections");
     }
@@ -472,6 +476,10 @@ fn connections_beyond_one_addresses_share_are_refused_and_others_are_served() {
     drop(held);
     assert!(refused_for(&coordinator, "address") >= 1);
     assert_eq!(refused_for(&coordinator, "limit"), 0);
+    assert!(coordinator.wait_for_log(
+        "Refusing new connections from 127.0.0.1: it has 4 open, the most one client address may hold; 1 refused",
+        DEADLINE
+    ));
 }
 
 #[test]

@@ -104,7 +104,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
@@ -420,6 +420,9 @@ impl Server {
 
             // Patched: a failed accept is waited out, never the end of the loop.
             let mut trouble = util::AcceptTrouble::new();
+            // Patched: refusals at the limits are logged, at most once a minute each.
+            let mut over_limit = util::RefusalLog::new();
+            let mut over_share = util::RefusalLog::new();
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let (client, refusal, address_slot) = match server.accept() {
@@ -429,6 +432,12 @@ impl Server {
                         if live.open.load(Acquire) >= limits.max_connections {
                             live.refused_over_limit.fetch_add(1, Relaxed);
                             refuse(&sock, ssl.is_some());
+                            if let Some(count) = over_limit.due(Instant::now()) {
+                                log::warn!(
+                                    "Refusing new connections: {} are open, the most served at once; {count} refused since the last such line",
+                                    limits.max_connections
+                                );
+                            }
                             continue;
                         }
                         // Patched: so is one beyond its client address's share.
@@ -443,6 +452,13 @@ impl Server {
                                             ssl.is_some(),
                                             "too many connections from your address; close some, or retry shortly",
                                         );
+                                        if let Some(count) = over_share.due(Instant::now()) {
+                                            log::warn!(
+                                                "Refusing new connections from {}: it has {} open, the most one client address may hold; {count} refused since the last such line",
+                                                peer.ip(),
+                                                per_address.limit
+                                            );
+                                        }
                                         continue;
                                     }
                                 }
