@@ -2,6 +2,7 @@
 
 use crate::base::addresses;
 use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
+use crate::base::cert_expiry::ExpiryWarning;
 use crate::base::clock::{parse_utc, unix_now, utc_text};
 use crate::base::config::{DiskReserveSetting, FsyncMode, LogFormat, ServeConfig};
 use crate::base::hex::hex;
@@ -781,11 +782,11 @@ fn check_certificate(cert: &std::path::Path, key: &std::path::Path) -> i32 {
         return 0;
     };
     match expiry.warning("The certificate chain", now) {
-        Some((true, line)) => {
+        Some(ExpiryWarning::Expired(line)) => {
             eprintln!("error: {line}");
             1
         }
-        Some((false, line)) => {
+        Some(ExpiryWarning::Soon(line)) => {
             println!("warning: {line}");
             println!("{}: loads with {}, OK", cert.display(), key.display());
             0

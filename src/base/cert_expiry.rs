@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 /// certificates are renewed 30 days before their end, so a warning means renewal has failed).
 pub const EXPIRY_WARNING: u64 = 14 * 86_400;
 
+/// What an operator is told of a certificate near its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpiryWarning {
+    /// It has expired: TLS clients refuse it.
+    Expired(String),
+    /// It expires within [`EXPIRY_WARNING`].
+    Soon(String),
+}
+
 /// When a chain from a PEM file stops being valid: its earliest `notAfter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainExpiry {
@@ -46,9 +55,9 @@ impl ChainExpiry {
     }
 
     /// What to tell an operator at unix time `now` about the certificate serving as `what` (the
-    /// listener's, the one presented to workers): `Some((expired, line))` once it is expired or
-    /// within [`EXPIRY_WARNING`] of it, else `None`.
-    pub fn warning(&self, what: &str, now: u64) -> Option<(bool, String)> {
+    /// listener's, the one presented to workers) once it is expired or within
+    /// [`EXPIRY_WARNING`] of it.
+    pub fn warning(&self, what: &str, now: u64) -> Option<ExpiryWarning> {
         let which = match (self.position, self.chain) {
             (_, 1) => String::new(),
             (1, n) => format!(", the first of {n} in the file"),
@@ -57,20 +66,16 @@ impl ChainExpiry {
         let at = utc_text(self.not_after);
         let file = self.file.display();
         if now >= self.not_after {
-            return Some((
-                true,
-                format!("{what} ({file}{which}) expired at {at}: TLS clients refuse it; put a renewed certificate in place and send SIGHUP"),
-            ));
+            return Some(ExpiryWarning::Expired(format!(
+                "{what} ({file}{which}) expired at {at}: TLS clients refuse it; put a renewed certificate in place and send SIGHUP"
+            )));
         }
         let left = self.not_after - now;
         (left <= EXPIRY_WARNING).then(|| {
-            (
-                false,
-                format!(
-                    "{what} ({file}{which}) expires at {at} (in {:.1} days); renew it and send SIGHUP before then",
-                    left as f64 / 86_400.0
-                ),
-            )
+            ExpiryWarning::Soon(format!(
+                "{what} ({file}{which}) expires at {at} (in {:.1} days); renew it and send SIGHUP before then",
+                left as f64 / 86_400.0
+            ))
         })
     }
 }
@@ -209,18 +214,14 @@ mod tests {
             expiry.warning("The certificate", at - EXPIRY_WARNING - 1),
             None
         );
-        let (expired, soon) = expiry
-            .warning("The certificate", at - 86_400)
-            .expect("warned");
-        assert!(!expired);
         assert_eq!(
-            soon,
-            "The certificate (/etc/tp/cert.pem, certificate 2 of 2 in the file) expires at 2027-03-14T00:00:00Z (in 1.0 days); renew it and send SIGHUP before then"
+            expiry.warning("The certificate", at - 86_400),
+            Some(ExpiryWarning::Soon("The certificate (/etc/tp/cert.pem, certificate 2 of 2 in the file) expires at 2027-03-14T00:00:00Z (in 1.0 days); renew it and send SIGHUP before then".to_string()))
         );
-        let (expired, line) = expiry.warning("The certificate", at).expect("warned");
+        let warned = expiry.warning("The certificate", at);
         assert!(
-            expired && line.contains("expired at 2027-03-14T00:00:00Z"),
-            "{line}"
+            matches!(&warned, Some(ExpiryWarning::Expired(line)) if line.contains("expired at 2027-03-14T00:00:00Z")),
+            "{warned:?}"
         );
         assert_eq!(ChainExpiry::of_chain(Path::new("x"), [&b"junk"[..]]), None);
     }

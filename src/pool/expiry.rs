@@ -4,7 +4,7 @@
 //! end without waiting for a restart.
 
 use crate::base::api_keys::{self, KeySet};
-use crate::base::cert_expiry::ChainExpiry;
+use crate::base::cert_expiry::{ChainExpiry, ExpiryWarning};
 use crate::base::clock::unix_now;
 use crate::state::certificates::Presented;
 use crate::state::context::Context;
@@ -18,10 +18,10 @@ pub fn warn_of_keys(keys: &KeySet, now: u64) {
 
 /// Logs the warning, if any, of the certificate presented as `what` at unix time `now`: an
 /// error once it expired, a warning within two weeks of it.
-pub fn warn_of_certificate(what: Presented, expiry: Option<&ChainExpiry>, now: u64) {
+fn warn_of_certificate(what: Presented, expiry: Option<&ChainExpiry>, now: u64) {
     match expiry.and_then(|e| e.warning(what.described(), now)) {
-        Some((true, line)) => log::error!("{line}"),
-        Some((false, line)) => log::warn!("{line}"),
+        Some(ExpiryWarning::Expired(line)) => log::error!("{line}"),
+        Some(ExpiryWarning::Soon(line)) => log::warn!("{line}"),
         None => {}
     }
 }
