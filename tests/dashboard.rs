@@ -1,7 +1,7 @@
 //! `/dashboard` in a real headless Chromium against the real binary and fake workers: the page's
 //! scripts run under its Content-Security-Policy without an error, the workers table shows every
-//! worker with its health, the job list shows the submitted jobs, and a finished job's output
-//! link downloads its file. Screenshots (desktop and phone width) are saved under `target/tmp/`
+//! worker with its health, the job list shows the submitted jobs, a certificate near its end
+//! shows in the coordinator's parts, and a finished job's output link downloads its file. Screenshots (desktop and phone width) are saved under `target/tmp/`
 //! for a person to look at. Also `/activity`, the JSON the page reads besides `/pool`.
 //!
 //! The operator buttons are clicked in Chromium driven over the DevTools protocol
@@ -24,6 +24,7 @@ use serde_json::Value;
 use support::devtools::DevTools;
 use support::lifecycle::{job_status, submit, wait_collected, wait_healthy, wait_status};
 use support::page_server::headless_chromium;
+use support::tls::{days_from_now, TestCa};
 use support::{
     get, get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form, Reply,
 };
@@ -117,6 +118,15 @@ fn tags<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The dumped DOM of the coordinator's part `name` (its table row, to its end).
+fn coordinator_part<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
+    let row = tags(dom, "tr")
+        .into_iter()
+        .find(|t| attribute(t, "data-part") == Some(name))?;
+    let at = dom.find(row)?;
+    Some(&dom[at..dom[at..].find("</tr>").map_or(dom.len(), |end| at + end)])
+}
+
 /// A worker id in URL-safe base64 without padding, as the page puts it in a path.
 fn url_safe(worker_id: &str) -> String {
     worker_id
@@ -134,9 +144,25 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     let a = FakeWorker::start();
     let b = FakeWorker::start();
     let sick = FakeWorker::start_with(|k| k.fail_health = true);
+    // A client certificate for https:// workers three days from its end.
+    let certs = support::temp_dir();
+    let ca = TestCa::new(certs.path(), "ca");
+    let (soon, _) = days_from_now(3);
+    let (client_cert, client_key) = ca.issue_until("coordinator", true, Some(soon));
+    let tls_args =
+        [ca.path("ca"), client_cert, client_key].map(|p| p.to_string_lossy().into_owned());
     let coordinator = Coordinator::start(
         &[a.entry(2), b.entry(2), sick.entry(1)],
-        &["--track-interval", "0.1"],
+        &[
+            "--track-interval",
+            "0.1",
+            "--worker-ca",
+            &tls_args[0],
+            "--worker-tls-cert",
+            &tls_args[1],
+            "--worker-tls-key",
+            &tls_args[2],
+        ],
     );
     wait_healthy(&coordinator, &[&a, &b], DEADLINE);
     let done: Vec<String> = (0..2).map(|_| submit(&coordinator, &job())).collect();
@@ -248,6 +274,14 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
             .unwrap_or_else(|| panic!("job {id} not in the list:\n{dom}"));
         assert_eq!(attribute(row, "data-status"), Some(wanted), "{row}");
     }
+    let part = coordinator_part(&dom, "certificates")
+        .unwrap_or_else(|| panic!("no certificates part:\n{dom}"));
+    assert!(
+        part.contains(">expires soon<")
+            && part.contains("client certificate to workers")
+            && part.contains("days left; renew it and send SIGHUP"),
+        "{part}"
+    );
     let buttons = tags(&dom, "button");
     let drain = format!("/workers/{}/drain", url_safe(&a.worker_id()));
     assert!(
@@ -306,12 +340,8 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         ],
     );
     std::fs::rename(&aside, &state).unwrap_or_else(|e| panic!("{e}"));
-    let store = tags(&dom, "tr")
-        .into_iter()
-        .find(|t| attribute(t, "data-part") == Some("job store"))
+    let part = coordinator_part(&dom, "job store")
         .unwrap_or_else(|| panic!("no job store part; stderr:\n{stderr}\n{dom}"));
-    let at = dom.find(store).unwrap_or_default();
-    let part = &dom[at..dom[at..].find("</tr>").map_or(dom.len(), |end| at + end)];
     assert!(
         part.contains(">lost<") && part.contains("was removed while the coordinator runs"),
         "{part}"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::lifecycle::{submit, wait_collected, wait_status};
-use support::tls::{cert_der, https_get, TestCa, TlsProxy};
+use support::tls::{cert_der, days_from_now, https_get, TestCa, TlsProxy};
 use support::{
     get_bytes, get_json, poll_until, send, temp_dir, write_workers_json, Coordinator, FakeWorker,
     Form,
@@ -356,20 +356,6 @@ fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() 
         back.is_some(),
         "not served again after the held connections closed"
     );
-}
-
-/// The UTC date `days` from now, as (year, month, day) and as `YYYY-MM-DD`.
-fn days_from_now(days: u32) -> ((i32, u8, u8), String) {
-    let out = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("+{days} days"), "+%F"])
-        .output()
-        .expect("date");
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let parts: Vec<u32> = text.split('-').filter_map(|p| p.parse().ok()).collect();
-    let [year, month, day] = parts[..] else {
-        panic!("date printed {text:?}");
-    };
-    ((year as i32, month as u8, day as u8), text)
 }
 
 /// `trusted-pool check ARGS`: its exit code and its stdout and stderr together.

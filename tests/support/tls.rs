@@ -110,6 +110,20 @@ fn roots(ca: &Path) -> RootCertStore {
     roots
 }
 
+/// The UTC date `days` from now, as (year, month, day) and as `YYYY-MM-DD`.
+pub fn days_from_now(days: u32) -> ((i32, u8, u8), String) {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("+{days} days"), "+%F"])
+        .output()
+        .expect("date");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<u32> = text.split('-').filter_map(|p| p.parse().ok()).collect();
+    let [year, month, day] = parts[..] else {
+        panic!("date printed {text:?}");
+    };
+    ((year as i32, month as u8, day as u8), text)
+}
+
 /// What an HTTPS request to 127.0.0.1 got.
 pub struct HttpsAnswer {
     /// Status code.
