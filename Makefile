@@ -14,8 +14,9 @@ export LIBSQLITE3_FLAGS
 build:
 	$(CARGO) build
 
+# The vendored tiny_http's own unit tests (its patches' parts) run with ours.
 test:
-	$(CARGO) test --lib --bins --tests
+	$(CARGO) test -p trusted-pool -p tiny_http --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check
