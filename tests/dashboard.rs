@@ -656,10 +656,12 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     let worker = FakeWorker::start();
     let dir = temp_dir();
     let keys = dir.path().join("keys.json");
+    // The wall's key expires in two days.
+    let (_, soon) = days_from_now(2);
     let entries = serde_json::json!([
         {"name": "ops", "key_sha256": key_hash(ADMIN_KEY), "role": "admin"},
         {"name": "alice", "key_sha256": key_hash(SUBMIT_KEY), "role": "submit"},
-        {"name": "wall", "key_sha256": key_hash(READ_KEY), "role": "read"},
+        {"name": "wall", "key_sha256": key_hash(READ_KEY), "role": "read", "expires": soon},
     ]);
     std::fs::write(&keys, entries.to_string()).expect("keys file");
     let keys_arg = keys.to_string_lossy().into_owned();
@@ -731,6 +733,13 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
             .is_some_and(|t| t.contains("shown to admin and read keys")),
         "{workers}"
     );
+    let keys_part = "document.querySelector('tr[data-part=\"client keys\"]').innerText";
+    let own = page.eval(keys_part);
+    assert!(
+        own.as_str()
+            .is_some_and(|t| t.contains("1 key, none expiring within a week")),
+        "a submit key sees its own key only: {own}"
+    );
     click(&mut page, "data-job-id", &mine, "cancel");
     wait_status_as(&coordinator, &mine, "cancelled");
     let state = wait_row(&mut page, "data-job-id", &mine, |s| {
@@ -755,6 +764,12 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     wait_row(&mut page, "data-job-id", &mine, Value::is_object);
     let buttons = page.eval("document.querySelectorAll('button[data-action]').length");
     assert_eq!(buttons, 0, "a read key's page offers buttons");
+    let all = page.eval(keys_part);
+    assert!(
+        all.as_str().is_some_and(|t| t.contains("expires soon")
+            && t.contains(&format!("3 keys; wall expires at {soon}T00:00:00Z"))),
+        "the keys part: {all}"
+    );
     assert_no_page_errors(&mut page);
     // Only the two 401s of the first refresh, before a key was given.
     let failures = page_request_failures(&page);
