@@ -41,24 +41,46 @@ pub fn parse_items<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<I
     Ok(out)
 }
 
-/// One address, or every usable address of a CIDR block.
-fn expand(item: &str) -> Result<Vec<IpAddr>, String> {
-    let Some((base, bits)) = item.split_once('/') else {
-        let addr = item
+/// The address of a list item (`10.0.0.1`, `10.0.0.0/8`) and the text of its prefix length,
+/// if it has one.
+fn address_and_prefix(item: &str) -> Result<(IpAddr, Option<&str>), String> {
+    match item.split_once('/') {
+        None => item
             .parse::<IpAddr>()
-            .map_err(|_| format!("{item:?} is not an IPv4 or IPv6 address"))?;
-        return usable(addr).map(|a| vec![a]);
-    };
-    let base = base
-        .parse::<IpAddr>()
-        .map_err(|_| format!("{item:?}: {base:?} is not an IPv4 or IPv6 address"))?;
-    let width: u32 = if base.is_ipv4() { 32 } else { 128 };
-    let bits = bits
-        .parse::<u32>()
+            .map(|addr| (addr, None))
+            .map_err(|_| format!("{item:?} is not an IPv4 or IPv6 address")),
+        Some((base, bits)) => base
+            .parse::<IpAddr>()
+            .map(|addr| (addr, Some(bits)))
+            .map_err(|_| format!("{item:?}: {base:?} is not an IPv4 or IPv6 address")),
+    }
+}
+
+/// The bits of an address of `addr`'s family.
+fn width_of(addr: IpAddr) -> u32 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The prefix length `bits` of list item `item`, at most `width`.
+fn prefix_length(item: &str, bits: &str, width: u32) -> Result<u32, String> {
+    bits.parse::<u32>()
         .ok()
         .filter(|b| *b <= width)
-        .ok_or_else(|| format!("{item:?}: the prefix length must be 0-{width}"))?;
-    let host_bits = width - bits;
+        .ok_or_else(|| format!("{item:?}: the prefix length must be 0-{width}"))
+}
+
+/// One address, or every usable address of a CIDR block.
+fn expand(item: &str) -> Result<Vec<IpAddr>, String> {
+    let (base, bits) = address_and_prefix(item)?;
+    let Some(bits) = bits else {
+        return usable(base).map(|a| vec![a]);
+    };
+    let width = width_of(base);
+    let host_bits = width - prefix_length(item, bits, width)?;
     if host_bits > 10 {
         return Err(format!(
             "{item:?} holds 2^{host_bits} addresses, more than {MAX_SOURCE_ADDRESSES}; use a longer prefix"
@@ -97,7 +119,7 @@ impl AddressBlock {
         if addr.is_ipv4() != self.network.is_ipv4() {
             return false;
         }
-        let host_bits = if addr.is_ipv4() { 32 } else { 128 } - self.prefix;
+        let host_bits = width_of(addr) - self.prefix;
         host_bits >= 128 || to_number(addr) >> host_bits == to_number(self.network) >> host_bits
     }
 
@@ -124,20 +146,12 @@ pub fn parse_blocks(text: &str) -> Result<Vec<AddressBlock>, String> {
                     .to_string(),
             );
         }
-        let (address, prefix) = item.split_once('/').unwrap_or((item, ""));
-        let network = address
-            .parse::<IpAddr>()
-            .map_err(|_| format!("{item:?}: {address:?} is not an IPv4 or IPv6 address"))?
-            .to_canonical();
-        let width: u32 = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() && !item.contains('/') {
-            width
-        } else {
-            prefix
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p <= width)
-                .ok_or_else(|| format!("{item:?}: the prefix length must be 0-{width}"))?
+        let (address, bits) = address_and_prefix(item)?;
+        let network = address.to_canonical();
+        let width = width_of(network);
+        let prefix = match bits {
+            Some(bits) => prefix_length(item, bits, width)?,
+            None => width,
         };
         let host_bits = width - prefix;
         let number = if host_bits >= 128 {
