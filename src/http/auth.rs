@@ -10,10 +10,10 @@
 use crate::base::api_keys::{ApiKey, Role};
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
-use crate::http::client_address::client_address;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use std::net::IpAddr;
 use tiny_http::Request;
 
 /// The `WWW-Authenticate` challenge of a request without a key.
@@ -116,18 +116,23 @@ fn unauthorized(challenge: &str, message: &str) -> Reply {
     )
 }
 
-/// Who sent `request`: `Ok` with the caller, or the 401 to answer. Never logs the key.
-pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
+/// Who sent `request`, from client address `client`: `Ok` with the caller, or the 401 to
+/// answer (the address is written only into the log line of a refusal). Never logs the key.
+pub fn authorize(
+    ctx: &Context,
+    request: &Request,
+    client: Option<IpAddr>,
+) -> Result<Caller, Reply> {
     let Some(keys) = ctx.keys.get() else {
         return Ok(Caller::open());
     };
-    let from = client_address(&ctx.config.trusted_proxies, request)
-        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
     let Some(token) = bearer(request) else {
         log::info!(
-            "Refused {} {}: no client key (from {from})",
+            "Refused {} {}: no client key (from {})",
             request.method(),
-            path_of(request)
+            path_of(request),
+            from()
         );
         return Err(unauthorized(
             CHALLENGE,
@@ -138,10 +143,11 @@ pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
         Some(key) if key.expired(unix_now() as u64) => {
             let at = key.expires.map(utc_text).unwrap_or_default();
             log::warn!(
-                "Refused {} {}: the client key {} expired at {at} (from {from})",
+                "Refused {} {}: the client key {} expired at {at} (from {})",
                 request.method(),
                 path_of(request),
-                key.name
+                key.name,
+                from()
             );
             Err(unauthorized(
                 CHALLENGE_INVALID,
@@ -154,9 +160,10 @@ pub fn authorize(ctx: &Context, request: &Request) -> Result<Caller, Reply> {
         Some(key) => Ok(Caller::from_key(key)),
         None => {
             log::warn!(
-                "Refused {} {}: unknown client key (from {from})",
+                "Refused {} {}: unknown client key (from {})",
                 request.method(),
-                path_of(request)
+                path_of(request),
+                from()
             );
             Err(unauthorized(
                 CHALLENGE_INVALID,

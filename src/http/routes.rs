@@ -217,7 +217,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         Route::Dashboard => return dashboard_page(),
         _ => {}
     }
-    let caller = match authorize(ctx, request) {
+    let caller = match authorize(ctx, request, from) {
         Ok(caller) => caller,
         Err(reply) => return reply,
     };
