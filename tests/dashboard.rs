@@ -24,7 +24,7 @@ use serde_json::Value;
 use support::devtools::DevTools;
 use support::lifecycle::{job_status, submit, wait_collected, wait_healthy, wait_status};
 use support::page_server::headless_chromium;
-use support::tls::{days_from_now, TestCa};
+use support::tls::{days_from_now, TestCa, TlsProxy};
 use support::{
     get, get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form, Reply,
 };
@@ -118,13 +118,18 @@ fn tags<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The dumped DOM of the table row that opens with the tag `row` (from `tags`), to its end.
+fn whole_row<'a>(dom: &'a str, row: &str) -> Option<&'a str> {
+    let at = dom.find(row)?;
+    Some(&dom[at..dom[at..].find("</tr>").map_or(dom.len(), |end| at + end)])
+}
+
 /// The dumped DOM of the coordinator's part `name` (its table row, to its end).
 fn coordinator_part<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
     let row = tags(dom, "tr")
         .into_iter()
         .find(|t| attribute(t, "data-part") == Some(name))?;
-    let at = dom.find(row)?;
-    Some(&dom[at..dom[at..].find("</tr>").map_or(dom.len(), |end| at + end)])
+    whole_row(dom, row)
 }
 
 /// A worker id in URL-safe base64 without padding, as the page puts it in a path.
@@ -149,10 +154,20 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     let ca = TestCa::new(certs.path(), "ca");
     let (soon, _) = days_from_now(3);
     let (client_cert, client_key) = ca.issue_until("coordinator", true, Some(soon));
+    // An https:// worker whose proxy's certificate ends in three days (unhealthy: it takes no
+    // job of this test).
+    let secure = FakeWorker::start_with(|k| k.fail_health = true);
+    let (proxy_cert, proxy_key) = ca.issue_until("proxy", false, Some(soon));
+    let proxy = TlsProxy::start(secure.addr(), &proxy_cert, &proxy_key, None);
     let tls_args =
         [ca.path("ca"), client_cert, client_key].map(|p| p.to_string_lossy().into_owned());
     let coordinator = Coordinator::start(
-        &[a.entry(2), b.entry(2), sick.entry(1)],
+        &[
+            a.entry(2),
+            b.entry(2),
+            sick.entry(1),
+            (secure.worker_id(), proxy.endpoint(), 1),
+        ],
         &[
             "--track-interval",
             "0.1",
@@ -165,6 +180,16 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         ],
     );
     wait_healthy(&coordinator, &[&a, &b], DEADLINE);
+    let read = poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        pool["workers"][3]["certificate"]["expires"]
+            .is_string()
+            .then_some(())
+    });
+    assert!(
+        read.is_some(),
+        "the https:// worker's certificate was not read"
+    );
     let done: Vec<String> = (0..2).map(|_| submit(&coordinator, &job())).collect();
     for id in &done {
         wait_collected(&coordinator, id, DEADLINE);
@@ -256,12 +281,19 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     );
 
     let rows = tags(&dom, "tr");
-    for (worker, health) in [(&a, "healthy"), (&b, "healthy"), (&sick, "unhealthy")] {
+    for (worker, health) in [
+        (&a, "healthy"),
+        (&b, "healthy"),
+        (&sick, "unhealthy"),
+        (&secure, "unhealthy"),
+    ] {
         let row = rows
             .iter()
             .find(|t| attribute(t, "data-worker-id") == Some(worker.worker_id().as_str()))
             .unwrap_or_else(|| panic!("worker {} not in the table:\n{dom}", worker.worker_id()));
         assert_eq!(attribute(row, "data-health"), Some(health), "{row}");
+        let warned = whole_row(&dom, row).is_some_and(|r| r.contains(">certificate expires soon<"));
+        assert_eq!(warned, worker.worker_id() == secure.worker_id(), "{row}");
     }
     for (id, wanted) in [
         (&done[0], "completed"),

@@ -474,3 +474,104 @@ fn certificates_about_to_expire_are_warned_of_shown_and_exported() {
         .count();
     assert_eq!(warned, 1, "a renewed certificate is not warned of");
 }
+
+/// The `/metrics` value of the worker certificate expiry series of `worker_id`.
+fn worker_certificate_series(coordinator: &Coordinator, worker_id: &str) -> Option<u64> {
+    let (_, bytes) = get_bytes(&coordinator.url("/metrics"));
+    let series = format!(
+        "trusted_pool_worker_certificate_expiry_timestamp_seconds{{worker_id=\"{worker_id}\"}} "
+    );
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until the worker at `endpoint` shows a certificate that expires at `expires`, and is
+/// `healthy` or not; fails with its row.
+fn wait_certificate(coordinator: &Coordinator, endpoint: &str, expires: &str, healthy: bool) {
+    let seen = poll_until(DEADLINE, || {
+        let row = row_of(coordinator, endpoint);
+        (row["certificate"]["expires"] == expires && row["is_healthy"] == healthy).then_some(row)
+    });
+    assert!(seen.is_some(), "{}", row_of(coordinator, endpoint));
+}
+
+/// The certificate an `https://` worker's proxy presents is read at the first probe and again on
+/// SIGHUP: shown in `/pool`, exported, warned of when it ends soon or ended (and the worker is
+/// then refused), and a renewed one is neither warned of nor refused.
+#[test]
+fn the_certificate_an_https_worker_presents_is_read_warned_of_and_exported() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (soon, soon_text) = days_from_now(3);
+    let (cert, key) = ca.issue_until("proxy", false, Some(soon));
+    let (client_cert, client_key) = ca.issue("coordinator", true);
+    let worker = FakeWorker::start();
+    // The proxy demands a client certificate: the read presents the coordinator's.
+    let proxy = TlsProxy::start(worker.addr(), &cert, &key, Some(&ca.path("ca")));
+    let endpoint = proxy.endpoint();
+    let args = [&ca.path("ca"), &client_cert, &client_key].map(|p| path_arg(p));
+    let coordinator = Coordinator::start(
+        &[(worker.worker_id(), endpoint.clone(), 2)],
+        &client_cert_args(&args[0], &args[1], &args[2]),
+    );
+    let worker_id = worker.worker_id();
+    let short = &worker_id[..12];
+
+    // Read at the first probe: shown in /pool, warned of in the log, exported.
+    let row = poll_until(DEADLINE, || {
+        let row = row_of(&coordinator, &endpoint);
+        (row["certificate"]["expires"].is_string() && row["is_healthy"] == true).then_some(row)
+    })
+    .unwrap_or_else(|| panic!("no certificate read: {}", row_of(&coordinator, &endpoint)));
+    let read = &row["certificate"];
+    assert_eq!(read["expires"], format!("{soon_text}T00:00:00Z"), "{row}");
+    let left = read["days_left"].as_f64().expect("days_left");
+    assert!((2.0..=3.0).contains(&left), "{read}");
+    assert_eq!(read["earliest_in_chain"], "1 of 1");
+    assert!(
+        coordinator.wait_for_log(
+            &format!(
+                "The TLS certificate of worker {short}... ({endpoint}) expires at {soon_text}T00:00:00Z (in 2."
+            ),
+            DEADLINE
+        ),
+        "{}",
+        coordinator.logs()
+    );
+    let first = worker_certificate_series(&coordinator, &worker_id).expect("the series");
+    assert_eq!(first % 86_400, 0, "midnight: {first}");
+
+    // The proxy's certificate is replaced by an expired one: SIGHUP reads it at once; the
+    // worker is refused, and the log says why at error level.
+    let (old, old_key) = ca.issue_until("proxy-old", false, Some((2020, 1, 1)));
+    proxy.present(&old, &old_key);
+    coordinator.hangup();
+    wait_certificate(&coordinator, &endpoint, "2020-01-01T00:00:00Z", false);
+    assert!(coordinator.wait_for_log(
+        &format!("The TLS certificate of worker {short}... ({endpoint}) expired at 2020-01-01T00:00:00Z: the coordinator refuses it"),
+        DEADLINE
+    ));
+    assert_eq!(
+        worker_certificate_series(&coordinator, &worker_id),
+        Some(1_577_836_800)
+    );
+
+    // Renewed (rcgen's far future): healthy again, and no warning of it.
+    let (renewed, renewed_key) = ca.issue("proxy-renewed", false);
+    proxy.present(&renewed, &renewed_key);
+    coordinator.hangup();
+    wait_certificate(&coordinator, &endpoint, "4096-01-01T00:00:00Z", true);
+    assert_eq!(
+        worker_certificate_series(&coordinator, &worker_id),
+        Some(67_090_118_400)
+    );
+    let id = submit(&coordinator, &small_job());
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    let warned = coordinator
+        .logs()
+        .matches(&format!("The TLS certificate of worker {short}..."))
+        .count();
+    assert_eq!(warned, 2, "{}", coordinator.logs());
+}

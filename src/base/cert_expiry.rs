@@ -3,7 +3,8 @@
 //! earliest of a chain, and what an operator is told as that day nears.
 
 use crate::base::clock::{parse_utc, utc_text};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 
 /// A certificate due to expire within this many seconds is warned of (Let's Encrypt's
 /// certificates are renewed 30 days before their end, so a warning means renewal has failed).
@@ -18,11 +19,29 @@ pub enum ExpiryWarning {
     Soon(String),
 }
 
-/// When a chain from a PEM file stops being valid: its earliest `notAfter`.
+/// Where a certificate chain was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainSource {
+    /// A PEM file the coordinator presents (the listener's, the one shown to workers).
+    File(PathBuf),
+    /// The TLS handshake with this `https://` endpoint (a worker's TLS proxy).
+    Server(String),
+}
+
+impl fmt::Display for ChainSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Server(endpoint) => f.write_str(endpoint),
+        }
+    }
+}
+
+/// When a certificate chain stops being valid: its earliest `notAfter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainExpiry {
-    /// The PEM file.
-    pub file: PathBuf,
+    /// Where the chain was read.
+    pub source: ChainSource,
     /// Unix seconds of the earliest `notAfter` in the chain.
     pub not_after: u64,
     /// Which certificate of the chain that is (1: the first, the leaf).
@@ -32,9 +51,12 @@ pub struct ChainExpiry {
 }
 
 impl ChainExpiry {
-    /// The earliest expiry of the DER certificates `chain` from `file`; `None` when no
+    /// The earliest expiry of the DER certificates `chain` read from `source`; `None` when no
     /// certificate's validity could be read (rustls does not read it either: a client checks it).
-    pub fn of_chain<'a>(file: &Path, chain: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
+    pub fn of_chain<'a>(
+        source: ChainSource,
+        chain: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<Self> {
         let mut earliest: Option<(u64, usize)> = None;
         let mut count = 0;
         for (index, der) in chain.into_iter().enumerate() {
@@ -47,7 +69,7 @@ impl ChainExpiry {
         }
         let (not_after, position) = earliest?;
         Some(Self {
-            file: file.to_path_buf(),
+            source,
             not_after,
             position,
             chain: count,
@@ -55,25 +77,37 @@ impl ChainExpiry {
     }
 
     /// What to tell an operator at unix time `now` about the certificate serving as `what` (the
-    /// listener's, the one presented to workers) once it is expired or within
+    /// listener's, the one presented to workers, a worker's) once it is expired or within
     /// [`EXPIRY_WARNING`] of it.
     pub fn warning(&self, what: &str, now: u64) -> Option<ExpiryWarning> {
+        let (within, refused, renew) = match self.source {
+            ChainSource::File(_) => (
+                "in the file",
+                "TLS clients refuse it; put a renewed certificate in place and send SIGHUP",
+                "renew it and send SIGHUP before then",
+            ),
+            ChainSource::Server(_) => (
+                "in the chain",
+                "the coordinator refuses it, so that worker gets no job; renew it where that endpoint's TLS ends",
+                "renew it where that endpoint's TLS ends before then",
+            ),
+        };
         let which = match (self.position, self.chain) {
             (_, 1) => String::new(),
-            (1, n) => format!(", the first of {n} in the file"),
-            (p, n) => format!(", certificate {p} of {n} in the file"),
+            (1, n) => format!(", the first of {n} {within}"),
+            (p, n) => format!(", certificate {p} of {n} {within}"),
         };
         let at = utc_text(self.not_after);
-        let file = self.file.display();
+        let source = &self.source;
         if now >= self.not_after {
             return Some(ExpiryWarning::Expired(format!(
-                "{what} ({file}{which}) expired at {at}: TLS clients refuse it; put a renewed certificate in place and send SIGHUP"
+                "{what} ({source}{which}) expired at {at}: {refused}"
             )));
         }
         let left = self.not_after - now;
         (left <= EXPIRY_WARNING).then(|| {
             ExpiryWarning::Soon(format!(
-                "{what} ({file}{which}) expires at {at} (in {:.1} days); renew it and send SIGHUP before then",
+                "{what} ({source}{which}) expires at {at} (in {:.1} days); {renew}",
                 left as f64 / 86_400.0
             ))
         })
@@ -204,7 +238,8 @@ mod tests {
             certificate_until(2027, 3, 14),
         );
         let chain = [late.as_slice(), early.as_slice()];
-        let expiry = ChainExpiry::of_chain(Path::new("/etc/tp/cert.pem"), chain).expect("read");
+        let file = ChainSource::File(PathBuf::from("/etc/tp/cert.pem"));
+        let expiry = ChainExpiry::of_chain(file, chain).expect("read");
         let at = parse_utc("2027-03-14").expect("date");
         assert_eq!(
             (expiry.not_after, expiry.position, expiry.chain),
@@ -223,6 +258,15 @@ mod tests {
             matches!(&warned, Some(ExpiryWarning::Expired(line)) if line.contains("expired at 2027-03-14T00:00:00Z")),
             "{warned:?}"
         );
-        assert_eq!(ChainExpiry::of_chain(Path::new("x"), [&b"junk"[..]]), None);
+        let served = ChainExpiry {
+            source: ChainSource::Server("https://10.0.0.7:8443".to_string()),
+            ..expiry
+        };
+        assert_eq!(
+            served.warning("The worker's certificate", at - 86_400),
+            Some(ExpiryWarning::Soon("The worker's certificate (https://10.0.0.7:8443, certificate 2 of 2 in the chain) expires at 2027-03-14T00:00:00Z (in 1.0 days); renew it where that endpoint's TLS ends before then".to_string()))
+        );
+        let junk = ChainSource::File(PathBuf::from("x"));
+        assert_eq!(ChainExpiry::of_chain(junk, [&b"junk"[..]]), None);
     }
 }

@@ -1,7 +1,7 @@
 //! TLS settings from PEM files (rustls 0.23, ring): the listener's certificate and key, and what
 //! the coordinator trusts and presents when it calls `https://` workers.
 
-use crate::base::cert_expiry::ChainExpiry;
+use crate::base::cert_expiry::{ChainExpiry, ChainSource};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -72,7 +72,8 @@ fn chain_with_expiry(
     path: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, Option<ChainExpiry>), TlsError> {
     let chain = load_certs(path)?;
-    let expiry = ChainExpiry::of_chain(path, chain.iter().map(|c| c.as_ref()));
+    let source = ChainSource::File(path.to_path_buf());
+    let expiry = ChainExpiry::of_chain(source, chain.iter().map(|c| c.as_ref()));
     Ok((chain, expiry))
 }
 

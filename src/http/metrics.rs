@@ -34,6 +34,8 @@ struct WorkerSample {
     max_concurrent_jobs: u32,
     tracked_jobs: usize,
     counters: WorkerCounters,
+    /// When the certificate its `https://` endpoint presents expires, as last read.
+    certificate_expiry: Option<u64>,
 }
 
 /// The label text of the worker at one place in the table.
@@ -124,6 +126,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
             max_concurrent_jobs: w.spec.max_concurrent_jobs,
             tracked_jobs: w.tracked.len(),
             counters: w.counters.clone(),
+            certificate_expiry: w.health.certificate.as_ref().map(|c| c.not_after),
         });
     }
     TableSample {
@@ -601,6 +604,21 @@ fn write_workers(out: &mut Text, labels: &[WorkerLabels], samples: &[WorkerSampl
         out.family(name, "gauge", help);
         for (label, w) in workers() {
             out.worker_sample(name, label, "} ", field(w));
+        }
+    }
+    out.family(
+        "trusted_pool_worker_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificate an https:// worker endpoint presents expires (the earliest notAfter of its chain, read hourly), in unix seconds.",
+    );
+    for (label, w) in workers() {
+        if let Some(at) = w.certificate_expiry {
+            out.worker_sample(
+                "trusted_pool_worker_certificate_expiry_timestamp_seconds",
+                label,
+                "} ",
+                at,
+            );
         }
     }
     out.family(

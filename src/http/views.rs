@@ -1,6 +1,7 @@
 //! The JSON views of the pool (`/pool`) and of one job (`/status`).
 
 use crate::base::api_keys::KeySet;
+use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
@@ -69,6 +70,9 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
         "removed": w.removed,
     });
+    if w.spec.endpoint.starts_with("https://") {
+        view["certificate"] = w.health.certificate.as_ref().map(expiry_view).into();
+    }
     if !w.sources.is_empty() {
         view["capacity"] = json!(w.capacity());
         view["max_concurrent_jobs"] = json!(w.capacity());
@@ -244,19 +248,25 @@ pub fn access_log_view(log: Option<&LineFile>) -> Value {
     })
 }
 
-/// The `/pool` view of the certificates the coordinator presents: for each in use, its file,
-/// when it expires and how many days are left (negative once past); null for one not in use.
+/// When a certificate chain expires, as `/pool` shows it: the date, how many days are left
+/// (negative once past) and which certificate of the chain ends first.
+fn expiry_view(e: &ChainExpiry) -> Value {
+    json!({
+        "expires": utc_text(e.not_after),
+        "days_left": ((e.not_after as f64 - unix_now()) / 864.0).round() / 100.0,
+        "earliest_in_chain": format!("{} of {}", e.position, e.chain),
+    })
+}
+
+/// The `/pool` view of the certificates the coordinator presents: for each in use, its file
+/// and when it expires; null for one not in use.
 pub fn certificates_view(certificates: &Certificates) -> Value {
-    let now = unix_now();
     let mut view = serde_json::Map::new();
     for what in Presented::ALL {
         let entry = certificates.get(what).map(|e| {
-            json!({
-                "file": e.file.display().to_string(),
-                "expires": utc_text(e.not_after),
-                "days_left": ((e.not_after as f64 - now) / 864.0).round() / 100.0,
-                "earliest_in_chain": format!("{} of {}", e.position, e.chain),
-            })
+            let mut entry = expiry_view(&e);
+            entry["file"] = e.source.to_string().into();
+            entry
         });
         view.insert(what.as_str().to_string(), entry.into());
     }

@@ -4,6 +4,7 @@
 //! same beat it looks at the job store, so that a store that stopped writing, or whose file
 //! was deleted or replaced, is logged even when no request asks about it.
 
+use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::unix_now;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::sync::lock;
@@ -20,6 +21,10 @@ use std::time::{Duration, Instant};
 
 const PROBE_STACK: usize = 128 * 1024;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// How often the certificate an `https://` worker endpoint presents is read again.
+const CERTIFICATE_REREAD: Duration = Duration::from_secs(3600);
+/// When a certificate could not be read, how soon a probe tries again.
+const CERTIFICATE_RETRY: Duration = Duration::from_secs(60);
 /// Probes the coordinator could not make for its own shortage, logged at most once a minute.
 static SHORTAGE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
@@ -27,13 +32,17 @@ static SHORTAGE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     loop {
         let now = Instant::now();
-        let due: Vec<(usize, String, String)> = {
+        let due: Vec<Due> = {
             let st = ctx.lock();
             st.workers
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| !w.removed && w.health.next_probe <= now)
-                .map(|(i, w)| (i, w.spec.endpoint.clone(), w.spec.worker_id.clone()))
+                .map(|(i, w)| Due {
+                    probed: (i, w.spec.endpoint.clone(), w.spec.worker_id.clone()),
+                    read_certificate: w.spec.endpoint.starts_with("https://")
+                        && w.health.certificate_due <= now,
+                })
                 .collect()
         };
         if !due.is_empty() {
@@ -59,20 +68,33 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     }
 }
 
+/// A worker to probe: its place, endpoint and id, and whether the certificate its endpoint
+/// presents is to be read too.
+struct Due {
+    probed: (usize, String, String),
+    read_certificate: bool,
+}
+
 /// Probes the given workers concurrently, one short-lived thread each, and applies each result
 /// the moment it arrives (a hanging worker delays nobody else's verdict).
-fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
+fn probe_round(ctx: &Context, due: Vec<Due>) {
     let (results, arrivals) = crossbeam_channel::unbounded();
     thread::scope(|scope| {
-        for (index, endpoint, worker_id) in due {
+        for Due {
+            probed,
+            read_certificate,
+        } in due
+        {
             let results = results.clone();
-            let probed = (index, endpoint.clone(), worker_id.clone());
+            let (index, endpoint, worker_id) = probed.clone();
             let spawned = thread::Builder::new()
                 .name("health-probe".to_string())
                 .stack_size(PROBE_STACK)
                 .spawn_scoped(scope, move || {
                     let result = ctx.client.probe(&endpoint, &worker_id);
-                    let _ = results.send(((index, endpoint, worker_id), result));
+                    let certificate =
+                        read_certificate.then(|| ctx.client.server_certificate(&endpoint));
+                    let _ = results.send(((index, endpoint, worker_id), result, certificate));
                 });
             if let Err(e) = spawned {
                 let failure =
@@ -81,10 +103,48 @@ fn probe_round(ctx: &Context, due: Vec<(usize, String, String)>) {
             }
         }
         drop(results);
-        for (probed, result) in arrivals {
+        for (probed, result, certificate) in arrivals {
+            if let Some(read) = certificate {
+                record_certificate(ctx, &probed, read);
+            }
             apply(ctx, probed, result);
         }
     });
+}
+
+/// Records what was read of the certificate the endpoint of the worker `(index, endpoint,
+/// worker_id)` presents: read again in an hour, or tried again in a minute when it could not
+/// be read. A certificate not seen before is warned of at once when it is due.
+fn record_certificate(
+    ctx: &Context,
+    (index, endpoint, worker_id): &(usize, String, String),
+    read: Result<ChainExpiry, String>,
+) {
+    let now = Instant::now();
+    let mut st = ctx.lock();
+    let Some(w) = st
+        .workers
+        .get_mut(*index)
+        .filter(|w| w.spec.worker_id == *worker_id && w.spec.endpoint == *endpoint)
+    else {
+        return;
+    };
+    let short = short_id(worker_id);
+    match read {
+        Ok(expiry) => {
+            w.health.certificate_due = now + CERTIFICATE_REREAD;
+            let before = w.health.certificate.replace(expiry.clone());
+            drop(st);
+            if before.is_none_or(|b| b.not_after != expiry.not_after) {
+                expiry::worker_certificate_read(short, &expiry);
+            }
+        }
+        Err(why) => {
+            w.health.certificate_due = now + CERTIFICATE_RETRY;
+            drop(st);
+            log::debug!("Could not read the certificate of worker {short}...: {why}");
+        }
+    }
 }
 
 /// Records one probe result of the worker `(index, endpoint, worker_id)`; a worker that turns

@@ -1,10 +1,12 @@
 //! Re-reading the TLS settings of `https://` workers on SIGHUP or `POST /reload`, so that a
-//! rotated client certificate or CA takes effect without a restart.
+//! rotated client certificate or CA takes effect without a restart; the `https://` workers are
+//! then probed again at once, and the certificates they present read again.
 
 use crate::base::tls;
 use crate::pool::expiry;
 use crate::state::certificates::Presented;
 use crate::state::context::Context;
+use std::time::Instant;
 
 /// Re-reads the TLS settings of `https://` workers: `--worker-ca` (or the system's CA
 /// certificates) and `--worker-tls-cert`/`--worker-tls-key`, when they are given or an
@@ -33,7 +35,23 @@ pub fn reload(ctx: &Context) {
             ctx.client.replace_tls(loaded.config);
             log::info!("Worker TLS settings reloaded: {trusted}, {presented}");
             expiry::use_certificate(ctx, Presented::WorkerClient, loaded.expiry);
+            probe_https_workers(ctx);
         }
         Err(e) => log::error!("Worker TLS settings not reloaded, the old ones stay: {e}"),
     }
+}
+
+/// Has the health checker probe every `https://` worker at once, reading the certificate its
+/// endpoint presents again.
+fn probe_https_workers(ctx: &Context) {
+    let now = Instant::now();
+    let mut st = ctx.lock();
+    for w in st.workers.iter_mut() {
+        if w.spec.endpoint.starts_with("https://") {
+            w.health.next_probe = now;
+            w.health.certificate_due = now;
+        }
+    }
+    drop(st);
+    ctx.wake_health();
 }

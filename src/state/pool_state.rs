@@ -4,6 +4,7 @@
 //! coordinator: [`crate::base::sync::lock`] recovers a poisoned mutex (every update leaves the table consistent
 //! before anything that could panic runs).
 
+use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Job, LostRun, PoolStatus};
 use crate::state::cpu_window::CpuWindow;
@@ -42,6 +43,10 @@ pub struct Health {
     pub since: Option<f64>,
     /// When the health checker probes it next.
     pub next_probe: Instant,
+    /// When the certificate chain its `https://` endpoint presents expires, as last read.
+    pub certificate: Option<ChainExpiry>,
+    /// From when the health checker's next probe also reads that certificate again.
+    pub certificate_due: Instant,
 }
 
 /// Running totals per worker, for operators.
@@ -181,6 +186,8 @@ impl WorkerEntry {
                 consecutive_failures: 0,
                 since: None,
                 next_probe: now,
+                certificate: None,
+                certificate_due: now,
             },
             active_jobs: 0,
             throttle: None,

@@ -1,12 +1,14 @@
 //! Calls to a sandrun worker, in its dialect: exact-case `Content-Type`/`Content-Length`, bodies of
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
+use crate::base::cert_expiry::ChainExpiry;
 use crate::base::paths::encode_path;
 use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
 use crate::worker::raw_get::{self, Download, GetError};
 use crate::worker::sandrun_json;
+use crate::worker::server_certificate;
 use crate::worker::tls::Connector;
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -285,6 +287,12 @@ impl WorkerClient {
             });
         }
         Ok(())
+    }
+
+    /// When the certificate chain an `https://` endpoint presents expires (read in a handshake
+    /// of its own, within the health timeout).
+    pub fn server_certificate(&self, endpoint: &str) -> Result<ChainExpiry, String> {
+        server_certificate::read(endpoint, self.timeouts.health, &self.tls)
     }
 
     /// `POST /submit` with a streamed multipart body, from `source` when given (the worker's

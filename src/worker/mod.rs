@@ -10,6 +10,7 @@ pub mod identity;
 pub mod multipart_body;
 pub mod raw_get;
 pub mod sandrun_json;
+pub mod server_certificate;
 pub mod signature;
 pub mod tls;
 pub mod websocket;

@@ -115,7 +115,7 @@ pub fn get(
 }
 
 /// A TCP connection to the first address of `host` that takes one.
-fn connect(host: &str, port: u16, timeouts: RequestTimeouts) -> Result<TcpStream, GetError> {
+pub fn connect(host: &str, port: u16, timeouts: RequestTimeouts) -> Result<TcpStream, GetError> {
     let addresses = (host, port)
         .to_socket_addrs()
         .map_err(|e| GetError::Unreachable(format!("cannot resolve {host}: {e}")))?;

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -185,32 +185,42 @@ pub fn cert_der(path: &Path) -> Vec<u8> {
 pub struct TlsProxy {
     addr: SocketAddr,
     sessions: Arc<AtomicUsize>,
+    /// What new connections are served with.
+    config: Arc<Mutex<Arc<ServerConfig>>>,
+    client_ca: Option<PathBuf>,
+}
+
+/// A proxy's settings: this certificate, and client certificates signed by `client_ca`
+/// demanded when given.
+fn proxy_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)), provider())
+                .build()
+                .expect("client verifier"),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let key = PrivateKeyDer::from_pem_file(key).expect("proxy key");
+    Arc::new(builder.with_single_cert(certs(cert), key).expect("proxy"))
 }
 
 impl TlsProxy {
     /// Starts one with this certificate, demanding a client certificate signed by `client_ca`
     /// when given.
     pub fn start(backend: SocketAddr, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions");
-        let builder = match client_ca {
-            Some(ca) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)), provider())
-                    .build()
-                    .expect("client verifier"),
-            ),
-            None => builder.with_no_client_auth(),
-        };
-        let key = PrivateKeyDer::from_pem_file(key).expect("proxy key");
-        let config = Arc::new(builder.with_single_cert(certs(cert), key).expect("proxy"));
+        let config = Arc::new(Mutex::new(proxy_config(cert, key, client_ca)));
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind");
         let addr = listener.local_addr().expect("address");
         let sessions = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&sessions);
+        let serving = Arc::clone(&config);
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let config = Arc::clone(&config);
+                let config = Arc::clone(&serving.lock().unwrap_or_else(|e| e.into_inner()));
                 let counted = Arc::clone(&counted);
                 thread::spawn(move || {
                     if proxy_one(client, config, backend).is_ok() {
@@ -219,7 +229,18 @@ impl TlsProxy {
                 });
             }
         });
-        TlsProxy { addr, sessions }
+        TlsProxy {
+            addr,
+            sessions,
+            config,
+            client_ca: client_ca.map(Path::to_path_buf),
+        }
+    }
+
+    /// Serves new connections with this certificate (a renewal).
+    pub fn present(&self, cert: &Path, key: &Path) {
+        let config = proxy_config(cert, key, self.client_ca.as_deref());
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// `https://127.0.0.1:PORT`.

@@ -1,0 +1,36 @@
+//! The certificate an `https://` worker endpoint (the worker's TLS proxy) presents, and when
+//! it expires: read in a TLS handshake of its own, which sends no request.
+
+use crate::base::cert_expiry::{ChainExpiry, ChainSource};
+use crate::worker::bound_request::RequestTimeouts;
+use crate::worker::raw_get;
+use crate::worker::tls::Connector;
+use crate::worker::workers_file::{endpoint_parts, EndpointParts};
+use std::time::{Duration, Instant};
+
+/// When the chain `endpoint` presents expires; connecting, each read and write, and the whole
+/// handshake each take at most `timeout`. The error says what failed.
+pub fn read(endpoint: &str, timeout: Duration, tls: &Connector) -> Result<ChainExpiry, String> {
+    let deadline = Instant::now() + timeout;
+    let EndpointParts {
+        authority,
+        host,
+        port,
+        ..
+    } = endpoint_parts(endpoint);
+    let timeouts = RequestTimeouts {
+        connect: timeout,
+        io: timeout,
+    };
+    let mut tcp = raw_get::connect(host, port, timeouts).map_err(|e| e.to_string())?;
+    let handshake = |e: std::io::Error| format!("TLS with {authority} failed: {e}");
+    tcp.set_read_timeout(Some(timeout)).map_err(handshake)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(handshake)?;
+    let chain = tls
+        .presented_chain(host, &mut tcp, deadline)
+        .map_err(handshake)?;
+    let source = ChainSource::Server(endpoint.to_string());
+    ChainExpiry::of_chain(source, chain.iter().map(Vec::as_slice)).ok_or_else(|| {
+        format!("{authority} presented certificates whose validity could not be read")
+    })
+}
