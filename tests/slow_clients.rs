@@ -982,12 +982,9 @@ fn status_from_with(
     path: &str,
     headers: &str,
 ) -> u16 {
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
-    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
-        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: pool\r\n{headers}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send");
+    let mut stream = stalled_from(coordinator, from, request.as_bytes());
     let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
     status_of(&answer)
 }
@@ -1072,4 +1069,54 @@ fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() {
         serde_json::json!(["127.0.0.1/32", "10.0.0.0/8"]),
         "{pool}"
     );
+}
+
+/// A connection from `from` that sent `bytes` and waits.
+fn stalled_from(coordinator: &Coordinator, from: std::net::IpAddr, bytes: &[u8]) -> TcpStream {
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
+    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
+    stream.write_all(bytes).expect("send");
+    stream
+}
+
+/// A trusted proxy's connections carry many clients: they count against `--max-connections`
+/// only, not against one address's share, which still holds every other address.
+#[test]
+fn a_trusted_proxy_may_hold_more_connections_than_one_addresses_share() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--max-connections-per-ip",
+            "3",
+            "--trusted-proxies",
+            "127.0.0.2",
+        ],
+    );
+    let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
+    let held: Vec<_> = (0..6)
+        .map(|_| stalled_from(&coordinator, proxy, b"GET /health HTTP/1.1\r\n"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(status_from_with(&coordinator, proxy, "/health", ""), 200);
+    // Any other address is still held to its share.
+    let others: Vec<_> = (0..3)
+        .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let mut fourth = stalled(&coordinator, b"");
+    let answer = read_to_close(&mut fourth, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    drop(others);
+    assert_eq!(refused_for(&coordinator, "address"), 1);
+    assert!(coordinator.wait_for_log(
+        "Client addresses of requests from 127.0.0.2/32 are read from their X-Forwarded-For (--trusted-proxies); their connections count against --max-connections only",
+        DEADLINE
+    ));
+    drop(held);
 }

@@ -197,6 +197,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let limits = tiny_http::Limits {
         max_connections: config.max_connections,
         max_connections_per_address: config.max_connections_per_ip,
+        unshared: unshared_addresses(&config.trusted_proxies),
         client_timeout: Some(config.client_timeout),
     };
     let server = tiny_http::Server::with_limits(addr, limits, acceptor.clone())
@@ -418,6 +419,18 @@ fn check_open_file_limit(max_connections: usize) {
     }
 }
 
+/// The trusted proxies, whose connections carry many clients: held to `--max-connections` only,
+/// not to one address's share (`--max-connections-per-ip`).
+fn unshared_addresses(proxies: &[AddressBlock]) -> Option<tiny_http::UnsharedAddresses> {
+    if proxies.is_empty() {
+        return None;
+    }
+    let proxies = proxies.to_vec();
+    Some(tiny_http::UnsharedAddresses(Arc::new(move |peer| {
+        proxies.iter().any(|b| b.contains(peer))
+    })))
+}
+
 /// Says whose `X-Forwarded-For` is believed, and warns when that is anybody's.
 fn log_trusted_proxies(proxies: &[AddressBlock]) {
     if proxies.is_empty() {
@@ -425,7 +438,7 @@ fn log_trusted_proxies(proxies: &[AddressBlock]) {
     }
     let list: Vec<String> = proxies.iter().map(ToString::to_string).collect();
     log::info!(
-        "Client addresses of requests from {} are read from their X-Forwarded-For (--trusted-proxies)",
+        "Client addresses of requests from {} are read from their X-Forwarded-For (--trusted-proxies); their connections count against --max-connections only",
         list.join(", ")
     );
     if let Some(all) = proxies.iter().find(|b| b.is_everything()) {

@@ -93,6 +93,7 @@
 
 
 use std::error::Error;
+use std::fmt;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
@@ -206,6 +207,17 @@ pub enum TlsAcceptor {}
 #[cfg(feature = "ssl-rustls")]
 pub use ssl::TlsAcceptor;
 
+/// Patched: the peer addresses whose connections `Limits::max_connections_per_address` does not
+/// hold (reverse proxies, whose connections carry many clients).
+#[derive(Clone)]
+pub struct UnsharedAddresses(pub Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
+
+impl fmt::Debug for UnsharedAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnsharedAddresses")
+    }
+}
+
 /// Patched: limits on every connection of a server (see `Server::http_with_limits`).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -214,6 +226,8 @@ pub struct Limits {
     /// Connections read at once from one client address (IPv4, or an IPv6 /64); beyond it a
     /// new connection from that address gets a short 503 and is closed.
     pub max_connections_per_address: usize,
+    /// Peer addresses held to `max_connections` only, not to `max_connections_per_address`.
+    pub unshared: Option<UnsharedAddresses>,
     /// Longest silence of a client (socket read and write timeouts); a request's line and
     /// headers must also arrive within it. `None`: wait forever.
     pub client_timeout: Option<Duration>,
@@ -224,6 +238,7 @@ impl Default for Limits {
         Limits {
             max_connections: usize::MAX,
             max_connections_per_address: usize::MAX,
+            unshared: None,
             client_timeout: None,
         }
     }
@@ -442,7 +457,10 @@ impl Server {
                         }
                         // Patched: so is one beyond its client address's share.
                         let address_slot = match peer {
-                            Some(peer) if per_address.limit < usize::MAX => {
+                            Some(peer)
+                                if per_address.limit < usize::MAX
+                                    && !limits.unshared.as_ref().is_some_and(|u| (u.0)(peer.ip())) =>
+                            {
                                 match PerAddress::take(&per_address, peer.ip()) {
                                     Some(slot) => Some(slot),
                                     None => {
