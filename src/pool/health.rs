@@ -68,11 +68,22 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     }
 }
 
-/// A worker to probe: its place, endpoint and id, and whether the certificate its endpoint
-/// presents is to be read too.
+/// A worker's place in the table, endpoint and id, as a probe round found them.
+type Probed = (usize, String, String);
+
+/// A worker to probe, and whether the certificate its endpoint presents is to be read too.
 struct Due {
-    probed: (usize, String, String),
+    probed: Probed,
     read_certificate: bool,
+}
+
+/// What a probe thread reports, each part the moment it has it.
+enum Arrival {
+    /// The health probe's verdict.
+    Probe(Probed, Result<(), ProbeFailure>),
+    /// What was read of the certificate the endpoint presents (after the verdict, so that a
+    /// slow handshake never holds it back).
+    Certificate(Probed, Result<ChainExpiry, String>),
 }
 
 /// Probes the given workers concurrently, one short-lived thread each, and applies each result
@@ -86,15 +97,18 @@ fn probe_round(ctx: &Context, due: Vec<Due>) {
         } in due
         {
             let results = results.clone();
-            let (index, endpoint, worker_id) = probed.clone();
+            let mine = probed.clone();
             let spawned = thread::Builder::new()
                 .name("health-probe".to_string())
                 .stack_size(PROBE_STACK)
                 .spawn_scoped(scope, move || {
-                    let result = ctx.client.probe(&endpoint, &worker_id);
-                    let certificate =
-                        read_certificate.then(|| ctx.client.server_certificate(&endpoint));
-                    let _ = results.send(((index, endpoint, worker_id), result, certificate));
+                    let (_, endpoint, worker_id) = &mine;
+                    let result = ctx.client.probe(endpoint, worker_id);
+                    let _ = results.send(Arrival::Probe(mine.clone(), result));
+                    if read_certificate {
+                        let read = ctx.client.server_certificate(endpoint);
+                        let _ = results.send(Arrival::Certificate(mine, read));
+                    }
                 });
             if let Err(e) = spawned {
                 let failure =
@@ -103,11 +117,11 @@ fn probe_round(ctx: &Context, due: Vec<Due>) {
             }
         }
         drop(results);
-        for (probed, result, certificate) in arrivals {
-            if let Some(read) = certificate {
-                record_certificate(ctx, &probed, read);
+        for arrival in arrivals {
+            match arrival {
+                Arrival::Probe(probed, result) => apply(ctx, probed, result),
+                Arrival::Certificate(probed, read) => record_certificate(ctx, &probed, read),
             }
-            apply(ctx, probed, result);
         }
     });
 }
@@ -117,7 +131,7 @@ fn probe_round(ctx: &Context, due: Vec<Due>) {
 /// be read. A certificate not seen before is warned of at once when it is due.
 fn record_certificate(
     ctx: &Context,
-    (index, endpoint, worker_id): &(usize, String, String),
+    (index, endpoint, worker_id): &Probed,
     read: Result<ChainExpiry, String>,
 ) {
     let now = Instant::now();
@@ -149,11 +163,7 @@ fn record_certificate(
 
 /// Records one probe result of the worker `(index, endpoint, worker_id)`; a worker that turns
 /// healthy wakes the scheduler.
-fn apply(
-    ctx: &Context,
-    (index, endpoint, worker_id): (usize, String, String),
-    result: Result<(), ProbeFailure>,
-) {
+fn apply(ctx: &Context, (index, endpoint, worker_id): Probed, result: Result<(), ProbeFailure>) {
     ctx.metrics.probe(match &result {
         Ok(()) => ProbeResult::Healthy,
         Err(ProbeFailure::Unhealthy(_)) => ProbeResult::Unhealthy,
