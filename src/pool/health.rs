@@ -1,8 +1,10 @@
 //! The health checker thread: probes every worker at start-up, then on its interval; failing
 //! workers are re-probed sooner with a backoff from 1 s up to the interval. One round's probes run
-//! concurrently, so a round takes about one health timeout however many workers hang. On the
-//! same beat it looks at the job store, so that a store that stopped writing, or whose file
-//! was deleted or replaced, is logged even when no request asks about it.
+//! concurrently, so a round takes about one health timeout however many workers hang. An
+//! `https://` worker's probe also reads, hourly, the certificate its endpoint presents (after
+//! the verdict, in the same thread). On the same beat it looks at the job store, so that a
+//! store that stopped writing, or whose file was deleted or replaced, is logged even when no
+//! request asks about it.
 
 use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::unix_now;

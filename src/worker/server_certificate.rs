@@ -8,8 +8,8 @@ use crate::worker::tls::Connector;
 use crate::worker::workers_file::{endpoint_parts, EndpointParts};
 use std::time::{Duration, Instant};
 
-/// When the chain `endpoint` presents expires; connecting, each read and write, and the whole
-/// handshake each take at most `timeout`. The error says what failed.
+/// When the chain `endpoint` presents expires, read within `timeout` (connecting and the whole
+/// handshake; resolving the host name aside). The error says what failed.
 pub fn read(endpoint: &str, timeout: Duration, tls: &Connector) -> Result<ChainExpiry, String> {
     let deadline = Instant::now() + timeout;
     let EndpointParts {
@@ -23,12 +23,9 @@ pub fn read(endpoint: &str, timeout: Duration, tls: &Connector) -> Result<ChainE
         io: timeout,
     };
     let mut tcp = raw_get::connect(host, port, timeouts).map_err(|e| e.to_string())?;
-    let handshake = |e: std::io::Error| format!("TLS with {authority} failed: {e}");
-    tcp.set_read_timeout(Some(timeout)).map_err(handshake)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(handshake)?;
     let chain = tls
         .presented_chain(host, &mut tcp, deadline)
-        .map_err(handshake)?;
+        .map_err(|e| format!("TLS with {authority} failed: {e}"))?;
     let source = ChainSource::Server(endpoint.to_string());
     ChainExpiry::of_chain(source, chain.iter().map(Vec::as_slice)).ok_or_else(|| {
         format!("{authority} presented certificates whose validity could not be read")

@@ -1,5 +1,6 @@
 //! `https://` workers: ureq 2's TLS hook filled with rustls 0.23 (ureq's own `tls` feature would
-//! bring a second root store; this one trusts what `--worker-ca` or the system gives).
+//! bring a second root store; this one trusts what `--worker-ca` or the system gives), and a
+//! handshake that reads the certificate chain a worker's endpoint presents.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
@@ -30,9 +31,7 @@ impl Connector {
     pub fn replace(&self, config: Arc<ClientConfig>) {
         *lock(&self.0) = Some(config);
     }
-}
 
-impl Connector {
     /// The settings sessions open with now.
     fn config(&self) -> io::Result<Arc<ClientConfig>> {
         lock(&self.0).clone().ok_or_else(|| {
@@ -66,24 +65,7 @@ impl Connector {
         own.resumption = Resumption::disabled();
         let mut session = ClientConnection::new(Arc::new(own), name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut ended = Ok(());
-        while session.is_handshaking() {
-            if Instant::now() >= deadline {
-                ended = Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the TLS handshake did not end in time",
-                ));
-                break;
-            }
-            if let Err(e) = session.complete_io(tcp) {
-                ended = Err(e);
-                break;
-            }
-        }
-        if ended.is_ok() {
-            session.send_close_notify();
-            let _ = session.write_tls(tcp);
-        }
+        let ended = handshake_by(&mut session, tcp, deadline);
         let chain = std::mem::take(&mut *lock(&recorder.chain));
         match ended {
             _ if !chain.is_empty() => Ok(chain),
@@ -92,6 +74,45 @@ impl Connector {
                 io::ErrorKind::InvalidData,
                 "the server presented no certificate",
             )),
+        }
+    }
+}
+
+/// Drives the handshake of `session` over `tcp` one read at a time, each waiting no later than
+/// `deadline` (however a server trickles its bytes), then sends a close_notify.
+fn handshake_by(
+    session: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    deadline: Instant,
+) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the TLS handshake did not end in time",
+            ));
+        }
+        tcp.set_read_timeout(Some(left))?;
+        tcp.set_write_timeout(Some(left))?;
+        if !session.is_handshaking() {
+            session.send_close_notify();
+        }
+        while session.wants_write() {
+            if session.write_tls(tcp)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        if !session.is_handshaking() {
+            return Ok(());
+        }
+        if !session.wants_read() || session.read_tls(tcp)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Err(e) = session.process_new_packets() {
+            // The alert rustls queued for it, if it can go.
+            let _ = session.write_tls(tcp);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
 }
