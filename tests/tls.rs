@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::lifecycle::{submit, wait_collected, wait_status};
-use support::tls::{cert_der, days_from_now, https_get, TestCa, TlsProxy};
+use support::tls::{cert_der, days_from_now, https_get, TestCa, TlsProxy, TricklingTls};
 use support::{
     get_bytes, get_json, poll_until, send, temp_dir, write_workers_json, BlackHole, Coordinator,
     FakeWorker, Form,
@@ -576,20 +576,26 @@ fn the_certificate_an_https_worker_presents_is_read_warned_of_and_exported() {
     assert_eq!(warned, 2, "{}", coordinator.logs());
 }
 
-/// An `https://` endpoint that accepts connections and never says a word: its certificate read
-/// gives up within the health timeout like its probe, so the health checker's rounds go on
-/// (another worker keeps being probed) and the certificate stays unknown.
+/// `https://` endpoints gone wrong, one silent after it accepts and one that trickles a
+/// handshake record a byte at a time: each probe and certificate read gives up within the
+/// health timeout, so the health checker's rounds go on (another worker keeps being probed)
+/// and their certificates stay unknown.
 #[test]
-fn a_silent_https_endpoint_holds_up_no_health_round() {
+fn silent_or_trickling_https_endpoints_hold_up_no_health_round() {
     let dir = temp_dir();
     let ca = TestCa::new(dir.path(), "ca");
     let worker = FakeWorker::start();
-    // The black hole stands for a worker whose id it never gets to tell.
-    let absent = FakeWorker::start();
+    // They stand for workers whose ids they never get to tell.
+    let (absent, also_absent) = (FakeWorker::start(), FakeWorker::start());
     let silent = BlackHole::start();
-    let endpoint = format!("https://{}", silent.addr());
+    let trickling = TricklingTls::start();
+    let endpoints = [format!("https://{}", silent.addr()), trickling.endpoint()];
     let coordinator = Coordinator::start(
-        &[worker.entry(2), (absent.worker_id(), endpoint.clone(), 1)],
+        &[
+            worker.entry(2),
+            (absent.worker_id(), endpoints[0].clone(), 1),
+            (also_absent.worker_id(), endpoints[1].clone(), 1),
+        ],
         &[
             "--worker-ca",
             &path_arg(&ca.path("ca")),
@@ -599,23 +605,32 @@ fn a_silent_https_endpoint_holds_up_no_health_round() {
             "1",
         ],
     );
-    // The probe and the certificate read each connected.
-    let both = poll_until(DEADLINE, || (silent.connections() >= 2).then_some(()));
-    assert!(both.is_some(), "{} connections", silent.connections());
-    // Rounds after the one that read the certificate: the other worker is probed again.
+    // Each endpoint's probe and certificate read connected.
+    let both = poll_until(DEADLINE, || {
+        (silent.connections() >= 2 && trickling.connections() >= 2).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "{} and {} connections",
+        silent.connections(),
+        trickling.connections()
+    );
+    // Rounds after the one that read the certificates: the other worker is probed again.
     let first = row_of(&coordinator, &worker.endpoint())["last_health_check"]
         .as_f64()
         .unwrap_or(0.0);
     let later = poll_until(DEADLINE, || {
         let row = row_of(&coordinator, &worker.endpoint());
-        (row["last_health_check"].as_f64().unwrap_or(0.0) >= first + 2.0).then_some(row)
+        (row["last_health_check"].as_f64().unwrap_or(0.0) >= first + 3.0).then_some(row)
     });
     assert!(
         later.is_some(),
         "{}",
         row_of(&coordinator, &worker.endpoint())
     );
-    let row = row_of(&coordinator, &endpoint);
-    assert_eq!(row["is_healthy"], false, "{row}");
-    assert_eq!(row["certificate"], Value::Null, "{row}");
+    for endpoint in &endpoints {
+        let row = row_of(&coordinator, endpoint);
+        assert_eq!(row["is_healthy"], false, "{row}");
+        assert_eq!(row["certificate"], Value::Null, "{row}");
+    }
 }

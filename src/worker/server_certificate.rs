@@ -22,9 +22,11 @@ pub fn read(endpoint: &str, timeout: Duration, tls: &Connector) -> Result<ChainE
         connect: timeout,
         io: timeout,
     };
-    let mut tcp = raw_get::connect(host, port, timeouts).map_err(|e| e.to_string())?;
+    let tcp = raw_get::connect(host, port, timeouts).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(timeout))
+        .map_err(|e| format!("TLS with {authority} failed: {e}"))?;
     let chain = tls
-        .presented_chain(host, &mut tcp, deadline)
+        .presented_chain(host, tcp, deadline)
         .map_err(|e| format!("TLS with {authority} failed: {e}"))?;
     let source = ChainSource::Server(endpoint.to_string());
     ChainExpiry::of_chain(source, chain.iter().map(Vec::as_slice)).ok_or_else(|| {

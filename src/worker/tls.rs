@@ -6,12 +6,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::Resumption;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use ureq::ReadWrite;
 
 use crate::base::sync::lock;
@@ -50,7 +50,7 @@ impl Connector {
     pub fn presented_chain(
         &self,
         dns_name: &str,
-        tcp: &mut TcpStream,
+        tcp: TcpStream,
         deadline: Instant,
     ) -> io::Result<Vec<Vec<u8>>> {
         let name = server_name(dns_name)?;
@@ -63,9 +63,12 @@ impl Connector {
         own.dangerous()
             .set_certificate_verifier(Arc::clone(&recorder) as Arc<dyn ServerCertVerifier>);
         own.resumption = Resumption::disabled();
-        let mut session = ClientConnection::new(Arc::new(own), name)
+        let session = ClientConnection::new(Arc::new(own), name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let ended = handshake_by(&mut session, tcp, deadline);
+        let mut stream = TlsStream { session, io: tcp };
+        let ended = stream
+            .handshake(Some(deadline))
+            .and_then(|()| stream.close());
         let chain = std::mem::take(&mut *lock(&recorder.chain));
         match ended {
             _ if !chain.is_empty() => Ok(chain),
@@ -74,45 +77,6 @@ impl Connector {
                 io::ErrorKind::InvalidData,
                 "the server presented no certificate",
             )),
-        }
-    }
-}
-
-/// Drives the handshake of `session` over `tcp` one read at a time, each waiting no later than
-/// `deadline` (however a server trickles its bytes), then sends a close_notify.
-fn handshake_by(
-    session: &mut ClientConnection,
-    tcp: &mut TcpStream,
-    deadline: Instant,
-) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the TLS handshake did not end in time",
-            ));
-        }
-        tcp.set_read_timeout(Some(left))?;
-        tcp.set_write_timeout(Some(left))?;
-        if !session.is_handshaking() {
-            session.send_close_notify();
-        }
-        while session.wants_write() {
-            if session.write_tls(tcp)? == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-        }
-        if !session.is_handshaking() {
-            return Ok(());
-        }
-        if !session.wants_read() || session.read_tls(tcp)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if let Err(e) = session.process_new_packets() {
-            // The alert rustls queued for it, if it can go.
-            let _ = session.write_tls(tcp);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
 }
@@ -137,7 +101,7 @@ impl ureq::TlsConnector for Connector {
         let name = server_name(dns_name)?;
         let session = ClientConnection::new(self.config()?, name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(Box::new(TlsStream(StreamOwned::new(session, io))))
+        Ok(Box::new(TlsStream { session, io }))
     }
 }
 
@@ -190,34 +154,149 @@ impl ServerCertVerifier for ChainRecorder {
     }
 }
 
-/// One TLS session over a worker connection.
-struct TlsStream(StreamOwned<ClientConnection, Box<dyn ReadWrite>>);
+/// One TLS session over a worker connection. Each call reads the socket one piece at a time
+/// and gives up once the socket's read timeout (what ureq left the request, or the caller's
+/// timeout), counted from the call's start, has passed: rustls's own loop would wait a whole
+/// timeout per piece, so a server that trickles a byte now and then would hold the call (and a
+/// health round with it) far past its time.
+struct TlsStream<S: ReadWrite> {
+    session: ClientConnection,
+    io: S,
+}
 
-impl fmt::Debug for TlsStream {
+impl<S: ReadWrite> TlsStream<S> {
+    /// The socket's read timeout now (`None`: it has none, or there is no socket).
+    fn timeout(&self) -> Option<Duration> {
+        self.io
+            .socket()
+            .and_then(|s| s.read_timeout().ok().flatten())
+    }
+
+    /// Runs `call` with reads that end by the socket's timeout from now, then gives the socket
+    /// its timeout back (ureq counts the next call's time from it).
+    fn bounded<T>(
+        &mut self,
+        call: impl FnOnce(&mut Self, Option<Instant>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let timeout = self.timeout();
+        let result = call(self, timeout.map(|t| Instant::now() + t));
+        if let Some(socket) = self.io.socket() {
+            let _ = socket.set_read_timeout(timeout);
+        }
+        result
+    }
+
+    /// Reads the socket once, waiting no later than `deadline`, and takes in its records.
+    fn read_more(&mut self, deadline: Option<Instant>) -> io::Result<usize> {
+        if let (Some(deadline), Some(socket)) = (deadline, self.io.socket()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the worker's TLS data did not come in time",
+                ));
+            }
+            socket.set_read_timeout(Some(left))?;
+        }
+        let read = self.session.read_tls(&mut self.io)?;
+        if let Err(e) = self.session.process_new_packets() {
+            // The alert rustls queued for it, if it can go.
+            let _ = self.session.write_tls(&mut self.io);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(read)
+    }
+
+    /// Sends every TLS record waiting to go.
+    fn send_pending(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            if self.session.write_tls(&mut self.io)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        self.io.flush()
+    }
+
+    /// Completes the handshake if it is not done yet, reading no later than `deadline`.
+    fn handshake(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        loop {
+            self.send_pending()?;
+            if !self.session.is_handshaking() {
+                return Ok(());
+            }
+            if self.read_more(deadline)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the worker closed the connection during the TLS handshake",
+                ));
+            }
+        }
+    }
+
+    /// Ends the session with a close_notify.
+    fn close(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        self.send_pending()
+    }
+}
+
+impl<S: ReadWrite> fmt::Debug for TlsStream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TlsStream({:?})", self.0.sock)
+        write!(f, "TlsStream({:?})", self.io.socket())
     }
 }
 
-impl Read for TlsStream {
+impl<S: ReadWrite> Read for TlsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.bounded(|me, deadline| {
+            me.handshake(deadline)?;
+            loop {
+                match me.session.reader().read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+                if me.read_more(deadline)? == 0 {
+                    // The socket ended: what was decrypted, then the end (with or without a
+                    // close_notify: bodies have their lengths, checked above this).
+                    return match me.session.reader().read(buf) {
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::UnexpectedEof
+                            ) =>
+                        {
+                            Ok(0)
+                        }
+                        done => done,
+                    };
+                }
+            }
+        })
     }
 }
 
-impl Write for TlsStream {
+impl<S: ReadWrite> Write for TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.bounded(|me, deadline| {
+            me.handshake(deadline)?;
+            let taken = me.session.writer().write(buf)?;
+            me.send_pending()?;
+            Ok(taken)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.bounded(|me, deadline| {
+            me.handshake(deadline)?;
+            me.session.writer().flush()?;
+            me.send_pending()
+        })
     }
 }
 
-impl ReadWrite for TlsStream {
+impl<S: ReadWrite> ReadWrite for TlsStream<S> {
     /// The TCP socket under TLS, so ureq's timeouts apply to it.
     fn socket(&self) -> Option<&TcpStream> {
-        self.0.sock.socket()
+        self.io.socket()
     }
 }

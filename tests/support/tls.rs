@@ -294,3 +294,51 @@ fn proxy_one(
     let _ = tls.flush();
     Ok(())
 }
+
+/// A TLS endpoint gone wrong: every connection gets the header of a large handshake record,
+/// then one byte of it every 100 ms (for two minutes at most), never a whole message.
+pub struct TricklingTls {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl TricklingTls {
+    /// Starts one on 127.0.0.1.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::AcqRel);
+                thread::spawn(move || {
+                    // A handshake record of 16,000 bytes: ServerHello, then the trickle.
+                    if client
+                        .write_all(&[0x16, 0x03, 0x03, 0x3e, 0x80, 0x02])
+                        .is_err()
+                    {
+                        return;
+                    }
+                    for _ in 0..1200 {
+                        thread::sleep(Duration::from_millis(100));
+                        if client.write_all(&[0]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TricklingTls { addr, connections }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
