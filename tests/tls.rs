@@ -634,3 +634,41 @@ fn silent_or_trickling_https_endpoints_hold_up_no_health_round() {
         assert_eq!(row["certificate"], Value::Null, "{row}");
     }
 }
+
+/// A job on an `https://` worker, served under a path prefix by its TLS proxy, is followed on
+/// the worker's WebSocket stream, as on a plain worker: its end is seen from the stream, long
+/// before the next poll; every call, the stream's included, keeps the prefix.
+#[test]
+fn a_job_on_an_https_worker_is_followed_on_its_stream() {
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.issue("proxy", false);
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(2));
+    let proxy = TlsProxy::start_under(worker.addr(), &cert, &key, None, "/sandrun");
+    let endpoint = proxy.endpoint();
+    let coordinator = Coordinator::start(
+        &[(worker.worker_id(), endpoint.clone(), 2)],
+        &[
+            "--worker-ca",
+            &path_arg(&ca.path("ca")),
+            "--health-interval",
+            "1",
+            "--track-interval",
+            "30",
+        ],
+    );
+    assert_turns_healthy(&coordinator, &endpoint);
+    let id = submit(&coordinator, &small_job());
+    let streamed = poll_until(DEADLINE, || {
+        let row = row_of(&coordinator, &endpoint);
+        (row["jobs_streamed"] == 1).then_some(row)
+    });
+    assert!(streamed.is_some(), "{}", row_of(&coordinator, &endpoint));
+    assert!(worker.recording().count("GET", "stream") >= 1);
+    // Unstreamed, the job would be polled once at its dispatch and then in 30 s.
+    let status = wait_status(&coordinator, &id, "completed", Duration::from_secs(20));
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    wait_collected(&coordinator, &id, DEADLINE);
+    let (code, listing) = get_json(&coordinator.url(&format!("/outputs/{id}")));
+    assert_eq!(code, 200, "{listing}");
+}

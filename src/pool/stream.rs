@@ -13,7 +13,7 @@ use crate::base::paths::encode_path;
 use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::worker::signature::parse_done;
-use crate::worker::websocket::{Message, StreamTimeouts, WsClient};
+use crate::worker::websocket::{Message, StreamTimeouts};
 use std::sync::Arc;
 
 /// Starts following job `id` (remote `remote`) of worker `index` on the worker's stream. The
@@ -34,7 +34,7 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
         idle: ctx.config.dispatch_timeout,
     };
     let path = format!("/stream/{}", encode_path(remote));
-    let mut client = match WsClient::connect(endpoint, &path, timeouts) {
+    let mut client = match ctx.client.open_stream(endpoint, &path, timeouts) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("Job {id}: the worker stream did not open ({e}); polling it");

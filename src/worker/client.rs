@@ -10,6 +10,7 @@ use crate::worker::raw_get::{self, Download, GetError};
 use crate::worker::sandrun_json;
 use crate::worker::server_certificate;
 use crate::worker::tls::Connector;
+use crate::worker::websocket::{StreamTimeouts, WsClient, WsError};
 use rustls::ClientConfig;
 use serde_json::Value;
 use std::fmt;
@@ -293,6 +294,17 @@ impl WorkerClient {
     /// of its own, within the health timeout).
     pub fn server_certificate(&self, endpoint: &str) -> Result<ChainExpiry, String> {
         server_certificate::read(endpoint, self.timeouts.health, &self.tls)
+    }
+
+    /// Opens the WebSocket `path` of `endpoint` (a job's `/stream/{id}`), over TLS with the
+    /// settings of every other call for an `https://` worker.
+    pub fn open_stream(
+        &self,
+        endpoint: &str,
+        path: &str,
+        timeouts: StreamTimeouts,
+    ) -> Result<WsClient, WsError> {
+        WsClient::connect(endpoint, path, timeouts, &self.tls)
     }
 
     /// `POST /submit` with a streamed multipart body, from `source` when given (the worker's

@@ -1,15 +1,21 @@
-//! A small synchronous WebSocket (RFC 6455) client for sandrun's `/stream/{id}`, and the frame
-//! codec the coordinator's own `/stream/{id}` writes with. No async runtime: one blocking socket
-//! with explicit connect, handshake and idle (read) timeouts.
+//! A small synchronous WebSocket (RFC 6455) client for sandrun's `/stream/{id}` (over TLS for an
+//! `https://` worker, with the settings of every other call), and the frame codec the
+//! coordinator's own `/stream/{id}` writes with. No async runtime: one blocking socket with
+//! explicit connect, handshake and idle (read) timeouts.
 
+use crate::worker::bound_request::RequestTimeouts;
+use crate::worker::raw_get;
+use crate::worker::tls::Connector;
+use crate::worker::workers_file::{endpoint_parts, EndpointParts};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use ureq::{ReadWrite, TlsConnector};
 
 /// Largest message taken from a worker (sandrun keeps at most 10 MiB of each output stream).
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
@@ -112,7 +118,7 @@ pub struct StreamTimeouts {
 
 /// An open client stream.
 pub struct WsClient {
-    stream: TcpStream,
+    stream: Box<dyn ReadWrite>,
     pending: Vec<u8>,
 }
 
@@ -133,57 +139,53 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `host:port` of an `http://host[:port]` endpoint.
-fn authority(endpoint: &str) -> Result<String, WsError> {
-    let rest = endpoint
-        .strip_prefix("http://")
-        .ok_or_else(|| WsError::Connect(format!("not an http:// endpoint: {endpoint}")))?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() {
-        return Err(WsError::Connect(format!("no host in {endpoint}")));
-    }
-    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
-    Ok(if has_port {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    })
-}
-
 impl WsClient {
-    /// Opens `ws://<endpoint host><path>`, speaking sandrun's dialect (exact-case headers).
-    pub fn connect(endpoint: &str, path: &str, timeouts: StreamTimeouts) -> Result<Self, WsError> {
-        let host = authority(endpoint)?;
-        let addrs = host
-            .to_socket_addrs()
-            .map_err(|e| WsError::Connect(format!("{host}: {e}")))?;
-        let mut last = WsError::Connect(format!("{host}: no address"));
-        let mut connected = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, timeouts.connect) {
-                Ok(s) => {
-                    connected = Some(s);
-                    break;
-                }
-                Err(e) => last = WsError::Connect(format!("{addr}: {e}")),
-            }
+    /// Opens `{endpoint}{path}` (the endpoint's path prefix kept), speaking sandrun's dialect
+    /// (exact-case headers); over TLS with `tls`'s settings for an `https://` endpoint.
+    pub fn connect(
+        endpoint: &str,
+        path: &str,
+        timeouts: StreamTimeouts,
+        tls: &Connector,
+    ) -> Result<Self, WsError> {
+        let EndpointParts {
+            tls: over_tls,
+            authority,
+            host,
+            port,
+            prefix,
+        } = endpoint_parts(endpoint);
+        if host.is_empty() {
+            return Err(WsError::Connect(format!("no host in {endpoint}")));
         }
-        let stream = connected.ok_or(last)?;
+        let timeouts_to_connect = RequestTimeouts {
+            connect: timeouts.connect,
+            io: timeouts.connect,
+        };
+        let stream = raw_get::connect(host, port, timeouts_to_connect)
+            .map_err(|e| WsError::Connect(e.to_string()))?;
         let setup = |s: &TcpStream| -> io::Result<()> {
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(timeouts.connect))?;
             s.set_write_timeout(Some(timeouts.connect))
         };
         setup(&stream).map_err(|e| WsError::Connect(e.to_string()))?;
+        let stream: Box<dyn ReadWrite> = if over_tls {
+            tls.connect(host, Box::new(stream))
+                .map_err(|e| WsError::Connect(format!("TLS with {authority}: {e}")))?
+        } else {
+            Box::new(stream)
+        };
         let mut client = WsClient {
             stream,
             pending: Vec::new(),
         };
-        client.handshake(&host, path)?;
-        client
-            .stream
-            .set_read_timeout(Some(timeouts.idle))
-            .map_err(broken)?;
+        client.handshake(authority, &format!("{prefix}{path}"))?;
+        if let Some(socket) = client.stream.socket() {
+            socket
+                .set_read_timeout(Some(timeouts.idle))
+                .map_err(broken)?;
+        }
         Ok(client)
     }
 
@@ -315,7 +317,10 @@ impl WsClient {
     /// `[DONE]`, so the coordinator closes it).
     pub fn close(mut self) {
         let _ = self.stream.write_all(&frame(CLOSE, &[], Some(mask_key())));
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.flush();
+        if let Some(socket) = self.stream.socket() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -338,19 +343,5 @@ mod tests {
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
         let masked = frame(TEXT, b"ab", Some([1, 2, 3, 4]));
         assert_eq!(masked, vec![0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
-    }
-
-    #[test]
-    fn endpoints_become_host_and_port() {
-        assert_eq!(
-            authority("http://127.0.0.1:8443").ok(),
-            Some("127.0.0.1:8443".into())
-        );
-        assert_eq!(
-            authority("http://localhost").ok(),
-            Some("localhost:80".into())
-        );
-        assert_eq!(authority("http://[::1]:9").ok(), Some("[::1]:9".into()));
-        assert!(authority("https://x").is_err());
     }
 }

@@ -8,6 +8,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use trusted_pool::worker::tls::Connector;
 use trusted_pool::worker::websocket::{Message, StreamTimeouts, WsClient};
 
 /// One piece a follower received, and when.
@@ -129,7 +130,8 @@ pub fn follow_websocket(endpoint: &str, id: &str) -> Followed {
         connect: Duration::from_secs(10),
         idle: Duration::from_secs(120),
     };
-    let mut client = WsClient::connect(endpoint, &format!("/stream/{id}"), timeouts)
+    let plain = Connector::new(None);
+    let mut client = WsClient::connect(endpoint, &format!("/stream/{id}"), timeouts, &plain)
         .unwrap_or_else(|e| panic!("WebSocket {endpoint}/stream/{id}: {e}"));
     let (sender, pieces) = mpsc::channel();
     thread::spawn(move || {

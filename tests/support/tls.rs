@@ -188,6 +188,8 @@ pub struct TlsProxy {
     /// What new connections are served with.
     config: Arc<Mutex<Arc<ServerConfig>>>,
     client_ca: Option<PathBuf>,
+    /// The path prefix it serves under (`/sandrun`), taken off each request's target.
+    prefix: String,
 }
 
 /// A proxy's settings: this certificate, and client certificates signed by `client_ca`
@@ -212,18 +214,32 @@ impl TlsProxy {
     /// Starts one with this certificate, demanding a client certificate signed by `client_ca`
     /// when given.
     pub fn start(backend: SocketAddr, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
+        Self::start_under(backend, cert, key, client_ca, "")
+    }
+
+    /// As [`TlsProxy::start`], serving the backend under the path `prefix` (`/sandrun`): a
+    /// request for `{prefix}/health` reaches the backend as `/health`.
+    pub fn start_under(
+        backend: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+        prefix: &str,
+    ) -> Self {
         let config = Arc::new(Mutex::new(proxy_config(cert, key, client_ca)));
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind");
         let addr = listener.local_addr().expect("address");
         let sessions = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&sessions);
         let serving = Arc::clone(&config);
+        let under = prefix.to_string();
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let config = Arc::clone(&serving.lock().unwrap_or_else(|e| e.into_inner()));
                 let counted = Arc::clone(&counted);
+                let under = under.clone();
                 thread::spawn(move || {
-                    if proxy_one(client, config, backend).is_ok() {
+                    if proxy_one(client, config, backend, &under).is_ok() {
                         counted.fetch_add(1, Ordering::AcqRel);
                     }
                 });
@@ -234,6 +250,7 @@ impl TlsProxy {
             sessions,
             config,
             client_ca: client_ca.map(Path::to_path_buf),
+            prefix: prefix.to_string(),
         }
     }
 
@@ -243,9 +260,9 @@ impl TlsProxy {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` and its path prefix.
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://127.0.0.1:{}{}", self.addr.port(), self.prefix)
     }
 
     /// Requests passed to the backend so far.
@@ -259,6 +276,7 @@ fn proxy_one(
     client: TcpStream,
     config: Arc<ServerConfig>,
     backend: SocketAddr,
+    prefix: &str,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(IO_TIMEOUT))?;
     let session = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
@@ -275,6 +293,18 @@ fn proxy_one(
         if let Some(value) = text.strip_prefix("Content-Length: ") {
             length = value.trim().parse().unwrap_or(0);
         }
+        if head.is_empty() {
+            let Some(inside) = without_prefix(&line, prefix) else {
+                // Outside its prefix, as a proxy serving a path would answer.
+                drop(reader);
+                tls.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )?;
+                tls.flush()?;
+                return Err(std::io::ErrorKind::NotFound.into());
+            };
+            line = inside;
+        }
         head.extend_from_slice(&line);
         if line == b"\r\n" {
             break;
@@ -283,16 +313,65 @@ fn proxy_one(
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     let mut upstream = TcpStream::connect(backend)?;
-    upstream.set_read_timeout(Some(IO_TIMEOUT))?;
     upstream.write_all(&head)?;
     upstream.write_all(&body)?;
-    let mut answer = Vec::new();
-    upstream.read_to_end(&mut answer)?;
-    tls.write_all(&answer)?;
-    tls.flush()?;
+    relay(&mut tls, &mut upstream)?;
     tls.conn.send_close_notify();
     let _ = tls.flush();
     Ok(())
+}
+
+/// A request line with `prefix` taken off the start of its target; `None` when its target is
+/// outside the prefix.
+fn without_prefix(line: &[u8], prefix: &str) -> Option<Vec<u8>> {
+    if prefix.is_empty() {
+        return Some(line.to_vec());
+    }
+    let text = String::from_utf8_lossy(line);
+    let (method, rest) = text.split_once(' ')?;
+    let target = rest.strip_prefix(prefix).filter(|t| t.starts_with('/'))?;
+    Some(format!("{method} {target}").into_bytes())
+}
+
+/// Passes bytes both ways until the backend ends its answer or the client goes (a WebSocket
+/// stays open until one of them closes it), for at most `IO_TIMEOUT` of silence.
+fn relay(
+    tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+    upstream: &mut TcpStream,
+) -> std::io::Result<()> {
+    let turn = Duration::from_millis(20);
+    upstream.set_read_timeout(Some(turn))?;
+    tls.sock.set_read_timeout(Some(turn))?;
+    let waiting = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let mut buf = [0u8; 16 * 1024];
+    let mut heard = std::time::Instant::now();
+    while heard.elapsed() < IO_TIMEOUT {
+        match upstream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                tls.write_all(&buf[..n])?;
+                tls.flush()?;
+                heard = std::time::Instant::now();
+            }
+            Err(e) if waiting(&e) => {}
+            Err(e) => return Err(e),
+        }
+        match tls.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                upstream.write_all(&buf[..n])?;
+                heard = std::time::Instant::now();
+            }
+            Err(e) if waiting(&e) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Err(std::io::ErrorKind::TimedOut.into())
 }
 
 /// A TLS endpoint gone wrong: every connection gets the header of a large handshake record,
