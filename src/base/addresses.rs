@@ -135,6 +135,11 @@ impl fmt::Display for AddressBlock {
     }
 }
 
+/// Whether any of `blocks` holds `addr`.
+pub fn holds(blocks: &[AddressBlock], addr: IpAddr) -> bool {
+    blocks.iter().any(|b| b.contains(addr))
+}
+
 /// Parses a comma-separated list of addresses and CIDR blocks, such as
 /// `127.0.0.1,10.0.0.0/8,fd00::/8`, into blocks (a block's host bits are cleared).
 pub fn parse_blocks(text: &str) -> Result<Vec<AddressBlock>, String> {
@@ -225,7 +230,7 @@ mod tests {
         assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8", "::1/128"]);
         let held = |text: &str| {
             let addr: IpAddr = text.parse().expect("address");
-            blocks.iter().any(|b| b.contains(addr))
+            holds(&blocks, addr)
         };
         for inside in [
             "127.0.0.1",

@@ -20,7 +20,8 @@ pub const MAX_TARGET: usize = 512;
 /// A request being answered, as its access log line will tell it.
 pub struct Access {
     started: Instant,
-    client: Option<IpAddr>,
+    /// The client's address (behind a trusted proxy, the client it forwards for).
+    pub client: Option<IpAddr>,
     method: String,
     target: String,
     /// The name of the client key it carried, once authorized.

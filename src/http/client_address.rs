@@ -4,14 +4,14 @@
 //! client cannot pass itself off as another by sending the header itself (the proxy appends the
 //! address it saw to what the client sent).
 
-use crate::base::addresses::AddressBlock;
+use crate::base::addresses::{holds, AddressBlock};
 use std::net::IpAddr;
 use tiny_http::Request;
 
 /// The client of `request`, seen through the proxies in `trusted`.
 pub fn client_address(trusted: &[AddressBlock], request: &Request) -> Option<IpAddr> {
     let peer = request.remote_addr()?.ip().to_canonical();
-    if !is_trusted(trusted, peer) {
+    if !holds(trusted, peer) {
         return Some(peer);
     }
     let forwarded = request
@@ -20,10 +20,6 @@ pub fn client_address(trusted: &[AddressBlock], request: &Request) -> Option<IpA
         .filter(|h| h.field.equiv("X-Forwarded-For"))
         .map(|h| h.value.as_str());
     Some(forwarded_client(trusted, peer, forwarded))
-}
-
-fn is_trusted(trusted: &[AddressBlock], addr: IpAddr) -> bool {
-    trusted.iter().any(|b| b.contains(addr))
 }
 
 /// The rightmost address of the `X-Forwarded-For` values (in the order they came) that is not
@@ -41,7 +37,7 @@ fn forwarded_client<'a>(
                 return client;
             };
             client = addr.to_canonical();
-            if !is_trusted(trusted, client) {
+            if !holds(trusted, client) {
                 return client;
             }
         }

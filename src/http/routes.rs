@@ -183,7 +183,11 @@ fn over_rate(ctx: &Context, wait: Duration) -> Reply {
 pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Access>) -> Reply {
     let url = request.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or_default();
-    let from = client_address(&ctx.config.trusted_proxies, request);
+    // The access log's entry worked it out already, when there is one.
+    let from = match access {
+        Some(noted) => noted.client,
+        None => client_address(&ctx.config.trusted_proxies, request),
+    };
     if let Err(wait) = ctx.request_rate.admit(from, path, Instant::now()) {
         return over_rate(ctx, wait);
     }

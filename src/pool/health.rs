@@ -13,7 +13,7 @@ use crate::base::sync::lock;
 use crate::pool::expiry;
 use crate::state::context::Context;
 use crate::state::metrics::ProbeResult;
-use crate::state::pool_state::PoolState;
+use crate::state::pool_state::{PoolState, WorkerEntry};
 use crate::worker::client::ProbeFailure;
 use crate::worker::identity::short_id;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -128,24 +128,27 @@ fn probe_round(ctx: &Context, due: Vec<Due>) {
     });
 }
 
+/// The entry a probe was made for, while it still holds that place (a reload may have given the
+/// place of a forgotten worker to another one meanwhile).
+fn probed_entry<'a>(
+    st: &'a mut PoolState,
+    (index, endpoint, worker_id): &Probed,
+) -> Option<&'a mut WorkerEntry> {
+    st.workers
+        .get_mut(*index)
+        .filter(|w| w.spec.worker_id == *worker_id && w.spec.endpoint == *endpoint)
+}
+
 /// Records what was read of the certificate the endpoint of the worker `(index, endpoint,
 /// worker_id)` presents: read again in an hour, or tried again in a minute when it could not
 /// be read. A certificate not seen before is warned of at once when it is due.
-fn record_certificate(
-    ctx: &Context,
-    (index, endpoint, worker_id): &Probed,
-    read: Result<ChainExpiry, String>,
-) {
+fn record_certificate(ctx: &Context, probed: &Probed, read: Result<ChainExpiry, String>) {
     let now = Instant::now();
     let mut st = ctx.lock();
-    let Some(w) = st
-        .workers
-        .get_mut(*index)
-        .filter(|w| w.spec.worker_id == *worker_id && w.spec.endpoint == *endpoint)
-    else {
+    let Some(w) = probed_entry(&mut st, probed) else {
         return;
     };
-    let short = short_id(worker_id);
+    let short = short_id(&probed.2);
     match read {
         Ok(expiry) => {
             w.health.certificate_due = now + CERTIFICATE_REREAD;
@@ -165,7 +168,7 @@ fn record_certificate(
 
 /// Records one probe result of the worker `(index, endpoint, worker_id)`; a worker that turns
 /// healthy wakes the scheduler.
-fn apply(ctx: &Context, (index, endpoint, worker_id): Probed, result: Result<(), ProbeFailure>) {
+fn apply(ctx: &Context, probed: Probed, result: Result<(), ProbeFailure>) {
     ctx.metrics.probe(match &result {
         Ok(()) => ProbeResult::Healthy,
         Err(ProbeFailure::Unhealthy(_)) => ProbeResult::Unhealthy,
@@ -177,12 +180,8 @@ fn apply(ctx: &Context, (index, endpoint, worker_id): Probed, result: Result<(),
     let now_unix = unix_now();
     let interval = ctx.config.health_interval;
     let mut st = ctx.lock();
-    // A reload may have given the place of a forgotten worker to another one meanwhile.
-    let Some(w) = st
-        .workers
-        .get_mut(index)
-        .filter(|w| w.spec.worker_id == worker_id && w.spec.endpoint == endpoint)
-    else {
+    let index = probed.0;
+    let Some(w) = probed_entry(&mut st, &probed) else {
         return;
     };
     if let Err(ProbeFailure::Shortage(why)) = &result {

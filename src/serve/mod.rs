@@ -7,7 +7,7 @@ pub mod notify;
 pub mod shutdown;
 pub mod signals;
 
-use crate::base::addresses::AddressBlock;
+use crate::base::addresses::{self, AddressBlock};
 use crate::base::api_keys::{self, KeysFileError};
 use crate::base::clock::unix_now;
 use crate::base::config::{LogFormat, ServeConfig};
@@ -427,7 +427,7 @@ fn unshared_addresses(proxies: &[AddressBlock]) -> Option<tiny_http::UnsharedAdd
     }
     let proxies = proxies.to_vec();
     Some(tiny_http::UnsharedAddresses(Arc::new(move |peer| {
-        proxies.iter().any(|b| b.contains(peer))
+        addresses::holds(&proxies, peer)
     })))
 }
 
