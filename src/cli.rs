@@ -110,12 +110,15 @@ OPTIONS:
                              take longer) is disconnected                    [default: 30]
     --max-connections N      client connections at once; more are refused (503) [default: 1024]
     --max-connections-per-ip N  client connections at once from one address (an IPv6
-                             /64); more from it are refused (503); behind a proxy, raise
-                             it to --max-connections                         [default: 512]
+                             /64); more from it are refused (503); --trusted-proxies
+                             are held to --max-connections only              [default: 512]
     --max-requests-per-ip N  requests a second one address may make (bursts of N); more
                              are answered 429; 0 = no limit                  [default: 0]
     --trusted-proxies LIST   reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For
                              names the client, for the request rate and the logs [default: none]
+    --proxy-protocol         connections from --trusted-proxies begin with a PROXY protocol
+                             header (v1 or v2: HAProxy's send-proxy, nginx's proxy_protocol)
+                             naming the client; those without one are closed
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP
@@ -499,6 +502,19 @@ fn flag_name(arg: &OsString) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `--proxy-protocol`, which names no proxy of its own: it needs `--trusted-proxies`.
+fn proxy_protocol(args: &mut pico_args::Arguments, proxies: bool) -> Result<bool, CliError> {
+    let wanted = args.contains("--proxy-protocol");
+    if wanted && !proxies {
+        return Err(bad(
+            "--proxy-protocol",
+            "needs --trusted-proxies: the addresses of the proxies that send the header \
+             (every other connection is read as plain HTTP)",
+        ));
+    }
+    Ok(wanted)
+}
+
 /// Two flags that go together: both or neither.
 fn pair(
     args: &mut pico_args::Arguments,
@@ -516,6 +532,13 @@ fn pair(
 }
 
 fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError> {
+    let trusted_proxies = value(
+        args,
+        "--trusted-proxies",
+        addresses::parse_blocks,
+        Vec::new(),
+    )?;
+    let proxy_protocol = proxy_protocol(args, !trusted_proxies.is_empty())?;
     let d = ServeConfig::default();
     Ok(ServeConfig {
         port: value(args, "--port", port, d.port)?,
@@ -587,12 +610,8 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             count_or_zero,
             d.max_requests_per_ip,
         )?,
-        trusted_proxies: value(
-            args,
-            "--trusted-proxies",
-            addresses::parse_blocks,
-            Vec::new(),
-        )?,
+        trusted_proxies,
+        proxy_protocol,
         max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
         tls: pair(args, "--tls-cert", "--tls-key")?,
         worker_tls: WorkerTls {

@@ -21,7 +21,7 @@ use support::{temp_dir, WorkerKey};
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every flag of the serve command.
-const FLAGS: [&str; 29] = [
+const FLAGS: [&str; 30] = [
     "--port",
     "--bind",
     "--workers",
@@ -49,6 +49,7 @@ const FLAGS: [&str; 29] = [
     "--max-connections-per-ip",
     "--max-requests-per-ip",
     "--trusted-proxies",
+    "--proxy-protocol",
     "--max-results-bytes",
     "--log-format",
 ];
@@ -235,6 +236,7 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
         (&["--trusted-proxies", "proxy.lan"], "--trusted-proxies"),
         (&["--trusted-proxies", "10.0.0.1,"], "--trusted-proxies"),
+        (&["--proxy-protocol"], "--proxy-protocol"),
         (&["--max-reruns", "-1"], "--max-reruns"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),

@@ -177,6 +177,9 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
             &tls_args[1],
             "--worker-tls-key",
             &tls_args[2],
+            "--trusted-proxies",
+            "127.0.0.2",
+            "--proxy-protocol",
         ],
     );
     wait_healthy(&coordinator, &[&a, &b], DEADLINE);
@@ -312,6 +315,12 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         part.contains(">expires soon<")
             && part.contains("client certificate to workers")
             && part.contains("days left; renew it and send SIGHUP"),
+        "{part}"
+    );
+    let part = coordinator_part(&dom, "connections")
+        .unwrap_or_else(|| panic!("no connections part:\n{dom}"));
+    assert!(
+        part.contains("; 0 from the proxies without a PROXY header"),
         "{part}"
     );
     let buttons = tags(&dom, "button");

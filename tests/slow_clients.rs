@@ -647,6 +647,7 @@ fn refused_for(coordinator: &Coordinator, reason: &str) -> u64 {
     let field = match reason {
         "limit" => "refused_over_limit",
         "address" => "refused_for_address",
+        "proxy_header" => "refused_without_proxy_header",
         _ => "refused_for_shortage",
     };
     assert_eq!(pool["connections"][field], counted, "{pool}");
@@ -989,6 +990,15 @@ fn status_from_with(
     status_of(&answer)
 }
 
+/// The access log at `path` once a line holds `needle`.
+fn access_log_once(path: &std::path::Path, needle: &str) -> String {
+    support::poll_until(DEADLINE, || {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().any(|l| l.contains(needle)).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no {needle:?} in the access log"))
+}
+
 /// Behind a reverse proxy listed in `--trusted-proxies`, each client its `X-Forwarded-For`
 /// names has a request rate of its own, and is the address the access log and the log name
 /// (a client's own `X-Forwarded-For` entries, left of the proxy's, change nothing); the header
@@ -1045,13 +1055,7 @@ fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() {
         "X-Forwarded-For: 198.51.100.9\r\n",
     );
     assert_eq!(status, 200);
-    let lines = support::poll_until(DEADLINE, || {
-        let text = std::fs::read_to_string(&access).ok()?;
-        text.lines()
-            .any(|l| l.contains(" 127.0.0.2 - GET \"/pool\" 200 "))
-            .then_some(text)
-    })
-    .unwrap_or_else(|| panic!("no line of 127.0.0.2's request"));
+    let lines = access_log_once(&access, " 127.0.0.2 - GET \"/pool\" 200 ");
     for line in [
         " 198.51.100.7 - GET \"/jobs\" 200 ",
         " 198.51.100.7 - GET \"/jobs\" 429 ",
@@ -1119,4 +1123,153 @@ fn a_trusted_proxy_may_hold_more_connections_than_one_addresses_share() {
         DEADLINE
     ));
     drop(held);
+}
+
+/// A version 2 PROXY header: `command` 0x21 (PROXY) or 0x20 (LOCAL), for `client` (IPv4 or
+/// IPv6) to the coordinator's port.
+fn proxy_v2(command: u8, client: std::net::SocketAddr, port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(command);
+    let mut addresses = Vec::new();
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => {
+            header.push(0x11);
+            addresses.extend_from_slice(&ip.octets());
+            addresses.extend_from_slice(&[127, 0, 0, 1]);
+        }
+        std::net::IpAddr::V6(ip) => {
+            header.push(0x21);
+            addresses.extend_from_slice(&ip.octets());
+            addresses.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        }
+    }
+    addresses.extend_from_slice(&client.port().to_be_bytes());
+    addresses.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&u16::try_from(addresses.len()).expect("short").to_be_bytes());
+    header.extend_from_slice(&addresses);
+    header
+}
+
+/// Under `--proxy-protocol`, each connection from a trusted proxy begins with a PROXY header
+/// (version 1 or 2) naming its client: that client is the address of its requests (in the
+/// access log) and holds its own share of connections. A connection from the proxy without
+/// the header is closed with a 400 and counted, one that sends nothing by the client timeout
+/// (one closed at once, a port check, is not counted); a PROXY line from any other address is
+/// not believed.
+#[test]
+fn behind_a_proxy_protocol_proxy_each_client_is_its_own_address() {
+    let worker = FakeWorker::start();
+    let dir = support::temp_dir();
+    let access = dir.path().join("access.log");
+    let access_arg = access.to_string_lossy().into_owned();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--max-connections-per-ip",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.2",
+            "--proxy-protocol",
+            "--client-timeout",
+            "8",
+            "--access-log",
+            &access_arg,
+        ],
+    );
+    assert!(coordinator.wait_for_log(
+        "Connections from 127.0.0.2/32 must begin with a PROXY protocol header (--proxy-protocol)",
+        DEADLINE
+    ));
+    let port = coordinator.port();
+    let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
+    let ask = |header: &[u8], path: &str| {
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(
+            format!("GET {path} HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let mut stream = stalled_from(&coordinator, proxy, &bytes);
+        read_to_close(&mut stream, DEADLINE).expect("answered")
+    };
+    let v1 = format!("PROXY TCP4 203.0.113.7 127.0.0.1 51000 {port}\r\n");
+    assert_eq!(status_of(&ask(v1.as_bytes(), "/jobs")), 200);
+    let v2 = proxy_v2(0x21, "[2001:db8::9]:443".parse().expect("addr"), port);
+    assert_eq!(status_of(&ask(&v2, "/pool")), 200);
+    // The proxy's own health check (LOCAL) keeps the proxy's address.
+    let local = proxy_v2(0x20, "127.0.0.2:1".parse().expect("addr"), port);
+    assert_eq!(status_of(&ask(&local, "/health")), 200);
+    let plain = ask(b"", "/health");
+    assert_eq!(status_of(&plain), 400, "{plain}");
+    assert!(
+        plain.contains("must begin with a PROXY protocol header"),
+        "{plain}"
+    );
+    assert!(coordinator.wait_for_log(
+        "Closing a connection from 127.0.0.2, whose connections must each begin with a PROXY protocol header: it did not begin with one (version 1 or 2)",
+        DEADLINE
+    ));
+    // A PROXY line from an address that is no trusted proxy names nobody.
+    let mut spoof = stalled(
+        &coordinator,
+        b"PROXY TCP4 6.6.6.6 127.0.0.1 1 2\r\nGET /jobs HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let spoofed = read_to_close(&mut spoof, DEADLINE).expect("answered");
+    assert_ne!(status_of(&spoofed), 200, "{spoofed}");
+
+    // Each client behind the proxy holds its own share of connections.
+    let start = |client: &str| {
+        let mut bytes = format!("PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n").into_bytes();
+        bytes.extend_from_slice(b"GET /health HTTP/1.1\r\n");
+        stalled_from(&coordinator, proxy, &bytes)
+    };
+    let held = [start("198.51.100.1"), start("198.51.100.1")];
+    thread::sleep(Duration::from_millis(300));
+    let mut third = start("198.51.100.1");
+    let answer = read_to_close(&mut third, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    let other = format!("PROXY TCP4 198.51.100.2 127.0.0.1 40000 {port}\r\n");
+    assert_eq!(status_of(&ask(other.as_bytes(), "/health")), 200);
+    drop(held);
+    assert!(coordinator.wait_for_log(
+        "Refusing new connections from 198.51.100.1: it has 2 open",
+        DEADLINE
+    ));
+    assert_eq!(refused_for(&coordinator, "address"), 1);
+
+    // A balancer's port check (a connection closed without a byte) is no refusal; a proxy
+    // connection that sends nothing is closed by the client timeout.
+    drop(stalled_from(&coordinator, proxy, b""));
+    let mut silent = stalled_from(&coordinator, proxy, b"");
+    let began = Instant::now();
+    let closed = read_to_close(&mut silent, DEADLINE).expect("closed by the client timeout");
+    assert!(closed.is_empty(), "{closed}");
+    assert!(
+        began.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(refused_for(&coordinator, "proxy_header"), 2);
+
+    let lines = access_log_once(&access, " 198.51.100.2 - GET \"/health\" 200 ");
+    for line in [
+        " 203.0.113.7 - GET \"/jobs\" 200 ",
+        " 2001:db8::9 - GET \"/pool\" 200 ",
+        " 127.0.0.2 - GET \"/health\" 200 ",
+    ] {
+        assert!(lines.contains(line), "no {line:?} in\n{lines}");
+    }
+    assert!(!lines.contains("6.6.6.6"), "{lines}");
+    let pool = get_json(&coordinator.url("/pool")).1;
+    assert_eq!(pool["requests"]["proxy_protocol"], true, "{pool}");
+
+    let refused = Coordinator::try_start_in(dir.path(), &["--proxy-protocol"])
+        .err()
+        .unwrap_or_default();
+    assert!(
+        refused.contains("--proxy-protocol: needs --trusted-proxies"),
+        "{refused}"
+    );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::lifecycle::{submit, wait_collected, wait_status};
-use support::tls::{cert_der, days_from_now, https_get, TestCa, TlsProxy, TricklingTls};
+use support::tls::{
+    cert_der, days_from_now, https_get, https_get_over, TestCa, TlsProxy, TricklingTls,
+};
 use support::{
     get_bytes, get_json, poll_until, send, temp_dir, write_workers_json, BlackHole, Coordinator,
     FakeWorker, Form,
@@ -306,6 +308,70 @@ fn a_rotated_worker_client_certificate_is_used_after_sighup() {
     let id = submit(&coordinator, &small_job());
     wait_status(&coordinator, &id, "completed", DEADLINE);
     assert_eq!(pool_row(&coordinator)["is_healthy"], true);
+}
+
+/// Behind a TCP-mode proxy under `--proxy-protocol`, the PROXY header comes before the TLS
+/// handshake: the client it names is its requests' address; a TLS connection from the proxy
+/// without one is closed, while other addresses speak TLS as before.
+#[test]
+fn a_proxy_protocol_header_precedes_the_tls_handshake() {
+    use std::io::Write;
+    let dir = temp_dir();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.issue("listener", false);
+    let worker = FakeWorker::start();
+    let (cert_arg, key_arg) = (path_arg(&cert), path_arg(&key));
+    let access = dir.path().join("access.log");
+    let access_arg = path_arg(&access);
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--trusted-proxies",
+            "127.0.0.2",
+            "--proxy-protocol",
+            "--access-log",
+            &access_arg,
+        ],
+    );
+    let port = coordinator.port();
+    let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let from_proxy = |header: &str| {
+        let mut tcp = trusted_pool::worker::bound_socket::connect_from(proxy, remote, DEADLINE)
+            .unwrap_or_else(|e| panic!("connect from the proxy: {e:?}"));
+        tcp.write_all(header.as_bytes()).expect("header");
+        https_get_over(tcp, &ca.path("ca"), "/jobs")
+    };
+    let header = format!("PROXY TCP4 203.0.113.70 127.0.0.1 50000 {port}\r\n");
+    let answer = from_proxy(&header).expect("HTTPS after the header");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(
+        from_proxy("").is_err(),
+        "a TLS connection from the proxy without a header was served"
+    );
+    let direct = https_get(port, &ca.path("ca"), "/health").expect("HTTPS from 127.0.0.1");
+    assert_eq!(direct.status, 200, "{}", direct.text);
+    let lines = poll_until(DEADLINE, || {
+        let text = fs::read_to_string(&access).ok()?;
+        text.contains(" 127.0.0.1 - GET \"/health\" 200 ")
+            .then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no line of the direct request"));
+    assert!(
+        lines.contains(" 203.0.113.70 - GET \"/jobs\" 200 "),
+        "{lines}"
+    );
+    let pool = https_get(port, &ca.path("ca"), "/pool").expect("HTTPS /pool");
+    let pool: Value = serde_json::from_str(pool.text.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {}", pool.text));
+    assert_eq!(
+        pool["connections"]["refused_without_proxy_header"], 1,
+        "{pool}"
+    );
 }
 
 #[test]

@@ -160,6 +160,9 @@ pub struct ServeConfig {
     pub max_requests_per_ip: u32,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`).
     pub trusted_proxies: Vec<AddressBlock>,
+    /// Connections from the trusted proxies begin with a PROXY protocol header naming the
+    /// client (`--proxy-protocol`).
+    pub proxy_protocol: bool,
     /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
     pub max_uploads: usize,
     /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
@@ -214,6 +217,7 @@ impl Default for ServeConfig {
             max_connections_per_ip: 512,
             max_requests_per_ip: 0,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             max_uploads: 128,
             tls: None,
             worker_tls: WorkerTls::default(),

@@ -153,12 +153,13 @@ fn write_connections(out: &mut Text, counts: &ConnectionCounts) {
     out.family(
         "trusted_pool_connections_refused_total",
         "counter",
-        "Client connections refused with 503 at once: beyond --max-connections (limit), beyond --max-connections-per-ip (address), or for want of a descriptor or a thread (shortage).",
+        "Client connections refused at once: with 503 beyond --max-connections (limit), beyond --max-connections-per-ip (address), or for want of a descriptor or a thread (shortage); closed from a --trusted-proxies address without a PROXY protocol header under --proxy-protocol (proxy_header).",
     );
     for (reason, count) in [
         ("limit", &counts.refused_over_limit),
         ("address", &counts.refused_for_address),
         ("shortage", &counts.refused_for_shortage),
+        ("proxy_header", &counts.refused_without_proxy_header),
     ] {
         out.sample(
             "trusted_pool_connections_refused_total",

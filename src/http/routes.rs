@@ -535,6 +535,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .into();
+    view["requests"]["proxy_protocol"] = ctx.config.proxy_protocol.into();
     view["followers"] = json!({
         "following": ctx.events.follower_count(),
         "max": ctx.events.max_followers(),

@@ -231,6 +231,7 @@ pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Valu
         "refused_over_limit": counts.refused_over_limit.load(Ordering::Relaxed),
         "refused_for_address": counts.refused_for_address.load(Ordering::Relaxed),
         "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
+        "refused_without_proxy_header": counts.refused_without_proxy_header.load(Ordering::Relaxed),
     })
 }
 

@@ -157,7 +157,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         None => None,
     };
     check_open_file_limit(config.max_connections);
-    log_trusted_proxies(&config.trusted_proxies);
+    log_trusted_proxies(&config.trusted_proxies, config.proxy_protocol);
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
@@ -197,7 +197,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let limits = tiny_http::Limits {
         max_connections: config.max_connections,
         max_connections_per_address: config.max_connections_per_ip,
-        unshared: unshared_addresses(&config.trusted_proxies),
+        unshared: proxies_test(&config.trusted_proxies),
+        proxied: config
+            .proxy_protocol
+            .then(|| proxies_test(&config.trusted_proxies))
+            .flatten(),
         client_timeout: Some(config.client_timeout),
     };
     let server = tiny_http::Server::with_limits(addr, limits, acceptor.clone())
@@ -420,26 +424,36 @@ fn check_open_file_limit(max_connections: usize) {
 }
 
 /// The trusted proxies, whose connections carry many clients: held to `--max-connections` only,
-/// not to one address's share (`--max-connections-per-ip`).
-fn unshared_addresses(proxies: &[AddressBlock]) -> Option<tiny_http::UnsharedAddresses> {
+/// not to one address's share (`--max-connections-per-ip`), and under `--proxy-protocol`
+/// opened by a PROXY protocol header.
+fn proxies_test(proxies: &[AddressBlock]) -> Option<tiny_http::PeerTest> {
     if proxies.is_empty() {
         return None;
     }
     let proxies = proxies.to_vec();
-    Some(tiny_http::UnsharedAddresses(Arc::new(move |peer| {
+    Some(tiny_http::PeerTest(Arc::new(move |peer| {
         addresses::holds(&proxies, peer)
     })))
 }
 
-/// Says whose `X-Forwarded-For` is believed, and warns when that is anybody's.
-fn log_trusted_proxies(proxies: &[AddressBlock]) {
+/// Says whose PROXY headers and `X-Forwarded-For` are believed, and warns when that is
+/// anybody's.
+fn log_trusted_proxies(proxies: &[AddressBlock], proxy_protocol: bool) {
     if proxies.is_empty() {
         return;
     }
-    let list: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+    let list = proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if proxy_protocol {
+        log::info!(
+            "Connections from {list} must begin with a PROXY protocol header (--proxy-protocol): the client it names is each request's address and holds its own share of --max-connections-per-ip"
+        );
+    }
     log::info!(
-        "Client addresses of requests from {} are read from their X-Forwarded-For (--trusted-proxies); their connections count against --max-connections only",
-        list.join(", ")
+        "Client addresses of requests from {list} are read from their X-Forwarded-For (--trusted-proxies); their connections count against --max-connections only"
     );
     if let Some(all) = proxies.iter().find(|b| b.is_everything()) {
         log::warn!(

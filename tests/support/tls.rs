@@ -136,6 +136,13 @@ pub struct HttpsAnswer {
 
 /// `GET path` over TLS to 127.0.0.1:`port`, trusting only `ca`; Err when TLS or HTTP failed.
 pub fn https_get(port: u16, ca: &Path, path: &str) -> Result<HttpsAnswer, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    https_get_over(tcp, ca, path)
+}
+
+/// `GET path` over TLS on the connection `tcp` (to a server named 127.0.0.1), trusting only
+/// `ca`; Err when TLS or HTTP failed.
+pub fn https_get_over(tcp: TcpStream, ca: &Path, path: &str) -> Result<HttpsAnswer, String> {
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -144,7 +151,6 @@ pub fn https_get(port: u16, ca: &Path, path: &str) -> Result<HttpsAnswer, String
     let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
     let session = rustls::ClientConnection::new(Arc::new(config), name.to_owned())
         .map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let mut tls = rustls::StreamOwned::new(session, tcp);
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");

@@ -20,8 +20,9 @@ use crate::Request;
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
 pub struct ClientConnection {
-    // address of the client
-    remote_addr: IoResult<Option<SocketAddr>>,
+    // address of the client (patched: `None` when the socket could not tell it, instead of
+    // a panic at the first request)
+    remote_addr: Option<SocketAddr>,
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
@@ -95,7 +96,7 @@ impl ClientConnection {
         control: Arc<Connection>,
         client_timeout: Option<Duration>,
     ) -> ClientConnection {
-        let remote_addr = read_socket.peer_addr();
+        let remote_addr = read_socket.peer_addr().ok().flatten();
         let secure = read_socket.secure();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(4096, read_socket));
@@ -113,6 +114,13 @@ impl ClientConnection {
             timeout_lowered: false,
             closing: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Patched: the client is `addr`, not the socket's peer (a proxy that named it in a PROXY
+    /// protocol header).
+    pub(crate) fn with_remote_addr(mut self, addr: SocketAddr) -> Self {
+        self.remote_addr = Some(addr);
+        self
     }
 
     /// Patched: after an answer given before its request's body was read, shuts the write side
@@ -294,7 +302,7 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            self.remote_addr,
             data_source,
             writer,
             Some(RequestControl {

@@ -120,6 +120,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod proxied;
 mod request;
 mod response;
 mod ssl;
@@ -160,6 +161,8 @@ pub struct ConnectionCounts {
     pub refused_for_address: AtomicU64,
     /// Refused for want of a descriptor or a thread.
     pub refused_for_shortage: AtomicU64,
+    /// Closed from a `Limits::proxied` peer without a valid PROXY header in time.
+    pub refused_without_proxy_header: AtomicU64,
 }
 
 /// Patched: a function the connection's own thread calls with each request it read, before
@@ -207,14 +210,14 @@ pub enum TlsAcceptor {}
 #[cfg(feature = "ssl-rustls")]
 pub use ssl::TlsAcceptor;
 
-/// Patched: the peer addresses whose connections `Limits::max_connections_per_address` does not
-/// hold (reverse proxies, whose connections carry many clients).
+/// Patched: a test of a connection's peer address (which peers `Limits::unshared` and
+/// `Limits::proxied` name).
 #[derive(Clone)]
-pub struct UnsharedAddresses(pub Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
+pub struct PeerTest(pub Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
 
-impl fmt::Debug for UnsharedAddresses {
+impl fmt::Debug for PeerTest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UnsharedAddresses")
+        f.write_str("PeerTest")
     }
 }
 
@@ -227,7 +230,12 @@ pub struct Limits {
     /// new connection from that address gets a short 503 and is closed.
     pub max_connections_per_address: usize,
     /// Peer addresses held to `max_connections` only, not to `max_connections_per_address`.
-    pub unshared: Option<UnsharedAddresses>,
+    pub unshared: Option<PeerTest>,
+    /// Peer addresses whose connections begin with a PROXY protocol header (version 1 or 2):
+    /// their requests' `remote_addr` is the client the header names, and each such client is
+    /// held to `max_connections_per_address`. A connection from them without a valid header
+    /// within `client_timeout` is closed (with a 400 when it speaks plain HTTP).
+    pub proxied: Option<PeerTest>,
     /// Longest silence of a client (socket read and write timeouts); a request's line and
     /// headers must also arrive within it. `None`: wait forever.
     pub client_timeout: Option<Duration>,
@@ -239,6 +247,7 @@ impl Default for Limits {
             max_connections: usize::MAX,
             max_connections_per_address: usize::MAX,
             unshared: None,
+            proxied: None,
             client_timeout: None,
         }
     }
@@ -332,15 +341,80 @@ fn refuse(sock: &Connection, secure: bool) {
 
 /// Patched: like [`refuse`], with `why` as the answer's error.
 fn refuse_with(sock: &Connection, secure: bool, why: &str) {
-    if !secure && sock.set_nonblocking(true).is_ok() {
+    close_with(sock, secure, "503 Service Unavailable\r\nRetry-After: 1", why);
+}
+
+/// Patched: closes a connection, first answering `status` (a status line's code and reason,
+/// and any further header lines) with `why` as the JSON error unless `silent` (a TLS
+/// connection, which a plain answer would not reach, or a peer that sent nothing).
+fn close_with(sock: &Connection, silent: bool, status: &str, why: &str) {
+    if !silent && sock.set_nonblocking(true).is_ok() {
         let body = format!("{{\"error\":\"{why}\"}}\n");
         let answer = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         let _ = sock.write_once(answer.as_bytes());
     }
     let _ = sock.shutdown(Shutdown::Write);
+}
+
+/// Patched: refuses a connection beyond its client address's share (see [`refuse_with`]),
+/// counted, and logged at most once a minute.
+fn refuse_for_address(
+    sock: &Connection,
+    secure: bool,
+    counts: &ConnectionCounts,
+    log: &Mutex<util::RefusalLog>,
+    address: IpAddr,
+    limit: usize,
+) {
+    counts.refused_for_address.fetch_add(1, Relaxed);
+    refuse_with(
+        sock,
+        secure,
+        "too many connections from your address; close some, or retry shortly",
+    );
+    let due = log
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .due(Instant::now());
+    if let Some(count) = due {
+        log::warn!(
+            "Refusing new connections from {address}: it has {limit} open, the most one client address may hold; {count} refused since the last such line"
+        );
+    }
+}
+
+/// Patched: how an accepted connection reaches its thread: ready to read requests, or with
+/// a PROXY header to read first.
+enum Opening {
+    Ready(ClientConnection),
+    Proxied(Arc<Connection>),
+}
+
+/// Patched: the reader of requests of a connection, over TLS when `ssl` is given (`None` when
+/// TLS cannot start on it).
+fn open_client(
+    control: Arc<Connection>,
+    ssl: Option<&TlsAcceptor>,
+    client_timeout: Option<Duration>,
+) -> Option<ClientConnection> {
+    use util::RefinedTcpStream;
+    let shared = connection::SharedConnection(Arc::clone(&control));
+    let (read_closable, write_closable) = match ssl {
+        None => RefinedTcpStream::new(shared),
+        #[cfg(feature = "ssl-rustls")]
+        Some(ssl) => RefinedTcpStream::new(ssl.accept(shared).ok()?),
+        #[cfg(not(feature = "ssl-rustls"))]
+        Some(never) => match *never {},
+    };
+    Some(ClientConnection::new(
+        write_closable,
+        read_closable,
+        control,
+        client_timeout,
+    ))
 }
 
 impl Server {
@@ -437,12 +511,21 @@ impl Server {
             let mut trouble = util::AcceptTrouble::new();
             // Patched: refusals at the limits are logged, at most once a minute each.
             let mut over_limit = util::RefusalLog::new();
-            let mut over_share = util::RefusalLog::new();
+            let over_share = Arc::new(Mutex::new(util::RefusalLog::new()));
+            // Patched: proxied connections are opened on their own threads.
+            let proxy = Arc::new(proxied::ProxiedOpener {
+                ssl: ssl.clone(),
+                per_address: Arc::clone(&per_address),
+                unshared: limits.unshared.clone(),
+                counts: Arc::clone(&live),
+                over_share: Arc::clone(&over_share),
+                without_header: Mutex::new(util::RefusalLog::new()),
+                client_timeout: limits.client_timeout,
+            });
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let (client, refusal, address_slot) = match server.accept() {
+                let (opening, refusal, address_slot) = match server.accept() {
                     Ok((sock, peer)) => {
-                        use util::RefinedTcpStream;
                         // Patched: beyond the limit a connection is refused, not given a thread.
                         if live.open.load(Acquire) >= limits.max_connections {
                             live.refused_over_limit.fetch_add(1, Relaxed);
@@ -455,28 +538,29 @@ impl Server {
                             }
                             continue;
                         }
+                        // Patched: a proxied connection's client is known only once its
+                        // header is read, on the connection's own thread.
+                        let proxied = peer.is_some_and(|p| {
+                            limits.proxied.as_ref().is_some_and(|t| (t.0)(p.ip()))
+                        });
                         // Patched: so is one beyond its client address's share.
                         let address_slot = match peer {
                             Some(peer)
                                 if per_address.limit < usize::MAX
+                                    && !proxied
                                     && !limits.unshared.as_ref().is_some_and(|u| (u.0)(peer.ip())) =>
                             {
                                 match PerAddress::take(&per_address, peer.ip()) {
                                     Some(slot) => Some(slot),
                                     None => {
-                                        live.refused_for_address.fetch_add(1, Relaxed);
-                                        refuse_with(
+                                        refuse_for_address(
                                             &sock,
                                             ssl.is_some(),
-                                            "too many connections from your address; close some, or retry shortly",
+                                            &live,
+                                            &over_share,
+                                            peer.ip(),
+                                            per_address.limit,
                                         );
-                                        if let Some(count) = over_share.due(Instant::now()) {
-                                            log::warn!(
-                                                "Refusing new connections from {}: it has {} open, the most one client address may hold; {count} refused since the last such line",
-                                                peer.ip(),
-                                                per_address.limit
-                                            );
-                                        }
                                         continue;
                                     }
                                 }
@@ -493,32 +577,17 @@ impl Server {
                         let _ = sock.set_write_timeout(limits.client_timeout);
                         // Patched: the halves and the control handle share one socket.
                         let control = Arc::new(sock);
-                        let shared = connection::SharedConnection(Arc::clone(&control));
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(shared),
-                            #[cfg(feature = "ssl-rustls")]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(shared) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
+                        let opening = if proxied {
+                            Opening::Proxied(Arc::clone(&control))
+                        } else {
+                            // if TLS cannot start, the socket is closed and listening resumes
+                            let client = Arc::clone(&control);
+                            match open_client(client, ssl.as_deref(), limits.client_timeout) {
+                                Some(client) => Opening::Ready(client),
+                                None => continue,
                             }
-                            #[cfg(not(feature = "ssl-rustls"))]
-                            Some(ref never) => match **never {},
                         };
-
-                        let refusal = Arc::clone(&control);
-                        let client = ClientConnection::new(
-                            write_closable,
-                            read_closable,
-                            control,
-                            limits.client_timeout,
-                        );
-                        (client, refusal, address_slot)
+                        (opening, control, address_slot)
                     }
                     Err(e) => {
                         if inside_close_trigger.load(Relaxed) {
@@ -534,11 +603,20 @@ impl Server {
 
                 let messages = inside_messages.clone();
                 let inline = Arc::clone(&inside_inline);
-                let mut client = Some(client);
+                let mut opening = Some(opening);
                 let mut counted = Some((LiveConnection::new(&live), address_slot));
+                let proxy = Arc::clone(&proxy);
                 // Patched: without a thread for it, the connection is refused.
                 let spawned = tasks_pool.spawn(Box::new(move || {
                     let _counted = counted.take();
+                    let (client, _client_slot) = match opening.take() {
+                        Some(Opening::Ready(client)) => (client, None),
+                        Some(Opening::Proxied(control)) => match proxy.open(control) {
+                            Some(opened) => opened,
+                            None => return,
+                        },
+                        None => return,
+                    };
                     // Patched: a request the inline handler serves is not queued.
                     let queue = |rq: Request| {
                         let rq = match inline.get() {
@@ -549,22 +627,20 @@ impl Server {
                             messages.push(rq.into());
                         }
                     };
-                    if let Some(client) = client.take() {
-                        // Synchronization is needed for HTTPS requests to avoid a deadlock
-                        if client.secure() {
-                            let (sender, receiver) = mpsc::channel();
-                            for rq in client {
-                                queue(rq.with_notify_sender(sender.clone()));
-                                // Patched: no unwrap (the request sends when answered
-                                // or dropped; a closed channel ends the connection).
-                                if receiver.recv().is_err() {
-                                    break;
-                                }
+                    // Synchronization is needed for HTTPS requests to avoid a deadlock
+                    if client.secure() {
+                        let (sender, receiver) = mpsc::channel();
+                        for rq in client {
+                            queue(rq.with_notify_sender(sender.clone()));
+                            // Patched: no unwrap (the request sends when answered
+                            // or dropped; a closed channel ends the connection).
+                            if receiver.recv().is_err() {
+                                break;
                             }
-                        } else {
-                            for rq in client {
-                                queue(rq);
-                            }
+                        }
+                    } else {
+                        for rq in client {
+                            queue(rq);
                         }
                     }
                 }));

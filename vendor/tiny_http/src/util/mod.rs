@@ -16,6 +16,7 @@ mod custom_stream;
 mod equal_reader;
 mod fused_reader;
 mod messages_queue;
+pub(crate) mod proxy_header;
 pub(crate) mod refined_tcp_stream;
 mod refusal_log;
 mod sequential;

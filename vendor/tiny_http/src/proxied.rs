@@ -1,0 +1,109 @@
+//! Patched: opening a connection from a peer that begins each connection with a PROXY protocol
+//! header (`Limits::proxied`), on the connection's own thread: the header is read under the
+//! client timeout, then the client it names is held to its address's share of connections and
+//! becomes its requests' `remote_addr`.
+
+use crate::client::ClientConnection;
+use crate::connection::Connection;
+use crate::util::proxy_header::{self, HeaderError};
+use crate::util::RefusalLog;
+use crate::{
+    close_with, open_client, refuse_for_address, AddressSlot, ConnectionCounts, PeerTest,
+    PerAddress, TlsAcceptor,
+};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a header may take without a client timeout.
+const HEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// What opening a proxied connection needs of its server.
+pub(crate) struct ProxiedOpener {
+    pub(crate) ssl: Option<Arc<TlsAcceptor>>,
+    pub(crate) per_address: Arc<PerAddress>,
+    pub(crate) unshared: Option<PeerTest>,
+    pub(crate) counts: Arc<ConnectionCounts>,
+    pub(crate) over_share: Arc<Mutex<RefusalLog>>,
+    pub(crate) without_header: Mutex<RefusalLog>,
+    pub(crate) client_timeout: Option<Duration>,
+}
+
+impl ProxiedOpener {
+    /// Reads `control`'s PROXY header and opens it for requests, with the slot its client
+    /// holds; `None` when it was closed instead (no valid header, or its client's share used).
+    pub(crate) fn open(
+        &self,
+        control: Arc<Connection>,
+    ) -> Option<(ClientConnection, Option<AddressSlot>)> {
+        let secure = self.ssl.is_some();
+        let deadline = Instant::now() + self.client_timeout.unwrap_or(HEADER_WAIT);
+        let client = match proxy_header::read(&control, deadline) {
+            Ok(client) => client,
+            Err(HeaderError::Unused) => return None,
+            Err(e) => {
+                self.counts
+                    .refused_without_proxy_header
+                    .fetch_add(1, Relaxed);
+                // Only a peer that spoke is told why.
+                let spoke = matches!(e, HeaderError::Missing | HeaderError::Malformed(_));
+                close_with(
+                    &control,
+                    secure || !spoke,
+                    "400 Bad Request",
+                    "connections from this address must begin with a PROXY protocol header",
+                );
+                self.log_refusal(&control, &e);
+                return None;
+            }
+        };
+        let _ = control.set_read_timeout(self.client_timeout);
+        let slot = match client {
+            Some(client)
+                if self.per_address.limit < usize::MAX
+                    && !self.unshared.as_ref().is_some_and(|u| (u.0)(client.ip())) =>
+            {
+                match PerAddress::take(&self.per_address, client.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        refuse_for_address(
+                            &control,
+                            secure,
+                            &self.counts,
+                            &self.over_share,
+                            client.ip(),
+                            self.per_address.limit,
+                        );
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let opened = open_client(control, self.ssl.as_deref(), self.client_timeout)?;
+        let opened = match client {
+            Some(client) => opened.with_remote_addr(client),
+            None => opened,
+        };
+        Some((opened, slot))
+    }
+
+    /// Logs a connection closed for its header, at most once a minute.
+    fn log_refusal(&self, control: &Connection, why: &HeaderError) {
+        let due = self
+            .without_header
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(Instant::now());
+        if let Some(count) = due {
+            let peer = control
+                .peer_addr()
+                .ok()
+                .flatten()
+                .map_or_else(|| "a proxy".to_string(), |p| p.ip().to_string());
+            log::warn!(
+                "Closing a connection from {peer}, whose connections must each begin with a PROXY protocol header: {why}; {count} closed so since the last such line"
+            );
+        }
+    }
+}
