@@ -1,7 +1,8 @@
 //! Seeded, bounded fuzz loops over every parser a stranger or a damaged disk can feed: the
 //! upload path (multipart parser and the submit checks), path decoding, workers.json, the keys
 //! file, a worker's JSON answers, the readers of the state directory, and the HTTP front of the real binary (request line, headers,
-//! routes). No panic, no hang, every bad input a 4xx or a clean error. `make fuzz` runs them
+//! routes; the PROXY protocol headers of a trusted proxy). No panic, no hang, every bad input a
+//! 4xx or a clean error. `make fuzz` runs them
 //! longer (TP_FUZZ_ITERATIONS, TP_FUZZ_SECONDS).
 
 mod support;
@@ -434,9 +435,15 @@ const HTTP_TOKENS: [&[u8]; 16] = [
 
 /// Sends raw bytes and reads what comes back within a few seconds (status 0: none).
 fn exchange(port: u16, request: &[u8]) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
+    exchange_on(stream, request)
+}
+
+/// Sends raw bytes on `stream`, ends its side, and reads what comes back within a few seconds
+/// (status 0: none).
+fn exchange_on(mut stream: TcpStream, request: &[u8]) -> (u16, String) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.write_all(request);
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -477,4 +484,94 @@ fn mutated_requests_to_the_real_binary_get_an_answer_and_never_a_5xx() {
     eprintln!("fuzz http front: statuses {statuses:?}");
     let (status, _) = exchange(port, b"GET /health HTTP/1.1\r\nHost: pool\r\n\r\n");
     assert_eq!(status, 200, "the coordinator stopped answering");
+}
+
+const PROXY_TOKENS: [&[u8]; 12] = [
+    b"PROXY ",
+    b"TCP4 ",
+    b"TCP6 ",
+    b"UNKNOWN",
+    b"\r\n",
+    b" ",
+    b"\r\n\r\n\0\r\nQUIT\n",
+    b"\x21\x11",
+    b"\x20\x00",
+    b"\xff\xff",
+    b"::ffff:",
+    b"65536",
+];
+
+/// A version 2 PROXY header (`command`, `family`) with `addresses` after it.
+fn proxy_v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[command, family]);
+    header.extend_from_slice(&u16::try_from(addresses.len()).expect("short").to_be_bytes());
+    header.extend_from_slice(addresses);
+    header
+}
+
+#[test]
+fn mutated_proxy_headers_from_a_trusted_proxy_are_read_or_refused_and_never_a_5xx() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--client-timeout",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.2",
+            "--proxy-protocol",
+        ],
+    );
+    let port = coordinator.port();
+    let request = b"GET /jobs HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n";
+    let mut v4 = vec![203, 0, 113, 7, 127, 0, 0, 1, 0xC3, 0x50, 0x23, 0x28];
+    let seeds: Vec<Vec<u8>> = vec![
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 50000 9000\r\n".to_vec(),
+        b"PROXY TCP6 2001:db8::7 ::1 50000 9000\r\n".to_vec(),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        proxy_v2(0x21, 0x11, &v4),
+        proxy_v2(0x21, 0x21, &[0x20; 36]),
+        proxy_v2(0x20, 0x00, &[]),
+        {
+            v4.extend_from_slice(&[0x01, 0x00, 0x02, b'h', b'2']);
+            proxy_v2(0x21, 0x11, &v4)
+        },
+    ];
+    let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let from_proxy = |bytes: &[u8]| {
+        let stream =
+            trusted_pool::worker::bound_socket::connect_from(proxy, remote, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect from the proxy: {e:?}"));
+        exchange_on(stream, bytes)
+    };
+    let mut statuses = std::collections::BTreeMap::new();
+    run("proxy header", 0x5EED_0006, 1500, 20, |rng: &mut Rng| {
+        let mut header = rng.pick(&seeds).clone();
+        mutate(rng, &mut header, &PROXY_TOKENS);
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(request);
+        let (status, answer) = from_proxy(&bytes);
+        assert!(
+            !(500..600).contains(&status) || status == 503,
+            "{status} for {:?}: {answer}",
+            String::from_utf8_lossy(&header)
+        );
+        *statuses.entry(status).or_insert(0) += 1;
+    });
+    eprintln!("fuzz proxy header: statuses {statuses:?}");
+    assert!(statuses.get(&200) > Some(&0), "{statuses:?}");
+    assert!(statuses.get(&400) > Some(&0), "{statuses:?}");
+    let mut valid = seeds[0].clone();
+    valid.extend_from_slice(request);
+    assert_eq!(
+        from_proxy(&valid).0,
+        200,
+        "the coordinator stopped reading headers"
+    );
+    let (status, _) = exchange(port, b"GET /health HTTP/1.1\r\nHost: pool\r\n\r\n");
+    assert_eq!(status, 200, "the coordinator stopped answering");
+    let logs = coordinator.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
 }
