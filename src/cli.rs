@@ -1,6 +1,6 @@
 //! Command-line parsing and the commands: serve (default), `worker-id`, `check`, `new-key`.
 
-use crate::base::addresses;
+use crate::base::addresses::{self, AddressBlock};
 use crate::base::api_keys::{self, hash_key, is_valid_name, Role, MAX_NAME_LEN};
 use crate::base::cert_expiry::ExpiryWarning;
 use crate::base::clock::{parse_utc, unix_now, utc_text};
@@ -37,12 +37,13 @@ USAGE:
     trusted-pool check --worker-tls-cert PEM --worker-tls-key PEM
                                            check a certificate and its key before a SIGHUP:
                                            they load and match, and when the chain expires
-    trusted-pool new-key NAME [--admin|--read] [--expires DATE]
+    trusted-pool new-key NAME [--admin|--read] [--expires DATE] [--bound-cidrs LIST]
                                            print a fresh client key and its --api-keys entry
                                            (a submit key; --admin: an operator's; --read: sees
                                            everything, changes nothing; --expires: refused
                                            from this UTC date or time on, 2027-01-31 or
-                                           2027-01-31T12:00:00Z)
+                                           2027-01-31T12:00:00Z; --bound-cidrs: usable only
+                                           from these addresses and CIDR blocks)
 
 OPTIONS:
     --port N                 HTTP port to listen on (0 = any free port)      [default: 9000]
@@ -165,6 +166,8 @@ pub enum Command {
         role: Role,
         /// When it expires (unix seconds), if it does.
         expires: Option<u64>,
+        /// The addresses it may be used from (empty: any).
+        bound_cidrs: Vec<AddressBlock>,
     },
     /// Print usage.
     Help,
@@ -458,6 +461,12 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 })?),
                 Err(e) => return Err(bad("new-key", e.to_string())),
             };
+            let bound_cidrs = match args.opt_value_from_str::<_, String>("--bound-cidrs") {
+                Ok(None) => Vec::new(),
+                Ok(Some(text)) => addresses::parse_blocks(&text)
+                    .map_err(|e| bad("new-key", format!("--bound-cidrs {text:?}: {e}")))?,
+                Err(e) => return Err(bad("new-key", e.to_string())),
+            };
             let name: String = args
                 .opt_free_from_str()
                 .ok()
@@ -473,6 +482,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 name,
                 role,
                 expires,
+                bound_cidrs,
             }
         }
         Some(other) => return Err(CliError::UnknownArgument(other.to_string())),
@@ -705,7 +715,8 @@ pub fn run(raw: Vec<OsString>) -> i32 {
             name,
             role,
             expires,
-        } => new_key(&name, role, expires),
+            bound_cidrs,
+        } => new_key(&name, role, expires, &bound_cidrs),
         Command::Serve(config) => match serve::run(*config) {
             Ok(()) => 0,
             Err(e) => {
@@ -769,7 +780,16 @@ fn check_keys(path: &std::path::Path) -> i32 {
                     Some(at) => format!(", expires {}", utc_text(at)),
                     None => String::new(),
                 };
-                println!("key {i}: {} ({}, {limit}{expiry})", k.name, k.role.as_str());
+                let bound = if k.bound_cidrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(", only from {}", k.bound_cidrs_text())
+                };
+                println!(
+                    "key {i}: {} ({}, {limit}{expiry}{bound})",
+                    k.name,
+                    k.role.as_str()
+                );
             }
             println!("{}: {} keys, OK", path.display(), keys.keys().len());
             0
@@ -879,7 +899,7 @@ fn check_state(dir: &std::path::Path) -> i32 {
 /// Length of a new key's random part, in bytes.
 const NEW_KEY_BYTES: usize = 32;
 
-fn new_key(name: &str, role: Role, expires: Option<u64>) -> i32 {
+fn new_key(name: &str, role: Role, expires: Option<u64>, bound_cidrs: &[AddressBlock]) -> i32 {
     use base64::Engine;
     use std::io::Read;
     let mut random = [0u8; NEW_KEY_BYTES];
@@ -895,8 +915,14 @@ fn new_key(name: &str, role: Role, expires: Option<u64>) -> i32 {
     let expiry = expires.map_or_else(String::new, |at| {
         format!(r#", "expires": "{}""#, utc_text(at))
     });
+    let bound = if bound_cidrs.is_empty() {
+        String::new()
+    } else {
+        let blocks: Vec<String> = bound_cidrs.iter().map(|b| format!("\"{b}\"")).collect();
+        format!(r#", "bound_cidrs": [{}]"#, blocks.join(", "))
+    };
     let entry = format!(
-        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{}"{expiry}}}"#,
+        r#"{{"name": "{name}", "key_sha256": "{}", "role": "{}"{expiry}{bound}}}"#,
         hex(&hash_key(key.as_bytes())),
         role.as_str()
     );

@@ -37,6 +37,7 @@ struct Key {
     role: &'static str,
     max_queued_jobs: Option<u32>,
     expires: Option<String>,
+    bound_cidrs: Option<Vec<&'static str>>,
 }
 
 impl Key {
@@ -47,6 +48,7 @@ impl Key {
             role,
             max_queued_jobs: None,
             expires: None,
+            bound_cidrs: None,
         }
     }
 
@@ -54,6 +56,14 @@ impl Key {
     fn expiring(name: &'static str, at: &str) -> Key {
         Key {
             expires: Some(at.to_string()),
+            ..Key::new(name, "submit")
+        }
+    }
+
+    /// A submit key usable only from `blocks`.
+    fn bound(name: &'static str, blocks: &[&'static str]) -> Key {
+        Key {
+            bound_cidrs: Some(blocks.to_vec()),
             ..Key::new(name, "submit")
         }
     }
@@ -76,6 +86,9 @@ impl Key {
         }
         if let Some(at) = &self.expires {
             entry["expires"] = at.as_str().into();
+        }
+        if let Some(blocks) = &self.bound_cidrs {
+            entry["bound_cidrs"] = blocks.clone().into();
         }
         entry
     }
@@ -400,7 +413,7 @@ fn the_auth_matrix() {
     // The log says which key did it, as for every other control.
     let deletion = format!("Deleted job {a_job} (key alice); it was completed");
     assert!(
-        coordinator.logs().contains(&deletion),
+        coordinator.wait_for_log(&deletion, DEADLINE),
         "{}",
         coordinator.logs()
     );
@@ -1091,4 +1104,115 @@ fn an_open_port_beyond_loopback_is_warned_about() {
         seen.contains(&format!("anyone who reaches {bound} ")),
         "{seen}"
     );
+}
+
+/// `GET path` with `key` from the local address `from`, with the extra header lines `headers`
+/// (each ending in CRLF): the status and the whole answer.
+fn get_from(
+    coordinator: &Coordinator,
+    from: &str,
+    key: &Key,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let from: std::net::IpAddr = from.parse().expect("address");
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
+    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: pool\r\nAuthorization: Bearer {}\r\n{headers}Connection: close\r\n\r\n",
+        key.secret
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// A key with `bound_cidrs` is refused with 403 from any other client address (the answer
+/// names the address it came from, the log the key and its blocks) and served from its own,
+/// also as the client a trusted proxy forwards for; `/pool`, `check` and `new-key` show and
+/// write the blocks.
+#[test]
+fn a_bound_key_is_refused_outside_its_addresses() {
+    let worker = FakeWorker::start();
+    let erin = Key::bound("erin", &["127.0.0.2"]);
+    let frank = Key::bound("frank", &["10.0.0.0/8"]);
+    let ops = Key::new("ops", "admin");
+    let mut args = FAST.to_vec();
+    args.extend(["--trusted-proxies", "127.0.0.3"]);
+    let (coordinator, dir, keys_path) =
+        start_with_keys(&[worker.entry(2)], &[&erin, &frank, &ops], &args);
+
+    let refused = call(&coordinator, "GET", "/pool", Some(&erin));
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.text().contains(
+            "this client key (erin) may be used only from the addresses its entry binds it to (bound_cidrs); this request came from 127.0.0.1"
+        ),
+        "{}",
+        refused.text()
+    );
+    assert!(coordinator.wait_for_log(
+        "Refused GET /pool: the client key erin was sent from 127.0.0.1, outside its bound_cidrs (127.0.0.2/32)",
+        DEADLINE
+    ));
+    let (status, answer) = get_from(&coordinator, "127.0.0.2", &erin, "/jobs", "");
+    assert_eq!(status, 200, "{answer}");
+    // Behind a trusted proxy, the client it forwards for is the one checked.
+    let inside = "X-Forwarded-For: 10.1.2.3\r\n";
+    let (status, answer) = get_from(&coordinator, "127.0.0.3", &frank, "/jobs", inside);
+    assert_eq!(status, 200, "{answer}");
+    let outside = "X-Forwarded-For: 192.0.2.1\r\n";
+    let (status, answer) = get_from(&coordinator, "127.0.0.3", &frank, "/jobs", outside);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("this request came from 192.0.2.1"),
+        "{answer}"
+    );
+
+    let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+    assert_eq!(
+        pool["keys"]["erin"]["bound_cidrs"],
+        serde_json::json!(["127.0.0.2/32"]),
+        "{pool}"
+    );
+    assert_eq!(
+        pool["keys"]["ops"]["bound_cidrs"],
+        serde_json::json!([]),
+        "{pool}"
+    );
+    let out = trusted_pool(&["check", "--api-keys", keys_path.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("key 1: frank (submit, no queue limit, only from 10.0.0.0/8)"),
+        "{stdout}"
+    );
+
+    // A reload that unbinds the key lets it in from anywhere.
+    write_keys(&keys_path, &[&Key::new("erin", "submit"), &frank, &ops]);
+    hup(&coordinator);
+    poll_until(DEADLINE, || {
+        (call(&coordinator, "GET", "/pool", Some(&erin)).status == 200).then_some(())
+    })
+    .expect("the unbound key was still refused");
+
+    let out = trusted_pool(&["new-key", "--bound-cidrs", "10.0.0.0/8,192.0.2.7", "ci"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(r#""role": "submit", "bound_cidrs": ["10.0.0.0/8", "192.0.2.7/32"]}"#),
+        "{stdout}"
+    );
+    let out = trusted_pool(&["new-key", "ci", "--bound-cidrs", "10.0.0.0/33"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    drop(dir);
 }

@@ -954,9 +954,10 @@ fn deleting_a_job_before_it_settled_cancels_it_and_deletes_it_as_it_settles() {
     let status = job_status(&coordinator, &running);
     assert_eq!(status["pool_status"], "cancelled", "{status}");
     assert_eq!(status["deleting"], true, "{status}");
-    assert!(coordinator.logs().contains(&format!(
-        "Job {running} is deleted as soon as it settles; it is cancelled now"
-    )));
+    assert!(coordinator.wait_for_log(
+        &format!("Job {running} is deleted as soon as it settles; it is cancelled now"),
+        DEADLINE
+    ));
 
     // The mark survives a crash: the restart follows the job to its end, then deletes it.
     coordinator.kill();

@@ -2,11 +2,13 @@
 //! presented key by its SHA-256 in constant time. A key itself is never stored nor logged; only
 //! its hash is in the file and its name may appear in logs.
 
+use crate::base::addresses::{holds, parse_blocks, AddressBlock};
 use crate::base::clock::{parse_utc, utc_text};
 use crate::base::json_list::{ListFileError, ListKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -51,12 +53,26 @@ pub struct ApiKey {
     pub max_queued_jobs: Option<usize>,
     /// When it stops being accepted, in unix seconds (None: never).
     pub expires: Option<u64>,
+    /// The client addresses it may be used from (empty: any).
+    pub bound_cidrs: Vec<AddressBlock>,
 }
 
 impl ApiKey {
     /// Whether it has expired at unix time `now`.
     pub fn expired(&self, now: u64) -> bool {
         self.expires.is_some_and(|at| now >= at)
+    }
+
+    /// Whether it may be used by a client at `client` (an unknown address only when it is
+    /// bound to none).
+    pub fn allows_from(&self, client: Option<IpAddr>) -> bool {
+        self.bound_cidrs.is_empty() || client.is_some_and(|a| holds(&self.bound_cidrs, a))
+    }
+
+    /// Its `bound_cidrs` as the file writes them, comma-separated.
+    pub fn bound_cidrs_text(&self) -> String {
+        let blocks: Vec<String> = self.bound_cidrs.iter().map(ToString::to_string).collect();
+        blocks.join(", ")
     }
 }
 
@@ -171,7 +187,33 @@ fn entry_error(entry: &str, field: &str, problem: impl Into<String>) -> KeysFile
     KEYS_FILE.entry_error(entry, field, problem)
 }
 
-const FIELDS: [&str; 5] = ["name", "key_sha256", "role", "max_queued_jobs", "expires"];
+const FIELDS: [&str; 6] = [
+    "name",
+    "key_sha256",
+    "role",
+    "max_queued_jobs",
+    "expires",
+    "bound_cidrs",
+];
+
+/// An entry's `bound_cidrs`: a non-empty array of addresses and CIDR blocks.
+fn parse_bound_cidrs(entry: &str, value: &Value) -> Result<Vec<AddressBlock>, KeysFileError> {
+    let problem = "must be a non-empty array of addresses and CIDR blocks (\"10.0.0.0/8\", \"192.0.2.7\"); leave it out for a key usable from any address";
+    let items = match value {
+        Value::Array(items) if !items.is_empty() => items,
+        _ => return Err(entry_error(entry, "bound_cidrs", problem)),
+    };
+    let mut blocks = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(text) = item.as_str() else {
+            return Err(entry_error(entry, "bound_cidrs", problem));
+        };
+        let parsed = parse_blocks(text)
+            .map_err(|e| entry_error(entry, "bound_cidrs", format!("item {i} ({text:?}): {e}")))?;
+        blocks.extend(parsed);
+    }
+    Ok(blocks)
+}
 
 fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, KeysFileError> {
     let mut entry = format!("entry {index}");
@@ -242,12 +284,17 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
             )
         })?),
     };
+    let bound_cidrs = match object.get("bound_cidrs") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => parse_bound_cidrs(&entry, value)?,
+    };
     Ok(ApiKey {
         name,
         key_sha256,
         role,
         max_queued_jobs,
         expires,
+        bound_cidrs,
     })
 }
 
@@ -370,6 +417,36 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_key_is_usable_only_from_its_blocks() {
+        let text = format!(
+            r#"[{{"name": "ci", "key_sha256": "{}", "role": "submit", "bound_cidrs": ["10.0.0.0/8", "2001:db8::/32, 192.0.2.7"]}},
+               {{"name": "any", "key_sha256": "{}", "role": "read"}}]"#,
+            hex(&hash_key(b"k1")),
+            hex(&hash_key(b"k2"))
+        );
+        let keys = parse(text.as_bytes()).expect("valid");
+        let bound = keys.by_name("ci").expect("ci");
+        assert_eq!(
+            bound.bound_cidrs_text(),
+            "10.0.0.0/8, 2001:db8::/32, 192.0.2.7/32"
+        );
+        for (from, allowed) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("2001:db8::9", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("127.0.0.1", false),
+        ] {
+            let addr: IpAddr = from.parse().expect("address");
+            assert_eq!(bound.allows_from(Some(addr)), allowed, "{from}");
+        }
+        assert!(!bound.allows_from(None));
+        let any = keys.by_name("any").expect("any");
+        assert!(any.allows_from(None) && any.allows_from(Some("192.0.2.8".parse().expect("a"))));
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_field_at_fault() {
         let h = hex(&hash_key(b"x"));
         let cases: Vec<(String, &str)> = vec![
@@ -418,6 +495,22 @@ mod tests {
                     entry("b", "x", "admin")
                 ),
                 "same as an earlier",
+            ),
+            (
+                format!(r#"[{{"name":"a","key_sha256":"{h}","role":"submit","bound_cidrs":[]}}]"#),
+                "\"bound_cidrs\" must be a non-empty array",
+            ),
+            (
+                format!(
+                    r#"[{{"name":"a","key_sha256":"{h}","role":"submit","bound_cidrs":"10.0.0.0/8"}}]"#
+                ),
+                "\"bound_cidrs\" must be a non-empty array",
+            ),
+            (
+                format!(
+                    r#"[{{"name":"a","key_sha256":"{h}","role":"submit","bound_cidrs":["10.0.0.0/8","10.0.0.0/33"]}}]"#
+                ),
+                "\"bound_cidrs\" item 1 (\"10.0.0.0/33\")",
             ),
         ];
         for (text, expected) in cases {

@@ -117,7 +117,8 @@ fn unauthorized(challenge: &str, message: &str) -> Reply {
 }
 
 /// Who sent `request`, from client address `client`: `Ok` with the caller, or the 401 to
-/// answer (the address is written only into the log line of a refusal). Never logs the key.
+/// answer (403 for a key sent from outside its `bound_cidrs`, which names the address it
+/// came from). Never logs the key.
 pub fn authorize(
     ctx: &Context,
     request: &Request,
@@ -154,6 +155,24 @@ pub fn authorize(
                 &format!(
                     "this client key ({}) expired at {at}; ask the coordinator's operator for a new one",
                     key.name
+                ),
+            ))
+        }
+        Some(key) if !key.allows_from(client) => {
+            log::warn!(
+                "Refused {} {}: the client key {} was sent from {}, outside its bound_cidrs ({})",
+                request.method(),
+                path_of(request),
+                key.name,
+                from(),
+                key.bound_cidrs_text()
+            );
+            Err(error_reply(
+                403,
+                format!(
+                    "this client key ({}) may be used only from the addresses its entry binds it to (bound_cidrs); this request came from {}",
+                    key.name,
+                    from()
                 ),
             ))
         }
@@ -235,6 +254,7 @@ mod tests {
             role,
             max_queued_jobs: None,
             expires: None,
+            bound_cidrs: Vec::new(),
         }
     }
 

@@ -172,6 +172,8 @@ pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Valu
             entry.insert("role".to_string(), json!(key.role.as_str()));
             entry.insert("max_queued_jobs".to_string(), json!(key.max_queued_jobs));
             entry.insert("expires".to_string(), json!(key.expires.map(utc_text)));
+            let bound: Vec<String> = key.bound_cidrs.iter().map(ToString::to_string).collect();
+            entry.insert("bound_cidrs".to_string(), json!(bound));
             view.insert(key.name.clone(), Value::Object(entry));
         }
     }
