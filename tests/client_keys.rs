@@ -1179,6 +1179,37 @@ fn a_bound_key_is_refused_outside_its_addresses() {
         "{answer}"
     );
 
+    // Every refusal is counted by why, every answer by its status class.
+    assert_eq!(call(&coordinator, "GET", "/jobs", None).status, 401);
+    let stranger = Key::new("stranger", "submit");
+    assert_eq!(
+        call(&coordinator, "GET", "/jobs", Some(&stranger)).status,
+        401
+    );
+    let metrics = call(&coordinator, "GET", "/metrics", Some(&ops)).text();
+    let sample = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    for (reason, count) in [
+        ("missing", 1),
+        ("unknown", 1),
+        ("expired", 0),
+        ("bound_cidrs", 2),
+    ] {
+        let series = format!("trusted_pool_requests_refused_for_key_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&series), count, "{series}");
+    }
+    assert!(sample("trusted_pool_http_responses_total{code=\"2xx\"}") >= 2);
+    assert_eq!(sample("trusted_pool_http_responses_total{code=\"4xx\"}"), 4);
+    assert_eq!(sample("trusted_pool_http_responses_total{code=\"5xx\"}"), 0);
     let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
     assert_eq!(
         pool["keys"]["erin"]["bound_cidrs"],

@@ -12,6 +12,7 @@ use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
+use crate::state::metrics::KeyRefusal;
 use crate::state::pool_state::PoolState;
 use std::net::IpAddr;
 use tiny_http::Request;
@@ -129,6 +130,7 @@ pub fn authorize(
     };
     let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
     let Some(token) = bearer(request) else {
+        ctx.metrics.key_refused(KeyRefusal::Missing);
         log::info!(
             "Refused {} {}: no client key (from {})",
             request.method(),
@@ -142,6 +144,7 @@ pub fn authorize(
     };
     match keys.find(token.as_bytes()) {
         Some(key) if key.expired(unix_now() as u64) => {
+            ctx.metrics.key_refused(KeyRefusal::Expired);
             let at = key.expires.map(utc_text).unwrap_or_default();
             log::warn!(
                 "Refused {} {}: the client key {} expired at {at} (from {})",
@@ -159,6 +162,7 @@ pub fn authorize(
             ))
         }
         Some(key) if !key.allows_from(client) => {
+            ctx.metrics.key_refused(KeyRefusal::OutsideBound);
             log::warn!(
                 "Refused {} {}: the client key {} was sent from {}, outside its bound_cidrs ({})",
                 request.method(),
@@ -178,6 +182,7 @@ pub fn authorize(
         }
         Some(key) => Ok(Caller::from_key(key)),
         None => {
+            ctx.metrics.key_refused(KeyRefusal::Unknown);
             log::warn!(
                 "Refused {} {}: unknown client key (from {})",
                 request.method(),

@@ -11,7 +11,9 @@ use crate::base::process;
 use crate::base::sync::lock;
 use crate::state::certificates::Presented;
 use crate::state::context::Context;
-use crate::state::metrics::{DispatchOutcome, HistogramSnapshot, Metrics, ProbeResult};
+use crate::state::metrics::{
+    DispatchOutcome, HistogramSnapshot, KeyRefusal, Metrics, ProbeResult, STATUS_CLASSES,
+};
 use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
 use crate::state::request_rate::RequestRate;
 use crate::store::disk_reserve::DiskReserve;
@@ -181,6 +183,34 @@ fn write_request_rate(out: &mut Text, rate: &RequestRate) {
         &[],
         rate.refused(),
     );
+}
+
+/// The requests answered, by status class, and those whose client key was refused, by why.
+fn write_answers(out: &mut Text, metrics: &Metrics) {
+    out.family(
+        "trusted_pool_http_responses_total",
+        "counter",
+        "Requests answered by the coordinator's routes, by status class (not the HTTP parser's own 400, 408, 414 and 431, nor refused connections).",
+    );
+    for (class, code) in STATUS_CLASSES.iter().enumerate() {
+        out.sample(
+            "trusted_pool_http_responses_total",
+            &[("code", code)],
+            metrics.responses(class),
+        );
+    }
+    out.family(
+        "trusted_pool_requests_refused_for_key_total",
+        "counter",
+        "Requests refused for their client key (--api-keys): none sent, an unknown one, one past its expires (401), one sent from outside its bound_cidrs (403).",
+    );
+    for why in KeyRefusal::ALL {
+        out.sample(
+            "trusted_pool_requests_refused_for_key_total",
+            &[("reason", why.label())],
+            metrics.key_refusals(why),
+        );
+    }
 }
 
 /// The access log's lines (`--access-log`), by what became of them.
@@ -360,6 +390,7 @@ pub fn render(ctx: &Context) -> String {
     write_disk(&mut out, &ctx.disk_reserve);
     write_connections(&mut out, &ctx.connections);
     write_request_rate(&mut out, &ctx.request_rate);
+    write_answers(&mut out, &ctx.metrics);
     if let Some(log) = &ctx.access_log {
         write_access_log(&mut out, log.figures());
     }

@@ -179,6 +179,7 @@ fn respond(ctx: &Context, request: Request, reply: Reply) -> Option<u64> {
 /// Answers `request` with `reply`, and logs it in the access log (`access`).
 fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>) {
     let status = reply.status();
+    ctx.metrics.answered(status);
     let bytes = respond(ctx, request, reply);
     if let Some(access) = access {
         access.end(ctx, status, bytes);

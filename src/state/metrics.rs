@@ -162,6 +162,48 @@ impl ProbeResult {
     }
 }
 
+/// Why a request's client key was refused, as `trusted_pool_requests_refused_for_key_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// No `Authorization: Bearer` key (401).
+    Missing,
+    /// A key the keys file does not hold (401).
+    Unknown,
+    /// A key past its `expires` (401).
+    Expired,
+    /// A key sent from outside its `bound_cidrs` (403).
+    OutsideBound,
+}
+
+impl KeyRefusal {
+    /// Every reason, in label order.
+    pub const ALL: [KeyRefusal; 4] = [
+        Self::Missing,
+        Self::Unknown,
+        Self::Expired,
+        Self::OutsideBound,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::OutsideBound => "bound_cidrs",
+        }
+    }
+}
+
+/// The place of `item` in `all` (0 when it is not there).
+fn place<T: PartialEq>(all: &[T], item: T) -> usize {
+    all.iter().position(|i| *i == item).unwrap_or_default()
+}
+
+/// The status classes `trusted_pool_http_responses_total` counts, in label order.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// One minute of the per-minute ring.
 #[derive(Debug, Default)]
 struct MinuteSlot {
@@ -198,6 +240,8 @@ pub struct Metrics {
     outputs_left: AtomicU64,
     submits_repeated: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
+    responses: [AtomicU64; STATUS_CLASSES.len()],
+    key_refusals: [AtomicU64; KeyRefusal::ALL.len()],
     /// From submit until a worker accepted the job.
     pub queue_wait: Histogram,
     /// From a worker's acceptance until the job ended on it (completed or failed).
@@ -222,6 +266,8 @@ impl Default for Metrics {
             outputs_left: AtomicU64::new(0),
             submits_repeated: AtomicU64::new(0),
             probes: Default::default(),
+            responses: Default::default(),
+            key_refusals: Default::default(),
             queue_wait: Histogram::new(JOB_BUCKETS),
             run_time: Histogram::new(JOB_BUCKETS),
             end_to_end: Histogram::new(JOB_BUCKETS),
@@ -302,11 +348,33 @@ impl Metrics {
 
     /// A health probe ended with `result`.
     pub fn probe(&self, result: ProbeResult) {
-        let index = ProbeResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or_default();
+        let index = place(&ProbeResult::ALL, result);
         self.probes[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was answered with `status` (its class, 1xx to 5xx, counted).
+    pub fn answered(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered with a status of `STATUS_CLASSES[class]`, so far.
+    pub fn responses(&self, class: usize) -> u64 {
+        self.responses
+            .get(class)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+
+    /// A request's client key was refused for `why`.
+    pub fn key_refused(&self, why: KeyRefusal) {
+        let index = place(&KeyRefusal::ALL, why);
+        self.key_refusals[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests whose client key was refused for `why`, so far.
+    pub fn key_refusals(&self, why: KeyRefusal) -> u64 {
+        let index = place(&KeyRefusal::ALL, why);
+        self.key_refusals[index].load(Ordering::Relaxed)
     }
 
     /// A submit repeated the `Idempotency-Key` of a job, and was answered that job.
@@ -331,10 +399,7 @@ impl Metrics {
 
     /// Health probes that ended with `result`.
     pub fn probes(&self, result: ProbeResult) -> u64 {
-        let index = ProbeResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or_default();
+        let index = place(&ProbeResult::ALL, result);
         self.probes[index].load(Ordering::Relaxed)
     }
 
