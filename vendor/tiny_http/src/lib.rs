@@ -270,10 +270,16 @@ impl Drop for LiveConnection {
 }
 
 /// Patched: the connections read at once per client address, each counted while its
-/// [`AddressSlot`] lives.
+/// [`AddressSlot`] lives, and the refusals of those beyond an address's share.
 struct PerAddress {
     counts: Mutex<HashMap<IpAddr, usize>>,
     limit: usize,
+    /// Peers no share holds (`Limits::unshared`).
+    unshared: Option<PeerTest>,
+    /// Where refusals are counted.
+    refused: Arc<ConnectionCounts>,
+    /// When refusals were last logged.
+    refusals: Mutex<util::RefusalLog>,
 }
 
 /// Patched: one connection counted against its client address.
@@ -300,6 +306,42 @@ pub fn client_address_key(addr: IpAddr) -> IpAddr {
 }
 
 impl PerAddress {
+    /// Admits a new connection `sock` from `addr`: the slot it holds in its address's share
+    /// while it is open (`None` when no share holds it: no limit, or an unshared peer); `Err`
+    /// when that share is used, the connection then refused (see [`refuse_with`]), counted, and
+    /// logged at most once a minute.
+    fn admit(
+        owner: &Arc<PerAddress>,
+        sock: &Connection,
+        secure: bool,
+        addr: IpAddr,
+    ) -> Result<Option<AddressSlot>, ()> {
+        if owner.limit == usize::MAX || owner.unshared.as_ref().is_some_and(|u| (u.0)(addr)) {
+            return Ok(None);
+        }
+        if let Some(slot) = PerAddress::take(owner, addr) {
+            return Ok(Some(slot));
+        }
+        owner.refused.refused_for_address.fetch_add(1, Relaxed);
+        refuse_with(
+            sock,
+            secure,
+            "too many connections from your address; close some, or retry shortly",
+        );
+        let due = owner
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(Instant::now());
+        if let Some(count) = due {
+            log::warn!(
+                "Refusing new connections from {addr}: it has {} open, the most one client address may hold; {count} refused since the last such line",
+                owner.limit
+            );
+        }
+        Err(())
+    }
+
     /// A slot for a new connection from `addr`, or `None` when its address has the limit.
     fn take(owner: &Arc<PerAddress>, addr: IpAddr) -> Option<AddressSlot> {
         let address = client_address_key(addr);
@@ -357,33 +399,6 @@ fn close_with(sock: &Connection, silent: bool, status: &str, why: &str) {
         let _ = sock.write_once(answer.as_bytes());
     }
     let _ = sock.shutdown(Shutdown::Write);
-}
-
-/// Patched: refuses a connection beyond its client address's share (see [`refuse_with`]),
-/// counted, and logged at most once a minute.
-fn refuse_for_address(
-    sock: &Connection,
-    secure: bool,
-    counts: &ConnectionCounts,
-    log: &Mutex<util::RefusalLog>,
-    address: IpAddr,
-    limit: usize,
-) {
-    counts.refused_for_address.fetch_add(1, Relaxed);
-    refuse_with(
-        sock,
-        secure,
-        "too many connections from your address; close some, or retry shortly",
-    );
-    let due = log
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .due(Instant::now());
-    if let Some(count) = due {
-        log::warn!(
-            "Refusing new connections from {address}: it has {limit} open, the most one client address may hold; {count} refused since the last such line"
-        );
-    }
 }
 
 /// Patched: how an accepted connection reaches its thread: ready to read requests, or with
@@ -505,20 +520,20 @@ impl Server {
             let per_address = Arc::new(PerAddress {
                 counts: Mutex::new(HashMap::new()),
                 limit: limits.max_connections_per_address,
+                unshared: limits.unshared.clone(),
+                refused: Arc::clone(&live),
+                refusals: Mutex::new(util::RefusalLog::new()),
             });
 
             // Patched: a failed accept is waited out, never the end of the loop.
             let mut trouble = util::AcceptTrouble::new();
             // Patched: refusals at the limits are logged, at most once a minute each.
             let mut over_limit = util::RefusalLog::new();
-            let over_share = Arc::new(Mutex::new(util::RefusalLog::new()));
             // Patched: proxied connections are opened on their own threads.
             let proxy = Arc::new(proxied::ProxiedOpener {
                 ssl: ssl.clone(),
                 per_address: Arc::clone(&per_address),
-                unshared: limits.unshared.clone(),
                 counts: Arc::clone(&live),
-                over_share: Arc::clone(&over_share),
                 without_header: Mutex::new(util::RefusalLog::new()),
                 client_timeout: limits.client_timeout,
             });
@@ -545,24 +560,11 @@ impl Server {
                         });
                         // Patched: so is one beyond its client address's share.
                         let address_slot = match peer {
-                            Some(peer)
-                                if per_address.limit < usize::MAX
-                                    && !proxied
-                                    && !limits.unshared.as_ref().is_some_and(|u| (u.0)(peer.ip())) =>
-                            {
-                                match PerAddress::take(&per_address, peer.ip()) {
-                                    Some(slot) => Some(slot),
-                                    None => {
-                                        refuse_for_address(
-                                            &sock,
-                                            ssl.is_some(),
-                                            &live,
-                                            &over_share,
-                                            peer.ip(),
-                                            per_address.limit,
-                                        );
-                                        continue;
-                                    }
+                            Some(peer) if !proxied => {
+                                let secure = ssl.is_some();
+                                match PerAddress::admit(&per_address, &sock, secure, peer.ip()) {
+                                    Ok(slot) => slot,
+                                    Err(()) => continue,
                                 }
                             }
                             _ => None,

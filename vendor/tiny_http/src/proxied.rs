@@ -7,10 +7,7 @@ use crate::client::ClientConnection;
 use crate::connection::Connection;
 use crate::util::proxy_header::{self, HeaderError};
 use crate::util::RefusalLog;
-use crate::{
-    close_with, open_client, refuse_for_address, AddressSlot, ConnectionCounts, PeerTest,
-    PerAddress, TlsAcceptor,
-};
+use crate::{close_with, open_client, AddressSlot, ConnectionCounts, PerAddress, TlsAcceptor};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,9 +19,7 @@ const HEADER_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct ProxiedOpener {
     pub(crate) ssl: Option<Arc<TlsAcceptor>>,
     pub(crate) per_address: Arc<PerAddress>,
-    pub(crate) unshared: Option<PeerTest>,
     pub(crate) counts: Arc<ConnectionCounts>,
-    pub(crate) over_share: Arc<Mutex<RefusalLog>>,
     pub(crate) without_header: Mutex<RefusalLog>,
     pub(crate) client_timeout: Option<Duration>,
 }
@@ -59,26 +54,10 @@ impl ProxiedOpener {
         };
         let _ = control.set_read_timeout(self.client_timeout);
         let slot = match client {
-            Some(client)
-                if self.per_address.limit < usize::MAX
-                    && !self.unshared.as_ref().is_some_and(|u| (u.0)(client.ip())) =>
-            {
-                match PerAddress::take(&self.per_address, client.ip()) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        refuse_for_address(
-                            &control,
-                            secure,
-                            &self.counts,
-                            &self.over_share,
-                            client.ip(),
-                            self.per_address.limit,
-                        );
-                        return None;
-                    }
-                }
+            Some(client) => {
+                PerAddress::admit(&self.per_address, &control, secure, client.ip()).ok()?
             }
-            _ => None,
+            None => None,
         };
         let opened = open_client(control, self.ssl.as_deref(), self.client_timeout)?;
         let opened = match client {
