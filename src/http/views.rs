@@ -70,7 +70,7 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
         "removed": w.removed,
     });
-    if w.spec.endpoint.starts_with("https://") {
+    if w.spec.over_tls() {
         view["certificate"] = w.health.certificate.as_ref().map(expiry_view).into();
     }
     if !w.sources.is_empty() {

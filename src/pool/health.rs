@@ -42,8 +42,7 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
                 .filter(|(_, w)| !w.removed && w.health.next_probe <= now)
                 .map(|(i, w)| Due {
                     probed: (i, w.spec.endpoint.clone(), w.spec.worker_id.clone()),
-                    read_certificate: w.spec.endpoint.starts_with("https://")
-                        && w.health.certificate_due <= now,
+                    read_certificate: w.spec.over_tls() && w.health.certificate_due <= now,
                 })
                 .collect()
         };

@@ -18,7 +18,7 @@ pub fn reload(ctx: &Context) {
         .lock()
         .workers
         .iter()
-        .any(|w| !w.removed && w.spec.endpoint.starts_with("https://"));
+        .any(|w| !w.removed && w.spec.over_tls());
     if !settings.wanted(https_listed) {
         return;
     }
@@ -47,7 +47,7 @@ fn probe_https_workers(ctx: &Context) {
     let now = Instant::now();
     let mut st = ctx.lock();
     for w in st.workers.iter_mut() {
-        if w.spec.endpoint.starts_with("https://") {
+        if w.spec.over_tls() {
             w.health.next_probe = now;
             w.health.certificate_due = now;
         }

@@ -176,7 +176,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         JobStore::open(&config.state_dir, config.fsync, retention).map_err(ServeError::Store)?;
     store.watch_segments(spool.segment_watches());
     let addr = SocketAddr::new(config.bind, config.port);
-    let https_listed = specs.iter().any(|w| w.endpoint.starts_with("https://"));
+    let https_listed = specs.iter().any(|w| w.over_tls());
     let worker_tls = config
         .worker_tls
         .wanted(https_listed)

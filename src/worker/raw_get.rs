@@ -61,24 +61,12 @@ pub fn get(
     timeouts: RequestTimeouts,
     tls: &Connector,
 ) -> Result<Download, GetError> {
+    let parts = endpoint_parts(endpoint);
     let EndpointParts {
-        tls: tls_wanted,
-        authority,
-        host,
-        port,
-        prefix,
-    } = endpoint_parts(endpoint);
-    let tcp = connect(host, port, timeouts)?;
+        authority, prefix, ..
+    } = parts;
+    let mut stream = open(&parts, timeouts, tls)?;
     let transport = |e: io::Error| GetError::Transport(e.to_string());
-    tcp.set_read_timeout(Some(timeouts.io)).map_err(transport)?;
-    tcp.set_write_timeout(Some(timeouts.io))
-        .map_err(transport)?;
-    let mut stream: Box<dyn ReadWrite> = if tls_wanted {
-        tls.connect(host, Box::new(tcp))
-            .map_err(|e| GetError::Transport(format!("TLS with {authority} failed: {e}")))?
-    } else {
-        Box::new(tcp)
-    };
     let mut head = format!("GET {prefix}").into_bytes();
     head.extend_from_slice(target);
     head.extend_from_slice(
@@ -132,6 +120,26 @@ pub fn connect(host: &str, port: u16, timeouts: RequestTimeouts) -> Result<TcpSt
         }
     }
     Err(GetError::Unreachable(last))
+}
+
+/// A connection to the host and port of `parts`, its socket's reads and writes bounded by
+/// `timeouts.io`, speaking TLS with `tls`'s settings for an `https://` endpoint: what a
+/// download and a job's stream are read on.
+pub fn open(
+    parts: &EndpointParts<'_>,
+    timeouts: RequestTimeouts,
+    tls: &Connector,
+) -> Result<Box<dyn ReadWrite>, GetError> {
+    let tcp = connect(parts.host, parts.port, timeouts)?;
+    let transport = |e: io::Error| GetError::Transport(e.to_string());
+    tcp.set_read_timeout(Some(timeouts.io)).map_err(transport)?;
+    tcp.set_write_timeout(Some(timeouts.io))
+        .map_err(transport)?;
+    if !parts.tls {
+        return Ok(Box::new(tcp));
+    }
+    tls.connect(parts.host, Box::new(tcp))
+        .map_err(|e| GetError::Transport(format!("TLS with {} failed: {e}", parts.authority)))
 }
 
 /// A body of a known length: an end before it is an error, not a short file.

@@ -12,10 +12,10 @@ use base64::Engine;
 use sha1::{Digest, Sha1};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use ureq::{ReadWrite, TlsConnector};
+use ureq::ReadWrite;
 
 /// Largest message taken from a worker (sandrun keeps at most 10 MiB of each output stream).
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
@@ -148,13 +148,13 @@ impl WsClient {
         timeouts: StreamTimeouts,
         tls: &Connector,
     ) -> Result<Self, WsError> {
+        let parts = endpoint_parts(endpoint);
         let EndpointParts {
-            tls: over_tls,
             authority,
             host,
-            port,
             prefix,
-        } = endpoint_parts(endpoint);
+            ..
+        } = parts;
         if host.is_empty() {
             return Err(WsError::Connect(format!("no host in {endpoint}")));
         }
@@ -162,20 +162,13 @@ impl WsClient {
             connect: timeouts.connect,
             io: timeouts.connect,
         };
-        let stream = raw_get::connect(host, port, timeouts_to_connect)
+        let stream = raw_get::open(&parts, timeouts_to_connect, tls)
             .map_err(|e| WsError::Connect(e.to_string()))?;
-        let setup = |s: &TcpStream| -> io::Result<()> {
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(timeouts.connect))?;
-            s.set_write_timeout(Some(timeouts.connect))
-        };
-        setup(&stream).map_err(|e| WsError::Connect(e.to_string()))?;
-        let stream: Box<dyn ReadWrite> = if over_tls {
-            tls.connect(host, Box::new(stream))
-                .map_err(|e| WsError::Connect(format!("TLS with {authority}: {e}")))?
-        } else {
-            Box::new(stream)
-        };
+        if let Some(socket) = stream.socket() {
+            socket
+                .set_nodelay(true)
+                .map_err(|e| WsError::Connect(e.to_string()))?;
+        }
         let mut client = WsClient {
             stream,
             pending: Vec::new(),

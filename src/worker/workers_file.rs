@@ -33,6 +33,13 @@ pub struct WorkerSpec {
     pub source_addresses: Option<Vec<IpAddr>>,
 }
 
+impl WorkerSpec {
+    /// Whether it is reached over TLS (an `https://` endpoint, its TLS proxy).
+    pub fn over_tls(&self) -> bool {
+        self.endpoint.starts_with("https://")
+    }
+}
+
 /// Why a workers file was refused.
 pub type WorkersFileError = ListFileError;
 
@@ -222,7 +229,7 @@ pub fn check_source_addresses(
                 "--source-addresses".to_string()
             }
         };
-        if spec.endpoint.starts_with("https://") {
+        if spec.over_tls() {
             if let Some(address) = own.unwrap_or(flag).first() {
                 return Err(SourceAddressError {
                     address: *address,
