@@ -1116,10 +1116,7 @@ fn get_from(
     headers: &str,
 ) -> (u16, String) {
     use std::io::{Read, Write};
-    let from: std::net::IpAddr = from.parse().expect("address");
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
-    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
-        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
+    let mut stream = coordinator.connect_from(from.parse().expect("address"));
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: pool\r\nAuthorization: Bearer {}\r\n{headers}Connection: close\r\n\r\n",
         key.secret

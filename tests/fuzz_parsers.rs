@@ -29,7 +29,7 @@ use trusted_pool::worker::sandrun_json;
 use trusted_pool::worker::workers_file;
 
 use support::fuzz::{mutate, run, Rng};
-use support::{temp_dir, Coordinator, FakeWorker, Form};
+use support::{proxy_v2_header, temp_dir, Coordinator, FakeWorker, Form};
 
 const PATH_TOKENS: [&[u8]; 12] = [
     b"%", b"%2e", b"%2F", b"%2f", b"..", b"/", b"%00", b"%+1", b"\\", b"%C3%A9", b"\xff", b"%%",
@@ -501,15 +501,6 @@ const PROXY_TOKENS: [&[u8]; 12] = [
     b"65536",
 ];
 
-/// A version 2 PROXY header (`command`, `family`) with `addresses` after it.
-fn proxy_v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.extend_from_slice(&[command, family]);
-    header.extend_from_slice(&u16::try_from(addresses.len()).expect("short").to_be_bytes());
-    header.extend_from_slice(addresses);
-    header
-}
-
 #[test]
 fn mutated_proxy_headers_from_a_trusted_proxy_are_read_or_refused_and_never_a_5xx() {
     let worker = FakeWorker::start();
@@ -530,22 +521,16 @@ fn mutated_proxy_headers_from_a_trusted_proxy_are_read_or_refused_and_never_a_5x
         b"PROXY TCP4 203.0.113.7 127.0.0.1 50000 9000\r\n".to_vec(),
         b"PROXY TCP6 2001:db8::7 ::1 50000 9000\r\n".to_vec(),
         b"PROXY UNKNOWN\r\n".to_vec(),
-        proxy_v2(0x21, 0x11, &v4),
-        proxy_v2(0x21, 0x21, &[0x20; 36]),
-        proxy_v2(0x20, 0x00, &[]),
+        proxy_v2_header(0x21, 0x11, &v4),
+        proxy_v2_header(0x21, 0x21, &[0x20; 36]),
+        proxy_v2_header(0x20, 0x00, &[]),
         {
             v4.extend_from_slice(&[0x01, 0x00, 0x02, b'h', b'2']);
-            proxy_v2(0x21, 0x11, &v4)
+            proxy_v2_header(0x21, 0x11, &v4)
         },
     ];
     let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let from_proxy = |bytes: &[u8]| {
-        let stream =
-            trusted_pool::worker::bound_socket::connect_from(proxy, remote, Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("connect from the proxy: {e:?}"));
-        exchange_on(stream, bytes)
-    };
+    let from_proxy = |bytes: &[u8]| exchange_on(coordinator.connect_from(proxy), bytes);
     let mut statuses = std::collections::BTreeMap::new();
     run("proxy header", 0x5EED_0006, 1500, 20, |rng: &mut Rng| {
         let mut header = rng.pick(&seeds).clone();

@@ -1077,9 +1077,7 @@ fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() {
 
 /// A connection from `from` that sent `bytes` and waits.
 fn stalled_from(coordinator: &Coordinator, from: std::net::IpAddr, bytes: &[u8]) -> TcpStream {
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port()));
-    let mut stream = trusted_pool::worker::bound_socket::connect_from(from, remote, DEADLINE)
-        .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"));
+    let mut stream = coordinator.connect_from(from);
     stream.write_all(bytes).expect("send");
     stream
 }
@@ -1128,26 +1126,22 @@ fn a_trusted_proxy_may_hold_more_connections_than_one_addresses_share() {
 /// A version 2 PROXY header: `command` 0x21 (PROXY) or 0x20 (LOCAL), for `client` (IPv4 or
 /// IPv6) to the coordinator's port.
 fn proxy_v2(command: u8, client: std::net::SocketAddr, port: u16) -> Vec<u8> {
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.push(command);
     let mut addresses = Vec::new();
-    match client.ip() {
+    let family = match client.ip() {
         std::net::IpAddr::V4(ip) => {
-            header.push(0x11);
             addresses.extend_from_slice(&ip.octets());
             addresses.extend_from_slice(&[127, 0, 0, 1]);
+            0x11
         }
         std::net::IpAddr::V6(ip) => {
-            header.push(0x21);
             addresses.extend_from_slice(&ip.octets());
             addresses.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+            0x21
         }
-    }
+    };
     addresses.extend_from_slice(&client.port().to_be_bytes());
     addresses.extend_from_slice(&port.to_be_bytes());
-    header.extend_from_slice(&u16::try_from(addresses.len()).expect("short").to_be_bytes());
-    header.extend_from_slice(&addresses);
-    header
+    support::proxy_v2_header(command, family, &addresses)
 }
 
 /// Under `--proxy-protocol`, each connection from a trusted proxy begins with a PROXY header

@@ -339,10 +339,8 @@ fn a_proxy_protocol_header_precedes_the_tls_handshake() {
     );
     let port = coordinator.port();
     let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
-    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let from_proxy = |header: &str| {
-        let mut tcp = trusted_pool::worker::bound_socket::connect_from(proxy, remote, DEADLINE)
-            .unwrap_or_else(|e| panic!("connect from the proxy: {e:?}"));
+        let mut tcp = coordinator.connect_from(proxy);
         tcp.write_all(header.as_bytes()).expect("header");
         https_get_over(tcp, &ca.path("ca"), "/jobs")
     };

@@ -210,6 +210,14 @@ impl Coordinator {
         self.port
     }
 
+    /// A connection to it from the local address `from` (127.0.0.2, ...: another client, or a
+    /// proxy), connected within `START_DEADLINE`.
+    pub fn connect_from(&self, from: std::net::IpAddr) -> std::net::TcpStream {
+        let remote = SocketAddr::from(([127, 0, 0, 1], self.port));
+        trusted_pool::worker::bound_socket::connect_from(from, remote, START_DEADLINE)
+            .unwrap_or_else(|e| panic!("connect from {from}: {e:?}"))
+    }
+
     /// Its process id (for signals).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -32,5 +32,5 @@ pub use self::{
     form::Form,
     sandrun::control::{ReceivedFile, ReceivedJob},
     sandrun::{Knobs, Recording, StreamKnobs, WorkerKey},
-    util::{poll_until, tar_gz, temp_dir, untar_gz, untar_gz_into},
+    util::{poll_until, proxy_v2_header, tar_gz, temp_dir, untar_gz, untar_gz_into},
 };

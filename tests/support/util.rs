@@ -1,4 +1,4 @@
-//! Polling, temporary directories and tarballs.
+//! Polling, temporary directories, tarballs and PROXY protocol headers.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -97,4 +97,15 @@ pub fn untar_gz(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
         }
     }
     files
+}
+
+/// A PROXY protocol version 2 header: `command` (0x21 PROXY, 0x20 LOCAL), `family` (0x11
+/// TCP over IPv4, 0x21 over IPv6, 0x00 unspecified), then `addresses` (and any TLVs).
+pub fn proxy_v2_header(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[command, family]);
+    let len = u16::try_from(addresses.len()).expect("addresses under 64 KiB");
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(addresses);
+    header
 }
