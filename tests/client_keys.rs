@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use support::follow::{follow_logs_with, Followed};
 use support::lifecycle::{drain_url, wait_healthy};
 use support::{poll_until, send_with, workers_dir, Coordinator, FakeWorker, Form, Reply};
 
@@ -1243,4 +1244,118 @@ fn a_bound_key_is_refused_outside_its_addresses() {
     let out = trusted_pool(&["new-key", "ci", "--bound-cidrs", "10.0.0.0/33"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     drop(dir);
+}
+
+/// The UTC time (`YYYY-MM-DDTHH:MM:SSZ`) this many seconds from now.
+fn in_seconds(secs: u32) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("+{secs} seconds"), "+%FT%TZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Follows job `id` (`/logs/{id}?follow=1`) as `key`, once its first line came.
+fn follow_as(coordinator: &Coordinator, key: &Key, id: &str) -> Followed {
+    let auth = format!("Bearer {}", key.secret);
+    let mut followed = follow_logs_with(coordinator.port(), id, &[("Authorization", &auth)]);
+    assert_eq!(followed.status, 200, "{} follows {id}", key.name);
+    assert!(
+        followed.wait_for("[STATUS] Job status", DEADLINE).is_some(),
+        "{} got no first line: {}",
+        key.name,
+        followed.text()
+    );
+    followed
+}
+
+/// Waits for a followed stream to end; its last piece must say why, naming `why`.
+fn assert_ended(followed: &mut Followed, who: &str, why: &str) {
+    let pieces = followed.all(DEADLINE);
+    let last = pieces.last().map(|(_, p)| p.as_str()).unwrap_or_default();
+    assert!(
+        last.starts_with("[ERROR] This stream ended: ") && last.contains(why),
+        "{who}'s stream: {:?}",
+        followed.text()
+    );
+}
+
+/// A followed job's stream holds its key: a reload that removes the key, binds it elsewhere or
+/// takes away its view ends the streams it opened, at once, with a line saying why; a key given
+/// an expiry ends them when it comes. Other keys' streams go on.
+#[test]
+fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
+    let alice = Key::new("alice", "submit");
+    let bob = Key::new("bob", "submit");
+    let carol = Key::new("carol", "submit");
+    let erin = Key::new("erin", "submit");
+    let wall = Key::new("wall", "read");
+    let keys = [&alice, &bob, &carol, &erin, &wall];
+    let (coordinator, _dir, keys_path) = start_with_keys(&[worker.entry(8)], &keys, &FAST);
+    let ids: Vec<String> = keys[..4]
+        .iter()
+        .map(|key| submit_ok(&coordinator, key))
+        .collect();
+    let mut streams: Vec<Followed> = keys[..4]
+        .iter()
+        .zip(&ids)
+        .map(|(key, id)| follow_as(&coordinator, key, id))
+        .collect();
+    let mut watched = follow_as(&coordinator, &wall, &ids[1]);
+
+    write_keys(&keys_path, &keys);
+    hup(&coordinator);
+    assert!(coordinator.wait_for_log("Client keys reloaded: 5", DEADLINE));
+
+    let bound = Key::bound("carol", &["10.0.0.0/8"]);
+    let expiring = Key {
+        expires: Some(in_seconds(4)),
+        ..Key::new("erin", "submit")
+    };
+    let demoted = Key::new("wall", "submit");
+    write_keys(&keys_path, &[&bob, &bound, &expiring, &demoted]);
+    hup(&coordinator);
+    assert!(coordinator.wait_for_log("Client keys reloaded: 4", DEADLINE));
+    assert_ended(&mut streams[0], "alice", "the client key alice was removed");
+    assert_ended(
+        &mut streams[2],
+        "carol",
+        "the client key carol may no longer be used from 127.0.0.1",
+    );
+    assert_ended(&mut watched, "wall", "its role is now submit");
+    assert!(coordinator.wait_for_log(
+        &format!(
+            "Ended a follower of job {}: the client key alice was removed",
+            ids[0]
+        ),
+        DEADLINE
+    ));
+    assert_ended(&mut streams[3], "erin", "the client key erin expired at");
+
+    // Bob's stream went on through both reloads, to his job's end.
+    let cancel = call(
+        &coordinator,
+        "POST",
+        &format!("/cancel/{}", ids[1]),
+        Some(&bob),
+    );
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    let pieces = streams[1].all(DEADLINE);
+    let text = streams[1].text();
+    assert!(
+        text.contains("[DONE]") && !text.contains("[ERROR]"),
+        "bob's stream: {text:?}"
+    );
+    assert!(!pieces.is_empty());
+    poll_until(DEADLINE, || {
+        let pool = call(&coordinator, "GET", "/pool", Some(&demoted)).json();
+        (pool["followers"]["following"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "followers left: {}",
+            call(&coordinator, "GET", "/pool", Some(&bob)).text()
+        )
+    });
 }

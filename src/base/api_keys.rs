@@ -167,10 +167,14 @@ impl KeySet {
     /// The key whose hash is the hash of `presented`. Every entry is compared, in constant time
     /// each, so the answer's timing does not depend on which entry (if any) matched, nor where.
     pub fn find(&self, presented: &[u8]) -> Option<&ApiKey> {
-        let hash = hash_key(presented);
+        self.by_hash(&hash_key(presented))
+    }
+
+    /// The key with this SHA-256, compared with every entry as [`KeySet::find`] does.
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
         let mut found = None;
         for key in &self.keys {
-            if same_hash(&key.key_sha256, &hash) && found.is_none() {
+            if same_hash(&key.key_sha256, hash) && found.is_none() {
                 found = Some(key);
             }
         }

@@ -28,6 +28,8 @@ pub struct Caller {
     name: Option<String>,
     role: Role,
     max_queued_jobs: Option<usize>,
+    key_sha256: Option<[u8; 32]>,
+    expires: Option<u64>,
 }
 
 impl Caller {
@@ -37,6 +39,8 @@ impl Caller {
             name: None,
             role: Role::Admin,
             max_queued_jobs: None,
+            key_sha256: None,
+            expires: None,
         }
     }
 
@@ -46,7 +50,19 @@ impl Caller {
             name: Some(key.name.clone()),
             role: key.role,
             max_queued_jobs: key.max_queued_jobs,
+            key_sha256: Some(key.key_sha256),
+            expires: key.expires,
         }
+    }
+
+    /// The SHA-256 of the key it sent (None on an open coordinator).
+    pub fn key_sha256(&self) -> Option<&[u8; 32]> {
+        self.key_sha256.as_ref()
+    }
+
+    /// When its key stops being accepted, in unix seconds (None: never).
+    pub fn expires(&self) -> Option<u64> {
+        self.expires
     }
 
     /// The key's name (None on an open coordinator). Safe to log.

@@ -5,8 +5,11 @@
 //! then the stream ends. The handler thread only decides (404, 503 over `--max-followers`) and
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
+use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::sync::{Parcel, Slot};
+use crate::http::auth::Caller;
+use crate::http::grant::Grant;
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::pool::announce::{final_lines, output_lines};
@@ -15,6 +18,7 @@ use crate::state::events::{Event, Follower};
 use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
 use serde_json::Value;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -42,8 +46,13 @@ enum Plan {
         last: Vec<String>,
         _slot: Slot,
     },
-    /// The job is in flight: the first line, the feed's history, then live events.
-    Live { first: String, follower: Follower },
+    /// The job is in flight: the first line, the feed's history, then live events, for as
+    /// long as the grant holds (`None`: an open coordinator).
+    Live {
+        first: String,
+        follower: Follower,
+        grant: Option<Grant>,
+    },
 }
 
 /// True when the query string asks to follow (`follow=1`, `follow=true`, `follow`).
@@ -75,10 +84,17 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
     }
 }
 
-/// Decides how to follow job `id` and returns the hand-off (or the error to answer). A follower
-/// that does not see everything (`sees_all`: an admin or read key) never receives the worker's
-/// own job id.
-pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, sees_all: bool) -> Reply {
+/// Decides how to follow job `id` for `caller` at `client` and returns the hand-off (or the
+/// error to answer). A follower that does not see everything (an admin or read key) never
+/// receives the worker's own job id; a live one ends when its key no longer lets it follow
+/// the job ([`Grant`]).
+pub fn start(
+    ctx: &Arc<Context>,
+    id: &str,
+    wire: Wire,
+    caller: &Caller,
+    client: Option<IpAddr>,
+) -> Reply {
     let slot = match ctx.events.reserve() {
         Ok(slot) => slot,
         Err(full) => {
@@ -96,10 +112,12 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, sees_all: bool) -> Reply 
         match st.jobs.get(id) {
             Some(job) if !is_over(job) => {
                 let first = first_line(job);
+                let grant = Grant::of(caller, client, job.owner.clone());
                 st.mark_watched(id);
                 Ok(Plan::Live {
                     first,
                     follower: ctx.events.follow(id, slot),
+                    grant,
                 })
             }
             Some(job) => Ok(replay(job, slot)),
@@ -114,8 +132,9 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, sees_all: bool) -> Reply 
             _ => return unknown_job(id),
         },
     };
-    let hider = (!sees_all).then(|| TextHider::new(Arc::clone(ctx), id));
+    let hider = (!caller.sees_all()).then(|| TextHider::new(Arc::clone(ctx), id));
     let ctx = Arc::clone(ctx);
+    let id = id.to_string();
     Reply::Handoff(Box::new(move |request: Request| {
         let parcel = Parcel::new(request);
         let thread_parcel = parcel.share();
@@ -124,7 +143,7 @@ pub fn start(ctx: &Arc<Context>, id: &str, wire: Wire, sees_all: bool) -> Reply 
             .stack_size(FOLLOWER_STACK)
             .spawn(move || {
                 if let Some(request) = thread_parcel.take() {
-                    serve(&ctx, request, wire, plan, hider);
+                    serve(&ctx, &id, request, wire, plan, hider);
                 }
             });
         let Err(e) = spawned else {
@@ -245,7 +264,14 @@ fn read_logs(ctx: &Context, id: &str, mut stored: StoredResults) -> Option<Value
     serde_json::from_slice(&bytes).ok()
 }
 
-fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan, hider: Option<TextHider>) {
+fn serve(
+    ctx: &Context,
+    id: &str,
+    request: Request,
+    wire: Wire,
+    plan: Plan,
+    hider: Option<TextHider>,
+) {
     let Ok(mut out) = Out::open(request, &wire, hider) else {
         return;
     };
@@ -260,24 +286,54 @@ fn serve(ctx: &Context, request: Request, wire: Wire, plan: Plan, hider: Option<
             pieces.extend(last);
             pieces.iter().try_for_each(|p| out.piece(p))
         }
-        Plan::Live { first, follower } => live(&mut out, &first, &follower),
+        Plan::Live {
+            first,
+            follower,
+            grant,
+        } => live(ctx, id, &mut out, &first, &follower, grant),
     };
     if sent.is_ok() {
         out.finish();
     }
 }
 
-fn live(out: &mut Out, first: &str, follower: &Follower) -> std::io::Result<()> {
+fn live(
+    ctx: &Context,
+    id: &str,
+    out: &mut Out,
+    first: &str,
+    follower: &Follower,
+    mut grant: Option<Grant>,
+) -> std::io::Result<()> {
     out.piece(first)?;
     for piece in &follower.history {
         out.piece(piece)?;
     }
     loop {
-        match follower.events.recv_timeout(PING_AFTER) {
-            Ok(Event::Text(text)) => out.piece(&text)?,
+        let expiry = grant.as_ref().and_then(Grant::until_expiry);
+        let wait = expiry.map_or(PING_AFTER, |left| left.min(PING_AFTER));
+        let recheck = match follower.events.recv_timeout(wait) {
+            Ok(Event::Text(text)) => {
+                out.piece(&text)?;
+                false
+            }
             Ok(Event::End) => return Ok(()),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => out.ping()?,
+            Ok(Event::Recheck) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if expiry == Some(wait) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                out.ping()?;
+                false
+            }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let Some(grant) = grant.as_mut().filter(|_| recheck) else {
+            continue;
+        };
+        if let Err(why) = grant.recheck(ctx.keys.get().as_deref(), unix_now() as u64) {
+            log::info!("Ended a follower of job {id}: {why}");
+            return out.piece(&format!(
+                "[ERROR] This stream ended: {why}; a request with a valid key may follow the job again\n"
+            ));
         }
     }
 }

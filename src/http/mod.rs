@@ -10,6 +10,7 @@ pub mod client_address;
 pub mod cors;
 pub mod dashboard;
 pub mod follow;
+pub mod grant;
 pub mod listing;
 pub mod metrics;
 pub mod outputs;

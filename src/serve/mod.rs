@@ -484,6 +484,7 @@ fn reload_api_keys(ctx: &Context) {
             );
             expiry::warn_of_keys(&keys, unix_now() as u64);
             ctx.keys.set(keys);
+            ctx.events.recheck_followers();
         }
         Err(e) => log::error!(
             "Client keys NOT reloaded, the previous keys stay in force: {}: {e}",

@@ -21,6 +21,8 @@ pub enum Event {
     Text(Arc<str>),
     /// The job ended; nothing follows.
     End,
+    /// The client keys were reloaded: the follower checks its key again.
+    Recheck,
 }
 
 #[derive(Default)]
@@ -146,6 +148,13 @@ impl JobEvents {
         lock(&self.feeds).get(id).is_some_and(|f| f.output_seen)
     }
 
+    /// Asks every live follower to check its client key again (the keys were reloaded).
+    pub fn recheck_followers(&self) {
+        for feed in lock(&self.feeds).values_mut() {
+            feed.followers.retain(|f| f.send(Event::Recheck).is_ok());
+        }
+    }
+
     /// Ends a job's feed with its last pieces; its followers then stop.
     pub fn end(&self, id: &str, last: Vec<String>) {
         let Some(mut feed) = lock(&self.feeds).remove(id) else {
@@ -174,11 +183,18 @@ mod tests {
         assert_eq!(follower.history.len(), 1);
         events.output("j", "out\n".into());
         assert!(events.output_seen("j"));
+        events.recheck_followers();
         events.end("j", vec!["done\n".into()]);
         let got: Vec<Event> = follower.events.try_iter().collect();
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[2], Event::End);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[1], Event::Recheck);
+        assert_eq!(got[3], Event::End);
         events.line("j", "after the end\n".into());
+        events.recheck_followers();
+        assert!(
+            follower.events.try_recv().is_err(),
+            "an ended feed is not rechecked"
+        );
         drop(follower);
         assert_eq!(events.follower_count(), 0);
         assert!(events.reserve().is_ok());

@@ -58,6 +58,15 @@ impl Followed {
 
 /// `GET /logs/{id}?follow=1` on the coordinator at `port`, read chunk by chunk.
 pub fn follow_logs(port: u16, id: &str) -> Followed {
+    follow_logs_with(port, id, &[])
+}
+
+/// [`follow_logs`] with these request headers.
+pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Followed {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
         .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
     stream
@@ -65,7 +74,7 @@ pub fn follow_logs(port: u16, id: &str) -> Followed {
         .unwrap_or_else(|e| panic!("read timeout: {e}"));
     write!(
         stream,
-        "GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        "GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n"
     )
     .unwrap_or_else(|e| panic!("send: {e}"));
     let mut reader = BufReader::new(stream);
