@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use support::lifecycle::{
-    assert_no_uploads, assert_pool_consistent, get_raw, job_status, pool_worker, submit,
+    assert_no_uploads, assert_pool_consistent, exchange, get_raw, job_status, pool_worker, submit,
     wait_collected, wait_healthy, wait_status,
 };
 use support::{
@@ -541,6 +541,80 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
     );
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
+}
+
+/// An output served from its worker is held to the size and sha256 the worker reported when
+/// the job ended: one changed in place there since is cut before its last byte (the client reads
+/// less than its `Content-Length`), one whose size changed is refused with a 502, and both are
+/// logged and counted.
+#[test]
+fn an_output_changed_on_its_worker_is_never_served_whole() {
+    let worker = FakeWorker::start();
+    let mut args = FAST.to_vec();
+    args.extend(["--max-results-bytes", "150000"]);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let big = random_bytes(200_000);
+    let form = main_py_job()
+        .file("a-big.bin", "application/octet-stream", &big)
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+
+    let run = |change: fn(&mut support::Knobs)| {
+        worker.set(change);
+        let id = submit(&coordinator, &form);
+        let status = wait_collected(&coordinator, &id, DEADLINE);
+        assert_eq!(
+            status["results"]["left_on_worker"],
+            serde_json::json!(["a-big.bin"]),
+            "{status}"
+        );
+        id
+    };
+    let kept = run(|_| {});
+    let whole = get_raw(coordinator.port(), &format!("/outputs/{kept}/a-big.bin"));
+    assert!(
+        whole.status == 200 && whole.body == big,
+        "an unchanged output is served whole"
+    );
+
+    let flipped = run(|k| k.stream.flip_output_after_signing = true);
+    let cut = exchange(
+        coordinator.port(),
+        &format!("GET /outputs/{flipped}/a-big.bin HTTP/1.1\r\n"),
+        b"",
+    )
+    .map(|reply| reply.status)
+    .expect_err("a changed output was served whole");
+    assert!(
+        cut.starts_with("body cut at") || cut.starts_with("reading the body"),
+        "{cut}"
+    );
+    assert!(coordinator.wait_for_log(
+        &format!("Cut the output \"a-big.bin\" of job {flipped} from its worker"),
+        DEADLINE
+    ));
+
+    let grown = run(|k| {
+        k.stream.flip_output_after_signing = false;
+        k.stream.alter_output_after_signing = true;
+    });
+    let (code, body) = get_json(&coordinator.url(&format!("/outputs/{grown}/a-big.bin")));
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        text(&body["error"]).contains("changed on its worker since the job ended")
+            && text(&body["error"]).contains("reported 200000 bytes"),
+        "{body}"
+    );
+    assert!(coordinator.logs().contains(&format!(
+        "Refused the output \"a-big.bin\" of job {grown} from its worker"
+    )));
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_worker_outputs_refused_total 2"),
+        "{metrics}"
+    );
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A

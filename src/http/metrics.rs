@@ -501,6 +501,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         metrics.outputs_left(),
     );
     out.family(
+        "trusted_pool_worker_outputs_refused_total",
+        "counter",
+        "Output files streamed from their workers (left there by --max-results-bytes, or still being collected) whose size or SHA-256 differed from what the worker reported when the job ended: refused with 502, or cut before their last byte.",
+    );
+    out.sample(
+        "trusted_pool_worker_outputs_refused_total",
+        &[],
+        metrics.worker_outputs_refused(),
+    );
+    out.family(
         "trusted_pool_jobs",
         "gauge",
         "Jobs in the coordinator's table (queued, in flight, or finished and not yet settled in the job store), by status.",

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod checked_output;
 pub mod client_address;
 pub mod cors;
 pub mod dashboard;

@@ -8,6 +8,7 @@ use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::base::sync::Slot;
 use crate::base::targz::{Entry, TarGz};
+use crate::http::checked_output::{CheckedOutput, Reported};
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
@@ -278,16 +279,46 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
     };
     match ctx.client.download(&job.endpoint, &job.remote, path) {
         Ok(response) => {
-            let length = response.length.and_then(|l| usize::try_from(l).ok());
+            let reported = Reported::of(&job.worker_status, path);
+            if let Some(why) = reported
+                .as_ref()
+                .and_then(|r| r.refuses_length(response.length))
+            {
+                ctx.metrics.worker_output_refused();
+                log::error!(
+                    "Refused the output {path:?} of job {id} from its worker {}: {why}",
+                    job.endpoint
+                );
+                return error_reply(
+                    502,
+                    format!("the output {path:?} of job {id} changed on its worker since the job ended ({why}); it is not served"),
+                );
+            }
+            let body = match reported {
+                Some(reported) => {
+                    let (metrics, endpoint) = (Arc::clone(&ctx.metrics), job.endpoint.clone());
+                    let (id, path) = (id.to_string(), path.to_string());
+                    let expected = reported.sha256.clone();
+                    Box::new(CheckedOutput::new(
+                        response.reader,
+                        reported.sha256,
+                        response.length,
+                        Box::new(move |got: &str| {
+                            metrics.worker_output_refused();
+                            log::error!(
+                                "Cut the output {path:?} of job {id} from its worker {endpoint} before its end: its bytes hash to {got}, not the sha256 {expected} the worker reported when the job ended"
+                            );
+                        }),
+                    ))
+                }
+                None => response.reader,
+            };
             Reply::Stream {
                 status: 200,
                 content_type,
-                length,
+                length: response.length.and_then(|l| usize::try_from(l).ok()),
                 attachment,
-                body: Box::new(FromWorker {
-                    body: response.reader,
-                    _slot: slot,
-                }),
+                body: Box::new(FromWorker { body, _slot: slot }),
             }
         }
         Err(CallError::Status { code: 404 | 500, .. }) if left_on_worker => error_reply(

@@ -238,6 +238,7 @@ pub struct Metrics {
     queue_timeouts: AtomicU64,
     reruns: AtomicU64,
     outputs_left: AtomicU64,
+    worker_outputs_refused: AtomicU64,
     submits_repeated: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     responses: [AtomicU64; STATUS_CLASSES.len()],
@@ -264,6 +265,7 @@ impl Default for Metrics {
             queue_timeouts: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
             outputs_left: AtomicU64::new(0),
+            worker_outputs_refused: AtomicU64::new(0),
             submits_repeated: AtomicU64::new(0),
             probes: Default::default(),
             responses: Default::default(),
@@ -344,6 +346,18 @@ impl Metrics {
     /// Outputs left on their workers by `--max-results-bytes`.
     pub fn outputs_left(&self) -> u64 {
         self.outputs_left.load(Ordering::Relaxed)
+    }
+
+    /// An output streamed from its worker did not match the size or sha256 the worker
+    /// reported when its job ended, and was refused or cut before its end.
+    pub fn worker_output_refused(&self) {
+        self.worker_outputs_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Outputs streamed from their workers that were refused or cut for a size or hash that
+    /// differed from the reported one.
+    pub fn worker_outputs_refused(&self) -> u64 {
+        self.worker_outputs_refused.load(Ordering::Relaxed)
     }
 
     /// A health probe ended with `result`.

@@ -26,8 +26,11 @@ pub struct StreamKnobs {
     /// Results are signed with another valid key (the impostor's) while the worker keeps
     /// reporting its own id.
     pub sign_with_other_key: bool,
-    /// The first output file is changed after its sha256 was signed.
+    /// The first output file is changed after its sha256 was signed (a line appended).
     pub alter_output_after_signing: bool,
+    /// The first output file's first byte is changed after its sha256 was signed (its size
+    /// kept).
+    pub flip_output_after_signing: bool,
     /// `/stream/{id}` answers 404, like a worker without a stream.
     pub disabled: bool,
     /// Subscribers are cut (close frame, connection shut) when the job starts.
@@ -258,11 +261,19 @@ pub fn tamper(shared: &Shared, job: &mut Job) {
         );
         job.signature = Some(shared.impostor.sign_base64(&payload));
     }
-    if knobs.alter_output_after_signing {
+    if knobs.alter_output_after_signing || knobs.flip_output_after_signing {
         if let Some(path) = job.output_files.keys().next() {
             let file = job.dir.join(path);
             let mut bytes = std::fs::read(&file).unwrap_or_default();
-            bytes.extend_from_slice(b"altered after signing\n");
+            if knobs.alter_output_after_signing {
+                bytes.extend_from_slice(b"altered after signing\n");
+            }
+            if let Some(first) = bytes
+                .first_mut()
+                .filter(|_| knobs.flip_output_after_signing)
+            {
+                *first ^= 0xff;
+            }
             let _ = std::fs::write(&file, bytes);
         }
     }
