@@ -1278,6 +1278,7 @@ fn assert_ended(followed: &mut Followed, who: &str, why: &str) {
         "{who}'s stream: {:?}",
         followed.text()
     );
+    assert_eq!(followed.ending().as_deref(), Some("last chunk"), "{who}");
 }
 
 /// A followed job's stream holds its key: a reload that removes the key, binds it elsewhere or

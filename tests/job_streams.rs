@@ -336,11 +336,41 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
         text.contains("ran main.py") && text.contains("[DONE] Job completed"),
         "{text}"
     );
+    assert_eq!(replay.ending().as_deref(), Some("close 1000"));
     // Without an upgrade, /stream is refused with a JSON error.
     let (code, body) = get(&coordinator.url(&format!("/stream/{id}")));
     assert_eq!(code, 400, "{body}");
     let (code, _) = get(&coordinator.url("/logs/pool-unknown?follow=1"));
     assert_eq!(code, 404);
+}
+
+/// A stop ends every followed stream with a line saying so and a clean end (the chunked text's
+/// last chunk, a WebSocket's close 1001, going away), and the coordinator exits 0.
+#[test]
+fn a_stop_ends_followed_streams_with_a_line_and_a_clean_end() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
+    let mut coordinator = coordinator_for(&worker, "5");
+    let id = submit(&coordinator, &job());
+    let mut text = follow_logs(coordinator.port(), &id);
+    let mut websocket = follow_websocket(&coordinator.url(""), &id);
+    for follower in [&mut text, &mut websocket] {
+        follower
+            .wait_for("[STATUS] Job status", DEADLINE)
+            .expect("the first line");
+    }
+    let stopped = coordinator.terminate(DEADLINE);
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    for (follower, end) in [(&mut text, "last chunk"), (&mut websocket, "close 1001")] {
+        follower.all(DEADLINE);
+        let got = follower.text();
+        assert!(
+            got.ends_with(
+                "[STATUS] The coordinator is shutting down; follow the job again once it is back\n"
+            ),
+            "{got:?}"
+        );
+        assert_eq!(follower.ending().as_deref(), Some(end), "{got:?}");
+    }
 }
 
 #[test]

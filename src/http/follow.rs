@@ -184,6 +184,21 @@ fn replay(job: &Job, slot: Slot) -> Plan {
     }
 }
 
+/// The last line of a live stream when the coordinator stops.
+const SHUTDOWN_LINE: &str =
+    "[STATUS] The coordinator is shutting down; follow the job again once it is back\n";
+
+/// Why a stream ends: its WebSocket close code (RFC 6455 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Everything was sent (1000).
+    Over,
+    /// The coordinator stops (1001).
+    GoingAway,
+    /// Its client key no longer lets it follow the job (1008).
+    Refused,
+}
+
 /// Writes pieces on one wire.
 struct Out {
     writer: Box<dyn Write + Send>,
@@ -245,9 +260,14 @@ impl Out {
         Ok(())
     }
 
-    fn finish(mut self) {
+    fn finish(mut self, ending: Ending) {
         let end: Vec<u8> = if self.websocket {
-            frame(CLOSE, &[], None)
+            let code: u16 = match ending {
+                Ending::Over => 1000,
+                Ending::GoingAway => 1001,
+                Ending::Refused => 1008,
+            };
+            frame(CLOSE, &code.to_be_bytes(), None)
         } else {
             b"0\r\n\r\n".to_vec()
         };
@@ -284,7 +304,10 @@ fn serve(
                 pieces.extend(output_lines(&logs));
             }
             pieces.extend(last);
-            pieces.iter().try_for_each(|p| out.piece(p))
+            pieces
+                .iter()
+                .try_for_each(|p| out.piece(p))
+                .map(|()| Ending::Over)
         }
         Plan::Live {
             first,
@@ -292,8 +315,8 @@ fn serve(
             grant,
         } => live(ctx, id, &mut out, &first, &follower, grant),
     };
-    if sent.is_ok() {
-        out.finish();
+    if let Ok(ending) = sent {
+        out.finish(ending);
     }
 }
 
@@ -304,7 +327,7 @@ fn live(
     first: &str,
     follower: &Follower,
     mut grant: Option<Grant>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Ending> {
     out.piece(first)?;
     for piece in &follower.history {
         out.piece(piece)?;
@@ -317,23 +340,28 @@ fn live(
                 out.piece(&text)?;
                 false
             }
-            Ok(Event::End) => return Ok(()),
+            Ok(Event::End) => return Ok(Ending::Over),
+            Ok(Event::Shutdown) => {
+                out.piece(SHUTDOWN_LINE)?;
+                return Ok(Ending::GoingAway);
+            }
             Ok(Event::Recheck) => true,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) if expiry == Some(wait) => true,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 out.ping()?;
                 false
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(Ending::Over),
         };
         let Some(grant) = grant.as_mut().filter(|_| recheck) else {
             continue;
         };
         if let Err(why) = grant.recheck(ctx.keys.get().as_deref(), unix_now() as u64) {
             log::info!("Ended a follower of job {id}: {why}");
-            return out.piece(&format!(
+            out.piece(&format!(
                 "[ERROR] This stream ended: {why}; a request with a valid key may follow the job again\n"
-            ));
+            ))?;
+            return Ok(Ending::Refused);
         }
     }
 }

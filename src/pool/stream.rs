@@ -68,7 +68,7 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
                     ctx.events.output(id, text);
                 }
             }
-            Ok(Message::Close) => break,
+            Ok(Message::Close(_)) => break,
             Err(e) => {
                 log::debug!("Job {id}: the worker stream ended ({e}); polling it");
                 break;

@@ -1,5 +1,5 @@
 //! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
-//! requests in progress, let dispatches in flight settle and the wipes of deleted or forgotten
+//! requests in progress, end followed streams with a line saying so, let dispatches in flight settle and the wipes of deleted or forgotten
 //! jobs' results that waited for those requests be made (up to `--shutdown-grace`), commit and
 //! close the job store, exit 0. Jobs running on workers keep running there and are followed
 //! again after the restart.
@@ -49,6 +49,8 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     ctx.stopping.store(true, Ordering::SeqCst);
     ctx.lock().stopping = true;
     server.stop_accepting();
+    // Followed streams end with a line saying why (a WebSocket with 1001, going away).
+    ctx.events.end_followers();
     let deadline = Instant::now() + ctx.config.shutdown_grace;
     let mut told = false;
     loop {
@@ -58,12 +60,14 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
         // A deleted or forgotten job's results wait to be wiped until the downloads reading
         // them end.
         let wipes = ctx.spool.removals().pending_wipes();
-        if requests == 0 && dispatches == 0 && wipes == 0 {
+        let followers = ctx.events.follower_count();
+        if requests == 0 && dispatches == 0 && wipes == 0 && followers == 0 {
             break;
         }
         if Instant::now() >= deadline {
             log::warn!(
-                "Shutdown grace over with {requests} requests and {dispatches} dispatches in flight; \
+                "Shutdown grace over with {requests} requests, {followers} followed streams and \
+                 {dispatches} dispatches in flight; \
                  those dispatches will be lost after the restart if their worker took them; \
                  {wipes} wipes of deleted or forgotten jobs' results not made (the next start's \
                  scrub punches those bytes out)"

@@ -8,7 +8,7 @@
 use crate::base::sync::{lock, Slot};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of history a feed keeps for followers that join later.
@@ -23,6 +23,8 @@ pub enum Event {
     End,
     /// The client keys were reloaded: the follower checks its key again.
     Recheck,
+    /// The coordinator stops: the follower ends its stream.
+    Shutdown,
 }
 
 #[derive(Default)]
@@ -49,6 +51,8 @@ pub struct JobEvents {
     feeds: Mutex<HashMap<String, Feed>>,
     followers: Arc<AtomicUsize>,
     max_followers: usize,
+    /// Set once the coordinator stops: a follower that joins later is told at once.
+    ending: AtomicBool,
 }
 
 /// Refused: as many followers as allowed are already following.
@@ -72,6 +76,7 @@ impl JobEvents {
             feeds: Mutex::new(HashMap::new()),
             followers: Arc::new(AtomicUsize::new(0)),
             max_followers,
+            ending: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +106,9 @@ impl JobEvents {
     pub fn follow(&self, id: &str, slot: Slot) -> Follower {
         let (sender, events) = crossbeam_channel::unbounded();
         let mut feeds = lock(&self.feeds);
+        if self.ending.load(Ordering::SeqCst) {
+            let _ = sender.send(Event::Shutdown);
+        }
         let feed = feeds.entry(id.to_string()).or_default();
         feed.followers.push(sender);
         Follower {
@@ -150,8 +158,19 @@ impl JobEvents {
 
     /// Asks every live follower to check its client key again (the keys were reloaded).
     pub fn recheck_followers(&self) {
+        self.tell_followers(&Event::Recheck);
+    }
+
+    /// Asks every live follower, and every one that joins from now on, to end its stream (the
+    /// coordinator stops).
+    pub fn end_followers(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+        self.tell_followers(&Event::Shutdown);
+    }
+
+    fn tell_followers(&self, event: &Event) {
         for feed in lock(&self.feeds).values_mut() {
-            feed.followers.retain(|f| f.send(Event::Recheck).is_ok());
+            feed.followers.retain(|f| f.send(event.clone()).is_ok());
         }
     }
 
@@ -198,5 +217,18 @@ mod tests {
         drop(follower);
         assert_eq!(events.follower_count(), 0);
         assert!(events.reserve().is_ok());
+    }
+
+    #[test]
+    fn a_stop_ends_every_follower_and_every_later_one() {
+        let events = JobEvents::new(2);
+        events.open("j", "dispatched\n".into());
+        let early = events.follow("j", events.reserve().expect("a slot"));
+        events.end_followers();
+        let late = events.follow("j", events.reserve().expect("a slot"));
+        for follower in [&early, &late] {
+            let got: Vec<Event> = follower.events.try_iter().collect();
+            assert_eq!(got, [Event::Shutdown]);
+        }
     }
 }

@@ -103,8 +103,9 @@ fn broken(e: io::Error) -> WsError {
 pub enum Message {
     /// A text (or binary, taken as text) message.
     Text(String),
-    /// The worker closed the stream.
-    Close,
+    /// The worker closed the stream, with the status code its close frame gave (RFC 6455
+    /// 7.4: 1000 normal, 1001 going away, 1008 policy), if any.
+    Close(Option<u16>),
 }
 
 /// Timeouts of a stream.
@@ -287,7 +288,10 @@ impl WsClient {
                 }
             }
             match opcode {
-                CLOSE => return Ok(Message::Close),
+                CLOSE => {
+                    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    return Ok(Message::Close(code));
+                }
                 PING => {
                     let pong = frame(PONG, &payload, Some(mask_key()));
                     self.stream.write_all(&pong).map_err(broken)?;

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,16 @@ pub struct Followed {
     pub status: u16,
     pieces: Receiver<Piece>,
     got: Vec<Piece>,
+    ending: Ending,
+}
+
+/// How a followed stream ended, once it did: `last chunk` (chunked text), `close CODE` or
+/// `close` (a WebSocket close frame, with or without a code), or `cut` (the connection closed
+/// or broke without either).
+type Ending = Arc<Mutex<Option<String>>>;
+
+fn set_ending(ending: &Ending, how: String) {
+    *ending.lock().unwrap_or_else(PoisonError::into_inner) = Some(how);
 }
 
 impl Followed {
@@ -48,6 +59,14 @@ impl Followed {
             }
         }
         self.got.clone()
+    }
+
+    /// How the stream ended (see [`Ending`]); `None` while it is open.
+    pub fn ending(&self) -> Option<String> {
+        self.ending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The pieces so far, concatenated.
@@ -96,39 +115,44 @@ pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Follow
             .starts_with("transfer-encoding: chunked");
     }
     let (sender, pieces) = mpsc::channel();
+    let ending = Ending::default();
+    let thread_ending = Arc::clone(&ending);
     thread::spawn(move || {
         if !chunked {
             let mut body = String::new();
             let _ = reader.read_to_string(&mut body);
+            set_ending(&thread_ending, "cut".to_string());
             let _ = sender.send((Instant::now(), body));
             return;
         }
-        loop {
+        let how = loop {
             let mut size = String::new();
             if reader.read_line(&mut size).unwrap_or(0) == 0 {
-                return;
+                break "cut";
             }
             let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-                return;
+                break "cut";
             };
             if n == 0 {
-                return;
+                break "last chunk";
             }
             let mut data = vec![0u8; n + 2];
             if reader.read_exact(&mut data).is_err() {
-                return;
+                break "cut";
             }
             data.truncate(n);
             let text = String::from_utf8_lossy(&data).into_owned();
             if sender.send((Instant::now(), text)).is_err() {
                 return;
             }
-        }
+        };
+        set_ending(&thread_ending, how.to_string());
     });
     Followed {
         status,
         pieces,
         got: Vec::new(),
+        ending,
     }
 }
 
@@ -143,16 +167,26 @@ pub fn follow_websocket(endpoint: &str, id: &str) -> Followed {
     let mut client = WsClient::connect(endpoint, &format!("/stream/{id}"), timeouts, &plain)
         .unwrap_or_else(|e| panic!("WebSocket {endpoint}/stream/{id}: {e}"));
     let (sender, pieces) = mpsc::channel();
-    thread::spawn(move || {
-        while let Ok(Message::Text(text)) = client.read_message() {
-            if sender.send((Instant::now(), text)).is_err() {
-                return;
+    let ending = Ending::default();
+    let thread_ending = Arc::clone(&ending);
+    thread::spawn(move || loop {
+        match client.read_message() {
+            Ok(Message::Text(text)) => {
+                if sender.send((Instant::now(), text)).is_err() {
+                    return;
+                }
             }
+            Ok(Message::Close(code)) => {
+                let how = code.map_or_else(|| "close".to_string(), |c| format!("close {c}"));
+                return set_ending(&thread_ending, how);
+            }
+            Err(_) => return set_ending(&thread_ending, "cut".to_string()),
         }
     });
     Followed {
         status: 101,
         pieces,
         got: Vec::new(),
+        ending,
     }
 }
