@@ -751,8 +751,13 @@ fn check(path: &std::path::Path, flag: &[IpAddr]) -> i32 {
         } else {
             w.max_concurrent_jobs.to_string()
         };
+        let labels = if w.labels.is_empty() {
+            String::new()
+        } else {
+            format!(" labels {}", w.labels.join(","))
+        };
         println!(
-            "worker {i}: {}... at {} (max_concurrent_jobs {cap}){sources}",
+            "worker {i}: {}... at {} (max_concurrent_jobs {cap}){sources}{labels}",
             short_id(&w.worker_id),
             w.endpoint,
         );

@@ -361,6 +361,10 @@ pub struct Job {
     /// The priority it was submitted with.
     #[serde(default)]
     pub priority: Priority,
+    /// The labels a worker must carry to run it (sorted; `None`: any worker), boxed like the
+    /// other fields most jobs leave empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Box<[String]>>,
     /// True for a job cancelled while on a worker, until the worker ends it: it still holds its
     /// slot there, and is deleted on the worker once ended.
     #[serde(default)]
@@ -440,6 +444,7 @@ impl Job {
             heard_at: None,
             owner: None,
             priority: Priority::Normal,
+            labels: None,
             ending_on_worker: false,
             delete_when_settled: false,
             watched: false,
@@ -451,6 +456,11 @@ impl Job {
             reruns: None,
             submit_key: None,
         }
+    }
+
+    /// The labels a worker must carry to run it (none: any worker).
+    pub fn labels(&self) -> &[String] {
+        self.labels.as_deref().unwrap_or_default()
     }
 
     /// True once nothing more will happen to the job: it ended and, unless it is lost, its

@@ -17,6 +17,7 @@ pub mod heap;
 pub mod hex;
 pub mod job;
 pub mod json_list;
+pub mod labels;
 pub mod line_file;
 pub mod log_level;
 pub mod log_repeats;

@@ -793,7 +793,10 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     }
     let options = upload::SubmitOptions::from_query(|name| query_param(url, name))
         .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o))
-        .and_then(|o| upload::reruns_of(ctx, o.reruns).map(|_| o));
+        .and_then(|o| upload::reruns_of(ctx, o.reruns).map(|_| o))
+        .and_then(|o| {
+            upload::check_labels(&ctx.lock(), o.labels.as_deref().unwrap_or_default()).map(|()| o)
+        });
     let options = match options {
         Ok(options) => options,
         Err(e) => return error_reply(e.status(), e.to_string()),

@@ -3,6 +3,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::{InputFile, Job, PoolStatus, Priority, Reruns, Span, SubmitKey};
+use crate::base::labels::{self, MAX_LABELS, MAX_LABEL_LEN};
 use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
 use crate::http::auth::Caller;
@@ -47,7 +48,8 @@ pub enum UploadError {
     DuplicateFilename(String),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
-    /// A part name other than `files`, `manifest`, `priority`, `queue_timeout` and `reruns`.
+    /// A part name other than `files`, `manifest`, `priority`, `queue_timeout`, `reruns` and
+    /// `labels`.
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
@@ -59,6 +61,11 @@ pub enum UploadError {
     /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
     /// twice.
     BadReruns(String),
+    /// Labels that are not valid, or given twice.
+    BadLabels(String),
+    /// No worker in the allowlist carries every label the job asks for (the labels asked, and
+    /// those the workers carry).
+    NoWorkerWithLabels(String, String),
     /// Another submit with the same `Idempotency-Key` is being received or recorded.
     SubmitKeyBusy(String),
     /// The `Idempotency-Key` made job `job_id` from a submit that held something else.
@@ -117,7 +124,7 @@ impl fmt::Display for UploadError {
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
-            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout' and 'reruns' are accepted"),
+            Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout', 'reruns' and 'labels' are accepted"),
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
@@ -140,6 +147,14 @@ impl fmt::Display for UploadError {
                 "reruns {why}; give how many times the job may run again if its run is lost \
                  (its worker dies or forgets it), e.g. reruns=2, only for a job that does no \
                  harm when it runs twice"
+            ),
+            Self::BadLabels(why) => write!(
+                f,
+                "the labels {why}; give the labels a worker must carry to run the job, separated by commas, e.g. labels=arm64,gpu"
+            ),
+            Self::NoWorkerWithLabels(asked, carried) => write!(
+                f,
+                "no worker of this pool carries every label the job asks for ({asked}), so it could never run; the workers carry: {carried}"
             ),
             Self::DiskReserve(room) => write!(
                 f,
@@ -197,6 +212,9 @@ pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
 /// Counts bytes and fails the read once the limit is crossed.
 /// How often a body of unknown length checks the disk reserve as it streams in.
 const RESERVE_CHECK_BYTES: u64 = 1 << 20;
+
+/// Longest `labels` part: every label at its longest, with a comma and a space after each.
+const LABELS_PART_MAX: u64 = (MAX_LABELS * (MAX_LABEL_LEN + 2)) as u64;
 
 /// The body of a submit: at most `--max-upload-bytes` (`crossed` once past it), and for a body
 /// whose length was not declared (chunked), which the headers could not check against the
@@ -259,8 +277,8 @@ struct Parts {
 }
 
 /// A submit's options, given as parts or in the query (`?priority=`, `?queue_timeout=`,
-/// `?reruns=`).
-#[derive(Debug, Default, Clone, Copy)]
+/// `?reruns=`, `?labels=`).
+#[derive(Debug, Default, Clone)]
 pub struct SubmitOptions {
     /// Its priority.
     pub priority: Option<Priority>,
@@ -268,6 +286,8 @@ pub struct SubmitOptions {
     pub queue_timeout: Option<f64>,
     /// Reruns after a lost run.
     pub reruns: Option<u32>,
+    /// The labels a worker must carry to run it (sorted).
+    pub labels: Option<Vec<String>>,
 }
 
 impl SubmitOptions {
@@ -279,18 +299,23 @@ impl SubmitOptions {
                 .map(|t| parse_queue_timeout(&t))
                 .transpose()?,
             reruns: param("reruns").map(|n| parse_reruns(&n)).transpose()?,
+            labels: param("labels").map(|l| parse_labels(&l)).transpose()?,
         })
     }
 
     /// Feeds the options as given (not as defaulted) into a submit's digest.
     fn feed(&self, digest: &mut PartsDigest) {
         digest.field(b"options");
-        let given = format!(
+        let mut given = format!(
             "{:?} {:?} {:?}",
             self.priority.map(Priority::as_str),
             self.queue_timeout,
             self.reruns
         );
+        // Only when given: the digests of submits without labels stay as they were.
+        if let Some(labels) = &self.labels {
+            given.push_str(&format!(" {labels:?}"));
+        }
         digest.field(given.as_bytes());
     }
 
@@ -311,12 +336,47 @@ impl SubmitOptions {
                 "is given both as a part and in the query".to_string(),
             ));
         }
+        if self.labels.is_some() && parts.labels.is_some() {
+            return Err(UploadError::BadLabels(
+                "are given both as a part and in the query".to_string(),
+            ));
+        }
         Ok(SubmitOptions {
             priority: self.priority.or(parts.priority),
             queue_timeout: self.queue_timeout.or(parts.queue_timeout),
             reruns: self.reruns.or(parts.reruns),
+            labels: self.labels.or(parts.labels),
         })
     }
+}
+
+/// Parses labels given in a part or in the query: separated by commas.
+fn parse_labels(text: &str) -> Result<Vec<String>, UploadError> {
+    labels::parse_text(text).map_err(|e| UploadError::BadLabels(e.to_string()))
+}
+
+/// `Ok` when some worker of the pool (draining or not, healthy or not) carries every label in
+/// `asked`, else the refusal naming the labels the workers carry.
+pub fn check_labels(st: &PoolState, asked: &[String]) -> Result<(), UploadError> {
+    let workers = st.workers.iter().filter(|w| !w.removed);
+    if asked.is_empty()
+        || workers
+            .clone()
+            .any(|w| labels::has_all(&w.spec.labels, asked))
+    {
+        return Ok(());
+    }
+    let mut carried: Vec<&str> = workers
+        .flat_map(|w| w.spec.labels.iter().map(String::as_str))
+        .collect();
+    carried.sort_unstable();
+    carried.dedup();
+    let carried = if carried.is_empty() {
+        "no labels".to_string()
+    } else {
+        carried.join(", ")
+    };
+    Err(UploadError::NoWorkerWithLabels(asked.join(", "), carried))
 }
 
 /// Parses a priority given in a part or in the query.
@@ -518,6 +578,13 @@ fn read_parts(
                     return Err(UploadError::BadReruns("is given twice".to_string()));
                 }
             }
+            "labels" => {
+                let text = short_text(&mut field.data, LABELS_PART_MAX)
+                    .ok_or_else(|| UploadError::BadLabels("are not short text".to_string()))?;
+                if options.labels.replace(parse_labels(&text)?).is_some() {
+                    return Err(UploadError::BadLabels("are given twice".to_string()));
+                }
+            }
             other => return Err(UploadError::UnknownPart(other.to_string())),
         }
     }
@@ -597,6 +664,7 @@ pub fn accept(
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
+    check_labels(&ctx.lock(), options.labels.as_deref().unwrap_or_default())?;
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads).
     room_in(&ctx.lock(), caller)?;
@@ -611,6 +679,7 @@ pub fn accept(
         })
     });
     job.priority = options.priority.unwrap_or_default();
+    job.labels = options.labels.clone().map(Vec::into_boxed_slice);
     job.queue_timeout = queue_timeout;
     job.reruns = (reruns > 0).then(|| {
         Box::new(Reruns {
@@ -733,7 +802,7 @@ impl StoredBytes {
 fn direct(ctx: &Context, job: &Job, stored: &StoredBytes) -> Option<(Ticket, Assignment)> {
     let mut st = ctx.lock();
     let now = Instant::now();
-    if !scheduler::room_now(&st, now) {
+    if !scheduler::room_now(&st, job.labels(), now) {
         return None;
     }
     st.enqueue(job.clone(), now);

@@ -69,6 +69,7 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "draining": w.draining,
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
         "removed": w.removed,
+        "labels": w.spec.labels,
     });
     if w.spec.over_tls() {
         view["certificate"] = w.health.certificate.as_ref().map(expiry_view).into();
@@ -390,6 +391,9 @@ struct StatusView<'a> {
     queue_level: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_timeout: Option<f64>,
+    /// The labels a worker must carry to run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: &'a Option<Box<[String]>>,
     worker_id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_status: Option<&'a Option<Value>>,
@@ -516,6 +520,7 @@ fn job_json(
         queue_position,
         queue_level,
         queue_timeout: job.queue_timeout,
+        labels: &job.labels,
         worker_id: &job.worker_id,
         worker_status: with_worker_status.then_some(&job.worker_status),
         submitted_at: job.submitted_at,

@@ -1,6 +1,7 @@
 //! Hot reload of the allowlist: re-reads workers.json and applies it to the running table
 //! without losing or repeating a job. A new worker is probed and then used; a removed one gets
-//! no new job and is forgotten once its jobs ended; a changed cap or drain flag applies at once;
+//! no new job and is forgotten once its jobs ended; a changed cap, drain flag or set of labels
+//! applies at once (to jobs not yet assigned);
 //! a changed endpoint or key is a new worker. A bad file is refused whole: the table stays.
 
 use crate::base::clock::unix_now;
@@ -65,6 +66,15 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
                     // The file's change wins over a drain made through the API.
                     w.draining = spec.drain;
                     drain_changed.push((spec.worker_id.clone(), spec.endpoint.clone()));
+                    outcome.changed += 1;
+                }
+                if spec.labels != w.spec.labels {
+                    log::info!(
+                        "Worker {}...: labels [{}] -> [{}]",
+                        short_id(&spec.worker_id),
+                        w.spec.labels.join(", "),
+                        spec.labels.join(", ")
+                    );
                     outcome.changed += 1;
                 }
                 if spec.source_addresses != w.spec.source_addresses {

@@ -1,7 +1,8 @@
 //! The scheduler thread: hands the queue's next job (see `state::queue`: priority, aging, owners
 //! in turn) to the healthy, non-throttled, non-draining worker with the fewest active jobs below
-//! its limit (ties rotate), and, when the worker has source addresses, to the address with the
-//! most room. When no worker has room it waits for a signal
+//! its limit (ties rotate) that carries every label the job asks for, and, when the worker has
+//! source addresses, to the address with the most room; a job that waits for a worker with its
+//! labels lets the jobs behind it go to the other workers. When no worker has room it waits for a signal
 //! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
 //! While the job store cannot record dispatches, or the coordinator is too short of descriptors
 //! or memory to send them (`PoolState::dispatch_hold`), nothing is assigned until the hold's
@@ -11,6 +12,7 @@
 //! next such deadline.
 
 use crate::base::job::PoolStatus;
+use crate::base::labels;
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::queue_timeout;
 use crate::pool::quota_stats;
@@ -57,8 +59,13 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
     }
 }
 
-/// Takes jobs off the head of the queue while a worker has room; reserves their slots.
-/// Returns the assignments and, when jobs still wait, the next instant a throttle ends.
+/// How many queued jobs a round looks at when the head waits for a worker with its labels
+/// while another worker has room.
+const LABEL_SCAN: usize = 256;
+
+/// Takes jobs off the queue, head first, while a worker has room; reserves their slots. A job
+/// waiting for a worker with its labels does not hold up those behind it that another worker can
+/// take. Returns the assignments and, when jobs still wait, the next instant a throttle ends.
 pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Instant>) {
     let mut assignments = Vec::new();
     if st.stopping {
@@ -68,18 +75,12 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         return (assignments, (!st.queue.is_empty()).then_some(hold.until));
     }
     st.queue.promote(now);
-    while let Some(head) = st.queue.peek() {
-        let Some(job) = st.jobs.get(head) else {
+    while let Some((id, index)) = next_placement(st, now) {
+        if st.queue.peek() == Some(id.as_str()) {
             st.queue.pop();
-            continue;
-        };
-        let tried: Vec<&str> = job.tried_workers().collect();
-        let Some(index) = pick_worker(st, &tried, now) else {
-            break;
-        };
-        let Some(id) = st.queue.pop() else {
-            break;
-        };
+        } else {
+            st.queue.remove(&id);
+        }
         let worker = &mut st.workers[index];
         worker.active_jobs += 1;
         worker.in_flight += 1;
@@ -120,21 +121,54 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
     (assignments, next_expiry)
 }
 
-/// Whether a job submitted now could go to a worker at once (nothing queued ahead of it).
-pub fn room_now(st: &PoolState, now: Instant) -> bool {
+/// Whether a job with these labels submitted now could go to a worker at once (nothing queued
+/// ahead of it).
+pub fn room_now(st: &PoolState, labels: &[String], now: Instant) -> bool {
     !st.stopping
         && st.queue.is_empty()
         && DispatchHold::active(&st.dispatch_hold, now).is_none()
-        && pick_worker(st, &[], now).is_some()
+        && pick_worker(st, &[], labels, now).is_some()
 }
 
-/// The worker for the next job: has room, not yet tried by this job if such a worker exists,
-/// fewest active jobs; ties go to the first one at or after the rotation point.
-fn pick_worker(st: &PoolState, tried: &[&str], now: Instant) -> Option<usize> {
+/// The next queued job to assign, and its worker: the head when a worker with its labels has
+/// room; else, while another worker has room, the first of the next [`LABEL_SCAN`] jobs that a
+/// worker with room can take. Jobs no longer in the table leave the head of the queue.
+fn next_placement(st: &mut PoolState, now: Instant) -> Option<(String, usize)> {
+    let head = loop {
+        let head = st.queue.peek()?;
+        if st.jobs.contains_key(head) {
+            break head;
+        }
+        st.queue.pop();
+    };
+    if let Some(index) = placement(st, head, now) {
+        return Some((head.to_string(), index));
+    }
+    pick_worker(st, &[], &[], now)?;
+    st.queue
+        .in_order(LABEL_SCAN)
+        .into_iter()
+        .skip(1)
+        .find_map(|id| placement(st, id, now).map(|index| (id.to_string(), index)))
+}
+
+/// The worker for queued job `id` now, if one with its labels has room.
+fn placement(st: &PoolState, id: &str, now: Instant) -> Option<usize> {
+    let job = st.jobs.get(id)?;
+    let tried: Vec<&str> = job.tried_workers().collect();
+    pick_worker(st, &tried, job.labels(), now)
+}
+
+/// The worker for a job with `labels`: carries them all, has room, not yet tried by this job if
+/// such a worker exists, fewest active jobs; ties go to the first one at or after the rotation
+/// point.
+fn pick_worker(st: &PoolState, tried: &[&str], labels: &[String], now: Instant) -> Option<usize> {
     let n = st.workers.len();
     (0..n)
         .map(|k| (st.rotation + k) % n)
-        .filter(|&i| st.workers[i].has_room(now))
+        .filter(|&i| {
+            st.workers[i].has_room(now) && labels::has_all(&st.workers[i].spec.labels, labels)
+        })
         .min_by_key(|&i| {
             let w = &st.workers[i];
             (tried.contains(&w.spec.worker_id.as_str()), w.active_jobs)
@@ -156,6 +190,7 @@ mod tests {
                 auto_cap: false,
                 drain: false,
                 source_addresses: None,
+                labels: Vec::new(),
             })
             .collect();
         let mut st = PoolState::new(specs, Instant::now());
@@ -188,6 +223,44 @@ mod tests {
         assert_eq!(st.queue.peek(), Some("pool-4"));
         assert_eq!(st.count(PoolStatus::Dispatched), 4);
         assert!(st.workers.iter().all(|w| w.active_jobs == 2));
+    }
+
+    #[test]
+    fn a_job_waits_for_a_worker_with_its_labels_without_holding_up_the_others() {
+        let mut st = pool(2, 1);
+        st.workers[1].spec.labels = vec!["arm64".into(), "gpu".into()];
+        let labelled = |id: &str, labels: &[&str]| {
+            let mut job = Job::new(id.to_string(), Vec::new(), None, 0.0);
+            job.labels = Some(labels.iter().map(|l| l.to_string()).collect());
+            job
+        };
+        st.enqueue(labelled("pool-gpu-0", &["gpu"]), Instant::now());
+        st.enqueue(labelled("pool-gpu-1", &["gpu"]), Instant::now());
+        queue(&mut st, 2);
+        let (assigned, _) = assign(&mut st, Instant::now());
+        let placed: Vec<(&str, usize)> = assigned
+            .iter()
+            .map(|a| (a.job_id.as_str(), a.worker_index))
+            .collect();
+        assert_eq!(placed, [("pool-gpu-0", 1), ("pool-0", 0)]);
+        assert_eq!(st.queue.in_order(10), ["pool-gpu-1", "pool-1"]);
+        // The gpu worker frees its slot: the labelled head takes it, the other worker is full.
+        st.workers[1].active_jobs = 0;
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(
+            (assigned[0].job_id.as_str(), assigned[0].worker_index),
+            ("pool-gpu-1", 1)
+        );
+        // A job whose labels no worker carries waits; the one behind it goes.
+        st.workers[0].active_jobs = 0;
+        st.enqueue(labelled("pool-x86", &["x86_64"]), Instant::now());
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(st.queue.in_order(10), ["pool-x86"]);
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(assigned[0].job_id, "pool-1");
+        assert!(room_now(&pool(1, 1), &[], Instant::now()));
+        assert!(!room_now(&pool(1, 1), &["gpu".to_string()], Instant::now()));
     }
 
     #[test]
@@ -240,7 +313,7 @@ mod tests {
         let (assigned, next) = assign(&mut st, now);
         assert!(assigned.is_empty());
         assert_eq!(next, Some(now + std::time::Duration::from_secs(1)));
-        assert!(!room_now(&st, now));
+        assert!(!room_now(&st, &[], now));
         let later = now + std::time::Duration::from_secs(2);
         let (assigned, _) = assign(&mut st, later);
         assert_eq!(assigned.len(), 2, "the hold is over");

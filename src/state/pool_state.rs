@@ -749,6 +749,7 @@ mod tests {
             auto_cap: false,
             drain: false,
             source_addresses: None,
+            labels: Vec::new(),
         }
     }
 

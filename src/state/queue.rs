@@ -325,6 +325,33 @@ impl JobQueue {
         }
     }
 
+    /// The first `limit` queued jobs, in the order they will leave if no other job arrives
+    /// (job `k` is at [`JobQueue::position`] `k`). Costs O(limit + owners) per level.
+    pub fn in_order(&self, limit: usize) -> Vec<&str> {
+        let mut out: Vec<&str> = self.front.iter().map(String::as_str).take(limit).collect();
+        for level in &self.levels {
+            let mut round = 0;
+            while out.len() < limit {
+                let mut taken = false;
+                for owner in &level.turn {
+                    let Some(entry) = level.owners.get(owner).and_then(|f| f.get(round)) else {
+                        continue;
+                    };
+                    taken = true;
+                    out.push(&entry.id);
+                    if out.len() == limit {
+                        return out;
+                    }
+                }
+                if !taken {
+                    break;
+                }
+                round += 1;
+            }
+        }
+        out
+    }
+
     /// The level a queued job waits in now (None when queued at the head or not queued).
     pub fn level_of(&self, id: &str) -> Option<Priority> {
         match self.places.get(id)? {
@@ -416,8 +443,18 @@ mod tests {
         let ids = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "c0"];
         let positions: Vec<usize> = ids.iter().filter_map(|id| q.position(id)).collect();
         assert_eq!(q.owner_depth(&owner("a")), 5);
+        q.push("h0".into(), owner("b"), Priority::High, now);
+        q.push_front("f0".into(), owner("c"));
+        assert_eq!(q.in_order(3), ["f0", "h0", "a0"]);
+        let listed: Vec<String> = q.in_order(100).into_iter().map(String::from).collect();
+        for (k, id) in listed.iter().enumerate() {
+            assert_eq!(q.position(id), Some(k), "{id}");
+        }
+        assert_eq!(q.pop().as_deref(), Some("f0"));
+        assert_eq!(q.pop().as_deref(), Some("h0"));
         let order = drain(&mut q);
         assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]);
+        assert_eq!(listed[2..], order);
         for (id, position) in ids.iter().zip(positions) {
             assert_eq!(order[position], *id, "position of {id}");
         }

@@ -2,6 +2,7 @@
 
 use crate::base::addresses;
 use crate::base::json_list::{ListFileError, ListKind, Problem};
+use crate::base::labels;
 use crate::worker::bound_socket::check_bindable;
 use crate::worker::identity::{parse_worker_id, short_id, IdentityError};
 use serde_json::{Map, Value};
@@ -31,6 +32,8 @@ pub struct WorkerSpec {
     pub drain: bool,
     /// Local addresses its submits go out from; `None`: those of `--source-addresses`.
     pub source_addresses: Option<Vec<IpAddr>>,
+    /// Its labels, sorted: a job that asks for labels runs only on a worker with all of them.
+    pub labels: Vec<String>,
 }
 
 impl WorkerSpec {
@@ -105,13 +108,18 @@ fn parse_entry(index: usize, fields: &Map<String, Value>) -> Result<WorkerSpec, 
     if let Some(unknown) = fields.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "worker_id" | "endpoint" | "max_concurrent_jobs" | "drain" | "source_addresses"
+            "worker_id"
+                | "endpoint"
+                | "max_concurrent_jobs"
+                | "drain"
+                | "source_addresses"
+                | "labels"
         )
     }) {
         return Err(entry_error(
             label,
             unknown,
-            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs, drain, source_addresses)",
+            "is unknown (allowed: worker_id, endpoint, max_concurrent_jobs, drain, source_addresses, labels)",
         ));
     }
     let worker_id = required_string(fields, "worker_id", &label)?;
@@ -152,6 +160,12 @@ fn parse_entry(index: usize, fields: &Map<String, Value>) -> Result<WorkerSpec, 
         .map(source_addresses)
         .transpose()
         .map_err(|p| entry_error(label.clone(), "source_addresses", p))?;
+    let labels = fields
+        .get("labels")
+        .map(worker_labels)
+        .transpose()
+        .map_err(|p| entry_error(label.clone(), "labels", p))?
+        .unwrap_or_default();
     Ok(WorkerSpec {
         worker_id: worker_id.to_string(),
         endpoint,
@@ -159,7 +173,19 @@ fn parse_entry(index: usize, fields: &Map<String, Value>) -> Result<WorkerSpec, 
         auto_cap,
         drain,
         source_addresses,
+        labels,
     })
+}
+
+/// A worker's `"labels"`: a list of strings.
+fn worker_labels(value: &Value) -> Result<Vec<String>, String> {
+    let items: Option<Vec<&str>> = value
+        .as_array()
+        .and_then(|items| items.iter().map(Value::as_str).collect());
+    let items = items.ok_or_else(|| {
+        format!("must be a list of strings such as [\"arm64\", \"gpu\"], got {value}")
+    })?;
+    labels::parse(items).map_err(|e| e.to_string())
 }
 
 /// A worker's own `"source_addresses"`: a list of addresses or CIDR blocks, or one string of

@@ -1,0 +1,130 @@
+//! Worker labels (`"labels"` in workers.json) and jobs that ask for them (`labels=...`): a
+//! labelled job runs only on a worker carrying all its labels, waits for one without holding up
+//! the jobs behind it, keeps its labels across a restart, follows a reload's labels, and a job
+//! no worker could ever run is refused with the labels the workers carry.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use support::lifecycle::{job_status, submit, wait_healthy, wait_status};
+use support::{get_json, post, post_multipart, Coordinator, FakeWorker, Form};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Short intervals keep these tests quick.
+const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
+
+fn job(labels: Option<&str>) -> Form {
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"main.py"}"#);
+    match labels {
+        Some(labels) => form.field("labels", labels.as_bytes()),
+        None => form,
+    }
+}
+
+/// Writes `dir/workers.json`: each worker with one slot and these labels.
+fn write_workers(dir: &Path, workers: &[(&FakeWorker, &[&str])]) {
+    let entries: Vec<Value> = workers
+        .iter()
+        .map(|(w, labels)| {
+            json!({"worker_id": w.worker_id(), "endpoint": w.endpoint(),
+                   "max_concurrent_jobs": 1, "labels": labels})
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&entries).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(dir.join("workers.json"), text).unwrap_or_else(|e| panic!("workers.json: {e}"));
+}
+
+fn worker_of(coordinator: &Coordinator, id: &str) -> String {
+    job_status(coordinator, id)["worker_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
+    let gpu = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
+    let plain = FakeWorker::start();
+    let dir = support::temp_dir();
+    write_workers(dir.path(), &[(&gpu, &["gpu", "arm64"]), (&plain, &[])]);
+    let checked = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .arg("check")
+        .arg(dir.path().join("workers.json"))
+        .output()
+        .expect("check");
+    let listing = String::from_utf8_lossy(&checked.stdout);
+    assert!(listing.contains("labels arm64,gpu"), "{listing}");
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
+
+    let first = submit(&coordinator, &job(Some("gpu")));
+    wait_status(&coordinator, &first, "running", DEADLINE);
+    assert_eq!(worker_of(&coordinator, &first), gpu.worker_id());
+    // The gpu worker is full: the next gpu job waits, and a plain job behind it goes at once.
+    let waiting = submit(&coordinator, &job(Some("arm64, gpu")));
+    let behind = submit(&coordinator, &job(None));
+    wait_status(&coordinator, &behind, "completed", DEADLINE);
+    assert_eq!(worker_of(&coordinator, &behind), plain.worker_id());
+    let status = job_status(&coordinator, &waiting);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert_eq!(status["labels"], json!(["arm64", "gpu"]), "{status}");
+    assert!(job_status(&coordinator, &behind).get("labels").is_none());
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let labels: Vec<&Value> = pool["workers"]
+        .as_array()
+        .map(|ws| ws.iter().map(|w| &w["labels"]).collect())
+        .unwrap_or_default();
+    assert_eq!(labels, [&json!(["arm64", "gpu"]), &json!([])], "{pool}");
+
+    // A job that no worker could run is refused, naming what the workers carry; so are bad
+    // labels, as a part or in the query.
+    let (code, body) = post_multipart(&coordinator.url("/submit"), &job(Some("gpu,x86_64")));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("no worker of this pool carries every label the job asks for (gpu, x86_64)")
+            && body.contains("the workers carry: arm64, gpu"),
+        "{body}"
+    );
+    for bad in ["a b", "gpu,gpu", ""] {
+        let (code, body) = post_multipart(&coordinator.url("/submit"), &job(Some(bad)));
+        assert_eq!(code, 400, "{bad:?}: {body}");
+        assert!(body.contains("the labels"), "{body}");
+    }
+    let form = job(None);
+    let (code, body) = post(
+        &coordinator.url("/submit?labels=x86_64"),
+        &form.content_type(),
+        &form.body(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("(x86_64)"), "{body}");
+
+    // A restart keeps the waiting job's labels: it still waits for a gpu worker.
+    let mut coordinator = coordinator;
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
+    let status = job_status(&coordinator, &waiting);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert_eq!(status["labels"], json!(["arm64", "gpu"]), "{status}");
+
+    // A reload that gives the plain worker both labels sends the waiting job there.
+    write_workers(
+        dir.path(),
+        &[(&gpu, &["gpu", "arm64"]), (&plain, &["arm64", "gpu"])],
+    );
+    let (code, body) = post(&coordinator.url("/reload"), "application/json", b"");
+    assert_eq!(code, 200, "{body}");
+    assert!(coordinator.wait_for_log("labels [] -> [arm64, gpu]", DEADLINE));
+    wait_status(&coordinator, &waiting, "completed", DEADLINE);
+    assert_eq!(worker_of(&coordinator, &waiting), plain.worker_id());
+}
