@@ -795,7 +795,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o))
         .and_then(|o| upload::reruns_of(ctx, o.reruns).map(|_| o))
         .and_then(|o| {
-            upload::check_labels(&ctx.lock(), o.labels.as_deref().unwrap_or_default()).map(|()| o)
+            upload::check_labels(ctx, o.labels.as_deref().unwrap_or_default()).map(|()| o)
         });
     let options = match options {
         Ok(options) => options,

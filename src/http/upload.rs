@@ -356,13 +356,17 @@ fn parse_labels(text: &str) -> Result<Vec<String>, UploadError> {
 }
 
 /// `Ok` when some worker of the pool (draining or not, healthy or not) carries every label in
-/// `asked`, else the refusal naming the labels the workers carry.
-pub fn check_labels(st: &PoolState, asked: &[String]) -> Result<(), UploadError> {
+/// `asked`, else the refusal naming the labels the workers carry. Without labels the pool
+/// lock is not taken.
+pub fn check_labels(ctx: &Context, asked: &[String]) -> Result<(), UploadError> {
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let st = ctx.lock();
     let workers = st.workers.iter().filter(|w| !w.removed);
-    if asked.is_empty()
-        || workers
-            .clone()
-            .any(|w| labels::has_all(&w.spec.labels, asked))
+    if workers
+        .clone()
+        .any(|w| labels::has_all(&w.spec.labels, asked))
     {
         return Ok(());
     }
@@ -664,7 +668,7 @@ pub fn accept(
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
-    check_labels(&ctx.lock(), options.labels.as_deref().unwrap_or_default())?;
+    check_labels(ctx, options.labels.as_deref().unwrap_or_default())?;
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads).
     room_in(&ctx.lock(), caller)?;

@@ -75,12 +75,17 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         return (assignments, (!st.queue.is_empty()).then_some(hold.until));
     }
     st.queue.promote(now);
-    while let Some((id, index)) = next_placement(st, now) {
-        if st.queue.peek() == Some(id.as_str()) {
-            st.queue.pop();
-        } else {
-            st.queue.remove(&id);
-        }
+    while let Some(next) = next_placement(st, now) {
+        let (id, index) = match next {
+            Next::Head(index) => match st.queue.pop() {
+                Some(id) => (id, index),
+                None => break,
+            },
+            Next::Later(id, index) => {
+                st.queue.remove(&id);
+                (id, index)
+            }
+        };
         let worker = &mut st.workers[index];
         worker.active_jobs += 1;
         worker.in_flight += 1;
@@ -130,10 +135,18 @@ pub fn room_now(st: &PoolState, labels: &[String], now: Instant) -> bool {
         && pick_worker(st, &[], labels, now).is_some()
 }
 
-/// The next queued job to assign, and its worker: the head when a worker with its labels has
-/// room; else, while another worker has room, the first of the next [`LABEL_SCAN`] jobs that a
-/// worker with room can take. Jobs no longer in the table leave the head of the queue.
-fn next_placement(st: &mut PoolState, now: Instant) -> Option<(String, usize)> {
+/// The next queued job to assign and the worker it goes to.
+enum Next {
+    /// The head of the queue.
+    Head(usize),
+    /// A job behind the head, which waits for a worker with its labels.
+    Later(String, usize),
+}
+
+/// The next queued job to assign: the head when a worker with its labels has room; else, while
+/// another worker has room, the first of the next [`LABEL_SCAN`] jobs that a worker with room
+/// can take. Jobs no longer in the table leave the head of the queue.
+fn next_placement(st: &mut PoolState, now: Instant) -> Option<Next> {
     let head = loop {
         let head = st.queue.peek()?;
         if st.jobs.contains_key(head) {
@@ -142,14 +155,14 @@ fn next_placement(st: &mut PoolState, now: Instant) -> Option<(String, usize)> {
         st.queue.pop();
     };
     if let Some(index) = placement(st, head, now) {
-        return Some((head.to_string(), index));
+        return Some(Next::Head(index));
     }
     pick_worker(st, &[], &[], now)?;
     st.queue
         .in_order(LABEL_SCAN)
         .into_iter()
         .skip(1)
-        .find_map(|id| placement(st, id, now).map(|index| (id.to_string(), index)))
+        .find_map(|id| placement(st, id, now).map(|index| Next::Later(id.to_string(), index)))
 }
 
 /// The worker for queued job `id` now, if one with its labels has room.
