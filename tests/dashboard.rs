@@ -14,6 +14,7 @@
 
 mod support;
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -26,7 +27,8 @@ use support::lifecycle::{job_status, submit, wait_collected, wait_healthy, wait_
 use support::page_server::headless_chromium;
 use support::tls::{days_from_now, TestCa, TlsProxy};
 use support::{
-    get, get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form, Reply,
+    get, get_json, poll_until, send, send_with, temp_dir, workers_dir, Coordinator, FakeWorker,
+    Form, Reply,
 };
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -144,6 +146,15 @@ fn screenshot_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
+/// Gives the first entry of `dir/workers.json` these labels.
+fn label_first_worker(dir: &Path, labels: &[&str]) {
+    let path = dir.join("workers.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("workers.json: {e}"));
+    let mut entries: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    entries[0]["labels"] = labels.to_vec().into();
+    fs::write(&path, entries.to_string()).unwrap_or_else(|e| panic!("workers.json: {e}"));
+}
+
 #[test]
 fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     let a = FakeWorker::start();
@@ -161,13 +172,15 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     let proxy = TlsProxy::start(secure.addr(), &proxy_cert, &proxy_key, None);
     let tls_args =
         [ca.path("ca"), client_cert, client_key].map(|p| p.to_string_lossy().into_owned());
-    let coordinator = Coordinator::start(
-        &[
-            a.entry(2),
-            b.entry(2),
-            sick.entry(1),
-            (secure.worker_id(), proxy.endpoint(), 1),
-        ],
+    let dir = workers_dir(&[
+        a.entry(2),
+        b.entry(2),
+        sick.entry(1),
+        (secure.worker_id(), proxy.endpoint(), 1),
+    ]);
+    label_first_worker(dir.path(), &["gpu", "arm64"]);
+    let coordinator = Coordinator::start_in(
+        dir.path(),
         &[
             "--track-interval",
             "0.1",
@@ -297,6 +310,8 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         assert_eq!(attribute(row, "data-health"), Some(health), "{row}");
         let warned = whole_row(&dom, row).is_some_and(|r| r.contains(">certificate expires soon<"));
         assert_eq!(warned, worker.worker_id() == secure.worker_id(), "{row}");
+        let labelled = whole_row(&dom, row).is_some_and(|r| r.contains(">labels: arm64, gpu<"));
+        assert_eq!(labelled, worker.worker_id() == a.worker_id(), "{row}");
     }
     for (id, wanted) in [
         (&done[0], "completed"),
