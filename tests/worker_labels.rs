@@ -1,7 +1,8 @@
 //! Worker labels (`"labels"` in workers.json) and jobs that ask for them (`labels=...`): a
 //! labelled job runs only on a worker carrying all its labels, waits for one without holding up
-//! the jobs behind it, keeps its labels across a restart, follows a reload's labels, and a job
-//! no worker could ever run is refused with the labels the workers carry.
+//! the jobs behind it, keeps its labels across a restart, follows a reload's labels (and says
+//! when a reload left no worker with them), and a job no worker could ever run is refused with
+//! the labels the workers carry.
 
 mod support;
 
@@ -116,12 +117,23 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     let status = job_status(&coordinator, &waiting);
     assert_eq!(status["pool_status"], "queued", "{status}");
     assert_eq!(status["labels"], json!(["arm64", "gpu"]), "{status}");
+    assert!(status.get("stranded").is_none(), "{status}");
+
+    // A reload that takes the labels away leaves the job stranded, and /status says so.
+    write_workers(dir.path(), &[(&gpu, &[]), (&plain, &[])]);
+    let (code, body) = post(&coordinator.url("/reload"), "application/json", b"");
+    assert_eq!(code, 200, "{body}");
+    let status = job_status(&coordinator, &waiting);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert!(
+        status["stranded"].as_str().is_some_and(|s| s.starts_with(
+            "no worker of the pool carries every label this job asks for (arm64, gpu) any more"
+        )),
+        "{status}"
+    );
 
     // A reload that gives the plain worker both labels sends the waiting job there.
-    write_workers(
-        dir.path(),
-        &[(&gpu, &["gpu", "arm64"]), (&plain, &["arm64", "gpu"])],
-    );
+    write_workers(dir.path(), &[(&gpu, &[]), (&plain, &["arm64", "gpu"])]);
     let (code, body) = post(&coordinator.url("/reload"), "application/json", b"");
     assert_eq!(code, 200, "{body}");
     assert!(coordinator.wait_for_log("labels [] -> [arm64, gpu]", DEADLINE));

@@ -5,6 +5,7 @@ use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
+use crate::base::labels;
 use crate::base::line_file::LineFile;
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
@@ -394,6 +395,9 @@ struct StatusView<'a> {
     /// The labels a worker must carry to run it.
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: &'a Option<Box<[String]>>,
+    /// Why it cannot leave the queue (no worker carries its labels any more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stranded: Option<String>,
     worker_id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_status: Option<&'a Option<Value>>,
@@ -474,35 +478,64 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     job_json(job, place(st, job), true)
 }
 
+/// Why a queued job cannot leave the queue however long it waits, when it cannot: it asks for
+/// labels that no worker of the pool carries any more.
+fn stranded(st: &PoolState, job: &Job) -> Option<String> {
+    let labels = job.labels();
+    if labels.is_empty() {
+        return None;
+    }
+    let carried = st
+        .workers
+        .iter()
+        .any(|w| !w.removed && labels::has_all(&w.spec.labels, labels));
+    (!carried).then(|| {
+        format!(
+            "no worker of the pool carries every label this job asks for ({}) any more; it waits \
+             until a reload gives one these labels, or until its queue timeout",
+            labels.join(", ")
+        )
+    })
+}
+
 /// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer
 /// (its queue place from `st` when it is queued there).
 pub fn listed_json(st: &PoolState, job: &Job) -> Option<Vec<u8>> {
     job_json(job, place(st, job), false)
 }
 
-/// A queued job's position and level.
-fn place(st: &PoolState, job: &Job) -> (Option<usize>, Option<&'static str>) {
+/// A queued job's place: its position, its level, and why it cannot leave when it cannot.
+#[derive(Default)]
+struct Place {
+    position: Option<usize>,
+    level: Option<&'static str>,
+    stranded: Option<String>,
+}
+
+/// A queued job's place (nothing for a job that is not queued).
+fn place(st: &PoolState, job: &Job) -> Place {
     let id = job.id.as_str();
-    let queued = job.status == PoolStatus::Queued;
-    let place = queued.then(|| {
-        (
-            st.queue.position(id),
-            st.queue.level_of(id).map(Priority::as_str),
-        )
-    });
-    place.unwrap_or_default()
+    if job.status != PoolStatus::Queued {
+        return Place::default();
+    }
+    Place {
+        position: st.queue.position(id),
+        level: st.queue.level_of(id).map(Priority::as_str),
+        stranded: stranded(st, job),
+    }
 }
 
 /// `GET /status/{id}` of a job read back from the job store (a finished one).
 pub fn stored_status_json(job: &Job) -> Option<Vec<u8>> {
-    job_json(job, (None, None), true)
+    job_json(job, Place::default(), true)
 }
 
-fn job_json(
-    job: &Job,
-    (queue_position, queue_level): (Option<usize>, Option<&'static str>),
-    with_worker_status: bool,
-) -> Option<Vec<u8>> {
+fn job_json(job: &Job, place: Place, with_worker_status: bool) -> Option<Vec<u8>> {
+    let Place {
+        position: queue_position,
+        level: queue_level,
+        stranded,
+    } = place;
     let worker = job.worker_status.as_ref();
     // sandrun counts from 1; once the job left the queue, the worker's own figure.
     let queue_position = match queue_position {
@@ -521,6 +554,7 @@ fn job_json(
         queue_level,
         queue_timeout: job.queue_timeout,
         labels: &job.labels,
+        stranded,
         worker_id: &job.worker_id,
         worker_status: with_worker_status.then_some(&job.worker_status),
         submitted_at: job.submitted_at,
