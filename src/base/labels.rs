@@ -30,10 +30,16 @@ pub fn is_valid(label: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'='))
 }
 
-/// Validates a list of labels: each valid, none twice, at most [`MAX_LABELS`]; returns them
-/// sorted.
-pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, LabelError> {
-    let mut labels: Vec<String> = Vec::new();
+/// Validates a list of labels: at most [`MAX_LABELS`] (counted first, so that a long list
+/// costs no more than that), each valid, none twice; returns them sorted.
+pub fn parse(items: &[&str]) -> Result<Vec<String>, LabelError> {
+    if items.len() > MAX_LABELS {
+        return Err(LabelError(format!(
+            "{} labels are too many (at most {MAX_LABELS})",
+            items.len()
+        )));
+    }
+    let mut labels: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         if !is_valid(item) {
             return Err(LabelError(format!(
@@ -44,12 +50,6 @@ pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>
             return Err(LabelError(format!("label {item:?} is given twice")));
         }
         labels.push(item.to_string());
-    }
-    if labels.len() > MAX_LABELS {
-        return Err(LabelError(format!(
-            "{} labels are too many (at most {MAX_LABELS})",
-            labels.len()
-        )));
     }
     labels.sort();
     Ok(labels)
@@ -67,7 +67,7 @@ pub fn parse_text(text: &str) -> Result<Vec<String>, LabelError> {
             "names no label (give them separated by commas, e.g. arm64,gpu; a label is {LABEL_RULE})"
         )));
     }
-    parse(items)
+    parse(&items)
 }
 
 /// Whether a worker carrying `worker` (sorted) has every label in `wanted`.
@@ -92,8 +92,9 @@ mod tests {
         }
         assert!(parse_text(&"l".repeat(65)).is_err());
         let many: Vec<String> = (0..33).map(|i| format!("l{i}")).collect();
-        assert!(parse(many.iter().map(String::as_str)).is_err());
-        let worker = parse(["gpu", "arm64", "zone:a"]).unwrap_or_default();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(parse(&many).is_err());
+        let worker = parse(&["gpu", "arm64", "zone:a"]).unwrap_or_default();
         assert!(has_all(&worker, &[]));
         assert!(has_all(&worker, &["arm64".into(), "gpu".into()]));
         assert!(!has_all(&worker, &["x86_64".into()]));

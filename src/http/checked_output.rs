@@ -42,7 +42,7 @@ impl Reported {
     }
 }
 
-/// Told once, with the hash the bytes had, when it differs from the reported one.
+/// Told once, with why (the hash the bytes had and the reported one), when they differ.
 pub type MismatchReport = Box<dyn FnOnce(&str) + Send>;
 
 /// A body read through a SHA-256 check: the read that would deliver its last byte (at
@@ -56,7 +56,7 @@ pub struct CheckedOutput<R> {
     left: Option<u64>,
     /// The check's outcome, once the end was read (an error message when the hash differs).
     verdict: Option<Result<(), String>>,
-    /// Called once with the hash the bytes had, when it differs.
+    /// Called once with why, when the hash differs.
     on_mismatch: Option<MismatchReport>,
 }
 
@@ -87,13 +87,14 @@ impl<R: Read> CheckedOutput<R> {
         let verdict = if got == self.expected {
             Ok(())
         } else {
-            if let Some(report) = self.on_mismatch.take() {
-                report(&got);
-            }
-            Err(format!(
-                "the bytes hash to {got}, not the sha256 {} the worker reported",
+            let why = format!(
+                "its bytes hash to {got}, not the sha256 {} the worker reported",
                 self.expected
-            ))
+            );
+            if let Some(report) = self.on_mismatch.take() {
+                report(&why);
+            }
+            Err(why)
         };
         self.verdict = Some(verdict.clone());
         verdict

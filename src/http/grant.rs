@@ -81,16 +81,14 @@ impl Grant {
 mod tests {
     use super::*;
     use crate::base::api_keys::{hash_key, parse};
+    use crate::base::hex::hex;
 
     fn keys(entries: &str) -> KeySet {
         parse(format!("[{entries}]").as_bytes()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn entry(name: &str, role: &str, extra: &str) -> String {
-        let hash: String = hash_key(name.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = hex(&hash_key(name.as_bytes()));
         format!(r#"{{"name": "{name}", "key_sha256": "{hash}", "role": "{role}"{extra}}}"#)
     }
 

@@ -298,15 +298,14 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                 Some(reported) => {
                     let (metrics, endpoint) = (Arc::clone(&ctx.metrics), job.endpoint.clone());
                     let (id, path) = (id.to_string(), path.to_string());
-                    let expected = reported.sha256.clone();
                     Box::new(CheckedOutput::new(
                         response.reader,
                         reported.sha256,
                         response.length,
-                        Box::new(move |got: &str| {
+                        Box::new(move |why: &str| {
                             metrics.worker_output_refused();
                             log::error!(
-                                "Cut the output {path:?} of job {id} from its worker {endpoint} before its end: its bytes hash to {got}, not the sha256 {expected} the worker reported when the job ended"
+                                "Cut the output {path:?} of job {id} from its worker {endpoint} before its end: {why} when the job ended"
                             );
                         }),
                     ))

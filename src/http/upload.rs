@@ -363,14 +363,13 @@ pub fn check_labels(ctx: &Context, asked: &[String]) -> Result<(), UploadError> 
         return Ok(());
     }
     let st = ctx.lock();
-    let workers = st.workers.iter().filter(|w| !w.removed);
-    if workers
-        .clone()
-        .any(|w| labels::has_all(&w.spec.labels, asked))
-    {
+    if st.carries_labels(asked) {
         return Ok(());
     }
-    let mut carried: Vec<&str> = workers
+    let mut carried: Vec<&str> = st
+        .workers
+        .iter()
+        .filter(|w| !w.removed)
         .flat_map(|w| w.spec.labels.iter().map(String::as_str))
         .collect();
     carried.sort_unstable();

@@ -5,7 +5,6 @@ use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::config::ServeConfig;
 use crate::base::job::{Attempt, Collection, InputFile, Job, PoolStatus, Priority, Verification};
-use crate::base::labels;
 use crate::base::line_file::LineFile;
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
@@ -482,20 +481,14 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
 /// labels that no worker of the pool carries any more.
 fn stranded(st: &PoolState, job: &Job) -> Option<String> {
     let labels = job.labels();
-    if labels.is_empty() {
+    if labels.is_empty() || st.carries_labels(labels) {
         return None;
     }
-    let carried = st
-        .workers
-        .iter()
-        .any(|w| !w.removed && labels::has_all(&w.spec.labels, labels));
-    (!carried).then(|| {
-        format!(
-            "no worker of the pool carries every label this job asks for ({}) any more; it waits \
+    Some(format!(
+        "no worker of the pool carries every label this job asks for ({}) any more; it waits \
              until a reload gives one these labels, or until its queue timeout",
-            labels.join(", ")
-        )
-    })
+        labels.join(", ")
+    ))
 }
 
 /// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer

@@ -1,8 +1,8 @@
 //! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
-//! requests in progress, end followed streams with a line saying so, let dispatches in flight settle and the wipes of deleted or forgotten
-//! jobs' results that waited for those requests be made (up to `--shutdown-grace`), commit and
-//! close the job store, exit 0. Jobs running on workers keep running there and are followed
-//! again after the restart.
+//! requests in progress, end followed streams with a line saying so, let dispatches in flight
+//! settle and the wipes of deleted or forgotten jobs' results that waited for those requests be
+//! made (up to `--shutdown-grace`), commit and close the job store, exit 0. Jobs running on
+//! workers keep running there and are followed again after the restart.
 
 use crate::base::job::PoolStatus;
 use crate::state::context::Context;

@@ -7,6 +7,7 @@
 use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Job, LostRun, PoolStatus};
+use crate::base::labels;
 use crate::state::cpu_window::CpuWindow;
 use crate::state::metrics::{DispatchOutcome, Metrics};
 use crate::state::queue::JobQueue;
@@ -598,6 +599,14 @@ impl PoolState {
     pub fn restore(&mut self, job: Job) {
         self.counts.add(job.owner.as_ref(), job.status);
         self.jobs.insert(job.id.clone(), Box::new(job));
+    }
+
+    /// Whether a worker of the pool (not removed; draining or not, healthy or not) carries
+    /// every label in `wanted`: a job asking for them can run here sooner or later.
+    pub fn carries_labels(&self, wanted: &[String]) -> bool {
+        self.workers
+            .iter()
+            .any(|w| !w.removed && labels::has_all(&w.spec.labels, wanted))
     }
 
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
