@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 
 use support::follow::{follow_logs_with, Followed};
 use support::lifecycle::{drain_url, wait_healthy};
-use support::{poll_until, send_with, workers_dir, Coordinator, FakeWorker, Form, Reply};
+use support::{
+    poll_until, send_with, status_of, workers_dir, Coordinator, FakeWorker, Form, Reply,
+};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -1127,12 +1129,7 @@ fn get_from(
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
+    (status_of(&answer), answer)
 }
 
 /// A key with `bound_cidrs` is refused with 403 from any other client address (the answer

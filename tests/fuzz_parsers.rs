@@ -29,7 +29,7 @@ use trusted_pool::worker::sandrun_json;
 use trusted_pool::worker::workers_file;
 
 use support::fuzz::{mutate, run, Rng};
-use support::{proxy_v2_header, temp_dir, Coordinator, FakeWorker, Form};
+use support::{proxy_v2_header, status_of, temp_dir, Coordinator, FakeWorker, Form};
 
 const PATH_TOKENS: [&[u8]; 12] = [
     b"%", b"%2e", b"%2F", b"%2f", b"..", b"/", b"%00", b"%+1", b"\\", b"%C3%A9", b"\xff", b"%%",
@@ -450,12 +450,7 @@ fn exchange_on(mut stream: TcpStream, request: &[u8]) -> (u16, String) {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    (status_of(&text), text)
 }
 
 #[test]

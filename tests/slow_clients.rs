@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::lifecycle::{drain_url, job_status, pool_worker, submit, wait_collected, wait_status};
 use support::{
-    get, get_bytes, get_json, poll_until, post, post_multipart, send, Coordinator, FakeWorker, Form,
+    get, get_bytes, get_json, poll_until, post, post_multipart, send, status_of, Coordinator,
+    FakeWorker, Form,
 };
 
 /// What "answers at once" allows on a loaded 2-core machine.
@@ -48,15 +49,6 @@ fn read_to_close(stream: &mut TcpStream, deadline: Duration) -> Option<String> {
         }
         Err(_) => None,
     }
-}
-
-/// The status code of a raw HTTP answer (0 when there is none).
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
 }
 
 fn small_job() -> Form {

@@ -139,3 +139,12 @@ pub fn post_json(url: &str, value: &Value) -> (u16, Value) {
 pub fn post_multipart(url: &str, form: &Form) -> (u16, String) {
     post(url, &form.content_type(), &form.body())
 }
+
+/// The status code of a raw HTTP answer (0 when there is none).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}

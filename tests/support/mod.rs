@@ -26,7 +26,10 @@ mod util;
 #[allow(unused_imports)]
 pub use self::{
     black_hole::BlackHole,
-    client::{get, get_bytes, get_json, post, post_json, post_multipart, send, send_with, Reply},
+    client::{
+        get, get_bytes, get_json, post, post_json, post_multipart, send, send_with, status_of,
+        Reply,
+    },
     coordinator::{check_state_dir, workers_dir, write_workers_json, Coordinator},
     fake_worker::FakeWorker,
     form::Form,
