@@ -89,6 +89,9 @@ OPTIONS:
                              submit and read every job; re-read on SIGHUP    [default: none]
     --max-followers N        clients following jobs at once (/logs/ID?follow=1,
                              /stream/ID); more get 503                       [default: 256]
+    --follow-heartbeat SECS  after this much silence a followed stream says the job's status
+                             (text) or pings (WebSocket), so proxies keep it open and a
+                             vanished client is let go                        [default: 30]
     --require-verified       fail a job whose result signature or outputs do not
                              verify (or stay unverifiable), and keep its worker
                              unhealthy until SIGHUP or its undrain           [default: off]
@@ -363,6 +366,18 @@ fn fsync_mode(text: &str) -> Result<FsyncMode, String> {
     }
 }
 
+/// The longest `--follow-heartbeat`: an hour of silence outlasts every proxy's idle timeout.
+const HEARTBEAT_MAX: f64 = 3600.0;
+
+fn heartbeat(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        d if d.as_secs_f64() <= HEARTBEAT_MAX => Ok(d),
+        _ => Err(format!(
+            "{text} s of silence would outlast any proxy's idle timeout; use at most {HEARTBEAT_MAX}"
+        )),
+    }
+}
+
 fn grace(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && (0.0..=1e6).contains(&s) => Ok(Duration::from_secs_f64(s)),
@@ -587,6 +602,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         access_log: value(args, "--access-log", line_target, d.access_log)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
         max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
+        follow_heartbeat: value(args, "--follow-heartbeat", heartbeat, d.follow_heartbeat)?,
         require_verified: args.contains("--require-verified"),
         fsync: value(args, "--fsync", fsync_mode, d.fsync)?,
         retain_jobs: value(args, "--retain-jobs", positive::<u64>, d.retain_jobs)?,

@@ -229,6 +229,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--track-interval", "inf"], "--track-interval"),
         (&["--follow-nice", "20"], "--follow-nice"),
         (&["--follow-nice", "-1"], "--follow-nice"),
+        (&["--follow-heartbeat", "0"], "--follow-heartbeat"),
+        (&["--follow-heartbeat", "3601"], "at most 3600"),
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--max-reruns", "101"], "--max-reruns"),

@@ -132,6 +132,8 @@ pub struct ServeConfig {
     pub api_keys: Option<PathBuf>,
     /// Most clients following jobs at once (`/logs/{id}?follow=1`, `/stream/{id}`).
     pub max_followers: usize,
+    /// Silence after which a followed stream says the job's status (text) or pings (WebSocket).
+    pub follow_heartbeat: Duration,
     /// Fail jobs whose result does not verify, and distrust their worker.
     pub require_verified: bool,
     /// What a commit of the job store waits for.
@@ -203,6 +205,7 @@ impl Default for ServeConfig {
             access_log: None,
             api_keys: None,
             max_followers: 256,
+            follow_heartbeat: Duration::from_secs(30),
             require_verified: false,
             fsync: FsyncMode::Batch,
             retain_jobs: 10_000,

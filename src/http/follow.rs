@@ -2,7 +2,9 @@
 //! `GET /stream/{id}` (a WebSocket in sandrun's own message format). Both send the same pieces:
 //! `[STATUS] Job status: <status>`, then a line when the job is dispatched and started, its output
 //! as the worker delivers it, and the last lines (`[VERIFY] ...`, `[DONE] ...`) when it is over;
-//! then the stream ends. The handler thread only decides (404, 503 over `--max-followers`) and
+//! then the stream ends. After `--follow-heartbeat` of silence (a queued job, or one running
+//! without output) a text stream repeats the status line and a WebSocket is pinged, so proxies
+//! keep the stream open and a vanished client is noticed at the next write. The handler thread only decides (404, 503 over `--max-followers`) and
 //! hands the connection to a follower thread of its own, so followers never hold handler threads.
 
 use crate::base::clock::unix_now;
@@ -21,13 +23,10 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 use tiny_http::Request;
 
 /// Stack size of a follower thread.
 const FOLLOWER_STACK: usize = 128 * 1024;
-/// A WebSocket follower is pinged after this much silence, so a vanished client is noticed.
-const PING_AFTER: Duration = Duration::from_secs(30);
 
 /// How the pieces travel.
 pub enum Wire {
@@ -252,12 +251,15 @@ impl Out {
         self.writer.flush()
     }
 
-    fn ping(&mut self) -> std::io::Result<()> {
+    /// Breaks a silence: a ping frame on a WebSocket, the job's status line (when it is still
+    /// in the table) on text, which has no invisible piece.
+    fn heartbeat(&mut self, ctx: &Context, id: &str) -> std::io::Result<()> {
         if self.websocket {
             self.writer.write_all(&frame(0x9, &[], None))?;
-            self.writer.flush()?;
+            return self.writer.flush();
         }
-        Ok(())
+        let line = ctx.lock().jobs.get(id).map(|job| first_line(job));
+        line.map_or(Ok(()), |line| self.piece(&line))
     }
 
     fn finish(mut self, ending: Ending) {
@@ -332,9 +334,10 @@ fn live(
     for piece in &follower.history {
         out.piece(piece)?;
     }
+    let heartbeat = ctx.config.follow_heartbeat;
     loop {
         let expiry = grant.as_ref().and_then(Grant::until_expiry);
-        let wait = expiry.map_or(PING_AFTER, |left| left.min(PING_AFTER));
+        let wait = expiry.map_or(heartbeat, |left| left.min(heartbeat));
         let recheck = match follower.events.recv_timeout(wait) {
             Ok(Event::Text(text)) => {
                 out.piece(&text)?;
@@ -348,7 +351,7 @@ fn live(
             Ok(Event::Recheck) => true,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) if expiry == Some(wait) => true,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                out.ping()?;
+                out.heartbeat(ctx, id)?;
                 false
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(Ending::Over),

@@ -36,10 +36,27 @@ fn set_ending(ending: &Ending, how: String) {
 impl Followed {
     /// Waits until a piece containing `needle` arrived (or `deadline` passed); returns when.
     pub fn wait_for(&mut self, needle: &str, deadline: Duration) -> Option<Instant> {
+        self.wait_for_count(needle, 1, deadline)?.first().copied()
+    }
+
+    /// Waits until `n` pieces containing `needle` arrived (or `deadline` passed); returns when
+    /// each did.
+    pub fn wait_for_count(
+        &mut self,
+        needle: &str,
+        n: usize,
+        deadline: Duration,
+    ) -> Option<Vec<Instant>> {
         let end = Instant::now() + deadline;
         loop {
-            if let Some((at, _)) = self.got.iter().find(|(_, p)| p.contains(needle)) {
-                return Some(*at);
+            let seen: Vec<Instant> = self
+                .got
+                .iter()
+                .filter(|(_, p)| p.contains(needle))
+                .map(|(at, _)| *at)
+                .collect();
+            if seen.len() >= n {
+                return Some(seen);
             }
             let left = end.checked_duration_since(Instant::now())?;
             match self.pieces.recv_timeout(left) {
