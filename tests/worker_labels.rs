@@ -1,8 +1,8 @@
 //! Worker labels (`"labels"` in workers.json) and jobs that ask for them (`labels=...`): a
 //! labelled job runs only on a worker carrying all its labels, waits for one without holding up
 //! the jobs behind it, keeps its labels across a restart, follows a reload's labels (and says
-//! when a reload left no worker with them), and a job no worker could ever run is refused with
-//! the labels the workers carry.
+//! when a reload left no worker with them, and `/metrics` shows them), and a job no worker could
+//! ever run is refused with the labels the workers carry.
 
 mod support;
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::lifecycle::{job_status, submit, wait_healthy, wait_status};
-use support::{get_json, post, post_multipart, Coordinator, FakeWorker, Form};
+use support::{get, get_json, post, post_multipart, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -85,6 +85,10 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         .map(|ws| ws.iter().map(|w| &w["labels"]).collect())
         .unwrap_or_default();
     assert_eq!(labels, [&json!(["arm64", "gpu"]), &json!([])], "{pool}");
+    assert_eq!(
+        worker_infos(&coordinator),
+        [info(&gpu, Some("arm64,gpu")), info(&plain, None)]
+    );
 
     // A job that no worker could run is refused, naming what the workers carry; so are bad
     // labels, as a part or in the query.
@@ -139,4 +143,28 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     assert!(coordinator.wait_for_log("labels [] -> [arm64, gpu]", DEADLINE));
     wait_status(&coordinator, &waiting, "completed", DEADLINE);
     assert_eq!(worker_of(&coordinator, &waiting), plain.worker_id());
+    assert_eq!(
+        worker_infos(&coordinator),
+        [info(&gpu, None), info(&plain, Some("arm64,gpu"))]
+    );
+}
+
+/// The `trusted_pool_worker_info` lines of a scrape of `/metrics`, in order.
+fn worker_infos(coordinator: &Coordinator) -> Vec<String> {
+    let (code, text) = get(&coordinator.url("/metrics"));
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("trusted_pool_worker_info{"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `trusted_pool_worker_info` line of `worker` carrying `labels`.
+fn info(worker: &FakeWorker, labels: Option<&str>) -> String {
+    let labels = labels.map_or(String::new(), |l| format!(",labels=\"{l}\""));
+    format!(
+        "trusted_pool_worker_info{{worker_id=\"{}\",endpoint=\"{}\"{labels}}} 1",
+        worker.worker_id(),
+        worker.endpoint()
+    )
 }

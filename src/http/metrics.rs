@@ -44,9 +44,12 @@ struct WorkerSample {
 struct WorkerLabels {
     worker_id: String,
     endpoint: String,
+    /// The worker's own labels (workers.json `"labels"`).
+    carries: Vec<String>,
     /// `{worker_id="..."`, escaped: every per-worker series starts with it.
     open: String,
-    /// `,endpoint="..."} 1`, escaped: the rest of its `trusted_pool_worker_info` line.
+    /// `,endpoint="..."} 1` (with `,labels="a,b"` before the brace when the worker carries
+    /// labels), escaped: the rest of its `trusted_pool_worker_info` line.
     info: String,
 }
 
@@ -60,17 +63,24 @@ impl WorkerLabels {
         let mut info = String::with_capacity(endpoint.len() + 16);
         info.push_str(",endpoint=\"");
         escape_into(&mut info, endpoint);
+        if !w.spec.labels.is_empty() {
+            info.push_str("\",labels=\"");
+            escape_into(&mut info, &w.spec.labels.join(","));
+        }
         info.push_str("\"} 1");
         WorkerLabels {
             worker_id: worker_id.clone(),
             endpoint: endpoint.clone(),
+            carries: w.spec.labels.clone(),
             open,
             info,
         }
     }
 
     fn is_for(&self, w: &WorkerEntry) -> bool {
-        self.worker_id == w.spec.worker_id && self.endpoint == w.spec.endpoint
+        self.worker_id == w.spec.worker_id
+            && self.endpoint == w.spec.endpoint
+            && self.carries == w.spec.labels
     }
 }
 
@@ -633,7 +643,7 @@ fn write_workers(out: &mut Text, labels: &[WorkerLabels], samples: &[WorkerSampl
     out.family(
         "trusted_pool_worker_info",
         "gauge",
-        "Each allowlisted worker's endpoint (always 1).",
+        "Each allowlisted worker's endpoint and its labels, comma-separated, when it carries any (always 1).",
     );
     for label in labels {
         out.0.push_str("trusted_pool_worker_info");
