@@ -1,7 +1,8 @@
 //! Worker labels (`"labels"` in workers.json) and jobs that ask for them (`labels=...`): a
 //! labelled job runs only on a worker carrying all its labels, waits for one without holding up
 //! the jobs behind it, keeps its labels across a restart, follows a reload's labels (and says
-//! when a reload left no worker with them, and `/metrics` shows them), and a job no worker could
+//! when a reload left no worker with them or every worker with them is drained, and `/metrics`
+//! shows them), and a job no worker could
 //! ever run is refused with the labels the workers carry.
 
 mod support;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::lifecycle::{job_status, submit, wait_healthy, wait_status};
+use support::lifecycle::{drain_url, job_status, submit, wait_healthy, wait_status};
 use support::{get, get_json, post, post_multipart, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -122,6 +123,25 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     assert_eq!(status["pool_status"], "queued", "{status}");
     assert_eq!(status["labels"], json!(["arm64", "gpu"]), "{status}");
     assert!(status.get("stranded").is_none(), "{status}");
+    // A full worker holds the job up for a while; a drained one says why the job cannot leave.
+    assert!(status.get("blocked").is_none(), "{status}");
+    let (code, body) = post(&drain_url(&coordinator, &gpu, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let status = job_status(&coordinator, &waiting);
+    let short: String = gpu.worker_id().chars().take(12).collect();
+    assert_eq!(
+        status["blocked"],
+        format!(
+            "every worker that carries the labels this job asks for (arm64, gpu) is kept from \
+             taking jobs: {short}... (draining); it waits until one takes jobs again, or until \
+             its queue timeout"
+        ),
+        "{status}"
+    );
+    let (code, body) = post(&drain_url(&coordinator, &gpu, "undrain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let status = job_status(&coordinator, &waiting);
+    assert!(status.get("blocked").is_none(), "{status}");
 
     // A reload that takes the labels away leaves the job stranded, and /status says so.
     write_workers(dir.path(), &[(&gpu, &[]), (&plain, &[])]);

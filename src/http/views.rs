@@ -397,6 +397,9 @@ struct StatusView<'a> {
     /// Why it cannot leave the queue (no worker carries its labels any more).
     #[serde(skip_serializing_if = "Option::is_none")]
     stranded: Option<String>,
+    /// Why it cannot leave the queue now (every worker with its labels is kept from jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<String>,
     worker_id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_status: Option<&'a Option<Value>>,
@@ -491,18 +494,36 @@ fn stranded(st: &PoolState, job: &Job) -> Option<String> {
     ))
 }
 
+/// Why a queued job that asks for labels cannot leave the queue now, although workers carry
+/// them: each of those workers is draining, unhealthy or paused after a 429.
+fn blocked(st: &PoolState, job: &Job, now: Instant) -> Option<String> {
+    let labels = job.labels();
+    if labels.is_empty() {
+        return None;
+    }
+    let kept = st.labelled_workers_kept(labels, now)?;
+    Some(format!(
+        "every worker that carries the labels this job asks for ({}) is kept from taking jobs: \
+         {}; it waits until one takes jobs again, or until its queue timeout",
+        labels.join(", "),
+        kept.join(", ")
+    ))
+}
+
 /// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer
 /// (its queue place from `st` when it is queued there).
 pub fn listed_json(st: &PoolState, job: &Job) -> Option<Vec<u8>> {
     job_json(job, place(st, job), false)
 }
 
-/// A queued job's place: its position, its level, and why it cannot leave when it cannot.
+/// A queued job's place: its position, its level, and why it cannot leave when it cannot
+/// (ever, or now).
 #[derive(Default)]
 struct Place {
     position: Option<usize>,
     level: Option<&'static str>,
     stranded: Option<String>,
+    blocked: Option<String>,
 }
 
 /// A queued job's place (nothing for a job that is not queued).
@@ -515,6 +536,7 @@ fn place(st: &PoolState, job: &Job) -> Place {
         position: st.queue.position(id),
         level: st.queue.level_of(id).map(Priority::as_str),
         stranded: stranded(st, job),
+        blocked: blocked(st, job, Instant::now()),
     }
 }
 
@@ -528,6 +550,7 @@ fn job_json(job: &Job, place: Place, with_worker_status: bool) -> Option<Vec<u8>
         position: queue_position,
         level: queue_level,
         stranded,
+        blocked,
     } = place;
     let worker = job.worker_status.as_ref();
     // sandrun counts from 1; once the job left the queue, the worker's own figure.
@@ -548,6 +571,7 @@ fn job_json(job: &Job, place: Place, with_worker_status: bool) -> Option<Vec<u8>
         queue_timeout: job.queue_timeout,
         labels: &job.labels,
         stranded,
+        blocked,
         worker_id: &job.worker_id,
         worker_status: with_worker_status.then_some(&job.worker_status),
         submitted_at: job.submitted_at,

@@ -14,6 +14,7 @@ use crate::state::queue::JobQueue;
 use crate::state::sources::{self, ClientLimits, Source};
 use crate::state::submits_pause::SubmitsPause;
 use crate::state::watch::EndWatch;
+use crate::worker::identity::short_id;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -609,6 +610,31 @@ impl PoolState {
             .any(|w| !w.removed && labels::has_all(&w.spec.labels, wanted))
     }
 
+    /// When every worker of the pool that carries each label in `wanted` is kept from taking
+    /// jobs (draining, unhealthy, or paused after a 429), each of them and why, as
+    /// `41XoqBhonP7R... (draining)`. `None` when one of them may take jobs (with room or not),
+    /// or when none carries the labels ([`PoolState::carries_labels`]).
+    pub fn labelled_workers_kept(&self, wanted: &[String], now: Instant) -> Option<Vec<String>> {
+        let mut kept = Vec::new();
+        let carriers = self
+            .workers
+            .iter()
+            .filter(|w| !w.removed && labels::has_all(&w.spec.labels, wanted));
+        for w in carriers {
+            let why = if w.draining {
+                "draining"
+            } else if !w.health.is_healthy {
+                "unhealthy"
+            } else if w.is_throttled(now) {
+                "paused after a 429"
+            } else {
+                return None;
+            };
+            kept.push(format!("{}... ({why})", short_id(&w.spec.worker_id)));
+        }
+        (!kept.is_empty()).then_some(kept)
+    }
+
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
     pub fn mark_watched(&mut self, id: &str) {
         if let Some(job) = self.jobs.get_mut(id) {
@@ -760,6 +786,62 @@ mod tests {
             source_addresses: None,
             labels: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_workers_with_a_jobs_labels_are_named_when_none_of_them_takes_jobs() {
+        let now = Instant::now();
+        let labelled = |n: usize, labels: &[&str]| WorkerSpec {
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..spec(n)
+        };
+        let specs = vec![
+            labelled(0, &["gpu"]),
+            labelled(1, &["arm64", "gpu"]),
+            labelled(2, &["gpu"]),
+            spec(3),
+        ];
+        let mut st = PoolState::new(specs, now);
+        for w in &mut st.workers {
+            w.health.is_healthy = true;
+        }
+        let gpu = ["gpu".to_string()];
+        assert_eq!(st.labelled_workers_kept(&gpu, now), None, "all take jobs");
+        st.workers[0].health.is_healthy = false;
+        st.workers[1].draining = true;
+        assert_eq!(st.labelled_workers_kept(&gpu, now), None, "w2 takes jobs");
+        st.workers[2].throttle = Some(sources::Throttle {
+            until: now + Duration::from_secs(5),
+            until_unix: 0.0,
+            reason: "busy".to_string(),
+            strikes: 1,
+            lifted_by_free_slot: false,
+        });
+        let kept = st.labelled_workers_kept(&gpu, now);
+        assert_eq!(
+            kept.as_deref(),
+            Some(
+                &[
+                    "w0... (unhealthy)".to_string(),
+                    "w1... (draining)".to_string(),
+                    "w2... (paused after a 429)".to_string()
+                ][..]
+            )
+        );
+        let later = now + Duration::from_secs(6);
+        assert_eq!(
+            st.labelled_workers_kept(&gpu, later),
+            None,
+            "w2's pause ended"
+        );
+        let arm = ["arm64".to_string(), "gpu".to_string()];
+        assert_eq!(
+            st.labelled_workers_kept(&arm, now).map(|k| k.len()),
+            Some(1)
+        );
+        st.workers[1].removed = true;
+        let none_carry = st.labelled_workers_kept(&arm, now);
+        assert_eq!(none_carry, None, "stranded, not kept");
     }
 
     #[test]
