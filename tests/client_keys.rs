@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use support::follow::{follow_logs_with, Followed};
+use support::follow::{follow_logs_with, follow_websocket_with, Followed};
 use support::lifecycle::{drain_url, wait_healthy};
 use support::{
     poll_until, send_with, status_of, workers_dir, Coordinator, FakeWorker, Form, Reply,
@@ -1266,8 +1266,13 @@ fn follow_as(coordinator: &Coordinator, key: &Key, id: &str) -> Followed {
     followed
 }
 
-/// Waits for a followed stream to end; its last piece must say why, naming `why`.
+/// Waits for a followed text stream to end; its last piece must say why, naming `why`.
 fn assert_ended(followed: &mut Followed, who: &str, why: &str) {
+    assert_ended_with(followed, who, why, "last chunk");
+}
+
+/// [`assert_ended`] for a stream that ends as `how` (`last chunk`, `close 1008`).
+fn assert_ended_with(followed: &mut Followed, who: &str, why: &str, how: &str) {
     let pieces = followed.all(DEADLINE);
     let last = pieces.last().map(|(_, p)| p.as_str()).unwrap_or_default();
     assert!(
@@ -1275,12 +1280,12 @@ fn assert_ended(followed: &mut Followed, who: &str, why: &str) {
         "{who}'s stream: {:?}",
         followed.text()
     );
-    assert_eq!(followed.ending().as_deref(), Some("last chunk"), "{who}");
+    assert_eq!(followed.ending().as_deref(), Some(how), "{who}");
 }
 
 /// A followed job's stream holds its key: a reload that removes the key, binds it elsewhere or
 /// takes away its view ends the streams it opened, at once, with a line saying why; a key given
-/// an expiry ends them when it comes. Other keys' streams go on.
+/// an expiry ends them when it comes (a WebSocket with close 1008). Other keys' streams go on.
 #[test]
 fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
@@ -1301,6 +1306,14 @@ fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
         .map(|(key, id)| follow_as(&coordinator, key, id))
         .collect();
     let mut watched = follow_as(&coordinator, &wall, &ids[1]);
+    let alice_auth = format!("Bearer {}", alice.secret);
+    let mut alice_ws = follow_websocket_with(
+        coordinator.port(),
+        &ids[0],
+        &[("Authorization", &alice_auth)],
+    );
+    assert_eq!(alice_ws.status, 101);
+    assert!(alice_ws.wait_for("[STATUS] Job status", DEADLINE).is_some());
 
     write_keys(&keys_path, &keys);
     hup(&coordinator);
@@ -1316,6 +1329,12 @@ fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
     hup(&coordinator);
     assert!(coordinator.wait_for_log("Client keys reloaded: 4", DEADLINE));
     assert_ended(&mut streams[0], "alice", "the client key alice was removed");
+    assert_ended_with(
+        &mut alice_ws,
+        "alice's WebSocket",
+        "the client key alice was removed",
+        "close 1008",
+    );
     assert_ended(
         &mut streams[2],
         "carol",

@@ -1,6 +1,6 @@
 //! Followers for the job-stream tests: a raw `GET /logs/ID?follow=1` reader that timestamps each
-//! chunk, and WebSocket readers (of a worker's or the coordinator's `/stream/ID`) that timestamp
-//! each message.
+//! chunk, and WebSocket readers (of a worker's or the coordinator's `/stream/ID`; a raw one sends
+//! request headers too) that timestamp each message.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -99,38 +99,12 @@ pub fn follow_logs(port: u16, id: &str) -> Followed {
 
 /// [`follow_logs`] with these request headers.
 pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Followed {
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap_or_else(|e| panic!("read timeout: {e}"));
-    write!(
-        stream,
-        "GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n"
-    )
-    .unwrap_or_else(|e| panic!("send: {e}"));
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let _ = reader.read_line(&mut line);
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut chunked = false;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-            break;
-        }
-        chunked |= header
-            .to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked");
-    }
+    let request = format!("GET /logs/{id}?follow=1 HTTP/1.1\r\n");
+    let (status, head, mut reader) = open_raw(port, &request, headers);
+    let chunked = head.iter().any(|h| {
+        h.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let (sender, pieces) = mpsc::channel();
     let ending = Ending::default();
     let thread_ending = Arc::clone(&ending);
@@ -171,6 +145,109 @@ pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Follow
         got: Vec::new(),
         ending,
     }
+}
+
+/// Connects to the coordinator at `port`, sends `request_line` with these headers, and reads
+/// the answer's head: its status, its header lines, and the reader for the rest.
+fn open_raw(
+    port: u16,
+    request_line: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<String>, BufReader<TcpStream>) {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap_or_else(|e| panic!("read timeout: {e}"));
+    write!(
+        stream,
+        "{request_line}Host: 127.0.0.1:{port}\r\n{extra}\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send: {e}"));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut head = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        head.push(header);
+    }
+    (status, head, reader)
+}
+
+/// The coordinator's WebSocket `/stream/{id}` at `port`, opened with these request headers
+/// (which [`follow_websocket`]'s client cannot send), read frame by frame until it closes.
+pub fn follow_websocket_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Followed {
+    let request = format!(
+        "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    let (status, _, mut reader) = open_raw(port, &request, headers);
+    let (sender, pieces) = mpsc::channel();
+    let ending = Ending::default();
+    let thread_ending = Arc::clone(&ending);
+    thread::spawn(move || {
+        let how = loop {
+            let Some((opcode, payload)) = read_frame(&mut reader) else {
+                break "cut".to_string();
+            };
+            match opcode {
+                0x1 => {
+                    let text = String::from_utf8_lossy(&payload).into_owned();
+                    if sender.send((Instant::now(), text)).is_err() {
+                        return;
+                    }
+                }
+                0x8 => {
+                    break payload.get(..2).map_or("close".to_string(), |c| {
+                        format!("close {}", u16::from_be_bytes([c[0], c[1]]))
+                    })
+                }
+                _ => {}
+            }
+        };
+        set_ending(&thread_ending, how);
+    });
+    Followed {
+        status,
+        pieces,
+        got: Vec::new(),
+        ending,
+    }
+}
+
+/// One unmasked frame from a server: its opcode and payload (`None` when the stream broke).
+fn read_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).ok()?;
+    let length = match head[1] & 0x7F {
+        126 => {
+            let mut n = [0u8; 2];
+            reader.read_exact(&mut n).ok()?;
+            u64::from(u16::from_be_bytes(n))
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            reader.read_exact(&mut n).ok()?;
+            u64::from_be_bytes(n)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; usize::try_from(length).ok()?];
+    reader.read_exact(&mut payload).ok()?;
+    Some((head[0] & 0x0F, payload))
 }
 
 /// A WebSocket `/stream/{id}` at `endpoint` (a worker's or the coordinator's), read message by
