@@ -125,6 +125,7 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     assert!(status.get("stranded").is_none(), "{status}");
     // A full worker holds the job up for a while; a drained one says why the job cannot leave.
     assert!(status.get("blocked").is_none(), "{status}");
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "0"]);
     let (code, body) = post(&drain_url(&coordinator, &gpu, "drain"), "", b"");
     assert_eq!(code, 200, "{body}");
     let status = job_status(&coordinator, &waiting);
@@ -138,10 +139,12 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         ),
         "{status}"
     );
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "1"]);
     let (code, body) = post(&drain_url(&coordinator, &gpu, "undrain"), "", b"");
     assert_eq!(code, 200, "{body}");
     let status = job_status(&coordinator, &waiting);
     assert!(status.get("blocked").is_none(), "{status}");
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "0"]);
 
     // A reload that takes the labels away leaves the job stranded, and /status says so.
     write_workers(dir.path(), &[(&gpu, &[]), (&plain, &[])]);
@@ -156,6 +159,8 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         "{status}"
     );
 
+    assert_eq!(waiting_for_labels(&coordinator), ["1", "0"]);
+
     // A reload that gives the plain worker both labels sends the waiting job there.
     write_workers(dir.path(), &[(&gpu, &[]), (&plain, &["arm64", "gpu"])]);
     let (code, body) = post(&coordinator.url("/reload"), "application/json", b"");
@@ -163,10 +168,24 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     assert!(coordinator.wait_for_log("labels [] -> [arm64, gpu]", DEADLINE));
     wait_status(&coordinator, &waiting, "completed", DEADLINE);
     assert_eq!(worker_of(&coordinator, &waiting), plain.worker_id());
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "0"]);
     assert_eq!(
         worker_infos(&coordinator),
         [info(&gpu, None), info(&plain, Some("arm64,gpu"))]
     );
+}
+
+/// `trusted_pool_queued_jobs_waiting_for_labels` in a scrape of `/metrics`: stranded, blocked.
+fn waiting_for_labels(coordinator: &Coordinator) -> [String; 2] {
+    let (code, text) = get(&coordinator.url("/metrics"));
+    assert_eq!(code, 200, "{text}");
+    ["stranded", "blocked"].map(|reason| {
+        let name = format!("trusted_pool_queued_jobs_waiting_for_labels{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    })
 }
 
 /// The `trusted_pool_worker_info` lines of a scrape of `/metrics`, in order.

@@ -112,6 +112,10 @@ struct TableSample {
     dispatch_held: bool,
     /// An operator pauses submits.
     submits_paused: bool,
+    /// Queued jobs whose labels no worker carries.
+    stranded: usize,
+    /// Queued jobs whose labels only workers kept from jobs carry.
+    blocked: usize,
 }
 
 /// Copies the table's figures into `cache.samples`, refreshing the labels of workers that
@@ -141,13 +145,37 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
             certificate_expiry: w.health.certificate.as_ref().map(|c| c.not_after),
         });
     }
+    let (stranded, blocked) = waiting_for_labels(st, now);
     TableSample {
+        stranded,
+        blocked,
         requeued: depths.requeued,
         levels: depths.levels,
         jobs,
         dispatch_held: DispatchHold::active(&st.dispatch_hold, now).is_some(),
         submits_paused: st.submits_paused.is_some(),
     }
+}
+
+/// The queued jobs that cannot leave for their labels: (stranded, blocked). Looks through the
+/// table only while some queued job asks for labels.
+fn waiting_for_labels(st: &PoolState, now: Instant) -> (usize, usize) {
+    let (mut stranded, mut blocked) = (0, 0);
+    if st.labelled_queued() == 0 {
+        return (0, 0);
+    }
+    let labelled = st
+        .jobs
+        .values()
+        .filter(|j| j.status == PoolStatus::Queued && !j.labels().is_empty());
+    for job in labelled {
+        if !st.carries_labels(job.labels()) {
+            stranded += 1;
+        } else if st.labelled_workers_all_kept(job.labels(), now) {
+            blocked += 1;
+        }
+    }
+    (stranded, blocked)
 }
 
 /// The client connections open now, and those refused since the start by reason.
@@ -411,15 +439,13 @@ pub fn render(ctx: &Context) -> String {
         "gauge",
         "Uploads waiting for dispatch, by where they are held.",
     );
-    out.sample(
+    out.samples_by(
         "trusted_pool_uploads_waiting",
-        &[("place", "memory")],
-        spool.in_memory as u64,
-    );
-    out.sample(
-        "trusted_pool_uploads_waiting",
-        &[("place", "disk")],
-        spool.on_disk as u64,
+        "place",
+        &[
+            ("memory", spool.in_memory as u64),
+            ("disk", spool.on_disk as u64),
+        ],
     );
     out.family(
         "trusted_pool_upload_bytes_waiting",
@@ -548,6 +574,19 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         "trusted_pool_queue_depth",
         &[("priority", "requeued")],
         table.requeued as u64,
+    );
+    out.family(
+        "trusted_pool_queued_jobs_waiting_for_labels",
+        "gauge",
+        "Queued jobs that cannot leave the queue for their labels: no worker carries them (stranded), or every worker that does is draining, unhealthy or paused after a 429 (blocked).",
+    );
+    out.samples_by(
+        "trusted_pool_queued_jobs_waiting_for_labels",
+        "reason",
+        &[
+            ("stranded", table.stranded as u64),
+            ("blocked", table.blocked as u64),
+        ],
     );
     out.family(
         "trusted_pool_dispatch_held",
@@ -835,6 +874,13 @@ impl Text {
         self.0.push(' ');
         push_u64(&mut self.0, value);
         self.0.push('\n');
+    }
+
+    /// One sample of `name` per `(label value, figure)`, each under the label `label`.
+    fn samples_by(&mut self, name: &str, label: &str, figures: &[(&str, u64)]) {
+        for &(value, figure) in figures {
+            self.sample(name, &[(label, value)], figure);
+        }
     }
 
     /// One per-worker series: its name, the worker's cached labels, the rest of the labels

@@ -265,6 +265,20 @@ impl WorkerEntry {
         self.sources.iter_mut().find(|s| s.address == address)
     }
 
+    /// Why it takes no job now whether it has room or not (draining, unhealthy, or paused
+    /// after a 429); `None` when it may take jobs.
+    pub fn kept_from_jobs(&self, now: Instant) -> Option<&'static str> {
+        if self.draining {
+            Some("draining")
+        } else if !self.health.is_healthy {
+            Some("unhealthy")
+        } else if self.is_throttled(now) {
+            Some("paused after a 429")
+        } else {
+            None
+        }
+    }
+
     /// True when the throttle, if any, still holds at `now`.
     pub fn is_throttled(&self, now: Instant) -> bool {
         self.throttle.as_ref().is_some_and(|t| t.until > now)
@@ -403,16 +417,22 @@ pub struct LastReload {
     pub changed: usize,
 }
 
-/// Jobs per status: overall, kept in step with the table, and per owner (client key name).
+/// Jobs per status: overall, kept in step with the table, and per owner (client key name);
+/// and the queued jobs that ask for labels.
 #[derive(Debug, Default)]
 struct JobCounts {
     all: [usize; PoolStatus::ALL.len()],
     by_owner: HashMap<String, [usize; PoolStatus::ALL.len()]>,
+    labelled_queued: usize,
 }
 
 impl JobCounts {
-    /// Counts a job of `owner` in `status`.
-    fn add(&mut self, owner: Option<&String>, status: PoolStatus) {
+    /// Counts `job` in `status`.
+    fn add(&mut self, job: &Job, status: PoolStatus) {
+        let owner = job.owner.as_ref();
+        if status == PoolStatus::Queued && !job.labels().is_empty() {
+            self.labelled_queued += 1;
+        }
         self.all[status.index()] += 1;
         if let Some(owner) = owner {
             match self.by_owner.get_mut(owner) {
@@ -426,8 +446,12 @@ impl JobCounts {
         }
     }
 
-    /// Stops counting a job of `owner` in `status`.
-    fn remove(&mut self, owner: Option<&String>, status: PoolStatus) {
+    /// Stops counting `job` in `status`.
+    fn remove(&mut self, job: &Job, status: PoolStatus) {
+        let owner = job.owner.as_ref();
+        if status == PoolStatus::Queued && !job.labels().is_empty() {
+            self.labelled_queued -= 1;
+        }
         self.all[status.index()] -= 1;
         if let Some(counts) = owner.and_then(|o| self.by_owner.get_mut(o)) {
             counts[status.index()] -= 1;
@@ -580,7 +604,7 @@ impl PoolState {
             job.queue_deadline = Some(at);
             self.queue.set_deadline(&job.id, at);
         }
-        self.counts.add(job.owner.as_ref(), PoolStatus::Queued);
+        self.counts.add(&job, PoolStatus::Queued);
         self.recent.push(&job.id);
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
@@ -592,22 +616,35 @@ impl PoolState {
         self.queue.remove(id);
         self.recent.remove(id);
         if let Some(job) = self.jobs.remove(id) {
-            self.counts.remove(job.owner.as_ref(), job.status);
+            self.counts.remove(&job, job.status);
         }
     }
 
     /// Puts a recovered job that is not queued back into the table, as it is.
     pub fn restore(&mut self, job: Job) {
-        self.counts.add(job.owner.as_ref(), job.status);
+        self.counts.add(&job, job.status);
         self.jobs.insert(job.id.clone(), Box::new(job));
+    }
+
+    /// The workers of the pool (not removed; draining or not, healthy or not) that carry every
+    /// label in `wanted`.
+    fn carriers<'a>(&'a self, wanted: &'a [String]) -> impl Iterator<Item = &'a WorkerEntry> {
+        self.workers
+            .iter()
+            .filter(|w| !w.removed && labels::has_all(&w.spec.labels, wanted))
     }
 
     /// Whether a worker of the pool (not removed; draining or not, healthy or not) carries
     /// every label in `wanted`: a job asking for them can run here sooner or later.
     pub fn carries_labels(&self, wanted: &[String]) -> bool {
-        self.workers
-            .iter()
-            .any(|w| !w.removed && labels::has_all(&w.spec.labels, wanted))
+        self.carriers(wanted).next().is_some()
+    }
+
+    /// Whether some workers carry every label in `wanted` and each of them is kept from taking
+    /// jobs now (see [`PoolState::labelled_workers_kept`]).
+    pub fn labelled_workers_all_kept(&self, wanted: &[String], now: Instant) -> bool {
+        let mut carriers = self.carriers(wanted).peekable();
+        carriers.peek().is_some() && carriers.all(|w| w.kept_from_jobs(now).is_some())
     }
 
     /// When every worker of the pool that carries each label in `wanted` is kept from taking
@@ -615,24 +652,13 @@ impl PoolState {
     /// `41XoqBhonP7R... (draining)`. `None` when one of them may take jobs (with room or not),
     /// or when none carries the labels ([`PoolState::carries_labels`]).
     pub fn labelled_workers_kept(&self, wanted: &[String], now: Instant) -> Option<Vec<String>> {
-        let mut kept = Vec::new();
-        let carriers = self
-            .workers
-            .iter()
-            .filter(|w| !w.removed && labels::has_all(&w.spec.labels, wanted));
-        for w in carriers {
-            let why = if w.draining {
-                "draining"
-            } else if !w.health.is_healthy {
-                "unhealthy"
-            } else if w.is_throttled(now) {
-                "paused after a 429"
-            } else {
-                return None;
-            };
-            kept.push(format!("{}... ({why})", short_id(&w.spec.worker_id)));
-        }
-        (!kept.is_empty()).then_some(kept)
+        self.carriers(wanted)
+            .map(|w| {
+                let why = w.kept_from_jobs(now)?;
+                Some(format!("{}... ({why})", short_id(&w.spec.worker_id)))
+            })
+            .collect::<Option<Vec<String>>>()
+            .filter(|kept| !kept.is_empty())
     }
 
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
@@ -672,8 +698,8 @@ impl PoolState {
     /// Moves a job to `status`, keeping the per-status counts exact.
     pub fn set_status(&mut self, id: &str, status: PoolStatus) -> Option<&mut Job> {
         let job = self.jobs.get_mut(id)?;
-        self.counts.remove(job.owner.as_ref(), job.status);
-        self.counts.add(job.owner.as_ref(), status);
+        self.counts.remove(job, job.status);
+        self.counts.add(job, status);
         if status.is_final() && !job.status.is_final() {
             self.metrics
                 .job_finished(status, job.submitted_at, job.dispatched_at);
@@ -719,6 +745,11 @@ impl PoolState {
     /// How many jobs are in `status`.
     pub fn count(&self, status: PoolStatus) -> usize {
         self.counts.all[status.index()]
+    }
+
+    /// How many queued jobs ask for labels.
+    pub fn labelled_queued(&self) -> usize {
+        self.counts.labelled_queued
     }
 
     /// How many jobs of this owner (client key name) are in `status`.
