@@ -615,6 +615,9 @@ fn an_output_changed_on_its_worker_is_never_served_whole() {
             .any(|l| l == "trusted_pool_worker_outputs_refused_total 2"),
         "{metrics}"
     );
+    // Without --require-verified the worker stays in service.
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A

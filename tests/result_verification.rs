@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::lifecycle::{pool_worker, submit, wait_healthy};
+use support::lifecycle::{exchange, pool_worker, submit, wait_healthy};
 use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form, Knobs};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -37,6 +37,14 @@ fn start(worker: &FakeWorker, extra: &[&str]) -> Coordinator {
     coordinator
 }
 
+/// A coordinator with `--require-verified` that leaves outputs past 1000 bytes on the worker.
+fn strict_with_small_results(worker: &FakeWorker) -> Coordinator {
+    start(
+        worker,
+        &["--require-verified", "--max-results-bytes", "1000"],
+    )
+}
+
 /// Runs one job with these knobs and returns its final `/status`.
 fn run_job(
     coordinator: &Coordinator,
@@ -45,6 +53,11 @@ fn run_job(
 ) -> Value {
     worker.set(change);
     let id = submit(coordinator, &job());
+    collected(coordinator, &id)
+}
+
+/// The final `/status` of job `id`, once its results are collected.
+fn collected(coordinator: &Coordinator, id: &str) -> Value {
     poll_until(DEADLINE, || {
         let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
         (status["results"]["collected"] == true).then_some(status)
@@ -245,10 +258,7 @@ fn require_verified_fails_bad_results_and_distrusts_the_worker_until_an_operator
 #[test]
 fn require_verified_does_not_distrust_a_worker_for_outputs_the_coordinator_does_not_collect() {
     let worker = worker();
-    let coordinator = start(
-        &worker,
-        &["--require-verified", "--max-results-bytes", "1000"],
-    );
+    let coordinator = strict_with_small_results(&worker);
     // Without an outputs list the fake worker lists every file of the job as an output.
     let form = Form::new()
         .file("main.py", "text/x-python", b"print('hi')\n")
@@ -256,11 +266,7 @@ fn require_verified_does_not_distrust_a_worker_for_outputs_the_coordinator_does_
         .file("big.bin", "application/octet-stream", &[7u8; 5000])
         .manifest(r#"{"entrypoint":"main.py"}"#);
     let id = submit(&coordinator, &form);
-    let status = poll_until(DEADLINE, || {
-        let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
-        (status["results"]["collected"] == true).then_some(status)
-    })
-    .unwrap_or_else(|| panic!("job {id} was not collected in time"));
+    let status = collected(&coordinator, &id);
     assert_eq!(status["pool_status"], "failed", "{status}");
     assert!(
         status["error"].as_str().is_some_and(|e| e
@@ -276,4 +282,58 @@ fn require_verified_does_not_distrust_a_worker_for_outputs_the_coordinator_does_
     assert_eq!(good["pool_status"], "completed", "{good}");
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+}
+
+/// A worker that serves an output left on it other than it reported and signed when the job
+/// ended (a size that changed, or bytes) is distrusted under `--require-verified`, as for a
+/// result that does not verify, until an operator's SIGHUP.
+#[test]
+fn require_verified_distrusts_a_worker_that_serves_an_output_other_than_it_signed() {
+    let worker = worker();
+    let coordinator = strict_with_small_results(&worker);
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .file("big.bin", "application/octet-stream", &[7u8; 5000])
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let cases: [(&str, Tamper); 2] = [
+        ("a grown output", |k| {
+            k.stream.alter_output_after_signing = true
+        }),
+        ("a flipped output", |k| {
+            k.stream.flip_output_after_signing = true
+        }),
+    ];
+    for (case, tamper) in cases {
+        worker.set(|k| k.stream = Default::default());
+        worker.set(tamper);
+        let id = submit(&coordinator, &form);
+        let status = collected(&coordinator, &id);
+        assert_eq!(
+            status["results"]["left_on_worker"][0], "big.bin",
+            "{status}"
+        );
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{case}");
+
+        let served = exchange(
+            coordinator.port(),
+            &format!("GET /outputs/{id}/big.bin HTTP/1.1\r\n"),
+            b"",
+        );
+        assert!(
+            served.as_ref().map_or(true, |reply| reply.status == 502),
+            "{case}: served whole"
+        );
+        let entry = wait_health(&coordinator, &worker, false);
+        assert!(
+            entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!(
+                    "the output \"big.bin\" of job {id} changed on the worker after the job ended"
+                ))),
+            "{case}: {entry}"
+        );
+        coordinator.hangup();
+        wait_health(&coordinator, &worker, true);
+    }
 }

@@ -13,6 +13,7 @@ use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
 use crate::pool::collect::{output_paths, uncollectable, LEFT_ON_WORKER};
+use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
@@ -28,6 +29,8 @@ struct Finished {
     stored: Option<StoredResults>,
     remote: String,
     endpoint: String,
+    /// The worker the job ran on.
+    worker_id: String,
     status: PoolStatus,
     /// The job's `status` as a sandrun client reads it.
     sandrun_status: &'static str,
@@ -136,6 +139,7 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
         },
         remote: remote.clone(),
         endpoint,
+        worker_id: worker_id.clone(),
         status,
         sandrun_status: sandrun_status(status, &job.collection),
         completed_at: job.completed_at.unwrap_or_default(),
@@ -211,7 +215,7 @@ impl Read for FromWorker {
 
 /// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
 /// `attachment` (sandrun's `Content-Disposition`) for `/download`.
-pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Reply {
+pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -> Reply {
     let decoded = match percent_decode(raw_path) {
         Ok(p) => p,
         Err(e) => return error_reply(400, e.to_string()),
@@ -289,6 +293,11 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
                     "Refused the output {path:?} of job {id} from its worker {}: {why}",
                     job.endpoint
                 );
+                tracker::distrust_for_output(
+                    ctx,
+                    &job.worker_id,
+                    &format!("the output {path:?} of job {id} changed on the worker after the job ended: {why}"),
+                );
                 return error_reply(
                     502,
                     format!("the output {path:?} of job {id} changed on its worker since the job ended ({why}); it is not served"),
@@ -296,16 +305,21 @@ pub fn file(ctx: &Context, id: &str, raw_path: &str, as_attachment: bool) -> Rep
             }
             let body = match reported {
                 Some(reported) => {
-                    let (metrics, endpoint) = (Arc::clone(&ctx.metrics), job.endpoint.clone());
-                    let (id, path) = (id.to_string(), path.to_string());
+                    let (ctx, endpoint) = (Arc::clone(ctx), job.endpoint.clone());
+                    let (id, path, worker_id) = (id.to_string(), path.to_string(), job.worker_id);
                     Box::new(CheckedOutput::new(
                         response.reader,
                         reported.sha256,
                         response.length,
                         Box::new(move |why: &str| {
-                            metrics.worker_output_refused();
+                            ctx.metrics.worker_output_refused();
                             log::error!(
                                 "Cut the output {path:?} of job {id} from its worker {endpoint} before its end: {why} when the job ended"
+                            );
+                            tracker::distrust_for_output(
+                                &ctx,
+                                &worker_id,
+                                &format!("the output {path:?} of job {id} changed on the worker after the job ended: {why} when the job ended"),
                             );
                         }),
                     ))

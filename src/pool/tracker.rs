@@ -378,6 +378,19 @@ fn distrust(st: &mut PoolState, index: usize, why: &str) {
     w.distrusted = Some(reason);
 }
 
+/// Under `--require-verified`, keeps worker `worker_id` unhealthy until SIGHUP or its undrain,
+/// as for a result that did not verify: it served an output of a finished job that differs
+/// from what it reported and signed when the job ended (`why`).
+pub fn distrust_for_output(ctx: &Context, worker_id: &str, why: &str) {
+    if !ctx.config.require_verified {
+        return;
+    }
+    let mut st = ctx.lock();
+    if let Some(index) = st.worker_index(worker_id) {
+        distrust(&mut st, index, why);
+    }
+}
+
 /// Stores a status answer; returns true when it says the job ended (its slot is then freed).
 /// A finished job's signature check is stored with it; under `--require-verified` a check that
 /// did not verify fails the job and distrusts the worker.
