@@ -517,12 +517,14 @@ fn pool_worker_draining(coordinator: &Coordinator, worker: &FakeWorker) -> Optio
 #[test]
 fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_chromium() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(120));
-    let coordinator = Coordinator::start(&[worker.entry(1)], &["--track-interval", "0.1"]);
+    let dir = workers_dir(&[worker.entry(1)]);
+    label_first_worker(dir.path(), &["gpu"]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--track-interval", "0.1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     // The first job takes the worker's only slot at once, so the second waits in the queue.
-    // The first may run again if its run is lost.
+    // The first may run again if its run is lost. The second asks for the worker's label.
     let first = submit(&coordinator, &job().field("reruns", b"1"));
-    let queued = submit(&coordinator, &job());
+    let queued = submit(&coordinator, &job().field("labels", b"gpu"));
     wait_status(&coordinator, &queued, "queued", DEADLINE);
     let Some(browser) = chromium() else {
         return;
@@ -544,6 +546,10 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
         has_action(s, "undrain") && s["badges"].to_string().contains("draining")
     });
     assert!(!has_action(&state, "drain"), "{state}");
+    // Drained, the only worker with its label holds the queued job back, and its row says so.
+    wait_row(&mut page, "data-job-id", &queued, |s| {
+        s["badges"].to_string().contains("blocked")
+    });
 
     click(&mut page, "data-worker-id", &id, "undrain");
     let undrained = poll_until(DEADLINE, || {
@@ -558,6 +564,9 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
         !state["badges"].to_string().contains("drain"),
         "still shown draining: {state}"
     );
+    wait_row(&mut page, "data-job-id", &queued, |s| {
+        s["status"] == "queued" && !s["badges"].to_string().contains("blocked")
+    });
 
     // Submits paused and taken again from the coordinator's table; its other parts are shown.
     let state = wait_row(&mut page, "data-part", "submits", |s| {

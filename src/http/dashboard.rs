@@ -4,14 +4,17 @@
 //! jobs per minute over the last hour and the most recent jobs.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{Collection, Job};
+use crate::base::job::{Collection, Job, PoolStatus};
 use crate::http::auth::Caller;
 use crate::http::redact::hide_in_text;
+use crate::http::views;
 use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 /// The page, compiled into the binary.
 pub const PAGE: &str = include_str!("dashboard.html");
@@ -49,13 +52,17 @@ pub fn page_headers() -> &'static [(&'static str, &'static str)] {
     })
 }
 
-/// One recent job as `/activity` lists it.
-fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
+/// One recent job as `/activity` lists it; `st` is the table it was read from (`None`: the job
+/// store), which says why a queued job cannot leave for its labels.
+fn job_entry(job: &Job, st: Option<&PoolState>, caller: &Caller, now: f64) -> Value {
     let outputs: Vec<&str> = match &job.collection {
         Collection::Collected(stored) => stored.outputs.iter().map(|(p, _)| p.as_str()).collect(),
         _ => Vec::new(),
     };
     let end = job.completed_at.unwrap_or(now);
+    let st = st.filter(|_| job.status == PoolStatus::Queued);
+    let stranded = st.and_then(|st| views::stranded(st, job));
+    let blocked = st.and_then(|st| views::blocked(st, job, Instant::now()));
     json!({
         "job_id": job.id,
         "pool_status": job.status.as_str(),
@@ -74,6 +81,8 @@ fn job_entry(job: &Job, caller: &Caller, now: f64) -> Value {
         "outputs": outputs,
         "lost_runs": job.reruns.as_ref().map_or(0, |r| r.lost.len()),
         "deleting": job.delete_when_settled,
+        "stranded": stranded,
+        "blocked": blocked,
     })
 }
 
@@ -97,7 +106,9 @@ pub fn activity_view(ctx: &Context, caller: &Caller) -> Value {
         st.recent
             .newest_first()
             .filter_map(|id| match st.jobs.get(id) {
-                Some(job) => caller.can_see(job).then(|| Ok(job_entry(job, caller, now))),
+                Some(job) => caller
+                    .can_see(job)
+                    .then(|| Ok(job_entry(job, Some(&st), caller, now))),
                 None => Some(Err(id.to_string())),
             })
             .collect()
@@ -107,7 +118,7 @@ pub fn activity_view(ctx: &Context, caller: &Caller) -> Value {
         .filter_map(|entry| match entry {
             Ok(value) => Some(value),
             Err(id) => match ctx.store.load(&id) {
-                Ok(Some(job)) if caller.can_see(&job) => Some(job_entry(&job, caller, now)),
+                Ok(Some(job)) if caller.can_see(&job) => Some(job_entry(&job, None, caller, now)),
                 Ok(_) => None,
                 Err(e) => {
                     log::warn!("Job {id} could not be read from the job store: {e}");

@@ -482,7 +482,7 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
 
 /// Why a queued job cannot leave the queue however long it waits, when it cannot: it asks for
 /// labels that no worker of the pool carries any more.
-fn stranded(st: &PoolState, job: &Job) -> Option<String> {
+pub fn stranded(st: &PoolState, job: &Job) -> Option<String> {
     let labels = job.labels();
     if labels.is_empty() || st.carries_labels(labels) {
         return None;
@@ -496,7 +496,7 @@ fn stranded(st: &PoolState, job: &Job) -> Option<String> {
 
 /// Why a queued job that asks for labels cannot leave the queue now, although workers carry
 /// them: each of those workers is draining, unhealthy or paused after a 429.
-fn blocked(st: &PoolState, job: &Job, now: Instant) -> Option<String> {
+pub fn blocked(st: &PoolState, job: &Job, now: Instant) -> Option<String> {
     let labels = job.labels();
     if labels.is_empty() {
         return None;
