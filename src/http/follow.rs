@@ -4,8 +4,9 @@
 //! as the worker delivers it, and the last lines (`[VERIFY] ...`, `[DONE] ...`) when it is over;
 //! then the stream ends. After `--follow-heartbeat` of silence (a queued job, or one running
 //! without output) a text stream repeats the status line and a WebSocket is pinged, so proxies
-//! keep the stream open and a vanished client is noticed at the next write. The handler thread only decides (404, 503 over `--max-followers`) and
-//! hands the connection to a follower thread of its own, so followers never hold handler threads.
+//! keep the stream open and a vanished client is noticed at the next write. The handler thread
+//! only decides (404, 503 over `--max-followers`) and hands the connection to a follower thread
+//! of its own, so followers never hold handler threads.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
