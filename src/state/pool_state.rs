@@ -266,7 +266,8 @@ impl WorkerEntry {
     }
 
     /// Why it takes no job now whether it has room or not (draining, unhealthy, or paused
-    /// after a 429); `None` when it may take jobs.
+    /// after a 429, itself or on every one of its source addresses); `None` when it may take
+    /// jobs.
     pub fn kept_from_jobs(&self, now: Instant) -> Option<&'static str> {
         if self.draining {
             Some("draining")
@@ -274,6 +275,8 @@ impl WorkerEntry {
             Some("unhealthy")
         } else if self.is_throttled(now) {
             Some("paused after a 429")
+        } else if !self.sources.is_empty() && self.sources.iter().all(|s| s.is_throttled(now)) {
+            Some("paused after a 429 on every source address")
         } else {
             None
         }
@@ -819,6 +822,37 @@ mod tests {
         }
     }
 
+    /// A pause after a 429 until `until`.
+    fn paused_until(until: Instant) -> sources::Throttle {
+        sources::Throttle {
+            until,
+            until_unix: 0.0,
+            reason: "busy".to_string(),
+            strikes: 1,
+            lifted_by_free_slot: false,
+        }
+    }
+
+    #[test]
+    fn a_worker_paused_on_every_source_address_is_kept_from_jobs() {
+        let now = Instant::now();
+        let mut st = PoolState::new(vec![spec(0)], now);
+        let w = &mut st.workers[0];
+        w.health.is_healthy = true;
+        w.sources = [[127, 0, 0, 2], [127, 0, 0, 3]]
+            .map(|a| Source::new(IpAddr::from(a)))
+            .into();
+        assert_eq!(w.kept_from_jobs(now), None);
+        w.sources[0].throttle = Some(paused_until(now + Duration::from_secs(5)));
+        assert_eq!(w.kept_from_jobs(now), None, "one address is free");
+        w.sources[1].throttle = Some(paused_until(now + Duration::from_secs(5)));
+        assert_eq!(
+            w.kept_from_jobs(now),
+            Some("paused after a 429 on every source address")
+        );
+        assert_eq!(w.kept_from_jobs(now + Duration::from_secs(6)), None);
+    }
+
     #[test]
     fn the_workers_with_a_jobs_labels_are_named_when_none_of_them_takes_jobs() {
         let now = Instant::now();
@@ -841,13 +875,7 @@ mod tests {
         st.workers[0].health.is_healthy = false;
         st.workers[1].draining = true;
         assert_eq!(st.labelled_workers_kept(&gpu, now), None, "w2 takes jobs");
-        st.workers[2].throttle = Some(sources::Throttle {
-            until: now + Duration::from_secs(5),
-            until_unix: 0.0,
-            reason: "busy".to_string(),
-            strikes: 1,
-            lifted_by_free_slot: false,
-        });
+        st.workers[2].throttle = Some(paused_until(now + Duration::from_secs(5)));
         let kept = st.labelled_workers_kept(&gpu, now);
         assert_eq!(
             kept.as_deref(),
