@@ -60,9 +60,11 @@ fn job_entry(job: &Job, st: Option<&PoolState>, caller: &Caller, now: f64) -> Va
         _ => Vec::new(),
     };
     let end = job.completed_at.unwrap_or(now);
-    let st = st.filter(|_| job.status == PoolStatus::Queued);
-    let stranded = st.and_then(|st| views::stranded(st, job));
-    let blocked = st.and_then(|st| views::blocked(st, job, Instant::now()));
+    let (stranded, blocked) = st
+        .filter(|_| job.status == PoolStatus::Queued)
+        .map_or((None, None), |st| {
+            views::held_by_labels(st, job, Instant::now())
+        });
     json!({
         "job_id": job.id,
         "pool_status": job.status.as_str(),

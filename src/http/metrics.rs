@@ -14,7 +14,7 @@ use crate::state::context::Context;
 use crate::state::metrics::{
     DispatchOutcome, HistogramSnapshot, KeyRefusal, Metrics, ProbeResult, STATUS_CLASSES,
 };
-use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
+use crate::state::pool_state::{DispatchHold, LabelsHold, PoolState, WorkerCounters, WorkerEntry};
 use crate::state::request_rate::RequestRate;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::StoreFigures;
@@ -160,19 +160,16 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
 /// The queued jobs that cannot leave for their labels: (stranded, blocked). Looks through the
 /// table only while some queued job asks for labels.
 fn waiting_for_labels(st: &PoolState, now: Instant) -> (usize, usize) {
-    let (mut stranded, mut blocked) = (0, 0);
     if st.labelled_queued() == 0 {
         return (0, 0);
     }
-    let labelled = st
-        .jobs
-        .values()
-        .filter(|j| j.status == PoolStatus::Queued && !j.labels().is_empty());
-    for job in labelled {
-        if !st.carries_labels(job.labels()) {
-            stranded += 1;
-        } else if st.labelled_workers_all_kept(job.labels(), now) {
-            blocked += 1;
+    let (mut stranded, mut blocked) = (0, 0);
+    let queued = st.jobs.values().filter(|j| j.status == PoolStatus::Queued);
+    for job in queued {
+        match st.labels_hold(job.labels(), now) {
+            Some(LabelsHold::Stranded) => stranded += 1,
+            Some(LabelsHold::Blocked) => blocked += 1,
+            None => {}
         }
     }
     (stranded, blocked)

@@ -9,7 +9,7 @@ use crate::base::line_file::LineFile;
 use crate::http::auth::Caller;
 use crate::http::sandrun::sandrun_status;
 use crate::state::certificates::{Certificates, Presented};
-use crate::state::pool_state::{DispatchHold, PoolState};
+use crate::state::pool_state::{DispatchHold, LabelsHold, PoolState};
 use crate::state::request_rate::RequestRate;
 use crate::state::sources::Source;
 use crate::state::submits_pause::SubmitsPause;
@@ -480,34 +480,32 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     job_json(job, place(st, job), true)
 }
 
-/// Why a queued job cannot leave the queue however long it waits, when it cannot: it asks for
-/// labels that no worker of the pool carries any more.
-pub fn stranded(st: &PoolState, job: &Job) -> Option<String> {
+/// Why a queued job cannot leave the queue for its labels, as `/status` says it: ever
+/// (`stranded`: no worker of the pool carries them any more) or now (`blocked`: every worker
+/// that carries them is draining, unhealthy or paused after a 429). Neither for other jobs.
+pub fn held_by_labels(st: &PoolState, job: &Job, now: Instant) -> (Option<String>, Option<String>) {
     let labels = job.labels();
-    if labels.is_empty() || st.carries_labels(labels) {
-        return None;
+    match st.labels_hold(labels, now) {
+        Some(LabelsHold::Stranded) => (
+            Some(format!(
+                "no worker of the pool carries every label this job asks for ({}) any more; it \
+                 waits until a reload gives one these labels, or until its queue timeout",
+                labels.join(", ")
+            )),
+            None,
+        ),
+        Some(LabelsHold::Blocked) => (
+            None,
+            Some(format!(
+                "every worker that carries the labels this job asks for ({}) is kept from \
+                 taking jobs: {}; it waits until one takes jobs again, or until its queue \
+                 timeout",
+                labels.join(", "),
+                st.kept_carriers(labels, now).join(", ")
+            )),
+        ),
+        None => (None, None),
     }
-    Some(format!(
-        "no worker of the pool carries every label this job asks for ({}) any more; it waits \
-             until a reload gives one these labels, or until its queue timeout",
-        labels.join(", ")
-    ))
-}
-
-/// Why a queued job that asks for labels cannot leave the queue now, although workers carry
-/// them: each of those workers is draining, unhealthy or paused after a 429.
-pub fn blocked(st: &PoolState, job: &Job, now: Instant) -> Option<String> {
-    let labels = job.labels();
-    if labels.is_empty() {
-        return None;
-    }
-    let kept = st.labelled_workers_kept(labels, now)?;
-    Some(format!(
-        "every worker that carries the labels this job asks for ({}) is kept from taking jobs: \
-         {}; it waits until one takes jobs again, or until its queue timeout",
-        labels.join(", "),
-        kept.join(", ")
-    ))
 }
 
 /// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer
@@ -532,11 +530,12 @@ fn place(st: &PoolState, job: &Job) -> Place {
     if job.status != PoolStatus::Queued {
         return Place::default();
     }
+    let (stranded, blocked) = held_by_labels(st, job, Instant::now());
     Place {
         position: st.queue.position(id),
         level: st.queue.level_of(id).map(Priority::as_str),
-        stranded: stranded(st, job),
-        blocked: blocked(st, job, Instant::now()),
+        stranded,
+        blocked,
     }
 }
 

@@ -420,6 +420,15 @@ pub struct LastReload {
     pub changed: usize,
 }
 
+/// Why a queued job's labels keep it in the queue (see [`PoolState::labels_hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelsHold {
+    /// No worker of the pool carries every label it asks for: it waits for a reload.
+    Stranded,
+    /// Every worker that carries them is draining, unhealthy or paused after a 429.
+    Blocked,
+}
+
 /// Jobs per status: overall, kept in step with the table, and per owner (client key name);
 /// and the queued jobs that ask for labels.
 #[derive(Debug, Default)]
@@ -643,25 +652,32 @@ impl PoolState {
         self.carriers(wanted).next().is_some()
     }
 
-    /// Whether some workers carry every label in `wanted` and each of them is kept from taking
-    /// jobs now (see [`PoolState::labelled_workers_kept`]).
-    pub fn labelled_workers_all_kept(&self, wanted: &[String], now: Instant) -> bool {
+    /// Why a queued job asking for the labels `wanted` cannot leave the queue, when it cannot:
+    /// no worker carries them, or each worker that does is kept from taking jobs now. `None`
+    /// for no labels, or when a worker with them may take jobs (with room or not).
+    pub fn labels_hold(&self, wanted: &[String], now: Instant) -> Option<LabelsHold> {
+        if wanted.is_empty() {
+            return None;
+        }
         let mut carriers = self.carriers(wanted).peekable();
-        carriers.peek().is_some() && carriers.all(|w| w.kept_from_jobs(now).is_some())
+        if carriers.peek().is_none() {
+            return Some(LabelsHold::Stranded);
+        }
+        carriers
+            .all(|w| w.kept_from_jobs(now).is_some())
+            .then_some(LabelsHold::Blocked)
     }
 
-    /// When every worker of the pool that carries each label in `wanted` is kept from taking
-    /// jobs (draining, unhealthy, or paused after a 429), each of them and why, as
-    /// `41XoqBhonP7R... (draining)`. `None` when one of them may take jobs (with room or not),
-    /// or when none carries the labels ([`PoolState::carries_labels`]).
-    pub fn labelled_workers_kept(&self, wanted: &[String], now: Instant) -> Option<Vec<String>> {
+    /// Each worker that carries every label in `wanted` and why it is kept from taking jobs, as
+    /// `41XoqBhonP7R... (draining)`: what holds back a job that [`PoolState::labels_hold`] finds
+    /// [`LabelsHold::Blocked`].
+    pub fn kept_carriers(&self, wanted: &[String], now: Instant) -> Vec<String> {
         self.carriers(wanted)
             .map(|w| {
-                let why = w.kept_from_jobs(now)?;
-                Some(format!("{}... ({why})", short_id(&w.spec.worker_id)))
+                let why = w.kept_from_jobs(now).unwrap_or("taking jobs");
+                format!("{}... ({why})", short_id(&w.spec.worker_id))
             })
-            .collect::<Option<Vec<String>>>()
-            .filter(|kept| !kept.is_empty())
+            .collect()
     }
 
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
@@ -871,36 +887,35 @@ mod tests {
             w.health.is_healthy = true;
         }
         let gpu = ["gpu".to_string()];
-        assert_eq!(st.labelled_workers_kept(&gpu, now), None, "all take jobs");
+        assert_eq!(st.labels_hold(&gpu, now), None, "all take jobs");
         st.workers[0].health.is_healthy = false;
         st.workers[1].draining = true;
-        assert_eq!(st.labelled_workers_kept(&gpu, now), None, "w2 takes jobs");
+        assert_eq!(st.labels_hold(&gpu, now), None, "w2 takes jobs");
         st.workers[2].throttle = Some(paused_until(now + Duration::from_secs(5)));
-        let kept = st.labelled_workers_kept(&gpu, now);
+        assert_eq!(st.labels_hold(&gpu, now), Some(LabelsHold::Blocked));
         assert_eq!(
-            kept.as_deref(),
-            Some(
-                &[
-                    "w0... (unhealthy)".to_string(),
-                    "w1... (draining)".to_string(),
-                    "w2... (paused after a 429)".to_string()
-                ][..]
-            )
+            st.kept_carriers(&gpu, now),
+            [
+                "w0... (unhealthy)".to_string(),
+                "w1... (draining)".to_string(),
+                "w2... (paused after a 429)".to_string()
+            ]
         );
         let later = now + Duration::from_secs(6);
-        assert_eq!(
-            st.labelled_workers_kept(&gpu, later),
-            None,
-            "w2's pause ended"
-        );
+        assert_eq!(st.labels_hold(&gpu, later), None, "w2's pause ended");
         let arm = ["arm64".to_string(), "gpu".to_string()];
+        assert_eq!(st.labels_hold(&arm, now), Some(LabelsHold::Blocked));
         assert_eq!(
-            st.labelled_workers_kept(&arm, now).map(|k| k.len()),
-            Some(1)
+            st.kept_carriers(&arm, now),
+            ["w1... (draining)".to_string()]
         );
         st.workers[1].removed = true;
-        let none_carry = st.labelled_workers_kept(&arm, now);
-        assert_eq!(none_carry, None, "stranded, not kept");
+        assert_eq!(
+            st.labels_hold(&arm, now),
+            Some(LabelsHold::Stranded),
+            "stranded, not kept"
+        );
+        assert_eq!(st.labels_hold(&[], now), None, "no labels");
     }
 
     #[test]
