@@ -175,6 +175,42 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     );
 }
 
+#[test]
+fn a_long_backlog_of_labelled_jobs_holds_up_no_job_that_another_worker_can_take() {
+    let gpu = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
+    let plain = FakeWorker::start();
+    let dir = support::temp_dir();
+    write_workers(dir.path(), &[(&gpu, &["gpu", "arm64"]), (&plain, &[])]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
+    let first = submit(&coordinator, &job(Some("gpu")));
+    wait_status(&coordinator, &first, "running", DEADLINE);
+    // 300 gpu jobs and an arm64 one wait for the full gpu worker; a plain job behind them all
+    // goes to the plain worker.
+    let mut backlog: Vec<String> = (0..300)
+        .map(|_| submit(&coordinator, &job(Some("gpu"))))
+        .collect();
+    backlog.push(submit(&coordinator, &job(Some("arm64"))));
+    let behind = submit(&coordinator, &job(None));
+    wait_status(&coordinator, &behind, "completed", DEADLINE);
+    assert_eq!(worker_of(&coordinator, &behind), plain.worker_id());
+    let status = job_status(&coordinator, &backlog[300]);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert_eq!(status["queue_position"], 301, "{status}");
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "0"]);
+    // Drained, the gpu worker blocks every one of them, counted per list of labels.
+    let (code, body) = post(&drain_url(&coordinator, &gpu, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "301"]);
+    let (code, body) = post(
+        &coordinator.url(&format!("/cancel/{}", backlog[0])),
+        "",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(waiting_for_labels(&coordinator), ["0", "300"]);
+}
+
 /// `trusted_pool_queued_jobs_waiting_for_labels` in a scrape of `/metrics`: stranded, blocked.
 fn waiting_for_labels(coordinator: &Coordinator) -> [String; 2] {
     let (code, text) = get(&coordinator.url("/metrics"));

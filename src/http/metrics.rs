@@ -157,18 +157,14 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     }
 }
 
-/// The queued jobs that cannot leave for their labels: (stranded, blocked). Looks through the
-/// table only while some queued job asks for labels.
+/// The queued jobs that cannot leave for their labels: (stranded, blocked). One question per
+/// list of labels that queued jobs ask for.
 fn waiting_for_labels(st: &PoolState, now: Instant) -> (usize, usize) {
-    if st.labelled_queued() == 0 {
-        return (0, 0);
-    }
     let (mut stranded, mut blocked) = (0, 0);
-    let queued = st.jobs.values().filter(|j| j.status == PoolStatus::Queued);
-    for job in queued {
-        match st.labels_hold(job.labels(), now) {
-            Some(LabelsHold::Stranded) => stranded += 1,
-            Some(LabelsHold::Blocked) => blocked += 1,
+    for (labels, count) in st.queued_label_lists() {
+        match st.labels_hold(labels, now) {
+            Some(LabelsHold::Stranded) => stranded += count,
+            Some(LabelsHold::Blocked) => blocked += count,
             None => {}
         }
     }

@@ -2,8 +2,9 @@
 //! in turn) to the healthy, non-throttled, non-draining worker with the fewest active jobs below
 //! its limit (ties rotate) that carries every label the job asks for, and, when the worker has
 //! source addresses, to the address with the most room; a job that waits for a worker with its
-//! labels lets the jobs behind it go to the other workers. When no worker has room it waits for a signal
-//! (job queued, slot freed, worker healthy) or the next throttle expiry; the job keeps its place.
+//! labels lets the jobs behind it that the other workers can take go to them, however far back
+//! they wait. When no worker has room it waits for a signal (job queued, slot freed, worker
+//! healthy) or the next throttle expiry; the job keeps its place.
 //! While the job store cannot record dispatches, or the coordinator is too short of descriptors
 //! or memory to send them (`PoolState::dispatch_hold`), nothing is assigned until the hold's
 //! next try.
@@ -58,10 +59,6 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
         }
     }
 }
-
-/// How many queued jobs a round looks at when the head waits for a worker with its labels
-/// while another worker has room.
-const LABEL_SCAN: usize = 256;
 
 /// Takes jobs off the queue, head first, while a worker has room; reserves their slots. A job
 /// waiting for a worker with its labels does not hold up those behind it that another worker can
@@ -143,9 +140,11 @@ enum Next {
     Later(String, usize),
 }
 
-/// The next queued job to assign: the head when a worker with its labels has room; else, while
-/// another worker has room, the first of the next [`LABEL_SCAN`] jobs that a worker with room
-/// can take. Jobs no longer in the table leave the head of the queue.
+/// The next queued job to assign: the head when a worker with its labels has room; else the
+/// first queued job that a worker with room can take. Which lists of labels a worker with room
+/// can take is asked first, once per list that queued jobs ask for (and once for no labels), so
+/// the walk down the queue happens only when it ends at a job to assign. Jobs no longer in the
+/// table leave the head of the queue.
 fn next_placement(st: &mut PoolState, now: Instant) -> Option<Next> {
     let head = loop {
         let head = st.queue.peek()?;
@@ -158,11 +157,24 @@ fn next_placement(st: &mut PoolState, now: Instant) -> Option<Next> {
         return Some(Next::Head(index));
     }
     pick_worker(st, &[], &[], now)?;
-    st.queue
-        .in_order(LABEL_SCAN)
-        .into_iter()
-        .skip(1)
-        .find_map(|id| placement(st, id, now).map(|index| Next::Later(id.to_string(), index)))
+    let mut open: Vec<&[String]> = st
+        .queued_label_lists()
+        .map(|(labels, _)| labels)
+        .filter(|labels| pick_worker(st, &[], labels, now).is_some())
+        .collect();
+    if st.unlabelled_queued() > 0 {
+        open.push(&[]);
+    }
+    if open.is_empty() {
+        return None;
+    }
+    let id = st.queue.first_in_order(|id| {
+        st.jobs
+            .get(id)
+            .is_some_and(|job| open.contains(&job.labels()))
+    })?;
+    let index = placement(st, id, now)?;
+    Some(Next::Later(id.to_string(), index))
 }
 
 /// The worker for queued job `id` now, if one with its labels has room.
@@ -274,6 +286,52 @@ mod tests {
         assert_eq!(assigned[0].job_id, "pool-1");
         assert!(room_now(&pool(1, 1), &[], Instant::now()));
         assert!(!room_now(&pool(1, 1), &["gpu".to_string()], Instant::now()));
+    }
+
+    #[test]
+    fn a_long_labelled_backlog_holds_up_no_job_that_another_worker_can_take() {
+        let mut st = pool(2, 1);
+        st.workers[1].spec.labels = vec!["arm64".into(), "gpu".into()];
+        st.workers[1].active_jobs = 1;
+        let labelled = |id: String, labels: &[&str]| {
+            let mut job = Job::new(id, Vec::new(), None, 0.0);
+            job.labels = Some(labels.iter().map(|l| l.to_string()).collect());
+            job
+        };
+        for i in 0..1000 {
+            st.enqueue(labelled(format!("pool-gpu-{i}"), &["gpu"]), Instant::now());
+        }
+        st.enqueue(labelled("pool-arm".into(), &["arm64"]), Instant::now());
+        // Only the gpu worker carries these labels, and it is full: nothing leaves.
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert!(assigned.is_empty());
+        let mut lists: Vec<(&[String], usize)> = st.queued_label_lists().collect();
+        lists.sort();
+        assert_eq!(
+            lists,
+            [
+                (&["arm64".to_string()][..], 1),
+                (&["gpu".to_string()][..], 1000)
+            ]
+        );
+        assert_eq!(st.unlabelled_queued(), 0);
+        // A plain job 1,002nd in the queue goes to the plain worker at once.
+        queue(&mut st, 1);
+        assert_eq!(st.unlabelled_queued(), 1);
+        let (assigned, _) = assign(&mut st, Instant::now());
+        let placed: Vec<(&str, usize)> = assigned
+            .iter()
+            .map(|a| (a.job_id.as_str(), a.worker_index))
+            .collect();
+        assert_eq!(placed, [("pool-0", 0)]);
+        assert_eq!(st.unlabelled_queued(), 0);
+        assert_eq!(st.queue.len(), 1001);
+        // The gpu worker frees its slot: the head takes it, in the queue's order.
+        st.workers[1].active_jobs = 0;
+        let (assigned, _) = assign(&mut st, Instant::now());
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(assigned[0].job_id, "pool-gpu-0");
+        assert_eq!(st.queued_label_lists().map(|(_, n)| n).sum::<usize>(), 1000);
     }
 
     #[test]

@@ -430,20 +430,30 @@ pub enum LabelsHold {
 }
 
 /// Jobs per status: overall, kept in step with the table, and per owner (client key name);
-/// and the queued jobs that ask for labels.
+/// and the queued jobs that ask for labels, by the labels they ask for.
 #[derive(Debug, Default)]
 struct JobCounts {
     all: [usize; PoolStatus::ALL.len()],
     by_owner: HashMap<String, [usize; PoolStatus::ALL.len()]>,
     labelled_queued: usize,
+    /// Queued jobs per list of labels asked for (sorted, as parsed; never empty), without the
+    /// lists no queued job asks for.
+    queued_by_labels: HashMap<Vec<String>, usize>,
 }
 
 impl JobCounts {
     /// Counts `job` in `status`.
     fn add(&mut self, job: &Job, status: PoolStatus) {
         let owner = job.owner.as_ref();
-        if status == PoolStatus::Queued && !job.labels().is_empty() {
+        let labels = job.labels();
+        if status == PoolStatus::Queued && !labels.is_empty() {
             self.labelled_queued += 1;
+            match self.queued_by_labels.get_mut(labels) {
+                Some(count) => *count += 1,
+                None => {
+                    self.queued_by_labels.insert(labels.to_vec(), 1);
+                }
+            }
         }
         self.all[status.index()] += 1;
         if let Some(owner) = owner {
@@ -461,8 +471,15 @@ impl JobCounts {
     /// Stops counting `job` in `status`.
     fn remove(&mut self, job: &Job, status: PoolStatus) {
         let owner = job.owner.as_ref();
-        if status == PoolStatus::Queued && !job.labels().is_empty() {
+        let labels = job.labels();
+        if status == PoolStatus::Queued && !labels.is_empty() {
             self.labelled_queued -= 1;
+            if let Some(count) = self.queued_by_labels.get_mut(labels) {
+                *count -= 1;
+                if *count == 0 {
+                    self.queued_by_labels.remove(labels);
+                }
+            }
         }
         self.all[status.index()] -= 1;
         if let Some(counts) = owner.and_then(|o| self.by_owner.get_mut(o)) {
@@ -766,9 +783,18 @@ impl PoolState {
         self.counts.all[status.index()]
     }
 
-    /// How many queued jobs ask for labels.
-    pub fn labelled_queued(&self) -> usize {
-        self.counts.labelled_queued
+    /// How many queued jobs ask for no labels.
+    pub fn unlabelled_queued(&self) -> usize {
+        self.count(PoolStatus::Queued) - self.counts.labelled_queued
+    }
+
+    /// Each list of labels that queued jobs ask for (sorted, never empty), with how many ask
+    /// for it.
+    pub fn queued_label_lists(&self) -> impl Iterator<Item = (&[String], usize)> {
+        self.counts
+            .queued_by_labels
+            .iter()
+            .map(|(labels, count)| (labels.as_slice(), *count))
     }
 
     /// How many jobs of this owner (client key name) are in `status`.

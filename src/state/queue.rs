@@ -327,29 +327,45 @@ impl JobQueue {
 
     /// The first `limit` queued jobs, in the order they will leave if no other job arrives
     /// (job `k` is at [`JobQueue::position`] `k`). Costs O(limit + owners) per level.
+    #[cfg(test)]
     pub fn in_order(&self, limit: usize) -> Vec<&str> {
-        let mut out: Vec<&str> = self.front.iter().map(String::as_str).take(limit).collect();
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.first_in_order(|id| {
+                out.push(id);
+                out.len() == limit
+            });
+        }
+        out
+    }
+
+    /// The first queued job, in the order they will leave, for which `wanted` says true; it is
+    /// asked of each job in turn until then. Costs O(jobs asked + owners) per level.
+    pub fn first_in_order<'a>(
+        &'a self,
+        mut wanted: impl FnMut(&'a str) -> bool,
+    ) -> Option<&'a str> {
+        if let Some(id) = self.front.iter().map(String::as_str).find(|id| wanted(id)) {
+            return Some(id);
+        }
         for level in &self.levels {
-            let mut round = 0;
-            while out.len() < limit {
+            for round in 0.. {
                 let mut taken = false;
                 for owner in &level.turn {
                     let Some(entry) = level.owners.get(owner).and_then(|f| f.get(round)) else {
                         continue;
                     };
                     taken = true;
-                    out.push(&entry.id);
-                    if out.len() == limit {
-                        return out;
+                    if wanted(&entry.id) {
+                        return Some(&entry.id);
                     }
                 }
                 if !taken {
                     break;
                 }
-                round += 1;
             }
         }
-        out
+        None
     }
 
     /// The level a queued job waits in now (None when queued at the head or not queued).
