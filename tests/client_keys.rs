@@ -541,6 +541,7 @@ fn a_read_key_sees_everything_and_changes_nothing() {
         .to_string();
     for (method, path) in [
         ("POST", format!("/cancel/{a_job}")),
+        ("POST", "/cancel?status=queued,running".to_string()),
         ("DELETE", format!("/jobs/{a_job}")),
         ("POST", format!("/jobs/{a_job}/priority?priority=high")),
         ("POST", drain),

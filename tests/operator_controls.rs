@@ -132,6 +132,87 @@ fn cancel_in_every_state() {
     assert_eq!(pool["followers"]["feeds"], 0, "{pool}");
 }
 
+/// `POST /cancel?...` as an operator's curl sends it; the answer as JSON.
+fn cancel_matching(coordinator: &Coordinator, method: &str, query: &str) -> (u16, Value) {
+    let reply = send(method, &coordinator.url(&format!("/cancel{query}")), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (reply.status, reply.json())
+}
+
+#[test]
+fn cancel_by_status_newest_first_and_kept_across_a_restart() {
+    let worker = slow_worker(600.0);
+    let dir = support::workers_dir(&[worker.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let running = submit(&coordinator, &form());
+    wait_started(&coordinator, &worker, &running);
+    let queued: Vec<String> = (0..5).map(|_| submit(&coordinator, &form())).collect();
+
+    for (method, query, code, says) in [
+        ("POST", "", 400, "say which jobs to cancel with status="),
+        (
+            "POST",
+            "?status=completed",
+            400,
+            "status \"completed\" cannot be cancelled",
+        ),
+        (
+            "POST",
+            "?status=queued&limit=0",
+            400,
+            "limit must be 1 to 10000",
+        ),
+        ("GET", "?status=queued", 405, "use POST"),
+    ] {
+        let (status, body) = cancel_matching(&coordinator, method, query);
+        assert_eq!(status, code, "{method} {query}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{method} {query}: {body}"
+        );
+    }
+    // Two at a time, newest first; the rest are left as they were.
+    let (code, body) = cancel_matching(&coordinator, "POST", "?status=queued&limit=2");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"cancelled": 2, "job_ids": [queued[4], queued[3]], "remaining": 3})
+    );
+    assert_eq!(
+        job_status(&coordinator, &queued[2])["pool_status"],
+        "queued"
+    );
+    let (code, body) = cancel_matching(&coordinator, "POST", "?status=queued");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["job_ids"],
+        serde_json::json!([queued[2], queued[1], queued[0]])
+    );
+    assert_eq!(job_status(&coordinator, &running)["pool_status"], "running");
+
+    // The cancellations were committed before the answer: a kill -9 keeps them.
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    for id in &queued {
+        assert_eq!(job_status(&coordinator, id)["pool_status"], "cancelled");
+    }
+    let (code, body) = cancel_matching(&coordinator, "POST", "?status=running,dispatched");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["job_ids"], serde_json::json!([running]), "{body}");
+    assert_eq!(
+        job_status(&coordinator, &running)["pool_status"],
+        "cancelled"
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["jobs_by_status"]["cancelled"], 6, "{pool}");
+    assert_eq!(
+        worker.recording().jobs.len(),
+        1,
+        "no queued job reached the worker"
+    );
+}
+
 #[test]
 fn the_fake_worker_crashes_when_a_job_queued_on_it_is_deleted() {
     let worker = slow_worker(1.0);
@@ -427,18 +508,56 @@ fn keys_take_turns_and_controls_respect_ownership() {
         "bob sees only his job"
     );
     assert_eq!(listed["jobs"][0]["remote_job_id"], "hidden", "{listed}");
-    for id in &alice {
-        keyed(
-            &coordinator,
-            "POST",
-            &format!("/cancel/{id}"),
-            "secret-alice",
-            None,
-        );
+    // A submit key cancels its own jobs at once, and only those.
+    let (code, body) = keyed(
+        &coordinator,
+        "POST",
+        "/cancel?status=queued&owner=bob",
+        "secret-alice",
+        None,
+    );
+    assert_eq!(code, 403, "{body}");
+    let every = "/cancel?status=queued,dispatched,running&limit=10000";
+    let (code, body) = keyed(&coordinator, "POST", every, "secret-alice", None);
+    assert_eq!(code, 200, "{body}");
+    let cancelled: Vec<&str> = body["job_ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(cancelled.len() >= 190, "{body}");
+    assert_eq!(body["cancelled"], cancelled.len(), "{body}");
+    assert_eq!(body["remaining"], 0, "{body}");
+    assert!(
+        cancelled.iter().all(|id| alice.iter().any(|a| a == id)),
+        "{body}"
+    );
+    assert_ne!(
+        job_status_as(&coordinator, &bob)["pool_status"],
+        "cancelled"
+    );
+    let for_alice = format!("{every}&owner=alice");
+    let (code, body) = keyed(&coordinator, "POST", &for_alice, "secret-root", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["cancelled"], 0, "{body}");
+    for id in &cancelled {
+        assert_eq!(job_status_as(&coordinator, id)["pool_status"], "cancelled");
     }
     let (code, _) = keyed(&coordinator, "POST", path, "secret-root", None);
     assert_eq!(code, 200);
     let _ = blocker;
+}
+
+/// A job's `/status`, as the admin key of `keys_take_turns_and_controls_respect_ownership`.
+fn job_status_as(coordinator: &Coordinator, id: &str) -> Value {
+    let (code, status) = keyed(
+        coordinator,
+        "GET",
+        &format!("/status/{id}"),
+        "secret-root",
+        None,
+    );
+    assert_eq!(code, 200, "{status}");
+    status
 }
 
 fn hangup(coordinator: &Coordinator) {

@@ -41,21 +41,23 @@ fn parse(param: &dyn Fn(&str) -> Option<String>) -> Result<Query, Reply> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let limit = match param("limit") {
-        None => DEFAULT_LIMIT,
+    Ok(Query {
+        statuses,
+        limit: limit(param("limit"), DEFAULT_LIMIT, MAX_LIMIT)?,
+        before: param("before"),
+    })
+}
+
+/// A `limit=` query parameter: `default` when not given, else 1 to `max`, or the 400 to answer.
+pub fn limit(given: Option<String>, default: usize, max: usize) -> Result<usize, Reply> {
+    match given {
+        None => Ok(default),
         Some(text) => text
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                error_reply(400, format!("limit must be 1 to {MAX_LIMIT}, got {text:?}"))
-            })?,
-    };
-    Ok(Query {
-        statuses,
-        limit,
-        before: param("before"),
-    })
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| error_reply(400, format!("limit must be 1 to {max}, got {text:?}"))),
+    }
 }
 
 /// Each stored job as it is now: the table's version while the job is in the table, else the

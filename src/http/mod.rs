@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod bulk_cancel;
 pub mod checked_output;
 pub mod client_address;
 pub mod cors;

@@ -17,7 +17,9 @@ use crate::http::views::{
     access_log_view, certificates_view, connections_view, disk_view, keys_view, pool_view,
     request_rate_view, spool_view, status_json, store_view, worker_view,
 };
-use crate::http::{cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting};
+use crate::http::{
+    bulk_cancel, cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting,
+};
 use crate::pool::control::{self, worker_id_from_url, ControlError, Deletion};
 use crate::pool::{reload, worker_tls};
 use crate::state::context::Context;
@@ -65,6 +67,7 @@ enum Route<'a> {
     OutputList(&'a str),
     OutputFile(&'a str, &'a str),
     Cancel(&'a str),
+    CancelMatching,
     DeleteJob(&'a str),
     Drain(&'a str, bool),
     SubmitsPause(bool),
@@ -82,6 +85,7 @@ impl Route<'_> {
         match self {
             Route::Submit
             | Route::Cancel(_)
+            | Route::CancelMatching
             | Route::Drain(..)
             | Route::SubmitsPause(_)
             | Route::LogLevel
@@ -119,7 +123,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         },
         ("status", id) if !id.is_empty() && !id.contains('/') => Some(Route::Status(id)),
         ("logs", id) if !id.is_empty() && !id.contains('/') => Some(Route::Logs(id)),
-        ("cancel", id) if !id.is_empty() && !id.contains('/') => Some(Route::Cancel(id)),
+        ("cancel", "") => Some(Route::CancelMatching),
+        ("cancel", id) if !id.contains('/') => Some(Route::Cancel(id)),
         ("workers", rest) => match rest.rsplit_once('/') {
             Some((id, "drain")) if !id.is_empty() => Some(Route::Drain(id, true)),
             Some((id, "undrain")) if !id.is_empty() => Some(Route::Drain(id, false)),
@@ -194,7 +199,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
     let Some(route) = match_route(path) else {
         return error_reply(
             404,
-            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, DELETE /jobs/ID, /jobs/ID/priority, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
+            format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /cancel?status=..., DELETE /jobs/ID, /jobs/ID/priority, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
         );
     };
     if *request.method() == Method::Options {
@@ -264,6 +269,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
                     Err(e) => error_reply(e.status(), e.to_string()),
                 }
             })
+        }),
+        Route::CancelMatching => allowed(may_change(&caller), || {
+            bulk_cancel::cancel_matching(ctx, &caller, &|name| query_param(&url, name))
         }),
         Route::DeleteJob(id) => allowed(may_change(&caller), || {
             job_route(ctx, &caller, id, |ctx| {

@@ -5,9 +5,10 @@ use crate::base::clock::unix_now;
 use crate::base::job::{PoolStatus, Priority};
 use crate::pool::announce;
 use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
 use crate::state::submits_pause::SubmitsPause;
 use crate::store::controls::RecordedPause;
-use crate::store::jobs_db::{StoreError, StoreFault};
+use crate::store::jobs_db::{StoreError, StoreFault, Ticket};
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub enum ControlError {
     /// The cancel applies now but is not in the job store yet: written once the store can
     /// write again.
     CancelNotRecordedYet(String, StoreFault),
+    /// This many cancels apply now but are not all in the job store yet: written once the
+    /// store can write again.
+    CancelsNotRecordedYet(usize, String, StoreFault),
     /// The job is no longer queued (it is in this status): its priority no longer matters.
     NotQueued(String, PoolStatus),
     /// The job ended, but its results are still being collected, its worker is still ending
@@ -51,6 +55,7 @@ impl ControlError {
             Self::Finished(..) | Self::NotQueued(..) | Self::Settling(_) => 409,
             Self::NotRecorded(_, fault)
             | Self::CancelNotRecordedYet(_, fault)
+            | Self::CancelsNotRecordedYet(_, _, fault)
             | Self::NotDeleted(_, fault) => fault.http_status(),
             Self::DeleteWaiting(_) => 503,
         }
@@ -85,6 +90,12 @@ impl fmt::Display for ControlError {
                  written as soon as the store can write again, and a restart before then would \
                  not keep it"
             ),
+            Self::CancelsNotRecordedYet(count, why, _) => write!(
+                f,
+                "{count} jobs are cancelled now, but the job store cannot record every \
+                 cancellation yet ({why}); they are written as soon as the store can write \
+                 again, and a restart before then would not keep them"
+            ),
             Self::NotQueued(id, status) => write!(
                 f,
                 "job {id} is {}: a priority only orders the jobs waiting in the queue, and this \
@@ -116,6 +127,109 @@ impl std::error::Error for ControlError {}
 /// says who asked, for the log (` (key NAME)`, or empty).
 pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError> {
     let mut st = ctx.lock();
+    let cancelled = cancel_in_table(ctx, &mut st, id)?;
+    drop(st);
+    let ticket = cancelled.finish(ctx, id, by);
+    ticket.map_or(Ok(()), |ticket| {
+        ticket
+            .wait_unless_stalled(&ctx.store)
+            .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
+    })
+}
+
+/// Which jobs `POST /cancel?status=...` cancels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelFilter {
+    /// The statuses taken: queued, dispatched, running (one or more).
+    pub statuses: Vec<PoolStatus>,
+    /// Only the jobs of this client key, when given.
+    pub owner: Option<String>,
+    /// The most jobs cancelled by one request, newest first.
+    pub limit: usize,
+}
+
+/// What `POST /cancel?status=...` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledJobs {
+    /// The jobs cancelled, newest first.
+    pub ids: Vec<String>,
+    /// The jobs that matched beyond the limit, left as they were.
+    pub remaining: usize,
+}
+
+/// Cancels every job the filter takes, newest first up to its limit, each as [`cancel`] does,
+/// under one hold of the table. Returns once every cancellation is committed to the job
+/// store; when the store cannot write, they all apply, and are written once it can (the error
+/// says how many).
+pub fn cancel_matching(
+    ctx: &Arc<Context>,
+    filter: &CancelFilter,
+    by: &str,
+) -> Result<CancelledJobs, ControlError> {
+    let mut st = ctx.lock();
+    let mut matching: Vec<(f64, String)> = st
+        .jobs
+        .values()
+        .filter(|job| {
+            filter.statuses.contains(&job.status)
+                && filter
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| job.owner.as_ref() == Some(owner))
+        })
+        .map(|job| (job.submitted_at, job.id.clone()))
+        .collect();
+    matching.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    let remaining = matching.len().saturating_sub(filter.limit);
+    matching.truncate(filter.limit);
+    let cancelled: Vec<(String, Cancelled)> = matching
+        .into_iter()
+        .filter_map(|(_, id)| {
+            let cancelled = cancel_in_table(ctx, &mut st, &id).ok()?;
+            Some((id, cancelled))
+        })
+        .collect();
+    drop(st);
+    let tickets: Vec<_> = cancelled
+        .into_iter()
+        .map(|(id, cancelled)| {
+            let ticket = cancelled.finish(ctx, &id, by);
+            (id, ticket)
+        })
+        .collect();
+    let count = tickets.len();
+    let mut ids = Vec::with_capacity(count);
+    let mut unrecorded = None;
+    for (id, ticket) in tickets {
+        if let Some(Err(e)) = ticket.map(|t| t.wait_unless_stalled(&ctx.store)) {
+            unrecorded.get_or_insert(e);
+        }
+        ids.push(id);
+    }
+    if let Some(e) = unrecorded {
+        return Err(ControlError::CancelsNotRecordedYet(
+            count,
+            e.to_string(),
+            e.fault(),
+        ));
+    }
+    Ok(CancelledJobs { ids, remaining })
+}
+
+/// A cancellation made in the table, with what is left to do once the table is unlocked.
+struct Cancelled {
+    /// The job was on a worker (dispatched or running), which ends it there.
+    on_worker: bool,
+    /// The job was to be deleted once settled: its upload is wiped, not kept.
+    deleting: bool,
+    /// The job's last lines, for its followers.
+    last: Vec<String>,
+    /// Resolved once the cancellation is committed (None: the job store records nothing).
+    ticket: Option<Ticket>,
+}
+
+/// Marks job `id` cancelled in the table and sends its record to the job store.
+fn cancel_in_table(ctx: &Context, st: &mut PoolState, id: &str) -> Result<Cancelled, ControlError> {
     let status = st
         .jobs
         .get(id)
@@ -136,25 +250,31 @@ pub fn cancel(ctx: &Arc<Context>, id: &str, by: &str) -> Result<(), ControlError
         job.ending_on_worker = on_worker;
         deleting = job.delete_when_settled;
     }
-    let committed = ctx.record_with_ticket(&st, id);
-    let last = announce::last_lines(&st, id);
-    drop(st);
-    announce::ended(ctx, id, last, None);
-    if on_worker {
-        log::info!("Cancelled job {id}{by}; its worker slot is freed when the job ends there");
-    } else {
-        if deleting {
-            ctx.spool.wipe_upload(id);
-        } else {
-            ctx.spool.remove_upload(id);
-        }
-        log::info!("Cancelled queued job {id}{by}");
-    }
-    committed.map_or(Ok(()), |ticket| {
-        ticket
-            .wait_unless_stalled(&ctx.store)
-            .map_err(|e| ControlError::CancelNotRecordedYet(e.to_string(), e.fault()))
+    Ok(Cancelled {
+        on_worker,
+        deleting,
+        ticket: ctx.record_with_ticket(st, id),
+        last: announce::last_lines(st, id),
     })
+}
+
+impl Cancelled {
+    /// Tells the job's followers, drops a queued job's upload and logs the cancel; returns the
+    /// ticket to wait on.
+    fn finish(self, ctx: &Context, id: &str, by: &str) -> Option<Ticket> {
+        announce::ended(ctx, id, self.last, None);
+        if self.on_worker {
+            log::info!("Cancelled job {id}{by}; its worker slot is freed when the job ends there");
+        } else {
+            if self.deleting {
+                ctx.spool.wipe_upload(id);
+            } else {
+                ctx.spool.remove_upload(id);
+            }
+            log::info!("Cancelled queued job {id}{by}");
+        }
+        self.ticket
+    }
 }
 
 /// What a priority change did.
