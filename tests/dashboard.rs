@@ -635,6 +635,23 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     assert!(gone.is_some(), "job {queued} was not deleted");
     wait_row(&mut page, "data-job-id", &queued, Value::is_null);
 
+    // Two more jobs wait behind the running one: the queue's row cancels both at once.
+    let waiting = [submit(&coordinator, &job()), submit(&coordinator, &job())];
+    let state = wait_row(&mut page, "data-part", "queue", |s| {
+        has_action(s, "cancel queued")
+    });
+    assert!(state["badges"].to_string().contains("waiting"), "{state}");
+    click(&mut page, "data-part", "queue", "cancel queued");
+    for id in &waiting {
+        wait_status(&coordinator, id, "cancelled", DEADLINE);
+    }
+    let state = wait_row(&mut page, "data-part", "queue", |s| {
+        !has_action(s, "cancel queued")
+    });
+    assert!(state["badges"].to_string().contains("empty"), "{state}");
+    let status = job_status(&coordinator, &first);
+    assert_ne!(status["pool_status"], "cancelled", "{status}");
+
     // The worker restarts and forgets the first job: its run is lost, it runs again, and its
     // row says which run it is on.
     worker.stop();
