@@ -508,6 +508,13 @@ fn keys_take_turns_and_controls_respect_ownership() {
         "bob sees only his job"
     );
     assert_eq!(listed["jobs"][0]["remote_job_id"], "hidden", "{listed}");
+    // An admin lists one key's jobs; a submit key cannot ask for another's.
+    let (code, listed) = keyed(&coordinator, "GET", "/jobs?owner=bob", "secret-root", None);
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["jobs"][0]["job_id"], bob.as_str(), "{listed}");
+    let (code, listed) = keyed(&coordinator, "GET", "/jobs?owner=bob", "secret-alice", None);
+    assert_eq!(code, 403, "{listed}");
     // A submit key cancels its own jobs at once, and only those.
     let (code, body) = keyed(
         &coordinator,

@@ -242,6 +242,23 @@ pub fn sees_all_only(caller: &Caller) -> Result<(), Reply> {
     }
 }
 
+/// The client key whose jobs a listing or a bulk cancel is held to: for an admin or read key
+/// the one `asked` (`owner=`; None: every key's), for a submit key itself (`owner=` naming
+/// another key is the 403 to answer).
+pub fn owner_filter(caller: &Caller, asked: Option<String>) -> Result<Option<String>, Reply> {
+    if caller.sees_all() {
+        return Ok(asked);
+    }
+    let own = caller.name().map(str::to_string);
+    if asked.is_some() && asked != own {
+        return Err(error_reply(
+            403,
+            "a submit key sees and acts on its own jobs only: leave out owner=, or use an admin key",
+        ));
+    }
+    Ok(own)
+}
+
 /// `Ok` unless the caller holds a read key, which changes nothing (no submit, cancel, priority
 /// or deletion); else the 403 to answer.
 pub fn may_change(caller: &Caller) -> Result<(), Reply> {

@@ -3,7 +3,7 @@
 //! own jobs.
 
 use crate::base::job::PoolStatus;
-use crate::http::auth::Caller;
+use crate::http::auth::{owner_filter, Caller};
 use crate::http::listing;
 use crate::http::replies::{error_reply, Reply};
 use crate::pool::control::{self, CancelFilter};
@@ -75,19 +75,7 @@ fn parse(caller: &Caller, param: &dyn Fn(&str) -> Option<String>) -> Result<Canc
         }
     }
     let limit = listing::limit(param("limit"), DEFAULT_LIMIT, MAX_LIMIT)?;
-    let asked = param("owner");
-    let owner = if caller.is_admin() {
-        asked
-    } else {
-        let own = caller.name().map(str::to_string);
-        if asked.is_some() && asked != own {
-            return Err(error_reply(
-                403,
-                "a submit key cancels only its own jobs: leave out owner=, or use an admin key",
-            ));
-        }
-        own
-    };
+    let owner = owner_filter(caller, param("owner"))?;
     Ok(CancelFilter {
         statuses,
         owner,

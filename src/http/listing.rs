@@ -1,8 +1,8 @@
-//! `GET /jobs?status=...&limit=...&before=...`: jobs newest first, paginated, with the fields of
-//! `/status` without the worker's raw answer. A submit key sees only its own jobs.
+//! `GET /jobs?status=...&owner=...&limit=...&before=...`: jobs newest first, paginated, with the
+//! fields of `/status` without the worker's raw answer. A submit key sees only its own jobs.
 
 use crate::base::job::{Job, PoolStatus};
-use crate::http::auth::Caller;
+use crate::http::auth::{owner_filter, Caller};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, Reply};
 use crate::http::views::listed_json;
@@ -114,13 +114,14 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
             }
         }
     };
-    let owner = if caller.sees_all() {
-        None
-    } else {
-        caller.name()
+    let owner = match owner_filter(caller, param("owner")) {
+        Ok(owner) => owner,
+        Err(reply) => return reply,
     };
+    let owner = owner.as_deref();
     let wanted = |job: &Job| {
         caller.can_see(job)
+            && owner.is_none_or(|o| job.owner.as_deref() == Some(o))
             && query
                 .statuses
                 .as_ref()
