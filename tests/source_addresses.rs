@@ -121,10 +121,21 @@ fn four_addresses_put_eight_jobs_on_a_worker_at_once_without_a_429() {
 fn three_addresses_take_sixty_jobs_in_an_hour() {
     let worker = FakeWorker::start();
     let sources = "127.0.0.2,127.0.0.3,127.0.0.4";
-    let coordinator = Coordinator::start(&[worker.entry(6)], &args(sources));
+    let dir = temp_dir();
+    let entry = json!([{"worker_id": worker.worker_id(), "endpoint": worker.endpoint(),
+                        "max_concurrent_jobs": 6, "labels": ["gpu"]}]);
+    fs::write(dir.path().join("workers.json"), entry.to_string())
+        .unwrap_or_else(|e| panic!("workers.json: {e}"));
+    let coordinator = Coordinator::start_in(dir.path(), &args(sources));
     wait_healthy(&coordinator, &[&worker], DEADLINE);
 
-    let ids: Vec<String> = (0..62).map(|n| submit(&coordinator, &job(n))).collect();
+    // The last two ask for the worker's label, so /status says why they wait.
+    let ids: Vec<String> = (0..62)
+        .map(|n| match n {
+            0..60 => submit(&coordinator, &job(n)),
+            _ => submit(&coordinator, &job(n).field("labels", b"gpu")),
+        })
+        .collect();
     let accepted = poll_until(Duration::from_secs(120), || {
         let done = ids
             .iter()
@@ -158,6 +169,13 @@ fn three_addresses_take_sixty_jobs_in_an_hour() {
         pool_worker(&pool, &worker)["throttled"],
         false,
         "no address was refused: it waits for its hour without asking"
+    );
+    let (_, status) = get_json(&coordinator.url(&format!("/status/{}", ids[61])));
+    assert!(
+        status["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("(at its hourly job limit on every source address)")),
+        "{status}"
     );
 }
 

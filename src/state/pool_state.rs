@@ -275,11 +275,27 @@ impl WorkerEntry {
             Some("unhealthy")
         } else if self.is_throttled(now) {
             Some("paused after a 429")
-        } else if !self.sources.is_empty() && self.sources.iter().all(|s| s.is_throttled(now)) {
+        } else if self.sources.is_empty() {
+            None
+        } else if self.sources.iter().all(|s| s.is_throttled(now)) {
             Some("paused after a 429 on every source address")
+        } else if self.sources.iter().all(|s| self.hour_full(s, now)) {
+            Some("at its hourly job limit on every source address")
+        } else if self
+            .sources
+            .iter()
+            .all(|s| s.is_throttled(now) || self.hour_full(s, now))
+        {
+            Some("paused after a 429 or at its hourly job limit on every source address")
         } else {
             None
         }
+    }
+
+    /// True when source address `s` has used up this worker's per-client jobs per hour: no
+    /// submit from it passes until the oldest of that hour's jobs is an hour old.
+    fn hour_full(&self, s: &Source, now: Instant) -> bool {
+        s.hour_frees_at(now, self.client_limits.per_hour).is_some()
     }
 
     /// True when the throttle, if any, still holds at `now`.
@@ -893,6 +909,31 @@ mod tests {
             Some("paused after a 429 on every source address")
         );
         assert_eq!(w.kept_from_jobs(now + Duration::from_secs(6)), None);
+        // sandrun's jobs per hour used up from one address, then from both.
+        let per_hour = w.client_limits.per_hour;
+        for _ in 0..per_hour {
+            w.sources[0].note_accepted(now);
+        }
+        assert_eq!(
+            w.kept_from_jobs(now),
+            Some("paused after a 429 on every source address")
+        );
+        let later = now + Duration::from_secs(6);
+        assert_eq!(w.kept_from_jobs(later), None, "one address is free");
+        w.sources[1].throttle = Some(paused_until(now + Duration::from_secs(60)));
+        assert_eq!(
+            w.kept_from_jobs(later),
+            Some("paused after a 429 or at its hourly job limit on every source address")
+        );
+        for _ in 0..per_hour {
+            w.sources[1].note_accepted(now);
+        }
+        let after_pause = now + Duration::from_secs(61);
+        assert_eq!(
+            w.kept_from_jobs(after_pause),
+            Some("at its hourly job limit on every source address")
+        );
+        assert_eq!(w.kept_from_jobs(now + Duration::from_secs(3601)), None);
     }
 
     #[test]
