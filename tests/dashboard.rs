@@ -404,6 +404,43 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
     );
 }
 
+#[test]
+fn a_worker_at_its_hourly_limit_on_every_source_address_says_so_in_chromium() {
+    let worker = FakeWorker::start();
+    let dir = temp_dir();
+    let entry = serde_json::json!([{"worker_id": worker.worker_id(), "endpoint": worker.endpoint(),
+                                     "max_concurrent_jobs": 2, "source_addresses": ["127.0.0.2"]}]);
+    fs::write(dir.path().join("workers.json"), entry.to_string())
+        .unwrap_or_else(|e| panic!("workers.json: {e}"));
+    let coordinator = Coordinator::start_in(dir.path(), &["--track-interval", "0.1"]);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // sandrun takes 20 jobs an hour from one address: the 21st waits.
+    let ids: Vec<String> = (0..21).map(|_| submit(&coordinator, &job())).collect();
+    for id in &ids[..20] {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+    assert_eq!(job_status(&coordinator, &ids[20])["pool_status"], "queued");
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let mut page = DevTools::open(browser, &coordinator.url("/dashboard"));
+    wait_ready(&mut page);
+    let state = wait_row(&mut page, "data-worker-id", &worker.worker_id(), |s| {
+        s["badges"].to_string().contains("hourly limit")
+    });
+    assert!(has_action(&state, "drain"), "{state}");
+    let title = page.eval(
+        "[...document.querySelectorAll('.badge')].filter(b => b.textContent === 'hourly limit').map(b => b.title).join()",
+    );
+    assert!(
+        title
+            .as_str()
+            .is_some_and(|t| t.contains("the first takes a job again at")),
+        "{title}"
+    );
+    assert_no_page_errors(&mut page);
+}
+
 /// A CSS string (for an attribute selector) holding `text`.
 fn css(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()

@@ -128,6 +128,7 @@ fn three_addresses_take_sixty_jobs_in_an_hour() {
         .unwrap_or_else(|e| panic!("workers.json: {e}"));
     let coordinator = Coordinator::start_in(dir.path(), &args(sources));
     wait_healthy(&coordinator, &[&worker], DEADLINE);
+    assert_eq!(at_hourly_limit(&coordinator, &worker), "0");
 
     // The last two ask for the worker's label, so /status says why they wait.
     let ids: Vec<String> = (0..62)
@@ -177,6 +178,39 @@ fn three_addresses_take_sixty_jobs_in_an_hour() {
             .is_some_and(|b| b.contains("(at its hourly job limit on every source address)")),
         "{status}"
     );
+    // /pool says so and when it ends (an hour after the first job), and /metrics too.
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(
+        entry["kept_from_jobs"], "at its hourly job limit on every source address",
+        "{entry}"
+    );
+    let first_accepted = ids[..3]
+        .iter()
+        .filter_map(|id| {
+            let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+            status["dispatched_at"].as_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    let until = entry["hourly_limit_until"].as_f64().unwrap_or_default();
+    assert!(
+        (until - (first_accepted + 3600.0)).abs() < 30.0,
+        "hourly_limit_until {until}, first job sent at {first_accepted}: {entry}"
+    );
+    assert_eq!(at_hourly_limit(&coordinator, &worker), "1");
+}
+
+/// The worker's `trusted_pool_worker_at_hourly_limit` sample in a scrape of `/metrics`.
+fn at_hourly_limit(coordinator: &Coordinator, worker: &FakeWorker) -> String {
+    let (code, text) = support::get(&coordinator.url("/metrics"));
+    assert_eq!(code, 200, "{text}");
+    let name = format!(
+        "trusted_pool_worker_at_hourly_limit{{worker_id=\"{}\"}} ",
+        worker.worker_id()
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_string()
 }
 
 /// Runs a 10 CPU-second job on the worker straight from `from`, using up that address's minute.

@@ -32,6 +32,8 @@ struct WorkerSample {
     healthy: bool,
     throttled: bool,
     draining: bool,
+    /// Every source address has used up its jobs per hour.
+    hourly_limited: bool,
     active_jobs: u32,
     max_concurrent_jobs: u32,
     tracked_jobs: usize,
@@ -138,6 +140,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
             healthy: w.health.is_healthy,
             throttled: w.is_throttled(now),
             draining: w.draining,
+            hourly_limited: w.hourly_limit_ends(now).is_some(),
             active_jobs: w.active_jobs,
             max_concurrent_jobs: w.spec.max_concurrent_jobs,
             tracked_jobs: w.tracked.len(),
@@ -640,7 +643,7 @@ fn write_workers(out: &mut Text, labels: &[WorkerLabels], samples: &[WorkerSampl
         count(|w| w.draining),
     );
     type Field = fn(&WorkerSample) -> u64;
-    let gauges: [(&str, &str, Field); 6] = [
+    let gauges: [(&str, &str, Field); 7] = [
         (
             "trusted_pool_worker_healthy",
             "1 when the worker's last health probe succeeded.",
@@ -655,6 +658,11 @@ fn write_workers(out: &mut Text, labels: &[WorkerLabels], samples: &[WorkerSampl
             "trusted_pool_worker_draining",
             "1 while the worker is drained (no new job).",
             |w| w.draining as u64,
+        ),
+        (
+            "trusted_pool_worker_at_hourly_limit",
+            "1 while every source address of the worker has used sandrun's jobs per hour.",
+            |w| w.hourly_limited as u64,
         ),
         (
             "trusted_pool_worker_active_jobs",

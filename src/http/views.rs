@@ -70,6 +70,7 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
         "drained": w.draining && w.active_jobs == 0 && w.tracked.is_empty(),
         "removed": w.removed,
         "labels": w.spec.labels,
+        "kept_from_jobs": w.kept_from_jobs(now),
     });
     if w.spec.over_tls() {
         view["certificate"] = w.health.certificate.as_ref().map(expiry_view).into();
@@ -89,6 +90,10 @@ pub fn worker_view(st: &PoolState, index: usize, now: Instant) -> Value {
             "cpu_seconds_per_minute": w.client_limits.cpu_per_minute,
         });
         view["source_addresses"] = w.sources.iter().map(|s| source_view(s, now)).collect();
+        view["hourly_limit_until"] = w
+            .hourly_limit_ends(now)
+            .map(|at| unix_now() + at.saturating_duration_since(now).as_secs_f64())
+            .into();
     }
     view
 }

@@ -279,7 +279,7 @@ impl WorkerEntry {
             None
         } else if self.sources.iter().all(|s| s.is_throttled(now)) {
             Some("paused after a 429 on every source address")
-        } else if self.sources.iter().all(|s| self.hour_full(s, now)) {
+        } else if self.hourly_limit_ends(now).is_some() {
             Some("at its hourly job limit on every source address")
         } else if self
             .sources
@@ -296,6 +296,20 @@ impl WorkerEntry {
     /// submit from it passes until the oldest of that hour's jobs is an hour old.
     fn hour_full(&self, s: &Source, now: Instant) -> bool {
         s.hour_frees_at(now, self.client_limits.per_hour).is_some()
+    }
+
+    /// When every source address of this worker has used up its jobs per hour (sandrun's
+    /// per-client limit): the instant the first of them takes a job again. None without
+    /// source addresses, or while one has jobs left this hour.
+    pub fn hourly_limit_ends(&self, now: Instant) -> Option<Instant> {
+        let per_hour = self.client_limits.per_hour;
+        self.sources
+            .iter()
+            .map(|s| s.hour_frees_at(now, per_hour))
+            .try_fold(None, |first: Option<Instant>, ends| {
+                ends.map(|at| Some(first.map_or(at, |f| f.min(at))))
+            })
+            .flatten()
     }
 
     /// True when the throttle, if any, still holds at `now`.
@@ -925,6 +939,11 @@ mod tests {
             w.kept_from_jobs(later),
             Some("paused after a 429 or at its hourly job limit on every source address")
         );
+        assert_eq!(
+            w.hourly_limit_ends(later),
+            None,
+            "one address has jobs left"
+        );
         for _ in 0..per_hour {
             w.sources[1].note_accepted(now);
         }
@@ -933,7 +952,14 @@ mod tests {
             w.kept_from_jobs(after_pause),
             Some("at its hourly job limit on every source address")
         );
+        assert_eq!(
+            w.hourly_limit_ends(after_pause),
+            Some(now + Duration::from_secs(3600))
+        );
         assert_eq!(w.kept_from_jobs(now + Duration::from_secs(3601)), None);
+        assert_eq!(w.hourly_limit_ends(now + Duration::from_secs(3601)), None);
+        w.sources.clear();
+        assert_eq!(w.hourly_limit_ends(now), None, "no source address");
     }
 
     #[test]
