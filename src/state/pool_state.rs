@@ -815,7 +815,8 @@ impl PoolState {
 
     /// How many queued jobs ask for no labels.
     pub fn unlabelled_queued(&self) -> usize {
-        self.count(PoolStatus::Queued) - self.counts.labelled_queued
+        self.count(PoolStatus::Queued)
+            .saturating_sub(self.counts.labelled_queued)
     }
 
     /// Each list of labels that queued jobs ask for (sorted, never empty), with how many ask
