@@ -1791,6 +1791,7 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     let ended = submit(&coordinator, &job("ended before"));
     let (status, body) = post(&coordinator.url(&format!("/cancel/{ended}")), "", b"");
     assert_eq!(status, 200, "{body}");
+    let also_queued = submit(&coordinator, &job("queued too"));
     // Thawed before the coordinator is stopped (a process blocked on a frozen disk cannot be).
     let frozen = Frozen::freeze(&state);
     let waiting = submit_in_background(&coordinator, job("waits for its commit"));
@@ -1812,6 +1813,12 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert_eq!(status, 503, "{cancel}");
     assert!(
         cancel.contains("the job is cancelled now, but the job store cannot record it yet"),
+        "{cancel}"
+    );
+    let (status, cancel) = post(&coordinator.url("/cancel?status=queued"), "", b"");
+    assert_eq!(status, 503, "{cancel}");
+    assert!(
+        cancel.contains("1 job is cancelled now, but the job store cannot record every"),
         "{cancel}"
     );
     let delete = send("DELETE", &coordinator.url(&format!("/jobs/{ended}")), None)
@@ -1854,10 +1861,9 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert!(pool["store"]["stalled_for_seconds"].is_null(), "{pool}");
-    assert_eq!(
-        job_status(&coordinator, &queued)["pool_status"],
-        "cancelled"
-    );
+    for id in [&queued, &also_queued] {
+        assert_eq!(job_status(&coordinator, id)["pool_status"], "cancelled");
+    }
     let (status, _) = get_json(&coordinator.url(&format!("/status/{ended}")));
     assert_eq!(status, 404, "the deletion asked during the stall was made");
     let id = answered.json()["job_id"]

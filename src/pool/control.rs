@@ -92,9 +92,10 @@ impl fmt::Display for ControlError {
             ),
             Self::CancelsNotRecordedYet(count, why, _) => write!(
                 f,
-                "{count} jobs are cancelled now, but the job store cannot record every \
-                 cancellation yet ({why}); they are written as soon as the store can write \
-                 again, and a restart before then would not keep them"
+                "{count} {} cancelled now, but the job store cannot record every cancellation \
+                 yet ({why}); they are written as soon as the store can write again, and a \
+                 restart before then would not keep them",
+                if *count == 1 { "job is" } else { "jobs are" }
             ),
             Self::NotQueued(id, status) => write!(
                 f,
