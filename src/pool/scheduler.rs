@@ -168,10 +168,20 @@ fn next_placement(st: &mut PoolState, now: Instant) -> Option<Next> {
     if open.is_empty() {
         return None;
     }
-    let id = st.queue.first_in_order(|id| {
-        st.jobs
-            .get(id)
-            .is_some_and(|job| open.contains(&job.labels()))
+    // A job of a kind (labelled or not) that no open list has is passed without a look at it.
+    let labelled_open = open.iter().any(|labels| !labels.is_empty());
+    let plain_open = open.iter().any(|labels| labels.is_empty());
+    let id = st.queue.first_in_order(|id, labelled| {
+        let passed = match labelled {
+            Some(true) => !labelled_open,
+            Some(false) => !plain_open,
+            None => false,
+        };
+        !passed
+            && st
+                .jobs
+                .get(id)
+                .is_some_and(|job| open.contains(&job.labels()))
     })?;
     let index = placement(st, id, now)?;
     Some(Next::Later(id.to_string(), index))

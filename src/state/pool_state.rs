@@ -654,8 +654,14 @@ impl PoolState {
     /// lost run (a recovered job's time in the queue before the restart counts).
     pub fn enqueue(&mut self, mut job: Job, now: Instant) {
         job.status = PoolStatus::Queued;
-        self.queue
-            .push(job.id.clone(), job.owner.clone(), job.priority, now);
+        let labelled = !job.labels().is_empty();
+        self.queue.push(
+            job.id.clone(),
+            job.owner.clone(),
+            job.priority,
+            labelled,
+            now,
+        );
         if let Some(timeout) = job.queue_timeout {
             let waited = (unix_now() - job.queued_since()).max(0.0);
             let left = Duration::try_from_secs_f64(timeout - waited).unwrap_or_default();

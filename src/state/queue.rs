@@ -26,6 +26,9 @@ struct Entry {
     id: Arc<str>,
     /// When it entered this level (aging counts from here).
     since: Instant,
+    /// The job asks for labels (a walk down the queue passes it without a look at the job
+    /// when no worker with room takes labelled jobs).
+    labelled: bool,
 }
 
 /// One priority level: each owner's FIFO, and the order in which owners take their turn.
@@ -138,14 +141,22 @@ impl JobQueue {
         self.aging = aging.filter(|a| !a.is_zero());
     }
 
-    /// Appends a job at the back of its owner's FIFO in its level.
-    pub fn push(&mut self, id: String, owner: Owner, priority: Priority, now: Instant) {
+    /// Appends a job at the back of its owner's FIFO in its level; `labelled` when it asks for
+    /// labels.
+    pub fn push(
+        &mut self,
+        id: String,
+        owner: Owner,
+        priority: Priority,
+        labelled: bool,
+        now: Instant,
+    ) {
         let level = priority.index();
         *self.owner_counts.entry(owner.clone()).or_default() += 1;
-        self.insert(Arc::from(id), owner, level, now);
+        self.insert(Arc::from(id), owner, level, labelled, now);
     }
 
-    fn insert(&mut self, id: Arc<str>, owner: Owner, level: usize, now: Instant) {
+    fn insert(&mut self, id: Arc<str>, owner: Owner, level: usize, labelled: bool, now: Instant) {
         self.next_seq += 1;
         let seq = self.next_seq;
         self.places.insert(
@@ -162,6 +173,7 @@ impl JobQueue {
                 seq,
                 id,
                 since: now,
+                labelled,
             },
         );
     }
@@ -242,8 +254,10 @@ impl JobQueue {
             return true;
         }
         let key = Arc::clone(key);
-        self.levels[level].remove(&owner, seq);
-        self.insert(key, owner, priority.index(), now);
+        let labelled = self.levels[level]
+            .remove(&owner, seq)
+            .is_some_and(|e| e.labelled);
+        self.insert(key, owner, priority.index(), labelled, now);
         true
     }
 
@@ -298,16 +312,16 @@ impl JobQueue {
                         .map(|e| (owner.clone(), e.seq))
                 })
                 .collect();
-            let mut moved: Vec<(u64, Owner, Arc<str>)> = due
+            let mut moved: Vec<(u64, Owner, Entry)> = due
                 .into_iter()
                 .filter_map(|(owner, seq)| {
                     let entry = self.levels[level].remove(&owner, seq)?;
-                    Some((seq, owner, entry.id))
+                    Some((seq, owner, entry))
                 })
                 .collect();
             moved.sort_by_key(|(seq, _, _)| *seq);
-            for (_, owner, id) in moved {
-                self.insert(id, owner, level - 1, now);
+            for (_, owner, entry) in moved {
+                self.insert(entry.id, owner, level - 1, entry.labelled, now);
             }
         }
     }
@@ -331,7 +345,7 @@ impl JobQueue {
     pub fn in_order(&self, limit: usize) -> Vec<&str> {
         let mut out = Vec::new();
         if limit > 0 {
-            self.first_in_order(|id| {
+            self.first_in_order(|id, _| {
                 out.push(id);
                 out.len() == limit
             });
@@ -340,23 +354,32 @@ impl JobQueue {
     }
 
     /// The first queued job, in the order they will leave, for which `wanted` says true; it is
-    /// asked of each job in turn until then. Costs O(jobs asked + owners) per level.
+    /// asked of each job in turn until then, with whether the job asks for labels (None for a
+    /// job put back at the head: not known here). Costs O(jobs asked + owners) per level.
     pub fn first_in_order<'a>(
         &'a self,
-        mut wanted: impl FnMut(&'a str) -> bool,
+        mut wanted: impl FnMut(&'a str, Option<bool>) -> bool,
     ) -> Option<&'a str> {
-        if let Some(id) = self.front.iter().map(String::as_str).find(|id| wanted(id)) {
+        if let Some(id) = self
+            .front
+            .iter()
+            .map(String::as_str)
+            .find(|id| wanted(id, None))
+        {
             return Some(id);
         }
         for level in &self.levels {
+            // Each owner's line, in turn order, looked up once for the whole walk.
+            let lines: Vec<&VecDeque<Entry>> = level
+                .turn
+                .iter()
+                .filter_map(|owner| level.owners.get(owner))
+                .collect();
             for round in 0.. {
                 let mut taken = false;
-                for owner in &level.turn {
-                    let Some(entry) = level.owners.get(owner).and_then(|f| f.get(round)) else {
-                        continue;
-                    };
+                for entry in lines.iter().filter_map(|line| line.get(round)) {
                     taken = true;
-                    if wanted(&entry.id) {
+                    if wanted(&entry.id, Some(entry.labelled)) {
                         return Some(&entry.id);
                     }
                 }
@@ -432,10 +455,10 @@ mod tests {
     fn higher_levels_first_fifo_within() {
         let now = Instant::now();
         let mut q = JobQueue::default();
-        q.push("n1".into(), None, Priority::Normal, now);
-        q.push("l1".into(), None, Priority::Low, now);
-        q.push("n2".into(), None, Priority::Normal, now);
-        q.push("h1".into(), None, Priority::High, now);
+        q.push("n1".into(), None, Priority::Normal, false, now);
+        q.push("l1".into(), None, Priority::Low, false, now);
+        q.push("n2".into(), None, Priority::Normal, false, now);
+        q.push("h1".into(), None, Priority::High, false, now);
         q.push_front("back".into(), None);
         assert_eq!(q.position("back"), Some(0));
         assert_eq!(q.position("h1"), Some(1));
@@ -451,15 +474,15 @@ mod tests {
         let now = Instant::now();
         let mut q = JobQueue::default();
         for i in 0..5 {
-            q.push(format!("a{i}"), owner("a"), Priority::Normal, now);
+            q.push(format!("a{i}"), owner("a"), Priority::Normal, false, now);
         }
-        q.push("b0".into(), owner("b"), Priority::Normal, now);
-        q.push("b1".into(), owner("b"), Priority::Normal, now);
-        q.push("c0".into(), owner("c"), Priority::Normal, now);
+        q.push("b0".into(), owner("b"), Priority::Normal, false, now);
+        q.push("b1".into(), owner("b"), Priority::Normal, false, now);
+        q.push("c0".into(), owner("c"), Priority::Normal, false, now);
         let ids = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "c0"];
         let positions: Vec<usize> = ids.iter().filter_map(|id| q.position(id)).collect();
         assert_eq!(q.owner_depth(&owner("a")), 5);
-        q.push("h0".into(), owner("b"), Priority::High, now);
+        q.push("h0".into(), owner("b"), Priority::High, false, now);
         q.push_front("f0".into(), owner("c"));
         assert_eq!(q.in_order(3), ["f0", "h0", "a0"]);
         let listed: Vec<String> = q.in_order(100).into_iter().map(String::from).collect();
@@ -481,14 +504,15 @@ mod tests {
         let start = Instant::now();
         let mut q = JobQueue::default();
         q.set_aging(Some(Duration::from_secs(10)));
-        q.push("l".into(), None, Priority::Low, start);
+        q.push("l".into(), None, Priority::Low, false, start);
         q.push(
             "n".into(),
             owner("x"),
             Priority::Normal,
+            false,
             start + Duration::from_secs(5),
         );
-        q.push("gone".into(), owner("x"), Priority::Normal, start);
+        q.push("gone".into(), owner("x"), Priority::Normal, false, start);
         assert!(q.remove("gone"));
         assert!(!q.remove("gone"));
         q.promote(start + Duration::from_secs(11));
@@ -503,10 +527,10 @@ mod tests {
     fn a_new_priority_moves_a_job_to_the_back_of_its_new_level() {
         let now = Instant::now();
         let mut q = JobQueue::default();
-        q.push("h".into(), None, Priority::High, now);
-        q.push("n1".into(), None, Priority::Normal, now);
-        q.push("n2".into(), None, Priority::Normal, now);
-        q.push("l".into(), None, Priority::Low, now);
+        q.push("h".into(), None, Priority::High, false, now);
+        q.push("n1".into(), None, Priority::Normal, false, now);
+        q.push("n2".into(), None, Priority::Normal, false, now);
+        q.push("l".into(), None, Priority::Low, false, now);
         q.push_front("front".into(), None);
         q.set_deadline("l", now + Duration::from_secs(5));
         assert!(q.set_priority("l", Priority::High, now));
@@ -523,12 +547,45 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_is_told_which_jobs_ask_for_labels_wherever_they_moved() {
+        let start = Instant::now();
+        let mut q = JobQueue::default();
+        q.set_aging(Some(Duration::from_secs(10)));
+        q.push("gpu".into(), None, Priority::Low, true, start);
+        q.push("plain".into(), None, Priority::Low, false, start);
+        q.push("raised".into(), None, Priority::Low, true, start);
+        q.set_priority("raised", Priority::High, start);
+        q.promote(start + Duration::from_secs(11));
+        q.push_front("back".into(), None);
+        let mut told = Vec::new();
+        let found = q.first_in_order(|id, labelled| {
+            told.push((id.to_string(), labelled));
+            id == "plain"
+        });
+        assert_eq!(found, Some("plain"));
+        assert_eq!(
+            told,
+            [
+                ("back".to_string(), None),
+                ("raised".to_string(), Some(true)),
+                ("gpu".to_string(), Some(true)),
+                ("plain".to_string(), Some(false)),
+            ]
+        );
+        assert_eq!(
+            q.level_of("gpu"),
+            Some(Priority::Normal),
+            "aged one level up"
+        );
+    }
+
+    #[test]
     fn jobs_past_their_deadline_are_taken_out_and_the_others_keep_their_place() {
         let start = Instant::now();
         let at = |secs| start + Duration::from_secs(secs);
         let mut q = JobQueue::default();
         for id in ["a", "b", "c", "d"] {
-            q.push(id.into(), owner("x"), Priority::Normal, start);
+            q.push(id.into(), owner("x"), Priority::Normal, false, start);
         }
         q.push_front("front".into(), None);
         q.set_deadline("c", at(5));
