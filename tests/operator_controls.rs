@@ -515,6 +515,14 @@ fn keys_take_turns_and_controls_respect_ownership() {
     assert_eq!(listed["jobs"][0]["job_id"], bob.as_str(), "{listed}");
     let (code, listed) = keyed(&coordinator, "GET", "/jobs?owner=bob", "secret-alice", None);
     assert_eq!(code, 403, "{listed}");
+    let (code, listed) = keyed(&coordinator, "GET", "/jobs?owner=", "secret-root", None);
+    assert_eq!(code, 400, "{listed}");
+    assert!(
+        listed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("owner= names no client key")),
+        "{listed}"
+    );
     // A submit key cancels its own jobs at once, and only those.
     let (code, body) = keyed(
         &coordinator,

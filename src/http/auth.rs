@@ -244,8 +244,14 @@ pub fn sees_all_only(caller: &Caller) -> Result<(), Reply> {
 
 /// The client key whose jobs a listing or a bulk cancel is held to: for an admin or read key
 /// the one `asked` (`owner=`; None: every key's), for a submit key itself (`owner=` naming
-/// another key is the 403 to answer).
+/// another key is the 403 to answer; an empty one the 400).
 pub fn owner_filter(caller: &Caller, asked: Option<String>) -> Result<Option<String>, Reply> {
+    if asked.as_deref() == Some("") {
+        return Err(error_reply(
+            400,
+            "owner= names no client key: give a key's name (as in the --api-keys file), or leave it out for every key's jobs",
+        ));
+    }
     if caller.sees_all() {
         return Ok(asked);
     }
