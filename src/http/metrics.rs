@@ -574,7 +574,7 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
     out.family(
         "trusted_pool_queued_jobs_waiting_for_labels",
         "gauge",
-        "Queued jobs that cannot leave the queue for their labels: no worker carries them (stranded), or every worker that does is draining, unhealthy or paused after a 429 (blocked).",
+        "Queued jobs that cannot leave the queue for their labels: no worker carries them (stranded), or every worker that does is draining, unhealthy, paused after a 429, or at its hourly job limit on every source address (blocked).",
     );
     out.samples_by(
         "trusted_pool_queued_jobs_waiting_for_labels",

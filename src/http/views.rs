@@ -487,7 +487,8 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
 
 /// Why a queued job cannot leave the queue for its labels, as `/status` says it: ever
 /// (`stranded`: no worker of the pool carries them any more) or now (`blocked`: every worker
-/// that carries them is draining, unhealthy or paused after a 429). Neither for other jobs.
+/// that carries them is kept from jobs, as `WorkerEntry::kept_from_jobs` says). Neither for
+/// other jobs.
 pub fn held_by_labels(st: &PoolState, job: &Job, now: Instant) -> (Option<String>, Option<String>) {
     let labels = job.labels();
     match st.labels_hold(labels, now) {

@@ -265,9 +265,9 @@ impl WorkerEntry {
         self.sources.iter_mut().find(|s| s.address == address)
     }
 
-    /// Why it takes no job now whether it has room or not (draining, unhealthy, or paused
-    /// after a 429, itself or on every one of its source addresses); `None` when it may take
-    /// jobs.
+    /// Why it takes no job now whether it has room or not (draining, unhealthy, paused after a
+    /// 429, or every one of its source addresses paused after a 429 or at sandrun's hourly job
+    /// limit); `None` when it may take jobs.
     pub fn kept_from_jobs(&self, now: Instant) -> Option<&'static str> {
         if self.draining {
             Some("draining")
@@ -455,7 +455,8 @@ pub struct LastReload {
 pub enum LabelsHold {
     /// No worker of the pool carries every label it asks for: it waits for a reload.
     Stranded,
-    /// Every worker that carries them is draining, unhealthy or paused after a 429.
+    /// Every worker that carries them is kept from jobs now (see
+    /// [`WorkerEntry::kept_from_jobs`]).
     Blocked,
 }
 
