@@ -293,11 +293,7 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
                     "Refused the output {path:?} of job {id} from its worker {}: {why}",
                     job.endpoint
                 );
-                tracker::distrust_for_output(
-                    ctx,
-                    &job.worker_id,
-                    &format!("the output {path:?} of job {id} changed on the worker after the job ended: {why}"),
-                );
+                tracker::distrust_for_output(ctx, &job.worker_id, id, path, &why);
                 return error_reply(
                     502,
                     format!("the output {path:?} of job {id} changed on its worker since the job ended ({why}); it is not served"),
@@ -319,7 +315,9 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
                             tracker::distrust_for_output(
                                 &ctx,
                                 &worker_id,
-                                &format!("the output {path:?} of job {id} changed on the worker after the job ended: {why} when the job ended"),
+                                &id,
+                                &path,
+                                &format!("{why} when the job ended"),
                             );
                         }),
                     ))

@@ -379,15 +379,18 @@ fn distrust(st: &mut PoolState, index: usize, why: &str) {
 }
 
 /// Under `--require-verified`, keeps worker `worker_id` unhealthy until SIGHUP or its undrain,
-/// as for a result that did not verify: it served an output of a finished job that differs
-/// from what it reported and signed when the job ended (`why`).
-pub fn distrust_for_output(ctx: &Context, worker_id: &str, why: &str) {
+/// as for a result that did not verify: it served the output `path` of finished job `job_id`
+/// other than it reported and signed when the job ended (`why`).
+pub fn distrust_for_output(ctx: &Context, worker_id: &str, job_id: &str, path: &str, why: &str) {
     if !ctx.config.require_verified {
         return;
     }
     let mut st = ctx.lock();
     if let Some(index) = st.worker_index(worker_id) {
-        distrust(&mut st, index, why);
+        let why = format!(
+            "the output {path:?} of job {job_id} changed on the worker after the job ended: {why}"
+        );
+        distrust(&mut st, index, &why);
     }
 }
 
