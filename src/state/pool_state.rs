@@ -466,7 +466,6 @@ pub enum LabelsHold {
 struct JobCounts {
     all: [usize; PoolStatus::ALL.len()],
     by_owner: HashMap<String, [usize; PoolStatus::ALL.len()]>,
-    labelled_queued: usize,
     /// Queued jobs per list of labels asked for (sorted, as parsed; never empty), without the
     /// lists no queued job asks for.
     queued_by_labels: HashMap<Vec<String>, usize>,
@@ -478,7 +477,6 @@ impl JobCounts {
         let owner = job.owner.as_ref();
         let labels = job.labels();
         if status == PoolStatus::Queued && !labels.is_empty() {
-            self.labelled_queued += 1;
             match self.queued_by_labels.get_mut(labels) {
                 Some(count) => *count += 1,
                 None => {
@@ -504,7 +502,6 @@ impl JobCounts {
         let owner = job.owner.as_ref();
         let labels = job.labels();
         if status == PoolStatus::Queued && !labels.is_empty() {
-            self.labelled_queued -= 1;
             if let Some(count) = self.queued_by_labels.get_mut(labels) {
                 *count -= 1;
                 if *count == 0 {
@@ -822,8 +819,8 @@ impl PoolState {
 
     /// How many queued jobs ask for no labels.
     pub fn unlabelled_queued(&self) -> usize {
-        self.count(PoolStatus::Queued)
-            .saturating_sub(self.counts.labelled_queued)
+        let labelled: usize = self.counts.queued_by_labels.values().sum();
+        self.count(PoolStatus::Queued).saturating_sub(labelled)
     }
 
     /// Each list of labels that queued jobs ask for (sorted, never empty), with how many ask
