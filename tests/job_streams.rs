@@ -550,6 +550,7 @@ fn a_silent_stream_says_the_jobs_status_and_a_vanished_client_is_let_go() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
     assert_eq!(code, 200, "{body}");
+    let ahead = submit(&coordinator, &job());
     let id = submit(&coordinator, &job());
     let mut follower = follow_logs(coordinator.port(), &id);
     assert_eq!(follower.status, 200);
@@ -562,13 +563,22 @@ fn a_silent_stream_says_the_jobs_status_and_a_vanished_client_is_let_go() {
         said[3] - said[0] >= Duration::from_secs(2),
         "status lines closer than the heartbeat: {said:?}"
     );
-    assert_eq!(
-        follower.text().lines().count(),
-        follower
-            .text()
-            .matches("[STATUS] Job status: queued\n")
-            .count()
+    // The first line is sandrun's own; a heartbeat adds the job's place in the queue, which
+    // moves up when the job ahead of it goes.
+    let text = follower.text();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("[STATUS] Job status: queued"), "{text}");
+    assert!(
+        lines.all(|l| l == "[STATUS] Job status: queued (position 2 of 2 in the queue)"),
+        "{text}"
     );
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{ahead}")), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let moved_up = follower.wait_for(
+        "[STATUS] Job status: queued (position 1 of 1 in the queue)\n",
+        DEADLINE,
+    );
+    assert!(moved_up.is_some(), "{}", follower.text());
 
     let answered = follow_and_vanish(coordinator.port(), &id);
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use support::follow::follow_logs;
 use support::lifecycle::{drain_url, job_status, submit, wait_healthy, wait_status};
 use support::{get, get_json, post, post_multipart, Coordinator, FakeWorker, Form};
 
@@ -117,11 +118,16 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     // A restart keeps the waiting job's labels: it still waits for a gpu worker.
     let mut coordinator = coordinator;
     coordinator.kill();
-    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let coordinator = Coordinator::start_in(
+        dir.path(),
+        &[FAST.as_slice(), &["--follow-heartbeat", "1"]].concat(),
+    );
     wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
     let status = job_status(&coordinator, &waiting);
     assert_eq!(status["pool_status"], "queued", "{status}");
     assert_eq!(status["labels"], json!(["arm64", "gpu"]), "{status}");
+    let mut follower = follow_logs(coordinator.port(), &waiting);
+    assert_eq!(follower.status, 200);
     assert!(status.get("stranded").is_none(), "{status}");
     // A full worker holds the job up for a while; a drained one says why the job cannot leave.
     assert!(status.get("blocked").is_none(), "{status}");
@@ -140,6 +146,16 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         "{status}"
     );
     assert_eq!(waiting_for_labels(&coordinator), ["0", "1"]);
+    // A follower's heartbeat says it too.
+    let heard = follower.wait_for(
+        &format!(
+            "[STATUS] Job status: queued (position 1 of 1 in the queue; blocked: every worker \
+             that carries the labels this job asks for (arm64, gpu) is kept from taking jobs: \
+             {short}... (draining);"
+        ),
+        DEADLINE,
+    );
+    assert!(heard.is_some(), "{}", follower.text());
     let (code, body) = post(&drain_url(&coordinator, &gpu, "undrain"), "", b"");
     assert_eq!(code, 200, "{body}");
     let status = job_status(&coordinator, &waiting);
@@ -158,6 +174,12 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         )),
         "{status}"
     );
+    let heard = follower.wait_for(
+        "[STATUS] Job status: queued (position 1 of 1 in the queue; stranded: no worker of \
+         the pool carries every label this job asks for (arm64, gpu) any more;",
+        DEADLINE,
+    );
+    assert!(heard.is_some(), "{}", follower.text());
 
     assert_eq!(waiting_for_labels(&coordinator), ["1", "0"]);
 

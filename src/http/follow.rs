@@ -3,10 +3,11 @@
 //! `[STATUS] Job status: <status>`, then a line when the job is dispatched and started, its output
 //! as the worker delivers it, and the last lines (`[VERIFY] ...`, `[DONE] ...`) when it is over;
 //! then the stream ends. After `--follow-heartbeat` of silence (a queued job, or one running
-//! without output) a text stream repeats the status line and a WebSocket is pinged, so proxies
-//! keep the stream open and a vanished client is noticed at the next write. The handler thread
-//! only decides (404, 503 over `--max-followers`) and hands the connection to a follower thread
-//! of its own, so followers never hold handler threads.
+//! without output) a text stream repeats the status line (a queued job's with its place in the
+//! queue) and a WebSocket is pinged, so proxies keep the stream open and a vanished client is
+//! noticed at the next write. The handler thread only decides (404, 503 over
+//! `--max-followers`) and hands the connection to a follower thread of its own, so followers
+//! never hold handler threads.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
@@ -15,6 +16,7 @@ use crate::http::auth::Caller;
 use crate::http::grant::Grant;
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::http::views;
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
 use crate::state::events::{Event, Follower};
@@ -24,6 +26,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
+use std::time::Instant;
 use tiny_http::Request;
 
 /// Stack size of a follower thread.
@@ -253,13 +256,20 @@ impl Out {
     }
 
     /// Breaks a silence: a ping frame on a WebSocket, the job's status line (when it is still
-    /// in the table) on text, which has no invisible piece.
+    /// in the table) on text, which has no invisible piece; a queued job's line also gives its
+    /// place in the queue.
     fn heartbeat(&mut self, ctx: &Context, id: &str) -> std::io::Result<()> {
         if self.websocket {
             self.writer.write_all(&frame(0x9, &[], None))?;
             return self.writer.flush();
         }
-        let line = ctx.lock().jobs.get(id).map(|job| first_line(job));
+        let line = {
+            let st = ctx.lock();
+            st.jobs.get(id).map(|job| {
+                let place = views::queue_place_note(&st, job, Instant::now());
+                format!("[STATUS] Job status: {}{place}\n", job.status.as_str())
+            })
+        };
         line.map_or(Ok(()), |line| self.piece(&line))
     }
 

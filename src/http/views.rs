@@ -514,6 +514,28 @@ pub fn held_by_labels(st: &PoolState, job: &Job, now: Instant) -> (Option<String
     }
 }
 
+/// A queued job's place as a followed stream's heartbeat says it after its status: its
+/// position in the queue and, when its labels hold it there, why (` (position 3 of 12 in the
+/// queue; blocked: ...)`); empty for a job that is not queued.
+pub fn queue_place_note(st: &PoolState, job: &Job, now: Instant) -> String {
+    if job.status != PoolStatus::Queued {
+        return String::new();
+    }
+    let Some(position) = st.queue.position(&job.id) else {
+        return String::new();
+    };
+    let hold = match held_by_labels(st, job, now) {
+        (Some(why), _) => format!("; stranded: {why}"),
+        (None, Some(why)) => format!("; blocked: {why}"),
+        (None, None) => String::new(),
+    };
+    format!(
+        " (position {} of {} in the queue{hold})",
+        position + 1,
+        st.queue.len()
+    )
+}
+
 /// A job as `GET /jobs` lists it: the fields of `/status` without the worker's raw answer
 /// (its queue place from `st` when it is queued there).
 pub fn listed_json(st: &PoolState, job: &Job) -> Option<Vec<u8>> {
