@@ -567,12 +567,12 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let db = dir.path().join("state").join("jobs.db");
     let conn_ok = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("PRAGMA user_version = 9;")
+        .arg("PRAGMA user_version = 10;")
         .status();
     if !conn_ok.is_ok_and(|s| s.success()) {
         // Without the sqlite3 tool, write the header field directly (bytes 60..64).
         let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
-        bytes[60..64].copy_from_slice(&9u32.to_be_bytes());
+        bytes[60..64].copy_from_slice(&10u32.to_be_bytes());
         fs::write(&db, bytes).unwrap_or_else(|e| panic!("{e}"));
     }
     let refused = Coordinator::try_start_in(dir.path(), &[])
@@ -582,7 +582,7 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         refused.contains("exit: Some(ExitStatus(unix_wait_status(256)))"),
         "{refused}"
     );
-    assert!(refused.contains("schema version 9, newer"), "{refused}");
+    assert!(refused.contains("schema version 10, newer"), "{refused}");
     assert!(refused.contains("jobs.db"), "{refused}");
 
     let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
@@ -857,8 +857,9 @@ fn a_store_locked_by_another_program_at_start_is_refused_and_not_called_unreadab
 }
 
 /// A store of schema version 1 (no `drains` or `submits_pause` table, no listing indexes, `seq`
-/// AUTOINCREMENT) is upgraded in place at start: its jobs stay, drains and pauses are recorded
-/// from then on, and new jobs follow the old ones in `seq` without `sqlite_sequence`.
+/// AUTOINCREMENT, no `worker_id` column) is upgraded in place at start: its jobs stay (listed
+/// by their worker), drains and pauses are recorded from then on, and new jobs follow the old
+/// ones in `seq` without `sqlite_sequence`.
 #[test]
 fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));
@@ -888,12 +889,13 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 8);
-        // A new store is made at version 8 too.
+        assert_eq!(version(&conn), 9);
+        // A new store is made at version 9 too.
         assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
             "DROP TABLE drains; DROP TABLE submits_pause; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_submit_key; ALTER TABLE jobs DROP COLUMN submit_key; \
+             ALTER TABLE jobs DROP COLUMN worker_id; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
              CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;",
         )
@@ -926,6 +928,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         "version 6",
         "version 7",
         "version 8",
+        "version 9",
     ] {
         assert!(
             upgraded
@@ -940,6 +943,16 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     assert_outputs(&upgraded, &id, &status);
     let after = submit(&upgraded, &job("after the upgrade"));
     wait_collected(&upgraded, &after, DEADLINE);
+    // Version 9 filled in each job's worker from its record: both are listed by worker.
+    let by_worker = support::get_json(&upgraded.url(&format!(
+        "/jobs?worker={}",
+        worker.worker_id().replace('+', "%2B")
+    )));
+    let listed: Vec<&str> = by_worker.1["jobs"]
+        .as_array()
+        .map(|jobs| jobs.iter().filter_map(|j| j["job_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, [after.as_str(), id.as_str()], "{}", by_worker.1);
     // Version 8's submit keys work on the upgraded store: a repeat answers the same job.
     let keyed = || {
         let form = job("keyed after the upgrade");
@@ -966,7 +979,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 8);
+    assert_eq!(version(&conn), 9);
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -20,7 +20,7 @@ use trusted_pool::base::job::{Collection, Job, StoredResults};
 use trusted_pool::pool::recovery;
 use trusted_pool::state::context::Context;
 use trusted_pool::state::pool_state::PoolState;
-use trusted_pool::store::jobs_db::{JobStore, Retention};
+use trusted_pool::store::jobs_db::{JobStore, ListFilter, Retention};
 use trusted_pool::store::spool::Spool;
 
 use support::fuzz::{mutate, run, Rng};
@@ -328,7 +328,7 @@ fn open_and_read(state: &Path, ids: &[String]) -> Result<usize, String> {
             Err(e) => assert!(e.to_string().contains(id.as_str()), "{e}"),
         }
     }
-    if let Err(e) = store.list(None, None, None, 100) {
+    if let Err(e) = store.list(&ListFilter::default(), None, 100) {
         assert!(!e.to_string().is_empty());
     }
     let recovered = unsettled.len();

@@ -213,6 +213,115 @@ fn cancel_by_status_newest_first_and_kept_across_a_restart() {
     );
 }
 
+/// The ids of a `GET /jobs` page, as listed.
+fn listed(coordinator: &Coordinator, query: &str) -> Vec<String> {
+    let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
+    assert_eq!(code, 200, "{query}: {body}");
+    body["jobs"]
+        .as_array()
+        .map(|jobs| {
+            jobs.iter()
+                .filter_map(|j| j["job_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn one_workers_jobs_are_listed_and_cancelled_by_its_id() {
+    let quick = FakeWorker::start();
+    let slow = slow_worker(600.0);
+    let dir = support::workers_dir(&[quick.entry(1), slow.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&quick, &slow], DEADLINE);
+    let (code, body) = post(&drain_url(&coordinator, &slow, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let done: Vec<String> = (0..2)
+        .map(|_| {
+            let id = submit(&coordinator, &form());
+            wait_collected(&coordinator, &id, DEADLINE);
+            id
+        })
+        .collect();
+    let (code, body) = post(&drain_url(&coordinator, &slow, "undrain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(&drain_url(&coordinator, &quick, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let running = submit(&coordinator, &form());
+    wait_started(&coordinator, &slow, &running);
+    let queued = submit(&coordinator, &form());
+
+    // Standard base64 with + as %2B (or a bare + a query reads as a space), or URL-safe.
+    let quick_id = quick.worker_id().replace('+', "%2B");
+    let slow_safe = slow
+        .worker_id()
+        .replace('+', "-")
+        .replace('/', "_")
+        .trim_end_matches('=')
+        .to_string();
+    assert_eq!(
+        listed(&coordinator, &format!("?worker={quick_id}")),
+        [done[1].clone(), done[0].clone()]
+    );
+    let bare_plus = quick.worker_id().replace('/', "%2F").replace('=', "%3D");
+    assert_eq!(
+        listed(&coordinator, &format!("?worker={bare_plus}&limit=1")),
+        [done[1].clone()]
+    );
+    assert_eq!(
+        listed(&coordinator, &format!("?worker={slow_safe}")),
+        std::slice::from_ref(&running)
+    );
+    assert!(listed(
+        &coordinator,
+        &format!("?worker={slow_safe}&status=completed")
+    )
+    .is_empty());
+    for query in ["?worker=", "?worker=abc", "?worker=pool-1"] {
+        let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is not a worker id")),
+            "{query}: {body}"
+        );
+    }
+    let (code, body) = cancel_matching(&coordinator, "POST", "?status=queued&worker=abc");
+    assert_eq!(code, 400, "{body}");
+
+    // Cancelling by worker takes only what is on that worker: the queued job is on none.
+    let (code, body) = cancel_matching(
+        &coordinator,
+        "POST",
+        &format!("?status=queued,dispatched,running&worker={slow_safe}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"cancelled": 1, "job_ids": [running], "remaining": 0})
+    );
+    assert_eq!(job_status(&coordinator, &queued)["pool_status"], "queued");
+    let (code, body) = cancel(&coordinator, &queued);
+    assert_eq!(code, 200, "{body}");
+
+    // The listing comes from the job store: a kill -9 and a restart keep it.
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    assert_eq!(
+        listed(&coordinator, &format!("?worker={quick_id}")),
+        [done[1].clone(), done[0].clone()]
+    );
+    assert_eq!(
+        listed(&coordinator, &format!("?worker={slow_safe}")),
+        std::slice::from_ref(&running)
+    );
+    assert_eq!(
+        job_status(&coordinator, &running)["pool_status"],
+        "cancelled"
+    );
+}
+
 #[test]
 fn the_fake_worker_crashes_when_a_job_queued_on_it_is_deleted() {
     let worker = slow_worker(1.0);

@@ -1,6 +1,6 @@
-//! `POST /cancel?status=...&owner=...&limit=...`: cancels every job in the given statuses at
-//! once (a queue flooded by a runaway client, say), newest first; a submit key cancels only its
-//! own jobs.
+//! `POST /cancel?status=...&owner=...&worker=...&limit=...`: cancels every job in the given
+//! statuses at once (a queue flooded by a runaway client, or every job on a worker no longer
+//! trusted, say), newest first; a submit key cancels only its own jobs.
 
 use crate::base::job::PoolStatus;
 use crate::http::auth::{owner_filter, Caller};
@@ -76,9 +76,11 @@ fn parse(caller: &Caller, param: &dyn Fn(&str) -> Option<String>) -> Result<Canc
     }
     let limit = listing::limit(param("limit"), DEFAULT_LIMIT, MAX_LIMIT)?;
     let owner = owner_filter(caller, param("owner"))?;
+    let worker = listing::worker_filter(param("worker"))?;
     Ok(CancelFilter {
         statuses,
         owner,
+        worker,
         limit,
     })
 }

@@ -1,13 +1,16 @@
-//! `GET /jobs?status=...&owner=...&limit=...&before=...`: jobs newest first, paginated, with the
-//! fields of `/status` without the worker's raw answer. A submit key sees only its own jobs.
+//! `GET /jobs?status=...&owner=...&worker=...&limit=...&before=...`: jobs newest first,
+//! paginated, with the fields of `/status` without the worker's raw answer. A submit key sees
+//! only its own jobs.
 
 use crate::base::job::{Job, PoolStatus};
 use crate::http::auth::{owner_filter, Caller};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, Reply};
 use crate::http::views::listed_json;
+use crate::pool::control::standard_worker_id;
 use crate::state::context::Context;
-use crate::store::jobs_db::StoreError;
+use crate::store::jobs_db::{ListFilter, StoreError};
+use crate::worker::identity::parse_worker_id;
 
 /// Jobs per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -57,6 +60,26 @@ pub fn limit(given: Option<String>, default: usize, max: usize) -> Result<usize,
             .ok()
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| error_reply(400, format!("limit must be 1 to {max}, got {text:?}"))),
+    }
+}
+
+/// A `worker=` query parameter: the jobs of one worker, by its `worker_id` (standard base64,
+/// its `+` percent-encoded as `%2B`, or URL-safe base64), or the 400 to answer. A worker no
+/// longer in workers.json is fine: its jobs are still listed.
+pub fn worker_filter(given: Option<String>) -> Result<Option<String>, Reply> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    let id = standard_worker_id(given.trim());
+    match parse_worker_id(&id) {
+        Ok(_) => Ok(Some(id)),
+        Err(_) => Err(error_reply(
+            400,
+            format!(
+                "worker={given:?} is not a worker id: give a worker_id as /pool lists it (the \
+                 worker's base64 public key, with + as %2B, or in URL-safe base64 with - and _)"
+            ),
+        )),
     }
 }
 
@@ -119,9 +142,15 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         Err(reply) => return reply,
     };
     let owner = owner.as_deref();
+    let worker = match worker_filter(param("worker")) {
+        Ok(worker) => worker,
+        Err(reply) => return reply,
+    };
+    let worker = worker.as_deref();
     let wanted = |job: &Job| {
         caller.can_see(job)
             && owner.is_none_or(|o| job.owner.as_deref() == Some(o))
+            && worker.is_none_or(|w| job.worker_id.as_deref() == Some(w))
             && query
                 .statuses
                 .as_ref()
@@ -136,8 +165,11 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         let read = ctx
             .store
             .list(
-                query.statuses.as_deref(),
-                owner,
+                &ListFilter {
+                    statuses: query.statuses.as_deref(),
+                    owner,
+                    worker,
+                },
                 after.as_ref().map(|(t, id)| (*t, id.as_str())),
                 query.limit + 1,
             )

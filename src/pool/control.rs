@@ -145,6 +145,8 @@ pub struct CancelFilter {
     pub statuses: Vec<PoolStatus>,
     /// Only the jobs of this client key, when given.
     pub owner: Option<String>,
+    /// Only the jobs on this worker (its `worker_id`), when given.
+    pub worker: Option<String>,
     /// The most jobs cancelled by one request, newest first.
     pub limit: usize,
 }
@@ -177,6 +179,10 @@ pub fn cancel_matching(
                     .owner
                     .as_ref()
                     .is_none_or(|owner| job.owner.as_ref() == Some(owner))
+                && filter
+                    .worker
+                    .as_ref()
+                    .is_none_or(|worker| job.worker_id.as_ref() == Some(worker))
         })
         .map(|job| (job.submitted_at, job.id.clone()))
         .collect();
@@ -596,14 +602,20 @@ pub fn restore_submits_pause(ctx: &Context) {
     ctx.lock().submits_paused = Some(pause);
 }
 
-/// A worker id as given in a URL: percent-encoded standard base64, or URL-safe base64 (`-`, `_`,
-/// padding optional).
+/// A worker id as given in a URL path: percent-encoded standard base64, or URL-safe base64
+/// (`-`, `_`, padding optional).
 pub fn worker_id_from_url(raw: &str) -> Option<String> {
     let decoded = crate::base::paths::percent_decode(raw).ok()?;
-    let mut id: String = decoded
+    Some(standard_worker_id(&decoded))
+}
+
+/// A worker id in standard base64 with its padding, from URL-safe base64 (`-`, `_`, padding
+/// optional) or standard base64 whose `+` a query's form encoding read as a space.
+pub fn standard_worker_id(given: &str) -> String {
+    let mut id: String = given
         .chars()
         .map(|c| match c {
-            '-' => '+',
+            '-' | ' ' => '+',
             '_' => '/',
             c => c,
         })
@@ -611,7 +623,7 @@ pub fn worker_id_from_url(raw: &str) -> Option<String> {
     while !id.len().is_multiple_of(4) {
         id.push('=');
     }
-    Some(id)
+    id
 }
 
 #[cfg(test)]
@@ -630,5 +642,7 @@ mod tests {
             assert_eq!(worker_id_from_url(form).as_deref(), Some(id), "{form}");
         }
         assert_eq!(worker_id_from_url("%zz"), None);
+        let query = "He7P3kzyklbzEfhMTtht10tA8QYEU3JK dKgggIJ1IY=";
+        assert_eq!(standard_worker_id(query), id);
     }
 }

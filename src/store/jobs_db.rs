@@ -44,7 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -100,7 +100,18 @@ const MIGRATIONS: &[(i64, Migration)] = &[
     (7, |c| c.execute_batch(PAUSE_SCHEMA)),
     // Version 8: a submit's `Idempotency-Key`, found by its index when a submit repeats it.
     (8, |c| c.execute_batch(SUBMIT_KEY_SCHEMA)),
+    // Version 9: the worker a job is (or was last) on, for `GET /jobs?worker=...`, filled in
+    // from the records already there.
+    (9, |c| c.execute_batch(WORKER_SCHEMA)),
 ];
+
+/// The column of schema version 9, filled in from each record (a record that is not valid
+/// JSON is left without: its own routes say it cannot be read). No index: a listing walks
+/// its status's index and checks the column, as for an owner.
+const WORKER_SCHEMA: &str = "
+ALTER TABLE jobs ADD COLUMN worker_id TEXT;
+UPDATE jobs SET worker_id = CASE WHEN json_valid(record) THEN json_extract(record, '$.worker_id') END;
+";
 
 /// The column and index of schema version 8. Only jobs submitted with a key have an entry.
 const SUBMIT_KEY_SCHEMA: &str = "
@@ -1014,18 +1025,16 @@ impl JobStore {
         Ok(bytes.flatten().map(Arc::from))
     }
 
-    /// Up to `limit` stored jobs, newest first (by submission time, then id), submitted before
-    /// `before` (a submission time and id) when given, of `owner` when given, in one of
-    /// `statuses` when given (as last recorded) or not yet settled (whose record may lag).
+    /// Up to `limit` stored jobs that `filter` takes, newest first (by submission time, then
+    /// id), submitted before `before` (a submission time and id) when given.
     pub fn list(
         &self,
-        statuses: Option<&[PoolStatus]>,
-        owner: Option<&str>,
+        filter: &ListFilter,
         before: Option<(f64, &str)>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let conn = self.reader()?;
-        let result = list_on(&conn, statuses, owner, before, limit);
+        let result = list_on(&conn, filter, before, limit);
         lock(&self.readers).push(conn);
         // A damaged row is left out of listings (and logged); its own routes answer 500.
         Ok(result?
@@ -1223,7 +1232,7 @@ impl JobStore {
 /// the index.
 const LIST_BY_STATUS: &str = "SELECT submitted_at, id FROM jobs INDEXED BY jobs_settled_status \
      WHERE status = ?1 AND finished_at IS NOT NULL AND (?2 IS NULL OR owner = ?2) \
-     AND (submitted_at, id) < (?3, ?4) \
+     AND (?6 IS NULL OR worker_id = ?6) AND (submitted_at, id) < (?3, ?4) \
      ORDER BY submitted_at DESC, id DESC LIMIT ?5";
 
 /// One page of the unsettled jobs (whatever their recorded status), newest first.
@@ -1232,6 +1241,19 @@ const LIST_UNSETTLED: &str =
      WHERE finished_at IS NULL AND (?1 IS NULL OR owner = ?1) AND (submitted_at, id) < (?2, ?3) \
      ORDER BY submitted_at DESC, id DESC LIMIT ?4";
 
+/// Which stored jobs a listing takes; each field left `None` takes every job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// Jobs in one of these statuses as last recorded, or not yet settled (whose record may
+    /// lag).
+    pub statuses: Option<&'a [PoolStatus]>,
+    /// Jobs of this client key.
+    pub owner: Option<&'a str>,
+    /// Jobs recorded as settled on this worker (its base64 `worker_id`), or not yet settled
+    /// (whose record may lag).
+    pub worker: Option<&'a str>,
+}
+
 /// The listing's rows (id, record), newest first: one walk back along the settled rows of each
 /// final status asked for (`jobs_settled_status`) and one along the unsettled rows
 /// (`jobs_unsettled_submitted`, whatever their status: it may lag), each stopping after `limit`
@@ -1239,11 +1261,15 @@ const LIST_UNSETTLED: &str =
 /// the whole table.
 fn list_on(
     conn: &Connection,
-    statuses: Option<&[PoolStatus]>,
-    owner: Option<&str>,
+    filter: &ListFilter,
     before: Option<(f64, &str)>,
     limit: usize,
 ) -> Result<Vec<(String, String)>, StoreError> {
+    let ListFilter {
+        statuses,
+        owner,
+        worker,
+    } = *filter;
     let (before_at, before_id) = before.unwrap_or((f64::MAX, ""));
     let limit = limit as i64;
     // One read transaction: every query sees the same snapshot, so a job that settles meanwhile
@@ -1258,7 +1284,7 @@ fn list_on(
         .filter(|s| s.is_final());
     for status in settled_statuses {
         let rows = by_status.query_map(
-            params![status.as_str(), owner, before_at, before_id, limit],
+            params![status.as_str(), owner, before_at, before_id, limit, worker],
             row,
         )?;
         for r in rows {
@@ -1914,13 +1940,13 @@ impl Writer {
         let mut inserted = 0u64;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record, submit_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?8, ?6, ?7, ?5, ?9)",
+                "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, results_segment, upload, record, submit_key, worker_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?8, ?6, ?7, ?5, ?9, ?10)",
             )?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET status = ?2, finished_at = ?3, owner = ?7, \
                  results_segment = ?5, upload = CASE WHEN ?6 THEN NULL ELSE upload END, record = ?4, \
-                 results = COALESCE(?8, results) \
+                 results = COALESCE(?8, results), worker_id = ?9 \
                  WHERE id = ?1 AND finished_at IS NULL",
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
@@ -1957,6 +1983,7 @@ impl Writer {
                         r.upload.as_deref(),
                         job.owner,
                         job.submit_key.as_ref().map(|k| k.key.as_str()),
+                        job.worker_id,
                     ])?;
                     inserted += 1;
                 } else {
@@ -1969,6 +1996,7 @@ impl Writer {
                         !job.needs_upload(),
                         job.owner,
                         row_results,
+                        job.worker_id,
                     ])?;
                     if changed == 0 {
                         continue;
@@ -2386,7 +2414,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version, SCHEMA_VERSION);
-        for (sql, params) in [(LIST_BY_STATUS, 5), (LIST_UNSETTLED, 4)] {
+        for (sql, params) in [(LIST_BY_STATUS, 6), (LIST_UNSETTLED, 4)] {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .and_then(|mut st| {
@@ -2403,7 +2431,7 @@ mod tests {
         }
         let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
         let first = ids(store
-            .list(None, None, None, 4)
+            .list(&ListFilter::default(), None, 4)
             .unwrap_or_else(|e| panic!("{e}")));
         let want: Vec<String> = (27..=30)
             .rev()
@@ -2411,7 +2439,7 @@ mod tests {
             .collect();
         assert_eq!(first, want);
         let older = store
-            .list(None, None, Some((1027.0, &want[3])), 2)
+            .list(&ListFilter::default(), Some((1027.0, &want[3])), 2)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             ids(older),
@@ -2421,7 +2449,14 @@ mod tests {
             ]
         );
         let failed = store
-            .list(Some(&[PoolStatus::Failed]), None, None, 3)
+            .list(
+                &ListFilter {
+                    statuses: Some(&[PoolStatus::Failed]),
+                    ..ListFilter::default()
+                },
+                None,
+                3,
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         // The unsettled job matches any status (the table has the last word).
         let expected: Vec<String> = [30, 27, 24]
