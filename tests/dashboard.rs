@@ -346,6 +346,27 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
             .any(|t| attribute(t, "data-path") == Some(drain.as_str())),
         "no drain button for {drain}:\n{dom}"
     );
+    // Each worker row links to the jobs that ran there; together they are every job that ran.
+    let mut ran: Vec<String> = Vec::new();
+    for worker in [&a, &b] {
+        let href = format!("/jobs?worker={}", url_safe(&worker.worker_id()));
+        assert!(
+            tags(&dom, "a")
+                .iter()
+                .any(|t| attribute(t, "href") == Some(href.as_str())),
+            "no link {href}:\n{dom}"
+        );
+        let (code, listing) = get_json(&coordinator.url(&href));
+        assert_eq!(code, 200, "{listing}");
+        for job in listing["jobs"].as_array().into_iter().flatten() {
+            assert_eq!(job["worker_id"], worker.worker_id().as_str(), "{job}");
+            ran.extend(job["job_id"].as_str().map(String::from));
+        }
+    }
+    ran.sort();
+    let mut every = vec![done[0].clone(), done[1].clone(), failed.clone()];
+    every.sort();
+    assert_eq!(ran, every);
     let href = format!("/outputs/{}/result.txt", done[0]);
     let link = tags(&dom, "a")
         .into_iter()
@@ -883,6 +904,22 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     wait_row(&mut page, "data-job-id", &mine, Value::is_object);
     let buttons = page.eval("document.querySelectorAll('button[data-action]').length");
     assert_eq!(buttons, 0, "a read key's page offers buttons");
+    // The worker's jobs link is fetched with the key and shown in the page: none ran there.
+    let jobs = format!("/jobs?worker={}", url_safe(&worker.worker_id()));
+    page.eval(&format!(
+        "document.querySelector('a[href=\"{jobs}\"]').click()"
+    ));
+    let shown = page.wait_for(
+        "!document.getElementById('viewer').hidden && document.getElementById('viewer-title').textContent",
+        DEADLINE,
+    );
+    assert_eq!(shown, Some(Value::from(jobs.as_str())));
+    let listing = page.eval("document.getElementById('viewer-body').textContent");
+    let listing: Value = listing
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    assert_eq!(listing["jobs"], serde_json::json!([]), "{listing}");
     let all = page.eval(keys_part);
     assert!(
         all.as_str().is_some_and(|t| t.contains("expires soon")
