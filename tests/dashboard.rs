@@ -855,10 +855,12 @@ fn with_client_keys_the_page_asks_for_a_key_and_shows_only_what_it_allows() {
     );
 
     // A submit key: no worker is shown, so no drain or undrain; its own job can be cancelled
-    // (or deleted).
+    // (or deleted). The pool's only worker drains, so the job says `blocked`.
     use_key(&mut page, SUBMIT_KEY);
     wait_ready(&mut page);
-    wait_row(&mut page, "data-job-id", &mine, |s| has_action(s, "cancel"));
+    wait_row(&mut page, "data-job-id", &mine, |s| {
+        has_action(s, "cancel") && s["badges"].to_string().contains("blocked")
+    });
     let actions = page
         .eval("[...document.querySelectorAll('button[data-action]')].map(b => b.dataset.action)");
     assert_eq!(

@@ -17,7 +17,7 @@ use trusted_pool::base::niceness;
 
 use support::follow::{follow_logs, follow_websocket};
 use support::lifecycle::{
-    drain_url, pool_worker, submit, wait_collected, wait_healthy, wait_status,
+    drain_url, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
 use support::{get, get_json, poll_until, post, Coordinator, FakeWorker, Form, Recording};
 
@@ -564,18 +564,25 @@ fn a_silent_stream_says_the_jobs_status_and_a_vanished_client_is_let_go() {
         "status lines closer than the heartbeat: {said:?}"
     );
     // The first line is sandrun's own; a heartbeat adds the job's place in the queue, which
-    // moves up when the job ahead of it goes.
+    // moves up when the job ahead of it goes, and why it cannot leave: the only worker drains.
+    let short: String = worker.worker_id().chars().take(12).collect();
+    let blocked = format!(
+        "every worker of the pool is kept from taking jobs: {short}... (draining); it waits \
+         until one takes jobs again, or until its queue timeout"
+    );
+    assert_eq!(job_status(&coordinator, &id)["blocked"], blocked.as_str());
     let text = follower.text();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("[STATUS] Job status: queued"), "{text}");
-    assert!(
-        lines.all(|l| l == "[STATUS] Job status: queued (position 2 of 2 in the queue)"),
-        "{text}"
-    );
+    let second =
+        format!("[STATUS] Job status: queued (position 2 of 2 in the queue; blocked: {blocked})");
+    assert!(lines.all(|l| l == second), "{text}");
     let (code, body) = post(&coordinator.url(&format!("/cancel/{ahead}")), "", b"");
     assert_eq!(code, 200, "{body}");
     let moved_up = follower.wait_for(
-        "[STATUS] Job status: queued (position 1 of 1 in the queue)\n",
+        &format!(
+            "[STATUS] Job status: queued (position 1 of 1 in the queue; blocked: {blocked})\n"
+        ),
         DEADLINE,
     );
     assert!(moved_up.is_some(), "{}", follower.text());
@@ -591,6 +598,7 @@ fn a_silent_stream_says_the_jobs_status_and_a_vanished_client_is_let_go() {
     follower
         .wait_for("[DONE] Job completed", DEADLINE)
         .expect("the end line");
+    assert!(job_status(&coordinator, &id).get("blocked").is_none());
     let ending = poll_until(DEADLINE, || follower.ending());
     assert_eq!(ending.as_deref(), Some("last chunk"));
 }

@@ -53,7 +53,7 @@ pub fn page_headers() -> &'static [(&'static str, &'static str)] {
 }
 
 /// One recent job as `/activity` lists it; `st` is the table it was read from (`None`: the job
-/// store), which says why a queued job cannot leave for its labels.
+/// store), which says why a queued job cannot leave the queue.
 fn job_entry(job: &Job, st: Option<&PoolState>, caller: &Caller, now: f64) -> Value {
     let outputs: Vec<&str> = match &job.collection {
         Collection::Collected(stored) => stored.outputs.iter().map(|(p, _)| p.as_str()).collect(),
@@ -63,7 +63,7 @@ fn job_entry(job: &Job, st: Option<&PoolState>, caller: &Caller, now: f64) -> Va
     let (stranded, blocked) = st
         .filter(|_| job.status == PoolStatus::Queued)
         .map_or((None, None), |st| {
-            views::held_by_labels(st, job, Instant::now())
+            views::held_in_queue(st, job, Instant::now())
         });
     json!({
         "job_id": job.id,

@@ -485,12 +485,22 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
     job_json(job, place(st, job), true)
 }
 
-/// Why a queued job cannot leave the queue for its labels, as `/status` says it: ever
-/// (`stranded`: no worker of the pool carries them any more) or now (`blocked`: every worker
-/// that carries them is kept from jobs, as `WorkerEntry::kept_from_jobs` says). Neither for
-/// other jobs.
-pub fn held_by_labels(st: &PoolState, job: &Job, now: Instant) -> (Option<String>, Option<String>) {
+/// Why a queued job cannot leave the queue, as `/status` says it: ever (`stranded`: no worker
+/// of the pool carries its labels any more) or now (`blocked`: every worker that carries them,
+/// or every worker of the pool for a job without labels, is kept from jobs, as
+/// `WorkerEntry::kept_from_jobs` says). Neither for other jobs.
+pub fn held_in_queue(st: &PoolState, job: &Job, now: Instant) -> (Option<String>, Option<String>) {
     let labels = job.labels();
+    if labels.is_empty() {
+        let blocked = st.pool_kept_from_jobs(now).then(|| {
+            format!(
+                "every worker of the pool is kept from taking jobs: {}; it waits until one \
+                 takes jobs again, or until its queue timeout",
+                st.kept_carriers(labels, now).join(", ")
+            )
+        });
+        return (None, blocked);
+    }
     match st.labels_hold(labels, now) {
         Some(LabelsHold::Stranded) => (
             Some(format!(
@@ -515,7 +525,7 @@ pub fn held_by_labels(st: &PoolState, job: &Job, now: Instant) -> (Option<String
 }
 
 /// A queued job's place as a followed stream's heartbeat says it after its status: its
-/// position in the queue and, when its labels hold it there, why (` (position 3 of 12 in the
+/// position in the queue and, when it cannot leave, why (` (position 3 of 12 in the
 /// queue; blocked: ...)`); empty for a job that is not queued.
 pub fn queue_place_note(st: &PoolState, job: &Job, now: Instant) -> String {
     if job.status != PoolStatus::Queued {
@@ -524,7 +534,7 @@ pub fn queue_place_note(st: &PoolState, job: &Job, now: Instant) -> String {
     let Some(position) = st.queue.position(&job.id) else {
         return String::new();
     };
-    let hold = match held_by_labels(st, job, now) {
+    let hold = match held_in_queue(st, job, now) {
         (Some(why), _) => format!("; stranded: {why}"),
         (None, Some(why)) => format!("; blocked: {why}"),
         (None, None) => String::new(),
@@ -558,7 +568,7 @@ fn place(st: &PoolState, job: &Job) -> Place {
     if job.status != PoolStatus::Queued {
         return Place::default();
     }
-    let (stranded, blocked) = held_by_labels(st, job, Instant::now());
+    let (stranded, blocked) = held_in_queue(st, job, Instant::now());
     Place {
         position: st.queue.position(id),
         level: st.queue.level_of(id).map(Priority::as_str),

@@ -719,6 +719,13 @@ impl PoolState {
             .then_some(LabelsHold::Blocked)
     }
 
+    /// Whether the pool has workers and every one of them is kept from taking jobs now (see
+    /// [`WorkerEntry::kept_from_jobs`]): a queued job that asks for no labels cannot leave.
+    pub fn pool_kept_from_jobs(&self, now: Instant) -> bool {
+        let mut workers = self.carriers(&[]).peekable();
+        workers.peek().is_some() && workers.all(|w| w.kept_from_jobs(now).is_some())
+    }
+
     /// Each worker that carries every label in `wanted` and why it is kept from taking jobs, as
     /// `41XoqBhonP7R... (draining)`: what holds back a job that [`PoolState::labels_hold`] finds
     /// [`LabelsHold::Blocked`].
@@ -1014,6 +1021,20 @@ mod tests {
             "stranded, not kept"
         );
         assert_eq!(st.labels_hold(&[], now), None, "no labels");
+        // A job without labels cannot leave once every worker is kept from jobs.
+        assert!(!st.pool_kept_from_jobs(now), "w3 takes jobs");
+        st.workers[3].draining = true;
+        assert!(st.pool_kept_from_jobs(now));
+        assert_eq!(
+            st.kept_carriers(&[], now),
+            [
+                "w0... (unhealthy)".to_string(),
+                "w2... (paused after a 429)".to_string(),
+                "w3... (draining)".to_string()
+            ],
+            "the removed w1 is not of the pool"
+        );
+        assert!(!st.pool_kept_from_jobs(later), "w2's pause ended");
     }
 
     #[test]
