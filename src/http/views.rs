@@ -496,7 +496,7 @@ pub fn held_in_queue(st: &PoolState, job: &Job, now: Instant) -> (Option<String>
             format!(
                 "every worker of the pool is kept from taking jobs: {}; it waits until one \
                  takes jobs again, or until its queue timeout",
-                st.kept_carriers(labels, now).join(", ")
+                kept_workers(st, labels, now)
             )
         });
         return (None, blocked);
@@ -517,11 +517,27 @@ pub fn held_in_queue(st: &PoolState, job: &Job, now: Instant) -> (Option<String>
                  taking jobs: {}; it waits until one takes jobs again, or until its queue \
                  timeout",
                 labels.join(", "),
-                st.kept_carriers(labels, now).join(", ")
+                kept_workers(st, labels, now)
             )),
         ),
         None => (None, None),
     }
+}
+
+/// Workers named in a `blocked` reason, at most; the rest are counted. Every queued job's
+/// `/status` and `/jobs` entry carries the reason, so a pool of hundreds of drained workers
+/// must not make each of them kilobytes long.
+const KEPT_NAMED: usize = 5;
+
+/// The workers that carry `labels` (every worker for none) and why each is kept from jobs:
+/// the first [`KEPT_NAMED`], then how many more.
+fn kept_workers(st: &PoolState, labels: &[String], now: Instant) -> String {
+    let (named, all) = st.kept_carriers(labels, now, KEPT_NAMED);
+    let mut text = named.join(", ");
+    if all > named.len() {
+        text.push_str(&format!(" and {} more", all - named.len()));
+    }
+    text
 }
 
 /// A queued job's place as a followed stream's heartbeat says it after its status: its
@@ -639,4 +655,27 @@ fn job_json(job: &Job, place: Place, with_worker_status: bool) -> Option<Vec<u8>
         ),
     };
     serde_json::to_vec(&view).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::workers_file::WorkerSpec;
+
+    #[test]
+    fn a_blocked_reason_names_five_workers_and_counts_the_rest() {
+        let now = Instant::now();
+        let specs = (0..7).map(WorkerSpec::numbered).collect();
+        let mut st = PoolState::new(specs, now);
+        for w in &mut st.workers {
+            w.draining = true;
+        }
+        assert_eq!(
+            kept_workers(&st, &[], now),
+            "w0... (draining), w1... (draining), w2... (draining), w3... (draining), \
+             w4... (draining) and 2 more"
+        );
+        st.workers.truncate(KEPT_NAMED);
+        assert!(kept_workers(&st, &[], now).ends_with("w4... (draining)"));
+    }
 }

@@ -219,13 +219,8 @@ mod tests {
     fn pool(workers: usize, max: u32) -> PoolState {
         let specs = (0..workers)
             .map(|i| WorkerSpec {
-                worker_id: format!("w{i}"),
-                endpoint: format!("http://127.0.0.1:{}", 1000 + i),
                 max_concurrent_jobs: max,
-                auto_cap: false,
-                drain: false,
-                source_addresses: None,
-                labels: Vec::new(),
+                ..WorkerSpec::numbered(i)
             })
             .collect();
         let mut st = PoolState::new(specs, Instant::now());

@@ -726,16 +726,25 @@ impl PoolState {
         workers.peek().is_some() && workers.all(|w| w.kept_from_jobs(now).is_some())
     }
 
-    /// Each worker that carries every label in `wanted` and why it is kept from taking jobs, as
-    /// `41XoqBhonP7R... (draining)`: what holds back a job that [`PoolState::labels_hold`] finds
-    /// [`LabelsHold::Blocked`].
-    pub fn kept_carriers(&self, wanted: &[String], now: Instant) -> Vec<String> {
-        self.carriers(wanted)
-            .map(|w| {
+    /// The first `most` workers that carry every label in `wanted` and why each is kept from
+    /// taking jobs, as `41XoqBhonP7R... (draining)`, and how many carry them in all: what holds
+    /// back a job that [`PoolState::labels_hold`] finds [`LabelsHold::Blocked`].
+    pub fn kept_carriers(
+        &self,
+        wanted: &[String],
+        now: Instant,
+        most: usize,
+    ) -> (Vec<String>, usize) {
+        let mut named = Vec::new();
+        let mut all = 0;
+        for w in self.carriers(wanted) {
+            if named.len() < most {
                 let why = w.kept_from_jobs(now).unwrap_or("taking jobs");
-                format!("{}... ({why})", short_id(&w.spec.worker_id))
-            })
-            .collect()
+                named.push(format!("{}... ({why})", short_id(&w.spec.worker_id)));
+            }
+            all += 1;
+        }
+        (named, all)
     }
 
     /// Notes that a client waits on job `id` (see [`Job::watched`]).
@@ -894,18 +903,6 @@ impl PoolState {
 mod tests {
     use super::*;
 
-    fn spec(n: usize) -> WorkerSpec {
-        WorkerSpec {
-            worker_id: format!("w{n}"),
-            endpoint: format!("http://127.0.0.1:{}", 1000 + n),
-            max_concurrent_jobs: 2,
-            auto_cap: false,
-            drain: false,
-            source_addresses: None,
-            labels: Vec::new(),
-        }
-    }
-
     /// A pause after a 429 until `until`.
     fn paused_until(until: Instant) -> sources::Throttle {
         sources::Throttle {
@@ -920,7 +917,7 @@ mod tests {
     #[test]
     fn a_worker_paused_on_every_source_address_is_kept_from_jobs() {
         let now = Instant::now();
-        let mut st = PoolState::new(vec![spec(0)], now);
+        let mut st = PoolState::new(vec![WorkerSpec::numbered(0)], now);
         let w = &mut st.workers[0];
         w.health.is_healthy = true;
         w.sources = [[127, 0, 0, 2], [127, 0, 0, 3]]
@@ -979,13 +976,13 @@ mod tests {
         let now = Instant::now();
         let labelled = |n: usize, labels: &[&str]| WorkerSpec {
             labels: labels.iter().map(|l| l.to_string()).collect(),
-            ..spec(n)
+            ..WorkerSpec::numbered(n)
         };
         let specs = vec![
             labelled(0, &["gpu"]),
             labelled(1, &["arm64", "gpu"]),
             labelled(2, &["gpu"]),
-            spec(3),
+            WorkerSpec::numbered(3),
         ];
         let mut st = PoolState::new(specs, now);
         for w in &mut st.workers {
@@ -998,21 +995,20 @@ mod tests {
         assert_eq!(st.labels_hold(&gpu, now), None, "w2 takes jobs");
         st.workers[2].throttle = Some(paused_until(now + Duration::from_secs(5)));
         assert_eq!(st.labels_hold(&gpu, now), Some(LabelsHold::Blocked));
-        assert_eq!(
-            st.kept_carriers(&gpu, now),
-            [
-                "w0... (unhealthy)".to_string(),
-                "w1... (draining)".to_string(),
-                "w2... (paused after a 429)".to_string()
-            ]
-        );
+        let named = [
+            "w0... (unhealthy)".to_string(),
+            "w1... (draining)".to_string(),
+            "w2... (paused after a 429)".to_string(),
+        ];
+        assert_eq!(st.kept_carriers(&gpu, now, 5), (named.to_vec(), 3));
+        assert_eq!(st.kept_carriers(&gpu, now, 2), (named[..2].to_vec(), 3));
         let later = now + Duration::from_secs(6);
         assert_eq!(st.labels_hold(&gpu, later), None, "w2's pause ended");
         let arm = ["arm64".to_string(), "gpu".to_string()];
         assert_eq!(st.labels_hold(&arm, now), Some(LabelsHold::Blocked));
         assert_eq!(
-            st.kept_carriers(&arm, now),
-            ["w1... (draining)".to_string()]
+            st.kept_carriers(&arm, now, 5),
+            (vec!["w1... (draining)".to_string()], 1)
         );
         st.workers[1].removed = true;
         assert_eq!(
@@ -1026,12 +1022,15 @@ mod tests {
         st.workers[3].draining = true;
         assert!(st.pool_kept_from_jobs(now));
         assert_eq!(
-            st.kept_carriers(&[], now),
-            [
-                "w0... (unhealthy)".to_string(),
-                "w2... (paused after a 429)".to_string(),
-                "w3... (draining)".to_string()
-            ],
+            st.kept_carriers(&[], now, 5),
+            (
+                vec![
+                    "w0... (unhealthy)".to_string(),
+                    "w2... (paused after a 429)".to_string(),
+                    "w3... (draining)".to_string()
+                ],
+                3
+            ),
             "the removed w1 is not of the pool"
         );
         assert!(!st.pool_kept_from_jobs(later), "w2's pause ended");
@@ -1040,7 +1039,7 @@ mod tests {
     #[test]
     fn a_collection_that_finds_no_room_waits_longer_each_time_up_to_the_most() {
         let now = Instant::now();
-        let mut st = PoolState::new(vec![spec(0)], now);
+        let mut st = PoolState::new(vec![WorkerSpec::numbered(0)], now);
         let w = &mut st.workers[0];
         let waits: Vec<u64> = (0..7)
             .map(|_| w.pause_collection("pool-1", now).as_secs())
@@ -1057,19 +1056,23 @@ mod tests {
     #[test]
     fn an_added_worker_takes_the_place_of_a_forgotten_one_only() {
         let now = Instant::now();
-        let mut st = PoolState::new(vec![spec(0), spec(1)], now);
+        let mut st = PoolState::new(vec![WorkerSpec::numbered(0), WorkerSpec::numbered(1)], now);
         st.workers[0].removed = true;
         st.workers[0].active_jobs = 1;
-        assert_eq!(st.add_worker(spec(2), now), 2, "worker 0 still has a job");
+        assert_eq!(
+            st.add_worker(WorkerSpec::numbered(2), now),
+            2,
+            "worker 0 still has a job"
+        );
         st.workers[0].active_jobs = 0;
         st.workers[0].tracker_running = true;
         assert_eq!(
-            st.add_worker(spec(3), now),
+            st.add_worker(WorkerSpec::numbered(3), now),
             3,
             "its tracker still holds its index"
         );
         st.workers[0].tracker_running = false;
-        assert_eq!(st.add_worker(spec(4), now), 0);
+        assert_eq!(st.add_worker(WorkerSpec::numbered(4), now), 0);
         assert_eq!(st.workers[0].spec.worker_id, "w4");
         assert!(!st.workers[0].removed);
         assert_eq!(st.workers.len(), 4);

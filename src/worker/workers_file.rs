@@ -41,6 +41,20 @@ impl WorkerSpec {
     pub fn over_tls(&self) -> bool {
         self.endpoint.starts_with("https://")
     }
+
+    /// Worker `n` of a unit test's table: id `w{n}`, port 1000 + n, two slots, no labels.
+    #[cfg(test)]
+    pub fn numbered(n: usize) -> WorkerSpec {
+        WorkerSpec {
+            worker_id: format!("w{n}"),
+            endpoint: format!("http://127.0.0.1:{}", 1000 + n),
+            max_concurrent_jobs: 2,
+            auto_cap: false,
+            drain: false,
+            source_addresses: None,
+            labels: Vec::new(),
+        }
+    }
 }
 
 /// Why a workers file was refused.
