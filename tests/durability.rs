@@ -895,7 +895,8 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         conn.execute_batch(
             "DROP TABLE drains; DROP TABLE submits_pause; DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_submit_key; ALTER TABLE jobs DROP COLUMN submit_key; \
-             ALTER TABLE jobs DROP COLUMN worker_id; \
+             ALTER TABLE jobs DROP COLUMN worker_id; DROP INDEX jobs_owner_settled; \
+             CREATE INDEX jobs_owner ON jobs(owner) WHERE owner IS NOT NULL; \
              DROP INDEX jobs_unsettled_submitted; ALTER TABLE jobs DROP COLUMN results; \
              CREATE INDEX jobs_unsettled ON jobs(seq) WHERE finished_at IS NULL;",
         )
@@ -1035,7 +1036,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         indexes,
         [
             "jobs_finished",
-            "jobs_owner",
+            "jobs_owner_settled",
             "jobs_results_segment",
             "jobs_settled_status",
             "jobs_submit_key",

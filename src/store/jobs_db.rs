@@ -101,16 +101,21 @@ const MIGRATIONS: &[(i64, Migration)] = &[
     // Version 8: a submit's `Idempotency-Key`, found by its index when a submit repeats it.
     (8, |c| c.execute_batch(SUBMIT_KEY_SCHEMA)),
     // Version 9: the worker a job is (or was last) on, for `GET /jobs?worker=...`, filled in
-    // from the records already there.
+    // from the records already there; `GET /jobs?owner=...` walks an index of its own.
     (9, |c| c.execute_batch(WORKER_SCHEMA)),
 ];
 
 /// The column of schema version 9, filled in from each record (a record that is not valid
-/// JSON is left without: its own routes say it cannot be read). No index: a listing walks
-/// its status's index and checks the column, as for an owner.
+/// JSON is left without: its own routes say it cannot be read); no index for it: a listing by
+/// worker walks its status's index and checks the column. And an index a listing by owner
+/// walks, in place of version 1's `jobs_owner`, which no query read: the same one entry per
+/// job with an owner, made when it settles instead of when it is submitted.
 const WORKER_SCHEMA: &str = "
 ALTER TABLE jobs ADD COLUMN worker_id TEXT;
 UPDATE jobs SET worker_id = CASE WHEN json_valid(record) THEN json_extract(record, '$.worker_id') END;
+DROP INDEX IF EXISTS jobs_owner;
+CREATE INDEX jobs_owner_settled ON jobs(owner, status, submitted_at, id)
+    WHERE finished_at IS NOT NULL AND owner IS NOT NULL;
 ";
 
 /// The column and index of schema version 8. Only jobs submitted with a key have an entry.
@@ -1235,6 +1240,13 @@ const LIST_BY_STATUS: &str = "SELECT submitted_at, id FROM jobs INDEXED BY jobs_
      AND (?6 IS NULL OR worker_id = ?6) AND (submitted_at, id) < (?3, ?4) \
      ORDER BY submitted_at DESC, id DESC LIMIT ?5";
 
+/// [`LIST_BY_STATUS`] for one owner (`?2`, never NULL here), along that owner's settled rows.
+const LIST_BY_OWNER_STATUS: &str =
+    "SELECT submitted_at, id FROM jobs INDEXED BY jobs_owner_settled \
+     WHERE owner = ?2 AND status = ?1 AND finished_at IS NOT NULL \
+     AND (?6 IS NULL OR worker_id = ?6) AND (submitted_at, id) < (?3, ?4) \
+     ORDER BY submitted_at DESC, id DESC LIMIT ?5";
+
 /// One page of the unsettled jobs (whatever their recorded status), newest first.
 const LIST_UNSETTLED: &str =
     "SELECT submitted_at, id FROM jobs INDEXED BY jobs_unsettled_submitted \
@@ -1255,7 +1267,8 @@ pub struct ListFilter<'a> {
 }
 
 /// The listing's rows (id, record), newest first: one walk back along the settled rows of each
-/// final status asked for (`jobs_settled_status`) and one along the unsettled rows
+/// final status asked for (`jobs_settled_status`, or `jobs_owner_settled` for one owner's) and
+/// one along the unsettled rows
 /// (`jobs_unsettled_submitted`, whatever their status: it may lag), each stopping after `limit`
 /// rows; merged, then the records of the first `limit` read by id. Never a scan or a sort of
 /// the whole table.
@@ -1277,7 +1290,11 @@ fn list_on(
     let snapshot = conn.unchecked_transaction()?;
     let mut found: Vec<(f64, String)> = Vec::new();
     let row = |r: &rusqlite::Row| Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?));
-    let mut by_status = conn.prepare_cached(LIST_BY_STATUS)?;
+    let mut by_status = conn.prepare_cached(if owner.is_some() {
+        LIST_BY_OWNER_STATUS
+    } else {
+        LIST_BY_STATUS
+    })?;
     let settled_statuses = statuses
         .unwrap_or(&PoolStatus::ALL)
         .iter()
@@ -2390,11 +2407,13 @@ mod tests {
                 } else {
                     PoolStatus::Completed
                 };
-                let j = job(n, status);
+                let mut j = job(n, status);
+                j.owner = (n % 2 == 0).then(|| "alice".to_string());
+                j.worker_id = (n % 5 == 0).then(|| "w5".to_string());
                 let record = serde_json::to_string(&j).unwrap_or_else(|e| panic!("{e}"));
                 conn.execute(
-                    "INSERT INTO jobs (id, status, submitted_at, finished_at, record) VALUES (?1, ?2, ?3, ?3, ?4)",
-                    params![j.id, status.as_str(), j.submitted_at, record],
+                    "INSERT INTO jobs (id, status, submitted_at, finished_at, owner, record) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+                    params![j.id, status.as_str(), j.submitted_at, j.owner, record],
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
             }
@@ -2414,7 +2433,11 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version, SCHEMA_VERSION);
-        for (sql, params) in [(LIST_BY_STATUS, 6), (LIST_UNSETTLED, 4)] {
+        for (sql, params) in [
+            (LIST_BY_STATUS, 6),
+            (LIST_BY_OWNER_STATUS, 6),
+            (LIST_UNSETTLED, 4),
+        ] {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .and_then(|mut st| {
@@ -2464,6 +2487,37 @@ mod tests {
             .map(|n| job(*n, PoolStatus::Queued).id)
             .collect();
         assert_eq!(ids(failed), expected);
+        // One owner's rows along its own index, one worker's (filled in from the records at
+        // the upgrade) along the status's, and both.
+        let listed = |filter: ListFilter| {
+            let page = store
+                .list(&filter, None, 3)
+                .unwrap_or_else(|e| panic!("{e}"));
+            page.into_iter()
+                .map(|j| j.submitted_at as u32 - 1000)
+                .collect::<Vec<_>>()
+        };
+        let alice = ListFilter {
+            statuses: Some(&[PoolStatus::Failed]),
+            owner: Some("alice"),
+            worker: None,
+        };
+        assert_eq!(listed(alice), [24, 18, 12]);
+        let w5 = ListFilter {
+            statuses: Some(&[PoolStatus::Completed]),
+            owner: None,
+            worker: Some("w5"),
+        };
+        assert_eq!(
+            listed(w5),
+            [30, 25, 20],
+            "the unsettled job matches any worker"
+        );
+        let both = ListFilter {
+            owner: Some("alice"),
+            ..w5
+        };
+        assert_eq!(listed(both), [20, 10]);
         store.close();
     }
 
