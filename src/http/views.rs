@@ -491,16 +491,6 @@ pub fn status_json(st: &PoolState, id: &str) -> Option<Vec<u8>> {
 /// `WorkerEntry::kept_from_jobs` says). Neither for other jobs.
 pub fn held_in_queue(st: &PoolState, job: &Job, now: Instant) -> (Option<String>, Option<String>) {
     let labels = job.labels();
-    if labels.is_empty() {
-        let blocked = st.pool_kept_from_jobs(now).then(|| {
-            format!(
-                "every worker of the pool is kept from taking jobs: {}; it waits until one \
-                 takes jobs again, or until its queue timeout",
-                kept_workers(st, labels, now)
-            )
-        });
-        return (None, blocked);
-    }
     match st.labels_hold(labels, now) {
         Some(LabelsHold::Stranded) => (
             Some(format!(
@@ -510,16 +500,24 @@ pub fn held_in_queue(st: &PoolState, job: &Job, now: Instant) -> (Option<String>
             )),
             None,
         ),
-        Some(LabelsHold::Blocked) => (
-            None,
-            Some(format!(
-                "every worker that carries the labels this job asks for ({}) is kept from \
-                 taking jobs: {}; it waits until one takes jobs again, or until its queue \
-                 timeout",
-                labels.join(", "),
-                kept_workers(st, labels, now)
-            )),
-        ),
+        Some(LabelsHold::Blocked) => {
+            let workers = if labels.is_empty() {
+                "every worker of the pool".to_string()
+            } else {
+                format!(
+                    "every worker that carries the labels this job asks for ({})",
+                    labels.join(", ")
+                )
+            };
+            (
+                None,
+                Some(format!(
+                    "{workers} is kept from taking jobs: {}; it waits until one takes jobs \
+                     again, or until its queue timeout",
+                    kept_workers(st, labels, now)
+                )),
+            )
+        }
         None => (None, None),
     }
 }

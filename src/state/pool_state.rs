@@ -703,27 +703,18 @@ impl PoolState {
         self.carriers(wanted).next().is_some()
     }
 
-    /// Why a queued job asking for the labels `wanted` cannot leave the queue, when it cannot:
-    /// no worker carries them, or each worker that does is kept from taking jobs now. `None`
-    /// for no labels, or when a worker with them may take jobs (with room or not).
+    /// Why a queued job asking for the labels `wanted` (none: any worker of the pool) cannot
+    /// leave the queue, when it cannot: no worker carries them, or each worker that does is
+    /// kept from taking jobs now. `None` when a worker with them may take jobs (with room or
+    /// not), and for no labels in a pool without workers (no label is missing).
     pub fn labels_hold(&self, wanted: &[String], now: Instant) -> Option<LabelsHold> {
-        if wanted.is_empty() {
-            return None;
-        }
         let mut carriers = self.carriers(wanted).peekable();
         if carriers.peek().is_none() {
-            return Some(LabelsHold::Stranded);
+            return (!wanted.is_empty()).then_some(LabelsHold::Stranded);
         }
         carriers
             .all(|w| w.kept_from_jobs(now).is_some())
             .then_some(LabelsHold::Blocked)
-    }
-
-    /// Whether the pool has workers and every one of them is kept from taking jobs now (see
-    /// [`WorkerEntry::kept_from_jobs`]): a queued job that asks for no labels cannot leave.
-    pub fn pool_kept_from_jobs(&self, now: Instant) -> bool {
-        let mut workers = self.carriers(&[]).peekable();
-        workers.peek().is_some() && workers.all(|w| w.kept_from_jobs(now).is_some())
     }
 
     /// The first `most` workers that carry every label in `wanted` and why each is kept from
@@ -1016,11 +1007,10 @@ mod tests {
             Some(LabelsHold::Stranded),
             "stranded, not kept"
         );
-        assert_eq!(st.labels_hold(&[], now), None, "no labels");
         // A job without labels cannot leave once every worker is kept from jobs.
-        assert!(!st.pool_kept_from_jobs(now), "w3 takes jobs");
+        assert_eq!(st.labels_hold(&[], now), None, "w3 takes jobs");
         st.workers[3].draining = true;
-        assert!(st.pool_kept_from_jobs(now));
+        assert_eq!(st.labels_hold(&[], now), Some(LabelsHold::Blocked));
         assert_eq!(
             st.kept_carriers(&[], now, 5),
             (
@@ -1033,7 +1023,13 @@ mod tests {
             ),
             "the removed w1 is not of the pool"
         );
-        assert!(!st.pool_kept_from_jobs(later), "w2's pause ended");
+        assert_eq!(st.labels_hold(&[], later), None, "w2's pause ended");
+        st.workers.clear();
+        assert_eq!(
+            st.labels_hold(&[], now),
+            None,
+            "no worker, and no label missing"
+        );
     }
 
     #[test]
