@@ -146,16 +146,12 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         Ok(worker) => worker,
         Err(reply) => return reply,
     };
-    let worker = worker.as_deref();
-    let wanted = |job: &Job| {
-        caller.can_see(job)
-            && owner.is_none_or(|o| job.owner.as_deref() == Some(o))
-            && worker.is_none_or(|w| job.worker_id.as_deref() == Some(w))
-            && query
-                .statuses
-                .as_ref()
-                .is_none_or(|s| s.contains(&job.status))
+    let filter = ListFilter {
+        statuses: query.statuses.as_deref(),
+        owner,
+        worker: worker.as_deref(),
     };
+    let wanted = |job: &Job| caller.can_see(job) && filter.takes(job);
     // Rows not yet settled match any status in the store (their record may lag the table), so
     // pages are read until enough jobs match as the table holds them now.
     let mut picked: Vec<Job> = Vec::new();
@@ -165,11 +161,7 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         let read = ctx
             .store
             .list(
-                &ListFilter {
-                    statuses: query.statuses.as_deref(),
-                    owner,
-                    worker,
-                },
+                &filter,
                 after.as_ref().map(|(t, id)| (*t, id.as_str())),
                 query.limit + 1,
             )

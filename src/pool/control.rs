@@ -8,7 +8,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::state::submits_pause::SubmitsPause;
 use crate::store::controls::RecordedPause;
-use crate::store::jobs_db::{StoreError, StoreFault, Ticket};
+use crate::store::jobs_db::{ListFilter, StoreError, StoreFault, Ticket};
 use crate::worker::identity::short_id;
 use std::fmt;
 use std::sync::Arc;
@@ -151,6 +151,17 @@ pub struct CancelFilter {
     pub limit: usize,
 }
 
+impl CancelFilter {
+    /// The jobs it takes, as `GET /jobs` with the same statuses, owner and worker lists them.
+    fn jobs(&self) -> ListFilter<'_> {
+        ListFilter {
+            statuses: Some(&self.statuses),
+            owner: self.owner.as_deref(),
+            worker: self.worker.as_deref(),
+        }
+    }
+}
+
 /// What `POST /cancel?status=...` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelledJobs {
@@ -169,21 +180,12 @@ pub fn cancel_matching(
     filter: &CancelFilter,
     by: &str,
 ) -> Result<CancelledJobs, ControlError> {
+    let takes = filter.jobs();
     let mut st = ctx.lock();
     let mut matching: Vec<(f64, String)> = st
         .jobs
         .values()
-        .filter(|job| {
-            filter.statuses.contains(&job.status)
-                && filter
-                    .owner
-                    .as_ref()
-                    .is_none_or(|owner| job.owner.as_ref() == Some(owner))
-                && filter
-                    .worker
-                    .as_ref()
-                    .is_none_or(|worker| job.worker_id.as_ref() == Some(worker))
-        })
+        .filter(|job| takes.takes(job))
         .map(|job| (job.submitted_at, job.id.clone()))
         .collect();
     matching.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));

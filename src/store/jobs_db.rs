@@ -1266,6 +1266,18 @@ pub struct ListFilter<'a> {
     pub worker: Option<&'a str>,
 }
 
+impl ListFilter<'_> {
+    /// Whether the filter takes `job` as it is now (a job still under way by its status in the
+    /// table, which the store's record may lag).
+    pub fn takes(&self, job: &Job) -> bool {
+        self.statuses.is_none_or(|s| s.contains(&job.status))
+            && self.owner.is_none_or(|o| job.owner.as_deref() == Some(o))
+            && self
+                .worker
+                .is_none_or(|w| job.worker_id.as_deref() == Some(w))
+    }
+}
+
 /// The listing's rows (id, record), newest first: one walk back along the settled rows of each
 /// final status asked for (`jobs_settled_status`, or `jobs_owner_settled` for one owner's) and
 /// one along the unsettled rows
