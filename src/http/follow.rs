@@ -26,7 +26,6 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
 use tiny_http::Request;
 
 /// Stack size of a follower thread.
@@ -114,7 +113,7 @@ pub fn start(
         let mut st = ctx.lock();
         match st.jobs.get(id) {
             Some(job) if !is_over(job) => {
-                let first = first_line(job);
+                let first = status_line(job, "");
                 let grant = Grant::of(caller, client, job.owner.clone());
                 st.mark_watched(id);
                 Ok(Plan::Live {
@@ -169,8 +168,9 @@ fn is_over(job: &Job) -> bool {
         || (job.status.is_final() && !matches!(job.collection, Collection::Pending(_)))
 }
 
-fn first_line(job: &Job) -> String {
-    format!("[STATUS] Job status: {}\n", job.status.as_str())
+/// The job's status line, sandrun's own (`note` empty) or with a note after the status.
+fn status_line(job: &Job, note: &str) -> String {
+    format!("[STATUS] Job status: {}{note}\n", job.status.as_str())
 }
 
 /// The pieces of a job that is over.
@@ -180,7 +180,7 @@ fn replay(job: &Job, slot: Slot) -> Plan {
         _ => None,
     };
     Plan::Replay {
-        first: first_line(job),
+        first: status_line(job, ""),
         logs,
         last: final_lines(job),
         _slot: slot,
@@ -265,10 +265,9 @@ impl Out {
         }
         let line = {
             let st = ctx.lock();
-            st.jobs.get(id).map(|job| {
-                let place = views::queue_place_note(&st, job, Instant::now());
-                format!("[STATUS] Job status: {}{place}\n", job.status.as_str())
-            })
+            st.jobs
+                .get(id)
+                .map(|job| status_line(job, &views::queue_place_note(&st, job)))
         };
         line.map_or(Ok(()), |line| self.piece(&line))
     }

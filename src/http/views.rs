@@ -538,17 +538,20 @@ fn kept_workers(st: &PoolState, labels: &[String], now: Instant) -> String {
     text
 }
 
-/// A queued job's place as a followed stream's heartbeat says it after its status: its
+/// A queued job's [`place`] as a followed stream's heartbeat says it after its status: its
 /// position in the queue and, when it cannot leave, why (` (position 3 of 12 in the
 /// queue; blocked: ...)`); empty for a job that is not queued.
-pub fn queue_place_note(st: &PoolState, job: &Job, now: Instant) -> String {
-    if job.status != PoolStatus::Queued {
-        return String::new();
-    }
-    let Some(position) = st.queue.position(&job.id) else {
+pub fn queue_place_note(st: &PoolState, job: &Job) -> String {
+    let Place {
+        position: Some(position),
+        stranded,
+        blocked,
+        ..
+    } = place(st, job)
+    else {
         return String::new();
     };
-    let hold = match held_in_queue(st, job, now) {
+    let hold = match (stranded, blocked) {
         (Some(why), _) => format!("; stranded: {why}"),
         (None, Some(why)) => format!("; blocked: {why}"),
         (None, None) => String::new(),
