@@ -736,12 +736,16 @@ fn a_job_on_an_https_worker_is_followed_on_its_stream() {
     );
     assert_turns_healthy(&coordinator, &endpoint);
     let id = submit(&coordinator, &small_job());
+    // The job counts as streamed from its dispatch on; its stream opens a moment later.
     let streamed = poll_until(DEADLINE, || {
         let row = row_of(&coordinator, &endpoint);
         (row["jobs_streamed"] == 1).then_some(row)
     });
     assert!(streamed.is_some(), "{}", row_of(&coordinator, &endpoint));
-    assert!(worker.recording().count("GET", "stream") >= 1);
+    let opened = poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "stream") >= 1).then_some(())
+    });
+    assert!(opened.is_some(), "{}", coordinator.logs());
     // Unstreamed, the job would be polled once at its dispatch and then in 30 s.
     let status = wait_status(&coordinator, &id, "completed", Duration::from_secs(20));
     assert_eq!(status["pool_status"], "completed", "{status}");
