@@ -70,7 +70,8 @@ pub fn worker_filter(given: Option<String>) -> Result<Option<String>, Reply> {
     let Some(given) = given else {
         return Ok(None);
     };
-    let id = standard_worker_id(given.trim());
+    // Not trimmed: a leading space is the `+` a query's form encoding read as one.
+    let id = standard_worker_id(&given);
     match parse_worker_id(&id) {
         Ok(_) => Ok(Some(id)),
         Err(_) => Err(error_reply(
@@ -216,4 +217,24 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
     body.extend_from_slice(serde_json::to_string(&next).unwrap_or_default().as_bytes());
     body.push(b'}');
     Reply::JsonBytes(200, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_id_starting_with_plus_is_read_from_a_bare_plus() {
+        let id = "+/d7ttuRSF1Msc7oYgJECEFCAEEyXnWXx1LCaehLKWU=";
+        for given in [
+            id,
+            " /d7ttuRSF1Msc7oYgJECEFCAEEyXnWXx1LCaehLKWU=",
+            "-_d7ttuRSF1Msc7oYgJECEFCAEEyXnWXx1LCaehLKWU",
+        ] {
+            let read = worker_filter(Some(given.to_string())).ok().flatten();
+            assert_eq!(read.as_deref(), Some(id), "{given:?}");
+        }
+        assert!(worker_filter(Some(format!("{id} "))).is_err());
+        assert_eq!(worker_filter(None).ok(), Some(None));
+    }
 }
