@@ -109,8 +109,8 @@ fn stalled_uploads_and_stalled_headers_do_not_hold_the_coordinator() {
             b"GET /pool HTTP/1.1\r\nHost: pool\r\nX-Slow: ",
         ));
     }
-    // Let every stalled connection reach the coordinator and be taken up.
-    thread::sleep(Duration::from_millis(500));
+    // Every stalled connection reached the coordinator and is being read.
+    wait_taken_up(&coordinator, 128, 64);
     answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
     answers_at_once("/pool", || {
         let (status, pool) = get_json(&coordinator.url("/pool"));
@@ -142,7 +142,8 @@ fn small_bodies_arrive_with_their_headers_and_take_no_handler_nor_upload_slot() 
             b"POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 4000\r\n\r\n--XyZ\r\nCon",
         ));
     }
-    thread::sleep(Duration::from_millis(500));
+    // The 16 small bodies are read on connection threads: no upload slot.
+    wait_taken_up(&coordinator, 17, 1);
     answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
     answers_at_once("/status", || {
         get_json(&coordinator.url(&format!("/status/{id}"))).0
@@ -353,7 +354,7 @@ fn each_limit_answers_its_status_code() {
     // Two stalled uploads take both upload slots: a third is answered 503 at once.
     let first = stalled(&coordinator, &stalled_upload_start());
     let second = stalled(&coordinator, &stalled_upload_start());
-    thread::sleep(Duration::from_millis(300));
+    wait_taken_up(&coordinator, 2, 2);
     let mut third = stalled(&coordinator, &stalled_upload_start());
     let started = Instant::now();
     let answer = read_to_close(&mut third, DEADLINE).expect("answered");
@@ -375,6 +376,7 @@ fn each_limit_answers_its_status_code() {
         Some(200),
         "no submit went through after the timeout"
     );
+    wait_taken_up(&coordinator, 0, 0);
     drop((first, second));
 
     // A silent connection is closed without an answer; a dribbling one gets 408.
@@ -555,6 +557,29 @@ fn healthy_again(coordinator: &Coordinator, deadline: Duration) -> bool {
 /// How often the coordinator logged `needle`.
 fn logged(coordinator: &Coordinator, needle: &str) -> usize {
     coordinator.logs().matches(needle).count()
+}
+
+/// Waits (with a deadline) until the coordinator reads at least `open` connections, and
+/// `/pool` and `/metrics` both count `uploads` request bodies being received; panics with what
+/// they said last.
+fn wait_taken_up(coordinator: &Coordinator, open: u64, uploads: u64) {
+    let mut last = (Value::Null, String::new());
+    let line = format!("trusted_pool_uploads_receiving {uploads}");
+    let reached = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let (_, metrics) = get(&coordinator.url("/metrics"));
+        let taken = pool["connections"]["open"].as_u64() >= Some(open)
+            && pool["uploads_receiving"] == uploads
+            && metrics.lines().any(|l| l == line);
+        last = (pool, metrics);
+        taken.then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "never {open} connections open and {uploads} uploads receiving: /pool said {}, /metrics:\n{}",
+        last.0,
+        last.1
+    );
 }
 
 /// New connections are answered `503 too many connections` at once. One may still be served

@@ -429,6 +429,16 @@ pub fn render(ctx: &Context) -> String {
         write_access_log(&mut out, log.figures());
     }
     write_expiries(&mut out, ctx);
+    out.family(
+        "trusted_pool_uploads_receiving",
+        "gauge",
+        "Request bodies being read from their clients now (at most --max-uploads).",
+    );
+    out.sample(
+        "trusted_pool_uploads_receiving",
+        &[],
+        ctx.uploads_receiving.load(Ordering::SeqCst) as u64,
+    );
     let spool = ctx.spool.upload_counts();
     out.family(
         "trusted_pool_uploads_waiting",

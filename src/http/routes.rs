@@ -531,6 +531,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["spool"] = spool_view(&ctx.spool);
     view["disk"] = disk_view(&ctx.disk_reserve);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
+    view["uploads_receiving"] = ctx.uploads_receiving.load(Ordering::SeqCst).into();
     view["connections"] = connections_view(&ctx.connections, &ctx.config);
     view["requests"] = request_rate_view(&ctx.request_rate);
     view["requests"]["trusted_proxies"] = ctx

@@ -252,9 +252,10 @@ struct Uploads {
 }
 
 impl Uploads {
-    fn new(max: usize) -> Self {
+    /// Counts the uploads being read in `active` (the context's, for `/pool`), at most `max`.
+    fn new(active: Arc<AtomicUsize>, max: usize) -> Self {
         Uploads {
-            active: Arc::new(AtomicUsize::new(0)),
+            active,
             max,
             threads: ThreadCache::new("upload", UPLOAD_STACK, 0),
         }
@@ -322,7 +323,10 @@ pub fn run(
             None
         }
     };
-    let uploads = Arc::new(Uploads::new(ctx.config.max_uploads));
+    let uploads = Arc::new(Uploads::new(
+        Arc::clone(&ctx.uploads_receiving),
+        ctx.config.max_uploads,
+    ));
     let inline_ctx = Arc::clone(&ctx);
     server.serve_inline(Box::new(move |request| {
         let here = if has_body(&request) {

@@ -58,6 +58,9 @@ pub struct Context {
     /// Output files being streamed from workers (asked for before their collection ended):
     /// at most `--threads` at once (`http/outputs.rs`).
     pub worker_fetches: Arc<AtomicUsize>,
+    /// Request bodies being read from their clients on upload threads: at most
+    /// `--max-uploads` at once (`http/server.rs`).
+    pub uploads_receiving: Arc<AtomicUsize>,
     /// Set once a shutdown began: submits are refused.
     pub stopping: AtomicBool,
     /// The context's own shared handle (see [`Context::attach`]).
@@ -145,6 +148,7 @@ impl Context {
             store,
             requests_in_flight: AtomicUsize::new(0),
             worker_fetches: Arc::new(AtomicUsize::new(0)),
+            uploads_receiving: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             me: OnceLock::new(),
             client,
