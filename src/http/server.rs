@@ -19,7 +19,7 @@ use crate::http::replies::{attachment_disposition, error_reply, retry_after, Rep
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use tiny_http::{Header, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
@@ -243,20 +243,15 @@ fn streams_body(request: &Request) -> bool {
     }
 }
 
-/// The uploads being read, on upload threads.
+/// The uploads being read, on upload threads; each holds a slot of
+/// `Context::uploads_receiving`, at most `--max-uploads`.
 struct Uploads {
-    /// Uploads being read from their clients, at most `max`.
-    active: Arc<AtomicUsize>,
-    max: usize,
     threads: ThreadCache,
 }
 
 impl Uploads {
-    /// Counts the uploads being read in `active` (the context's, for `/pool`), at most `max`.
-    fn new(active: Arc<AtomicUsize>, max: usize) -> Self {
+    fn new() -> Self {
         Uploads {
-            active,
-            max,
             threads: ThreadCache::new("upload", UPLOAD_STACK, 0),
         }
     }
@@ -264,17 +259,15 @@ impl Uploads {
     /// Serves a request whose body is still to be read: on an upload thread, or 503 when too
     /// many are read.
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
-        let Some(slot) = Slot::take(&self.active, self.max) else {
+        let max = ctx.config.max_uploads;
+        let Some(slot) = Slot::take(&ctx.uploads_receiving, max) else {
             let access = Access::begin(ctx, &request);
             request.close_after_response();
             let reply = retry_after(
                 1,
                 error_reply(
                     503,
-                    format!(
-                        "{} uploads are being received (--max-uploads); retry shortly",
-                        self.max
-                    ),
+                    format!("{max} uploads are being received (--max-uploads); retry shortly"),
                 ),
             );
             answer(ctx, request, reply, access);
@@ -323,10 +316,7 @@ pub fn run(
             None
         }
     };
-    let uploads = Arc::new(Uploads::new(
-        Arc::clone(&ctx.uploads_receiving),
-        ctx.config.max_uploads,
-    ));
+    let uploads = Arc::new(Uploads::new());
     let inline_ctx = Arc::clone(&ctx);
     server.serve_inline(Box::new(move |request| {
         let here = if has_body(&request) {
