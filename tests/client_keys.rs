@@ -376,6 +376,12 @@ fn the_auth_matrix() {
     let pool = call(&coordinator, "GET", "/pool", Some(&alice)).json();
     assert!(pool.get("workers").is_none(), "{pool}");
     assert!(pool.get("log_level").is_none(), "{pool}");
+    // Nor the client addresses holding connections.
+    assert!(pool["connections"]["open"].as_u64() >= Some(1), "{pool}");
+    assert!(
+        pool["connections"].get("busiest_addresses").is_none(),
+        "{pool}"
+    );
     assert_eq!(pool["total_workers"], 1, "{pool}");
     let keys = pool["keys"].as_object().expect("keys");
     assert_eq!(keys.keys().collect::<Vec<_>>(), ["alice"], "{pool}");
@@ -385,6 +391,10 @@ fn the_auth_matrix() {
     assert_eq!(keys["alice"]["queued"], 0, "{pool}");
     let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
     assert_eq!(pool["workers"].as_array().map(Vec::len), Some(1), "{pool}");
+    // The admin's own connection is open while it asks.
+    let busiest = &pool["connections"]["busiest_addresses"][0];
+    assert_eq!(busiest["address"], "127.0.0.1", "{pool}");
+    assert!(busiest["open"].as_u64() >= Some(1), "{pool}");
     for (name, role, done) in [
         ("alice", "submit", 1),
         ("bob", "submit", 1),

@@ -338,6 +338,11 @@ fn the_dashboard_renders_workers_and_jobs_in_headless_chromium() {
         part.contains("; 0 from the proxies without a PROXY header"),
         "{part}"
     );
+    // The page's own connections come from 127.0.0.1.
+    assert!(
+        part.contains("; most open from one address: ") && part.contains(" from 127.0.0.1"),
+        "{part}"
+    );
     let buttons = tags(&dom, "button");
     let drain = format!("/workers/{}/drain", url_safe(&a.worker_id()));
     assert!(

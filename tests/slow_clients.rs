@@ -450,7 +450,12 @@ fn connections_beyond_one_addresses_share_are_refused_and_others_are_served() {
     let mut held: Vec<_> = (0..4)
         .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let pool = wait_held_by(&coordinator, other, "127.0.0.1", 4);
+    assert_eq!(
+        pool["connections"]["busiest_addresses"][0]["open"], 4,
+        "{pool}"
+    );
     let mut fifth = stalled(&coordinator, b"");
     let answer = read_to_close(&mut fifth, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&answer), 503, "{answer}");
@@ -1011,6 +1016,34 @@ fn status_from_with(
     status_of(&answer_from(coordinator, from, path, headers))
 }
 
+/// `/pool` asked from address `from`.
+fn pool_from(coordinator: &Coordinator, from: std::net::IpAddr) -> Value {
+    let answer = answer_from(coordinator, from, "/pool", "");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// `/pool` asked from address `from`, once its `connections.busiest_addresses` shows
+/// `address` holding `open` connections.
+fn wait_held_by(
+    coordinator: &Coordinator,
+    from: std::net::IpAddr,
+    address: &str,
+    open: u64,
+) -> Value {
+    let mut last = Value::Null;
+    let held = poll_until(DEADLINE, || {
+        let pool = pool_from(coordinator, from);
+        let busiest = pool["connections"]["busiest_addresses"].as_array().cloned();
+        last = pool;
+        busiest?
+            .iter()
+            .any(|b| b["address"] == address && b["open"] == open)
+            .then(|| last.clone())
+    });
+    held.unwrap_or_else(|| panic!("{address} never held {open} connections: /pool said {last}"))
+}
+
 /// The whole answer to `GET path` from address `from`, with `headers` added.
 fn answer_from(
     coordinator: &Coordinator,
@@ -1134,13 +1167,15 @@ fn a_trusted_proxy_may_hold_more_connections_than_one_addresses_share() {
     let held: Vec<_> = (0..6)
         .map(|_| stalled_from(&coordinator, proxy, b"GET /health HTTP/1.1\r\n"))
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    wait_taken_up(&coordinator, 7, 0);
     assert_eq!(status_from_with(&coordinator, proxy, "/health", ""), 200);
-    // Any other address is still held to its share.
+    // Any other address is still held to its share; the proxy holds none.
     let others: Vec<_> = (0..3)
         .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    let pool = wait_held_by(&coordinator, proxy, "127.0.0.1", 3);
+    let busiest = pool["connections"]["busiest_addresses"].as_array();
+    assert_eq!(busiest.map(Vec::len), Some(1), "{pool}");
     let mut fourth = stalled(&coordinator, b"");
     let answer = read_to_close(&mut fourth, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&answer), 503, "{answer}");
@@ -1151,9 +1186,7 @@ fn a_trusted_proxy_may_hold_more_connections_than_one_addresses_share() {
     drop(others);
     // Asked from the proxy: an ask from 127.0.0.1 while its closed connections still count
     // against its share would be refused, and counted, too.
-    let answer = answer_from(&coordinator, proxy, "/pool", "");
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let pool: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let pool = pool_from(&coordinator, proxy);
     assert_eq!(pool["connections"]["refused_for_address"], 1, "{pool}");
     assert!(coordinator.wait_for_log(
         "Client addresses of requests from 127.0.0.2/32 are read from their X-Forwarded-For (--trusted-proxies); their connections count against --max-connections only",
@@ -1227,6 +1260,13 @@ fn behind_a_proxy_protocol_proxy_each_client_is_its_own_address() {
     assert_eq!(status_of(&ask(v1.as_bytes(), "/jobs")), 200);
     let v2 = proxy_v2(0x21, "[2001:db8::9]:443".parse().expect("addr"), port);
     assert_eq!(status_of(&ask(&v2, "/pool")), 200);
+    // An IPv6 client's connections count against its /64.
+    let mut opening = v2.clone();
+    opening.extend_from_slice(b"GET /health HTTP/1.1\r\n");
+    let v6_held = stalled_from(&coordinator, proxy, &opening);
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    wait_held_by(&coordinator, loopback, "2001:db8::/64", 1);
+    drop(v6_held);
     // The proxy's own health check (LOCAL) keeps the proxy's address.
     let local = proxy_v2(0x20, "127.0.0.2:1".parse().expect("addr"), port);
     assert_eq!(status_of(&ask(&local, "/health")), 200);
@@ -1255,7 +1295,7 @@ fn behind_a_proxy_protocol_proxy_each_client_is_its_own_address() {
         stalled_from(&coordinator, proxy, &bytes)
     };
     let held = [start("198.51.100.1"), start("198.51.100.1")];
-    thread::sleep(Duration::from_millis(300));
+    wait_held_by(&coordinator, loopback, "198.51.100.1", 2);
     let mut third = start("198.51.100.1");
     let answer = read_to_close(&mut third, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&answer), 503, "{answer}");

@@ -568,6 +568,9 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         if let Some(fields) = view["requests"].as_object_mut() {
             fields.remove("trusted_proxies");
         }
+        if let Some(fields) = view["connections"].as_object_mut() {
+            fields.remove("busiest_addresses");
+        }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());
         }

@@ -228,12 +228,21 @@ pub fn spool_view(spool: &Spool) -> Value {
     })
 }
 
-/// The `/pool` figures of the client connections: open now, the limits, and those refused
-/// since the start (beyond `--max-connections`, beyond `--max-connections-per-ip`, or for want
-/// of a descriptor or a thread).
+/// How many client addresses `/pool` names among those holding the most connections.
+const BUSIEST_ADDRESSES: usize = 5;
+
+/// The `/pool` figures of the client connections: open now, the limits, the client addresses
+/// holding the most of them, and those refused since the start (beyond `--max-connections`,
+/// beyond `--max-connections-per-ip`, or for want of a descriptor or a thread).
 pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Value {
+    let busiest: Vec<Value> = counts
+        .busiest_addresses(BUSIEST_ADDRESSES)
+        .into_iter()
+        .map(|(address, open)| json!({"address": share_text(address), "open": open}))
+        .collect();
     json!({
         "open": counts.open.load(Ordering::Relaxed),
+        "busiest_addresses": busiest,
         "max": config.max_connections,
         "max_per_ip": config.max_connections_per_ip,
         "refused_over_limit": counts.refused_over_limit.load(Ordering::Relaxed),
@@ -241,6 +250,14 @@ pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Valu
         "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
         "refused_without_proxy_header": counts.refused_without_proxy_header.load(Ordering::Relaxed),
     })
+}
+
+/// A client address's share as text: an IPv4 address, or an IPv6 /64 (`2001:db8:1:2::/64`).
+fn share_text(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("{v6}/64"),
+    }
 }
 
 /// The `/pool` figures of the access log (`--access-log`), or null without one.

@@ -163,6 +163,32 @@ pub struct ConnectionCounts {
     pub refused_for_shortage: AtomicU64,
     /// Closed from a `Limits::proxied` peer without a valid PROXY header in time.
     pub refused_without_proxy_header: AtomicU64,
+    /// Connections read now per client address (see [`client_address_key`]), for those a
+    /// share of `Limits::max_connections_per_address` holds.
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionCounts {
+    /// The `n` client addresses (see [`client_address_key`]) holding the most connections
+    /// now, most first (ties by address), each with its count. Only connections a share of
+    /// `Limits::max_connections_per_address` holds are counted: none without that limit, and
+    /// none of a `Limits::unshared` peer.
+    pub fn busiest_addresses(&self, n: usize) -> Vec<(IpAddr, usize)> {
+        let mut busiest: Vec<(IpAddr, usize)> = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(address, count)| (*address, *count))
+            .collect();
+        let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if busiest.len() > n && n > 0 {
+            busiest.select_nth_unstable_by(n - 1, order);
+        }
+        busiest.truncate(n);
+        busiest.sort_unstable_by(order);
+        busiest
+    }
 }
 
 /// Patched: a function the connection's own thread calls with each request it read, before
@@ -269,15 +295,15 @@ impl Drop for LiveConnection {
     }
 }
 
-/// Patched: the connections read at once per client address, each counted while its
-/// [`AddressSlot`] lives, and the refusals of those beyond an address's share.
+/// Patched: the connections read at once per client address, each counted (in
+/// `ConnectionCounts::by_address`) while its [`AddressSlot`] lives, and the refusals of those
+/// beyond an address's share.
 struct PerAddress {
-    counts: Mutex<HashMap<IpAddr, usize>>,
     limit: usize,
     /// Peers no share holds (`Limits::unshared`).
     unshared: Option<PeerTest>,
-    /// Where refusals are counted.
-    refused: Arc<ConnectionCounts>,
+    /// Where the connections of each address and the refusals are counted.
+    counts: Arc<ConnectionCounts>,
     /// When refusals were last logged.
     refusals: Mutex<util::RefusalLog>,
 }
@@ -322,7 +348,7 @@ impl PerAddress {
         if let Some(slot) = PerAddress::take(owner, addr) {
             return Ok(Some(slot));
         }
-        owner.refused.refused_for_address.fetch_add(1, Relaxed);
+        owner.counts.refused_for_address.fetch_add(1, Relaxed);
         refuse_with(
             sock,
             secure,
@@ -345,7 +371,11 @@ impl PerAddress {
     /// A slot for a new connection from `addr`, or `None` when its address has the limit.
     fn take(owner: &Arc<PerAddress>, addr: IpAddr) -> Option<AddressSlot> {
         let address = client_address_key(addr);
-        let mut counts = owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = owner
+            .counts
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(address).or_insert(0);
         if *count >= owner.limit {
             return None;
@@ -363,6 +393,7 @@ impl Drop for AddressSlot {
         let mut counts = self
             .owner
             .counts
+            .by_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.address) {
@@ -518,10 +549,9 @@ impl Server {
             let live = inside_counts;
             // Patched: and at most `limits.max_connections_per_address` per client address.
             let per_address = Arc::new(PerAddress {
-                counts: Mutex::new(HashMap::new()),
                 limit: limits.max_connections_per_address,
                 unshared: limits.unshared.clone(),
-                refused: Arc::clone(&live),
+                counts: Arc::clone(&live),
                 refusals: Mutex::new(util::RefusalLog::new()),
             });
 
@@ -779,5 +809,42 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod busiest_tests {
+    use super::*;
+
+    fn counts_of(pairs: &[(&str, usize)]) -> ConnectionCounts {
+        let counts = ConnectionCounts::default();
+        let mut by_address = counts.by_address.lock().unwrap_or_else(PoisonError::into_inner);
+        for (address, count) in pairs {
+            by_address.insert(address.parse().unwrap(), *count);
+        }
+        drop(by_address);
+        counts
+    }
+
+    #[test]
+    fn the_busiest_addresses_come_most_first_and_ties_by_address() {
+        let counts = counts_of(&[
+            ("10.0.0.3", 1),
+            ("10.0.0.1", 7),
+            ("2001:db8::", 3),
+            ("10.0.0.2", 3),
+            ("10.0.0.4", 2),
+        ]);
+        let busiest: Vec<(String, usize)> = counts
+            .busiest_addresses(3)
+            .into_iter()
+            .map(|(a, n)| (a.to_string(), n))
+            .collect();
+        let expected = [("10.0.0.1", 7), ("10.0.0.2", 3), ("2001:db8::", 3)];
+        let expected: Vec<(String, usize)> =
+            expected.iter().map(|(a, n)| (a.to_string(), *n)).collect();
+        assert_eq!(busiest, expected);
+        assert_eq!(counts.busiest_addresses(10).len(), 5);
+        assert!(counts.busiest_addresses(0).is_empty());
     }
 }
