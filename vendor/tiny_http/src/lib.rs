@@ -659,20 +659,18 @@ impl Server {
                             messages.push(rq.into());
                         }
                     };
-                    // Synchronization is needed for HTTPS requests to avoid a deadlock
-                    if client.secure() {
-                        let (sender, receiver) = mpsc::channel();
-                        for rq in client {
-                            queue(rq.with_notify_sender(sender.clone()));
-                            // Patched: no unwrap (the request sends when answered
-                            // or dropped; a closed channel ends the connection).
-                            if receiver.recv().is_err() {
-                                break;
-                            }
-                        }
-                    } else {
-                        for rq in client {
-                            queue(rq);
+                    // Patched: the next request is read once this one is answered, over
+                    // TLS (to avoid a deadlock) and in plain HTTP alike: a client pipelining
+                    // requests it never reads the answers of holds one request and at most
+                    // one handler, not a queue of them, and the connection counts as open
+                    // until its last answer is written.
+                    let (sender, receiver) = mpsc::channel();
+                    for rq in client {
+                        queue(rq.with_notify_sender(sender.clone()));
+                        // Patched: no unwrap (the request sends when answered
+                        // or dropped; a closed channel ends the connection).
+                        if receiver.recv().is_err() {
+                            break;
                         }
                     }
                 }));

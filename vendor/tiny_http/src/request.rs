@@ -103,7 +103,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // Patched: no unwrap (the connection's thread may be gone).
+        let _ = self.sender.send(());
     }
 }
 
@@ -471,7 +472,8 @@ impl Request {
             }
         }
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            // Patched: no unwrap (the connection's thread may be gone).
+            let _ = sender.send(());
         }
         res
     }
@@ -531,7 +533,8 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                // Patched: no unwrap (the connection's thread may be gone).
+                let _ = sender.send(());
             }
         }
     }
