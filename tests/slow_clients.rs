@@ -365,6 +365,125 @@ fn stalled_archive_downloads_hold_no_handler() {
     drop(downloads);
 }
 
+/// A request whose length a proxy in front could read differently (RFC 9112, section 6) is
+/// refused with a JSON error and its connection closed: nothing after it is read as another
+/// request. 0.12.0 took the first `Content-Length` (so a second, differing one smuggled a
+/// request past a proxy that read the last), read `+5` as 5 and `-1` as no body, and
+/// answered an HTTP/2.0 request never, holding its connection and thread for good.
+#[test]
+fn requests_with_ambiguous_framing_are_refused_and_their_connection_closed() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "5"]);
+    let hidden = "GET /pool HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n";
+    let head = "GET /health HTTP/1.1\r\nHost: pool\r\n";
+    let cases = [
+        (
+            format!("{head}Content-Length: 3\r\nContent-Length: 30\r\n\r\nabc{hidden}"),
+            400,
+            "differing Content-Length values",
+        ),
+        (
+            format!("{head}Content-Length: 3, 30\r\n\r\nabc{hidden}"),
+            400,
+            "differing Content-Length values",
+        ),
+        (
+            format!(
+                "{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
+            ),
+            400,
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            format!("{head}Content-Length: +5\r\n\r\nabcde{hidden}"),
+            400,
+            "decimal number of bytes",
+        ),
+        (
+            format!("{head}Content-Length: -1\r\n\r\n{hidden}"),
+            400,
+            "decimal number of bytes",
+        ),
+        (
+            format!("{head}Content-Length: 99999999999999999999999\r\n\r\n{hidden}"),
+            400,
+            "decimal number of bytes",
+        ),
+        (
+            format!("{head}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n{hidden}"),
+            400,
+            "must end in chunked",
+        ),
+        (
+            format!("{head}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{hidden}"),
+            501,
+            "chunked alone",
+        ),
+        (
+            format!("GET /health HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"),
+            400,
+            "needs HTTP/1.1",
+        ),
+        (
+            format!("GET /health HTTP/2.0\r\nHost: pool\r\n\r\n{hidden}"),
+            505,
+            "only HTTP/1.0 and HTTP/1.1",
+        ),
+        (
+            format!("GARBAGE\r\n\r\n{hidden}"),
+            400,
+            "malformed request line",
+        ),
+        (
+            format!("{head}No colon here\r\n\r\n{hidden}"),
+            400,
+            "malformed header line",
+        ),
+    ];
+    for (request, status, why) in &cases {
+        let mut stream = stalled(&coordinator, request.as_bytes());
+        let answer = read_to_close(&mut stream, DEADLINE).expect("closed after the refusal");
+        assert_eq!(status_of(&answer), *status, "{request:?}: {answer}");
+        assert!(
+            answer.contains("\"error\"") && answer.contains(why),
+            "{request:?}: {answer}"
+        );
+        // One answer: nothing after the refused request was read as another.
+        let answers = answer.matches("\r\nServer: ").count();
+        assert_eq!(answers, 1, "{request:?}: {answer}");
+    }
+    // The same lengths, written as the standard asks, are served.
+    for request in [
+        format!("{head}Content-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"),
+        format!("{head}Content-Length: 3, 3\r\nConnection: close\r\n\r\nabc"),
+        format!(
+            "{head}Transfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
+    ] {
+        let mut stream = stalled(&coordinator, request.as_bytes());
+        let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
+        assert_eq!(status_of(&answer), 200, "{request:?}: {answer}");
+    }
+    // No refused connection is left open (the HTTP/2.0 one was, for good).
+    wait_open_at_most(&coordinator, 1);
+}
+
+/// Polls `/pool` until at most `open` client connections are open (its own among them).
+fn wait_open_at_most(coordinator: &Coordinator, open: u64) {
+    let mut last = Value::Null;
+    let reached = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let now = pool["connections"]["open"].as_u64();
+        last = pool;
+        now.is_some_and(|n| n <= open).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "still more than {open} open: {}",
+        last["connections"]
+    );
+}
+
 #[test]
 fn each_limit_answers_its_status_code() {
     let worker = FakeWorker::start();

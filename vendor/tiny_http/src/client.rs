@@ -85,6 +85,10 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
+    /// Patched: framing headers that cannot be trusted: the status to answer and why.
+    BadFraming(u16, &'static str, HTTPVersion),
+    /// Patched: an HTTP version above 1.1.
+    UnsupportedVersion,
     ReadIoError(IoError),
 }
 
@@ -250,6 +254,12 @@ impl ClientConnection {
                     line.as_str().trim(), // TODO: remove this conversion
                 )?
             };
+            // Patched: checked before the request takes the connection's next writer. 0.12.0
+            // checked it after, and its 505 waited for that writer forever: each such request
+            // held its connection and thread for good.
+            if version > HTTPVersion(1, 1) {
+                return Err(ReadError::UnsupportedVersion);
+            }
 
             // getting all headers
             let headers = {
@@ -317,6 +327,9 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
+                request::RequestCreationError::BadFraming(status, why) => {
+                    ReadError::BadFraming(status, why, version)
+                }
             }
         })?;
 
@@ -367,22 +380,28 @@ impl Iterator for ClientConnection {
                     return None;
                 }
 
+                // Patched: these three answer a JSON error and close (0.12.0: an empty 400).
+                // Where the next request would start is unknown.
                 Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    let message = "malformed request line (expected METHOD PATH HTTP/1.1)";
+                    self.refuse(400, message, HTTPVersion(1, 1));
+                    return None;
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    self.refuse(400, "malformed header line (expected Name: value)", ver);
+                    return None;
+                }
+
+                Err(ReadError::BadFraming(status, why, ver)) => {
+                    self.refuse(status, why, ver);
+                    return None;
+                }
+
+                Err(ReadError::UnsupportedVersion) => {
+                    let message = "only HTTP/1.0 and HTTP/1.1 are served";
+                    self.refuse(505, message, HTTPVersion(1, 1));
+                    return None;
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
@@ -404,17 +423,6 @@ impl Iterator for ClientConnection {
             };
 
             // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
-            }
 
             // updating the status of the connection
             let connection_header = rq

@@ -116,6 +116,58 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// Patched: the request's framing (`Content-Length`, `Transfer-Encoding`) cannot be
+    /// trusted (RFC 9112, section 6): the status to answer, and why. Where the next request
+    /// would start is unknown, so the connection is closed.
+    BadFraming(u16, &'static str),
+}
+
+/// Patched: the body length a request's framing headers give (`None`: chunked, or no body),
+/// or why they cannot be trusted (RFC 9112, section 6). Every `Content-Length` (a header may
+/// repeat, or hold a list) must be the same decimal number, digits only; a
+/// `Transfer-Encoding` must be `chunked` alone, in HTTP/1.1, without a `Content-Length`.
+/// tiny_http 0.12.0 took the first `Content-Length` that Rust parsed (`+5` as 5; `-1` or a
+/// second, different value ignored): a proxy in front that read another boundary would pass
+/// a second request hidden in the first one's body.
+fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Option<usize>, (u16, &'static str)> {
+    let values = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.field.equiv(name))
+            .flat_map(|h| h.value.as_str().split(','))
+            .map(str::trim)
+    };
+    let chunked = headers.iter().any(|h| h.field.equiv("Transfer-Encoding"));
+    let mut length = None;
+    for value in values("Content-Length") {
+        if chunked {
+            return Err((400, "a request may not carry both Content-Length and Transfer-Encoding"));
+        }
+        let number = value
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| value.parse::<usize>().ok())
+            .flatten()
+            .ok_or((400, "Content-Length must be a decimal number of bytes"))?;
+        if length.is_some_and(|l| l != number) {
+            return Err((400, "the request carries differing Content-Length values"));
+        }
+        length = Some(number);
+    }
+    if chunked {
+        if *version < HTTPVersion(1, 1) {
+            return Err((400, "Transfer-Encoding needs HTTP/1.1"));
+        }
+        let codings: Vec<&str> = values("Transfer-Encoding").collect();
+        if !codings.last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            return Err((400, "a request's Transfer-Encoding must end in chunked"));
+        }
+        if codings.len() > 1 {
+            return Err((501, "the only transfer coding served is chunked alone"));
+        }
+    }
+    Ok(length)
 }
 
 impl From<IoError> for RequestCreationError {
@@ -154,23 +206,13 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
+    // Patched: the framing headers are checked (see `framing`).
     let transfer_encoding = headers
         .iter()
         .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
         .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length: Option<usize> = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    let content_length = framing(&headers, &version)
+        .map_err(|(status, why)| RequestCreationError::BadFraming(status, why))?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
