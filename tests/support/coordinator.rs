@@ -309,6 +309,17 @@ impl Coordinator {
         poll_until(deadline, || self.logs().contains(needle).then_some(())).is_some()
     }
 
+    /// Its logs once `needle` occurs in them at least `count` times (the log reaches the test
+    /// through a pipe, maybe after the answer that followed it); whatever they hold when
+    /// `deadline` passed first.
+    pub fn logs_once_counted(&self, needle: &str, count: usize, deadline: Duration) -> String {
+        poll_until(deadline, || {
+            let logs = self.logs();
+            (logs.matches(needle).count() >= count).then_some(logs)
+        })
+        .unwrap_or_else(|| self.logs())
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for it to exit.
     pub fn terminate(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")
