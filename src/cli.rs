@@ -78,6 +78,8 @@ OPTIONS:
     --queue-timeout SECS     a job queued this long fails unstarted; also the most a submit's
                              queue_timeout may ask for; 0 = wait as long as it takes [default: 0]
     --max-waiting N          most parked GET /status/ID?wait= requests; 503 beyond [default: 256]
+    --max-waiting-per-ip N   most of them from one client address (an IPv6 /64); 503 beyond
+                             [default: half of --max-waiting]
     --log-level LEVEL        off, error, warn, info, debug or trace          [default: info]
     --log-format FORMAT      text, or json (one object per line: time, level, target,
                              message; for log shippers)                      [default: text]
@@ -89,6 +91,8 @@ OPTIONS:
                              submit and read every job; re-read on SIGHUP    [default: none]
     --max-followers N        clients following jobs at once (/logs/ID?follow=1,
                              /stream/ID); more get 503                       [default: 256]
+    --max-followers-per-ip N followed streams at once from one client address (an IPv6 /64);
+                             more get 503                [default: half of --max-followers]
     --follow-heartbeat SECS  after this much silence a followed stream says the job's status
                              (text) or pings (WebSocket), so proxies keep it open and a
                              vanished client is let go                        [default: 30]
@@ -263,6 +267,11 @@ fn seconds_or_zero(text: &str) -> Result<Option<Duration>, String> {
     seconds(text)
         .map(Some)
         .map_err(|_| format!("expected a number of seconds (0 for no limit), got {text:?}"))
+}
+
+/// The default of a per-address limit: half of the whole limit `n`, at least 1.
+fn half(n: usize) -> usize {
+    (n / 2).max(1)
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
@@ -557,6 +566,9 @@ fn pair(
 }
 
 fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError> {
+    let d = ServeConfig::default();
+    let max_waiting = value(args, "--max-waiting", positive::<usize>, d.max_waiting)?;
+    let max_followers = value(args, "--max-followers", positive::<usize>, d.max_followers)?;
     let trusted_proxies = value(
         args,
         "--trusted-proxies",
@@ -564,7 +576,6 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         Vec::new(),
     )?;
     let proxy_protocol = proxy_protocol(args, !trusted_proxies.is_empty())?;
-    let d = ServeConfig::default();
     Ok(ServeConfig {
         port: value(args, "--port", port, d.port)?,
         bind: value(args, "--bind", address, d.bind)?,
@@ -596,12 +607,24 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         max_reruns: value(args, "--max-reruns", reruns_limit, d.max_reruns)?,
         priority_aging: value(args, "--priority-aging", seconds, d.priority_aging)?,
         queue_timeout: value(args, "--queue-timeout", seconds_or_zero, d.queue_timeout)?,
-        max_waiting: value(args, "--max-waiting", positive::<usize>, d.max_waiting)?,
+        max_waiting,
+        max_waiting_per_ip: value(
+            args,
+            "--max-waiting-per-ip",
+            positive::<usize>,
+            half(max_waiting),
+        )?,
         log_level: value(args, "--log-level", level, d.log_level)?,
         log_format: value(args, "--log-format", log_format, d.log_format)?,
         access_log: value(args, "--access-log", line_target, d.access_log)?,
         api_keys: value(args, "--api-keys", some_path, d.api_keys)?,
-        max_followers: value(args, "--max-followers", positive::<usize>, d.max_followers)?,
+        max_followers,
+        max_followers_per_ip: value(
+            args,
+            "--max-followers-per-ip",
+            positive::<usize>,
+            half(max_followers),
+        )?,
         follow_heartbeat: value(args, "--follow-heartbeat", heartbeat, d.follow_heartbeat)?,
         require_verified: args.contains("--require-verified"),
         fsync: value(args, "--fsync", fsync_mode, d.fsync)?,

@@ -400,6 +400,8 @@ fn fifty_followers_hold_no_handler_thread_and_the_bound_answers_503() {
             "2",
             "--max-followers",
             "50",
+            "--max-followers-per-ip",
+            "50",
         ],
     );
     wait_healthy(&coordinator, &[&worker], DEADLINE);
@@ -491,6 +493,8 @@ fn every_follower_hears_the_end_even_when_its_job_settles_first() {
             "--fsync",
             "always",
             "--max-followers",
+            "400",
+            "--max-followers-per-ip",
             "400",
         ],
     );

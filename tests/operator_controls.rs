@@ -755,7 +755,14 @@ fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
 fn waiting_status_parks_requests_without_holding_handlers() {
     let worker = slow_worker(4.0);
     let mut args = FAST.to_vec();
-    args.extend(["--threads", "4", "--max-waiting", "50"]);
+    args.extend([
+        "--threads",
+        "4",
+        "--max-waiting",
+        "50",
+        "--max-waiting-per-ip",
+        "50",
+    ]);
     let coordinator = Coordinator::start(&[worker.entry(1)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &form());
@@ -770,11 +777,13 @@ fn waiting_status_parks_requests_without_holding_handlers() {
         })
         .collect();
     // Every handler is still free while 50 requests wait.
-    poll_until(DEADLINE, || {
+    let parked = poll_until(DEADLINE, || {
         let (_, pool) = get_json(&coordinator.url("/pool"));
-        (pool["jobs_by_status"]["completed"] == 0).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(500));
+        (pool["waiting"]["parked"] == 50).then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("50 requests never parked"));
+    assert_eq!(parked["jobs_by_status"]["completed"], 0, "{parked}");
+    assert_eq!(parked["waiting"]["addresses"], 1, "{parked}");
     let started = std::time::Instant::now();
     let (code, _) = get_json(&coordinator.url("/pool"));
     assert_eq!(code, 200);

@@ -74,6 +74,116 @@ fn a_client_pipelining_requests_it_never_reads_holds_one_handler() {
     answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
 }
 
+/// Sends `request` from address `from` and reads the answer's head (through the blank line),
+/// within [`DEADLINE`]; returns the connection, still open, and the head.
+fn head_from(
+    coordinator: &Coordinator,
+    from: std::net::IpAddr,
+    request: &str,
+) -> (TcpStream, String) {
+    let mut stream = stalled_from(coordinator, from, request.as_bytes());
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let (started, mut head) = (Instant::now(), Vec::new());
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && started.elapsed() < DEADLINE {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => continue,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// One client address cannot take every follower place nor every parked `?wait=` place: with
+/// `--max-followers 4` and `--max-waiting 4` (two each per address), a third from 127.0.0.1 is
+/// answered 503 naming the option, while 127.0.0.2 still follows and waits; a closed one gives
+/// its place back.
+#[test]
+fn one_address_cannot_take_every_follower_nor_every_parked_request() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--max-followers", "4", "--max-waiting", "4"],
+    );
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = submit(&coordinator, &small_job());
+    let (here, other) = (
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from([127, 0, 0, 2]),
+    );
+    let follow = format!("GET /logs/{id}?follow=1 HTTP/1.1\r\nHost: pool\r\n\r\n");
+    let wait = format!("GET /status/{id}?wait=60 HTTP/1.1\r\nHost: pool\r\n\r\n");
+
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = head_from(&coordinator, here, &follow);
+        assert_eq!(status_of(&head), 200, "{head}");
+        followers.push(stream);
+    }
+    let closing = follow.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let mut third = stalled_from(&coordinator, here, closing.as_bytes());
+    let refused = read_to_close(&mut third, DEADLINE).expect("refused at once");
+    assert_eq!(status_of(&refused), 503, "{refused}");
+    assert!(refused.contains("--max-followers-per-ip"), "{refused}");
+    let (_, head) = head_from(&coordinator, other, &follow);
+    assert_eq!(status_of(&head), 200, "{head}");
+    let pool = get_json(&coordinator.url("/pool")).1;
+    assert_eq!(pool["followers"]["max_per_ip"], 2, "{pool}");
+    assert_eq!(pool["followers"]["addresses"], 2, "{pool}");
+
+    let mut parked = Vec::new();
+    for n in 1..=2 {
+        parked.push(stalled_from(&coordinator, here, wait.as_bytes()));
+        poll_until(DEADLINE, || {
+            let pool = get_json(&coordinator.url("/pool")).1;
+            (pool["waiting"]["parked"] == n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{n} requests never parked"));
+    }
+    let mut third = stalled_from(&coordinator, here, wait.as_bytes());
+    let _ = third.set_read_timeout(Some(DEADLINE));
+    let mut answer = vec![0u8; 4096];
+    let n = third.read(&mut answer).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.contains("--max-waiting-per-ip") && answer.contains("Retry-After: 1"),
+        "{answer}"
+    );
+    let _other_parked = stalled_from(&coordinator, other, wait.as_bytes());
+    let pool = poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        (pool["waiting"]["parked"] == 3).then_some(pool)
+    })
+    .unwrap_or_else(|| panic!("127.0.0.2's request never parked"));
+    assert_eq!(pool["waiting"]["addresses"], 2, "{pool}");
+    assert_eq!(pool["waiting"]["max_per_ip"], 2, "{pool}");
+
+    // A closed follower gives its place back (noticed at its next write: the job's end).
+    drop(followers.pop());
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "undrain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_collected(&coordinator, &id, DEADLINE);
+    let freed = poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        (pool["followers"]["following"] == 0 && pool["waiting"]["parked"] == 0).then_some(())
+    });
+    assert!(freed.is_some(), "places still held after the job ended");
+    let (_, head) = head_from(&coordinator, here, &follow);
+    assert_eq!(status_of(&head), 200, "{head}");
+    drop(parked);
+}
+
 /// A connection to the coordinator that sent `bytes` and then nothing.
 fn stalled(coordinator: &Coordinator, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", coordinator.port())).expect("connect");
@@ -428,6 +538,11 @@ fn requests_with_ambiguous_framing_are_refused_and_their_connection_closed() {
             format!("GET /health HTTP/2.0\r\nHost: pool\r\n\r\n{hidden}"),
             505,
             "only HTTP/1.0 and HTTP/1.1",
+        ),
+        (
+            format!("{head}Expect: something-else\r\n\r\n{hidden}"),
+            417,
+            "Expect: 100-continue",
         ),
         (
             format!("GARBAGE\r\n\r\n{hidden}"),

@@ -122,6 +122,8 @@ pub struct ServeConfig {
     pub queue_timeout: Option<Duration>,
     /// Most `GET /status/{id}?wait=` requests parked at once.
     pub max_waiting: usize,
+    /// Most of them parked at once for one client address.
+    pub max_waiting_per_ip: usize,
     /// Log verbosity.
     pub log_level: LevelFilter,
     /// How log lines are written.
@@ -132,6 +134,8 @@ pub struct ServeConfig {
     pub api_keys: Option<PathBuf>,
     /// Most clients following jobs at once (`/logs/{id}?follow=1`, `/stream/{id}`).
     pub max_followers: usize,
+    /// Most followed streams at once from one client address.
+    pub max_followers_per_ip: usize,
     /// Silence after which a followed stream says the job's status (text) or pings (WebSocket).
     pub follow_heartbeat: Duration,
     /// Fail jobs whose result does not verify, and distrust their worker.
@@ -200,11 +204,13 @@ impl Default for ServeConfig {
             queue_timeout: None,
             disk_reserve: DiskReserveSetting::Percent(1.0),
             max_waiting: 256,
+            max_waiting_per_ip: 128,
             log_level: LevelFilter::Info,
             log_format: LogFormat::Text,
             access_log: None,
             api_keys: None,
             max_followers: 256,
+            max_followers_per_ip: 128,
             follow_heartbeat: Duration::from_secs(30),
             require_verified: false,
             fsync: FsyncMode::Batch,

@@ -11,7 +11,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
-use crate::base::sync::{Parcel, Slot};
+use crate::base::sync::Parcel;
 use crate::http::auth::Caller;
 use crate::http::grant::Grant;
 use crate::http::redact::TextHider;
@@ -19,7 +19,7 @@ use crate::http::replies::{error_reply, unknown_job, Reply};
 use crate::http::views;
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
-use crate::state::events::{Event, Follower};
+use crate::state::events::{Event, FollowRefused, Follower, FollowerSlot};
 use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -46,7 +46,7 @@ enum Plan {
         first: String,
         logs: Option<(String, StoredResults)>,
         last: Vec<String>,
-        _slot: Slot,
+        _slot: FollowerSlot,
     },
     /// The job is in flight: the first line, the feed's history, then live events, for as
     /// long as the grant holds (`None`: an open coordinator).
@@ -97,14 +97,19 @@ pub fn start(
     caller: &Caller,
     client: Option<IpAddr>,
 ) -> Reply {
-    let slot = match ctx.events.reserve() {
+    let slot = match ctx.events.reserve(client) {
         Ok(slot) => slot,
-        Err(full) => {
+        Err(FollowRefused::Full(max)) => {
+            return error_reply(
+                503,
+                format!("{max} clients already follow jobs (--max-followers); try again later"),
+            )
+        }
+        Err(FollowRefused::AddressFull(held)) => {
             return error_reply(
                 503,
                 format!(
-                    "{} clients already follow jobs (--max-followers); try again later",
-                    full.0
+                    "your address already follows {held} streams, its share (--max-followers-per-ip); close one, or try again later"
                 ),
             )
         }
@@ -174,7 +179,7 @@ fn status_line(job: &Job, note: &str) -> String {
 }
 
 /// The pieces of a job that is over.
-fn replay(job: &Job, slot: Slot) -> Plan {
+fn replay(job: &Job, slot: FollowerSlot) -> Plan {
     let logs = match &job.collection {
         Collection::Collected(stored) => Some((job.id.clone(), StoredResults::clone(stored))),
         _ => None,

@@ -27,7 +27,7 @@ pub fn hide_remote_id(reply: Reply, remote: &str) -> Reply {
             Reply::WithHeaders(headers, Box::new(hide_remote_id(*inner, remote)))
         }
         other @ (Reply::Stream { .. }
-        | Reply::Wait { .. }
+        | Reply::Wait(_)
         | Reply::Handoff(_)
         | Reply::Empty(_)
         | Reply::Text { .. }) => other,

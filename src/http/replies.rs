@@ -40,19 +40,24 @@ pub enum Reply {
     WithHeaders(Vec<(&'static str, String)>, Box<Reply>),
     /// Park the request until the job ends or `until`, then answer its status (the job is
     /// already watched in the table).
-    Wait {
-        /// The job waited on.
-        job_id: String,
-        /// When to answer anyway.
-        until: std::time::Instant,
-        /// Whether the caller sees the worker's own job id (an admin or read key).
-        sees_all: bool,
-    },
+    Wait(WaitFor),
     /// The connection is handed over (a follower writes its own answer on it). A hand-off that
     /// cannot take it gives the request back with why, and it is answered 503.
     Handoff(Box<dyn FnOnce(tiny_http::Request) -> Result<(), HandoffRefused> + Send>),
     /// A status without a body (a redirect's `Location` goes in `WithHeaders`).
     Empty(u16),
+}
+
+/// What a parked `GET /status/{id}?wait=` request waits for.
+pub struct WaitFor {
+    /// The job waited on.
+    pub job_id: String,
+    /// When to answer anyway.
+    pub until: std::time::Instant,
+    /// Whether the caller sees the worker's own job id (an admin or read key).
+    pub sees_all: bool,
+    /// The client's address, held to `--max-waiting-per-ip` (`None`: not known).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Reply {
@@ -63,7 +68,7 @@ impl Reply {
             Reply::Stream { status, .. } | Reply::Text { status, .. } => *status,
             Reply::Empty(status) => *status,
             Reply::WithHeaders(_, inner) => inner.status(),
-            Reply::Wait { .. } | Reply::Handoff(_) => 200,
+            Reply::Wait(_) | Reply::Handoff(_) => 200,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visibl
 use crate::http::client_address::client_address;
 use crate::http::follow::{self, Wire};
 use crate::http::redact::{hide_remote_id, remote_id_of};
-use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
+use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::submit_key::{self, HEADER};
 use crate::http::upload::UploadBody;
@@ -27,6 +27,7 @@ use crate::state::pool_state::DispatchHold;
 use crate::state::submits_pause::SubmitsPause;
 use crate::store::jobs_db::StoreError;
 use serde_json::json;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -253,7 +254,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
                 let sees_all = caller.sees_all();
-                job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, sees_all))
+                job_route(ctx, &caller, id, |ctx| {
+                    wait_status(ctx, id, secs, sees_all, from)
+                })
             }
             Some(Err(reply)) => reply,
         },
@@ -545,7 +548,15 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
     view["followers"] = json!({
         "following": ctx.events.follower_count(),
         "max": ctx.events.max_followers(),
+        "max_per_ip": ctx.events.max_followers_per_address(),
+        "addresses": ctx.events.following_addresses(),
         "feeds": ctx.events.feed_count(),
+    });
+    view["waiting"] = json!({
+        "parked": ctx.parked.load(Ordering::SeqCst),
+        "max": ctx.config.max_waiting,
+        "max_per_ip": ctx.parked_shares.share(),
+        "addresses": ctx.parked_shares.addresses(),
     });
     view["store"] = store_view(
         &ctx.store,
@@ -633,7 +644,13 @@ fn wait_secs(text: &str) -> Result<f64, Reply> {
 
 /// `GET /status/{id}?wait=SECS`: the status at once when the job has ended (or SECS is 0),
 /// else the request is parked and answered when the job ends or SECS passed.
-fn wait_status(ctx: &Context, id: &str, secs: f64, sees_all: bool) -> Reply {
+fn wait_status(
+    ctx: &Context,
+    id: &str,
+    secs: f64,
+    sees_all: bool,
+    client: Option<IpAddr>,
+) -> Reply {
     let mut st = promoted(ctx);
     let Some(job) = st.jobs.get(id) else {
         drop(st);
@@ -648,11 +665,12 @@ fn wait_status(ctx: &Context, id: &str, secs: f64, sees_all: bool) -> Reply {
     }
     st.ends.watch(id);
     st.mark_watched(id);
-    Reply::Wait {
+    Reply::Wait(WaitFor {
         job_id: id.to_string(),
         until: Instant::now() + Duration::from_secs_f64(secs),
         sees_all,
-    }
+        client,
+    })
 }
 
 /// The percent-decoded value of query parameter `name` in `url`, if given.

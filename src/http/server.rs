@@ -15,7 +15,7 @@ use crate::base::sync::{Parcel, Slot};
 use crate::base::thread_cache::ThreadCache;
 use crate::http::access_log::Access;
 use crate::http::cors;
-use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply};
+use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply, WaitFor};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -145,7 +145,7 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) -> Option<u64> {
             extra.extend(headers_of(&headers));
             return send(request, *inner, extra);
         }
-        Reply::Wait { job_id, .. } => respond_json(
+        Reply::Wait(WaitFor { job_id, .. }) => respond_json(
             request,
             503,
             format!("{{\"error\": \"cannot wait on job {job_id} now; poll without ?wait=\"}}")
@@ -212,14 +212,7 @@ fn serve_one(
         request.close_after_response();
     }
     match (reply, waiting) {
-        (
-            Reply::Wait {
-                job_id,
-                until,
-                sees_all,
-            },
-            Some(waiting),
-        ) => waiting.park(ctx, request, job_id, until, sees_all, access),
+        (Reply::Wait(wait), Some(waiting)) => waiting.park(ctx, request, wait, access),
         (reply, _) => answer(ctx, request, reply, access),
     }
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);

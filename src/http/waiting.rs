@@ -1,13 +1,15 @@
 //! `GET /status/{id}?wait=SECS`: requests parked until their job ends or their time is up,
 //! without holding a handler thread. One thread holds every parked request; the table tells it
 //! the moment a watched job ends (see `state::watch`), and it answers each with the job's
-//! status. At most `--max-waiting` requests are parked; beyond that the answer is 503.
+//! status. At most `--max-waiting` requests are parked, `--max-waiting-per-ip` of them from one
+//! client address; beyond either the answer is 503.
 
 use crate::http::access_log::Access;
 use crate::http::redact::hide_remote_id;
-use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::http::replies::{error_reply, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
+use crate::state::address_shares::{AddressShares, Share};
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +31,8 @@ struct Parked {
     until: Instant,
     sees_all: bool,
     access: Option<Access>,
+    /// Its place in its client address's share, given back when it is answered.
+    _share: Option<Share>,
 }
 
 /// The handle the handlers park requests with.
@@ -36,6 +40,7 @@ pub struct Waiting {
     parks: Sender<Parked>,
     parked: Arc<AtomicUsize>,
     limit: usize,
+    shares: Arc<AddressShares>,
     respond: Respond,
 }
 
@@ -45,8 +50,9 @@ impl Waiting {
         let (parks, parked_rx) = crossbeam_channel::unbounded();
         let (ends, ends_rx) = crossbeam_channel::unbounded();
         ctx.lock().ends.connect(ends);
-        let parked = Arc::new(AtomicUsize::new(0));
+        let parked = Arc::clone(&ctx.parked);
         let limit = ctx.config.max_waiting;
+        let shares = Arc::clone(&ctx.parked_shares);
         let count = Arc::clone(&parked);
         thread::Builder::new()
             .name("waiting".to_string())
@@ -56,21 +62,25 @@ impl Waiting {
             parks,
             parked,
             limit,
+            shares,
             respond,
         })
     }
 
-    /// Parks `request` until job `job_id` ends or `until`; answers 503 at once when
-    /// `--max-waiting` requests are already parked.
-    pub fn park(
-        &self,
-        ctx: &Context,
-        request: Request,
-        job_id: String,
-        until: Instant,
-        sees_all: bool,
-        access: Option<Access>,
-    ) {
+    /// Parks `request` until its job ends or its time is up; answers 503 at once when
+    /// `--max-waiting` requests are already parked, or `--max-waiting-per-ip` from its client's
+    /// address.
+    pub fn park(&self, ctx: &Context, request: Request, wait: WaitFor, access: Option<Access>) {
+        let share = match self.shares.take(wait.client) {
+            Ok(share) => share,
+            Err(used) => {
+                let why = format!(
+                    "your address has {} status requests waiting already, its share (--max-waiting-per-ip); poll without ?wait= or retry later",
+                    used.0
+                );
+                return self.refuse(ctx, request, &wait.job_id, why, access);
+            }
+        };
         let taken = self
             .parked
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -78,34 +88,44 @@ impl Waiting {
             })
             .is_ok();
         if !taken {
-            ctx.lock().ends.unwatch(&job_id);
-            let reply = error_reply(
-                503,
-                format!(
-                    "{} status requests are already waiting (--max-waiting); poll without ?wait= or retry later",
-                    self.limit
-                ),
+            let why = format!(
+                "{} status requests are already waiting (--max-waiting); poll without ?wait= or retry later",
+                self.limit
             );
-            (self.respond)(
-                ctx,
-                request,
-                Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
-                access,
-            );
-            return;
+            return self.refuse(ctx, request, &wait.job_id, why, access);
         }
         let parked = Parked {
             request,
-            job_id,
-            until,
-            sees_all,
+            job_id: wait.job_id,
+            until: wait.until,
+            sees_all: wait.sees_all,
             access,
+            _share: share,
         };
         if let Err(e) = self.parks.send(parked) {
             let parked = e.into_inner();
             self.parked.fetch_sub(1, Ordering::SeqCst);
             answer(ctx, parked, self.respond);
         }
+    }
+
+    /// Answers `request`, waiting on job `job_id`, 503 with `why` and `Retry-After: 1`.
+    fn refuse(
+        &self,
+        ctx: &Context,
+        request: Request,
+        job_id: &str,
+        why: String,
+        access: Option<Access>,
+    ) {
+        ctx.lock().ends.unwatch(job_id);
+        let reply = error_reply(503, why);
+        (self.respond)(
+            ctx,
+            request,
+            Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
+            access,
+        );
     }
 }
 

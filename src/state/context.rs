@@ -8,6 +8,7 @@ use crate::base::line_file::LineFile;
 use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
+use crate::state::address_shares::AddressShares;
 use crate::state::certificates::Certificates;
 use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
@@ -61,6 +62,11 @@ pub struct Context {
     /// Request bodies being read from their clients on upload threads: at most
     /// `--max-uploads` at once (`http/server.rs`).
     pub uploads_receiving: Arc<AtomicUsize>,
+    /// `GET /status/{id}?wait=` requests parked now: at most `--max-waiting` at once
+    /// (`http/waiting.rs`).
+    pub parked: Arc<AtomicUsize>,
+    /// The parked requests of each client address (`--max-waiting-per-ip`).
+    pub parked_shares: Arc<AddressShares>,
     /// Set once a shutdown began: submits are refused.
     pub stopping: AtomicBool,
     /// The context's own shared handle (see [`Context::attach`]).
@@ -124,7 +130,8 @@ impl Context {
             health: config.health_timeout,
             dispatch: config.dispatch_timeout,
         });
-        let events = JobEvents::new(config.max_followers);
+        let events = JobEvents::new(config.max_followers, config.max_followers_per_ip);
+        let parked_shares = AddressShares::new(config.max_waiting_per_ip);
         let metrics = Arc::clone(&state.metrics);
         let nice = config.follow_nice;
         let log_level = Arc::new(LogLevel::new(config.log_level));
@@ -149,6 +156,8 @@ impl Context {
             requests_in_flight: AtomicUsize::new(0),
             worker_fetches: Arc::new(AtomicUsize::new(0)),
             uploads_receiving: Arc::new(AtomicUsize::new(0)),
+            parked: Arc::new(AtomicUsize::new(0)),
+            parked_shares,
             stopping: AtomicBool::new(false),
             me: OnceLock::new(),
             client,

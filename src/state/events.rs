@@ -6,8 +6,10 @@
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
 use crate::base::sync::{lock, Slot};
+use crate::state::address_shares::{AddressShares, Share};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -51,13 +53,27 @@ pub struct JobEvents {
     feeds: Mutex<HashMap<String, Feed>>,
     followers: Arc<AtomicUsize>,
     max_followers: usize,
+    /// The followers of each client address (`--max-followers-per-ip`).
+    shares: Arc<AddressShares>,
     /// Set once the coordinator stops: a follower that joins later is told at once.
     ending: AtomicBool,
 }
 
-/// Refused: as many followers as allowed are already following.
-#[derive(Debug)]
-pub struct TooManyFollowers(pub usize);
+/// Why a follower is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FollowRefused {
+    /// As many followers as allowed (`--max-followers`) are already following.
+    Full(usize),
+    /// The client's address already follows its share (`--max-followers-per-ip`).
+    AddressFull(usize),
+}
+
+/// A reserved follower place: one of `--max-followers`, and one of its client address's
+/// share. Dropping it frees both.
+pub struct FollowerSlot {
+    _slot: Slot,
+    _share: Option<Share>,
+}
 
 /// A follower's place: what the feed held when it joined, then live events. Dropping it frees
 /// its place.
@@ -66,16 +82,18 @@ pub struct Follower {
     pub history: Vec<Arc<str>>,
     /// Every later piece, then [`Event::End`].
     pub events: Receiver<Event>,
-    _slot: Slot,
+    _slot: FollowerSlot,
 }
 
 impl JobEvents {
-    /// No feeds; at most `max_followers` followers at once.
-    pub fn new(max_followers: usize) -> Self {
+    /// No feeds; at most `max_followers` followers at once, `per_address` of them from one
+    /// client address.
+    pub fn new(max_followers: usize, per_address: usize) -> Self {
         JobEvents {
             feeds: Mutex::new(HashMap::new()),
             followers: Arc::new(AtomicUsize::new(0)),
             max_followers,
+            shares: AddressShares::new(per_address),
             ending: AtomicBool::new(false),
         }
     }
@@ -90,20 +108,40 @@ impl JobEvents {
         self.max_followers
     }
 
+    /// The follower limit of one client address.
+    pub fn max_followers_per_address(&self) -> usize {
+        self.shares.share()
+    }
+
+    /// How many client addresses follow jobs now.
+    pub fn following_addresses(&self) -> usize {
+        self.shares.addresses()
+    }
+
     /// Feeds open now: one per job in flight on a worker or followed, dropped when it is over.
     pub fn feed_count(&self) -> usize {
         lock(&self.feeds).len()
     }
 
-    /// Takes a follower slot (taken before the job's state decides between a live follow and
-    /// a replay, held until that ends), or refuses when all are taken.
-    pub fn reserve(&self) -> Result<Slot, TooManyFollowers> {
-        Slot::take(&self.followers, self.max_followers).ok_or(TooManyFollowers(self.max_followers))
+    /// Takes a follower slot for a client at `client` (taken before the job's state decides
+    /// between a live follow and a replay, held until that ends), or refuses when all are
+    /// taken, or when that client's address holds its share.
+    pub fn reserve(&self, client: Option<IpAddr>) -> Result<FollowerSlot, FollowRefused> {
+        let share = self
+            .shares
+            .take(client)
+            .map_err(|used| FollowRefused::AddressFull(used.0))?;
+        let slot = Slot::take(&self.followers, self.max_followers)
+            .ok_or(FollowRefused::Full(self.max_followers))?;
+        Ok(FollowerSlot {
+            _slot: slot,
+            _share: share,
+        })
     }
 
     /// Joins a job's feed (creating it) with a reserved slot. Call it while the job is known
     /// not to have ended (under the pool lock), so its end is still to be published.
-    pub fn follow(&self, id: &str, slot: Slot) -> Follower {
+    pub fn follow(&self, id: &str, slot: FollowerSlot) -> Follower {
         let (sender, events) = crossbeam_channel::unbounded();
         let mut feeds = lock(&self.feeds);
         if self.ending.load(Ordering::SeqCst) {
@@ -194,10 +232,10 @@ mod tests {
 
     #[test]
     fn followers_get_history_then_live_pieces_then_the_end() {
-        let events = JobEvents::new(1);
+        let events = JobEvents::new(1, 1);
         events.open("j", "dispatched\n".into());
-        let slot = events.reserve().expect("a slot");
-        assert!(events.reserve().is_err(), "the bound holds");
+        let slot = events.reserve(None).expect("a slot");
+        assert_eq!(events.reserve(None).err(), Some(FollowRefused::Full(1)));
         let follower = events.follow("j", slot);
         assert_eq!(follower.history.len(), 1);
         events.output("j", "out\n".into());
@@ -216,16 +254,35 @@ mod tests {
         );
         drop(follower);
         assert_eq!(events.follower_count(), 0);
-        assert!(events.reserve().is_ok());
+        assert!(events.reserve(None).is_ok());
+    }
+
+    #[test]
+    fn one_address_follows_at_most_its_share() {
+        let events = JobEvents::new(3, 2);
+        let address = "10.0.0.7".parse().ok();
+        let first = events.reserve(address).expect("a slot");
+        let _second = events.reserve(address).expect("a slot");
+        let refused = events.reserve(address).err();
+        assert_eq!(refused, Some(FollowRefused::AddressFull(2)));
+        assert_eq!(events.follower_count(), 2, "a refusal holds nothing");
+        let _other = events.reserve("10.0.0.8".parse().ok()).expect("a slot");
+        assert_eq!(
+            events.reserve("10.0.0.9".parse().ok()).err(),
+            Some(FollowRefused::Full(3))
+        );
+        assert_eq!(events.following_addresses(), 2, "a refusal holds no share");
+        drop(first);
+        assert!(events.reserve(address).is_ok());
     }
 
     #[test]
     fn a_stop_ends_every_follower_and_every_later_one() {
-        let events = JobEvents::new(2);
+        let events = JobEvents::new(2, 2);
         events.open("j", "dispatched\n".into());
-        let early = events.follow("j", events.reserve().expect("a slot"));
+        let early = events.follow("j", events.reserve(None).expect("a slot"));
         events.end_followers();
-        let late = events.follow("j", events.reserve().expect("a slot"));
+        let late = events.follow("j", events.reserve(None).expect("a slot"));
         for follower in [&early, &late] {
             let got: Vec<Event> = follower.events.try_iter().collect();
             assert_eq!(got, [Event::Shutdown]);

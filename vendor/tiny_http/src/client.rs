@@ -344,8 +344,6 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
@@ -404,11 +402,12 @@ impl Iterator for ClientConnection {
                     return None;
                 }
 
+                // Patched: a JSON error (0.12.0: an empty 417); the body, if any, is unread,
+                // so the connection closes.
                 Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
+                    let message = "the only expectation understood is Expect: 100-continue";
+                    self.refuse(417, message, ver);
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::InvalidInput => {

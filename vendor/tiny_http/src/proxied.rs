@@ -40,15 +40,17 @@ impl ProxiedOpener {
                 self.counts
                     .refused_without_proxy_header
                     .fetch_add(1, Relaxed);
-                // Only a peer that spoke is told why.
+                // Only a peer that spoke is told why. Its address is read first: once the
+                // connection is closed, the peer may be gone.
                 let spoke = matches!(e, HeaderError::Missing | HeaderError::Malformed(_));
+                let peer = control.peer_addr().ok().flatten();
                 close_with(
                     &control,
                     secure || !spoke,
                     "400 Bad Request",
                     "connections from this address must begin with a PROXY protocol header",
                 );
-                self.log_refusal(&control, &e);
+                self.log_refusal(peer, &e);
                 return None;
             }
         };
@@ -67,19 +69,15 @@ impl ProxiedOpener {
         Some((opened, slot))
     }
 
-    /// Logs a connection closed for its header, at most once a minute.
-    fn log_refusal(&self, control: &Connection, why: &HeaderError) {
+    /// Logs a connection from `peer` closed for its header, at most once a minute.
+    fn log_refusal(&self, peer: Option<std::net::SocketAddr>, why: &HeaderError) {
         let due = self
             .without_header
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .due(Instant::now());
         if let Some(count) = due {
-            let peer = control
-                .peer_addr()
-                .ok()
-                .flatten()
-                .map_or_else(|| "a proxy".to_string(), |p| p.ip().to_string());
+            let peer = peer.map_or_else(|| "a proxy".to_string(), |p| p.ip().to_string());
             log::warn!(
                 "Closing a connection from {peer}, whose connections must each begin with a PROXY protocol header: {why}; {count} closed so since the last such line"
             );
