@@ -9,10 +9,10 @@ use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
-use crate::state::address_shares::{AddressShares, Share};
+use crate::state::address_shares::Share;
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,12 +35,10 @@ struct Parked {
     _share: Option<Share>,
 }
 
-/// The handle the handlers park requests with.
+/// The handle the handlers park requests with. The parked count and each client address's
+/// share of it live in the context (`Context::parked`, `Context::parked_shares`), for `/pool`.
 pub struct Waiting {
     parks: Sender<Parked>,
-    parked: Arc<AtomicUsize>,
-    limit: usize,
-    shares: Arc<AddressShares>,
     respond: Respond,
 }
 
@@ -50,28 +48,18 @@ impl Waiting {
         let (parks, parked_rx) = crossbeam_channel::unbounded();
         let (ends, ends_rx) = crossbeam_channel::unbounded();
         ctx.lock().ends.connect(ends);
-        let parked = Arc::clone(&ctx.parked);
-        let limit = ctx.config.max_waiting;
-        let shares = Arc::clone(&ctx.parked_shares);
-        let count = Arc::clone(&parked);
         thread::Builder::new()
             .name("waiting".to_string())
             .stack_size(256 * 1024)
-            .spawn(move || run(&ctx, &parked_rx, &ends_rx, &count, respond))?;
-        Ok(Waiting {
-            parks,
-            parked,
-            limit,
-            shares,
-            respond,
-        })
+            .spawn(move || run(&ctx, &parked_rx, &ends_rx, respond))?;
+        Ok(Waiting { parks, respond })
     }
 
     /// Parks `request` until its job ends or its time is up; answers 503 at once when
     /// `--max-waiting` requests are already parked, or `--max-waiting-per-ip` from its client's
     /// address.
     pub fn park(&self, ctx: &Context, request: Request, wait: WaitFor, access: Option<Access>) {
-        let share = match self.shares.take(wait.client) {
+        let share = match ctx.parked_shares.take(wait.client) {
             Ok(share) => share,
             Err(used) => {
                 let why = format!(
@@ -81,16 +69,16 @@ impl Waiting {
                 return self.refuse(ctx, request, &wait.job_id, why, access);
             }
         };
-        let taken = self
+        let limit = ctx.config.max_waiting;
+        let taken = ctx
             .parked
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.limit).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .is_ok();
         if !taken {
             let why = format!(
-                "{} status requests are already waiting (--max-waiting); poll without ?wait= or retry later",
-                self.limit
+                "{limit} status requests are already waiting (--max-waiting); poll without ?wait= or retry later"
             );
             return self.refuse(ctx, request, &wait.job_id, why, access);
         }
@@ -104,7 +92,7 @@ impl Waiting {
         };
         if let Err(e) = self.parks.send(parked) {
             let parked = e.into_inner();
-            self.parked.fetch_sub(1, Ordering::SeqCst);
+            ctx.parked.fetch_sub(1, Ordering::SeqCst);
             answer(ctx, parked, self.respond);
         }
     }
@@ -163,17 +151,11 @@ fn is_final(ctx: &Context, id: &str) -> bool {
     ctx.lock().jobs.get(id).is_none_or(|j| j.status.is_final())
 }
 
-fn run(
-    ctx: &Context,
-    parks: &Receiver<Parked>,
-    ends: &Receiver<String>,
-    count: &AtomicUsize,
-    respond: Respond,
-) {
+fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond: Respond) {
     let mut waiting: Vec<Parked> = Vec::new();
     let done = |ctx: &Context, parked: Parked| {
         answer(ctx, parked, respond);
-        count.fetch_sub(1, Ordering::SeqCst);
+        ctx.parked.fetch_sub(1, Ordering::SeqCst);
     };
     loop {
         let next = waiting.iter().map(|p| p.until).min();
