@@ -583,6 +583,53 @@ fn requests_with_ambiguous_framing_are_refused_and_their_connection_closed() {
     wait_open_at_most(&coordinator, 1);
 }
 
+#[test]
+fn a_request_body_left_unread_never_becomes_a_next_request() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "5"]);
+    let hidden = "GET /pool HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n";
+    // `POST /reload` answers without reading a body. A declared body longer than the 1 MiB the
+    // server used to drain, with a request at that offset; and a chunked body whose chunk holds
+    // a request and that never ends.
+    let mut long = format!(
+        "POST /reload HTTP/1.1\r\nHost: pool\r\nContent-Length: {}\r\n\r\n",
+        (1 << 20) + hidden.len() + 100
+    )
+    .into_bytes();
+    long.extend(std::iter::repeat_n(b'x', 1 << 20));
+    long.extend(hidden.as_bytes());
+    let chunked = format!(
+        "POST /reload HTTP/1.1\r\nHost: pool\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n{hidden}",
+        hidden.len()
+    );
+    for request in [long, chunked.into_bytes()] {
+        let mut stream = stalled(&coordinator, &request);
+        let answer = read_to_close(&mut stream, DEADLINE).expect("closed after its answer");
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+        assert_eq!(answer.matches("\r\nServer: ").count(), 1, "{answer}");
+    }
+    // A chunked body read to its end keeps the connection for the next request.
+    let whole = format!(
+        "POST /reload HTTP/1.1\r\nHost: pool\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n{hidden}"
+    );
+    let mut stream = stalled(&coordinator, whole.as_bytes());
+    let answer = read_to_close(&mut stream, DEADLINE).expect("closed after the second answer");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    assert!(answer.contains("\"connections\""), "{answer}");
+    // A chunk-size line is read up to 4 KiB (0.12.0 kept every byte of it until its end).
+    let mut endless = b"POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    endless.extend(std::iter::repeat_n(b'0', 1 << 20));
+    let mut stream = stalled(&coordinator, &endless);
+    let answer = read_to_close(&mut stream, DEADLINE).expect("closed after the refusal");
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(
+        answer.contains("chunk-size line longer than 4 KiB"),
+        "{answer}"
+    );
+    wait_open_at_most(&coordinator, 1);
+}
+
 /// Polls `/pool` until at most `open` client connections are open (its own among them).
 fn wait_open_at_most(coordinator: &Coordinator, open: u64) {
     let mut last = Value::Null;

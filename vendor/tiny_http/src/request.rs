@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 
 use crate::connection::RequestControl;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{BodyEnd, ChunkedReader, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -81,7 +80,15 @@ pub struct Request {
     // Patched: the raw socket of the connection, and whether to stop reading it once answered
     control: Option<RequestControl>,
     close_after_response: bool,
+
+    // Patched: set once the body was read to its end (at once when there is none, or when it
+    // was read with the headers)
+    body_end: BodyEnd,
 }
+
+/// Patched: the most of an unread body an answer reads and drops (of what already arrived,
+/// never waiting for more) to keep its connection for a next request.
+const ARRIVED_BODY_LIMIT: usize = 64 * 1024;
 
 struct NotifyOnDrop<R> {
     sender: Sender<()>,
@@ -241,11 +248,14 @@ where
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
+    let body_end = BodyEnd::new(false);
     let reader = if connection_upgrade {
         // if we have a `Connection: upgrade`, always keeping the whole reader
+        body_end.mark();
         Box::new(source_data) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
+            body_end.mark();
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
         } else if content_length <= MAX_INLINE_BODY && !expects_continue {
             // Patched: a small body is read here, on the connection's thread, so a client that
@@ -263,19 +273,21 @@ where
                 return Err(RequestCreationError::CreationIoError(err));
             }
 
+            body_end.mark();
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let data_reader = EqualReader::new(source_data, content_length, body_end.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // over the message (RFC2616 #3.6). Patched: read strictly and within bounds.
+        let data_reader = ChunkedReader::new(source_data, body_end.clone());
+        Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
-        // TODO: could also be multipart/byteranges
+        body_end.mark();
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
@@ -293,6 +305,7 @@ where
         notify_when_responded: None,
         control,
         close_after_response: false,
+        body_end,
     })
 }
 
@@ -441,8 +454,15 @@ impl Request {
     /// have been processed in parallel, the destruction of a writer will trigger
     /// the writing of the next response.
     /// Therefore you should always destroy the `Writer` as soon as possible.
+    /// Patched: a request whose body's end was not read closes its connection once the writer
+    /// is dropped (the rest of the body would be read as a next request).
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
+        if !self.body_finished() {
+            if let Some(control) = &self.control {
+                control.closing.store(true, Ordering::Release);
+            }
+        }
         let writer = self.extract_writer_impl();
         if let Some(sender) = self.notify_when_responded.take() {
             let writer = NotifyOnDrop {
@@ -483,22 +503,65 @@ impl Request {
     }
 
     /// Patched: the answer says `Connection: close`, and the connection ends after it. The
-    /// answering thread drops only the part of an unread body that already arrived (a stalled
-    /// or hostile upload would hold it until the client timeout); the connection's own thread
-    /// then shuts the write side and reads and drops what the client still sends, for a
-    /// bounded time, before it closes (`ClientConnection::linger`): closing a socket with
-    /// unread bytes resets the connection, and a client still sending its body would see the
-    /// reset instead of its answer.
+    /// answering thread never waits for an unread body (a stalled or hostile upload would hold
+    /// it until the client timeout); the connection's own thread shuts the write side and reads
+    /// and drops what the client still sends, for a bounded time, before it closes
+    /// (`ClientConnection::linger`): closing a socket with unread bytes resets the connection,
+    /// and a client still sending its body would see the reset instead of its answer.
     pub fn close_after_response(&mut self) {
         self.close_after_response = true;
     }
 
+    /// Patched: true when the body was read to its end. Otherwise reads and drops what of it
+    /// already arrived (at most `ARRIVED_BODY_LIMIT`, never waiting) and tells whether that
+    /// reached the end: the end of a multipart body's epilogue usually has.
+    fn body_finished(&mut self) -> bool {
+        if self.body_end.reached() {
+            return true;
+        }
+        // A client waiting for `100 Continue` has not sent its body.
+        if self.must_send_continue || self.close_after_response {
+            return false;
+        }
+        let (Some(control), Some(reader)) = (&self.control, self.data_reader.as_mut()) else {
+            return false;
+        };
+        if control.socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 8192];
+        let mut budget = ARRIVED_BODY_LIMIT;
+        while budget > 0 && !self.body_end.reached() {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+        let _ = control.socket.set_nonblocking(false);
+        self.body_end.reached()
+    }
+
     /// Sends a response to this request.
+    ///
+    /// Patched: a request whose body's end was not read is answered with `Connection: close`,
+    /// as after `close_after_response`. 0.12.0 read a next request from where the handler
+    /// stopped reading (after draining up to 1 MiB), so a body could carry a request the
+    /// client's proxy never saw as one.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
+        self.respond_and_settle(response)
+    }
+
+    fn respond_and_settle<R>(&mut self, response: Response<R>) -> Result<(), IoError>
+    where
+        R: Read,
+    {
+        if !self.body_finished() {
+            self.close_after_response = true;
+        }
         let res = self.respond_impl(response);
         // Patched: an answer that failed part-way (its body could not be read, or its client
         // stopped reading) leaves the connection mid-message: it is closed at once, so the
@@ -507,10 +570,8 @@ impl Request {
             if res.is_err() {
                 let _ = control.socket.shutdown(std::net::Shutdown::Both);
             } else if self.close_after_response {
-                // Dropping the body below reads only what already arrived; the connection's
-                // thread lingers for the rest.
+                // The connection's thread lingers for the rest of the body, then closes.
                 control.closing.store(true, Ordering::Release);
-                let _ = control.socket.set_nonblocking(true);
             }
         }
         if let Some(sender) = self.notify_when_responded.take() {
@@ -573,11 +634,7 @@ impl Drop for Request {
     fn drop(&mut self) {
         if self.response_writer.is_some() {
             let response = Response::empty(500);
-            let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                // Patched: no unwrap (the connection's thread may be gone).
-                let _ = sender.send(());
-            }
+            let _ = self.respond_and_settle(response); // ignoring any potential error
         }
     }
 }

@@ -1,36 +1,32 @@
 use std::io::Read;
 use std::io::Result as IoResult;
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+
+use super::BodyEnd;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
-/// If the limit is reached, it returns EOF. If the limit is not reached
-/// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// If the limit is reached, it returns EOF and marks its `BodyEnd`. Patched: bytes left unread
+/// when it is dropped stay unread (0.12.0 read and dropped them there, up to the whole declared
+/// length on the answering thread); a request answered before its body's end closes its
+/// connection instead (`Request::respond`).
 pub struct EqualReader<R>
 where
     R: Read,
 {
     reader: R,
     size: usize,
-    last_read_signal: Sender<IoResult<()>>,
+    end: BodyEnd,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
-        let (tx, rx) = channel();
-
-        let r = EqualReader {
-            reader,
-            size,
-            last_read_signal: tx,
-        };
-
-        (r, rx)
+    pub fn new(reader: R, size: usize, end: BodyEnd) -> EqualReader<R> {
+        if size == 0 {
+            end.mark();
+        }
+        EqualReader { reader, size, end }
     }
 }
 
@@ -49,52 +45,18 @@ where
             &mut buf[..self.size]
         };
 
-        match self.reader.read(buf) {
-            Ok(len) => {
-                self.size -= len;
-                Ok(len)
-            }
-            err @ Err(_) => err,
+        let len = self.reader.read(buf)?;
+        self.size -= len;
+        if self.size == 0 {
+            self.end.mark();
         }
-    }
-}
-
-impl<R> Drop for EqualReader<R>
-where
-    R: Read,
-{
-    fn drop(&mut self) {
-        // Patched: drain through a small fixed buffer, and at most DRAIN_LIMIT bytes. The
-        // original allocated a buffer of the whole declared Content-Length, so one request
-        // declaring a terabyte aborted the process.
-        const DRAIN_LIMIT: usize = 1024 * 1024;
-        let mut remaining_to_read = self.size.min(DRAIN_LIMIT);
-        let mut buf = [0u8; 8192];
-
-        while remaining_to_read > 0 {
-            let want = remaining_to_read.min(buf.len());
-            let buf = &mut buf[..want];
-
-            match self.reader.read(buf) {
-                Err(e) => {
-                    self.last_read_signal.send(Err(e)).ok();
-                    break;
-                }
-                Ok(0) => {
-                    self.last_read_signal.send(Ok(())).ok();
-                    break;
-                }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
-            }
-        }
+        Ok(len)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::EqualReader;
+    use super::{BodyEnd, EqualReader};
     use std::io::Read;
 
     #[test]
@@ -104,11 +66,13 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let end = BodyEnd::new(false);
+            let mut equal_reader = EqualReader::new(org_reader.by_ref(), 5, end.clone());
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
             assert_eq!(string, "hello");
+            assert!(end.reached());
         }
 
         let mut string = String::new();
@@ -123,15 +87,18 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let end = BodyEnd::new(false);
+            let mut equal_reader = EqualReader::new(org_reader.by_ref(), 5, end.clone());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();
             assert_eq!(vec[0], b'h');
+            assert!(!end.reached());
         }
 
+        // Patched: what was not read stays unread.
         let mut string = String::new();
         org_reader.read_to_string(&mut string).unwrap();
-        assert_eq!(string, " world");
+        assert_eq!(string, "ello world");
     }
 }

@@ -1,4 +1,6 @@
 pub(crate) use self::accept_trouble::AcceptTrouble;
+pub use self::body_end::BodyEnd;
+pub use self::chunked_reader::ChunkedReader;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -12,6 +14,8 @@ pub use self::task_pool::TaskPool;
 use std::str::FromStr;
 
 mod accept_trouble;
+mod body_end;
+mod chunked_reader;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
