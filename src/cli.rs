@@ -54,6 +54,7 @@ OPTIONS:
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
+    --max-files N            most files in one submit (413 beyond)           [default: 256]
     --disk-reserve N|P%      refuse submits (507) while they would leave less than this room
                              on the state directory's filesystem, kept for the results of
                              accepted jobs; bytes, or percent of its size; 0 = none [default: 1%]
@@ -595,6 +596,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             positive::<u64>,
             d.max_upload_bytes,
         )?,
+        max_files: value(args, "--max-files", positive::<usize>, d.max_files)?,
         upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,
         disk_reserve: value(args, "--disk-reserve", disk_reserve, d.disk_reserve)?,
         row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::lifecycle::{
     assert_pool_consistent, chunked, exchange, submit, wait_collected, wait_healthy,
 };
-use support::{get_json, poll_until, send, Coordinator, FakeWorker, Form, Reply};
+use support::{get_json, poll_until, send, Coordinator, FakeWorker, Form, ReceivedJob, Reply};
 
 /// `--max-upload-bytes` of these tests: every good test body is smaller.
 const MAX_UPLOAD: usize = 1000;
@@ -99,6 +99,28 @@ fn assert_refused(coordinator: &Coordinator, case: &str, reply: &Reply, status: 
         Vec::<String>::new(),
         "{case}: the refused upload left files behind"
     );
+}
+
+/// The job an accepted submit (`reply`) made, once collected, and what the worker got first.
+fn first_job_sent(
+    coordinator: &Coordinator,
+    worker: &FakeWorker,
+    reply: &Reply,
+    case: &str,
+) -> (String, ReceivedJob) {
+    assert_eq!(reply.status, 200, "{case}: {}", reply.text());
+    let id = reply.json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_collected(coordinator, &id, DEADLINE);
+    let job = worker
+        .recording()
+        .jobs
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{case}: the worker never got the job"));
+    (id, job)
 }
 
 /// After the refusals: nothing was queued nor sent, `/pool` adds up, and a good job still runs.
@@ -382,22 +404,7 @@ fn uploads_over_the_limit_are_refused_with_413() {
     let small = good_form();
     let reply = exchange(coordinator.port(), &streamed, &chunked(&small.body(), 64))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        reply.status,
-        200,
-        "a small streamed upload: {}",
-        reply.text()
-    );
-    let id = reply.json()["job_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    wait_collected(&coordinator, &id, DEADLINE);
-    let received = worker.recording();
-    let job = received
-        .jobs
-        .first()
-        .unwrap_or_else(|| panic!("the worker never got the streamed job"));
+    let (id, job) = first_job_sent(&coordinator, &worker, &reply, "a small streamed upload");
     assert_eq!(job.files[0].bytes, MAIN_PY);
     assert_eq!(job.manifest.as_deref(), Some(MANIFEST.as_bytes()));
     assert_eq!(
@@ -434,4 +441,63 @@ fn a_terabyte_content_length_is_refused_and_the_coordinator_lives_on() {
         coordinator.logs()
     );
     assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
+#[test]
+fn a_submit_is_held_to_max_files_and_odd_part_headers_are_named() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-files", "3"]);
+    let files = |n: usize| {
+        (1..n).fold(good_form(), |form, i| {
+            form.file(&format!("data{i}.txt"), "text/plain", b"x")
+        })
+    };
+    let four = files(4);
+    let reply = post_submit(&coordinator, Some(&four.content_type()), &four.body());
+    assert_refused(
+        &coordinator,
+        "four files",
+        &reply,
+        413,
+        "more than 3 files (--max-files)",
+    );
+
+    let part = |disposition: &[u8]| {
+        let mut body =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"".to_vec();
+        body.extend_from_slice(disposition);
+        body.extend_from_slice(b"\"\r\n\r\nx\r\n--XyZ--\r\n");
+        body
+    };
+    let form_of = |boundary: &str| format!("multipart/form-data; boundary={boundary}");
+    let cases: [(&str, String, Vec<u8>, &str); 3] = [
+        (
+            "a 10,000-byte filename",
+            form_of("XyZ"),
+            part(&[b'a'; 10_000]),
+            "a part's headers are too large",
+        ),
+        (
+            "a filename that is not UTF-8",
+            form_of("XyZ"),
+            part(b"\xff\xfe.py"),
+            "a part's headers are not UTF-8",
+        ),
+        (
+            "a 201-character boundary",
+            form_of(&"b".repeat(201)),
+            good_form().body(),
+            "boundary is 201 characters long",
+        ),
+    ];
+    for (case, content_type, body, needle) in cases {
+        let reply = post_submit(&coordinator, Some(&content_type), &body);
+        assert_refused(&coordinator, case, &reply, 400, needle);
+    }
+
+    let three = files(3);
+    let reply = post_submit(&coordinator, Some(&three.content_type()), &three.body());
+    let (_, job) = first_job_sent(&coordinator, &worker, &reply, "three files");
+    let names: Vec<_> = job.files.iter().map(|f| f.filename.as_str()).collect();
+    assert_eq!(names, ["main.py", "data1.txt", "data2.txt"]);
 }

@@ -93,6 +93,9 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Largest accepted submit body.
     pub max_upload_bytes: u64,
+    /// Most `files` parts in one submit (their names and types are kept in memory while the
+    /// job waits).
+    pub max_files: usize,
     /// Total size of small waiting uploads held in memory instead of the state directory.
     pub upload_memory_bytes: u64,
     /// A finished job's results up to this many bytes are held in its job store row (committed
@@ -191,6 +194,7 @@ impl Default for ServeConfig {
             health_timeout: Duration::from_secs(5),
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
+            max_files: 256,
             upload_memory_bytes: 1024 * 1024,
             row_results_max: 32 * 1024,
             max_results_bytes: 1024 * 1024 * 1024,

@@ -19,6 +19,7 @@ use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload};
 use multipart::server::Multipart;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub enum UploadError {
     NotMultipart(Option<String>),
     /// multipart/form-data without a boundary.
     NoBoundary,
+    /// A boundary longer than [`MAX_BOUNDARY`] (its length).
+    LongBoundary(usize),
     /// The body is larger than `--max-upload-bytes`.
     TooLarge(u64),
     /// The body is not well-formed multipart (truncated, bad headers).
@@ -46,6 +49,8 @@ pub enum UploadError {
     BadFilename(String),
     /// Two `files` parts with the same filename.
     DuplicateFilename(String),
+    /// More `files` parts than `--max-files`.
+    TooManyFiles(usize),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
     /// A part name other than `files`, `manifest`, `priority`, `queue_timeout`, `reruns` and
@@ -88,7 +93,7 @@ impl UploadError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NotMultipart(_) => 415,
-            Self::TooLarge(_) => 413,
+            Self::TooLarge(_) | Self::TooManyFiles(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::SubmitKeyBusy(_) => 409,
             Self::SubmitKeyReused { .. } => 422,
@@ -114,6 +119,10 @@ impl fmt::Display for UploadError {
                 ct.as_deref().unwrap_or("none")
             ),
             Self::NoBoundary => write!(f, "the multipart/form-data Content-Type has no boundary parameter"),
+            Self::LongBoundary(len) => write!(
+                f,
+                "the multipart boundary is {len} characters long, more than {MAX_BOUNDARY}; use a shorter one (RFC 2046 asks for at most 70)"
+            ),
             Self::TooLarge(max) => write!(f, "the upload is larger than the limit of {max} bytes"),
             Self::Malformed(why) => write!(f, "the multipart body is malformed or truncated: {why}"),
             Self::NoFiles => write!(f, "no 'files' part: upload at least one file with -F files=@FILE"),
@@ -123,6 +132,10 @@ impl fmt::Display for UploadError {
                 "the filename {name:?} is not allowed: it must be a plain name without '/', '\\\\', '\"', '..', NUL or control characters"
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
+            Self::TooManyFiles(max) => write!(
+                f,
+                "the submit holds more than {max} files (--max-files); pack them into one .tar.gz or .zip, which the worker unpacks"
+            ),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
             Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout', 'reruns' and 'labels' are accepted"),
             Self::TooManyQueued(limit) => write!(
@@ -201,13 +214,20 @@ pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
     if !kind.eq_ignore_ascii_case("multipart/form-data") {
         return Err(UploadError::NotMultipart(Some(ct.to_string())));
     }
-    params
+    let boundary = params
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
         .map(|(_, v)| v.trim().trim_matches('"').to_string())
-        .filter(|b| !b.is_empty() && b.len() <= 200)
-        .ok_or(UploadError::NoBoundary)
+        .filter(|b| !b.is_empty())
+        .ok_or(UploadError::NoBoundary)?;
+    if boundary.len() > MAX_BOUNDARY {
+        return Err(UploadError::LongBoundary(boundary.len()));
+    }
+    Ok(boundary)
 }
+
+/// The longest multipart boundary taken (RFC 2046 allows 70; some clients make longer ones).
+const MAX_BOUNDARY: usize = 200;
 
 /// Counts bytes and fails the read once the limit is crossed.
 /// How often a body of unknown length checks the disk reserve as it streams in.
@@ -264,6 +284,10 @@ fn describe_parse_error(e: &io::Error) -> String {
     if text.contains("header") {
         "a part's headers are invalid (control characters, NUL or bad encoding in a name or filename?)"
             .to_string()
+    } else if text == "TooLarge" {
+        "a part's headers are too large (a filename of more than 255 bytes?)".to_string()
+    } else if text.contains("utf-8") {
+        "a part's headers are not UTF-8 (a name or filename in another encoding?)".to_string()
     } else {
         text
     }
@@ -486,6 +510,7 @@ fn read_parts(
     };
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();
+    let mut names = HashSet::new();
     let mut manifest = None;
     let mut options = SubmitOptions::default();
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
@@ -497,7 +522,10 @@ fn read_parts(
                     .clone()
                     .ok_or(UploadError::MissingFilename)?;
                 check_filename(&filename)?;
-                if inputs.iter().any(|i| i.filename == filename) {
+                if inputs.len() >= ctx.config.max_files {
+                    return Err(UploadError::TooManyFiles(ctx.config.max_files));
+                }
+                if !names.insert(filename.clone()) {
                     return Err(UploadError::DuplicateFilename(filename));
                 }
                 let content_type = field
