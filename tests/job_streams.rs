@@ -19,7 +19,7 @@ use support::follow::{follow_logs, follow_websocket};
 use support::lifecycle::{
     drain_url, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
-use support::{get, get_json, poll_until, post, Coordinator, FakeWorker, Form, Recording};
+use support::{get, get_json, poll_until, post, send, Coordinator, FakeWorker, Form, Recording};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -424,9 +424,15 @@ fn fifty_followers_hold_no_handler_thread_and_the_bound_answers_503() {
         asked.elapsed()
     );
     assert_eq!(pool["total_jobs"], 1);
-    let (code, body) = get(&coordinator.url(&format!("/logs/{id}?follow=1")));
-    assert_eq!(code, 503, "{body}");
-    assert!(serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"].is_string()));
+    let refused = send(
+        "GET",
+        &coordinator.url(&format!("/logs/{id}?follow=1")),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.json()["error"].is_string(), "{}", refused.text());
+    assert_eq!(refused.header("Retry-After"), Some("5"));
     for mut f in followers {
         f.wait_for("[DONE]", DEADLINE)
             .expect("every follower hears the end");

@@ -130,7 +130,10 @@ fn one_address_cannot_take_every_follower_nor_every_parked_request() {
     let mut third = stalled_from(&coordinator, here, closing.as_bytes());
     let refused = read_to_close(&mut third, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&refused), 503, "{refused}");
-    assert!(refused.contains("--max-followers-per-ip"), "{refused}");
+    assert!(
+        refused.contains("--max-followers-per-ip") && refused.contains("Retry-After: 5"),
+        "{refused}"
+    );
     let (_, head) = head_from(&coordinator, other, &follow);
     assert_eq!(status_of(&head), 200, "{head}");
     let pool = get_json(&coordinator.url("/pool")).1;

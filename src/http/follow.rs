@@ -15,7 +15,7 @@ use crate::base::sync::Parcel;
 use crate::http::auth::Caller;
 use crate::http::grant::Grant;
 use crate::http::redact::TextHider;
-use crate::http::replies::{error_reply, unknown_job, Reply};
+use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::views;
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
@@ -27,6 +27,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
 use tiny_http::Request;
+
+/// `Retry-After` seconds of a follow refused for want of a place: a stream holds its place
+/// until its job ends, so sooner is seldom better.
+const FOLLOW_RETRY_AFTER: u32 = 5;
 
 /// Stack size of a follower thread.
 const FOLLOWER_STACK: usize = 128 * 1024;
@@ -100,18 +104,15 @@ pub fn start(
     let slot = match ctx.events.reserve(client) {
         Ok(slot) => slot,
         Err(FollowRefused::Full(max)) => {
-            return error_reply(
-                503,
-                format!("{max} clients already follow jobs (--max-followers); try again later"),
-            )
+            let why =
+                format!("{max} clients already follow jobs (--max-followers); try again later");
+            return retry_after(FOLLOW_RETRY_AFTER, error_reply(503, why));
         }
         Err(FollowRefused::AddressFull(held)) => {
-            return error_reply(
-                503,
-                format!(
-                    "your address already follows {held} streams, its share (--max-followers-per-ip); close one, or try again later"
-                ),
-            )
+            let why = format!(
+                "your address already follows {held} streams, its share (--max-followers-per-ip); close one, or try again later"
+            );
+            return retry_after(FOLLOW_RETRY_AFTER, error_reply(503, why));
         }
     };
     let in_table = {
