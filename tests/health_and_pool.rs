@@ -132,24 +132,30 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
         );
     }
     let wrong_methods = [
-        ("GET", "/submit"),
-        ("POST", "/pool"),
-        ("POST", "/health"),
-        ("PUT", "/pool"),
-        ("DELETE", "/status/pool-0123"),
-        ("POST", "/outputs/pool-0123"),
-        ("DELETE", "/logs/pool-0123"),
-        ("POST", "/"),
-        ("POST", "/download/pool-0123"),
+        ("GET", "/submit", "POST"),
+        ("HEAD", "/submit", "POST"),
+        ("POST", "/pool", "GET, HEAD"),
+        ("POST", "/health", "GET, HEAD"),
+        ("PUT", "/pool", "GET, HEAD"),
+        ("DELETE", "/status/pool-0123", "GET, HEAD"),
+        ("POST", "/outputs/pool-0123", "GET, HEAD"),
+        ("DELETE", "/logs/pool-0123", "GET, HEAD"),
+        ("POST", "/logs/pool-0123?follow=1", "GET"),
+        ("POST", "/", "GET, HEAD"),
+        ("POST", "/download/pool-0123", "GET, HEAD"),
+        ("GET", "/jobs/pool-0123", "DELETE"),
     ];
-    for (method, path) in wrong_methods {
+    for (method, path, allowed) in wrong_methods {
         let reply = send(method, &coordinator.url(path), None).unwrap();
         assert_eq!(reply.status, 405, "{method} {path}: {}", reply.text());
-        assert!(
-            reply.json()["error"].is_string(),
-            "{method} {path}: {}",
-            reply.text()
-        );
+        assert_eq!(reply.header("Allow"), Some(allowed), "{method} {path}");
+        if method != "HEAD" {
+            assert!(
+                reply.json()["error"].is_string(),
+                "{method} {path}: {}",
+                reply.text()
+            );
+        }
     }
     let (status, body) = get_json(&coordinator.url("/pool"));
     assert_eq!(status, 200, "the coordinator stopped serving: {body}");

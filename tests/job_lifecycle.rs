@@ -988,3 +988,92 @@ fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool["jobs_by_status"]["completed"], 3, "{pool}");
 }
+
+/// Everything answered to `HEAD target` on a connection the coordinator closes after it:
+/// the status, the headers, and whatever followed them (nothing, for a HEAD).
+fn head_request(port: u16, target: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!("HEAD {target} HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("HEAD {target}: {e}"));
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("HEAD {target}: no end of headers in {answer:?}"));
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("HEAD {target}: {head}"));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    (status, headers, answer[split + 4..].to_vec())
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn head_answers_what_get_would_without_its_body() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    let id = submit(&coordinator, &main_py_job());
+    wait_collected(&coordinator, &id, DEADLINE);
+    let port = coordinator.port();
+    for path in [
+        "/health".to_string(),
+        "/ready".to_string(),
+        "/dashboard".to_string(),
+        format!("/status/{id}"),
+        format!("/logs/{id}"),
+        format!("/outputs/{id}"),
+        format!("/outputs/{id}/result.txt"),
+        format!("/download/{id}/result.txt"),
+        format!("/download/{id}"),
+        "/pool".to_string(),
+        "/jobs".to_string(),
+        "/metrics".to_string(),
+    ] {
+        let (status, headers, after) = head_request(port, &path);
+        let got = send("GET", &coordinator.url(&path), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((status, got.status), (200, 200), "HEAD {path}: {headers:?}");
+        assert!(after.is_empty(), "HEAD {path} sent a body: {after:?}");
+        assert_eq!(
+            header_of(&headers, "content-type"),
+            got.header("Content-Type"),
+            "HEAD {path}"
+        );
+        // The answers whose body does not change from one call to the next say its length.
+        if !["/pool", "/jobs", "/metrics"].contains(&path.as_str()) {
+            let length = got.body.len().to_string();
+            assert_eq!(
+                header_of(&headers, "content-length"),
+                Some(length.as_str()),
+                "HEAD {path}: {headers:?}"
+            );
+        }
+    }
+    // A followed stream's answer is the stream: GET only, as Allow says.
+    for path in [format!("/logs/{id}?follow=1"), format!("/stream/{id}")] {
+        let (status, headers, after) = head_request(port, &path);
+        assert_eq!(status, 405, "HEAD {path}: {headers:?}");
+        assert_eq!(header_of(&headers, "allow"), Some("GET"), "HEAD {path}");
+        assert!(after.is_empty(), "HEAD {path} sent a body: {after:?}");
+    }
+}

@@ -82,6 +82,7 @@ enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// The method the route answers (a `GET` route answers `HEAD` too).
     fn method(&self) -> Method {
         match self {
             Route::Submit
@@ -95,6 +96,34 @@ impl Route<'_> {
             Route::DeleteJob(_) => Method::Delete,
             _ => Method::Get,
         }
+    }
+
+    /// Whether a `HEAD` asks for headers this route can give without its body: every `GET`
+    /// route but the followed streams, whose answer is the stream itself.
+    fn answers_head(&self, url: &str) -> bool {
+        match self {
+            Route::Stream(_) => false,
+            Route::Logs(_) => !follow::wants_follow(url),
+            _ => self.method() == Method::Get,
+        }
+    }
+
+    /// The `Allow` header's value: the methods this route answers.
+    fn allowed_methods(&self, url: &str) -> &'static str {
+        match self.method() {
+            Method::Get if self.answers_head(url) => "GET, HEAD",
+            Method::Get => "GET",
+            Method::Delete => "DELETE",
+            _ => "POST",
+        }
+    }
+}
+
+/// Whether `method` is one `route` answers at `url`.
+fn method_allowed(route: &Route<'_>, method: &Method, url: &str) -> bool {
+    match method {
+        Method::Head => route.answers_head(url),
+        method => *method == route.method(),
     }
 }
 
@@ -152,7 +181,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 /// a job's archive (`/download/{id}`) and the state directory's snapshot (`/snapshot`). A client
 /// that reads a large answer slowly holds its own thread only.
 pub fn is_quick(request: &Request) -> bool {
-    if *request.method() != Method::Get {
+    if !matches!(request.method(), Method::Get | Method::Head) {
         return false;
     }
     let url = request.url();
@@ -209,14 +238,15 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             Err(why) => error_reply(403, why),
         };
     }
-    if *request.method() != route.method() {
-        return error_reply(
-            405,
-            format!(
-                "{} is not allowed on {path}; use {}",
-                request.method(),
-                route.method()
-            ),
+    if !method_allowed(&route, request.method(), &url) {
+        let allowed = route.allowed_methods(&url);
+        let why = format!(
+            "{} is not allowed on {path}; use {allowed}",
+            request.method()
+        );
+        return Reply::WithHeaders(
+            vec![("Allow", allowed.to_string())],
+            Box::new(error_reply(405, why)),
         );
     }
     match route {

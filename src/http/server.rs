@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use tiny_http::{Header, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
+use tiny_http::{Header, Method, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
 
 /// Largest write of a body held in memory ([`Reply::Text`]: a page, the metrics).
 const TEXT_WRITE_BLOCK: usize = 64 * 1024;
@@ -180,7 +180,9 @@ fn respond(ctx: &Context, request: Request, reply: Reply) -> Option<u64> {
 fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>) {
     let status = reply.status();
     ctx.metrics.answered(status);
-    let bytes = respond(ctx, request, reply);
+    // A HEAD answer's headers give the body's length; no byte of it is sent.
+    let head = *request.method() == Method::Head;
+    let bytes = respond(ctx, request, reply).map(|n| if head { 0 } else { n });
     if let Some(access) = access {
         access.end(ctx, status, bytes);
     }
