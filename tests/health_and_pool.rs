@@ -157,6 +157,17 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
             );
         }
     }
+    // An OPTIONS without Origin is no CORS preflight: it asks which methods an endpoint takes
+    // (HAProxy's default health check is `OPTIONS /`).
+    for (path, allowed) in [
+        ("/", "GET, HEAD, OPTIONS"),
+        ("/submit", "POST, OPTIONS"),
+        ("/logs/pool-0123?follow=1", "GET, OPTIONS"),
+    ] {
+        let reply = send("OPTIONS", &coordinator.url(path), None).unwrap();
+        assert_eq!(reply.status, 204, "OPTIONS {path}: {}", reply.text());
+        assert_eq!(reply.header("Allow"), Some(allowed), "OPTIONS {path}");
+    }
     let (status, body) = get_json(&coordinator.url("/pool"));
     assert_eq!(status, 200, "the coordinator stopped serving: {body}");
 }

@@ -233,7 +233,13 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         );
     };
     if *request.method() == Method::Options {
-        return match cors::preflight(&ctx.config.cors_origins, cors::origin(request)) {
+        let Some(origin) = cors::origin(request) else {
+            // Not a CORS preflight: which methods the endpoint takes (HAProxy's default
+            // `option httpchk` asks `OPTIONS /`).
+            let allowed = format!("{}, OPTIONS", route.allowed_methods(&url));
+            return Reply::WithHeaders(vec![("Allow", allowed)], Box::new(Reply::Empty(204)));
+        };
+        return match cors::preflight(&ctx.config.cors_origins, origin) {
             Ok(granted) => Reply::WithHeaders(granted, Box::new(Reply::Empty(204))),
             Err(why) => error_reply(403, why),
         };
