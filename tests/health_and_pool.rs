@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use support::health_only::HealthOnly;
+use support::lifecycle::get_raw;
 use support::{get_json, poll_until, send, BlackHole, Coordinator, FakeWorker, WorkerKey};
 
 /// Deadline for anything that should happen within a few health rounds.
@@ -157,6 +158,10 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
             );
         }
     }
+    // A target in absolute form, which a server must accept (RFC 9112, section 3.2.2).
+    let absolute = format!("http://127.0.0.1:{}/health", coordinator.port());
+    let reply = get_raw(coordinator.port(), &absolute);
+    assert_eq!(reply.status, 200, "GET {absolute}: {}", reply.text());
     // An OPTIONS without Origin is no CORS preflight: it asks which methods an endpoint takes
     // (HAProxy's default health check is `OPTIONS /`).
     for (path, allowed) in [

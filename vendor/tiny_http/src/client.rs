@@ -464,16 +464,41 @@ fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
 
 /// Parses the request line of the request.
 /// eg. GET / HTTP/1.1
+/// Patched: exactly three parts, one space apart (0.12.0 ignored a fourth), and the target in
+/// origin form (see [`origin_form`]).
 fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
     let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::WrongRequestLine);
+    };
+    let method = method.parse().map_err(|_| ReadError::WrongRequestLine)?;
+    if target.is_empty() {
+        return Err(ReadError::WrongRequestLine);
+    }
+    Ok((method, origin_form(target), parse_http_version(version)?))
+}
 
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
+/// Patched: a request target in origin form (`/path?query`). An absolute-form target
+/// (`http://host:port/path?query`), which RFC 9112 (section 3.2.2) says a server must accept,
+/// loses its scheme and authority; 0.12.0 passed it on whole, and no route matched it.
+fn origin_form(target: &str) -> String {
+    for scheme in ["http://", "https://"] {
+        let named = target
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme));
+        if named {
+            let rest = &target[scheme.len()..];
+            let path = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+            return if path.starts_with('/') {
+                path.to_string()
+            } else {
+                format!("/{path}")
+            };
+        }
+    }
+    target.to_string()
 }
 
 #[cfg(test)]
@@ -488,5 +513,23 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+        assert!(super::parse_request_line("GET /hello HTTP/1.1 x").is_err());
+        assert!(super::parse_request_line("GET  /hello HTTP/1.1").is_err());
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_read_in_origin_form() {
+        for (target, path) in [
+            ("http://pool.example:8080/status/x?wait=1", "/status/x?wait=1"),
+            ("HTTPS://pool.example/health", "/health"),
+            ("http://pool.example", "/"),
+            ("http://pool.example?x=1", "/?x=1"),
+            ("/health", "/health"),
+            ("*", "*"),
+        ] {
+            let line = format!("GET {target} HTTP/1.1");
+            let (_, got, _) = super::parse_request_line(&line).unwrap();
+            assert_eq!(got, path, "{target}");
+        }
     }
 }
