@@ -9,14 +9,13 @@ use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
-use crate::state::address_shares::Share;
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tiny_http::Request;
+use tiny_http::{Request, Share};
 
 /// Longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
@@ -59,7 +58,7 @@ impl Waiting {
     /// `--max-waiting` requests are already parked, or `--max-waiting-per-ip` from its client's
     /// address.
     pub fn park(&self, ctx: &Context, request: Request, wait: WaitFor, access: Option<Access>) {
-        let share = match ctx.parked_shares.take(wait.client) {
+        let share = match wait.client.map(|c| ctx.parked_shares.take(c)).transpose() {
             Ok(share) => share,
             Err(used) => {
                 let why = format!(

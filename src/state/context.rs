@@ -8,7 +8,6 @@ use crate::base::line_file::LineFile;
 use crate::base::log_level::LogLevel;
 use crate::base::sync::lock;
 use crate::base::thread_cache::ThreadCache;
-use crate::state::address_shares::AddressShares;
 use crate::state::certificates::Certificates;
 use crate::state::events::JobEvents;
 use crate::state::metrics::Metrics;
@@ -26,7 +25,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
-use tiny_http::ConnectionCounts;
+use tiny_http::{AddressShares, ConnectionCounts};
 
 /// Stack size of a dispatch thread.
 const DISPATCH_STACK: usize = 256 * 1024;

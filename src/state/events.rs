@@ -6,12 +6,12 @@
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
 use crate::base::sync::{lock, Slot};
-use crate::state::address_shares::{AddressShares, Share};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tiny_http::{AddressShares, Share};
 
 /// Most bytes of history a feed keeps for followers that join later.
 const MAX_HISTORY: usize = 1024 * 1024;
@@ -127,9 +127,9 @@ impl JobEvents {
     /// between a live follow and a replay, held until that ends), or refuses when all are
     /// taken, or when that client's address holds its share.
     pub fn reserve(&self, client: Option<IpAddr>) -> Result<FollowerSlot, FollowRefused> {
-        let share = self
-            .shares
-            .take(client)
+        let share = client
+            .map(|client| self.shares.take(client))
+            .transpose()
             .map_err(|used| FollowRefused::AddressFull(used.0))?;
         let slot = Slot::take(&self.followers, self.max_followers)
             .ok_or(FollowRefused::Full(self.max_followers))?;

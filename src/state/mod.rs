@@ -2,7 +2,6 @@
 //! behind one mutex, and the `Context` that bundles it with the spool, the worker client and
 //! the wake-up signals, and the coordinator's metrics. May import `worker`, `store` and `base`.
 
-pub mod address_shares;
 pub mod certificates;
 pub mod context;
 pub mod cpu_window;

@@ -97,7 +97,6 @@ use std::fmt;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
-use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -116,6 +115,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request, MAX_INLINE_BODY};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::{client_address_key, AddressShares, Share, ShareUsed};
 
 mod client;
 mod common;
@@ -151,7 +151,7 @@ pub struct Server {
 }
 
 /// Patched: the connections a server reads now, and those it refused since it started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionCounts {
     /// Connections being read by a pool thread now.
     pub open: AtomicUsize,
@@ -163,31 +163,36 @@ pub struct ConnectionCounts {
     pub refused_for_shortage: AtomicU64,
     /// Closed from a `Limits::proxied` peer without a valid PROXY header in time.
     pub refused_without_proxy_header: AtomicU64,
-    /// Connections read now per client address (see [`client_address_key`]), for those a
-    /// share of `Limits::max_connections_per_address` holds.
-    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections read now per client address, for those a share of
+    /// `Limits::max_connections_per_address` holds.
+    by_address: Arc<AddressShares>,
+}
+
+/// Counts of a server without a per-address limit (a placeholder until one listens).
+impl Default for ConnectionCounts {
+    fn default() -> Self {
+        ConnectionCounts::new(usize::MAX)
+    }
 }
 
 impl ConnectionCounts {
+    fn new(max_connections_per_address: usize) -> Self {
+        ConnectionCounts {
+            open: AtomicUsize::new(0),
+            refused_over_limit: AtomicU64::new(0),
+            refused_for_address: AtomicU64::new(0),
+            refused_for_shortage: AtomicU64::new(0),
+            refused_without_proxy_header: AtomicU64::new(0),
+            by_address: AddressShares::new(max_connections_per_address),
+        }
+    }
+
     /// The `n` client addresses (see [`client_address_key`]) holding the most connections
     /// now, most first (ties by address), each with its count. Only connections a share of
     /// `Limits::max_connections_per_address` holds are counted: none without that limit, and
     /// none of a `Limits::unshared` peer.
     pub fn busiest_addresses(&self, n: usize) -> Vec<(IpAddr, usize)> {
-        let mut busiest: Vec<(IpAddr, usize)> = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(address, count)| (*address, *count))
-            .collect();
-        let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if busiest.len() > n && n > 0 {
-            busiest.select_nth_unstable_by(n - 1, order);
-        }
-        busiest.truncate(n);
-        busiest.sort_unstable_by(order);
-        busiest
+        self.by_address.busiest(n)
     }
 }
 
@@ -296,39 +301,15 @@ impl Drop for LiveConnection {
 }
 
 /// Patched: the connections read at once per client address, each counted (in
-/// `ConnectionCounts::by_address`) while its [`AddressSlot`] lives, and the refusals of those
+/// `ConnectionCounts::by_address`) while its [`Share`] lives, and the refusals of those
 /// beyond an address's share.
 struct PerAddress {
-    limit: usize,
     /// Peers no share holds (`Limits::unshared`).
     unshared: Option<PeerTest>,
     /// Where the connections of each address and the refusals are counted.
     counts: Arc<ConnectionCounts>,
     /// When refusals were last logged.
     refusals: Mutex<util::RefusalLog>,
-}
-
-/// Patched: one connection counted against its client address.
-struct AddressSlot {
-    owner: Arc<PerAddress>,
-    address: IpAddr,
-}
-
-/// Patched: the client address a connection or request counts against: an IPv4 address
-/// (an IPv4-mapped IPv6 address counts as its IPv4 one), or the /64 of an IPv6 one (a host is
-/// usually given a whole /64).
-pub fn client_address_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
-        v4 => v4,
-    }
 }
 
 impl PerAddress {
@@ -341,12 +322,13 @@ impl PerAddress {
         sock: &Connection,
         secure: bool,
         addr: IpAddr,
-    ) -> Result<Option<AddressSlot>, ()> {
-        if owner.limit == usize::MAX || owner.unshared.as_ref().is_some_and(|u| (u.0)(addr)) {
+    ) -> Result<Option<Share>, ()> {
+        let shares = &owner.counts.by_address;
+        if shares.share() == usize::MAX || owner.unshared.as_ref().is_some_and(|u| (u.0)(addr)) {
             return Ok(None);
         }
-        if let Some(slot) = PerAddress::take(owner, addr) {
-            return Ok(Some(slot));
+        if let Ok(share) = shares.take(addr) {
+            return Ok(Some(share));
         }
         owner.counts.refused_for_address.fetch_add(1, Relaxed);
         refuse_with(
@@ -362,46 +344,10 @@ impl PerAddress {
         if let Some(count) = due {
             log::warn!(
                 "Refusing new connections from {addr}: it has {} open, the most one client address may hold; {count} refused since the last such line",
-                owner.limit
+                shares.share()
             );
         }
         Err(())
-    }
-
-    /// A slot for a new connection from `addr`, or `None` when its address has the limit.
-    fn take(owner: &Arc<PerAddress>, addr: IpAddr) -> Option<AddressSlot> {
-        let address = client_address_key(addr);
-        let mut counts = owner
-            .counts
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(address).or_insert(0);
-        if *count >= owner.limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            owner: Arc::clone(owner),
-            address,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .owner
-            .counts
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.address);
-            }
-        }
     }
 }
 
@@ -540,7 +486,7 @@ impl Server {
         let inside_messages = messages.clone();
         let inline: Arc<OnceLock<InlineHandler>> = Arc::new(OnceLock::new());
         let inside_inline = Arc::clone(&inline);
-        let counts = Arc::new(ConnectionCounts::default());
+        let counts = Arc::new(ConnectionCounts::new(limits.max_connections_per_address));
         let inside_counts = Arc::clone(&counts);
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
@@ -549,7 +495,6 @@ impl Server {
             let live = inside_counts;
             // Patched: and at most `limits.max_connections_per_address` per client address.
             let per_address = Arc::new(PerAddress {
-                limit: limits.max_connections_per_address,
                 unshared: limits.unshared.clone(),
                 counts: Arc::clone(&live),
                 refusals: Mutex::new(util::RefusalLog::new()),
@@ -807,42 +752,5 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod busiest_tests {
-    use super::*;
-
-    fn counts_of(pairs: &[(&str, usize)]) -> ConnectionCounts {
-        let counts = ConnectionCounts::default();
-        let mut by_address = counts.by_address.lock().unwrap_or_else(PoisonError::into_inner);
-        for (address, count) in pairs {
-            by_address.insert(address.parse().unwrap(), *count);
-        }
-        drop(by_address);
-        counts
-    }
-
-    #[test]
-    fn the_busiest_addresses_come_most_first_and_ties_by_address() {
-        let counts = counts_of(&[
-            ("10.0.0.3", 1),
-            ("10.0.0.1", 7),
-            ("2001:db8::", 3),
-            ("10.0.0.2", 3),
-            ("10.0.0.4", 2),
-        ]);
-        let busiest: Vec<(String, usize)> = counts
-            .busiest_addresses(3)
-            .into_iter()
-            .map(|(a, n)| (a.to_string(), n))
-            .collect();
-        let expected = [("10.0.0.1", 7), ("10.0.0.2", 3), ("2001:db8::", 3)];
-        let expected: Vec<(String, usize)> =
-            expected.iter().map(|(a, n)| (a.to_string(), *n)).collect();
-        assert_eq!(busiest, expected);
-        assert_eq!(counts.busiest_addresses(10).len(), 5);
-        assert!(counts.busiest_addresses(0).is_empty());
     }
 }

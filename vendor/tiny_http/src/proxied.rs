@@ -7,7 +7,7 @@ use crate::client::ClientConnection;
 use crate::connection::Connection;
 use crate::util::proxy_header::{self, HeaderError};
 use crate::util::RefusalLog;
-use crate::{close_with, open_client, AddressSlot, ConnectionCounts, PerAddress, TlsAcceptor};
+use crate::{close_with, open_client, ConnectionCounts, PerAddress, Share, TlsAcceptor};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ impl ProxiedOpener {
     pub(crate) fn open(
         &self,
         control: Arc<Connection>,
-    ) -> Option<(ClientConnection, Option<AddressSlot>)> {
+    ) -> Option<(ClientConnection, Option<Share>)> {
         let secure = self.ssl.is_some();
         let deadline = Instant::now() + self.client_timeout.unwrap_or(HEADER_WAIT);
         let client = match proxy_header::read(&control, deadline) {

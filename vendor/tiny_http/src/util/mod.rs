@@ -1,4 +1,5 @@
 pub(crate) use self::accept_trouble::AcceptTrouble;
+pub use self::address_shares::{client_address_key, AddressShares, Share, ShareUsed};
 pub use self::body_end::BodyEnd;
 pub use self::chunked_reader::ChunkedReader;
 pub use self::custom_stream::CustomStream;
@@ -14,6 +15,7 @@ pub use self::task_pool::TaskPool;
 use std::str::FromStr;
 
 mod accept_trouble;
+mod address_shares;
 mod body_end;
 mod chunked_reader;
 mod custom_stream;
