@@ -83,11 +83,23 @@ fn the_listener_serves_https_refuses_plain_http_and_rotates_its_certificate_on_s
         https_get(port, &other_ca.path("other-ca"), "/health").is_err(),
         "a client that does not trust the certificate must fail"
     );
-    let plain = send("GET", &coordinator.url("/health"), None);
-    assert!(
-        plain.as_ref().map_or(true, |r| r.status != 200),
-        "plain HTTP on the TLS port answered {plain:?}"
+    // Plain HTTP on the TLS port is told to use https:// (it was closed without a word).
+    let plain = send("GET", &coordinator.url("/health"), None).expect("an answer");
+    assert_eq!(plain.status, 400, "{}", plain.text());
+    assert_eq!(
+        plain.json()["error"],
+        "this port speaks HTTPS; use an https:// address"
     );
+    let form = small_job();
+    let upload = send(
+        "POST",
+        &coordinator.url("/submit"),
+        Some((&form.content_type(), &form.body())),
+    )
+    .expect("an answer to a plain submit");
+    assert_eq!(upload.status, 400, "{}", upload.text());
+    let after = https_get(port, &ca.path("ca"), "/health").expect("HTTPS after plain HTTP");
+    assert_eq!(after.status, 200, "{}", after.text);
 
     // Rotation: a new certificate in the same files, then SIGHUP.
     let (new_cert, new_key) = ca.issue("listener-next", false);

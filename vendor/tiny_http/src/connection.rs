@@ -97,6 +97,17 @@ impl Connection {
         }
     }
 
+    /// Patched: the first byte waiting on the connection, left there (`None` when it ended,
+    /// or for a Unix socket, which cannot peek).
+    pub(crate) fn peek_first(&self) -> std::io::Result<Option<u8>> {
+        let mut byte = [0u8; 1];
+        match self {
+            Self::Tcp(s) => Ok((s.peek(&mut byte)? == 1).then_some(byte[0])),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(None),
+        }
+    }
+
     /// Patched: one read on the raw connection (what a lingering connection drops).
     pub(crate) fn read_once(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::io::Read;

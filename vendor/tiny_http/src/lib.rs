@@ -378,10 +378,38 @@ fn close_with(sock: &Connection, silent: bool, status: &str, why: &str) {
     let _ = sock.shutdown(Shutdown::Write);
 }
 
-/// Patched: how an accepted connection reaches its thread: ready to read requests, or with
-/// a PROXY header to read first.
+/// Patched: whether a connection to the TLS port opens with a plain HTTP request (a method's
+/// capital letter) instead of a TLS handshake (its records begin with 22). Waits for the first
+/// byte up to the socket's read timeout (the client timeout), on the connection's own thread.
+fn speaks_plain_http(control: &Connection) -> bool {
+    matches!(control.peek_first(), Ok(Some(byte)) if byte.is_ascii_uppercase())
+}
+
+/// Patched: tells a client that spoke plain HTTP to the TLS port to use `https://` (a JSON 400,
+/// as nginx answers it), first reading what of its request arrived: closing with it unread
+/// would reset the connection, and the client might lose the answer.
+fn refuse_plain_http(control: &Connection) {
+    let mut buf = [0u8; 8192];
+    if control.set_nonblocking(true).is_ok() {
+        for _ in 0..8 {
+            if !matches!(control.read_once(&mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    close_with(
+        control,
+        false,
+        "400 Bad Request",
+        "this port speaks HTTPS; use an https:// address",
+    );
+}
+
+/// Patched: how an accepted connection reaches its thread, which opens it for requests (over
+/// TLS, a first byte is awaited there: see [`speaks_plain_http`]): at once, or once its PROXY
+/// header is read.
 enum Opening {
-    Ready(ClientConnection),
+    Direct(Arc<Connection>),
     Proxied(Arc<Connection>),
 }
 
@@ -396,6 +424,11 @@ fn open_client(
     let shared = connection::SharedConnection(Arc::clone(&control));
     let (read_closable, write_closable) = match ssl {
         None => RefinedTcpStream::new(shared),
+        #[cfg(feature = "ssl-rustls")]
+        Some(_) if speaks_plain_http(&control) => {
+            refuse_plain_http(&control);
+            return None;
+        }
         #[cfg(feature = "ssl-rustls")]
         Some(ssl) => RefinedTcpStream::new(ssl.accept(shared).ok()?),
         #[cfg(not(feature = "ssl-rustls"))]
@@ -505,7 +538,7 @@ impl Server {
             // Patched: refusals at the limits are logged, at most once a minute each.
             let mut over_limit = util::RefusalLog::new();
             // Patched: proxied connections are opened on their own threads.
-            let proxy = Arc::new(proxied::ProxiedOpener {
+            let opener = Arc::new(proxied::ProxiedOpener {
                 ssl: ssl.clone(),
                 per_address: Arc::clone(&per_address),
                 counts: Arc::clone(&live),
@@ -557,12 +590,7 @@ impl Server {
                         let opening = if proxied {
                             Opening::Proxied(Arc::clone(&control))
                         } else {
-                            // if TLS cannot start, the socket is closed and listening resumes
-                            let client = Arc::clone(&control);
-                            match open_client(client, ssl.as_deref(), limits.client_timeout) {
-                                Some(client) => Opening::Ready(client),
-                                None => continue,
-                            }
+                            Opening::Direct(Arc::clone(&control))
                         };
                         (opening, control, address_slot)
                     }
@@ -582,13 +610,20 @@ impl Server {
                 let inline = Arc::clone(&inside_inline);
                 let mut opening = Some(opening);
                 let mut counted = Some((LiveConnection::new(&live), address_slot));
-                let proxy = Arc::clone(&proxy);
+                let opener = Arc::clone(&opener);
                 // Patched: without a thread for it, the connection is refused.
                 let spawned = tasks_pool.spawn(Box::new(move || {
                     let _counted = counted.take();
                     let (client, _client_slot) = match opening.take() {
-                        Some(Opening::Ready(client)) => (client, None),
-                        Some(Opening::Proxied(control)) => match proxy.open(control) {
+                        // if TLS cannot start, the socket is closed
+                        Some(Opening::Direct(control)) => {
+                            let (ssl, timeout) = (opener.ssl.as_deref(), opener.client_timeout);
+                            match open_client(control, ssl, timeout) {
+                                Some(client) => (client, None),
+                                None => return,
+                            }
+                        }
+                        Some(Opening::Proxied(control)) => match opener.open(control) {
                             Some(opened) => opened,
                             None => return,
                         },

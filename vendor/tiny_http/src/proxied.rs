@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long a header may take without a client timeout.
 const HEADER_WAIT: Duration = Duration::from_secs(30);
 
-/// What opening a proxied connection needs of its server.
+/// What opening a connection needs of its server (a proxied one reads its PROXY header first).
 pub(crate) struct ProxiedOpener {
     pub(crate) ssl: Option<Arc<TlsAcceptor>>,
     pub(crate) per_address: Arc<PerAddress>,
