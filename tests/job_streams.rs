@@ -19,7 +19,9 @@ use support::follow::{follow_logs, follow_websocket};
 use support::lifecycle::{
     drain_url, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
-use support::{get, get_json, poll_until, post, send, Coordinator, FakeWorker, Form, Recording};
+use support::{
+    get, get_json, poll_until, post, send, send_with, Coordinator, FakeWorker, Form, Recording,
+};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -355,6 +357,30 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     // Without an upgrade, /stream is refused with a JSON error.
     let (code, body) = get(&coordinator.url(&format!("/stream/{id}")));
     assert_eq!(code, 400, "{body}");
+    let stream_url = coordinator.url(&format!("/stream/{id}"));
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let without_connection = send_with("GET", &stream_url, &upgrade, None).expect("an answer");
+    assert_eq!(
+        without_connection.status,
+        400,
+        "{}",
+        without_connection.text()
+    );
+    assert!(without_connection.text().contains("Connection: Upgrade"));
+    // Another WebSocket version: 426, naming the one spoken (RFC 6455, section 4.2.2).
+    let old = [
+        upgrade[0],
+        upgrade[1],
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Version", "8"),
+    ];
+    let refused = send_with("GET", &stream_url, &old, None).expect("an answer");
+    assert_eq!(refused.status, 426, "{}", refused.text());
+    assert_eq!(refused.header("Sec-WebSocket-Version"), Some("13"));
+    assert!(refused.json()["error"].is_string(), "{}", refused.text());
     let (code, _) = get(&coordinator.url("/logs/pool-unknown?follow=1"));
     assert_eq!(code, 404);
 }

@@ -79,16 +79,36 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
             .find(|h| h.field.equiv(name))
             .map(|h| h.value.as_str().to_string())
     };
-    let upgrade = header("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    match header("Sec-WebSocket-Key") {
-        Some(key) if upgrade && !key.trim().is_empty() => Ok(key),
-        _ => Err(error_reply(
-            400,
-            "GET /stream/ID is a WebSocket: send Upgrade: websocket and Sec-WebSocket-Key \
-             (for plain text, use GET /logs/ID?follow=1)",
-        )),
+    let upgrade = header("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && header("Connection").is_some_and(|c| {
+            c.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let key = match header("Sec-WebSocket-Key") {
+        Some(key) if upgrade && !key.trim().is_empty() => key,
+        _ => {
+            return Err(error_reply(
+                400,
+                "GET /stream/ID is a WebSocket: send Connection: Upgrade, Upgrade: websocket \
+                 and Sec-WebSocket-Key (for plain text, use GET /logs/ID?follow=1)",
+            ))
+        }
+    };
+    // RFC 6455, section 4.2.2: another version is answered 426 with the one spoken.
+    if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some(WEBSOCKET_VERSION) {
+        let why = format!(
+            "this coordinator speaks WebSocket version {WEBSOCKET_VERSION} only: send Sec-WebSocket-Version: {WEBSOCKET_VERSION}"
+        );
+        return Err(Reply::WithHeaders(
+            vec![("Sec-WebSocket-Version", WEBSOCKET_VERSION.to_string())],
+            Box::new(error_reply(426, why)),
+        ));
     }
+    Ok(key)
 }
+
+/// The WebSocket protocol version served (RFC 6455).
+const WEBSOCKET_VERSION: &str = "13";
 
 /// Decides how to follow job `id` for `caller` at `client` and returns the hand-off (or the
 /// error to answer). A follower that does not see everything (an admin or read key) never
