@@ -1387,3 +1387,47 @@ fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
         )
     });
 }
+
+/// A stranger trying keys as fast as it can: every refusal is counted, but the log takes a
+/// burst of 20 lines, then about one a second, each later line saying how many it stands for.
+#[test]
+fn a_flood_of_refused_keys_costs_the_log_a_line_a_second() {
+    let worker = FakeWorker::start();
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(1)], &[&ops], &[]);
+    let stranger = Key::new("stranger", "submit");
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        assert_401(
+            &call(&coordinator, "GET", "/jobs", Some(&stranger)),
+            "a guessed key",
+        );
+    }
+    let elapsed = started.elapsed().as_secs();
+    let needle = "Refused GET /jobs: unknown client key (from 127.0.0.1)";
+    let logs = coordinator.logs_once_counted(needle, 20, DEADLINE);
+    let lines = logs.matches(needle).count() as u64;
+    assert!(
+        (20..=22 + elapsed).contains(&lines),
+        "{lines} lines for 300 refusals in {elapsed} s"
+    );
+    // Once the budget refills, the next line counts the ones held back.
+    let counted = poll_until(DEADLINE, || {
+        call(&coordinator, "GET", "/jobs", Some(&stranger));
+        coordinator
+            .logs()
+            .lines()
+            .any(|l| l.contains(needle) && l.contains("more like it since the last one"))
+            .then_some(())
+    });
+    assert!(counted.is_some(), "{}", coordinator.logs());
+    let metrics = call(&coordinator, "GET", "/metrics", Some(&ops)).text();
+    let refused = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("trusted_pool_requests_refused_for_key_total{reason=\"unknown\"} ")
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(refused > 300, "{refused} counted");
+}

@@ -61,9 +61,83 @@ impl Repeats {
     }
 }
 
+/// A budget of log lines for a message any stranger can set off with each request (a refused
+/// client key): bursts of up to `burst` lines, then one every `every` on average; the lines
+/// held back are counted into the next one let through. A mistaken key is logged whole; a
+/// flood costs the log a line a second, not thousands (journald would drop the overflow, the
+/// coordinator's other lines with it).
+#[derive(Debug)]
+pub struct LineBudget {
+    burst: u32,
+    every: Duration,
+    tokens: u32,
+    /// When the last token was earned (or the budget first used).
+    earned: Option<Instant>,
+    held: u64,
+}
+
+impl LineBudget {
+    /// A full budget of `burst` lines, refilled with one line every `every`.
+    pub const fn new(burst: u32, every: Duration) -> LineBudget {
+        LineBudget {
+            burst,
+            every,
+            tokens: burst,
+            earned: None,
+            held: 0,
+        }
+    }
+
+    /// Whether to log the line now: `Some(n)` with the `n` lines held back since the last one
+    /// let through, or `None` to hold this one back too.
+    pub fn check(&mut self, now: Instant) -> Option<u64> {
+        let since = self.earned.get_or_insert(now);
+        let every = self.every.as_nanos().max(1);
+        let earned = now.saturating_duration_since(*since).as_nanos() / every;
+        match u32::try_from(earned) {
+            Ok(0) => {}
+            Ok(earned) if earned < self.burst => {
+                self.tokens = (self.tokens + earned).min(self.burst);
+                *since += self.every * earned;
+            }
+            _ => {
+                self.tokens = self.burst;
+                *since = now;
+            }
+        }
+        if self.tokens == 0 {
+            self.held += 1;
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_lets_a_burst_through_then_a_line_a_period_with_the_count_held_back() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut budget = LineBudget::new(3, second);
+        for _ in 0..3 {
+            assert_eq!(budget.check(start), Some(0));
+        }
+        for _ in 0..100 {
+            assert_eq!(budget.check(start + second / 2), None);
+        }
+        assert_eq!(budget.check(start + second), Some(100));
+        assert_eq!(budget.check(start + second), None);
+        // A quiet spell refills the burst, no more.
+        let later = start + 60 * second;
+        for _ in 0..3 {
+            assert!(budget.check(later).is_some());
+        }
+        assert_eq!(budget.check(later), None);
+    }
 
     #[test]
     fn a_repeated_message_goes_through_once_a_period_with_the_count_held_back() {

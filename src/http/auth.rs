@@ -10,12 +10,27 @@
 use crate::base::api_keys::{ApiKey, Role};
 use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
+use crate::base::log_repeats::{LineBudget, Repeats};
+use crate::base::sync::lock;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
 use crate::state::metrics::KeyRefusal;
 use crate::state::pool_state::PoolState;
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tiny_http::Request;
+
+/// The log lines of refused keys: bursts of 20, then one a second (the metrics count them all).
+static REFUSAL_LINES: Mutex<LineBudget> = Mutex::new(LineBudget::new(20, Duration::from_secs(1)));
+
+/// Logs a refused request's line within [`REFUSAL_LINES`], at `level`, with the count of the
+/// lines held back before it.
+fn log_refusal(level: log::Level, line: impl FnOnce() -> String) {
+    if let Some(held) = lock(&REFUSAL_LINES).check(Instant::now()) {
+        log::log!(level, "{}{}", line(), Repeats::suffix(held));
+    }
+}
 
 /// The `WWW-Authenticate` challenge of a request without a key.
 const CHALLENGE: &str = "Bearer realm=\"trusted-pool\"";
@@ -147,12 +162,14 @@ pub fn authorize(
     let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
     let Some(token) = bearer(request) else {
         ctx.metrics.key_refused(KeyRefusal::Missing);
-        log::info!(
-            "Refused {} {}: no client key (from {})",
-            request.method(),
-            path_of(request),
-            from()
-        );
+        log_refusal(log::Level::Info, || {
+            format!(
+                "Refused {} {}: no client key (from {})",
+                request.method(),
+                path_of(request),
+                from()
+            )
+        });
         return Err(unauthorized(
             CHALLENGE,
             "this coordinator needs a client key: send Authorization: Bearer <key>",
@@ -162,13 +179,15 @@ pub fn authorize(
         Some(key) if key.expired(unix_now() as u64) => {
             ctx.metrics.key_refused(KeyRefusal::Expired);
             let at = key.expires.map(utc_text).unwrap_or_default();
-            log::warn!(
-                "Refused {} {}: the client key {} expired at {at} (from {})",
-                request.method(),
-                path_of(request),
-                key.name,
-                from()
-            );
+            log_refusal(log::Level::Warn, || {
+                format!(
+                    "Refused {} {}: the client key {} expired at {at} (from {})",
+                    request.method(),
+                    path_of(request),
+                    key.name,
+                    from()
+                )
+            });
             Err(unauthorized(
                 CHALLENGE_INVALID,
                 &format!(
@@ -179,14 +198,16 @@ pub fn authorize(
         }
         Some(key) if !key.allows_from(client) => {
             ctx.metrics.key_refused(KeyRefusal::OutsideBound);
-            log::warn!(
-                "Refused {} {}: the client key {} was sent from {}, outside its bound_cidrs ({})",
-                request.method(),
-                path_of(request),
-                key.name,
-                from(),
-                key.bound_cidrs_text()
-            );
+            log_refusal(log::Level::Warn, || {
+                format!(
+                    "Refused {} {}: the client key {} was sent from {}, outside its bound_cidrs ({})",
+                    request.method(),
+                    path_of(request),
+                    key.name,
+                    from(),
+                    key.bound_cidrs_text()
+                )
+            });
             Err(error_reply(
                 403,
                 format!(
@@ -199,12 +220,14 @@ pub fn authorize(
         Some(key) => Ok(Caller::from_key(key)),
         None => {
             ctx.metrics.key_refused(KeyRefusal::Unknown);
-            log::warn!(
-                "Refused {} {}: unknown client key (from {})",
-                request.method(),
-                path_of(request),
-                from()
-            );
+            log_refusal(log::Level::Warn, || {
+                format!(
+                    "Refused {} {}: unknown client key (from {})",
+                    request.method(),
+                    path_of(request),
+                    from()
+                )
+            });
             Err(unauthorized(
                 CHALLENGE_INVALID,
                 "the client key is not known to this coordinator",
