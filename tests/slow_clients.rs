@@ -747,10 +747,11 @@ fn each_limit_answers_its_status_code() {
 fn connections_beyond_the_limit_are_refused() {
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-connections", "8"]);
+    // The accept loop counts each connection as it takes it, in the order they connected: the
+    // ninth is refused as soon as it is taken.
     let held: Vec<_> = (0..8)
         .map(|_| stalled(&coordinator, b"GET /health HTTP/1.1\r\n"))
         .collect();
-    thread::sleep(Duration::from_millis(300));
     let mut ninth = stalled(&coordinator, b"");
     let answer = read_to_close(&mut ninth, DEADLINE).expect("refused at once");
     assert_eq!(status_of(&answer), 503, "{answer}");
@@ -1166,9 +1167,9 @@ fn a_low_open_file_limit_is_raised_to_its_hard_limit() {
             .any(|l| l == format!("process_max_fds {hard}")),
         "{metrics}"
     );
-    // 100 idle connections fit now; under 64 descriptors they would not.
+    // 100 idle connections fit now; under 64 descriptors they would not. The accept loop takes
+    // them in order, before the one that asks for /health.
     let held: Vec<_> = (0..100).map(|_| stalled(&coordinator, b"")).collect();
-    thread::sleep(Duration::from_millis(300));
     answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
     drop(held);
     assert_eq!(logged(&coordinator, "Cannot serve a connection"), 0);
