@@ -383,6 +383,17 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     assert!(refused.json()["error"].is_string(), "{}", refused.text());
     let (code, _) = get(&coordinator.url("/logs/pool-unknown?follow=1"));
     assert_eq!(code, 404);
+    // follow= takes 1, true, 0 or false; another value is not taken for either.
+    let (code, body) = get(&coordinator.url(&format!("/logs/{id}?follow=yes")));
+    assert_eq!(code, 400, "{body}");
+    let error = serde_json::from_str::<Value>(&body).map(|v| v["error"].to_string());
+    assert!(
+        error.is_ok_and(|e| e.contains("yes") && e.contains("is not understood")),
+        "{body}"
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}?follow=0")));
+    assert_eq!(code, 200, "{logs}");
+    assert!(logs["stdout"].is_string(), "{logs}");
 }
 
 /// A stop ends every followed stream with a line saying so and a clean end (the chunked text's

@@ -61,13 +61,33 @@ enum Plan {
     },
 }
 
-/// True when the query string asks to follow (`follow=1`, `follow=true`, `follow`).
+/// Whether the query string asks to follow: `follow`, `follow=1` or `follow=true` does;
+/// none, `follow=0` or `follow=false` does not; any other value is the 400 to answer.
+pub fn follow_param(url: &str) -> Result<bool, Reply> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut follow = false;
+    for value in query.split('&').filter_map(|p| match p.split_once('=') {
+        Some(("follow", value)) => Some(value),
+        None if p == "follow" => Some("1"),
+        _ => None,
+    }) {
+        follow = match value {
+            "" | "1" | "true" => true,
+            "0" | "false" => false,
+            other => {
+                return Err(error_reply(
+                    400,
+                    format!("follow={other:?} is not understood: give follow=1 to follow the logs as they grow, or leave it out"),
+                ))
+            }
+        };
+    }
+    Ok(follow)
+}
+
+/// True when the query string asks to follow (see [`follow_param`]).
 pub fn wants_follow(url: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, query)| {
-        query
-            .split('&')
-            .any(|p| matches!(p, "follow" | "follow=1" | "follow=true"))
-    })
+    matches!(follow_param(url), Ok(true))
 }
 
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request, or the 400 to answer.

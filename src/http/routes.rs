@@ -355,10 +355,13 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             let status = if outcome.error.is_some() { 400 } else { 200 };
             Reply::Json(status, json!(outcome))
         }),
-        Route::Logs(id) if follow::wants_follow(&url) => job_route(ctx, &caller, id, |ctx| {
-            follow::start(ctx, id, Wire::Text, &caller, from)
-        }),
-        Route::Logs(id) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
+        Route::Logs(id) => match follow::follow_param(&url) {
+            Ok(true) => job_route(ctx, &caller, id, |ctx| {
+                follow::start(ctx, id, Wire::Text, &caller, from)
+            }),
+            Ok(false) => job_route(ctx, &caller, id, |ctx| outputs::logs(ctx, id)),
+            Err(reply) => reply,
+        },
         Route::Stream(id) => match follow::websocket_key(request) {
             Ok(key) => job_route(ctx, &caller, id, |ctx| {
                 follow::start(ctx, id, Wire::WebSocket(key), &caller, from)
