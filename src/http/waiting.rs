@@ -4,14 +4,14 @@
 //! status. At most `--max-waiting` requests are parked, `--max-waiting-per-ip` of them from one
 //! client address; beyond either the answer is 503.
 
+use crate::base::sync::Slot;
 use crate::http::access_log::Access;
 use crate::http::redact::hide_remote_id;
-use crate::http::replies::{error_reply, unknown_job, Reply, WaitFor};
+use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ struct Parked {
     until: Instant,
     sees_all: bool,
     access: Option<Access>,
+    /// Its place among the parked requests (`Context::parked`), given back when it is answered.
+    _slot: Slot,
     /// Its place in its client address's share, given back when it is answered.
     _share: Option<Share>,
 }
@@ -69,30 +71,23 @@ impl Waiting {
             }
         };
         let limit = ctx.config.max_waiting;
-        let taken = ctx
-            .parked
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok();
-        if !taken {
+        let Some(slot) = Slot::take(&ctx.parked, limit) else {
             let why = format!(
                 "{limit} status requests are already waiting (--max-waiting); poll without ?wait= or retry later"
             );
             return self.refuse(ctx, request, &wait.job_id, why, access);
-        }
+        };
         let parked = Parked {
             request,
             job_id: wait.job_id,
             until: wait.until,
             sees_all: wait.sees_all,
             access,
+            _slot: slot,
             _share: share,
         };
         if let Err(e) = self.parks.send(parked) {
-            let parked = e.into_inner();
-            ctx.parked.fetch_sub(1, Ordering::SeqCst);
-            answer(ctx, parked, self.respond);
+            answer(ctx, e.into_inner(), self.respond);
         }
     }
 
@@ -106,13 +101,8 @@ impl Waiting {
         access: Option<Access>,
     ) {
         ctx.lock().ends.unwatch(job_id);
-        let reply = error_reply(503, why);
-        (self.respond)(
-            ctx,
-            request,
-            Reply::WithHeaders(vec![("Retry-After", "1".to_string())], Box::new(reply)),
-            access,
-        );
+        let reply = retry_after(1, error_reply(503, why));
+        (self.respond)(ctx, request, reply, access);
     }
 }
 
@@ -152,10 +142,6 @@ fn is_final(ctx: &Context, id: &str) -> bool {
 
 fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond: Respond) {
     let mut waiting: Vec<Parked> = Vec::new();
-    let done = |ctx: &Context, parked: Parked| {
-        answer(ctx, parked, respond);
-        ctx.parked.fetch_sub(1, Ordering::SeqCst);
-    };
     loop {
         let next = waiting.iter().map(|p| p.until).min();
         let timeout = next.map_or(Duration::from_secs(3600), |at| {
@@ -164,7 +150,7 @@ fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond
         select! {
             recv(parks) -> parked => match parked {
                 // A job that ended before its request got here is answered at once.
-                Ok(parked) if is_final(ctx, &parked.job_id) => done(ctx, parked),
+                Ok(parked) if is_final(ctx, &parked.job_id) => answer(ctx, parked, respond),
                 Ok(parked) => waiting.push(parked),
                 Err(_) => return,
             },
@@ -174,7 +160,7 @@ fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond
                         waiting.drain(..).partition(|p| p.job_id == id);
                     waiting = rest;
                     for parked in now {
-                        done(ctx, parked);
+                        answer(ctx, parked, respond);
                     }
                 }
             },
@@ -186,7 +172,7 @@ fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond
                 waiting.drain(..).partition(|p| p.until <= now);
             waiting = rest;
             for parked in due {
-                done(ctx, parked);
+                answer(ctx, parked, respond);
             }
         }
     }
