@@ -3,7 +3,6 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 use std::sync::atomic::Ordering;
@@ -130,14 +129,25 @@ pub enum RequestCreationError {
     BadFraming(u16, &'static str),
 }
 
-/// Patched: the body length a request's framing headers give (`None`: chunked, or no body),
-/// or why they cannot be trusted (RFC 9112, section 6). Every `Content-Length` (a header may
+/// Patched: how a request's body is framed.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length` bytes.
+    Length(usize),
+    /// The chunked transfer coding.
+    Chunked,
+    /// No body.
+    None,
+}
+
+/// Patched: how a request's framing headers frame its body, or why they cannot be trusted
+/// (RFC 9112, section 6). Every `Content-Length` (a header may
 /// repeat, or hold a list) must be the same decimal number, digits only; a
 /// `Transfer-Encoding` must be `chunked` alone, in HTTP/1.1, without a `Content-Length`.
 /// tiny_http 0.12.0 took the first `Content-Length` that Rust parsed (`+5` as 5; `-1` or a
 /// second, different value ignored): a proxy in front that read another boundary would pass
 /// a second request hidden in the first one's body.
-fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Option<usize>, (u16, &'static str)> {
+fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, (u16, &'static str)> {
     let values = |name: &'static str| {
         headers
             .iter()
@@ -173,8 +183,9 @@ fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Option<usize>, (
         if codings.len() > 1 {
             return Err((501, "the only transfer coding served is chunked alone"));
         }
+        return Ok(Framing::Chunked);
     }
-    Ok(length)
+    Ok(length.map_or(Framing::None, Framing::Length))
 }
 
 impl From<IoError> for RequestCreationError {
@@ -214,12 +225,12 @@ where
     W: Write + Send + 'static,
 {
     // Patched: the framing headers are checked (see `framing`).
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-    let content_length = framing(&headers, &version)
+    let framing = framing(&headers, &version)
         .map_err(|(status, why)| RequestCreationError::BadFraming(status, why))?;
+    let content_length = match framing {
+        Framing::Length(length) => Some(length),
+        Framing::Chunked | Framing::None => None,
+    };
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -279,7 +290,7 @@ where
             let data_reader = EqualReader::new(source_data, content_length, body_end.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
+    } else if framing == Framing::Chunked {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6). Patched: read strictly and within bounds.
         let data_reader = ChunkedReader::new(source_data, body_end.clone());
