@@ -537,8 +537,8 @@ impl Server {
             let mut trouble = util::AcceptTrouble::new();
             // Patched: refusals at the limits are logged, at most once a minute each.
             let mut over_limit = util::RefusalLog::new();
-            // Patched: proxied connections are opened on their own threads.
-            let opener = Arc::new(proxied::ProxiedOpener {
+            // Patched: connections are opened for requests on their own threads.
+            let opener = Arc::new(proxied::Opener {
                 ssl: ssl.clone(),
                 per_address: Arc::clone(&per_address),
                 counts: Arc::clone(&live),
@@ -616,14 +616,11 @@ impl Server {
                     let _counted = counted.take();
                     let (client, _client_slot) = match opening.take() {
                         // if TLS cannot start, the socket is closed
-                        Some(Opening::Direct(control)) => {
-                            let (ssl, timeout) = (opener.ssl.as_deref(), opener.client_timeout);
-                            match open_client(control, ssl, timeout) {
-                                Some(client) => (client, None),
-                                None => return,
-                            }
-                        }
-                        Some(Opening::Proxied(control)) => match opener.open(control) {
+                        Some(Opening::Direct(control)) => match opener.open_direct(control) {
+                            Some(client) => (client, None),
+                            None => return,
+                        },
+                        Some(Opening::Proxied(control)) => match opener.open_proxied(control) {
                             Some(opened) => opened,
                             None => return,
                         },

@@ -1,7 +1,7 @@
-//! Patched: opening a connection from a peer that begins each connection with a PROXY protocol
-//! header (`Limits::proxied`), on the connection's own thread: the header is read under the
-//! client timeout, then the client it names is held to its address's share of connections and
-//! becomes its requests' `remote_addr`.
+//! Patched: opening a connection for requests, on the connection's own thread. One from a peer
+//! that begins each connection with a PROXY protocol header (`Limits::proxied`) has the header
+//! read under the client timeout; then the client it names is held to its address's share of
+//! connections and becomes its requests' `remote_addr`.
 
 use crate::client::ClientConnection;
 use crate::connection::Connection;
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 /// How long a header may take without a client timeout.
 const HEADER_WAIT: Duration = Duration::from_secs(30);
 
-/// What opening a connection needs of its server (a proxied one reads its PROXY header first).
-pub(crate) struct ProxiedOpener {
+/// What opening a connection for requests needs of its server, on the connection's own thread.
+pub(crate) struct Opener {
     pub(crate) ssl: Option<Arc<TlsAcceptor>>,
     pub(crate) per_address: Arc<PerAddress>,
     pub(crate) counts: Arc<ConnectionCounts>,
@@ -24,10 +24,16 @@ pub(crate) struct ProxiedOpener {
     pub(crate) client_timeout: Option<Duration>,
 }
 
-impl ProxiedOpener {
+impl Opener {
+    /// Opens `control` for requests (over TLS once its first byte is seen: `open_client`);
+    /// `None` when it was closed instead.
+    pub(crate) fn open_direct(&self, control: Arc<Connection>) -> Option<ClientConnection> {
+        open_client(control, self.ssl.as_deref(), self.client_timeout)
+    }
+
     /// Reads `control`'s PROXY header and opens it for requests, with the slot its client
     /// holds; `None` when it was closed instead (no valid header, or its client's share used).
-    pub(crate) fn open(
+    pub(crate) fn open_proxied(
         &self,
         control: Arc<Connection>,
     ) -> Option<(ClientConnection, Option<Share>)> {
