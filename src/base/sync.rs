@@ -1,9 +1,11 @@
 //! Locking that survives a panic (every shared table recovers a poisoned mutex), slots: a
-//! limited number of things at once, counted without a lock, and parcels: a value handed to a
-//! thread that may never start.
+//! limited number of things at once, counted without a lock, places: a slot held within its
+//! client address's share too, and parcels: a value handed to a thread that may never start.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tiny_http::{AddressShares, Share};
 
 /// Takes a mutex, recovering it if a panicking thread poisoned it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -29,6 +31,45 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of a limited number of places a client holds for long (a followed stream, a parked
+/// request): a [`Slot`] of the whole limit, and a unit of its client address's share. Dropping
+/// it gives both back.
+pub struct Place {
+    _slot: Slot,
+    _share: Option<Share>,
+}
+
+/// Why a place was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlaceRefused {
+    /// All of the limit (this many) are taken.
+    Full(usize),
+    /// The client's address holds this many already, its whole share.
+    AddressFull(usize),
+}
+
+impl Place {
+    /// Takes a place for the client at `client` (`None`: counted in no share): a unit of its
+    /// address's share of `shares`, then one of `limit` slots of `count`. A refusal holds
+    /// nothing.
+    pub fn take(
+        count: &Arc<AtomicUsize>,
+        limit: usize,
+        shares: &Arc<AddressShares>,
+        client: Option<IpAddr>,
+    ) -> Result<Place, PlaceRefused> {
+        let share = client
+            .map(|client| shares.take(client))
+            .transpose()
+            .map_err(|used| PlaceRefused::AddressFull(used.0))?;
+        let slot = Slot::take(count, limit).ok_or(PlaceRefused::Full(limit))?;
+        Ok(Place {
+            _slot: slot,
+            _share: share,
+        })
     }
 }
 

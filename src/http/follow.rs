@@ -11,7 +11,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
-use crate::base::sync::Parcel;
+use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::http::auth::Caller;
 use crate::http::grant::Grant;
 use crate::http::redact::TextHider;
@@ -19,7 +19,7 @@ use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::views;
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
-use crate::state::events::{Event, FollowRefused, Follower, FollowerSlot};
+use crate::state::events::{Event, Follower};
 use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -50,7 +50,7 @@ enum Plan {
         first: String,
         logs: Option<(String, StoredResults)>,
         last: Vec<String>,
-        _slot: FollowerSlot,
+        _slot: Place,
     },
     /// The job is in flight: the first line, the feed's history, then live events, for as
     /// long as the grant holds (`None`: an open coordinator).
@@ -143,12 +143,12 @@ pub fn start(
 ) -> Reply {
     let slot = match ctx.events.reserve(client) {
         Ok(slot) => slot,
-        Err(FollowRefused::Full(max)) => {
+        Err(PlaceRefused::Full(max)) => {
             let why =
                 format!("{max} clients already follow jobs (--max-followers); try again later");
             return retry_after(FOLLOW_RETRY_AFTER, error_reply(503, why));
         }
-        Err(FollowRefused::AddressFull(held)) => {
+        Err(PlaceRefused::AddressFull(held)) => {
             let why = format!(
                 "your address already follows {held} streams, its share (--max-followers-per-ip); close one, or try again later"
             );
@@ -220,7 +220,7 @@ fn status_line(job: &Job, note: &str) -> String {
 }
 
 /// The pieces of a job that is over.
-fn replay(job: &Job, slot: FollowerSlot) -> Plan {
+fn replay(job: &Job, slot: Place) -> Plan {
     let logs = match &job.collection {
         Collection::Collected(stored) => Some((job.id.clone(), StoredResults::clone(stored))),
         _ => None,

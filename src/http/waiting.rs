@@ -4,7 +4,7 @@
 //! status. At most `--max-waiting` requests are parked, `--max-waiting-per-ip` of them from one
 //! client address; beyond either the answer is 503.
 
-use crate::base::sync::Slot;
+use crate::base::sync::{Place, PlaceRefused};
 use crate::http::access_log::Access;
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
@@ -15,7 +15,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tiny_http::{Request, Share};
+use tiny_http::Request;
 
 /// Longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
@@ -30,10 +30,9 @@ struct Parked {
     until: Instant,
     sees_all: bool,
     access: Option<Access>,
-    /// Its place among the parked requests (`Context::parked`), given back when it is answered.
-    _slot: Slot,
-    /// Its place in its client address's share, given back when it is answered.
-    _share: Option<Share>,
+    /// Its place among the parked requests (`Context::parked`) and its client address's share
+    /// of them (`Context::parked_shares`), given back when it is answered.
+    _place: Place,
 }
 
 /// The handle the handlers park requests with. The parked count and each client address's
@@ -60,22 +59,21 @@ impl Waiting {
     /// `--max-waiting` requests are already parked, or `--max-waiting-per-ip` from its client's
     /// address.
     pub fn park(&self, ctx: &Context, request: Request, wait: WaitFor, access: Option<Access>) {
-        let share = match wait.client.map(|c| ctx.parked_shares.take(c)).transpose() {
-            Ok(share) => share,
-            Err(used) => {
+        let limit = ctx.config.max_waiting;
+        let place = match Place::take(&ctx.parked, limit, &ctx.parked_shares, wait.client) {
+            Ok(place) => place,
+            Err(PlaceRefused::AddressFull(held)) => {
                 let why = format!(
-                    "your address has {} status requests waiting already, its share (--max-waiting-per-ip); poll without ?wait= or retry later",
-                    used.0
+                    "your address has {held} status requests waiting already, its share (--max-waiting-per-ip); poll without ?wait= or retry later"
                 );
                 return self.refuse(ctx, request, &wait.job_id, why, access);
             }
-        };
-        let limit = ctx.config.max_waiting;
-        let Some(slot) = Slot::take(&ctx.parked, limit) else {
-            let why = format!(
-                "{limit} status requests are already waiting (--max-waiting); poll without ?wait= or retry later"
-            );
-            return self.refuse(ctx, request, &wait.job_id, why, access);
+            Err(PlaceRefused::Full(limit)) => {
+                let why = format!(
+                    "{limit} status requests are already waiting (--max-waiting); poll without ?wait= or retry later"
+                );
+                return self.refuse(ctx, request, &wait.job_id, why, access);
+            }
         };
         let parked = Parked {
             request,
@@ -83,8 +81,7 @@ impl Waiting {
             until: wait.until,
             sees_all: wait.sees_all,
             access,
-            _slot: slot,
-            _share: share,
+            _place: place,
         };
         if let Err(e) = self.parks.send(parked) {
             answer(ctx, e.into_inner(), self.respond);

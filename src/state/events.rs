@@ -5,13 +5,13 @@
 //!
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
-use crate::base::sync::{lock, Slot};
+use crate::base::sync::{lock, Place, PlaceRefused};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tiny_http::{AddressShares, Share};
+use tiny_http::AddressShares;
 
 /// Most bytes of history a feed keeps for followers that join later.
 const MAX_HISTORY: usize = 1024 * 1024;
@@ -59,22 +59,6 @@ pub struct JobEvents {
     ending: AtomicBool,
 }
 
-/// Why a follower is refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum FollowRefused {
-    /// As many followers as allowed (`--max-followers`) are already following.
-    Full(usize),
-    /// The client's address already follows its share (`--max-followers-per-ip`).
-    AddressFull(usize),
-}
-
-/// A reserved follower place: one of `--max-followers`, and one of its client address's
-/// share. Dropping it frees both.
-pub struct FollowerSlot {
-    _slot: Slot,
-    _share: Option<Share>,
-}
-
 /// A follower's place: what the feed held when it joined, then live events. Dropping it frees
 /// its place.
 pub struct Follower {
@@ -82,7 +66,7 @@ pub struct Follower {
     pub history: Vec<Arc<str>>,
     /// Every later piece, then [`Event::End`].
     pub events: Receiver<Event>,
-    _slot: FollowerSlot,
+    _place: Place,
 }
 
 impl JobEvents {
@@ -123,25 +107,16 @@ impl JobEvents {
         lock(&self.feeds).len()
     }
 
-    /// Takes a follower slot for a client at `client` (taken before the job's state decides
-    /// between a live follow and a replay, held until that ends), or refuses when all are
-    /// taken, or when that client's address holds its share.
-    pub fn reserve(&self, client: Option<IpAddr>) -> Result<FollowerSlot, FollowRefused> {
-        let share = client
-            .map(|client| self.shares.take(client))
-            .transpose()
-            .map_err(|used| FollowRefused::AddressFull(used.0))?;
-        let slot = Slot::take(&self.followers, self.max_followers)
-            .ok_or(FollowRefused::Full(self.max_followers))?;
-        Ok(FollowerSlot {
-            _slot: slot,
-            _share: share,
-        })
+    /// Takes a follower's place for a client at `client` (taken before the job's state decides
+    /// between a live follow and a replay, held until that ends): one of `--max-followers`, and
+    /// of its address's `--max-followers-per-ip`; or refuses when either is used up.
+    pub fn reserve(&self, client: Option<IpAddr>) -> Result<Place, PlaceRefused> {
+        Place::take(&self.followers, self.max_followers, &self.shares, client)
     }
 
-    /// Joins a job's feed (creating it) with a reserved slot. Call it while the job is known
+    /// Joins a job's feed (creating it) with a reserved place. Call it while the job is known
     /// not to have ended (under the pool lock), so its end is still to be published.
-    pub fn follow(&self, id: &str, slot: FollowerSlot) -> Follower {
+    pub fn follow(&self, id: &str, place: Place) -> Follower {
         let (sender, events) = crossbeam_channel::unbounded();
         let mut feeds = lock(&self.feeds);
         if self.ending.load(Ordering::SeqCst) {
@@ -152,7 +127,7 @@ impl JobEvents {
         Follower {
             history: feed.history.clone(),
             events,
-            _slot: slot,
+            _place: place,
         }
     }
 
@@ -235,7 +210,7 @@ mod tests {
         let events = JobEvents::new(1, 1);
         events.open("j", "dispatched\n".into());
         let slot = events.reserve(None).expect("a slot");
-        assert_eq!(events.reserve(None).err(), Some(FollowRefused::Full(1)));
+        assert_eq!(events.reserve(None).err(), Some(PlaceRefused::Full(1)));
         let follower = events.follow("j", slot);
         assert_eq!(follower.history.len(), 1);
         events.output("j", "out\n".into());
@@ -264,12 +239,12 @@ mod tests {
         let first = events.reserve(address).expect("a slot");
         let _second = events.reserve(address).expect("a slot");
         let refused = events.reserve(address).err();
-        assert_eq!(refused, Some(FollowRefused::AddressFull(2)));
+        assert_eq!(refused, Some(PlaceRefused::AddressFull(2)));
         assert_eq!(events.follower_count(), 2, "a refusal holds nothing");
         let _other = events.reserve("10.0.0.8".parse().ok()).expect("a slot");
         assert_eq!(
             events.reserve("10.0.0.9".parse().ok()).err(),
-            Some(FollowRefused::Full(3))
+            Some(PlaceRefused::Full(3))
         );
         assert_eq!(events.following_addresses(), 2, "a refusal holds no share");
         drop(first);
