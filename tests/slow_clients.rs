@@ -633,6 +633,42 @@ fn a_request_body_left_unread_never_becomes_a_next_request() {
     wait_open_at_most(&coordinator, 1);
 }
 
+#[test]
+fn a_request_head_two_parsers_could_read_two_ways_is_refused() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "30"]);
+    let head = "GET /health HTTP/1.1\r\nHost: pool\r\n";
+    let cases: [(String, &str); 9] = [
+        // A proxy that unfolds the line sees no body, and the chunk as a next request.
+        (
+            "POST /reload HTTP/1.1\r\nHost: pool\r\nX: a\r\n Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into(),
+            "obsolete line folding",
+        ),
+        // Waited for a CRLF until the client timeout (a 408), where a proxy reads two lines.
+        ("GET /health HTTP/1.1\nHost: pool\n\n".into(), "bare LF"),
+        (format!("{head}X: a\nTransfer-Encoding: chunked\r\n\r\n"), "bare LF"),
+        (format!("{head}X: a\rTransfer-Encoding: chunked\r\n\r\n"), "a CR that no LF follows"),
+        (format!("{head}X-Forwarded-For: 10.0.0.1\0\r\n\r\n"), "control character"),
+        (format!("{head}: a\r\n\r\n"), "malformed header line"),
+        ("GET /health HTTP/1.1\r\n\r\n".into(), "needs a Host header"),
+        (format!("{head}Host: other\r\n\r\n"), "more than one Host header"),
+        ("GET /health HTTP/1.1\r\nHost: pool other\r\n\r\n".into(), "not a host name"),
+    ];
+    for (request, why) in cases {
+        let mut stream = stalled(&coordinator, request.as_bytes());
+        let answer = read_to_close(&mut stream, DEADLINE).expect("closed after its answer");
+        assert_eq!(status_of(&answer), 400, "{request:?}: {answer}");
+        assert!(answer.contains(why), "{request:?}: {answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+        assert_eq!(answer.matches("\r\nServer: ").count(), 1, "{answer}");
+    }
+    // HTTP/1.0 asks for no Host.
+    let mut stream = stalled(&coordinator, b"GET /health HTTP/1.0\r\n\r\n");
+    let answer = read_to_close(&mut stream, DEADLINE).expect("closed after its answer");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    wait_open_at_most(&coordinator, 1);
+}
+
 /// Polls `/pool` until at most `open` client connections are open (its own among them).
 fn wait_open_at_most(coordinator: &Coordinator, open: u64) {
     let mut last = Value::Null;

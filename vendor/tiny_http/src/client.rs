@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::connection::{Connection, RequestControl};
 
 use crate::common::{HTTPVersion, Method};
+use crate::util::head_rules::{self, LineByte};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -89,7 +90,10 @@ enum ReadError {
     BadFraming(u16, &'static str, HTTPVersion),
     /// Patched: an HTTP version above 1.1.
     UnsupportedVersion,
-    ReadIoError(IoError),
+    /// Patched: a request head that [`head_rules`] refuses, with why.
+    BadHead(&'static str, HTTPVersion),
+    /// The connection failed (its error is not answered: the connection just ends).
+    ReadIoError,
 }
 
 impl ClientConnection {
@@ -164,12 +168,28 @@ impl ClientConnection {
     /// Patched: reads one line of at most `limit` bytes (`Ok(None)` when longer). The request's
     /// `deadline` starts with its first byte (waiting for a request is bounded by the socket's
     /// read timeout alone); `started` becomes true then.
+    /// Patched too: a byte that [`head_rules::line_byte`] refuses ends the read at once with
+    /// `ReadError::BadHead` (`version` being the one it would be answered in).
     fn read_next_line(
         &mut self,
         limit: usize,
         deadline: &mut Option<Instant>,
         started: &mut bool,
-    ) -> IoResult<Option<AsciiString>> {
+        version: &HTTPVersion,
+    ) -> Result<Option<AsciiString>, ReadError> {
+        self.read_line_bytes(limit, deadline, started)
+            .map_err(|e| Self::header_error(e, *started))?
+            .map_err(|why| ReadError::BadHead(why, version.clone()))
+    }
+
+    /// [`Self::read_next_line`]'s reading: the line, `Ok(None)` when too long, or the reason a
+    /// byte was refused.
+    fn read_line_bytes(
+        &mut self,
+        limit: usize,
+        deadline: &mut Option<Instant>,
+        started: &mut bool,
+    ) -> IoResult<Result<Option<AsciiString>, &'static str>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -198,18 +218,22 @@ impl ClientConnection {
                 *deadline = self.client_timeout.map(|t| Instant::now() + t);
             }
 
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map(Some)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+            match head_rules::line_byte(byte, prev_byte_was_cr) {
+                LineByte::End => {
+                    buf.pop(); // removing the '\r'
+                    return Ok(AsciiString::from_ascii(buf)
+                        .map(Some)
+                        .map_err(|_| "request line and headers must be ASCII"));
+                }
+                LineByte::Refused(why) => return Ok(Err(why)),
+                LineByte::Keep => {}
             }
 
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
             if buf.len() > limit + 1 {
-                return Ok(None);
+                return Ok(Ok(None));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
@@ -221,7 +245,7 @@ impl ClientConnection {
     fn header_error(err: IoError, started: bool) -> ReadError {
         match err.kind() {
             ErrorKind::TimedOut | ErrorKind::WouldBlock => ReadError::TimedOut(started),
-            _ => ReadError::ReadIoError(err),
+            _ => ReadError::ReadIoError,
         }
     }
 
@@ -231,11 +255,11 @@ impl ClientConnection {
         let writer = self.sink.next().unwrap();
         let body = format!("{{\"error\":\"{}\"}}\n", message);
         let mut response = Response::from_string(body).with_status_code(StatusCode(status));
-        for (name, value) in [("Content-Type", "application/json"), ("Connection", "close")] {
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
+        if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+            response.add_header(h);
         }
+        // `add_header` drops a `Connection` header: the refusal said nothing of the close.
+        response.close_connection();
         response.raw_print(writer, version, &[], false, None).ok();
     }
 
@@ -246,8 +270,12 @@ impl ClientConnection {
             // reading the request line
             let (method, path, version) = {
                 let line = self
-                    .read_next_line(MAX_REQUEST_LINE, &mut deadline, &mut started)
-                    .map_err(|e| Self::header_error(e, started))?
+                    .read_next_line(
+                        MAX_REQUEST_LINE,
+                        &mut deadline,
+                        &mut started,
+                        &HTTPVersion(1, 1),
+                    )?
                     .ok_or(ReadError::RequestLineTooLong)?;
 
                 parse_request_line(
@@ -268,13 +296,15 @@ impl ClientConnection {
                 loop {
                     let left = MAX_HEADER_BYTES.saturating_sub(header_bytes);
                     let line = self
-                        .read_next_line(left, &mut deadline, &mut started)
-                        .map_err(|e| Self::header_error(e, started))?
+                        .read_next_line(left, &mut deadline, &mut started, &version)?
                         .ok_or_else(|| ReadError::HeadersTooLarge(version.clone()))?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if let Some(why) = head_rules::header_line_fault(line.as_str()) {
+                        return Err(ReadError::BadHead(why, version));
+                    }
                     header_bytes += line.len() + 2;
                     if header_bytes > MAX_HEADER_BYTES || headers.len() >= MAX_HEADER_FIELDS {
                         return Err(ReadError::HeadersTooLarge(version));
@@ -286,6 +316,9 @@ impl ClientConnection {
                     });
                 }
 
+                if let Some(why) = head_rules::host_fault(&headers, &version) {
+                    return Err(ReadError::BadHead(why, version));
+                }
                 headers
             };
 
@@ -295,7 +328,7 @@ impl ClientConnection {
         if std::mem::take(&mut self.timeout_lowered) {
             self.control
                 .set_read_timeout(self.client_timeout)
-                .map_err(ReadError::ReadIoError)?;
+                .map_err(|_| ReadError::ReadIoError)?;
         }
 
         // building the writer for the request
@@ -323,7 +356,7 @@ impl ClientConnection {
         .map_err(|e| {
             use crate::request;
             match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
+                request::RequestCreationError::CreationIoError => ReadError::ReadIoError,
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
@@ -410,13 +443,14 @@ impl Iterator for ClientConnection {
                     return None;
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::InvalidInput => {
-                    // Patched: a request line or header that is not ASCII gets a 400, not silence
-                    self.refuse(400, "request line and headers must be ASCII", HTTPVersion(1, 1));
+                // Patched: a head that two parsers could read two ways (see `head_rules`), or one
+                // that is not ASCII, gets a 400 that says why (0.12.0: silence or a request).
+                Err(ReadError::BadHead(why, ver)) => {
+                    self.refuse(400, why, ver);
                     return None;
                 }
 
-                Err(ReadError::ReadIoError(_)) => return None,
+                Err(ReadError::ReadIoError) => return None,
 
                 Ok(rq) => rq,
             };

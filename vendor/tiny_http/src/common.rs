@@ -226,8 +226,12 @@ impl HeaderField {
 impl FromStr for HeaderField {
     type Err = ();
 
+    /// Patched: a field name is a token (RFC 9110, section 5.1): one or more letters, digits
+    /// and ``!#$%&'*+-.^_`|~``. 0.12.0 took any ASCII without whitespace, an empty name and
+    /// control bytes too.
     fn from_str(s: &str) -> Result<HeaderField, ()> {
-        if s.contains(char::is_whitespace) {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if s.is_empty() || !s.bytes().all(token) {
             Err(())
         } else {
             AsciiString::from_ascii(s).map(HeaderField).map_err(|_| ())
@@ -436,5 +440,9 @@ mod test {
         assert!("Transfer-Encoding: chunked".parse::<Header>().is_ok());
         assert!("Transfer-Encoding: chunked ".parse::<Header>().is_ok());
         assert!("Transfer-Encoding:   chunked ".parse::<Header>().is_ok());
+        assert!(": chunked".parse::<Header>().is_err());
+        assert!("Transfer\x01Encoding: chunked".parse::<Header>().is_err());
+        assert!("Transfer(Encoding): chunked".parse::<Header>().is_err());
+        assert!("X-A!#$%&'*+.^_`|~9: 1".parse::<Header>().is_ok());
     }
 }

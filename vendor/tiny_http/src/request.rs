@@ -121,7 +121,8 @@ pub enum RequestCreationError {
     ExpectationFailed,
 
     /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
+    /// Patched: without the error, which nothing read (the connection just ends).
+    CreationIoError,
 
     /// Patched: the request's framing (`Content-Length`, `Transfer-Encoding`) cannot be
     /// trusted (RFC 9112, section 6): the status to answer, and why. Where the next request
@@ -189,8 +190,8 @@ fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, (u16, &
 }
 
 impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
+    fn from(_: IoError) -> RequestCreationError {
+        RequestCreationError::CreationIoError
     }
 }
 
@@ -279,9 +280,7 @@ where
             if buffer.len() != content_length {
                 // the socket returned EOF, but we were before the expected content-length
                 // aborting
-                let info = "Connection has been closed before we received enough data";
-                let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                return Err(RequestCreationError::CreationIoError(err));
+                return Err(RequestCreationError::CreationIoError);
             }
 
             body_end.mark();

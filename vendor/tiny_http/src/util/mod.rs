@@ -21,6 +21,7 @@ mod chunked_reader;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
+pub(crate) mod head_rules;
 mod messages_queue;
 pub(crate) mod proxy_header;
 pub(crate) mod refined_tcp_stream;
