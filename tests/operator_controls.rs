@@ -164,6 +164,25 @@ fn cancel_by_status_newest_first_and_kept_across_a_restart() {
             "limit must be 1 to 10000",
         ),
         ("GET", "?status=queued", 405, "use POST"),
+        // A mistyped filter cancelled every queued job of every owner.
+        (
+            "POST",
+            "?status=queued&ownr=alice",
+            400,
+            "unknown query parameter \"ownr\": this endpoint takes status, owner, worker, limit",
+        ),
+        (
+            "POST",
+            "?status=running&status=queued",
+            400,
+            "query parameter \"status\" is given more than once",
+        ),
+        (
+            "POST",
+            "?status=queued&owner=%ff",
+            400,
+            "query parameter \"owner\" is not well %-encoded",
+        ),
     ] {
         let (status, body) = cancel_matching(&coordinator, method, query);
         assert_eq!(status, code, "{method} {query}: {body}");
@@ -904,10 +923,16 @@ fn job_listing_newest_first_paginated_and_filtered() {
         "?limit=0",
         "?limit=1001",
         "?before=pool-nope",
+        "?statuss=queued",
+        "?limit=2&limit=3",
+        "?owner=%zz",
     ] {
         let (code, body) = get_json(&coordinator.url(&format!("/jobs{bad}")));
         assert_eq!(code, 400, "{bad}: {body}");
     }
+    // A route that takes no parameter ignores them (a browser's cache-busting `?_=...`).
+    let (code, body) = get_json(&coordinator.url("/pool?_=1"));
+    assert_eq!(code, 200, "{body}");
 
     // The listing and the cancellations survive a restart.
     let mut coordinator = coordinator;

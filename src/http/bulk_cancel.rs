@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Most jobs cancelled by one request.
 pub const MAX_LIMIT: usize = 10_000;
+/// The query parameters `POST /cancel` takes.
+pub const QUERY_NAMES: [&str; 4] = ["status", "owner", "worker", "limit"];
 /// The statuses a job can be cancelled in.
 const CANCELLABLE: [PoolStatus; 3] = [
     PoolStatus::Queued,

@@ -14,6 +14,7 @@ use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::http::auth::Caller;
 use crate::http::grant::Grant;
+use crate::http::query;
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::views;
@@ -64,25 +65,14 @@ enum Plan {
 /// Whether the query string asks to follow: `follow`, `follow=1` or `follow=true` does;
 /// none, `follow=0` or `follow=false` does not; any other value is the 400 to answer.
 pub fn follow_param(url: &str) -> Result<bool, Reply> {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let mut follow = false;
-    for value in query.split('&').filter_map(|p| match p.split_once('=') {
-        Some(("follow", value)) => Some(value),
-        None if p == "follow" => Some("1"),
-        _ => None,
-    }) {
-        follow = match value {
-            "" | "1" | "true" => true,
-            "0" | "false" => false,
-            other => {
-                return Err(error_reply(
-                    400,
-                    format!("follow={other:?} is not understood: give follow=1 to follow the logs as they grow, or leave it out"),
-                ))
-            }
-        };
+    match query::param(url, "follow").as_deref() {
+        None | Some("0" | "false") => Ok(false),
+        Some("" | "1" | "true") => Ok(true),
+        Some(other) => Err(error_reply(
+            400,
+            format!("follow={other:?} is not understood: give follow=1 to follow the logs as they grow, or leave it out"),
+        )),
     }
-    Ok(follow)
 }
 
 /// True when the query string asks to follow (see [`follow_param`]).

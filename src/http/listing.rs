@@ -12,6 +12,8 @@ use crate::state::context::Context;
 use crate::store::jobs_db::{ListFilter, StoreError};
 use crate::worker::identity::parse_worker_id;
 
+/// The query parameters `GET /jobs` takes.
+pub const QUERY_NAMES: [&str; 5] = ["status", "owner", "worker", "limit", "before"];
 /// Jobs per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 50;
 /// Most jobs per page.

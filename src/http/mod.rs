@@ -16,6 +16,7 @@ pub mod grant;
 pub mod listing;
 pub mod metrics;
 pub mod outputs;
+pub mod query;
 pub mod redact;
 pub mod replies;
 pub mod routes;

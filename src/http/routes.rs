@@ -2,12 +2,12 @@
 
 use crate::base::job::{Job, PoolStatus};
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
-use crate::base::paths::percent_decode;
 use crate::base::sync::lock;
 use crate::http::access_log::Access;
 use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visible_job, Caller};
 use crate::http::client_address::client_address;
 use crate::http::follow::{self, Wire};
+use crate::http::query;
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
@@ -82,6 +82,21 @@ enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// The query parameters the route takes, checked before it answers (`None`: it takes
+    /// none, and a query is ignored, as a browser's cache-busting `?_=...` is).
+    fn query_names(&self) -> Option<&'static [&'static str]> {
+        match self {
+            Route::Status(_) => Some(&["wait"]),
+            Route::Logs(_) => Some(&["follow"]),
+            Route::Submit => Some(&upload::QUERY_NAMES),
+            Route::CancelMatching => Some(&bulk_cancel::QUERY_NAMES),
+            Route::Jobs => Some(&listing::QUERY_NAMES),
+            Route::JobPriority(_) => Some(&["priority"]),
+            Route::LogLevel => Some(&["level", "for"]),
+            _ => None,
+        }
+    }
+
     /// The method the route answers (a `GET` route answers `HEAD` too).
     fn method(&self) -> Method {
         match self {
@@ -188,7 +203,7 @@ pub fn is_quick(request: &Request) -> bool {
     let path = url.split(['?', '#']).next().unwrap_or_default();
     match match_route(path) {
         Some(Route::Health | Route::Ready) => true,
-        Some(Route::Status(_)) => query_param(url, "wait").is_none(),
+        Some(Route::Status(_)) => query::param(url, "wait").is_none(),
         Some(
             Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_) | Route::Snapshot,
         ) => true,
@@ -270,6 +285,11 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
     if let Some(access) = access {
         access.key = caller.name().map(str::to_string);
     }
+    if let Some(known) = route.query_names() {
+        if let Err(e) = query::check(&url, known) {
+            return error_reply(400, e.to_string());
+        }
+    }
     match route {
         Route::Health => health(),
         Route::Ready => ready(ctx),
@@ -286,7 +306,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
                 .observe(started.elapsed().as_secs_f64());
             reply
         }),
-        Route::Status(id) => match query_param(&url, "wait").map(|w| wait_secs(&w)) {
+        Route::Status(id) => match query::param(&url, "wait").map(|w| wait_secs(&w)) {
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
             Some(Ok(secs)) => {
                 let sees_all = caller.sees_all();
@@ -310,7 +330,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             })
         }),
         Route::CancelMatching => allowed(may_change(&caller), || {
-            bulk_cancel::cancel_matching(ctx, &caller, &|name| query_param(&url, name))
+            bulk_cancel::cancel_matching(ctx, &caller, &|name| query::param(&url, name))
         }),
         Route::DeleteJob(id) => allowed(may_change(&caller), || {
             job_route(ctx, &caller, id, |ctx| {
@@ -347,7 +367,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         Route::SubmitsPause(pause) => {
             allowed(admin_only(&caller), || submits_pause(ctx, &caller, pause))
         }
-        Route::Jobs => listing::jobs(ctx, &caller, &|name| query_param(&url, name)),
+        Route::Jobs => listing::jobs(ctx, &caller, &|name| query::param(&url, name)),
         Route::Reload => allowed(admin_only(&caller), || {
             let source = format!("POST /reload{}", caller.log_label());
             let outcome = reload::reload_workers(ctx, &source);
@@ -396,7 +416,7 @@ fn allowed(check: Result<(), Reply>, answer: impl FnOnce() -> Reply) -> Reply {
 /// `POST /jobs/{id}/priority?priority=LEVEL` (the job's owner or an admin): a queued job's
 /// new priority.
 fn set_priority(ctx: &Context, id: &str, url: &str, by: &str) -> Reply {
-    let Some(asked) = query_param(url, "priority") else {
+    let Some(asked) = query::param(url, "priority") else {
         return error_reply(
             400,
             "give the new priority in the query: POST /jobs/ID/priority?priority=high (or normal, or low)",
@@ -712,21 +732,11 @@ fn wait_status(
     })
 }
 
-/// The percent-decoded value of query parameter `name` in `url`, if given.
-pub fn query_param(url: &str, name: &str) -> Option<String> {
-    let query = url.split_once('?')?.1.split('#').next()?;
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(&v.replace('+', " ")).unwrap_or_default())
-}
-
 /// `POST /log-level?level=LEVEL&for=SECS` (admin): the log level for `SECS` seconds (default
 /// [`LOG_LEVEL_FOR`]; 0: until changed again or a restart), then `--log-level` again.
 fn set_log_level(ctx: &Context, caller: &Caller, url: &str) -> Reply {
     let levels = "off, error, warn, info, debug or trace";
-    let Some(given) = query_param(url, "level") else {
+    let Some(given) = query::param(url, "level") else {
         return error_reply(
             400,
             format!("say which level: POST /log-level?level=debug ({levels}), and for how long: &for=SECS (default {LOG_LEVEL_FOR}; 0: until changed again)"),
@@ -735,7 +745,7 @@ fn set_log_level(ctx: &Context, caller: &Caller, url: &str) -> Reply {
     let Ok(level) = given.parse::<log::LevelFilter>() else {
         return error_reply(400, format!("unknown log level {given:?}: use {levels}"));
     };
-    let lasting = match query_param(url, "for").map(|secs| secs.parse::<u64>()) {
+    let lasting = match query::param(url, "for").map(|secs| secs.parse::<u64>()) {
         None => Some(Duration::from_secs(LOG_LEVEL_FOR)),
         Some(Ok(0)) => None,
         Some(Ok(secs)) if secs <= LOG_LEVEL_FOR_MAX => Some(Duration::from_secs(secs)),
@@ -860,7 +870,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         );
         return retry_after(SUBMIT_RETRY_AFTER, reply);
     }
-    let options = upload::SubmitOptions::from_query(|name| query_param(url, name))
+    let options = upload::SubmitOptions::from_query(|name| query::param(url, name))
         .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o))
         .and_then(|o| upload::reruns_of(ctx, o.reruns).map(|_| o))
         .and_then(|o| {
@@ -920,7 +930,7 @@ fn repeated_submit(
     url: &str,
     job: &Job,
 ) -> Reply {
-    let checked = upload::SubmitOptions::from_query(|name| query_param(url, name)).and_then(|o| {
+    let checked = upload::SubmitOptions::from_query(|name| query::param(url, name)).and_then(|o| {
         let boundary = upload::boundary_of(content_type(request))?;
         let length = request.body_length();
         let body = UploadBody {

@@ -314,6 +314,9 @@ pub struct SubmitOptions {
     pub labels: Option<Vec<String>>,
 }
 
+/// The query parameters a submit takes: its options.
+pub const QUERY_NAMES: [&str; 4] = ["priority", "queue_timeout", "reruns", "labels"];
+
 impl SubmitOptions {
     /// Parses the options of a query (`name` to its value, when given).
     pub fn from_query(param: impl Fn(&str) -> Option<String>) -> Result<Self, UploadError> {
