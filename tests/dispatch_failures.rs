@@ -297,6 +297,36 @@ fn a_job_queued_behind_slow_dispatches_goes_out_once_they_are_accepted() {
 }
 
 #[test]
+fn a_job_id_that_would_name_another_path_is_lost_and_never_followed() {
+    // The URLs to a job on its worker are built from the id it answered: this one would name
+    // the worker's `/stats`.
+    let odd = FakeWorker::start_with(|k| k.answered_job_id = Some("../stats?job=1".into()));
+    let coordinator = Coordinator::start(&[odd.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&odd], DEADLINE);
+
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let status = wait_status(&coordinator, &id, "lost", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(
+        error.contains("a job_id that is no plain id") && error.contains("../stats?job=1"),
+        "{status}"
+    );
+    assert_eq!(status["remote_job_id"], Value::Null, "{status}");
+    let seen = odd.recording().count("GET", "health");
+    wait_probes(&odd, seen, 2);
+    assert_eq!(
+        odd.recording().count("GET", "stats"),
+        0,
+        "the odd id was followed"
+    );
+    assert_eq!(
+        odd.recording().count("POST", "submit"),
+        1,
+        "it was sent again"
+    );
+}
+
+#[test]
 fn a_dispatch_without_answer_is_lost_and_never_run_again() {
     let hung = FakeWorker::start_with(|k| k.hang_submit = true);
     let good = FakeWorker::start();

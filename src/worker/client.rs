@@ -216,11 +216,33 @@ fn classify(error: ureq::Error) -> CallError {
     }
 }
 
-/// A 200 answer to a submit: accepted under its `job_id`.
+/// Longest worker job id taken (sandrun's `job_<seconds>_<counter>` is about 25 bytes).
+const MAX_REMOTE_ID: usize = 128;
+
+/// True for a worker job id that goes into a URL path segment as it is: letters, digits, `.`,
+/// `_` and `-` (not `.` or `..` alone), at most [`MAX_REMOTE_ID`] bytes.
+fn plain_remote_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REMOTE_ID
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A 200 answer to a submit: accepted under its `job_id`, when that is a plain id (the URLs to
+/// the job are built from it; one with `/`, `?` or `%` would name another path).
 fn accepted(answer: &Value) -> SubmitOutcome {
     match answer.get("job_id").and_then(Value::as_str) {
-        Some(id) if !id.is_empty() => SubmitOutcome::Accepted(id.to_string()),
-        _ => SubmitOutcome::Unknown(format!(
+        Some(id) if plain_remote_id(id) => SubmitOutcome::Accepted(id.to_string()),
+        Some(id) => SubmitOutcome::Unknown(format!(
+            "the worker answered 200 with a job_id that is no plain id (letters, digits, '.', \
+             '_' and '-', at most {MAX_REMOTE_ID} bytes), so the job cannot be followed there: \
+             {:?}",
+            id.chars().take(MAX_REMOTE_ID).collect::<String>()
+        )),
+        None => SubmitOutcome::Unknown(format!(
             "the worker answered 200 without a job_id: {answer}"
         )),
     }

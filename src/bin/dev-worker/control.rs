@@ -53,6 +53,9 @@ pub struct Knobs {
     pub submit_delay: Duration,
     /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
     pub reject_submit: Option<(u16, String)>,
+    /// `POST /submit` accepts the job under its own id but answers this one (a worker that
+    /// is not sandrun, or a broken one).
+    pub answered_job_id: Option<String>,
     /// The live stream and result signature tampering.
     pub stream: StreamKnobs,
 }
@@ -78,6 +81,7 @@ impl Default for Knobs {
             download_delay: Duration::ZERO,
             submit_delay: Duration::ZERO,
             reject_submit: None,
+            answered_job_id: None,
             stream: StreamKnobs::default(),
         }
     }
