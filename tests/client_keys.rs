@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use support::follow::{follow_logs_with, follow_websocket_with, Followed};
-use support::lifecycle::{drain_url, wait_healthy};
+use support::lifecycle::{drain_url, exchange, wait_healthy};
 use support::{
     poll_until, send_with, status_of, workers_dir, Coordinator, FakeWorker, Form, Reply,
 };
@@ -248,6 +248,18 @@ fn the_auth_matrix() {
     )
     .expect("answer");
     assert_401(&basic, "another scheme");
+    // Two keys: which one counted depended on their order (the first did).
+    let head = format!(
+        "GET /pool HTTP/1.1\r\nAuthorization: Bearer {}\r\nAuthorization: Bearer {}\r\n",
+        ops.secret, stranger.secret
+    );
+    let two = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(two.status, 400, "{}", two.text());
+    assert!(
+        two.text().contains("more than one Authorization header"),
+        "{}",
+        two.text()
+    );
 
     let a_job = submit_ok(&coordinator, &alice);
     let b_job = submit_ok(&coordinator, &bob);

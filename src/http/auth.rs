@@ -160,6 +160,18 @@ pub fn authorize(
         return Ok(Caller::open());
     };
     let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
+    // A proxy that adds its own key before or after the client's must not decide by order.
+    let authorizations = request.headers().iter();
+    if authorizations
+        .filter(|h| h.field.equiv("Authorization"))
+        .count()
+        > 1
+    {
+        return Err(error_reply(
+            400,
+            "the request carries more than one Authorization header; send one: Authorization: Bearer <key>",
+        ));
+    }
     let Some(token) = bearer(request) else {
         ctx.metrics.key_refused(KeyRefusal::Missing);
         log_refusal(log::Level::Info, || {
