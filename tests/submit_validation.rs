@@ -470,7 +470,7 @@ fn a_submit_is_held_to_max_files_and_odd_part_headers_are_named() {
         body
     };
     let form_of = |boundary: &str| format!("multipart/form-data; boundary={boundary}");
-    let cases: [(&str, String, Vec<u8>, &str); 3] = [
+    let cases: [(&str, String, Vec<u8>, &str); 4] = [
         (
             "a 10,000-byte filename",
             form_of("XyZ"),
@@ -489,11 +489,33 @@ fn a_submit_is_held_to_max_files_and_odd_part_headers_are_named() {
             good_form().body(),
             "boundary is 201 characters long",
         ),
+        // The first was read; a proxy may read the other.
+        (
+            "two boundary parameters",
+            format!("{}; boundary=Other", good_form().content_type()),
+            good_form().body(),
+            "more than one boundary parameter",
+        ),
     ];
     for (case, content_type, body, needle) in cases {
         let reply = post_submit(&coordinator, Some(&content_type), &body);
         assert_refused(&coordinator, case, &reply, 400, needle);
     }
+    let form = good_form();
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nContent-Type: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        form.content_type(),
+        form_of("Other"),
+        form.body().len()
+    );
+    let reply = exchange(coordinator.port(), &head, &form.body()).unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(
+        &coordinator,
+        "two Content-Type headers",
+        &reply,
+        400,
+        "more than one Content-Type header",
+    );
 
     let three = files(3);
     let reply = post_submit(&coordinator, Some(&three.content_type()), &three.body());

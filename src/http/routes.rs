@@ -880,7 +880,9 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         Ok(options) => options,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
-    let boundary = match upload::check_headers(ctx, content_type(request), request.body_length()) {
+    let boundary = match content_type(request)
+        .and_then(|ct| upload::check_headers(ctx, ct, request.body_length()))
+    {
         Ok(b) => b,
         Err(e) => return error_reply(e.status(), e.to_string()),
     };
@@ -911,13 +913,16 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     }
 }
 
-/// A request's `Content-Type`, if it has one.
-fn content_type(request: &Request) -> Option<&str> {
-    request
+/// A request's `Content-Type`, if it has one; two are refused.
+fn content_type(request: &Request) -> Result<Option<&str>, upload::UploadError> {
+    let mut types = request
         .headers()
         .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str())
+        .filter(|h| h.field.equiv("Content-Type"));
+    match (types.next(), types.next()) {
+        (first, None) => Ok(first.map(|h| h.value.as_str())),
+        (_, Some(_)) => Err(upload::UploadError::GivenTwice("Content-Type header")),
+    }
 }
 
 /// A submit that repeats the `Idempotency-Key` of `job`: once its body holds the same as the
@@ -931,7 +936,7 @@ fn repeated_submit(
     job: &Job,
 ) -> Reply {
     let checked = upload::SubmitOptions::from_query(|name| query::param(url, name)).and_then(|o| {
-        let boundary = upload::boundary_of(content_type(request))?;
+        let boundary = upload::boundary_of(content_type(request)?)?;
         let length = request.body_length();
         let body = UploadBody {
             boundary,

@@ -35,6 +35,9 @@ pub enum UploadError {
     NotMultipart(Option<String>),
     /// multipart/form-data without a boundary.
     NoBoundary,
+    /// Two `Content-Type` headers, or two boundary parameters in one (which: "Content-Type
+    /// header", "boundary parameter"): a proxy may read the other.
+    GivenTwice(&'static str),
     /// A boundary longer than [`MAX_BOUNDARY`] (its length).
     LongBoundary(usize),
     /// The body is larger than `--max-upload-bytes`.
@@ -119,6 +122,7 @@ impl fmt::Display for UploadError {
                 ct.as_deref().unwrap_or("none")
             ),
             Self::NoBoundary => write!(f, "the multipart/form-data Content-Type has no boundary parameter"),
+            Self::GivenTwice(what) => write!(f, "the submit carries more than one {what}; give one"),
             Self::LongBoundary(len) => write!(
                 f,
                 "the multipart boundary is {len} characters long, more than {MAX_BOUNDARY}; use a shorter one (RFC 2046 asks for at most 70)"
@@ -214,9 +218,14 @@ pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
     if !kind.eq_ignore_ascii_case("multipart/form-data") {
         return Err(UploadError::NotMultipart(Some(ct.to_string())));
     }
-    let boundary = params
+    let mut boundaries = params
         .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"));
+    let (first, second) = (boundaries.next(), boundaries.next());
+    if second.is_some() {
+        return Err(UploadError::GivenTwice("boundary parameter"));
+    }
+    let boundary = first
         .map(|(_, v)| v.trim().trim_matches('"').to_string())
         .filter(|b| !b.is_empty())
         .ok_or(UploadError::NoBoundary)?;
