@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use support::health_only::HealthOnly;
-use support::lifecycle::get_raw;
+use support::lifecycle::{exchange, get_raw};
 use support::{get_json, poll_until, send, BlackHole, Coordinator, FakeWorker, WorkerKey};
 
 /// Deadline for anything that should happen within a few health rounds.
@@ -172,6 +172,34 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
         let reply = send("OPTIONS", &coordinator.url(path), None).unwrap();
         assert_eq!(reply.status, 204, "OPTIONS {path}: {}", reply.text());
         assert_eq!(reply.header("Allow"), Some(allowed), "OPTIONS {path}");
+    }
+    // `*` asks about the server as a whole, which only OPTIONS does; CONNECT asks a proxy.
+    for (line, code, answer) in [
+        (
+            "OPTIONS * HTTP/1.1",
+            204,
+            "Allow: GET, HEAD, POST, DELETE, OPTIONS",
+        ),
+        ("GET * HTTP/1.1", 400, "only OPTIONS does"),
+        (
+            "CONNECT 127.0.0.1:443 HTTP/1.1",
+            405,
+            "CONNECT is not served",
+        ),
+    ] {
+        let reply = exchange(coordinator.port(), &format!("{line}\r\n"), b"")
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(reply.status, code, "{line}: {}", reply.text());
+        let head: Vec<String> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        assert!(
+            head.iter().any(|h| h == answer) || reply.text().contains(answer),
+            "{line}: {head:?} {}",
+            reply.text()
+        );
     }
     let (status, body) = get_json(&coordinator.url("/pool"));
     assert_eq!(status, 200, "the coordinator stopped serving: {body}");

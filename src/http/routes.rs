@@ -134,6 +134,19 @@ impl Route<'_> {
     }
 }
 
+/// A request for the server as a whole (the target `*`, RFC 9112 section 3.2.4): `OPTIONS *`
+/// is answered 204 with every method some endpoint takes; any other method is a 400.
+fn whole_server(method: &Method) -> Reply {
+    if *method == Method::Options {
+        let allow = "GET, HEAD, POST, DELETE, OPTIONS".to_string();
+        return Reply::WithHeaders(vec![("Allow", allow)], Box::new(Reply::Empty(204)));
+    }
+    error_reply(
+        400,
+        format!("the target * asks about the server as a whole, which only OPTIONS does; {method} asks for a path"),
+    )
+}
+
 /// Whether `method` is one `route` answers at `url`.
 fn method_allowed(route: &Route<'_>, method: &Method, url: &str) -> bool {
     match method {
@@ -240,6 +253,15 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
     };
     if let Err(wait) = ctx.request_rate.admit(from, path, Instant::now()) {
         return over_rate(ctx, wait);
+    }
+    if path == "*" {
+        return whole_server(request.method());
+    }
+    if *request.method() == Method::Connect {
+        return error_reply(
+            405,
+            "CONNECT is not served: the coordinator is no proxy; ask for its paths (/submit, /status/ID, ...)",
+        );
     }
     let Some(route) = match_route(path) else {
         return error_reply(
