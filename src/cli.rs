@@ -49,7 +49,7 @@ OPTIONS:
     --port N                 HTTP port to listen on (0 = any free port)      [default: 9000]
     --bind ADDR              address to listen on                            [default: 0.0.0.0]
     --workers FILE           allowlist of workers                            [default: workers.json]
-    --threads N              HTTP handler threads                            [default: 8]
+    --threads N              HTTP handler threads, 1 to 1024                 [default: 8]
     --health-interval SECS   seconds between health probes of a worker, at least 0.1 [default: 30]
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
@@ -251,6 +251,19 @@ fn seconds(text: &str) -> Result<Duration, String> {
 /// watch over them.
 const HEALTH_INTERVAL_MIN: f64 = 0.1;
 
+/// The shortest `--track-interval`: polls any closer would ask each worker about every job it
+/// runs without a pause (a microsecond was taken before).
+const TRACK_INTERVAL_MIN: f64 = 0.01;
+
+fn track_interval(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        d if d.as_secs_f64() >= TRACK_INTERVAL_MIN => Ok(d),
+        _ => Err(format!(
+            "{text} s would poll every worker's jobs without a pause; use at least {TRACK_INTERVAL_MIN}"
+        )),
+    }
+}
+
 fn health_interval(text: &str) -> Result<Duration, String> {
     match seconds(text)? {
         d if d.as_secs_f64() >= HEALTH_INTERVAL_MIN => Ok(d),
@@ -280,6 +293,21 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!(
             "expected a whole number of at least 1, got {text:?}"
+        )),
+    }
+}
+
+/// The most handler threads: each is a thread with its stack, and more than the cores can run
+/// at once only wait on the job table's lock (100,000 ended the process at start, each thread
+/// mapping its stacks until no map was left).
+const MAX_HANDLER_THREADS: usize = 1024;
+
+/// `--threads`: 1 to [`MAX_HANDLER_THREADS`].
+fn handler_threads(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_HANDLER_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {MAX_HANDLER_THREADS}, got {text:?}"
         )),
     }
 }
@@ -581,7 +609,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         port: value(args, "--port", port, d.port)?,
         bind: value(args, "--bind", address, d.bind)?,
         workers: value(args, "--workers", path, d.workers)?,
-        threads: value(args, "--threads", positive::<usize>, d.threads)?,
+        threads: value(args, "--threads", handler_threads, d.threads)?,
         health_interval: value(
             args,
             "--health-interval",
@@ -602,7 +630,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         row_results_max: value(args, "--row-results-max", row_bytes, d.row_results_max)?,
         max_results_bytes: value(args, "--max-results-bytes", bytes, d.max_results_bytes)?,
         dispatch_timeout: value(args, "--dispatch-timeout", seconds, d.dispatch_timeout)?,
-        track_interval: value(args, "--track-interval", seconds, d.track_interval)?,
+        track_interval: value(args, "--track-interval", track_interval, d.track_interval)?,
         follow_nice: value(args, "--follow-nice", nice_steps, d.follow_nice)?,
         lost_after: value(args, "--lost-after", seconds, d.lost_after)?,
         max_attempts: value(args, "--max-attempts", positive::<u32>, d.max_attempts)?,

@@ -1,7 +1,7 @@
 //! Leaf types and helpers: the job record, the settings, the client keys, time, path handling,
 //! locking and slots, the log level an operator changes for a while, log lines of lasting
 //! failures held to one a minute, a sleeping queue between threads, the reusable thread cache,
-//! the process's own figures and open-file limit, telling the coordinator's own shortages from
+//! the process's own figures, open-file limit and memory-map limit, telling the coordinator's own shortages from
 //! a worker's faults, giving free heap pages back, hex digits, TLS settings from PEM files
 //! and when their certificates expire.
 //! Imports nothing of the crate outside `base`.
@@ -22,6 +22,7 @@ pub mod line_file;
 pub mod log_level;
 pub mod log_repeats;
 pub mod mailbox;
+pub mod map_limit;
 pub mod niceness;
 pub mod paths;
 pub mod process;

@@ -13,6 +13,7 @@ use crate::base::clock::unix_now;
 use crate::base::config::{LogFormat, ServeConfig};
 use crate::base::fd_limit;
 use crate::base::line_file::{LineFile, LineTarget};
+use crate::base::map_limit;
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
@@ -110,7 +111,7 @@ fn init_logging(level: LevelFilter, format: LogFormat) {
 }
 
 /// Runs the coordinator; returns only when it cannot start or its HTTP server stops.
-pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
     let tuned = allocator::tune();
     niceness::note_base();
     signals::block().map_err(ServeError::Signals)?;
@@ -157,6 +158,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         None => None,
     };
     check_open_file_limit(config.max_connections);
+    config.max_connections = within_map_limit(config.max_connections, config.threads);
     log_trusted_proxies(&config.trusted_proxies, config.proxy_protocol);
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
@@ -421,6 +423,24 @@ fn check_open_file_limit(max_connections: usize) {
             limit.connections()
         );
     }
+}
+
+/// `max_connections`, lowered (with a warning) to the connections whose threads fit under the
+/// kernel's limit on memory maps beside `handlers` handler threads: past it, a new connection's
+/// thread would abort the process.
+fn within_map_limit(max_connections: usize, handlers: usize) -> usize {
+    let Some(maps) = map_limit::max_map_count() else {
+        return max_connections;
+    };
+    let room = map_limit::connection_room(maps, handlers as u64);
+    if max_connections as u64 <= room {
+        return max_connections;
+    }
+    let room = usize::try_from(room).unwrap_or(max_connections);
+    log::warn!(
+        "vm.max_map_count ({maps}) leaves room for the threads of about {room} client connections, fewer than --max-connections {max_connections}: --max-connections is lowered to {room} (beyond it, new connections are refused with 503; a thread started past the limit would end the process). Raise vm.max_map_count (sysctl) or lower --max-connections"
+    );
+    room
 }
 
 /// The trusted proxies, whose connections carry many clients: held to `--max-connections` only,
