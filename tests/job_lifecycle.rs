@@ -1076,4 +1076,17 @@ fn head_answers_what_get_would_without_its_body() {
         assert_eq!(header_of(&headers, "allow"), Some("GET"), "HEAD {path}");
         assert!(after.is_empty(), "HEAD {path} sent a body: {after:?}");
     }
+    // The snapshot's length is known only once it is taken: its HEAD takes none.
+    let (status, headers, after) = head_request(port, "/snapshot");
+    assert_eq!(status, 200, "HEAD /snapshot: {headers:?}");
+    assert_eq!(
+        header_of(&headers, "content-type"),
+        Some("application/gzip")
+    );
+    assert!(after.is_empty(), "HEAD /snapshot sent a body: {after:?}");
+    let got = send("GET", &coordinator.url("/snapshot"), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("Content-Type"), Some("application/gzip"));
+    let logs = coordinator.logs();
+    assert_eq!(logs.matches("Snapshot taken").count(), 1, "{logs}");
 }

@@ -420,6 +420,9 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         }
         Route::LogLevel => allowed(admin_only(&caller), || set_log_level(ctx, &caller, &url)),
         Route::Metrics => allowed(sees_all_only(&caller), || metrics_reply(ctx)),
+        Route::Snapshot if *request.method() == Method::Head => {
+            allowed(admin_only(&caller), snapshot::head)
+        }
         Route::Snapshot => allowed(admin_only(&caller), || {
             snapshot::snapshot(ctx, &caller.log_label())
         }),

@@ -86,15 +86,33 @@ pub fn snapshot(ctx: &Arc<Context>, by: &str) -> Reply {
     );
     Reply::Stream {
         status: 200,
-        content_type: "application/gzip".to_string(),
+        content_type: CONTENT_TYPE.to_string(),
         length: Some(length),
-        attachment: Some(format!(
-            "trusted-pool-snapshot-{}.tar.gz",
-            unix_now() as u64
-        )),
+        attachment: Some(attachment_name()),
         body: Box::new(SnapshotBody {
             archive,
             _slot: snapshot.slot,
         }),
+    }
+}
+
+/// The type of a snapshot's answer.
+const CONTENT_TYPE: &str = "application/gzip";
+
+/// The file name a snapshot taken now is offered under.
+fn attachment_name() -> String {
+    format!("trusted-pool-snapshot-{}.tar.gz", unix_now() as u64)
+}
+
+/// `HEAD /snapshot`: the headers of a snapshot's answer without taking one (its length is known
+/// only once taken, and a `HEAD` answer may leave it out, RFC 9110 section 9.3.2). It took a
+/// whole snapshot, the job store's copy included, to drop it.
+pub fn head() -> Reply {
+    Reply::Stream {
+        status: 200,
+        content_type: CONTENT_TYPE.to_string(),
+        length: None,
+        attachment: Some(attachment_name()),
+        body: Box::new(io::empty()),
     }
 }
