@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -203,6 +205,67 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
     }
     let (status, body) = get_json(&coordinator.url("/pool"));
     assert_eq!(status, 200, "the coordinator stopped serving: {body}");
+}
+
+/// Reads one answer to `/health` (its head and its 64-byte body) from `stream`.
+fn health_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            other => panic!("the answer ended early ({other:?}): {answer:?}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&answer).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no length: {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("body");
+    head
+}
+
+#[test]
+fn an_answer_says_what_becomes_of_its_connection() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", coordinator.port())).expect("connect");
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("read timeout");
+        stream
+    };
+    // An HTTP/1.0 client that asks to keep its connection is told it is kept (it took the
+    // connection for closed), and is served again on it.
+    let mut stream = connect();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("send");
+        let head = health_answer(&mut stream);
+        assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
+    }
+    // A client that asks to close is told so, and the connection ends.
+    let mut stream = connect();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let head = health_answer(&mut stream);
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    // A kept HTTP/1.1 connection needs no word.
+    let mut stream = connect();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: pool\r\n\r\n")
+        .expect("send");
+    let head = health_answer(&mut stream);
+    assert!(!head.contains("Connection:"), "{head}");
 }
 
 #[test]

@@ -463,18 +463,25 @@ impl Iterator for ClientConnection {
                 .map(|h| h.value.as_str());
 
             let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+            let http_1_0 = *rq.http_version() == HTTPVersion(1, 0);
 
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
+            // Patched: what the answer says of the connection, where that is not its version's
+            // default (an upgraded connection's 101 is written by whoever takes it; any other
+            // answer to an upgrade request is its last).
+            let mut rq = rq;
+            let (last, option) = match lowercase {
+                Some(ref val) if val.contains("close") || val.contains("upgrade") => {
+                    (true, Some("close"))
                 }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
+                Some(ref val) if val.contains("keep-alive") && http_1_0 => {
+                    (false, Some("keep-alive"))
+                }
+                _ => (http_1_0, None),
             };
+            self.no_more_requests = last;
+            if let Some(option) = option {
+                rq.answer_connection(option);
+            }
 
             // returning the request
             return Some(rq);

@@ -79,6 +79,9 @@ pub struct Request {
     // Patched: the raw socket of the connection, and whether to stop reading it once answered
     control: Option<RequestControl>,
     close_after_response: bool,
+    // Patched: the `Connection` option the answer gives, when the connection's fate differs
+    // from its version's default (see `ClientConnection::next`)
+    connection_option: Option<&'static str>,
 
     // Patched: set once the body was read to its end (at once when there is none, or when it
     // was read with the headers)
@@ -315,6 +318,7 @@ where
         notify_when_responded: None,
         control,
         close_after_response: false,
+        connection_option: None,
         body_end,
     })
 }
@@ -522,6 +526,14 @@ impl Request {
         self.close_after_response = true;
     }
 
+    /// Patched: the answer says `Connection: option` (unless it says `close` for closing after
+    /// it): `close` to a client that asked to close, `keep-alive` to an HTTP/1.0 client whose
+    /// connection is kept, as RFC 9112 (section 9.6, appendix C.2.2) asks. 0.12.0 said neither:
+    /// an HTTP/1.0 client that asked to keep its connection took it for closed.
+    pub(crate) fn answer_connection(&mut self, option: &'static str) {
+        self.connection_option = Some(option);
+    }
+
     /// Patched: true when the body was read to its end. Otherwise reads and drops what of it
     /// already arrived (at most `ARRIVED_BODY_LIMIT`, never waiting) and tells whether that
     /// reached the end: the end of a multipart body's epilogue usually has.
@@ -599,6 +611,8 @@ impl Request {
         let mut response = response;
         if self.close_after_response {
             response.close_connection();
+        } else if let Some(option) = self.connection_option {
+            response.connection_option(option);
         }
 
         let do_not_send_body = self.method == Method::Head;

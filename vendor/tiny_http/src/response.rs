@@ -335,7 +335,12 @@ where
 
     /// Patched: the answer says `Connection: close` (a header `add_header` refuses).
     pub(crate) fn close_connection(&mut self) {
-        if let Ok(h) = Header::from_bytes(&b"Connection"[..], &b"close"[..]) {
+        self.connection_option("close");
+    }
+
+    /// Patched: the answer says `Connection: option` (a header `add_header` refuses).
+    pub(crate) fn connection_option(&mut self, option: &str) {
+        if let Ok(h) = Header::from_bytes(&b"Connection"[..], option.as_bytes()) {
             self.headers.push(h);
         }
     }
