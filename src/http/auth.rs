@@ -161,12 +161,11 @@ pub fn authorize(
     };
     let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
     // A proxy that adds its own key before or after the client's must not decide by order.
-    let authorizations = request.headers().iter();
-    if authorizations
-        .filter(|h| h.field.equiv("Authorization"))
-        .count()
-        > 1
-    {
+    let mut authorizations = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Authorization"));
+    if authorizations.nth(1).is_some() {
         return Err(error_reply(
             400,
             "the request carries more than one Authorization header; send one: Authorization: Bearer <key>",

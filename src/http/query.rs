@@ -60,11 +60,9 @@ fn decoded(raw: &str) -> Option<String> {
 pub fn check(url: &str, known: &'static [&'static str]) -> Result<(), QueryError> {
     let mut seen: Vec<&str> = Vec::new();
     for (name, value) in pairs(url) {
+        // Compared as sent: `st%61tus` is not `status` to the route either.
         if !known.contains(&name) {
-            return Err(QueryError::Unknown(
-                decoded(name).unwrap_or_else(|| name.to_string()),
-                known,
-            ));
+            return Err(QueryError::Unknown(name.to_string(), known));
         }
         if seen.contains(&name) {
             return Err(QueryError::Repeated(name.to_string()));
