@@ -333,6 +333,11 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "\"0\" is not a number of seconds above 0",
         ),
         (
+            "queue timeout past 1e9 s",
+            main_py().field("queue_timeout", b"1e300"),
+            "\"1e300\" is not a number of seconds above 0 and at most 1000000000",
+        ),
+        (
             "queue timeout not a number",
             main_py().field("queue_timeout", b"soon"),
             "e.g. queue_timeout=600",

@@ -424,12 +424,16 @@ pub fn parse_priority(text: &str) -> Result<Priority, UploadError> {
         .ok_or_else(|| UploadError::BadPriority(format!("{text:?} is unknown")))
 }
 
-/// Parses a queue timeout given in a part or in the query: seconds, above 0.
+/// The longest queue timeout a submit may give, in seconds (about 31 years: no timeout).
+const MAX_QUEUE_TIMEOUT: f64 = 1e9;
+
+/// Parses a queue timeout given in a part or in the query: seconds, above 0 and at most
+/// [`MAX_QUEUE_TIMEOUT`].
 fn parse_queue_timeout(text: &str) -> Result<f64, UploadError> {
     match text.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => Ok(secs),
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= MAX_QUEUE_TIMEOUT => Ok(secs),
         _ => Err(UploadError::BadQueueTimeout(format!(
-            "{text:?} is not a number of seconds above 0"
+            "{text:?} is not a number of seconds above 0 and at most {MAX_QUEUE_TIMEOUT}"
         ))),
     }
 }
