@@ -667,6 +667,22 @@ fn a_request_head_two_parsers_could_read_two_ways_is_refused() {
     let answer = read_to_close(&mut stream, DEADLINE).expect("closed after its answer");
     assert_eq!(status_of(&answer), 200, "{answer}");
     wait_open_at_most(&coordinator, 1);
+    // Counted, and told in the log once a minute at most (a proxy sending such heads shows).
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["connections"]["refused_unread_requests"], 9, "{pool}");
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics.contains("\ntrusted_pool_requests_refused_unread_total 9\n"),
+        "{metrics}"
+    );
+    let logs = coordinator.logs();
+    let line = "Refused a request the HTTP server could not take: 400 a header line begins with a space or tab";
+    assert_eq!(logs.matches(line).count(), 1, "{logs}");
+    assert_eq!(
+        logs.matches("Refused a request the HTTP server").count(),
+        1,
+        "{logs}"
+    );
 }
 
 /// Polls `/pool` until at most `open` client connections are open (its own among them).

@@ -174,7 +174,8 @@ fn waiting_for_labels(st: &PoolState, now: Instant) -> (usize, usize) {
     (stranded, blocked)
 }
 
-/// The client connections open now, and those refused since the start by reason.
+/// The client connections open now, those refused since the start by reason, and the requests
+/// the HTTP server refused before any handler saw them.
 fn write_connections(out: &mut Text, counts: &ConnectionCounts) {
     out.family(
         "trusted_pool_connections_open",
@@ -203,6 +204,16 @@ fn write_connections(out: &mut Text, counts: &ConnectionCounts) {
             count.load(Ordering::Relaxed),
         );
     }
+    out.family(
+        "trusted_pool_requests_refused_unread_total",
+        "counter",
+        "Requests the HTTP server answered itself before any handler saw them, closing their connection: a malformed, too large or too slow request head, or framing it does not take (400, 408, 414, 417, 431, 501, 505).",
+    );
+    out.sample(
+        "trusted_pool_requests_refused_unread_total",
+        &[],
+        counts.refused_unread.load(Ordering::Relaxed),
+    );
 }
 
 /// The requests refused beyond `--max-requests-per-ip`.

@@ -233,7 +233,8 @@ const BUSIEST_ADDRESSES: usize = 5;
 
 /// The `/pool` figures of the client connections: open now, the limits, the client addresses
 /// holding the most of them, and those refused since the start (beyond `--max-connections`,
-/// beyond `--max-connections-per-ip`, or for want of a descriptor or a thread).
+/// beyond `--max-connections-per-ip`, or for want of a descriptor or a thread), with the
+/// requests the HTTP server refused before any handler saw them.
 pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Value {
     let busiest: Vec<Value> = counts
         .busiest_addresses(BUSIEST_ADDRESSES)
@@ -249,6 +250,7 @@ pub fn connections_view(counts: &ConnectionCounts, config: &ServeConfig) -> Valu
         "refused_for_address": counts.refused_for_address.load(Ordering::Relaxed),
         "refused_for_shortage": counts.refused_for_shortage.load(Ordering::Relaxed),
         "refused_without_proxy_header": counts.refused_without_proxy_header.load(Ordering::Relaxed),
+        "refused_unread_requests": counts.refused_unread.load(Ordering::Relaxed),
     })
 }
 

@@ -14,6 +14,7 @@ use crate::connection::{Connection, RequestControl};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::head_rules::{self, LineByte};
+use crate::ConnectionCounts;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -55,6 +56,9 @@ pub struct ClientConnection {
     // Patched: set by a request answered before its body was read: the connection lingers and
     // closes instead of reading a next request
     closing: Arc<AtomicBool>,
+
+    // Patched: the server's counts, where a request refused before a handler saw it is counted
+    counts: Arc<ConnectionCounts>,
 }
 
 /// Patched: the longest a connection lingers after an answer given before its request's body
@@ -103,6 +107,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
         control: Arc<Connection>,
         client_timeout: Option<Duration>,
+        counts: Arc<ConnectionCounts>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr().ok().flatten();
         let secure = read_socket.secure();
@@ -121,6 +126,7 @@ impl ClientConnection {
             client_timeout,
             timeout_lowered: false,
             closing: Arc::new(AtomicBool::new(false)),
+            counts,
         }
     }
 
@@ -249,9 +255,11 @@ impl ClientConnection {
         }
     }
 
-    /// Patched: answers a request that cannot be read with a JSON error and `Connection: close`.
+    /// Patched: answers a request that cannot be read with a JSON error and `Connection: close`,
+    /// counted (and logged at most once a minute) in the server's `ConnectionCounts`.
     fn refuse(&mut self, status: u16, message: &str, version: HTTPVersion) {
         use crate::{Header, Response, StatusCode};
+        self.counts.refused_unread(status, message, self.remote_addr);
         let writer = self.sink.next().unwrap();
         let body = format!("{{\"error\":\"{}\"}}\n", message);
         let mut response = Response::from_string(body).with_status_code(StatusCode(status));

@@ -163,6 +163,12 @@ pub struct ConnectionCounts {
     pub refused_for_shortage: AtomicU64,
     /// Closed from a `Limits::proxied` peer without a valid PROXY header in time.
     pub refused_without_proxy_header: AtomicU64,
+    /// Requests the server answered itself before any handler saw them: a malformed, too
+    /// large or too slow request head, or framing it does not take (400, 408, 414, 417, 431,
+    /// 501, 505), each closing its connection.
+    pub refused_unread: AtomicU64,
+    /// When such a refusal was last logged, and how many came since.
+    unread_log: Mutex<util::RefusalLog>,
     /// Connections read now per client address, for those a share of
     /// `Limits::max_connections_per_address` holds.
     by_address: Arc<AddressShares>,
@@ -183,7 +189,33 @@ impl ConnectionCounts {
             refused_for_address: AtomicU64::new(0),
             refused_for_shortage: AtomicU64::new(0),
             refused_without_proxy_header: AtomicU64::new(0),
+            refused_unread: AtomicU64::new(0),
+            unread_log: Mutex::new(util::RefusalLog::new()),
             by_address: AddressShares::new(max_connections_per_address),
+        }
+    }
+
+    /// Patched: counts a request the server answered `status` (`why`) itself, from `peer`, and
+    /// logs it at most once a minute with how many came since: a proxy in front that sends
+    /// heads the server refuses (bare LFs, say) shows in the log, not only in its clients'
+    /// errors.
+    pub(crate) fn refused_unread(
+        &self,
+        status: u16,
+        why: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        self.refused_unread.fetch_add(1, Relaxed);
+        let due = self
+            .unread_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(Instant::now());
+        if let Some(count) = due {
+            let from = peer.map_or_else(|| "?".to_string(), |p| p.ip().to_string());
+            log::warn!(
+                "Refused a request the HTTP server could not take: {status} {why} (from {from}); {count} refused so since the last such line"
+            );
         }
     }
 
@@ -419,6 +451,7 @@ fn open_client(
     control: Arc<Connection>,
     ssl: Option<&TlsAcceptor>,
     client_timeout: Option<Duration>,
+    counts: Arc<ConnectionCounts>,
 ) -> Option<ClientConnection> {
     use util::RefinedTcpStream;
     let shared = connection::SharedConnection(Arc::clone(&control));
@@ -439,6 +472,7 @@ fn open_client(
         read_closable,
         control,
         client_timeout,
+        counts,
     ))
 }
 

@@ -28,7 +28,12 @@ impl Opener {
     /// Opens `control` for requests (over TLS once its first byte is seen: `open_client`);
     /// `None` when it was closed instead.
     pub(crate) fn open_direct(&self, control: Arc<Connection>) -> Option<ClientConnection> {
-        open_client(control, self.ssl.as_deref(), self.client_timeout)
+        open_client(
+            control,
+            self.ssl.as_deref(),
+            self.client_timeout,
+            Arc::clone(&self.counts),
+        )
     }
 
     /// Reads `control`'s PROXY header and opens it for requests, with the slot its client
@@ -67,7 +72,12 @@ impl Opener {
             }
             None => None,
         };
-        let opened = open_client(control, self.ssl.as_deref(), self.client_timeout)?;
+        let opened = open_client(
+            control,
+            self.ssl.as_deref(),
+            self.client_timeout,
+            Arc::clone(&self.counts),
+        )?;
         let opened = match client {
             Some(client) => opened.with_remote_addr(client),
             None => opened,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// When refusals at one limit were last logged, and how many came since.
+#[derive(Debug)]
 pub(crate) struct RefusalLog {
     logged: Option<Instant>,
     since: u64,
