@@ -514,6 +514,16 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 })?),
                 Err(e) => return Err(bad("new-key", e.to_string())),
             };
+            // A key made already expired would be refused from its first request.
+            if let Some(at) = expires.filter(|&at| at <= unix_now() as u64) {
+                return Err(bad(
+                    "new-key",
+                    format!(
+                        "--expires {} is past: a key made so would be refused from its first request; give a later date",
+                        utc_text(at)
+                    ),
+                ));
+            }
             let bound_cidrs = match args.opt_value_from_str::<_, String>("--bound-cidrs") {
                 Ok(None) => Vec::new(),
                 Ok(Some(text)) => addresses::parse_blocks(&text)

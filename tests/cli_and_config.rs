@@ -775,3 +775,38 @@ fn worker_id_refuses_what_is_not_an_ed25519_key_file() {
         refused.describe()
     );
 }
+
+/// A file the coordinator reads whole (the workers file, a PEM certificate or key, a worker's
+/// key file) is read up to a bound: `--workers /dev/zero` took 8 GB in 3 s, and `worker-id
+/// /dev/zero` read until memory ran out.
+#[test]
+fn an_endless_file_is_refused_at_its_bound() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers.json.example");
+    let example = example.to_str().expect("path");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--workers", "/dev/zero", "--port", "0"],
+            "the workers file is larger than 16777216 bytes",
+        ),
+        (
+            &[
+                "--workers",
+                example,
+                "--port",
+                "0",
+                "--tls-cert",
+                "/dev/zero",
+                "--tls-key",
+                "/dev/zero",
+            ],
+            "/dev/zero: the file is larger than 4194304 bytes",
+        ),
+        (&["worker-id", "/dev/zero"], "larger than 65536 bytes"),
+        (&["check", "/dev/zero"], "the workers file is larger than"),
+    ];
+    for (args, says) in cases {
+        let run = run(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.describe());
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.describe());
+    }
+}

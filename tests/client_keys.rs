@@ -962,17 +962,25 @@ fn new_key_check_and_a_bad_keys_file_at_start() {
     );
 
     // An expiring key: its entry says when, and check lists it (expired or not).
-    let out = trusted_pool(&["new-key", "--expires", "2027-01-31", "temp"]);
+    let out = trusted_pool(&["new-key", "--expires", "2099-01-31", "temp"]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        stdout.contains(r#""role": "submit", "expires": "2027-01-31T00:00:00Z"}"#),
+        stdout.contains(r#""role": "submit", "expires": "2099-01-31T00:00:00Z"}"#),
         "{stdout}"
     );
-    for bad in ["2027-02-30", "tomorrow", "2027-01-31T12:00:00+01:00"] {
+    for bad in ["2099-02-30", "tomorrow", "2099-01-31T12:00:00+01:00"] {
         let out = trusted_pool(&["new-key", "temp", "--expires", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
     }
+    // A key made already expired would be refused from its first request.
+    let out = trusted_pool(&["new-key", "temp", "--expires", "2020-01-01"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("--expires 2020-01-01T00:00:00Z is past"),
+        "{stderr}"
+    );
     let dated = dir.path().join("dated.json");
     let with_expiry = |at: &str| {
         format!(

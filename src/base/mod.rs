@@ -27,6 +27,7 @@ pub mod niceness;
 pub mod paths;
 pub mod process;
 pub mod shortage;
+pub mod small_file;
 pub mod sync;
 pub mod targz;
 pub mod thread_cache;

@@ -2,6 +2,7 @@
 //! the coordinator trusts and presents when it calls `https://` workers.
 
 use crate::base::cert_expiry::{ChainExpiry, ChainSource};
+use crate::base::small_file::read_at_most;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -33,10 +34,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The most bytes a PEM file is read for: a chain, a key or a CA bundle (a system's whole
+/// bundle is about 220 KB) holds far less.
+const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The bytes of a PEM file, at most [`MAX_PEM_BYTES`].
+fn pem_bytes(path: &Path) -> Result<Vec<u8>, TlsError> {
+    read_at_most(path, MAX_PEM_BYTES).map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))
+}
+
 /// The certificates of a PEM file (at least one).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?
+    let bytes = pem_bytes(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?;
     if certs.is_empty() {
@@ -50,7 +60,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+    let bytes = pem_bytes(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         TlsError::Pem(
             path.to_path_buf(),
             format!("no usable private key (PKCS#8, RSA or EC PEM): {e}"),

@@ -1,5 +1,6 @@
 //! Worker identities: a worker_id is the standard base64 (padded) of a raw 32-byte Ed25519 public key.
 
+use crate::base::small_file::read_at_most;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
@@ -56,10 +57,15 @@ pub fn worker_id_of(key: &VerifyingKey) -> String {
     STANDARD.encode(key.as_bytes())
 }
 
+/// The most bytes a key file is read for (sandrun's is about 120).
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
 /// Reads a sandrun key file (PKCS#8 Ed25519 PEM) and returns the worker_id sandrun prints for it.
 pub fn worker_id_from_key_file(path: &Path) -> Result<String, IdentityError> {
-    let pem =
-        std::fs::read_to_string(path).map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    let bytes = read_at_most(path, MAX_KEY_FILE_BYTES)
+        .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    let pem = String::from_utf8(bytes)
+        .map_err(|e| IdentityError::Unreadable(format!("it is not text: {e}")))?;
     let key =
         SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::NotAKeyFile(e.to_string()))?;
     Ok(worker_id_of(&key.verifying_key()))

@@ -66,8 +66,12 @@ pub static WORKERS_FILE: ListKind = ListKind {
     holds: "{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"} objects",
     entry: "{\"worker_id\": ..., \"endpoint\": ...}",
     empty: "lists no workers",
-    max_bytes: None,
+    max_bytes: Some(MAX_WORKERS_FILE_BYTES),
 };
+
+/// The most bytes a workers file is read for: about 60,000 workers (an entry takes about 250).
+/// Unbounded, `--workers /dev/zero` took 8 GB in 3 s.
+pub const MAX_WORKERS_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads and validates a workers file.
 pub fn load(path: &Path) -> Result<Vec<WorkerSpec>, WorkersFileError> {

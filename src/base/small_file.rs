@@ -1,0 +1,42 @@
+//! Reading a small file whole (a PEM certificate or key, a workers file), at most a set number
+//! of bytes: a path that names something endless (`/dev/zero`, a FIFO a program keeps writing)
+//! or a file far larger than its kind ever is must not take the process's memory. Read without
+//! a bound, `--workers /dev/zero` grew the coordinator by 8 GB in 3 s at start (and a reload
+//! would have done the same to a running one).
+
+use std::io::{self, Read};
+use std::path::Path;
+
+/// The bytes of the file at `path`, or an `InvalidData` error once it holds more than `max`.
+pub fn read_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file is larger than {max} bytes, more than such a file ever holds"),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_at_most;
+    use std::path::Path;
+
+    #[test]
+    fn an_endless_file_is_refused_at_its_bound() {
+        let refused = read_at_most(Path::new("/dev/zero"), 4096).expect_err("endless");
+        assert!(
+            refused.to_string().contains("larger than 4096 bytes"),
+            "{refused}"
+        );
+        let dir = std::env::temp_dir().join(format!("tp-small-file-{}", std::process::id()));
+        std::fs::write(&dir, b"abc").expect("write");
+        assert_eq!(read_at_most(&dir, 3).expect("read"), b"abc");
+        assert!(read_at_most(&dir, 2).is_err());
+        let _ = std::fs::remove_file(dir);
+    }
+}
