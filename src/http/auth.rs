@@ -12,6 +12,7 @@ use crate::base::clock::{unix_now, utc_text};
 use crate::base::job::Job;
 use crate::base::log_repeats::{LineBudget, Repeats};
 use crate::base::sync::lock;
+use crate::http::headers;
 use crate::http::replies::{error_reply, Reply};
 use crate::state::context::Context;
 use crate::state::metrics::KeyRefusal;
@@ -124,16 +125,9 @@ impl Caller {
     }
 }
 
-/// The bearer token of a request, if it has one.
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))?
-        .value
-        .as_str()
-        .trim();
-    let (scheme, token) = value.split_once(' ')?;
+/// The bearer token of a request's `Authorization` value, if it has one.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
@@ -161,17 +155,13 @@ pub fn authorize(
     };
     let from = || client.map_or_else(|| "?".to_string(), |a| a.to_string());
     // A proxy that adds its own key before or after the client's must not decide by order.
-    let mut authorizations = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("Authorization"));
-    if authorizations.nth(1).is_some() {
+    let Ok(authorization) = headers::only(headers::values(request, "Authorization")) else {
         return Err(error_reply(
             400,
             "the request carries more than one Authorization header; send one: Authorization: Bearer <key>",
         ));
-    }
-    let Some(token) = bearer(request) else {
+    };
+    let Some(token) = bearer(authorization) else {
         ctx.metrics.key_refused(KeyRefusal::Missing);
         log_refusal(log::Level::Info, || {
             format!(

@@ -13,6 +13,7 @@ pub mod cors;
 pub mod dashboard;
 pub mod follow;
 pub mod grant;
+pub mod headers;
 pub mod listing;
 pub mod metrics;
 pub mod outputs;

@@ -7,6 +7,7 @@ use crate::http::access_log::Access;
 use crate::http::auth::{admin_only, authorize, may_change, sees_all_only, visible_job, Caller};
 use crate::http::client_address::client_address;
 use crate::http::follow::{self, Wire};
+use crate::http::headers;
 use crate::http::query;
 use crate::http::redact::{hide_remote_id, remote_id_of};
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
@@ -841,12 +842,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         );
         return retry_after(SUBMIT_RETRY_AFTER, error_reply(503, why));
     }
-    let keys = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv(HEADER))
-        .map(|h| h.value.as_str());
-    let submit_key = match submit_key::key_of(keys) {
+    let submit_key = match submit_key::key_of(headers::values(request, HEADER)) {
         Ok(key) => key,
         Err(why) => return error_reply(400, why),
     };
@@ -940,14 +936,8 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
 
 /// A request's `Content-Type`, if it has one; two are refused.
 fn content_type(request: &Request) -> Result<Option<&str>, upload::UploadError> {
-    let mut types = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("Content-Type"));
-    match (types.next(), types.next()) {
-        (first, None) => Ok(first.map(|h| h.value.as_str())),
-        (_, Some(_)) => Err(upload::UploadError::GivenTwice("Content-Type header")),
-    }
+    headers::only(headers::values(request, "Content-Type"))
+        .map_err(|_| upload::UploadError::GivenTwice("Content-Type header"))
 }
 
 /// A submit that repeats the `Idempotency-Key` of `job`: once its body holds the same as the

@@ -3,6 +3,7 @@
 //! afresh for every attempt), against which a repeated submit is checked.
 
 use crate::base::hex::hex;
+use crate::http::headers;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 
@@ -14,13 +15,12 @@ pub const MAX_KEY_LEN: usize = 255;
 /// The key of a submit's `Idempotency-Key` header, if it has one. The value is a token, or the
 /// quoted string of the IETF draft (`"8e03978e-..."`, taken without its quotes): 1 to
 /// [`MAX_KEY_LEN`] visible ASCII characters, given once.
-pub fn key_of<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<Option<String>, String> {
-    let Some(value) = values.next() else {
+pub fn key_of<'a>(values: impl Iterator<Item = &'a str>) -> Result<Option<String>, String> {
+    let given = headers::only(values)
+        .map_err(|_| format!("the {HEADER} header is given twice; give it once"))?;
+    let Some(value) = given else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(format!("the {HEADER} header is given twice; give it once"));
-    }
     let value = value.trim();
     let key = value
         .strip_prefix('"')
