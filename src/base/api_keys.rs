@@ -115,7 +115,7 @@ pub static KEYS_FILE: ListKind = ListKind {
     holds: "{\"name\", \"key_sha256\", \"role\"} objects (trusted-pool new-key NAME prints one)",
     entry: "{\"name\": ..., \"key_sha256\": ..., \"role\": ...}",
     empty: "lists no keys: nobody could use the coordinator",
-    max_bytes: Some(MAX_KEYS_FILE_BYTES),
+    max_bytes: MAX_KEYS_FILE_BYTES,
 };
 
 /// True for a name that may appear in logs and JSON as it is: 1 to 64 of `A-Z a-z 0-9 . _ -`.

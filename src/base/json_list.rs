@@ -2,9 +2,9 @@
 //! (bounded where its kind has a limit), the checks every such file shares, and the error that
 //! says what is wrong and where.
 
+use crate::base::small_file::{read_at_most, SmallFileError};
 use serde_json::{Map, Value};
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 /// One kind of list file, as its messages name it.
@@ -18,8 +18,8 @@ pub struct ListKind {
     pub entry: &'static str,
     /// What an empty array means, e.g. `lists no workers`.
     pub empty: &'static str,
-    /// The largest file read (`None`: no limit).
-    pub max_bytes: Option<u64>,
+    /// The largest file read.
+    pub max_bytes: u64,
 }
 
 /// What is wrong with a list file.
@@ -63,10 +63,7 @@ impl fmt::Display for ListFileError {
         let name = kind.name;
         match &self.problem {
             Problem::Unreadable(why) => write!(f, "cannot read the {name}: {why}"),
-            Problem::TooLarge => {
-                let max = kind.max_bytes.unwrap_or(u64::MAX);
-                write!(f, "the {name} is larger than {max} bytes")
-            }
+            Problem::TooLarge => write!(f, "the {name} is larger than {} bytes", kind.max_bytes),
             Problem::NotJson(why) => write!(f, "the {name} is not valid JSON: {why}"),
             Problem::NotAnArray => write!(f, "the {name} must be a JSON array of {}", kind.holds),
             Problem::Empty => write!(f, "the {name} {}", kind.empty),
@@ -107,20 +104,17 @@ impl ListKind {
         })
     }
 
-    /// The bytes of the file at `path`; reading stops one byte past `max_bytes`.
+    /// The bytes of the file at `path`, at most `max_bytes`.
     pub fn read(&'static self, path: &Path) -> Result<Vec<u8>, ListFileError> {
-        let unreadable = |e: std::io::Error| self.error(Problem::Unreadable(e.to_string()));
-        let file = std::fs::File::open(path).map_err(unreadable)?;
-        let mut bytes = Vec::new();
-        file.take(self.max_bytes.map_or(u64::MAX, |max| max.saturating_add(1)))
-            .read_to_end(&mut bytes)
-            .map_err(unreadable)?;
-        Ok(bytes)
+        read_at_most(path, self.max_bytes).map_err(|e| match e {
+            SmallFileError::Unreadable(e) => self.error(Problem::Unreadable(e.to_string())),
+            SmallFileError::TooLarge(_) => self.error(Problem::TooLarge),
+        })
     }
 
     /// The entries of a file's bytes: a non-empty JSON array of objects.
     pub fn objects(&'static self, bytes: &[u8]) -> Result<Vec<Map<String, Value>>, ListFileError> {
-        if self.max_bytes.is_some_and(|max| bytes.len() as u64 > max) {
+        if bytes.len() as u64 > self.max_bytes {
             return Err(self.error(Problem::TooLarge));
         }
         let value: Value = serde_json::from_slice(bytes)
@@ -151,7 +145,7 @@ mod tests {
         holds: "{\"a\"} objects",
         entry: "{\"a\": ...}",
         empty: "lists no things",
-        max_bytes: Some(64),
+        max_bytes: 64,
     };
 
     #[test]

@@ -1,22 +1,44 @@
-//! Reading a small file whole (a PEM certificate or key, a workers file), at most a set number
-//! of bytes: a path that names something endless (`/dev/zero`, a FIFO a program keeps writing)
+//! Reading a small file whole (a PEM certificate or key, a workers or keys file), at most a set
+//! number of bytes: a path that names something endless (`/dev/zero`, a FIFO a program keeps writing)
 //! or a file far larger than its kind ever is must not take the process's memory. Read without
 //! a bound, `--workers /dev/zero` grew the coordinator by 8 GB in 3 s at start (and a reload
 //! would have done the same to a running one).
 
+use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
 
-/// The bytes of the file at `path`, or an `InvalidData` error once it holds more than `max`.
-pub fn read_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+/// Why a small file was not read.
+#[derive(Debug)]
+pub enum SmallFileError {
+    /// It could not be opened or read.
+    Unreadable(io::Error),
+    /// It holds more than the bound (this many bytes).
+    TooLarge(u64),
+}
+
+impl fmt::Display for SmallFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable(e) => write!(f, "{e}"),
+            Self::TooLarge(max) => write!(
+                f,
+                "the file is larger than {max} bytes, more than such a file ever holds"
+            ),
+        }
+    }
+}
+
+/// The bytes of the file at `path`, or [`SmallFileError::TooLarge`] once it holds more than
+/// `max`.
+pub fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, SmallFileError> {
+    let file = std::fs::File::open(path).map_err(SmallFileError::Unreadable)?;
     let mut bytes = Vec::new();
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(SmallFileError::Unreadable)?;
     if bytes.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the file is larger than {max} bytes, more than such a file ever holds"),
-        ));
+        return Err(SmallFileError::TooLarge(max));
     }
     Ok(bytes)
 }

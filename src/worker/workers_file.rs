@@ -66,7 +66,7 @@ pub static WORKERS_FILE: ListKind = ListKind {
     holds: "{\"worker_id\", \"endpoint\", \"max_concurrent_jobs\"} objects",
     entry: "{\"worker_id\": ..., \"endpoint\": ...}",
     empty: "lists no workers",
-    max_bytes: Some(MAX_WORKERS_FILE_BYTES),
+    max_bytes: MAX_WORKERS_FILE_BYTES,
 };
 
 /// The most bytes a workers file is read for: about 60,000 workers (an entry takes about 250).
