@@ -2,7 +2,7 @@
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
 use crate::base::cert_expiry::ChainExpiry;
-use crate::base::paths::encode_path;
+use crate::base::paths::{encode_path, is_safe_component};
 use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
@@ -219,13 +219,12 @@ fn classify(error: ureq::Error) -> CallError {
 /// Longest worker job id taken (sandrun's `job_<seconds>_<counter>` is about 25 bytes).
 const MAX_REMOTE_ID: usize = 128;
 
-/// True for a worker job id that goes into a URL path segment as it is: letters, digits, `.`,
-/// `_` and `-` (not `.` or `..` alone), at most [`MAX_REMOTE_ID`] bytes.
+/// True for a worker job id that goes into a URL path segment as it is: a safe path component
+/// (not empty, `.` or `..`) of letters, digits, `.`, `_` and `-`, at most [`MAX_REMOTE_ID`]
+/// bytes.
 fn plain_remote_id(id: &str) -> bool {
-    !id.is_empty()
+    is_safe_component(id)
         && id.len() <= MAX_REMOTE_ID
-        && id != "."
-        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
