@@ -1,7 +1,6 @@
 use ascii::AsciiString;
 
 use std::io::Error as IoError;
-use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
@@ -173,9 +172,9 @@ impl ClientConnection {
     ///  at the first byte of the new line.
     /// Patched: reads one line of at most `limit` bytes (`Ok(None)` when longer). The request's
     /// `deadline` starts with its first byte (waiting for a request is bounded by the socket's
-    /// read timeout alone); `started` becomes true then.
-    /// Patched too: a byte that [`head_rules::line_byte`] refuses ends the read at once with
-    /// `ReadError::BadHead` (`version` being the one it would be answered in).
+    /// read timeout alone); `started` becomes true then. A byte that
+    /// [`head_rules::line_byte`] refuses ends the read at once with `ReadError::BadHead`
+    /// (`version` being the one it would be answered in).
     fn read_next_line(
         &mut self,
         limit: usize,
@@ -183,41 +182,29 @@ impl ClientConnection {
         started: &mut bool,
         version: &HTTPVersion,
     ) -> Result<Option<AsciiString>, ReadError> {
-        self.read_line_bytes(limit, deadline, started)
-            .map_err(|e| Self::header_error(e, *started))?
-            .map_err(|why| ReadError::BadHead(why, version.clone()))
-    }
-
-    /// [`Self::read_next_line`]'s reading: the line, `Ok(None)` when too long, or the reason a
-    /// byte was refused.
-    fn read_line_bytes(
-        &mut self,
-        limit: usize,
-        deadline: &mut Option<Instant>,
-        started: &mut bool,
-    ) -> IoResult<Result<Option<AsciiString>, &'static str>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
+        let refused = |why| ReadError::BadHead(why, version.clone());
 
         if let (Some(deadline), Some(timeout)) = (*deadline, self.client_timeout) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
+                return Err(ReadError::TimedOut(*started));
             }
             // A request that is not slow never pays the system call: its first second goes by
             // with the socket's usual timeout (so a read may end at most a second late).
             if left + Duration::from_secs(1) < timeout {
-                self.control.set_read_timeout(Some(left))?;
+                self.control
+                    .set_read_timeout(Some(left))
+                    .map_err(|e| Self::header_error(e, *started))?;
                 self.timeout_lowered = true;
             }
         }
 
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+            let byte = match self.next_header_source.by_ref().bytes().next() {
+                Some(b) => b.map_err(|e| Self::header_error(e, *started))?,
+                None => return Err(ReadError::ReadIoError),
             };
             if !*started {
                 *started = true;
@@ -227,11 +214,11 @@ impl ClientConnection {
             match head_rules::line_byte(byte, prev_byte_was_cr) {
                 LineByte::End => {
                     buf.pop(); // removing the '\r'
-                    return Ok(AsciiString::from_ascii(buf)
+                    return AsciiString::from_ascii(buf)
                         .map(Some)
-                        .map_err(|_| "request line and headers must be ASCII"));
+                        .map_err(|_| refused("request line and headers must be ASCII"));
                 }
-                LineByte::Refused(why) => return Ok(Err(why)),
+                LineByte::Refused(why) => return Err(refused(why)),
                 LineByte::Keep => {}
             }
 
@@ -239,10 +226,10 @@ impl ClientConnection {
 
             buf.push(byte);
             if buf.len() > limit + 1 {
-                return Ok(Ok(None));
+                return Ok(None);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(IoError::new(ErrorKind::TimedOut, "request headers too slow"));
+                return Err(ReadError::TimedOut(true));
             }
         }
     }
@@ -399,7 +386,7 @@ impl Iterator for ClientConnection {
                 self.linger();
                 return None;
             }
-            let rq = match self.read() {
+            let mut rq = match self.read() {
                 Err(ReadError::TimedOut(started)) => {
                     if started {
                         self.refuse(408, "the request did not arrive in time", HTTPVersion(1, 1));
@@ -476,7 +463,6 @@ impl Iterator for ClientConnection {
             // Patched: what the answer says of the connection, where that is not its version's
             // default (an upgraded connection's 101 is written by whoever takes it; any other
             // answer to an upgrade request is its last).
-            let mut rq = rq;
             let (last, option) = match lowercase {
                 Some(ref val) if val.contains("close") || val.contains("upgrade") => {
                     (true, Some("close"))

@@ -72,12 +72,7 @@ impl Opener {
             }
             None => None,
         };
-        let opened = open_client(
-            control,
-            self.ssl.as_deref(),
-            self.client_timeout,
-            Arc::clone(&self.counts),
-        )?;
+        let opened = self.open_direct(control)?;
         let opened = match client {
             Some(client) => opened.with_remote_addr(client),
             None => opened,
