@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::lifecycle::wait_healthy;
+use support::lifecycle::{exchange, wait_healthy};
 use support::page_server::{Browser, PageServer};
 use support::sandrun_client::one_file_tarball;
 use support::{send, Coordinator, FakeWorker, Form, Reply};
@@ -85,6 +85,16 @@ fn only_allowed_origins_get_cors_headers_and_preflight_answers() {
             "{origin}"
         );
     }
+    // Two Origin headers: a proxy may read the other one; refused, and no origin allowed.
+    let head = format!("GET /health HTTP/1.1\r\nOrigin: {page}\r\nOrigin: http://evil.example\r\n");
+    let two = exchange(listed.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(two.status, 400, "{}", two.text());
+    assert!(
+        two.text().contains("more than one Origin"),
+        "{}",
+        two.text()
+    );
+    assert_eq!(two.header("Access-Control-Allow-Origin"), None);
     let plain = send("GET", &listed.url("/status/nope"), None).expect("status");
     assert_eq!(plain.status, 404);
     assert_eq!(plain.header("Access-Control-Allow-Origin"), None);

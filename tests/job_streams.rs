@@ -17,7 +17,7 @@ use trusted_pool::base::niceness;
 
 use support::follow::{follow_logs, follow_websocket};
 use support::lifecycle::{
-    drain_url, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
+    drain_url, exchange, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
 use support::{
     get, get_json, poll_until, post, send, send_with, Coordinator, FakeWorker, Form, Recording,
@@ -381,6 +381,24 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     assert_eq!(refused.status, 426, "{}", refused.text());
     assert_eq!(refused.header("Sec-WebSocket-Version"), Some("13"));
     assert!(refused.json()["error"].is_string(), "{}", refused.text());
+    // The key and the version are each sent once (RFC 6455, section 11.3).
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let version = "Sec-WebSocket-Version: 13\r\n";
+    for (twice, name) in [
+        (format!("{key}{key}{version}"), "Sec-WebSocket-Key"),
+        (format!("{key}{version}{version}"), "Sec-WebSocket-Version"),
+    ] {
+        let head = format!(
+            "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{twice}"
+        );
+        let refused = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(refused.status, 400, "{}", refused.text());
+        let error = refused.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(&format!("more than one {name}")), "{error}");
+    }
     let (code, _) = get(&coordinator.url("/logs/pool-unknown?follow=1"));
     assert_eq!(code, 404);
     // follow= takes 1, true, 0 or false; another value is not taken for either.

@@ -1,6 +1,7 @@
 //! Cross-origin access (`--cors-origin`): which browser pages may call the API, the headers
 //! their requests get, and the answer to a preflight `OPTIONS` request.
 
+use crate::http::headers::{self, GivenTwice};
 use tiny_http::Request;
 
 /// The methods the API serves.
@@ -10,13 +11,10 @@ const HEADERS: &str = "Authorization, Content-Type, Accept, Accept-Language, Con
 /// How long a browser may cache a preflight answer, in seconds.
 const MAX_AGE: &str = "600";
 
-/// The `Origin` header of a request, if any.
-pub fn origin(request: &Request) -> Option<&str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Origin"))
-        .map(|h| h.value.as_str())
+/// The `Origin` header of a request, if any; two are [`GivenTwice`] (a browser sends one, RFC
+/// 6454 7.3, and a proxy in front may read the other).
+pub fn origin(request: &Request) -> Result<Option<&str>, GivenTwice> {
+    headers::only(headers::values(request, "Origin"))
 }
 
 /// The CORS headers of an answer to a request from `origin`: `*` when any origin is allowed

@@ -14,6 +14,7 @@ use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::http::auth::Caller;
 use crate::http::grant::Grant;
+use crate::http::headers::{self, GivenTwice};
 use crate::http::query;
 use crate::http::redact::TextHider;
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
@@ -82,20 +83,25 @@ pub fn wants_follow(url: &str) -> bool {
 
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request, or the 400 to answer.
 pub fn websocket_key(request: &Request) -> Result<String, Reply> {
-    let header = |name: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str().to_string())
+    let has_token = |name: &'static str, token: &str| {
+        headers::values(request, name)
+            .flat_map(|value| value.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
-    let upgrade = header("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-        && header("Connection").is_some_and(|c| {
-            c.split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    let key = match header("Sec-WebSocket-Key") {
-        Some(key) if upgrade && !key.trim().is_empty() => key,
+    // RFC 6455, section 11.3: the key and the version are each sent once.
+    let once = |name: &'static str| {
+        headers::only(headers::values(request, name))
+            .map(|value| value.map(str::trim))
+            .map_err(|GivenTwice| {
+                error_reply(
+                    400,
+                    format!("the request carries more than one {name} header; send it once"),
+                )
+            })
+    };
+    let upgrade = has_token("Upgrade", "websocket") && has_token("Connection", "upgrade");
+    let key = match once("Sec-WebSocket-Key")? {
+        Some(key) if upgrade && !key.is_empty() => key.to_string(),
         _ => {
             return Err(error_reply(
                 400,
@@ -105,7 +111,7 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
         }
     };
     // RFC 6455, section 4.2.2: another version is answered 426 with the one spoken.
-    if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some(WEBSOCKET_VERSION) {
+    if once("Sec-WebSocket-Version")? != Some(WEBSOCKET_VERSION) {
         let why = format!(
             "this coordinator speaks WebSocket version {WEBSOCKET_VERSION} only: send Sec-WebSocket-Version: {WEBSOCKET_VERSION}"
         );

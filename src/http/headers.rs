@@ -1,6 +1,7 @@
 //! A request's header values by name, and the one value of a header that a request may carry
-//! once (`Authorization`, `Content-Type`, `Idempotency-Key`): a second one is refused, since a
-//! proxy in front may read it where the coordinator would read the first.
+//! once (`Authorization`, `Content-Type`, `Idempotency-Key`, `Origin`, `Sec-WebSocket-Key`,
+//! `Sec-WebSocket-Version`): a second one is refused, since a proxy in front may read it where
+//! the coordinator would read the first.
 
 use tiny_http::Request;
 

@@ -270,8 +270,14 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             format!("no such endpoint: {path} (try /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /cancel/ID, /cancel?status=..., DELETE /jobs/ID, /jobs/ID/priority, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
         );
     };
+    let Ok(origin) = cors::origin(request) else {
+        return error_reply(
+            400,
+            "the request carries more than one Origin header; a browser sends one",
+        );
+    };
     if *request.method() == Method::Options {
-        let Some(origin) = cors::origin(request) else {
+        let Some(origin) = origin else {
             // Not a CORS preflight: which methods the endpoint takes (HAProxy's default
             // `option httpchk` asks `OPTIONS /`).
             let allowed = format!("{}, OPTIONS", route.allowed_methods(&url));

@@ -169,9 +169,10 @@ pub type Handler = fn(&Arc<Context>, &mut Request, &mut Option<Access>) -> Reply
 pub type QuickTest = fn(&Request) -> bool;
 
 /// Writes `reply` to `request`, with the CORS headers its origin gets; returns the body's
-/// length when it is known.
+/// length when it is known. A request with two `Origin` headers gets none (it is refused).
 fn respond(ctx: &Context, request: Request, reply: Reply) -> Option<u64> {
-    let allowed = cors::headers(&ctx.config.cors_origins, cors::origin(&request));
+    let origin = cors::origin(&request).ok().flatten();
+    let allowed = cors::headers(&ctx.config.cors_origins, origin);
     let allowed = headers_of(&allowed);
     send(request, reply, allowed)
 }
