@@ -546,7 +546,7 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
 /// An output served from its worker is held to the size and sha256 the worker reported when
 /// the job ended: one changed in place there since is cut before its last byte (the client reads
 /// less than its `Content-Length`), one whose size changed is refused with a 502, and both are
-/// logged and counted.
+/// logged and counted. So is one its worker sends without a `Content-Length`.
 #[test]
 fn an_output_changed_on_its_worker_is_never_served_whole() {
     let worker = FakeWorker::start();
@@ -620,6 +620,34 @@ fn an_output_changed_on_its_worker_is_never_served_whole() {
     // Without --require-verified the worker stays in service.
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+
+    // A worker that sends its files without `Content-Length` (each body ended by its close):
+    // collected all the same, and an output served from it goes out with the size it reported,
+    // to HTTP/1.1 and HTTP/1.0 clients alike; one changed since is still cut before its end.
+    let unframed = run(|k| {
+        k.stream.alter_output_after_signing = false;
+        k.unframed_downloads = true;
+    });
+    let files = listing(&coordinator, &unframed);
+    assert_eq!(files["result.txt"]["collected"], true, "{files:?}");
+    for version in ["1.1", "1.0"] {
+        let head = format!("GET /outputs/{unframed}/a-big.bin HTTP/{version}\r\n");
+        let reply = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 200, "HTTP/{version}: {}", reply.text());
+        assert_eq!(
+            reply.header("Content-Length"),
+            Some("200000"),
+            "HTTP/{version}: {:?}",
+            reply.headers
+        );
+        assert!(reply.body == big, "HTTP/{version}: other bytes came");
+    }
+    let flipped = run(|k| k.stream.flip_output_after_signing = true);
+    let head = format!("GET /outputs/{flipped}/a-big.bin HTTP/1.0\r\n");
+    let cut = exchange(coordinator.port(), &head, b"")
+        .map(|reply| reply.status)
+        .expect_err("a changed output sent without a length was served whole");
+    assert!(cut.starts_with("body cut at"), "{cut}");
 }
 
 /// How long the fake worker takes to answer a download while a small collection is awaited. A

@@ -46,8 +46,9 @@ impl Reported {
 pub type MismatchReport = Box<dyn FnOnce(&str) + Send>;
 
 /// A body read through a SHA-256 check: the read that would deliver its last byte (at
-/// `length`) fails instead when the hash differs. When the length is unknown, every byte is
-/// delivered and the read at its end fails, so the answer's own end is withheld.
+/// `length`) fails instead when the hash differs, and nothing past `length` is read. When the
+/// length is unknown, every byte is delivered and the read at its end fails, so the answer's
+/// own end is withheld.
 pub struct CheckedOutput<R> {
     body: R,
     expected: String,
@@ -106,7 +107,18 @@ impl<R: Read> Read for CheckedOutput<R> {
         if let Some(Err(why)) = &self.verdict {
             return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
         }
-        let n = self.body.read(buf)?;
+        // Nothing past the length is read: a worker that sends no length of its own is held
+        // to the one it reported, and what it sends beyond is not the output.
+        let room = match self.left {
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        if room == 0 && !buf.is_empty() {
+            self.check()
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+            return Ok(0);
+        }
+        let n = self.body.read(&mut buf[..room])?;
         self.hasher.update(&buf[..n]);
         let at_end = match &mut self.left {
             Some(left) => {
@@ -188,6 +200,11 @@ mod tests {
         assert!(failed && !told && got == body, "a short body is an error");
         assert_eq!(checked(b"", sha(b""), Some(0)), (Vec::new(), false, false));
         assert_eq!(checked(b"", sha(b"x"), Some(0)), (Vec::new(), true, true));
+        // Bytes past the length are not read: the answer holds the length it said.
+        assert_eq!(
+            checked(body, sha(b"01234"), Some(5)),
+            (b"01234".to_vec(), false, false)
+        );
     }
 
     #[test]

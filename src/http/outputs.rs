@@ -299,6 +299,11 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
                     format!("the output {path:?} of job {id} changed on its worker since the job ended ({why}); it is not served"),
                 );
             }
+            // A worker that sends no length (chunked, or up to its close) is held to the size
+            // it reported, so the answer carries a length and a cut body shows as one.
+            let length = response
+                .length
+                .or_else(|| reported.as_ref().and_then(|r| r.size));
             let body = match reported {
                 Some(reported) => {
                     let (ctx, endpoint) = (Arc::clone(ctx), job.endpoint.clone());
@@ -306,7 +311,7 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
                     Box::new(CheckedOutput::new(
                         response.reader,
                         reported.sha256,
-                        response.length,
+                        length,
                         Box::new(move |why: &str| {
                             ctx.metrics.worker_output_refused();
                             log::error!(
@@ -327,7 +332,7 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
             Reply::Stream {
                 status: 200,
                 content_type,
-                length: response.length.and_then(|l| usize::try_from(l).ok()),
+                length: length.and_then(|l| usize::try_from(l).ok()),
                 attachment,
                 body: Box::new(FromWorker { body, _slot: slot }),
             }

@@ -48,6 +48,9 @@ pub struct Knobs {
     pub hang_submit: bool,
     /// `GET /download/...` answers this much later (a slow link to the worker).
     pub download_delay: Duration,
+    /// `GET /download/...` answers without `Content-Length`, its body ended by the close (an
+    /// HTTP server that does not know its length; sandrun always sends it).
+    pub unframed_downloads: bool,
     /// `POST /submit` answers this much later (sandrun takes its lock for a submit, and holds
     /// it while a job runs, so a submit to a busy worker waits).
     pub submit_delay: Duration,
@@ -79,6 +82,7 @@ impl Default for Knobs {
             hang: false,
             hang_submit: false,
             download_delay: Duration::ZERO,
+            unframed_downloads: false,
             submit_delay: Duration::ZERO,
             reject_submit: None,
             answered_job_id: None,

@@ -168,6 +168,12 @@ impl Response {
     /// The response as bytes: headers in name order (sandrun keeps them in a `std::map`), then
     /// `Content-Length` and `Connection: close`.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.framed(true)
+    }
+
+    /// The response as bytes, with its `Content-Length` when `with_length`; without it, the
+    /// body ends at the close.
+    fn framed(&self, with_length: bool) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
@@ -181,18 +187,18 @@ impl Response {
         for (name, value) in &headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
-        out.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        ));
+        if with_length {
+            out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        out.push_str("Connection: close\r\n\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&self.body);
         bytes
     }
 
-    /// Writes the response.
-    pub fn write_to(&self, stream: &mut impl Write) -> io::Result<()> {
-        stream.write_all(&self.to_bytes())?;
+    /// Writes the response, with its `Content-Length` when `with_length`.
+    pub fn write_to(&self, stream: &mut impl Write, with_length: bool) -> io::Result<()> {
+        stream.write_all(&self.framed(with_length))?;
         stream.flush()
     }
 }

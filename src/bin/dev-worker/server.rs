@@ -60,13 +60,14 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                     thread::sleep(shared.control.get().submit_delay);
                 }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
+                let framed = kind != "download" || !shared.control.get().unframed_downloads;
                 if run.is_alive() {
-                    let _ = response.write_to(&mut stream);
+                    let _ = response.write_to(&mut stream, framed);
                 }
             }
         }
         Ok(Incoming::TooLarge) => {
-            let _ = Response::error(413, "Request exceeds 100MB limit").write_to(&mut stream);
+            let _ = Response::error(413, "Request exceeds 100MB limit").write_to(&mut stream, true);
         }
         Ok(Incoming::Nothing) | Err(_) => {}
     }

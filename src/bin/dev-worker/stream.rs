@@ -176,7 +176,7 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
     let knobs = shared.control.get().stream;
     let key = request.header("Sec-WebSocket-Key").unwrap_or_default();
     if knobs.disabled || !is_upgrade(request) || key.is_empty() {
-        let _ = Response::error(404, "Not found").write_to(stream);
+        let _ = Response::error(404, "Not found").write_to(stream, true);
         return;
     }
     let mut sha = Sha1::new();

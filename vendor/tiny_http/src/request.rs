@@ -609,13 +609,16 @@ impl Request {
     {
         let mut writer = self.extract_writer_impl();
         let mut response = response;
+        let do_not_send_body = self.method == Method::Head;
+        // Patched: a body of unknown length ends an HTTP/1.0 answer at the connection's close.
+        if response.data_length().is_none() && self.http_version <= (1, 0) && !do_not_send_body {
+            self.close_after_response = true;
+        }
         if self.close_after_response {
             response.close_connection();
         } else if let Some(option) = self.connection_option {
             response.connection_option(option);
         }
-
-        let do_not_send_body = self.method == Method::Head;
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),

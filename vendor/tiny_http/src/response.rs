@@ -422,20 +422,20 @@ where
             transfer_encoding = None;
         }
 
-        // if the transfer encoding is identity, the content length must be known ; therefore if
-        // we don't know it, we buffer the entire response first here
-        // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
-        let (mut reader, data_length): (Box<dyn Read>, _) =
-            match (self.data_length, transfer_encoding) {
-                (Some(l), _) => (Box::new(self.reader), Some(l)),
-                (None, Some(TransferEncoding::Identity)) => {
-                    let mut buf = Vec::new();
-                    self.reader.read_to_end(&mut buf)?;
-                    let l = buf.len();
-                    (Box::new(Cursor::new(buf)), Some(l))
-                }
-                _ => (Box::new(self.reader), None),
-            };
+        // Patched: a body of unknown length is never read whole into memory (0.12.0 did, to give
+        // it a `Content-Length`, so a large or endless body took the server's memory). An HTTP/1.1
+        // client takes the chunked encoding whatever its `TE` names (RFC 9112, 7.4); an HTTP/1.0
+        // one gets the body up to the connection's close, which `Request::respond` sees to.
+        if self.data_length.is_none()
+            && matches!(transfer_encoding, Some(TransferEncoding::Identity))
+            && http_version > (1, 0)
+            && self.status_code.0 >= 200
+            && self.status_code.0 != 204
+        {
+            transfer_encoding = Some(TransferEncoding::Chunked);
+        }
+        let mut reader = self.reader;
+        let data_length = self.data_length;
 
         // checking whether to ignore the body of the response
         let do_not_send_body = do_not_send_body
@@ -452,16 +452,15 @@ where
                 .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
 
             Some(TransferEncoding::Identity) => {
-                assert!(data_length.is_some());
-                let data_length = data_length.unwrap();
-
-                self.headers.push(
-                    Header::from_bytes(
-                        &b"Content-Length"[..],
-                        format!("{}", data_length).as_bytes(),
+                if let Some(data_length) = data_length {
+                    self.headers.push(
+                        Header::from_bytes(
+                            &b"Content-Length"[..],
+                            format!("{}", data_length).as_bytes(),
+                        )
+                        .unwrap(),
                     )
-                    .unwrap(),
-                )
+                }
             }
 
             _ => (),
@@ -485,20 +484,15 @@ where
                     io::copy(&mut reader, &mut writer)?;
                 }
 
-                Some(TransferEncoding::Identity) => {
-                    assert!(data_length.is_some());
-                    let data_length = data_length.unwrap();
-
-                    match self.write_block {
-                        Some(block) if data_length > 8192 && block > 8192 => {
-                            copy_in_blocks(&mut reader, &mut writer, block.min(data_length))?
-                        }
-                        _ if data_length >= 1 => {
-                            io::copy(&mut reader, &mut writer)?;
-                        }
-                        _ => (),
+                Some(TransferEncoding::Identity) => match (self.write_block, data_length) {
+                    (Some(block), Some(data_length)) if data_length > 8192 && block > 8192 => {
+                        copy_in_blocks(&mut reader, &mut writer, block.min(data_length))?
                     }
-                }
+                    (_, Some(0)) => (),
+                    _ => {
+                        io::copy(&mut reader, &mut writer)?;
+                    }
+                },
 
                 _ => (),
             }
@@ -626,5 +620,54 @@ impl Clone for Response<io::Empty> {
             chunked_threshold: self.chunked_threshold,
             write_block: self.write_block,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Response;
+    use crate::common::{HTTPVersion, Header, StatusCode};
+    use std::io::{self, Read};
+
+    /// A body of unknown length: `bytes`, then a read error (a worker that went away).
+    struct Cut(&'static [u8]);
+
+    impl Read for Cut {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::Other, "cut"));
+            }
+            let n = self.0.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn printed(version: (u8, u8), request_headers: &[Header]) -> String {
+        let response = Response::new(StatusCode(200), Vec::new(), Cut(b"0123456789"), None, None)
+            .with_chunked_threshold(usize::MAX);
+        let mut out = Vec::new();
+        let version = HTTPVersion(version.0, version.1);
+        let result = response.raw_print(&mut out, version, request_headers, false, None);
+        assert!(result.is_err(), "the body's read error is the answer's");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_body_of_unknown_length_is_streamed_never_held_whole() {
+        // HTTP/1.0: no length and no chunks, the body up to the close; what was read is sent.
+        let old = printed((1, 0), &[]);
+        assert!(old.ends_with("\r\n\r\n0123456789"), "{}", old);
+        assert!(
+            !old.contains("Content-Length") && !old.contains("chunked"),
+            "{}",
+            old
+        );
+        // HTTP/1.1 asking `TE: identity`: chunked all the same (RFC 9112, 7.4).
+        let te: Header = "TE: identity".parse().unwrap();
+        let new = printed((1, 1), &[te]);
+        assert!(new.contains("Transfer-Encoding: chunked\r\n"), "{}", new);
+        assert!(!new.contains("Content-Length"), "{}", new);
     }
 }
