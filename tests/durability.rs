@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::lifecycle::{
-    assert_pool_consistent, drain_url, job_status, submit, wait_collected, wait_healthy,
+    assert_pool_consistent, drain_url, job_status, pool_worker, submit, wait_collected,
+    wait_healthy,
 };
 use support::{
     get, get_bytes, get_json, poll_until, post, send, write_workers_json, Coordinator, FakeWorker,
@@ -211,6 +212,81 @@ fn acknowledged_jobs_survive_kill_9_and_running_ones_are_followed_to_the_end() {
     let (_, pool) = get_json(&again.url("/pool"));
     assert_eq!(pool["jobs_by_status"]["completed"], 8, "{pool}");
     assert_eq!(pool["store"]["rows"], 8, "{pool}");
+}
+
+/// A job cancelled while it runs on its worker holds its slot there until it ends, across a
+/// `kill -9` too: the restart counts it against the worker's `max_concurrent_jobs` (and its end
+/// there frees that slot, no other).
+#[test]
+fn a_job_cancelled_on_its_worker_holds_its_slot_across_kill_9_until_it_ends_there() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_secs(8)));
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("cancelled while it runs"));
+    let dir = coordinator.dir().to_path_buf();
+    poll_until(DEADLINE, || (stored_remote_ids(&dir) >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("the worker's job id never reached the store"));
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
+    assert_eq!(code, 200, "{body}");
+    coordinator.kill();
+    let restarted = Coordinator::start_in(&dir, &FAST);
+    let slots = || {
+        let (_, pool) = get_json(&restarted.url("/pool"));
+        let entry = pool_worker(&pool, &worker);
+        (entry["active_jobs"].clone(), entry["tracked_jobs"].clone())
+    };
+    assert_eq!(
+        slots(),
+        (Value::from(1), Value::from(1)),
+        "the cancelled job still runs there and holds its slot"
+    );
+    assert!(restarted.wait_for_log(&format!("Cancelled job {id} ended on its worker"), DEADLINE));
+    poll_until(DEADLINE, || {
+        (slots() == (Value::from(0), Value::from(0))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the job was not deleted on its worker: {:?}", slots()));
+    assert_eq!(job_status(&restarted, &id)["pool_status"], "cancelled");
+}
+
+/// A job cancelled while its submit to the worker is in flight, then `kill -9`: the restart
+/// settles it as cancelled, saying it may or may not run there; nothing is left to wait on it.
+#[test]
+fn a_job_cancelled_with_its_submit_in_flight_settles_at_the_restart_after_kill_9() {
+    let worker = FakeWorker::start_with(|k| {
+        roomy(Duration::ZERO)(k);
+        k.hang_submit = true;
+    });
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("cancelled in flight"));
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &id)["pool_status"] == "dispatched").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the job was never sent to the worker"));
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
+    assert_eq!(code, 200, "{body}");
+    coordinator.kill();
+    worker.set(|k| k.hang_submit = false);
+    let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
+    let status = job_status(&restarted, &id);
+    assert_eq!(status["pool_status"], "cancelled", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("it may or may not run there")),
+        "{status}"
+    );
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(
+        (&entry["active_jobs"], &entry["tracked_jobs"]),
+        (&Value::from(0), &Value::from(0)),
+        "{entry}"
+    );
+    let (code, body) = send("DELETE", &restarted.url(&format!("/jobs/{id}")), None)
+        .map(|r| (r.status, r.text()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, 200, "a settled job is deleted at once: {body}");
 }
 
 /// Jobs in the store (read-only, beside the running coordinator) whose worker job id is known.

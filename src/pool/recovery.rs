@@ -4,7 +4,7 @@
 //! their worker's slot from the start); a job whose
 //! submit was sent but whose answer was never recorded is lost (never sent twice), or queued
 //! again when it asked for reruns; finished jobs whose results were not collected yet are
-//! collected.
+//! collected; cancelled jobs still ending on their workers hold their slots until they end there.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
@@ -57,6 +57,16 @@ fn lose_or_rerun(
     end(&mut job, PoolStatus::Lost, format!("{why}{lost_tail}"));
     settle.push(id);
     st.restore(job);
+}
+
+/// Counts `job`, which its worker `index` runs, against the worker's `max_concurrent_jobs` (and
+/// its source address's share) from the first moment, as its dispatch did.
+fn hold_slot(st: &mut PoolState, index: usize, job: &Job) {
+    let w = &mut st.workers[index];
+    w.active_jobs += 1;
+    if let Some(source) = w.source_mut(job.source_address) {
+        source.in_flight += 1;
+    }
 }
 
 /// Puts the unsettled jobs `stored` back into the table and starts following them.
@@ -143,11 +153,8 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     let remote = remote.clone();
                     counts.followed += 1;
                     job.heard_from_worker(now);
+                    hold_slot(&mut st, index, &job);
                     let w = &mut st.workers[index];
-                    w.active_jobs += 1;
-                    if let Some(source) = w.source_mut(job.source_address) {
-                        source.in_flight += 1;
-                    }
                     w.tracked.push(id.clone());
                     w.streaming.push(id.clone());
                     streams.push((index, id, w.spec.endpoint.clone(), remote));
@@ -155,6 +162,29 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.restore(job);
                 }
             },
+            PoolStatus::Cancelled if job.ending_on_worker => {
+                match (&job.remote_job_id, worker) {
+                    (Some(_), Some(index)) => {
+                        // Its slot is held until it ends there, then it is deleted there.
+                        counts.to_collect += 1;
+                        job.heard_from_worker(now);
+                        hold_slot(&mut st, index, &job);
+                        st.workers[index].tracked.push(id);
+                        trackers.push(index);
+                        st.restore(job);
+                    }
+                    (remote, _) => {
+                        job.ending_on_worker = false;
+                        let on = job.worker_id.clone().unwrap_or_default();
+                        job.error = Some(match remote {
+                            None => format!("cancelled; the coordinator stopped while its submit to worker {on} was in flight and its answer was never recorded: it may or may not run there, and is not deleted there"),
+                            Some(_) => format!("cancelled; its worker {on} is no longer in the workers file, so it is not deleted there"),
+                        });
+                        settle.push(id);
+                        st.restore(job);
+                    }
+                }
+            }
             _ if !job.is_settled() => match worker {
                 Some(index) => {
                     counts.to_collect += 1;
