@@ -7,7 +7,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::lifecycle::{assert_pool_consistent, submit, wait_healthy, wait_status};
+use serde_json::Value;
+
+use support::lifecycle::{
+    assert_pool_consistent, drain_url, pool_worker, submit, wait_healthy, wait_status,
+};
 use support::{
     get_json, poll_until, post, write_workers_json, Coordinator, FakeWorker, Form, Knobs,
 };
@@ -87,4 +91,49 @@ fn fifty_reloads_that_replace_a_busy_worker_keep_the_table_bounded_and_lose_no_j
         assert_pool_consistent(&coordinator)
     );
     println!("most worker table slots across {RELOADS} reloads: {most_slots}");
+}
+
+/// A worker drained through the API, removed by a reload while its job runs, and listed again
+/// by the next: it takes its entry back, so the running job still counts against its
+/// `max_concurrent_jobs`, and the drain went with the removal, now and after a restart alike.
+#[test]
+fn a_worker_listed_again_while_its_job_runs_takes_its_entry_back_without_its_old_drain() {
+    let slow = |k: &mut Knobs| {
+        k.job_duration = Duration::from_secs(6);
+        k.max_active_per_ip = 1000;
+    };
+    let (worker, other) = (FakeWorker::start_with(slow), FakeWorker::start());
+    let dir = support::workers_dir(&[worker.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job(0));
+    wait_status(&coordinator, &id, "running", DEADLINE);
+    let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let reload = |entries: &[(String, String, u32)]| {
+        write_workers_json(dir.path(), entries);
+        let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+        assert_eq!(code, 200, "{body}");
+    };
+    reload(&[other.entry(1)]);
+    reload(&[worker.entry(1), other.entry(1)]);
+    let pool = assert_pool_consistent(&coordinator);
+    let listed = pool["workers"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 2, "one entry for each worker: {pool}");
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(
+        (&entry["removed"], &entry["draining"], &entry["active_jobs"]),
+        (&Value::from(false), &Value::from(false), &Value::from(1)),
+        "{entry}"
+    );
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    let stopped = coordinator.terminate(DEADLINE);
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    let restarted = Coordinator::start_in(dir.path(), &FAST);
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    assert_eq!(
+        pool_worker(&pool, &worker)["draining"],
+        false,
+        "the drain came back: {pool}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Hot reload of the allowlist: re-reads workers.json and applies it to the running table
 //! without losing or repeating a job. A new worker is probed and then used; a removed one gets
-//! no new job and is forgotten once its jobs ended; a changed cap, drain flag or set of labels
-//! applies at once (to jobs not yet assigned);
+//! no new job and is forgotten once its jobs ended (listed again before that, it takes its
+//! entry back, jobs and all); a changed cap, drain flag or set of labels applies at once (to
+//! jobs not yet assigned);
 //! a changed endpoint or key is a new worker. A bad file is refused whole: the table stays.
 
 use crate::base::clock::unix_now;
@@ -86,6 +87,9 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
             None => {
                 w.removed = true;
                 w.draining = true;
+                // A drain made through the API goes with the entry: a worker listed again
+                // later is a new one, at once and after a restart alike.
+                drain_changed.push((w.spec.worker_id.clone(), w.spec.endpoint.clone()));
                 outcome.removed += 1;
                 log::info!(
                     "Removed worker {}... at {}: no new job; forgotten once its {} active jobs ended",
@@ -97,12 +101,34 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
         }
     }
     for spec in wanted.into_iter().flatten() {
-        log::info!(
-            "Added trusted worker: {}... at {}",
-            short_id(&spec.worker_id),
-            spec.endpoint
-        );
-        st.add_worker(spec, now);
+        // Listed again while jobs it ran before its removal are still on it: the same entry
+        // takes it back, so those jobs keep counting against its max_concurrent_jobs.
+        let still_busy = st.workers.iter_mut().find(|w| {
+            w.removed
+                && !w.is_free_slot()
+                && w.spec.worker_id == spec.worker_id
+                && w.spec.endpoint == spec.endpoint
+        });
+        if let Some(w) = still_busy {
+            log::info!(
+                "Trusted worker {}... at {} listed again; its {} active jobs count against it",
+                short_id(&spec.worker_id),
+                spec.endpoint,
+                w.active_jobs
+            );
+            w.removed = false;
+            w.draining = spec.drain;
+            w.set_sources(spec.source_addresses.as_deref().unwrap_or_default());
+            w.spec = spec;
+            w.health.next_probe = now;
+        } else {
+            log::info!(
+                "Added trusted worker: {}... at {}",
+                short_id(&spec.worker_id),
+                spec.endpoint
+            );
+            st.add_worker(spec, now);
+        }
         outcome.added += 1;
     }
     st.last_reload = Some(outcome.clone());
