@@ -714,6 +714,18 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     assert!(state["badges"].to_string().contains("empty"), "{state}");
     let status = job_status(&coordinator, &first);
     assert_ne!(status["pool_status"], "cancelled", "{status}");
+    // Cancels are counted on their own, not as failures.
+    let (_, activity) = get_json(&coordinator.url("/activity"));
+    let column = |field: &str| {
+        activity["jobs_per_minute"].as_array().map_or(0, |m| {
+            m.iter().filter_map(|m| m[field].as_u64()).sum::<u64>()
+        })
+    };
+    assert_eq!(
+        (column("cancelled"), column("failed")),
+        (3, 0),
+        "{activity}"
+    );
 
     // The worker restarts and forgets the first job: its run is lost, it runs again, and its
     // row says which run it is on.

@@ -275,6 +275,13 @@ fn download_root_and_stats_answer_as_sandrun_does() {
     assert_superset(&sandrun_stats, &stats, "stats");
     assert_eq!(stats["your_quota"]["can_submit"], true, "{stats}");
     assert_eq!(stats["your_quota"]["limit"], 10.0, "{stats}");
+    // Nothing used yet: 0.0, never -0.0 (an empty float sum).
+    assert!(
+        stats["your_quota"]["used"]
+            .as_f64()
+            .is_some_and(|u| u == 0.0 && u.is_sign_positive()),
+        "{stats}"
+    );
 
     let tarball = support::sandrun_client::one_file_tarball("main.py", b"print(1)\n");
     let form = Form::new()

@@ -100,7 +100,7 @@ pub fn activity_view(ctx: &Context, caller: &Caller) -> Value {
         .iter()
         .map(|m| {
             json!({"minute": m.minute_start, "submitted": m.submitted,
-                   "completed": m.completed, "failed": m.failed})
+                   "completed": m.completed, "failed": m.failed, "cancelled": m.cancelled})
         })
         .collect();
     let listed: Vec<Result<Value, String>> = {

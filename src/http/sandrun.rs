@@ -91,7 +91,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         .filter(|job| mine(job))
         .filter(|job| job.completed_at.is_some_and(|at| now - at <= WINDOW_SECS))
         .map(|job| cpu_seconds(job))
-        .sum();
+        .fold(0.0, |sum, cpu| sum + cpu);
     let used = in_table + st.cpu_window.used(now, owner);
     let count = |status| match owner {
         Some(name) => st.owner_count(name, status),

@@ -58,6 +58,7 @@ impl CpuWindow {
                 now - at <= WINDOW_SECS && (owner.is_none() || o.as_deref() == owner)
             })
             .map(|(_, cpu, _)| cpu)
-            .sum()
+            // From +0.0: an empty float sum is -0.0, which JSON would show as `-0.0`.
+            .fold(0.0, |sum, cpu| sum + cpu)
     }
 }

@@ -211,6 +211,7 @@ struct MinuteSlot {
     submitted: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// Jobs submitted and finished in one minute, for the dashboard's chart.
@@ -222,8 +223,10 @@ pub struct MinuteCounts {
     pub submitted: u64,
     /// Jobs that ended completed.
     pub completed: u64,
-    /// Jobs that ended failed or lost (or in any other unsuccessful final state).
+    /// Jobs that ended failed or lost.
     pub failed: u64,
+    /// Jobs that ended cancelled (by a client: no failure).
+    pub cancelled: u64,
 }
 
 const STATUSES: usize = PoolStatus::ALL.len();
@@ -289,6 +292,7 @@ impl Metrics {
             slot.submitted.store(0, Ordering::Relaxed);
             slot.completed.store(0, Ordering::Relaxed);
             slot.failed.store(0, Ordering::Relaxed);
+            slot.cancelled.store(0, Ordering::Relaxed);
         }
         slot
     }
@@ -310,10 +314,10 @@ impl Metrics {
             self.run_time.observe(now - at);
         }
         let slot = self.slot(now);
-        let column = if status == PoolStatus::Completed {
-            &slot.completed
-        } else {
-            &slot.failed
+        let column = match status {
+            PoolStatus::Completed => &slot.completed,
+            PoolStatus::Cancelled => &slot.cancelled,
+            _ => &slot.failed,
         };
         column.fetch_add(1, Ordering::Relaxed);
     }
@@ -430,11 +434,13 @@ impl Metrics {
                     submitted: 0,
                     completed: 0,
                     failed: 0,
+                    cancelled: 0,
                 };
                 if slot.minute.load(Ordering::Relaxed) == minute {
                     counts.submitted = slot.submitted.load(Ordering::Relaxed);
                     counts.completed = slot.completed.load(Ordering::Relaxed);
                     counts.failed = slot.failed.load(Ordering::Relaxed);
+                    counts.cancelled = slot.cancelled.load(Ordering::Relaxed);
                 }
                 counts
             })
@@ -466,16 +472,22 @@ mod tests {
         m.job_finished(PoolStatus::Completed, now - 2.0, Some(now - 1.0));
         m.job_finished(PoolStatus::Lost, now - 2.0, Some(now - 1.0));
         m.job_finished(PoolStatus::Failed, now - 2.0, None);
+        m.job_finished(PoolStatus::Cancelled, now - 2.0, None);
         assert_eq!(m.submitted(), 1);
         assert_eq!(m.finished(PoolStatus::Completed), 1);
         assert_eq!(m.finished(PoolStatus::Lost), 1);
-        assert_eq!(m.end_to_end.snapshot().count, 3);
+        assert_eq!(m.end_to_end.snapshot().count, 4);
         assert_eq!(m.run_time.snapshot().count, 1);
         let minutes = m.per_minute(unix_now());
         assert_eq!(minutes.len(), MINUTES);
-        let total = minutes.iter().fold((0, 0, 0), |t, c| {
-            (t.0 + c.submitted, t.1 + c.completed, t.2 + c.failed)
+        let total = minutes.iter().fold((0, 0, 0, 0), |t, c| {
+            (
+                t.0 + c.submitted,
+                t.1 + c.completed,
+                t.2 + c.failed,
+                t.3 + c.cancelled,
+            )
         });
-        assert_eq!(total, (1, 1, 2));
+        assert_eq!(total, (1, 1, 2, 1));
     }
 }
