@@ -76,6 +76,13 @@ fn only_allowed_origins_get_cors_headers_and_preflight_answers() {
     assert_eq!(allowed.status, 200);
     assert_eq!(allowed.header("Access-Control-Allow-Origin"), Some(page));
     assert_eq!(allowed.header("Vary"), Some("Origin"));
+    // A page reads the headers that tell it when to retry and whether a submit was replayed.
+    let exposed = allowed
+        .header("Access-Control-Expose-Headers")
+        .unwrap_or_default();
+    for name in ["Retry-After", "Idempotent-Replayed", "Content-Disposition"] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
     for origin in ["http://127.0.0.1:8081", "http://evil.example"] {
         let other = request("GET", &listed.url("/health"), &[("Origin", origin)]);
         assert_eq!(other.status, 200);
@@ -120,6 +127,10 @@ fn only_allowed_origins_get_cors_headers_and_preflight_answers() {
         allowed_headers.contains("Content-Type"),
         "{allowed_headers}"
     );
+    assert!(
+        allowed_headers.contains("Idempotency-Key"),
+        "{allowed_headers}"
+    );
     let refused = preflight(&listed.url("/submit"), "http://evil.example");
     assert_eq!(refused.status, 403, "{}", refused.text());
     assert!(refused.json()["error"]
@@ -147,6 +158,15 @@ fn only_allowed_origins_get_cors_headers_and_preflight_answers() {
     );
     assert_eq!(parked.status, 200, "{}", parked.text());
     assert_eq!(parked.header("Access-Control-Allow-Origin"), Some(page));
+    // So is a followed text stream, whose head the follower writes itself.
+    let followed = request(
+        "GET",
+        &listed.url(&format!("/logs/{id}?follow=1")),
+        &[("Origin", page)],
+    );
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(followed.text().contains("[DONE]"), "{}", followed.text());
+    assert_eq!(followed.header("Access-Control-Allow-Origin"), Some(page));
 
     for path in ["/health", "/nope", "/status/x"] {
         let any = send("GET", &anyone.url(path), None).expect("answer");

@@ -6,8 +6,12 @@ use tiny_http::Request;
 
 /// The methods the API serves.
 const METHODS: &str = "GET, POST, DELETE, OPTIONS";
-/// The request headers a page may send (`Authorization` for client keys).
-const HEADERS: &str = "Authorization, Content-Type, Accept, Accept-Language, Content-Language";
+/// The request headers a page may send (`Authorization` for client keys, `Idempotency-Key` for
+/// safe submit retries).
+const HEADERS: &str =
+    "Authorization, Content-Type, Idempotency-Key, Accept, Accept-Language, Content-Language";
+/// The answer headers a page may read beside the CORS-safelisted ones.
+const EXPOSED: &str = "Content-Disposition, Retry-After, Idempotent-Replayed, WWW-Authenticate";
 /// How long a browser may cache a preflight answer, in seconds.
 const MAX_AGE: &str = "600";
 
@@ -23,19 +27,13 @@ pub fn headers(allowed: &[String], origin: Option<&str>) -> Vec<(&'static str, S
     if allowed.iter().any(|a| a == "*") {
         return vec![
             ("Access-Control-Allow-Origin", "*".to_string()),
-            (
-                "Access-Control-Expose-Headers",
-                "Content-Disposition".to_string(),
-            ),
+            ("Access-Control-Expose-Headers", EXPOSED.to_string()),
         ];
     }
     match origin {
         Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => vec![
             ("Access-Control-Allow-Origin", o.to_string()),
-            (
-                "Access-Control-Expose-Headers",
-                "Content-Disposition".to_string(),
-            ),
+            ("Access-Control-Expose-Headers", EXPOSED.to_string()),
             ("Vary", "Origin".to_string()),
         ],
         _ if !allowed.is_empty() => vec![("Vary", "Origin".to_string())],

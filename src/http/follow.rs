@@ -13,6 +13,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::http::auth::Caller;
+use crate::http::cors;
 use crate::http::grant::Grant;
 use crate::http::headers::{self, GivenTwice};
 use crate::http::query;
@@ -252,14 +253,27 @@ struct Out {
 }
 
 impl Out {
-    fn open(request: Request, wire: &Wire, hider: Option<TextHider>) -> std::io::Result<Self> {
+    fn open(
+        request: Request,
+        wire: &Wire,
+        cors: &[(&'static str, String)],
+        hider: Option<TextHider>,
+    ) -> std::io::Result<Self> {
         let (head, websocket) = match wire {
-            Wire::Text => (
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                 Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
-                    .to_string(),
-                false,
-            ),
+            Wire::Text => {
+                let cors: String = cors
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {value}\r\n"))
+                    .collect();
+                (
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                         Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n{cors}\
+                         Connection: close\r\n\r\n"
+                    ),
+                    false,
+                )
+            }
             Wire::WebSocket(key) => (
                 format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -346,7 +360,11 @@ fn serve(
     plan: Plan,
     hider: Option<TextHider>,
 ) {
-    let Ok(mut out) = Out::open(request, &wire, hider) else {
+    // A page on an allowed origin reads the text stream as any other answer (a WebSocket's
+    // origin is no CORS matter).
+    let origin = cors::origin(&request).ok().flatten();
+    let allowed = cors::headers(&ctx.config.cors_origins, origin);
+    let Ok(mut out) = Out::open(request, &wire, &allowed, hider) else {
         return;
     };
     let sent = match plan {
