@@ -56,20 +56,18 @@ pub fn is_safe_component(name: &str) -> bool {
 }
 
 /// Checks a decoded relative path such as `out/result.txt`; returns it unchanged when safe.
-///
-/// A component that still decodes to something unsafe (`%2e%2e` sent double-encoded) is refused too.
 pub fn safe_relative_path(path: &str) -> Result<&str, PathError> {
-    let unsafe_path = || PathError::Unsafe(path.to_string());
-    if path.is_empty() || path.starts_with('/') {
-        return Err(unsafe_path());
-    }
-    for part in path.split('/') {
-        let again = percent_decode(part).unwrap_or_else(|_| part.to_string());
-        if !is_safe_component(part) || !is_safe_component(&again) {
-            return Err(unsafe_path());
-        }
+    if path.is_empty() || path.starts_with('/') || !path.split('/').all(is_safe_component) {
+        return Err(PathError::Unsafe(path.to_string()));
     }
     Ok(path)
+}
+
+/// Whether a part of `path` reads as no safe component once percent-decoded (`%2e%2e` reads
+/// `..`, `a%2Fb` holds a `/`): a server or proxy that decodes it would look elsewhere.
+pub fn reads_otherwise_decoded(path: &str) -> bool {
+    path.split('/')
+        .any(|part| percent_decode(part).is_ok_and(|again| !is_safe_component(&again)))
 }
 
 /// Percent-encodes a path for a URL, keeping `/` between components.
@@ -98,6 +96,14 @@ mod tests {
         ] {
             let decoded = percent_decode(bad).unwrap_or_default();
             assert!(safe_relative_path(&decoded).is_err(), "{bad}");
+        }
+        // Names that read otherwise once decoded again are safe as they are.
+        for odd in ["%2e%2e", "a%2Fb.txt", "x/%2E"] {
+            assert!(safe_relative_path(odd).is_ok(), "{odd}");
+            assert!(reads_otherwise_decoded(odd), "{odd}");
+        }
+        for plain in ["p%41.txt", "%zz", "out/result.txt"] {
+            assert!(!reads_otherwise_decoded(plain), "{plain}");
         }
         assert!(percent_decode("%zz").is_err());
         assert_eq!(encode_path("a b/c%"), "a%20b/c%25");

@@ -103,7 +103,7 @@ impl<R: Read> Read for Hashing<R> {
 pub fn uncollectable(path: &str) -> Option<&'static str> {
     if safe_relative_path(path).is_err() {
         return Some(
-            "its path is unsafe (absolute, or with an empty, `.` or `..` part, a backslash or a control character, also once percent-decoded)",
+            "its path is unsafe (absolute, or with an empty, `.` or `..` part, a backslash or a control character)",
         );
     }
     fetchable_name(path).err()

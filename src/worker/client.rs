@@ -2,7 +2,7 @@
 //! known length (never chunked), one request per connection, explicit timeouts on every call.
 
 use crate::base::cert_expiry::ChainExpiry;
-use crate::base::paths::{encode_path, is_safe_component};
+use crate::base::paths::{encode_path, is_safe_component, reads_otherwise_decoded};
 use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
@@ -105,12 +105,17 @@ fn url_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/')
 }
 
-/// Whether sandrun can serve a file of this name: it splits its request line at spaces and
-/// reads it up to a line feed, so a name with a space or a control character can never be
-/// asked for (the worker's `/download/{id}` tarball has it, but deletes the job).
+/// Whether a file of this name is asked of a worker: sandrun splits its request line at spaces
+/// and reads it up to a line feed, so a name with a space or a control character can never be
+/// asked for (the worker's `/download/{id}` tarball has it, but deletes the job); and a name
+/// that reads as another path once percent-decoded is not asked for, as a proxy in front of a
+/// worker may decode it (sandrun itself decodes nothing).
 pub fn fetchable_name(path: &str) -> Result<(), &'static str> {
     if path.bytes().any(|b| b == b' ' || b.is_ascii_control()) {
         return Err("sandrun cannot serve a file whose name holds a space or a control character; name the job's outputs without them");
+    }
+    if reads_otherwise_decoded(path) {
+        return Err("its name reads as another path once %-decoded (a `..` or `.`, or a `/` of its own), so it is not asked of a worker (a proxy in front of one may decode it); name the job's outputs without such escapes");
     }
     Ok(())
 }
