@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use trusted_pool::base::niceness;
 
-use support::follow::{follow_logs, follow_websocket};
+use support::follow::{follow_logs, follow_websocket, open_follow_unread};
 use support::lifecycle::{
     drain_url, exchange, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
@@ -330,6 +330,53 @@ fn output_streamed_line_by_line_is_passed_through_line_by_line() {
     assert!(end >= last);
     let pieces = follower.all(DEADLINE);
     assert!(pieces.iter().any(|(_, p)| p == "line 1\n"), "{pieces:?}");
+}
+
+/// A follower whose client reads slower than its job's output comes is let go once more than
+/// 4 MiB wait for it (they would wait in the coordinator's memory): it gets what waited, a line
+/// saying why, and the stream's end, and the job goes on.
+#[test]
+fn a_follower_that_falls_far_behind_its_jobs_output_is_let_go() {
+    // 20 MiB of output, more than the backlog and the kernel's socket buffers together.
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(2);
+        k.stream.live_lines = 80;
+        k.stream.live_line_bytes = 256 * 1024;
+    });
+    let coordinator = coordinator_for(&worker, "5");
+    let id = submit(&coordinator, &job());
+    let (status, mut unread) = open_follow_unread(coordinator.port(), &id);
+    assert_eq!(status, 200);
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !body.ends_with(b"0\r\n\r\n") {
+        match unread.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the stream did not end: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("[ERROR] This stream fell more than 4194304 bytes behind"),
+        "{} bytes came, ending {:?}",
+        body.len(),
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.ends_with("0\r\n\r\n"), "the stream ends cleanly");
+    // Its answer said `Connection: close`: the connection closes at its end, not after the
+    // client timeout.
+    let _ = unread
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    assert_eq!(
+        unread.read(&mut buf).ok(),
+        Some(0),
+        "the connection stays open"
+    );
+    assert!(body.len() < 16 * 1024 * 1024, "{} bytes came", body.len());
+    assert!(coordinator.wait_for_log(&format!("Let go a follower of job {id}"), DEADLINE));
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::http::views;
 use crate::pool::announce::{final_lines, output_lines};
 use crate::state::context::Context;
-use crate::state::events::{Event, Follower};
+use crate::state::events::{Event, Follower, MAX_BACKLOG};
 use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -243,6 +243,8 @@ enum Ending {
     GoingAway,
     /// Its client key no longer lets it follow the job (1008).
     Refused,
+    /// Its client read slower than the job's output came (1013, try again later).
+    Behind,
 }
 
 /// Writes pieces on one wire.
@@ -254,7 +256,7 @@ struct Out {
 
 impl Out {
     fn open(
-        request: Request,
+        mut request: Request,
         wire: &Wire,
         cors: &[(&'static str, String)],
         hider: Option<TextHider>,
@@ -283,6 +285,8 @@ impl Out {
                 true,
             ),
         };
+        // Nothing follows on the connection once the stream ended: it closes then.
+        request.close_after_response();
         let mut writer = request.into_writer();
         writer.write_all(head.as_bytes())?;
         writer.flush()?;
@@ -334,6 +338,7 @@ impl Out {
                 Ending::Over => 1000,
                 Ending::GoingAway => 1001,
                 Ending::Refused => 1008,
+                Ending::Behind => 1013,
             };
             frame(CLOSE, &code.to_be_bytes(), None)
         } else {
@@ -410,8 +415,18 @@ fn live(
         let wait = expiry.map_or(heartbeat, |left| left.min(heartbeat));
         let recheck = match follower.events.recv_timeout(wait) {
             Ok(Event::Text(text)) => {
+                follower.took(text.len());
                 out.piece(&text)?;
                 false
+            }
+            Ok(Event::Behind) => {
+                log::info!(
+                    "Let go a follower of job {id}: it read slower than the job's output came"
+                );
+                out.piece(&format!(
+                    "[ERROR] This stream fell more than {MAX_BACKLOG} bytes behind the job's output; follow the job again, or read its logs once it ended (GET /logs/{id})\n"
+                ))?;
+                return Ok(Ending::Behind);
             }
             Ok(Event::End) => return Ok(Ending::Over),
             Ok(Event::Shutdown) => {

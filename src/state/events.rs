@@ -1,7 +1,8 @@
 //! Job events for followers (`GET /logs/{id}?follow=1`, `GET /stream/{id}`): each job in flight
 //! has a feed of text pieces (a status line, or output as its worker delivered it). A follower
 //! gets what the feed holds when it joins, then every new piece, and the feed ends with the job.
-//! The number of followers is bounded; the feed's history is bounded in bytes.
+//! The number of followers is bounded; the feed's history is bounded in bytes, and so is what
+//! waits for each follower: one that falls further behind is let go.
 //!
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
@@ -16,6 +17,10 @@ use tiny_http::AddressShares;
 /// Most bytes of history a feed keeps for followers that join later.
 const MAX_HISTORY: usize = 1024 * 1024;
 
+/// Most bytes of text that may wait for one follower (a client that reads slower than its job's
+/// worker writes); a piece that would go past it ends the follow instead, unless nothing waits.
+pub const MAX_BACKLOG: usize = 4 * 1024 * 1024;
+
 /// One piece for a follower.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -27,6 +32,33 @@ pub enum Event {
     Recheck,
     /// The coordinator stops: the follower ends its stream.
     Shutdown,
+    /// The follower fell more than [`MAX_BACKLOG`] bytes behind; nothing follows.
+    Behind,
+}
+
+/// The sending end of a follower: its channel, and the text bytes sent and not yet taken.
+struct Sink {
+    sender: Sender<Event>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Sink {
+    /// Sends `event`; false when the follower is gone.
+    fn send(&self, event: Event) -> bool {
+        self.sender.send(event).is_ok()
+    }
+
+    /// Sends a text piece, or [`Event::Behind`] (then false) when it would put more than
+    /// [`MAX_BACKLOG`] bytes in wait; false when the follower is gone.
+    fn send_text(&self, text: &Arc<str>) -> bool {
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if waiting > 0 && waiting + text.len() > MAX_BACKLOG {
+            let _ = self.sender.send(Event::Behind);
+            return false;
+        }
+        self.waiting.fetch_add(text.len(), Ordering::SeqCst);
+        self.send(Event::Text(Arc::clone(text)))
+    }
 }
 
 #[derive(Default)]
@@ -34,13 +66,12 @@ struct Feed {
     history: Vec<Arc<str>>,
     history_bytes: usize,
     output_seen: bool,
-    followers: Vec<Sender<Event>>,
+    followers: Vec<Sink>,
 }
 
 impl Feed {
     fn push(&mut self, text: Arc<str>) {
-        self.followers
-            .retain(|f| f.send(Event::Text(Arc::clone(&text))).is_ok());
+        self.followers.retain(|f| f.send_text(&text));
         if self.history_bytes + text.len() <= MAX_HISTORY {
             self.history_bytes += text.len();
             self.history.push(text);
@@ -66,7 +97,20 @@ pub struct Follower {
     pub history: Vec<Arc<str>>,
     /// Every later piece, then [`Event::End`].
     pub events: Receiver<Event>,
+    /// Text bytes sent to it and not yet taken ([`Follower::took`]).
+    waiting: Arc<AtomicUsize>,
     _place: Place,
+}
+
+impl Follower {
+    /// Tells that a text piece of `bytes` was taken from [`Follower::events`].
+    pub fn took(&self, bytes: usize) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                Some(w.saturating_sub(bytes))
+            });
+    }
 }
 
 impl JobEvents {
@@ -118,15 +162,21 @@ impl JobEvents {
     /// not to have ended (under the pool lock), so its end is still to be published.
     pub fn follow(&self, id: &str, place: Place) -> Follower {
         let (sender, events) = crossbeam_channel::unbounded();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let sink = Sink {
+            sender,
+            waiting: Arc::clone(&waiting),
+        };
         let mut feeds = lock(&self.feeds);
         if self.ending.load(Ordering::SeqCst) {
-            let _ = sender.send(Event::Shutdown);
+            sink.send(Event::Shutdown);
         }
         let feed = feeds.entry(id.to_string()).or_default();
-        feed.followers.push(sender);
+        feed.followers.push(sink);
         Follower {
             history: feed.history.clone(),
             events,
+            waiting,
             _place: place,
         }
     }
@@ -183,7 +233,7 @@ impl JobEvents {
 
     fn tell_followers(&self, event: &Event) {
         for feed in lock(&self.feeds).values_mut() {
-            feed.followers.retain(|f| f.send(event.clone()).is_ok());
+            feed.followers.retain(|f| f.send(event.clone()));
         }
     }
 
@@ -196,7 +246,7 @@ impl JobEvents {
             feed.push(text.into());
         }
         for follower in feed.followers {
-            let _ = follower.send(Event::End);
+            follower.send(Event::End);
         }
     }
 }
@@ -249,6 +299,27 @@ mod tests {
         assert_eq!(events.following_addresses(), 2, "a refusal holds no share");
         drop(first);
         assert!(events.reserve(address).is_ok());
+    }
+
+    #[test]
+    fn a_follower_that_falls_too_far_behind_is_let_go() {
+        let events = JobEvents::new(1, 1);
+        events.open("j", "dispatched\n".into());
+        let follower = events.follow("j", events.reserve(None).expect("a slot"));
+        // Nothing waits: one piece larger than the backlog still goes.
+        let big = "x".repeat(MAX_BACKLOG + 1);
+        events.output("j", big.clone());
+        assert_eq!(follower.events.try_recv(), Ok(Event::Text(big.into())));
+        follower.took(MAX_BACKLOG + 1);
+        let piece = "y".repeat(MAX_BACKLOG / 2);
+        events.output("j", piece.clone());
+        events.output("j", piece.clone());
+        events.output("j", "z".into());
+        let got: Vec<Event> = follower.events.try_iter().collect();
+        assert_eq!(got.len(), 3, "two pieces, then the follower is let go");
+        assert_eq!(got[2], Event::Behind);
+        events.output("j", "after\n".into());
+        assert!(follower.events.try_recv().is_err(), "nothing after Behind");
     }
 
     #[test]

@@ -149,6 +149,14 @@ pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Follow
 
 /// Connects to the coordinator at `port`, sends `request_line` with these headers, and reads
 /// the answer's head: its status, its header lines, and the reader for the rest.
+/// Opens `GET /logs/{id}?follow=1` and reads its head only: the status, and the body's reader
+/// (chunked), for a client that reads it later or never.
+pub fn open_follow_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
+    let request = format!("GET /logs/{id}?follow=1 HTTP/1.1\r\n");
+    let (status, _, reader) = open_raw(port, &request, &[]);
+    (status, reader)
+}
+
 fn open_raw(
     port: u16,
     request_line: &str,

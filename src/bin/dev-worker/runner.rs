@@ -100,7 +100,13 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
     }
     for i in 0..lines {
         sleep_while_alive(knobs.job_duration / lines as u32, alive);
-        let line = format!("line {i}\n");
+        let mut line = format!("line {i}");
+        let bytes = knobs.stream.live_line_bytes;
+        if bytes > line.len() + 2 {
+            line.push(' ');
+            line.extend(std::iter::repeat_n('x', bytes - line.len() - 1));
+        }
+        line.push('\n');
         (request.live)(&line);
         printed.push_str(&line);
     }

@@ -40,6 +40,9 @@ pub struct StreamKnobs {
     /// The simulated job prints this many lines over its run and each is broadcast as it is
     /// printed (a worker that streams output live, unlike sandrun); 0: sandrun's behaviour.
     pub live_lines: usize,
+    /// Each live line is padded with `x` to this many bytes (a job that prints a lot); 0: as
+    /// printed.
+    pub live_line_bytes: usize,
 }
 
 /// The subscribers of each job and what was broadcast (sandrun's `OutputBroadcaster`).

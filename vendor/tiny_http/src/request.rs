@@ -469,10 +469,12 @@ impl Request {
     /// the writing of the next response.
     /// Therefore you should always destroy the `Writer` as soon as possible.
     /// Patched: a request whose body's end was not read closes its connection once the writer
-    /// is dropped (the rest of the body would be read as a next request).
+    /// is dropped (the rest of the body would be read as a next request), and so does one
+    /// marked with `close_after_response` (an answer that says `Connection: close`, or a
+    /// WebSocket: what follows on the connection is no next request).
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        if !self.body_finished() {
+        if self.close_after_response || !self.body_finished() {
             if let Some(control) = &self.control {
                 control.closing.store(true, Ordering::Release);
             }
