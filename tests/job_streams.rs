@@ -379,6 +379,32 @@ fn a_follower_that_falls_far_behind_its_jobs_output_is_let_go() {
     assert!(coordinator.wait_for_log(&format!("Let go a follower of job {id}"), DEADLINE));
 }
 
+/// A worker stream that never says `[DONE]` and pings to stay open: once polling saw each job
+/// end, its stream is closed, so no thread or connection is left behind per job.
+#[test]
+fn a_worker_stream_that_pings_and_never_ends_is_closed_once_its_job_ended() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_millis(300);
+        k.max_jobs_per_hour = 1000;
+        k.stream.never_done = true;
+        k.stream.ping_every = Some(Duration::from_millis(200));
+    });
+    let coordinator = coordinator_for(&worker, "0.2");
+    let ids: Vec<String> = (0..3).map(|_| submit(&coordinator, &job())).collect();
+    for id in &ids {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    let closed = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["jobs_streamed"] == 0).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "streams stay open after their jobs ended: {}",
+        get_json(&coordinator.url("/pool")).1
+    );
+}
+
 #[test]
 fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_millis(300));

@@ -69,14 +69,29 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
                 }
             }
             Ok(Message::Close(_)) => break,
+            Ok(Message::Ping) => {}
             Err(e) => {
                 log::debug!("Job {id}: the worker stream ended ({e}); polling it");
                 break;
             }
         }
+        // A job whose end its polling saw first, or that left the table, needs no stream: a
+        // worker that keeps it open without [DONE] (pinging, say) holds no thread for it.
+        if !still_going(ctx, id) {
+            log::debug!("Job {id}: ended before its worker stream said so; stream closed");
+            break;
+        }
     }
     client.close();
     stream_ended(ctx, index, id, false);
+}
+
+/// Whether job `id` is still in the table and has not ended.
+fn still_going(ctx: &Context, id: &str) -> bool {
+    ctx.lock()
+        .jobs
+        .get(id)
+        .is_some_and(|job| !job.status.is_final())
 }
 
 /// The worker says the job started: `running` at once, and its followers hear of it.

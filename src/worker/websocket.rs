@@ -106,6 +106,9 @@ pub enum Message {
     /// The worker closed the stream, with the status code its close frame gave (RFC 6455
     /// 7.4: 1000 normal, 1001 going away, 1008 policy), if any.
     Close(Option<u16>),
+    /// A ping, answered already: the caller may see to other things meanwhile (a worker that
+    /// pings forever keeps the stream from going idle).
+    Ping,
 }
 
 /// Timeouts of a stream.
@@ -121,6 +124,8 @@ pub struct StreamTimeouts {
 pub struct WsClient {
     stream: Box<dyn ReadWrite>,
     pending: Vec<u8>,
+    /// The fragments of a message read so far (a ping may come between them).
+    partial: Vec<u8>,
 }
 
 /// 4 bytes that differ on every call (a mask need not be secret, only unpredictable to proxies).
@@ -173,6 +178,7 @@ impl WsClient {
         let mut client = WsClient {
             stream,
             pending: Vec::new(),
+            partial: Vec::new(),
         };
         client.handshake(authority, &format!("{prefix}{path}"))?;
         if let Some(socket) = client.stream.socket() {
@@ -250,9 +256,8 @@ impl WsClient {
         Ok(std::mem::replace(&mut self.pending, rest))
     }
 
-    /// The next message: blocks up to the idle timeout for it; answers pings on the way.
+    /// The next message: blocks up to the idle timeout for it; a ping is answered and told.
     pub fn read_message(&mut self) -> Result<Message, WsError> {
-        let mut message = Vec::new();
         loop {
             let head = self.read_exact(2)?;
             let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0F);
@@ -271,7 +276,7 @@ impl WsClient {
                 n => u64::from(n),
             };
             let length = usize::try_from(length).unwrap_or(usize::MAX);
-            if message.len().saturating_add(length) > MAX_MESSAGE {
+            if self.partial.len().saturating_add(length) > MAX_MESSAGE {
                 return Err(WsError::Broken(format!(
                     "a message over {MAX_MESSAGE} bytes"
                 )));
@@ -295,11 +300,13 @@ impl WsClient {
                 PING => {
                     let pong = frame(PONG, &payload, Some(mask_key()));
                     self.stream.write_all(&pong).map_err(broken)?;
+                    return Ok(Message::Ping);
                 }
                 PONG => {}
                 TEXT | BINARY | CONTINUATION => {
-                    message.extend_from_slice(&payload);
+                    self.partial.extend_from_slice(&payload);
                     if fin {
+                        let message = std::mem::take(&mut self.partial);
                         return Ok(Message::Text(
                             String::from_utf8_lossy(&message).into_owned(),
                         ));

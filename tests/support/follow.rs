@@ -282,6 +282,7 @@ pub fn follow_websocket(endpoint: &str, id: &str) -> Followed {
                 let how = code.map_or_else(|| "close".to_string(), |c| format!("close {c}"));
                 return set_ending(&thread_ending, how);
             }
+            Ok(Message::Ping) => {}
             Err(_) => return set_ending(&thread_ending, "cut".to_string()),
         }
     });

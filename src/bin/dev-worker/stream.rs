@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -37,6 +38,9 @@ pub struct StreamKnobs {
     pub close_early: bool,
     /// No `[DONE]` line is ever sent.
     pub never_done: bool,
+    /// A subscriber is pinged this often while it is silent (a worker or proxy that keeps a
+    /// stream alive; sandrun sends no ping), and pongs are passed over.
+    pub ping_every: Option<Duration>,
     /// The simulated job prints this many lines over its run and each is broadcast as it is
     /// printed (a worker that streams output live, unlike sandrun); 0: sandrun's behaviour.
     pub live_lines: usize,
@@ -226,7 +230,20 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
     }
     // Like sandrun: wait for client frames; on one, answer `[DONE]` if the job ended.
     let mut header = [0u8; 2];
-    while run.is_alive() && stream.read_exact(&mut header).is_ok() {
+    if let Some(every) = knobs.ping_every {
+        let _ = stream.set_read_timeout(Some(every));
+    }
+    while run.is_alive() {
+        match stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if knobs.ping_every.is_some() && is_timeout(&e) => {
+                if stream.write_all(&[0x80 | PING, 0]).is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
+        }
         if header[0] & 0x0F == 0x8 {
             break;
         }
@@ -234,6 +251,9 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
         let mut rest = vec![0u8; len + if header[1] & 0x80 != 0 { 4 } else { 0 }];
         if len >= 126 || stream.read_exact(&mut rest).is_err() {
             break;
+        }
+        if header[0] & 0x0F == PONG {
+            continue;
         }
         let status = lock(&run.jobs).jobs.get(&id).map(|j| j.status);
         if let Some(status @ ("completed" | "failed")) = status {
@@ -244,6 +264,18 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
         }
     }
     run.broadcaster.unsubscribe(&id, subscription);
+}
+
+/// The opcodes of a ping and of a pong.
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Whether a read ended at its timeout.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Applies the result-tampering knobs to a job that was just signed.
