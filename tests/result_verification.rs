@@ -106,11 +106,19 @@ fn results_are_verified_failed_mismatched_or_unverifiable_and_reported() {
     assert!(altered["verification"]["reason"]
         .as_str()
         .is_some_and(|r| r.contains("result.txt")));
+    // No signature at all: the outputs are held to the sha256 the worker reported all the same.
+    let unsigned = run_job(&coordinator, &worker, |k| k.stream.drop_signature = true);
+    assert_eq!(
+        verdict(&unsigned),
+        ("failed".into(), "mismatch".into()),
+        "{unsigned}"
+    );
 
     // No [DONE], and a figure finer than sandrun's microseconds: of the values /status's 0.01
     // allows, the microseconds are tried (and fail), and then too few of the rest to find it.
     let unverifiable = run_job(&coordinator, &worker, |k| {
         k.stream.alter_output_after_signing = false;
+        k.stream.drop_signature = false;
         k.stream.never_done = true;
         k.cpu_seconds = 0.0123456;
     });

@@ -492,14 +492,15 @@ struct OutputsCheck {
     worker_at_fault: bool,
 }
 
-/// Compares the collected outputs with the signed hashes; `left_on_worker`: the outputs
-/// `--max-results-bytes` left uncollected.
+/// Compares the collected outputs with the hashes the worker reported (and signed, when its
+/// signature verifies), signature or not; `left_on_worker`: the outputs `--max-results-bytes`
+/// left uncollected.
 fn outputs_verdict(
     status: &Value,
     collected: &[(String, String)],
     left_on_worker: &[String],
 ) -> OutputsCheck {
-    let signed = signature::signed_hashes(status);
+    let signed = signature::reported_hashes(status);
     let mut wrong = Vec::new();
     let mut worker_at_fault = false;
     for (path, sha) in &signed {
@@ -507,7 +508,9 @@ fn outputs_verdict(
             Some((_, got)) if got == sha => {}
             Some(_) => {
                 worker_at_fault = true;
-                wrong.push(format!("{path} differs from the signed sha256"));
+                wrong.push(format!(
+                    "{path} differs from the sha256 its worker reported"
+                ));
             }
             None => match uncollectable(path).or_else(|| {
                 left_on_worker

@@ -230,19 +230,7 @@ fn signed_parts(status: &Value) -> Result<Signed, String> {
         .decode(signature)
         .map_err(|_| "the signature is not base64")?;
     let signature = Signature::from_slice(&bytes).map_err(|_| "the signature is not 64 bytes")?;
-    let files = status
-        .get("output_files")
-        .and_then(Value::as_object)
-        .map(|files| {
-            files
-                .iter()
-                .map(|(path, meta)| {
-                    let sha = meta.get("sha256").and_then(Value::as_str).unwrap_or("");
-                    (path.clone(), sha.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let files = reported_hashes(status);
     Ok(Signed {
         job_hash: status
             .get("job_hash")
@@ -286,9 +274,23 @@ pub fn signed_text(
     text
 }
 
-/// The sha256 per output path that the worker's status lists (and signed).
-pub fn signed_hashes(status: &Value) -> BTreeMap<String, String> {
-    signed_parts(status).map(|s| s.files).unwrap_or_default()
+/// The sha256 per output path that the worker's status lists (the ones its signature covers),
+/// whether or not a signature came or verifies: the outputs are held to them all the same. A
+/// file listed without one has `""`.
+pub fn reported_hashes(status: &Value) -> BTreeMap<String, String> {
+    status
+        .get("output_files")
+        .and_then(Value::as_object)
+        .map(|files| {
+            files
+                .iter()
+                .map(|(path, meta)| {
+                    let sha = meta.get("sha256").and_then(Value::as_str).unwrap_or("");
+                    (path.clone(), sha.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Checks a finished job's signature against the allowlisted `worker_id` (base64 public key),

@@ -27,6 +27,8 @@ pub struct StreamKnobs {
     /// Results are signed with another valid key (the impostor's) while the worker keeps
     /// reporting its own id.
     pub sign_with_other_key: bool,
+    /// Results carry no signature (`worker_metadata.signature` null); the worker id stays.
+    pub drop_signature: bool,
     /// The first output file is changed after its sha256 was signed (a line appended).
     pub alter_output_after_signing: bool,
     /// The first output file's first byte is changed after its sha256 was signed (its size
@@ -281,6 +283,9 @@ fn is_timeout(e: &std::io::Error) -> bool {
 /// Applies the result-tampering knobs to a job that was just signed.
 pub fn tamper(shared: &Shared, job: &mut Job) {
     let knobs = shared.control.get().stream;
+    if knobs.drop_signature {
+        job.signature = None;
+    }
     if knobs.sign_with_other_key && job.signature.is_some() {
         let hashes = job
             .output_files
