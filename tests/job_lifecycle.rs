@@ -543,6 +543,27 @@ fn outputs_past_max_results_bytes_stay_on_the_worker_and_are_served_from_there()
     assert_eq!(pool["jobs_by_status"]["completed"], 1, "{pool}");
 }
 
+/// What a worker adds to its status answers beyond what the coordinator reads is skipped
+/// unread and never kept: a job whose worker pads every `/status` answer with 8 MiB completes,
+/// and its own `/status` stays small.
+#[test]
+fn members_a_worker_adds_to_its_status_are_neither_read_nor_kept() {
+    let worker = FakeWorker::start_with(|k| k.status_padding = 8 * 1024 * 1024);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &main_py_job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["pool_status"], "completed");
+    assert_eq!(status["verification"]["signature"], "verified", "{status}");
+    let (code, body) = get(&coordinator.url(&format!("/status/{id}")));
+    assert_eq!(code, 200);
+    assert!(
+        body.len() < 64 * 1024 && !body.contains("padding"),
+        "a {} byte status",
+        body.len()
+    );
+}
+
 /// An output served from its worker is held to the size and sha256 the worker reported when
 /// the job ended: one changed in place there since is cut before its last byte (the client reads
 /// less than its `Content-Length`), one whose size changed is refused with a 502, and both are

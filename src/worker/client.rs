@@ -20,8 +20,46 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest JSON answer read from a worker (status, logs, health).
-const MAX_JSON_ANSWER: u64 = 64 * 1024 * 1024;
+/// What the coordinator reads of each JSON answer a worker gives: its size at most, and the
+/// members of its object kept (the others are skipped unread: see
+/// [`sandrun_json::parse_object`]).
+struct Answer {
+    max_bytes: u64,
+    keys: &'static [&'static str],
+}
+
+/// `GET /health`: a few short members.
+const HEALTH_ANSWER: Answer = Answer {
+    max_bytes: 64 * 1024,
+    keys: &["status", "worker_id"],
+};
+
+/// `POST /submit`.
+const SUBMIT_ANSWER: Answer = Answer {
+    max_bytes: 64 * 1024,
+    keys: &["job_id", "status", "error"],
+};
+
+/// `GET /status/{id}`: the output list makes it grow, about 200 bytes a file.
+const STATUS_ANSWER: Answer = Answer {
+    max_bytes: 16 * 1024 * 1024,
+    keys: &[
+        "job_id",
+        "status",
+        "queue_position",
+        "execution_metadata",
+        "job_hash",
+        "output_files",
+        "worker_metadata",
+        "error",
+    ],
+};
+
+/// `GET /logs/{id}`: a job's whole output.
+const LOGS_ANSWER: Answer = Answer {
+    max_bytes: 64 * 1024 * 1024,
+    keys: &["stdout", "stderr"],
+};
 
 /// The HTTP agents used towards workers, one per kind of call so each has its own timeouts.
 #[derive(Clone)]
@@ -188,14 +226,21 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-fn read_json(response: ureq::Response) -> Result<Value, CallError> {
+fn read_json(response: ureq::Response, answer: &Answer) -> Result<Value, CallError> {
     let mut bytes = Vec::new();
     response
         .into_reader()
-        .take(MAX_JSON_ANSWER)
+        .take(answer.max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| CallError::Transport(e.to_string()))?;
-    sandrun_json::parse(&bytes).map_err(|e| CallError::BadAnswer(format!("not JSON ({e})")))
+    if bytes.len() as u64 > answer.max_bytes {
+        return Err(CallError::BadAnswer(format!(
+            "an answer over {} bytes",
+            answer.max_bytes
+        )));
+    }
+    sandrun_json::parse_object(&bytes, answer.keys)
+        .map_err(|e| CallError::BadAnswer(format!("not a JSON object ({e})")))
 }
 
 fn classify(error: ureq::Error) -> CallError {
@@ -298,7 +343,8 @@ impl WorkerClient {
                 CallError::Shortage(why) => ProbeFailure::Shortage(why),
                 other => ProbeFailure::Unreachable(other.to_string()),
             })?;
-        let body = read_json(response).map_err(|e| ProbeFailure::Unhealthy(e.to_string()))?;
+        let body = read_json(response, &HEALTH_ANSWER)
+            .map_err(|e| ProbeFailure::Unhealthy(e.to_string()))?;
         let status = body.get("status").and_then(Value::as_str);
         if status != Some("healthy") {
             return Err(ProbeFailure::Unhealthy(format!(
@@ -356,7 +402,7 @@ impl WorkerClient {
             .set("Content-Length", &length)
             .send(body.into_reader());
         match result {
-            Ok(response) => match read_json(response) {
+            Ok(response) => match read_json(response, &SUBMIT_ANSWER) {
                 Ok(v) => accepted(&v),
                 Err(e) => SubmitOutcome::Unknown(format!("the worker's answer was lost: {e}")),
             },
@@ -444,12 +490,18 @@ impl WorkerClient {
 
     /// `GET /status/{id}`: the worker's status JSON.
     pub fn status(&self, endpoint: &str, remote_id: &str) -> Result<Value, CallError> {
-        self.get_json(&format!("{endpoint}/status/{}", encode_path(remote_id)))
+        self.get_json(
+            &format!("{endpoint}/status/{}", encode_path(remote_id)),
+            &STATUS_ANSWER,
+        )
     }
 
     /// `GET /logs/{id}`: `{"stdout","stderr"}`.
     pub fn logs(&self, endpoint: &str, remote_id: &str) -> Result<Value, CallError> {
-        self.get_json(&format!("{endpoint}/logs/{}", encode_path(remote_id)))
+        self.get_json(
+            &format!("{endpoint}/logs/{}", encode_path(remote_id)),
+            &LOGS_ANSWER,
+        )
     }
 
     /// `GET /download/{id}/{path}`: one file, streamed. (Never `/download/{id}` alone: that
@@ -512,7 +564,7 @@ impl WorkerClient {
         Ok(())
     }
 
-    fn get_json(&self, url: &str) -> Result<Value, CallError> {
-        read_json(self.follow.get(url).call().map_err(classify)?)
+    fn get_json(&self, url: &str, answer: &Answer) -> Result<Value, CallError> {
+        read_json(self.follow.get(url).call().map_err(classify)?, answer)
     }
 }

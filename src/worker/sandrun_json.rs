@@ -5,8 +5,10 @@
 //! Both read back to `é.txt` here. sandrun writes no other `\u` escape above `\u001f`, so every
 //! `\u0080`..`\u00ff` it sends is one byte.
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::fmt;
 
 /// Parses a worker's JSON answer, each `\u0080`..`\u00ff` escape taken as the byte it names.
 /// Bytes that then do not form UTF-8 (a file name or output in another encoding) are replaced
@@ -16,6 +18,52 @@ pub fn parse(body: &[u8]) -> serde_json::Result<Value> {
     match std::str::from_utf8(&bytes) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_str(&String::from_utf8_lossy(&bytes)),
+    }
+}
+
+/// [`parse`] for an answer that must be a JSON object, keeping only its members named in `keys`:
+/// the others are skipped unread, so what a worker adds that the coordinator does not read
+/// (a huge array, say) costs no memory beyond its bytes, and is not kept.
+pub fn parse_object(body: &[u8], keys: &[&str]) -> serde_json::Result<Value> {
+    let bytes = byte_escapes_undone(body);
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+    };
+    let mut reader = serde_json::Deserializer::from_str(&text);
+    let value = Members(keys).deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(value)
+}
+
+/// Reads a JSON object, keeping the members named in its list.
+struct Members<'k>(&'k [&'k str]);
+
+impl<'de> DeserializeSeed<'de> for Members<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<Value, D::Error> {
+        reader.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(name) = members.next_key::<Cow<'de, str>>()? {
+            if self.0.contains(&name.as_ref()) {
+                kept.insert(name.into_owned(), members.next_value::<Value>()?);
+            } else {
+                members.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(kept))
     }
 }
 
@@ -63,6 +111,21 @@ mod tests {
     fn stdout(body: &[u8]) -> String {
         let value = parse(body).unwrap_or_default();
         value["stdout"].as_str().unwrap_or("(none)").to_string()
+    }
+
+    #[test]
+    fn an_object_keeps_the_members_asked_for_only() {
+        let body = br#"{"status":"completed","pad":[0,0,[{"a":1}],"x"],"job_id":"j\u00c3\u00a9"}"#;
+        let kept = parse_object(body, &["status", "job_id"]).unwrap_or_default();
+        assert_eq!(
+            kept,
+            serde_json::json!({"status": "completed", "job_id": "j\u{e9}"})
+        );
+        assert!(parse_object(b"[1,2]", &["status"]).is_err(), "no object");
+        assert!(
+            parse_object(br#"{"status":1} x"#, &["status"]).is_err(),
+            "trailing bytes"
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Knobs {
     /// `POST /submit` accepts the job under its own id but answers this one (a worker that
     /// is not sandrun, or a broken one).
     pub answered_job_id: Option<String>,
+    /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
+    /// that adds what the coordinator does not read); 0: none.
+    pub status_padding: usize,
     /// The live stream and result signature tampering.
     pub stream: StreamKnobs,
 }
@@ -86,6 +89,7 @@ impl Default for Knobs {
             submit_delay: Duration::ZERO,
             reject_submit: None,
             answered_job_id: None,
+            status_padding: 0,
             stream: StreamKnobs::default(),
         }
     }
