@@ -700,3 +700,36 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
     assert!(settled.is_some(), "the rerun jobs' uploads stayed");
     assert_no_uploads(&coordinator, "after the rerun settled");
 }
+
+/// A worker that answers a byte now and then (a broken link, or a worker that never quite
+/// stops): each read meets its timeout, but the answer as a whole is held to `--health-timeout`
+/// plus `--dispatch-timeout`. A submit so answered leaves its job `lost` (it may or may not run
+/// there); a job whose status is so answered is `lost` once its worker was silent past
+/// `--lost-after`. Before, both stayed as they were for as long as the bytes kept coming.
+#[test]
+fn answers_that_trickle_in_are_cut_at_the_bound_of_a_whole_answer() {
+    for kind in ["submit", "status"] {
+        let worker = FakeWorker::start_with(|k| k.drip = Some((kind, Duration::from_millis(300))));
+        let coordinator = Coordinator::start(
+            &[worker.entry(2)],
+            &args(&[
+                "--health-timeout",
+                "1",
+                "--dispatch-timeout",
+                "2",
+                "--lost-after",
+                "3",
+            ]),
+        );
+        wait_healthy(&coordinator, &[&worker], DEADLINE);
+        let id = submit(&coordinator, &job("print(1)\n"));
+        let status = wait_status(&coordinator, &id, "lost", DEADLINE);
+        assert!(status["error"].is_string(), "{kind}: {status}");
+        let pool = assert_pool_consistent(&coordinator);
+        assert_eq!(
+            pool_worker(&pool, &worker)["active_jobs"],
+            0,
+            "{kind}: {pool}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use crate::worker::bound_socket::{connect_from, ConnectError};
 use crate::worker::workers_file::{endpoint_parts, EndpointParts};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest answer read (sandrun's answers to a submit or `/stats` are a few hundred bytes).
 const MAX_ANSWER: u64 = 1024 * 1024;
@@ -83,7 +83,7 @@ fn resolve(endpoint: &str, local: IpAddr) -> Result<(SocketAddr, String, String)
 }
 
 /// Reads the status line, headers and body of the answer.
-fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
+fn read_answer(stream: impl Read) -> io::Result<Answer> {
     let mut reader = BufReader::new(stream);
     let Head { status, length } = read_head(&mut reader)?;
     let mut bytes = Vec::new();
@@ -147,9 +147,35 @@ pub fn send<R: Read>(
         let _ = stream.set_read_timeout(Some(EARLY_ANSWER_WAIT));
         return read_answer(&stream).map_err(|_| not_sent(e));
     }
-    read_answer(&stream).map_err(|e| {
+    // The answer as a whole within the wait for it, however its bytes trickle in.
+    let within = Deadline {
+        stream: &stream,
+        until: Instant::now() + timeouts.io,
+    };
+    read_answer(within).map_err(|e| {
         RequestError::NoAnswer(format!("the request was sent but no answer came ({e})"))
     })
+}
+
+/// Reads of a socket that end by a deadline: each waits at most what is left before it.
+struct Deadline<'s> {
+    stream: &'s TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the whole answer did not come in time",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
 }
 
 fn write_request<R: Read>(

@@ -6,6 +6,7 @@ use crate::base::paths::{encode_path, is_safe_component, reads_otherwise_decoded
 use crate::base::shortage::shortage_in;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
+use crate::worker::pace::{self, Paced};
 use crate::worker::raw_get::{self, Download, GetError};
 use crate::worker::sandrun_json;
 use crate::worker::server_certificate;
@@ -80,6 +81,14 @@ pub struct Timeouts {
     /// Waiting for a worker to answer a submit, status, logs or download (it may hold its lock
     /// for a whole job run).
     pub dispatch: Duration,
+}
+
+impl Timeouts {
+    /// The most a submit or a JSON answer may take as a whole, however its bytes trickle in:
+    /// connecting, then waiting for the answer.
+    pub fn whole_answer(&self) -> Duration {
+        self.health + self.dispatch
+    }
 }
 
 fn agent(
@@ -394,10 +403,15 @@ impl WorkerClient {
             return self.submit_from(local, endpoint, content_type, body);
         }
         let finished = body.finished_flag();
+        // The submit as a whole, however its answer trickles in: the upload at the slowest
+        // pace, then the wait for the answer.
+        let whole = self.timeouts.whole_answer()
+            + Duration::from_secs(body.length / pace::MIN_BYTES_PER_SECOND);
         let length = body.length.to_string();
         let result = self
             .submit
             .post(&format!("{endpoint}/submit"))
+            .timeout(whole)
             .set("Content-Type", &content_type)
             .set("Content-Length", &length)
             .send(body.into_reader());
@@ -532,7 +546,7 @@ impl WorkerClient {
                 .and_then(|l| l.parse::<u64>().ok());
             return Ok(Download {
                 length,
-                reader: Box::new(response.into_reader()),
+                reader: Box::new(Paced::new(response.into_reader(), self.timeouts.dispatch)),
             });
         }
         let target = [
@@ -540,7 +554,12 @@ impl WorkerClient {
             path.as_bytes(),
         ]
         .concat();
-        raw_get::get(endpoint, &target, self.bound(), &self.tls).map_err(|e| match e {
+        let got = raw_get::get(endpoint, &target, self.bound(), &self.tls);
+        got.map(|Download { length, reader }| Download {
+            length,
+            reader: Box::new(Paced::new(reader, self.timeouts.dispatch)),
+        })
+        .map_err(|e| match e {
             GetError::Unreachable(why) => CallError::Unreachable(why),
             GetError::Shortage(why) => CallError::Shortage(why),
             GetError::Transport(why) => CallError::Transport(why),
@@ -560,11 +579,15 @@ impl WorkerClient {
             .get(&format!("{endpoint}/download/{}", encode_path(remote_id)))
             .call()
             .map_err(classify)?;
-        let _ = std::io::copy(&mut response.into_reader(), &mut std::io::sink());
+        let mut tarball = Paced::new(response.into_reader(), self.timeouts.dispatch);
+        std::io::copy(&mut tarball, &mut std::io::sink())
+            .map_err(|e| CallError::Transport(e.to_string()))?;
         Ok(())
     }
 
+    /// A JSON answer read whole within [`Timeouts::whole_answer`].
     fn get_json(&self, url: &str, answer: &Answer) -> Result<Value, CallError> {
-        read_json(self.follow.get(url).call().map_err(classify)?, answer)
+        let call = self.follow.get(url).timeout(self.timeouts.whole_answer());
+        read_json(call.call().map_err(classify)?, answer)
     }
 }

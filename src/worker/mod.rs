@@ -8,6 +8,7 @@ pub mod bound_socket;
 pub mod client;
 pub mod identity;
 pub mod multipart_body;
+pub mod pace;
 pub mod raw_get;
 pub mod sandrun_json;
 pub mod server_certificate;

@@ -62,6 +62,9 @@ pub struct Knobs {
     /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
     /// that adds what the coordinator does not read); 0: none.
     pub status_padding: usize,
+    /// Answers to requests of this kind (`submit`, `status`, ...) are sent one byte at a time,
+    /// this long apart (a broken link, or a worker that never quite stops answering).
+    pub drip: Option<(&'static str, Duration)>,
     /// The live stream and result signature tampering.
     pub stream: StreamKnobs,
 }
@@ -90,6 +93,7 @@ impl Default for Knobs {
             reject_submit: None,
             answered_job_id: None,
             status_padding: 0,
+            drip: None,
             stream: StreamKnobs::default(),
         }
     }

@@ -173,7 +173,7 @@ impl Response {
 
     /// The response as bytes, with its `Content-Length` when `with_length`; without it, the
     /// body ends at the close.
-    fn framed(&self, with_length: bool) -> Vec<u8> {
+    pub fn framed(&self, with_length: bool) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",

@@ -1,5 +1,6 @@
 //! Accepting connections and serving one request on each, in a thread per connection.
 
+use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -60,9 +61,16 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                     thread::sleep(shared.control.get().submit_delay);
                 }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
-                let framed = kind != "download" || !shared.control.get().unframed_downloads;
-                if run.is_alive() {
-                    let _ = response.write_to(&mut stream, framed);
+                let knobs = shared.control.get();
+                let framed = kind != "download" || !knobs.unframed_downloads;
+                match knobs.drip {
+                    Some((dripped, every)) if dripped == kind => {
+                        drip(run, &mut stream, &response.framed(framed), every);
+                    }
+                    _ if run.is_alive() => {
+                        let _ = response.write_to(&mut stream, framed);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -73,6 +81,16 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
     }
     let _ = stream.shutdown(Shutdown::Both);
     run.untrack(tracked);
+}
+
+/// Writes `bytes` one at a time, `every` apart, while the emulator runs (the `drip` knob).
+fn drip(run: &Incarnation, stream: &mut TcpStream, bytes: &[u8], every: Duration) {
+    for byte in bytes {
+        if !run.is_alive() || stream.write_all(&[*byte]).is_err() {
+            return;
+        }
+        thread::sleep(every);
+    }
 }
 
 /// Whether a request of this kind is to be held unanswered now.
