@@ -949,6 +949,20 @@ fn job_listing_newest_first_paginated_and_filtered() {
     assert_eq!(cancelled, [ids[5].as_str(), ids[2].as_str()], "{body}");
     let (_, body) = get_json(&restarted.url("/jobs"));
     assert_eq!(body["jobs"].as_array().map(Vec::len), Some(7), "{body}");
+    // A cursor whose job was deleted since still pages on, from where that job was.
+    let deleted = send("DELETE", &restarted.url(&format!("/jobs/{}", ids[5])), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let (code, body) = get_json(&restarted.url(&format!("/jobs?before={}", ids[5])));
+    assert_eq!(code, 200, "{body}");
+    let older: Vec<&str> = body["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    let expected: Vec<&str> = ids[..5].iter().rev().map(String::as_str).collect();
+    assert_eq!(older, expected, "{body}");
     for id in &ids {
         post(&restarted.url(&format!("/cancel/{id}")), "text/plain", b"");
     }
