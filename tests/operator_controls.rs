@@ -884,7 +884,7 @@ fn job_listing_newest_first_paginated_and_filtered() {
     let ids: Vec<String> = (0..7).map(|_| submit(&coordinator, &form())).collect();
     cancel(&coordinator, &ids[2]);
     cancel(&coordinator, &ids[5]);
-    let list = |query: &str| {
+    let list_on = |coordinator: &Coordinator, query: &str| {
         let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
         assert_eq!(code, 200, "{query}: {body}");
         let listed: Vec<String> = body["jobs"]
@@ -895,6 +895,7 @@ fn job_listing_newest_first_paginated_and_filtered() {
             .collect();
         (listed, body)
     };
+    let list = |query: &str| list_on(&coordinator, query);
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     let (all, body) = list("");
     assert_eq!(all, newest_first);
@@ -938,31 +939,18 @@ fn job_listing_newest_first_paginated_and_filtered() {
     let mut coordinator = coordinator;
     coordinator.kill();
     let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
-    let (code, body) = get_json(&restarted.url("/jobs?status=cancelled"));
-    assert_eq!(code, 200, "{body}");
-    let cancelled: Vec<&str> = body["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|j| j["job_id"].as_str())
-        .collect();
-    assert_eq!(cancelled, [ids[5].as_str(), ids[2].as_str()], "{body}");
-    let (_, body) = get_json(&restarted.url("/jobs"));
-    assert_eq!(body["jobs"].as_array().map(Vec::len), Some(7), "{body}");
+    let listed = |query: &str| list_on(&restarted, query).0;
+    assert_eq!(
+        listed("?status=cancelled"),
+        [ids[5].clone(), ids[2].clone()]
+    );
+    assert_eq!(listed("").len(), 7);
     // A cursor whose job was deleted since still pages on, from where that job was.
     let deleted = send("DELETE", &restarted.url(&format!("/jobs/{}", ids[5])), None)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(deleted.status, 200, "{}", deleted.text());
-    let (code, body) = get_json(&restarted.url(&format!("/jobs?before={}", ids[5])));
-    assert_eq!(code, 200, "{body}");
-    let older: Vec<&str> = body["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|j| j["job_id"].as_str())
-        .collect();
-    let expected: Vec<&str> = ids[..5].iter().rev().map(String::as_str).collect();
-    assert_eq!(older, expected, "{body}");
+    let expected: Vec<String> = ids[..5].iter().rev().cloned().collect();
+    assert_eq!(listed(&format!("?before={}", ids[5])), expected);
     for id in &ids {
         post(&restarted.url(&format!("/cancel/{id}")), "text/plain", b"");
     }

@@ -147,12 +147,14 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
                 // not told): its id still tells when it was made, where the next page starts.
                 _ => match id_time(id) {
                     Some(made) => Some((made, id.clone())),
-                    None => return error_reply(
-                        400,
-                        format!(
+                    None => {
+                        return error_reply(
+                            400,
+                            format!(
                             "before={id:?} is no job id; use the next_before of the previous page"
                         ),
-                    ),
+                        )
+                    }
                 },
             }
         }
