@@ -168,6 +168,21 @@ fn one_address_cannot_take_every_follower_nor_every_parked_request() {
     assert_eq!(pool["waiting"]["addresses"], 2, "{pool}");
     assert_eq!(pool["waiting"]["max_per_ip"], 2, "{pool}");
 
+    // A client that gives up waiting (its own timeout shorter than its wait) frees its place
+    // within a second or two, not when its wait is up.
+    drop(parked.pop());
+    let freed = poll_until(Duration::from_secs(10), || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        (pool["waiting"]["parked"] == 2).then_some(())
+    });
+    assert!(freed.is_some(), "a closed request kept its place");
+    parked.push(stalled_from(&coordinator, here, wait.as_bytes()));
+    poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        (pool["waiting"]["parked"] == 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the freed place was not taken again"));
+
     // A closed follower gives its place back (noticed at its next write: the job's end).
     drop(followers.pop());
     let (code, body) = post(

@@ -2,7 +2,7 @@
 //! locking and slots, the log level an operator changes for a while, log lines of lasting
 //! failures held to one a minute, a sleeping queue between threads, the reusable thread cache,
 //! the process's own figures, open-file limit and memory-map limit, telling the coordinator's own shortages from
-//! a worker's faults, giving free heap pages back, hex digits, TLS settings from PEM files
+//! a worker's faults, whether a client hung up, giving free heap pages back, hex digits, TLS settings from PEM files
 //! and when their certificates expire.
 //! Imports nothing of the crate outside `base`.
 
@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod fd_limit;
 pub mod file_kinds;
+pub mod hangup;
 pub mod heap;
 pub mod hex;
 pub mod job;

@@ -2,8 +2,10 @@
 //! without holding a handler thread. One thread holds every parked request; the table tells it
 //! the moment a watched job ends (see `state::watch`), and it answers each with the job's
 //! status. At most `--max-waiting` requests are parked, `--max-waiting-per-ip` of them from one
-//! client address; beyond either the answer is 503.
+//! client address; beyond either the answer is 503. A request whose client went away frees its
+//! place within a second.
 
+use crate::base::hangup::peer_gone;
 use crate::base::sync::{Place, PlaceRefused};
 use crate::http::access_log::Access;
 use crate::http::redact::hide_remote_id;
@@ -137,12 +139,21 @@ fn is_final(ctx: &Context, id: &str) -> bool {
     ctx.lock().jobs.get(id).is_none_or(|j| j.status.is_final())
 }
 
+/// How often the parked requests' connections are looked at for a client that went away.
+const GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the client of a parked request closed its connection (it gave up waiting).
+fn client_gone(parked: &Parked) -> bool {
+    parked.request.connection_fd().is_some_and(peer_gone)
+}
+
 fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond: Respond) {
     let mut waiting: Vec<Parked> = Vec::new();
+    let mut checked = Instant::now();
     loop {
         let next = waiting.iter().map(|p| p.until).min();
         let timeout = next.map_or(Duration::from_secs(3600), |at| {
-            at.saturating_duration_since(Instant::now())
+            at.saturating_duration_since(Instant::now()).min(GONE_CHECK)
         });
         select! {
             recv(parks) -> parked => match parked {
@@ -164,6 +175,20 @@ fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond
             default(timeout) => {},
         }
         let now = Instant::now();
+        // A client that gave up (its HTTP timeout shorter than its wait) frees its place now,
+        // not when its wait is up.
+        if now.duration_since(checked) >= GONE_CHECK {
+            checked = now;
+            let (gone, rest): (Vec<Parked>, Vec<Parked>) = waiting.drain(..).partition(client_gone);
+            waiting = rest;
+            for parked in gone {
+                log::debug!(
+                    "A client waiting on job {} went away; its place is free",
+                    parked.job_id
+                );
+                answer(ctx, parked, respond);
+            }
+        }
         if waiting.iter().any(|p| p.until <= now) {
             let (due, rest): (Vec<Parked>, Vec<Parked>) =
                 waiting.drain(..).partition(|p| p.until <= now);

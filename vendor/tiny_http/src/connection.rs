@@ -70,6 +70,16 @@ impl Connection {
         }
     }
 
+    /// Patched: the socket's descriptor, to look at it without reading it.
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        use std::os::unix::io::AsRawFd;
+        match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// Patched: the read timeout of the socket (header deadlines, `--client-timeout`).
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
         match self {

@@ -375,6 +375,14 @@ impl Request {
         self.remote_addr.as_ref()
     }
 
+    /// Patched: the descriptor of the request's connection, which stays open while the request
+    /// lives, for a caller that looks at the connection without reading it (whether its client
+    /// went away while the answer waits). None for a request without a connection.
+    #[cfg(unix)]
+    pub fn connection_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.control.as_ref().map(|control| control.socket.raw_fd())
+    }
+
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
     ///
     /// The main purpose of this function is to support websockets.
