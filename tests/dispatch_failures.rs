@@ -733,3 +733,29 @@ fn answers_that_trickle_in_are_cut_at_the_bound_of_a_whole_answer() {
         );
     }
 }
+
+/// A job its worker said runs never goes back to waiting: a later `queued`, or a status the
+/// coordinator does not know, leaves it `running`, and it ends as its worker says at last.
+#[test]
+fn a_running_job_never_goes_back_to_dispatched() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("print(1)\n"));
+    wait_status(&coordinator, &id, "running", DEADLINE);
+    for said in ["queued", "zombie"] {
+        worker.set(|k| k.reported_status = Some(said));
+        let asked = worker.recording().count("GET", "status");
+        poll_until(DEADLINE, || {
+            (worker.recording().count("GET", "status") >= asked + 2).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the job's status was not asked for again"));
+        assert_eq!(
+            job_status(&coordinator, &id)["pool_status"],
+            "running",
+            "{said}"
+        );
+    }
+    worker.set(|k| k.reported_status = None);
+    wait_collected(&coordinator, &id, DEADLINE);
+}

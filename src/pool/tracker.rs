@@ -424,7 +424,9 @@ fn record_status(
         }
         return false;
     }
-    if before == status {
+    // A job its worker said runs never goes back to waiting there: a later `queued` (or a
+    // status the coordinator does not know) changes nothing.
+    if before == status || (before == PoolStatus::Running && status == PoolStatus::Dispatched) {
         return false;
     }
     let mut refused = None;

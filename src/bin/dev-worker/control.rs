@@ -62,6 +62,8 @@ pub struct Knobs {
     /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
     /// that adds what the coordinator does not read); 0: none.
     pub status_padding: usize,
+    /// `GET /status/{id}` reports this status, whatever the job's is (a broken worker).
+    pub reported_status: Option<&'static str>,
     /// Answers to requests of this kind (`submit`, `status`, ...) are sent one byte at a time,
     /// this long apart (a broken link, or a worker that never quite stops answering).
     pub drip: Option<(&'static str, Duration)>,
@@ -93,6 +95,7 @@ impl Default for Knobs {
             reject_submit: None,
             answered_job_id: None,
             status_padding: 0,
+            reported_status: None,
             drip: None,
             stream: StreamKnobs::default(),
         }

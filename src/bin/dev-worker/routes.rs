@@ -48,10 +48,17 @@ pub fn handle(
         "health" => health(shared),
         "stats" => stats(shared, run, ip),
         "submit" => submit(shared, run, request, ip, received_at),
-        "status" => padded(
-            with_job(run, &path[8..], status_json),
-            shared.control.get().status_padding,
-        ),
+        "status" => {
+            let knobs = shared.control.get();
+            let status = with_job(run, &path[8..], |job| match knobs.reported_status {
+                Some(said) => status_json(&Job {
+                    status: said,
+                    ..job.clone()
+                }),
+                None => status_json(job),
+            });
+            padded(status, knobs.status_padding)
+        }
         "logs" => with_job(run, &path[6..], logs_json),
         "outputs" => with_job(run, &path[9..], outputs_json),
         "download" => download(run, &path[10..]),
@@ -107,7 +114,7 @@ fn stats(shared: &Shared, run: &Incarnation, ip: &str) -> Response {
     )
 }
 
-fn with_job(run: &Incarnation, id: &str, render: fn(&Job) -> String) -> Response {
+fn with_job(run: &Incarnation, id: &str, render: impl Fn(&Job) -> String) -> Response {
     match lock(&run.jobs).jobs.get(id) {
         Some(job) => Response::new(200, render(job)),
         None => Response::error(404, "Job not found"),
