@@ -432,6 +432,47 @@ fn the_worker_series_follow_a_reload_that_replaces_a_worker() {
     official_parser_accepts(&after.text);
 }
 
+/// A busy worker whose endpoint a reload changes is a new entry beside the removed one still
+/// ending its job: only the listed one has series, so no `worker_id` is two series, and the
+/// worker counts agree with `/pool`.
+#[test]
+fn a_worker_listed_under_another_endpoint_is_one_series_and_counted_once() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(4));
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(
+        &coordinator,
+        &Form::new().file("main.py", "text/x-python", b"1\n"),
+    );
+    wait_status(&coordinator, &id, "running", DEADLINE);
+    let (worker_id, endpoint, cap) = worker.entry(2);
+    let renamed = endpoint.replace("127.0.0.1", "localhost");
+    write_workers_json(dir.path(), &[(worker_id.clone(), renamed, cap)]);
+    let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+    assert_eq!(code, 200, "reload: {body}");
+    let scrape = Scrape::take(&coordinator);
+    let healthy_lines = scrape
+        .text
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "trusted_pool_worker_healthy{{worker_id=\"{worker_id}\""
+            ))
+        })
+        .count();
+    assert_eq!(healthy_lines, 1, "{}", scrape.text);
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let counted = |state: &str| scrape.value(&format!("trusted_pool_workers{{state=\"{state}\"}}"));
+    assert_eq!(
+        counted("healthy") + counted("unhealthy"),
+        pool["total_workers"].as_f64().unwrap_or(-1.0),
+        "{pool}"
+    );
+    official_parser_accepts(&scrape.text);
+    wait_status(&coordinator, &id, "completed", DEADLINE);
+}
+
 /// Writes a keys file with an admin key and a submit key; returns their secrets.
 fn write_keys(path: &std::path::Path) -> (String, String) {
     let admin = format!("tpk_metrics_admin_{}", std::process::id());

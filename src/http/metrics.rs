@@ -128,9 +128,13 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
         *count = st.count(status);
     }
     let depths = st.queue.depths();
-    cache.labels.truncate(st.workers.len());
+    // The allowlisted workers, as `/pool` counts them: an entry a reload removed (still ending
+    // its jobs, or forgotten) has no series, so a worker listed again under another endpoint
+    // is never two series of one `worker_id`.
+    let listed = || st.workers.iter().filter(|w| !w.removed);
+    cache.labels.truncate(listed().count());
     cache.samples.clear();
-    for (i, w) in st.workers.iter().enumerate() {
+    for (i, w) in listed().enumerate() {
         match cache.labels.get_mut(i) {
             Some(labels) if labels.is_for(w) => {}
             Some(labels) => *labels = WorkerLabels::new(w),
