@@ -2502,6 +2502,66 @@ fn stored_statuses(db: &Path) -> BTreeMap<String, u64> {
     rows.map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect()
 }
 
+/// A collection that finds the disk full leaves none of its bytes behind: its results segment
+/// is cut back to where it began. Once the disk has room again the retry fits, and the results
+/// take their own size on disk, not that plus what every failed attempt wrote.
+#[test]
+fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
+    let Some((dir, state, _mount)) = state_on_tmpfs("16m") else {
+        return;
+    };
+    let worker = FakeWorker::start_with(roomy(Duration::from_secs(2)));
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    let args = [
+        "--health-interval",
+        "1",
+        "--track-interval",
+        "0.05",
+        "--disk-reserve",
+        "0",
+    ];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let form = job("partial room")
+        .file("data.bin", "application/octet-stream", &data)
+        .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    let id = submit(&coordinator, &form);
+    poll_until(DEADLINE, || {
+        job_status(&coordinator, &id)["remote_job_id"]
+            .is_string()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the job never reached its worker"));
+    // Room for a third of the results: each attempt writes a part of them, then fails.
+    let filler = fill_disk(&state);
+    let full = fs::metadata(&filler).map_or(0, |m| m.len());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .and_then(|f| f.set_len(full.saturating_sub(1024 * 1024)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until(DEADLINE, || {
+        let status = job_status(&coordinator, &id);
+        let error = status["results"]["error"].as_str().unwrap_or_default();
+        error.contains("No space").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the results found room:\n{}", coordinator.logs()));
+    assert!(coordinator.wait_for_log("No space", DEADLINE));
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/data.bin")));
+    assert_eq!(code, 200);
+    assert!(bytes == data, "data.bin differs ({} bytes)", bytes.len());
+    let results = dir_bytes(&state.join("results"));
+    assert!(
+        results < data.len() as u64 + 256 * 1024,
+        "the results take {results} bytes on disk for {} bytes of output",
+        data.len()
+    );
+}
+
 /// A disk that fills up while jobs run costs no job: dispatches that cannot be recorded wait
 /// in the queue (dispatching is held, no attempt counted), results that find no room are
 /// collected again later (never `lost`, however long past `--lost-after`), a cancel applies at

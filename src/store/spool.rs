@@ -257,6 +257,8 @@ impl Drop for UploadWriter<'_> {
 pub struct ResultsWriter<'a> {
     spool: &'a Spool,
     segment: Option<OpenSegment>,
+    /// Where this writer's first byte went: a writer that fails cuts its segment back to it.
+    base: u64,
 }
 
 /// A results segment that holds a job's freshly collected results: kept out of other writers'
@@ -296,15 +298,21 @@ impl ResultsWriter<'_> {
     }
 
     /// Writes out what is buffered; returns the segment's name, which the spans refer to, and
-    /// the segment, pinned until the job's record commits. A writer dropped unfinished (after
-    /// a failure) closes its segment.
+    /// the segment, pinned until the job's record commits. A writer that fails here, or is
+    /// dropped unfinished, cuts its segment back to where it began, so a collection that failed
+    /// (a full disk) leaves no bytes behind.
     pub fn finish(mut self) -> io::Result<(String, PinnedSegment)> {
         let mut segment = self
             .segment
             .take()
             .ok_or_else(|| io::Error::other("the results segment failed"))?;
         if let Err(e) = segment.flush() {
-            self.spool.result_segments.discard(segment);
+            cut_back(
+                &self.spool.result_segments,
+                segment,
+                self.base,
+                "a failed collection",
+            );
             return Err(e);
         }
         segment.count_job();
@@ -316,7 +324,28 @@ impl ResultsWriter<'_> {
 impl Drop for ResultsWriter<'_> {
     fn drop(&mut self) {
         if let Some(segment) = self.segment.take() {
-            self.spool.result_segments.discard(segment);
+            cut_back(
+                &self.spool.result_segments,
+                segment,
+                self.base,
+                "a failed collection",
+            );
+        }
+    }
+}
+
+/// Cuts `segment` of `segments` back to `base`, where what failed (`what`) began, and gives it
+/// back for the next writer (one that then holds nothing goes, its file with it); one that
+/// cannot be cut is closed.
+fn cut_back(segments: &Segments, mut segment: OpenSegment, base: u64, what: &str) {
+    match segment.truncate(base) {
+        Ok(()) => segments.give_back(segment),
+        Err(e) => {
+            log::warn!(
+                "Could not cut segment {} back to {base} bytes after {what}: {e}",
+                segment.file().name()
+            );
+            segments.discard(segment);
         }
     }
 }
@@ -493,9 +522,11 @@ impl Spool {
 
     /// A writer for one job's results, on a free results segment or a new one.
     pub fn results_writer(&self) -> io::Result<ResultsWriter<'_>> {
+        let segment = self.result_segments.take()?;
         Ok(ResultsWriter {
             spool: self,
-            segment: Some(self.result_segments.take()?),
+            base: segment.offset(),
+            segment: Some(segment),
         })
     }
 
@@ -506,17 +537,8 @@ impl Spool {
 
     /// Cuts an upload segment back to `base`, where an unfinished upload began, and gives it
     /// to the next upload (one that then holds nothing goes); one that cannot be cut is closed.
-    fn cut_back(&self, mut segment: OpenSegment, base: u64) {
-        match segment.truncate(base) {
-            Ok(()) => self.upload_segments.give_back(segment),
-            Err(e) => {
-                log::warn!(
-                    "Could not cut upload segment {} back to {base} bytes after an unfinished upload: {e}",
-                    segment.file().name()
-                );
-                self.upload_segments.discard(segment);
-            }
-        }
+    fn cut_back(&self, segment: OpenSegment, base: u64) {
+        cut_back(&self.upload_segments, segment, base, "an unfinished upload");
     }
 
     /// What times the writes to its upload and results segments (see
