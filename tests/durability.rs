@@ -2502,16 +2502,26 @@ fn stored_statuses(db: &Path) -> BTreeMap<String, u64> {
     rows.map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect()
 }
 
+/// A state directory on a tmpfs of `size` (see [`state_on_tmpfs`]) and a roomy worker whose
+/// jobs take `job_duration`, listed in its workers file.
+fn pool_on_tmpfs(
+    size: &str,
+    job_duration: Duration,
+) -> Option<(tempfile::TempDir, std::path::PathBuf, Mount, FakeWorker)> {
+    let (dir, state, mount) = state_on_tmpfs(size)?;
+    let worker = FakeWorker::start_with(roomy(job_duration));
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    Some((dir, state, mount, worker))
+}
+
 /// A collection that finds the disk full leaves none of its bytes behind: its results segment
 /// is cut back to where it began. Once the disk has room again the retry fits, and the results
 /// take their own size on disk, not that plus what every failed attempt wrote.
 #[test]
 fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
-    let Some((dir, state, _mount)) = state_on_tmpfs("16m") else {
+    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("16m", Duration::from_secs(2)) else {
         return;
     };
-    let worker = FakeWorker::start_with(roomy(Duration::from_secs(2)));
-    write_workers_json(dir.path(), &[worker.entry(2)]);
     let args = [
         "--health-interval",
         "1",
@@ -2569,11 +2579,10 @@ fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
 /// too (a `kill -9` and a restart show every job as it ended).
 #[test]
 fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_room() {
-    let Some((dir, state, _mount)) = state_on_tmpfs("8m") else {
+    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("8m", Duration::from_millis(1500))
+    else {
         return;
     };
-    let worker = FakeWorker::start_with(roomy(Duration::from_millis(1500)));
-    write_workers_json(dir.path(), &[worker.entry(2)]);
     let args = [
         "--health-interval",
         "1",
