@@ -396,24 +396,23 @@ fn a_proxy_protocol_header_precedes_the_tls_handshake() {
     );
 }
 
-#[test]
-fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() {
+/// A coordinator serving TLS with a certificate of a test CA (`extra` arguments added), its
+/// worker, and the directory holding the CA's files.
+fn tls_listener(extra: &[&str]) -> (tempfile::TempDir, TestCa, FakeWorker, Coordinator) {
     let dir = temp_dir();
     let ca = TestCa::new(dir.path(), "ca");
     let (cert, key) = ca.issue("listener", false);
     let worker = FakeWorker::start();
     let (cert_arg, key_arg) = (path_arg(&cert), path_arg(&key));
-    let coordinator = Coordinator::start(
-        &[worker.entry(2)],
-        &[
-            "--tls-cert",
-            &cert_arg,
-            "--tls-key",
-            &key_arg,
-            "--max-connections",
-            "8",
-        ],
-    );
+    let mut args = vec!["--tls-cert", &cert_arg, "--tls-key", &key_arg];
+    args.extend_from_slice(extra);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    (dir, ca, worker, coordinator)
+}
+
+#[test]
+fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() {
+    let (_dir, ca, _worker, coordinator) = tls_listener(&["--max-connections", "8"]);
     let port = coordinator.port();
     // Eight connections that never start their handshake hold every connection slot (the
     // accept loop counts each as it takes it, in the order they connected).
@@ -444,6 +443,41 @@ fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() 
         back.is_some(),
         "not served again after the held connections closed"
     );
+}
+
+/// A TLS handshake that trickles in a byte at a time is cut at `--client-timeout`, as a plain
+/// request head is: each socket read met its own timeout, and one connection from each of a
+/// few addresses held every connection slot for as long as its bytes kept coming.
+#[test]
+fn a_tls_handshake_that_trickles_in_is_cut_at_the_client_timeout() {
+    let (_dir, ca, _worker, coordinator) = tls_listener(&["--client-timeout", "2"]);
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", coordinator.port())).expect("connect");
+    // A handshake record of 512 bytes, its header first, then a byte every half second.
+    std::io::Write::write_all(&mut stream, &[0x16, 0x03, 0x01, 0x02, 0x00]).expect("send");
+    let started = std::time::Instant::now();
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if std::io::Write::write_all(&mut stream, &[0]).is_err() {
+            break started.elapsed();
+        }
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let closed = match std::io::Read::read(&mut stream, &mut byte) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        if closed || started.elapsed() > Duration::from_secs(20) {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        cut < Duration::from_secs(12),
+        "the trickling handshake was let go only after {cut:?}"
+    );
+    let served = https_get(coordinator.port(), &ca.path("ca"), "/health");
+    assert!(served.is_ok_and(|a| a.status == 200));
 }
 
 /// `trusted-pool check ARGS`: its exit code and its stdout and stderr together.

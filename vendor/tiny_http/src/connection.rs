@@ -89,6 +89,15 @@ impl Connection {
         }
     }
 
+    /// Patched: the read timeout of the socket.
+    pub(crate) fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+        match self {
+            Self::Tcp(s) => s.read_timeout(),
+            #[cfg(unix)]
+            Self::Unix(s) => s.read_timeout(),
+        }
+    }
+
     /// Patched: the write timeout of the socket.
     pub(crate) fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
         match self {
@@ -174,6 +183,19 @@ impl SharedConnection {
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
         self.0.shutdown(how)
+    }
+
+    /// Patched: the socket's read timeout.
+    pub(crate) fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+        self.0.read_timeout()
+    }
+
+    /// Patched: sets the socket's read timeout.
+    pub(crate) fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        self.0.set_read_timeout(timeout)
     }
 }
 

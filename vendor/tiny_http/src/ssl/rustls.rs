@@ -4,11 +4,47 @@
 
 use crate::connection::SharedConnection;
 use crate::util::refined_tcp_stream::Stream as RefinedStream;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Instant;
 
-type Inner = rustls::StreamOwned<rustls::ServerConnection, SharedConnection>;
+type Inner = rustls::StreamOwned<rustls::ServerConnection, Bounded>;
+
+/// Patched: the socket under a TLS stream. One TLS read may take many socket reads (the
+/// handshake, a record that trickles in a byte at a time), each of which the socket's read
+/// timeout bounds on its own; while `until` is set, each waits no later than it, so a whole TLS
+/// read is bounded as one plain read is (`--client-timeout`, a request head's deadline).
+pub(crate) struct Bounded {
+    sock: SharedConnection,
+    until: Option<Instant>,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the TLS records did not come in time",
+                ));
+            }
+            self.sock.set_read_timeout(Some(left))?;
+        }
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
 
 /// A wrapper around an owned Rustls connection and corresponding stream.
 ///
@@ -21,11 +57,11 @@ impl RustlsStream {
     }
 
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
-        self.lock().sock.peer_addr()
+        self.lock().sock.sock.peer_addr()
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
-        self.lock().sock.shutdown(how)
+        self.lock().sock.sock.shutdown(how)
     }
 }
 
@@ -36,8 +72,18 @@ impl Clone for RustlsStream {
 }
 
 impl Read for RustlsStream {
+    /// Patched: the whole read (the handshake included, on the first) ends within the socket's
+    /// read timeout as it stands when the read begins (see [`Bounded`]).
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.lock().read(buf)
+        let mut inner = self.lock();
+        let timeout = inner.sock.sock.read_timeout()?;
+        inner.sock.until = timeout.map(|t| Instant::now() + t);
+        let read = inner.read(buf);
+        inner.sock.until = None;
+        let restored = inner.sock.sock.set_read_timeout(timeout);
+        let n = read?;
+        restored?;
+        Ok(n)
     }
 }
 
@@ -71,8 +117,12 @@ impl TlsAcceptor {
     ) -> Result<RustlsStream, Box<dyn std::error::Error + Send + Sync + 'static>> {
         let config = Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner));
         let connection = rustls::ServerConnection::new(config)?;
+        let socket = Bounded {
+            sock: stream,
+            until: None,
+        };
         Ok(RustlsStream(Arc::new(Mutex::new(rustls::StreamOwned::new(
-            connection, stream,
+            connection, socket,
         )))))
     }
 }
