@@ -396,9 +396,18 @@ fn a_proxy_protocol_header_precedes_the_tls_handshake() {
     );
 }
 
-/// A coordinator serving TLS with a certificate of a test CA (`extra` arguments added), its
-/// worker, and the directory holding the CA's files.
-fn tls_listener(extra: &[&str]) -> (tempfile::TempDir, TestCa, FakeWorker, Coordinator) {
+/// A coordinator serving TLS with a certificate of a test CA (`extra` arguments added).
+struct TlsListener {
+    /// The directory holding the CA's and the listener's files.
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    /// The listener's certificate file.
+    cert: std::path::PathBuf,
+    _worker: FakeWorker,
+    coordinator: Coordinator,
+}
+
+fn tls_listener(extra: &[&str]) -> TlsListener {
     let dir = temp_dir();
     let ca = TestCa::new(dir.path(), "ca");
     let (cert, key) = ca.issue("listener", false);
@@ -407,12 +416,19 @@ fn tls_listener(extra: &[&str]) -> (tempfile::TempDir, TestCa, FakeWorker, Coord
     let mut args = vec!["--tls-cert", &cert_arg, "--tls-key", &key_arg];
     args.extend_from_slice(extra);
     let coordinator = Coordinator::start(&[worker.entry(2)], &args);
-    (dir, ca, worker, coordinator)
+    TlsListener {
+        _dir: dir,
+        ca,
+        cert,
+        _worker: worker,
+        coordinator,
+    }
 }
 
 #[test]
 fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() {
-    let (_dir, ca, _worker, coordinator) = tls_listener(&["--max-connections", "8"]);
+    let listener = tls_listener(&["--max-connections", "8"]);
+    let (ca, coordinator) = (&listener.ca, &listener.coordinator);
     let port = coordinator.port();
     // Eight connections that never start their handshake hold every connection slot (the
     // accept loop counts each as it takes it, in the order they connected).
@@ -450,7 +466,8 @@ fn tls_connections_beyond_max_connections_are_closed_at_once_without_a_thread() 
 /// few addresses held every connection slot for as long as its bytes kept coming.
 #[test]
 fn a_tls_handshake_that_trickles_in_is_cut_at_the_client_timeout() {
-    let (_dir, ca, _worker, coordinator) = tls_listener(&["--client-timeout", "2"]);
+    let listener = tls_listener(&["--client-timeout", "2"]);
+    let (ca, coordinator) = (&listener.ca, &listener.coordinator);
     let mut stream =
         std::net::TcpStream::connect(("127.0.0.1", coordinator.port())).expect("connect");
     // A handshake record of 512 bytes, its header first, then a byte every half second.
@@ -478,6 +495,38 @@ fn a_tls_handshake_that_trickles_in_is_cut_at_the_client_timeout() {
     );
     let served = https_get(coordinator.port(), &ca.path("ca"), "/health");
     assert!(served.is_ok_and(|a| a.status == 200));
+}
+
+/// A certificate path that comes to name a FIFO (or anything whose open waits) is refused at
+/// SIGHUP, and the signals after it still work: the reloads run off the thread that handles
+/// signals, so a stop is never held up by a file.
+#[test]
+fn a_certificate_path_that_names_a_fifo_holds_up_neither_reloads_nor_a_stop() {
+    let mut listener = tls_listener(&[]);
+    let cert = listener.cert.clone();
+    let coordinator = &mut listener.coordinator;
+    std::fs::remove_file(&cert).unwrap_or_else(|e| panic!("{e}"));
+    let made = std::process::Command::new("mkfifo").arg(&cert).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", cert.display());
+    coordinator.hangup();
+    assert!(
+        coordinator.wait_for_log("TLS certificate not reloaded", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    assert!(
+        coordinator.logs().contains("FIFO"),
+        "{}",
+        coordinator.logs()
+    );
+    coordinator.hangup();
+    assert!(
+        coordinator.wait_for_log("SIGHUP received", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let stopped = coordinator.terminate(DEADLINE);
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
 }
 
 /// `trusted-pool check ARGS`: its exit code and its stdout and stderr together.

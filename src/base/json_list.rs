@@ -109,6 +109,9 @@ impl ListKind {
         read_at_most(path, self.max_bytes).map_err(|e| match e {
             SmallFileError::Unreadable(e) => self.error(Problem::Unreadable(e.to_string())),
             SmallFileError::TooLarge(_) => self.error(Problem::TooLarge),
+            not_a_file @ SmallFileError::NotAFile => {
+                self.error(Problem::Unreadable(not_a_file.to_string()))
+            }
         })
     }
 

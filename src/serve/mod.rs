@@ -286,7 +286,7 @@ pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
                 control_server,
                 received,
                 &control_notifier,
-                &reload,
+                reload,
             )
         })
         .map_err(ServeError::Thread)?;
@@ -362,8 +362,23 @@ fn control(
     server: Arc<tiny_http::Server>,
     received: Receiver<Signal>,
     notifier: &Notifier,
-    reload: &Reload,
+    reload: Reload,
 ) {
+    // SIGHUP's reloads run on a thread of their own: a file whose open or read blocks (a FIFO,
+    // a hung network mount) holds up reloads, never a stop. SIGHUPs that come while one runs
+    // make one more reload after it.
+    let (reload_asked, reload_wanted) = crossbeam_channel::bounded::<()>(1);
+    let reload_ctx = Arc::clone(&ctx);
+    let reloader = thread::Builder::new()
+        .name("reload".to_string())
+        .spawn(move || {
+            for () in reload_wanted {
+                reload_files(&reload_ctx, &reload);
+            }
+        });
+    if let Err(e) = reloader {
+        log::error!("Cannot start the thread that reloads on SIGHUP ({e}); POST /reload still reloads workers.json");
+    }
     let mut stopping = false;
     for signal in received {
         match signal {
@@ -386,16 +401,24 @@ fn control(
             }
             Signal::Reload => {
                 log::info!("SIGHUP received: re-reading the coordinator's files");
-                reload::reload_workers(&ctx, "SIGHUP");
-                worker_tls::reload(&ctx);
-                reload_api_keys(&ctx);
-                health::trust_again(&ctx);
-                reload_listener_tls(&ctx, reload);
-                if let Some(access_log) = &ctx.access_log {
-                    access_log.reopen();
+                if let Err(crossbeam_channel::TrySendError::Full(())) = reload_asked.try_send(()) {
+                    log::info!("A reload is under way already; one more follows it");
                 }
             }
         }
+    }
+}
+
+/// What SIGHUP re-reads: workers.json, the worker TLS files, the keys file, the listener's
+/// certificate; it also trusts distrusted workers again and reopens the access log.
+fn reload_files(ctx: &Context, reload: &Reload) {
+    reload::reload_workers(ctx, "SIGHUP");
+    worker_tls::reload(ctx);
+    reload_api_keys(ctx);
+    health::trust_again(ctx);
+    reload_listener_tls(ctx, reload);
+    if let Some(access_log) = &ctx.access_log {
+        access_log.reopen();
     }
 }
 
