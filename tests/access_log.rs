@@ -206,3 +206,83 @@ fn with_log_format_json_each_line_is_one_object_and_a_bad_path_is_refused() {
         "{refused}"
     );
 }
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// An access log on a disk that fills up loses the lines it could not write, whole: a write
+/// that failed part-way is cut back off the file, so no torn line is left for the next line to
+/// join, and once the disk has room every line in the file is one JSON object again.
+#[test]
+fn an_access_log_on_a_full_disk_loses_whole_lines_and_leaves_no_torn_one() {
+    let worker = FakeWorker::start();
+    let dir = support::temp_dir();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("{e}"));
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&logs)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mounted(logs.clone());
+    let log = logs.join("access.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--access-log", &log_arg, "--log-format", "json"],
+    );
+    // The disk full but for two or three pages.
+    let filler = logs.join("filler");
+    let mut file = fs::File::create(&filler).unwrap_or_else(|e| panic!("{e}"));
+    while matches!(std::io::Write::write(&mut file, &[0u8; 4096]), Ok(n) if n > 0) {}
+    let full = fs::metadata(&filler).map_or(0, |m| m.len());
+    file.set_len(full.saturating_sub(10_000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(file);
+    let failed = |coordinator: &Coordinator| {
+        let (_, pool) = support::get_json(&coordinator.url("/pool"));
+        pool["access_log"]["lines_failed"].as_u64().unwrap_or(0)
+    };
+    for n in 0..400 {
+        call(
+            &coordinator,
+            "GET",
+            &format!("/status/pool-filling-{n}"),
+            true,
+            None,
+        );
+        if n % 20 == 19 && failed(&coordinator) > 0 {
+            break;
+        }
+    }
+    poll_until(DEADLINE, || (failed(&coordinator) > 0).then_some(()))
+        .unwrap_or_else(|| panic!("no line failed on the full disk"));
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    call(
+        &coordinator,
+        "GET",
+        "/status/pool-after-the-room",
+        true,
+        None,
+    );
+    lines_once(&log, "pool-after-the-room");
+    let text = fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "a torn line: {line:?}"
+        );
+    }
+}

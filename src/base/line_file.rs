@@ -40,18 +40,23 @@ impl fmt::Display for LineTarget {
     }
 }
 
+/// An opened target: where lines are written, and the file itself when it is one (to cut a
+/// torn line back off it).
+type Opened = (Box<dyn Write + Send>, Option<File>);
+
 impl LineTarget {
     /// Opens the target for appending.
-    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+    fn open(&self) -> io::Result<Opened> {
         match self {
-            Self::Stdout => Ok(Box::new(io::stdout())),
+            Self::Stdout => Ok((Box::new(io::stdout()), None)),
             Self::File(path) => {
                 let file: File = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .mode(0o640)
                     .open(path)?;
-                Ok(Box::new(file))
+                let handle = file.try_clone().ok();
+                Ok((Box::new(file), handle))
             }
         }
     }
@@ -90,13 +95,13 @@ impl LineFile {
     /// Opens `target` (an error here is the caller's to report) and starts its writer thread,
     /// named `name`.
     pub fn open(target: LineTarget, name: &str) -> io::Result<LineFile> {
-        let out = target.open()?;
-        LineFile::start(target, out, name, QUEUED_LINES)
+        let opened = target.open()?;
+        LineFile::start(target, opened, name, QUEUED_LINES)
     }
 
     fn start(
         target: LineTarget,
-        out: Box<dyn Write + Send>,
+        (out, file): Opened,
         name: &str,
         queued: usize,
     ) -> io::Result<LineFile> {
@@ -106,6 +111,7 @@ impl LineFile {
         let writer = Writer {
             target: target.clone(),
             out: BufWriter::with_capacity(WRITE_BUFFER, out),
+            whole: Whole::of(file),
             reopen: Arc::clone(&reopen),
             figures: Arc::clone(&figures),
             failures: Repeats::new(REPEAT_PERIOD),
@@ -164,10 +170,46 @@ impl LineFile {
     }
 }
 
+/// The file being written and its length when it last ended in a whole line: a write that
+/// fails part-way (a full disk) is cut back to it, so no torn line is left for the next one to
+/// join. A file made shorter meanwhile (rotated by truncation) is left as it is.
+struct Whole {
+    file: Option<File>,
+    len: u64,
+}
+
+impl Whole {
+    fn of(file: Option<File>) -> Self {
+        let len = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        Whole { file, len }
+    }
+
+    /// The file ends in a whole line now.
+    fn mark(&mut self) {
+        if let Some(len) = self.file.as_ref().and_then(|f| f.metadata().ok()) {
+            self.len = len.len();
+        }
+    }
+
+    /// Cuts off what a failed write left past the last whole line.
+    fn cut_back(&self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        if file.metadata().is_ok_and(|m| m.len() > self.len) {
+            let _ = file.set_len(self.len);
+        }
+    }
+}
+
 /// The writer thread's side.
 struct Writer {
     target: LineTarget,
     out: BufWriter<Box<dyn Write + Send>>,
+    whole: Whole,
     reopen: Arc<AtomicBool>,
     figures: Arc<LineFigures>,
     failures: Repeats,
@@ -211,6 +253,7 @@ impl Writer {
         }
         match self.out.flush() {
             Ok(()) => {
+                self.whole.mark();
                 self.figures
                     .written
                     .fetch_add(std::mem::take(unflushed), Ordering::Relaxed);
@@ -228,6 +271,7 @@ impl Writer {
         let out = std::mem::replace(&mut self.out, BufWriter::new(Box::new(io::sink())));
         let (inner, _lost) = out.into_parts();
         self.out = BufWriter::with_capacity(WRITE_BUFFER, inner);
+        self.whole.cut_back();
         if let Some(held) = self.failures.check(Instant::now()) {
             log::warn!(
                 "Could not write to {}: {e}; its lines are lost until writes succeed again{}",
@@ -262,8 +306,9 @@ impl Writer {
         }
         self.write_out(unflushed);
         match self.target.open() {
-            Ok(out) => {
+            Ok((out, file)) => {
                 self.out = BufWriter::with_capacity(WRITE_BUFFER, out);
+                self.whole = Whole::of(file);
                 log::info!("Reopened {}", self.target);
             }
             Err(e) => log::error!(
@@ -316,8 +361,13 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         // SAFETY: the write end was just opened and is owned by nothing else.
         let stuck: File = unsafe { File::from_raw_fd(fds[1]) };
-        let file = LineFile::start(LineTarget::Stdout, Box::new(stuck), "line-stuck", 16)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let file = LineFile::start(
+            LineTarget::Stdout,
+            (Box::new(stuck), None),
+            "line-stuck",
+            16,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let line = "x".repeat(1023) + "\n";
         // Lines one by one, each written out, until the pipe is full and a write blocks.
         let stuck = (0..1000).find(|_| {
