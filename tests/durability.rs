@@ -2085,6 +2085,24 @@ fn fill_disk(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// A new job store on a disk too small for it is refused at start with what to do about the
+/// disk, not called a file this trusted-pool cannot read (nothing was there to read).
+#[test]
+fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk() {
+    let Some((dir, _state, _mount)) = state_on_tmpfs("16k") else {
+        return;
+    };
+    let worker = FakeWorker::start();
+    write_workers_json(dir.path(), &[worker.entry(2)]);
+    let refused = Coordinator::try_start_in(dir.path(), &[])
+        .err()
+        .unwrap_or_else(|| panic!("a store on 16 KiB started"));
+    assert!(
+        refused.contains("cannot be written") && !refused.contains("not a job store"),
+        "{refused}"
+    );
+}
+
 #[test]
 fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let Some((dir, state, _mount)) = state_on_tmpfs("2m") else {

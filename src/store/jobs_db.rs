@@ -372,8 +372,9 @@ impl fmt::Display for StoreError {
 fn write_unwritable(f: &mut fmt::Formatter<'_>, e: &dyn fmt::Display) -> fmt::Result {
     write!(
         f,
-        "{UNWRITABLE} ({e}): its disk fails or went read-only; see the system log (dmesg), \
-         repair the filesystem and restart the coordinator"
+        "{UNWRITABLE} ({e}): its disk fails, went read-only, or is too full for SQLite's \
+         shared memory file; see `df` and the system log (dmesg), make room or repair the \
+         filesystem, and restart the coordinator"
     )
 }
 
@@ -1488,11 +1489,17 @@ fn due_every(last: &mut Option<Instant>, period: Duration) -> bool {
 const INCREMENTAL_VACUUM: i64 = 2;
 
 /// An error met while opening the store, with the file named: SQLite's own errors there mean
-/// a file this build cannot read (a full disk stays a full disk, and a store another program
-/// holds locked is not called unreadable: it is fine once that program lets go).
+/// a file this build cannot read (a full disk or a failed read or write stays one, and a store
+/// another program holds locked is not called unreadable: it is fine once that program lets
+/// go).
 fn name_the_file(path: &Path, e: StoreError) -> StoreError {
     match e {
-        StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
+        StoreError::Sqlite(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
+            ) =>
+        {
             StoreError::Sqlite(e)
         }
         StoreError::Sqlite(e) if is_lock_error(&e) => StoreError::Failed(format!(
