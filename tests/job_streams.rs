@@ -485,6 +485,21 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}?follow=0")));
     assert_eq!(code, 200, "{logs}");
     assert!(logs["stdout"].is_string(), "{logs}");
+    // An HTTP/1.0 client takes no chunked encoding: the text comes bare, ended by the close.
+    let head = format!("GET /logs/{id}?follow=1 HTTP/1.0\r\n");
+    let old = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(old.status, 200, "{}", old.text());
+    assert_eq!(old.header("Transfer-Encoding"), None, "{:?}", old.headers);
+    assert!(
+        old.text().starts_with("[STATUS] Job status: completed") && old.text().ends_with("\n"),
+        "{}",
+        old.text()
+    );
+    assert!(
+        old.text().contains("[DONE] Job completed"),
+        "{}",
+        old.text()
+    );
 }
 
 /// A stop ends every followed stream with a line saying so and a clean end (the chunked text's

@@ -247,10 +247,22 @@ enum Ending {
     Behind,
 }
 
+/// How pieces are framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// WebSocket text frames.
+    WebSocket,
+    /// The chunked encoding (HTTP/1.1).
+    Chunked,
+    /// Bare text up to the connection's close: an HTTP/1.0 client takes no chunked encoding
+    /// (RFC 9112, 6.1).
+    UntilClose,
+}
+
 /// Writes pieces on one wire.
 struct Out {
     writer: Box<dyn Write + Send>,
-    websocket: bool,
+    framing: Framing,
     hider: Option<TextHider>,
 }
 
@@ -261,19 +273,23 @@ impl Out {
         cors: &[(&'static str, String)],
         hider: Option<TextHider>,
     ) -> std::io::Result<Self> {
-        let (head, websocket) = match wire {
+        let (head, framing) = match wire {
             Wire::Text => {
                 let cors: String = cors
                     .iter()
                     .map(|(name, value)| format!("{name}: {value}\r\n"))
                     .collect();
+                let (framing, encoding) = if *request.http_version() <= (1, 0) {
+                    (Framing::UntilClose, "")
+                } else {
+                    (Framing::Chunked, "Transfer-Encoding: chunked\r\n")
+                };
                 (
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                         Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n{cors}\
-                         Connection: close\r\n\r\n"
+                         {encoding}Cache-Control: no-cache\r\n{cors}Connection: close\r\n\r\n"
                     ),
-                    false,
+                    framing,
                 )
             }
             Wire::WebSocket(key) => (
@@ -282,7 +298,7 @@ impl Out {
                      Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                     accept_key(key)
                 ),
-                true,
+                Framing::WebSocket,
             ),
         };
         // Nothing follows on the connection once the stream ended: it closes then.
@@ -292,7 +308,7 @@ impl Out {
         writer.flush()?;
         Ok(Out {
             writer,
-            websocket,
+            framing,
             hider,
         })
     }
@@ -305,12 +321,14 @@ impl Out {
             Some(hider) => hider.hide(text),
             None => std::borrow::Cow::Borrowed(text),
         };
-        if self.websocket {
-            self.writer.write_all(&frame(TEXT, text.as_bytes(), None))?;
-        } else {
-            write!(self.writer, "{:x}\r\n", text.len())?;
-            self.writer.write_all(text.as_bytes())?;
-            self.writer.write_all(b"\r\n")?;
+        match self.framing {
+            Framing::WebSocket => self.writer.write_all(&frame(TEXT, text.as_bytes(), None))?,
+            Framing::Chunked => {
+                write!(self.writer, "{:x}\r\n", text.len())?;
+                self.writer.write_all(text.as_bytes())?;
+                self.writer.write_all(b"\r\n")?;
+            }
+            Framing::UntilClose => self.writer.write_all(text.as_bytes())?,
         }
         self.writer.flush()
     }
@@ -319,7 +337,7 @@ impl Out {
     /// in the table) on text, which has no invisible piece; a queued job's line also gives its
     /// place in the queue.
     fn heartbeat(&mut self, ctx: &Context, id: &str) -> std::io::Result<()> {
-        if self.websocket {
+        if self.framing == Framing::WebSocket {
             self.writer.write_all(&frame(0x9, &[], None))?;
             return self.writer.flush();
         }
@@ -333,16 +351,19 @@ impl Out {
     }
 
     fn finish(mut self, ending: Ending) {
-        let end: Vec<u8> = if self.websocket {
-            let code: u16 = match ending {
-                Ending::Over => 1000,
-                Ending::GoingAway => 1001,
-                Ending::Refused => 1008,
-                Ending::Behind => 1013,
-            };
-            frame(CLOSE, &code.to_be_bytes(), None)
-        } else {
-            b"0\r\n\r\n".to_vec()
+        let end: Vec<u8> = match self.framing {
+            Framing::WebSocket => {
+                let code: u16 = match ending {
+                    Ending::Over => 1000,
+                    Ending::GoingAway => 1001,
+                    Ending::Refused => 1008,
+                    Ending::Behind => 1013,
+                };
+                frame(CLOSE, &code.to_be_bytes(), None)
+            }
+            Framing::Chunked => b"0\r\n\r\n".to_vec(),
+            // The connection's close ends the body.
+            Framing::UntilClose => Vec::new(),
         };
         let _ = self.writer.write_all(&end);
         let _ = self.writer.flush();
