@@ -1860,12 +1860,13 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
     cancel(&coordinator, &blocker);
 }
 
-/// A queued job's priority is changed by `POST /jobs/{id}/priority`: it moves in the queue, the
-/// change survives `kill -9`, and a job that left the queue or a bad request is refused.
+/// A queued job's priority is changed by `POST /jobs/{id}/priority`: it moves to the back of its
+/// new level, the change and that place survive `kill -9`, and a job that left the queue or a
+/// bad request is refused.
 #[test]
 fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
     let (_worker, dir, mut coordinator, blocker) = busy_worker(&FAST);
-    let queued: Vec<String> = (0..3).map(|_| submit(&coordinator, &form())).collect();
+    let queued: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
     let change = |coordinator: &Coordinator, id: &str, query: &str| {
         let (code, body) = post(
             &coordinator.url(&format!("/jobs/{id}/priority{query}")),
@@ -1877,17 +1878,21 @@ fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
             serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
         )
     };
-    let (code, answer) = change(&coordinator, &queued[2], "?priority=high");
+    let (code, answer) = change(&coordinator, &queued[3], "?priority=high");
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["priority"], "high", "{answer}");
     assert_eq!(answer["was"], "normal", "{answer}");
     assert_eq!(answer["queue_position"], 1, "{answer}");
+    // Raised later, though submitted earlier: behind the first one raised.
+    let (code, answer) = change(&coordinator, &queued[1], "?priority=high");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["queue_position"], 2, "{answer}");
     let (code, answer) = change(&coordinator, &queued[0], "?priority=low");
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(answer["queue_position"], 3, "{answer}");
+    assert_eq!(answer["queue_position"], 4, "{answer}");
     let refusals = [
-        (&queued[1], "", 400, "give the new priority"),
-        (&queued[1], "?priority=urgent", 400, "\"urgent\" is unknown"),
+        (&queued[2], "", 400, "give the new priority"),
+        (&queued[2], "?priority=urgent", 400, "\"urgent\" is unknown"),
         (&blocker, "?priority=high", 409, "this one left it"),
         (
             &"pool-0123456789abcdef0123456789abcdef".to_string(),
@@ -1902,11 +1907,11 @@ fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.contains(needle), "{query}: {answer}");
     }
-    let (code, _) = support::get(&coordinator.url(&format!("/jobs/{}/priority", queued[1])));
+    let (code, _) = support::get(&coordinator.url(&format!("/jobs/{}/priority", queued[2])));
     assert_eq!(code, 405);
     assert!(
         coordinator.wait_for_log(
-            &format!("Job {} has priority high now, was normal", queued[2]),
+            &format!("Job {} has priority high now, was normal", queued[1]),
             DEADLINE
         ),
         "{}",
@@ -1924,8 +1929,9 @@ fn a_queued_jobs_priority_is_changed_and_a_restart_keeps_it() {
     assert_eq!(
         order,
         [
-            (Value::from("low"), Value::from(3)),
-            (Value::from("normal"), Value::from(2)),
+            (Value::from("low"), Value::from(4)),
+            (Value::from("high"), Value::from(2)),
+            (Value::from("normal"), Value::from(3)),
             (Value::from("high"), Value::from(1)),
         ],
         "{}",

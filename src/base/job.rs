@@ -391,6 +391,11 @@ pub struct Job {
     /// `--queue-timeout`); past that it fails unstarted. None: it waits as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<f64>,
+    /// Unix time a priority change (`POST /jobs/{id}/priority`) put it at the back of its new
+    /// level, when one did: its place in the queue after a restart (others keep their
+    /// submission order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_since: Option<f64>,
     /// When its queue timeout ends, on the monotonic clock (not stored: set when it is queued,
     /// from `submitted_at`).
     #[serde(skip)]
@@ -452,6 +457,7 @@ impl Job {
             verification: None,
             upload_at: None,
             queue_timeout: None,
+            level_since: None,
             queue_deadline: None,
             reruns: None,
             submit_key: None,

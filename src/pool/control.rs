@@ -315,6 +315,9 @@ pub fn set_priority(
         return Err(ControlError::NotQueued(id.to_string(), job.status));
     }
     let was = std::mem::replace(&mut job.priority, priority);
+    if was != priority {
+        job.level_since = Some(unix_now());
+    }
     st.queue.set_priority(id, priority, Instant::now());
     let position = st.queue.position(id);
     let committed = ctx.record_with_ticket(&st, id);

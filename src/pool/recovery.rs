@@ -59,6 +59,11 @@ fn lose_or_rerun(
     st.restore(job);
 }
 
+/// When a queued job took its place in its level: its priority change, else its submission.
+fn queue_place(job: &Job) -> f64 {
+    job.level_since.unwrap_or(job.submitted_at)
+}
+
 /// Counts `job`, which its worker `index` runs, against the worker's `max_concurrent_jobs` (and
 /// its source address's share) from the first moment, as its dispatch did.
 fn hold_slot(st: &mut PoolState, index: usize, job: &Job) {
@@ -101,6 +106,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let now = unix_now();
     let mut st = ctx.lock();
     let mut settle = Vec::new();
+    let mut queued = Vec::new();
     let mut trackers = Vec::new();
     let mut streams = Vec::new();
     for mut job in jobs {
@@ -128,7 +134,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.restore(job);
                 } else {
                     counts.queued += 1;
-                    st.enqueue(job, std::time::Instant::now());
+                    queued.push(job);
                 }
             }
             PoolStatus::Dispatched | PoolStatus::Running => match (&job.remote_job_id, worker) {
@@ -208,6 +214,13 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                 st.restore(job);
             }
         }
+    }
+    // In submission order, but for a job whose priority was changed: at the back of its new
+    // level as of that change, as it was before the stop.
+    queued.sort_by(|a, b| queue_place(a).total_cmp(&queue_place(b)));
+    let now = std::time::Instant::now();
+    for job in queued {
+        st.enqueue(job, now);
     }
     counts.ended = settle.len();
     for id in &settle {
