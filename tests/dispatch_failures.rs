@@ -122,6 +122,13 @@ fn a_throttling_worker_is_paused_not_hammered() {
     );
     assert!(entry["submits_throttled"].as_u64() >= Some(1), "{pool}");
     assert!(pool["queued_jobs"].as_u64() >= Some(1), "{pool}");
+    // A job put back after a 429 is on no worker: not named, and not listed under it.
+    let (_, queued) = get_json(&coordinator.url("/jobs?status=queued"));
+    let queued = queued["jobs"].as_array().cloned().unwrap_or_default();
+    assert!(!queued.is_empty(), "no job waits behind the blocking one");
+    for job in &queued {
+        assert!(job["worker_id"].is_null(), "{job}");
+    }
 
     for id in &ids {
         wait_status(&coordinator, id, "completed", DEADLINE);

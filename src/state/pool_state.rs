@@ -750,6 +750,9 @@ impl PoolState {
         let Some(job) = self.set_status(id, PoolStatus::Queued) else {
             return;
         };
+        // A queued job is on no worker: the one that did not take it is not named.
+        job.worker_id = None;
+        job.source_address = None;
         let owner = job.owner.clone();
         let deadline = job.queue_deadline;
         self.queue.push_front(id.to_string(), owner);
