@@ -156,6 +156,14 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
         DEADLINE,
     );
     assert!(heard.is_some(), "{}", follower.text());
+    // A job that waits so past its queue timeout fails, its error saying why it waited.
+    let timed = submit(&coordinator, &job(Some("gpu")).field("queue_timeout", b"1"));
+    let status = wait_status(&coordinator, &timed, "failed", DEADLINE);
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("every worker that carries its labels (gpu) was kept from taking jobs"),
+        "{status}"
+    );
     let (code, body) = post(&drain_url(&coordinator, &gpu, "undrain"), "", b"");
     assert_eq!(code, 200, "{body}");
     let status = job_status(&coordinator, &waiting);

@@ -11,7 +11,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::sync::lock;
 use crate::pool::announce;
 use crate::state::context::Context;
-use crate::state::pool_state::PoolState;
+use crate::state::pool_state::{LabelsHold, PoolState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,13 +41,14 @@ pub fn take_expired(ctx: &Context, st: &mut PoolState, now: Instant) -> Vec<Expi
     let wall = unix_now();
     ids.into_iter()
         .filter_map(|id| {
+            let labels = labels_note(st, &id, now);
             let job = st.set_status(&id, PoolStatus::Failed)?;
             let timeout = job.queue_timeout.unwrap_or_default();
             job.completed_at = Some(wall);
             job.error = Some(format!(
                 "not started: no worker took it within its queue timeout of {timeout} s \
-                 ({workers}); it was never sent to a worker. Submit it again, perhaps with a \
-                 longer queue_timeout"
+                 ({workers}{labels}); it was never sent to a worker. Submit it again, perhaps \
+                 with a longer queue_timeout"
             ));
             st.metrics.queue_timed_out();
             // Committed with whatever comes next; a failed commit is tried again.
@@ -103,6 +104,24 @@ pub fn finish(ctx: &Context, expired: Vec<Expired>) {
     }
 }
 
+/// Why a job that asks for labels could not leave the queue, when that is why: no worker
+/// carries them, or every one that does is kept from jobs.
+fn labels_note(st: &PoolState, id: &str, now: Instant) -> String {
+    let Some(labels) = st.jobs.get(id).map(|j| j.labels().to_vec()) else {
+        return String::new();
+    };
+    match st.labels_hold(&labels, now) {
+        Some(LabelsHold::Stranded) => {
+            format!("; no worker carries its labels ({})", labels.join(", "))
+        }
+        Some(LabelsHold::Blocked) => format!(
+            "; every worker that carries its labels ({}) was kept from taking jobs",
+            labels.join(", ")
+        ),
+        None => String::new(),
+    }
+}
+
 /// What the workers were doing, for the message of a job that no worker took in time.
 fn workers_summary(st: &PoolState, now: Instant) -> String {
     let listed = st.workers.iter().filter(|w| !w.removed).count();
@@ -112,8 +131,18 @@ fn workers_summary(st: &PoolState, now: Instant) -> String {
         .filter(|w| !w.removed && w.health.is_healthy && !w.draining)
         .collect();
     let with_room = in_service.iter().filter(|w| w.has_room(now)).count();
+    // Right after a start the workers are not known healthy until their first probe answers.
+    let unchecked = st
+        .workers
+        .iter()
+        .filter(|w| !w.removed && w.health.last_health_check.is_none())
+        .count();
+    let unchecked = match unchecked {
+        0 => String::new(),
+        n => format!(" ({n} not checked yet: the coordinator had just started)"),
+    };
     format!(
-        "{} of {listed} workers healthy and in service, {with_room} with room; {} jobs queued",
+        "{} of {listed} workers healthy and in service{unchecked}, {with_room} with room; {} jobs queued",
         in_service.len(),
         st.queue.len()
     )
