@@ -14,7 +14,7 @@ use crate::state::context::Context;
 use crate::state::metrics::{
     DispatchOutcome, HistogramSnapshot, KeyRefusal, Metrics, ProbeResult, STATUS_CLASSES,
 };
-use crate::state::pool_state::{DispatchHold, LabelsHold, PoolState, WorkerCounters, WorkerEntry};
+use crate::state::pool_state::{DispatchHold, PoolState, WorkerCounters, WorkerEntry};
 use crate::state::request_rate::RequestRate;
 use crate::store::disk_reserve::DiskReserve;
 use crate::store::jobs_db::StoreFigures;
@@ -152,7 +152,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
             certificate_expiry: w.health.certificate.as_ref().map(|c| c.not_after),
         });
     }
-    let (stranded, blocked) = waiting_for_labels(st, now);
+    let (stranded, blocked) = st.held_by_labels(now);
     TableSample {
         stranded,
         blocked,
@@ -162,20 +162,6 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
         dispatch_held: DispatchHold::active(&st.dispatch_hold, now).is_some(),
         submits_paused: st.submits_paused.is_some(),
     }
-}
-
-/// The queued jobs that cannot leave for their labels: (stranded, blocked). One question per
-/// list of labels that queued jobs ask for.
-fn waiting_for_labels(st: &PoolState, now: Instant) -> (usize, usize) {
-    let (mut stranded, mut blocked) = (0, 0);
-    for (labels, count) in st.queued_label_lists() {
-        match st.labels_hold(labels, now) {
-            Some(LabelsHold::Stranded) => stranded += count,
-            Some(LabelsHold::Blocked) => blocked += count,
-            None => {}
-        }
-    }
-    (stranded, blocked)
 }
 
 /// The client connections open now, those refused since the start by reason, and the requests

@@ -156,11 +156,26 @@ fn next_placement(st: &mut PoolState, now: Instant) -> Option<Next> {
     if let Some(index) = placement(st, head, now) {
         return Some(Next::Head(index));
     }
-    pick_worker(st, &[], &[], now)?;
+    // The workers with room, looked at once: each list of labels is then held against them
+    // only, not against every worker of the pool (a backlog of many lists stranded on busy or
+    // unhealthy workers costs a pass little).
+    let with_room: Vec<&[String]> = st
+        .workers
+        .iter()
+        .filter(|w| w.has_room(now))
+        .map(|w| &*w.spec.labels)
+        .collect();
+    if with_room.is_empty() {
+        return None;
+    }
     let mut open: Vec<&[String]> = st
         .queued_label_lists()
         .map(|(labels, _)| labels)
-        .filter(|labels| pick_worker(st, &[], labels, now).is_some())
+        .filter(|labels| {
+            with_room
+                .iter()
+                .any(|carried| labels::has_all(carried, labels))
+        })
         .collect();
     if st.unlabelled_queued() > 0 {
         open.push(&[]);

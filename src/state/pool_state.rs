@@ -717,6 +717,43 @@ impl PoolState {
             .then_some(LabelsHold::Blocked)
     }
 
+    /// The queued jobs that cannot leave the queue for their labels: (stranded, blocked), as
+    /// [`PoolState::labels_hold`] finds them for each list of labels queued jobs ask for. The
+    /// workers are indexed by label once, so each list is held against the carriers of its
+    /// rarest label only, not against every worker of the pool.
+    pub fn held_by_labels(&self, now: Instant) -> (usize, usize) {
+        let workers: Vec<(&[String], bool)> = self
+            .workers
+            .iter()
+            .filter(|w| !w.removed)
+            .map(|w| (&*w.spec.labels, w.kept_from_jobs(now).is_none()))
+            .collect();
+        let mut by_label: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (carried, _)) in workers.iter().enumerate() {
+            for label in carried.iter() {
+                by_label.entry(label.as_str()).or_default().push(i);
+            }
+        }
+        let (mut stranded, mut blocked) = (0, 0);
+        for (wanted, count) in self.queued_label_lists() {
+            let rarest = wanted
+                .iter()
+                .map(|label| by_label.get(label.as_str()).map_or(&[][..], Vec::as_slice))
+                .min_by_key(|carriers| carriers.len())
+                .unwrap_or_default();
+            let mut carriers = rarest
+                .iter()
+                .filter(|&&i| labels::has_all(workers[i].0, wanted))
+                .peekable();
+            if carriers.peek().is_none() {
+                stranded += count;
+            } else if carriers.all(|&i| !workers[i].1) {
+                blocked += count;
+            }
+        }
+        (stranded, blocked)
+    }
+
     /// The first `most` workers that carry every label in `wanted` and why each is kept from
     /// taking jobs, as `41XoqBhonP7R... (draining)`, and how many carry them in all: what holds
     /// back a job that [`PoolState::labels_hold`] finds [`LabelsHold::Blocked`].
@@ -1033,6 +1070,49 @@ mod tests {
             None,
             "no worker, and no label missing"
         );
+    }
+
+    #[test]
+    fn the_jobs_held_by_their_labels_are_counted_as_each_list_finds_it() {
+        let now = Instant::now();
+        let labelled = |n: usize, labels: &[&str]| WorkerSpec {
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..WorkerSpec::numbered(n)
+        };
+        let specs = vec![
+            labelled(0, &["gpu"]),
+            labelled(1, &["arm64", "gpu"]),
+            WorkerSpec::numbered(2),
+        ];
+        let mut st = PoolState::new(specs, now);
+        for w in &mut st.workers {
+            w.health.is_healthy = true;
+        }
+        let lists: [&[&str]; 4] = [&["gpu"], &["gpu"], &["arm64", "gpu"], &["x86_64"]];
+        for (i, labels) in lists.iter().enumerate() {
+            let mut job = Job::new(format!("pool-{i}"), Vec::new(), None, 0.0);
+            job.labels = Some(labels.iter().map(|l| l.to_string()).collect());
+            st.enqueue(job, now);
+        }
+        let one_by_one = |st: &PoolState| {
+            let (mut stranded, mut blocked) = (0, 0);
+            for (labels, count) in st.queued_label_lists() {
+                match st.labels_hold(labels, now) {
+                    Some(LabelsHold::Stranded) => stranded += count,
+                    Some(LabelsHold::Blocked) => blocked += count,
+                    None => {}
+                }
+            }
+            (stranded, blocked)
+        };
+        assert_eq!(st.held_by_labels(now), (1, 0), "x86_64 is carried by none");
+        st.workers[1].draining = true;
+        assert_eq!(st.held_by_labels(now), (1, 1), "arm64 and gpu: w1 only");
+        st.workers[0].health.is_healthy = false;
+        assert_eq!(st.held_by_labels(now), (1, 3));
+        st.workers[1].removed = true;
+        assert_eq!(st.held_by_labels(now), (2, 2));
+        assert_eq!(st.held_by_labels(now), one_by_one(&st));
     }
 
     #[test]
