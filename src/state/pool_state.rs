@@ -1002,23 +1002,27 @@ mod tests {
         assert_eq!(w.hourly_limit_ends(now), None, "no source address");
     }
 
-    #[test]
-    fn the_workers_with_a_jobs_labels_are_named_when_none_of_them_takes_jobs() {
-        let now = Instant::now();
-        let labelled = |n: usize, labels: &[&str]| WorkerSpec {
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            ..WorkerSpec::numbered(n)
-        };
-        let specs = vec![
-            labelled(0, &["gpu"]),
-            labelled(1, &["arm64", "gpu"]),
-            labelled(2, &["gpu"]),
-            WorkerSpec::numbered(3),
-        ];
+    /// A pool of healthy workers `w0`, `w1`, ... carrying these labels.
+    fn healthy_pool(labels: &[&[&str]], now: Instant) -> PoolState {
+        let specs = labels
+            .iter()
+            .enumerate()
+            .map(|(n, carried)| WorkerSpec {
+                labels: carried.iter().map(|l| l.to_string()).collect(),
+                ..WorkerSpec::numbered(n)
+            })
+            .collect();
         let mut st = PoolState::new(specs, now);
         for w in &mut st.workers {
             w.health.is_healthy = true;
         }
+        st
+    }
+
+    #[test]
+    fn the_workers_with_a_jobs_labels_are_named_when_none_of_them_takes_jobs() {
+        let now = Instant::now();
+        let mut st = healthy_pool(&[&["gpu"], &["arm64", "gpu"], &["gpu"], &[]], now);
         let gpu = ["gpu".to_string()];
         assert_eq!(st.labels_hold(&gpu, now), None, "all take jobs");
         st.workers[0].health.is_healthy = false;
@@ -1075,19 +1079,7 @@ mod tests {
     #[test]
     fn the_jobs_held_by_their_labels_are_counted_as_each_list_finds_it() {
         let now = Instant::now();
-        let labelled = |n: usize, labels: &[&str]| WorkerSpec {
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            ..WorkerSpec::numbered(n)
-        };
-        let specs = vec![
-            labelled(0, &["gpu"]),
-            labelled(1, &["arm64", "gpu"]),
-            WorkerSpec::numbered(2),
-        ];
-        let mut st = PoolState::new(specs, now);
-        for w in &mut st.workers {
-            w.health.is_healthy = true;
-        }
+        let mut st = healthy_pool(&[&["gpu"], &["arm64", "gpu"], &[]], now);
         let lists: [&[&str]; 4] = [&["gpu"], &["gpu"], &["arm64", "gpu"], &["x86_64"]];
         for (i, labels) in lists.iter().enumerate() {
             let mut job = Job::new(format!("pool-{i}"), Vec::new(), None, 0.0);
