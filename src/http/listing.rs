@@ -117,18 +117,6 @@ fn as_table_holds(ctx: &Context, stored: Vec<Job>) -> Result<Vec<Job>, StoreErro
         .collect()
 }
 
-/// When job id `id` was made, in Unix seconds: its 12 hex digits of milliseconds (ids are
-/// `pool-`, those, then 20 hex digits). A job is submitted a moment (its upload) after its id
-/// is made, so a listing from there leaves out only jobs submitted meanwhile.
-fn id_time(id: &str) -> Option<f64> {
-    let hex = id.strip_prefix("pool-")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let millis = u64::from_str_radix(&hex[..12], 16).ok()?;
-    Some(millis as f64 / 1000.0)
-}
-
 /// Answers `GET /jobs`; `param` reads a query parameter. Jobs come from the job store (every
 /// accepted job is there), each shown as the table holds it when it is still in memory.
 pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<String>) -> Reply {
@@ -141,21 +129,14 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
         Some(id) => {
             let live = ctx.lock().jobs.get(id.as_str()).map(|j| (**j).clone());
             let job = live.or_else(|| ctx.store.load(id).ok().flatten());
-            match job {
-                Some(job) if caller.can_see(&job) => Some((job.submitted_at, job.id)),
-                // Gone since (deleted, or forgotten by retention), or another key's (which is
-                // not told): its id still tells when it was made, where the next page starts.
-                _ => match id_time(id) {
-                    Some(made) => Some((made, id.clone())),
-                    None => {
-                        return error_reply(
-                            400,
-                            format!(
-                            "before={id:?} is no job id; use the next_before of the previous page"
-                        ),
-                        )
-                    }
-                },
+            match job.filter(|j| caller.can_see(j)) {
+                Some(job) => Some((job.submitted_at, job.id)),
+                None => {
+                    return error_reply(
+                        400,
+                        format!("before={id:?} is no job this key can see on this coordinator (it may have been deleted, or forgotten by retention), so where the next page starts is not known; list again from the first page, without before="),
+                    )
+                }
             }
         }
     };
