@@ -123,10 +123,6 @@ fn held_back(
         settle_cancelled(ctx, st, a, SubmitOutcome::NotSent(why.to_string()));
         return;
     }
-    if let Some(job) = st.jobs.get_mut(&a.job_id) {
-        job.worker_id = None;
-        job.source_address = None;
-    }
     st.requeue_front(&a.job_id);
     ctx.record(&st, &a.job_id);
     let paused = st.hold_dispatching(why.to_string(), Instant::now());

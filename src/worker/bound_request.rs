@@ -165,17 +165,23 @@ struct Deadline<'s> {
 
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the whole answer did not come in time",
-            ));
-        }
-        self.stream.set_read_timeout(Some(left))?;
+        read_no_later_than(self.stream, self.until, "the whole answer")?;
         let mut stream = self.stream;
         stream.read(buf)
     }
+}
+
+/// Sets `socket`'s read timeout to what is left before `until`, so that its next read waits no
+/// later than that; a `TimedOut` error saying that `what` did not come in time once it passed.
+pub fn read_no_later_than(socket: &TcpStream, until: Instant, what: &str) -> io::Result<()> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} did not come in time"),
+        ));
+    }
+    socket.set_read_timeout(Some(left))
 }
 
 fn write_request<R: Read>(

@@ -24,25 +24,25 @@ use std::time::Duration;
 /// What the coordinator reads of each JSON answer a worker gives: its size at most, and the
 /// members of its object kept (the others are skipped unread: see
 /// [`sandrun_json::parse_object`]).
-struct Answer {
+struct JsonAnswer {
     max_bytes: u64,
     keys: &'static [&'static str],
 }
 
 /// `GET /health`: a few short members.
-const HEALTH_ANSWER: Answer = Answer {
+const HEALTH_ANSWER: JsonAnswer = JsonAnswer {
     max_bytes: 64 * 1024,
     keys: &["status", "worker_id"],
 };
 
 /// `POST /submit`.
-const SUBMIT_ANSWER: Answer = Answer {
+const SUBMIT_ANSWER: JsonAnswer = JsonAnswer {
     max_bytes: 64 * 1024,
     keys: &["job_id", "status", "error"],
 };
 
 /// `GET /status/{id}`: the output list makes it grow, about 200 bytes a file.
-const STATUS_ANSWER: Answer = Answer {
+const STATUS_ANSWER: JsonAnswer = JsonAnswer {
     max_bytes: 16 * 1024 * 1024,
     keys: &[
         "job_id",
@@ -57,7 +57,7 @@ const STATUS_ANSWER: Answer = Answer {
 };
 
 /// `GET /logs/{id}`: a job's whole output.
-const LOGS_ANSWER: Answer = Answer {
+const LOGS_ANSWER: JsonAnswer = JsonAnswer {
     max_bytes: 64 * 1024 * 1024,
     keys: &["stdout", "stderr"],
 };
@@ -235,7 +235,7 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-fn read_json(response: ureq::Response, answer: &Answer) -> Result<Value, CallError> {
+fn read_json(response: ureq::Response, answer: &JsonAnswer) -> Result<Value, CallError> {
     let mut bytes = Vec::new();
     response
         .into_reader()
@@ -586,7 +586,7 @@ impl WorkerClient {
     }
 
     /// A JSON answer read whole within [`Timeouts::whole_answer`].
-    fn get_json(&self, url: &str, answer: &Answer) -> Result<Value, CallError> {
+    fn get_json(&self, url: &str, answer: &JsonAnswer) -> Result<Value, CallError> {
         let call = self.follow.get(url).timeout(self.timeouts.whole_answer());
         read_json(call.call().map_err(classify)?, answer)
     }

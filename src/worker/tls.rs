@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ureq::ReadWrite;
 
 use crate::base::sync::lock;
+use crate::worker::bound_request::read_no_later_than;
 
 /// Opens TLS sessions to workers with a rustls client configuration, which a reload may set
 /// or replace (sessions already open keep theirs).
@@ -189,14 +190,7 @@ impl<S: ReadWrite> TlsStream<S> {
     /// Reads the socket once, waiting no later than `deadline`, and takes in its records.
     fn read_more(&mut self, deadline: Option<Instant>) -> io::Result<usize> {
         if let (Some(deadline), Some(socket)) = (deadline, self.io.socket()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the worker's TLS data did not come in time",
-                ));
-            }
-            socket.set_read_timeout(Some(left))?;
+            read_no_later_than(socket, deadline, "the worker's TLS data")?;
         }
         let read = self.session.read_tls(&mut self.io)?;
         if let Err(e) = self.session.process_new_packets() {
