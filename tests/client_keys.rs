@@ -10,6 +10,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -1406,6 +1407,89 @@ fn a_key_that_no_longer_holds_ends_the_streams_it_opened() {
             call(&coordinator, "GET", "/pool", Some(&bob)).text()
         )
     });
+}
+
+/// A `?wait=` request parked while its key held is answered as a new request with that key
+/// would be: a key removed meanwhile gets 401, one bound elsewhere 403, one that no longer sees
+/// the job 404 (no status, no worker job id). A key that still holds gets the status.
+#[test]
+fn a_parked_status_request_is_answered_to_its_key_as_it_holds_at_the_answer() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(600));
+    let ops = Key::new("ops", "admin");
+    let alice = Key::new("alice", "submit");
+    let bob = Key::new("bob", "submit");
+    let carol = Key::new("carol", "submit");
+    let wall = Key::new("wall", "read");
+    let keys = [&ops, &alice, &bob, &carol, &wall];
+    let (coordinator, _dir, keys_path) = start_with_keys(&[worker.entry(1)], &keys, &FAST);
+    // The worker's one slot is taken: the jobs waited on stay queued until they are cancelled.
+    submit_ok(&coordinator, &ops);
+    let ids: Vec<String> = [&alice, &bob, &carol]
+        .iter()
+        .map(|key| submit_ok(&coordinator, key))
+        .collect();
+    let waits = [
+        (&alice, &ids[0]),
+        (&bob, &ids[1]),
+        (&carol, &ids[2]),
+        (&wall, &ids[1]),
+    ];
+    let parked: Vec<_> = waits
+        .iter()
+        .map(|(key, id)| {
+            let port = coordinator.port();
+            let auth = format!("Bearer {}", key.secret);
+            let url = format!("http://127.0.0.1:{port}/status/{id}?wait=60");
+            thread::spawn(move || {
+                send_with("GET", &url, &[("Authorization", auth.as_str())], None)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+        })
+        .collect();
+    poll_until(DEADLINE, || {
+        let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+        (pool["waiting"]["parked"] == waits.len()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not parked: {}", coordinator.logs()));
+
+    let bound = Key::bound("carol", &["10.0.0.0/8"]);
+    let demoted = Key::new("wall", "submit");
+    write_keys(&keys_path, &[&ops, &bob, &bound, &demoted]);
+    hup(&coordinator);
+    assert!(coordinator.wait_for_log("Client keys reloaded: 4", DEADLINE));
+    let cancel = call(
+        &coordinator,
+        "POST",
+        "/cancel?status=queued,running",
+        Some(&ops),
+    );
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+
+    let answers: Vec<Reply> = parked
+        .into_iter()
+        .map(|waiting| waiting.join().expect("a waiting client"))
+        .collect();
+    assert_401(&answers[0], "alice, removed while she waited");
+    let bob_status = answers[1].json();
+    assert_eq!(answers[1].status, 200, "{}", answers[1].text());
+    assert_eq!(bob_status["pool_status"], "cancelled", "{bob_status}");
+    assert_eq!(answers[2].status, 403, "{}", answers[2].text());
+    assert!(
+        answers[2].text().contains("bound_cidrs"),
+        "{}",
+        answers[2].text()
+    );
+    assert_eq!(answers[3].status, 404, "{}", answers[3].text());
+    for (answer, (key, _)) in answers.iter().zip(&waits) {
+        if key.name != "bob" {
+            assert!(
+                !answer.text().contains("pool_status"),
+                "{} was shown the status: {}",
+                key.name,
+                answer.text()
+            );
+        }
+    }
 }
 
 /// A stranger trying keys as fast as it can: every refusal is counted, but the log takes a

@@ -54,9 +54,8 @@ pub struct WaitFor {
     pub job_id: String,
     /// When to answer anyway.
     pub until: std::time::Instant,
-    /// Whether the caller sees the worker's own job id (an admin or read key).
-    pub sees_all: bool,
-    /// The client's address, held to `--max-waiting-per-ip` (`None`: not known).
+    /// The client's address, held to `--max-waiting-per-ip` (`None`: not known); its key is
+    /// checked again from it when the answer comes.
     pub client: Option<std::net::IpAddr>,
 }
 

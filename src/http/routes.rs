@@ -337,12 +337,7 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         }),
         Route::Status(id) => match query::param(&url, "wait").map(|w| wait_secs(&w)) {
             None => job_route(ctx, &caller, id, |ctx| status(ctx, id)),
-            Some(Ok(secs)) => {
-                let sees_all = caller.sees_all();
-                job_route(ctx, &caller, id, |ctx| {
-                    wait_status(ctx, id, secs, sees_all, from)
-                })
-            }
+            Some(Ok(secs)) => job_route(ctx, &caller, id, |ctx| wait_status(ctx, id, secs, from)),
             Some(Err(reply)) => reply,
         },
         Route::Cancel(id) => allowed(may_change(&caller), || {
@@ -735,13 +730,7 @@ fn wait_secs(text: &str) -> Result<f64, Reply> {
 
 /// `GET /status/{id}?wait=SECS`: the status at once when the job has ended (or SECS is 0),
 /// else the request is parked and answered when the job ends or SECS passed.
-fn wait_status(
-    ctx: &Context,
-    id: &str,
-    secs: f64,
-    sees_all: bool,
-    client: Option<IpAddr>,
-) -> Reply {
+fn wait_status(ctx: &Context, id: &str, secs: f64, client: Option<IpAddr>) -> Reply {
     let mut st = promoted(ctx);
     let Some(job) = st.jobs.get(id) else {
         drop(st);
@@ -759,7 +748,6 @@ fn wait_status(
     Reply::Wait(WaitFor {
         job_id: id.to_string(),
         until: Instant::now() + Duration::from_secs_f64(secs),
-        sees_all,
         client,
     })
 }

@@ -8,12 +8,14 @@
 use crate::base::hangup::peer_gone;
 use crate::base::sync::{Place, PlaceRefused};
 use crate::http::access_log::Access;
+use crate::http::auth::authorize;
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor};
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
 use crate::state::context::Context;
 use crossbeam_channel::{select, Receiver, Sender};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,7 +32,8 @@ struct Parked {
     request: Request,
     job_id: String,
     until: Instant,
-    sees_all: bool,
+    /// The client's address, which its key is checked against again when it is answered.
+    client: Option<IpAddr>,
     access: Option<Access>,
     /// Its place among the parked requests (`Context::parked`) and its client address's share
     /// of them (`Context::parked_shares`), given back when it is answered.
@@ -81,7 +84,7 @@ impl Waiting {
             request,
             job_id: wait.job_id,
             until: wait.until,
-            sees_all: wait.sees_all,
+            client: wait.client,
             access,
             _place: place,
         };
@@ -105,31 +108,38 @@ impl Waiting {
     }
 }
 
-/// Builds the answer to a parked request: the job's status now.
+/// Builds the answer to a parked request: the job's status now, to its key as the keys in
+/// force now hold it. A key removed, expired, bound elsewhere or narrowed while it waited is
+/// answered as a new request with it would be (401, 403, or 404 for a job it no longer sees).
 fn answer(ctx: &Context, parked: Parked, respond: Respond) {
-    let (reply, remote) = {
-        let mut st = ctx.lock();
-        st.ends.unwatch(&parked.job_id);
-        let remote = st
-            .jobs
-            .get(&parked.job_id)
-            .and_then(|j| j.remote_job_id.clone());
+    ctx.lock().ends.unwatch(&parked.job_id);
+    let caller = match authorize(ctx, &parked.request, parked.client) {
+        Ok(caller) => caller,
+        Err(refused) => return respond(ctx, parked.request, refused, parked.access),
+    };
+    let (reply, remote, owner) = {
+        let st = ctx.lock();
+        let job = st.jobs.get(&parked.job_id);
+        let remote = job.and_then(|j| j.remote_job_id.clone());
+        let owner = job.and_then(|j| j.owner.clone());
         let reply = status_json(&st, &parked.job_id).map(|bytes| Reply::JsonBytes(200, bytes));
-        (reply, remote)
+        (reply, remote, owner)
     };
     // A job that settled meanwhile lives in the job store only.
-    let (reply, remote) = match reply {
-        Some(reply) => (reply, remote),
+    let (reply, remote, owner) = match reply {
+        Some(reply) => (reply, remote, owner),
         None => match stored_view(ctx, &parked.job_id) {
             Ok(Some(view)) => (
                 Reply::JsonBytes(200, view.status_json.clone()),
                 view.remote_job_id.clone(),
+                view.owner.clone(),
             ),
-            _ => (unknown_job(&parked.job_id), None),
+            _ => (unknown_job(&parked.job_id), None, None),
         },
     };
     let reply = match remote {
-        Some(remote) if !parked.sees_all => hide_remote_id(reply, &remote),
+        _ if !caller.can_see_owned_by(owner.as_deref()) => unknown_job(&parked.job_id),
+        Some(remote) if !caller.sees_all() => hide_remote_id(reply, &remote),
         _ => reply,
     };
     respond(ctx, parked.request, reply, parked.access);
