@@ -648,6 +648,46 @@ fn a_request_body_left_unread_never_becomes_a_next_request() {
     wait_open_at_most(&coordinator, 1);
 }
 
+/// A body ends where its framing says whatever `Connection` names: `Connection: Upgrade` on a
+/// submit once made the whole connection its body, so the bytes past its `Content-Length` (or
+/// its last chunk) became the job's files, and a submit without a length held a handler thread
+/// for as long as its client dribbled bytes.
+#[test]
+fn a_body_ends_at_its_framing_whatever_connection_names() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &["--client-timeout", "5", "--threads", "2"],
+    );
+    let part = "--zz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"beyond.py\"\r\n\r\nprint(1)\r\n--zz\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\n{\"entrypoint\":\"beyond.py\"}\r\n--zz--\r\n";
+    let head =
+        "POST /submit HTTP/1.1\r\nHost: pool\r\nContent-Type: multipart/form-data; boundary=zz\r\n";
+    for connection in ["Upgrade", "x-no-upgrade-please"] {
+        for framing in [
+            "Content-Length: 5\r\n\r\nhello",
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let request =
+                format!("{head}Connection: {connection}\r\nUpgrade: x\r\n{framing}{part}");
+            let mut stream = stalled(&coordinator, request.as_bytes());
+            let answer = read_to_close(&mut stream, DEADLINE).expect("answered and closed");
+            assert_eq!(status_of(&answer), 400, "{request:?}: {answer}");
+        }
+    }
+    // Submits without a length that dribble a byte a second: each is read as bodiless and
+    // answered at once, so the handlers stay free.
+    let dribbling: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let request = format!("{head}Connection: Upgrade\r\nUpgrade: x\r\n\r\n{part}");
+            stalled(&coordinator, &request.as_bytes()[..request.len() - 8])
+        })
+        .collect();
+    answers_at_once("/pool", || get(&coordinator.url("/pool")).0);
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["total_jobs"], 0, "{pool}");
+    drop(dribbling);
+}
+
 #[test]
 fn a_request_head_two_parsers_could_read_two_ways_is_refused() {
     let worker = FakeWorker::start();

@@ -16,6 +16,7 @@ use crate::util::head_rules::{self, LineByte};
 use crate::ConnectionCounts;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
+use crate::request::connection_has;
 use crate::Request;
 
 /// A ClientConnection is an object that will store a socket to a client
@@ -451,26 +452,21 @@ impl Iterator for ClientConnection {
             };
 
             // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
             let http_1_0 = *rq.http_version() == HTTPVersion(1, 0);
 
             // Patched: what the answer says of the connection, where that is not its version's
             // default (an upgraded connection's 101 is written by whoever takes it; any other
-            // answer to an upgrade request is its last).
-            let (last, option) = match lowercase {
-                Some(ref val) if val.contains("close") || val.contains("upgrade") => {
-                    (true, Some("close"))
-                }
-                Some(ref val) if val.contains("keep-alive") && http_1_0 => {
-                    (false, Some("keep-alive"))
-                }
-                _ => (http_1_0, None),
+            // answer to an upgrade request is its last). The `Connection` headers are read as
+            // token lists, all of them (0.12.0: a substring of the first one).
+            let headers = rq.headers();
+            let (last, option) = if connection_has(headers, "close")
+                || connection_has(headers, "upgrade")
+            {
+                (true, Some("close"))
+            } else if connection_has(headers, "keep-alive") && http_1_0 {
+                (false, Some("keep-alive"))
+            } else {
+                (http_1_0, None)
             };
             self.no_more_requests = last;
             if let Some(option) = option {

@@ -192,6 +192,17 @@ fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, (u16, &
     Ok(length.map_or(Framing::None, Framing::Length))
 }
 
+/// Patched: whether the `Connection` headers name `token` (RFC 9110, section 7.6.1: a list of
+/// tokens, over every `Connection` header, compared without case). 0.12.0 looked for a
+/// substring of the first header (`x-no-upgrade` named `upgrade`), and missed a second header.
+pub(crate) fn connection_has(headers: &[Header], token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.field.equiv("Connection"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 impl From<IoError> for RequestCreationError {
     fn from(_: IoError) -> RequestCreationError {
         RequestCreationError::CreationIoError
@@ -249,17 +260,14 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
+    // Patched: the connection is handed over whole (for a protocol upgrade) only for a GET that
+    // asks for one (an `Upgrade` header and the `upgrade` token in `Connection`) and has no
+    // body. 0.12.0 did so for any request whose first `Connection` header held "upgrade"
+    // anywhere, so a body's bytes past its `Content-Length` or last chunk were read as body.
+    let connection_upgrade = method == Method::Get
+        && framing == Framing::None
+        && headers.iter().any(|h| h.field.equiv("Upgrade"))
+        && connection_has(&headers, "upgrade");
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
@@ -684,7 +692,52 @@ impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {
-    use super::Request;
+    use super::{new_request, Request};
+    use crate::{HTTPVersion, Header, Method};
+    use std::io::{Cursor, Read};
+
+    /// The body `new_request` gives a request with these headers, on a connection that sent
+    /// `sent` after them (`None`: the request was refused).
+    fn body_read(method: Method, headers: &[&str], sent: &[u8]) -> Option<Vec<u8>> {
+        let headers = headers
+            .iter()
+            .map(|h| h.parse::<Header>().unwrap_or_else(|()| panic!("{h}")))
+            .collect();
+        let mut request = new_request(
+            false,
+            method,
+            "/".to_string(),
+            HTTPVersion(1, 1),
+            headers,
+            None,
+            Cursor::new(sent.to_vec()),
+            std::io::sink(),
+            None,
+        )
+        .ok()?;
+        let mut body = Vec::new();
+        request.as_reader().read_to_end(&mut body).ok()?;
+        Some(body)
+    }
+
+    #[test]
+    fn only_a_bodiless_get_that_asks_for_an_upgrade_has_the_whole_connection() {
+        let sent = b"helloPOST /hidden HTTP/1.1\r\n\r\n";
+        for connection in ["Connection: Upgrade", "Connection: x-no-upgrade-please"] {
+            let headers = [connection, "Upgrade: websocket", "Content-Length: 5"];
+            let body = body_read(Method::Post, &headers, sent);
+            assert_eq!(body.as_deref(), Some(&b"hello"[..]), "{connection}");
+        }
+        let chunked = ["Connection: upgrade", "Upgrade: x", "Transfer-Encoding: chunked"];
+        let body = body_read(Method::Post, &chunked, b"5\r\nhello\r\n0\r\n\r\nGET /x");
+        assert_eq!(body.as_deref(), Some(&b"hello"[..]));
+        let without_upgrade = body_read(Method::Post, &["Connection: upgrade"], sent);
+        assert_eq!(without_upgrade.as_deref(), Some(&b""[..]));
+        let asked = ["Connection: keep-alive, Upgrade", "Upgrade: websocket"];
+        assert_eq!(body_read(Method::Get, &asked, sent).as_deref(), Some(&sent[..]));
+        let not_a_token = ["Connection: x-upgrade", "Upgrade: websocket"];
+        assert_eq!(body_read(Method::Get, &not_a_token, sent).as_deref(), Some(&b""[..]));
+    }
 
     #[test]
     fn must_be_send() {
