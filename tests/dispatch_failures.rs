@@ -14,6 +14,7 @@ use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
     wait_collected, wait_committed, wait_healthy, wait_status,
 };
+use support::wall_clock::{wait_clock, FakeClock};
 use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -437,70 +438,18 @@ fn a_job_whose_worker_dies_is_lost_and_frees_its_slot() {
     assert_eq!(pool["jobs_by_status"]["lost"], 1, "{pool}");
 }
 
-/// libfaketime's library for threaded programs (Debian `libfaketime`), where installed.
-fn faketime_library() -> Option<std::path::PathBuf> {
-    let under = |dir: &str| {
-        std::fs::read_dir(dir).ok().and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path().join("faketime").join("libfaketimeMT.so.1"))
-                .find(|p| p.exists())
-        })
-    };
-    under("/usr/lib").or_else(|| {
-        let direct = std::path::PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1");
-        direct.exists().then_some(direct)
-    })
-}
-
-/// Unix seconds now, on this (unfaked) clock.
-fn real_unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Waits until the coordinator's wall clock (`/pool`'s `time`) is about `offset` seconds away
-/// from this one.
-fn wait_clock(coordinator: &Coordinator, offset: f64) {
-    let seen = poll_until(DEADLINE, || {
-        let (_, pool) = get_json(&coordinator.url("/pool"));
-        let time = pool["time"].as_f64()?;
-        ((time - real_unix_now() - offset).abs() < 600.0).then_some(())
-    });
-    assert!(
-        seen.is_some(),
-        "the coordinator's clock did not move by {offset} s"
-    );
-}
-
 /// `--lost-after` counts on the monotonic clock. A wall clock set a day ahead (an NTP sync on
 /// a board without a real-time clock) while a job runs must not make a worker's first missed
 /// answer lose it, and one set back must not keep a dead worker's job for good. The
 /// coordinator runs under libfaketime with its wall clock moved, its monotonic clock left be.
 #[test]
 fn a_wall_clock_set_forward_or_back_neither_loses_a_job_nor_keeps_a_dead_workers_job() {
-    let Some(library) = faketime_library() else {
-        eprintln!(
-            "skipped: libfaketime is not installed (Debian package libfaketime; .ci/run installs it)"
-        );
-        return;
-    };
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(8));
     let dir = support::workers_dir(&[worker.entry(1)]);
-    let clock = dir.path().join("clock-offset");
-    let set_clock = |offset: &str| {
-        std::fs::write(&clock, format!("{offset}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let Some(clock) = FakeClock::in_dir(dir.path()) else {
+        return;
     };
-    set_clock("+0");
-    let library = library.to_string_lossy().into_owned();
-    let clock_file = clock.to_string_lossy().into_owned();
-    let env = [
-        ("LD_PRELOAD", library.as_str()),
-        ("FAKETIME_TIMESTAMP_FILE", clock_file.as_str()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ("FAKETIME_CACHE_DURATION", "1"),
-    ];
+    let env = clock.env();
     let coordinator =
         Coordinator::try_start_in_env(dir.path(), &args(&["--lost-after", "10"]), &env)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -516,8 +465,8 @@ fn a_wall_clock_set_forward_or_back_neither_loses_a_job_nor_keeps_a_dead_workers
     started(1);
     // A moment without answers, much shorter than --lost-after, while the clock jumps.
     worker.set(|k| k.hang = true);
-    set_clock("+1d");
-    wait_clock(&coordinator, 86_400.0);
+    clock.set("+1d");
+    wait_clock(&coordinator, 86_400.0, DEADLINE);
     std::thread::sleep(Duration::from_millis(1500));
     worker.set(|k| k.hang = false);
     let ended = poll_until(DEADLINE, || {
@@ -533,8 +482,8 @@ fn a_wall_clock_set_forward_or_back_neither_loses_a_job_nor_keeps_a_dead_workers
 
     let behind = submit(&coordinator, &job("print('behind')\n"));
     started(2);
-    set_clock("-1d");
-    wait_clock(&coordinator, -86_400.0);
+    clock.set("-1d");
+    wait_clock(&coordinator, -86_400.0, DEADLINE);
     worker.stop();
     let status = wait_status(&coordinator, &behind, "lost", DEADLINE);
     assert!(

@@ -189,13 +189,25 @@ fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>)
     }
 }
 
-fn serve_one(
+/// Serves one request on the calling thread. A panic anywhere in it (the handler's is answered
+/// 500; one while answering closes the connection) is logged and leaves the thread serving.
+fn serve_one(ctx: &Arc<Context>, handler: Handler, waiting: Option<&Waiting>, request: Request) {
+    ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        handle_and_answer(ctx, handler, waiting, request)
+    }));
+    if served.is_err() {
+        log::error!("Answering a request panicked; its connection was closed");
+    }
+    ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn handle_and_answer(
     ctx: &Arc<Context>,
     handler: Handler,
     waiting: Option<&Waiting>,
     mut request: Request,
 ) {
-    ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
     let streams = streams_body(&request);
     let mut access = Access::begin(ctx, &request);
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request, &mut access)));
@@ -218,7 +230,6 @@ fn serve_one(
         (Reply::Wait(wait), Some(waiting)) => waiting.park(ctx, request, wait, access),
         (reply, _) => answer(ctx, request, reply, access),
     }
-    ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// True when the request has a body (arrived or still to read).

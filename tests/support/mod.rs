@@ -21,6 +21,7 @@ pub mod page_server;
 pub mod sandrun_client;
 pub mod tls;
 mod util;
+pub mod wall_clock;
 
 // The flat API below is re-exported for every test; each test uses only some of it.
 #[allow(unused_imports)]

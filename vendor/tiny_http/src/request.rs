@@ -694,14 +694,14 @@ impl<T> ReadWrite for T where T: Read + Write {}
 mod tests {
     use super::{new_request, Request};
     use crate::{HTTPVersion, Header, Method};
-    use std::io::{Cursor, Read};
+    use std::io::Cursor;
 
     /// The body `new_request` gives a request with these headers, on a connection that sent
     /// `sent` after them (`None`: the request was refused).
     fn body_read(method: Method, headers: &[&str], sent: &[u8]) -> Option<Vec<u8>> {
         let headers = headers
             .iter()
-            .map(|h| h.parse::<Header>().unwrap_or_else(|()| panic!("{h}")))
+            .map(|h| h.parse::<Header>().unwrap_or_else(|()| panic!("not a header: {}", h)))
             .collect();
         let mut request = new_request(
             false,

@@ -9,7 +9,7 @@ use std::io::{self, Cursor, Read, Write};
 use std::fs::File;
 
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Object representing an HTTP response whose purpose is to be given to a `Request`.
 ///
@@ -74,8 +74,20 @@ impl FromStr for TransferEncoding {
 
 /// Builds a Date: header with the current date.
 fn build_date_header() -> Header {
-    let d = HttpDate::from(SystemTime::now());
+    let d = http_date(SystemTime::now());
     Header::from_bytes(&b"Date"[..], &d.to_string().into_bytes()[..]).unwrap()
+}
+
+/// Patched: `at` as an HTTP date, held to the years one can name (1970 to 9999).
+/// `HttpDate::from` panics outside them, so 0.12.0 took down the thread writing every answer
+/// while the system clock was set before 1970 or past 9999.
+fn http_date(at: SystemTime) -> HttpDate {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: u64 = 253_402_300_799;
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs().min(LAST));
+    HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn write_message_header<W>(
@@ -625,7 +637,8 @@ impl Clone for Response<io::Empty> {
 
 #[cfg(test)]
 mod tests {
-    use super::Response;
+    use super::{http_date, Response};
+    use std::time::{Duration, UNIX_EPOCH};
     use crate::common::{HTTPVersion, Header, StatusCode};
     use std::io::{self, Read};
 
@@ -652,6 +665,16 @@ mod tests {
         let result = response.raw_print(&mut out, version, request_headers, false, None);
         assert!(result.is_err(), "the body's read error is the answer's");
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_clock_before_1970_or_past_9999_still_dates_the_answer() {
+        let before = UNIX_EPOCH - Duration::from_secs(3600);
+        assert_eq!(http_date(before).to_string(), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let past = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(http_date(past).to_string(), "Fri, 31 Dec 9999 23:59:59 GMT");
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_600_000);
+        assert_eq!(http_date(now).to_string(), "Sun, 06 Dec 2026 23:33:20 GMT");
     }
 
     #[test]
