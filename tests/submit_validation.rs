@@ -528,3 +528,47 @@ fn a_submit_is_held_to_max_files_and_odd_part_headers_are_named() {
     let names: Vec<_> = job.files.iter().map(|f| f.filename.as_str()).collect();
     assert_eq!(names, ["main.py", "data1.txt", "data2.txt"]);
 }
+
+/// An option's part is read whole: one longer than its limit is refused naming the part and the
+/// limit, never cut to its first bytes (`high` and 12 spaces then `GARBAGE` was taken as high).
+#[test]
+fn an_option_part_longer_than_its_limit_is_refused_not_cut() {
+    let (worker, coordinator) = start();
+    let main_py = || Form::new().file("main.py", "text/x-python", MAIN_PY);
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "priority",
+            b"high            GARBAGE",
+            "the 'priority' part is longer than 16 bytes",
+        ),
+        (
+            "reruns",
+            b"1               000000",
+            "the 'reruns' part is longer than 16 bytes",
+        ),
+        (
+            "queue_timeout",
+            &[b'9'; 33],
+            "the 'queue_timeout' part is longer than 32 bytes",
+        ),
+        (
+            "priority",
+            b"\xffhigh",
+            "the 'priority' part is not UTF-8 text",
+        ),
+    ];
+    for (name, value, needle) in cases {
+        let form = main_py().field(name, value);
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(&coordinator, name, &reply, 400, needle);
+    }
+    let at_limit = main_py().field("priority", b"high            ");
+    let reply = post_submit(
+        &coordinator,
+        Some(&at_limit.content_type()),
+        &at_limit.body(),
+    );
+    let (id, _) = first_job_sent(&coordinator, &worker, &reply, "a priority of 16 bytes");
+    let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+    assert_eq!(status["priority"], "high", "{status}");
+}

@@ -71,6 +71,15 @@ pub enum UploadError {
     BadReruns(String),
     /// Labels that are not valid, or given twice.
     BadLabels(String),
+    /// An option's part (`part`) longer than its `max` bytes.
+    LongOption {
+        /// The part's name.
+        part: &'static str,
+        /// Its most bytes.
+        max: u64,
+    },
+    /// An option's part (named) that is not UTF-8 text.
+    OptionNotText(&'static str),
     /// No worker in the allowlist carries every label the job asks for (the labels asked, and
     /// those the workers carry).
     NoWorkerWithLabels(String, String),
@@ -168,6 +177,16 @@ impl fmt::Display for UploadError {
             Self::BadLabels(why) => write!(
                 f,
                 "the labels {why}; give the labels a worker must carry to run the job, separated by commas, e.g. labels=arm64,gpu"
+            ),
+            Self::LongOption { part, max } => write!(
+                f,
+                "the '{part}' part is longer than {max} bytes, the most it may hold; give only its value, e.g. {}",
+                option_example(part)
+            ),
+            Self::OptionNotText(part) => write!(
+                f,
+                "the '{part}' part is not UTF-8 text; give only its value, e.g. {}",
+                option_example(part)
             ),
             Self::NoWorkerWithLabels(asked, carried) => write!(
                 f,
@@ -386,6 +405,16 @@ impl SubmitOptions {
     }
 }
 
+/// An option part's name with a value it may hold, for a refusal's text.
+fn option_example(part: &str) -> &'static str {
+    match part {
+        "priority" => "priority=high",
+        "queue_timeout" => "queue_timeout=600",
+        "reruns" => "reruns=2",
+        _ => "labels=arm64,gpu",
+    }
+}
+
 /// Parses labels given in a part or in the query: separated by commas.
 fn parse_labels(text: &str) -> Result<Vec<String>, UploadError> {
     labels::parse_text(text).map_err(|e| UploadError::BadLabels(e.to_string()))
@@ -470,11 +499,22 @@ pub fn queue_timeout_of(ctx: &Context, asked: Option<f64>) -> Result<Option<f64>
     }
 }
 
-/// Reads a short text part (an option), at most `max` bytes.
-fn short_text(field: &mut dyn Read, max: u64) -> Option<String> {
-    let mut text = String::new();
-    field.take(max).read_to_string(&mut text).ok()?;
-    Some(text)
+/// Reads an option's part whole: UTF-8 of at most `max` bytes, else refused naming `part`.
+fn short_text(
+    field: &mut dyn Read,
+    part: &'static str,
+    max: u64,
+    read_error: &dyn Fn(io::Error) -> UploadError,
+) -> Result<String, UploadError> {
+    let mut bytes = Vec::new();
+    field
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max {
+        return Err(UploadError::LongOption { part, max });
+    }
+    String::from_utf8(bytes).map_err(|_| UploadError::OptionNotText(part))
 }
 
 /// A submit's body, as its headers announced it.
@@ -601,15 +641,13 @@ fn read_parts(
                     Some(append(&mut bytes.as_slice()).map_err(|e| copy_error(e, &read_error))?);
             }
             "priority" => {
-                let text = short_text(&mut field.data, 16)
-                    .ok_or_else(|| UploadError::BadPriority("is not short text".to_string()))?;
+                let text = short_text(&mut field.data, "priority", 16, &read_error)?;
                 if options.priority.replace(parse_priority(&text)?).is_some() {
                     return Err(UploadError::BadPriority("is given twice".to_string()));
                 }
             }
             "queue_timeout" => {
-                let text = short_text(&mut field.data, 32)
-                    .ok_or_else(|| UploadError::BadQueueTimeout("is not short text".to_string()))?;
+                let text = short_text(&mut field.data, "queue_timeout", 32, &read_error)?;
                 if options
                     .queue_timeout
                     .replace(parse_queue_timeout(&text)?)
@@ -619,15 +657,13 @@ fn read_parts(
                 }
             }
             "reruns" => {
-                let text = short_text(&mut field.data, 16)
-                    .ok_or_else(|| UploadError::BadReruns("is not short text".to_string()))?;
+                let text = short_text(&mut field.data, "reruns", 16, &read_error)?;
                 if options.reruns.replace(parse_reruns(&text)?).is_some() {
                     return Err(UploadError::BadReruns("is given twice".to_string()));
                 }
             }
             "labels" => {
-                let text = short_text(&mut field.data, LABELS_PART_MAX)
-                    .ok_or_else(|| UploadError::BadLabels("are not short text".to_string()))?;
+                let text = short_text(&mut field.data, "labels", LABELS_PART_MAX, &read_error)?;
                 if options.labels.replace(parse_labels(&text)?).is_some() {
                     return Err(UploadError::BadLabels("are given twice".to_string()));
                 }
