@@ -572,3 +572,45 @@ fn an_option_part_longer_than_its_limit_is_refused_not_cut() {
     let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
     assert_eq!(status["priority"], "high", "{status}");
 }
+
+/// A part whose headers the parser refuses is told what is wrong with them and how to send
+/// them: the parser's own texts said "description() is deprecated" for a Content-Disposition
+/// that is missing or not form-data, and blamed a fifth header line on control characters.
+#[test]
+fn odd_part_headers_are_told_how_to_fix() {
+    let (worker, coordinator) = start();
+    let file_headers = "Content-Disposition: form-data; name=\"files\"; filename=\"main.py\"";
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "not form-data",
+            "Content-Disposition: attachment; name=\"files\"; filename=\"main.py\"".to_string(),
+            "Content-Disposition is \"attachment\", not form-data; begin each part with",
+        ),
+        (
+            "no Content-Disposition",
+            "Content-Type: text/plain".to_string(),
+            "a part has no Content-Disposition header; begin each part with",
+        ),
+        (
+            "no name",
+            "Content-Disposition: form-data".to_string(),
+            "a part's Content-Disposition has no name; give it as form-data; name=",
+        ),
+        (
+            "five header lines",
+            format!("{file_headers}\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1"),
+            "a part carries more than 4 header lines; send Content-Disposition and Content-Type only",
+        ),
+        (
+            "a Content-Type that is no media type",
+            format!("{file_headers}\r\nContent-Type: /"),
+            "a part's Content-Type \"/\" is not a media type",
+        ),
+    ];
+    for (case, headers, needle) in cases {
+        let form = Form::new().raw_part(&headers, MAIN_PY);
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(&coordinator, case, &reply, 400, needle);
+    }
+    assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}

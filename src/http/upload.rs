@@ -306,20 +306,52 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
     }
 }
 
-/// The multipart parser reports a bad part header with an unhelpful text; say what it means.
+/// The multipart parser reports a bad part header with an unhelpful text (its error type is
+/// private, so its text is all there is to go by); say what it means and how to fix it.
 fn describe_parse_error(e: &io::Error) -> String {
     let text = e.to_string();
-    if text.contains("header") {
+    // Its own errors' texts begin with std's default description, then a colon.
+    let detail = text.split_once(": ").map_or("", |(_, rest)| rest);
+    if text.contains("unexpected Content-Disposition value") {
+        let got = detail.rsplit(": ").next().unwrap_or_default().trim();
+        format!(
+            "a part's Content-Disposition is {got:?}, not form-data; begin each part with \
+             Content-Disposition: form-data; name=\"files\"; filename=\"main.py\" (or name=\"manifest\")"
+        )
+    } else if text.contains("Content-Disposition type") || text.contains("expected field name") {
+        "a part's Content-Disposition has no name; give it as form-data; name=\"files\"; \
+         filename=\"main.py\" (or name=\"manifest\")"
+            .to_string()
+    } else if text.contains(":\n") {
+        "a part has no Content-Disposition header; begin each part with Content-Disposition: \
+         form-data; name=\"files\"; filename=\"main.py\" (or name=\"manifest\")"
+            .to_string()
+    } else if text.contains("too many headers") {
+        format!(
+            "a part carries more than {MAX_PART_HEADERS} header lines; send Content-Disposition \
+             and Content-Type only"
+        )
+    } else if text.contains("header") || text.contains("new line") {
         "a part's headers are invalid (control characters, NUL or bad encoding in a name or filename?)"
             .to_string()
     } else if text == "TooLarge" {
-        "a part's headers are too large (a filename of more than 255 bytes?)".to_string()
+        "a part's headers are too large or never end with a blank line (a filename of more than 255 bytes?)"
+            .to_string()
     } else if text.contains("utf-8") {
         "a part's headers are not UTF-8 (a name or filename in another encoding?)".to_string()
+    } else if !detail.is_empty() && text.starts_with("description()") {
+        format!(
+            "a part's Content-Type {:?} is not a media type; give one such as \
+             text/plain or application/octet-stream, or none",
+            detail.trim()
+        )
     } else {
         text
     }
 }
+
+/// The most header lines a part may carry (the multipart parser's limit).
+const MAX_PART_HEADERS: usize = 4;
 
 /// What an upload holds besides its bytes in the spool.
 struct Parts {
