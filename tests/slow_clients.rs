@@ -1826,3 +1826,73 @@ fn behind_a_proxy_protocol_proxy_each_client_is_its_own_address() {
         "{refused}"
     );
 }
+
+/// A submit's body that stalls past `--client-timeout` is answered 408, and one whose
+/// connection ends before its `Content-Length` or last chunk 400, each saying so, whether the
+/// body is read with its headers (at most 16 KiB) or streamed. Before: the streamed ones got 400
+/// "malformed or truncated: Resource temporarily unavailable" or "a part's headers are too
+/// large", the small ones no answer at all.
+#[test]
+fn a_body_that_stalls_or_ends_early_is_answered_why() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--client-timeout", "1"]);
+    let head = |framing: &str| {
+        format!(
+            "POST /submit HTTP/1.1\r\nHost: pool\r\n\
+             Content-Type: multipart/form-data; boundary=XyZ\r\n{framing}\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let part =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.py\"\r\n\r\n";
+    let streamed = [&head("Content-Length: 30000")[..], part, &[b'x'; 2000]].concat();
+    let inline = [&head("Content-Length: 1000")[..], part].concat();
+    let chunk_size = format!("{:x}\r\n", part.len() + 100).into_bytes();
+    let chunked = [&head("Transfer-Encoding: chunked")[..], &chunk_size, part].concat();
+    let stalled_body = "the body stalled";
+    let cut_body = "the body ended before its Content-Length";
+    let cases = [
+        (
+            "a streamed body that stalls",
+            &streamed,
+            false,
+            408,
+            stalled_body,
+        ),
+        ("a streamed body cut short", &streamed, true, 400, cut_body),
+        (
+            "a small body that stalls",
+            &inline,
+            false,
+            408,
+            stalled_body,
+        ),
+        ("a small body cut short", &inline, true, 400, cut_body),
+        (
+            "a chunked body cut short",
+            &chunked,
+            true,
+            400,
+            "the body ended before its last chunk",
+        ),
+    ];
+    for (case, bytes, ends, status, needle) in cases {
+        let mut stream = stalled(&coordinator, bytes);
+        if ends {
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+        }
+        let answer = read_to_close(&mut stream, DEADLINE)
+            .unwrap_or_else(|| panic!("{case}: the connection stayed open"));
+        assert_eq!(status_of(&answer), status, "{case}: {answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let error: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{case}: not a JSON answer ({e}): {answer}"));
+        let error = error["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(needle),
+            "{case}: {error:?} does not say {needle:?}"
+        );
+    }
+}

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest accepted manifest part.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -44,6 +44,13 @@ pub enum UploadError {
     TooLarge(u64),
     /// The body is not well-formed multipart (truncated, bad headers).
     Malformed(String),
+    /// Nothing of the body arrived for `--client-timeout` (its value).
+    Stalled(Duration),
+    /// The connection ended before the body's `Content-Length` (or, `chunked`, its last chunk).
+    Cut {
+        /// Whether the body was chunked.
+        chunked: bool,
+    },
     /// No `files` part.
     NoFiles,
     /// A `files` part without a filename.
@@ -105,6 +112,7 @@ impl UploadError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NotMultipart(_) => 415,
+            Self::Stalled(_) => 408,
             Self::TooLarge(_) | Self::TooManyFiles(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::SubmitKeyBusy(_) => 409,
@@ -138,6 +146,16 @@ impl fmt::Display for UploadError {
             ),
             Self::TooLarge(max) => write!(f, "the upload is larger than the limit of {max} bytes"),
             Self::Malformed(why) => write!(f, "the multipart body is malformed or truncated: {why}"),
+            Self::Stalled(timeout) => write!(
+                f,
+                "the body stalled: nothing of it arrived for {} s (--client-timeout); send it without pauses",
+                timeout.as_secs_f64()
+            ),
+            Self::Cut { chunked } => write!(
+                f,
+                "the body ended before its {}; send it whole",
+                if *chunked { "last chunk" } else { "Content-Length" }
+            ),
             Self::NoFiles => write!(f, "no 'files' part: upload at least one file with -F files=@FILE"),
             Self::MissingFilename => write!(f, "a 'files' part has no filename; send it as a file (-F files=@FILE)"),
             Self::BadFilename(name) => write!(
@@ -257,40 +275,77 @@ pub fn boundary_of(content_type: Option<&str>) -> Result<String, UploadError> {
 /// The longest multipart boundary taken (RFC 2046 allows 70; some clients make longer ones).
 const MAX_BOUNDARY: usize = 200;
 
-/// Counts bytes and fails the read once the limit is crossed.
 /// How often a body of unknown length checks the disk reserve as it streams in.
 const RESERVE_CHECK_BYTES: u64 = 1 << 20;
 
 /// Longest `labels` part: every label at its longest, with a comma and a space after each.
 const LABELS_PART_MAX: u64 = (MAX_LABELS * (MAX_LABEL_LEN + 2)) as u64;
 
-/// The body of a submit: at most `--max-upload-bytes` (`crossed` once past it), and for a body
-/// whose length was not declared (chunked), which the headers could not check against the
-/// disk reserve, the reserve checked every [`RESERVE_CHECK_BYTES`] (`short` once cut into).
+/// Why reading a submit's body stopped, when its reader and not the multipart in it failed.
+#[derive(Clone, Copy)]
+enum BodyFault {
+    /// Past `--max-upload-bytes`.
+    Crossed,
+    /// A body of unknown length cut into the disk reserve.
+    Short(Room),
+    /// Nothing arrived for `--client-timeout`.
+    Stalled,
+    /// The connection ended before the body's `Content-Length` or last chunk.
+    Cut,
+}
+
+/// The body of a submit: at most `--max-upload-bytes`, `length` bytes when declared, and for a
+/// body whose length was not declared (chunked), which the headers could not check against the
+/// disk reserve, the reserve checked every [`RESERVE_CHECK_BYTES`]. A failed read says why in
+/// `fault`.
 struct Limited<'a, R> {
     inner: R,
     remaining: u64,
-    crossed: &'a Cell<bool>,
+    length: Option<u64>,
+    read: u64,
     reserve: Option<&'a DiskReserve>,
     unchecked: u64,
-    short: &'a Cell<Option<Room>>,
+    fault: &'a Cell<Option<BodyFault>>,
+}
+
+impl<R: Read> Limited<'_, R> {
+    /// Fails the read, noting why.
+    fn fail(&self, fault: BodyFault, e: io::Error) -> io::Result<usize> {
+        self.fault.set(Some(fault));
+        Err(e)
+    }
 }
 
 impl<R: Read> Read for Limited<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() && self.length.is_some_and(|l| self.read < l) => {
+                let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                return self.fail(BodyFault::Cut, e);
+            }
+            Ok(n) => n,
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        self.fail(BodyFault::Stalled, e)
+                    }
+                    io::ErrorKind::UnexpectedEof => self.fail(BodyFault::Cut, e),
+                    _ => Err(e),
+                }
+            }
+        };
         if n as u64 > self.remaining {
-            self.crossed.set(true);
-            return Err(io::Error::other("upload limit crossed"));
+            return self.fail(BodyFault::Crossed, io::Error::other("upload limit crossed"));
         }
         self.remaining -= n as u64;
+        self.read += n as u64;
         if let Some(reserve) = self.reserve {
             self.unchecked += n as u64;
             if self.unchecked >= RESERVE_CHECK_BYTES {
                 self.unchecked = 0;
                 if let Err(room) = reserve.admit(0) {
-                    self.short.set(Some(room));
-                    return Err(io::Error::other("the disk reserve was reached"));
+                    let e = io::Error::other("the disk reserve was reached");
+                    return self.fail(BodyFault::Short(room), e);
                 }
             }
         }
@@ -576,25 +631,25 @@ fn read_parts(
         reader,
         length,
     } = body;
-    let crossed = Cell::new(false);
-    let short = Cell::new(None);
+    let fault = Cell::new(None);
     let max = ctx.config.max_upload_bytes;
-    let read_error = |e: io::Error| {
-        if crossed.get() {
-            UploadError::TooLarge(max)
-        } else if let Some(room) = short.get() {
-            UploadError::DiskReserve(room)
-        } else {
-            UploadError::Malformed(describe_parse_error(&e))
-        }
+    let read_error = |e: io::Error| match fault.get() {
+        Some(BodyFault::Crossed) => UploadError::TooLarge(max),
+        Some(BodyFault::Short(room)) => UploadError::DiskReserve(room),
+        Some(BodyFault::Stalled) => UploadError::Stalled(ctx.config.client_timeout),
+        Some(BodyFault::Cut) => UploadError::Cut {
+            chunked: length.is_none(),
+        },
+        None => UploadError::Malformed(describe_parse_error(&e)),
     };
     let limited = Limited {
         inner: reader,
         remaining: max,
-        crossed: &crossed,
+        length: length.map(|n| n as u64),
+        read: 0,
         reserve: length.is_none().then_some(&ctx.disk_reserve),
         unchecked: 0,
-        short: &short,
+        fault: &fault,
     };
     let mut multipart = Multipart::with_body(limited, boundary);
     let mut inputs: Vec<InputFile> = Vec::new();

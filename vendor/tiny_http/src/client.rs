@@ -90,7 +90,8 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
-    /// Patched: framing headers that cannot be trusted: the status to answer and why.
+    /// Patched: framing headers that cannot be trusted, or a body read with its request that
+    /// stalled or ended early: the status to answer and why.
     BadFraming(u16, &'static str, HTTPVersion),
     /// Patched: an HTTP version above 1.1.
     UnsupportedVersion,
@@ -356,7 +357,8 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
-                request::RequestCreationError::BadFraming(status, why) => {
+                request::RequestCreationError::BadFraming(status, why)
+                | request::RequestCreationError::BadBody(status, why) => {
                     ReadError::BadFraming(status, why, version)
                 }
             }

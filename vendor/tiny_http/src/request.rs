@@ -131,6 +131,10 @@ pub enum RequestCreationError {
     /// trusted (RFC 9112, section 6): the status to answer, and why. Where the next request
     /// would start is unknown, so the connection is closed.
     BadFraming(u16, &'static str),
+
+    /// Patched: a body read with its request that stalled past the read timeout or ended early:
+    /// the status to answer, and why. The connection is closed.
+    BadBody(u16, &'static str),
 }
 
 /// Patched: how a request's body is framed.
@@ -284,14 +288,26 @@ where
             // Patched: a small body is read here, on the connection's thread, so a client that
             // stalls inside it holds its own connection thread only, never a handler. The
             // buffer grows with what arrives (a declared length costs nothing until sent).
+            // A body that stalls or ends early is answered (408, 400), not closed on in silence.
             let mut buffer = Vec::with_capacity(content_length.min(4096));
-            (&mut source_data)
+            match (&mut source_data)
                 .take(content_length as u64)
-                .read_to_end(&mut buffer)?;
-            if buffer.len() != content_length {
-                // the socket returned EOF, but we were before the expected content-length
-                // aborting
-                return Err(RequestCreationError::CreationIoError);
+                .read_to_end(&mut buffer)
+            {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(RequestCreationError::BadBody(
+                        408,
+                        "the body stalled: nothing of it arrived for the client timeout; send it without pauses",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) if buffer.len() != content_length => {
+                    return Err(RequestCreationError::BadBody(
+                        400,
+                        "the body ended before its Content-Length; send it whole",
+                    ));
+                }
+                Ok(_) => {}
             }
 
             body_end.mark();
@@ -692,9 +708,9 @@ impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {
-    use super::{new_request, Request};
+    use super::{new_request, Request, RequestCreationError};
     use crate::{HTTPVersion, Header, Method};
-    use std::io::Cursor;
+    use std::io::{self, Cursor, Read};
 
     /// The body `new_request` gives a request with these headers, on a connection that sent
     /// `sent` after them (`None`: the request was refused).
@@ -737,6 +753,44 @@ mod tests {
         assert_eq!(body_read(Method::Get, &asked, sent).as_deref(), Some(&sent[..]));
         let not_a_token = ["Connection: x-upgrade", "Upgrade: websocket"];
         assert_eq!(body_read(Method::Get, &not_a_token, sent).as_deref(), Some(&b""[..]));
+    }
+
+    /// Patched: what a request whose inline body reads from `body` (10 bytes declared) fails with.
+    fn inline_body_error(body: impl Read + Send + 'static) -> Option<(u16, &'static str)> {
+        let headers = vec![
+            "Host: x".parse::<Header>().unwrap(),
+            "Content-Length: 10".parse::<Header>().unwrap(),
+        ];
+        let method = Method::Post;
+        let path = "/".to_string();
+        let version = HTTPVersion(1, 1);
+        match new_request(false, method, path, version, headers, None, body, io::sink(), None) {
+            Err(RequestCreationError::BadBody(status, why)) => Some((status, why)),
+            _ => None,
+        }
+    }
+
+    /// A reader that yields a few bytes, then times out.
+    struct Stalls(bool);
+
+    impl Read for Stalls {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if std::mem::replace(&mut self.0, true) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            buf[..3].copy_from_slice(b"abc");
+            Ok(3)
+        }
+    }
+
+    #[test]
+    fn an_inline_body_that_ends_early_or_stalls_is_answered() {
+        let cut = inline_body_error(Cursor::new(b"abc".to_vec()));
+        assert_eq!(cut.map(|(status, _)| status), Some(400));
+        assert!(cut.is_some_and(|(_, why)| why.contains("ended before its Content-Length")));
+        let stalled = inline_body_error(Stalls(false));
+        assert_eq!(stalled.map(|(status, _)| status), Some(408));
+        assert!(inline_body_error(Cursor::new(b"0123456789".to_vec())).is_none());
     }
 
     #[test]
