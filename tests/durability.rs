@@ -214,6 +214,50 @@ fn acknowledged_jobs_survive_kill_9_and_running_ones_are_followed_to_the_end() {
     assert_eq!(pool["store"]["rows"], 8, "{pool}");
 }
 
+/// `/activity`'s recent jobs after `kill -9` and a restart: the settled jobs, the one still
+/// running on its worker and the queued one, newest first.
+#[test]
+fn recent_jobs_after_kill_9_list_settled_running_and_queued_jobs_newest_first() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let mut coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let mut ids: Vec<String> = (0..3)
+        .map(|i| {
+            let id = submit(&coordinator, &job(&format!("finished job {i}")));
+            wait_collected(&coordinator, &id, DEADLINE);
+            id
+        })
+        .collect();
+    worker.set(|k| k.job_duration = Duration::from_secs(60));
+    ids.push(submit(&coordinator, &job("running job")));
+    ids.push(submit(&coordinator, &job("queued job")));
+    let dir = coordinator.dir().to_path_buf();
+    poll_until(DEADLINE, || (stored_remote_ids(&dir) >= 4).then_some(()))
+        .unwrap_or_else(|| panic!("the running job's worker job id never reached the store"));
+    coordinator.kill();
+    let restarted = Coordinator::start_in(&dir, &FAST);
+    let (code, activity) = get_json(&restarted.url("/activity"));
+    assert_eq!(code, 200, "{activity}");
+    let recent = activity["recent_jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{activity}"));
+    let field = |name: &str| -> Vec<&str> {
+        recent
+            .iter()
+            .map(|j| j[name].as_str().unwrap_or_default())
+            .collect()
+    };
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(field("job_id"), newest_first, "{activity}");
+    let statuses = field("pool_status");
+    assert_eq!(statuses[0], "queued", "{activity}");
+    assert!(
+        ["dispatched", "running"].contains(&statuses[1]),
+        "{activity}"
+    );
+    assert_eq!(statuses[2..], ["completed"; 3], "{activity}");
+}
+
 /// A job cancelled while it runs on its worker holds its slot there until it ends, across a
 /// `kill -9` too: the restart counts it against the worker's `max_concurrent_jobs` (and its end
 /// there frees that slot, no other).

@@ -5,13 +5,14 @@
 //! submit was sent but whose answer was never recorded is lost (never sent twice), or queued
 //! again when it asked for reruns; finished jobs whose results were not collected yet are
 //! collected; cancelled jobs still ending on their workers hold their slots until they end there.
+//! The dashboard's recent jobs start as the newest ones by submission: recovered or settled.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
 use crate::pool::{rerun, stream, tracker};
 use crate::state::context::Context;
-use crate::state::pool_state::PoolState;
-use crate::store::jobs_db::StoredJob;
+use crate::state::pool_state::{PoolState, RECENT_JOBS};
+use crate::store::jobs_db::{ListFilter, StoredJob};
 use std::sync::Arc;
 
 /// What recovery found, for the log.
@@ -74,12 +75,34 @@ fn hold_slot(st: &mut PoolState, index: usize, job: &Job) {
     }
 }
 
+/// The ids of the newest [`RECENT_JOBS`] of `known` (submission time, id; a job may be there
+/// twice), newest first.
+fn newest_jobs(mut known: Vec<(f64, String)>) -> Vec<String> {
+    known.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    known.dedup_by(|a, b| a.1 == b.1);
+    known.truncate(RECENT_JOBS);
+    known.into_iter().map(|(_, id)| id).collect()
+}
+
+/// The newest jobs by submission, newest first: the unsettled `recovered` ones (submission
+/// time, id) and the store's newest rows (a store that cannot list them leaves the recovered
+/// ones alone, logged).
+fn recent_jobs(ctx: &Context, mut recovered: Vec<(f64, String)>) -> Vec<String> {
+    match ctx.store.list(&ListFilter::default(), None, RECENT_JOBS) {
+        Ok(listed) => recovered.extend(listed.into_iter().map(|job| (job.submitted_at, job.id))),
+        Err(e) => log::warn!("The dashboard's recent jobs start without the settled ones: the job store could not list them: {e}"),
+    }
+    newest_jobs(recovered)
+}
+
 /// Puts the unsettled jobs `stored` back into the table and starts following them.
 pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut counts = Recovered::default();
     let mut uploads: Vec<(String, UploadAt)> = Vec::new();
     let mut jobs = Vec::new();
+    let mut submitted = Vec::new();
     for StoredJob { job } in stored {
+        submitted.push((job.submitted_at, job.id.clone()));
         // A job on a worker that may run again after a lost run keeps its upload too.
         if let (true, Some(at)) = (job.upload_needed_after_restart(), &job.upload_at) {
             uploads.push((job.id.clone(), at.clone()));
@@ -103,6 +126,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
             ),
         }
     }
+    let recent = recent_jobs(ctx, submitted);
     let now = unix_now();
     let mut st = ctx.lock();
     let mut settle = Vec::new();
@@ -222,6 +246,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     for job in queued {
         st.enqueue(job, now);
     }
+    st.recent.refill(&recent);
     counts.ended = settle.len();
     for id in &settle {
         ctx.record(&st, id);
@@ -245,4 +270,28 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     }
     ctx.wake_scheduler();
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_jobs_are_kept_once_each_newest_first() {
+        let mut known: Vec<(f64, String)> = (0..RECENT_JOBS + 5)
+            .map(|i| (100.0 + i as f64, format!("pool-{i:02}")))
+            .collect();
+        // Listed by the store too, and two submitted in the same instant.
+        known.push((110.0, "pool-10".to_string()));
+        known.push((100.0 + (RECENT_JOBS + 4) as f64, "pool-99".to_string()));
+        let newest = newest_jobs(known);
+        assert_eq!(newest.len(), RECENT_JOBS);
+        assert_eq!(newest[0], "pool-99");
+        assert_eq!(newest[1], format!("pool-{}", RECENT_JOBS + 4));
+        assert_eq!(newest[RECENT_JOBS - 1], "pool-06");
+        let mut unique = newest.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), RECENT_JOBS);
+    }
 }

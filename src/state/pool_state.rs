@@ -627,6 +627,15 @@ impl RecentJobs {
         self.ids = kept;
     }
 
+    /// Starts over with `newest_first` (ids, newest first; the first [`RECENT_JOBS`] kept).
+    pub fn refill(&mut self, newest_first: &[String]) {
+        self.ids.clear();
+        self.next = 0;
+        for id in newest_first.iter().take(RECENT_JOBS).rev() {
+            self.push(id);
+        }
+    }
+
     /// The remembered ids, newest first.
     pub fn newest_first(&self) -> impl Iterator<Item = &str> {
         let n = self.ids.len();
@@ -1174,5 +1183,12 @@ mod tests {
         assert_eq!(ids[1], format!("job-{}", RECENT_JOBS + 3));
         assert!(!ids.contains(&"job-9"));
         assert_eq!(ids[RECENT_JOBS - 2], "job-5");
+        let newest: Vec<String> = (0..RECENT_JOBS + 2).map(|i| format!("old-{i}")).collect();
+        recent.refill(&newest);
+        recent.push("job-after");
+        let ids: Vec<&str> = recent.newest_first().collect();
+        assert_eq!(ids.len(), RECENT_JOBS);
+        assert_eq!(ids[..2], ["job-after", "old-0"]);
+        assert_eq!(ids[RECENT_JOBS - 1], format!("old-{}", RECENT_JOBS - 2));
     }
 }
