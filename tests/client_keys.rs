@@ -809,8 +809,36 @@ fn hup(coordinator: &Coordinator) {
     assert!(status.success());
 }
 
-/// SIGHUP re-reads the keys file: a good file takes effect at once, a bad one is refused and
-/// logged while the old keys stay.
+/// The failed key reloads `/metrics` counted, as `key` reads them.
+fn key_reloads_failed(coordinator: &Coordinator, key: &Key) -> String {
+    let scrape = call(coordinator, "GET", "/metrics", Some(key));
+    assert_eq!(scrape.status, 200, "{}", scrape.text());
+    scrape
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted_pool_key_reloads_failed_total "))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no key reload counter in {}", scrape.text()))
+}
+
+/// `/pool`'s `last_reload` once its `keys` member says `wanted` (`"error"` or `"ok"`).
+fn keys_reload_seen(coordinator: &Coordinator, admin: &Key, wanted: &str) -> Value {
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        last = call(coordinator, "GET", "/pool", Some(admin)).json()["last_reload"].clone();
+        let outcome = if last["keys"]["error"].is_string() {
+            "error"
+        } else {
+            "ok"
+        };
+        (last["keys"].is_object() && outcome == wanted).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("/pool's last_reload never said {wanted}: {last}"))
+}
+
+/// SIGHUP and `POST /reload` re-read the keys file: a good file takes effect at once, a bad
+/// one is refused, logged, shown in `/pool`'s `last_reload` and counted in `/metrics` while
+/// the old keys stay.
 #[test]
 fn sighup_reloads_the_keys_and_a_bad_file_keeps_the_old_ones() {
     let worker = FakeWorker::start();
@@ -830,6 +858,9 @@ fn sighup_reloads_the_keys_and_a_bad_file_keeps_the_old_ones() {
         "no reload logged"
     );
     assert_eq!(call(&coordinator, "GET", "/pool", Some(&dave)).status, 200);
+    let last = keys_reload_seen(&coordinator, &dave, "ok");
+    assert_eq!(last["keys"]["in_force"], 2, "{last}");
+    assert_eq!(key_reloads_failed(&coordinator, &dave), "0");
 
     fs::write(
         &keys_path,
@@ -847,6 +878,45 @@ fn sighup_reloads_the_keys_and_a_bad_file_keeps_the_old_ones() {
     );
     assert_eq!(call(&coordinator, "GET", "/pool", Some(&alice)).status, 200);
     assert_eq!(call(&coordinator, "GET", "/pool", Some(&dave)).status, 200);
+    let last = keys_reload_seen(&coordinator, &dave, "error");
+    let error = last["keys"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("64 hex digits"), "{last}");
+    assert!(error.contains("keys.json"), "{last}");
+    assert_eq!(last["keys"]["in_force"], 2, "{last}");
+    assert_eq!(key_reloads_failed(&coordinator, &dave), "1");
+    // A submit key is not shown the error, which names other keys' entries.
+    let seen_by_alice = call(&coordinator, "GET", "/pool", Some(&alice)).json();
+    assert!(
+        seen_by_alice["last_reload"].is_object() && seen_by_alice["last_reload"]["keys"].is_null(),
+        "{seen_by_alice}"
+    );
+    // POST /reload re-reads the keys file too, and answers 400 with its error.
+    let reloaded = call(&coordinator, "POST", "/reload", Some(&dave));
+    assert_eq!(reloaded.status, 400, "{}", reloaded.text());
+    let answer = reloaded.json();
+    assert!(
+        answer["error"].is_null(),
+        "the workers file is fine: {answer}"
+    );
+    assert!(
+        answer["keys"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("64 hex digits")),
+        "{answer}"
+    );
+    assert_eq!(key_reloads_failed(&coordinator, &dave), "2");
+    write_keys(&keys_path, &[&alice, &dave]);
+    let reloaded = call(&coordinator, "POST", "/reload", Some(&dave));
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(
+        reloaded.json()["keys"]["in_force"],
+        2,
+        "{}",
+        reloaded.text()
+    );
+    assert!(keys_reload_seen(&coordinator, &dave, "ok")["source"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("POST /reload")));
 
     write_keys(&keys_path, &[&dave]);
     hup(&coordinator);

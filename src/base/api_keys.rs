@@ -181,6 +181,12 @@ impl KeySet {
         found
     }
 
+    /// The key names, comma-separated, for the log (never the keys nor their hashes).
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+        names.join(", ")
+    }
+
     /// The key with this name.
     pub fn by_name(&self, name: &str) -> Option<&ApiKey> {
         self.keys.iter().find(|k| k.name == name)

@@ -544,6 +544,16 @@ fn write_jobs(out: &mut Text, metrics: &Metrics, table: &TableSample) {
         metrics.outputs_left(),
     );
     out.family(
+        "trusted_pool_key_reloads_failed_total",
+        "counter",
+        "Reloads of the --api-keys file (SIGHUP, POST /reload) that refused it: the keys in force stayed.",
+    );
+    out.sample(
+        "trusted_pool_key_reloads_failed_total",
+        &[],
+        metrics.key_reloads_failed(),
+    );
+    out.family(
         "trusted_pool_worker_outputs_refused_total",
         "counter",
         "Output files streamed from their workers (left there by --max-results-bytes, or still being collected) whose size or SHA-256 differed from what the worker reported when the job ended: refused with 502, or cut before their last byte.",

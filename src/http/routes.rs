@@ -22,7 +22,7 @@ use crate::http::{
     bulk_cancel, cors, dashboard, listing, metrics, outputs, sandrun, snapshot, upload, waiting,
 };
 use crate::pool::control::{self, worker_id_from_url, ControlError, Deletion};
-use crate::pool::{reload, worker_tls};
+use crate::pool::reload;
 use crate::state::context::Context;
 use crate::state::pool_state::DispatchHold;
 use crate::state::submits_pause::SubmitsPause;
@@ -394,9 +394,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         Route::Jobs => listing::jobs(ctx, &caller, &|name| query::param(&url, name)),
         Route::Reload => allowed(admin_only(&caller), || {
             let source = format!("POST /reload{}", caller.log_label());
-            let outcome = reload::reload_workers(ctx, &source);
-            worker_tls::reload(ctx);
-            let status = if outcome.error.is_some() { 400 } else { 200 };
+            let outcome = reload::reload_files(ctx, &source);
+            let status = if outcome.refused() { 400 } else { 200 };
             Reply::Json(status, json!(outcome))
         }),
         Route::Logs(id) => match follow::follow_param(&url) {
@@ -603,7 +602,8 @@ fn metrics_reply(ctx: &Context) -> Reply {
 }
 
 /// `GET /pool`: everything for an admin; for a submit key the counts and its own figures, not
-/// the workers (their endpoints take requests without any authentication) nor other keys.
+/// the workers (their endpoints take requests without any authentication) nor other keys (nor
+/// the keys file's last reload).
 fn pool(ctx: &Context, caller: &Caller) -> Reply {
     let keys = ctx.keys.get();
     let mut view = {
@@ -667,6 +667,10 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         }
         if let Some(fields) = view["connections"].as_object_mut() {
             fields.remove("busiest_addresses");
+        }
+        // The keys file's error names other keys' entries.
+        if let Some(fields) = view["last_reload"].as_object_mut() {
+            fields.remove("keys");
         }
         if let Some(owners) = view["queue"]["by_owner"].as_array_mut() {
             owners.retain(|o| o["owner"].as_str() == caller.name());

@@ -10,6 +10,7 @@ pub mod control;
 pub mod dispatch;
 pub mod expiry;
 pub mod health;
+pub mod keys_reload;
 pub mod queue_timeout;
 pub mod quota_stats;
 pub mod recovery;

@@ -6,15 +6,25 @@
 //! a changed endpoint or key is a new worker. A bad file is refused whole: the table stays.
 
 use crate::base::clock::unix_now;
+use crate::pool::{keys_reload, worker_tls};
 use crate::state::context::Context;
-use crate::state::pool_state::LastReload;
+use crate::state::pool_state::{KeysReload, LastReload};
 use crate::worker::identity::short_id;
 use crate::worker::workers_file;
 use std::time::Instant;
 
+/// What both SIGHUP and `POST /reload` re-read: the keys file, the workers file, the worker TLS
+/// files; `source` says who asked. The outcome (of the first two) is kept for `/pool`.
+pub fn reload_files(ctx: &Context, source: &str) -> LastReload {
+    let keys = keys_reload::reload(ctx);
+    let outcome = reload_workers(ctx, source, keys);
+    worker_tls::reload(ctx);
+    outcome
+}
+
 /// Re-reads the workers file; `source` says who asked (`SIGHUP`, `POST /reload`). The outcome
-/// is logged and kept for `/pool` (`last_reload`).
-pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
+/// is logged and kept for `/pool` (`last_reload`) with `keys`, the keys file's reload.
+fn reload_workers(ctx: &Context, source: &str, keys: Option<KeysReload>) -> LastReload {
     let path = &ctx.config.workers;
     let sources = &ctx.config.source_addresses;
     let loaded = workers_file::load(path).map_err(|e| e.to_string());
@@ -32,6 +42,7 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
                 at: unix_now(),
                 source: source.to_string(),
                 error: Some(error),
+                keys,
                 ..LastReload::default()
             };
             ctx.lock().last_reload = Some(outcome.clone());
@@ -42,6 +53,7 @@ pub fn reload_workers(ctx: &Context, source: &str) -> LastReload {
     let mut outcome = LastReload {
         at: unix_now(),
         source: source.to_string(),
+        keys,
         ..LastReload::default()
     };
     let mut st = ctx.lock();

@@ -9,7 +9,6 @@ pub mod signals;
 
 use crate::base::addresses::{self, AddressBlock};
 use crate::base::api_keys::{self, KeysFileError};
-use crate::base::clock::unix_now;
 use crate::base::config::{LogFormat, ServeConfig};
 use crate::base::fd_limit;
 use crate::base::line_file::{LineFile, LineTarget};
@@ -17,7 +16,7 @@ use crate::base::map_limit;
 use crate::base::niceness;
 use crate::base::tls::{self, TlsError};
 use crate::http::{routes, server};
-use crate::pool::{control, expiry, health, recovery, reload, scheduler, worker_tls};
+use crate::pool::{control, expiry, health, recovery, reload, scheduler};
 use crate::state::certificates::Presented;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
@@ -151,7 +150,7 @@ pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
                 "Client keys: {} from {} ({})",
                 keys.keys().len(),
                 path.display(),
-                key_names(&keys)
+                keys.names()
             );
             Some(keys)
         }
@@ -409,12 +408,10 @@ fn control(
     }
 }
 
-/// What SIGHUP re-reads: workers.json, the worker TLS files, the keys file, the listener's
+/// What SIGHUP re-reads: the keys file, workers.json, the worker TLS files, the listener's
 /// certificate; it also trusts distrusted workers again and reopens the access log.
 fn reload_files(ctx: &Context, reload: &Reload) {
-    reload::reload_workers(ctx, "SIGHUP");
-    worker_tls::reload(ctx);
-    reload_api_keys(ctx);
+    reload::reload_files(ctx, "SIGHUP");
     health::trust_again(ctx);
     reload_listener_tls(ctx, reload);
     if let Some(access_log) = &ctx.access_log {
@@ -502,37 +499,6 @@ fn log_trusted_proxies(proxies: &[AddressBlock], proxy_protocol: bool) {
         log::warn!(
             "--trusted-proxies holds {all}: any client can name any address in X-Forwarded-For, and so escape --max-requests-per-ip and stand as another in the logs; list only the proxies' addresses"
         );
-    }
-}
-
-/// The key names of a set, for the log (never the keys nor their hashes).
-fn key_names(keys: &api_keys::KeySet) -> String {
-    let names: Vec<&str> = keys.keys().iter().map(|k| k.name.as_str()).collect();
-    names.join(", ")
-}
-
-/// Re-reads `--api-keys`: a valid file replaces the keys in force at once; a bad one is
-/// refused, logged, and the old keys stay.
-fn reload_api_keys(ctx: &Context) {
-    let Some(path) = &ctx.config.api_keys else {
-        return;
-    };
-    match api_keys::load(path) {
-        Ok(keys) => {
-            log::info!(
-                "Client keys reloaded: {} from {} ({})",
-                keys.keys().len(),
-                path.display(),
-                key_names(&keys)
-            );
-            expiry::warn_of_keys(&keys, unix_now() as u64);
-            ctx.keys.set(keys);
-            ctx.events.recheck_followers();
-        }
-        Err(e) => log::error!(
-            "Client keys NOT reloaded, the previous keys stay in force: {}: {e}",
-            path.display()
-        ),
     }
 }
 

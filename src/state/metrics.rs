@@ -243,6 +243,7 @@ pub struct Metrics {
     outputs_left: AtomicU64,
     worker_outputs_refused: AtomicU64,
     submits_repeated: AtomicU64,
+    key_reloads_failed: AtomicU64,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     responses: [AtomicU64; STATUS_CLASSES.len()],
     key_refusals: [AtomicU64; KeyRefusal::ALL.len()],
@@ -270,6 +271,7 @@ impl Default for Metrics {
             outputs_left: AtomicU64::new(0),
             worker_outputs_refused: AtomicU64::new(0),
             submits_repeated: AtomicU64::new(0),
+            key_reloads_failed: AtomicU64::new(0),
             probes: Default::default(),
             responses: Default::default(),
             key_refusals: Default::default(),
@@ -403,6 +405,16 @@ impl Metrics {
     /// Submits answered the job their `Idempotency-Key` had made, so far.
     pub fn submits_repeated(&self) -> u64 {
         self.submits_repeated.load(Ordering::Relaxed)
+    }
+
+    /// A reload of the keys file refused it (the keys in force stayed).
+    pub fn key_reload_failed(&self) {
+        self.key_reloads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads of the keys file refused so far.
+    pub fn key_reloads_failed(&self) -> u64 {
+        self.key_reloads_failed.load(Ordering::Relaxed)
     }
 
     /// Jobs accepted by `/submit` so far.

@@ -433,7 +433,16 @@ impl WorkerEntry {
     }
 }
 
-/// The outcome of the last reload of workers.json, for `/pool`.
+/// The outcome of a reload of the `--api-keys` file, for `/pool` and `POST /reload`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KeysReload {
+    /// Why the file was refused (the keys in force then stayed).
+    pub error: Option<String>,
+    /// The keys in force after the reload.
+    pub in_force: usize,
+}
+
+/// The outcome of the last reload of workers.json and the keys file, for `/pool`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LastReload {
     /// Unix seconds.
@@ -448,6 +457,15 @@ pub struct LastReload {
     pub removed: usize,
     /// Changes of cap or drain flag.
     pub changed: usize,
+    /// The keys file's reload (`None` without `--api-keys`).
+    pub keys: Option<KeysReload>,
+}
+
+impl LastReload {
+    /// Whether the workers file or the keys file was refused.
+    pub fn refused(&self) -> bool {
+        self.error.is_some() || self.keys.as_ref().is_some_and(|k| k.error.is_some())
+    }
 }
 
 /// Why a queued job's labels keep it in the queue (see [`PoolState::labels_hold`]).
