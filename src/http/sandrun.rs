@@ -5,7 +5,7 @@
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus};
 use crate::http::auth::Caller;
-use crate::state::cpu_window::{cpu_seconds, WINDOW_SECS};
+use crate::state::cpu_window::{cpu_seconds, in_window};
 use crate::state::pool_state::PoolState;
 use serde_json::{json, Value};
 
@@ -89,7 +89,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         .jobs
         .values()
         .filter(|job| mine(job))
-        .filter(|job| job.completed_at.is_some_and(|at| now - at <= WINDOW_SECS))
+        .filter(|job| job.completed_at.is_some_and(|at| in_window(now, at)))
         .map(|job| cpu_seconds(job))
         .fold(0.0, |sum, cpu| sum + cpu);
     let used = in_table + st.cpu_window.used(now, owner);
