@@ -6,6 +6,9 @@ use crate::base::sync::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Seconds from one reminder to the next.
+const REMINDER_EVERY: u64 = 86_400;
+
 /// What a certificate the coordinator presents is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presented {
@@ -56,13 +59,20 @@ impl Certificates {
     }
 
     /// Whether the log's reminder is due at unix time `now`; if so, the next one is set a day
-    /// later.
+    /// later. It is also due when `now` is more than a day before the next one: the wall clock
+    /// was stepped back past the last reminder (a clock a year fast at boot, then corrected,
+    /// would otherwise silence it for a year).
     pub fn reminder_due(&self, now: u64) -> bool {
         let next = self.next_reminder.load(Ordering::Relaxed);
-        now >= next
+        (now >= next || now.saturating_add(REMINDER_EVERY) < next)
             && self
                 .next_reminder
-                .compare_exchange(next, now + 86_400, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now.saturating_add(REMINDER_EVERY),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 }
@@ -80,5 +90,21 @@ mod tests {
         assert!(!certificates.reminder_due(start + 86_399));
         assert!(certificates.reminder_due(start + 86_400));
         assert!(!certificates.reminder_due(start + 86_401));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_past_the_last_reminder_does_not_silence_the_next() {
+        let certificates = Certificates::default();
+        let fast = 1_800_000_000 + 365 * 86_400;
+        assert!(certificates.reminder_due(fast));
+        // Corrected a year back: due at once, then a day later again.
+        let corrected = 1_800_000_000;
+        assert!(certificates.reminder_due(corrected));
+        assert!(!certificates.reminder_due(corrected + 60));
+        assert!(certificates.reminder_due(corrected + 86_400));
+        // A step back that stays after the last reminder keeps the next one where it is.
+        assert!(!certificates.reminder_due(corrected + 86_400 + 7_200));
+        assert!(!certificates.reminder_due(corrected + 86_400 + 3_600));
+        assert!(certificates.reminder_due(corrected + 2 * 86_400));
     }
 }
