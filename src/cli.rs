@@ -407,8 +407,15 @@ fn fsync_mode(text: &str) -> Result<FsyncMode, String> {
 /// The longest `--follow-heartbeat`: an hour of silence outlasts every proxy's idle timeout.
 const HEARTBEAT_MAX: f64 = 3600.0;
 
+/// The shortest `--follow-heartbeat`: status lines any closer would flood each follower (a
+/// millisecond sent one follower 1,855 lines in 2 s).
+const HEARTBEAT_MIN: f64 = 1.0;
+
 fn heartbeat(text: &str) -> Result<Duration, String> {
     match seconds(text)? {
+        d if d.as_secs_f64() < HEARTBEAT_MIN => Err(format!(
+            "{text} s would send every follower a status line or ping without a pause; use at least {HEARTBEAT_MIN}"
+        )),
         d if d.as_secs_f64() <= HEARTBEAT_MAX => Ok(d),
         _ => Err(format!(
             "{text} s of silence would outlast any proxy's idle timeout; use at most {HEARTBEAT_MAX}"

@@ -233,6 +233,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--follow-nice", "-1"], "--follow-nice"),
         (&["--follow-heartbeat", "0"], "--follow-heartbeat"),
         (&["--follow-heartbeat", "3601"], "at most 3600"),
+        (&["--follow-heartbeat", "0.001"], "at least 1"),
+        (&["--follow-heartbeat", "0.999"], "at least 1"),
         (&["--lost-after", ""], "--lost-after"),
         (&["--max-attempts", "0"], "--max-attempts"),
         (&["--max-reruns", "101"], "--max-reruns"),
