@@ -105,9 +105,15 @@ pub fn finish(ctx: &Context, expired: Vec<Expired>) {
 }
 
 /// Why a job that asks for labels could not leave the queue, when that is why: no worker
-/// carries them, or every one that does is kept from jobs.
+/// carries them, or every one that does is kept from jobs. Nothing for a job without labels
+/// (the workers' summary says why no worker took it).
 fn labels_note(st: &PoolState, id: &str, now: Instant) -> String {
-    let Some(labels) = st.jobs.get(id).map(|j| j.labels().to_vec()) else {
+    let Some(labels) = st
+        .jobs
+        .get(id)
+        .map(|j| j.labels().to_vec())
+        .filter(|labels| !labels.is_empty())
+    else {
         return String::new();
     };
     match st.labels_hold(&labels, now) {
@@ -146,4 +152,36 @@ fn workers_summary(st: &PoolState, now: Instant) -> String {
         in_service.len(),
         st.queue.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::job::Job;
+    use crate::worker::workers_file::WorkerSpec;
+
+    #[test]
+    fn only_a_job_that_asks_for_labels_is_told_of_them() {
+        let now = Instant::now();
+        let gpu = WorkerSpec {
+            labels: vec!["gpu".to_string()],
+            ..WorkerSpec::numbered(0)
+        };
+        let mut st = PoolState::new(vec![gpu], now);
+        st.workers[0].draining = true;
+        let plain = Job::new("pool-plain".to_string(), Vec::new(), None, 1000.0);
+        let mut labelled = Job::new("pool-gpu".to_string(), Vec::new(), None, 1000.0);
+        labelled.labels = Some(vec!["gpu".to_string()].into_boxed_slice());
+        st.enqueue(plain, now);
+        st.enqueue(labelled, now);
+        assert_eq!(labels_note(&st, "pool-plain", now), "");
+        assert_eq!(
+            labels_note(&st, "pool-gpu", now),
+            "; every worker that carries its labels (gpu) was kept from taking jobs"
+        );
+        assert_eq!(
+            workers_summary(&st, now),
+            "0 of 1 workers healthy and in service (1 not checked yet: the coordinator had just started), 0 with room; 2 jobs queued"
+        );
+    }
 }
