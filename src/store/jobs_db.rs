@@ -28,6 +28,7 @@ use crate::store::file_identity::FileIdentity;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
 use crate::store::segments::{SegmentFile, Segments};
+use crate::store::settle_clock::{SettleClock, Step};
 use crate::store::stall_watch::StallWatch;
 use crate::store::wal_sync::WalSync;
 use crossbeam_channel::Sender;
@@ -869,6 +870,12 @@ impl JobStore {
         let settle_hook = Arc::new(OnceLock::new());
         let controls = Arc::new(Controls::new(&path, synchronous_of(mode), LOCK_WAIT));
         let retain_bytes = retention.bytes;
+        // The newest settle time: the ones recorded from now on are never earlier.
+        let newest_settled: f64 = conn
+            .query_row("SELECT max(finished_at) FROM jobs", [], |row| row.get(0))
+            .ok()
+            .flatten()
+            .unwrap_or(0.0);
         let writer = Writer {
             conn,
             controls: Arc::clone(&controls),
@@ -889,6 +896,7 @@ impl JobStore {
             orphans_checked: false,
             unwritten: Vec::new(),
             unwritten_done: Vec::new(),
+            settle_clock: SettleClock::new(newest_settled, unix_now(), Instant::now()),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -1676,6 +1684,8 @@ struct Writer {
     unwritten: Vec<Record>,
     /// The callbacks of those changes, run once they commit.
     unwritten_done: Vec<Done>,
+    /// The settle times recorded for retention, held to the time that passed.
+    settle_clock: SettleClock,
 }
 
 impl Writer {
@@ -1998,9 +2008,10 @@ impl Writer {
                 let job = &r.job;
                 let text =
                     serde_json::to_string(job).map_err(|e| StoreError::Io(io::Error::other(e)))?;
-                let finished_at = job
-                    .is_settled()
-                    .then(|| job.completed_at.unwrap_or_else(unix_now));
+                let finished_at = job.is_settled().then(|| {
+                    self.settle_clock
+                        .settle_time(job.completed_at.unwrap_or_else(unix_now))
+                });
                 let (segment, row_results) = match &job.collection {
                     Collection::Collected(stored) if stored.in_row => {
                         (None, stored.row_bytes.as_deref())
@@ -2243,6 +2254,19 @@ impl Writer {
 
     /// Forgets settled jobs past the retention limits (oldest first), then deletes the
     /// results segments that no retained job refers to and no writer has open.
+    /// Looks for a step of the wall clock since the last sweep, and logs one.
+    fn watch_the_wall_clock(&mut self) {
+        match self.settle_clock.look(unix_now(), Instant::now()) {
+            Step::None => {}
+            Step::Forward(secs) => log::warn!(
+                "The wall clock moved {secs:.0} s more than the time that passed (an NTP step or a date -s): the settle times retention ages jobs by move with it"
+            ),
+            Step::Back(secs) => log::warn!(
+                "The wall clock moved {secs:.0} s back (an NTP step or a date -s): jobs settled from now on are kept, by count and by age, after those settled before"
+            ),
+        }
+    }
+
     fn sweep(&mut self) -> Result<(), StoreError> {
         // Every settled row committed so far was counted when its commit was synced (the counts
         // choose what to forget).
@@ -2250,8 +2274,17 @@ impl Writer {
         let excess = settled
             .saturating_sub(self.retention.jobs)
             .min(MAX_FORGET as u64) as i64;
+        self.watch_the_wall_clock();
         let cutoff = unix_now() - self.retention.for_secs;
         let tx = self.conn.transaction()?;
+        let shifted = match self.settle_clock.pending() {
+            Some(shift) => tx.execute(
+                "UPDATE jobs SET finished_at = finished_at + ?1 \
+                 WHERE finished_at IS NOT NULL AND finished_at >= ?2 AND finished_at <= ?3",
+                params![shift.by, shift.from, shift.until],
+            )?,
+            None => 0,
+        };
         let mut forgotten: Vec<Forgotten> = Vec::new();
         {
             let mut by_count = tx.prepare_cached(&format!(
@@ -2277,10 +2310,18 @@ impl Writer {
         }
         let first_sweep = !self.orphans_checked;
         self.orphans_checked = true;
-        if forgotten.is_empty() && !first_sweep {
+        let shift = self.settle_clock.pending();
+        if forgotten.is_empty() && !first_sweep && shift.is_none() {
             return Ok(());
         }
         tx.commit()?;
+        if let Some(shift) = shift {
+            self.settle_clock.shifted();
+            log::warn!(
+                "The {shifted} jobs settled since the start before the wall clock's step keep their place in retention: their settle times moved {:.0} s with it",
+                shift.by
+            );
+        }
         let synced = self.synced_until_write;
         self.wrote();
         self.figures.count_deleted(

@@ -10,6 +10,7 @@ pub mod jobs_db;
 pub mod removals;
 pub mod scrub;
 pub mod segments;
+pub mod settle_clock;
 pub mod snapshot;
 pub mod spool;
 pub mod stall_watch;
