@@ -277,6 +277,17 @@ fn the_auth_matrix() {
     assert_eq!(admin_view["worker_status"]["job_id"], remote.as_str());
     let b_admin = call(&coordinator, "GET", &format!("/status/{b_job}"), Some(&ops));
     assert_eq!(b_admin.status, 200, "{}", b_admin.text());
+    // And whose each job is, in /status and in /jobs.
+    assert_eq!(admin_view["owner"], "alice", "{admin_view}");
+    assert_eq!(b_admin.json()["owner"], "bob", "{}", b_admin.text());
+    let listed = call(&coordinator, "GET", "/jobs", Some(&ops)).json();
+    let owners: Vec<&str> = listed["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|job| job["owner"].as_str())
+        .collect();
+    assert_eq!(owners, ["bob", "alice"], "{listed}");
 
     // The owner sees its job, never the worker's job id.
     assert_eq!(a_status["job_id"], a_job.as_str());

@@ -410,6 +410,9 @@ struct StatusView<'a> {
     status: &'static str,
     pool_status: &'static str,
     priority: &'static str,
+    /// The client key that submitted it (none on an open coordinator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
     queue_position: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_level: Option<&'static str>,
@@ -639,6 +642,7 @@ fn job_json(job: &Job, place: Place, with_worker_status: bool) -> Option<Vec<u8>
         status: sandrun_status(job.status, &job.collection),
         pool_status: job.status.as_str(),
         priority: job.priority.as_str(),
+        owner: job.owner.as_deref(),
         queue_position,
         queue_level,
         queue_timeout: job.queue_timeout,
