@@ -394,6 +394,32 @@ fn a_status_poll_is_served_on_its_connection_thread() {
     );
 }
 
+/// A `?wait=` request that carries a body is parked like any other, whichever thread it came
+/// to: one whose small body arrived with its head (served on its connection's thread) and one
+/// whose large body is still to read (an upload thread). Both were answered 503 at once.
+#[test]
+fn a_status_wait_that_carries_a_body_is_parked_too() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(60));
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let id = submit(&coordinator, &small_job());
+    for length in [2, 100_000] {
+        let mut request = format!(
+            "GET /status/{id}?wait=1 HTTP/1.1\r\nHost: pool\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .into_bytes();
+        request.extend(std::iter::repeat_n(b'x', length));
+        let started = Instant::now();
+        let mut stream = stalled(&coordinator, &request);
+        let answer = read_to_close(&mut stream, DEADLINE).expect("answered");
+        assert_eq!(status_of(&answer), 200, "{length}: {answer}");
+        assert!(answer.contains(&id), "{length}: {answer}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{length}: not parked"
+        );
+    }
+}
+
 /// Output files are served on their connection's own thread: one the coordinator holds, and
 /// one it fetches from the worker while the job's results are still being collected.
 #[test]

@@ -254,12 +254,15 @@ fn streams_body(request: &Request) -> bool {
 /// `Context::uploads_receiving`, at most `--max-uploads`.
 struct Uploads {
     threads: ThreadCache,
+    /// Where a `?wait=` request is parked.
+    waiting: Option<Arc<Waiting>>,
 }
 
 impl Uploads {
-    fn new() -> Self {
+    fn new(waiting: Option<Arc<Waiting>>) -> Self {
         Uploads {
             threads: ThreadCache::new("upload", UPLOAD_STACK, 0),
+            waiting,
         }
     }
 
@@ -288,10 +291,11 @@ impl Uploads {
         let task_ctx = Arc::clone(ctx);
         let parcel = Parcel::new(request);
         let task_parcel = parcel.share();
+        let waiting = self.waiting.clone();
         let task = Box::new(move || {
             let _slot = slot;
             if let Some(request) = task_parcel.take() {
-                serve_one(&task_ctx, handler, None, request);
+                serve_one(&task_ctx, handler, waiting.as_deref(), request);
             }
         });
         if let Err(e) = self.threads.run(task) {
@@ -323,8 +327,9 @@ pub fn run(
             None
         }
     };
-    let uploads = Arc::new(Uploads::new());
+    let uploads = Arc::new(Uploads::new(waiting.clone()));
     let inline_ctx = Arc::clone(&ctx);
+    let inline_waiting = waiting.clone();
     server.serve_inline(Box::new(move |request| {
         let here = if has_body(&request) {
             !streams_body(&request)
@@ -334,7 +339,7 @@ pub fn run(
         if !here {
             return Some(request);
         }
-        serve_one(&inline_ctx, handler, None, request);
+        serve_one(&inline_ctx, handler, inline_waiting.as_deref(), request);
         None
     }));
     let handlers: Vec<_> = (0..threads)
