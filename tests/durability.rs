@@ -2120,6 +2120,54 @@ fn a_state_directory_deleted_or_replaced_under_the_coordinator_refuses_submits_u
     assert_eq!(status, 200);
 }
 
+/// A deleted WAL or shared-memory file of the job store, while the coordinator runs, would leave
+/// it acknowledging jobs into a file no restart reads: submits are refused with 503 naming the
+/// file, `/ready` and `/pool` say so, the log asks for a restart, and a graceful restart keeps
+/// every job acknowledged before.
+#[test]
+fn a_deleted_wal_or_shared_memory_file_refuses_submits_and_a_graceful_restart_keeps_every_job() {
+    let worker = FakeWorker::start();
+    let home = support::workers_dir(&[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(home.path(), &["--health-interval", "1"]);
+    let state = coordinator.state_dir();
+    let mut acknowledged = Vec::new();
+    for (file, name) in [("jobs.db-wal", "WAL"), ("jobs.db-shm", "shared-memory")] {
+        for n in 0..3 {
+            acknowledged.push(submit(&coordinator, &job(&format!("before {name} {n}"))));
+        }
+        fs::remove_file(state.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let refused = submit_reply(&coordinator, &job(&format!("after {name}")));
+        assert_eq!(refused.status, 503, "{file}: {}", refused.text());
+        assert!(
+            refused.text().contains(&format!("({file}) was removed"))
+                && refused.text().contains("the job was not accepted"),
+            "{}",
+            refused.text()
+        );
+        let (status, ready) = get_json(&coordinator.url("/ready"));
+        assert_eq!(status, 503, "{ready}");
+        assert!(ready.to_string().contains(file), "{ready}");
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        assert!(
+            pool["store"]["file_lost"]
+                .as_str()
+                .is_some_and(|lost| lost.contains(file)),
+            "{pool}"
+        );
+        assert!(coordinator.wait_for_log("Restart the coordinator now", DEADLINE));
+
+        let status = coordinator.terminate(Duration::from_secs(30));
+        assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+        coordinator = Coordinator::start_in(home.path(), &["--health-interval", "1"]);
+        for id in &acknowledged {
+            let status = wait_final(&coordinator, id, DEADLINE);
+            assert_eq!(status["pool_status"], "completed", "{file}: {status}");
+        }
+        let taken = submit(&coordinator, &job(&format!("restarted after {name}")));
+        wait_final(&coordinator, &taken, DEADLINE);
+    }
+}
+
 /// Fills the filesystem under `dir` with one file, to the last byte; returns its path.
 fn fill_disk(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("filler");

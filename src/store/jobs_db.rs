@@ -24,7 +24,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Empty, Mailbox};
 use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
-use crate::store::file_identity::FileIdentity;
+use crate::store::file_identity::StoreFiles;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
 use crate::store::segments::{SegmentFile, Segments};
@@ -727,8 +727,9 @@ pub struct JobStore {
     /// Drains and the pause of submits made through the API.
     pub controls: Arc<Controls>,
     deferred_check: Mutex<Option<DeferredCheck>>,
-    /// The file opened, to tell when the state directory is deleted or replaced under it.
-    identity: FileIdentity,
+    /// The files opened, to tell when the state directory, or the WAL or shared-memory file,
+    /// is deleted or replaced under it.
+    identity: StoreFiles,
     /// `--retain-bytes` (0: no limit).
     retain_bytes: u64,
     /// The writes to the state directory's segment files ([`JobStore::watch_segments`]).
@@ -845,7 +846,7 @@ impl JobStore {
         let path = state_dir.join(DB_FILE);
         let (conn, figures, unsettled, deferred_check) =
             open_checked(&path, mode).map_err(|e| name_the_file(&path, e))?;
-        let identity = FileIdentity::of(&path).map_err(StoreError::Io)?;
+        let identity = StoreFiles::of(&path).map_err(StoreError::Io)?;
         // Counted from the two partial indexes (a count over the whole table reads it all).
         let settled: u64 = figures
             .settled
@@ -1203,9 +1204,9 @@ impl JobStore {
         self.figures.is_failing.load(Ordering::Relaxed)
     }
 
-    /// `None` while the store's file is the one opened; else what became of it (the state
-    /// directory was deleted, or another file put in its place): nothing written from then on
-    /// would be read by the next start.
+    /// `None` while the store's files are the ones opened; else what became of them (the state
+    /// directory was deleted, another file put in its place, or its WAL or shared-memory file
+    /// deleted): nothing written from then on would be read by the next start.
     pub fn file_lost(&self) -> Option<String> {
         self.identity.lost()
     }
