@@ -19,6 +19,15 @@ use support::{get, workers_dir, Coordinator, FakeWorker, Form};
 const DEADLINE: Duration = Duration::from_secs(60);
 const MANIFEST: &str = r#"{"entrypoint":"main.py"}"#;
 const KIB: usize = 1024;
+/// No upload held in memory (each waits in its row or a segment), quick probes and tracking.
+const NO_UPLOAD_MEMORY: [&str; 6] = [
+    "--upload-memory-bytes",
+    "0",
+    "--health-interval",
+    "1",
+    "--track-interval",
+    "0.1",
+];
 
 /// A job whose `main.py` is `size` bytes, all of them `fill`.
 fn job(size: usize, fill: u8) -> (Form, Vec<u8>) {
@@ -122,17 +131,7 @@ fn small_uploads_wait_in_memory_within_the_limit_and_the_rest_on_disk() {
 fn with_no_upload_memory_small_uploads_wait_in_their_rows_and_large_ones_in_a_segment() {
     let worker = FakeWorker::start();
     worker.stop();
-    let coordinator = Coordinator::start(
-        &[worker.entry(2)],
-        &[
-            "--upload-memory-bytes",
-            "0",
-            "--health-interval",
-            "1",
-            "--track-interval",
-            "0.1",
-        ],
-    );
+    let coordinator = Coordinator::start(&[worker.entry(2)], &NO_UPLOAD_MEMORY);
     let (small, small_bytes) = job(100, b'x');
     let small_id = submit(&coordinator, &small);
     assert_eq!(
@@ -177,4 +176,36 @@ fn uploads_left_by_an_earlier_run_are_removed_at_start() {
         "{}",
         coordinator.logs()
     );
+}
+
+/// An upload segment deleted while the coordinator runs takes no more uploads: the next large
+/// upload goes into a new file, which a restart after `kill -9` reads, and its job completes.
+#[test]
+fn an_upload_segment_deleted_under_the_coordinator_takes_no_more_uploads() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let dir = workers_dir(&[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &NO_UPLOAD_MEMORY);
+    for fill in [b'a', b'b'] {
+        submit(&coordinator, &job(70 * KIB, fill).0);
+    }
+    let uploads = coordinator.state_dir().join("uploads");
+    for name in upload_files(&coordinator) {
+        fs::remove_file(uploads.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let (third, third_bytes) = job(70 * KIB, b'c');
+    let third_id = submit(&coordinator, &third);
+    assert_eq!(
+        upload_files(&coordinator).len(),
+        1,
+        "the upload went into the deleted segment"
+    );
+    assert!(coordinator.wait_for_log(
+        "was deleted or replaced while the coordinator runs",
+        DEADLINE
+    ));
+
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &NO_UPLOAD_MEMORY);
+    run_and_check(&coordinator, &worker, &[(third_id, third_bytes)]);
 }

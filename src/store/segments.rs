@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,6 +131,23 @@ impl SegmentFile {
         Ok(())
     }
 
+    /// Whether its path still names the file it opened: false once that file was deleted, or
+    /// another put in its place, under the coordinator (appends to it would be read by no
+    /// start). A file that cannot be looked at for another reason counts as still there: its
+    /// writes tell of a failing disk.
+    fn still_at_path(&self) -> bool {
+        let Ok(open) = self.file.metadata() else {
+            return true;
+        };
+        if open.nlink() == 0 {
+            return false;
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(named) => named.dev() == open.dev() && named.ino() == open.ino(),
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        }
+    }
+
     /// A reader of the bytes at `span`.
     pub fn reader(self: &Arc<Self>, span: Span) -> SpanReader {
         SpanReader {
@@ -143,7 +160,12 @@ impl SegmentFile {
 
 impl Drop for SegmentFile {
     fn drop(&mut self) {
-        if let Some(removals) = &self.remove_when_unused {
+        // A file deleted or replaced under the coordinator is not its to remove any more.
+        if let Some(removals) = self
+            .remove_when_unused
+            .as_ref()
+            .filter(|_| self.still_at_path())
+        {
             if let Err(e) = removals.remove(&self.path) {
                 log::warn!("Could not remove {}: {e}", self.path.display());
             }
@@ -322,21 +344,39 @@ impl Segments {
         &self.dir
     }
 
-    /// A segment for one writer: a free one, or a new one.
+    /// A segment for one writer: a free one whose file is still in its directory, or a new
+    /// one. A free segment whose file was deleted (or replaced) under the coordinator is closed
+    /// with a warning: what it took from then on would be lost at the next start.
     pub fn take(&self) -> io::Result<OpenSegment> {
-        let (free, number) = {
-            let mut free = lock(&self.free);
-            match free.segments.pop() {
-                Some(segment) => (Some(segment), 0),
-                None => {
-                    free.created += 1;
-                    (None, free.created)
+        loop {
+            let number = {
+                let mut free = lock(&self.free);
+                match free.segments.pop() {
+                    Some(segment) => Ok(segment),
+                    None => {
+                        free.created += 1;
+                        Err(free.created)
+                    }
                 }
+            };
+            let segment = match number {
+                Ok(segment) => segment,
+                Err(number) => return self.create(number),
+            };
+            let present = {
+                let _writing = self.watch.writing();
+                segment.file.still_at_path()
+            };
+            if present {
+                return Ok(segment);
             }
-        };
-        match free {
-            Some(segment) => Ok(segment),
-            None => self.create(number),
+            log::warn!(
+                "The segment file {} was deleted or replaced while the coordinator runs: the \
+                 next writes go to a new one (the jobs whose bytes were in it are lost at the \
+                 next start)",
+                segment.file.path().display()
+            );
+            self.close(segment);
         }
     }
 
@@ -484,20 +524,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
+    /// Segments named `1-<n>` in `dir` (with `remove_when_unused`, a file goes once unused).
+    fn segments_in(dir: &tempfile::TempDir, remove_when_unused: bool) -> Segments {
+        Segments::open(
+            dir.path().to_path_buf(),
+            "1".to_string(),
+            remove_when_unused,
+            Arc::default(),
+        )
+        .expect("segments")
+    }
+
     /// A retention sweep lists the directory while writers create segments: a segment being
     /// created is never retired (and deleted) under its writer.
     #[test]
     fn a_sweep_never_retires_a_segment_while_it_is_created() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let segments = Arc::new(
-            Segments::open(
-                dir.path().to_path_buf(),
-                "1".to_string(),
-                false,
-                Arc::default(),
-            )
-            .expect("segments"),
-        );
+        let segments = Arc::new(segments_in(&dir, false));
         let done = Arc::new(AtomicBool::new(false));
         let sweeper = {
             let (segments, done) = (Arc::clone(&segments), Arc::clone(&done));
@@ -530,13 +573,7 @@ mod tests {
     #[test]
     fn a_segment_retired_under_its_writer_is_closed_when_given_back() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let segments = Segments::open(
-            dir.path().to_path_buf(),
-            "1".to_string(),
-            false,
-            Arc::default(),
-        )
-        .expect("segments");
+        let segments = segments_in(&dir, false);
         let mut held = segments.take().expect("take");
         let name = held.file().name().to_string();
         held.write_all(b"results").expect("write");
@@ -550,5 +587,36 @@ mod tests {
         );
         assert!(segments.retire(&name), "still open once given back");
         segments.give_back(next);
+    }
+
+    /// A free segment whose file was deleted, or replaced by another file, under the
+    /// coordinator takes no more writes: the next writer gets a new file, and the file put in
+    /// the old one's place is left alone.
+    #[test]
+    fn a_segment_deleted_or_replaced_under_the_coordinator_is_written_no_more() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segments = segments_in(&dir, true);
+        let mut held = Some(segments.take().expect("take"));
+        for replace in [false, true] {
+            let mut segment = held.take().expect("a segment");
+            segment.write_all(b"upload").expect("write");
+            segment.flush().expect("flush");
+            let keep = Arc::clone(segment.file());
+            let path = keep.path().to_path_buf();
+            segments.give_back(segment);
+            std::fs::remove_file(keep.path()).expect("deleted");
+            if replace {
+                std::fs::write(keep.path(), b"another file").expect("another file");
+            }
+            let next = segments.take().expect("take");
+            assert_ne!(next.file().name(), keep.name(), "written again");
+            assert!(next.file().path().exists(), "the new segment has a file");
+            drop(keep);
+            assert_eq!(
+                std::fs::read(&path).ok(),
+                replace.then(|| b"another file".to_vec()),
+            );
+            held = Some(next);
+        }
     }
 }
