@@ -800,6 +800,16 @@ fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Dura
     (reply, started.elapsed())
 }
 
+/// A coordinator on a quick worker, with one job that ran to the end (its id).
+fn a_pool_with_a_finished_job() -> (Coordinator, FakeWorker, String) {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &job("before the reader"));
+    wait_collected(&coordinator, &first, DEADLINE);
+    (coordinator, worker, first)
+}
+
 /// README invites operators to read the job store with `sqlite3`. A session that keeps a read
 /// transaction open blocks the WAL's checkpoints: they must not hold the submits behind them
 /// (each took 9 s before), and `/pool` must say that the WAL grows. A session holding the
@@ -807,11 +817,7 @@ fn timed_submit(coordinator: &Coordinator, form: &Form) -> (support::Reply, Dura
 /// (applied all the same, and recorded once it lets go), and all work again once it lets go.
 #[test]
 fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_503() {
-    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
-    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let first = submit(&coordinator, &job("before the reader"));
-    wait_collected(&coordinator, &first, DEADLINE);
+    let (coordinator, worker, first) = a_pool_with_a_finished_job();
     let db = coordinator.state_dir().join("jobs.db");
     let open = || rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
 
@@ -941,6 +947,42 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
         "a refused submit reached the worker: {seen:?}"
     );
     assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+/// A `sqlite3` session that keeps a read transaction open while jobs keep coming (never a second
+/// idle) blocks every checkpoint: the log warns once none completed for a minute (it used to
+/// say nothing while the store was busy), and says when the WAL is checkpointed again after
+/// the session lets go.
+#[test]
+fn a_checkpoint_blocked_while_jobs_keep_coming_is_logged_within_about_a_minute() {
+    let (coordinator, _worker, _) = a_pool_with_a_finished_job();
+    let reader = rusqlite::Connection::open(coordinator.state_dir().join("jobs.db"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM jobs;")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let warned = poll_until(Duration::from_secs(150), || {
+        let reply = submit_reply(&coordinator, &job("while read"));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        thread::sleep(Duration::from_millis(250));
+        coordinator
+            .logs()
+            .contains("could not be checkpointed for")
+            .then(|| started.elapsed())
+    });
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    let warned = warned.unwrap_or_else(|| panic!("no warning: {}", pool["store"]));
+    eprintln!(
+        "warned after {:.0} s: {}",
+        warned.as_secs_f64(),
+        pool["store"]
+    );
+    assert!(warned < Duration::from_secs(90), "{warned:?}");
+    reader
+        .execute_batch("COMMIT")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(coordinator.wait_for_log("The job store's WAL is checkpointed again", DEADLINE));
 }
 
 /// A store another program holds locked at start (a new one, which needs its schema written)

@@ -191,9 +191,13 @@ const WAL_KEPT_BYTES: u64 = 16 * 1024 * 1024;
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
 const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
-/// A checkpoint that cannot complete this long (another connection keeps reading an old
-/// snapshot, so the WAL cannot start over and grows) is logged as a warning.
+/// A WAL that no checkpoint completed for this long, while checkpoints stay incomplete
+/// (another connection keeps reading an old snapshot, so the WAL cannot start over and grows),
+/// is logged as a warning.
 const CHECKPOINT_BLOCKED_WARN: Duration = Duration::from_secs(60);
+/// A checkpoint that did not complete is tried again this often, however busy the store is:
+/// the warning comes in time, and the log says soon when the WAL is checkpointed again.
+const CHECKPOINT_BLOCKED_RETRY: Duration = Duration::from_secs(5);
 /// How long a commit waits for another program's write lock on the store (a `sqlite3`
 /// session inside a write transaction) before it fails. Checkpoints and retention sweeps do
 /// not wait: they are tried again later.
@@ -509,6 +513,16 @@ pub struct StoredJob {
     pub job: Job,
 }
 
+/// WAL checkpoints that have not completed.
+struct Blocked {
+    /// The first that did not.
+    since: Instant,
+    /// The last try.
+    tried: Instant,
+    /// Whether the warning was logged.
+    logged: bool,
+}
+
 /// Live figures of the store, for `/pool`.
 #[derive(Default)]
 struct Figures {
@@ -533,6 +547,12 @@ struct Figures {
 }
 
 impl Figures {
+    /// Seconds since the last complete WAL checkpoint (`None` before the first).
+    fn since_checkpoint(&self) -> Option<f64> {
+        let at = self.last_checkpoint_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| (unix_now() - at as f64 / 1000.0).max(0.0))
+    }
+
     /// Counts committed deletions of settled rows of these statuses, by retention or a client
     /// (`counter`): out of the settled and row counts, into `counter`, with release, so that
     /// whoever sees the new count reads without those rows.
@@ -1174,7 +1194,6 @@ impl JobStore {
     /// The store's figures for `/pool`.
     pub fn figures(&self) -> StoreFigures {
         let f = &self.figures;
-        let checkpoint = f.last_checkpoint_ms.load(Ordering::Relaxed);
         let wal_bytes = file_size(&wal_path(&self.path));
         StoreFigures {
             path: self.path.clone(),
@@ -1185,8 +1204,7 @@ impl JobStore {
             commits: f.commits.load(Ordering::Relaxed),
             last_batch: f.last_batch.load(Ordering::Relaxed),
             coalesced: f.coalesced.load(Ordering::Relaxed),
-            since_checkpoint: (checkpoint > 0)
-                .then(|| (unix_now() - checkpoint as f64 / 1000.0).max(0.0)),
+            since_checkpoint: f.since_checkpoint(),
             free_bytes: f.free_bytes.load(Ordering::Relaxed),
             forgotten: f.forgotten.load(Ordering::Relaxed),
             deleted: f.deleted.load(Ordering::Relaxed),
@@ -1669,9 +1687,9 @@ struct Writer {
     figures: Arc<Figures>,
     settle_hook: Arc<OnceLock<SettleHook>>,
     commits_since_checkpoint: u64,
-    /// Since when checkpoints have not completed (another connection keeps reading an old
-    /// snapshot, or writes), and whether that was logged; tried again at every idle moment.
-    checkpoint_blocked: Option<(Instant, bool)>,
+    /// Checkpoints that have not completed (another connection keeps reading an old snapshot,
+    /// or writes); tried again at every idle moment, and every [`CHECKPOINT_BLOCKED_RETRY`].
+    checkpoint_blocked: Option<Blocked>,
     /// The repeats of failures that last (a full disk, a locked store) held back in the log.
     failures: FailureLogs,
     last_commit: Instant,
@@ -2097,10 +2115,14 @@ impl Writer {
             self.give_back_free_pages();
         }
         let due = due || (idle && self.commits_since_checkpoint > 0);
+        let retry = self
+            .checkpoint_blocked
+            .as_ref()
+            .is_some_and(|b| b.tried.elapsed() >= CHECKPOINT_BLOCKED_RETRY);
         if due && idle {
             // Nothing is being written: the WAL goes back to zero bytes.
             self.checkpoint("TRUNCATE");
-        } else if due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS {
+        } else if retry || (due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS) {
             self.checkpoint("PASSIVE");
         }
         if idle && due_every(&mut self.last_release, RELEASE_IDLE_EVERY) {
@@ -2216,24 +2238,33 @@ impl Writer {
             self.figures
                 .last_checkpoint_ms
                 .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
-            if let Some((_, true)) = self.checkpoint_blocked {
+            if self.checkpoint_blocked.as_ref().is_some_and(|b| b.logged) {
                 log::info!("The job store's WAL is checkpointed again");
             }
             self.checkpoint_blocked = None;
             return;
         }
-        let (since, logged) = self
-            .checkpoint_blocked
-            .get_or_insert_with(|| (Instant::now(), false));
-        // Under load a checkpoint may find one of the coordinator's own reads under way; only
-        // a blocked checkpoint of an idle store (nothing of ours reads for long) is told.
-        if !*logged && kind == "TRUNCATE" && since.elapsed() >= CHECKPOINT_BLOCKED_WARN {
-            *logged = true;
+        let now = Instant::now();
+        let blocked = self.checkpoint_blocked.get_or_insert(Blocked {
+            since: now,
+            tried: now,
+            logged: false,
+        });
+        blocked.tried = now;
+        // Under load a checkpoint may find one of the coordinator's own reads under way, for a
+        // moment: checkpoints of any kind that stay incomplete across tries a few seconds apart
+        // are told once no checkpoint completed for a minute, however busy the store is.
+        let unchecked = self.figures.since_checkpoint().unwrap_or(0.0);
+        if !blocked.logged
+            && blocked.since.elapsed() >= CHECKPOINT_BLOCKED_RETRY
+            && unchecked >= CHECKPOINT_BLOCKED_WARN.as_secs_f64()
+        {
+            blocked.logged = true;
             log::warn!(
-                "The job store's WAL could not be checkpointed for {} s: another connection \
-                 keeps reading an old snapshot (a sqlite3 session inside BEGIN, a backup?) or \
-                 holds the write lock. The WAL file ({} bytes) grows until it lets go",
-                CHECKPOINT_BLOCKED_WARN.as_secs(),
+                "The job store's WAL could not be checkpointed for {unchecked:.0} s: another \
+                 connection keeps reading an old snapshot (a sqlite3 session inside BEGIN, a \
+                 backup?) or holds the write lock. The WAL file ({} bytes) grows until it lets \
+                 go",
                 self.conn
                     .path()
                     .map_or(0, |db| file_size(&wal_path(Path::new(db))))
