@@ -949,6 +949,44 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
     assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
+/// Under a `sqlite3` session's write lock, the changes kept from a failed commit are tried
+/// again without waiting for the lock: a submit that arrives meanwhile is answered within the
+/// documented 5 s (it waited for the retry's 5 s, then its own, before).
+#[test]
+fn under_another_programs_write_lock_a_submit_is_answered_within_the_lock_wait() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    let queued = submit(&coordinator, &job("queued"));
+    let writer = rusqlite::Connection::open(coordinator.state_dir().join("jobs.db"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .execute_batch("BEGIN IMMEDIATE")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{queued}")), "", b"");
+    assert_eq!(code, 503, "{body}");
+    assert!(coordinator.wait_for_log("are kept to be written again", DEADLINE));
+    // The writer tries the kept cancel again after a second without records.
+    thread::sleep(Duration::from_millis(1500));
+    let (reply, took) = timed_submit(&coordinator, &job("while locked"));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    eprintln!("a submit under the lock was answered in {took:?}");
+    assert!(took < Duration::from_secs(7), "{took:?}");
+    writer
+        .execute_batch("ROLLBACK")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let written = poll_until(DEADLINE, || {
+        store_figures(&coordinator)["failing"]
+            .is_null()
+            .then_some(())
+    });
+    assert!(written.is_some(), "{}", store_figures(&coordinator));
+    assert_eq!(
+        job_status(&coordinator, &queued)["pool_status"],
+        "cancelled"
+    );
+}
+
 /// A `sqlite3` session that keeps a read transaction open while jobs keep coming (never a second
 /// idle) blocks every checkpoint: the log warns once none completed for a minute (it used to
 /// say nothing while the store was busy), and says when the WAL is checkpointed again after

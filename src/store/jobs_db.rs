@@ -1715,8 +1715,11 @@ impl Writer {
             let ops = match taken {
                 Taken::Items(items) => items,
                 Taken::Timeout => {
+                    // Kept changes are tried again without waiting for another program's
+                    // lock: a record that arrives meanwhile then waits for its own commit
+                    // only, at most `LOCK_WAIT`.
                     if !self.unwritten.is_empty() {
-                        self.commit(Vec::new());
+                        self.without_lock_wait(|w| w.commit(Vec::new()));
                     }
                     self.maintain(true);
                     self.figures.watch.end();
