@@ -2145,6 +2145,26 @@ fn an_upload_blocked_by_a_disk_that_stops_answering_is_seen_as_a_stall() {
     assert_eq!(after.status, 200, "{}", after.text());
 }
 
+/// Submits `form`, checks that it is refused with 503 saying each of `said`, and that `/ready`
+/// answers 503 saying `ready_says`.
+fn assert_refused_and_unready(
+    coordinator: &Coordinator,
+    form: &Form,
+    said: &[&str],
+    ready_says: &str,
+) {
+    let refused = submit_reply(coordinator, form);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        said.iter().all(|s| refused.text().contains(s)),
+        "{}",
+        refused.text()
+    );
+    let (status, ready) = get_json(&coordinator.url("/ready"));
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.to_string().contains(ready_says), "{ready}");
+}
+
 /// A state directory deleted (here: moved away) or replaced under the running coordinator
 /// would leave it acknowledging jobs into a file no restart reads: submits are refused with 503
 /// saying why, `/ready`, `/pool`, `/metrics` and the log say so, and once the same files are
@@ -2158,19 +2178,15 @@ fn a_state_directory_deleted_or_replaced_under_the_coordinator_refuses_submits_u
     let state = coordinator.state_dir();
     let aside = state.with_extension("aside");
     fs::rename(&state, &aside).unwrap_or_else(|e| panic!("{e}"));
-    let refused = submit_reply(&coordinator, &job("while gone"));
-    assert_eq!(refused.status, 503, "{}", refused.text());
-    assert!(
-        refused
-            .text()
-            .contains("was removed while the coordinator runs")
-            && refused.text().contains("the job was not accepted"),
-        "{}",
-        refused.text()
+    assert_refused_and_unready(
+        &coordinator,
+        &job("while gone"),
+        &[
+            "was removed while the coordinator runs",
+            "the job was not accepted",
+        ],
+        "was removed",
     );
-    let (status, ready) = get_json(&coordinator.url("/ready"));
-    assert_eq!(status, 503, "{ready}");
-    assert!(ready.to_string().contains("was removed"), "{ready}");
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert!(pool["store"]["file_lost"].is_string(), "{pool}");
     let (_, metrics) = get(&coordinator.url("/metrics"));
@@ -2216,17 +2232,12 @@ fn a_deleted_wal_or_shared_memory_file_refuses_submits_and_a_graceful_restart_ke
             acknowledged.push(submit(&coordinator, &job(&format!("before {name} {n}"))));
         }
         fs::remove_file(state.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let refused = submit_reply(&coordinator, &job(&format!("after {name}")));
-        assert_eq!(refused.status, 503, "{file}: {}", refused.text());
-        assert!(
-            refused.text().contains(&format!("({file}) was removed"))
-                && refused.text().contains("the job was not accepted"),
-            "{}",
-            refused.text()
+        assert_refused_and_unready(
+            &coordinator,
+            &job(&format!("after {name}")),
+            &[&format!("({file}) was removed"), "the job was not accepted"],
+            file,
         );
-        let (status, ready) = get_json(&coordinator.url("/ready"));
-        assert_eq!(status, 503, "{ready}");
-        assert!(ready.to_string().contains(file), "{ready}");
         let (_, pool) = get_json(&coordinator.url("/pool"));
         assert!(
             pool["store"]["file_lost"]
@@ -2677,6 +2688,77 @@ fn a_state_directory_that_goes_read_only_refuses_submits_with_503_and_keeps_serv
         (get(&coordinator.url("/ready")).0 == 200).then_some(())
     });
     assert!(ready.is_some(), "{}", coordinator.logs());
+}
+
+/// A folder made read-only for the coordinator (`chattr +i` as root, else `chmod 555`); its
+/// permission given back when dropped.
+struct Denied(std::path::PathBuf);
+
+impl Denied {
+    /// `dir` denied to new files; `None`, with the reason printed, where neither way works here.
+    fn folder(dir: &Path) -> Option<Denied> {
+        use std::os::unix::fs::PermissionsExt;
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !immutable {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o555))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let denied = Denied(dir.to_path_buf());
+        if fs::write(dir.join("try"), b"").is_ok() {
+            eprintln!(
+                "SKIPPED: neither chattr +i nor chmod 555 keeps this user from creating files \
+                 (root on a filesystem without attributes?); the permission test did not run"
+            );
+            return None;
+        }
+        Some(denied)
+    }
+}
+
+impl Drop for Denied {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// A state directory whose folders an operator made unwritable for the coordinator: a large
+/// submit is refused with 503 naming the permission (it was a 500), `/ready` says so (it said
+/// ready), and both are back once the permission is.
+#[test]
+fn a_state_directory_folder_without_write_permission_refuses_large_submits_with_503() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let large = Form::new()
+        .file("main.py", "text/x-python", &vec![b'#'; 200 << 10])
+        .manifest(r#"{"entrypoint":"main.py"}"#);
+    let Some(denied) = Denied::folder(&coordinator.state_dir().join("uploads")) else {
+        return;
+    };
+    assert_refused_and_unready(
+        &coordinator,
+        &large,
+        &[
+            "may not create files in its state directory",
+            "write permission",
+        ],
+        "uploads/ folder",
+    );
+    drop(denied);
+    assert_eq!(get(&coordinator.url("/ready")).0, 200);
+    let taken = submit(&coordinator, &large);
+    wait_collected(&coordinator, &taken, DEADLINE);
 }
 
 /// How many rows of the store at `db` have each status.

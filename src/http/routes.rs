@@ -548,6 +548,9 @@ fn ready(ctx: &Context) -> Reply {
     if let Some(lost) = ctx.store.file_lost() {
         reason(&lost);
     }
+    if let Some(denied) = ctx.spool.denied() {
+        reason(&denied);
+    }
     if ctx.disk_reserve.shortfall(0).is_some() {
         reason("the state directory's disk is down to its reserve (see disk in /pool)");
     }

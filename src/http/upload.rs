@@ -12,6 +12,7 @@ use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::store::dir_access::is_permission_denied;
 use crate::store::disk_reserve::{DiskReserve, Room};
 use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
@@ -119,7 +120,11 @@ impl UploadError {
             Self::SubmitKeyReused { .. } => 422,
             Self::DiskReserve(_) => 507,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
-            Self::Spool(e) if is_unwritable_disk(e) || is_shortage(e) => 503,
+            Self::Spool(e)
+                if is_unwritable_disk(e) || is_shortage(e) || is_permission_denied(e) =>
+            {
+                503
+            }
             Self::Spool(_) => 500,
             Self::Store(e) if e.is_full() => 507,
             Self::Store(StoreError::Closed) => 503,
@@ -222,6 +227,10 @@ impl fmt::Display for UploadError {
             Self::Spool(e) if is_unwritable_disk(e) => write!(
                 f,
                 "the coordinator's state directory cannot be written ({e}), the job was not accepted (nothing was kept); its disk fails or went read-only: submit elsewhere, or once the operator repaired it"
+            ),
+            Self::Spool(e) if is_permission_denied(e) => write!(
+                f,
+                "the coordinator may not create files in its state directory ({e}), the job was not accepted (nothing was kept); an operator changed the permissions of its folders (uploads/, results/): submit elsewhere, or once the operator gave the coordinator's user write permission on them back"
             ),
             Self::Spool(e) if is_shortage(e) => write!(
                 f,

@@ -2,6 +2,7 @@
 //! append-only segment files that hold uploads and collected results. May import `base` only.
 
 pub mod controls;
+pub mod dir_access;
 pub mod dir_lock;
 pub mod disk_reserve;
 pub mod file_identity;

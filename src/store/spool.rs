@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::base::hex::hex;
 use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
+use crate::store::dir_access;
 use crate::store::removals::{Removals, WipeOf};
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 use crate::store::stall_watch::StallWatch;
@@ -548,6 +549,12 @@ impl Spool {
             Arc::clone(self.upload_segments.watch()),
             Arc::clone(self.result_segments.watch()),
         ]
+    }
+
+    /// `None` while new upload and results segments may be created; else why not (an
+    /// operator took the permission away): see [`dir_access::first_denied`].
+    pub fn denied(&self) -> Option<String> {
+        dir_access::first_denied([self.upload_segments.dir(), self.result_segments.dir()])
     }
 
     /// The segment deletions of the state directory (held while a snapshot is taken).
