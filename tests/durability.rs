@@ -2145,16 +2145,16 @@ fn an_upload_blocked_by_a_disk_that_stops_answering_is_seen_as_a_stall() {
     assert_eq!(after.status, 200, "{}", after.text());
 }
 
-/// Submits `form`, checks that it is refused with 503 saying each of `said`, and that `/ready`
-/// answers 503 saying `ready_says`.
+/// Submits `form`, checks that it is refused with `status` saying each of `said`, and that
+/// `/ready` answers 503 saying `ready_says`.
 fn assert_refused_and_unready(
     coordinator: &Coordinator,
     form: &Form,
-    said: &[&str],
+    (status, said): (u16, &[&str]),
     ready_says: &str,
 ) {
     let refused = submit_reply(coordinator, form);
-    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.status, status, "{}", refused.text());
     assert!(
         said.iter().all(|s| refused.text().contains(s)),
         "{}",
@@ -2181,10 +2181,13 @@ fn a_state_directory_deleted_or_replaced_under_the_coordinator_refuses_submits_u
     assert_refused_and_unready(
         &coordinator,
         &job("while gone"),
-        &[
-            "was removed while the coordinator runs",
-            "the job was not accepted",
-        ],
+        (
+            503,
+            &[
+                "was removed while the coordinator runs",
+                "the job was not accepted",
+            ],
+        ),
         "was removed",
     );
     let (_, pool) = get_json(&coordinator.url("/pool"));
@@ -2235,7 +2238,10 @@ fn a_deleted_wal_or_shared_memory_file_refuses_submits_and_a_graceful_restart_ke
         assert_refused_and_unready(
             &coordinator,
             &job(&format!("after {name}")),
-            &[&format!("({file}) was removed"), "the job was not accepted"],
+            (
+                503,
+                &[&format!("({file}) was removed"), "the job was not accepted"],
+            ),
             file,
         );
         let (_, pool) = get_json(&coordinator.url("/pool"));
@@ -2353,6 +2359,45 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
     let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
     assert!(support::untar_gz(&archive).contains_key("jobs.db"));
+}
+
+/// A state directory whose filesystem ran out of inodes while it has bytes free: a large
+/// submit's 507 names the inodes (it said "full" while `/pool` showed megabytes free), `/pool`'s
+/// disk counts them, `/ready` says so (it said ready), and all is back once files are deleted.
+#[test]
+fn a_state_directory_out_of_inodes_is_told_as_such_by_submits_pool_and_ready() {
+    // A tmpfs of 16 MiB with room for 64 files in all.
+    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("16m,nr_inodes=64", Duration::ZERO)
+    else {
+        return;
+    };
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let fillers = state.join("fillers");
+    fs::create_dir_all(&fillers).unwrap_or_else(|e| panic!("{e}"));
+    let made = (0..64)
+        .take_while(|n| fs::write(fillers.join(n.to_string()), b"").is_ok())
+        .count();
+    assert!(made < 64, "the tmpfs did not run out of inodes");
+    let large = large_job();
+    assert_refused_and_unready(
+        &coordinator,
+        &large,
+        (507, &["no free inodes left"]),
+        "no free inodes",
+    );
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["disk"]["available_inodes"], 0, "{}", pool["disk"]);
+    assert!(
+        pool["disk"]["total_inodes"].as_u64() > Some(0),
+        "{}",
+        pool["disk"]
+    );
+
+    fs::remove_dir_all(&fillers).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get(&coordinator.url("/ready")).0, 200);
+    let taken = submit(&coordinator, &large);
+    wait_collected(&coordinator, &taken, DEADLINE);
 }
 
 /// `--retain-bytes`: once the results segments hold more than the limit, the oldest finished
@@ -2690,6 +2735,13 @@ fn a_state_directory_that_goes_read_only_refuses_submits_with_503_and_keeps_serv
     assert!(ready.is_some(), "{}", coordinator.logs());
 }
 
+/// A job whose 200 KiB upload waits in an upload segment (not in its row).
+fn large_job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", &vec![b'#'; 200 << 10])
+        .manifest(r#"{"entrypoint":"main.py"}"#)
+}
+
 /// A folder made read-only for the coordinator (`chattr +i` as root, else `chmod 555`); its
 /// permission given back when dropped.
 struct Denied(std::path::PathBuf);
@@ -2740,19 +2792,20 @@ fn a_state_directory_folder_without_write_permission_refuses_large_submits_with_
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let large = Form::new()
-        .file("main.py", "text/x-python", &vec![b'#'; 200 << 10])
-        .manifest(r#"{"entrypoint":"main.py"}"#);
+    let large = large_job();
     let Some(denied) = Denied::folder(&coordinator.state_dir().join("uploads")) else {
         return;
     };
     assert_refused_and_unready(
         &coordinator,
         &large,
-        &[
-            "may not create files in its state directory",
-            "write permission",
-        ],
+        (
+            503,
+            &[
+                "may not create files in its state directory",
+                "write permission",
+            ],
+        ),
         "uploads/ folder",
     );
     drop(denied);

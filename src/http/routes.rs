@@ -551,6 +551,9 @@ fn ready(ctx: &Context) -> Reply {
     if let Some(denied) = ctx.spool.denied() {
         reason(&denied);
     }
+    if ctx.disk_reserve.out_of_inodes() {
+        reason("the state directory's filesystem has no free inodes: no file can be created there (see disk in /pool)");
+    }
     if ctx.disk_reserve.shortfall(0).is_some() {
         reason("the state directory's disk is down to its reserve (see disk in /pool)");
     }
@@ -917,7 +920,7 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         };
         upload::accept(ctx, caller, options, body, submit_key)
     });
-    match accepted {
+    match accepted.map_err(|e| e.naming_inodes(&ctx.disk_reserve)) {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
         Err(e) => {
             if e.status() >= 500 {

@@ -104,11 +104,25 @@ pub enum UploadError {
     DiskReserve(Room),
     /// The spool could not be written.
     Spool(io::Error),
+    /// The state directory's filesystem has no inode left for a new segment file.
+    NoInodes(Room),
     /// The job store could not record the job.
     Store(StoreError),
 }
 
 impl UploadError {
+    /// A full state directory told as one out of inodes when that is why (its bytes may be
+    /// free while no file can be created); any other error as it is.
+    pub fn naming_inodes(self, reserve: &DiskReserve) -> UploadError {
+        match self {
+            Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => match reserve.room() {
+                Ok(room) if room.out_of_inodes() => Self::NoInodes(room),
+                _ => Self::Spool(e),
+            },
+            other => other,
+        }
+    }
+
     /// The HTTP status for this refusal.
     pub fn status(&self) -> u16 {
         match self {
@@ -118,7 +132,7 @@ impl UploadError {
             Self::TooManyQueued(_) => 429,
             Self::SubmitKeyBusy(_) => 409,
             Self::SubmitKeyReused { .. } => 422,
-            Self::DiskReserve(_) => 507,
+            Self::DiskReserve(_) | Self::NoInodes(_) => 507,
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             Self::Spool(e)
                 if is_unwritable_disk(e) || is_shortage(e) || is_permission_denied(e) =>
@@ -219,6 +233,11 @@ impl fmt::Display for UploadError {
                 f,
                 "the coordinator's state directory is nearly full ({} bytes free, {} kept for the results of jobs already accepted); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
                 room.available, room.reserve
+            ),
+            Self::NoInodes(room) => write!(
+                f,
+                "the coordinator's state directory has no free inodes left ({} bytes are free, but no file can be created there), the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
+                room.available
             ),
             Self::Spool(e) if e.raw_os_error() == Some(libc::ENOSPC) => write!(
                 f,

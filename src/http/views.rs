@@ -318,6 +318,8 @@ pub fn disk_view(reserve: &DiskReserve) -> Value {
         "total_bytes": room.map(|r| r.total),
         "reserve": reserve.setting().describe(),
         "reserve_bytes": room.map(|r| r.reserve),
+        "available_inodes": room.map(|r| r.inodes_available),
+        "total_inodes": room.map(|r| r.inodes_total),
         "refusing_submits": room.is_some_and(|r| r.is_short_for(0)),
         "refused_submits": reserve.refused(),
     })

@@ -21,12 +21,21 @@ pub struct Room {
     pub total: u64,
     /// The reserve in bytes.
     pub reserve: u64,
+    /// Files (inodes) an unprivileged process may still create.
+    pub inodes_available: u64,
+    /// The filesystem's inodes (0 where it has no fixed number, as on btrfs).
+    pub inodes_total: u64,
 }
 
 impl Room {
     /// Whether `incoming` more bytes would leave less than the reserve.
     pub fn is_short_for(&self, incoming: u64) -> bool {
         self.available.saturating_sub(incoming) < self.reserve
+    }
+
+    /// Whether no file can be created for want of inodes, however many bytes are free.
+    pub fn out_of_inodes(&self) -> bool {
+        self.inodes_total > 0 && self.inodes_available == 0
     }
 }
 
@@ -57,12 +66,22 @@ impl DiskReserve {
 
     /// The room now (an error when the filesystem cannot be asked).
     pub fn room(&self) -> io::Result<Room> {
-        let (available, total) = filesystem_room(&self.dir)?;
+        let stats = filesystem_stats(&self.dir)?;
+        let unit = stats.f_frsize as u64;
+        let total = (stats.f_blocks as u64).saturating_mul(unit);
         Ok(Room {
-            available,
+            available: (stats.f_bavail as u64).saturating_mul(unit),
             total,
             reserve: self.setting.bytes_of(total),
+            inodes_available: stats.f_favail as u64,
+            inodes_total: stats.f_files as u64,
         })
+    }
+
+    /// Whether the filesystem has no inode left for a new file (checked whatever the reserve;
+    /// false when it cannot be asked).
+    pub fn out_of_inodes(&self) -> bool {
+        self.room().is_ok_and(|room| room.out_of_inodes())
     }
 
     /// The room now, when `incoming` more bytes would cut into the reserve; `None` when they
@@ -109,8 +128,8 @@ impl DiskReserve {
     }
 }
 
-/// Bytes available to an unprivileged process, and the size, of the filesystem holding `dir`.
-fn filesystem_room(dir: &Path) -> io::Result<(u64, u64)> {
+/// The `statvfs` figures of the filesystem holding `dir`.
+fn filesystem_stats(dir: &Path) -> io::Result<libc::statvfs> {
     let path = CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `statvfs` only writes into `stats`, which is sized for it, and reads the
@@ -119,11 +138,7 @@ fn filesystem_room(dir: &Path) -> io::Result<(u64, u64)> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let unit = stats.f_frsize as u64;
-    Ok((
-        (stats.f_bavail as u64).saturating_mul(unit),
-        (stats.f_blocks as u64).saturating_mul(unit),
-    ))
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -137,6 +152,8 @@ mod tests {
         assert_eq!(none.admit(u64::MAX), Ok(()));
         let room = none.room().unwrap_or_else(|e| panic!("statvfs: {e}"));
         assert!(room.total >= room.available && room.total > 0, "{room:?}");
+        assert!(room.inodes_total >= room.inodes_available, "{room:?}");
+        assert!(!none.out_of_inodes(), "{room:?}");
         let all = DiskReserve::new(&dir, DiskReserveSetting::Percent(50.0));
         assert_eq!(all.room().map(|r| r.reserve).ok(), Some(room.total / 2));
         let huge = DiskReserve::new(&dir, DiskReserveSetting::Bytes(room.total + 1));
