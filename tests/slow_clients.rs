@@ -584,7 +584,27 @@ fn requests_with_ambiguous_framing_are_refused_and_their_connection_closed() {
             "only HTTP/1.0 and HTTP/1.1",
         ),
         (
+            format!("GET /health HTTP/0.9\r\nHost: pool\r\n\r\n{hidden}"),
+            505,
+            "only HTTP/1.0 and HTTP/1.1",
+        ),
+        (
+            format!("GET /health HTTP/1.2\r\nHost: pool\r\n\r\n{hidden}"),
+            505,
+            "only HTTP/1.0 and HTTP/1.1",
+        ),
+        (
+            format!("GET /health HTTP/1.1 \r\nHost: pool\r\n\r\n{hidden}"),
+            400,
+            "malformed request line",
+        ),
+        (
             format!("{head}Expect: something-else\r\n\r\n{hidden}"),
+            417,
+            "Expect: 100-continue",
+        ),
+        (
+            format!("{head}Expect: 100-continue\r\nExpect: something-else\r\n\r\n{hidden}"),
             417,
             "Expect: 100-continue",
         ),

@@ -275,16 +275,12 @@ impl ClientConnection {
                     )?
                     .ok_or(ReadError::RequestLineTooLong)?;
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
+                // Patched: the line as sent (0.12.0 trimmed spaces around it).
+                parse_request_line(line.as_str())?
             };
-            // Patched: checked before the request takes the connection's next writer. 0.12.0
-            // checked it after, and its 505 waited for that writer forever: each such request
-            // held its connection and thread for good.
-            if version > HTTPVersion(1, 1) {
-                return Err(ReadError::UnsupportedVersion);
-            }
+            // Patched: a version not served is told (`parse_http_version`) before the request
+            // takes the connection's next writer. 0.12.0 checked it after, and its 505 waited for
+            // that writer forever: each such request held its connection and thread for good.
 
             // getting all headers
             let headers = {
@@ -482,17 +478,20 @@ impl Iterator for ClientConnection {
 }
 
 /// Parses a "HTTP/1.1" string.
+/// Patched: HTTP/1.0 and HTTP/1.1 are served; any other version written `HTTP/d.d` is one not
+/// served (505), anything else a malformed request line. 0.12.0 served `HTTP/0.9` as such
+/// (answering with an `HTTP/0.9` status line) and took `HTTP/1.2` for a malformed line.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
+    match version.as_bytes() {
+        b"HTTP/1.0" => Ok(HTTPVersion(1, 0)),
+        b"HTTP/1.1" => Ok(HTTPVersion(1, 1)),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(ReadError::UnsupportedVersion)
+        }
+        _ => Err(ReadError::WrongRequestLine),
+    }
 }
 
 /// Parses the request line of the request.
@@ -548,6 +547,23 @@ mod test {
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
         assert!(super::parse_request_line("GET /hello HTTP/1.1 x").is_err());
         assert!(super::parse_request_line("GET  /hello HTTP/1.1").is_err());
+        assert!(super::parse_request_line(" GET /hello HTTP/1.1").is_err());
+        assert!(super::parse_request_line("GET /hello HTTP/1.1 ").is_err());
+    }
+
+    #[test]
+    fn versions_other_than_1_0_and_1_1_are_not_served() {
+        use super::ReadError;
+        for version in ["HTTP/0.9", "HTTP/1.2", "HTTP/2.0", "HTTP/3.0"] {
+            let line = format!("GET / {version}");
+            let read = super::parse_request_line(&line);
+            assert!(matches!(read, Err(ReadError::UnsupportedVersion)), "{version}");
+        }
+        for version in ["HTTP/1", "HTTP/1.10", "http/1.1", "HTTP/x.1"] {
+            let line = format!("GET / {version}");
+            let read = super::parse_request_line(&line);
+            assert!(matches!(read, Err(ReadError::WrongRequestLine)), "{version}");
+        }
     }
 
     #[test]

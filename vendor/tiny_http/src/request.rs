@@ -251,18 +251,16 @@ where
         Framing::Chunked | Framing::None => None,
     };
 
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
+    // Patched: every `Expect` is read (0.12.0: the first only), each must be `100-continue`
+    // (else 417), and an HTTP/1.0 request's is ignored (RFC 9110, section 10.1.1: no
+    // `100 Continue` is sent to an HTTP/1.0 client).
+    let mut expects_continue = false;
+    for h in headers.iter().filter(|h| h.field.equiv("Expect")) {
+        if !h.value.as_str().eq_ignore_ascii_case("100-continue") {
+            return Err(RequestCreationError::ExpectationFailed);
         }
-    };
+        expects_continue = version >= HTTPVersion(1, 1);
+    }
 
     // Patched: the connection is handed over whole (for a protocol upgrade) only for a GET that
     // asks for one (an `Upgrade` header and the `upgrade` token in `Connection`) and has no
@@ -791,6 +789,32 @@ mod tests {
         let stalled = inline_body_error(Stalls(false));
         assert_eq!(stalled.map(|(status, _)| status), Some(408));
         assert!(inline_body_error(Cursor::new(b"0123456789".to_vec())).is_none());
+    }
+
+    #[test]
+    fn every_expect_is_read_and_an_http_1_0_ones_is_ignored() {
+        let request = |version: HTTPVersion, expects: &[&str]| {
+            let mut headers = vec!["Content-Length: 10".parse::<Header>().unwrap()];
+            headers.extend(expects.iter().map(|e| e.parse::<Header>().unwrap()));
+            new_request(
+                false,
+                Method::Post,
+                "/".to_string(),
+                version,
+                headers,
+                None,
+                Cursor::new(b"0123456789".to_vec()),
+                io::sink(),
+                None,
+            )
+        };
+        let continued = ["Expect: 100-continue"];
+        let eleven = request(HTTPVersion(1, 1), &continued).map(|r| r.must_send_continue);
+        assert!(matches!(eleven, Ok(true)));
+        let ten = request(HTTPVersion(1, 0), &continued).map(|r| r.must_send_continue);
+        assert!(matches!(ten, Ok(false)));
+        let second = request(HTTPVersion(1, 1), &["Expect: 100-continue", "Expect: x"]);
+        assert!(matches!(second, Err(RequestCreationError::ExpectationFailed)));
     }
 
     #[test]

@@ -463,6 +463,9 @@ where
                 .headers
                 .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
 
+            // Patched: no `Content-Length` on a 1xx or a 204 (RFC 9110, 8.6: a server must not
+            // send one there; 0.12.0 sent `Content-Length: 0` on `100 Continue`).
+            Some(TransferEncoding::Identity) if matches!(self.status_code.0, 100..=199 | 204) => {}
             Some(TransferEncoding::Identity) => {
                 if let Some(data_length) = data_length {
                     self.headers.push(
@@ -665,6 +668,18 @@ mod tests {
         let result = response.raw_print(&mut out, version, request_headers, false, None);
         assert!(result.is_err(), "the body's read error is the answer's");
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_1xx_or_204_answer_carries_no_content_length() {
+        for status in [100, 204] {
+            let mut out = Vec::new();
+            let response = Response::new_empty(StatusCode(status));
+            let printed = response.raw_print(&mut out, HTTPVersion(1, 1), &[], false, None);
+            assert!(printed.is_ok());
+            let text = String::from_utf8_lossy(&out).into_owned();
+            assert!(!text.contains("Content-Length"), "{text}");
+        }
     }
 
     #[test]
