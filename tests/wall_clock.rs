@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::lifecycle::{submit, wait_collected, wait_healthy};
+use support::lifecycle::{drain_url, job_status, submit, wait_collected, wait_healthy};
 use support::wall_clock::{wait_clock, FakeClock};
-use support::{get_json, poll_until, send, workers_dir, Coordinator, FakeWorker, Form};
+use support::{get_json, poll_until, post, send, workers_dir, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -171,4 +171,39 @@ fn after_a_step_forward_retention_by_age_forgets_nothing_early_across_a_restart(
         "{}",
         coordinator.logs()
     );
+}
+
+/// A wall clock stepped back an hour between two submits: the queue keeps their order across a
+/// `kill -9` and a restart (the later jobs went ahead of the earlier one, by their submission
+/// times).
+#[test]
+fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
+    let Some((worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&[]) else {
+        return;
+    };
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let first = submit(&coordinator, &quick_job());
+    clock.set("-1h");
+    wait_clock(&coordinator, -3_600.0, DEADLINE);
+    let later: Vec<String> = (0..2).map(|_| submit(&coordinator, &quick_job())).collect();
+    let places = |coordinator: &Coordinator| -> Vec<u64> {
+        [&first, &later[0], &later[1]]
+            .iter()
+            .map(|id| {
+                job_status(coordinator, id)["queue_position"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    assert_eq!(places(&coordinator), [1, 2, 3]);
+    coordinator.kill();
+    let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(places(&coordinator), [1, 2, 3], "{}", coordinator.logs());
 }

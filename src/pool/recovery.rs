@@ -60,9 +60,10 @@ fn lose_or_rerun(
     st.restore(job);
 }
 
-/// When a queued job took its place in its level: its priority change, else its submission.
-fn queue_place(job: &Job) -> f64 {
-    job.level_since.unwrap_or(job.submitted_at)
+/// When a queued job took its place in its level: its priority change, else its submission
+/// (`submitted`: its submission time, held to no earlier than those submitted before it).
+fn queue_place(job: &Job, submitted: f64) -> f64 {
+    job.level_since.unwrap_or(submitted)
 }
 
 /// Counts `job`, which its worker `index` runs, against the worker's `max_concurrent_jobs` (and
@@ -240,8 +241,19 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         }
     }
     // In submission order, but for a job whose priority was changed: at the back of its new
-    // level as of that change, as it was before the stop.
-    queued.sort_by(|a, b| queue_place(a).total_cmp(&queue_place(b)));
+    // level as of that change, as it was before the stop. The store gives them in submission
+    // order; a submission time earlier than one before it (a wall clock stepped back between
+    // two submits) counts as that one, so the sort keeps their order.
+    let mut latest = f64::MIN;
+    let mut placed: Vec<(f64, Job)> = queued
+        .into_iter()
+        .map(|job| {
+            latest = latest.max(job.submitted_at);
+            (queue_place(&job, latest), job)
+        })
+        .collect();
+    placed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let queued = placed.into_iter().map(|(_, job)| job);
     let now = std::time::Instant::now();
     for job in queued {
         st.enqueue(job, now);
