@@ -2235,6 +2235,13 @@ fn a_deleted_wal_or_shared_memory_file_refuses_submits_and_a_graceful_restart_ke
             acknowledged.push(submit(&coordinator, &job(&format!("before {name} {n}"))));
         }
         fs::remove_file(state.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // The WAL and shared-memory files are looked at every 100 ms at most.
+        poll_until(DEADLINE, || {
+            let (_, pool) = get_json(&coordinator.url("/pool"));
+            let lost = pool["store"]["file_lost"].as_str()?.to_string();
+            lost.contains(file).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{file}: never told lost: {}", coordinator.logs()));
         assert_refused_and_unready(
             &coordinator,
             &job(&format!("after {name}")),
@@ -2243,13 +2250,6 @@ fn a_deleted_wal_or_shared_memory_file_refuses_submits_and_a_graceful_restart_ke
                 &[&format!("({file}) was removed"), "the job was not accepted"],
             ),
             file,
-        );
-        let (_, pool) = get_json(&coordinator.url("/pool"));
-        assert!(
-            pool["store"]["file_lost"]
-                .as_str()
-                .is_some_and(|lost| lost.contains(file)),
-            "{pool}"
         );
         assert!(coordinator.wait_for_log("Restart the coordinator now", DEADLINE));
 

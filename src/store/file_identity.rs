@@ -11,6 +11,10 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::base::sync::lock;
 
 /// Which of the store's files an identity is of: what its loss means and what to do about it.
 #[derive(Clone, Copy)]
@@ -118,8 +122,17 @@ impl FileIdentity {
     }
 }
 
+/// How often the WAL and shared-memory files are looked at (the database itself at every
+/// call): a look at one costs a path lookup, and every submit asks.
+const COMPANIONS_EVERY: Duration = Duration::from_millis(100);
+
 /// The identities of the job store's database, WAL and shared-memory files as opened.
-pub struct StoreFiles([FileIdentity; 3]);
+pub struct StoreFiles {
+    database: FileIdentity,
+    companions: [FileIdentity; 2],
+    /// When the companions were last looked at, and what was found.
+    companions_seen: Mutex<(Option<Instant>, Option<String>)>,
+}
 
 impl StoreFiles {
     /// The identities of the database at `db` and of its `-wal` and `-shm` files, as the open
@@ -130,17 +143,31 @@ impl StoreFiles {
             path.push(suffix);
             PathBuf::from(path)
         };
-        Ok(StoreFiles([
-            FileIdentity::of(db)?,
-            FileIdentity::with_role(beside("-wal"), Role::Companion("WAL file"))?,
-            FileIdentity::with_role(beside("-shm"), Role::Companion("shared-memory file"))?,
-        ]))
+        Ok(StoreFiles {
+            database: FileIdentity::of(db)?,
+            companions: [
+                FileIdentity::with_role(beside("-wal"), Role::Companion("WAL file"))?,
+                FileIdentity::with_role(beside("-shm"), Role::Companion("shared-memory file"))?,
+            ],
+            companions_seen: Mutex::new((None, None)),
+        })
     }
 
     /// `None` while every file is the one opened; else what became of the first that is not
-    /// (see [`FileIdentity::lost`]).
+    /// (see [`FileIdentity::lost`]). The database is looked at every time, the WAL and
+    /// shared-memory files at most every [`COMPANIONS_EVERY`].
     pub fn lost(&self) -> Option<String> {
-        self.0.iter().find_map(FileIdentity::lost)
+        if let Some(lost) = self.database.lost() {
+            return Some(lost);
+        }
+        let mut seen = lock(&self.companions_seen);
+        if seen.0.is_none_or(|at| at.elapsed() >= COMPANIONS_EVERY) {
+            *seen = (
+                Some(Instant::now()),
+                self.companions.iter().find_map(FileIdentity::lost),
+            );
+        }
+        seen.1.clone()
     }
 }
 
@@ -174,10 +201,20 @@ mod tests {
         let files = StoreFiles::of(&db).expect("identities");
         assert_eq!(files.lost(), None);
         std::fs::remove_file(dir.path().join("jobs.db-shm")).expect("removed");
+        // Looked at again once COMPANIONS_EVERY passed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            match files.lost() {
+                Some(why) => break Some(why),
+                None if Instant::now() > deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        assert!(seen
+            .is_some_and(|w| w.contains("(jobs.db-shm) was removed") && w.contains("restarted")));
+        std::fs::remove_file(dir.path().join("jobs.db")).expect("removed");
         assert!(files
             .lost()
-            .is_some_and(|w| w.contains("(jobs.db-shm) was removed") && w.contains("restarted")));
-        std::fs::remove_file(dir.path().join("jobs.db-wal")).expect("removed");
-        assert!(files.lost().is_some_and(|w| w.contains("(jobs.db-wal)")));
+            .is_some_and(|w| w.contains("state directory deleted")));
     }
 }
