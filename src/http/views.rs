@@ -412,7 +412,7 @@ struct StatusView<'a> {
     status: &'static str,
     pool_status: &'static str,
     priority: &'static str,
-    /// The client key that submitted it (none on an open coordinator).
+    /// The client key that submitted it (none for a job submitted without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<&'a str>,
     queue_position: u64,
