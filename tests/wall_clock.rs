@@ -142,6 +142,13 @@ fn after_a_step_forward_retention_by_age_forgets_nothing_early_across_a_restart(
         coordinator.logs()
     );
     let later = run_job(&coordinator);
+    // Its settled row is committed (counted) before the kill: else it settles again after the
+    // restart, in the next run.
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["store"]["finished_jobs"].as_u64() >= Some(3)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("3 settled rows never committed: {}", coordinator.logs()));
     coordinator.kill();
     let coordinator = Coordinator::try_start_in_env(dir.path(), &args, &clock.env())
         .unwrap_or_else(|e| panic!("{e}"));
