@@ -14,7 +14,9 @@ use support::lifecycle::{
     assert_pool_consistent, drain_url, job_status, pool_worker, submit, wait_collected,
     wait_healthy, wait_status,
 };
-use support::{get_bytes, get_json, poll_until, post, send, Coordinator, FakeWorker, Form};
+use support::{
+    get_bytes, get_json, poll_until, post, post_multipart, send, Coordinator, FakeWorker, Form,
+};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -1760,6 +1762,39 @@ fn busy_worker(args: &[&str]) -> (FakeWorker, tempfile::TempDir, Coordinator, St
     let blocker = submit(&coordinator, &form());
     wait_started(&coordinator, &worker, &blocker);
     (worker, dir, coordinator, blocker)
+}
+
+/// A queued job's time in its level before a `kill -9` counts towards its priority aging after
+/// the restart: a low job that aged to normal is still normal at once, and goes on to high
+/// (its aging started again from low).
+#[test]
+fn priority_aging_goes_on_across_a_restart() {
+    let mut args = FAST.to_vec();
+    args.extend(["--priority-aging", "3"]);
+    let (_worker, dir, mut coordinator, _blocker) = busy_worker(&args);
+    let (code, body) = post_multipart(&coordinator.url("/submit?priority=low"), &form());
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let level = |coordinator: &Coordinator| {
+        job_status(coordinator, &id)["queue_level"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    poll_until(DEADLINE, || (level(&coordinator) == "normal").then_some(()))
+        .unwrap_or_else(|| panic!("never aged to normal: {}", level(&coordinator)));
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let after = level(&coordinator);
+    assert!(
+        after == "normal" || after == "high",
+        "after the restart: {after}"
+    );
+    poll_until(DEADLINE, || (level(&coordinator) == "high").then_some(()))
+        .unwrap_or_else(|| panic!("never aged to high: {}", level(&coordinator)));
 }
 
 /// A job still queued when its queue timeout ends fails unstarted, with what the workers were

@@ -14,6 +14,7 @@ use crate::state::context::Context;
 use crate::state::pool_state::{PoolState, RECENT_JOBS};
 use crate::store::jobs_db::{ListFilter, StoredJob};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What recovery found, for the log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -253,10 +254,12 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         })
         .collect();
     placed.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let queued = placed.into_iter().map(|(_, job)| job);
     let now = std::time::Instant::now();
-    for job in queued {
-        st.enqueue(job, now);
+    let wall_now = unix_now();
+    for (place, job) in placed {
+        // The time it waited in its level before the stop counts towards its aging.
+        let waited = Duration::try_from_secs_f64(wall_now - place).unwrap_or_default();
+        st.enqueue_waited(job, now, waited);
     }
     st.recent.refill(&recent);
     counts.ended = settle.len();

@@ -677,15 +677,22 @@ impl PoolState {
     /// Adds a new queued job at the tail of its owner's line in its priority level.
     /// A job with a queue timeout gets its deadline, counted from its submission or its last
     /// lost run (a recovered job's time in the queue before the restart counts).
-    pub fn enqueue(&mut self, mut job: Job, now: Instant) {
+    pub fn enqueue(&mut self, job: Job, now: Instant) {
+        self.enqueue_waited(job, now, Duration::ZERO);
+    }
+
+    /// [`PoolState::enqueue`] for a job that already waited `waited` in its level before a
+    /// restart: its priority aging goes on from there (see [`JobQueue::push_waited`]).
+    pub fn enqueue_waited(&mut self, mut job: Job, now: Instant, waited: Duration) {
         job.status = PoolStatus::Queued;
         let labelled = !job.labels().is_empty();
-        self.queue.push(
+        self.queue.push_waited(
             job.id.clone(),
             job.owner.clone(),
             job.priority,
             labelled,
             now,
+            waited,
         );
         if let Some(timeout) = job.queue_timeout {
             let waited = (unix_now() - job.queued_since()).max(0.0);

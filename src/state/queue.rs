@@ -151,9 +151,34 @@ impl JobQueue {
         labelled: bool,
         now: Instant,
     ) {
-        let level = priority.index();
+        self.push_waited(id, owner, priority, labelled, now, Duration::ZERO);
+    }
+
+    /// [`JobQueue::push`] for a job that already waited `waited` in its level (before a
+    /// restart): it goes as far up as aging would have moved it meanwhile, and its aging goes
+    /// on from there.
+    pub fn push_waited(
+        &mut self,
+        id: String,
+        owner: Owner,
+        priority: Priority,
+        labelled: bool,
+        now: Instant,
+        waited: Duration,
+    ) {
+        let mut level = priority.index();
+        let mut since = now;
+        if let Some(aging) = self.aging {
+            let periods = (waited.as_secs_f64() / aging.as_secs_f64()).floor();
+            let up = (periods.min(level as f64)) as usize;
+            level -= up;
+            if level > 0 {
+                let aged = aging.saturating_mul(up as u32);
+                since = now.checked_sub(waited.saturating_sub(aged)).unwrap_or(now);
+            }
+        }
         *self.owner_counts.entry(owner.clone()).or_default() += 1;
-        self.insert(Arc::from(id), owner, level, labelled, now);
+        self.insert(Arc::from(id), owner, level, labelled, since);
     }
 
     fn insert(&mut self, id: Arc<str>, owner: Owner, level: usize, labelled: bool, now: Instant) {
@@ -521,6 +546,30 @@ mod tests {
         q.promote(start + Duration::from_secs(16));
         assert_eq!(q.level_of("n"), Some(Priority::High));
         assert_eq!(drain(&mut q), ["n", "l"]);
+    }
+
+    #[test]
+    fn a_job_that_waited_before_a_restart_goes_on_aging_from_there() {
+        let now = Instant::now();
+        let mut q = JobQueue::default();
+        q.set_aging(Some(Duration::from_secs(10)));
+        let secs = Duration::from_secs;
+        q.push_waited("top".into(), None, Priority::Low, false, now, secs(25));
+        q.push_waited("up".into(), None, Priority::Low, false, now, secs(14));
+        q.push_waited("new".into(), None, Priority::Low, false, now, secs(3));
+        assert_eq!(q.level_of("top"), Some(Priority::High));
+        assert_eq!(q.level_of("up"), Some(Priority::Normal));
+        assert_eq!(q.level_of("new"), Some(Priority::Low));
+        // 4 s into its level already: 6 s more, not 10, to the next one.
+        q.promote(now + secs(6));
+        assert_eq!(q.level_of("up"), Some(Priority::High));
+        assert_eq!(q.level_of("new"), Some(Priority::Low));
+        q.promote(now + secs(7));
+        assert_eq!(q.level_of("new"), Some(Priority::Normal));
+        // Without aging, where its priority says.
+        let mut still = JobQueue::default();
+        still.push_waited("old".into(), None, Priority::Low, false, now, secs(1_000));
+        assert_eq!(still.level_of("old"), Some(Priority::Low));
     }
 
     #[test]
