@@ -682,11 +682,11 @@ impl PoolState {
     }
 
     /// [`PoolState::enqueue`] for a job that already waited `waited` in its level before a
-    /// restart: its priority aging goes on from there (see [`JobQueue::push_waited`]).
+    /// restart: its priority aging goes on from there (see [`JobQueue::push`]).
     pub fn enqueue_waited(&mut self, mut job: Job, now: Instant, waited: Duration) {
         job.status = PoolStatus::Queued;
         let labelled = !job.labels().is_empty();
-        self.queue.push_waited(
+        self.queue.push(
             job.id.clone(),
             job.owner.clone(),
             job.priority,

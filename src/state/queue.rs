@@ -142,22 +142,9 @@ impl JobQueue {
     }
 
     /// Appends a job at the back of its owner's FIFO in its level; `labelled` when it asks for
-    /// labels.
+    /// labels. A job that already waited `waited` in its level (before a restart) goes as far
+    /// up as aging would have moved it meanwhile, and its aging goes on from there.
     pub fn push(
-        &mut self,
-        id: String,
-        owner: Owner,
-        priority: Priority,
-        labelled: bool,
-        now: Instant,
-    ) {
-        self.push_waited(id, owner, priority, labelled, now, Duration::ZERO);
-    }
-
-    /// [`JobQueue::push`] for a job that already waited `waited` in its level (before a
-    /// restart): it goes as far up as aging would have moved it meanwhile, and its aging goes
-    /// on from there.
-    pub fn push_waited(
         &mut self,
         id: String,
         owner: Owner,
@@ -472,6 +459,17 @@ mod tests {
         out
     }
 
+    /// Pushes a job without labels that waited nothing.
+    fn put(
+        q: &mut JobQueue,
+        id: impl Into<String>,
+        owner: Owner,
+        priority: Priority,
+        now: Instant,
+    ) {
+        q.push(id.into(), owner, priority, false, now, Duration::ZERO);
+    }
+
     fn owner(name: &str) -> Owner {
         Some(name.to_string())
     }
@@ -480,10 +478,10 @@ mod tests {
     fn higher_levels_first_fifo_within() {
         let now = Instant::now();
         let mut q = JobQueue::default();
-        q.push("n1".into(), None, Priority::Normal, false, now);
-        q.push("l1".into(), None, Priority::Low, false, now);
-        q.push("n2".into(), None, Priority::Normal, false, now);
-        q.push("h1".into(), None, Priority::High, false, now);
+        put(&mut q, "n1", None, Priority::Normal, now);
+        put(&mut q, "l1", None, Priority::Low, now);
+        put(&mut q, "n2", None, Priority::Normal, now);
+        put(&mut q, "h1", None, Priority::High, now);
         q.push_front("back".into(), None);
         assert_eq!(q.position("back"), Some(0));
         assert_eq!(q.position("h1"), Some(1));
@@ -499,15 +497,15 @@ mod tests {
         let now = Instant::now();
         let mut q = JobQueue::default();
         for i in 0..5 {
-            q.push(format!("a{i}"), owner("a"), Priority::Normal, false, now);
+            put(&mut q, format!("a{i}"), owner("a"), Priority::Normal, now);
         }
-        q.push("b0".into(), owner("b"), Priority::Normal, false, now);
-        q.push("b1".into(), owner("b"), Priority::Normal, false, now);
-        q.push("c0".into(), owner("c"), Priority::Normal, false, now);
+        put(&mut q, "b0", owner("b"), Priority::Normal, now);
+        put(&mut q, "b1", owner("b"), Priority::Normal, now);
+        put(&mut q, "c0", owner("c"), Priority::Normal, now);
         let ids = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "c0"];
         let positions: Vec<usize> = ids.iter().filter_map(|id| q.position(id)).collect();
         assert_eq!(q.owner_depth(&owner("a")), 5);
-        q.push("h0".into(), owner("b"), Priority::High, false, now);
+        put(&mut q, "h0", owner("b"), Priority::High, now);
         q.push_front("f0".into(), owner("c"));
         assert_eq!(q.in_order(3), ["f0", "h0", "a0"]);
         let listed: Vec<String> = q.in_order(100).into_iter().map(String::from).collect();
@@ -529,15 +527,15 @@ mod tests {
         let start = Instant::now();
         let mut q = JobQueue::default();
         q.set_aging(Some(Duration::from_secs(10)));
-        q.push("l".into(), None, Priority::Low, false, start);
-        q.push(
-            "n".into(),
+        put(&mut q, "l", None, Priority::Low, start);
+        put(
+            &mut q,
+            "n",
             owner("x"),
             Priority::Normal,
-            false,
             start + Duration::from_secs(5),
         );
-        q.push("gone".into(), owner("x"), Priority::Normal, false, start);
+        put(&mut q, "gone", owner("x"), Priority::Normal, start);
         assert!(q.remove("gone"));
         assert!(!q.remove("gone"));
         q.promote(start + Duration::from_secs(11));
@@ -554,9 +552,9 @@ mod tests {
         let mut q = JobQueue::default();
         q.set_aging(Some(Duration::from_secs(10)));
         let secs = Duration::from_secs;
-        q.push_waited("top".into(), None, Priority::Low, false, now, secs(25));
-        q.push_waited("up".into(), None, Priority::Low, false, now, secs(14));
-        q.push_waited("new".into(), None, Priority::Low, false, now, secs(3));
+        q.push("top".into(), None, Priority::Low, false, now, secs(25));
+        q.push("up".into(), None, Priority::Low, false, now, secs(14));
+        q.push("new".into(), None, Priority::Low, false, now, secs(3));
         assert_eq!(q.level_of("top"), Some(Priority::High));
         assert_eq!(q.level_of("up"), Some(Priority::Normal));
         assert_eq!(q.level_of("new"), Some(Priority::Low));
@@ -568,7 +566,7 @@ mod tests {
         assert_eq!(q.level_of("new"), Some(Priority::Normal));
         // Without aging, where its priority says.
         let mut still = JobQueue::default();
-        still.push_waited("old".into(), None, Priority::Low, false, now, secs(1_000));
+        still.push("old".into(), None, Priority::Low, false, now, secs(1_000));
         assert_eq!(still.level_of("old"), Some(Priority::Low));
     }
 
@@ -576,10 +574,10 @@ mod tests {
     fn a_new_priority_moves_a_job_to_the_back_of_its_new_level() {
         let now = Instant::now();
         let mut q = JobQueue::default();
-        q.push("h".into(), None, Priority::High, false, now);
-        q.push("n1".into(), None, Priority::Normal, false, now);
-        q.push("n2".into(), None, Priority::Normal, false, now);
-        q.push("l".into(), None, Priority::Low, false, now);
+        put(&mut q, "h", None, Priority::High, now);
+        put(&mut q, "n1", None, Priority::Normal, now);
+        put(&mut q, "n2", None, Priority::Normal, now);
+        put(&mut q, "l", None, Priority::Low, now);
         q.push_front("front".into(), None);
         q.set_deadline("l", now + Duration::from_secs(5));
         assert!(q.set_priority("l", Priority::High, now));
@@ -600,9 +598,23 @@ mod tests {
         let start = Instant::now();
         let mut q = JobQueue::default();
         q.set_aging(Some(Duration::from_secs(10)));
-        q.push("gpu".into(), None, Priority::Low, true, start);
-        q.push("plain".into(), None, Priority::Low, false, start);
-        q.push("raised".into(), None, Priority::Low, true, start);
+        q.push(
+            "gpu".into(),
+            None,
+            Priority::Low,
+            true,
+            start,
+            Duration::ZERO,
+        );
+        put(&mut q, "plain", None, Priority::Low, start);
+        q.push(
+            "raised".into(),
+            None,
+            Priority::Low,
+            true,
+            start,
+            Duration::ZERO,
+        );
         q.set_priority("raised", Priority::High, start);
         q.promote(start + Duration::from_secs(11));
         q.push_front("back".into(), None);
@@ -634,7 +646,7 @@ mod tests {
         let at = |secs| start + Duration::from_secs(secs);
         let mut q = JobQueue::default();
         for id in ["a", "b", "c", "d"] {
-            q.push(id.into(), owner("x"), Priority::Normal, false, start);
+            put(&mut q, id, owner("x"), Priority::Normal, start);
         }
         q.push_front("front".into(), None);
         q.set_deadline("c", at(5));
