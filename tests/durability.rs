@@ -3123,6 +3123,41 @@ fn sigterm_lets_dispatches_in_flight_settle_exits_0_and_the_restart_follows_the_
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
 }
 
+/// A `GET /status/{id}?wait=` parked when SIGTERM comes is answered with the job's status as it
+/// stands, not dropped unanswered; the stop does not wait for the wait's time to be up.
+#[test]
+fn sigterm_answers_parked_status_requests_with_the_status_as_it_stands() {
+    let worker = FakeWorker::start_with(roomy(Duration::from_secs(120)));
+    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("parked at the stop"));
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &id)["pool_status"] == "running").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the job never ran: {}", job_status(&coordinator, &id)));
+    let url = coordinator.url(&format!("/status/{id}?wait=60"));
+    let waiter = thread::spawn(move || get(&url));
+    poll_until(DEADLINE, || {
+        (get_json(&coordinator.url("/pool")).1["waiting"]["parked"] == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the status request was never parked"));
+    let started = Instant::now();
+    let status = coordinator.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    let (code, body) = waiter
+        .join()
+        .unwrap_or((0, "the waiting client panicked".into()));
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(answer["job_id"], id.as_str(), "{body}");
+    assert_eq!(answer["pool_status"], "running", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stop waited for the wait: {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn a_second_signal_exits_at_once() {
     let worker = FakeWorker::start_with(roomy(Duration::from_secs(5)));

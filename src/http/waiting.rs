@@ -3,7 +3,8 @@
 //! the moment a watched job ends (see `state::watch`), and it answers each with the job's
 //! status. At most `--max-waiting` requests are parked, `--max-waiting-per-ip` of them from one
 //! client address; beyond either the answer is 503. A request whose client went away frees its
-//! place within a second.
+//! place within a second. When the coordinator stops (SIGTERM, SIGINT), every parked request is
+//! answered at once with its job's status as it stands.
 
 use crate::base::hangup::peer_gone;
 use crate::base::sync::{Place, PlaceRefused};
@@ -14,8 +15,10 @@ use crate::http::replies::{error_reply, retry_after, unknown_job, Reply, WaitFor
 use crate::http::stored_view::stored_view;
 use crate::http::views::status_json;
 use crate::state::context::Context;
+use crate::state::watch::WaitNews;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -157,7 +160,12 @@ fn client_gone(parked: &Parked) -> bool {
     parked.request.connection_fd().is_some_and(peer_gone)
 }
 
-fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond: Respond) {
+/// Whether the coordinator is stopping: a request is answered as soon as it is parked.
+fn stopping(ctx: &Context) -> bool {
+    ctx.stopping.load(Ordering::SeqCst)
+}
+
+fn run(ctx: &Context, parks: &Receiver<Parked>, news: &Receiver<WaitNews>, respond: Respond) {
     let mut waiting: Vec<Parked> = Vec::new();
     let mut checked = Instant::now();
     loop {
@@ -167,19 +175,22 @@ fn run(ctx: &Context, parks: &Receiver<Parked>, ends: &Receiver<String>, respond
         });
         select! {
             recv(parks) -> parked => match parked {
-                // A job that ended before its request got here is answered at once.
-                Ok(parked) if is_final(ctx, &parked.job_id) => answer(ctx, parked, respond),
+                // A job that ended before its request got here is answered at once, and every
+                // request once the coordinator stops.
+                Ok(parked) if stopping(ctx) || is_final(ctx, &parked.job_id) => {
+                    answer(ctx, parked, respond);
+                }
                 Ok(parked) => waiting.push(parked),
                 Err(_) => return,
             },
-            recv(ends) -> ended => {
-                if let Ok(id) = ended {
-                    let (now, rest): (Vec<Parked>, Vec<Parked>) =
-                        waiting.drain(..).partition(|p| p.job_id == id);
-                    waiting = rest;
-                    for parked in now {
-                        answer(ctx, parked, respond);
-                    }
+            recv(news) -> heard => {
+                let (now, rest): (Vec<Parked>, Vec<Parked>) = match heard {
+                    Ok(WaitNews::Ended(id)) => waiting.drain(..).partition(|p| p.job_id == id),
+                    Ok(WaitNews::Stopping) | Err(_) => (std::mem::take(&mut waiting), Vec::new()),
+                };
+                waiting = rest;
+                for parked in now {
+                    answer(ctx, parked, respond);
                 }
             },
             default(timeout) => {},

@@ -1,5 +1,6 @@
 //! Graceful shutdown on SIGTERM or SIGINT: stop accepting connections and submits, answer the
-//! requests in progress, end followed streams with a line saying so, let dispatches in flight
+//! requests in progress (a parked `?wait=` with its job's status as it stands), end followed
+//! streams with a line saying so, let dispatches in flight
 //! settle and the wipes of deleted or forgotten jobs' results that waited for those requests be
 //! made (up to `--shutdown-grace`), commit and close the job store, exit 0. Jobs running on
 //! workers keep running there and are followed again after the restart.
@@ -47,7 +48,11 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
         ctx.config.shutdown_grace.as_secs_f64()
     );
     ctx.stopping.store(true, Ordering::SeqCst);
-    ctx.lock().stopping = true;
+    {
+        let mut st = ctx.lock();
+        st.stopping = true;
+        st.ends.stopping();
+    }
     server.stop_accepting();
     // Followed streams end with a line saying why (a WebSocket with 1001, going away).
     ctx.events.end_followers();
@@ -56,17 +61,20 @@ pub fn run(ctx: &Arc<Context>, server: &tiny_http::Server) {
     loop {
         told_stall(ctx, &mut told);
         let requests = ctx.requests_in_flight.load(Ordering::SeqCst);
+        // Parked `?wait=` requests, which the waiting thread is answering.
+        let parked = ctx.parked.load(Ordering::SeqCst);
         let dispatches = dispatches_in_flight(ctx);
         // A deleted or forgotten job's results wait to be wiped until the downloads reading
         // them end.
         let wipes = ctx.spool.removals().pending_wipes();
         let followers = ctx.events.follower_count();
-        if requests == 0 && dispatches == 0 && wipes == 0 && followers == 0 {
+        if requests == 0 && parked == 0 && dispatches == 0 && wipes == 0 && followers == 0 {
             break;
         }
         if Instant::now() >= deadline {
             log::warn!(
-                "Shutdown grace over with {requests} requests, {followers} followed streams and \
+                "Shutdown grace over with {requests} requests, {parked} parked status requests, \
+                 {followers} followed streams and \
                  {dispatches} dispatches in flight; \
                  those dispatches will be lost after the restart if their worker took them; \
                  {wipes} wipes of deleted or forgotten jobs' results not made (the next start's \
