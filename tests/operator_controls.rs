@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::Digest;
@@ -1795,6 +1795,59 @@ fn priority_aging_goes_on_across_a_restart() {
     );
     poll_until(DEADLINE, || (level(&coordinator) == "high").then_some(()))
         .unwrap_or_else(|| panic!("never aged to high: {}", level(&coordinator)));
+}
+
+/// After `kill -9`, a job that aging lifted into a level stands behind the jobs that were in that
+/// level before it got there (submitted there, or moved there by a priority change), as before
+/// the stop; they were put back in the order of their submission or change.
+#[test]
+fn a_restart_keeps_the_order_aging_and_priority_changes_made() {
+    let mut args = FAST.to_vec();
+    args.extend(["--priority-aging", "10"]);
+    let (_worker, dir, mut coordinator, _blocker) = busy_worker(&args);
+    let started = Instant::now();
+    let aged = submit_to(&coordinator, "/submit?priority=low", &form());
+    poll_until(DEADLINE, || {
+        (started.elapsed() >= Duration::from_secs(5)).then_some(())
+    });
+    let normal = submit_to(&coordinator, "/submit?priority=normal", &form());
+    let changed = submit_to(&coordinator, "/submit?priority=low", &form());
+    let (code, body) = post(
+        &coordinator.url(&format!("/jobs/{changed}/priority?priority=normal")),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let order = |coordinator: &Coordinator| -> Vec<(u64, String)> {
+        [&normal, &changed, &aged]
+            .iter()
+            .map(|id| {
+                let status = job_status(coordinator, id);
+                (
+                    status["queue_position"].as_u64().unwrap_or(u64::MAX),
+                    status["queue_level"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let ordered = |order: &[(u64, String)]| order.windows(2).all(|w| w[0].0 < w[1].0);
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &aged)["queue_level"] == "normal").then_some(())
+    })
+    .unwrap_or_else(|| panic!("never aged to normal: {:?}", order(&coordinator)));
+    let before = order(&coordinator);
+    assert!(ordered(&before), "before the stop: {before:?}");
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let after = order(&coordinator);
+    assert!(
+        ordered(&after),
+        "after the restart {after:?}, before it {before:?} (the job submitted normal, the one \
+         changed to normal, the one aged to normal)"
+    );
 }
 
 /// A job still queued when its queue timeout ends fails unstarted, with what the workers were

@@ -242,23 +242,26 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         }
     }
     // In submission order, but for a job whose priority was changed: at the back of its new
-    // level as of that change, as it was before the stop. The store gives them in submission
-    // order; a submission time earlier than one before it (a wall clock stepped back between
-    // two submits) counts as that one, so the sort keeps their order.
+    // level as of that change, as it was before the stop; and a job that aging lifted stands
+    // in its level as of when it got there. The store gives them in submission order; a
+    // submission time earlier than one before it (a wall clock stepped back between two
+    // submits) counts as that one, so the sort keeps their order.
+    let now = std::time::Instant::now();
+    let wall_now = unix_now();
     let mut latest = f64::MIN;
-    let mut placed: Vec<(f64, Job)> = queued
+    let mut placed: Vec<(f64, Duration, Job)> = queued
         .into_iter()
         .map(|job| {
             latest = latest.max(job.submitted_at);
-            (queue_place(&job, latest), job)
+            let place = queue_place(&job, latest);
+            // The time it waited in its level before the stop counts towards its aging.
+            let waited = Duration::try_from_secs_f64(wall_now - place).unwrap_or_default();
+            let (_, aged) = st.queue.aged(job.priority, waited);
+            (place + aged.as_secs_f64(), waited, job)
         })
         .collect();
     placed.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let now = std::time::Instant::now();
-    let wall_now = unix_now();
-    for (place, job) in placed {
-        // The time it waited in its level before the stop counts towards its aging.
-        let waited = Duration::try_from_secs_f64(wall_now - place).unwrap_or_default();
+    for (_, waited, job) in placed {
         st.enqueue_waited(job, now, waited);
     }
     st.recent.refill(&recent);

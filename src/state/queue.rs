@@ -153,19 +153,27 @@ impl JobQueue {
         now: Instant,
         waited: Duration,
     ) {
-        let mut level = priority.index();
-        let mut since = now;
-        if let Some(aging) = self.aging {
-            let periods = (waited.as_secs_f64() / aging.as_secs_f64()).floor();
-            let up = (periods.min(level as f64)) as usize;
-            level -= up;
-            if level > 0 {
-                let aged = aging.saturating_mul(up as u32);
-                since = now.checked_sub(waited.saturating_sub(aged)).unwrap_or(now);
-            }
-        }
+        let (up, aged) = self.aged(priority, waited);
+        let level = priority.index() - up;
+        let since = if level > 0 {
+            now.checked_sub(waited.saturating_sub(aged)).unwrap_or(now)
+        } else {
+            now
+        };
         *self.owner_counts.entry(owner.clone()).or_default() += 1;
         self.insert(Arc::from(id), owner, level, labelled, since);
+    }
+
+    /// How many levels aging lifts a job of `priority` that waited `waited` in its level, and
+    /// how long after it entered that level it reached the one it is lifted to (it stands
+    /// there behind the jobs that were in that level before it).
+    pub fn aged(&self, priority: Priority, waited: Duration) -> (usize, Duration) {
+        let Some(aging) = self.aging else {
+            return (0, Duration::ZERO);
+        };
+        let periods = (waited.as_secs_f64() / aging.as_secs_f64()).floor();
+        let up = periods.min(priority.index() as f64) as usize;
+        (up, aging.saturating_mul(up as u32))
     }
 
     fn insert(&mut self, id: Arc<str>, owner: Owner, level: usize, labelled: bool, now: Instant) {
