@@ -1282,6 +1282,17 @@ fn filled(marker: &[u8], len: usize) -> Vec<u8> {
     marker.iter().copied().cycle().take(len).collect()
 }
 
+/// The upload segment files of the coordinator whose directory is `dir`.
+fn upload_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir.join("state").join("uploads"));
+    entries
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
 fn files_hold(paths: impl IntoIterator<Item = std::path::PathBuf>, needle: &[u8]) -> bool {
     paths.into_iter().any(|path| {
         std::fs::read(path)
@@ -1391,14 +1402,7 @@ fn deleting_a_queued_job_wipes_its_upload_in_a_segment_another_waiting_upload_ke
         &coordinator,
         &form().file("data.bin", "application/octet-stream", &upload(waits)),
     );
-    let uploads = || -> Vec<std::path::PathBuf> {
-        let dir = std::fs::read_dir(dir.path().join("state").join("uploads"));
-        dir.into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    };
+    let uploads = || upload_segments(dir.path());
     assert_eq!(uploads().len(), 1, "both uploads in one segment");
     assert!(files_hold(uploads(), gone));
 
@@ -1428,6 +1432,94 @@ fn deleting_a_queued_job_wipes_its_upload_in_a_segment_another_waiting_upload_ke
     let data = job.files.iter().find(|f| f.filename == "data.bin");
     assert!(data.is_some_and(|f| f.bytes == upload(waits)));
     assert_eq!(received.jobs.len(), 1);
+}
+
+/// The upload of a job that left the queue (it ran, or was cancelled) stays in its upload
+/// segment while another waiting upload keeps the segment: deleting the job wipes it there (it
+/// stayed), and a restart punches out every upload there that no waiting job needs.
+#[test]
+fn deleting_a_job_that_left_the_queue_wipes_its_upload_in_a_segment_a_waiting_upload_keeps() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
+    let dir = support::workers_dir(&[worker.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let set_drain = |coordinator: &Coordinator, action: &str| {
+        let (code, body) = post(&drain_url(coordinator, &worker, action), "text/plain", b"");
+        assert_eq!(code, 200, "{action}: {body}");
+    };
+    set_drain(&coordinator, "drain");
+    let upload = |marker: &[u8]| filled(marker, 200_000);
+    let markers: [&[u8]; 4] = [
+        b"ran-then-deleted-7c1d",
+        b"cancelled-then-deleted-0b9e",
+        b"cancelled-then-kept-5a42",
+        b"still-waiting-e83f",
+    ];
+    let ids: Vec<String> = markers
+        .iter()
+        .map(|m| {
+            let file = upload(m);
+            submit(
+                &coordinator,
+                &form().file("data.bin", "application/octet-stream", &file),
+            )
+        })
+        .collect();
+    let uploads = || upload_segments(dir.path());
+    assert_eq!(uploads().len(), 1, "the four uploads in one segment");
+    // The first job runs (the worker has one slot), and no other follows it.
+    set_drain(&coordinator, "undrain");
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &ids[0])["pool_status"] == "running").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first job never ran"));
+    set_drain(&coordinator, "drain");
+    wait_status(&coordinator, &ids[0], "completed", DEADLINE);
+    for id in &ids[1..3] {
+        let (code, body) = post(
+            &coordinator.url(&format!("/cancel/{id}")),
+            "text/plain",
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    assert!(
+        files_hold(uploads(), markers[0]),
+        "the run job's upload went at its dispatch"
+    );
+    for id in &ids[..2] {
+        let (code, body) = delete_job(&coordinator, id);
+        assert_eq!(code, 200, "{body}");
+    }
+    let wiped = poll_until(DEADLINE, || {
+        (!files_hold(uploads(), markers[0]) && !files_hold(uploads(), markers[1])).then_some(())
+    });
+    assert!(
+        wiped.is_some(),
+        "a deleted job's upload is still in the upload segment"
+    );
+    assert!(
+        files_hold(uploads(), markers[3]),
+        "the waiting upload went too"
+    );
+
+    coordinator.kill();
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let punched = poll_until(DEADLINE, || {
+        (!files_hold(uploads(), markers[2])).then_some(())
+    });
+    assert!(
+        punched.is_some(),
+        "after the restart the cancelled job's upload is still in the upload segment"
+    );
+    // The job that waits runs with its upload intact.
+    set_drain(&coordinator, "undrain");
+    wait_status(&coordinator, &ids[3], "completed", DEADLINE);
+    let received = worker.recording();
+    let job = received.jobs.last();
+    let data = job.and_then(|j| j.files.iter().find(|f| f.filename == "data.bin"));
+    assert!(data.is_some_and(|f| f.bytes == upload(markers[3])));
+    assert_eq!(received.jobs.len(), 2);
 }
 
 /// Two jobs' results in one results segment (the second job's with 24 MiB of data) and a

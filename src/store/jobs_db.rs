@@ -1863,6 +1863,7 @@ impl Writer {
         let mut results = Vec::new();
         for (id, at) in deleted {
             log::info!("Deleted job {id} as it settled, as its deletion asked");
+            self.retention.segments.removals().wipe_left(&id);
             results.extend(at);
         }
         if let Err(e) = self.remove_results(HashSet::new(), results, WipeOf::DeletedJob) {
@@ -2425,6 +2426,8 @@ impl Writer {
         // refer to are zeroed (a hole punched) once no download reads that segment.
         let results = segment.clone().zip(in_segment).into_iter().collect();
         self.remove_results(segment.into_iter().collect(), results, WipeOf::DeletedJob)?;
+        // So is its upload where it stays in an upload segment that waiting uploads keep.
+        self.retention.segments.removals().wipe_left(id);
         Ok(Some(status))
     }
 

@@ -30,7 +30,14 @@ pub struct Removals {
     snapshot: AtomicBool,
     /// Wipes waiting, and the readers of each segment file.
     wipes: Mutex<Wipes>,
+    /// The uploads of jobs that left the queue whose bytes stay in an upload segment other
+    /// waiting uploads keep: each job's segment path and span.
+    left: Mutex<HashMap<String, (PathBuf, Span)>>,
 }
+
+/// The most uploads left behind in upload segments that are remembered for a deletion to wipe;
+/// past it one more is not (its bytes go with its segment, or at the next start).
+const LEFT_UPLOADS_MAX: usize = 65_536;
 
 /// Wipes put off, how many readers each segment file has, and the wipes handed to the wiper
 /// thread.
@@ -87,6 +94,30 @@ impl Removals {
             return Ok(());
         }
         remove_if_present(path)
+    }
+
+    /// Remembers that the upload of job `id` (it left the queue: dispatched, cancelled, timed
+    /// out) stays at `span` of the upload segment at `path`, which other waiting uploads keep:
+    /// a deletion of the job wipes it there ([`Removals::wipe_left`]).
+    pub fn leave(&self, id: &str, path: &Path, span: Span) {
+        let mut left = lock(&self.left);
+        if left.len() < LEFT_UPLOADS_MAX {
+            left.insert(id.to_string(), (path.to_path_buf(), span));
+        }
+    }
+
+    /// Wipes the upload job `id` left behind in a segment that is still kept, if it did; its
+    /// deletion is committed.
+    pub fn wipe_left(self: &Arc<Self>, id: &str) {
+        let found = lock(&self.left).remove(id);
+        if let Some((path, span)) = found {
+            self.wipe(&path, span, WipeOf::DeletedJob);
+        }
+    }
+
+    /// Forgets the uploads left behind in the segment at `path`: it goes.
+    pub fn forget_left_in(&self, path: &Path) {
+        lock(&self.left).retain(|_, (at, _)| at != path);
     }
 
     /// Claims the one snapshot slot; `None` while another snapshot is taken or sent.

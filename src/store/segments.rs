@@ -160,12 +160,12 @@ impl SegmentFile {
 
 impl Drop for SegmentFile {
     fn drop(&mut self) {
+        let Some(removals) = self.remove_when_unused.as_ref() else {
+            return;
+        };
+        removals.forget_left_in(&self.path);
         // A file deleted or replaced under the coordinator is not its to remove any more.
-        if let Some(removals) = self
-            .remove_when_unused
-            .as_ref()
-            .filter(|_| self.still_at_path())
-        {
+        if self.still_at_path() {
             if let Err(e) = removals.remove(&self.path) {
                 log::warn!("Could not remove {}: {e}", self.path.display());
             }
@@ -484,6 +484,11 @@ impl Segments {
     /// Deletes the file of segment `name`, retired first (see [`Segments::retire`]).
     pub fn delete(&self, name: &str) -> io::Result<()> {
         self.removals.remove(&self.dir.join(name))
+    }
+
+    /// The deletions and wipes of its directory's state directory.
+    pub fn removals(&self) -> &Arc<Removals> {
+        &self.removals
     }
 
     /// Zeroes `span` of segment `name` (a deleted or forgotten job's results) once no reader

@@ -484,7 +484,9 @@ impl Spool {
         self.memory_limit
     }
 
-    /// Drops a job's upload: a worker holds it now, or the job ended without running.
+    /// Drops a job's upload: a worker holds it now, or the job ended without running. Bytes that
+    /// stay in an upload segment other waiting uploads keep are remembered: a deletion of the
+    /// job wipes them ([`Removals::wipe_left`]).
     pub fn remove_upload(&self, id: &str) {
         self.drop_upload(id, false);
     }
@@ -512,9 +514,12 @@ impl Spool {
             removed
         };
         if let Some(UploadSource::OnDisk { file, base, size }) = removed {
+            let span = Span { offset: base, size };
             if wipe {
-                self.removals
-                    .wipe(file.path(), Span { offset: base, size }, WipeOf::DeletedJob);
+                self.removals.wipe(file.path(), span, WipeOf::DeletedJob);
+            } else if Arc::strong_count(&file) > 1 {
+                // Its bytes stay while the segment does: a deletion of the job wipes them.
+                self.removals.leave(id, file.path(), span);
             }
             drop(file);
             self.upload_segments.sweep();
@@ -570,10 +575,12 @@ impl Spool {
 
     /// Takes back the waiting uploads of recovered jobs that lie in upload segments an earlier
     /// run wrote. Returns the jobs whose upload is gone or cut short, with the reason. Upload
-    /// files that no recovered job needs are removed.
+    /// files that no recovered job needs are removed, and the bytes no recovered job needs in
+    /// those kept (uploads of jobs that left the queue) are punched out.
     pub fn adopt_uploads(&self, uploads: Vec<(String, UploadAt)>) -> Vec<(String, String)> {
         let dir = self.upload_segments.dir().to_path_buf();
         let mut files: HashMap<String, io::Result<Arc<SegmentFile>>> = HashMap::new();
+        let mut used: HashMap<String, Vec<Span>> = HashMap::new();
         let mut failed = Vec::new();
         let mut waiting = lock(&self.waiting);
         for (id, at) in uploads {
@@ -599,6 +606,10 @@ impl Spool {
             };
             match checked {
                 Ok(file) => {
+                    used.entry(at.segment.clone()).or_default().push(Span {
+                        offset: at.base,
+                        size: at.size,
+                    });
                     waiting.disk_bytes += at.size;
                     waiting.by_job.insert(
                         id,
@@ -613,6 +624,11 @@ impl Spool {
             }
         }
         drop(waiting);
+        for (name, file) in &files {
+            if let (Ok(file), Some(spans)) = (file, used.remove(name)) {
+                self.punch_unused(file, spans);
+            }
+        }
         let kept: HashSet<String> = files
             .into_iter()
             .filter_map(|(name, file)| file.ok().map(|_| name))
@@ -621,6 +637,30 @@ impl Spool {
             log::warn!("Could not clear {}: {e}", dir.display());
         }
         failed
+    }
+
+    /// Punches out of an adopted upload segment what lies outside the `used` spans of its
+    /// waiting uploads: the uploads of jobs that left the queue before the stop (a deleted
+    /// one's among them), which no job needs any more.
+    fn punch_unused(&self, file: &SegmentFile, mut used: Vec<Span>) {
+        let Ok(len) = file.file_len() else {
+            return;
+        };
+        used.sort_by_key(|span| span.offset);
+        let mut at = 0;
+        for span in used.into_iter().chain([Span {
+            offset: len,
+            size: 0,
+        }]) {
+            if span.offset > at {
+                let gap = Span {
+                    offset: at,
+                    size: span.offset - at,
+                };
+                self.removals.wipe(file.path(), gap, WipeOf::Unreferenced);
+            }
+            at = at.max(span.offset.saturating_add(span.size));
+        }
     }
 
     /// Takes back the upload of a recovered job that the job store holds in its row: held in
