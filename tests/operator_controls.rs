@@ -736,6 +736,11 @@ fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
     assert_eq!(pool_worker(&pool, &a)["removed"], true, "{pool}");
     assert_eq!(pool["last_reload"]["added"], 2, "{pool}");
     wait_healthy(&coordinator, &[&b, &c], DEADLINE);
+    // sandrun's service description counts the workers listed, as /pool does.
+    let (code, description) = support::get_json(&coordinator.url("/"));
+    assert_eq!(code, 200, "{description}");
+    assert_eq!(description["workers"], 2, "{description}");
+    assert_eq!(description["healthy_workers"], 2, "{description}");
     let later: Vec<String> = (0..4).map(|_| submit(&coordinator, &form())).collect();
     wait_status(&coordinator, &first, "completed", DEADLINE);
     for id in &later {

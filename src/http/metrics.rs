@@ -131,7 +131,7 @@ fn sample_table(st: &PoolState, now: Instant, cache: &mut RenderCache) -> TableS
     // The allowlisted workers, as `/pool` counts them: an entry a reload removed (still ending
     // its jobs, or forgotten) has no series, so a worker listed again under another endpoint
     // is never two series of one `worker_id`.
-    let listed = || st.workers.iter().filter(|w| !w.removed);
+    let listed = || st.listed_workers();
     cache.labels.truncate(listed().count());
     cache.samples.clear();
     for (i, w) in listed().enumerate() {

@@ -22,8 +22,8 @@ pub fn service_description(st: &PoolState) -> Value {
         "limits": "per job as on each sandrun worker: 512MB RAM, 5 min timeout, 100 MiB upload",
         "coordinator": "trusted-pool",
         "version": env!("CARGO_PKG_VERSION"),
-        "workers": st.workers.len(),
-        "healthy_workers": st.workers.iter().filter(|w| w.health.is_healthy).count(),
+        "workers": st.listed_workers().count(),
+        "healthy_workers": st.listed_workers().filter(|w| w.health.is_healthy).count(),
     })
 }
 

@@ -547,9 +547,7 @@ pub fn check_labels(ctx: &Context, asked: &[String]) -> Result<(), UploadError> 
         return Ok(());
     }
     let mut carried: Vec<&str> = st
-        .workers
-        .iter()
-        .filter(|w| !w.removed)
+        .listed_workers()
         .flat_map(|w| w.spec.labels.iter().map(String::as_str))
         .collect();
     carried.sort_unstable();

@@ -132,7 +132,7 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
         .filter(|&i| !st.workers[i].is_forgotten())
         .map(|i| worker_view(st, i, now))
         .collect();
-    let listed = || st.workers.iter().filter(|w| !w.removed);
+    let listed = || st.listed_workers();
     let by_status: serde_json::Map<String, Value> = PoolStatus::ALL
         .iter()
         .zip(settled)

@@ -63,9 +63,7 @@ pub fn remind_daily(ctx: &Context) {
     }
     let workers: Vec<(String, ChainExpiry)> = ctx
         .lock()
-        .workers
-        .iter()
-        .filter(|w| !w.removed)
+        .listed_workers()
         .filter_map(|w| {
             Some((
                 short_id(&w.spec.worker_id).to_string(),

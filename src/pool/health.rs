@@ -54,9 +54,7 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
         expiry::remind_daily(&ctx);
         let next = ctx
             .lock()
-            .workers
-            .iter()
-            .filter(|w| !w.removed)
+            .listed_workers()
             .map(|w| w.health.next_probe)
             .min();
         let wait = next.map_or(ctx.config.health_interval, |n| {

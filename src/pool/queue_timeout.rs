@@ -130,7 +130,7 @@ fn labels_note(st: &PoolState, id: &str, now: Instant) -> String {
 
 /// What the workers were doing, for the message of a job that no worker took in time.
 fn workers_summary(st: &PoolState, now: Instant) -> String {
-    let listed = st.workers.iter().filter(|w| !w.removed).count();
+    let listed = st.listed_workers().count();
     let in_service: Vec<_> = st
         .workers
         .iter()

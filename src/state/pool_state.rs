@@ -757,9 +757,7 @@ impl PoolState {
     /// rarest label only, not against every worker of the pool.
     pub fn held_by_labels(&self, now: Instant) -> (usize, usize) {
         let workers: Vec<(&[String], bool)> = self
-            .workers
-            .iter()
-            .filter(|w| !w.removed)
+            .listed_workers()
             .map(|w| (&*w.spec.labels, w.kept_from_jobs(now).is_none()))
             .collect();
         let mut by_label: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -954,6 +952,12 @@ impl PoolState {
                 self.workers.len() - 1
             }
         }
+    }
+
+    /// The workers workers.json lists now (a removed one stays in the table while its jobs
+    /// end).
+    pub fn listed_workers(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.workers.iter().filter(|w| !w.removed)
     }
 
     /// Index of the allowlisted (not removed) worker with this id, else of a removed one.
