@@ -117,6 +117,42 @@ fn results_home(dir: &Path, id: &str) -> (Option<usize>, Option<String>) {
 
 /// Results up to `--row-results-max` bytes live in the job's row, larger ones in a results
 /// segment; both are served byte for byte before and after a `kill -9` and restart.
+/// A worker listed at another endpoint after a restart (its key moved to another address) is
+/// another worker: a job sent to the old endpoint is not looked for at the new one, whose own
+/// job ids may name other jobs; it is lost, saying why.
+#[test]
+fn after_a_restart_a_job_is_followed_only_at_the_endpoint_it_was_sent_to() {
+    let old = FakeWorker::start_with(roomy(Duration::from_secs(60)));
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[old.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&old], DEADLINE);
+    let id = submit(&coordinator, &job("sent before the move"));
+    poll_until(DEADLINE, || {
+        (!job_status(&coordinator, &id)["remote_job_id"].is_null()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the job never reached the worker"));
+    coordinator.kill();
+    let moved = FakeWorker::start_with_key(old.key().clone(), roomy(Duration::ZERO));
+    write_workers_json(dir.path(), &[moved.entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let status = wait_final(&coordinator, &id, DEADLINE);
+    assert_eq!(status["pool_status"], "lost", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    let expected = format!(
+        "is listed at {} now, not at {} where the job was sent",
+        moved.endpoint(),
+        old.endpoint()
+    );
+    assert!(error.contains(&expected), "{status}");
+    // The worker at the new endpoint takes jobs as any other.
+    let next = submit(&coordinator, &job("sent after the move"));
+    assert_eq!(
+        wait_final(&coordinator, &next, DEADLINE)["pool_status"],
+        "completed"
+    );
+}
+
 #[test]
 fn small_results_live_in_the_job_row_and_large_ones_in_a_segment() {
     let worker = FakeWorker::start_with(roomy(Duration::ZERO));

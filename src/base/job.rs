@@ -333,6 +333,11 @@ pub struct Job {
     pub completed_at: Option<f64>,
     /// The worker it is (or was last) on.
     pub worker_id: Option<String>,
+    /// That worker's endpoint when the job was sent there: a restart follows the job only at
+    /// that endpoint (a worker listed at another one since is another worker). None in the
+    /// records of earlier versions.
+    #[serde(default)]
+    pub worker_endpoint: Option<String>,
     /// The worker's own job id.
     pub remote_job_id: Option<String>,
     /// The local address its submit left from, when the worker has source addresses (sandrun
@@ -439,6 +444,7 @@ impl Job {
             dispatched_at: None,
             completed_at: None,
             worker_id: None,
+            worker_endpoint: None,
             remote_job_id: None,
             source_address: None,
             worker_status: None,

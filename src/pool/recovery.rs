@@ -61,6 +61,30 @@ fn lose_or_rerun(
     st.restore(job);
 }
 
+/// The index of the worker that job `job` was sent to: listed with its id, at the endpoint
+/// it was sent to (any, in a record of an earlier version that did not keep it). A worker
+/// listed at another endpoint since is another worker: its own job ids may name other jobs.
+fn job_worker(st: &PoolState, job: &Job) -> Option<usize> {
+    let index = st.worker_index(job.worker_id.as_deref()?)?;
+    let listed_at = &st.workers[index].spec.endpoint;
+    job.worker_endpoint
+        .as_ref()
+        .is_none_or(|at| at == listed_at)
+        .then_some(index)
+}
+
+/// Why the worker of `job` is not there to follow it after a restart.
+fn worker_gone(st: &PoolState, job: &Job) -> String {
+    let on = job.worker_id.as_deref().unwrap_or_default();
+    let listed = st.worker_index(on).map(|i| &st.workers[i].spec.endpoint);
+    match (listed, &job.worker_endpoint) {
+        (Some(now), Some(then)) => {
+            format!("its worker {on} is listed at {now} now, not at {then} where the job was sent")
+        }
+        _ => format!("its worker {on} is no longer in the workers file"),
+    }
+}
+
 /// When a queued job took its place in its level: its priority change, else its submission
 /// (`submitted`: its submission time, held to no earlier than those submitted before it).
 fn queue_place(job: &Job, submitted: f64) -> f64 {
@@ -137,7 +161,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut streams = Vec::new();
     for mut job in jobs {
         let id = job.id.clone();
-        let worker = job.worker_id.as_deref().and_then(|w| st.worker_index(w));
+        let worker = job_worker(&st, &job);
         match job.status {
             PoolStatus::Queued => {
                 let missing = lost_uploads
@@ -178,7 +202,10 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     );
                 }
                 (Some(_), None) => {
-                    let why = "its worker is no longer in the workers file, so it cannot be followed after the restart".to_string();
+                    let why = format!(
+                        "{}, so it cannot be followed after the restart",
+                        worker_gone(&st, &job)
+                    );
                     lose_or_rerun(ctx, &mut st, job, why, "", &mut settle, &mut counts);
                 }
                 (Some(remote), Some(index)) => {
@@ -210,7 +237,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                         let on = job.worker_id.clone().unwrap_or_default();
                         job.error = Some(match remote {
                             None => format!("cancelled; the coordinator stopped while its submit to worker {on} was in flight and its answer was never recorded: it may or may not run there, and is not deleted there"),
-                            Some(_) => format!("cancelled; its worker {on} is no longer in the workers file, so it is not deleted there"),
+                            Some(_) => format!("cancelled; {}, so it is not deleted there", worker_gone(&st, &job)),
                         });
                         settle.push(id);
                         st.restore(job);
@@ -226,11 +253,11 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     st.restore(job);
                 }
                 None => {
-                    end(
-                        &mut job,
-                        PoolStatus::Lost,
-                        "its worker is no longer in the workers file, so its results cannot be collected".to_string(),
+                    let why = format!(
+                        "{}, so its results cannot be collected",
+                        worker_gone(&st, &job)
                     );
+                    end(&mut job, PoolStatus::Lost, why);
                     settle.push(id);
                     st.restore(job);
                 }

@@ -97,6 +97,7 @@ pub fn assign(st: &mut PoolState, now: Instant) -> (Vec<Assignment>, Option<Inst
         st.rotation = index + 1;
         if let Some(job) = st.set_status(&id, PoolStatus::Dispatched) {
             job.worker_id = Some(worker_id.clone());
+            job.worker_endpoint = Some(endpoint.clone());
             job.source_address = source;
             assignments.push(Assignment {
                 job_id: id,
