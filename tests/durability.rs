@@ -3167,10 +3167,11 @@ fn sigterm_answers_parked_status_requests_with_the_status_as_it_stands() {
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("parked at the stop"));
+    // On its worker (which, as sandrun, may hold its status answers while the job runs).
     poll_until(DEADLINE, || {
-        (job_status(&coordinator, &id)["pool_status"] == "running").then_some(())
+        (!job_status(&coordinator, &id)["remote_job_id"].is_null()).then_some(())
     })
-    .unwrap_or_else(|| panic!("the job never ran: {}", job_status(&coordinator, &id)));
+    .unwrap_or_else(|| panic!("the job never reached the worker"));
     let url = coordinator.url(&format!("/status/{id}?wait=60"));
     let waiter = thread::spawn(move || get(&url));
     poll_until(DEADLINE, || {
@@ -3186,7 +3187,10 @@ fn sigterm_answers_parked_status_requests_with_the_status_as_it_stands() {
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     assert_eq!(answer["job_id"], id.as_str(), "{body}");
-    assert_eq!(answer["pool_status"], "running", "{body}");
+    assert!(
+        ["dispatched", "running"].contains(&answer["pool_status"].as_str().unwrap_or_default()),
+        "{body}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "the stop waited for the wait: {:?}",
