@@ -51,6 +51,11 @@ pub struct Knobs {
     /// `GET /download/...` answers without `Content-Length`, its body ended by the close (an
     /// HTTP server that does not know its length; sandrun always sends it).
     pub unframed_downloads: bool,
+    /// The next this many answers to `GET /download/{id}/{path}` (a file, never the deleting
+    /// tarball) send their headers and half their body, then nothing more until the client
+    /// closes the connection (a link that breaks mid-body); each one so answered counts it
+    /// down. The job stays on the worker as it was.
+    pub stalled_downloads: usize,
     /// `POST /submit` answers this much later (sandrun takes its lock for a submit, and holds
     /// it while a job runs, so a submit to a busy worker waits).
     pub submit_delay: Duration,
@@ -91,6 +96,7 @@ impl Default for Knobs {
             hang_submit: false,
             download_delay: Duration::ZERO,
             unframed_downloads: false,
+            stalled_downloads: 0,
             submit_delay: Duration::ZERO,
             reject_submit: None,
             answered_job_id: None,

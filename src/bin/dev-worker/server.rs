@@ -1,12 +1,12 @@
 //! Accepting connections and serving one request on each, in a thread per connection.
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use super::http::{read_request, Incoming, Response};
+use super::http::{read_request, Incoming, Request, Response};
 use super::routes;
 use super::state::{Incarnation, Shared};
 use super::stream;
@@ -67,6 +67,14 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                     Some((dripped, every)) if dripped == kind => {
                         drip(run, &mut stream, &response.framed(framed), every);
                     }
+                    _ if stalls(shared, &request, response.status) => {
+                        stall(
+                            run,
+                            &mut stream,
+                            &response.framed(framed),
+                            response.body.len(),
+                        );
+                    }
                     _ if run.is_alive() => {
                         let _ = response.write_to(&mut stream, framed);
                     }
@@ -90,6 +98,46 @@ fn drip(run: &Incarnation, stream: &mut TcpStream, bytes: &[u8], every: Duration
             return;
         }
         thread::sleep(every);
+    }
+}
+
+/// Whether this answer is one of the `stalled_downloads` (a file's, answered 200); counts the
+/// knob down when it is.
+fn stalls(shared: &Shared, request: &Request, status: u16) -> bool {
+    let is_file = request
+        .route()
+        .strip_prefix("/download/")
+        .is_some_and(|rest| rest.contains('/'));
+    let mut stalled = false;
+    if is_file && status == 200 {
+        shared.control.set(|k| {
+            if k.stalled_downloads > 0 {
+                k.stalled_downloads -= 1;
+                stalled = true;
+            }
+        });
+    }
+    stalled
+}
+
+/// Writes `bytes` but the second half of its `body_len`-byte body, then sends nothing more
+/// until the client closes the connection or the emulator stops (the `stalled_downloads` knob).
+fn stall(run: &Incarnation, stream: &mut TcpStream, bytes: &[u8], body_len: usize) {
+    let sent = bytes.len() - body_len.div_ceil(2);
+    if stream.write_all(&bytes[..sent]).is_err() || stream.flush().is_err() {
+        return;
+    }
+    if stream.set_read_timeout(Some(HANG_TICK)).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 512];
+    while run.is_alive() {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
     }
 }
 
