@@ -2,7 +2,9 @@
 //! paused instead of hammered, a 5xx sends the job elsewhere, another 4xx fails it at once, a
 //! worker that never answers holds up nothing else and its job is lost (never run twice), a
 //! job whose worker dies is lost with its slot freed, and a job that asked for reruns runs
-//! again on another worker instead.
+//! again on another worker instead. A finished job whose results cannot be collected is tried
+//! again while its worker still has it, and is lost (counted once) only when the worker
+//! deleted it or stayed silent past `--lost-after`.
 
 mod support;
 
@@ -15,7 +17,7 @@ use support::lifecycle::{
     wait_collected, wait_committed, wait_healthy, wait_status,
 };
 use support::wall_clock::{wait_clock, FakeClock};
-use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
+use support::{get, get_bytes, get_json, poll_until, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -714,4 +716,150 @@ fn a_running_job_never_goes_back_to_dispatched() {
     }
     worker.set(|k| k.reported_status = None);
     wait_collected(&coordinator, &id, DEADLINE);
+}
+
+/// Polls job `id` until its results are collected or it ended other than `completed` (lost,
+/// failed); returns that status.
+fn wait_results(coordinator: &Coordinator, id: &str) -> Value {
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        last = job_status(coordinator, id);
+        let collected = last["results"]["collected"] == true;
+        let ended_otherwise = matches!(
+            last["pool_status"].as_str(),
+            Some("failed" | "lost" | "cancelled")
+        );
+        (collected || ended_otherwise).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("job {id} was neither collected nor ended in {DEADLINE:?}: {last}"))
+}
+
+/// Waits until the worker received `n` downloads (the first `stalled_downloads` of them stall).
+fn wait_downloads(worker: &FakeWorker, n: usize) {
+    let seen = poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "download") >= n).then_some(())
+    });
+    assert!(seen.is_some(), "the worker got no download");
+}
+
+/// Asserts the worker's job counters in `/pool` and `/metrics`: `(completed, failed, lost)` of
+/// its one accepted job.
+fn assert_counted(coordinator: &Coordinator, worker: &FakeWorker, ends: (u64, u64, u64)) {
+    let pool = assert_pool_consistent(coordinator);
+    let entry = pool_worker(&pool, worker);
+    let (completed, failed, lost) = ends;
+    for (counter, wanted) in [
+        ("jobs_accepted", 1),
+        ("jobs_completed", completed),
+        ("jobs_failed", failed),
+        ("jobs_lost", lost),
+    ] {
+        assert_eq!(entry[counter], wanted, "{counter}: {pool}");
+    }
+    let (code, metrics) = get(&coordinator.url("/metrics"));
+    assert_eq!(code, 200, "{metrics}");
+    for (status, wanted) in [("completed", completed), ("failed", failed), ("lost", lost)] {
+        let label = format!("status=\"{status}\"}} ");
+        let sample = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("trusted_pool_worker_jobs_finished_total{") && l.contains(&label)
+            })
+            .unwrap_or_else(|| panic!("no {status} sample of the worker in {metrics}"));
+        assert!(sample.ends_with(&format!("}} {wanted}")), "{sample}");
+    }
+}
+
+/// A finished job whose results download stalls mid-body (headers and half the body, then
+/// nothing), twice: each try fails only after `--dispatch-timeout`, longer than
+/// `--lost-after`, but the worker answers that it still has the job, so the collection is
+/// tried again after a pause (1 s, then 2 s), never counted towards `--lost-after`, and the job
+/// ends collected, counted once. Before, the first stalled download lost the job ("no answer
+/// from its worker for 3 s"), and its worker counted it completed and lost.
+#[test]
+fn a_collection_whose_downloads_stall_is_retried_while_the_worker_has_the_job() {
+    const STALLS: usize = 2;
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(1);
+        k.stalled_downloads = STALLS;
+    });
+    let coordinator = Coordinator::start(
+        &[worker.entry(1)],
+        &args(&["--dispatch-timeout", "3", "--lost-after", "2"]),
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("print(1)\n"));
+    let status = wait_results(&coordinator, &id);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    let remote = text(&status["remote_job_id"]);
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+    assert_eq!(
+        (code, bytes),
+        (200, format!("result of {remote}\n").into_bytes())
+    );
+    // One try per stall, then the one that got both outputs: the tries waited, none spun.
+    let recording = worker.recording();
+    assert_eq!(recording.count("GET", "logs"), STALLS + 1);
+    assert_eq!(recording.count("GET", "download"), STALLS + 2);
+    for pause in ["1.0", "2.0"] {
+        let line = format!("its worker still has it; trying again in {pause} s");
+        assert!(
+            coordinator.wait_for_log(&line, DEADLINE),
+            "{}",
+            coordinator.logs()
+        );
+    }
+    assert_counted(&coordinator, &worker, (1, 0, 0));
+}
+
+/// A finished job whose worker deletes it while its results download is stalled: asked, the
+/// worker answers 404, so the job is lost with the last try's reason, and counted once, as
+/// lost (before, its worker counted it completed too).
+#[test]
+fn a_finished_job_its_worker_deletes_before_collection_is_lost_and_counted_once() {
+    let worker = FakeWorker::start_with(|k| k.stalled_downloads = 1);
+    let coordinator = Coordinator::start(
+        &[worker.entry(1)],
+        &args(&["--dispatch-timeout", "3", "--lost-after", "30"]),
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("print(1)\n"));
+    wait_downloads(&worker, 1);
+    let remote = text(&job_status(&coordinator, &id)["remote_job_id"]);
+    // sandrun deletes a job once its whole directory was downloaded.
+    let (code, _) = get_bytes(&worker.url(&format!("/download/{remote}")));
+    assert_eq!(code, 200);
+    let status = wait_status(&coordinator, &id, "lost", DEADLINE);
+    assert!(
+        text(&status["error"]).contains(
+            "the worker deleted the job before its results were collected (the last try: \
+             collecting results from the worker failed"
+        ),
+        "{status}"
+    );
+    assert_counted(&coordinator, &worker, (0, 0, 1));
+}
+
+/// A finished job whose worker dies while its results download is stalled: the worker cannot
+/// say whether it still has the job, so the job is lost once its worker was silent past
+/// `--lost-after`, and counted once, as lost.
+#[test]
+fn a_finished_job_whose_worker_dies_before_collection_is_lost_after_its_silence() {
+    let worker = FakeWorker::start_with(|k| k.stalled_downloads = 1);
+    let coordinator = Coordinator::start(
+        &[worker.entry(1)],
+        &args(&["--dispatch-timeout", "3", "--lost-after", "3"]),
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job("print(1)\n"));
+    wait_downloads(&worker, 1);
+    worker.stop();
+    let status = wait_status(&coordinator, &id, "lost", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(
+        error.contains("no answer from its worker for")
+            && error.contains("asked whether it still has the job"),
+        "{status}"
+    );
+    assert_counted(&coordinator, &worker, (0, 0, 1));
 }

@@ -382,6 +382,11 @@ pub struct Job {
     /// is followed up at once, even beside the worker's other follow-ups.
     #[serde(skip)]
     pub watched: bool,
+    /// Its end on its worker (completed or failed) is in that worker's counters, counted by
+    /// this process (not stored: the end of a job recovered at a restart came before this
+    /// process counted anything). A later change of its final state moves the count only then.
+    #[serde(skip)]
+    pub end_counted: bool,
     /// The figures of the worker's `[DONE]` stream line, when it was seen (boxed, like the
     /// other fields a queued job leaves empty, so that 10,000 queued records stay small).
     #[serde(default)]
@@ -459,6 +464,7 @@ impl Job {
             ending_on_worker: false,
             delete_when_settled: false,
             watched: false,
+            end_counted: false,
             done_figures: None,
             verification: None,
             upload_at: None,
@@ -534,6 +540,7 @@ impl Job {
         self.last_contact = None;
         self.heard_at = None;
         self.ending_on_worker = false;
+        self.end_counted = false;
         self.done_figures = None;
         self.verification = None;
     }

@@ -6,6 +6,7 @@
 
 pub mod announce;
 pub mod collect;
+pub mod collect_retry;
 pub mod control;
 pub mod dispatch;
 pub mod expiry;

@@ -16,9 +16,10 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::niceness;
 use crate::base::sync::lock;
 use crate::pool::collect::{self, uncollectable, CollectError, Collected, LEFT_ON_WORKER};
+use crate::pool::collect_retry::{self, Next};
 use crate::pool::{announce, rerun};
 use crate::state::context::Context;
-use crate::state::pool_state::PoolState;
+use crate::state::pool_state::{PoolState, WorkerCounters};
 use crate::store::spool::PinnedSegment;
 use crate::worker::client::CallError;
 use crate::worker::identity::short_id;
@@ -465,6 +466,7 @@ fn record_status(
     }
     job.completed_at = Some(now);
     job.collection = Collection::Pending(None);
+    job.end_counted = true;
     if let Some(why) = &refused {
         job.error = Some(refusal(why));
         distrust(&mut st, index, why);
@@ -572,6 +574,7 @@ fn record_collection(
     job.collection = Collection::Collected(Box::new(collected.stored.clone()));
     let left = collected.stored.left_on_worker.len();
     let was_completed = job.status == PoolStatus::Completed;
+    let counted_completed = was_completed && job.end_counted;
     if let Some(v) = job.verification.as_mut() {
         v.outputs = Some(verdict);
         if v.reason.is_none() {
@@ -586,12 +589,13 @@ fn record_collection(
                 } else {
                     format!("results not verified (--require-verified): {why}")
                 });
+                job.end_counted = true;
             }
-            if was_completed {
-                let c = &mut st.workers[index].counters;
+            let c = &mut st.workers[index].counters;
+            if counted_completed {
                 c.completed = c.completed.saturating_sub(1);
-                c.failed += 1;
             }
+            c.failed += 1;
         }
         if worker_at_fault {
             distrust(&mut st, index, &why);
@@ -631,7 +635,7 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
         Err(e @ CollectError::Worker(CallError::Shortage(_))) => {
             pause_collection(ctx, index, job, &e.to_string(), false)
         }
-        Err(e) => retry_collection(ctx, index, job, &e.to_string()),
+        Err(e) => retry_collection(ctx, index, endpoint, job, &e.to_string()),
     }
 }
 
@@ -663,7 +667,7 @@ fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str, work
         }
         st.workers
             .get_mut(index)
-            .map(|w| w.pause_collection(&job.id, Instant::now()))
+            .map(|w| w.pause_collection(&job.id, Instant::now(), None))
     };
     ctx.collection_ended(&job.id);
     let logged = pause.and_then(|pause| Some((pause, lock(&PAUSE_LOGS).check(Instant::now())?)));
@@ -677,14 +681,19 @@ fn pause_collection(ctx: &Context, index: usize, job: &Followed, why: &str, work
     }
 }
 
-/// Leaves a job's collection pending with the reason, for the next poll to try again.
-fn retry_collection(ctx: &Context, index: usize, job: &Followed, why: &str) {
+/// Leaves a job's collection pending with the reason after a try failed on the worker's side;
+/// it is tried again after a pause while the worker still has the job, else lost (see
+/// [`collect_retry`]).
+fn retry_collection(ctx: &Context, index: usize, endpoint: &str, job: &Followed, why: &str) {
     if let Some(j) = ctx.lock().jobs.get_mut(&job.id) {
         j.collection = Collection::Pending(Some(why.to_string()));
     }
     ctx.collection_ended(&job.id);
-    log::warn!("Job {}: {why}; retrying", job.id);
-    give_up_if_stale(ctx, index, job, why);
+    match collect_retry::after_failure(ctx, index, endpoint, &job.id, &job.remote, why) {
+        Next::Retry => {}
+        Next::Gone => lose(ctx, index, &job.id, gone_why(ctx, &job.id)),
+        Next::Silent(why) => lose(ctx, index, &job.id, why),
+    }
 }
 
 fn give_up_if_stale(ctx: &Context, index: usize, job: &Followed, why: &str) {
@@ -807,13 +816,14 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
         return;
     }
     let held_slot = !job.status.is_final();
+    let counted_end = job.end_counted.then_some(job.status);
     let source = job.source_address;
     if rerun::requeue_if_allowed(ctx, &mut st, id, &why) {
         let w = &mut st.workers[index];
         if held_slot {
             w.release_slot(source, None);
         }
-        w.counters.lost += 1;
+        count_lost(&mut w.counters, counted_end);
         w.streaming.retain(|s| s != id);
         untrack(&mut st, index, id);
         ctx.record(&st, id);
@@ -829,7 +839,7 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     if held_slot {
         w.release_slot(source, None);
     }
-    w.counters.lost += 1;
+    count_lost(&mut w.counters, counted_end);
     untrack(&mut st, index, id);
     ctx.record(&st, id);
     let last = announce::last_lines(&st, id);
@@ -840,4 +850,15 @@ fn lose(ctx: &Context, index: usize, id: &str, why: String) {
     if held_slot {
         ctx.wake_scheduler();
     }
+}
+
+/// Counts a job lost on its worker, once: a job whose end there was counted (`counted_end`:
+/// completed or failed) before its results were lost moves to the lost count.
+fn count_lost(counters: &mut WorkerCounters, counted_end: Option<PoolStatus>) {
+    match counted_end {
+        Some(PoolStatus::Completed) => counters.completed = counters.completed.saturating_sub(1),
+        Some(PoolStatus::Failed) => counters.failed = counters.failed.saturating_sub(1),
+        _ => {}
+    }
+    counters.lost += 1;
 }

@@ -151,8 +151,8 @@ pub struct WorkerEntry {
     /// a cancelled job's deletion): the tracker, or the job's stream thread after `[DONE]`.
     /// Nobody else touches them meanwhile.
     pub following_up: Vec<String>,
-    /// Ended jobs whose results could not be stored (a full disk): collected again once their
-    /// pause is over, not at every tracker round.
+    /// Ended jobs whose results could not be stored (a full disk) or fetched (a download cut or
+    /// timed out): collected again once their pause is over, not at every tracker round.
     pub collect_pauses: Vec<CollectPause>,
     /// Set when a result of this worker failed verification under `--require-verified`: it
     /// stays unhealthy, whatever its probes say, until an operator sends SIGHUP or undrains it.
@@ -382,10 +382,16 @@ impl WorkerEntry {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// Pauses the collection of job `id`, whose results could not be stored: 1 s after the
-    /// first failure, doubling with each one after it up to [`COLLECT_PAUSE_MAX`]. Returns the
-    /// pause.
-    pub fn pause_collection(&mut self, id: &str, now: Instant) -> Duration {
+    /// Pauses the collection of job `id`, whose results could not be stored or fetched: 1 s
+    /// after the first failure, doubling with each one after it up to [`COLLECT_PAUSE_MAX`],
+    /// and over by `due_by` when given (a job whose worker is silent is tried again by the time
+    /// its silence would count as lost). Returns the pause.
+    pub fn pause_collection(
+        &mut self,
+        id: &str,
+        now: Instant,
+        due_by: Option<Instant>,
+    ) -> Duration {
         let at = match self.collect_pauses.iter().position(|p| p.id == id) {
             Some(at) => at,
             None => {
@@ -399,7 +405,8 @@ impl WorkerEntry {
         };
         let pause = &mut self.collect_pauses[at];
         pause.failures += 1;
-        let wait = doubling_pause(Duration::from_secs(1), pause.failures, COLLECT_PAUSE_MAX);
+        let doubled = doubling_pause(Duration::from_secs(1), pause.failures, COLLECT_PAUSE_MAX);
+        let wait = due_by.map_or(doubled, |by| doubled.min(by.saturating_duration_since(now)));
         pause.until = now + wait;
         wait
     }
@@ -1151,9 +1158,16 @@ mod tests {
         let mut st = PoolState::new(vec![WorkerSpec::numbered(0)], now);
         let w = &mut st.workers[0];
         let waits: Vec<u64> = (0..7)
-            .map(|_| w.pause_collection("pool-1", now).as_secs())
+            .map(|_| w.pause_collection("pool-1", now, None).as_secs())
             .collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
+        let soon = Duration::from_millis(300);
+        assert_eq!(w.pause_collection("pool-3", now, Some(now + soon)), soon);
+        // The second failure's pause (2 s) ends before 2.7 s.
+        assert_eq!(
+            w.pause_collection("pool-3", now, Some(now + 9 * soon)),
+            Duration::from_secs(2)
+        );
         assert_eq!(w.collect_paused_for("pool-1", now), Some(COLLECT_PAUSE_MAX));
         assert_eq!(
             w.collect_paused_for("pool-1", now + COLLECT_PAUSE_MAX),
