@@ -680,6 +680,61 @@ fn the_worker_job_id_is_hidden_in_logs_and_followed_streams() {
     assert!(live.text().contains("hidden"), "{}", live.text());
 }
 
+/// An output file named after the worker's job id (a job that names it after its directory)
+/// is listed to a submit key with the id hidden, and that listed name downloads it, under the
+/// name asked for; an admin sees and downloads it by its own name.
+#[test]
+fn an_output_named_after_the_worker_job_id_downloads_by_its_listed_name() {
+    let worker = FakeWorker::start_with(|k| k.output_named_after_job = true);
+    let alice = Key::new("alice", "submit");
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &ops], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit_ok(&coordinator, &alice);
+    wait_collected_as(&coordinator, &alice, &id);
+    let status = call(&coordinator, "GET", &format!("/status/{id}"), Some(&ops)).json();
+    let remote = status["remote_job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(remote.starts_with("job_"), "{status}");
+    let listing = call(&coordinator, "GET", &format!("/outputs/{id}"), Some(&alice));
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    assert!(!listing.text().contains(&remote), "{}", listing.text());
+    let files = listing.json()["files"].clone();
+    let listed = files
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["name"] == "hidden.out")
+        .unwrap_or_else(|| panic!("no hidden.out listed: {files}"));
+    let url = listed["download_url"].as_str().unwrap_or_default();
+    let download = call(&coordinator, "GET", url, Some(&alice));
+    assert_eq!(download.status, 200, "{url}: {}", download.text());
+    assert_eq!(download.text(), "named after its job\n");
+    let disposition = download.header("content-disposition").unwrap_or_default();
+    assert!(disposition.contains("hidden.out"), "{disposition}");
+    assert!(!disposition.contains(&remote), "{disposition}");
+    let direct = call(
+        &coordinator,
+        "GET",
+        &format!("/outputs/{id}/hidden.out"),
+        Some(&alice),
+    );
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let own = call(
+        &coordinator,
+        "GET",
+        &format!("/download/{id}/{remote}.out"),
+        Some(&ops),
+    );
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert!(own
+        .header("content-disposition")
+        .unwrap_or_default()
+        .contains(&remote));
+}
+
 /// A lost job's error names the worker's URL for the job (a transport error); a submit key
 /// reads it with the worker's job id hidden in `/status` and `/activity`, an admin reads it whole.
 #[test]

@@ -9,6 +9,7 @@ use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::base::sync::Slot;
 use crate::base::targz::{Entry, TarGz};
 use crate::http::checked_output::{CheckedOutput, Reported};
+use crate::http::redact::hide_in_text;
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
 use crate::http::sandrun::sandrun_status;
@@ -213,6 +214,18 @@ impl Read for FromWorker {
     }
 }
 
+/// The output of `job` that `asked` names: the one of that name, else the one whose name holds
+/// the worker's job id and reads `asked` with it hidden, as a submit key's answers show it.
+fn output_named(job: &Finished, asked: &str) -> Option<String> {
+    let outputs = output_paths(&job.worker_status);
+    let hidden = |p: &&String| hide_in_text(p, Some(&job.remote)) == asked;
+    outputs
+        .iter()
+        .find(|p| *p == asked)
+        .or_else(|| outputs.iter().find(hidden))
+        .cloned()
+}
+
 /// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
 /// `attachment` (sandrun's `Content-Disposition`) for `/download`.
 pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -> Reply {
@@ -228,14 +241,17 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
         Ok(j) => j,
         Err(reply) => return reply,
     };
-    if !output_paths(&job.worker_status).iter().any(|p| p == path) {
+    let asked = path;
+    let Some(path) = output_named(&job, asked) else {
         return error_reply(
             404,
-            format!("job {id} has no output file {path:?}; GET /outputs/{id} lists them"),
+            format!("job {id} has no output file {asked:?}; GET /outputs/{id} lists them"),
         );
-    }
+    };
+    let path = path.as_str();
     let content_type = mime_type(path).to_string();
-    let attachment = as_attachment.then(|| path.rsplit('/').next().unwrap_or(path).to_string());
+    // Named as asked: a submit key asks with the worker's job id hidden, and is not told it.
+    let attachment = as_attachment.then(|| asked.rsplit('/').next().unwrap_or(asked).to_string());
     let left_on_worker = job
         .stored
         .as_ref()

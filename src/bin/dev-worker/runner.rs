@@ -119,6 +119,11 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
         extra_outputs: vec!["result.txt".to_string()],
         ..RunOutcome::default()
     };
+    if knobs.output_named_after_job {
+        let name = format!("{}.out", request.job_id);
+        let _ = fs::write(request.dir.join(&name), b"named after its job\n");
+        outcome.extra_outputs.push(name);
+    }
     if request.dir.join(request.entrypoint).is_file() {
         outcome.exit_code = knobs.exit_code;
         outcome.stdout = format!("{printed}ran {}\n", request.entrypoint).into_bytes();
