@@ -685,7 +685,7 @@ fn the_worker_job_id_is_hidden_in_logs_and_followed_streams() {
 /// name asked for; an admin sees and downloads it by its own name.
 #[test]
 fn an_output_named_after_the_worker_job_id_downloads_by_its_listed_name() {
-    let worker = FakeWorker::start_with(|k| k.output_named_after_job = true);
+    let worker = FakeWorker::start_with(|k| k.extra_output = Some("{job}.out".into()));
     let alice = Key::new("alice", "submit");
     let ops = Key::new("ops", "admin");
     let (coordinator, _dir, _) = start_with_keys(&[worker.entry(2)], &[&alice, &ops], &FAST);
@@ -711,7 +711,7 @@ fn an_output_named_after_the_worker_job_id_downloads_by_its_listed_name() {
     let url = listed["download_url"].as_str().unwrap_or_default();
     let download = call(&coordinator, "GET", url, Some(&alice));
     assert_eq!(download.status, 200, "{url}: {}", download.text());
-    assert_eq!(download.text(), "named after its job\n");
+    assert_eq!(download.text(), "extra output\n");
     let disposition = download.header("content-disposition").unwrap_or_default();
     assert!(disposition.contains("hidden.out"), "{disposition}");
     assert!(!disposition.contains(&remote), "{disposition}");

@@ -739,7 +739,11 @@ fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
 fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_back_whole() {
     // sandrun decodes no `%XX` and escapes each non-ASCII byte of its JSON on its own; the slow
     // downloads leave time to fetch a file from the worker while the collection is under way.
-    let worker = FakeWorker::start_with(|k| k.download_delay = Duration::from_millis(700));
+    // The job also writes a name with a backslash, which no request path names safely.
+    let worker = FakeWorker::start_with(|k| {
+        k.download_delay = Duration::from_millis(700);
+        k.extra_output = Some("back\\x.txt".into());
+    });
     let coordinator = Coordinator::start(
         &[worker.entry(2)],
         &[&FAST[..], &["--row-results-max", "0"]].concat(),
@@ -756,8 +760,9 @@ fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_b
         ("pct%2Fslash.txt", b"slash\n"),
         ("%2e%2e", b"dots\n"),
     ];
-    // Names a proxy in front of a worker could read as other paths are not asked of it.
-    let unfetchable = ["a b.txt", "pct%2Fslash.txt", "%2e%2e"];
+    // Names a proxy in front of a worker could read as other paths are not asked of it, and
+    // a name with a backslash (no safe path on the coordinator).
+    let unfetchable = ["a b.txt", "pct%2Fslash.txt", "%2e%2e", "back\\x.txt"];
     let mut form = Form::new()
         .file("caf\u{e9}.py", "text/x-python", MAIN_PY)
         .manifest(r#"{"entrypoint":"caf\u00e9.py"}"#);
@@ -803,7 +808,11 @@ fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_b
     let expected: Vec<(&str, &[u8])> = files
         .iter()
         .copied()
-        .chain([("caf\u{e9}.py", MAIN_PY), ("result.txt", &result[..])])
+        .chain([
+            ("caf\u{e9}.py", MAIN_PY),
+            ("result.txt", &result[..]),
+            ("back\\x.txt", b"extra output\n"),
+        ])
         .collect();
     assert_eq!(listed.len(), expected.len(), "{listed:?}");
     // Saved under its own name: a header value is ASCII, so RFC 6266's `filename*` carries it.
@@ -821,7 +830,9 @@ fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_b
         let url = format!("/download/{id}/{}", url_path(name));
         let (code, got) = get_bytes(&coordinator.url(&url));
         if unfetchable.contains(&name) {
-            assert_eq!(code, 404, "{name}: {}", String::from_utf8_lossy(&got));
+            let answer = String::from_utf8_lossy(&got);
+            assert_eq!(code, 404, "{name}: {answer}");
+            assert!(answer.contains("was not collected"), "{name}: {answer}");
         } else {
             assert_eq!((code, got), (200, bytes.to_vec()), "{name}");
         }

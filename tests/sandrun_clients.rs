@@ -295,6 +295,13 @@ fn download_root_and_stats_answer_as_sandrun_does() {
         (used > 0.0).then_some(used)
     });
     assert_eq!(used, Some(0.25), "the job's CPU seconds in the last minute");
+    // A sum of jobs' figures reads to the millisecond (0.25 + 0.09 is 0.33999999999999997).
+    worker.set(|k| k.cpu_seconds = 0.09);
+    let small = submit(&coordinator, &form);
+    wait_collected(&coordinator, &small, DEADLINE);
+    let (_, stats) = get_json(&coordinator.url("/stats"));
+    assert_eq!(stats["your_quota"]["used"], 0.34, "{stats}");
+    assert_eq!(stats["your_quota"]["available"], 9.66, "{stats}");
     let reply = send("GET", &coordinator.url(&format!("/download/{id}")), None).expect("download");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("Content-Type"), Some("application/gzip"));

@@ -226,6 +226,21 @@ fn output_named(job: &Finished, asked: &str) -> Option<String> {
         .cloned()
 }
 
+/// The answer to a request for an unsafe output path: 400, but for a name the finished job
+/// listed (its listing links to it), a 404 saying why it was not collected.
+fn unsafe_path(ctx: &Context, id: &str, path: &str, e: &dyn Display) -> Reply {
+    let listed = finished_with_results(ctx, id)
+        .is_ok_and(|job| output_paths(&job.worker_status).iter().any(|p| p == path));
+    if !listed {
+        return error_reply(400, e.to_string());
+    }
+    let why = uncollectable(path).unwrap_or("its path is unsafe");
+    error_reply(
+        404,
+        format!("the output {path:?} of job {id} was not collected: {why}"),
+    )
+}
+
 /// `GET /outputs/{id}/{path}` and `GET /download/{id}/{path}`: one output file's bytes; as an
 /// `attachment` (sandrun's `Content-Disposition`) for `/download`.
 pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -> Reply {
@@ -233,15 +248,14 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
         Ok(p) => p,
         Err(e) => return error_reply(400, e.to_string()),
     };
-    let path = match safe_relative_path(&decoded) {
+    let asked = match safe_relative_path(&decoded) {
         Ok(p) => p,
-        Err(e) => return error_reply(400, e.to_string()),
+        Err(e) => return unsafe_path(ctx, id, &decoded, &e),
     };
     let job = match finished_with_results(ctx, id) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
-    let asked = path;
     let Some(path) = output_named(&job, asked) else {
         return error_reply(
             404,

@@ -83,7 +83,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
     let now = unix_now();
     let owner = caller.name();
     let mine = |job: &Job| owner.is_none() || job.owner.as_deref() == owner;
-    let healthy = st.workers.iter().filter(|w| w.health.is_healthy).count();
+    let healthy = st.listed_workers().filter(|w| w.health.is_healthy).count();
     let limit = WORKER_CPU_PER_MINUTE * healthy as f64;
     let in_table: f64 = st
         .jobs
@@ -92,7 +92,8 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         .filter(|job| job.completed_at.is_some_and(|at| in_window(now, at)))
         .map(|job| cpu_seconds(job))
         .fold(0.0, |sum, cpu| sum + cpu);
-    let used = in_table + st.cpu_window.used(now, owner);
+    // To the millisecond: a sum of job figures reads 0.34, not 0.33999999999999997.
+    let used = ((in_table + st.cpu_window.used(now, owner)) * 1000.0).round() / 1000.0;
     let count = |status| match owner {
         Some(name) => st.owner_count(name, status),
         None => st.count(status),
@@ -113,7 +114,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         "your_quota": {
             "used": used,
             "limit": limit,
-            "available": (limit - used).max(0.0),
+            "available": ((limit - used) * 1000.0).round().max(0.0) / 1000.0,
             "active_jobs": active,
             "can_submit": full.is_none(),
             "reason": reason,

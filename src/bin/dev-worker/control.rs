@@ -64,9 +64,10 @@ pub struct Knobs {
     /// `POST /submit` accepts the job under its own id but answers this one (a worker that
     /// is not sandrun, or a broken one).
     pub answered_job_id: Option<String>,
-    /// The simulated job also writes `<its job id>.out` (a job that names a file after its
-    /// directory, as python's `os.getcwd()` gives it).
-    pub output_named_after_job: bool,
+    /// The simulated job also writes a file of this name, `{job}` in it reading its job id (a
+    /// job that names a file after its directory, as python's `os.getcwd()` gives it), holding
+    /// `extra output\n`.
+    pub extra_output: Option<String>,
     /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
     /// that adds what the coordinator does not read); 0: none.
     pub status_padding: usize,
@@ -103,7 +104,7 @@ impl Default for Knobs {
             submit_delay: Duration::ZERO,
             reject_submit: None,
             answered_job_id: None,
-            output_named_after_job: false,
+            extra_output: None,
             status_padding: 0,
             reported_status: None,
             drip: None,

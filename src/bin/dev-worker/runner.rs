@@ -119,9 +119,9 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
         extra_outputs: vec!["result.txt".to_string()],
         ..RunOutcome::default()
     };
-    if knobs.output_named_after_job {
-        let name = format!("{}.out", request.job_id);
-        let _ = fs::write(request.dir.join(&name), b"named after its job\n");
+    if let Some(name) = &knobs.extra_output {
+        let name = name.replace("{job}", request.job_id);
+        let _ = fs::write(request.dir.join(&name), b"extra output\n");
         outcome.extra_outputs.push(name);
     }
     if request.dir.join(request.entrypoint).is_file() {
