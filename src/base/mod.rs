@@ -2,8 +2,8 @@
 //! locking and slots, the log level an operator changes for a while, log lines of lasting
 //! failures held to one a minute, a sleeping queue between threads, the reusable thread cache,
 //! the process's own figures, open-file limit and memory-map limit, telling the coordinator's own shortages from
-//! a worker's faults, whether a client hung up, giving free heap pages back, hex digits, TLS settings from PEM files
-//! and when their certificates expire.
+//! a worker's faults, whether a client hung up, a connection's send timeout, giving free heap pages back, hex digits,
+//! a JSON object's strings read piece by piece, TLS settings from PEM files and when their certificates expire.
 //! Imports nothing of the crate outside `base`.
 
 pub mod addresses;
@@ -18,6 +18,7 @@ pub mod heap;
 pub mod hex;
 pub mod job;
 pub mod json_list;
+pub mod json_stream;
 pub mod labels;
 pub mod line_file;
 pub mod log_level;
@@ -27,6 +28,7 @@ pub mod map_limit;
 pub mod niceness;
 pub mod paths;
 pub mod process;
+pub mod send_timeout;
 pub mod shortage;
 pub mod small_file;
 pub mod sync;

@@ -7,25 +7,24 @@
 //! queue) and a WebSocket is pinged, so proxies keep the stream open and a vanished client is
 //! noticed at the next write. The handler thread only decides (404, 503 over
 //! `--max-followers`) and hands the connection to a follower thread of its own, so followers
-//! never hold handler threads.
+//! never hold handler threads. A job that is over is replayed (`http/replay.rs`); the wire
+//! itself is `http/follow_wire.rs`. A client that takes no byte for `--client-timeout` is let go.
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
 use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::http::auth::Caller;
 use crate::http::cors;
+use crate::http::follow_wire::{status_line, Ending, Out, Wire};
 use crate::http::grant::Grant;
 use crate::http::headers::{self, GivenTwice};
 use crate::http::query;
 use crate::http::redact::TextHider;
+use crate::http::replay;
 use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
-use crate::http::views;
-use crate::pool::announce::{final_lines, output_lines};
+use crate::pool::announce::final_lines;
 use crate::state::context::Context;
 use crate::state::events::{Event, Follower, MAX_BACKLOG};
-use crate::worker::websocket::{accept_key, frame, CLOSE, TEXT};
-use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
@@ -38,20 +37,13 @@ const FOLLOW_RETRY_AFTER: u32 = 5;
 /// Stack size of a follower thread.
 const FOLLOWER_STACK: usize = 128 * 1024;
 
-/// How the pieces travel.
-pub enum Wire {
-    /// Chunked `text/plain`.
-    Text,
-    /// WebSocket text frames, after a handshake answering this `Sec-WebSocket-Key`.
-    WebSocket(String),
-}
-
 /// What the follower sends.
 enum Plan {
-    /// The job is over: these pieces (the collected logs are read by the follower thread).
+    /// The job is over: its status line, its collected logs (read and sent a piece at a time
+    /// by the follower thread) and its last lines.
     Replay {
         first: String,
-        logs: Option<(String, StoredResults)>,
+        logs: Option<StoredResults>,
         last: Vec<String>,
         _slot: Place,
     },
@@ -211,15 +203,10 @@ fn is_over(job: &Job) -> bool {
         || (job.status.is_final() && !matches!(job.collection, Collection::Pending(_)))
 }
 
-/// The job's status line, sandrun's own (`note` empty) or with a note after the status.
-fn status_line(job: &Job, note: &str) -> String {
-    format!("[STATUS] Job status: {}{note}\n", job.status.as_str())
-}
-
 /// The pieces of a job that is over.
 fn replay(job: &Job, slot: Place) -> Plan {
     let logs = match &job.collection {
-        Collection::Collected(stored) => Some((job.id.clone(), StoredResults::clone(stored))),
+        Collection::Collected(stored) => Some(StoredResults::clone(stored)),
         _ => None,
     };
     Plan::Replay {
@@ -234,150 +221,6 @@ fn replay(job: &Job, slot: Place) -> Plan {
 const SHUTDOWN_LINE: &str =
     "[STATUS] The coordinator is shutting down; follow the job again once it is back\n";
 
-/// Why a stream ends: its WebSocket close code (RFC 6455 7.4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// Everything was sent (1000).
-    Over,
-    /// The coordinator stops (1001).
-    GoingAway,
-    /// Its client key no longer lets it follow the job (1008).
-    Refused,
-    /// Its client read slower than the job's output came (1013, try again later).
-    Behind,
-}
-
-/// How pieces are framed on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// WebSocket text frames.
-    WebSocket,
-    /// The chunked encoding (HTTP/1.1).
-    Chunked,
-    /// Bare text up to the connection's close: an HTTP/1.0 client takes no chunked encoding
-    /// (RFC 9112, 6.1).
-    UntilClose,
-}
-
-/// Writes pieces on one wire.
-struct Out {
-    writer: Box<dyn Write + Send>,
-    framing: Framing,
-    hider: Option<TextHider>,
-}
-
-impl Out {
-    fn open(
-        mut request: Request,
-        wire: &Wire,
-        cors: &[(&'static str, String)],
-        hider: Option<TextHider>,
-    ) -> std::io::Result<Self> {
-        let (head, framing) = match wire {
-            Wire::Text => {
-                let cors: String = cors
-                    .iter()
-                    .map(|(name, value)| format!("{name}: {value}\r\n"))
-                    .collect();
-                let (framing, encoding) = if *request.http_version() <= (1, 0) {
-                    (Framing::UntilClose, "")
-                } else {
-                    (Framing::Chunked, "Transfer-Encoding: chunked\r\n")
-                };
-                (
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                         {encoding}Cache-Control: no-cache\r\n{cors}Connection: close\r\n\r\n"
-                    ),
-                    framing,
-                )
-            }
-            Wire::WebSocket(key) => (
-                format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                     Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                    accept_key(key)
-                ),
-                Framing::WebSocket,
-            ),
-        };
-        // Nothing follows on the connection once the stream ended: it closes then.
-        request.close_after_response();
-        let mut writer = request.into_writer();
-        writer.write_all(head.as_bytes())?;
-        writer.flush()?;
-        Ok(Out {
-            writer,
-            framing,
-            hider,
-        })
-    }
-
-    fn piece(&mut self, text: &str) -> std::io::Result<()> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        let text = match &mut self.hider {
-            Some(hider) => hider.hide(text),
-            None => std::borrow::Cow::Borrowed(text),
-        };
-        match self.framing {
-            Framing::WebSocket => self.writer.write_all(&frame(TEXT, text.as_bytes(), None))?,
-            Framing::Chunked => {
-                write!(self.writer, "{:x}\r\n", text.len())?;
-                self.writer.write_all(text.as_bytes())?;
-                self.writer.write_all(b"\r\n")?;
-            }
-            Framing::UntilClose => self.writer.write_all(text.as_bytes())?,
-        }
-        self.writer.flush()
-    }
-
-    /// Breaks a silence: a ping frame on a WebSocket, the job's status line (when it is still
-    /// in the table) on text, which has no invisible piece; a queued job's line also gives its
-    /// place in the queue.
-    fn heartbeat(&mut self, ctx: &Context, id: &str) -> std::io::Result<()> {
-        if self.framing == Framing::WebSocket {
-            self.writer.write_all(&frame(0x9, &[], None))?;
-            return self.writer.flush();
-        }
-        let line = {
-            let st = ctx.lock();
-            st.jobs
-                .get(id)
-                .map(|job| status_line(job, &views::queue_place_note(&st, job)))
-        };
-        line.map_or(Ok(()), |line| self.piece(&line))
-    }
-
-    fn finish(mut self, ending: Ending) {
-        let end: Vec<u8> = match self.framing {
-            Framing::WebSocket => {
-                let code: u16 = match ending {
-                    Ending::Over => 1000,
-                    Ending::GoingAway => 1001,
-                    Ending::Refused => 1008,
-                    Ending::Behind => 1013,
-                };
-                frame(CLOSE, &code.to_be_bytes(), None)
-            }
-            Framing::Chunked => b"0\r\n\r\n".to_vec(),
-            // The connection's close ends the body.
-            Framing::UntilClose => Vec::new(),
-        };
-        let _ = self.writer.write_all(&end);
-        let _ = self.writer.flush();
-    }
-}
-
-fn read_logs(ctx: &Context, id: &str, mut stored: StoredResults) -> Option<Value> {
-    ctx.load_row_results(id, &mut stored).ok()?;
-    let mut reader = ctx.open_results(id, &stored, stored.logs).ok()?;
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 fn serve(
     ctx: &Context,
     id: &str,
@@ -390,31 +233,30 @@ fn serve(
     // origin is no CORS matter).
     let origin = cors::origin(&request).ok().flatten();
     let allowed = cors::headers(&ctx.config.cors_origins, origin);
-    let Ok(mut out) = Out::open(request, &wire, &allowed, hider) else {
+    let timeout = ctx.config.client_timeout;
+    let Ok(mut out) = Out::open(request, &wire, &allowed, hider, timeout) else {
         return;
     };
     let sent = match plan {
         Plan::Replay {
             first, logs, last, ..
-        } => {
-            let mut pieces = vec![first];
-            if let Some(logs) = logs.and_then(|(id, stored)| read_logs(ctx, &id, stored)) {
-                pieces.extend(output_lines(&logs));
-            }
-            pieces.extend(last);
-            pieces
-                .iter()
-                .try_for_each(|p| out.piece(p))
-                .map(|()| Ending::Over)
-        }
+        } => replay::send(ctx, id, &mut out, &first, logs, &last),
         Plan::Live {
             first,
             follower,
             grant,
         } => live(ctx, id, &mut out, &first, &follower, grant),
     };
-    if let Ok(ending) = sent {
-        out.finish(ending);
+    match sent {
+        Ok(ending) => out.finish(ending),
+        Err(e) => {
+            if out.abandon(&e) {
+                log::info!(
+                    "Let go a follower of job {id}: it read nothing for {} s (--client-timeout)",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
     }
 }
 

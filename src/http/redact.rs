@@ -63,10 +63,37 @@ impl TextHider {
 
     /// `text` with the worker's job id replaced by [`HIDDEN`].
     pub fn hide<'a>(&mut self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        hide_in_text(text, self.remote())
+    }
+
+    /// The worker's job id it hides, once the job has one.
+    pub fn remote(&mut self) -> Option<&str> {
         if self.remote.is_none() {
             self.remote = remote_id_of(&self.ctx, &self.id);
         }
-        hide_in_text(text, self.remote.as_deref())
+        self.remote.as_deref()
+    }
+}
+
+/// Where to cut `text`, which more text follows, so that each piece hidden on its own
+/// ([`hide_in_text`]) reads as the whole text hidden at once: the last character boundary at or
+/// before `limit` that leaves the last `remote.len() - 1` bytes (they may begin an occurrence of
+/// `remote`) and lies inside no occurrence (one across it moves the cut to its start).
+pub fn piece_end(text: &str, limit: usize, remote: Option<&str>) -> usize {
+    let remote = remote.filter(|r| !r.is_empty());
+    let keep = remote.map_or(0, |r| r.len() - 1);
+    let mut cut = limit.min(text.len().saturating_sub(keep));
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let across = remote.and_then(|r| {
+        text.match_indices(r)
+            .map(|(at, _)| (at, at + r.len()))
+            .find(|&(_, end)| end > cut)
+    });
+    match across {
+        Some((at, _)) if at < cut => at,
+        _ => cut,
     }
 }
 
@@ -106,6 +133,29 @@ mod tests {
             Reply::JsonBytes(_, bytes) => String::from_utf8(bytes).expect("utf-8"),
             _ => panic!("expected JSON bytes"),
         }
+    }
+
+    #[test]
+    fn text_hidden_piece_by_piece_reads_as_hidden_whole() {
+        let remote = "job_12_34";
+        let text = format!("{remote}é{remote}{remote}x job_12 ✓ {remote}");
+        for limit in 0..text.len() + 3 {
+            let mut rest = text.as_str();
+            let mut hidden = String::new();
+            while !rest.is_empty() {
+                let cut = piece_end(rest, limit.max(1), Some(remote));
+                let cut = if cut == 0 { rest.len() } else { cut };
+                hidden.push_str(&hide_in_text(&rest[..cut], Some(remote)));
+                rest = &rest[cut..];
+            }
+            assert_eq!(
+                hidden,
+                hide_in_text(&text, Some(remote)),
+                "pieces of {limit}"
+            );
+        }
+        assert_eq!(piece_end("aé", 2, None), 1, "on a character boundary");
+        assert_eq!(piece_end("abc", 5, None), 3);
     }
 
     #[test]

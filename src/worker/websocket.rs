@@ -28,7 +28,8 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub const TEXT: u8 = 0x1;
 /// Close frame opcode.
 pub const CLOSE: u8 = 0x8;
-const CONTINUATION: u8 = 0x0;
+/// Opcode of a frame that continues a message sent in fragments.
+pub const CONTINUATION: u8 = 0x0;
 const BINARY: u8 = 0x2;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
@@ -44,9 +45,32 @@ pub fn accept_key(key: &str) -> String {
 /// One frame with FIN set; masked (as a client must send) when `mask` is given.
 pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
+    write_head(&mut out, 0x80 | opcode, mask.is_some(), payload.len());
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// The head of an unmasked frame (a server's) with a payload of `len` bytes, which follows it
+/// on the wire: a whole message's frame when `fin`, else a fragment with more to follow (the
+/// first with the message's opcode, the others [`CONTINUATION`]; RFC 6455, 5.4).
+pub fn frame_head(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    let fin_bit = if fin { 0x80 } else { 0 };
+    write_head(&mut out, fin_bit | opcode, false, len);
+    out
+}
+
+/// Appends a frame's first byte, its payload length and (when `masked`) the mask bit.
+fn write_head(out: &mut Vec<u8>, first: u8, masked: bool, len: usize) {
+    out.push(first);
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match len {
         n if n <= 125 => out.push(mask_bit | n as u8),
         n if n <= 0xFFFF => {
             out.push(mask_bit | 126);
@@ -57,14 +81,6 @@ pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
 }
 
 /// A failed stream.
@@ -347,5 +363,12 @@ mod tests {
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
         let masked = frame(TEXT, b"ab", Some([1, 2, 3, 4]));
         assert_eq!(masked, vec![0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
+    }
+
+    #[test]
+    fn a_fragments_head_says_whether_more_follow() {
+        assert_eq!(frame_head(false, TEXT, 2), vec![0x01, 2]);
+        assert_eq!(frame_head(false, CONTINUATION, 70_000)[..2], [0x00, 127]);
+        assert_eq!(frame_head(true, CONTINUATION, 300), vec![0x80, 126, 1, 44]);
     }
 }

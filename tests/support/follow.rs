@@ -147,8 +147,6 @@ pub fn follow_logs_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Follow
     }
 }
 
-/// Connects to the coordinator at `port`, sends `request_line` with these headers, and reads
-/// the answer's head: its status, its header lines, and the reader for the rest.
 /// Opens `GET /logs/{id}?follow=1` and reads its head only: the status, and the body's reader
 /// (chunked), for a client that reads it later or never.
 pub fn open_follow_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
@@ -157,6 +155,33 @@ pub fn open_follow_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
     (status, reader)
 }
 
+/// Opens the WebSocket `GET /stream/{id}` and reads its head only: the status, and the reader
+/// of its frames, for a client that reads them later or never.
+pub fn open_websocket_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
+    let (status, _, reader) = open_raw(port, &websocket_request(id), &[]);
+    (status, reader)
+}
+
+/// The request line and upgrade headers of a WebSocket `GET /stream/{id}`.
+fn websocket_request(id: &str) -> String {
+    format!(
+        "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+}
+
+/// How many bytes wait unread for a client of `reader`: those it buffered and those its socket
+/// holds (up to 1 MiB).
+pub fn unread_bytes(reader: &BufReader<TcpStream>) -> usize {
+    let mut peeked = vec![0u8; 1 << 20];
+    let _ = reader.get_ref().set_nonblocking(true);
+    let waiting = reader.get_ref().peek(&mut peeked).unwrap_or(0);
+    let _ = reader.get_ref().set_nonblocking(false);
+    reader.buffer().len() + waiting
+}
+
+/// Connects to the coordinator at `port`, sends `request_line` with these headers, and reads
+/// the answer's head: its status, its header lines, and the reader for the rest.
 fn open_raw(
     port: u16,
     request_line: &str,
@@ -198,22 +223,25 @@ fn open_raw(
 /// The coordinator's WebSocket `/stream/{id}` at `port`, opened with these request headers
 /// (which [`follow_websocket`]'s client cannot send), read frame by frame until it closes.
 pub fn follow_websocket_with(port: u16, id: &str, headers: &[(&str, &str)]) -> Followed {
-    let request = format!(
-        "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    );
-    let (status, _, mut reader) = open_raw(port, &request, headers);
+    let (status, _, mut reader) = open_raw(port, &websocket_request(id), headers);
     let (sender, pieces) = mpsc::channel();
     let ending = Ending::default();
     let thread_ending = Arc::clone(&ending);
     thread::spawn(move || {
+        // A text message sent in fragments: its frames so far.
+        let mut message = Vec::new();
         let how = loop {
-            let Some((opcode, payload)) = read_frame(&mut reader) else {
+            let Some((fin, opcode, payload)) = read_frame(&mut reader) else {
                 break "cut".to_string();
             };
             match opcode {
-                0x1 => {
-                    let text = String::from_utf8_lossy(&payload).into_owned();
+                0x0 | 0x1 => {
+                    message.extend_from_slice(&payload);
+                    if !fin {
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&message).into_owned();
+                    message.clear();
                     if sender.send((Instant::now(), text)).is_err() {
                         return;
                     }
@@ -236,8 +264,9 @@ pub fn follow_websocket_with(port: u16, id: &str, headers: &[(&str, &str)]) -> F
     }
 }
 
-/// One unmasked frame from a server: its opcode and payload (`None` when the stream broke).
-fn read_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+/// One unmasked frame from a server: whether it ends its message (FIN), its opcode and its
+/// payload (`None` when the stream broke).
+fn read_frame(reader: &mut impl Read) -> Option<(bool, u8, Vec<u8>)> {
     let mut head = [0u8; 2];
     reader.read_exact(&mut head).ok()?;
     let length = match head[1] & 0x7F {
@@ -255,7 +284,7 @@ fn read_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
     };
     let mut payload = vec![0u8; usize::try_from(length).ok()?];
     reader.read_exact(&mut payload).ok()?;
-    Some((head[0] & 0x0F, payload))
+    Some((head[0] & 0x80 != 0, head[0] & 0x0F, payload))
 }
 
 /// A WebSocket `/stream/{id}` at `endpoint` (a worker's or the coordinator's), read message by

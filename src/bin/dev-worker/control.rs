@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+pub use super::runner::Printed;
 pub use super::stream::StreamKnobs;
 
 /// Locks a mutex, carrying on with its data if a thread panicked while holding it.
@@ -20,6 +21,11 @@ pub struct Knobs {
     pub exit_code: i32,
     /// Simulated runner: CPU seconds a job reports (they count against the per-minute CPU quota).
     pub cpu_seconds: f64,
+    /// Simulated runner: what a job whose entrypoint exists prints on stdout (`None`: its live
+    /// lines, then `ran <entrypoint>`).
+    pub stdout: Option<Printed>,
+    /// Simulated runner: what a job whose entrypoint exists prints on stderr (`None`: nothing).
+    pub stderr: Option<Printed>,
     /// Real runner: a job is killed after this long (sandrun: 300 s).
     pub timeout: Duration,
     /// Jobs queued or running at once per client IP (sandrun: 2).
@@ -86,6 +92,8 @@ impl Default for Knobs {
             job_duration: Duration::ZERO,
             exit_code: 0,
             cpu_seconds: 0.0,
+            stdout: None,
+            stderr: None,
             timeout: Duration::from_secs(300),
             max_active_per_ip: 2,
             max_jobs_per_hour: 20,

@@ -28,6 +28,44 @@ pub enum Runner {
     Simulated,
 }
 
+/// What a simulated job prints on one of its output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Printed {
+    /// Exactly this text.
+    Text(&'static str),
+    /// This many bytes of numbered lines, each with quotes, a backslash, a tab, a control
+    /// character and non-ASCII text (which JSON escapes or sandrun's x86 JSON writes byte by
+    /// byte), cut at about that size (on a character boundary), a newline last.
+    Lines(usize),
+}
+
+impl Printed {
+    /// The bytes printed.
+    pub fn bytes(&self) -> Vec<u8> {
+        match *self {
+            Printed::Text(text) => text.as_bytes().to_vec(),
+            Printed::Lines(size) => {
+                let mut out = String::with_capacity(size + 64);
+                let mut i = 0u64;
+                while out.len() < size {
+                    out.push_str(&format!(
+                        "line {i:07} \"quoted\" back\\slash\ttab \u{1} h\u{e9}llo \u{2713} \u{1f980} {}\n",
+                        "x".repeat((i % 97) as usize)
+                    ));
+                    i += 1;
+                }
+                let mut end = size.saturating_sub(1);
+                while !out.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.truncate(end);
+                out.push('\n');
+                out.into_bytes()
+            }
+        }
+    }
+}
+
 /// What a job runs.
 pub struct RunRequest<'a> {
     /// The job id.
@@ -126,7 +164,14 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
     }
     if request.dir.join(request.entrypoint).is_file() {
         outcome.exit_code = knobs.exit_code;
-        outcome.stdout = format!("{printed}ran {}\n", request.entrypoint).into_bytes();
+        outcome.stdout = match knobs.stdout {
+            Some(stdout) => stdout.bytes(),
+            None => format!("{printed}ran {}\n", request.entrypoint).into_bytes(),
+        };
+        outcome.stderr = knobs
+            .stderr
+            .map(|stderr| stderr.bytes())
+            .unwrap_or_default();
     } else {
         outcome.exit_code = 2;
         outcome.stderr = missing_entrypoint(request);

@@ -1,0 +1,197 @@
+//! Following jobs on `/logs/ID?follow=1` and `/stream/ID`: a finished job's stored logs replayed
+//! to many followers in little memory each (a follower that never reads is let go).
+
+mod support;
+
+use std::fs;
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::follow::{
+    follow_logs, follow_websocket, open_follow_unread, open_websocket_unread, unread_bytes,
+    Followed,
+};
+use support::lifecycle::{submit, wait_collected, wait_healthy};
+use support::sandrun::control::Printed;
+use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
+
+/// Generous deadline for anything the coordinator does on its own.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The big job's stdout: more than the kernel's socket buffers of a client that never reads.
+const LOG_BYTES: usize = 8 << 20;
+/// The big job's stderr: a few of the replay's pieces.
+const ERR_BYTES: usize = 100 << 10;
+/// Followers that never read: on the text stream, and on the WebSocket.
+const TEXT_FOLLOWERS: usize = 20;
+const WEBSOCKET_FOLLOWERS: usize = 12;
+
+fn job() -> Form {
+    Form::new()
+        .file("main.py", "text/x-python", b"print('hi')\n")
+        .manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#)
+}
+
+/// Where `got` first differs from `wanted`, for a message that does not print megabytes.
+fn first_difference(got: &[u8], wanted: &[u8]) -> String {
+    let at = got
+        .iter()
+        .zip(wanted)
+        .position(|(g, w)| g != w)
+        .unwrap_or(got.len().min(wanted.len()));
+    let around = |bytes: &[u8]| {
+        String::from_utf8_lossy(&bytes[at.saturating_sub(40)..(at + 40).min(bytes.len())])
+            .into_owned()
+    };
+    format!(
+        "{} bytes came, {} wanted; first difference at byte {at}: {:?} instead of {:?}",
+        got.len(),
+        wanted.len(),
+        around(got),
+        around(wanted)
+    )
+}
+
+/// The messages of a WebSocket follower, once its stream ended.
+fn messages(follower: &mut Followed) -> Vec<String> {
+    follower
+        .all(DEADLINE)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// The coordinator's `VmHWM` (peak RSS, KiB) since `clear_refs` reset it, or its `VmRSS` now
+/// when the reset was refused.
+fn peak_rss(coordinator: &Coordinator, reset: bool) -> u64 {
+    let field = if reset { "VmHWM" } else { "VmRSS" };
+    coordinator.status_number(field).unwrap_or(0)
+}
+
+/// A finished job's stored log is streamed to each follower in pieces: 32 followers that never
+/// read its 8 MiB stdout hold a few MiB in all, not a copy of the log each (they held 430 MB
+/// for 40 followers of a 10 MiB log); each is let go once it read nothing for
+/// `--client-timeout`; a follower that reads gets the whole log byte for byte, the WebSocket
+/// one in sandrun's messages (the stdout in one message, the stderr in one starting
+/// `[STDERR]\n`).
+#[test]
+fn a_finished_jobs_big_log_is_replayed_in_little_memory_per_follower() {
+    let worker = FakeWorker::start_with(|k| {
+        k.stdout = Some(Printed::Lines(LOG_BYTES));
+        k.stderr = Some(Printed::Lines(ERR_BYTES));
+    });
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &[
+            "--health-interval",
+            "1",
+            "--max-followers",
+            "64",
+            "--max-followers-per-ip",
+            "64",
+            "--client-timeout",
+            "3",
+        ],
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job());
+    wait_collected(&coordinator, &id, DEADLINE);
+    let stdout = Printed::Lines(LOG_BYTES).bytes();
+    let stderr = Printed::Lines(ERR_BYTES).bytes();
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(code, 200);
+    assert!(
+        logs["stdout"].as_str().map(str::as_bytes) == Some(&stdout[..]),
+        "the collected stdout differs: {}",
+        first_difference(
+            logs["stdout"].as_str().unwrap_or_default().as_bytes(),
+            &stdout
+        )
+    );
+
+    // A follower that reads gets it all, byte for byte.
+    let mut wanted = b"[STATUS] Job status: completed\n".to_vec();
+    wanted.extend_from_slice(&stdout);
+    wanted.extend_from_slice(b"[STDERR]\n");
+    wanted.extend_from_slice(&stderr);
+    wanted.extend_from_slice(b"[VERIFY] signature verified, outputs match\n[DONE] Job completed");
+    let mut reader = follow_logs(coordinator.port(), &id);
+    reader.all(DEADLINE);
+    let text = reader.text();
+    assert!(
+        text.as_bytes().starts_with(&wanted),
+        "{}",
+        first_difference(text.as_bytes(), &wanted)
+    );
+    assert!(text.ends_with('\n') && text.matches("[DONE]").count() == 1);
+    assert_eq!(reader.ending().as_deref(), Some("last chunk"));
+    let mut websocket = follow_websocket(&coordinator.url(""), &id);
+    let said = messages(&mut websocket);
+    assert_eq!(said.len(), 5, "{} messages", said.len());
+    assert_eq!(said[0], "[STATUS] Job status: completed\n");
+    assert!(
+        said[1].as_bytes() == stdout,
+        "{}",
+        first_difference(said[1].as_bytes(), &stdout)
+    );
+    let mut stderr_message = b"[STDERR]\n".to_vec();
+    stderr_message.extend_from_slice(&stderr);
+    assert!(
+        said[2].as_bytes() == stderr_message,
+        "{}",
+        first_difference(said[2].as_bytes(), &stderr_message)
+    );
+    assert_eq!(said[3], "[VERIFY] signature verified, outputs match\n");
+    assert!(said[4].starts_with("[DONE] Job completed"), "{}", said[4]);
+    assert_eq!(websocket.ending().as_deref(), Some("close 1000"));
+
+    // Followers that never read: each one's replay starts, and blocks on its full socket.
+    let baseline = coordinator.status_number("VmRSS").unwrap_or(0);
+    let reset = fs::write(format!("/proc/{}/clear_refs", coordinator.pid()), "5").is_ok();
+    let unread: Vec<(u16, BufReader<TcpStream>)> = (0..TEXT_FOLLOWERS + WEBSOCKET_FOLLOWERS)
+        .map(|i| {
+            if i < TEXT_FOLLOWERS {
+                open_follow_unread(coordinator.port(), &id)
+            } else {
+                open_websocket_unread(coordinator.port(), &id)
+            }
+        })
+        .collect();
+    for (status, _) in &unread {
+        assert!(*status == 200 || *status == 101, "answered {status}");
+    }
+    let mut peak = baseline;
+    let started = poll_until(DEADLINE, || {
+        peak = peak.max(peak_rss(&coordinator, reset));
+        let begun = unread
+            .iter()
+            .all(|(_, reader)| unread_bytes(reader) >= 16 * 1024);
+        begun.then_some(())
+    });
+    assert!(started.is_some(), "not every replay began");
+    peak = peak.max(peak_rss(&coordinator, reset));
+    let followers = TEXT_FOLLOWERS + WEBSOCKET_FOLLOWERS;
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "RSS: {baseline} KiB before {followers} followers of a {LOG_BYTES}-byte log that never \
+         read, {peak} KiB at the peak (+{grew} KiB, {} KiB per follower; {})",
+        grew / followers as u64,
+        if reset { "VmHWM" } else { "VmRSS polled" }
+    );
+    let log_kib = (LOG_BYTES / 1024) as u64;
+    assert!(
+        grew < log_kib,
+        "{followers} followers took {grew} KiB (RSS {baseline} -> {peak} KiB); the log is {log_kib} KiB"
+    );
+
+    // Each is let go once it read nothing for --client-timeout (3 s).
+    let following = || get_json(&coordinator.url("/pool")).1["followers"]["following"].clone();
+    let let_go = poll_until(DEADLINE, || (following() == 0).then_some(()));
+    assert!(let_go.is_some(), "followers left: {}", following());
+    assert!(coordinator.wait_for_log(
+        &format!("Let go a follower of job {id}: it read nothing for 3 s"),
+        DEADLINE
+    ));
+    drop(unread);
+}
