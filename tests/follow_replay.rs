@@ -1,5 +1,7 @@
 //! Following jobs on `/logs/ID?follow=1` and `/stream/ID`: a finished job's stored logs replayed
-//! to many followers in little memory each (a follower that never reads is let go).
+//! to many followers in little memory each (a follower that never reads is let go), and the
+//! coordinator's marker lines starting a line of the text stream after output that lacks a
+//! final newline, live and replayed.
 
 mod support;
 
@@ -7,6 +9,8 @@ use std::fs;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use support::follow::{
     follow_logs, follow_websocket, open_follow_unread, open_websocket_unread, unread_bytes,
@@ -26,6 +30,9 @@ const ERR_BYTES: usize = 100 << 10;
 /// Followers that never read: on the text stream, and on the WebSocket.
 const TEXT_FOLLOWERS: usize = 20;
 const WEBSOCKET_FOLLOWERS: usize = 12;
+
+/// The coordinator's marker lines, each of which starts a line of the text stream.
+const MARKERS: [&str; 4] = ["[STATUS]", "[STDERR]", "[VERIFY]", "[DONE]"];
 
 fn job() -> Form {
     Form::new()
@@ -194,4 +201,81 @@ fn a_finished_jobs_big_log_is_replayed_in_little_memory_per_follower() {
         DEADLINE
     ));
     drop(unread);
+}
+
+/// Asserts that each of the coordinator's markers in `text` starts a line.
+fn assert_markers_start_lines(text: &str) {
+    for marker in MARKERS {
+        for (at, _) in text.match_indices(marker) {
+            assert!(
+                at == 0 || text.as_bytes()[at - 1] == b'\n',
+                "{marker} at byte {at} does not start a line: {text:?}"
+            );
+        }
+    }
+}
+
+/// A job whose stdout (and stderr) lacks a final newline: on the text stream the coordinator's
+/// next marker still starts a line, live and replayed (a newline is added only there); the
+/// WebSocket's messages stay as the worker's (the output without a newline).
+#[test]
+fn markers_start_a_line_after_output_without_a_final_newline() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_millis(800));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &["--health-interval", "1"]);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let cases: [(Printed, Option<Printed>, &str, &[&str]); 2] = [
+        (
+            Printed::Text("no newline at end"),
+            None,
+            "no newline at end\n[VERIFY] ",
+            &["no newline at end"],
+        ),
+        (
+            Printed::Text("out-no-nl"),
+            Some(Printed::Text("err-no-nl")),
+            "out-no-nl\n[STDERR]\nerr-no-nl\n[VERIFY] ",
+            &["out-no-nl", "[STDERR]\nerr-no-nl"],
+        ),
+    ];
+    for (stdout, stderr, wanted, output_messages) in cases {
+        worker.set(|k| {
+            k.stdout = Some(stdout);
+            k.stderr = stderr;
+        });
+        let id = submit(&coordinator, &job());
+        let mut live_text = follow_logs(coordinator.port(), &id);
+        let mut live_websocket = follow_websocket(&coordinator.url(""), &id);
+        live_text.all(DEADLINE);
+        wait_collected(&coordinator, &id, DEADLINE);
+        let mut replayed_text = follow_logs(coordinator.port(), &id);
+        let mut replayed_websocket = follow_websocket(&coordinator.url(""), &id);
+        replayed_text.all(DEADLINE);
+        for (how, follower) in [("live", &live_text), ("replayed", &replayed_text)] {
+            let text = follower.text();
+            assert!(text.contains(wanted), "{how}: {text:?}");
+            assert!(text.contains("[DONE] Job completed"), "{how}: {text:?}");
+            assert_markers_start_lines(&text);
+            assert!(!text.contains("\n\n"), "{how}: a blank line in {text:?}");
+        }
+        for (how, follower) in [
+            ("live", &mut live_websocket),
+            ("replayed", &mut replayed_websocket),
+        ] {
+            let said = messages(follower);
+            let outputs: Vec<&str> = said
+                .iter()
+                .map(String::as_str)
+                .filter(|m| !m.starts_with("[STATUS]") && !m.starts_with("[VERIFY]"))
+                .filter(|m| !m.starts_with("[DONE]"))
+                .collect();
+            assert_eq!(outputs, output_messages, "{how}: {said:?}");
+        }
+        let (_, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+        assert_eq!(logs["stdout"], Value::from(stdout_text(stdout)), "{logs}");
+    }
+}
+
+/// The text a [`Printed::Text`] prints.
+fn stdout_text(printed: Printed) -> String {
+    String::from_utf8_lossy(&printed.bytes()).into_owned()
 }

@@ -268,7 +268,7 @@ fn live(
     follower: &Follower,
     mut grant: Option<Grant>,
 ) -> std::io::Result<Ending> {
-    out.piece(first)?;
+    out.marker(first)?;
     for piece in &follower.history {
         out.piece(piece)?;
     }
@@ -277,23 +277,23 @@ fn live(
         let expiry = grant.as_ref().and_then(Grant::until_expiry);
         let wait = expiry.map_or(heartbeat, |left| left.min(heartbeat));
         let recheck = match follower.events.recv_timeout(wait) {
-            Ok(Event::Text(text)) => {
-                follower.took(text.len());
-                out.piece(&text)?;
+            Ok(Event::Text(piece)) => {
+                follower.took(piece.text.len());
+                out.piece(&piece)?;
                 false
             }
             Ok(Event::Behind) => {
                 log::info!(
                     "Let go a follower of job {id}: it read slower than the job's output came"
                 );
-                out.piece(&format!(
+                out.marker(&format!(
                     "[ERROR] This stream fell more than {MAX_BACKLOG} bytes behind the job's output; follow the job again, or read its logs once it ended (GET /logs/{id})\n"
                 ))?;
                 return Ok(Ending::Behind);
             }
             Ok(Event::End) => return Ok(Ending::Over),
             Ok(Event::Shutdown) => {
-                out.piece(SHUTDOWN_LINE)?;
+                out.marker(SHUTDOWN_LINE)?;
                 return Ok(Ending::GoingAway);
             }
             Ok(Event::Recheck) => true,
@@ -309,7 +309,7 @@ fn live(
         };
         if let Err(why) = grant.recheck(ctx.keys.get().as_deref(), unix_now() as u64) {
             log::info!("Ended a follower of job {id}: {why}");
-            out.piece(&format!(
+            out.marker(&format!(
                 "[ERROR] This stream ended: {why}; a request with a valid key may follow the job again\n"
             ))?;
             return Ok(Ending::Refused);

@@ -1,13 +1,16 @@
 //! A followed stream's wire ([`Out`]): the answer's head, then pieces as chunked `text/plain`
 //! (bare text to an HTTP/1.0 client) or as WebSocket text messages, a long piece sent in parts
-//! (fragments of one message), and the stream's end. A write that moves no byte for
-//! `--client-timeout` fails, and the follower lets its client go.
+//! (fragments of one message), and the stream's end. On the text stream every marker
+//! ([`Piece::marker`]) starts a line: a newline goes before it when the output before it did
+//! not end one. A write that moves no byte for `--client-timeout` fails, and the follower lets
+//! its client go.
 
 use crate::base::job::Job;
 use crate::base::send_timeout;
 use crate::http::redact::TextHider;
 use crate::http::views;
 use crate::state::context::Context;
+use crate::state::events::Piece;
 use crate::worker::websocket::{accept_key, frame, frame_head, CLOSE, CONTINUATION, TEXT};
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -77,6 +80,8 @@ pub struct Out {
     hider: Option<TextHider>,
     /// The connection's socket (for its send timeout, and to shut it when given up on).
     socket: Option<RawFd>,
+    /// The text stream's last byte sent was not a newline.
+    line_open: bool,
 }
 
 impl Out {
@@ -131,22 +136,34 @@ impl Out {
             framing,
             hider,
             socket,
+            line_open: false,
         })
     }
 
-    /// Sends a whole piece.
-    pub fn piece(&mut self, text: &str) -> io::Result<()> {
-        self.part(text, Part::WHOLE)
+    /// Sends a piece of the job's feed.
+    pub fn piece(&mut self, piece: &Piece) -> io::Result<()> {
+        self.part(&piece.text, piece.marker, Part::WHOLE)
     }
 
-    /// Sends `text`, the part `at` of a piece. An empty whole piece sends nothing.
-    pub fn part(&mut self, text: &str, at: Part) -> io::Result<()> {
+    /// Sends a marker line (it starts a line of the text stream).
+    pub fn marker(&mut self, text: &str) -> io::Result<()> {
+        self.part(text, true, Part::WHOLE)
+    }
+
+    /// Sends `text`, the part `at` of a piece that is a marker when `marker` (which matters for
+    /// its first part only). An empty whole piece sends nothing.
+    pub fn part(&mut self, text: &str, marker: bool, at: Part) -> io::Result<()> {
         if text.is_empty() && (self.framing != Framing::WebSocket || at == Part::WHOLE) {
             return Ok(());
         }
         let text = match &mut self.hider {
             Some(hider) => hider.hide(text),
             None => Cow::Borrowed(text),
+        };
+        let newline: &[u8] = if marker && at.opens && self.line_open {
+            b"\n"
+        } else {
+            b""
         };
         match self.framing {
             Framing::WebSocket => {
@@ -156,11 +173,18 @@ impl Out {
                 self.writer.write_all(text.as_bytes())?;
             }
             Framing::Chunked => {
-                write!(self.writer, "{:x}\r\n", text.len())?;
+                write!(self.writer, "{:x}\r\n", newline.len() + text.len())?;
+                self.writer.write_all(newline)?;
                 self.writer.write_all(text.as_bytes())?;
                 self.writer.write_all(b"\r\n")?;
             }
-            Framing::UntilClose => self.writer.write_all(text.as_bytes())?,
+            Framing::UntilClose => {
+                self.writer.write_all(newline)?;
+                self.writer.write_all(text.as_bytes())?;
+            }
+        }
+        if let Some(&last) = text.as_bytes().last() {
+            self.line_open = last != b'\n';
         }
         self.writer.flush()
     }
@@ -184,7 +208,7 @@ impl Out {
                 .get(id)
                 .map(|job| status_line(job, &views::queue_place_note(&st, job)))
         };
-        line.map_or(Ok(()), |line| self.piece(&line))
+        line.map_or(Ok(()), |line| self.marker(&line))
     }
 
     /// Ends the stream: the last chunk, or a WebSocket close frame with `ending`'s code.

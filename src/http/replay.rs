@@ -10,11 +10,9 @@ use crate::base::json_stream::{string_members, take_text, JsonStreamError, Strin
 use crate::http::follow_wire::{Ending, Out, Part};
 use crate::http::redact::piece_end;
 use crate::state::context::Context;
+use crate::state::events::STDERR_MARKER;
 use crate::store::spool::ResultsSource;
 use std::io::{self, Read};
-
-/// How sandrun's stream begins a job's stderr: a message of this line, then the stderr.
-const STDERR_MARKER: &str = "[STDERR]\n";
 
 /// Most bytes of a job's output sent at once: a chunk of the text stream, a fragment of a
 /// WebSocket message.
@@ -31,7 +29,7 @@ pub fn send(
     logs: Option<StoredResults>,
     last: &[String],
 ) -> io::Result<Ending> {
-    out.piece(first)?;
+    out.marker(first)?;
     if let Some(stored) = logs {
         match Logs::open(ctx, id, stored) {
             Ok(logs) => logs.send(out).map_err(|broke| match broke {
@@ -47,7 +45,7 @@ pub fn send(
         }
     }
     for line in last {
-        out.piece(line)?;
+        out.marker(line)?;
     }
     Ok(Ending::Over)
 }
@@ -130,13 +128,13 @@ fn send_string<R: Read>(
                     opens: true,
                     ends: false,
                 };
-                out.part(marker, first).map_err(Broke::Write)?;
+                out.part(marker, true, first).map_err(Broke::Write)?;
             }
             let at = Part {
                 opens: !opened && marker.is_none(),
                 ends: !more,
             };
-            out.part(&text[..cut], at).map_err(Broke::Write)?;
+            out.part(&text[..cut], false, at).map_err(Broke::Write)?;
             opened = true;
             text.drain(..cut);
         }

@@ -1,8 +1,10 @@
 //! What followers of a job hear from the coordinator itself: the dispatch line, and the last
-//! lines when the job is over for them (finished and collected, or failed, or lost).
+//! lines when the job is over for them (finished and collected, or failed, or lost). Each is a
+//! marker [`Piece`]: on the text stream it starts a line, also after output that did not end one.
 
 use crate::base::job::{Job, PoolStatus, SignatureVerdict};
 use crate::state::context::Context;
+use crate::state::events::{Piece, STDERR_MARKER};
 use crate::state::pool_state::PoolState;
 use crate::worker::identity::short_id;
 use serde_json::Value;
@@ -18,17 +20,18 @@ pub fn dispatched(ctx: &Context, id: &str, worker_id: &str) {
     );
 }
 
-/// The output lines of a `/logs` answer, as sandrun's stream sends them.
-pub fn output_lines(logs: &Value) -> Vec<String> {
+/// The output pieces of a `/logs` answer, as sandrun's stream sends them: the stdout, then
+/// [`STDERR_MARKER`] and the stderr (each when not empty).
+pub fn output_lines(logs: &Value) -> Vec<Piece> {
     let mut lines = Vec::new();
     if let Some(out) = logs.get("stdout").and_then(Value::as_str) {
         if !out.is_empty() {
-            lines.push(out.to_string());
+            lines.push(Piece::output(out));
         }
     }
     if let Some(err) = logs.get("stderr").and_then(Value::as_str) {
         if !err.is_empty() {
-            lines.push(format!("[STDERR]\n{err}"));
+            lines.push(Piece::marker(format!("{STDERR_MARKER}{err}")));
         }
     }
     lines
@@ -92,6 +95,6 @@ pub fn ended(ctx: &Context, id: &str, last: Vec<String>, logs: Option<&Value>) {
     if let Some(logs) = logs.filter(|_| !ctx.events.output_seen(id)) {
         pieces.extend(output_lines(logs));
     }
-    pieces.extend(last);
+    pieces.extend(last.into_iter().map(Piece::marker));
     ctx.events.end(id, pieces);
 }

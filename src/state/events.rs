@@ -1,8 +1,9 @@
 //! Job events for followers (`GET /logs/{id}?follow=1`, `GET /stream/{id}`): each job in flight
-//! has a feed of text pieces (a status line, or output as its worker delivered it). A follower
-//! gets what the feed holds when it joins, then every new piece, and the feed ends with the job.
-//! The number of followers is bounded; the feed's history is bounded in bytes, and so is what
-//! waits for each follower: one that falls further behind is let go.
+//! has a feed of text pieces ([`Piece`]: a marker line such as a status line, or output as its
+//! worker delivered it). A follower gets what the feed holds when it joins, then every new
+//! piece, and the feed ends with the job. The number of followers is bounded; the feed's history
+//! is bounded in bytes, and so is what waits for each follower: one that falls further behind
+//! is let go.
 //!
 //! `feeds` is a leaf lock: taken with or without the pool lock, never while waiting on anything.
 
@@ -21,11 +22,44 @@ const MAX_HISTORY: usize = 1024 * 1024;
 /// worker writes); a piece that would go past it ends the follow instead, unless nothing waits.
 pub const MAX_BACKLOG: usize = 4 * 1024 * 1024;
 
+/// How sandrun's stream begins a job's stderr: a message of this line, then the stderr.
+pub const STDERR_MARKER: &str = "[STDERR]\n";
+
+/// A piece of text for followers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Its text.
+    pub text: Arc<str>,
+    /// It begins with a marker (`[STATUS]`, `[STDERR]`, `[VERIFY]`, `[DONE]`, `[ERROR]`), which
+    /// starts a line of the text stream even when the output before it did not end one.
+    pub marker: bool,
+}
+
+impl Piece {
+    /// A marker line of the coordinator's (a status line, the last lines).
+    pub fn marker(text: impl Into<Arc<str>>) -> Self {
+        Piece {
+            text: text.into(),
+            marker: true,
+        }
+    }
+
+    /// Output as its worker delivered it: a message beginning with [`STDERR_MARKER`] is
+    /// sandrun's stderr, which begins with that marker.
+    pub fn output(text: impl Into<Arc<str>>) -> Self {
+        let text = text.into();
+        Piece {
+            marker: text.starts_with(STDERR_MARKER),
+            text,
+        }
+    }
+}
+
 /// One piece for a follower.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Text: a status line or output.
-    Text(Arc<str>),
+    /// Text: a marker line or output.
+    Text(Piece),
     /// The job ended; nothing follows.
     End,
     /// The client keys were reloaded: the follower checks its key again.
@@ -50,31 +84,31 @@ impl Sink {
 
     /// Sends a text piece, or [`Event::Behind`] (then false) when it would put more than
     /// [`MAX_BACKLOG`] bytes in wait; false when the follower is gone.
-    fn send_text(&self, text: &Arc<str>) -> bool {
+    fn send_text(&self, piece: &Piece) -> bool {
         let waiting = self.waiting.load(Ordering::SeqCst);
-        if waiting > 0 && waiting + text.len() > MAX_BACKLOG {
+        if waiting > 0 && waiting + piece.text.len() > MAX_BACKLOG {
             let _ = self.sender.send(Event::Behind);
             return false;
         }
-        self.waiting.fetch_add(text.len(), Ordering::SeqCst);
-        self.send(Event::Text(Arc::clone(text)))
+        self.waiting.fetch_add(piece.text.len(), Ordering::SeqCst);
+        self.send(Event::Text(piece.clone()))
     }
 }
 
 #[derive(Default)]
 struct Feed {
-    history: Vec<Arc<str>>,
+    history: Vec<Piece>,
     history_bytes: usize,
     output_seen: bool,
     followers: Vec<Sink>,
 }
 
 impl Feed {
-    fn push(&mut self, text: Arc<str>) {
-        self.followers.retain(|f| f.send_text(&text));
-        if self.history_bytes + text.len() <= MAX_HISTORY {
-            self.history_bytes += text.len();
-            self.history.push(text);
+    fn push(&mut self, piece: Piece) {
+        self.followers.retain(|f| f.send_text(&piece));
+        if self.history_bytes + piece.text.len() <= MAX_HISTORY {
+            self.history_bytes += piece.text.len();
+            self.history.push(piece);
         }
     }
 }
@@ -94,7 +128,7 @@ pub struct JobEvents {
 /// its place.
 pub struct Follower {
     /// The feed's history at the moment of joining.
-    pub history: Vec<Arc<str>>,
+    pub history: Vec<Piece>,
     /// Every later piece, then [`Event::End`].
     pub events: Receiver<Event>,
     /// Text bytes sent to it and not yet taken ([`Follower::took`]).
@@ -186,13 +220,13 @@ impl JobEvents {
         lock(&self.feeds)
             .entry(id.to_string())
             .or_default()
-            .push(line.into());
+            .push(Piece::marker(line));
     }
 
     /// Adds a status line to an open feed (none is created: the job may have ended).
     pub fn line(&self, id: &str, line: String) {
         if let Some(feed) = lock(&self.feeds).get_mut(id) {
-            feed.push(line.into());
+            feed.push(Piece::marker(line));
         }
     }
 
@@ -202,7 +236,7 @@ impl JobEvents {
     pub fn run_again(&self, id: &str, line: String) {
         if let Some(feed) = lock(&self.feeds).get_mut(id) {
             feed.output_seen = false;
-            feed.push(line.into());
+            feed.push(Piece::marker(line));
         }
     }
 
@@ -210,7 +244,7 @@ impl JobEvents {
     pub fn output(&self, id: &str, text: String) {
         if let Some(feed) = lock(&self.feeds).get_mut(id) {
             feed.output_seen = true;
-            feed.push(text.into());
+            feed.push(Piece::output(text));
         }
     }
 
@@ -238,12 +272,12 @@ impl JobEvents {
     }
 
     /// Ends a job's feed with its last pieces; its followers then stop.
-    pub fn end(&self, id: &str, last: Vec<String>) {
+    pub fn end(&self, id: &str, last: Vec<Piece>) {
         let Some(mut feed) = lock(&self.feeds).remove(id) else {
             return;
         };
-        for text in last {
-            feed.push(text.into());
+        for piece in last {
+            feed.push(piece);
         }
         for follower in feed.followers {
             follower.send(Event::End);
@@ -266,7 +300,7 @@ mod tests {
         events.output("j", "out\n".into());
         assert!(events.output_seen("j"));
         events.recheck_followers();
-        events.end("j", vec!["done\n".into()]);
+        events.end("j", vec![Piece::marker("done\n")]);
         let got: Vec<Event> = follower.events.try_iter().collect();
         assert_eq!(got.len(), 4);
         assert_eq!(got[1], Event::Recheck);
@@ -280,6 +314,14 @@ mod tests {
         drop(follower);
         assert_eq!(events.follower_count(), 0);
         assert!(events.reserve(None).is_ok());
+    }
+
+    #[test]
+    fn sandruns_stderr_message_begins_with_a_marker_and_other_output_does_not() {
+        assert!(Piece::output("[STDERR]\nerr-no-nl").marker);
+        assert!(!Piece::output("out-no-nl").marker);
+        assert!(!Piece::output("out [STDERR]\n").marker);
+        assert!(Piece::marker("[DONE] Job completed\n").marker);
     }
 
     #[test]
@@ -309,7 +351,10 @@ mod tests {
         // Nothing waits: one piece larger than the backlog still goes.
         let big = "x".repeat(MAX_BACKLOG + 1);
         events.output("j", big.clone());
-        assert_eq!(follower.events.try_recv(), Ok(Event::Text(big.into())));
+        assert_eq!(
+            follower.events.try_recv(),
+            Ok(Event::Text(Piece::output(big)))
+        );
         follower.took(MAX_BACKLOG + 1);
         let piece = "y".repeat(MAX_BACKLOG / 2);
         events.output("j", piece.clone());
