@@ -6,6 +6,7 @@ use crate::base::job::{InputFile, Job, PoolStatus, Priority, Reruns, Span, Submi
 use crate::base::labels::{self, MAX_LABELS, MAX_LABEL_LEN};
 use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
+use crate::base::sync::Slot;
 use crate::http::auth::Caller;
 use crate::http::submit_key::{Hashing, PartsDigest, HEADER};
 use crate::pool::dispatch::{self, Assignment};
@@ -69,6 +70,8 @@ pub enum UploadError {
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
+    /// Submits were paused while the body arrived (for this many seconds now).
+    Paused(f64),
     /// A priority that is not `high`, `normal` or `low`, or given twice.
     BadPriority(String),
     /// A queue timeout that is not a positive number of seconds, is longer than
@@ -130,6 +133,7 @@ impl UploadError {
             Self::Stalled(_) => 408,
             Self::TooLarge(_) | Self::TooManyFiles(_) => 413,
             Self::TooManyQueued(_) => 429,
+            Self::Paused(_) => 503,
             Self::SubmitKeyBusy(_) => 409,
             Self::SubmitKeyReused { .. } => 422,
             Self::DiskReserve(_) | Self::NoInodes(_) => 507,
@@ -188,6 +192,10 @@ impl fmt::Display for UploadError {
             ),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
             Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout', 'reruns' and 'labels' are accepted"),
+            Self::Paused(secs) => write!(
+                f,
+                "submits were paused by an operator while this submit's body arrived (for {secs:.0} s now); it is not queued. Submit again later, or to another coordinator"
+            ),
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
@@ -862,8 +870,18 @@ pub fn accept(
     let reruns = reruns_of(ctx, options.reruns)?;
     check_labels(ctx, options.labels.as_deref().unwrap_or_default())?;
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
-    // same key may pass too, overshooting its limit by at most the handler threads).
-    room_in(&ctx.lock(), caller)?;
+    // same key may pass too, overshooting its limit by at most the handler threads). A pause
+    // that came while the body arrived refuses it: the pause answers once every submit past
+    // this point is recorded.
+    let _recording = {
+        let mut st = ctx.lock();
+        if let Some(pause) = st.submits_paused.as_mut() {
+            pause.refused += 1;
+            return Err(UploadError::Paused(pause.began.elapsed().as_secs_f64()));
+        }
+        room_in(&st, caller)?;
+        Slot::take(&ctx.submits_recording, usize::MAX)
+    };
     let stored = writer.finish().map_err(UploadError::Spool)?;
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);

@@ -11,6 +11,7 @@ use crate::store::controls::RecordedPause;
 use crate::store::jobs_db::{ListFilter, StoreError, StoreFault, Ticket};
 use crate::worker::identity::short_id;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -572,7 +573,31 @@ pub fn set_submits_pause(
     }
     let what = if on { "pause" } else { "resume" };
     recorded.map_err(|e| not_recorded(&format!("the {what} of submits"), e))?;
+    if on {
+        await_submits_recorded(ctx);
+    }
     Ok(change)
+}
+
+/// Longest a pause of submits waits for the submits past their last check to be recorded.
+const RECORDING_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until every submit that passed its last check before the pause has its record
+/// committed (or refused), so that a snapshot taken once the pause answered holds every job
+/// acknowledged; at most [`RECORDING_WAIT`] (a store that writes nothing).
+fn await_submits_recorded(ctx: &Context) {
+    let until = Instant::now() + RECORDING_WAIT;
+    while ctx.submits_recording.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= until {
+            log::warn!(
+                "Submits paused, but {} submits accepted before the pause were not recorded within {} s; a snapshot taken now may miss them",
+                ctx.submits_recording.load(Ordering::Acquire),
+                RECORDING_WAIT.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Logs that a control change (`what`) could not be recorded yet, and the refusal that says so.

@@ -58,6 +58,10 @@ pub struct Context {
     /// Output files being streamed from workers (asked for before their collection ended):
     /// at most `--threads` at once (`http/outputs.rs`).
     pub worker_fetches: Arc<AtomicUsize>,
+    /// Submits past their last check (the pause, the key's queue room) whose record is not
+    /// committed yet: a pause of submits answers once none is left, so a snapshot taken after
+    /// it holds every job acknowledged.
+    pub submits_recording: Arc<AtomicUsize>,
     /// Request bodies being read from their clients on upload threads: at most
     /// `--max-uploads` at once (`http/server.rs`).
     pub uploads_receiving: Arc<AtomicUsize>,
@@ -154,6 +158,7 @@ impl Context {
             store,
             requests_in_flight: AtomicUsize::new(0),
             worker_fetches: Arc::new(AtomicUsize::new(0)),
+            submits_recording: Arc::new(AtomicUsize::new(0)),
             uploads_receiving: Arc::new(AtomicUsize::new(0)),
             parked: Arc::new(AtomicUsize::new(0)),
             parked_shares,
