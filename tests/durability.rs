@@ -2506,6 +2506,79 @@ fn results_past_retain_bytes_forget_the_oldest_jobs_first() {
     assert_eq!(code, 404, "{gone}");
 }
 
+/// `--retain-bytes` counts the bytes the results segments hold on disk: the results a deletion
+/// wiped (a hole punched) no longer count, so an older job is not forgotten for them.
+#[test]
+fn retain_bytes_does_not_count_the_wiped_results_of_a_deleted_job() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let dir = support::temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let args = [
+        "--retain-bytes",
+        "2500000",
+        "--row-results-max",
+        "0",
+        "--track-interval",
+        "0.05",
+    ];
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let run = |name: &str, size: usize| {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let form = job(name)
+            .file("data.bin", "application/octet-stream", &data)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+        let id = submit(&coordinator, &form);
+        wait_collected(&coordinator, &id, DEADLINE);
+        id
+    };
+    let kept = run("kept", 100_000);
+    let deleted = run("deleted", 2_500_000);
+    let results = coordinator.state_dir().join("results");
+    let allocated = || -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::read_dir(&results)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    };
+    let (code, body) = send(
+        "DELETE",
+        &coordinator.url(&format!("/jobs/{deleted}")),
+        None,
+    )
+    .map(|reply| (reply.status, reply.text()))
+    .unwrap_or_else(|e| panic!("DELETE: {e}"));
+    assert_eq!(code, 200, "{body}");
+    if poll_until(DEADLINE, || (allocated() < 1_000_000).then_some(())).is_none() {
+        eprintln!("SKIPPED: the results directory's filesystem punches no holes ({} bytes still allocated)", allocated());
+        return;
+    }
+    let newest = run("newest", 1_000_000);
+    // A sweep measured the results with the newest job's (it forgets in the same sweep).
+    let retention = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let retention = pool["store"]["retention"].clone();
+        let measured = retention["results_bytes"].as_u64().unwrap_or(0);
+        (measured >= 1_000_000).then_some(retention)
+    })
+    .unwrap_or_else(|| panic!("no sweep measured the newest job's results"));
+    assert_eq!(retention["forgotten_jobs"], 0, "{retention}");
+    assert!(
+        retention["results_bytes"]
+            .as_u64()
+            .is_some_and(|b| b < 2_500_000),
+        "{retention}"
+    );
+    for id in [&kept, &newest] {
+        let (code, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+        assert_eq!(code, 200, "{id} was forgotten: {status}");
+    }
+}
+
 /// `--disk-reserve`: a submit whose upload would leave less room than the reserve is refused
 /// with 507 before its body is read, `/ready` and `/pool` say so, and a job accepted before
 /// still has its results collected in the reserve; once there is room, submits are taken again.

@@ -661,6 +661,13 @@ fn segment_extent(id: &str, record: ValueRef<'_>) -> Option<Span> {
     job.collection.in_segment().map(|(_, extent)| extent)
 }
 
+/// The bytes a file holds on disk: its length, less the holes punched in it (the wiped
+/// results of deleted and forgotten jobs).
+fn bytes_on_disk(metadata: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    metadata.len().min(metadata.blocks().saturating_mul(512))
+}
+
 /// Under `--retain-bytes`: while the results segments hold more than the limit, forgets every
 /// settled job of the results segment that holds the oldest finished job, oldest segment
 /// first (at most [`MAX_SEGMENTS_FREED`] per sweep). A segment goes whole, so the limit is
@@ -679,7 +686,7 @@ fn forget_for_bytes(
             let e = e.ok()?;
             Some((
                 e.file_name().to_string_lossy().into_owned(),
-                e.metadata().ok()?.len(),
+                bytes_on_disk(&e.metadata().ok()?),
             ))
         })
         .collect();
