@@ -2398,10 +2398,11 @@ fn a_full_disk_answers_507_and_status_and_pool_keep_working() {
 }
 
 /// A state directory whose filesystem ran out of inodes while it has bytes free: a large
-/// submit's 507 names the inodes (it said "full" while `/pool` showed megabytes free), `/pool`'s
-/// disk counts them, `/ready` says so (it said ready), and all is back once files are deleted.
+/// submit's 507 names the inodes (it said "full" while `/pool` showed megabytes free), so does
+/// a snapshot's (it was a 500 "unable to open database"), `/pool`'s disk counts them, `/ready`
+/// says so (it said ready), and all is back once files are deleted.
 #[test]
-fn a_state_directory_out_of_inodes_is_told_as_such_by_submits_pool_and_ready() {
+fn a_state_directory_out_of_inodes_is_told_as_such_by_submits_snapshots_pool_and_ready() {
     // A tmpfs of 16 MiB with room for 64 files in all.
     let Some((dir, state, _mount, worker)) = pool_on_tmpfs("16m,nr_inodes=64", Duration::ZERO)
     else {
@@ -2422,6 +2423,12 @@ fn a_state_directory_out_of_inodes_is_told_as_such_by_submits_pool_and_ready() {
         (507, &["no free inodes left"]),
         "no free inodes",
     );
+    let reply = send("GET", &coordinator.url("/snapshot"), None)
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    for words in ["no room for a copy of the job store", "no free inodes left"] {
+        assert!(reply.text().contains(words), "{}", reply.text());
+    }
     let (_, pool) = get_json(&coordinator.url("/pool"));
     assert_eq!(pool["disk"]["available_inodes"], 0, "{}", pool["disk"]);
     assert!(
@@ -3512,6 +3519,155 @@ fn a_snapshot_taken_while_jobs_run_restores_every_job_in_a_new_state_directory()
         !seen.contains_key("print('after the snapshot')\n"),
         "{seen:?}"
     );
+}
+
+/// A coordinator whose drained worker leaves a queued job's 12 MiB upload waiting in an upload
+/// segment, so that a snapshot of it outgrows the sockets' buffers; returns the segment's path.
+fn with_a_queued_upload_segment(
+    worker: &FakeWorker,
+    args: &[&str],
+) -> (Coordinator, std::path::PathBuf) {
+    let coordinator = Coordinator::start(&[worker.entry(1)], args);
+    wait_healthy(&coordinator, &[worker], DEADLINE);
+    let (code, body) = post(&drain_url(&coordinator, worker, "drain"), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let padding: Vec<u8> = (0..12 << 20).map(|n| (n % 239) as u8).collect();
+    submit(
+        &coordinator,
+        &job("queued").file("data.bin", "application/octet-stream", &padding),
+    );
+    let uploads = coordinator.state_dir().join("uploads");
+    let segments: Vec<_> = fs::read_dir(&uploads)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    (coordinator, segments[0].clone())
+}
+
+/// The length of the file at `path` (0 when it is gone).
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// An upload cut off mid-body while a snapshot is read slowly: its bytes, appended to the
+/// segment the snapshot noted at its longer length, stay until the snapshot ends (earlier
+/// builds cut the segment back at once, and the snapshot broke off short of its
+/// `Content-Length`); the archive arrives whole, every file in it.
+#[test]
+fn an_upload_cut_off_while_a_snapshot_is_read_leaves_the_snapshot_whole() {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let (coordinator, segment) = with_a_queued_upload_segment(&worker, &FAST);
+    let queued_len = file_len(&segment);
+    // A second upload into the same segment, of which 5 MiB of 8 come before its client goes.
+    let form = job("cut off").file("data.bin", "application/octet-stream", &vec![7u8; 8 << 20]);
+    let body = form.body();
+    let mut upload = std::net::TcpStream::connect(("127.0.0.1", coordinator.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nHost: localhost\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form.content_type(),
+        body.len()
+    );
+    std::io::Write::write_all(&mut upload, head.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut upload, &body[..5 << 20]).unwrap_or_else(|e| panic!("{e}"));
+    poll_until(DEADLINE, || {
+        (file_len(&segment) >= queued_len + (4 << 20)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the upload did not reach {}", segment.display()));
+
+    // The snapshot notes the segment with the unfinished upload in it; its client reads
+    // nothing until the upload is gone.
+    let snapshot = begin_download(&coordinator, "/snapshot");
+    drop(upload);
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["uploads_receiving"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the cut-off upload was not given up"));
+
+    let length = snapshot.header("Content-Length").map(str::to_string);
+    let mut archive = Vec::new();
+    if let Err(e) = snapshot.into_reader().read_to_end(&mut archive) {
+        panic!(
+            "the snapshot broke off after {} bytes of {length:?}: {e}\n{}",
+            archive.len(),
+            coordinator.logs()
+        );
+    }
+    assert_eq!(length, Some(archive.len().to_string()), "its exact length");
+    let files = support::untar_gz(&archive);
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let noted_len = files
+        .get(&format!("uploads/{}", name.unwrap_or_default()))
+        .map_or(0, |bytes| bytes.len() as u64);
+    assert!(
+        noted_len >= queued_len + (4 << 20),
+        "{noted_len} bytes of the segment in the archive"
+    );
+    assert!(files.contains_key("jobs.db"), "{:?}", files.keys());
+    assert!(file_len(&segment) >= noted_len, "the segment was cut back");
+
+    // Once it was sent, the unfinished upload's bytes are wiped (a hole punched), and the
+    // queued job's upload is whole.
+    let dir = support::temp_dir();
+    support::untar_gz_into(&archive, &dir.path().join("state"));
+    let (code, out, err) = support::check_state_dir(&dir.path().join("state"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let tail = poll_until(DEADLINE, || {
+        let bytes = fs::read(&segment).unwrap_or_else(|e| panic!("{e}"));
+        bytes[queued_len as usize..]
+            .iter()
+            .all(|&b| b == 0)
+            .then_some(bytes.len())
+    });
+    assert!(
+        tail.is_some(),
+        "the cut bytes were not wiped after the snapshot"
+    );
+}
+
+/// A snapshot client that stops reading is let go after `--client-timeout`, and with it the
+/// snapshot slot (every deletion and wipe waits while one is held): earlier builds held it for
+/// three timeouts and more, as the kernel took a few more bytes of each retried write.
+#[test]
+fn a_snapshot_client_that_stops_reading_is_let_go_after_the_client_timeout() {
+    const TIMEOUT: u64 = 4;
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    let timeout = TIMEOUT.to_string();
+    let args = [&FAST[..], &["--client-timeout", timeout.as_str()]].concat();
+    let (coordinator, _segment) = with_a_queued_upload_segment(&worker, &args);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", coordinator.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(
+        &mut client,
+        b"GET /snapshot HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut head = [0u8; 1024];
+    let n = client.read(&mut head).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // From here on it reads nothing.
+    let stopped = Instant::now();
+    assert!(
+        coordinator.wait_for_log("The answer to GET /snapshot broke off part-way", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    let held = stopped.elapsed();
+    assert!(
+        held < Duration::from_secs(TIMEOUT * 7 / 4),
+        "the stalled snapshot was let go after {held:?} under --client-timeout {TIMEOUT}"
+    );
+    let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
+    drop(client);
 }
 
 /// How many segment files a `check --state-dir` report says records point into.

@@ -46,7 +46,8 @@ pub fn snapshot(ctx: &Arc<Context>, by: &str) -> Reply {
             ),
         );
     }
-    let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals());
+    let taken = snapshot::take(&ctx.config.state_dir, &ctx.store, ctx.spool.removals())
+        .map_err(|e| e.naming_inodes(&ctx.disk_reserve));
     let snapshot = match taken {
         Ok(snapshot) => snapshot,
         // Another snapshot under way, a locked store, no descriptor left: later may do.

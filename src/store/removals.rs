@@ -2,7 +2,8 @@
 //! snapshot of the state directory is taken: the snapshot's copy of the job store may point into
 //! a segment that retention or a dispatch would delete a moment later, before the snapshot
 //! opened it, and it copies the segments it opened to their end. A wipe also waits for every
-//! reader of its segment (a download under way).
+//! reader of its segment (a download under way). No segment is cut shorter while a snapshot is
+//! under way (it reads each file to the length it noted): the bytes stay, wiped once it ends.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -26,8 +27,9 @@ const PENDING_WIPES_MAX: usize = 65_536;
 pub struct Removals {
     /// Deletions put off while held (`None`: not held, deletions happen at once).
     deferred: Mutex<Option<Vec<PathBuf>>>,
-    /// Set while a snapshot is taken or sent (one at a time).
-    snapshot: AtomicBool,
+    /// Set while a snapshot is taken or sent (one at a time); held while a segment is cut back,
+    /// so that no snapshot notes a file's length in the middle of a cut.
+    snapshot: Mutex<bool>,
     /// Wipes waiting, and the readers of each segment file.
     wipes: Mutex<Wipes>,
     /// The uploads of jobs that left the queue whose bytes stay in an upload segment other
@@ -64,6 +66,10 @@ pub enum WipeOf {
     /// Bytes no job refers to, found by the scrub at start: a hole punched, or nothing done
     /// (they are not worth writing zeros over at every start).
     Unreferenced,
+    /// Bytes a segment's writer cut back while a snapshot was under way (an unfinished upload,
+    /// a failed collection, an output too large): a hole punched, else zeros written; logged at
+    /// debug level.
+    CutBack,
 }
 
 impl WipeOf {
@@ -73,6 +79,7 @@ impl WipeOf {
             WipeOf::DeletedJob => "the deleted job's bytes",
             WipeOf::ForgottenJob => "the forgotten job's bytes",
             WipeOf::Unreferenced => "the bytes no job refers to",
+            WipeOf::CutBack => "the bytes cut back during a snapshot",
         }
     }
 }
@@ -122,10 +129,36 @@ impl Removals {
 
     /// Claims the one snapshot slot; `None` while another snapshot is taken or sent.
     pub fn start_snapshot(self: &Arc<Self>) -> Option<SnapshotSlot> {
-        self.snapshot
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            .then(|| SnapshotSlot(Arc::clone(self)))
+        let mut under_way = lock(&self.snapshot);
+        if *under_way {
+            return None;
+        }
+        *under_way = true;
+        Some(SnapshotSlot(Arc::clone(self)))
+    }
+
+    /// Cuts the segment file `file` (at `path`) back to `len` bytes, dropping what its writer
+    /// appended after that; returns the file's length after. While a snapshot is under way the
+    /// file is not shortened: the snapshot may have noted its longer length, and reads it to
+    /// there. The bytes past `len` then stay, referred to by no record, and are wiped once the
+    /// snapshot ends ([`WipeOf::CutBack`]); the writer's next appends go after them.
+    pub fn cut_back(self: &Arc<Self>, file: &File, path: &Path, len: u64) -> io::Result<u64> {
+        let end = {
+            let under_way = lock(&self.snapshot);
+            if !*under_way {
+                file.set_len(len)?;
+                return Ok(len);
+            }
+            file.metadata()?.len()
+        };
+        if end > len {
+            let span = Span {
+                offset: len,
+                size: end - len,
+            };
+            self.wipe(path, span, WipeOf::CutBack);
+        }
+        Ok(end)
     }
 
     /// Overwrites `span` of the segment file at `path` (the results of a job deleted from the
@@ -176,7 +209,7 @@ impl Removals {
     fn start_due(self: &Arc<Self>) {
         let start = {
             let mut wipes = lock(&self.wipes);
-            if wipes.pending.is_empty() || self.snapshot.load(Ordering::Acquire) {
+            if wipes.pending.is_empty() || *lock(&self.snapshot) {
                 return;
             }
             let Wipes {
@@ -273,6 +306,11 @@ fn run_wipes(due: Vec<Wipe>) {
                 span.size,
                 path.display()
             ),
+            (Ok(true), WipeOf::CutBack) => log::debug!(
+                "Wiped {} bytes cut back during a snapshot in {}",
+                span.size,
+                path.display()
+            ),
             (Ok(false), _) if !CANNOT_PUNCH_TOLD.swap(true, Ordering::Relaxed) => log::warn!(
                 "The filesystem of {} cannot punch holes: bytes no job refers to any more stay \
                  in its results segments until each segment is deleted",
@@ -359,7 +397,7 @@ impl SnapshotSlot {
 
 impl Drop for SnapshotSlot {
     fn drop(&mut self) {
-        self.0.snapshot.store(false, Ordering::Release);
+        *lock(&self.0.snapshot) = false;
         self.0.start_due();
     }
 }
@@ -463,5 +501,30 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), 14);
         assert_eq!(removals.pending_wipes(), 0);
+    }
+
+    #[test]
+    fn a_cut_back_never_shortens_a_file_while_a_snapshot_is_under_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("segment");
+        std::fs::write(&path, b"kept-unfinished").expect("write");
+        let file = OpenOptions::new().write(true).open(&path).expect("open");
+        let removals = Arc::new(Removals::default());
+        assert_eq!(removals.cut_back(&file, &path, 12).expect("cut"), 12);
+        assert_eq!(std::fs::read(&path).expect("read"), b"kept-unfinis");
+
+        let slot = removals.start_snapshot().expect("snapshot");
+        assert_eq!(removals.cut_back(&file, &path, 5).expect("cut"), 12);
+        assert_eq!(std::fs::read(&path).expect("read"), b"kept-unfinis");
+        drop(slot);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while removals.pending_wipes() > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            b"kept-\0\0\0\0\0\0\0",
+            "the cut bytes were not wiped once the snapshot ended"
+        );
     }
 }

@@ -270,20 +270,6 @@ impl OpenSegment {
         Ok(())
     }
 
-    /// Cuts the segment back to `len` bytes, dropping what was appended after it (an upload
-    /// that was refused or failed) unwritten: its disk space is free again at once. Only its
-    /// writer appends, so no one else's bytes lie past `len`.
-    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
-        if let Some(out) = self.out.take() {
-            // Dropping the buffer unwritten (a plain drop would write it out).
-            let _ = out.into_parts();
-        }
-        let _writing = self.file.watch.as_ref().map(|w| w.writing());
-        self.file.file.set_len(len)?;
-        self.len = len;
-        Ok(())
-    }
-
     /// Counts one more job written to it.
     pub fn count_job(&mut self) {
         self.jobs += 1;
@@ -495,6 +481,23 @@ impl Segments {
     /// has it open ([`Removals::wipe`]).
     pub fn wipe(&self, name: &str, span: Span, of: WipeOf) {
         self.removals.wipe(&self.dir.join(name), span, of);
+    }
+
+    /// Cuts `segment` back to `len` bytes, dropping what was appended after it (an upload that
+    /// was refused or failed, a failed collection, an output too large) unwritten: its disk
+    /// space is free again at once. Only its writer appends, so no one else's bytes lie past
+    /// `len`. While a snapshot is under way the file keeps its length (see
+    /// [`Removals::cut_back`]): the next appends go after the bytes cut, which no record refers
+    /// to and which are wiped once the snapshot ends.
+    pub fn cut_back(&self, segment: &mut OpenSegment, len: u64) -> io::Result<()> {
+        if let Some(out) = segment.out.take() {
+            // Dropping the buffer unwritten (a plain drop would write it out).
+            let _ = out.into_parts();
+        }
+        let _writing = self.watch.writing();
+        let file = &segment.file;
+        segment.len = self.removals.cut_back(&file.file, &file.path, len)?;
+        Ok(())
     }
 
     /// Closes a segment that failed while written (its writer was dropped).

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use rusqlite::ErrorCode;
+
 use crate::base::shortage::is_shortage;
+use crate::store::disk_reserve::{DiskReserve, Room};
 use crate::store::jobs_db::{JobStore, StoreError, StoreFault, DB_FILE};
 use crate::store::removals::{remove_if_present, Removals, SnapshotSlot};
 
@@ -52,6 +55,8 @@ pub enum SnapshotError {
     Store(StoreError),
     /// A file of the state directory could not be opened or listed.
     Io(io::Error),
+    /// The state directory's filesystem has no inode left for the job store's copy.
+    NoInodes(Room),
 }
 
 impl SnapshotError {
@@ -62,6 +67,25 @@ impl SnapshotError {
             SnapshotError::Store(e) => e.fault().http_status(),
             SnapshotError::Io(e) if is_shortage(e) => 503,
             SnapshotError::Io(_) => 500,
+            SnapshotError::NoInodes(_) => 507,
+        }
+    }
+
+    /// A copy of the job store that could not be created, told as one for want of inodes when
+    /// that is why (the disk's bytes may be free while no file can be created there: SQLite
+    /// says only that it is "unable to open database"); any other error as it is.
+    pub fn naming_inodes(self, reserve: &DiskReserve) -> SnapshotError {
+        let not_created = match &self {
+            SnapshotError::Store(StoreError::Sqlite(e)) => {
+                e.sqlite_error_code() == Some(ErrorCode::CannotOpen)
+            }
+            SnapshotError::Store(e) => e.is_full(),
+            SnapshotError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            SnapshotError::Busy | SnapshotError::NoInodes(_) => false,
+        };
+        match reserve.room() {
+            Ok(room) if not_created && room.out_of_inodes() => SnapshotError::NoInodes(room),
+            _ => self,
         }
     }
 }
@@ -83,6 +107,11 @@ impl fmt::Display for SnapshotError {
                 "the coordinator is short of descriptors or memory to open the state directory's files ({e}); a snapshot holds one per segment file: raise the open-file limit, or try again when fewer connections are open"
             ),
             SnapshotError::Io(e) => write!(f, "the state directory could not be read: {e}"),
+            SnapshotError::NoInodes(room) => write!(
+                f,
+                "the state directory has no room for a copy of the job store: its filesystem has no free inodes left ({} bytes are free, but no file can be created there); free some files and try again",
+                room.available
+            ),
         }
     }
 }

@@ -294,7 +294,7 @@ impl ResultsWriter<'_> {
             .ok_or_else(|| CopyError::Write(io::Error::other("the results segment failed")))?;
         segment
             .flush()
-            .and_then(|()| segment.truncate(offset))
+            .and_then(|()| self.spool.result_segments.cut_back(segment, offset))
             .map_err(CopyError::Write)
     }
 
@@ -337,9 +337,10 @@ impl Drop for ResultsWriter<'_> {
 
 /// Cuts `segment` of `segments` back to `base`, where what failed (`what`) began, and gives it
 /// back for the next writer (one that then holds nothing goes, its file with it); one that
-/// cannot be cut is closed.
+/// cannot be cut is closed. While a snapshot is under way the bytes stay until it ends
+/// ([`Segments::cut_back`]).
 fn cut_back(segments: &Segments, mut segment: OpenSegment, base: u64, what: &str) {
-    match segment.truncate(base) {
+    match segments.cut_back(&mut segment, base) {
         Ok(()) => segments.give_back(segment),
         Err(e) => {
             log::warn!(

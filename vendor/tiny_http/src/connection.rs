@@ -107,6 +107,15 @@ impl Connection {
         }
     }
 
+    /// Patched: the write timeout of the socket.
+    pub(crate) fn write_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+        match self {
+            Self::Tcp(s) => s.write_timeout(),
+            #[cfg(unix)]
+            Self::Unix(s) => s.write_timeout(),
+        }
+    }
+
     /// Patched: a non-blocking write (the refusal of a connection beyond the limit).
     pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {
@@ -216,8 +225,27 @@ impl std::io::Read for SharedConnection {
 }
 
 impl std::io::Write for SharedConnection {
+    /// Patched: a write that the socket's write timeout ended part-way fails. A blocking write
+    /// comes back short only when that timeout (or a signal) ended it: its client took less
+    /// than one write's bytes in all that time. Retried, as `write_all` does, each retry had a
+    /// fresh timeout, and the kernel took a few more bytes now and then from a client that had
+    /// stopped reading: such an answer held its connection's thread for three timeouts and
+    /// more (92 s under a 30 s `client_timeout`), not one.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write_once(buf)
+        let started = std::time::Instant::now();
+        let written = self.0.write_once(buf)?;
+        if written < buf.len() {
+            if let Ok(Some(timeout)) = self.0.write_timeout() {
+                // The kernel's timer ticks in jiffies: allow it a little early.
+                if started.elapsed() >= timeout.mul_f64(0.9) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took less than one write of the answer in the write timeout",
+                    ));
+                }
+            }
+        }
+        Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
