@@ -557,12 +557,12 @@ mod test {
         for version in ["HTTP/0.9", "HTTP/1.2", "HTTP/2.0", "HTTP/3.0"] {
             let line = format!("GET / {version}");
             let read = super::parse_request_line(&line);
-            assert!(matches!(read, Err(ReadError::UnsupportedVersion)), "{version}");
+            assert!(matches!(read, Err(ReadError::UnsupportedVersion)), "{}", version);
         }
         for version in ["HTTP/1", "HTTP/1.10", "http/1.1", "HTTP/x.1"] {
             let line = format!("GET / {version}");
             let read = super::parse_request_line(&line);
-            assert!(matches!(read, Err(ReadError::WrongRequestLine)), "{version}");
+            assert!(matches!(read, Err(ReadError::WrongRequestLine)), "{}", version);
         }
     }
 

@@ -678,7 +678,7 @@ mod tests {
             let printed = response.raw_print(&mut out, HTTPVersion(1, 1), &[], false, None);
             assert!(printed.is_ok());
             let text = String::from_utf8_lossy(&out).into_owned();
-            assert!(!text.contains("Content-Length"), "{text}");
+            assert!(!text.contains("Content-Length"), "{}", text);
         }
     }
 

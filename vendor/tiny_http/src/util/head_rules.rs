@@ -90,7 +90,7 @@ mod test {
             b"X: \x7f\r\n",
             b"X\x01Y: a\r\n",
         ] {
-            assert!(matches!(judge(bad), LineByte::Refused(_)), "{bad:?}");
+            assert!(matches!(judge(bad), LineByte::Refused(_)), "{:?}", bad);
         }
         assert_eq!(
             judge(b"X: \xff\r\n"),
@@ -120,10 +120,10 @@ mod test {
             "xn--b-xga.example",
             "",
         ] {
-            assert!(host_fault(&[h(good)], &v11).is_none(), "{good}");
+            assert!(host_fault(&[h(good)], &v11).is_none(), "{}", good);
         }
         for bad in ["a b", "a/b", "a@b", "a?b", "a\"b"] {
-            assert!(host_fault(&[h(bad)], &v11).is_some(), "{bad}");
+            assert!(host_fault(&[h(bad)], &v11).is_some(), "{}", bad);
         }
     }
 }

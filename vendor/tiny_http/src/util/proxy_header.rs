@@ -203,7 +203,7 @@ mod tests {
             "PROXY UDP4 203.0.113.7 10.0.0.1 51000 9000\r\n",
             "PROXY TCP4 203.0.113.7 10.0.0.1 51000 9000 extra\r\n",
         ] {
-            assert!(matches!(v1(bad), Err(HeaderError::Malformed(_))), "{bad}");
+            assert!(matches!(v1(bad), Err(HeaderError::Malformed(_))), "{}", bad);
         }
     }
 
