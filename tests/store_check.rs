@@ -6,6 +6,8 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,4 +220,128 @@ fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
         "the upload in its row is there: {err}"
     );
     assert!(err.contains("5 jobs cannot be served or run"), "{err}");
+}
+
+/// The user id the coordinator runs as in the ownership test: `nobody`.
+const OTHER_UID: u32 = 65534;
+
+/// Whether this test process may start the coordinator as another user (it runs as root).
+fn can_run_as_another_user() -> bool {
+    // SAFETY: `geteuid` cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts the coordinator on `dir` as `OTHER_UID`.
+fn start_as_other(dir: &Path) -> Result<Coordinator, String> {
+    Coordinator::try_start_in_with(dir, &[], |command| {
+        command.uid(OTHER_UID).gid(OTHER_UID);
+    })
+}
+
+/// Gives `path` and everything under it to `uid`.
+fn chown_all(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap_or_else(|e| panic!("{e}"));
+    if path.is_dir() {
+        for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_all(&entry.path(), uid);
+        }
+    }
+}
+
+/// Asserts that a start refused for `jobs.db` owned by root says so and how to fix it, and
+/// never advises moving the job history away.
+fn assert_refused_for_ownership(refused: Result<Coordinator, String>, state: &Path) {
+    let why = match refused {
+        Ok(_) => panic!("the coordinator started on a job store it may not write"),
+        Err(why) => why,
+    };
+    // Exit code 1, as the status's debug text says it.
+    assert!(
+        why.contains("exit status: 1") || why.contains("unix_wait_status(256)"),
+        "{why}"
+    );
+    for part in [
+        format!("{}/jobs.db cannot be written", state.display()),
+        format!("runs as uid {OTHER_UID}"),
+        "owned by uid 0, mode 0644".to_string(),
+        format!("chown -R nobody {}", state.display()),
+    ] {
+        assert!(why.contains(&part), "{part:?} missing: {why}");
+    }
+    for wrong in ["away", "not a job store", "disk fails"] {
+        assert!(!why.contains(wrong), "{wrong:?} said: {why}");
+    }
+}
+
+/// A state directory restored as root (a snapshot unpacked without the `chown` after it) for a
+/// coordinator that runs as another user: a job store it may not write is refused at start with
+/// exit 1, naming the file, its owner and mode, the user the coordinator runs as and the
+/// `chown` that fixes it, both before the store is in WAL mode and after (it used to be called
+/// "not a job store this trusted-pool can read", with advice to move the job history away, or
+/// to start and then refuse every submit as if the disk failed). `check` says the same of a
+/// file it may not read. After the `chown`, it starts with its job history.
+#[test]
+fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chown() {
+    if !can_run_as_another_user() {
+        eprintln!("skipped: the test must run as root to start the coordinator as another user");
+        return;
+    }
+    let worker = FakeWorker::start();
+    let dir = temp_dir();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let form = Form::new().file("main.py", "text/x-python", b"print(1)\n");
+    let id = submit(&coordinator, &form);
+    wait_collected(&coordinator, &id, DEADLINE);
+    assert!(coordinator.terminate(DEADLINE).is_some(), "it did not stop");
+    drop(coordinator);
+
+    let state = dir.path().join("state");
+    let db = state.join("jobs.db");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    chown_all(dir.path(), OTHER_UID);
+    let root_owned = || {
+        std::os::unix::fs::chown(&db, Some(0), Some(0)).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    // In WAL mode, the directory writable, jobs.db root's.
+    root_owned();
+    assert_refused_for_ownership(start_as_other(dir.path()), &state);
+    // Not in WAL mode yet (as a store copied with its journal mode changed).
+    rusqlite::Connection::open(&db)
+        .and_then(|c| {
+            c.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+                r.get::<_, String>(0)
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    root_owned();
+    assert_refused_for_ownership(start_as_other(dir.path()), &state);
+
+    // `check` as that user, of a file it may not read.
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+        .arg("check")
+        .arg("--state-dir")
+        .arg(&state)
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the check: {e}"));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("jobs.db cannot be read by this check")
+            && err.contains("owned by uid 0, mode 0600"),
+        "{err}"
+    );
+
+    // The fix the message gives: the job history is all there.
+    chown_all(&state, OTHER_UID);
+    let coordinator = start_as_other(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
+    assert_eq!(status["pool_status"], "completed", "{status}");
 }

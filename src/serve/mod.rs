@@ -21,6 +21,7 @@ use crate::state::certificates::Presented;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::store::dir_lock::{DirLock, DirLockError};
+use crate::store::file_access::{self, Denied, Need};
 use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
 use crate::store::scrub;
 use crate::store::snapshot;
@@ -50,6 +51,8 @@ pub enum ServeError {
     StateDir(PathBuf, std::io::Error),
     /// The state directory is in use by another coordinator, or cannot be locked.
     StateDirLock(DirLockError),
+    /// A file of the state directory may not be written by the user the coordinator runs as.
+    StateDirAccess(Denied),
     /// The HTTP port could not be bound.
     Bind(SocketAddr, String),
     /// A coordinator thread could not be started.
@@ -73,6 +76,7 @@ impl fmt::Display for ServeError {
             Self::ApiKeys(path, e) => write!(f, "{}: {e}", path.display()),
             Self::StateDir(dir, e) => write!(f, "state directory {}: {e}", dir.display()),
             Self::StateDirLock(e) => write!(f, "{e}"),
+            Self::StateDirAccess(e) => write!(f, "{e}"),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
             Self::Signals(e) => write!(f, "cannot take over process signals: {e}"),
@@ -159,6 +163,9 @@ pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
     check_open_file_limit(config.max_connections);
     config.max_connections = within_map_limit(config.max_connections, config.threads);
     log_trusted_proxies(&config.trusted_proxies, config.proxy_protocol);
+    // Before anything in it is opened: SQLite would open a job store it may not write
+    // read-only, and the first write would fail as if the disk went read-only.
+    file_access::check(&config.state_dir, Need::Write).map_err(ServeError::StateDirAccess)?;
     let _state_dir_lock = DirLock::take(&config.state_dir).map_err(ServeError::StateDirLock)?;
     let spool = Spool::open(&config.state_dir, config.upload_memory_bytes)
         .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;

@@ -33,7 +33,7 @@ use crate::store::stall_watch::StallWatch;
 use crate::store::wal_sync::WalSync;
 use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, DatabaseName, ErrorCode, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
@@ -229,6 +229,9 @@ pub enum StoreError {
     /// The database is a sound SQLite file but not a job store this build can read (tables or
     /// columns missing or of another shape).
     Foreign(PathBuf, String),
+    /// SQLite could open the database only for reading (this user may not write it or its
+    /// WAL, or the filesystem is mounted read-only).
+    ReadOnly(PathBuf),
     /// SQLite failed.
     Sqlite(rusqlite::Error),
     /// Syncing a segment file failed.
@@ -310,7 +313,7 @@ impl StoreError {
             ),
             Self::Io(e) => is_unwritable_disk(e),
             Self::Failed(why) => why.starts_with(UNWRITABLE),
-            Self::Stalled(_) => true,
+            Self::Stalled(_) | Self::ReadOnly(_) => true,
             _ => false,
         }
     }
@@ -345,6 +348,15 @@ impl fmt::Display for StoreError {
             Self::Foreign(path, why) => write!(
                 f,
                 "{}: not a job store this trusted-pool can read ({why}); nothing was changed. Move it (with its -wal file) away to start with an empty job history",
+                path.display()
+            ),
+            Self::ReadOnly(path) => write!(
+                f,
+                "{}: SQLite could open the job store only for reading; nothing was changed and \
+                 the job history is intact. Either the user the coordinator runs as may not \
+                 write it, its -wal or -shm file or the state directory (compare `ls -ln` with \
+                 `id`; `chown -R USER` the state directory), or its filesystem is mounted \
+                 read-only (`mount`, dmesg)",
                 path.display()
             ),
             Self::Sqlite(e) if self.is_full() => {
@@ -1399,6 +1411,11 @@ fn synchronous_of(mode: FsyncMode) -> &'static str {
 /// schema created when new. Returns the connection, the settled counts and the unsettled jobs.
 fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     let conn = Connection::open(path)?;
+    // SQLite opens a file it may not write read-only, without an error: every write would
+    // then fail as if the disk went read-only.
+    if conn.is_readonly(DatabaseName::Main)? {
+        return Err(StoreError::ReadOnly(path.to_path_buf()));
+    }
     let version = stored_version(&conn, path)?;
     if version == 0 {
         let tables: i64 = conn
@@ -1523,15 +1540,21 @@ fn due_every(last: &mut Option<Instant>, period: Duration) -> bool {
 const INCREMENTAL_VACUUM: i64 = 2;
 
 /// An error met while opening the store, with the file named: SQLite's own errors there mean
-/// a file this build cannot read (a full disk or a failed read or write stays one, and a store
-/// another program holds locked is not called unreadable: it is fine once that program lets
-/// go).
+/// a file this build cannot read (a full disk, a failed read or write, a file that cannot be
+/// opened or written stays one, and a store another program holds locked is not called
+/// unreadable: it is fine once that program lets go).
 fn name_the_file(path: &Path, e: StoreError) -> StoreError {
     match e {
         StoreError::Sqlite(e)
             if matches!(
                 e.sqlite_error_code(),
-                Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
+                Some(
+                    ErrorCode::DiskFull
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::ReadOnly
+                        | ErrorCode::CannotOpen
+                        | ErrorCode::PermissionDenied
+                )
             ) =>
         {
             StoreError::Sqlite(e)

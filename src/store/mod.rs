@@ -5,6 +5,7 @@ pub mod controls;
 pub mod dir_access;
 pub mod dir_lock;
 pub mod disk_reserve;
+pub mod file_access;
 pub mod file_identity;
 pub mod handoff;
 pub mod jobs_db;

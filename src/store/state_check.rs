@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::base::job::{Collection, Span};
 use crate::base::paths::is_safe_component;
 use crate::store::dir_lock::holder_of;
+use crate::store::file_access::{self, Denied, Need};
 use crate::store::jobs_db::{
     corrupt, open_read_only, parse_record, quick_check, stored_version, StoreError, DB_FILE,
 };
@@ -55,6 +56,8 @@ pub enum StateCheckError {
     Io(PathBuf, io::Error),
     /// The job store cannot be read: newer, damaged or not a job store.
     Store(StoreError),
+    /// A file of it may not be read by the user the check runs as.
+    Access(Denied),
 }
 
 impl fmt::Display for StateCheckError {
@@ -70,6 +73,7 @@ impl fmt::Display for StateCheckError {
             Self::NoStore(dir) => write!(f, "{} holds no job store ({DB_FILE})", dir.display()),
             Self::Io(dir, e) => write!(f, "{}: its lock file cannot be read: {e}", dir.display()),
             Self::Store(e) => write!(f, "{e}"),
+            Self::Access(e) => write!(f, "{e}"),
         }
     }
 }
@@ -127,6 +131,7 @@ fn furthest<'a>(spans: impl Iterator<Item = &'a Span>) -> u64 {
 
 /// Checks the state directory `dir` without writing to it.
 pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
+    file_access::check(dir, Need::Read).map_err(StateCheckError::Access)?;
     match holder_of(dir) {
         Ok(None) => {}
         Ok(Some(pid)) => return Err(StateCheckError::InUse(dir.to_path_buf(), pid)),
