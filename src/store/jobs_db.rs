@@ -191,9 +191,10 @@ const WAL_KEPT_BYTES: u64 = 16 * 1024 * 1024;
 /// Commits between WAL checkpoints (and a checkpoint after this long idle with commits since).
 const CHECKPOINT_COMMITS: u64 = 200;
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
-/// A WAL that no checkpoint completed for this long, while checkpoints stay incomplete
-/// (another connection keeps reading an old snapshot, so the WAL cannot start over and grows),
-/// is logged as a warning.
+/// A WAL whose frames no checkpoint could copy for this long, counted from the first commit
+/// after the last complete checkpoint, while checkpoints stay incomplete (another connection
+/// keeps reading an old snapshot, so the WAL cannot start over and grows), is logged as a
+/// warning.
 const CHECKPOINT_BLOCKED_WARN: Duration = Duration::from_secs(60);
 /// A checkpoint that did not complete is tried again this often, however busy the store is:
 /// the warning comes in time, and the log says soon when the WAL is checkpointed again.
@@ -927,6 +928,7 @@ impl JobStore {
             figures: Arc::clone(&figures),
             settle_hook: Arc::clone(&settle_hook),
             commits_since_checkpoint: 1,
+            unchecked_since: None,
             checkpoint_blocked: None,
             failures: FailureLogs::default(),
             last_commit: Instant::now(),
@@ -1717,6 +1719,9 @@ struct Writer {
     figures: Arc<Figures>,
     settle_hook: Arc<OnceLock<SettleHook>>,
     commits_since_checkpoint: u64,
+    /// Since when the WAL holds frames that no checkpoint copied: the first round that
+    /// committed after the last complete checkpoint (`None`: nothing waits).
+    unchecked_since: Option<Instant>,
     /// Checkpoints that have not completed (another connection keeps reading an old snapshot,
     /// or writes); tried again at every idle moment, and every [`CHECKPOINT_BLOCKED_RETRY`].
     checkpoint_blocked: Option<Blocked>,
@@ -2125,6 +2130,9 @@ impl Writer {
     /// Checkpoints when due; sweeps retention once a second, or at once when enough finished
     /// jobs are past the limit (`idle`: nothing arrived for a while).
     fn maintain(&mut self, idle: bool) {
+        if self.commits_since_checkpoint > 0 && self.unchecked_since.is_none() {
+            self.unchecked_since = Some(Instant::now());
+        }
         let due = self.commits_since_checkpoint >= CHECKPOINT_COMMITS
             || ((self.commits_since_checkpoint > 0 || self.checkpoint_blocked.is_some())
                 && (idle || self.last_commit.elapsed() >= CHECKPOINT_IDLE));
@@ -2158,6 +2166,10 @@ impl Writer {
             self.checkpoint("TRUNCATE");
         } else if retry || (due && self.commits_since_checkpoint >= CHECKPOINT_COMMITS) {
             self.checkpoint("PASSIVE");
+        } else if idle && self.checkpoint_blocked.is_none() && self.wal_bytes() == 0 {
+            // Nothing to checkpoint: an idle store whose WAL is empty is checkpointed as of
+            // now (its figure would otherwise count the idle time).
+            self.checkpointed_now();
         }
         if idle && due_every(&mut self.last_release, RELEASE_IDLE_EVERY) {
             self.release_memory();
@@ -2269,9 +2281,8 @@ impl Writer {
         };
         if complete {
             self.failures.checkpoint.reset();
-            self.figures
-                .last_checkpoint_ms
-                .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+            self.checkpointed_now();
+            self.unchecked_since = None;
             if self.checkpoint_blocked.as_ref().is_some_and(|b| b.logged) {
                 log::info!("The job store's WAL is checkpointed again");
             }
@@ -2287,23 +2298,37 @@ impl Writer {
         blocked.tried = now;
         // Under load a checkpoint may find one of the coordinator's own reads under way, for a
         // moment: checkpoints of any kind that stay incomplete across tries a few seconds apart
-        // are told once no checkpoint completed for a minute, however busy the store is.
-        let unchecked = self.figures.since_checkpoint().unwrap_or(0.0);
+        // are told once the WAL's frames waited a minute for one, however busy the store is.
+        // Counted from the first commit after the last complete checkpoint, never from that
+        // checkpoint itself: an idle store may have had nothing to checkpoint for hours.
+        let blocked_for = self.unchecked_since.unwrap_or(blocked.since).elapsed();
         if !blocked.logged
             && blocked.since.elapsed() >= CHECKPOINT_BLOCKED_RETRY
-            && unchecked >= CHECKPOINT_BLOCKED_WARN.as_secs_f64()
+            && blocked_for >= CHECKPOINT_BLOCKED_WARN
         {
             blocked.logged = true;
+            let wal_bytes = self.wal_bytes();
             log::warn!(
-                "The job store's WAL could not be checkpointed for {unchecked:.0} s: another \
-                 connection keeps reading an old snapshot (a sqlite3 session inside BEGIN, a \
-                 backup?) or holds the write lock. The WAL file ({} bytes) grows until it lets \
-                 go",
-                self.conn
-                    .path()
-                    .map_or(0, |db| file_size(&wal_path(Path::new(db))))
+                "The job store's WAL could not be checkpointed for {:.0} s: another connection \
+                 keeps reading an old snapshot (a sqlite3 session inside BEGIN, a backup?) or \
+                 holds the write lock. The WAL file ({wal_bytes} bytes) grows until it lets go",
+                blocked_for.as_secs_f64()
             );
         }
+    }
+
+    /// Records that every frame of the WAL is in the database as of now.
+    fn checkpointed_now(&self) {
+        self.figures
+            .last_checkpoint_ms
+            .store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes of the WAL file (0 when it is missing).
+    fn wal_bytes(&self) -> u64 {
+        self.conn
+            .path()
+            .map_or(0, |db| file_size(&wal_path(Path::new(db))))
     }
 
     /// Runs `call` with the writer's connection not waiting for other programs' locks.
