@@ -209,3 +209,67 @@ fn an_upload_segment_deleted_under_the_coordinator_takes_no_more_uploads() {
     let coordinator = Coordinator::start_in(dir.path(), &NO_UPLOAD_MEMORY);
     run_and_check(&coordinator, &worker, &[(third_id, third_bytes)]);
 }
+
+/// Files an operator left in the segment folders that are not segments (named otherwise, or
+/// folders) are the operator's: at start they are named once in a warning and left alone,
+/// never deleted or scrubbed. `results/notes.txt` used to be deleted at start with a debug
+/// line only (and counted among the segments whose unreferenced bytes were punched out), and
+/// `results/old/` gave `Could not delete ...: Is a directory` at every start.
+#[test]
+fn files_that_are_not_segments_in_the_segment_folders_are_named_and_left_alone() {
+    let worker = FakeWorker::start();
+    let dir = workers_dir(&[worker.entry(2)]);
+    let args = ["--health-interval", "1", "--row-results-max", "0"];
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (form, _) = job(100, b'x');
+    let id = submit(&coordinator, &form);
+    wait_collected(&coordinator, &id, DEADLINE);
+    assert!(coordinator.terminate(DEADLINE).is_some(), "it did not stop");
+    drop(coordinator);
+    let state = dir.path().join("state");
+    let notes = b"the operator's notes\n";
+    let strays = [
+        state.join("results").join("notes.txt"),
+        state.join("results").join("old").join("1795900000-000001"),
+        state.join("uploads").join("README"),
+    ];
+    for path in &strays {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+        }
+        fs::write(path, notes).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    let named = |folder: &str, entries: &str| {
+        format!(
+            "{} holds {entries} that are not segments",
+            state.join(folder).display()
+        )
+    };
+    for needle in [
+        named("results", "2 entries"),
+        "<n>): notes.txt, old/. They are left alone".to_string(),
+        named("uploads", "1 entries"),
+        "<n>): README. They are left alone".to_string(),
+    ] {
+        assert!(
+            coordinator.wait_for_log(&needle, DEADLINE),
+            "{needle:?} not logged: {}",
+            coordinator.logs()
+        );
+    }
+    let (code, body) = get(&coordinator.url(&format!("/outputs/{id}")));
+    assert_eq!(code, 200, "{body}");
+    // The first retention sweep and the scrub have run by now.
+    std::thread::sleep(Duration::from_secs(3));
+    for path in &strays {
+        let kept = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(kept, notes, "{} changed", path.display());
+    }
+    let logs = coordinator.logs();
+    for wrong in ["Could not delete", "punched out", "Removed 1 upload files"] {
+        assert!(!logs.contains(wrong), "{wrong:?}: {logs}");
+    }
+}

@@ -27,6 +27,7 @@ use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::file_identity::StoreFiles;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::removals::WipeOf;
+use crate::store::segment_names;
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::settle_clock::{SettleClock, Step};
 use crate::store::stall_watch::StallWatch;
@@ -2423,15 +2424,13 @@ impl Writer {
             self.commits_since_checkpoint += 1;
             log::debug!("Forgot {} finished jobs", forgotten.len());
         }
+        // Only segments: anything else in the folder is not the coordinator's to delete (the
+        // scrub's listing at start names it in a warning).
         let mut candidates: HashSet<String> = if first_sweep {
-            std::fs::read_dir(&self.retention.results_dir)
-                .map(|entries| {
-                    entries
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
+            segment_names::list(&self.retention.results_dir)
+                .segments
+                .into_iter()
+                .collect()
         } else {
             HashSet::new()
         };

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod jobs_db;
 pub mod removals;
 pub mod scrub;
+pub mod segment_names;
 pub mod segments;
 pub mod settle_clock;
 pub mod snapshot;

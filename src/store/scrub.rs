@@ -6,7 +6,7 @@
 //! come to refer to more of it, so a gap found stays a gap; the holes are punched as wipes are
 //! made, once no download reads the file and no snapshot is under way.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::base::job::Span;
-use crate::base::paths::is_safe_component;
 use crate::store::jobs_db::JobStore;
 use crate::store::removals::{Removals, WipeOf};
+use crate::store::segment_names;
 
 /// What a scrub found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,17 +29,12 @@ pub struct Scrubbed {
     pub bytes: u64,
 }
 
-/// The segment files in `dir` now (call it before any is written in this run).
+/// The segment files in `dir` now (call it before any is written in this run, once: what else
+/// the folder holds is named in a warning and left alone).
 pub fn earlier_segments(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| is_safe_component(name))
-        .collect()
+    let listing = segment_names::list(dir);
+    segment_names::warn_of_others(dir, &listing.others);
+    listing.segments
 }
 
 /// Hands every stretch of data in `names` (segments of `dir`) that no job in `store` refers to
@@ -145,6 +140,7 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>
 mod tests {
     use super::*;
     use crate::store::removals::punch_hole;
+    use std::fs;
 
     #[test]
     fn finds_the_data_outside_the_extents_and_skips_holes() {

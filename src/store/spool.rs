@@ -22,6 +22,7 @@ use crate::base::job::{Span, StoredResults, UploadAt};
 use crate::base::sync::lock;
 use crate::store::dir_access;
 use crate::store::removals::{Removals, WipeOf};
+use crate::store::segment_names;
 use crate::store::segments::{copy_chunks, OpenSegment, SegmentFile, Segments};
 use crate::store::stall_watch::StallWatch;
 
@@ -352,20 +353,17 @@ fn cut_back(segments: &Segments, mut segment: OpenSegment, base: u64, what: &str
     }
 }
 
-/// Removes what an earlier run left in `uploads/` that no recovered job needs (`kept`).
+/// Removes the upload segments an earlier run left in `uploads/` that no recovered job needs
+/// (`kept`); anything else there is named in a warning and left alone.
 fn clear_leftover_uploads(dir: &Path, kept: &HashSet<String>) -> io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let listing = segment_names::list(dir);
+    segment_names::warn_of_others(dir, &listing.others);
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        if path.is_file() && !kept.contains(entry.file_name().to_string_lossy().as_ref()) {
-            std::fs::remove_file(&path)?;
-            removed += 1;
+    for name in listing.segments.iter().filter(|name| !kept.contains(*name)) {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     if removed > 0 {
