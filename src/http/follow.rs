@@ -217,10 +217,6 @@ fn replay(job: &Job, slot: Place) -> Plan {
     }
 }
 
-/// The last line of a live stream when the coordinator stops.
-const SHUTDOWN_LINE: &str =
-    "[STATUS] The coordinator is shutting down; follow the job again once it is back\n";
-
 fn serve(
     ctx: &Context,
     id: &str,
@@ -293,7 +289,7 @@ fn live(
             }
             Ok(Event::End) => return Ok(Ending::Over),
             Ok(Event::Shutdown) => {
-                out.marker(SHUTDOWN_LINE)?;
+                out.marker(replay::SHUTDOWN_LINE)?;
                 return Ok(Ending::GoingAway);
             }
             Ok(Event::Recheck) => true,

@@ -13,6 +13,11 @@ use crate::state::context::Context;
 use crate::state::events::STDERR_MARKER;
 use crate::store::spool::ResultsSource;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The last line of a replay cut short because the coordinator stops.
+pub const SHUTDOWN_LINE: &str =
+    "[STATUS] The coordinator is shutting down; follow the job again once it is back\n";
 
 /// Most bytes of a job's output sent at once: a chunk of the text stream, a fragment of a
 /// WebSocket message.
@@ -32,13 +37,19 @@ pub fn send(
     out.marker(first)?;
     if let Some(stored) = logs {
         match Logs::open(ctx, id, stored) {
-            Ok(logs) => logs.send(out).map_err(|broke| match broke {
-                Broke::Write(e) => e,
-                Broke::Read(e) => {
+            Ok(logs) => match logs.send(out, &ctx.stopping) {
+                Ok(()) => {}
+                Err(Broke::Write(e)) => return Err(e),
+                Err(Broke::Read(e)) => {
                     log::warn!("The replay of the collected logs of job {id} broke off: {e}");
-                    io::Error::other(e.to_string())
+                    return Err(io::Error::other(e.to_string()));
                 }
-            })?,
+                // Ended as a live stream is when the coordinator stops.
+                Err(Broke::Stopping) => {
+                    out.marker(SHUTDOWN_LINE)?;
+                    return Ok(Ending::GoingAway);
+                }
+            },
             Err(e) => log::warn!(
                 "A follower of job {id} gets none of its collected logs: they cannot be read ({e})"
             ),
@@ -56,6 +67,8 @@ enum Broke {
     Write(io::Error),
     /// The logs could not be read on.
     Read(JsonStreamError),
+    /// The coordinator stops: the replay ends where it is.
+    Stopping,
 }
 
 /// A job's collected logs, open, and where their strings begin in them.
@@ -81,7 +94,7 @@ impl Logs {
     }
 
     /// Sends the stdout, then the stderr after [`STDERR_MARKER`], each when not empty.
-    fn send(&self, out: &mut Out) -> Result<(), Broke> {
+    fn send(&self, out: &mut Out, stopping: &AtomicBool) -> Result<(), Broke> {
         for (at, marker) in [(self.stdout, None), (self.stderr, Some(STDERR_MARKER))] {
             let Some(at) = at else {
                 continue;
@@ -95,7 +108,7 @@ impl Logs {
                 .open(span)
                 .map_err(|e| Broke::Read(e.into()))
                 .and_then(|bytes| StringReader::new(bytes).map_err(Broke::Read))?;
-            send_string(out, reader, marker)?;
+            send_string(out, reader, marker, stopping)?;
         }
         Ok(())
     }
@@ -104,17 +117,30 @@ impl Logs {
 /// Sends one string of the logs as one piece (`marker` first, when given), a part of at most
 /// about [`PIECE`] bytes at a time: each part ends on a character boundary and holds every
 /// hidden worker job id whole. The last character read is held back until the next part comes,
-/// so that the last part sent is known to be the last. An empty string sends nothing.
+/// so that the last part sent is known to be the last. An empty string sends nothing. Once
+/// `stopping` is set, the piece is ended (a WebSocket message must be whole before another) and
+/// the send stops.
 fn send_string<R: Read>(
     out: &mut Out,
     mut reader: StringReader<R>,
     marker: Option<&str>,
+    stopping: &AtomicBool,
 ) -> Result<(), Broke> {
     let hidden = out.hidden_id();
     let mut raw = Vec::with_capacity(PIECE + 8);
     let mut text = String::with_capacity(PIECE + 8);
     let mut opened = false;
     loop {
+        if stopping.load(Ordering::SeqCst) {
+            if opened {
+                let last = Part {
+                    opens: false,
+                    ends: true,
+                };
+                out.part("", false, last).map_err(Broke::Write)?;
+            }
+            return Err(Broke::Stopping);
+        }
         let more = reader.read_into(&mut raw, PIECE).map_err(Broke::Read)?;
         take_text(&mut raw, !more, &mut text);
         let cut = if more {

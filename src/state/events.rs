@@ -99,9 +99,14 @@ impl Sink {
 struct Feed {
     history: Vec<Piece>,
     history_bytes: usize,
+    /// A piece did not fit in the history: a line saying so stands where it would have been.
+    history_cut: bool,
     output_seen: bool,
     followers: Vec<Sink>,
 }
+
+/// The line a follower that joins late reads where the feed's history left output out.
+const HISTORY_CUT_LINE: &str = "[STATUS] Output from here on is past the 1 MiB kept for followers that join late and is left out; read the job's logs (GET /logs/<job id>) once its results are collected\n";
 
 impl Feed {
     fn push(&mut self, piece: Piece) {
@@ -109,6 +114,10 @@ impl Feed {
         if self.history_bytes + piece.text.len() <= MAX_HISTORY {
             self.history_bytes += piece.text.len();
             self.history.push(piece);
+        } else if !self.history_cut {
+            // Not silently: a follower that joins later is told what it misses.
+            self.history_cut = true;
+            self.history.push(Piece::marker(HISTORY_CUT_LINE));
         }
     }
 }
