@@ -356,6 +356,7 @@ fn a_replay_under_way_at_a_stop_ends_with_the_shutdown_line_at_once() {
 fn a_late_follower_is_told_of_output_left_out_of_the_history() {
     let worker = FakeWorker::start_with(|k| {
         k.stdout = Some(Printed::Lines(2 << 20));
+        k.stderr = Some(Printed::Text("stderr after the cut"));
         k.stalled_downloads = 1;
     });
     let coordinator = Coordinator::start(
@@ -381,6 +382,12 @@ fn a_late_follower_is_told_of_output_left_out_of_the_history() {
     );
     assert!(
         text.contains("[DONE] Job completed"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    // Nothing of the output after the cut either: the line says so.
+    assert!(
+        !text.contains("stderr after the cut"),
         "{}",
         &text[..text.len().min(2000)]
     );

@@ -1481,6 +1481,8 @@ fn a_submit_whose_body_arrives_across_a_pause_is_refused_at_its_end() {
         reply.contains("while this submit's body arrived"),
         "{reply}"
     );
+    // As a submit refused for the pause before its body: no failure of the coordinator's.
+    assert!(reply.contains("Retry-After: 30\r\n"), "{reply}");
     let (_, jobs) = get_json(&coordinator.url("/jobs"));
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
     let (_, pool) = get_json(&coordinator.url("/pool"));

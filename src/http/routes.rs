@@ -923,6 +923,10 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     });
     match accepted.map_err(|e| e.naming_inodes(&ctx.disk_reserve)) {
         Ok(id) => Reply::Json(200, json!({"job_id": id, "status": "queued"})),
+        // Refused as a submit that came while paused is: no failure of the coordinator's.
+        Err(e @ upload::UploadError::Paused(_)) => {
+            retry_after(PAUSED_RETRY_AFTER, error_reply(e.status(), e.to_string()))
+        }
         Err(e) => {
             if e.status() >= 500 {
                 // A client that retries against a full disk would otherwise fill the log.

@@ -18,6 +18,10 @@ use tiny_http::AddressShares;
 /// Most bytes of history a feed keeps for followers that join later.
 const MAX_HISTORY: usize = 1024 * 1024;
 
+/// More history kept for the coordinator's lines past [`MAX_HISTORY`] of output, so that a
+/// late joiner still reads the job's end.
+const MARKER_ROOM: usize = 64 * 1024;
+
 /// Most bytes of text that may wait for one follower (a client that reads slower than its job's
 /// worker writes); a piece that would go past it ends the follow instead, unless nothing waits.
 pub const MAX_BACKLOG: usize = 4 * 1024 * 1024;
@@ -109,12 +113,31 @@ struct Feed {
 const HISTORY_CUT_LINE: &str = "[STATUS] Output from here on is past the 1 MiB kept for followers that join late and is left out; read the job's logs (GET /logs/<job id>) once its results are collected\n";
 
 impl Feed {
+    /// Sends one of the coordinator's lines, and keeps it for followers that join later (in
+    /// [`MARKER_ROOM`] past the output's limit).
     fn push(&mut self, piece: Piece) {
+        self.keep(piece, true);
+    }
+
+    /// Sends the worker's output, and keeps it for followers that join later up to
+    /// [`MAX_HISTORY`]; once a piece did not fit, none after it is kept either, and a line
+    /// saying so stands where it would have been.
+    fn push_output(&mut self, piece: Piece) {
+        self.keep(piece, false);
+    }
+
+    fn keep(&mut self, piece: Piece, ours: bool) {
         self.followers.retain(|f| f.send_text(&piece));
-        if self.history_bytes + piece.text.len() <= MAX_HISTORY {
+        let room = if ours {
+            MAX_HISTORY + MARKER_ROOM
+        } else {
+            MAX_HISTORY
+        };
+        let kept = (ours || !self.history_cut) && self.history_bytes + piece.text.len() <= room;
+        if kept {
             self.history_bytes += piece.text.len();
             self.history.push(piece);
-        } else if !self.history_cut {
+        } else if !ours && !self.history_cut {
             // Not silently: a follower that joins later is told what it misses.
             self.history_cut = true;
             self.history.push(Piece::marker(HISTORY_CUT_LINE));
@@ -253,7 +276,7 @@ impl JobEvents {
     pub fn output(&self, id: &str, text: String) {
         if let Some(feed) = lock(&self.feeds).get_mut(id) {
             feed.output_seen = true;
-            feed.push(Piece::output(text));
+            feed.push_output(Piece::output(text));
         }
     }
 

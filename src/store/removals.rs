@@ -30,6 +30,9 @@ pub struct Removals {
     /// Set while a snapshot is taken or sent (one at a time); held while a segment is cut back,
     /// so that no snapshot notes a file's length in the middle of a cut.
     snapshot: Mutex<bool>,
+    /// What `snapshot` holds, read without its lock (by the wipes waiting for a snapshot's end,
+    /// under the wipes' lock: `snapshot` is never taken under it).
+    snapshot_under_way: AtomicBool,
     /// Wipes waiting, and the readers of each segment file.
     wipes: Mutex<Wipes>,
     /// The uploads of jobs that left the queue whose bytes stay in an upload segment other
@@ -134,6 +137,7 @@ impl Removals {
             return None;
         }
         *under_way = true;
+        self.snapshot_under_way.store(true, Ordering::Release);
         Some(SnapshotSlot(Arc::clone(self)))
     }
 
@@ -209,7 +213,7 @@ impl Removals {
     fn start_due(self: &Arc<Self>) {
         let start = {
             let mut wipes = lock(&self.wipes);
-            if wipes.pending.is_empty() || *lock(&self.snapshot) {
+            if wipes.pending.is_empty() || self.snapshot_under_way.load(Ordering::Acquire) {
                 return;
             }
             let Wipes {
@@ -397,7 +401,11 @@ impl SnapshotSlot {
 
 impl Drop for SnapshotSlot {
     fn drop(&mut self) {
-        *lock(&self.0.snapshot) = false;
+        {
+            let mut under_way = lock(&self.0.snapshot);
+            *under_way = false;
+            self.0.snapshot_under_way.store(false, Ordering::Release);
+        }
         self.0.start_due();
     }
 }
