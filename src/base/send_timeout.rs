@@ -15,7 +15,8 @@ pub fn set(fd: RawFd, timeout: Duration) -> io::Result<()> {
     let timeout = timeout.max(SHORTEST);
     let value = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        // The field's type is named differently by each C library (64-bit on our targets).
+        tv_usec: timeout.subsec_micros().into(),
     };
     // SAFETY: `value` is a `timeval` that lives across the call, and its size is given; a bad
     // descriptor is an error, never undefined behaviour.
