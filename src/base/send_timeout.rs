@@ -14,8 +14,9 @@ const SHORTEST: Duration = Duration::from_millis(1);
 pub fn set(fd: RawFd, timeout: Duration) -> io::Result<()> {
     let timeout = timeout.max(SHORTEST);
     let value = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        // The field's type is named differently by each C library (64-bit on our targets).
+        // The fields' types are named differently by each C library (deprecated on musl);
+        // both are 64-bit on the targets built.
+        tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
         tv_usec: timeout.subsec_micros().into(),
     };
     // SAFETY: `value` is a `timeval` that lives across the call, and its size is given; a bad
