@@ -80,6 +80,15 @@ fn wait_final(coordinator: &Coordinator, id: &str, deadline: Duration) -> Value 
     .unwrap_or_else(|| panic!("job {id} did not end in {deadline:?}: {last}"))
 }
 
+/// Waits until job `id` is on its worker: the worker's job id is known (a status poll may
+/// not tell it running, as sandrun holds its status answers while a job runs).
+fn wait_on_worker(coordinator: &Coordinator, id: &str) {
+    poll_until(DEADLINE, || {
+        (!job_status(coordinator, id)["remote_job_id"].is_null()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {id} never reached its worker"));
+}
+
 /// The collected `result.txt` of a completed job, compared with what the worker wrote.
 fn assert_outputs(coordinator: &Coordinator, id: &str, status: &Value) {
     let remote = status["remote_job_id"].as_str().unwrap_or_default();
@@ -128,10 +137,7 @@ fn after_a_restart_a_job_is_followed_only_at_the_endpoint_it_was_sent_to() {
     let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
     wait_healthy(&coordinator, &[&old], DEADLINE);
     let id = submit(&coordinator, &job("sent before the move"));
-    poll_until(DEADLINE, || {
-        (!job_status(&coordinator, &id)["remote_job_id"].is_null()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the job never reached the worker"));
+    wait_on_worker(&coordinator, &id);
     coordinator.kill();
     let moved = FakeWorker::start_with_key(old.key().clone(), roomy(Duration::ZERO));
     write_workers_json(dir.path(), &[moved.entry(2)]);
@@ -3243,10 +3249,7 @@ fn sigterm_lets_dispatches_in_flight_settle_exits_0_and_the_restart_follows_the_
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let first = submit(&coordinator, &job("sigterm first"));
-    poll_until(DEADLINE, || {
-        (!job_status(&coordinator, &first)["remote_job_id"].is_null()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the first job never reached the worker"));
+    wait_on_worker(&coordinator, &first);
     // The worker holds its lock while the first job runs: this submit stays in flight.
     let second = submit(&coordinator, &job("sigterm second"));
     poll_until(DEADLINE, || {
@@ -3287,11 +3290,7 @@ fn sigterm_answers_parked_status_requests_with_the_status_as_it_stands() {
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("parked at the stop"));
-    // On its worker (which, as sandrun, may hold its status answers while the job runs).
-    poll_until(DEADLINE, || {
-        (!job_status(&coordinator, &id)["remote_job_id"].is_null()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the job never reached the worker"));
+    wait_on_worker(&coordinator, &id);
     let url = coordinator.url(&format!("/status/{id}?wait=60"));
     let waiter = thread::spawn(move || get(&url));
     poll_until(DEADLINE, || {
@@ -3324,10 +3323,7 @@ fn a_second_signal_exits_at_once() {
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let first = submit(&coordinator, &job("second signal first"));
-    poll_until(DEADLINE, || {
-        (!job_status(&coordinator, &first)["remote_job_id"].is_null()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the first job never reached the worker"));
+    wait_on_worker(&coordinator, &first);
     // The worker now holds every submit unanswered: the second job's dispatch stays in flight
     // until the signals, so the graceful shutdown has something to wait for.
     worker.set(|k| k.hang_submit = true);

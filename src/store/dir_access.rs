@@ -19,20 +19,25 @@ pub fn is_permission_denied(e: &io::Error) -> bool {
 /// left to the errors of its writes.
 pub fn first_denied<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Option<String> {
     dirs.into_iter().find_map(|dir| {
-        let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `access` only reads the NUL-terminated path.
-        if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-            return None;
-        }
-        let e = io::Error::last_os_error();
-        is_permission_denied(&e).then(|| {
-            let name = dir.file_name().unwrap_or_default().to_string_lossy();
-            format!(
-                "the coordinator may not create files in the state directory's {name}/ folder \
-                 ({e}): give its user write permission on it back"
-            )
-        })
+        let e = access_refused(dir, libc::W_OK | libc::X_OK)?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        Some(format!(
+            "the coordinator may not create files in the state directory's {name}/ folder \
+             ({e}): give its user write permission on it back"
+        ))
     })
+}
+
+/// Why `access(2)` refuses `mode` (`libc::W_OK`, ...) on `path` for a want of permission
+/// (`EACCES`, `EPERM`); None when it grants it, or cannot be asked for another reason (gone,
+/// a failing disk), which is left to the errors of the file's use.
+pub fn access_refused(path: &Path, mode: libc::c_int) -> Option<io::Error> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `access` only reads the NUL-terminated path.
+    if unsafe { libc::access(path.as_ptr(), mode) } == 0 {
+        return None;
+    }
+    Some(io::Error::last_os_error()).filter(is_permission_denied)
 }
 
 #[cfg(test)]

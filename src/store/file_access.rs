@@ -5,14 +5,13 @@
 //! and the first write fails as if the disk went read-only. The refusal names the file, its
 //! owner and mode, the user the coordinator runs as, and the `chown` that fixes it.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fmt;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::dir_access::is_permission_denied;
+use crate::store::dir_access::access_refused;
 use crate::store::dir_lock::LOCK_FILE;
 use crate::store::jobs_db::DB_FILE;
 
@@ -129,15 +128,7 @@ fn denied(dir: &Path, path: &Path, need: Need) -> Option<Denied> {
         Need::Read => libc::R_OK,
     };
     let search = if meta.is_dir() { libc::X_OK } else { 0 };
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `access` only reads the NUL-terminated path.
-    if unsafe { libc::access(c_path.as_ptr(), access | search) } == 0 {
-        return None;
-    }
-    let error = io::Error::last_os_error();
-    if !is_permission_denied(&error) {
-        return None;
-    }
+    let error = access_refused(path, access | search)?;
     // SAFETY: `geteuid` cannot fail and touches no memory of ours.
     let uid = unsafe { libc::geteuid() };
     Some(Denied {
