@@ -1,5 +1,5 @@
 //! Following jobs on `/logs/ID?follow=1` and `/stream/ID`: a finished job's stored logs replayed
-//! to many followers in little memory each (a follower that never reads is let go), and the
+//! to many followers, and served by `GET /logs/ID` to many clients, in little memory each (a follower that never reads is let go), and the
 //! coordinator's marker lines starting a line of the text stream after output that lacks a
 //! final newline, live and replayed.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::follow::{
-    follow_logs, follow_websocket, open_follow_unread, open_websocket_unread, unread_bytes,
-    Followed,
+    follow_logs, follow_websocket, open_follow_unread, open_logs_unread, open_websocket_unread,
+    unread_bytes, Followed,
 };
 use support::lifecycle::{submit, wait_collected, wait_healthy};
 use support::sandrun::control::Printed;
@@ -30,6 +30,8 @@ const ERR_BYTES: usize = 100 << 10;
 /// Followers that never read: on the text stream, and on the WebSocket.
 const TEXT_FOLLOWERS: usize = 20;
 const WEBSOCKET_FOLLOWERS: usize = 12;
+/// Clients of `GET /logs/ID` that never read.
+const LOGS_CLIENTS: usize = 24;
 
 /// The coordinator's marker lines, each of which starts a line of the text stream.
 const MARKERS: [&str; 4] = ["[STATUS]", "[STDERR]", "[VERIFY]", "[DONE]"];
@@ -208,6 +210,74 @@ fn a_finished_jobs_big_log_is_replayed_in_little_memory_per_follower() {
         &format!("Let go a follower of job {id}: it read nothing for 3 s"),
         DEADLINE
     ));
+    drop(unread);
+}
+
+/// `GET /logs/{id}` streams a finished job's stored logs from its file with their length, on the
+/// connection's own thread: 24 clients that never read an 8 MiB log all get their answers
+/// begun with two handler threads, hold a few KiB in all, and `/pool` still answers. (Each
+/// answer read the whole log into memory, parsed it and serialized it again, on a handler:
+/// two such clients held every handler for `--client-timeout`.)
+#[test]
+fn a_finished_jobs_big_log_is_served_by_get_logs_in_little_memory_per_client() {
+    let worker = FakeWorker::start_with(|k| k.stdout = Some(Printed::Lines(LOG_BYTES)));
+    let coordinator = Coordinator::start(
+        &[worker.entry(1)],
+        &["--health-interval", "1", "--threads", "2"],
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job());
+    wait_collected(&coordinator, &id, DEADLINE);
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(code, 200);
+    let stdout = Printed::Lines(LOG_BYTES).bytes();
+    assert!(
+        logs["stdout"].as_str().map(str::as_bytes) == Some(&stdout[..]),
+        "the served stdout differs: {}",
+        first_difference(
+            logs["stdout"].as_str().unwrap_or_default().as_bytes(),
+            &stdout
+        )
+    );
+
+    let baseline = coordinator.status_number("VmRSS").unwrap_or(0);
+    let reset = fs::write(format!("/proc/{}/clear_refs", coordinator.pid()), "5").is_ok();
+    let unread: Vec<(u16, Vec<String>, BufReader<TcpStream>)> = (0..LOGS_CLIENTS)
+        .map(|_| open_logs_unread(coordinator.port(), &id, &[]))
+        .collect();
+    for (status, head, _) in &unread {
+        assert_eq!(*status, 200, "{head:?}");
+        let length = head.iter().find_map(|h| {
+            h.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        });
+        let length: usize = length.and_then(|l| l.parse().ok()).unwrap_or(0);
+        assert!(length > LOG_BYTES, "Content-Length {length}: {head:?}");
+    }
+    let mut peak = baseline;
+    let started = poll_until(DEADLINE, || {
+        peak = peak.max(peak_rss(&coordinator, reset));
+        let begun = unread
+            .iter()
+            .all(|(_, _, reader)| unread_bytes(reader) >= 16 * 1024);
+        begun.then_some(())
+    });
+    assert!(started.is_some(), "not every answer began");
+    let (code, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(code, 200, "/pool while the logs' clients dawdle: {pool}");
+    peak = peak.max(peak_rss(&coordinator, reset));
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "RSS: {baseline} KiB before {LOGS_CLIENTS} clients of a {LOG_BYTES}-byte log that never \
+         read, {peak} KiB at the peak (+{grew} KiB; {})",
+        if reset { "VmHWM" } else { "VmRSS polled" }
+    );
+    let log_kib = (LOG_BYTES / 1024) as u64;
+    assert!(
+        grew < log_kib,
+        "{LOGS_CLIENTS} clients took {grew} KiB (RSS {baseline} -> {peak} KiB); the log is {log_kib} KiB"
+    );
     drop(unread);
 }
 

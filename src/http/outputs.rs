@@ -18,10 +18,11 @@ use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fmt::Display;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,22 +295,14 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
             ),
         };
     }
-    let Some(slot) = Slot::take(&ctx.worker_fetches, ctx.config.threads.max(1)) else {
-        return retry_after(
-            FETCHES_FULL_RETRY_AFTER,
-            error_reply(
-                503,
-                format!(
-                    "{} and {} files are being fetched from workers already (--threads); retry in {FETCHES_FULL_RETRY_AFTER} s",
-                    if left_on_worker {
-                        format!("the output {path:?} of job {id} is served from its worker (--max-results-bytes)")
-                    } else {
-                        format!("the results of job {id} are still being collected")
-                    },
-                    ctx.config.threads
-                ),
-            ),
-        );
+    let why = if left_on_worker {
+        format!("the output {path:?} of job {id} is served from its worker (--max-results-bytes)")
+    } else {
+        format!("the results of job {id} are still being collected")
+    };
+    let slot = match fetch_slot(ctx, &why) {
+        Ok(slot) => slot,
+        Err(reply) => return reply,
     };
     match ctx.client.download(&job.endpoint, &job.remote, path) {
         Ok(response) => {
@@ -435,6 +428,23 @@ pub fn tarball(ctx: &Arc<Context>, id: &str) -> Reply {
     }
 }
 
+/// One of the `--threads` places for fetches from workers, or the 503 that says `why` the
+/// answer comes from a worker and that the places are taken.
+fn fetch_slot(ctx: &Context, why: &str) -> Result<Slot, Reply> {
+    Slot::take(&ctx.worker_fetches, ctx.config.threads.max(1)).ok_or_else(|| {
+        retry_after(
+            FETCHES_FULL_RETRY_AFTER,
+            error_reply(
+                503,
+                format!(
+                    "{why}, and {} files are being fetched from workers already (--threads); retry in {FETCHES_FULL_RETRY_AFTER} s",
+                    ctx.config.threads
+                ),
+            ),
+        )
+    })
+}
+
 /// `GET /logs/{id}`: the job's stdout and stderr.
 pub fn logs(ctx: &Context, id: &str) -> Reply {
     let job = match finished_with_results(ctx, id) {
@@ -442,20 +452,32 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
         Err(reply) => return reply,
     };
     if let Some(stored) = &job.stored {
-        let read = ctx
-            .open_results(id, stored, stored.logs)
-            .and_then(|mut reader| {
-                let mut bytes = Vec::new();
-                reader.read_to_end(&mut bytes).map(|_| bytes)
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()));
-        return match read {
-            Ok(logs) => Reply::Json(200, logs),
+        // Read twice, in fixed memory: checked to be whole JSON before the 200 goes out, then
+        // streamed.
+        let opened = ctx.results_source(id, stored).and_then(|source| {
+            let checked = BufReader::with_capacity(64 * 1024, source.open(stored.logs)?);
+            serde_json::from_reader::<_, IgnoredAny>(checked).map_err(io::Error::other)?;
+            source.open(stored.logs)
+        });
+        return match opened {
+            Ok(body) => Reply::JsonStream {
+                status: 200,
+                length: usize::try_from(stored.logs.size).ok(),
+                body,
+            },
             Err(e) => unreadable(ctx, id, &format!("the collected logs of job {id}"), &e),
         };
     }
-    match ctx.client.logs(&job.endpoint, &job.remote) {
+    let slot = match fetch_slot(
+        ctx,
+        &format!("the results of job {id} are still being collected"),
+    ) {
+        Ok(slot) => slot,
+        Err(reply) => return reply,
+    };
+    let fetched = ctx.client.logs(&job.endpoint, &job.remote);
+    drop(slot);
+    match fetched {
         Ok(logs) => Reply::Json(200, logs),
         Err(e) => worker_failure(id, &e),
     }

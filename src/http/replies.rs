@@ -36,6 +36,16 @@ pub enum Reply {
         /// The bytes.
         body: Box<dyn Read + Send>,
     },
+    /// A JSON body streamed from the job store's files (a job's collected logs), with its
+    /// length when known; a submit key's answer has the worker's job id hidden on the way.
+    JsonStream {
+        /// HTTP status.
+        status: u16,
+        /// Length when known (sent as Content-Length).
+        length: Option<usize>,
+        /// The bytes.
+        body: Box<dyn Read + Send>,
+    },
     /// Another reply with extra headers (`WWW-Authenticate`, `Retry-After`).
     WithHeaders(Vec<(&'static str, String)>, Box<Reply>),
     /// Park the request until the job ends or `until`, then answer its status (the job is
@@ -65,6 +75,7 @@ impl Reply {
         match self {
             Reply::Json(status, _) | Reply::JsonBytes(status, _) => *status,
             Reply::Stream { status, .. } | Reply::Text { status, .. } => *status,
+            Reply::JsonStream { status, .. } => *status,
             Reply::Empty(status) => *status,
             Reply::WithHeaders(_, inner) => inner.status(),
             Reply::Wait(_) | Reply::Handoff(_) => 200,

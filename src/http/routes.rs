@@ -206,10 +206,11 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 
 /// Whether `request` is served on its connection's own thread (`http/server.rs`), without a
 /// hand-over to a handler thread: `GET /health`, `GET /ready`, `GET /status/{id}` without
-/// `?wait=`, and downloads: an output file (`/outputs/{id}/{path}`, `/download/{id}/{path}`;
-/// read from the collected results, or streamed from the worker within `--threads` at once),
-/// a job's archive (`/download/{id}`) and the state directory's snapshot (`/snapshot`). A client
-/// that reads a large answer slowly holds its own thread only.
+/// `?wait=`, and downloads: a job's logs (`/logs/{id}` without `?follow=`), an output file
+/// (`/outputs/{id}/{path}`, `/download/{id}/{path}`), a job's archive (`/download/{id}`) and the
+/// state directory's snapshot (`/snapshot`). Logs and files are read from the collected
+/// results, or fetched from the worker within `--threads` at once. A client that reads a large
+/// answer slowly holds its own thread only.
 pub fn is_quick(request: &Request) -> bool {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return false;
@@ -219,6 +220,7 @@ pub fn is_quick(request: &Request) -> bool {
     match match_route(path) {
         Some(Route::Health | Route::Ready) => true,
         Some(Route::Status(_)) => query::param(url, "wait").is_none(),
+        Some(Route::Logs(_)) => matches!(follow::follow_param(url), Ok(false)),
         Some(
             Route::OutputFile(..) | Route::DownloadFile(..) | Route::Download(_) | Route::Snapshot,
         ) => true,

@@ -134,6 +134,20 @@ fn send(request: Request, reply: Reply, mut extra: Vec<Header>) -> Option<u64> {
             }
             (Ok(()), length.map(|n| n as u64))
         }
+        Reply::JsonStream {
+            status,
+            length,
+            body,
+        } => {
+            let reply = Reply::Stream {
+                status,
+                content_type: "application/json".to_string(),
+                length,
+                attachment: None,
+                body,
+            };
+            return send(request, reply, extra);
+        }
         Reply::Empty(status) => {
             let mut response = Response::empty(StatusCode(status));
             for h in extra {

@@ -155,6 +155,16 @@ pub fn open_follow_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
     (status, reader)
 }
 
+/// Opens `GET /logs/{id}` (with these request headers) and reads its head only: the status,
+/// its header lines, and the body's reader, for a client that reads it later or never.
+pub fn open_logs_unread(
+    port: u16,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<String>, BufReader<TcpStream>) {
+    open_raw(port, &format!("GET /logs/{id} HTTP/1.1\r\n"), headers)
+}
+
 /// Opens the WebSocket `GET /stream/{id}` and reads its head only: the status, and the reader
 /// of its frames, for a client that reads them later or never.
 pub fn open_websocket_unread(port: u16, id: &str) -> (u16, BufReader<TcpStream>) {
