@@ -151,6 +151,22 @@ fn after_a_restart_a_job_is_followed_only_at_the_endpoint_it_was_sent_to() {
         old.endpoint()
     );
     assert!(error.contains(&expected), "{status}");
+    // Counted as a job that ended lost (it was not, in the figures of a restart).
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "trusted_pool_jobs_finished_total{status=\"lost\"} 1"),
+        "{metrics}"
+    );
+    let (_, activity) = get_json(&coordinator.url("/activity"));
+    let failed: u64 = activity["jobs_per_minute"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|minute| minute["failed"].as_u64())
+        .sum();
+    assert_eq!(failed, 1, "{activity}");
     // The worker at the new endpoint takes jobs as any other.
     let next = submit(&coordinator, &job("sent after the move"));
     assert_eq!(

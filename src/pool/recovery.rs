@@ -11,6 +11,7 @@ use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
 use crate::pool::{rerun, stream, tracker};
 use crate::state::context::Context;
+use crate::state::metrics::Metrics;
 use crate::state::pool_state::{PoolState, RECENT_JOBS};
 use crate::store::jobs_db::{ListFilter, StoredJob};
 use std::sync::Arc;
@@ -29,7 +30,12 @@ pub struct Recovered {
     pub ended: usize,
 }
 
-fn end(job: &mut Job, status: PoolStatus, why: String) {
+/// Ends `job` at `status` for `why`; a job that had not ended yet is counted in the figures
+/// (`/metrics`, `/activity`) as a job ending now.
+fn end(metrics: &Metrics, job: &mut Job, status: PoolStatus, why: String) {
+    if !job.status.is_final() {
+        metrics.job_finished(status, job.submitted_at, job.dispatched_at);
+    }
     job.status = status;
     job.error = Some(why);
     job.completed_at.get_or_insert_with(unix_now);
@@ -56,7 +62,12 @@ fn lose_or_rerun(
         }
         return;
     }
-    end(&mut job, PoolStatus::Lost, format!("{why}{lost_tail}"));
+    end(
+        &st.metrics,
+        &mut job,
+        PoolStatus::Lost,
+        format!("{why}{lost_tail}"),
+    );
     settle.push(id);
     st.restore(job);
 }
@@ -174,6 +185,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     });
                 if let Some(why) = missing {
                     end(
+                        &st.metrics,
                         &mut job,
                         PoolStatus::Failed,
                         format!(
@@ -257,7 +269,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                         "{}, so its results cannot be collected",
                         worker_gone(&st, &job)
                     );
-                    end(&mut job, PoolStatus::Lost, why);
+                    end(&st.metrics, &mut job, PoolStatus::Lost, why);
                     settle.push(id);
                     st.restore(job);
                 }
