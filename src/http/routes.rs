@@ -399,7 +399,15 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             let source = format!("POST /reload{}", caller.log_label());
             let outcome = reload::reload_files(ctx, &source);
             let status = if outcome.refused() { 400 } else { 200 };
-            Reply::Json(status, json!(outcome))
+            let mut answer = json!(outcome);
+            // A 400 says why at the top, also when the keys file alone was refused.
+            let keys_refused = outcome.keys.as_ref().and_then(|k| k.error.as_deref());
+            if let (None, Some(why)) = (&outcome.error, keys_refused) {
+                answer["error"] = json!(format!(
+                    "the client keys file was refused, and the keys in force stay (the workers file was applied): {why}"
+                ));
+            }
+            Reply::Json(status, answer)
         }),
         Route::Logs(id) => match follow::follow_param(&url) {
             Ok(true) => job_route(ctx, &caller, id, |ctx| {
