@@ -2030,12 +2030,15 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
     let patient = submit(&coordinator, &form());
     assert_eq!(job_status(&coordinator, &part)["queue_timeout"], 2.0);
     assert_eq!(job_status(&coordinator, &patient)["queue_timeout"], 600.0);
-    for id in [&soon, &part] {
+    // The queue as each saw it, itself in it: the three, then two (it said 2 and 1).
+    for (id, queued) in [(&soon, 3), (&part, 2)] {
         let status = wait_status(&coordinator, id, "failed", DEADLINE);
         let error = status["error"].as_str().unwrap_or_default();
         assert!(error.contains("within its queue timeout of"), "{status}");
         assert!(
-            error.contains("1 of 1 workers healthy and in service, 0 with room"),
+            error.contains(&format!(
+                "1 of 1 workers healthy and in service, 0 with room; {queued} jobs queued"
+            )),
             "{status}"
         );
         assert_eq!(status["dispatched_at"], Value::Null, "{status}");

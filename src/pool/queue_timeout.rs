@@ -37,7 +37,8 @@ pub fn take_expired(ctx: &Context, st: &mut PoolState, now: Instant) -> Vec<Expi
     if ids.is_empty() {
         return Vec::new();
     }
-    let workers = workers_summary(st, now);
+    // The queue as these jobs saw it, themselves in it.
+    let workers = workers_summary(st, now, st.queue.len() + ids.len());
     let wall = unix_now();
     ids.into_iter()
         .filter_map(|id| {
@@ -128,8 +129,9 @@ fn labels_note(st: &PoolState, id: &str, now: Instant) -> String {
     }
 }
 
-/// What the workers were doing, for the message of a job that no worker took in time.
-fn workers_summary(st: &PoolState, now: Instant) -> String {
+/// What the workers were doing, and how many jobs were queued (`queued`), for the message of a job
+/// that no worker took in time.
+fn workers_summary(st: &PoolState, now: Instant, queued: usize) -> String {
     let listed = st.listed_workers().count();
     let in_service: Vec<_> = st
         .workers
@@ -148,9 +150,8 @@ fn workers_summary(st: &PoolState, now: Instant) -> String {
         n => format!(" ({n} not checked yet: the coordinator had just started)"),
     };
     format!(
-        "{} of {listed} workers healthy and in service{unchecked}, {with_room} with room; {} jobs queued",
+        "{} of {listed} workers healthy and in service{unchecked}, {with_room} with room; {queued} jobs queued",
         in_service.len(),
-        st.queue.len()
     )
 }
 
@@ -180,7 +181,7 @@ mod tests {
             "; every worker that carries its labels (gpu) was kept from taking jobs"
         );
         assert_eq!(
-            workers_summary(&st, now),
+            workers_summary(&st, now, st.queue.len()),
             "0 of 1 workers healthy and in service (1 not checked yet: the coordinator had just started), 0 with room; 2 jobs queued"
         );
     }
