@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
+use support::lifecycle::{drain_url, submit, wait_collected, wait_healthy, wait_status};
 use support::sandrun_client::SandrunClient;
-use support::{get_json, poll_until, send, send_with, temp_dir, Coordinator, FakeWorker, Form};
+use support::{
+    get_json, poll_until, post, send, send_with, temp_dir, Coordinator, FakeWorker, Form,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
@@ -302,6 +304,38 @@ fn download_root_and_stats_answer_as_sandrun_does() {
     let (_, stats) = get_json(&coordinator.url("/stats"));
     assert_eq!(stats["your_quota"]["used"], 0.34, "{stats}");
     assert_eq!(stats["your_quota"]["available"], 9.66, "{stats}");
+    // A draining worker grants nothing, and says why jobs wait (it read limit 10, no reason);
+    // paused submits cannot be made (it read can_submit true).
+    let (code, _) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200);
+    let (_, stats) = get_json(&coordinator.url("/stats"));
+    assert_eq!(stats["your_quota"]["limit"], 0.0, "{stats}");
+    assert_eq!(stats["your_quota"]["can_submit"], true, "{stats}");
+    assert_eq!(
+        stats["your_quota"]["reason"],
+        "every healthy worker is draining: jobs wait in the queue until one takes jobs again",
+        "{stats}"
+    );
+    let (code, _) = post(&coordinator.url("/submits/pause"), "text/plain", b"");
+    assert_eq!(code, 200);
+    let (_, stats) = get_json(&coordinator.url("/stats"));
+    assert_eq!(stats["your_quota"]["can_submit"], false, "{stats}");
+    assert!(
+        stats["your_quota"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("submits are paused")),
+        "{stats}"
+    );
+    for url in [
+        coordinator.url("/submits/resume"),
+        drain_url(&coordinator, &worker, "undrain"),
+    ] {
+        assert_eq!(post(&url, "text/plain", b"").0, 200, "{url}");
+    }
     let reply = send("GET", &coordinator.url(&format!("/download/{id}")), None).expect("download");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("Content-Type"), Some("application/gzip"));

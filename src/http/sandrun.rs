@@ -74,17 +74,22 @@ pub fn prefers_html(accept: Option<&str>) -> bool {
 /// `GET /stats`: sandrun's quota shape for the caller's key, or for the whole pool on an open
 /// coordinator (or for an admin key without its own limit).
 ///
-/// `limit` is the CPU-seconds per minute the healthy workers grant the pool (sandrun's per-IP
-/// quota, 10 each), `used` what the caller's jobs that ended in the last minute used;
-/// `active_jobs` counts the caller's jobs not yet finished. A submit waits in the queue rather
-/// than being refused, so `can_submit` is false only when the key's `max_queued_jobs` is
-/// reached; `reason` says why, or when jobs will wait.
+/// `limit` is the CPU-seconds per minute the healthy workers in service (not draining) grant
+/// the pool (sandrun's per-IP quota, 10 each), `used` what the caller's jobs that ended in the
+/// last minute used; `active_jobs` counts the caller's jobs not yet finished. A submit waits in
+/// the queue rather than being refused, so `can_submit` is false only when the key's
+/// `max_queued_jobs` is reached or submits are paused; `reason` says why, or when jobs will
+/// wait.
 pub fn stats(st: &PoolState, caller: &Caller) -> Value {
     let now = unix_now();
     let owner = caller.name();
     let mine = |job: &Job| owner.is_none() || job.owner.as_deref() == owner;
     let healthy = st.listed_workers().filter(|w| w.health.is_healthy).count();
-    let limit = WORKER_CPU_PER_MINUTE * healthy as f64;
+    let in_service = st
+        .listed_workers()
+        .filter(|w| w.health.is_healthy && !w.draining)
+        .count();
+    let limit = WORKER_CPU_PER_MINUTE * in_service as f64;
     let in_table: f64 = st
         .jobs
         .values()
@@ -101,10 +106,16 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
     let waiting = count(PoolStatus::Queued);
     let active = waiting + count(PoolStatus::Dispatched) + count(PoolStatus::Running);
     let full = caller.max_queued_jobs().filter(|limit| waiting >= *limit);
+    let paused = st.submits_paused.is_some();
     let reason = if let Some(limit) = full {
         format!("this key already has {limit} jobs waiting in the queue (its max_queued_jobs)")
+    } else if paused {
+        "submits are paused by an operator: a submit is refused (503) until they resume".to_string()
     } else if healthy == 0 {
         "no healthy worker: jobs wait in the queue until one is back".to_string()
+    } else if in_service == 0 {
+        "every healthy worker is draining: jobs wait in the queue until one takes jobs again"
+            .to_string()
     } else if limit - used <= 0.0 {
         "the workers' CPU quota is used up: jobs wait in the queue".to_string()
     } else {
@@ -116,7 +127,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
             "limit": limit,
             "available": ((limit - used) * 1000.0).round().max(0.0) / 1000.0,
             "active_jobs": active,
-            "can_submit": full.is_none(),
+            "can_submit": full.is_none() && !paused,
             "reason": reason,
         },
         "system": {
