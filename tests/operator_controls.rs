@@ -1871,7 +1871,7 @@ fn the_log_level_is_raised_for_a_while_and_goes_back_on_its_own() {
     assert_eq!(pool["log_level"]["level"], "debug", "{pool}");
 
     let loud = submit(&coordinator, &form());
-    wait_status(&coordinator, &loud, "completed", DEADLINE);
+    support::lifecycle::wait_collected(&coordinator, &loud, DEADLINE);
     assert!(
         coordinator.wait_for_log("Log level back to info", DEADLINE),
         "{}",
@@ -1882,6 +1882,19 @@ fn the_log_level_is_raised_for_a_while_and_goes_back_on_its_own() {
     let logs = coordinator.logs();
     assert!(logs.contains("Log level set to debug for 5 s"), "{logs}");
     assert!(logs.contains(&debug_line(&loud)), "{logs}");
+    // A job's steps at debug: its submit, what its worker reports, its collection.
+    for step in [
+        ": its submit of ",
+        " is completed on its worker",
+        " bytes of logs fetched from its worker in ",
+    ] {
+        let says = |id: &str| {
+            logs.lines()
+                .any(|line| line.contains(&format!("[DEBUG] Job {id}")) && line.contains(step))
+        };
+        assert!(says(&loud), "no {step:?} for {loud} in {logs}");
+        assert!(!says(&after), "{step:?} for {after} in {logs}");
+    }
     assert!(!logs.contains(&debug_line(&quiet)), "{logs}");
     assert!(!logs.contains(&debug_line(&after)), "{logs}");
     let (_, pool) = get_json(&coordinator.url("/pool"));

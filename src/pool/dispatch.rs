@@ -178,8 +178,19 @@ fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
             span,
         });
     }
-    ctx.client
-        .submit(&a.endpoint, a.source, MultipartBody::new(boundary, &parts))
+    let bytes: u64 = parts.iter().map(|p| p.span.size).sum();
+    let started = Instant::now();
+    let outcome = ctx
+        .client
+        .submit(&a.endpoint, a.source, MultipartBody::new(boundary, &parts));
+    log::debug!(
+        "Job {}: its submit of {bytes} bytes in {} parts to {} was answered in {} ms",
+        a.job_id,
+        parts.len(),
+        a.endpoint,
+        started.elapsed().as_millis()
+    );
+    outcome
 }
 
 /// The pause after a 429: by the worker's own words, doubling with each 429 in a row.

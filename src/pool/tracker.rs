@@ -452,6 +452,7 @@ fn record_status(
     let Some(job) = st.set_status(id, status) else {
         return false;
     };
+    log::debug!("Job {id} is {} on its worker", status.as_str());
     if was_dispatched
         && matches!(
             status,
@@ -614,9 +615,17 @@ fn record_collection(
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
+    let started = Instant::now();
     match collect::collect(ctx, endpoint, &job.id, &job.remote, status) {
         Ok(mut collected) => {
             let files = collected.stored.outputs.len();
+            let bytes: u64 = collected.stored.outputs.iter().map(|(_, s)| s.size).sum();
+            log::debug!(
+                "Job {}: {files} output files ({bytes} bytes) and {} bytes of logs fetched from its worker in {} ms",
+                job.id,
+                collected.stored.logs.size,
+                started.elapsed().as_millis()
+            );
             let pinned = collected.pinned.take();
             // The results go to disk before the record that points to them.
             if let Some(Err(e)) = pinned.as_ref().map(|p| ctx.store.sync_segment(p.file())) {
