@@ -883,13 +883,11 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
     }
     let queued = {
         let mut st = ctx.lock();
-        if let Some(pause) = st.submits_paused.as_mut() {
-            pause.refused += 1;
+        if let Some(secs) = st.submits_paused.as_mut().map(SubmitsPause::refuse) {
             let reply = error_reply(
                 503,
                 format!(
-                    "submits are paused by an operator (for {:.0} s now); queued and running jobs go on. Submit again later, or to another coordinator",
-                    pause.began.elapsed().as_secs_f64()
+                    "submits are paused by an operator (for {secs:.0} s now); queued and running jobs go on. Submit again later, or to another coordinator"
                 ),
             );
             return retry_after(PAUSED_RETRY_AFTER, reply);

@@ -71,6 +71,11 @@ pub fn prefers_html(accept: Option<&str>) -> bool {
     })
 }
 
+/// `seconds` to the millisecond: a sum of job figures reads 0.34, not 0.33999999999999997.
+fn to_the_millisecond(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
 /// `GET /stats`: sandrun's quota shape for the caller's key, or for the whole pool on an open
 /// coordinator (or for an admin key without its own limit).
 ///
@@ -97,8 +102,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         .filter(|job| job.completed_at.is_some_and(|at| in_window(now, at)))
         .map(|job| cpu_seconds(job))
         .fold(0.0, |sum, cpu| sum + cpu);
-    // To the millisecond: a sum of job figures reads 0.34, not 0.33999999999999997.
-    let used = ((in_table + st.cpu_window.used(now, owner)) * 1000.0).round() / 1000.0;
+    let used = to_the_millisecond(in_table + st.cpu_window.used(now, owner));
     let count = |status| match owner {
         Some(name) => st.owner_count(name, status),
         None => st.count(status),
@@ -125,7 +129,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
         "your_quota": {
             "used": used,
             "limit": limit,
-            "available": ((limit - used) * 1000.0).round().max(0.0) / 1000.0,
+            "available": to_the_millisecond(limit - used).max(0.0),
             "active_jobs": active,
             "can_submit": full.is_none() && !paused,
             "reason": reason,

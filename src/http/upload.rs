@@ -13,6 +13,7 @@ use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
+use crate::state::submits_pause::SubmitsPause;
 use crate::store::dir_access::is_permission_denied;
 use crate::store::disk_reserve::{DiskReserve, Room};
 use crate::store::handoff::DEFERRAL;
@@ -875,9 +876,8 @@ pub fn accept(
     // this point is recorded.
     let _recording = {
         let mut st = ctx.lock();
-        if let Some(pause) = st.submits_paused.as_mut() {
-            pause.refused += 1;
-            return Err(UploadError::Paused(pause.began.elapsed().as_secs_f64()));
+        if let Some(secs) = st.submits_paused.as_mut().map(SubmitsPause::refuse) {
+            return Err(UploadError::Paused(secs));
         }
         room_in(&st, caller)?;
         Slot::take(&ctx.submits_recording, usize::MAX)

@@ -30,6 +30,12 @@ impl SubmitsPause {
         }
     }
 
+    /// Counts a submit it refuses; returns how long it has lasted, in seconds, for the answer.
+    pub fn refuse(&mut self) -> f64 {
+        self.refused += 1;
+        self.began.elapsed().as_secs_f64()
+    }
+
     /// A pause recorded before a restart: it began at Unix time `since` (its length counts from
     /// then, or from now if the wall clock is behind it), by the key `by`. Its refused submits
     /// count from the restart.
