@@ -87,14 +87,15 @@ impl Reply {
 pub type HandoffRefused = Box<(tiny_http::Request, String)>;
 
 /// `Content-Disposition` for a file saved as `name`: sandrun's `attachment; filename="..."`,
-/// and, when the name is not plain ASCII (a header value must be) or holds a quote or a
-/// backslash, RFC 6266's `filename*=UTF-8''...` with the exact name; the quoted name then has
-/// `_` for each of those characters.
+/// and, when the name is not plain ASCII (a header value must be) or holds a quote, a
+/// backslash or a `%` (which browsers may decode in the quoted name: `100%25.txt` saved as
+/// `100%.txt`), RFC 6266's `filename*=UTF-8''...` with the exact name, which they take
+/// instead; the quoted name then has `_` for each of those characters.
 pub fn attachment_disposition(name: &str) -> String {
     let plain: String = name
         .chars()
         .map(|c| match c {
-            '"' | '\\' => '_',
+            '"' | '\\' | '%' => '_',
             c if c.is_ascii() && !c.is_ascii_control() => c,
             _ => '_',
         })
@@ -143,6 +144,10 @@ mod tests {
         assert_eq!(
             attachment_disposition("\u{fc}ber \u{2713}.bin"),
             "attachment; filename=\"_ber _.bin\"; filename*=UTF-8''%C3%BCber%20%E2%9C%93.bin"
+        );
+        assert_eq!(
+            attachment_disposition("100%25.txt"),
+            "attachment; filename=\"100_25.txt\"; filename*=UTF-8''100%2525.txt"
         );
     }
 }
