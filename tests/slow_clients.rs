@@ -43,23 +43,36 @@ fn pipeline_unread(stream: &mut TcpStream, request: &[u8], times: usize) -> usiz
     sent
 }
 
-/// A client that pipelines requests and never reads the answers holds one request and one
-/// handler thread: the next request of a connection is read once the one before is
-/// answered. With two handler threads, the other one serves everyone else at once, and the
-/// coordinator does not queue the client's requests (0.12.0 read them all: 275,000 queued
-/// requests in 5 s took 180 MB and held every handler).
+/// A client that pipelines requests and never reads the answers holds one request and its
+/// connection's thread, never a handler: the next request of a connection is read once the
+/// one before is answered, and a handler works the answer out and leaves its writing to the
+/// connection's thread. With two handler threads and six such clients, everyone else is
+/// served at once, and the coordinator does not queue the clients' requests (0.12.0 read them
+/// all: 275,000 queued requests in 5 s took 180 MB and held every handler; then each such
+/// client held a handler until --client-timeout: two of them held both).
 #[test]
-fn a_client_pipelining_requests_it_never_reads_holds_one_handler() {
+fn clients_pipelining_requests_they_never_read_hold_no_handler() {
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(&[worker.entry(2)], &["--threads", "2"]);
     answers_at_once("/jobs", || get_json(&coordinator.url("/jobs")).0);
     let rss_before = coordinator.status_number("VmRSS").unwrap_or(0);
-    let mut pipeliner = stalled(&coordinator, b"");
-    // 8 KiB each: 400 MB in all, more than the socket buffers hold.
+    // 8 KiB each: 400 MB in all for one client, more than the socket buffers hold.
     let padding = "p".repeat(8 << 10);
     let request = format!("GET /pool HTTP/1.1\r\nHost: pool\r\nX-Padding: {padding}\r\n\r\n");
-    let sent = pipeline_unread(&mut pipeliner, request.as_bytes(), 50_000);
-    assert!(sent < 50_000, "all {sent} pipelined requests were taken in");
+    let pipeliners: Vec<(TcpStream, usize)> = (0..PIPELINERS)
+        .map(|_| {
+            let mut pipeliner = stalled(&coordinator, b"");
+            let sent = pipeline_unread(&mut pipeliner, request.as_bytes(), 50_000);
+            (pipeliner, sent)
+        })
+        .collect();
+    for (_, sent) in &pipeliners {
+        assert!(
+            *sent < 50_000,
+            "all {sent} pipelined requests were taken in"
+        );
+    }
+    let sent: usize = pipeliners.iter().map(|(_, sent)| sent).sum();
     for _ in 0..3 {
         answers_at_once("/jobs", || get_json(&coordinator.url("/jobs")).0);
         answers_at_once("/pool", || get_json(&coordinator.url("/pool")).0);
@@ -70,9 +83,12 @@ fn a_client_pipelining_requests_it_never_reads_holds_one_handler() {
             "RSS {rss_before} KiB -> {rss} KiB after {sent} pipelined requests"
         );
     }
-    drop(pipeliner);
+    drop(pipeliners);
     answers_at_once("/health", || get_json(&coordinator.url("/health")).0);
 }
+
+/// Clients that pipeline requests they never read, more than the handler threads.
+const PIPELINERS: usize = 6;
 
 /// Sends `request` from address `from` and reads the answer's head (through the blank line),
 /// within [`DEADLINE`]; returns the connection, still open, and the head.

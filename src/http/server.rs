@@ -1,5 +1,8 @@
-//! The HTTP front: a fixed pool of handler threads sharing one tiny_http server. A panic in a
-//! handler is caught and answered 500; the thread goes on serving.
+//! The HTTP front: a fixed pool of handler threads behind one tiny_http server. A panic in a
+//! handler is caught and answered 500; the thread goes on serving. A handler only works out
+//! the answer: it is written on the request's connection thread, which waits for it anyway
+//! (the next request of a connection is read once this one is answered), so a client that does
+//! not read its answers holds its own connection's thread, never a handler.
 //!
 //! A body of at most [`MAX_INLINE_BODY`] bytes arrives with its headers (read on the
 //! connection's own thread), so such a request never waits on its client here. A larger or
@@ -18,6 +21,7 @@ use crate::http::cors;
 use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply, WaitFor};
 use crate::http::waiting::Waiting;
 use crate::state::context::Context;
+use crossbeam_channel::Sender;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -208,7 +212,7 @@ fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>)
 fn serve_one(ctx: &Arc<Context>, handler: Handler, waiting: Option<&Waiting>, request: Request) {
     ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
     let served = catch_unwind(AssertUnwindSafe(|| {
-        handle_and_answer(ctx, handler, waiting, request)
+        handle(ctx, handler, request).answer(ctx, waiting)
     }));
     if served.is_err() {
         log::error!("Answering a request panicked; its connection was closed");
@@ -216,12 +220,30 @@ fn serve_one(ctx: &Arc<Context>, handler: Handler, waiting: Option<&Waiting>, re
     ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn handle_and_answer(
-    ctx: &Arc<Context>,
-    handler: Handler,
-    waiting: Option<&Waiting>,
-    mut request: Request,
-) {
+/// A request its handler answered, to be written to its client.
+struct Handled {
+    request: Request,
+    reply: Reply,
+    access: Option<Access>,
+}
+
+impl Handled {
+    /// Writes the answer (or parks a `?wait=` request) on the calling thread.
+    fn answer(self, ctx: &Arc<Context>, waiting: Option<&Waiting>) {
+        let Handled {
+            request,
+            reply,
+            access,
+        } = self;
+        match (reply, waiting) {
+            (Reply::Wait(wait), Some(waiting)) => waiting.park(ctx, request, wait, access),
+            (reply, _) => answer(ctx, request, reply, access),
+        }
+    }
+}
+
+/// Runs the handler of `request`; a panic in it is answered 500.
+fn handle(ctx: &Arc<Context>, handler: Handler, mut request: Request) -> Handled {
     let streams = streams_body(&request);
     let mut access = Access::begin(ctx, &request);
     let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request, &mut access)));
@@ -240,9 +262,77 @@ fn handle_and_answer(
         // The body may be unread: do not wait for a slow client to send the rest.
         request.close_after_response();
     }
-    match (reply, waiting) {
-        (Reply::Wait(wait), Some(waiting)) => waiting.park(ctx, request, wait, access),
-        (reply, _) => answer(ctx, request, reply, access),
+    Handled {
+        request,
+        reply,
+        access,
+    }
+}
+
+/// The handler threads: each runs the handlers of requests its connection threads send, and
+/// sends the answer back to be written there, so a client that does not read its answers holds
+/// its own connection's thread only, never a handler.
+struct Handlers {
+    work: Sender<(Request, Sender<Handled>)>,
+}
+
+impl Handlers {
+    /// Starts `threads` handler threads; returns them with their threads' handles.
+    fn start(
+        ctx: &Arc<Context>,
+        threads: usize,
+        handler: Handler,
+    ) -> (Handlers, Vec<thread::JoinHandle<()>>) {
+        let (work, queue) = crossbeam_channel::unbounded::<(Request, Sender<Handled>)>();
+        let joins = (0..threads)
+            .filter_map(|i| {
+                let ctx = Arc::clone(ctx);
+                let queue = queue.clone();
+                thread::Builder::new()
+                    .name(format!("http-{i}"))
+                    .spawn(move || {
+                        for (request, back) in queue.iter() {
+                            // A panic outside the handler drops the request: its
+                            // connection closes, and the thread goes on.
+                            let handled =
+                                catch_unwind(AssertUnwindSafe(|| handle(&ctx, handler, request)));
+                            match handled {
+                                Ok(handled) => drop(back.send(handled)),
+                                Err(_) => log::error!(
+                                    "Handling a request panicked; its connection was closed"
+                                ),
+                            }
+                        }
+                    })
+                    .map_err(|e| log::error!("Could not start HTTP handler thread {i}: {e}"))
+                    .ok()
+            })
+            .collect();
+        (Handlers { work }, joins)
+    }
+
+    /// Has a handler thread answer `request`, then writes its answer on the calling thread
+    /// (the request's connection thread, which waits for it anyway).
+    fn serve(&self, ctx: &Arc<Context>, waiting: Option<&Waiting>, request: Request) {
+        ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+        let (back, handled) = crossbeam_channel::bounded(1);
+        match self.work.send((request, back)) {
+            Ok(()) => {
+                if let Ok(handled) = handled.recv() {
+                    let written = catch_unwind(AssertUnwindSafe(|| handled.answer(ctx, waiting)));
+                    if written.is_err() {
+                        log::error!("Answering a request panicked; its connection was closed");
+                    }
+                }
+            }
+            Err(refused) => {
+                let (request, _) = refused.into_inner();
+                let access = Access::begin(ctx, &request);
+                let why = "no handler thread is running; retry shortly";
+                answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+            }
+        }
+        ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -324,9 +414,10 @@ impl Uploads {
     }
 }
 
-/// Serves requests with `handler` on `threads` handler threads until the server fails; blocks.
-/// A request whose body arrived with its headers, or a quick one (`quick`), is served on its
-/// connection's own thread instead.
+/// Serves requests with `handler` on `threads` handler threads; blocks. A request whose body
+/// arrived with its headers, or a quick one (`quick`), is served on its connection's own
+/// thread; an upload on an upload thread; any other request is handled on a handler thread and
+/// answered on its connection's thread.
 pub fn run(
     ctx: Arc<Context>,
     server: Arc<Server>,
@@ -341,47 +432,22 @@ pub fn run(
             None
         }
     };
-    let uploads = Arc::new(Uploads::new(waiting.clone()));
+    let uploads = Uploads::new(waiting.clone());
+    let (handlers, joins) = Handlers::start(&ctx, threads, handler);
     let inline_ctx = Arc::clone(&ctx);
-    let inline_waiting = waiting.clone();
     server.serve_inline(Box::new(move |request| {
-        let here = if has_body(&request) {
-            !streams_body(&request)
+        let waiting = waiting.as_deref();
+        if streams_body(&request) {
+            uploads.serve(&inline_ctx, handler, request);
+        } else if has_body(&request) || quick(&request) {
+            serve_one(&inline_ctx, handler, waiting, request);
         } else {
-            quick(&request)
-        };
-        if !here {
-            return Some(request);
+            handlers.serve(&inline_ctx, waiting, request);
         }
-        serve_one(&inline_ctx, handler, inline_waiting.as_deref(), request);
         None
     }));
-    let handlers: Vec<_> = (0..threads)
-        .filter_map(|i| {
-            let ctx = Arc::clone(&ctx);
-            let server = Arc::clone(&server);
-            let waiting = waiting.clone();
-            let uploads = Arc::clone(&uploads);
-            thread::Builder::new()
-                .name(format!("http-{i}"))
-                .spawn(move || loop {
-                    match server.recv() {
-                        Ok(request) if streams_body(&request) => {
-                            uploads.serve(&ctx, handler, request)
-                        }
-                        Ok(request) => serve_one(&ctx, handler, waiting.as_deref(), request),
-                        Err(e) => {
-                            log::error!("The HTTP server stopped accepting: {e}");
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| log::error!("Could not start HTTP handler thread {i}: {e}"))
-                .ok()
-        })
-        .collect();
-    for handler in handlers {
-        let _ = handler.join();
+    for join in joins {
+        let _ = join.join();
     }
 }
 
