@@ -812,6 +812,49 @@ fn a_collection_whose_downloads_stall_is_retried_while_the_worker_has_the_job() 
     assert_counted(&coordinator, &worker, (1, 0, 0));
 }
 
+/// An output its worker lists but cannot serve (sandrun's 500 for a file gone from the job's
+/// directory) is left out, and the rest of the job's results are collected at once: the job
+/// completes with its other output and its logs, and its verification names the missing
+/// output and the worker's answer. (Each try of the whole collection failed on it, until the
+/// worker deleted the job and the job was lost, with no result kept.)
+#[test]
+fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
+    let worker = FakeWorker::start_with(|k| k.vanished_output = Some("ghost.txt".into()));
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let form = job("print(1)\n").manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#);
+    let id = submit(&coordinator, &form);
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    assert_eq!(status["verification"]["outputs"], "mismatch", "{status}");
+    let reason = text(&status["verification"]["reason"]);
+    assert!(
+        reason.contains("ghost.txt was not collected (its worker could not serve it: HTTP 500: filesystem error"),
+        "{status}"
+    );
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+    assert_eq!(
+        (code, bytes),
+        (200, format!("result of {remote}\n").into_bytes())
+    );
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(
+        (code, text(&logs["stdout"])),
+        (200, "ran main.py\n".to_string())
+    );
+    let (code, missing) = get_json(&coordinator.url(&format!("/outputs/{id}/ghost.txt")));
+    assert_eq!(code, 404, "{missing}");
+    assert_eq!(
+        worker.recording().count("GET", "logs"),
+        1,
+        "collected in one try"
+    );
+    assert!(coordinator.wait_for_log(
+        &format!("Job {id}: its worker could not serve its output \"ghost.txt\""),
+        DEADLINE
+    ));
+}
+
 /// A finished job whose worker deletes it while its results download is stalled: asked, the
 /// worker answers 404, so the job is lost with the last try's reason, and counted once, as
 /// lost (before, its worker counted it completed too).

@@ -9,6 +9,7 @@ use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
 use crate::worker::client::{fetchable_name, CallError};
+use crate::worker::raw_get::Download;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -82,6 +83,9 @@ pub struct Collected {
     pub logs: Value,
     /// The results segment, pinned until the job's record committed (None for a row).
     pub pinned: Option<PinnedSegment>,
+    /// The listed outputs its worker could not serve (sandrun's 500 for a missing file), each
+    /// with its answer: the rest is collected without them.
+    pub unserved: Vec<(String, String)>,
 }
 
 /// A reader that hashes what passes through it.
@@ -179,23 +183,32 @@ pub fn collect(
         remote,
         room,
     };
-    let (mut stored, hashes, pinned) = match fits
+    let (gathered, pinned) = match fits
         .then(|| fetching.gather_in_row(&paths, &log_bytes, limit))
         .transpose()?
         .flatten()
     {
-        Some(Gathered { stored, hashes }) => (stored, hashes, None),
+        Some(gathered) => (gathered, None),
         None => {
             if fits {
                 log::debug!(
                     "Job {id}: its outputs are larger than declared; collecting into a segment"
                 );
             }
-            let (Gathered { stored, hashes }, pinned) =
-                fetching.gather_in_segment(id, &paths, &log_bytes)?;
-            (stored, hashes, Some(pinned))
+            let (gathered, pinned) = fetching.gather_in_segment(id, &paths, &log_bytes)?;
+            (gathered, Some(pinned))
         }
     };
+    let Gathered {
+        mut stored,
+        hashes,
+        unserved,
+    } = gathered;
+    for (path, why) in &unserved {
+        log::warn!(
+            "Job {id}: its worker could not serve its output {path:?} ({why}); the rest of its results are collected without it"
+        );
+    }
     stored.left_on_worker.splice(0..0, planned_left);
     if !stored.left_on_worker.is_empty() {
         log::warn!(
@@ -210,13 +223,34 @@ pub fn collect(
         hashes,
         logs,
         pinned,
+        unserved,
     })
 }
 
-/// Where collected results lie, and each output's sha256.
+/// Where collected results lie, each output's sha256, and the outputs the worker could not
+/// serve.
 struct Gathered {
     stored: StoredResults,
     hashes: Vec<(String, String)>,
+    unserved: Vec<(String, String)>,
+}
+
+/// A download of one output: its answer, or None when the worker could not serve the file
+/// (sandrun answers 500 for a missing file, with a filesystem error), noted in `unserved`.
+/// Any other failure fails the collection (a 404: the job is gone; others are tried again).
+fn served(
+    answer: Result<Download, CallError>,
+    path: &str,
+    unserved: &mut Vec<(String, String)>,
+) -> Result<Option<Download>, CollectError> {
+    match answer {
+        Ok(download) => Ok(Some(download)),
+        Err(e @ CallError::Status { code: 500, .. }) => {
+            unserved.push((path.to_string(), e.to_string()));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One job's collection from its worker, with the room its outputs have.
@@ -239,8 +273,12 @@ impl Fetching<'_> {
         let mut bytes = Vec::new();
         let mut outputs = Vec::new();
         let mut hashes = Vec::new();
+        let mut unserved = Vec::new();
         for path in paths {
-            let response = self.ctx.client.download(self.endpoint, self.remote, path)?;
+            let answer = self.ctx.client.download(self.endpoint, self.remote, path);
+            let Some(response) = served(answer, path, &mut unserved)? else {
+                continue;
+            };
             let offset = bytes.len() as u64;
             let room = limit
                 .saturating_sub(offset + log_bytes.len() as u64)
@@ -270,7 +308,11 @@ impl Fetching<'_> {
             left_on_worker: Vec::new(),
             row_bytes: Some(bytes.into()),
         };
-        Ok(Some(Gathered { stored, hashes }))
+        Ok(Some(Gathered {
+            stored,
+            hashes,
+            unserved,
+        }))
     }
 
     /// Outputs and logs back to back in a results segment, pinned until the record commits.
@@ -286,9 +328,13 @@ impl Fetching<'_> {
         let mut outputs = Vec::new();
         let mut hashes = Vec::new();
         let mut left_on_worker = Vec::new();
+        let mut unserved = Vec::new();
         let mut room = self.room;
         for path in paths {
-            let response = self.ctx.client.download(self.endpoint, self.remote, path)?;
+            let answer = self.ctx.client.download(self.endpoint, self.remote, path);
+            let Some(response) = served(answer, path, &mut unserved)? else {
+                continue;
+            };
             let mut reader = Hashing {
                 inner: response.reader.take(room.saturating_add(1)),
                 sha: Sha256::new(),
@@ -316,6 +362,13 @@ impl Fetching<'_> {
             left_on_worker,
             row_bytes: None,
         };
-        Ok((Gathered { stored, hashes }, pinned))
+        Ok((
+            Gathered {
+                stored,
+                hashes,
+                unserved,
+            },
+            pinned,
+        ))
     }
 }

@@ -499,11 +499,12 @@ struct OutputsCheck {
 
 /// Compares the collected outputs with the hashes the worker reported (and signed, when its
 /// signature verifies), signature or not; `left_on_worker`: the outputs `--max-results-bytes`
-/// left uncollected.
+/// left uncollected; `unserved`: those the worker could not serve, with its answer.
 fn outputs_verdict(
     status: &Value,
     collected: &[(String, String)],
     left_on_worker: &[String],
+    unserved: &[(String, String)],
 ) -> OutputsCheck {
     let signed = signature::reported_hashes(status);
     let mut wrong = Vec::new();
@@ -526,7 +527,12 @@ fn outputs_verdict(
                 Some(why) => wrong.push(format!("{path} was not collected ({why})")),
                 None => {
                     worker_at_fault = true;
-                    wrong.push(format!("{path} was not collected"));
+                    match unserved.iter().find(|(p, _)| p == path) {
+                        Some((_, answer)) => wrong.push(format!(
+                            "{path} was not collected (its worker could not serve it: {answer})"
+                        )),
+                        None => wrong.push(format!("{path} was not collected")),
+                    }
                 }
             },
         }
@@ -561,7 +567,12 @@ fn record_collection(
         verdict,
         why,
         worker_at_fault,
-    } = outputs_verdict(status, &collected.hashes, &collected.stored.left_on_worker);
+    } = outputs_verdict(
+        status,
+        &collected.hashes,
+        &collected.stored.left_on_worker,
+        &collected.unserved,
+    );
     if let Some(why) = &why {
         log::warn!("Job {id}: {why}");
     }

@@ -74,6 +74,10 @@ pub struct Knobs {
     /// job that names a file after its directory, as python's `os.getcwd()` gives it), holding
     /// `extra output\n`.
     pub extra_output: Option<String>,
+    /// The simulated job also writes a file of this name, which is listed and hashed with its
+    /// outputs and then deleted (a worker that lost a file: sandrun's download of it answers
+    /// 500 with a filesystem error).
+    pub vanished_output: Option<String>,
     /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
     /// that adds what the coordinator does not read); 0: none.
     pub status_padding: usize,
@@ -113,6 +117,7 @@ impl Default for Knobs {
             reject_submit: None,
             answered_job_id: None,
             extra_output: None,
+            vanished_output: None,
             status_padding: 0,
             reported_status: None,
             drip: None,

@@ -93,6 +93,9 @@ impl Job {
             self.spec.outputs.extend(outcome.extra_outputs);
         }
         self.output_files = files::hash_directory(&self.dir, &self.spec.outputs);
+        if let Some(name) = &outcome.vanished {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
         let Some(key) = key else {
             return;
         };

@@ -97,6 +97,8 @@ pub struct RunOutcome {
     pub memory_bytes: u64,
     /// Output patterns the runner adds to the job's own (its generated files).
     pub extra_outputs: Vec<String>,
+    /// A listed output to delete once the outputs are hashed (see `Knobs::vanished_output`).
+    pub vanished: Option<String>,
 }
 
 impl Runner {
@@ -161,6 +163,11 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
         let name = name.replace("{job}", request.job_id);
         let _ = fs::write(request.dir.join(&name), b"extra output\n");
         outcome.extra_outputs.push(name);
+    }
+    if let Some(name) = &knobs.vanished_output {
+        let _ = fs::write(request.dir.join(name), b"soon gone\n");
+        outcome.extra_outputs.push(name.clone());
+        outcome.vanished = Some(name.clone());
     }
     if request.dir.join(request.entrypoint).is_file() {
         outcome.exit_code = knobs.exit_code;
@@ -291,5 +298,6 @@ fn run_real(request: &RunRequest<'_>, timeout: Duration, alive: &AtomicBool) -> 
         cpu_seconds: (children_cpu_seconds() - cpu_before).max(0.0),
         memory_bytes,
         extra_outputs: Vec::new(),
+        vanished: None,
     }
 }
