@@ -286,6 +286,20 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "not allowed",
         ),
         (
+            "a filename of 256 bytes",
+            Form::new().file(&"n".repeat(256), "text/x-python", MAIN_PY),
+            "a filename of 256 bytes is too long: at most 255 bytes",
+        ),
+        (
+            "a Content-Type of 300 bytes",
+            Form::new().file(
+                "main.py",
+                &format!("text/x-python; x={}", "a".repeat(280)),
+                MAIN_PY,
+            ),
+            "the Content-Type of the file \"main.py\" is 297 bytes long: at most 255",
+        ),
+        (
             "two files with one name",
             main_py().file("main.py", "text/plain", b"x = 1\n"),
             "two 'files' parts",

@@ -60,6 +60,11 @@ pub enum UploadError {
     MissingFilename,
     /// A filename that cannot be a plain file name.
     BadFilename(String),
+    /// A filename longer than [`MAX_NAME_BYTES`] (its length).
+    LongFilename(usize),
+    /// A `files` part whose `Content-Type` is longer than [`MAX_NAME_BYTES`] (its filename and
+    /// the type's length).
+    LongContentType(String, usize),
     /// Two `files` parts with the same filename.
     DuplicateFilename(String),
     /// More `files` parts than `--max-files`.
@@ -185,6 +190,14 @@ impl fmt::Display for UploadError {
             Self::BadFilename(name) => write!(
                 f,
                 "the filename {name:?} is not allowed: it must be a plain name without '/', '\\\\', '\"', '..', NUL or control characters"
+            ),
+            Self::LongFilename(len) => write!(
+                f,
+                "a filename of {len} bytes is too long: at most {MAX_NAME_BYTES} bytes (a file name's limit on Linux)"
+            ),
+            Self::LongContentType(name, len) => write!(
+                f,
+                "the Content-Type of the file {name:?} is {len} bytes long: at most {MAX_NAME_BYTES} (a media type such as text/x-python)"
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
             Self::TooManyFiles(max) => write!(
@@ -390,8 +403,13 @@ impl<R: Read> Read for Limited<'_, R> {
     }
 }
 
+/// The longest filename, and the longest `Content-Type` of a file, a submit may give.
+const MAX_NAME_BYTES: usize = 255;
+
 fn check_filename(name: &str) -> Result<(), UploadError> {
-    if is_safe_component(name) && !name.contains('"') && name.len() <= 255 {
+    if name.len() > MAX_NAME_BYTES {
+        Err(UploadError::LongFilename(name.len()))
+    } else if is_safe_component(name) && !name.contains('"') {
         Ok(())
     } else {
         Err(UploadError::BadFilename(name.to_string()))
@@ -711,6 +729,9 @@ fn read_parts(
                     .content_type
                     .as_ref()
                     .map_or_else(|| "application/octet-stream".to_string(), |m| m.to_string());
+                if content_type.len() > MAX_NAME_BYTES {
+                    return Err(UploadError::LongContentType(filename, content_type.len()));
+                }
                 let span = match digest.as_deref_mut() {
                     Some(digest) => {
                         let mut hashing = Hashing::new(&mut field.data);
