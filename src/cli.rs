@@ -129,6 +129,8 @@ OPTIONS:
                              header (v1 or v2: HAProxy's send-proxy, nginx's proxy_protocol)
                              naming the client; those without one are closed
     --max-uploads N          request bodies read at once; more are answered 503 [default: 128]
+    --max-uploads-per-ip N   most of them from one client address (an IPv6 /64); 503 beyond
+                             [default: half of --max-uploads]
     --tls-cert PEM           serve HTTPS with this certificate chain (with --tls-key);
                              both files are re-read on SIGHUP
     --tls-key PEM            the private key of --tls-cert
@@ -615,6 +617,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
     let d = ServeConfig::default();
     let max_waiting = value(args, "--max-waiting", positive::<usize>, d.max_waiting)?;
     let max_followers = value(args, "--max-followers", positive::<usize>, d.max_followers)?;
+    let max_uploads = value(args, "--max-uploads", positive::<usize>, d.max_uploads)?;
     let trusted_proxies = value(
         args,
         "--trusted-proxies",
@@ -708,7 +711,13 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         )?,
         trusted_proxies,
         proxy_protocol,
-        max_uploads: value(args, "--max-uploads", positive::<usize>, d.max_uploads)?,
+        max_uploads,
+        max_uploads_per_ip: value(
+            args,
+            "--max-uploads-per-ip",
+            positive::<usize>,
+            half(max_uploads),
+        )?,
         tls: pair(args, "--tls-cert", "--tls-key")?,
         worker_tls: WorkerTls {
             ca: value(args, "--worker-ca", some_path, None)?,

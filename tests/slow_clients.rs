@@ -857,7 +857,14 @@ fn each_limit_answers_its_status_code() {
     let worker = FakeWorker::start();
     let coordinator = Coordinator::start(
         &[worker.entry(2)],
-        &["--client-timeout", "2", "--max-uploads", "2"],
+        &[
+            "--client-timeout",
+            "2",
+            "--max-uploads",
+            "2",
+            "--max-uploads-per-ip",
+            "2",
+        ],
     );
 
     let long_line = format!(
@@ -1689,6 +1696,43 @@ fn stalled_from(coordinator: &Coordinator, from: std::net::IpAddr, bytes: &[u8])
     let mut stream = coordinator.connect_from(from);
     stream.write_all(bytes).expect("send");
     stream
+}
+
+/// One client address cannot take every upload place: with `--max-uploads 4` (two per
+/// address), a third stalled upload from 127.0.0.1 is answered 503 at once naming
+/// `--max-uploads-per-ip`, while 127.0.0.2's submit of more than 16 KiB is received and
+/// queued. (Four such uploads from one address shut every other client's submits out for as
+/// long as they dawdled.)
+#[test]
+fn one_address_cannot_take_every_upload_place() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--max-uploads", "4"]);
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| stalled_from(&coordinator, local, &stalled_upload_start()))
+        .collect();
+    wait_taken_up(&coordinator, 2, 2);
+    let mut third = stalled_from(&coordinator, local, &stalled_upload_start());
+    let answer = read_to_close(&mut third, DEADLINE).expect("answered");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("--max-uploads-per-ip"), "{answer}");
+    assert!(answer.contains("Retry-After: 1"), "{answer}");
+
+    let form = Form::new()
+        .file("main.py", "text/x-python", b"print(1)\n")
+        .file("data.bin", "application/octet-stream", &[7u8; 40 * 1024]);
+    let body = form.body();
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nHost: pool\r\nConnection: close\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form.content_type(),
+        body.len()
+    );
+    let mut submit = stalled_from(&coordinator, other, head.as_bytes());
+    submit.write_all(&body).expect("send the body");
+    let answer = read_to_close(&mut submit, DEADLINE).expect("answered");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    drop(held);
 }
 
 /// A trusted proxy's connections carry many clients: they count against `--max-connections`

@@ -174,6 +174,8 @@ pub struct ServeConfig {
     pub proxy_protocol: bool,
     /// Request bodies (uploads) read at once; beyond it a submit is answered 503.
     pub max_uploads: usize,
+    /// Uploads read at once from one client address; beyond it its submit is answered 503.
+    pub max_uploads_per_ip: usize,
     /// The listener's certificate chain and key (PEM): HTTPS instead of HTTP when set.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Trust and client certificate for `https://` workers.
@@ -232,6 +234,7 @@ impl Default for ServeConfig {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             max_uploads: 128,
+            max_uploads_per_ip: 64,
             tls: None,
             worker_tls: WorkerTls::default(),
             source_addresses: Vec::new(),

@@ -14,9 +14,10 @@
 //! another thread, and a submit waiting for its job's commit holds no handler (more submits
 //! waiting together make bigger group commits).
 
-use crate::base::sync::{Parcel, Slot};
+use crate::base::sync::{Parcel, Place, PlaceRefused};
 use crate::base::thread_cache::ThreadCache;
 use crate::http::access_log::Access;
+use crate::http::client_address::client_address;
 use crate::http::cors;
 use crate::http::replies::{attachment_disposition, error_reply, retry_after, Reply, WaitFor};
 use crate::http::waiting::Waiting;
@@ -26,7 +27,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode, MAX_INLINE_BODY};
+use tiny_http::{
+    Header, MessagesQueue, Method, Request, Response, Server, StatusCode, MAX_INLINE_BODY,
+};
 
 /// Largest write of a body held in memory ([`Reply::Text`]: a page, the metrics).
 const TEXT_WRITE_BLOCK: usize = 64 * 1024;
@@ -271,9 +274,12 @@ fn handle(ctx: &Arc<Context>, handler: Handler, mut request: Request) -> Handled
 
 /// The handler threads: each runs the handlers of requests its connection threads send, and
 /// sends the answer back to be written there, so a client that does not read its answers holds
-/// its own connection's thread only, never a handler.
+/// its own connection's thread only, never a handler. A handler sleeps until a request comes
+/// (a condition variable: no spinning).
 struct Handlers {
-    work: Sender<(Request, Sender<Handled>)>,
+    work: Arc<MessagesQueue<(Request, Sender<Handled>)>>,
+    /// Whether any handler thread started.
+    running: bool,
 }
 
 impl Handlers {
@@ -283,15 +289,16 @@ impl Handlers {
         threads: usize,
         handler: Handler,
     ) -> (Handlers, Vec<thread::JoinHandle<()>>) {
-        let (work, queue) = crossbeam_channel::unbounded::<(Request, Sender<Handled>)>();
-        let joins = (0..threads)
+        let work: Arc<MessagesQueue<(Request, Sender<Handled>)>> =
+            MessagesQueue::with_capacity(threads);
+        let joins: Vec<_> = (0..threads)
             .filter_map(|i| {
                 let ctx = Arc::clone(ctx);
-                let queue = queue.clone();
+                let queue = Arc::clone(&work);
                 thread::Builder::new()
                     .name(format!("http-{i}"))
                     .spawn(move || {
-                        for (request, back) in queue.iter() {
+                        while let Some((request, back)) = queue.pop() {
                             // A panic outside the handler drops the request: its
                             // connection closes, and the thread goes on.
                             let handled =
@@ -308,28 +315,26 @@ impl Handlers {
                     .ok()
             })
             .collect();
-        (Handlers { work }, joins)
+        let running = !joins.is_empty();
+        (Handlers { work, running }, joins)
     }
 
     /// Has a handler thread answer `request`, then writes its answer on the calling thread
     /// (the request's connection thread, which waits for it anyway).
     fn serve(&self, ctx: &Arc<Context>, waiting: Option<&Waiting>, request: Request) {
+        if !self.running {
+            let access = Access::begin(ctx, &request);
+            let why = "no handler thread could be started; see the coordinator log";
+            answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+            return;
+        }
         ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
         let (back, handled) = crossbeam_channel::bounded(1);
-        match self.work.send((request, back)) {
-            Ok(()) => {
-                if let Ok(handled) = handled.recv() {
-                    let written = catch_unwind(AssertUnwindSafe(|| handled.answer(ctx, waiting)));
-                    if written.is_err() {
-                        log::error!("Answering a request panicked; its connection was closed");
-                    }
-                }
-            }
-            Err(refused) => {
-                let (request, _) = refused.into_inner();
-                let access = Access::begin(ctx, &request);
-                let why = "no handler thread is running; retry shortly";
-                answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+        self.work.push((request, back));
+        if let Ok(handled) = handled.recv() {
+            let written = catch_unwind(AssertUnwindSafe(|| handled.answer(ctx, waiting)));
+            if written.is_err() {
+                log::error!("Answering a request panicked; its connection was closed");
             }
         }
         ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -371,33 +376,32 @@ impl Uploads {
     }
 
     /// Serves a request whose body is still to be read: on an upload thread, or 503 when too
-    /// many are read.
+    /// many are read, or its client's address has its share of them.
     fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
         let max = ctx.config.max_uploads;
-        let Some(slot) = Slot::take(&ctx.uploads_receiving, max) else {
-            let access = Access::begin(ctx, &request);
-            request.close_after_response();
-            let reply = retry_after(
-                1,
-                error_reply(
-                    503,
-                    format!("{max} uploads are being received (--max-uploads); retry shortly"),
-                ),
-            );
-            answer(ctx, request, reply, access);
-            return;
+        let client = client_address(&ctx.config.trusted_proxies, &request);
+        let why = match Place::take(&ctx.uploads_receiving, max, &ctx.upload_shares, client) {
+            Ok(place) => return self.run(ctx, handler, request, place),
+            Err(PlaceRefused::AddressFull(held)) => format!(
+                "your address has {held} uploads being received already, its share (--max-uploads-per-ip); submit again once one of them ended"
+            ),
+            Err(PlaceRefused::Full(max)) => format!(
+                "{max} uploads are being received (--max-uploads); submit again in a few seconds"
+            ),
         };
-        self.run(ctx, handler, request, slot);
+        let access = Access::begin(ctx, &request);
+        request.close_after_response();
+        answer(ctx, request, retry_after(1, error_reply(503, why)), access);
     }
 
-    /// Serves `request` on an upload thread, holding `slot` until it is answered.
-    fn run(&self, ctx: &Arc<Context>, handler: Handler, request: Request, slot: Slot) {
+    /// Serves `request` on an upload thread, holding `place` until it is answered.
+    fn run(&self, ctx: &Arc<Context>, handler: Handler, request: Request, place: Place) {
         let task_ctx = Arc::clone(ctx);
         let parcel = Parcel::new(request);
         let task_parcel = parcel.share();
         let waiting = self.waiting.clone();
         let task = Box::new(move || {
-            let _slot = slot;
+            let _place = place;
             if let Some(request) = task_parcel.take() {
                 serve_one(&task_ctx, handler, waiting.as_deref(), request);
             }

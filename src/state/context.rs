@@ -65,6 +65,8 @@ pub struct Context {
     /// Request bodies being read from their clients on upload threads: at most
     /// `--max-uploads` at once (`http/server.rs`).
     pub uploads_receiving: Arc<AtomicUsize>,
+    /// Each client address's share of those uploads (`--max-uploads-per-ip`).
+    pub upload_shares: Arc<AddressShares>,
     /// `GET /status/{id}?wait=` requests parked now: at most `--max-waiting` at once
     /// (`http/waiting.rs`).
     pub parked: Arc<AtomicUsize>,
@@ -135,6 +137,7 @@ impl Context {
         });
         let events = JobEvents::new(config.max_followers, config.max_followers_per_ip);
         let parked_shares = AddressShares::new(config.max_waiting_per_ip);
+        let upload_shares = AddressShares::new(config.max_uploads_per_ip);
         let metrics = Arc::clone(&state.metrics);
         let nice = config.follow_nice;
         let log_level = Arc::new(LogLevel::new(config.log_level));
@@ -160,6 +163,7 @@ impl Context {
             worker_fetches: Arc::new(AtomicUsize::new(0)),
             submits_recording: Arc::new(AtomicUsize::new(0)),
             uploads_receiving: Arc::new(AtomicUsize::new(0)),
+            upload_shares,
             parked: Arc::new(AtomicUsize::new(0)),
             parked_shares,
             stopping: AtomicBool::new(false),

@@ -108,14 +108,13 @@ use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
-use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request, MAX_INLINE_BODY};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
-pub use util::{client_address_key, AddressShares, Share, ShareUsed};
+pub use util::{client_address_key, AddressShares, MessagesQueue, Share, ShareUsed};
 
 mod client;
 mod common;
