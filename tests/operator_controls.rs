@@ -883,6 +883,51 @@ fn capacity_is_learned_with_at_most_one_429() {
     }
 }
 
+/// A page of `/jobs` ends past 1 MiB of jobs, naming its last job in `next_before`: 40 queued
+/// jobs of 128 files with 250-byte names (about 1.5 MB as listed) come in two pages that hold
+/// each job once. (One answer held them all, and a tester's 32 clients that never read a
+/// 71 MB page took the coordinator from 101 MB to 1.38 GB.)
+#[test]
+fn a_page_of_jobs_ends_past_a_mebibyte() {
+    let worker = slow_worker(30.0);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let mut many = Form::new().manifest(r#"{"entrypoint":"f000.py"}"#);
+    for i in 0..128 {
+        let name = format!("f{i:03}{}.py", "n".repeat(243));
+        many = many.file(&name, "text/x-python", b"");
+    }
+    let mut ids: Vec<String> = (0..40).map(|_| submit(&coordinator, &many)).collect();
+    ids.reverse();
+    let mut listed = Vec::new();
+    let mut query = "?limit=1000".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, bytes) = get_bytes(&coordinator.url(&format!("/jobs{query}")));
+        assert_eq!(code, 200);
+        assert!(
+            bytes.len() < (1 << 20) + 64 * 1024,
+            "a page of {} bytes",
+            bytes.len()
+        );
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        pages += 1;
+        listed.extend(
+            body["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| j["job_id"].as_str().unwrap_or_default().to_string()),
+        );
+        match body["next_before"].as_str() {
+            Some(next) => query = format!("?limit=1000&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ids);
+    assert_eq!(pages, 2);
+}
+
 #[test]
 fn job_listing_newest_first_paginated_and_filtered() {
     let worker = slow_worker(30.0);

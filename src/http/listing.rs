@@ -117,6 +117,10 @@ fn as_table_holds(ctx: &Context, stored: Vec<Job>) -> Result<Vec<Job>, StoreErro
         .collect()
 }
 
+/// Past this many bytes of jobs, a page of `/jobs` ends (`next_before` names its last job): an
+/// answer held for a client that reads it slowly stays small, whatever its jobs hold.
+const MAX_LISTING_BYTES: usize = 1 << 20;
+
 /// Answers `GET /jobs`; `param` reads a query parameter. Jobs come from the job store (every
 /// accepted job is there), each shown as the table holds it when it is still in memory.
 pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<String>) -> Reply {
@@ -156,11 +160,14 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
     };
     let wanted = |job: &Job| caller.can_see(job) && filter.takes(job);
     // Rows not yet settled match any status in the store (their record may lag the table), so
-    // pages are read until enough jobs match as the table holds them now.
-    let mut picked: Vec<Job> = Vec::new();
-    let mut after = cursor;
+    // pages are read until enough jobs match as the table holds them now. Each job is written
+    // out as it comes, and the answer ends at `limit` jobs or past MAX_LISTING_BYTES.
+    let mut body = b"{\"jobs\":[".to_vec();
+    let mut listed = 0;
+    let mut last_listed: Option<String> = None;
     let mut more = false;
-    loop {
+    let mut after = cursor;
+    'pages: loop {
         let read = ctx
             .store
             .list(
@@ -181,40 +188,36 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
             }
         };
         after = last;
-        picked.extend(current.into_iter().filter(|job| wanted(job)));
-        if picked.len() > query.limit {
-            more = true;
-            picked.truncate(query.limit);
-            break;
+        let st = ctx.lock();
+        for job in current.into_iter().filter(|job| wanted(job)) {
+            if listed == query.limit || body.len() >= MAX_LISTING_BYTES {
+                more = true;
+                break 'pages;
+            }
+            let Some(bytes) = listed_json(&st, &job) else {
+                continue;
+            };
+            let bytes = match job.remote_job_id.as_deref() {
+                Some(remote) if !caller.sees_all() => {
+                    match hide_remote_id(Reply::JsonBytes(200, bytes), remote) {
+                        Reply::JsonBytes(_, bytes) => bytes,
+                        _ => continue,
+                    }
+                }
+                _ => bytes,
+            };
+            if listed > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&bytes);
+            listed += 1;
+            last_listed = Some(job.id);
         }
         if exhausted {
             break;
         }
     }
-    let st = ctx.lock();
-    let mut body = b"{\"jobs\":[".to_vec();
-    let mut first = true;
-    for job in &picked {
-        let Some(bytes) = listed_json(&st, job) else {
-            continue;
-        };
-        let bytes = match job.remote_job_id.as_deref() {
-            Some(remote) if !caller.sees_all() => {
-                match hide_remote_id(Reply::JsonBytes(200, bytes), remote) {
-                    Reply::JsonBytes(_, bytes) => bytes,
-                    _ => continue,
-                }
-            }
-            _ => bytes,
-        };
-        if !first {
-            body.push(b',');
-        }
-        first = false;
-        body.extend_from_slice(&bytes);
-    }
-    drop(st);
-    let next = more.then(|| picked.last().map(|j| j.id.as_str())).flatten();
+    let next = more.then_some(last_listed).flatten();
     body.extend_from_slice(b"],\"next_before\":");
     body.extend_from_slice(serde_json::to_string(&next).unwrap_or_default().as_bytes());
     body.push(b'}');
