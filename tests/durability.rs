@@ -350,34 +350,53 @@ fn a_job_cancelled_on_its_worker_holds_its_slot_across_kill_9_until_it_ends_ther
     assert_eq!(job_status(&restarted, &id)["pool_status"], "cancelled");
 }
 
-/// A job cancelled while its submit to the worker is in flight, then `kill -9`: the restart
-/// settles it as cancelled, saying it may or may not run there; nothing is left to wait on it.
-#[test]
-fn a_job_cancelled_with_its_submit_in_flight_settles_at_the_restart_after_kill_9() {
+/// A worker whose submits hang, a coordinator, and the id of a job (its source `source`)
+/// whose submit to the worker is in flight.
+fn a_job_with_its_submit_in_flight(source: &str) -> (FakeWorker, Coordinator, String) {
     let worker = FakeWorker::start_with(|k| {
         roomy(Duration::ZERO)(k);
         k.hang_submit = true;
     });
-    let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let id = submit(&coordinator, &job("cancelled in flight"));
+    let id = submit(&coordinator, &job(source));
     poll_until(DEADLINE, || {
         (job_status(&coordinator, &id)["pool_status"] == "dispatched").then_some(())
     })
     .unwrap_or_else(|| panic!("the job was never sent to the worker"));
-    let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
-    assert_eq!(code, 200, "{body}");
+    (worker, coordinator, id)
+}
+
+/// Kills `coordinator` (`kill -9`) while job `id`'s submit is in flight, lets its worker take
+/// submits again, and restarts it: the job reads `status`, saying it may or may not run there.
+fn killed_and_restarted(
+    worker: &FakeWorker,
+    mut coordinator: Coordinator,
+    id: &str,
+    status: &str,
+) -> Coordinator {
     coordinator.kill();
     worker.set(|k| k.hang_submit = false);
     let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
-    let status = job_status(&restarted, &id);
-    assert_eq!(status["pool_status"], "cancelled", "{status}");
+    let seen = job_status(&restarted, id);
+    assert_eq!(seen["pool_status"], status, "{seen}");
     assert!(
-        status["error"]
+        seen["error"]
             .as_str()
             .is_some_and(|e| e.contains("it may or may not run there")),
-        "{status}"
+        "{seen}"
     );
+    restarted
+}
+
+/// A job cancelled while its submit to the worker is in flight, then `kill -9`: the restart
+/// settles it as cancelled, saying it may or may not run there; nothing is left to wait on it.
+#[test]
+fn a_job_cancelled_with_its_submit_in_flight_settles_at_the_restart_after_kill_9() {
+    let (worker, coordinator, id) = a_job_with_its_submit_in_flight("cancelled in flight");
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let restarted = killed_and_restarted(&worker, coordinator, &id, "cancelled");
     let (_, pool) = get_json(&restarted.url("/pool"));
     let entry = pool_worker(&pool, &worker);
     assert_eq!(
@@ -389,6 +408,27 @@ fn a_job_cancelled_with_its_submit_in_flight_settles_at_the_restart_after_kill_9
         .map(|r| (r.status, r.text()))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, 200, "a settled job is deleted at once: {body}");
+}
+
+/// A job whose submit was in flight at a `kill -9` is lost at the restart, and counted: in
+/// `/metrics` (it was counted nowhere, so the jobs-lost alert never fired for it) and as a loss
+/// of its worker, which is still listed (its `jobs_lost` read 0).
+#[test]
+fn a_job_lost_with_its_submit_in_flight_at_kill_9_is_counted_at_the_restart() {
+    let (worker, coordinator, id) = a_job_with_its_submit_in_flight("lost in flight");
+    let restarted = killed_and_restarted(&worker, coordinator, &id, "lost");
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    assert_eq!(pool_worker(&pool, &worker)["jobs_lost"], 1, "{pool}");
+    let (_, metrics) = get(&restarted.url("/metrics"));
+    let lost_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("jobs_finished_total{") && l.contains("status=\"lost\"}"))
+        .collect();
+    assert_eq!(lost_lines.len(), 2, "{metrics}");
+    assert!(
+        lost_lines.iter().all(|l| l.ends_with(" 1")),
+        "{lost_lines:?}"
+    );
 }
 
 /// Jobs in the store (read-only, beside the running coordinator) whose worker job id is known.

@@ -43,6 +43,7 @@ fn end(metrics: &Metrics, job: &mut Job, status: PoolStatus, why: String) {
 
 /// A job whose run was lost while the coordinator was down (`why`): queued again when it may
 /// run again (see [`rerun::may_run_again`]), else lost, `lost_tail` completing the error.
+/// Returns whether it was lost.
 fn lose_or_rerun(
     ctx: &Context,
     st: &mut PoolState,
@@ -51,7 +52,7 @@ fn lose_or_rerun(
     lost_tail: &str,
     settle: &mut Vec<String>,
     counts: &mut Recovered,
-) {
+) -> bool {
     let id = job.id.clone();
     if rerun::may_run_again(ctx, &job) {
         // Back in the table as it was (counted in its status), then moved to the queue.
@@ -60,7 +61,7 @@ fn lose_or_rerun(
             counts.queued += 1;
             ctx.record(st, &id);
         }
-        return;
+        return false;
     }
     end(
         &st.metrics,
@@ -70,6 +71,7 @@ fn lose_or_rerun(
     );
     settle.push(id);
     st.restore(job);
+    true
 }
 
 /// The index of the worker that job `job` was sent to: listed with its id, at the endpoint
@@ -203,7 +205,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                 (None, _) => {
                     let on = job.worker_id.clone().unwrap_or_default();
                     let why = format!("the coordinator stopped while this job's submit to worker {on} was in flight and its answer was never recorded; it may or may not run there");
-                    lose_or_rerun(
+                    let lost = lose_or_rerun(
                         ctx,
                         &mut st,
                         job,
@@ -212,6 +214,10 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                         &mut settle,
                         &mut counts,
                     );
+                    // Counted on its worker, which is still listed, as a loss found running.
+                    if let Some(index) = worker.filter(|_| lost) {
+                        st.workers[index].counters.lost += 1;
+                    }
                 }
                 (Some(_), None) => {
                     let why = format!(
