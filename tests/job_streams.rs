@@ -454,6 +454,25 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
     assert_eq!(refused.status, 426, "{}", refused.text());
     assert_eq!(refused.header("Sec-WebSocket-Version"), Some("13"));
     assert!(refused.json()["error"].is_string(), "{}", refused.text());
+    // The key is 16 bytes in base64 (RFC 6455, section 4.1): these were upgraded.
+    for bad in [
+        "abc",
+        "not base64 at all!!",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        &"QUFB".repeat(5000),
+    ] {
+        let head = format!(
+            "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {bad}\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        let refused = exchange(coordinator.port(), &head, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(refused.status, 400, "{}", refused.text());
+        assert!(
+            refused.text().contains("not 16 bytes in base64"),
+            "{}",
+            refused.text()
+        );
+    }
     // The key and the version are each sent once (RFC 6455, section 11.3).
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let version = "Sec-WebSocket-Version: 13\r\n";

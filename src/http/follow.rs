@@ -25,6 +25,7 @@ use crate::http::replies::{error_reply, retry_after, unknown_job, Reply};
 use crate::pool::announce::final_lines;
 use crate::state::context::Context;
 use crate::state::events::{Event, Follower, MAX_BACKLOG};
+use base64::Engine;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread;
@@ -103,6 +104,14 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
             ))
         }
     };
+    // RFC 6455, section 4.1: the key is 16 random bytes in base64.
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !decoded.is_ok_and(|bytes| bytes.len() == 16) {
+        return Err(error_reply(
+            400,
+            "the Sec-WebSocket-Key is not 16 bytes in base64 (RFC 6455 4.1): send 24 base64 characters, such as dGhlIHNhbXBsZSBub25jZQ==",
+        ));
+    }
     // RFC 6455, section 4.2.2: another version is answered 426 with the one spoken.
     if once("Sec-WebSocket-Version")? != Some(WEBSOCKET_VERSION) {
         let why = format!(
