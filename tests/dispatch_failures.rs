@@ -526,7 +526,7 @@ fn a_job_with_reruns_lost_on_its_worker_runs_again_on_another() {
             "more than this coordinator allows (--max-reruns 2)",
         ),
         ("?reruns=two", None, "is not a whole number"),
-        ("", Some("-1"), "is not a whole number"),
+        ("", Some("-1"), "is not a whole number of 0 or more"),
         ("?reruns=1", Some("1"), "both as a part and in the query"),
     ] {
         let mut form = job("print(1)\n");

@@ -611,7 +611,7 @@ fn parse_queue_timeout(text: &str) -> Result<f64, UploadError> {
 fn parse_reruns(text: &str) -> Result<u32, UploadError> {
     text.trim()
         .parse::<u32>()
-        .map_err(|_| UploadError::BadReruns(format!("{text:?} is not a whole number")))
+        .map_err(|_| UploadError::BadReruns(format!("{text:?} is not a whole number of 0 or more")))
 }
 
 /// The reruns a job gets: those it asked for (none unless it asks), at most `--max-reruns`
