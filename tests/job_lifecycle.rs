@@ -735,6 +735,99 @@ fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
     assert_pool_consistent(&coordinator);
 }
 
+/// An output streamed from its worker while its collection is under way, whose worker's answer
+/// stalls after its headers and half its body: a small one (within the first piece read before
+/// answering) is answered 502 with why, where its client got no status line at all before
+/// (curl: `Empty reply from server`); a larger one is answered 200 and cut part-way, as
+/// before. The job is collected once the worker answers again, and then served whole.
+#[test]
+fn an_output_whose_worker_stalls_early_is_answered_502_not_left_without_a_status() {
+    // The collection's first download stalls, and so do the two asked meanwhile.
+    let worker = FakeWorker::start_with(|k| k.stalled_downloads = 3);
+    let args = [
+        &FAST[..],
+        &["--row-results-max", "0", "--dispatch-timeout", "4"],
+    ]
+    .concat();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let big = random_bytes(200_000);
+    let form = main_py_job().file("big.bin", "application/octet-stream", &big);
+    let id = submit(&coordinator, &form);
+    let status = wait_status(&coordinator, &id, "completed", DEADLINE);
+    assert_eq!(status["results"]["collected"], false, "{status}");
+    let collecting = poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "download") >= 1).then_some(())
+    });
+    assert!(collecting.is_some(), "the collection never began");
+    let port = coordinator.port();
+    let ask = |name: &str| {
+        let head = format!("GET /outputs/{id}/{name} HTTP/1.1\r\n");
+        std::thread::spawn(move || exchange(port, &head, b""))
+    };
+    let (small, large) = (ask("result.txt"), ask("big.bin"));
+    let small = small
+        .join()
+        .unwrap_or_else(|_| panic!("the request panicked"));
+    let reply = small.unwrap_or_else(|e| panic!("no answer to the small output: {e}"));
+    let body = reply.json();
+    assert_eq!(reply.status, 502, "{body}");
+    let error = text(&body["error"]);
+    assert!(
+        error.contains("are still being collected")
+            && error.contains("broke off after")
+            && error.contains("try again in a few seconds"),
+        "{body}"
+    );
+    let large = large
+        .join()
+        .unwrap_or_else(|_| panic!("the request panicked"));
+    let cut = large
+        .map(|reply| reply.status)
+        .expect_err("a stalled output came whole");
+    assert!(cut.starts_with("body cut at"), "{cut}");
+
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    let remote = text(&status["remote_job_id"]);
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+    assert_eq!(
+        (code, bytes),
+        (200, format!("result of {remote}\n").into_bytes())
+    );
+    assert_pool_consistent(&coordinator);
+}
+
+/// A small output left on its worker that changed there since the job ended, its size kept:
+/// read whole before answering, it is refused with a 502 saying so (before, its client got no
+/// status line at all).
+#[test]
+fn a_small_output_changed_on_its_worker_is_refused_with_a_502() {
+    let worker = FakeWorker::start_with(|k| k.stream.flip_output_after_signing = true);
+    let args = [&FAST[..], &["--max-results-bytes", "10"]].concat();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &main_py_job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(
+        status["results"]["left_on_worker"],
+        serde_json::json!(["main.py", "result.txt"]),
+        "{status}"
+    );
+    let reply = exchange(
+        coordinator.port(),
+        &format!("GET /outputs/{id}/main.py HTTP/1.1\r\n"),
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("no answer: {e}"));
+    let body = reply.json();
+    assert_eq!(reply.status, 502, "{body}");
+    assert!(
+        text(&body["error"])
+            .contains("changed on its worker since the job ended (its bytes hash to"),
+        "{body}"
+    );
+}
+
 #[test]
 fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_back_whole() {
     // sandrun decodes no `%XX` and escapes each non-ASCII byte of its JSON on its own; the slow

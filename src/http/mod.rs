@@ -11,6 +11,7 @@ pub mod checked_output;
 pub mod client_address;
 pub mod cors;
 pub mod dashboard;
+pub mod first_piece;
 pub mod follow;
 pub mod follow_wire;
 pub mod grant;

@@ -9,6 +9,7 @@ use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
 use crate::base::sync::Slot;
 use crate::base::targz::{Entry, TarGz};
 use crate::http::checked_output::{CheckedOutput, Reported};
+use crate::http::first_piece::{read_first_piece, BrokeOff};
 use crate::http::redact::hide_in_text;
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
@@ -352,6 +353,14 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
                 }
                 None => response.reader,
             };
+            // Read before the status line goes out: a break within the first piece is
+            // answered 502, never as an answer without a status line.
+            let body = match read_first_piece(body, length) {
+                Ok(body) => body,
+                Err(broke) => {
+                    return broke_off((id, &job.endpoint), path, &why, length, &broke)
+                }
+            };
             Reply::Stream {
                 status: 200,
                 content_type,
@@ -366,6 +375,33 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
         ),
         Err(e) => worker_failure(id, &e),
     }
+}
+
+/// The 502 for output `path` of job `id` whose worker's (at `endpoint`) answer broke off
+/// within its first piece (`why`: why it was fetched from the worker), `length` bytes long when known. A body that hashed
+/// otherwise than reported was logged and counted as it was read.
+fn broke_off(
+    (id, endpoint): (&str, &str),
+    path: &str,
+    why: &str,
+    length: Option<u64>,
+    broke: &BrokeOff,
+) -> Reply {
+    let BrokeOff { got, error } = broke;
+    if error.kind() == io::ErrorKind::InvalidData {
+        return error_reply(
+            502,
+            format!("the output {path:?} of job {id} changed on its worker since the job ended ({error} when the job ended); it is not served"),
+        );
+    }
+    let of = length.map(|n| format!(" of {n}")).unwrap_or_default();
+    log::warn!(
+        "The output {path:?} of job {id} broke off at its worker {endpoint} after {got}{of} bytes ({error}); answered 502"
+    );
+    error_reply(
+        502,
+        format!("{why}, and its worker's answer with the output {path:?} broke off after {got}{of} bytes ({error}); nothing of it was sent; try again in a few seconds"),
+    )
 }
 
 /// `GET /download/{id}`: a `.tar.gz` of the job's collected output files, streamed with its
