@@ -99,7 +99,8 @@ fn url_path(name: &str) -> String {
 }
 
 /// `GET /outputs/{id}` as a map from file name to its listing entry, checking each
-/// `download_url` points at the coordinator's `/download` (sandrun's path).
+/// `download_url` points at the coordinator's `/download` (sandrun's path), or is null for an
+/// output that says why it is `not_collected`.
 fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
     let (status, body) = get_json(&coordinator.url(&format!("/outputs/{id}")));
     assert_eq!(status, 200, "outputs of {id}: {body}");
@@ -112,6 +113,10 @@ fn listing(coordinator: &Coordinator, id: &str) -> BTreeMap<String, Value> {
         .collect();
     assert_eq!(body["total_files"], files.len(), "{body}");
     for (name, file) in &files {
+        if file["not_collected"].is_string() {
+            assert_eq!(file["download_url"], Value::Null, "{body}");
+            continue;
+        }
         assert_eq!(
             file["download_url"],
             format!("/download/{id}/{}", url_path(name)),
@@ -931,6 +936,39 @@ fn outputs_named_with_non_ascii_and_url_characters_are_collected_and_logs_read_b
         }
     }
     assert_pool_consistent(&coordinator);
+}
+
+/// Outputs a worker lists under names that leave the job's directory are listed with a null
+/// `download_url` and why they were not collected. Before, their links read
+/// `/download/pool-.../../../evil.txt`, which clients (curl, browsers) read with the dot
+/// segments removed, landing on another route of the coordinator (404 `no such endpoint:
+/// /evil.txt`, or a job named `b.txt`). The job's other outputs keep their links.
+#[test]
+fn outputs_named_to_leave_the_job_directory_are_listed_without_a_link() {
+    let names = ["../../evil.txt", "a/../../b.txt", "/abs.txt", "x/./y.txt"];
+    let worker = FakeWorker::start_with(|k| k.listed_outputs = names.map(String::from).to_vec());
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &main_py_job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["verification"]["outputs"], "mismatch", "{status}");
+    let files = listing(&coordinator, &id);
+    assert_eq!(files.len(), names.len() + 2, "{files:?}");
+    for name in names {
+        let entry = &files[name];
+        assert_eq!(entry["download_url"], Value::Null, "{entry}");
+        assert_eq!(entry["collected"], false, "{entry}");
+        assert!(
+            text(&entry["not_collected"]).starts_with("its path is unsafe"),
+            "{entry}"
+        );
+    }
+    assert_eq!(download(&coordinator, &files["main.py"]), MAIN_PY);
+    let remote = text(&status["remote_job_id"]);
+    assert_eq!(
+        download(&coordinator, &files["result.txt"]),
+        format!("result of {remote}\n").into_bytes()
+    );
 }
 
 /// How long the fake worker takes to answer a download in the test of two jobs' ends: one

@@ -18,6 +18,7 @@ pub mod grant;
 pub mod headers;
 pub mod listing;
 pub mod metrics;
+pub mod output_entry;
 pub mod outputs;
 pub mod query;
 pub mod redact;

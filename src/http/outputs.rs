@@ -3,13 +3,14 @@
 //! from the worker (`/download/{remote}/{path}`, never `/outputs` nor the deleting
 //! `/download/{remote}`).
 
-use crate::base::file_kinds::{file_type, format_size, mime_type};
+use crate::base::file_kinds::mime_type;
 use crate::base::job::{Collection, Job, PoolStatus, StoredResults};
-use crate::base::paths::{encode_path, percent_decode, safe_relative_path};
+use crate::base::paths::{percent_decode, safe_relative_path};
 use crate::base::sync::Slot;
 use crate::base::targz::{Entry, TarGz};
 use crate::http::checked_output::{CheckedOutput, Reported};
 use crate::http::first_piece::{read_first_piece, BrokeOff};
+use crate::http::output_entry::{self, NOT_SERVED_THEN};
 use crate::http::redact::hide_in_text;
 use crate::http::replies::unknown_job;
 use crate::http::replies::{error_reply, retry_after, Reply};
@@ -21,7 +22,6 @@ use crate::state::pool_state::PoolState;
 use crate::worker::client::CallError;
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::fmt::Display;
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
@@ -150,37 +150,16 @@ fn finished_of(st: &PoolState, job: &Job) -> Result<Finished, Reply> {
     })
 }
 
-/// `GET /outputs/{id}`: the output files in sandrun's listing shape (`name`, `size`,
-/// `size_formatted`, `type`, `mime_type`, `download_url`) plus their `sha256`.
+/// `GET /outputs/{id}`: the output files in sandrun's listing shape, plus the coordinator's
+/// fields (see [`output_entry`]).
 pub fn listing(ctx: &Context, id: &str) -> Reply {
     let job = match finished(ctx, id, Duration::ZERO) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
-    let listed = job
-        .worker_status
-        .get("output_files")
-        .and_then(Value::as_object);
-    let collected: Option<HashSet<&str>> = job
-        .stored
-        .as_ref()
-        .map(|stored| stored.outputs.iter().map(|(p, _)| p.as_str()).collect());
     let files: Vec<Value> = output_paths(&job.worker_status)
-        .into_iter()
-        .map(|name| {
-            let meta = listed.and_then(|l| l.get(&name));
-            let size = meta.and_then(|m| m.get("size_bytes"));
-            json!({
-                "collected": collected.as_ref().map(|c| c.contains(name.as_str())),
-                "name": name,
-                "size": size,
-                "size_formatted": format_size(size.and_then(Value::as_u64).unwrap_or(0)),
-                "type": file_type(&name),
-                "mime_type": mime_type(&name),
-                "sha256": meta.and_then(|m| m.get("sha256")),
-                "download_url": format!("/download/{id}/{}", encode_path(&name)),
-            })
-        })
+        .iter()
+        .map(|name| output_entry::entry(id, name, &job.worker_status, job.stored.as_ref()))
         .collect();
     Reply::Json(
         200,
@@ -274,7 +253,7 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
         .is_some_and(|stored| stored.left_on_worker.iter().any(|p| p == path));
     if let Some(stored) = job.stored.as_ref().filter(|_| !left_on_worker) {
         let Some((_, span)) = stored.outputs.iter().find(|(p, _)| p == path) else {
-            let why = uncollectable(path).unwrap_or("the worker did not list it then");
+            let why = uncollectable(path).unwrap_or(NOT_SERVED_THEN);
             return error_reply(
                 404,
                 format!("the output {path:?} of job {id} was not collected: {why}"),

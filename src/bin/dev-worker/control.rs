@@ -78,6 +78,12 @@ pub struct Knobs {
     /// outputs and then deleted (a worker that lost a file: sandrun's download of it answers
     /// 500 with a filesystem error).
     pub vanished_output: Option<String>,
+    /// The simulated job's results also list outputs of these names, signed with the rest,
+    /// each with the size and sha256 of `listed\n`, though no file of the job holds them (a
+    /// worker that is not sandrun, or a tampered one: sandrun lists only the files under the
+    /// job's directory, so never a name such as `../../evil.txt`). Downloads of them answer
+    /// sandrun's 500 for a missing file.
+    pub listed_outputs: Vec<String>,
     /// `GET /status/{id}` answers carry a member `padding` of this many bytes first (a worker
     /// that adds what the coordinator does not read); 0: none.
     pub status_padding: usize,
@@ -118,6 +124,7 @@ impl Default for Knobs {
             answered_job_id: None,
             extra_output: None,
             vanished_output: None,
+            listed_outputs: Vec::new(),
             status_padding: 0,
             reported_status: None,
             drip: None,

@@ -96,6 +96,14 @@ impl Job {
         if let Some(name) = &outcome.vanished {
             let _ = std::fs::remove_file(self.dir.join(name));
         }
+        for name in outcome.listed_only {
+            let meta = FileMeta {
+                size_bytes: LISTED_ONLY.len() as u64,
+                sha256: files::sha256_bytes(LISTED_ONLY),
+                file_type: files::file_type(&name),
+            };
+            self.output_files.insert(name, meta);
+        }
         let Some(key) = key else {
             return;
         };
@@ -115,6 +123,9 @@ impl Job {
         self.signature = Some(key.sign_base64(&payload));
     }
 }
+
+/// What an output listed though no file holds it (the `listed_outputs` knob) is said to hold.
+const LISTED_ONLY: &[u8] = b"listed\n";
 
 /// The string sandrun signs:
 /// `<job_hash>|<exit_code>|<cpu_seconds>|<memory_mb>|<path>:<sha256>|...` with paths in sorted

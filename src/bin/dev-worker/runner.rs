@@ -99,6 +99,8 @@ pub struct RunOutcome {
     pub extra_outputs: Vec<String>,
     /// A listed output to delete once the outputs are hashed (see `Knobs::vanished_output`).
     pub vanished: Option<String>,
+    /// Outputs listed though no file of the job holds them (the `listed_outputs` knob).
+    pub listed_only: Vec<String>,
 }
 
 impl Runner {
@@ -157,6 +159,7 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
     let mut outcome = RunOutcome {
         cpu_seconds: knobs.cpu_seconds,
         extra_outputs: vec!["result.txt".to_string()],
+        listed_only: knobs.listed_outputs.clone(),
         ..RunOutcome::default()
     };
     if let Some(name) = &knobs.extra_output {
@@ -299,5 +302,6 @@ fn run_real(request: &RunRequest<'_>, timeout: Duration, alive: &AtomicBool) -> 
         memory_bytes,
         extra_outputs: Vec::new(),
         vanished: None,
+        listed_only: Vec::new(),
     }
 }
