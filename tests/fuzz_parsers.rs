@@ -400,6 +400,7 @@ fn state_directory_readers_refuse_damaged_or_foreign_files_cleanly() {
             logs: span,
             in_row: false,
             left_on_worker: Vec::new(),
+            served_sha256: Vec::new(),
             row_bytes: None,
         };
         if let Ok(mut reader) = spool.open_results(&stored, span) {

@@ -971,6 +971,40 @@ fn outputs_named_to_leave_the_job_directory_are_listed_without_a_link() {
     );
 }
 
+/// An output its worker served otherwise than it declared (a line appended after the job
+/// ended: 15 bytes declared, 37 served) is listed with the size and sha256 of the bytes the
+/// coordinator collected and serves, and the worker's declared figures under
+/// `worker_declared`, also after a restart. Before, the listing gave the declared 15 bytes
+/// and their sha256 while the download served 37 other bytes.
+#[test]
+fn a_collected_output_is_listed_as_it_is_served_beside_what_its_worker_declared() {
+    let worker = FakeWorker::start_with(|k| k.stream.alter_output_after_signing = true);
+    let dir = workers_dir(&[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &main_py_job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["verification"]["outputs"], "mismatch", "{status}");
+    let served = [MAIN_PY, b"altered after signing\n"].concat();
+    let declared = serde_json::json!({"size": MAIN_PY.len(), "sha256": sha256_hex(MAIN_PY)});
+    for restarted in [false, true] {
+        if restarted {
+            let stopped = coordinator.terminate(DEADLINE);
+            assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+            coordinator = Coordinator::start_in(dir.path(), &FAST);
+        }
+        let files = listing(&coordinator, &id);
+        let entry = &files["main.py"];
+        // Checks the listed size and sha256 against the bytes served.
+        assert_eq!(download(&coordinator, entry), served, "{entry}");
+        assert_eq!(entry["worker_declared"], declared, "{entry}");
+        assert_eq!(entry["size_formatted"], "37.0 B", "{entry}");
+        let result = &files["result.txt"];
+        download(&coordinator, result);
+        assert_eq!(result.get("worker_declared"), None, "{result}");
+    }
+}
+
 /// How long the fake worker takes to answer a download in the test of two jobs' ends: one
 /// collection (two downloads) then lasts at least 6 s.
 const SLOW_DOWNLOAD_DELAY: Duration = Duration::from_secs(3);

@@ -1185,6 +1185,7 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             },
             in_row: false,
             left_on_worker: Vec::new(),
+            served_sha256: Vec::new(),
             row_bytes: None,
         }));
         let record = Record {

@@ -215,6 +215,11 @@ pub struct StoredResults {
     /// `--max-results-bytes`: those whose declared size did not fit, then any cut as it came.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_on_worker: Vec<String>,
+    /// The sha256 (lowercase hex) of each collected output whose bytes hash otherwise than its
+    /// worker declared, or that it declared without one: (path, sha256). The others hash as
+    /// declared, so the record keeps no second copy of their hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_sha256: Vec<(String, String)>,
     /// The row's results bytes, while they are in memory: from the collection until the job's
     /// record committed, or loaded from the store for a read.
     #[serde(skip)]
@@ -584,6 +589,15 @@ pub fn declared_output_bytes(status: &Value) -> Option<u64> {
 /// The size a worker's `/status` answer declares for its output `path`.
 pub fn declared_size(status: &Value, path: &str) -> Option<u64> {
     size_bytes(status.get("output_files")?.get(path)?)
+}
+
+/// The sha256 a worker's `/status` answer declares for its output `path`, as it wrote it.
+pub fn declared_sha256<'a>(status: &'a Value, path: &str) -> Option<&'a str> {
+    status
+        .get("output_files")?
+        .get(path)?
+        .get("sha256")?
+        .as_str()
 }
 
 /// The `size_bytes` of one entry of a worker's `output_files`.

@@ -4,7 +4,7 @@
 //! (`--row-results-max`), else streamed to disk in a results segment.
 
 use crate::base::hex::hex;
-use crate::base::job::{declared_size, Span, StoredResults};
+use crate::base::job::{declared_sha256, declared_size, Span, StoredResults};
 use crate::base::paths::safe_relative_path;
 use crate::state::context::Context;
 use crate::store::spool::{CopyError, PinnedSegment};
@@ -210,6 +210,7 @@ pub fn collect(
         );
     }
     stored.left_on_worker.splice(0..0, planned_left);
+    stored.served_sha256 = undeclared_hashes(status, &hashes);
     if !stored.left_on_worker.is_empty() {
         log::warn!(
             "Job {id}: {} of its outputs left on its worker, past --max-results-bytes ({} bytes): {}",
@@ -225,6 +226,19 @@ pub fn collect(
         pinned,
         unserved,
     })
+}
+
+/// The collected outputs (`hashes`: path and sha256) whose sha256 is not the one their worker
+/// declared in `status`, or that it declared without one.
+fn undeclared_hashes(status: &Value, hashes: &[(String, String)]) -> Vec<(String, String)> {
+    hashes
+        .iter()
+        .filter(|(path, sha256)| {
+            !declared_sha256(status, path)
+                .is_some_and(|declared| declared.eq_ignore_ascii_case(sha256))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Where collected results lie, each output's sha256, and the outputs the worker could not
@@ -306,6 +320,7 @@ impl Fetching<'_> {
             logs,
             in_row: true,
             left_on_worker: Vec::new(),
+            served_sha256: Vec::new(),
             row_bytes: Some(bytes.into()),
         };
         Ok(Some(Gathered {
@@ -360,6 +375,7 @@ impl Fetching<'_> {
             logs: log_span,
             in_row: false,
             left_on_worker,
+            served_sha256: Vec::new(),
             row_bytes: None,
         };
         Ok((

@@ -784,6 +784,7 @@ mod tests {
             logs,
             in_row: false,
             left_on_worker: vec!["cut".to_string()],
+            served_sha256: Vec::new(),
             row_bytes: None,
         };
         let mut bytes = Vec::new();
