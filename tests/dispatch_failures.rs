@@ -844,6 +844,23 @@ fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
     );
     let (code, missing) = get_json(&coordinator.url(&format!("/outputs/{id}/ghost.txt")));
     assert_eq!(code, 404, "{missing}");
+    assert!(
+        text(&missing["error"]).contains("its worker did not list or serve it"),
+        "{missing}"
+    );
+    let (_, listing) = get_json(&coordinator.url(&format!("/outputs/{id}")));
+    let ghost = listing["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["name"] == "ghost.txt")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&ghost["collected"], &ghost["download_url"]),
+        (&Value::Bool(false), &Value::Null),
+        "{listing}"
+    );
     assert_eq!(
         worker.recording().count("GET", "logs"),
         1,
