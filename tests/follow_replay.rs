@@ -18,7 +18,7 @@ use support::follow::{
 };
 use support::lifecycle::{submit, wait_collected, wait_healthy};
 use support::sandrun::control::Printed;
-use support::{get_json, poll_until, Coordinator, FakeWorker, Form};
+use support::{get_bytes, get_json, poll_until, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -228,8 +228,15 @@ fn a_finished_jobs_big_log_is_served_by_get_logs_in_little_memory_per_client() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job());
     wait_collected(&coordinator, &id, DEADLINE);
-    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    let (code, raw) = get_bytes(&coordinator.url(&format!("/logs/{id}")));
     assert_eq!(code, 200);
+    // A newline last, as every JSON answer has.
+    assert!(
+        raw.ends_with(b"}\n"),
+        "{:?}",
+        &raw[raw.len().saturating_sub(20)..]
+    );
+    let logs: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let stdout = Printed::Lines(LOG_BYTES).bytes();
     assert!(
         logs["stdout"].as_str().map(str::as_bytes) == Some(&stdout[..]),

@@ -475,10 +475,11 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
             source.open(stored.logs)
         });
         return match opened {
+            // A newline last, as every JSON answer has.
             Ok(body) => Reply::JsonStream {
                 status: 200,
-                length: usize::try_from(stored.logs.size).ok(),
-                body,
+                length: usize::try_from(stored.logs.size + 1).ok(),
+                body: Box::new(body.chain(&b"\n"[..])),
             },
             Err(e) => unreadable(ctx, id, &format!("the collected logs of job {id}"), &e),
         };
