@@ -589,3 +589,61 @@ fn ready_answers_503_with_its_reasons_while_a_submit_would_not_be_taken_and_run(
     worker.stop();
     wait_ready(&coordinator, 503, "no worker is healthy and in service");
 }
+
+/// A request that reaches the coordinator while it starts (its port open, its job store still
+/// being recovered) is answered once it serves: a health check sent the moment the port
+/// accepts gets its 200. (Its request waited in a queue nothing read any more: 14 of 20 such
+/// starts left it unanswered.)
+#[test]
+fn a_request_sent_while_the_coordinator_starts_is_answered() {
+    let worker = FakeWorker::start();
+    for round in 0..8 {
+        let dir = support::temp_dir();
+        support::write_workers_json(dir.path(), &[worker.entry(1)]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("a free port: {e}"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--workers",
+            ])
+            .arg(dir.path().join("workers.json"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the coordinator: {e}"));
+        // At once: the port accepts from its bind, before the coordinator serves.
+        let started = Instant::now();
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => break Some(stream),
+                Err(_) if started.elapsed() < DEADLINE => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(_) => break None,
+            }
+        };
+        let answer = stream.map(|mut stream| {
+            let _ = stream.set_read_timeout(Some(DEADLINE));
+            let _ = stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            answer
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let answer = answer.unwrap_or_default();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "start {round}: the health check sent at once got {answer:?}"
+        );
+    }
+}

@@ -215,7 +215,7 @@ fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>)
 fn serve_one(ctx: &Arc<Context>, handler: Handler, waiting: Option<&Waiting>, request: Request) {
     ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
     let served = catch_unwind(AssertUnwindSafe(|| {
-        handle(ctx, handler, request).answer(ctx, waiting)
+        handled(ctx, handler, request).answer(ctx, waiting)
     }));
     if served.is_err() {
         log::error!("Answering a request panicked; its connection was closed");
@@ -245,11 +245,13 @@ impl Handled {
     }
 }
 
-/// Runs the handler of `request`; a panic in it is answered 500.
-fn handle(ctx: &Arc<Context>, handler: Handler, mut request: Request) -> Handled {
-    let streams = streams_body(&request);
-    let mut access = Access::begin(ctx, &request);
-    let reply = catch_unwind(AssertUnwindSafe(|| handler(ctx, &mut request, &mut access)));
+/// `request` with its handler's answer; a panic anywhere in the handling is answered 500 (the
+/// request stays here, to be answered where its connection is).
+fn handled(ctx: &Arc<Context>, handler: Handler, mut request: Request) -> Handled {
+    let mut access = None;
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        handle(ctx, handler, &mut request, &mut access)
+    }));
     let reply = reply.unwrap_or_else(|_| {
         log::error!(
             "The handler of {} {} panicked; answered 500",
@@ -261,15 +263,28 @@ fn handle(ctx: &Arc<Context>, handler: Handler, mut request: Request) -> Handled
             "internal error while handling the request; see the coordinator log",
         )
     });
-    if streams && reply.status() >= 400 {
-        // The body may be unread: do not wait for a slow client to send the rest.
-        request.close_after_response();
-    }
     Handled {
         request,
         reply,
         access,
     }
+}
+
+/// Runs the handler of `request`, its access log entry begun in `access`.
+fn handle(
+    ctx: &Arc<Context>,
+    handler: Handler,
+    request: &mut Request,
+    access: &mut Option<Access>,
+) -> Reply {
+    let streams = streams_body(request);
+    *access = Access::begin(ctx, request);
+    let reply = handler(ctx, request, access);
+    if streams && reply.status() >= 400 {
+        // The body may be unread: do not wait for a slow client to send the rest.
+        request.close_after_response();
+    }
+    reply
 }
 
 /// The handler threads: each runs the handlers of requests its connection threads send, and
@@ -299,16 +314,7 @@ impl Handlers {
                     .name(format!("http-{i}"))
                     .spawn(move || {
                         while let Some((request, back)) = queue.pop() {
-                            // A panic outside the handler drops the request: its
-                            // connection closes, and the thread goes on.
-                            let handled =
-                                catch_unwind(AssertUnwindSafe(|| handle(&ctx, handler, request)));
-                            match handled {
-                                Ok(handled) => drop(back.send(handled)),
-                                Err(_) => log::error!(
-                                    "Handling a request panicked; its connection was closed"
-                                ),
-                            }
+                            drop(back.send(handled(&ctx, handler, request)));
                         }
                     })
                     .map_err(|e| log::error!("Could not start HTTP handler thread {i}: {e}"))
@@ -338,6 +344,34 @@ impl Handlers {
             }
         }
         ctx.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stack of the thread that hands on the requests read while the coordinator started.
+const EARLY_STACK: usize = 64 * 1024;
+
+/// Where every request goes once read: its connection's own thread, an upload thread, or a
+/// handler (the answer written back on the calling thread).
+struct Front {
+    ctx: Arc<Context>,
+    handler: Handler,
+    quick: QuickTest,
+    uploads: Uploads,
+    waiting: Option<Arc<Waiting>>,
+    handlers: Handlers,
+}
+
+impl Front {
+    /// Serves `request` on the calling thread, or hands it on.
+    fn serve(&self, request: Request) {
+        let (ctx, waiting) = (&self.ctx, self.waiting.as_deref());
+        if streams_body(&request) {
+            self.uploads.serve(ctx, self.handler, request);
+        } else if has_body(&request) || (self.quick)(&request) {
+            serve_one(ctx, self.handler, waiting, request);
+        } else {
+            self.handlers.serve(ctx, waiting, request);
+        }
     }
 }
 
@@ -436,20 +470,39 @@ pub fn run(
             None
         }
     };
-    let uploads = Uploads::new(waiting.clone());
     let (handlers, joins) = Handlers::start(&ctx, threads, handler);
-    let inline_ctx = Arc::clone(&ctx);
+    let front = Arc::new(Front {
+        ctx: Arc::clone(&ctx),
+        handler,
+        quick,
+        uploads: Uploads::new(waiting.clone()),
+        waiting,
+        handlers,
+    });
+    let inline = Arc::clone(&front);
     server.serve_inline(Box::new(move |request| {
-        let waiting = waiting.as_deref();
-        if streams_body(&request) {
-            uploads.serve(&inline_ctx, handler, request);
-        } else if has_body(&request) || quick(&request) {
-            serve_one(&inline_ctx, handler, waiting, request);
-        } else {
-            handlers.serve(&inline_ctx, waiting, request);
-        }
+        inline.serve(request);
         None
     }));
+    // Requests read before that (while the coordinator started) wait in the server's queue.
+    let early = Arc::clone(&server);
+    let spawned = thread::Builder::new()
+        .name("http-early".to_string())
+        .stack_size(EARLY_STACK)
+        .spawn(move || {
+            while let Ok(request) = early.recv() {
+                let front = Arc::clone(&front);
+                let served = thread::Builder::new()
+                    .name("http-early".to_string())
+                    .spawn(move || front.serve(request));
+                if let Err(e) = served {
+                    log::error!("Cannot serve a request read while starting: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("Cannot serve the requests read while starting: {e}");
+    }
     for join in joins {
         let _ = join.join();
     }
