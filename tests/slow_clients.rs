@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::lifecycle::{drain_url, job_status, pool_worker, submit, wait_collected, wait_status};
+use support::sandrun::control::Printed;
 use support::{
     get, get_bytes, get_json, poll_until, post, post_multipart, send, status_of, Coordinator,
     FakeWorker, Form,
@@ -89,6 +90,51 @@ fn clients_pipelining_requests_they_never_read_hold_no_handler() {
 
 /// Clients that pipeline requests they never read, more than the handler threads.
 const PIPELINERS: usize = 6;
+
+/// The coordinator's 2xx answers so far (`trusted_pool_http_responses_total`).
+fn answered_2xx(coordinator: &Coordinator) -> u64 {
+    let (_, metrics) = get(&coordinator.url("/metrics"));
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted_pool_http_responses_total{code=\"2xx\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that pipelines requests and goes away is served no more of them: 100 requests for
+/// a job's 2 MiB log, sent at once, the connection closed after 0.3 s unread. The coordinator
+/// went on answering every one into the closed socket (a tester's 500 such requests cost 5.5
+/// CPU-seconds after their client had gone).
+#[test]
+fn requests_a_client_pipelined_before_it_went_away_are_not_served() {
+    let worker = FakeWorker::start_with(|k| k.stdout = Some(Printed::Lines(2 << 20)));
+    let coordinator = Coordinator::start(&[worker.entry(2)], &[]);
+    let id = submit(&coordinator, &small_job());
+    wait_collected(&coordinator, &id, DEADLINE);
+    let before = answered_2xx(&coordinator);
+    let request = format!("GET /logs/{id} HTTP/1.1\r\nHost: pool\r\n\r\n");
+    let mut client = stalled(&coordinator, request.repeat(100).as_bytes());
+    thread::sleep(Duration::from_millis(300));
+    // Unread answers in its socket: the close resets the connection.
+    drop(client.flush());
+    drop(client);
+    // Once no answer but the polls' own has been added for 2 s, count them.
+    let (mut prev, mut quiet_since, mut polls) = (before, Instant::now(), 0u64);
+    let settled = poll_until(Duration::from_secs(120), || {
+        let now = answered_2xx(&coordinator);
+        polls += 1;
+        if now > prev + 1 {
+            quiet_since = Instant::now();
+        }
+        prev = now;
+        (quiet_since.elapsed() > Duration::from_secs(2)).then_some(now)
+    });
+    let served = settled.unwrap_or(u64::MAX).saturating_sub(before + polls);
+    assert!(
+        served < 50,
+        "{served} of the 100 pipelined requests were answered after their client went away"
+    );
+}
 
 /// Sends `request` from address `from` and reads the answer's head (through the blank line),
 /// within [`DEADLINE`]; returns the connection, still open, and the head.

@@ -79,6 +79,9 @@ pub struct Request {
     // Patched: the raw socket of the connection, and whether to stop reading it once answered
     control: Option<RequestControl>,
     close_after_response: bool,
+    // Patched: set when the answer could not be written because its client had gone (a reset
+    // or a closed pipe, which the answer's writer takes as no error)
+    client_gone: bool,
     // Patched: the `Connection` option the answer gives, when the connection's fate differs
     // from its version's default (see `ClientConnection::next`)
     connection_option: Option<&'static str>,
@@ -340,6 +343,7 @@ where
         notify_when_responded: None,
         control,
         close_after_response: false,
+        client_gone: false,
         connection_option: None,
         body_end,
     })
@@ -620,9 +624,12 @@ impl Request {
         // Patched: an answer that failed part-way (its body could not be read, or its client
         // stopped reading) leaves the connection mid-message: it is closed at once, so the
         // client sees the cut now, not after waiting for bytes that never come.
+        // Patched: a client that went away reads no more answers: the requests it pipelined
+        // before it went are not served (0.12.0 went on answering them into the closed socket).
         if let Some(control) = &self.control {
-            if res.is_err() {
+            if res.is_err() || self.client_gone {
                 let _ = control.socket.shutdown(std::net::Shutdown::Both);
+                control.closing.store(true, Ordering::Release);
             } else if self.close_after_response {
                 // The connection's thread lingers for the rest of the body, then closes.
                 control.closing.store(true, Ordering::Release);
@@ -652,23 +659,29 @@ impl Request {
             response.connection_option(option);
         }
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        let printed = response.raw_print(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
-        ))?;
+        );
+        self.ignore_client_closing_errors(printed)?;
 
-        Self::ignore_client_closing_errors(writer.flush())
+        let flushed = writer.flush();
+        self.ignore_client_closing_errors(flushed)
     }
 
-    fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
+    // Patched: notes that the client went away (see `client_gone`).
+    fn ignore_client_closing_errors(&mut self, result: io::Result<()>) -> io::Result<()> {
         result.or_else(|err| match err.kind() {
-            ErrorKind::BrokenPipe => Ok(()),
-            ErrorKind::ConnectionAborted => Ok(()),
-            ErrorKind::ConnectionRefused => Ok(()),
-            ErrorKind::ConnectionReset => Ok(()),
+            ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset => {
+                self.client_gone = true;
+                Ok(())
+            }
             _ => Err(err),
         })
     }
