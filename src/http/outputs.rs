@@ -352,7 +352,7 @@ pub fn file(ctx: &Arc<Context>, id: &str, raw_path: &str, as_attachment: bool) -
             404,
             format!("the output {path:?} of job {id} was not collected ({LEFT_ON_WORKER}), and its worker no longer has it"),
         ),
-        Err(e) => worker_failure(id, &e),
+        Err(e) => worker_failure(id, &why, &e),
     }
 }
 
@@ -484,10 +484,8 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
             Err(e) => unreadable(ctx, id, &format!("the collected logs of job {id}"), &e),
         };
     }
-    let slot = match fetch_slot(
-        ctx,
-        &format!("the results of job {id} are still being collected"),
-    ) {
+    let why = format!("the results of job {id} are still being collected");
+    let slot = match fetch_slot(ctx, &why) {
         Ok(slot) => slot,
         Err(reply) => return reply,
     };
@@ -495,12 +493,13 @@ pub fn logs(ctx: &Context, id: &str) -> Reply {
     drop(slot);
     match fetched {
         Ok(logs) => Reply::Json(200, logs),
-        Err(e) => worker_failure(id, &e),
+        Err(e) => worker_failure(id, &why, &e),
     }
 }
 
-/// Maps a failed call to the job's worker: its 404 and its 500-for-a-missing-file become 404.
-fn worker_failure(id: &str, e: &CallError) -> Reply {
+/// Maps a failed call to the job's worker, whose answer was asked for `why` (the start of the
+/// message): its 404 and its 500-for-a-missing-file become 404.
+fn worker_failure(id: &str, why: &str, e: &CallError) -> Reply {
     match e {
         CallError::Status { code: 404 | 500, message } => error_reply(
             404,
@@ -509,16 +508,35 @@ fn worker_failure(id: &str, e: &CallError) -> Reply {
         CallError::Unfetchable(why) => {
             error_reply(404, format!("this output of job {id} cannot be fetched: {why}"))
         }
-        CallError::Shortage(why) => retry_after(
+        CallError::Shortage(short) => retry_after(
             SHORTAGE_RETRY_AFTER,
             error_reply(
                 503,
-                format!("the results of job {id} are not collected yet, and the coordinator is short of resources to fetch them from its worker ({why}); try again shortly"),
+                format!("{why}, and the coordinator is short of resources to ask its worker ({short}); try again shortly"),
             ),
         ),
         other => error_reply(
             502,
-            format!("the results of job {id} are not collected yet and its worker failed to serve them ({other}); try again shortly"),
+            format!("{why}, and its worker failed to answer ({other}); try again shortly"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fetch_from_a_worker_says_why_it_was_asked() {
+        let left =
+            "the output \"big.bin\" of job pool-1 is served from its worker (--max-results-bytes)";
+        let timed_out = CallError::Transport("timed out reading the body".to_string());
+        let Reply::Json(502, body) = worker_failure("pool-1", left, &timed_out) else {
+            panic!("not a 502");
+        };
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with(left), "{error}");
+        assert!(!error.contains("not collected yet"), "{error}");
+        assert!(error.contains("timed out reading the body"), "{error}");
     }
 }
