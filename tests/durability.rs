@@ -1085,6 +1085,17 @@ fn under_another_programs_write_lock_a_submit_is_answered_within_the_lock_wait()
     );
 }
 
+/// A connection to the coordinator's job store holding a read transaction open (as a
+/// `sqlite3` session would), which blocks the store's checkpoints until it ends.
+fn a_reader_holding_the_store(coordinator: &Coordinator) -> rusqlite::Connection {
+    let reader = rusqlite::Connection::open(coordinator.state_dir().join("jobs.db"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM jobs;")
+        .unwrap_or_else(|e| panic!("{e}"));
+    reader
+}
+
 /// A `sqlite3` session that keeps a read transaction open while jobs keep coming (never a second
 /// idle) blocks every checkpoint: the log warns once none completed for a minute (it used to
 /// say nothing while the store was busy), and says when the WAL is checkpointed again after
@@ -1092,11 +1103,7 @@ fn under_another_programs_write_lock_a_submit_is_answered_within_the_lock_wait()
 #[test]
 fn a_checkpoint_blocked_while_jobs_keep_coming_is_logged_within_about_a_minute() {
     let (coordinator, _worker, _) = a_pool_with_a_finished_job();
-    let reader = rusqlite::Connection::open(coordinator.state_dir().join("jobs.db"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    reader
-        .execute_batch("BEGIN; SELECT count(*) FROM jobs;")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let reader = a_reader_holding_the_store(&coordinator);
     let started = Instant::now();
     let warned = poll_until(Duration::from_secs(150), || {
         let reply = submit_reply(&coordinator, &job("while read"));
@@ -1139,11 +1146,7 @@ fn an_idle_store_counts_as_checkpointed_and_a_reader_after_it_is_not_warned_of_a
         idle["seconds_since_checkpoint"].as_f64().unwrap_or(99.0) < 2.5,
         "an idle store with an empty WAL counted as not checkpointed: {idle}"
     );
-    let reader = rusqlite::Connection::open(coordinator.state_dir().join("jobs.db"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    reader
-        .execute_batch("BEGIN; SELECT count(*) FROM jobs;")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let reader = a_reader_holding_the_store(&coordinator);
     let started = Instant::now();
     let id = submit(&coordinator, &job("while read after idle"));
     wait_collected(&coordinator, &id, DEADLINE);
