@@ -210,6 +210,16 @@ fn answer(ctx: &Context, request: Request, reply: Reply, access: Option<Access>)
     }
 }
 
+/// Refuses `request` 503 with `Retry-After: 1` and `why`: the coordinator is busy, not broken.
+/// `close` ends the connection after the answer (its unread body is left behind).
+fn refuse_busy(ctx: &Context, mut request: Request, why: impl Into<String>, close: bool) {
+    let access = Access::begin(ctx, &request);
+    if close {
+        request.close_after_response();
+    }
+    answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+}
+
 /// Serves one request on the calling thread. A panic anywhere in it (the handler's is answered
 /// 500; one while answering closes the connection) is logged and leaves the thread serving.
 fn serve_one(ctx: &Arc<Context>, handler: Handler, waiting: Option<&Waiting>, request: Request) {
@@ -329,9 +339,8 @@ impl Handlers {
     /// (the request's connection thread, which waits for it anyway).
     fn serve(&self, ctx: &Arc<Context>, waiting: Option<&Waiting>, request: Request) {
         if !self.running {
-            let access = Access::begin(ctx, &request);
             let why = "no handler thread could be started; see the coordinator log";
-            answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+            refuse_busy(ctx, request, why, false);
             return;
         }
         ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
@@ -411,7 +420,7 @@ impl Uploads {
 
     /// Serves a request whose body is still to be read: on an upload thread, or 503 when too
     /// many are read, or its client's address has its share of them.
-    fn serve(&self, ctx: &Arc<Context>, handler: Handler, mut request: Request) {
+    fn serve(&self, ctx: &Arc<Context>, handler: Handler, request: Request) {
         let max = ctx.config.max_uploads;
         let client = client_address(&ctx.config.trusted_proxies, &request);
         let why = match Place::take(&ctx.uploads_receiving, max, &ctx.upload_shares, client) {
@@ -423,9 +432,7 @@ impl Uploads {
                 "{max} uploads are being received (--max-uploads); submit again in a few seconds"
             ),
         };
-        let access = Access::begin(ctx, &request);
-        request.close_after_response();
-        answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+        refuse_busy(ctx, request, why, true);
     }
 
     /// Serves `request` on an upload thread, holding `place` until it is answered.
@@ -442,11 +449,9 @@ impl Uploads {
         });
         if let Err(e) = self.threads.run(task) {
             log::error!("Could not start an upload thread: {e}");
-            if let Some(mut request) = parcel.take() {
-                let access = Access::begin(ctx, &request);
-                request.close_after_response();
+            if let Some(request) = parcel.take() {
                 let why = format!("no thread to read the upload ({e}); retry shortly");
-                answer(ctx, request, retry_after(1, error_reply(503, why)), access);
+                refuse_busy(ctx, request, why, true);
             }
         }
     }
