@@ -109,6 +109,8 @@ OPTIONS:
     --retain-bytes N         results kept on disk: past this, the oldest finished jobs' results
                              segments are forgotten, whole; 0 = no limit     [default: 0]
     --max-queued-jobs N      beyond this many queued jobs /submit answers 503 [default: 10000]
+    --max-names-bytes N      file names, content types and labels the jobs not yet ended hold
+                             in memory; beyond them /submit answers 503 [default: 33554432]
     --shutdown-grace SECS    on SIGTERM/SIGINT, how long to wait for requests and dispatches
                              in flight before exiting                     [default: 30]
     --cors-origin ORIGIN     a web origin (http://host:port) whose pages may call the API
@@ -686,6 +688,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             "--max-queued-jobs",
             positive::<usize>,
             d.max_queued_jobs,
+        )?,
+        max_names_bytes: value(
+            args,
+            "--max-names-bytes",
+            positive::<u64>,
+            d.max_names_bytes,
         )?,
         shutdown_grace: value(args, "--shutdown-grace", grace, d.shutdown_grace)?,
         cors_origins: cors_origins(args)?,

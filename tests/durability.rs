@@ -881,6 +881,16 @@ fn store_figures(coordinator: &Coordinator) -> Value {
     get_json(&coordinator.url("/pool")).1["store"].clone()
 }
 
+/// The error of a submit refused 503 with `Retry-After: 5` (the coordinator is busy or full).
+fn busy_error(reply: &support::Reply) -> String {
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("Retry-After"), Some("5"));
+    reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Submits `form`, whatever the answer.
 fn submit_reply(coordinator: &Coordinator, form: &Form) -> support::Reply {
     send(
@@ -967,12 +977,7 @@ fn a_sqlite3_session_on_the_job_store_never_stalls_submits_and_its_lock_answers_
         .execute_batch("BEGIN IMMEDIATE")
         .unwrap_or_else(|e| panic!("{e}"));
     let (reply, _) = timed_submit(&coordinator, &job("while locked"));
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert_eq!(reply.header("Retry-After"), Some("5"));
-    let error = reply.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = busy_error(&reply);
     assert!(
         error.contains("locked by another program") && error.contains("try again"),
         "{error}"
@@ -1992,12 +1997,7 @@ fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() 
     let uploads = coordinator.state_dir().join("uploads");
     let files_before = files_in(&uploads);
     let reply = submit_reply(&coordinator, &job("one too many"));
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert_eq!(reply.header("Retry-After"), Some("5"));
-    assert!(reply.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("queue is full"));
+    assert!(busy_error(&reply).contains("queue is full"));
     let (_, after) = get_json(&coordinator.url("/pool"));
     assert_eq!(after["spool"], before["spool"], "the spool changed");
     assert_eq!(
@@ -2006,6 +2006,100 @@ fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() 
     );
     assert_eq!(after["queued_jobs"], 3);
     assert_eq!(files_in(&uploads), files_before);
+}
+
+/// A job of `files` files named with `name_bytes` bytes each (and its `main.py`).
+fn job_with_long_names(token: &str, files: usize, name_bytes: usize) -> Form {
+    (0..files).fold(job(token), |form, i| {
+        let name = format!("{i:04}{}", "n".repeat(name_bytes - 4));
+        form.file(&name, "application/octet-stream", b"x")
+    })
+}
+
+/// The file names, content types and labels the jobs not yet ended hold in memory are bounded
+/// (`--max-names-bytes`): a job that does not fit is refused 503 with `Retry-After`, nothing
+/// kept; one that could never fit is 413; ended jobs give their room back, and jobs recovered
+/// at a restart hold theirs (a full coordinator refuses before it reads a body).
+#[test]
+fn the_names_jobs_hold_in_memory_are_bounded() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let args = ["--max-names-bytes", "20000", "--upload-memory-bytes", "0"];
+    let mut coordinator = Coordinator::start(&[worker.entry(1)], &args);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &coordinator,
+                &job_with_long_names(&format!("fits {i}"), 20, 200),
+            )
+        })
+        .collect();
+    let (_, before) = get_json(&coordinator.url("/pool"));
+    let held = before["queue"]["names_bytes"].as_u64().unwrap_or_default();
+    assert!((15_000..20_000).contains(&held), "{before}");
+    assert_eq!(before["queue"]["max_names_bytes"], 20000);
+    let uploads = coordinator.state_dir().join("uploads");
+    let files_before = files_in(&uploads);
+    let reply = submit_reply(&coordinator, &job_with_long_names("no room", 20, 200));
+    let error = busy_error(&reply);
+    assert!(
+        error.contains(&format!("beside the {held} bytes"))
+            && error.contains("--max-names-bytes 20000"),
+        "{error}"
+    );
+    let reply = submit_reply(&coordinator, &job_with_long_names("never fits", 80, 250));
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(
+        reply.text().contains("more than --max-names-bytes 20000"),
+        "{}",
+        reply.text()
+    );
+    let (_, after) = get_json(&coordinator.url("/pool"));
+    assert_eq!(after["spool"], before["spool"], "the spool changed");
+    assert_eq!(
+        after["store"]["rows"], before["store"]["rows"],
+        "a row was written"
+    );
+    assert_eq!(after["queue"]["names_bytes"], held);
+    assert_eq!(files_in(&uploads), files_before);
+    assert!(
+        !coordinator.logs().contains("Submit failed"),
+        "{}",
+        coordinator.logs()
+    );
+    // A small job still fits; a cancelled one gives its room back.
+    submit(&coordinator, &job("small"));
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{}", ids[0])), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let freed = poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let now = pool["queue"]["names_bytes"].as_u64().unwrap_or(u64::MAX);
+        (now < held).then_some(now)
+    });
+    assert!(freed.is_some(), "the cancelled job's names stayed counted");
+    submit(&coordinator, &job_with_long_names("fits again", 20, 200));
+    // Restarted with less room than its queued jobs hold, it refuses before reading a body.
+    let dir = coordinator.dir().to_path_buf();
+    coordinator.kill();
+    let restarted = Coordinator::start_in(&dir, &["--max-names-bytes", "1000"]);
+    let (_, pool) = get_json(&restarted.url("/pool"));
+    let recovered = pool["queue"]["names_bytes"].as_u64().unwrap_or_default();
+    assert!(recovered >= held, "{pool}");
+    let reply = submit_reply(&restarted, &job("after the restart"));
+    let error = busy_error(&reply);
+    assert!(
+        error.contains(&format!("hold {recovered} bytes of file names")),
+        "{error}"
+    );
+    let (code, ready) = get_json(&restarted.url("/ready"));
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--max-names-bytes"),
+        "{ready}"
+    );
 }
 
 /// A client that sends its whole upload before it reads (as most HTTP libraries do) gets the

@@ -153,6 +153,9 @@ pub struct ServeConfig {
     pub retain_bytes: u64,
     /// Queued jobs beyond which `/submit` answers 503.
     pub max_queued_jobs: usize,
+    /// Bytes of file names, content types and labels the jobs not yet ended may hold in memory
+    /// (see [`crate::base::job::Job::names_bytes`]); beyond them `/submit` answers 503.
+    pub max_names_bytes: u64,
     /// How long a graceful shutdown waits for requests and dispatches in flight.
     pub shutdown_grace: Duration,
     /// Origins whose pages may call the API from a browser (`*`: any); empty: none.
@@ -224,6 +227,7 @@ impl Default for ServeConfig {
             retain_for: Duration::from_secs(7 * 24 * 3600),
             retain_bytes: 0,
             max_queued_jobs: 10_000,
+            max_names_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             cors_origins: Vec::new(),
             metrics_open: false,

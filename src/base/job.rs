@@ -481,6 +481,17 @@ impl Job {
         }
     }
 
+    /// What its file names, their content types and its labels take in memory while it is in
+    /// the table (their bytes, and each entry's own size): counted against `--max-names-bytes`.
+    pub fn names_bytes(&self) -> u64 {
+        let files = self
+            .inputs
+            .iter()
+            .map(|f| size_of::<InputFile>() + f.filename.len() + f.content_type.len());
+        let labels = self.labels().iter().map(|l| size_of::<String>() + l.len());
+        files.chain(labels).sum::<usize>() as u64
+    }
+
     /// The labels a worker must carry to run it (none: any worker).
     pub fn labels(&self) -> &[String] {
         self.labels.as_deref().unwrap_or_default()

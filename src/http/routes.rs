@@ -573,6 +573,9 @@ fn ready(ctx: &Context) -> Reply {
         if st.queue.len() >= ctx.config.max_queued_jobs {
             reason("the queue is full (--max-queued-jobs)");
         }
+        if st.names_bytes() >= ctx.config.max_names_bytes {
+            reason("the jobs queued and running hold --max-names-bytes of file names in memory");
+        }
         if st.submits_paused.is_some() {
             reason("submits are paused by an operator (POST /submits/resume)");
         }
@@ -634,6 +637,7 @@ fn pool(ctx: &Context, caller: &Caller) -> Reply {
         }
         view
     };
+    view["queue"]["max_names_bytes"] = ctx.config.max_names_bytes.into();
     view["spool"] = spool_view(&ctx.spool);
     view["disk"] = disk_view(&ctx.disk_reserve);
     view["files_from_workers"] = ctx.worker_fetches.load(Ordering::SeqCst).into();
@@ -892,6 +896,9 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             );
             return retry_after(PAUSED_RETRY_AFTER, reply);
         }
+        if let Err(e) = upload::names_room(&st, ctx.config.max_names_bytes, 0) {
+            return retry_after(SUBMIT_RETRY_AFTER, error_reply(e.status(), e.to_string()));
+        }
         st.queue.len()
     };
     if queued >= ctx.config.max_queued_jobs {
@@ -934,6 +941,10 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         // Refused as a submit that came while paused is: no failure of the coordinator's.
         Err(e @ upload::UploadError::Paused(_)) => {
             retry_after(PAUSED_RETRY_AFTER, error_reply(e.status(), e.to_string()))
+        }
+        // The coordinator is full, not failing: no error in its log.
+        Err(e @ upload::UploadError::NamesFull { .. }) if e.status() == 503 => {
+            retry_after(SUBMIT_RETRY_AFTER, error_reply(e.status(), e.to_string()))
         }
         Err(e) => {
             if e.status() >= 500 {

@@ -76,6 +76,17 @@ pub enum UploadError {
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
+    /// The job's file names, content types and labels (`job` bytes; 0 when the body is not
+    /// read yet) do not fit beside the `held` bytes of the jobs not yet ended, at most `max`
+    /// (`--max-names-bytes`).
+    NamesFull {
+        /// What the job's names take ([`Job::names_bytes`]).
+        job: u64,
+        /// What the jobs in the table hold.
+        held: u64,
+        /// `--max-names-bytes`.
+        max: u64,
+    },
     /// Submits were paused while the body arrived (for this many seconds now).
     Paused(f64),
     /// A priority that is not `high`, `normal` or `low`, or given twice.
@@ -139,6 +150,8 @@ impl UploadError {
             Self::Stalled(_) => 408,
             Self::TooLarge(_) | Self::TooManyFiles(_) => 413,
             Self::TooManyQueued(_) => 429,
+            Self::NamesFull { job, max, .. } if job > max => 413,
+            Self::NamesFull { .. } => 503,
             Self::Paused(_) => 503,
             Self::SubmitKeyBusy(_) => 409,
             Self::SubmitKeyReused { .. } => 422,
@@ -213,6 +226,18 @@ impl fmt::Display for UploadError {
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
+            ),
+            Self::NamesFull { job: 0, held, max } => write!(
+                f,
+                "the jobs queued and running hold {held} bytes of file names, content types and labels in memory, the most --max-names-bytes {max} allows; submit again once some have ended"
+            ),
+            Self::NamesFull { job, max, .. } if job > max => write!(
+                f,
+                "this job's file names, content types and labels take {job} bytes in memory, more than --max-names-bytes {max} allows for all jobs; use fewer files (pack them into one .tar.gz or .zip) or shorter names"
+            ),
+            Self::NamesFull { job, held, max } => write!(
+                f,
+                "this job's file names, content types and labels ({job} bytes in memory) do not fit beside the {held} bytes the jobs queued and running hold (--max-names-bytes {max}); it is not queued. Submit again once some have ended"
             ),
             Self::SubmitKeyBusy(key) => write!(
                 f,
@@ -867,6 +892,25 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
     }
 }
 
+/// `Ok` while the jobs in the table hold room for `job` bytes more of file names, content
+/// types and labels (`max`, `--max-names-bytes`); `job` 0 asks whether any room is left,
+/// before a body is read.
+pub fn names_room(
+    st: &crate::state::pool_state::PoolState,
+    max: u64,
+    job: u64,
+) -> Result<(), UploadError> {
+    let held = st.names_bytes();
+    let fits = match job {
+        0 => held < max,
+        _ => held.saturating_add(job) <= max,
+    };
+    match fits {
+        true => Ok(()),
+        false => Err(UploadError::NamesFull { job, held, max }),
+    }
+}
+
 /// Accepts a submit whose headers passed [`check_headers`]: spools the upload and queues the job;
 /// returns the new job id. When a worker has room the job is assigned and its dispatch started
 /// right here, before the answer: a hop through the scheduler thread costs a wake-up, which on a
@@ -891,6 +935,8 @@ pub fn accept(
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
     check_labels(ctx, options.labels.as_deref().unwrap_or_default())?;
+    let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
+    job.labels = options.labels.clone().map(Vec::into_boxed_slice);
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads). A pause
     // that came while the body arrived refuses it: the pause answers once every submit past
@@ -901,10 +947,10 @@ pub fn accept(
             return Err(UploadError::Paused(secs));
         }
         room_in(&st, caller)?;
+        names_room(&st, ctx.config.max_names_bytes, job.names_bytes())?;
         Slot::take(&ctx.submits_recording, usize::MAX)
     };
     let stored = writer.finish().map_err(UploadError::Spool)?;
-    let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.owner = caller.name().map(str::to_string);
     job.submit_key = submit_key.zip(digest).map(|(key, mut digest)| {
         options.feed(&mut digest);
@@ -914,7 +960,6 @@ pub fn accept(
         })
     });
     job.priority = options.priority.unwrap_or_default();
-    job.labels = options.labels.clone().map(Vec::into_boxed_slice);
     job.queue_timeout = queue_timeout;
     job.reruns = (reruns > 0).then(|| {
         Box::new(Reruns {

@@ -121,6 +121,7 @@ fn queue_view(st: &PoolState) -> Value {
         "by_owner": by_owner,
         "timed_out": st.metrics.queue_timeouts(),
         "reruns": st.metrics.reruns(),
+        "names_bytes": st.names_bytes(),
     })
 }
 

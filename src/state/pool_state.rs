@@ -553,6 +553,9 @@ pub struct PoolState {
     pub queue: JobQueue,
     /// Jobs per status, overall and per owner.
     counts: JobCounts,
+    /// What the jobs in the table hold in file names, content types and labels
+    /// ([`Job::names_bytes`]).
+    names_bytes: u64,
     /// Where the next tie between equally loaded workers starts looking.
     pub rotation: usize,
     /// The last reload of workers.json, if any.
@@ -710,6 +713,7 @@ impl PoolState {
         }
         self.counts.add(&job, PoolStatus::Queued);
         self.recent.push(&job.id);
+        self.names_bytes += job.names_bytes();
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
@@ -721,12 +725,14 @@ impl PoolState {
         self.recent.remove(id);
         if let Some(job) = self.jobs.remove(id) {
             self.counts.remove(&job, job.status);
+            self.names_bytes = self.names_bytes.saturating_sub(job.names_bytes());
         }
     }
 
     /// Puts a recovered job that is not queued back into the table, as it is.
     pub fn restore(&mut self, job: Job) {
         self.counts.add(&job, job.status);
+        self.names_bytes += job.names_bytes();
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
 
@@ -926,6 +932,12 @@ impl PoolState {
             .map_or(0, |counts| counts[status.index()])
     }
 
+    /// What the jobs in the table hold in file names, content types and labels: at most
+    /// `--max-names-bytes`, give or take the submits recorded at once.
+    pub fn names_bytes(&self) -> u64 {
+        self.names_bytes
+    }
+
     /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
     pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; PoolStatus::ALL.len()])> {
         self.counts.by_owner.iter().map(|(o, c)| (o.as_str(), c))
@@ -939,6 +951,7 @@ impl PoolState {
                 // Its owner's counts keep it: an owner's settled jobs stay counted (`/pool`
                 // shows them per key).
                 self.counts.all[job.status.index()] -= 1;
+                self.names_bytes = self.names_bytes.saturating_sub(job.names_bytes());
                 self.cpu_window.record(&job, unix_now());
             }
         }
