@@ -27,9 +27,15 @@ use support::{
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.05"];
 
-/// A fake worker without sandrun's per-IP limits (so the coordinator's own limits decide).
+/// A fake worker without sandrun's per-IP limits (so the coordinator's own limits decide),
+/// that takes a job up within 5 ms, and lives on where sandrun dies of SIGPIPE. A stream opened
+/// once its job runs (which the 5 ms makes the rule, not the exception of sandrun's second)
+/// leaves sandrun to write the job's last frames to it; when the coordinator is killed before,
+/// they go to a closed connection and kill sandrun. These tests are about the coordinator's
+/// store, and kill it often.
 fn roomy(job_duration: Duration) -> impl FnOnce(&mut Knobs) {
     move |k: &mut Knobs| {
+        k.survives_sigpipe = true;
         k.job_duration = job_duration;
         k.max_active_per_ip = 1000;
         k.max_jobs_per_hour = 1_000_000;

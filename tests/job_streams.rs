@@ -19,6 +19,7 @@ use support::follow::{follow_logs, follow_websocket, open_follow_unread};
 use support::lifecycle::{
     drain_url, exchange, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
 };
+use support::sandrun::control::Printed;
 use support::{
     get, get_json, poll_until, post, send, send_with, Coordinator, FakeWorker, Form, Recording,
 };
@@ -150,41 +151,78 @@ fn a_jobs_end_is_seen_within_100_ms_of_the_done_frame_at_track_interval_5() {
     });
 }
 
+/// A job that runs on its worker is followed again after a restart by polling, not on a new
+/// stream: a stream opened while its job runs leaves sandrun to write the job's last frames to
+/// it, and a coordinator stopped again before the job ends would have them go to a closed
+/// connection, which kills sandrun (SIGPIPE). sandrun answers a `/status` sent during the run
+/// at its end, so the end is seen at once all the same.
 #[test]
-fn a_running_job_is_followed_on_its_stream_again_after_kill_9() {
-    // Long enough for the restart to come up while the job still runs.
-    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(10));
+fn a_running_job_is_followed_again_after_kill_9_by_polling() {
+    // Long enough for the restart to come up while the job still runs; sandrun's pickup, so
+    // the first stream joins while the job is queued.
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(10);
+        k.poll_interval = SANDRUN_PICKUP;
+    });
     let args = ["--health-interval", "1", "--track-interval", "5"];
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job());
     let dir = coordinator.dir().to_path_buf();
-    // Killed once the store holds the worker's job id (the job is then on its worker).
+    // Killed once the store holds the worker's job id and the job runs there.
     poll_until(DEADLINE, || stored_remote_id(&dir, &id))
         .unwrap_or_else(|| panic!("job {id} never reached the store as dispatched"));
-    // The record may commit before the stream thread's request reaches the worker; the restart's
-    // stream is told apart from this one by count, so this one must be in first.
-    poll_until(DEADLINE, || {
-        (worker.recording().count("GET", "stream") >= 1).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the first coordinator never opened the job's stream"));
+    wait_status(&coordinator, &id, "running", DEADLINE);
     coordinator.kill();
     let restarted = Coordinator::start_in(&dir, &args);
     let pool = poll_until(DEADLINE, || {
         let (_, pool) = get_json(&restarted.url("/pool"));
-        (pool["jobs_streamed"] == 1).then_some(pool)
+        (pool["jobs_polled"] == 1).then_some(pool)
     })
-    .unwrap_or_else(|| panic!("the recovered job is not followed by stream"));
-    assert_eq!(pool["jobs_polled"], 0, "{pool}");
-    assert_eq!(pool_worker(&pool, &worker)["jobs_streamed"], 1, "{pool}");
+    .unwrap_or_else(|| panic!("the recovered job is not followed by polling"));
+    assert_eq!(pool["jobs_streamed"], 0, "{pool}");
     let lag = end_seen_after_done(&restarted, &worker, &id);
     assert!(
         lag <= MAX_LAG,
         "the end was seen {lag:?} after [DONE] (track interval 5 s)"
     );
-    assert!(worker.recording().count("GET", "stream") >= 2);
+    assert_eq!(worker.recording().count("GET", "stream"), 1);
     let status = wait_collected(&restarted, &id, DEADLINE);
     assert_eq!(status["verification"]["signature"], "verified", "{status}");
+    assert_eq!(worker.recording().faults, Vec::<String>::new());
+}
+
+/// A stream opened once its job runs (sandrun's executor took it up before the coordinator
+/// subscribed) gets, after the executor's `[DONE]`, the answer of sandrun's own route, which
+/// waited for the run's end: its status line, the final logs, a `[DONE]` of its own and a
+/// close. The coordinator reads them to the close: a stream closed before them would make one
+/// of their writes raise SIGPIPE, which kills sandrun (sandrun's most stdout, 10 MB, more than
+/// the sockets' buffers hold, made it certain).
+#[test]
+fn a_stream_opened_while_its_job_runs_is_read_to_the_workers_close() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(2);
+        k.poll_interval = Duration::from_millis(1);
+        k.stdout = Some(Printed::Lines(10_000_000));
+        k.stderr = Some(Printed::Lines(4096));
+    });
+    let coordinator = coordinator_for(&worker, "5");
+    for _ in 0..2 {
+        let id = submit(&coordinator, &job());
+        let status = wait_collected(&coordinator, &id, DEADLINE);
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        assert_eq!(status["verification"]["signature"], "verified", "{status}");
+        let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+        let stdout = logs["stdout"].as_str().unwrap_or_default();
+        assert_eq!(code, 200);
+        assert!(
+            stdout.len() >= 9_000_000,
+            "{} bytes of stdout",
+            stdout.len()
+        );
+    }
+    assert_eq!(worker.recording().count("GET", "stream"), 2);
+    assert_eq!(worker.recording().faults, Vec::<String>::new());
 }
 
 /// A job's worker job id as the store holds it (read beside the running coordinator).

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::lifecycle::{exchange, pool_worker, submit, wait_healthy};
+use support::sandrun::control::Printed;
 use support::{get_json, poll_until, post, Coordinator, FakeWorker, Form, Knobs};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -178,6 +179,34 @@ fn short_jobs_with_tiny_cpu_figures_verify_with_and_without_done_figures() {
 }
 
 /// Waits until the worker's `/pool` entry has `is_healthy` == `healthy`; returns the entry.
+/// sandrun sends a job's whole stdout in one frame, before its `[STDERR]` frame and the real
+/// `[DONE]` line: a job that prints a `[DONE]` line of its own changes no verdict and takes no
+/// worker out of service (its figures, which `/status` contradicts, are not taken).
+#[test]
+fn output_that_looks_like_the_done_line_changes_no_verdict_and_kills_no_worker() {
+    let worker = worker();
+    let coordinator = start(&worker, &["--require-verified"]);
+    worker.set(|k| {
+        k.stdout = Some(Printed::Text(
+            "[DONE] Job completed (exit=0, CPU=0.123456s, Mem=7MB)\n",
+        ));
+        k.stderr = Some(Printed::Text("a warning\n"));
+    });
+    for _ in 0..3 {
+        let id = submit(&coordinator, &job());
+        let status = collected(&coordinator, &id);
+        assert_eq!(status["pool_status"], "completed", "{status}");
+        assert_eq!(
+            verdict(&status),
+            ("verified".into(), "match".into()),
+            "{status}"
+        );
+    }
+    assert_eq!(worker.recording().faults, Vec::<String>::new());
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool_worker(&pool, &worker)["is_healthy"], true, "{pool}");
+}
+
 fn wait_health(coordinator: &Coordinator, worker: &FakeWorker, healthy: bool) -> Value {
     poll_until(DEADLINE, || {
         let (_, pool) = get_json(&coordinator.url("/pool"));

@@ -1,7 +1,10 @@
 //! Recovery at start: the jobs the store holds that had not settled when the coordinator last
 //! stopped. Queued jobs wait again in submission order with their uploads; jobs a worker
-//! accepted are followed again, on the worker's stream as at dispatch and by polling (and hold
-//! their worker's slot from the start); a job whose
+//! accepted are followed again by polling, not on a stream (and hold their worker's slot from
+//! the start): a stream opened while its job runs leaves sandrun to write the job's last frames
+//! to it, and should the coordinator stop before the job ends, they would go to a closed
+//! connection, which kills sandrun (SIGPIPE); sandrun answers a `/status` sent during a run at
+//! its end (it waits for the jobs lock), so polling sees the end as soon; a job whose
 //! submit was sent but whose answer was never recorded is lost (never sent twice), or queued
 //! again when it asked for reruns; finished jobs whose results were not collected yet are
 //! collected; cancelled jobs still ending on their workers hold their slots until they end there.
@@ -9,7 +12,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
-use crate::pool::{rerun, stream, tracker};
+use crate::pool::{rerun, tracker};
 use crate::state::context::Context;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::{PoolState, RECENT_JOBS};
@@ -171,7 +174,6 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     let mut settle = Vec::new();
     let mut queued = Vec::new();
     let mut trackers = Vec::new();
-    let mut streams = Vec::new();
     for mut job in jobs {
         let id = job.id.clone();
         let worker = job_worker(&st, &job);
@@ -226,15 +228,12 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
                     );
                     lose_or_rerun(ctx, &mut st, job, why, "", &mut settle, &mut counts);
                 }
-                (Some(remote), Some(index)) => {
-                    let remote = remote.clone();
+                (Some(_), Some(index)) => {
                     counts.followed += 1;
                     job.heard_from_worker(now);
                     hold_slot(&mut st, index, &job);
                     let w = &mut st.workers[index];
                     w.tracked.push(id.clone());
-                    w.streaming.push(id.clone());
-                    streams.push((index, id, w.spec.endpoint.clone(), remote));
                     trackers.push(index);
                     st.restore(job);
                 }
@@ -320,11 +319,6 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
         st.workers[*index].tracker_running = true;
     }
     drop(st);
-    // Jobs a worker runs are followed on its stream again, as at dispatch: sandrun replays
-    // nothing from before, but what comes now still tells the end (and its figures).
-    for (index, id, endpoint, remote) in streams {
-        stream::subscribe(ctx, index, id, endpoint, remote);
-    }
     for index in trackers {
         tracker::start(ctx, index);
     }

@@ -2,19 +2,21 @@
 //! per job in flight. The stream tells the job's start and end at once: `[STATUS] Job started`
 //! (or `[STATUS] Job status: running` for a stream opened while the job ran, as after a
 //! restart) moves the job to `running`, output frames go to the job's followers, and at `[DONE]`
-//! (its CPU, exit and memory figures kept for the signature check) the coordinator closes the
-//! stream (sandrun leaves it open) and the same thread follows the job's end up at once: status,
-//! signature check, collection ([`tracker::follow_now`]). A stream that cannot be
+//! (its CPU, exit and memory figures kept for the signature check) the same thread follows the
+//! job's end up at once: status, signature check, collection ([`tracker::follow_now`]). A
+//! stream is closed only once sandrun writes nothing more to it (a frame sandrun writes to a
+//! closed stream raises SIGPIPE, which kills it): see [`Seen`]. A stream that cannot be
 //! opened, drops or stays silent just ends: the tracker's polling, slowed while the stream is
 //! open, takes over at its normal pace.
 
-use crate::base::job::PoolStatus;
+use crate::base::job::{DoneFigures, PoolStatus};
 use crate::base::paths::encode_path;
 use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::worker::signature::parse_done;
-use crate::worker::websocket::{Message, StreamTimeouts};
+use crate::worker::websocket::{Message, StreamTimeouts, WsClient, WsError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Starts following job `id` (remote `remote`) of worker `index` on the worker's stream. The
 /// caller has already put the job in the worker's `streaming` list.
@@ -42,48 +44,172 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
             return;
         }
     };
-    loop {
+    let mut seen = Seen::default();
+    let ended = loop {
         match client.read_message() {
             Ok(Message::Text(text)) => {
+                let first = seen.note(&text);
                 if let Some(figures) = parse_done(&text) {
-                    if let Some(job) = ctx.lock().jobs.get_mut(id) {
-                        if figures.is_some() {
-                            job.done_figures = figures.map(Box::new);
-                        }
-                    }
-                    client.close();
-                    if !tracker::follow_now(ctx, index, id) {
-                        stream_ended(ctx, index, id, true);
-                    }
-                    return;
+                    seen.keep(ctx, id, figures);
+                    break Ended::Done;
                 }
                 if text.starts_with("[STATUS] Job started")
                     || text.starts_with("[STATUS] Job status: running")
                 {
                     mark_started(ctx, id);
-                } else if text.starts_with("[ERROR]") {
+                } else if first && text.starts_with("[ERROR]") {
                     log::debug!("Job {id}: the worker stream says {}", text.trim_end());
-                    break;
+                    break Ended::Left;
                 } else if !text.starts_with("[STATUS]") {
                     ctx.events.output(id, text);
                 }
             }
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(_)) => break Ended::Closed,
             Ok(Message::Ping) => {}
             Err(e) => {
                 log::debug!("Job {id}: the worker stream ended ({e}); polling it");
-                break;
+                break Ended::Closed;
             }
         }
         // A job whose end its polling saw first, or that left the table, needs no stream: a
         // worker that keeps it open without [DONE] (pinging, say) holds no thread for it.
         if !still_going(ctx, id) {
             log::debug!("Job {id}: ended before its worker stream said so; stream closed");
-            break;
+            break Ended::Left;
+        }
+    };
+    match ended {
+        Ended::Closed => {
+            client.close();
+            stream_ended(ctx, index, id, false);
+        }
+        Ended::Left => {
+            if !seen.joined_queued {
+                read_last_frames(ctx, &mut client, id, &mut seen);
+            }
+            client.close();
+            stream_ended(ctx, index, id, false);
+        }
+        Ended::Done if seen.joined_queued => {
+            if !tracker::follow_now(ctx, index, id) {
+                stream_ended(ctx, index, id, true);
+            }
+            wait_for_the_end(ctx, &mut client, id);
+            client.close();
+        }
+        Ended::Done => {
+            read_last_frames(ctx, &mut client, id, &mut seen);
+            client.close();
+            if !tracker::follow_now(ctx, index, id) {
+                stream_ended(ctx, index, id, true);
+            }
         }
     }
-    client.close();
-    stream_ended(ctx, index, id, false);
+}
+
+/// Why the reading of a stream stopped.
+enum Ended {
+    /// A `[DONE]` line came: the job ended (or its stdout printed such a line).
+    Done,
+    /// The worker closed the stream, it broke or it stayed silent too long.
+    Closed,
+    /// The job's end was seen here first, or the job left the table, or the worker has no
+    /// such job (`[ERROR]`).
+    Left,
+}
+
+/// How long the last frames of a stream opened while its job ran may take.
+const LAST_FRAMES: Duration = Duration::from_secs(30);
+
+/// How often a stream held open until its job's end is known looks again.
+const END_CHECK: Duration = Duration::from_secs(1);
+
+/// What a stream's frames said of how it began. sandrun's route answers a subscriber once it
+/// holds the jobs lock: at once while the job is queued (`[STATUS] Job status: queued`, and
+/// then it only reads, the executor's broadcasts being all that come), or, for a stream opened
+/// while the job ran, once the run ended (after the executor's broadcast `[DONE]`): its
+/// status line, the final logs, a `[DONE]` without figures and a close.
+#[derive(Default)]
+struct Seen {
+    /// A text frame came.
+    any: bool,
+    /// The first was `[STATUS] Job status: queued`.
+    joined_queued: bool,
+    /// The route wrote the status of an ended job: a `[DONE]` after it is not the executor's.
+    route_answered: bool,
+}
+
+impl Seen {
+    /// Notes a text frame; true when it is the first.
+    fn note(&mut self, text: &str) -> bool {
+        let first = !self.any;
+        self.any = true;
+        if let Some(status) = text.strip_prefix("[STATUS] Job status: ") {
+            if first && status.starts_with("queued") {
+                self.joined_queued = true;
+            } else if !status.starts_with("queued") && !status.starts_with("running") {
+                self.route_answered = true;
+            }
+        }
+        first
+    }
+
+    /// Keeps a `[DONE]` line's figures for the signature check: the last seen before the
+    /// route's own answer. A job's stdout, one frame before the executor's `[DONE]`, can print
+    /// such a line; the signature check holds figures against `/status` all the same.
+    fn keep(&self, ctx: &Context, id: &str, figures: Option<DoneFigures>) {
+        if self.route_answered || figures.is_none() {
+            return;
+        }
+        if let Some(job) = ctx.lock().jobs.get_mut(id) {
+            job.done_figures = figures.map(Box::new);
+        }
+    }
+}
+
+/// Reads a stream opened while its job ran up to the worker's close (at most [`LAST_FRAMES`]):
+/// sandrun's route writes its last frames once the run ended, and a frame written to a stream
+/// its client closed raises SIGPIPE, which kills sandrun. Until the route's answer, a later
+/// `[DONE]` with figures is the executor's, and output goes to the job's followers.
+fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, seen: &mut Seen) {
+    let until = Instant::now() + LAST_FRAMES;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || client.set_idle(left).is_err() {
+            log::debug!("Job {id}: the worker did not close its stream in time; closed here");
+            return;
+        }
+        match client.read_message() {
+            Ok(Message::Text(text)) => {
+                seen.note(&text);
+                match parse_done(&text) {
+                    Some(figures) => seen.keep(ctx, id, figures),
+                    None if seen.route_answered || text.starts_with("[STATUS]") => {}
+                    None => ctx.events.output(id, text),
+                }
+            }
+            Ok(Message::Ping) => {}
+            Ok(Message::Close(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// Holds a stream that joined while its job was queued open until the job's end is known here
+/// (its worker's `/status` said so), at most `--dispatch-timeout`: sandrun's executor writes a
+/// job's last frames holding the jobs lock that `/status` waits for, so none comes after. The
+/// `[DONE]` line read may be the job's own stdout, its real frames still to come: a stream
+/// closed before them would make their write raise SIGPIPE, which kills sandrun.
+fn wait_for_the_end(ctx: &Context, client: &mut WsClient, id: &str) {
+    let until = Instant::now() + ctx.config.dispatch_timeout;
+    while still_going(ctx, id) {
+        if Instant::now() >= until || client.set_idle(END_CHECK).is_err() {
+            return;
+        }
+        match client.read_message() {
+            Ok(Message::Text(_) | Message::Ping) | Err(WsError::Idle) => {}
+            Ok(Message::Close(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// Whether job `id` is still in the table and has not ended.

@@ -309,15 +309,10 @@ pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) ->
         Ok(s) => s,
         Err(why) => return SignatureCheck::new(Failed, why),
     };
-    let (printed, source) = match figures {
-        Some(f) => (f.cpu_seconds.as_str(), "the stream's [DONE] figures"),
-        None => (
-            signed.cpu_2dp.as_str(),
-            "/status (no [DONE] figures were seen)",
-        ),
-    };
-    let memory = figures.map_or(signed.memory_mb, |f| f.memory_mb);
-    let verifies = |cpu: &str| {
+    // The stream's figures are the exact CPU text, but a job's stdout can print a [DONE]
+    // line of its own: figures that /status contradicts are not the worker's.
+    let figures = figures.filter(|f| agrees(f, &signed));
+    let verifies = |cpu: &str, memory: u64| {
         let text = signed_text(
             &signed.job_hash,
             signed.exit_code,
@@ -327,40 +322,64 @@ pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) ->
         );
         key.verify(text.as_bytes(), &signed.signature).is_ok()
     };
-    // The figure itself, printed as sandrun prints it, is nearly always the one.
-    if printed.parse::<f64>().is_ok_and(|v| verifies(&cpp_g(v))) {
-        return SignatureCheck {
-            verdict: Verified,
-            reason: None,
-        };
-    }
-    let candidates = cpu_candidates(printed, MAX_CANDIDATES);
-    for cpu in &candidates {
-        if verifies(cpu) {
-            return SignatureCheck {
-                verdict: Verified,
-                reason: None,
-            };
+    let verified = SignatureCheck {
+        verdict: Verified,
+        reason: None,
+    };
+    if let Some(f) = figures {
+        // The figure itself, printed as sandrun prints it, is nearly always the one.
+        let exact = f.cpu_seconds.parse::<f64>().ok().map(cpp_g);
+        if exact.is_some_and(|cpu| verifies(&cpu, f.memory_mb)) {
+            return verified;
         }
+        let candidates = cpu_candidates(&f.cpu_seconds, MAX_CANDIDATES);
+        if candidates.iter().any(|cpu| verifies(cpu, f.memory_mb)) {
+            return verified;
+        }
+    }
+    if signed
+        .cpu_2dp
+        .parse::<f64>()
+        .is_ok_and(|v| verifies(&cpp_g(v), signed.memory_mb))
+    {
+        return verified;
+    }
+    let candidates = cpu_candidates(&signed.cpu_2dp, MAX_CANDIDATES);
+    if candidates.iter().any(|cpu| verifies(cpu, signed.memory_mb)) {
+        return verified;
     }
     match figures {
         Some(_) => SignatureCheck::new(
             Failed,
             format!(
-                "result signature invalid: no CPU value that {source} allow ({} tried) makes the \
-                 result verify against the allowlisted key",
+                "result signature invalid: no CPU value that the stream's [DONE] figures or \
+                 /status allow ({} tried) makes the result verify against the allowlisted key",
                 candidates.len()
             ),
         ),
         None => SignatureCheck::new(
             Unverifiable,
             format!(
-                "result unverifiable: none of the {} CPU values that {source} allow verifies; \
-                 the signed text could not be rebuilt",
+                "result unverifiable: none of the {} CPU values that /status allows verifies \
+                 (no [DONE] figures that agree with /status were seen); the signed text could \
+                 not be rebuilt",
                 candidates.len()
             ),
         ),
     }
+}
+
+/// Whether a `[DONE]` line's figures agree with `/status`: the same exit code and memory, and
+/// a CPU figure that rounds to `/status`'s two decimals.
+fn agrees(figures: &DoneFigures, signed: &Signed) -> bool {
+    let cpu = |text: &str| text.parse::<f64>().ok();
+    let near = match (cpu(&figures.cpu_seconds), cpu(&signed.cpu_2dp)) {
+        (Some(stream), Some(status)) => (stream - status).abs() <= 0.005 + 1e-9,
+        _ => false,
+    };
+    i64::from(figures.exit_code) == signed.exit_code
+        && figures.memory_mb == signed.memory_mb
+        && near
 }
 
 #[cfg(test)]

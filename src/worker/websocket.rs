@@ -333,6 +333,14 @@ impl WsClient {
         }
     }
 
+    /// Sets the longest silence before [`WsClient::read_message`] gives up ([`WsError::Idle`]).
+    pub fn set_idle(&mut self, idle: Duration) -> Result<(), WsError> {
+        match self.stream.socket() {
+            Some(socket) => socket.set_read_timeout(Some(idle)).map_err(broken),
+            None => Ok(()),
+        }
+    }
+
     /// Sends a close frame and closes the connection (sandrun leaves a stream open after
     /// `[DONE]`, so the coordinator closes it).
     pub fn close(mut self) {

@@ -78,6 +78,9 @@ pub struct Knobs {
     /// outputs and then deleted (a worker that lost a file: sandrun's download of it answers
     /// 500 with a filesystem error).
     pub vanished_output: Option<String>,
+    /// The worker lives on where sandrun dies of SIGPIPE: a frame written to a WebSocket stream
+    /// whose client closed it (see `stream::died_of_sigpipe`).
+    pub survives_sigpipe: bool,
     /// The simulated job's results also list outputs of these names, signed with the rest,
     /// each with the size and sha256 of `listed\n`, though no file of the job holds them (a
     /// worker that is not sandrun, or a tampered one: sandrun lists only the files under the
@@ -124,6 +127,7 @@ impl Default for Knobs {
             answered_job_id: None,
             extra_output: None,
             vanished_output: None,
+            survives_sigpipe: false,
             listed_outputs: Vec::new(),
             status_padding: 0,
             reported_status: None,

@@ -23,6 +23,9 @@ pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
                 return;
             }
             run_one(&shared, &run, &id, &ip);
+            if stream::died_of_sigpipe(&shared, &run) {
+                return;
+            }
         }
         lock(&run.jobs).expire(shared.control.get().delete_after);
     }
@@ -62,14 +65,16 @@ fn run_one(shared: &Shared, run: &Incarnation, id: &str, ip: &str) {
             return;
         }
         let knobs = shared.control.get();
+        // As sandrun: the output goes out first, then the outputs are hashed and the result
+        // signed, then `[DONE]`.
+        stream::output(shared, run, id, (&outcome.stdout, &outcome.stderr));
         job.finish(outcome, started.elapsed(), shared.shown_key(&knobs));
         stream::tamper(shared, job);
         cpu_seconds = job.cpu_seconds;
-        stream::finished(
+        stream::done(
             shared,
             run,
             id,
-            (&job.stdout, &job.stderr),
             job.status,
             (job.exit_code, job.cpu_seconds, job.memory_mb),
         );

@@ -49,6 +49,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
             shared.recorder.request(&request.method, kind);
             if kind == "stream" {
                 stream::serve(shared, run, &mut stream, &request);
+                stream::died_of_sigpipe(shared, run);
             } else if hangs(shared, kind) {
                 while run.is_alive() && hangs(shared, kind) {
                     thread::sleep(HANG_TICK);

@@ -3,11 +3,15 @@
 //! its stdout and `[STDERR]\n` + stderr, then `[DONE] Job <status> (exit=N, CPU=X.XXXXXXs,
 //! Mem=NMB)` with CPU to 6 decimals. A subscriber that joined before the end is left open after
 //! `[DONE]`; one that joined after gets the final logs, `[DONE] Job <status>` and a close.
-//! Knobs tamper with it for tests.
+//! sandrun does not ignore SIGPIPE: a frame written to a stream its client closed (once the
+//! client's reset came back) kills the worker, and so it does here. Knobs tamper with it for
+//! tests.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -57,6 +61,9 @@ pub struct Broadcaster {
     subscribers: Mutex<HashMap<String, Vec<(u64, TcpStream)>>>,
     accumulated: Mutex<HashMap<String, String>>,
     next: Mutex<u64>,
+    /// A frame was written to a stream whose client had closed it (`EPIPE`): sandrun, which
+    /// does not ignore SIGPIPE, would be dead.
+    pipe_broken: AtomicBool,
 }
 
 fn text_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -76,12 +83,40 @@ fn text_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn send_text(stream: &mut TcpStream, text: &str) -> bool {
-    stream.write_all(&text_frame(0x1, text.as_bytes())).is_ok()
+/// Writes a frame; a write that fails with `EPIPE` (the client closed and its reset came back)
+/// is noted in `b`: it is the write that raises SIGPIPE in sandrun.
+fn send_frame(b: &Broadcaster, stream: &mut TcpStream, frame: &[u8]) -> bool {
+    match stream.write_all(frame) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.kind() == ErrorKind::BrokenPipe {
+                b.pipe_broken.store(true, Ordering::SeqCst);
+            }
+            false
+        }
+    }
 }
 
-fn send_close(stream: &mut TcpStream) {
-    let _ = stream.write_all(&text_frame(0x8, &[]));
+fn send_text(b: &Broadcaster, stream: &mut TcpStream, text: &str) -> bool {
+    send_frame(b, stream, &text_frame(0x1, text.as_bytes()))
+}
+
+fn send_close(b: &Broadcaster, stream: &mut TcpStream) {
+    send_frame(b, stream, &text_frame(0x8, &[]));
+}
+
+/// What SIGPIPE does to sandrun: once a frame went to a stream its client had closed, the
+/// worker dies (`/health` stops answering). True when it died.
+pub fn died_of_sigpipe(shared: &Shared, run: &Incarnation) -> bool {
+    let broken = run.broadcaster.pipe_broken.swap(false, Ordering::SeqCst);
+    if !broken || shared.control.get().survives_sigpipe {
+        return false;
+    }
+    let what = "a frame was written to a WebSocket stream its client had closed (SIGPIPE): the worker died";
+    eprintln!("dev-worker: {what}");
+    shared.recorder.fault(what.to_string());
+    run.kill();
+    true
 }
 
 impl Broadcaster {
@@ -105,7 +140,7 @@ impl Broadcaster {
     /// Sends a text frame to every subscriber of a job, dropping dead ones.
     pub fn broadcast(&self, id: &str, text: &str) {
         if let Some(list) = lock(&self.subscribers).get_mut(id) {
-            list.retain_mut(|(_, s)| send_text(s, text));
+            list.retain_mut(|(_, s)| send_text(self, s, text));
         }
     }
 
@@ -121,7 +156,7 @@ impl Broadcaster {
     pub fn cut(&self, id: &str) {
         if let Some(list) = lock(&self.subscribers).remove(id) {
             for (_, mut s) in list {
-                send_close(&mut s);
+                send_close(self, &mut s);
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
@@ -149,15 +184,8 @@ pub fn started(shared: &Shared, run: &Incarnation, id: &str) {
     run.broadcaster.broadcast(id, "[STATUS] Job started\n");
 }
 
-/// The executor's broadcasts: the job ended with these logs and figures.
-pub fn finished(
-    shared: &Shared,
-    run: &Incarnation,
-    id: &str,
-    logs: (&[u8], &[u8]),
-    status: &str,
-    figures: (i32, f64, u64),
-) {
+/// The executor's broadcasts: the job ended with these logs (stdout, stderr).
+pub fn output(shared: &Shared, run: &Incarnation, id: &str, logs: (&[u8], &[u8])) {
     let knobs = shared.control.get().stream;
     let b = &run.broadcaster;
     if knobs.live_lines == 0 && !logs.0.is_empty() {
@@ -170,6 +198,13 @@ pub fn finished(
         b.broadcast(id, &err);
         b.append_output(id, &err);
     }
+}
+
+/// The executor's broadcasts: the job's `[DONE]` line with its figures, once its outputs were
+/// hashed and its result signed.
+pub fn done(shared: &Shared, run: &Incarnation, id: &str, status: &str, figures: (i32, f64, u64)) {
+    let knobs = shared.control.get().stream;
+    let b = &run.broadcaster;
     if !knobs.never_done {
         let (exit, cpu, mem) = figures;
         shared.recorder.done(id);
@@ -200,24 +235,25 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
         return;
     }
     let id = request.route()["/stream/".len()..].to_string();
+    let b = &run.broadcaster;
     let Some(subscription) = run.broadcaster.subscribe(&id, stream) else {
         return;
     };
     let accumulated = lock(&run.broadcaster.accumulated).get(&id).cloned();
     if let Some(text) = accumulated {
-        send_text(stream, &text);
+        send_text(b, stream, &text);
     }
     let ended = {
         let table = lock(&run.jobs);
         match table.jobs.get(&id) {
             None => {
-                send_text(stream, &format!("[ERROR] Job not found: {id}\n"));
+                send_text(b, stream, &format!("[ERROR] Job not found: {id}\n"));
                 None
             }
             Some(job) => {
-                send_text(stream, &format!("[STATUS] Job status: {}\n", job.status));
+                send_text(b, stream, &format!("[STATUS] Job status: {}\n", job.status));
                 if job.status == "completed" || job.status == "failed" {
-                    final_logs(stream, &job.stdout, &job.stderr, job.status, &knobs);
+                    final_logs(b, stream, &job.stdout, &job.stderr, job.status, &knobs);
                     None
                 } else {
                     Some(())
@@ -226,7 +262,7 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
         }
     };
     if ended.is_none() {
-        send_close(stream);
+        send_close(b, stream);
         run.broadcaster.unsubscribe(&id, subscription);
         return;
     }
@@ -260,7 +296,7 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
         let status = lock(&run.jobs).jobs.get(&id).map(|j| j.status);
         if let Some(status @ ("completed" | "failed")) = status {
             if !knobs.never_done {
-                send_text(stream, &format!("[DONE] Job {status}\n"));
+                send_text(b, stream, &format!("[DONE] Job {status}\n"));
             }
             break;
         }
@@ -320,6 +356,7 @@ pub fn tamper(shared: &Shared, job: &mut Job) {
 }
 
 fn final_logs(
+    b: &Broadcaster,
     stream: &mut TcpStream,
     stdout: &[u8],
     stderr: &[u8],
@@ -327,15 +364,16 @@ fn final_logs(
     knobs: &StreamKnobs,
 ) {
     if !stdout.is_empty() {
-        send_text(stream, &String::from_utf8_lossy(stdout));
+        send_text(b, stream, &String::from_utf8_lossy(stdout));
     }
     if !stderr.is_empty() {
         send_text(
+            b,
             stream,
             &format!("[STDERR]\n{}", String::from_utf8_lossy(stderr)),
         );
     }
     if !knobs.never_done {
-        send_text(stream, &format!("[DONE] Job {status}\n"));
+        send_text(b, stream, &format!("[DONE] Job {status}\n"));
     }
 }
