@@ -816,10 +816,14 @@ fn a_collection_whose_downloads_stall_is_retried_while_the_worker_has_the_job() 
 /// directory) is left out, and the rest of the job's results are collected at once: the job
 /// completes with its other output and its logs, and its verification names the missing
 /// output and the worker's answer. (Each try of the whole collection failed on it, until the
-/// worker deleted the job and the job was lost, with no result kept.)
+/// worker deleted the job and the job was lost, with no result kept.) So is an output that is
+/// a link to a file outside the job's directory, which sandrun lists and answers 403.
 #[test]
 fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
-    let worker = FakeWorker::start_with(|k| k.vanished_output = Some("ghost.txt".into()));
+    let worker = FakeWorker::start_with(|k| {
+        k.vanished_output = Some("ghost.txt".into());
+        k.linked_output = Some("link.txt".into());
+    });
     let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let form = job("print(1)\n").manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#);
@@ -830,6 +834,12 @@ fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
     let reason = text(&status["verification"]["reason"]);
     assert!(
         reason.contains("ghost.txt was not collected (its worker could not serve it: HTTP 500: filesystem error"),
+        "{status}"
+    );
+    assert!(
+        reason.contains(
+            "link.txt was not collected (its worker could not serve it: HTTP 403: Access denied"
+        ),
         "{status}"
     );
     let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));

@@ -249,9 +249,11 @@ struct Gathered {
     unserved: Vec<(String, String)>,
 }
 
-/// A download of one output: its answer, or None when the worker could not serve the file
-/// (sandrun answers 500 for a missing file, with a filesystem error), noted in `unserved`.
-/// Any other failure fails the collection (a 404: the job is gone; others are tried again).
+/// A download of one output: its answer, or None when the worker could not serve the file,
+/// noted in `unserved`: sandrun answers 500 for a missing file (a filesystem error), 403 for a
+/// link to a file outside the job's directory (which it lists all the same), and 404 `File not
+/// found` for one that is no longer a file. Any other failure fails the collection (a 404 `Job
+/// not found`: the job is gone; others are tried again).
 fn served(
     answer: Result<Download, CallError>,
     path: &str,
@@ -259,13 +261,26 @@ fn served(
 ) -> Result<Option<Download>, CollectError> {
     match answer {
         Ok(download) => Ok(Some(download)),
-        Err(e @ CallError::Status { code: 500, .. }) => {
+        Err(
+            e @ CallError::Status {
+                code: 500 | 403, ..
+            },
+        ) => {
+            unserved.push((path.to_string(), e.to_string()));
+            Ok(None)
+        }
+        Err(CallError::Status { code: 404, message }) if message == FILE_NOT_FOUND => {
+            let e = CallError::Status { code: 404, message };
             unserved.push((path.to_string(), e.to_string()));
             Ok(None)
         }
         Err(e) => Err(e.into()),
     }
 }
+
+/// sandrun's `error` for a download of a job's path that is not a file (`Job not found` when
+/// the job is gone).
+const FILE_NOT_FOUND: &str = "File not found";
 
 /// One job's collection from its worker, with the room its outputs have.
 struct Fetching<'a> {

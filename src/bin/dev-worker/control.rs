@@ -78,6 +78,10 @@ pub struct Knobs {
     /// outputs and then deleted (a worker that lost a file: sandrun's download of it answers
     /// 500 with a filesystem error).
     pub vanished_output: Option<String>,
+    /// The simulated job also makes an output of this name that is a symbolic link to a file
+    /// outside its directory: sandrun lists and hashes it (it follows links) and answers its
+    /// download 403 (`Access denied: path traversal detected`).
+    pub linked_output: Option<String>,
     /// The worker lives on where sandrun dies of SIGPIPE: a frame written to a WebSocket stream
     /// whose client closed it (see `stream::died_of_sigpipe`).
     pub survives_sigpipe: bool,
@@ -127,6 +131,7 @@ impl Default for Knobs {
             answered_job_id: None,
             extra_output: None,
             vanished_output: None,
+            linked_output: None,
             survives_sigpipe: false,
             listed_outputs: Vec::new(),
             status_padding: 0,

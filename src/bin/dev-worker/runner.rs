@@ -172,6 +172,14 @@ fn run_simulated(request: &RunRequest<'_>, knobs: &Knobs, alive: &AtomicBool) ->
         outcome.extra_outputs.push(name.clone());
         outcome.vanished = Some(name.clone());
     }
+    if let Some(name) = &knobs.linked_output {
+        let outside = request
+            .dir
+            .with_file_name(format!("outside-{}", request.job_id));
+        let _ = fs::write(&outside, b"outside the job's directory\n");
+        let _ = std::os::unix::fs::symlink(&outside, request.dir.join(name));
+        outcome.extra_outputs.push(name.clone());
+    }
     if request.dir.join(request.entrypoint).is_file() {
         outcome.exit_code = knobs.exit_code;
         outcome.stdout = match knobs.stdout {
