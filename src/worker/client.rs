@@ -56,9 +56,13 @@ const STATUS_ANSWER: JsonAnswer = JsonAnswer {
     ],
 };
 
-/// `GET /logs/{id}`: a job's whole output.
+/// The most stdout, and the most stderr, sandrun keeps of a job (`MAX_OUTPUT_SIZE`).
+const WORKER_MAX_OUTPUT: u64 = 10 * 1024 * 1024;
+
+/// `GET /logs/{id}`: a job's whole output. sandrun writes each byte of it past ASCII, and each
+/// control byte, as a 6-byte `\u00xx`: its largest answer is 6 times both of its 10 MiB logs.
 const LOGS_ANSWER: JsonAnswer = JsonAnswer {
-    max_bytes: 64 * 1024 * 1024,
+    max_bytes: 2 * 6 * WORKER_MAX_OUTPUT + 64 * 1024,
     keys: &["stdout", "stderr"],
 };
 
