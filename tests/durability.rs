@@ -2014,6 +2014,33 @@ fn a_full_queue_answers_503_with_retry_after_before_reading_and_keeps_nothing() 
     assert_eq!(files_in(&uploads), files_before);
 }
 
+/// Submits arriving together cannot overshoot `--max-queued-jobs`: the limit counts the
+/// submits being recorded, not only the jobs already queued (40 at once against a limit of 5
+/// queued 8 and 12 before).
+#[test]
+fn concurrent_submits_do_not_overshoot_the_queue_limit() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let coordinator = Coordinator::start(&[worker.entry(1)], &["--max-queued-jobs", "5"]);
+    let codes: Vec<u16> = thread::scope(|scope| {
+        let submits: Vec<_> = (0..40)
+            .map(|i| {
+                let coordinator = &coordinator;
+                scope.spawn(move || submit_reply(coordinator, &job(&format!("racing {i}"))).status)
+            })
+            .collect();
+        submits
+            .into_iter()
+            .map(|s| s.join().unwrap_or_default())
+            .collect()
+    });
+    let accepted = codes.iter().filter(|c| **c == 200).count();
+    assert_eq!(accepted, 5, "{codes:?}");
+    assert!(codes.iter().all(|c| [200, 503].contains(c)), "{codes:?}");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["queued_jobs"], 5, "{pool}");
+}
+
 /// A job of `files` files named with `name_bytes` bytes each (and its `main.py`).
 fn job_with_long_names(token: &str, files: usize, name_bytes: usize) -> Form {
     (0..files).fold(job(token), |form, i| {

@@ -437,6 +437,34 @@ fn uploads_over_the_limit_are_refused_with_413() {
     assert_eq!(pool["total_jobs"], 1, "{pool}");
 }
 
+/// sandrun takes 100 MiB in one request, head included, and answers a longer one 413 before
+/// reading its body, closing the connection under the sender (which took the worker for
+/// unreachable). A submit within `--max-upload-bytes` (100 MiB by default) whose request to its
+/// worker would pass that, with the multipart framing the coordinator sends, is refused 413.
+#[test]
+fn a_submit_whose_request_to_its_worker_would_pass_100_mib_is_refused_with_413() {
+    let worker = FakeWorker::start();
+    let coordinator = Coordinator::start(&[worker.entry(2)], &["--upload-memory-bytes", "0"]);
+    let big = Form::new()
+        .file("main.py", "text/x-python", MAIN_PY)
+        .file(
+            "data.bin",
+            "application/octet-stream",
+            &vec![7u8; (100 << 20) - 1000],
+        )
+        .manifest(MANIFEST);
+    let reply = post_submit(&coordinator, Some(&big.content_type()), &big.body());
+    assert_refused(
+        &coordinator,
+        "over sandrun's request limit",
+        &reply,
+        413,
+        "more than the 104857600 bytes a sandrun worker takes in one request",
+    );
+    assert_eq!(worker.recording().jobs.len(), 0);
+    assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
 /// Stock tiny_http 0.12 drains an unread request body on drop with `vec![0; remaining]`, sized by
 /// the client's `Content-Length` (on any route): a body that claims a terabyte aborted the
 /// coordinator. The vendored, patched tiny_http (vendor/tiny_http/PATCH.md) drains through a fixed

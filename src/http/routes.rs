@@ -901,15 +901,13 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
         }
         st.queue.len()
     };
-    if queued >= ctx.config.max_queued_jobs {
-        let reply = error_reply(
-            503,
-            format!(
-                "the queue is full ({queued} jobs wait, the limit is --max-queued-jobs {}); retry in {SUBMIT_RETRY_AFTER} s",
-                ctx.config.max_queued_jobs
-            ),
+    let max = ctx.config.max_queued_jobs;
+    if queued >= max {
+        let full = upload::UploadError::QueueFull { queued, max };
+        return retry_after(
+            SUBMIT_RETRY_AFTER,
+            error_reply(full.status(), full.to_string()),
         );
-        return retry_after(SUBMIT_RETRY_AFTER, reply);
     }
     let options = upload::SubmitOptions::from_query(|name| query::param(url, name))
         .and_then(|o| upload::queue_timeout_of(ctx, o.queue_timeout).map(|_| o))
@@ -943,7 +941,9 @@ fn submit(ctx: &Arc<Context>, caller: &Caller, request: &mut Request, url: &str)
             retry_after(PAUSED_RETRY_AFTER, error_reply(e.status(), e.to_string()))
         }
         // The coordinator is full, not failing: no error in its log.
-        Err(e @ upload::UploadError::NamesFull { .. }) if e.status() == 503 => {
+        Err(
+            e @ (upload::UploadError::NamesFull { .. } | upload::UploadError::QueueFull { .. }),
+        ) if e.status() == 503 => {
             retry_after(SUBMIT_RETRY_AFTER, error_reply(e.status(), e.to_string()))
         }
         Err(e) => {

@@ -20,11 +20,13 @@ use crate::store::handoff::DEFERRAL;
 use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload};
+use crate::worker::multipart_body::{submit_body_length, SUBMIT_HEAD_ROOM, WORKER_MAX_REQUEST};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,9 @@ pub enum UploadError {
     DuplicateFilename(String),
     /// More `files` parts than `--max-files`.
     TooManyFiles(usize),
+    /// The job's submit to its worker would be this many bytes, head included: more than
+    /// sandrun takes in one request.
+    TooLargeForWorker(u64),
     /// The manifest is not a JSON object (or too large, or given twice).
     BadManifest(String),
     /// A part name other than `files`, `manifest`, `priority`, `queue_timeout`, `reruns` and
@@ -76,6 +81,13 @@ pub enum UploadError {
     UnknownPart(String),
     /// The caller's key already has its `max_queued_jobs` waiting.
     TooManyQueued(usize),
+    /// The queue holds `--max-queued-jobs` (`max`) jobs with those being recorded (`queued`).
+    QueueFull {
+        /// Jobs queued or being recorded.
+        queued: usize,
+        /// `--max-queued-jobs`.
+        max: usize,
+    },
     /// The job's file names, content types and labels (`job` bytes; 0 when the body is not
     /// read yet) do not fit beside the `held` bytes of the jobs not yet ended, at most `max`
     /// (`--max-names-bytes`).
@@ -148,10 +160,10 @@ impl UploadError {
         match self {
             Self::NotMultipart(_) => 415,
             Self::Stalled(_) => 408,
-            Self::TooLarge(_) | Self::TooManyFiles(_) => 413,
+            Self::TooLarge(_) | Self::TooManyFiles(_) | Self::TooLargeForWorker(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::NamesFull { job, max, .. } if job > max => 413,
-            Self::NamesFull { .. } => 503,
+            Self::NamesFull { .. } | Self::QueueFull { .. } => 503,
             Self::Paused(_) => 503,
             Self::SubmitKeyBusy(_) => 409,
             Self::SubmitKeyReused { .. } => 422,
@@ -217,6 +229,10 @@ impl fmt::Display for UploadError {
                 f,
                 "the submit holds more than {max} files (--max-files); pack them into one .tar.gz or .zip, which the worker unpacks"
             ),
+            Self::TooLargeForWorker(bytes) => write!(
+                f,
+                "the job's submit to its worker would be {bytes} bytes (its files and manifest, with the multipart framing the coordinator sends and the request's head), more than the {WORKER_MAX_REQUEST} bytes a sandrun worker takes in one request; send less, or fewer files"
+            ),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
             Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout', 'reruns' and 'labels' are accepted"),
             Self::Paused(secs) => write!(
@@ -226,6 +242,10 @@ impl fmt::Display for UploadError {
             Self::TooManyQueued(limit) => write!(
                 f,
                 "this key already has {limit} jobs waiting in the queue (its max_queued_jobs); submit again once some have started"
+            ),
+            Self::QueueFull { queued, max } => write!(
+                f,
+                "the queue is full ({queued} jobs wait, the limit is --max-queued-jobs {max}); retry in a few seconds"
             ),
             Self::NamesFull { job: 0, held, max } => write!(
                 f,
@@ -892,6 +912,20 @@ fn room_in(st: &crate::state::pool_state::PoolState, caller: &Caller) -> Result<
     }
 }
 
+/// `Ok` when the submit a dispatch sends a worker for these files and manifest fits in one
+/// sandrun request: a longer one is answered 413 before its body is read, its connection
+/// closed under the sender, which would take the worker for unreachable.
+fn check_worker_request(inputs: &[InputFile], manifest: Option<Span>) -> Result<(), UploadError> {
+    let files = inputs
+        .iter()
+        .map(|f| (f.filename.as_str(), f.content_type.as_str(), f.span.size));
+    let bytes = submit_body_length(files, manifest.map(|m| m.size)) + SUBMIT_HEAD_ROOM;
+    match bytes > WORKER_MAX_REQUEST {
+        true => Err(UploadError::TooLargeForWorker(bytes)),
+        false => Ok(()),
+    }
+}
+
 /// `Ok` while the jobs in the table hold room for `job` bytes more of file names, content
 /// types and labels (`max`, `--max-names-bytes`); `job` 0 asks whether any room is left,
 /// before a body is read.
@@ -935,20 +969,27 @@ pub fn accept(
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
     check_labels(ctx, options.labels.as_deref().unwrap_or_default())?;
+    check_worker_request(&parts.inputs, parts.manifest)?;
     let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
     job.labels = options.labels.clone().map(Vec::into_boxed_slice);
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads). A pause
     // that came while the body arrived refuses it: the pause answers once every submit past
-    // this point is recorded.
-    let _recording = {
+    // this point is recorded. The queue's limit counts the submits being recorded, so
+    // concurrent submits cannot overshoot it.
+    let recording = {
         let mut st = ctx.lock();
         if let Some(secs) = st.submits_paused.as_mut().map(SubmitsPause::refuse) {
             return Err(UploadError::Paused(secs));
         }
         room_in(&st, caller)?;
         names_room(&st, ctx.config.max_names_bytes, job.names_bytes())?;
-        Slot::take(&ctx.submits_recording, usize::MAX)
+        let max = ctx.config.max_queued_jobs;
+        let room = max.saturating_sub(st.queue.len());
+        Slot::take(&ctx.submits_recording, room).ok_or_else(|| UploadError::QueueFull {
+            queued: st.queue.len() + ctx.submits_recording.load(Ordering::Acquire),
+            max,
+        })?
     };
     let stored = writer.finish().map_err(UploadError::Spool)?;
     job.owner = caller.name().map(str::to_string);
@@ -1002,6 +1043,8 @@ pub fn accept(
     } else {
         let mut st = ctx.lock();
         st.enqueue(job, Instant::now());
+        // Queued now: counted there, no longer as being recorded.
+        drop(recording);
         ctx.metrics.job_submitted();
         let (assignments, _) = scheduler::assign(&mut st, Instant::now());
         (assignments, !st.queue.is_empty())

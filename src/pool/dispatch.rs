@@ -15,7 +15,7 @@ use crate::state::pool_state::{PoolState, Throttle, WorkerEntry};
 use crate::state::sources::limit_named;
 use crate::worker::client::SubmitOutcome;
 use crate::worker::identity::short_id;
-use crate::worker::multipart_body::{MultipartBody, Part};
+use crate::worker::multipart_body::{MultipartBody, Part, BOUNDARY_PREFIX};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -148,7 +148,7 @@ fn held_back(
 
 fn send(ctx: &Context, a: &Assignment) -> SubmitOutcome {
     let boundary = match ctx.spool.random_hex() {
-        Ok(token) => format!("----trusted-pool-{token}"),
+        Ok(token) => format!("{BOUNDARY_PREFIX}{token}"),
         Err(e) => return SubmitOutcome::NotSent(format!("no random boundary: {e}")),
     };
     let source = match ctx.upload_source(&a.job_id) {
