@@ -116,7 +116,8 @@ OPTIONS:
     --cors-origin ORIGIN     a web origin (http://host:port) whose pages may call the API
                              from a browser; repeatable; * allows any       [default: none]
     --metrics-open           serve GET /metrics without a key even with --api-keys (for a
-                             Prometheus that cannot send one); otherwise it needs an admin key
+                             Prometheus that cannot send one); otherwise it needs an admin
+                             or read key
     --client-timeout SECS    a client silent this long (or whose request line and headers
                              take longer) is disconnected                    [default: 30]
     --max-connections N      client connections at once; more are refused (503) [default: 1024]

@@ -186,6 +186,14 @@ fn help_lists_every_flag_and_version_prints_the_version() {
                 help.stdout
             );
         }
+        // A read key may scrape /metrics (it changes nothing): the help says so, so an
+        // operator does not hand Prometheus an admin key.
+        let words = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("otherwise it needs an admin or read key"),
+            "--metrics-open's help:\n{}",
+            help.stdout
+        );
     }
     for flag in ["--version", "-V"] {
         let version = run(&[flag]);
