@@ -160,6 +160,19 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
             );
         }
     }
+    // `GET /jobs` lists jobs, so a reader tries `GET /jobs/ID`: the 405 points at the job's
+    // status, not only at the DELETE that would remove it.
+    let reply = send("GET", &coordinator.url("/jobs/pool-0123"), None).unwrap();
+    assert_eq!(reply.status, 405, "{}", reply.text());
+    assert_eq!(reply.header("Allow"), Some("DELETE"));
+    let why = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("to read the job, use GET /status/pool-0123") && why.contains("DELETE"),
+        "{why}"
+    );
     // A target in absolute form, which a server must accept (RFC 9112, section 3.2.2).
     let absolute = format!("http://127.0.0.1:{}/health", coordinator.port());
     let reply = get_raw(coordinator.port(), &absolute);

@@ -293,10 +293,21 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
     }
     if !method_allowed(&route, request.method(), &url) {
         let allowed = route.allowed_methods(&url);
-        let why = format!(
-            "{} is not allowed on {path}; use {allowed}",
-            request.method()
-        );
+        let why = match &route {
+            // `GET /jobs` lists jobs, so a reader may well try `GET /jobs/ID`: pointing them
+            // at DELETE alone would send them to the method that deletes the job.
+            Route::DeleteJob(id) if matches!(request.method(), Method::Get | Method::Head) => {
+                format!(
+                    "{} is not allowed on {path}, which takes only {allowed} (deleting the job \
+                     and its results); to read the job, use GET /status/{id}",
+                    request.method()
+                )
+            }
+            _ => format!(
+                "{} is not allowed on {path}; use {allowed}",
+                request.method()
+            ),
+        };
         return Reply::WithHeaders(
             vec![("Allow", allowed.to_string())],
             Box::new(error_reply(405, why)),
