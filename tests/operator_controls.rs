@@ -1231,6 +1231,17 @@ fn deleting_a_finished_job_forgets_it_and_its_results_now() {
     }
     let (code, body) = delete_job(&coordinator, &deleted);
     assert_eq!(code, 404, "{body}");
+    // Every route answers the one unknown-job 404, the controls included (a cancel without
+    // client keys gave a shorter text that said nothing of a deletion).
+    let (_, unknown) = get_json(&coordinator.url(&format!("/status/{deleted}")));
+    assert_eq!(body, unknown);
+    let (code, cancelled) = cancel(&coordinator, &deleted);
+    assert_eq!(code, 404, "{cancelled}");
+    assert_eq!(cancelled, unknown);
+    let raise = format!("/jobs/{deleted}/priority?priority=high");
+    let (code, raised) = post(&coordinator.url(&raise), "text/plain", b"");
+    assert_eq!(code, 404, "{raised}");
+    assert_eq!(serde_json::from_str::<Value>(&raised).ok(), Some(unknown));
     let after = assert_pool_consistent(&coordinator);
     assert_eq!(after["store"]["deleted_jobs"], 1, "{after}");
     assert_eq!(

@@ -615,3 +615,13 @@ pub fn declared_sha256<'a>(status: &'a Value, path: &str) -> Option<&'a str> {
 fn size_bytes(file: &Value) -> Option<u64> {
     file.get("size_bytes")?.as_u64()
 }
+
+/// The text of the 404 for a job id the coordinator does not know (or another key's job):
+/// every route and control answers it, so the reason given never depends on the route.
+pub fn unknown_job_message(id: &str) -> String {
+    format!(
+        "no job {id:?} on this coordinator: it never existed here, it finished long enough ago \
+         to have expired (see --retain-jobs and --retain-for), or it was deleted (job ids look \
+         like pool-<32 hex>)"
+    )
+}

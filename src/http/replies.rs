@@ -1,5 +1,6 @@
 //! What a handler answers: JSON, JSON errors, streamed bodies, or a hand-off of the connection.
 
+use crate::base::job::unknown_job_message;
 use crate::base::paths::encode_path;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -121,10 +122,7 @@ pub fn retry_after(secs: u32, reply: Reply) -> Reply {
 
 /// The 404 for a job id the coordinator does not know.
 pub fn unknown_job(id: &str) -> Reply {
-    error_reply(
-        404,
-        format!("no job {id:?} on this coordinator: it never existed here, it finished long enough ago to have expired (see --retain-jobs and --retain-for), or it was deleted (job ids look like pool-<32 hex>)"),
-    )
+    error_reply(404, unknown_job_message(id))
 }
 
 #[cfg(test)]

@@ -358,10 +358,8 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
             job_route(ctx, &caller, id, |ctx| {
                 match control::cancel(ctx, id, &caller.log_label()) {
                     Ok(()) => status(ctx, id),
-                    Err(e @ ControlError::UnknownJob(_)) => {
-                        ended_or(ctx, id, ControlError::Finished, || {
-                            error_reply(e.status(), e.to_string())
-                        })
+                    Err(ControlError::UnknownJob(_)) => {
+                        ended_or(ctx, id, ControlError::Finished, || unknown_job(id))
                     }
                     Err(e) => error_reply(e.status(), e.to_string()),
                 }

@@ -2,7 +2,7 @@
 //! priority, deleting a finished one, draining a worker, pausing submits.
 
 use crate::base::clock::unix_now;
-use crate::base::job::{PoolStatus, Priority};
+use crate::base::job::{unknown_job_message, PoolStatus, Priority};
 use crate::pool::announce;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
@@ -66,10 +66,7 @@ impl ControlError {
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnknownJob(id) => write!(
-                f,
-                "no job {id:?} on this coordinator (job ids look like pool-<32 hex>)"
-            ),
+            Self::UnknownJob(id) => f.write_str(&unknown_job_message(id)),
             Self::Finished(id, status) => write!(
                 f,
                 "job {id} has already ended ({}); only a queued, dispatched or running job can be cancelled",
