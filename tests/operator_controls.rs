@@ -411,6 +411,17 @@ fn drain_under_load_then_undrain() {
     );
     let (code, _) = post(&coordinator.url("/workers/AAAA/drain"), "text/plain", b"");
     assert_eq!(code, 404);
+    // The 404 quotes the id as the request gave it, not as padded to standard base64 (a
+    // `nosuch==` is found in no script or workers file).
+    for (asked, action) in [("nosuch", "drain"), ("no-such_id%2B", "undrain")] {
+        let path = format!("/workers/{asked}/{action}");
+        let (code, body) = post(&coordinator.url(&path), "text/plain", b"");
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(
+            body.contains(&format!("no worker \\\"{asked}\\\" in the allowlist")),
+            "{path}: {body}"
+        );
+    }
 }
 
 #[test]

@@ -844,7 +844,7 @@ fn drain(ctx: &Context, raw: &str, on: bool, by: &str) -> Reply {
             format!("the worker id {raw:?} is not validly percent-encoded"),
         );
     };
-    match control::set_drain(ctx, &worker_id, on, by) {
+    match control::set_drain(ctx, &worker_id, raw, on, by) {
         Ok(index) => Reply::Json(200, worker_view(&ctx.lock(), index, Instant::now())),
         Err(e) => error_reply(e.status(), e.to_string()),
     }

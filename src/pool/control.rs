@@ -25,7 +25,7 @@ pub enum ControlError {
     UnknownJob(String),
     /// The job already ended in this status.
     Finished(String, PoolStatus),
-    /// No worker with this id in the allowlist.
+    /// No worker with this id (as the request gave it) in the allowlist.
     UnknownWorker(String),
     /// The drain applies now but is not in the job store yet: written once the store can write
     /// again.
@@ -429,9 +429,12 @@ fn deleted_or_marked(ctx: &Context, id: &str, status: PoolStatus, by: &str) -> D
 /// Drains (`on`) or undrains a worker: a draining worker gets no new job, its jobs are followed
 /// to their end. The change is recorded in the job store (a restart keeps it) before this
 /// returns. `by` says who asked, for the log (as for [`cancel`]). Returns the index of the worker.
+/// `asked` is the id as the request gave it (before [`worker_id_from_url`] made `worker_id` of
+/// it): an unknown worker's refusal quotes that, which the caller can find in what they sent.
 pub fn set_drain(
     ctx: &Context,
     worker_id: &str,
+    asked: &str,
     on: bool,
     by: &str,
 ) -> Result<usize, ControlError> {
@@ -440,7 +443,7 @@ pub fn set_drain(
     let index = st
         .worker_index(worker_id)
         .filter(|&i| !st.workers[i].removed)
-        .ok_or_else(|| ControlError::UnknownWorker(worker_id.to_string()))?;
+        .ok_or_else(|| ControlError::UnknownWorker(asked.to_string()))?;
     let w = &mut st.workers[index];
     let changed = w.draining != on;
     w.draining = on;
