@@ -994,6 +994,17 @@ fn job_listing_newest_first_paginated_and_filtered() {
         let (code, body) = get_json(&coordinator.url(&format!("/jobs{bad}")));
         assert_eq!(code, 400, "{bad}: {body}");
     }
+    // A cursor that is no job id at all is told so, not taken for a job deleted since.
+    for garbage in ["garbage", "pool-nope", "pool-0123"] {
+        let (code, body) = get_json(&coordinator.url(&format!("/jobs?before={garbage}")));
+        assert_eq!(code, 400, "{garbage}: {body}");
+        let why = body["error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("is not a job id (job ids look like pool-<32 hex>)")
+                && !why.contains("deleted"),
+            "{garbage}: {body}"
+        );
+    }
     // A route that takes no parameter ignores them (a browser's cache-busting `?_=...`).
     let (code, body) = get_json(&coordinator.url("/pool?_=1"));
     assert_eq!(code, 200, "{body}");

@@ -616,6 +616,13 @@ fn size_bytes(file: &Value) -> Option<u64> {
     file.get("size_bytes")?.as_u64()
 }
 
+/// Whether `id` has the form of a job id: `pool-` and 32 lowercase hex digits.
+pub fn is_job_id(id: &str) -> bool {
+    id.strip_prefix("pool-").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// The text of the 404 for a job id the coordinator does not know (or another key's job):
 /// every route and control answers it, so the reason given never depends on the route.
 pub fn unknown_job_message(id: &str) -> String {

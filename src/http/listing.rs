@@ -2,7 +2,7 @@
 //! paginated, with the fields of `/status` without the worker's raw answer. A submit key sees
 //! only its own jobs.
 
-use crate::base::job::{Job, PoolStatus};
+use crate::base::job::{is_job_id, Job, PoolStatus};
 use crate::http::auth::{owner_filter, Caller};
 use crate::http::redact::hide_remote_id;
 use crate::http::replies::{error_reply, Reply};
@@ -130,6 +130,12 @@ pub fn jobs(ctx: &Context, caller: &Caller, param: &dyn Fn(&str) -> Option<Strin
     };
     let cursor = match &query.before {
         None => None,
+        Some(id) if !is_job_id(id) => {
+            return error_reply(
+                400,
+                format!("before={id:?} is not a job id (job ids look like pool-<32 hex>); pass the next_before of the page before, or list the first page without before="),
+            )
+        }
         Some(id) => {
             let live = ctx.lock().jobs.get(id.as_str()).map(|j| (**j).clone());
             let job = live.or_else(|| ctx.store.load(id).ok().flatten());
