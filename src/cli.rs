@@ -243,11 +243,15 @@ fn value<T>(
     }
 }
 
+/// The longest time a flag in seconds takes (about 31 years: a submit's `queue_timeout` has
+/// the same bound).
+const SECONDS_MAX: f64 = 1e9;
+
 fn seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s.is_finite() && s > 0.0 && s <= SECONDS_MAX => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
-            "expected a positive number of seconds, got {text:?}"
+            "expected a number of seconds above 0 and at most {SECONDS_MAX}, got {text:?}"
         )),
     }
 }
@@ -283,9 +287,11 @@ fn seconds_or_zero(text: &str) -> Result<Option<Duration>, String> {
     if text.trim().parse::<f64>() == Ok(0.0) {
         return Ok(None);
     }
-    seconds(text)
-        .map(Some)
-        .map_err(|_| format!("expected a number of seconds (0 for no limit), got {text:?}"))
+    seconds(text).map(Some).map_err(|_| {
+        format!(
+            "expected a number of seconds, at most {SECONDS_MAX} (0 for no limit), got {text:?}"
+        )
+    })
 }
 
 /// The default of a per-address limit: half of the whole limit `n`, at least 1.
@@ -293,11 +299,30 @@ fn half(n: usize) -> usize {
     (n / 2).max(1)
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+/// The type of a whole-number flag, with its largest value (said in a refusal, so a number
+/// past it is not refused without a reason).
+trait Whole: std::str::FromStr + PartialOrd + From<u8> + fmt::Display {
+    const MAX: Self;
+}
+
+impl Whole for u32 {
+    const MAX: Self = u32::MAX;
+}
+
+impl Whole for u64 {
+    const MAX: Self = u64::MAX;
+}
+
+impl Whole for usize {
+    const MAX: Self = usize::MAX;
+}
+
+fn positive<T: Whole>(text: &str) -> Result<T, String> {
     match text.parse::<T>() {
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!(
-            "expected a whole number of at least 1, got {text:?}"
+            "expected a whole number from 1 to {}, got {text:?}",
+            T::MAX
         )),
     }
 }
@@ -319,9 +344,12 @@ fn handler_threads(text: &str) -> Result<usize, String> {
 
 /// A whole number, 0 or more.
 fn count_or_zero(text: &str) -> Result<u32, String> {
-    text.trim()
-        .parse::<u32>()
-        .map_err(|_| format!("expected a whole number (0 for no limit), got {text:?}"))
+    text.trim().parse::<u32>().map_err(|_| {
+        format!(
+            "expected a whole number from 0 to {} (0 for no limit), got {text:?}",
+            u32::MAX
+        )
+    })
 }
 
 /// The most reruns a submit may ask for: 0 to 100.
@@ -352,8 +380,12 @@ fn disk_reserve(text: &str) -> Result<DiskReserveSetting, String> {
 }
 
 fn bytes(text: &str) -> Result<u64, String> {
-    text.parse::<u64>()
-        .map_err(|_| format!("expected a whole number of bytes (0 or more), got {text:?}"))
+    text.parse::<u64>().map_err(|_| {
+        format!(
+            "expected a whole number of bytes from 0 to {}, got {text:?}",
+            u64::MAX
+        )
+    })
 }
 
 /// The largest `--row-results-max`: bigger results belong in a segment, not in a row.
@@ -428,11 +460,14 @@ fn heartbeat(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The longest `--shutdown-grace`: about 11 days.
+const GRACE_MAX: f64 = 1e6;
+
 fn grace(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && (0.0..=1e6).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s.is_finite() && (0.0..=GRACE_MAX).contains(&s) => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
-            "expected a number of seconds (0 or more), got {text:?}"
+            "expected a number of seconds from 0 to {GRACE_MAX}, got {text:?}"
         )),
     }
 }

@@ -254,6 +254,19 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--max-reruns", "-1"], "--max-reruns"),
         (&["--queue-timeout", "-5"], "--queue-timeout"),
         (&["--queue-timeout", "an hour"], "--queue-timeout"),
+        // A number past a flag's largest value says what that value is.
+        (&["--queue-timeout", "1000000001"], "at most 1000000000"),
+        (&["--lost-after", "2e9"], "at most 1000000000"),
+        (&["--shutdown-grace", "1000001"], "from 0 to 1000000"),
+        (&["--max-attempts", "4294967296"], "from 1 to 4294967295"),
+        (
+            &["--max-requests-per-ip", "4294967296"],
+            "from 0 to 4294967295",
+        ),
+        (
+            &["--max-results-bytes", "18446744073709551616"],
+            "from 0 to 18446744073709551615",
+        ),
         (&["--disk-reserve", "60%"], "--disk-reserve"),
         (&["--disk-reserve", "1GB"], "--disk-reserve"),
         (&["--retain-bytes", "2GiB"], "--retain-bytes"),
