@@ -533,6 +533,15 @@ fn bad_files() -> Vec<BadFile> {
         });
     }
     cases.push(BadFile {
+        what: "a label given twice",
+        text: with("labels", json!(["gpu", "gpu"])).to_string(),
+        needles: vec![
+            la.clone(),
+            "field \"labels\" is not a valid list of labels: label \"gpu\" is given twice"
+                .to_string(),
+        ],
+    });
+    cases.push(BadFile {
         what: "invalid JSON",
         text: format!(r#"[{{"worker_id": "{a}", "endpoint": "http://127.0.0.1:9001""#),
         needles: vec!["not valid JSON".to_string()],

@@ -2128,7 +2128,7 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
         assert!(error.contains("within its queue timeout of"), "{status}");
         assert!(
             error.contains(&format!(
-                "1 of 1 workers healthy and in service, 0 with room; {queued} jobs queued"
+                "1 of 1 worker healthy and in service, 0 with room; {queued} jobs queued"
             )),
             "{status}"
         );
@@ -2191,9 +2191,20 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
     );
     assert_eq!(job_status(&coordinator, &patient)["pool_status"], "queued");
     assert_eq!(job_status(&coordinator, &soon)["queue_timeout"], 1.0);
+    // Alone in the queue, a job that times out says so in the singular.
+    cancel(&coordinator, &patient);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let alone = submit_to(&coordinator, "/submit?queue_timeout=1", &form());
+    let status = wait_status(&coordinator, &alone, "failed", DEADLINE);
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(1 of 1 worker healthy and in service, 0 with room; 1 job queued)"),
+        "{status}"
+    );
     let accepted = worker.recording().accepted_ids().len();
     assert_eq!(accepted, 1, "only the blocker reached the worker");
-    cancel(&coordinator, &patient);
     cancel(&coordinator, &blocker);
 }
 

@@ -101,10 +101,24 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
             && body.contains("the workers carry: arm64, gpu"),
         "{body}"
     );
-    for bad in ["a b", "gpu,gpu", ""] {
+    for (bad, why) in [
+        (
+            "a b",
+            r#"{"error":"label \"a b\" is not valid (a label is "#,
+        ),
+        ("gpu,gpu", r#"{"error":"label \"gpu\" is given twice; "#),
+        (
+            "",
+            r#"{"error":"no label is given (give them separated by commas"#,
+        ),
+    ] {
         let (code, body) = post_multipart(&coordinator.url("/submit"), &job(Some(bad)));
         assert_eq!(code, 400, "{bad:?}: {body}");
-        assert!(body.contains("the labels"), "{body}");
+        assert!(body.starts_with(why), "{bad:?}: {body}");
+        assert!(
+            body.contains("give the labels a worker must carry"),
+            "{body}"
+        );
     }
     let form = job(None);
     let (code, body) = post(

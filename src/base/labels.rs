@@ -64,7 +64,7 @@ pub fn parse_text(text: &str) -> Result<Vec<String>, LabelError> {
         .collect();
     if items.is_empty() {
         return Err(LabelError(format!(
-            "names no label (give them separated by commas, e.g. arm64,gpu; a label is {LABEL_RULE})"
+            "no label is given (give them separated by commas, e.g. arm64,gpu; a label is {LABEL_RULE})"
         )));
     }
     parse(&items)

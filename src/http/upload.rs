@@ -109,7 +109,7 @@ pub enum UploadError {
     /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
     /// twice.
     BadReruns(String),
-    /// Labels that are not valid, or given twice.
+    /// Labels that are not valid, or given twice: the whole clause that says so.
     BadLabels(String),
     /// An option's part (`part`) longer than its `max` bytes.
     LongOption {
@@ -280,7 +280,7 @@ impl fmt::Display for UploadError {
             ),
             Self::BadLabels(why) => write!(
                 f,
-                "the labels {why}; give the labels a worker must carry to run the job, separated by commas, e.g. labels=arm64,gpu"
+                "{why}; give the labels a worker must carry to run the job, separated by commas, e.g. labels=arm64,gpu"
             ),
             Self::LongOption { part, max } => write!(
                 f,
@@ -580,7 +580,7 @@ impl SubmitOptions {
         }
         if self.labels.is_some() && parts.labels.is_some() {
             return Err(UploadError::BadLabels(
-                "are given both as a part and in the query".to_string(),
+                "the labels are given both as a part and in the query".to_string(),
             ));
         }
         Ok(SubmitOptions {
@@ -853,7 +853,9 @@ fn read_parts(
             "labels" => {
                 let text = short_text(&mut field.data, "labels", LABELS_PART_MAX, &read_error)?;
                 if options.labels.replace(parse_labels(&text)?).is_some() {
-                    return Err(UploadError::BadLabels("are given twice".to_string()));
+                    return Err(UploadError::BadLabels(
+                        "the labels part is given twice".to_string(),
+                    ));
                 }
             }
             other => return Err(UploadError::UnknownPart(other.to_string())),

@@ -150,8 +150,10 @@ fn workers_summary(st: &PoolState, now: Instant, queued: usize) -> String {
         n => format!(" ({n} not checked yet: the coordinator had just started)"),
     };
     format!(
-        "{} of {listed} workers healthy and in service{unchecked}, {with_room} with room; {queued} jobs queued",
+        "{} of {listed} {} healthy and in service{unchecked}, {with_room} with room; {queued} {} queued",
         in_service.len(),
+        if listed == 1 { "worker" } else { "workers" },
+        if queued == 1 { "job" } else { "jobs" },
     )
 }
 
@@ -182,7 +184,8 @@ mod tests {
         );
         assert_eq!(
             workers_summary(&st, now, st.queue.len()),
-            "0 of 1 workers healthy and in service (1 not checked yet: the coordinator had just started), 0 with room; 2 jobs queued"
+            "0 of 1 worker healthy and in service (1 not checked yet: the coordinator had just started), 0 with room; 2 jobs queued"
         );
+        assert!(workers_summary(&st, now, 1).ends_with("; 1 job queued"));
     }
 }

@@ -203,7 +203,7 @@ fn worker_labels(value: &Value) -> Result<Vec<String>, String> {
     let items = items.ok_or_else(|| {
         format!("must be a list of strings such as [\"arm64\", \"gpu\"], got {value}")
     })?;
-    labels::parse(&items).map_err(|e| e.to_string())
+    labels::parse(&items).map_err(|e| format!("is not a valid list of labels: {e}"))
 }
 
 /// A worker's own `"source_addresses"`: a list of addresses or CIDR blocks, or one string of
