@@ -216,6 +216,20 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
             reply.text()
         );
     }
+    // Every 405 names the methods allowed, CONNECT's too: those of the endpoint it names, or
+    // for a host and port every method some endpoint takes.
+    for (line, allowed) in [
+        (
+            "CONNECT 127.0.0.1:443 HTTP/1.1",
+            "GET, HEAD, POST, DELETE, OPTIONS",
+        ),
+        ("CONNECT /pool HTTP/1.1", "GET, HEAD"),
+    ] {
+        let reply = exchange(coordinator.port(), &format!("{line}\r\n"), b"")
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(reply.status, 405, "{line}: {}", reply.text());
+        assert_eq!(reply.header("Allow"), Some(allowed), "{line}");
+    }
     let (status, body) = get_json(&coordinator.url("/pool"));
     assert_eq!(status, 200, "the coordinator stopped serving: {body}");
 }

@@ -136,11 +136,15 @@ impl Route<'_> {
     }
 }
 
+/// Every method some endpoint takes: `OPTIONS *`'s `Allow`, and a `CONNECT`'s when its target
+/// is no endpoint.
+const SERVER_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+
 /// A request for the server as a whole (the target `*`, RFC 9112 section 3.2.4): `OPTIONS *`
 /// is answered 204 with every method some endpoint takes; any other method is a 400.
 fn whole_server(method: &Method) -> Reply {
     if *method == Method::Options {
-        let allow = "GET, HEAD, POST, DELETE, OPTIONS".to_string();
+        let allow = SERVER_METHODS.to_string();
         return Reply::WithHeaders(vec![("Allow", allow)], Box::new(Reply::Empty(204)));
     }
     error_reply(
@@ -262,9 +266,18 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         return whole_server(request.method());
     }
     if *request.method() == Method::Connect {
-        return error_reply(
-            405,
-            "CONNECT is not served: the coordinator is no proxy; ask for its paths (/submit, /status/ID, ...)",
+        // Like every 405, it names what is allowed: the endpoint's methods, or, for a target
+        // that is no endpoint (mostly a host and port), every method some endpoint takes.
+        let allowed = match match_route(path) {
+            Some(route) => route.allowed_methods(&url).to_string(),
+            None => SERVER_METHODS.to_string(),
+        };
+        return Reply::WithHeaders(
+            vec![("Allow", allowed)],
+            Box::new(error_reply(
+                405,
+                "CONNECT is not served: the coordinator is no proxy; ask for its paths (/submit, /status/ID, ...)",
+            )),
         );
     }
     let Some(route) = match_route(path) else {
