@@ -134,6 +134,43 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
             reply.text()
         );
     }
+    // The 404's hint names every endpoint.
+    let reply = send("GET", &coordinator.url("/nope"), None).unwrap();
+    let hint = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for endpoint in [
+        "/,",
+        "/submit",
+        "/status/ID",
+        "/outputs/ID",
+        "/logs/ID",
+        "/logs/ID?follow=1",
+        "/stream/ID",
+        "/download/ID",
+        "/jobs,",
+        "/cancel/ID",
+        "/cancel?status=",
+        "DELETE /jobs/ID",
+        "/jobs/ID/priority",
+        "/workers/ID/drain",
+        "/workers/ID/undrain",
+        "/submits/pause",
+        "/submits/resume",
+        "/log-level",
+        "/reload",
+        "/stats",
+        "/pool",
+        "/activity",
+        "/dashboard",
+        "/metrics",
+        "/snapshot",
+        "/health",
+        "/ready",
+    ] {
+        assert!(hint.contains(endpoint), "{endpoint} is not in {hint}");
+    }
     let wrong_methods = [
         ("GET", "/submit", "POST"),
         ("HEAD", "/submit", "POST"),
