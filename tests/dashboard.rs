@@ -594,6 +594,16 @@ fn the_dashboard_buttons_drain_undrain_pause_resume_raise_cancel_and_delete_in_c
     };
     let mut page = DevTools::open(browser, &coordinator.url("/dashboard"));
     wait_ready(&mut page);
+    // One job waits: the queue's row says so in the singular.
+    let queue_text = "(() => { const r = document.querySelector('tr[data-part=\"queue\"]'); \
+                      return r ? r.textContent : null; })()";
+    let said = poll_until(DEADLINE, || {
+        let text = page.eval(queue_text);
+        text.as_str()
+            .filter(|t| t.contains("1 job queued ("))
+            .map(str::to_string)
+    });
+    assert!(said.is_some(), "{}", page.eval(queue_text));
     let id = worker.worker_id();
     wait_row(&mut page, "data-worker-id", &id, |s| has_action(s, "drain"));
 
