@@ -257,6 +257,16 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "not allowed",
         ),
         (
+            "a name sandrun would take for an archive it is not",
+            main_py().file("results.zip.txt", "text/plain", b"notes\n"),
+            "holds \".zip\": a sandrun worker takes any file whose name holds",
+        ),
+        (
+            "a name with .tgz inside",
+            main_py().file("data.tgz.sha256", "text/plain", b"abc\n"),
+            "holds \".tgz\"",
+        ),
+        (
             "filename with a backslash",
             Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
             "not allowed",

@@ -62,6 +62,9 @@ pub enum UploadError {
     MissingFilename,
     /// A filename that cannot be a plain file name.
     BadFilename(String),
+    /// A filename holding an archive's extension (the second) where it does not end: sandrun
+    /// would unpack the file as an archive (see `hidden_archive`).
+    HiddenArchive(String, &'static str),
     /// A filename longer than [`MAX_NAME_BYTES`] (its length).
     LongFilename(usize),
     /// A `files` part whose `Content-Type` is longer than [`MAX_NAME_BYTES`] (its filename and
@@ -215,6 +218,10 @@ impl fmt::Display for UploadError {
             Self::BadFilename(name) => write!(
                 f,
                 "the filename {name:?} is not allowed: it must be a plain name without '/', '\\\\', '\"', '..', NUL or control characters"
+            ),
+            Self::HiddenArchive(name, kind) => write!(
+                f,
+                "the filename {name:?} holds {kind:?}: a sandrun worker takes any file whose name holds .tar.gz, .tgz or .zip for an archive and unpacks it, so this file would never arrive under its name; rename it (an archive's name must end with .tar.gz, .tgz or .zip)"
             ),
             Self::LongFilename(len) => write!(
                 f,
@@ -454,11 +461,26 @@ const MAX_NAME_BYTES: usize = 255;
 fn check_filename(name: &str) -> Result<(), UploadError> {
     if name.len() > MAX_NAME_BYTES {
         Err(UploadError::LongFilename(name.len()))
-    } else if is_safe_component(name) && !name.contains('"') {
-        Ok(())
-    } else {
+    } else if !is_safe_component(name) || name.contains('"') {
         Err(UploadError::BadFilename(name.to_string()))
+    } else if let Some(kind) = hidden_archive(name) {
+        Err(UploadError::HiddenArchive(name.to_string(), kind))
+    } else {
+        Ok(())
     }
+}
+
+/// The archive kind sandrun would take a file for that does not end as one: it unpacks any
+/// file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`) or `.zip` anywhere, so
+/// `results.zip.txt` would never arrive under its name. A name that ends so is an archive,
+/// unpacked as README says.
+fn hidden_archive(name: &str) -> Option<&'static str> {
+    [".tar.gz", ".tgz", ".zip"].into_iter().find(|kind| {
+        let archive = [".tar.gz", ".tgz", ".zip"]
+            .iter()
+            .any(|end| name.ends_with(end));
+        name.contains(kind) && !archive
+    })
 }
 
 /// The multipart parser reports a bad part header with an unhelpful text (its error type is
