@@ -343,6 +343,38 @@ fn bad_input_is_answered_like_sandrun() {
     assert!(gone.is_some(), "job {id} was never deleted");
 }
 
+/// sandrun's clock for deleting a job starts as its submit is handled, before the submit waits
+/// for the jobs lock a running job holds: a job submitted while another runs (3 s) and running
+/// 0.5 s itself is over 3.2 s old as it ends, and deleted right then (`delete_after` 3.2 s),
+/// not 2.7 s later as a clock started after the wait would have it.
+#[test]
+fn a_jobs_deletion_counts_from_its_submit_its_wait_for_the_lock_included() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(3);
+        k.delete_after = Duration::from_millis(3200);
+    });
+    let first = accepted_id(&worker, &main_py_job());
+    let started = poll_until(Duration::from_secs(30), || {
+        worker.recording().has_started(&first).then_some(())
+    });
+    assert!(started.is_some(), "job {first} never started");
+    worker.set(|k| k.job_duration = Duration::from_millis(500));
+    let behind = accepted_id(&worker, &main_py_job());
+    let done = poll_until(Duration::from_secs(30), || {
+        let recording = worker.recording();
+        recording
+            .done
+            .iter()
+            .any(|(id, _)| *id == behind)
+            .then_some(())
+    });
+    assert!(done.is_some(), "job {behind} never ended");
+    let gone = poll_until(Duration::from_secs(2), || {
+        (get_json(&worker.url(&format!("/status/{behind}"))).0 == 404).then_some(())
+    });
+    assert!(gone.is_some(), "job {behind} outlived its deletion time");
+}
+
 /// Kills the child when dropped.
 struct Reaped(Child);
 

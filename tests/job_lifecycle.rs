@@ -406,6 +406,31 @@ fn queued_jobs_start_without_client_polling() {
     assert_pool_consistent(&coordinator);
 }
 
+/// sandrun deletes a job a fixed time after its submit began (6 minutes), its wait behind the
+/// job it runs included, right as the job ends: a job queued on its worker behind a long one is
+/// lost with its results, and the error says why and what to do (the emulator's clock now
+/// starts where sandrun's does, before the submit waits for the jobs lock).
+#[test]
+fn a_job_sandrun_deletes_as_it_ends_after_waiting_behind_another_is_lost_saying_why() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_millis(800);
+        k.delete_after = Duration::from_millis(1200);
+    });
+    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &main_py_job());
+    let behind = submit(&coordinator, &main_py_job());
+    let status = wait_collected(&coordinator, &first, DEADLINE);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    let status = wait_status(&coordinator, &behind, "lost", DEADLINE);
+    let error = text(&status["error"]);
+    assert!(
+        error.contains("sandrun deletes a job 6 minutes after its submit, its wait in the worker's queue included")
+            && error.contains("give such a worker max_concurrent_jobs 1"),
+        "{status}"
+    );
+}
+
 #[test]
 fn outputs_still_download_after_the_worker_deleted_the_job() {
     let worker = FakeWorker::start();

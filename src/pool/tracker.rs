@@ -309,13 +309,9 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
             finished
         }
         Err(CallError::Status { code: 404, .. }) => {
-            lose(
-                ctx,
-                index,
-                &job.id,
-                "the worker no longer has the job (HTTP 404) and its results were not collected"
-                    .to_string(),
-            );
+            let why =
+                "the worker no longer has the job (HTTP 404) and its results were not collected";
+            lose(ctx, index, &job.id, format!("{why}; {SANDRUN_DELETES}"));
             true
         }
         Err(CallError::Shortage(why)) => {
@@ -664,10 +660,18 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
 fn gone_why(ctx: &Context, id: &str) -> String {
     let gone = CollectError::Gone.to_string();
     match ctx.lock().jobs.get(id).map(|j| &j.collection) {
-        Some(Collection::Pending(Some(last))) => format!("{gone} (the last try: {last})"),
-        _ => gone,
+        Some(Collection::Pending(Some(last))) => {
+            format!("{gone} (the last try: {last}); {SANDRUN_DELETES}")
+        }
+        _ => format!("{gone}; {SANDRUN_DELETES}"),
     }
 }
+
+/// Why a worker forgets a job it ran, said with a loss for which that is the likely cause.
+const SANDRUN_DELETES: &str = "sandrun deletes a job 6 minutes after its submit, its wait \
+     in the worker's queue included, even as it ends (so a job queued there behind long ones \
+     can be deleted the moment it ends: give such a worker max_concurrent_jobs 1), at once after \
+     GET /download/{id}, and all of them when it restarts";
 
 /// Leaves a job's collection pending after its results could not be stored (a full disk, a
 /// failed sync; `worker_answered`) or fetched for the coordinator's own shortage. Neither counts

@@ -34,7 +34,9 @@ pub struct Knobs {
     pub max_jobs_per_hour: usize,
     /// CPU seconds per client IP per minute (sandrun: 10).
     pub cpu_seconds_per_minute: f64,
-    /// A job not running is deleted this long after its submission (sandrun: about 5 minutes).
+    /// A job not running is deleted this long after its submit began (sandrun: more than 5
+    /// whole minutes, so 6, its wait for the jobs lock and in the queue included), checked
+    /// after each run.
     pub delete_after: Duration,
     /// The executor looks for the next job this often (sandrun: every second).
     pub poll_interval: Duration,
@@ -115,7 +117,7 @@ impl Default for Knobs {
             max_active_per_ip: 2,
             max_jobs_per_hour: 20,
             cpu_seconds_per_minute: 10.0,
-            delete_after: Duration::from_secs(300),
+            delete_after: Duration::from_secs(360),
             poll_interval: Duration::from_secs(1),
             max_request_bytes: 100 * 1024 * 1024,
             wrong_worker_id: false,

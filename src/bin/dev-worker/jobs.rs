@@ -35,7 +35,8 @@ pub struct Job {
     pub cpu_seconds: f64,
     /// Peak memory in MiB (rounded down).
     pub memory_mb: u64,
-    /// When it was submitted.
+    /// When its submit began to be handled (before it waited for the jobs lock, as sandrun's
+    /// clock starts): its deletion counts from here.
     pub created_at: Instant,
     /// sandrun's commitment to the job's inputs.
     pub job_hash: String,
@@ -53,7 +54,13 @@ pub struct Job {
 
 impl Job {
     /// A queued job.
-    pub fn new(id: String, client_ip: String, spec: JobSpec, dir: PathBuf, hash: String) -> Job {
+    pub fn new(
+        id: String,
+        client_ip: String,
+        spec: JobSpec,
+        (dir, hash): (PathBuf, String),
+        created_at: Instant,
+    ) -> Job {
         Job {
             id,
             client_ip,
@@ -65,7 +72,7 @@ impl Job {
             queue_position: 0,
             cpu_seconds: 0.0,
             memory_mb: 0,
-            created_at: Instant::now(),
+            created_at,
             job_hash: hash,
             output_files: BTreeMap::new(),
             wall_time_ms: 0,
@@ -183,12 +190,13 @@ impl JobTable {
         Some(job)
     }
 
-    /// Deletes every job not running that was submitted more than `max_age` ago.
+    /// Deletes every job not running that was submitted `max_age` ago or more (sandrun: more
+    /// than 5 whole minutes, so 6), the one that just ended and those still queued included.
     pub fn expire(&mut self, max_age: Duration) {
         let old: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| j.status != "running" && j.created_at.elapsed() > max_age)
+            .filter(|j| j.status != "running" && j.created_at.elapsed() >= max_age)
             .map(|j| j.id.clone())
             .collect();
         for id in old {

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::control::{lock, ReceivedFile, ReceivedJob};
 use super::files::{mime_type, sha256_bytes};
@@ -159,6 +159,7 @@ fn submit(
     ip: &str,
     received_at: SystemTime,
 ) -> Response {
+    let created_at = Instant::now();
     let knobs = shared.control.get();
     let quota = lock(&run.limiter).check(ip, limits(&knobs));
     if !quota.can_submit {
@@ -209,7 +210,8 @@ fn submit(
             .job(received(&parts, (ip, received_at), 429, None));
         return Response::error(429, "Rate limit exceeded");
     }
-    lock(&run.jobs).enqueue(Job::new(id.clone(), ip.to_string(), spec, dir, hash));
+    let job = Job::new(id.clone(), ip.to_string(), spec, (dir, hash), created_at);
+    lock(&run.jobs).enqueue(job);
     shared
         .recorder
         .job(received(&parts, (ip, received_at), 200, Some(&id)));
