@@ -905,6 +905,11 @@ fn check(path: &std::path::Path, flag: &[IpAddr]) -> i32 {
         eprintln!("error: {}: {e}", path.display());
         return 1;
     }
+    for (first, other, host) in workers_file::sharing_a_host(&specs) {
+        println!(
+            "note: workers {first} and {other} are on one host ({host}): two sandrun workers on one host share its job directory and their job ids can collide, mixing their jobs' files; run one sandrun per host (development workers are not affected)"
+        );
+    }
     println!("{}: {} workers, OK", path.display(), specs.len());
     0
 }

@@ -670,6 +670,22 @@ fn a_valid_workers_file_passes_check_with_one_line_per_worker() {
         "{}",
         checked.describe()
     );
+    assert!(!checked.stdout.contains("note:"), "{}", checked.describe());
+    // Two workers on one host: sandrun's job directory and ids are the host's, shared.
+    let entries = json!([
+        {"worker_id": ids[0], "endpoint": "http://10.0.0.11:8443"},
+        {"worker_id": ids[1], "endpoint": "http://10.0.0.11:8444"},
+    ]);
+    fs::write(&path, entries.to_string()).unwrap();
+    let checked = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(checked.code, Some(0), "{}", checked.describe());
+    assert!(
+        checked
+            .stdout
+            .contains("note: workers 0 and 1 are on one host (10.0.0.11): two sandrun workers"),
+        "{}",
+        checked.describe()
+    );
 
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers.json.example");
     let checked = run(&["check", example.to_str().unwrap()]);

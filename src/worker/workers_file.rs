@@ -249,6 +249,23 @@ impl fmt::Display for SourceAddressError {
 
 impl std::error::Error for SourceAddressError {}
 
+/// The pairs of workers (their indexes, and the host) whose endpoints name the same host: two
+/// sandrun workers on one host share its job directory (`sandrun_jobs/<id>` under the system's
+/// temporary directory), and their job ids (`job_<seconds>_<counter>`) can collide.
+pub fn sharing_a_host(specs: &[WorkerSpec]) -> Vec<(usize, usize, String)> {
+    let hosts: Vec<String> = specs
+        .iter()
+        .map(|w| endpoint_parts(&w.endpoint).host.to_ascii_lowercase())
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        if let Some(j) = hosts[..i].iter().position(|h| h == host) {
+            pairs.push((j, i, host.clone()));
+        }
+    }
+    pairs
+}
+
 /// Checks that every source address is configured on this host (binding to it must work), that
 /// a worker whose endpoint is a literal IP is reached from addresses of its family, and that no
 /// `https://` worker has any (its submits cannot be bound).
