@@ -1004,6 +1004,72 @@ fn sighup_reloads_the_keys_and_a_bad_file_keeps_the_old_ones() {
     }
 }
 
+/// The names in `/pool`'s `keys` as `admin` reads them, sorted.
+fn key_names(coordinator: &Coordinator, admin: &Key) -> (Vec<String>, Value) {
+    let pool = call(coordinator, "GET", "/pool", Some(admin)).json();
+    let mut names: Vec<String> = pool["keys"]
+        .as_object()
+        .map(|keys| keys.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    (names, pool)
+}
+
+/// A key removed from the keys file leaves `/pool`'s `keys` once it has no job queued,
+/// dispatched or running: at the reload when it has none, when its last job ends otherwise.
+/// Keys still in the file keep the figures of their ended jobs.
+#[test]
+fn a_removed_keys_figures_go_once_its_last_job_ended() {
+    let worker = FakeWorker::start();
+    let alice = Key::new("alice", "submit");
+    let bob = Key::new("bob", "submit");
+    let carol = Key::new("carol", "submit");
+    let ops = Key::new("ops", "admin");
+    let (coordinator, _dir, keys_path) =
+        start_with_keys(&[worker.entry(2)], &[&alice, &bob, &carol, &ops], &FAST);
+    for key in [&alice, &carol] {
+        let id = submit_ok(&coordinator, key);
+        wait_collected_as(&coordinator, key, &id);
+    }
+    // A drained worker takes no job: bob's stays queued.
+    let drain = drain_url(&coordinator, &worker, "drain")
+        .trim_start_matches(&coordinator.url(""))
+        .to_string();
+    let drained = call(&coordinator, "POST", &drain, Some(&ops));
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    let bobs = submit_ok(&coordinator, &bob);
+
+    write_keys(&keys_path, &[&carol, &ops]);
+    let reloaded = call(&coordinator, "POST", "/reload", Some(&ops));
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let (names, pool) = key_names(&coordinator, &ops);
+    assert_eq!(names, ["bob", "carol", "ops"], "{pool}");
+    assert_eq!(pool["keys"]["bob"]["role"], Value::Null, "{pool}");
+    assert_eq!(pool["keys"]["bob"]["queued"], 1, "{pool}");
+    assert_eq!(pool["keys"]["carol"]["role"], "submit", "{pool}");
+    assert_eq!(pool["keys"]["carol"]["completed"], 1, "{pool}");
+    assert_eq!(pool["keys"]["ops"]["completed"], 0, "{pool}");
+
+    let cancelled = call(&coordinator, "POST", &format!("/cancel/{bobs}"), Some(&ops));
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    let mut last = Value::Null;
+    poll_until(DEADLINE, || {
+        let (names, pool) = key_names(&coordinator, &ops);
+        last = pool;
+        (names == ["carol", "ops"]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("bob's figures stayed after his last job ended: {last}"));
+    assert_eq!(last["keys"]["carol"]["completed"], 1, "{last}");
+    // The job itself is still there for admins.
+    let status = call(&coordinator, "GET", &format!("/status/{bobs}"), Some(&ops));
+    assert_eq!(
+        status.json()["pool_status"],
+        "cancelled",
+        "{}",
+        status.text()
+    );
+}
+
 fn trusted_pool(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
         .args(args)

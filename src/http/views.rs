@@ -163,8 +163,8 @@ pub fn pool_view(st: &PoolState, settled: [u64; PoolStatus::ALL.len()], now: Ins
 }
 
 /// The `/pool` figures per client key: its role, limit and jobs per status. An admin or read
-/// key sees every key (and names that own jobs but are no longer in the keys file); a submit
-/// key sees only its own.
+/// key sees every key (and names no longer in the keys file that still have jobs queued,
+/// dispatched or running); a submit key sees only its own.
 pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Value {
     let figures = |name: &str| -> serde_json::Map<String, Value> {
         PoolStatus::ALL

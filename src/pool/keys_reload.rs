@@ -20,6 +20,9 @@ pub fn reload(ctx: &Context) -> Option<KeysReload> {
                 keys.names()
             );
             expiry::warn_of_keys(&keys, unix_now() as u64);
+            // The figures of removed keys with no job in flight go now; those with jobs in
+            // flight, when their last one ends.
+            ctx.lock().keys_listed(Some(&keys));
             ctx.keys.set(keys);
             ctx.events.recheck_followers();
             KeysReload {

@@ -223,6 +223,7 @@ pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
     };
     let mut table = PoolState::new(specs, Instant::now());
     table.queue.set_aging(Some(config.priority_aging));
+    table.keys_listed(keys.as_ref());
     let (mut ctx, signals) = Context::new(config, table, spool, store);
     ctx.client = WorkerClient::with_tls(timeouts, worker_tls.map(|t| t.config));
     ctx.certificates.set(Presented::Listener, listener_expiry);

@@ -4,6 +4,7 @@
 //! coordinator: [`crate::base::sync::lock`] recovers a poisoned mutex (every update leaves the table consistent
 //! before anything that could panic runs).
 
+use crate::base::api_keys::KeySet;
 use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::{doubling_pause, unix_now};
 use crate::base::job::{Job, LostRun, PoolStatus};
@@ -17,7 +18,7 @@ use crate::state::watch::EndWatch;
 use crate::worker::identity::short_id;
 use crate::worker::workers_file::WorkerSpec;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -490,7 +491,12 @@ pub enum LabelsHold {
 #[derive(Debug, Default)]
 struct JobCounts {
     all: [usize; PoolStatus::ALL.len()],
+    /// Per owner: the jobs it has now (queued, dispatched, running) and those that ended since
+    /// the start. An owner whose name is not in `listed` goes once it has no job in flight, so
+    /// names of removed keys do not pile up.
     by_owner: HashMap<String, [usize; PoolStatus::ALL.len()]>,
+    /// The names in the keys file in force (empty without `--api-keys`).
+    listed: HashSet<String>,
     /// Queued jobs per list of labels asked for (sorted, as parsed; never empty), without the
     /// lists no queued job asks for.
     queued_by_labels: HashMap<Vec<String>, usize>,
@@ -536,9 +542,41 @@ impl JobCounts {
         }
         self.all[status.index()] -= 1;
         if let Some(counts) = owner.and_then(|o| self.by_owner.get_mut(o)) {
-            counts[status.index()] -= 1;
+            // An entry dropped and made again holds only what came after it.
+            counts[status.index()] = counts[status.index()].saturating_sub(1);
         }
     }
+
+    /// Drops `owner`'s entry when its name is not in the keys file and it has no job in flight.
+    fn drop_if_unlisted(&mut self, owner: Option<&String>) {
+        let Some(owner) = owner else { return };
+        if self.listed.contains(owner) {
+            return;
+        }
+        if self
+            .by_owner
+            .get(owner)
+            .is_some_and(|counts| !has_jobs_in_flight(counts))
+        {
+            self.by_owner.remove(owner);
+        }
+    }
+
+    /// Puts `names` in force as the keys file's, and drops the entries of every other owner
+    /// with no job in flight.
+    fn relist(&mut self, names: HashSet<String>) {
+        self.listed = names;
+        let listed = &self.listed;
+        self.by_owner
+            .retain(|owner, counts| listed.contains(owner) || has_jobs_in_flight(counts));
+    }
+}
+
+/// Whether an owner's counts hold a job queued, dispatched or running.
+fn has_jobs_in_flight(counts: &[usize; PoolStatus::ALL.len()]) -> bool {
+    PoolStatus::ALL
+        .iter()
+        .any(|s| !s.is_final() && counts[s.index()] > 0)
 }
 
 /// Workers, jobs and the queue: the one table behind the one lock.
@@ -725,6 +763,7 @@ impl PoolState {
         self.recent.remove(id);
         if let Some(job) = self.jobs.remove(id) {
             self.counts.remove(&job, job.status);
+            self.counts.drop_if_unlisted(job.owner.as_ref());
             self.names_bytes = self.names_bytes.saturating_sub(job.names_bytes());
         }
     }
@@ -732,6 +771,7 @@ impl PoolState {
     /// Puts a recovered job that is not queued back into the table, as it is.
     pub fn restore(&mut self, job: Job) {
         self.counts.add(&job, job.status);
+        self.counts.drop_if_unlisted(job.owner.as_ref());
         self.names_bytes += job.names_bytes();
         self.jobs.insert(job.id.clone(), Box::new(job));
     }
@@ -862,6 +902,7 @@ impl PoolState {
         let job = self.jobs.get_mut(id)?;
         self.counts.remove(job, job.status);
         self.counts.add(job, status);
+        self.counts.drop_if_unlisted(job.owner.as_ref());
         if status.is_final() && !job.status.is_final() {
             self.metrics
                 .job_finished(status, job.submitted_at, job.dispatched_at);
@@ -938,9 +979,21 @@ impl PoolState {
         self.names_bytes
     }
 
-    /// Every owner that has or had jobs, with its jobs per status (in `PoolStatus::ALL` order).
+    /// Every owner whose name is in the keys file and has or had jobs since the start, and
+    /// every other owner with a job queued, dispatched or running, with its jobs per status (in
+    /// `PoolStatus::ALL` order).
     pub fn owners(&self) -> impl Iterator<Item = (&str, &[usize; PoolStatus::ALL.len()])> {
         self.counts.by_owner.iter().map(|(o, c)| (o.as_str(), c))
+    }
+
+    /// Puts the names of the keys file in force (`None`: no `--api-keys`) and drops the
+    /// figures of every owner not named there that has no job queued, dispatched or running:
+    /// a removed key's figures go once its last job ends.
+    pub fn keys_listed(&mut self, keys: Option<&KeySet>) {
+        let names = keys
+            .map(|k| k.keys().iter().map(|key| key.name.clone()).collect())
+            .unwrap_or_default();
+        self.counts.relist(names);
     }
 
     /// Drops a settled job from the table once its record committed: it lives in the job store
