@@ -497,6 +497,58 @@ fn a_tls_handshake_that_trickles_in_is_cut_at_the_client_timeout() {
     assert!(served.is_ok_and(|a| a.status == 200));
 }
 
+/// Whether the coordinator closed `stream` (a read that does not wait sees its end or an error).
+fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 64];
+    let closed = match std::io::Read::read(stream, &mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    closed
+}
+
+/// A connection to the TLS port that sends nothing, or only the first byte of a handshake
+/// late, is let go within one `--client-timeout` of its accept: the wait for its first byte and
+/// its handshake share that deadline. Each had a client timeout of its own, so a silent
+/// connection held its slot, thread and descriptor for twice the timeout.
+#[test]
+fn a_silent_tls_connection_is_let_go_within_one_client_timeout() {
+    let timeout = Duration::from_secs(4);
+    let listener = tls_listener(&["--client-timeout", "4"]);
+    let (ca, coordinator) = (&listener.ca, &listener.coordinator);
+    let port = coordinator.port();
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let started = std::time::Instant::now();
+    let mut clients = [connect(), connect()];
+    // The second one sends the first byte of a handshake record 3 s in, then nothing: its
+    // handshake has what is left of the timeout, not a timeout of its own.
+    std::thread::sleep(Duration::from_secs(3));
+    std::io::Write::write_all(&mut clients[1], &[0x16]).expect("send a byte");
+    let mut closed_after = [None; 2];
+    poll_until(DEADLINE, || {
+        for (client, closed) in clients.iter_mut().zip(closed_after.iter_mut()) {
+            if closed.is_none() && closed_by_peer(client) {
+                *closed = Some(started.elapsed());
+            }
+        }
+        closed_after.iter().all(Option::is_some).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not closed within {DEADLINE:?}: {closed_after:?}"));
+    for (what, after) in ["silent", "late first byte"].iter().zip(closed_after) {
+        let after = after.unwrap_or_default();
+        // Generous: closed at the timeout, well before twice the timeout (8 s; 7 s for the
+        // late byte) that the two waits took.
+        assert!(
+            after < timeout + timeout / 2,
+            "the {what} connection was let go only after {after:?}"
+        );
+    }
+    let served = https_get(port, &ca.path("ca"), "/health");
+    assert!(served.is_ok_and(|a| a.status == 200));
+}
+
 /// A certificate path that comes to name a FIFO (or anything whose open waits) is refused at
 /// SIGHUP, and the signals after it still work: the reloads run off the thread that handles
 /// signals, so a stop is never held up by a file.

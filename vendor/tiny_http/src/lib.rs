@@ -409,11 +409,40 @@ fn close_with(sock: &Connection, silent: bool, status: &str, why: &str) {
     let _ = sock.shutdown(Shutdown::Write);
 }
 
-/// Patched: whether a connection to the TLS port opens with a plain HTTP request (a method's
-/// capital letter) instead of a TLS handshake (its records begin with 22). Waits for the first
-/// byte up to the socket's read timeout (the client timeout), on the connection's own thread.
-fn speaks_plain_http(control: &Connection) -> bool {
-    matches!(control.peek_first(), Ok(Some(byte)) if byte.is_ascii_uppercase())
+/// Patched: how a connection to the TLS port opens, seen by a peek at its first byte.
+#[cfg(feature = "ssl-rustls")]
+enum Opens {
+    /// With a plain HTTP request (a method's capital letter).
+    PlainHttp,
+    /// With anything else: a TLS handshake (its records begin with 22), or a peer already
+    /// gone (the handshake fails at once).
+    Tls,
+    /// With nothing by the deadline (or the peek failed): the connection is closed.
+    Nothing,
+}
+
+/// Patched: whether a connection to the TLS port opens with a plain HTTP request instead of a
+/// TLS handshake. Waits for the first byte until `until` (`None`: the socket's read timeout),
+/// on the connection's own thread.
+#[cfg(feature = "ssl-rustls")]
+fn first_byte(control: &Connection, until: Option<Instant>) -> Opens {
+    if let Some(until) = until {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || control.set_read_timeout(Some(left)).is_err() {
+            return Opens::Nothing;
+        }
+    }
+    let peeked = loop {
+        match control.peek_first() {
+            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+            peeked => break peeked,
+        }
+    };
+    match peeked {
+        Ok(Some(byte)) if byte.is_ascii_uppercase() => Opens::PlainHttp,
+        Ok(_) => Opens::Tls,
+        Err(_) => Opens::Nothing,
+    }
 }
 
 /// Patched: tells a client that spoke plain HTTP to the TLS port to use `https://` (a JSON 400,
@@ -437,19 +466,23 @@ fn refuse_plain_http(control: &Connection) {
 }
 
 /// Patched: how an accepted connection reaches its thread, which opens it for requests (over
-/// TLS, a first byte is awaited there: see [`speaks_plain_http`]): at once, or once its PROXY
-/// header is read.
+/// TLS, a first byte is awaited there: see [`first_byte`]): at once, or once its PROXY
+/// header is read; with the instant it was accepted.
 enum Opening {
-    Direct(Arc<Connection>),
-    Proxied(Arc<Connection>),
+    Direct(Arc<Connection>, Instant),
+    Proxied(Arc<Connection>, Instant),
 }
 
 /// Patched: the reader of requests of a connection, over TLS when `ssl` is given (`None` when
-/// TLS cannot start on it).
+/// TLS cannot start on it). Over TLS, the first byte is awaited and the handshake made by
+/// `until` (the client timeout from the accept), so a silent or slow client is let go within
+/// one client timeout, not one for the wait and another for the handshake; the requests'
+/// reads then wait up to the client timeout each.
 fn open_client(
     control: Arc<Connection>,
     ssl: Option<&TlsAcceptor>,
     client_timeout: Option<Duration>,
+    until: Option<Instant>,
     counts: Arc<ConnectionCounts>,
 ) -> Option<ClientConnection> {
     use util::RefinedTcpStream;
@@ -457,14 +490,25 @@ fn open_client(
     let (read_closable, write_closable) = match ssl {
         None => RefinedTcpStream::new(shared),
         #[cfg(feature = "ssl-rustls")]
-        Some(_) if speaks_plain_http(&control) => {
-            refuse_plain_http(&control);
-            return None;
+        Some(ssl) => {
+            match first_byte(&control, until) {
+                Opens::PlainHttp => {
+                    refuse_plain_http(&control);
+                    return None;
+                }
+                Opens::Nothing => return None,
+                Opens::Tls => {}
+            }
+            let stream = ssl.accept(shared).ok()?;
+            stream.handshake(until).ok()?;
+            control.set_read_timeout(client_timeout).ok()?;
+            RefinedTcpStream::new(stream)
         }
-        #[cfg(feature = "ssl-rustls")]
-        Some(ssl) => RefinedTcpStream::new(ssl.accept(shared).ok()?),
         #[cfg(not(feature = "ssl-rustls"))]
-        Some(never) => match *never {},
+        Some(never) => {
+            let _ = until;
+            match *never {}
+        }
     };
     Some(ClientConnection::new(
         write_closable,
@@ -620,10 +664,11 @@ impl Server {
                         let _ = sock.set_write_timeout(limits.client_timeout);
                         // Patched: the halves and the control handle share one socket.
                         let control = Arc::new(sock);
+                        let accepted = Instant::now();
                         let opening = if proxied {
-                            Opening::Proxied(Arc::clone(&control))
+                            Opening::Proxied(Arc::clone(&control), accepted)
                         } else {
-                            Opening::Direct(Arc::clone(&control))
+                            Opening::Direct(Arc::clone(&control), accepted)
                         };
                         (opening, control, address_slot)
                     }
@@ -649,14 +694,18 @@ impl Server {
                     let _counted = counted.take();
                     let (client, _client_slot) = match opening.take() {
                         // if TLS cannot start, the socket is closed
-                        Some(Opening::Direct(control)) => match opener.open_direct(control) {
-                            Some(client) => (client, None),
-                            None => return,
-                        },
-                        Some(Opening::Proxied(control)) => match opener.open_proxied(control) {
-                            Some(opened) => opened,
-                            None => return,
-                        },
+                        Some(Opening::Direct(control, accepted)) => {
+                            match opener.open_direct(control, accepted) {
+                                Some(client) => (client, None),
+                                None => return,
+                            }
+                        }
+                        Some(Opening::Proxied(control, accepted)) => {
+                            match opener.open_proxied(control, accepted) {
+                                Some(opened) => opened,
+                                None => return,
+                            }
+                        }
                         None => return,
                     };
                     // Patched: a request the inline handler serves is not queued.

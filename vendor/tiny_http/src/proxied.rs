@@ -25,25 +25,34 @@ pub(crate) struct Opener {
 }
 
 impl Opener {
-    /// Opens `control` for requests (over TLS once its first byte is seen: `open_client`);
-    /// `None` when it was closed instead.
-    pub(crate) fn open_direct(&self, control: Arc<Connection>) -> Option<ClientConnection> {
+    /// Opens `control`, accepted at `accepted`, for requests (over TLS once its first byte is
+    /// seen and its handshake made, both within the client timeout from `accepted`:
+    /// `open_client`); `None` when it was closed instead.
+    pub(crate) fn open_direct(
+        &self,
+        control: Arc<Connection>,
+        accepted: Instant,
+    ) -> Option<ClientConnection> {
         open_client(
             control,
             self.ssl.as_deref(),
             self.client_timeout,
+            self.client_timeout.map(|t| accepted + t),
             Arc::clone(&self.counts),
         )
     }
 
     /// Reads `control`'s PROXY header and opens it for requests, with the slot its client
     /// holds; `None` when it was closed instead (no valid header, or its client's share used).
+    /// The header, and over TLS the first byte and the handshake, all come within the client
+    /// timeout from `accepted`.
     pub(crate) fn open_proxied(
         &self,
         control: Arc<Connection>,
+        accepted: Instant,
     ) -> Option<(ClientConnection, Option<Share>)> {
         let secure = self.ssl.is_some();
-        let deadline = Instant::now() + self.client_timeout.unwrap_or(HEADER_WAIT);
+        let deadline = accepted + self.client_timeout.unwrap_or(HEADER_WAIT);
         let client = match proxy_header::read(&control, deadline) {
             Ok(client) => client,
             Err(HeaderError::Unused) => return None,
@@ -72,7 +81,7 @@ impl Opener {
             }
             None => None,
         };
-        let opened = self.open_direct(control)?;
+        let opened = self.open_direct(control, accepted)?;
         let opened = match client {
             Some(client) => opened.with_remote_addr(client),
             None => opened,

@@ -63,6 +63,37 @@ impl RustlsStream {
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
         self.lock().sock.sock.shutdown(how)
     }
+
+    /// Patched: completes the handshake, every socket read of it held to `until` (see
+    /// [`Bounded`]; `None`: the socket's read timeout alone); the socket's read timeout is then
+    /// put back as it was. An error ends the connection.
+    pub(crate) fn handshake(&self, until: Option<Instant>) -> io::Result<()> {
+        let mut inner = self.lock();
+        let timeout = inner.sock.sock.read_timeout()?;
+        inner.sock.until = until;
+        let mut done = Ok(());
+        while inner.conn.is_handshaking() {
+            let Inner { conn, sock } = &mut *inner;
+            match conn.complete_io(sock) {
+                Ok((0, 0)) => {
+                    done = Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the handshake made no progress",
+                    ));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    done = Err(e);
+                    break;
+                }
+            }
+        }
+        inner.sock.until = None;
+        let restored = inner.sock.sock.set_read_timeout(timeout);
+        done?;
+        restored
+    }
 }
 
 impl Clone for RustlsStream {
