@@ -272,6 +272,31 @@ fn wait_stats_asked(coordinator: &Coordinator, worker: &FakeWorker) -> Value {
     })
 }
 
+/// A worker with many source addresses is asked `GET /stats` from each of them, a few at a
+/// time: one ask per address at once started a thread and a request to the one worker for each
+/// (254 of them for a /24, up to 1024).
+#[test]
+fn stats_asks_to_one_worker_are_a_few_at_a_time() {
+    // Slow answers, so that asks sent at once overlap on the worker.
+    let worker = FakeWorker::start_with(|k| k.stats_delay = Duration::from_millis(300));
+    // 127.0.4.1 to 127.0.4.30.
+    let coordinator = Coordinator::start(&[worker.entry(4)], &args("127.0.4.0/27"));
+    let pool = wait_stats_asked(&coordinator, &worker);
+    assert_eq!(sources_of(&pool, &worker).len(), 30, "{pool}");
+    let recording = worker.recording();
+    assert!(recording.count("GET", "stats") >= 30, "{recording:?}");
+    let peak = recording.peak_serving("stats");
+    assert!(
+        (1..=8).contains(&peak),
+        "{peak} /stats asks were in flight to the worker at once"
+    );
+    // Every address then takes jobs.
+    let ids: Vec<String> = (0..4).map(|n| submit(&coordinator, &job(n))).collect();
+    for id in &ids {
+        wait_status(&coordinator, id, "completed", DEADLINE);
+    }
+}
+
 /// The coordinator logged that 127.0.0.2 pauses for its CPU quota.
 fn assert_logged_cpu_pause(coordinator: &Coordinator) {
     assert!(

@@ -2,8 +2,10 @@
 //! (CPU used this minute and its limit, jobs it counts, whether a submit would pass and why
 //! not). Asked on a dispatch thread, off the submit path, when an address is first used, after
 //! a 429, when its throttle ends and while others' use keeps it full (see
-//! `Source::wants_stats`: at most one per address every few seconds); the answer is folded into
-//! the address's quota, and a "may not submit" pauses the address as a 429 would, without one.
+//! `Source::wants_stats`: at most one per address every few seconds, and at most
+//! [`ASKS_PER_WORKER`] in flight to one worker); the answer is folded into the address's quota,
+//! and a "may not submit" pauses the address as a 429 would, without one. An answer wakes the
+//! scheduler, which sends the asks that waited for room.
 
 use crate::base::clock::unix_now;
 use crate::pool::dispatch::{learn_cap, throttle_source};
@@ -24,8 +26,14 @@ pub struct Ask {
     address: IpAddr,
 }
 
+/// The most `GET /stats` asks in flight to one worker at once: a worker with many source
+/// addresses is asked a few at a time (each ask holds a dispatch thread and one of the worker's
+/// connections), not all at once. The other addresses wait their turn, taking no submit.
+pub const ASKS_PER_WORKER: usize = 8;
+
 /// The asks due at `now` on healthy workers, each marked as sent (its address takes no submit
-/// until it is answered).
+/// until it is answered): at most [`ASKS_PER_WORKER`] in flight per worker, the addresses asked
+/// longest ago (never, first) first.
 pub fn due(st: &mut PoolState, now: Instant) -> Vec<Ask> {
     let mut asks = Vec::new();
     for (worker_index, w) in st.workers.iter_mut().enumerate() {
@@ -33,16 +41,24 @@ pub fn due(st: &mut PoolState, now: Instant) -> Vec<Ask> {
             continue;
         }
         let limits = w.client_limits;
-        for source in &mut w.sources {
-            if source.wants_stats(now, &limits) {
-                source.asking_stats(now);
-                asks.push(Ask {
-                    worker_index,
-                    worker_id: w.spec.worker_id.clone(),
-                    endpoint: w.spec.endpoint.clone(),
-                    address: source.address,
-                });
-            }
+        let in_flight = w.sources.iter().filter(|s| s.stats.awaiting).count();
+        let room = ASKS_PER_WORKER.saturating_sub(in_flight);
+        if room == 0 {
+            continue;
+        }
+        let mut wanting: Vec<usize> = (0..w.sources.len())
+            .filter(|&i| w.sources[i].wants_stats(now, &limits))
+            .collect();
+        wanting.sort_by_key(|&i| w.sources[i].stats_asked_at());
+        for i in wanting.into_iter().take(room) {
+            let source = &mut w.sources[i];
+            source.asking_stats(now);
+            asks.push(Ask {
+                worker_index,
+                worker_id: w.spec.worker_id.clone(),
+                endpoint: w.spec.endpoint.clone(),
+                address: source.address,
+            });
         }
     }
     asks

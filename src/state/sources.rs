@@ -265,6 +265,11 @@ impl Source {
         by_jobs || by_cpu
     }
 
+    /// When a `GET /stats` from it was last sent (`None`: never).
+    pub fn stats_asked_at(&self) -> Option<Instant> {
+        self.stats.asked_at
+    }
+
     /// Marks a `GET /stats` from it as sent at `now`.
     pub fn asking_stats(&mut self, now: Instant) {
         let st = &mut self.stats;

@@ -64,6 +64,8 @@ pub struct Knobs {
     /// closes the connection (a link that breaks mid-body); each one so answered counts it
     /// down. The job stays on the worker as it was.
     pub stalled_downloads: usize,
+    /// `GET /stats` answers this much later (a busy worker).
+    pub stats_delay: Duration,
     /// `POST /submit` answers this much later (sandrun takes its lock for a submit, and holds
     /// it while a job runs, so a submit to a busy worker waits).
     pub submit_delay: Duration,
@@ -128,6 +130,7 @@ impl Default for Knobs {
             download_delay: Duration::ZERO,
             unframed_downloads: false,
             stalled_downloads: 0,
+            stats_delay: Duration::ZERO,
             submit_delay: Duration::ZERO,
             reject_submit: None,
             answered_job_id: None,
@@ -210,6 +213,10 @@ pub struct Recording {
     pub requests: BTreeMap<(String, String), usize>,
     /// Most jobs queued or running at once.
     pub peak_active: usize,
+    /// Requests being served now, per kind (as in `requests`).
+    pub serving: BTreeMap<String, usize>,
+    /// Most requests served at once, per kind (from receipt to the end of the answer).
+    pub peak_serving: BTreeMap<String, usize>,
     /// Submits parsed, in order of answer.
     pub jobs: Vec<ReceivedJob>,
     /// Jobs as they started running: (job id, when).
@@ -224,6 +231,11 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// Most requests of this kind served at once.
+    pub fn peak_serving(&self, kind: &str) -> usize {
+        self.peak_serving.get(kind).copied().unwrap_or(0)
+    }
+
     /// Requests received with this method and kind.
     pub fn count(&self, method: &str, kind: &str) -> usize {
         self.requests
@@ -263,6 +275,21 @@ impl Recording {
     }
 }
 
+/// A request being served (see [`Recorder::serving`]); counted off when dropped.
+pub struct Serving<'a> {
+    recorder: &'a Recorder,
+    kind: String,
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let mut recording = lock(&self.recorder.recording);
+        if let Some(now) = recording.serving.get_mut(&self.kind) {
+            *now = now.saturating_sub(1);
+        }
+    }
+}
+
 /// Collects the recording; shared by every incarnation of one emulator.
 #[derive(Debug, Default)]
 pub struct Recorder {
@@ -276,6 +303,20 @@ impl Recorder {
             .requests
             .entry((method.to_string(), kind.to_string()))
             .or_insert(0) += 1;
+    }
+
+    /// Notes a request of `kind` being served until the guard returned is dropped.
+    pub fn serving<'a>(&'a self, kind: &str) -> Serving<'a> {
+        let mut recording = lock(&self.recording);
+        let now = recording.serving.entry(kind.to_string()).or_insert(0);
+        *now += 1;
+        let now = *now;
+        let peak = recording.peak_serving.entry(kind.to_string()).or_insert(0);
+        *peak = (*peak).max(now);
+        Serving {
+            recorder: self,
+            kind: kind.to_string(),
+        }
     }
 
     /// Notes how many jobs are queued or running now.

@@ -47,6 +47,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
             let received_at = SystemTime::now();
             let kind = routes::kind(&request);
             shared.recorder.request(&request.method, kind);
+            let _serving = shared.recorder.serving(kind);
             if kind == "stream" {
                 stream::serve(shared, run, &mut stream, &request);
                 stream::died_of_sigpipe(shared, run);
@@ -60,6 +61,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                 }
                 if kind == "submit" {
                     thread::sleep(shared.control.get().submit_delay);
+                }
+                if kind == "stats" {
+                    thread::sleep(shared.control.get().stats_delay);
                 }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
                 let knobs = shared.control.get();
