@@ -297,6 +297,37 @@ fn stats_asks_to_one_worker_are_a_few_at_a_time() {
     }
 }
 
+/// sandrun counts its jobs for `/stats` under the jobs lock a running job holds, so it answers
+/// an ask only once that job ends. An ask is awaited that long: given up at `--health-timeout`,
+/// it failed, and each one left a thread of sandrun's waiting for the lock.
+#[test]
+fn a_stats_ask_sent_while_a_job_runs_is_answered_at_its_end() {
+    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(4));
+    let running = post_multipart_to(&worker, &job(0));
+    let started = poll_until(DEADLINE, || {
+        worker.recording().has_started(&running).then_some(())
+    });
+    assert!(started.is_some(), "the worker's own job never started");
+    let mut with = args("127.0.0.2,127.0.0.3");
+    with.extend(["--health-timeout", "1", "--log-level", "debug"]);
+    let coordinator = Coordinator::start(&[worker.entry(4)], &with);
+    wait_stats_asked(&coordinator, &worker);
+    assert!(
+        !coordinator.logs().contains("GET /stats from"),
+        "{}",
+        coordinator.logs()
+    );
+    assert_eq!(worker.recording().count("GET", "stats"), 2);
+}
+
+/// Submits `form` straight to `worker`, as another client would; its job id.
+fn post_multipart_to(worker: &FakeWorker, form: &Form) -> String {
+    let (code, body) = support::post_multipart(&worker.url("/submit"), form);
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+    answer["job_id"].as_str().unwrap_or_default().to_string()
+}
+
 /// The coordinator logged that 127.0.0.2 pauses for its CPU quota.
 fn assert_logged_cpu_pause(coordinator: &Coordinator) {
     assert!(

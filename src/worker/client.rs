@@ -472,6 +472,9 @@ impl WorkerClient {
     }
 
     /// `GET /stats` from `source`: the worker's view of that address's quota (`your_quota`).
+    /// sandrun counts its jobs for it under the jobs lock, so it answers once the job it runs
+    /// ends: the answer is awaited as a status is (`--dispatch-timeout`); an ask given up
+    /// sooner left a thread of sandrun's waiting for the lock, one more each time.
     pub fn stats_from(&self, source: IpAddr, endpoint: &str) -> Result<Value, CallError> {
         let answer = bound_request::send::<io::Empty>(
             source,
@@ -481,7 +484,7 @@ impl WorkerClient {
             None,
             RequestTimeouts {
                 connect: self.timeouts.health,
-                io: self.timeouts.health,
+                io: self.timeouts.dispatch,
             },
         )
         .map_err(|e| match e {
