@@ -3429,6 +3429,95 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
     );
 }
 
+/// A deletion the job store cannot commit (a full disk) is refused as a cancel is, with a
+/// 507, and undoes nothing: the job keeps serving its outputs byte for byte (its results in a
+/// segment are not wiped under its row, nor those in its row). Once the disk has room the same
+/// deletion is made, and stays made across a restart.
+#[test]
+fn a_deletion_on_a_full_disk_answers_507_and_keeps_the_job_whole() {
+    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("8m", Duration::ZERO) else {
+        return;
+    };
+    let args = [
+        "--health-interval",
+        "1",
+        "--track-interval",
+        "0.05",
+        "--disk-reserve",
+        "0",
+    ];
+    let mut coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let large = submit(
+        &coordinator,
+        &job("deleted on a full disk")
+            .file("data.bin", "application/octet-stream", &data)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#),
+    );
+    let small = submit(&coordinator, &job("deleted on a full disk, small"));
+    let statuses: Vec<Value> = [&large, &small]
+        .iter()
+        .map(|id| wait_collected(&coordinator, id, DEADLINE))
+        .collect();
+    assert!(
+        results_home(dir.path(), &large).1.is_some(),
+        "not in a segment"
+    );
+    assert!(
+        results_home(dir.path(), &small).0.is_some(),
+        "not in its row"
+    );
+    // The idle store's WAL went back to zero bytes: the deletion's frames need new room.
+    poll_until(DEADLINE, || {
+        (store_figures(&coordinator)["wal_bytes"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the WAL was never checkpointed to zero bytes"));
+    let filler = fill_disk(&state);
+    let delete = |coordinator: &Coordinator, id: &str| {
+        send("DELETE", &coordinator.url(&format!("/jobs/{id}")), None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for (id, status) in [&large, &small].into_iter().zip(&statuses) {
+        let reply = delete(&coordinator, id);
+        assert_eq!(reply.status, 507, "{}", reply.text());
+        let error = serde_json::from_str::<Value>(&reply.text())
+            .map(|v| v["error"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("not deleted") && error.contains("full") && error.contains("again"),
+            "{}",
+            reply.text()
+        );
+        assert_eq!(get(&coordinator.url(&format!("/status/{id}"))).0, 200);
+        assert_outputs(&coordinator, id, status);
+    }
+    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{large}/data.bin")));
+    assert_eq!(code, 200);
+    assert!(bytes == data, "data.bin differs after a refused deletion");
+    let db = state.join("jobs.db");
+    assert_eq!(
+        stored_statuses(&db),
+        BTreeMap::from([("completed".to_string(), 2)])
+    );
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    for id in [&large, &small] {
+        let reply = delete(&coordinator, id);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(get(&coordinator.url(&format!("/status/{id}"))).0, 404);
+    }
+    coordinator.kill();
+    let restarted = Coordinator::start_in(dir.path(), &args);
+    for id in [&large, &small] {
+        assert_eq!(get(&restarted.url(&format!("/status/{id}"))).0, 404);
+    }
+    assert!(
+        stored_statuses(&db).is_empty(),
+        "{:?}",
+        stored_statuses(&db)
+    );
+}
+
 #[test]
 fn sigterm_lets_dispatches_in_flight_settle_exits_0_and_the_restart_follows_the_jobs() {
     let worker = FakeWorker::start_with(roomy(Duration::from_secs(2)));

@@ -106,7 +106,12 @@ impl fmt::Display for ControlError {
                 "job {id} has ended, but its results are still being collected, its worker is \
                  still ending it, or its end is not recorded yet; delete it again shortly"
             ),
-            Self::NotDeleted(why, _) => write!(f, "the job was not deleted: {why}"),
+            Self::NotDeleted(why, _) => write!(
+                f,
+                "the job was not deleted ({why}); it is kept whole, its status, logs and outputs \
+                 as before: delete it again once the state directory has room or the job store \
+                 can write again"
+            ),
             Self::DeleteWaiting(why) => write!(
                 f,
                 "the job is not deleted yet: {why}; the deletion waits and is made once the store \

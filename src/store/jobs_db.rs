@@ -2452,22 +2452,34 @@ impl Writer {
         self.remove_results(candidates, results, WipeOf::ForgottenJob)
     }
 
-    /// Deletes settled job `id` (see [`JobStore::delete_settled`]).
+    /// Deletes settled job `id` (see [`JobStore::delete_settled`]) in a transaction of its
+    /// own; its results go only once that committed (and was synced as `--fsync` asks). A
+    /// commit that fails (a full disk) leaves the job and its results whole, and says why.
     fn delete_settled(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         let synced = self.synced_until_write;
-        let deleted: Option<(String, Option<String>, Option<Span>)> = self
-            .conn
-            .prepare_cached(
+        let tx = self.conn.transaction()?;
+        let deleted: Option<(String, Option<String>, Option<Span>)> = {
+            let mut statement = tx.prepare_cached(
                 "DELETE FROM jobs WHERE id = ?1 AND finished_at IS NOT NULL \
                  RETURNING status, results_segment, record",
-            )?
-            .query_row([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, segment_extent(id, r.get_ref(2)?)))
-            })
-            .optional()?;
+            )?;
+            let mut rows = statement.query([id])?;
+            let first = match rows.next()? {
+                Some(r) => Some((r.get(0)?, r.get(1)?, segment_extent(id, r.get_ref(2)?))),
+                None => None,
+            };
+            // Stepped to its end: the statement's own errors are told, not dropped at a reset.
+            while rows.next()?.is_some() {}
+            first
+        };
         let Some((status, segment, in_segment)) = deleted else {
             return Ok(None);
         };
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e);
+            log::warn!("Job {id} was not deleted: the job store could not commit it: {e}");
+            return Err(e);
+        }
         self.wrote();
         self.commits_since_checkpoint += 1;
         self.figures
