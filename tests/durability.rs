@@ -830,6 +830,134 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let _ = id;
 }
 
+/// The files of a state directory's segment folders, with their bytes.
+fn segment_contents(state: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for folder in ["results", "uploads"] {
+        for entry in fs::read_dir(state.join(folder)).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+            files.insert(format!("{folder}/{name}"), bytes);
+        }
+    }
+    files
+}
+
+/// A stopped pool whose state directory holds a collected job with its results in a results
+/// segment and a queued one (its worker drained) with its upload in an upload segment.
+fn a_stopped_pool_with_segments(dir: &Path) -> (FakeWorker, String, String, Vec<u8>) {
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
+    write_workers_json(dir, &[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir, &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let data: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let collected = submit(
+        &coordinator,
+        &job("kept results")
+            .file("data.bin", "application/octet-stream", &data)
+            .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#),
+    );
+    wait_collected(&coordinator, &collected, DEADLINE);
+    let reply = send("POST", &drain_url(&coordinator, &worker, "drain"), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let padding = vec![b'#'; 100 * 1024];
+    let queued = submit(
+        &coordinator,
+        &job("kept upload").file("pad.txt", "text/plain", &padding),
+    );
+    coordinator.terminate(DEADLINE);
+    (worker, collected, queued, data)
+}
+
+/// A job store that is missing, zero bytes or holds no tables, beside results and upload
+/// segments (a store deleted, truncated, or replaced by a salvage that came out empty), is
+/// refused with exit 1 naming the file and what to do, and not one segment byte changes: it
+/// was made a new store, and the start-up scrub and upload cleanup deleted every segment. Put
+/// back, the store serves its jobs as before. A zero-byte store is refused also without
+/// segments, as `check --state-dir` refuses it.
+#[test]
+fn a_missing_or_empty_store_beside_kept_segments_is_refused_and_changes_nothing() {
+    let dir = support::temp_dir();
+    let (_worker, collected, queued, data) = a_stopped_pool_with_segments(dir.path());
+    let state = dir.path().join("state");
+    let kept = segment_contents(&state);
+    for folder in ["results/", "uploads/"] {
+        assert!(
+            kept.keys().any(|k| k.starts_with(folder)),
+            "no segment in {folder}: {:?}",
+            kept.keys()
+        );
+    }
+    let db = state.join("jobs.db");
+    let saved = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
+    let tableless = dir.path().join("tableless.db");
+    rusqlite::Connection::open(&tableless)
+        .and_then(|c| c.execute_batch("CREATE TABLE t(a); DROP TABLE t;"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tableless = fs::read(&tableless).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!tableless.is_empty());
+    let cases = [
+        ("is missing", None),
+        ("is an empty file (zero bytes)", Some(Vec::new())),
+        ("holds no tables", Some(tableless)),
+    ];
+    for (what, contents) in cases {
+        for file in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+            let _ = fs::remove_file(state.join(file));
+        }
+        if let Some(bytes) = &contents {
+            fs::write(&db, bytes).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let refused = Coordinator::try_start_in(dir.path(), &FAST)
+            .err()
+            .unwrap_or_else(|| panic!("a store that {what} started beside segments"));
+        assert!(refused.contains("unix_wait_status(256)"), "{refused}");
+        for needle in [
+            format!("{}: the job store {what}", db.display()),
+            "nothing was changed".to_string(),
+            "results segments".to_string(),
+            "SELECT count(*) FROM jobs".to_string(),
+        ] {
+            assert!(refused.contains(&needle), "{needle:?} not in: {refused}");
+        }
+        assert!(segment_contents(&state) == kept, "{what}: segments changed");
+        assert_eq!(
+            fs::read(&db).ok(),
+            contents,
+            "{what}: the store file changed"
+        );
+    }
+    fs::write(&db, &saved).unwrap_or_else(|e| panic!("{e}"));
+    let restarted = Coordinator::start_in(dir.path(), &FAST);
+    let (code, bytes) = get_bytes(&restarted.url(&format!("/outputs/{collected}/data.bin")));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        bytes == data,
+        "data.bin differs after the store was put back"
+    );
+    assert_eq!(job_status(&restarted, &queued)["pool_status"], "queued");
+    drop(restarted);
+
+    // Without segments, a zero-byte store is refused too, as the check refuses it.
+    let fresh = support::temp_dir();
+    let worker = FakeWorker::start();
+    write_workers_json(fresh.path(), &[worker.entry(1)]);
+    let fresh_state = fresh.path().join("state");
+    fs::create_dir_all(&fresh_state).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(fresh_state.join("jobs.db"), b"").unwrap_or_else(|e| panic!("{e}"));
+    let refused = Coordinator::try_start_in(fresh.path(), &[])
+        .err()
+        .unwrap_or_else(|| panic!("a zero-byte store started"));
+    assert!(
+        refused.contains("not a job store") && refused.contains("zero bytes"),
+        "{refused}"
+    );
+    let (code, _, stderr) = support::check_state_dir(&fresh_state);
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
 /// Two coordinators on one state directory would both send its queued jobs: the second is
 /// refused at start, before it touches anything, naming the first's process. The lock goes
 /// with its holder, even by `kill -9`.

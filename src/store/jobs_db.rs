@@ -26,6 +26,7 @@ use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
 use crate::store::file_identity::StoreFiles;
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
+use crate::store::new_store;
 use crate::store::removals::WipeOf;
 use crate::store::segment_names;
 use crate::store::segments::{SegmentFile, Segments};
@@ -231,6 +232,9 @@ pub enum StoreError {
     /// The database is a sound SQLite file but not a job store this build can read (tables or
     /// columns missing or of another shape).
     Foreign(PathBuf, String),
+    /// The store file is missing, empty or holds no tables (as said) while the state
+    /// directory holds segment files: a new store would lose them all.
+    Orphaned(PathBuf, &'static str, new_store::Segments),
     /// SQLite could open the database only for reading (this user may not write it or its
     /// WAL, or the filesystem is mounted read-only).
     ReadOnly(PathBuf),
@@ -344,13 +348,26 @@ impl fmt::Display for StoreError {
             ),
             Self::Corrupt(path, why) => write!(
                 f,
-                "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db` and put recovered.db in its place, or move it (with its -wal file) away to start with an empty job history",
+                "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db`, check that `sqlite3 recovered.db 'SELECT count(*) FROM jobs'` counts the jobs (an empty or tableless file means the salvage failed: this trusted-pool refuses it while results or uploads are kept) and put recovered.db in its place, or move it (with its -wal file) away to start with an empty job history",
                 path.display()
             ),
             Self::Foreign(path, why) => write!(
                 f,
                 "{}: not a job store this trusted-pool can read ({why}); nothing was changed. Move it (with its -wal file) away to start with an empty job history",
                 path.display()
+            ),
+            Self::Orphaned(path, what, segments) => write!(
+                f,
+                "{}: the job store {what}, yet the state directory holds {} results segments \
+                 and {} upload segments: the collected results and waiting uploads of the jobs \
+                 a job store knew. A new store would delete them all, so nothing was changed. \
+                 Put the job store back (from a backup, or the file `sqlite3 .recover` salvaged: \
+                 check first that `sqlite3 FILE 'SELECT count(*) FROM jobs'` counts the jobs), \
+                 with its -wal file if it has one; or, to start with an empty job history, move \
+                 {0}, its -wal file and the results and uploads folders out of the state directory",
+                path.display(),
+                segments.results,
+                segments.uploads
             ),
             Self::ReadOnly(path) => write!(
                 f,
@@ -885,6 +902,7 @@ impl JobStore {
     ) -> Result<(JobStore, Vec<StoredJob>), StoreError> {
         std::fs::create_dir_all(state_dir).map_err(StoreError::Io)?;
         let path = state_dir.join(DB_FILE);
+        new_store::check_before_open(state_dir, &path)?;
         let (conn, figures, unsettled, deferred_check) =
             open_checked(&path, mode).map_err(|e| name_the_file(&path, e))?;
         let identity = StoreFiles::of(&path).map_err(StoreError::Io)?;
@@ -1430,6 +1448,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
                 "schema version 0, yet it holds tables".to_string(),
             ));
         }
+        new_store::check_tableless(path)?;
     }
     if version == 0 {
         // Before anything is written (WAL mode too): freed pages can then be given back to the

@@ -9,6 +9,7 @@ pub mod file_access;
 pub mod file_identity;
 pub mod handoff;
 pub mod jobs_db;
+pub mod new_store;
 pub mod removals;
 pub mod scrub;
 pub mod segment_names;
