@@ -958,6 +958,74 @@ fn a_missing_or_empty_store_beside_kept_segments_is_refused_and_changes_nothing(
     assert_eq!(code, Some(1), "{stderr}");
 }
 
+/// Three damaged state directories, each told as what it is: one job's record that cannot be
+/// read is that record's fault, not the whole store's (its routes said the store fails
+/// SQLite's integrity check and advised throwing the job history away); a results segment
+/// missing at serve time is named (it was a bare "No such file or directory"); a regular file
+/// in the place of `results` or `uploads` is named with what to do (it was "File exists").
+#[test]
+fn an_unreadable_record_a_missing_segment_and_a_file_for_a_folder_are_named() {
+    let dir = support::temp_dir();
+    let (_worker, collected, queued, _) = a_stopped_pool_with_segments(dir.path());
+    let state = dir.path().join("state");
+    let db = state.join("jobs.db");
+    let segment = results_home(dir.path(), &collected)
+        .1
+        .unwrap_or_else(|| panic!("no results segment"));
+    rusqlite::Connection::open(&db)
+        .and_then(|c| {
+            c.execute(
+                "UPDATE jobs SET record = '{garbage' WHERE id = ?1",
+                [&queued],
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let segment_path = state.join("results").join(&segment);
+    fs::remove_file(&segment_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let (code, body) = get_json(&coordinator.url(&format!("/status/{queued}")));
+    assert_eq!(code, 500, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("the record of job {queued} cannot be read"))
+            && error.contains("not affected")
+            && !error.contains("integrity check")
+            && !error.contains("move it"),
+        "{error}"
+    );
+    let (code, body) = get_json(&coordinator.url(&format!("/outputs/{collected}/data.bin")));
+    assert_eq!(code, 500, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    let named = segment_path.display().to_string();
+    assert!(
+        error.contains(&named) && error.contains("missing"),
+        "{error}"
+    );
+    assert!(
+        coordinator.wait_for_log(&named, DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    coordinator.terminate(DEADLINE);
+
+    for folder in ["results", "uploads"] {
+        let path = state.join(folder);
+        fs::rename(&path, dir.path().join("moved")).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(&path, b"x").unwrap_or_else(|e| panic!("{e}"));
+        let refused = Coordinator::try_start_in(dir.path(), &FAST)
+            .err()
+            .unwrap_or_else(|| panic!("started with {folder} a file"));
+        assert!(refused.contains("unix_wait_status(256)"), "{refused}");
+        assert!(
+            refused.contains(&format!("{} is a file, not a folder", path.display()))
+                && refused.contains("Move the file out"),
+            "{refused}"
+        );
+        fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        fs::rename(dir.path().join("moved"), &path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// Two coordinators on one state directory would both send its queued jobs: the second is
 /// refused at start, before it touches anything, naming the first's process. The lock goes
 /// with its holder, even by `kill -9`.

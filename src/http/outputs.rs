@@ -57,12 +57,7 @@ fn finished(ctx: &Context, id: &str, wait: Duration) -> Result<Finished, Reply> 
             stored_job = match ctx.store.load(id) {
                 Ok(Some(job)) => job,
                 Ok(None) => return Err(unknown_job(id)),
-                Err(e) => {
-                    return Err(error_reply(
-                        500,
-                        format!("the job store cannot be read: {e}"),
-                    ))
-                }
+                Err(e) => return Err(error_reply(500, e.read_failure())),
             };
             return finished_of(&ctx.lock(), &stored_job);
         }

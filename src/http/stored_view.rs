@@ -21,7 +21,7 @@ pub enum StoredViewError {
 impl fmt::Display for StoredViewError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoredViewError::Store(e) => write!(f, "the job store cannot be read: {e}"),
+            StoredViewError::Store(e) => write!(f, "{}", e.read_failure()),
             StoredViewError::Unshowable(id) => {
                 write!(f, "the record of job {id} cannot be shown")
             }

@@ -235,6 +235,8 @@ pub enum StoreError {
     /// The store file is missing, empty or holds no tables (as said) while the state
     /// directory holds segment files: a new store would lose them all.
     Orphaned(PathBuf, &'static str, new_store::Segments),
+    /// A job's record cannot be read (its id, why), while the rest of the store can.
+    BadRecord(PathBuf, String, String),
     /// SQLite could open the database only for reading (this user may not write it or its
     /// WAL, or the filesystem is mounted read-only).
     ReadOnly(PathBuf),
@@ -296,6 +298,15 @@ impl StoreError {
             StoreFault::Unwritable
         } else {
             StoreFault::Other
+        }
+    }
+
+    /// The message of a failed read of a job from the store: one job's record that cannot be
+    /// read says so (the rest of the store is fine); anything else is the store's failure.
+    pub fn read_failure(&self) -> String {
+        match self {
+            Self::BadRecord(..) => self.to_string(),
+            other => format!("the job store cannot be read: {other}"),
         }
     }
 
@@ -368,6 +379,13 @@ impl fmt::Display for StoreError {
                 path.display(),
                 segments.results,
                 segments.uploads
+            ),
+            Self::BadRecord(path, id, why) => write!(
+                f,
+                "{}: the record of job {id} cannot be read ({why}); the rest of the job store \
+                 is not affected and serves as before. `trusted-pool check --state-dir` lists \
+                 every record that cannot be read",
+                path.display()
             ),
             Self::ReadOnly(path) => write!(
                 f,
@@ -1043,9 +1061,8 @@ impl JobStore {
             }
             other => other,
         })?;
-        job.transpose().map_err(|why| {
-            StoreError::Corrupt(self.path.clone(), format!("the record of job {id}: {why}"))
-        })
+        job.transpose()
+            .map_err(|why| StoreError::BadRecord(self.path.clone(), id.to_string(), why))
     }
 
     /// The stored job that `owner` (None: the coordinator runs without keys) submitted with

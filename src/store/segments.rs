@@ -297,6 +297,30 @@ pub struct Segments {
     watch: Arc<StallWatch>,
 }
 
+/// Creates the segment folder `dir` if missing; its error names the folder, and says what to
+/// do when something other than a folder is in its place.
+fn create_folder(dir: &Path) -> io::Result<()> {
+    let Err(e) = std::fs::create_dir_all(dir) else {
+        return Ok(());
+    };
+    let taken = std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir());
+    if taken {
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{} is a file, not a folder: the coordinator keeps its segment files in a folder \
+                 there. Move the file out of the state directory (it is none of the \
+                 coordinator's), put the folder back if you have it, and start again",
+                dir.display()
+            ),
+        ));
+    }
+    Err(io::Error::new(
+        e.kind(),
+        format!("its folder {} cannot be created: {e}", dir.display()),
+    ))
+}
+
 impl Segments {
     /// Segments in `dir` (created if missing), named `<prefix>-<n>`. With `remove_when_unused`,
     /// a segment's file is removed as soon as no writer and no reader refer to it. Files are
@@ -307,7 +331,7 @@ impl Segments {
         remove_when_unused: bool,
         removals: Arc<Removals>,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        create_folder(&dir)?;
         Ok(Segments {
             dir,
             prefix,

@@ -690,10 +690,33 @@ impl Spool {
             })?;
             return Ok(ResultsSource::Row(bytes));
         }
-        let file = SegmentFile::open_to_read(&self.results, &stored.segment, &self.removals)?;
+        let file = SegmentFile::open_to_read(&self.results, &stored.segment, &self.removals)
+            .map_err(|e| unopened_segment(&self.results, &stored.segment, e))?;
         let len = file.file_len()?;
         Ok(ResultsSource::Segment(Arc::new(file), len))
     }
+}
+
+/// The error of a results segment `name` in `dir` that could not be opened, naming the file:
+/// a missing one says what became of the results in it and how to find the jobs concerned.
+fn unopened_segment(dir: &Path, name: &str, e: io::Error) -> io::Error {
+    let path = dir.join(name);
+    if e.kind() == io::ErrorKind::NotFound {
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "results segment {} is missing (deleted or moved while the job store still \
+                 points into it); the results of the jobs in it cannot be served unless the \
+                 file is put back from a backup. `trusted-pool check --state-dir` lists every \
+                 job whose results are missing",
+                path.display()
+            ),
+        );
+    }
+    io::Error::new(
+        e.kind(),
+        format!("results segment {} cannot be opened: {e}", path.display()),
+    )
 }
 
 /// A job's collected results, ready to be read span by span ([`Spool::results_source`]).
