@@ -1817,6 +1817,60 @@ fn retention_forgets_finished_jobs_by_count_and_by_age_and_deletes_their_results
     assert_eq!(pool["jobs_by_status"]["completed"], 0, "{pool}");
 }
 
+/// A job whose collection was held up is the newest finished job for `--retain-jobs` once it
+/// is collected, not the oldest: it was forgotten as soon as it settled, as its settle time was
+/// its end on the worker, before the jobs that settled while it waited.
+#[test]
+fn a_job_collected_late_is_kept_by_retention_over_the_jobs_that_settled_meanwhile() {
+    let dir = support::temp_dir();
+    let slow = FakeWorker::start_with(|k| {
+        roomy(Duration::ZERO)(k);
+        k.download_delay = Duration::from_secs(4);
+    });
+    let quick = FakeWorker::start_with(roomy(Duration::ZERO));
+    write_workers_json(dir.path(), &[slow.entry(4), quick.entry(4)]);
+    let mut args = FAST.to_vec();
+    args.extend(["--retain-jobs", "1"]);
+    let coordinator = Coordinator::start_in(dir.path(), &args);
+    wait_healthy(&coordinator, &[&slow, &quick], DEADLINE);
+    let drain = |worker: &FakeWorker, action: &str| {
+        let reply = send("POST", &drain_url(&coordinator, worker, action), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    };
+    drain(&quick, "drain");
+    let late = submit(&coordinator, &job("collected late"));
+    wait_on_worker(&coordinator, &late);
+    drain(&slow, "drain");
+    drain(&quick, "undrain");
+    let meanwhile: Vec<String> = (0..2)
+        .map(|n| {
+            let id = submit(&coordinator, &job(&format!("settled meanwhile {n}")));
+            wait_collected(&coordinator, &id, DEADLINE);
+            id
+        })
+        .collect();
+    let status = job_status(&coordinator, &late);
+    assert_eq!(
+        status["results"]["collected"], false,
+        "the late job was collected before the others settled: {status}"
+    );
+    let status = wait_collected(&coordinator, &late, DEADLINE);
+    let db = dir.path().join("state").join("jobs.db");
+    let one = BTreeMap::from([("completed".to_string(), 1)]);
+    poll_until(DEADLINE, || (stored_statuses(&db) == one).then_some(()))
+        .unwrap_or_else(|| panic!("the store holds {:?}", stored_statuses(&db)));
+    assert_eq!(
+        get(&coordinator.url(&format!("/status/{late}"))).0,
+        200,
+        "the job collected last was forgotten"
+    );
+    assert_outputs(&coordinator, &late, &status);
+    for id in &meanwhile {
+        assert_eq!(get(&coordinator.url(&format!("/status/{id}"))).0, 404);
+    }
+}
+
 /// A settled job's `/status` is answered from memory once read (`/pool`'s
 /// `settled_views_kept`), and that answer goes with the job when retention forgets it: the
 /// id answers 404 again, never a kept 200.

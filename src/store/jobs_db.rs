@@ -2103,10 +2103,12 @@ impl Writer {
                 let job = &r.job;
                 let text =
                     serde_json::to_string(job).map_err(|e| StoreError::Io(io::Error::other(e)))?;
-                let finished_at = job.is_settled().then(|| {
-                    self.settle_clock
-                        .settle_time(job.completed_at.unwrap_or_else(unix_now))
-                });
+                // When it settled here (its results collected, or it ended without any), not
+                // its end on the worker: retention must not take a job whose collection was
+                // held up (a full disk) for older than the jobs that settled meanwhile.
+                let finished_at = job
+                    .is_settled()
+                    .then(|| self.settle_clock.settle_time(unix_now()));
                 let (segment, row_results) = match &job.collection {
                     Collection::Collected(stored) if stored.in_row => {
                         (None, stored.row_bytes.as_deref())
