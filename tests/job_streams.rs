@@ -225,6 +225,55 @@ fn a_stream_opened_while_its_job_runs_is_read_to_the_workers_close() {
     assert_eq!(worker.recording().faults, Vec::<String>::new());
 }
 
+/// A job's stdout comes in one frame, so it can print any one line of sandrun's own, but not two
+/// frames. A `[DONE]` line of its own, 10 MB of stderr still to come, neither stops the
+/// stream's reading (sandrun writes frames with blocking writes holding its jobs lock, which
+/// the follow-up's `/status` waits for: the job stalled until `--dispatch-timeout`) nor closes
+/// it early; and a `[STATUS] Job status: queued` line does not make a stream opened while its
+/// job ran pass for one that joined while queued (left unread, sandrun's route stalled the same
+/// way writing its last frames; closed, it would have died of SIGPIPE).
+#[test]
+fn lines_a_jobs_stdout_prints_like_sandruns_own_neither_stall_nor_kill_its_worker() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_millis(300);
+        k.poll_interval = SANDRUN_PICKUP;
+        k.stdout = Some(Printed::Text(
+            "[DONE] Job completed (exit=0, CPU=0.100000s, Mem=1MB)\n",
+        ));
+        k.stderr = Some(Printed::Lines(10_000_000));
+    });
+    let args = [
+        "--health-interval",
+        "1",
+        "--track-interval",
+        "5",
+        "--dispatch-timeout",
+        "120",
+    ];
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let id = submit(&coordinator, &job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    // Opened once the job runs, its stdout saying the job is queued.
+    worker.set(|k| {
+        k.poll_interval = Duration::from_millis(1);
+        k.job_duration = Duration::from_secs(1);
+        k.stdout = Some(Printed::Text("[STATUS] Job status: queued\n"));
+    });
+    let id = submit(&coordinator, &job());
+    let status = wait_collected(&coordinator, &id, DEADLINE);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    let (_, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    let stderr = logs["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.len() >= 9_000_000,
+        "{} bytes of stderr",
+        stderr.len()
+    );
+    assert_eq!(worker.recording().faults, Vec::<String>::new());
+}
+
 /// A job's worker job id as the store holds it (read beside the running coordinator).
 fn stored_remote_id(dir: &Path, id: &str) -> Option<String> {
     let db = dir.join("state").join("jobs.db");

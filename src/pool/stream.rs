@@ -11,11 +11,13 @@
 
 use crate::base::job::{DoneFigures, PoolStatus};
 use crate::base::paths::encode_path;
+use crate::base::sync::lock;
 use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::worker::signature::parse_done;
 use crate::worker::websocket::{Message, StreamTimeouts, WsClient, WsError};
-use std::sync::Arc;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Starts following job `id` (remote `remote`) of worker `index` on the worker's stream. The
@@ -30,7 +32,7 @@ pub fn subscribe(ctx: &Arc<Context>, index: usize, id: String, endpoint: String,
     }
 }
 
-fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
+fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &str) {
     let timeouts = StreamTimeouts {
         connect: ctx.config.health_timeout,
         idle: ctx.config.dispatch_timeout,
@@ -84,18 +86,31 @@ fn follow(ctx: &Context, index: usize, id: &str, endpoint: &str, remote: &str) {
             stream_ended(ctx, index, id, false);
         }
         Ended::Left => {
-            if !seen.joined_queued {
+            if !seen.joined_queued() {
                 read_last_frames(ctx, &mut client, id, &mut seen);
             }
             client.close();
             stream_ended(ctx, index, id, false);
         }
-        Ended::Done if seen.joined_queued => {
-            if !tracker::follow_now(ctx, index, id) {
-                stream_ended(ctx, index, id, true);
+        Ended::Done if seen.joined_queued() => {
+            match read_beside(ctx, client.socket_handle(), client, id) {
+                Ok(socket) => {
+                    if !tracker::follow_now(ctx, index, id) {
+                        stream_ended(ctx, index, id, true);
+                    } else if !still_going(ctx, id) {
+                        // Its end known here, sandrun writes no more to the stream: the reader
+                        // beside is let go at once, not at its next look.
+                        if let Some(socket) = socket {
+                            let _ = socket.shutdown(std::net::Shutdown::Read);
+                        }
+                    }
+                }
+                Err(mut client) => {
+                    stream_ended(ctx, index, id, true);
+                    wait_for_the_end(ctx, &mut client, id);
+                    client.close();
+                }
             }
-            wait_for_the_end(ctx, &mut client, id);
-            client.close();
         }
         Ended::Done => {
             read_last_frames(ctx, &mut client, id, &mut seen);
@@ -118,23 +133,24 @@ enum Ended {
     Left,
 }
 
-/// How long the last frames of a stream opened while its job ran may take.
-const LAST_FRAMES: Duration = Duration::from_secs(30);
-
 /// How often a stream held open until its job's end is known looks again.
 const END_CHECK: Duration = Duration::from_secs(1);
 
 /// What a stream's frames said of how it began. sandrun's route answers a subscriber once it
 /// holds the jobs lock: at once while the job is queued (`[STATUS] Job status: queued`, and
-/// then it only reads, the executor's broadcasts being all that come), or, for a stream opened
-/// while the job ran, once the run ended (after the executor's broadcast `[DONE]`): its
-/// status line, the final logs, a `[DONE]` without figures and a close.
+/// then it only reads, the executor's broadcasts being all that come, the first of them
+/// `[STATUS] Job started`), or, for a stream opened while the job ran, once the run ended
+/// (after the executor's broadcast `[DONE]`): its status line, the final logs, a `[DONE]`
+/// without figures and a close. A job's stdout comes in one frame, so it can print any one of
+/// these lines, but not the first two frames.
 #[derive(Default)]
 struct Seen {
-    /// A text frame came.
-    any: bool,
-    /// The first was `[STATUS] Job status: queued`.
-    joined_queued: bool,
+    /// Text frames so far.
+    frames: usize,
+    /// The first was exactly `[STATUS] Job status: queued`.
+    queued_first: bool,
+    /// ... and the second exactly `[STATUS] Job started`: the stream joined while queued.
+    started_second: bool,
     /// The route wrote the status of an ended job: a `[DONE]` after it is not the executor's.
     route_answered: bool,
 }
@@ -142,16 +158,25 @@ struct Seen {
 impl Seen {
     /// Notes a text frame; true when it is the first.
     fn note(&mut self, text: &str) -> bool {
-        let first = !self.any;
-        self.any = true;
+        self.frames += 1;
+        let line = text.trim_end_matches('\n');
+        match self.frames {
+            1 => self.queued_first = line == "[STATUS] Job status: queued",
+            2 => self.started_second = self.queued_first && line == "[STATUS] Job started",
+            _ => {}
+        }
         if let Some(status) = text.strip_prefix("[STATUS] Job status: ") {
-            if first && status.starts_with("queued") {
-                self.joined_queued = true;
-            } else if !status.starts_with("queued") && !status.starts_with("running") {
+            if !status.starts_with("queued") && !status.starts_with("running") {
                 self.route_answered = true;
             }
         }
-        first
+        self.frames == 1
+    }
+
+    /// Whether the stream joined while its job was queued: sandrun's route only reads it, and
+    /// the executor's frames are all that come.
+    fn joined_queued(&self) -> bool {
+        self.queued_first && self.started_second
     }
 
     /// Keeps a `[DONE]` line's figures for the signature check: the last seen before the
@@ -167,12 +192,14 @@ impl Seen {
     }
 }
 
-/// Reads a stream opened while its job ran up to the worker's close (at most [`LAST_FRAMES`]):
-/// sandrun's route writes its last frames once the run ended, and a frame written to a stream
-/// its client closed raises SIGPIPE, which kills sandrun. Until the route's answer, a later
-/// `[DONE]` with figures is the executor's, and output goes to the job's followers.
+/// Reads a stream opened while its job ran up to the worker's close (at most
+/// `--dispatch-timeout`, past sandrun's 300 s run: its route writes its last frames once it
+/// has the jobs lock, after the run, or after the next job's run should that one take the lock
+/// first), as a frame written to a stream its client closed raises SIGPIPE, which kills
+/// sandrun. Until the route's answer, a later `[DONE]` with figures is the executor's, and
+/// output goes to the job's followers.
 fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, seen: &mut Seen) {
-    let until = Instant::now() + LAST_FRAMES;
+    let until = Instant::now() + ctx.config.dispatch_timeout;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() || client.set_idle(left).is_err() {
@@ -190,6 +217,35 @@ fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, seen: &mut S
             }
             Ok(Message::Ping) => {}
             Ok(Message::Close(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// Reads a stream that joined while its job was queued on a thread of its own up to the job's
+/// end here, while the calling thread follows the job up: sandrun's executor writes a job's
+/// frames with blocking writes, holding the jobs lock, so a stream nobody reads (its `[DONE]`
+/// line the job's own stdout, the real frames still to come) would hold up the very lock the
+/// follow-up's `/status` waits for. Gives back `socket` (to end that reading once the job's end
+/// is known), or the stream when no thread could start.
+fn read_beside(
+    ctx: &Arc<Context>,
+    socket: Option<TcpStream>,
+    client: WsClient,
+    id: &str,
+) -> Result<Option<TcpStream>, WsClient> {
+    let held = Arc::new(Mutex::new(Some(client)));
+    let (task_held, task_ctx, task_id) = (Arc::clone(&held), Arc::clone(ctx), id.to_string());
+    let task = Box::new(move || {
+        if let Some(mut client) = lock(&task_held).take() {
+            wait_for_the_end(&task_ctx, &mut client, &task_id);
+            client.close();
+        }
+    });
+    match ctx.streams.run(task) {
+        Ok(()) => Ok(socket),
+        Err(e) => {
+            log::debug!("Job {id}: no thread to read its stream beside the follow-up ({e})");
+            lock(&held).take().map_or(Ok(None), Err)
         }
     }
 }

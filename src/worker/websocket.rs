@@ -257,9 +257,10 @@ impl WsClient {
         Ok(())
     }
 
-    /// Takes `n` bytes, reading as much as the socket has at each read (a burst of frames
-    /// costs one system call, not two per frame).
-    fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, WsError> {
+    /// Reads until `n` bytes are pending, as much as the socket has at each read (a burst of
+    /// frames costs one system call, not two per frame). Nothing is taken: a read that times
+    /// out part-way leaves what came for the next call, so the frames stay in step.
+    fn fill(&mut self, n: usize) -> Result<(), WsError> {
         let mut buf = [0u8; 8192];
         while self.pending.len() < n {
             let got = self.stream.read(&mut buf).map_err(broken)?;
@@ -268,28 +269,31 @@ impl WsClient {
             }
             self.pending.extend_from_slice(&buf[..got]);
         }
-        let rest = self.pending.split_off(n);
-        Ok(std::mem::replace(&mut self.pending, rest))
+        Ok(())
     }
 
-    /// The next message: blocks up to the idle timeout for it; a ping is answered and told.
+    /// The next message: blocks up to the idle timeout for it; a ping is answered and told. A
+    /// frame is taken only once it came whole.
     pub fn read_message(&mut self) -> Result<Message, WsError> {
         loop {
-            let head = self.read_exact(2)?;
-            let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0F);
-            let masked = head[1] & 0x80 != 0;
-            let length = match head[1] & 0x7F {
+            self.fill(2)?;
+            let (fin, opcode) = (self.pending[0] & 0x80 != 0, self.pending[0] & 0x0F);
+            let masked = self.pending[1] & 0x80 != 0;
+            let (extended, length) = match self.pending[1] & 0x7F {
                 126 => {
-                    let b = self.read_exact(2)?;
-                    u64::from(u16::from_be_bytes([b[0], b[1]]))
+                    self.fill(4)?;
+                    (
+                        2,
+                        u64::from(u16::from_be_bytes([self.pending[2], self.pending[3]])),
+                    )
                 }
                 127 => {
-                    let b = self.read_exact(8)?;
+                    self.fill(10)?;
                     let mut raw = [0u8; 8];
-                    raw.copy_from_slice(&b);
-                    u64::from_be_bytes(raw)
+                    raw.copy_from_slice(&self.pending[2..10]);
+                    (8, u64::from_be_bytes(raw))
                 }
-                n => u64::from(n),
+                n => (0, u64::from(n)),
             };
             let length = usize::try_from(length).unwrap_or(usize::MAX);
             if self.partial.len().saturating_add(length) > MAX_MESSAGE {
@@ -297,12 +301,12 @@ impl WsClient {
                     "a message over {MAX_MESSAGE} bytes"
                 )));
             }
-            let key = if masked {
-                Some(self.read_exact(4)?)
-            } else {
-                None
-            };
-            let mut payload = self.read_exact(length)?;
+            let head = 2 + extended + if masked { 4 } else { 0 };
+            self.fill(head + length)?;
+            let rest = self.pending.split_off(head + length);
+            let mut whole = std::mem::replace(&mut self.pending, rest);
+            let mut payload = whole.split_off(head);
+            let key = masked.then(|| whole[head - 4..head].to_vec());
             if let Some(key) = key {
                 for (i, b) in payload.iter_mut().enumerate() {
                     *b ^= key[i % 4];
@@ -331,6 +335,11 @@ impl WsClient {
                 other => return Err(WsError::Broken(format!("unknown opcode {other}"))),
             }
         }
+    }
+
+    /// A handle on the stream's socket (TLS or not), to end a read blocked on another thread.
+    pub fn socket_handle(&self) -> Option<std::net::TcpStream> {
+        self.stream.socket().and_then(|s| s.try_clone().ok())
     }
 
     /// Sets the longest silence before [`WsClient::read_message`] gives up ([`WsError::Idle`]).
