@@ -2792,6 +2792,47 @@ fn fill_disk(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// A store made before freed pages were given back is rewritten once at start (`VACUUM`), which
+/// needs room for a second copy. Without it the rewrite fails, and the WAL it grew, as large as
+/// the room there was and none of it committed, is cut back: it stayed, and with any growth of
+/// the store the WAL could never be checked in again, every submit refused for a full disk.
+#[test]
+fn a_failed_rewrite_of_an_old_store_gives_back_the_room_its_wal_took() {
+    let worker = FakeWorker::start();
+    worker.stop();
+    let mut maker = Coordinator::start(&[worker.entry(1)], &["--disk-reserve", "0"]);
+    // Uploads of 60 KiB lie in their jobs' rows: a store of about 6 MB.
+    let padding = vec![b'#'; 60 * 1024];
+    for i in 0..100 {
+        let form = job(&format!("old {i}")).file("pad.txt", "text/plain", &padding);
+        submit(&maker, &form);
+    }
+    assert!(maker.terminate(DEADLINE).is_some_and(|s| s.success()));
+    let made = maker.state_dir().join("jobs.db");
+    let old = rusqlite::Connection::open(&made).unwrap_or_else(|e| panic!("{e}"));
+    old.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA auto_vacuum = 0; VACUUM;")
+        .unwrap_or_else(|e| panic!("cannot make an old-style store: {e}"));
+    drop(old);
+    let size = fs::metadata(&made).map_or(0, |m| m.len());
+    // Room for the store and 2 MiB more: not for a second copy.
+    let Some((dir, state, _mount)) = state_on_tmpfs(&format!("{}k", size / 1024 + 2048)) else {
+        return;
+    };
+    fs::copy(&made, state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let coordinator = Coordinator::start_in(dir.path(), &["--disk-reserve", "0"]);
+    assert!(
+        coordinator.logs().contains("could not be rewritten"),
+        "{}",
+        coordinator.logs()
+    );
+    let wal = fs::metadata(state.join("jobs.db-wal")).map_or(0, |m| m.len());
+    assert!(wal < 1 << 20, "the failed rewrite left {wal} bytes of WAL");
+    let (_, pool) = get_json(&coordinator.url("/pool"));
+    assert_eq!(pool["queued_jobs"], 100, "{pool}");
+    submit(&coordinator, &job("after the failed rewrite"));
+}
+
 /// A new job store on a disk too small for it is refused at start with what to do about the
 /// disk, not called a file this trusted-pool cannot read (nothing was there to read).
 #[test]

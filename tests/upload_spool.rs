@@ -162,6 +162,11 @@ fn with_no_upload_memory_small_uploads_wait_in_their_rows_and_large_ones_in_a_se
 fn uploads_left_by_an_earlier_run_are_removed_at_start() {
     let worker = FakeWorker::start();
     let dir = workers_dir(&[worker.entry(2)]);
+    // A store that knows no job (a state directory without one, beside segments, is refused).
+    let mut first = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
+    assert!(first
+        .terminate(Duration::from_secs(60))
+        .is_some_and(|s| s.success()));
     let uploads = dir.path().join("state").join("uploads");
     fs::create_dir_all(&uploads)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", uploads.display()));

@@ -253,6 +253,20 @@ pub enum StoreError {
     Stalled(Duration),
 }
 
+impl From<new_store::Refusal> for StoreError {
+    fn from(refusal: new_store::Refusal) -> Self {
+        match refusal {
+            new_store::Refusal::Orphaned(path, why, segments) => {
+                StoreError::Orphaned(path, why, segments)
+            }
+            new_store::Refusal::Empty(path) => StoreError::Foreign(
+                path,
+                "zero bytes: a truncated or emptied file, not a store".to_string(),
+            ),
+        }
+    }
+}
+
 /// The kinds of store failure a client's answer tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreFault {
@@ -354,17 +368,17 @@ impl fmt::Display for StoreError {
         match self {
             Self::Newer(path, version) => write!(
                 f,
-                "{}: the job store has schema version {version}, newer than this trusted-pool's {SCHEMA_VERSION}; run the newer trusted-pool on it, or move the file (with its -wal file) away to start with an empty job history",
+                "{}: the job store has schema version {version}, newer than this trusted-pool's {SCHEMA_VERSION}; run the newer trusted-pool on it, or move the file (with its -wal file, and the results/ and uploads/ folders beside it, whose files only it names) away to start with an empty job history",
                 path.display()
             ),
             Self::Corrupt(path, why) => write!(
                 f,
-                "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db`, check that `sqlite3 recovered.db 'SELECT count(*) FROM jobs'` counts the jobs (an empty or tableless file means the salvage failed: this trusted-pool refuses it while results or uploads are kept) and put recovered.db in its place, or move it (with its -wal file) away to start with an empty job history",
+                "{}: the job store fails SQLite's integrity check ({why}); nothing was changed. Salvage it with `sqlite3 {0} .recover | sqlite3 recovered.db`, check that `sqlite3 recovered.db 'SELECT count(*) FROM jobs'` counts the jobs (an empty or tableless file means the salvage failed: this trusted-pool refuses it while results or uploads are kept) and put recovered.db in its place, or move it (with its -wal file, and the results/ and uploads/ folders beside it, whose files only it names) away to start with an empty job history",
                 path.display()
             ),
             Self::Foreign(path, why) => write!(
                 f,
-                "{}: not a job store this trusted-pool can read ({why}); nothing was changed. Move it (with its -wal file) away to start with an empty job history",
+                "{}: not a job store this trusted-pool can read ({why}); nothing was changed. Move it (with its -wal file, and the results/ and uploads/ folders beside it, whose files only it names) away to start with an empty job history",
                 path.display()
             ),
             Self::Orphaned(path, what, segments) => write!(
@@ -1541,7 +1555,9 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
 
 /// Makes a store written before freed pages were given back give them back from now on: its
 /// file is rewritten once (`VACUUM`; logged). A store that cannot be rewritten now (no room
-/// for a second copy) keeps reusing its freed pages, as before, and is tried at the next start.
+/// for a second copy) keeps reusing its freed pages, as before, and is tried at the next start;
+/// the WAL the failed rewrite grew (as large as the room there was, none of it committed) is cut
+/// back at once, or the store could never check its WAL in again on a full disk.
 fn give_back_freed_pages(conn: &Connection, path: &Path) {
     let mode: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
@@ -1558,11 +1574,24 @@ fn give_back_freed_pages(conn: &Connection, path: &Path) {
             path.display(),
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => log::warn!(
-            "{}: the job store could not be rewritten to give freed space back ({e}); it keeps \
-             reusing it, and is tried again at the next start",
-            path.display()
-        ),
+        Err(e) => {
+            log::warn!(
+                "{}: the job store could not be rewritten to give freed space back ({e}); it \
+                 keeps reusing it, and is tried again at the next start",
+                path.display()
+            );
+            let cut = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+            if !matches!(cut, Ok(0)) {
+                log::warn!(
+                    "{}: the WAL the failed rewrite grew ({} bytes) could not be cut back: {}",
+                    path.display(),
+                    file_size(&wal_path(path)),
+                    cut.map_or_else(|e| e.to_string(), |_| "the store is busy".to_string())
+                );
+            }
+        }
     }
 }
 
@@ -2522,9 +2551,18 @@ impl Writer {
         self.commits_since_checkpoint += 1;
         self.figures
             .count_deleted([status.as_str()], &self.figures.deleted);
-        // Synced before the answer and before its results file goes (as in `sweep`).
+        // Synced before the answer and before its results file goes (as in `sweep`). A sync
+        // that fails leaves the deletion committed, and so told: it holds for every reader, but
+        // a power cut could undo it, so its results stay until the next start's scrub (an undone
+        // deletion then finds them whole).
         if let (Some(wal), false) = (&self.wal, synced) {
-            wal.sync().map_err(StoreError::Io)?;
+            if let Err(e) = wal.sync() {
+                log::error!(
+                    "Job {id} was deleted, but the job store's WAL could not be synced ({e}): a \
+                     power cut could undo the deletion; its results are kept until the next start"
+                );
+                return Ok(Some(status));
+            }
         }
         // Results in its row were zeroed by the delete; those in a segment other jobs still
         // refer to are zeroed (a hole punched) once no download reads that segment.

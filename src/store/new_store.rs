@@ -5,10 +5,19 @@
 //! start is refused before anything is written. A zero-byte file is refused anyway, as
 //! `check --state-dir` refuses it: nothing but a damaged or truncated store leaves one.
 
-use crate::store::jobs_db::StoreError;
 use crate::store::segment_names;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a job store may not be made new.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The store file (missing, empty or tableless, as said) while the state directory holds
+    /// these segments.
+    Orphaned(PathBuf, &'static str, Segments),
+    /// A zero-byte store file, with no segments beside it.
+    Empty(PathBuf),
+}
 
 /// The segment files a state directory holds: in `results/`, in `uploads/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +45,7 @@ impl Segments {
 
 /// Before the store file `db` of the state directory `state_dir` is opened: refuses a
 /// zero-byte file, and a missing one while the directory holds segments.
-pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
+pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<(), Refusal> {
     let why = match std::fs::metadata(db) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => "is missing",
         Err(_) => return Ok(()),
@@ -45,23 +54,20 @@ pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<(), StoreError> 
     };
     let segments = Segments::of(state_dir);
     if segments.any() {
-        return Err(StoreError::Orphaned(db.to_path_buf(), why, segments));
+        return Err(Refusal::Orphaned(db.to_path_buf(), why, segments));
     }
     if why.starts_with("is an empty") {
-        return Err(StoreError::Foreign(
-            db.to_path_buf(),
-            "zero bytes: a truncated or emptied file, not a store".to_string(),
-        ));
+        return Err(Refusal::Empty(db.to_path_buf()));
     }
     Ok(())
 }
 
 /// Once the store file `db` opened as a database without tables (a store not made yet):
 /// refuses it while its state directory holds segments.
-pub fn check_tableless(db: &Path) -> Result<(), StoreError> {
+pub fn check_tableless(db: &Path) -> Result<(), Refusal> {
     let segments = Segments::of(db.parent().unwrap_or(Path::new(".")));
     if segments.any() {
-        return Err(StoreError::Orphaned(
+        return Err(Refusal::Orphaned(
             db.to_path_buf(),
             "holds no tables (an empty database)",
             segments,
