@@ -267,6 +267,11 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "holds \".tgz\"",
         ),
         (
+            "a zip that sandrun would untar",
+            main_py().file("x.tgz.zip", "application/zip", b"PK\x03\x04"),
+            "holds \".tgz\"",
+        ),
+        (
             "filename with a backslash",
             Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
             "not allowed",

@@ -471,16 +471,24 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
 }
 
 /// The archive kind sandrun would take a file for that does not end as one: it unpacks any
-/// file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`) or `.zip` anywhere, so
-/// `results.zip.txt` would never arrive under its name. A name that ends so is an archive,
-/// unpacked as README says.
+/// file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`), or else `.zip`, anywhere, so
+/// `results.zip.txt` would never arrive under its name, and `x.tgz.zip` would be untarred. A
+/// name that ends as the kind sandrun takes it for is an archive, unpacked as README says.
 fn hidden_archive(name: &str) -> Option<&'static str> {
-    [".tar.gz", ".tgz", ".zip"].into_iter().find(|kind| {
-        let archive = [".tar.gz", ".tgz", ".zip"]
-            .iter()
-            .any(|end| name.ends_with(end));
-        name.contains(kind) && !archive
-    })
+    // sandrun's own order: a tarball first, then a zip.
+    let taken_as = if name.contains(".tar.gz") || name.contains(".tgz") {
+        [".tar.gz", ".tgz"].as_slice()
+    } else if name.contains(".zip") {
+        [".zip"].as_slice()
+    } else {
+        return None;
+    };
+    match taken_as.iter().any(|end| name.ends_with(end)) {
+        true => None,
+        false => [".tar.gz", ".tgz", ".zip"]
+            .into_iter()
+            .find(|kind| name.contains(kind)),
+    }
 }
 
 /// The multipart parser reports a bad part header with an unhelpful text (its error type is

@@ -670,8 +670,9 @@ fn gone_why(ctx: &Context, id: &str) -> String {
 /// Why a worker forgets a job it ran, said with a loss for which that is the likely cause.
 const SANDRUN_DELETES: &str = "sandrun deletes a job 6 minutes after its submit, its wait \
      in the worker's queue included, even as it ends (so a job queued there behind long ones \
-     can be deleted the moment it ends: give such a worker max_concurrent_jobs 1), at once after \
-     GET /download/{id}, and all of them when it restarts";
+     can be deleted the moment it ends, and one deleted while it waits crashes sandrun when its \
+     turn comes: give such a worker max_concurrent_jobs 1), at once after GET /download/{id}, \
+     and all of them when it restarts";
 
 /// Leaves a job's collection pending after its results could not be stored (a full disk, a
 /// failed sync; `worker_answered`) or fetched for the coordinator's own shortage. Neither counts

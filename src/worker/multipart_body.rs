@@ -203,7 +203,7 @@ mod tests {
             source,
             span: Span {
                 offset: 9,
-                size: 25,
+                size: 24,
             },
         };
         let boundary = format!("{BOUNDARY_PREFIX}{}", "f".repeat(BOUNDARY_TOKEN_LEN));
@@ -213,7 +213,7 @@ mod tests {
             .read_to_end(&mut sent)
             .unwrap_or_else(|e| panic!("{e}"));
         let files = [("main.py", "text/x-python", 9)].into_iter();
-        assert_eq!(submit_body_length(files, Some(25)), sent.len() as u64);
-        assert_eq!(submit_body_length([].into_iter(), None), 4 + 49 + 2);
+        assert_eq!(submit_body_length(files, Some(24)), sent.len() as u64);
+        assert_eq!(submit_body_length([].into_iter(), None), 2 + 2 + 49 + 2 + 2);
     }
 }

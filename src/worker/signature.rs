@@ -326,6 +326,7 @@ pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) ->
         verdict: Verified,
         reason: None,
     };
+    let mut tried = 0;
     if let Some(f) = figures {
         // The figure itself, printed as sandrun prints it, is nearly always the one.
         let exact = f.cpu_seconds.parse::<f64>().ok().map(cpp_g);
@@ -336,6 +337,7 @@ pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) ->
         if candidates.iter().any(|cpu| verifies(cpu, f.memory_mb)) {
             return verified;
         }
+        tried += candidates.len();
     }
     if signed
         .cpu_2dp
@@ -348,22 +350,21 @@ pub fn verify(worker_id: &str, status: &Value, figures: Option<&DoneFigures>) ->
     if candidates.iter().any(|cpu| verifies(cpu, signed.memory_mb)) {
         return verified;
     }
+    tried += candidates.len();
     match figures {
         Some(_) => SignatureCheck::new(
             Failed,
             format!(
                 "result signature invalid: no CPU value that the stream's [DONE] figures or \
-                 /status allow ({} tried) makes the result verify against the allowlisted key",
-                candidates.len()
+                 /status allow ({tried} tried) makes the result verify against the allowlisted key"
             ),
         ),
         None => SignatureCheck::new(
             Unverifiable,
             format!(
-                "result unverifiable: none of the {} CPU values that /status allows verifies \
+                "result unverifiable: none of the {tried} CPU values that /status allows verifies \
                  (no [DONE] figures that agree with /status were seen); the signed text could \
-                 not be rebuilt",
-                candidates.len()
+                 not be rebuilt"
             ),
         ),
     }
