@@ -274,6 +274,36 @@ fn lines_a_jobs_stdout_prints_like_sandruns_own_neither_stall_nor_kill_its_worke
     assert_eq!(worker.recording().faults, Vec::<String>::new());
 }
 
+/// A job cancelled while it runs is final here at once, yet sandrun writes its last frames as it
+/// ends there: the stream is read until then (closed at the cancel, with 6 MB of stdout and of
+/// stderr on their way, the worker died of SIGPIPE), and the worker runs the next job.
+#[test]
+fn a_job_cancelled_while_it_runs_keeps_its_stream_read_until_it_ends_on_its_worker() {
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(3);
+        k.poll_interval = SANDRUN_PICKUP;
+        k.stdout = Some(Printed::Lines(6_000_000));
+        k.stderr = Some(Printed::Lines(6_000_000));
+    });
+    let coordinator = coordinator_for(&worker, "0.2");
+    let id = submit(&coordinator, &job());
+    wait_status(&coordinator, &id, "running", DEADLINE);
+    let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
+    assert_eq!(code, 200, "{body}");
+    let ended = poll_until(DEADLINE, || {
+        coordinator
+            .logs()
+            .contains(&format!("Cancelled job {id} ended on its worker"))
+            .then_some(())
+    });
+    assert!(ended.is_some(), "{}", coordinator.logs());
+    worker.set(|k| k.job_duration = Duration::from_millis(100));
+    let next = submit(&coordinator, &job());
+    let status = wait_collected(&coordinator, &next, DEADLINE);
+    assert_eq!(status["pool_status"], "completed", "{status}");
+    assert_eq!(worker.recording().faults, Vec::<String>::new());
+}
+
 /// A job's worker job id as the store holds it (read beside the running coordinator).
 fn stored_remote_id(dir: &Path, id: &str) -> Option<String> {
     let db = dir.join("state").join("jobs.db");

@@ -259,7 +259,7 @@ fn bad_parts_are_refused_with_what_to_fix() {
         (
             "a name sandrun would take for an archive it is not",
             main_py().file("results.zip.txt", "text/plain", b"notes\n"),
-            "holds \".zip\": a sandrun worker takes any file whose name holds",
+            "holds \".zip\": a sandrun worker takes a file whose name holds",
         ),
         (
             "a name with .tgz inside",

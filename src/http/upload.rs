@@ -221,7 +221,7 @@ impl fmt::Display for UploadError {
             ),
             Self::HiddenArchive(name, kind) => write!(
                 f,
-                "the filename {name:?} holds {kind:?}: a sandrun worker takes any file whose name holds .tar.gz, .tgz or .zip for an archive and unpacks it, so this file would never arrive under its name; rename it (an archive's name must end with .tar.gz, .tgz or .zip)"
+                "the filename {name:?} holds {kind:?}: a sandrun worker takes a file whose name holds .tar.gz or .tgz anywhere for a tarball, and else one whose name holds .zip for a zip archive, and unpacks it as that, so this file would not arrive as sent; rename it so that its name holds no such extension but the one of what it is, at its end"
             ),
             Self::LongFilename(len) => write!(
                 f,
@@ -238,7 +238,8 @@ impl fmt::Display for UploadError {
             ),
             Self::TooLargeForWorker(bytes) => write!(
                 f,
-                "the job's submit to its worker would be {bytes} bytes (its files and manifest, with the multipart framing the coordinator sends and the request's head), more than the {WORKER_MAX_REQUEST} bytes a sandrun worker takes in one request; send less, or fewer files"
+                "the job's submit to its worker would be about {bytes} bytes (its files and manifest with the multipart framing the coordinator sends: {}, and up to {SUBMIT_HEAD_ROOM} for the request's head), more than the {WORKER_MAX_REQUEST} bytes a sandrun worker takes in one request; send less, or fewer files",
+                bytes - SUBMIT_HEAD_ROOM
             ),
             Self::BadManifest(why) => write!(f, "the 'manifest' part {why}"),
             Self::UnknownPart(name) => write!(f, "unknown part {name:?}: only 'files', 'manifest', 'priority', 'queue_timeout', 'reruns' and 'labels' are accepted"),

@@ -73,8 +73,9 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
                 break Ended::Closed;
             }
         }
-        // A job whose end its polling saw first, or that left the table, needs no stream: a
-        // worker that keeps it open without [DONE] (pinging, say) holds no thread for it.
+        // A job whose end its polling saw first (on its worker too, for a cancelled one), or
+        // that left the table, needs no stream: a worker that keeps it open without [DONE]
+        // (pinging, say) holds no thread for it.
         if !still_going(ctx, id) {
             log::debug!("Job {id}: ended before its worker stream said so; stream closed");
             break Ended::Left;
@@ -268,12 +269,15 @@ fn wait_for_the_end(ctx: &Context, client: &mut WsClient, id: &str) {
     }
 }
 
-/// Whether job `id` is still in the table and has not ended.
+/// Whether job `id` is still in the table and may still get frames from its worker: it has
+/// not ended, or it was cancelled while on its worker and has not ended there yet (sandrun
+/// writes its last frames as it ends there: a stream closed before them, whose route sandrun
+/// has not let go, would make one of those writes raise SIGPIPE).
 fn still_going(ctx: &Context, id: &str) -> bool {
     ctx.lock()
         .jobs
         .get(id)
-        .is_some_and(|job| !job.status.is_final())
+        .is_some_and(|job| !job.status.is_final() || job.ending_on_worker)
 }
 
 /// The worker says the job started: `running` at once, and its followers hear of it.
