@@ -144,6 +144,15 @@ fn after_a_restart_a_job_is_followed_only_at_the_endpoint_it_was_sent_to() {
     wait_healthy(&coordinator, &[&old], DEADLINE);
     let id = submit(&coordinator, &job("sent before the move"));
     wait_on_worker(&coordinator, &id);
+    // The worker's job id is recorded without waiting: killed before, the job's submit is in
+    // flight at the restart, and lost for that.
+    let stored = poll_until(DEADLINE, || {
+        stored_remote_id_of(coordinator.dir(), &id).then_some(())
+    });
+    assert!(
+        stored.is_some(),
+        "job {id}: its worker's job id never reached the store"
+    );
     coordinator.kill();
     let moved = FakeWorker::start_with_key(old.key().clone(), roomy(Duration::ZERO));
     write_workers_json(dir.path(), &[moved.entry(2)]);
@@ -438,6 +447,22 @@ fn a_job_lost_with_its_submit_in_flight_at_kill_9_is_counted_at_the_restart() {
 }
 
 /// Jobs in the store (read-only, beside the running coordinator) whose worker job id is known.
+/// Whether the store holds job `id`'s worker job id (read beside the running coordinator).
+fn stored_remote_id_of(dir: &Path, id: &str) -> bool {
+    let db = dir.join("state").join("jobs.db");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    rusqlite::Connection::open_with_flags(db, flags)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM jobs WHERE id = ?1 \
+                 AND json_extract(record, '$.remote_job_id') IS NOT NULL",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .is_ok_and(|n| n == 1)
+}
+
 fn stored_remote_ids(dir: &Path) -> usize {
     let db = dir.join("state").join("jobs.db");
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
