@@ -6,6 +6,7 @@ pub mod json_log;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;
+pub mod text_log;
 
 use crate::base::addresses::{self, AddressBlock};
 use crate::base::api_keys::{self, KeysFileError};
@@ -99,15 +100,8 @@ fn init_logging(level: LevelFilter, format: LogFormat) {
     let _ = match format {
         LogFormat::Json => log::set_boxed_logger(Box::new(json_log::JsonLog)),
         LogFormat::Text => {
-            let mut config = simplelog::ConfigBuilder::new();
-            for target in json_log::LOGGED_CRATES {
-                config.add_filter_allow_str(target);
-            }
-            let config = config
-                .set_thread_level(LevelFilter::Off)
-                .set_target_level(LevelFilter::Off)
-                .build();
-            simplelog::WriteLogger::init(LevelFilter::Trace, config, std::io::stderr())
+            log::set_max_level(LevelFilter::Trace);
+            log::set_boxed_logger(Box::new(text_log::TextLog::to_stderr()))
         }
     };
     log::set_max_level(level);
