@@ -469,6 +469,16 @@ fn the_harness_starts_the_coordinator_on_a_free_port() {
     );
 }
 
+/// Waits for job `id` on `worker` to complete; the names of its output files.
+fn completed_outputs(worker: &FakeWorker, id: &str) -> Vec<String> {
+    let status = wait_finished(&worker.endpoint(), id, Duration::from_secs(30));
+    assert_eq!(status["status"], "completed", "{status}");
+    status["output_files"]
+        .as_object()
+        .map(|files| files.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_tarball_upload_is_extracted() {
     let worker = FakeWorker::start();
@@ -477,14 +487,10 @@ fn a_tarball_upload_is_extracted() {
         .file("job.tar.gz", "application/gzip", &tarball)
         .manifest(r#"{"outputs":["data/*"]}"#);
     let id = accepted_id(&worker, &form);
-    let status = wait_finished(&worker.endpoint(), &id, Duration::from_secs(30));
-    assert_eq!(status["status"], "completed", "{status}");
-    let files = status["output_files"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let names: Vec<&str> = files.keys().map(String::as_str).collect();
-    assert_eq!(names, ["data/in.txt", "result.txt"]);
+    assert_eq!(
+        completed_outputs(&worker, &id),
+        ["data/in.txt", "result.txt"]
+    );
     let (code, body) = get(&worker.url(&format!("/download/{id}/data/in.txt")));
     assert_eq!((code, body.as_str()), (200, "input\n"));
 }
@@ -503,4 +509,29 @@ fn a_black_hole_never_answers() {
     assert!(stream.read(&mut buf).is_err(), "the black hole answered");
     assert!(hole.endpoint().starts_with("http://127.0.0.1:"));
     assert_eq!(hole.connections(), 1);
+}
+
+/// sandrun's "fake tar": a file that begins `----Tar\nPath:` is written under the name after
+/// `Path: ` whatever its filename, and without that space sandrun's arithmetic on a missing
+/// match takes the name from byte 5 of the mark (`ar`).
+#[test]
+fn a_fake_tar_is_written_under_the_name_sandrun_reads_in_it() {
+    let worker = FakeWorker::start();
+    let form = Form::new()
+        .file(
+            "job.tar.gz",
+            "application/x-tar",
+            b"----Tar\nPath: main.py\nSize: 9\n\nprint(1)\n",
+        )
+        .file("notes.txt", "text/plain", b"----Tar\nPath:x.txt\n\nbody")
+        .manifest(r#"{"entrypoint":"main.py","outputs":["main.py","ar","x.txt"]}"#);
+    let id = accepted_id(&worker, &form);
+    assert_eq!(
+        completed_outputs(&worker, &id),
+        ["ar", "main.py", "result.txt"]
+    );
+    for (name, bytes) in [("main.py", "print(1)\n"), ("ar", "body")] {
+        let (code, body) = get(&worker.url(&format!("/download/{id}/{name}")));
+        assert_eq!((code, body.as_str()), (200, bytes), "{name}");
+    }
 }

@@ -272,6 +272,20 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "holds \".tgz\"",
         ),
         (
+            "a fake tar that sandrun would write outside the job's directory",
+            Form::new().file(
+                "job.tar.gz",
+                "application/x-tar",
+                b"----Tar\nPath: ../../etc/cron.d/x\nSize: 4\n\nboom",
+            ),
+            "the file \"job.tar.gz\" begins with the lines ----Tar and Path:, the form of one file a sandrun worker's web frontend sends: the worker writes what follows the first blank line under the name on the Path: line, here \"../../etc/cron.d/x\", which is not a plain file name; give the lines ----Tar, Path: main.py",
+        ),
+        (
+            "a fake tar whose name sandrun would read from the wrong place",
+            main_py().file("code.txt", "text/plain", b"----Tar\nPath:main.py\n\nx\n"),
+            "which is not readable here (the line is \"Path:main.py\")",
+        ),
+        (
             "filename with a backslash",
             Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
             "not allowed",

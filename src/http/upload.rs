@@ -21,6 +21,7 @@ use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload};
 use crate::worker::multipart_body::{submit_body_length, SUBMIT_HEAD_ROOM, WORKER_MAX_REQUEST};
+use crate::worker::save_rules::{self, fake_tar_head, FakeTar};
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -63,8 +64,19 @@ pub enum UploadError {
     /// A filename that cannot be a plain file name.
     BadFilename(String),
     /// A filename holding an archive's extension (the second) where it does not end: sandrun
-    /// would unpack the file as an archive (see `hidden_archive`).
+    /// would unpack the file as an archive (see `save_rules::hidden_archive`).
     HiddenArchive(String, &'static str),
+    /// A file (its filename) whose content begins as sandrun's "fake tar", which a worker
+    /// writes under the name on its `Path: ` line: that name is not a plain file name (the
+    /// name as given), or cannot be read (`None`: the line as far as it was read).
+    FakeTarPath {
+        /// The part's filename.
+        filename: String,
+        /// The name on the `Path: ` line, when it could be read.
+        name: Option<String>,
+        /// The line after `Path:` as far as it was read.
+        line: String,
+    },
     /// A filename longer than [`MAX_NAME_BYTES`] (its length).
     LongFilename(usize),
     /// A `files` part whose `Content-Type` is longer than [`MAX_NAME_BYTES`] (its filename and
@@ -223,6 +235,20 @@ impl fmt::Display for UploadError {
                 f,
                 "the filename {name:?} holds {kind:?}: a sandrun worker takes a file whose name holds .tar.gz or .tgz anywhere for a tarball, and else one whose name holds .zip for a zip archive, and unpacks it as that, so this file would not arrive as sent; rename it so that its name holds no such extension but the one of what it is, at its end"
             ),
+            Self::FakeTarPath { filename, name, line } => {
+                write!(
+                    f,
+                    "the file {filename:?} begins with the lines ----Tar and Path:, the form of one file a sandrun worker's web frontend sends: the worker writes what follows the first blank line under the name on the Path: line, "
+                )?;
+                match name {
+                    Some(name) => write!(f, "here {name:?}, which is not a plain file name")?,
+                    None => write!(f, "which is not readable here (the line is {:?})", format!("Path:{line}"))?,
+                }
+                write!(
+                    f,
+                    "; give the lines ----Tar, Path: main.py (a space after the colon, a plain name) and a blank line before the code, or send the code itself under its own filename"
+                )
+            }
             Self::LongFilename(len) => write!(
                 f,
                 "a filename of {len} bytes is too long: at most {MAX_NAME_BYTES} bytes (a file name's limit on Linux)"
@@ -464,32 +490,30 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
         Err(UploadError::LongFilename(name.len()))
     } else if !is_safe_component(name) || name.contains('"') {
         Err(UploadError::BadFilename(name.to_string()))
-    } else if let Some(kind) = hidden_archive(name) {
+    } else if let Some(kind) = save_rules::hidden_archive(name) {
         Err(UploadError::HiddenArchive(name.to_string(), kind))
     } else {
         Ok(())
     }
 }
 
-/// The archive kind sandrun would take a file for that does not end as one: it unpacks any
-/// file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`), or else `.zip`, anywhere, so
-/// `results.zip.txt` would never arrive under its name, and `x.tgz.zip` would be untarred. A
-/// name that ends as the kind sandrun takes it for is an archive, unpacked as README says.
-fn hidden_archive(name: &str) -> Option<&'static str> {
-    // sandrun's own order: a tarball first, then a zip.
-    let taken_as = if name.contains(".tar.gz") || name.contains(".tgz") {
-        [".tar.gz", ".tgz"].as_slice()
-    } else if name.contains(".zip") {
-        [".zip"].as_slice()
-    } else {
-        return None;
+/// Refuses a file (named `filename`, its content beginning with `head`) that sandrun would
+/// write under another name than a plain file's, as its "fake tar" (see `save_rules`): out of
+/// the job's directory with `Path: ../x`, or nowhere, without the job knowing.
+fn check_fake_tar(filename: &str, head: &[u8]) -> Result<(), UploadError> {
+    let (name, line) = match save_rules::fake_tar_name(head) {
+        FakeTar::No => return Ok(()),
+        FakeTar::Named(name) if name.len() <= MAX_NAME_BYTES && is_safe_component(name) => {
+            return Ok(())
+        }
+        FakeTar::Named(name) => (Some(name.to_string()), format!(" {name}")),
+        FakeTar::Unreadable(line) => (None, line),
     };
-    match taken_as.iter().any(|end| name.ends_with(end)) {
-        true => None,
-        false => [".tar.gz", ".tgz", ".zip"]
-            .into_iter()
-            .find(|kind| name.contains(kind)),
-    }
+    Err(UploadError::FakeTarPath {
+        filename: filename.to_string(),
+        name,
+        line,
+    })
 }
 
 /// The multipart parser reports a bad part header with an unhelpful text (its error type is
@@ -808,9 +832,16 @@ fn read_parts(
                 if content_type.len() > MAX_NAME_BYTES {
                     return Err(UploadError::LongContentType(filename, content_type.len()));
                 }
+                let mut head = Vec::new();
+                (&mut field.data)
+                    .take(fake_tar_head(MAX_NAME_BYTES))
+                    .read_to_end(&mut head)
+                    .map_err(read_error)?;
+                check_fake_tar(&filename, &head)?;
+                let mut data = head.as_slice().chain(&mut field.data);
                 let span = match digest.as_deref_mut() {
                     Some(digest) => {
-                        let mut hashing = Hashing::new(&mut field.data);
+                        let mut hashing = Hashing::new(&mut data);
                         let span = append(&mut hashing);
                         for part in [b"files", filename.as_bytes(), content_type.as_bytes()] {
                             digest.field(part);
@@ -818,7 +849,7 @@ fn read_parts(
                         digest.field(&hashing.finish());
                         span
                     }
-                    None => append(&mut field.data),
+                    None => append(&mut data),
                 }
                 .map_err(|e| copy_error(e, &read_error))?;
                 inputs.push(InputFile {

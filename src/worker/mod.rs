@@ -11,6 +11,7 @@ pub mod multipart_body;
 pub mod pace;
 pub mod raw_get;
 pub mod sandrun_json;
+pub mod save_rules;
 pub mod server_certificate;
 pub mod signature;
 pub mod tls;

@@ -104,16 +104,43 @@ fn is_inside(name: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// sandrun's `save_files`: `files` parts with a filename go into the job directory; `.tar.gz`,
-/// `.tgz` and `.zip` anywhere in the name are extracted with the system `tar`/`unzip`. A file
-/// whose directory does not exist is dropped silently, as sandrun's `ofstream` drops it.
+/// sandrun's "fake tar", its web frontend's form of one file: content that begins
+/// `----Tar\nPath:` holds a file named by what follows the first `Path: ` up to the next
+/// newline, its bytes all that follows the first blank line. sandrun finds both with
+/// `std::string::find` and adds to its `npos` when one is missing: the name then starts at byte
+/// 5, the bytes at byte 1. Returns the name and the bytes.
+fn fake_tar(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !data.starts_with(b"----Tar\nPath:") {
+        return None;
+    }
+    let find = |needle: &[u8], from: usize| {
+        data[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|at| at + from)
+    };
+    let name_start = find(b"Path: ", 0).map_or(5, |at| at + 6);
+    let name_end = find(b"\n", name_start).unwrap_or(data.len());
+    let bytes_start = find(b"\n\n", 0).map_or(1, |at| at + 2);
+    Some((&data[name_start..name_end], &data[bytes_start..]))
+}
+
+/// sandrun's `save_files`: `files` parts with a filename go into the job directory; a "fake
+/// tar" (see [`fake_tar`]) under the name it holds, and else `.tar.gz`, `.tgz` and `.zip`
+/// anywhere in the name are extracted with the system `tar`/`unzip`. A file whose directory
+/// does not exist is dropped silently, as sandrun's `ofstream` drops it. Unlike sandrun, a name
+/// that leads out of the job directory is dropped too, not written there.
 pub fn save_files(dir: &Path, parts: &[Part]) {
     let _ = fs::create_dir_all(dir);
     for part in parts.iter().filter(|p| p.name == "files") {
         let Some(filename) = part.filename.as_deref().filter(|f| !f.is_empty()) else {
             continue;
         };
-        if filename.contains(".tar.gz") || filename.contains(".tgz") {
+        if let Some((name, bytes)) = fake_tar(&part.data) {
+            if let Some(name) = std::str::from_utf8(name).ok().filter(|n| is_inside(n)) {
+                let _ = fs::write(dir.join(name), bytes);
+            }
+        } else if filename.contains(".tar.gz") || filename.contains(".tgz") {
             extract(
                 dir,
                 &part.data,
