@@ -31,8 +31,10 @@ USAGE:
                                            validate a workers file and the source addresses
     trusted-pool check [WORKERS.json] --api-keys FILE
                                            validate a keys file (and a workers file)
-    trusted-pool check --state-dir DIR     check a stopped coordinator's state directory or an
-                                           unpacked snapshot, changing nothing
+    trusted-pool check --state-dir DIR [--verify-outputs]
+                                           check a stopped coordinator's state directory or an
+                                           unpacked snapshot, changing nothing (and read every
+                                           collected output back against its sha256)
     trusted-pool check --tls-cert PEM --tls-key PEM
     trusted-pool check --worker-tls-cert PEM --worker-tls-key PEM
                                            check a certificate and its key before a SIGHUP:
@@ -166,6 +168,8 @@ pub enum Command {
         api_keys: Option<PathBuf>,
         /// The state directory, if given.
         state_dir: Option<PathBuf>,
+        /// Read every collected output of the state directory back and hash it.
+        verify_outputs: bool,
         /// Source addresses to check on this host.
         sources: Vec<IpAddr>,
         /// Certificate and key pairs to check (`--tls-cert`, `--worker-tls-cert`).
@@ -516,6 +520,13 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
         Some("check") => {
             let api_keys = value(&mut args, "--api-keys", some_path, None)?;
             let state_dir = value(&mut args, "--state-dir", some_path, None)?;
+            let verify_outputs = args.contains("--verify-outputs");
+            if verify_outputs && state_dir.is_none() {
+                return Err(bad(
+                    "check",
+                    "--verify-outputs reads a state directory's outputs: give --state-dir DIR too",
+                ));
+            }
             let sources = value(&mut args, "--source-addresses", source_list, Vec::new())?;
             let certificates: Vec<(PathBuf, PathBuf)> = [
                 pair(&mut args, "--tls-cert", "--tls-key")?,
@@ -538,6 +549,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Command, CliError> {
                 workers,
                 api_keys,
                 state_dir,
+                verify_outputs,
                 sources,
                 certificates,
             }
@@ -835,12 +847,15 @@ pub fn run(raw: Vec<OsString>) -> i32 {
             workers,
             api_keys,
             state_dir,
+            verify_outputs,
             sources,
             certificates,
         } => {
             let workers_ok = workers.as_deref().is_none_or(|p| check(p, &sources) == 0);
             let keys_ok = api_keys.as_deref().is_none_or(|p| check_keys(p) == 0);
-            let state_ok = state_dir.as_deref().is_none_or(|p| check_state(p) == 0);
+            let state_ok = state_dir
+                .as_deref()
+                .is_none_or(|p| check_state(p, verify_outputs) == 0);
             let certificates_ok = certificates.iter().fold(true, |ok, (cert, key)| {
                 check_certificate(cert, key) == 0 && ok
             });
@@ -992,8 +1007,8 @@ fn check_certificate(cert: &std::path::Path, key: &std::path::Path) -> i32 {
     }
 }
 
-fn check_state(dir: &std::path::Path) -> i32 {
-    let report = match check_state_dir(dir) {
+fn check_state(dir: &std::path::Path, verify_outputs: bool) -> i32 {
+    let report = match check_state_dir(dir, verify_outputs) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: {e}");
@@ -1020,6 +1035,19 @@ fn check_state(dir: &std::path::Path) -> i32 {
         "segments: records point into {} results and {} upload segment files",
         report.segments.0, report.segments.1
     );
+    if let Some(verified) = report.verified {
+        println!(
+            "outputs: {} collected outputs ({} bytes) read back{}",
+            verified.outputs,
+            verified.bytes,
+            match verified.unhashed {
+                0 => String::new(),
+                n => format!(
+                    ", {n} of them without a known sha256 (collected by an older build), not compared"
+                ),
+            }
+        );
+    }
     for problem in &report.problems {
         eprintln!("error: {}: {problem}", dir.display());
     }
@@ -1039,8 +1067,13 @@ fn check_state(dir: &std::path::Path) -> i32 {
         return 1;
     }
     println!(
-        "{}: every byte the job store points to is there, OK",
-        dir.display()
+        "{}: every byte the job store points to is there{}, OK",
+        dir.display(),
+        if report.verified.is_some() {
+            " and every output hashes as it is served"
+        } else {
+            ""
+        }
     );
     0
 }

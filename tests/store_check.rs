@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use support::lifecycle::{drain_url, submit, wait_collected, wait_healthy};
 use support::{
-    check_state_dir, get_bytes, get_json, post, temp_dir, untar_gz_into, write_workers_json,
-    Coordinator, FakeWorker, Form,
+    check_state_dir, check_state_dir_with, get_bytes, get_json, poll_until, post, temp_dir,
+    untar_gz_into, write_workers_json, Coordinator, FakeWorker, Form,
 };
 use trusted_pool::base::config::FsyncMode;
 use trusted_pool::base::job::{Job, PoolStatus};
@@ -220,6 +220,132 @@ fn check_state_dir_names_every_job_a_damaged_snapshot_could_not_serve_or_run() {
         "the upload in its row is there: {err}"
     );
     assert!(err.contains("5 jobs cannot be served or run"), "{err}");
+}
+
+/// A snapshot of a coordinator that ran `jobs` jobs each with an output `data.bin` of 4 KiB of
+/// byte `n` (its job's number) and collected their results (in segments with `segments`, else
+/// in their rows): the directory holding it under `state`, and the job ids.
+fn snapshot_of_collected_jobs(jobs: u8, segments: bool) -> (tempfile::TempDir, Vec<String>) {
+    let worker = FakeWorker::start();
+    let flags: &[&str] = if segments {
+        &["--row-results-max", "0"]
+    } else {
+        &[]
+    };
+    let coordinator = Coordinator::start(&[worker.entry(2)], flags);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let ids: Vec<String> = (1..=jobs)
+        .map(|n| {
+            let form = Form::new()
+                .file("main.py", "text/x-python", b"print(1)\n")
+                .file("data.bin", "application/octet-stream", &[n; 4096])
+                .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+            submit(&coordinator, &form)
+        })
+        .collect();
+    for id in &ids {
+        wait_collected(&coordinator, id, DEADLINE);
+    }
+    // A job's end is recorded in the store a moment after it shows.
+    let db = coordinator.state_dir().join("jobs.db");
+    let recorded = poll_until(DEADLINE, || {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = rusqlite::Connection::open_with_flags(&db, flags).ok()?;
+        let completed: u64 = conn
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE status = 'completed'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (completed == u64::from(jobs)).then_some(())
+    });
+    assert!(
+        recorded.is_some(),
+        "the store never recorded the jobs' ends"
+    );
+    let (code, archive) = get_bytes(&coordinator.url("/snapshot"));
+    assert_eq!(code, 200);
+    let dir = temp_dir();
+    untar_gz_into(&archive, &dir.path().join("state"));
+    (dir, ids)
+}
+
+/// `check --state-dir --verify-outputs` reads every collected output back: a byte changed in a
+/// results segment or in a row's results names its job and output, which the check of lengths
+/// alone cannot see.
+#[test]
+fn verify_outputs_names_each_output_whose_bytes_changed_on_disk() {
+    let (dir, ids) = snapshot_of_collected_jobs(2, true);
+    let state = dir.path().join("state");
+    let (code, out, err) = check_state_dir_with(&state, &["--verify-outputs"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("outputs: 4 collected outputs ("), "{out}");
+    assert!(
+        out.contains("every output hashes as it is served, OK"),
+        "{out}"
+    );
+
+    // The second job's data.bin, 4 KiB of byte 2, gets one byte changed.
+    let segment = fs::read_dir(state.join("results"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .next()
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no results segment"));
+    let mut bytes = fs::read(&segment).unwrap_or_else(|e| panic!("{e}"));
+    let at = bytes
+        .windows(4096)
+        .position(|w| w.iter().all(|&b| b == 2))
+        .unwrap_or_else(|| panic!("data.bin is not in {}", segment.display()));
+    bytes[at + 100] ^= 0xff;
+    fs::write(&segment, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = check_state_dir(&state);
+    assert_eq!(code, Some(0), "the lengths alone pass: {out}{err}");
+    let (code, out, err) = check_state_dir_with(&state, &["--verify-outputs"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let wrong = format!(
+        "job {} (completed): output \"data.bin\" (results/{} bytes {at}..{}) hashes to sha256 ",
+        ids[1],
+        name.unwrap_or_default(),
+        at + 4096
+    );
+    assert!(err.contains(&wrong), "{wrong}\n{err}");
+    assert!(!err.contains(&ids[0]), "{err}");
+    assert!(err.contains("1 jobs cannot be served or run"), "{err}");
+
+    // Results held in the job's row.
+    let (dir, ids) = snapshot_of_collected_jobs(1, false);
+    let state = dir.path().join("state");
+    let db = rusqlite::Connection::open(state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
+    let results: Vec<u8> = db
+        .query_row("SELECT results FROM jobs WHERE id = ?1", [&ids[0]], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|e| panic!("the job's results are not in its row: {e}"));
+    let at = results
+        .windows(4096)
+        .position(|w| w.iter().all(|&b| b == 1))
+        .unwrap_or_else(|| panic!("data.bin is not in the row"));
+    let mut changed = results.clone();
+    changed[at] ^= 0xff;
+    db.execute(
+        "UPDATE jobs SET results = ?1 WHERE id = ?2",
+        rusqlite::params![changed, ids[0]],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(db);
+    let (code, out, err) = check_state_dir_with(&state, &["--verify-outputs"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let wrong = format!(
+        "job {} (completed): output \"data.bin\" (in its row) hashes to sha256 ",
+        ids[0]
+    );
+    assert!(err.contains(&wrong), "{wrong}\n{err}");
 }
 
 /// The user id the coordinator runs as in the ownership test: `nobody`.

@@ -227,6 +227,21 @@ pub struct StoredResults {
 }
 
 impl StoredResults {
+    /// The span and sha256 of the bytes served for output `name`, its worker's final status
+    /// being `status`: the hash recorded at collection where they hash otherwise than declared,
+    /// else the declared one. Collected before such hashes were recorded, an output whose size
+    /// differs from the declared one has no known hash.
+    pub fn served<'a>(&'a self, name: &str, status: &'a Value) -> Option<(Span, Option<&'a str>)> {
+        let (_, span) = self.outputs.iter().find(|(p, _)| p == name)?;
+        let recorded = self.served_sha256.iter().find(|(p, _)| p == name);
+        let sha256 = match recorded {
+            Some((_, sha256)) => Some(sha256.as_str()),
+            None => declared_sha256(status, name)
+                .filter(|_| declared_size(status, name) == Some(span.size)),
+        };
+        Some((*span, sha256))
+    }
+
     /// The bytes its outputs and logs take, from the first to the end of the last (they are
     /// written back to back).
     pub fn extent(&self) -> Span {

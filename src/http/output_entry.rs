@@ -37,28 +37,6 @@ struct Figures<'a> {
     sha256: Option<&'a str>,
 }
 
-/// The figures of the bytes the coordinator serves for output `name`, when it collected them
-/// (`declared`: what its worker declared).
-fn served<'a>(
-    name: &str,
-    stored: Option<&'a StoredResults>,
-    declared: Figures<'a>,
-) -> Option<Figures<'a>> {
-    let stored = stored?;
-    let (_, span) = stored.outputs.iter().find(|(p, _)| p == name)?;
-    let recorded = stored.served_sha256.iter().find(|(p, _)| p == name);
-    // Collected before the served hashes were kept: they are the declared ones, unless the
-    // size says otherwise.
-    let sha256 = match recorded {
-        Some((_, sha256)) => Some(sha256.as_str()),
-        None => declared.sha256.filter(|_| declared.size == Some(span.size)),
-    };
-    Some(Figures {
-        size: Some(span.size),
-        sha256,
-    })
-}
-
 /// The entry of output `name` of job `id`, from its worker's final status and its collected
 /// results (`None`: not collected yet). A collected output shows the size and sha256 of the
 /// bytes the coordinator serves; where they differ from what its worker declared, those are
@@ -68,7 +46,12 @@ pub fn entry(id: &str, name: &str, worker_status: &Value, stored: Option<&Stored
         size: declared_size(worker_status, name),
         sha256: declared_sha256(worker_status, name),
     };
-    let served = served(name, stored, declared);
+    let served = stored
+        .and_then(|stored| stored.served(name, worker_status))
+        .map(|(span, sha256)| Figures {
+            size: Some(span.size),
+            sha256,
+        });
     let shown = served.unwrap_or(declared);
     let not_served = why_not_served(name, stored);
     let collected = match not_served {

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod jobs_db;
 pub mod new_store;
 pub mod removals;
+pub mod results_hashes;
 pub mod scrub;
 pub mod segment_names;
 pub mod segments;

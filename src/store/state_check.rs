@@ -3,7 +3,9 @@
 //! store opens read-only, is of a version this build reads and passes SQLite's quick check;
 //! every record parses; and every byte a record needs is there: the upload of each job that
 //! still needs it (queued, or on a worker with reruns left; in its row or in an upload segment)
-//! and the collected results (in the row or in a results segment).
+//! and the collected results (in the row or in a results segment). Asked to, it reads every
+//! collected output back and holds its sha256 against the one it is served under
+//! ([`results_hashes`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -17,6 +19,7 @@ use crate::store::file_access::{self, Denied, Need};
 use crate::store::jobs_db::{
     corrupt, open_read_only, parse_record, quick_check, stored_version, StoreError, DB_FILE,
 };
+use crate::store::results_hashes::{OutputHasher, Verified};
 
 /// The problems a report names one by one; the rest are counted.
 const LISTED_PROBLEMS: usize = 20;
@@ -34,6 +37,8 @@ pub struct StateReport {
     pub problems: Vec<String>,
     /// How many problems were found in all.
     pub problem_count: usize,
+    /// The outputs read back, when asked to.
+    pub verified: Option<Verified>,
 }
 
 impl StateReport {
@@ -129,8 +134,9 @@ fn furthest<'a>(spans: impl Iterator<Item = &'a Span>) -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks the state directory `dir` without writing to it.
-pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
+/// Checks the state directory `dir` without writing to it; with `verify_outputs`, every
+/// collected output is read back and hashed too.
+pub fn check_state_dir(dir: &Path, verify_outputs: bool) -> Result<StateReport, StateCheckError> {
     file_access::check(dir, Need::Read).map_err(StateCheckError::Access)?;
     match holder_of(dir) {
         Ok(None) => {}
@@ -156,12 +162,16 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
         dir,
         known: HashMap::new(),
     };
+    let mut hasher = verify_outputs.then(|| OutputHasher::new(dir));
     let mut rows = conn
         .prepare(
-            "SELECT id, status, record, upload IS NOT NULL, length(results) FROM jobs ORDER BY seq",
+            "SELECT id, status, record, upload IS NOT NULL, length(results), \
+             CASE WHEN ?1 THEN results END FROM jobs ORDER BY seq",
         )
         .map_err(|e| corrupt(&path, &e))?;
-    let mut rows = rows.query([]).map_err(|e| corrupt(&path, &e))?;
+    let mut rows = rows
+        .query([verify_outputs])
+        .map_err(|e| corrupt(&path, &e))?;
     while let Some(row) = rows.next().map_err(|e| corrupt(&path, &e))? {
         let id: String = row.get(0).unwrap_or_default();
         let status: String = row.get(1).unwrap_or_default();
@@ -207,9 +217,21 @@ pub fn check_state_dir(dir: &Path) -> Result<StateReport, StateCheckError> {
             };
             if let Some(why) = short {
                 report.problem(format!("job {id} ({}): {why}", job.status.as_str()));
+            } else if let Some(hasher) = hasher.as_mut() {
+                let row_bytes = row.get_ref(5).ok().and_then(|r| r.as_blob().ok());
+                let status = job
+                    .worker_status
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null);
+                let wrong = hasher.check(stored, status, row_bytes);
+                if !wrong.is_empty() {
+                    let why = wrong.join("; ");
+                    report.problem(format!("job {id} ({}): {why}", job.status.as_str()));
+                }
             }
         }
     }
     report.segments = (lengths.count("results"), lengths.count("uploads"));
+    report.verified = hasher.map(|h| h.verified);
     Ok(report)
 }

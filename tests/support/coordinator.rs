@@ -363,10 +363,17 @@ fn status_number(status: &str, name: &str) -> Option<u64> {
 
 /// Runs `trusted-pool check --state-dir DIR`: its exit code, stdout and stderr.
 pub fn check_state_dir(dir: &Path) -> (Option<i32>, String, String) {
+    check_state_dir_with(dir, &[])
+}
+
+/// `trusted-pool check --state-dir DIR` with `more` arguments after it: its exit code, stdout
+/// and stderr.
+pub fn check_state_dir_with(dir: &Path, more: &[&str]) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
         .arg("check")
         .arg("--state-dir")
         .arg(dir)
+        .args(more)
         .output()
         .unwrap_or_else(|e| panic!("cannot run the check: {e}"));
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();

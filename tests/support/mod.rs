@@ -31,7 +31,9 @@ pub use self::{
         get, get_bytes, get_json, post, post_json, post_multipart, send, send_with, status_of,
         Reply,
     },
-    coordinator::{check_state_dir, workers_dir, write_workers_json, Coordinator},
+    coordinator::{
+        check_state_dir, check_state_dir_with, workers_dir, write_workers_json, Coordinator,
+    },
     fake_worker::FakeWorker,
     form::Form,
     sandrun::control::{ReceivedFile, ReceivedJob},
