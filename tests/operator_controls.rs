@@ -486,6 +486,15 @@ fn a_high_job_passes_a_hundred_normal_ones_and_low_jobs_age() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let first = submit(&coordinator, &form());
     wait_started(&coordinator, &worker, &first);
+    // Drained while the jobs are submitted and their places read: the first job may end at
+    // any time (a hundred submits can outlast it on a loaded machine), and the next one must
+    // not leave the queue before the high job is in it.
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "drain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
     let normal: Vec<String> = (0..100).map(|_| submit(&coordinator, &form())).collect();
     let high_form = form().field("priority", b"high");
     let high = submit(&coordinator, &high_form);
@@ -497,6 +506,12 @@ fn a_high_job_passes_a_hundred_normal_ones_and_low_jobs_age() {
     assert_eq!(code, 200);
     assert_eq!(pool["queue"]["by_priority"]["high"], 1, "{pool}");
     assert_eq!(pool["queue"]["by_priority"]["normal"], 100, "{pool}");
+    let (code, body) = post(
+        &drain_url(&coordinator, &worker, "undrain"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
     wait_started(&coordinator, &worker, &high);
     let status = job_status(&coordinator, &high);
     let remote = status["remote_job_id"].as_str().unwrap_or_default();
