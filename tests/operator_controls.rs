@@ -608,6 +608,18 @@ fn keys_take_turns_and_controls_respect_ownership() {
         body["job_id"].as_str().unwrap_or_default().to_string()
     };
     let blocker = submit_as("root");
+    // Drained once the blocker is on the worker, until bob's job is queued: the worker runs a
+    // job every half second, and 200 submits may outlast several on a loaded machine.
+    let drain = drain_url(&coordinator, &worker, "drain");
+    let drain = drain.trim_start_matches(&coordinator.url(""));
+    let undrain = drain_url(&coordinator, &worker, "undrain");
+    let undrain = undrain.trim_start_matches(&coordinator.url(""));
+    poll_until(DEADLINE, || {
+        (!worker.recording().accepted_ids().is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {blocker} never dispatched: {}", coordinator.logs()));
+    let (code, body) = keyed(&coordinator, "POST", drain, "secret-root", None);
+    assert_eq!(code, 200, "{body}");
     let alice: Vec<String> = (0..200).map(|_| submit_as("alice")).collect();
     let bob = submit_as("bob");
     let (_, status) = keyed(
@@ -636,10 +648,10 @@ fn keys_take_turns_and_controls_respect_ownership() {
         None,
     );
     assert_eq!(code, 404);
-    let drain = drain_url(&coordinator, &worker, "drain");
-    let path = drain.trim_start_matches(&coordinator.url(""));
-    let (code, _) = keyed(&coordinator, "POST", path, "secret-bob", None);
+    let (code, _) = keyed(&coordinator, "POST", drain, "secret-bob", None);
     assert_eq!(code, 403);
+    let (code, body) = keyed(&coordinator, "POST", undrain, "secret-root", None);
+    assert_eq!(code, 200, "{body}");
 
     poll_until(DEADLINE, || {
         let (_, status) = keyed(
@@ -713,7 +725,7 @@ fn keys_take_turns_and_controls_respect_ownership() {
     for id in &cancelled {
         assert_eq!(job_status_as(&coordinator, id)["pool_status"], "cancelled");
     }
-    let (code, _) = keyed(&coordinator, "POST", path, "secret-root", None);
+    let (code, _) = keyed(&coordinator, "POST", drain, "secret-root", None);
     assert_eq!(code, 200);
     let _ = blocker;
 }
