@@ -73,7 +73,9 @@ fn cancel_in_every_state() {
     wait_healthy(&coordinator, &[&worker], DEADLINE);
 
     // Running on the worker, and dispatched (queued on the worker behind it), then one queued
-    // in the coordinator.
+    // in the coordinator. The first job is held running until the three are cancelled: they
+    // are in these states only while it runs.
+    worker.set(|k| k.hold_jobs = true);
     let running = submit(&coordinator, &form());
     wait_started(&coordinator, &worker, &running);
     let on_worker_queue = submit(&coordinator, &form());
@@ -95,6 +97,7 @@ fn cancel_in_every_state() {
     assert_eq!(active_jobs(&coordinator, &worker), 2);
     let (code, answer) = get_json(&coordinator.url(&format!("/outputs/{running}")));
     assert_eq!(code, 410, "{answer}");
+    worker.set(|k| k.hold_jobs = false);
 
     // Both end on the worker, their slots are freed, and they are deleted there afterwards.
     poll_until(DEADLINE, || {

@@ -17,6 +17,10 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Knobs {
     /// Simulated runner: how long a job runs.
     pub job_duration: Duration,
+    /// A running job does not end while this is on: once its run is over it waits, still
+    /// running, until this is turned off (sandrun has no such thing: a test's way to keep a
+    /// job running for as long as its checks take, however slow the machine).
+    pub hold_jobs: bool,
     /// Simulated runner: the exit code of a job whose entrypoint exists.
     pub exit_code: i32,
     /// Simulated runner: CPU seconds a job reports (they count against the per-minute CPU quota).
@@ -111,6 +115,7 @@ impl Default for Knobs {
     fn default() -> Knobs {
         Knobs {
             job_duration: Duration::ZERO,
+            hold_jobs: false,
             exit_code: 0,
             cpu_seconds: 0.0,
             stdout: None,

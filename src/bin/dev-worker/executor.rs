@@ -2,12 +2,15 @@
 //! holding the jobs lock, then deletes old jobs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::control::lock;
 use super::runner::{sleep_while_alive, RunRequest};
 use super::state::{Incarnation, Shared};
 use super::stream;
+
+/// How often a held job (the `hold_jobs` knob) looks whether it may end.
+const HOLD_TICK: Duration = Duration::from_millis(10);
 
 /// Runs queued jobs one at a time until the incarnation stops.
 pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
@@ -61,6 +64,9 @@ fn run_one(shared: &Shared, run: &Incarnation, id: &str, ip: &str) {
             live: &live,
         };
         let outcome = shared.runner.run(&request, &knobs, &run.alive);
+        while shared.control.get().hold_jobs && run.is_alive() {
+            sleep_while_alive(HOLD_TICK, &run.alive);
+        }
         if !run.is_alive() {
             return;
         }
