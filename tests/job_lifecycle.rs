@@ -284,9 +284,10 @@ fn several_files_parts_reach_the_worker_unchanged() {
 
 #[test]
 fn jobs_go_to_the_least_loaded_worker() {
-    let slow = |k: &mut support::Knobs| k.job_duration = Duration::from_secs(3);
-    let first = FakeWorker::start_with(slow);
-    let second = FakeWorker::start_with(slow);
+    // No job ends before all four are placed, however long their submits take.
+    let held = |k: &mut support::Knobs| k.hold_jobs = true;
+    let first = FakeWorker::start_with(held);
+    let second = FakeWorker::start_with(held);
     let coordinator = Coordinator::start(&[first.entry(2), second.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&first, &second], DEADLINE);
 
@@ -300,6 +301,7 @@ fn jobs_go_to_the_least_loaded_worker() {
     .unwrap_or_else(|| panic!("jobs stayed queued"));
     for worker in [&first, &second] {
         assert_eq!(pool_worker(&pool, worker)["active_jobs"], 2, "{pool}");
+        worker.set(|k| k.hold_jobs = false);
     }
     let mut placed = BTreeMap::new();
     for id in &ids {
