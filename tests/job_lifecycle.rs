@@ -1164,7 +1164,8 @@ fn the_end_of_a_job_a_client_waits_on_is_followed_up_beside_two_others() {
 
 #[test]
 fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
-    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
+    // The first job runs until the queued ones were asked about.
+    let worker = FakeWorker::start_with(|k| k.hold_jobs = true);
     let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
 
@@ -1214,7 +1215,7 @@ fn the_api_answers_unknown_queued_unfinished_and_traversing_requests() {
         assert_eq!(code, 200, "outputs of a job just dispatched: {body}");
         assert_eq!(body["pool_status"], "completed", "{body}");
     }
-    worker.set(|k| k.job_duration = Duration::ZERO);
+    worker.set(|k| k.hold_jobs = false);
 
     wait_collected(&coordinator, &running, DEADLINE);
     let port = coordinator.port();
