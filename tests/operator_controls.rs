@@ -348,7 +348,13 @@ fn one_workers_jobs_are_listed_and_cancelled_by_its_id() {
 
 #[test]
 fn the_fake_worker_crashes_when_a_job_queued_on_it_is_deleted() {
-    let worker = slow_worker(1.0);
+    // The executor looks for its next job every 5 s: the second job is deleted while it waits
+    // in the queue, whether the first job ran before its submit (which then waited for it) or
+    // after. With a quicker look, a slow deletion came once the second job ran.
+    let worker = FakeWorker::start_with(|k| {
+        k.job_duration = Duration::from_secs(1);
+        k.poll_interval = Duration::from_secs(5);
+    });
     let client = support::send;
     let first = client(
         "POST",
