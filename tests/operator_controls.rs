@@ -767,6 +767,9 @@ fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
     let c = slow_worker(0.2);
     let coordinator = Coordinator::start(&[a.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&a], DEADLINE);
+    // Held running until /pool showed a removed: a removed worker is forgotten once its jobs
+    // end.
+    a.set(|k| k.hold_jobs = true);
     let first = submit(&coordinator, &form());
     wait_started(&coordinator, &a, &first);
 
@@ -782,6 +785,7 @@ fn reload_adds_removes_and_changes_workers_and_refuses_a_bad_file() {
     assert_eq!(pool["total_workers"], 2, "{pool}");
     assert_eq!(pool_worker(&pool, &a)["removed"], true, "{pool}");
     assert_eq!(pool["last_reload"]["added"], 2, "{pool}");
+    a.set(|k| k.hold_jobs = false);
     wait_healthy(&coordinator, &[&b, &c], DEADLINE);
     // sandrun's service description counts the workers listed, as /pool does.
     let (code, description) = support::get_json(&coordinator.url("/"));
