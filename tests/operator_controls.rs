@@ -842,6 +842,9 @@ fn waiting_status_parks_requests_without_holding_handlers() {
     ]);
     let coordinator = Coordinator::start(&[worker.entry(1)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // Held running until the 50 requests are parked and the 51st refused: they park only
+    // while it runs.
+    worker.set(|k| k.hold_jobs = true);
     let id = submit(&coordinator, &form());
     let url = coordinator.url(&format!("/status/{id}?wait=30"));
     let waiters: Vec<_> = (0..50)
@@ -874,6 +877,7 @@ fn waiting_status_parks_requests_without_holding_handlers() {
     assert!(body["error"].is_string());
     let (code, _) = get_json(&coordinator.url(&format!("/status/{id}?wait=61")));
     assert_eq!(code, 400);
+    worker.set(|k| k.hold_jobs = false);
 
     for waiter in waiters {
         let ((code, status), answered) = waiter.join().expect("waiter");
@@ -890,6 +894,7 @@ fn waiting_status_parks_requests_without_holding_handlers() {
         );
     }
     // A short wait on a job that does not end answers with its current status.
+    worker.set(|k| k.hold_jobs = true);
     let blocker = submit(&coordinator, &form());
     let queued = submit(&coordinator, &form());
     let started = std::time::Instant::now();
