@@ -1344,7 +1344,9 @@ fn deleting_a_job_before_it_settled_cancels_it_and_deletes_it_as_it_settles() {
     let dir = support::workers_dir(&[worker.entry(1)]);
     let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    // Running on the worker, and queued in the coordinator behind it.
+    // Running on the worker, and queued in the coordinator behind it. The running job is held
+    // until the restart below found it still marked: it must not end before.
+    worker.set(|k| k.hold_jobs = true);
     let running = submit(&coordinator, &form());
     wait_started(&coordinator, &worker, &running);
     let queued = submit(&coordinator, &form());
@@ -1379,6 +1381,7 @@ fn deleting_a_job_before_it_settled_cancels_it_and_deletes_it_as_it_settles() {
     coordinator.kill();
     let coordinator = Coordinator::start_in(dir.path(), &FAST);
     assert_eq!(job_status(&coordinator, &running)["deleting"], true);
+    worker.set(|k| k.hold_jobs = false);
     let gone = poll_until(DEADLINE, || {
         let (code, _) = get_json(&coordinator.url(&format!("/status/{running}")));
         (code == 404).then_some(())
