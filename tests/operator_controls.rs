@@ -1649,13 +1649,16 @@ fn deleting_a_job_that_left_the_queue_wipes_its_upload_in_a_segment_a_waiting_up
         .collect();
     let uploads = || upload_segments(dir.path());
     assert_eq!(uploads().len(), 1, "the four uploads in one segment");
-    // The first job runs (the worker has one slot), and no other follows it.
+    // The first job runs (the worker has one slot), and no other follows it: it is held
+    // running until the worker is drained again.
+    worker.set(|k| k.hold_jobs = true);
     set_drain(&coordinator, "undrain");
     poll_until(DEADLINE, || {
         (job_status(&coordinator, &ids[0])["pool_status"] == "running").then_some(())
     })
     .unwrap_or_else(|| panic!("the first job never ran"));
     set_drain(&coordinator, "drain");
+    worker.set(|k| k.hold_jobs = false);
     wait_status(&coordinator, &ids[0], "completed", DEADLINE);
     for id in &ids[1..3] {
         let (code, body) = post(
