@@ -173,6 +173,8 @@ fn a_running_job_is_followed_again_after_kill_9_by_polling() {
     poll_until(DEADLINE, || stored_remote_id(&dir, &id))
         .unwrap_or_else(|| panic!("job {id} never reached the store as dispatched"));
     wait_status(&coordinator, &id, "running", DEADLINE);
+    // Held running until the restarted coordinator follows it, however slow its restart.
+    worker.set(|k| k.hold_jobs = true);
     coordinator.kill();
     let restarted = Coordinator::start_in(&dir, &args);
     let pool = poll_until(DEADLINE, || {
@@ -181,6 +183,7 @@ fn a_running_job_is_followed_again_after_kill_9_by_polling() {
     })
     .unwrap_or_else(|| panic!("the recovered job is not followed by polling"));
     assert_eq!(pool["jobs_streamed"], 0, "{pool}");
+    worker.set(|k| k.hold_jobs = false);
     let lag = end_seen_after_done(&restarted, &worker, &id);
     assert!(
         lag <= MAX_LAG,
