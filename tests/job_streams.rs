@@ -289,10 +289,13 @@ fn a_job_cancelled_while_it_runs_keeps_its_stream_read_until_it_ends_on_its_work
         k.stderr = Some(Printed::Lines(6_000_000));
     });
     let coordinator = coordinator_for(&worker, "0.2");
+    // Held running until it is cancelled.
+    worker.set(|k| k.hold_jobs = true);
     let id = submit(&coordinator, &job());
     wait_status(&coordinator, &id, "running", DEADLINE);
     let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
     assert_eq!(code, 200, "{body}");
+    worker.set(|k| k.hold_jobs = false);
     let ended = poll_until(DEADLINE, || {
         coordinator
             .logs()
