@@ -355,9 +355,10 @@ fn a_stream_that_never_opens_leaves_polling_alone_to_complete_the_job() {
 
 #[test]
 fn pool_shows_jobs_followed_by_stream_and_by_polling() {
-    let streaming = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
+    // Both jobs are held running until /pool showed how each is followed.
+    let streaming = FakeWorker::start_with(|k| k.hold_jobs = true);
     let polled = FakeWorker::start_with(|k| {
-        k.job_duration = Duration::from_secs(3);
+        k.hold_jobs = true;
         k.stream.disabled = true;
     });
     let coordinator = Coordinator::start(
@@ -374,6 +375,8 @@ fn pool_shows_jobs_followed_by_stream_and_by_polling() {
     .expect("one job streamed, one polled");
     assert_eq!(pool_worker(&pool, &streaming)["jobs_streamed"], 1, "{pool}");
     assert_eq!(pool_worker(&pool, &polled)["jobs_polled"], 1, "{pool}");
+    streaming.set(|k| k.hold_jobs = false);
+    polled.set(|k| k.hold_jobs = false);
     wait_collected(&coordinator, &a, DEADLINE);
     wait_collected(&coordinator, &b, DEADLINE);
 }
