@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use support::lifecycle::{submit, wait_collected, wait_healthy, wait_status};
+use support::lifecycle::{submit, wait_collected, wait_healthy, wait_started, wait_status};
 use support::{
     get_json, poll_until, post, send, send_with, write_workers_json, Coordinator, FakeWorker, Form,
 };
@@ -445,7 +445,10 @@ fn a_worker_listed_under_another_endpoint_is_one_series_and_counted_once() {
         &coordinator,
         &Form::new().file("main.py", "text/x-python", b"1\n"),
     );
-    wait_status(&coordinator, &id, "running", DEADLINE);
+    wait_started(&coordinator, &worker, &id, DEADLINE);
+    // Held running until the scrape and /pool were read: the removed entry is forgotten once
+    // its job ends, which between the two reads would make their counts differ.
+    worker.set(|k| k.hold_jobs = true);
     let (worker_id, endpoint, cap) = worker.entry(2);
     let renamed = endpoint.replace("127.0.0.1", "localhost");
     write_workers_json(dir.path(), &[(worker_id.clone(), renamed, cap)]);
@@ -470,6 +473,7 @@ fn a_worker_listed_under_another_endpoint_is_one_series_and_counted_once() {
         "{pool}"
     );
     official_parser_accepts(&scrape.text);
+    worker.set(|k| k.hold_jobs = false);
     wait_status(&coordinator, &id, "completed", DEADLINE);
 }
 

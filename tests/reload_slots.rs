@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::lifecycle::{
-    assert_pool_consistent, drain_url, pool_worker, submit, wait_healthy, wait_status,
+    assert_pool_consistent, drain_url, pool_worker, submit, wait_healthy, wait_started, wait_status,
 };
 use support::{
     get_json, poll_until, post, write_workers_json, Coordinator, FakeWorker, Form, Knobs,
@@ -107,7 +107,10 @@ fn a_worker_listed_again_while_its_job_runs_takes_its_entry_back_without_its_old
     let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job(0));
-    wait_status(&coordinator, &id, "running", DEADLINE);
+    wait_started(&coordinator, &worker, &id, DEADLINE);
+    // Held running until its worker's entry was read: the checks are of a worker whose job
+    // runs.
+    worker.set(|k| k.hold_jobs = true);
     let (code, body) = post(&drain_url(&coordinator, &worker, "drain"), "", b"");
     assert_eq!(code, 200, "{body}");
     let reload = |entries: &[(String, String, u32)]| {
@@ -126,6 +129,7 @@ fn a_worker_listed_again_while_its_job_runs_takes_its_entry_back_without_its_old
         (&Value::from(false), &Value::from(false), &Value::from(1)),
         "{entry}"
     );
+    worker.set(|k| k.hold_jobs = false);
     wait_status(&coordinator, &id, "completed", DEADLINE);
     let stopped = coordinator.terminate(DEADLINE);
     assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::follow::follow_logs;
-use support::lifecycle::{drain_url, job_status, submit, wait_healthy, wait_status};
+use support::lifecycle::{drain_url, job_status, submit, wait_healthy, wait_started, wait_status};
 use support::{get, get_json, post, post_multipart, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -70,7 +70,7 @@ fn a_labelled_job_runs_only_where_its_labels_are_and_holds_up_no_other() {
     wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
 
     let first = submit(&coordinator, &job(Some("gpu")));
-    wait_status(&coordinator, &first, "running", DEADLINE);
+    wait_started(&coordinator, &gpu, &first, DEADLINE);
     assert_eq!(worker_of(&coordinator, &first), gpu.worker_id());
     // The gpu worker is full: the next gpu job waits, and a plain job behind it goes at once.
     let waiting = submit(&coordinator, &job(Some("arm64, gpu")));
@@ -228,7 +228,7 @@ fn a_long_backlog_of_labelled_jobs_holds_up_no_job_that_another_worker_can_take(
     let coordinator = Coordinator::start_in(dir.path(), &FAST);
     wait_healthy(&coordinator, &[&gpu, &plain], DEADLINE);
     let first = submit(&coordinator, &job(Some("gpu")));
-    wait_status(&coordinator, &first, "running", DEADLINE);
+    wait_started(&coordinator, &gpu, &first, DEADLINE);
     // 300 gpu jobs and an arm64 one wait for the full gpu worker; a plain job behind them all
     // goes to the plain worker.
     let mut backlog: Vec<String> = (0..300)

@@ -111,6 +111,20 @@ pub fn wait_collected(coordinator: &Coordinator, id: &str, deadline: Duration) -
     .unwrap_or_else(|| panic!("job {id} was not completed and collected in {deadline:?}: {last}"))
 }
 
+/// Waits until job `id` runs on `worker`, as the worker recorded it. The coordinator's own
+/// `running` is no sure sign: the worker's `/status` blocks while a job runs, as sandrun's
+/// does, and a stream opened once the job was taken up tells nothing before its end, so the
+/// coordinator may say `dispatched` until then.
+pub fn wait_started(coordinator: &Coordinator, worker: &FakeWorker, id: &str, deadline: Duration) {
+    poll_until(deadline, || {
+        let remote = job_status(coordinator, id)["remote_job_id"]
+            .as_str()?
+            .to_string();
+        worker.recording().has_started(&remote).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {id} never started: {}", coordinator.logs()));
+}
+
 /// Waits until the coordinator logged that each of these workers is healthy.
 pub fn wait_healthy(coordinator: &Coordinator, workers: &[&FakeWorker], deadline: Duration) {
     for worker in workers {
