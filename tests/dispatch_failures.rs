@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
-    wait_collected, wait_committed, wait_healthy, wait_status,
+    submit_seen_running, wait_collected, wait_committed, wait_healthy, wait_status,
 };
 use support::wall_clock::{wait_clock, FakeClock};
 use support::{get, get_bytes, get_json, poll_until, Coordinator, FakeWorker, Form};
@@ -699,8 +699,7 @@ fn a_running_job_never_goes_back_to_dispatched() {
     let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
     let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let id = submit(&coordinator, &job("print(1)\n"));
-    wait_status(&coordinator, &id, "running", DEADLINE);
+    let id = submit_seen_running(&coordinator, &worker, &job("print(1)\n"), DEADLINE);
     for said in ["queued", "zombie"] {
         worker.set(|k| k.reported_status = Some(said));
         let asked = worker.recording().count("GET", "status");

@@ -17,7 +17,8 @@ use trusted_pool::base::niceness;
 
 use support::follow::{follow_logs, follow_websocket, open_follow_unread};
 use support::lifecycle::{
-    drain_url, exchange, job_status, pool_worker, submit, wait_collected, wait_healthy, wait_status,
+    drain_url, exchange, job_status, pool_worker, submit, submit_seen_running, wait_collected,
+    wait_healthy, wait_status,
 };
 use support::sandrun::control::Printed;
 use support::{
@@ -167,14 +168,13 @@ fn a_running_job_is_followed_again_after_kill_9_by_polling() {
     let args = ["--health-interval", "1", "--track-interval", "5"];
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
-    let id = submit(&coordinator, &job());
+    // Held running until the restarted coordinator follows it, however slow its restart.
+    worker.set(|k| k.hold_jobs = true);
+    let id = submit_seen_running(&coordinator, &worker, &job(), DEADLINE);
     let dir = coordinator.dir().to_path_buf();
     // Killed once the store holds the worker's job id and the job runs there.
     poll_until(DEADLINE, || stored_remote_id(&dir, &id))
         .unwrap_or_else(|| panic!("job {id} never reached the store as dispatched"));
-    wait_status(&coordinator, &id, "running", DEADLINE);
-    // Held running until the restarted coordinator follows it, however slow its restart.
-    worker.set(|k| k.hold_jobs = true);
     coordinator.kill();
     let restarted = Coordinator::start_in(&dir, &args);
     let pool = poll_until(DEADLINE, || {
@@ -291,8 +291,7 @@ fn a_job_cancelled_while_it_runs_keeps_its_stream_read_until_it_ends_on_its_work
     let coordinator = coordinator_for(&worker, "0.2");
     // Held running until it is cancelled.
     worker.set(|k| k.hold_jobs = true);
-    let id = submit(&coordinator, &job());
-    wait_status(&coordinator, &id, "running", DEADLINE);
+    let id = submit_seen_running(&coordinator, &worker, &job(), DEADLINE);
     let (code, body) = post(&coordinator.url(&format!("/cancel/{id}")), "", b"");
     assert_eq!(code, 200, "{body}");
     worker.set(|k| k.hold_jobs = false);

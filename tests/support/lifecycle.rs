@@ -125,6 +125,34 @@ pub fn wait_started(coordinator: &Coordinator, worker: &FakeWorker, id: &str, de
     .unwrap_or_else(|| panic!("job {id} never started: {}", coordinator.logs()));
 }
 
+/// Submits `form` to the coordinator, whose next dispatch goes to `worker`, and returns the job
+/// id once the coordinator says the job runs. The worker holds its queue until the
+/// coordinator's stream of the job joined it there: only such a stream hears the job start (one
+/// that joins later tells nothing before the end, however long the job runs).
+pub fn submit_seen_running(
+    coordinator: &Coordinator,
+    worker: &FakeWorker,
+    form: &Form,
+    deadline: Duration,
+) -> String {
+    worker.set(|k| k.hold_queue = true);
+    let id = submit(coordinator, form);
+    poll_until(deadline, || {
+        let remote = job_status(coordinator, &id)["remote_job_id"]
+            .as_str()?
+            .to_string();
+        worker
+            .recording()
+            .subscribed
+            .contains(&remote)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no stream of job {id} joined it: {}", coordinator.logs()));
+    worker.set(|k| k.hold_queue = false);
+    wait_status(coordinator, &id, "running", deadline);
+    id
+}
+
 /// Waits until the coordinator logged that each of these workers is healthy.
 pub fn wait_healthy(coordinator: &Coordinator, workers: &[&FakeWorker], deadline: Duration) {
     for worker in workers {

@@ -21,6 +21,9 @@ pub struct Knobs {
     /// running, until this is turned off (sandrun has no such thing: a test's way to keep a
     /// job running for as long as its checks take, however slow the machine).
     pub hold_jobs: bool,
+    /// The executor takes up no queued job while this is on (a test's way to let a client's
+    /// stream join a job while it is still queued).
+    pub hold_queue: bool,
     /// Simulated runner: the exit code of a job whose entrypoint exists.
     pub exit_code: i32,
     /// Simulated runner: CPU seconds a job reports (they count against the per-minute CPU quota).
@@ -116,6 +119,7 @@ impl Default for Knobs {
         Knobs {
             job_duration: Duration::ZERO,
             hold_jobs: false,
+            hold_queue: false,
             exit_code: 0,
             cpu_seconds: 0.0,
             stdout: None,
@@ -224,6 +228,8 @@ pub struct Recording {
     pub peak_serving: BTreeMap<String, usize>,
     /// Submits parsed, in order of answer.
     pub jobs: Vec<ReceivedJob>,
+    /// Jobs whose `WS /stream/{id}` a subscriber joined, once it is registered, in order.
+    pub subscribed: Vec<String>,
     /// Jobs as they started running: (job id, when).
     pub started: Vec<(String, SystemTime)>,
     /// Jobs whose `[DONE]` frame went to their stream's subscribers: (job id, when it was sent).
@@ -340,6 +346,11 @@ impl Recorder {
         lock(&self.recording)
             .throttled
             .push((ip.to_string(), message.to_string()));
+    }
+
+    /// Notes that a subscriber of a job's stream is registered.
+    pub fn subscribed(&self, job_id: &str) {
+        lock(&self.recording).subscribed.push(job_id.to_string());
     }
 
     /// Notes that a job starts running.

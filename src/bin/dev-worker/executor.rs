@@ -19,6 +19,9 @@ pub fn run(shared: Arc<Shared>, run: Arc<Incarnation>) {
         if !run.is_alive() {
             break;
         }
+        if shared.control.get().hold_queue {
+            continue;
+        }
         let next = lock(&run.jobs).pop_next();
         if let Some((id, ip)) = next {
             if !lock(&run.jobs).jobs.contains_key(&id) {

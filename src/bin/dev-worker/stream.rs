@@ -239,6 +239,7 @@ pub fn serve(shared: &Shared, run: &Incarnation, stream: &mut TcpStream, request
     let Some(subscription) = run.broadcaster.subscribe(&id, stream) else {
         return;
     };
+    shared.recorder.subscribed(&id);
     let accumulated = lock(&run.broadcaster.accumulated).get(&id).cloned();
     if let Some(text) = accumulated {
         send_text(b, stream, &text);
