@@ -286,6 +286,34 @@ fn bad_parts_are_refused_with_what_to_fix() {
             "which is not readable here (the line is \"Path:main.py\")",
         ),
         (
+            "an entrypoint that leads out of the job's directory",
+            main_py().manifest(r#"{"entrypoint":"../../../dev/zero"}"#),
+            "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the manifest (the text in quotes after the first \"entrypoint\" anywhere in it, escapes as they stand), leads out of the job's directory with '..'",
+        ),
+        (
+            "an entrypoint sandrun reads from a nested key, the first",
+            main_py().manifest(r#"{"env":{"entrypoint":"a/../../x.py"},"entrypoint":"main.py"}"#),
+            "the entrypoint \"a/../../x.py\", as a sandrun worker reads it from the manifest",
+        ),
+        (
+            "a job.json whose entrypoint leads out of the job's directory",
+            main_py().file(
+                "job.json",
+                "application/json",
+                br#"{"entrypoint":"../../etc/shadow"}"#,
+            ),
+            "the entrypoint \"../../etc/shadow\", as a sandrun worker reads it from the job.json",
+        ),
+        (
+            "a fake tar that sandrun saves as such a job.json",
+            main_py().file(
+                "settings.txt",
+                "text/plain",
+                b"----Tar\nPath: job.json\n\n{\"entrypoint\":\"../x\"}",
+            ),
+            "the entrypoint \"../x\", as a sandrun worker reads it from the job.json",
+        ),
+        (
             "filename with a backslash",
             Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
             "not allowed",
@@ -403,6 +431,46 @@ fn bad_parts_are_refused_with_what_to_fix() {
         assert!(error.len() > 20, "{case}: too terse a message: {error:?}");
     }
     assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
+/// An entrypoint inside the job is taken however it is given: in a subfolder, with `./`, with
+/// a leading `/` (sandrun joins it to the job's directory with a `/`), and a `job.json` naming
+/// one out of the job is not read while the manifest names an entrypoint.
+#[test]
+fn entrypoints_inside_the_job_are_taken_and_a_job_json_unread_is_not_looked_at() {
+    let (worker, coordinator) = start();
+    let manifests = [
+        r#"{"entrypoint":"src/main.py"}"#,
+        r#"{"entrypoint":"./main.py"}"#,
+        r#"{"entrypoint":"/main.py"}"#,
+        r#"{"entrypoint":"main.py","args":["../not/a/path"]}"#,
+    ];
+    for manifest in manifests {
+        let form = Form::new()
+            .file("main.py", "text/x-python", MAIN_PY)
+            .file(
+                "job.json",
+                "application/json",
+                br#"{"entrypoint":"../../dev/zero"}"#,
+            )
+            .manifest(manifest);
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_eq!(reply.status, 200, "{manifest}: {}", reply.text());
+    }
+    let roomy = Coordinator::start(&[worker.entry(2)], &[]);
+    let big = Form::new().file("main.py", "text/x-python", MAIN_PY).file(
+        "job.json",
+        "application/json",
+        &vec![b' '; 1024 * 1024 + 1],
+    );
+    let reply = post_submit(&roomy, Some(&big.content_type()), &big.body());
+    assert_refused(
+        &roomy,
+        "a job.json over 1 MiB",
+        &reply,
+        400,
+        "the file \"job.json\" is a job.json larger than 1048576 bytes",
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload};
 use crate::worker::multipart_body::{submit_body_length, SUBMIT_HEAD_ROOM, WORKER_MAX_REQUEST};
+use crate::worker::sandrun_manifest::{self, JOB_JSON, MAX_JOB_JSON_BYTES};
 use crate::worker::save_rules::{self, fake_tar_head, FakeTar};
 use multipart::server::Multipart;
 use std::cell::Cell;
@@ -77,6 +78,13 @@ pub enum UploadError {
         /// The line after `Path:` as far as it was read.
         line: String,
     },
+    /// The entrypoint a sandrun worker would read from the manifest or a `job.json` (which,
+    /// the first) leads out of the job's directory: the worker reads that file on its host at
+    /// the submit, outside its sandbox (the entrypoint as read).
+    EntrypointOutside(&'static str, String),
+    /// A `job.json` that a sandrun worker would read the job's settings from, larger than
+    /// [`MAX_JOB_JSON_BYTES`] (the file's part's filename).
+    LongJobJson(String),
     /// A filename longer than [`MAX_NAME_BYTES`] (its length).
     LongFilename(usize),
     /// A `files` part whose `Content-Type` is longer than [`MAX_NAME_BYTES`] (its filename and
@@ -249,6 +257,14 @@ impl fmt::Display for UploadError {
                     "; give the lines ----Tar, Path: main.py (a space after the colon, a plain name) and a blank line before the code, or send the code itself under its own filename"
                 )
             }
+            Self::EntrypointOutside(source, entrypoint) => write!(
+                f,
+                "the entrypoint {entrypoint:?}, as a sandrun worker reads it from the {source} (the text in quotes after the first \"entrypoint\" anywhere in it, escapes as they stand), leads out of the job's directory with '..': the worker reads that path on its host when the job is submitted, outside its sandbox and whole into memory (../../../dev/zero would exhaust it); name a file among the job's own, e.g. main.py or src/main.py"
+            ),
+            Self::LongJobJson(filename) => write!(
+                f,
+                "the file {filename:?} is a {JOB_JSON} larger than {MAX_JOB_JSON_BYTES} bytes: a sandrun worker reads a job's settings from it whole; give them in the 'manifest' part instead"
+            ),
             Self::LongFilename(len) => write!(
                 f,
                 "a filename of {len} bytes is too long: at most {MAX_NAME_BYTES} bytes (a file name's limit on Linux)"
@@ -494,6 +510,66 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
         Err(UploadError::HiddenArchive(name.to_string(), kind))
     } else {
         Ok(())
+    }
+}
+
+/// What is read of a file before it is stored: its first bytes, to find a fake tar's name (all
+/// of them for a `job.json` that sandrun reads the job's settings from), and the entrypoint
+/// such a `job.json` names as sandrun reads it.
+struct FileStart {
+    bytes: Vec<u8>,
+    job_json: Option<Vec<u8>>,
+}
+
+/// Reads the start of file `filename` from `data` (see [`FileStart`]), refusing a fake tar
+/// saved under no plain name and a `job.json` too large to look into.
+fn read_file_start(
+    data: &mut dyn Read,
+    filename: &str,
+    read_error: &dyn Fn(io::Error) -> UploadError,
+) -> Result<FileStart, UploadError> {
+    let mut bytes = Vec::new();
+    data.take(fake_tar_head(MAX_NAME_BYTES))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    check_fake_tar(filename, &bytes)?;
+    let (job_json, fake_tar) = match save_rules::fake_tar_name(&bytes) {
+        FakeTar::Named(name) => (name == JOB_JSON, true),
+        _ => (filename == JOB_JSON, false),
+    };
+    if !job_json {
+        return Ok(FileStart {
+            bytes,
+            job_json: None,
+        });
+    }
+    let rest = MAX_JOB_JSON_BYTES + 1 - bytes.len() as u64;
+    data.take(rest)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_JOB_JSON_BYTES {
+        return Err(UploadError::LongJobJson(filename.to_string()));
+    }
+    let content = match fake_tar {
+        true => save_rules::fake_tar_content(&bytes),
+        false => &bytes,
+    };
+    let entrypoint = sandrun_manifest::sandrun_string(content, "entrypoint").to_vec();
+    Ok(FileStart {
+        job_json: Some(entrypoint),
+        bytes,
+    })
+}
+
+/// Refuses an entrypoint, as sandrun reads it from `source`, that leads out of the job's
+/// directory.
+fn check_entrypoint(entrypoint: &[u8], source: &'static str) -> Result<(), UploadError> {
+    match sandrun_manifest::leaves_job_dir(entrypoint) {
+        true => Err(UploadError::EntrypointOutside(
+            source,
+            String::from_utf8_lossy(entrypoint).into_owned(),
+        )),
+        false => Ok(()),
     }
 }
 
@@ -808,6 +884,8 @@ fn read_parts(
     let mut inputs: Vec<InputFile> = Vec::new();
     let mut names = HashSet::new();
     let mut manifest = None;
+    let mut manifest_names_entrypoint = false;
+    let mut job_json_entrypoint: Option<Vec<u8>> = None;
     let mut options = SubmitOptions::default();
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
@@ -832,13 +910,11 @@ fn read_parts(
                 if content_type.len() > MAX_NAME_BYTES {
                     return Err(UploadError::LongContentType(filename, content_type.len()));
                 }
-                let mut head = Vec::new();
-                (&mut field.data)
-                    .take(fake_tar_head(MAX_NAME_BYTES))
-                    .read_to_end(&mut head)
-                    .map_err(read_error)?;
-                check_fake_tar(&filename, &head)?;
-                let mut data = head.as_slice().chain(&mut field.data);
+                let start = read_file_start(&mut field.data, &filename, &read_error)?;
+                if start.job_json.is_some() {
+                    job_json_entrypoint = start.job_json;
+                }
+                let mut data = start.bytes.as_slice().chain(&mut field.data);
                 let span = match digest.as_deref_mut() {
                     Some(digest) => {
                         let mut hashing = Hashing::new(&mut data);
@@ -883,6 +959,9 @@ fn read_parts(
                         return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
                     }
                 }
+                let entrypoint = sandrun_manifest::sandrun_string(&bytes, "entrypoint");
+                check_entrypoint(entrypoint, "manifest")?;
+                manifest_names_entrypoint = !entrypoint.is_empty();
                 if let Some(digest) = digest.as_deref_mut() {
                     digest.field(b"manifest");
                     digest.field(&bytes);
@@ -925,6 +1004,9 @@ fn read_parts(
     }
     if inputs.is_empty() {
         return Err(UploadError::NoFiles);
+    }
+    if let Some(entrypoint) = job_json_entrypoint.filter(|_| !manifest_names_entrypoint) {
+        check_entrypoint(&entrypoint, JOB_JSON)?;
     }
     Ok(Parts {
         inputs,

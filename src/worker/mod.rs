@@ -11,6 +11,7 @@ pub mod multipart_body;
 pub mod pace;
 pub mod raw_get;
 pub mod sandrun_json;
+pub mod sandrun_manifest;
 pub mod save_rules;
 pub mod server_certificate;
 pub mod signature;

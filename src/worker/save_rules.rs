@@ -46,20 +46,29 @@ pub fn fake_tar_name(head: &[u8]) -> FakeTar<'_> {
     }
 }
 
+/// Archive extensions sandrun looks for anywhere in a file's name, in its order.
+const ARCHIVE_KINDS: [&str; 3] = [".tar.gz", ".tgz", ".zip"];
+
+/// The bytes sandrun writes for a fake tar `data` (see [`fake_tar_name`]): all that follows its
+/// first blank line, or from its second byte without one (sandrun adds 2 to `find`'s `npos`).
+pub fn fake_tar_content(data: &[u8]) -> &[u8] {
+    let blank = data.windows(2).position(|w| w == b"\n\n");
+    &data[blank.map_or(1, |at| at + 2).min(data.len())..]
+}
+
 /// The archive kind sandrun would take a file named `name` for where its name does not end as
 /// one: it unpacks any file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`), or else
 /// `.zip`, anywhere, so `results.zip.txt` would never arrive under its name, and `x.tgz.zip`
 /// would be untarred. A name that ends as the kind sandrun takes it for is an archive.
 pub fn hidden_archive(name: &str) -> Option<&'static str> {
-    const KINDS: [&str; 3] = [".tar.gz", ".tgz", ".zip"];
     // sandrun's own order: a tarball first, then a zip.
-    let taken_as = match KINDS.iter().position(|kind| name.contains(kind))? {
-        0 | 1 => &KINDS[..2],
-        _ => &KINDS[2..],
+    let taken_as = match ARCHIVE_KINDS.iter().position(|kind| name.contains(kind))? {
+        0 | 1 => &ARCHIVE_KINDS[..2],
+        _ => &ARCHIVE_KINDS[2..],
     };
     match taken_as.iter().any(|end| name.ends_with(end)) {
         true => None,
-        false => KINDS.into_iter().find(|kind| name.contains(kind)),
+        false => ARCHIVE_KINDS.into_iter().find(|kind| name.contains(kind)),
     }
 }
 
@@ -88,6 +97,12 @@ mod tests {
             fake_tar_name(b"----Tar\nPath: main.py"),
             FakeTar::Unreadable(" main.py".to_string())
         );
+    }
+
+    #[test]
+    fn a_fake_tars_content_follows_its_first_blank_line() {
+        assert_eq!(fake_tar_content(b"----Tar\nPath: a\n\nx\n\ny"), b"x\n\ny");
+        assert_eq!(fake_tar_content(b"----Tar\nPath: a"), b"---Tar\nPath: a");
     }
 
     #[test]

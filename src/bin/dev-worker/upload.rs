@@ -244,7 +244,9 @@ pub fn resolve(dir: &Path, parts: &[Part]) -> JobSpec {
 }
 
 /// sandrun's `job_hash`: SHA-256 hex of
-/// `entrypoint|interpreter|environment|arg|...|<entrypoint file content>`.
+/// `entrypoint|interpreter|environment|arg|...|<entrypoint file content>`, the file being
+/// `dir + "/" + entrypoint` as sandrun joins them (a leading `/` stays in the directory).
+/// Unlike sandrun, an entrypoint that leads out of the directory with `..` is not read.
 pub fn job_hash(dir: &Path, spec: &JobSpec) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!(
@@ -254,7 +256,9 @@ pub fn job_hash(dir: &Path, spec: &JobSpec) -> String {
     for arg in &spec.args {
         hasher.update(format!("{arg}|"));
     }
-    if let Ok(content) = fs::read(dir.join(&spec.entrypoint)) {
+    let inside = !spec.entrypoint.split('/').any(|part| part == "..");
+    let file = format!("{}/{}", dir.display(), spec.entrypoint);
+    if let Some(content) = inside.then(|| fs::read(file).ok()).flatten() {
         hasher.update(content);
     }
     hex(&hasher.finalize())
