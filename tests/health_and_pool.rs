@@ -171,6 +171,21 @@ fn the_coordinator_answers_health_and_json_errors_for_bad_routes() {
     ] {
         assert!(hint.contains(endpoint), "{endpoint} is not in {hint}");
     }
+    // A trailing slash after an endpoint is named as what is wrong.
+    for path in [
+        "/status/pool-0123/",
+        "/logs/pool-0123//",
+        "/workers/abc/drain/",
+    ] {
+        let reply = send("GET", &coordinator.url(path), None).unwrap();
+        let trimmed = path.trim_end_matches('/');
+        let said = format!("no such endpoint: {path}; without its trailing '/', {trimmed} is one");
+        assert_eq!(
+            (reply.status, reply.json()["error"].as_str()),
+            (404, Some(said.as_str())),
+            "GET {path}"
+        );
+    }
     let wrong_methods = [
         ("GET", "/submit", "POST"),
         ("HEAD", "/submit", "POST"),

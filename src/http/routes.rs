@@ -281,6 +281,13 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         );
     }
     let Some(route) = match_route(path) else {
+        let trimmed = path.trim_end_matches('/');
+        if trimmed.len() < path.len() && !trimmed.is_empty() && match_route(trimmed).is_some() {
+            return error_reply(
+                404,
+                format!("no such endpoint: {path}; without its trailing '/', {trimmed} is one"),
+            );
+        }
         return error_reply(
             404,
             format!("no such endpoint: {path} (try /, /submit, /status/ID, /outputs/ID, /logs/ID, /logs/ID?follow=1, /stream/ID, /download/ID, /jobs, /cancel/ID, /cancel?status=..., DELETE /jobs/ID, /jobs/ID/priority, /workers/ID/drain, /workers/ID/undrain, /submits/pause, /submits/resume, /log-level, /reload, /stats, /pool, /activity, /dashboard, /metrics, /snapshot, /health, /ready)"),
