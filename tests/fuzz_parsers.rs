@@ -264,7 +264,7 @@ fn mutated_key_files_parse_or_are_refused_with_a_message() {
     );
 }
 
-const MULTIPART_TOKENS: [&[u8]; 14] = [
+const MULTIPART_TOKENS: [&[u8]; 19] = [
     b"\r\n",
     b"--",
     b"--XyZ",
@@ -277,6 +277,11 @@ const MULTIPART_TOKENS: [&[u8]; 14] = [
     b";",
     b"\r\n\r\n",
     b"{\"entrypoint\": 1}",
+    b"----Tar\nPath: ",
+    b"\n\n",
+    b"filename=\"job.json\"",
+    b"\"entrypoint\":\"../",
+    b"/../",
     b"\0",
     b"\xff",
 ];
@@ -318,6 +323,16 @@ fn mutated_uploads_are_queued_or_refused_with_a_4xx() {
     let form = Form::new()
         .file("main.py", "text/x-python", b"print('hello')\n")
         .file("data.txt", "text/plain", b"some data\n")
+        .file(
+            "job.json",
+            "application/json",
+            br#"{"entrypoint": "main.py"}"#,
+        )
+        .file(
+            "quick.txt",
+            "text/plain",
+            b"----Tar\nPath: run.py\n\nprint(2)\n",
+        )
         .manifest(r#"{"entrypoint": "main.py", "args": ["-v"]}"#);
     let body = form.body();
     let content_type = form.content_type();
