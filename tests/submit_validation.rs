@@ -288,12 +288,17 @@ fn bad_parts_are_refused_with_what_to_fix() {
         (
             "an entrypoint that leads out of the job's directory",
             main_py().manifest(r#"{"entrypoint":"../../../dev/zero"}"#),
-            "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the manifest (the text in quotes after the first \"entrypoint\" anywhere in it, escapes as they stand), leads out of the job's directory with '..'",
+            "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the manifest (the text in quotes after the first \"entrypoint\" anywhere in it, escapes as they stand), has a '..' component: the worker reads that path on its host",
         ),
         (
             "an entrypoint sandrun reads from a nested key, the first",
             main_py().manifest(r#"{"env":{"entrypoint":"a/../../x.py"},"entrypoint":"main.py"}"#),
             "the entrypoint \"a/../../x.py\", as a sandrun worker reads it from the manifest",
+        ),
+        (
+            "an entrypoint sandrun cannot look up",
+            main_py().manifest(&format!(r#"{{"entrypoint":"{}.py"}}"#, "m".repeat(300))),
+            "has a part of 303 bytes, more than the 255 a file name may have: the worker's look-up of it fails and it answers the submit 500",
         ),
         (
             "a job.json whose entrypoint leads out of the job's directory",
@@ -457,20 +462,27 @@ fn entrypoints_inside_the_job_are_taken_and_a_job_json_unread_is_not_looked_at()
         let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
         assert_eq!(reply.status, 200, "{manifest}: {}", reply.text());
     }
+    // A job.json over 1 MiB is not read: taken while the manifest names the entrypoint,
+    // refused when sandrun would read the job's settings from it.
     let roomy = Coordinator::start(&[worker.entry(2)], &[]);
-    let big = Form::new().file("main.py", "text/x-python", MAIN_PY).file(
-        "job.json",
-        "application/json",
-        &vec![b' '; 1024 * 1024 + 1],
-    );
-    let reply = post_submit(&roomy, Some(&big.content_type()), &big.body());
+    let big = || {
+        Form::new().file("main.py", "text/x-python", MAIN_PY).file(
+            "job.json",
+            "application/json",
+            &vec![b' '; 1024 * 1024 + 1],
+        )
+    };
+    let reply = post_submit(&roomy, Some(&big().content_type()), &big().body());
     assert_refused(
         &roomy,
         "a job.json over 1 MiB",
         &reply,
         400,
-        "the file \"job.json\" is a job.json larger than 1048576 bytes",
+        "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the job.json among its files, which is larger than the 1048576 bytes",
     );
+    let named = big().manifest(r#"{"entrypoint":"main.py"}"#);
+    let reply = post_submit(&roomy, Some(&named.content_type()), &named.body());
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
 #[test]

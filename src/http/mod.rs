@@ -26,6 +26,7 @@ pub mod replay;
 pub mod replies;
 pub mod routes;
 pub mod sandrun;
+pub mod sandrun_parts;
 pub mod server;
 pub mod snapshot;
 pub mod stored_view;

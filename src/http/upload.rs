@@ -8,6 +8,7 @@ use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
 use crate::base::sync::Slot;
 use crate::http::auth::Caller;
+use crate::http::sandrun_parts::{self, EntrypointSource, PartError, StartError};
 use crate::http::submit_key::{Hashing, PartsDigest, HEADER};
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
@@ -21,8 +22,7 @@ use crate::store::jobs_db::{is_unwritable_disk, Record, StoreError, Ticket};
 use crate::store::segments::SegmentFile;
 use crate::store::spool::{CopyError, StoredUpload};
 use crate::worker::multipart_body::{submit_body_length, SUBMIT_HEAD_ROOM, WORKER_MAX_REQUEST};
-use crate::worker::sandrun_manifest::{self, JOB_JSON, MAX_JOB_JSON_BYTES};
-use crate::worker::save_rules::{self, fake_tar_head, FakeTar};
+use crate::worker::save_rules;
 use multipart::server::Multipart;
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -67,24 +67,8 @@ pub enum UploadError {
     /// A filename holding an archive's extension (the second) where it does not end: sandrun
     /// would unpack the file as an archive (see `save_rules::hidden_archive`).
     HiddenArchive(String, &'static str),
-    /// A file (its filename) whose content begins as sandrun's "fake tar", which a worker
-    /// writes under the name on its `Path: ` line: that name is not a plain file name (the
-    /// name as given), or cannot be read (`None`: the line as far as it was read).
-    FakeTarPath {
-        /// The part's filename.
-        filename: String,
-        /// The name on the `Path: ` line, when it could be read.
-        name: Option<String>,
-        /// The line after `Path:` as far as it was read.
-        line: String,
-    },
-    /// The entrypoint a sandrun worker would read from the manifest or a `job.json` (which,
-    /// the first) leads out of the job's directory: the worker reads that file on its host at
-    /// the submit, outside its sandbox (the entrypoint as read).
-    EntrypointOutside(&'static str, String),
-    /// A `job.json` that a sandrun worker would read the job's settings from, larger than
-    /// [`MAX_JOB_JSON_BYTES`] (the file's part's filename).
-    LongJobJson(String),
+    /// A file or the manifest that a sandrun worker would not take as sent.
+    Part(PartError),
     /// A filename longer than [`MAX_NAME_BYTES`] (its length).
     LongFilename(usize),
     /// A `files` part whose `Content-Type` is longer than [`MAX_NAME_BYTES`] (its filename and
@@ -243,28 +227,7 @@ impl fmt::Display for UploadError {
                 f,
                 "the filename {name:?} holds {kind:?}: a sandrun worker takes a file whose name holds .tar.gz or .tgz anywhere for a tarball, and else one whose name holds .zip for a zip archive, and unpacks it as that, so this file would not arrive as sent; rename it so that its name holds no such extension but the one of what it is, at its end"
             ),
-            Self::FakeTarPath { filename, name, line } => {
-                write!(
-                    f,
-                    "the file {filename:?} begins with the lines ----Tar and Path:, the form of one file a sandrun worker's web frontend sends: the worker writes what follows the first blank line under the name on the Path: line, "
-                )?;
-                match name {
-                    Some(name) => write!(f, "here {name:?}, which is not a plain file name")?,
-                    None => write!(f, "which is not readable here (the line is {:?})", format!("Path:{line}"))?,
-                }
-                write!(
-                    f,
-                    "; give the lines ----Tar, Path: main.py (a space after the colon, a plain name) and a blank line before the code, or send the code itself under its own filename"
-                )
-            }
-            Self::EntrypointOutside(source, entrypoint) => write!(
-                f,
-                "the entrypoint {entrypoint:?}, as a sandrun worker reads it from the {source} (the text in quotes after the first \"entrypoint\" anywhere in it, escapes as they stand), leads out of the job's directory with '..': the worker reads that path on its host when the job is submitted, outside its sandbox and whole into memory (../../../dev/zero would exhaust it); name a file among the job's own, e.g. main.py or src/main.py"
-            ),
-            Self::LongJobJson(filename) => write!(
-                f,
-                "the file {filename:?} is a {JOB_JSON} larger than {MAX_JOB_JSON_BYTES} bytes: a sandrun worker reads a job's settings from it whole; give them in the 'manifest' part instead"
-            ),
+            Self::Part(e) => write!(f, "{e}"),
             Self::LongFilename(len) => write!(
                 f,
                 "a filename of {len} bytes is too long: at most {MAX_NAME_BYTES} bytes (a file name's limit on Linux)"
@@ -511,85 +474,6 @@ fn check_filename(name: &str) -> Result<(), UploadError> {
     } else {
         Ok(())
     }
-}
-
-/// What is read of a file before it is stored: its first bytes, to find a fake tar's name (all
-/// of them for a `job.json` that sandrun reads the job's settings from), and the entrypoint
-/// such a `job.json` names as sandrun reads it.
-struct FileStart {
-    bytes: Vec<u8>,
-    job_json: Option<Vec<u8>>,
-}
-
-/// Reads the start of file `filename` from `data` (see [`FileStart`]), refusing a fake tar
-/// saved under no plain name and a `job.json` too large to look into.
-fn read_file_start(
-    data: &mut dyn Read,
-    filename: &str,
-    read_error: &dyn Fn(io::Error) -> UploadError,
-) -> Result<FileStart, UploadError> {
-    let mut bytes = Vec::new();
-    data.take(fake_tar_head(MAX_NAME_BYTES))
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    check_fake_tar(filename, &bytes)?;
-    let (job_json, fake_tar) = match save_rules::fake_tar_name(&bytes) {
-        FakeTar::Named(name) => (name == JOB_JSON, true),
-        _ => (filename == JOB_JSON, false),
-    };
-    if !job_json {
-        return Ok(FileStart {
-            bytes,
-            job_json: None,
-        });
-    }
-    let rest = MAX_JOB_JSON_BYTES + 1 - bytes.len() as u64;
-    data.take(rest)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_JOB_JSON_BYTES {
-        return Err(UploadError::LongJobJson(filename.to_string()));
-    }
-    let content = match fake_tar {
-        true => save_rules::fake_tar_content(&bytes),
-        false => &bytes,
-    };
-    let entrypoint = sandrun_manifest::sandrun_string(content, "entrypoint").to_vec();
-    Ok(FileStart {
-        job_json: Some(entrypoint),
-        bytes,
-    })
-}
-
-/// Refuses an entrypoint, as sandrun reads it from `source`, that leads out of the job's
-/// directory.
-fn check_entrypoint(entrypoint: &[u8], source: &'static str) -> Result<(), UploadError> {
-    match sandrun_manifest::leaves_job_dir(entrypoint) {
-        true => Err(UploadError::EntrypointOutside(
-            source,
-            String::from_utf8_lossy(entrypoint).into_owned(),
-        )),
-        false => Ok(()),
-    }
-}
-
-/// Refuses a file (named `filename`, its content beginning with `head`) that sandrun would
-/// write under another name than a plain file's, as its "fake tar" (see `save_rules`): out of
-/// the job's directory with `Path: ../x`, or nowhere, without the job knowing.
-fn check_fake_tar(filename: &str, head: &[u8]) -> Result<(), UploadError> {
-    let (name, line) = match save_rules::fake_tar_name(head) {
-        FakeTar::No => return Ok(()),
-        FakeTar::Named(name) if name.len() <= MAX_NAME_BYTES && is_safe_component(name) => {
-            return Ok(())
-        }
-        FakeTar::Named(name) => (Some(name.to_string()), format!(" {name}")),
-        FakeTar::Unreadable(line) => (None, line),
-    };
-    Err(UploadError::FakeTarPath {
-        filename: filename.to_string(),
-        name,
-        line,
-    })
 }
 
 /// The multipart parser reports a bad part header with an unhelpful text (its error type is
@@ -884,8 +768,7 @@ fn read_parts(
     let mut inputs: Vec<InputFile> = Vec::new();
     let mut names = HashSet::new();
     let mut manifest = None;
-    let mut manifest_names_entrypoint = false;
-    let mut job_json_entrypoint: Option<Vec<u8>> = None;
+    let mut entrypoint = EntrypointSource::default();
     let mut options = SubmitOptions::default();
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
@@ -910,9 +793,13 @@ fn read_parts(
                 if content_type.len() > MAX_NAME_BYTES {
                     return Err(UploadError::LongContentType(filename, content_type.len()));
                 }
-                let start = read_file_start(&mut field.data, &filename, &read_error)?;
-                if start.job_json.is_some() {
-                    job_json_entrypoint = start.job_json;
+                let start = match sandrun_parts::read_file_start(&mut field.data, &filename) {
+                    Ok(start) => start,
+                    Err(StartError::Read(e)) => return Err(read_error(e)),
+                    Err(StartError::Part(e)) => return Err(UploadError::Part(e)),
+                };
+                if let Some(said) = start.job_json {
+                    entrypoint.job_json(said);
                 }
                 let mut data = start.bytes.as_slice().chain(&mut field.data);
                 let span = match digest.as_deref_mut() {
@@ -959,9 +846,7 @@ fn read_parts(
                         return Err(UploadError::BadManifest(format!("is not valid JSON: {e}")))
                     }
                 }
-                let entrypoint = sandrun_manifest::sandrun_string(&bytes, "entrypoint");
-                check_entrypoint(entrypoint, "manifest")?;
-                manifest_names_entrypoint = !entrypoint.is_empty();
+                entrypoint.manifest(&bytes).map_err(UploadError::Part)?;
                 if let Some(digest) = digest.as_deref_mut() {
                     digest.field(b"manifest");
                     digest.field(&bytes);
@@ -1005,9 +890,7 @@ fn read_parts(
     if inputs.is_empty() {
         return Err(UploadError::NoFiles);
     }
-    if let Some(entrypoint) = job_json_entrypoint.filter(|_| !manifest_names_entrypoint) {
-        check_entrypoint(&entrypoint, JOB_JSON)?;
-    }
+    entrypoint.finish().map_err(UploadError::Part)?;
     Ok(Parts {
         inputs,
         manifest,

@@ -31,11 +31,37 @@ pub fn sandrun_string<'a>(text: &'a [u8], key: &str) -> &'a [u8] {
     }
 }
 
-/// Whether an entrypoint, as sandrun reads it, leads out of the job's directory: a `..`
-/// component anywhere (sandrun joins it to the directory with a `/`, so a leading `/` stays
-/// inside).
-pub fn leaves_job_dir(entrypoint: &[u8]) -> bool {
-    entrypoint.split(|&b| b == b'/').any(|part| part == b"..")
+/// The longest entrypoint sandrun can look up: its job directory's path (about 40 bytes) and
+/// the entrypoint must stay within Linux's 4096, or `std::filesystem` throws and the submit is
+/// answered 500.
+pub const MAX_ENTRYPOINT_BYTES: usize = 3800;
+
+/// The longest component of a path Linux takes.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+
+/// What is wrong with an entrypoint, as sandrun reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrypointFault {
+    /// A `..` component: sandrun joins the entrypoint to the job's directory with a `/` (so a
+    /// leading `/` stays inside) and reads that file on its host, so `..` may lead out.
+    DotDot,
+    /// A component of this many bytes, more than [`MAX_COMPONENT_BYTES`]: sandrun's look-up
+    /// throws "File name too long" and the submit is answered 500.
+    LongComponent(usize),
+    /// This many bytes, more than [`MAX_ENTRYPOINT_BYTES`]: the same.
+    Long(usize),
+}
+
+/// What is wrong with an entrypoint, as sandrun reads it, if anything.
+pub fn entrypoint_fault(entrypoint: &[u8]) -> Option<EntrypointFault> {
+    let mut parts = entrypoint.split(|&b| b == b'/');
+    if parts.clone().any(|part| part == b"..") {
+        return Some(EntrypointFault::DotDot);
+    }
+    if let Some(long) = parts.find(|part| part.len() > MAX_COMPONENT_BYTES) {
+        return Some(EntrypointFault::LongComponent(long.len()));
+    }
+    (entrypoint.len() > MAX_ENTRYPOINT_BYTES).then_some(EntrypointFault::Long(entrypoint.len()))
 }
 
 #[cfg(test)]
@@ -61,7 +87,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_dot_dot_component_leaves_the_job() {
+    fn dot_dot_components_and_names_too_long_to_look_up_are_faults() {
         for inside in [
             "main.py",
             "/main.py",
@@ -70,10 +96,25 @@ mod tests {
             "a..b",
             "..x/y",
         ] {
-            assert!(!leaves_job_dir(inside.as_bytes()), "{inside}");
+            assert_eq!(entrypoint_fault(inside.as_bytes()), None, "{inside}");
         }
         for outside in ["..", "../x", "a/../../x", "../../../dev/zero", "x/.."] {
-            assert!(leaves_job_dir(outside.as_bytes()), "{outside}");
+            assert_eq!(
+                entrypoint_fault(outside.as_bytes()),
+                Some(EntrypointFault::DotDot),
+                "{outside}"
+            );
         }
+        let long_part = format!("src/{}.py", "a".repeat(300));
+        assert_eq!(
+            entrypoint_fault(long_part.as_bytes()),
+            Some(EntrypointFault::LongComponent(303))
+        );
+        let long = "a/".repeat(2000);
+        assert_eq!(
+            entrypoint_fault(long.as_bytes()),
+            Some(EntrypointFault::Long(4000))
+        );
+        assert_eq!(entrypoint_fault("a/".repeat(1900).as_bytes()), None);
     }
 }
