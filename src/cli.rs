@@ -1043,7 +1043,7 @@ fn check_state(dir: &std::path::Path, verify_outputs: bool) -> i32 {
             match verified.unhashed {
                 0 => String::new(),
                 n => format!(
-                    ", {n} of them without a known sha256 (collected by an older build), not compared"
+                    ", {n} of them without a known sha256 (their worker declared none, or another size, and they were collected by a build that did not record it), not compared"
                 ),
             }
         );
@@ -1055,9 +1055,14 @@ fn check_state(dir: &std::path::Path, verify_outputs: bool) -> i32 {
         let listed = report.problems.len();
         let more = report.problem_count - listed;
         eprintln!(
-            "error: {}: {} jobs cannot be served or run from it as their records say{}",
+            "error: {}: {} jobs cannot be served or run from it as their records say{}{}",
             dir.display(),
             report.problem_count,
+            if report.verified.is_some() {
+                ", or serve outputs whose bytes changed"
+            } else {
+                ""
+            },
             if more > 0 {
                 format!(" ({more} more not listed)")
             } else {
@@ -1069,10 +1074,11 @@ fn check_state(dir: &std::path::Path, verify_outputs: bool) -> i32 {
     println!(
         "{}: every byte the job store points to is there{}, OK",
         dir.display(),
-        if report.verified.is_some() {
-            " and every output hashes as it is served"
-        } else {
-            ""
+        match report.verified {
+            Some(v) if v.unhashed > 0 =>
+                " and every output with a known sha256 hashes as it is served",
+            Some(_) => " and every output hashes as it is served",
+            None => "",
         }
     );
     0

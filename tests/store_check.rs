@@ -316,7 +316,14 @@ fn verify_outputs_names_each_output_whose_bytes_changed_on_disk() {
     );
     assert!(err.contains(&wrong), "{wrong}\n{err}");
     assert!(!err.contains(&ids[0]), "{err}");
-    assert!(err.contains("1 jobs cannot be served or run"), "{err}");
+    assert!(
+        err.contains("it is served under (its worker declared)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 jobs cannot be served or run from it as their records say, or serve outputs whose bytes changed"),
+        "{err}"
+    );
 
     // Results held in the job's row.
     let (dir, ids) = snapshot_of_collected_jobs(1, false);

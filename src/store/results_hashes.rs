@@ -19,8 +19,8 @@ pub struct Verified {
     pub outputs: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Outputs without a known sha256 (collected by an older build, their size not the declared
-    /// one): read, not compared.
+    /// Outputs without a known sha256 (their worker declared none, or another size, and they
+    /// were collected before the hashes of such outputs were recorded): read, not compared.
     pub unhashed: u64,
 }
 
@@ -58,10 +58,15 @@ impl<'a> OutputHasher<'a> {
                 continue;
             };
             let (got, place) = if stored.in_row {
-                let bytes = row.and_then(|row| row.get(range(span)?));
-                let got = bytes.map(|b| hex(&Sha256::digest(b))).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "past the row's results")
-                });
+                let got = match row {
+                    None => Err(io::Error::other("the row holds no results bytes")),
+                    Some(row) => row
+                        .get(range(span).unwrap_or(usize::MAX..usize::MAX))
+                        .map(|b| hex(&Sha256::digest(b)))
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::UnexpectedEof, "past the row's results")
+                        }),
+                };
                 (got, "in its row".to_string())
             } else {
                 let place = format!(
@@ -78,8 +83,12 @@ impl<'a> OutputHasher<'a> {
                     continue;
                 }
                 (Ok(got), Some(expected)) if !got.eq_ignore_ascii_case(expected) => {
+                    let whose = match stored.served_sha256.iter().any(|(p, _)| p == name) {
+                        true => "recorded when it was collected",
+                        false => "its worker declared",
+                    };
                     problems.push(format!(
-                        "output {name:?} ({place}) hashes to sha256 {got}, not the {expected} it is served under"
+                        "output {name:?} ({place}) hashes to sha256 {got}, not the {expected} it is served under ({whose})"
                     ));
                 }
                 (Ok(_), Some(_)) => {}
