@@ -56,6 +56,7 @@ OPTIONS:
     --health-timeout SECS    timeout of one health probe                     [default: 5]
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
+    --max-unpacked-bytes N   most bytes a submit's archives may unpack to    [default: 1073741824]
     --max-files N            most files in one submit (413 beyond)           [default: 256]
     --disk-reserve N|P%      refuse submits (507) while they would leave less than this room
                              on the state directory's filesystem, kept for the results of
@@ -693,6 +694,12 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
             "--max-upload-bytes",
             positive::<u64>,
             d.max_upload_bytes,
+        )?,
+        max_unpacked_bytes: value(
+            args,
+            "--max-unpacked-bytes",
+            positive::<u64>,
+            d.max_unpacked_bytes,
         )?,
         max_files: value(args, "--max-files", positive::<usize>, d.max_files)?,
         upload_memory_bytes: value(args, "--upload-memory-bytes", bytes, d.upload_memory_bytes)?,

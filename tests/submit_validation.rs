@@ -4,12 +4,16 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use support::lifecycle::{
     assert_pool_consistent, chunked, exchange, submit, wait_collected, wait_healthy,
 };
-use support::{get_json, poll_until, send, Coordinator, FakeWorker, Form, ReceivedJob, Reply};
+use support::{
+    get_json, poll_until, send, temp_dir, Coordinator, FakeWorker, Form, ReceivedJob, Reply,
+};
 
 /// `--max-upload-bytes` of these tests: every good test body is smaller.
 const MAX_UPLOAD: usize = 1000;
@@ -483,6 +487,188 @@ fn entrypoints_inside_the_job_are_taken_and_a_job_json_unread_is_not_looked_at()
     let named = big().manifest(r#"{"entrypoint":"main.py"}"#);
     let reply = post_submit(&roomy, Some(&named.content_type()), &named.body());
     assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+/// A `.tar.gz` made by GNU tar of `members` of a folder that `make` fills, with `args` before
+/// them.
+fn tar_of(make: impl Fn(&Path), args: &[&str], members: &[&str]) -> Vec<u8> {
+    let dir = temp_dir();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap_or_else(|e| panic!("{e}"));
+    make(&tree);
+    let archive = dir.path().join("a.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .args(args)
+        .args(members)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run tar: {e}"));
+    assert!(status.success(), "tar failed: {status}");
+    fs::read(&archive).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a command that must succeed.
+fn run(program: &str, args: &[&str], dir: &Path) {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// A zip of stored `entries` (name, whether a symbolic link, content) as a Unix zip tool
+/// makes it (`zip -y` keeps links so).
+fn zip_of(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
+    let (mut out, mut directory) = (Vec::new(), Vec::new());
+    for (name, link, content) in entries {
+        let offset = out.len() as u32;
+        let sizes = [content.len() as u32; 2].map(u32::to_le_bytes).concat();
+        out.extend_from_slice(b"PK\x03\x04\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        out.extend_from_slice(&sizes);
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(content);
+        let mode: u32 = if *link { 0o120777 } else { 0o100644 };
+        directory.extend_from_slice(b"PK\x01\x02\x1e\x03\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        directory.extend_from_slice(&sizes);
+        directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        directory.extend_from_slice(&[0; 8]);
+        directory.extend_from_slice(&(mode << 16).to_le_bytes());
+        directory.extend_from_slice(&offset.to_le_bytes());
+        directory.extend_from_slice(name.as_bytes());
+    }
+    let (start, count) = (out.len() as u32, entries.len() as u16);
+    out.extend_from_slice(&directory);
+    out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    out.extend_from_slice(&[count.to_le_bytes(), count.to_le_bytes()].concat());
+    out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// sandrun unpacks an archive on its host with the system tar or unzip, which write links,
+/// devices and pipes as they are: the coordinator reads each archive through as it streams in
+/// and refuses what would be unpacked so, a `..` path, a job.json naming an entrypoint out of
+/// the job, a file that is not the archive its name says, and archives over
+/// --max-unpacked-bytes (413). Good archives are taken.
+#[test]
+fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
+    let (worker, coordinator) = start();
+    let code = |tree: &Path| fs::write(tree.join("main.py"), MAIN_PY).unwrap_or_default();
+    let link = |tree: &Path| {
+        code(tree);
+        run("ln", &["-s", "/dev/zero", "data.txt"], tree);
+    };
+    let hard = |tree: &Path| {
+        code(tree);
+        run("ln", &["main.py", "copy.py"], tree);
+    };
+    let pipe = |tree: &Path| {
+        code(tree);
+        run("mkfifo", &["in.txt"], tree);
+    };
+    let job_json = |tree: &Path| {
+        code(tree);
+        fs::write(
+            tree.join("job.json"),
+            br#"{"entrypoint":"../../../dev/zero"}"#,
+        )
+        .unwrap_or_default();
+    };
+    let tarball = |tar: Vec<u8>| Form::new().file("job.tar.gz", "application/gzip", &tar);
+    let cases: Vec<(&str, Form, &str)> = vec![
+        (
+            "a symbolic link",
+            tarball(tar_of(link, &[], &["main.py", "data.txt"])),
+            "the archive \"job.tar.gz\" holds \"data.txt\", a symbolic link: a sandrun worker unpacks it as that on its host",
+        ),
+        (
+            "a hard link",
+            tarball(tar_of(hard, &[], &["main.py", "copy.py"])),
+            "holds \"copy.py\", a hard link",
+        ),
+        (
+            "a named pipe",
+            tarball(tar_of(pipe, &[], &["main.py", "in.txt"])),
+            "holds \"in.txt\", a named pipe",
+        ),
+        (
+            "a path with ..",
+            tarball(tar_of(code, &["-P", "--transform", "s,^,../,"], &["main.py"])),
+            "holds \"../main.py\", whose '..' would lead out of the job's directory",
+        ),
+        (
+            "a job.json naming an entrypoint out of the job",
+            tarball(tar_of(job_json, &[], &["main.py", "job.json"])),
+            "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the job.json",
+        ),
+        (
+            "a tarball that is none",
+            Form::new().file("job.tar.gz", "application/gzip", b"print(1)\n"),
+            "the archive \"job.tar.gz\" is not a gzip-compressed tarball",
+        ),
+        (
+            "a zip holding a symbolic link",
+            Form::new().file(
+                "job.zip",
+                "application/zip",
+                &zip_of(&[("main.py", false, MAIN_PY), ("data.txt", true, b"/dev/zero")]),
+            ),
+            "the archive \"job.zip\" holds \"data.txt\", a symbolic link",
+        ),
+        (
+            "a zip that is none",
+            Form::new().file("job.zip", "application/zip", b"PK not really"),
+            "the archive \"job.zip\" is not a zip archive",
+        ),
+        (
+            "a job.json in a zip that sandrun would read",
+            Form::new().file(
+                "job.zip",
+                "application/zip",
+                &zip_of(&[("main.py", false, MAIN_PY), ("job.json", false, b"{}")]),
+            ),
+            "would read the job's settings from the job.json inside a zip archive",
+        ),
+    ];
+    for (case, form, needle) in cases {
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(&coordinator, case, &reply, 400, needle);
+    }
+    let good = [
+        tarball(tar_of(code, &[], &["main.py"])),
+        tarball(tar_of(job_json, &[], &["main.py", "job.json"]))
+            .manifest(r#"{"entrypoint":"main.py"}"#),
+        Form::new()
+            .file(
+                "job.zip",
+                "application/zip",
+                &zip_of(&[("main.py", false, MAIN_PY), ("job.json", false, b"{}")]),
+            )
+            .manifest(r#"{"entrypoint":"main.py"}"#),
+    ];
+    for form in good {
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    let small = Coordinator::start(&[worker.entry(2)], &["--max-unpacked-bytes", "4096"]);
+    let big = |tree: &Path| fs::write(tree.join("zeros.bin"), [0u8; 5000]).unwrap_or_default();
+    let form = tarball(tar_of(big, &[], &["zeros.bin"]));
+    let reply = post_submit(&small, Some(&form.content_type()), &form.body());
+    assert_refused(
+        &small,
+        "an archive over --max-unpacked-bytes",
+        &reply,
+        413,
+        "the archive \"job.tar.gz\" unpacks, with the submit's other archives, to more than 4096 bytes (--max-unpacked-bytes)",
+    );
 }
 
 #[test]

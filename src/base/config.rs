@@ -93,6 +93,9 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Largest accepted submit body.
     pub max_upload_bytes: u64,
+    /// Most bytes the archives of one submit may unpack to (what a sandrun worker writes to
+    /// its disk); the coordinator reads each archive through to check it.
+    pub max_unpacked_bytes: u64,
     /// Most `files` parts in one submit (their names and types are kept in memory while the
     /// job waits).
     pub max_files: usize,
@@ -199,6 +202,7 @@ impl Default for ServeConfig {
             health_timeout: Duration::from_secs(5),
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
+            max_unpacked_bytes: 1024 * 1024 * 1024,
             max_files: 256,
             upload_memory_bytes: 1024 * 1024,
             row_results_max: 32 * 1024,

@@ -32,6 +32,8 @@ pub mod send_timeout;
 pub mod shortage;
 pub mod small_file;
 pub mod sync;
+pub mod tar_scan;
 pub mod targz;
 pub mod thread_cache;
 pub mod tls;
+pub mod zip_scan;

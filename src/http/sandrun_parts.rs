@@ -2,12 +2,19 @@
 //! a "fake tar" is written under the name on its `Path: ` line, and the entrypoint (named by
 //! the manifest, or else by a `job.json` among the files) is read on the worker's host, outside
 //! its sandbox, when the job is submitted (see `worker::save_rules`,
-//! `worker::sandrun_manifest`).
+//! `worker::sandrun_manifest`). An archive is read through as it streams by: sandrun unpacks
+//! it on its host with the system `tar` or `unzip`, which write links, devices and pipes as
+//! they are, so a link could have sandrun read `/dev/zero` for its entrypoint or write through
+//! it out of the job's directory.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+
+use flate2::write::MultiGzDecoder;
 
 use crate::base::paths::is_safe_component;
+use crate::base::tar_scan::{EntryKind, TarFault, TarScan};
+use crate::base::zip_scan::{self, Tail, ZipFault};
 use crate::worker::sandrun_manifest::{
     entrypoint_fault, sandrun_string, EntrypointFault, JOB_JSON, MAX_COMPONENT_BYTES,
     MAX_ENTRYPOINT_BYTES, MAX_JOB_JSON_BYTES,
@@ -41,6 +48,50 @@ pub enum PartError {
     /// A `job.json` larger than [`MAX_JOB_JSON_BYTES`] that sandrun would read the job's
     /// settings from (the manifest names no entrypoint).
     LongJobJson,
+    /// A `job.json` inside a zip archive that sandrun would read the job's settings from (the
+    /// manifest names no entrypoint): the coordinator reads a zip's directory, not its files.
+    JobJsonInZip,
+    /// An archive (its filename) that sandrun would unpack, and what is wrong with it.
+    Archive(String, ArchiveFault),
+}
+
+/// What is wrong with an archive sandrun would unpack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveFault {
+    /// Not a gzip stream (its name says it is a tarball): the text of the error.
+    NotGzip(String),
+    /// Not a tar archive inside: a header that does not read as one (at this byte offset).
+    NotTar(u64),
+    /// The archive ends before its last entry does.
+    Truncated,
+    /// Not a zip archive (its name says it is one).
+    NotZip,
+    /// The zip's central directory is larger than the coordinator keeps of its end.
+    LargeDirectory(u64),
+    /// The zip's central directory does not read as one.
+    BadDirectory,
+    /// An entry (its path) that is a link, a device or a pipe (what it is).
+    Special(String, &'static str),
+    /// An entry (its path) with a `..` component.
+    DotDot(String),
+    /// The archives of the submit unpack to more than `--max-unpacked-bytes` (its value).
+    TooLarge(u64),
+}
+
+impl fmt::Display for ArchiveFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotGzip(e) => write!(f, "is not a gzip-compressed tarball ({e}), though its name says so"),
+            Self::NotTar(at) => write!(f, "does not hold a tar archive (a header at byte {at} of its unpacked stream does not read as one)"),
+            Self::Truncated => write!(f, "ends before its last entry does (cut short?)"),
+            Self::NotZip => write!(f, "is not a zip archive (no end of central directory), though its name says so"),
+            Self::LargeDirectory(size) => write!(f, "has a central directory of {size} bytes, more than the {ZIP_TAIL_BYTES} the coordinator reads; pack so many files as a .tar.gz"),
+            Self::BadDirectory => write!(f, "has a central directory that does not read as one"),
+            Self::Special(path, what) => write!(f, "holds {path:?}, a {what}: a sandrun worker unpacks it as that on its host, outside its sandbox, where a link can lead its reads and writes out of the job's directory (to /dev/zero for an entrypoint, say) and a pipe or a device can hang or flood them; pack regular files and folders only"),
+            Self::DotDot(path) => write!(f, "holds {path:?}, whose '..' would lead out of the job's directory; pack it with paths inside the archive"),
+            Self::TooLarge(max) => write!(f, "unpacks, with the submit's other archives, to more than {max} bytes (--max-unpacked-bytes), written to the worker's disk; send less, or ask the operator"),
+        }
+    }
 }
 
 impl fmt::Display for PartError {
@@ -95,6 +146,11 @@ impl fmt::Display for PartError {
                 }
                 write!(f, "; name a file among the job's own, e.g. main.py or src/main.py")
             }
+            Self::JobJsonInZip => write!(
+                f,
+                "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} inside a zip archive, which the coordinator does not read to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON}), or send it in a .tar.gz"
+            ),
+            Self::Archive(filename, fault) => write!(f, "the archive {filename:?} {fault}"),
             Self::LongJobJson => write!(
                 f,
                 "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} among its files, which is larger than the {MAX_JOB_JSON_BYTES} bytes the coordinator reads to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON})"
@@ -120,6 +176,8 @@ pub enum JobJson {
     Entrypoint(Vec<u8>),
     /// It is larger than [`MAX_JOB_JSON_BYTES`]: not read.
     TooLarge,
+    /// It is inside a zip archive: not read.
+    InZip,
 }
 
 /// What is read of a file before it is stored: its first bytes, to find a fake tar's name (all
@@ -130,6 +188,8 @@ pub struct FileStart {
     pub bytes: Vec<u8>,
     /// What the file says as the job's `job.json`, when sandrun saves it as that.
     pub job_json: Option<JobJson>,
+    /// The file is a fake tar (saved under the name it holds, never unpacked).
+    pub fake_tar: bool,
 }
 
 /// Reads the start of file `filename` from `data` (see [`FileStart`]), refusing a fake tar
@@ -148,6 +208,7 @@ pub fn read_file_start(data: &mut dyn Read, filename: &str) -> Result<FileStart,
         return Ok(FileStart {
             bytes,
             job_json: None,
+            fake_tar,
         });
     }
     let rest = (MAX_JOB_JSON_BYTES + 1).saturating_sub(bytes.len() as u64);
@@ -166,6 +227,7 @@ pub fn read_file_start(data: &mut dyn Read, filename: &str) -> Result<FileStart,
     Ok(FileStart {
         bytes,
         job_json: Some(said),
+        fake_tar,
     })
 }
 
@@ -220,6 +282,7 @@ impl EntrypointSource {
         match self.job_json {
             Some(JobJson::Entrypoint(entrypoint)) => check_entrypoint(&entrypoint, JOB_JSON),
             Some(JobJson::TooLarge) => Err(PartError::LongJobJson),
+            Some(JobJson::InZip) => Err(PartError::JobJsonInZip),
             None => Ok(()),
         }
     }
@@ -235,5 +298,209 @@ fn check_entrypoint(entrypoint: &[u8], source: &'static str) -> Result<(), PartE
             fault,
         }),
         None => Ok(()),
+    }
+}
+
+/// The most of a zip's end kept to read its central directory from.
+pub const ZIP_TAIL_BYTES: usize = 1024 * 1024;
+
+/// Whether an archive's entry path is the job's `job.json` once unpacked (tar and unzip drop a
+/// leading `/` and `./`).
+fn is_job_json(path: &str) -> bool {
+    path.trim_start_matches('/').trim_start_matches("./") == JOB_JSON
+}
+
+/// What a kind of entry is called in a refusal, when sandrun must not unpack it.
+fn special(kind: EntryKind) -> Option<&'static str> {
+    match kind {
+        EntryKind::Symlink => Some("symbolic link"),
+        EntryKind::HardLink => Some("hard link"),
+        EntryKind::Device => Some("device"),
+        EntryKind::Fifo => Some("named pipe"),
+        EntryKind::File | EntryKind::Directory => None,
+    }
+}
+
+/// What the archives of one submit may unpack to: `--max-unpacked-bytes`, and what is left
+/// of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Unpacking {
+    /// `--max-unpacked-bytes`.
+    pub max: u64,
+    /// What the archives read so far left of it.
+    pub room: u64,
+}
+
+impl Unpacking {
+    /// The room of a submit with `--max-unpacked-bytes` `max`.
+    pub fn new(max: u64) -> Self {
+        Unpacking { max, room: max }
+    }
+
+    /// Takes `bytes` from the room, or says the archives unpack to too much.
+    fn take(&mut self, bytes: u64) -> Result<(), ArchiveFault> {
+        self.room = self
+            .room
+            .checked_sub(bytes)
+            .ok_or(ArchiveFault::TooLarge(self.max))?;
+        Ok(())
+    }
+}
+
+/// An archive among a submit's files, read through as its bytes stream by (see the module's
+/// text): a tarball through a gzip decoder into a [`TarScan`], a zip's last bytes kept for its
+/// central directory.
+pub enum ArchiveCheck {
+    /// A `.tar.gz` or `.tgz`.
+    Tar {
+        /// The decoder feeding the scan.
+        gz: Box<MultiGzDecoder<TarScan>>,
+        /// The first fault found.
+        fault: Option<ArchiveFault>,
+        /// What it may unpack to.
+        unpacking: Unpacking,
+    },
+    /// A `.zip`.
+    Zip(Tail),
+}
+
+impl ArchiveCheck {
+    /// The check of file `filename` (`start`: what was read of it), when sandrun would unpack
+    /// it: a name holding `.tar.gz` or `.tgz`, else `.zip` (sandrun's order), not a fake tar.
+    /// It may unpack to what `unpacking` leaves.
+    pub fn for_file(
+        filename: &str,
+        start: &FileStart,
+        unpacking: Unpacking,
+    ) -> Option<ArchiveCheck> {
+        if start.fake_tar {
+            None
+        } else if filename.contains(".tar.gz") || filename.contains(".tgz") {
+            let scan = TarScan::new(is_job_json, MAX_JOB_JSON_BYTES);
+            Some(ArchiveCheck::Tar {
+                gz: Box::new(MultiGzDecoder::new(scan)),
+                fault: None,
+                unpacking,
+            })
+        } else if filename.contains(".zip") {
+            Some(ArchiveCheck::Zip(Tail::new(ZIP_TAIL_BYTES)))
+        } else {
+            None
+        }
+    }
+
+    /// Takes the archive's next bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        match self {
+            ArchiveCheck::Zip(tail) => tail.push(data),
+            ArchiveCheck::Tar {
+                gz,
+                fault,
+                unpacking,
+            } => {
+                if fault.is_some() {
+                    return;
+                }
+                if let Err(e) = gz.write_all(data) {
+                    *fault = Some(ArchiveFault::NotGzip(e.to_string()));
+                    return;
+                }
+                *fault = entries_fault(gz.get_mut(), *unpacking);
+            }
+        }
+    }
+
+    /// The archive's end: what a `job.json` it holds says, or what is wrong with it. What it
+    /// unpacks to is taken from the submit's `unpacking`.
+    pub fn finish(
+        self,
+        filename: &str,
+        unpacking: &mut Unpacking,
+    ) -> Result<Option<JobJson>, PartError> {
+        let refused = |fault| PartError::Archive(filename.to_string(), fault);
+        match self {
+            ArchiveCheck::Tar { mut gz, fault, .. } => {
+                if let Some(fault) = fault {
+                    return Err(refused(fault));
+                }
+                gz.try_finish()
+                    .map_err(|e| refused(ArchiveFault::NotGzip(e.to_string())))?;
+                let scan = gz.get_mut();
+                if let Some(fault) = entries_fault(scan, *unpacking) {
+                    return Err(refused(fault));
+                }
+                scan.finish().map_err(|fault| {
+                    refused(match fault {
+                        TarFault::BadHeader(at) => ArchiveFault::NotTar(at),
+                        TarFault::Truncated => ArchiveFault::Truncated,
+                    })
+                })?;
+                unpacking.take(scan.unpacked()).map_err(refused)?;
+                Ok(scan.wanted_content.take().map(|content| match content {
+                    Ok(bytes) => JobJson::Entrypoint(sandrun_string(&bytes, "entrypoint").to_vec()),
+                    Err(_) => JobJson::TooLarge,
+                }))
+            }
+            ArchiveCheck::Zip(tail) => {
+                let entries = zip_scan::entries(tail.bytes()).map_err(|fault| {
+                    refused(match fault {
+                        ZipFault::NotZip => ArchiveFault::NotZip,
+                        ZipFault::LargeDirectory(size) => ArchiveFault::LargeDirectory(size),
+                        ZipFault::BadDirectory => ArchiveFault::BadDirectory,
+                    })
+                })?;
+                let mut job_json = None;
+                for entry in entries {
+                    if entry.symlink {
+                        return Err(refused(ArchiveFault::Special(entry.name, "symbolic link")));
+                    }
+                    if has_dot_dot(&entry.name) {
+                        return Err(refused(ArchiveFault::DotDot(entry.name)));
+                    }
+                    unpacking.take(entry.size).map_err(refused)?;
+                    if is_job_json(&entry.name) {
+                        job_json = Some(JobJson::InZip);
+                    }
+                }
+                Ok(job_json)
+            }
+        }
+    }
+}
+
+/// Whether a path has a `..` component.
+fn has_dot_dot(path: &str) -> bool {
+    path.split(['/', '\\']).any(|part| part == "..")
+}
+
+/// What is wrong with the entries a tar scan read since the last look (taken from it), or
+/// with how much it unpacked, against `unpacking`.
+fn entries_fault(scan: &mut TarScan, unpacking: Unpacking) -> Option<ArchiveFault> {
+    for entry in scan.entries.drain(..) {
+        if let Some(what) = special(entry.kind) {
+            return Some(ArchiveFault::Special(entry.path, what));
+        }
+        if has_dot_dot(&entry.path) {
+            return Some(ArchiveFault::DotDot(entry.path));
+        }
+    }
+    (scan.unpacked() > unpacking.room).then_some(ArchiveFault::TooLarge(unpacking.max))
+}
+
+/// A file's bytes as they are read, handed to its archive check too.
+pub struct Watched<'a, R> {
+    /// The file's bytes.
+    pub inner: R,
+    /// The check, when the file is an archive.
+    pub check: Option<&'a mut ArchiveCheck>,
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(check) = self.check.as_deref_mut() {
+            check.feed(&buf[..n]);
+        }
+        Ok(n)
     }
 }

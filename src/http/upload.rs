@@ -8,7 +8,9 @@ use crate::base::paths::is_safe_component;
 use crate::base::shortage::is_shortage;
 use crate::base::sync::Slot;
 use crate::http::auth::Caller;
-use crate::http::sandrun_parts::{self, EntrypointSource, PartError, StartError};
+use crate::http::sandrun_parts::{
+    self, ArchiveCheck, ArchiveFault, EntrypointSource, PartError, StartError, Unpacking, Watched,
+};
 use crate::http::submit_key::{Hashing, PartsDigest, HEADER};
 use crate::pool::dispatch::{self, Assignment};
 use crate::pool::scheduler;
@@ -169,6 +171,7 @@ impl UploadError {
             Self::Stalled(_) => 408,
             Self::TooLarge(_) | Self::TooManyFiles(_) | Self::TooLargeForWorker(_) => 413,
             Self::TooManyQueued(_) => 429,
+            Self::Part(PartError::Archive(_, ArchiveFault::TooLarge(_))) => 413,
             Self::NamesFull { job, max, .. } if job > max => 413,
             Self::NamesFull { .. } | Self::QueueFull { .. } => 503,
             Self::Paused(_) => 503,
@@ -769,6 +772,7 @@ fn read_parts(
     let mut names = HashSet::new();
     let mut manifest = None;
     let mut entrypoint = EntrypointSource::default();
+    let mut unpacking = Unpacking::new(ctx.config.max_unpacked_bytes);
     let mut options = SubmitOptions::default();
     while let Some(mut field) = multipart.read_entry().map_err(read_error)? {
         match &*field.headers.name {
@@ -798,10 +802,14 @@ fn read_parts(
                     Err(StartError::Read(e)) => return Err(read_error(e)),
                     Err(StartError::Part(e)) => return Err(UploadError::Part(e)),
                 };
+                let mut archive = ArchiveCheck::for_file(&filename, &start, unpacking);
                 if let Some(said) = start.job_json {
                     entrypoint.job_json(said);
                 }
-                let mut data = start.bytes.as_slice().chain(&mut field.data);
+                let mut data = Watched {
+                    inner: start.bytes.as_slice().chain(&mut field.data),
+                    check: archive.as_mut(),
+                };
                 let span = match digest.as_deref_mut() {
                     Some(digest) => {
                         let mut hashing = Hashing::new(&mut data);
@@ -815,6 +823,12 @@ fn read_parts(
                     None => append(&mut data),
                 }
                 .map_err(|e| copy_error(e, &read_error))?;
+                if let Some(archive) = archive {
+                    let said = archive.finish(&filename, &mut unpacking);
+                    if let Some(said) = said.map_err(UploadError::Part)? {
+                        entrypoint.job_json(said);
+                    }
+                }
                 inputs.push(InputFile {
                     filename,
                     content_type,

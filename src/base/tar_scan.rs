@@ -1,0 +1,448 @@
+//! Reads a tar stream's entries as its bytes are written in (an `io::Write` sink), without
+//! keeping them: each entry's name and kind, GNU long names and pax `path` records applied, and
+//! the content of the one entry asked for. What GNU `tar -x` would do with an entry is the
+//! caller's to judge.
+
+use std::io::{self, Write};
+
+/// A tar block.
+const BLOCK: usize = 512;
+
+/// The most bytes kept of a long name or a pax header.
+const MAX_META_BYTES: u64 = 1024 * 1024;
+
+/// What an entry is, as GNU tar extracts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file (also a type tar does not know: GNU tar extracts those as files).
+    File,
+    /// A directory.
+    Directory,
+    /// A hard link to another path.
+    HardLink,
+    /// A symbolic link.
+    Symlink,
+    /// A character or block device.
+    Device,
+    /// A named pipe.
+    Fifo,
+}
+
+/// One entry of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its path, as stored (long names and pax paths applied).
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Why the stream is not a tar archive that can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TarFault {
+    /// A header whose checksum does not match (at this byte offset of the unpacked stream).
+    BadHeader(u64),
+    /// The stream ended inside an entry or a header.
+    Truncated,
+}
+
+/// What is being read.
+enum State {
+    /// A header block, gathered in `block`.
+    Header,
+    /// An entry's content: `left` bytes, then `pad` bytes to the next block.
+    Content { left: u64, pad: u64, keep: Keep },
+    /// The end-of-archive block came: the rest is ignored, as tar ignores it.
+    Ended,
+    /// A fault was found: the rest is ignored.
+    Failed,
+}
+
+/// What an entry's content is kept for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing.
+    Nothing,
+    /// A GNU long name for the next entry.
+    LongName,
+    /// A pax extended header for the next entry.
+    Pax,
+    /// The entry asked for.
+    Wanted,
+}
+
+/// A tar stream being read. Write the unpacked bytes in; read [`TarScan::entries`] as they come
+/// and [`TarScan::finish`] at the end.
+pub struct TarScan {
+    state: State,
+    block: Vec<u8>,
+    kept: Vec<u8>,
+    next_path: Option<String>,
+    offset: u64,
+    consumed: u64,
+    fault: Option<TarFault>,
+    wanted: fn(&str) -> bool,
+    wanted_max: u64,
+    /// The entries read so far, in order (taken by the caller as it goes).
+    pub entries: Vec<Entry>,
+    /// The content of the last entry `wanted` chose (`Err(size)` when larger than asked).
+    pub wanted_content: Option<Result<Vec<u8>, u64>>,
+}
+
+impl TarScan {
+    /// A scan that keeps, of the regular files whose path `wanted` chooses, the content of the
+    /// last one, up to `wanted_max` bytes.
+    pub fn new(wanted: fn(&str) -> bool, wanted_max: u64) -> Self {
+        TarScan {
+            state: State::Header,
+            block: Vec::with_capacity(BLOCK),
+            kept: Vec::new(),
+            next_path: None,
+            offset: 0,
+            consumed: 0,
+            fault: None,
+            wanted,
+            wanted_max,
+            entries: Vec::new(),
+            wanted_content: None,
+        }
+    }
+
+    /// Bytes of the unpacked stream read so far.
+    pub fn unpacked(&self) -> u64 {
+        self.offset
+    }
+
+    /// The archive's end: a fault when it could not be read whole.
+    pub fn finish(&self) -> Result<(), TarFault> {
+        if let Some(fault) = &self.fault {
+            return Err(fault.clone());
+        }
+        match self.state {
+            State::Header if self.block.is_empty() => Ok(()),
+            State::Ended => Ok(()),
+            _ => Err(TarFault::Truncated),
+        }
+    }
+
+    fn fail(&mut self, fault: TarFault) {
+        self.fault = Some(fault);
+        self.state = State::Failed;
+    }
+
+    /// Takes bytes of the unpacked stream.
+    fn take(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Ended | State::Failed => return,
+                State::Header => {
+                    let n = (BLOCK - self.block.len()).min(data.len());
+                    self.block.extend_from_slice(&data[..n]);
+                    self.consumed += n as u64;
+                    data = &data[n..];
+                    if self.block.len() == BLOCK {
+                        self.header();
+                        self.block.clear();
+                    }
+                }
+                State::Content { left, pad, keep } => {
+                    let keep = *keep;
+                    let (n, piece) = if *left > 0 {
+                        let n = (*left).min(data.len() as u64) as usize;
+                        *left -= n as u64;
+                        (n, Some(&data[..n]))
+                    } else {
+                        let n = (*pad).min(data.len() as u64) as usize;
+                        *pad -= n as u64;
+                        (n, None)
+                    };
+                    let done = *left == 0 && *pad == 0;
+                    self.consumed += n as u64;
+                    data = &data[n..];
+                    if let Some(piece) = piece {
+                        self.keep(keep, piece);
+                    }
+                    if done {
+                        self.state = State::Header;
+                        self.content_done(keep);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a piece of content, as `keep` says.
+    fn keep(&mut self, keep: Keep, piece: &[u8]) {
+        if keep == Keep::Nothing {
+            return;
+        }
+        let room = match keep {
+            Keep::Wanted => self.wanted_max,
+            _ => MAX_META_BYTES,
+        };
+        let fits = (room + 1).saturating_sub(self.kept.len() as u64) as usize;
+        self.kept.extend_from_slice(&piece[..piece.len().min(fits)]);
+    }
+
+    /// An entry's content and padding were read: what was kept takes effect.
+    fn content_done(&mut self, keep: Keep) {
+        let kept = std::mem::take(&mut self.kept);
+        match keep {
+            Keep::Nothing => {}
+            Keep::LongName => {
+                let name = kept.split(|&b| b == 0).next().unwrap_or_default();
+                self.next_path = Some(String::from_utf8_lossy(name).into_owned());
+            }
+            Keep::Pax => {
+                if let Some(path) = pax_path(&kept) {
+                    self.next_path = Some(path);
+                }
+            }
+            Keep::Wanted => {
+                let size = self.entries.last().map_or(0, |e| e.size);
+                self.wanted_content = Some(match size > self.wanted_max {
+                    true => Err(size),
+                    false => Ok(kept),
+                });
+            }
+        }
+    }
+
+    /// A header block was gathered in `block`.
+    fn header(&mut self) {
+        let at = self.consumed.saturating_sub(BLOCK as u64);
+        let block = std::mem::take(&mut self.block);
+        if block.iter().all(|&b| b == 0) {
+            self.state = State::Ended;
+            return;
+        }
+        if !checksum_matches(&block) {
+            self.fail(TarFault::BadHeader(at));
+            return;
+        }
+        let Some(size) = number(&block[124..136]) else {
+            self.fail(TarFault::BadHeader(at));
+            return;
+        };
+        let typeflag = block[156];
+        let stored = stored_path(&block);
+        let keep = match typeflag {
+            b'L' => Keep::LongName,
+            b'x' => Keep::Pax,
+            b'g' | b'K' | b'V' => Keep::Nothing,
+            _ => {
+                let path = self.next_path.take().unwrap_or(stored);
+                let kind = match typeflag {
+                    b'1' => EntryKind::HardLink,
+                    b'2' => EntryKind::Symlink,
+                    b'3' | b'4' => EntryKind::Device,
+                    b'5' | b'D' => EntryKind::Directory,
+                    b'6' => EntryKind::Fifo,
+                    _ => EntryKind::File,
+                };
+                let wanted = kind == EntryKind::File && (self.wanted)(&path);
+                self.entries.push(Entry { path, kind, size });
+                match wanted {
+                    true => Keep::Wanted,
+                    false => Keep::Nothing,
+                }
+            }
+        };
+        let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        self.state = State::Content {
+            left: size,
+            pad,
+            keep,
+        };
+        if size == 0 {
+            self.state = State::Header;
+            self.content_done(keep);
+        }
+    }
+}
+
+impl Write for TarScan {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.offset += data.len() as u64;
+        self.take(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a header's checksum (the sum of its bytes, the checksum field counted as spaces)
+/// matches the one it stores, as signed or unsigned bytes.
+fn checksum_matches(block: &[u8]) -> bool {
+    let Some(stored) = number(&block[148..156]) else {
+        return false;
+    };
+    let field = 148..156;
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if field.contains(&i) { b' ' } else { b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
+}
+
+/// A numeric header field: octal digits (spaces and NULs around them), or GNU's base-256 when
+/// its first byte has the high bit set.
+fn number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|&b| b & 0x80 != 0) {
+        let mut value: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            value = value.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(value);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ' || b == 0)
+        .take_while(|&b| b != b' ' && b != 0)
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+/// A NUL-terminated header field as text.
+fn text(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// The path a header stores: its name, after the ustar prefix when there is one.
+fn stored_path(block: &[u8]) -> String {
+    let name = text(&block[..100]);
+    let ustar = &block[257..262] == b"ustar";
+    let prefix = if ustar {
+        text(&block[345..500])
+    } else {
+        String::new()
+    };
+    match prefix.is_empty() {
+        true => name,
+        false => format!("{prefix}/{name}"),
+    }
+}
+
+/// The `path` record of a pax extended header (`<length> path=<value>\n` records).
+fn pax_path(records: &[u8]) -> Option<String> {
+    let mut rest = records;
+    let mut path = None;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        let record = rest.get(space + 1..len)?;
+        if let Some(value) = record.strip_prefix(b"path=") {
+            let value = value.strip_suffix(b"\n").unwrap_or(value);
+            path = Some(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = rest.get(len..)?;
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ustar header for `name` of `kind` and `size`, its checksum set.
+    fn header(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
+        let mut block = vec![0u8; BLOCK];
+        block[..name.len()].copy_from_slice(name.as_bytes());
+        block[100..108].copy_from_slice(b"0000644\0");
+        block[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        block[156] = typeflag;
+        block[257..263].copy_from_slice(b"ustar\0");
+        block[148..156].copy_from_slice(b"        ");
+        let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        block
+    }
+
+    fn entry(name: &str, typeflag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = header(name, typeflag, content.len() as u64);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        out
+    }
+
+    fn scan(archive: &[u8], piece: usize) -> TarScan {
+        let mut scan = TarScan::new(|p| p == "job.json", 64);
+        for chunk in archive.chunks(piece) {
+            scan.write_all(chunk).unwrap_or_default();
+        }
+        scan
+    }
+
+    #[test]
+    fn entries_kinds_long_names_and_the_wanted_content_are_read_in_any_pieces() {
+        let mut archive = entry("main.py", b'0', b"print(1)\n");
+        archive.extend(entry("job.json", b'0', br#"{"entrypoint":"main.py"}"#));
+        archive.extend(entry("d", b'5', b""));
+        archive.extend(entry("ln", b'2', b""));
+        let long = "x/".repeat(80) + "deep.txt";
+        archive.extend(entry("././@LongLink", b'L', format!("{long}\0").as_bytes()));
+        archive.extend(entry("short", b'0', b"abc"));
+        archive.extend(entry("pax", b'x', b"20 path=pax/named.t\n"));
+        archive.extend(entry("p", b'6', b""));
+        archive.extend(vec![0u8; 2 * BLOCK]);
+        for piece in [1, 7, 512, 100_000] {
+            let scan = scan(&archive, piece);
+            assert_eq!(scan.finish(), Ok(()), "pieces of {piece}");
+            let seen: Vec<(&str, EntryKind)> = scan
+                .entries
+                .iter()
+                .map(|e| (e.path.as_str(), e.kind))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("main.py", EntryKind::File),
+                    ("job.json", EntryKind::File),
+                    ("d", EntryKind::Directory),
+                    ("ln", EntryKind::Symlink),
+                    (long.as_str(), EntryKind::File),
+                    ("pax/named.t", EntryKind::Fifo),
+                ],
+                "pieces of {piece}"
+            );
+            assert_eq!(
+                scan.wanted_content,
+                Some(Ok(br#"{"entrypoint":"main.py"}"#.to_vec()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_checksum_a_cut_stream_and_a_large_wanted_file_are_told() {
+        let mut archive = entry("main.py", b'0', b"print(1)\n");
+        archive[0] = b'n';
+        assert_eq!(scan(&archive, 512).finish(), Err(TarFault::BadHeader(0)));
+        let archive = entry("main.py", b'0', b"print(1)\n");
+        assert_eq!(
+            scan(&archive[..600], 512).finish(),
+            Err(TarFault::Truncated)
+        );
+        let archive = entry("job.json", b'0', &[b' '; 100]);
+        assert_eq!(scan(&archive, 512).wanted_content, Some(Err(100)));
+        assert_eq!(scan(b"", 1).finish(), Ok(()));
+    }
+
+    #[test]
+    fn numbers_are_octal_or_base_256() {
+        assert_eq!(number(b"00000000012\0"), Some(10));
+        assert_eq!(number(b"   12 \0"), Some(10));
+        assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
+        assert_eq!(number(b"9"), None);
+    }
+}

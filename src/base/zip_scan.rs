@@ -1,0 +1,240 @@
+//! Reads a zip archive's entries from its central directory, at its end: each entry's name,
+//! whether it is a symbolic link (a Unix mode stored by the zip tool that made it) and its
+//! unpacked size. Only the archive's last bytes are needed: [`Tail`] keeps them as the archive
+//! streams by.
+
+/// How a zip's end of central directory record begins.
+const END_SIGNATURE: &[u8] = b"PK\x05\x06";
+/// How a zip64 end of central directory locator begins.
+const LOCATOR_SIGNATURE: &[u8] = b"PK\x06\x07";
+/// How a zip64 end of central directory record begins.
+const END64_SIGNATURE: &[u8] = b"PK\x06\x06";
+/// How a central directory entry begins.
+const ENTRY_SIGNATURE: &[u8] = b"PK\x01\x02";
+/// The end record's size without its comment.
+const END_SIZE: usize = 22;
+/// The longest comment an end record may carry.
+const MAX_COMMENT: usize = 0xffff;
+
+/// The last bytes of a stream, at most `keep` of them (kept in at most twice that memory).
+pub struct Tail {
+    keep: usize,
+    bytes: Vec<u8>,
+    /// Bytes seen in all.
+    pub total: u64,
+}
+
+impl Tail {
+    /// Keeps the last `keep` bytes.
+    pub fn new(keep: usize) -> Self {
+        Tail {
+            keep,
+            bytes: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Takes the next bytes of the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let data = &data[data.len().saturating_sub(self.keep)..];
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > 2 * self.keep {
+            let cut = self.bytes.len() - self.keep;
+            self.bytes.drain(..cut);
+        }
+    }
+
+    /// The bytes kept: the stream's last ones.
+    pub fn bytes(&self) -> &[u8] {
+        let start = self.bytes.len().saturating_sub(self.keep);
+        &self.bytes[start..]
+    }
+}
+
+/// One entry of the central directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZipEntry {
+    /// Its name.
+    pub name: String,
+    /// A symbolic link (a Unix mode of type link).
+    pub symlink: bool,
+    /// Its unpacked size, as the directory says.
+    pub size: u64,
+}
+
+/// Why a zip's entries could not be read from its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZipFault {
+    /// No end of central directory record: not a zip archive.
+    NotZip,
+    /// The central directory (this many bytes) is larger than the end kept.
+    LargeDirectory(u64),
+    /// The central directory does not read as one.
+    BadDirectory,
+}
+
+/// Reads a little-endian number of `N` bytes at `at`.
+fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<u64> {
+    let field = bytes.get(at..at + N)?;
+    Some(
+        field
+            .iter()
+            .rev()
+            .fold(0u64, |value, &b| (value << 8) | u64::from(b)),
+    )
+}
+
+/// The entries of the zip archive whose last bytes are `tail`.
+pub fn entries(tail: &[u8]) -> Result<Vec<ZipEntry>, ZipFault> {
+    let search_from = tail.len().saturating_sub(END_SIZE + MAX_COMMENT);
+    let end = (search_from..=tail.len().saturating_sub(END_SIZE))
+        .rev()
+        .find(|&at| tail[at..].starts_with(END_SIGNATURE))
+        .ok_or(ZipFault::NotZip)?;
+    let mut count = le::<2>(tail, end + 10).ok_or(ZipFault::NotZip)?;
+    let mut size = le::<4>(tail, end + 12).ok_or(ZipFault::NotZip)?;
+    let mut directory_end = end;
+    if count == 0xffff || size == 0xffff_ffff {
+        // zip64: the locator just before the end record, the zip64 end record before it.
+        let locator = end.checked_sub(20).ok_or(ZipFault::BadDirectory)?;
+        if !tail[locator..].starts_with(LOCATOR_SIGNATURE) {
+            return Err(ZipFault::BadDirectory);
+        }
+        let record = (0..locator)
+            .rev()
+            .find(|&at| tail[at..].starts_with(END64_SIGNATURE))
+            .ok_or(ZipFault::BadDirectory)?;
+        count = le::<8>(tail, record + 32).ok_or(ZipFault::BadDirectory)?;
+        size = le::<8>(tail, record + 40).ok_or(ZipFault::BadDirectory)?;
+        directory_end = record;
+    }
+    let start = usize::try_from(size)
+        .ok()
+        .and_then(|size| directory_end.checked_sub(size))
+        .ok_or(ZipFault::LargeDirectory(size))?;
+    let directory = &tail[start..directory_end];
+    let mut found = Vec::new();
+    let mut at = 0;
+    while found.len() as u64 != count {
+        found.push(entry(directory, &mut at).ok_or(ZipFault::BadDirectory)?);
+    }
+    Ok(found)
+}
+
+/// Reads the central directory entry at `*at`, moving past it.
+fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
+    let e = *at;
+    if !directory.get(e..)?.starts_with(ENTRY_SIGNATURE) {
+        return None;
+    }
+    let made_by_unix = le::<2>(directory, e + 4)? >> 8 == 3;
+    let mut size = le::<4>(directory, e + 24)?;
+    let name_len = le::<2>(directory, e + 28)? as usize;
+    let extra_len = le::<2>(directory, e + 30)? as usize;
+    let comment_len = le::<2>(directory, e + 32)? as usize;
+    let external = le::<4>(directory, e + 38)?;
+    let name = directory.get(e + 46..e + 46 + name_len)?;
+    let extra = directory.get(e + 46 + name_len..e + 46 + name_len + extra_len)?;
+    if size == 0xffff_ffff {
+        size = zip64_size(extra)?;
+    }
+    *at = e + 46 + name_len + extra_len + comment_len;
+    Some(ZipEntry {
+        name: String::from_utf8_lossy(name).into_owned(),
+        symlink: made_by_unix && (external >> 16) & 0o170000 == 0o120000,
+        size,
+    })
+}
+
+/// The unpacked size in a zip64 extra field (its first value).
+fn zip64_size(mut extra: &[u8]) -> Option<u64> {
+    while extra.len() >= 4 {
+        let id = le::<2>(extra, 0)?;
+        let len = le::<2>(extra, 2)? as usize;
+        if id == 1 {
+            return le::<8>(extra, 4);
+        }
+        extra = extra.get(4 + len..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zip of `entries` (name, symlink, content), stored, as a Unix zip tool makes it.
+    fn zip(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut directory = Vec::new();
+        for (name, symlink, content) in entries {
+            let offset = out.len() as u32;
+            out.extend_from_slice(b"PK\x03\x04\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
+            out.extend_from_slice(&(content.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(content.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(content);
+            let mode: u32 = if *symlink { 0o120777 } else { 0o100644 };
+            directory.extend_from_slice(b"PK\x01\x02\x1e\x03\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
+            directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
+            directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
+            directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            directory.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+            directory.extend_from_slice(&(mode << 16).to_le_bytes());
+            directory.extend_from_slice(&offset.to_le_bytes());
+            directory.extend_from_slice(name.as_bytes());
+        }
+        let offset = out.len() as u32;
+        out.extend_from_slice(&directory);
+        out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    #[test]
+    fn entries_links_and_sizes_are_read_from_the_end() {
+        let archive = zip(&[("main.py", false, b"print(1)\n"), ("ln", true, b"/etc")]);
+        let mut tail = Tail::new(1 << 20);
+        for piece in archive.chunks(3) {
+            tail.push(piece);
+        }
+        assert_eq!(tail.total, archive.len() as u64);
+        let found = entries(tail.bytes()).unwrap_or_default();
+        assert_eq!(
+            found,
+            [
+                ZipEntry {
+                    name: "main.py".into(),
+                    symlink: false,
+                    size: 9
+                },
+                ZipEntry {
+                    name: "ln".into(),
+                    symlink: true,
+                    size: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_directory_past_the_tail_or_no_zip_at_all_is_told() {
+        let archive = zip(&[("a", false, b"x"), ("b", false, b"y")]);
+        let mut tail = Tail::new(40);
+        tail.push(&archive);
+        assert_eq!(tail.bytes().len(), 40);
+        assert!(matches!(
+            entries(tail.bytes()),
+            Err(ZipFault::LargeDirectory(_) | ZipFault::NotZip)
+        ));
+        assert_eq!(entries(b"not a zip at all"), Err(ZipFault::NotZip));
+        assert_eq!(entries(b""), Err(ZipFault::NotZip));
+    }
+}
