@@ -14,8 +14,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use support::lifecycle::{
-    assert_no_uploads, assert_pool_consistent, exchange, get_raw, job_status, pool_worker, submit,
-    wait_collected, wait_healthy, wait_status,
+    assert_no_uploads, assert_pool_consistent, exchange, get_raw, job_status, pool_worker,
+    read_reply, send_read_by_server, submit, wait_collected, wait_healthy, wait_status,
 };
 use support::{
     get, get_bytes, get_json, poll_until, send, tar_gz, untar_gz, workers_dir, Coordinator,
@@ -715,32 +715,42 @@ fn an_output_changed_on_its_worker_is_never_served_whole() {
     assert!(cut.starts_with("body cut at"), "{cut}");
 }
 
-/// How long the fake worker takes to answer a download while a small collection is awaited. A
-/// job of [`main_py_job`] has two output files (the fake lists its input too), so its collection
-/// takes twice this: less than the coordinator's wait for a small collection (2 s).
-const SHORT_DOWNLOAD_DELAY: Duration = Duration::from_millis(600);
-
-/// The downloads that collect a job of [`main_py_job`]: its two output files.
+/// The downloads that collect a job of [`main_py_job`]: its two output files (the fake lists
+/// its input too).
 const COLLECTION_DOWNLOADS: usize = 2;
 
-/// Starts a coordinator (with `extra` arguments) and a worker whose downloads take `delay`,
-/// submits a job, and once its status says completed while its results are
-/// still being collected, fetches its `result.txt` through the coordinator and checks the
-/// bytes. Returns the worker, the coordinator and the job id.
+/// Starts a coordinator (with `extra` arguments) and a worker that holds its downloads,
+/// submits a job, and once its status says completed while its results are still being
+/// collected (the collection's first download held on the worker), asks the coordinator for
+/// its `result.txt`. The worker's downloads are let go once the coordinator has read that
+/// request and the worker has had `downloads` download requests (the collection makes one at
+/// a time); then the bytes are checked.
+/// Returns the worker, the coordinator and the job id.
 fn result_fetched_while_collecting(
-    delay: Duration,
+    downloads: usize,
     extra: &[&str],
 ) -> (FakeWorker, Coordinator, String) {
-    let worker = FakeWorker::start_with(|k| k.download_delay = delay);
+    let worker = FakeWorker::start_with(|k| k.hold_downloads = true);
     let coordinator = Coordinator::start(&[worker.entry(2)], &[&FAST[..], extra].concat());
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &main_py_job());
     let status = wait_status(&coordinator, &id, "completed", DEADLINE);
     assert_eq!(status["results"]["collected"], false, "{status}");
     let remote = text(&status["remote_job_id"]);
-    let (code, bytes) = get_bytes(&coordinator.url(&format!("/outputs/{id}/result.txt")));
+    poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "download") >= 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the collection never began: {}", coordinator.logs()));
+    let target = format!("/outputs/{id}/result.txt");
+    let mut asked = send_read_by_server(coordinator.port(), &target, DEADLINE);
+    poll_until(DEADLINE, || {
+        (worker.recording().count("GET", "download") >= downloads).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the worker never had {downloads} download requests"));
+    worker.set(|k| k.hold_downloads = false);
+    let reply = read_reply(&mut asked).unwrap_or_else(|e| panic!("GET {target}: {e}"));
     assert_eq!(
-        (code, bytes),
+        (reply.status, reply.body),
         (200, format!("result of {remote}\n").into_bytes())
     );
     (worker, coordinator, id)
@@ -748,7 +758,9 @@ fn result_fetched_while_collecting(
 
 #[test]
 fn small_results_being_collected_are_served_once_collected_not_fetched_twice() {
-    let (worker, coordinator, id) = result_fetched_while_collecting(SHORT_DOWNLOAD_DELAY, &[]);
+    // Let go as soon as the request waits: the collection then ends well within the
+    // coordinator's wait for a small one (2 s).
+    let (worker, coordinator, id) = result_fetched_while_collecting(1, &[]);
     let status = job_status(&coordinator, &id);
     assert_eq!(status["results"]["collected"], true, "{status}");
     assert_eq!(
@@ -767,9 +779,9 @@ fn small_results_being_collected_are_served_once_collected_not_fetched_twice() {
 
 #[test]
 fn larger_results_being_collected_are_fetched_from_the_worker_at_once() {
-    // A long collection: the request certainly comes while it is under way.
-    let (worker, coordinator, id) =
-        result_fetched_while_collecting(Duration::from_secs(3), &["--row-results-max", "0"]);
+    // Let go once the request's own download reached the worker, beside the collection's
+    // first (it downloads one file at a time).
+    let (worker, coordinator, id) = result_fetched_while_collecting(2, &["--row-results-max", "0"]);
     wait_collected(&coordinator, &id, DEADLINE);
     assert_eq!(
         worker.recording().count("GET", "download"),

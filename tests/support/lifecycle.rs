@@ -253,6 +253,52 @@ pub fn get_raw(port: u16, target: &str) -> Reply {
         .unwrap_or_else(|e| panic!("GET {target}: {e}"))
 }
 
+/// Sends `GET target` over a fresh connection to 127.0.0.1:`port` and returns the connection
+/// once the server has read the whole request (its socket's receive queue in `/proc/net/tcp`
+/// is empty), without waiting for the answer: read it with [`read_reply`].
+pub fn send_read_by_server(port: u16, target: &str, deadline: Duration) -> TcpStream {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(RAW_READ_TIMEOUT))
+        .unwrap_or_else(|e| panic!("read timeout: {e}"));
+    let client = stream
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local address: {e}"))
+        .port();
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    let mut unread = None;
+    poll_until(deadline, || {
+        unread = unread_on_server(port, client);
+        (unread == Some(0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("GET {target} was not read in {deadline:?}: {unread:?} unread"));
+    stream
+}
+
+/// The bytes waiting unread on the server's end (local port `server`) of the IPv4 loopback
+/// connection from port `client`, as `/proc/net/tcp` shows them; `None` if it is not listed.
+fn unread_on_server(server: u16, client: u16) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    let port_of = |address: &str| {
+        let (_, port) = address.split_once(':')?;
+        u16::from_str_radix(port, 16).ok()
+    };
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if port_of(local)? != server || port_of(remote)? != client {
+            return None;
+        }
+        let (_, rx) = queues.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
 /// A body in HTTP/1.1 chunked transfer encoding, `size` bytes per chunk.
 pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / size.max(1) * 8 + 8);

@@ -63,6 +63,11 @@ pub struct Knobs {
     pub hang_submit: bool,
     /// `GET /download/...` answers this much later (a slow link to the worker).
     pub download_delay: Duration,
+    /// `GET /download/{id}/{path}` (a file, never the deleting tarball) is not answered while
+    /// this is on: once read (and recorded) it waits until this is turned off, then is answered
+    /// as usual (sandrun has no such thing: a test's way to keep a collection under way for as
+    /// long as its checks take, however slow the machine).
+    pub hold_downloads: bool,
     /// `GET /download/...` answers without `Content-Length`, its body ended by the close (an
     /// HTTP server that does not know its length; sandrun always sends it).
     pub unframed_downloads: bool,
@@ -137,6 +142,7 @@ impl Default for Knobs {
             hang: false,
             hang_submit: false,
             download_delay: Duration::ZERO,
+            hold_downloads: false,
             unframed_downloads: false,
             stalled_downloads: 0,
             stats_delay: Duration::ZERO,

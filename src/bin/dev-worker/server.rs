@@ -11,7 +11,7 @@ use super::routes;
 use super::state::{Incarnation, Shared};
 use super::stream;
 
-/// How often a held (hanging) request looks whether it may go.
+/// How often a held (hanging, or a held download) request looks whether it may go.
 const HANG_TICK: Duration = Duration::from_millis(20);
 
 /// Accepts connections until the incarnation stops.
@@ -58,6 +58,12 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
             } else {
                 if kind == "download" {
                     thread::sleep(shared.control.get().download_delay);
+                    while run.is_alive()
+                        && is_file_download(&request)
+                        && shared.control.get().hold_downloads
+                    {
+                        thread::sleep(HANG_TICK);
+                    }
                 }
                 if kind == "submit" {
                     thread::sleep(shared.control.get().submit_delay);
@@ -109,12 +115,8 @@ fn drip(run: &Incarnation, stream: &mut TcpStream, bytes: &[u8], every: Duration
 /// Whether this answer is one of the `stalled_downloads` (a file's, answered 200); counts the
 /// knob down when it is.
 fn stalls(shared: &Shared, request: &Request, status: u16) -> bool {
-    let is_file = request
-        .route()
-        .strip_prefix("/download/")
-        .is_some_and(|rest| rest.contains('/'));
     let mut stalled = false;
-    if is_file && status == 200 {
+    if is_file_download(request) && status == 200 {
         shared.control.set(|k| {
             if k.stalled_downloads > 0 {
                 k.stalled_downloads -= 1;
@@ -123,6 +125,14 @@ fn stalls(shared: &Shared, request: &Request, status: u16) -> bool {
         });
     }
     stalled
+}
+
+/// Whether this is a download of one file (`/download/{id}/{path}`), not of the tarball.
+fn is_file_download(request: &Request) -> bool {
+    request
+        .route()
+        .strip_prefix("/download/")
+        .is_some_and(|rest| rest.contains('/'))
 }
 
 /// Writes `bytes` but the second half of its `body_len`-byte body, then sends nothing more
