@@ -336,9 +336,11 @@ fn recent_jobs_after_kill_9_list_settled_running_and_queued_jobs_newest_first() 
 /// there frees that slot, no other).
 #[test]
 fn a_job_cancelled_on_its_worker_holds_its_slot_across_kill_9_until_it_ends_there() {
-    let worker = FakeWorker::start_with(roomy(Duration::from_secs(8)));
+    let worker = FakeWorker::start_with(roomy(Duration::ZERO));
     let mut coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
+    // Held running until the restarted coordinator counted its slot, however slow the restart.
+    worker.set(|k| k.hold_jobs = true);
     let id = submit(&coordinator, &job("cancelled while it runs"));
     let dir = coordinator.dir().to_path_buf();
     poll_until(DEADLINE, || (stored_remote_ids(&dir) >= 1).then_some(()))
@@ -357,6 +359,7 @@ fn a_job_cancelled_on_its_worker_holds_its_slot_across_kill_9_until_it_ends_ther
         (Value::from(1), Value::from(1)),
         "the cancelled job still runs there and holds its slot"
     );
+    worker.set(|k| k.hold_jobs = false);
     assert!(restarted.wait_for_log(&format!("Cancelled job {id} ended on its worker"), DEADLINE));
     poll_until(DEADLINE, || {
         (slots() == (Value::from(0), Value::from(0))).then_some(())
