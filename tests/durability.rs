@@ -3225,10 +3225,14 @@ fn submits_that_would_cut_into_the_disk_reserve_are_refused_and_accepted_jobs_fi
     let (code, output) = get_bytes(&coordinator.url(&format!("/outputs/{accepted}/data.bin")));
     assert_eq!(code, 200);
     assert!(output == data, "the collected output differs");
-    assert_eq!(
-        files_in(&state.join("uploads")),
-        0,
-        "no refused upload kept"
+    // The accepted job's own upload goes once its settled record commits, a moment after
+    // `/status` shows it collected.
+    let uploads = state.join("uploads");
+    let kept = poll_until(DEADLINE, || (files_in(&uploads) == 0).then_some(()));
+    assert!(
+        kept.is_some(),
+        "no refused upload kept: {} files",
+        files_in(&uploads)
     );
     fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
     submit(&coordinator, &job("room again"));
