@@ -3515,7 +3515,7 @@ fn pool_on_tmpfs(
 /// take their own size on disk, not that plus what every failed attempt wrote.
 #[test]
 fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
-    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("16m", Duration::from_secs(2)) else {
+    let Some((dir, state, _mount, worker)) = pool_on_tmpfs("16m", Duration::ZERO) else {
         return;
     };
     let args = [
@@ -3532,6 +3532,8 @@ fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
     let form = job("partial room")
         .file("data.bin", "application/octet-stream", &data)
         .manifest(r#"{"entrypoint":"main.py","outputs":["*.bin"]}"#);
+    // Held running until the disk is nearly full, however slow the machine.
+    worker.set(|k| k.hold_jobs = true);
     let id = submit(&coordinator, &form);
     poll_until(DEADLINE, || {
         job_status(&coordinator, &id)["remote_job_id"]
@@ -3547,6 +3549,7 @@ fn a_collection_that_finds_the_disk_full_leaves_no_bytes_behind() {
         .open(&filler)
         .and_then(|f| f.set_len(full.saturating_sub(1024 * 1024)))
         .unwrap_or_else(|e| panic!("{e}"));
+    worker.set(|k| k.hold_jobs = false);
     poll_until(DEADLINE, || {
         let status = job_status(&coordinator, &id);
         let error = status["results"]["error"].as_str().unwrap_or_default();
@@ -3595,6 +3598,9 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
     let mut coordinator = Coordinator::start_in(dir.path(), &args);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let data: Vec<u8> = (0..600 * 1024).map(|i| (i % 251) as u8).collect();
+    // The first is held running until the disk is full (the worker's lock holds the next
+    // submit meanwhile, as sandrun's does), however slow the machine.
+    worker.set(|k| k.hold_jobs = true);
     let ids: Vec<String> = (0..6)
         .map(|n| {
             let form = job(&format!("full disk {n}"))
@@ -3603,7 +3609,12 @@ fn a_disk_that_fills_up_while_jobs_run_loses_no_job_and_all_goes_on_once_it_has_
             submit(&coordinator, &form)
         })
         .collect();
+    poll_until(DEADLINE, || {
+        (!worker.recording().started.is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no job ran:\n{}", coordinator.logs()));
     let filler = fill_disk(&state);
+    worker.set(|k| k.hold_jobs = false);
     // Two jobs run. When they end their results find no room, and the next dispatches cannot
     // be recorded, so they are not sent.
     let held = poll_until(DEADLINE, || {
