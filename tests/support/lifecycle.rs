@@ -126,10 +126,24 @@ pub fn wait_started(coordinator: &Coordinator, worker: &FakeWorker, id: &str, de
 }
 
 /// Submits `form` to the coordinator, whose next dispatch goes to `worker`, and returns the job
-/// id once the coordinator says the job runs. The worker holds its queue until the
-/// coordinator's stream of the job joined it there: only such a stream hears the job start (one
-/// that joins later tells nothing before the end, however long the job runs).
+/// id once the coordinator says the job runs. See [`submit_subscribed`].
 pub fn submit_seen_running(
+    coordinator: &Coordinator,
+    worker: &FakeWorker,
+    form: &Form,
+    deadline: Duration,
+) -> String {
+    let id = submit_subscribed(coordinator, worker, form, deadline);
+    wait_status(coordinator, &id, "running", deadline);
+    id
+}
+
+/// Submits `form` to the coordinator, whose next dispatch goes to `worker`, and returns the job
+/// id once the coordinator's stream of the job joined it on the worker, letting it run then.
+/// The worker holds its queue until then: only a stream that joined a job still queued hears
+/// it start, and its `[DONE]` figures (one that joins later tells nothing before the end,
+/// however long the job runs, and nothing at all after it).
+pub fn submit_subscribed(
     coordinator: &Coordinator,
     worker: &FakeWorker,
     form: &Form,
@@ -149,7 +163,6 @@ pub fn submit_seen_running(
     })
     .unwrap_or_else(|| panic!("no stream of job {id} joined it: {}", coordinator.logs()));
     worker.set(|k| k.hold_queue = false);
-    wait_status(coordinator, &id, "running", deadline);
     id
 }
 
