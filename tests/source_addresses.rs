@@ -66,8 +66,9 @@ fn client_ips(worker: &FakeWorker) -> Vec<String> {
 
 #[test]
 fn four_addresses_put_eight_jobs_on_a_worker_at_once_without_a_429() {
-    // The first job runs long enough for all eight submits to reach the worker meanwhile.
-    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(6));
+    // The first job is held running until all eight submits reached the worker and /pool
+    // counted them, however slow the machine.
+    let worker = FakeWorker::start_with(|k| k.hold_jobs = true);
     let coordinator = Coordinator::start(&[worker.entry(8)], &args(FOUR));
     wait_healthy(&coordinator, &[&worker], DEADLINE);
     let pool = assert_pool_consistent(&coordinator);
@@ -78,7 +79,7 @@ fn four_addresses_put_eight_jobs_on_a_worker_at_once_without_a_429() {
         (worker.recording().peak_active == 8).then_some(())
     });
     let pool = assert_pool_consistent(&coordinator);
-    worker.set(|k| k.job_duration = Duration::from_millis(100));
+    worker.set(|k| k.hold_jobs = false);
     assert!(
         at_once.is_some(),
         "the 8 jobs were never on the worker at once: {:?}",
