@@ -54,7 +54,8 @@ enum State {
     Header,
     /// An entry's content: `left` bytes, then `pad` bytes to the next block.
     Content { left: u64, pad: u64, keep: Keep },
-    /// The end-of-archive block came: the rest is ignored, as tar ignores it.
+    /// After a zero block (tar's end of archive), a block that is no header came: the rest is
+    /// ignored, as tar ignores it.
     Ended,
     /// A fault was found: the rest is ignored.
     Failed,
@@ -82,6 +83,7 @@ pub struct TarScan {
     next_path: Option<String>,
     offset: u64,
     consumed: u64,
+    zero_seen: bool,
     fault: Option<TarFault>,
     wanted: fn(&str) -> bool,
     wanted_max: u64,
@@ -102,6 +104,7 @@ impl TarScan {
             next_path: None,
             offset: 0,
             consumed: 0,
+            zero_seen: false,
             fault: None,
             wanted,
             wanted_max,
@@ -214,12 +217,18 @@ impl TarScan {
     fn header(&mut self) {
         let at = self.consumed.saturating_sub(BLOCK as u64);
         let block = std::mem::take(&mut self.block);
+        // A zero block ends the archive for tar, but headers after a lone one are still read
+        // here, as `tar -i` would unpack them: what follows the end is looked at until it is
+        // no header.
         if block.iter().all(|&b| b == 0) {
-            self.state = State::Ended;
+            self.zero_seen = true;
             return;
         }
         if !checksum_matches(&block) {
-            self.fail(TarFault::BadHeader(at));
+            match self.zero_seen {
+                true => self.state = State::Ended,
+                false => self.fail(TarFault::BadHeader(at)),
+            }
             return;
         }
         let Some(size) = number(&block[124..136]) else {
@@ -436,6 +445,19 @@ mod tests {
         let archive = entry("job.json", b'0', &[b' '; 100]);
         assert_eq!(scan(&archive, 512).wanted_content, Some(Err(100)));
         assert_eq!(scan(b"", 1).finish(), Ok(()));
+    }
+
+    #[test]
+    fn headers_after_a_lone_zero_block_are_read_and_junk_after_the_end_ignored() {
+        let mut archive = entry("main.py", b'0', b"print(1)\n");
+        archive.extend(vec![0u8; BLOCK]);
+        archive.extend(entry("ln", b'2', b""));
+        archive.extend(vec![0u8; 2 * BLOCK]);
+        archive.extend(vec![7u8; BLOCK]);
+        let scan = scan(&archive, 100);
+        assert_eq!(scan.finish(), Ok(()));
+        let kinds: Vec<EntryKind> = scan.entries.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EntryKind::File, EntryKind::Symlink]);
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl Tail {
     }
 }
 
-/// One entry of the central directory.
+/// One entry of the central directory. A link is told by the Unix mode in the high half of
+/// its external attributes, whatever system the zip says made it (unzip reads it so for the
+/// Unix-like ones; others leave that half 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZipEntry {
     /// Its name.
@@ -128,7 +130,6 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     if !directory.get(e..)?.starts_with(ENTRY_SIGNATURE) {
         return None;
     }
-    let made_by_unix = le::<2>(directory, e + 4)? >> 8 == 3;
     let mut size = le::<4>(directory, e + 24)?;
     let name_len = le::<2>(directory, e + 28)? as usize;
     let extra_len = le::<2>(directory, e + 30)? as usize;
@@ -142,7 +143,7 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     *at = e + 46 + name_len + extra_len + comment_len;
     Some(ZipEntry {
         name: String::from_utf8_lossy(name).into_owned(),
-        symlink: made_by_unix && (external >> 16) & 0o170000 == 0o120000,
+        symlink: (external >> 16) & 0o170000 == 0o120000,
         size,
     })
 }
