@@ -31,8 +31,10 @@ pub enum EntryKind {
 /// One entry of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Its path, as stored (long names and pax paths applied).
+    /// Its path, as stored (a pax `path`, else a GNU long name, else the header's).
     pub path: String,
+    /// The other paths its headers gave it (tar takes one of them; each is checked).
+    pub also: Vec<String>,
     /// What it is.
     pub kind: EntryKind,
     /// Its size in bytes.
@@ -46,6 +48,9 @@ pub enum TarFault {
     BadHeader(u64),
     /// The stream ended inside an entry or a header.
     Truncated,
+    /// Something this reader does not follow, which could make tar read the stream otherwise
+    /// (what).
+    Unsupported(&'static str),
 }
 
 /// What is being read.
@@ -70,6 +75,8 @@ enum Keep {
     LongName,
     /// A pax extended header for the next entry.
     Pax,
+    /// A pax global header.
+    Global,
     /// The entry asked for.
     Wanted,
 }
@@ -80,7 +87,8 @@ pub struct TarScan {
     state: State,
     block: Vec<u8>,
     kept: Vec<u8>,
-    next_path: Option<String>,
+    next_paths: Vec<String>,
+    next_size: Option<u64>,
     offset: u64,
     consumed: u64,
     zero_seen: bool,
@@ -101,7 +109,8 @@ impl TarScan {
             state: State::Header,
             block: Vec::with_capacity(BLOCK),
             kept: Vec::new(),
-            next_path: None,
+            next_paths: Vec::new(),
+            next_size: None,
             offset: 0,
             consumed: 0,
             zero_seen: false,
@@ -196,13 +205,29 @@ impl TarScan {
             Keep::Nothing => {}
             Keep::LongName => {
                 let name = kept.split(|&b| b == 0).next().unwrap_or_default();
-                self.next_path = Some(String::from_utf8_lossy(name).into_owned());
+                self.next_paths
+                    .push(String::from_utf8_lossy(name).into_owned());
             }
-            Keep::Pax => {
-                if let Some(path) = pax_path(&kept) {
-                    self.next_path = Some(path);
+            Keep::Pax | Keep::Global => match Pax::read(&kept) {
+                None => self.fail(TarFault::Unsupported(
+                    "a pax header that does not read as one",
+                )),
+                Some(pax) if pax.sparse => self.fail(TarFault::Unsupported("a sparse file")),
+                Some(pax) if keep == Keep::Global && (pax.path.is_some() || pax.size.is_some()) => {
+                    self.fail(TarFault::Unsupported(
+                        "a pax global header that sets a path or a size",
+                    ))
                 }
-            }
+                Some(pax) => {
+                    // The pax path is the one tar takes: first.
+                    if let Some(path) = pax.path {
+                        self.next_paths.insert(0, path);
+                    }
+                    if pax.size.is_some() {
+                        self.next_size = pax.size;
+                    }
+                }
+            },
             Keep::Wanted => {
                 let size = self.entries.last().map_or(0, |e| e.size);
                 self.wanted_content = Some(match size > self.wanted_max {
@@ -240,9 +265,16 @@ impl TarScan {
         let keep = match typeflag {
             b'L' => Keep::LongName,
             b'x' => Keep::Pax,
-            b'g' | b'K' | b'V' => Keep::Nothing,
+            b'g' => Keep::Global,
+            b'K' | b'V' => Keep::Nothing,
+            b'S' => {
+                self.fail(TarFault::Unsupported("a sparse file"));
+                return;
+            }
             _ => {
-                let path = self.next_path.take().unwrap_or(stored);
+                let mut paths = std::mem::take(&mut self.next_paths);
+                paths.push(stored);
+                let path = paths.remove(0);
                 let kind = match typeflag {
                     b'1' => EntryKind::HardLink,
                     b'2' => EntryKind::Symlink,
@@ -251,13 +283,24 @@ impl TarScan {
                     b'6' => EntryKind::Fifo,
                     _ => EntryKind::File,
                 };
-                let wanted = kind == EntryKind::File && (self.wanted)(&path);
-                self.entries.push(Entry { path, kind, size });
+                let wanted = kind == EntryKind::File
+                    && ((self.wanted)(&path) || paths.iter().any(|p| (self.wanted)(p)));
+                self.entries.push(Entry {
+                    path,
+                    also: paths,
+                    kind,
+                    size: self.next_size.unwrap_or(size),
+                });
                 match wanted {
                     true => Keep::Wanted,
                     false => Keep::Nothing,
                 }
             }
+        };
+        // A pax size stands for the entry's header's own.
+        let size = match keep {
+            Keep::LongName | Keep::Pax | Keep::Global => size,
+            _ => self.next_size.take().unwrap_or(size),
         };
         let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
         self.state = State::Content {
@@ -343,21 +386,35 @@ fn stored_path(block: &[u8]) -> String {
     }
 }
 
-/// The `path` record of a pax extended header (`<length> path=<value>\n` records).
-fn pax_path(records: &[u8]) -> Option<String> {
-    let mut rest = records;
-    let mut path = None;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        let record = rest.get(space + 1..len)?;
-        if let Some(value) = record.strip_prefix(b"path=") {
-            let value = value.strip_suffix(b"\n").unwrap_or(value);
-            path = Some(String::from_utf8_lossy(value).into_owned());
+/// What a pax header's records (`<length> <key>=<value>\n`) say that matters here.
+#[derive(Default)]
+struct Pax {
+    path: Option<String>,
+    size: Option<u64>,
+    sparse: bool,
+}
+
+impl Pax {
+    /// Reads the records; `None` when they do not read as pax records.
+    fn read(records: &[u8]) -> Option<Pax> {
+        let mut rest = records;
+        let mut pax = Pax::default();
+        while !rest.is_empty() && rest[0] != 0 {
+            let space = rest.iter().position(|&b| b == b' ')?;
+            let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+            let record = rest.get(space + 1..len)?;
+            let record = record.strip_suffix(b"\n").unwrap_or(record);
+            if let Some(value) = record.strip_prefix(b"path=") {
+                pax.path = Some(String::from_utf8_lossy(value).into_owned());
+            } else if let Some(value) = record.strip_prefix(b"size=") {
+                pax.size = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
+            } else if record.starts_with(b"GNU.sparse.") {
+                pax.sparse = true;
+            }
+            rest = rest.get(len..)?;
         }
-        rest = rest.get(len..)?;
+        Some(pax)
     }
-    path
 }
 
 #[cfg(test)]
@@ -458,6 +515,31 @@ mod tests {
         assert_eq!(scan.finish(), Ok(()));
         let kinds: Vec<EntryKind> = scan.entries.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [EntryKind::File, EntryKind::Symlink]);
+    }
+
+    #[test]
+    fn a_pax_size_stands_for_the_headers_and_sparse_files_are_refused() {
+        // The header says 0 bytes, the pax record 512: tar reads the next block as content.
+        let mut archive = entry("pax", b'x', b"12 size=512\n");
+        archive.extend(header("main.py", b'0', 0));
+        archive.extend(header("hidden", b'2', 0));
+        archive.extend(header("seen", b'2', 0));
+        archive.extend(vec![0u8; 2 * BLOCK]);
+        let scan = scan(&archive, 512);
+        assert_eq!(scan.finish(), Ok(()));
+        let paths: Vec<&str> = scan.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["main.py", "seen"]);
+        let sparse = entry("s", b'S', b"");
+        assert_eq!(
+            super::tests::scan(&sparse, 512).finish(),
+            Err(TarFault::Unsupported("a sparse file"))
+        );
+        let mut gnu_sparse = entry("pax", b'x', b"28 GNU.sparse.name=job.json\n");
+        gnu_sparse.extend(entry("GNUSparseFile.0/x", b'0', b""));
+        assert_eq!(
+            super::tests::scan(&gnu_sparse, 512).finish(),
+            Err(TarFault::Unsupported("a sparse file"))
+        );
     }
 
     #[test]

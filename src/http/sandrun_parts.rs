@@ -64,6 +64,9 @@ pub enum ArchiveFault {
     NotTar(u64),
     /// The archive ends before its last entry does.
     Truncated,
+    /// The archive holds something the coordinator does not read (what), which tar could
+    /// read otherwise.
+    Unsupported(&'static str),
     /// Not a zip archive (its name says it is one).
     NotZip,
     /// The zip's central directory is larger than the coordinator keeps of its end.
@@ -84,6 +87,7 @@ impl fmt::Display for ArchiveFault {
             Self::NotGzip(e) => write!(f, "is not a gzip-compressed tarball ({e}), though its name says so"),
             Self::NotTar(at) => write!(f, "does not hold a tar archive (a header at byte {at} of its unpacked stream does not read as one)"),
             Self::Truncated => write!(f, "ends before its last entry does (cut short?)"),
+            Self::Unsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; pack regular files and folders with a plain tar (GNU or ustar format)"),
             Self::NotZip => write!(f, "is not a zip archive (no end of central directory), though its name says so"),
             Self::LargeDirectory(size) => write!(f, "has a central directory of {size} bytes, more than the {ZIP_TAIL_BYTES} the coordinator reads; pack so many files as a .tar.gz"),
             Self::BadDirectory => write!(f, "has a central directory that does not read as one"),
@@ -433,6 +437,7 @@ impl ArchiveCheck {
                     refused(match fault {
                         TarFault::BadHeader(at) => ArchiveFault::NotTar(at),
                         TarFault::Truncated => ArchiveFault::Truncated,
+                        TarFault::Unsupported(what) => ArchiveFault::Unsupported(what),
                     })
                 })?;
                 unpacking.take(scan.unpacked()).map_err(refused)?;
@@ -480,8 +485,12 @@ fn entries_fault(scan: &mut TarScan, unpacking: Unpacking) -> Option<ArchiveFaul
         if let Some(what) = special(entry.kind) {
             return Some(ArchiveFault::Special(entry.path, what));
         }
-        if has_dot_dot(&entry.path) {
-            return Some(ArchiveFault::DotDot(entry.path));
+        if let Some(path) = [&entry.path]
+            .into_iter()
+            .chain(&entry.also)
+            .find(|p| has_dot_dot(p))
+        {
+            return Some(ArchiveFault::DotDot(path.clone()));
         }
     }
     (scan.unpacked() > unpacking.room).then_some(ArchiveFault::TooLarge(unpacking.max))
