@@ -604,6 +604,20 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
             "holds \"../main.py\", whose '..' would lead out of the job's directory",
         ),
         (
+            "a folder named as sandrun names the archive it unpacks",
+            tarball(tar_of(
+                |tree: &Path| fs::create_dir(tree.join("upload.tar.gz")).unwrap_or_default(),
+                &[],
+                &["upload.tar.gz"],
+            )),
+            "holds \"upload.tar.gz/\", the name a sandrun worker gives an archive it unpacks",
+        ),
+        (
+            "a job.json reached through ./ and empty parts",
+            tarball(tar_of(job_json, &[], &["main.py", ".//job.json"])),
+            "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the job.json",
+        ),
+        (
             "a job.json naming an entrypoint out of the job",
             tarball(tar_of(job_json, &[], &["main.py", "job.json"])),
             "the entrypoint \"../../../dev/zero\", as a sandrun worker reads it from the job.json",

@@ -1,7 +1,9 @@
 //! Reads a tar stream's entries as its bytes are written in (an `io::Write` sink), without
 //! keeping them: each entry's name and kind, GNU long names and pax `path` records applied, and
 //! the content of the one entry asked for. What GNU `tar -x` would do with an entry is the
-//! caller's to judge.
+//! caller's to judge. Where GNU tar could read the stream otherwise than this reader (a
+//! number written in an odd way, a folder entry with content, a run of extended headers, data
+//! after a lone zero block, volume and sparse entries), the stream is refused, not guessed at.
 
 use std::io::{self, Write};
 
@@ -59,8 +61,7 @@ enum State {
     Header,
     /// An entry's content: `left` bytes, then `pad` bytes to the next block.
     Content { left: u64, pad: u64, keep: Keep },
-    /// After a zero block (tar's end of archive), a block that is no header came: the rest is
-    /// ignored, as tar ignores it.
+    /// Two zero blocks came (tar's end of archive): the rest is ignored, as tar ignores it.
     Ended,
     /// A fault was found: the rest is ignored.
     Failed,
@@ -242,33 +243,54 @@ impl TarScan {
     fn header(&mut self) {
         let at = self.consumed.saturating_sub(BLOCK as u64);
         let block = std::mem::take(&mut self.block);
-        // A zero block ends the archive for tar, but headers after a lone one are still read
-        // here, as `tar -i` would unpack them: what follows the end is looked at until it is
-        // no header.
-        if block.iter().all(|&b| b == 0) {
-            self.zero_seen = true;
-            return;
+        // Two zero blocks end the archive. After a lone one GNU tar stops (and `tar -i` reads
+        // on): anything but a second zero block there is refused.
+        let zero = block.iter().all(|&b| b == 0);
+        match (zero, self.zero_seen) {
+            (true, true) => {
+                self.state = State::Ended;
+                return;
+            }
+            (true, false) => {
+                self.zero_seen = true;
+                return;
+            }
+            (false, true) => {
+                self.fail(TarFault::Unsupported("data after a lone zero block"));
+                return;
+            }
+            (false, false) => {}
         }
         if !checksum_matches(&block) {
-            match self.zero_seen {
-                true => self.state = State::Ended,
-                false => self.fail(TarFault::BadHeader(at)),
-            }
+            self.fail(TarFault::BadHeader(at));
             return;
         }
-        let Some(size) = number(&block[124..136]) else {
+        let Some(size) = size_field(&block[124..136]) else {
             self.fail(TarFault::BadHeader(at));
             return;
         };
         let typeflag = block[156];
         let stored = stored_path(&block);
+        let meta_pending = !self.next_paths.is_empty() || self.next_size.is_some();
+        if meta_pending && matches!(typeflag, b'L' | b'K' | b'x' | b'X' | b'g') {
+            self.fail(TarFault::Unsupported("a run of extended headers"));
+            return;
+        }
         let keep = match typeflag {
             b'L' => Keep::LongName,
-            b'x' => Keep::Pax,
+            b'x' | b'X' => Keep::Pax,
             b'g' => Keep::Global,
-            b'K' | b'V' => Keep::Nothing,
+            b'K' => Keep::Nothing,
             b'S' => {
                 self.fail(TarFault::Unsupported("a sparse file"));
+                return;
+            }
+            b'V' | b'M' | b'N' => {
+                self.fail(TarFault::Unsupported("a volume or multi-volume entry"));
+                return;
+            }
+            b'D' => {
+                self.fail(TarFault::Unsupported("an incremental dump's folder entry"));
                 return;
             }
             _ => {
@@ -279,10 +301,16 @@ impl TarScan {
                     b'1' => EntryKind::HardLink,
                     b'2' => EntryKind::Symlink,
                     b'3' | b'4' => EntryKind::Device,
-                    b'5' | b'D' => EntryKind::Directory,
+                    b'5' => EntryKind::Directory,
                     b'6' => EntryKind::Fifo,
+                    _ if path.ends_with('/') => EntryKind::Directory,
                     _ => EntryKind::File,
                 };
+                // GNU tar reads no content after a folder entry, whatever its size says.
+                if kind == EntryKind::Directory && self.next_size.unwrap_or(size) != 0 {
+                    self.fail(TarFault::Unsupported("a folder entry that claims content"));
+                    return;
+                }
                 let wanted = kind == EntryKind::File
                     && ((self.wanted)(&path) || paths.iter().any(|p| (self.wanted)(p)));
                 self.entries.push(Entry {
@@ -330,7 +358,7 @@ impl Write for TarScan {
 /// Whether a header's checksum (the sum of its bytes, the checksum field counted as spaces)
 /// matches the one it stores, as signed or unsigned bytes.
 fn checksum_matches(block: &[u8]) -> bool {
-    let Some(stored) = number(&block[148..156]) else {
+    let Some(stored) = octal(&block[148..156]) else {
         return false;
     };
     let field = 148..156;
@@ -343,26 +371,33 @@ fn checksum_matches(block: &[u8]) -> bool {
     stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
 }
 
-/// A numeric header field: octal digits (spaces and NULs around them), or GNU's base-256 when
-/// its first byte has the high bit set.
-fn number(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|&b| b & 0x80 != 0) {
-        let mut value: u64 = u64::from(field[0] & 0x7f);
+/// The size field: octal (see [`octal`]), or GNU's base-256 for a large one (a first byte of
+/// exactly 0x80; a negative one is no size).
+fn size_field(field: &[u8]) -> Option<u64> {
+    if field.first() == Some(&0x80) {
+        let mut value = 0u64;
         for &b in &field[1..] {
             value = value.checked_mul(256)?.checked_add(u64::from(b))?;
         }
         return Some(value);
     }
-    let text: Vec<u8> = field
+    octal(field)
+}
+
+/// An octal header field written plainly: spaces, at least one octal digit, then only NULs and
+/// spaces. Others (a leading NUL, digits split by a NUL) GNU tar may read otherwise.
+fn octal(field: &[u8]) -> Option<u64> {
+    let start = field.iter().position(|&b| b != b' ')?;
+    let digits = field[start..]
         .iter()
-        .copied()
-        .skip_while(|&b| b == b' ' || b == 0)
-        .take_while(|&b| b != b' ' && b != 0)
-        .collect();
-    if text.is_empty() {
-        return Some(0);
+        .take_while(|&&b| (b'0'..=b'7').contains(&b))
+        .count();
+    let rest = &field[start + digits..];
+    if digits == 0 || rest.iter().any(|&b| b != 0 && b != b' ') {
+        return None;
     }
-    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+    let text = std::str::from_utf8(&field[start..start + digits]).ok()?;
+    u64::from_str_radix(text, 8).ok()
 }
 
 /// A NUL-terminated header field as text.
@@ -374,7 +409,8 @@ fn text(field: &[u8]) -> String {
 /// The path a header stores: its name, after the ustar prefix when there is one.
 fn stored_path(block: &[u8]) -> String {
     let name = text(&block[..100]);
-    let ustar = &block[257..262] == b"ustar";
+    // POSIX ustar only: GNU's own magic (`ustar  `) holds other fields where the prefix is.
+    let ustar = &block[257..263] == b"ustar\0";
     let prefix = if ustar {
         text(&block[345..500])
     } else {
@@ -405,6 +441,8 @@ impl Pax {
             let record = rest.get(space + 1..len)?;
             let record = record.strip_suffix(b"\n").unwrap_or(record);
             if let Some(value) = record.strip_prefix(b"path=") {
+                // tar takes the name up to a NUL.
+                let value = value.split(|&b| b == 0).next().unwrap_or_default();
                 pax.path = Some(String::from_utf8_lossy(value).into_owned());
             } else if let Some(value) = record.strip_prefix(b"size=") {
                 pax.size = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
@@ -505,16 +543,48 @@ mod tests {
     }
 
     #[test]
-    fn headers_after_a_lone_zero_block_are_read_and_junk_after_the_end_ignored() {
-        let mut archive = entry("main.py", b'0', b"print(1)\n");
-        archive.extend(vec![0u8; BLOCK]);
-        archive.extend(entry("ln", b'2', b""));
-        archive.extend(vec![0u8; 2 * BLOCK]);
-        archive.extend(vec![7u8; BLOCK]);
-        let scan = scan(&archive, 100);
-        assert_eq!(scan.finish(), Ok(()));
-        let kinds: Vec<EntryKind> = scan.entries.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, [EntryKind::File, EntryKind::Symlink]);
+    fn what_tar_could_read_otherwise_is_refused_and_junk_after_the_end_ignored() {
+        let file = entry("main.py", b'0', b"print(1)\n");
+        let refused = |tail: Vec<u8>| {
+            let mut archive = file.clone();
+            archive.extend(tail);
+            archive.extend(vec![0u8; 2 * BLOCK]);
+            scan(&archive, 100).finish()
+        };
+        let mut lone = vec![0u8; BLOCK];
+        lone.extend(entry("ln", b'2', b""));
+        let mut run = entry("p1", b'x', b"12 size=512\n");
+        run.extend(entry("p2", b'x', b"16 path=carrier\n"));
+        let cases = [
+            (lone, "data after a lone zero block"),
+            (
+                header("d/", b'5', 512),
+                "a folder entry that claims content",
+            ),
+            (
+                header("d/", b'0', 512),
+                "a folder entry that claims content",
+            ),
+            (run, "a run of extended headers"),
+            (header("m", b'M', 0), "a volume or multi-volume entry"),
+        ];
+        for (tail, why) in cases {
+            assert_eq!(refused(tail), Err(TarFault::Unsupported(why)), "{why}");
+        }
+        let mut split = header("carrier", b'0', 0);
+        split[124..136].copy_from_slice(b"\x00\x000000001000");
+        assert_eq!(refused(split), Err(TarFault::BadHeader(BLOCK as u64 * 2)));
+        let mut end = file.clone();
+        end.extend(vec![0u8; 2 * BLOCK]);
+        end.extend(vec![7u8; BLOCK]);
+        assert_eq!(scan(&end, 100).finish(), Ok(()));
+        // A Solaris pax header ('X') is read as one.
+        let mut solaris = entry("px", b'X', b"17 path=job.json\n");
+        solaris.extend(entry("innocent", b'0', b"{}"));
+        solaris.extend(vec![0u8; 2 * BLOCK]);
+        let scan = scan(&solaris, 512);
+        assert_eq!(scan.entries[0].path, "job.json");
+        assert_eq!(scan.wanted_content, Some(Ok(b"{}".to_vec())));
     }
 
     #[test]
@@ -544,9 +614,16 @@ mod tests {
 
     #[test]
     fn numbers_are_octal_or_base_256() {
-        assert_eq!(number(b"00000000012\0"), Some(10));
-        assert_eq!(number(b"   12 \0"), Some(10));
-        assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
-        assert_eq!(number(b"9"), None);
+        assert_eq!(size_field(b"00000000012\0"), Some(10));
+        assert_eq!(size_field(b"   12 \0"), Some(10));
+        assert_eq!(
+            size_field(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Some(256)
+        );
+        assert_eq!(size_field(&[0xff; 12]), None);
+        assert_eq!(size_field(b"9"), None);
+        assert_eq!(size_field(b"\x00\x000000001000"), None);
+        assert_eq!(size_field(b"0001\x00001"), None);
+        assert_eq!(size_field(b"\0\0\0"), None);
     }
 }

@@ -61,6 +61,9 @@ pub struct ZipEntry {
     pub name: String,
     /// A symbolic link (a Unix mode of type link).
     pub symlink: bool,
+    /// It carries an extra field from which unzip may take a Unix mode (ASi Unix, PKWARE
+    /// Unix), so it may be unpacked as a link too.
+    pub unix_extra: bool,
     /// Its unpacked size, as the directory says.
     pub size: u64,
 }
@@ -72,7 +75,8 @@ pub enum ZipFault {
     NotZip,
     /// The central directory (this many bytes) is larger than the end kept.
     LargeDirectory(u64),
-    /// The central directory does not read as one.
+    /// The central directory does not read as one, or not where the end record says, or holds
+    /// other entries than it counts (unzip reads on while entries follow).
     BadDirectory,
 }
 
@@ -87,8 +91,10 @@ fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<u64> {
     )
 }
 
-/// The entries of the zip archive whose last bytes are `tail`.
-pub fn entries(tail: &[u8]) -> Result<Vec<ZipEntry>, ZipFault> {
+/// The entries of the zip archive of `total` bytes whose last bytes are `tail`. The central
+/// directory must lie where the end record says and hold just the entries it counts: a zip
+/// with bytes before it (a self-extracting one) is refused.
+pub fn entries(tail: &[u8], total: u64) -> Result<Vec<ZipEntry>, ZipFault> {
     let search_from = tail.len().saturating_sub(END_SIZE + MAX_COMMENT);
     let end = (search_from..=tail.len().saturating_sub(END_SIZE))
         .rev()
@@ -96,6 +102,7 @@ pub fn entries(tail: &[u8]) -> Result<Vec<ZipEntry>, ZipFault> {
         .ok_or(ZipFault::NotZip)?;
     let mut count = le::<2>(tail, end + 10).ok_or(ZipFault::NotZip)?;
     let mut size = le::<4>(tail, end + 12).ok_or(ZipFault::NotZip)?;
+    let mut offset = le::<4>(tail, end + 16).ok_or(ZipFault::NotZip)?;
     let mut directory_end = end;
     if count == 0xffff || size == 0xffff_ffff {
         // zip64: the locator just before the end record, the zip64 end record before it.
@@ -109,17 +116,25 @@ pub fn entries(tail: &[u8]) -> Result<Vec<ZipEntry>, ZipFault> {
             .ok_or(ZipFault::BadDirectory)?;
         count = le::<8>(tail, record + 32).ok_or(ZipFault::BadDirectory)?;
         size = le::<8>(tail, record + 40).ok_or(ZipFault::BadDirectory)?;
+        offset = le::<8>(tail, record + 48).ok_or(ZipFault::BadDirectory)?;
         directory_end = record;
     }
     let start = usize::try_from(size)
         .ok()
         .and_then(|size| directory_end.checked_sub(size))
         .ok_or(ZipFault::LargeDirectory(size))?;
+    let tail_start = total.saturating_sub(tail.len() as u64);
+    if offset.checked_add(size) != Some(tail_start + directory_end as u64) {
+        return Err(ZipFault::BadDirectory);
+    }
     let directory = &tail[start..directory_end];
     let mut found = Vec::new();
     let mut at = 0;
     while found.len() as u64 != count {
         found.push(entry(directory, &mut at).ok_or(ZipFault::BadDirectory)?);
+    }
+    if at != directory.len() {
+        return Err(ZipFault::BadDirectory);
     }
     Ok(found)
 }
@@ -140,11 +155,23 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     if size == 0xffff_ffff {
         size = zip64_size(extra)?;
     }
+    let unix_extra = extra_ids(extra).any(|id| id == 0x756e || id == 0x000d);
     *at = e + 46 + name_len + extra_len + comment_len;
     Some(ZipEntry {
         name: String::from_utf8_lossy(name).into_owned(),
         symlink: (external >> 16) & 0o170000 == 0o120000,
+        unix_extra,
         size,
+    })
+}
+
+/// The ids of an entry's extra fields.
+fn extra_ids(mut extra: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    std::iter::from_fn(move || {
+        let id = le::<2>(extra, 0)?;
+        let len = le::<2>(extra, 2)? as usize;
+        extra = extra.get(4 + len..).unwrap_or_default();
+        Some(id)
     })
 }
 
@@ -207,18 +234,20 @@ mod tests {
             tail.push(piece);
         }
         assert_eq!(tail.total, archive.len() as u64);
-        let found = entries(tail.bytes()).unwrap_or_default();
+        let found = entries(tail.bytes(), tail.total).unwrap_or_default();
         assert_eq!(
             found,
             [
                 ZipEntry {
                     name: "main.py".into(),
                     symlink: false,
+                    unix_extra: false,
                     size: 9
                 },
                 ZipEntry {
                     name: "ln".into(),
                     symlink: true,
+                    unix_extra: false,
                     size: 4
                 },
             ]
@@ -232,10 +261,24 @@ mod tests {
         tail.push(&archive);
         assert_eq!(tail.bytes().len(), 40);
         assert!(matches!(
-            entries(tail.bytes()),
+            entries(tail.bytes(), tail.total),
             Err(ZipFault::LargeDirectory(_) | ZipFault::NotZip)
         ));
-        assert_eq!(entries(b"not a zip at all"), Err(ZipFault::NotZip));
-        assert_eq!(entries(b""), Err(ZipFault::NotZip));
+        assert_eq!(entries(b"not a zip at all", 16), Err(ZipFault::NotZip));
+        assert_eq!(entries(b"", 0), Err(ZipFault::NotZip));
+        // Bytes before the archive, or a count below the entries there: refused.
+        let mut prefixed = b"#!/bin/sh\n".to_vec();
+        prefixed.extend(&archive);
+        assert_eq!(
+            entries(&prefixed, prefixed.len() as u64),
+            Err(ZipFault::BadDirectory)
+        );
+        let mut undercounted = archive.clone();
+        let end = undercounted.len() - END_SIZE;
+        undercounted[end + 10] = 1;
+        assert_eq!(
+            entries(&undercounted, undercounted.len() as u64),
+            Err(ZipFault::BadDirectory)
+        );
     }
 }

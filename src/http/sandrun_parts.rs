@@ -77,6 +77,8 @@ pub enum ArchiveFault {
     Special(String, &'static str),
     /// An entry (its path) with a `..` component.
     DotDot(String),
+    /// An entry (its path) named as sandrun names an archive it unpacks.
+    Reserved(String),
     /// The archives of the submit unpack to more than `--max-unpacked-bytes` (its value).
     TooLarge(u64),
 }
@@ -93,6 +95,7 @@ impl fmt::Display for ArchiveFault {
             Self::BadDirectory => write!(f, "has a central directory that does not read as one"),
             Self::Special(path, what) => write!(f, "holds {path:?}, a {what}: a sandrun worker unpacks it as that on its host, outside its sandbox, where a link can lead its reads and writes out of the job's directory (to /dev/zero for an entrypoint, say) and a pipe or a device can hang or flood them; pack regular files and folders only"),
             Self::DotDot(path) => write!(f, "holds {path:?}, whose '..' would lead out of the job's directory; pack it with paths inside the archive"),
+            Self::Reserved(path) => write!(f, "holds {path:?}, the name a sandrun worker gives an archive it unpacks in the job's directory, where it would stand in the way of the next one; rename it"),
             Self::TooLarge(max) => write!(f, "unpacks, with the submit's other archives, to more than {max} bytes (--max-unpacked-bytes), written to the worker's disk; send less, or ask the operator"),
         }
     }
@@ -308,10 +311,34 @@ fn check_entrypoint(entrypoint: &[u8], source: &'static str) -> Result<(), PartE
 /// The most of a zip's end kept to read its central directory from.
 pub const ZIP_TAIL_BYTES: usize = 1024 * 1024;
 
-/// Whether an archive's entry path is the job's `job.json` once unpacked (tar and unzip drop a
-/// leading `/` and `./`).
+/// An archive entry's path as tar or unzip writes it: up to a NUL, its parts split at `/` (and
+/// at `\`, which unzip reads so in an archive made on Windows), empty and `.` parts dropped.
+fn unpacked_parts(path: &str) -> Vec<&str> {
+    let path = path.split('\0').next().unwrap_or_default();
+    path.split(['/', '\\'])
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect()
+}
+
+/// Whether an archive's entry path is the job's `job.json` once unpacked.
 fn is_job_json(path: &str) -> bool {
-    path.trim_start_matches('/').trim_start_matches("./") == JOB_JSON
+    unpacked_parts(path) == [JOB_JSON]
+}
+
+/// The names sandrun gives an archive it unpacks, in the job's directory: an entry of that
+/// name would stand in the way of the next archive.
+const UNPACKED_AS: [&str; 2] = ["upload.tar.gz", "upload.zip"];
+
+/// What is wrong with an archive entry's path, if anything.
+fn path_fault(path: &str) -> Option<ArchiveFault> {
+    let parts = unpacked_parts(path);
+    if parts.contains(&"..") {
+        return Some(ArchiveFault::DotDot(path.to_string()));
+    }
+    match parts.as_slice() {
+        [name] if UNPACKED_AS.contains(name) => Some(ArchiveFault::Reserved(path.to_string())),
+        _ => None,
+    }
 }
 
 /// What a kind of entry is called in a refusal, when sandrun must not unpack it.
@@ -447,7 +474,7 @@ impl ArchiveCheck {
                 }))
             }
             ArchiveCheck::Zip(tail) => {
-                let entries = zip_scan::entries(tail.bytes()).map_err(|fault| {
+                let entries = zip_scan::entries(tail.bytes(), tail.total).map_err(|fault| {
                     refused(match fault {
                         ZipFault::NotZip => ArchiveFault::NotZip,
                         ZipFault::LargeDirectory(size) => ArchiveFault::LargeDirectory(size),
@@ -459,8 +486,13 @@ impl ArchiveCheck {
                     if entry.symlink {
                         return Err(refused(ArchiveFault::Special(entry.name, "symbolic link")));
                     }
-                    if has_dot_dot(&entry.name) {
-                        return Err(refused(ArchiveFault::DotDot(entry.name)));
+                    if entry.unix_extra {
+                        let what =
+                            "file with a Unix extra field, from which unzip may make it a link";
+                        return Err(refused(ArchiveFault::Special(entry.name, what)));
+                    }
+                    if let Some(fault) = path_fault(&entry.name) {
+                        return Err(refused(fault));
                     }
                     unpacking.take(entry.size).map_err(refused)?;
                     if is_job_json(&entry.name) {
@@ -473,11 +505,6 @@ impl ArchiveCheck {
     }
 }
 
-/// Whether a path has a `..` component.
-fn has_dot_dot(path: &str) -> bool {
-    path.split(['/', '\\']).any(|part| part == "..")
-}
-
 /// What is wrong with the entries a tar scan read since the last look (taken from it), or
 /// with how much it unpacked, against `unpacking`.
 fn entries_fault(scan: &mut TarScan, unpacking: Unpacking) -> Option<ArchiveFault> {
@@ -485,12 +512,9 @@ fn entries_fault(scan: &mut TarScan, unpacking: Unpacking) -> Option<ArchiveFaul
         if let Some(what) = special(entry.kind) {
             return Some(ArchiveFault::Special(entry.path, what));
         }
-        if let Some(path) = [&entry.path]
-            .into_iter()
-            .chain(&entry.also)
-            .find(|p| has_dot_dot(p))
-        {
-            return Some(ArchiveFault::DotDot(path.clone()));
+        let paths = [&entry.path].into_iter().chain(&entry.also);
+        if let Some(fault) = paths.filter_map(|p| path_fault(p)).next() {
+            return Some(fault);
         }
     }
     (scan.unpacked() > unpacking.room).then_some(ArchiveFault::TooLarge(unpacking.max))
