@@ -123,6 +123,11 @@ impl TarScan {
         }
     }
 
+    /// Whether the archive's end (two zero blocks) was read: tar reads nothing after it.
+    pub fn ended(&self) -> bool {
+        matches!(self.state, State::Ended)
+    }
+
     /// Bytes of the unpacked stream read so far.
     pub fn unpacked(&self) -> u64 {
         self.offset
@@ -311,8 +316,8 @@ impl TarScan {
                     self.fail(TarFault::Unsupported("a folder entry that claims content"));
                     return;
                 }
-                let wanted = kind == EntryKind::File
-                    && ((self.wanted)(&path) || paths.iter().any(|p| (self.wanted)(p)));
+                // Only the name tar writes the entry under makes it the one wanted.
+                let wanted = kind == EntryKind::File && (self.wanted)(&path);
                 self.entries.push(Entry {
                     path,
                     also: paths,
@@ -431,25 +436,37 @@ struct Pax {
 }
 
 impl Pax {
-    /// Reads the records; `None` when they do not read as pax records.
+    /// Reads the records; `None` when one does not read as GNU tar reads a record (it stops at
+    /// such a record, so what follows would count here and not there): a length of ASCII
+    /// digits, a space, `key=value` and a newline, the length counting all of it.
     fn read(records: &[u8]) -> Option<Pax> {
+        let digits = |text: &[u8]| {
+            (!text.is_empty() && text.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(text).ok()?.parse::<u64>().ok())
+                .flatten()
+        };
         let mut rest = records;
         let mut pax = Pax::default();
-        while !rest.is_empty() && rest[0] != 0 {
+        while !rest.is_empty() {
             let space = rest.iter().position(|&b| b == b' ')?;
-            let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-            let record = rest.get(space + 1..len)?;
-            let record = record.strip_suffix(b"\n").unwrap_or(record);
-            if let Some(value) = record.strip_prefix(b"path=") {
-                // tar takes the name up to a NUL.
-                let value = value.split(|&b| b == 0).next().unwrap_or_default();
-                pax.path = Some(String::from_utf8_lossy(value).into_owned());
-            } else if let Some(value) = record.strip_prefix(b"size=") {
-                pax.size = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
-            } else if record.starts_with(b"GNU.sparse.") {
-                pax.sparse = true;
+            let len = usize::try_from(digits(&rest[..space])?).ok()?;
+            let record = rest.get(space + 1..len)?.strip_suffix(b"\n")?;
+            let equals = record
+                .iter()
+                .position(|&b| b == b'=')
+                .filter(|&at| at > 0)?;
+            let (key, value) = (&record[..equals], &record[equals + 1..]);
+            match key {
+                b"path" => {
+                    // tar takes the name up to a NUL.
+                    let value = value.split(|&b| b == 0).next().unwrap_or_default();
+                    pax.path = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                b"size" => pax.size = Some(digits(value)?),
+                _ if key.starts_with(b"GNU.sparse.") => pax.sparse = true,
+                _ => {}
             }
-            rest = rest.get(len..)?;
+            rest = &rest[len..];
         }
         Some(pax)
     }
@@ -610,6 +627,29 @@ mod tests {
             super::tests::scan(&gnu_sparse, 512).finish(),
             Err(TarFault::Unsupported("a sparse file"))
         );
+    }
+
+    #[test]
+    fn pax_records_gnu_tar_would_stop_at_are_refused() {
+        for records in [
+            &b"13 size=+512\n"[..],
+            b"+11 path=f\n",
+            b"7 a=bX9 path=f\n",
+            b"6 abc\n",
+            b"12 size=5 1\n",
+        ] {
+            let mut archive = entry("px", b'x', records);
+            archive.extend(header("f", b'0', 0));
+            archive.extend(vec![0u8; 2 * BLOCK]);
+            assert_eq!(
+                scan(&archive, 512).finish(),
+                Err(TarFault::Unsupported(
+                    "a pax header that does not read as one"
+                )),
+                "{}",
+                String::from_utf8_lossy(records)
+            );
+        }
     }
 
     #[test]

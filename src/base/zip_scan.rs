@@ -57,8 +57,12 @@ impl Tail {
 /// Unix-like ones; others leave that half 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZipEntry {
-    /// Its name.
+    /// Its name, as stored.
     pub name: String,
+    /// The other names unzip may write it under: the stored name without the bytes unzip
+    /// drops (control bytes, 0x7f, 0xff) and a VMS version (`;1`) at its end, and a Unicode
+    /// Path extra field's name.
+    pub also: Vec<String>,
     /// A symbolic link (a Unix mode of type link).
     pub symlink: bool,
     /// It carries an extra field from which unzip may take a Unix mode (ASi Unix, PKWARE
@@ -104,26 +108,33 @@ pub fn entries(tail: &[u8], total: u64) -> Result<Vec<ZipEntry>, ZipFault> {
     let mut size = le::<4>(tail, end + 12).ok_or(ZipFault::NotZip)?;
     let mut offset = le::<4>(tail, end + 16).ok_or(ZipFault::NotZip)?;
     let mut directory_end = end;
-    if count == 0xffff || size == 0xffff_ffff {
-        // zip64: the locator just before the end record, the zip64 end record before it.
-        let locator = end.checked_sub(20).ok_or(ZipFault::BadDirectory)?;
-        if !tail[locator..].starts_with(LOCATOR_SIGNATURE) {
-            return Err(ZipFault::BadDirectory);
-        }
-        let record = (0..locator)
-            .rev()
-            .find(|&at| tail[at..].starts_with(END64_SIGNATURE))
+    let tail_start = total.saturating_sub(tail.len() as u64);
+    let locator = end
+        .checked_sub(20)
+        .filter(|&at| tail[at..].starts_with(LOCATOR_SIGNATURE));
+    if count == 0xffff || size == 0xffff_ffff || offset == 0xffff_ffff || locator.is_some() {
+        // zip64: the locator just before the end record points to the zip64 end record.
+        // unzip takes a zip64 value only where the 32-bit one is saturated: each 32-bit value
+        // must be that, or the same as the zip64 one.
+        let locator = locator.ok_or(ZipFault::BadDirectory)?;
+        let record = le::<8>(tail, locator + 8)
+            .and_then(|at| at.checked_sub(tail_start))
+            .and_then(|at| usize::try_from(at).ok())
+            .filter(|&at| at + 56 <= locator && tail[at..].starts_with(END64_SIGNATURE))
             .ok_or(ZipFault::BadDirectory)?;
-        count = le::<8>(tail, record + 32).ok_or(ZipFault::BadDirectory)?;
-        size = le::<8>(tail, record + 40).ok_or(ZipFault::BadDirectory)?;
-        offset = le::<8>(tail, record + 48).ok_or(ZipFault::BadDirectory)?;
+        let wide = |at: usize, narrow: u64, saturated: u64| {
+            let value = le::<8>(tail, record + at)?;
+            (narrow == saturated || narrow == value).then_some(value)
+        };
+        count = wide(32, count, 0xffff).ok_or(ZipFault::BadDirectory)?;
+        size = wide(40, size, 0xffff_ffff).ok_or(ZipFault::BadDirectory)?;
+        offset = wide(48, offset, 0xffff_ffff).ok_or(ZipFault::BadDirectory)?;
         directory_end = record;
     }
     let start = usize::try_from(size)
         .ok()
         .and_then(|size| directory_end.checked_sub(size))
         .ok_or(ZipFault::LargeDirectory(size))?;
-    let tail_start = total.saturating_sub(tail.len() as u64);
     if offset.checked_add(size) != Some(tail_start + directory_end as u64) {
         return Err(ZipFault::BadDirectory);
     }
@@ -155,24 +166,51 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     if size == 0xffff_ffff {
         size = zip64_size(extra)?;
     }
-    let unix_extra = extra_ids(extra).any(|id| id == 0x756e || id == 0x000d);
+    let unix_extra = extra_fields(extra).any(|(id, _)| id == 0x756e || id == 0x000d);
+    let unicode = extra_fields(extra)
+        .find(|&(id, _)| id == 0x7075)
+        .and_then(|(_, data)| data.get(5..));
+    let also = [Some(name), unicode]
+        .into_iter()
+        .flatten()
+        .flat_map(|n| [n.to_vec(), as_unzip_writes(n)])
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .collect();
     *at = e + 46 + name_len + extra_len + comment_len;
     Some(ZipEntry {
         name: String::from_utf8_lossy(name).into_owned(),
+        also,
         symlink: (external >> 16) & 0o170000 == 0o120000,
         unix_extra,
         size,
     })
 }
 
-/// The ids of an entry's extra fields.
-fn extra_ids(mut extra: &[u8]) -> impl Iterator<Item = u64> + '_ {
+/// An entry's extra fields: (id, data).
+fn extra_fields(mut extra: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
     std::iter::from_fn(move || {
         let id = le::<2>(extra, 0)?;
         let len = le::<2>(extra, 2)? as usize;
+        let data = extra.get(4..4 + len).unwrap_or_default();
         extra = extra.get(4 + len..).unwrap_or_default();
-        Some(id)
+        Some((id, data))
     })
+}
+
+/// A name as unzip writes it: without control bytes, 0x7f and 0xff, and without a VMS version
+/// (`;` and digits) at its end.
+fn as_unzip_writes(name: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = name
+        .iter()
+        .copied()
+        .filter(|&b| b >= 0x20 && b != 0x7f && b != 0xff)
+        .collect();
+    if let Some(semi) = out.iter().rposition(|&b| b == b';') {
+        if out[semi + 1..].iter().all(u8::is_ascii_digit) {
+            out.truncate(semi);
+        }
+    }
+    out
 }
 
 /// The unpacked size in a zip64 extra field (its first value).
@@ -194,9 +232,18 @@ mod tests {
 
     /// A zip of `entries` (name, symlink, content), stored, as a Unix zip tool makes it.
     fn zip(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|&(n, l, c)| (n, l, c, &b""[..]))
+            .collect();
+        zip_with_extras(&entries)
+    }
+
+    /// The same, each entry's central directory record with an extra field of its own.
+    fn zip_with_extras(entries: &[(&str, bool, &[u8], &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut directory = Vec::new();
-        for (name, symlink, content) in entries {
+        for (name, symlink, content, extra) in entries {
             let offset = out.len() as u32;
             out.extend_from_slice(b"PK\x03\x04\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
             out.extend_from_slice(&(content.len() as u32).to_le_bytes());
@@ -210,10 +257,12 @@ mod tests {
             directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
             directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
             directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            directory.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+            directory.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+            directory.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
             directory.extend_from_slice(&(mode << 16).to_le_bytes());
             directory.extend_from_slice(&offset.to_le_bytes());
             directory.extend_from_slice(name.as_bytes());
+            directory.extend_from_slice(extra);
         }
         let offset = out.len() as u32;
         out.extend_from_slice(&directory);
@@ -240,18 +289,40 @@ mod tests {
             [
                 ZipEntry {
                     name: "main.py".into(),
+                    also: vec!["main.py".into(), "main.py".into()],
                     symlink: false,
                     unix_extra: false,
                     size: 9
                 },
                 ZipEntry {
                     name: "ln".into(),
+                    also: vec!["ln".into(), "ln".into()],
                     symlink: true,
                     unix_extra: false,
                     size: 4
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_unicode_path_and_unix_extra_fields_are_seen() {
+        let unicode = [&[0x75, 0x70, 13, 0, 1, 0, 0, 0, 0][..], b"job.json"].concat();
+        let asi = [0x6e, 0x75, 2, 0, 0, 0];
+        let archive = zip_with_extras(&[
+            ("safe.txt", false, b"{}", &unicode),
+            ("ln", false, b"x", &asi),
+        ]);
+        let found = entries(&archive, archive.len() as u64).unwrap_or_default();
+        assert!(found[0].also.contains(&"job.json".to_string()), "{found:?}");
+        assert!(!found[0].unix_extra && found[1].unix_extra, "{found:?}");
+    }
+
+    #[test]
+    fn names_are_read_as_unzip_writes_them() {
+        assert_eq!(as_unzip_writes(b"job\x01.json;1"), b"job.json");
+        assert_eq!(as_unzip_writes(b"job.js\xffon;"), b"job.json");
+        assert_eq!(as_unzip_writes(b"a;b.txt"), b"a;b.txt");
     }
 
     #[test]

@@ -429,11 +429,15 @@ impl ArchiveCheck {
                 fault,
                 unpacking,
             } => {
-                if fault.is_some() {
+                // tar reads nothing after the archive's end: nor does this, so trailing bytes
+                // (zeros after the gzip stream, say) are not held against it.
+                if fault.is_some() || gz.get_ref().ended() {
                     return;
                 }
                 if let Err(e) = gz.write_all(data) {
-                    *fault = Some(ArchiveFault::NotGzip(e.to_string()));
+                    if !gz.get_ref().ended() {
+                        *fault = Some(ArchiveFault::NotGzip(e.to_string()));
+                    }
                     return;
                 }
                 *fault = entries_fault(gz.get_mut(), *unpacking);
@@ -454,8 +458,10 @@ impl ArchiveCheck {
                 if let Some(fault) = fault {
                     return Err(refused(fault));
                 }
-                gz.try_finish()
-                    .map_err(|e| refused(ArchiveFault::NotGzip(e.to_string())))?;
+                if !gz.get_ref().ended() {
+                    gz.try_finish()
+                        .map_err(|e| refused(ArchiveFault::NotGzip(e.to_string())))?;
+                }
                 let scan = gz.get_mut();
                 if let Some(fault) = entries_fault(scan, *unpacking) {
                     return Err(refused(fault));
@@ -491,11 +497,12 @@ impl ArchiveCheck {
                             "file with a Unix extra field, from which unzip may make it a link";
                         return Err(refused(ArchiveFault::Special(entry.name, what)));
                     }
-                    if let Some(fault) = path_fault(&entry.name) {
+                    let names = || [&entry.name].into_iter().chain(&entry.also);
+                    if let Some(fault) = names().filter_map(|n| path_fault(n)).next() {
                         return Err(refused(fault));
                     }
                     unpacking.take(entry.size).map_err(refused)?;
-                    if is_job_json(&entry.name) {
+                    if names().any(|n| is_job_json(n)) {
                         job_json = Some(JobJson::InZip);
                     }
                 }
