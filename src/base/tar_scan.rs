@@ -276,6 +276,10 @@ impl TarScan {
         };
         let typeflag = block[156];
         let stored = stored_path(&block);
+        if matches!(typeflag, b'L' | b'x' | b'X' | b'g') && size > MAX_META_BYTES {
+            self.fail(TarFault::Unsupported("an extended header over 1 MiB"));
+            return;
+        }
         let meta_pending = !self.next_paths.is_empty() || self.next_size.is_some();
         if meta_pending && matches!(typeflag, b'L' | b'K' | b'x' | b'X' | b'g') {
             self.fail(TarFault::Unsupported("a run of extended headers"));
@@ -308,9 +312,14 @@ impl TarScan {
                     b'3' | b'4' => EntryKind::Device,
                     b'5' => EntryKind::Directory,
                     b'6' => EntryKind::Fifo,
-                    _ if path.ends_with('/') => EntryKind::Directory,
+                    b'0' | 0 | b'7' if path.ends_with('/') => EntryKind::Directory,
                     _ => EntryKind::File,
                 };
+                // Another kind with a trailing slash: tar writes a file of the name without it.
+                if kind == EntryKind::File && path.ends_with('/') {
+                    self.fail(TarFault::Unsupported("a file entry whose name ends in /"));
+                    return;
+                }
                 // GNU tar reads no content after a folder entry, whatever its size says.
                 if kind == EntryKind::Directory && self.next_size.unwrap_or(size) != 0 {
                     self.fail(TarFault::Unsupported("a folder entry that claims content"));
@@ -456,6 +465,11 @@ impl Pax {
                 .position(|&b| b == b'=')
                 .filter(|&at| at > 0)?;
             let (key, value) = (&record[..equals], &record[equals + 1..]);
+            // tar skips blanks before a key and stops at a NUL in it: a key of anything but
+            // printable ASCII is refused.
+            if !key.iter().all(|&b| b.is_ascii_graphic()) {
+                return None;
+            }
             match key {
                 b"path" => {
                     // tar takes the name up to a NUL.
@@ -633,6 +647,9 @@ mod tests {
     fn pax_records_gnu_tar_would_stop_at_are_refused() {
         for records in [
             &b"13 size=+512\n"[..],
+            b"11  size=0\n",
+            b"12 \tsize=0\n",
+            b"7 a\0=b\n",
             b"+11 path=f\n",
             b"7 a=bX9 path=f\n",
             b"6 abc\n",

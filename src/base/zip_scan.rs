@@ -68,6 +68,9 @@ pub struct ZipEntry {
     /// It carries an extra field from which unzip may take a Unix mode (ASi Unix, PKWARE
     /// Unix), so it may be unpacked as a link too.
     pub unix_extra: bool,
+    /// Its name has bytes from 0x80 up, not marked UTF-8, from a system whose names unzip
+    /// maps from a DOS code page (FAT, HPFS, NTFS, VFAT): it may write another name.
+    pub oem_name: bool,
     /// Its unpacked size, as the directory says.
     pub size: u64,
 }
@@ -156,6 +159,8 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     if !directory.get(e..)?.starts_with(ENTRY_SIGNATURE) {
         return None;
     }
+    let host = le::<2>(directory, e + 4)? >> 8;
+    let utf8 = le::<2>(directory, e + 8)? & 0x800 != 0;
     let mut size = le::<4>(directory, e + 24)?;
     let name_len = le::<2>(directory, e + 28)? as usize;
     let extra_len = le::<2>(directory, e + 30)? as usize;
@@ -176,10 +181,12 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
         .flat_map(|n| [n.to_vec(), as_unzip_writes(n)])
         .map(|n| String::from_utf8_lossy(&n).into_owned())
         .collect();
+    let oem_name = matches!(host, 0 | 6 | 11 | 14) && !utf8 && name.iter().any(|&b| b >= 0x80);
     *at = e + 46 + name_len + extra_len + comment_len;
     Some(ZipEntry {
         name: String::from_utf8_lossy(name).into_owned(),
         also,
+        oem_name,
         symlink: (external >> 16) & 0o170000 == 0o120000,
         unix_extra,
         size,
@@ -292,6 +299,7 @@ mod tests {
                     also: vec!["main.py".into(), "main.py".into()],
                     symlink: false,
                     unix_extra: false,
+                    oem_name: false,
                     size: 9
                 },
                 ZipEntry {
@@ -299,6 +307,7 @@ mod tests {
                     also: vec!["ln".into(), "ln".into()],
                     symlink: true,
                     unix_extra: false,
+                    oem_name: false,
                     size: 4
                 },
             ]

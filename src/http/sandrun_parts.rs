@@ -313,6 +313,8 @@ pub const ZIP_TAIL_BYTES: usize = 1024 * 1024;
 
 /// An archive entry's path as tar or unzip writes it: up to a NUL, its parts split at `/` (and
 /// at `\`, which unzip reads so in an archive made on Windows), empty and `.` parts dropped.
+/// For the checks that refuse (`..`, sandrun's own names), where reading more into a name only
+/// refuses more.
 fn unpacked_parts(path: &str) -> Vec<&str> {
     let path = path.split('\0').next().unwrap_or_default();
     path.split(['/', '\\'])
@@ -320,13 +322,25 @@ fn unpacked_parts(path: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Whether an archive's entry path is the job's `job.json` once unpacked.
-fn is_job_json(path: &str) -> bool {
+/// Whether GNU tar writes a file entry named `path` as the job's `job.json`: its last part is
+/// `job.json` (tar splits at `/` only, and fails on `job.json/.`), and every part before it
+/// is empty or `.` (tar drops a leading `/`). This one must be exact: a later `job.json`
+/// replaces the one checked before it.
+fn is_tar_job_json(path: &str) -> bool {
+    let path = path.split('\0').next().unwrap_or_default();
+    let mut parts = path.split('/').rev();
+    parts.next() == Some(JOB_JSON) && parts.all(|part| part.is_empty() || part == ".")
+}
+
+/// Whether unzip may write an entry named `path` as the job's `job.json`; any such entry has
+/// the submit refused where sandrun would read it, so reading more into a name only refuses
+/// more.
+fn is_zip_job_json(path: &str) -> bool {
     unpacked_parts(path) == [JOB_JSON]
 }
 
 /// The names sandrun gives an archive it unpacks, in the job's directory: an entry of that
-/// name would stand in the way of the next archive.
+/// name, or a folder of it, would stand in the way of the next archive.
 const UNPACKED_AS: [&str; 2] = ["upload.tar.gz", "upload.zip"];
 
 /// What is wrong with an archive entry's path, if anything.
@@ -335,8 +349,10 @@ fn path_fault(path: &str) -> Option<ArchiveFault> {
     if parts.contains(&"..") {
         return Some(ArchiveFault::DotDot(path.to_string()));
     }
-    match parts.as_slice() {
-        [name] if UNPACKED_AS.contains(name) => Some(ArchiveFault::Reserved(path.to_string())),
+    match parts.first() {
+        Some(first) if UNPACKED_AS.contains(first) => {
+            Some(ArchiveFault::Reserved(path.to_string()))
+        }
         _ => None,
     }
 }
@@ -407,7 +423,7 @@ impl ArchiveCheck {
         if start.fake_tar {
             None
         } else if filename.contains(".tar.gz") || filename.contains(".tgz") {
-            let scan = TarScan::new(is_job_json, MAX_JOB_JSON_BYTES);
+            let scan = TarScan::new(is_tar_job_json, MAX_JOB_JSON_BYTES);
             Some(ArchiveCheck::Tar {
                 gz: Box::new(MultiGzDecoder::new(scan)),
                 fault: None,
@@ -492,6 +508,10 @@ impl ArchiveCheck {
                     if entry.symlink {
                         return Err(refused(ArchiveFault::Special(entry.name, "symbolic link")));
                     }
+                    if entry.oem_name {
+                        let what = "file whose name unzip maps from a DOS code page";
+                        return Err(refused(ArchiveFault::Special(entry.name, what)));
+                    }
                     if entry.unix_extra {
                         let what =
                             "file with a Unix extra field, from which unzip may make it a link";
@@ -502,7 +522,7 @@ impl ArchiveCheck {
                         return Err(refused(fault));
                     }
                     unpacking.take(entry.size).map_err(refused)?;
-                    if names().any(|n| is_job_json(n)) {
+                    if names().any(|n| is_zip_job_json(n)) {
                         job_json = Some(JobJson::InZip);
                     }
                 }
@@ -542,5 +562,53 @@ impl<R: Read> Read for Watched<'_, R> {
             check.feed(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tar_job_json_is_the_name_tar_writes_as_it() {
+        for yes in [
+            "job.json",
+            "./job.json",
+            ".//job.json",
+            "/job.json",
+            "job.json\0x",
+        ] {
+            assert!(is_tar_job_json(yes), "{yes:?}");
+        }
+        for no in [
+            "job.json\\",
+            ".\\job.json",
+            "job.json/.",
+            "a/job.json",
+            "job.json/",
+        ] {
+            assert!(!is_tar_job_json(no), "{no:?}");
+        }
+        assert!(is_zip_job_json(".\\job.json") && is_zip_job_json(".//./job.json"));
+    }
+
+    #[test]
+    fn sandrun_s_own_names_are_refused_as_folders_too() {
+        for reserved in [
+            "upload.tar.gz",
+            "upload.zip/x",
+            "./upload.tar.gz/",
+            "upload.zip\\y",
+        ] {
+            assert!(
+                matches!(path_fault(reserved), Some(ArchiveFault::Reserved(_))),
+                "{reserved:?}"
+            );
+        }
+        assert_eq!(path_fault("src/upload.zip"), None);
+        assert!(matches!(
+            path_fault("a/../b"),
+            Some(ArchiveFault::DotDot(_))
+        ));
     }
 }
