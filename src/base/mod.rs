@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod fd_limit;
 pub mod file_kinds;
+pub mod gunzip;
 pub mod hangup;
 pub mod heap;
 pub mod hex;

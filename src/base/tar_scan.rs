@@ -1,11 +1,11 @@
-//! Reads a tar stream's entries as its bytes are written in (an `io::Write` sink), without
+//! Reads a tar stream's entries as its bytes are handed in (a gunzip [`Sink`]), without
 //! keeping them: each entry's name and kind, GNU long names and pax `path` records applied, and
 //! the content of the one entry asked for. What GNU `tar -x` would do with an entry is the
 //! caller's to judge. Where GNU tar could read the stream otherwise than this reader (a
 //! number written in an odd way, a folder entry with content, a run of extended headers, data
 //! after a lone zero block, volume and sparse entries), the stream is refused, not guessed at.
 
-use std::io::{self, Write};
+use crate::base::gunzip::Sink;
 
 /// A tar block.
 const BLOCK: usize = 512;
@@ -82,7 +82,7 @@ enum Keep {
     Wanted,
 }
 
-/// A tar stream being read. Write the unpacked bytes in; read [`TarScan::entries`] as they come
+/// A tar stream being read. Hand the unpacked bytes in; read [`TarScan::entries`] as they come
 /// and [`TarScan::finish`] at the end.
 pub struct TarScan {
     state: State,
@@ -150,8 +150,8 @@ impl TarScan {
         self.state = State::Failed;
     }
 
-    /// Takes bytes of the unpacked stream.
-    fn take(&mut self, mut data: &[u8]) {
+    /// Reads bytes of the unpacked stream.
+    fn consume(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match &mut self.state {
                 State::Ended | State::Failed => return,
@@ -357,15 +357,15 @@ impl TarScan {
     }
 }
 
-impl Write for TarScan {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+impl Sink for TarScan {
+    fn take(&mut self, data: &[u8]) {
         self.offset += data.len() as u64;
-        self.take(data);
-        Ok(data.len())
+        self.consume(data);
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    /// tar reads nothing after the archive's end, and a fault ends the reading.
+    fn satisfied(&self) -> bool {
+        matches!(self.state, State::Ended | State::Failed)
     }
 }
 
@@ -514,7 +514,7 @@ mod tests {
     fn scan(archive: &[u8], piece: usize) -> TarScan {
         let mut scan = TarScan::new(|p| p == "job.json", 64);
         for chunk in archive.chunks(piece) {
-            scan.write_all(chunk).unwrap_or_default();
+            Sink::take(&mut scan, chunk);
         }
         scan
     }

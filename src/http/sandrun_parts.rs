@@ -8,10 +8,9 @@
 //! it out of the job's directory.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
-use flate2::write::MultiGzDecoder;
-
+use crate::base::gunzip::Gunzip;
 use crate::base::paths::is_safe_component;
 use crate::base::tar_scan::{EntryKind, TarFault, TarScan};
 use crate::base::zip_scan::{self, Tail, ZipFault};
@@ -400,8 +399,10 @@ impl Unpacking {
 pub enum ArchiveCheck {
     /// A `.tar.gz` or `.tgz`.
     Tar {
-        /// The decoder feeding the scan.
-        gz: Box<MultiGzDecoder<TarScan>>,
+        /// The gzip decoder feeding the scan.
+        gz: Gunzip,
+        /// The tar reader.
+        scan: Box<TarScan>,
         /// The first fault found.
         fault: Option<ArchiveFault>,
         /// What it may unpack to.
@@ -423,9 +424,9 @@ impl ArchiveCheck {
         if start.fake_tar {
             None
         } else if filename.contains(".tar.gz") || filename.contains(".tgz") {
-            let scan = TarScan::new(is_tar_job_json, MAX_JOB_JSON_BYTES);
             Some(ArchiveCheck::Tar {
-                gz: Box::new(MultiGzDecoder::new(scan)),
+                gz: Gunzip::new(),
+                scan: Box::new(TarScan::new(is_tar_job_json, MAX_JOB_JSON_BYTES)),
                 fault: None,
                 unpacking,
             })
@@ -442,21 +443,18 @@ impl ArchiveCheck {
             ArchiveCheck::Zip(tail) => tail.push(data),
             ArchiveCheck::Tar {
                 gz,
+                scan,
                 fault,
                 unpacking,
             } => {
-                // tar reads nothing after the archive's end: nor does this, so trailing bytes
-                // (zeros after the gzip stream, say) are not held against it.
-                if fault.is_some() || gz.get_ref().ended() {
+                if fault.is_some() {
                     return;
                 }
-                if let Err(e) = gz.write_all(data) {
-                    if !gz.get_ref().ended() {
-                        *fault = Some(ArchiveFault::NotGzip(e.to_string()));
-                    }
+                if let Err(e) = gz.write(data, scan.as_mut()) {
+                    *fault = Some(ArchiveFault::NotGzip(e.to_string()));
                     return;
                 }
-                *fault = entries_fault(gz.get_mut(), *unpacking);
+                *fault = entries_fault(scan, *unpacking);
             }
         }
     }
@@ -470,15 +468,18 @@ impl ArchiveCheck {
     ) -> Result<Option<JobJson>, PartError> {
         let refused = |fault| PartError::Archive(filename.to_string(), fault);
         match self {
-            ArchiveCheck::Tar { mut gz, fault, .. } => {
+            ArchiveCheck::Tar {
+                gz,
+                mut scan,
+                fault,
+                ..
+            } => {
                 if let Some(fault) = fault {
                     return Err(refused(fault));
                 }
-                if !gz.get_ref().ended() {
-                    gz.try_finish()
-                        .map_err(|e| refused(ArchiveFault::NotGzip(e.to_string())))?;
-                }
-                let scan = gz.get_mut();
+                gz.finish(scan.as_ref())
+                    .map_err(|e| refused(ArchiveFault::NotGzip(e.to_string())))?;
+                let scan = scan.as_mut();
                 if let Some(fault) = entries_fault(scan, *unpacking) {
                     return Err(refused(fault));
                 }
