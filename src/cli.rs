@@ -57,6 +57,8 @@ OPTIONS:
     --state-dir DIR          job store, uploads and collected results        [default: ./trusted-pool-state]
     --max-upload-bytes N     largest accepted submit body                    [default: 104857600]
     --max-unpacked-bytes N   most bytes a submit's archives may unpack to    [default: 1073741824]
+    --refuse-archives        refuse .tar.gz, .tgz and .zip files (workers unpack
+                             them on their host, outside their sandbox)  [default: off]
     --max-files N            most files in one submit (413 beyond)           [default: 256]
     --disk-reserve N|P%      refuse submits (507) while they would leave less than this room
                              on the state directory's filesystem, kept for the results of
@@ -734,6 +736,7 @@ fn parse_serve(args: &mut pico_args::Arguments) -> Result<ServeConfig, CliError>
         )?,
         follow_heartbeat: value(args, "--follow-heartbeat", heartbeat, d.follow_heartbeat)?,
         require_verified: args.contains("--require-verified"),
+        refuse_archives: args.contains("--refuse-archives"),
         fsync: value(args, "--fsync", fsync_mode, d.fsync)?,
         retain_jobs: value(args, "--retain-jobs", positive::<u64>, d.retain_jobs)?,
         retain_for: value(args, "--retain-for", seconds, d.retain_for)?,

@@ -556,7 +556,7 @@ fn zip_of(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
 /// devices and pipes as they are: the coordinator reads each archive through as it streams in
 /// and refuses what would be unpacked so, a `..` path, a job.json naming an entrypoint out of
 /// the job, a file that is not the archive its name says, and archives over
-/// --max-unpacked-bytes (413). Good archives are taken.
+/// --max-unpacked-bytes (413). Good archives are taken, and none under --refuse-archives.
 #[test]
 fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
     let (worker, coordinator) = start();
@@ -669,6 +669,29 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
     ];
     for form in good {
         let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    let strict = Coordinator::start(&[worker.entry(2)], &["--refuse-archives"]);
+    let form = tarball(tar_of(code, &[], &["main.py"]));
+    let reply = post_submit(&strict, Some(&form.content_type()), &form.body());
+    assert_refused(
+        &strict,
+        "an archive under --refuse-archives",
+        &reply,
+        400,
+        "the file \"job.tar.gz\" would be unpacked by a sandrun worker as an archive (its name holds .tar.gz, .tgz or .zip), and this coordinator takes no archives (--refuse-archives)",
+    );
+    let fake_tar = Form::new().file(
+        "job.tar.gz",
+        "application/x-tar",
+        b"----Tar\nPath: main.py\n\nprint(1)\n",
+    );
+    for form in [
+        fake_tar,
+        Form::new().file("main.py", "text/x-python", MAIN_PY),
+    ] {
+        let reply = post_submit(&strict, Some(&form.content_type()), &form.body());
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
 

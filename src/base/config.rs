@@ -96,6 +96,8 @@ pub struct ServeConfig {
     /// Most bytes the archives of one submit may unpack to (what a sandrun worker writes to
     /// its disk); the coordinator reads each archive through to check it.
     pub max_unpacked_bytes: u64,
+    /// Refuse every file a sandrun worker would unpack as an archive (`--refuse-archives`).
+    pub refuse_archives: bool,
     /// Most `files` parts in one submit (their names and types are kept in memory while the
     /// job waits).
     pub max_files: usize,
@@ -203,6 +205,7 @@ impl Default for ServeConfig {
             state_dir: PathBuf::from("trusted-pool-state"),
             max_upload_bytes: 100 * 1024 * 1024,
             max_unpacked_bytes: 1024 * 1024 * 1024,
+            refuse_archives: false,
             max_files: 256,
             upload_memory_bytes: 1024 * 1024,
             row_results_max: 32 * 1024,

@@ -52,6 +52,8 @@ pub enum PartError {
     JobJsonInZip,
     /// An archive (its filename) that sandrun would unpack, and what is wrong with it.
     Archive(String, ArchiveFault),
+    /// An archive (its filename) while `--refuse-archives` is set.
+    ArchivesRefused(String),
 }
 
 /// What is wrong with an archive sandrun would unpack.
@@ -157,6 +159,10 @@ impl fmt::Display for PartError {
                 "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} inside a zip archive, which the coordinator does not read to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON}), or send it in a .tar.gz"
             ),
             Self::Archive(filename, fault) => write!(f, "the archive {filename:?} {fault}"),
+            Self::ArchivesRefused(filename) => write!(
+                f,
+                "the file {filename:?} would be unpacked by a sandrun worker as an archive (its name holds .tar.gz, .tgz or .zip), and this coordinator takes no archives (--refuse-archives); send the files themselves, each as a 'files' part"
+            ),
             Self::LongJobJson => write!(
                 f,
                 "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} among its files, which is larger than the {MAX_JOB_JSON_BYTES} bytes the coordinator reads to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON})"

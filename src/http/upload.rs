@@ -803,6 +803,9 @@ fn read_parts(
                     Err(StartError::Part(e)) => return Err(UploadError::Part(e)),
                 };
                 let mut archive = ArchiveCheck::for_file(&filename, &start, unpacking);
+                if archive.is_some() && ctx.config.refuse_archives {
+                    return Err(UploadError::Part(PartError::ArchivesRefused(filename)));
+                }
                 if let Some(said) = start.job_json {
                     entrypoint.job_json(said);
                 }
