@@ -78,8 +78,8 @@ enum Keep {
     Pax,
     /// A pax global header.
     Global,
-    /// The entry asked for.
-    Wanted,
+    /// The entry asked for, of this size.
+    Wanted(u64),
 }
 
 /// A tar stream being read. Hand the unpacked bytes in; read [`TarScan::entries`] as they come
@@ -121,11 +121,6 @@ impl TarScan {
             entries: Vec::new(),
             wanted_content: None,
         }
-    }
-
-    /// Whether the archive's end (two zero blocks) was read: tar reads nothing after it.
-    pub fn ended(&self) -> bool {
-        matches!(self.state, State::Ended)
     }
 
     /// Bytes of the unpacked stream read so far.
@@ -197,7 +192,7 @@ impl TarScan {
             return;
         }
         let room = match keep {
-            Keep::Wanted => self.wanted_max,
+            Keep::Wanted(_) => self.wanted_max,
             _ => MAX_META_BYTES,
         };
         let fits = (room + 1).saturating_sub(self.kept.len() as u64) as usize;
@@ -234,8 +229,7 @@ impl TarScan {
                     }
                 }
             },
-            Keep::Wanted => {
-                let size = self.entries.last().map_or(0, |e| e.size);
+            Keep::Wanted(size) => {
                 self.wanted_content = Some(match size > self.wanted_max {
                     true => Err(size),
                     false => Ok(kept),
@@ -285,6 +279,9 @@ impl TarScan {
             self.fail(TarFault::Unsupported("a run of extended headers"));
             return;
         }
+        // An extended header's content is its own; an entry's is what a pax size says, else
+        // its header's.
+        let mut content_size = size;
         let keep = match typeflag {
             b'L' => Keep::LongName,
             b'x' | b'X' => Keep::Pax,
@@ -303,6 +300,7 @@ impl TarScan {
                 return;
             }
             _ => {
+                content_size = self.next_size.take().unwrap_or(size);
                 let mut paths = std::mem::take(&mut self.next_paths);
                 paths.push(stored);
                 let path = paths.remove(0);
@@ -321,7 +319,7 @@ impl TarScan {
                     return;
                 }
                 // GNU tar reads no content after a folder entry, whatever its size says.
-                if kind == EntryKind::Directory && self.next_size.unwrap_or(size) != 0 {
+                if kind == EntryKind::Directory && content_size != 0 {
                     self.fail(TarFault::Unsupported("a folder entry that claims content"));
                     return;
                 }
@@ -331,26 +329,21 @@ impl TarScan {
                     path,
                     also: paths,
                     kind,
-                    size: self.next_size.unwrap_or(size),
+                    size: content_size,
                 });
                 match wanted {
-                    true => Keep::Wanted,
+                    true => Keep::Wanted(content_size),
                     false => Keep::Nothing,
                 }
             }
         };
-        // A pax size stands for the entry's header's own.
-        let size = match keep {
-            Keep::LongName | Keep::Pax | Keep::Global => size,
-            _ => self.next_size.take().unwrap_or(size),
-        };
-        let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        let pad = (BLOCK as u64 - content_size % BLOCK as u64) % BLOCK as u64;
         self.state = State::Content {
-            left: size,
+            left: content_size,
             pad,
             keep,
         };
-        if size == 0 {
+        if content_size == 0 {
             self.state = State::Header;
             self.content_done(keep);
         }
@@ -667,6 +660,17 @@ mod tests {
                 String::from_utf8_lossy(records)
             );
         }
+    }
+
+    #[test]
+    fn a_large_wanted_file_is_told_so_when_the_entries_were_taken_meanwhile() {
+        let archive = entry("job.json", b'0', &[b' '; 100]);
+        let mut scan = TarScan::new(|p| p == "job.json", 64);
+        for chunk in archive.chunks(1) {
+            Sink::take(&mut scan, chunk);
+            scan.entries.clear();
+        }
+        assert_eq!(scan.wanted_content, Some(Err(100)));
     }
 
     #[test]
