@@ -18,7 +18,9 @@ use crate::worker::sandrun_manifest::{
     entrypoint_fault, sandrun_string, EntrypointFault, JOB_JSON, MAX_COMPONENT_BYTES,
     MAX_ENTRYPOINT_BYTES, MAX_JOB_JSON_BYTES,
 };
-use crate::worker::save_rules::{fake_tar_content, fake_tar_head, fake_tar_name, FakeTar};
+use crate::worker::save_rules::{
+    fake_tar_content, fake_tar_head, fake_tar_name, unpacker, FakeTar, Unpacker,
+};
 
 /// Why a submit's files or manifest would not be taken by a sandrun worker as sent.
 #[derive(Debug)]
@@ -428,19 +430,17 @@ impl ArchiveCheck {
         unpacking: Unpacking,
     ) -> Option<ArchiveCheck> {
         if start.fake_tar {
-            None
-        } else if filename.contains(".tar.gz") || filename.contains(".tgz") {
-            Some(ArchiveCheck::Tar {
+            return None;
+        }
+        Some(match unpacker(filename)? {
+            Unpacker::Tar => ArchiveCheck::Tar {
                 gz: Gunzip::new(),
                 scan: Box::new(TarScan::new(is_tar_job_json, MAX_JOB_JSON_BYTES)),
                 fault: None,
                 unpacking,
-            })
-        } else if filename.contains(".zip") {
-            Some(ArchiveCheck::Zip(Tail::new(ZIP_TAIL_BYTES)))
-        } else {
-            None
-        }
+            },
+            Unpacker::Zip => ArchiveCheck::Zip(Tail::new(ZIP_TAIL_BYTES)),
+        })
     }
 
     /// Takes the archive's next bytes.

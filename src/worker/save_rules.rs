@@ -56,15 +56,32 @@ pub fn fake_tar_content(data: &[u8]) -> &[u8] {
     &data[blank.map_or(1, |at| at + 2).min(data.len())..]
 }
 
+/// How sandrun unpacks a file it takes for an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpacker {
+    /// `tar -xzf`, for a name holding `.tar.gz` or `.tgz`.
+    Tar,
+    /// `unzip`, for a name holding `.zip` (and neither of those).
+    Zip,
+}
+
+/// How sandrun would unpack a file named `name` (not a fake tar), if it takes it for an
+/// archive: by the extensions anywhere in its name, a tarball's first.
+pub fn unpacker(name: &str) -> Option<Unpacker> {
+    match ARCHIVE_KINDS.iter().position(|kind| name.contains(kind))? {
+        0 | 1 => Some(Unpacker::Tar),
+        _ => Some(Unpacker::Zip),
+    }
+}
+
 /// The archive kind sandrun would take a file named `name` for where its name does not end as
 /// one: it unpacks any file whose name holds `.tar.gz` or `.tgz` (as `upload.tar.gz`), or else
 /// `.zip`, anywhere, so `results.zip.txt` would never arrive under its name, and `x.tgz.zip`
 /// would be untarred. A name that ends as the kind sandrun takes it for is an archive.
 pub fn hidden_archive(name: &str) -> Option<&'static str> {
-    // sandrun's own order: a tarball first, then a zip.
-    let taken_as = match ARCHIVE_KINDS.iter().position(|kind| name.contains(kind))? {
-        0 | 1 => &ARCHIVE_KINDS[..2],
-        _ => &ARCHIVE_KINDS[2..],
+    let taken_as = match unpacker(name)? {
+        Unpacker::Tar => &ARCHIVE_KINDS[..2],
+        Unpacker::Zip => &ARCHIVE_KINDS[2..],
     };
     match taken_as.iter().any(|end| name.ends_with(end)) {
         true => None,
@@ -107,6 +124,9 @@ mod tests {
 
     #[test]
     fn archive_extensions_inside_a_name_are_found() {
+        assert_eq!(unpacker("main.py"), None);
+        assert_eq!(unpacker("x.zip.tgz"), Some(Unpacker::Tar));
+        assert_eq!(unpacker("job.zip"), Some(Unpacker::Zip));
         assert_eq!(hidden_archive("main.py"), None);
         assert_eq!(hidden_archive("job.tar.gz"), None);
         assert_eq!(hidden_archive("job.tgz"), None);
