@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use trusted_pool::base::api_keys;
-use trusted_pool::base::config::{FsyncMode, ServeConfig};
+use trusted_pool::base::config::{DiskReserveSetting, FsyncMode, ServeConfig};
 use trusted_pool::base::hex;
 use trusted_pool::base::job::{Span, StoredResults};
 use trusted_pool::base::paths::{encode_path, percent_decode, safe_relative_path};
@@ -301,6 +301,8 @@ fn upload_context(dir: &std::path::Path) -> Arc<Context> {
     let config = ServeConfig {
         state_dir: dir.to_path_buf(),
         max_upload_bytes: 64 * 1024,
+        // A small fixed reserve: 1% of a large shared disk may be more than it has free.
+        disk_reserve: DiskReserveSetting::Bytes(8 * 1024 * 1024),
         ..ServeConfig::default()
     };
     let spool = Spool::open(dir, 1024 * 1024).expect("spool");

@@ -141,6 +141,9 @@ impl Coordinator {
         }
         let mut child = command
             .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "warn"])
+            // A fixed 8 MiB disk reserve: the default 1% of a large, nearly full shared disk
+            // would refuse every submit (507).
+            .args(["--disk-reserve", "8388608"])
             .arg("--workers")
             .arg(&file)
             .arg("--state-dir")
