@@ -932,3 +932,27 @@ fn a_finished_job_whose_worker_dies_before_collection_is_lost_after_its_silence(
     );
     assert_counted(&coordinator, &worker, (0, 0, 1));
 }
+
+/// A `--dispatch-timeout` shorter than a sandrun job may run (300 s) is warned about at start,
+/// naming the flag and what it costs; the default (360 s) and longer ones are not.
+#[test]
+fn a_dispatch_timeout_shorter_than_a_sandrun_run_is_warned_about() {
+    let worker = FakeWorker::start();
+    let warning = "is shorter than the 300 s a sandrun job may run";
+    let short = Coordinator::start(&[worker.entry(1)], &["--dispatch-timeout", "60"]);
+    let logs = short.logs();
+    assert!(
+        logs.contains(&format!("--dispatch-timeout 60 s {warning}")),
+        "{logs}"
+    );
+    assert!(logs.contains("--lost-after 120 s"), "{logs}");
+    drop(short);
+    for extra in [&[][..], &["--dispatch-timeout", "300"][..]] {
+        let quiet = Coordinator::start(&[worker.entry(1)], extra);
+        assert!(
+            quiet.logs().contains("Listening on") && !quiet.logs().contains(warning),
+            "{extra:?}: {}",
+            quiet.logs()
+        );
+    }
+}

@@ -27,7 +27,7 @@ use crate::store::jobs_db::{DeferredCheck, JobStore, Retention, StoreError};
 use crate::store::scrub;
 use crate::store::snapshot;
 use crate::store::spool::Spool;
-use crate::worker::client::{Timeouts, WorkerClient};
+use crate::worker::client::{Timeouts, WorkerClient, SANDRUN_LONGEST_RUN};
 use crate::worker::identity::short_id;
 use crate::worker::workers_file::{self, SourceAddressError, WorkersFileError};
 use crossbeam_channel::Receiver;
@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why the coordinator could not start.
 #[derive(Debug)]
@@ -155,6 +155,7 @@ pub fn run(mut config: ServeConfig) -> Result<(), ServeError> {
         None => None,
     };
     check_open_file_limit(config.max_connections);
+    warn_short_dispatch_timeout(config.dispatch_timeout, config.lost_after);
     config.max_connections = within_map_limit(config.max_connections, config.threads);
     log_trusted_proxies(&config.trusted_proxies, config.proxy_protocol);
     // Before anything in it is opened: SQLite would open a job store it may not write
@@ -443,6 +444,19 @@ fn check_open_file_limit(max_connections: usize) {
             "The open-file limit ({}) leaves room for about {} client connections, fewer than --max-connections {max_connections}: beyond that, new connections are refused with 503. Raise the limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower --max-connections",
             limit.now,
             limit.connections()
+        );
+    }
+}
+
+/// Warns when `--dispatch-timeout` is shorter than a sandrun job may run: a worker holds its
+/// answers while a job runs, so a call to a worker busy with a long job gives up first.
+fn warn_short_dispatch_timeout(dispatch: Duration, lost_after: Duration) {
+    let longest = SANDRUN_LONGEST_RUN.as_secs();
+    if dispatch < SANDRUN_LONGEST_RUN {
+        log::warn!(
+            "--dispatch-timeout {} s is shorter than the {longest} s a sandrun job may run, during which its worker holds every answer (a submit's too): calls to a worker busy with a long job will give up, a submit that gives up loses its job, and the worker's other jobs are lost once unanswered past --lost-after {} s. Raise --dispatch-timeout to {longest} s or more (the default is 360)",
+            dispatch.as_secs(),
+            lost_after.as_secs()
         );
     }
 }

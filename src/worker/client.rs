@@ -21,6 +21,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest a sandrun job runs (its `DEFAULT_TIMEOUT_SECONDS`): sandrun holds its jobs lock
+/// meanwhile, so a call to a busy worker may wait this long for its answer.
+pub const SANDRUN_LONGEST_RUN: Duration = Duration::from_secs(300);
+
 /// What the coordinator reads of each JSON answer a worker gives: its size at most, and the
 /// members of its object kept (the others are skipped unread: see
 /// [`sandrun_json::parse_object`]).
