@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use support::follow::{follow_logs_with, follow_websocket_with, Followed};
 use support::lifecycle::{drain_url, exchange, wait_healthy};
 use support::{
-    poll_until, send_with, status_of, workers_dir, Coordinator, FakeWorker, Form, Reply,
+    poll_until, send_with, status_of, tar_gz, workers_dir, Coordinator, FakeWorker, Form, Reply,
 };
 
 /// Generous deadline for anything the coordinator does on its own.
@@ -42,6 +42,7 @@ struct Key {
     max_queued_jobs: Option<u32>,
     expires: Option<String>,
     bound_cidrs: Option<Vec<&'static str>>,
+    archives: Option<bool>,
 }
 
 impl Key {
@@ -53,6 +54,7 @@ impl Key {
             max_queued_jobs: None,
             expires: None,
             bound_cidrs: None,
+            archives: None,
         }
     }
 
@@ -79,6 +81,14 @@ impl Key {
         }
     }
 
+    /// A submit key whose `archives` is `archives`.
+    fn archives(name: &'static str, archives: bool) -> Key {
+        Key {
+            archives: Some(archives),
+            ..Key::new(name, "submit")
+        }
+    }
+
     fn entry(&self) -> Value {
         let mut entry = serde_json::json!({
             "name": self.name,
@@ -93,6 +103,9 @@ impl Key {
         }
         if let Some(blocks) = &self.bound_cidrs {
             entry["bound_cidrs"] = blocks.clone().into();
+        }
+        if let Some(archives) = self.archives {
+            entry["archives"] = archives.into();
         }
         entry
     }
@@ -815,6 +828,85 @@ fn max_queued_jobs_caps_waiting_jobs_per_key() {
     })
     .expect("carol's jobs never left the queue");
     submit_ok(&coordinator, &carol);
+}
+
+/// A key's `archives` overrides `--refuse-archives` either way: under the flag, a key with
+/// `"archives": true` sends a tarball and keys that set nothing (an admin's too) are refused,
+/// naming the flag;
+/// without it, a key with `"archives": false` is refused, naming the key, and a reload that
+/// changes its entry changes its answer. Plain files are taken from every key; `/pool` shows
+/// each key's setting.
+#[test]
+fn a_keys_archives_setting_overrides_refuse_archives_either_way() {
+    let worker = FakeWorker::start();
+    let trusted = Key::archives("trusted", true);
+    let plain = Key::new("plain", "submit");
+    let barred = Key::archives("barred", false);
+    let ops = Key::new("ops", "admin");
+    let keys = [&trusted, &plain, &barred, &ops];
+    let tarball = Form::new()
+        .file(
+            "job.tar.gz",
+            "application/gzip",
+            &tar_gz(&[("main.py", b"print('hi')\n")]),
+        )
+        .manifest(r#"{"entrypoint":"main.py"}"#);
+    let by_flag = "this coordinator takes no archives (--refuse-archives)";
+    let by_key = "the client key barred may send none (\"archives\": false in the keys file)";
+    for (extra, refused) in [
+        (
+            &["--refuse-archives"][..],
+            vec![("plain", by_flag), ("ops", by_flag), ("barred", by_key)],
+        ),
+        (&[][..], vec![("barred", by_key)]),
+    ] {
+        let (coordinator, _dir, _) = start_with_keys(&[worker.entry(4)], &keys, extra);
+        for key in keys {
+            let reply = submit_as(&coordinator, Some(key), &tarball);
+            match refused.iter().find(|(name, _)| *name == key.name) {
+                Some((_, why)) => {
+                    assert_eq!(
+                        reply.status,
+                        400,
+                        "{extra:?} {}: {}",
+                        key.name,
+                        reply.text()
+                    );
+                    let error = reply.json()["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    assert!(
+                        error.contains("\"job.tar.gz\" would be unpacked by a sandrun worker")
+                            && error.contains(why)
+                            && error.ends_with("send the files themselves, each as a 'files' part"),
+                        "{extra:?} {}: {error}",
+                        key.name
+                    );
+                }
+                None => assert_eq!(
+                    reply.status,
+                    200,
+                    "{extra:?} {}: {}",
+                    key.name,
+                    reply.text()
+                ),
+            }
+            submit_ok(&coordinator, key);
+        }
+        let pool = call(&coordinator, "GET", "/pool", Some(&ops)).json();
+        assert_eq!(pool["keys"]["trusted"]["archives"], true, "{pool}");
+        assert_eq!(pool["keys"]["plain"]["archives"], Value::Null, "{pool}");
+        assert_eq!(pool["keys"]["barred"]["archives"], false, "{pool}");
+    }
+
+    let (coordinator, _dir, keys_path) = start_with_keys(&[worker.entry(4)], &keys, &[]);
+    let freed = Key::archives("barred", true);
+    write_keys(&keys_path, &[&trusted, &plain, &freed, &ops]);
+    hup(&coordinator);
+    keys_reload_seen(&coordinator, &ops, "ok");
+    let reply = submit_as(&coordinator, Some(&barred), &tarball);
+    assert_eq!(reply.status, 200, "after the reload: {}", reply.text());
 }
 
 /// An `Idempotency-Key` is the submitting key's own: another key's submit with the same one

@@ -55,6 +55,9 @@ pub struct ApiKey {
     pub expires: Option<u64>,
     /// The client addresses it may be used from (empty: any).
     pub bound_cidrs: Vec<AddressBlock>,
+    /// Whether its submits may hold files a sandrun worker unpacks as archives (None: as
+    /// `--refuse-archives` says for the whole coordinator).
+    pub archives: Option<bool>,
 }
 
 impl ApiKey {
@@ -197,13 +200,14 @@ fn entry_error(entry: &str, field: &str, problem: impl Into<String>) -> KeysFile
     KEYS_FILE.entry_error(entry, field, problem)
 }
 
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "name",
     "key_sha256",
     "role",
     "max_queued_jobs",
     "expires",
     "bound_cidrs",
+    "archives",
 ];
 
 /// An entry's `bound_cidrs`: a non-empty array of addresses and CIDR blocks.
@@ -298,6 +302,17 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
         None | Some(Value::Null) => Vec::new(),
         Some(value) => parse_bound_cidrs(&entry, value)?,
     };
+    let archives = match object.get("archives") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(taken)) => Some(*taken),
+        Some(_) => {
+            return Err(entry_error(
+                &entry,
+                "archives",
+                "must be true (the key may send archives, even under --refuse-archives) or false (it may not); leave it out to follow --refuse-archives",
+            ))
+        }
+    };
     Ok(ApiKey {
         name,
         key_sha256,
@@ -305,6 +320,7 @@ fn parse_entry(index: usize, object: &Map<String, Value>) -> Result<ApiKey, Keys
         max_queued_jobs,
         expires,
         bound_cidrs,
+        archives,
     })
 }
 
@@ -377,7 +393,7 @@ mod tests {
             "[{}, {}, {}]",
             entry("alice", "key-a", "submit"),
             entry("ops", "key-o", "admin"),
-            r#"{"name": "bob", "key_sha256": "00000000000000000000000000000000000000000000000000000000000000AA", "role": "submit", "max_queued_jobs": 3}"#
+            r#"{"name": "bob", "key_sha256": "00000000000000000000000000000000000000000000000000000000000000AA", "role": "submit", "max_queued_jobs": 3, "archives": false}"#
         )
     }
 
@@ -390,6 +406,8 @@ mod tests {
         assert!(set.find(b"key-b").is_none());
         assert!(set.find(b"").is_none());
         assert_eq!(set.by_name("bob").and_then(|k| k.max_queued_jobs), Some(3));
+        assert_eq!(set.by_name("bob").and_then(|k| k.archives), Some(false));
+        assert_eq!(set.by_name("alice").and_then(|k| k.archives), None);
     }
 
     #[test]
@@ -521,6 +539,10 @@ mod tests {
                     r#"[{{"name":"a","key_sha256":"{h}","role":"submit","bound_cidrs":["10.0.0.0/8","10.0.0.0/33"]}}]"#
                 ),
                 "\"bound_cidrs\" item 1 (\"10.0.0.0/33\")",
+            ),
+            (
+                format!(r#"[{{"name":"a","key_sha256":"{h}","role":"submit","archives":"no"}}]"#),
+                "\"archives\" must be true (the key may send archives, even under --refuse-archives) or false",
             ),
         ];
         for (text, expected) in cases {

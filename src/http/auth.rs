@@ -14,6 +14,7 @@ use crate::base::log_repeats::{LineBudget, Repeats};
 use crate::base::sync::lock;
 use crate::http::headers;
 use crate::http::replies::{error_reply, Reply};
+use crate::http::sandrun_parts::ArchivesRefusedBy;
 use crate::state::context::Context;
 use crate::state::metrics::KeyRefusal;
 use crate::state::pool_state::PoolState;
@@ -46,6 +47,7 @@ pub struct Caller {
     max_queued_jobs: Option<usize>,
     key_sha256: Option<[u8; 32]>,
     expires: Option<u64>,
+    archives: Option<bool>,
 }
 
 impl Caller {
@@ -57,6 +59,7 @@ impl Caller {
             max_queued_jobs: None,
             key_sha256: None,
             expires: None,
+            archives: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl Caller {
             max_queued_jobs: key.max_queued_jobs,
             key_sha256: Some(key.key_sha256),
             expires: key.expires,
+            archives: key.archives,
         }
     }
 
@@ -99,6 +103,19 @@ impl Caller {
     /// True when the caller sees every job and the whole pool: an admin or a read key.
     pub fn sees_all(&self) -> bool {
         matches!(self.role, Role::Admin | Role::Read)
+    }
+
+    /// Who refuses this caller's archives (files a sandrun worker unpacks; None: they are taken):
+    /// its key's `archives` where the keys file sets it, else `refuse_archives`
+    /// (`--refuse-archives`).
+    pub fn archives_refused(&self, refuse_archives: bool) -> Option<ArchivesRefusedBy> {
+        match self.archives {
+            Some(true) => None,
+            Some(false) => Some(ArchivesRefusedBy::Key(
+                self.name.clone().unwrap_or_default(),
+            )),
+            None => refuse_archives.then_some(ArchivesRefusedBy::Coordinator),
+        }
     }
 
     /// The most jobs of this caller that may wait in the queue (None: no limit).
@@ -323,6 +340,7 @@ mod tests {
             max_queued_jobs: None,
             expires: None,
             bound_cidrs: Vec::new(),
+            archives: None,
         }
     }
 
@@ -344,5 +362,31 @@ mod tests {
         assert!(admin_only(&watcher).is_err() && may_change(&watcher).is_err());
         assert!(sees_all_only(&watcher).is_ok() && sees_all_only(&alice).is_err());
         assert!(may_change(&alice).is_ok() && may_change(&ops).is_ok());
+    }
+
+    #[test]
+    fn a_keys_archives_setting_overrides_the_coordinators() {
+        let with = |archives| {
+            Caller::from_key(&ApiKey {
+                archives,
+                ..key("ci", Role::Submit)
+            })
+        };
+        for refuse in [false, true] {
+            assert_eq!(with(Some(true)).archives_refused(refuse), None);
+            assert_eq!(
+                with(Some(false)).archives_refused(refuse),
+                Some(ArchivesRefusedBy::Key("ci".into()))
+            );
+        }
+        assert_eq!(with(None).archives_refused(false), None);
+        assert_eq!(
+            with(None).archives_refused(true),
+            Some(ArchivesRefusedBy::Coordinator)
+        );
+        assert_eq!(
+            Caller::open().archives_refused(true),
+            Some(ArchivesRefusedBy::Coordinator)
+        );
     }
 }

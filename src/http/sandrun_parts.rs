@@ -54,8 +54,17 @@ pub enum PartError {
     JobJsonInZip,
     /// An archive (its filename) that sandrun would unpack, and what is wrong with it.
     Archive(String, ArchiveFault),
-    /// An archive (its filename) while `--refuse-archives` is set.
-    ArchivesRefused(String),
+    /// An archive (its filename) from a caller that may not send archives, and who says so.
+    ArchivesRefused(String, ArchivesRefusedBy),
+}
+
+/// Who refuses a submit's archives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchivesRefusedBy {
+    /// The whole coordinator (`--refuse-archives`; the key, if any, sets nothing).
+    Coordinator,
+    /// The key of this name (`"archives": false` in the keys file).
+    Key(String),
 }
 
 /// What is wrong with an archive sandrun would unpack.
@@ -161,10 +170,22 @@ impl fmt::Display for PartError {
                 "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} inside a zip archive, which the coordinator does not read to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON}), or send it in a .tar.gz"
             ),
             Self::Archive(filename, fault) => write!(f, "the archive {filename:?} {fault}"),
-            Self::ArchivesRefused(filename) => write!(
-                f,
-                "the file {filename:?} would be unpacked by a sandrun worker as an archive (its name holds .tar.gz, .tgz or .zip), and this coordinator takes no archives (--refuse-archives); send the files themselves, each as a 'files' part"
-            ),
+            Self::ArchivesRefused(filename, by) => {
+                write!(
+                    f,
+                    "the file {filename:?} would be unpacked by a sandrun worker as an archive (its name holds .tar.gz, .tgz or .zip), and "
+                )?;
+                match by {
+                    ArchivesRefusedBy::Coordinator => {
+                        write!(f, "this coordinator takes no archives (--refuse-archives)")?
+                    }
+                    ArchivesRefusedBy::Key(name) => write!(
+                        f,
+                        "the client key {name} may send none (\"archives\": false in the keys file)"
+                    )?,
+                }
+                write!(f, "; send the files themselves, each as a 'files' part")
+            }
             Self::LongJobJson => write!(
                 f,
                 "the manifest names no entrypoint, so a sandrun worker would read the job's settings from the {JOB_JSON} among its files, which is larger than the {MAX_JOB_JSON_BYTES} bytes the coordinator reads to check them; name the entrypoint in the 'manifest' part (the worker then does not read {JOB_JSON})"

@@ -9,7 +9,8 @@ use crate::base::shortage::is_shortage;
 use crate::base::sync::Slot;
 use crate::http::auth::Caller;
 use crate::http::sandrun_parts::{
-    self, ArchiveCheck, ArchiveFault, EntrypointSource, PartError, StartError, Unpacking, Watched,
+    self, ArchiveCheck, ArchiveFault, ArchivesRefusedBy, EntrypointSource, PartError, StartError,
+    Unpacking, Watched,
 };
 use crate::http::submit_key::{Hashing, PartsDigest, HEADER};
 use crate::pool::dispatch::{self, Assignment};
@@ -735,12 +736,14 @@ pub struct UploadBody<'a> {
 type Sink<'a> = dyn FnMut(&mut dyn Read) -> Result<Span, CopyError> + 'a;
 
 /// Reads the upload into `append`; returns its inputs, its manifest's place and its options.
-/// `digest`, when given, takes in every file (name, content type, bytes) and the manifest.
+/// `digest`, when given, takes in every file (name, content type, bytes) and the manifest;
+/// `archives_refused`, when given, refuses every file a sandrun worker would unpack.
 fn read_parts(
     ctx: &Context,
     append: &mut Sink<'_>,
     body: UploadBody<'_>,
     mut digest: Option<&mut PartsDigest>,
+    archives_refused: Option<&ArchivesRefusedBy>,
 ) -> Result<Parts, UploadError> {
     let UploadBody {
         boundary,
@@ -803,8 +806,11 @@ fn read_parts(
                     Err(StartError::Part(e)) => return Err(UploadError::Part(e)),
                 };
                 let mut archive = ArchiveCheck::for_file(&filename, &start, unpacking);
-                if archive.is_some() && ctx.config.refuse_archives {
-                    return Err(UploadError::Part(PartError::ArchivesRefused(filename)));
+                if let (Some(_), Some(by)) = (&archive, archives_refused) {
+                    return Err(UploadError::Part(PartError::ArchivesRefused(
+                        filename,
+                        by.clone(),
+                    )));
                 }
                 if let Some(said) = start.job_json {
                     entrypoint.job_json(said);
@@ -1010,7 +1016,14 @@ pub fn accept(
     // leaves nothing behind.
     let mut writer = ctx.spool.upload_writer(&id);
     let mut digest = submit_key.as_ref().map(|_| PartsDigest::default());
-    let parts = read_parts(ctx, &mut |data| writer.append(data), body, digest.as_mut())?;
+    let archives_refused = caller.archives_refused(ctx.config.refuse_archives);
+    let parts = read_parts(
+        ctx,
+        &mut |data| writer.append(data),
+        body,
+        digest.as_mut(),
+        archives_refused.as_ref(),
+    )?;
     let options = query.merged(parts.options)?;
     let queue_timeout = queue_timeout_of(ctx, options.queue_timeout)?;
     let reruns = reruns_of(ctx, options.reruns)?;
@@ -1127,7 +1140,8 @@ pub fn check_repeat(
             size,
         })
     };
-    let parts = read_parts(ctx, &mut discard, body, Some(&mut digest))?;
+    // Only compared with the parts the first submit had accepted: no archive is refused here.
+    let parts = read_parts(ctx, &mut discard, body, Some(&mut digest), None)?;
     query.merged(parts.options)?.feed(&mut digest);
     let digest = digest.finish();
     match &job.submit_key {

@@ -181,6 +181,7 @@ pub fn keys_view(st: &PoolState, keys: Option<&KeySet>, caller: &Caller) -> Valu
             entry.insert("expires".to_string(), json!(key.expires.map(utc_text)));
             let bound: Vec<String> = key.bound_cidrs.iter().map(ToString::to_string).collect();
             entry.insert("bound_cidrs".to_string(), json!(bound));
+            entry.insert("archives".to_string(), json!(key.archives));
             view.insert(key.name.clone(), Value::Object(entry));
         }
     }
