@@ -225,7 +225,12 @@ fn header_len(bytes: &[u8], after_member: bool) -> Result<Header, GunzipError> {
     let magic = [0x1f, 0x8b];
     let seen = bytes.len().min(2);
     if bytes[..seen] != magic[..seen] {
+        // After a member, gzip -d reads on through a member of its older formats (an old
+        // gzip's 1f 9e, pack's 1f 1e, compress's 1f 9d, LZH's 1f a0), which is not read here.
         return match after_member {
+            true if bytes[0] == magic[0] => Err(GunzipError::BadHeader(
+                "a member in another format than gzip's after the first",
+            )),
             true => Ok(Header::NotMember),
             false => Err(GunzipError::BadHeader("no gzip header")),
         };
@@ -334,6 +339,31 @@ mod tests {
         let mut trailing = gz(b"abc");
         trailing.extend([0u8; 100]);
         assert_eq!(read(&trailing, 3, usize::MAX), (Ok(()), b"abc".to_vec()));
+    }
+
+    #[test]
+    fn a_member_gzip_reads_in_an_older_format_is_refused() {
+        // gzip -d inflates a member with the old gzip magic 1f 9e (and unpacks pack's 1f 1e,
+        // compress's 1f 9d and LZH's 1f a0) after a first member: a tar archive without its
+        // end would go on there, with whatever entries that member holds.
+        for second in [0x9e, 0x1e, 0x9d, 0xa0] {
+            let mut stream = gz(b"abc");
+            let mut old = gz(b"def");
+            old[1] = second;
+            stream.extend(old);
+            for piece in [1, 1 << 20] {
+                assert_eq!(
+                    read(&stream, piece, usize::MAX).0,
+                    Err(GunzipError::BadHeader(
+                        "a member in another format than gzip's after the first"
+                    )),
+                    "{second:x} in pieces of {piece}"
+                );
+            }
+        }
+        let mut zeros_then_junk = gz(b"abc");
+        zeros_then_junk.extend([0, 0, 0x1f, 0x9e]);
+        assert_eq!(read(&zeros_then_junk, 1, usize::MAX).0, Ok(()));
     }
 
     #[test]
