@@ -100,6 +100,8 @@ pub struct TarScan {
     pub entries: Vec<Entry>,
     /// The content of the last entry `wanted` chose (`Err(size)` when larger than asked).
     pub wanted_content: Option<Result<Vec<u8>, u64>>,
+    /// How many entries `wanted` chose.
+    pub wanted_seen: u64,
 }
 
 impl TarScan {
@@ -120,6 +122,7 @@ impl TarScan {
             wanted_max,
             entries: Vec::new(),
             wanted_content: None,
+            wanted_seen: 0,
         }
     }
 
@@ -325,6 +328,7 @@ impl TarScan {
                 }
                 // Only the name tar writes the entry under makes it the one wanted.
                 let wanted = kind == EntryKind::File && (self.wanted)(&path);
+                self.wanted_seen += u64::from(wanted);
                 self.entries.push(Entry {
                     path,
                     also: paths,

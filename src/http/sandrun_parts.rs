@@ -286,11 +286,15 @@ fn check_fake_tar(filename: &str, head: &[u8]) -> Result<(), PartError> {
 }
 
 /// Where sandrun will take a job's entrypoint from, followed as the parts arrive: the manifest
-/// when it names one, else the last `job.json` saved among the files.
+/// when it names one, else the last `job.json` saved among the files, or one before it that an
+/// archive's may not have replaced.
 #[derive(Default)]
 pub struct EntrypointSource {
     manifest_names_one: bool,
     job_json: Option<JobJson>,
+    /// A faulty `job.json` saved before an archive's: tar or unzip may fail to write that one
+    /// (a name too long for the host, a stream cut short) and go on, leaving this one.
+    uncovered: Option<JobJson>,
 }
 
 impl EntrypointSource {
@@ -306,6 +310,17 @@ impl EntrypointSource {
     /// writes it over).
     pub fn job_json(&mut self, said: JobJson) {
         self.job_json = Some(said);
+        self.uncovered = None;
+    }
+
+    /// Takes what a `job.json` an archive holds says: it replaces the one before only where
+    /// tar or unzip wrote it, so a faulty one before it is still refused.
+    pub fn archive_job_json(&mut self, said: JobJson) {
+        if let Some(before) = self.job_json.replace(said) {
+            if self.uncovered.is_none() && job_json_fault(&before).is_err() {
+                self.uncovered = Some(before);
+            }
+        }
     }
 
     /// Once every part arrived: refuses the `job.json` sandrun would read, if the manifest
@@ -314,12 +329,19 @@ impl EntrypointSource {
         if self.manifest_names_one {
             return Ok(());
         }
-        match self.job_json {
-            Some(JobJson::Entrypoint(entrypoint)) => check_entrypoint(&entrypoint, JOB_JSON),
-            Some(JobJson::TooLarge) => Err(PartError::LongJobJson),
-            Some(JobJson::InZip) => Err(PartError::JobJsonInZip),
-            None => Ok(()),
-        }
+        [self.uncovered, self.job_json]
+            .iter()
+            .flatten()
+            .try_for_each(job_json_fault)
+    }
+}
+
+/// What is wrong with a `job.json` sandrun would read the job's settings from, if anything.
+fn job_json_fault(said: &JobJson) -> Result<(), PartError> {
+    match said {
+        JobJson::Entrypoint(entrypoint) => check_entrypoint(entrypoint, JOB_JSON),
+        JobJson::TooLarge => Err(PartError::LongJobJson),
+        JobJson::InZip => Err(PartError::JobJsonInZip),
     }
 }
 
@@ -572,6 +594,13 @@ fn entries_fault(scan: &mut TarScan, unpacking: Unpacking) -> Option<ArchiveFaul
             return Some(fault);
         }
     }
+    // tar may fail to write the second (a name too long for the host, say) and leave the
+    // first, which is not read.
+    if scan.wanted_seen > 1 {
+        return Some(ArchiveFault::Unsupported(
+            "two entries tar writes as job.json (where tar fails to write the second, the first stays)",
+        ));
+    }
     (scan.unpacked() > unpacking.room).then_some(ArchiveFault::TooLarge(unpacking.max))
 }
 
@@ -596,6 +625,90 @@ impl<R: Read> Read for Watched<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+    use std::io::Write;
+
+    /// A gzipped tar archive of regular files (name, content), GNU long names as needed.
+    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        fn block(name: &[u8], typeflag: u8, size: usize) -> Vec<u8> {
+            let mut block = vec![0u8; 512];
+            block[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+            block[100..108].copy_from_slice(b"0000644\0");
+            block[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+            block[156] = typeflag;
+            block[257..265].copy_from_slice(b"ustar  \0");
+            block[148..156].copy_from_slice(b"        ");
+            let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+            block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            block
+        }
+        let mut tar = Vec::new();
+        let mut add = |name: &[u8], typeflag: u8, content: &[u8]| {
+            tar.extend(block(name, typeflag, content.len()));
+            tar.extend_from_slice(content);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        };
+        for (name, content) in files {
+            if name.len() > 100 {
+                add(b"././@LongLink", b'L', &[name.as_bytes(), b"\0"].concat());
+            }
+            add(name.as_bytes(), b'0', content);
+        }
+        tar.extend([0u8; 1024]);
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(&tar).unwrap_or_default();
+        encoder.finish().unwrap_or_default()
+    }
+
+    /// What the archive `filename` holding `bytes` says of its `job.json`, or its refusal.
+    fn check(filename: &str, bytes: &[u8]) -> Result<Option<JobJson>, PartError> {
+        let start = FileStart {
+            bytes: Vec::new(),
+            job_json: None,
+            fake_tar: false,
+        };
+        let mut unpacking = Unpacking::new(1 << 30);
+        let Some(mut check) = ArchiveCheck::for_file(filename, &start, unpacking) else {
+            return Ok(None);
+        };
+        check.feed(bytes);
+        check.finish(filename, &mut unpacking)
+    }
+
+    #[test]
+    fn a_job_json_tar_may_fail_to_write_over_leaves_the_one_before_checked() {
+        // tar writes the first job.json, fails to open the second (its name is longer than
+        // the host takes) and goes on: the first stays, and sandrun reads it.
+        let evil = br#"{"entrypoint":"../../../../dev/zero"}"#;
+        let good = br#"{"entrypoint":"main.py"}"#;
+        let long = "./".repeat(2100) + "job.json";
+        let archive = tar_gz(&[("job.json", evil), (&long, good), ("main.py", b"1")]);
+        assert!(matches!(
+            check("x.tar.gz", &archive),
+            Err(PartError::Archive(_, ArchiveFault::Unsupported(_)))
+        ));
+        let one = tar_gz(&[(&long, good), ("main.py", b"1")]);
+        let said = check("x.tar.gz", &one).ok().flatten();
+        assert_eq!(said, Some(JobJson::Entrypoint(b"main.py".to_vec())));
+        // The same across parts: a file job.json, then an archive's tar fails to write.
+        let entrypoint =
+            |said: &[u8]| JobJson::Entrypoint(sandrun_string(said, "entrypoint").to_vec());
+        let mut source = EntrypointSource::default();
+        source.job_json(entrypoint(evil));
+        source.archive_job_json(entrypoint(good));
+        assert!(matches!(source.finish(), Err(PartError::Entrypoint { .. })));
+        // A file written after it replaces it for sure, and a manifest's entrypoint wins.
+        let mut source = EntrypointSource::default();
+        source.archive_job_json(entrypoint(evil));
+        source.job_json(entrypoint(good));
+        assert!(source.finish().is_ok());
+        let mut source = EntrypointSource::default();
+        source.job_json(entrypoint(evil));
+        source.archive_job_json(entrypoint(good));
+        assert!(source.manifest(br#"{"entrypoint":"main.py"}"#).is_ok());
+        assert!(source.finish().is_ok());
+    }
 
     #[test]
     fn a_tar_job_json_is_the_name_tar_writes_as_it() {

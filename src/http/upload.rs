@@ -835,7 +835,7 @@ fn read_parts(
                 if let Some(archive) = archive {
                     let said = archive.finish(&filename, &mut unpacking);
                     if let Some(said) = said.map_err(UploadError::Part)? {
-                        entrypoint.job_json(said);
+                        entrypoint.archive_job_json(said);
                     }
                 }
                 inputs.push(InputFile {
