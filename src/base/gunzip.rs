@@ -54,7 +54,7 @@ enum Stage {
     Body,
     /// A member's 8-byte trailer, gathered in `carry`.
     Trailer,
-    /// After a member, bytes that begin no member: gzip ignores them, and so does this.
+    /// After a member, zeros and whatever follows them: gzip ignores them, and so does this.
     Ignored,
 }
 
@@ -216,7 +216,7 @@ enum Header {
     Complete(usize),
     /// Not enough bytes yet.
     Incomplete,
-    /// After a member, bytes that begin no member (gzip ignores them).
+    /// After a member, a zero byte: gzip ignores it and all that follows.
     NotMember,
 }
 
@@ -226,10 +226,12 @@ fn header_len(bytes: &[u8], after_member: bool) -> Result<Header, GunzipError> {
     let seen = bytes.len().min(2);
     if bytes[..seen] != magic[..seen] {
         // After a member, gzip -d reads on through a member of its older formats (an old
-        // gzip's 1f 9e, pack's 1f 1e, compress's 1f 9d, LZH's 1f a0), which is not read here.
+        // gzip's 1f 9e, pack's 1f 1e, compress's 1f 9d, LZH's 1f a0) and, where it begins its
+        // input buffer, a zip's local entry (PK 03 04), none of which is read here. It stops
+        // at anything else, and at zeros whatever follows them: only those are let be.
         return match after_member {
-            true if bytes[0] == magic[0] => Err(GunzipError::BadHeader(
-                "a member in another format than gzip's after the first",
+            true if bytes[0] != 0 => Err(GunzipError::BadHeader(
+                "data after a member that is neither zeros nor a gzip member",
             )),
             true => Ok(Header::NotMember),
             false => Err(GunzipError::BadHeader("no gzip header")),
@@ -342,20 +344,25 @@ mod tests {
     }
 
     #[test]
-    fn a_member_gzip_reads_in_an_older_format_is_refused() {
+    fn data_gzip_may_read_on_into_after_a_member_is_refused() {
         // gzip -d inflates a member with the old gzip magic 1f 9e (and unpacks pack's 1f 1e,
-        // compress's 1f 9d and LZH's 1f a0) after a first member: a tar archive without its
-        // end would go on there, with whatever entries that member holds.
+        // compress's 1f 9d and LZH's 1f a0) after a first member, and a zip's local entry
+        // where it begins gzip's 256 KiB input buffer: a tar archive without its end would go
+        // on there, with whatever entries that member holds.
+        let mut zip_entry = b"PK\x03\x04\x14\0\0\0\x08\0".to_vec();
+        zip_entry.extend([0u8; 20]);
         for second in [0x9e, 0x1e, 0x9d, 0xa0] {
             let mut stream = gz(b"abc");
             let mut old = gz(b"def");
             old[1] = second;
             stream.extend(old);
-            for piece in [1, 1 << 20] {
+            let mut zipped = gz(b"abc");
+            zipped.extend(&zip_entry);
+            for (stream, piece) in [(&stream, 1), (&stream, 1 << 20), (&zipped, 3)] {
                 assert_eq!(
-                    read(&stream, piece, usize::MAX).0,
+                    read(stream, piece, usize::MAX).0,
                     Err(GunzipError::BadHeader(
-                        "a member in another format than gzip's after the first"
+                        "data after a member that is neither zeros nor a gzip member"
                     )),
                     "{second:x} in pieces of {piece}"
                 );
