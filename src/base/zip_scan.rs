@@ -3,6 +3,8 @@
 //! unpacked size. Only the archive's last bytes are needed: [`Tail`] keeps them as the archive
 //! streams by.
 
+use flate2::{Decompress, FlushDecompress, Status};
+
 /// How a zip's end of central directory record begins.
 const END_SIGNATURE: &[u8] = b"PK\x05\x06";
 /// How a zip64 end of central directory locator begins.
@@ -73,6 +75,8 @@ pub struct ZipEntry {
     pub oem_name: bool,
     /// Its unpacked size, as the directory says.
     pub size: u64,
+    /// Where its local entry begins, as the directory says.
+    pub offset: u64,
 }
 
 /// Why a zip's entries could not be read from its end.
@@ -168,8 +172,22 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     let external = le::<4>(directory, e + 38)?;
     let name = directory.get(e + 46..e + 46 + name_len)?;
     let extra = directory.get(e + 46 + name_len..e + 46 + name_len + extra_len)?;
-    if size == 0xffff_ffff {
-        size = zip64_size(extra)?;
+    let mut offset = le::<4>(directory, e + 42)?;
+    if size == 0xffff_ffff || offset == 0xffff_ffff {
+        // zip64: the sizes, then the offset, each only where the 32-bit one is saturated.
+        let csize = le::<4>(directory, e + 20)?;
+        let zip64 = extra_fields(extra).find(|&(id, _)| id == 1)?.1;
+        let mut at = 0;
+        if size == 0xffff_ffff {
+            size = le::<8>(zip64, at)?;
+            at += 8;
+        }
+        if csize == 0xffff_ffff {
+            at += 8;
+        }
+        if offset == 0xffff_ffff {
+            offset = le::<8>(zip64, at)?;
+        }
     }
     let unix_extra = extra_fields(extra).any(|(id, _)| id == 0x756e || id == 0x000d);
     let unicode = extra_fields(extra)
@@ -190,6 +208,7 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
         symlink: (external >> 16) & 0o170000 == 0o120000,
         unix_extra,
         size,
+        offset,
     })
 }
 
@@ -220,17 +239,244 @@ fn as_unzip_writes(name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The unpacked size in a zip64 extra field (its first value).
-fn zip64_size(mut extra: &[u8]) -> Option<u64> {
-    while extra.len() >= 4 {
-        let id = le::<2>(extra, 0)?;
-        let len = le::<2>(extra, 2)? as usize;
-        if id == 1 {
-            return le::<8>(extra, 4);
+/// How a zip's local entry begins.
+const LOCAL_SIGNATURE: &[u8] = b"PK\x03\x04";
+/// How a data descriptor may begin.
+const DESCRIPTOR_SIGNATURE: &[u8] = b"PK\x07\x08";
+/// A local entry's header without its name and extra field.
+const LOCAL_SIZE: usize = 30;
+/// The most local entries followed: more than a central directory of [`Tail`]'s 1 MiB lists.
+const MAX_LOCAL_ENTRIES: usize = 1024 * 1024 / 46;
+
+/// Where a zip's local entries are read.
+enum Flow {
+    /// A local header (or the central directory's start), gathered in `carry`.
+    Header,
+    /// Bytes of a stored entry, or after a deflated entry's data, to skip.
+    Skip(u64),
+    /// A deflated entry's data: at most `left` more bytes; `descriptor`: the size of the data
+    /// descriptor after it (without its signature), when there is one.
+    Inflate {
+        left: u64,
+        descriptor: Option<usize>,
+    },
+    /// A data descriptor of this size (without its signature), gathered in `carry`.
+    Descriptor(usize),
+    /// The central directory began, or a fault was found: the rest is not read.
+    Done,
+}
+
+/// A zip's local entries, read as its bytes stream by: where each begins and the most bytes
+/// unzip can write of it. unzip inflates a deflated entry as far as its data goes, whatever
+/// size the directory gives it, so that size does not bound what it writes; here the data is
+/// inflated and counted. What cannot be followed so is refused: an entry encrypted, compressed
+/// otherwise than stored or deflated, or stored with its size after its data.
+pub struct LocalEntries {
+    flow: Flow,
+    carry: Vec<u8>,
+    at: u64,
+    inflate: Option<Box<Decompress>>,
+    out: Vec<u8>,
+    limit: u64,
+    /// Each local entry: the offset of its header and the most bytes unzip writes of it.
+    pub found: Vec<(u64, u64)>,
+    /// What could not be followed.
+    pub fault: Option<&'static str>,
+    /// The entries write more than the limit given (the reading stopped there).
+    pub too_large: bool,
+}
+
+impl LocalEntries {
+    /// A reading at a zip's start, which stops once its entries write more than `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        LocalEntries {
+            flow: Flow::Header,
+            carry: Vec::new(),
+            at: 0,
+            inflate: None,
+            out: Vec::new(),
+            limit,
+            found: Vec::new(),
+            fault: None,
+            too_large: false,
         }
-        extra = extra.get(4 + len..)?;
     }
-    None
+
+    /// The zip's end: what could not be followed, if anything (a local entry cut short, too).
+    pub fn finish(&self) -> Result<(), &'static str> {
+        match (self.fault, &self.flow) {
+            (Some(fault), _) => Err(fault),
+            (None, Flow::Done) => Ok(()),
+            (None, _) => Err("a local entry cut short"),
+        }
+    }
+
+    /// What unzip writes, at most, of the local entry whose header is at `offset` (`None`: no
+    /// local entry begins there).
+    pub fn written_at(&self, offset: u64) -> Option<u64> {
+        let at = self.found.binary_search_by_key(&offset, |&(o, _)| o).ok()?;
+        Some(self.found[at].1)
+    }
+
+    /// The bytes the entries read so far write, at most.
+    pub fn written(&self) -> u64 {
+        self.found.iter().map(|&(_, n)| n).sum()
+    }
+
+    fn fail(&mut self, fault: &'static str) {
+        self.fault = Some(fault);
+        self.flow = Flow::Done;
+    }
+
+    /// Takes the zip's next bytes.
+    pub fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let before = data.len();
+            match self.flow {
+                Flow::Done => return,
+                Flow::Skip(left) => {
+                    let n = left.min(data.len() as u64);
+                    data = &data[n as usize..];
+                    self.flow = match left - n {
+                        0 => Flow::Header,
+                        left => Flow::Skip(left),
+                    };
+                }
+                Flow::Descriptor(size) => {
+                    // Its signature is optional: 4 bytes tell whether it is there.
+                    let want = |carry: &[u8]| match carry.len() < 4 {
+                        true => 4,
+                        false if carry.starts_with(DESCRIPTOR_SIGNATURE) => size + 4,
+                        false => size,
+                    };
+                    let n = (want(&self.carry) - self.carry.len()).min(data.len());
+                    self.carry.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.carry.len() >= 4 && self.carry.len() == want(&self.carry) {
+                        self.carry.clear();
+                        self.flow = Flow::Header;
+                    }
+                }
+                Flow::Header => {
+                    let n = self.header_room().min(data.len());
+                    self.carry.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    self.at += n as u64;
+                    self.header();
+                    continue;
+                }
+                Flow::Inflate { left, descriptor } => {
+                    let Some(inflate) = self.inflate.as_mut() else {
+                        return self.fail("a deflated entry");
+                    };
+                    let input = &data[..(left.min(data.len() as u64) as usize)];
+                    let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+                    self.out.resize(4096, 0);
+                    let status = inflate.decompress(input, &mut self.out, FlushDecompress::None);
+                    let used = (inflate.total_in() - in_before) as usize;
+                    let made = inflate.total_out() - out_before;
+                    data = &data[used..];
+                    let left = left - used as u64;
+                    if let Some(last) = self.found.last_mut() {
+                        last.1 += made;
+                    }
+                    if self.written() > self.limit {
+                        self.too_large = true;
+                        return self.fail("entries that unpack to more than allowed");
+                    }
+                    self.flow = match status {
+                        Err(_) => return self.fail("a deflated entry whose data does not inflate"),
+                        Ok(Status::StreamEnd) => match descriptor {
+                            Some(size) => Flow::Descriptor(size),
+                            None if left > 0 => Flow::Skip(left),
+                            None => Flow::Header,
+                        },
+                        // unzip reads no more of the entry than its size says (what the
+                        // inflater still holds of it comes out first).
+                        Ok(_) if left == 0 && made == 0 => Flow::Header,
+                        Ok(_) if used == 0 && made == 0 => {
+                            return self.fail("a deflated entry whose data does not inflate")
+                        }
+                        Ok(_) => Flow::Inflate { left, descriptor },
+                    };
+                }
+            }
+            self.at += (before - data.len()) as u64;
+        }
+    }
+
+    /// How many more bytes the header being gathered needs (at least 1 while it is one).
+    fn header_room(&self) -> usize {
+        let carry = &self.carry;
+        if carry.len() < LOCAL_SIZE {
+            return LOCAL_SIZE - carry.len();
+        }
+        let name = le::<2>(carry, 26).unwrap_or_default() as usize;
+        let extra = le::<2>(carry, 28).unwrap_or_default() as usize;
+        LOCAL_SIZE + name + extra - carry.len()
+    }
+
+    /// Reads the local header gathered in `carry`, once it is whole.
+    fn header(&mut self) {
+        let carry = &self.carry;
+        if carry.len() >= 4 && !carry.starts_with(LOCAL_SIGNATURE) {
+            let central = [ENTRY_SIGNATURE, END_SIGNATURE, END64_SIGNATURE]
+                .iter()
+                .any(|signature| carry.starts_with(signature));
+            return match central {
+                true => self.flow = Flow::Done,
+                false => self.fail("data where a local entry should begin"),
+            };
+        }
+        if self.header_room() > 0 {
+            return;
+        }
+        let header = std::mem::take(&mut self.carry);
+        let start = self.at - header.len() as u64;
+        let word = |at| le::<2>(&header, at).unwrap_or_default();
+        let (flags, method) = (word(6), word(8));
+        let mut csize = le::<4>(&header, 18).unwrap_or_default();
+        let usize_ = le::<4>(&header, 22).unwrap_or_default();
+        let extra = &header[LOCAL_SIZE + word(26) as usize..];
+        let zip64 = extra_fields(extra).find(|&(id, _)| id == 1).map(|(_, d)| d);
+        if let Some(zip64) = zip64 {
+            let at = if usize_ == 0xffff_ffff { 8 } else { 0 };
+            if csize == 0xffff_ffff {
+                csize = le::<8>(zip64, at).unwrap_or(u64::MAX);
+            }
+        }
+        if self.found.len() >= MAX_LOCAL_ENTRIES {
+            return self.fail("more local entries than its central directory may list");
+        }
+        if flags & 1 != 0 {
+            return self.fail("an encrypted entry");
+        }
+        let descriptor = (flags & 8 != 0).then_some(if zip64.is_some() { 20 } else { 12 });
+        match method {
+            0 if descriptor.is_some() => self.fail("a stored entry whose size follows its data"),
+            0 => {
+                self.found.push((start, csize));
+                self.flow = Flow::Skip(csize);
+            }
+            8 => {
+                self.found.push((start, 0));
+                let inflate = self
+                    .inflate
+                    .get_or_insert_with(|| Box::new(Decompress::new(false)));
+                inflate.reset(false);
+                let left = if descriptor.is_some() {
+                    u64::MAX
+                } else {
+                    csize
+                };
+                self.flow = Flow::Inflate { left, descriptor };
+            }
+            _ => self.fail("an entry compressed otherwise than stored or deflated"),
+        }
+        if csize == 0 && method == 0 {
+            self.flow = Flow::Header;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,7 +546,8 @@ mod tests {
                     symlink: false,
                     unix_extra: false,
                     oem_name: false,
-                    size: 9
+                    size: 9,
+                    offset: 0,
                 },
                 ZipEntry {
                     name: "ln".into(),
@@ -308,7 +555,8 @@ mod tests {
                     symlink: true,
                     unix_extra: false,
                     oem_name: false,
-                    size: 4
+                    size: 4,
+                    offset: 46,
                 },
             ]
         );
@@ -332,6 +580,84 @@ mod tests {
         assert_eq!(as_unzip_writes(b"job\x01.json;1"), b"job.json");
         assert_eq!(as_unzip_writes(b"job.js\xffon;"), b"job.json");
         assert_eq!(as_unzip_writes(b"a;b.txt"), b"a;b.txt");
+    }
+
+    /// A local entry of `content` deflated, its sizes saying `declared`, or else (flag bit 3)
+    /// given in a data descriptor after its data, with its signature.
+    fn deflated(content: &[u8], declared: u32, descriptor: bool) -> Vec<u8> {
+        let mut inflate = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut data = Vec::with_capacity(content.len() + 64);
+        let _ = inflate.compress_vec(content, &mut data, flate2::FlushCompress::Finish);
+        let flags: u16 = if descriptor { 8 } else { 0 };
+        let mut out = b"PK\x03\x04\x14\0".to_vec();
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let (csize, usize_) = match descriptor {
+            true => (0, 0),
+            false => (data.len() as u32, declared),
+        };
+        out.extend_from_slice(&csize.to_le_bytes());
+        out.extend_from_slice(&usize_.to_le_bytes());
+        out.extend_from_slice(&[1, 0, 0, 0, b'x']);
+        out.extend_from_slice(&data);
+        if descriptor {
+            out.extend_from_slice(b"PK\x07\x08\0\0\0\0");
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&declared.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn what_unzip_writes_of_each_local_entry_is_counted_as_it_inflates() {
+        // A tester's zip said 10 bytes for an entry that inflates to 50 MiB: unzip wrote it
+        // all. What the data inflates to counts, whatever the sizes say.
+        let big = vec![0u8; 200_000];
+        let mut archive = deflated(&big, 10, false);
+        let second = archive.len() as u64;
+        archive.extend(deflated(b"print(1)", 8, true));
+        let third = archive.len() as u64;
+        archive.extend(zip(&[("s", false, b"stored")]));
+        for piece in [1, 7, 100_000] {
+            let mut local = LocalEntries::new(u64::MAX);
+            for chunk in archive.chunks(piece) {
+                local.push(chunk);
+            }
+            assert_eq!(local.finish(), Ok(()), "pieces of {piece}");
+            assert_eq!(local.written_at(0), Some(200_000), "pieces of {piece}");
+            assert_eq!(local.written_at(second), Some(8), "pieces of {piece}");
+            assert_eq!(local.written_at(third), Some(6), "pieces of {piece}");
+            assert_eq!(local.written_at(1), None);
+        }
+        let mut limited = LocalEntries::new(100_000);
+        limited.push(&archive);
+        assert!(limited.too_large && limited.finish().is_err());
+        // What cannot be followed: a stored entry sized after its data, another method,
+        // encryption, data between entries, an entry cut short.
+        let mut stored_later = zip(&[("s", false, b"stored")]);
+        stored_later[6] = 8;
+        let mut bzip2 = zip(&[("s", false, b"stored")]);
+        bzip2[8] = 12;
+        let mut encrypted = zip(&[("s", false, b"stored")]);
+        encrypted[6] = 1;
+        let mut between = deflated(b"a", 1, false);
+        between.extend(b"junk");
+        between.extend(zip(&[("s", false, b"stored")]));
+        let cut = deflated(&big, 10, true);
+        for (archive, fault) in [
+            (stored_later, "a stored entry whose size follows its data"),
+            (
+                bzip2,
+                "an entry compressed otherwise than stored or deflated",
+            ),
+            (encrypted, "an encrypted entry"),
+            (between, "data where a local entry should begin"),
+            (cut[..cut.len() / 2].to_vec(), "a local entry cut short"),
+        ] {
+            let mut local = LocalEntries::new(u64::MAX);
+            local.push(&archive);
+            assert_eq!(local.finish(), Err(fault));
+        }
     }
 
     #[test]

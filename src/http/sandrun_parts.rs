@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use crate::base::gunzip::Gunzip;
 use crate::base::paths::is_safe_component;
 use crate::base::tar_scan::{EntryKind, TarFault, TarScan};
-use crate::base::zip_scan::{self, Tail, ZipFault};
+use crate::base::zip_scan::{self, LocalEntries, Tail, ZipFault};
 use crate::worker::sandrun_manifest::{
     entrypoint_fault, sandrun_string, EntrypointFault, JOB_JSON, MAX_COMPONENT_BYTES,
     MAX_ENTRYPOINT_BYTES, MAX_JOB_JSON_BYTES,
@@ -459,8 +459,8 @@ pub enum ArchiveCheck {
         /// What it may unpack to.
         unpacking: Unpacking,
     },
-    /// A `.zip`.
-    Zip(Tail),
+    /// A `.zip`: its last bytes, and its local entries as they stream by.
+    Zip(Tail, Box<LocalEntries>, Unpacking),
 }
 
 impl ArchiveCheck {
@@ -482,14 +482,21 @@ impl ArchiveCheck {
                 fault: None,
                 unpacking,
             },
-            Unpacker::Zip => ArchiveCheck::Zip(Tail::new(ZIP_TAIL_BYTES)),
+            Unpacker::Zip => ArchiveCheck::Zip(
+                Tail::new(ZIP_TAIL_BYTES),
+                Box::new(LocalEntries::new(unpacking.room)),
+                unpacking,
+            ),
         })
     }
 
     /// Takes the archive's next bytes.
     pub fn feed(&mut self, data: &[u8]) {
         match self {
-            ArchiveCheck::Zip(tail) => tail.push(data),
+            ArchiveCheck::Zip(tail, local, _) => {
+                tail.push(data);
+                local.push(data);
+            }
             ArchiveCheck::Tar {
                 gz,
                 scan,
@@ -545,7 +552,7 @@ impl ArchiveCheck {
                     Err(_) => JobJson::TooLarge,
                 }))
             }
-            ArchiveCheck::Zip(tail) => {
+            ArchiveCheck::Zip(tail, local, limits) => {
                 let entries = zip_scan::entries(tail.bytes(), tail.total).map_err(|fault| {
                     refused(match fault {
                         ZipFault::NotZip => ArchiveFault::NotZip,
@@ -553,6 +560,12 @@ impl ArchiveCheck {
                         ZipFault::BadDirectory => ArchiveFault::BadDirectory,
                     })
                 })?;
+                if local.too_large {
+                    return Err(refused(ArchiveFault::TooLarge(limits.max)));
+                }
+                local
+                    .finish()
+                    .map_err(|what| refused(ArchiveFault::Unsupported(what)))?;
                 let mut job_json = None;
                 for entry in entries {
                     if entry.symlink {
@@ -571,7 +584,12 @@ impl ArchiveCheck {
                     if let Some(fault) = names().filter_map(|n| path_fault(n)).next() {
                         return Err(refused(fault));
                     }
-                    unpacking.take(entry.size).map_err(refused)?;
+                    // unzip writes a deflated entry as far as its data inflates, whatever size
+                    // the directory gives it.
+                    let written = local
+                        .written_at(entry.offset)
+                        .ok_or(refused(ArchiveFault::BadDirectory))?;
+                    unpacking.take(entry.size.max(written)).map_err(refused)?;
                     if names().any(|n| is_zip_job_json(n)) {
                         job_json = Some(JobJson::InZip);
                     }
@@ -674,6 +692,58 @@ mod tests {
         };
         check.feed(bytes);
         check.finish(filename, &mut unpacking)
+    }
+
+    /// A zip of one entry `main.py`, `content` deflated, whose sizes say `declared`.
+    fn zip_deflated(content: &[u8], declared: u32) -> Vec<u8> {
+        let mut compress = flate2::Compress::new(Compression::default(), false);
+        let mut data = Vec::with_capacity(content.len() + 64);
+        let _ = compress.compress_vec(content, &mut data, flate2::FlushCompress::Finish);
+        let sizes = [(data.len() as u32).to_le_bytes(), declared.to_le_bytes()].concat();
+        let mut zip = b"PK\x03\x04\x14\0\0\0\x08\0\0\0\0\0\0\0\0\0".to_vec();
+        zip.extend_from_slice(&sizes);
+        zip.extend_from_slice(b"\x07\0\0\0main.py");
+        zip.extend_from_slice(&data);
+        let directory_at = zip.len() as u32;
+        zip.extend_from_slice(b"PK\x01\x02\x1e\x03\x14\0\0\0\x08\0\0\0\0\0\0\0\0\0");
+        zip.extend_from_slice(&sizes);
+        zip.extend_from_slice(b"\x07\0\0\0\0\0\0\0\0\0\0\0\xa4\x81\0\0\0\0main.py");
+        let directory_len = zip.len() as u32 - directory_at;
+        zip.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        zip.extend_from_slice(&directory_len.to_le_bytes());
+        zip.extend_from_slice(&directory_at.to_le_bytes());
+        zip.extend_from_slice(&[0, 0]);
+        zip
+    }
+
+    #[test]
+    fn a_zip_entry_counts_as_what_it_inflates_to_not_what_its_sizes_say() {
+        let start = FileStart {
+            bytes: Vec::new(),
+            job_json: None,
+            fake_tar: false,
+        };
+        let run = |zip: &[u8], max: u64| {
+            let mut unpacking = Unpacking::new(max);
+            let mut check = ArchiveCheck::for_file("x.zip", &start, unpacking)?;
+            for piece in zip.chunks(1000) {
+                check.feed(piece);
+            }
+            Some(
+                check
+                    .finish("x.zip", &mut unpacking)
+                    .map(|_| unpacking.room),
+            )
+        };
+        // unzip writes all 300,000 bytes of an entry whose sizes say 10.
+        let bomb = zip_deflated(&[0u8; 300_000], 10);
+        assert!(matches!(
+            run(&bomb, 100_000),
+            Some(Err(PartError::Archive(_, ArchiveFault::TooLarge(100_000))))
+        ));
+        assert!(matches!(run(&bomb, 1_000_000), Some(Ok(700_000))));
+        let honest = zip_deflated(b"print(1)\n", 9);
+        assert!(matches!(run(&honest, 1_000), Some(Ok(991))));
     }
 
     #[test]
