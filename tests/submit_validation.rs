@@ -553,7 +553,7 @@ fn zip_of(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
 }
 
 /// sandrun unpacks an archive on its host with the system tar or unzip, which write links,
-/// devices and pipes as they are: the coordinator reads each archive through as it streams in
+/// devices, pipes and (tar, as root) setuid files as they are: the coordinator reads each archive through as it streams in
 /// and refuses what would be unpacked so, a `..` path, a job.json naming an entrypoint out of
 /// the job, a file that is not the archive its name says, and archives over
 /// --max-unpacked-bytes (413). Good archives are taken, and none under --refuse-archives.
@@ -581,6 +581,10 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
         )
         .unwrap_or_default();
     };
+    let setuid = |tree: &Path| {
+        code(tree);
+        run("chmod", &["4755", "main.py"], tree);
+    };
     let tarball = |tar: Vec<u8>| Form::new().file("job.tar.gz", "application/gzip", &tar);
     let cases: Vec<(&str, Form, &str)> = vec![
         (
@@ -597,6 +601,11 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
             "a named pipe",
             tarball(tar_of(pipe, &[], &["main.py", "in.txt"])),
             "holds \"in.txt\", a named pipe",
+        ),
+        (
+            "a setuid file",
+            tarball(tar_of(setuid, &[], &["main.py"])),
+            "holds \"main.py\", a setuid or setgid file: GNU tar, run as root as sandrun is, writes it so",
         ),
         (
             "a path with ..",

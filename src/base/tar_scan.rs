@@ -53,6 +53,8 @@ pub enum TarFault {
     /// Something this reader does not follow, which could make tar read the stream otherwise
     /// (what).
     Unsupported(&'static str),
+    /// A file (its path) whose mode sets the setuid or setgid bit.
+    SetId(String),
 }
 
 /// What is being read.
@@ -321,6 +323,24 @@ impl TarScan {
                     self.fail(TarFault::Unsupported("a file entry whose name ends in /"));
                     return;
                 }
+                // GNU tar, run as root, writes a file's setuid and setgid bits (and takes a
+                // mode it cannot read as -1: every bit set); a setuid-root file in the job's
+                // directory on the worker's host is a way to root for whoever reaches it.
+                if kind == EntryKind::File {
+                    match size_field(&block[100..108]) {
+                        Some(mode) if mode & 0o6000 == 0 => {}
+                        Some(_) => {
+                            self.fail(TarFault::SetId(path));
+                            return;
+                        }
+                        None => {
+                            self.fail(TarFault::Unsupported(
+                                "a file whose mode does not read as a number",
+                            ));
+                            return;
+                        }
+                    }
+                }
                 // GNU tar reads no content after a folder entry, whatever its size says.
                 if kind == EntryKind::Directory && content_size != 0 {
                     self.fail(TarFault::Unsupported("a folder entry that claims content"));
@@ -553,6 +573,33 @@ mod tests {
                 Some(Ok(br#"{"entrypoint":"main.py"}"#.to_vec()))
             );
         }
+    }
+
+    #[test]
+    fn a_setuid_or_setgid_file_and_a_mode_tar_reads_as_all_bits_are_refused() {
+        let with_mode = |mode: &[u8; 8], typeflag: u8| {
+            let content: &[u8] = if typeflag == b'5' { b"" } else { b"x" };
+            let mut archive = entry("tool", typeflag, content);
+            archive[100..108].copy_from_slice(mode);
+            archive[148..156].copy_from_slice(b"        ");
+            let sum: u64 = archive[..BLOCK].iter().map(|&b| u64::from(b)).sum();
+            archive[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            archive.extend(vec![0u8; 2 * BLOCK]);
+            scan(&archive, 100).finish()
+        };
+        let setid = Err(TarFault::SetId("tool".into()));
+        assert_eq!(with_mode(b"0004755\0", b'0'), setid);
+        assert_eq!(with_mode(b"0002755\0", b'0'), setid);
+        assert_eq!(with_mode(b"\x80\0\0\0\0\0\x0d\xed", b'0'), setid);
+        let unread = Err(TarFault::Unsupported(
+            "a file whose mode does not read as a number",
+        ));
+        assert_eq!(with_mode(&[0; 8], b'0'), unread);
+        assert_eq!(with_mode(b"\xff\xff\xff\xff\xff\xff\xff\xff", b'0'), unread);
+        // A sticky bit, plain modes and a setgid folder (a shared group's) are taken.
+        assert_eq!(with_mode(b"0001755\0", b'0'), Ok(()));
+        assert_eq!(with_mode(b" 000755 ", b'0'), Ok(()));
+        assert_eq!(with_mode(b"0002775\0", b'5'), Ok(()));
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub enum ArchiveFault {
     DotDot(String),
     /// An entry (its path) named as sandrun names an archive it unpacks.
     Reserved(String),
+    /// A file (its path) that tar, run as root, writes setuid or setgid.
+    SetId(String),
     /// The archives of the submit unpack to more than `--max-unpacked-bytes` (its value).
     TooLarge(u64),
 }
@@ -102,6 +104,7 @@ impl fmt::Display for ArchiveFault {
             Self::NotTar(at) => write!(f, "does not hold a tar archive (a header at byte {at} of its unpacked stream does not read as one)"),
             Self::Truncated => write!(f, "ends before its last entry does (cut short?)"),
             Self::Unsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; pack regular files and folders with a plain tar (GNU or ustar format)"),
+            Self::SetId(path) => write!(f, "holds {path:?}, a setuid or setgid file: GNU tar, run as root as sandrun is, writes it so in the job's directory on the worker's host, where whoever reaches that directory may run it as its owner; clear those bits (chmod u-s,g-s) before packing"),
             Self::NotZip => write!(f, "is not a zip archive (no end of central directory), though its name says so"),
             Self::LargeDirectory(size) => write!(f, "has a central directory of {size} bytes, more than the {ZIP_TAIL_BYTES} the coordinator reads; pack so many files as a .tar.gz"),
             Self::BadDirectory => write!(f, "has a central directory that does not read as one"),
@@ -544,6 +547,7 @@ impl ArchiveCheck {
                         TarFault::BadHeader(at) => ArchiveFault::NotTar(at),
                         TarFault::Truncated => ArchiveFault::Truncated,
                         TarFault::Unsupported(what) => ArchiveFault::Unsupported(what),
+                        TarFault::SetId(path) => ArchiveFault::SetId(path),
                     })
                 })?;
                 unpacking.take(scan.unpacked()).map_err(refused)?;
