@@ -91,6 +91,8 @@ pub enum ArchiveFault {
     DotDot(String),
     /// An entry (its path) named as sandrun names an archive it unpacks.
     Reserved(String),
+    /// A zip's local entries hold something the coordinator does not follow (what).
+    ZipUnsupported(&'static str),
     /// A file (its path) that tar, run as root, writes setuid or setgid.
     SetId(String),
     /// The archives of the submit unpack to more than `--max-unpacked-bytes` (its value).
@@ -104,6 +106,7 @@ impl fmt::Display for ArchiveFault {
             Self::NotTar(at) => write!(f, "does not hold a tar archive (a header at byte {at} of its unpacked stream does not read as one)"),
             Self::Truncated => write!(f, "ends before its last entry does (cut short?)"),
             Self::Unsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; pack regular files and folders with a plain tar (GNU or ustar format)"),
+            Self::ZipUnsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; zip the files into a file (not a pipe) with deflate or store and no password, or send a .tar.gz"),
             Self::SetId(path) => write!(f, "holds {path:?}, a setuid or setgid file: GNU tar, run as root as sandrun is, writes it so in the job's directory on the worker's host, where whoever reaches that directory may run it as its owner; clear those bits (chmod u-s,g-s) before packing"),
             Self::NotZip => write!(f, "is not a zip archive (no end of central directory), though its name says so"),
             Self::LargeDirectory(size) => write!(f, "has a central directory of {size} bytes, more than the {ZIP_TAIL_BYTES} the coordinator reads; pack so many files as a .tar.gz"),
@@ -569,7 +572,7 @@ impl ArchiveCheck {
                 }
                 local
                     .finish()
-                    .map_err(|what| refused(ArchiveFault::Unsupported(what)))?;
+                    .map_err(|what| refused(ArchiveFault::ZipUnsupported(what)))?;
                 let mut job_json = None;
                 for entry in entries {
                     if entry.symlink {
