@@ -8,7 +8,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -358,15 +358,75 @@ fn verify_outputs_names_each_output_whose_bytes_changed_on_disk() {
 /// The user id the coordinator runs as in the ownership test: `nobody`.
 const OTHER_UID: u32 = 65534;
 
-/// Whether this test process may start the coordinator as another user (it runs as root).
-fn can_run_as_another_user() -> bool {
+/// Why this test process cannot start the coordinator as another user on the temp dir `dir`,
+/// if it cannot: it must run as root, and that user must reach `dir` (a `TMPDIR` under root's
+/// 0700 home would keep it out).
+fn cannot_run_as_another_user(dir: &Path) -> Option<String> {
     // SAFETY: `geteuid` cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the test must run as root to start the coordinator as another user".into());
+    }
+    let above = dir.parent().unwrap_or(dir);
+    unsearchable_by_other(above).map(|folder| {
+        format!(
+            "uid {OTHER_UID} cannot reach the temp dir {}: {} is not searchable by it (set TMPDIR \
+             to a folder other users may enter)",
+            dir.display(),
+            folder.display()
+        )
+    })
 }
 
-/// Starts the coordinator on `dir` as `OTHER_UID`.
-fn start_as_other(dir: &Path) -> Result<Coordinator, String> {
-    Coordinator::try_start_in_with(dir, &[], |command| {
+/// The first of `path` and the folders above it that `OTHER_UID` may not search (or, for a
+/// file, run): no execute bit for that user; `None` when it reaches and may run `path`.
+fn unsearchable_by_other(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .find(|folder| {
+            let Ok(meta) = fs::metadata(folder) else {
+                return true;
+            };
+            let bit = if meta.uid() == OTHER_UID {
+                0o100
+            } else if meta.gid() == OTHER_UID {
+                0o010
+            } else {
+                0o001
+            };
+            meta.mode() & bit == 0
+        })
+        .map(Path::to_path_buf)
+}
+
+/// The coordinator binary as `OTHER_UID` may run it: cargo's, or a link to it (a copy across
+/// filesystems) in `dir` where a folder above cargo's keeps that user out, as root's 0700 home
+/// does a clone made there.
+fn binary_for_other(dir: &Path) -> PathBuf {
+    let built = Path::new(env!("CARGO_BIN_EXE_trusted-pool"));
+    let Some(folder) = unsearchable_by_other(built) else {
+        return built.to_path_buf();
+    };
+    eprintln!(
+        "uid {OTHER_UID} cannot run {} ({} is not searchable by it): running a link to it in {}",
+        built.display(),
+        folder.display(),
+        dir.display()
+    );
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+    let program = bin.join("trusted-pool");
+    if fs::hard_link(built, &program).is_err() {
+        fs::copy(built, &program).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    program
+}
+
+/// Starts the coordinator `program` on `dir` as `OTHER_UID`.
+fn start_as_other(program: &Path, dir: &Path) -> Result<Coordinator, String> {
+    Coordinator::try_start_program_in_with(program, dir, &[], |command| {
         command.uid(OTHER_UID).gid(OTHER_UID);
     })
 }
@@ -415,12 +475,13 @@ fn assert_refused_for_ownership(refused: Result<Coordinator, String>, state: &Pa
 /// file it may not read. After the `chown`, it starts with its job history.
 #[test]
 fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chown() {
-    if !can_run_as_another_user() {
-        eprintln!("skipped: the test must run as root to start the coordinator as another user");
+    let dir = temp_dir();
+    if let Some(why) = cannot_run_as_another_user(dir.path()) {
+        eprintln!("skipped: {why}");
         return;
     }
+    let program = binary_for_other(dir.path());
     let worker = FakeWorker::start();
-    let dir = temp_dir();
     write_workers_json(dir.path(), &[worker.entry(1)]);
     let mut coordinator = Coordinator::start_in(dir.path(), &["--health-interval", "1"]);
     wait_healthy(&coordinator, &[&worker], DEADLINE);
@@ -442,7 +503,7 @@ fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chow
     };
     // In WAL mode, the directory writable, jobs.db root's.
     root_owned();
-    assert_refused_for_ownership(start_as_other(dir.path()), &state);
+    assert_refused_for_ownership(start_as_other(&program, dir.path()), &state);
     // Not in WAL mode yet (as a store copied with its journal mode changed).
     rusqlite::Connection::open(&db)
         .and_then(|c| {
@@ -452,11 +513,11 @@ fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chow
         })
         .unwrap_or_else(|e| panic!("{e}"));
     root_owned();
-    assert_refused_for_ownership(start_as_other(dir.path()), &state);
+    assert_refused_for_ownership(start_as_other(&program, dir.path()), &state);
 
     // `check` as that user, of a file it may not read.
     fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_trusted-pool"))
+    let output = std::process::Command::new(&program)
         .arg("check")
         .arg("--state-dir")
         .arg(&state)
@@ -474,7 +535,7 @@ fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chow
 
     // The fix the message gives: the job history is all there.
     chown_all(&state, OTHER_UID);
-    let coordinator = start_as_other(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let coordinator = start_as_other(&program, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
     assert_eq!(status["pool_status"], "completed", "{status}");
 }

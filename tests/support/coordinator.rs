@@ -131,7 +131,23 @@ impl Coordinator {
         extra_args: &[&str],
         setup: impl FnOnce(&mut Command),
     ) -> Result<Coordinator, String> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trusted-pool"));
+        Coordinator::try_start_program_in_with(
+            Path::new(env!("CARGO_BIN_EXE_trusted-pool")),
+            dir,
+            extra_args,
+            setup,
+        )
+    }
+
+    /// Like `try_start_in_with`, running `program` (a copy of the binary) instead of the one
+    /// cargo built.
+    pub fn try_start_program_in_with(
+        program: &Path,
+        dir: &Path,
+        extra_args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Coordinator, String> {
+        let mut command = Command::new(program);
         setup(&mut command);
         let mut child = command
             .args(["--port", "0", "--bind", "127.0.0.1", "--workers"])
