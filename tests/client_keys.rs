@@ -960,11 +960,7 @@ fn an_idempotency_key_belongs_to_the_key_that_gave_it() {
 }
 
 fn hup(coordinator: &Coordinator) {
-    let status = Command::new("kill")
-        .args(["-HUP", &coordinator.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    assert!(coordinator.signal(libc::SIGHUP), "kill -HUP");
 }
 
 /// The failed key reloads `/metrics` counted, as `key` reads them.

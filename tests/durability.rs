@@ -2601,10 +2601,7 @@ fn a_disk_that_stops_answering_stalls_the_store_visibly_and_submits_are_refused_
     assert!(coordinator.wait_for_log("The job store has written nothing for", DEADLINE));
 
     // A stop meanwhile says what it waits for, and ends cleanly once the disk is back.
-    let stop = std::process::Command::new("kill")
-        .args(["-TERM", &coordinator.pid().to_string()])
-        .status();
-    assert!(stop.is_ok_and(|s| s.success()));
+    assert!(coordinator.signal(libc::SIGTERM), "kill -TERM");
     assert!(coordinator.wait_for_log(
         "the stop is waiting for it to write its last changes",
         DEADLINE
@@ -3945,16 +3942,10 @@ fn a_second_signal_exits_at_once() {
         in_flight.then_some(())
     })
     .unwrap_or_else(|| panic!("the second job's dispatch never reached the worker"));
-    let pid = coordinator.pid().to_string();
-    let kill = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-    };
-    let _ = kill("-TERM");
+    coordinator.signal(libc::SIGTERM);
     assert!(coordinator.wait_for_log("Shutting down", DEADLINE));
     let started = Instant::now();
-    let _ = kill("-INT");
+    coordinator.signal(libc::SIGINT);
     let status = coordinator.wait_exit(Duration::from_secs(3));
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));

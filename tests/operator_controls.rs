@@ -747,11 +747,7 @@ fn job_status_as(coordinator: &Coordinator, id: &str) -> Value {
 }
 
 fn hangup(coordinator: &Coordinator) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &coordinator.pid().to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
-    assert!(status.success());
+    assert!(coordinator.signal(libc::SIGHUP), "kill -HUP");
 }
 
 #[test]
@@ -1937,11 +1933,7 @@ fn a_graceful_shutdown_lets_a_download_end_and_makes_the_wipe_that_waited_for_it
     let deleted = under_way.deleted.clone();
     let (code, body) = delete_job(&under_way.coordinator, &deleted);
     assert_eq!(code, 200, "{body}");
-    let pid = under_way.coordinator.pid().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(sent.is_ok_and(|s| s.success()));
+    assert!(under_way.coordinator.signal(libc::SIGTERM), "kill -TERM");
     assert!(under_way
         .coordinator
         .wait_for_log("Shutting down", DEADLINE));

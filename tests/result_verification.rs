@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -278,11 +277,7 @@ fn require_verified_fails_bad_results_and_distrusts_the_worker_until_an_operator
             let (code, body) = post(&undrain_url(&coordinator, &worker), "text/plain", b"");
             assert_eq!(code, 200, "{body}");
         } else {
-            let sent = Command::new("kill")
-                .args(["-HUP", &coordinator.pid().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(sent, "kill -HUP");
+            assert!(coordinator.signal(libc::SIGHUP), "kill -HUP");
         }
         wait_health(&coordinator, &worker, true);
     }

@@ -68,11 +68,7 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
         "3 pings at 0.2 s took {:?}",
         started.elapsed()
     );
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &coordinator.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    assert!(coordinator.signal(libc::SIGTERM), "kill -TERM");
     let stopping = receive_until(&socket, "STOPPING=1", DEADLINE);
     assert!(!stopping.is_empty());
     assert!(

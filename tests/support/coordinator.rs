@@ -225,9 +225,17 @@ impl Coordinator {
 
     /// Sends SIGHUP (re-read files).
     pub fn hangup(&self) {
-        let _ = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status();
+        self.signal(libc::SIGHUP);
+    }
+
+    /// Sends `signal` to it with kill(2) (not the `kill` program, which a minimal Debian
+    /// without procps lacks); whether it was sent.
+    pub fn signal(&self, signal: libc::c_int) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return false;
+        };
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped.
+        unsafe { libc::kill(pid, signal) == 0 }
     }
 
     /// Its port.
@@ -347,9 +355,7 @@ impl Coordinator {
 
     /// Sends SIGTERM and waits up to `deadline` for it to exit.
     pub fn terminate(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal(libc::SIGTERM);
         let end = Instant::now() + deadline;
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {

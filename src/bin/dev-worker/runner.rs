@@ -248,10 +248,14 @@ fn peak_memory(child: &Child) -> u64 {
 
 /// Kills a child and everything it started (it leads its own process group), then reaps it.
 fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
+    // kill(2) on the group, not the `kill` program (a minimal Debian without procps lacks it).
+    if let Ok(group) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) takes plain integers; the group is the child's own, led by it and not
+        // yet reaped.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
