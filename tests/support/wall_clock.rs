@@ -44,15 +44,19 @@ impl FakeClock {
         Some(clock)
     }
 
-    /// Moves the clock: an offset (`+1d`, `-3600`) or an absolute time (`@1969-12-31 23:00:00`).
+    /// Moves the clock: an offset (`+1d`, `-3600`) or an absolute time in UTC
+    /// (`@1969-12-31 23:00:00`).
     pub fn set(&self, at: &str) {
         std::fs::write(&self.file, format!("{at}\n"))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.file.display()));
     }
 
-    /// The environment that runs a coordinator on this clock.
-    pub fn env(&self) -> [(&str, &str); 4] {
+    /// The environment that runs a coordinator on this clock. In UTC: libfaketime reads an
+    /// absolute time (`@1969-12-31 23:00:00`) in the process's time zone, which west of UTC
+    /// would put it past 1970.
+    pub fn env(&self) -> [(&str, &str); 5] {
         [
+            ("TZ", "UTC"),
             ("LD_PRELOAD", self.library.as_str()),
             (
                 "FAKETIME_TIMESTAMP_FILE",
