@@ -280,6 +280,8 @@ pub struct LocalEntries {
     limit: u64,
     /// Each local entry: the offset of its header and the most bytes unzip writes of it.
     pub found: Vec<(u64, u64)>,
+    /// The sum of what `found` says the entries write.
+    written: u64,
     /// What could not be followed.
     pub fault: Option<&'static str>,
     /// The entries write more than the limit given (the reading stopped there).
@@ -297,6 +299,7 @@ impl LocalEntries {
             out: Vec::new(),
             limit,
             found: Vec::new(),
+            written: 0,
             fault: None,
             too_large: false,
         }
@@ -320,7 +323,7 @@ impl LocalEntries {
 
     /// The bytes the entries read so far write, at most.
     pub fn written(&self) -> u64 {
-        self.found.iter().map(|&(_, n)| n).sum()
+        self.written
     }
 
     fn fail(&mut self, fault: &'static str) {
@@ -380,7 +383,8 @@ impl LocalEntries {
                     if let Some(last) = self.found.last_mut() {
                         last.1 += made;
                     }
-                    if self.written() > self.limit {
+                    self.written = self.written.saturating_add(made);
+                    if self.written > self.limit {
                         self.too_large = true;
                         return self.fail("entries that unpack to more than allowed");
                     }
@@ -456,6 +460,7 @@ impl LocalEntries {
             0 if descriptor.is_some() => self.fail("a stored entry whose size follows its data"),
             0 => {
                 self.found.push((start, csize));
+                self.written = self.written.saturating_add(csize);
                 self.flow = match csize {
                     0 => Flow::Header,
                     size => Flow::Skip(size),
