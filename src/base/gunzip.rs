@@ -283,12 +283,20 @@ fn header_len(bytes: &[u8], after_member: bool) -> Result<Header, GunzipError> {
     }
 }
 
+/// A gzip stream of `data`, for the unit tests of this reader and of its callers.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn gz(data: &[u8]) -> Vec<u8> {
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).unwrap_or_default();
+    encoder.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// Keeps what it takes, satisfied once it has `enough`.
     struct Keep {
@@ -303,12 +311,6 @@ mod tests {
         fn satisfied(&self) -> bool {
             self.got.len() >= self.enough
         }
-    }
-
-    fn gz(data: &[u8]) -> Vec<u8> {
-        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-        encoder.write_all(data).unwrap_or_default();
-        encoder.finish().unwrap_or_default()
     }
 
     fn read(stream: &[u8], piece: usize, enough: usize) -> (Result<(), GunzipError>, Vec<u8>) {

@@ -503,14 +503,17 @@ impl Pax {
     }
 }
 
+/// Tar archives built byte by byte, for the unit tests of this reader and of its callers.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_archive {
+    use super::BLOCK;
 
-    /// A ustar header for `name` of `kind` and `size`, its checksum set.
-    fn header(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
+    /// A ustar header for `name` (its first 100 bytes) of `typeflag` and `size`, its checksum
+    /// set.
+    pub(crate) fn header(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
         let mut block = vec![0u8; BLOCK];
-        block[..name.len()].copy_from_slice(name.as_bytes());
+        let stored = &name.as_bytes()[..name.len().min(100)];
+        block[..stored.len()].copy_from_slice(stored);
         block[100..108].copy_from_slice(b"0000644\0");
         block[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
         block[156] = typeflag;
@@ -521,12 +524,19 @@ mod tests {
         block
     }
 
-    fn entry(name: &str, typeflag: u8, content: &[u8]) -> Vec<u8> {
+    /// An entry: its header, then `content` padded to whole blocks.
+    pub(crate) fn entry(name: &str, typeflag: u8, content: &[u8]) -> Vec<u8> {
         let mut out = header(name, typeflag, content.len() as u64);
         out.extend_from_slice(content);
         out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_archive::{entry, header};
+    use super::*;
 
     fn scan(archive: &[u8], piece: usize) -> TarScan {
         let mut scan = TarScan::new(|p| p == "job.json", 64);

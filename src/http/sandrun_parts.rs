@@ -650,40 +650,25 @@ impl<R: Read> Read for Watched<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::write::GzEncoder;
+    use crate::base::gunzip::gz;
+    use crate::base::tar_scan::test_archive::entry;
     use flate2::Compression;
-    use std::io::Write;
 
     /// A gzipped tar archive of regular files (name, content), GNU long names as needed.
     fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-        fn block(name: &[u8], typeflag: u8, size: usize) -> Vec<u8> {
-            let mut block = vec![0u8; 512];
-            block[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
-            block[100..108].copy_from_slice(b"0000644\0");
-            block[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-            block[156] = typeflag;
-            block[257..265].copy_from_slice(b"ustar  \0");
-            block[148..156].copy_from_slice(b"        ");
-            let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
-            block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-            block
-        }
         let mut tar = Vec::new();
-        let mut add = |name: &[u8], typeflag: u8, content: &[u8]| {
-            tar.extend(block(name, typeflag, content.len()));
-            tar.extend_from_slice(content);
-            tar.resize(tar.len().div_ceil(512) * 512, 0);
-        };
         for (name, content) in files {
             if name.len() > 100 {
-                add(b"././@LongLink", b'L', &[name.as_bytes(), b"\0"].concat());
+                tar.extend(entry(
+                    "././@LongLink",
+                    b'L',
+                    &[name.as_bytes(), b"\0"].concat(),
+                ));
             }
-            add(name.as_bytes(), b'0', content);
+            tar.extend(entry(name, b'0', content));
         }
         tar.extend([0u8; 1024]);
-        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-        encoder.write_all(&tar).unwrap_or_default();
-        encoder.finish().unwrap_or_default()
+        gz(&tar)
     }
 
     /// What the archive `filename` holding `bytes` says of its `job.json`, or its refusal.
