@@ -2859,10 +2859,13 @@ fn a_failed_rewrite_of_an_old_store_gives_back_the_room_its_wal_took() {
 }
 
 /// A new job store on a disk too small for it is refused at start with what to do about the
-/// disk, not called a file this trusted-pool cannot read (nothing was there to read).
+/// disk, not called a file this trusted-pool cannot read (nothing was there to read). Once the
+/// disk has room, the next start makes the store and serves: the failed start left no partly
+/// made `jobs.db` (it left a zero-byte one, which every later start refused as a truncated
+/// store), only its unfinished `jobs.db.new`, which the next start removes.
 #[test]
-fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk() {
-    let Some((dir, _state, _mount)) = state_on_tmpfs("16k") else {
+fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk_and_made_once_there_is_room() {
+    let Some((dir, state, _mount)) = state_on_tmpfs("16k") else {
         return;
     };
     let worker = FakeWorker::start();
@@ -2871,8 +2874,49 @@ fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk() {
         .err()
         .unwrap_or_else(|| panic!("a store on 16 KiB started"));
     assert!(
-        refused.contains("cannot be written") && !refused.contains("not a job store"),
+        refused.contains("job store: the state directory") && !refused.contains("not a job store"),
         "{refused}"
+    );
+    assert!(!state.join("jobs.db").exists(), "a partly made jobs.db");
+    let state_at = state.to_string_lossy();
+    assert!(
+        quietly("mount", &["-o", "remount,size=16m", &state_at]),
+        "cannot grow the tmpfs"
+    );
+    let coordinator = Coordinator::start_in(dir.path(), &[]);
+    let id = submit(&coordinator, &job("the first job of a store made late"));
+    assert_eq!(
+        wait_final(&coordinator, &id, Duration::from_secs(60))["pool_status"],
+        "completed"
+    );
+    assert!(!state.join("jobs.db.new").exists(), "the leftover stayed");
+}
+
+/// A WAL whose job store was moved away without it holds commits a new store would take as
+/// its own: the start is refused, naming it, and nothing is changed.
+#[test]
+fn a_wal_without_its_job_store_is_refused_and_left_as_it_is() {
+    let dir = support::temp_dir();
+    let worker = FakeWorker::start();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let wal = state.join("jobs.db-wal");
+    let stale = vec![7u8; 4128];
+    fs::write(&wal, &stale).unwrap_or_else(|e| panic!("{e}"));
+    let refused = Coordinator::try_start_in(dir.path(), &[])
+        .err()
+        .unwrap_or_else(|| panic!("a store was made beside a WAL"));
+    let needle = format!("{}: the job store's WAL holds 4128 bytes", wal.display());
+    assert!(refused.contains(&needle), "{needle:?} not in: {refused}");
+    assert!(refused.contains("nothing was changed"), "{refused}");
+    assert_eq!(fs::read(&wal).ok(), Some(stale));
+    assert!(!state.join("jobs.db").exists());
+    fs::remove_file(&wal).unwrap_or_else(|e| panic!("{e}"));
+    let coordinator = Coordinator::start_in(dir.path(), &[]);
+    submit(
+        &coordinator,
+        &job("a store made once the WAL was moved away"),
     );
 }
 

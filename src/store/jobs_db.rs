@@ -235,6 +235,8 @@ pub enum StoreError {
     /// The store file is missing, empty or holds no tables (as said) while the state
     /// directory holds segment files: a new store would lose them all.
     Orphaned(PathBuf, &'static str, new_store::Segments),
+    /// The store file is missing while its WAL (this path, of this many bytes) holds commits.
+    WalWithoutStore(PathBuf, u64),
     /// A job's record cannot be read (its id, why), while the rest of the store can.
     BadRecord(PathBuf, String, String),
     /// SQLite could open the database only for reading (this user may not write it or its
@@ -261,8 +263,14 @@ impl From<new_store::Refusal> for StoreError {
             }
             new_store::Refusal::Empty(path) => StoreError::Foreign(
                 path,
-                "zero bytes: a truncated or emptied file, not a store".to_string(),
+                "zero bytes: a truncated or emptied file, not a store, or what an older \
+                 trusted-pool's first start left when it failed (a full disk) before it wrote \
+                 anything"
+                    .to_string(),
             ),
+            new_store::Refusal::WalWithoutStore(wal, bytes) => {
+                StoreError::WalWithoutStore(wal, bytes)
+            }
         }
     }
 }
@@ -393,6 +401,14 @@ impl fmt::Display for StoreError {
                 path.display(),
                 segments.results,
                 segments.uploads
+            ),
+            Self::WalWithoutStore(wal, bytes) => write!(
+                f,
+                "{}: the job store's WAL holds {bytes} bytes of commits, yet the job store \
+                 beside it is missing (moved away without its WAL?); a new store would take \
+                 them as its own, so nothing was changed. Put the job store back beside it, or \
+                 move this file away too to start with an empty job history",
+                wal.display()
             ),
             Self::BadRecord(path, id, why) => write!(
                 f,
@@ -934,7 +950,9 @@ impl JobStore {
     ) -> Result<(JobStore, Vec<StoredJob>), StoreError> {
         std::fs::create_dir_all(state_dir).map_err(StoreError::Io)?;
         let path = state_dir.join(DB_FILE);
-        new_store::check_before_open(state_dir, &path)?;
+        if new_store::check_before_open(state_dir, &path)? {
+            create_new(&path, mode).map_err(|e| name_the_file(&path, e))?;
+        }
         let (conn, figures, unsettled, deferred_check) =
             open_checked(&path, mode).map_err(|e| name_the_file(&path, e))?;
         let identity = StoreFiles::of(&path).map_err(StoreError::Io)?;
@@ -1459,6 +1477,37 @@ fn synchronous_of(mode: FsyncMode) -> &'static str {
     }
 }
 
+/// Makes the job store at `path`, which is missing, new: made whole (incremental auto-vacuum,
+/// the schema, WAL mode) at [`new_store::making_path`] and then put in its place, so that a
+/// start stopped at any instant, or failing on a full disk, leaves no partly made store.
+fn create_new(path: &Path, mode: FsyncMode) -> Result<(), StoreError> {
+    new_store::clear_unfinished(path).map_err(StoreError::Io)?;
+    let conn = Connection::open(new_store::making_path(path))?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+    create_schema(&conn)?;
+    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.close().map_err(|(_, e)| e)?;
+    new_store::put_in_place(path, mode != FsyncMode::Off).map_err(StoreError::Io)
+}
+
+/// Creates the first schema in a database without tables and upgrades it to this build's.
+fn create_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
+    migrate(conn, 1, |_| {})
+}
+
+/// Upgrades a store of schema `version` to this build's, one transaction per step; `reached`
+/// is told each version as it commits.
+fn migrate(conn: &Connection, version: i64, reached: impl Fn(i64)) -> Result<(), StoreError> {
+    for (to, step) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
+        conn.execute_batch("BEGIN;")?;
+        step(conn)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT;"))?;
+        reached(*to);
+    }
+    Ok(())
+}
+
 /// Opens the database at `path` and checks it: schema version, SQLite's quick check, the
 /// schema created when new. Returns the connection, the settled counts and the unsettled jobs.
 fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
@@ -1512,23 +1561,19 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
             LOCK_WAIT.as_millis()
         ))?;
     if version == 0 {
-        conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
+        create_schema(&conn)?;
         if mode != FsyncMode::Off {
             std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
                 .and_then(|d| d.sync_all())
                 .map_err(StoreError::Io)?;
         }
-    }
-    for (to, step) in MIGRATIONS.iter().filter(|(to, _)| version < *to) {
-        conn.execute_batch("BEGIN;")?;
-        step(&conn)?;
-        conn.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT;"))?;
-        if version > 0 {
+    } else {
+        migrate(&conn, version, |to| {
             log::info!(
                 "{}: job store schema upgraded to version {to}",
                 path.display()
             );
-        }
+        })?;
     }
     give_back_freed_pages(&conn, path);
     let figures = Arc::new(Figures::default());

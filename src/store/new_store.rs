@@ -3,7 +3,9 @@
 //! are the collected results and waiting uploads of jobs a lost store knew, and the start-up
 //! scrub and upload cleanup would delete every one of them as "no job refers to it". Such a
 //! start is refused before anything is written. A zero-byte file is refused anyway, as
-//! `check --state-dir` refuses it: nothing but a damaged or truncated store leaves one.
+//! `check --state-dir` refuses it: nothing but a damaged or truncated store leaves one, since a
+//! new store is made whole under another name ([`making_path`]) and only then renamed into
+//! place ([`put_in_place`]).
 
 use crate::store::segment_names;
 use std::io;
@@ -17,6 +19,9 @@ pub enum Refusal {
     Orphaned(PathBuf, &'static str, Segments),
     /// A zero-byte store file, with no segments beside it.
     Empty(PathBuf),
+    /// The store file is missing while its WAL (this path, of this many bytes) holds commits:
+    /// a new store would take them as its own.
+    WalWithoutStore(PathBuf, u64),
 }
 
 /// The segment files a state directory holds: in `results/`, in `uploads/`.
@@ -44,13 +49,14 @@ impl Segments {
 }
 
 /// Before the store file `db` of the state directory `state_dir` is opened: refuses a
-/// zero-byte file, and a missing one while the directory holds segments.
-pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<(), Refusal> {
+/// zero-byte file, and a missing one while the directory holds segments or its WAL holds
+/// commits. True when the store is missing and may be made new.
+pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<bool, Refusal> {
     let why = match std::fs::metadata(db) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => "is missing",
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(false),
         Ok(m) if m.len() == 0 => "is an empty file (zero bytes)",
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(false),
     };
     let segments = Segments::of(state_dir);
     if segments.any() {
@@ -58,6 +64,60 @@ pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<(), Refusal> {
     }
     if why.starts_with("is an empty") {
         return Err(Refusal::Empty(db.to_path_buf()));
+    }
+    let wal = sibling(db, "-wal");
+    match std::fs::metadata(&wal) {
+        Ok(m) if m.len() > 0 => Err(Refusal::WalWithoutStore(wal, m.len())),
+        _ => Ok(true),
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Where a new store file is made, before it takes its place as `db`.
+pub fn making_path(db: &Path) -> PathBuf {
+    sibling(db, ".new")
+}
+
+/// SQLite's files beside a store file: its WAL, its shared memory, its rollback journal.
+const SQLITE_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Removes what a start stopped while making the store `db` new left behind (the file at
+/// [`making_path`] and SQLite's files beside it), and SQLite's files beside `db` itself, which
+/// is missing: an empty WAL and a shared memory file would otherwise be taken as the new
+/// store's.
+pub fn clear_unfinished(db: &Path) -> io::Result<()> {
+    let making = making_path(db);
+    let leftovers = SQLITE_SUFFIXES
+        .iter()
+        .map(|suffix| sibling(&making, suffix))
+        .chain(std::iter::once(making.clone()))
+        .chain(SQLITE_SUFFIXES.iter().map(|suffix| sibling(db, suffix)));
+    for leftover in leftovers {
+        match std::fs::remove_file(&leftover) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Puts the new store made (and closed) at [`making_path`] in place as `db`: synced first,
+/// where `sync`, then renamed, and the directory synced. At every instant `db` is either
+/// missing or the whole new store.
+pub fn put_in_place(db: &Path, sync: bool) -> io::Result<()> {
+    let making = making_path(db);
+    if sync {
+        std::fs::File::open(&making)?.sync_all()?;
+    }
+    std::fs::rename(&making, db)?;
+    if sync {
+        std::fs::File::open(db.parent().unwrap_or(Path::new(".")))?.sync_all()?;
     }
     Ok(())
 }
