@@ -3,6 +3,8 @@ CARGO ?= cargo
 PORT ?= 9000
 WORKERS ?= workers.json
 MUSL := x86_64-unknown-linux-musl
+# Where cargo builds: target/, or CARGO_TARGET_DIR where that is set.
+BUILT := $(or $(CARGO_TARGET_DIR),target)
 # SQLite (rusqlite, bundled) without the optional extensions libsqlite3-sys turns on and the job
 # store never uses (full-text search, R-tree, dbstat, soundex, STAT4, column metadata, extension
 # loading): 0.5 MiB less binary. Every build through make (and deploy/dist.sh) takes these.
@@ -27,7 +29,7 @@ run: build
 
 release:
 	$(CARGO) build --release --bin trusted-pool
-	@ls -l target/release/trusted-pool
+	@ls -l $(BUILT)/release/trusted-pool
 
 # SQLite (rusqlite, bundled) is C: the musl build needs a musl C compiler (Debian: musl-tools).
 static:
@@ -35,8 +37,8 @@ static:
 	@command -v musl-gcc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq musl-tools; } \
 		|| { echo "make static needs musl-gcc (Debian package musl-tools)" >&2; exit 1; }
 	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --target $(MUSL) --bin trusted-pool
-	@ls -l target/$(MUSL)/release/trusted-pool
-	@file target/$(MUSL)/release/trusted-pool 2>/dev/null || true
+	@ls -l $(BUILT)/$(MUSL)/release/trusted-pool
+	@file $(BUILT)/$(MUSL)/release/trusted-pool 2>/dev/null || true
 
 # Static musl releases for x86_64 and aarch64 with checksums, tarballs under target/dist/
 # (cargo-zigbuild and ziglang from PyPI are installed when missing); see deploy/dist.sh.

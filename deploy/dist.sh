@@ -10,6 +10,8 @@ targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 max_bytes=$((6 * 1024 * 1024))
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 out=target/dist
+# Where cargo builds (a CARGO_TARGET_DIR elsewhere too); the tarballs stay in target/dist.
+built=${CARGO_TARGET_DIR:-target}
 # SQLite without the optional extensions the job store never uses (as the Makefile builds it).
 export LIBSQLITE3_FLAGS="${LIBSQLITE3_FLAGS:-$(cat deploy/sqlite-flags)}"
 
@@ -36,7 +38,7 @@ for target in "${targets[@]}"; do
     arch=${target%%-*}
     name="trusted-pool-$version-$arch-linux-musl"
     mkdir -p "$out/$name"
-    cp "target/$target/release/trusted-pool" "$out/$name/trusted-pool"
+    cp "$built/$target/release/trusted-pool" "$out/$name/trusted-pool"
     cp README.md workers.json.example deploy/trusted-pool.service deploy/alerts.yml "$out/$name/"
     size=$(stat -c %s "$out/$name/trusted-pool")
     if [ "$size" -gt "$max_bytes" ]; then
