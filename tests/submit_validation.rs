@@ -325,7 +325,7 @@ fn bad_parts_are_refused_with_what_to_fix() {
         (
             "filename with a backslash",
             Form::new().file("..\\main.py", "text/x-python", MAIN_PY),
-            "not allowed",
+            "(a backslash in a quoted value: ..\\main.py); give it as form-data",
         ),
         (
             "filename with NUL",
@@ -996,4 +996,106 @@ fn odd_part_headers_are_told_how_to_fix() {
         assert_refused(&coordinator, case, &reply, 400, needle);
     }
     assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
+}
+
+/// A part's Content-Disposition is read as the standards (and so a proxy, or the worker) read
+/// it: parameters in any order and case, values quoted or not, a `;` inside quotes part of the
+/// value. The parser took the first `name=` it found, inside `filename=` too, so a file sent as
+/// `filename="manifest"; name="files"` became the job's manifest; a quoted `;` cut a filename
+/// short; a repeated parameter or header was taken first-wins. What readers may take
+/// differently is refused, saying what to send.
+#[test]
+fn a_parts_content_disposition_is_read_as_the_standards_read_it() {
+    let (worker, coordinator) = start();
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let manifest = "Content-Disposition: form-data; name=\"manifest\"";
+    let accepted: [(&str, &str, &str); 4] = [
+        (
+            "filename before name",
+            "Content-Disposition: form-data; filename=\"main.py\"; name=\"files\"",
+            "main.py",
+        ),
+        (
+            "names in capitals, values unquoted",
+            "Content-Disposition: FORM-DATA; NAME=files; FileName=main.py",
+            "main.py",
+        ),
+        (
+            "a quoted ';'",
+            "Content-Disposition: form-data; name=\"files\"; filename=\"a;b.py\"",
+            "a;b.py",
+        ),
+        (
+            "a file named manifest",
+            "Content-Disposition: form-data; filename=\"manifest\"; name=\"files\"",
+            "manifest",
+        ),
+    ];
+    for (case, headers, name) in accepted {
+        let form = Form::new().raw_part(headers, MAIN_PY).raw_part(
+            manifest,
+            format!("{{\"entrypoint\": \"{name}\"}}").as_bytes(),
+        );
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_eq!(reply.status, 200, "{case}: {}", reply.text());
+        let id = reply.json()["job_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let status = wait_collected(&coordinator, &id, DEADLINE);
+        assert_eq!(status["files"][0]["filename"], name, "{case}: {status}");
+        assert_eq!(status["files"].as_array().map(Vec::len), Some(1), "{case}");
+    }
+    let sent = worker.recording().jobs;
+    assert_eq!(sent.len(), 4);
+    let file = "Content-Disposition: form-data; name=\"files\"; filename=\"main.py\"";
+    let refused: [(&str, String, &str); 7] = [
+        (
+            "two filenames",
+            "Content-Disposition: form-data; name=\"files\"; filename=\"a.py\"; filename=\"b.py\""
+                .to_string(),
+            "(a parameter given twice: filename); give it as form-data; name=\"files\"",
+        ),
+        (
+            "two names",
+            "Content-Disposition: form-data; name=\"files\"; name=\"manifest\"".to_string(),
+            "(a parameter given twice: name)",
+        ),
+        (
+            "a backslash in quotes",
+            "Content-Disposition: form-data; name=\"files\"; filename=\"a\\\"; name=\"x\""
+                .to_string(),
+            "(a backslash in a quoted value: a\\)",
+        ),
+        (
+            "filename*",
+            "Content-Disposition: form-data; name=\"files\"; filename*=UTF-8''main.py".to_string(),
+            "(filename* is not taken (RFC 7578), give filename=",
+        ),
+        (
+            "no closing quote",
+            "Content-Disposition: form-data; name=\"files\"; filename=\"main.py".to_string(),
+            "(a quoted value without its closing quote",
+        ),
+        (
+            "two Content-Dispositions",
+            format!("{file}\r\nContent-Disposition: form-data; name=\"manifest\""),
+            "a part carries more than one Content-Disposition header (readers differ on which counts); send one",
+        ),
+        (
+            "two Content-Types",
+            format!("{file}\r\nContent-Type: text/plain\r\nContent-Type: text/x-python"),
+            "a part carries more than one Content-Type header",
+        ),
+    ];
+    for (case, headers, needle) in refused {
+        let form = Form::new().raw_part(&headers, MAIN_PY);
+        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(&coordinator, case, &reply, 400, needle);
+    }
+    assert_eq!(
+        worker.recording().jobs.len(),
+        4,
+        "a refused submit was sent"
+    );
 }

@@ -496,6 +496,17 @@ fn describe_parse_error(e: &io::Error) -> String {
         "a part's Content-Disposition has no name; give it as form-data; name=\"files\"; \
          filename=\"main.py\" (or name=\"manifest\")"
             .to_string()
+    } else if let Some((_, what)) = text.split_once("invalid \"Content-Disposition\" header: ") {
+        format!(
+            "a part's Content-Disposition cannot be read unambiguously ({what}); give it as \
+             form-data; name=\"files\"; filename=\"main.py\": each parameter once, values in \
+             double quotes without a backslash"
+        )
+    } else if let Some((_, header)) = text.split_once("a header given twice in one part: ") {
+        format!(
+            "a part carries more than one {header} header (readers differ on which counts); \
+             send one"
+        )
     } else if text.contains(":\n") {
         "a part has no Content-Disposition header; begin each part with Content-Disposition: \
          form-data; name=\"files\"; filename=\"main.py\" (or name=\"manifest\")"
