@@ -1399,6 +1399,29 @@ fn running_out_of_descriptors_neither_blames_the_worker_nor_loses_its_jobs() {
     assert!(shortages.is_some_and(|n| n >= 1), "{metrics}");
 }
 
+/// A connection that streams a file (a download from a results segment, an upload to the
+/// spool) holds two descriptors, so the start-up check counts two per connection: under a
+/// limit of 600 it called 300 connections enough (600 less the 256 kept aside), and 290
+/// stalled downloads then ran the descriptors out.
+#[test]
+fn the_open_file_limit_is_checked_at_two_descriptors_a_connection() {
+    let worker = FakeWorker::start();
+    let connections = |max: &str| {
+        let args = ["--max-connections", max, "--max-connections-per-ip", max];
+        let (_dir, coordinator) = start_with_open_files(&worker, 600, 600, &args);
+        coordinator.logs()
+    };
+    let logs = connections("300");
+    assert!(
+        logs.contains(
+            "The open-file limit (600) leaves room for about 172 client connections, fewer than --max-connections 300"
+        ),
+        "{logs}"
+    );
+    let logs = connections("172");
+    assert!(!logs.contains("leaves room for about"), "{logs}");
+}
+
 #[test]
 fn a_low_open_file_limit_is_raised_to_its_hard_limit() {
     // A hard limit above the test's own would need privileges; 4096 or the test's own.

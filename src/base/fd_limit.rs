@@ -3,9 +3,10 @@
 
 use std::io;
 
-/// Descriptors one client connection holds: its socket (the HTTP server's reader, writer and
-/// control handle share it).
-pub const FDS_PER_CONNECTION: u64 = 1;
+/// Descriptors one client connection may hold: its socket (the HTTP server's reader, writer and
+/// control handle share it), and the file it streams from or to (a results segment for
+/// `/outputs`, `/download` or `/logs`, an upload's spool file).
+pub const FDS_PER_CONNECTION: u64 = 2;
 
 /// Descriptors kept for everything but client connections: the job store, segment files being
 /// written and read, connections to workers, a snapshot's open segments.
