@@ -523,19 +523,35 @@ fn run(program: &str, args: &[&str], dir: &Path) {
 /// A zip of stored `entries` (name, whether a symbolic link, content) as a Unix zip tool
 /// makes it (`zip -y` keeps links so).
 fn zip_of(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
+    zip_written(entries, false)
+}
+
+/// The same; `streamed`: each entry's CRC and sizes after its data, in a data descriptor
+/// (general-purpose flag bit 3, zeros in the local header), as Python's zipfile stores into
+/// a pipe and Go's archive/zip stores.
+fn zip_written(entries: &[(&str, bool, &[u8])], streamed: bool) -> Vec<u8> {
     let (mut out, mut directory) = (Vec::new(), Vec::new());
+    let flags: u16 = if streamed { 8 } else { 0 };
     for (name, link, content) in entries {
         let offset = out.len() as u32;
         let sizes = [content.len() as u32; 2].map(u32::to_le_bytes).concat();
-        out.extend_from_slice(b"PK\x03\x04\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
-        out.extend_from_slice(&sizes);
+        let described = [&crc32fast::hash(content).to_le_bytes()[..], &sizes].concat();
+        out.extend_from_slice(b"PK\x03\x04\x0a\0");
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(if streamed { &[0; 12] } else { &described });
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(content);
+        if streamed {
+            out.extend_from_slice(&[&b"PK\x07\x08"[..], &described].concat());
+        }
         let mode: u32 = if *link { 0o120777 } else { 0o100644 };
-        directory.extend_from_slice(b"PK\x01\x02\x1e\x03\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
-        directory.extend_from_slice(&sizes);
+        directory.extend_from_slice(b"PK\x01\x02\x1e\x03\x0a\0");
+        directory.extend_from_slice(&flags.to_le_bytes());
+        directory.extend_from_slice(&[0; 6]);
+        directory.extend_from_slice(&described);
         directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
         directory.extend_from_slice(&[0; 8]);
         directory.extend_from_slice(&(mode << 16).to_le_bytes());
@@ -550,6 +566,50 @@ fn zip_of(entries: &[(&str, bool, &[u8])]) -> Vec<u8> {
     out.extend_from_slice(&start.to_le_bytes());
     out.extend_from_slice(&[0, 0]);
     out
+}
+
+/// A zip whose stored entries give their sizes after their data (Python's zipfile storing
+/// into a pipe, Go's archive/zip storing) is taken and sent on as it came. One whose data holds
+/// a descriptor of its first bytes, forged so that the coordinator ends the entry there, while
+/// the central directory (which unzip follows) gives it all its bytes, is refused.
+#[test]
+fn a_zip_stored_with_its_sizes_after_its_data_is_taken() {
+    let (worker, coordinator) = start();
+    let zip = zip_written(
+        &[("main.py", false, MAIN_PY), ("data.txt", false, b"1\n")],
+        true,
+    );
+    let form = Form::new()
+        .file("job.zip", "application/zip", &zip)
+        .manifest(MANIFEST);
+    let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+    assert_eq!(reply.json()["status"], "queued", "{}", reply.text());
+    let (_, job) = first_job_sent(&coordinator, &worker, &reply, "a streamed zip");
+    assert_eq!(job.files[0].bytes, zip, "the zip was not sent as it came");
+
+    let sizes = (MAIN_PY.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(MAIN_PY).to_le_bytes();
+    let forged = [
+        MAIN_PY,
+        b"PK\x07\x08",
+        &crc,
+        &sizes,
+        &sizes,
+        b"PK\x01\x02 more",
+    ]
+    .concat();
+    let zip = zip_written(&[("main.py", false, &forged)], true);
+    let form = Form::new()
+        .file("job.zip", "application/zip", &zip)
+        .manifest(MANIFEST);
+    let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
+    assert_refused(
+        &coordinator,
+        "a descriptor forged inside stored data",
+        &reply,
+        400,
+        "the archive \"job.zip\" holds a stored entry whose sizes in the central directory differ from its data descriptor's",
+    );
 }
 
 /// sandrun unpacks an archive on its host with the system tar or unzip, which write links,

@@ -75,6 +75,8 @@ pub struct ZipEntry {
     pub oem_name: bool,
     /// Its unpacked size, as the directory says.
     pub size: u64,
+    /// Its packed (compressed) size, as the directory says.
+    pub packed: u64,
     /// Where its local entry begins, as the directory says.
     pub offset: u64,
 }
@@ -173,20 +175,16 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
     let name = directory.get(e + 46..e + 46 + name_len)?;
     let extra = directory.get(e + 46 + name_len..e + 46 + name_len + extra_len)?;
     let mut offset = le::<4>(directory, e + 42)?;
-    if size == 0xffff_ffff || offset == 0xffff_ffff {
+    let mut packed = le::<4>(directory, e + 20)?;
+    if [size, packed, offset].contains(&0xffff_ffff) {
         // zip64: the sizes, then the offset, each only where the 32-bit one is saturated.
-        let csize = le::<4>(directory, e + 20)?;
         let zip64 = extra_fields(extra).find(|&(id, _)| id == 1)?.1;
         let mut at = 0;
-        if size == 0xffff_ffff {
-            size = le::<8>(zip64, at)?;
-            at += 8;
-        }
-        if csize == 0xffff_ffff {
-            at += 8;
-        }
-        if offset == 0xffff_ffff {
-            offset = le::<8>(zip64, at)?;
+        for value in [&mut size, &mut packed, &mut offset] {
+            if *value == 0xffff_ffff {
+                *value = le::<8>(zip64, at)?;
+                at += 8;
+            }
         }
     }
     let unix_extra = extra_fields(extra).any(|(id, _)| id == 0x756e || id == 0x000d);
@@ -208,6 +206,7 @@ fn entry(directory: &[u8], at: &mut usize) -> Option<ZipEntry> {
         symlink: (external >> 16) & 0o170000 == 0o120000,
         unix_extra,
         size,
+        packed,
         offset,
     })
 }
@@ -262,6 +261,8 @@ enum Flow {
     },
     /// A data descriptor of this size (without its signature), gathered in `carry`.
     Descriptor(usize),
+    /// A stored entry's data whose size follows it, searched for its data descriptor.
+    Search,
     /// The central directory began, or a fault was found: the rest is not read.
     Done,
 }
@@ -269,17 +270,24 @@ enum Flow {
 /// A zip's local entries, read as its bytes stream by: where each begins and the most bytes
 /// unzip can write of it. unzip inflates a deflated entry as far as its data goes, whatever
 /// size the directory gives it, so that size does not bound what it writes; here the data is
-/// inflated and counted. What cannot be followed so is refused: an entry encrypted, compressed
-/// otherwise than stored or deflated, or stored with its size after its data.
+/// inflated and counted. A stored entry whose size follows its data ends where a data
+/// descriptor that agrees with the data read so far follows ([`DescriptorSearch`]); unzip
+/// takes such an entry's size from the central directory, which must then say the same
+/// ([`LocalEntries::sizes_differ`]). What cannot be followed so is refused: an entry
+/// encrypted, compressed otherwise than stored or deflated, or stored with its size after its
+/// data and no data descriptor that agrees with it.
 pub struct LocalEntries {
     flow: Flow,
     carry: Vec<u8>,
     at: u64,
     inflate: Option<Box<Decompress>>,
+    search: DescriptorSearch,
     out: Vec<u8>,
     limit: u64,
     /// Each local entry: the offset of its header and the most bytes unzip writes of it.
     pub found: Vec<(u64, u64)>,
+    /// The offsets of the stored entries whose size followed their data.
+    described: Vec<u64>,
     /// The sum of what `found` says the entries write.
     written: u64,
     /// What could not be followed.
@@ -296,9 +304,11 @@ impl LocalEntries {
             carry: Vec::new(),
             at: 0,
             inflate: None,
+            search: DescriptorSearch::new(4),
             out: Vec::new(),
             limit,
             found: Vec::new(),
+            described: Vec::new(),
             written: 0,
             fault: None,
             too_large: false,
@@ -310,6 +320,7 @@ impl LocalEntries {
         match (self.fault, &self.flow) {
             (Some(fault), _) => Err(fault),
             (None, Flow::Done) => Ok(()),
+            (None, Flow::Search) => Err("a stored entry with no data descriptor after its data"),
             (None, _) => Err("a local entry cut short"),
         }
     }
@@ -321,6 +332,16 @@ impl LocalEntries {
         Some(self.found[at].1)
     }
 
+    /// Whether the central directory's `entry` gives other sizes than the data its local
+    /// entry was read to: a stored entry whose size followed its data, read up to its data
+    /// descriptor, of which unzip writes as many bytes as the directory's packed size says.
+    pub fn sizes_differ(&self, entry: &ZipEntry) -> bool {
+        self.described.binary_search(&entry.offset).is_ok()
+            && self
+                .written_at(entry.offset)
+                .is_some_and(|read| read != entry.size || read != entry.packed)
+    }
+
     /// The bytes the entries read so far write, at most.
     pub fn written(&self) -> u64 {
         self.written
@@ -329,6 +350,41 @@ impl LocalEntries {
     fn fail(&mut self, fault: &'static str) {
         self.fault = Some(fault);
         self.flow = Flow::Done;
+    }
+
+    /// Counts `bytes` more written by the last entry; false (the reading stopped) once the
+    /// entries write more than the limit.
+    fn count(&mut self, bytes: u64) -> bool {
+        if let Some(last) = self.found.last_mut() {
+            last.1 += bytes;
+        }
+        self.written = self.written.saturating_add(bytes);
+        if self.written > self.limit {
+            self.too_large = true;
+            self.fail("entries that unpack to more than allowed");
+        }
+        !self.too_large
+    }
+
+    /// Takes the next bytes of a stored entry whose size follows its data; what is left of
+    /// `data` after its data descriptor, if it ended.
+    fn search<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let search = &mut self.search;
+        let before = search.data;
+        let end = search.take(data);
+        let read = search.data - before;
+        let rest = match end {
+            Some(end) => {
+                self.carry = end.carry;
+                self.flow = Flow::Header;
+                &data[end.used..]
+            }
+            None => &[],
+        };
+        match self.count(read) {
+            true => rest,
+            false => &[],
+        }
     }
 
     /// Takes the zip's next bytes.
@@ -360,6 +416,7 @@ impl LocalEntries {
                         self.flow = Flow::Header;
                     }
                 }
+                Flow::Search => data = self.search(data),
                 Flow::Header => {
                     let n = self.header_room().min(data.len());
                     self.carry.extend_from_slice(&data[..n]);
@@ -380,13 +437,8 @@ impl LocalEntries {
                     let made = inflate.total_out() - out_before;
                     data = &data[used..];
                     let left = left - used as u64;
-                    if let Some(last) = self.found.last_mut() {
-                        last.1 += made;
-                    }
-                    self.written = self.written.saturating_add(made);
-                    if self.written > self.limit {
-                        self.too_large = true;
-                        return self.fail("entries that unpack to more than allowed");
+                    if !self.count(made) {
+                        return;
                     }
                     self.flow = match status {
                         Err(_) => return self.fail("a deflated entry whose data does not inflate"),
@@ -457,7 +509,12 @@ impl LocalEntries {
         }
         let descriptor = (flags & 8 != 0).then_some(if zip64.is_some() { 20 } else { 12 });
         match method {
-            0 if descriptor.is_some() => self.fail("a stored entry whose size follows its data"),
+            0 if descriptor.is_some() => {
+                self.found.push((start, 0));
+                self.described.push(start);
+                self.search = DescriptorSearch::new(if zip64.is_some() { 8 } else { 4 });
+                self.flow = Flow::Search;
+            }
             0 => {
                 self.found.push((start, csize));
                 self.written = self.written.saturating_add(csize);
@@ -481,6 +538,110 @@ impl LocalEntries {
             }
             _ => self.fail("an entry compressed otherwise than stored or deflated"),
         }
+    }
+}
+
+/// Reads a little-endian number of `width` bytes (4 or 8) at `at`.
+fn le_wide(bytes: &[u8], at: usize, width: usize) -> Option<u64> {
+    match width {
+        4 => le::<4>(bytes, at),
+        _ => le::<8>(bytes, at),
+    }
+}
+
+/// Where a stored entry's data whose size follows it ends: at the first length `n` of data
+/// followed by a data descriptor that agrees with it (its signature optional, the CRC-32 of
+/// the `n` bytes, both sizes `n`). Each length is tested once the longest descriptor after it
+/// is there, so a shorter descriptor found first is not taken over a longer one that begins
+/// earlier; the CRC-32 is carried forward over the data and taken only where the sizes
+/// agree: linear in the data.
+struct DescriptorSearch {
+    /// The width of the descriptor's size fields: 4, or 8 after a zip64 extra field.
+    width: usize,
+    /// The data bytes before `ahead` (every length up to it tested), or the data's length
+    /// once its descriptor was found.
+    data: u64,
+    /// The CRC-32 of those bytes.
+    crc: crc32fast::Hasher,
+    /// The bytes after them, too few yet to test the length they begin at.
+    ahead: Vec<u8>,
+}
+
+/// A stored entry's data descriptor found.
+struct DescriptorEnd {
+    /// How many of the bytes given this time the data and its descriptor take.
+    used: usize,
+    /// Bytes given before that follow the descriptor (at most 3).
+    carry: Vec<u8>,
+}
+
+impl DescriptorSearch {
+    /// A search at the start of an entry's data, its descriptor's size fields `width` wide.
+    fn new(width: usize) -> Self {
+        DescriptorSearch {
+            width,
+            data: 0,
+            crc: crc32fast::Hasher::new(),
+            ahead: Vec::new(),
+        }
+    }
+
+    /// The bytes a length is tested on: the longest descriptor (with its signature).
+    fn window(&self) -> usize {
+        8 + 2 * self.width
+    }
+
+    /// The data descriptors at the start of `window` whose sizes are `len`, with its
+    /// signature and without: the CRC-32 each gives, and its length.
+    fn descriptors(&self, window: &[u8], len: u64) -> [Option<(u64, usize)>; 2] {
+        let width = self.width;
+        let sized = |at: usize| {
+            le_wide(window, at, width) == Some(len)
+                && le_wide(window, at + width, width) == Some(len)
+        };
+        let signed = window.starts_with(DESCRIPTOR_SIGNATURE) && sized(8);
+        let unsigned = sized(4);
+        [
+            le::<4>(window, 4)
+                .filter(|_| signed)
+                .map(|crc| (crc, 8 + 2 * width)),
+            le::<4>(window, 0)
+                .filter(|_| unsigned)
+                .map(|crc| (crc, 4 + 2 * width)),
+        ]
+    }
+
+    /// Takes the data's next bytes: where its descriptor ends, once found.
+    fn take(&mut self, data: &[u8]) -> Option<DescriptorEnd> {
+        let kept = self.ahead.len();
+        let mut bytes = std::mem::take(&mut self.ahead);
+        bytes.extend_from_slice(data);
+        let window = self.window();
+        let tested = (bytes.len() + 1).saturating_sub(window);
+        let mut hashed = 0;
+        for at in 0..tested {
+            let len = self.data + at as u64;
+            let found = self.descriptors(&bytes[at..at + window], len);
+            if found == [None, None] {
+                continue;
+            }
+            self.crc.update(&bytes[hashed..at]);
+            hashed = at;
+            let crc = u64::from(self.crc.clone().finalize());
+            if let Some((_, size)) = found.into_iter().flatten().find(|&(said, _)| said == crc) {
+                self.data = len;
+                let end = at + size;
+                return Some(DescriptorEnd {
+                    used: end.saturating_sub(kept),
+                    carry: bytes[end.min(kept)..kept].to_vec(),
+                });
+            }
+        }
+        self.crc.update(&bytes[hashed..tested]);
+        self.data += tested as u64;
+        bytes.drain(..tested);
+        self.ahead = bytes;
+        None
     }
 }
 
@@ -511,22 +672,35 @@ mod tests {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(content);
             let mode: u32 = if *symlink { 0o120777 } else { 0o100644 };
-            directory.extend_from_slice(b"PK\x01\x02\x1e\x03\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0");
-            directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
-            directory.extend_from_slice(&(content.len() as u32).to_le_bytes());
-            directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            directory.extend_from_slice(&(extra.len() as u16).to_le_bytes());
-            directory.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            directory.extend_from_slice(&(mode << 16).to_le_bytes());
-            directory.extend_from_slice(&offset.to_le_bytes());
-            directory.extend_from_slice(name.as_bytes());
-            directory.extend_from_slice(extra);
+            let size = content.len() as u32;
+            directory.extend(central(name, mode, [size, size], offset, extra));
         }
+        closed(out, &directory, entries.len())
+    }
+
+    /// A central directory entry of a file `name` (its Unix `mode`, its `sizes`: unpacked,
+    /// packed), whose local entry is at `offset`, with an `extra` field.
+    fn central(name: &str, mode: u32, sizes: [u32; 2], offset: u32, extra: &[u8]) -> Vec<u8> {
+        let mut out = b"PK\x01\x02\x1e\x03\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
+        out.extend_from_slice(&sizes[1].to_le_bytes());
+        out.extend_from_slice(&sizes[0].to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&(mode << 16).to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(extra);
+        out
+    }
+
+    /// The local entries `out` followed by their `directory` of `count` entries and its end.
+    fn closed(mut out: Vec<u8>, directory: &[u8], count: usize) -> Vec<u8> {
         let offset = out.len() as u32;
-        out.extend_from_slice(&directory);
+        out.extend_from_slice(directory);
         out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        out.extend_from_slice(&(count as u16).to_le_bytes());
         out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&[0, 0]);
@@ -552,6 +726,7 @@ mod tests {
                     unix_extra: false,
                     oem_name: false,
                     size: 9,
+                    packed: 9,
                     offset: 0,
                 },
                 ZipEntry {
@@ -561,6 +736,7 @@ mod tests {
                     unix_extra: false,
                     oem_name: false,
                     size: 4,
+                    packed: 4,
                     offset: 46,
                 },
             ]
@@ -637,11 +813,11 @@ mod tests {
         let mut limited = LocalEntries::new(100_000);
         limited.push(&archive);
         assert!(limited.too_large && limited.finish().is_err());
-        // What cannot be followed: a stored entry sized after its data, another method,
-        // encryption, data between entries, an entry cut short.
+        // What cannot be followed: a stored entry sized after its data with no descriptor
+        // after it, another method, encryption, data between entries, an entry cut short.
         let mut stored_later = zip(&[("s", false, b"stored")]);
         stored_later[6] = 8;
-        // As Python's zipfile writes a stored entry to a pipe: its sizes 0 in the header.
+        // Its sizes 0 in the header, as Python's zipfile writes a stored entry to a pipe.
         let mut streamed = stored_later.clone();
         streamed[18..26].fill(0);
         let mut bzip2 = zip(&[("s", false, b"stored")]);
@@ -653,8 +829,14 @@ mod tests {
         between.extend(zip(&[("s", false, b"stored")]));
         let cut = deflated(&big, 10, true);
         for (archive, fault) in [
-            (stored_later, "a stored entry whose size follows its data"),
-            (streamed, "a stored entry whose size follows its data"),
+            (
+                stored_later,
+                "a stored entry with no data descriptor after its data",
+            ),
+            (
+                streamed,
+                "a stored entry with no data descriptor after its data",
+            ),
             (
                 bzip2,
                 "an entry compressed otherwise than stored or deflated",
@@ -666,6 +848,147 @@ mod tests {
             let mut local = LocalEntries::new(u64::MAX);
             local.push(&archive);
             assert_eq!(local.finish(), Err(fault));
+        }
+    }
+
+    /// A local entry `name` of `content` stored, its size after its data (flag bit 3, sizes 0
+    /// in its header) in a data descriptor with its `signature` or not, 8-byte sizes after a
+    /// zip64 extra field (`zip64`), as Python's zipfile and Go's archive/zip write one.
+    fn streamed(name: &str, content: &[u8], signature: bool, zip64: bool) -> Vec<u8> {
+        let extra: &[u8] = if zip64 {
+            &[1, 0, 16, 0, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
+        let extra = [extra, &[0; 16][..extra.len() * 2]].concat();
+        let mut out = b"PK\x03\x04\x14\0\x08\0\0\0\0\0\0\0\0\0\0\0".to_vec();
+        out.extend_from_slice(&[if zip64 { 0xff } else { 0 }; 8]);
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&extra);
+        out.extend_from_slice(content);
+        out.extend(descriptor(content, signature, zip64));
+        out
+    }
+
+    /// The data descriptor of `data`: with its `signature` or not, 8-byte sizes (`zip64`).
+    fn descriptor(data: &[u8], signature: bool, zip64: bool) -> Vec<u8> {
+        let mut out = match signature {
+            true => DESCRIPTOR_SIGNATURE.to_vec(),
+            false => Vec::new(),
+        };
+        out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        let size = (data.len() as u64).to_le_bytes();
+        let width = if zip64 { 8 } else { 4 };
+        out.extend_from_slice(&[&size[..width], &size[..width]].concat());
+        out
+    }
+
+    /// A file of a zip: its name, its content, and the sizes (unpacked, packed) its directory
+    /// gives it, where not its content's.
+    type File<'a> = (&'a str, &'a [u8], Option<[u32; 2]>);
+
+    /// A zip of `entries` written by [`streamed`], with its directory.
+    fn streamed_zip(entries: &[File], signature: bool, zip64: bool) -> Vec<u8> {
+        let (mut out, mut directory) = (Vec::new(), Vec::new());
+        for &(name, content, sizes) in entries {
+            let size = content.len() as u32;
+            let sizes = sizes.unwrap_or([size, size]);
+            directory.extend(central(name, 0o100644, sizes, out.len() as u32, b""));
+            out.extend(streamed(name, content, signature, zip64));
+        }
+        closed(out, &directory, entries.len())
+    }
+
+    /// The local entries of `archive` fed `piece` bytes at a time, and its directory.
+    fn read_in_pieces(archive: &[u8], piece: usize) -> (LocalEntries, Vec<ZipEntry>) {
+        let mut local = LocalEntries::new(u64::MAX);
+        for chunk in archive.chunks(piece) {
+            local.push(chunk);
+        }
+        let directory = entries(archive, archive.len() as u64).unwrap_or_default();
+        (local, directory)
+    }
+
+    /// Data holding what a data descriptor of its bytes before it could be but for its CRC,
+    /// `count` times, without the signature and with it.
+    fn near_descriptors(count: usize, zip64: bool) -> Vec<u8> {
+        let mut data = b"x".to_vec();
+        for i in 0..count {
+            let mut near = descriptor(&data, i % 2 == 0, zip64);
+            let crc_at = if i % 2 == 0 { 4 } else { 0 };
+            near[crc_at] ^= 1;
+            data.extend(near);
+        }
+        data
+    }
+
+    #[test]
+    fn a_stored_entry_sized_after_its_data_ends_at_the_first_descriptor_that_agrees() {
+        for (signature, zip64) in [(true, false), (false, false), (true, true), (false, true)] {
+            let near = near_descriptors(300, zip64);
+            let files: [File; 4] = [
+                ("main.py", b"print(1)\n", None),
+                ("empty", b"", None),
+                ("near.bin", &near, None),
+                ("PK.bin", b"PK\x07\x08PK\x03\x04PK\x01\x02", None),
+            ];
+            let archive = streamed_zip(&files, signature, zip64);
+            for piece in [1, 2, 3, 5, 7, 13, 31, 64, 4096, archive.len()] {
+                let case = format!("signature {signature}, zip64 {zip64}, pieces of {piece}");
+                let (local, directory) = read_in_pieces(&archive, piece);
+                assert_eq!(local.finish(), Ok(()), "{case}");
+                assert_eq!(directory.len(), files.len(), "{case}");
+                for (entry, (_, content, _)) in directory.iter().zip(files) {
+                    let written = local.written_at(entry.offset);
+                    assert_eq!(written, Some(content.len() as u64), "{case}");
+                    assert!(!local.sizes_differ(entry), "{case}");
+                }
+                assert_eq!(local.written(), (9 + near.len() + 12) as u64, "{case}");
+            }
+        }
+        // It counts toward the limit as it streams.
+        let archive = streamed_zip(&[("big", &[7u8; 5000], None)], true, false);
+        let mut limited = LocalEntries::new(4096);
+        for chunk in archive.chunks(100) {
+            limited.push(chunk);
+        }
+        assert!(limited.too_large && limited.finish().is_err());
+    }
+
+    #[test]
+    fn a_descriptor_forged_inside_stored_data_ends_it_only_where_the_directory_agrees() {
+        // The data holds a descriptor of its first 3 bytes, then what reads as the central
+        // directory's start: the entry is read as 3 bytes, and that is all of it read.
+        let forged = [
+            &b"abc"[..],
+            &descriptor(b"abc", true, false),
+            b"PK\x01\x02 rest",
+        ]
+        .concat();
+        let size = forged.len() as u32;
+        for (sizes, differ) in [(None, true), (Some([3, size]), true), (Some([3, 3]), false)] {
+            let archive = streamed_zip(&[("main.py", &forged, sizes)], true, false);
+            for piece in [1, 5, archive.len()] {
+                let (local, directory) = read_in_pieces(&archive, piece);
+                assert_eq!(local.finish(), Ok(()));
+                assert_eq!(local.written_at(0), Some(3));
+                // unzip writes as many bytes as the directory's packed size: it must be 3.
+                assert_eq!(local.sizes_differ(&directory[0]), differ, "{sizes:?}");
+            }
+        }
+        // A local entry hidden after a forged descriptor is read as one; the real descriptor
+        // after it is then no local entry.
+        let hidden = streamed("hidden.py", b"print(2)\n", false, false);
+        let smuggled = [&b"abc"[..], &descriptor(b"abc", false, false), &hidden].concat();
+        let archive = streamed_zip(&[("main.py", &smuggled, None)], false, false);
+        let hidden_at = (LOCAL_SIZE + "main.py".len() + 3 + 12) as u64;
+        for piece in [1, 4, archive.len()] {
+            let (local, _) = read_in_pieces(&archive, piece);
+            assert_eq!(local.finish(), Err("data where a local entry should begin"));
+            assert_eq!(local.written_at(0), Some(3));
+            assert_eq!(local.written_at(hidden_at), Some(9), "{:?}", local.found);
         }
     }
 

@@ -106,7 +106,7 @@ impl fmt::Display for ArchiveFault {
             Self::NotTar(at) => write!(f, "does not hold a tar archive (a header at byte {at} of its unpacked stream does not read as one)"),
             Self::Truncated => write!(f, "ends before its last entry does (cut short?)"),
             Self::Unsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; pack regular files and folders with a plain tar (GNU or ustar format)"),
-            Self::ZipUnsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; zip the files into a file (not a pipe) with deflate or store and no password, or send a .tar.gz"),
+            Self::ZipUnsupported(what) => write!(f, "holds {what}, which the coordinator does not read through; zip the files with deflate or store and no password, or send a .tar.gz"),
             Self::SetId(path) => write!(f, "holds {path:?}, a setuid or setgid file: GNU tar, run as root as sandrun is, writes it so in the job's directory on the worker's host, where whoever reaches that directory may run it as its owner; clear those bits (chmod u-s,g-s) before packing"),
             Self::NotZip => write!(f, "is not a zip archive (no end of central directory), though its name says so"),
             Self::LargeDirectory(size) => write!(f, "has a central directory of {size} bytes, more than the {ZIP_TAIL_BYTES} the coordinator reads; pack so many files as a .tar.gz"),
@@ -364,6 +364,11 @@ fn check_entrypoint(entrypoint: &[u8], source: &'static str) -> Result<(), PartE
     }
 }
 
+/// A zip's stored entry whose size followed its data, given other sizes by the central
+/// directory (unzip writes as many bytes as the directory says).
+const DESCRIBED_ELSEWHERE: &str =
+    "a stored entry whose sizes in the central directory differ from its data descriptor's";
+
 /// The most of a zip's end kept to read its central directory from.
 pub const ZIP_TAIL_BYTES: usize = 1024 * 1024;
 
@@ -596,6 +601,9 @@ impl ArchiveCheck {
                     let written = local
                         .written_at(entry.offset)
                         .ok_or(refused(ArchiveFault::BadDirectory))?;
+                    if local.sizes_differ(&entry) {
+                        return Err(refused(ArchiveFault::ZipUnsupported(DESCRIBED_ELSEWHERE)));
+                    }
                     unpacking.take(entry.size.max(written)).map_err(refused)?;
                     if names().any(|n| is_zip_job_json(n)) {
                         job_json = Some(JobJson::InZip);
