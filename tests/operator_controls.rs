@@ -1072,6 +1072,50 @@ fn job_listing_newest_first_paginated_and_filtered() {
     }
 }
 
+/// Paging through settled jobs one at a time lists each once and ends. A page's cursor is the
+/// last job's submission time as read back from its stored record, and JSON numbers were read
+/// back up to one step off (serde_json without `float_roundtrip`: 1796660153.1764479 read as
+/// 1796660153.176448): such a job fell on both sides of its own cursor, its page came again,
+/// and with `limit=1` for ever.
+#[test]
+fn paging_one_settled_job_at_a_time_lists_each_once_and_ends() {
+    let worker = slow_worker(30.0);
+    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    let ids: Vec<String> = (0..120).map(|_| submit(&coordinator, &form())).collect();
+    let (code, body) = post(
+        &coordinator.url("/cancel?status=queued,dispatched,running"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let mut listed = Vec::new();
+    let mut query = "?limit=1".to_string();
+    while listed.len() <= ids.len() {
+        let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
+        assert_eq!(code, 200, "{query}: {body}");
+        listed.extend(
+            body["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| j["job_id"].as_str().unwrap_or_default().to_string()),
+        );
+        match body["next_before"].as_str() {
+            Some(next) => query = format!("?limit=1&before={next}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let first_wrong = listed.iter().zip(&newest_first).position(|(a, b)| a != b);
+    assert!(
+        listed == newest_first,
+        "{} pages for {} jobs; the first out of place, page {first_wrong:?}: {:?}",
+        listed.len(),
+        ids.len(),
+        first_wrong.map(|at| &listed[at])
+    );
+}
+
 /// The nice values of the coordinator's threads whose names start with `prefix`.
 fn nice_of(threads: &[(String, i64)], prefix: &str) -> Vec<i64> {
     threads
