@@ -47,7 +47,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
             let received_at = SystemTime::now();
             let kind = routes::kind(&request);
             shared.recorder.request(&request.method, kind);
-            let _serving = shared.recorder.serving(kind);
+            let serving = shared.recorder.serving(kind);
             if kind == "stream" {
                 stream::serve(shared, run, &mut stream, &request);
                 stream::died_of_sigpipe(shared, run);
@@ -72,6 +72,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, run: &Incarnation) {
                     thread::sleep(shared.control.get().stats_delay);
                 }
                 let response = routes::handle(shared, run, &request, &ip, received_at);
+                // No longer counted as served from here: once the answer is written, its client
+                // may send its next request before this thread gets past the write.
+                drop(serving);
                 let knobs = shared.control.get();
                 let framed = kind != "download" || !knobs.unframed_downloads;
                 match knobs.drip {
