@@ -2892,6 +2892,34 @@ fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk_and_made_once_t
     assert!(!state.join("jobs.db.new").exists(), "the leftover stayed");
 }
 
+/// A `jobs.db` that is a symbolic link is refused at start, saying to move the whole state
+/// directory: SQLite keeps the WAL beside the link's target, where the coordinator does not
+/// look (it failed with "syncing the state directory failed: No such file or directory").
+#[test]
+fn a_job_store_that_is_a_symbolic_link_is_refused_and_left_as_it_is() {
+    let dir = support::temp_dir();
+    let worker = FakeWorker::start();
+    write_workers_json(dir.path(), &[worker.entry(1)]);
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let elsewhere = dir.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(&elsewhere, state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
+    let refused = Coordinator::try_start_in(dir.path(), &[])
+        .err()
+        .unwrap_or_else(|| panic!("a symbolic link was taken for the job store"));
+    let needle = format!(
+        "{}: the job store is a symbolic link (to {})",
+        state.join("jobs.db").display(),
+        elsewhere.display()
+    );
+    assert!(refused.contains(&needle), "{needle:?} not in: {refused}");
+    assert!(
+        refused.contains("give --state-dir a folder there"),
+        "{refused}"
+    );
+    assert!(!elsewhere.exists(), "a store was made at the link's target");
+}
+
 /// A WAL whose job store was moved away without it holds commits a new store would take as
 /// its own: the start is refused, naming it, and nothing is changed.
 #[test]
@@ -2907,7 +2935,7 @@ fn a_wal_without_its_job_store_is_refused_and_left_as_it_is() {
     let refused = Coordinator::try_start_in(dir.path(), &[])
         .err()
         .unwrap_or_else(|| panic!("a store was made beside a WAL"));
-    let needle = format!("{}: the job store's WAL holds 4128 bytes", wal.display());
+    let needle = format!("{}: the job store's WAL (4128 bytes", wal.display());
     assert!(refused.contains(&needle), "{needle:?} not in: {refused}");
     assert!(refused.contains("nothing was changed"), "{refused}");
     assert_eq!(fs::read(&wal).ok(), Some(stale));

@@ -539,3 +539,16 @@ fn a_state_dir_restored_as_another_user_is_refused_naming_the_owner_and_the_chow
     let (_, status) = get_json(&coordinator.url(&format!("/status/{id}")));
     assert_eq!(status["pool_status"], "completed", "{status}");
 }
+
+/// `check --state-dir` given a file says so, not that a lock file "cannot be read: Not a
+/// directory".
+#[test]
+fn check_state_dir_given_a_file_says_it_is_no_directory() {
+    let dir = support::temp_dir();
+    let file = dir.path().join("jobs.db");
+    std::fs::write(&file, b"").unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = check_state_dir(&file);
+    assert_eq!(code, Some(1), "{err}");
+    let needle = format!("{} is a file, not a state directory", file.display());
+    assert!(err.contains(&needle), "{err}");
+}

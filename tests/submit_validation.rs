@@ -1063,7 +1063,8 @@ fn odd_part_headers_are_told_how_to_fix() {
 /// value. The parser took the first `name=` it found, inside `filename=` too, so a file sent as
 /// `filename="manifest"; name="files"` became the job's manifest; a quoted `;` cut a filename
 /// short; a repeated parameter or header was taken first-wins. What readers may take
-/// differently is refused, saying what to send.
+/// differently is refused, saying what to send: among it RFC 2231 pieces and encoded words,
+/// which Go's `mime.ParseMediaType`, Werkzeug or Python's email package join or decode.
 #[test]
 fn a_parts_content_disposition_is_read_as_the_standards_read_it() {
     let (worker, coordinator) = start();
@@ -1109,7 +1110,7 @@ fn a_parts_content_disposition_is_read_as_the_standards_read_it() {
     let sent = worker.recording().jobs;
     assert_eq!(sent.len(), 4);
     let file = "Content-Disposition: form-data; name=\"files\"; filename=\"main.py\"";
-    let refused: [(&str, String, &str); 7] = [
+    let refused: [(&str, String, &str); 11] = [
         (
             "two filenames",
             "Content-Disposition: form-data; name=\"files\"; filename=\"a.py\"; filename=\"b.py\""
@@ -1130,7 +1131,28 @@ fn a_parts_content_disposition_is_read_as_the_standards_read_it() {
         (
             "filename*",
             "Content-Disposition: form-data; name=\"files\"; filename*=UTF-8''main.py".to_string(),
-            "(filename* is not taken (RFC 7578), give filename=",
+            "(parameters with a * (RFC 2231, RFC 5987) are not taken (RFC 7578), give name= and filename=: filename*)",
+        ),
+        (
+            "name* after a name",
+            format!("{file}; name*=UTF-8''manifest"),
+            "(parameters with a * (RFC 2231, RFC 5987) are not taken (RFC 7578), give name= and filename=: name*)",
+        ),
+        (
+            "a filename in RFC 2231 pieces",
+            format!("{file}; filename*0=\"evil.tar.gz\""),
+            "are not taken (RFC 7578), give name= and filename=: filename*0)",
+        ),
+        (
+            "an encoded word",
+            "Content-Disposition: form-data; name=\"files\"; filename=\"=?utf-8?q?evil=2Etar=2Egz?=\""
+                .to_string(),
+            "(an encoded word (RFC 2047) in a value: =?utf-8?q?evil=2Etar=2Egz?=)",
+        ),
+        (
+            "a space around =",
+            "Content-Disposition: form-data; name=\"files\"; filename = \"main.py\"".to_string(),
+            "(expected parameter=value (no space around =), got:",
         ),
         (
             "no closing quote",

@@ -271,6 +271,14 @@ impl From<new_store::Refusal> for StoreError {
             new_store::Refusal::WalWithoutStore(wal, bytes) => {
                 StoreError::WalWithoutStore(wal, bytes)
             }
+            new_store::Refusal::Link(path, target) => StoreError::Failed(format!(
+                "{}: the job store is a symbolic link (to {}); SQLite keeps its WAL beside the \
+                 link's target, where the coordinator does not look for it, so nothing was \
+                 changed. To keep the job store on another disk, give --state-dir a folder \
+                 there (move the whole state directory)",
+                path.display(),
+                target.display()
+            )),
         }
     }
 }
@@ -404,9 +412,9 @@ impl fmt::Display for StoreError {
             ),
             Self::WalWithoutStore(wal, bytes) => write!(
                 f,
-                "{}: the job store's WAL holds {bytes} bytes of commits, yet the job store \
-                 beside it is missing (moved away without its WAL?); a new store would take \
-                 them as its own, so nothing was changed. Put the job store back beside it, or \
+                "{}: the job store's WAL ({bytes} bytes, which may hold commits) is here, yet \
+                 the job store beside it is missing (moved away without its WAL?); a new store \
+                 would take them as its own, so nothing was changed. Put the job store back beside it, or \
                  move this file away too to start with an empty job history",
                 wal.display()
             ),
@@ -1481,13 +1489,28 @@ fn synchronous_of(mode: FsyncMode) -> &'static str {
 /// the schema, WAL mode) at [`new_store::making_path`] and then put in its place, so that a
 /// start stopped at any instant, or failing on a full disk, leaves no partly made store.
 fn create_new(path: &Path, mode: FsyncMode) -> Result<(), StoreError> {
-    new_store::clear_unfinished(path).map_err(StoreError::Io)?;
-    let conn = Connection::open(new_store::making_path(path))?;
+    let making = new_store::making_path(path);
+    new_store::clear_unfinished(path).map_err(|e| making_failed(&making, e))?;
+    let conn = Connection::open(&making)?;
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
     create_schema(&conn)?;
     let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     conn.close().map_err(|(_, e)| e)?;
-    new_store::put_in_place(path, mode != FsyncMode::Off).map_err(StoreError::Io)
+    new_store::put_in_place(path, mode != FsyncMode::Off).map_err(|e| making_failed(&making, e))
+}
+
+/// A file operation of making the new store `making` failed: a full disk is told as such, any
+/// other failure names the file.
+fn making_failed(making: &Path, e: io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return StoreError::Io(e);
+    }
+    StoreError::Failed(format!(
+        "{}: the new job store could not be made there ({e}); nothing else was changed. See \
+         that the user the coordinator runs as may write the state directory, and that nothing \
+         else (a folder, a protected file) has this name",
+        making.display()
+    ))
 }
 
 /// Creates the first schema in a database without tables and upgrades it to this build's.

@@ -22,6 +22,9 @@ pub enum Refusal {
     /// The store file is missing while its WAL (this path, of this many bytes) holds commits:
     /// a new store would take them as its own.
     WalWithoutStore(PathBuf, u64),
+    /// The store file is a symbolic link (to this target): SQLite keeps the WAL beside the
+    /// target, where the coordinator does not look for it.
+    Link(PathBuf, PathBuf),
 }
 
 /// The segment files a state directory holds: in `results/`, in `uploads/`.
@@ -49,9 +52,12 @@ impl Segments {
 }
 
 /// Before the store file `db` of the state directory `state_dir` is opened: refuses a
-/// zero-byte file, and a missing one while the directory holds segments or its WAL holds
-/// commits. True when the store is missing and may be made new.
+/// symbolic link, a zero-byte file, and a missing one while the directory holds segments or
+/// its WAL holds commits. True when the store is missing and may be made new.
 pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<bool, Refusal> {
+    if let Ok(target) = std::fs::read_link(db) {
+        return Err(Refusal::Link(db.to_path_buf(), target));
+    }
     let why = match std::fs::metadata(db) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => "is missing",
         Err(_) => return Ok(false),

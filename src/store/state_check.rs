@@ -59,6 +59,8 @@ pub enum StateCheckError {
     NoStore(PathBuf),
     /// Its lock file could not be read.
     Io(PathBuf, io::Error),
+    /// The path names a file, not a state directory.
+    NotADirectory(PathBuf),
     /// The job store cannot be read: newer, damaged or not a job store.
     Store(StoreError),
     /// A file of it may not be read by the user the check runs as.
@@ -77,6 +79,12 @@ impl fmt::Display for StateCheckError {
             ),
             Self::NoStore(dir) => write!(f, "{} holds no job store ({DB_FILE})", dir.display()),
             Self::Io(dir, e) => write!(f, "{}: its lock file cannot be read: {e}", dir.display()),
+            Self::NotADirectory(dir) => write!(
+                f,
+                "{} is a file, not a state directory: give --state-dir the folder that holds \
+                 {DB_FILE}",
+                dir.display()
+            ),
             Self::Store(e) => write!(f, "{e}"),
             Self::Access(e) => write!(f, "{e}"),
         }
@@ -138,6 +146,9 @@ fn furthest<'a>(spans: impl Iterator<Item = &'a Span>) -> u64 {
 /// collected output is read back and hashed too.
 pub fn check_state_dir(dir: &Path, verify_outputs: bool) -> Result<StateReport, StateCheckError> {
     file_access::check(dir, Need::Read).map_err(StateCheckError::Access)?;
+    if dir.metadata().is_ok_and(|m| !m.is_dir()) {
+        return Err(StateCheckError::NotADirectory(dir.to_path_buf()));
+    }
     match holder_of(dir) {
         Ok(None) => {}
         Ok(Some(pid)) => return Err(StateCheckError::InUse(dir.to_path_buf(), pid)),

@@ -4,7 +4,7 @@
 set -euo pipefail
 port="${1:-9000}"
 cd "$(dirname "$0")/../../.."
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-target}/debug
 demo=demo
 mkdir -p "$demo"
 pids=()

@@ -146,8 +146,10 @@ impl ContentDisp {
     /// Reads the part's one `Content-Disposition` header strictly (RFC 7578, RFC 6266): the type
     /// `form-data`, then `; parameter=value` pairs, each value a token or a quoted string, names
     /// in any case. Whatever readers may take differently is refused rather than guessed at: a
-    /// second such header, a name or filename given twice, `filename*`, a backslash or no closing
-    /// quote in a quoted value, bytes after a value that are not the next parameter.
+    /// second such header, a name or filename given twice, a parameter with a `*` (`filename*`,
+    /// `name*0`, which some readers join or decode), an encoded word, a backslash or no closing
+    /// quote in a quoted value, a space around `=`, bytes after a value that are not the next
+    /// parameter.
     fn parse_required(headers: &[StrHeader]) -> Result<ContentDisp, ParseHeaderError> {
         let header = match find_header(headers, "Content-Disposition") {
             Some(header) => header,
@@ -179,18 +181,24 @@ impl ContentDisp {
                 break;
             }
             let param = take_token(&mut rest);
-            rest = rest.trim_start_matches(is_space);
             if param.is_empty() || !rest.starts_with('=') {
-                return invalid("expected parameter=value, got", rest);
+                return invalid("expected parameter=value (no space around =), got", rest);
             }
-            rest = rest[1..].trim_start_matches(is_space);
+            rest = &rest[1..];
             let value = take_value(&mut rest)?;
+            if param.contains('*') {
+                return invalid(
+                    "parameters with a * (RFC 2231, RFC 5987) are not taken (RFC 7578), give name= and filename=",
+                    param,
+                );
+            }
+            if value.contains("=?") && value.contains("?=") {
+                return invalid("an encoded word (RFC 2047) in a value", value);
+            }
             let slot = if param.eq_ignore_ascii_case("name") {
                 &mut field_name
             } else if param.eq_ignore_ascii_case("filename") {
                 &mut filename
-            } else if param.eq_ignore_ascii_case("filename*") {
-                return invalid("filename* is not taken (RFC 7578), give filename=", header.val);
             } else {
                 continue;
             };
