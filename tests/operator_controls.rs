@@ -1072,11 +1072,11 @@ fn job_listing_newest_first_paginated_and_filtered() {
     }
 }
 
-/// Paging through settled jobs one at a time lists each once and ends. A page's cursor is the
-/// last job's submission time as read back from its stored record, and JSON numbers were read
-/// back up to one step off (serde_json without `float_roundtrip`: 1796660153.1764479 read as
-/// 1796660153.176448): such a job fell on both sides of its own cursor, its page came again,
-/// and with `limit=1` for ever.
+/// Paging through settled jobs one at a time lists each once and ends. A page's cursor was the
+/// last job's submission time as read back from its stored record, whose JSON number serde_json
+/// may read one step off (1796660153.1764479 as 1796660153.176448), while the walk compares the
+/// row's column: such a job fell on both sides of its own cursor, its page came again, and
+/// with `limit=1` for ever.
 #[test]
 fn paging_one_settled_job_at_a_time_lists_each_once_and_ends() {
     let worker = slow_worker(30.0);

@@ -1084,8 +1084,11 @@ impl JobStore {
         let read = || -> Result<_, StoreError> {
             let conn = self.reader()?;
             let job = conn
-                .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
-                .query_row([id], |r| Ok(parse_record(id, r.get_ref(0)?)))
+                .prepare_cached("SELECT record, submitted_at FROM jobs WHERE id = ?1")?
+                .query_row([id], |r| {
+                    let at: f64 = r.get(1)?;
+                    Ok(parse_record(id, r.get_ref(0)?).map(|job| exact_time(job, at)))
+                })
                 .optional()?;
             lock(&self.readers).push(conn);
             Ok(job)
@@ -1171,8 +1174,9 @@ impl JobStore {
         // A damaged row is left out of listings (and logged); its own routes answer 500.
         Ok(result?
             .into_iter()
-            .filter_map(|(id, record)| {
+            .filter_map(|(id, record, at)| {
                 parse_record(&id, ValueRef::Text(record.as_bytes()))
+                    .map(|job| exact_time(job, at))
                     .map_err(|why| {
                         log::warn!(
                             "{}: job {id:?} left out of a listing: its record cannot be read ({why})",
@@ -1403,7 +1407,7 @@ impl ListFilter<'_> {
     }
 }
 
-/// The listing's rows (id, record), newest first: one walk back along the settled rows of each
+/// The listing's rows (id, record, submission time), newest first: one walk back along the settled rows of each
 /// final status asked for (`jobs_settled_status`, or `jobs_owner_settled` for one owner's) and
 /// one along the unsettled rows
 /// (`jobs_unsettled_submitted`, whatever their status: it may lag), each stopping after `limit`
@@ -1414,7 +1418,7 @@ fn list_on(
     filter: &ListFilter,
     before: Option<(f64, &str)>,
     limit: usize,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<(String, String, f64)>, StoreError> {
     let ListFilter {
         statuses,
         owner,
@@ -1454,12 +1458,12 @@ fn list_on(
     found.truncate(limit.max(0) as usize);
     let mut record = conn.prepare_cached("SELECT record FROM jobs WHERE id = ?1")?;
     let mut rows = Vec::with_capacity(found.len());
-    for (_, id) in found {
+    for (at, id) in found {
         match record
             .query_row([&id], |r| Ok(text_column(r.get_ref(0)?)))
             .optional()?
         {
-            Some(Ok(text)) => rows.push((id, text)),
+            Some(Ok(text)) => rows.push((id, text, at)),
             Some(Err(why)) => log::warn!("job {id:?} left out of a listing: its record {why}"),
             None => {}
         }
@@ -1717,6 +1721,15 @@ fn text_column(value: ValueRef<'_>) -> Result<String, String> {
         }
         other => Err(format!("it is {:?}, not text", other.data_type())),
     }
+}
+
+/// `job`, read from its record, with its submission time as its row's column holds it: the
+/// record's JSON number may read back one step off (serde_json's fast float parsing), and the
+/// listings' cursors compare it with the column (a job fell on both sides of its own cursor,
+/// and its page came again).
+fn exact_time(mut job: Job, submitted_at: f64) -> Job {
+    job.submitted_at = submitted_at;
+    job
 }
 
 /// A job's record column parsed; `Err` says why a damaged one cannot be read.
