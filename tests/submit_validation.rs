@@ -880,6 +880,16 @@ fn a_terabyte_content_length_is_refused_and_the_coordinator_lives_on() {
     );
     let reply = exchange(coordinator.port(), &head, &form.body()).unwrap_or_else(|e| panic!("{e}"));
     assert_refused(&coordinator, "a terabyte", &reply, 413, "limit of");
+    // A length past 64 bits is too large as well, not "no decimal number".
+    let head = head.replace("1000000000000", "99999999999999999999999999");
+    let reply = exchange(coordinator.port(), &head, &form.body()).unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(
+        &coordinator,
+        "past 64 bits",
+        &reply,
+        413,
+        "the Content-Length is larger than any request body this server takes",
+    );
     let died = poll_until(Duration::from_secs(2), || {
         (!coordinator.is_running()).then_some(())
     });

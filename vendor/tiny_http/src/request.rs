@@ -172,12 +172,16 @@ fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, (u16, &
         if chunked {
             return Err((400, "a request may not carry both Content-Length and Transfer-Encoding"));
         }
-        let number = value
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| value.parse::<usize>().ok())
-            .flatten()
-            .ok_or((400, "Content-Length must be a decimal number of bytes"))?;
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err((400, "Content-Length must be a decimal number of bytes"));
+        }
+        // Digits past what a length holds: a body larger than any this server takes.
+        let number = value.parse::<usize>().map_err(|_| {
+            (
+                413,
+                "the Content-Length is larger than any request body this server takes",
+            )
+        })?;
         if length.is_some_and(|l| l != number) {
             return Err((400, "the request carries differing Content-Length values"));
         }
