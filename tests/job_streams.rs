@@ -616,6 +616,29 @@ fn the_coordinators_stream_speaks_sandruns_websocket_format() {
             .to_string();
         assert!(error.contains(&format!("more than one {name}")), "{error}");
     }
+    // The handshake is a GET without a body (RFC 6455, section 4.1): one with a body was
+    // upgraded.
+    for (framing, body) in [
+        ("Content-Length: 5\r\n", &b"hello"[..]),
+        (
+            "Transfer-Encoding: chunked\r\n",
+            &b"5\r\nhello\r\n0\r\n\r\n"[..],
+        ),
+    ] {
+        let head = format!(
+            "GET /stream/{id} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             {key}{version}{framing}"
+        );
+        let refused = exchange(coordinator.port(), &head, body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(refused.status, 400, "{framing}: {}", refused.text());
+        assert!(
+            refused
+                .text()
+                .contains("a WebSocket upgrade is a GET without a body"),
+            "{}",
+            refused.text()
+        );
+    }
     let (code, _) = get(&coordinator.url("/logs/pool-unknown?follow=1"));
     assert_eq!(code, 404);
     // follow= takes 1, true, 0 or false; another value is not taken for either.

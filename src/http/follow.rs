@@ -104,6 +104,17 @@ pub fn websocket_key(request: &Request) -> Result<String, Reply> {
             ))
         }
     };
+    // RFC 6455, section 4.1: the opening handshake is a GET, without a body (the connection is
+    // handed over whole only to one without: a body's bytes would be read as frames).
+    let chunked = headers::values(request, "Transfer-Encoding")
+        .next()
+        .is_some();
+    if chunked || request.body_length().is_some_and(|n| n > 0) {
+        return Err(error_reply(
+            400,
+            "a WebSocket upgrade is a GET without a body (RFC 6455 4.1): send it without one",
+        ));
+    }
     // RFC 6455, section 4.1: the key is 16 random bytes in base64.
     let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
     if !decoded.is_ok_and(|bytes| bytes.len() == 16) {
