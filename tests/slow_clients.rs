@@ -622,8 +622,8 @@ fn requests_with_ambiguous_framing_are_refused_and_their_connection_closed() {
         ),
         (
             format!("{head}Content-Length: 99999999999999999999999\r\n\r\n{hidden}"),
-            400,
-            "decimal number of bytes",
+            413,
+            "larger than any request body this server takes",
         ),
         (
             format!("{head}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n{hidden}"),
