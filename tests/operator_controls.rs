@@ -929,6 +929,43 @@ fn capacity_is_learned_with_at_most_one_429() {
     }
 }
 
+/// The job ids a `/jobs` answer lists, in order.
+fn listed_ids(body: &Value) -> Vec<String> {
+    body["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| j["job_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Pages through `/jobs`, `limit` jobs a page, from the first page on along `next_before`, for
+/// at most `max_pages` pages; `each_page` is given each answer's bytes. The ids listed and
+/// the pages read.
+fn page_through(
+    coordinator: &Coordinator,
+    limit: usize,
+    max_pages: usize,
+    mut each_page: impl FnMut(&[u8]),
+) -> (Vec<String>, usize) {
+    let mut listed = Vec::new();
+    let mut query = format!("?limit={limit}");
+    let mut pages = 0;
+    while pages < max_pages {
+        let (code, bytes) = get_bytes(&coordinator.url(&format!("/jobs{query}")));
+        assert_eq!(code, 200, "{query}: {}", String::from_utf8_lossy(&bytes));
+        each_page(&bytes);
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        pages += 1;
+        listed.extend(listed_ids(&body));
+        match body["next_before"].as_str() {
+            Some(next) => query = format!("?limit={limit}&before={next}"),
+            None => break,
+        }
+    }
+    (listed, pages)
+}
+
 /// A page of `/jobs` ends past 1 MiB of jobs, naming its last job in `next_before`: 40 queued
 /// jobs of 128 files with 250-byte names (about 1.5 MB as listed) come in two pages that hold
 /// each job once. (One answer held them all, and a tester's 32 clients that never read a
@@ -945,31 +982,13 @@ fn a_page_of_jobs_ends_past_a_mebibyte() {
     }
     let mut ids: Vec<String> = (0..40).map(|_| submit(&coordinator, &many)).collect();
     ids.reverse();
-    let mut listed = Vec::new();
-    let mut query = "?limit=1000".to_string();
-    let mut pages = 0;
-    loop {
-        let (code, bytes) = get_bytes(&coordinator.url(&format!("/jobs{query}")));
-        assert_eq!(code, 200);
+    let (listed, pages) = page_through(&coordinator, 1000, usize::MAX, |bytes| {
         assert!(
             bytes.len() < (1 << 20) + 64 * 1024,
             "a page of {} bytes",
             bytes.len()
         );
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        pages += 1;
-        listed.extend(
-            body["jobs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|j| j["job_id"].as_str().unwrap_or_default().to_string()),
-        );
-        match body["next_before"].as_str() {
-            Some(next) => query = format!("?limit=1000&before={next}"),
-            None => break,
-        }
-    }
+    });
     assert_eq!(listed, ids);
     assert_eq!(pages, 2);
 }
@@ -985,13 +1004,7 @@ fn job_listing_newest_first_paginated_and_filtered() {
     let list_on = |coordinator: &Coordinator, query: &str| {
         let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
         assert_eq!(code, 200, "{query}: {body}");
-        let listed: Vec<String> = body["jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|j| j["job_id"].as_str().unwrap_or_default().to_string())
-            .collect();
-        (listed, body)
+        (listed_ids(&body), body)
     };
     let list = |query: &str| list_on(&coordinator, query);
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
@@ -1001,16 +1014,7 @@ fn job_listing_newest_first_paginated_and_filtered() {
     assert_eq!(body["jobs"][0]["pool_status"], "queued", "{body}");
     assert_eq!(body["next_before"], Value::Null);
 
-    let mut pages = Vec::new();
-    let mut query = "?limit=3".to_string();
-    loop {
-        let (page, body) = list(&query);
-        pages.extend(page);
-        match body["next_before"].as_str() {
-            Some(next) => query = format!("?limit=3&before={next}"),
-            None => break,
-        }
-    }
+    let (pages, _) = page_through(&coordinator, 3, usize::MAX, |_| {});
     assert_eq!(pages, newest_first);
 
     let (cancelled, _) = list("?status=cancelled");
@@ -1088,23 +1092,8 @@ fn paging_one_settled_job_at_a_time_lists_each_once_and_ends() {
         b"",
     );
     assert_eq!(code, 200, "{body}");
-    let mut listed = Vec::new();
-    let mut query = "?limit=1".to_string();
-    while listed.len() <= ids.len() {
-        let (code, body) = get_json(&coordinator.url(&format!("/jobs{query}")));
-        assert_eq!(code, 200, "{query}: {body}");
-        listed.extend(
-            body["jobs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|j| j["job_id"].as_str().unwrap_or_default().to_string()),
-        );
-        match body["next_before"].as_str() {
-            Some(next) => query = format!("?limit=1&before={next}"),
-            None => break,
-        }
-    }
+    // One job a page: a page more than there are jobs shows a repeat without paging for ever.
+    let (listed, _) = page_through(&coordinator, 1, ids.len() + 1, |_| {});
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     let first_wrong = listed.iter().zip(&newest_first).position(|(a, b)| a != b);
     assert!(
