@@ -127,6 +127,15 @@ fn first_job_sent(
     (id, job)
 }
 
+/// Submits `main.py` under each case's part headers; each is refused 400 with its needle.
+fn refuse_part_headers(coordinator: &Coordinator, cases: &[(&str, String, &str)]) {
+    for (case, headers, needle) in cases {
+        let form = Form::new().raw_part(headers, MAIN_PY);
+        let reply = post_submit(coordinator, Some(&form.content_type()), &form.body());
+        assert_refused(coordinator, case, &reply, 400, needle);
+    }
+}
+
 /// After the refusals: nothing was queued nor sent, `/pool` adds up, and a good job still runs.
 fn assert_nothing_queued_then_a_good_job_runs(coordinator: &Coordinator, worker: &FakeWorker) {
     let pool = assert_pool_consistent(coordinator);
@@ -1060,11 +1069,7 @@ fn odd_part_headers_are_told_how_to_fix() {
             "a part's Content-Type \"/\" is not a media type",
         ),
     ];
-    for (case, headers, needle) in cases {
-        let form = Form::new().raw_part(&headers, MAIN_PY);
-        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
-        assert_refused(&coordinator, case, &reply, 400, needle);
-    }
+    refuse_part_headers(&coordinator, &cases);
     assert_nothing_queued_then_a_good_job_runs(&coordinator, &worker);
 }
 
@@ -1180,11 +1185,7 @@ fn a_parts_content_disposition_is_read_as_the_standards_read_it() {
             "a part carries more than one Content-Type header",
         ),
     ];
-    for (case, headers, needle) in refused {
-        let form = Form::new().raw_part(&headers, MAIN_PY);
-        let reply = post_submit(&coordinator, Some(&form.content_type()), &form.body());
-        assert_refused(&coordinator, case, &reply, 400, needle);
-    }
+    refuse_part_headers(&coordinator, &refused);
     assert_eq!(
         worker.recording().jobs.len(),
         4,
