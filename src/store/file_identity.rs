@@ -134,20 +134,23 @@ pub struct StoreFiles {
     companions_seen: Mutex<(Option<Instant>, Option<String>)>,
 }
 
+/// The file SQLite keeps beside the store file `db` under `suffix` (`-wal`, `-shm`, `-journal`),
+/// or another name beside it.
+pub fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
+}
+
 impl StoreFiles {
     /// The identities of the database at `db` and of its `-wal` and `-shm` files, as the open
     /// writer's connection holds them now.
     pub fn of(db: &Path) -> io::Result<StoreFiles> {
-        let beside = |suffix: &str| {
-            let mut path = db.as_os_str().to_owned();
-            path.push(suffix);
-            PathBuf::from(path)
-        };
         Ok(StoreFiles {
             database: FileIdentity::of(db)?,
             companions: [
-                FileIdentity::with_role(beside("-wal"), Role::Companion("WAL file"))?,
-                FileIdentity::with_role(beside("-shm"), Role::Companion("shared-memory file"))?,
+                FileIdentity::with_role(beside(db, "-wal"), Role::Companion("WAL file"))?,
+                FileIdentity::with_role(beside(db, "-shm"), Role::Companion("shared-memory file"))?,
             ],
             companions_seen: Mutex::new((None, None)),
         })

@@ -24,7 +24,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::mailbox::{Answer, Empty, Mailbox};
 use crate::base::sync::lock;
 use crate::store::controls::{Controls, DRAINS_SCHEMA, PAUSE_SCHEMA};
-use crate::store::file_identity::StoreFiles;
+use crate::store::file_identity::{self, StoreFiles};
 use crate::store::handoff::{handoff, HandoffReceiver, HandoffSender, Taken};
 use crate::store::new_store;
 use crate::store::removals::WipeOf;
@@ -912,9 +912,7 @@ fn file_size(path: &Path) -> u64 {
 }
 
 fn wal_path(db: &Path) -> PathBuf {
-    let mut wal = db.to_path_buf().into_os_string();
-    wal.push("-wal");
-    PathBuf::from(wal)
+    file_identity::beside(db, "-wal")
 }
 
 fn status_of(name: &str) -> Option<PoolStatus> {
@@ -1590,9 +1588,7 @@ fn open_checked(path: &Path, mode: FsyncMode) -> Result<Opened, StoreError> {
     if version == 0 {
         create_schema(&conn)?;
         if mode != FsyncMode::Off {
-            std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
-                .and_then(|d| d.sync_all())
-                .map_err(StoreError::Io)?;
+            new_store::sync_directory_of(path).map_err(StoreError::Io)?;
         }
     } else {
         migrate(&conn, version, |to| {

@@ -7,6 +7,7 @@
 //! new store is made whole under another name ([`making_path`]) and only then renamed into
 //! place ([`put_in_place`]).
 
+use crate::store::file_identity::beside;
 use crate::store::segment_names;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -71,23 +72,16 @@ pub fn check_before_open(state_dir: &Path, db: &Path) -> Result<bool, Refusal> {
     if why.starts_with("is an empty") {
         return Err(Refusal::Empty(db.to_path_buf()));
     }
-    let wal = sibling(db, "-wal");
+    let wal = beside(db, "-wal");
     match std::fs::metadata(&wal) {
         Ok(m) if m.len() > 0 => Err(Refusal::WalWithoutStore(wal, m.len())),
         _ => Ok(true),
     }
 }
 
-/// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// Where a new store file is made, before it takes its place as `db`.
 pub fn making_path(db: &Path) -> PathBuf {
-    sibling(db, ".new")
+    beside(db, ".new")
 }
 
 /// SQLite's files beside a store file: its WAL, its shared memory, its rollback journal.
@@ -101,9 +95,9 @@ pub fn clear_unfinished(db: &Path) -> io::Result<()> {
     let making = making_path(db);
     let leftovers = SQLITE_SUFFIXES
         .iter()
-        .map(|suffix| sibling(&making, suffix))
+        .map(|suffix| beside(&making, suffix))
         .chain(std::iter::once(making.clone()))
-        .chain(SQLITE_SUFFIXES.iter().map(|suffix| sibling(db, suffix)));
+        .chain(SQLITE_SUFFIXES.iter().map(|suffix| beside(db, suffix)));
     for leftover in leftovers {
         match std::fs::remove_file(&leftover) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -123,9 +117,15 @@ pub fn put_in_place(db: &Path, sync: bool) -> io::Result<()> {
     }
     std::fs::rename(&making, db)?;
     if sync {
-        std::fs::File::open(db.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        sync_directory_of(db)?;
     }
     Ok(())
+}
+
+/// Syncs the directory that holds the store file `db`, so that a file made or renamed there
+/// stays after a power loss.
+pub fn sync_directory_of(db: &Path) -> io::Result<()> {
+    std::fs::File::open(db.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Once the store file `db` opened as a database without tables (a store not made yet):
