@@ -1076,6 +1076,19 @@ fn job_listing_newest_first_paginated_and_filtered() {
     }
 }
 
+/// `listed` (one job a page) is `ids` newest first, each once; else says where it went wrong.
+fn assert_newest_first(listed: &[String], ids: &[String]) {
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let first_wrong = listed.iter().zip(&newest_first).position(|(a, b)| a != b);
+    assert!(
+        listed == newest_first,
+        "{} pages for {} jobs; the first out of place, page {first_wrong:?}: {:?}",
+        listed.len(),
+        ids.len(),
+        first_wrong.map(|at| &listed[at])
+    );
+}
+
 /// Paging through settled jobs one at a time lists each once and ends. A page's cursor was the
 /// last job's submission time as read back from its stored record, whose JSON number serde_json
 /// may read one step off (1796660153.1764479 as 1796660153.176448), while the walk compares the
@@ -1094,15 +1107,20 @@ fn paging_one_settled_job_at_a_time_lists_each_once_and_ends() {
     assert_eq!(code, 200, "{body}");
     // One job a page: a page more than there are jobs shows a repeat without paging for ever.
     let (listed, _) = page_through(&coordinator, 1, ids.len() + 1, |_| {});
-    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
-    let first_wrong = listed.iter().zip(&newest_first).position(|(a, b)| a != b);
-    assert!(
-        listed == newest_first,
-        "{} pages for {} jobs; the first out of place, page {first_wrong:?}: {:?}",
-        listed.len(),
-        ids.len(),
-        first_wrong.map(|at| &listed[at])
-    );
+    assert_newest_first(&listed, &ids);
+}
+
+/// The same holds for jobs recovered at a restart, which the coordinator holds in memory as
+/// read back from their records while the walk compares their rows' columns.
+#[test]
+fn paging_one_recovered_job_at_a_time_lists_each_once_and_ends() {
+    let worker = slow_worker(30.0);
+    let mut coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
+    let ids: Vec<String> = (0..120).map(|_| submit(&coordinator, &form())).collect();
+    coordinator.kill();
+    let restarted = Coordinator::start_in(coordinator.dir(), &FAST);
+    let (listed, _) = page_through(&restarted, 1, ids.len() + 1, |_| {});
+    assert_newest_first(&listed, &ids);
 }
 
 /// The nice values of the coordinator's threads whose names start with `prefix`.

@@ -1083,10 +1083,7 @@ impl JobStore {
             let conn = self.reader()?;
             let job = conn
                 .prepare_cached("SELECT record, submitted_at FROM jobs WHERE id = ?1")?
-                .query_row([id], |r| {
-                    let at: f64 = r.get(1)?;
-                    Ok(parse_record(id, r.get_ref(0)?).map(|job| exact_time(job, at)))
-                })
+                .query_row([id], |r| Ok(parse_stored(id, r.get_ref(0)?, r.get_ref(1)?)))
                 .optional()?;
             lock(&self.readers).push(conn);
             Ok(job)
@@ -1173,8 +1170,7 @@ impl JobStore {
         Ok(result?
             .into_iter()
             .filter_map(|(id, record, at)| {
-                parse_record(&id, ValueRef::Text(record.as_bytes()))
-                    .map(|job| exact_time(job, at))
+                parse_stored(&id, ValueRef::Text(record.as_bytes()), ValueRef::Real(at))
                     .map_err(|why| {
                         log::warn!(
                             "{}: job {id:?} left out of a listing: its record cannot be read ({why})",
@@ -1719,13 +1715,17 @@ fn text_column(value: ValueRef<'_>) -> Result<String, String> {
     }
 }
 
-/// `job`, read from its record, with its submission time as its row's column holds it: the
-/// record's JSON number may read back one step off (serde_json's fast float parsing), and the
-/// listings' cursors compare it with the column (a job fell on both sides of its own cursor,
-/// and its page came again).
-fn exact_time(mut job: Job, submitted_at: f64) -> Job {
-    job.submitted_at = submitted_at;
-    job
+/// A job read back into the coordinator: its record parsed, with its submission time as its
+/// row's `submitted_at` column holds it. The record's JSON number may read back one step off
+/// (serde_json's fast float parsing), and the listings' walks and cursors compare the column
+/// (such a job fell on both sides of its own cursor, and its page came again). A column that
+/// is not a number (damaged) leaves the record's time.
+fn parse_stored(id: &str, record: ValueRef<'_>, submitted_at: ValueRef<'_>) -> Result<Job, String> {
+    let mut job = parse_record(id, record)?;
+    if let Ok(at) = submitted_at.as_f64() {
+        job.submitted_at = at;
+    }
+    Ok(job)
 }
 
 /// A job's record column parsed; `Err` says why a damaged one cannot be read.
@@ -1745,7 +1745,9 @@ fn stored_job(row: &rusqlite::Row<'_>) -> Result<StoredJob, BadRow> {
     let id = text_column(row.get_ref(0).map_err(|e| (String::new(), e.to_string()))?)
         .map_err(|why| (String::new(), format!("its id column: {why}")))?;
     let fail = |why: String| (id.clone(), why);
-    let job = parse_record(&id, row.get_ref(1).map_err(|e| fail(e.to_string()))?)
+    let record = row.get_ref(1).map_err(|e| fail(e.to_string()))?;
+    let submitted_at = row.get_ref(2).map_err(|e| fail(e.to_string()))?;
+    let job = parse_stored(&id, record, submitted_at)
         .map_err(|why| fail(format!("its record: {why}")))?;
     Ok(StoredJob { job })
 }
@@ -1754,7 +1756,7 @@ fn stored_job(row: &rusqlite::Row<'_>) -> Result<StoredJob, BadRow> {
 /// as it is and logged: recovery goes on with the others, and the job's routes answer 500.
 fn read_unsettled(conn: &Connection, path: &Path) -> Result<Vec<StoredJob>, StoreError> {
     let mut statement = conn.prepare(
-        "SELECT id, record FROM jobs INDEXED BY jobs_unsettled_submitted \
+        "SELECT id, record, submitted_at FROM jobs INDEXED BY jobs_unsettled_submitted \
          WHERE finished_at IS NULL ORDER BY seq",
     )?;
     let mut rows = statement.query([]).map_err(|e| corrupt(path, &e))?;
