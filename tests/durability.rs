@@ -969,11 +969,7 @@ fn a_missing_or_empty_store_beside_kept_segments_is_refused_and_changes_nothing(
     drop(restarted);
 
     // Without segments, a zero-byte store is refused too, as the check refuses it.
-    let fresh = support::temp_dir();
-    let worker = FakeWorker::start();
-    write_workers_json(fresh.path(), &[worker.entry(1)]);
-    let fresh_state = fresh.path().join("state");
-    fs::create_dir_all(&fresh_state).unwrap_or_else(|e| panic!("{e}"));
+    let (fresh, _worker, fresh_state) = before_the_first_start();
     fs::write(fresh_state.join("jobs.db"), b"").unwrap_or_else(|e| panic!("{e}"));
     let refused = Coordinator::try_start_in(fresh.path(), &[])
         .err()
@@ -1405,11 +1401,7 @@ fn an_idle_store_counts_as_checkpointed_and_a_reader_after_it_is_not_warned_of_a
 /// let go.
 #[test]
 fn a_store_locked_by_another_program_at_start_is_refused_and_not_called_unreadable() {
-    let dir = support::temp_dir();
-    let worker = FakeWorker::start();
-    write_workers_json(dir.path(), &[worker.entry(1)]);
-    let state = dir.path().join("state");
-    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let (dir, _worker, state) = before_the_first_start();
     let other = rusqlite::Connection::open(state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
     other
         .execute_batch("PRAGMA journal_mode = WAL; BEGIN IMMEDIATE; CREATE TABLE notes (x);")
@@ -2892,16 +2884,23 @@ fn a_new_store_on_a_disk_too_full_for_it_is_refused_for_the_disk_and_made_once_t
     assert!(!state.join("jobs.db.new").exists(), "the leftover stayed");
 }
 
-/// A `jobs.db` that is a symbolic link is refused at start, saying to move the whole state
-/// directory: SQLite keeps the WAL beside the link's target, where the coordinator does not
-/// look (it failed with "syncing the state directory failed: No such file or directory").
-#[test]
-fn a_job_store_that_is_a_symbolic_link_is_refused_and_left_as_it_is() {
+/// A coordinator's folder before its first start: one worker listed (running), and an empty
+/// `state` folder to lay files in.
+fn before_the_first_start() -> (tempfile::TempDir, FakeWorker, std::path::PathBuf) {
     let dir = support::temp_dir();
     let worker = FakeWorker::start();
     write_workers_json(dir.path(), &[worker.entry(1)]);
     let state = dir.path().join("state");
     fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    (dir, worker, state)
+}
+
+/// A `jobs.db` that is a symbolic link is refused at start, saying to move the whole state
+/// directory: SQLite keeps the WAL beside the link's target, where the coordinator does not
+/// look (it failed with "syncing the state directory failed: No such file or directory").
+#[test]
+fn a_job_store_that_is_a_symbolic_link_is_refused_and_left_as_it_is() {
+    let (dir, _worker, state) = before_the_first_start();
     let elsewhere = dir.path().join("elsewhere.db");
     std::os::unix::fs::symlink(&elsewhere, state.join("jobs.db")).unwrap_or_else(|e| panic!("{e}"));
     let refused = Coordinator::try_start_in(dir.path(), &[])
@@ -2924,11 +2923,7 @@ fn a_job_store_that_is_a_symbolic_link_is_refused_and_left_as_it_is() {
 /// its own: the start is refused, naming it, and nothing is changed.
 #[test]
 fn a_wal_without_its_job_store_is_refused_and_left_as_it_is() {
-    let dir = support::temp_dir();
-    let worker = FakeWorker::start();
-    write_workers_json(dir.path(), &[worker.entry(1)]);
-    let state = dir.path().join("state");
-    fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let (dir, _worker, state) = before_the_first_start();
     let wal = state.join("jobs.db-wal");
     let stale = vec![7u8; 4128];
     fs::write(&wal, &stale).unwrap_or_else(|e| panic!("{e}"));
