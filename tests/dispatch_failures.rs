@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
-    submit_seen_running, wait_collected, wait_committed, wait_healthy, wait_status,
+    submit_seen_running, wait_collected, wait_committed, wait_healthy, wait_started, wait_status,
 };
 use support::wall_clock::{wait_clock, FakeClock};
-use support::{get, get_bytes, get_json, poll_until, Coordinator, FakeWorker, Form};
+use support::{get, get_bytes, get_json, poll_until, post, Coordinator, FakeWorker, Form};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -955,4 +955,169 @@ fn a_dispatch_timeout_shorter_than_a_sandrun_run_is_warned_about() {
             quiet.logs()
         );
     }
+}
+
+/// The error of a job whose worker gave its job id to a later job.
+const ID_GIVEN_AGAIN: &str = "its worker gave its job id to another job it took later";
+
+/// Job ids the fake worker gives out, whatever the clock: a restart falls within their second.
+const FROZEN_ID_SECONDS: u64 = 1_800_000_000;
+
+/// A job that prints `ran NAME.py` (the simulated runner) under its own entrypoint.
+fn named_job(name: &str) -> Form {
+    Form::new()
+        .file(&format!("{name}.py"), "text/x-python", b"print(1)\n")
+        .manifest(&format!("{{\"entrypoint\":\"{name}.py\"}}"))
+}
+
+/// Waits until job `id` was dispatched, and returns its worker's job id.
+fn wait_remote_id(coordinator: &Coordinator, id: &str) -> String {
+    poll_until(DEADLINE, || {
+        job_status(coordinator, id)["remote_job_id"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("job {id} was never dispatched: {}", coordinator.logs()))
+}
+
+/// The job `id` ran on its worker and its results, collected, are its own.
+fn assert_collected_as(coordinator: &Coordinator, id: &str, name: &str) {
+    wait_collected(coordinator, id, DEADLINE);
+    let (code, logs) = get_json(&coordinator.url(&format!("/logs/{id}")));
+    assert_eq!(code, 200, "{logs}");
+    assert!(
+        text(&logs["stdout"]).contains(&format!("ran {name}.py")),
+        "{logs}"
+    );
+}
+
+/// sandrun numbers its jobs `job_<unix seconds>_<counter>`, its counter starting again at each
+/// start: a worker that restarts within the second of an id it gave out gives that id to its
+/// next job. The coordinator, still following the first job under that id, must not read the
+/// second job's status as the first's, nor collect its results as the first's: the first job
+/// is lost (its worker restarted, so it no longer has it) the moment the id comes back.
+#[test]
+fn a_job_id_a_restarted_worker_gives_again_loses_the_job_that_held_it() {
+    let (coordinator, worker, first) = a_job_id_given_again(false);
+    let status = job_status(&coordinator, &first);
+    assert!(text(&status["error"]).contains(ID_GIVEN_AGAIN), "{status}");
+    assert_results_refused(&coordinator, &first, 410);
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["jobs_lost"], 1, "{pool}");
+    assert_eq!(entry["jobs_completed"], 1, "{pool}");
+}
+
+/// The same with the first job cancelled while it ran: it waits for its worker to end it, and
+/// the job that took its id is not taken for it (nor deleted on the worker as it).
+#[test]
+fn a_cancelled_job_whose_id_a_restarted_worker_gives_again_leaves_the_new_job_alone() {
+    let (coordinator, _worker, first) = a_job_id_given_again(true);
+    let status = job_status(&coordinator, &first);
+    assert_eq!(status["pool_status"], "cancelled", "{status}");
+}
+
+/// A job held running on a worker whose job ids read one frozen second (cancelled when
+/// `cancel`), then the worker restarted and a second job sent to it, which takes the first
+/// job's worker job id; checks that the first job is no longer followed and the second runs
+/// and is collected as its own; returns the coordinator, the worker and the first job's id.
+fn a_job_id_given_again(cancel: bool) -> (Coordinator, FakeWorker, String) {
+    let worker = FakeWorker::start_with(|k| {
+        k.id_seconds = Some(FROZEN_ID_SECONDS);
+        k.hold_jobs = true;
+    });
+    let coordinator = Coordinator::start(&[worker.entry(2)], &args(&["--lost-after", "600"]));
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &named_job("first"));
+    wait_started(&coordinator, &worker, &first, DEADLINE);
+    let remote = wait_remote_id(&coordinator, &first);
+    if cancel {
+        let (code, body) = post(
+            &coordinator.url(&format!("/cancel/{first}")),
+            "text/plain",
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // Asks about jobs are answered a byte a second from here, so no answer about the first job
+    // from the restarted worker (a 404) reaches the coordinator before the second job's
+    // dispatch does.
+    worker.set(|k| k.drip = Some(("status", Duration::from_secs(1))));
+    worker.stop();
+    worker.restart();
+    let second = submit(&coordinator, &named_job("second"));
+    assert_eq!(wait_remote_id(&coordinator, &second), remote);
+    assert!(
+        coordinator.wait_for_log(
+            &format!("gave its job id {remote} to job {second} too"),
+            DEADLINE
+        ),
+        "{}",
+        coordinator.logs()
+    );
+    let wanted = if cancel { "cancelled" } else { "lost" };
+    let untracked = poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        let status = job_status(&coordinator, &first);
+        (pool_worker(&pool, &worker)["tracked_jobs"] == 1 && status["pool_status"] == wanted)
+            .then_some(())
+    });
+    assert!(untracked.is_some(), "{}", coordinator.logs());
+    worker.set(|k| {
+        k.drip = None;
+        k.hold_jobs = false;
+    });
+    assert_collected_as(&coordinator, &second, "second");
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+    assert_eq!(entry["tracked_jobs"], 0, "{pool}");
+    (coordinator, worker, first)
+}
+
+/// A coordinator that stopped after it recorded a dispatch whose job id another job on the
+/// same worker held, before it recorded that job's loss, finds both at its restart: the job
+/// dispatched earlier is lost, the later one followed to its end.
+#[test]
+fn a_restart_that_finds_two_jobs_holding_one_worker_job_id_loses_the_earlier() {
+    // Both wait in the worker's queue: sandrun holds its jobs lock, submits' too, during a run.
+    let worker = FakeWorker::start_with(|k| k.hold_queue = true);
+    let dir = support::workers_dir(&[worker.entry(2)]);
+    let mut coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &named_job("first"));
+    wait_remote_id(&coordinator, &first);
+    let second = submit(&coordinator, &named_job("second"));
+    let later = wait_remote_id(&coordinator, &second);
+    let stopped = coordinator.terminate(DEADLINE);
+    assert_eq!(stopped.and_then(|s| s.code()), Some(0));
+
+    // The first job's record as if its worker had given it the second job's id.
+    let db = coordinator.state_dir().join("jobs.db");
+    let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
+    let record: String = conn
+        .query_row("SELECT record FROM jobs WHERE id = ?1", [&first], |row| {
+            row.get(0)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut record: Value = serde_json::from_str(&record).unwrap_or_else(|e| panic!("{e}"));
+    assert!(record["remote_job_id"].is_string(), "{record}");
+    record["remote_job_id"] = Value::from(later.as_str());
+    conn.execute(
+        "UPDATE jobs SET record = ?1 WHERE id = ?2",
+        [record.to_string(), first.clone()],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(conn);
+
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    let status = wait_status(&coordinator, &first, "lost", DEADLINE);
+    assert!(text(&status["error"]).contains(ID_GIVEN_AGAIN), "{status}");
+    worker.set(|k| k.hold_queue = false);
+    assert_collected_as(&coordinator, &second, "second");
+    let pool = assert_pool_consistent(&coordinator);
+    let entry = pool_worker(&pool, &worker);
+    assert_eq!(entry["active_jobs"], 0, "{pool}");
+    assert_eq!(entry["tracked_jobs"], 0, "{pool}");
 }

@@ -8,7 +8,7 @@ use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::shortage::is_shortage;
 use crate::base::sync::lock;
 use crate::pool::health::mark_unreachable;
-use crate::pool::{announce, rerun, stream, tracker};
+use crate::pool::{announce, rerun, reused_ids, stream, tracker};
 use crate::state::context::Context;
 use crate::state::metrics::DispatchOutcome;
 use crate::state::pool_state::{PoolState, Throttle, WorkerEntry};
@@ -424,6 +424,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
         ctx.record_soon(&st, id);
+        let reused = reused_ids::holders_before(&st, index, id);
         // Opened under the table lock: once the lock is released the tracker may see the job
         // end and close its feed, and a feed opened after that would never be closed. A job
         // cancelled while its submit was on its way is over for followers already.
@@ -441,6 +442,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             ctx.wake_scheduler();
         }
         log::info!("Dispatched job {id} to {short}... (remote: {remote})");
+        reused_ids::lose(ctx, index, reused);
         stream::subscribe(ctx, index, id.to_string(), endpoint, remote);
         if !keep_upload {
             ctx.spool.remove_upload(id);

@@ -17,6 +17,7 @@ pub mod quota_stats;
 pub mod recovery;
 pub mod reload;
 pub mod rerun;
+pub mod reused_ids;
 pub mod scheduler;
 pub mod stream;
 pub mod tracker;

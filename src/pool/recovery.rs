@@ -12,7 +12,7 @@
 
 use crate::base::clock::unix_now;
 use crate::base::job::{Job, PoolStatus, UploadAt};
-use crate::pool::{rerun, tracker};
+use crate::pool::{rerun, reused_ids, tracker};
 use crate::state::context::Context;
 use crate::state::metrics::Metrics;
 use crate::state::pool_state::{PoolState, RECENT_JOBS};
@@ -315,10 +315,17 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     }
     trackers.sort_unstable();
     trackers.dedup();
+    let reused: Vec<_> = trackers
+        .iter()
+        .map(|index| (*index, reused_ids::earlier_holders(&st, *index)))
+        .collect();
     for index in &trackers {
         st.workers[*index].tracker_running = true;
     }
     drop(st);
+    for (index, earlier) in reused {
+        reused_ids::lose(ctx, index, earlier);
+    }
     for index in trackers {
         tracker::start(ctx, index);
     }

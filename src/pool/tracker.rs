@@ -302,7 +302,7 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
                 let figures = latest_figures(ctx, job);
                 signature::verify(worker_id, &status, figures.as_ref())
             });
-            let finished = record_status(ctx, index, &job.id, now_status, status.clone(), check);
+            let finished = record_status(ctx, index, job, now_status, status.clone(), check);
             if finished {
                 collect_results(ctx, index, endpoint, job, &status);
             }
@@ -311,7 +311,13 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
         Err(CallError::Status { code: 404, .. }) => {
             let why =
                 "the worker no longer has the job (HTTP 404) and its results were not collected";
-            lose(ctx, index, &job.id, format!("{why}; {SANDRUN_DELETES}"));
+            lose(
+                ctx,
+                index,
+                &job.id,
+                &job.remote,
+                format!("{why}; {SANDRUN_DELETES}"),
+            );
             true
         }
         Err(CallError::Shortage(why)) => {
@@ -397,13 +403,17 @@ pub fn distrust_for_output(ctx: &Context, worker_id: &str, job_id: &str, path: &
 fn record_status(
     ctx: &Context,
     index: usize,
-    id: &str,
+    followed: &Followed,
     mut status: PoolStatus,
     answer: Value,
     check: Option<SignatureCheck>,
 ) -> bool {
     let now = unix_now();
+    let id = followed.id.as_str();
     let mut st = ctx.lock();
+    if !holds(&st, index, id, &followed.remote) {
+        return false;
+    }
     let Some(job) = st.jobs.get_mut(id) else {
         return false;
     };
@@ -554,11 +564,12 @@ fn outputs_verdict(
 fn record_collection(
     ctx: &Context,
     index: usize,
-    id: &str,
+    followed: &Followed,
     status: &Value,
     collected: &Collected,
     pinned: Option<PinnedSegment>,
-) -> Vec<String> {
+) -> Option<Vec<String>> {
+    let id = followed.id.as_str();
     let OutputsCheck {
         verdict,
         why,
@@ -573,11 +584,12 @@ fn record_collection(
         log::warn!("Job {id}: {why}");
     }
     let mut st = ctx.lock();
-    let Some(job) = st.jobs.get_mut(id) else {
+    let held = holds(&st, index, id, &followed.remote);
+    let Some(job) = st.jobs.get_mut(id).filter(|_| held) else {
         if let Some(pinned) = pinned {
             ctx.spool.give_back_results(pinned);
         }
-        return Vec::new();
+        return None;
     };
     job.collection = Collection::Collected(Box::new(collected.stored.clone()));
     let left = collected.stored.left_on_worker.len();
@@ -618,7 +630,7 @@ fn record_collection(
     let last = announce::last_lines(&st, id);
     drop(st);
     ctx.collection_ended(id);
-    last
+    Some(last)
 }
 
 fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, status: &Value) {
@@ -642,11 +654,13 @@ fn collect_results(ctx: &Context, index: usize, endpoint: &str, job: &Followed, 
                 let why = format!("could not sync its collected results to disk: {e}");
                 return pause_collection(ctx, index, job, &why, true);
             }
-            let last = record_collection(ctx, index, &job.id, status, &collected, pinned);
+            let Some(last) = record_collection(ctx, index, job, status, &collected, pinned) else {
+                return;
+            };
             log::info!("Collected results of job {} ({files} output files)", job.id);
             announce::ended(ctx, &job.id, last, Some(&collected.logs));
         }
-        Err(CollectError::Gone) => lose(ctx, index, &job.id, gone_why(ctx, &job.id)),
+        Err(CollectError::Gone) => lose(ctx, index, &job.id, &job.remote, gone_why(ctx, &job.id)),
         Err(e @ CollectError::Disk(_)) => pause_collection(ctx, index, job, &e.to_string(), true),
         Err(e @ CollectError::Worker(CallError::Shortage(_))) => {
             pause_collection(ctx, index, job, &e.to_string(), false)
@@ -716,8 +730,8 @@ fn retry_collection(ctx: &Context, index: usize, endpoint: &str, job: &Followed,
     ctx.collection_ended(&job.id);
     match collect_retry::after_failure(ctx, index, endpoint, &job.id, &job.remote, why) {
         Next::Retry => {}
-        Next::Gone => lose(ctx, index, &job.id, gone_why(ctx, &job.id)),
-        Next::Silent(why) => lose(ctx, index, &job.id, why),
+        Next::Gone => lose(ctx, index, &job.id, &job.remote, gone_why(ctx, &job.id)),
+        Next::Silent(why) => lose(ctx, index, &job.id, &job.remote, why),
     }
 }
 
@@ -728,6 +742,7 @@ fn give_up_if_stale(ctx: &Context, index: usize, job: &Followed, why: &str) {
             ctx,
             index,
             &job.id,
+            &job.remote,
             format!("no answer from its worker for {silent_for:.0} s: {why}"),
         );
     } else {
@@ -752,6 +767,9 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                     Some("completed" | "failed")
                 );
                 let mut st = ctx.lock();
+                if !holds(&st, index, &job.id, &job.remote) {
+                    return false;
+                }
                 if let Some(j) = st.jobs.get_mut(&job.id) {
                     j.heard_from_worker(unix_now());
                 }
@@ -763,6 +781,9 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
             }
             Err(CallError::Status { code: 404, .. }) => {
                 let mut st = ctx.lock();
+                if !holds(&st, index, &job.id, &job.remote) {
+                    return false;
+                }
                 worker_ended_cancelled(ctx, &mut st, index, &job.id);
                 untrack(&mut st, index, &job.id);
                 ctx.record(&st, &job.id);
@@ -786,6 +807,11 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
                 return false;
             }
         }
+    }
+    // Deleted only as the job its worker still has under that id: a worker that restarted
+    // meanwhile may have given the id to another job (see `pool/reused_ids.rs`).
+    if !holds(&ctx.lock(), index, &job.id, &job.remote) {
+        return ended;
     }
     match ctx.client.delete_ended(endpoint, &job.remote) {
         Ok(()) | Err(CallError::Status { code: 404, .. }) => {
@@ -828,9 +854,23 @@ fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &
     ctx.wake_scheduler();
 }
 
-/// Marks a job lost, frees its slot if it still held one, and stops following it.
-fn lose(ctx: &Context, index: usize, id: &str, why: String) {
+/// Whether worker `index` follows job `id` as its job `remote`: not when another thread
+/// settled, cancelled and ended, or requeued the job since it was read for a follow-up, nor when
+/// the worker gave its id to a job it took later (see [`crate::pool::reused_ids`]).
+fn holds(st: &PoolState, index: usize, id: &str, remote: &str) -> bool {
+    st.workers
+        .get(index)
+        .is_some_and(|w| w.tracked.iter().any(|t| t == id))
+        && st.jobs.get(id).and_then(|j| j.remote_job_id.as_deref()) == Some(remote)
+}
+
+/// Marks job `id`, its worker's job `remote`, lost, frees its slot if it still held one, and
+/// stops following it; does nothing when the worker no longer follows it as that job.
+pub(crate) fn lose(ctx: &Context, index: usize, id: &str, remote: &str, why: String) {
     let mut st = ctx.lock();
+    if !holds(&st, index, id, remote) {
+        return;
+    }
     let Some(job) = st.jobs.get(id) else {
         return;
     };

@@ -83,6 +83,10 @@ pub struct Knobs {
     pub submit_delay: Duration,
     /// `POST /submit` (past the rate limits) answers this status with `{"error":"<message>"}`.
     pub reject_submit: Option<(u16, String)>,
+    /// Job ids read these unix seconds, whatever the clock (a test's way to have a worker
+    /// restart within the second of an id it gave out: sandrun's id counter starts again at
+    /// each start, so it then gives that id to another job).
+    pub id_seconds: Option<u64>,
     /// `POST /submit` accepts the job under its own id but answers this one (a worker that
     /// is not sandrun, or a broken one).
     pub answered_job_id: Option<String>,
@@ -148,6 +152,7 @@ impl Default for Knobs {
             stats_delay: Duration::ZERO,
             submit_delay: Duration::ZERO,
             reject_submit: None,
+            id_seconds: None,
             answered_job_id: None,
             extra_output: None,
             vanished_output: None,

@@ -184,7 +184,7 @@ fn submit(
             .job(received(&parts, (ip, received_at), 400, None));
         return Response::error(400, "No files uploaded");
     }
-    let id = shared.next_job_id();
+    let id = run.next_job_id(knobs.id_seconds);
     let dir = run.root.join(&id);
     upload::save_files(&dir, &parts);
     let spec = upload::resolve(&dir, &parts);

@@ -105,7 +105,6 @@ impl Emulator {
             recorder: Recorder::default(),
             runner: config.runner,
             root,
-            counter: AtomicU64::new(0),
         });
         let emulator = Emulator {
             shared,

@@ -28,20 +28,9 @@ pub struct Shared {
     pub runner: Runner,
     /// Directory holding every incarnation's job directories.
     pub root: PathBuf,
-    /// Job id counter (kept across restarts so ids stay unique per emulator).
-    pub counter: AtomicU64,
 }
 
 impl Shared {
-    /// The next `job_<unix seconds>_<counter>`.
-    pub fn next_job_id(&self) -> String {
-        let seconds = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        format!("job_{seconds}_{n}")
-    }
-
     /// The key the worker shows under these knobs (none when anonymous).
     pub fn shown_key(&self, knobs: &Knobs) -> Option<&WorkerKey> {
         if knobs.anonymous {
@@ -78,6 +67,9 @@ pub struct Incarnation {
     pub broadcaster: Broadcaster,
     connections: Mutex<HashMap<u64, TcpStream>>,
     next_connection: AtomicU64,
+    /// The job id counter: like sandrun's, it starts again at each start, so a worker that
+    /// restarts within the second of an id it gave out gives that id again.
+    job_counter: AtomicU64,
 }
 
 impl Incarnation {
@@ -91,7 +83,19 @@ impl Incarnation {
             broadcaster: Broadcaster::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
+            job_counter: AtomicU64::new(0),
         }
+    }
+
+    /// The next `job_<unix seconds>_<counter>`, its seconds `id_seconds` when given.
+    pub fn next_job_id(&self, id_seconds: Option<u64>) -> String {
+        let seconds = id_seconds.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+        let n = self.job_counter.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("job_{seconds}_{n}")
     }
 
     /// Whether it still runs.

@@ -1,0 +1,103 @@
+//! Job ids a worker gave out twice. sandrun numbers its jobs `job_<unix seconds>_<counter>`
+//! with a counter that starts again at each start, so a worker that restarts within the second
+//! of an id it gave out gives that id to another job. The coordinator, still following the
+//! earlier job under that id, would read the later job's status and collect its results as the
+//! earlier job's: the earlier job is lost instead (its worker restarted, so it no longer has
+//! it), the moment a dispatch brings back an id that a job on the same worker holds, and at a
+//! restart of the coordinator, should it have stopped before that loss was recorded.
+
+use crate::pool::tracker;
+use crate::state::context::Context;
+use crate::state::pool_state::PoolState;
+use crate::worker::identity::short_id;
+
+/// A job that holds the same worker job id as a job its worker took later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    /// The earlier job.
+    pub id: String,
+    /// The worker's job id both hold.
+    pub remote: String,
+    /// The job the worker took later under that id.
+    pub later: String,
+}
+
+/// The job's error, for its owner: neither the worker's job id nor the other job is named.
+const WHY: &str = "its worker gave its job id to another job it took later: the worker \
+     restarted since it took this job (sandrun numbers its jobs from 1 again at each start), \
+     so it no longer has this job, and its results were not collected";
+
+/// The jobs followed on worker `index`, other than `later`, that hold `later`'s worker job id.
+pub fn holders_before(st: &PoolState, index: usize, later: &str) -> Vec<Earlier> {
+    let Some(remote) = st.jobs.get(later).and_then(|j| j.remote_job_id.as_deref()) else {
+        return Vec::new();
+    };
+    let Some(worker) = st.workers.get(index) else {
+        return Vec::new();
+    };
+    worker
+        .tracked
+        .iter()
+        .filter(|id| id.as_str() != later)
+        .filter(|id| {
+            st.jobs
+                .get(id.as_str())
+                .and_then(|j| j.remote_job_id.as_deref())
+                == Some(remote)
+        })
+        .map(|id| Earlier {
+            id: id.clone(),
+            remote: remote.to_string(),
+            later: later.to_string(),
+        })
+        .collect()
+}
+
+/// The jobs followed on worker `index` whose worker job id a job dispatched later holds too
+/// (by the times of their dispatches, as recorded): what a restart of the coordinator finds.
+pub fn earlier_holders(st: &PoolState, index: usize) -> Vec<Earlier> {
+    let Some(worker) = st.workers.get(index) else {
+        return Vec::new();
+    };
+    let mut held: Vec<(&str, f64, &str)> = worker
+        .tracked
+        .iter()
+        .filter_map(|id| {
+            let job = st.jobs.get(id.as_str())?;
+            let remote = job.remote_job_id.as_deref()?;
+            Some((remote, job.dispatched_at.unwrap_or(f64::MIN), id.as_str()))
+        })
+        .collect();
+    held.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)));
+    let mut earlier = Vec::new();
+    for group in held.chunk_by(|a, b| a.0 == b.0) {
+        let Some(((remote, _, later), before)) = group.split_last() else {
+            continue;
+        };
+        earlier.extend(before.iter().map(|(_, _, id)| Earlier {
+            id: id.to_string(),
+            remote: remote.to_string(),
+            later: later.to_string(),
+        }));
+    }
+    earlier
+}
+
+/// Loses each of the `earlier` jobs of worker `index` (logged with the ids, for the operator).
+pub fn lose(ctx: &Context, index: usize, earlier: Vec<Earlier>) {
+    for job in earlier {
+        let worker = ctx
+            .lock()
+            .workers
+            .get(index)
+            .map(|w| short_id(&w.spec.worker_id).to_string())
+            .unwrap_or_default();
+        log::warn!(
+            "Worker {worker}... gave its job id {} to job {} too: it restarted since it took job {}",
+            job.remote,
+            job.later,
+            job.id
+        );
+        tracker::lose(ctx, index, &job.id, &job.remote, WHY.to_string());
+    }
+}
