@@ -141,3 +141,42 @@ fn a_worker_listed_again_while_its_job_runs_takes_its_entry_back_without_its_old
         "the drain came back: {pool}"
     );
 }
+
+/// A job that runs longer than its streamed poll interval ends while the tracker's `/status`
+/// waits for that end (sandrun answers it only once the run is over): its stream, unable to
+/// follow the end up itself, asked for a poll the tracker never took once it had nothing left
+/// to follow, and that stale ask kept the worker's place from ever going to another worker
+/// after a reload removed it (the table grew by one place per worker replaced).
+#[test]
+fn an_idle_worker_a_reload_replaces_frees_its_place_after_a_long_streamed_job() {
+    let slow = |k: &mut Knobs| {
+        k.job_duration = Duration::from_millis(1500);
+        k.max_jobs_per_hour = 1000;
+    };
+    let workers: Vec<FakeWorker> = (0..4).map(|_| FakeWorker::start_with(slow)).collect();
+    let dir = support::workers_dir(&[workers[0].entry(2)]);
+    let coordinator = Coordinator::start_in(dir.path(), &FAST);
+    wait_healthy(&coordinator, &[&workers[0]], DEADLINE);
+    for n in 0..3 {
+        let id = submit(&coordinator, &job(n));
+        wait_status(&coordinator, &id, "completed", DEADLINE);
+        // Its follow-up is over once its worker's tracker thread is gone.
+        let quiet = poll_until(DEADLINE, || {
+            let collected = get_json(&coordinator.url(&format!("/status/{id}"))).1["results"]
+                ["collected"]
+                == true;
+            let names = coordinator.thread_names()?;
+            (collected && !names.iter().any(|name| name.starts_with("tracker-"))).then_some(())
+        });
+        assert!(quiet.is_some(), "job {n}: its tracker never ended");
+        write_workers_json(dir.path(), &[workers[n + 1].entry(2)]);
+        let (code, body) = post(&coordinator.url("/reload"), "text/plain", b"");
+        assert_eq!(code, 200, "reload {n}: {body}");
+        let pool = assert_pool_consistent(&coordinator);
+        assert_eq!(
+            pool["worker_table_slots"], 1,
+            "reload {n}: the replaced idle worker's place was not reused: {pool}"
+        );
+        wait_healthy(&coordinator, &[&workers[n + 1]], DEADLINE);
+    }
+}

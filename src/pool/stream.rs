@@ -28,7 +28,7 @@ pub fn subscribe(ctx: &Arc<Context>, index: usize, id: String, endpoint: String,
     let task = Box::new(move || follow(&thread_ctx, index, &id, &endpoint, &remote));
     if let Err(e) = ctx.streams.run(task) {
         log::warn!("Cannot start a stream thread for job {failed_id}: {e}; polling it");
-        stream_ended(ctx, index, &failed_id, false);
+        stream_ended(ctx, index, &failed_id);
     }
 }
 
@@ -42,7 +42,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
         Ok(c) => c,
         Err(e) => {
             log::debug!("Job {id}: the worker stream did not open ({e}); polling it");
-            stream_ended(ctx, index, id, false);
+            stream_ended(ctx, index, id);
             return;
         }
     };
@@ -84,20 +84,20 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
     match ended {
         Ended::Closed => {
             client.close();
-            stream_ended(ctx, index, id, false);
+            stream_ended(ctx, index, id);
         }
         Ended::Left => {
             if !seen.joined_queued() {
                 read_last_frames(ctx, &mut client, id, &mut seen);
             }
             client.close();
-            stream_ended(ctx, index, id, false);
+            stream_ended(ctx, index, id);
         }
         Ended::Done if seen.joined_queued() => {
             match read_beside(ctx, client.socket_handle(), client, id) {
                 Ok(socket) => {
                     if !tracker::follow_now(ctx, index, id) {
-                        stream_ended(ctx, index, id, true);
+                        stream_ended(ctx, index, id);
                     } else if !still_going(ctx, id) {
                         // Its end known here, sandrun writes no more to the stream: the reader
                         // beside is let go at once, not at its next look.
@@ -107,7 +107,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
                     }
                 }
                 Err(mut client) => {
-                    stream_ended(ctx, index, id, true);
+                    stream_ended(ctx, index, id);
                     wait_for_the_end(ctx, &mut client, id);
                     client.close();
                 }
@@ -117,7 +117,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
             read_last_frames(ctx, &mut client, id, &mut seen);
             client.close();
             if !tracker::follow_now(ctx, index, id) {
-                stream_ended(ctx, index, id, true);
+                stream_ended(ctx, index, id);
             }
         }
     }
@@ -291,9 +291,10 @@ fn mark_started(ctx: &Context, id: &str) {
     }
 }
 
-/// The stream is over: the tracker polls the job at once (`done`: its end was announced) or at
-/// its normal pace from now on.
-fn stream_ended(ctx: &Context, index: usize, id: &str, done: bool) {
+/// The stream is over: the tracker polls the job at once if it still follows it (a job it no
+/// longer follows is never asked for again, so it is not left waiting in `poll_now`, where it
+/// would keep a removed worker's place from being reused).
+fn stream_ended(ctx: &Context, index: usize, id: &str) {
     let mut st = ctx.lock();
     // The job's own entry only: a forgotten worker's place may hold another worker by now.
     let Some(w) = st
@@ -304,7 +305,7 @@ fn stream_ended(ctx: &Context, index: usize, id: &str, done: bool) {
         return;
     };
     w.streaming.retain(|s| s != id);
-    if done || w.tracked.iter().any(|t| t == id) {
+    if w.tracked.iter().any(|t| t == id) {
         w.poll_now.push(id.to_string());
     }
     let wake = w.tracker_wake.clone();

@@ -101,6 +101,9 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>
     workers[index].tracked.retain(|id| jobs.contains_key(id));
     let w = &mut st.workers[index];
     if w.tracked.is_empty() {
+        // Nothing is left to poll; an id left here would keep a removed worker's place from
+        // being reused.
+        w.poll_now.clear();
         w.tracker_running = false;
         return None;
     }
