@@ -59,7 +59,7 @@ pub fn earlier_holders(st: &PoolState, index: usize) -> Vec<Earlier> {
     let Some(worker) = st.workers.get(index) else {
         return Vec::new();
     };
-    let mut held: Vec<(&str, f64, &str)> = worker
+    let held: Vec<(&str, f64, &str)> = worker
         .tracked
         .iter()
         .filter_map(|id| {
@@ -68,19 +68,20 @@ pub fn earlier_holders(st: &PoolState, index: usize) -> Vec<Earlier> {
             Some((remote, job.dispatched_at.unwrap_or(f64::MIN), id.as_str()))
         })
         .collect();
-    held.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)));
-    let mut earlier = Vec::new();
-    for group in held.chunk_by(|a, b| a.0 == b.0) {
-        let Some(((remote, _, later), before)) = group.split_last() else {
-            continue;
-        };
-        earlier.extend(before.iter().map(|(_, _, id)| Earlier {
-            id: id.to_string(),
-            remote: remote.to_string(),
-            later: later.to_string(),
-        }));
-    }
-    earlier
+    // A few jobs per worker: each is compared with the others, nothing sorted.
+    held.iter()
+        .filter_map(|&(remote, _, id)| {
+            let (_, _, later) = held
+                .iter()
+                .filter(|(other, _, _)| *other == remote)
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(b.2)))?;
+            (*later != id).then(|| Earlier {
+                id: id.to_string(),
+                remote: remote.to_string(),
+                later: later.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Loses each of the `earlier` jobs of worker `index` (logged with the ids, for the operator).
