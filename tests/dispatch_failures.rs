@@ -991,6 +991,29 @@ fn assert_collected_as(coordinator: &Coordinator, id: &str, name: &str) {
     );
 }
 
+/// Cancels job `first` when `cancel`, then restarts `worker` answering asks about jobs a byte
+/// a second, so that no answer about the first job from the restarted worker (a 404) reaches
+/// the coordinator before another job takes its id (the coordinator gives up on such an ask
+/// after `--dispatch-timeout`, and asks again).
+fn restart_answering_slowly(
+    coordinator: &Coordinator,
+    worker: &FakeWorker,
+    first: &str,
+    cancel: bool,
+) {
+    if cancel {
+        let (code, body) = post(
+            &coordinator.url(&format!("/cancel/{first}")),
+            "text/plain",
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    worker.set(|k| k.drip = Some(("status", Duration::from_secs(1))));
+    worker.stop();
+    worker.restart();
+}
+
 /// sandrun numbers its jobs `job_<unix seconds>_<counter>`, its counter starting again at each
 /// start: a worker that restarts within the second of an id it gave out gives that id to its
 /// next job. The coordinator, still following the first job under that id, must not read the
@@ -1031,21 +1054,7 @@ fn a_job_id_given_again(cancel: bool) -> (Coordinator, FakeWorker, String) {
     let first = submit(&coordinator, &named_job("first"));
     wait_started(&coordinator, &worker, &first, DEADLINE);
     let remote = wait_remote_id(&coordinator, &first);
-    if cancel {
-        let (code, body) = post(
-            &coordinator.url(&format!("/cancel/{first}")),
-            "text/plain",
-            b"",
-        );
-        assert_eq!(code, 200, "{body}");
-    }
-
-    // Asks about jobs are answered a byte a second from here, so no answer about the first job
-    // from the restarted worker (a 404) reaches the coordinator before the second job's
-    // dispatch does.
-    worker.set(|k| k.drip = Some(("status", Duration::from_secs(1))));
-    worker.stop();
-    worker.restart();
+    restart_answering_slowly(&coordinator, &worker, &first, cancel);
     let second = submit(&coordinator, &named_job("second"));
     assert_eq!(wait_remote_id(&coordinator, &second), remote);
     assert!(
@@ -1120,4 +1129,90 @@ fn a_restart_that_finds_two_jobs_holding_one_worker_job_id_loses_the_earlier() {
     let entry = pool_worker(&pool, &worker);
     assert_eq!(entry["active_jobs"], 0, "{pool}");
     assert_eq!(entry["tracked_jobs"], 0, "{pool}");
+}
+
+/// The error of a job whose worker's answer about its id named another job.
+const ANOTHER_JOB: &str = "its worker's answer about its job id named another job";
+
+/// A job sent to a restarted worker around the coordinator can take the id of a job the
+/// coordinator follows there, unseen by any dispatch. sandrun fixes a job's `job_hash` at its
+/// submit: an answer about the id with another `job_hash` than before names another job, and
+/// the job that held the id is lost, never completed with the other job's results.
+#[test]
+fn a_job_id_a_restarted_worker_gives_to_a_job_sent_around_the_coordinator_loses_the_job() {
+    let (coordinator, worker, first, _) = a_job_id_taken_around_the_coordinator(false);
+    let status = job_status(&coordinator, &first);
+    assert!(text(&status["error"]).contains(ANOTHER_JOB), "{status}");
+    assert_results_refused(&coordinator, &first, 410);
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &worker)["jobs_lost"], 1, "{pool}");
+}
+
+/// The same with the first job cancelled: the coordinator waits for its worker to end it, then
+/// deletes it there; the job that took its id is left alone, however it ends.
+#[test]
+fn a_cancelled_job_whose_id_a_job_sent_around_the_coordinator_takes_is_not_deleted_as_it() {
+    let (coordinator, worker, first, remote) = a_job_id_taken_around_the_coordinator(true);
+    assert_eq!(job_status(&coordinator, &first)["pool_status"], "cancelled");
+    worker.set(|k| k.hold_queue = false);
+    let ended = poll_until(DEADLINE, || {
+        let (_, status) = get_json(&worker.url(&format!("/status/{remote}")));
+        (status["status"] == "completed").then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "the job sent around the coordinator never ended"
+    );
+    let seen = worker.recording().count("GET", "health");
+    wait_probes(&worker, seen, 2);
+    let (code, status) = get_json(&worker.url(&format!("/status/{remote}")));
+    assert_eq!(code, 200, "the coordinator deleted the other job: {status}");
+    assert_eq!(worker.recording().count("GET", "download"), 0);
+}
+
+/// A job waiting in the queue of a worker whose job ids read one frozen second (cancelled
+/// when `cancel`), whose `job_hash` the coordinator heard; then the worker restarted and a job
+/// sent to it directly, which takes the first job's worker job id, and the coordinator no
+/// longer follows the first job. Returns the coordinator, the worker, the first job's id and
+/// the worker job id.
+fn a_job_id_taken_around_the_coordinator(
+    cancel: bool,
+) -> (Coordinator, FakeWorker, String, String) {
+    let worker = FakeWorker::start_with(|k| {
+        k.id_seconds = Some(FROZEN_ID_SECONDS);
+        k.hold_queue = true;
+    });
+    let coordinator = Coordinator::start(
+        &[worker.entry(2)],
+        &args(&["--lost-after", "600", "--dispatch-timeout", "5"]),
+    );
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let first = submit(&coordinator, &named_job("first"));
+    let remote = wait_remote_id(&coordinator, &first);
+    let heard = poll_until(DEADLINE, || {
+        let hash = job_status(&coordinator, &first)["job_hash"].clone();
+        hash.as_str().is_some_and(|h| !h.is_empty()).then_some(())
+    });
+    assert!(
+        heard.is_some(),
+        "the coordinator never heard the job's job_hash"
+    );
+    restart_answering_slowly(&coordinator, &worker, &first, cancel);
+    let (code, body) = support::post_multipart(&worker.url("/submit"), &named_job("other"));
+    assert_eq!(code, 200, "{body}");
+    let taken: Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(taken["job_id"], remote.as_str(), "{body}");
+    worker.set(|k| k.drip = None);
+
+    let wanted = if cancel { "cancelled" } else { "lost" };
+    let untracked = poll_until(DEADLINE, || {
+        let pool = get_json(&coordinator.url("/pool")).1;
+        let status = job_status(&coordinator, &first);
+        (pool_worker(&pool, &worker)["tracked_jobs"] == 0 && status["pool_status"] == wanted)
+            .then_some(())
+    });
+    assert!(untracked.is_some(), "{}", coordinator.logs());
+    let pool = assert_pool_consistent(&coordinator);
+    assert_eq!(pool_worker(&pool, &worker)["active_jobs"], 0, "{pool}");
+    (coordinator, worker, first, remote)
 }

@@ -17,7 +17,7 @@ use crate::base::niceness;
 use crate::base::sync::lock;
 use crate::pool::collect::{self, uncollectable, CollectError, Collected, LEFT_ON_WORKER};
 use crate::pool::collect_retry::{self, Next};
-use crate::pool::{announce, rerun};
+use crate::pool::{announce, rerun, reused_ids};
 use crate::state::context::Context;
 use crate::state::pool_state::{PoolState, WorkerCounters};
 use crate::store::spool::PinnedSegment;
@@ -293,6 +293,10 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
         return false;
     }
     match ctx.client.status(endpoint, &job.remote) {
+        Ok(status) if names_another_job(ctx, &job.id, &status) => {
+            lose_to_another_job(ctx, index, job);
+            true
+        }
         Ok(status) => {
             let now_status = match status.get("status").and_then(Value::as_str) {
                 Some("running") => PoolStatus::Running,
@@ -332,6 +336,22 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
             false
         }
     }
+}
+
+/// Whether the worker's `answer` about job `id`'s worker job id names another job than its
+/// answer before (see [`reused_ids::names_another_job`]).
+fn names_another_job(ctx: &Context, id: &str, answer: &Value) -> bool {
+    ctx.lock()
+        .jobs
+        .get(id)
+        .and_then(|job| job.worker_status.as_ref())
+        .is_some_and(|before| reused_ids::names_another_job(before, answer))
+}
+
+/// Loses `job`, whose worker job id names another job now.
+fn lose_to_another_job(ctx: &Context, index: usize, job: &Followed) {
+    let why = reused_ids::ANOTHER_JOB.to_string();
+    lose(ctx, index, &job.id, &job.remote, why);
 }
 
 /// A call about job `id` that the coordinator could not make, short of resources (`why`): the
@@ -764,6 +784,11 @@ fn follow_cancelled(ctx: &Context, index: usize, endpoint: &str, job: &Followed)
     let mut ended = false;
     if job.ending_on_worker {
         match ctx.client.status(endpoint, &job.remote) {
+            // Not that job any more: it is not deleted there.
+            Ok(status) if names_another_job(ctx, &job.id, &status) => {
+                lose_to_another_job(ctx, index, job);
+                return true;
+            }
             Ok(status) => {
                 let finished = matches!(
                     status.get("status").and_then(Value::as_str),
