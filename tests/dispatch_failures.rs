@@ -12,10 +12,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use support::follow::follow_logs;
 use support::lifecycle::{
     assert_no_uploads, assert_pool_consistent, drain_url, job_status, pool_worker, submit,
     submit_seen_running, wait_collected, wait_committed, wait_healthy, wait_started, wait_status,
 };
+use support::sandrun::control::Printed;
 use support::wall_clock::{wait_clock, FakeClock};
 use support::{get, get_bytes, get_json, poll_until, post, Coordinator, FakeWorker, Form};
 
@@ -1215,4 +1217,67 @@ fn a_job_id_taken_around_the_coordinator(
     let pool = assert_pool_consistent(&coordinator);
     assert_eq!(pool_worker(&pool, &worker)["active_jobs"], 0, "{pool}");
     (coordinator, worker, first, remote)
+}
+
+/// What the stream of a lost run says after its job was queued to run again is not the new
+/// run's: a run lost while its worker's stream stays open (the worker silent to every ask, its
+/// stream kept alive by pings) and run again on another worker; when the lost run ends after
+/// all, its output does not reach the job's followers, who hear the new run only.
+#[test]
+fn a_lost_runs_stream_says_nothing_about_the_run_after_it() {
+    let silent = FakeWorker::start_with(|k| {
+        k.hold_jobs = true;
+        k.stdout = Some(Printed::Text("from the lost run\n"));
+        k.stream.ping_every = Some(Duration::from_millis(200));
+    });
+    let spare = FakeWorker::start_with(|k| k.hold_jobs = true);
+    let coordinator = Coordinator::start(
+        &[silent.entry(1), spare.entry(1)],
+        &args(&["--lost-after", "2", "--dispatch-timeout", "3"]),
+    );
+    wait_healthy(&coordinator, &[&silent, &spare], DEADLINE);
+    set_drain(&coordinator, &spare, "drain");
+    let id = submit(&coordinator, &job("print(1)\n").field("reruns", b"1"));
+    wait_started(&coordinator, &silent, &id, DEADLINE);
+    let lost_remote = wait_remote_id(&coordinator, &id);
+    // The run to come goes to the spare worker alone.
+    set_drain(&coordinator, &silent, "drain");
+    let mut follower = follow_logs(coordinator.port(), &id);
+    assert_eq!(follower.status, 200);
+
+    silent.set(|k| k.hang = true);
+    let requeued = poll_until(DEADLINE, || {
+        let status = job_status(&coordinator, &id);
+        (status["reruns"]["lost_runs"].as_array().map_or(0, Vec::len) == 1).then_some(())
+    });
+    assert!(
+        requeued.is_some(),
+        "the run was never lost: {}",
+        coordinator.logs()
+    );
+    set_drain(&coordinator, &spare, "undrain");
+    wait_started(&coordinator, &spare, &id, DEADLINE);
+
+    // The lost run ends after all, on its stream, while the new one runs.
+    silent.set(|k| {
+        k.hang = false;
+        k.hold_jobs = false;
+    });
+    let ended = poll_until(DEADLINE, || {
+        silent
+            .recording()
+            .done
+            .iter()
+            .any(|(done, _)| *done == lost_remote)
+            .then_some(())
+    });
+    assert!(ended.is_some(), "the lost run never ended");
+    spare.set(|k| k.hold_jobs = false);
+    wait_collected(&coordinator, &id, DEADLINE);
+    follower.all(DEADLINE);
+    let heard = follower.text();
+    assert!(heard.contains("[DONE]"), "{heard}");
+    assert!(!heard.contains("from the lost run"), "{heard}");
+    let status = job_status(&coordinator, &id);
+    assert_eq!(status["worker_id"], spare.worker_id(), "{status}");
 }

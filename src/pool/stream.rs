@@ -7,9 +7,10 @@
 //! stream is closed only once sandrun writes nothing more to it (a frame sandrun writes to a
 //! closed stream raises SIGPIPE, which kills it): see [`Seen`]. A stream that cannot be
 //! opened, drops or stays silent just ends: the tracker's polling, slowed while the stream is
-//! open, takes over at its normal pace.
+//! open, takes over at its normal pace. A stream speaks for its run only: once that run was
+//! lost and its job queued to run again, what the stream still gets goes nowhere.
 
-use crate::base::job::{DoneFigures, PoolStatus};
+use crate::base::job::{DoneFigures, Job, PoolStatus};
 use crate::base::paths::encode_path;
 use crate::base::sync::lock;
 use crate::pool::tracker;
@@ -24,11 +25,11 @@ use std::time::{Duration, Instant};
 /// caller has already put the job in the worker's `streaming` list.
 pub fn subscribe(ctx: &Arc<Context>, index: usize, id: String, endpoint: String, remote: String) {
     let thread_ctx = Arc::clone(ctx);
-    let failed_id = id.clone();
+    let (failed_id, failed_remote) = (id.clone(), remote.clone());
     let task = Box::new(move || follow(&thread_ctx, index, &id, &endpoint, &remote));
     if let Err(e) = ctx.streams.run(task) {
         log::warn!("Cannot start a stream thread for job {failed_id}: {e}; polling it");
-        stream_ended(ctx, index, &failed_id);
+        stream_ended(ctx, index, &failed_id, &failed_remote);
     }
 }
 
@@ -42,7 +43,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
         Ok(c) => c,
         Err(e) => {
             log::debug!("Job {id}: the worker stream did not open ({e}); polling it");
-            stream_ended(ctx, index, id);
+            stream_ended(ctx, index, id, remote);
             return;
         }
     };
@@ -52,18 +53,18 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
             Ok(Message::Text(text)) => {
                 let first = seen.note(&text);
                 if let Some(figures) = parse_done(&text) {
-                    seen.keep(ctx, id, figures);
+                    seen.keep(ctx, id, remote, figures);
                     break Ended::Done;
                 }
                 if text.starts_with("[STATUS] Job started")
                     || text.starts_with("[STATUS] Job status: running")
                 {
-                    mark_started(ctx, id);
+                    mark_started(ctx, id, remote);
                 } else if first && text.starts_with("[ERROR]") {
                     log::debug!("Job {id}: the worker stream says {}", text.trim_end());
                     break Ended::Left;
                 } else if !text.starts_with("[STATUS]") {
-                    ctx.events.output(id, text);
+                    output(ctx, id, remote, text);
                 }
             }
             Ok(Message::Close(_)) => break Ended::Closed,
@@ -84,20 +85,20 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
     match ended {
         Ended::Closed => {
             client.close();
-            stream_ended(ctx, index, id);
+            stream_ended(ctx, index, id, remote);
         }
         Ended::Left => {
             if !seen.joined_queued() {
-                read_last_frames(ctx, &mut client, id, &mut seen);
+                read_last_frames(ctx, &mut client, id, remote, &mut seen);
             }
             client.close();
-            stream_ended(ctx, index, id);
+            stream_ended(ctx, index, id, remote);
         }
         Ended::Done if seen.joined_queued() => {
             match read_beside(ctx, client.socket_handle(), client, id) {
                 Ok(socket) => {
-                    if !tracker::follow_now(ctx, index, id) {
-                        stream_ended(ctx, index, id);
+                    if !(is_run(ctx, id, remote) && tracker::follow_now(ctx, index, id)) {
+                        stream_ended(ctx, index, id, remote);
                     } else if !still_going(ctx, id) {
                         // Its end known here, sandrun writes no more to the stream: the reader
                         // beside is let go at once, not at its next look.
@@ -107,17 +108,17 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
                     }
                 }
                 Err(mut client) => {
-                    stream_ended(ctx, index, id);
+                    stream_ended(ctx, index, id, remote);
                     wait_for_the_end(ctx, &mut client, id);
                     client.close();
                 }
             }
         }
         Ended::Done => {
-            read_last_frames(ctx, &mut client, id, &mut seen);
+            read_last_frames(ctx, &mut client, id, remote, &mut seen);
             client.close();
-            if !tracker::follow_now(ctx, index, id) {
-                stream_ended(ctx, index, id);
+            if !(is_run(ctx, id, remote) && tracker::follow_now(ctx, index, id)) {
+                stream_ended(ctx, index, id, remote);
             }
         }
     }
@@ -183,11 +184,12 @@ impl Seen {
     /// Keeps a `[DONE]` line's figures for the signature check: the last seen before the
     /// route's own answer. A job's stdout, one frame before the executor's `[DONE]`, can print
     /// such a line; the signature check holds figures against `/status` all the same.
-    fn keep(&self, ctx: &Context, id: &str, figures: Option<DoneFigures>) {
+    fn keep(&self, ctx: &Context, id: &str, remote: &str, figures: Option<DoneFigures>) {
         if self.route_answered || figures.is_none() {
             return;
         }
-        if let Some(job) = ctx.lock().jobs.get_mut(id) {
+        let mut st = ctx.lock();
+        if let Some(job) = st.jobs.get_mut(id).filter(|j| runs(j, remote)) {
             job.done_figures = figures.map(Box::new);
         }
     }
@@ -199,7 +201,7 @@ impl Seen {
 /// first), as a frame written to a stream its client closed raises SIGPIPE, which kills
 /// sandrun. Until the route's answer, a later `[DONE]` with figures is the executor's, and
 /// output goes to the job's followers.
-fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, seen: &mut Seen) {
+fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, remote: &str, seen: &mut Seen) {
     let until = Instant::now() + ctx.config.dispatch_timeout;
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -211,9 +213,9 @@ fn read_last_frames(ctx: &Context, client: &mut WsClient, id: &str, seen: &mut S
             Ok(Message::Text(text)) => {
                 seen.note(&text);
                 match parse_done(&text) {
-                    Some(figures) => seen.keep(ctx, id, figures),
+                    Some(figures) => seen.keep(ctx, id, remote, figures),
                     None if seen.route_answered || text.starts_with("[STATUS]") => {}
-                    None => ctx.events.output(id, text),
+                    None => output(ctx, id, remote, text),
                 }
             }
             Ok(Message::Ping) => {}
@@ -280,10 +282,32 @@ fn still_going(ctx: &Context, id: &str) -> bool {
         .is_some_and(|job| !job.status.is_final() || job.ending_on_worker)
 }
 
+/// Whether `job` is its worker's job `remote` now: not once that run was lost and the job
+/// queued to run again (a stream of the lost run may still be open and get frames).
+fn runs(job: &Job, remote: &str) -> bool {
+    job.remote_job_id.as_deref() == Some(remote)
+}
+
+/// Whether job `id` is in the table as its worker's job `remote` (see [`runs`]).
+fn is_run(ctx: &Context, id: &str, remote: &str) -> bool {
+    ctx.lock().jobs.get(id).is_some_and(|job| runs(job, remote))
+}
+
+/// A frame of the job's output, for its followers: only from the stream of the run it is on.
+fn output(ctx: &Context, id: &str, remote: &str, text: String) {
+    if is_run(ctx, id, remote) {
+        ctx.events.output(id, text);
+    }
+}
+
 /// The worker says the job started: `running` at once, and its followers hear of it.
-fn mark_started(ctx: &Context, id: &str) {
+fn mark_started(ctx: &Context, id: &str, remote: &str) {
     let mut st = ctx.lock();
-    if st.jobs.get(id).map(|j| j.status) == Some(PoolStatus::Dispatched) {
+    let dispatched = st
+        .jobs
+        .get(id)
+        .is_some_and(|j| j.status == PoolStatus::Dispatched && runs(j, remote));
+    if dispatched {
         st.set_status(id, PoolStatus::Running);
         ctx.record(&st, id);
         drop(st);
@@ -294,8 +318,12 @@ fn mark_started(ctx: &Context, id: &str) {
 /// The stream is over: the tracker polls the job at once if it still follows it (a job it no
 /// longer follows is never asked for again, so it is not left waiting in `poll_now`, where it
 /// would keep a removed worker's place from being reused).
-fn stream_ended(ctx: &Context, index: usize, id: &str) {
+fn stream_ended(ctx: &Context, index: usize, id: &str, remote: &str) {
     let mut st = ctx.lock();
+    // A job on another run now: its entries are that run's.
+    if st.jobs.get(id).is_some_and(|job| !runs(job, remote)) {
+        return;
+    }
     // The job's own entry only: a forgotten worker's place may hold another worker by now.
     let Some(w) = st
         .workers
