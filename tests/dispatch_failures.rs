@@ -1061,7 +1061,7 @@ fn a_job_id_given_again(cancel: bool) -> (Coordinator, FakeWorker, String) {
     assert_eq!(wait_remote_id(&coordinator, &second), remote);
     assert!(
         coordinator.wait_for_log(
-            &format!("gave its job id {remote} to job {second} too"),
+            &format!("Job {second} holds worker job id {remote} too"),
             DEADLINE
         ),
         "{}",

@@ -424,7 +424,7 @@ fn settle(ctx: &Arc<Context>, a: &Assignment, outcome: SubmitOutcome) {
             ctx.metrics.queue_wait.observe(now - job.submitted_at);
         }
         ctx.record_soon(&st, id);
-        let reused = reused_ids::holders_before(&st, index, id);
+        let reused = reused_ids::holders_before(&mut st, index, id);
         // Opened under the table lock: once the lock is released the tracker may see the job
         // end and close its feed, and a feed opened after that would never be closed. A job
         // cancelled while its submit was on its way is over for followers already.

@@ -317,7 +317,7 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     trackers.dedup();
     let reused: Vec<_> = trackers
         .iter()
-        .map(|index| (*index, reused_ids::earlier_holders(&st, *index)))
+        .map(|index| (*index, reused_ids::recovered_holders(&mut st, *index)))
         .collect();
     for index in &trackers {
         st.workers[*index].tracker_running = true;

@@ -12,7 +12,6 @@
 use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
-use crate::worker::identity::short_id;
 use serde_json::Value;
 
 /// A job that holds the same worker job id as a job its worker took later.
@@ -54,78 +53,90 @@ fn job_hash(status: &Value) -> Option<&str> {
         .filter(|hash| !hash.is_empty())
 }
 
-/// The jobs followed on worker `index`, other than `later`, that hold `later`'s worker job id.
-pub fn holders_before(st: &PoolState, index: usize, later: &str) -> Vec<Earlier> {
-    let Some(remote) = st.jobs.get(later).and_then(|j| j.remote_job_id.as_deref()) else {
+/// Notes that worker `index` gave job `later` its worker job id, and returns the followed job
+/// that held that id before, if any.
+pub fn holders_before(st: &mut PoolState, index: usize, later: &str) -> Vec<Earlier> {
+    let Some(remote) = st.jobs.get(later).and_then(|j| j.remote_job_id.clone()) else {
         return Vec::new();
     };
-    let Some(worker) = st.workers.get(index) else {
+    let Some(worker) = st.workers.get_mut(index) else {
         return Vec::new();
     };
-    worker
-        .tracked
-        .iter()
-        .filter(|id| id.as_str() != later)
-        .filter(|id| {
-            st.jobs
-                .get(id.as_str())
+    let Some(before) = worker.remote_ids.insert(remote.clone(), later.to_string()) else {
+        return Vec::new();
+    };
+    let followed = worker.tracked.contains(&before);
+    let holds = st
+        .jobs
+        .get(&before)
+        .and_then(|j| j.remote_job_id.as_deref())
+        == Some(&remote);
+    if before == later || !followed || !holds {
+        return Vec::new();
+    }
+    vec![Earlier {
+        id: before,
+        remote,
+        later: later.to_string(),
+    }]
+}
+
+/// Drops the entries of worker `index`'s `remote_ids` whose job is no longer on that id (it
+/// left the table, or was queued to run again), once they outnumber its followed jobs.
+pub fn prune(st: &mut PoolState, index: usize) {
+    let PoolState { workers, jobs, .. } = st;
+    let Some(worker) = workers.get_mut(index) else {
+        return;
+    };
+    if worker.remote_ids.len() > 2 * worker.tracked.len() + 16 {
+        worker.remote_ids.retain(|remote, id| {
+            jobs.get(id.as_str())
                 .and_then(|j| j.remote_job_id.as_deref())
-                == Some(remote)
-        })
-        .map(|id| Earlier {
-            id: id.clone(),
-            remote: remote.to_string(),
-            later: later.to_string(),
-        })
-        .collect()
+                == Some(remote.as_str())
+        });
+    }
 }
 
-/// The jobs followed on worker `index` whose worker job id a job dispatched later holds too
-/// (by the times of their dispatches, as recorded): what a restart of the coordinator finds.
-pub fn earlier_holders(st: &PoolState, index: usize) -> Vec<Earlier> {
-    let Some(worker) = st.workers.get(index) else {
+/// Fills worker `index`'s `remote_ids` at a restart with the jobs it follows, and returns
+/// those whose worker job id a job dispatched later holds too (by the times of their
+/// dispatches, as recorded).
+pub fn recovered_holders(st: &mut PoolState, index: usize) -> Vec<Earlier> {
+    let PoolState { workers, jobs, .. } = st;
+    let Some(worker) = workers.get_mut(index) else {
         return Vec::new();
     };
-    let held: Vec<(&str, f64, &str)> = worker
-        .tracked
-        .iter()
-        .filter_map(|id| {
-            let job = st.jobs.get(id.as_str())?;
-            let remote = job.remote_job_id.as_deref()?;
-            Some((remote, job.dispatched_at.unwrap_or(f64::MIN), id.as_str()))
-        })
-        .collect();
-    // A few jobs per worker: each is compared with the others, nothing sorted.
-    held.iter()
-        .filter_map(|&(remote, _, id)| {
-            let (_, _, later) = held
-                .iter()
-                .filter(|(other, _, _)| *other == remote)
-                .max_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(b.2)))?;
-            (*later != id).then(|| Earlier {
-                id: id.to_string(),
-                remote: remote.to_string(),
-                later: later.to_string(),
-            })
-        })
-        .collect()
+    let dispatched = |id: &str| {
+        jobs.get(id)
+            .and_then(|j| j.dispatched_at)
+            .unwrap_or(f64::MIN)
+    };
+    let mut earlier = Vec::new();
+    for id in &worker.tracked {
+        let Some(remote) = jobs.get(id).and_then(|j| j.remote_job_id.as_ref()) else {
+            continue;
+        };
+        let mut later = id.clone();
+        if let Some(other) = worker.remote_ids.get(remote) {
+            if dispatched(other) > dispatched(id) {
+                later.clone_from(other);
+            }
+            let id = if later == *id { other } else { id };
+            earlier.push(Earlier {
+                id: id.clone(),
+                remote: remote.clone(),
+                later: later.clone(),
+            });
+        }
+        worker.remote_ids.insert(remote.clone(), later);
+    }
+    earlier
 }
 
-/// Loses each of the `earlier` jobs of worker `index` (logged with the ids, for the operator).
+/// Loses each of the `earlier` jobs of worker `index` (the log names the later job and the id,
+/// for the operator; the loss, the earlier job).
 pub fn lose(ctx: &Context, index: usize, earlier: Vec<Earlier>) {
     for job in earlier {
-        let worker = ctx
-            .lock()
-            .workers
-            .get(index)
-            .map(|w| short_id(&w.spec.worker_id).to_string())
-            .unwrap_or_default();
-        log::warn!(
-            "Worker {worker}... gave its job id {} to job {} too: it restarted since it took job {}",
-            job.remote,
-            job.later,
-            job.id
-        );
+        log::warn!("Job {} holds worker job id {} too", job.later, job.remote);
         tracker::lose(ctx, index, &job.id, &job.remote, WHY.to_string());
     }
 }

@@ -104,9 +104,12 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>
         // Nothing is left to poll; an id left here would keep a removed worker's place from
         // being reused.
         w.poll_now.clear();
+        w.remote_ids.clear();
         w.tracker_running = false;
         return None;
     }
+    reused_ids::prune(&mut st, index);
+    let w = &mut st.workers[index];
     w.collect_pauses.retain(|p| w.tracked.contains(&p.id));
     let endpoint = w.spec.endpoint.clone();
     let worker_id = w.spec.worker_id.clone();

@@ -123,6 +123,11 @@ pub struct WorkerEntry {
     pub throttle: Option<Throttle>,
     /// Jobs its tracker follows (running, or finished but not yet collected).
     pub tracked: Vec<String>,
+    /// The worker job id of each job sent to it since its tracker last had nothing to follow,
+    /// to the job's id: how a dispatch finds, at once, a followed job that holds the id it got
+    /// (see `pool/reused_ids.rs`). Entries of jobs no longer on that id are dropped by the
+    /// tracker once they outnumber the followed jobs.
+    pub remote_ids: HashMap<String, String>,
     /// True while a tracker thread serves this worker.
     pub tracker_running: bool,
     /// Wakes that tracker early.
@@ -195,6 +200,7 @@ impl WorkerEntry {
             active_jobs: 0,
             throttle: None,
             tracked: Vec::new(),
+            remote_ids: HashMap::new(),
             tracker_running: false,
             tracker_wake: TrackerWake::new(),
             counters: WorkerCounters::default(),
