@@ -4,15 +4,13 @@
 //! earlier job under that id, would read the later job's status and collect its results as the
 //! earlier job's: the earlier job is lost instead (its worker restarted, so it no longer has
 //! it), the moment a dispatch brings back an id that a job on the same worker holds, and at a
-//! restart of the coordinator, should it have stopped before that loss was recorded. A job
-//! sent to the worker around the coordinator can take the id too: sandrun fixes a job's
-//! `job_hash` at its submit, so an answer about the id that gives another `job_hash` than the
-//! one before names another job, and the job is lost then.
+//! restart of the coordinator, should it have stopped before that loss was recorded. (A job
+//! that takes the id with no dispatch answer to show it is caught by its `job_hash`: see
+//! `worker/job_hash.rs`, and the tracker.)
 
 use crate::pool::tracker;
 use crate::state::context::Context;
 use crate::state::pool_state::PoolState;
-use serde_json::Value;
 
 /// A job that holds the same worker job id as a job its worker took later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,29 +27,6 @@ pub struct Earlier {
 const WHY: &str = "its worker gave its job id to another job it took later: the worker \
      restarted since it took this job (sandrun numbers its jobs from 1 again at each start), \
      so it no longer has this job, and its results were not collected";
-
-/// The error of a job whose worker answered about its job id with another job's `job_hash`.
-pub const ANOTHER_JOB: &str = "its worker's answer about its job id named another job (another \
-     job_hash than before): the worker restarted since it took this job and gave the id to a job \
-     sent to it around the coordinator (sandrun numbers its jobs from 1 again at each start), so \
-     it no longer has this job, and its results were not collected";
-
-/// Whether `answer`, a worker's `/status` about a job id, names another job than `before`, its
-/// previous answer about that id: both give a `job_hash`, and they differ.
-pub fn names_another_job(before: &Value, answer: &Value) -> bool {
-    match (job_hash(before), job_hash(answer)) {
-        (Some(before), Some(now)) => before != now,
-        _ => false,
-    }
-}
-
-/// The `job_hash` a worker's `/status` answer gives, unless empty.
-fn job_hash(status: &Value) -> Option<&str> {
-    status
-        .get("job_hash")
-        .and_then(Value::as_str)
-        .filter(|hash| !hash.is_empty())
-}
 
 /// Notes that worker `index` gave job `later` its worker job id, and returns the followed job
 /// that held that id before, if any.
@@ -79,22 +54,6 @@ pub fn holders_before(st: &mut PoolState, index: usize, later: &str) -> Vec<Earl
         remote,
         later: later.to_string(),
     }]
-}
-
-/// Drops the entries of worker `index`'s `remote_ids` whose job is no longer on that id (it
-/// left the table, or was queued to run again), once they outnumber its followed jobs.
-pub fn prune(st: &mut PoolState, index: usize) {
-    let PoolState { workers, jobs, .. } = st;
-    let Some(worker) = workers.get_mut(index) else {
-        return;
-    };
-    if worker.remote_ids.len() > 2 * worker.tracked.len() + 16 {
-        worker.remote_ids.retain(|remote, id| {
-            jobs.get(id.as_str())
-                .and_then(|j| j.remote_job_id.as_deref())
-                == Some(remote.as_str())
-        });
-    }
 }
 
 /// Fills worker `index`'s `remote_ids` at a restart with the jobs it follows, and returns
@@ -138,29 +97,5 @@ pub fn lose(ctx: &Context, index: usize, earlier: Vec<Earlier>) {
     for job in earlier {
         log::warn!("Job {} holds worker job id {} too", job.later, job.remote);
         tracker::lose(ctx, index, &job.id, &job.remote, WHY.to_string());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn only_two_different_job_hashes_name_another_job() {
-        let hash = |h: &str| json!({"status": "queued", "job_hash": h});
-        assert!(names_another_job(&hash("aa"), &hash("bb")));
-        assert!(!names_another_job(&hash("aa"), &hash("aa")));
-        // A worker that gives none, or an empty one, tells nothing.
-        assert!(!names_another_job(
-            &json!({"status": "queued"}),
-            &hash("bb")
-        ));
-        assert!(!names_another_job(
-            &hash("aa"),
-            &json!({"status": "running"})
-        ));
-        assert!(!names_another_job(&hash(""), &hash("bb")));
-        assert!(!names_another_job(&hash("aa"), &json!({"job_hash": 7})));
     }
 }

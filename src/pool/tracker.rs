@@ -17,12 +17,13 @@ use crate::base::niceness;
 use crate::base::sync::lock;
 use crate::pool::collect::{self, uncollectable, CollectError, Collected, LEFT_ON_WORKER};
 use crate::pool::collect_retry::{self, Next};
-use crate::pool::{announce, rerun, reused_ids};
+use crate::pool::{announce, rerun};
 use crate::state::context::Context;
 use crate::state::pool_state::{PoolState, WorkerCounters};
 use crate::store::spool::PinnedSegment;
 use crate::worker::client::CallError;
 use crate::worker::identity::short_id;
+use crate::worker::job_hash;
 use crate::worker::signature::{self, SignatureCheck};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -108,7 +109,7 @@ fn snapshot(ctx: &Context, index: usize) -> Option<(String, String, Vec<Tracked>
         w.tracker_running = false;
         return None;
     }
-    reused_ids::prune(&mut st, index);
+    st.prune_remote_ids(index);
     let w = &mut st.workers[index];
     w.collect_pauses.retain(|p| w.tracked.contains(&p.id));
     let endpoint = w.spec.endpoint.clone();
@@ -342,18 +343,24 @@ fn follow(ctx: &Context, index: usize, endpoint: &str, worker_id: &str, job: &Fo
 }
 
 /// Whether the worker's `answer` about job `id`'s worker job id names another job than its
-/// answer before (see [`reused_ids::names_another_job`]).
+/// answer before (see [`job_hash::names_another_job`]).
 fn names_another_job(ctx: &Context, id: &str, answer: &Value) -> bool {
     ctx.lock()
         .jobs
         .get(id)
         .and_then(|job| job.worker_status.as_ref())
-        .is_some_and(|before| reused_ids::names_another_job(before, answer))
+        .is_some_and(|before| job_hash::names_another_job(before, answer))
 }
+
+/// The error of a job whose worker answered about its job id with another job's `job_hash`.
+const ANOTHER_JOB: &str = "its worker's answer about its job id named another job (another \
+     job_hash than before): the worker restarted since it took this job and gave the id to a job \
+     sent to it around the coordinator (sandrun numbers its jobs from 1 again at each start), so \
+     it no longer has this job, and its results were not collected";
 
 /// Loses `job`, whose worker job id names another job now.
 fn lose_to_another_job(ctx: &Context, index: usize, job: &Followed) {
-    let why = reused_ids::ANOTHER_JOB.to_string();
+    let why = ANOTHER_JOB.to_string();
     lose(ctx, index, &job.id, &job.remote, why);
 }
 
@@ -887,7 +894,7 @@ fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &
 
 /// Whether worker `index` follows job `id` as its job `remote`: not when another thread
 /// settled, cancelled and ended, or requeued the job since it was read for a follow-up, nor when
-/// the worker gave its id to a job it took later (see [`crate::pool::reused_ids`]).
+/// the worker gave its id to a job it took later (see `pool/reused_ids.rs`).
 fn holds(st: &PoolState, index: usize, id: &str, remote: &str) -> bool {
     st.workers
         .get(index)

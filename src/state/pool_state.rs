@@ -1016,6 +1016,22 @@ impl PoolState {
         }
     }
 
+    /// Drops the entries of worker `index`'s `remote_ids` whose job is no longer on that id
+    /// (it left the table, or was queued to run again), once they outnumber its followed jobs.
+    pub fn prune_remote_ids(&mut self, index: usize) {
+        let PoolState { workers, jobs, .. } = self;
+        let Some(worker) = workers.get_mut(index) else {
+            return;
+        };
+        if worker.remote_ids.len() > 2 * worker.tracked.len() + 16 {
+            worker.remote_ids.retain(|remote, id| {
+                jobs.get(id.as_str())
+                    .and_then(|j| j.remote_job_id.as_deref())
+                    == Some(remote.as_str())
+            });
+        }
+    }
+
     /// Adds a worker (a reload): in the place of a forgotten one when there is one, so the
     /// table stays as large as the most workers listed at once plus those still ending jobs.
     /// Returns its index.

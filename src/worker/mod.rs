@@ -7,6 +7,7 @@ pub mod bound_request;
 pub mod bound_socket;
 pub mod client;
 pub mod identity;
+pub mod job_hash;
 pub mod multipart_body;
 pub mod pace;
 pub mod raw_get;
