@@ -522,6 +522,12 @@ impl Job {
                 || !matches!(self.collection, Collection::Pending(_)))
     }
 
+    /// Whether its run is its worker's job `remote`: not once that run was lost and the job
+    /// queued to run again, nor before it was dispatched.
+    pub fn is_on(&self, remote: &str) -> bool {
+        self.remote_job_id.as_deref() == Some(remote)
+    }
+
     /// True while its upload is still needed: it has not ended, and it has not reached a
     /// worker or may run again if that run is lost.
     pub fn needs_upload(&self) -> bool {

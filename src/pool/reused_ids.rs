@@ -40,13 +40,7 @@ pub fn holders_before(st: &mut PoolState, index: usize, later: &str) -> Vec<Earl
     let Some(before) = worker.remote_ids.insert(remote.clone(), later.to_string()) else {
         return Vec::new();
     };
-    let followed = worker.tracked.contains(&before);
-    let holds = st
-        .jobs
-        .get(&before)
-        .and_then(|j| j.remote_job_id.as_deref())
-        == Some(&remote);
-    if before == later || !followed || !holds {
+    if before == later || !tracker::holds(st, index, &before, &remote) {
         return Vec::new();
     }
     vec![Earlier {

@@ -10,7 +10,7 @@
 //! open, takes over at its normal pace. A stream speaks for its run only: once that run was
 //! lost and its job queued to run again, what the stream still gets goes nowhere.
 
-use crate::base::job::{DoneFigures, Job, PoolStatus};
+use crate::base::job::{DoneFigures, PoolStatus};
 use crate::base::paths::encode_path;
 use crate::base::sync::lock;
 use crate::pool::tracker;
@@ -189,7 +189,7 @@ impl Seen {
             return;
         }
         let mut st = ctx.lock();
-        if let Some(job) = st.jobs.get_mut(id).filter(|j| runs(j, remote)) {
+        if let Some(job) = st.jobs.get_mut(id).filter(|j| j.is_on(remote)) {
             job.done_figures = figures.map(Box::new);
         }
     }
@@ -282,15 +282,10 @@ fn still_going(ctx: &Context, id: &str) -> bool {
         .is_some_and(|job| !job.status.is_final() || job.ending_on_worker)
 }
 
-/// Whether `job` is its worker's job `remote` now: not once that run was lost and the job
-/// queued to run again (a stream of the lost run may still be open and get frames).
-fn runs(job: &Job, remote: &str) -> bool {
-    job.remote_job_id.as_deref() == Some(remote)
-}
-
-/// Whether job `id` is in the table as its worker's job `remote` (see [`runs`]).
+/// Whether job `id` is in the table as its worker's job `remote` (a stream of a lost run, its
+/// job queued to run again, may still be open and get frames: see [`Job::is_on`]).
 fn is_run(ctx: &Context, id: &str, remote: &str) -> bool {
-    ctx.lock().jobs.get(id).is_some_and(|job| runs(job, remote))
+    ctx.lock().jobs.get(id).is_some_and(|job| job.is_on(remote))
 }
 
 /// A frame of the job's output, for its followers: only from the stream of the run it is on.
@@ -306,7 +301,7 @@ fn mark_started(ctx: &Context, id: &str, remote: &str) {
     let dispatched = st
         .jobs
         .get(id)
-        .is_some_and(|j| j.status == PoolStatus::Dispatched && runs(j, remote));
+        .is_some_and(|j| j.status == PoolStatus::Dispatched && j.is_on(remote));
     if dispatched {
         st.set_status(id, PoolStatus::Running);
         ctx.record(&st, id);
@@ -321,7 +316,7 @@ fn mark_started(ctx: &Context, id: &str, remote: &str) {
 fn stream_ended(ctx: &Context, index: usize, id: &str, remote: &str) {
     let mut st = ctx.lock();
     // A job on another run now: its entries are that run's.
-    if st.jobs.get(id).is_some_and(|job| !runs(job, remote)) {
+    if st.jobs.get(id).is_some_and(|job| !job.is_on(remote)) {
         return;
     }
     // The job's own entry only: a forgotten worker's place may hold another worker by now.

@@ -895,11 +895,11 @@ fn worker_ended_cancelled(ctx: &Context, st: &mut PoolState, index: usize, id: &
 /// Whether worker `index` follows job `id` as its job `remote`: not when another thread
 /// settled, cancelled and ended, or requeued the job since it was read for a follow-up, nor when
 /// the worker gave its id to a job it took later (see `pool/reused_ids.rs`).
-fn holds(st: &PoolState, index: usize, id: &str, remote: &str) -> bool {
+pub(crate) fn holds(st: &PoolState, index: usize, id: &str, remote: &str) -> bool {
     st.workers
         .get(index)
         .is_some_and(|w| w.tracked.iter().any(|t| t == id))
-        && st.jobs.get(id).and_then(|j| j.remote_job_id.as_deref()) == Some(remote)
+        && st.jobs.get(id).is_some_and(|j| j.is_on(remote))
 }
 
 /// Marks job `id`, its worker's job `remote`, lost, frees its slot if it still held one, and

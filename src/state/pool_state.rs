@@ -1024,11 +1024,9 @@ impl PoolState {
             return;
         };
         if worker.remote_ids.len() > 2 * worker.tracked.len() + 16 {
-            worker.remote_ids.retain(|remote, id| {
-                jobs.get(id.as_str())
-                    .and_then(|j| j.remote_job_id.as_deref())
-                    == Some(remote.as_str())
-            });
+            worker
+                .remote_ids
+                .retain(|remote, id| jobs.get(id.as_str()).is_some_and(|j| j.is_on(remote)));
         }
     }
 
