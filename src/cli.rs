@@ -456,13 +456,16 @@ const HEARTBEAT_MAX: f64 = 3600.0;
 const HEARTBEAT_MIN: f64 = 1.0;
 
 fn heartbeat(text: &str) -> Result<Duration, String> {
-    match seconds(text)? {
-        d if d.as_secs_f64() < HEARTBEAT_MIN => Err(format!(
+    match text.parse::<f64>() {
+        Ok(s) if s < HEARTBEAT_MIN => Err(format!(
             "{text} s would send every follower a status line or ping without a pause; use at least {HEARTBEAT_MIN}"
         )),
-        d if d.as_secs_f64() <= HEARTBEAT_MAX => Ok(d),
-        _ => Err(format!(
+        Ok(s) if s <= HEARTBEAT_MAX => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s > HEARTBEAT_MAX => Err(format!(
             "{text} s of silence would outlast any proxy's idle timeout; use at most {HEARTBEAT_MAX}"
+        )),
+        _ => Err(format!(
+            "expected a number of seconds from {HEARTBEAT_MIN} to {HEARTBEAT_MAX}, got {text:?}"
         )),
     }
 }

@@ -662,6 +662,15 @@ fn ready_answers_503_with_its_reasons_while_a_submit_would_not_be_taken_and_run(
     }
     let full = wait_ready(&coordinator, 503, "the queue is full");
     assert_eq!(full["reasons"].as_array().map(Vec::len), Some(2), "{full}");
+    // `/stats`, where a sandrun client looks before it submits, says so too (it said
+    // `can_submit: true` while the next submit was a 503).
+    let (_, stats) = get_json(&coordinator.url("/stats"));
+    assert_eq!(stats["your_quota"]["can_submit"], false, "{stats}");
+    assert_eq!(
+        stats["your_quota"]["reason"],
+        "a submit is refused now: the queue is full (--max-queued-jobs)",
+        "{stats}"
+    );
 
     drain("undrain");
     wait_ready(&coordinator, 200, "");

@@ -1044,9 +1044,12 @@ fn job_listing_newest_first_paginated_and_filtered() {
             "{garbage}: {body}"
         );
     }
-    // A route that takes no parameter ignores them (a browser's cache-busting `?_=...`).
+    // A route that takes no parameter ignores them (a browser's cache-busting `?_=...`), and
+    // one that takes some takes that one too (it was a 400 on `/jobs` and `/status`).
     let (code, body) = get_json(&coordinator.url("/pool?_=1"));
     assert_eq!(code, 200, "{body}");
+    let (cached, _) = list("?status=cancelled&_=1700000000000");
+    assert_eq!(cached, [ids[5].clone(), ids[2].clone()]);
 
     // The listing and the cancellations survive a restart.
     let mut coordinator = coordinator;

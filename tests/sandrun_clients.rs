@@ -329,7 +329,7 @@ fn download_root_and_stats_answer_as_sandrun_does() {
     assert!(
         stats["your_quota"]["reason"]
             .as_str()
-            .is_some_and(|r| r.starts_with("submits are paused")),
+            .is_some_and(|r| r.starts_with("a submit is refused now: submits are paused")),
         "{stats}"
     );
     for url in [

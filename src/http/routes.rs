@@ -357,7 +357,10 @@ pub fn route(ctx: &Arc<Context>, request: &mut Request, access: &mut Option<Acce
         Route::Health => health(),
         Route::Ready => ready(ctx),
         Route::Root => root(ctx, request),
-        Route::Stats => Reply::Json(200, sandrun::stats(&ctx.lock(), &caller)),
+        Route::Stats => {
+            let refused = submit_refusals(ctx).into_iter().next();
+            Reply::Json(200, sandrun::stats(&ctx.lock(), &caller, refused))
+        }
         Route::Pool => pool(ctx, &caller),
         Route::Dashboard => dashboard_page(),
         Route::Activity => Reply::Json(200, dashboard::activity_view(ctx, &caller)),
@@ -570,10 +573,9 @@ fn health() -> Reply {
     )
 }
 
-/// `GET /ready`: whether a submit now would be taken and run (for a load balancer's check):
-/// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`: the
-/// reasons name no job, worker or error detail.
-fn ready(ctx: &Context) -> Reply {
+/// Every reason a submit now would be refused whoever sends it (the caller's own key limits
+/// aside): what `/ready` and `/stats` report.
+fn submit_refusals(ctx: &Context) -> Vec<String> {
     let mut reasons: Vec<String> = Vec::new();
     let mut reason = |why: &str| reasons.push(why.to_string());
     if ctx.stopping.load(Ordering::SeqCst) {
@@ -597,26 +599,37 @@ fn ready(ctx: &Context) -> Reply {
     if ctx.disk_reserve.shortfall(0).is_some() {
         reason("the state directory's disk is down to its reserve (see disk in /pool)");
     }
+    let st = ctx.lock();
+    if st.queue.len() >= ctx.config.max_queued_jobs {
+        reason("the queue is full (--max-queued-jobs)");
+    }
+    if st.names_bytes() >= ctx.config.max_names_bytes {
+        reason("the jobs queued and running hold --max-names-bytes of file names in memory");
+    }
+    if st.submits_paused.is_some() {
+        reason("submits are paused by an operator (POST /submits/resume)");
+    }
+    reasons
+}
+
+/// `GET /ready`: whether a submit now would be taken and run (for a load balancer's check):
+/// 200 `{"ready": true}`, else 503 with every reason it is not. Open like `/health`: the
+/// reasons name no job, worker or error detail.
+fn ready(ctx: &Context) -> Reply {
+    let mut reasons = submit_refusals(ctx);
     {
         let st = ctx.lock();
-        if st.queue.len() >= ctx.config.max_queued_jobs {
-            reason("the queue is full (--max-queued-jobs)");
-        }
-        if st.names_bytes() >= ctx.config.max_names_bytes {
-            reason("the jobs queued and running hold --max-names-bytes of file names in memory");
-        }
-        if st.submits_paused.is_some() {
-            reason("submits are paused by an operator (POST /submits/resume)");
-        }
         if DispatchHold::active(&st.dispatch_hold, Instant::now()).is_some() {
-            reason("dispatching is held (see dispatch_held in /pool)");
+            reasons.push("dispatching is held (see dispatch_held in /pool)".to_string());
         }
         if !st
             .workers
             .iter()
             .any(|w| w.health.is_healthy && !w.draining && !w.removed)
         {
-            reason("no worker is healthy and in service: jobs would wait in the queue");
+            reasons.push(
+                "no worker is healthy and in service: jobs would wait in the queue".to_string(),
+            );
         }
     }
     if reasons.is_empty() {

@@ -83,9 +83,10 @@ fn to_the_millisecond(seconds: f64) -> f64 {
 /// the pool (sandrun's per-IP quota, 10 each), `used` what the caller's jobs that ended in the
 /// last minute used; `active_jobs` counts the caller's jobs not yet finished. A submit waits in
 /// the queue rather than being refused, so `can_submit` is false only when the key's
-/// `max_queued_jobs` is reached or submits are paused; `reason` says why, or when jobs will
+/// `max_queued_jobs` is reached or `refused` gives a reason the pool refuses every submit now
+/// (paused, the queue full, the disk down to its reserve); `reason` says why, or when jobs will
 /// wait.
-pub fn stats(st: &PoolState, caller: &Caller) -> Value {
+pub fn stats(st: &PoolState, caller: &Caller, refused: Option<String>) -> Value {
     let now = unix_now();
     let owner = caller.name();
     let mine = |job: &Job| owner.is_none() || job.owner.as_deref() == owner;
@@ -110,11 +111,11 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
     let waiting = count(PoolStatus::Queued);
     let active = waiting + count(PoolStatus::Dispatched) + count(PoolStatus::Running);
     let full = caller.max_queued_jobs().filter(|limit| waiting >= *limit);
-    let paused = st.submits_paused.is_some();
+    let can_submit = full.is_none() && refused.is_none();
     let reason = if let Some(limit) = full {
         format!("this key already has {limit} jobs waiting in the queue (its max_queued_jobs)")
-    } else if paused {
-        "submits are paused by an operator: a submit is refused (503) until they resume".to_string()
+    } else if let Some(why) = refused {
+        format!("a submit is refused now: {why}")
     } else if healthy == 0 {
         "no healthy worker: jobs wait in the queue until one is back".to_string()
     } else if in_service == 0 {
@@ -131,7 +132,7 @@ pub fn stats(st: &PoolState, caller: &Caller) -> Value {
             "limit": limit,
             "available": to_the_millisecond(limit - used).max(0.0),
             "active_jobs": active,
-            "can_submit": full.is_none() && !paused,
+            "can_submit": can_submit,
             "reason": reason,
         },
         "system": {

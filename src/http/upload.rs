@@ -209,7 +209,7 @@ impl fmt::Display for UploadError {
                 f,
                 "the multipart boundary is {len} characters long, more than {MAX_BOUNDARY}; use a shorter one (RFC 2046 asks for at most 70)"
             ),
-            Self::TooLarge(max) => write!(f, "the upload is larger than the limit of {max} bytes"),
+            Self::TooLarge(max) => write!(f, "the upload is larger than the limit of {max} bytes (--max-upload-bytes); send fewer or smaller files (a .tar.gz compresses them), or ask the operator for a larger --max-upload-bytes"),
             Self::Malformed(why) => write!(f, "the multipart body is malformed or truncated: {why}"),
             Self::Stalled(timeout) => write!(
                 f,
@@ -225,7 +225,7 @@ impl fmt::Display for UploadError {
             Self::MissingFilename => write!(f, "a 'files' part has no filename; send it as a file (-F files=@FILE)"),
             Self::BadFilename(name) => write!(
                 f,
-                "the filename {name:?} is not allowed: it must be a plain name without '/', '\\\\', '\"', '..', NUL or control characters"
+                "the filename {name:?} is not allowed: it must be a plain name without '/', '\\', '\"', '..', NUL or control characters"
             ),
             Self::HiddenArchive(name, kind) => write!(
                 f,
@@ -315,7 +315,7 @@ impl fmt::Display for UploadError {
             ),
             Self::DiskReserve(room) => write!(
                 f,
-                "the coordinator's state directory is nearly full ({} bytes free, {} kept for the results of jobs already accepted); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
+                "the coordinator's state directory is nearly full ({} bytes free, under the {} bytes that --disk-reserve keeps free for the results of accepted jobs); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
                 room.available, room.reserve
             ),
             Self::NoInodes(room) => write!(
