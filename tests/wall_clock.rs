@@ -162,27 +162,98 @@ fn after_a_step_forward_retention_by_age_forgets_nothing_early_across_a_restart(
         );
     }
     assert_eq!(forgotten(&coordinator), 0, "{}", coordinator.logs());
-    // Two hours more while it runs: the jobs settled before this run are past --retain-for
-    // (a step while the coordinator was down reads as time that passed), the one settled in
-    // this run moves with the clock.
+    // Two hours more while it runs are a step, not time that passed: every settle time moves
+    // with it (the jobs settled before this run were taken for two hours older).
     clock.set("+26h");
     wait_clock(&coordinator, 93_600.0, DEADLINE);
-    poll_until(DEADLINE, || (forgotten(&coordinator) >= 3).then_some(()))
-        .unwrap_or_else(|| panic!("retention by age did not run: {}", coordinator.logs()));
-    assert!(ids
-        .iter()
-        .chain([&later])
-        .all(|id| !known(&coordinator, id)));
     assert!(
-        known(&coordinator, &since_restart),
+        coordinator.wait_for_log("their settle times moved 7200", DEADLINE),
         "{}",
         coordinator.logs()
     );
+    let all: Vec<&String> = ids.iter().chain([&later, &since_restart]).collect();
+    assert!(all.iter().all(|id| known(&coordinator, id)));
+    assert_eq!(forgotten(&coordinator), 0, "{}", coordinator.logs());
+    // Two hours more while it is down read as time that passed: all are past --retain-for.
+    let mut coordinator = coordinator;
+    coordinator.kill();
+    clock.set("+28h");
+    let coordinator = Coordinator::try_start_in_env(dir.path(), &args, &clock.env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until(DEADLINE, || (forgotten(&coordinator) >= 4).then_some(()))
+        .unwrap_or_else(|| panic!("retention by age did not run: {}", coordinator.logs()));
+    assert!(all.iter().all(|id| !known(&coordinator, id)));
+}
+
+/// Waits until `/pool` counts `n` settled jobs committed, retained or forgotten.
+fn wait_settled(coordinator: &Coordinator, n: u64) {
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        let kept = pool["store"]["finished_jobs"].as_u64().unwrap_or_default();
+        (kept + forgotten(coordinator) >= n).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{n} settled rows never committed: {}", coordinator.logs()));
+}
+
+/// A wall clock set a month back by mistake and then set right, on a store with no job
+/// settled before: a job that settled meanwhile keeps its age (it was forgotten, results and
+/// all, within a second of the clock set right).
+#[test]
+fn a_clock_set_back_and_then_right_again_forgets_no_job_early() {
+    let args = ["--retain-for", "3600"];
+    let Some((_worker, _dir, clock, coordinator)) = start_on_a_fake_clock(&args) else {
+        return;
+    };
+    clock.set("-30d");
+    wait_clock(&coordinator, -2_592_000.0, DEADLINE);
+    assert!(coordinator.wait_for_log("s back (an NTP step", DEADLINE));
+    let id = run_job(&coordinator);
+    wait_settled(&coordinator, 1);
+    clock.set("+0");
+    wait_clock(&coordinator, 0.0, DEADLINE);
+    assert!(coordinator.wait_for_log("s more than the time that passed", DEADLINE));
+    // A second job settles after the sweep that saw the step (the store's writer takes them
+    // in turn).
+    run_job(&coordinator);
+    wait_settled(&coordinator, 2);
+    assert!(known(&coordinator, &id), "{}", coordinator.logs());
+    assert_eq!(forgotten(&coordinator), 0, "{}", coordinator.logs());
+}
+
+/// A board that restarts with its clock two years behind (no real-time clock) and gets NTP
+/// later: the jobs settled before and after keep being aged by the time that passed, and
+/// `--retain-for` forgets them (their settle times were moved two years ahead, kept that long).
+#[test]
+fn a_restart_on_a_clock_years_behind_then_set_right_leaves_retention_by_age_working() {
+    let args = ["--retain-for", "5"];
+    let Some((worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&args) else {
+        return;
+    };
+    let before = run_job(&coordinator);
+    wait_settled(&coordinator, 1);
+    coordinator.kill();
+    clock.set("-2y");
+    let coordinator = Coordinator::try_start_in_env(dir.path(), &args, &clock.env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_clock(&coordinator, -63_072_000.0, DEADLINE);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let behind = run_job(&coordinator);
+    clock.set("+0");
+    wait_clock(&coordinator, 0.0, DEADLINE);
+    assert!(coordinator.wait_for_log("s more than the time that passed", DEADLINE));
+    let after = run_job(&coordinator);
+    poll_until(DEADLINE, || {
+        [&before, &behind, &after]
+            .iter()
+            .all(|id| !known(&coordinator, id))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("kept past --retain-for: {}", coordinator.logs()));
 }
 
 /// A wall clock stepped back an hour between two submits: the queue keeps their order across a
 /// `kill -9` and a restart (the later jobs went ahead of the earlier one, by their submission
-/// times).
+/// times), and a priority change's place with them.
 #[test]
 fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
     let Some((worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&[]) else {
@@ -198,8 +269,27 @@ fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
     clock.set("-1h");
     wait_clock(&coordinator, -3_600.0, DEADLINE);
     let later: Vec<String> = (0..2).map(|_| submit(&coordinator, &quick_job())).collect();
+    // A job moved to the back of the level by a priority change after the step stays there
+    // (it came back first: its change read earlier than every submission before the step).
+    let form = quick_job();
+    let (code, body) = post(
+        &coordinator.url("/submit?priority=low"),
+        &form.content_type(),
+        &form.body(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let changed = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (code, body) = post(
+        &coordinator.url(&format!("/jobs/{changed}/priority?priority=normal")),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
     let places = |coordinator: &Coordinator| -> Vec<u64> {
-        [&first, &later[0], &later[1]]
+        [&first, &later[0], &later[1], &changed]
             .iter()
             .map(|id| {
                 job_status(coordinator, id)["queue_position"]
@@ -208,9 +298,9 @@ fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
             })
             .collect()
     };
-    assert_eq!(places(&coordinator), [1, 2, 3]);
+    assert_eq!(places(&coordinator), [1, 2, 3, 4]);
     coordinator.kill();
     let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(places(&coordinator), [1, 2, 3], "{}", coordinator.logs());
+    assert_eq!(places(&coordinator), [1, 2, 3, 4], "{}", coordinator.logs());
 }

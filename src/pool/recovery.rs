@@ -102,9 +102,12 @@ fn worker_gone(st: &PoolState, job: &Job) -> String {
 }
 
 /// When a queued job took its place in its level: its priority change, else its submission
-/// (`submitted`: its submission time, held to no earlier than those submitted before it).
+/// (`submitted`: its submission time, held to no earlier than those submitted before it; a
+/// change is held to no earlier than that too, so a change made after the wall clock was
+/// stepped back does not put the job ahead of those submitted before it).
 fn queue_place(job: &Job, submitted: f64) -> f64 {
-    job.level_since.unwrap_or(submitted)
+    job.level_since
+        .map_or(submitted, |since| since.max(submitted))
 }
 
 /// Counts `job`, which its worker `index` runs, against the worker's `max_concurrent_jobs` (and

@@ -2216,7 +2216,7 @@ impl Writer {
                 // held up (a full disk) for older than the jobs that settled meanwhile.
                 let finished_at = job
                     .is_settled()
-                    .then(|| self.settle_clock.settle_time(unix_now()));
+                    .then(|| self.settle_clock.settle_time(Instant::now()));
                 let (segment, row_results) = match &job.collection {
                     Collection::Collected(stored) if stored.in_row => {
                         (None, stored.row_bytes.as_deref())
@@ -2497,10 +2497,10 @@ impl Writer {
         match self.settle_clock.look(unix_now(), Instant::now()) {
             Step::None => {}
             Step::Forward(secs) => log::warn!(
-                "The wall clock moved {secs:.0} s more than the time that passed (an NTP step or a date -s): the settle times retention ages jobs by move with it"
+                "The wall clock moved {secs:.0} s more than the time that passed (an NTP step or a date -s): retention still ages jobs by the time that passed"
             ),
             Step::Back(secs) => log::warn!(
-                "The wall clock moved {secs:.0} s back (an NTP step or a date -s): jobs settled from now on are kept, by count and by age, after those settled before"
+                "The wall clock moved {secs:.0} s back (an NTP step or a date -s): retention still ages jobs by the time that passed, and those settled from now on are the newest"
             ),
         }
     }
@@ -2513,13 +2513,12 @@ impl Writer {
             .saturating_sub(self.retention.jobs)
             .min(MAX_FORGET as u64) as i64;
         self.watch_the_wall_clock();
-        let cutoff = unix_now() - self.retention.for_secs;
+        let cutoff = self.settle_clock.at(Instant::now()) - self.retention.for_secs;
         let tx = self.conn.transaction()?;
         let shifted = match self.settle_clock.pending() {
-            Some(shift) => tx.execute(
-                "UPDATE jobs SET finished_at = finished_at + ?1 \
-                 WHERE finished_at IS NOT NULL AND finished_at >= ?2 AND finished_at <= ?3",
-                params![shift.by, shift.from, shift.until],
+            Some(by) => tx.execute(
+                "UPDATE jobs SET finished_at = finished_at + ?1 WHERE finished_at IS NOT NULL",
+                [by],
             )?,
             None => 0,
         };
@@ -2553,11 +2552,10 @@ impl Writer {
             return Ok(());
         }
         tx.commit()?;
-        if let Some(shift) = shift {
+        if let Some(by) = shift {
             self.settle_clock.shifted();
             log::warn!(
-                "The {shifted} jobs settled since the start before the wall clock's step keep their place in retention: their settle times moved {:.0} s with it",
-                shift.by
+                "The {shifted} settled jobs keep their age in retention: their settle times moved {by:.0} s with the wall clock"
             );
         }
         let synced = self.synced_until_write;

@@ -1,29 +1,21 @@
 //! The settle times the job store keeps for retention (`finished_at`), held to the time that
 //! passed rather than to the wall clock's steps (an NTP step at boot on a board without a
-//! real-time clock, an operator's `date -s`):
-//! - a settle time is never earlier than the last one recorded, so after a step back the jobs
-//!   settled from then on are neither the first forgotten by `--retain-jobs` nor forgotten
-//!   early by `--retain-for` (they are kept up to the step's length longer);
-//! - a step forward while the coordinator runs moves the settle times of the jobs settled in
-//!   this run before it along with the clock, so they are not taken for as old as the step.
+//! real-time clock, an operator's `date -s`, one set wrong and then right). They are read from
+//! a clock of their own: the wall clock plus how far it is [`SettleClock::ahead`] of it, which
+//! runs on with the monotonic clock between two looks at the wall clock, so a step moves it
+//! only at a look:
+//! - a step back leaves it where it was: it is ahead of the wall clock by the step, so the jobs
+//!   that settle from then on are the newest, and none is taken for older than it is;
+//! - a step forward takes up what it is ahead first (a step back set right again, or a store
+//!   whose newest settle time was ahead of the wall clock at start moves nothing); past that,
+//!   every settle time in the store moves with it, so no job is taken for as old as the step,
+//!   in this run or after a restart.
 
 use std::time::Instant;
 
 /// A wall clock that moved this many seconds more or less than the monotonic clock between two
 /// looks is taken as stepped.
 pub const STEP_SECS: f64 = 60.0;
-
-/// The settle times of the jobs settled in this run before a step forward, and how far to move
-/// them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shift {
-    /// Seconds to add.
-    pub by: f64,
-    /// The earliest settle time of this run.
-    pub from: f64,
-    /// The latest settle time before the step.
-    pub until: f64,
-}
 
 /// What a look at the wall clock found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,78 +28,78 @@ pub enum Step {
     Back(f64),
 }
 
-/// The store writer's settle times and its watch on the wall clock.
+/// The store writer's clock of settle times and its watch on the wall clock.
 #[derive(Debug)]
 pub struct SettleClock {
+    /// Seconds this clock is ahead of the wall clock (never behind it).
+    ahead: f64,
     /// The latest settle time recorded (at start, the store's newest).
     floor: f64,
-    /// The settle times of this run are at least this.
-    run_from: f64,
     /// The wall clock and the monotonic clock at the last look.
     wall: f64,
     mono: Instant,
-    /// A shift not yet written to the store.
-    pending: Option<Shift>,
+    /// Seconds to add to every settle time in the store, not yet written.
+    pending: Option<f64>,
 }
 
 impl SettleClock {
     /// A clock over a store whose newest settle time is `newest` (0 when none), the wall clock
-    /// reading `now` at the monotonic `mono`.
+    /// reading `now` at the monotonic `mono`: it goes on from `newest` when that is ahead of
+    /// `now` (the wall clock was set back while the coordinator was down), else from `now` (the
+    /// time it was down counts as time that passed).
     pub fn new(newest: f64, now: f64, mono: Instant) -> SettleClock {
         SettleClock {
+            ahead: (newest - now).max(0.0),
             floor: newest,
-            run_from: newest.max(now),
             wall: now,
             mono,
             pending: None,
         }
     }
 
-    /// The settle time to record for a job that settled at wall time `at`: `at`, or the last
-    /// one recorded when that is later.
-    pub fn settle_time(&mut self, at: f64) -> f64 {
-        self.floor = self.floor.max(at);
+    /// This clock's time at the monotonic `mono`: as of the last look, plus the time since.
+    pub fn at(&self, mono: Instant) -> f64 {
+        self.wall + self.ahead + mono.saturating_duration_since(self.mono).as_secs_f64()
+    }
+
+    /// The settle time to record for a job that settles at the monotonic `mono`: never
+    /// earlier than the last one recorded.
+    pub fn settle_time(&mut self, mono: Instant) -> f64 {
+        self.floor = self.floor.max(self.at(mono));
         self.floor
     }
 
-    /// Looks at the wall clock (`now`, at the monotonic `mono`): a step forward leaves a shift
-    /// pending for the settle times of this run before it (see [`SettleClock::pending`]).
+    /// Looks at the wall clock (`now`, at the monotonic `mono`): a step forward past what this
+    /// clock is ahead leaves a shift of every settle time pending (see [`SettleClock::pending`]).
     pub fn look(&mut self, now: f64, mono: Instant) -> Step {
         let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
         let drift = now - expected;
         self.wall = now;
         self.mono = mono;
         if drift >= STEP_SECS {
-            let shift = match self.pending {
-                Some(earlier) => Shift {
-                    by: earlier.by + drift,
-                    ..earlier
-                },
-                None => Shift {
-                    by: drift,
-                    from: self.run_from,
-                    until: self.floor,
-                },
-            };
-            self.pending = Some(shift);
+            self.ahead -= drift;
+            if self.ahead < 0.0 {
+                self.pending = Some(self.pending.unwrap_or(0.0) - self.ahead);
+                self.ahead = 0.0;
+            }
             Step::Forward(drift)
         } else if drift <= -STEP_SECS {
+            self.ahead -= drift;
             Step::Back(-drift)
         } else {
             Step::None
         }
     }
 
-    /// The shift to write, if any.
-    pub fn pending(&self) -> Option<Shift> {
+    /// The seconds to add to every settle time in the store, if any.
+    pub fn pending(&self) -> Option<f64> {
         self.pending
     }
 
-    /// The pending shift was written: the settle times of this run moved by it.
+    /// The pending shift was written: every settle time moved by it.
     pub fn shifted(&mut self) {
-        if let Some(shift) = self.pending.take() {
-            self.run_from += shift.by;
-            self.floor = self.floor.max(shift.until + shift.by);
+        if let Some(by) = self.pending.take() {
+            self.floor += by;
         }
     }
 }
@@ -117,62 +109,74 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn settle_times_never_go_back() {
-        let start = Instant::now();
-        let mut clock = SettleClock::new(1_000.0, 2_000.0, start);
-        assert_eq!(clock.settle_time(2_010.0), 2_010.0);
-        // The clock was stepped back an hour: later settles keep their order.
-        assert_eq!(
-            clock.look(2_020.0 - 3_600.0, start + Duration::from_secs(20)),
-            Step::Back(3_600.0)
-        );
-        assert_eq!(clock.settle_time(2_025.0 - 3_600.0), 2_010.0);
-        assert_eq!(clock.pending(), None);
-        // A store whose newest is ahead of the clock at start: the same.
-        let mut behind = SettleClock::new(5_000.0, 2_000.0, start);
-        assert_eq!(behind.settle_time(2_001.0), 5_000.0);
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
     }
 
     #[test]
-    fn a_step_forward_moves_this_runs_settle_times_with_it() {
+    fn a_step_back_moves_no_settle_time() {
         let start = Instant::now();
         let mut clock = SettleClock::new(1_000.0, 2_000.0, start);
-        clock.settle_time(2_005.0);
-        clock.settle_time(2_009.0);
-        let a_second = start + Duration::from_secs(10);
-        assert_eq!(clock.look(2_010.5, a_second), Step::None);
-        // A day forward.
-        let after = a_second + Duration::from_secs(1);
+        assert_eq!(clock.settle_time(start + secs(10)), 2_010.0);
+        // The clock was stepped back an hour: the time that passed goes on.
         assert_eq!(
-            clock.look(2_011.5 + 86_400.0, after),
-            Step::Forward(86_400.0)
+            clock.look(2_020.0 - 3_600.0, start + secs(20)),
+            Step::Back(3_600.0)
         );
-        let shift = Shift {
-            by: 86_400.0,
-            from: 2_000.0,
-            until: 2_009.0,
-        };
-        assert_eq!(clock.pending(), Some(shift));
+        assert_eq!(clock.settle_time(start + secs(25)), 2_025.0);
+        assert_eq!(clock.pending(), None);
+        // Set right again: nothing moves (a job settled meanwhile was taken for years ahead).
+        assert_eq!(
+            clock.look(2_030.0, start + secs(30)),
+            Step::Forward(3_600.0)
+        );
+        assert_eq!(clock.pending(), None);
+        assert_eq!(clock.settle_time(start + secs(31)), 2_031.0);
+        // A store whose newest is ahead of the clock at start goes on from it.
+        let mut behind = SettleClock::new(5_000.0, 2_000.0, start);
+        assert_eq!(behind.settle_time(start + secs(1)), 5_001.0);
+    }
+
+    #[test]
+    fn a_step_forward_moves_every_settle_time_with_it() {
+        let start = Instant::now();
+        let mut clock = SettleClock::new(1_000.0, 2_000.0, start);
+        clock.settle_time(start + secs(5));
+        assert_eq!(clock.look(2_010.5, start + secs(10)), Step::None);
+        // A day forward: a job that settles before the look is on the old clock still.
+        assert_eq!(clock.settle_time(start + secs(11)), 2_011.5);
+        let day = 86_400.0;
+        assert_eq!(
+            clock.look(2_012.5 + day, start + secs(12)),
+            Step::Forward(day)
+        );
+        assert_eq!(clock.pending(), Some(day));
         // Another before the first was written: one shift, both steps long.
-        let later = after + Duration::from_secs(1);
         assert_eq!(
-            clock.look(2_012.5 + 2.0 * 86_400.0, later),
-            Step::Forward(86_400.0)
+            clock.look(2_013.5 + 2.0 * day, start + secs(13)),
+            Step::Forward(day)
         );
-        assert_eq!(
-            clock.pending(),
-            Some(Shift {
-                by: 2.0 * 86_400.0,
-                ..shift
-            })
-        );
+        assert_eq!(clock.pending(), Some(2.0 * day));
         clock.shifted();
         assert_eq!(clock.pending(), None);
-        assert_eq!(clock.settle_time(2_013.0), 2_009.0 + 2.0 * 86_400.0);
+        assert_eq!(clock.settle_time(start + secs(14)), 2_014.5 + 2.0 * day);
+    }
+
+    #[test]
+    fn a_store_ahead_at_start_takes_a_step_forward_up_first() {
+        // A board that starts with its clock six years behind its store's newest settle time,
+        // then gets NTP: its settle times go on from the store's, and the step moves none.
+        let start = Instant::now();
+        let years = 6.0 * 31_536_000.0;
+        let mut clock = SettleClock::new(2_000.0 + years, 2_100.0, start);
+        assert_eq!(clock.settle_time(start + secs(10)), 2_010.0 + years);
         assert_eq!(
-            clock.settle_time(2_014.0 + 2.0 * 86_400.0),
-            2_014.0 + 2.0 * 86_400.0
+            clock.look(2_120.0 + years, start + secs(20)),
+            Step::Forward(years)
         );
+        // What it was ahead beyond the step (the time it was down) moves the store's times.
+        assert_eq!(clock.pending(), Some(100.0));
+        clock.shifted();
+        assert_eq!(clock.settle_time(start + secs(21)), 2_121.0 + years);
     }
 }
