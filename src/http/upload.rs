@@ -315,7 +315,7 @@ impl fmt::Display for UploadError {
             ),
             Self::DiskReserve(room) => write!(
                 f,
-                "the coordinator's state directory is nearly full ({} bytes free, under the {} bytes that --disk-reserve keeps free for the results of accepted jobs); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
+                "the coordinator's state directory is nearly full ({} bytes free, and an upload must leave the {} bytes that --disk-reserve keeps free for the results of accepted jobs); the job was not accepted (nothing was kept); try again later, or submit to another coordinator",
                 room.available, room.reserve
             ),
             Self::NoInodes(room) => write!(

@@ -2517,8 +2517,8 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let shifted = match self.settle_clock.pending() {
             Some(by) => tx.execute(
-                "UPDATE jobs SET finished_at = finished_at + ?1 WHERE finished_at IS NOT NULL",
-                [by],
+                "UPDATE jobs SET finished_at = finished_at + ?1 WHERE finished_at >= ?2",
+                params![by, self.settle_clock.run_from()],
             )?,
             None => 0,
         };
@@ -2555,7 +2555,7 @@ impl Writer {
         if let Some(by) = shift {
             self.settle_clock.shifted();
             log::warn!(
-                "The {shifted} settled jobs keep their age in retention: their settle times moved {by:.0} s with the wall clock"
+                "The {shifted} jobs settled since the start keep their age in retention: their settle times moved {by:.0} s with the wall clock"
             );
         }
         let synced = self.synced_until_write;

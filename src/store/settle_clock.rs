@@ -8,8 +8,9 @@
 //!   that settle from then on are the newest, and none is taken for older than it is;
 //! - a step forward takes up what it is ahead first (a step back set right again, or a store
 //!   whose newest settle time was ahead of the wall clock at start moves nothing); past that,
-//!   every settle time in the store moves with it, so no job is taken for as old as the step,
-//!   in this run or after a restart.
+//!   the settle times of this run move with it, so no job settled in this run is taken for as
+//!   old as the step, in this run or after a restart, while those settled before this run age
+//!   by it (the time it was down, which an NTP step at boot makes up).
 
 use std::time::Instant;
 
@@ -33,12 +34,14 @@ pub enum Step {
 pub struct SettleClock {
     /// Seconds this clock is ahead of the wall clock (never behind it).
     ahead: f64,
+    /// The settle times of this run are at least this.
+    run_from: f64,
     /// The latest settle time recorded (at start, the store's newest).
     floor: f64,
     /// The wall clock and the monotonic clock at the last look.
     wall: f64,
     mono: Instant,
-    /// Seconds to add to every settle time in the store, not yet written.
+    /// Seconds to add to this run's settle times, not yet written.
     pending: Option<f64>,
 }
 
@@ -50,6 +53,7 @@ impl SettleClock {
     pub fn new(newest: f64, now: f64, mono: Instant) -> SettleClock {
         SettleClock {
             ahead: (newest - now).max(0.0),
+            run_from: newest.max(now),
             floor: newest,
             wall: now,
             mono,
@@ -63,14 +67,22 @@ impl SettleClock {
     }
 
     /// The settle time to record for a job that settles at the monotonic `mono`: never
-    /// earlier than the last one recorded.
+    /// earlier than the last one recorded, and while a shift is pending, on the clock before
+    /// it (the shift moves it along once written).
     pub fn settle_time(&mut self, mono: Instant) -> f64 {
-        self.floor = self.floor.max(self.at(mono));
+        let before_shift = self.at(mono) - self.pending.unwrap_or(0.0);
+        self.floor = self.floor.max(before_shift);
         self.floor
     }
 
+    /// The earliest settle time of this run: the shift moves those from it on.
+    pub fn run_from(&self) -> f64 {
+        self.run_from
+    }
+
     /// Looks at the wall clock (`now`, at the monotonic `mono`): a step forward past what this
-    /// clock is ahead leaves a shift of every settle time pending (see [`SettleClock::pending`]).
+    /// clock is ahead leaves a shift of this run's settle times pending (see
+    /// [`SettleClock::pending`]).
     pub fn look(&mut self, now: f64, mono: Instant) -> Step {
         let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
         let drift = now - expected;
@@ -91,12 +103,12 @@ impl SettleClock {
         }
     }
 
-    /// The seconds to add to every settle time in the store, if any.
+    /// The seconds to add to the settle times of this run, if any.
     pub fn pending(&self) -> Option<f64> {
         self.pending
     }
 
-    /// The pending shift was written: every settle time moved by it.
+    /// The pending shift was written: this run's settle times moved by it.
     pub fn shifted(&mut self) {
         if let Some(by) = self.pending.take() {
             self.floor += by;
@@ -138,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn a_step_forward_moves_every_settle_time_with_it() {
+    fn a_step_forward_moves_this_runs_settle_times_with_it() {
         let start = Instant::now();
         let mut clock = SettleClock::new(1_000.0, 2_000.0, start);
         clock.settle_time(start + secs(5));
@@ -151,6 +163,9 @@ mod tests {
             Step::Forward(day)
         );
         assert_eq!(clock.pending(), Some(day));
+        // A job that settles before the shift is written is on the clock before it still.
+        assert_eq!(clock.settle_time(start + secs(12)), 2_012.5);
+        assert_eq!(clock.run_from(), 2_000.0);
         // Another before the first was written: one shift, both steps long.
         assert_eq!(
             clock.look(2_013.5 + 2.0 * day, start + secs(13)),
@@ -174,7 +189,7 @@ mod tests {
             clock.look(2_120.0 + years, start + secs(20)),
             Step::Forward(years)
         );
-        // What it was ahead beyond the step (the time it was down) moves the store's times.
+        // What it was ahead beyond the step (the time it was down) moves this run's times.
         assert_eq!(clock.pending(), Some(100.0));
         clock.shifted();
         assert_eq!(clock.settle_time(start + secs(21)), 2_121.0 + years);
