@@ -241,6 +241,8 @@ fn bad_command_lines_exit_2_naming_the_culprit() {
         (&["--follow-nice", "-1"], "--follow-nice"),
         (&["--follow-heartbeat", "0"], "at least 1"),
         (&["--follow-heartbeat", "NaN"], "from 1 to 3600"),
+        // A value after `=` is read as after a space (it was an unknown argument).
+        (&["--follow-heartbeat=0.5"], "at least 1"),
         (&["--follow-heartbeat", "3601"], "at most 3600"),
         (&["--follow-heartbeat", "0.001"], "at least 1"),
         (&["--follow-heartbeat", "0.999"], "at least 1"),
@@ -814,6 +816,17 @@ fn worker_id_refuses_what_is_not_an_ed25519_key_file() {
             refused.describe()
         );
     }
+    // A PKCS#8 key of another algorithm is told so (it named the Ed25519 OID as unsupported).
+    let ec = dir.path().join("ec.pem");
+    let ec_key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    fs::write(&ec, ec_key.serialize_pem()).unwrap();
+    let refused = run(&["worker-id", ec.to_str().unwrap()]);
+    assert_eq!(refused.code, Some(1), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("a key of another algorithm") && !refused.stderr.contains("OID"),
+        "{}",
+        refused.describe()
+    );
     let missing = dir.path().join("missing.pem");
     let refused = run(&["worker-id", missing.to_str().unwrap()]);
     assert_eq!(refused.code, Some(1), "{}", refused.describe());

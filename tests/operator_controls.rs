@@ -2192,8 +2192,11 @@ fn a_job_no_worker_takes_within_its_queue_timeout_fails_unstarted() {
     let reply = support::lifecycle::exchange(coordinator.port(), &head, b"")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 400, "{}", reply.text());
+    // Its advice fits the limit (it suggested queue_timeout=600 under a limit of 60 too).
     assert!(
-        reply.text().contains("--queue-timeout 600"),
+        reply.text().contains("--queue-timeout 600")
+            && reply.text().contains("give fewer seconds")
+            && !reply.text().contains("e.g. queue_timeout="),
         "{}",
         reply.text()
     );

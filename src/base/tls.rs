@@ -88,6 +88,27 @@ fn chain_with_expiry(
     Ok((chain, expiry))
 }
 
+/// What a certificate error names (rustls and webpki give it by its name), and what to do.
+const CERTIFICATE_ADVICE: [(&str, &str); 5] = [
+    ("CaUsedAsEndEntity", "the certificate is a CA's (basicConstraints CA:TRUE), not a server's own: issue one with basicConstraints=critical,CA:FALSE, signed by the CA that --worker-ca names or self-signed (see TLS in README)"),
+    ("UnsupportedCertVersion", "the certificate is X.509 version 1: issue a version 3 one (openssl req -x509, or openssl x509 -req with an -extfile that gives its subjectAltName)"),
+    ("KeyMismatch", "the key is not the one the certificate was issued for"),
+    ("UnknownIssuer", "no CA certificate the coordinator trusts (--worker-ca, or the system's without it) signed it"),
+    ("NotValidForName", "the certificate does not name the endpoint's host in its subjectAltName"),
+];
+
+/// `text`, an error about a certificate, with what to do about it when it names a fault the
+/// operator can mend.
+pub fn with_certificate_advice(text: String) -> String {
+    match CERTIFICATE_ADVICE
+        .iter()
+        .find(|(name, _)| text.contains(name))
+    {
+        Some((_, advice)) => format!("{text}: {advice}"),
+        None => text,
+    }
+}
+
 /// The listener's settings: this certificate chain and key, no client certificates.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Loaded<ServerConfig>, TlsError> {
     let (chain, expiry) = chain_with_expiry(cert)?;
@@ -96,13 +117,20 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Loaded<ServerConfig>, Tl
         .map_err(|e| TlsError::Rejected(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, load_key(key)?)
-        .map_err(|e| {
-            TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
-        })?;
+        .map_err(|e| rejected(cert, key, &e))?;
     Ok(Loaded {
         config: Arc::new(config),
         expiry,
     })
+}
+
+/// The refusal of the certificate chain `cert` with its key `key`.
+fn rejected(cert: &Path, key: &Path, e: &rustls::Error) -> TlsError {
+    TlsError::Rejected(with_certificate_advice(format!(
+        "{} with {}: {e}",
+        cert.display(),
+        key.display()
+    )))
 }
 
 /// Where the coordinator's calls to `https://` workers find trust and identity.
@@ -154,9 +182,7 @@ pub fn client_config(settings: &WorkerTls) -> Result<Loaded<ClientConfig>, TlsEr
             let (chain, expiry) = chain_with_expiry(cert)?;
             let config = builder
                 .with_client_auth_cert(chain, load_key(key)?)
-                .map_err(|e| {
-                    TlsError::Rejected(format!("{} with {}: {e}", cert.display(), key.display()))
-                })?;
+                .map_err(|e| rejected(cert, key, &e))?;
             (config, expiry)
         }
         None => (builder.with_no_client_auth(), None),
@@ -165,4 +191,21 @@ pub fn client_config(settings: &WorkerTls) -> Result<Loaded<ClientConfig>, TlsEr
         config: Arc::new(config),
         expiry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_certificate_advice;
+
+    #[test]
+    fn a_certificate_fault_the_operator_can_mend_says_what_to_do() {
+        let ca = with_certificate_advice(
+            "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))".to_string(),
+        );
+        assert!(ca.contains("basicConstraints=critical,CA:FALSE"), "{ca}");
+        let v1 = with_certificate_advice("Other(OtherError(UnsupportedCertVersion))".to_string());
+        assert!(v1.contains("version 3"), "{v1}");
+        let other = "connection refused".to_string();
+        assert_eq!(with_certificate_advice(other.clone()), other);
+    }
 }

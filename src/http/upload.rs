@@ -285,6 +285,10 @@ impl fmt::Display for UploadError {
                 "{HEADER} {key:?} was already used for job {job_id}, submitted with other files, manifest or options; use a new key for a new job (a key names one submit, and can be used again once its job is deleted or forgotten)"
             ),
             Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
+            Self::BadQueueTimeout(why) if why.contains("--queue-timeout") => write!(
+                f,
+                "the queue_timeout {why}; give fewer seconds, or leave it out to wait the longest it allows"
+            ),
             Self::BadQueueTimeout(why) => write!(
                 f,
                 "the queue_timeout {why}; give the seconds the job may wait for a worker, e.g. queue_timeout=600"

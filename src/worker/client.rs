@@ -4,6 +4,7 @@
 use crate::base::cert_expiry::ChainExpiry;
 use crate::base::paths::{encode_path, is_safe_component, reads_otherwise_decoded};
 use crate::base::shortage::shortage_in;
+use crate::base::tls::with_certificate_advice;
 use crate::worker::bound_request::{self, Body, RequestError, RequestTimeouts};
 use crate::worker::multipart_body::MultipartBody;
 use crate::worker::pace::{self, Paced};
@@ -278,7 +279,7 @@ fn classify(error: ureq::Error) -> CallError {
             ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => {
                 CallError::Unreachable(t.to_string())
             }
-            _ => CallError::Transport(t.to_string()),
+            _ => CallError::Transport(with_certificate_advice(t.to_string())),
         },
     }
 }
@@ -494,7 +495,9 @@ impl WorkerClient {
         .map_err(|e| match e {
             RequestError::Bind(why) | RequestError::Unreachable(why) => CallError::Unreachable(why),
             RequestError::Shortage(why) => CallError::Shortage(why),
-            RequestError::NotSent(why) | RequestError::NoAnswer(why) => CallError::Transport(why),
+            RequestError::NotSent(why) | RequestError::NoAnswer(why) => {
+                CallError::Transport(with_certificate_advice(why))
+            }
         })?;
         if answer.status != 200 {
             return Err(CallError::Status {

@@ -57,6 +57,17 @@ pub fn worker_id_of(key: &VerifyingKey) -> String {
     STANDARD.encode(key.as_bytes())
 }
 
+/// Why a key file holds no Ed25519 key, in words: for a key of another algorithm the
+/// library's text names the Ed25519 OID it looked for, as though that were the one refused.
+fn key_file_fault(text: &str) -> String {
+    if text.contains("algorithm OID") {
+        "it holds a key of another algorithm (RSA or EC, say): a sandrun worker's key is Ed25519"
+            .to_string()
+    } else {
+        text.to_string()
+    }
+}
+
 /// The most bytes a key file is read for (sandrun's is about 120).
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
@@ -66,8 +77,8 @@ pub fn worker_id_from_key_file(path: &Path) -> Result<String, IdentityError> {
         .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
     let pem = String::from_utf8(bytes)
         .map_err(|e| IdentityError::Unreadable(format!("it is not text: {e}")))?;
-    let key =
-        SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::NotAKeyFile(e.to_string()))?;
+    let key = SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| IdentityError::NotAKeyFile(key_file_fault(&e.to_string())))?;
     Ok(worker_id_of(&key.verifying_key()))
 }
 
