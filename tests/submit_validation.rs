@@ -750,7 +750,10 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
 
-    let strict = Coordinator::start(&[worker.entry(2)], &["--refuse-archives"]);
+    let strict = Coordinator::start(
+        &[worker.entry(2)],
+        &["--refuse-archives", "--max-files", "2"],
+    );
     let form = tarball(tar_of(code, &[], &["main.py"]));
     let reply = post_submit(&strict, Some(&form.content_type()), &form.body());
     assert_refused(
@@ -759,6 +762,19 @@ fn archives_are_read_through_and_refused_where_sandrun_would_unpack_harm() {
         &reply,
         400,
         "the file \"job.tar.gz\" would be unpacked by a sandrun worker as an archive (its name holds .tar.gz, .tgz or .zip), and this coordinator takes no archives (--refuse-archives)",
+    );
+    // Too many files is not told to pack them into an archive here (it was).
+    let three = Form::new()
+        .file("main.py", "text/x-python", MAIN_PY)
+        .file("a.txt", "text/plain", b"a")
+        .file("b.txt", "text/plain", b"b");
+    let reply = post_submit(&strict, Some(&three.content_type()), &three.body());
+    assert_refused(
+        &strict,
+        "three files under --refuse-archives",
+        &reply,
+        413,
+        "send fewer files (archives are refused here)",
     );
     let fake_tar = Form::new().file(
         "job.tar.gz",

@@ -79,8 +79,8 @@ pub enum UploadError {
     LongContentType(String, usize),
     /// Two `files` parts with the same filename.
     DuplicateFilename(String),
-    /// More `files` parts than `--max-files`.
-    TooManyFiles(usize),
+    /// More `files` parts than `--max-files` (the limit, and whether archives may be sent).
+    TooManyFiles { max: usize, archives: bool },
     /// The job's submit to its worker would be this many bytes, head included: more than
     /// sandrun takes in one request.
     TooLargeForWorker(u64),
@@ -170,7 +170,7 @@ impl UploadError {
         match self {
             Self::NotMultipart(_) => 415,
             Self::Stalled(_) => 408,
-            Self::TooLarge(_) | Self::TooManyFiles(_) | Self::TooLargeForWorker(_) => 413,
+            Self::TooLarge(_) | Self::TooManyFiles { .. } | Self::TooLargeForWorker(_) => 413,
             Self::TooManyQueued(_) => 429,
             Self::Part(PartError::Archive(_, ArchiveFault::TooLarge(_))) => 413,
             Self::NamesFull { job, max, .. } if job > max => 413,
@@ -241,9 +241,13 @@ impl fmt::Display for UploadError {
                 "the Content-Type of the file {name:?} is {len} bytes long: at most {MAX_NAME_BYTES} (a media type such as text/x-python)"
             ),
             Self::DuplicateFilename(name) => write!(f, "two 'files' parts are named {name:?}; filenames must differ"),
-            Self::TooManyFiles(max) => write!(
+            Self::TooManyFiles { max, archives: true } => write!(
                 f,
                 "the submit holds more than {max} files (--max-files); pack them into one .tar.gz or .zip, which the worker unpacks"
+            ),
+            Self::TooManyFiles { max, archives: false } => write!(
+                f,
+                "the submit holds more than {max} files (--max-files); send fewer files (archives are refused here)"
             ),
             Self::TooLargeForWorker(bytes) => write!(
                 f,
@@ -802,7 +806,10 @@ fn read_parts(
                     .ok_or(UploadError::MissingFilename)?;
                 check_filename(&filename)?;
                 if inputs.len() >= ctx.config.max_files {
-                    return Err(UploadError::TooManyFiles(ctx.config.max_files));
+                    return Err(UploadError::TooManyFiles {
+                        max: ctx.config.max_files,
+                        archives: archives_refused.is_none(),
+                    });
                 }
                 if !names.insert(filename.clone()) {
                     return Err(UploadError::DuplicateFilename(filename));
