@@ -1194,6 +1194,7 @@ impl StoredBytes {
             sync_first: self.segment.clone(),
             retry: false,
             within: DEFERRAL,
+            times_moved: false,
         }
     }
 }

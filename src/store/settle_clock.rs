@@ -12,11 +12,8 @@
 //!   old as the step, in this run or after a restart, while those settled before this run age
 //!   by it (the time it was down, which an NTP step at boot makes up).
 
+use crate::base::clock::{WallWatch, STEP_SECS};
 use std::time::Instant;
-
-/// A wall clock that moved this many seconds more or less than the monotonic clock between two
-/// looks is taken as stepped.
-pub const STEP_SECS: f64 = 60.0;
 
 /// What a look at the wall clock found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,8 +36,7 @@ pub struct SettleClock {
     /// The latest settle time recorded (at start, the store's newest).
     floor: f64,
     /// The wall clock and the monotonic clock at the last look.
-    wall: f64,
-    mono: Instant,
+    watch: WallWatch,
     /// Seconds to add to this run's settle times, not yet written.
     pending: Option<f64>,
 }
@@ -55,15 +51,18 @@ impl SettleClock {
             ahead: (newest - now).max(0.0),
             run_from: newest.max(now),
             floor: newest,
-            wall: now,
-            mono,
+            watch: WallWatch::new(now, mono),
             pending: None,
         }
     }
 
     /// This clock's time at the monotonic `mono`: as of the last look, plus the time since.
     pub fn at(&self, mono: Instant) -> f64 {
-        self.wall + self.ahead + mono.saturating_duration_since(self.mono).as_secs_f64()
+        self.watch.wall
+            + self.ahead
+            + mono
+                .saturating_duration_since(self.watch.mono)
+                .as_secs_f64()
     }
 
     /// The settle time to record for a job that settles at the monotonic `mono`: never
@@ -84,10 +83,7 @@ impl SettleClock {
     /// clock is ahead leaves a shift of this run's settle times pending (see
     /// [`SettleClock::pending`]).
     pub fn look(&mut self, now: f64, mono: Instant) -> Step {
-        let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
-        let drift = now - expected;
-        self.wall = now;
-        self.mono = mono;
+        let drift = self.watch.drift(now, mono);
         if drift >= STEP_SECS {
             self.ahead -= drift;
             if self.ahead < 0.0 {
