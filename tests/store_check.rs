@@ -55,7 +55,6 @@ fn fill_big_store(state: &Path) {
                 sync_first: None,
                 retry: false,
                 within: DEFERRAL,
-                times_moved: false,
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }

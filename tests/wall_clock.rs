@@ -74,18 +74,6 @@ fn a_clock_set_before_1970_or_past_9999_leaves_every_thread_answering() {
     );
 }
 
-/// Moves the clock to `at` (`offset` seconds from the real one), then waits until the
-/// coordinator reads it and logs `said`.
-fn step(clock: &FakeClock, coordinator: &Coordinator, at: &str, offset: f64, said: &str) {
-    clock.set(at);
-    wait_clock(coordinator, offset, DEADLINE);
-    assert!(
-        coordinator.wait_for_log(said, DEADLINE),
-        "{}",
-        coordinator.logs()
-    );
-}
-
 /// A job with an output, that ends at once.
 fn quick_job() -> Form {
     Form::new()
@@ -146,12 +134,12 @@ fn after_a_step_forward_retention_by_age_forgets_nothing_early_across_a_restart(
         return;
     };
     let ids: Vec<String> = (0..2).map(|_| run_job(&coordinator)).collect();
-    step(
-        &clock,
-        &coordinator,
-        "+1d",
-        86_400.0,
-        "their settle times moved 864",
+    clock.set("+1d");
+    wait_clock(&coordinator, 86_400.0, DEADLINE);
+    assert!(
+        coordinator.wait_for_log("their settle times moved 864", DEADLINE),
+        "{}",
+        coordinator.logs()
     );
     let later = run_job(&coordinator);
     // Its settled row is committed (counted) before the kill: else it settles again after the
@@ -310,33 +298,4 @@ fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
     let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(places(&coordinator), [1, 2, 3, 4], "{}", coordinator.logs());
-}
-
-/// A wall clock stepped a day forward while a job waits in the queue (a board that gets NTP
-/// after its jobs were submitted): after a restart the job keeps what is left of its queue
-/// timeout (it failed at once: its wait, read from its record, was a day long).
-#[test]
-fn after_a_step_forward_a_queued_job_keeps_its_queue_timeout_across_a_restart() {
-    let args = ["--queue-timeout", "600"];
-    let Some((worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&args) else {
-        return;
-    };
-    let drain = |coordinator: &Coordinator, action: &str| {
-        let (code, body) = post(&drain_url(coordinator, &worker, action), "text/plain", b"");
-        assert_eq!(code, 200, "{body}");
-    };
-    drain(&coordinator, "drain");
-    let id = submit(&coordinator, &quick_job());
-    let moved = "the times of the 1 jobs in flight move with it";
-    step(&clock, &coordinator, "+1d", 86_400.0, moved);
-    coordinator.terminate(DEADLINE);
-    let coordinator = Coordinator::try_start_in_env(dir.path(), &args, &clock.env())
-        .unwrap_or_else(|e| panic!("{e}"));
-    drain(&coordinator, "undrain");
-    let status = poll_until(DEADLINE, || {
-        let status = job_status(&coordinator, &id);
-        matches!(status["pool_status"].as_str(), Some("completed" | "failed")).then_some(status)
-    })
-    .unwrap_or_else(|| panic!("the job never ended: {}", coordinator.logs()));
-    assert_eq!(status["pool_status"], "completed", "{status}");
 }

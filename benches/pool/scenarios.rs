@@ -1196,7 +1196,6 @@ fn fill_store(dir: &std::path::Path) -> Result<(), String> {
             sync_first: None,
             retry: false,
             within: DEFERRAL,
-            times_moved: false,
         };
         if n + 1 == STORED_JOBS {
             store.send_and_wait(record).map_err(|e| e.to_string())?;

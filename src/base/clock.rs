@@ -1,7 +1,7 @@
 //! Time helpers: the coordinator reports times as unix seconds with fractions (and in log
 //! lines as UTC RFC 3339), and pauses that double with each failure in a row.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the unix epoch, with fractions.
 pub fn unix_now() -> f64 {
@@ -9,37 +9,6 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs_f64()
-}
-
-/// A wall clock that moved this many seconds more or less than the monotonic clock between two
-/// looks is taken as stepped (an NTP step, a `date -s`).
-pub const STEP_SECS: f64 = 60.0;
-
-/// A watch on the wall clock against the monotonic clock: the wall clock and the monotonic
-/// clock at the last look.
-#[derive(Debug, Clone, Copy)]
-pub struct WallWatch {
-    /// The wall clock at the last look (unix seconds).
-    pub wall: f64,
-    /// The monotonic clock at the last look.
-    pub mono: Instant,
-}
-
-impl WallWatch {
-    /// A watch whose last look found the wall clock at `wall` at the monotonic `mono`.
-    pub fn new(wall: f64, mono: Instant) -> WallWatch {
-        WallWatch { wall, mono }
-    }
-
-    /// How many seconds further the wall clock (`now` at the monotonic `mono`) moved than the
-    /// time that passed since the last look (less than 0: it moved back); this look becomes the
-    /// last.
-    pub fn drift(&mut self, now: f64, mono: Instant) -> f64 {
-        let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
-        self.wall = now;
-        self.mono = mono;
-        now - expected
-    }
 }
 
 /// The pause after `strikes` failures in a row (at least one): `first`, doubled with each

@@ -582,26 +582,6 @@ impl Job {
         self.verification = None;
     }
 
-    /// Moves the job's wall-clock times by `by` seconds: the wall clock stepped while it was in
-    /// flight, and what it waited and took counts the time that passed.
-    pub fn shift_times(&mut self, by: f64) {
-        self.submitted_at += by;
-        for at in [
-            &mut self.dispatched_at,
-            &mut self.completed_at,
-            &mut self.last_contact,
-            &mut self.level_since,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *at += by;
-        }
-        for run in self.reruns.iter_mut().flat_map(|r| r.lost.iter_mut()) {
-            run.at += by;
-        }
-    }
-
     /// Unix time its current wait in the queue began (its queue timeout counts from here): its
     /// submission, or its last lost run.
     pub fn queued_since(&self) -> f64 {

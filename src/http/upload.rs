@@ -1194,7 +1194,6 @@ impl StoredBytes {
             sync_first: self.segment.clone(),
             retry: false,
             within: DEFERRAL,
-            times_moved: false,
         }
     }
 }

@@ -8,10 +8,9 @@
 
 use crate::base::cert_expiry::ChainExpiry;
 use crate::base::clock::unix_now;
-use crate::base::clock::WallWatch;
 use crate::base::log_repeats::{Repeats, REPEAT_PERIOD};
 use crate::base::sync::lock;
-use crate::pool::{expiry, wall_steps};
+use crate::pool::expiry;
 use crate::state::context::Context;
 use crate::state::metrics::ProbeResult;
 use crate::state::pool_state::{PoolState, WorkerEntry};
@@ -33,7 +32,6 @@ static SHORTAGE_LOGS: Mutex<Repeats> = Mutex::new(Repeats::new(REPEAT_PERIOD));
 
 /// Runs the health checker until the signal channel closes.
 pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
-    let mut wall = WallWatch::new(unix_now(), Instant::now());
     loop {
         let now = Instant::now();
         let due: Vec<Due> = {
@@ -54,7 +52,6 @@ pub fn run(ctx: Arc<Context>, signal: Receiver<()>) {
         ctx.store.stalled_for();
         ctx.store.file_lost();
         expiry::remind_daily(&ctx);
-        wall_steps::look(&ctx, &mut wall);
         let next = ctx
             .lock()
             .listed_workers()

@@ -1,6 +1,5 @@
 //! The threads that move jobs: the scheduler, dispatches, per-worker trackers, the health
-//! checker (and its daily reminder of expiring keys and certificates, and its watch on the wall
-//! clock's steps), queue timeouts, result
+//! checker (and its daily reminder of expiring keys and certificates), queue timeouts, result
 //! collection, worker streams, job announcements, reruns of lost jobs and recovery at start;
 //! the controls and reloads that change them while they run. May import `state`, `worker`,
 //! `store` and `base`.
@@ -22,5 +21,4 @@ pub mod reused_ids;
 pub mod scheduler;
 pub mod stream;
 pub mod tracker;
-pub mod wall_steps;
 pub mod worker_tls;

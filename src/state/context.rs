@@ -274,16 +274,6 @@ impl Context {
         }
     }
 
-    /// Like [`Context::record_soon`] for a job whose wall-clock times moved with a step of the
-    /// wall clock: its row's submission time (what recovery and listings read) is written too.
-    pub fn record_moved_times(&self, st: &PoolState, id: &str) {
-        if let Some(mut record) = self.record_of(st, id) {
-            record.within = SOON;
-            record.times_moved = true;
-            self.store.send(record);
-        }
-    }
-
     /// Like [`Context::record`] for a job whose results were just collected into `pinned` (and
     /// synced, see [`JobStore::sync_segment`]): the segment is given back once the record
     /// committed.
@@ -398,7 +388,6 @@ impl Context {
             sync_first: None,
             retry: true,
             within: DEFERRAL,
-            times_moved: false,
         })
     }
 }

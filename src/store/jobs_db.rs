@@ -530,9 +530,6 @@ pub struct Record {
     /// record alone, at once. With `--fsync batch` a transaction is synced right after its
     /// commit; `done` runs after that sync.
     pub within: Duration,
-    /// The job's wall-clock times moved with a step of the wall clock: its row's submission
-    /// time is written too (other changes leave that column, which indexes hold, as it is).
-    pub times_moved: bool,
 }
 
 /// How often a wait that gives up on a stalled store looks at it.
@@ -2205,14 +2202,8 @@ impl Writer {
             // A job's changes that meet in one transaction are written once, as the last of
             // them says: the transaction commits whole or not at all, so no reader could ever
             // see the earlier ones. An insert is always written (later changes update it).
-            let mut moved = tx.prepare_cached(
-                "UPDATE jobs SET submitted_at = ?2 WHERE id = ?1 AND finished_at IS NULL",
-            )?;
             let last_change = last_changes(batch);
             for (i, r) in batch.iter().enumerate() {
-                if r.times_moved {
-                    moved.execute(params![r.job.id, r.job.submitted_at])?;
-                }
                 if !r.insert && last_change.get(r.job.id.as_str()) != Some(&i) {
                     self.figures.coalesced.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -2856,7 +2847,6 @@ mod tests {
             sync_first: None,
             retry: false,
             within: Duration::ZERO,
-            times_moved: false,
         }
     }
 

@@ -12,8 +12,11 @@
 //!   old as the step, in this run or after a restart, while those settled before this run age
 //!   by it (the time it was down, which an NTP step at boot makes up).
 
-use crate::base::clock::{WallWatch, STEP_SECS};
 use std::time::Instant;
+
+/// A wall clock that moved this many seconds more or less than the monotonic clock between two
+/// looks is taken as stepped.
+pub const STEP_SECS: f64 = 60.0;
 
 /// What a look at the wall clock found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,7 +39,8 @@ pub struct SettleClock {
     /// The latest settle time recorded (at start, the store's newest).
     floor: f64,
     /// The wall clock and the monotonic clock at the last look.
-    watch: WallWatch,
+    wall: f64,
+    mono: Instant,
     /// Seconds to add to this run's settle times, not yet written.
     pending: Option<f64>,
 }
@@ -51,18 +55,15 @@ impl SettleClock {
             ahead: (newest - now).max(0.0),
             run_from: newest.max(now),
             floor: newest,
-            watch: WallWatch::new(now, mono),
+            wall: now,
+            mono,
             pending: None,
         }
     }
 
     /// This clock's time at the monotonic `mono`: as of the last look, plus the time since.
     pub fn at(&self, mono: Instant) -> f64 {
-        self.watch.wall
-            + self.ahead
-            + mono
-                .saturating_duration_since(self.watch.mono)
-                .as_secs_f64()
+        self.wall + self.ahead + mono.saturating_duration_since(self.mono).as_secs_f64()
     }
 
     /// The settle time to record for a job that settles at the monotonic `mono`: never
@@ -83,7 +84,10 @@ impl SettleClock {
     /// clock is ahead leaves a shift of this run's settle times pending (see
     /// [`SettleClock::pending`]).
     pub fn look(&mut self, now: f64, mono: Instant) -> Step {
-        let drift = self.watch.drift(now, mono);
+        let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
+        let drift = now - expected;
+        self.wall = now;
+        self.mono = mono;
         if drift >= STEP_SECS {
             self.ahead -= drift;
             if self.ahead < 0.0 {
