@@ -113,9 +113,10 @@ pub enum UploadError {
     Paused(f64),
     /// A priority that is not `high`, `normal` or `low`, or given twice.
     BadPriority(String),
-    /// A queue timeout that is not a positive number of seconds, is longer than
-    /// `--queue-timeout`, or is given twice.
+    /// A queue timeout that is not a positive number of seconds, or is given twice.
     BadQueueTimeout(String),
+    /// A queue timeout of this many seconds, longer than `--queue-timeout` (the second).
+    LongQueueTimeout(f64, f64),
     /// A number of reruns that is not a whole number, is more than `--max-reruns`, or is given
     /// twice.
     BadReruns(String),
@@ -289,9 +290,9 @@ impl fmt::Display for UploadError {
                 "{HEADER} {key:?} was already used for job {job_id}, submitted with other files, manifest or options; use a new key for a new job (a key names one submit, and can be used again once its job is deleted or forgotten)"
             ),
             Self::BadPriority(why) => write!(f, "the priority {why}; use high, normal or low"),
-            Self::BadQueueTimeout(why) if why.contains("--queue-timeout") => write!(
+            Self::LongQueueTimeout(secs, max) => write!(
                 f,
-                "the queue_timeout {why}; give fewer seconds, or leave it out to wait the longest it allows"
+                "the queue_timeout of {secs} s is longer than this coordinator allows (--queue-timeout {max}); give fewer seconds, or leave it out to wait the longest it allows"
             ),
             Self::BadQueueTimeout(why) => write!(
                 f,
@@ -715,9 +716,7 @@ pub fn reruns_of(ctx: &Context, asked: Option<u32>) -> Result<u32, UploadError> 
 pub fn queue_timeout_of(ctx: &Context, asked: Option<f64>) -> Result<Option<f64>, UploadError> {
     let limit = ctx.config.queue_timeout.map(|d| d.as_secs_f64());
     match (asked, limit) {
-        (Some(secs), Some(max)) if secs > max => Err(UploadError::BadQueueTimeout(format!(
-            "of {secs} s is longer than this coordinator allows (--queue-timeout {max})"
-        ))),
+        (Some(secs), Some(max)) if secs > max => Err(UploadError::LongQueueTimeout(secs, max)),
         (asked, limit) => Ok(asked.or(limit)),
     }
 }

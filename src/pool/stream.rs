@@ -97,7 +97,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
         Ended::Done if seen.joined_queued() => {
             match read_beside(ctx, client.socket_handle(), client, id) {
                 Ok(socket) => {
-                    if !(is_run(ctx, id, remote) && tracker::follow_now(ctx, index, id)) {
+                    if !tracker::follow_now(ctx, index, id, remote) {
                         stream_ended(ctx, index, id, remote);
                     } else if !still_going(ctx, id) {
                         // Its end known here, sandrun writes no more to the stream: the reader
@@ -117,7 +117,7 @@ fn follow(ctx: &Arc<Context>, index: usize, id: &str, endpoint: &str, remote: &s
         Ended::Done => {
             read_last_frames(ctx, &mut client, id, remote, &mut seen);
             client.close();
-            if !(is_run(ctx, id, remote) && tracker::follow_now(ctx, index, id)) {
+            if !tracker::follow_now(ctx, index, id, remote) {
                 stream_ended(ctx, index, id, remote);
             }
         }
@@ -282,15 +282,11 @@ fn still_going(ctx: &Context, id: &str) -> bool {
         .is_some_and(|job| !job.status.is_final() || job.ending_on_worker)
 }
 
-/// Whether job `id` is in the table as its worker's job `remote` (a stream of a lost run, its
-/// job queued to run again, may still be open and get frames: see [`Job::is_on`]).
-fn is_run(ctx: &Context, id: &str, remote: &str) -> bool {
-    ctx.lock().jobs.get(id).is_some_and(|job| job.is_on(remote))
-}
-
-/// A frame of the job's output, for its followers: only from the stream of the run it is on.
+/// A frame of the job's output, for its followers: only from the stream of the run it is on
+/// (a stream of a lost run, its job queued to run again, may still be open and get frames).
 fn output(ctx: &Context, id: &str, remote: &str, text: String) {
-    if is_run(ctx, id, remote) {
+    let on_run = ctx.lock().jobs.get(id).is_some_and(|job| job.is_on(remote));
+    if on_run {
         ctx.events.output(id, text);
     }
 }

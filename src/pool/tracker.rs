@@ -197,12 +197,16 @@ fn follow_claimed(
 /// just read `[DONE]`): polls its status, checks the signature and collects its results, so
 /// jobs that end together on one worker are followed up side by side. Whatever is left to do
 /// (a collection to retry, a status not final yet) goes back to the tracker, which polls the
-/// job at once. Returns false, doing nothing, when the job is not this worker's to follow (any
-/// more), another thread follows it up right now, or [`STREAM_FOLLOW_UPS`] follow-ups of the
-/// worker's jobs are under way and no client waits on this one.
-pub fn follow_now(ctx: &Context, index: usize, id: &str) -> bool {
+/// job at once. Returns false, doing nothing, when the job is not this worker's to follow as
+/// its job `remote` (any more: see [`holds`]), another thread follows it up right now, or
+/// [`STREAM_FOLLOW_UPS`] follow-ups of the worker's jobs are under way and no client waits on
+/// this one.
+pub fn follow_now(ctx: &Context, index: usize, id: &str, remote: &str) -> bool {
     let (endpoint, worker_id, job) = {
         let mut st = ctx.lock();
+        if !holds(&st, index, id, remote) {
+            return false;
+        }
         let busy = st.workers.get(index).map_or(0, |w| w.following_up.len());
         let watched = st.jobs.get(id).is_some_and(|j| j.watched);
         if busy >= STREAM_FOLLOW_UPS && !watched {
