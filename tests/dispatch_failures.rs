@@ -19,10 +19,24 @@ use support::lifecycle::{
 };
 use support::sandrun::control::Printed;
 use support::wall_clock::{wait_clock, FakeClock};
-use support::{get, get_bytes, get_json, poll_until, post, Coordinator, FakeWorker, Form};
+use support::{get, get_bytes, get_json, poll_until, post, Coordinator, FakeWorker, Form, Knobs};
 
 /// Generous deadline for anything the coordinator does on its own.
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One worker, its knobs set by `knobs`, taking `slots` jobs at once, and a coordinator
+/// started over it with `extra`, the worker seen healthy.
+fn one_worker(
+    knobs: impl FnOnce(&mut Knobs),
+    slots: u32,
+    extra: &[&str],
+) -> (FakeWorker, Coordinator) {
+    let worker = FakeWorker::start_with(knobs);
+    let coordinator = Coordinator::start(&[worker.entry(slots)], extra);
+    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    (worker, coordinator)
+}
+
 /// Short intervals keep these tests quick.
 const FAST: [&str; 4] = ["--health-interval", "1", "--track-interval", "0.1"];
 
@@ -64,12 +78,14 @@ fn assert_results_refused(coordinator: &Coordinator, id: &str, code: u16) {
 fn a_throttling_worker_is_paused_not_hammered() {
     const BLOCKING_JOB: Duration = Duration::from_secs(10);
     const WINDOW: Duration = Duration::from_secs(7);
-    let worker = FakeWorker::start_with(|k| {
-        k.max_active_per_ip = 1;
-        k.job_duration = BLOCKING_JOB;
-    });
-    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.max_active_per_ip = 1;
+            k.job_duration = BLOCKING_JOB;
+        },
+        4,
+        &FAST,
+    );
 
     let ids: Vec<String> = (0..4)
         .map(|n| submit(&coordinator, &job(&format!("print({n})\n"))))
@@ -283,13 +299,15 @@ fn a_hung_submit_does_not_hold_up_the_other_worker() {
 #[test]
 fn a_job_queued_behind_slow_dispatches_goes_out_once_they_are_accepted() {
     // Its jobs never start, so they never end (and never hold its lock against a submit).
-    let worker = FakeWorker::start_with(|k| {
-        k.poll_interval = Duration::from_secs(3600);
-        k.submit_delay = Duration::from_secs(3);
-        k.max_active_per_ip = 4;
-    });
-    let coordinator = Coordinator::start(&[worker.entry(4)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.poll_interval = Duration::from_secs(3600);
+            k.submit_delay = Duration::from_secs(3);
+            k.max_active_per_ip = 4;
+        },
+        4,
+        &FAST,
+    );
     let ids: Vec<String> = (0..3)
         .map(|n| submit(&coordinator, &job(&format!("print({n})\n"))))
         .collect();
@@ -396,9 +414,11 @@ fn a_dispatch_without_answer_is_lost_and_never_run_again() {
 
 #[test]
 fn a_job_whose_worker_dies_is_lost_and_frees_its_slot() {
-    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(30));
-    let coordinator = Coordinator::start(&[worker.entry(1)], &args(&["--lost-after", "2"]));
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(
+        |k| k.job_duration = Duration::from_secs(30),
+        1,
+        &args(&["--lost-after", "2"]),
+    );
 
     let id = submit(&coordinator, &job("print(1)\n"));
     let started = poll_until(DEADLINE, || {
@@ -698,9 +718,7 @@ fn answers_that_trickle_in_are_cut_at_the_bound_of_a_whole_answer() {
 /// coordinator does not know, leaves it `running`, and it ends as its worker says at last.
 #[test]
 fn a_running_job_never_goes_back_to_dispatched() {
-    let worker = FakeWorker::start_with(|k| k.job_duration = Duration::from_secs(3));
-    let coordinator = Coordinator::start(&[worker.entry(2)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(|k| k.job_duration = Duration::from_secs(3), 2, &FAST);
     let id = submit_seen_running(&coordinator, &worker, &job("print(1)\n"), DEADLINE);
     for said in ["queued", "zombie"] {
         worker.set(|k| k.reported_status = Some(said));
@@ -780,15 +798,14 @@ fn assert_counted(coordinator: &Coordinator, worker: &FakeWorker, ends: (u64, u6
 #[test]
 fn a_collection_whose_downloads_stall_is_retried_while_the_worker_has_the_job() {
     const STALLS: usize = 2;
-    let worker = FakeWorker::start_with(|k| {
-        k.job_duration = Duration::from_secs(1);
-        k.stalled_downloads = STALLS;
-    });
-    let coordinator = Coordinator::start(
-        &[worker.entry(1)],
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.job_duration = Duration::from_secs(1);
+            k.stalled_downloads = STALLS;
+        },
+        1,
         &args(&["--dispatch-timeout", "3", "--lost-after", "2"]),
     );
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("print(1)\n"));
     let status = wait_results(&coordinator, &id);
     assert_eq!(status["pool_status"], "completed", "{status}");
@@ -821,12 +838,14 @@ fn a_collection_whose_downloads_stall_is_retried_while_the_worker_has_the_job() 
 /// a link to a file outside the job's directory, which sandrun lists and answers 403.
 #[test]
 fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
-    let worker = FakeWorker::start_with(|k| {
-        k.vanished_output = Some("ghost.txt".into());
-        k.linked_output = Some("link.txt".into());
-    });
-    let coordinator = Coordinator::start(&[worker.entry(1)], &FAST);
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.vanished_output = Some("ghost.txt".into());
+            k.linked_output = Some("link.txt".into());
+        },
+        1,
+        &FAST,
+    );
     let form = job("print(1)\n").manifest(r#"{"entrypoint":"main.py","outputs":["result.txt"]}"#);
     let id = submit(&coordinator, &form);
     let status = wait_collected(&coordinator, &id, DEADLINE);
@@ -888,12 +907,11 @@ fn an_output_its_worker_cannot_serve_is_left_out_and_the_rest_collected() {
 /// lost (before, its worker counted it completed too).
 #[test]
 fn a_finished_job_its_worker_deletes_before_collection_is_lost_and_counted_once() {
-    let worker = FakeWorker::start_with(|k| k.stalled_downloads = 1);
-    let coordinator = Coordinator::start(
-        &[worker.entry(1)],
+    let (worker, coordinator) = one_worker(
+        |k| k.stalled_downloads = 1,
+        1,
         &args(&["--dispatch-timeout", "3", "--lost-after", "30"]),
     );
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("print(1)\n"));
     wait_downloads(&worker, 1);
     let remote = text(&job_status(&coordinator, &id)["remote_job_id"]);
@@ -916,12 +934,11 @@ fn a_finished_job_its_worker_deletes_before_collection_is_lost_and_counted_once(
 /// `--lost-after`, and counted once, as lost.
 #[test]
 fn a_finished_job_whose_worker_dies_before_collection_is_lost_after_its_silence() {
-    let worker = FakeWorker::start_with(|k| k.stalled_downloads = 1);
-    let coordinator = Coordinator::start(
-        &[worker.entry(1)],
+    let (worker, coordinator) = one_worker(
+        |k| k.stalled_downloads = 1,
+        1,
         &args(&["--dispatch-timeout", "3", "--lost-after", "3"]),
     );
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
     let id = submit(&coordinator, &job("print(1)\n"));
     wait_downloads(&worker, 1);
     worker.stop();
@@ -1047,12 +1064,14 @@ fn a_cancelled_job_whose_id_a_restarted_worker_gives_again_leaves_the_new_job_al
 /// job's worker job id; checks that the first job is no longer followed and the second runs
 /// and is collected as its own; returns the coordinator, the worker and the first job's id.
 fn a_job_id_given_again(cancel: bool) -> (Coordinator, FakeWorker, String) {
-    let worker = FakeWorker::start_with(|k| {
-        k.id_seconds = Some(FROZEN_ID_SECONDS);
-        k.hold_jobs = true;
-    });
-    let coordinator = Coordinator::start(&[worker.entry(2)], &args(&["--lost-after", "600"]));
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.id_seconds = Some(FROZEN_ID_SECONDS);
+            k.hold_jobs = true;
+        },
+        2,
+        &args(&["--lost-after", "600"]),
+    );
     let first = submit(&coordinator, &named_job("first"));
     wait_started(&coordinator, &worker, &first, DEADLINE);
     let remote = wait_remote_id(&coordinator, &first);
@@ -1180,15 +1199,14 @@ fn a_cancelled_job_whose_id_a_job_sent_around_the_coordinator_takes_is_not_delet
 fn a_job_id_taken_around_the_coordinator(
     cancel: bool,
 ) -> (Coordinator, FakeWorker, String, String) {
-    let worker = FakeWorker::start_with(|k| {
-        k.id_seconds = Some(FROZEN_ID_SECONDS);
-        k.hold_queue = true;
-    });
-    let coordinator = Coordinator::start(
-        &[worker.entry(2)],
+    let (worker, coordinator) = one_worker(
+        |k| {
+            k.id_seconds = Some(FROZEN_ID_SECONDS);
+            k.hold_queue = true;
+        },
+        2,
         &args(&["--lost-after", "600", "--dispatch-timeout", "5"]),
     );
-    wait_healthy(&coordinator, &[&worker], DEADLINE);
     let first = submit(&coordinator, &named_job("first"));
     let remote = wait_remote_id(&coordinator, &first);
     let heard = poll_until(DEADLINE, || {
