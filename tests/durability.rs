@@ -819,12 +819,12 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
     let db = dir.path().join("state").join("jobs.db");
     let conn_ok = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("PRAGMA user_version = 10;")
+        .arg("PRAGMA user_version = 999;")
         .status();
     if !conn_ok.is_ok_and(|s| s.success()) {
         // Without the sqlite3 tool, write the header field directly (bytes 60..64).
         let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
-        bytes[60..64].copy_from_slice(&10u32.to_be_bytes());
+        bytes[60..64].copy_from_slice(&999u32.to_be_bytes());
         fs::write(&db, bytes).unwrap_or_else(|e| panic!("{e}"));
     }
     let refused = Coordinator::try_start_in(dir.path(), &[])
@@ -834,7 +834,7 @@ fn a_newer_or_corrupted_store_is_refused_with_exit_1_and_left_as_it_is() {
         refused.contains("exit: Some(ExitStatus(unix_wait_status(256)))"),
         "{refused}"
     );
-    assert!(refused.contains("schema version 10, newer"), "{refused}");
+    assert!(refused.contains("schema version 999, newer"), "{refused}");
     assert!(refused.contains("jobs.db"), "{refused}");
 
     let mut bytes = fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
@@ -1424,8 +1424,8 @@ fn a_store_locked_by_another_program_at_start_is_refused_and_not_called_unreadab
     wait_collected(&coordinator, &id, DEADLINE);
 }
 
-/// A store of schema version 1 (no `drains` or `submits_pause` table, no listing indexes, `seq`
-/// AUTOINCREMENT, no `worker_id` column) is upgraded in place at start: its jobs stay (listed
+/// A store of schema version 1 (no `drains`, `submits_pause` or `wall_steps` table, no listing
+/// indexes, `seq` AUTOINCREMENT, no `worker_id` column) is upgraded in place at start: its jobs stay (listed
 /// by their worker), drains and pauses are recorded from then on, and new jobs follow the old
 /// ones in `seq` without `sqlite_sequence`.
 #[test]
@@ -1457,11 +1457,12 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     };
     {
         let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version(&conn), 9);
-        // A new store is made at version 9 too.
+        assert_eq!(version(&conn), 10);
+        // A new store is made at version 10 too.
         assert!(!definition(&conn).contains("AUTOINCREMENT"));
         conn.execute_batch(
-            "DROP TABLE drains; DROP TABLE submits_pause; DROP INDEX jobs_settled_status; \
+            "DROP TABLE drains; DROP TABLE submits_pause; DROP TABLE wall_steps; \
+             DROP INDEX jobs_settled_status; \
              DROP INDEX jobs_submit_key; ALTER TABLE jobs DROP COLUMN submit_key; \
              ALTER TABLE jobs DROP COLUMN worker_id; DROP INDEX jobs_owner_settled; \
              CREATE INDEX jobs_owner ON jobs(owner) WHERE owner IS NOT NULL; \
@@ -1498,6 +1499,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
         "version 7",
         "version 8",
         "version 9",
+        "version 10",
     ] {
         assert!(
             upgraded
@@ -1548,7 +1550,7 @@ fn a_version_1_store_is_upgraded_and_keeps_its_jobs() {
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(version(&conn), 9);
+    assert_eq!(version(&conn), 10);
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -246,20 +246,39 @@ fn a_restart_on_a_clock_years_behind_then_set_right_leaves_retention_by_age_work
     .unwrap_or_else(|| panic!("kept past --retain-for: {}", coordinator.logs()));
 }
 
-/// A wall clock stepped back an hour between two submits: the queue keeps their order across a
-/// `kill -9` and a restart (the later jobs went ahead of the earlier one, by their submission
-/// times), and a priority change's place with them.
-#[test]
-fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
-    let Some((worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&[]) else {
-        return;
-    };
+/// [`start_on_a_fake_clock`] with the worker drained through the API (a restart keeps the
+/// drain), so that submitted jobs stay queued.
+fn start_drained_on_a_fake_clock() -> Option<(FakeWorker, tempfile::TempDir, FakeClock, Coordinator)>
+{
+    let (worker, dir, clock, coordinator) = start_on_a_fake_clock(&[])?;
     let (code, body) = post(
         &drain_url(&coordinator, &worker, "drain"),
         "text/plain",
         b"",
     );
     assert_eq!(code, 200, "{body}");
+    Some((worker, dir, clock, coordinator))
+}
+
+/// The queue positions `/status` gives the jobs `ids` (0: not queued).
+fn places(coordinator: &Coordinator, ids: &[&String]) -> Vec<u64> {
+    ids.iter()
+        .map(|id| {
+            job_status(coordinator, id)["queue_position"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// A wall clock stepped back an hour between two submits: the queue keeps their order across a
+/// `kill -9` and a restart (the later jobs went ahead of the earlier one, by their submission
+/// times), and a priority change's place with them.
+#[test]
+fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
+    let Some((_worker, dir, clock, mut coordinator)) = start_drained_on_a_fake_clock() else {
+        return;
+    };
     let first = submit(&coordinator, &quick_job());
     clock.set("-1h");
     wait_clock(&coordinator, -3_600.0, DEADLINE);
@@ -283,19 +302,60 @@ fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
         b"",
     );
     assert_eq!(code, 200, "{body}");
-    let places = |coordinator: &Coordinator| -> Vec<u64> {
-        [&first, &later[0], &later[1], &changed]
-            .iter()
-            .map(|id| {
-                job_status(coordinator, id)["queue_position"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .collect()
-    };
-    assert_eq!(places(&coordinator), [1, 2, 3, 4]);
+    let ids = [&first, &later[0], &later[1], &changed];
+    assert_eq!(places(&coordinator, &ids), [1, 2, 3, 4]);
     coordinator.kill();
     let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(places(&coordinator), [1, 2, 3, 4], "{}", coordinator.logs());
+    assert_eq!(
+        places(&coordinator, &ids),
+        [1, 2, 3, 4],
+        "{}",
+        coordinator.logs()
+    );
+}
+
+/// A wall clock stepped a day forward while the coordinator ran, then a `kill -9` and a
+/// restart: the queued jobs' waits leave the step out. A job with a 600 s queue timeout still
+/// waits (it failed at once: the step read as a day waited), and priority aging lifts no job
+/// (each came back in the highest level).
+#[test]
+fn a_step_forward_while_running_is_no_time_waited_after_a_restart() {
+    let Some((_worker, dir, clock, mut coordinator)) = start_drained_on_a_fake_clock() else {
+        return;
+    };
+    let low = submit(&coordinator, &quick_job().field("priority", b"low"));
+    let plain = submit(&coordinator, &quick_job());
+    let timed = submit(&coordinator, &quick_job().field("queue_timeout", b"600"));
+    let ids = [&plain, &timed, &low];
+    assert_eq!(places(&coordinator, &ids), [1, 2, 3]);
+    clock.set("+1d");
+    wait_clock(&coordinator, 86_400.0, DEADLINE);
+    assert!(
+        coordinator.wait_for_log("are written to the job store", DEADLINE),
+        "{}",
+        coordinator.logs()
+    );
+    coordinator.kill();
+    let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A job whose timeout ends a second after the restart: once it failed, the timeouts due
+    // at the restart have been ended too.
+    let soon = submit(&coordinator, &quick_job().field("queue_timeout", b"1"));
+    poll_until(DEADLINE, || {
+        (job_status(&coordinator, &soon)["pool_status"] == "failed").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{soon} never timed out: {}", coordinator.logs()));
+    let status = job_status(&coordinator, &timed);
+    assert_eq!(status["pool_status"], "queued", "{status}");
+    assert_eq!(
+        places(&coordinator, &ids),
+        [1, 2, 3],
+        "{}",
+        coordinator.logs()
+    );
+    for (id, level) in [(&plain, "normal"), (&low, "low")] {
+        let status = job_status(&coordinator, id);
+        assert_eq!(status["queue_level"], level, "{status}");
+    }
 }

@@ -195,6 +195,10 @@ pub struct LostRun {
     pub error: String,
     /// Unix time it was lost (and queued again).
     pub at: f64,
+    /// The same on the job store's wait clock (its queue wait began again then), unless `at`
+    /// stands for it (see `WaitClock::mark_beside`; a record from before that clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<f64>,
 }
 
 /// Where a collected job's results lie: in a results segment of the spool, or (small
@@ -421,13 +425,18 @@ pub struct Job {
     /// `--queue-timeout`); past that it fails unstarted. None: it waits as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<f64>,
-    /// Unix time a priority change (`POST /jobs/{id}/priority`) put it at the back of its new
-    /// level, when one did: its place in the queue after a restart (others keep their
-    /// submission order).
+    /// When a priority change (`POST /jobs/{id}/priority`) put it at the back of its new
+    /// level, when one did, on the job store's wait clock (unix time in a record from before
+    /// it): its place in the queue after a restart (others keep their submission order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level_since: Option<f64>,
+    /// Its submission on the job store's wait clock, which the wall clock's steps while the
+    /// coordinator ran do not move: its waits after a restart are read from it. `None` when
+    /// `submitted_at` stands for it (see `WaitClock::mark_beside`; a record from before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_mark: Option<f64>,
     /// When its queue timeout ends, on the monotonic clock (not stored: set when it is queued,
-    /// from `submitted_at`).
+    /// from its submission, its last lost run or, at a restart, the time it waited before).
     #[serde(skip)]
     pub queue_deadline: Option<Instant>,
     /// Its reruns after a lost run, when it asked for any (boxed: most jobs have none).
@@ -490,6 +499,7 @@ impl Job {
             upload_at: None,
             queue_timeout: None,
             level_since: None,
+            submit_mark: None,
             queue_deadline: None,
             reruns: None,
             submit_key: None,
@@ -582,13 +592,20 @@ impl Job {
         self.verification = None;
     }
 
-    /// Unix time its current wait in the queue began (its queue timeout counts from here): its
-    /// submission, or its last lost run.
-    pub fn queued_since(&self) -> f64 {
+    /// When its submission was, on the job store's wait clock.
+    pub fn submitted_on_wait_clock(&self) -> f64 {
+        self.submit_mark.unwrap_or(self.submitted_at)
+    }
+
+    /// When its current wait in the queue began (its queue timeout counts from here), on the
+    /// job store's wait clock: its submission, or its last lost run.
+    pub fn wait_began(&self) -> f64 {
         self.reruns
             .as_ref()
             .and_then(|r| r.lost.last())
-            .map_or(self.submitted_at, |run| run.at)
+            .map_or(self.submitted_on_wait_clock(), |run| {
+                run.mark.unwrap_or(run.at)
+            })
     }
 
     /// True while the first collection of its results is under way (it completed or failed

@@ -1050,7 +1050,9 @@ pub fn accept(
     let reruns = reruns_of(ctx, options.reruns)?;
     check_labels(ctx, options.labels.as_deref().unwrap_or_default())?;
     check_worker_request(&parts.inputs, parts.manifest)?;
-    let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, unix_now());
+    let (submitted_at, submitted) = (unix_now(), Instant::now());
+    let mut job = Job::new(id.clone(), parts.inputs, parts.manifest, submitted_at);
+    job.submit_mark = ctx.store.wait_clock().mark_beside(submitted_at);
     job.labels = options.labels.clone().map(Vec::into_boxed_slice);
     // Checked before the record (and again, cheaply, by nobody: a concurrent submit of the
     // same key may pass too, overshooting its limit by at most the handler threads). A pause
@@ -1122,7 +1124,8 @@ pub fn accept(
         (Vec::new(), false)
     } else {
         let mut st = ctx.lock();
-        st.enqueue(job, Instant::now());
+        // Its queue timeout counts from its submission, before its record was committed.
+        st.enqueue_waited(job, Instant::now(), Duration::ZERO, submitted.elapsed());
         // Queued now: counted there, no longer as being recorded.
         drop(recording);
         ctx.metrics.job_submitted();

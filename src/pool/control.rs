@@ -319,7 +319,7 @@ pub fn set_priority(
     }
     let was = std::mem::replace(&mut job.priority, priority);
     if was != priority {
-        job.level_since = Some(unix_now());
+        job.level_since = Some(ctx.store.wait_clock().now());
     }
     st.queue.set_priority(id, priority, Instant::now());
     let position = st.queue.position(id);

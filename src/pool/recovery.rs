@@ -101,10 +101,10 @@ fn worker_gone(st: &PoolState, job: &Job) -> String {
     }
 }
 
-/// When a queued job took its place in its level: its priority change, else its submission
-/// (`submitted`: its submission time, held to no earlier than those submitted before it; a
-/// change is held to no earlier than that too, so a change made after the wall clock was
-/// stepped back does not put the job ahead of those submitted before it).
+/// When a queued job took its place in its level, on the job store's wait clock: its priority
+/// change, else its submission (`submitted`: its submission, held to no earlier than those
+/// submitted before it; a change is held to no earlier than that too, so a change made after
+/// the wall clock was stepped back does not put the job ahead of those submitted before it).
 fn queue_place(job: &Job, submitted: f64) -> f64 {
     job.level_since
         .map_or(submitted, |since| since.max(submitted))
@@ -292,24 +292,27 @@ pub fn recover(ctx: &Arc<Context>, stored: Vec<StoredJob>) -> Recovered {
     // level as of that change, as it was before the stop; and a job that aging lifted stands
     // in its level as of when it got there. The store gives them in submission order; a
     // submission time earlier than one before it (a wall clock stepped back between two
-    // submits) counts as that one, so the sort keeps their order.
+    // submits) counts as that one, so the sort keeps their order. Waits are read on the store's
+    // wait clock: a step of the wall clock while the coordinator ran is no time waited.
     let now = std::time::Instant::now();
-    let wall_now = unix_now();
+    let wait_now = ctx.store.wait_clock().at(now);
     let mut latest = f64::MIN;
     let mut placed: Vec<(f64, Duration, Job)> = queued
         .into_iter()
         .map(|job| {
-            latest = latest.max(job.submitted_at);
+            latest = latest.max(job.submitted_on_wait_clock());
             let place = queue_place(&job, latest);
             // The time it waited in its level before the stop counts towards its aging.
-            let waited = Duration::try_from_secs_f64(wall_now - place).unwrap_or_default();
+            let waited = Duration::try_from_secs_f64(wait_now - place).unwrap_or_default();
             let (_, aged) = st.queue.aged(job.priority, waited);
             (place + aged.as_secs_f64(), waited, job)
         })
         .collect();
     placed.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (_, waited, job) in placed {
-        st.enqueue_waited(job, now, waited);
+        let queued_for =
+            Duration::try_from_secs_f64(wait_now - job.wait_began()).unwrap_or_default();
+        st.enqueue_waited(job, now, waited, queued_for);
     }
     st.recent.refill(&recent);
     counts.ended = settle.len();

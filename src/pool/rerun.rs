@@ -42,11 +42,13 @@ pub fn requeue_if_allowed(ctx: &Context, st: &mut PoolState, id: &str, why: &str
         Some(remote) if !remote.is_empty() => why.replace(remote, "hidden"),
         _ => why.to_string(),
     };
+    let at = unix_now();
     let run = LostRun {
         worker_id: job.worker_id.clone(),
         remote_job_id: job.remote_job_id.clone(),
         error: shown.clone(),
-        at: unix_now(),
+        at,
+        mark: ctx.store.wait_clock().mark_beside(at),
     };
     let on = run
         .worker_id

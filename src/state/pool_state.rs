@@ -729,15 +729,22 @@ impl PoolState {
     }
 
     /// Adds a new queued job at the tail of its owner's line in its priority level.
-    /// A job with a queue timeout gets its deadline, counted from its submission or its last
-    /// lost run (a recovered job's time in the queue before the restart counts).
+    /// A job with a queue timeout gets its deadline, that timeout from now.
     pub fn enqueue(&mut self, job: Job, now: Instant) {
-        self.enqueue_waited(job, now, Duration::ZERO);
+        self.enqueue_waited(job, now, Duration::ZERO, Duration::ZERO);
     }
 
     /// [`PoolState::enqueue`] for a job that already waited `waited` in its level before a
-    /// restart: its priority aging goes on from there (see [`JobQueue::push`]).
-    pub fn enqueue_waited(&mut self, mut job: Job, now: Instant, waited: Duration) {
+    /// restart, and `queued_for` in the queue (since its submission or its last lost run, also
+    /// while its record was committed): its priority aging goes on from there (see
+    /// [`JobQueue::push`]), and its queue timeout has that much less left.
+    pub fn enqueue_waited(
+        &mut self,
+        mut job: Job,
+        now: Instant,
+        waited: Duration,
+        queued_for: Duration,
+    ) {
         job.status = PoolStatus::Queued;
         let labelled = !job.labels().is_empty();
         self.queue.push(
@@ -749,8 +756,9 @@ impl PoolState {
             waited,
         );
         if let Some(timeout) = job.queue_timeout {
-            let waited = (unix_now() - job.queued_since()).max(0.0);
-            let left = Duration::try_from_secs_f64(timeout - waited).unwrap_or_default();
+            let left = Duration::try_from_secs_f64(timeout)
+                .unwrap_or_default()
+                .saturating_sub(queued_for);
             let at = now + left;
             job.queue_deadline = Some(at);
             self.queue.set_deadline(&job.id, at);

@@ -32,6 +32,7 @@ use crate::store::segment_names;
 use crate::store::segments::{SegmentFile, Segments};
 use crate::store::settle_clock::{SettleClock, Step};
 use crate::store::stall_watch::StallWatch;
+use crate::store::wait_clock::{WaitClock, WALL_STEPS_SCHEMA};
 use crate::store::wal_sync::WalSync;
 use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
@@ -47,7 +48,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "jobs.db";
@@ -106,6 +107,9 @@ const MIGRATIONS: &[(i64, Migration)] = &[
     // Version 9: the worker a job is (or was last) on, for `GET /jobs?worker=...`, filled in
     // from the records already there; `GET /jobs?owner=...` walks an index of its own.
     (9, |c| c.execute_batch(WORKER_SCHEMA)),
+    // Version 10: the wall clock's steps while a coordinator ran, which queued jobs' waits
+    // leave out after a restart.
+    (10, |c| c.execute_batch(WALL_STEPS_SCHEMA)),
 ];
 
 /// The column of schema version 9, filled in from each record (a record that is not valid
@@ -848,6 +852,8 @@ pub struct JobStore {
     retain_bytes: u64,
     /// The writes to the state directory's segment files ([`JobStore::watch_segments`]).
     segment_watches: OnceLock<[Arc<StallWatch>; 2]>,
+    /// The clock queued jobs' waits are marked on.
+    wait_clock: Arc<WaitClock>,
 }
 
 /// SQLite's `quick_check` of a store that was too large to check before serving.
@@ -992,6 +998,14 @@ impl JobStore {
             .ok()
             .flatten()
             .unwrap_or(0.0);
+        let steps: f64 = conn
+            .query_row("SELECT secs FROM wall_steps WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|e| name_the_file(&path, e.into()))?
+            .unwrap_or(0.0);
+        let wait_clock = Arc::new(WaitClock::new(steps, unix_now(), Instant::now()));
         let writer = Writer {
             conn,
             controls: Arc::clone(&controls),
@@ -1014,6 +1028,7 @@ impl JobStore {
             unwritten: Vec::new(),
             unwritten_done: Vec::new(),
             settle_clock: SettleClock::new(newest_settled, unix_now(), Instant::now()),
+            wait_clock: Arc::clone(&wait_clock),
         };
         thread::Builder::new()
             .name("store-writer".to_string())
@@ -1034,8 +1049,14 @@ impl JobStore {
             identity,
             retain_bytes,
             segment_watches: OnceLock::new(),
+            wait_clock,
         };
         Ok((store, unsettled))
+    }
+
+    /// The clock that queued jobs' waits are marked on (see [`WaitClock`]).
+    pub fn wait_clock(&self) -> &WaitClock {
+        &self.wait_clock
     }
 
     /// Sets what to do when commits settle jobs (once; a later hook is ignored). Without one,
@@ -1885,6 +1906,8 @@ struct Writer {
     unwritten_done: Vec<Done>,
     /// The settle times recorded for retention, held to the time that passed.
     settle_clock: SettleClock,
+    /// The clock queued jobs' waits are marked on, whose steps the sweep writes.
+    wait_clock: Arc<WaitClock>,
 }
 
 impl Writer {
@@ -2494,10 +2517,12 @@ impl Writer {
     /// results segments that no retained job refers to and no writer has open.
     /// Looks for a step of the wall clock since the last sweep, and logs one.
     fn watch_the_wall_clock(&mut self) {
-        match self.settle_clock.look(unix_now(), Instant::now()) {
+        let (now, mono) = (unix_now(), Instant::now());
+        self.wait_clock.look(now, mono);
+        match self.settle_clock.look(now, mono) {
             Step::None => {}
             Step::Forward(secs) => log::warn!(
-                "The wall clock moved {secs:.0} s more than the time that passed (an NTP step or a date -s): retention still ages jobs by the time that passed"
+                "The wall clock moved {secs:.0} s more than the time that passed (an NTP step or a date -s): retention still ages jobs by the time that passed, and queued jobs' waits leave the step out"
             ),
             Step::Back(secs) => log::warn!(
                 "The wall clock moved {secs:.0} s back (an NTP step or a date -s): retention still ages jobs by the time that passed, and those settled from now on are the newest"
@@ -2545,13 +2570,27 @@ impl Writer {
         if self.retention.bytes > 0 {
             forgotten.extend(forget_for_bytes(&tx, &self.retention, &self.figures)?);
         }
+        let steps = self.wait_clock.unwritten();
+        if let Some(secs) = steps {
+            tx.execute(
+                "INSERT INTO wall_steps (id, secs) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET secs = excluded.secs",
+                [secs],
+            )?;
+        }
         let first_sweep = !self.orphans_checked;
         self.orphans_checked = true;
         let shift = self.settle_clock.pending();
-        if forgotten.is_empty() && !first_sweep && shift.is_none() {
+        if forgotten.is_empty() && !first_sweep && shift.is_none() && steps.is_none() {
             return Ok(());
         }
         tx.commit()?;
+        if let Some(secs) = steps {
+            self.wait_clock.written(secs);
+            log::info!(
+                "The wall clock's steps while the coordinator ran ({secs:.0} s in all) are written to the job store: queued jobs' waits leave them out, also after a restart"
+            );
+        }
         if let Some(by) = shift {
             self.settle_clock.shifted();
             log::warn!(

@@ -20,4 +20,5 @@ pub mod snapshot;
 pub mod spool;
 pub mod stall_watch;
 pub mod state_check;
+pub mod wait_clock;
 pub mod wal_sync;

@@ -29,6 +29,20 @@ pub enum Step {
     Back(f64),
 }
 
+impl Step {
+    /// The step a wall clock made that moved `drift` seconds more than the monotonic clock
+    /// (less, when negative) between two looks.
+    pub fn of(drift: f64) -> Step {
+        if drift >= STEP_SECS {
+            Step::Forward(drift)
+        } else if drift <= -STEP_SECS {
+            Step::Back(-drift)
+        } else {
+            Step::None
+        }
+    }
+}
+
 /// The store writer's clock of settle times and its watch on the wall clock.
 #[derive(Debug)]
 pub struct SettleClock {
@@ -88,19 +102,15 @@ impl SettleClock {
         let drift = now - expected;
         self.wall = now;
         self.mono = mono;
-        if drift >= STEP_SECS {
+        let step = Step::of(drift);
+        if step != Step::None {
             self.ahead -= drift;
-            if self.ahead < 0.0 {
-                self.pending = Some(self.pending.unwrap_or(0.0) - self.ahead);
-                self.ahead = 0.0;
-            }
-            Step::Forward(drift)
-        } else if drift <= -STEP_SECS {
-            self.ahead -= drift;
-            Step::Back(-drift)
-        } else {
-            Step::None
         }
+        if self.ahead < 0.0 {
+            self.pending = Some(self.pending.unwrap_or(0.0) - self.ahead);
+            self.ahead = 0.0;
+        }
+        step
     }
 
     /// The seconds to add to the settle times of this run, if any.
