@@ -74,6 +74,40 @@ fn a_clock_set_before_1970_or_past_9999_leaves_every_thread_answering() {
     );
 }
 
+/// A wall clock set before 1970 for a few seconds and then set right leaves no step in the
+/// store: such a clock reads as 0, so it seemed to stand still there, and the seconds spent
+/// there were kept as a step (queued jobs waited that much longer after a restart).
+#[test]
+fn a_clock_before_1970_and_back_leaves_no_step_for_queued_jobs() {
+    let Some((_worker, dir, clock, mut coordinator)) = start_on_a_fake_clock(&[]) else {
+        return;
+    };
+    clock.set("@1969-12-31 23:00:00");
+    poll_until(DEADLINE, || {
+        let (_, pool) = get_json(&coordinator.url("/pool"));
+        (pool["time"].as_f64()? <= 0.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the clock never read 1969: {}", coordinator.logs()));
+    // Time passes there: the store's sweep looks at the clock once a second.
+    std::thread::sleep(Duration::from_secs(4));
+    clock.set("+0");
+    wait_clock(&coordinator, 0.0, DEADLINE);
+    let status = coordinator.terminate(DEADLINE);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let db = dir.path().join("state").join("jobs.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let steps: f64 = conn
+        .query_row("SELECT secs FROM wall_steps", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        steps.abs() < 1.0,
+        "{steps} s of steps: {}",
+        coordinator.logs()
+    );
+}
+
 /// A job with an output, that ends at once.
 fn quick_job() -> Form {
     Form::new()
@@ -321,6 +355,35 @@ fn after_a_step_back_the_queue_keeps_its_order_across_a_restart() {
 /// (each came back in the highest level).
 #[test]
 fn a_step_forward_while_running_is_no_time_waited_after_a_restart() {
+    after_a_step_forward_and_a_restart(|coordinator| {
+        assert!(
+            coordinator.wait_for_log("are written to the job store", DEADLINE),
+            "{}",
+            coordinator.logs()
+        );
+        coordinator.kill();
+    });
+}
+
+/// The same with a SIGTERM at once after the step, before the sweep that would find it: the
+/// store's close looks at the wall clock once more and keeps the step (it was lost, and the
+/// jobs failed or were lifted as above).
+#[test]
+fn a_step_forward_just_before_a_stop_is_no_time_waited_after_the_restart() {
+    after_a_step_forward_and_a_restart(|coordinator| {
+        let status = coordinator.terminate(DEADLINE);
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        assert!(
+            coordinator.logs().contains("are written to the job store"),
+            "{}",
+            coordinator.logs()
+        );
+    });
+}
+
+/// Three queued jobs (low, normal, normal with a 600 s queue timeout), a day's step forward,
+/// `stop`, a restart: each is still queued where it was, in its own level.
+fn after_a_step_forward_and_a_restart(stop: impl FnOnce(&mut Coordinator)) {
     let Some((_worker, dir, clock, mut coordinator)) = start_drained_on_a_fake_clock() else {
         return;
     };
@@ -331,12 +394,7 @@ fn a_step_forward_while_running_is_no_time_waited_after_a_restart() {
     assert_eq!(places(&coordinator, &ids), [1, 2, 3]);
     clock.set("+1d");
     wait_clock(&coordinator, 86_400.0, DEADLINE);
-    assert!(
-        coordinator.wait_for_log("are written to the job store", DEADLINE),
-        "{}",
-        coordinator.logs()
-    );
-    coordinator.kill();
+    stop(&mut coordinator);
     let coordinator = Coordinator::try_start_in_env(dir.path(), &[], &clock.env())
         .unwrap_or_else(|e| panic!("{e}"));
     // A job whose timeout ends a second after the restart: once it failed, the timeouts due

@@ -1496,6 +1496,47 @@ type Opened = (
     Option<DeferredCheck>,
 );
 
+/// What the looks at the wall clock left to write, once written in a transaction: the shift of
+/// this run's settle times (seconds, rows moved) and the wait clock's steps in all.
+struct ClockWrites {
+    shift: Option<(f64, usize)>,
+    steps: Option<f64>,
+}
+
+impl ClockWrites {
+    fn is_empty(&self) -> bool {
+        self.shift.is_none() && self.steps.is_none()
+    }
+}
+
+/// Writes in `tx` what the looks at the wall clock left to write (see [`ClockWrites`]); the
+/// clocks are told once `tx` commits.
+fn write_clock(
+    tx: &rusqlite::Transaction,
+    settle: &SettleClock,
+    wait: &WaitClock,
+) -> rusqlite::Result<ClockWrites> {
+    let shift = match settle.pending() {
+        Some(by) => Some((
+            by,
+            tx.execute(
+                "UPDATE jobs SET finished_at = finished_at + ?1 WHERE finished_at >= ?2",
+                params![by, settle.run_from()],
+            )?,
+        )),
+        None => None,
+    };
+    let steps = wait.unwritten();
+    if let Some(secs) = steps {
+        tx.execute(
+            "INSERT INTO wall_steps (id, secs) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET secs = excluded.secs",
+            [secs],
+        )?;
+    }
+    Ok(ClockWrites { shift, steps })
+}
+
 /// SQLite's `synchronous` setting for a `--fsync` mode, on every connection but the writer's.
 fn synchronous_of(mode: FsyncMode) -> &'static str {
     match mode {
@@ -1987,7 +2028,45 @@ impl Writer {
                  closed; a restart does not keep them"
             );
         }
+        self.write_clock_at_stop();
         self.checkpoint("TRUNCATE");
+    }
+
+    /// Looks at the wall clock once more and writes what that leaves to write, so that a step
+    /// in the last second before a stop is kept.
+    fn write_clock_at_stop(&mut self) {
+        self.watch_the_wall_clock();
+        if self.settle_clock.pending().is_none() && self.wait_clock.unwritten().is_none() {
+            return;
+        }
+        let written = self.conn.transaction().and_then(|tx| {
+            let clock = write_clock(&tx, &self.settle_clock, &self.wait_clock)?;
+            tx.commit()?;
+            Ok(clock)
+        });
+        match written {
+            Ok(clock) => self.clock_written(clock),
+            Err(e) => log::error!(
+                "A step of the wall clock could not be written before the job store closed ({e}): after a restart, queued jobs count it as time waited, and retention ages the jobs settled in this run by it"
+            ),
+        }
+    }
+
+    /// What [`write_clock`] wrote has committed: the clocks take it as written, and the log
+    /// says so.
+    fn clock_written(&mut self, clock: ClockWrites) {
+        if let Some(secs) = clock.steps {
+            self.wait_clock.written(secs);
+            log::info!(
+                "The wall clock's steps while the coordinator ran ({secs:.0} s in all) are written to the job store: queued jobs' waits leave them out, also after a restart"
+            );
+        }
+        if let Some((by, shifted)) = clock.shift {
+            self.settle_clock.shifted();
+            log::warn!(
+                "The {shifted} jobs settled since the start keep their age in retention: their settle times moved {by:.0} s with the wall clock"
+            );
+        }
     }
 
     /// Commits the batch in one transaction and runs its records' callbacks once it is
@@ -2516,8 +2595,13 @@ impl Writer {
     /// Forgets settled jobs past the retention limits (oldest first), then deletes the
     /// results segments that no retained job refers to and no writer has open.
     /// Looks for a step of the wall clock since the last sweep, and logs one.
+    /// A wall clock before 1970 reads 0 (see `unix_now`): it is not looked at then, and both
+    /// clocks run on with the monotonic clock until it reads a time again.
     fn watch_the_wall_clock(&mut self) {
         let (now, mono) = (unix_now(), Instant::now());
+        if now <= 0.0 {
+            return;
+        }
         self.wait_clock.look(now, mono);
         match self.settle_clock.look(now, mono) {
             Step::None => {}
@@ -2540,13 +2624,7 @@ impl Writer {
         self.watch_the_wall_clock();
         let cutoff = self.settle_clock.at(Instant::now()) - self.retention.for_secs;
         let tx = self.conn.transaction()?;
-        let shifted = match self.settle_clock.pending() {
-            Some(by) => tx.execute(
-                "UPDATE jobs SET finished_at = finished_at + ?1 WHERE finished_at >= ?2",
-                params![by, self.settle_clock.run_from()],
-            )?,
-            None => 0,
-        };
+        let clock = write_clock(&tx, &self.settle_clock, &self.wait_clock)?;
         let mut forgotten: Vec<Forgotten> = Vec::new();
         {
             let mut by_count = tx.prepare_cached(&format!(
@@ -2570,33 +2648,13 @@ impl Writer {
         if self.retention.bytes > 0 {
             forgotten.extend(forget_for_bytes(&tx, &self.retention, &self.figures)?);
         }
-        let steps = self.wait_clock.unwritten();
-        if let Some(secs) = steps {
-            tx.execute(
-                "INSERT INTO wall_steps (id, secs) VALUES (1, ?1) \
-                 ON CONFLICT (id) DO UPDATE SET secs = excluded.secs",
-                [secs],
-            )?;
-        }
         let first_sweep = !self.orphans_checked;
         self.orphans_checked = true;
-        let shift = self.settle_clock.pending();
-        if forgotten.is_empty() && !first_sweep && shift.is_none() && steps.is_none() {
+        if forgotten.is_empty() && !first_sweep && clock.is_empty() {
             return Ok(());
         }
         tx.commit()?;
-        if let Some(secs) = steps {
-            self.wait_clock.written(secs);
-            log::info!(
-                "The wall clock's steps while the coordinator ran ({secs:.0} s in all) are written to the job store: queued jobs' waits leave them out, also after a restart"
-            );
-        }
-        if let Some(by) = shift {
-            self.settle_clock.shifted();
-            log::warn!(
-                "The {shifted} jobs settled since the start keep their age in retention: their settle times moved {by:.0} s with the wall clock"
-            );
-        }
+        self.clock_written(clock);
         let synced = self.synced_until_write;
         self.wrote();
         self.figures.count_deleted(

@@ -8,8 +8,9 @@
 //! Between two looks at the wall clock it runs on with the monotonic clock, so a mark taken
 //! after a step and before the look that finds it reads as one taken before (no step counted
 //! twice or not at all). The steps seen are written to the store (table `wall_steps`, one row)
-//! by the writer's sweep that found them; a kill in the second between a step and that sweep
-//! leaves the step counted as waiting, as before there was this clock.
+//! by the writer's sweep that found them, or at the store's close after one more look; a
+//! `kill -9` in the second between a step and that sweep leaves the step counted as waiting,
+//! as before there was this clock.
 
 use crate::base::sync::lock;
 use crate::store::settle_clock::Step;
