@@ -2033,21 +2033,23 @@ impl Writer {
     }
 
     /// Looks at the wall clock once more and writes what that leaves to write, so that a step
-    /// in the last second before a stop is kept.
+    /// in the last second before a stop is kept. It waits for no other program's lock (a stop
+    /// is bounded by `TimeoutStopSec=`): the step is then lost, as to a `kill -9`.
     fn write_clock_at_stop(&mut self) {
         self.watch_the_wall_clock();
         if self.settle_clock.pending().is_none() && self.wait_clock.unwritten().is_none() {
             return;
         }
-        let written = self.conn.transaction().and_then(|tx| {
-            let clock = write_clock(&tx, &self.settle_clock, &self.wait_clock)?;
+        let written = self.without_lock_wait(|writer| {
+            let tx = writer.conn.transaction()?;
+            let clock = write_clock(&tx, &writer.settle_clock, &writer.wait_clock)?;
             tx.commit()?;
-            Ok(clock)
+            Ok::<_, rusqlite::Error>(clock)
         });
         match written {
             Ok(clock) => self.clock_written(clock),
             Err(e) => log::error!(
-                "A step of the wall clock could not be written before the job store closed ({e}): after a restart, queued jobs count it as time waited, and retention ages the jobs settled in this run by it"
+                "A step of the wall clock could not be written before the job store closed ({e}): after a restart, queued jobs' waits, and the retention of the jobs settled in this run, read it as time that passed"
             ),
         }
     }
@@ -2063,9 +2065,11 @@ impl Writer {
         }
         if let Some((by, shifted)) = clock.shift {
             self.settle_clock.shifted();
-            log::warn!(
-                "The {shifted} jobs settled since the start keep their age in retention: their settle times moved {by:.0} s with the wall clock"
-            );
+            if shifted > 0 {
+                log::warn!(
+                    "The {shifted} jobs settled since the start keep their age in retention: their settle times moved {by:.0} s with the wall clock"
+                );
+            }
         }
     }
 
@@ -2592,11 +2596,9 @@ impl Writer {
         out
     }
 
-    /// Forgets settled jobs past the retention limits (oldest first), then deletes the
-    /// results segments that no retained job refers to and no writer has open.
-    /// Looks for a step of the wall clock since the last sweep, and logs one.
-    /// A wall clock before 1970 reads 0 (see `unix_now`): it is not looked at then, and both
-    /// clocks run on with the monotonic clock until it reads a time again.
+    /// Looks for a step of the wall clock since the last look, and logs one. A wall clock
+    /// before 1970 reads 0 (see `unix_now`): it is not looked at then, and both clocks run on
+    /// with the monotonic clock until it reads a time again.
     fn watch_the_wall_clock(&mut self) {
         let (now, mono) = (unix_now(), Instant::now());
         if now <= 0.0 {
@@ -2614,6 +2616,8 @@ impl Writer {
         }
     }
 
+    /// Forgets settled jobs past the retention limits (oldest first), then deletes the
+    /// results segments that no retained job refers to and no writer has open.
     fn sweep(&mut self) -> Result<(), StoreError> {
         // Every settled row committed so far was counted when its commit was synced (the counts
         // choose what to forget).
