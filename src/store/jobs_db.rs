@@ -30,10 +30,11 @@ use crate::store::new_store;
 use crate::store::removals::WipeOf;
 use crate::store::segment_names;
 use crate::store::segments::{SegmentFile, Segments};
-use crate::store::settle_clock::{SettleClock, Step};
+use crate::store::settle_clock::SettleClock;
 use crate::store::stall_watch::StallWatch;
 use crate::store::wait_clock::{WaitClock, WALL_STEPS_SCHEMA};
 use crate::store::wal_sync::WalSync;
+use crate::store::wall_look::Step;
 use crossbeam_channel::Sender;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, DatabaseName, ErrorCode, OpenFlags, OptionalExtension};
@@ -1005,7 +1006,9 @@ impl JobStore {
             .optional()
             .map_err(|e| name_the_file(&path, e.into()))?
             .unwrap_or(0.0);
-        let wait_clock = Arc::new(WaitClock::new(steps, unix_now(), Instant::now()));
+        // Both clocks start from one look at the wall clock.
+        let (now, mono) = (unix_now(), Instant::now());
+        let wait_clock = Arc::new(WaitClock::new(steps, now, mono));
         let writer = Writer {
             conn,
             controls: Arc::clone(&controls),
@@ -1027,7 +1030,7 @@ impl JobStore {
             orphans_checked: false,
             unwritten: Vec::new(),
             unwritten_done: Vec::new(),
-            settle_clock: SettleClock::new(newest_settled, unix_now(), Instant::now()),
+            settle_clock: SettleClock::new(newest_settled, now, mono),
             wait_clock: Arc::clone(&wait_clock),
         };
         thread::Builder::new()

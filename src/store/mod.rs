@@ -22,3 +22,4 @@ pub mod stall_watch;
 pub mod state_check;
 pub mod wait_clock;
 pub mod wal_sync;
+pub mod wall_look;

@@ -12,36 +12,8 @@
 //!   old as the step, in this run or after a restart, while those settled before this run age
 //!   by it (the time it was down, which an NTP step at boot makes up).
 
+use crate::store::wall_look::{LastLook, Step};
 use std::time::Instant;
-
-/// A wall clock that moved this many seconds more or less than the monotonic clock between two
-/// looks is taken as stepped.
-pub const STEP_SECS: f64 = 60.0;
-
-/// What a look at the wall clock found.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Step {
-    /// No step.
-    None,
-    /// A step forward of this many seconds.
-    Forward(f64),
-    /// A step back of this many seconds.
-    Back(f64),
-}
-
-impl Step {
-    /// The step a wall clock made that moved `drift` seconds more than the monotonic clock
-    /// (less, when negative) between two looks.
-    pub fn of(drift: f64) -> Step {
-        if drift >= STEP_SECS {
-            Step::Forward(drift)
-        } else if drift <= -STEP_SECS {
-            Step::Back(-drift)
-        } else {
-            Step::None
-        }
-    }
-}
 
 /// The store writer's clock of settle times and its watch on the wall clock.
 #[derive(Debug)]
@@ -52,9 +24,8 @@ pub struct SettleClock {
     run_from: f64,
     /// The latest settle time recorded (at start, the store's newest).
     floor: f64,
-    /// The wall clock and the monotonic clock at the last look.
-    wall: f64,
-    mono: Instant,
+    /// The last look at the wall clock.
+    last: LastLook,
     /// Seconds to add to this run's settle times, not yet written.
     pending: Option<f64>,
 }
@@ -69,15 +40,14 @@ impl SettleClock {
             ahead: (newest - now).max(0.0),
             run_from: newest.max(now),
             floor: newest,
-            wall: now,
-            mono,
+            last: LastLook::new(now, mono),
             pending: None,
         }
     }
 
     /// This clock's time at the monotonic `mono`: as of the last look, plus the time since.
     pub fn at(&self, mono: Instant) -> f64 {
-        self.wall + self.ahead + mono.saturating_duration_since(self.mono).as_secs_f64()
+        self.last.wall_at(mono) + self.ahead
     }
 
     /// The settle time to record for a job that settles at the monotonic `mono`: never
@@ -98,10 +68,7 @@ impl SettleClock {
     /// clock is ahead leaves a shift of this run's settle times pending (see
     /// [`SettleClock::pending`]).
     pub fn look(&mut self, now: f64, mono: Instant) -> Step {
-        let expected = self.wall + mono.saturating_duration_since(self.mono).as_secs_f64();
-        let drift = now - expected;
-        self.wall = now;
-        self.mono = mono;
+        let drift = self.last.look(now, mono);
         let step = Step::of(drift);
         if step != Step::None {
             self.ahead -= drift;

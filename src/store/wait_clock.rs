@@ -13,7 +13,7 @@
 //! as before there was this clock.
 
 use crate::base::sync::lock;
-use crate::store::settle_clock::Step;
+use crate::store::wall_look::{LastLook, Step};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -44,9 +44,8 @@ struct Reading {
     steps: f64,
     /// The steps as last written to the store.
     written: f64,
-    /// The wall clock and the monotonic clock at the last look.
-    wall: f64,
-    mono: Instant,
+    /// The last look at the wall clock.
+    last: LastLook,
 }
 
 impl WaitClock {
@@ -57,8 +56,7 @@ impl WaitClock {
             reading: Mutex::new(Reading {
                 steps,
                 written: steps,
-                wall: now,
-                mono,
+                last: LastLook::new(now, mono),
             }),
         }
     }
@@ -66,7 +64,7 @@ impl WaitClock {
     /// This clock's time at the monotonic `mono`.
     pub fn at(&self, mono: Instant) -> f64 {
         let r = lock(&self.reading);
-        r.wall - r.steps + mono.saturating_duration_since(r.mono).as_secs_f64()
+        r.last.wall_at(mono) - r.steps
     }
 
     /// This clock's time now.
@@ -83,13 +81,11 @@ impl WaitClock {
     }
 
     /// Looks at the wall clock (`now`, at the monotonic `mono`): a step (at least
-    /// [`STEP_SECS`](crate::store::settle_clock::STEP_SECS) more or less than the time that
+    /// [`STEP_SECS`](crate::store::wall_look::STEP_SECS) more or less than the time that
     /// passed) is added to the steps; a smaller difference is the wall clock's to keep.
     pub fn look(&self, now: f64, mono: Instant) -> Step {
         let mut r = lock(&self.reading);
-        let drift = now - r.wall - mono.saturating_duration_since(r.mono).as_secs_f64();
-        r.wall = now;
-        r.mono = mono;
+        let drift = r.last.look(now, mono);
         let step = Step::of(drift);
         if step != Step::None {
             r.steps += drift;
